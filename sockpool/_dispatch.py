@@ -1,0 +1,621 @@
+"""The master's I/O thread: the only code that touches the master's zmq socket.
+
+One loop polls the ROUTER socket, a wake-up pipe that API threads write to
+after queueing a command, and a pidfd per local worker (readable when it
+exits).  Each turn it runs queued commands, reads every waiting message, deals
+with workers that ended, hands chunks to workers with free credit and sends
+heartbeats.  API threads reach it only through :meth:`Dispatcher.call_soon`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+
+from . import protocol, serialization
+from ._jobs import Chunk, FutureJob, Job, WorkerLabel, decode_outcome
+from .errors import ClusterClosedError, LaunchError, SockpoolError, WorkerLostError, add_note
+from .launchers.base import Launcher, WorkerProcess
+from .protocol import Flag, Kind
+from .scheduler import Scheduler
+from .transport import MasterSocket
+
+#: Bytes of function payloads a worker may cache before the oldest are dropped.
+FUNCTION_CACHE_BYTES = 512 * 1024 * 1024
+#: How often processes are polled when no pidfd tells us they ended.
+PROCESS_POLL_INTERVAL = 0.25
+#: After SHUTDOWN, how long workers get to exit before SIGTERM, then SIGKILL.
+STOP_GRACE = (2.0, 1.0, 1.0)
+#: Replacement workers that fail to start this many times in a row stop the replacing.
+MAX_FAILED_REPLACEMENTS = 3
+#: Messages read per loop turn before commands get a look-in again.
+RECV_BATCH = 512
+
+
+class WorkerRecord:
+    """What the master knows of one worker."""
+
+    def __init__(self, worker_id: int, process: WorkerProcess) -> None:
+        self.id = worker_id
+        self.process = process
+        self.state = "starting"  # starting -> setup -> ready -> lost | stopped
+        self.host = process.host
+        self.pid = process.pid
+        self.data_identity = protocol.data_identity(worker_id)
+        self.control_identity = protocol.control_identity(worker_id)
+        self.control_ready = False
+        self.started_at = time.monotonic()
+        self.last_heard = self.started_at
+        self.cached: OrderedDict[bytes, int] = OrderedDict()
+        self.cached_bytes = 0
+        self.setup_chunk: Chunk | None = None
+
+    @property
+    def label(self) -> WorkerLabel:
+        return WorkerLabel(self.id, self.host, self.pid)
+
+
+class Dispatcher:
+    """Owns the socket, the scheduler and the worker records; runs the I/O thread."""
+
+    def __init__(
+        self,
+        *,
+        n_workers: int,
+        launcher: Launcher,
+        serializer: str,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        connect_timeout: float,
+        prefetch: int,
+        setup_job: Job | None,
+    ) -> None:
+        self.target = n_workers
+        self.launcher = launcher
+        self.serializer = serializer
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.connect_timeout = connect_timeout
+        self.setup_job = setup_job
+        self.scheduler = Scheduler(prefetch)
+        self.token = secrets.token_hex(32)
+
+        self.master = MasterSocket()
+        self.launcher.prepare(self.master.workdir)
+        self.workers: dict[int, WorkerRecord] = {}
+        self.exports: list[list[Any]] = []
+        self._next_worker_id = 0
+        self._failed_replacements = 0
+
+        self._commands: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_pending = False
+        self._exit_fds: set[int] = set()  # pidfds: readable when a worker process ends
+
+        self.state_changed = threading.Condition()
+        self.n_ready = 0
+        self.startup_errors: list[LaunchError] = []
+        self.broken: BaseException | None = None
+        self.closing = False
+        self._stop_started: float | None = None
+        self._finish_then_close = False
+        self.closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
+
+    # -- API side (any thread) -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the I/O thread; it launches the workers."""
+        self._thread.start()
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the I/O thread."""
+        if self.closed.is_set():
+            raise ClusterClosedError("the cluster is closed")
+        self._commands.append((fn, args))
+        if not self._wake_pending:
+            self._wake_pending = True
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"\0")
+
+    def ask(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+        """Run ``fn(*args)`` on the I/O thread and return its result."""
+        answer: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                answer.set_result(fn(*args))
+            except BaseException as exc:
+                answer.set_exception(exc)
+
+        self.call_soon(run)
+        return answer.result(timeout)
+
+    def wait_for_workers(self, count: int, timeout: float) -> None:
+        """Block until ``count`` workers are ready; raise LaunchError on failure."""
+        deadline = time.monotonic() + timeout
+        with self.state_changed:
+            while self.n_ready < count:
+                if self.startup_errors:
+                    raise self.startup_errors[0]
+                if self.broken is not None:
+                    raise LaunchError(f"the cluster failed while starting: {self.broken}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    waiting = [r for r in self.workers.values() if r.state in ("starting", "setup")]
+                    detail = "; ".join(
+                        f"worker {r.id} (pid {r.pid}): {r.state}"
+                        + (f", stderr: {tail}" if (tail := r.process.stderr_tail()) else "")
+                        for r in waiting)
+                    raise LaunchError(
+                        f"only {self.n_ready} of {count} workers connected within "
+                        f"{timeout:g} s (connect_timeout); still waiting for: {detail}",
+                        command=waiting[0].process.command if waiting else None)
+                self.state_changed.wait(min(remaining, 0.5))
+
+    def close(self, *, cancel: bool, wait: bool, timeout: float | None = 10.0) -> None:
+        """Stop: cancel what is pending (or finish it first), then end every worker."""
+        if not self.closed.is_set():
+            with contextlib.suppress(ClusterClosedError):
+                self.call_soon(self._begin_close, cancel)
+        if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self.closed.wait(timeout)
+
+    # -- the I/O thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.master.socket, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        self._poller = poller
+        try:
+            for _ in range(self.target):
+                self._launch()
+            next_poll = 0.0
+            next_heartbeat = time.monotonic() + self.heartbeat_interval
+            while True:
+                now = time.monotonic()
+                timeout = min(next_heartbeat, next_poll) - now
+                events = dict(poller.poll(max(0, int(timeout * 1000))))
+                if self._wake_r in events:
+                    self._drain_wake()
+                self._run_commands()
+                if self.master.socket in events:
+                    self._receive()
+                now = time.monotonic()
+                if now >= next_poll or any(fd in events for fd in self._exit_fds):
+                    self._check_processes()
+                    next_poll = now + PROCESS_POLL_INTERVAL
+                if now >= next_heartbeat:
+                    self._heartbeat(now)
+                    next_heartbeat = now + self.heartbeat_interval
+                if self.closing:
+                    if self._stop_step(now):
+                        break
+                else:
+                    self._assign()
+        except BaseException as exc:  # the loop itself failed: nothing may hang on it
+            self.broken = exc
+            self._abandon_all(SockpoolError(f"the cluster's I/O thread failed: {exc!r}"))
+        finally:
+            self._teardown()
+
+    def _drain_wake(self) -> None:
+        # Cleared before the commands are read: a command queued after this
+        # point writes a new wake-up byte, so none is missed.
+        self._wake_pending = False
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+
+    def _run_commands(self) -> None:
+        while self._commands:
+            fn, args = self._commands.popleft()
+            fn(*args)
+
+    # -- workers starting and ending ---------------------------------------------------
+
+    def _launch(self) -> WorkerRecord | None:
+        worker_id = self._next_worker_id
+        self._next_worker_id += 1
+        config = {
+            "address": self.master.address,
+            "token": self.token,
+            "worker_id": worker_id,
+            "heartbeat_interval": self.heartbeat_interval,
+            "master_timeout": self.heartbeat_timeout,
+            "serializer": self.serializer,
+        }
+        try:
+            process = self.launcher.spawn(worker_id, config)
+        except LaunchError as exc:
+            self._startup_failed(exc)
+            return None
+        record = WorkerRecord(worker_id, process)
+        self.workers[worker_id] = record
+        fd = process.fileno()
+        if fd is not None:
+            self._poller.register(fd, zmq.POLLIN)
+            self._exit_fds.add(fd)
+        return record
+
+    def _startup_failed(self, error: LaunchError) -> None:
+        with self.state_changed:
+            self.startup_errors.append(error)
+            self.state_changed.notify_all()
+
+    def _check_processes(self) -> None:
+        now = time.monotonic()
+        for record in list(self.workers.values()):
+            if record.state in ("lost", "stopped"):
+                continue
+            returncode = record.process.poll()
+            if returncode is not None:
+                self._on_exit(record)
+            elif record.state == "starting" and now - record.started_at > self.connect_timeout:
+                record.process.kill()
+                self._lost(record, f"did not connect within {self.connect_timeout:g} s")
+            elif (not self.launcher.watches_processes and record.state == "ready"
+                  and now - record.last_heard > self.heartbeat_timeout):
+                record.process.kill()
+                self._lost(record, f"silent for {now - record.last_heard:.1f} s (heartbeat lost)")
+
+    def _on_exit(self, record: WorkerRecord) -> None:
+        if self.closing:
+            self._forget(record, "stopped")
+        else:
+            self._lost(record, record.process.exit_status())
+
+    def _forget(self, record: WorkerRecord, state: str) -> None:
+        was_ready = record.state == "ready"
+        record.state = state
+        fd = record.process.fileno()
+        if fd is not None and fd in self._exit_fds:
+            self._exit_fds.discard(fd)
+            self._poller.unregister(fd)
+        if record.process.poll() is not None:
+            record.process.close()
+        if was_ready:
+            with self.state_changed:
+                self.n_ready -= 1
+                self.state_changed.notify_all()
+
+    def _lost(self, record: WorkerRecord, how: str) -> None:
+        """A worker ended or went silent: write off or retry what it held, replace it."""
+        starting = record.state in ("starting", "setup")
+        held, pinned = self.scheduler.remove_worker(record.id)
+        self._forget(record, "lost")
+        tail = record.process.stderr_tail()
+        if starting:
+            self._launch_failed(record, how, tail)
+        for chunk in held + pinned:
+            if chunk.pinned is None and chunk.attempts < chunk.job.retries:
+                chunk.attempts += 1
+                self.scheduler.requeue(chunk)
+            else:
+                chunk.job.fail(chunk, self._lost_error(record, how, tail, chunk))
+        if not self.closing and self._failed_replacements < MAX_FAILED_REPLACEMENTS:
+            self._launch()
+        elif not self.closing and self.n_ready == 0:
+            self._abandon_all(LaunchError(
+                f"no worker is left and {MAX_FAILED_REPLACEMENTS} replacements in a row failed "
+                f"to start; last: worker {record.id} {how}", stderr_tail=tail))
+
+    def _launch_failed(self, record: WorkerRecord, how: str, tail: str) -> None:
+        self._failed_replacements += 1
+        message = f"worker {record.id} (pid {record.pid} on {record.host}) failed to start: {how}"
+        if tail:
+            message += f"\nits stderr ends with:\n{tail}"
+        self._startup_failed(LaunchError(
+            message, command=record.process.command, returncode=record.process.poll(),
+            stderr_tail=tail))
+
+    @staticmethod
+    def _lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk) -> WorkerLostError:
+        last = chunk.first_index + chunk.count - 1
+        tasks = f"task {chunk.first_index}" if chunk.count == 1 else (
+            f"tasks {chunk.first_index}..{last}")
+        message = f"{record.label} was lost ({how}) while running {tasks}"
+        if tail:
+            message += f"\nits stderr ends with:\n{tail}"
+        return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,
+                               exit_status=how, stderr_tail=tail)
+
+    def _abandon_all(self, error: SockpoolError) -> None:
+        """Fail every chunk, waiting or running (the cluster cannot go on)."""
+        chunks = self.scheduler.drain()
+        for worker_id in self.scheduler.workers:
+            chunks += self.scheduler.remove_worker(worker_id)[0]
+        for chunk in chunks:
+            chunk.job.fail(chunk, error)
+        with self.state_changed:
+            if self.broken is None:
+                self.broken = error
+            self.state_changed.notify_all()
+
+    # -- messages ------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        for _ in range(RECV_BATCH):
+            frames = self.master.receive()
+            if frames is None:
+                return
+            try:
+                self._on_message(frames)
+            except protocol.ProtocolError:
+                continue  # malformed: dropped, never acted on
+
+    def _on_message(self, frames: list[Any]) -> None:
+        if len(frames) < 2:
+            raise protocol.ProtocolError("message without a header")
+        prefix, worker_id = protocol.parse_identity(frames[0])
+        record = self.workers.get(worker_id)
+        if record is None or record.state in ("lost", "stopped"):
+            return
+        head, body = protocol.parse(frames[1])
+        if head.kind is Kind.HELLO:
+            self._on_hello(record, prefix, body)
+            return
+        if record.state == "starting":
+            return  # nothing counts before the worker proved it holds the token
+        record.last_heard = time.monotonic()
+        if head.kind is Kind.RESULT and prefix == protocol.DATA_PREFIX:
+            self._on_result(record, head, (body, [frame.buffer for frame in frames[2:]]))
+
+    def _on_hello(self, record: WorkerRecord, prefix: bytes, body: memoryview) -> None:
+        try:
+            info = json.loads(bytes(body))
+            token_ok = hmac.compare_digest(str(info["token"]), self.token)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise protocol.ProtocolError("malformed HELLO") from exc
+        if not token_ok or info.get("worker_id") != record.id:
+            return
+        record.last_heard = time.monotonic()
+        if prefix == protocol.CONTROL_PREFIX:
+            record.control_ready = True
+            return
+        if record.state != "starting":
+            return
+        record.pid = int(info.get("pid", record.pid))
+        if record.host != "localhost":
+            record.host = str(info.get("host", record.host))
+        for frames in self.exports:
+            self.master.send(record.data_identity, frames)
+        if self.setup_job is not None:
+            record.state = "setup"
+            record.setup_chunk = self.setup_job.chunk(0, 1, serialization.dumps(((), {})))
+            self._send_chunk(record, record.setup_chunk)
+        else:
+            self._ready(record)
+
+    def _ready(self, record: WorkerRecord) -> None:
+        record.state = "ready"
+        self._failed_replacements = 0
+        self.scheduler.add_worker(record.id)
+        with self.state_changed:
+            self.n_ready += 1
+            self.state_changed.notify_all()
+
+    def _on_result(self, record: WorkerRecord, head: protocol.Header,
+                   payload: tuple[memoryview, list[Any]]) -> None:
+        if record.setup_chunk is not None and head.ident == record.setup_chunk.id:
+            self._on_setup_result(record, payload)
+            return
+        chunk = self.scheduler.complete(record.id, head.ident)
+        if chunk is None:
+            return
+        if head.flags & Flag.CANCELLED:
+            chunk.job.dropped(chunk)
+        else:
+            chunk.job.deliver(chunk, record.label, payload)
+
+    def _on_setup_result(self, record: WorkerRecord, payload: tuple[memoryview, list[Any]]
+                         ) -> None:
+        chunk = record.setup_chunk
+        assert chunk is not None
+        record.setup_chunk = None
+        _, failures, _ = decode_outcome(chunk, record.label, payload)
+        if not failures:
+            self._ready(record)
+            return
+        error = LaunchError(f"setup failed on {record.label}: "
+                            f"{type(failures[0].error).__name__}: {failures[0].error}")
+        error.__cause__ = failures[0].error
+        self._failed_replacements += 1
+        self._startup_failed(error)
+        record.process.kill()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _assign(self) -> None:
+        failed: list[tuple[int, Chunk]] = []
+        for worker_id, chunk in self.scheduler.assignments():
+            if not self._send_chunk(self.workers[worker_id], chunk):
+                failed.append((worker_id, chunk))
+        for worker_id, chunk in failed:
+            self.scheduler.unassign(worker_id, chunk)
+            self.scheduler.requeue(chunk)
+            record = self.workers[worker_id]
+            if record.state == "ready":
+                record.process.kill()
+                self._lost(record, "its connection is gone")
+
+    def _send_chunk(self, record: WorkerRecord, chunk: Chunk) -> bool:
+        job = chunk.job
+        fn_payload = b""
+        if job.fn_digest in record.cached:
+            record.cached.move_to_end(job.fn_digest)
+        else:
+            fn_payload = job.fn_payload
+            self._cache(record, job.fn_digest, len(fn_payload))
+        head = protocol.header(Kind.TASK, job.flags, job.id, chunk.id)
+        first = protocol.task_frame(head, job.fn_digest, chunk.first_index, fn_payload,
+                                    chunk.frames[0])
+        return self.master.send(record.data_identity, [first, *chunk.frames[1:]])
+
+    def _cache(self, record: WorkerRecord, digest: bytes, size: int) -> None:
+        """Mirror the worker's function cache; tell it to drop the oldest past the budget."""
+        record.cached[digest] = size
+        record.cached_bytes += size
+        while record.cached_bytes > FUNCTION_CACHE_BYTES and len(record.cached) > 1:
+            old, old_size = record.cached.popitem(last=False)
+            record.cached_bytes -= old_size
+            self.master.send(record.data_identity, [protocol.header(Kind.FORGET) + old])
+
+    def _heartbeat(self, now: float) -> None:
+        beat = [protocol.header(Kind.HEARTBEAT)]
+        for record in self.workers.values():
+            if record.control_ready and record.state in ("setup", "ready"):
+                self.master.send(record.control_identity, beat)
+
+    def _tell_all(self, kind: Kind, job: int = 0, *, data: bool = False) -> None:
+        for record in self.workers.values():
+            if record.state not in ("lost", "stopped"):
+                if record.control_ready:
+                    self.master.send(record.control_identity, [protocol.header(kind, 0, job)])
+                if data:
+                    self.master.send(record.data_identity, [protocol.header(kind, 0, job)])
+
+    # -- commands (run on the I/O thread via call_soon) ----------------------------------
+
+    def submit(self, chunks: list[Chunk]) -> None:
+        """Queue chunks; fail them at once when the cluster cannot run them."""
+        if self.closing or self.broken is not None:
+            error: SockpoolError = (ClusterClosedError("the cluster is closed") if self.closing
+                                    else SockpoolError(f"the cluster is broken: {self.broken}"))
+            for chunk in chunks:
+                chunk.job.fail(chunk, error)
+            return
+        self.scheduler.submit(chunks)
+
+    def broadcast(self, job: Job, frames: list[Any], future: Future[list[Chunk]]) -> None:
+        """Pin one call to every ready worker; the future gets the chunks, by worker id."""
+        workers = sorted(self.scheduler.workers)
+        chunks = [job.chunk(position, 1, frames, pinned=worker_id)
+                  for position, worker_id in enumerate(workers)]
+        self.submit(chunks)
+        future.set_result(chunks)
+
+    def cancel(self, job: Job) -> None:
+        """Drop a job's waiting chunks and interrupt its running ones."""
+        dropped, running = self.scheduler.cancel(job)
+        for chunk in dropped:
+            job.dropped(chunk)
+        for worker_id in running:
+            record = self.workers[worker_id]
+            if record.control_ready:
+                self.master.send(record.control_identity,
+                                 [protocol.header(Kind.CANCEL, 0, job.id)])
+
+    def cancel_futures(self) -> None:
+        """Cancel every submitted future that has not started (shutdown(cancel_futures=True))."""
+        for chunk in self.scheduler.drain():
+            if isinstance(chunk.job, FutureJob):
+                chunk.job.future.cancel()
+                chunk.job.dropped(chunk)
+            else:
+                self.scheduler.submit([chunk])
+
+    def add_export(self, frames: list[Any]) -> None:
+        """Send an EXPORT message to every worker now, and to every worker that starts later."""
+        self.exports.append(frames)
+        for record in self.workers.values():
+            if record.state in ("setup", "ready"):
+                self.master.send(record.data_identity, frames)
+
+    def snapshot(self) -> list[tuple[int, str, int, str]]:
+        """(id, host, pid, state) of each worker that is not gone."""
+        rows = []
+        for record in self.workers.values():
+            if record.state in ("lost", "stopped"):
+                continue
+            state = record.state
+            if state == "ready":
+                state = "busy" if self.scheduler.load(record.id) else "idle"
+            rows.append((record.id, record.host, record.pid, state))
+        return rows
+
+    def _begin_close(self, cancel: bool) -> None:
+        if self.closing and not (cancel and self._finish_then_close):
+            return
+        if not cancel:
+            self._finish_then_close = True
+            self.closing = True  # refuse new work; _stop_step waits for the rest
+            return
+        self._finish_then_close = False
+        self.closing = True
+        error = ClusterClosedError("the cluster was closed before this task ran")
+        for chunk in self.scheduler.drain():
+            chunk.job.fail(chunk, error)
+        self._interrupt_running()
+
+    def _interrupt_running(self) -> None:
+        error = ClusterClosedError("the cluster was closed while this task ran")
+        for worker_id in self.scheduler.workers:
+            for chunk in self.scheduler.remove_worker(worker_id)[0]:
+                add_note(error, "")
+                chunk.job.fail(chunk, ClusterClosedError(str(error)))
+        self._tell_all(Kind.SHUTDOWN, data=True)
+        self._stop_started = time.monotonic()
+
+    def _stop_step(self, now: float) -> bool:
+        """One turn of closing; True once every worker is gone."""
+        if self._stop_started is None:
+            if self._finish_then_close:
+                self._assign()
+                if not self.scheduler.idle():
+                    return False
+            self._tell_all(Kind.SHUTDOWN, data=True)
+            self._stop_started = now
+        alive = [r for r in self.workers.values() if r.state not in ("lost", "stopped")]
+        for record in alive:
+            if record.process.poll() is not None:
+                self._forget(record, "stopped")
+        alive = [r for r in alive if r.state not in ("lost", "stopped")]
+        if not alive:
+            return True
+        elapsed = now - self._stop_started
+        term_at, kill_at, give_up_at = (sum(STOP_GRACE[: i + 1]) for i in range(3))
+        if elapsed >= give_up_at:
+            return True
+        if elapsed >= kill_at:
+            for record in alive:
+                record.process.kill()
+        elif elapsed >= term_at:
+            for record in alive:
+                record.process.terminate()
+        return False
+
+    def _teardown(self) -> None:
+        for record in self.workers.values():
+            if record.process.poll() is None:
+                record.process.kill()
+            record.process.close()
+        for record in self.workers.values():
+            if record.state not in ("lost", "stopped"):
+                record.state = "stopped"
+        self.n_ready = 0
+        self.master.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self.closing = True
+        with self.state_changed:
+            self.state_changed.notify_all()
+        self.closed.set()
+        # Anything queued after the loop ended is failed, so no caller waits forever.
+        while self._commands:
+            fn, args = self._commands.popleft()
+            with contextlib.suppress(Exception):
+                fn(*args)

@@ -1,0 +1,189 @@
+"""Jobs and chunks: what the API side hands to the I/O thread, and how results come back.
+
+A *job* is one call (a map, a ``submit``, a ``run_on_all``): one function
+payload and the settings of the call.  It is cut into *chunks*, the unit a
+worker receives: a pickled list of argument items (or one call), the index of
+its first task, and how many tasks it holds.
+
+The I/O thread calls a job's ``deliver``/``fail``/``cancelled`` hooks; they
+never block.  A :class:`StreamJob` (maps, ``run_on_all``) only queues what
+arrives, and the caller's thread decodes it, so user unpickling never runs on
+the I/O thread.  A :class:`FutureJob` (``submit``) decodes its one small result
+there to complete its ``concurrent.futures.Future``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from . import serialization
+from .errors import ClusterClosedError, RemoteError
+from .protocol import Flag
+
+_job_ids = itertools.count(1)
+_chunk_ids = itertools.count(1)
+
+
+class WorkerLabel(NamedTuple):
+    """Who ran a chunk, for notes and messages."""
+
+    worker_id: int
+    host: str
+    pid: int
+
+    def __str__(self) -> str:
+        return f"worker {self.worker_id} (pid {self.pid} on {self.host})"
+
+
+@dataclass(eq=False)
+class Chunk:
+    """A run of consecutive tasks of one job, sent to one worker as one message."""
+
+    job: Job
+    first_index: int
+    count: int
+    frames: list[Any]
+    pinned: int | None = None  # a worker id: run_on_all and setup chunks go there only
+    attempts: int = 0
+    id: int = field(default_factory=lambda: next(_chunk_ids))
+
+
+class TaskFailure(NamedTuple):
+    """A task's exception, ready to raise or return, and the task's index."""
+
+    task_index: int
+    error: BaseException
+
+
+class Job:
+    """One call's function payload and settings; subclasses say where results go."""
+
+    def __init__(self, fn_payload: bytes, flags: Flag, retries: int = 0) -> None:
+        self.id = next(_job_ids) & 0xFFFFFFFF
+        self.fn_payload = fn_payload
+        self.fn_digest = serialization.digest(fn_payload)
+        self.flags = flags
+        self.retries = retries
+        self.cancelled = False
+
+    def chunk(self, first_index: int, count: int, frames: list[Any], pinned: int | None = None
+              ) -> Chunk:
+        """Make a chunk of this job."""
+        return Chunk(self, first_index, count, frames, pinned)
+
+    # -- hooks run on the I/O thread; never block -----------------------------------
+
+    def start(self, chunk: Chunk) -> bool:
+        """The chunk is about to be sent; False drops it (its future was cancelled)."""
+        return not self.cancelled
+
+    def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
+        """A RESULT arrived for ``chunk``."""
+        raise NotImplementedError
+
+    def fail(self, chunk: Chunk, error: BaseException) -> None:
+        """``chunk`` cannot complete (worker lost, cluster closed)."""
+        raise NotImplementedError
+
+    def dropped(self, chunk: Chunk) -> None:
+        """``chunk`` was cancelled before or while it ran."""
+
+
+#: A RESULT as the I/O thread hands it on: the body of its first frame and its buffers.
+Payload = tuple[memoryview, list[Any]]
+
+
+def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload
+                   ) -> tuple[list[Any], list[TaskFailure], float]:
+    """Unpickle a RESULT: the values, each failed task's rebuilt exception, compute seconds."""
+    try:
+        values, errors, seconds = serialization.loads(*payload)
+    except Exception as exc:
+        problem = RemoteError(
+            serialization.describe(exc),
+            f"the results of tasks {chunk.first_index}..{chunk.first_index + chunk.count - 1} "
+            f"could not be unpickled in the master: {exc}",
+        )
+        return [None] * chunk.count, [TaskFailure(chunk.first_index, problem)], 0.0
+    failures = []
+    for offset, packed in errors:
+        index = chunk.first_index + offset
+        failures.append(TaskFailure(index, serialization.unpack_exception(
+            packed, f"sockpool: task {index} failed on {label}")))
+    if len(values) < chunk.count and failures:
+        # The chunk stopped early (its payload failed to load, or stop-on-error):
+        # the tasks it never ran share its first failure.
+        first = failures[0].error
+        failures += [TaskFailure(chunk.first_index + i, first)
+                     for i in range(len(values), chunk.count)]
+        values = values + [None] * (chunk.count - len(values))
+    return values, failures, seconds
+
+
+class StreamJob(Job):
+    """Results are queued as they arrive; the calling thread decodes them.
+
+    Queue items are ``(chunk, label, frames)`` for a result, ``(chunk, None,
+    error)`` for a chunk that failed as a whole, ``(chunk, None, None)`` for
+    one dropped by cancellation.
+    """
+
+    def __init__(self, fn_payload: bytes, flags: Flag, retries: int = 0) -> None:
+        super().__init__(fn_payload, flags, retries)
+        self.events: queue.SimpleQueue[tuple[Chunk, WorkerLabel | None, Any]] = queue.SimpleQueue()
+
+    def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
+        self.events.put((chunk, label, payload))
+
+    def fail(self, chunk: Chunk, error: BaseException) -> None:
+        self.events.put((chunk, None, error))
+
+    def dropped(self, chunk: Chunk) -> None:
+        self.events.put((chunk, None, None))
+
+
+class FutureJob(Job):
+    """One call whose outcome completes a ``concurrent.futures.Future``."""
+
+    def __init__(self, fn_payload: bytes, future: Future[Any]) -> None:
+        super().__init__(fn_payload, Flag.CALL)
+        self.future = future
+        self._lock = threading.Lock()
+
+    def start(self, chunk: Chunk) -> bool:
+        with self._lock:
+            if self.future.running():
+                return True  # a retry after a lost worker
+            return self.future.set_running_or_notify_cancel()
+
+    def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
+        values, failures, _ = decode_outcome(chunk, label, payload)
+        if failures:
+            self._settle(error=failures[0].error)
+        else:
+            self._settle(value=values[0])
+
+    def fail(self, chunk: Chunk, error: BaseException) -> None:
+        self._settle(error=error)
+
+    def dropped(self, chunk: Chunk) -> None:
+        with self._lock:
+            if not self.future.done() and not self.future.cancel():
+                self.future.set_exception(ClusterClosedError(
+                    "the task was interrupted because its cluster was shut down"))
+
+    def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self.future.done():
+                return
+            if not self.future.running() and not self.future.set_running_or_notify_cancel():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(value)

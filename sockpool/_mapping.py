@@ -1,0 +1,216 @@
+"""Maps on the caller's thread: cutting input into chunks, and results back into order.
+
+``par_map`` and ``Executor.map`` serialize every chunk before sending any
+(:class:`EagerFeed`); ``imap`` reads its input lazily, a window of chunks at a
+time, sizing chunks from the measured task time (:class:`LazyFeed`).
+:func:`stream_results` keeps the window full, decodes results as they arrive
+and yields them in order (or as they come).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from typing import Any
+
+from ._jobs import Chunk, StreamJob, TaskFailure, decode_outcome
+from .capture import dump_arguments
+from .errors import ClusterClosedError
+
+#: imap sizes chunks so that one takes about this long to compute.
+TARGET_CHUNK_SECONDS = 0.02
+MAX_CHUNKSIZE = 100_000
+#: How often a waiting caller wakes up (to stay responsive to Ctrl-C).
+POLL_SECONDS = 0.25
+
+
+def auto_chunksize(n_items: int, n_workers: int) -> int:
+    """multiprocessing.Pool's rule: about four chunks per worker."""
+    return max(1, math.ceil(n_items / (4 * max(1, n_workers))))
+
+
+def eager_chunks(job: StreamJob, items: list[Any], chunksize: int, serializer: str) -> list[Chunk]:
+    """Serialize every chunk of a list now (CaptureError names the first bad item)."""
+    return [
+        job.chunk(start, len(part), dump_arguments(part, start, serializer))
+        for start in range(0, len(items), chunksize)
+        for part in (items[start:start + chunksize],)
+    ]
+
+
+class EagerFeed:
+    """All chunks are ready; the first call hands them all out."""
+
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self._chunks = chunks
+        self.exhausted = not chunks
+
+    def take(self, room: int) -> list[Chunk]:
+        chunks, self._chunks = self._chunks, []
+        self.exhausted = True
+        return chunks
+
+    def measured(self, chunk: Chunk, seconds: float) -> None:
+        """Eager chunks are already cut; nothing to learn."""
+
+
+class LazyFeed:
+    """Reads input only when the window has room; sizes chunks from measured task times."""
+
+    def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
+                 serializer: str) -> None:
+        self._job = job
+        self._items = items
+        self._fixed = chunksize
+        self._size = chunksize or 1
+        self._serializer = serializer
+        self._next_index = 0
+        self.exhausted = False
+
+    def take(self, room: int) -> list[Chunk]:
+        chunks = []
+        while room > 0 and not self.exhausted:
+            part = list(itertools.islice(self._items, self._size))
+            if not part:
+                self.exhausted = True
+                break
+            frames = dump_arguments(part, self._next_index, self._serializer, copy_buffers=True)
+            chunks.append(self._job.chunk(self._next_index, len(part), frames))
+            self._next_index += len(part)
+            room -= 1
+        return chunks
+
+    def measured(self, chunk: Chunk, seconds: float) -> None:
+        """Grow (at most doubling) or shrink the chunk size toward the target duration."""
+        if self._fixed is not None:
+            return
+        per_task = seconds / max(1, chunk.count)
+        ideal = MAX_CHUNKSIZE if per_task <= 0 else int(TARGET_CHUNK_SECONDS / per_task)
+        self._size = max(1, min(ideal, 2 * self._size, MAX_CHUNKSIZE))
+
+
+Feed = EagerFeed | LazyFeed
+
+
+def _next_event(job: StreamJob, deadline: float | None) -> tuple[Chunk, Any, Any]:
+    while True:
+        wait = POLL_SECONDS
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                raise FuturesTimeoutError("the map did not finish before its timeout")
+        try:
+            return job.events.get(timeout=wait)
+        except queue.Empty:
+            continue
+
+
+def _outcome(chunk: Chunk, label: Any, payload: Any) -> tuple[list[Any], list[TaskFailure], float]:
+    """Decode one queue event into values, failures and the chunk's compute time."""
+    if label is None:
+        error = payload if payload is not None else ClusterClosedError(
+            "the cluster was closed before these tasks ran")
+        failures = [TaskFailure(chunk.first_index + i, error) for i in range(chunk.count)]
+        return [None] * chunk.count, failures, 0.0
+    values, failures, seconds = decode_outcome(chunk, label, payload)
+    return values, failures, seconds
+
+
+#: A run of consecutive results: index of the first, the values, failures by index.
+Block = tuple[int, list[Any], dict[int, BaseException]]
+
+
+def stream_blocks(
+    job: StreamJob,
+    feed: Feed,
+    *,
+    submit: Callable[[list[Chunk]], None],
+    cancel: Callable[[], None],
+    window: int,
+    ordered: bool = True,
+    errors: str = "raise",
+    raise_on_arrival: bool = False,
+    deadline: float | None = None,
+    progress: Any = None,
+    in_flight: int = 0,
+) -> Iterator[Block]:
+    """Yield a job's results a chunk at a time, keeping ``window`` chunks in flight.
+
+    Args:
+        ordered: yield blocks in input order (else as they arrive).
+        raise_on_arrival: with ``errors="raise"``, raise the first failure as
+            soon as it arrives (par_map) rather than leave it to the consumer
+            when its turn comes (an ordered imap).
+        window: chunks in flight (and, when ordered, waiting to be yielded).
+        in_flight: chunks the caller already submitted itself.
+    """
+    waiting: dict[int, Block] = {}
+    next_first = 0
+    finished = False
+    try:
+        while True:
+            room = window - in_flight - len(waiting)
+            if room > 0 and not feed.exhausted:
+                chunks = feed.take(room)
+                if chunks:
+                    submit(chunks)
+                    in_flight += len(chunks)
+            if in_flight == 0 and not waiting and feed.exhausted:
+                finished = True
+                return
+            chunk, label, payload = _next_event(job, deadline)
+            in_flight -= 1
+            values, failures, seconds = _outcome(chunk, label, payload)
+            feed.measured(chunk, seconds)
+            if progress is not None:
+                progress.update(chunk.count)
+            if failures and errors == "raise" and raise_on_arrival:
+                raise failures[0].error
+            block = (chunk.first_index, values, {f.task_index: f.error for f in failures})
+            if not ordered:
+                yield block
+                continue
+            waiting[chunk.first_index] = block
+            while next_first in waiting:
+                block = waiting.pop(next_first)
+                next_first += len(block[1])
+                yield block
+    finally:
+        if not finished:
+            cancel()
+        if progress is not None:
+            progress.close()
+
+
+def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool) -> list[Any]:
+    """par_map's result list: blocks placed by index (or appended as they come)."""
+    results: list[Any] = [None] * n_items if ordered else []
+    for first, values, failed in blocks:
+        if ordered:
+            results[first:first + len(values)] = values
+            for index, error in failed.items():
+                results[index] = error
+        else:
+            results += [failed.get(first + i, value) for i, value in enumerate(values)
+                        ] if failed else values
+    return results
+
+
+def iterate(blocks: Iterator[Block], errors: str) -> Iterator[Any]:
+    """Results one by one; a failed task raises (or is yielded, with errors="return")."""
+    for first, values, failed in blocks:
+        if not failed:
+            yield from values
+            continue
+        for offset, value in enumerate(values):
+            error = failed.get(first + offset)
+            if error is None:
+                yield value
+            elif errors == "raise":
+                raise error
+            else:
+                yield error

@@ -1,0 +1,580 @@
+"""``Cluster``: the public face of a pool of worker processes.
+
+How data flows::
+
+    caller's thread              I/O thread "sockpool-io"           worker process
+    ---------------              ------------------------           --------------
+    par_map(fn, xs)
+     capture: fn -> payload
+     args -> chunks (pickle 5)
+     --- call_soon(submit) --->  Dispatcher
+                                  Scheduler: pending chunks,
+                                  credits per worker    -- TASK -->  main thread:
+                                  ROUTER socket                       load fn (cache by digest)
+                                  (ipc:// in a 0700 dir)              run the chunk
+     job.events <-- deliver ---   <-------------------- RESULT --
+     decode, order, raise         <-- HEARTBEAT/CANCEL/SHUTDOWN -->  watchdog thread
+     or return errors             pidfds: a worker's exit is          (exits when the
+                                  seen at once                        master is gone)
+
+    launchers (local for now) start ``python -m sockpool.worker`` and hand it
+    its configuration over stdin.
+
+1. The caller's thread serializes the function once and the arguments chunk by
+   chunk (before anything is sent), and queues a command for the I/O thread.
+2. The I/O thread, the only user of the zmq socket, gives each worker up to
+   ``prefetch`` chunks; the function payload travels to a worker only the first
+   time (workers cache it by digest).
+3. Results are queued to the job raw; the caller's thread unpickles them, so
+   user code never runs on the I/O thread (``submit``'s futures excepted: their
+   one result is decoded there to complete the future).
+4. A worker that exits is noticed through its pidfd, its chunks are retried or
+   failed with ``WorkerLostError``, and a replacement starts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import enum
+import os
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from typing import Any, NamedTuple, TypeVar
+
+from . import protocol, serialization
+from ._dispatch import Dispatcher
+from ._jobs import FutureJob, Job, StreamJob
+from ._mapping import (
+    EagerFeed,
+    LazyFeed,
+    auto_chunksize,
+    collect_list,
+    eager_chunks,
+    iterate,
+    stream_blocks,
+)
+from .capture import dump_call, dump_function, dump_values
+from .cores import detect_cores
+from .errors import ClusterClosedError
+from .launchers import Launcher, LocalLauncher
+from .protocol import Flag
+
+T = TypeVar("T")
+
+#: Variables that size the thread pools of BLAS, OpenMP and friends.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class ClusterState(enum.Enum):
+    """Where a cluster is in its life."""
+
+    RUNNING = "running"  # workers started; takes work
+    CLOSING = "closing"  # shutdown(wait=False): finishing what it has, takes nothing new
+    CLOSED = "closed"  # every worker has been stopped
+
+
+class WorkerInfo(NamedTuple):
+    """One worker, as :attr:`Cluster.workers` reports it."""
+
+    id: int
+    host: str
+    pid: int
+    state: str  # "starting", "setup", "idle" or "busy"
+
+
+_live_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _close_all_at_exit() -> None:
+    for cluster in list(_live_clusters):
+        cluster._close_quietly()
+
+
+def _register_exit_hook() -> None:
+    # Registered when the first cluster starts, not at import: importing
+    # sockpool has no side effects.
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        if not _exit_hook_registered:
+            atexit.register(_close_all_at_exit)
+            _exit_hook_registered = True
+
+
+def _close_forgotten(dispatcher: Dispatcher, description: str, owner_pid: int) -> None:
+    """Finalizer of a cluster garbage-collected while open."""
+    if os.getpid() != owner_pid:  # a forked child must not stop its parent's workers
+        return
+    if not dispatcher.closed.is_set():
+        warnings.warn(f"unclosed {description}; use 'with Cluster(...)' or call close()",
+                      ResourceWarning, stacklevel=2)
+        dispatcher.close(cancel=True, wait=True)
+
+
+def _check_callable(fn: object, method: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{method}() needs a callable as its function, not {type(fn).__name__}")
+
+
+def _check_iterables(iterables: tuple[Any, ...], method: str) -> None:
+    if not iterables:
+        raise TypeError(f"{method}() needs at least one iterable of arguments")
+    for position, value in enumerate(iterables, start=1):
+        try:
+            iter(value)
+        except TypeError:
+            raise TypeError(f"{method}() argument {position} after the function must be "
+                            f"iterable, not {type(value).__name__}") from None
+
+
+def _check_options(chunksize: int | None, retries: int, errors: str, timeout: float | None) -> None:
+    if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+        raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+    if timeout is not None:
+        raise NotImplementedError("per-task timeout= is not available yet")
+
+
+def _lookup(names: tuple[str, ...], env: Mapping[str, Any] | object | None, depth: int
+            ) -> dict[str, Any]:
+    """Values of ``names`` in ``env``, or in the caller's frame (locals, then globals)."""
+    if env is None:
+        frame = sys._getframe(depth + 1)
+        scopes: list[Mapping[str, Any]] = [frame.f_locals, frame.f_globals]
+    elif isinstance(env, Mapping):
+        scopes = [env]
+    else:
+        scopes = [vars(env)]
+    values = {}
+    for name in names:
+        for scope in scopes:
+            if name in scope:
+                values[name] = scope[name]
+                break
+        else:
+            raise NameError(f"name {name!r} is not defined")
+    return values
+
+
+def _progress_bar(total: int | None, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install 'sockpool[progress]'") from None
+    return tqdm(total=total)
+
+
+class Cluster(concurrent.futures.Executor):
+    """A pool of worker processes that run your functions in parallel.
+
+    Use it as a context manager, so that no worker outlives the block::
+
+        with Cluster(n=4) as cl:
+            models = cl.par_map(fit_one, levels)
+
+    Args:
+        n: number of local workers (default: :func:`detect_cores`).
+        hosts: where workers run: a list (repeat a name for several workers)
+            or a dict of name to count.  Only ``"localhost"`` is supported so
+            far; it means a local worker.
+        launcher: an explicit launcher (:class:`~sockpool.launchers.LocalLauncher`).
+        python: the interpreter workers run (default: this one).
+        env: extra environment variables for the workers.
+        setup: a callable run once in every worker when it starts (also in a
+            replacement worker), e.g. to import heavy modules.
+        threads_per_worker: caps BLAS/OpenMP threads in each worker.  With the
+            default 1 the variables are set only where this process's
+            environment does not set them already.
+        serializer: ``"cloudpickle"`` (default), ``"dill"`` or ``"pickle"``.
+        connect_timeout: seconds to wait for the workers to start and connect.
+        heartbeat_interval: seconds between heartbeats, both ways.
+        heartbeat_timeout: silence after which a worker gives up on the master
+            (default: 5 heartbeats; local workers also exit at once when the
+            master process ends).
+        prefetch: chunks a worker may hold: the one it runs and those queued.
+
+    Raises:
+        ValueError: ``n < 1`` or another bad option.
+        LaunchError: a worker could not start or connect in time.
+    """
+
+    def __init__(
+        self,
+        n: int | None = None,
+        *,
+        hosts: Iterable[str] | Mapping[str, int] | None = None,
+        launcher: Launcher | None = None,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+        setup: Callable[[], Any] | None = None,
+        threads_per_worker: int | None = 1,
+        serializer: str = "cloudpickle",
+        connect_timeout: float = 60.0,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float | None = None,
+        prefetch: int = 2,
+    ) -> None:
+        n_workers = self._count_workers(n, hosts)
+        serialization.check_serializer(serializer)
+        if setup is not None:
+            _check_callable(setup, "Cluster(setup=...)")
+        if threads_per_worker is not None and (
+                not isinstance(threads_per_worker, int) or threads_per_worker < 1):
+            raise ValueError(f"threads_per_worker must be a positive integer or None, "
+                             f"not {threads_per_worker!r}")
+        for name, value in (("connect_timeout", connect_timeout),
+                            ("heartbeat_interval", heartbeat_interval)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, not {value!r}")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
+        if launcher is None:
+            launcher = LocalLauncher(python=python, env=self._worker_env(env, threads_per_worker))
+        elif python is not None or env is not None:
+            raise ValueError("python= and env= belong to the launcher when launcher= is given")
+
+        self._serializer = serializer
+        self._state = ClusterState.RUNNING
+        self._state_lock = threading.Lock()
+        setup_job = StreamJob(dump_function(setup, serializer), Flag.CALL) if setup else None
+        self._dispatcher = Dispatcher(
+            n_workers=n_workers, launcher=launcher, serializer=serializer,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
+            connect_timeout=connect_timeout, prefetch=prefetch, setup_job=setup_job)
+        self._description = f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)"
+        _register_exit_hook()
+        self._finalizer = weakref.finalize(self, _close_forgotten, self._dispatcher,
+                                           self._description, os.getpid())
+        self._finalizer.atexit = False  # the exit hook closes it without a warning
+        _live_clusters.add(self)
+        self._dispatcher.start()
+        try:
+            self._dispatcher.wait_for_workers(n_workers, connect_timeout)
+        except BaseException:
+            self._close_quietly()
+            raise
+
+    @staticmethod
+    def _count_workers(n: int | None, hosts: Iterable[str] | Mapping[str, int] | None) -> int:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+            raise TypeError(f"n must be an integer, not {type(n).__name__}")
+        if n is not None and n < 1:
+            raise ValueError(f"n must be at least 1, not {n}")
+        if hosts is None:
+            return n if n is not None else detect_cores()
+        counts = dict(hosts) if isinstance(hosts, Mapping) else None
+        names = list(counts) if counts is not None else list(hosts)
+        remote = sorted({h for h in names if h != "localhost"})
+        if remote:
+            raise ValueError(f"unknown host(s) {', '.join(map(repr, remote))}: only 'localhost' "
+                             "is supported by this version (ssh launching is not available yet)")
+        local = sum(counts.values()) if counts is not None else len(names)
+        return local + (n or 0)
+
+    @staticmethod
+    def _worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:
+        worker_env: dict[str, str] = {}
+        if threads is not None:
+            for name in THREAD_VARIABLES:
+                if threads != 1 or name not in os.environ:
+                    worker_env[name] = str(threads)
+        worker_env.update(env or {})
+        return worker_env
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def __enter__(self) -> Cluster:
+        self._check_open()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.shutdown(wait=True)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Stop now: cancel pending tasks, interrupt running ones, end every worker.
+
+        Bounded (a few seconds at most: SHUTDOWN, then SIGTERM, then SIGKILL).
+        Calling it again is harmless.
+        """
+        self._mark_closed()
+        self._finalizer.detach()
+        self._dispatcher.close(cancel=True, wait=True)
+        _live_clusters.discard(self)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; finish what was submitted (``Executor`` contract).
+
+        Args:
+            wait: block until every task has finished and the workers are gone.
+            cancel_futures: cancel submitted tasks that have not started.
+        """
+        self._mark_closed(ClusterState.CLOSED if wait else ClusterState.CLOSING)
+        self._finalizer.detach()
+        if cancel_futures:
+            with contextlib.suppress(ClusterClosedError):
+                self._dispatcher.call_soon(self._dispatcher.cancel_futures)
+        self._dispatcher.close(cancel=False, wait=wait, timeout=None)
+        if wait:
+            _live_clusters.discard(self)
+
+    def _mark_closed(self, state: ClusterState = ClusterState.CLOSED) -> None:
+        with self._state_lock:
+            self._state = state
+
+    def _close_quietly(self) -> None:
+        self._mark_closed()
+        self._finalizer.detach()
+        self._dispatcher.close(cancel=True, wait=True)
+        _live_clusters.discard(self)
+
+    def _check_open(self) -> None:
+        if self._state is not ClusterState.RUNNING or self._dispatcher.closed.is_set():
+            raise ClusterClosedError("this cluster is closed")
+
+    # -- maps -------------------------------------------------------------------------
+
+    def par_map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        chunksize: int | None = None,
+        ordered: bool = True,
+        progress: bool = False,
+        timeout: float | None = None,
+        retries: int = 0,
+        errors: str = "raise",
+    ) -> list[T]:
+        """Apply ``fn`` to every item (to items of several iterables in step) in parallel.
+
+        Args:
+            fn: the function; it travels with what it refers to.
+            iterables: the arguments; several are zipped, stopping at the shortest.
+            chunksize: tasks per message (default: about four chunks per worker).
+            ordered: results in input order (else in the order they finish).
+            progress: show a progress bar (needs tqdm).
+            timeout: per-task time limit in seconds (not available yet).
+            retries: times a task is re-run when its worker is lost.
+            errors: ``"raise"`` the first failure, or ``"return"`` exceptions in place.
+
+        Returns:
+            The list of results.
+
+        Raises:
+            TypeError: ``fn`` is not callable or an argument is not iterable.
+            CaptureError: the function or an argument cannot be serialized.
+            WorkerLostError: a task's worker died (and ``retries`` ran out).
+            ClusterClosedError: the cluster is closed.
+        """
+        return self._map_list("par_map", fn, iterables, star=len(iterables) > 1,
+                              chunksize=chunksize, ordered=ordered, progress=progress,
+                              timeout=timeout, retries=retries, errors=errors)
+
+    def par_starmap(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        *,
+        chunksize: int | None = None,
+        ordered: bool = True,
+        progress: bool = False,
+        timeout: float | None = None,
+        retries: int = 0,
+        errors: str = "raise",
+    ) -> list[T]:
+        """Like :meth:`par_map`, calling ``fn(*args)`` for each tuple ``args``."""
+        return self._map_list("par_starmap", fn, (iterable,), star=True, chunksize=chunksize,
+                              ordered=ordered, progress=progress, timeout=timeout,
+                              retries=retries, errors=errors)
+
+    def _map_list(self, method: str, fn: Callable[..., T], iterables: tuple[Any, ...], *,
+                  star: bool, chunksize: int | None, ordered: bool, progress: bool,
+                  timeout: float | None, retries: int, errors: str) -> list[T]:
+        self._check_open()
+        _check_callable(fn, method)
+        _check_iterables(iterables, method)
+        _check_options(chunksize, retries, errors, timeout)
+        items = list(zip(*iterables, strict=False)) if len(iterables) > 1 else list(iterables[0])
+        job = StreamJob(dump_function(fn, self._serializer), self._flags(star, errors), retries)
+        if not items:
+            return []
+        size = chunksize or auto_chunksize(len(items), self._worker_count())
+        chunks = eager_chunks(job, items, size, self._serializer)
+        blocks = stream_blocks(
+            job, EagerFeed(chunks), submit=self._submit_chunks, cancel=self._canceller(job),
+            window=len(chunks), ordered=False, errors=errors, raise_on_arrival=True,
+            progress=_progress_bar(len(items), progress))
+        return collect_list(blocks, len(items), ordered)
+
+    def imap(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        chunksize: int | None = None,
+        progress: bool = False,
+        timeout: float | None = None,
+        retries: int = 0,
+        errors: str = "raise",
+    ) -> Iterator[T]:
+        """Apply ``fn`` lazily: results as they come, input read as room frees up.
+
+        At most a few chunks per worker are in flight (and, when ``ordered``,
+        waiting their turn), so memory stays flat even for an endless input.
+        Without ``chunksize`` chunks grow from 1 to what takes about 20 ms.
+        An ordered imap yields every result before a failing task, then raises.
+        """
+        self._check_open()
+        _check_callable(fn, "imap")
+        _check_iterables(iterables, "imap")
+        _check_options(chunksize, retries, errors, timeout)
+        star = len(iterables) > 1
+        items = zip(*iterables, strict=False) if star else iter(iterables[0])
+        job = StreamJob(dump_function(fn, self._serializer), self._flags(star, errors), retries)
+        feed = LazyFeed(job, items, chunksize, self._serializer)
+        window = self._worker_count() * (self._dispatcher.scheduler.prefetch + 1)
+        blocks = stream_blocks(job, feed, submit=self._submit_chunks, cancel=self._canceller(job),
+                               window=window, ordered=ordered, errors=errors,
+                               progress=_progress_bar(None, progress))
+        return iterate(blocks, errors)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """``Executor.map``: submits everything now; yields results in order.
+
+        ``timeout`` is a deadline for the whole iteration, as in
+        ``concurrent.futures`` (``TimeoutError`` when it passes).
+        """
+        self._check_open()
+        _check_callable(fn, "map")
+        _check_iterables(iterables, "map")
+        _check_options(chunksize, 0, "raise", None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        star = len(iterables) > 1
+        items = list(zip(*iterables, strict=False)) if star else list(iterables[0])
+        job = StreamJob(dump_function(fn, self._serializer), self._flags(star, "raise"))
+        chunks = eager_chunks(job, items, chunksize, self._serializer)
+        self._submit_chunks(chunks)  # now, not at the first next(): the Executor contract
+        blocks = stream_blocks(job, EagerFeed([]), submit=self._submit_chunks,
+                               cancel=self._canceller(job), window=len(chunks),
+                               deadline=deadline, in_flight=len(chunks))
+        return iterate(blocks, "raise")
+
+    # -- single calls -----------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` on a worker; returns a ``concurrent.futures.Future``."""
+        self._check_open()
+        _check_callable(fn, "submit")
+        future: Future[T] = Future()
+        job = FutureJob(dump_function(fn, self._serializer), future)
+        chunk = job.chunk(0, 1, dump_call(args, kwargs, self._serializer))
+        self._submit_chunks([chunk])
+        return future
+
+    def run_on_all(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> list[T]:
+        """Run ``fn(*args, **kwargs)`` once on every worker; one result per worker, by id.
+
+        Like R's ``clusterCall``/``clusterEvalQ``: for per-worker state such as
+        imports, connections or caches.
+        """
+        self._check_open()
+        _check_callable(fn, "run_on_all")
+        job = StreamJob(dump_function(fn, self._serializer), Flag.CALL | Flag.STOP_ON_ERROR)
+        frames = dump_call(args, kwargs, self._serializer)
+        answer: Future[list[Any]] = Future()
+        self._dispatcher.call_soon(self._dispatcher.broadcast, job, frames, answer)
+        chunks = answer.result()
+        blocks = stream_blocks(job, EagerFeed([]), submit=self._submit_chunks,
+                               cancel=self._canceller(job), window=len(chunks),
+                               ordered=False, raise_on_arrival=True, in_flight=len(chunks))
+        return collect_list(blocks, len(chunks), ordered=True)
+
+    def export(self, *names: str, env: Mapping[str, Any] | object | None = None,
+               **values: Any) -> None:
+        """Make values globals on every worker, present and future (R's ``clusterExport``).
+
+        ``export("data", "model")`` looks the names up in the caller's frame
+        (or in ``env``); ``export(data=df)`` gives values directly.  Task
+        functions shipped from ``__main__`` or a notebook see them as globals.
+
+        Raises:
+            NameError: a name is not defined.
+            CaptureError: a value cannot be serialized.
+        """
+        self._check_open()
+        for name in (*names, *values):
+            if not isinstance(name, str) or not name.isidentifier():
+                raise TypeError(f"export() names must be identifiers, not {name!r}")
+        exported = {**_lookup(names, env, depth=1), **values}
+        parts = ((f"exported value {name!r}", value) for name, value in exported.items())
+        frames = dump_values(exported, self._serializer, parts, copy_buffers=True,
+                             prefix=protocol.header(protocol.Kind.EXPORT))
+        self._dispatcher.call_soon(self._dispatcher.add_export, frames)
+
+    # -- introspection ----------------------------------------------------------------
+
+    @property
+    def workers(self) -> tuple[WorkerInfo, ...]:
+        """Each live worker: id, host, pid and state."""
+        if self._dispatcher.closed.is_set():
+            return ()
+        try:
+            rows = self._dispatcher.ask(self._dispatcher.snapshot)
+        except ClusterClosedError:
+            return ()
+        return tuple(WorkerInfo(*row) for row in rows)
+
+    @property
+    def n_workers(self) -> int:
+        """Number of live, connected workers."""
+        return self._dispatcher.n_ready
+
+    def __repr__(self) -> str:
+        state = self._state.value
+        if self._state is ClusterState.RUNNING and self._dispatcher.closed.is_set():
+            state = "closed"
+        return (f"<Cluster {self._dispatcher.launcher.describe()}: {self.n_workers} of "
+                f"{self._dispatcher.target} workers, {state}>")
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _worker_count(self) -> int:
+        return max(1, self._dispatcher.n_ready or self._dispatcher.target)
+
+    @staticmethod
+    def _flags(star: bool, errors: str) -> Flag:
+        flags = Flag.MAP_STAR if star else Flag.MAP_ONE
+        return flags | Flag.STOP_ON_ERROR if errors == "raise" else flags
+
+    def _submit_chunks(self, chunks: list[Any]) -> None:
+        self._dispatcher.call_soon(self._dispatcher.submit, chunks)
+
+    def _canceller(self, job: Job) -> Callable[[], None]:
+        def cancel() -> None:
+            with contextlib.suppress(ClusterClosedError):
+                self._dispatcher.call_soon(self._dispatcher.cancel, job)
+
+        return cancel

@@ -1,0 +1,165 @@
+"""Every exception sockpool raises, in one place.
+
+The tree::
+
+    SockpoolError          base of everything below
+    ├── CaptureError       a function or value cannot be serialized (also pickle.PicklingError)
+    ├── ClusterClosedError you closed the cluster (also RuntimeError: the Executor contract)
+    ├── LaunchError        a worker could not start: command, exit status, stderr tail
+    ├── WorkerLostError    the worker running a task died or went silent
+    ├── TaskTimeoutError   a task ran past its ``timeout=`` (also TimeoutError)
+    └── RemoteError        a task raised an exception that cannot be rebuilt here
+
+An exception raised by a task travels home as itself (same type), with the
+worker's traceback attached as ``__cause__`` (a :class:`RemoteTraceback`) and a
+note naming the task index and the worker.  Only when the original cannot be
+unpickled in the master does it arrive as :class:`RemoteError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+from typing import Any
+
+__all__ = [
+    "CaptureError",
+    "ClusterClosedError",
+    "LaunchError",
+    "RemoteError",
+    "RemoteTraceback",
+    "SockpoolError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+]
+
+
+class SockpoolError(Exception):
+    """Base class of every sockpool error."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions with keyword-only attributes do not survive pickling by
+        # default; keep the message and the attribute dict.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[SockpoolError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class CaptureError(SockpoolError, pickle.PicklingError):
+    """A function, argument or value cannot be serialized for the workers.
+
+    Raised before anything is sent.  The message names what failed and why.
+    """
+
+
+class ClusterClosedError(SockpoolError, RuntimeError):
+    """The cluster was closed (by ``close()``, ``shutdown()`` or leaving ``with``)."""
+
+
+class LaunchError(SockpoolError):
+    """A worker could not be started, or did not connect before the deadline.
+
+    Attributes:
+        command: the command line that was run, when there is one.
+        returncode: its exit status, when it exited.
+        stderr_tail: the last lines it wrote to stderr.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: str | None = None,
+        returncode: int | None = None,
+        stderr_tail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.command = command
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class WorkerLostError(SockpoolError):
+    """The worker running a task died, was killed or went silent.
+
+    Attributes:
+        worker_id: the lost worker's id.
+        host: where it ran.
+        pid: its process id.
+        exit_status: how it ended, e.g. ``"SIGKILL"`` or ``"exit code 3"``.
+        stderr_tail: the last lines it wrote to stderr.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worker_id: int | None = None,
+        host: str | None = None,
+        pid: int | None = None,
+        exit_status: str | None = None,
+        stderr_tail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+        self.host = host
+        self.pid = pid
+        self.exit_status = exit_status
+        self.stderr_tail = stderr_tail
+
+
+class TaskTimeoutError(SockpoolError, TimeoutError):
+    """A task ran longer than the ``timeout=`` its call allowed."""
+
+
+class RemoteError(SockpoolError):
+    """A task raised an exception that could not be rebuilt in the master.
+
+    Attributes:
+        type_name: qualified name of the original exception type.
+        message: ``str()`` of the original exception.
+        traceback_text: the worker's formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(type_name, message, traceback_text)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        text = f"{self.type_name}: {self.message}"
+        if self.traceback_text:
+            text += "\n\nRemote traceback:\n" + self.traceback_text.rstrip()
+        return text
+
+
+class RemoteTraceback(Exception):
+    """The worker's traceback, attached as ``__cause__`` of a re-raised task error.
+
+    Its ``str()`` is the formatted traceback, so Python's "The above exception
+    was the direct cause of ..." display shows where the task failed.
+    """
+
+    def __init__(self, traceback_text: str) -> None:
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return "\n\nRemote traceback (most recent call last):\n" + self.traceback_text.rstrip()
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` (PEP 678; stored by hand on Python 3.10)."""
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        notes.append(note)
+    else:
+        # An exception type with __slots__ and no __dict__ cannot take a note.
+        with contextlib.suppress(AttributeError):
+            setattr(exc, "__notes__", [note])  # noqa: B010 (absent from 3.10 stubs)

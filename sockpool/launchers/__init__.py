@@ -1,0 +1,6 @@
+"""Launchers start worker processes: locally, and (later) over ssh or Slurm."""
+
+from .base import Launcher, WorkerProcess
+from .local import LocalLauncher
+
+__all__ = ["Launcher", "LocalLauncher", "WorkerProcess"]

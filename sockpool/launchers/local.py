@@ -1,0 +1,125 @@
+"""Local workers: ``python -m sockpool.worker`` subprocesses of the master."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+from .._proc import read_tail
+from ..errors import LaunchError
+from .base import Launcher, WorkerProcess
+
+
+class LocalWorkerProcess(WorkerProcess):
+    """A worker subprocess; its stdin stays open: end-of-file tells it the master is gone."""
+
+    def __init__(self, worker_id: int, process: subprocess.Popen[bytes], command: str,
+                 stderr_path: str) -> None:
+        self.worker_id = worker_id
+        self.host = "localhost"
+        self.command = command
+        self._process = process
+        self._stderr_path = stderr_path
+        self._pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                self._pidfd = os.pidfd_open(process.pid)
+            except OSError:
+                self._pidfd = None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def poll(self) -> int | None:
+        return self._process.poll()
+
+    def fileno(self) -> int | None:
+        return self._pidfd
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.send_signal(signum)
+
+    def stderr_tail(self) -> str:
+        return read_tail(self._stderr_path)
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        stdin: BinaryIO | None = self._process.stdin  # type: ignore[assignment]
+        if stdin is not None:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+
+class LocalLauncher(Launcher):
+    """Start workers as subprocesses on this machine.
+
+    Args:
+        python: the interpreter the workers run (default: this one).
+        env: extra environment variables for the workers.
+    """
+
+    watches_processes = True
+
+    def __init__(self, python: str | None = None, env: Mapping[str, str] | None = None) -> None:
+        self.python = python or sys.executable
+        self.env = dict(env or {})
+        self._workdir: str | None = None
+
+    def prepare(self, workdir: str) -> None:
+        self._workdir = workdir
+
+    def command(self) -> list[str]:
+        """The command line of a worker (its configuration goes over stdin)."""
+        return [self.python, "-m", "sockpool.worker"]
+
+    def spawn(self, worker_id: int, config: dict[str, Any]) -> LocalWorkerProcess:
+        if self._workdir is None:
+            raise RuntimeError("LocalLauncher.prepare() was not called")
+        argv = self.command()
+        config = {
+            **config,
+            "watch_stdin": True,
+            "parent_pid": os.getpid(),
+            # The master's import path, so a module next to the script imports here too.
+            "sys_path": [p for p in sys.path if p],
+        }
+        stderr_path = os.path.join(self._workdir, f"worker-{worker_id}.stderr")
+        env = {**os.environ, **self.env}
+        with open(stderr_path, "wb") as stderr:
+            try:
+                process = subprocess.Popen(
+                    argv, stdin=subprocess.PIPE, stderr=stderr, env=env,
+                    start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
+                )
+            except OSError as exc:
+                raise LaunchError(f"could not start a local worker: {exc}",
+                                  command=shlex.join(argv)) from exc
+        handle = LocalWorkerProcess(worker_id, process, shlex.join(argv), stderr_path)
+        assert process.stdin is not None
+        try:
+            process.stdin.write(json.dumps(config).encode() + b"\n")
+            process.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once; the I/O thread reports it with its stderr
+        return handle
+
+    def describe(self) -> str:
+        return "local"

@@ -1,0 +1,177 @@
+"""The wire vocabulary between the master and its workers.
+
+A message is one frame, or more when it carries large buffers.  The first
+frame starts with a fixed 16-byte header::
+
+    version u8 | kind u8 | flags u16 | job u32 | ident u64      (little-endian)
+
+and the rest of that frame is the kind's *body*.  Pickle-5 out-of-band buffers
+(large arrays) follow as frames of their own, so they are never copied into
+the first one; small messages are a single frame, which zmq moves fastest.
+Control bodies (HELLO) are JSON, so that nothing is ever unpickled from a peer
+that has not proved it holds the cluster's token.
+
+Each worker opens two connections, told apart by their zmq routing id:
+
+* the *data* connection (``b"D" + id``), used only by the worker's main thread:
+  HELLO, then TASK/EXPORT/FORGET in and RESULT out;
+* the *control* connection (``b"C" + id``), used by the worker's watchdog
+  thread: HELLO, HEARTBEAT both ways, CANCEL and SHUTDOWN in.  It keeps
+  answering while a task holds the main thread.
+
+============  =========  ==========================================================
+kind          direction  body of the first frame (then out-of-band buffer frames)
+============  =========  ==========================================================
+HELLO         w -> m     JSON: token, worker id, pid, host, python, version
+TASK          m -> w     task meta (digest, first task index, function length),
+                         function payload (empty when the worker has it cached),
+                         arguments pickle
+RESULT        w -> m     outcome pickle: (values, errors, seconds)
+EXPORT        m -> w     pickle of a dict of values
+FORGET        m -> w     digest of a cached function to drop
+CANCEL        m -> w     (empty; ``job`` says which)
+HEARTBEAT     both       (empty)
+SHUTDOWN      m -> w     (empty)
+============  =========  ==========================================================
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Any, NamedTuple
+
+import zmq
+
+PROTOCOL_VERSION = 1
+
+_HEADER = struct.Struct("<BBHIQ")
+HEADER_SIZE = _HEADER.size
+_TASK_META = struct.Struct("<16sQI")
+
+DATA_PREFIX = b"D"
+CONTROL_PREFIX = b"C"
+
+#: Frames below this size are copied into zmq (cheaper than tracking a zero-copy buffer).
+COPY_LIMIT = 64 * 1024
+
+#: Largest message a peer may send, in bytes, summed over frames (issue: security).
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 34
+
+
+class Kind(enum.IntEnum):
+    """Message kinds."""
+
+    HELLO = 1
+    TASK = 2
+    RESULT = 3
+    EXPORT = 4
+    FORGET = 5
+    CANCEL = 6
+    HEARTBEAT = 7
+    SHUTDOWN = 8
+
+
+class Flag(enum.IntFlag):
+    """TASK and RESULT flags."""
+
+    NONE = 0
+    #: Call ``fn(x)`` for each item (a map over one iterable).
+    MAP_ONE = 1
+    #: Call ``fn(*x)`` for each item (starmap, or a map over several iterables).
+    MAP_STAR = 2
+    #: Call ``fn(*args, **kwargs)`` once (submit, run_on_all, setup).
+    CALL = 4
+    #: Stop the chunk at its first failing task.
+    STOP_ON_ERROR = 8
+    #: RESULT: the chunk was skipped or interrupted because its job was cancelled.
+    CANCELLED = 16
+
+
+_KINDS = {kind.value: kind for kind in Kind}
+
+
+class Header(NamedTuple):
+    """A decoded message header."""
+
+    kind: Kind
+    flags: int
+    job: int
+    ident: int
+
+
+class ProtocolError(ValueError):
+    """A frame that does not parse; the message is dropped, never acted on."""
+
+
+def header(kind: Kind, flags: int = 0, job: int = 0, ident: int = 0) -> bytes:
+    """Encode a header (a whole message for kinds without a body)."""
+    return _HEADER.pack(PROTOCOL_VERSION, kind, flags, job, ident)
+
+
+def parse(frame: bytes) -> tuple[Header, memoryview]:
+    """Split a first frame into its decoded header and its body, rejecting anything malformed."""
+    if len(frame) < HEADER_SIZE:
+        raise ProtocolError(f"first frame of {len(frame)} bytes, shorter than a header")
+    version, kind, flags, job, ident = _HEADER.unpack_from(frame)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version}, expected {PROTOCOL_VERSION}")
+    known = _KINDS.get(kind)
+    if known is None:
+        raise ProtocolError(f"unknown message kind {kind}")
+    # Flags stay a plain int: building an IntFlag costs more than the whole parse.
+    return Header(known, flags, job, ident), memoryview(frame)[HEADER_SIZE:]
+
+
+def task_frame(head: bytes, digest: bytes, first_index: int, fn_payload: bytes,
+               arguments: Any) -> bytes:
+    """The first frame of a TASK: header, meta, function payload, arguments pickle."""
+    meta = _TASK_META.pack(digest, first_index, len(fn_payload))
+    return b"".join((head, meta, fn_payload, arguments))
+
+
+def parse_task(body: memoryview) -> tuple[bytes, int, memoryview, memoryview]:
+    """Split a TASK body into digest, first task index, function payload, arguments."""
+    if len(body) < _TASK_META.size:
+        raise ProtocolError("TASK body shorter than its meta")
+    digest, first_index, fn_len = _TASK_META.unpack_from(body)
+    start = _TASK_META.size
+    if start + fn_len > len(body):
+        raise ProtocolError("TASK function payload runs past the frame")
+    return digest, first_index, body[start:start + fn_len], body[start + fn_len:]
+
+
+def data_identity(worker_id: int) -> bytes:
+    """Routing id of a worker's data connection."""
+    return DATA_PREFIX + worker_id.to_bytes(4, "little")
+
+
+def control_identity(worker_id: int) -> bytes:
+    """Routing id of a worker's control connection."""
+    return CONTROL_PREFIX + worker_id.to_bytes(4, "little")
+
+
+def parse_identity(identity: bytes) -> tuple[bytes, int]:
+    """Split a routing id into its prefix and worker id."""
+    if len(identity) != 5 or identity[:1] not in (DATA_PREFIX, CONTROL_PREFIX):
+        raise ProtocolError("unknown routing id")
+    return identity[:1], int.from_bytes(identity[1:], "little")
+
+
+def recv_message(sock: zmq.Socket[bytes], flags: int = 0, small_frames: int = 1) -> list[Any]:
+    """Receive one message from a zmq socket.
+
+    The first ``small_frames`` frames (routing id, header and body) come as
+    ``bytes``; any after them are large out-of-band buffers and come as
+    zero-copy, writable ``zmq.Frame`` objects.
+    """
+    frames: list[Any] = [sock.recv(flags)]
+    # sock.get(RCVMORE), not the sock.rcvmore property: its lookup is slow.
+    while sock.get(zmq.RCVMORE):
+        frames.append(sock.recv() if len(frames) < small_frames else sock.recv(copy=False))
+    return frames
+
+
+def send_copies(frames: list[Any]) -> bool:
+    """Whether zmq should copy a message's frames (small) or send them zero-copy (large)."""
+    return len(frames) == 1 and len(frames[0]) < COPY_LIMIT

@@ -1,0 +1,127 @@
+"""Which chunk goes to which worker: pure bookkeeping, no I/O, no threads.
+
+Workers pull: each may hold up to ``prefetch`` chunks (the one it runs and the
+ones queued behind it), so a worker never waits on a round trip between two
+chunks, and a fast worker comes back for more sooner than a slow one, which
+balances the load.  Chunks pinned to a worker (``run_on_all``, ``setup``) go
+only there, before any shared chunk.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from ._jobs import Chunk, Job
+
+
+class Scheduler:
+    """The queue of chunks waiting for a worker, and what each worker holds."""
+
+    def __init__(self, prefetch: int = 2) -> None:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        self.prefetch = prefetch
+        self.pending: deque[Chunk] = deque()
+        self.pinned: dict[int, deque[Chunk]] = {}
+        self.in_flight: dict[int, dict[int, Chunk]] = {}
+
+    # -- workers ---------------------------------------------------------------------
+
+    def add_worker(self, worker_id: int) -> None:
+        """A worker is ready to take chunks."""
+        self.in_flight.setdefault(worker_id, {})
+        self.pinned.setdefault(worker_id, deque())
+
+    def remove_worker(self, worker_id: int) -> tuple[list[Chunk], list[Chunk]]:
+        """Forget a worker; return (chunks it held, chunks pinned to it and not sent)."""
+        held = list(self.in_flight.pop(worker_id, {}).values())
+        waiting = list(self.pinned.pop(worker_id, ()))
+        return held, waiting
+
+    @property
+    def workers(self) -> list[int]:
+        """Ids of the workers taking chunks."""
+        return list(self.in_flight)
+
+    def load(self, worker_id: int) -> int:
+        """How many chunks a worker holds."""
+        return len(self.in_flight.get(worker_id, ()))
+
+    # -- chunks ----------------------------------------------------------------------
+
+    def submit(self, chunks: list[Chunk]) -> None:
+        """Queue chunks after everything already waiting."""
+        for chunk in chunks:
+            if chunk.pinned is None:
+                self.pending.append(chunk)
+            else:
+                self.pinned.setdefault(chunk.pinned, deque()).append(chunk)
+
+    def requeue(self, chunk: Chunk) -> None:
+        """Put a chunk back at the front (a retry after its worker was lost)."""
+        self.pending.appendleft(chunk)
+
+    def assignments(self) -> Iterator[tuple[int, Chunk]]:
+        """Hand out chunks: every worker gets one before any gets two.
+
+        The caller sends each chunk as it is yielded and must call
+        :meth:`unassign` for one it could not send.
+        """
+        for depth in range(self.prefetch):
+            for worker_id, held in self.in_flight.items():
+                if len(held) > depth:
+                    continue
+                chunk = self._next_for(worker_id)
+                if chunk is None:
+                    continue
+                held[chunk.id] = chunk
+                yield worker_id, chunk
+
+    def _next_for(self, worker_id: int) -> Chunk | None:
+        own = self.pinned.get(worker_id)
+        while own:
+            chunk = own.popleft()
+            if chunk.job.start(chunk):
+                return chunk
+            chunk.job.dropped(chunk)
+        while self.pending:
+            chunk = self.pending.popleft()
+            if chunk.job.start(chunk):
+                return chunk
+            chunk.job.dropped(chunk)
+        return None
+
+    def unassign(self, worker_id: int, chunk: Chunk) -> None:
+        """Undo one assignment (the send failed)."""
+        self.in_flight.get(worker_id, {}).pop(chunk.id, None)
+
+    def complete(self, worker_id: int, chunk_id: int) -> Chunk | None:
+        """A worker returned a chunk; None if it was not held (already written off)."""
+        return self.in_flight.get(worker_id, {}).pop(chunk_id, None)
+
+    def cancel(self, job: Job) -> tuple[list[Chunk], set[int]]:
+        """Drop a job's waiting chunks; return them and the workers running the others."""
+        job.cancelled = True
+        dropped = [c for c in self.pending if c.job is job]
+        self.pending = deque(c for c in self.pending if c.job is not job)
+        for worker_id, own in self.pinned.items():
+            dropped += [c for c in own if c.job is job]
+            self.pinned[worker_id] = deque(c for c in own if c.job is not job)
+        running = {worker_id for worker_id, held in self.in_flight.items()
+                   if any(c.job is job for c in held.values())}
+        return dropped, running
+
+    def drain(self) -> list[Chunk]:
+        """Remove and return every chunk not yet sent."""
+        chunks = list(self.pending)
+        self.pending.clear()
+        for own in self.pinned.values():
+            chunks += own
+            own.clear()
+        return chunks
+
+    def idle(self) -> bool:
+        """Nothing waiting and nothing running."""
+        return (not self.pending and not any(self.pinned.values())
+                and not any(self.in_flight.values()))

@@ -1,0 +1,220 @@
+"""Turning functions, arguments, results and exceptions into zmq frames and back.
+
+Pickle protocol 5 throughout.  Buffers of at least :data:`OOB_THRESHOLD` bytes
+(NumPy arrays, bytearrays, anything exposing ``PickleBuffer``) leave the pickle
+stream and travel as frames of their own, so they are never copied into it.
+
+The serializer that *writes* is a choice (cloudpickle by default, dill, or the
+standard pickle); reading is always ``pickle.loads``, since all three write
+standard pickles whose reconstructors import what they need.  This module is
+shared by the master and the worker and imports neither cloudpickle nor dill
+until a pickle has to be written with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import re
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import RemoteError, RemoteTraceback, add_note
+
+#: Buffers at least this large travel out of band as their own frames.  Below
+#: it, a separate zmq frame costs more than copying the bytes into the pickle.
+OOB_THRESHOLD = 64 * 1024
+
+SERIALIZERS = ("cloudpickle", "dill", "pickle")
+
+Frames = list[Any]  # bytes-like objects: bytes, memoryview, PickleBuffer, zmq.Frame
+
+
+def _pickler_class(serializer: str) -> type[pickle.Pickler]:
+    if serializer == "cloudpickle":
+        import cloudpickle
+
+        cls: type[pickle.Pickler] = cloudpickle.Pickler
+        return cls
+    if serializer == "dill":
+        import dill
+
+        dill_cls: type[pickle.Pickler] = dill.Pickler
+        return dill_cls
+    if serializer == "pickle":
+        return pickle.Pickler
+    raise ValueError(f"serializer must be one of {', '.join(SERIALIZERS)}, not {serializer!r}")
+
+
+def check_serializer(serializer: str) -> str:
+    """Validate a serializer name (raises ``ValueError`` naming the choices)."""
+    _pickler_class(serializer)
+    return serializer
+
+
+def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
+          prefix: bytes = b"") -> Frames:
+    """Pickle ``obj`` into ``[prefix + payload, *out_of_band_buffers]``.
+
+    Args:
+        obj: what to serialize.
+        serializer: ``"cloudpickle"``, ``"dill"`` or ``"pickle"``.
+        copy_buffers: copy out-of-band buffers now, so that the caller may
+            mutate the originals while the frames wait to be sent.
+        prefix: bytes written before the pickle in the first frame (a header).
+
+    Raises:
+        Exception: whatever the pickler raised; callers turn it into a
+        :class:`~sockpool.errors.CaptureError` naming what failed.
+    """
+    buffers: list[Any] = []
+
+    def keep_large(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        if raw.nbytes < OOB_THRESHOLD:
+            return True  # in-band
+        buffers.append(bytes(raw) if copy_buffers else buf)
+        return False
+
+    if serializer == "cloudpickle":
+        # Fast path: the C pickler handles plain data and importable objects at a
+        # fraction of cloudpickle's cost.  It fails on lambdas and local objects,
+        # and a pickle that names a module only this process has (``__main__``)
+        # would not load on a worker: both go to cloudpickle, which ships them by value.
+        stream = io.BytesIO()
+        stream.write(prefix)
+        try:
+            pickle.Pickler(stream, 5, buffer_callback=keep_large).dump(obj)
+        except Exception:
+            pass
+        else:
+            view = stream.getbuffer()
+            if not _names_local_module(view):
+                return [view, *buffers]
+            del view
+        buffers.clear()
+    stream = io.BytesIO()
+    stream.write(prefix)
+    _pickler_class(serializer)(stream, protocol=5, buffer_callback=keep_large).dump(obj)
+    return [stream.getbuffer(), *buffers]
+
+
+#: Modules whose objects must travel by value: a pickle naming one of them by
+#: reference would not load on a worker.
+BY_VALUE_MODULES: set[str] = {"__main__"}
+_by_value_pattern: tuple[frozenset[str], re.Pattern[bytes]] | None = None
+
+
+def _names_local_module(payload: Any) -> bool:
+    """Whether a pickle may name a by-value module (searched in place, no copy).
+
+    A by-reference pickle spells the module name out; a false positive (the
+    same bytes inside some data) only costs a second, cloudpickle, pass.
+    """
+    global _by_value_pattern
+    names = frozenset(BY_VALUE_MODULES)
+    if _by_value_pattern is None or _by_value_pattern[0] != names:
+        alternatives = b"|".join(re.escape(name.encode()) for name in sorted(names))
+        _by_value_pattern = (names, re.compile(alternatives))
+    return _by_value_pattern[1].search(payload) is not None
+
+
+def dumps_in_band(obj: Any, serializer: str = "cloudpickle") -> bytes:
+    """Pickle ``obj`` into one bytes payload, buffers included (for cached functions)."""
+    if serializer == "cloudpickle":
+        try:
+            payload = pickle.dumps(obj, protocol=5)
+        except Exception:
+            pass
+        else:
+            if not _names_local_module(payload):
+                return payload
+    stream = io.BytesIO()
+    _pickler_class(serializer)(stream, protocol=5).dump(obj)
+    return stream.getvalue()
+
+
+def loads(payload: Any, buffers: Sequence[Any] = ()) -> Any:
+    """Unpickle a payload and its out-of-band buffers (any bytes-like objects)."""
+    return pickle.loads(payload, buffers=buffers)
+
+
+def digest(data: Any) -> bytes:
+    """A 16-byte digest naming a function payload in the workers' caches."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def describe(obj: object) -> str:
+    """``module.QualName`` of an object's type, for error messages."""
+    cls = type(obj)
+    module = cls.__module__
+    name = cls.__qualname__
+    return name if module in ("builtins", "__main__") else f"{module}.{name}"
+
+
+# -- exceptions crossing the wire ------------------------------------------------
+#
+# A task's exception travels as a plain pickle of strings plus, when it can be
+# pickled *and* unpickled again, the exception object itself.  R's parallel
+# worker sends only the message for the same reason: the condition's class may
+# not exist on the other side.  Here the master gets the real type whenever it
+# can, and RemoteError with the same text when it cannot.
+
+
+def pack_exception(exc: BaseException, serializer: str = "cloudpickle",
+                   skip_frames: int = 0) -> bytes:
+    """Serialize a task's exception on the worker (never raises)."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    try:
+        tb_text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:  # formatting itself failed (a broken __str__, say)
+        tb_text = f"{type(exc).__qualname__}: <unprintable>\n"
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable message>"
+    blob: bytes | None
+    try:
+        frames = dumps(exc, serializer)
+        blob = bytes(frames[0]) if len(frames) == 1 else None
+        if blob is not None:
+            pickle.loads(blob)  # only send what will rebuild on the other side
+    except Exception:
+        blob = None
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return pickle.dumps((type_name, message, tb_text, blob), protocol=5)
+
+
+def unpack_exception(packed: bytes | memoryview, note: str) -> BaseException:
+    """Rebuild a task's exception in the master, with traceback and note attached."""
+    type_name, message, tb_text, blob = pickle.loads(packed)
+    exc: BaseException | None = None
+    if blob is not None:
+        try:
+            candidate = pickle.loads(blob)
+            if isinstance(candidate, BaseException):
+                exc = candidate
+        except Exception:
+            exc = None
+    if exc is None or isinstance(exc, (SystemExit, KeyboardInterrupt, GeneratorExit)):
+        # A task's own SystemExit/KeyboardInterrupt must not stop the master.
+        exc = RemoteError(type_name, message, tb_text)
+    else:
+        exc.__cause__ = RemoteTraceback(tb_text)
+    add_note(exc, note)
+    return exc
+
+
+def first_unpicklable(items: Sequence[Any], serializer: str) -> tuple[int, BaseException] | None:
+    """Find the first item that fails to pickle: ``(index, error)`` or ``None``."""
+    for index, item in enumerate(items):
+        try:
+            dumps(item, serializer)
+        except Exception as exc:
+            return index, exc
+    return None

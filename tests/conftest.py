@@ -1,0 +1,67 @@
+"""Shared fixtures: a leak check after every test, clusters, and running user scripts.
+
+Every test ends with no child process and no sockpool I/O thread left behind:
+the ``no_leaks`` fixture checks it with psutil (and kills what it finds, by
+pid, so one failure does not cascade).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from sockpool import Cluster
+
+#: How long a test's processes get to disappear after it ends.
+LEAK_GRACE = 10.0
+
+
+def _children() -> dict[int, psutil.Process]:
+    try:
+        return {p.pid: p for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
+def _io_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sockpool-io" and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a child process or a cluster I/O thread behind."""
+    before = set(_children())
+    threads_before = set(_io_threads())
+    yield
+    deadline = time.monotonic() + LEAK_GRACE
+    while True:
+        leaked = {pid: p for pid, p in _children().items()
+                  if pid not in before and p.status() != psutil.STATUS_ZOMBIE}
+        threads = [t for t in _io_threads() if t not in threads_before]
+        if (not leaked and not threads) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for process in leaked.values():
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    assert not leaked, f"processes left behind: {[(p.pid, p.cmdline()) for p in leaked.values()]}"
+    assert not threads, f"cluster I/O threads left running: {threads}"
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A fresh two-worker cluster for one test."""
+    with Cluster(n=2) as cl:
+        yield cl
+
+
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[Cluster]:
+    """One two-worker cluster for a whole module of tests that do not break workers."""
+    with Cluster(n=2) as cl:
+        yield cl

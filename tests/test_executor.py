@@ -1,0 +1,140 @@
+"""The concurrent.futures.Executor contract: submit, map, shutdown, futures."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import pytest
+
+from sockpool import Cluster, ClusterClosedError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def slow_identity(x: float, delay: float = 0.2) -> float:
+    time.sleep(delay)
+    return x
+
+
+def test_submit_returns_a_future(shared_cluster: Cluster) -> None:
+    future = shared_cluster.submit(pow, 2, 10)
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(timeout=10) == 1024
+
+
+def test_submit_keyword_arguments(shared_cluster: Cluster) -> None:
+    future = shared_cluster.submit(sorted, [3, 1, 2], reverse=True)
+    assert future.result(timeout=10) == [3, 2, 1]
+
+
+def test_submit_exception_is_set_on_the_future(shared_cluster: Cluster) -> None:
+    future = shared_cluster.submit(int, "not a number")
+    with pytest.raises(ValueError, match="invalid literal"):
+        future.result(timeout=10)
+    assert isinstance(future.exception(), ValueError)
+
+
+def test_wait_and_as_completed_work_with_cluster_futures(shared_cluster: Cluster) -> None:
+    futures = [shared_cluster.submit(slow_identity, i, 0.05) for i in range(6)]
+    done, pending = concurrent.futures.wait(futures, timeout=20)
+    assert not pending and len(done) == 6
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == list(range(6))
+
+
+def test_a_queued_future_can_be_cancelled(cluster: Cluster) -> None:
+    blockers = [cluster.submit(slow_identity, i, 0.5) for i in range(6)]  # fill both workers
+    queued = cluster.submit(slow_identity, 99, 0.0)
+    assert queued.cancel()
+    assert queued.cancelled()
+    assert [f.result(timeout=20) for f in blockers] == list(range(6))
+
+
+def test_map_keeps_the_executor_contract(shared_cluster: Cluster) -> None:
+    results = shared_cluster.map(pow, [2, 3], [5, 2])
+    assert list(results) == [32, 9]
+    with pytest.raises(TypeError):
+        list(shared_cluster.map(int, ["1", None]))
+
+
+def test_map_timeout_is_a_deadline_for_the_whole_iteration(cluster: Cluster) -> None:
+    results = cluster.map(slow_identity, [1, 2, 3], [2.0, 2.0, 2.0], timeout=0.3)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        list(results)
+
+
+def test_map_submits_at_once(shared_cluster: Cluster, tmp_path: object) -> None:
+    import os
+
+    marker = os.path.join(str(tmp_path), "ran")
+    shared_cluster.map(lambda _: open(marker, "w").close(), [1])  # never iterated
+    deadline = time.monotonic() + 10
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert os.path.exists(marker)
+
+
+def test_shutdown_wait_finishes_submitted_work() -> None:
+    cl = Cluster(n=2)
+    futures = [cl.submit(slow_identity, i, 0.1) for i in range(5)]
+    cl.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futures] == list(range(5))
+    with pytest.raises(ClusterClosedError):
+        cl.submit(abs, 1)
+
+
+def test_shutdown_without_wait_lets_queued_work_finish() -> None:
+    cl = Cluster(n=1)
+    futures = [cl.submit(slow_identity, i, 0.1) for i in range(4)]
+    cl.shutdown(wait=False)
+    assert [f.result(timeout=20) for f in futures] == list(range(4))
+    assert cl._dispatcher.closed.wait(10)
+
+
+def test_shutdown_cancel_futures_cancels_what_has_not_started() -> None:
+    cl = Cluster(n=1)
+    futures = [cl.submit(slow_identity, i, 0.3) for i in range(8)]
+    time.sleep(0.1)
+    cl.shutdown(wait=True, cancel_futures=True)
+    assert futures[0].result(timeout=0) == 0
+    assert any(f.cancelled() for f in futures[3:])
+    assert all(f.done() for f in futures)
+
+
+def test_close_fails_running_futures_with_cluster_closed() -> None:
+    cl = Cluster(n=1)
+    running = cl.submit(slow_identity, 1, 30)
+    time.sleep(0.3)
+    started = time.monotonic()
+    cl.close()
+    assert time.monotonic() - started < 6
+    with pytest.raises((ClusterClosedError, concurrent.futures.CancelledError)):
+        running.result(timeout=5)
+
+
+def test_submit_from_many_threads(shared_cluster: Cluster) -> None:
+    results: dict[int, int] = {}
+
+    def client(k: int) -> None:
+        futures = [shared_cluster.submit(pow, k, i) for i in range(50)]
+        results[k] = sum(f.result(timeout=30) for f in futures)
+        results[k] += sum(shared_cluster.par_map(abs, range(-k, k)))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(2, 8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {k: sum(k**i for i in range(50)) + sum(abs(x) for x in range(-k, k))
+                       for k in range(2, 8)}
+
+
+def test_cluster_drops_in_where_an_executor_is_expected(shared_cluster: Cluster) -> None:
+    import asyncio
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(shared_cluster, pow, 3, 3)
+
+    assert asyncio.run(main()) == 27

@@ -1,0 +1,254 @@
+"""par_map and par_starmap: results, order, chunking, arguments and errors."""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import os
+
+import numpy as np
+import pytest
+
+from sockpool import CaptureError, Cluster, RemoteError
+from sockpool.errors import RemoteTraceback
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fails_on(bad: int, x: int) -> int:
+    if x == bad:
+        raise ValueError(f"task got {x}")
+    return x
+
+
+def test_results_in_input_order(shared_cluster: Cluster) -> None:
+    assert shared_cluster.par_map(square, range(1000)) == [x * x for x in range(1000)]
+
+
+@pytest.mark.parametrize("chunksize", [1, 7, 1000, None])
+def test_any_chunksize_gives_the_same_list(shared_cluster: Cluster, chunksize: int | None) -> None:
+    assert shared_cluster.par_map(square, range(200), chunksize=chunksize) == [
+        x * x for x in range(200)]
+
+
+def test_unordered_has_every_result(shared_cluster: Cluster) -> None:
+    results = shared_cluster.par_map(square, range(300), ordered=False, chunksize=10)
+    assert sorted(results) == [x * x for x in range(300)]
+
+
+def test_several_iterables_zip_and_stop_at_the_shortest(shared_cluster: Cluster) -> None:
+    assert shared_cluster.par_map(operator.add, [1, 2, 3, 4], (10, 20, 30)) == [11, 22, 33]
+
+
+def test_starmap(shared_cluster: Cluster) -> None:
+    assert shared_cluster.par_starmap(pow, [(2, 3), (3, 2), (10, 0)]) == [8, 9, 1]
+
+
+def test_empty_input(shared_cluster: Cluster) -> None:
+    assert shared_cluster.par_map(square, []) == []
+
+
+def test_generators_and_sets_are_accepted(shared_cluster: Cluster) -> None:
+    assert shared_cluster.par_map(square, (x for x in range(5))) == [0, 1, 4, 9, 16]
+    assert sorted(shared_cluster.par_map(square, {3, 4})) == [9, 16]
+
+
+def test_lambdas_closures_and_partials_travel(shared_cluster: Cluster) -> None:
+    offset = 100
+
+    def add_offset(x: int) -> int:
+        return x + offset
+
+    assert shared_cluster.par_map(lambda x: x - 1, [1, 2]) == [0, 1]
+    assert shared_cluster.par_map(add_offset, [1, 2]) == [101, 102]
+    assert shared_cluster.par_map(functools.partial(pow, 2), [3, 4]) == [8, 16]
+    assert shared_cluster.par_map(math.sqrt, [4.0, 9.0]) == [2.0, 3.0]
+
+
+def test_work_really_runs_on_the_workers(shared_cluster: Cluster) -> None:
+    pids = set(shared_cluster.par_map(lambda _: os.getpid(), range(40), chunksize=1))
+    assert os.getpid() not in pids
+    assert pids <= {w.pid for w in shared_cluster.workers}
+
+
+def test_numpy_arrays_round_trip_out_of_band_and_writable(shared_cluster: Cluster) -> None:
+    big = np.arange(2_000_000, dtype=np.float64)  # 16 MB: travels as its own frame
+
+    def double_in_place(a: np.ndarray) -> np.ndarray:
+        a *= 2  # arguments arrive writable, as with multiprocessing
+        return a
+
+    (out,) = shared_cluster.par_map(double_in_place, [big])
+    assert out.flags.writeable
+    np.testing.assert_array_equal(out, big * 2)
+    out[0] = -1.0  # results are writable too
+    assert big[0] == 0.0  # and the caller's array was not touched
+
+
+def test_large_bytes_round_trip(shared_cluster: Cluster) -> None:
+    blob = os.urandom(5_000_000)
+    assert shared_cluster.par_map(len, [blob, blob[:10]]) == [5_000_000, 10]
+    assert shared_cluster.submit(bytes.upper, b"abc").result(timeout=10) == b"ABC"
+
+
+def test_task_exception_is_reraised_as_itself(shared_cluster: Cluster) -> None:
+    with pytest.raises(ValueError, match="task got 13") as info:
+        shared_cluster.par_map(functools.partial(fails_on, 13), range(20), chunksize=3)
+    error = info.value
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert "fails_on" in str(error.__cause__)  # the worker's traceback
+    notes = getattr(error, "__notes__", [])
+    assert any("task 13" in note and "worker" in note for note in notes), notes
+
+
+def test_errors_return_puts_exceptions_in_place(shared_cluster: Cluster) -> None:
+    results = shared_cluster.par_map(functools.partial(fails_on, 3), range(6), chunksize=4,
+                                     errors="return")
+    assert results[:3] == [0, 1, 2] and results[4:] == [4, 5]
+    assert isinstance(results[3], ValueError) and "task got 3" in str(results[3])
+
+
+class Unpicklable(Exception):
+    def __reduce__(self) -> object:
+        raise TypeError("this exception refuses to be pickled")
+
+
+def raise_unpicklable(x: int) -> None:
+    raise Unpicklable(f"odd one {x}")
+
+
+def test_exception_that_cannot_travel_arrives_as_remote_error(shared_cluster: Cluster) -> None:
+    with pytest.raises(RemoteError) as info:
+        shared_cluster.par_map(raise_unpicklable, [7])
+    assert info.value.type_name.endswith("Unpicklable")
+    assert info.value.message == "odd one 7"
+    assert "raise_unpicklable" in info.value.traceback_text
+
+
+def test_result_that_cannot_travel_fails_its_task_only(shared_cluster: Cluster) -> None:
+    import threading
+
+    def make(x: int) -> object:
+        return threading.Lock() if x == 1 else x
+
+    results = shared_cluster.par_map(make, range(3), chunksize=3, errors="return")
+    assert results[0] == 0 and results[2] == 2
+    assert isinstance(results[1], RemoteError)
+    assert "lock" in str(results[1]).lower() and "cannot be serialized" in str(results[1])
+
+
+def test_system_exit_in_a_task_fails_the_task_not_the_worker(shared_cluster: Cluster) -> None:
+    pids = {w.pid for w in shared_cluster.workers}
+
+    def leave(x: int) -> None:
+        raise SystemExit(3)
+
+    with pytest.raises(RemoteError, match="SystemExit"):
+        shared_cluster.par_map(leave, [1])
+    with pytest.raises(RemoteError, match="KeyboardInterrupt"):
+        shared_cluster.par_map(lambda x: (_ for _ in ()).throw(KeyboardInterrupt), [1])
+    assert shared_cluster.par_map(square, [3]) == [9]
+    assert {w.pid for w in shared_cluster.workers} == pids
+
+
+def test_argument_that_cannot_travel_fails_before_anything_runs(
+        shared_cluster: Cluster, tmp_path: object) -> None:
+    import threading
+
+    marker_dir = str(tmp_path)
+
+    def touch(x: object) -> None:
+        open(os.path.join(marker_dir, f"ran-{id(x)}"), "w").close()
+
+    with pytest.raises(CaptureError, match=r"argument 2 \(a _thread.lock\)"):
+        shared_cluster.par_map(touch, [1, 2, threading.Lock(), 4])
+    assert os.listdir(marker_dir) == []
+
+
+def test_function_that_cannot_travel_raises_capture_error(shared_cluster: Cluster) -> None:
+    import threading
+
+    lock = threading.Lock()
+
+    def uses_lock(x: int) -> int:
+        with lock:
+            return x
+
+    with pytest.raises(CaptureError, match="uses_lock"):
+        shared_cluster.par_map(uses_lock, [1])
+
+
+def test_bad_input_raises_before_work(shared_cluster: Cluster) -> None:
+    with pytest.raises(TypeError, match="callable"):
+        shared_cluster.par_map(42, [1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="argument 1 after the function must be iterable"):
+        shared_cluster.par_map(square, 5)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="at least one iterable"):
+        shared_cluster.par_map(square)
+    with pytest.raises(ValueError, match="chunksize"):
+        shared_cluster.par_map(square, [1], chunksize=0)
+    with pytest.raises(ValueError, match="errors"):
+        shared_cluster.par_map(square, [1], errors="ignore")
+    with pytest.raises(ValueError, match="retries"):
+        shared_cluster.par_map(square, [1], retries=-1)
+
+
+def test_a_global_changed_between_maps_is_seen_by_each(tmp_path: object) -> None:
+    from helpers import run_script
+
+    result = run_script("""
+        from sockpool import Cluster
+        SCALE = 2
+        def scaled(x):
+            return x * SCALE
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                first = cl.par_map(scaled, [1, 2])
+                SCALE = 10
+                second = cl.par_map(scaled, [1, 2])
+            print(first, second)
+    """, tmp_path)  # type: ignore[arg-type]
+    assert result.stdout.strip() == "[2, 4] [10, 20]"
+
+
+def test_main_classes_helpers_and_globals_travel(tmp_path: object) -> None:
+    from helpers import run_script
+
+    result = run_script("""
+        import dataclasses
+        from sockpool import Cluster
+
+        @dataclasses.dataclass
+        class Point:
+            x: int
+            y: int
+
+        OFFSET = Point(100, 200)
+
+        def shift(p):
+            return Point(p.x + OFFSET.x, p.y + OFFSET.y)
+
+        def worker(p):
+            return shift(p)
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                out = cl.par_map(worker, [Point(1, 2), Point(3, 4)])
+            assert all(isinstance(p, Point) for p in out), out
+            print([(p.x, p.y) for p in out])
+    """, tmp_path)  # type: ignore[arg-type]
+    assert result.stdout.strip() == "[(101, 202), (103, 204)]"
+
+
+def test_dill_and_pickle_serializers() -> None:
+    with Cluster(n=1, serializer="dill") as cl:
+        assert cl.par_map(lambda x: x + 1, [1, 2]) == [2, 3]
+    with Cluster(n=1, serializer="pickle") as cl:
+        assert cl.par_map(square, [3]) == [9]
+        with pytest.raises(CaptureError):
+            cl.par_map(lambda x: x, [1])
