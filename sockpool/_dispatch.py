@@ -441,7 +441,7 @@ class Dispatcher:
 
     def _assign(self) -> None:
         failed: list[tuple[int, Chunk]] = []
-        for worker_id, chunk in self.scheduler.assignments():
+        for worker_id, chunk in self.scheduler.assignments(time.monotonic()):
             if not self._send_chunk(self.workers[worker_id], chunk):
                 failed.append((worker_id, chunk))
         for worker_id, chunk in failed:

@@ -50,6 +50,7 @@ class Chunk:
     frames: list[Any]
     pinned: int | None = None  # a worker id: run_on_all and setup chunks go there only
     attempts: int = 0
+    sent_at: float = 0.0  # time.monotonic() when it was handed to a worker
     id: int = field(default_factory=lambda: next(_chunk_ids))
 
 

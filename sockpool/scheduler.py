@@ -2,9 +2,11 @@
 
 Workers pull: each may hold up to ``prefetch`` chunks (the one it runs and the
 ones queued behind it), so a worker never waits on a round trip between two
-chunks, and a fast worker comes back for more sooner than a slow one, which
-balances the load.  Chunks pinned to a worker (``run_on_all``, ``setup``) go
-only there, before any shared chunk.
+short chunks, and a fast worker comes back for more sooner than a slow one,
+which balances the load.  A worker whose current chunk has run longer than
+:data:`PREFETCH_HORIZON` gets nothing queued behind it: the next chunk waits
+here for whichever worker frees up first, rather than behind a long task.
+Chunks pinned to a worker (``run_on_all``, ``setup``) go only there, first.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from collections import deque
 from collections.abc import Iterator
 
 from ._jobs import Chunk, Job
+
+#: Prefetch only onto a worker whose oldest chunk was sent less than this long
+#: ago (seconds): a round trip is then a negligible gap, and a long task never
+#: holds queued work hostage.
+PREFETCH_HORIZON = 0.05
 
 
 class Scheduler:
@@ -62,19 +69,25 @@ class Scheduler:
         """Put a chunk back at the front (a retry after its worker was lost)."""
         self.pending.appendleft(chunk)
 
-    def assignments(self) -> Iterator[tuple[int, Chunk]]:
+    def assignments(self, now: float) -> Iterator[tuple[int, Chunk]]:
         """Hand out chunks: every worker gets one before any gets two.
+
+        Args:
+            now: the current ``time.monotonic()``, stamped on each chunk sent.
 
         The caller sends each chunk as it is yielded and must call
         :meth:`unassign` for one it could not send.
         """
         for depth in range(self.prefetch):
             for worker_id, held in self.in_flight.items():
-                if len(held) > depth:
+                if len(held) != depth:
                     continue
+                if depth and now - next(iter(held.values())).sent_at > PREFETCH_HORIZON:
+                    continue  # busy with something long: queue nothing behind it
                 chunk = self._next_for(worker_id)
                 if chunk is None:
                     continue
+                chunk.sent_at = now
                 held[chunk.id] = chunk
                 yield worker_id, chunk
 

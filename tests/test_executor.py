@@ -138,3 +138,12 @@ def test_cluster_drops_in_where_an_executor_is_expected(shared_cluster: Cluster)
         return await loop.run_in_executor(shared_cluster, pow, 3, 3)
 
     assert asyncio.run(main()) == 27
+
+
+def test_short_work_is_not_queued_behind_a_long_task(cluster: Cluster) -> None:
+    long_task = cluster.submit(slow_identity, "long", 5.0)
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert cluster.par_map(abs, [-1, -2, -3, -4], chunksize=1) == [1, 2, 3, 4]
+    assert time.monotonic() - started < 2.0  # the idle worker took them all
+    assert long_task.result(timeout=20) == "long"

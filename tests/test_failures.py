@@ -1,0 +1,176 @@
+"""Workers that die, setup, export and run_on_all: the cluster stays usable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from helpers import run_script
+
+from sockpool import CaptureError, Cluster, LaunchError, WorkerLostError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def die(code: int) -> None:
+    os._exit(code)
+
+
+def test_worker_death_fails_its_task_and_a_replacement_starts(cluster: Cluster) -> None:
+    before = {w.pid for w in cluster.workers}
+    with pytest.raises(WorkerLostError, match="exit code 7") as info:
+        cluster.par_map(die, [7])
+    assert info.value.pid in before and info.value.exit_status == "exit code 7"
+    deadline = time.monotonic() + 10
+    while cluster.n_workers < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert cluster.n_workers == 2
+    assert len({w.pid for w in cluster.workers} - before) == 1
+    assert cluster.par_map(abs, [-1, -2]) == [1, 2]
+
+
+def test_death_by_signal_is_named(cluster: Cluster) -> None:
+    with pytest.raises(WorkerLostError, match="SIGKILL"):
+        cluster.submit(lambda: os.kill(os.getpid(), signal.SIGKILL)).result(timeout=20)
+
+
+def test_worker_stderr_tail_is_in_the_error(cluster: Cluster) -> None:
+    def complain_and_die() -> None:
+        os.write(2, b"out of cheese error\n")
+        os._exit(1)
+
+    with pytest.raises(WorkerLostError, match="out of cheese") as info:
+        cluster.submit(complain_and_die).result(timeout=20)
+    assert "out of cheese" in info.value.stderr_tail
+
+
+def test_retries_rerun_a_task_lost_with_its_worker(cluster: Cluster, tmp_path: Path) -> None:
+    marker = str(tmp_path / "died-once")
+
+    def dies_first_time(x: int) -> int:
+        if x == 3 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return x * 10
+
+    assert cluster.par_map(dies_first_time, range(6), chunksize=1, retries=1) == [
+        0, 10, 20, 30, 40, 50]
+
+
+def test_ordinary_exceptions_are_not_retried(cluster: Cluster, tmp_path: Path) -> None:
+    counter = str(tmp_path / "attempts")
+
+    def count_and_fail(x: int) -> None:
+        with open(counter, "a") as stream:
+            stream.write("x")
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        cluster.par_map(count_and_fail, [1], retries=3)
+    assert Path(counter).read_text() == "x"
+
+
+def test_idle_worker_killed_from_outside_is_replaced(cluster: Cluster) -> None:
+    victim = cluster.workers[0].pid
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = {w.pid for w in cluster.workers}
+        if victim not in pids and cluster.n_workers == 2:
+            break
+        time.sleep(0.02)
+    assert victim not in {w.pid for w in cluster.workers} and cluster.n_workers == 2
+    assert cluster.par_map(abs, range(-4, 0)) == [4, 3, 2, 1]
+
+
+def test_a_failure_cancels_the_rest_of_the_map(cluster: Cluster, tmp_path: Path) -> None:
+    log = str(tmp_path / "ran")
+
+    def slow_unless_zero(x: int) -> int:
+        if x == 0:
+            raise RuntimeError("stop")
+        with open(log, "a") as stream:
+            stream.write(f"{x}\n")
+        time.sleep(0.05)
+        return x
+
+    with pytest.raises(RuntimeError, match="stop"):
+        cluster.par_map(slow_unless_zero, range(100), chunksize=1)
+    time.sleep(0.3)
+    ran = Path(log).read_text().split() if os.path.exists(log) else []
+    assert len(ran) < 20, f"{len(ran)} tasks ran after the failure"
+    assert cluster.par_map(abs, [-5]) == [5]
+
+
+def test_setup_runs_in_every_worker_and_in_replacements(tmp_path: Path) -> None:
+    def setup() -> None:
+        os.environ["SETUP_RAN_IN"] = str(os.getpid())
+
+    with Cluster(n=2, setup=setup) as cl:
+        seen = cl.run_on_all(lambda: (os.getpid(), os.environ.get("SETUP_RAN_IN")))
+        assert [str(pid) for pid, _ in seen] == [ran for _, ran in seen]
+        with pytest.raises(WorkerLostError):
+            cl.submit(die, 1).result(timeout=20)
+        deadline = time.monotonic() + 10
+        while cl.n_workers < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen = cl.run_on_all(lambda: (os.getpid(), os.environ.get("SETUP_RAN_IN")))
+        assert len(seen) == 2 and [str(pid) for pid, _ in seen] == [ran for _, ran in seen]
+
+
+def test_failing_setup_is_a_launch_error() -> None:
+    def setup() -> None:
+        raise ImportError("heavy_module is not installed")
+
+    with pytest.raises(LaunchError, match="setup failed") as info:
+        Cluster(n=2, setup=setup)
+    assert isinstance(info.value.__cause__, ImportError)
+
+
+def test_run_on_all_runs_once_per_worker(cluster: Cluster) -> None:
+    pids = cluster.run_on_all(os.getpid)
+    assert sorted(pids) == sorted(w.pid for w in cluster.workers)
+    assert cluster.run_on_all(pow, 2, exp=5) == [32, 32]
+    with pytest.raises(ZeroDivisionError):
+        cluster.run_on_all(lambda: 1 / 0)
+
+
+def test_export_makes_globals_for_present_and_replacement_workers(tmp_path: Path) -> None:
+    result = run_script("""
+        import os
+        from sockpool import Cluster, WorkerLostError
+
+        def uses_exports(x):
+            return f"{GREETING} {x} {LIMIT}"   # defined only by export()
+
+        if __name__ == "__main__":
+            GREETING = "hello"
+            with Cluster(n=2) as cl:
+                cl.export("GREETING", LIMIT=3)
+                print(cl.par_map(uses_exports, ["a", "b"]))
+                cl.export(LIMIT=4)
+                try:
+                    cl.submit(os._exit, 1).result()
+                except WorkerLostError:
+                    pass
+                import time
+                while cl.n_workers < 2:
+                    time.sleep(0.02)
+                print(cl.run_on_all(uses_exports, "c"))
+    """, tmp_path)
+    lines = result.stdout.strip().splitlines()
+    assert lines == ["['hello a 3', 'hello b 3']", "['hello c 4', 'hello c 4']"]
+
+
+def test_export_from_a_namespace_and_its_errors(cluster: Cluster) -> None:
+    import threading
+
+    cluster.export("alpha", env={"alpha": 1, "beta": 2})
+    assert cluster.run_on_all(lambda: __import__("__main__").alpha) == [1, 1]
+    with pytest.raises(NameError, match="'no_such_name'"):
+        cluster.export("no_such_name")
+    with pytest.raises(CaptureError, match="exported value 'lock'"):
+        cluster.export(lock=threading.Lock())

@@ -1,0 +1,210 @@
+"""A cluster's life: start, introspection, close, and the no-leak guarantee."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import run_script, wait_gone
+
+import sockpool
+from sockpool import Cluster, ClusterClosedError, LaunchError, WorkerInfo
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_with_block_starts_and_stops_every_worker() -> None:
+    with Cluster(n=3) as cl:
+        assert cl.n_workers == 3
+        workers = cl.workers
+        assert len(workers) == 3 and all(isinstance(w, WorkerInfo) for w in workers)
+        assert sorted(w.id for w in workers) == [0, 1, 2]
+        assert {w.host for w in workers} == {"localhost"}
+        assert {w.state for w in workers} <= {"idle", "busy"}
+        pids = [w.pid for w in workers]
+        assert len(set(pids)) == 3 and os.getpid() not in pids
+    assert wait_gone(pids, 5) == []
+    assert cl.n_workers == 0 and cl.workers == ()
+
+
+def test_repr_is_readable() -> None:
+    with Cluster(n=2) as cl:
+        assert repr(cl) == "<Cluster local: 2 of 2 workers, running>"
+    assert repr(cl) == "<Cluster local: 0 of 2 workers, closed>"
+
+
+def test_default_size_is_detect_cores() -> None:
+    with Cluster() as cl:
+        assert cl.n_workers == sockpool.detect_cores()
+
+
+def test_close_twice_and_use_after_close() -> None:
+    cl = Cluster(n=1)
+    cl.close()
+    cl.close()
+    cl.shutdown()
+    for call in (lambda: cl.par_map(abs, [1]), lambda: cl.submit(abs, 1),
+                 lambda: cl.imap(abs, [1]), lambda: cl.run_on_all(abs, 1),
+                 lambda: cl.export(x=1), lambda: cl.map(abs, [1])):
+        with pytest.raises(ClusterClosedError) as info:
+            call()
+        assert isinstance(info.value, RuntimeError)  # the Executor contract
+    with pytest.raises(ClusterClosedError), cl:
+        pass
+
+
+def test_exception_in_with_body_closes_the_cluster() -> None:
+    with pytest.raises(ZeroDivisionError), Cluster(n=2) as cl:
+        pids = [w.pid for w in cl.workers]
+        1 / 0  # noqa: B018
+    assert wait_gone(pids, 5) == []
+
+
+def test_unclosed_cluster_is_closed_when_collected_with_a_resource_warning() -> None:
+    cl = Cluster(n=2)
+    pids = [w.pid for w in cl.workers]
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        del cl
+        gc.collect()
+    assert wait_gone(pids, 5) == []
+
+
+def test_interpreter_exit_without_close_leaves_nothing(tmp_path: Path) -> None:
+    result = run_script("""
+        import json
+        from sockpool import Cluster
+        cl = Cluster(n=2)
+        print(json.dumps([w.pid for w in cl.workers]), flush=True)
+        # no close(): the interpreter's exit must stop the workers
+    """, tmp_path)
+    assert wait_gone(json.loads(result.stdout), 5) == []
+
+
+def test_unhandled_exception_in_the_master_leaves_nothing(tmp_path: Path) -> None:
+    result = run_script("""
+        import json
+        from sockpool import Cluster
+        cl = Cluster(n=2)
+        print(json.dumps([w.pid for w in cl.workers]), flush=True)
+        raise RuntimeError("the user's script crashed")
+    """, tmp_path, check=False)
+    assert result.returncode == 1 and "the user's script crashed" in result.stderr
+    assert wait_gone(json.loads(result.stdout), 5) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_exit_when_the_master_is_killed(tmp_path: Path, signum: int) -> None:
+    script = tmp_path / "master.py"
+    script.write_text(
+        "import json, time\n"
+        "from sockpool import Cluster\n"
+        "cl = Cluster(n=2)\n"
+        "print(json.dumps([w.pid for w in cl.workers]), flush=True)\n"
+        "cl.par_map(time.sleep, [30, 30])\n")
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        pids = json.loads(master.stdout.readline())
+        time.sleep(0.3)  # the workers are now busy in a task
+        os.kill(master.pid, signum)
+        master.wait(10)
+        # Local workers see stdin close (and get the parent-death signal) at once.
+        assert wait_gone(pids, 3) == []
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        Cluster(n=0)
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        Cluster(n=-3)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        Cluster(n="2")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="n must be an integer"):
+        Cluster(n=True)
+    with pytest.raises(ValueError, match="'node7'"):
+        Cluster(hosts=["localhost", "node7"])
+    with pytest.raises(ValueError, match="serializer"):
+        Cluster(n=1, serializer="json")
+    with pytest.raises(TypeError, match="callable"):
+        Cluster(n=1, setup=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="threads_per_worker"):
+        Cluster(n=1, threads_per_worker=0)
+
+
+def test_localhost_hosts_are_local_workers() -> None:
+    with Cluster(hosts=["localhost", "localhost"]) as cl:
+        assert cl.n_workers == 2
+    with Cluster(n=1, hosts={"localhost": 2}) as cl:
+        assert cl.n_workers == 3
+
+
+def test_missing_interpreter_is_a_launch_error() -> None:
+    with pytest.raises(LaunchError, match="/no/such/python") as info:
+        Cluster(n=2, python="/no/such/python")
+    assert info.value.command is not None and "/no/such/python" in info.value.command
+
+
+def test_worker_that_never_connects_is_a_launch_error(tmp_path: Path) -> None:
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho starting up >&2\nexec sleep 60\n")
+    fake.chmod(0o755)
+    started = time.monotonic()
+    with pytest.raises(LaunchError, match="connect") as info:
+        Cluster(n=1, python=str(fake), connect_timeout=1.0)
+    assert time.monotonic() - started < 8
+    assert "starting up" in str(info.value)
+
+
+def test_worker_that_crashes_at_start_reports_its_stderr(tmp_path: Path) -> None:
+    fake = tmp_path / "broken-python"
+    fake.write_text("#!/bin/sh\necho 'ImportError: no module named zmq' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(LaunchError) as info:
+        Cluster(n=1, python=str(fake))
+    assert "exit code 3" in str(info.value)
+    assert "no module named zmq" in info.value.stderr_tail
+    assert info.value.returncode == 3
+
+
+def test_environment_and_thread_caps_reach_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "4")
+    with Cluster(n=1, env={"MY_SETTING": "on"}) as cl:
+        env = cl.run_on_all(lambda: dict(os.environ))[0]
+    assert env["MY_SETTING"] == "on"
+    assert env["OMP_NUM_THREADS"] == "1"  # the default cap where the master sets none
+    assert env["MKL_NUM_THREADS"] == "4"  # the master's own setting is kept
+    with Cluster(n=1, threads_per_worker=3) as cl:
+        env = cl.run_on_all(lambda: dict(os.environ))[0]
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+
+
+def test_garbage_on_the_socket_does_not_hurt_the_cluster(shared_cluster: Cluster) -> None:
+    import zmq
+
+    from sockpool import protocol
+
+    context = zmq.Context()
+    try:
+        intruder = context.socket(zmq.DEALER)
+        intruder.setsockopt(zmq.LINGER, 0)
+        intruder.setsockopt(zmq.ROUTING_ID, protocol.data_identity(0))  # posing as worker 0
+        intruder.connect(shared_cluster._dispatcher.master.address)
+        for frames in ([b""], [b"x" * 3], [os.urandom(16)], [b"\x01\x03" + b"\0" * 14],
+                       [protocol.header(protocol.Kind.RESULT) + b"junk", b"more"]):
+            intruder.send_multipart(frames)
+        time.sleep(0.2)
+        assert shared_cluster.par_map(abs, range(-3, 3)) == [3, 2, 1, 0, 1, 2]
+    finally:
+        context.destroy(linger=0)

@@ -1,0 +1,102 @@
+"""Wire format and serialization units: headers, task frames, out-of-band buffers."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from sockpool import protocol, serialization
+from sockpool.protocol import Kind, ProtocolError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_header_round_trip() -> None:
+    frame = protocol.header(Kind.RESULT, 9, 1234, 2**40 + 5) + b"body"
+    head, body = protocol.parse(frame)
+    assert head == protocol.Header(Kind.RESULT, 9, 1234, 2**40 + 5)
+    assert bytes(body) == b"body"
+
+
+@pytest.mark.parametrize("frame", [
+    b"", b"\x01", b"\x02" + b"\x02" * 15,  # too short, then a wrong version
+    bytes([protocol.PROTOCOL_VERSION, 99]) + b"\0" * 14,  # an unknown kind
+])
+def test_malformed_headers_are_rejected(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.parse(frame)
+
+
+def test_task_frame_round_trip() -> None:
+    head = protocol.header(Kind.TASK, 0, 1, 2)
+    frame = protocol.task_frame(head, b"d" * 16, 77, b"function", b"arguments")
+    parsed, body = protocol.parse(frame)
+    digest, first, fn, args = protocol.parse_task(body)
+    assert (parsed.kind, digest, first, bytes(fn), bytes(args)) == (
+        Kind.TASK, b"d" * 16, 77, b"function", b"arguments")
+
+
+def test_truncated_task_frames_are_rejected() -> None:
+    frame = protocol.task_frame(protocol.header(Kind.TASK), b"d" * 16, 0, b"f" * 100, b"")
+    _, body = protocol.parse(frame[:-50])
+    with pytest.raises(ProtocolError):
+        protocol.parse_task(body)
+    with pytest.raises(ProtocolError):
+        protocol.parse_task(memoryview(b"short"))
+
+
+def test_identities() -> None:
+    assert protocol.parse_identity(protocol.data_identity(7)) == (protocol.DATA_PREFIX, 7)
+    assert protocol.parse_identity(protocol.control_identity(7)) == (protocol.CONTROL_PREFIX, 7)
+    with pytest.raises(ProtocolError):
+        protocol.parse_identity(b"X\0\0\0\0")
+
+
+def test_large_buffers_travel_out_of_band_and_small_ones_in_band() -> None:
+    big = np.arange(100_000, dtype=np.int64)
+    small = np.arange(10)
+    frames = serialization.dumps({"big": big, "small": small}, prefix=b"HDR")
+    assert bytes(frames[0][:3]) == b"HDR"
+    assert len(frames) == 2 and memoryview(frames[1]).nbytes == big.nbytes
+    back = serialization.loads(memoryview(frames[0])[3:], [bytearray(frames[1])])
+    np.testing.assert_array_equal(back["big"], big)
+    np.testing.assert_array_equal(back["small"], small)
+
+
+def test_copy_buffers_detaches_from_the_caller() -> None:
+    data = np.zeros(100_000)
+    frames = serialization.dumps(data, copy_buffers=True)
+    data[0] = 42.0
+    assert serialization.loads(frames[0], frames[1:])[0] == 0.0
+
+
+def test_objects_of_main_never_travel_by_reference() -> None:
+    import __main__
+
+    class Local:
+        pass
+
+    Local.__module__ = "__main__"
+    Local.__qualname__ = "Local"
+    __main__.Local = Local  # type: ignore[attr-defined]
+    try:
+        payload = bytes(serialization.dumps(Local())[0])
+        # Plain pickle would store a reference to __main__.Local, which a worker
+        # cannot import; the payload must carry the class itself.
+        del __main__.Local  # type: ignore[attr-defined]
+        assert type(pickle.loads(payload)).__name__ == "Local"
+    finally:
+        vars(__main__).pop("Local", None)
+
+
+def test_exceptions_pack_with_their_traceback() -> None:
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        packed = serialization.pack_exception(exc)
+    error = serialization.unpack_exception(packed, "a note")
+    assert isinstance(error, KeyError) and error.args == ("missing",)
+    assert "raise KeyError" in str(error.__cause__)
+    assert getattr(error, "__notes__", None) == ["a note"]

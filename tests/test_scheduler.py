@@ -1,0 +1,108 @@
+"""The scheduler as pure bookkeeping: credits, pinning, loss and cancellation."""
+
+from __future__ import annotations
+
+import pytest
+
+from sockpool._jobs import Chunk, Job
+from sockpool.protocol import Flag
+from sockpool.scheduler import Scheduler
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class RecordingJob(Job):
+    def __init__(self) -> None:
+        super().__init__(b"fn", Flag.MAP_ONE)
+        self.dropped_chunks: list[Chunk] = []
+
+    def dropped(self, chunk: Chunk) -> None:
+        self.dropped_chunks.append(chunk)
+
+
+def chunks(job: Job, count: int) -> list[Chunk]:
+    return [job.chunk(i, 1, [b""]) for i in range(count)]
+
+
+def test_every_worker_gets_one_before_any_gets_two() -> None:
+    scheduler = Scheduler(prefetch=2)
+    for worker in (1, 2, 3):
+        scheduler.add_worker(worker)
+    scheduler.submit(chunks(RecordingJob(), 4))
+    assigned = [worker for worker, _ in scheduler.assignments(0.0)]
+    assert assigned == [1, 2, 3, 1]
+
+
+def test_credit_limits_what_a_worker_holds() -> None:
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1)
+    work = chunks(RecordingJob(), 5)
+    scheduler.submit(work)
+    assert [c for _, c in scheduler.assignments(0.0)] == work[:2]
+    assert list(scheduler.assignments(0.0)) == []
+    assert scheduler.complete(1, work[0].id) is work[0]
+    assert [c for _, c in scheduler.assignments(0.0)] == [work[2]]
+    assert scheduler.complete(1, 12345) is None
+
+
+def test_pinned_chunks_go_only_to_their_worker_and_first() -> None:
+    scheduler = Scheduler(prefetch=1)
+    scheduler.add_worker(1)
+    scheduler.add_worker(2)
+    job = RecordingJob()
+    shared = chunks(job, 1)
+    pinned = job.chunk(0, 1, [b""], pinned=2)
+    scheduler.submit([*shared, pinned])
+    assert dict((w, c) for w, c in scheduler.assignments(0.0)) == {1: shared[0], 2: pinned}
+
+
+def test_losing_a_worker_returns_what_it_held() -> None:
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1)
+    work = chunks(RecordingJob(), 3)
+    scheduler.submit(work)
+    list(scheduler.assignments(0.0))
+    held, pinned = scheduler.remove_worker(1)
+    assert held == work[:2] and pinned == []
+    scheduler.requeue(held[1])
+    scheduler.add_worker(2)
+    assert [c for _, c in scheduler.assignments(0.0)] == [work[1], work[2]]
+
+
+def test_cancel_drops_waiting_chunks_and_names_busy_workers() -> None:
+    scheduler = Scheduler(prefetch=1)
+    scheduler.add_worker(1)
+    job, other = RecordingJob(), RecordingJob()
+    scheduler.submit(chunks(job, 3) + chunks(other, 1))
+    list(scheduler.assignments(0.0))
+    dropped, running = scheduler.cancel(job)
+    assert len(dropped) == 2 and running == {1}
+    assert job.cancelled
+    scheduler.complete(1, next(iter(scheduler.in_flight[1])))
+    assert [c.job for _, c in scheduler.assignments(0.0)] == [other]
+
+
+def test_a_chunk_whose_job_refuses_to_start_is_dropped() -> None:
+    scheduler = Scheduler(prefetch=1)
+    scheduler.add_worker(1)
+    job = RecordingJob()
+    job.cancelled = True
+    scheduler.submit(chunks(job, 2))
+    assert list(scheduler.assignments(0.0)) == []
+    assert len(job.dropped_chunks) == 2 and scheduler.idle()
+
+
+def test_nothing_is_queued_behind_a_long_running_chunk() -> None:
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1)
+    scheduler.add_worker(2)
+    job = RecordingJob()
+    long_task, *short = chunks(job, 3)
+    scheduler.submit([long_task])
+    assert list(scheduler.assignments(now=100.0)) == [(1, long_task)]
+    scheduler.submit(short)
+    # A second later worker 1 is still busy: worker 2 takes one chunk now, two if
+    # it is prefetching, but worker 1 gets nothing queued behind its long task.
+    assigned = list(scheduler.assignments(now=101.0))
+    assert [w for w, _ in assigned] == [2, 2]
+    assert scheduler.load(1) == 1
