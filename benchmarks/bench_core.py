@@ -1,0 +1,93 @@
+"""Core benchmark: sockpool against the standard library's pools, side by side in one run.
+
+    python benchmarks/bench_core.py [--workers 2] [--repeat 7] [--quick]
+
+Workloads (each repeated, peers interleaved, medians with min-max reported):
+
+* bulk map: 100 000 trivial tasks (``abs``), ``Cluster.par_map`` against
+  ``multiprocessing.Pool.map`` (both choosing their own chunk size);
+* round trip: one ``submit(abs, 1).result()``, ``Cluster.submit`` against
+  ``ProcessPoolExecutor.submit``, median over many calls.
+
+Ratios are sockpool's time over the peer's: below 1 means sockpool is faster.
+No assertion is made on the numbers: machines are noisy; read the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from sockpool import Cluster
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def round_trips(submit: Callable[..., Any], calls: int) -> float:
+    """Median seconds of ``submit(abs, 1).result()`` over ``calls`` calls."""
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        submit(abs, 1).result()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def summary(samples: list[float], scale: float, unit: str) -> str:
+    med = statistics.median(samples) * scale
+    return f"{med:9.2f} {unit} (min {min(samples) * scale:.2f}, max {max(samples) * scale:.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=2000, help="round trips per repetition")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.tasks, args.calls = 2, 10_000, 200
+
+    items = list(range(args.tasks))
+    results: dict[str, list[float]] = {k: [] for k in ("sockpool map", "Pool.map",
+                                                        "sockpool rt", "PPE rt")}
+    with Cluster(n=args.workers) as cluster, \
+            multiprocessing.Pool(args.workers) as pool, \
+            ProcessPoolExecutor(args.workers) as executor:
+        # Warm up every pool (workers started, code paths hot).
+        cluster.par_map(abs, items)
+        pool.map(abs, items)
+        round_trips(cluster.submit, 100)
+        round_trips(executor.submit, 100)
+        for _ in range(args.repeat):  # interleaved, so drift hits all alike
+            results["sockpool map"].append(timed(lambda: cluster.par_map(abs, items)))
+            results["Pool.map"].append(timed(lambda: pool.map(abs, items)))
+            results["sockpool rt"].append(round_trips(cluster.submit, args.calls))
+            results["PPE rt"].append(round_trips(executor.submit, args.calls))
+
+    per_task = 1e6 / args.tasks
+    print(f"{args.workers} workers, {args.repeat} repetitions, medians (min, max)\n")
+    print(f"bulk map of {args.tasks} trivial tasks, per task:")
+    print(f"  sockpool par_map           {summary(results['sockpool map'], per_task, 'µs')}")
+    print(f"  multiprocessing Pool.map   {summary(results['Pool.map'], per_task, 'µs')}")
+    map_ratio = statistics.median(results["sockpool map"]) / statistics.median(results["Pool.map"])
+    print(f"  ratio sockpool / Pool.map  {map_ratio:9.2f}")
+    print("\nsubmit -> result round trip (median of each repetition's median):")
+    print(f"  sockpool submit            {summary(results['sockpool rt'], 1e6, 'µs')}")
+    print(f"  ProcessPoolExecutor        {summary(results['PPE rt'], 1e6, 'µs')}")
+    rt_ratio = statistics.median(results["sockpool rt"]) / statistics.median(results["PPE rt"])
+    print(f"  ratio sockpool / PPE       {rt_ratio:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
