@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import math
 import os
 import secrets
 import threading
@@ -184,19 +185,23 @@ class Dispatcher:
         try:
             for _ in range(self.target):
                 self._launch()
+            sock, wake = self.master.socket, self._wake_r
             next_poll = 0.0
             next_heartbeat = time.monotonic() + self.heartbeat_interval
             while True:
+                timeout = min(next_heartbeat, next_poll) - time.monotonic()
+                exited = False
+                for source, _ in poller.poll(max(0, math.ceil(timeout * 1000))):
+                    if source is sock:
+                        self._receive()
+                    elif source == wake:
+                        self._drain_wake()
+                    else:
+                        exited = True  # a pidfd: a worker process ended
+                if self._commands:
+                    self._run_commands()
                 now = time.monotonic()
-                timeout = min(next_heartbeat, next_poll) - now
-                events = dict(poller.poll(max(0, int(timeout * 1000))))
-                if self._wake_r in events:
-                    self._drain_wake()
-                self._run_commands()
-                if self.master.socket in events:
-                    self._receive()
-                now = time.monotonic()
-                if now >= next_poll or any(fd in events for fd in self._exit_fds):
+                if exited or now >= next_poll:
                     self._check_processes()
                     next_poll = now + PROCESS_POLL_INTERVAL
                 if now >= next_heartbeat:
@@ -205,7 +210,7 @@ class Dispatcher:
                 if self.closing:
                     if self._stop_step(now):
                         break
-                else:
+                elif self.scheduler.has_waiting():
                     self._assign()
         except BaseException as exc:  # the loop itself failed: nothing may hang on it
             self.broken = exc
@@ -348,8 +353,9 @@ class Dispatcher:
     # -- messages ------------------------------------------------------------------------
 
     def _receive(self) -> None:
-        for _ in range(RECV_BATCH):
-            frames = self.master.receive()
+        # The poller said a message is waiting, so the first read skips the check.
+        for turn in range(RECV_BATCH):
+            frames = self.master.receive(check=turn > 0)
             if frames is None:
                 return
             try:

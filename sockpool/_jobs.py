@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import queue
-import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -149,18 +148,19 @@ class StreamJob(Job):
 
 
 class FutureJob(Job):
-    """One call whose outcome completes a ``concurrent.futures.Future``."""
+    """One call whose outcome completes a ``concurrent.futures.Future``.
+
+    Every hook runs on the I/O thread, and the Future is thread-safe itself, so
+    no lock is needed here.
+    """
 
     def __init__(self, fn_payload: bytes, future: Future[Any]) -> None:
         super().__init__(fn_payload, Flag.CALL)
         self.future = future
-        self._lock = threading.Lock()
 
     def start(self, chunk: Chunk) -> bool:
-        with self._lock:
-            if self.future.running():
-                return True  # a retry after a lost worker
-            return self.future.set_running_or_notify_cancel()
+        # running() already: a retry after its first worker was lost.
+        return self.future.running() or self.future.set_running_or_notify_cancel()
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
         values, failures, _ = decode_outcome(chunk, label, payload)
@@ -173,18 +173,15 @@ class FutureJob(Job):
         self._settle(error=error)
 
     def dropped(self, chunk: Chunk) -> None:
-        with self._lock:
-            if not self.future.done() and not self.future.cancel():
-                self.future.set_exception(ClusterClosedError(
-                    "the task was interrupted because its cluster was shut down"))
+        if not self.future.done() and not self.future.cancel():
+            self.future.set_exception(ClusterClosedError(
+                "the task was interrupted because its cluster was shut down"))
 
     def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
-        with self._lock:
-            if self.future.done():
-                return
-            if not self.future.running() and not self.future.set_running_or_notify_cancel():
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(value)
+        future = self.future
+        if future.done() or not (future.running() or future.set_running_or_notify_cancel()):
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)

@@ -9,6 +9,7 @@ into a :class:`~sockpool.errors.CaptureError` that names the culprit.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -20,18 +21,36 @@ def _name_of(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
+#: Payloads of functions pickled by reference (a name, not a value), by id.
+#: Re-pickling ``abs`` for every ``submit`` costs more than the rest of the call.
+_reference_payloads: dict[int, tuple[Callable[..., Any], str, bytes]] = {}
+_REFERENCE_CACHE_SIZE = 512
+
+
 def dump_function(fn: Callable[..., Any], serializer: str) -> bytes:
     """Serialize a task function into one payload (cached by digest on the workers).
+
+    A function shipped by value is pickled anew at every call, so each call
+    sees the globals it refers to as they are then.
 
     Raises:
         CaptureError: the function, or something it refers to, cannot be serialized.
     """
+    cached = _reference_payloads.get(id(fn))
+    if cached is not None and cached[0] is fn and cached[1] == serializer:
+        return cached[2]
     try:
-        return serialization.dumps_in_band(fn, serializer)
+        payload, by_reference = serialization.dumps_in_band(fn, serializer)
     except Exception as exc:
         raise CaptureError(
             f"cannot serialize the function {_name_of(fn)!r} for the workers: "
             f"{type(exc).__name__}: {exc}") from exc
+    # Only plain functions: a partial or a bound method also carries values.
+    if by_reference and isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+        if len(_reference_payloads) >= _REFERENCE_CACHE_SIZE:
+            _reference_payloads.clear()
+        _reference_payloads[id(fn)] = (fn, serializer, payload)
+    return payload
 
 
 def dump_values(obj: Any, serializer: str, parts: Iterable[tuple[str, Any]], *,

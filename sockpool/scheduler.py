@@ -105,6 +105,10 @@ class Scheduler:
             chunk.job.dropped(chunk)
         return None
 
+    def has_waiting(self) -> bool:
+        """Whether any chunk waits for a worker."""
+        return bool(self.pending) or any(self.pinned.values())
+
     def unassign(self, worker_id: int, chunk: Chunk) -> None:
         """Undo one assignment (the send failed)."""
         self.in_flight.get(worker_id, {}).pop(chunk.id, None)

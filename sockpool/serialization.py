@@ -55,7 +55,7 @@ def check_serializer(serializer: str) -> str:
 
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
-          prefix: bytes = b"") -> Frames:
+          prefix: bytes = b"", master: bool = True) -> Frames:
     """Pickle ``obj`` into ``[prefix + payload, *out_of_band_buffers]``.
 
     Args:
@@ -64,6 +64,9 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         copy_buffers: copy out-of-band buffers now, so that the caller may
             mutate the originals while the frames wait to be sent.
         prefix: bytes written before the pickle in the first frame (a header).
+        master: pickling in the master, whose ``__main__`` holds the user's
+            code.  A worker's ``__main__`` is empty, so there a by-reference
+            pickle that succeeds names something the master has too.
 
     Raises:
         Exception: whatever the pickler raised; callers turn it into a
@@ -91,7 +94,7 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
             pass
         else:
             view = stream.getbuffer()
-            if not _names_local_module(view):
+            if not master or not _names_local_module(view):
                 return [view, *buffers]
             del view
         buffers.clear()
@@ -121,19 +124,25 @@ def _names_local_module(payload: Any) -> bool:
     return _by_value_pattern[1].search(payload) is not None
 
 
-def dumps_in_band(obj: Any, serializer: str = "cloudpickle") -> bytes:
-    """Pickle ``obj`` into one bytes payload, buffers included (for cached functions)."""
-    if serializer == "cloudpickle":
+def dumps_in_band(obj: Any, serializer: str = "cloudpickle") -> tuple[bytes, bool]:
+    """Pickle ``obj`` into one bytes payload, buffers included (for cached functions).
+
+    Returns:
+        The payload, and whether the standard pickler wrote it (for a function:
+        a reference by name, the same for as long as the function exists).
+    """
+    if serializer in ("cloudpickle", "pickle"):
         try:
             payload = pickle.dumps(obj, protocol=5)
         except Exception:
-            pass
+            if serializer == "pickle":
+                raise
         else:
-            if not _names_local_module(payload):
-                return payload
+            if serializer == "pickle" or not _names_local_module(payload):
+                return payload, True
     stream = io.BytesIO()
     _pickler_class(serializer)(stream, protocol=5).dump(obj)
-    return stream.getvalue()
+    return stream.getvalue(), False
 
 
 def loads(payload: Any, buffers: Sequence[Any] = ()) -> Any:

@@ -226,11 +226,12 @@ class Worker:
     def _result(self, head: protocol.Header, flags: Flag, values: list[Any],
                 errors: list[tuple[int, bytes]], seconds: float = 0.0) -> list[Any]:
         prefix = protocol.header(Kind.RESULT, flags, head.job, head.ident)
+        outcome = (values, errors, seconds)
         try:
-            return serialization.dumps((values, errors, seconds), self.serializer, prefix=prefix)
+            return serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
         except Exception:
-            values, errors = self._replace_unpicklable(values, errors)
-            return serialization.dumps((values, errors, seconds), self.serializer, prefix=prefix)
+            outcome = (*self._replace_unpicklable(values, errors), seconds)
+            return serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
 
     def _replace_unpicklable(self, values: list[Any], errors: list[tuple[int, bytes]]
                              ) -> tuple[list[Any], list[tuple[int, bytes]]]:
