@@ -78,6 +78,7 @@ class Dispatcher:
         serializer: str,
         heartbeat_interval: float,
         heartbeat_timeout: float,
+        master_timeout: float | None,
         connect_timeout: float,
         prefetch: int,
         setup_job: Job | None,
@@ -87,6 +88,7 @@ class Dispatcher:
         self.serializer = serializer
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
+        self.master_timeout = master_timeout
         self.connect_timeout = connect_timeout
         self.setup_job = setup_job
         self.scheduler = Scheduler(prefetch)
@@ -240,7 +242,7 @@ class Dispatcher:
             "token": self.token,
             "worker_id": worker_id,
             "heartbeat_interval": self.heartbeat_interval,
-            "master_timeout": self.heartbeat_timeout,
+            "master_timeout": self.master_timeout,  # None: the launcher's default
             "serializer": self.serializer,
         }
         try:

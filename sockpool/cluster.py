@@ -202,9 +202,11 @@ class Cluster(concurrent.futures.Executor):
         serializer: ``"cloudpickle"`` (default), ``"dill"`` or ``"pickle"``.
         connect_timeout: seconds to wait for the workers to start and connect.
         heartbeat_interval: seconds between heartbeats, both ways.
-        heartbeat_timeout: silence after which a worker gives up on the master
-            (default: 5 heartbeats; local workers also exit at once when the
-            master process ends).
+        heartbeat_timeout: silence after which a peer counts as lost: a worker
+            gives up on a silent master, the master on a silent remote worker
+            (default: 5 heartbeats).  Local workers exit at once when the
+            master process ends, so by default they give a master that is
+            merely silent (busy holding the GIL) 60 s.
         prefetch: chunks a worker may hold: the one it runs and those queued.
 
     Raises:
@@ -237,7 +239,8 @@ class Cluster(concurrent.futures.Executor):
             raise ValueError(f"threads_per_worker must be a positive integer or None, "
                              f"not {threads_per_worker!r}")
         for name, value in (("connect_timeout", connect_timeout),
-                            ("heartbeat_interval", heartbeat_interval)):
+                            ("heartbeat_interval", heartbeat_interval),
+                            ("heartbeat_timeout", heartbeat_timeout or 1.0)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, not {value!r}")
         if not isinstance(prefetch, int) or prefetch < 1:
@@ -255,6 +258,7 @@ class Cluster(concurrent.futures.Executor):
             n_workers=n_workers, launcher=launcher, serializer=serializer,
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
+            master_timeout=heartbeat_timeout,
             connect_timeout=connect_timeout, prefetch=prefetch, setup_job=setup_job)
         self._description = f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)"
         _register_exit_hook()

@@ -48,3 +48,22 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+class CountsUnpickling:
+    """A payload that counts, in each process, how often it is unpickled."""
+
+    loads = 0
+
+    def __init__(self, size: int) -> None:
+        self.data = bytes(size)
+
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        return (_rebuild_counting, (self.data,))
+
+
+def _rebuild_counting(data: bytes) -> CountsUnpickling:
+    CountsUnpickling.loads += 1
+    obj = CountsUnpickling.__new__(CountsUnpickling)
+    obj.data = data
+    return obj

@@ -11,6 +11,7 @@ import pytest
 from helpers import run_script
 
 from sockpool import CaptureError, Cluster, LaunchError, WorkerLostError
+from sockpool.launchers import LocalLauncher
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -174,3 +175,51 @@ def test_export_from_a_namespace_and_its_errors(cluster: Cluster) -> None:
         cluster.export("no_such_name")
     with pytest.raises(CaptureError, match="exported value 'lock'"):
         cluster.export(lock=threading.Lock())
+
+
+def test_workers_give_up_on_a_silent_master(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from helpers import wait_gone
+
+    script = tmp_path / "frozen_master.py"
+    script.write_text(
+        "import json, time\n"
+        "from sockpool import Cluster\n"
+        "cl = Cluster(n=2, heartbeat_interval=0.1, heartbeat_timeout=1.0)\n"
+        "print(json.dumps([w.pid for w in cl.workers]), flush=True)\n"
+        "time.sleep(60)\n")
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        pids = json.loads(master.stdout.readline())
+        os.kill(master.pid, signal.SIGSTOP)  # alive, stdin open, but silent
+        assert wait_gone(pids, 5) == [], "workers kept waiting on a frozen master"
+    finally:
+        master.kill()
+        master.wait()
+
+
+class HeartbeatOnlyLauncher(LocalLauncher):
+    """Judges workers by heartbeats alone, as a launcher of remote workers must."""
+
+    watches_processes = False
+
+
+def test_master_gives_up_on_a_silent_worker() -> None:
+    launcher = HeartbeatOnlyLauncher()
+    with Cluster(n=2, launcher=launcher, heartbeat_interval=0.1, heartbeat_timeout=1.0) as cl:
+        def freeze() -> None:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+        started = time.monotonic()
+        with pytest.raises(WorkerLostError, match="heartbeat"):
+            cl.submit(freeze).result(timeout=20)
+        assert time.monotonic() - started < 5
+        deadline = time.monotonic() + 10
+        while cl.n_workers < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cl.n_workers == 2
+        assert cl.par_map(abs, [-1, -2]) == [1, 2]

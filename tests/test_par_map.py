@@ -252,3 +252,28 @@ def test_dill_and_pickle_serializers() -> None:
         assert cl.par_map(square, [3]) == [9]
         with pytest.raises(CaptureError):
             cl.par_map(lambda x: x, [1])
+
+
+def test_a_captured_payload_crosses_the_wire_once_per_worker(cluster: Cluster) -> None:
+    from helpers import CountsUnpickling
+
+    big = CountsUnpickling(5_000_000)
+
+    def uses_big(x: int) -> int:
+        return len(big.data) + x
+
+    def loads_here() -> int:
+        import helpers
+
+        return helpers.CountsUnpickling.loads
+
+    assert cluster.par_map(uses_big, range(60), chunksize=1) == [5_000_000 + x for x in range(60)]
+    assert cluster.run_on_all(loads_here) == [1, 1]  # 60 chunks, one load per worker
+    cluster.par_map(uses_big, range(20), chunksize=1)  # the same payload: still cached
+    assert cluster.run_on_all(loads_here) == [1, 1]
+
+    def also_uses_big(x: int) -> int:
+        return len(big.data) - x
+
+    cluster.par_map(also_uses_big, range(20), chunksize=1)  # a new payload: loaded once more
+    assert cluster.run_on_all(loads_here) == [2, 2]

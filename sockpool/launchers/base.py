@@ -66,7 +66,11 @@ class Launcher(abc.ABC):
 
     @abc.abstractmethod
     def spawn(self, worker_id: int, config: dict[str, Any]) -> WorkerProcess:
-        """Start one worker, handing it ``config`` over its launch channel."""
+        """Start one worker, handing it ``config`` over its launch channel.
+
+        ``config["master_timeout"]`` is the silence after which the worker gives
+        up on the master; None asks the launcher for its default.
+        """
 
     @abc.abstractmethod
     def describe(self) -> str:

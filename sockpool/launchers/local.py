@@ -16,6 +16,11 @@ from .._proc import read_tail
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
 
+#: A local worker learns of its master's death at once (stdin end-of-file, the
+#: parent-death signal), so by default it waits this long on a master that is
+#: merely silent: one whose Python is busy, say, in a long sort holding the GIL.
+LOCAL_MASTER_TIMEOUT = 60.0
+
 
 class LocalWorkerProcess(WorkerProcess):
     """A worker subprocess; its stdin stays open: end-of-file tells it the master is gone."""
@@ -96,6 +101,7 @@ class LocalLauncher(Launcher):
         argv = self.command()
         config = {
             **config,
+            "master_timeout": config.get("master_timeout") or LOCAL_MASTER_TIMEOUT,
             "watch_stdin": True,
             "parent_pid": os.getpid(),
             # The master's import path, so a module next to the script imports here too.
