@@ -7,7 +7,9 @@ Workloads (each repeated, peers interleaved, medians with min-max reported):
 * bulk map: 100 000 trivial tasks (``abs``), ``Cluster.par_map`` against
   ``multiprocessing.Pool.map`` (both choosing their own chunk size);
 * round trip: one ``submit(abs, 1).result()``, ``Cluster.submit`` against
-  ``ProcessPoolExecutor.submit``, median over many calls.
+  ``ProcessPoolExecutor.submit``, median over many calls; and, as the floor
+  of any design on ZeroMQ, a bare ROUTER/DEALER ping-pong between two Python
+  processes over ``ipc://`` (no I/O thread, no pickling, no futures).
 
 Ratios are sockpool's time over the peer's: below 1 means sockpool is faster.
 No assertion is made on the numbers: machines are noisy; read the medians.
@@ -42,6 +44,46 @@ def round_trips(submit: Callable[..., Any], calls: int) -> float:
     return statistics.median(samples)
 
 
+def _echo(address: str) -> None:
+    import zmq
+
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(address)
+    sock.send(b"ready")
+    while (message := sock.recv()) != b"stop":
+        sock.send(message)
+
+
+class ZmqPingPong:
+    """The floor: a bare zmq round trip between this process and an echo process."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        import zmq
+
+        self._dir = tempfile.TemporaryDirectory()
+        address = f"ipc://{self._dir.name}/echo"
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.bind(address)
+        self._process = multiprocessing.get_context("spawn").Process(target=_echo, args=(address,))
+        self._process.start()
+        self._peer, _ = self._sock.recv_multipart()
+
+    def submit(self, fn: Any, arg: Any) -> ZmqPingPong:
+        self._sock.send_multipart([self._peer, b"x" * 40])
+        return self
+
+    def result(self) -> None:
+        self._sock.recv_multipart()
+
+    def close(self) -> None:
+        self._sock.send_multipart([self._peer, b"stop"])
+        self._process.join(10)
+        self._sock.close(linger=0)
+        self._dir.cleanup()
+
+
 def summary(samples: list[float], scale: float, unit: str) -> str:
     med = statistics.median(samples) * scale
     return f"{med:9.2f} {unit} (min {min(samples) * scale:.2f}, max {max(samples) * scale:.2f})"
@@ -60,7 +102,8 @@ def main() -> None:
 
     items = list(range(args.tasks))
     results: dict[str, list[float]] = {k: [] for k in ("sockpool map", "Pool.map",
-                                                        "sockpool rt", "PPE rt")}
+                                                        "sockpool rt", "PPE rt", "zmq rt")}
+    ping = ZmqPingPong()
     with Cluster(n=args.workers) as cluster, \
             multiprocessing.Pool(args.workers) as pool, \
             ProcessPoolExecutor(args.workers) as executor:
@@ -74,6 +117,8 @@ def main() -> None:
             results["Pool.map"].append(timed(lambda: pool.map(abs, items)))
             results["sockpool rt"].append(round_trips(cluster.submit, args.calls))
             results["PPE rt"].append(round_trips(executor.submit, args.calls))
+            results["zmq rt"].append(round_trips(ping.submit, args.calls))
+    ping.close()
 
     per_task = 1e6 / args.tasks
     print(f"{args.workers} workers, {args.repeat} repetitions, medians (min, max)\n")
@@ -87,6 +132,7 @@ def main() -> None:
     print(f"  ProcessPoolExecutor        {summary(results['PPE rt'], 1e6, 'µs')}")
     rt_ratio = statistics.median(results["sockpool rt"]) / statistics.median(results["PPE rt"])
     print(f"  ratio sockpool / PPE       {rt_ratio:9.2f}")
+    print(f"  floor: bare zmq ping-pong  {summary(results['zmq rt'], 1e6, 'µs')}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import itertools
 import math
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any
 
@@ -33,7 +33,8 @@ def auto_chunksize(n_items: int, n_workers: int) -> int:
     return max(1, math.ceil(n_items / (4 * max(1, n_workers))))
 
 
-def eager_chunks(job: StreamJob, items: list[Any], chunksize: int, serializer: str) -> list[Chunk]:
+def eager_chunks(job: StreamJob, items: Sequence[Any], chunksize: int, serializer: str
+                 ) -> list[Chunk]:
     """Serialize every chunk of a list now (CaptureError names the first bad item)."""
     return [
         job.chunk(start, len(part), dump_arguments(part, start, serializer))

@@ -44,7 +44,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, NamedTuple, TypeVar
 
@@ -97,7 +97,8 @@ _exit_hook_registered = False
 
 def _close_all_at_exit() -> None:
     for cluster in list(_live_clusters):
-        cluster._close_quietly()
+        if cluster._owner_pid == os.getpid():  # a forked child leaves its parent's alone
+            cluster._close_quietly()
 
 
 def _register_exit_hook() -> None:
@@ -145,6 +146,17 @@ def _check_options(chunksize: int | None, retries: int, errors: str, timeout: fl
         raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
     if timeout is not None:
         raise NotImplementedError("per-task timeout= is not available yet")
+
+
+def _as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
+    """The items of a map, read once; a list, tuple or range is used as it is.
+
+    Chunks are slices of it: a slice of a range pickles as three integers.
+    """
+    if len(iterables) > 1:
+        return list(zip(*iterables, strict=False))
+    items = iterables[0]
+    return items if isinstance(items, (list, tuple, range)) else list(items)
 
 
 def _lookup(names: tuple[str, ...], env: Mapping[str, Any] | object | None, depth: int
@@ -251,6 +263,7 @@ class Cluster(concurrent.futures.Executor):
             raise ValueError("python= and env= belong to the launcher when launcher= is given")
 
         self._serializer = serializer
+        self._owner_pid = os.getpid()
         self._state = ClusterState.RUNNING
         self._state_lock = threading.Lock()
         setup_job = StreamJob(dump_function(setup, serializer), Flag.CALL) if setup else None
@@ -415,7 +428,7 @@ class Cluster(concurrent.futures.Executor):
         _check_callable(fn, method)
         _check_iterables(iterables, method)
         _check_options(chunksize, retries, errors, timeout)
-        items = list(zip(*iterables, strict=False)) if len(iterables) > 1 else list(iterables[0])
+        items = _as_sequence(iterables)
         job = StreamJob(dump_function(fn, self._serializer), self._flags(star, errors), retries)
         if not items:
             return []
@@ -477,7 +490,7 @@ class Cluster(concurrent.futures.Executor):
         _check_options(chunksize, 0, "raise", None)
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
-        items = list(zip(*iterables, strict=False)) if star else list(iterables[0])
+        items = _as_sequence(iterables)
         job = StreamJob(dump_function(fn, self._serializer), self._flags(star, "raise"))
         chunks = eager_chunks(job, items, chunksize, self._serializer)
         self._submit_chunks(chunks)  # now, not at the first next(): the Executor contract
@@ -562,6 +575,10 @@ class Cluster(concurrent.futures.Executor):
             state = "closed"
         return (f"<Cluster {self._dispatcher.launcher.describe()}: {self.n_workers} of "
                 f"{self._dispatcher.target} workers, {state}>")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a sockpool Cluster cannot be sent to its workers: does the task "
+                        "function refer to the cluster (a global or closure variable)?")
 
     # -- helpers ----------------------------------------------------------------------
 

@@ -208,3 +208,17 @@ def test_garbage_on_the_socket_does_not_hurt_the_cluster(shared_cluster: Cluster
         assert shared_cluster.par_map(abs, range(-3, 3)) == [3, 2, 1, 0, 1, 2]
     finally:
         context.destroy(linger=0)
+
+
+def test_a_forked_child_leaves_its_parents_workers_alone(tmp_path: Path) -> None:
+    result = run_script("""
+        import os, sys
+        from sockpool import Cluster
+        with Cluster(n=2) as cl:
+            child = os.fork()
+            if child == 0:
+                sys.exit(0)  # runs the child's exit hooks: they must not touch the cluster
+            os.waitpid(child, 0)
+            print(cl.par_map(abs, [-1, -2]), cl.n_workers)
+    """, tmp_path)
+    assert result.stdout.strip() == "[1, 2] 2"

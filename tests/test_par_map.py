@@ -277,3 +277,11 @@ def test_a_captured_payload_crosses_the_wire_once_per_worker(cluster: Cluster) -
 
     cluster.par_map(also_uses_big, range(20), chunksize=1)  # a new payload: loaded once more
     assert cluster.run_on_all(loads_here) == [2, 2]
+
+
+def test_a_function_that_captures_the_cluster_gets_a_clear_error(cluster: Cluster) -> None:
+    def uses_cluster(x: int) -> int:
+        return cluster.n_workers + x
+
+    with pytest.raises(CaptureError, match="does the task function refer to the cluster"):
+        cluster.par_map(uses_cluster, [1])
