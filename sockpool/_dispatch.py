@@ -17,7 +17,7 @@ import os
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -25,9 +25,10 @@ from typing import Any
 import zmq
 
 from . import protocol, serialization
-from ._jobs import Chunk, FutureJob, Job, WorkerLabel, decode_outcome
-from .errors import ClusterClosedError, LaunchError, SockpoolError, WorkerLostError, add_note
-from .launchers.base import Launcher, WorkerProcess
+from ._jobs import Chunk, FutureJob, Job, decode_outcome
+from ._workers import LOST, READY, SETUP, STARTING, STOPPED, WorkerRecord, launch_error, lost_error
+from .errors import ClusterClosedError, LaunchError, SockpoolError
+from .launchers.base import Launcher
 from .protocol import Flag, Kind
 from .scheduler import Scheduler
 from .transport import MasterSocket
@@ -36,35 +37,16 @@ from .transport import MasterSocket
 FUNCTION_CACHE_BYTES = 512 * 1024 * 1024
 #: How often processes are polled when no pidfd tells us they ended.
 PROCESS_POLL_INTERVAL = 0.25
+#: After a worker process ends, how long its last messages (a result sent just
+#: before it crashed on the next task) may take to arrive before what it held is
+#: written off: the pidfd can fire before libzmq has delivered them.
+EXIT_GRACE = 0.1
 #: After SHUTDOWN, how long workers get to exit before SIGTERM, then SIGKILL.
 STOP_GRACE = (2.0, 1.0, 1.0)
 #: Replacement workers that fail to start this many times in a row stop the replacing.
 MAX_FAILED_REPLACEMENTS = 3
 #: Messages read per loop turn before commands get a look-in again.
 RECV_BATCH = 512
-
-
-class WorkerRecord:
-    """What the master knows of one worker."""
-
-    def __init__(self, worker_id: int, process: WorkerProcess) -> None:
-        self.id = worker_id
-        self.process = process
-        self.state = "starting"  # starting -> setup -> ready -> lost | stopped
-        self.host = process.host
-        self.pid = process.pid
-        self.data_identity = protocol.data_identity(worker_id)
-        self.control_identity = protocol.control_identity(worker_id)
-        self.control_ready = False
-        self.started_at = time.monotonic()
-        self.last_heard = self.started_at
-        self.cached: OrderedDict[bytes, int] = OrderedDict()
-        self.cached_bytes = 0
-        self.setup_chunk: Chunk | None = None
-
-    @property
-    def label(self) -> WorkerLabel:
-        return WorkerLabel(self.id, self.host, self.pid)
 
 
 class Dispatcher:
@@ -106,6 +88,9 @@ class Dispatcher:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_pending = False
+        # Held while queueing a command and while closing, so no command is
+        # queued (or wake-up byte written) once the pipe is closed.
+        self._wake_lock = threading.Lock()
         self._exit_fds: set[int] = set()  # pidfds: readable when a worker process ends
 
         self.state_changed = threading.Condition()
@@ -125,14 +110,19 @@ class Dispatcher:
         self._thread.start()
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the I/O thread."""
-        if self.closed.is_set():
-            raise ClusterClosedError("the cluster is closed")
-        self._commands.append((fn, args))
-        if not self._wake_pending:
-            self._wake_pending = True
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_w, b"\0")
+        """Run ``fn(*args)`` on the I/O thread.
+
+        Raises:
+            ClusterClosedError: the I/O thread has ended.
+        """
+        with self._wake_lock:
+            if self.closed.is_set():
+                raise ClusterClosedError("the cluster is closed")
+            self._commands.append((fn, args))
+            if not self._wake_pending:
+                self._wake_pending = True
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_w, b"\0")
 
     def ask(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
         """Run ``fn(*args)`` on the I/O thread and return its result."""
@@ -158,7 +148,7 @@ class Dispatcher:
                     raise LaunchError(f"the cluster failed while starting: {self.broken}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    waiting = [r for r in self.workers.values() if r.state in ("starting", "setup")]
+                    waiting = [r for r in self.workers.values() if r.state in (STARTING, SETUP)]
                     detail = "; ".join(
                         f"worker {r.id} (pid {r.pid}): {r.state}"
                         + (f", stderr: {tail}" if (tail := r.process.stderr_tail()) else "")
@@ -204,8 +194,7 @@ class Dispatcher:
                     self._run_commands()
                 now = time.monotonic()
                 if exited or now >= next_poll:
-                    self._check_processes()
-                    next_poll = now + PROCESS_POLL_INTERVAL
+                    next_poll = now + self._check_processes(now)
                 if now >= next_heartbeat:
                     self._heartbeat(now)
                     next_heartbeat = now + self.heartbeat_interval
@@ -248,6 +237,7 @@ class Dispatcher:
         try:
             process = self.launcher.spawn(worker_id, config)
         except LaunchError as exc:
+            self._failed_replacements += 1
             self._startup_failed(exc)
             return None
         record = WorkerRecord(worker_id, process)
@@ -263,37 +253,45 @@ class Dispatcher:
             self.startup_errors.append(error)
             self.state_changed.notify_all()
 
-    def _check_processes(self) -> None:
-        now = time.monotonic()
+    def _check_processes(self, now: float) -> float:
+        """Notice workers that ended, never connected or fell silent; seconds to the next check."""
+        wait = PROCESS_POLL_INTERVAL
         for record in list(self.workers.values()):
-            if record.state in ("lost", "stopped"):
+            if not record.alive:
+                if record.process.poll() is not None:  # reap what was killed, then forget it
+                    record.process.close()
+                    del self.workers[record.id]
                 continue
-            returncode = record.process.poll()
-            if returncode is not None:
-                self._on_exit(record)
-            elif record.state == "starting" and now - record.started_at > self.connect_timeout:
+            if record.process.poll() is not None:
+                if record.exited_at is None:
+                    record.exited_at = now
+                    self._unwatch(record)
+                if not self._workers_wanted:
+                    self._forget(record, STOPPED)
+                elif now - record.exited_at >= EXIT_GRACE:
+                    self._lost(record, record.process.exit_status())
+                else:
+                    wait = min(wait, EXIT_GRACE)
+            elif record.state == STARTING and now - record.started_at > self.connect_timeout:
                 record.process.kill()
                 self._lost(record, f"did not connect within {self.connect_timeout:g} s")
-            elif (not self.launcher.watches_processes and record.state == "ready"
+            elif (not self.launcher.watches_processes and record.state == READY
                   and now - record.last_heard > self.heartbeat_timeout):
                 record.process.kill()
                 self._lost(record, f"silent for {now - record.last_heard:.1f} s (heartbeat lost)")
+        return wait
 
-    def _on_exit(self, record: WorkerRecord) -> None:
-        if self.closing:
-            self._forget(record, "stopped")
-        else:
-            self._lost(record, record.process.exit_status())
-
-    def _forget(self, record: WorkerRecord, state: str) -> None:
-        was_ready = record.state == "ready"
-        record.state = state
+    def _unwatch(self, record: WorkerRecord) -> None:
+        """Stop polling a worker's pidfd (once it fired, it stays readable)."""
         fd = record.process.fileno()
         if fd is not None and fd in self._exit_fds:
             self._exit_fds.discard(fd)
             self._poller.unregister(fd)
-        if record.process.poll() is not None:
-            record.process.close()
+
+    def _forget(self, record: WorkerRecord, state: str) -> None:
+        was_ready = record.state == READY
+        record.state = state
+        self._unwatch(record)
         if was_ready:
             with self.state_changed:
                 self.n_ready -= 1
@@ -301,44 +299,44 @@ class Dispatcher:
 
     def _lost(self, record: WorkerRecord, how: str) -> None:
         """A worker ended or went silent: write off or retry what it held, replace it."""
-        starting = record.state in ("starting", "setup")
+        starting = record.state in (STARTING, SETUP)
         held, pinned = self.scheduler.remove_worker(record.id)
-        self._forget(record, "lost")
+        self._forget(record, LOST)
         tail = record.process.stderr_tail()
         if starting:
-            self._launch_failed(record, how, tail)
-        for chunk in held + pinned:
+            self._failed_replacements += 1
+            self._startup_failed(record.failure or launch_error(record, how, tail))
+        # A worker runs its chunks in order: the oldest was running, those
+        # behind it never started and go back to the front of the queue.
+        running, queued = held[:1], held[1:]
+        for chunk in reversed(queued):
+            if chunk.pinned is None:
+                self.scheduler.requeue(chunk)
+            else:
+                pinned.append(chunk)
+        for chunk in running + pinned:
             if chunk.pinned is None and chunk.attempts < chunk.job.retries:
                 chunk.attempts += 1
                 self.scheduler.requeue(chunk)
             else:
-                chunk.job.fail(chunk, self._lost_error(record, how, tail, chunk))
-        if not self.closing and self._failed_replacements < MAX_FAILED_REPLACEMENTS:
-            self._launch()
-        elif not self.closing and self.n_ready == 0:
+                chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
+        self._replace(f"worker {record.id} {how}", tail)
+
+    @property
+    def _workers_wanted(self) -> bool:
+        """Open, or shutting down but still finishing queued work."""
+        return not self.closing or (self._finish_then_close and self._stop_started is None)
+
+    def _replace(self, last_loss: str, tail: str) -> None:
+        """Start a replacement, unless starting them keeps failing; give up with no worker left."""
+        if not self._workers_wanted:
+            return
+        if self._failed_replacements < MAX_FAILED_REPLACEMENTS and self._launch() is not None:
+            return
+        if not any(record.alive for record in self.workers.values()):
             self._abandon_all(LaunchError(
-                f"no worker is left and {MAX_FAILED_REPLACEMENTS} replacements in a row failed "
-                f"to start; last: worker {record.id} {how}", stderr_tail=tail))
-
-    def _launch_failed(self, record: WorkerRecord, how: str, tail: str) -> None:
-        self._failed_replacements += 1
-        message = f"worker {record.id} (pid {record.pid} on {record.host}) failed to start: {how}"
-        if tail:
-            message += f"\nits stderr ends with:\n{tail}"
-        self._startup_failed(LaunchError(
-            message, command=record.process.command, returncode=record.process.poll(),
-            stderr_tail=tail))
-
-    @staticmethod
-    def _lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk) -> WorkerLostError:
-        last = chunk.first_index + chunk.count - 1
-        tasks = f"task {chunk.first_index}" if chunk.count == 1 else (
-            f"tasks {chunk.first_index}..{last}")
-        message = f"{record.label} was lost ({how}) while running {tasks}"
-        if tail:
-            message += f"\nits stderr ends with:\n{tail}"
-        return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,
-                               exit_status=how, stderr_tail=tail)
+                f"no worker is left and replacements failed to start; last: {last_loss}",
+                stderr_tail=tail))
 
     def _abandon_all(self, error: SockpoolError) -> None:
         """Fail every chunk, waiting or running (the cluster cannot go on)."""
@@ -370,13 +368,13 @@ class Dispatcher:
             raise protocol.ProtocolError("message without a header")
         prefix, worker_id = protocol.parse_identity(frames[0])
         record = self.workers.get(worker_id)
-        if record is None or record.state in ("lost", "stopped"):
+        if record is None or not record.alive:
             return
         head, body = protocol.parse(frames[1])
         if head.kind is Kind.HELLO:
             self._on_hello(record, prefix, body)
             return
-        if record.state == "starting":
+        if record.state == STARTING:
             return  # nothing counts before the worker proved it holds the token
         record.last_heard = time.monotonic()
         if head.kind is Kind.RESULT and prefix == protocol.DATA_PREFIX:
@@ -394,7 +392,7 @@ class Dispatcher:
         if prefix == protocol.CONTROL_PREFIX:
             record.control_ready = True
             return
-        if record.state != "starting":
+        if record.state != STARTING:
             return
         record.pid = int(info.get("pid", record.pid))
         if record.host != "localhost":
@@ -402,14 +400,14 @@ class Dispatcher:
         for frames in self.exports:
             self.master.send(record.data_identity, frames)
         if self.setup_job is not None:
-            record.state = "setup"
+            record.state = SETUP
             record.setup_chunk = self.setup_job.chunk(0, 1, serialization.dumps(((), {})))
             self._send_chunk(record, record.setup_chunk)
         else:
             self._ready(record)
 
     def _ready(self, record: WorkerRecord) -> None:
-        record.state = "ready"
+        record.state = READY
         self._failed_replacements = 0
         self.scheduler.add_worker(record.id)
         with self.state_changed:
@@ -438,12 +436,11 @@ class Dispatcher:
         if not failures:
             self._ready(record)
             return
-        error = LaunchError(f"setup failed on {record.label}: "
-                            f"{type(failures[0].error).__name__}: {failures[0].error}")
-        error.__cause__ = failures[0].error
-        self._failed_replacements += 1
-        self._startup_failed(error)
-        record.process.kill()
+        cause = failures[0].error
+        record.failure = LaunchError(f"setup failed on {record.label}: "
+                                     f"{type(cause).__name__}: {cause}")
+        record.failure.__cause__ = cause
+        record.process.kill()  # its exit reports the failure, once
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -456,7 +453,7 @@ class Dispatcher:
             self.scheduler.unassign(worker_id, chunk)
             self.scheduler.requeue(chunk)
             record = self.workers[worker_id]
-            if record.state == "ready":
+            if record.state == READY:
                 record.process.kill()
                 self._lost(record, "its connection is gone")
 
@@ -485,12 +482,12 @@ class Dispatcher:
     def _heartbeat(self, now: float) -> None:
         beat = [protocol.header(Kind.HEARTBEAT)]
         for record in self.workers.values():
-            if record.control_ready and record.state in ("setup", "ready"):
+            if record.control_ready and record.state in (SETUP, READY):
                 self.master.send(record.control_identity, beat)
 
     def _tell_all(self, kind: Kind, job: int = 0, *, data: bool = False) -> None:
         for record in self.workers.values():
-            if record.state not in ("lost", "stopped"):
+            if record.alive:
                 if record.control_ready:
                     self.master.send(record.control_identity, [protocol.header(kind, 0, job)])
                 if data:
@@ -540,17 +537,17 @@ class Dispatcher:
         """Send an EXPORT message to every worker now, and to every worker that starts later."""
         self.exports.append(frames)
         for record in self.workers.values():
-            if record.state in ("setup", "ready"):
+            if record.state in (SETUP, READY):
                 self.master.send(record.data_identity, frames)
 
     def snapshot(self) -> list[tuple[int, str, int, str]]:
         """(id, host, pid, state) of each worker that is not gone."""
         rows = []
         for record in self.workers.values():
-            if record.state in ("lost", "stopped"):
+            if not record.alive:
                 continue
             state = record.state
-            if state == "ready":
+            if state == READY:
                 state = "busy" if self.scheduler.load(record.id) else "idle"
             rows.append((record.id, record.host, record.pid, state))
         return rows
@@ -564,19 +561,12 @@ class Dispatcher:
             return
         self._finish_then_close = False
         self.closing = True
-        error = ClusterClosedError("the cluster was closed before this task ran")
         for chunk in self.scheduler.drain():
-            chunk.job.fail(chunk, error)
-        self._interrupt_running()
-
-    def _interrupt_running(self) -> None:
-        error = ClusterClosedError("the cluster was closed while this task ran")
-        for worker_id in self.scheduler.workers:
+            chunk.job.fail(chunk, ClusterClosedError("the cluster was closed before this task ran"))
+        for worker_id in self.scheduler.workers:  # _stop_step then sends them SHUTDOWN
             for chunk in self.scheduler.remove_worker(worker_id)[0]:
-                add_note(error, "")
-                chunk.job.fail(chunk, ClusterClosedError(str(error)))
-        self._tell_all(Kind.SHUTDOWN, data=True)
-        self._stop_started = time.monotonic()
+                chunk.job.fail(chunk, ClusterClosedError(
+                    "the cluster was closed while this task ran"))
 
     def _stop_step(self, now: float) -> bool:
         """One turn of closing; True once every worker is gone."""
@@ -587,11 +577,13 @@ class Dispatcher:
                     return False
             self._tell_all(Kind.SHUTDOWN, data=True)
             self._stop_started = now
-        alive = [r for r in self.workers.values() if r.state not in ("lost", "stopped")]
-        for record in alive:
-            if record.process.poll() is not None:
-                self._forget(record, "stopped")
-        alive = [r for r in alive if r.state not in ("lost", "stopped")]
+            for record in self.workers.values():
+                if record.state == STARTING:  # not connected: nothing to tell, nothing to lose
+                    record.process.terminate()
+        for record in self.workers.values():
+            if record.alive and record.process.poll() is not None:
+                self._forget(record, STOPPED)
+        alive = [r for r in self.workers.values() if r.alive]
         if not alive:
             return True
         elapsed = now - self._stop_started
@@ -608,21 +600,25 @@ class Dispatcher:
 
     def _teardown(self) -> None:
         for record in self.workers.values():
-            if record.process.poll() is None:
-                record.process.kill()
-            record.process.close()
+            record.process.kill()  # a no-op for those that ended
+        deadline = time.monotonic() + 1.0  # reap them, so none is left a zombie
+        while (any(r.process.poll() is None for r in self.workers.values())
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
         for record in self.workers.values():
-            if record.state not in ("lost", "stopped"):
-                record.state = "stopped"
+            record.process.close()
+            if record.alive:
+                record.state = STOPPED
         self.n_ready = 0
         self.master.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
         self.closing = True
+        with self._wake_lock:
+            self.closed.set()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         with self.state_changed:
             self.state_changed.notify_all()
-        self.closed.set()
-        # Anything queued after the loop ended is failed, so no caller waits forever.
+        # Commands queued while the loop was ending still run, so no caller waits forever.
         while self._commands:
             fn, args = self._commands.popleft()
             with contextlib.suppress(Exception):

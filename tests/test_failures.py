@@ -6,11 +6,12 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import run_script
 
-from sockpool import CaptureError, Cluster, LaunchError, WorkerLostError
+from sockpool import CaptureError, Cluster, LaunchError, SockpoolError, WorkerLostError
 from sockpool.launchers import LocalLauncher
 
 pytestmark = pytest.mark.timeout(60)
@@ -223,3 +224,45 @@ def test_master_gives_up_on_a_silent_worker() -> None:
             time.sleep(0.02)
         assert cl.n_workers == 2
         assert cl.par_map(abs, [-1, -2]) == [1, 2]
+
+
+class StopsAfterFirstLauncher(LocalLauncher):
+    """Starts one worker, then can start no more (the interpreter went away, say)."""
+
+    def spawn(self, worker_id: int, config: dict[str, object]) -> Any:
+        if worker_id > 0:
+            raise LaunchError("no interpreter any more", command="python")
+        return super().spawn(worker_id, config)
+
+
+def test_with_no_worker_left_and_none_startable_work_fails_instead_of_hanging() -> None:
+    with Cluster(n=1, launcher=StopsAfterFirstLauncher()) as cl:
+        queued = [cl.submit(time.sleep, 0.2) for _ in range(3)]
+        with pytest.raises(WorkerLostError):
+            cl.submit(die, 1).result(timeout=20)
+        for future in queued:
+            future.exception(timeout=20)  # each settles: a result or an error, never a hang
+        with pytest.raises(SockpoolError, match="no worker is left"):
+            cl.par_map(abs, [1, 2])
+
+
+def test_shutdown_finishes_queued_work_even_if_its_worker_dies() -> None:
+    cl = Cluster(n=1)
+    doomed = cl.submit(die, 1)
+    after = [cl.submit(abs, -i) for i in range(4)]
+    cl.shutdown(wait=True)
+    with pytest.raises(WorkerLostError):
+        doomed.result(timeout=0)
+    assert [f.result(timeout=0) for f in after] == [0, 1, 2, 3]
+
+
+def test_only_the_task_that_crashed_its_worker_fails(cluster: Cluster) -> None:
+    def crash_on_3(x: int) -> int:
+        time.sleep(0.01)  # a crash comes during work: a result sent an instant
+        if x == 3:        # before os._exit may die unsent in libzmq's queue
+            os._exit(9)
+        return x
+
+    results = cluster.par_map(crash_on_3, range(12), chunksize=1, errors="return")
+    assert isinstance(results[3], WorkerLostError) and "task 3" in str(results[3])
+    assert [r for i, r in enumerate(results) if i != 3] == [i for i in range(12) if i != 3]

@@ -1,0 +1,67 @@
+"""What the master knows of each worker, and the messages that describe its fate."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from . import protocol
+from ._jobs import Chunk, WorkerLabel
+from .errors import LaunchError, WorkerLostError
+from .launchers.base import WorkerProcess
+
+#: The states of a worker, in the order it passes through them.
+STARTING, SETUP, READY, LOST, STOPPED = "starting", "setup", "ready", "lost", "stopped"
+#: States of a worker that may still send or take messages.
+ALIVE = (STARTING, SETUP, READY)
+
+
+class WorkerRecord:
+    """What the master knows of one worker."""
+
+    def __init__(self, worker_id: int, process: WorkerProcess) -> None:
+        self.id = worker_id
+        self.process = process
+        self.state = STARTING  # STARTING -> SETUP -> READY -> LOST | STOPPED
+        self.host = process.host
+        self.pid = process.pid
+        self.data_identity = protocol.data_identity(worker_id)
+        self.control_identity = protocol.control_identity(worker_id)
+        self.control_ready = False
+        self.started_at = time.monotonic()
+        self.last_heard = self.started_at
+        self.cached: OrderedDict[bytes, int] = OrderedDict()
+        self.cached_bytes = 0
+        self.setup_chunk: Chunk | None = None
+        self.failure: LaunchError | None = None  # why it could not start, when known
+        self.exited_at: float | None = None  # when its process was first seen ended
+
+    @property
+    def label(self) -> WorkerLabel:
+        return WorkerLabel(self.id, self.host, self.pid)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker may still send or take messages."""
+        return self.state in ALIVE
+
+
+def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk) -> WorkerLostError:
+    """The error of a chunk whose worker was lost."""
+    last = chunk.first_index + chunk.count - 1
+    tasks = f"task {chunk.first_index}" if chunk.count == 1 else (
+        f"tasks {chunk.first_index}..{last}")
+    message = f"{record.label} was lost ({how}) while running {tasks}"
+    if tail:
+        message += f"\nits stderr ends with:\n{tail}"
+    return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,
+                           exit_status=how, stderr_tail=tail)
+
+
+def launch_error(record: WorkerRecord, how: str, tail: str) -> LaunchError:
+    """The error of a worker that ended before it was ready."""
+    message = f"worker {record.id} (pid {record.pid} on {record.host}) failed to start: {how}"
+    if tail:
+        message += f"\nits stderr ends with:\n{tail}"
+    return LaunchError(message, command=record.process.command,
+                       returncode=record.process.poll(), stderr_tail=tail)
