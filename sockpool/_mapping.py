@@ -3,8 +3,9 @@
 ``par_map`` and ``Executor.map`` serialize every chunk before sending any
 (:class:`EagerFeed`); ``imap`` reads its input lazily, a window of chunks at a
 time, sizing chunks from the measured task time (:class:`LazyFeed`).
-:func:`stream_results` keeps the window full, decodes results as they arrive
-and yields them in order (or as they come).
+:func:`stream_blocks` keeps the window full, decodes results as they arrive
+and yields them a chunk at a time, in order (or as they come);
+:func:`collect_list` and :func:`iterate` turn blocks into what the caller gets.
 """
 
 from __future__ import annotations
@@ -87,10 +88,10 @@ class LazyFeed:
 
     def measured(self, chunk: Chunk, seconds: float) -> None:
         """Grow (at most doubling) or shrink the chunk size toward the target duration."""
-        if self._fixed is not None:
+        if self._fixed is not None or seconds <= 0:  # fixed, or a chunk that failed whole
             return
-        per_task = seconds / max(1, chunk.count)
-        ideal = MAX_CHUNKSIZE if per_task <= 0 else int(TARGET_CHUNK_SECONDS / per_task)
+        per_task = seconds / chunk.count
+        ideal = int(TARGET_CHUNK_SECONDS / per_task)
         self._size = max(1, min(ideal, 2 * self._size, MAX_CHUNKSIZE))
 
 

@@ -98,7 +98,7 @@ _exit_hook_registered = False
 def _close_all_at_exit() -> None:
     for cluster in list(_live_clusters):
         if cluster._owner_pid == os.getpid():  # a forked child leaves its parent's alone
-            cluster._close_quietly()
+            cluster.close()
 
 
 def _register_exit_hook() -> None:
@@ -265,7 +265,6 @@ class Cluster(concurrent.futures.Executor):
         self._serializer = serializer
         self._owner_pid = os.getpid()
         self._state = ClusterState.RUNNING
-        self._state_lock = threading.Lock()
         setup_job = StreamJob(dump_function(setup, serializer), Flag.CALL) if setup else None
         self._dispatcher = Dispatcher(
             n_workers=n_workers, launcher=launcher, serializer=serializer,
@@ -283,7 +282,7 @@ class Cluster(concurrent.futures.Executor):
         try:
             self._dispatcher.wait_for_workers(n_workers, connect_timeout)
         except BaseException:
-            self._close_quietly()
+            self.close()
             raise
 
     @staticmethod
@@ -294,14 +293,25 @@ class Cluster(concurrent.futures.Executor):
             raise ValueError(f"n must be at least 1, not {n}")
         if hosts is None:
             return n if n is not None else detect_cores()
-        counts = dict(hosts) if isinstance(hosts, Mapping) else None
-        names = list(counts) if counts is not None else list(hosts)
-        remote = sorted({h for h in names if h != "localhost"})
+        if isinstance(hosts, str):
+            raise TypeError(f"hosts must be a list or a dict of host names, not a string; "
+                            f"did you mean hosts=[{hosts!r}]?")
+        counts = dict(hosts) if isinstance(hosts, Mapping) else dict.fromkeys(hosts, 0)
+        if not isinstance(hosts, Mapping):
+            for name in hosts:
+                counts[name] += 1
+        for name, count in counts.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"hosts[{name!r}] must be a positive number of workers, "
+                                 f"not {count!r}")
+        remote = sorted(h for h in counts if h != "localhost")
         if remote:
             raise ValueError(f"unknown host(s) {', '.join(map(repr, remote))}: only 'localhost' "
                              "is supported by this version (ssh launching is not available yet)")
-        local = sum(counts.values()) if counts is not None else len(names)
-        return local + (n or 0)
+        total = sum(counts.values()) + (n or 0)
+        if total < 1:
+            raise ValueError("a cluster needs at least one worker; hosts= is empty")
+        return total
 
     @staticmethod
     def _worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:
@@ -331,7 +341,7 @@ class Cluster(concurrent.futures.Executor):
         Bounded (a few seconds at most: SHUTDOWN, then SIGTERM, then SIGKILL).
         Calling it again is harmless.
         """
-        self._mark_closed()
+        self._state = ClusterState.CLOSED
         self._finalizer.detach()
         self._dispatcher.close(cancel=True, wait=True)
         _live_clusters.discard(self)
@@ -343,7 +353,7 @@ class Cluster(concurrent.futures.Executor):
             wait: block until every task has finished and the workers are gone.
             cancel_futures: cancel submitted tasks that have not started.
         """
-        self._mark_closed(ClusterState.CLOSED if wait else ClusterState.CLOSING)
+        self._state = ClusterState.CLOSED if wait else ClusterState.CLOSING
         self._finalizer.detach()
         if cancel_futures:
             with contextlib.suppress(ClusterClosedError):
@@ -351,16 +361,6 @@ class Cluster(concurrent.futures.Executor):
         self._dispatcher.close(cancel=False, wait=wait, timeout=None)
         if wait:
             _live_clusters.discard(self)
-
-    def _mark_closed(self, state: ClusterState = ClusterState.CLOSED) -> None:
-        with self._state_lock:
-            self._state = state
-
-    def _close_quietly(self) -> None:
-        self._mark_closed()
-        self._finalizer.detach()
-        self._dispatcher.close(cancel=True, wait=True)
-        _live_clusters.discard(self)
 
     def _check_open(self) -> None:
         if self._state is not ClusterState.RUNNING or self._dispatcher.closed.is_set():
@@ -570,9 +570,7 @@ class Cluster(concurrent.futures.Executor):
         return self._dispatcher.n_ready
 
     def __repr__(self) -> str:
-        state = self._state.value
-        if self._state is ClusterState.RUNNING and self._dispatcher.closed.is_set():
-            state = "closed"
+        state = "closed" if self._dispatcher.closed.is_set() else self._state.value
         return (f"<Cluster {self._dispatcher.launcher.describe()}: {self.n_workers} of "
                 f"{self._dispatcher.target} workers, {state}>")
 

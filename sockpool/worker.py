@@ -42,6 +42,8 @@ from .protocol import Flag, Kind
 #: How long after SHUTDOWN the watchdog waits for the main thread before it
 #: ends the process itself.
 SHUTDOWN_GRACE = 1.0
+#: Cancelled job ids remembered (a chunk of one may still be queued here).
+CANCELLED_MEMORY = 1024
 
 
 class _Interrupted(BaseException):
@@ -96,7 +98,7 @@ class Worker:
         self.main_module.__dict__["__builtins__"] = __builtins__
 
         # Shared between the threads; plain attributes are enough under the GIL.
-        self.cancelled_jobs: set[int] = set()
+        self.cancelled_jobs: dict[int, None] = {}  # an ordered set, oldest first
         self.running_job: int | None = None
         self.in_task = False
         self.stopping = False
@@ -288,7 +290,9 @@ class Worker:
         except protocol.ProtocolError:
             return False
         if head.kind is Kind.CANCEL:
-            self.cancelled_jobs.add(head.job)
+            self.cancelled_jobs[head.job] = None
+            if len(self.cancelled_jobs) > CANCELLED_MEMORY:
+                del self.cancelled_jobs[next(iter(self.cancelled_jobs))]
             if self.in_task and self.running_job == head.job:
                 signal.pthread_kill(self.main_thread_id, signal.SIGINT)
         elif head.kind is Kind.SHUTDOWN:

@@ -222,3 +222,19 @@ def test_a_forked_child_leaves_its_parents_workers_alone(tmp_path: Path) -> None
             print(cl.par_map(abs, [-1, -2]), cl.n_workers)
     """, tmp_path)
     assert result.stdout.strip() == "[1, 2] 2"
+
+
+def test_hosts_are_validated_before_anything_starts() -> None:
+    with pytest.raises(TypeError, match=r"did you mean hosts=\['localhost'\]"):
+        Cluster(hosts="localhost")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive number of workers"):
+        Cluster(hosts={"localhost": 0})
+    with pytest.raises(ValueError, match="at least one worker"):
+        Cluster(hosts=[])
+
+
+def test_repr_after_a_shutdown_without_wait() -> None:
+    cl = Cluster(n=1)
+    cl.shutdown(wait=False)
+    assert cl._dispatcher.closed.wait(10)
+    assert repr(cl).endswith("closed>")
