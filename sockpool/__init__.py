@@ -2,7 +2,7 @@
 
 ::
 
-    from sockpool import Cluster, detect_cores
+    from sockpool import Cluster, detect_cores, bind_to_env
 
     with Cluster(n=detect_cores()) as cl:
         models = cl.par_map(worker, levels)
@@ -29,12 +29,16 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .binding import bind_to_env
     from .cluster import Cluster, WorkerInfo
     from .cores import detect_cores
+    from .inspection import CaptureEntry, CaptureReport, inspect_capture
     from .launchers import LocalLauncher
 
 __all__ = [
+    "CaptureEntry",
     "CaptureError",
+    "CaptureReport",
     "Cluster",
     "ClusterClosedError",
     "LaunchError",
@@ -45,10 +49,16 @@ __all__ = [
     "WorkerInfo",
     "WorkerLostError",
     "__version__",
+    "bind_to_env",
     "detect_cores",
+    "inspect_capture",
 ]
 
 _LAZY = {
+    "bind_to_env": ".binding",
+    "CaptureEntry": ".inspection",
+    "CaptureReport": ".inspection",
+    "inspect_capture": ".inspection",
     "Cluster": ".cluster",
     "WorkerInfo": ".cluster",
     "detect_cores": ".cores",

@@ -2,19 +2,47 @@
 
 cloudpickle already ships a function by value with exactly what it needs:
 closure cells, the globals its code names (recursively through the functions
-it calls), classes defined in ``__main__``; importable modules travel by
-reference.  This module runs it before anything is sent and turns a failure
-into a :class:`~sockpool.errors.CaptureError` that names the culprit.
+it calls), classes defined in ``__main__``.  Modules travel by reference,
+except *local* ones (a ``.py`` next to the user's script, not installed),
+which this module registers to travel by value before anything is pickled.
+Everything is pickled before anything is sent; a failure becomes a
+:class:`~sockpool.errors.CaptureError` naming the path to the culprit
+(``worker -> fit_one -> conn: sqlite3.Connection``).
 """
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import serialization
+from ._local_modules import local_modules
 from .errors import CaptureError
+from .inspection import describe_unpicklable, inspect_capture
+
+#: Default limit on what one function may carry (R future's globals.maxSize is 500 MiB).
+DEFAULT_MAX_CAPTURE_SIZE = 500 * 1024 * 1024
+
+_registered: set[str] = set()
+
+
+def prepare_capture(serializer: str) -> None:
+    """Make every local module travel by value (cloudpickle), before anything is pickled."""
+    if serializer != "cloudpickle":
+        return
+    new = local_modules() - _registered
+    if not new:
+        return
+    import cloudpickle
+
+    for name in sorted(new):
+        module = sys.modules.get(name)
+        if module is not None:
+            cloudpickle.register_pickle_by_value(module)
+            serialization.BY_VALUE_MODULES.add(name)
+        _registered.add(name)
 
 
 def _name_of(fn: Any) -> str:
@@ -27,30 +55,48 @@ _reference_payloads: dict[int, tuple[Callable[..., Any], str, bytes]] = {}
 _REFERENCE_CACHE_SIZE = 512
 
 
-def dump_function(fn: Callable[..., Any], serializer: str) -> bytes:
+def dump_function(fn: Callable[..., Any], serializer: str,
+                  max_bytes: int | None = DEFAULT_MAX_CAPTURE_SIZE) -> bytes:
     """Serialize a task function into one payload (cached by digest on the workers).
 
     A function shipped by value is pickled anew at every call, so each call
     sees the globals it refers to as they are then.
 
     Raises:
-        CaptureError: the function, or something it refers to, cannot be serialized.
+        CaptureError: the function, or something it refers to, cannot be
+            serialized (the message names the path to it), or it carries more
+            than ``max_bytes``.
     """
     cached = _reference_payloads.get(id(fn))
     if cached is not None and cached[0] is fn and cached[1] == serializer:
         return cached[2]
+    prepare_capture(serializer)
     try:
         payload, by_reference = serialization.dumps_in_band(fn, serializer)
     except Exception as exc:
+        where = describe_unpicklable(fn, getattr(fn, "__name__", "the function"), serializer)
         raise CaptureError(
             f"cannot serialize the function {_name_of(fn)!r} for the workers: "
-            f"{type(exc).__name__}: {exc}") from exc
+            + (where or f"{type(exc).__name__}: {exc}")) from exc
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise _too_big(fn, len(payload), max_bytes, serializer)
     # Only plain functions: a partial or a bound method also carries values.
     if by_reference and isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
         if len(_reference_payloads) >= _REFERENCE_CACHE_SIZE:
             _reference_payloads.clear()
         _reference_payloads[id(fn)] = (fn, serializer, payload)
     return payload
+
+
+def _too_big(fn: Any, size: int, limit: int, serializer: str) -> CaptureError:
+    report = inspect_capture(fn, serializer)
+    biggest = ", ".join(f"{e.name} ({e.type}, {e.nbytes / 1e6:.1f} MB)"
+                        for e in report.biggest(3))
+    return CaptureError(
+        f"the function {_name_of(fn)!r} carries {size / 1e6:.1f} MB, more than the limit of "
+        f"{limit / 1e6:.1f} MB; the biggest: {biggest}.  If that is intended, raise the limit "
+        "with Cluster(max_capture_size=...) (None for no limit); otherwise pass the data as "
+        "an argument, or send it once with export().")
 
 
 def dump_values(obj: Any, serializer: str, parts: Iterable[tuple[str, Any]], *,
@@ -63,21 +109,17 @@ def dump_values(obj: Any, serializer: str, parts: Iterable[tuple[str, Any]], *,
             one only when ``obj`` fails, to say which one is to blame.
 
     Raises:
-        CaptureError: naming the part, its type and the pickler's complaint.
+        CaptureError: naming the part, the path inside it and the pickler's complaint.
     """
+    prepare_capture(serializer)
     try:
         return serialization.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix)
     except Exception as exc:
-        culprit, value, error = "a value", obj, exc
         for what, part in parts:
-            try:
-                serialization.dumps(part, serializer)
-            except Exception as part_error:
-                culprit, value, error = what, part, part_error
-                break
-        raise CaptureError(
-            f"{culprit} (a {serialization.describe(value)}) cannot be serialized: "
-            f"{type(error).__name__}: {error}") from error
+            where = describe_unpicklable(part, what, serializer)
+            if where is not None:
+                raise CaptureError(f"cannot serialize {where}") from exc
+        raise CaptureError(f"cannot serialize a value: {type(exc).__name__}: {exc}") from exc
 
 
 def dump_arguments(items: Sequence[Any], first_index: int, serializer: str, *,

@@ -39,7 +39,6 @@ import concurrent.futures
 import contextlib
 import enum
 import os
-import sys
 import threading
 import time
 import warnings
@@ -60,7 +59,8 @@ from ._mapping import (
     iterate,
     stream_blocks,
 )
-from .capture import dump_call, dump_function, dump_values
+from .binding import lookup
+from .capture import DEFAULT_MAX_CAPTURE_SIZE, dump_call, dump_function, dump_values
 from .cores import detect_cores
 from .errors import ClusterClosedError
 from .launchers import Launcher, LocalLauncher
@@ -159,27 +159,6 @@ def _as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
     return items if isinstance(items, (list, tuple, range)) else list(items)
 
 
-def _lookup(names: tuple[str, ...], env: Mapping[str, Any] | object | None, depth: int
-            ) -> dict[str, Any]:
-    """Values of ``names`` in ``env``, or in the caller's frame (locals, then globals)."""
-    if env is None:
-        frame = sys._getframe(depth + 1)
-        scopes: list[Mapping[str, Any]] = [frame.f_locals, frame.f_globals]
-    elif isinstance(env, Mapping):
-        scopes = [env]
-    else:
-        scopes = [vars(env)]
-    values = {}
-    for name in names:
-        for scope in scopes:
-            if name in scope:
-                values[name] = scope[name]
-                break
-        else:
-            raise NameError(f"name {name!r} is not defined")
-    return values
-
-
 def _progress_bar(total: int | None, enabled: bool) -> Any:
     if not enabled:
         return None
@@ -212,6 +191,10 @@ class Cluster(concurrent.futures.Executor):
             default 1 the variables are set only where this process's
             environment does not set them already.
         serializer: ``"cloudpickle"`` (default), ``"dill"`` or ``"pickle"``.
+        max_capture_size: bytes a task function may carry (its captured
+            globals and closures) before ``CaptureError`` stops the call;
+            None for no limit.  Data meant to travel is better passed as
+            arguments or sent once with :meth:`export`.
         connect_timeout: seconds to wait for the workers to start and connect.
         heartbeat_interval: seconds between heartbeats, both ways.
         heartbeat_timeout: silence after which a peer counts as lost: a worker
@@ -237,6 +220,7 @@ class Cluster(concurrent.futures.Executor):
         setup: Callable[[], Any] | None = None,
         threads_per_worker: int | None = 1,
         serializer: str = "cloudpickle",
+        max_capture_size: int | None = DEFAULT_MAX_CAPTURE_SIZE,
         connect_timeout: float = 60.0,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float | None = None,
@@ -255,6 +239,10 @@ class Cluster(concurrent.futures.Executor):
                             ("heartbeat_timeout", heartbeat_timeout or 1.0)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, not {value!r}")
+        if max_capture_size is not None and (
+                not isinstance(max_capture_size, int) or max_capture_size < 1):
+            raise ValueError(f"max_capture_size must be a positive number of bytes or None, "
+                             f"not {max_capture_size!r}")
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
         if launcher is None:
@@ -263,9 +251,12 @@ class Cluster(concurrent.futures.Executor):
             raise ValueError("python= and env= belong to the launcher when launcher= is given")
 
         self._serializer = serializer
+        self._max_capture_size = max_capture_size
         self._owner_pid = os.getpid()
         self._state = ClusterState.RUNNING
-        setup_job = StreamJob(dump_function(setup, serializer), Flag.CALL) if setup else None
+        setup_job = None
+        if setup is not None:
+            setup_job = StreamJob(dump_function(setup, serializer, max_capture_size), Flag.CALL)
         self._dispatcher = Dispatcher(
             n_workers=n_workers, launcher=launcher, serializer=serializer,
             heartbeat_interval=heartbeat_interval,
@@ -429,7 +420,7 @@ class Cluster(concurrent.futures.Executor):
         _check_iterables(iterables, method)
         _check_options(chunksize, retries, errors, timeout)
         items = _as_sequence(iterables)
-        job = StreamJob(dump_function(fn, self._serializer), self._flags(star, errors), retries)
+        job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries)
         if not items:
             return []
         size = chunksize or auto_chunksize(len(items), self._worker_count())
@@ -464,7 +455,7 @@ class Cluster(concurrent.futures.Executor):
         _check_options(chunksize, retries, errors, timeout)
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        job = StreamJob(dump_function(fn, self._serializer), self._flags(star, errors), retries)
+        job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries)
         feed = LazyFeed(job, items, chunksize, self._serializer)
         window = self._worker_count() * (self._dispatcher.scheduler.prefetch + 1)
         blocks = stream_blocks(job, feed, submit=self._submit_chunks, cancel=self._canceller(job),
@@ -491,7 +482,7 @@ class Cluster(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
         items = _as_sequence(iterables)
-        job = StreamJob(dump_function(fn, self._serializer), self._flags(star, "raise"))
+        job = StreamJob(self._dump_function(fn), self._flags(star, "raise"))
         chunks = eager_chunks(job, items, chunksize, self._serializer)
         self._submit_chunks(chunks)  # now, not at the first next(): the Executor contract
         blocks = stream_blocks(job, EagerFeed([]), submit=self._submit_chunks,
@@ -506,7 +497,7 @@ class Cluster(concurrent.futures.Executor):
         self._check_open()
         _check_callable(fn, "submit")
         future: Future[T] = Future()
-        job = FutureJob(dump_function(fn, self._serializer), future)
+        job = FutureJob(self._dump_function(fn), future)
         chunk = job.chunk(0, 1, dump_call(args, kwargs, self._serializer))
         self._submit_chunks([chunk])
         return future
@@ -519,7 +510,7 @@ class Cluster(concurrent.futures.Executor):
         """
         self._check_open()
         _check_callable(fn, "run_on_all")
-        job = StreamJob(dump_function(fn, self._serializer), Flag.CALL | Flag.STOP_ON_ERROR)
+        job = StreamJob(self._dump_function(fn), Flag.CALL | Flag.STOP_ON_ERROR)
         frames = dump_call(args, kwargs, self._serializer)
         answer: Future[list[Any]] = Future()
         self._dispatcher.call_soon(self._dispatcher.broadcast, job, frames, answer)
@@ -542,10 +533,7 @@ class Cluster(concurrent.futures.Executor):
             CaptureError: a value cannot be serialized.
         """
         self._check_open()
-        for name in (*names, *values):
-            if not isinstance(name, str) or not name.isidentifier():
-                raise TypeError(f"export() names must be identifiers, not {name!r}")
-        exported = {**_lookup(names, env, depth=1), **values}
+        exported = {**lookup(names, env, depth=1), **values}
         parts = ((f"exported value {name!r}", value) for name, value in exported.items())
         frames = dump_values(exported, self._serializer, parts, copy_buffers=True,
                              prefix=protocol.header(protocol.Kind.EXPORT))
@@ -587,6 +575,9 @@ class Cluster(concurrent.futures.Executor):
     def _flags(star: bool, errors: str) -> Flag:
         flags = Flag.MAP_STAR if star else Flag.MAP_ONE
         return flags | Flag.STOP_ON_ERROR if errors == "raise" else flags
+
+    def _dump_function(self, fn: Callable[..., Any]) -> bytes:
+        return dump_function(fn, self._serializer, self._max_capture_size)
 
     def _submit_chunks(self, chunks: list[Any]) -> None:
         self._dispatcher.call_soon(self._dispatcher.submit, chunks)

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from . import _namespace
 from .errors import RemoteError, RemoteTraceback, add_note
 
 #: Buffers at least this large travel out of band as their own frames.  Below
@@ -32,20 +33,44 @@ SERIALIZERS = ("cloudpickle", "dill", "pickle")
 Frames = list[Any]  # bytes-like objects: bytes, memoryview, PickleBuffer, zmq.Frame
 
 
+def _bound_function_reducer(obj: Any) -> Any:
+    """How a function made by ``bind_to_env`` pickles: its namespace's entry, namespace whole."""
+    if _namespace.is_bound(obj):
+        return _namespace.entry, (obj.__globals__, _namespace.entry_key(obj))
+    return NotImplemented
+
+
+_picklers: dict[str, type[pickle.Pickler]] = {}
+
+
 def _pickler_class(serializer: str) -> type[pickle.Pickler]:
+    cls = _picklers.get(serializer)
+    if cls is not None:
+        return cls
     if serializer == "cloudpickle":
         import cloudpickle
 
-        cls: type[pickle.Pickler] = cloudpickle.Pickler
-        return cls
-    if serializer == "dill":
+        class CloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
+            def reducer_override(self, obj: Any) -> Any:
+                reduced = _bound_function_reducer(obj)
+                return super().reducer_override(obj) if reduced is NotImplemented else reduced
+
+        cls = CloudPickler
+    elif serializer == "dill":
         import dill
 
-        dill_cls: type[pickle.Pickler] = dill.Pickler
-        return dill_cls
-    if serializer == "pickle":
-        return pickle.Pickler
-    raise ValueError(f"serializer must be one of {', '.join(SERIALIZERS)}, not {serializer!r}")
+        class DillPickler(dill.Pickler):  # type: ignore[misc]
+            def reducer_override(self, obj: Any) -> Any:
+                return _bound_function_reducer(obj)
+
+        cls = DillPickler
+    elif serializer == "pickle":
+        cls = pickle.Pickler
+    else:
+        raise ValueError(f"serializer must be one of {', '.join(SERIALIZERS)}, "
+                         f"not {serializer!r}")
+    _picklers[serializer] = cls
+    return cls
 
 
 def check_serializer(serializer: str) -> str:
@@ -113,14 +138,16 @@ _by_value_pattern: tuple[frozenset[str], re.Pattern[bytes]] | None = None
 def _names_local_module(payload: Any) -> bool:
     """Whether a pickle may name a by-value module (searched in place, no copy).
 
-    A by-reference pickle spells the module name out; a false positive (the
-    same bytes inside some data) only costs a second, cloudpickle, pass.
+    A by-reference pickle spells the module name out as a short string,
+    ``\\x8c<length><name>`` followed by a memo mark or a dot.  A false positive
+    (the same bytes inside some data) only costs a second, cloudpickle, pass.
     """
     global _by_value_pattern
     names = frozenset(BY_VALUE_MODULES)
     if _by_value_pattern is None or _by_value_pattern[0] != names:
         alternatives = b"|".join(re.escape(name.encode()) for name in sorted(names))
-        _by_value_pattern = (names, re.compile(alternatives))
+        pattern = re.compile(rb"\x8c.(?:" + alternatives + rb")[.\x94]", re.DOTALL)
+        _by_value_pattern = (names, pattern)
     return _by_value_pattern[1].search(payload) is not None
 
 

@@ -51,9 +51,11 @@ def _running(pid: int) -> bool:
 
 
 class CountsUnpickling:
-    """A payload that counts, in each process, how often it is unpickled."""
+    """A payload that counts, in each process, how often it is unpickled.
 
-    loads = 0
+    The count lives in the process environment, so that it is shared by every
+    copy of this (local, so shipped by value) module.
+    """
 
     def __init__(self, size: int) -> None:
         self.data = bytes(size)
@@ -61,9 +63,14 @@ class CountsUnpickling:
     def __reduce__(self) -> tuple[object, tuple[bytes]]:
         return (_rebuild_counting, (self.data,))
 
+    @staticmethod
+    def loads() -> int:
+        """How many times this process unpickled one."""
+        return int(os.environ.get("SOCKPOOL_TEST_UNPICKLED", "0"))
+
 
 def _rebuild_counting(data: bytes) -> CountsUnpickling:
-    CountsUnpickling.loads += 1
+    os.environ["SOCKPOOL_TEST_UNPICKLED"] = str(CountsUnpickling.loads() + 1)
     obj = CountsUnpickling.__new__(CountsUnpickling)
     obj.data = data
     return obj

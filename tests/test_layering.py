@@ -28,13 +28,15 @@ PACKAGE = ROOT / "sockpool"
 LAYER = {
     "errors": 0, "protocol": 0, "_proc": 0, "_version": 0,
     "serialization": 1, "transport": 1, "cores": 1,
+    "_namespace": 0, "_local_modules": 1,
+    "inspection": 2, "binding": 2,
     "capture": 2, "_jobs": 2, "scheduler": 2, "worker": 2, "launchers": 2, "_workers": 2,
     "_mapping": 3, "_dispatch": 3,
     "cluster": 4,
     "__init__": 5,
 }
 HOST_ONLY = {"cluster", "_dispatch", "_mapping", "scheduler", "capture", "launchers", "transport",
-             "_workers",
+             "_workers", "inspection", "binding", "_local_modules",
              "_jobs"}
 
 

@@ -1,0 +1,266 @@
+"""What travels with a function: ``inspect_capture``, and finding what cannot travel.
+
+The walk follows what cloudpickle ships with a function shipped by value:
+closure cells, the globals its code names, defaults, and, recursively, the
+functions among them that are shipped by value too.  Functions importable by
+name on a worker travel as that name and carry nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _namespace, serialization
+from ._local_modules import local_modules
+
+#: How deep the search for an unpicklable value goes into containers and objects.
+MAX_DEPTH = 6
+#: How many items of one container the search looks at.
+MAX_ITEMS = 1000
+
+
+def _code_names(code: types.CodeType) -> list[str]:
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names += _code_names(const)
+    return list(dict.fromkeys(names))
+
+
+def _module_name(obj: Any) -> str:
+    return str(getattr(obj, "__module__", None) or "")
+
+
+def travels_by_value(obj: Any) -> bool:
+    """Whether a function or class is shipped by value (not importable by name on a worker)."""
+    module = _module_name(obj)
+    top = module.partition(".")[0]
+    if module == "__main__" or top in local_modules() or _namespace.is_bound(obj):
+        return True
+    qualname = getattr(obj, "__qualname__", "")
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        return True
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is not obj
+
+
+def captured(obj: Any) -> Iterator[tuple[str, Any]]:
+    """``(name, value)`` for each thing ``obj`` carries with it when pickled."""
+    if isinstance(obj, functools.partial):
+        yield "func", obj.func
+        for i, arg in enumerate(obj.args):
+            yield f"args[{i}]", arg
+        yield from obj.keywords.items()
+    elif isinstance(obj, types.MethodType):
+        yield "__self__", obj.__self__
+        yield "__func__", obj.__func__
+    elif isinstance(obj, types.FunctionType) and travels_by_value(obj):
+        code = obj.__code__
+        for name, cell in zip(code.co_freevars, obj.__closure__ or (), strict=False):
+            try:
+                yield name, cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+        namespace = obj.__globals__
+        names = (namespace if _namespace.is_bound(obj) else _code_names(code))
+        for name in names:
+            if name in namespace and not name.startswith("__"):
+                yield name, namespace[name]
+        for i, default in enumerate(obj.__defaults__ or ()):
+            yield f"defaults[{i}]", default
+        yield from (obj.__kwdefaults__ or {}).items()
+
+
+def _children(value: Any) -> Iterator[tuple[str, Any]]:
+    """Where to look inside a value that failed to pickle."""
+    if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+        for name, child in captured(value):
+            yield f" -> {name}", child
+    elif isinstance(value, dict):
+        for key, child in list(value.items())[:MAX_ITEMS]:
+            yield f"[{key!r}]", child
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for i, child in enumerate(list(value)[:MAX_ITEMS]):
+            yield f"[{i}]", child
+    elif isinstance(value, (type, types.ModuleType)):
+        return
+    elif hasattr(value, "__dict__") and _reduces_by_default(type(value)):
+        for name, child in list(vars(value).items())[:MAX_ITEMS]:
+            yield f".{name}", child
+
+
+def _reduces_by_default(cls: type) -> bool:
+    """Whether pickle would pickle instances through their ``__dict__`` (no custom reduce)."""
+    custom = ("__reduce_ex__", "__reduce__", "__getstate__")
+    return not any(name in vars(base) for base in cls.__mro__[:-1] for name in custom)
+
+
+def _fails(value: Any, serializer: str) -> BaseException | None:
+    try:
+        serialization.dumps(value, serializer)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def find_unpicklable(value: Any, path: str, serializer: str, depth: int = 0
+                     ) -> tuple[str, Any, BaseException] | None:
+    """The deepest value under ``value`` that fails to pickle: (path, value, error), or None."""
+    error = _fails(value, serializer)
+    if error is None:
+        return None
+    if depth < MAX_DEPTH:
+        for step, child in _children(value):
+            found = find_unpicklable(child, path + step, serializer, depth + 1)
+            if found is not None:
+                return found
+    return path, value, error
+
+
+def describe_unpicklable(value: Any, root: str, serializer: str) -> str | None:
+    """``"worker -> fit_one -> conn: sqlite3.Connection (TypeError: ...)"``, or None."""
+    found = find_unpicklable(value, root, serializer)
+    if found is None:
+        return None
+    path, culprit, error = found
+    text = f"{path}: {serialization.describe(culprit)} ({type(error).__name__}: {error})"
+    if serializer != "dill" and _fails(culprit, "dill") is None:
+        text += '; serializer="dill" would work for it: Cluster(serializer="dill")'
+    return text
+
+
+@dataclass(frozen=True)
+class CaptureEntry:
+    """One thing a function carries: where, what type, how many bytes pickled."""
+
+    name: str
+    type: str
+    nbytes: int
+
+
+@dataclass
+class CaptureReport:
+    """What would travel with a function (:func:`inspect_capture`).
+
+    Iterate over it for its :class:`CaptureEntry` items, biggest first.
+    """
+
+    function: str
+    entries: list[CaptureEntry]
+    total_bytes: int
+    modules_by_value: list[str] = field(default_factory=list)
+    modules_by_reference: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[CaptureEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def biggest(self, count: int = 5) -> list[CaptureEntry]:
+        """The ``count`` largest entries."""
+        return sorted(self.entries, key=lambda e: -e.nbytes)[:count]
+
+    def __str__(self) -> str:
+        lines = [f"{self.function} carries {_size(self.total_bytes)} in all"]
+        if self.entries:
+            width = max(len(e.name) for e in self.entries)
+            type_width = max(len(e.type) for e in self.entries)
+            lines += [f"  {e.name:<{width}}  {e.type:<{type_width}}  {_size(e.nbytes):>9}"
+                      for e in self.entries]
+        else:
+            lines.append("  (nothing: it travels by name)")
+        if self.modules_by_value:
+            lines.append("modules shipped by value: " + ", ".join(self.modules_by_value))
+        if self.modules_by_reference:
+            lines.append("modules imported on the worker: " + ", ".join(self.modules_by_reference))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<CaptureReport {self.function}: {len(self.entries)} entries, " \
+               f"{_size(self.total_bytes)}>\n{self}"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td><code>{html.escape(e.name)}</code></td><td>{html.escape(e.type)}</td>"
+            f"<td style='text-align:right'>{_size(e.nbytes)}</td></tr>" for e in self.entries)
+        by_value = ", ".join(self.modules_by_value) or "none"
+        return (f"<p><b>{html.escape(self.function)}</b> carries {_size(self.total_bytes)}</p>"
+                f"<table><tr><th>name</th><th>type</th><th>size</th></tr>{rows}</table>"
+                f"<p>modules shipped by value: {html.escape(by_value)}</p>")
+
+
+def _size(nbytes: int) -> str:
+    size = float(nbytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def _pickled_size(value: Any, serializer: str) -> int:
+    try:
+        frames = serialization.dumps(value, serializer)
+    except Exception:
+        return 0
+    return sum(memoryview(frame).nbytes for frame in frames)
+
+
+def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
+    """Report what would travel with ``fn``: each name, its type, its size.
+
+    Follows functions shipped by value into the functions they call
+    (``worker -> fit_one -> data``), and lists the modules shipped by value
+    (local ``.py`` files next to your script) and those imported by name.
+    """
+    from .capture import prepare_capture
+
+    prepare_capture(serializer)
+    entries: list[CaptureEntry] = []
+    by_value: set[str] = set()
+    by_reference: set[str] = set()
+    seen: set[int] = set()
+    root = getattr(fn, "__name__", type(fn).__name__)
+
+    def walk(obj: Any, prefix: str) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        for name, value in captured(obj):
+            path = f"{prefix} -> {name}"
+            if isinstance(value, types.ModuleType):
+                top = value.__name__.partition(".")[0]
+                (by_value if top in local_modules() else by_reference).add(value.__name__)
+                if top not in local_modules():
+                    continue
+            elif callable(value) and not travels_by_value(value) and not isinstance(
+                    value, functools.partial):
+                module = _module_name(value)
+                if module:
+                    by_reference.add(module)
+                continue
+            entries.append(CaptureEntry(path, serialization.describe(value),
+                                        _pickled_size(value, serializer)))
+            if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+                walk(value, path)
+            module = _module_name(value) if isinstance(value, type) else ""
+            if module.partition(".")[0] in local_modules():
+                by_value.add(module)
+
+    walk(fn, root)
+    if _module_name(fn).partition(".")[0] in local_modules():
+        by_value.add(_module_name(fn))
+    try:
+        total = len(serialization.dumps_in_band(fn, serializer)[0])
+    except Exception:
+        total = sum(e.nbytes for e in entries)
+    return CaptureReport(root, entries, total, sorted(by_value), sorted(by_reference - by_value))
