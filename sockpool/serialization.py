@@ -60,6 +60,12 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
         import dill
 
         class DillPickler(dill.Pickler):  # type: ignore[misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                # recurse: ship the globals a function names, as cloudpickle does;
+                # dill's default refers to the master's __main__, empty on a worker.
+                kwargs.setdefault("recurse", True)
+                super().__init__(*args, **kwargs)
+
             def reducer_override(self, obj: Any) -> Any:
                 return _bound_function_reducer(obj)
 

@@ -1,0 +1,330 @@
+"""The capture gallery: every way users define functions, run as real user scripts.
+
+Each case is a script written to a temporary directory and run as ``__main__``
+in a fresh interpreter, exactly as a user runs it, so that what lives in
+``__main__`` (and next to the script) must really travel to the workers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import run_script
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_json(source: str, tmp_path: Path) -> object:
+    """Run a user script that prints one JSON line last; return it parsed."""
+    out = run_script(source, tmp_path).stdout.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_script_functions_closures_lambdas_recursion_and_decorators(tmp_path: Path) -> None:
+    result = run_json("""
+        import functools, json
+        from sockpool import Cluster
+
+        FACTOR = 3
+
+        def helper(x):                       # a helper the worker calls
+            return x * FACTOR
+
+        def fib(n):                          # recursive
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+        def even(n):                         # mutually recursive
+            return n == 0 or odd(n - 1)
+
+        def odd(n):
+            return n != 0 and even(n - 1)
+
+        def logged(fn):                      # a decorator defined here too
+            @functools.wraps(fn)
+            def wrapper(*args):
+                return ("logged", fn(*args))
+            return wrapper
+
+        @logged
+        def decorated(x):
+            return helper(x) + 1
+
+        def make_adder(k):                   # nested closures
+            def outer(x):
+                def inner(y):
+                    return y + k
+                return inner(x) * 2
+            return outer
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                print(json.dumps({
+                    "helper": cl.par_map(lambda x: helper(x) + 1, [1, 2]),
+                    "fib": cl.par_map(fib, [10, 15]),
+                    "parity": cl.par_map(even, [4, 7]),
+                    "decorated": cl.par_map(decorated, [1]),
+                    "closure": cl.par_map(make_adder(10), [1, 2]),
+                    "partial": cl.par_map(functools.partial(pow, 2), [5]),
+                    "partial_of_main": cl.par_map(functools.partial(helper), [7]),
+                }))
+    """, tmp_path)
+    assert result == {
+        "helper": [4, 7], "fib": [55, 610], "parity": [True, False],
+        "decorated": [["logged", 4]], "closure": [22, 24], "partial": [32],
+        "partial_of_main": [21],
+    }
+
+
+def test_main_classes_dataclasses_and_enums_as_arguments_and_results(tmp_path: Path) -> None:
+    result = run_json("""
+        import dataclasses, enum, json
+        from sockpool import Cluster
+
+        class Color(enum.Enum):
+            RED = 1
+            BLUE = 2
+
+        @dataclasses.dataclass
+        class Fit:
+            level: str
+            color: Color
+
+        class Model:
+            def __init__(self, weight):
+                self.weight = weight
+            def predict(self, x):
+                return self.weight * x
+
+        def fit(level):
+            return Fit(level, Color.BLUE if level == "b" else Color.RED)
+
+        def use_model(model):
+            return model.predict(2)
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                fits = cl.par_map(fit, ["a", "b"])
+                predictions = cl.par_map(use_model, [Model(3), Model(5)])
+                methods = cl.par_map(Model(10).predict, [1, 2])
+            assert all(isinstance(f, Fit) for f in fits)       # the master's own class
+            assert fits[1].color is Color.BLUE                 # enum identity kept
+            print(json.dumps([[f.level, f.color.name] for f in fits] + [predictions, methods]))
+    """, tmp_path)
+    assert result == [["a", "RED"], ["b", "BLUE"], [6, 10], [10, 20]]
+
+
+def test_module_aliases_travel_by_reference(tmp_path: Path) -> None:
+    result = run_json("""
+        import json
+        import numpy as np
+        import math as m
+        from sockpool import Cluster, inspect_capture
+
+        def norm(v):
+            return float(np.linalg.norm(np.array(v))) + m.floor(0.2)
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                values = cl.par_map(norm, [[3, 4], [6, 8]])
+            report = inspect_capture(norm)
+            print(json.dumps([values, report.modules_by_reference, report.modules_by_value]))
+    """, tmp_path)
+    assert result[0] == [5.0, 10.0]
+    assert "numpy" in result[1] and "math" in result[1] and result[2] == []
+
+
+def test_local_module_and_package_travel_by_value_even_when_workers_cannot_import_them(
+        tmp_path: Path) -> None:
+    (tmp_path / "mymath.py").write_text("SCALE = 7\n\ndef scale(x):\n    return x * SCALE\n")
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .tools import shout\n")
+    (package / "tools.py").write_text("def shout(s):\n    return s.upper() + '!'\n")
+    result = run_json("""
+        import json, os, shutil, sys
+        import mymath, mypkg
+        from sockpool import Cluster, inspect_capture
+
+        def work(x):
+            return [mymath.scale(x), mypkg.shout("hi")]
+
+        if __name__ == "__main__":
+            # Take the files away: a worker that tried to import them would fail,
+            # as on another host; they must travel by value.
+            os.remove("mymath.py"); shutil.rmtree("mypkg"); shutil.rmtree("__pycache__", True)
+            with Cluster(n=2) as cl:
+                out = cl.par_map(work, [1, 2])
+                seen = cl.run_on_all(lambda: "mymath" in sys.modules)
+            report = inspect_capture(work)
+            print(json.dumps([out, seen, report.modules_by_value]))
+    """, tmp_path)
+    assert result[0] == [[7, "HI!"], [14, "HI!"]]
+    assert result[1] == [False, False]  # never imported there: it came by value
+    assert set(result[2]) >= {"mymath", "mypkg"}
+
+
+def test_bind_to_env_as_in_the_tutorial(tmp_path: Path) -> None:
+    result = run_json("""
+        import json
+        from sockpool import Cluster, bind_to_env
+
+        def fit_one(level):
+            return f"{level}:{len(DATA)}:{SUFFIX}"
+
+        def worker(level):
+            # looked up dynamically: automatic capture cannot see these names
+            return globals()["fit_one"](level) + eval("EXTRA")
+
+        def mk_worker():
+            DATA = [1, 2, 3]                  # local to mk_worker, found by bind_to_env
+            SUFFIX = "ok"
+            return bind_to_env(worker, "fit_one", "DATA", "SUFFIX", EXTRA="+")
+
+        if __name__ == "__main__":
+            bound = mk_worker()
+            assert worker.__globals__ is globals()          # the original is untouched
+            assert bound.__globals__ is not globals()
+            with Cluster(n=2) as cl:
+                out = cl.par_map(bound, ["a", "b"])
+            try:
+                worker("a")                                  # unbound, it fails as before
+            except NameError as exc:
+                err = str(exc)
+            print(json.dumps([out, err]))
+    """, tmp_path)
+    assert result == [["a:3:ok+", "b:3:ok+"], "name 'DATA' is not defined"]
+
+
+def test_bind_to_env_rebinds_helpers_unless_told_not_to(tmp_path: Path) -> None:
+    result = run_json("""
+        import json
+        from sockpool import Cluster, bind_to_env
+
+        LIMIT = 1
+
+        def clip(x):
+            return min(x, LIMIT)
+
+        def work(x):
+            return [clip(x), keep(x)]
+
+        def keep(x):
+            return min(x, LIMIT)
+
+        if __name__ == "__main__":
+            bound = bind_to_env(work, "clip", "keep", LIMIT=100, do_not_rebind=["keep"])
+            with Cluster(n=1, serializer="dill") as cl:
+                via_dill = cl.par_map(bound, [50])
+            with Cluster(n=1) as cl:
+                out = cl.par_map(bound, [50])
+            print(json.dumps([out, via_dill, clip(50)]))
+    """, tmp_path)
+    # clip was rebound (sees LIMIT=100); keep kept its own globals (LIMIT=1);
+    # the original clip is untouched.
+    assert result == [[[50, 1]], [[50, 1]], 1]
+
+
+def test_bind_to_env_errors() -> None:
+    from sockpool import bind_to_env
+
+    def fn() -> None:
+        pass
+
+    with pytest.raises(NameError, match="'nowhere'"):
+        bind_to_env(fn, "nowhere")
+    with pytest.raises(TypeError, match="Python function"):
+        bind_to_env(len, "x")  # type: ignore[type-var]
+    with pytest.raises(NameError, match="do_not_rebind"):
+        bind_to_env(fn, do_not_rebind=["missing"])
+    bound = bind_to_env(fn, "a", env={"a": 1, "unused": 0}, b=2)
+    assert bound.__globals__["a"] == 1 and bound.__globals__["b"] == 2
+    assert "unused" not in bound.__globals__
+
+
+def test_inspect_capture_reports_names_types_sizes_and_paths(tmp_path: Path) -> None:
+    out = run_script("""
+        import numpy as np
+        from sockpool import inspect_capture
+
+        BIG = np.zeros(250_000)          # 2 MB
+        LABELS = ["a", "b"]
+
+        def fit_one(level):
+            return BIG.sum() + len(level)
+
+        def worker(level):
+            return fit_one(level), LABELS
+
+        report = inspect_capture(worker)
+        print(report)
+        entries = {e.name: (e.type, e.nbytes) for e in report}
+        assert entries["worker -> fit_one -> BIG"][0] == "numpy.ndarray"
+        assert entries["worker -> fit_one -> BIG"][1] > 2_000_000
+        assert entries["worker -> LABELS"][0] == "list"
+        assert report.total_bytes > 2_000_000
+        assert "<table>" in report._repr_html_()
+        print("OK")
+    """, tmp_path).stdout
+    assert out.strip().endswith("OK")
+    assert "worker carries 2.0 MB in all" in out
+    assert "worker -> fit_one -> BIG" in out and "numpy" in out
+
+
+def test_capture_error_names_the_path_before_anything_is_sent(tmp_path: Path) -> None:
+    out = run_script("""
+        import sqlite3, threading
+        from sockpool import CaptureError, Cluster
+
+        conn = sqlite3.connect(":memory:")
+        lock = threading.Lock()
+
+        def fit_one(level):
+            return conn.execute("select 1").fetchone()
+
+        def worker(level):
+            return fit_one(level)
+
+        def guarded(level):
+            with lock:
+                return level
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                for fn in (worker, guarded):
+                    try:
+                        cl.par_map(fn, ["a"])
+                    except CaptureError as exc:
+                        print(exc)
+    """, tmp_path).stdout.splitlines()
+    assert "worker -> fit_one -> conn: sqlite3.Connection" in out[0]
+    assert "dill" not in out[0]  # dill cannot pickle it either
+    assert "guarded -> lock: _thread.lock" in out[1]
+    assert 'serializer="dill" would work' in out[1]
+
+
+def test_a_capture_larger_than_the_limit_is_refused_with_the_biggest_names(
+        tmp_path: Path) -> None:
+    out = run_script("""
+        from sockpool import CaptureError, Cluster
+
+        HUGE = bytes(3_000_000)
+        SMALL = b"x"
+
+        def worker(x):
+            return len(HUGE) + len(SMALL) + x
+
+        if __name__ == "__main__":
+            with Cluster(n=1, max_capture_size=1_000_000) as cl:
+                try:
+                    cl.par_map(worker, [1])
+                except CaptureError as exc:
+                    print(exc)
+            with Cluster(n=1, max_capture_size=None) as cl:
+                print(cl.par_map(worker, [1]))
+    """, tmp_path).stdout.splitlines()
+    assert "carries 3.0 MB, more than the limit of 1.0 MB" in out[0]
+    assert "worker -> HUGE (bytes, 3.0 MB)" in out[0]
+    assert "max_capture_size" in out[0]
+    assert out[1] == "[3000002]"
