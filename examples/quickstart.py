@@ -6,6 +6,7 @@ its settings and a helper, and a plain socket cluster ships none of them.  With
 sockpool the worker function simply works: it travels with what it uses.
 
 Run it with:  python examples/quickstart.py
+(examples/bind_to_env.py does the same with the tutorial's explicit bindToEnv.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 
-from sockpool import Cluster, detect_cores
+from sockpool import Cluster, detect_cores, inspect_capture
 
 # -- the script's globals: data and settings (R: d, vars, yName) --------------------
 HERE = pathlib.Path(__file__).parent
@@ -53,6 +54,9 @@ def worker(y_level: str) -> dict[str, object]:
 
 
 def main() -> None:
+    # What travels with the worker: the helper and the globals it uses, found
+    # automatically (R's socket cluster shipped none of them).
+    print(inspect_capture(worker), end="\n\n")
     started = time.perf_counter()
     with Cluster(n=detect_cores()) as cl:
         print(f"{cl!r}")

@@ -232,11 +232,15 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
     root = getattr(fn, "__name__", type(fn).__name__)
 
     def walk(obj: Any, prefix: str) -> None:
+        """List what ``obj`` carries, then what the functions among it carry."""
         if id(obj) in seen:
             return
         seen.add(id(obj))
+        later: list[tuple[Any, str]] = []
         for name, value in captured(obj):
             path = f"{prefix} -> {name}"
+            if id(value) in seen and not isinstance(value, types.ModuleType):
+                continue  # each object once, at its first path (bound helpers share one namespace)
             if isinstance(value, types.ModuleType):
                 top = value.__name__.partition(".")[0]
                 (by_value if top in local_modules() else by_reference).add(value.__name__)
@@ -248,13 +252,17 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
                 if module:
                     by_reference.add(module)
                 continue
+            if not isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+                seen.add(id(value))
             entries.append(CaptureEntry(path, serialization.describe(value),
                                         _pickled_size(value, serializer)))
             if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
-                walk(value, path)
+                later.append((value, path))
             module = _module_name(value) if isinstance(value, type) else ""
             if module.partition(".")[0] in local_modules():
                 by_value.add(module)
+        for value, path in later:
+            walk(value, path)
 
     walk(fn, root)
     if _module_name(fn).partition(".")[0] in local_modules():

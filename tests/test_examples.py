@@ -19,3 +19,17 @@ def test_quickstart_fits_one_model_per_level() -> None:
     for level in ("setosa", "versicolor", "virginica"):
         assert any(line.strip().startswith(level) and "accuracy" in line for line in lines)
     assert "same results as sequential" in lines[-1]
+    assert lines[0] == "worker carries 12.3 kB in all"  # inspect_capture: what travelled
+    assert any("worker -> fit_one_target_model" in line for line in lines)
+
+
+def test_bind_to_env_example_binds_exactly_what_the_worker_needs() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "bind_to_env.py")],
+                            capture_output=True, text=True, timeout=100, cwd="/")
+    assert result.returncode == 0, result.stderr
+    report, _, fits = result.stdout.partition("\n\n")
+    assert "worker -> D " in report and "worker -> fit_logistic " in report
+    assert "UNRELATED_TABLE" not in report  # bound explicitly: only what was named travels
+    lines = fits.strip().splitlines()
+    assert len(lines) == 6
+    assert any(line.split()[:2] == ["centroid", "setosa:"] for line in lines)
