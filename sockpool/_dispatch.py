@@ -459,16 +459,17 @@ class Dispatcher:
 
     def _send_chunk(self, record: WorkerRecord, chunk: Chunk) -> bool:
         job = chunk.job
-        fn_payload = b""
-        if job.fn_digest in record.cached:
-            record.cached.move_to_end(job.fn_digest)
+        function = job.function
+        if function.digest in record.cached:
+            record.cached.move_to_end(function.digest)
+            fn_inband, fn_buffers = b"", []
         else:
-            fn_payload = job.fn_payload
-            self._cache(record, job.fn_digest, len(fn_payload))
+            fn_inband, fn_buffers = function.inband, function.buffers
+            self._cache(record, function.digest, function.nbytes)
         head = protocol.header(Kind.TASK, job.flags, job.id, chunk.id)
-        first = protocol.task_frame(head, job.fn_digest, chunk.first_index, fn_payload,
-                                    chunk.frames[0])
-        return self.master.send(record.data_identity, [first, *chunk.frames[1:]])
+        first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
+                                    len(fn_buffers), chunk.frames[0])
+        return self.master.send(record.data_identity, [first, *fn_buffers, *chunk.frames[1:]])
 
     def _cache(self, record: WorkerRecord, digest: bytes, size: int) -> None:
         """Mirror the worker's function cache; tell it to drop the oldest past the budget."""

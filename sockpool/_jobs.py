@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from . import serialization
 from .errors import ClusterClosedError, RemoteError
 from .protocol import Flag
+from .serialization import FunctionPayload
 
 _job_ids = itertools.count(1)
 _chunk_ids = itertools.count(1)
@@ -63,10 +64,9 @@ class TaskFailure(NamedTuple):
 class Job:
     """One call's function payload and settings; subclasses say where results go."""
 
-    def __init__(self, fn_payload: bytes, flags: Flag, retries: int = 0) -> None:
+    def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0) -> None:
         self.id = next(_job_ids) & 0xFFFFFFFF
-        self.fn_payload = fn_payload
-        self.fn_digest = serialization.digest(fn_payload)
+        self.function = function
         self.flags = flags
         self.retries = retries
         self.cancelled = False
@@ -133,8 +133,8 @@ class StreamJob(Job):
     one dropped by cancellation.
     """
 
-    def __init__(self, fn_payload: bytes, flags: Flag, retries: int = 0) -> None:
-        super().__init__(fn_payload, flags, retries)
+    def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0) -> None:
+        super().__init__(function, flags, retries)
         self.events: queue.SimpleQueue[tuple[Chunk, WorkerLabel | None, Any]] = queue.SimpleQueue()
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
@@ -154,8 +154,8 @@ class FutureJob(Job):
     no lock is needed here.
     """
 
-    def __init__(self, fn_payload: bytes, future: Future[Any]) -> None:
-        super().__init__(fn_payload, Flag.CALL)
+    def __init__(self, function: FunctionPayload, future: Future[Any]) -> None:
+        super().__init__(function, Flag.CALL)
         self.future = future
 
     def start(self, chunk: Chunk) -> bool:

@@ -21,6 +21,7 @@ from . import serialization
 from ._local_modules import local_modules
 from .errors import CaptureError
 from .inspection import describe_unpicklable, inspect_capture
+from .serialization import FunctionPayload
 
 #: Default limit on what one function may carry (R future's globals.maxSize is 500 MiB).
 DEFAULT_MAX_CAPTURE_SIZE = 500 * 1024 * 1024
@@ -51,16 +52,18 @@ def _name_of(fn: Any) -> str:
 
 #: Payloads of functions pickled by reference (a name, not a value), by id.
 #: Re-pickling ``abs`` for every ``submit`` costs more than the rest of the call.
-_reference_payloads: dict[int, tuple[Callable[..., Any], str, bytes]] = {}
+_reference_payloads: dict[int, tuple[Callable[..., Any], str, FunctionPayload]] = {}
 _REFERENCE_CACHE_SIZE = 512
 
 
 def dump_function(fn: Callable[..., Any], serializer: str,
-                  max_bytes: int | None = DEFAULT_MAX_CAPTURE_SIZE) -> bytes:
-    """Serialize a task function into one payload (cached by digest on the workers).
+                  max_bytes: int | None = DEFAULT_MAX_CAPTURE_SIZE, *,
+                  copy_buffers: bool = False) -> FunctionPayload:
+    """Serialize a task function (cached by digest on the workers).
 
     A function shipped by value is pickled anew at every call, so each call
-    sees the globals it refers to as they are then.
+    sees the globals it refers to as they are then; large captured buffers
+    are not copied (unless ``copy_buffers``), only checksummed.
 
     Raises:
         CaptureError: the function, or something it refers to, cannot be
@@ -72,14 +75,15 @@ def dump_function(fn: Callable[..., Any], serializer: str,
         return cached[2]
     prepare_capture(serializer)
     try:
-        payload, by_reference = serialization.dumps_in_band(fn, serializer)
+        payload, by_reference = serialization.dumps_function(fn, serializer,
+                                                             copy_buffers=copy_buffers)
     except Exception as exc:
         where = describe_unpicklable(fn, getattr(fn, "__name__", "the function"), serializer)
         raise CaptureError(
             f"cannot serialize the function {_name_of(fn)!r} for the workers: "
             + (where or f"{type(exc).__name__}: {exc}")) from exc
-    if max_bytes is not None and len(payload) > max_bytes:
-        raise _too_big(fn, len(payload), max_bytes, serializer)
+    if max_bytes is not None and payload.nbytes > max_bytes:
+        raise _too_big(fn, payload.nbytes, max_bytes, serializer)
     # Only plain functions: a partial or a bound method also carries values.
     if by_reference and isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
         if len(_reference_payloads) >= _REFERENCE_CACHE_SIZE:

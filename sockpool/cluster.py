@@ -65,6 +65,7 @@ from .cores import detect_cores
 from .errors import ClusterClosedError
 from .launchers import Launcher, LocalLauncher
 from .protocol import Flag
+from .serialization import FunctionPayload
 
 T = TypeVar("T")
 
@@ -256,7 +257,9 @@ class Cluster(concurrent.futures.Executor):
         self._state = ClusterState.RUNNING
         setup_job = None
         if setup is not None:
-            setup_job = StreamJob(dump_function(setup, serializer, max_capture_size), Flag.CALL)
+            # Copied: replacement workers get it for the whole life of the cluster.
+            setup_job = StreamJob(dump_function(setup, serializer, max_capture_size,
+                                                copy_buffers=True), Flag.CALL)
         self._dispatcher = Dispatcher(
             n_workers=n_workers, launcher=launcher, serializer=serializer,
             heartbeat_interval=heartbeat_interval,
@@ -455,7 +458,8 @@ class Cluster(concurrent.futures.Executor):
         _check_options(chunksize, retries, errors, timeout)
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries)
+        function = self._dump_function(fn, copy_buffers=True)
+        job = StreamJob(function, self._flags(star, errors), retries)
         feed = LazyFeed(job, items, chunksize, self._serializer)
         window = self._worker_count() * (self._dispatcher.scheduler.prefetch + 1)
         blocks = stream_blocks(job, feed, submit=self._submit_chunks, cancel=self._canceller(job),
@@ -482,7 +486,7 @@ class Cluster(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
         items = _as_sequence(iterables)
-        job = StreamJob(self._dump_function(fn), self._flags(star, "raise"))
+        job = StreamJob(self._dump_function(fn, copy_buffers=True), self._flags(star, "raise"))
         chunks = eager_chunks(job, items, chunksize, self._serializer)
         self._submit_chunks(chunks)  # now, not at the first next(): the Executor contract
         blocks = stream_blocks(job, EagerFeed([]), submit=self._submit_chunks,
@@ -497,7 +501,7 @@ class Cluster(concurrent.futures.Executor):
         self._check_open()
         _check_callable(fn, "submit")
         future: Future[T] = Future()
-        job = FutureJob(self._dump_function(fn), future)
+        job = FutureJob(self._dump_function(fn, copy_buffers=True), future)
         chunk = job.chunk(0, 1, dump_call(args, kwargs, self._serializer))
         self._submit_chunks([chunk])
         return future
@@ -576,8 +580,11 @@ class Cluster(concurrent.futures.Executor):
         flags = Flag.MAP_STAR if star else Flag.MAP_ONE
         return flags | Flag.STOP_ON_ERROR if errors == "raise" else flags
 
-    def _dump_function(self, fn: Callable[..., Any]) -> bytes:
-        return dump_function(fn, self._serializer, self._max_capture_size)
+    def _dump_function(self, fn: Callable[..., Any], copy_buffers: bool = False
+                       ) -> FunctionPayload:
+        """Pickle ``fn``; ``copy_buffers`` for calls that return before it is sent."""
+        return dump_function(fn, self._serializer, self._max_capture_size,
+                             copy_buffers=copy_buffers)
 
     def _submit_chunks(self, chunks: list[Any]) -> None:
         self._dispatcher.call_soon(self._dispatcher.submit, chunks)

@@ -268,7 +268,7 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
     if _module_name(fn).partition(".")[0] in local_modules():
         by_value.add(_module_name(fn))
     try:
-        total = len(serialization.dumps_in_band(fn, serializer)[0])
+        total = serialization.dumps_function(fn, serializer)[0].nbytes
     except Exception:
         total = sum(e.nbytes for e in entries)
     return CaptureReport(root, entries, total, sorted(by_value), sorted(by_reference - by_value))

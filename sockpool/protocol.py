@@ -23,9 +23,10 @@ Each worker opens two connections, told apart by their zmq routing id:
 kind          direction  body of the first frame (then out-of-band buffer frames)
 ============  =========  ==========================================================
 HELLO         w -> m     JSON: token, worker id, pid, host, python, version
-TASK          m -> w     task meta (digest, first task index, function length),
-                         function payload (empty when the worker has it cached),
-                         arguments pickle
+TASK          m -> w     task meta (digest, first task index, function length and
+                         buffer count), function pickle (empty when the worker has
+                         it cached), arguments pickle; then the function's
+                         buffers, then the arguments' buffers
 RESULT        w -> m     outcome pickle: (values, errors, seconds)
 EXPORT        m -> w     pickle of a dict of values
 FORGET        m -> w     digest of a cached function to drop
@@ -47,7 +48,7 @@ PROTOCOL_VERSION = 1
 
 _HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = _HEADER.size
-_TASK_META = struct.Struct("<16sQI")
+_TASK_META = struct.Struct("<16sQIH")
 
 DATA_PREFIX = b"D"
 CONTROL_PREFIX = b"C"
@@ -123,22 +124,37 @@ def parse(frame: bytes) -> tuple[Header, memoryview]:
     return Header(known, flags, job, ident), memoryview(frame)[HEADER_SIZE:]
 
 
-def task_frame(head: bytes, digest: bytes, first_index: int, fn_payload: bytes,
-               arguments: Any) -> bytes:
-    """The first frame of a TASK: header, meta, function payload, arguments pickle."""
-    meta = _TASK_META.pack(digest, first_index, len(fn_payload))
-    return b"".join((head, meta, fn_payload, arguments))
+def task_frame(head: bytes, digest: bytes, first_index: int, fn_inband: bytes,
+               fn_buffers: int, arguments: Any) -> bytes:
+    """The first frame of a TASK: header, meta, function pickle, arguments pickle.
+
+    The function's out-of-band buffers (``fn_buffers`` of them) are the frames
+    right after it, before the arguments' own buffers.
+    """
+    meta = _TASK_META.pack(digest, first_index, len(fn_inband), fn_buffers)
+    return b"".join((head, meta, fn_inband, arguments))
 
 
-def parse_task(body: memoryview) -> tuple[bytes, int, memoryview, memoryview]:
-    """Split a TASK body into digest, first task index, function payload, arguments."""
+class Task(NamedTuple):
+    """A decoded TASK body."""
+
+    digest: bytes
+    first_index: int
+    fn_inband: memoryview
+    fn_buffers: int
+    arguments: memoryview
+
+
+def parse_task(body: memoryview) -> Task:
+    """Split a TASK body into its parts."""
     if len(body) < _TASK_META.size:
         raise ProtocolError("TASK body shorter than its meta")
-    digest, first_index, fn_len = _TASK_META.unpack_from(body)
+    digest, first_index, fn_len, fn_buffers = _TASK_META.unpack_from(body)
     start = _TASK_META.size
     if start + fn_len > len(body):
         raise ProtocolError("TASK function payload runs past the frame")
-    return digest, first_index, body[start:start + fn_len], body[start + fn_len:]
+    return Task(digest, first_index, body[start:start + fn_len], fn_buffers,
+                body[start + fn_len:])
 
 
 def data_identity(worker_id: int) -> bytes:

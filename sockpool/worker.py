@@ -155,9 +155,9 @@ class Worker:
         self.main_module.__dict__.update(values)
         self.export_version += 1
 
-    def load_function(self, digest: bytes, payload: Any) -> _CachedFunction:
+    def load_function(self, digest: bytes, payload: Any, buffers: list[Any]) -> _CachedFunction:
         if len(payload):
-            self.functions[digest] = _CachedFunction(serialization.loads(payload))
+            self.functions[digest] = _CachedFunction(serialization.loads(payload, buffers))
         entry = self.functions[digest]
         if entry.namespace is not None and entry.export_version != self.export_version:
             for name, value in self.exports.items():
@@ -172,9 +172,10 @@ class Worker:
         errors: list[tuple[int, bytes]] = []
         flags = head.flags
         try:
-            digest, _first_index, fn_payload, arguments = protocol.parse_task(body)
-            fn = self.load_function(digest, fn_payload).fn
-            items = serialization.loads(arguments, buffers)
+            task = protocol.parse_task(body)
+            split = task.fn_buffers
+            fn = self.load_function(task.digest, task.fn_inband, buffers[:split]).fn
+            items = serialization.loads(task.arguments, buffers[split:])
         except BaseException as exc:  # a payload that cannot be loaded here
             errors.append((0, serialization.pack_exception(exc, self.serializer)))
             return self._result(head, Flag.NONE, [], errors)

@@ -283,3 +283,15 @@ def test_a_function_that_captures_the_cluster_gets_a_clear_error(cluster: Cluste
 
     with pytest.raises(CaptureError, match="does the task function refer to the cluster"):
         cluster.par_map(uses_cluster, [1])
+
+
+def test_a_captured_array_changed_in_place_is_seen_by_the_next_map(cluster: Cluster) -> None:
+    data = np.zeros(1_000_000)  # 8 MB: travels out of band, checked by checksum
+
+    def read(i: int) -> float:
+        return float(data[i])
+
+    assert cluster.par_map(read, [0, 999_999]) == [0.0, 0.0]
+    data[999_999] = 7.0  # same object, same size, new content
+    assert cluster.par_map(read, [0, 999_999]) == [0.0, 7.0]
+    assert cluster.submit(read, 999_999).result(timeout=10) == 7.0

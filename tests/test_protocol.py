@@ -31,15 +31,15 @@ def test_malformed_headers_are_rejected(frame: bytes) -> None:
 
 def test_task_frame_round_trip() -> None:
     head = protocol.header(Kind.TASK, 0, 1, 2)
-    frame = protocol.task_frame(head, b"d" * 16, 77, b"function", b"arguments")
+    frame = protocol.task_frame(head, b"d" * 16, 77, b"function", 3, b"arguments")
     parsed, body = protocol.parse(frame)
-    digest, first, fn, args = protocol.parse_task(body)
-    assert (parsed.kind, digest, first, bytes(fn), bytes(args)) == (
-        Kind.TASK, b"d" * 16, 77, b"function", b"arguments")
+    task = protocol.parse_task(body)
+    assert (parsed.kind, task.digest, task.first_index, bytes(task.fn_inband), task.fn_buffers,
+            bytes(task.arguments)) == (Kind.TASK, b"d" * 16, 77, b"function", 3, b"arguments")
 
 
 def test_truncated_task_frames_are_rejected() -> None:
-    frame = protocol.task_frame(protocol.header(Kind.TASK), b"d" * 16, 0, b"f" * 100, b"")
+    frame = protocol.task_frame(protocol.header(Kind.TASK), b"d" * 16, 0, b"f" * 100, 0, b"")
     _, body = protocol.parse(frame[:-50])
     with pytest.raises(ProtocolError):
         protocol.parse_task(body)
