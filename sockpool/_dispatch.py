@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol, serialization
+from . import protocol, relay, serialization
 from ._jobs import Chunk, FutureJob, Job, decode_outcome
 from ._workers import LOST, READY, SETUP, STARTING, STOPPED, WorkerRecord, launch_error, lost_error
 from .errors import ClusterClosedError, LaunchError, SockpoolError
@@ -64,6 +64,9 @@ class Dispatcher:
         connect_timeout: float,
         prefetch: int,
         setup_job: Job | None,
+        relay_mode: str,
+        relay_prefix: bool,
+        log_level: int,
     ) -> None:
         self.target = n_workers
         self.launcher = launcher
@@ -73,6 +76,9 @@ class Dispatcher:
         self.master_timeout = master_timeout
         self.connect_timeout = connect_timeout
         self.setup_job = setup_job
+        self.relay_live = relay_mode == "live"
+        self._relay_config = {"relay": relay_mode, "relay_prefix": relay_prefix,
+                              "log_level": log_level}
         self.scheduler = Scheduler(prefetch)
         self.token = secrets.token_hex(32)
 
@@ -233,6 +239,7 @@ class Dispatcher:
             "heartbeat_interval": self.heartbeat_interval,
             "master_timeout": self.master_timeout,  # None: the launcher's default
             "serializer": self.serializer,
+            **self._relay_config,
         }
         try:
             process = self.launcher.spawn(worker_id, config)
@@ -309,6 +316,12 @@ class Dispatcher:
         # A worker runs its chunks in order: the oldest was running, those
         # behind it never started and go back to the front of the queue.
         running, queued = held[:1], held[1:]
+        for chunk in running:  # what it wrote before it was lost still reaches the user
+            relay.emit(chunk.output)
+            output_tail = relay.tail(chunk.output)
+            if output_tail:
+                tail = f"{output_tail}\n{tail}" if tail else output_tail
+            chunk.output = []
         for chunk in reversed(queued):
             if chunk.pinned is None:
                 self.scheduler.requeue(chunk)
@@ -377,8 +390,12 @@ class Dispatcher:
         if record.state == STARTING:
             return  # nothing counts before the worker proved it holds the token
         record.last_heard = time.monotonic()
-        if head.kind is Kind.RESULT and prefix == protocol.DATA_PREFIX:
+        if prefix != protocol.DATA_PREFIX:
+            return
+        if head.kind is Kind.RESULT:
             self._on_result(record, head, (body, [frame.buffer for frame in frames[2:]]))
+        elif head.kind is Kind.OUTPUT:
+            self._on_output(record, head, (body, [frame.buffer for frame in frames[2:]]))
 
     def _on_hello(self, record: WorkerRecord, prefix: bytes, body: memoryview) -> None:
         try:
@@ -427,12 +444,27 @@ class Dispatcher:
         else:
             chunk.job.deliver(chunk, record.label, payload)
 
+    def _on_output(self, record: WorkerRecord, head: protocol.Header,
+                   payload: tuple[memoryview, list[Any]]) -> None:
+        """What a running chunk wrote so far: write it now (live) or hold it for its end."""
+        chunk = self.scheduler.in_flight.get(record.id, {}).get(head.ident)
+        if chunk is None and record.setup_chunk is not None and head.ident == record.setup_chunk.id:
+            chunk = record.setup_chunk
+        if chunk is None:
+            return
+        batch = serialization.loads(*payload)
+        if self.relay_live:
+            relay.emit([batch])
+        else:
+            chunk.output.append(batch)
+
     def _on_setup_result(self, record: WorkerRecord, payload: tuple[memoryview, list[Any]]
                          ) -> None:
         chunk = record.setup_chunk
         assert chunk is not None
         record.setup_chunk = None
-        _, failures, _ = decode_outcome(chunk, record.label, payload)
+        _, failures, _, output = decode_outcome(chunk, record.label, payload)
+        relay.emit(output)
         if not failures:
             self._ready(record)
             return

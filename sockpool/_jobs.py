@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import serialization
+from . import relay, serialization
 from .errors import ClusterClosedError, RemoteError
 from .protocol import Flag
 from .serialization import FunctionPayload
@@ -51,6 +51,7 @@ class Chunk:
     pinned: int | None = None  # a worker id: run_on_all and setup chunks go there only
     attempts: int = 0
     sent_at: float = 0.0  # time.monotonic() when it was handed to a worker
+    output: list[Any] = field(default_factory=list)  # relay batches that came ahead
     id: int = field(default_factory=lambda: next(_chunk_ids))
 
 
@@ -98,18 +99,27 @@ class Job:
 Payload = tuple[memoryview, list[Any]]
 
 
-def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload
-                   ) -> tuple[list[Any], list[TaskFailure], float]:
-    """Unpickle a RESULT: the values, each failed task's rebuilt exception, compute seconds."""
+class Outcome(NamedTuple):
+    """A decoded RESULT."""
+
+    values: list[Any]
+    failures: list[TaskFailure]
+    seconds: float  # time the chunk computed on its worker
+    output: list[Any]  # relay batches, in order: those that came ahead, then the last
+
+
+def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload) -> Outcome:
+    """Unpickle a RESULT: values, each failed task's rebuilt exception, time and output."""
     try:
-        values, errors, seconds = serialization.loads(*payload)
+        values, errors, seconds, batch = serialization.loads(*payload)
     except Exception as exc:
         problem = RemoteError(
             serialization.describe(exc),
             f"the results of tasks {chunk.first_index}..{chunk.first_index + chunk.count - 1} "
             f"could not be unpickled in the master: {exc}",
         )
-        return [None] * chunk.count, [TaskFailure(chunk.first_index, problem)], 0.0
+        return Outcome([None] * chunk.count, [TaskFailure(chunk.first_index, problem)], 0.0,
+                       chunk.output)
     failures = []
     for offset, packed in errors:
         index = chunk.first_index + offset
@@ -122,7 +132,8 @@ def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload
         failures += [TaskFailure(chunk.first_index + i, first)
                      for i in range(len(values), chunk.count)]
         values = values + [None] * (chunk.count - len(values))
-    return values, failures, seconds
+    output = [*chunk.output, batch] if batch is not None else chunk.output
+    return Outcome(values, failures, seconds, output)
 
 
 class StreamJob(Job):
@@ -163,7 +174,8 @@ class FutureJob(Job):
         return self.future.running() or self.future.set_running_or_notify_cancel()
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
-        values, failures, _ = decode_outcome(chunk, label, payload)
+        values, failures, _, output = decode_outcome(chunk, label, payload)
+        relay.emit(output)
         if failures:
             self._settle(error=failures[0].error)
         else:

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any
 
-from ._jobs import Chunk, StreamJob, TaskFailure, decode_outcome
+from . import relay
+from ._jobs import Chunk, Outcome, StreamJob, TaskFailure, decode_outcome
 from .capture import dump_arguments
 from .errors import ClusterClosedError
 
@@ -111,15 +112,37 @@ def _next_event(job: StreamJob, deadline: float | None) -> tuple[Chunk, Any, Any
             continue
 
 
-def _outcome(chunk: Chunk, label: Any, payload: Any) -> tuple[list[Any], list[TaskFailure], float]:
-    """Decode one queue event into values, failures and the chunk's compute time."""
+def _outcome(chunk: Chunk, label: Any, payload: Any) -> Outcome:
+    """Decode one queue event (a chunk that failed whole has no output left to show)."""
     if label is None:
         error = payload if payload is not None else ClusterClosedError(
             "the cluster was closed before these tasks ran")
         failures = [TaskFailure(chunk.first_index + i, error) for i in range(chunk.count)]
-        return [None] * chunk.count, failures, 0.0
-    values, failures, seconds = decode_outcome(chunk, label, payload)
-    return values, failures, seconds
+        return Outcome([None] * chunk.count, failures, 0.0, [])
+    return decode_outcome(chunk, label, payload)
+
+
+class _OutputInOrder:
+    """Emits chunks' output in input order, as the code would print run sequentially.
+
+    Output is written here, on the caller's thread, so that a notebook shows it
+    in the cell that ran the map.
+    """
+
+    def __init__(self, ordered: bool) -> None:
+        self._ordered = ordered
+        self._waiting: dict[int, tuple[int, list[Any]]] = {}
+        self._next = 0
+
+    def add(self, chunk: Chunk, output: list[Any]) -> None:
+        if not self._ordered:
+            relay.emit(output)
+            return
+        self._waiting[chunk.first_index] = (chunk.count, output)
+        while self._next in self._waiting:
+            count, ready = self._waiting.pop(self._next)
+            relay.emit(ready)
+            self._next += count
 
 
 #: A run of consecutive results: index of the first, the values, failures by index.
@@ -139,6 +162,7 @@ def stream_blocks(
     deadline: float | None = None,
     progress: Any = None,
     in_flight: int = 0,
+    ordered_output: bool | None = None,
 ) -> Iterator[Block]:
     """Yield a job's results a chunk at a time, keeping ``window`` chunks in flight.
 
@@ -149,10 +173,13 @@ def stream_blocks(
             when its turn comes (an ordered imap).
         window: chunks in flight (and, when ordered, waiting to be yielded).
         in_flight: chunks the caller already submitted itself.
+        ordered_output: write the tasks' output in input order (default: as
+            ``ordered``); otherwise as each chunk arrives.
     """
     waiting: dict[int, Block] = {}
     next_first = 0
     finished = False
+    output = _OutputInOrder(ordered if ordered_output is None else ordered_output)
     try:
         while True:
             room = window - in_flight - len(waiting)
@@ -166,12 +193,14 @@ def stream_blocks(
                 return
             chunk, label, payload = _next_event(job, deadline)
             in_flight -= 1
-            values, failures, seconds = _outcome(chunk, label, payload)
+            values, failures, seconds, written = _outcome(chunk, label, payload)
             feed.measured(chunk, seconds)
             if progress is not None:
                 progress.update(chunk.count)
             if failures and errors == "raise" and raise_on_arrival:
+                relay.emit(written)  # what the failing task wrote, before its error
                 raise failures[0].error
+            output.add(chunk, written)
             block = (chunk.first_index, values, {f.task_index: f.error for f in failures})
             if not ordered:
                 yield block

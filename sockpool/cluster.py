@@ -38,6 +38,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import enum
+import logging
 import os
 import threading
 import time
@@ -196,6 +197,13 @@ class Cluster(concurrent.futures.Executor):
             globals and closures) before ``CaptureError`` stops the call;
             None for no limit.  Data meant to travel is better passed as
             arguments or sent once with :meth:`export`.
+        relay: what workers write (print, sys.stdout/sys.stderr), warn and
+            log comes home: ``True`` writes each chunk's output as one block in
+            input order when it finishes, ``"live"`` line by line as it is
+            written, ``False`` leaves it in the worker (for raw speed).
+        relay_prefix: start each relayed line with ``[worker N] ``.
+        log_level: the lowest level of worker log records relayed (default:
+            the effective level of this process's root logger now).
         connect_timeout: seconds to wait for the workers to start and connect.
         heartbeat_interval: seconds between heartbeats, both ways.
         heartbeat_timeout: silence after which a peer counts as lost: a worker
@@ -222,6 +230,9 @@ class Cluster(concurrent.futures.Executor):
         threads_per_worker: int | None = 1,
         serializer: str = "cloudpickle",
         max_capture_size: int | None = DEFAULT_MAX_CAPTURE_SIZE,
+        relay: bool | str = True,
+        relay_prefix: bool = False,
+        log_level: int | None = None,
         connect_timeout: float = 60.0,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float | None = None,
@@ -244,6 +255,10 @@ class Cluster(concurrent.futures.Executor):
                 not isinstance(max_capture_size, int) or max_capture_size < 1):
             raise ValueError(f"max_capture_size must be a positive number of bytes or None, "
                              f"not {max_capture_size!r}")
+        if relay not in (True, False, "live"):
+            raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
+        if log_level is None:
+            log_level = logging.getLogger().getEffectiveLevel()
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
         if launcher is None:
@@ -265,7 +280,9 @@ class Cluster(concurrent.futures.Executor):
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
             master_timeout=heartbeat_timeout,
-            connect_timeout=connect_timeout, prefetch=prefetch, setup_job=setup_job)
+            connect_timeout=connect_timeout, prefetch=prefetch, setup_job=setup_job,
+            relay_mode={True: "task", False: "off", "live": "live"}[relay],
+            relay_prefix=relay_prefix, log_level=log_level)
         self._description = f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)"
         _register_exit_hook()
         self._finalizer = weakref.finalize(self, _close_forgotten, self._dispatcher,
@@ -431,7 +448,7 @@ class Cluster(concurrent.futures.Executor):
         blocks = stream_blocks(
             job, EagerFeed(chunks), submit=self._submit_chunks, cancel=self._canceller(job),
             window=len(chunks), ordered=False, errors=errors, raise_on_arrival=True,
-            progress=_progress_bar(len(items), progress))
+            progress=_progress_bar(len(items), progress), ordered_output=ordered)
         return collect_list(blocks, len(items), ordered)
 
     def imap(
@@ -521,7 +538,8 @@ class Cluster(concurrent.futures.Executor):
         chunks = answer.result()
         blocks = stream_blocks(job, EagerFeed([]), submit=self._submit_chunks,
                                cancel=self._canceller(job), window=len(chunks),
-                               ordered=False, raise_on_arrival=True, in_flight=len(chunks))
+                               ordered=False, raise_on_arrival=True, in_flight=len(chunks),
+                               ordered_output=True)
         return collect_list(blocks, len(chunks), ordered=True)
 
     def export(self, *names: str, env: Mapping[str, Any] | object | None = None,

@@ -27,7 +27,8 @@ TASK          m -> w     task meta (digest, first task index, function length an
                          buffer count), function pickle (empty when the worker has
                          it cached), arguments pickle; then the function's
                          buffers, then the arguments' buffers
-RESULT        w -> m     outcome pickle: (values, errors, seconds)
+RESULT        w -> m     outcome pickle: (values, errors, seconds, relay batch)
+OUTPUT        w -> m     relay batch pickle: what a running chunk wrote so far
 EXPORT        m -> w     pickle of a dict of values
 FORGET        m -> w     digest of a cached function to drop
 CANCEL        m -> w     (empty; ``job`` says which)
@@ -71,6 +72,7 @@ class Kind(enum.IntEnum):
     CANCEL = 6
     HEARTBEAT = 7
     SHUTDOWN = 8
+    OUTPUT = 9
 
 
 class Flag(enum.IntFlag):

@@ -38,6 +38,7 @@ from . import protocol, serialization
 from ._version import __version__
 from .errors import RemoteError
 from .protocol import Flag, Kind
+from .relay import WorkerRelay
 
 #: How long after SHUTDOWN the watchdog waits for the main thread before it
 #: ends the process itself.
@@ -90,6 +91,12 @@ class Worker:
         self.master_timeout: float = config["master_timeout"]
         self.serializer: str = config.get("serializer", "cloudpickle")
         self.watch_stdin: bool = config.get("watch_stdin", False)
+        self.relay: WorkerRelay | None = None
+        if config.get("relay", "task") != "off":
+            prefix = f"[worker {self.worker_id}] " if config.get("relay_prefix") else ""
+            self.relay = WorkerRelay(self._send_output, int(config.get("log_level", 30)),
+                                     live=config.get("relay") == "live", prefix=prefix)
+        self._current: protocol.Header | None = None  # the chunk running now
 
         self.functions: dict[bytes, _CachedFunction] = {}
         self.exports: dict[str, Any] = {}
@@ -182,6 +189,9 @@ class Worker:
 
         if head.job in self.cancelled_jobs:
             return self._result(head, Flag.CANCELLED, [], [])
+        self._current = head
+        if self.relay is not None:
+            self.relay.start()
         self.running_job = head.job
         self.in_task = True
         started = time.perf_counter()
@@ -226,14 +236,25 @@ class Worker:
                 if stop_on_error:
                     return
 
+    def _send_output(self, batch: Any) -> None:
+        """Send what the running chunk wrote so far (main thread, from a task's write)."""
+        head = self._current
+        if head is None:
+            return
+        prefix = protocol.header(Kind.OUTPUT, 0, head.job, head.ident)
+        frames = serialization.dumps(batch, self.serializer, prefix=prefix, master=False)
+        self.data.send_multipart(frames, copy=protocol.send_copies(frames))
+
     def _result(self, head: protocol.Header, flags: Flag, values: list[Any],
                 errors: list[tuple[int, bytes]], seconds: float = 0.0) -> list[Any]:
         prefix = protocol.header(Kind.RESULT, flags, head.job, head.ident)
-        outcome = (values, errors, seconds)
+        batch = self.relay.finish() if self.relay is not None else None
+        self._current = None
+        outcome = (values, errors, seconds, batch)
         try:
             return serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
         except Exception:
-            outcome = (*self._replace_unpicklable(values, errors), seconds)
+            outcome = (*self._replace_unpicklable(values, errors), seconds, batch)
             return serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
 
     def _replace_unpicklable(self, values: list[Any], errors: list[tuple[int, bytes]]
@@ -311,8 +332,8 @@ class Worker:
 
 def _die(reason: str | None) -> None:
     """End the process now, from any thread."""
-    if reason:
-        print(f"sockpool worker {os.getpid()}: exiting: {reason}", file=sys.stderr, flush=True)
+    if reason:  # straight to the process's stderr: the relay may be holding sys.stderr
+        os.write(2, f"sockpool worker {os.getpid()}: exiting: {reason}\n".encode())
     os._exit(0 if reason is None else 1)
 
 
@@ -345,6 +366,8 @@ def main() -> int:
     worker = Worker(config)
     # Tasks see a clean __main__ (exports land there), not this module.
     sys.modules["__main__"] = worker.main_module
+    if worker.relay is not None:
+        worker.relay.install()
     signal.signal(signal.SIGINT, worker.on_sigint)
     threading.Thread(target=worker.watch, name="sockpool-watchdog", daemon=True).start()
     worker.serve()

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(60)
 PACKAGE = ROOT / "sockpool"
 LAYER = {
     "errors": 0, "protocol": 0, "_proc": 0, "_version": 0,
-    "serialization": 1, "transport": 1, "cores": 1,
+    "serialization": 1, "transport": 1, "cores": 1, "relay": 1,
     "_namespace": 0, "_local_modules": 1,
     "inspection": 2, "binding": 2,
     "capture": 2, "_jobs": 2, "scheduler": 2, "worker": 2, "launchers": 2, "_workers": 2,

@@ -25,6 +25,7 @@ def fit_one(level):
     return WEIGHTS[level] * len(level)
 
 def worker(level):
+    print(f"fitting {level}")
     return {"level": level, "score": fit_one(level)}
 """,
     # cell 1: the cluster, in its own cell
@@ -46,7 +47,10 @@ def test_notebook_cells_run_on_a_cluster(tmp_path: Path) -> None:
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     printed = "".join(o.get("text", "") for o in notebook.cells[1].outputs
                       if o.get("output_type") == "stream")
-    models, dynamic = json.loads(printed.strip().splitlines()[-1])
+    lines = printed.strip().splitlines()
+    # The workers' prints, relayed into the cell that ran the map, in input order.
+    assert lines[:3] == ["fitting setosa", "fitting versicolor", "fitting virginica"]
+    models, dynamic = json.loads(lines[-1])
     assert models == [{"level": "setosa", "score": 6}, {"level": "versicolor", "score": 20},
                       {"level": "virginica", "score": 27}]
     assert dynamic == [6, 20, 27]

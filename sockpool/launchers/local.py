@@ -26,12 +26,12 @@ class LocalWorkerProcess(WorkerProcess):
     """A worker subprocess; its stdin stays open: end-of-file tells it the master is gone."""
 
     def __init__(self, worker_id: int, process: subprocess.Popen[bytes], command: str,
-                 stderr_path: str) -> None:
+                 log_path: str) -> None:
         self.worker_id = worker_id
         self.host = "localhost"
         self.command = command
         self._process = process
-        self._stderr_path = stderr_path
+        self._log_path = log_path
         self._pidfd: int | None = None
         if hasattr(os, "pidfd_open"):
             try:
@@ -61,7 +61,7 @@ class LocalWorkerProcess(WorkerProcess):
                 self._process.send_signal(signum)
 
     def stderr_tail(self) -> str:
-        return read_tail(self._stderr_path)
+        return read_tail(self._log_path)
 
     def close(self) -> None:
         if self._pidfd is not None:
@@ -107,18 +107,22 @@ class LocalLauncher(Launcher):
             # The master's import path, so a module next to the script imports here too.
             "sys_path": [p for p in sys.path if p],
         }
-        stderr_path = os.path.join(self._workdir, f"worker-{worker_id}.stderr")
+        log_path = os.path.join(self._workdir, f"worker-{worker_id}.log")
         env = {**os.environ, **self.env}
-        with open(stderr_path, "wb") as stderr:
+        with open(log_path, "wb") as log:
+            # The worker's own stdout and stderr (C-level writes included) go to its
+            # log, whose tail errors quote; what tasks print is relayed over zmq.
+            # With the relay off, stdout stays the master's.
+            stdout = log if config.get("relay", "task") != "off" else None
             try:
                 process = subprocess.Popen(
-                    argv, stdin=subprocess.PIPE, stderr=stderr, env=env,
+                    argv, stdin=subprocess.PIPE, stdout=stdout, stderr=log, env=env,
                     start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
                 )
             except OSError as exc:
                 raise LaunchError(f"could not start a local worker: {exc}",
                                   command=shlex.join(argv)) from exc
-        handle = LocalWorkerProcess(worker_id, process, shlex.join(argv), stderr_path)
+        handle = LocalWorkerProcess(worker_id, process, shlex.join(argv), log_path)
         assert process.stdin is not None
         try:
             process.stdin.write(json.dumps(config).encode() + b"\n")

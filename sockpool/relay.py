@@ -1,0 +1,245 @@
+"""Worker output, warnings and log records, relayed home to the master.
+
+Worker side (:class:`WorkerRelay`): while a chunk runs, ``sys.stdout`` and
+``sys.stderr`` are :class:`TaskStream` objects that collect what the task
+writes, ``warnings.showwarning`` records every warning (the worker's filters
+say "always", so the master's filters decide) and a logging handler records
+log records at or above the cluster's ``log_level``.  What a chunk produced
+travels home inside its RESULT, so a chunk that writes nothing costs nothing
+more.  A chunk that writes sends its first write at once and the rest ahead in
+OUTPUT messages at most every :data:`FLUSH_SECONDS`, so a worker that crashes
+has lost at most that much of what it wrote (the master shows it, and quotes
+it in the ``WorkerLostError``).  Output written below Python (C code, child
+processes) is not relayed; for local workers it lands in the worker's log,
+whose tail is quoted when the worker is lost.
+
+Master side (:func:`emit`): output is written to the master's ``sys.stdout`` and
+``sys.stderr`` as they are when it is emitted (a notebook's cell, pytest's
+capture, a redirect), warnings are re-issued with ``warnings.warn_explicit``
+(category, message, file, line) so the master's filters apply, and log records
+go to the master's logger of the same name, whose level and handlers decide.
+
+A batch is a plain tuple, so that the worker's pickler never has to ship code
+for it: ``(stdout text, stderr text, warnings, log records)``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any, TextIO
+
+#: A chunk that keeps writing sends what it wrote at most this often.
+FLUSH_SECONDS = 0.005
+#: ... or as soon as this many characters wait.
+FLUSH_CHARS = 64 * 1024
+
+Batch = tuple[str, str, list[tuple[Any, ...]], list[dict[str, Any]]]
+
+
+class TaskStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` in a worker: writes go to the relay."""
+
+    def __init__(self, relay: WorkerRelay, index: int, original: TextIO) -> None:
+        super().__init__()
+        self._relay = relay
+        self._index = index
+        self._original = original
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._relay.write(self._index, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._relay.maybe_flush(force=True)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def fileno(self) -> int:
+        return self._original.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _RecordHandler(logging.Handler):
+    def __init__(self, relay: WorkerRelay) -> None:
+        super().__init__()
+        self._relay = relay
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._relay.log(record)
+
+
+class WorkerRelay:
+    """Collects a chunk's output, warnings and log records in a worker.
+
+    Args:
+        send: sends an OUTPUT batch ahead of the RESULT (the data socket's owner,
+            the main thread, is the only caller).
+        log_level: the lowest level of log records relayed.
+        live: send each complete line at once (the master writes it as it
+            comes) rather than batches it holds until the chunk ends.
+        prefix: put this before every line (``"[worker 3] "``), or "".
+    """
+
+    def __init__(self, send: Callable[[Batch], None], log_level: int, live: bool = False,
+                 prefix: str = "") -> None:
+        self._live = live
+        self._prefix = prefix
+        self._partial = ["", ""]  # the unfinished last line of each stream
+        self._send = send
+        self._texts: list[list[str]] = [[], []]
+        self._chars = 0
+        self._warnings: list[tuple[Any, ...]] = []
+        self._records: list[dict[str, Any]] = []
+        self._last_flush = time.monotonic()
+        self._active = False
+        self._main = threading.get_ident()
+        self._log_level = log_level
+
+    def install(self) -> None:
+        """Redirect this process's output, warnings and logging to the relay."""
+        sys.stdout = TaskStream(self, 0, sys.__stdout__ or sys.stdout)
+        sys.stderr = TaskStream(self, 1, sys.__stderr__ or sys.stderr)
+        warnings.simplefilter("always")
+        warnings.showwarning = self._warning
+        root = logging.getLogger()
+        root.addHandler(_RecordHandler(self))
+        root.setLevel(self._log_level)
+
+    def start(self) -> None:
+        """A chunk starts: what is written from now on belongs to it."""
+        self._active = True
+        self._last_flush = 0.0  # its first write goes out at once: a crash loses nothing
+
+    def finish(self) -> Batch | None:
+        """The chunk ended: its batch (None when it wrote nothing)."""
+        self._active = False
+        for index, rest in enumerate(self._partial):
+            if rest:  # a last line without its newline still belongs to this chunk
+                self._texts[index].append(self._prefix + rest)
+                self._partial[index] = ""
+        return self._take()
+
+    def write(self, index: int, text: str) -> None:
+        if not text:
+            return
+        if not self._active:  # between chunks (a background thread, say): not a task's
+            original = (sys.__stdout__, sys.__stderr__)[index]
+            if original is not None:
+                original.write(text)
+                original.flush()
+            return
+        if self._prefix or self._live:
+            # Keep whole lines only: the unfinished one waits for its end.
+            text = self._partial[index] + text
+            cut = text.rfind("\n") + 1
+            self._partial[index] = text[cut:]
+            text = text[:cut]
+            if self._prefix and text:
+                text = "".join(self._prefix + line for line in text.splitlines(keepends=True))
+            if not text:
+                return
+        self._texts[index].append(text)
+        self._chars += len(text)
+        self.maybe_flush(force=self._live)
+
+    def log(self, record: logging.LogRecord) -> None:
+        if record.levelno < self._log_level:
+            return
+        self._records.append({
+            "name": record.name, "levelno": record.levelno, "levelname": record.levelname,
+            "msg": record.getMessage(), "args": None, "pathname": record.pathname,
+            "filename": record.filename, "module": record.module, "lineno": record.lineno,
+            "funcName": record.funcName, "created": record.created, "msecs": record.msecs,
+            "exc_text": _exception_text(record), "stack_info": record.stack_info,
+            "process": record.process, "processName": record.processName,
+            "thread": record.thread, "threadName": record.threadName,
+        })
+        self.maybe_flush()
+
+    def _warning(self, message: Any, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+        self._warnings.append((str(message), category, filename, lineno))
+        self.maybe_flush()
+
+    def maybe_flush(self, force: bool = False) -> None:
+        """Send what waits ahead of the RESULT when it is time (main thread only)."""
+        if not self._active or threading.get_ident() != self._main:
+            return
+        now = time.monotonic()
+        if force or now - self._last_flush >= FLUSH_SECONDS or self._chars >= FLUSH_CHARS:
+            self._last_flush = now
+            batch = self._take()
+            if batch is not None:
+                self._send(batch)
+
+    def _take(self) -> Batch | None:
+        out, err = self._texts
+        if not (out or err or self._warnings or self._records):
+            return None
+        batch = ("".join(out), "".join(err), self._warnings, self._records)
+        self._texts = [[], []]
+        self._chars = 0
+        self._warnings = []
+        self._records = []
+        return batch
+
+
+def _exception_text(record: logging.LogRecord) -> str | None:
+    if record.exc_info and not record.exc_text:
+        return logging.Formatter().formatException(record.exc_info)
+    return record.exc_text
+
+
+# -- master side -----------------------------------------------------------------------
+
+_registries: dict[str, dict[Any, Any]] = {}
+_emit_lock = threading.Lock()
+
+
+def emit(batches: list[Batch], prefix: str = "") -> None:
+    """Write batches out in the master, in order (see the module docstring)."""
+    with _emit_lock:  # one block at a time, never interleaved with another's
+        for out, err, caught, records in batches:
+            if out:
+                _write(sys.stdout, out, prefix)
+            if err:
+                _write(sys.stderr, err, prefix)
+            for message, category, filename, lineno in caught:
+                # A registry per file makes "default"/"once" filters behave as they
+                # would if the code had run here.
+                registry = _registries.setdefault(filename, {})
+                warnings.warn_explicit(message, category, filename, lineno,
+                                       registry=registry)
+            for fields in records:
+                logger = logging.getLogger(fields["name"])
+                if logger.isEnabledFor(fields["levelno"]):
+                    logger.handle(logging.makeLogRecord(fields))
+
+
+def _write(stream: TextIO, text: str, prefix: str) -> None:
+    if prefix:
+        lines = text.splitlines(keepends=True)
+        text = "".join(prefix + line for line in lines)
+    stream.write(text)
+    stream.flush()
+
+
+def tail(batches: list[Batch], max_lines: int = 20) -> str:
+    """The last lines of output in ``batches`` (for a lost worker's error message)."""
+    text = "".join(out + err for out, err, _, _ in batches)
+    return "\n".join(text.splitlines()[-max_lines:])

@@ -1,0 +1,162 @@
+"""What workers print, warn and log reaches the user, as if the code ran here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import run_script
+
+from sockpool import Cluster, WorkerLostError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_prints_come_home_in_per_task_blocks_in_input_order(tmp_path: Path) -> None:
+    result = run_script("""
+        import sys, time
+        from sockpool import Cluster
+
+        def chatty(x):
+            time.sleep(0.05 * (5 - x))          # later tasks finish first
+            for line in range(3):
+                print(f"task {x} line {line}")
+            print(f"task {x} complains", file=sys.stderr)
+            return x
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                print("result", cl.par_map(chatty, range(6), chunksize=1))
+    """, tmp_path)
+    expected = [f"task {x} line {line}" for x in range(6) for line in range(3)]
+    assert result.stdout.splitlines() == [*expected, "result [0, 1, 2, 3, 4, 5]"]
+    assert result.stderr.splitlines() == [f"task {x} complains" for x in range(6)]
+
+
+def test_output_of_setup_run_on_all_and_submit_comes_home(tmp_path: Path) -> None:
+    result = run_script("""
+        from sockpool import Cluster
+
+        def setup():
+            print("setting up")
+
+        if __name__ == "__main__":
+            with Cluster(n=2, setup=setup) as cl:
+                cl.run_on_all(print, "hello from every worker")
+                cl.submit(print, "hello from one").result()
+    """, tmp_path)
+    lines = result.stdout.splitlines()
+    assert lines.count("setting up") == 2
+    assert lines.count("hello from every worker") == 2
+    assert lines.count("hello from one") == 1
+
+
+def test_warnings_obey_the_masters_filters(tmp_path: Path) -> None:
+    source = """
+        import warnings
+        from sockpool import Cluster
+
+        def careful(x):
+            warnings.warn("this value is odd", UserWarning)
+            return x
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                try:
+                    print(cl.par_map(careful, range(4), chunksize=1))
+                except UserWarning as exc:
+                    print("raised:", exc)
+    """
+    shown = run_script(source, tmp_path)
+    # The "default" filter shows a warning once per location, as sequential code would.
+    assert shown.stderr.count("UserWarning: this value is odd") == 1
+    assert "user_script.py" in shown.stderr  # the task's own file and line
+    assert shown.stdout.strip() == "[0, 1, 2, 3]"
+    always = run_script(source, tmp_path, env={"PYTHONWARNINGS": "always"})
+    assert always.stderr.count("UserWarning: this value is odd") == 4
+    error = run_script(source, tmp_path, env={"PYTHONWARNINGS": "error::UserWarning"})
+    assert error.stdout.strip() == "raised: this value is odd"
+    ignored = run_script(source, tmp_path, env={"PYTHONWARNINGS": "ignore"})
+    assert "UserWarning" not in ignored.stderr
+
+
+def test_log_records_go_to_the_masters_logger_of_the_same_name(tmp_path: Path) -> None:
+    result = run_script("""
+        import logging
+        from sockpool import Cluster
+
+        def fit(level):
+            log = logging.getLogger("lab.models")
+            log.debug("debug %s", level)
+            log.info("fitted %s with %d rows", level, 150)
+            logging.getLogger("noisy").warning("noisy %s", level)
+            return level
+
+        if __name__ == "__main__":
+            logging.basicConfig(level=logging.INFO, format="%(name)s|%(levelname)s|%(message)s"
+                                "|%(funcName)s")
+            logging.getLogger("noisy").setLevel(logging.ERROR)
+            with Cluster(n=2) as cl:
+                cl.par_map(fit, ["a", "b"], chunksize=1)
+    """, tmp_path)
+    assert result.stderr.splitlines() == [
+        "lab.models|INFO|fitted a with 150 rows|fit",
+        "lab.models|INFO|fitted b with 150 rows|fit",
+    ]
+
+
+def test_capsys_and_redirects_in_the_master_catch_relayed_output(
+        shared_cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    shared_cluster.par_map(print, ["seen by capsys"])
+    captured = capsys.readouterr()
+    assert captured.out == "seen by capsys\n"
+
+
+def test_relay_off_keeps_output_in_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    with Cluster(n=1, relay=False) as cl:
+        cl.par_map(print, ["not relayed"])
+    assert "not relayed" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="relay"):
+        Cluster(n=1, relay="sometimes")
+
+
+def test_live_relay_streams_whole_lines_with_a_prefix_while_the_task_runs(
+        tmp_path: Path) -> None:
+    script = tmp_path / "live.py"
+    script.write_text(
+        "import sys, time\n"
+        "from sockpool import Cluster\n"
+        "def slow(x):\n"
+        "    print('starting', x, end='')\n"
+        "    print(' now', flush=True)\n"
+        "    time.sleep(2)\n"
+        "    return x\n"
+        "with Cluster(n=1, relay='live', relay_prefix=True) as cl:\n"
+        "    print('result', cl.par_map(slow, [7]), flush=True)\n")
+    started = time.monotonic()
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        assert master.stdout.readline() == "[worker 0] starting 7 now\n"
+        assert time.monotonic() - started < 1.9  # before the task ended
+        assert master.stdout.readline() == "result [7]\n"
+    finally:
+        master.wait(20)
+
+
+def test_a_worker_that_crashes_still_gets_its_last_output_home(
+        cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    def crash() -> None:
+        print("about to crash")
+        os.write(2, b"C-level last words\n")
+        os._exit(3)
+
+    with pytest.raises(WorkerLostError) as info:
+        cluster.submit(crash).result(timeout=20)
+    assert "about to crash" in str(info.value)
+    assert "C-level last words" in str(info.value)
+    assert "about to crash" in capsys.readouterr().out
