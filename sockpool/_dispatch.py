@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import math
 import os
 import secrets
@@ -25,13 +26,15 @@ from typing import Any
 import zmq
 
 from . import protocol, relay, serialization
-from ._jobs import Chunk, FutureJob, Job, decode_outcome
+from ._jobs import Chunk, FutureJob, Job, TaskFailure, decode_outcome
 from ._workers import LOST, READY, SETUP, STARTING, STOPPED, WorkerRecord, launch_error, lost_error
 from .errors import ClusterClosedError, LaunchError, SockpoolError
 from .launchers.base import Launcher
 from .protocol import Flag, Kind
 from .scheduler import Scheduler
 from .transport import MasterSocket
+
+logger = logging.getLogger("sockpool")
 
 #: Bytes of function payloads a worker may cache before the oldest are dropped.
 FUNCTION_CACHE_BYTES = 512 * 1024 * 1024
@@ -317,7 +320,8 @@ class Dispatcher:
         # behind it never started and go back to the front of the queue.
         running, queued = held[:1], held[1:]
         for chunk in running:  # what it wrote before it was lost still reaches the user
-            relay.emit(chunk.output)
+            with contextlib.suppress(Exception):  # (a warning under -W error: the loss wins)
+                relay.emit(chunk.output)
             output_tail = relay.tail(chunk.output)
             if output_tail:
                 tail = f"{output_tail}\n{tail}" if tail else output_tail
@@ -375,6 +379,8 @@ class Dispatcher:
                 self._on_message(frames)
             except protocol.ProtocolError:
                 continue  # malformed: dropped, never acted on
+            except Exception:  # one bad message must not take the cluster down
+                logger.exception("sockpool: dropped a message that could not be handled")
 
     def _on_message(self, frames: list[Any]) -> None:
         if len(frames) < 2:
@@ -454,7 +460,9 @@ class Dispatcher:
             return
         batch = serialization.loads(*payload)
         if self.relay_live:
-            relay.emit([batch])
+            text, rest = relay.split_text(batch)
+            relay.emit([text])
+            chunk.output.append(rest)
         else:
             chunk.output.append(batch)
 
@@ -464,7 +472,10 @@ class Dispatcher:
         assert chunk is not None
         record.setup_chunk = None
         _, failures, _, output = decode_outcome(chunk, record.label, payload)
-        relay.emit(output)
+        try:
+            relay.emit(output)
+        except Exception as exc:  # a warning under an "error" filter fails the setup
+            failures = [TaskFailure(0, exc)]
         if not failures:
             self._ready(record)
             return

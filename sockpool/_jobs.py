@@ -175,7 +175,11 @@ class FutureJob(Job):
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
         values, failures, _, output = decode_outcome(chunk, label, payload)
-        relay.emit(output)
+        try:
+            relay.emit(output)
+        except Exception as exc:  # a warning under an "error" filter: the call raises it
+            self._settle(error=exc)
+            return
         if failures:
             self._settle(error=failures[0].error)
         else:

@@ -231,6 +231,13 @@ def emit(batches: list[Batch], prefix: str = "") -> None:
                     logger.handle(logging.makeLogRecord(fields))
 
 
+def split_text(batch: Batch) -> tuple[Batch, Batch]:
+    """``(text only, warnings and records only)``: live text is written by the I/O
+    thread, but a warning may raise (``-W error``), so it waits for the caller."""
+    out, err, caught, records = batch
+    return (out, err, [], []), ("", "", caught, records)
+
+
 def _write(stream: TextIO, text: str, prefix: str) -> None:
     if prefix:
         lines = text.splitlines(keepends=True)

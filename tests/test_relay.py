@@ -160,3 +160,30 @@ def test_a_worker_that_crashes_still_gets_its_last_output_home(
     assert "about to crash" in str(info.value)
     assert "C-level last words" in str(info.value)
     assert "about to crash" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("relay", ["True", "'live'"])
+def test_a_warning_under_error_raises_for_its_call_and_the_cluster_lives_on(
+        tmp_path: Path, relay: str) -> None:
+    result = run_script(f"""
+        import warnings
+        from sockpool import Cluster
+
+        def warn(x):
+            print("before the warning")
+            warnings.warn("boom", UserWarning)
+            return x
+
+        if __name__ == "__main__":
+            with Cluster(n=1, relay={relay}) as cl:
+                for call in (lambda: cl.submit(warn, 1).result(timeout=20),
+                             lambda: cl.par_map(warn, [1])):
+                    try:
+                        call()
+                    except UserWarning as exc:
+                        print("raised", exc)
+                print("still usable", cl.par_map(abs, [-3]))
+    """, tmp_path, env={"PYTHONWARNINGS": "error::UserWarning"})
+    assert result.stdout.splitlines() == [
+        "before the warning", "raised boom", "before the warning", "raised boom",
+        "still usable [3]"]
