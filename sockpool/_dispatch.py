@@ -27,7 +27,17 @@ import zmq
 
 from . import protocol, relay, serialization
 from ._jobs import Chunk, FutureJob, Job, TaskFailure, decode_outcome
-from ._workers import LOST, READY, SETUP, STARTING, STOPPED, WorkerRecord, launch_error, lost_error
+from ._workers import (
+    LOST,
+    READY,
+    SETUP,
+    STARTING,
+    STOPPED,
+    WorkerRecord,
+    launch_error,
+    lost_error,
+    timeout_error,
+)
 from .errors import ClusterClosedError, LaunchError, SockpoolError
 from .launchers.base import Launcher
 from .protocol import Flag, Kind
@@ -46,6 +56,8 @@ PROCESS_POLL_INTERVAL = 0.25
 EXIT_GRACE = 0.1
 #: After SHUTDOWN, how long workers get to exit before SIGTERM, then SIGKILL.
 STOP_GRACE = (2.0, 1.0, 1.0)
+#: Added to a task's time limit for the trip to the worker and back.
+TIMEOUT_SLACK = 0.05
 #: Replacement workers that fail to start this many times in a row stop the replacing.
 MAX_FAILED_REPLACEMENTS = 3
 #: Messages read per loop turn before commands get a look-in again.
@@ -101,6 +113,7 @@ class Dispatcher:
         # queued (or wake-up byte written) once the pipe is closed.
         self._wake_lock = threading.Lock()
         self._exit_fds: set[int] = set()  # pidfds: readable when a worker process ends
+        self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
 
         self.state_changed = threading.Condition()
         self.n_ready = 0
@@ -175,6 +188,7 @@ class Dispatcher:
                 self.call_soon(self._begin_close, cancel)
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self.closed.wait(timeout)
+            self._thread.join(1.0)  # its last steps after closed is set: then it is gone
 
     # -- the I/O thread --------------------------------------------------------------
 
@@ -187,10 +201,10 @@ class Dispatcher:
             for _ in range(self.target):
                 self._launch()
             sock, wake = self.master.socket, self._wake_r
-            next_poll = 0.0
+            self._next_check = 0.0
             next_heartbeat = time.monotonic() + self.heartbeat_interval
             while True:
-                timeout = min(next_heartbeat, next_poll) - time.monotonic()
+                timeout = min(next_heartbeat, self._next_check) - time.monotonic()
                 exited = False
                 for source, _ in poller.poll(max(0, math.ceil(timeout * 1000))):
                     if source is sock:
@@ -202,8 +216,8 @@ class Dispatcher:
                 if self._commands:
                     self._run_commands()
                 now = time.monotonic()
-                if exited or now >= next_poll:
-                    next_poll = now + self._check_processes(now)
+                if exited or now >= self._next_check:
+                    self._next_check = now + self._check_processes(now)
                 if now >= next_heartbeat:
                     self._heartbeat(now)
                     next_heartbeat = now + self.heartbeat_interval
@@ -289,7 +303,24 @@ class Dispatcher:
                   and now - record.last_heard > self.heartbeat_timeout):
                 record.process.kill()
                 self._lost(record, f"silent for {now - record.last_heard:.1f} s (heartbeat lost)")
+            elif (deadline := self._deadline(record)) is not None:
+                if now >= deadline:
+                    record.timed_out = next(iter(self.scheduler.in_flight[record.id].values()))
+                    record.process.kill()  # a task past its time limit cannot be trusted
+                    self._lost(record, "stopped: its task ran past its time limit")
+                else:
+                    wait = min(wait, deadline - now)
         return wait
+
+    def _deadline(self, record: WorkerRecord) -> float | None:
+        """When the chunk a worker runs overruns its job's time limit, if it has one."""
+        held = self.scheduler.in_flight.get(record.id)
+        if not held:
+            return None
+        chunk = next(iter(held.values()))
+        if not chunk.job.timeout:
+            return None
+        return chunk.sent_at + chunk.job.timeout * chunk.count + TIMEOUT_SLACK
 
     def _unwatch(self, record: WorkerRecord) -> None:
         """Stop polling a worker's pidfd (once it fired, it stays readable)."""
@@ -335,6 +366,8 @@ class Dispatcher:
             if chunk.pinned is None and chunk.attempts < chunk.job.retries:
                 chunk.attempts += 1
                 self.scheduler.requeue(chunk)
+            elif chunk is record.timed_out:
+                chunk.job.fail(chunk, timeout_error(record, chunk))
             else:
                 chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
         self._replace(f"worker {record.id} {how}", tail)
@@ -509,6 +542,9 @@ class Dispatcher:
         else:
             fn_inband, fn_buffers = function.inband, function.buffers
             self._cache(record, function.digest, function.nbytes)
+        if job.timeout:  # check its deadline on time, not at the next periodic check
+            deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK
+            self._next_check = min(self._next_check, deadline)
         head = protocol.header(Kind.TASK, job.flags, job.id, chunk.id)
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
                                     len(fn_buffers), chunk.frames[0])
@@ -550,8 +586,11 @@ class Dispatcher:
         self.scheduler.submit(chunks)
 
     def broadcast(self, job: Job, frames: list[Any], future: Future[list[Chunk]]) -> None:
-        """Pin one call to every ready worker; the future gets the chunks, by worker id."""
-        workers = sorted(self.scheduler.workers)
+        """Pin one call to every live worker; the future gets the chunks, by worker id.
+
+        A worker still starting (a replacement, say) runs it once it is ready.
+        """
+        workers = sorted(r.id for r in self.workers.values() if r.alive)
         chunks = [job.chunk(position, 1, frames, pinned=worker_id)
                   for position, worker_id in enumerate(workers)]
         self.submit(chunks)

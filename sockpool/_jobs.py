@@ -65,9 +65,11 @@ class TaskFailure(NamedTuple):
 class Job:
     """One call's function payload and settings; subclasses say where results go."""
 
-    def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0) -> None:
+    def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0,
+                 timeout: float | None = None) -> None:
         self.id = next(_job_ids) & 0xFFFFFFFF
         self.function = function
+        self.timeout = timeout  # per task, in seconds
         self.flags = flags
         self.retries = retries
         self.cancelled = False
@@ -144,8 +146,9 @@ class StreamJob(Job):
     one dropped by cancellation.
     """
 
-    def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0) -> None:
-        super().__init__(function, flags, retries)
+    def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0,
+                 timeout: float | None = None) -> None:
+        super().__init__(function, flags, retries, timeout)
         self.events: queue.SimpleQueue[tuple[Chunk, WorkerLabel | None, Any]] = queue.SimpleQueue()
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from . import protocol
 from ._jobs import Chunk, WorkerLabel
-from .errors import LaunchError, WorkerLostError
+from .errors import LaunchError, TaskTimeoutError, WorkerLostError
 from .launchers.base import WorkerProcess
 
 #: The states of a worker, in the order it passes through them.
@@ -35,6 +35,7 @@ class WorkerRecord:
         self.setup_chunk: Chunk | None = None
         self.failure: LaunchError | None = None  # why it could not start, when known
         self.exited_at: float | None = None  # when its process was first seen ended
+        self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
 
     @property
     def label(self) -> WorkerLabel:
@@ -56,6 +57,15 @@ def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk) -> Worke
         message += f"\nits stderr ends with:\n{tail}"
     return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,
                            exit_status=how, stderr_tail=tail)
+
+
+def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
+    """The error of a chunk that ran past its job's time limit."""
+    tasks = f"task {chunk.first_index}" if chunk.count == 1 else (
+        f"tasks {chunk.first_index}..{chunk.first_index + chunk.count - 1}")
+    return TaskTimeoutError(
+        f"{tasks} ran longer than {chunk.job.timeout:g} s (timeout=) on {record.label}; "
+        "the worker was stopped and is replaced")
 
 
 def launch_error(record: WorkerRecord, how: str, tail: str) -> LaunchError:

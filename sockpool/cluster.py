@@ -146,8 +146,9 @@ def _check_options(chunksize: int | None, retries: int, errors: str, timeout: fl
         raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-    if timeout is not None:
-        raise NotImplementedError("per-task timeout= is not available yet")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
 
 
 def _as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
@@ -398,7 +399,10 @@ class Cluster(concurrent.futures.Executor):
             chunksize: tasks per message (default: about four chunks per worker).
             ordered: results in input order (else in the order they finish).
             progress: show a progress bar (needs tqdm).
-            timeout: per-task time limit in seconds (not available yet).
+            timeout: per-task time limit in seconds: a task that runs longer
+                fails with ``TaskTimeoutError`` (or is retried, with
+                ``retries``) and its worker is stopped and replaced.  Chunks
+                default to one task then.
             retries: times a task is re-run when its worker is lost.
             errors: ``"raise"`` the first failure, or ``"return"`` exceptions in place.
 
@@ -440,10 +444,10 @@ class Cluster(concurrent.futures.Executor):
         _check_iterables(iterables, method)
         _check_options(chunksize, retries, errors, timeout)
         items = _as_sequence(iterables)
-        job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries)
+        job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries, timeout)
         if not items:
             return []
-        size = chunksize or auto_chunksize(len(items), self._worker_count())
+        size = chunksize or (1 if timeout else auto_chunksize(len(items), self._worker_count()))
         chunks = eager_chunks(job, items, size, self._serializer)
         blocks = stream_blocks(
             job, EagerFeed(chunks), submit=self._submit_chunks, cancel=self._canceller(job),
@@ -466,8 +470,10 @@ class Cluster(concurrent.futures.Executor):
 
         At most a few chunks per worker are in flight (and, when ``ordered``,
         waiting their turn), so memory stays flat even for an endless input.
-        Without ``chunksize`` chunks grow from 1 to what takes about 20 ms.
-        An ordered imap yields every result before a failing task, then raises.
+        Without ``chunksize`` chunks grow from 1 to what takes about 20 ms
+        (with ``timeout``, they stay at 1).  ``timeout``, ``retries`` and
+        ``errors`` are as in :meth:`par_map`.  An ordered imap yields every
+        result before a failing task, then raises.
         """
         self._check_open()
         _check_callable(fn, "imap")
@@ -476,8 +482,8 @@ class Cluster(concurrent.futures.Executor):
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
         function = self._dump_function(fn, copy_buffers=True)
-        job = StreamJob(function, self._flags(star, errors), retries)
-        feed = LazyFeed(job, items, chunksize, self._serializer)
+        job = StreamJob(function, self._flags(star, errors), retries, timeout)
+        feed = LazyFeed(job, items, chunksize or (1 if timeout else None), self._serializer)
         window = self._worker_count() * (self._dispatcher.scheduler.prefetch + 1)
         blocks = stream_blocks(job, feed, submit=self._submit_chunks, cancel=self._canceller(job),
                                window=window, ordered=ordered, errors=errors,

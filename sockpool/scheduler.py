@@ -7,6 +7,8 @@ which balances the load.  A worker whose current chunk has run longer than
 :data:`PREFETCH_HORIZON` gets nothing queued behind it: the next chunk waits
 here for whichever worker frees up first, rather than behind a long task.
 Chunks pinned to a worker (``run_on_all``, ``setup``) go only there, first.
+A chunk with a time limit goes only to an idle worker, and nothing is queued
+behind it, so that its clock starts when it is sent.
 """
 
 from __future__ import annotations
@@ -82,8 +84,12 @@ class Scheduler:
             for worker_id, held in self.in_flight.items():
                 if len(held) != depth:
                     continue
-                if depth and now - next(iter(held.values())).sent_at > PREFETCH_HORIZON:
-                    continue  # busy with something long: queue nothing behind it
+                if depth:
+                    oldest = next(iter(held.values()))
+                    if now - oldest.sent_at > PREFETCH_HORIZON or oldest.job.timeout:
+                        continue  # busy with something long or timed: nothing behind it
+                    if self.pending and self.pending[0].job.timeout:
+                        continue  # a timed chunk waits for an idle worker
                 chunk = self._next_for(worker_id)
                 if chunk is None:
                     continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import faulthandler
 import itertools
 import json
 import os
@@ -358,6 +359,9 @@ def main() -> int:
         print("sockpool worker: no configuration on stdin", file=sys.stderr)
         return 2
     config = json.loads(line)
+    # A task that crashes the interpreter (a segfault in C code) still leaves its
+    # Python traceback in the worker's stderr, which the master quotes.
+    faulthandler.enable(all_threads=False)
     if config.get("parent_pid"):
         _set_parent_death_signal(config["parent_pid"])
     for entry in reversed(config.get("sys_path", [])):

@@ -1,0 +1,190 @@
+"""Faults proven with real signals on real processes: timeouts, crashes, shutdown, soak."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import wait_gone
+
+from sockpool import Cluster, TaskTimeoutError, WorkerLostError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def hold_the_gil_ignoring_signals(seconds: int) -> None:
+    """A task no signal reaches: SIGTERM and SIGINT ignored, the GIL held in C."""
+    import ctypes
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctypes.PyDLL(None).sleep(seconds)  # PyDLL keeps the GIL: the watchdog cannot run
+
+
+def test_a_task_past_its_timeout_fails_and_its_worker_is_replaced(cluster: Cluster) -> None:
+    before = {w.pid for w in cluster.workers}
+    started = time.monotonic()
+    results = cluster.par_map(nap, [0.1, 30, 0.1], timeout=1.0, errors="return")
+    assert time.monotonic() - started < 3
+    assert results[0] == results[2] == 0.1
+    error = results[1]
+    assert isinstance(error, TaskTimeoutError) and isinstance(error, TimeoutError)
+    assert "task 1 ran longer than 1 s" in str(error)
+    deadline = time.monotonic() + 10
+    while cluster.n_workers < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert cluster.n_workers == 2 and len({w.pid for w in cluster.workers} - before) == 1
+    with pytest.raises(TaskTimeoutError):
+        list(cluster.imap(nap, [30], timeout=0.5))
+
+
+def test_a_timeout_stops_even_a_task_that_holds_the_gil_and_ignores_signals(
+        cluster: Cluster) -> None:
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError):
+        cluster.par_map(hold_the_gil_ignoring_signals, [60], timeout=0.5)
+    assert time.monotonic() - started < 3
+    assert cluster.par_map(abs, [-2]) == [2]
+
+
+def test_retries_rerun_a_task_that_timed_out(cluster: Cluster, tmp_path: Path) -> None:
+    marker = str(tmp_path / "slow-once")
+
+    def slow_the_first_time(x: int) -> int:
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(30)
+        return x
+
+    assert cluster.par_map(slow_the_first_time, [5], timeout=0.5, retries=1) == [5]
+
+
+def test_bad_timeouts_are_refused(shared_cluster: Cluster) -> None:
+    for bad in (0, -1, "1", True):
+        with pytest.raises(ValueError, match="timeout"):
+            shared_cluster.par_map(abs, [1], timeout=bad)  # type: ignore[arg-type]
+
+
+def test_close_is_bounded_even_when_a_worker_ignores_every_signal() -> None:
+    cl = Cluster(n=1)
+    pid = cl.workers[0].pid
+    cl.submit(hold_the_gil_ignoring_signals, 60)
+    time.sleep(0.5)
+    started = time.monotonic()
+    cl.close()
+    assert time.monotonic() - started < 6  # SHUTDOWN, SIGTERM at 2 s, SIGKILL at 3 s
+    assert wait_gone([pid], 2) == []
+
+
+def test_a_segfault_is_a_lost_worker_whose_replacement_has_setup_and_exports() -> None:
+    def setup() -> None:
+        os.environ["SETUP_DONE"] = "yes"
+
+    def segfault() -> None:
+        import ctypes
+
+        ctypes.string_at(0)
+
+    def state() -> tuple[str | None, object]:
+        import __main__
+
+        return os.environ.get("SETUP_DONE"), getattr(__main__, "SETTING", None)
+
+    with Cluster(n=1, setup=setup) as cl:
+        cl.export(SETTING=42)
+        with pytest.raises(WorkerLostError, match="SIGSEGV") as info:
+            cl.submit(segfault).result(timeout=20)
+        assert info.value.exit_status == "killed by SIGSEGV"
+        tail = info.value.stderr_tail  # the worker log's: the task's own crash traceback
+        assert "Fatal Python error: Segmentation fault" in tail and "in segfault" in tail
+        assert cl.run_on_all(state) == [("yes", 42)]
+
+
+def test_memory_exhaustion_under_rlimit_fails_the_task_not_the_cluster() -> None:
+    def limit_memory() -> None:
+        import resource
+
+        import psutil
+
+        vms = psutil.Process().memory_info().vms
+        resource.setrlimit(resource.RLIMIT_AS, (vms + 512 * 1024 * 1024, resource.RLIM_INFINITY))
+
+    def allocate(megabytes: int) -> int:
+        return len(bytearray(megabytes * 1024 * 1024))
+
+    with Cluster(n=1, setup=limit_memory) as cl:
+        with pytest.raises(MemoryError):
+            cl.par_map(allocate, [4096])
+        assert cl.par_map(allocate, [16]) == [16 * 1024 * 1024]
+
+
+def test_a_second_ctrl_c_during_shutdown_still_exits_cleanly(tmp_path: Path) -> None:
+    script = tmp_path / "double_interrupt.py"
+    script.write_text(
+        "import json, time\n"
+        "from sockpool import Cluster\n"
+        "def stubborn(x):\n"
+        "    import signal, ctypes\n"
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "    ctypes.PyDLL(None).sleep(60)\n"
+        "with Cluster(n=2) as cl:\n"
+        "    print(json.dumps([w.pid for w in cl.workers]), flush=True)\n"
+        "    cl.par_map(stubborn, [1, 2], chunksize=1)\n")
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        pids = json.loads(master.stdout.readline())
+        time.sleep(0.5)
+        os.kill(master.pid, signal.SIGINT)  # the map is cancelled; closing begins
+        time.sleep(0.3)
+        os.kill(master.pid, signal.SIGINT)  # a second Ctrl-C while it closes
+        master.wait(15)
+        assert master.returncode != 0
+        assert wait_gone(pids, 5) == []
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
+
+
+def test_soak_200_clusters_leave_no_process_thread_or_file_descriptor() -> None:
+    me = psutil.Process()
+    with Cluster(n=2) as cl:  # warm imports and caches first
+        cl.par_map(abs, range(10))
+    fds, threads = me.num_fds(), threading.active_count()
+    children = set(me.children(recursive=True))  # other tests' shared clusters
+    for i in range(200):
+        with Cluster(n=2) as cl:
+            assert cl.par_map(abs, range(-i, 0)) == list(range(i, 0, -1))
+    left = [(p.pid, p.status(), p.cmdline()) for p in me.children(recursive=True)
+            if p not in children]
+    assert left == []
+    assert threading.active_count() == threads
+    assert me.num_fds() == fds
+
+
+def test_imap_over_a_million_tasks_keeps_memory_flat(shared_cluster: Cluster) -> None:
+    me = psutil.Process()
+    start = me.memory_info().rss
+    peak = start
+    total = 0
+    for count, value in enumerate(shared_cluster.imap(abs, iter(range(1_000_000))), 1):
+        total += value
+        if count % 50_000 == 0:
+            peak = max(peak, me.memory_info().rss)
+    assert total == sum(range(1_000_000))
+    assert peak - start < 100 * 1024 * 1024, f"grew by {(peak - start) / 1e6:.0f} MB"
