@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -30,6 +33,25 @@ def run_script(source: str, tmp_path: Path, *args: str, timeout: float = 60,
         raise AssertionError(f"script failed ({result.returncode}):\n--- stdout\n{result.stdout}"
                              f"\n--- stderr\n{result.stderr}")
     return result
+
+
+@contextlib.contextmanager
+def master_program(path: Path, source: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """Start a user program whose first line of output is its workers' pids as JSON.
+
+    Yields the running program and those pids; the program is ended (by pid)
+    whatever the test does to it.
+    """
+    path.write_text(textwrap.dedent(source))
+    master = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        yield master, json.loads(master.stdout.readline())
+    finally:
+        if master.poll() is None:
+            master.kill()
+        master.wait()
 
 
 def wait_gone(pids: list[int], timeout: float) -> list[int]:

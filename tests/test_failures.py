@@ -179,28 +179,17 @@ def test_export_from_a_namespace_and_its_errors(cluster: Cluster) -> None:
 
 
 def test_workers_give_up_on_a_silent_master(tmp_path: Path) -> None:
-    import json
-    import subprocess
-    import sys
+    from helpers import master_program, wait_gone
 
-    from helpers import wait_gone
-
-    script = tmp_path / "frozen_master.py"
-    script.write_text(
-        "import json, time\n"
-        "from sockpool import Cluster\n"
-        "cl = Cluster(n=2, heartbeat_interval=0.1, heartbeat_timeout=1.0)\n"
-        "print(json.dumps([w.pid for w in cl.workers]), flush=True)\n"
-        "time.sleep(60)\n")
-    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert master.stdout is not None
-        pids = json.loads(master.stdout.readline())
+    with master_program(tmp_path / "frozen_master.py", """
+        import json, time
+        from sockpool import Cluster
+        cl = Cluster(n=2, heartbeat_interval=0.1, heartbeat_timeout=1.0)
+        print(json.dumps([w.pid for w in cl.workers]), flush=True)
+        time.sleep(60)
+    """) as (master, pids):
         os.kill(master.pid, signal.SIGSTOP)  # alive, stdin open, but silent
         assert wait_gone(pids, 5) == [], "workers kept waiting on a frozen master"
-    finally:
-        master.kill()
-        master.wait()
 
 
 class HeartbeatOnlyLauncher(LocalLauncher):

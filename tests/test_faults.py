@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from helpers import wait_gone
+from helpers import master_program, wait_gone
 
 from sockpool import Cluster, TaskTimeoutError, WorkerLostError
 
@@ -132,22 +129,17 @@ def test_memory_exhaustion_under_rlimit_fails_the_task_not_the_cluster() -> None
 
 
 def test_a_second_ctrl_c_during_shutdown_still_exits_cleanly(tmp_path: Path) -> None:
-    script = tmp_path / "double_interrupt.py"
-    script.write_text(
-        "import json, time\n"
-        "from sockpool import Cluster\n"
-        "def stubborn(x):\n"
-        "    import signal, ctypes\n"
-        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "    ctypes.PyDLL(None).sleep(60)\n"
-        "with Cluster(n=2) as cl:\n"
-        "    print(json.dumps([w.pid for w in cl.workers]), flush=True)\n"
-        "    cl.par_map(stubborn, [1, 2], chunksize=1)\n")
-    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        assert master.stdout is not None
-        pids = json.loads(master.stdout.readline())
+    with master_program(tmp_path / "double_interrupt.py", """
+        import json, time
+        from sockpool import Cluster
+        def stubborn(x):
+            import signal, ctypes
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            ctypes.PyDLL(None).sleep(60)
+        with Cluster(n=2) as cl:
+            print(json.dumps([w.pid for w in cl.workers]), flush=True)
+            cl.par_map(stubborn, [1, 2], chunksize=1)
+    """) as (master, pids):
         time.sleep(0.5)
         os.kill(master.pid, signal.SIGINT)  # the map is cancelled; closing begins
         time.sleep(0.3)
@@ -155,10 +147,6 @@ def test_a_second_ctrl_c_during_shutdown_still_exits_cleanly(tmp_path: Path) -> 
         master.wait(15)
         assert master.returncode != 0
         assert wait_gone(pids, 5) == []
-    finally:
-        if master.poll() is None:
-            master.kill()
-            master.wait()
 
 
 def test_soak_200_clusters_leave_no_process_thread_or_file_descriptor() -> None:

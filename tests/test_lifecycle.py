@@ -6,13 +6,11 @@ import gc
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import run_script, wait_gone
+from helpers import master_program, run_script, wait_gone
 
 import sockpool
 from sockpool import Cluster, ClusterClosedError, LaunchError, WorkerInfo
@@ -101,26 +99,18 @@ def test_unhandled_exception_in_the_master_leaves_nothing(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_workers_exit_when_the_master_is_killed(tmp_path: Path, signum: int) -> None:
-    script = tmp_path / "master.py"
-    script.write_text(
-        "import json, time\n"
-        "from sockpool import Cluster\n"
-        "cl = Cluster(n=2)\n"
-        "print(json.dumps([w.pid for w in cl.workers]), flush=True)\n"
-        "cl.par_map(time.sleep, [30, 30])\n")
-    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert master.stdout is not None
-        pids = json.loads(master.stdout.readline())
+    with master_program(tmp_path / "master.py", """
+        import json, time
+        from sockpool import Cluster
+        cl = Cluster(n=2)
+        print(json.dumps([w.pid for w in cl.workers]), flush=True)
+        cl.par_map(time.sleep, [30, 30])
+    """) as (master, pids):
         time.sleep(0.3)  # the workers are now busy in a task
         os.kill(master.pid, signum)
         master.wait(10)
         # Local workers see stdin close (and get the parent-death signal) at once.
         assert wait_gone(pids, 3) == []
-    finally:
-        if master.poll() is None:
-            master.kill()
-            master.wait()
 
 
 def test_bad_constructor_arguments() -> None:
