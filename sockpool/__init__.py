@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .cores import detect_cores
     from .inspection import CaptureEntry, CaptureReport, inspect_capture
     from .launchers import LocalLauncher
+    from .rng import task_rng
 
 __all__ = [
     "CaptureEntry",
@@ -52,6 +53,7 @@ __all__ = [
     "bind_to_env",
     "detect_cores",
     "inspect_capture",
+    "task_rng",
 ]
 
 _LAZY = {
@@ -63,6 +65,7 @@ _LAZY = {
     "WorkerInfo": ".cluster",
     "detect_cores": ".cores",
     "LocalLauncher": ".launchers",
+    "task_rng": ".rng",
 }
 
 

@@ -547,7 +547,7 @@ class Dispatcher:
             self._next_check = min(self._next_check, deadline)
         head = protocol.header(Kind.TASK, job.flags, job.id, chunk.id)
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
-                                    len(fn_buffers), chunk.frames[0])
+                                    len(fn_buffers), chunk.frames[0], job.seed)
         return self.master.send(record.data_identity, [first, *fn_buffers, *chunk.frames[1:]])
 
     def _cache(self, record: WorkerRecord, digest: bytes, size: int) -> None:

@@ -66,10 +66,12 @@ class Job:
     """One call's function payload and settings; subclasses say where results go."""
 
     def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, seed: tuple[int, int | None] | None = None
+                 ) -> None:
         self.id = next(_job_ids) & 0xFFFFFFFF
         self.function = function
         self.timeout = timeout  # per task, in seconds
+        self.seed = seed  # (entropy, the cluster's call number or None), see rng.py
         self.flags = flags
         self.retries = retries
         self.cancelled = False
@@ -147,8 +149,9 @@ class StreamJob(Job):
     """
 
     def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0,
-                 timeout: float | None = None) -> None:
-        super().__init__(function, flags, retries, timeout)
+                 timeout: float | None = None, seed: tuple[int, int | None] | None = None
+                 ) -> None:
+        super().__init__(function, flags, retries, timeout, seed)
         self.events: queue.SimpleQueue[tuple[Chunk, WorkerLabel | None, Any]] = queue.SimpleQueue()
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
@@ -168,8 +171,9 @@ class FutureJob(Job):
     no lock is needed here.
     """
 
-    def __init__(self, function: FunctionPayload, future: Future[Any]) -> None:
-        super().__init__(function, Flag.CALL)
+    def __init__(self, function: FunctionPayload, future: Future[Any],
+                 seed: tuple[int, int | None] | None = None) -> None:
+        super().__init__(function, Flag.CALL, seed=seed)
         self.future = future
 
     def start(self, chunk: Chunk) -> bool:

@@ -38,6 +38,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import enum
+import itertools
 import logging
 import os
 import threading
@@ -66,6 +67,7 @@ from .cores import detect_cores
 from .errors import ClusterClosedError
 from .launchers import Launcher, LocalLauncher
 from .protocol import Flag
+from .rng import check_seed
 from .serialization import FunctionPayload
 
 T = TypeVar("T")
@@ -193,6 +195,11 @@ class Cluster(concurrent.futures.Executor):
         threads_per_worker: caps BLAS/OpenMP threads in each worker.  With the
             default 1 the variables are set only where this process's
             environment does not set them already.
+        seed: root seed of reproducible per-task random streams: the k-th
+            seeded call (a map or a submit) since the seed was set gives its
+            task i the stream ``SeedSequence(seed, spawn_key=(k, i))``, which
+            seeds ``random``, NumPy's global state and :func:`task_rng`.
+            Results are then the same for any number of workers or chunk size.
         serializer: ``"cloudpickle"`` (default), ``"dill"`` or ``"pickle"``.
         max_capture_size: bytes a task function may carry (its captured
             globals and closures) before ``CaptureError`` stops the call;
@@ -229,6 +236,7 @@ class Cluster(concurrent.futures.Executor):
         env: Mapping[str, str] | None = None,
         setup: Callable[[], Any] | None = None,
         threads_per_worker: int | None = 1,
+        seed: int | None = None,
         serializer: str = "cloudpickle",
         max_capture_size: int | None = DEFAULT_MAX_CAPTURE_SIZE,
         relay: bool | str = True,
@@ -256,6 +264,8 @@ class Cluster(concurrent.futures.Executor):
                 not isinstance(max_capture_size, int) or max_capture_size < 1):
             raise ValueError(f"max_capture_size must be a positive number of bytes or None, "
                              f"not {max_capture_size!r}")
+        if seed is not None:
+            check_seed(seed)
         if relay not in (True, False, "live"):
             raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
         if log_level is None:
@@ -269,6 +279,8 @@ class Cluster(concurrent.futures.Executor):
 
         self._serializer = serializer
         self._max_capture_size = max_capture_size
+        self._seed = seed
+        self._seeded_calls = itertools.count()  # k in the seeding rule above
         self._owner_pid = os.getpid()
         self._state = ClusterState.RUNNING
         setup_job = None
@@ -378,6 +390,25 @@ class Cluster(concurrent.futures.Executor):
         if self._state is not ClusterState.RUNNING or self._dispatcher.closed.is_set():
             raise ClusterClosedError("this cluster is closed")
 
+    def set_seed(self, seed: int | None) -> None:
+        """Set (or with None, clear) the root seed; calls are counted afresh from it.
+
+        Raises:
+            ValueError: ``seed`` is not a non-negative integer.
+        """
+        if seed is not None:
+            check_seed(seed)
+        self._seed = seed
+        self._seeded_calls = itertools.count()
+
+    def _call_seed(self, seed: int | None) -> tuple[int, int | None] | None:
+        """This call's seed: ``(entropy, call number or None)``, or None when unseeded."""
+        if seed is not None:
+            return check_seed(seed), None
+        if self._seed is not None:
+            return self._seed, next(self._seeded_calls)
+        return None
+
     # -- maps -------------------------------------------------------------------------
 
     def par_map(
@@ -390,6 +421,7 @@ class Cluster(concurrent.futures.Executor):
         timeout: float | None = None,
         retries: int = 0,
         errors: str = "raise",
+        seed: int | None = None,
     ) -> list[T]:
         """Apply ``fn`` to every item (to items of several iterables in step) in parallel.
 
@@ -405,6 +437,8 @@ class Cluster(concurrent.futures.Executor):
                 default to one task then.
             retries: times a task is re-run when its worker is lost.
             errors: ``"raise"`` the first failure, or ``"return"`` exceptions in place.
+            seed: a seed for this call alone: task i gets the stream
+                ``SeedSequence(seed, spawn_key=(i,))`` (see ``Cluster(seed=)``).
 
         Returns:
             The list of results.
@@ -417,7 +451,7 @@ class Cluster(concurrent.futures.Executor):
         """
         return self._map_list("par_map", fn, iterables, star=len(iterables) > 1,
                               chunksize=chunksize, ordered=ordered, progress=progress,
-                              timeout=timeout, retries=retries, errors=errors)
+                              timeout=timeout, retries=retries, errors=errors, seed=seed)
 
     def par_starmap(
         self,
@@ -430,21 +464,24 @@ class Cluster(concurrent.futures.Executor):
         timeout: float | None = None,
         retries: int = 0,
         errors: str = "raise",
+        seed: int | None = None,
     ) -> list[T]:
         """Like :meth:`par_map`, calling ``fn(*args)`` for each tuple ``args``."""
         return self._map_list("par_starmap", fn, (iterable,), star=True, chunksize=chunksize,
                               ordered=ordered, progress=progress, timeout=timeout,
-                              retries=retries, errors=errors)
+                              retries=retries, errors=errors, seed=seed)
 
     def _map_list(self, method: str, fn: Callable[..., T], iterables: tuple[Any, ...], *,
                   star: bool, chunksize: int | None, ordered: bool, progress: bool,
-                  timeout: float | None, retries: int, errors: str) -> list[T]:
+                  timeout: float | None, retries: int, errors: str, seed: int | None
+                  ) -> list[T]:
         self._check_open()
         _check_callable(fn, method)
         _check_iterables(iterables, method)
         _check_options(chunksize, retries, errors, timeout)
         items = _as_sequence(iterables)
-        job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries, timeout)
+        job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries, timeout,
+                        self._call_seed(seed))
         if not items:
             return []
         size = chunksize or (1 if timeout else auto_chunksize(len(items), self._worker_count()))
@@ -465,6 +502,7 @@ class Cluster(concurrent.futures.Executor):
         timeout: float | None = None,
         retries: int = 0,
         errors: str = "raise",
+        seed: int | None = None,
     ) -> Iterator[T]:
         """Apply ``fn`` lazily: results as they come, input read as room frees up.
 
@@ -472,7 +510,7 @@ class Cluster(concurrent.futures.Executor):
         waiting their turn), so memory stays flat even for an endless input.
         Without ``chunksize`` chunks grow from 1 to what takes about 20 ms
         (with ``timeout``, they stay at 1).  ``timeout``, ``retries`` and
-        ``errors`` are as in :meth:`par_map`.  An ordered imap yields every
+        ``errors`` and ``seed`` are as in :meth:`par_map`.  An ordered imap yields every
         result before a failing task, then raises.
         """
         self._check_open()
@@ -482,7 +520,8 @@ class Cluster(concurrent.futures.Executor):
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
         function = self._dump_function(fn, copy_buffers=True)
-        job = StreamJob(function, self._flags(star, errors), retries, timeout)
+        job = StreamJob(function, self._flags(star, errors), retries, timeout,
+                        self._call_seed(seed))
         feed = LazyFeed(job, items, chunksize or (1 if timeout else None), self._serializer)
         window = self._worker_count() * (self._dispatcher.scheduler.prefetch + 1)
         blocks = stream_blocks(job, feed, submit=self._submit_chunks, cancel=self._canceller(job),
@@ -509,7 +548,8 @@ class Cluster(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
         items = _as_sequence(iterables)
-        job = StreamJob(self._dump_function(fn, copy_buffers=True), self._flags(star, "raise"))
+        job = StreamJob(self._dump_function(fn, copy_buffers=True), self._flags(star, "raise"),
+                        seed=self._call_seed(None))
         chunks = eager_chunks(job, items, chunksize, self._serializer)
         self._submit_chunks(chunks)  # now, not at the first next(): the Executor contract
         blocks = stream_blocks(job, EagerFeed([]), submit=self._submit_chunks,
@@ -520,11 +560,16 @@ class Cluster(concurrent.futures.Executor):
     # -- single calls -----------------------------------------------------------------
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        """Run ``fn(*args, **kwargs)`` on a worker; returns a ``concurrent.futures.Future``."""
+        """Run ``fn(*args, **kwargs)`` on a worker; returns a ``concurrent.futures.Future``.
+
+        Every keyword argument goes to ``fn``; with ``Cluster(seed=)`` the call
+        is seeded like a map of one task.
+        """
         self._check_open()
         _check_callable(fn, "submit")
         future: Future[T] = Future()
-        job = FutureJob(self._dump_function(fn, copy_buffers=True), future)
+        job = FutureJob(self._dump_function(fn, copy_buffers=True), future,
+                        self._call_seed(None))
         chunk = job.chunk(0, 1, dump_call(args, kwargs, self._serializer))
         self._submit_chunks([chunk])
         return future

@@ -49,7 +49,7 @@ PROTOCOL_VERSION = 1
 
 _HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = _HEADER.size
-_TASK_META = struct.Struct("<16sQIH")
+_TASK_META = struct.Struct("<16sQIHB16sQ")
 
 DATA_PREFIX = b"D"
 CONTROL_PREFIX = b"C"
@@ -126,14 +126,26 @@ def parse(frame: bytes) -> tuple[Header, memoryview]:
     return Header(known, flags, job, ident), memoryview(frame)[HEADER_SIZE:]
 
 
+#: TASK seed modes: none; an explicit seed (key: task index); the cluster's (key: call, index).
+SEED_NONE, SEED_CALL, SEED_CLUSTER = 0, 1, 2
+
+
 def task_frame(head: bytes, digest: bytes, first_index: int, fn_inband: bytes,
-               fn_buffers: int, arguments: Any) -> bytes:
+               fn_buffers: int, arguments: Any, seed: tuple[int, int | None] | None = None
+               ) -> bytes:
     """The first frame of a TASK: header, meta, function pickle, arguments pickle.
 
     The function's out-of-band buffers (``fn_buffers`` of them) are the frames
-    right after it, before the arguments' own buffers.
+    right after it, before the arguments' own buffers.  ``seed`` is
+    ``(entropy, call number or None)`` for a seeded job.
     """
-    meta = _TASK_META.pack(digest, first_index, len(fn_inband), fn_buffers)
+    if seed is None:
+        mode, entropy, call = SEED_NONE, 0, 0
+    else:
+        entropy, number = seed
+        mode, call = (SEED_CALL, 0) if number is None else (SEED_CLUSTER, number)
+    meta = _TASK_META.pack(digest, first_index, len(fn_inband), fn_buffers, mode,
+                           entropy.to_bytes(16, "little"), call)
     return b"".join((head, meta, fn_inband, arguments))
 
 
@@ -145,18 +157,22 @@ class Task(NamedTuple):
     fn_inband: memoryview
     fn_buffers: int
     arguments: memoryview
+    seed: tuple[int, tuple[int, ...]] | None  # (entropy, spawn key before the task index)
 
 
 def parse_task(body: memoryview) -> Task:
     """Split a TASK body into its parts."""
     if len(body) < _TASK_META.size:
         raise ProtocolError("TASK body shorter than its meta")
-    digest, first_index, fn_len, fn_buffers = _TASK_META.unpack_from(body)
+    digest, first_index, fn_len, fn_buffers, mode, entropy, call = _TASK_META.unpack_from(body)
     start = _TASK_META.size
     if start + fn_len > len(body):
         raise ProtocolError("TASK function payload runs past the frame")
+    seed: tuple[int, tuple[int, ...]] | None = None
+    if mode != SEED_NONE:
+        seed = (int.from_bytes(entropy, "little"), (call,) if mode == SEED_CLUSTER else ())
     return Task(digest, first_index, body[start:start + fn_len], fn_buffers,
-                body[start + fn_len:])
+                body[start + fn_len:], seed)
 
 
 def data_identity(worker_id: int) -> bytes:

@@ -35,7 +35,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol, serialization
+from . import protocol, rng, serialization
 from ._version import __version__
 from .errors import RemoteError
 from .protocol import Flag, Kind
@@ -197,7 +197,9 @@ class Worker:
         self.in_task = True
         started = time.perf_counter()
         try:
-            if flags & Flag.CALL:
+            if task.seed is not None:
+                self._run_seeded(fn, items, values, errors, flags, task)
+            elif flags & Flag.CALL:
                 self._run_call(fn, items, values, errors)
             else:
                 self._run_map(fn, items, values, errors, bool(flags & Flag.MAP_STAR),
@@ -245,6 +247,30 @@ class Worker:
         prefix = protocol.header(Kind.OUTPUT, 0, head.job, head.ident)
         frames = serialization.dumps(batch, self.serializer, prefix=prefix, master=False)
         self.data.send_multipart(frames, copy=protocol.send_copies(frames))
+
+    def _run_seeded(self, fn: Callable[..., Any], items: Any, values: list[Any],
+                    errors: list[tuple[int, bytes]], flags: int, task: protocol.Task) -> None:
+        """Run tasks one by one, each from its own stream (see rng.py)."""
+        assert task.seed is not None
+        entropy, key = task.seed
+        calls = [items] if flags & Flag.CALL else items
+        try:
+            for offset, item in enumerate(calls):
+                rng.seed_task(entropy, (*key, task.first_index + offset))
+                try:
+                    if flags & Flag.CALL:
+                        values.append(fn(*item[0], **item[1]))
+                    else:
+                        values.append(fn(*item) if flags & Flag.MAP_STAR else fn(item))
+                except _Interrupted:
+                    raise
+                except BaseException as exc:
+                    errors.append((offset, serialization.pack_exception(exc, self.serializer, 1)))
+                    values.append(None)
+                    if flags & (Flag.STOP_ON_ERROR | Flag.CALL):
+                        return
+        finally:
+            rng.clear()
 
     def _result(self, head: protocol.Header, flags: Flag, values: list[Any],
                 errors: list[tuple[int, bytes]], seconds: float = 0.0) -> list[Any]:

@@ -1,0 +1,90 @@
+"""Reproducible random streams: one per task, whatever the workers, chunks or order."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sockpool import Cluster, task_rng
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def draws(i: int) -> tuple[int, float, float, float]:
+    """What a task draws from each of its three seeded sources."""
+    return (i, task_rng().random(), random.random(), float(np.random.random()))
+
+
+def test_results_are_identical_for_any_workers_chunks_and_order() -> None:
+    seen = []
+    for n, chunksize, ordered in [(1, None, True), (2, 1, True), (2, 7, False), (2, None, False)]:
+        with Cluster(n=n, seed=2024) as cl:
+            results = cl.par_map(draws, range(50), chunksize=chunksize, ordered=ordered)
+            seen.append(sorted(results))
+    assert all(result == seen[0] for result in seen[1:])
+    with Cluster(n=2, seed=2024) as cl:
+        assert sorted(cl.imap(draws, range(50), ordered=False)) == seen[0]
+
+
+def test_a_retried_task_draws_the_same_numbers(tmp_path: Path) -> None:
+    marker = str(tmp_path / "died")
+
+    def dies_once(i: int) -> tuple[int, float, float, float]:
+        if i == 3 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return draws(i)
+
+    with Cluster(n=2, seed=9) as cl:
+        retried = cl.par_map(dies_once, range(6), chunksize=1, retries=1)
+    with Cluster(n=1, seed=9) as cl:
+        plain = cl.par_map(draws, range(6))
+    assert retried == plain
+
+
+def test_the_documented_rule_exactly() -> None:
+    with Cluster(n=2, seed=11) as cl:
+        first_call = cl.par_map(lambda i: task_rng().random(), range(5))
+        second_call = cl.par_map(lambda i: task_rng().random(), range(5))
+        explicit = cl.par_map(lambda i: task_rng().random(), range(5), seed=77)
+        cl.set_seed(11)
+        again = cl.par_map(lambda i: task_rng().random(), range(5))
+        submitted = cl.submit(lambda: task_rng().random()).result(timeout=20)
+
+    def expected(entropy: int, *key: int) -> float:
+        return float(np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
+                     .random())
+
+    assert first_call == [expected(11, 0, i) for i in range(5)]    # k = 0
+    assert second_call == [expected(11, 1, i) for i in range(5)]   # k = 1: not a repeat
+    assert explicit == [expected(77, i) for i in range(5)]         # seed= on the call
+    assert again == first_call                                     # set_seed starts over
+    assert submitted == expected(11, 1, 0)                         # a submit is a call too
+
+
+def test_streams_are_distinct_across_tasks(shared_cluster: Cluster) -> None:
+    first = shared_cluster.par_map(lambda i: (task_rng().integers(2**62), random.random()),
+                                   range(10_000), seed=5)
+    assert len({a for a, _ in first}) == 10_000
+    assert len({b for _, b in first}) == 10_000
+    other = shared_cluster.par_map(lambda i: task_rng().integers(2**62), range(100), seed=6)
+    assert set(other).isdisjoint(a for a, _ in first[:100])
+
+
+def test_unseeded_workers_start_from_distinct_entropy(shared_cluster: Cluster) -> None:
+    firsts = shared_cluster.run_on_all(lambda: (random.random(), float(np.random.random())))
+    assert len(set(firsts)) == len(firsts) == 2
+    rng = task_rng()  # outside a task: a fresh Generator
+    assert isinstance(rng, np.random.Generator)
+
+
+def test_bad_seeds_are_refused(shared_cluster: Cluster) -> None:
+    for bad in (-1, 1.5, "7", True, 2**128):
+        with pytest.raises(ValueError, match="seed"):
+            shared_cluster.par_map(abs, [1], seed=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed"):
+        Cluster(n=1, seed=-5)
