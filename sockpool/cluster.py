@@ -302,6 +302,7 @@ class Cluster(concurrent.futures.Executor):
                                            self._description, os.getpid())
         self._finalizer.atexit = False  # the exit hook closes it without a warning
         _live_clusters.add(self)
+        self._warn_if_oversubscribed(n_workers, launcher, threads_per_worker)
         self._dispatcher.start()
         try:
             self._dispatcher.wait_for_workers(n_workers, connect_timeout)
@@ -336,6 +337,20 @@ class Cluster(concurrent.futures.Executor):
         if total < 1:
             raise ValueError("a cluster needs at least one worker; hosts= is empty")
         return total
+
+    @staticmethod
+    def _warn_if_oversubscribed(n_workers: int, launcher: Launcher,
+                                threads_per_worker: int | None) -> None:
+        """brms's rule: local workers x threads each should not exceed the physical cores."""
+        if not isinstance(launcher, LocalLauncher):
+            return
+        threads = threads_per_worker or 1
+        physical = detect_cores(logical=False)
+        if n_workers * threads > max(physical, detect_cores() if threads == 1 else 0):
+            warnings.warn(
+                f"{n_workers} workers x {threads} threads each = {n_workers * threads} "
+                f"threads on {physical} usable physical cores: they will slow each other "
+                "down; use fewer workers or threads_per_worker", UserWarning, stacklevel=3)
 
     @staticmethod
     def _worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:

@@ -1,4 +1,19 @@
-"""How many CPU cores this process may really use."""
+"""How many CPU cores this process may really use (R's ``parallelly::availableCores()``).
+
+Consulted in this order, the smallest count wins:
+
+1. the CPU affinity mask of this process (``os.sched_getaffinity``: taskset,
+   cpusets, a container's CPU list);
+2. a cgroup CPU quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` /
+   ``cpu.cfs_period_us`` in v1), rounded up: Docker's ``--cpus``, Kubernetes
+   limits;
+3. a scheduler's allocation, from the first of these variables that is set:
+   ``SLURM_CPUS_PER_TASK``, ``SLURM_CPUS_ON_NODE`` (Slurm), ``NSLOTS`` (Grid
+   Engine), ``PBS_NUM_PPN`` (PBS/Torque).
+
+With ``logical=False`` the result is then divided by the number of hardware
+threads per core (hyper-threads do not count), and it is never below 1.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +21,9 @@ import math
 import os
 
 import psutil
+
+#: Scheduler variables, in the order they are consulted (the first set one counts).
+SCHEDULER_VARIABLES = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "NSLOTS", "PBS_NUM_PPN")
 
 
 def _affinity_count() -> int:
@@ -15,13 +33,31 @@ def _affinity_count() -> int:
         return os.cpu_count() or 1
 
 
+def _quota_files() -> list[tuple[str, str | None]]:
+    """Where this process's CPU quota may be written: its own cgroup first, then the root."""
+    try:
+        with open("/proc/self/cgroup") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        lines = []
+    files: list[tuple[str, str | None]] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        path = path.lstrip("/")
+        if controllers == "":  # cgroup v2
+            for directory in (os.path.join("/sys/fs/cgroup", path), "/sys/fs/cgroup"):
+                files.append((os.path.join(directory, "cpu.max"), None))
+        elif "cpu" in controllers.split(","):  # cgroup v1, cpu controller
+            for mount in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
+                for directory in (os.path.join(mount, path), mount):
+                    files.append((os.path.join(directory, "cpu.cfs_quota_us"),
+                                  os.path.join(directory, "cpu.cfs_period_us")))
+    return files or [("/sys/fs/cgroup/cpu.max", None)]
+
+
 def _cgroup_quota() -> float | None:
-    """CPUs allowed by a cgroup v2 (``cpu.max``) or v1 (``cfs_quota_us``) quota, if any."""
-    candidates = [
-        ("/sys/fs/cgroup/cpu.max", None),
-        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
-    ]
-    for quota_path, period_path in candidates:
+    """CPUs allowed by the cgroup CPU quota of this process (v2 ``cpu.max``, v1 CFS), if any."""
+    for quota_path, period_path in _quota_files():
         try:
             with open(quota_path) as stream:
                 fields = stream.read().split()
@@ -31,20 +67,30 @@ def _cgroup_quota() -> float | None:
         except OSError:
             continue
         if len(fields) < 2 or fields[0] in ("max", "-1"):
-            return None
+            continue  # no quota at this level: a parent may still have one
         try:
             return int(fields[0]) / int(fields[1])
         except (ValueError, ZeroDivisionError):
-            return None
+            continue
+    return None
+
+
+def _scheduler_allocation() -> int | None:
+    """CPUs a batch scheduler gave this job, from the first variable that is set."""
+    for name in SCHEDULER_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                count = int(value.split("(")[0])  # SLURM_CPUS_ON_NODE may read "8(x2)"
+            except ValueError:
+                continue
+            if count > 0:
+                return count
     return None
 
 
 def detect_cores(logical: bool = True) -> int:
-    """The number of cores this process may use: at least 1.
-
-    Consulted in order, the smallest wins: the CPU affinity mask of this
-    process, a cgroup CPU quota (containers), and, with ``logical=False``, the
-    number of physical cores (hyper-threads not counted).
+    """The number of cores this process may use: at least 1 (see the module docstring).
 
     Args:
         logical: count hardware threads (True) or physical cores (False).
@@ -53,6 +99,9 @@ def detect_cores(logical: bool = True) -> int:
     quota = _cgroup_quota()
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
+    allocation = _scheduler_allocation()
+    if allocation is not None:
+        count = min(count, allocation)
     if not logical:
         physical = psutil.cpu_count(logical=False) or count
         threads = psutil.cpu_count(logical=True) or count

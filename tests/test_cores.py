@@ -1,16 +1,29 @@
-"""detect_cores counts what this process may use."""
+"""detect_cores counts what this process may use; oversubscription is warned about."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 
-from sockpool import detect_cores
+from sockpool import Cluster, detect_cores
 
 pytestmark = pytest.mark.timeout(60)
+
+PRINT_CORES = ("import sockpool; "
+               "print(sockpool.detect_cores(), sockpool.detect_cores(logical=False))")
+
+
+def cores_in_child(code: str = PRINT_CORES, **env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "NSLOTS", "PBS_NUM_PPN")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=30, env={**clean, **env}).stdout
+    return out.split()
 
 
 def test_counts_are_positive_and_consistent() -> None:
@@ -23,6 +36,50 @@ def test_affinity_restricts_the_count() -> None:
     code = ("import os, sockpool\n"
             "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
             "print(sockpool.detect_cores(), sockpool.detect_cores(logical=False))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=30).stdout
-    assert out.split() == ["1", "1"]
+    assert cores_in_child(code) == ["1", "1"]
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("SLURM_CPUS_PER_TASK", "1"), ("SLURM_CPUS_ON_NODE", "1(x2)"), ("NSLOTS", "1"),
+    ("PBS_NUM_PPN", "1"),
+])
+def test_scheduler_allocations_are_honoured(variable: str, value: str) -> None:
+    assert cores_in_child(**{variable: value}) == ["1", "1"]
+
+
+def test_the_first_scheduler_variable_set_counts_and_never_raises_the_count() -> None:
+    assert cores_in_child(SLURM_CPUS_PER_TASK="1", NSLOTS="64") == ["1", "1"]
+    big = cores_in_child(SLURM_CPUS_PER_TASK="4096")
+    assert big == cores_in_child()  # an allocation never adds cores the process lacks
+
+
+def test_a_cgroup_cpu_quota_restricts_the_count(tmp_path: Path) -> None:
+    group = Path(f"/sys/fs/cgroup/cpu/sockpool-test-{os.getpid()}")
+    try:
+        group.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a cgroup v1 cpu group here ({exc})")
+    child = subprocess.Popen([sys.executable, "-c", "input(); " + PRINT_CORES],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text("50000")  # half a CPU: rounds up to 1
+        (group / "cgroup.procs").write_text(str(child.pid))
+        out, _ = child.communicate("\n", timeout=30)
+        assert out.split() == ["1", "1"]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        group.rmdir()
+
+
+def test_oversubscription_is_warned_about() -> None:
+    cores = detect_cores(logical=False)
+    with pytest.warns(UserWarning, match="threads on .* usable physical cores"), \
+            Cluster(n=1, threads_per_worker=cores + 1):
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Cluster(n=1, threads_per_worker=1):
+            pass
