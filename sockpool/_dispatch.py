@@ -348,8 +348,16 @@ class Dispatcher:
             self._failed_replacements += 1
             self._startup_failed(record.failure or launch_error(record, how, tail))
         # A worker runs its chunks in order: the oldest was running, those
-        # behind it never started and go back to the front of the queue.
+        # behind it never started.  A static map's chunks may move elsewhere.
         running, queued = held[:1], held[1:]
+        for chunk in held + pinned:
+            if chunk.job.movable:
+                chunk.pinned = None
+        never_started = queued + pinned
+        for chunk in reversed(never_started):  # back to the front of the queue, untouched
+            if chunk.pinned is None:
+                self.scheduler.requeue(chunk)
+        stranded = [chunk for chunk in never_started if chunk.pinned is not None]
         for chunk in running:  # what it wrote before it was lost still reaches the user
             with contextlib.suppress(Exception):  # (a warning under -W error: the loss wins)
                 relay.emit(chunk.output)
@@ -357,12 +365,7 @@ class Dispatcher:
             if output_tail:
                 tail = f"{output_tail}\n{tail}" if tail else output_tail
             chunk.output = []
-        for chunk in reversed(queued):
-            if chunk.pinned is None:
-                self.scheduler.requeue(chunk)
-            else:
-                pinned.append(chunk)
-        for chunk in running + pinned:
+        for chunk in running + stranded:
             if chunk.pinned is None and chunk.attempts < chunk.job.retries:
                 chunk.attempts += 1
                 self.scheduler.requeue(chunk)
@@ -622,6 +625,10 @@ class Dispatcher:
         for record in self.workers.values():
             if record.state in (SETUP, READY):
                 self.master.send(record.data_identity, frames)
+
+    def live_worker_ids(self) -> list[int]:
+        """Ids of the workers alive (ready or starting), in order."""
+        return sorted(r.id for r in self.workers.values() if r.alive)
 
     def snapshot(self) -> list[tuple[int, str, int, str]]:
         """(id, host, pid, state) of each worker that is not gone."""

@@ -72,6 +72,7 @@ class Job:
         self.function = function
         self.timeout = timeout  # per task, in seconds
         self.seed = seed  # (entropy, the cluster's call number or None), see rng.py
+        self.movable = False  # pinned chunks may move to another worker if theirs is lost
         self.flags = flags
         self.retries = retries
         self.cancelled = False

@@ -40,6 +40,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -437,6 +438,7 @@ class Cluster(concurrent.futures.Executor):
         retries: int = 0,
         errors: str = "raise",
         seed: int | None = None,
+        schedule: str = "dynamic",
     ) -> list[T]:
         """Apply ``fn`` to every item (to items of several iterables in step) in parallel.
 
@@ -454,6 +456,11 @@ class Cluster(concurrent.futures.Executor):
             errors: ``"raise"`` the first failure, or ``"return"`` exceptions in place.
             seed: a seed for this call alone: task i gets the stream
                 ``SeedSequence(seed, spawn_key=(i,))`` (see ``Cluster(seed=)``).
+            schedule: ``"dynamic"``: workers pull chunks as they free up (load
+                balancing); ``"static"``: contiguous equal chunks (one per
+                worker unless ``chunksize``) assigned round-robin up front, in
+                worker id order, as R's ``parLapply`` does, so the assignment
+                itself is deterministic.
 
         Returns:
             The list of results.
@@ -466,7 +473,8 @@ class Cluster(concurrent.futures.Executor):
         """
         return self._map_list("par_map", fn, iterables, star=len(iterables) > 1,
                               chunksize=chunksize, ordered=ordered, progress=progress,
-                              timeout=timeout, retries=retries, errors=errors, seed=seed)
+                              timeout=timeout, retries=retries, errors=errors, seed=seed,
+                              schedule=schedule)
 
     def par_starmap(
         self,
@@ -480,32 +488,52 @@ class Cluster(concurrent.futures.Executor):
         retries: int = 0,
         errors: str = "raise",
         seed: int | None = None,
+        schedule: str = "dynamic",
     ) -> list[T]:
         """Like :meth:`par_map`, calling ``fn(*args)`` for each tuple ``args``."""
         return self._map_list("par_starmap", fn, (iterable,), star=True, chunksize=chunksize,
                               ordered=ordered, progress=progress, timeout=timeout,
-                              retries=retries, errors=errors, seed=seed)
+                              retries=retries, errors=errors, seed=seed, schedule=schedule)
 
     def _map_list(self, method: str, fn: Callable[..., T], iterables: tuple[Any, ...], *,
                   star: bool, chunksize: int | None, ordered: bool, progress: bool,
-                  timeout: float | None, retries: int, errors: str, seed: int | None
-                  ) -> list[T]:
+                  timeout: float | None, retries: int, errors: str, seed: int | None,
+                  schedule: str) -> list[T]:
         self._check_open()
         _check_callable(fn, method)
         _check_iterables(iterables, method)
         _check_options(chunksize, retries, errors, timeout)
+        if schedule not in ("dynamic", "static"):
+            raise ValueError(f"schedule must be 'dynamic' or 'static', not {schedule!r}")
         items = _as_sequence(iterables)
         job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries, timeout,
                         self._call_seed(seed))
         if not items:
             return []
-        size = chunksize or (1 if timeout else auto_chunksize(len(items), self._worker_count()))
-        chunks = eager_chunks(job, items, size, self._serializer)
+        if schedule == "static":
+            chunks = self._static_chunks(job, items, chunksize)
+        else:
+            size = chunksize or (1 if timeout else auto_chunksize(len(items),
+                                                                  self._worker_count()))
+            chunks = eager_chunks(job, items, size, self._serializer)
         blocks = stream_blocks(
             job, EagerFeed(chunks), submit=self._submit_chunks, cancel=self._canceller(job),
             window=len(chunks), ordered=False, errors=errors, raise_on_arrival=True,
             progress=_progress_bar(len(items), progress), ordered_output=ordered)
         return collect_list(blocks, len(items), ordered)
+
+    def _static_chunks(self, job: StreamJob, items: Sequence[Any], chunksize: int | None
+                       ) -> list[Any]:
+        """Contiguous equal chunks pinned round-robin to the workers, in id order."""
+        workers = self._dispatcher.ask(self._dispatcher.live_worker_ids)
+        if not workers:
+            raise ClusterClosedError("the cluster has no worker left")
+        size = chunksize or math.ceil(len(items) / len(workers))
+        chunks = eager_chunks(job, items, size, self._serializer)
+        for position, chunk in enumerate(chunks):
+            chunk.pinned = workers[position % len(workers)]
+        job.movable = True  # if its worker is lost, a chunk may run elsewhere
+        return chunks
 
     def imap(
         self,

@@ -88,3 +88,31 @@ def test_bad_seeds_are_refused(shared_cluster: Cluster) -> None:
             shared_cluster.par_map(abs, [1], seed=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="seed"):
         Cluster(n=1, seed=-5)
+
+
+def test_static_schedule_assigns_contiguous_chunks_round_robin_up_front() -> None:
+    with Cluster(n=2) as cl:
+        order = [w.pid for w in sorted(cl.workers, key=lambda w: w.id)]
+        for _ in range(3):  # the same assignment every time
+            pids = cl.par_map(lambda i: os.getpid(), range(8), schedule="static")
+            assert pids == [order[0]] * 4 + [order[1]] * 4
+        pids = cl.par_map(lambda i: os.getpid(), range(6), schedule="static", chunksize=1)
+        assert pids == order * 3
+        assert cl.par_starmap(pow, [(2, i) for i in range(5)], schedule="static") == [
+            1, 2, 4, 8, 16]
+        with pytest.raises(ValueError, match="schedule"):
+            cl.par_map(abs, [1], schedule="guided")
+
+
+def test_a_static_chunk_whose_worker_is_lost_is_retried_elsewhere(tmp_path: Path) -> None:
+    marker = str(tmp_path / "died")
+
+    def dies_once(i: int) -> int:
+        if i == 5 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return i * i
+
+    with Cluster(n=2) as cl:
+        assert cl.par_map(dies_once, range(8), schedule="static", retries=1) == [
+            i * i for i in range(8)]
