@@ -36,3 +36,18 @@ def test_bind_to_env_example_binds_exactly_what_the_worker_needs() -> None:
     lines = fits.strip().splitlines()
     assert len(lines) == 6
     assert any(line.split()[:2] == ["centroid", "setosa:"] for line in lines)
+
+
+def test_chunking_example_saves_its_plots_and_tables(tmp_path: object) -> None:
+    pytest.importorskip("matplotlib")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "chunking.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=110, cwd="/")
+    assert result.returncode == 0, result.stderr
+    from pathlib import Path
+
+    out = Path(str(tmp_path))
+    assert (out / "chunking.png").stat().st_size > 1000
+    assert (out / "scaling.png").stat().st_size > 1000
+    table = (out / "chunking.md").read_text()
+    assert "| 256 |" in table and "speedup vs 1 worker" in table
