@@ -173,8 +173,9 @@ class FutureJob(Job):
     """
 
     def __init__(self, function: FunctionPayload, future: Future[Any],
-                 seed: tuple[int, int | None] | None = None) -> None:
-        super().__init__(function, Flag.CALL, seed=seed)
+                 seed: tuple[int, int | None] | None = None, timeout: float | None = None
+                 ) -> None:
+        super().__init__(function, Flag.CALL, timeout=timeout, seed=seed)
         self.future = future
 
     def start(self, chunk: Chunk) -> bool:

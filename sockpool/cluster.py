@@ -602,17 +602,30 @@ class Cluster(concurrent.futures.Executor):
 
     # -- single calls -----------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    # The override differs from Executor.submit's ParamSpec typing on purpose:
+    # DESIGN.md reserves timeout= and seed= on submit.
+    def submit(  # type: ignore[override]
+        self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None,
+        seed: int | None = None, **kwargs: Any,
+    ) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` on a worker; returns a ``concurrent.futures.Future``.
 
-        Every keyword argument goes to ``fn``; with ``Cluster(seed=)`` the call
-        is seeded like a map of one task.
+        Args:
+            timeout: the task's time limit in seconds (``TaskTimeoutError`` past
+                it; the worker is stopped and replaced), as in :meth:`par_map`.
+            seed: a seed for this call alone (as ``par_map(seed=)``); with
+                ``Cluster(seed=)`` an unseeded submit counts as a seeded call.
+
+        ``timeout`` and ``seed`` are sockpool's, as DESIGN.md has it; every
+        other keyword goes to ``fn``.  To pass ``fn`` an argument of one of
+        those names, bind it first: ``submit(functools.partial(fn, timeout=5))``.
         """
         self._check_open()
         _check_callable(fn, "submit")
+        _check_options(None, 0, "raise", timeout)
         future: Future[T] = Future()
         job = FutureJob(self._dump_function(fn, copy_buffers=True), future,
-                        self._call_seed(None))
+                        self._call_seed(seed), timeout)
         chunk = job.chunk(0, 1, dump_call(args, kwargs, self._serializer))
         self._submit_chunks([chunk])
         return future

@@ -176,3 +176,21 @@ def test_imap_over_a_million_tasks_keeps_memory_flat(shared_cluster: Cluster) ->
             peak = max(peak, me.memory_info().rss)
     assert total == sum(range(1_000_000))
     assert peak - start < 100 * 1024 * 1024, f"grew by {(peak - start) / 1e6:.0f} MB"
+
+
+def test_submit_takes_a_timeout_and_a_seed(cluster: Cluster) -> None:
+    import functools
+
+    from sockpool import task_rng
+
+    with pytest.raises(TaskTimeoutError):
+        cluster.submit(nap, 30, timeout=0.5).result(timeout=20)
+    assert cluster.submit(nap, 0.01, timeout=5).result(timeout=20) == 0.01
+    first = cluster.submit(lambda: task_rng().random(), seed=3).result(timeout=20)
+    assert first == cluster.submit(lambda: task_rng().random(), seed=3).result(timeout=20)
+
+    def wants_a_timeout(timeout: float) -> float:
+        return timeout
+
+    bound = functools.partial(wants_a_timeout, timeout=2.5)  # how to pass such a keyword
+    assert cluster.submit(bound).result(timeout=20) == 2.5
