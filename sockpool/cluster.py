@@ -349,7 +349,9 @@ class Cluster(concurrent.futures.Executor):
         physical = detect_cores(logical=False)
         if n_workers * threads > max(physical, detect_cores() if threads == 1 else 0):
             warnings.warn(
-                f"{n_workers} workers x {threads} threads each = {n_workers * threads} "
+                f"{n_workers} worker{'s' if n_workers > 1 else ''} x {threads} "
+                f"thread{'s' if threads > 1 else ''} each = "
+                f"{n_workers * threads} "
                 f"threads on {physical} usable physical cores: they will slow each other "
                 "down; use fewer workers or threads_per_worker", UserWarning, stacklevel=3)
 

@@ -18,6 +18,10 @@ from sockpool import Cluster, ClusterClosedError, LaunchError, WorkerInfo
 pytestmark = pytest.mark.timeout(60)
 
 
+OVERSUBSCRIBED = "ignore:.*usable physical cores:UserWarning"  # 3 workers on this 2-core CI
+
+
+@pytest.mark.filterwarnings(OVERSUBSCRIBED)
 def test_with_block_starts_and_stops_every_worker() -> None:
     with Cluster(n=3) as cl:
         assert cl.n_workers == 3
@@ -132,6 +136,7 @@ def test_bad_constructor_arguments() -> None:
         Cluster(n=1, threads_per_worker=0)
 
 
+@pytest.mark.filterwarnings(OVERSUBSCRIBED)
 def test_localhost_hosts_are_local_workers() -> None:
     with Cluster(hosts=["localhost", "localhost"]) as cl:
         assert cl.n_workers == 2
@@ -167,6 +172,7 @@ def test_worker_that_crashes_at_start_reports_its_stderr(tmp_path: Path) -> None
     assert info.value.returncode == 3
 
 
+@pytest.mark.filterwarnings(OVERSUBSCRIBED)
 def test_environment_and_thread_caps_reach_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "4")
