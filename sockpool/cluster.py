@@ -34,7 +34,6 @@ How data flows::
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import contextlib
 import enum
@@ -42,9 +41,7 @@ import itertools
 import logging
 import math
 import os
-import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -53,6 +50,7 @@ from typing import Any, NamedTuple, TypeVar
 from . import protocol, serialization
 from ._dispatch import Dispatcher
 from ._jobs import FutureJob, Job, StreamJob
+from ._lifetime import close_forgotten, live_clusters, register_exit_hook
 from ._mapping import (
     EagerFeed,
     LazyFeed,
@@ -62,9 +60,18 @@ from ._mapping import (
     iterate,
     stream_blocks,
 )
+from ._validate import (
+    as_sequence,
+    check_callable,
+    check_iterables,
+    check_options,
+    count_workers,
+    progress_bar,
+    warn_if_oversubscribed,
+    worker_env,
+)
 from .binding import lookup
 from .capture import DEFAULT_MAX_CAPTURE_SIZE, dump_call, dump_function, dump_values
-from .cores import detect_cores
 from .errors import ClusterClosedError
 from .launchers import Launcher, LocalLauncher
 from .protocol import Flag
@@ -72,10 +79,6 @@ from .rng import check_seed
 from .serialization import FunctionPayload
 
 T = TypeVar("T")
-
-#: Variables that size the thread pools of BLAS, OpenMP and friends.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 class ClusterState(enum.Enum):
@@ -93,86 +96,6 @@ class WorkerInfo(NamedTuple):
     host: str
     pid: int
     state: str  # "starting", "setup", "idle" or "busy"
-
-
-_live_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
-_exit_hook_lock = threading.Lock()
-_exit_hook_registered = False
-
-
-def _close_all_at_exit() -> None:
-    for cluster in list(_live_clusters):
-        if cluster._owner_pid == os.getpid():  # a forked child leaves its parent's alone
-            cluster.close()
-
-
-def _register_exit_hook() -> None:
-    # Registered when the first cluster starts, not at import: importing
-    # sockpool has no side effects.
-    global _exit_hook_registered
-    with _exit_hook_lock:
-        if not _exit_hook_registered:
-            atexit.register(_close_all_at_exit)
-            _exit_hook_registered = True
-
-
-def _close_forgotten(dispatcher: Dispatcher, description: str, owner_pid: int) -> None:
-    """Finalizer of a cluster garbage-collected while open."""
-    if os.getpid() != owner_pid:  # a forked child must not stop its parent's workers
-        return
-    if not dispatcher.closed.is_set():
-        warnings.warn(f"unclosed {description}; use 'with Cluster(...)' or call close()",
-                      ResourceWarning, stacklevel=2)
-        dispatcher.close(cancel=True, wait=True)
-
-
-def _check_callable(fn: object, method: str) -> None:
-    if not callable(fn):
-        raise TypeError(f"{method}() needs a callable as its function, not {type(fn).__name__}")
-
-
-def _check_iterables(iterables: tuple[Any, ...], method: str) -> None:
-    if not iterables:
-        raise TypeError(f"{method}() needs at least one iterable of arguments")
-    for position, value in enumerate(iterables, start=1):
-        try:
-            iter(value)
-        except TypeError:
-            raise TypeError(f"{method}() argument {position} after the function must be "
-                            f"iterable, not {type(value).__name__}") from None
-
-
-def _check_options(chunksize: int | None, retries: int, errors: str, timeout: float | None) -> None:
-    if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
-        raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
-    if errors not in ("raise", "return"):
-        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-
-
-def _as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
-    """The items of a map, read once; a list, tuple or range is used as it is.
-
-    Chunks are slices of it: a slice of a range pickles as three integers.
-    """
-    if len(iterables) > 1:
-        return list(zip(*iterables, strict=False))
-    items = iterables[0]
-    return items if isinstance(items, (list, tuple, range)) else list(items)
-
-
-def _progress_bar(total: int | None, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        raise ImportError("progress=True needs tqdm: pip install 'sockpool[progress]'") from None
-    return tqdm(total=total)
 
 
 class Cluster(concurrent.futures.Executor):
@@ -248,10 +171,10 @@ class Cluster(concurrent.futures.Executor):
         heartbeat_timeout: float | None = None,
         prefetch: int = 2,
     ) -> None:
-        n_workers = self._count_workers(n, hosts)
+        n_workers = count_workers(n, hosts)
         serialization.check_serializer(serializer)
         if setup is not None:
-            _check_callable(setup, "Cluster(setup=...)")
+            check_callable(setup, "Cluster(setup=...)")
         if threads_per_worker is not None and (
                 not isinstance(threads_per_worker, int) or threads_per_worker < 1):
             raise ValueError(f"threads_per_worker must be a positive integer or None, "
@@ -274,7 +197,7 @@ class Cluster(concurrent.futures.Executor):
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
         if launcher is None:
-            launcher = LocalLauncher(python=python, env=self._worker_env(env, threads_per_worker))
+            launcher = LocalLauncher(python=python, env=worker_env(env, threads_per_worker))
         elif python is not None or env is not None:
             raise ValueError("python= and env= belong to the launcher when launcher= is given")
 
@@ -282,7 +205,7 @@ class Cluster(concurrent.futures.Executor):
         self._max_capture_size = max_capture_size
         self._seed = seed
         self._seeded_calls = itertools.count()  # k in the seeding rule above
-        self._owner_pid = os.getpid()
+        self.owner_pid = os.getpid()
         self._state = ClusterState.RUNNING
         setup_job = None
         if setup is not None:
@@ -298,72 +221,18 @@ class Cluster(concurrent.futures.Executor):
             relay_mode={True: "task", False: "off", "live": "live"}[relay],
             relay_prefix=relay_prefix, log_level=log_level)
         self._description = f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)"
-        _register_exit_hook()
-        self._finalizer = weakref.finalize(self, _close_forgotten, self._dispatcher,
+        register_exit_hook()
+        self._finalizer = weakref.finalize(self, close_forgotten, self._dispatcher,
                                            self._description, os.getpid())
         self._finalizer.atexit = False  # the exit hook closes it without a warning
-        _live_clusters.add(self)
-        self._warn_if_oversubscribed(n_workers, launcher, threads_per_worker)
+        live_clusters.add(self)
+        warn_if_oversubscribed(n_workers, launcher, threads_per_worker)
         self._dispatcher.start()
         try:
             self._dispatcher.wait_for_workers(n_workers, connect_timeout)
         except BaseException:
             self.close()
             raise
-
-    @staticmethod
-    def _count_workers(n: int | None, hosts: Iterable[str] | Mapping[str, int] | None) -> int:
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
-            raise TypeError(f"n must be an integer, not {type(n).__name__}")
-        if n is not None and n < 1:
-            raise ValueError(f"n must be at least 1, not {n}")
-        if hosts is None:
-            return n if n is not None else detect_cores()
-        if isinstance(hosts, str):
-            raise TypeError(f"hosts must be a list or a dict of host names, not a string; "
-                            f"did you mean hosts=[{hosts!r}]?")
-        counts = dict(hosts) if isinstance(hosts, Mapping) else dict.fromkeys(hosts, 0)
-        if not isinstance(hosts, Mapping):
-            for name in hosts:
-                counts[name] += 1
-        for name, count in counts.items():
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValueError(f"hosts[{name!r}] must be a positive number of workers, "
-                                 f"not {count!r}")
-        remote = sorted(h for h in counts if h != "localhost")
-        if remote:
-            raise ValueError(f"unknown host(s) {', '.join(map(repr, remote))}: only 'localhost' "
-                             "is supported by this version (ssh launching is not available yet)")
-        total = sum(counts.values()) + (n or 0)
-        if total < 1:
-            raise ValueError("a cluster needs at least one worker; hosts= is empty")
-        return total
-
-    @staticmethod
-    def _warn_if_oversubscribed(n_workers: int, launcher: Launcher,
-                                threads_per_worker: int | None) -> None:
-        """brms's rule: local workers x threads each should not exceed the physical cores."""
-        if not isinstance(launcher, LocalLauncher):
-            return
-        threads = threads_per_worker or 1
-        physical = detect_cores(logical=False)
-        if n_workers * threads > max(physical, detect_cores() if threads == 1 else 0):
-            warnings.warn(
-                f"{n_workers} worker{'s' if n_workers > 1 else ''} x {threads} "
-                f"thread{'s' if threads > 1 else ''} each = "
-                f"{n_workers * threads} "
-                f"threads on {physical} usable physical cores: they will slow each other "
-                "down; use fewer workers or threads_per_worker", UserWarning, stacklevel=3)
-
-    @staticmethod
-    def _worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:
-        worker_env: dict[str, str] = {}
-        if threads is not None:
-            for name in THREAD_VARIABLES:
-                if threads != 1 or name not in os.environ:
-                    worker_env[name] = str(threads)
-        worker_env.update(env or {})
-        return worker_env
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -386,7 +255,7 @@ class Cluster(concurrent.futures.Executor):
         self._state = ClusterState.CLOSED
         self._finalizer.detach()
         self._dispatcher.close(cancel=True, wait=True)
-        _live_clusters.discard(self)
+        live_clusters.discard(self)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish what was submitted (``Executor`` contract).
@@ -402,7 +271,7 @@ class Cluster(concurrent.futures.Executor):
                 self._dispatcher.call_soon(self._dispatcher.cancel_futures)
         self._dispatcher.close(cancel=False, wait=wait, timeout=None)
         if wait:
-            _live_clusters.discard(self)
+            live_clusters.discard(self)
 
     def _check_open(self) -> None:
         if self._state is not ClusterState.RUNNING or self._dispatcher.closed.is_set():
@@ -502,12 +371,12 @@ class Cluster(concurrent.futures.Executor):
                   timeout: float | None, retries: int, errors: str, seed: int | None,
                   schedule: str) -> list[T]:
         self._check_open()
-        _check_callable(fn, method)
-        _check_iterables(iterables, method)
-        _check_options(chunksize, retries, errors, timeout)
+        check_callable(fn, method)
+        check_iterables(iterables, method)
+        check_options(chunksize, retries, errors, timeout)
         if schedule not in ("dynamic", "static"):
             raise ValueError(f"schedule must be 'dynamic' or 'static', not {schedule!r}")
-        items = _as_sequence(iterables)
+        items = as_sequence(iterables)
         job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries, timeout,
                         self._call_seed(seed))
         if not items:
@@ -521,7 +390,7 @@ class Cluster(concurrent.futures.Executor):
         blocks = stream_blocks(
             job, EagerFeed(chunks), submit=self._submit_chunks, cancel=self._canceller(job),
             window=len(chunks), ordered=False, errors=errors, raise_on_arrival=True,
-            progress=_progress_bar(len(items), progress), ordered_output=ordered)
+            progress=progress_bar(len(items), progress), ordered_output=ordered)
         return collect_list(blocks, len(items), ordered)
 
     def _static_chunks(self, job: StreamJob, items: Sequence[Any], chunksize: int | None
@@ -559,9 +428,9 @@ class Cluster(concurrent.futures.Executor):
         result before a failing task, then raises.
         """
         self._check_open()
-        _check_callable(fn, "imap")
-        _check_iterables(iterables, "imap")
-        _check_options(chunksize, retries, errors, timeout)
+        check_callable(fn, "imap")
+        check_iterables(iterables, "imap")
+        check_options(chunksize, retries, errors, timeout)
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
         function = self._dump_function(fn, copy_buffers=True)
@@ -571,7 +440,7 @@ class Cluster(concurrent.futures.Executor):
         window = self._worker_count() * (self._dispatcher.scheduler.prefetch + 1)
         blocks = stream_blocks(job, feed, submit=self._submit_chunks, cancel=self._canceller(job),
                                window=window, ordered=ordered, errors=errors,
-                               progress=_progress_bar(None, progress))
+                               progress=progress_bar(None, progress))
         return iterate(blocks, errors)
 
     def map(
@@ -587,12 +456,12 @@ class Cluster(concurrent.futures.Executor):
         ``concurrent.futures`` (``TimeoutError`` when it passes).
         """
         self._check_open()
-        _check_callable(fn, "map")
-        _check_iterables(iterables, "map")
-        _check_options(chunksize, 0, "raise", None)
+        check_callable(fn, "map")
+        check_iterables(iterables, "map")
+        check_options(chunksize, 0, "raise", None)
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
-        items = _as_sequence(iterables)
+        items = as_sequence(iterables)
         job = StreamJob(self._dump_function(fn, copy_buffers=True), self._flags(star, "raise"),
                         seed=self._call_seed(None))
         chunks = eager_chunks(job, items, chunksize, self._serializer)
@@ -623,8 +492,8 @@ class Cluster(concurrent.futures.Executor):
         those names, bind it first: ``submit(functools.partial(fn, timeout=5))``.
         """
         self._check_open()
-        _check_callable(fn, "submit")
-        _check_options(None, 0, "raise", timeout)
+        check_callable(fn, "submit")
+        check_options(None, 0, "raise", timeout)
         future: Future[T] = Future()
         job = FutureJob(self._dump_function(fn, copy_buffers=True), future,
                         self._call_seed(seed), timeout)
@@ -639,7 +508,7 @@ class Cluster(concurrent.futures.Executor):
         imports, connections or caches.
         """
         self._check_open()
-        _check_callable(fn, "run_on_all")
+        check_callable(fn, "run_on_all")
         job = StreamJob(self._dump_function(fn), Flag.CALL | Flag.STOP_ON_ERROR)
         frames = dump_call(args, kwargs, self._serializer)
         answer: Future[list[Any]] = Future()

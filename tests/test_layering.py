@@ -31,12 +31,13 @@ LAYER = {
     "_namespace": 0, "_local_modules": 1,
     "inspection": 2, "binding": 2,
     "capture": 2, "_jobs": 2, "scheduler": 2, "worker": 2, "launchers": 2, "_workers": 2,
-    "_mapping": 3, "_dispatch": 3,
+    "_mapping": 3, "_dispatch": 3, "_validate": 3, "_lifetime": 3, "_tending": 3,
     "cluster": 4,
     "__init__": 5,
 }
 HOST_ONLY = {"cluster", "_dispatch", "_mapping", "scheduler", "capture", "launchers", "transport",
-             "_workers", "inspection", "binding", "_local_modules",
+             "_workers", "inspection", "binding", "_local_modules", "_validate", "_lifetime",
+             "_tending",
              "_jobs"}
 
 

@@ -1,0 +1,59 @@
+"""The backstops that stop a cluster nobody closed: at garbage collection and at exit.
+
+The ``with`` block and ``close()`` are the way to stop a cluster; these catch
+the rest.  A cluster garbage-collected while open is closed with a
+``ResourceWarning``; every cluster still open when the interpreter exits is
+closed by an exit hook, registered when the first cluster starts (importing
+sockpool has no side effects).  Neither touches a cluster from a forked child.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import warnings
+import weakref
+from typing import Protocol
+
+from ._dispatch import Dispatcher
+
+
+class Closable(Protocol):
+    """What the exit hook needs of a cluster."""
+
+    owner_pid: int
+
+    def close(self) -> None:
+        """Stop the cluster now."""
+
+
+live_clusters: weakref.WeakSet[Closable] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _close_all_at_exit() -> None:
+    for cluster in list(live_clusters):
+        if cluster.owner_pid == os.getpid():  # a forked child leaves its parent's alone
+            cluster.close()
+
+
+def register_exit_hook() -> None:
+    # Registered when the first cluster starts, not at import: importing
+    # sockpool has no side effects.
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        if not _exit_hook_registered:
+            atexit.register(_close_all_at_exit)
+            _exit_hook_registered = True
+
+
+def close_forgotten(dispatcher: Dispatcher, description: str, owner_pid: int) -> None:
+    """Finalizer of a cluster garbage-collected while open."""
+    if os.getpid() != owner_pid:  # a forked child must not stop its parent's workers
+        return
+    if not dispatcher.closed.is_set():
+        warnings.warn(f"unclosed {description}; use 'with Cluster(...)' or call close()",
+                      ResourceWarning, stacklevel=2)
+        dispatcher.close(cancel=True, wait=True)

@@ -1,0 +1,116 @@
+"""Checks of what users pass, done before any work starts, with messages that say what is wrong."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .cores import detect_cores
+from .launchers import Launcher, LocalLauncher
+
+#: Variables that size the thread pools of BLAS, OpenMP and friends.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def check_callable(fn: object, method: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{method}() needs a callable as its function, not {type(fn).__name__}")
+
+
+def check_iterables(iterables: tuple[Any, ...], method: str) -> None:
+    if not iterables:
+        raise TypeError(f"{method}() needs at least one iterable of arguments")
+    for position, value in enumerate(iterables, start=1):
+        try:
+            iter(value)
+        except TypeError:
+            raise TypeError(f"{method}() argument {position} after the function must be "
+                            f"iterable, not {type(value).__name__}") from None
+
+
+def check_options(chunksize: int | None, retries: int, errors: str, timeout: float | None) -> None:
+    if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+        raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+
+
+def as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
+    """The items of a map, read once; a list, tuple or range is used as it is.
+
+    Chunks are slices of it: a slice of a range pickles as three integers.
+    """
+    if len(iterables) > 1:
+        return list(zip(*iterables, strict=False))
+    items = iterables[0]
+    return items if isinstance(items, (list, tuple, range)) else list(items)
+
+
+def progress_bar(total: int | None, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install 'sockpool[progress]'") from None
+    return tqdm(total=total)
+
+
+def count_workers(n: int | None, hosts: Iterable[str] | Mapping[str, int] | None) -> int:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise TypeError(f"n must be an integer, not {type(n).__name__}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1, not {n}")
+    if hosts is None:
+        return n if n is not None else detect_cores()
+    if isinstance(hosts, str):
+        raise TypeError(f"hosts must be a list or a dict of host names, not a string; "
+                        f"did you mean hosts=[{hosts!r}]?")
+    counts = dict(hosts) if isinstance(hosts, Mapping) else dict.fromkeys(hosts, 0)
+    if not isinstance(hosts, Mapping):
+        for name in hosts:
+            counts[name] += 1
+    for name, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"hosts[{name!r}] must be a positive number of workers, "
+                             f"not {count!r}")
+    remote = sorted(h for h in counts if h != "localhost")
+    if remote:
+        raise ValueError(f"unknown host(s) {', '.join(map(repr, remote))}: only 'localhost' "
+                         "is supported by this version (ssh launching is not available yet)")
+    total = sum(counts.values()) + (n or 0)
+    if total < 1:
+        raise ValueError("a cluster needs at least one worker; hosts= is empty")
+    return total
+
+def warn_if_oversubscribed(n_workers: int, launcher: Launcher,
+                            threads_per_worker: int | None) -> None:
+    """brms's rule: local workers x threads each should not exceed the physical cores."""
+    if not isinstance(launcher, LocalLauncher):
+        return
+    threads = threads_per_worker or 1
+    physical = detect_cores(logical=False)
+    if n_workers * threads > max(physical, detect_cores() if threads == 1 else 0):
+        warnings.warn(
+            f"{n_workers} worker{'s' if n_workers > 1 else ''} x {threads} "
+            f"thread{'s' if threads > 1 else ''} each = "
+            f"{n_workers * threads} "
+            f"threads on {physical} usable physical cores: they will slow each other "
+            "down; use fewer workers or threads_per_worker", UserWarning, stacklevel=3)
+
+def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:
+    worker_env: dict[str, str] = {}
+    if threads is not None:
+        for name in THREAD_VARIABLES:
+            if threads != 1 or name not in os.environ:
+                worker_env[name] = str(threads)
+    worker_env.update(env or {})
+    return worker_env
