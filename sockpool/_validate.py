@@ -91,20 +91,26 @@ def count_workers(n: int | None, hosts: Iterable[str] | Mapping[str, int] | None
         raise ValueError("a cluster needs at least one worker; hosts= is empty")
     return total
 
-def warn_if_oversubscribed(n_workers: int, launcher: Launcher,
-                            threads_per_worker: int | None) -> None:
-    """brms's rule: local workers x threads each should not exceed the physical cores."""
-    if not isinstance(launcher, LocalLauncher):
-        return
+def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worker: int | None,
+                           chosen: bool) -> None:
+    """brms's rule: local workers x threads each should not exceed the physical cores.
+
+    Args:
+        chosen: the user chose the counts (``n`` or ``threads_per_worker > 1``);
+            the default ``n=detect_cores()`` that DESIGN.md picks is not warned about.
+    """
     threads = threads_per_worker or 1
+    if not isinstance(launcher, LocalLauncher) or not (chosen or threads > 1):
+        return
     physical = detect_cores(logical=False)
-    if n_workers * threads > max(physical, detect_cores() if threads == 1 else 0):
+    if n_workers * threads > physical:
         warnings.warn(
             f"{n_workers} worker{'s' if n_workers > 1 else ''} x {threads} "
-            f"thread{'s' if threads > 1 else ''} each = "
-            f"{n_workers * threads} "
-            f"threads on {physical} usable physical cores: they will slow each other "
-            "down; use fewer workers or threads_per_worker", UserWarning, stacklevel=3)
+            f"thread{'s' if threads > 1 else ''} each = {n_workers * threads} threads on "
+            f"{physical} usable physical cores (hyper-threads do not count): they will slow "
+            "each other down; use fewer workers or threads_per_worker", UserWarning,
+            stacklevel=3)
+
 
 def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:
     worker_env: dict[str, str] = {}

@@ -226,7 +226,7 @@ class Cluster(concurrent.futures.Executor):
                                            self._description, os.getpid())
         self._finalizer.atexit = False  # the exit hook closes it without a warning
         live_clusters.add(self)
-        warn_if_oversubscribed(n_workers, launcher, threads_per_worker)
+        warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self._dispatcher.start()
         try:
             self._dispatcher.wait_for_workers(n_workers, connect_timeout)

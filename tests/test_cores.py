@@ -79,7 +79,12 @@ def test_oversubscription_is_warned_about() -> None:
     with pytest.warns(UserWarning, match="threads on .* usable physical cores"), \
             Cluster(n=1, threads_per_worker=cores + 1):
         pass
+    with pytest.warns(UserWarning, match="hyper-threads do not count"), \
+            Cluster(n=cores + 1):
+        pass
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with Cluster(n=1, threads_per_worker=1):
+            pass
+        with Cluster():  # the default size, detect_cores(), is not warned about
             pass
