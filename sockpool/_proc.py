@@ -1,12 +1,9 @@
-"""Small process helpers: exit statuses in words, stderr tails, bounded waits."""
+"""Small process helpers: exit statuses in words, the tail of a worker's log."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import time
-from collections.abc import Callable, Iterable
 
 #: How much of a worker's stderr error messages quote.
 TAIL_LINES = 20
@@ -38,20 +35,3 @@ def read_tail(path: str | os.PathLike[str], max_lines: int = TAIL_LINES) -> str:
         return ""
     lines = data.decode(errors="replace").splitlines()
     return "\n".join(lines[-max_lines:])
-
-
-def wait_until(done: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    """Poll ``done()`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() >= deadline:
-            return done()
-        time.sleep(interval)
-    return True
-
-
-def signal_pids(pids: Iterable[int], signum: int) -> None:
-    """Send a signal to each pid, ignoring those already gone."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)

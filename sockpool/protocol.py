@@ -57,9 +57,6 @@ CONTROL_PREFIX = b"C"
 #: Frames below this size are copied into zmq (cheaper than tracking a zero-copy buffer).
 COPY_LIMIT = 64 * 1024
 
-#: Largest message a peer may send, in bytes, summed over frames (issue: security).
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 34
-
 
 class Kind(enum.IntEnum):
     """Message kinds."""

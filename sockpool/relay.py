@@ -213,6 +213,8 @@ _emit_lock = threading.Lock()
 
 def emit(batches: list[Batch], prefix: str = "") -> None:
     """Write batches out in the master, in order (see the module docstring)."""
+    if not batches:  # the common case: the chunk wrote nothing
+        return
     with _emit_lock:  # one block at a time, never interleaved with another's
         for out, err, caught, records in batches:
             if out:
