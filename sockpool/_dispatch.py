@@ -237,12 +237,16 @@ class Dispatcher(WorkerTending):
             frames = self.master.receive(check=turn > 0)
             if frames is None:
                 return
-            try:
-                self._on_message(frames)
-            except protocol.ProtocolError:
-                continue  # malformed: dropped, never acted on
-            except Exception:  # one bad message must not take the cluster down
-                logger.exception("sockpool: dropped a message that could not be handled")
+            self._on_message_safely(frames)
+
+    def _on_message_safely(self, frames: list[Any]) -> None:
+        """Handle one message; whatever is wrong with it, drop it and go on."""
+        try:
+            self._on_message(frames)
+        except protocol.ProtocolError as exc:  # malformed: dropped, never acted on
+            logger.debug("sockpool: dropped a malformed message: %s", exc)
+        except Exception:  # one bad message must not take the cluster down
+            logger.exception("sockpool: dropped a message that could not be handled")
 
     def _on_message(self, frames: list[Any]) -> None:
         if len(frames) < 2:
