@@ -39,7 +39,7 @@ from .errors import ClusterClosedError, LaunchError, SockpoolError
 from .launchers.base import Launcher
 from .protocol import Flag, Kind
 from .scheduler import Scheduler
-from .transport import MasterSocket
+from .transport import DEFAULT_MAX_FRAME_BYTES, MasterSocket
 
 logger = logging.getLogger("sockpool")
 
@@ -67,6 +67,8 @@ class Dispatcher(WorkerTending):
         relay_mode: str,
         relay_prefix: bool,
         log_level: int,
+        transport: str = "ipc",
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self.target = n_workers
         self.launcher = launcher
@@ -82,7 +84,8 @@ class Dispatcher(WorkerTending):
         self.scheduler = Scheduler(prefetch)
         self.token = secrets.token_hex(32)
 
-        self.master = MasterSocket()
+        self.max_frame_bytes = max_frame_bytes
+        self.master = MasterSocket(transport, max_frame_bytes)
         self.launcher.prepare(self.master.workdir)
         self.workers: dict[int, WorkerRecord] = {}
         self.exports: list[list[Any]] = []

@@ -72,6 +72,7 @@ class WorkerTending:
     _finish_then_close: bool
     _stop_started: float | None
     _relay_config: dict[str, Any]
+    max_frame_bytes: int
 
     def _assign(self) -> None:
         raise NotImplementedError  # the Dispatcher's
@@ -82,13 +83,16 @@ class WorkerTending:
     def _launch(self) -> WorkerRecord | None:
         worker_id = self._next_worker_id
         self._next_worker_id += 1
+        keys = self.master.issue_keys()  # CURVE: a fresh keypair for this worker alone
         config = {
+            **keys,
             "address": self.master.address,
             "token": self.token,
             "worker_id": worker_id,
             "heartbeat_interval": self.heartbeat_interval,
             "master_timeout": self.master_timeout,  # None: the launcher's default
             "serializer": self.serializer,
+            "max_frame_bytes": self.max_frame_bytes,
             **self._relay_config,
         }
         try:
@@ -98,6 +102,7 @@ class WorkerTending:
             self._startup_failed(exc)
             return None
         record = WorkerRecord(worker_id, process)
+        record.keys = keys
         self.workers[worker_id] = record
         fd = process.fileno()
         if fd is not None:
@@ -166,6 +171,7 @@ class WorkerTending:
         was_ready = record.state == READY
         record.state = state
         self._unwatch(record)
+        self.master.revoke(record.keys)  # its key connects no more
         if was_ready:
             with self.state_changed:
                 self.n_ready -= 1

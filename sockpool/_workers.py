@@ -36,6 +36,7 @@ class WorkerRecord:
         self.failure: LaunchError | None = None  # why it could not start, when known
         self.exited_at: float | None = None  # when its process was first seen ended
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
+        self.keys: dict[str, str] = {}  # its CURVE keys, when the transport has them
 
     @property
     def label(self) -> WorkerLabel:

@@ -77,6 +77,7 @@ from .launchers import Launcher, LocalLauncher
 from .protocol import Flag
 from .rng import check_seed
 from .serialization import FunctionPayload
+from .transport import DEFAULT_MAX_FRAME_BYTES, TRANSPORTS
 
 T = TypeVar("T")
 
@@ -136,6 +137,12 @@ class Cluster(concurrent.futures.Executor):
         relay_prefix: start each relayed line with ``[worker N] ``.
         log_level: the lowest level of worker log records relayed (default:
             the effective level of this process's root logger now).
+        transport: how local workers reach the master: ``"ipc"``, a socket in a
+            private 0700 directory (default, faster), or ``"tcp"``, loopback
+            TCP encrypted and authenticated with CURVE, a key per worker (see
+            docs/security.md).
+        max_message_size: the largest frame a worker may send (bytes); one
+            that sends more is disconnected.
         connect_timeout: seconds to wait for the workers to start and connect.
         heartbeat_interval: seconds between heartbeats, both ways.
         heartbeat_timeout: silence after which a peer counts as lost: a worker
@@ -166,6 +173,8 @@ class Cluster(concurrent.futures.Executor):
         relay: bool | str = True,
         relay_prefix: bool = False,
         log_level: int | None = None,
+        transport: str = "ipc",
+        max_message_size: int = DEFAULT_MAX_FRAME_BYTES,
         connect_timeout: float = 60.0,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float | None = None,
@@ -190,6 +199,12 @@ class Cluster(concurrent.futures.Executor):
                              f"not {max_capture_size!r}")
         if seed is not None:
             check_seed(seed)
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be 'ipc' or 'tcp', not {transport!r}")
+        if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) or (
+                max_message_size < 1):
+            raise ValueError(f"max_message_size must be a positive number of bytes, "
+                             f"not {max_message_size!r}")
         if relay not in (True, False, "live"):
             raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
         if log_level is None:
@@ -219,7 +234,8 @@ class Cluster(concurrent.futures.Executor):
             master_timeout=heartbeat_timeout,
             connect_timeout=connect_timeout, prefetch=prefetch, setup_job=setup_job,
             relay_mode={True: "task", False: "off", "live": "live"}[relay],
-            relay_prefix=relay_prefix, log_level=log_level)
+            relay_prefix=relay_prefix, log_level=log_level, transport=transport,
+            max_frame_bytes=max_message_size)
         self._description = f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)"
         register_exit_hook()
         self._finalizer = weakref.finalize(self, close_forgotten, self._dispatcher,

@@ -1,9 +1,19 @@
 """The master's listening socket: a zmq ROUTER that every worker dials in to.
 
-Local clusters listen on an ``ipc://`` socket inside a private directory
-(mode 0700, made fresh for each cluster), so only processes of the same user
-can connect at all; on top of that every worker proves it holds the cluster's
-random token in its HELLO before anything it sends is looked at.
+Two transports, equally safe, each checked by ``tests/test_hostile.py`` and
+``tests/test_curve.py``:
+
+* ``"ipc"`` (the default for local clusters; faster, see docs/security.md): an
+  ``ipc://`` socket inside a private directory (mode 0700, made fresh for each
+  cluster), so only processes of the same user can connect at all;
+* ``"tcp"``: loopback TCP with ZeroMQ CURVE: a fresh server keypair per
+  cluster, a fresh client keypair per worker, and a ZAP handler that accepts
+  only the client keys this master issued, dropping a worker's key when the
+  worker is gone.  Keys reach a worker over its launch channel (stdin), never
+  a command line.  This is what remote workers will use.
+
+On top of either, every worker proves it holds the cluster's random token in
+its HELLO before anything it sends is looked at.
 """
 
 from __future__ import annotations
@@ -14,20 +24,33 @@ import tempfile
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from . import protocol
+
+TRANSPORTS = ("ipc", "tcp")
+
+#: The largest frame a peer may send; a peer that sends more is disconnected.
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024**3
 
 
 class MasterSocket:
     """The ROUTER socket, its zmq context and its private directory.
 
     Only the I/O thread may use :attr:`socket` once the cluster has started.
+
+    Args:
+        transport: ``"ipc"`` or ``"tcp"`` (CURVE), see the module docstring.
+        max_frame_bytes: frames larger than this disconnect their sender.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, transport: str = "ipc",
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, "
+                             f"not {transport!r}")
         self.workdir = tempfile.mkdtemp(prefix="sockpool-")
         os.chmod(self.workdir, 0o700)
-        self.address = f"ipc://{self.workdir}/master.sock"
         self.context = zmq.Context()
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -36,8 +59,51 @@ class MasterSocket:
         # Flow control is ours (credits per worker), so zmq never blocks the I/O thread.
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        sock.bind(self.address)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self._authenticator: ThreadAuthenticator | None = None
+        self._allowed: set[bytes] = set()  # client public keys issued and not revoked
+        self.server_public_key: bytes | None = None
+        if transport == "tcp":
+            self._authenticator = ThreadAuthenticator(self.context)
+            self._authenticator.start()
+            self._authenticator.configure_curve_callback("*", credentials_provider=self)
+            public, secret = zmq.curve_keypair()
+            sock.curve_server = True
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+            self.server_public_key = public
+            port = sock.bind_to_random_port("tcp://127.0.0.1")
+            self.address = f"tcp://127.0.0.1:{port}"
+        else:
+            self.address = f"ipc://{self.workdir}/master.sock"
+            sock.bind(self.address)
         self.socket = sock
+
+    # -- CURVE keys --------------------------------------------------------------------
+
+    def issue_keys(self) -> dict[str, str]:
+        """A fresh client keypair for one worker, allowed from now on (``{}`` without CURVE).
+
+        Returns what the worker needs, to be sent over its launch channel.
+        """
+        if self.server_public_key is None:
+            return {}
+        public, secret = zmq.curve_keypair()
+        self._allowed.add(public)
+        return {"curve_server_key": self.server_public_key.decode(),
+                "curve_public_key": public.decode(), "curve_secret_key": secret.decode()}
+
+    def revoke(self, keys: dict[str, str]) -> None:
+        """A worker is gone: its key connects no more."""
+        public = keys.get("curve_public_key")
+        if public:
+            self._allowed.discard(public.encode())
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        """ZAP: accept a CURVE client only with a key this master issued (ZAP thread)."""
+        return client_key in self._allowed
+
+    # -- messages ----------------------------------------------------------------------
 
     def send(self, identity: bytes, frames: list[Any]) -> bool:
         """Send a message to one peer; False if it is not connected."""
@@ -69,7 +135,9 @@ class MasterSocket:
             return None
 
     def close(self) -> None:
-        """Close the socket and context and remove the private directory."""
+        """Close the socket, the authenticator and the context; remove the directory."""
         self.socket.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self.context.term()
         shutil.rmtree(self.workdir, ignore_errors=True)

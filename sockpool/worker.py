@@ -92,6 +92,8 @@ class Worker:
         self.master_timeout: float = config["master_timeout"]
         self.serializer: str = config.get("serializer", "cloudpickle")
         self.watch_stdin: bool = config.get("watch_stdin", False)
+        # The master disconnects a peer that sends a larger frame: refuse to send one.
+        self.max_frame_bytes: int = config.get("max_frame_bytes", 1 << 62)
         self.relay: WorkerRelay | None = None
         if config.get("relay", "task") != "off":
             prefix = f"[worker {self.worker_id}] " if config.get("relay_prefix") else ""
@@ -113,12 +115,18 @@ class Worker:
         self.main_thread_id = threading.get_ident()
 
         self.context = zmq.Context()
+        names = ("curve_server_key", "curve_public_key", "curve_secret_key")
+        self._curve = {name: config[name].encode() for name in names if name in config}
         self.data = self._connect(config["address"], protocol.data_identity(self.worker_id))
         self.control = self._connect(config["address"], protocol.control_identity(self.worker_id))
 
     def _connect(self, address: str, identity: bytes) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, identity)
+        if self._curve:  # CURVE: the keys this worker was issued, over its stdin
+            sock.curve_serverkey = self._curve["curve_server_key"]
+            sock.curve_publickey = self._curve["curve_public_key"]
+            sock.curve_secretkey = self._curve["curve_secret_key"]
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
@@ -279,10 +287,19 @@ class Worker:
         self._current = None
         outcome = (values, errors, seconds, batch)
         try:
-            return serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
+            frames = serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
         except Exception:
             outcome = (*self._replace_unpicklable(values, errors), seconds, batch)
-            return serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
+            frames = serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
+        largest = max(memoryview(frame).nbytes for frame in frames)
+        if largest > self.max_frame_bytes:
+            problem = RemoteError("ValueError", f"the results of this chunk need a frame of "
+                                  f"{largest} bytes, more than the cluster's max_message_size "
+                                  f"({self.max_frame_bytes} bytes)")
+            errors = [(0, serialization.pack_exception(problem, self.serializer))]
+            frames = serialization.dumps(([], errors, seconds, batch), self.serializer,
+                                         prefix=prefix, master=False)
+        return frames
 
     def _replace_unpicklable(self, values: list[Any], errors: list[tuple[int, bytes]]
                              ) -> tuple[list[Any], list[tuple[int, bytes]]]:

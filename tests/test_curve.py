@@ -1,0 +1,158 @@
+"""The CURVE transport: only keys the master issued get in; captured traffic replays to nothing."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import zmq
+from test_hostile import hostile_messages
+
+from sockpool import Cluster
+from sockpool.transport import MasterSocket
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def client(context: zmq.Context[zmq.Socket[bytes]], address: str,
+           keys: dict[str, str] | None) -> zmq.Socket[bytes]:
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys:
+        sock.curve_serverkey = keys["curve_server_key"].encode()
+        sock.curve_publickey = keys["curve_public_key"].encode()
+        sock.curve_secretkey = keys["curve_secret_key"].encode()
+    sock.connect(address)
+    return sock
+
+
+def received(master: MasterSocket, wait: float = 0.5) -> list[list[bytes]]:
+    messages = []
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if master.socket.poll(50):
+            messages.append(master.socket.recv_multipart())
+    return messages
+
+
+@pytest.fixture
+def master() -> MasterSocket:
+    sock = MasterSocket("tcp")
+    yield sock
+    sock.close()
+
+
+def test_a_cluster_over_curve_runs_and_listens_on_loopback_only() -> None:
+    with Cluster(n=2, transport="tcp") as cl:
+        assert cl._dispatcher.master.address.startswith("tcp://127.0.0.1:")
+        assert cl.par_map(abs, range(-4, 0)) == [4, 3, 2, 1]
+        secrets = [cl._dispatcher.workers[w.id].keys["curve_secret_key"] for w in cl.workers]
+        for info in cl.workers:  # keys went over stdin: on no command line, in no environment
+            worker = psutil.Process(info.pid)
+            text = " ".join(worker.cmdline()) + " ".join(worker.environ().values())
+            assert not any(secret in text for secret in secrets)
+            assert cl._dispatcher.token not in text
+
+
+def test_only_issued_keys_get_a_message_through(master: MasterSocket) -> None:
+    context = zmq.Context()
+    try:
+        public, secret = zmq.curve_keypair()
+        stranger = {"curve_server_key": master.server_public_key.decode(),
+                    "curve_public_key": public.decode(), "curve_secret_key": secret.decode()}
+        peers = []  # kept: a collected socket would drop its message unsent
+        for keys in (None, stranger):  # no CURVE at all; a key the master never issued
+            peers.append(client(context, master.address, keys))
+            peers[-1].send(b"let me in")
+        assert received(master) == []
+        issued = master.issue_keys()
+        peers.append(client(context, master.address, issued))
+        peers[-1].send(b"hello")
+        assert [frames[1] for frames in received(master)] == [b"hello"]
+        master.revoke(issued)  # the worker is gone: its key no longer connects
+        peers.append(client(context, master.address, issued))
+        peers[-1].send(b"me again")
+        assert received(master) == []
+    finally:
+        context.destroy(linger=0)
+
+
+def test_replayed_traffic_is_not_accepted(master: MasterSocket) -> None:
+    """Record a legitimate session's bytes through a proxy, then replay them."""
+    port = int(master.address.rsplit(":", 1)[1])
+    listener = socket.create_server(("127.0.0.1", 0))
+    proxy_address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    recorded = bytearray()
+
+    def proxy() -> None:
+        inbound, _ = listener.accept()
+        outbound = socket.create_connection(("127.0.0.1", port))
+        for sock in (inbound, outbound):
+            sock.settimeout(0.05)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            for source, target, record in ((inbound, outbound, True), (outbound, inbound, False)):
+                try:
+                    data = source.recv(65536)
+                except TimeoutError:
+                    continue
+                if data:
+                    target.sendall(data)
+                    if record:
+                        recorded.extend(data)
+        inbound.close()
+        outbound.close()
+
+    relay = threading.Thread(target=proxy)
+    relay.start()
+    context = zmq.Context()
+    try:
+        legitimate = client(context, proxy_address, master.issue_keys())
+        legitimate.send(b"a real message")
+        assert [frames[1] for frames in received(master, 1.0)] == [b"a real message"]
+        relay.join(5)
+        assert len(recorded) > 100  # the handshake and the encrypted message
+        replay = socket.create_connection(("127.0.0.1", port))
+        replay.sendall(bytes(recorded))
+        assert received(master, 1.0) == []  # a new session: the old cookies are worthless
+        replay.close()
+    finally:
+        context.destroy(linger=0)
+        listener.close()
+
+
+def test_hostile_peers_get_nothing_unpickled_over_tcp_either(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with Cluster(n=1, transport="tcp") as cl:
+        context = zmq.Context()
+        try:
+            intruder = context.socket(zmq.DEALER)
+            intruder.setsockopt(zmq.LINGER, 0)
+            intruder.connect(cl._dispatcher.master.address)
+            for frames in hostile_messages(marker, cl.workers[0].id):
+                intruder.send_multipart(frames)
+            time.sleep(0.3)
+            assert cl.par_map(abs, [-7]) == [7]
+        finally:
+            context.destroy(linger=0)
+    assert not marker.exists()
+
+
+def test_bad_transport_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        Cluster(n=1, transport="udp")
+    with pytest.raises(ValueError, match="max_message_size"):
+        Cluster(n=1, max_message_size=0)
+
+
+def test_a_result_larger_than_max_message_size_fails_its_task_instead_of_hanging() -> None:
+    from sockpool import RemoteError
+
+    with Cluster(n=1, max_message_size=100_000) as cl:
+        with pytest.raises(RemoteError, match="max_message_size"):
+            cl.par_map(bytes, [1_000_000])
+        assert cl.par_map(bytes, [10]) == [bytes(10)]
