@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster, WorkerInfo
     from .cores import detect_cores
     from .inspection import CaptureEntry, CaptureReport, inspect_capture
-    from .launchers import LocalLauncher
+    from .launchers import LocalLauncher, ManualLauncher
     from .rng import task_rng
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "ClusterClosedError",
     "LaunchError",
     "LocalLauncher",
+    "ManualLauncher",
     "RemoteError",
     "SockpoolError",
     "TaskTimeoutError",
@@ -65,6 +66,7 @@ _LAZY = {
     "WorkerInfo": ".cluster",
     "detect_cores": ".cores",
     "LocalLauncher": ".launchers",
+    "ManualLauncher": ".launchers",
     "task_rng": ".rng",
 }
 

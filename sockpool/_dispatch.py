@@ -85,7 +85,8 @@ class Dispatcher(WorkerTending):
         self.token = secrets.token_hex(32)
 
         self.max_frame_bytes = max_frame_bytes
-        self.master = MasterSocket(transport, max_frame_bytes)
+        self.master = MasterSocket(launcher.transport or transport, max_frame_bytes,
+                                   launcher.listen)
         self.launcher.prepare(self.master.workdir)
         self.workers: dict[int, WorkerRecord] = {}
         self.exports: list[list[Any]] = []

@@ -42,10 +42,11 @@ class MasterSocket:
     Args:
         transport: ``"ipc"`` or ``"tcp"`` (CURVE), see the module docstring.
         max_frame_bytes: frames larger than this disconnect their sender.
+        host: for TCP, the interface to listen on (loopback unless told).
     """
 
     def __init__(self, transport: str = "ipc",
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, host: str = "127.0.0.1") -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, "
                              f"not {transport!r}")
@@ -72,8 +73,8 @@ class MasterSocket:
             sock.curve_secretkey = secret
             sock.curve_publickey = public
             self.server_public_key = public
-            port = sock.bind_to_random_port("tcp://127.0.0.1")
-            self.address = f"tcp://127.0.0.1:{port}"
+            port = sock.bind_to_random_port(f"tcp://{host}")
+            self.address = f"tcp://{host}:{port}"
         else:
             self.address = f"ipc://{self.workdir}/master.sock"
             sock.bind(self.address)

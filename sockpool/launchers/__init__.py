@@ -2,5 +2,6 @@
 
 from .base import Launcher, WorkerProcess
 from .local import LocalLauncher
+from .manual import ManualLauncher
 
-__all__ = ["Launcher", "LocalLauncher", "WorkerProcess"]
+__all__ = ["Launcher", "LocalLauncher", "ManualLauncher", "WorkerProcess"]

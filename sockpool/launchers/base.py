@@ -60,6 +60,10 @@ class Launcher(abc.ABC):
     #: True when the handle's ending is the authoritative sign of a lost worker,
     #: so heartbeat silence alone (a task holding the GIL) does not count.
     watches_processes: bool = True
+    #: The transport its workers need (None: the cluster's choice) and, for
+    #: TCP, the address the master listens on.
+    transport: str | None = None
+    listen: str = "127.0.0.1"
 
     def prepare(self, workdir: str) -> None:
         """Called once before the first spawn with the cluster's private directory."""

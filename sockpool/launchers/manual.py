@@ -1,0 +1,79 @@
+"""Workers you start yourself, on any machine: the launcher prints what to run.
+
+R's ``makeCluster(..., manual = TRUE)``.  The master listens on loopback TCP
+with CURVE, or on the address you give it (an interface of this machine the
+workers can reach; never 0.0.0.0 unless you say so).  For each worker it
+prints the command to run and one line to paste into that command's stdin:
+the address, the cluster's token and the worker's own keys.  They go over
+stdin, never a command line.  Such workers are judged by heartbeat, and end
+themselves when the master falls silent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .base import Launcher, WorkerProcess
+
+
+class ManualWorkerProcess(WorkerProcess):
+    """A worker started by hand elsewhere: no process here to watch or signal."""
+
+    def __init__(self, worker_id: int, command: str) -> None:
+        self.worker_id = worker_id
+        self.host = "manual"
+        self.command = command
+        self._released = False
+
+    @property
+    def pid(self) -> int:
+        return 0  # unknown until its HELLO says
+
+    def poll(self) -> int | None:
+        # Asked to stop (SHUTDOWN was sent first), it is gone as far as we can know.
+        return 0 if self._released else None
+
+    def terminate(self) -> None:
+        self._released = True
+
+    def kill(self) -> None:
+        self._released = True
+
+
+class ManualLauncher(Launcher):
+    """Print how to start each worker by hand (R's ``manual = TRUE``).
+
+    Args:
+        listen: the address the master listens on, an interface of this machine
+            the workers can reach (default: loopback only).
+        python: the interpreter named in the printed command.
+        output: where the instructions go (default: this process's stderr).
+    """
+
+    watches_processes = False
+    transport = "tcp"
+
+    def __init__(self, listen: str = "127.0.0.1", python: str = "python3",
+                 output: Callable[[str], Any] | None = None) -> None:
+        self.listen = listen
+        self.python = python
+        self._output = output
+
+    def spawn(self, worker_id: int, config: dict[str, Any]) -> ManualWorkerProcess:
+        command = f"{self.python} -m sockpool.worker"
+        line = json.dumps({**config, "master_timeout": config.get("master_timeout") or 60.0})
+        text = (f"sockpool: start worker {worker_id} by hand: on the worker's machine run\n"
+                f"    {command}\n"
+                f"and paste this one line into it (it holds that worker's keys; keep it "
+                f"private):\n{line}\n")
+        if self._output is not None:
+            self._output(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+        return ManualWorkerProcess(worker_id, command)
+
+    def describe(self) -> str:
+        return f"manual, listening on {self.listen}"
