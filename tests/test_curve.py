@@ -142,6 +142,20 @@ def test_hostile_peers_get_nothing_unpickled_over_tcp_either(tmp_path: Path) -> 
     assert not marker.exists()
 
 
+def test_a_plain_tcp_client_sending_a_pickle_gets_nothing_through(tmp_path: Path) -> None:
+    from test_hostile import evil_pickle
+
+    marker = tmp_path / "pwned"
+    with Cluster(n=1, transport="tcp") as cl:
+        port = int(cl._dispatcher.master.address.rsplit(":", 1)[1])
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.sendall(evil_pickle(marker) * 4)
+        time.sleep(0.3)
+        raw.close()
+        assert cl.par_map(abs, [-9]) == [9]
+    assert not marker.exists()
+
+
 def test_bad_transport_options_are_refused() -> None:
     with pytest.raises(ValueError, match="transport"):
         Cluster(n=1, transport="udp")
