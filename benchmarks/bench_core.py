@@ -20,28 +20,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from timing import round_trips, timed
+
 from sockpool import Cluster
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def round_trips(submit: Callable[..., Any], calls: int) -> float:
-    """Median seconds of ``submit(abs, 1).result()`` over ``calls`` calls."""
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        submit(abs, 1).result()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def _echo(address: str) -> None:

@@ -19,9 +19,8 @@ import argparse
 import contextlib
 import io
 import statistics
-import time
-from collections.abc import Callable
-from typing import Any
+
+from timing import round_trips, timed
 
 from sockpool import Cluster
 
@@ -29,21 +28,6 @@ from sockpool import Cluster
 def say(x: int) -> int:
     print("task", x, "done")
     return x
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def round_trip(cluster: Cluster, calls: int) -> float:
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        cluster.submit(abs, 1).result()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -68,7 +52,7 @@ def main() -> None:
                     results.setdefault((name, "silent"), []).append(timed(
                         lambda c=cluster: c.par_map(abs, range(silent_tasks))) / silent_tasks)
                     results.setdefault((name, "round trip"), []).append(
-                        round_trip(cluster, calls))
+                        round_trips(cluster.submit, calls))
                     results.setdefault((name, "printing"), []).append(timed(
                         lambda c=cluster: c.par_map(say, range(printing_tasks), chunksize=1))
                         / printing_tasks)

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+from timing import round_trips, timed
 
 from sockpool import Cluster
 
@@ -29,21 +27,6 @@ def send_in(a: np.ndarray) -> int:
 
 def make(nbytes: int) -> np.ndarray:
     return np.ones(nbytes // 8)
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def round_trip(cl: Cluster, calls: int) -> float:
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        cl.submit(abs, 1).result()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -67,7 +50,7 @@ def main() -> None:
                 add((name, "out"), []).append(timed(lambda c=cl: c.par_map(make, [nbytes])))
                 add((name, "tiny"), []).append(
                     timed(lambda c=cl: c.par_map(abs, range(tiny))) / tiny)
-                add((name, "rt"), []).append(round_trip(cl, calls))
+                add((name, "rt"), []).append(round_trips(cl.submit, calls))
 
     def med(key: tuple[str, str]) -> float:
         return statistics.median(results[key])
