@@ -77,7 +77,7 @@ from .launchers import Launcher, LocalLauncher
 from .protocol import Flag
 from .rng import check_seed
 from .serialization import FunctionPayload
-from .transport import DEFAULT_MAX_FRAME_BYTES, TRANSPORTS
+from .transport import DEFAULT_MAX_FRAME_BYTES
 
 T = TypeVar("T")
 
@@ -199,8 +199,6 @@ class Cluster(concurrent.futures.Executor):
                              f"not {max_capture_size!r}")
         if seed is not None:
             check_seed(seed)
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport must be 'ipc' or 'tcp', not {transport!r}")
         if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) or (
                 max_message_size < 1):
             raise ValueError(f"max_message_size must be a positive number of bytes, "
