@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster, WorkerInfo
     from .cores import detect_cores
     from .inspection import CaptureEntry, CaptureReport, inspect_capture
-    from .launchers import LocalLauncher, ManualLauncher
+    from .launchers import LocalLauncher, ManualLauncher, SSHHost, SSHLauncher
     from .rng import task_rng
 
 __all__ = [
@@ -46,6 +46,8 @@ __all__ = [
     "LocalLauncher",
     "ManualLauncher",
     "RemoteError",
+    "SSHHost",
+    "SSHLauncher",
     "SockpoolError",
     "TaskTimeoutError",
     "WorkerInfo",
@@ -67,6 +69,8 @@ _LAZY = {
     "detect_cores": ".cores",
     "LocalLauncher": ".launchers",
     "ManualLauncher": ".launchers",
+    "SSHHost": ".launchers",
+    "SSHLauncher": ".launchers",
     "task_rng": ".rng",
 }
 

@@ -18,6 +18,7 @@ import os
 import secrets
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -87,7 +88,7 @@ class Dispatcher(WorkerTending):
         self.max_frame_bytes = max_frame_bytes
         self.master = MasterSocket(launcher.transport or transport, max_frame_bytes,
                                    launcher.listen)
-        self.launcher.prepare(self.master.workdir)
+        self.launcher.prepare(self.master.workdir, self.master.bind_tcp)
         self.workers: dict[int, WorkerRecord] = {}
         self.exports: list[list[Any]] = []
         self._next_worker_id = 0
@@ -148,20 +149,33 @@ class Dispatcher(WorkerTending):
         self.call_soon(run)
         return answer.result(timeout)
 
-    def wait_for_workers(self, count: int, timeout: float) -> None:
-        """Block until ``count`` workers are ready; raise LaunchError on failure."""
+    def wait_for_workers(self, count: int, timeout: float, minimum: int | None = None) -> None:
+        """Block until ``count`` workers are ready; raise LaunchError on failure.
+
+        With ``minimum``, failures are accepted once every worker has either
+        started or failed (or the time is up) and at least ``minimum`` are ready;
+        a warning then names what failed.
+        """
         deadline = time.monotonic() + timeout
         with self.state_changed:
             while self.n_ready < count:
-                if self.startup_errors:
-                    raise self.startup_errors[0]
-                if self.broken is not None:
+                if self.broken is not None and not self.startup_errors:
                     raise LaunchError(f"the cluster failed while starting: {self.broken}")
                 remaining = deadline - time.monotonic()
+                settled = remaining <= 0 or self.broken is not None or not any(
+                    r.state in (STARTING, SETUP) for r in self.workers.values())
+                if self.startup_errors and (minimum is None or settled):
+                    if minimum is not None and self.n_ready >= minimum:
+                        self._warn_partial(count)
+                        return
+                    raise self.startup_errors[0]
                 if remaining <= 0:
+                    if minimum is not None and self.n_ready >= minimum:
+                        self._warn_partial(count)
+                        return
                     waiting = [r for r in self.workers.values() if r.state in (STARTING, SETUP)]
                     detail = "; ".join(
-                        f"worker {r.id} (pid {r.pid}): {r.state}"
+                        f"worker {r.id} (pid {r.pid} on {r.host}): {r.state}"
                         + (f", stderr: {tail}" if (tail := r.process.stderr_tail()) else "")
                         for r in waiting)
                     raise LaunchError(
@@ -169,6 +183,13 @@ class Dispatcher(WorkerTending):
                         f"{timeout:g} s (connect_timeout); still waiting for: {detail}",
                         command=waiting[0].process.command if waiting else None)
                 self.state_changed.wait(min(remaining, 0.5))
+
+    def _warn_partial(self, count: int) -> None:
+        reasons = list(dict.fromkeys(str(error).split("\n", 1)[0]
+                                     for error in self.startup_errors))
+        reasons = reasons or ["some workers did not connect in time"]
+        warnings.warn(f"the cluster started with {self.n_ready} of {count} workers "
+                      f"(min_workers=): {'; '.join(reasons)}", UserWarning, stacklevel=4)
 
     def close(self, *, cancel: bool, wait: bool, timeout: float | None = 10.0) -> None:
         """Stop: cancel what is pending (or finish it first), then end every worker."""
@@ -288,7 +309,7 @@ class Dispatcher(WorkerTending):
         if record.state != STARTING:
             return
         record.pid = int(info.get("pid", record.pid))
-        if record.host != "localhost":
+        if not record.process.host_known:
             record.host = str(info.get("host", record.host))
         for frames in self.exports:
             self.master.send(record.data_identity, frames)
@@ -488,6 +509,8 @@ class Dispatcher(WorkerTending):
             if record.alive:
                 record.state = STOPPED
         self.n_ready = 0
+        with contextlib.suppress(Exception):  # a launcher's cleanup must not stop ours
+            self.launcher.close()
         self.master.close()
         self.closing = True
         with self._wake_lock:

@@ -101,6 +101,9 @@ class WorkerTending:
             self._failed_replacements += 1
             self._startup_failed(exc)
             return None
+        if process is None:  # nowhere to start one
+            self.master.revoke(keys)
+            return None
         record = WorkerRecord(worker_id, process)
         record.keys = keys
         self.workers[worker_id] = record
@@ -185,7 +188,8 @@ class WorkerTending:
         tail = record.process.stderr_tail()
         if starting:
             self._failed_replacements += 1
-            self._startup_failed(record.failure or launch_error(record, how, tail))
+            self._startup_failed(record.failure or record.process.failure()
+                                 or launch_error(record, how, tail))
         # A worker runs its chunks in order: the oldest was running, those
         # behind it never started.  A static map's chunks may move elsewhere.
         running, queued = held[:1], held[1:]

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .cores import detect_cores
-from .launchers import Launcher, LocalLauncher
+from .launchers import Launcher, LocalLauncher, SSHHost, SSHLauncher
+from .launchers.ssh import parse_hosts
 
 #: Variables that size the thread pools of BLAS, OpenMP and friends.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -64,32 +65,69 @@ def progress_bar(total: int | None, enabled: bool) -> Any:
     return tqdm(total=total)
 
 
-def count_workers(n: int | None, hosts: Iterable[str] | Mapping[str, int] | None) -> int:
+def check_count(n: int | None) -> None:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
         raise TypeError(f"n must be an integer, not {type(n).__name__}")
     if n is not None and n < 1:
         raise ValueError(f"n must be at least 1, not {n}")
+
+
+def choose_launcher(
+    n: int | None,
+    hosts: Iterable[str | SSHHost] | Mapping[str, int | SSHHost] | None,
+    launcher: Launcher | None,
+    *,
+    python: str | None,
+    env: dict[str, str],
+    tunnel: bool,
+    listen: str | None,
+) -> tuple[Launcher, int]:
+    """The launcher a Cluster's arguments ask for, and how many workers it starts.
+
+    With ``hosts=`` and no ``n`` only the hosts' workers run (``"localhost"``
+    ones locally); ``n`` and ``hosts`` together add ``n`` local workers.
+    """
+    check_count(n)
+    if launcher is not None:
+        if hosts is not None:
+            raise ValueError("give hosts= or launcher=, not both (an SSHLauncher takes hosts)")
+        if tunnel or listen is not None:
+            raise ValueError("tunnel= and listen= belong to the launcher when launcher= is given")
+        if launcher.size is not None:
+            if n is not None:
+                raise ValueError(f"n= does not apply to {type(launcher).__name__}, "
+                                 "which says how many workers it starts")
+            return launcher, launcher.size
+        return launcher, n if n is not None else detect_cores()
     if hosts is None:
-        return n if n is not None else detect_cores()
-    if isinstance(hosts, str):
-        raise TypeError(f"hosts must be a list or a dict of host names, not a string; "
-                        f"did you mean hosts=[{hosts!r}]?")
-    counts = dict(hosts) if isinstance(hosts, Mapping) else dict.fromkeys(hosts, 0)
-    if not isinstance(hosts, Mapping):
-        for name in hosts:
-            counts[name] += 1
-    for name, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"hosts[{name!r}] must be a positive number of workers, "
-                             f"not {count!r}")
-    remote = sorted(h for h in counts if h != "localhost")
-    if remote:
-        raise ValueError(f"unknown host(s) {', '.join(map(repr, remote))}: only 'localhost' "
-                         "is supported by this version (ssh launching is not available yet)")
-    total = sum(counts.values()) + (n or 0)
-    if total < 1:
+        if tunnel or listen is not None:
+            raise ValueError("tunnel= and listen= apply to remote hosts; give hosts= too")
+        count = n if n is not None else detect_cores()
+        return LocalLauncher(python=python, env=env), count
+    parsed = parse_hosts(hosts)
+    if n is not None:
+        parsed.append(SSHHost("localhost", workers=n))
+    if not parsed:
         raise ValueError("a cluster needs at least one worker; hosts= is empty")
-    return total
+    total = sum(host.workers for host in parsed)
+    if all(host.is_local for host in parsed):
+        if tunnel or listen is not None:
+            raise ValueError("tunnel= and listen= apply to remote hosts, and hosts= names "
+                             "only 'localhost'")
+        return LocalLauncher(python=python, env=env), total
+    ssh = SSHLauncher(parsed, python=python, env=env, tunnel=tunnel, listen=listen)
+    ssh.check_hosts()
+    return ssh, total
+
+
+def check_min_workers(min_workers: int | None, total: int) -> None:
+    if min_workers is None:
+        return
+    if isinstance(min_workers, bool) or not isinstance(min_workers, int) or not (
+            1 <= min_workers <= total):
+        raise ValueError(f"min_workers must be an integer from 1 to the {total} workers asked "
+                         f"for, not {min_workers!r}")
+
 
 def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worker: int | None,
                            chosen: bool) -> None:

@@ -64,8 +64,9 @@ from ._validate import (
     as_sequence,
     check_callable,
     check_iterables,
+    check_min_workers,
     check_options,
-    count_workers,
+    choose_launcher,
     progress_bar,
     warn_if_oversubscribed,
     worker_env,
@@ -73,7 +74,7 @@ from ._validate import (
 from .binding import lookup
 from .capture import DEFAULT_MAX_CAPTURE_SIZE, dump_call, dump_function, dump_values
 from .errors import ClusterClosedError
-from .launchers import Launcher, LocalLauncher
+from .launchers import Launcher, SSHHost
 from .protocol import Flag
 from .rng import check_seed
 from .serialization import FunctionPayload
@@ -109,11 +110,22 @@ class Cluster(concurrent.futures.Executor):
 
     Args:
         n: number of local workers (default: :func:`detect_cores`).
-        hosts: where workers run: a list (repeat a name for several workers)
-            or a dict of name to count.  Only ``"localhost"`` is supported so
-            far; it means a local worker.
-        launcher: an explicit launcher (:class:`~sockpool.launchers.LocalLauncher`).
-        python: the interpreter workers run (default: this one).
+        hosts: ssh destinations instead of (or besides) local workers: a list
+            where a repeated name means several workers on that host
+            (``["node1", "node1", "node2"]``), or a dict ``{"node1": 8,
+            "user@node2:2222": 4}`` (values may be :class:`SSHHost` for
+            per-host options); names from ``~/.ssh/config`` work.
+            ``"localhost"`` means a local worker, no ssh.  See docs/ssh.md.
+        tunnel: remote workers connect back through an ``ssh -R`` reverse
+            tunnel instead of directly.
+        listen: the address of this machine remote workers connect to
+            (default: for each host, the local address that routes to it).
+        min_workers: accept a partial cluster of at least this many workers
+            when some fail to start (a warning names the failures).
+        launcher: an explicit launcher (:class:`LocalLauncher`,
+            :class:`SSHLauncher`, :class:`ManualLauncher`).
+        python: the interpreter workers run (default: this one locally,
+            ``python3`` on remote hosts).
         env: extra environment variables for the workers.
         setup: a callable run once in every worker when it starts (also in a
             replacement worker), e.g. to import heavy modules.
@@ -161,7 +173,10 @@ class Cluster(concurrent.futures.Executor):
         self,
         n: int | None = None,
         *,
-        hosts: Iterable[str] | Mapping[str, int] | None = None,
+        hosts: Iterable[str | SSHHost] | Mapping[str, int | SSHHost] | None = None,
+        tunnel: bool = False,
+        listen: str | None = None,
+        min_workers: int | None = None,
         launcher: Launcher | None = None,
         python: str | None = None,
         env: Mapping[str, str] | None = None,
@@ -180,7 +195,12 @@ class Cluster(concurrent.futures.Executor):
         heartbeat_timeout: float | None = None,
         prefetch: int = 2,
     ) -> None:
-        n_workers = count_workers(n, hosts)
+        if launcher is not None and (python is not None or env is not None):
+            raise ValueError("python= and env= belong to the launcher when launcher= is given")
+        launcher, n_workers = choose_launcher(
+            n, hosts, launcher, python=python, env=worker_env(env, threads_per_worker),
+            tunnel=tunnel, listen=listen)
+        check_min_workers(min_workers, n_workers)
         serialization.check_serializer(serializer)
         if setup is not None:
             check_callable(setup, "Cluster(setup=...)")
@@ -209,10 +229,6 @@ class Cluster(concurrent.futures.Executor):
             log_level = logging.getLogger().getEffectiveLevel()
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
-        if launcher is None:
-            launcher = LocalLauncher(python=python, env=worker_env(env, threads_per_worker))
-        elif python is not None or env is not None:
-            raise ValueError("python= and env= belong to the launcher when launcher= is given")
 
         self._serializer = serializer
         self._max_capture_size = max_capture_size
@@ -243,7 +259,7 @@ class Cluster(concurrent.futures.Executor):
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self._dispatcher.start()
         try:
-            self._dispatcher.wait_for_workers(n_workers, connect_timeout)
+            self._dispatcher.wait_for_workers(n_workers, connect_timeout, min_workers)
         except BaseException:
             self.close()
             raise

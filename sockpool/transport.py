@@ -73,12 +73,25 @@ class MasterSocket:
             sock.curve_secretkey = secret
             sock.curve_publickey = public
             self.server_public_key = public
-            port = sock.bind_to_random_port(f"tcp://{host}")
-            self.address = f"tcp://{host}:{port}"
+            self.socket = sock
+            self._tcp_addresses: dict[str, str] = {}
+            self.address = self.bind_tcp(host)
         else:
             self.address = f"ipc://{self.workdir}/master.sock"
             sock.bind(self.address)
         self.socket = sock
+
+    def bind_tcp(self, host: str) -> str:
+        """Listen on one more interface (TCP with CURVE); the address workers dial there."""
+        if self.server_public_key is None:
+            raise ValueError("workers on other hosts need transport='tcp' (CURVE)")
+        if host not in self._tcp_addresses:
+            if ":" in host:  # IPv6
+                self.socket.setsockopt(zmq.IPV6, 1)
+            endpoint = f"tcp://[{host}]" if ":" in host else f"tcp://{host}"
+            port = self.socket.bind_to_random_port(endpoint)
+            self._tcp_addresses[host] = f"{endpoint}:{port}"
+        return self._tcp_addresses[host]
 
     # -- CURVE keys --------------------------------------------------------------------
 

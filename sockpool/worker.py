@@ -128,6 +128,8 @@ class Worker:
             sock.curve_publickey = self._curve["curve_public_key"]
             sock.curve_secretkey = self._curve["curve_secret_key"]
         sock.setsockopt(zmq.LINGER, 1000)
+        if address.startswith("tcp://["):  # an IPv6 master
+            sock.setsockopt(zmq.IPV6, 1)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.connect(address)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from testbed import Testbed, netns_missing, ssh_missing
 
 from sockpool import Cluster
 
@@ -65,3 +66,37 @@ def shared_cluster() -> Iterator[Cluster]:
     """One two-worker cluster for a whole module of tests that do not break workers."""
     with Cluster(n=2) as cl:
         yield cl
+
+
+#: Namespace test hosts the ssh tests get (sp-n1..sp-n3).
+NAMESPACE_HOSTS = 3
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    """A private sshd on 127.0.0.1-3 and, where possible, namespace hosts (TESTBED.md).
+
+    Skips (with the reason) where there is no root or no OpenSSH server.
+    """
+    reason = ssh_missing()
+    if reason:
+        pytest.skip(reason)
+    bed = Testbed(tmp_path_factory.mktemp("testbed"))
+    namespaces = NAMESPACE_HOSTS if netns_missing() is None else 0
+    try:
+        bed.make_keys()
+        bed.start_sshd()
+        if namespaces:
+            bed.start_namespaces(namespaces)
+        bed.write_ssh_config(namespaces)
+        yield bed
+    finally:
+        bed.stop(NAMESPACE_HOSTS)
+
+
+@pytest.fixture
+def namespace_hosts(testbed: Testbed) -> Testbed:
+    """The testbed, for a test that needs its network-namespace hosts."""
+    if not testbed.namespaces:
+        pytest.skip(f"no namespace hosts here: {netns_missing()}")
+    return testbed

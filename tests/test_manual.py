@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import sys
@@ -24,9 +25,9 @@ def test_manual_workers_follow_the_printed_instructions() -> None:
         for _ in range(2):
             text = printed.get(timeout=60)
             command, line = text.splitlines()[1].strip(), text.splitlines()[-1]
-            assert command == "python3 -m sockpool.worker"
-            worker = subprocess.Popen([sys.executable, "-m", "sockpool.worker"],
-                                      stdin=subprocess.PIPE)
+            assert command == "sockpool worker"  # the script pip installs beside python
+            script = os.path.join(os.path.dirname(sys.executable), "sockpool")
+            worker = subprocess.Popen([script, "worker"], stdin=subprocess.PIPE)
             assert worker.stdin is not None
             worker.stdin.write(line.encode() + b"\n")  # pasted: never on a command line
             worker.stdin.flush()

@@ -1,7 +1,9 @@
-"""Launchers start worker processes: locally, and (later) over ssh or Slurm."""
+"""Launchers start worker processes: locally, by hand, over ssh (and on Slurm)."""
 
 from .base import Launcher, WorkerProcess
 from .local import LocalLauncher
 from .manual import ManualLauncher
+from .ssh import SSHHost, SSHLauncher
 
-__all__ = ["Launcher", "LocalLauncher", "ManualLauncher", "WorkerProcess"]
+__all__ = ["Launcher", "LocalLauncher", "ManualLauncher", "SSHHost", "SSHLauncher",
+           "WorkerProcess"]

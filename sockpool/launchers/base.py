@@ -9,9 +9,11 @@ lets the I/O thread notice the process ending and end it.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 from .._proc import describe_exit
+from ..errors import LaunchError
 
 
 class WorkerProcess(abc.ABC):
@@ -20,6 +22,10 @@ class WorkerProcess(abc.ABC):
     worker_id: int
     host: str
     command: str
+    #: Stopped on the master's request: its place may take a replacement.
+    released: bool = False
+    #: False where only the worker's HELLO can say which machine it is on.
+    host_known: bool = True
 
     @property
     @abc.abstractmethod
@@ -46,6 +52,10 @@ class WorkerProcess(abc.ABC):
         """The last lines the process wrote to stderr."""
         return ""
 
+    def failure(self) -> LaunchError | None:
+        """Why the worker could not start, when its launcher knows better than its exit."""
+        return None
+
     def exit_status(self) -> str:
         """How the process ended, in words."""
         return describe_exit(self.poll())
@@ -64,17 +74,30 @@ class Launcher(abc.ABC):
     #: TCP, the address the master listens on.
     transport: str | None = None
     listen: str = "127.0.0.1"
+    #: How many workers it starts, when it decides (an SSHLauncher's hosts); None: ``n``.
+    size: int | None = None
 
-    def prepare(self, workdir: str) -> None:
-        """Called once before the first spawn with the cluster's private directory."""
+    def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
+        """Called once before the first spawn.
+
+        Args:
+            workdir: the cluster's private directory (mode 0700).
+            bind: ``bind(interface)`` makes the master listen on one more
+                interface (TCP with CURVE) and returns the address to dial there.
+        """
 
     @abc.abstractmethod
-    def spawn(self, worker_id: int, config: dict[str, Any]) -> WorkerProcess:
+    def spawn(self, worker_id: int, config: dict[str, Any]) -> WorkerProcess | None:
         """Start one worker, handing it ``config`` over its launch channel.
 
         ``config["master_timeout"]`` is the silence after which the worker gives
-        up on the master; None asks the launcher for its default.
+        up on the master; None asks the launcher for its default.  Returns
+        None when the launcher has nowhere to start one (a replacement for a
+        host that is gone); raises LaunchError when starting failed.
         """
+
+    def close(self) -> None:
+        """Release what the launcher holds once every worker is gone (sessions, jobs)."""
 
     @abc.abstractmethod
     def describe(self) -> str:

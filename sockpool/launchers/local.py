@@ -9,7 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 from .._proc import read_tail
@@ -56,6 +56,7 @@ class LocalWorkerProcess(WorkerProcess):
         self._signal(signal.SIGKILL)
 
     def _signal(self, signum: int) -> None:
+        self.released = True
         if self._process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.send_signal(signum)
@@ -88,7 +89,7 @@ class LocalLauncher(Launcher):
         self.env = dict(env or {})
         self._workdir: str | None = None
 
-    def prepare(self, workdir: str) -> None:
+    def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
         self._workdir = workdir
 
     def command(self) -> list[str]:

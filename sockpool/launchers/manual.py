@@ -25,8 +25,8 @@ class ManualWorkerProcess(WorkerProcess):
     def __init__(self, worker_id: int, command: str) -> None:
         self.worker_id = worker_id
         self.host = "manual"
+        self.host_known = False  # its HELLO names the machine
         self.command = command
-        self._released = False
 
     @property
     def pid(self) -> int:
@@ -34,13 +34,13 @@ class ManualWorkerProcess(WorkerProcess):
 
     def poll(self) -> int | None:
         # Asked to stop (SHUTDOWN was sent first), it is gone as far as we can know.
-        return 0 if self._released else None
+        return 0 if self.released else None
 
     def terminate(self) -> None:
-        self._released = True
+        self.released = True
 
     def kill(self) -> None:
-        self._released = True
+        self.released = True
 
 
 class ManualLauncher(Launcher):
@@ -49,21 +49,23 @@ class ManualLauncher(Launcher):
     Args:
         listen: the address the master listens on, an interface of this machine
             the workers can reach (default: loopback only).
-        python: the interpreter named in the printed command.
+        python: an interpreter to name in the printed command
+            (``PYTHON -m sockpool worker``); by default the command is the
+            ``sockpool worker`` script that installing sockpool provides.
         output: where the instructions go (default: this process's stderr).
     """
 
     watches_processes = False
     transport = "tcp"
 
-    def __init__(self, listen: str = "127.0.0.1", python: str = "python3",
+    def __init__(self, listen: str = "127.0.0.1", python: str | None = None,
                  output: Callable[[str], Any] | None = None) -> None:
         self.listen = listen
         self.python = python
         self._output = output
 
     def spawn(self, worker_id: int, config: dict[str, Any]) -> ManualWorkerProcess:
-        command = f"{self.python} -m sockpool.worker"
+        command = f"{self.python} -m sockpool worker" if self.python else "sockpool worker"
         line = json.dumps({**config, "master_timeout": config.get("master_timeout") or 60.0})
         text = (f"sockpool: start worker {worker_id} by hand: on the worker's machine run\n"
                 f"    {command}\n"

@@ -1,0 +1,27 @@
+"""The ``sockpool`` command: ``sockpool worker`` starts a worker by hand.
+
+The worker reads its configuration (the master's address, the cluster's token
+and its CURVE keys) as one line on stdin, as a ``ManualLauncher`` prints it,
+so that nothing secret is on a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sockpool`` command (and ``python -m sockpool``)."""
+    parser = argparse.ArgumentParser(prog="sockpool", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "worker", help="run one worker; paste the line its master printed into its stdin")
+    parser.parse_args(argv)
+    from .worker import main as worker_main
+
+    return worker_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

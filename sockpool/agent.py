@@ -1,0 +1,160 @@
+"""The host agent: one per remote host, started over ssh, it runs that host's workers.
+
+One ssh session per host starts this agent; the master then writes one JSON
+line per worker to the agent's stdin (the worker's configuration, its CURVE
+keys included), and the agent starts ``python -m sockpool.worker`` for each,
+handing the line on through the worker's own stdin.  Nothing secret is ever on
+a command line.
+
+The agent reports on its stdout, one JSON line per event:
+
+* ``{"alive": n}`` every heartbeat interval: the session is healthy, n workers run;
+* ``{"exit": id, "status": code, "tail": "..."}`` when a worker ends, with the
+  end of its stderr, so a remote crash is known at once and explained.
+
+Remote workers never outlive the master (docs/ssh.md states the bounds):
+
+* stdin end-of-file (the master died, or its ssh client did): the agent stops
+  its workers (SIGTERM, then SIGKILL) and exits;
+* each worker is tied to the agent (stdin and the parent-death signal) and
+  gives up on a silent master by itself (heartbeats), so a cut network ends it;
+* an agent left with no worker for ``idle_exit`` seconds exits too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, BinaryIO
+
+from ._proc import read_tail
+
+#: After SIGTERM, how long workers get before SIGKILL when the agent stops.
+STOP_GRACE = 2.0
+
+
+class HostAgent:
+    """Starts, watches and stops the workers of one host."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.idle_exit: float = float(options.get("idle_exit", 30.0))
+        self.report_interval: float = float(options.get("report_interval", 1.0))
+        self.cleanup_paths: list[str] = list(options.get("cleanup", []))
+        self.workdir = tempfile.mkdtemp(prefix="sockpool-agent-")
+        self.workers: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
+        self.idle_since = time.monotonic()
+
+    def start_worker(self, config: dict[str, Any]) -> None:
+        worker_id = int(config["worker_id"])
+        log_path = os.path.join(self.workdir, f"worker-{worker_id}.log")
+        config = {**config, "watch_stdin": True, "parent_pid": os.getpid()}
+        with open(log_path, "wb") as log:
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "sockpool.worker"], stdin=subprocess.PIPE,
+                    stdout=log, stderr=log, start_new_session=True)
+            except OSError as exc:
+                self.report({"exit": worker_id, "status": 127, "tail": str(exc)})
+                return
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write(json.dumps(config).encode() + b"\n")
+            process.stdin.flush()
+        self.workers[worker_id] = (process, log_path)
+
+    def signal_worker(self, worker_id: int, signum: int) -> None:
+        entry = self.workers.get(worker_id)
+        if entry is not None and entry[0].poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                entry[0].send_signal(signum)
+
+    def reap(self) -> None:
+        """Report every worker that ended since the last look."""
+        for worker_id, (process, log_path) in list(self.workers.items()):
+            status = process.poll()
+            if status is None:
+                continue
+            del self.workers[worker_id]
+            stdin: BinaryIO | None = process.stdin  # type: ignore[assignment]
+            if stdin is not None:
+                with contextlib.suppress(OSError):
+                    stdin.close()
+            self.report({"exit": worker_id, "status": status, "tail": read_tail(log_path)})
+        if self.workers:
+            self.idle_since = time.monotonic()
+
+    def report(self, event: dict[str, Any]) -> None:
+        try:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            self.stop("the master's ssh session is gone")
+
+    def handle(self, line: bytes) -> None:
+        try:
+            command = json.loads(line)
+        except ValueError:
+            return
+        if "start" in command:
+            self.start_worker(command["start"])
+        elif "signal" in command:
+            self.signal_worker(int(command["signal"]), int(command.get("signum", signal.SIGTERM)))
+
+    def run(self) -> None:
+        selector = selectors.DefaultSelector()
+        stdin = sys.stdin.buffer
+        selector.register(stdin, selectors.EVENT_READ)
+        pending = b""
+        next_alive = 0.0
+        while True:
+            for _ in selector.select(timeout=0.1):
+                data = os.read(stdin.fileno(), 65536)
+                if not data:
+                    self.stop(None)
+                pending += data
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    self.handle(line)
+            self.reap()
+            now = time.monotonic()
+            if now >= next_alive:
+                self.report({"alive": len(self.workers)})
+                next_alive = now + self.report_interval
+            if not self.workers and now - self.idle_since > self.idle_exit:
+                self.stop(f"no worker left for {self.idle_exit:g} s")
+
+    def stop(self, reason: str | None) -> None:
+        """Stop every worker, remove the agent's files and exit."""
+        for process, _ in self.workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for process, _ in self.workers.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        for path in self.cleanup_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if reason:
+            os.write(2, f"sockpool agent {os.getpid()}: exiting: {reason}\n".encode())
+        os._exit(0)
+
+
+def main(options: dict[str, Any]) -> None:
+    """Run the agent (the ssh bootstrap calls this once its checks passed)."""
+    agent = HostAgent(options)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop("SIGTERM"))
+    signal.signal(signal.SIGHUP, lambda *_: agent.stop("SIGHUP"))
+    agent.run()

@@ -1,0 +1,390 @@
+"""Clusters over ssh, against real OpenSSH servers: loopback aliases and namespace hosts.
+
+The testbed (tests/testbed.py, from TESTBED.md) gives ``node0``..``node2``, a
+private sshd on 127.0.0.1-3, and ``sp-n1``..``sp-n3``, hosts in network
+namespaces with their own hostname and address (10.213.0.1x), all reached
+through ``~/.ssh/config`` aliases.  Every test ends with nothing left running
+on any of them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import master_program, run_script
+from testbed import Testbed
+
+from sockpool import Cluster, LaunchError, SSHHost, SSHLauncher, WorkerLostError
+
+pytestmark = pytest.mark.timeout(120)
+
+PYTHON = sys.executable  # the venv's Python: sockpool is installed there
+NS_HOSTS = ["sp-n1", "sp-n2", "sp-n3"]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_on_the_hosts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, no process (agent, worker, session) is left on any test host."""
+    yield
+    if "testbed" not in request.fixturenames and "namespace_hosts" not in request.fixturenames:
+        return
+    bed: Testbed = request.getfixturevalue("testbed")
+    deadline = time.monotonic() + 30
+    while (left := bed.remote_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    described = []
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            described.append((process.pid, process.cmdline()[:3]))
+            process.kill()
+    assert not described, f"left running on the test hosts: {described}"
+
+
+def _namespace_of(pid: int) -> str:
+    return subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+# -- the job a lab runs -------------------------------------------------------------------
+
+
+def test_par_map_over_three_hosts_with_closures_and_a_local_module(
+        namespace_hosts: Testbed, tmp_path: Path) -> None:
+    (tmp_path / "labtools.py").write_text("def scale(x, k):\n    return x * k\n")
+    result = run_script(f"""
+        import json, os, socket, sys
+        import labtools                      # next to the script, not installed
+        from sockpool import Cluster
+
+        SCRIPT_DIR = os.path.dirname(os.path.abspath(__file__))
+        K = 3
+
+        def make_task(offset):
+            def task(x):                     # a closure over offset, a global and a module
+                return {{"value": labtools.scale(x, K) + offset, "host": socket.gethostname(),
+                        "pid": os.getpid(), "cwd": os.getcwd(),
+                        "path_has_script": any(os.path.abspath(p or ".") == SCRIPT_DIR
+                                               for p in sys.path)}}
+            return task
+
+        os.remove(labtools.__file__)         # the hosts could not import it by name anyway
+        with Cluster(hosts={{"sp-n1": 2, "sp-n2": 2, "sp-n3": 2}}, python={PYTHON!r}) as cl:
+            workers = [w._asdict() for w in cl.workers]
+            out = cl.par_map(make_task(100), range(24), chunksize=1)
+        print(json.dumps({{"workers": workers, "out": out}}))
+    """, tmp_path)
+    report = json.loads(result.stdout.splitlines()[-1])
+    out, workers = report["out"], report["workers"]
+    assert [row["value"] for row in out] == [3 * x + 100 for x in range(24)]
+    assert sorted(w["host"] for w in workers) == sorted(NS_HOSTS * 2)
+    assert len({w["pid"] for w in workers}) == 6
+    pid_host = {w["pid"]: w["host"] for w in workers}
+    for row in out:  # each result came from a worker the cluster listed, on its own host
+        assert pid_host[row["pid"]] == row["host"]
+        assert row["cwd"] != str(tmp_path) and not row["path_has_script"]
+
+
+def test_workers_report_their_host_and_pid(namespace_hosts: Testbed) -> None:
+    with Cluster(hosts=["sp-n1", "sp-n2", "sp-n2"], python=PYTHON) as cl:
+        workers = cl.workers
+        assert sorted(w.host for w in workers) == ["sp-n1", "sp-n2", "sp-n2"]
+        for worker in workers:  # the pid is a real process, in that host's namespace
+            assert _namespace_of(worker.pid) == worker.host
+            assert "sockpool.worker" in " ".join(psutil.Process(worker.pid).cmdline())
+        seen = cl.par_map(lambda _: (os.uname().nodename, os.getpid()), range(30))
+        assert {pid for _, pid in seen} <= {w.pid for w in workers}
+        assert {host for host, _ in seen} <= {"sp-n1", "sp-n2"}
+
+
+def test_loopback_aliases_and_localhost_mix_in_one_cluster(testbed: Testbed) -> None:
+    with Cluster(hosts=["node1", "node2", "localhost"], python=PYTHON) as cl:
+        assert sorted(w.host for w in cl.workers) == ["localhost", "node1", "node2"]
+        local = next(w for w in cl.workers if w.host == "localhost")
+        assert psutil.Process(local.pid).ppid() == os.getpid()  # no ssh for it
+        assert cl.par_map(lambda x: x + 1, range(50)) == list(range(1, 51))
+
+
+def test_n_and_hosts_together_add_local_workers(testbed: Testbed) -> None:
+    with Cluster(2, hosts={"node1": 1}, python=PYTHON) as cl:
+        assert sorted(w.host for w in cl.workers) == ["localhost", "localhost", "node1"]
+
+
+def test_one_ssh_connection_starts_all_of_a_hosts_workers(namespace_hosts: Testbed) -> None:
+    launcher = SSHLauncher({"sp-n1": 3}, python=PYTHON)
+    with Cluster(launcher=launcher) as cl:
+        assert len(launcher.sessions) == 1
+        agent = psutil.Process(cl.workers[0].pid).parent()
+        assert {psutil.Process(w.pid).ppid() for w in cl.workers} == {agent.pid}
+        assert cl.n_workers == 3
+
+
+def test_keys_never_appear_on_a_command_line(namespace_hosts: Testbed) -> None:
+    with Cluster(hosts={"sp-n1": 2}, python=PYTHON) as cl:
+        secrets = [r.keys["curve_secret_key"] for r in cl._dispatcher.workers.values()]
+        token = cl._dispatcher.token
+        remote = namespace_hosts.remote_processes()
+        local = psutil.Process().children(recursive=True)
+        for process in remote + local:
+            with contextlib.suppress(psutil.Error):
+                line = " ".join(process.cmdline())
+                assert token not in line and not any(s in line for s in secrets)
+        assert all(address.startswith("tcp://10.213.0.1:")
+                   for address in cl._dispatcher.master._tcp_addresses.values()
+                   if "127.0.0.1" not in address)
+
+
+# -- connection back ----------------------------------------------------------------------
+
+
+def test_tunnel_reaches_a_host_that_cannot_reach_the_master(namespace_hosts: Testbed) -> None:
+    before = set(glob.glob("/tmp/sockpool-*.sock"))
+    # The master listens on loopback only: a namespace host cannot dial it directly.
+    with Cluster(hosts={"sp-n2": 2}, python=PYTHON, tunnel=True) as cl:
+        assert list(cl._dispatcher.master._tcp_addresses) == ["127.0.0.1"]
+        assert cl.par_map(lambda x: (x * x, os.uname().nodename), range(10)) == [
+            (x * x, "sp-n2") for x in range(10)]
+    deadline = time.monotonic() + 10
+    while set(glob.glob("/tmp/sockpool-*.sock")) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(glob.glob("/tmp/sockpool-*.sock")) - before == set()  # the agent removed it
+
+
+def test_listen_overrides_the_address_workers_dial(namespace_hosts: Testbed) -> None:
+    with Cluster(hosts={"sp-n1": 1}, python=PYTHON, listen="10.213.0.1") as cl:
+        assert "10.213.0.1" in cl._dispatcher.master._tcp_addresses
+        assert cl.par_map(abs, [-1, -2]) == [1, 2]
+
+
+# -- remote workers never outlive the master ------------------------------------------------
+
+
+def _wait_nothing_on(bed: Testbed, timeout: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while (left := bed.remote_processes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def test_master_killed_ends_remote_workers_at_once(namespace_hosts: Testbed,
+                                                   tmp_path: Path) -> None:
+    source = f"""
+        import json, time
+        from sockpool import Cluster
+        cl = Cluster(hosts={{"sp-n1": 2, "sp-n3": 1}}, python={PYTHON!r})
+        print(json.dumps([w.pid for w in cl.workers]), flush=True)
+        cl.submit(time.sleep, 60)
+        time.sleep(60)
+    """
+    with master_program(tmp_path / "master.py", source) as (master, pids):
+        running = {p.pid for p in namespace_hosts.remote_processes()}
+        assert set(pids) <= running and len(pids) == 3
+        started = time.monotonic()
+        master.send_signal(signal.SIGKILL)
+        master.wait()
+        assert _wait_nothing_on(namespace_hosts, 10) == []
+        # stdin end-of-file travels through ssh: no heartbeat timeout needed
+        assert time.monotonic() - started < 5
+
+
+def test_ssh_link_dropping_ends_remote_workers_and_is_a_lost_worker(
+        namespace_hosts: Testbed) -> None:
+    with Cluster(hosts={"sp-n1": 1, "sp-n2": 1}, python=PYTHON) as cl:
+        launcher = cl._dispatcher.launcher
+        assert isinstance(launcher, SSHLauncher)
+        victim = next(w for w in cl.workers if w.host == "sp-n1")
+        futures = [cl.submit(time.sleep, 30) for _ in range(2)]  # one on each host
+        deadline = time.monotonic() + 10
+        while not all(f.running() for f in futures) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(launcher.sessions["sp-n1"].pid, signal.SIGKILL)  # the ssh client dies
+        done, _ = concurrent.futures.wait(futures, timeout=10,
+                                          return_when=concurrent.futures.FIRST_EXCEPTION)
+        assert len(done) == 1
+        with pytest.raises(WorkerLostError, match="ssh session to sp-n1 ended"):
+            done.pop().result()
+        deadline = time.monotonic() + 10  # the far end saw the session close
+        while psutil.pid_exists(victim.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not psutil.pid_exists(victim.pid) or (
+            psutil.Process(victim.pid).status() == psutil.STATUS_ZOMBIE)
+        assert [w.host for w in cl.workers] == ["sp-n2"]  # a gone host gets no replacement
+        cl.close()
+
+
+def _cut_mid_map(bed: Testbed, cluster: Cluster, retries: int) -> tuple[object, float]:
+    """Cut sp-n1's link 1 s into a map of 0.4 s tasks; the outcome and when it came."""
+    cut_at: list[float] = []
+
+    def cut() -> None:
+        time.sleep(1.0)
+        cut_at.append(time.monotonic())
+        bed.set_link(1, up=False)
+
+    cutter = threading.Thread(target=cut)
+    cutter.start()
+    try:
+        outcome: object = cluster.par_map(lambda x: (time.sleep(0.4), x)[1], range(24),
+                                          chunksize=1, retries=retries)
+    except WorkerLostError as exc:
+        outcome = exc
+    cutter.join()
+    return outcome, time.monotonic() - cut_at[0]
+
+
+def test_cutting_a_hosts_network_mid_map(namespace_hosts: Testbed) -> None:
+    bound = 2.5 + 1.0  # heartbeat_timeout (5 heartbeats of 0.5 s), plus a task's 0.4 s
+    try:
+        with Cluster(hosts={"sp-n1": 2, "sp-n2": 2}, python=PYTHON,
+                     heartbeat_interval=0.5) as cl:
+            outcome, after = _cut_mid_map(namespace_hosts, cl, retries=0)
+            assert isinstance(outcome, WorkerLostError), outcome
+            assert outcome.host == "sp-n1" and "heartbeat lost" in str(outcome)
+            assert after < bound + 0.5
+        namespace_hosts.set_link(1, up=True)
+        assert _wait_nothing_on(namespace_hosts, 30) == []
+
+        with Cluster(hosts={"sp-n1": 2, "sp-n2": 2}, python=PYTHON,
+                     heartbeat_interval=0.5) as cl:
+            outcome, after = _cut_mid_map(namespace_hosts, cl, retries=1)
+            assert outcome == list(range(24))  # sp-n1's tasks finished on sp-n2
+            assert {w.host for w in cl.workers} == {"sp-n2"}  # no replacement into the cut
+            namespace_hosts.set_link(1, up=True)
+            # Once the link is back, what ran on sp-n1 ends (told to, or on its own).
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and [
+                    p for p in namespace_hosts.remote_processes()
+                    if _namespace_of(p.pid) == "sp-n1"]:
+                time.sleep(0.1)
+            left = [p for p in namespace_hosts.remote_processes()
+                    if _namespace_of(p.pid) == "sp-n1"]
+            assert left == []
+            assert cl.par_map(lambda x: -x, range(3)) == [0, -1, -2]
+    finally:
+        namespace_hosts.set_link(1, up=True)
+
+
+# -- clear errors, per host, and nothing left running --------------------------------------
+
+
+def _launch_error(hosts: object, **options: object) -> LaunchError:
+    with pytest.raises(LaunchError) as caught:
+        Cluster(hosts=hosts, connect_timeout=30, **options)  # type: ignore[arg-type]
+    return caught.value
+
+
+def test_unreachable_host(testbed: Testbed) -> None:
+    error = _launch_error(["nowhere"], python=PYTHON)
+    assert "cannot start workers on nowhere: ssh could not connect or log in" in str(error)
+    assert "Connection refused" in str(error) and error.returncode == 255
+    assert error.command is not None and "ssh" in error.command and "nowhere" in error.command
+
+
+def test_authentication_refused(testbed: Testbed) -> None:
+    error = _launch_error(["stranger"], python=PYTHON)
+    assert "stranger" in str(error) and "Permission denied (publickey)" in str(error)
+
+
+def test_no_such_interpreter(testbed: Testbed) -> None:
+    error = _launch_error({"node1": SSHHost("node1", python="/opt/no/python3")})
+    assert "the interpreter (python=) was not found there" in str(error)
+    assert "/opt/no/python3" in str(error) and error.returncode == 127
+
+
+def _system_python() -> str:
+    python = "/usr/bin/python3"
+    if not os.path.exists(python):
+        pytest.skip("no system Python at /usr/bin/python3")
+    version = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"the system Python is {version}, not this one's minor version")
+    if subprocess.run([python, "-c", "import zmq"], capture_output=True).returncode == 0:
+        pytest.skip("the system Python has pyzmq: it cannot stand for a bare host")
+    return python
+
+
+def test_sockpool_missing_on_the_host(testbed: Testbed) -> None:
+    python = _system_python()
+    error = _launch_error({"node2": SSHHost("node2", python=python)})
+    assert "cannot start workers on node2: cannot import sockpool" in str(error)
+    assert python in str(error)
+
+
+def test_a_dependency_missing_on_the_host(testbed: Testbed, tmp_path: Path) -> None:
+    python = _system_python()
+    (tmp_path / "sockpool").symlink_to(Path(__file__).resolve().parents[1] / "sockpool")
+    error = _launch_error({"node2": SSHHost("node2", python=python,
+                                            env={"PYTHONPATH": str(tmp_path)})})
+    assert "cannot import zmq" in str(error) and "ModuleNotFoundError" in str(error)
+
+
+def test_another_sockpool_version_on_the_host(testbed: Testbed, tmp_path: Path) -> None:
+    (tmp_path / "sockpool").mkdir()
+    (tmp_path / "sockpool" / "__init__.py").write_text("__version__ = '0.0.1'\n")
+    error = _launch_error({"node1": SSHHost("node1", python=PYTHON,
+                                            env={"PYTHONPATH": str(tmp_path)})})
+    assert "sockpool 0.0.1 there but" in str(error)
+
+
+def _python_of_another_minor_version() -> str | None:
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3")))
+    candidates += [f"/usr/bin/python3.{minor}" for minor in range(8, 15)]
+    for python in candidates:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            version = subprocess.run(
+                [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True, text=True, timeout=10).stdout.strip()
+            if version and version != here:
+                return python
+    return None
+
+
+def test_another_python_version_on_the_host(testbed: Testbed) -> None:
+    other = _python_of_another_minor_version()
+    if other is None:
+        pytest.skip("no Python of another minor version on this machine")
+    error = _launch_error({"node1": SSHHost("node1", python=other)})
+    assert "pickled functions do not travel between Python versions" in str(error)
+    assert f"but {sys.version_info[0]}.{sys.version_info[1]} here" in str(error)
+
+
+def test_a_failed_host_stops_the_others_and_leaves_nothing(namespace_hosts: Testbed) -> None:
+    error = _launch_error({"sp-n1": 2, "nowhere": 1}, python=PYTHON)
+    assert "nowhere" in str(error)
+    assert _wait_nothing_on(namespace_hosts, 10) == []
+
+
+def test_min_workers_accepts_a_partial_cluster(namespace_hosts: Testbed) -> None:
+    with pytest.warns(UserWarning, match=r"started with 2 of 3 workers.*nowhere"), \
+            Cluster(hosts={"sp-n1": 2, "nowhere": 1}, python=PYTHON, min_workers=2) as cl:
+        assert cl.n_workers == 2
+        assert cl.par_map(lambda x: x * 2, range(8)) == [x * 2 for x in range(8)]
+
+
+def test_bad_host_arguments_fail_before_anything_starts() -> None:
+    with pytest.raises(TypeError, match="not a string"):
+        Cluster(hosts="node1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not an ssh destination"):
+        Cluster(hosts=["user@"])
+    with pytest.raises(ValueError, match="positive number of workers"):
+        Cluster(hosts={"node1": 0})
+    with pytest.raises(ValueError, match="min_workers must be an integer from 1 to the 2"):
+        Cluster(hosts=["localhost", "localhost"], min_workers=3)
+    with pytest.raises(ValueError, match="tunnel= and listen= apply to remote hosts"):
+        Cluster(n=1, tunnel=True)
+    with pytest.raises(ValueError, match="not both"):
+        Cluster(hosts=["node1"], launcher=SSHLauncher(["node1"]))
