@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from helpers import ROOT
+from testbed import Testbed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -22,3 +23,12 @@ def test_benchmark_runs_quickly(script: str, expected: str) -> None:
                             capture_output=True, text=True, timeout=170, cwd=ROOT / "benchmarks")
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout
+
+
+def test_ssh_startup_benchmark_runs_quickly(namespace_hosts: Testbed) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_ssh.py"), "--quick",
+         "--hosts", "sp-n1,sp-n2,sp-n3"],
+        capture_output=True, text=True, timeout=170, cwd=ROOT / "benchmarks")
+    assert result.returncode == 0, result.stderr
+    assert "ratio sockpool / parallel ssh floor" in result.stdout
