@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster, WorkerInfo
     from .cores import detect_cores
     from .inspection import CaptureEntry, CaptureReport, inspect_capture
-    from .launchers import LocalLauncher, ManualLauncher, SSHHost, SSHLauncher
+    from .launchers import LocalLauncher, ManualLauncher, SlurmLauncher, SSHHost, SSHLauncher
     from .rng import task_rng
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "RemoteError",
     "SSHHost",
     "SSHLauncher",
+    "SlurmLauncher",
     "SockpoolError",
     "TaskTimeoutError",
     "WorkerInfo",
@@ -71,6 +72,7 @@ _LAZY = {
     "ManualLauncher": ".launchers",
     "SSHHost": ".launchers",
     "SSHLauncher": ".launchers",
+    "SlurmLauncher": ".launchers",
     "task_rng": ".rng",
 }
 

@@ -15,12 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sockpool`` command (and ``python -m sockpool``)."""
     parser = argparse.ArgumentParser(prog="sockpool", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    worker = commands.add_parser(
         "worker", help="run one worker; paste the line its master printed into its stdin")
-    parser.parse_args(argv)
+    worker.add_argument("--config-file", help="read that line from this file (then removed)")
+    args = parser.parse_args(argv)
     from .worker import main as worker_main
 
-    return worker_main()
+    return worker_main(["--config-file", args.config_file] if args.config_file else [])
 
 
 if __name__ == "__main__":

@@ -175,7 +175,8 @@ class Dispatcher(WorkerTending):
                         return
                     waiting = [r for r in self.workers.values() if r.state in (STARTING, SETUP)]
                     detail = "; ".join(
-                        f"worker {r.id} (pid {r.pid} on {r.host}): {r.state}"
+                        f"worker {r.id} (pid {r.pid} on {r.host}): "
+                        + (r.process.status_note() or r.state)
                         + (f", stderr: {tail}" if (tail := r.process.stderr_tail()) else "")
                         for r in waiting)
                     raise LaunchError(
@@ -210,6 +211,7 @@ class Dispatcher(WorkerTending):
         try:
             for _ in range(self.target):
                 self._launch()
+            self.launcher.launched()
             sock, wake = self.master.socket, self._wake_r
             self._next_check = 0.0
             next_heartbeat = time.monotonic() + self.heartbeat_interval

@@ -137,6 +137,8 @@ class WorkerTending:
                     self._lost(record, record.process.exit_status())
                 else:
                     wait = min(wait, EXIT_GRACE)
+            elif record.state == STARTING and record.process.queued():
+                record.started_at = now  # waiting in a batch queue is not a failure to connect
             elif record.state == STARTING and now - record.started_at > self.connect_timeout:
                 record.process.kill()
                 self._lost(record, f"did not connect within {self.connect_timeout:g} s")

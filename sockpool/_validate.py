@@ -120,13 +120,12 @@ def choose_launcher(
     return ssh, total
 
 
-def check_min_workers(min_workers: int | None, total: int) -> None:
-    if min_workers is None:
+def check_min_workers(count: int | None, total: int, name: str = "min_workers") -> None:
+    if count is None:
         return
-    if isinstance(min_workers, bool) or not isinstance(min_workers, int) or not (
-            1 <= min_workers <= total):
-        raise ValueError(f"min_workers must be an integer from 1 to the {total} workers asked "
-                         f"for, not {min_workers!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= total:
+        raise ValueError(f"{name} must be an integer from 1 to the {total} workers asked "
+                         f"for, not {count!r}")
 
 
 def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worker: int | None,

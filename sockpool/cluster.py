@@ -122,6 +122,10 @@ class Cluster(concurrent.futures.Executor):
             (default: for each host, the local address that routes to it).
         min_workers: accept a partial cluster of at least this many workers
             when some fail to start (a warning names the failures).
+        wait_for: return from the constructor once this many workers are up;
+            the others join as they connect (default: all of them, or one
+            for a :class:`SlurmLauncher`, whose workers may wait in the queue).
+            Within ``connect_timeout``, or LaunchError says where they are.
         launcher: an explicit launcher (:class:`LocalLauncher`,
             :class:`SSHLauncher`, :class:`ManualLauncher`).
         python: the interpreter workers run (default: this one locally,
@@ -177,6 +181,7 @@ class Cluster(concurrent.futures.Executor):
         tunnel: bool = False,
         listen: str | None = None,
         min_workers: int | None = None,
+        wait_for: int | None = None,
         launcher: Launcher | None = None,
         python: str | None = None,
         env: Mapping[str, str] | None = None,
@@ -201,6 +206,9 @@ class Cluster(concurrent.futures.Executor):
             n, hosts, launcher, python=python, env=worker_env(env, threads_per_worker),
             tunnel=tunnel, listen=listen)
         check_min_workers(min_workers, n_workers)
+        check_min_workers(wait_for, n_workers, "wait_for")
+        if wait_for is None:
+            wait_for = 1 if launcher.queues else n_workers
         serialization.check_serializer(serializer)
         if setup is not None:
             check_callable(setup, "Cluster(setup=...)")
@@ -259,7 +267,8 @@ class Cluster(concurrent.futures.Executor):
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self._dispatcher.start()
         try:
-            self._dispatcher.wait_for_workers(n_workers, connect_timeout, min_workers)
+            self._dispatcher.wait_for_workers(min(wait_for, n_workers), connect_timeout,
+                                              min_workers)
         except BaseException:
             self.close()
             raise

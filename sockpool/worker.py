@@ -19,6 +19,7 @@ This module imports nothing host-only (no cluster, scheduler or launcher code).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import faulthandler
 import itertools
@@ -397,9 +398,28 @@ def _set_parent_death_signal(parent_pid: int) -> None:
         _die("the master process is gone")
 
 
-def main() -> int:
-    """Entry point of ``python -m sockpool.worker``."""
-    line = sys.stdin.readline()
+def _read_config(argv: list[str]) -> str:
+    """The configuration line: from stdin, or ``--config-file PATH`` (read once, then removed).
+
+    A batch job has no stdin from the master: its launcher leaves the line in a
+    private file (mode 0600) that only this worker reads.
+    """
+    if len(argv) == 2 and argv[0] == "--config-file":
+        try:
+            with open(argv[1]) as stream:
+                line = stream.readline()
+        except OSError as exc:
+            print(f"sockpool worker: cannot read its configuration: {exc}", file=sys.stderr)
+            return ""
+        with contextlib.suppress(OSError):
+            os.unlink(argv[1])  # its keys are for this worker alone
+        return line
+    return sys.stdin.readline()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m sockpool.worker [--config-file PATH]``."""
+    line = _read_config(sys.argv[1:] if argv is None else argv)
     if not line:
         print("sockpool worker: no configuration on stdin", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from testbed import Testbed, netns_missing, ssh_missing
+from testbed import SlurmTestbed, Testbed, netns_missing, slurm_missing, ssh_missing
 
 from sockpool import Cluster
 
@@ -100,3 +100,17 @@ def namespace_hosts(testbed: Testbed) -> Testbed:
     if not testbed.namespaces:
         pytest.skip(f"no namespace hosts here: {netns_missing()}")
     return testbed
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmTestbed]:
+    """A real single-node Slurm (munge, slurmctld, slurmd) for the session; skips without one."""
+    reason = slurm_missing()
+    if reason:
+        pytest.skip(reason)
+    bed = SlurmTestbed(tmp_path_factory.mktemp("slurm"))
+    try:
+        bed.start()
+        yield bed
+    finally:
+        bed.stop()

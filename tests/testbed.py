@@ -229,3 +229,123 @@ class Testbed:
         if self.namespaces:
             self.stop_namespaces(namespaces)
         self.remove_ssh_config()
+
+
+# -- Slurm ----------------------------------------------------------------------------------
+
+
+def slurm_missing() -> str | None:
+    """Why a real Slurm cannot be stood up here, or None."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return "the Slurm testbed runs slurmctld, slurmd and munged as root (CI does)"
+    for tool in ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "munged", "setpriv"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            return (f"{tool} is not installed (apt-get install slurmctld slurmd slurm-client "
+                    "munge)")
+    return None
+
+
+class SlurmTestbed:
+    """A single-node Slurm (munge, slurmctld, slurmd) with its own config, via SLURM_CONF."""
+
+    __test__ = False
+
+    def __init__(self, directory: Path, cpus: int = 8) -> None:
+        self.dir = directory
+        self.cpus = cpus
+        self.daemons: list[subprocess.Popen[bytes]] = []
+        self.conf = self.dir / "slurm.conf"
+        self._old_conf = os.environ.get("SLURM_CONF")
+
+    def _daemon(self, argv: list[str], log_name: str) -> None:
+        with open(self.dir / log_name, "wb") as log:
+            self.daemons.append(subprocess.Popen(argv, stdout=log, stderr=log))
+
+    def start(self) -> None:
+        for sub in ("state", "spool", "log"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        if _run("munge", "-n", check=False).returncode != 0:
+            os.makedirs("/run/munge", exist_ok=True)
+            shutil.chown("/run/munge", "munge", "munge")
+            # setpriv execs: the pid we hold is munged's (-F: in the foreground).
+            self._daemon(["setpriv", "--reuid=munge", "--regid=munge", "--clear-groups",
+                          "/usr/sbin/munged", "-F"], "munged.log")
+            deadline = time.monotonic() + 10
+            while _run("munge", "-n", check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("munged did not start: "
+                                       + (self.dir / "munged.log").read_text())
+                time.sleep(0.1)
+        host = socket.gethostname().split(".")[0]
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 - 512
+        s = self.dir
+        self.conf.write_text(f"""\
+ClusterName=sockpool
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SlurmdParameters=config_overrides
+ReturnToService=2
+StateSaveLocation={s}/state
+SlurmdSpoolDir={s}/spool
+SlurmctldPidFile={s}/slurmctld.pid
+SlurmdPidFile={s}/slurmd.pid
+SlurmctldLogFile={s}/log/slurmctld.log
+SlurmdLogFile={s}/log/slurmd.log
+SlurmctldPort=6817
+SlurmdPort=6818
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+MinJobAge=30
+KillWait=2
+Waittime=0
+OverTimeLimit=0
+NodeName={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={memory} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+PartitionName=closed Nodes=ALL Default=NO MaxTime=INFINITE State=DOWN
+""")
+        os.environ["SLURM_CONF"] = str(self.conf)
+        self._daemon(["slurmctld", "-D", "-i", "-f", str(self.conf)], "slurmctld.out")
+        self._daemon(["slurmd", "-D", "-f", str(self.conf)], "slurmd.out")
+        deadline = time.monotonic() + 30
+        while True:
+            states = _run("sinfo", "-h", "-p", "debug", "-o", "%T", check=False).stdout.split()
+            if any(state in ("idle", "mixed", "allocated") for state in states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Slurm did not come up: sinfo says {states}")
+            time.sleep(0.2)
+
+    def jobs(self) -> list[str]:
+        """Job ids squeue lists as pending or running."""
+        out = _run("squeue", "-h", "-r", "-o", "%i %T", check=False).stdout
+        return [line for line in out.splitlines()
+                if line.split()[-1] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+
+    def stop(self) -> None:
+        for line in self.jobs():
+            _run("scancel", line.split()[0].split("_")[0], check=False)
+        for daemon in reversed(self.daemons):
+            if daemon.poll() is None:
+                daemon.terminate()
+            try:
+                daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        self.daemons.clear()
+        if self._old_conf is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = self._old_conf

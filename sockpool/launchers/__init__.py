@@ -3,7 +3,8 @@
 from .base import Launcher, WorkerProcess
 from .local import LocalLauncher
 from .manual import ManualLauncher
+from .slurm import SlurmLauncher, render_batch_script
 from .ssh import SSHHost, SSHLauncher
 
 __all__ = ["Launcher", "LocalLauncher", "ManualLauncher", "SSHHost", "SSHLauncher",
-           "WorkerProcess"]
+           "SlurmLauncher", "WorkerProcess", "render_batch_script"]

@@ -52,6 +52,14 @@ class WorkerProcess(abc.ABC):
         """The last lines the process wrote to stderr."""
         return ""
 
+    def queued(self) -> bool:
+        """Still waiting for a batch scheduler to start it (its connect clock not running)."""
+        return False
+
+    def status_note(self) -> str:
+        """Where it stands, in words, for messages about a worker that never connected."""
+        return ""
+
     def failure(self) -> LaunchError | None:
         """Why the worker could not start, when its launcher knows better than its exit."""
         return None
@@ -76,6 +84,8 @@ class Launcher(abc.ABC):
     listen: str = "127.0.0.1"
     #: How many workers it starts, when it decides (an SSHLauncher's hosts); None: ``n``.
     size: int | None = None
+    #: Workers wait in a batch queue: the cluster starts once one is up, not all.
+    queues: bool = False
 
     def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
         """Called once before the first spawn.
@@ -95,6 +105,9 @@ class Launcher(abc.ABC):
         None when the launcher has nowhere to start one (a replacement for a
         host that is gone); raises LaunchError when starting failed.
         """
+
+    def launched(self) -> None:
+        """Called after the first workers were spawned (a batch launcher submits them here)."""
 
     def close(self) -> None:
         """Release what the launcher holds once every worker is gone (sessions, jobs)."""

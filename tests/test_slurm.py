@@ -1,0 +1,179 @@
+"""Clusters on a real Slurm: munge, slurmctld and slurmd stood up for the session.
+
+Workers are elements of a job array that dial back to the master; the leak
+check after each test also sees what slurmd runs (its daemons are children of
+this process), and each test checks that squeue lists no job of ours after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import master_program
+from testbed import SlurmTestbed
+
+from sockpool import Cluster, LaunchError, SlurmLauncher, WorkerLostError, detect_cores
+from sockpool.launchers import render_batch_script
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _launcher(**options: object) -> SlurmLauncher:
+    return SlurmLauncher(listen="127.0.0.1", **options)  # type: ignore[arg-type]
+
+
+def _no_jobs_left(bed: SlurmTestbed, timeout: float = 15) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (jobs := bed.jobs()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return jobs
+
+
+def test_the_batch_script_is_data() -> None:
+    script = render_batch_script(
+        workers=4, command="/venv/bin/python -m sockpool.worker --config-file /d/w-${X}.json",
+        log_dir="/d", partition="short", time="01:00:00", memory="4G", cpus_per_worker=4,
+        account="lab", max_running=2, extra_sbatch=["--exclusive"],
+        setup_lines=["module load python/3.11", "source ~/venv/bin/activate"],
+        env={"MY_VAR": "a b"})
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    for directive in ("--job-name=sockpool", "--array=0-3%2", "--ntasks=1",
+                      "--cpus-per-task=4", "--output=/d/worker-%a.log", "--partition=short",
+                      "--time=01:00:00", "--mem=4G", "--account=lab", "--exclusive"):
+        assert f"#SBATCH {directive}" in lines
+    assert lines.index("module load python/3.11") < lines.index("source ~/venv/bin/activate")
+    assert "export OMP_NUM_THREADS=4" in lines and "export MY_VAR='a b'" in lines
+    assert lines[-1] == "exec /venv/bin/python -m sockpool.worker --config-file /d/w-${X}.json"
+    custom = render_batch_script(workers=1, command="run", log_dir="/d",
+                                 template="#!/bin/sh\n{directives}\n# mine\n{setup}\n{command}\n")
+    assert "# mine" in custom and custom.startswith("#!/bin/sh\n#SBATCH --job-name=")
+
+
+def test_bad_launcher_options_fail_at_once() -> None:
+    with pytest.raises(ValueError, match="cpus_per_worker must be a positive integer"):
+        SlurmLauncher(cpus_per_worker=0)
+    with pytest.raises(TypeError, match="setup_lines must be a list of lines"):
+        SlurmLauncher(setup_lines="module load python")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"template= must contain \{command\}"):
+        SlurmLauncher(template="{directives}")
+
+
+def test_par_map_with_closures_through_slurm(slurm: SlurmTestbed) -> None:
+    launcher = _launcher(cpus_per_worker=2)
+    scale = 10
+
+    def task(x: int) -> tuple[int, str | None, int, str | None]:
+        return (x * scale, os.environ.get("SLURM_ARRAY_JOB_ID"), detect_cores(),
+                os.environ.get("OMP_NUM_THREADS"))
+
+    with Cluster(n=3, launcher=launcher, wait_for=3) as cl:
+        assert launcher.job_id is not None
+        assert {w.host for w in cl.workers} == {os.uname().nodename}  # the node's name
+        assert all(w.pid > 0 for w in cl.workers)
+        out = cl.par_map(task, range(9))
+        assert [value for value, *_ in out] == [x * 10 for x in range(9)]
+        # detect_cores() inside the allocation honors SLURM_CPUS_PER_TASK
+        assert {row[1:] for row in out} == {(launcher.job_id, 2, "2")}
+        directory = launcher.directory
+        assert directory is not None and not any(  # each key file was read once and removed
+            name.endswith(".json") for name in os.listdir(directory))
+    assert _no_jobs_left(slurm) == []
+    assert not os.path.exists(directory)
+
+
+def test_queued_workers_are_not_an_error_and_join_later(slurm: SlurmTestbed) -> None:
+    launcher = _launcher(max_running=1)  # the second worker waits for the first to end
+    with Cluster(n=2, launcher=launcher) as cl:  # wait_for defaults to 1 on Slurm
+        assert cl.n_workers == 1
+        assert [w.state for w in cl.workers].count("starting") == 1
+        assert cl.par_map(lambda x: x + 1, range(5)) == [1, 2, 3, 4, 5]
+        assert [w.id for w in cl.workers if w.state != "starting"] == [0]
+        subprocess.run(["scancel", f"{launcher.job_id}_0"], check=True)  # from outside
+
+        def running() -> list[int]:
+            return [w.id for w in cl.workers if w.state in ("idle", "busy")]
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and running() != [1]:
+            time.sleep(0.1)
+        assert running() == [1]  # the queued worker started and joined
+        assert cl.par_map(lambda x: -x, range(3)) == [0, -1, -2]
+    assert _no_jobs_left(slurm) == []
+
+
+def test_scancel_from_outside_mid_map(slurm: SlurmTestbed) -> None:
+    launcher = _launcher()
+    with Cluster(n=2, launcher=launcher, wait_for=2) as cl:
+        timer = threading.Timer(1.0, subprocess.run, (["scancel", f"{launcher.job_id}_1"],))
+        timer.start()
+        out = cl.par_map(lambda x: (time.sleep(0.3), x)[1], range(16), chunksize=1, retries=1)
+        timer.join()
+        assert out == list(range(16))  # the cancelled worker's task ran again on the other
+        assert cl.n_workers == 1
+    with Cluster(n=2, launcher=_launcher(), wait_for=2) as cl:
+        job = cl._dispatcher.launcher.job_id  # type: ignore[attr-defined]
+        timer = threading.Timer(1.0, subprocess.run, (["scancel", f"{job}_0"],))
+        timer.start()
+        with pytest.raises(WorkerLostError, match=rf"Slurm job {job}_0 ended: CANCELLED"):
+            cl.par_map(time.sleep, [30, 30])
+        timer.join()
+    assert _no_jobs_left(slurm) == []
+
+
+@pytest.mark.timeout(180)
+def test_a_time_limit_is_a_lost_worker_with_its_state(slurm: SlurmTestbed) -> None:
+    launcher = _launcher(time="1")  # one minute: Slurm's smallest limit
+    with Cluster(n=1, launcher=launcher) as cl, pytest.raises(
+            WorkerLostError, match=r"ended: TIMEOUT") as caught:
+        cl.par_map(time.sleep, [150])
+    assert "DUE TO TIME LIMIT" in str(caught.value)  # slurmstepd's own line, from the log
+    assert _no_jobs_left(slurm) == []
+
+
+def test_workers_that_never_start_name_the_job_and_its_state(slurm: SlurmTestbed) -> None:
+    launcher = _launcher(partition="closed")  # a partition that is down: pending forever
+    with pytest.raises(LaunchError, match=r"Slurm job \d+_0 is PENDING \(PartitionDown\)"):
+        Cluster(n=1, launcher=launcher, connect_timeout=4)
+    assert _no_jobs_left(slurm) == []
+
+
+def test_sbatch_refusing_the_job_is_a_launch_error(slurm: SlurmTestbed) -> None:
+    with pytest.raises(LaunchError, match=r"sbatch refused the job.*invalid partition"):
+        Cluster(n=1, launcher=_launcher(partition="no-such-partition"))
+
+
+def test_master_killed_cancels_the_job(slurm: SlurmTestbed, tmp_path: Path) -> None:
+    source = """
+        import json, time
+        from sockpool import Cluster, SlurmLauncher
+        cl = Cluster(n=2, launcher=SlurmLauncher(listen="127.0.0.1"), wait_for=2)
+        print(json.dumps([cl._dispatcher.launcher.job_id]), flush=True)
+        cl.submit(time.sleep, 60)
+        time.sleep(60)
+    """
+    with master_program(tmp_path / "master.py", source) as (master, (job,)):
+        assert any(line.startswith(f"{job}_") for line in slurm.jobs())
+        master.send_signal(signal.SIGKILL)
+        master.wait()
+        assert _no_jobs_left(slurm, 10) == []  # the reaper ran scancel
+
+
+def test_interpreter_exit_cancels_the_job(slurm: SlurmTestbed, tmp_path: Path) -> None:
+    script = tmp_path / "forgets.py"
+    script.write_text(
+        "import json\nfrom sockpool import Cluster, SlurmLauncher\n"
+        "cl = Cluster(n=1, launcher=SlurmLauncher(listen='127.0.0.1'))\n"
+        "print(json.dumps(cl._dispatcher.launcher.job_id))\n")  # never closed
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, check=True)
+    job = json.loads(done.stdout)
+    assert not any(line.startswith(f"{job}_") for line in _no_jobs_left(slurm))
