@@ -549,6 +549,5 @@ class SSHLauncher(Launcher):
 
 
 def _slot_free(handle: WorkerProcess) -> bool:
-    if isinstance(handle, SSHWorkerProcess):
-        return handle.released or handle.poll() is not None
-    return handle.poll() is not None
+    """Its worker ended, or was told to stop: the slot may take a replacement."""
+    return handle.released or handle.poll() is not None
