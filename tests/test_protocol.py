@@ -100,3 +100,25 @@ def test_exceptions_pack_with_their_traceback() -> None:
     assert isinstance(error, KeyError) and error.args == ("missing",)
     assert "raise KeyError" in str(error.__cause__)
     assert getattr(error, "__notes__", None) == ["a note"]
+
+
+@pytest.mark.parametrize("checksum", ["xxhash", "crc32"])
+def test_a_function_digest_changes_when_its_captured_buffer_changes_in_place(
+        checksum: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if checksum == "crc32":  # what runs where xxhash is not installed
+        monkeypatch.setattr(serialization, "_xxh3_128", serialization._crc32_digest)
+    else:
+        pytest.importorskip("xxhash")
+        monkeypatch.setattr(serialization, "_xxh3_128", None)
+    data = np.zeros(serialization.PARALLEL_CRC_BYTES // 8 + 1)  # large enough for two threads
+
+    def read(i: int) -> float:
+        return float(data[i])
+
+    first, _ = serialization.dumps_function(read)
+    again, _ = serialization.dumps_function(read)
+    data[-1] = 1.0
+    changed, _ = serialization.dumps_function(read)
+    assert first.digest == again.digest
+    assert changed.digest != first.digest
+    assert len(first.buffers) == 1  # the array travels out of band, uncopied
