@@ -17,6 +17,8 @@ import os
 import site
 import sys
 import sysconfig
+import threading
+from collections.abc import Iterator
 
 
 @functools.cache
@@ -30,22 +32,55 @@ def _python_and_installed_roots() -> tuple[str, ...]:
     return tuple(os.path.realpath(root) + os.sep for root in roots if root)
 
 
-@functools.cache
+_installed_lock = threading.Lock()
+_installed: frozenset[str] | None = None
+
+
 def _installed_top_level_names() -> frozenset[str]:
-    try:
-        return frozenset(importlib.metadata.packages_distributions())
-    except Exception:  # a broken distribution's metadata must not break capture
-        return frozenset()
+    """Top-level names the installed distributions provide (editable installs too)."""
+    global _installed
+    with _installed_lock:
+        if _installed is None:
+            try:
+                _installed = frozenset(_top_level_names())
+            except Exception:  # a broken distribution's metadata must not break capture
+                _installed = frozenset()
+        return _installed
+
+
+def _top_level_names() -> Iterator[str]:
+    # What importlib.metadata.packages_distributions() finds, without parsing every
+    # distribution's METADATA for its name: a third of the time.
+    for distribution in importlib.metadata.distributions():
+        declared = distribution.read_text("top_level.txt")
+        if declared:
+            yield from declared.split()
+            continue
+        for file in distribution.files or ():
+            top = file.parts[0]
+            if len(file.parts) == 1:
+                if top.endswith(".py"):
+                    yield top[:-3]
+            elif top != ".." and not top.endswith((".dist-info", ".egg-info")):
+                yield top
+
+
+def warm_up() -> None:
+    """Find the installed names in the background while workers start (50-150 ms)."""
+    threading.Thread(target=_installed_top_level_names, name="sockpool-modules",
+                     daemon=True).start()
 
 
 def _is_local(name: str, module: object) -> bool:
     if name in sys.builtin_module_names or name == "__main__":
         return False
     filename = getattr(module, "__file__", None)
-    if not filename or name in _installed_top_level_names():
+    if not filename:
         return False
     path = os.path.realpath(filename)
-    return not path.startswith(_python_and_installed_roots())
+    if path.startswith(_python_and_installed_roots()):
+        return False
+    return name not in _installed_top_level_names()
 
 
 _known: tuple[int, frozenset[str]] = (-1, frozenset())

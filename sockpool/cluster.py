@@ -51,6 +51,7 @@ from . import protocol, serialization
 from ._dispatch import Dispatcher
 from ._jobs import FutureJob, Job, StreamJob
 from ._lifetime import close_forgotten, live_clusters, register_exit_hook
+from ._local_modules import warm_up as warm_up_capture
 from ._mapping import (
     EagerFeed,
     LazyFeed,
@@ -266,6 +267,7 @@ class Cluster(concurrent.futures.Executor):
         live_clusters.add(self)
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self._dispatcher.start()
+        warm_up_capture()  # the first map's capture needs it; workers are starting meanwhile
         try:
             self._dispatcher.wait_for_workers(min(wait_for, n_workers), connect_timeout,
                                               min_workers)
