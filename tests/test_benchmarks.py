@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import ROOT
@@ -32,3 +34,31 @@ def test_ssh_startup_benchmark_runs_quickly(namespace_hosts: Testbed) -> None:
         capture_output=True, text=True, timeout=170, cwd=ROOT / "benchmarks")
     assert result.returncode == 0, result.stderr
     assert "ratio sockpool / parallel ssh floor" in result.stdout
+
+
+def test_the_suite_measures_sockpool_and_its_peers_and_saves_a_table_and_a_plot(
+        tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--quick",
+         "--peers", "sockpool,mp fork,loky,joblib", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=170, cwd=ROOT / "benchmarks")
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "results.md").read_text()
+    assert table in result.stdout
+    header, _rule, *rows = table.split("\n\n")[0].splitlines()
+    assert header.split(" | ")[3:8] == ["sockpool", "mp fork", "loky", "joblib", "best peer"]
+    assert len(rows) == 10  # every workload has its row ...
+    for row in rows:  # ... and a figure from every peer, none failed
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert all(cell not in ("", "—") for cell in cells), row
+    samples = json.loads((tmp_path / "results.json").read_text())["samples"]
+    assert samples["capture"]["sockpool"][0] > 0
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_suite_names_an_unknown_peer_before_measuring_anything() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--peers", "sockpool,celery"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT / "benchmarks")
+    assert result.returncode == 2
+    assert "unknown peer 'celery'" in result.stderr
