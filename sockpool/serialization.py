@@ -220,18 +220,18 @@ def buffer_checksum(view: memoryview) -> bytes:
 
     CRC-32 runs at about 4 GB/s, so large buffers are split between two threads.
     """
-    global _xxh3_128
-    if _xxh3_128 is None:
+    global _checksum
+    if _checksum is None:
         try:
             from xxhash import xxh3_128_digest
         except ImportError:
-            _xxh3_128 = _crc32_digest
+            _checksum = _crc32_digest
         else:
-            _xxh3_128 = xxh3_128_digest
-    return _xxh3_128(view)
+            _checksum = xxh3_128_digest
+    return _checksum(view)
 
 
-_xxh3_128: Callable[[memoryview], bytes] | None = None
+_checksum: Callable[[memoryview], bytes] | None = None
 
 
 def _crc32_digest(view: memoryview) -> bytes:

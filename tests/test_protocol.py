@@ -106,10 +106,10 @@ def test_exceptions_pack_with_their_traceback() -> None:
 def test_a_function_digest_changes_when_its_captured_buffer_changes_in_place(
         checksum: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if checksum == "crc32":  # what runs where xxhash is not installed
-        monkeypatch.setattr(serialization, "_xxh3_128", serialization._crc32_digest)
+        monkeypatch.setattr(serialization, "_checksum", serialization._crc32_digest)
     else:
         pytest.importorskip("xxhash")
-        monkeypatch.setattr(serialization, "_xxh3_128", None)
+        monkeypatch.setattr(serialization, "_checksum", None)
     data = np.zeros(serialization.PARALLEL_CRC_BYTES // 8 + 1)  # large enough for two threads
 
     def read(i: int) -> float:
