@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -26,8 +27,9 @@ from typing import Any
 
 import zmq
 
-from . import protocol, relay, serialization
-from ._jobs import Chunk, FutureJob, Job, TaskFailure, decode_outcome
+from . import _shm, protocol, relay, serialization
+from ._jobs import Chunk, FutureJob, Job, Payload, TaskFailure, decode_outcome
+from ._shm import SegmentPool, SharedFrame
 from ._tending import TIMEOUT_SLACK, WorkerTending
 from ._workers import (
     READY,
@@ -89,6 +91,9 @@ class Dispatcher(WorkerTending):
         self.master = MasterSocket(launcher.transport or transport, max_frame_bytes,
                                    launcher.listen)
         self.launcher.prepare(self.master.workdir, self.master.bind_tcp)
+        # Large buffers to and from workers on this machine go through shared memory.
+        self.shared = SegmentPool() if _shm.available() else None
+        self.any_shared = False  # some worker maps our segments
         self.workers: dict[int, WorkerRecord] = {}
         self.exports: list[list[Any]] = []
         self._next_worker_id = 0
@@ -292,9 +297,43 @@ class Dispatcher(WorkerTending):
         if prefix != protocol.DATA_PREFIX:
             return
         if head.kind is Kind.RESULT:
-            self._on_result(record, head, (body, [frame.buffer for frame in frames[2:]]))
+            try:
+                payload = self._payload(record, head, body, frames)
+            except _shm.SharedMemoryError as exc:  # it ended just after sending, say
+                record.process.kill()
+                self._lost(record, f"its result could not be read from shared memory: {exc}")
+                return
+            self._on_result(record, head, payload)
         elif head.kind is Kind.OUTPUT:
             self._on_output(record, head, (body, [frame.buffer for frame in frames[2:]]))
+        elif head.kind is Kind.RELEASE and self.shared is not None:
+            self.shared.release(protocol.parse_release(body), record.id)
+
+    def _payload(self, record: WorkerRecord, head: protocol.Header, body: memoryview,
+                 frames: list[Any]) -> Payload:
+        """A RESULT's body and buffers: its frames, or views of the worker's segment."""
+        if not head.flags & Flag.SHARED:
+            return body, [frame.buffer for frame in frames[2:]]
+        if not record.shared_memory or len(frames) != 3:
+            raise protocol.ProtocolError("a shared-memory RESULT from a worker without it")
+        return body, _shm.open_shared(bytes(frames[2].buffer), self._releaser(record.id))
+
+    def _releaser(self, worker_id: int) -> Callable[[int], None]:
+        """What a mapping of a worker's segment calls when it dies: RELEASE to that worker."""
+        dispatcher = weakref.ref(self)  # a result kept for long must not keep the cluster
+
+        def release(serial: int) -> None:
+            this = dispatcher()
+            if this is not None:
+                with contextlib.suppress(ClusterClosedError):
+                    this.call_soon(this._send_release, worker_id, serial)
+
+        return release
+
+    def _send_release(self, worker_id: int, serial: int) -> None:
+        record = self.workers.get(worker_id)
+        if record is not None and record.alive:
+            self.master.send(record.data_identity, [protocol.release_message([serial])])
 
     def _on_hello(self, record: WorkerRecord, prefix: bytes, body: memoryview) -> None:
         try:
@@ -311,6 +350,9 @@ class Dispatcher(WorkerTending):
         if record.state != STARTING:
             return
         record.pid = int(info.get("pid", record.pid))
+        probe = info.get("shared_memory")
+        if self.shared is not None and isinstance(probe, str) and _shm.check_probe(probe):
+            record.shared_memory = self.any_shared = True
         if not record.process.host_known:
             record.host = str(info.get("host", record.host))
         for frames in self.exports:
@@ -338,6 +380,8 @@ class Dispatcher(WorkerTending):
         chunk = self.scheduler.complete(record.id, head.ident)
         if chunk is None:
             return
+        if len(chunk.frames) == 2 and isinstance(chunk.frames[1], SharedFrame):
+            chunk.frames = chunk.frames[:1]  # done: its segment is free once the worker let go
         if head.flags & Flag.CANCELLED:
             chunk.job.dropped(chunk)
         else:
@@ -405,10 +449,32 @@ class Dispatcher(WorkerTending):
         if job.timeout:  # check its deadline on time, not at the next periodic check
             deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK
             self._next_check = min(self._next_check, deadline)
-        head = protocol.header(Kind.TASK, job.flags, job.id, chunk.id)
+        arguments, flags = chunk.frames[1:], int(job.flags)
+        if self.shared is not None and arguments:
+            arguments, flags = self._share(record, chunk, arguments, flags)
+        head = protocol.header(Kind.TASK, flags, job.id, chunk.id)
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
                                     len(fn_buffers), chunk.frames[0], job.seed)
-        return self.master.send(record.data_identity, [first, *fn_buffers, *chunk.frames[1:]])
+        return self.master.send(record.data_identity, [first, *fn_buffers, *arguments])
+
+    def _share(self, record: WorkerRecord, chunk: Chunk, arguments: list[Any], flags: int
+               ) -> tuple[list[Any], int]:
+        """A chunk's argument buffers for this worker: in shared memory where it maps ours."""
+        assert self.shared is not None
+        if isinstance(arguments[0], SharedFrame):  # stored when the call was made
+            if not record.shared_memory:
+                return self.shared.copies(arguments[0]), flags
+        elif record.shared_memory and (
+                sum(memoryview(a).nbytes for a in arguments) >= serialization.SHARED_MIN_BYTES):
+            try:
+                arguments = [self.shared.store(arguments)]
+            except OSError:  # out of shared memory: the socket it is
+                return arguments, flags
+            chunk.frames = [chunk.frames[0], *arguments]  # a retry reuses the segment
+        else:
+            return arguments, flags
+        self.shared.lend(arguments[0], record.id)
+        return arguments, flags | Flag.SHARED
 
     def _cache(self, record: WorkerRecord, digest: bytes, size: int) -> None:
         """Mirror the worker's function cache; tell it to drop the oldest past the budget."""
@@ -420,6 +486,8 @@ class Dispatcher(WorkerTending):
             self.master.send(record.data_identity, [protocol.header(Kind.FORGET) + old])
 
     def _heartbeat(self, now: float) -> None:
+        if self.shared is not None:
+            self.shared.trim(now)
         beat = [protocol.header(Kind.HEARTBEAT)]
         for record in self.workers.values():
             if record.control_ready and record.state in (SETUP, READY):
@@ -483,6 +551,11 @@ class Dispatcher(WorkerTending):
             if record.state in (SETUP, READY):
                 self.master.send(record.data_identity, frames)
 
+    @property
+    def store(self) -> Callable[[list[Any]], SharedFrame] | None:
+        """Where calls that copy their arguments put large buffers (None: the socket)."""
+        return self.shared.store if self.shared is not None and self.any_shared else None
+
     def live_worker_ids(self) -> list[int]:
         """Ids of the workers alive (ready or starting), in order."""
         return sorted(r.id for r in self.workers.values() if r.alive)
@@ -514,6 +587,8 @@ class Dispatcher(WorkerTending):
         with contextlib.suppress(Exception):  # a launcher's cleanup must not stop ours
             self.launcher.close()
         self.master.close()
+        if self.shared is not None:
+            self.shared.close()
         self.closing = True
         with self._wake_lock:
             self.closed.set()

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import relay
 from ._jobs import Chunk, Outcome, StreamJob, TaskFailure, decode_outcome
-from .capture import dump_arguments
+from .capture import Store, dump_arguments
 from .errors import ClusterClosedError
 
 #: imap sizes chunks so that one takes about this long to compute.
@@ -65,8 +65,9 @@ class LazyFeed:
     """Reads input only when the window has room; sizes chunks from measured task times."""
 
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
-                 serializer: str) -> None:
+                 serializer: str, store: Store | None = None) -> None:
         self._job = job
+        self._store = store
         self._items = items
         self._fixed = chunksize
         self._size = chunksize or 1
@@ -81,7 +82,8 @@ class LazyFeed:
             if not part:
                 self.exhausted = True
                 break
-            frames = dump_arguments(part, self._next_index, self._serializer, copy_buffers=True)
+            frames = dump_arguments(part, self._next_index, self._serializer, copy_buffers=True,
+                                    store=self._store)
             chunks.append(self._job.chunk(self._next_index, len(part), frames))
             self._next_index += len(part)
             room -= 1

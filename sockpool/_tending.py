@@ -14,6 +14,7 @@ from typing import Any
 import zmq
 
 from . import relay
+from ._shm import SegmentPool
 from ._workers import (
     LOST,
     READY,
@@ -73,6 +74,7 @@ class WorkerTending:
     _stop_started: float | None
     _relay_config: dict[str, Any]
     max_frame_bytes: int
+    shared: SegmentPool | None
 
     def _assign(self) -> None:
         raise NotImplementedError  # the Dispatcher's
@@ -95,6 +97,8 @@ class WorkerTending:
             "max_frame_bytes": self.max_frame_bytes,
             **self._relay_config,
         }
+        if self.shared is not None:  # a worker that can map this segment shares our memory
+            config["shm_probe"] = self.shared.probe()
         try:
             process = self.launcher.spawn(worker_id, config)
         except LaunchError as exc:
@@ -177,6 +181,8 @@ class WorkerTending:
         record.state = state
         self._unwatch(record)
         self.master.revoke(record.keys)  # its key connects no more
+        if self.shared is not None:  # its mappings of our segments went with it
+            self.shared.forget(record.id)
         if was_ready:
             with self.state_changed:
                 self.n_ready -= 1

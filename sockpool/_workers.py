@@ -37,6 +37,7 @@ class WorkerRecord:
         self.exited_at: float | None = None  # when its process was first seen ended
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
         self.keys: dict[str, str] = {}  # its CURVE keys, when the transport has them
+        self.shared_memory = False  # it maps our segments and we map its (same machine)
 
     @property
     def label(self) -> WorkerLabel:

@@ -25,6 +25,8 @@ from .serialization import FunctionPayload
 
 #: Default limit on what one function may carry (R future's globals.maxSize is 500 MiB).
 DEFAULT_MAX_CAPTURE_SIZE = 500 * 1024 * 1024
+#: Copies large buffers into shared memory; returns the frame that names them.
+Store = Callable[[list[Any]], Any]
 
 _registered: set[str] = set()
 
@@ -104,20 +106,23 @@ def _too_big(fn: Any, size: int, limit: int, serializer: str) -> CaptureError:
 
 
 def dump_values(obj: Any, serializer: str, parts: Iterable[tuple[str, Any]], *,
-                copy_buffers: bool = False, prefix: bytes = b"") -> list[Any]:
+                copy_buffers: bool = False, prefix: bytes = b"", store: Store | None = None
+                ) -> list[Any]:
     """Serialize ``obj`` into frames; on failure, name the first of ``parts`` that fails.
 
     Args:
         obj: what to serialize (a chunk's items, a call's arguments, exports).
         parts: ``(description, value)`` pairs that make up ``obj``, tried one by
             one only when ``obj`` fails, to say which one is to blame.
+        store: shared memory for large buffers (see ``serialization.dumps``).
 
     Raises:
         CaptureError: naming the part, the path inside it and the pickler's complaint.
     """
     prepare_capture(serializer)
     try:
-        return serialization.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix)
+        return serialization.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix,
+                                   store=store)
     except Exception as exc:
         for what, part in parts:
             where = describe_unpicklable(part, what, serializer)
@@ -127,14 +132,15 @@ def dump_values(obj: Any, serializer: str, parts: Iterable[tuple[str, Any]], *,
 
 
 def dump_arguments(items: Sequence[Any], first_index: int, serializer: str, *,
-                   copy_buffers: bool = False) -> list[Any]:
+                   copy_buffers: bool = False, store: Store | None = None) -> list[Any]:
     """Serialize a chunk's argument items (CaptureError names the first bad index)."""
     parts = ((f"argument {first_index + i}", item) for i, item in enumerate(items))
-    return dump_values(items, serializer, parts, copy_buffers=copy_buffers)
+    return dump_values(items, serializer, parts, copy_buffers=copy_buffers, store=store)
 
 
-def dump_call(args: tuple[Any, ...], kwargs: dict[str, Any], serializer: str) -> list[Any]:
+def dump_call(args: tuple[Any, ...], kwargs: dict[str, Any], serializer: str,
+              store: Store | None = None) -> list[Any]:
     """Serialize one call's ``(args, kwargs)``, copying buffers (the caller may reuse them)."""
     parts = [*((f"positional argument {i}", a) for i, a in enumerate(args)),
              *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
-    return dump_values((args, kwargs), serializer, parts, copy_buffers=True)
+    return dump_values((args, kwargs), serializer, parts, copy_buffers=True, store=store)

@@ -477,7 +477,8 @@ class Cluster(concurrent.futures.Executor):
         function = self._dump_function(fn, copy_buffers=True)
         job = StreamJob(function, self._flags(star, errors), retries, timeout,
                         self._call_seed(seed))
-        feed = LazyFeed(job, items, chunksize or (1 if timeout else None), self._serializer)
+        feed = LazyFeed(job, items, chunksize or (1 if timeout else None), self._serializer,
+                        self._dispatcher.store)
         window = self._worker_count() * (self._dispatcher.scheduler.prefetch + 1)
         blocks = stream_blocks(job, feed, submit=self._submit_chunks, cancel=self._canceller(job),
                                window=window, ordered=ordered, errors=errors,
@@ -538,7 +539,7 @@ class Cluster(concurrent.futures.Executor):
         future: Future[T] = Future()
         job = FutureJob(self._dump_function(fn, copy_buffers=True), future,
                         self._call_seed(seed), timeout)
-        chunk = job.chunk(0, 1, dump_call(args, kwargs, self._serializer))
+        chunk = job.chunk(0, 1, dump_call(args, kwargs, self._serializer, self._dispatcher.store))
         self._submit_chunks([chunk])
         return future
 
@@ -551,7 +552,7 @@ class Cluster(concurrent.futures.Executor):
         self._check_open()
         check_callable(fn, "run_on_all")
         job = StreamJob(self._dump_function(fn), Flag.CALL | Flag.STOP_ON_ERROR)
-        frames = dump_call(args, kwargs, self._serializer)
+        frames = dump_call(args, kwargs, self._serializer, self._dispatcher.store)
         answer: Future[list[Any]] = Future()
         self._dispatcher.call_soon(self._dispatcher.broadcast, job, frames, answer)
         chunks = answer.result()

@@ -29,12 +29,18 @@ TASK          m -> w     task meta (digest, first task index, function length an
                          buffers, then the arguments' buffers
 RESULT        w -> m     outcome pickle: (values, errors, seconds, relay batch)
 OUTPUT        w -> m     relay batch pickle: what a running chunk wrote so far
+RELEASE       both       serials (u64 each) of the sender's mappings of the
+                         receiver's shared-memory segments that are gone
 EXPORT        m -> w     pickle of a dict of values
 FORGET        m -> w     digest of a cached function to drop
 CANCEL        m -> w     (empty; ``job`` says which)
 HEARTBEAT     both       (empty)
 SHUTDOWN      m -> w     (empty)
 ============  =========  ==========================================================
+
+A TASK or RESULT flagged ``SHARED`` carries its large buffers in a shared
+memory segment (see ``_shm.py``): the one frame after the function's buffers
+(TASK) or after the first frame (RESULT) is the segment's descriptor.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class Kind(enum.IntEnum):
     HEARTBEAT = 7
     SHUTDOWN = 8
     OUTPUT = 9
+    RELEASE = 10
 
 
 class Flag(enum.IntFlag):
@@ -86,6 +93,8 @@ class Flag(enum.IntFlag):
     STOP_ON_ERROR = 8
     #: RESULT: the chunk was skipped or interrupted because its job was cancelled.
     CANCELLED = 16
+    #: The message's large buffers are in a shared memory segment (its last frame).
+    SHARED = 32
 
 
 _KINDS = {kind.value: kind for kind in Kind}
@@ -170,6 +179,28 @@ def parse_task(body: memoryview) -> Task:
         seed = (int.from_bytes(entropy, "little"), (call,) if mode == SEED_CLUSTER else ())
     return Task(digest, first_index, body[start:start + fn_len], fn_buffers,
                 body[start + fn_len:], seed)
+
+
+_SERIAL = struct.Struct("<Q")
+
+
+def release_message(serials: list[int]) -> bytes:
+    """A RELEASE: the sender dropped its mappings of these segments of the receiver."""
+    return header(Kind.RELEASE) + b"".join(_SERIAL.pack(serial) for serial in serials)
+
+
+def parse_release(body: memoryview) -> list[int]:
+    """The serials of a RELEASE body."""
+    if len(body) % _SERIAL.size:
+        raise ProtocolError("RELEASE body is not a whole number of serials")
+    return [serial for (serial,) in _SERIAL.iter_unpack(body)]
+
+
+def with_flags(frame: Any, flags: int) -> bytes:
+    """A first frame with ``flags`` added to its header."""
+    view = memoryview(frame)
+    version, kind, old, job, ident = _HEADER.unpack_from(view)
+    return _HEADER.pack(version, kind, old | flags, job, ident) + view[HEADER_SIZE:]
 
 
 def data_identity(worker_id: int) -> bytes:

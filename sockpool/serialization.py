@@ -13,6 +13,7 @@ until a pickle has to be written with them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pickle
@@ -29,6 +30,10 @@ from .errors import RemoteError, RemoteTraceback, add_note
 #: Buffers at least this large travel out of band as their own frames.  Below
 #: it, a separate zmq frame costs more than copying the bytes into the pickle.
 OOB_THRESHOLD = 64 * 1024
+
+#: Messages whose out-of-band buffers add up to at least this go through
+#: shared memory, where the receiver shares the sender's machine.
+SHARED_MIN_BYTES = 1024 * 1024
 
 SERIALIZERS = ("cloudpickle", "dill", "pickle")
 
@@ -88,7 +93,8 @@ def check_serializer(serializer: str) -> str:
 
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
-          prefix: bytes = b"", master: bool = True) -> Frames:
+          prefix: bytes = b"", master: bool = True,
+          store: Callable[[list[Any]], Any] | None = None) -> Frames:
     """Pickle ``obj`` into ``[prefix + payload, *out_of_band_buffers]``.
 
     Args:
@@ -100,6 +106,9 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         master: pickling in the master, whose ``__main__`` holds the user's
             code.  A worker's ``__main__`` is empty, so there a by-reference
             pickle that succeeds names something the master has too.
+        store: where the out-of-band buffers go when they add up to
+            :data:`SHARED_MIN_BYTES` or more: it copies them (into shared
+            memory) and returns the one frame that replaces them all.
 
     Raises:
         Exception: whatever the pickler raised; callers turn it into a
@@ -108,11 +117,20 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
     buffers: list[Any] = []
 
     def keep_large(buf: pickle.PickleBuffer) -> bool:
-        raw = buf.raw()
-        if raw.nbytes < OOB_THRESHOLD:
+        if buf.raw().nbytes < OOB_THRESHOLD:
             return True  # in-band
-        buffers.append(bytes(raw) if copy_buffers else buf)
+        buffers.append(buf)
         return False
+
+    def frames(view: memoryview) -> Frames:
+        if not buffers:
+            return [view]
+        if store is not None and sum(b.raw().nbytes for b in buffers) >= SHARED_MIN_BYTES:
+            with contextlib.suppress(OSError):  # out of shared memory: the socket it is
+                return [view, store(buffers)]
+        if copy_buffers:
+            return [view, *(bytes(b.raw()) for b in buffers)]
+        return [view, *buffers]
 
     if serializer == "cloudpickle":
         # Fast path: the C pickler handles plain data and importable objects at a
@@ -128,13 +146,13 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         else:
             view = stream.getbuffer()
             if not master or not _names_local_module(view):
-                return [view, *buffers]
+                return frames(view)
             del view
         buffers.clear()
     stream = io.BytesIO()
     stream.write(prefix)
     _pickler_class(serializer)(stream, protocol=5, buffer_callback=keep_large).dump(obj)
-    return [stream.getbuffer(), *buffers]
+    return frames(stream.getbuffer())
 
 
 #: Without xxhash, buffers at least this large are checksummed in two threads.

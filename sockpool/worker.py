@@ -31,12 +31,13 @@ import sys
 import threading
 import time
 import types
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 
-from . import protocol, rng, serialization
+from . import _shm, protocol, rng, serialization
 from ._version import __version__
 from .errors import RemoteError
 from .protocol import Flag, Kind
@@ -47,6 +48,8 @@ from .relay import WorkerRelay
 SHUTDOWN_GRACE = 1.0
 #: Cancelled job ids remembered (a chunk of one may still be queued here).
 CANCELLED_MEMORY = 1024
+#: The holder of this worker's segments that the master maps.
+MASTER = "master"
 
 
 class _Interrupted(BaseException):
@@ -101,6 +104,14 @@ class Worker:
             self.relay = WorkerRelay(self._send_output, int(config.get("log_level", 30)),
                                      live=config.get("relay") == "live", prefix=prefix)
         self._current: protocol.Header | None = None  # the chunk running now
+        # Shared memory with the master, where we can map its probe segment (same machine).
+        self.shared: _shm.SegmentPool | None = None
+        probe = config.get("shm_probe")
+        if (probe and _shm.available() and not _shm.disabled_by_environment()
+                and _shm.check_probe(probe)):
+            self.shared = _shm.SegmentPool()
+        # Serials of the master's segments whose mappings here are gone (any thread appends).
+        self.released: deque[int] = deque()
 
         self.functions: dict[bytes, _CachedFunction] = {}
         self.exports: dict[str, Any] = {}
@@ -144,6 +155,7 @@ class Worker:
             "host": socket.gethostname(),
             "python": ".".join(map(str, sys.version_info[:3])),
             "version": __version__,
+            "shared_memory": self.shared.probe() if self.shared is not None else None,
         }
         return protocol.header(Kind.HELLO) + json.dumps(info).encode()
 
@@ -161,13 +173,23 @@ class Worker:
             buffers = [frame.buffer for frame in frames[1:]]
             if head.kind is Kind.TASK:
                 reply = self.run_chunk(head, body, buffers)
+                if self.released:  # first, so the master may reuse them once it has the result
+                    self._send_releases()
                 self.data.send_multipart(reply, copy=protocol.send_copies(reply))
+            elif head.kind is Kind.RELEASE and self.shared is not None:
+                self.shared.release(protocol.parse_release(body), MASTER)
             elif head.kind is Kind.EXPORT:
                 self.set_exports(serialization.loads(body, buffers))
             elif head.kind is Kind.FORGET:
                 self.functions.pop(bytes(body), None)
             elif head.kind is Kind.SHUTDOWN:
                 break
+
+    def _send_releases(self) -> None:
+        serials = []
+        while self.released:
+            serials.append(self.released.popleft())
+        self.data.send(protocol.release_message(serials))
 
     def set_exports(self, values: dict[str, Any]) -> None:
         self.exports.update(values)
@@ -194,7 +216,11 @@ class Worker:
             task = protocol.parse_task(body)
             split = task.fn_buffers
             fn = self.load_function(task.digest, task.fn_inband, buffers[:split]).fn
-            items = serialization.loads(task.arguments, buffers[split:])
+            arguments = buffers[split:]
+            if flags & Flag.SHARED:
+                arguments = _shm.open_shared(bytes(arguments[0]), self.released.append)
+            items = serialization.loads(task.arguments, arguments)
+            del arguments
         except BaseException as exc:  # a payload that cannot be loaded here
             errors.append((0, serialization.pack_exception(exc, self.serializer)))
             return self._result(head, Flag.NONE, [], errors)
@@ -289,11 +315,17 @@ class Worker:
         batch = self.relay.finish() if self.relay is not None else None
         self._current = None
         outcome = (values, errors, seconds, batch)
+        store = self.shared.store if self.shared is not None else None
         try:
-            frames = serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
+            frames = serialization.dumps(outcome, self.serializer, prefix=prefix, master=False,
+                                         store=store)
         except Exception:
             outcome = (*self._replace_unpicklable(values, errors), seconds, batch)
-            frames = serialization.dumps(outcome, self.serializer, prefix=prefix, master=False)
+            frames = serialization.dumps(outcome, self.serializer, prefix=prefix, master=False,
+                                         store=store)
+        if self.shared is not None and isinstance(frames[-1], _shm.SharedFrame):
+            frames[0] = protocol.with_flags(frames[0], Flag.SHARED)
+            self.shared.lend(frames[-1], MASTER)
         largest = max(memoryview(frame).nbytes for frame in frames)
         if largest > self.max_frame_bytes:
             problem = RemoteError("ValueError", f"the results of this chunk need a frame of "
@@ -347,6 +379,8 @@ class Worker:
             if now - last_sent >= self.heartbeat_interval:
                 self.control.send(heartbeat)
                 last_sent = now
+                if self.shared is not None:
+                    self.shared.trim(now)
             if now - last_heard > self.master_timeout:
                 _die(f"no word from the master for {now - last_heard:.1f} s")
             if shutdown_at is not None and now >= shutdown_at:

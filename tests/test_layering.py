@@ -2,7 +2,7 @@
 
 Layers (a module may import only from its own layer's allowed set or lower):
 
-    L0  errors, protocol, _proc, _version
+    L0  errors, protocol, _proc, _version, _shm
     L1  serialization, transport, cores
     L2  capture, _jobs, scheduler, worker, launchers/*
     L3  _mapping, _dispatch
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(60)
 
 PACKAGE = ROOT / "sockpool"
 LAYER = {
-    "errors": 0, "protocol": 0, "_proc": 0, "_version": 0, "rng": 0,
+    "errors": 0, "protocol": 0, "_proc": 0, "_version": 0, "rng": 0, "_shm": 0,
     "serialization": 1, "transport": 1, "cores": 1, "relay": 1,
     "_namespace": 0, "_local_modules": 1,
     "inspection": 2, "binding": 2,

@@ -1,0 +1,288 @@
+"""Large buffers between the master and local workers go through shared memory.
+
+What a user relies on: the data arrives intact both ways, arrays that either
+side keeps are never overwritten by later transfers, segments are reused rather
+than piling up, and nothing is left behind, not even after the master is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import master_program, wait_gone
+
+from sockpool import Cluster, _shm
+
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.skipif(not _shm.available(), reason="needs Linux memfd")]
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Cluster]:
+    with Cluster(n=2) as cl:
+        yield cl
+
+
+def in_shared_memory(array: np.ndarray, pid: int | None = None) -> bool:
+    """Whether an array's memory lies in a sockpool segment mapped by process ``pid``."""
+    address = array.__array_interface__["data"][0]
+    with open(f"/proc/{pid or 'self'}/maps") as maps:
+        for line in maps:
+            if "memfd:sockpool-" in line:
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                if start <= address < end:
+                    return True
+    return False
+
+
+def argument_in_shared_memory(array: np.ndarray) -> tuple[bool, float]:
+    """Run on a worker: where its argument lives, and its sum."""
+    address = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "memfd:sockpool-" in line:
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                if start <= address < end:
+                    return True, float(array.sum())
+    return False, float(array.sum())
+
+
+def segments_open(pid: int) -> int:
+    """How many sockpool segments process ``pid`` holds a descriptor of."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if "memfd:sockpool-" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def filled(value: float, megabytes: int) -> np.ndarray:
+    return np.full(megabytes * MB // 8, value)
+
+
+def keep(array: np.ndarray) -> int:
+    """Run on a worker: keep the argument beyond its task."""
+    sys.__dict__.setdefault("_sockpool_test_kept", []).append(array)
+    return len(sys.__dict__["_sockpool_test_kept"])
+
+
+def kept_sums() -> list[float]:
+    return [float(a.sum()) for a in sys.__dict__.get("_sockpool_test_kept", [])]
+
+
+def test_large_arrays_travel_through_shared_memory_both_ways(pair: Cluster) -> None:
+    data = np.random.default_rng(1).random(2 * MB)  # 16 MB
+    mapped, total = pair.submit(argument_in_shared_memory, data).result()
+    assert mapped and total == pytest.approx(float(data.sum()))
+
+    back = pair.submit(np.negative, data).result()
+    np.testing.assert_array_equal(back, -data)
+    assert in_shared_memory(back)
+    back[:10] = 7.0  # a result is the user's to change
+    assert back[0] == 7.0
+
+    squares = pair.par_map(np.square, [data[:MB], data[MB:]])  # eager map chunks too
+    np.testing.assert_array_equal(np.concatenate(squares), data**2)
+    assert all(in_shared_memory(s) for s in squares)
+    streamed = list(pair.imap(argument_in_shared_memory, (data for _ in range(3))))
+    assert all(mapped for mapped, _ in streamed)
+
+
+def test_small_messages_stay_on_the_socket(pair: Cluster) -> None:
+    small = np.arange(20_000, dtype=np.float64)  # 160 kB: out of band, below the threshold
+    mapped, total = pair.submit(argument_in_shared_memory, small).result()
+    assert not mapped and total == float(small.sum())
+    back = pair.submit(np.negative, small).result()
+    assert not in_shared_memory(back)
+
+
+def test_segments_are_reused_not_piled_up(pair: Cluster) -> None:
+    data = filled(1.0, 8)
+
+    def round_trips(count: int) -> list[int]:
+        for _ in range(count):
+            out = pair.submit(np.negative, data).result()
+            assert out[-1] == -1.0
+            del out
+        time.sleep(0.1)  # the last RELEASE on its way
+        return [segments_open(pid) for pid in (os.getpid(), *(w.pid for w in pair.workers))]
+
+    warm = round_trips(4)
+    assert round_trips(30) <= warm  # segment for segment: no process holds more
+
+
+def test_an_argument_a_task_keeps_is_not_overwritten() -> None:
+    with Cluster(n=1) as cl:
+        assert cl.submit(keep, filled(1.0, 4)).result() == 1
+        for value in (2.0, 3.0, 4.0):  # the same size: a reused segment, were it free
+            assert cl.submit(np.sum, filled(value, 4)).result() == value * MB // 2
+        assert cl.submit(kept_sums).result() == [MB // 2]
+
+
+def test_a_result_the_master_keeps_is_not_overwritten(pair: Cluster) -> None:
+    first = pair.submit(filled, 1.0, 4).result()
+    later = [pair.submit(filled, value, 4).result() for value in (2.0, 3.0)]
+    del later
+    for value in (5.0, 6.0, 7.0):
+        assert pair.submit(filled, value, 4).result()[0] == value
+    assert (first == 1.0).all()
+
+
+def test_a_result_outlives_its_worker_and_its_cluster() -> None:
+    cl = Cluster(n=1)
+    try:
+        result = cl.submit(filled, 3.0, 8).result()
+        pid = cl.workers[0].pid
+        os.kill(pid, signal.SIGKILL)
+        assert wait_gone([pid], 5) == []
+        assert (result == 3.0).all()
+        deadline = time.monotonic() + 10
+        while [w.pid for w in cl.workers if w.state == "idle"] in ([], [pid]):
+            assert time.monotonic() < deadline, "no replacement worker"
+            time.sleep(0.05)
+        # The cluster stays usable with its replacement, through shared memory too.
+        assert cl.submit(filled, 4.0, 8).result()[-1] == 4.0
+    finally:
+        cl.close()
+    assert (result == 3.0).all()
+    result += 1
+    assert (result == 4.0).all()
+
+
+def test_workers_can_be_kept_on_the_socket_by_environment() -> None:
+    data = np.random.default_rng(2).random(2 * MB)
+    with Cluster(n=1, env={"SOCKPOOL_SHARED_MEMORY": "0"}) as cl:
+        mapped, total = cl.submit(argument_in_shared_memory, data).result()
+        assert not mapped and total == pytest.approx(float(data.sum()))
+        back = cl.submit(np.negative, data).result()
+        np.testing.assert_array_equal(back, -data)
+        assert not in_shared_memory(back)
+        assert segments_open(cl.workers[0].pid) == 0
+
+
+def _shmem_kib() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1])
+    raise AssertionError("no Shmem line in /proc/meminfo")
+
+
+def test_nothing_is_left_behind_when_the_master_is_killed(tmp_path: Path) -> None:
+    dev_shm = set(os.listdir("/dev/shm"))
+    before = _shmem_kib()
+    with master_program(tmp_path / "master.py", """
+        import json, os, time
+        import numpy as np
+        from sockpool import Cluster
+
+        def hold(array):
+            time.sleep(60)  # a worker maps the master's segment while this runs
+
+        cl = Cluster(n=2)
+        print(json.dumps([w.pid for w in cl.workers]), flush=True)
+        kept = [cl.submit(np.full, 4 * 1024 * 1024, float(i)).result() for i in range(4)]
+        cl.submit(hold, np.ones(4 * 1024 * 1024))
+        time.sleep(0.5)
+        with open("/proc/self/maps") as maps:
+            print(sum("memfd:sockpool-" in line for line in maps), flush=True)
+        time.sleep(60)
+    """) as (master, pids):
+        assert master.stdout is not None
+        segments_mapped = int(master.stdout.readline())
+        assert segments_mapped >= 4  # the kept results live in the workers' segments
+        during = _shmem_kib()
+        assert during - before > 100 * 1024  # 4 x 32 MB of results, 32 MB lent out
+        os.kill(master.pid, signal.SIGKILL)
+        master.wait(10)
+        assert wait_gone(pids, 3) == []
+    deadline = time.monotonic() + 5
+    while _shmem_kib() - before > 20 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _shmem_kib() - before <= 20 * 1024, "shared memory outlived every process holding it"
+    assert set(os.listdir("/dev/shm")) == dev_shm
+
+
+# -- the segments themselves --------------------------------------------------------------
+
+
+def test_a_segment_is_mapped_by_its_descriptor_and_released_when_dropped() -> None:
+    pool = _shm.SegmentPool()
+    try:
+        data = np.arange(300_000, dtype=np.float64)
+        frame = pool.store([pickle.PickleBuffer(data), b"x" * 100])
+        released: list[int] = []
+        views = _shm.open_shared(bytes(frame), released.append)
+        array = np.frombuffer(views[0], dtype=np.float64)
+        np.testing.assert_array_equal(array, data)
+        assert bytes(views[1]) == b"x" * 100
+        assert pool.copies(frame)[1] == b"x" * 100
+        del views
+        assert released == []  # the array still maps it
+        del array
+        assert len(released) == 1
+    finally:
+        pool.close()
+
+
+def test_a_segment_comes_back_for_reuse_only_when_every_holder_let_go() -> None:
+    pool = _shm.SegmentPool()
+    try:
+        frame = pool.store([bytes(2 * MB)])
+        pool.lend(frame, "worker 1")
+        serial = _serial(frame)
+        del frame  # its chunk finished; worker 1 still maps it
+        second = pool.store([bytes(2 * MB)])
+        assert _serial(second) != serial
+        pool.release([serial], "worker 1")
+        assert _serial(pool.store([bytes(2 * MB)])) == serial  # reused
+        frame = pool.store([bytes(2 * MB)])
+        pool.lend(frame, "worker 2")
+        del frame
+        pool.forget("worker 2")  # it died: its mapping went with it
+        count = pool.segment_count
+        pool.trim(time.monotonic() + _shm.IDLE_SECONDS)
+        assert pool.segment_count < count
+    finally:
+        pool.close()
+
+
+def test_a_descriptor_that_names_anything_else_is_refused() -> None:
+    pool = _shm.SegmentPool()
+    try:
+        frame = bytearray(pool.store([bytes(MB)]))
+        tampered = bytearray(frame)
+        tampered[16:24] = (int.from_bytes(frame[16:24], "little") + 1).to_bytes(8, "little")
+        with pytest.raises(_shm.SharedMemoryError, match="not the segment named"):
+            _shm.open_shared(bytes(tampered), print)
+        with pytest.raises(_shm.SharedMemoryError, match="past its segment"):
+            _shm.open_shared(bytes(frame[:-16]) + (0).to_bytes(8, "little")
+                             + (1 << 40).to_bytes(8, "little"), print)
+        with pytest.raises(_shm.SharedMemoryError, match="malformed"):
+            _shm.open_shared(b"short", print)
+        with open(__file__, "rb") as other:  # a real file, not a segment
+            forged = bytearray(frame)
+            forged[4:8] = other.fileno().to_bytes(4, "little")
+            with pytest.raises(_shm.SharedMemoryError, match="not the segment named"):
+                _shm.open_shared(bytes(forged), print)
+        assert not _shm.check_probe("00")
+        assert _shm.check_probe(pool.probe())
+    finally:
+        pool.close()
+
+
+def _serial(frame: bytes) -> int:
+    return int.from_bytes(frame[16:24], "little")
