@@ -488,6 +488,7 @@ class Dispatcher(WorkerTending):
     def _heartbeat(self, now: float) -> None:
         if self.shared is not None:
             self.shared.trim(now)
+            _shm.trim_mappings(now)
         beat = [protocol.header(Kind.HEARTBEAT)]
         for record in self.workers.values():
             if record.control_ready and record.state in (SETUP, READY):

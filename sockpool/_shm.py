@@ -3,9 +3,9 @@
 A message whose out-of-band buffers add up to a megabyte or more
 (``serialization.SHARED_MIN_BYTES``) goes between the master and a worker on
 the same machine as one small frame, the *descriptor* of a segment, instead of
-the buffers themselves: the sender
-copies the buffers once into the segment and the receiver maps it, so the
-bytes never cross a socket and the receiver's arrays point straight into it.
+the buffers themselves: the sender copies the buffers once into the segment
+and the receiver maps it, so the bytes never cross a socket and the
+receiver's arrays point straight into it.
 
 A segment is an anonymous ``memfd``: it has no name in ``/dev/shm`` or any
 other file system, so nothing is ever left behind; the kernel frees its pages
@@ -18,14 +18,17 @@ under a mapping (which would kill the reader with SIGBUS).
 Ownership stays with the writer's :class:`SegmentPool`.  A segment returns to
 the pool, to be written again, once the frame naming it is gone (the chunk it
 carried finished) *and* every process it was lent to said RELEASE (its arrays
-were garbage-collected) or is gone.  A reused segment is already faulted in,
-so copying into it runs at memory speed; idle segments are closed after
-:data:`IDLE_SECONDS`, so an idle cluster holds no memory for them.
+were garbage-collected) or is gone.  A reused segment is already faulted in
+on both sides (the writer keeps a mapping of its own, the reader keeps its
+mapping too), so a transfer through it costs one copy at memory speed.  Idle
+segments and mappings go after :data:`IDLE_SECONDS`, so an idle cluster holds
+no memory for them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import mmap
 import os
@@ -310,8 +313,56 @@ class _Unframe:
 # -- the reader's side ---------------------------------------------------------------------
 
 
+class _Mappings:
+    """This process's mappings of peers' segments, kept while they are in use or fresh.
+
+    Mapping a segment (and faulting its pages in) costs more than copying a few
+    megabytes, and a sender reuses its segments, so a reader keeps its mapping
+    of each: the next transfer through the same segment costs nothing here.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._maps: dict[tuple[int, int], tuple[mmap.mmap, float]] = {}  # -> (mapping, last use)
+
+    def get(self, frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]]]:
+        pid, fd, pool, serial, size, spans = _parse(frame)
+        key = (pool, serial)
+        with self._lock:
+            found = self._maps.get(key)
+            if found is not None:
+                self._maps[key] = (found[0], time.monotonic())
+                return found[0], serial, spans
+        mapping = _map(pid, fd, pool, serial, size)
+        with self._lock:
+            self._maps[key] = (mapping, time.monotonic())
+            self._evict(CACHE_BYTES)
+        return mapping, serial, spans
+
+    def trim(self, now: float | None = None) -> None:
+        """Forget mappings unused for :data:`IDLE_SECONDS` (live arrays keep theirs)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for key, (_, used) in list(self._maps.items()):
+                if now - used >= IDLE_SECONDS:
+                    del self._maps[key]
+
+    def _evict(self, limit: int) -> None:
+        by_age = sorted(self._maps.items(), key=lambda item: item[1][1])
+        total = sum(len(mapping) for mapping, _ in self._maps.values())
+        for key, (mapping, _) in by_age:
+            if total <= limit:
+                break
+            del self._maps[key]
+            total -= len(mapping)
+
+
+_mappings = _Mappings()
+trim_mappings = _mappings.trim
+
+
 def open_shared(frame: bytes, on_release: Callable[[int], None]) -> list[memoryview]:
-    """Map the segment a descriptor names; its buffers, as views into the mapping.
+    """The buffers a descriptor names, as writable views into this process's mapping.
 
     ``on_release(serial)`` is called once the views and everything made from
     them (arrays) are gone, from whichever thread drops the last one.
@@ -319,24 +370,29 @@ def open_shared(frame: bytes, on_release: Callable[[int], None]) -> list[memoryv
     Raises:
         SharedMemoryError: the descriptor is malformed or its segment cannot be used.
     """
-    mapping, serial, spans = _map(frame)
-    finalizer = weakref.finalize(mapping, on_release, serial)
+    mapping, serial, spans = _mappings.get(frame)
+    start = min((offset for offset, _ in spans), default=0)
+    end = max((offset + length for offset, length in spans), default=0)
+    # One exporter for this transfer: every view (and array) made from it keeps it
+    # alive, and its end is the transfer's end.  ctypes objects take weak references.
+    used = (ctypes.c_char * max(end - start, 1)).from_buffer(mapping, start)
+    finalizer = weakref.finalize(used, on_release, serial)
     finalizer.atexit = False
-    whole = memoryview(mapping)
-    return [whole[offset:offset + length] for offset, length in spans]
+    whole = memoryview(used).cast("B")
+    return [whole[offset - start:offset - start + length] for offset, length in spans]
 
 
 def check_probe(hex_frame: str) -> bool:
     """Whether this process can map a peer's segments (its :meth:`SegmentPool.probe`)."""
     try:
-        mapping, _, _ = _map(bytes.fromhex(hex_frame))
+        pid, fd, pool, serial, size, _ = _parse(bytes.fromhex(hex_frame))
+        _map(pid, fd, pool, serial, size).close()
     except (SharedMemoryError, ValueError, OSError):
         return False
-    mapping.close()
     return True
 
 
-def _map(frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]]]:
+def _parse(frame: bytes) -> tuple[int, int, int, int, int, list[tuple[int, int]]]:
     try:
         pid, fd, pool, serial, size, count = _HEAD.unpack_from(frame)
         spans = [_SPAN.unpack_from(frame, _HEAD.size + i * _SPAN.size) for i in range(count)]
@@ -346,6 +402,10 @@ def _map(frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]]]:
         raise SharedMemoryError("malformed shared-memory descriptor: wrong length")
     if any(offset + length > size for offset, length in spans):
         raise SharedMemoryError("shared-memory descriptor names bytes past its segment")
+    return pid, fd, pool, serial, size, spans
+
+
+def _map(pid: int, fd: int, pool: int, serial: int, size: int) -> mmap.mmap:
     path = f"/proc/{pid}/fd/{fd}"
     try:
         handle = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -360,11 +420,10 @@ def _map(frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]]]:
             raise SharedMemoryError(f"the segment {path} is not sealed against resizing")
         if os.fstat(handle).st_size != size:
             raise SharedMemoryError(f"the segment {path} has the wrong size")
-        mapping = mmap.mmap(handle, size, mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        return mmap.mmap(handle, size, mmap.MAP_SHARED | mmap.MAP_POPULATE)
     except OSError as exc:
         if isinstance(exc, SharedMemoryError):
             raise
         raise SharedMemoryError(f"cannot map the segment {path}: {exc}") from None
     finally:
         os.close(handle)
-    return mapping, serial, spans

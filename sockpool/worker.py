@@ -381,6 +381,7 @@ class Worker:
                 last_sent = now
                 if self.shared is not None:
                     self.shared.trim(now)
+                    _shm.trim_mappings(now)
             if now - last_heard > self.master_timeout:
                 _die(f"no word from the master for {now - last_heard:.1f} s")
             if shutdown_at is not None and now >= shutdown_at:
