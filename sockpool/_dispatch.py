@@ -94,6 +94,7 @@ class Dispatcher(WorkerTending):
         # Large buffers to and from workers on this machine go through shared memory.
         self.shared = SegmentPool() if _shm.available() else None
         self.any_shared = False  # some worker maps our segments
+        self._releases: deque[tuple[int, int]] = deque()  # (worker id, serial), any thread
         self.workers: dict[int, WorkerRecord] = {}
         self.exports: list[list[Any]] = []
         self._next_worker_id = 0
@@ -257,6 +258,8 @@ class Dispatcher(WorkerTending):
             os.read(self._wake_r, 4096)
 
     def _run_commands(self) -> None:
+        if self._releases:
+            self._send_releases()
         while self._commands:
             fn, args = self._commands.popleft()
             fn(*args)
@@ -270,6 +273,9 @@ class Dispatcher(WorkerTending):
             if frames is None:
                 return
             self._on_message_safely(frames)
+            del frames
+            if self._releases:  # a result decoded here may have been dropped already
+                self._send_releases()
 
     def _on_message_safely(self, frames: list[Any]) -> None:
         """Handle one message; whatever is wrong with it, drop it and go on."""
@@ -319,21 +325,34 @@ class Dispatcher(WorkerTending):
         return body, _shm.open_shared(bytes(frames[2].buffer), self._releaser(record.id))
 
     def _releaser(self, worker_id: int) -> Callable[[int], None]:
-        """What a mapping of a worker's segment calls when it dies: RELEASE to that worker."""
+        """What a transfer from a worker's segment calls when its arrays die: RELEASE it.
+
+        Releases are queued and sent before the I/O thread runs any command, so
+        a worker hears of a result the caller dropped before it gets the
+        caller's next task, and can reuse the segment for that task's result.
+        """
         dispatcher = weakref.ref(self)  # a result kept for long must not keep the cluster
 
         def release(serial: int) -> None:
             this = dispatcher()
-            if this is not None:
+            if this is None:
+                return
+            this._releases.append((worker_id, serial))
+            if threading.current_thread() is not this._thread:
                 with contextlib.suppress(ClusterClosedError):
-                    this.call_soon(this._send_release, worker_id, serial)
+                    this.call_soon(this._send_releases)
 
         return release
 
-    def _send_release(self, worker_id: int, serial: int) -> None:
-        record = self.workers.get(worker_id)
-        if record is not None and record.alive:
-            self.master.send(record.data_identity, [protocol.release_message([serial])])
+    def _send_releases(self) -> None:
+        by_worker: dict[int, list[int]] = {}
+        while self._releases:
+            worker_id, serial = self._releases.popleft()
+            by_worker.setdefault(worker_id, []).append(serial)
+        for worker_id, serials in by_worker.items():
+            record = self.workers.get(worker_id)
+            if record is not None and record.alive:
+                self.master.send(record.data_identity, [protocol.release_message(serials)])
 
     def _on_hello(self, record: WorkerRecord, prefix: bytes, body: memoryview) -> None:
         try:
