@@ -52,14 +52,16 @@ ALIGN = 64
 GRANULE = 1024 * 1024
 
 _NAME = "sockpool-{pool:016x}-{serial}"
-_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+# getattr: the constants exist on Linux only, and this module is imported everywhere.
+_SEALS = sum(getattr(fcntl, name, 0) for name in ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL"))
 _HEAD = struct.Struct("<IIQQQI")  # owner pid, fd, pool id, serial, size, buffer count
 _SPAN = struct.Struct("<QQ")  # offset, length
 
 
 def available() -> bool:
     """Whether this platform has anonymous memory files (Linux)."""
-    return sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+    return (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+            and hasattr(fcntl, "F_ADD_SEALS"))
 
 
 def disabled_by_environment() -> bool:
