@@ -389,3 +389,27 @@ def test_bad_host_arguments_fail_before_anything_starts() -> None:
         Cluster(n=1, tunnel=True)
     with pytest.raises(ValueError, match="not both"):
         Cluster(hosts=["node1"], launcher=SSHLauncher(["node1"]))
+
+
+def test_a_worker_kept_off_shared_memory_still_gets_and_sends_large_arrays(
+        testbed: Testbed) -> None:
+    """A mixed cluster: the local worker maps the master's memory, the ssh one uses the socket."""
+    import numpy as np
+
+    def where_and_what(array: np.ndarray) -> tuple[bool, float, np.ndarray]:
+        address = array.__array_interface__["data"][0]
+        with open("/proc/self/maps") as maps:
+            mapped = any("memfd:sockpool-" in line
+                         and int(line.split("-")[0], 16) <= address
+                         < int(line.split()[0].split("-")[1], 16) for line in maps)
+        return mapped, float(array.sum()), array * 2
+
+    data = np.random.default_rng(3).random(1_000_000)  # 8 MB: shared memory where it can
+    hosts = [SSHHost("localhost"), SSHHost("node1", env={"SOCKPOOL_SHARED_MEMORY": "0"})]
+    with Cluster(hosts=hosts, python=PYTHON) as cl:
+        # run_on_all sends one stored copy of the call to both workers.
+        seen = cl.run_on_all(where_and_what, data)
+    assert sorted(mapped for mapped, _, _ in seen) == [False, True]
+    for _, total, doubled in seen:
+        assert total == pytest.approx(float(data.sum()))
+        np.testing.assert_array_equal(doubled, data * 2)
