@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,3 +289,35 @@ def test_a_descriptor_that_names_anything_else_is_refused() -> None:
 
 def _serial(frame: bytes) -> int:
     return int.from_bytes(frame[16:24], "little")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) to give a process a small /dev/shm")
+def test_a_small_dev_shm_limits_nothing(tmp_path: Path) -> None:
+    """As in a Docker container (64 MB /dev/shm by default), here 8 MB: 64 MB still move."""
+    script = tmp_path / "big.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        from sockpool import Cluster
+
+        def where(array):
+            address = array.__array_interface__["data"][0]
+            with open("/proc/self/maps") as maps:
+                return any("memfd:sockpool-" in line
+                           and int(line.split("-")[0], 16) <= address
+                           < int(line.split()[0].split("-")[1], 16) for line in maps)
+
+        data = np.ones(8 * 1024 * 1024)  # 64 MB
+        with Cluster(n=1) as cl:
+            assert cl.submit(where, data).result()
+            back = cl.submit(np.negative, data).result()
+            assert (back == -1).all()
+        print("moved", data.nbytes // 2**20, "MB")
+    """))
+    shell = (f"mount -t tmpfs -o size=8m tmpfs /dev/shm && df -m /dev/shm | tail -1 "
+             f"&& exec {sys.executable} {script}")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", shell],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    size_mb = int(result.stdout.splitlines()[0].split()[1])
+    assert size_mb <= 8 and "moved 64 MB" in result.stdout
