@@ -20,7 +20,9 @@ import pickle
 import re
 import threading
 import traceback
+import types
 import zlib
+from collections import ChainMap
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -47,6 +49,12 @@ def _bound_function_reducer(obj: Any) -> Any:
     return NotImplemented
 
 
+def _code_in_file(rebuild: Callable[..., types.CodeType], args: tuple[Any, ...],
+                  filename: str) -> types.CodeType:
+    """Rebuild a code object shipped by value, under the file it was written in."""
+    return rebuild(*args).replace(co_filename=filename)
+
+
 _picklers: dict[str, type[pickle.Pickler]] = {}
 
 
@@ -57,7 +65,18 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
     if serializer == "cloudpickle":
         import cloudpickle
 
+        code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+        def code_reduce_keeping_filename(code: types.CodeType) -> Any:
+            # cloudpickle 3.1.3 ships every code object as "<dynamic-code>"; a
+            # worker's traceback or warning must name the user's file and line.
+            rebuild, args = code_reduce(code)
+            return _code_in_file, (rebuild, args, code.co_filename)
+
         class CloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
+            dispatch_table = ChainMap({types.CodeType: code_reduce_keeping_filename},
+                                      cloudpickle.Pickler.dispatch_table)
+
             def reducer_override(self, obj: Any) -> Any:
                 reduced = _bound_function_reducer(obj)
                 return super().reducer_override(obj) if reduced is NotImplemented else reduced

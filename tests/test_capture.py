@@ -135,6 +135,28 @@ def test_module_aliases_travel_by_reference(tmp_path: Path) -> None:
     assert "numpy" in result[1] and "math" in result[1] and result[2] == []
 
 
+def test_a_workers_traceback_names_the_scripts_file_and_line(tmp_path: Path) -> None:
+    result = run_json("""
+        import json, traceback
+        from sockpool import Cluster
+
+        def check(x):
+            if x == 2:
+                raise ValueError("x is 2")  # line 7
+            return x
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                try:
+                    cl.par_map(check, range(4))
+                except ValueError as exc:
+                    remote = str(exc.__cause__)
+            print(json.dumps(remote))
+    """, tmp_path)
+    # The worker ran a copy of check() shipped by value: it keeps its file and line.
+    assert f'File "{tmp_path / "user_script.py"}", line 7, in check' in result, result
+
+
 def test_local_module_and_package_travel_by_value_even_when_workers_cannot_import_them(
         tmp_path: Path) -> None:
     (tmp_path / "mymath.py").write_text("SCALE = 7\n\ndef scale(x):\n    return x * SCALE\n")
