@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import ctypes
 import faulthandler
+import importlib
 import itertools
 import json
 import os
@@ -164,6 +165,12 @@ class Worker:
     def serve(self) -> None:
         """Run tasks until SHUTDOWN (the main thread's loop)."""
         self.data.send(self.hello())
+        if self.serializer in ("cloudpickle", "dill"):
+            # Functions from a script arrive pickled by it; loading the first one
+            # would import it (about 10 ms).  Import it now, while the master
+            # waits for the other workers, instead of during the first map.
+            threading.Thread(target=_preload, args=(self.serializer,), name="sockpool-preload",
+                             daemon=True).start()
         while not self.stopping:
             frames = protocol.recv_message(self.data)
             try:
@@ -410,6 +417,12 @@ class Worker:
         """SIGINT from the watchdog interrupts a cancelled task; otherwise ignored."""
         if self.in_task and (self.stopping or self.running_job in self.cancelled_jobs):
             raise _Interrupted
+
+
+def _preload(module: str) -> None:
+    """Import a module ahead of need; a failure is left to the import that needs it."""
+    with contextlib.suppress(Exception):
+        importlib.import_module(module)
 
 
 def _die(reason: str | None) -> None:

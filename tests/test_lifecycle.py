@@ -36,6 +36,19 @@ def test_with_block_starts_and_stops_every_worker() -> None:
     assert cl.n_workers == 0 and cl.workers == ()
 
 
+@pytest.mark.parametrize(("serializer", "module"), [("cloudpickle", "cloudpickle"),
+                                                    ("dill", "dill")])
+def test_workers_import_the_serializer_before_the_first_task_needs_it(
+        serializer: str, module: str) -> None:
+    # eval is pickled by reference: running it needs no serializer on the worker.
+    loaded = f"{module!r} in __import__('sys').modules"
+    with Cluster(n=2, serializer=serializer) as cl:
+        deadline = time.monotonic() + 5
+        while not all(cl.run_on_all(eval, loaded)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cl.run_on_all(eval, loaded) == [True, True]
+
+
 def test_repr_is_readable() -> None:
     with Cluster(n=2) as cl:
         assert repr(cl) == "<Cluster local: 2 of 2 workers, running>"
