@@ -49,11 +49,13 @@ import numpy as np
 import psutil
 from peers import PEERS, Peer
 from report import Result, write_report
+from timing import burn, cached_array, calibrate_burn
 
 HERE = Path(__file__).resolve().parent
 QUICK_PEERS = ("sockpool", "mp fork", "mp spawn", "PPE", "loky", "joblib")
 
 # -- the tasks: defined in __main__, as a user's script would -----------------------
+# (but burn and cached_array, which other benchmarks share from timing.py)
 
 # The captured global exists only in the processes measuring the capture workload,
 # so that no other workload pays for creating it in spawned workers.
@@ -79,14 +81,6 @@ def spin(seconds: float) -> float:
     return seconds
 
 
-def burn(iterations: int) -> int:
-    """Pure-Python CPU work, the same on every worker."""
-    total = 0
-    for i in range(iterations):
-        total += i & 7
-    return total
-
-
 def touch_pages(array: np.ndarray) -> float:
     """Read one value in every 4 KiB page: the data is really there, for every peer.
 
@@ -98,14 +92,6 @@ def touch_pages(array: np.ndarray) -> float:
 
 def identity(array: np.ndarray) -> np.ndarray:
     return array
-
-
-def cached_array(nbytes: int) -> np.ndarray:
-    """A worker's array of ``nbytes``, made once per worker, so only its return is timed."""
-    cache: dict[int, np.ndarray] = sys.__dict__.setdefault("_sockpool_bench_arrays", {})
-    if nbytes not in cache:
-        cache[nbytes] = np.random.default_rng(1).random(nbytes // 8)
-    return cache[nbytes]
 
 
 # -- one peer, one process: the measurements ---------------------------------------
@@ -244,14 +230,6 @@ def sizes_for(args: argparse.Namespace, burn_iterations: int) -> dict[str, Any]:
         "cpu_tasks_per_worker": 1 if quick else 4,
         "burn": burn_iterations,
     }
-
-
-def calibrate_burn(seconds: float) -> tuple[int, float]:
-    """Iterations of ``burn`` that take about ``seconds`` here, and their measured time."""
-    trial = 200_000
-    rate = trial / _seconds(lambda: burn(trial))
-    iterations = int(rate * seconds)
-    return iterations, statistics.median(_seconds(lambda: burn(iterations)) for _ in range(3))
 
 
 def run_peer(name: str, group: str, args: argparse.Namespace, sizes: dict[str, Any]

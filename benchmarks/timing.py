@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,3 +24,28 @@ def round_trips(submit: Callable[..., Any], calls: int) -> float:
         submit(abs, 1).result()
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
+
+
+def burn(iterations: int) -> int:
+    """Pure-Python CPU work, the same on every worker: the CPU-bound task."""
+    total = 0
+    for i in range(iterations):
+        total += i & 7
+    return total
+
+
+def calibrate_burn(seconds: float) -> tuple[int, float]:
+    """Iterations of :func:`burn` that take about ``seconds`` here, and their measured time."""
+    trial = 200_000
+    iterations = int(trial / timed(lambda: burn(trial)) * seconds)
+    return iterations, statistics.median(timed(lambda: burn(iterations)) for _ in range(3))
+
+
+def cached_array(nbytes: int) -> Any:
+    """A NumPy array of ``nbytes`` made once per process, so that returning it times no making."""
+    import numpy as np
+
+    cache: dict[int, Any] = sys.__dict__.setdefault("_sockpool_bench_arrays", {})
+    if nbytes not in cache:
+        cache[nbytes] = np.random.default_rng(1).random(nbytes // 8)
+    return cache[nbytes]
