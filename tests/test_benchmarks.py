@@ -19,6 +19,7 @@ pytestmark = pytest.mark.timeout(180)
     ("bench_capture.py", "ratio warm g / h"),
     ("bench_relay.py", "relay off"),
     ("bench_transport.py", "ratio tcp+CURVE / ipc, socket only"),
+    ("bench_scaling.py", "ratio sockpool / best peer"),
 ])
 def test_benchmark_runs_quickly(script: str, expected: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
