@@ -226,11 +226,17 @@ class StopsAfterFirstLauncher(LocalLauncher):
 
 def test_with_no_worker_left_and_none_startable_work_fails_instead_of_hanging() -> None:
     with Cluster(n=1, launcher=StopsAfterFirstLauncher()) as cl:
-        queued = [cl.submit(time.sleep, 0.2) for _ in range(3)]
-        with pytest.raises(WorkerLostError):
-            cl.submit(die, 1).result(timeout=20)
-        for future in queued:
-            future.exception(timeout=20)  # each settles: a result or an error, never a hang
+        # Their results are in before the worker dies: a worker that exits at once
+        # may take the last result it sent with it, and the master would then count
+        # that task as the one running.
+        assert [f.result(timeout=20) for f in [cl.submit(time.sleep, 0.1) for _ in range(3)]] \
+            == [None, None, None]
+        doomed = cl.submit(die, 1)
+        behind = [cl.submit(abs, -i) for i in range(3)]  # queued behind it: never started
+        with pytest.raises(WorkerLostError):  # its exit code, or its connection gone
+            doomed.result(timeout=20)
+        for future in behind:  # each settles, never a hang
+            assert "no worker is left" in str(future.exception(timeout=20))
         with pytest.raises(SockpoolError, match="no worker is left"):
             cl.par_map(abs, [1, 2])
 
