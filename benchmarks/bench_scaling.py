@@ -29,7 +29,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from peers import PEERS, Peer
+from peers import PEERS, Peer, parse_peers
 from timing import burn, calibrate_burn, timed
 
 DEFAULT_PEERS = ("sockpool", "mp spawn", "PPE", "loky")
@@ -79,13 +79,7 @@ def main() -> None:
         parser.error(f"--workers must be comma-separated integers, not {args.workers!r}")
     if min(counts) < 1 or args.repeat < 1 or args.seconds <= 0:
         parser.error("worker counts and --repeat must be at least 1, --seconds above 0")
-    names = [name.strip() for name in args.peers.split(",") if name.strip()]
-    unknown = [name for name in names if name not in PEERS]
-    if unknown:
-        parser.error(f"unknown peer {unknown[0]!r}; known: {', '.join(PEERS)}")
-    missing = [name for name in names if not PEERS[name].available()]
-    if missing:
-        parser.error(f"{missing[0]} is not installed (pip install -e '.[bench]')")
+    names = parse_peers(parser, args.peers)
     if args.quick:
         counts, args.repeat, args.seconds = [2, 4], 1, 0.05
 

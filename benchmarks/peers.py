@@ -9,6 +9,7 @@ run of the suite stays within minutes; per-task figures are unaffected.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import inspect
 import math
@@ -262,3 +263,15 @@ class Ray(Peer):
 
 PEERS: dict[str, type[Peer]] = {peer.name: peer for peer in (
     Sockpool, PoolFork, PoolSpawn, Executor, Loky, Joblib, Dask, IPyParallel, Ray)}
+
+
+def parse_peers(parser: argparse.ArgumentParser, spec: str) -> list[str]:
+    """The peers a comma-separated ``--peers`` names; a parser error for an unknown one."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PEERS]
+    if unknown:
+        parser.error(f"unknown peer {unknown[0]!r}; known: {', '.join(PEERS)}")
+    missing = [name for name in names if not PEERS[name].available()]
+    if missing:
+        parser.error(f"{missing[0]} is not installed (pip install -e '.[bench]')")
+    return names

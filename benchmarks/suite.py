@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import psutil
-from peers import PEERS, Peer
+from peers import PEERS, Peer, parse_peers
 from report import Result, write_report
 from timing import burn, cached_array, calibrate_burn
 
@@ -325,14 +325,7 @@ def main() -> None:
 
 def _choose_peers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     if args.peers:
-        names = [name.strip() for name in args.peers.split(",") if name.strip()]
-        unknown = [name for name in names if name not in PEERS]
-        if unknown:
-            parser.error(f"unknown peer {unknown[0]!r}; known: {', '.join(PEERS)}")
-        missing = [name for name in names if not PEERS[name].available()]
-        if missing:
-            parser.error(f"{missing[0]} is not installed (pip install -e '.[bench]')")
-        return names
+        return parse_peers(parser, args.peers)
     wanted = QUICK_PEERS if args.quick else tuple(PEERS)
     return [name for name in wanted if PEERS[name].available()]
 
