@@ -23,7 +23,7 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from timing import round_trips, timed
+from timing import BareZmqPeer, round_trips, timed
 
 from sockpool import Cluster
 
@@ -34,38 +34,22 @@ def _echo(address: str) -> None:
     sock = zmq.Context().socket(zmq.DEALER)
     sock.connect(address)
     sock.send(b"ready")
-    while (message := sock.recv()) != b"stop":
+    while message := sock.recv():
         sock.send(message)
 
 
-class ZmqPingPong:
+class ZmqPingPong(BareZmqPeer):
     """The floor: a bare zmq round trip between this process and an echo process."""
 
     def __init__(self) -> None:
-        import tempfile
-
-        import zmq
-
-        self._dir = tempfile.TemporaryDirectory()
-        address = f"ipc://{self._dir.name}/echo"
-        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self._sock.bind(address)
-        self._process = multiprocessing.get_context("spawn").Process(target=_echo, args=(address,))
-        self._process.start()
-        self._peer, _ = self._sock.recv_multipart()
+        super().__init__(_echo)
 
     def submit(self, fn: Any, arg: Any) -> ZmqPingPong:
-        self._sock.send_multipart([self._peer, b"x" * 40])
+        self.exchange(b"x" * 40)
         return self
 
     def result(self) -> None:
-        self._sock.recv_multipart()
-
-    def close(self) -> None:
-        self._sock.send_multipart([self._peer, b"stop"])
-        self._process.join(10)
-        self._sock.close(linger=0)
-        self._dir.cleanup()
+        pass
 
 
 def summary(samples: list[float], scale: float, unit: str) -> str:

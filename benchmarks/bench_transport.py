@@ -23,13 +23,11 @@ page and answers (no pickling, no copy, no I/O thread).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
-import tempfile
 from typing import Any
 
 import numpy as np
-from timing import cached_array, round_trips, timed
+from timing import BareZmqPeer, cached_array, round_trips, timed
 
 from sockpool import Cluster
 
@@ -42,40 +40,16 @@ def send_in(a: np.ndarray) -> float:
 
 
 def _reader(address: str) -> None:
+    """The floor's far end: reads a value in every page of each array it gets."""
     import zmq
 
     sock = zmq.Context().socket(zmq.DEALER)
     sock.connect(address)
     sock.send(b"ready")
-    while len(frame := sock.recv(copy=False)) > 1:
+    while len(frame := sock.recv(copy=False)):
         np.frombuffer(frame.buffer, dtype=np.float64)[::PAGE_VALUES].sum()
         del frame
         sock.send(b"ok")
-
-
-class BareZmq:
-    """The floor: a zero-copy send of the array to a process that reads every page."""
-
-    def __init__(self) -> None:
-        import zmq
-
-        self._dir = tempfile.TemporaryDirectory()
-        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self._sock.bind(f"ipc://{self._dir.name}/reader")
-        self._process = multiprocessing.get_context("spawn").Process(
-            target=_reader, args=(f"ipc://{self._dir.name}/reader",))
-        self._process.start()
-        self._peer, _ = self._sock.recv_multipart()
-
-    def send(self, array: np.ndarray) -> None:
-        self._sock.send_multipart([self._peer, array], copy=False)
-        self._sock.recv_multipart()
-
-    def close(self) -> None:
-        self._sock.send_multipart([self._peer, b"x"])
-        self._process.join(10)
-        self._sock.close(linger=0)
-        self._dir.cleanup()
 
 
 def summary(values: list[float]) -> str:
@@ -93,7 +67,7 @@ def main() -> None:
     array = cached_array(nbytes)
     socket_only = {"SOCKPOOL_SHARED_MEMORY": "0"}
     results: dict[tuple[str, str], list[float]] = {}
-    floor = BareZmq()
+    floor = BareZmqPeer(_reader)  # the array sent zero-copy, its pages read there
     with Cluster(n=2) as shared, Cluster(n=2, env=socket_only) as ipc, \
             Cluster(n=2, transport="tcp", env=socket_only) as tcp:
         clusters: dict[str, Any] = {"ipc + shared memory": shared, "ipc socket only": ipc,
@@ -101,7 +75,7 @@ def main() -> None:
         for cl in clusters.values():  # warm up: workers, code paths, buffers each way
             cl.par_map(send_in, [array, array])
             cl.par_map(cached_array, [nbytes, nbytes])
-        floor.send(array)
+        floor.exchange(array, copy=False)
         for _ in range(args.repeat):  # interleaved, so drift hits all alike
             for name, cl in clusters.items():
                 add = results.setdefault
@@ -111,7 +85,8 @@ def main() -> None:
                 add((name, "tiny"), []).append(
                     timed(lambda c=cl: c.par_map(abs, range(tiny))) / tiny)
                 add((name, "rt"), []).append(round_trips(cl.submit, calls))
-            results.setdefault(("floor", "in"), []).append(timed(lambda: floor.send(array)))
+            results.setdefault(("floor", "in"), []).append(
+                timed(lambda: floor.exchange(array, copy=False)))
     floor.close()
 
     def rate(name: str, kind: str) -> str:  # GB/s

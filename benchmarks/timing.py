@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,3 +51,35 @@ def cached_array(nbytes: int) -> Any:
     if nbytes not in cache:
         cache[nbytes] = np.random.default_rng(1).random(nbytes // 8)
     return cache[nbytes]
+
+
+class BareZmqPeer:
+    """The floor of any design on ZeroMQ: a ROUTER here and one process dialing it over ipc.
+
+    ``serve(address)`` runs in a spawned process: it connects a DEALER to
+    ``address``, sends one frame, then answers each message until it gets an
+    empty frame.  No pickling, no I/O thread, no futures.
+    """
+
+    def __init__(self, serve: Callable[[str], None]) -> None:
+        import zmq
+
+        self._dir = tempfile.TemporaryDirectory()
+        address = f"ipc://{self._dir.name}/peer"
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.bind(address)
+        self._process = multiprocessing.get_context("spawn").Process(target=serve,
+                                                                       args=(address,))
+        self._process.start()
+        self._peer, _ = self._sock.recv_multipart()
+
+    def exchange(self, frame: Any, copy: bool = True) -> None:
+        """Send one frame and wait for the answer."""
+        self._sock.send_multipart([self._peer, frame], copy=copy)
+        self._sock.recv_multipart()
+
+    def close(self) -> None:
+        self._sock.send_multipart([self._peer, b""])
+        self._process.join(10)
+        self._sock.close(linger=0)
+        self._dir.cleanup()
