@@ -29,12 +29,12 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .binding import bind_to_env
-    from .cluster import Cluster, WorkerInfo
+    from .api.cluster import Cluster, WorkerInfo
+    from .capture.binding import bind_to_env
+    from .capture.inspection import CaptureEntry, CaptureReport, inspect_capture
+    from .common.rng import task_rng
     from .cores import detect_cores
-    from .inspection import CaptureEntry, CaptureReport, inspect_capture
     from .launchers import LocalLauncher, ManualLauncher, SlurmLauncher, SSHHost, SSHLauncher
-    from .rng import task_rng
 
 __all__ = [
     "CaptureEntry",
@@ -61,19 +61,19 @@ __all__ = [
 ]
 
 _LAZY = {
-    "bind_to_env": ".binding",
-    "CaptureEntry": ".inspection",
-    "CaptureReport": ".inspection",
-    "inspect_capture": ".inspection",
-    "Cluster": ".cluster",
-    "WorkerInfo": ".cluster",
+    "bind_to_env": ".capture.binding",
+    "CaptureEntry": ".capture.inspection",
+    "CaptureReport": ".capture.inspection",
+    "inspect_capture": ".capture.inspection",
+    "Cluster": ".api.cluster",
+    "WorkerInfo": ".api.cluster",
     "detect_cores": ".cores",
     "LocalLauncher": ".launchers",
     "ManualLauncher": ".launchers",
     "SSHHost": ".launchers",
     "SSHLauncher": ".launchers",
     "SlurmLauncher": ".launchers",
-    "task_rng": ".rng",
+    "task_rng": ".common.rng",
 }
 
 

@@ -13,7 +13,7 @@ import zmq
 from test_hostile import hostile_messages
 
 from sockpool import Cluster
-from sockpool.transport import MasterSocket
+from sockpool.dispatch.transport import MasterSocket
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,8 +20,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sockpool import Cluster, protocol
-from sockpool.protocol import Kind, ProtocolError
+from sockpool import Cluster
+from sockpool.common import protocol
+from sockpool.common.protocol import Kind, ProtocolError
 
 pytestmark = pytest.mark.timeout(120)
 

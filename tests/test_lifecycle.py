@@ -202,7 +202,7 @@ def test_environment_and_thread_caps_reach_workers(monkeypatch: pytest.MonkeyPat
 def test_garbage_on_the_socket_does_not_hurt_the_cluster(shared_cluster: Cluster) -> None:
     import zmq
 
-    from sockpool import protocol
+    from sockpool.common import protocol
 
     context = zmq.Context()
     try:

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from sockpool import protocol, serialization
-from sockpool.protocol import Kind, ProtocolError
+from sockpool.common import codec, protocol
+from sockpool.common.protocol import Kind, ProtocolError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,19 +57,19 @@ def test_identities() -> None:
 def test_large_buffers_travel_out_of_band_and_small_ones_in_band() -> None:
     big = np.arange(100_000, dtype=np.int64)
     small = np.arange(10)
-    frames = serialization.dumps({"big": big, "small": small}, prefix=b"HDR")
+    frames = codec.dumps({"big": big, "small": small}, prefix=b"HDR")
     assert bytes(frames[0][:3]) == b"HDR"
     assert len(frames) == 2 and memoryview(frames[1]).nbytes == big.nbytes
-    back = serialization.loads(memoryview(frames[0])[3:], [bytearray(frames[1])])
+    back = codec.loads(memoryview(frames[0])[3:], [bytearray(frames[1])])
     np.testing.assert_array_equal(back["big"], big)
     np.testing.assert_array_equal(back["small"], small)
 
 
 def test_copy_buffers_detaches_from_the_caller() -> None:
     data = np.zeros(100_000)
-    frames = serialization.dumps(data, copy_buffers=True)
+    frames = codec.dumps(data, copy_buffers=True)
     data[0] = 42.0
-    assert serialization.loads(frames[0], frames[1:])[0] == 0.0
+    assert codec.loads(frames[0], frames[1:])[0] == 0.0
 
 
 def test_objects_of_main_never_travel_by_reference() -> None:
@@ -82,7 +82,7 @@ def test_objects_of_main_never_travel_by_reference() -> None:
     Local.__qualname__ = "Local"
     __main__.Local = Local  # type: ignore[attr-defined]
     try:
-        payload = bytes(serialization.dumps(Local())[0])
+        payload = bytes(codec.dumps(Local())[0])
         # Plain pickle would store a reference to __main__.Local, which a worker
         # cannot import; the payload must carry the class itself.
         del __main__.Local  # type: ignore[attr-defined]
@@ -95,8 +95,8 @@ def test_exceptions_pack_with_their_traceback() -> None:
     try:
         raise KeyError("missing")
     except KeyError as exc:
-        packed = serialization.pack_exception(exc)
-    error = serialization.unpack_exception(packed, "a note")
+        packed = codec.pack_exception(exc)
+    error = codec.unpack_exception(packed, "a note")
     assert isinstance(error, KeyError) and error.args == ("missing",)
     assert "raise KeyError" in str(error.__cause__)
     assert getattr(error, "__notes__", None) == ["a note"]
@@ -106,19 +106,19 @@ def test_exceptions_pack_with_their_traceback() -> None:
 def test_a_function_digest_changes_when_its_captured_buffer_changes_in_place(
         checksum: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if checksum == "crc32":  # what runs where xxhash is not installed
-        monkeypatch.setattr(serialization, "_checksum", serialization._crc32_digest)
+        monkeypatch.setattr(codec, "_checksum", codec._crc32_digest)
     else:
         pytest.importorskip("xxhash")
-        monkeypatch.setattr(serialization, "_checksum", None)
-    data = np.zeros(serialization.PARALLEL_CRC_BYTES // 8 + 1)  # large enough for two threads
+        monkeypatch.setattr(codec, "_checksum", None)
+    data = np.zeros(codec.PARALLEL_CRC_BYTES // 8 + 1)  # large enough for two threads
 
     def read(i: int) -> float:
         return float(data[i])
 
-    first, _ = serialization.dumps_function(read)
-    again, _ = serialization.dumps_function(read)
+    first, _ = codec.dumps_function(read)
+    again, _ = codec.dumps_function(read)
     data[-1] = 1.0
-    changed, _ = serialization.dumps_function(read)
+    changed, _ = codec.dumps_function(read)
     assert first.digest == again.digest
     assert changed.digest != first.digest
     assert len(first.buffers) == 1  # the array travels out of band, uncopied

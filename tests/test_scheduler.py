@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sockpool._jobs import Chunk, Job
-from sockpool.protocol import Flag
-from sockpool.scheduler import Scheduler
+from sockpool.common.protocol import Flag
+from sockpool.dispatch.jobs import Chunk, Job
+from sockpool.dispatch.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 from helpers import master_program, wait_gone
 
-from sockpool import Cluster, _shm
+from sockpool import Cluster
+from sockpool.common import shm
 
 pytestmark = [pytest.mark.timeout(60),
-              pytest.mark.skipif(not _shm.available(), reason="needs Linux memfd")]
+              pytest.mark.skipif(not shm.available(), reason="needs Linux memfd")]
 
 MB = 1024 * 1024
 
@@ -223,12 +224,12 @@ def test_nothing_is_left_behind_when_the_master_is_killed(tmp_path: Path) -> Non
 
 
 def test_a_segment_is_mapped_by_its_descriptor_and_released_when_dropped() -> None:
-    pool = _shm.SegmentPool()
+    pool = shm.SegmentPool()
     try:
         data = np.arange(300_000, dtype=np.float64)
         frame = pool.store([pickle.PickleBuffer(data), b"x" * 100])
         released: list[int] = []
-        views = _shm.open_shared(bytes(frame), released.append)
+        views = shm.open_shared(bytes(frame), released.append)
         array = np.frombuffer(views[0], dtype=np.float64)
         np.testing.assert_array_equal(array, data)
         assert bytes(views[1]) == b"x" * 100
@@ -242,7 +243,7 @@ def test_a_segment_is_mapped_by_its_descriptor_and_released_when_dropped() -> No
 
 
 def test_a_segment_comes_back_for_reuse_only_when_every_holder_let_go() -> None:
-    pool = _shm.SegmentPool()
+    pool = shm.SegmentPool()
     try:
         frame = pool.store([bytes(2 * MB)])
         pool.lend(frame, "worker 1")
@@ -257,32 +258,32 @@ def test_a_segment_comes_back_for_reuse_only_when_every_holder_let_go() -> None:
         del frame
         pool.forget("worker 2")  # it died: its mapping went with it
         count = pool.segment_count
-        pool.trim(time.monotonic() + _shm.IDLE_SECONDS)
+        pool.trim(time.monotonic() + shm.IDLE_SECONDS)
         assert pool.segment_count < count
     finally:
         pool.close()
 
 
 def test_a_descriptor_that_names_anything_else_is_refused() -> None:
-    pool = _shm.SegmentPool()
+    pool = shm.SegmentPool()
     try:
         frame = bytearray(pool.store([bytes(MB)]))
         tampered = bytearray(frame)
         tampered[16:24] = (int.from_bytes(frame[16:24], "little") + 1).to_bytes(8, "little")
-        with pytest.raises(_shm.SharedMemoryError, match="not the segment named"):
-            _shm.open_shared(bytes(tampered), print)
-        with pytest.raises(_shm.SharedMemoryError, match="past its segment"):
-            _shm.open_shared(bytes(frame[:-16]) + (0).to_bytes(8, "little")
+        with pytest.raises(shm.SharedMemoryError, match="not the segment named"):
+            shm.open_shared(bytes(tampered), print)
+        with pytest.raises(shm.SharedMemoryError, match="past its segment"):
+            shm.open_shared(bytes(frame[:-16]) + (0).to_bytes(8, "little")
                              + (1 << 40).to_bytes(8, "little"), print)
-        with pytest.raises(_shm.SharedMemoryError, match="malformed"):
-            _shm.open_shared(b"short", print)
+        with pytest.raises(shm.SharedMemoryError, match="malformed"):
+            shm.open_shared(b"short", print)
         with open(__file__, "rb") as other:  # a real file, not a segment
             forged = bytearray(frame)
             forged[4:8] = other.fileno().to_bytes(4, "little")
-            with pytest.raises(_shm.SharedMemoryError, match="not the segment named"):
-                _shm.open_shared(bytes(forged), print)
-        assert not _shm.check_probe("00")
-        assert _shm.check_probe(pool.probe())
+            with pytest.raises(shm.SharedMemoryError, match="not the segment named"):
+                shm.open_shared(bytes(forged), print)
+        assert not shm.check_probe("00")
+        assert shm.check_probe(pool.probe())
     finally:
         pool.close()
 

@@ -12,7 +12,7 @@ import abc
 from collections.abc import Callable
 from typing import Any
 
-from .._proc import describe_exit
+from ..common.proc import describe_exit
 from ..errors import LaunchError
 
 

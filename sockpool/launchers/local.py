@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
-from .._proc import read_tail
+from ..common.proc import read_tail
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
 

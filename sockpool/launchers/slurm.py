@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._proc import read_tail
+from ..common.proc import read_tail
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
 

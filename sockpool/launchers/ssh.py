@@ -4,7 +4,7 @@ One ssh session per host.  It runs a small bootstrap under the host's Python
 that checks, before anything else, that the host can run workers for this
 master (the same Python minor version, sockpool at the same version, its
 dependencies importable) and then becomes that host's agent
-(:mod:`sockpool.agent`).  The master writes one line per worker to the
+(:mod:`sockpool.worker.agent`).  The master writes one line per worker to the
 session's stdin (configuration and CURVE keys: never a command line), and the
 agent starts the workers and reports their exits.
 
@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from .._proc import describe_exit, read_tail
 from .._version import __version__
+from ..common.proc import describe_exit, read_tail
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
 from .local import LocalLauncher
@@ -79,7 +79,7 @@ sys.stdout.write(json.dumps({"hello": report}) + "\\n")
 sys.stdout.flush()
 if problems:
     sys.exit(3)
-from sockpool.agent import main
+from sockpool.worker.agent import main
 main(want["agent"])
 """
 #: The remote command's program: read the bootstrap's line from stdin byte by byte

@@ -38,10 +38,10 @@ from typing import Any
 
 import zmq
 
-from . import _shm, protocol, rng, serialization
-from ._version import __version__
-from .errors import RemoteError
-from .protocol import Flag, Kind
+from .._version import __version__
+from ..common import codec, protocol, rng, shm
+from ..common.protocol import Flag, Kind
+from ..errors import RemoteError
 from .relay import WorkerRelay
 
 #: How long after SHUTDOWN the watchdog waits for the main thread before it
@@ -106,11 +106,11 @@ class Worker:
                                      live=config.get("relay") == "live", prefix=prefix)
         self._current: protocol.Header | None = None  # the chunk running now
         # Shared memory with the master, where we can map its probe segment (same machine).
-        self.shared: _shm.SegmentPool | None = None
+        self.shared: shm.SegmentPool | None = None
         probe = config.get("shm_probe")
-        if (probe and _shm.available() and not _shm.disabled_by_environment()
-                and _shm.check_probe(probe)):
-            self.shared = _shm.SegmentPool()
+        if (probe and shm.available() and not shm.disabled_by_environment()
+                and shm.check_probe(probe)):
+            self.shared = shm.SegmentPool()
         # Serials of the master's segments whose mappings here are gone (any thread appends).
         self.released: deque[int] = deque()
 
@@ -186,7 +186,7 @@ class Worker:
             elif head.kind is Kind.RELEASE and self.shared is not None:
                 self.shared.release(protocol.parse_release(body), MASTER)
             elif head.kind is Kind.EXPORT:
-                self.set_exports(serialization.loads(body, buffers))
+                self.set_exports(codec.loads(body, buffers))
             elif head.kind is Kind.FORGET:
                 self.functions.pop(bytes(body), None)
             elif head.kind is Kind.SHUTDOWN:
@@ -205,7 +205,7 @@ class Worker:
 
     def load_function(self, digest: bytes, payload: Any, buffers: list[Any]) -> _CachedFunction:
         if len(payload):
-            self.functions[digest] = _CachedFunction(serialization.loads(payload, buffers))
+            self.functions[digest] = _CachedFunction(codec.loads(payload, buffers))
         entry = self.functions[digest]
         if entry.namespace is not None and entry.export_version != self.export_version:
             for name, value in self.exports.items():
@@ -225,11 +225,11 @@ class Worker:
             fn = self.load_function(task.digest, task.fn_inband, buffers[:split]).fn
             arguments = buffers[split:]
             if flags & Flag.SHARED:
-                arguments = _shm.open_shared(bytes(arguments[0]), self.released.append)
-            items = serialization.loads(task.arguments, arguments)
+                arguments = shm.open_shared(bytes(arguments[0]), self.released.append)
+            items = codec.loads(task.arguments, arguments)
             del arguments
         except BaseException as exc:  # a payload that cannot be loaded here
-            errors.append((0, serialization.pack_exception(exc, self.serializer)))
+            errors.append((0, codec.pack_exception(exc, self.serializer)))
             return self._result(head, Flag.NONE, [], errors)
 
         if head.job in self.cancelled_jobs:
@@ -265,7 +265,7 @@ class Worker:
             raise
         except BaseException as exc:
             values.append(None)
-            errors.append((0, serialization.pack_exception(exc, self.serializer, skip_frames=1)))
+            errors.append((0, codec.pack_exception(exc, self.serializer, skip_frames=1)))
 
     def _run_map(self, fn: Callable[..., Any], items: list[Any], values: list[Any],
                  errors: list[tuple[int, bytes]], star: bool, stop_on_error: bool) -> None:
@@ -278,7 +278,7 @@ class Worker:
             except _Interrupted:
                 raise
             except BaseException as exc:
-                errors.append((len(values), serialization.pack_exception(exc, self.serializer, 1)))
+                errors.append((len(values), codec.pack_exception(exc, self.serializer, 1)))
                 values.append(None)
                 if stop_on_error:
                     return
@@ -289,7 +289,7 @@ class Worker:
         if head is None:
             return
         prefix = protocol.header(Kind.OUTPUT, 0, head.job, head.ident)
-        frames = serialization.dumps(batch, self.serializer, prefix=prefix, master=False)
+        frames = codec.dumps(batch, self.serializer, prefix=prefix, master=False)
         self.data.send_multipart(frames, copy=protocol.send_copies(frames))
 
     def _run_seeded(self, fn: Callable[..., Any], items: Any, values: list[Any],
@@ -309,7 +309,7 @@ class Worker:
                 except _Interrupted:
                     raise
                 except BaseException as exc:
-                    errors.append((offset, serialization.pack_exception(exc, self.serializer, 1)))
+                    errors.append((offset, codec.pack_exception(exc, self.serializer, 1)))
                     values.append(None)
                     if flags & (Flag.STOP_ON_ERROR | Flag.CALL):
                         return
@@ -324,13 +324,13 @@ class Worker:
         outcome = (values, errors, seconds, batch)
         store = self.shared.store if self.shared is not None else None
         try:
-            frames = serialization.dumps(outcome, self.serializer, prefix=prefix, master=False,
+            frames = codec.dumps(outcome, self.serializer, prefix=prefix, master=False,
                                          store=store)
         except Exception:
             outcome = (*self._replace_unpicklable(values, errors), seconds, batch)
-            frames = serialization.dumps(outcome, self.serializer, prefix=prefix, master=False,
+            frames = codec.dumps(outcome, self.serializer, prefix=prefix, master=False,
                                          store=store)
-        if self.shared is not None and isinstance(frames[-1], _shm.SharedFrame):
+        if self.shared is not None and isinstance(frames[-1], shm.SharedFrame):
             frames[0] = protocol.with_flags(frames[0], Flag.SHARED)
             self.shared.lend(frames[-1], MASTER)
         largest = max(memoryview(frame).nbytes for frame in frames)
@@ -338,8 +338,8 @@ class Worker:
             problem = RemoteError("ValueError", f"the results of this chunk need a frame of "
                                   f"{largest} bytes, more than the cluster's max_message_size "
                                   f"({self.max_frame_bytes} bytes)")
-            errors = [(0, serialization.pack_exception(problem, self.serializer))]
-            frames = serialization.dumps(([], errors, seconds, batch), self.serializer,
+            errors = [(0, codec.pack_exception(problem, self.serializer))]
+            frames = codec.dumps(([], errors, seconds, batch), self.serializer,
                                          prefix=prefix, master=False)
         return frames
 
@@ -348,15 +348,15 @@ class Worker:
         """Fail each task whose result cannot be serialized, keep the others."""
         values = list(values)
         errors = list(errors)
-        while (found := serialization.first_unpicklable(values, self.serializer)) is not None:
+        while (found := codec.first_unpicklable(values, self.serializer)) is not None:
             index, error = found
             problem = RemoteError(
-                serialization.describe(error),
-                f"the result of this task, a {serialization.describe(values[index])}, "
+                codec.describe(error),
+                f"the result of this task, a {codec.describe(values[index])}, "
                 f"cannot be serialized: {error}",
             )
             values[index] = None
-            errors.append((index, serialization.pack_exception(problem, self.serializer)))
+            errors.append((index, codec.pack_exception(problem, self.serializer)))
         return values, errors
 
     # -- watchdog thread ---------------------------------------------------------
@@ -388,7 +388,7 @@ class Worker:
                 last_sent = now
                 if self.shared is not None:
                     self.shared.trim(now)
-                    _shm.trim_mappings(now)
+                    shm.trim_mappings(now)
             if now - last_heard > self.master_timeout:
                 _die(f"no word from the master for {now - last_heard:.1f} s")
             if shutdown_at is not None and now >= shutdown_at:
@@ -494,8 +494,3 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)
 
 
-if __name__ == "__main__":
-    # Run the importable copy of this module, so its classes are sockpool.worker's.
-    from sockpool.worker import main as worker_main
-
-    sys.exit(worker_main())

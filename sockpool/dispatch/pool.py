@@ -1,6 +1,6 @@
 """Tending the workers: starting them, noticing them end, replacing them, stopping them.
 
-The I/O thread's :class:`~sockpool._dispatch.Dispatcher` inherits this: these
+The I/O thread's :class:`~sockpool.dispatch.dispatcher.Dispatcher` inherits this: these
 are the steps of its loop that deal with worker processes rather than with
 messages.  Everything here runs on the I/O thread.
 """
@@ -13,9 +13,12 @@ from typing import Any
 
 import zmq
 
-from . import relay
-from ._shm import SegmentPool
-from ._workers import (
+from ..common.protocol import Kind
+from ..common.shm import SegmentPool
+from ..errors import ClusterClosedError, LaunchError, SockpoolError
+from ..launchers.base import Launcher
+from . import output as relay
+from .records import (
     LOST,
     READY,
     SETUP,
@@ -26,9 +29,6 @@ from ._workers import (
     lost_error,
     timeout_error,
 )
-from .errors import ClusterClosedError, LaunchError, SockpoolError
-from .launchers.base import Launcher
-from .protocol import Kind
 from .scheduler import Scheduler
 from .transport import MasterSocket
 

@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from . import protocol
+from ..common import protocol
 
 TRANSPORTS = ("ipc", "tcp")
 

@@ -35,7 +35,7 @@ import tempfile
 import time
 from typing import Any, BinaryIO
 
-from ._proc import read_tail
+from ..common.proc import read_tail
 
 #: After SIGTERM, how long workers get before SIGKILL when the agent stops.
 STOP_GRACE = 2.0

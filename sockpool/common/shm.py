@@ -1,7 +1,7 @@
 """Shared memory for large buffers between processes on one machine.
 
 A message whose out-of-band buffers add up to a megabyte or more
-(``serialization.SHARED_MIN_BYTES``) goes between the master and a worker on
+(``codec.SHARED_MIN_BYTES``) goes between the master and a worker on
 the same machine as one small frame, the *descriptor* of a segment, instead of
 the buffers themselves: the sender copies the buffers once into the segment
 and the receiver maps it, so the bytes never cross a socket and the

@@ -7,9 +7,9 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .cores import detect_cores
-from .launchers import Launcher, LocalLauncher, SSHHost, SSHLauncher
-from .launchers.ssh import parse_hosts
+from ..cores import detect_cores
+from ..launchers import Launcher, LocalLauncher, SSHHost, SSHLauncher
+from ..launchers.ssh import parse_hosts
 
 #: Variables that size the thread pools of BLAS, OpenMP and friends.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from . import protocol
-from ._jobs import Chunk, WorkerLabel
-from .errors import LaunchError, TaskTimeoutError, WorkerLostError
-from .launchers.base import WorkerProcess
+from ..common import protocol
+from ..errors import LaunchError, TaskTimeoutError, WorkerLostError
+from ..launchers.base import WorkerProcess
+from .jobs import Chunk, WorkerLabel
 
 #: The states of a worker, in the order it passes through them.
 STARTING, SETUP, READY, LOST, STOPPED = "starting", "setup", "ready", "lost", "stopped"

@@ -14,7 +14,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from ._namespace import BoundNamespace, rebind
+from ..common.namespace import BoundNamespace, rebind
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -17,11 +17,11 @@ import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import serialization
-from ._local_modules import local_modules
-from .errors import CaptureError
+from ..common import codec
+from ..common.codec import FunctionPayload
+from ..errors import CaptureError
+from .by_value import local_modules
 from .inspection import describe_unpicklable, inspect_capture
-from .serialization import FunctionPayload
 
 #: Default limit on what one function may carry (R future's globals.maxSize is 500 MiB).
 DEFAULT_MAX_CAPTURE_SIZE = 500 * 1024 * 1024
@@ -44,7 +44,7 @@ def prepare_capture(serializer: str) -> None:
         module = sys.modules.get(name)
         if module is not None:
             cloudpickle.register_pickle_by_value(module)
-            serialization.BY_VALUE_MODULES.add(name)
+            codec.BY_VALUE_MODULES.add(name)
         _registered.add(name)
 
 
@@ -77,7 +77,7 @@ def dump_function(fn: Callable[..., Any], serializer: str,
         return cached[2]
     prepare_capture(serializer)
     try:
-        payload, by_reference = serialization.dumps_function(fn, serializer,
+        payload, by_reference = codec.dumps_function(fn, serializer,
                                                              copy_buffers=copy_buffers)
     except Exception as exc:
         where = describe_unpicklable(fn, getattr(fn, "__name__", "the function"), serializer)
@@ -114,14 +114,14 @@ def dump_values(obj: Any, serializer: str, parts: Iterable[tuple[str, Any]], *,
         obj: what to serialize (a chunk's items, a call's arguments, exports).
         parts: ``(description, value)`` pairs that make up ``obj``, tried one by
             one only when ``obj`` fails, to say which one is to blame.
-        store: shared memory for large buffers (see ``serialization.dumps``).
+        store: shared memory for large buffers (see ``codec.dumps``).
 
     Raises:
         CaptureError: naming the part, the path inside it and the pickler's complaint.
     """
     prepare_capture(serializer)
     try:
-        return serialization.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix,
+        return codec.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix,
                                    store=store)
     except Exception as exc:
         for what, part in parts:

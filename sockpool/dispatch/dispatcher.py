@@ -27,20 +27,21 @@ from typing import Any
 
 import zmq
 
-from . import _shm, protocol, relay, serialization
-from ._jobs import Chunk, FutureJob, Job, Payload, TaskFailure, decode_outcome
-from ._shm import SegmentPool, SharedFrame
-from ._tending import TIMEOUT_SLACK, WorkerTending
-from ._workers import (
+from ..common import codec, protocol, shm
+from ..common.protocol import Flag, Kind
+from ..common.shm import SegmentPool, SharedFrame
+from ..errors import ClusterClosedError, LaunchError, SockpoolError
+from ..launchers.base import Launcher
+from . import output as relay
+from .jobs import Chunk, FutureJob, Job, Payload, TaskFailure, decode_outcome
+from .pool import TIMEOUT_SLACK, WorkerTending
+from .records import (
     READY,
     SETUP,
     STARTING,
     STOPPED,
     WorkerRecord,
 )
-from .errors import ClusterClosedError, LaunchError, SockpoolError
-from .launchers.base import Launcher
-from .protocol import Flag, Kind
 from .scheduler import Scheduler
 from .transport import DEFAULT_MAX_FRAME_BYTES, MasterSocket
 
@@ -92,7 +93,7 @@ class Dispatcher(WorkerTending):
                                    launcher.listen)
         self.launcher.prepare(self.master.workdir, self.master.bind_tcp)
         # Large buffers to and from workers on this machine go through shared memory.
-        self.shared = SegmentPool() if _shm.available() else None
+        self.shared = SegmentPool() if shm.available() else None
         self.any_shared = False  # some worker maps our segments
         self._releases: deque[tuple[int, int]] = deque()  # (worker id, serial), any thread
         self.workers: dict[int, WorkerRecord] = {}
@@ -305,7 +306,7 @@ class Dispatcher(WorkerTending):
         if head.kind is Kind.RESULT:
             try:
                 payload = self._payload(record, head, body, frames)
-            except _shm.SharedMemoryError as exc:  # it ended just after sending, say
+            except shm.SharedMemoryError as exc:  # it ended just after sending, say
                 record.process.kill()
                 self._lost(record, f"its result could not be read from shared memory: {exc}")
                 return
@@ -322,7 +323,7 @@ class Dispatcher(WorkerTending):
             return body, [frame.buffer for frame in frames[2:]]
         if not record.shared_memory or len(frames) != 3:
             raise protocol.ProtocolError("a shared-memory RESULT from a worker without it")
-        return body, _shm.open_shared(bytes(frames[2].buffer), self._releaser(record.id))
+        return body, shm.open_shared(bytes(frames[2].buffer), self._releaser(record.id))
 
     def _releaser(self, worker_id: int) -> Callable[[int], None]:
         """What a transfer from a worker's segment calls when its arrays die: RELEASE it.
@@ -370,7 +371,7 @@ class Dispatcher(WorkerTending):
             return
         record.pid = int(info.get("pid", record.pid))
         probe = info.get("shared_memory")
-        if self.shared is not None and isinstance(probe, str) and _shm.check_probe(probe):
+        if self.shared is not None and isinstance(probe, str) and shm.check_probe(probe):
             record.shared_memory = self.any_shared = True
         if not record.process.host_known:
             record.host = str(info.get("host", record.host))
@@ -378,7 +379,7 @@ class Dispatcher(WorkerTending):
             self.master.send(record.data_identity, frames)
         if self.setup_job is not None:
             record.state = SETUP
-            record.setup_chunk = self.setup_job.chunk(0, 1, serialization.dumps(((), {})))
+            record.setup_chunk = self.setup_job.chunk(0, 1, codec.dumps(((), {})))
             self._send_chunk(record, record.setup_chunk)
         else:
             self._ready(record)
@@ -414,7 +415,7 @@ class Dispatcher(WorkerTending):
             chunk = record.setup_chunk
         if chunk is None:
             return
-        batch = serialization.loads(*payload)
+        batch = codec.loads(*payload)
         if self.relay_live:
             text, rest = relay.split_text(batch)
             relay.emit([text])
@@ -484,7 +485,7 @@ class Dispatcher(WorkerTending):
             if not record.shared_memory:
                 return self.shared.copies(arguments[0]), flags
         elif record.shared_memory and (
-                sum(memoryview(a).nbytes for a in arguments) >= serialization.SHARED_MIN_BYTES):
+                sum(memoryview(a).nbytes for a in arguments) >= codec.SHARED_MIN_BYTES):
             try:
                 arguments = [self.shared.store(arguments)]
             except OSError:  # out of shared memory: the socket it is
@@ -507,7 +508,7 @@ class Dispatcher(WorkerTending):
     def _heartbeat(self, now: float) -> None:
         if self.shared is not None:
             self.shared.trim(now)
-            _shm.trim_mappings(now)
+            shm.trim_mappings(now)
         beat = [protocol.header(Kind.HEARTBEAT)]
         for record in self.workers.values():
             if record.control_ready and record.state in (SETUP, READY):

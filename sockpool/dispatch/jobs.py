@@ -20,10 +20,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import relay, serialization
-from .errors import ClusterClosedError, RemoteError
-from .protocol import Flag
-from .serialization import FunctionPayload
+from ..common import codec
+from ..common.codec import FunctionPayload
+from ..common.protocol import Flag
+from ..errors import ClusterClosedError, RemoteError
+from . import output as relay
 
 _job_ids = itertools.count(1)
 _chunk_ids = itertools.count(1)
@@ -116,10 +117,10 @@ class Outcome(NamedTuple):
 def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload) -> Outcome:
     """Unpickle a RESULT: values, each failed task's rebuilt exception, time and output."""
     try:
-        values, errors, seconds, batch = serialization.loads(*payload)
+        values, errors, seconds, batch = codec.loads(*payload)
     except Exception as exc:
         problem = RemoteError(
-            serialization.describe(exc),
+            codec.describe(exc),
             f"the results of tasks {chunk.first_index}..{chunk.first_index + chunk.count - 1} "
             f"could not be unpickled in the master: {exc}",
         )
@@ -128,7 +129,7 @@ def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload) -> Outcom
     failures = []
     for offset, packed in errors:
         index = chunk.first_index + offset
-        failures.append(TaskFailure(index, serialization.unpack_exception(
+        failures.append(TaskFailure(index, codec.unpack_exception(
             packed, f"sockpool: task {index} failed on {label}")))
     if len(values) < chunk.count and failures:
         # The chunk stopped early (its payload failed to load, or stop-on-error):

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _namespace, serialization
-from ._local_modules import local_modules
+from ..common import codec
+from ..common import namespace as bound_namespace
+from .by_value import local_modules
 
 #: How deep the search for an unpicklable value goes into containers and objects.
 MAX_DEPTH = 6
@@ -41,7 +42,7 @@ def travels_by_value(obj: Any) -> bool:
     """Whether a function or class is shipped by value (not importable by name on a worker)."""
     module = _module_name(obj)
     top = module.partition(".")[0]
-    if module == "__main__" or top in local_modules() or _namespace.is_bound(obj):
+    if module == "__main__" or top in local_modules() or bound_namespace.is_bound(obj):
         return True
     qualname = getattr(obj, "__qualname__", "")
     if "<locals>" in qualname or "<lambda>" in qualname:
@@ -70,7 +71,7 @@ def captured(obj: Any) -> Iterator[tuple[str, Any]]:
             except ValueError:  # an empty cell
                 continue
         namespace = obj.__globals__
-        names = (namespace if _namespace.is_bound(obj) else _code_names(code))
+        names = (namespace if bound_namespace.is_bound(obj) else _code_names(code))
         for name in names:
             if name in namespace and not name.startswith("__"):
                 yield name, namespace[name]
@@ -105,7 +106,7 @@ def _reduces_by_default(cls: type) -> bool:
 
 def _fails(value: Any, serializer: str) -> BaseException | None:
     try:
-        serialization.dumps(value, serializer)
+        codec.dumps(value, serializer)
     except Exception as exc:
         return exc
     return None
@@ -131,7 +132,7 @@ def describe_unpicklable(value: Any, root: str, serializer: str) -> str | None:
     if found is None:
         return None
     path, culprit, error = found
-    text = f"{path}: {serialization.describe(culprit)} ({type(error).__name__}: {error})"
+    text = f"{path}: {codec.describe(culprit)} ({type(error).__name__}: {error})"
     if serializer != "dill" and _fails(culprit, "dill") is None:
         text += '; serializer="dill" would work for it: Cluster(serializer="dill")'
     return text
@@ -209,7 +210,7 @@ def _size(nbytes: int) -> str:
 
 def _pickled_size(value: Any, serializer: str) -> int:
     try:
-        frames = serialization.dumps(value, serializer)
+        frames = codec.dumps(value, serializer)
     except Exception:
         return 0
     return sum(memoryview(frame).nbytes for frame in frames)
@@ -222,7 +223,7 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
     (``worker -> fit_one -> data``), and lists the modules shipped by value
     (local ``.py`` files next to your script) and those imported by name.
     """
-    from .capture import prepare_capture
+    from .payload import prepare_capture
 
     prepare_capture(serializer)
     entries: list[CaptureEntry] = []
@@ -254,7 +255,7 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
                 continue
             if not isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
                 seen.add(id(value))
-            entries.append(CaptureEntry(path, serialization.describe(value),
+            entries.append(CaptureEntry(path, codec.describe(value),
                                         _pickled_size(value, serializer)))
             if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
                 later.append((value, path))
@@ -268,7 +269,7 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
     if _module_name(fn).partition(".")[0] in local_modules():
         by_value.add(_module_name(fn))
     try:
-        total = serialization.dumps_function(fn, serializer)[0].nbytes
+        total = codec.dumps_function(fn, serializer)[0].nbytes
     except Exception:
         total = sum(e.nbytes for e in entries)
     return CaptureReport(root, entries, total, sorted(by_value), sorted(by_reference - by_value))

@@ -47,12 +47,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, NamedTuple, TypeVar
 
-from . import protocol, serialization
-from ._dispatch import Dispatcher
-from ._jobs import FutureJob, Job, StreamJob
-from ._lifetime import close_forgotten, live_clusters, register_exit_hook
-from ._local_modules import warm_up as warm_up_capture
-from ._mapping import (
+from ..capture.binding import lookup
+from ..capture.by_value import warm_up as warm_up_capture
+from ..capture.payload import DEFAULT_MAX_CAPTURE_SIZE, dump_call, dump_function, dump_values
+from ..common import codec, protocol
+from ..common.codec import FunctionPayload
+from ..common.protocol import Flag
+from ..common.rng import check_seed
+from ..dispatch.dispatcher import Dispatcher
+from ..dispatch.jobs import FutureJob, Job, StreamJob
+from ..dispatch.transport import DEFAULT_MAX_FRAME_BYTES
+from ..errors import ClusterClosedError
+from ..launchers import Launcher, SSHHost
+from .lifetime import close_forgotten, live_clusters, register_exit_hook
+from .mapping import (
     EagerFeed,
     LazyFeed,
     auto_chunksize,
@@ -61,7 +69,7 @@ from ._mapping import (
     iterate,
     stream_blocks,
 )
-from ._validate import (
+from .options import (
     as_sequence,
     check_callable,
     check_iterables,
@@ -72,14 +80,6 @@ from ._validate import (
     warn_if_oversubscribed,
     worker_env,
 )
-from .binding import lookup
-from .capture import DEFAULT_MAX_CAPTURE_SIZE, dump_call, dump_function, dump_values
-from .errors import ClusterClosedError
-from .launchers import Launcher, SSHHost
-from .protocol import Flag
-from .rng import check_seed
-from .serialization import FunctionPayload
-from .transport import DEFAULT_MAX_FRAME_BYTES
 
 T = TypeVar("T")
 
@@ -210,7 +210,7 @@ class Cluster(concurrent.futures.Executor):
         check_min_workers(wait_for, n_workers, "wait_for")
         if wait_for is None:
             wait_for = 1 if launcher.queues else n_workers
-        serialization.check_serializer(serializer)
+        codec.check_serializer(serializer)
         if setup is not None:
             check_callable(setup, "Cluster(setup=...)")
         if threads_per_worker is not None and (

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
-from ._jobs import Chunk, Job
+from .jobs import Chunk, Job
 
 #: Prefetch only onto a worker whose oldest chunk was sent less than this long
 #: ago (seconds): a round trip is then a negligible gap, and a long task never

@@ -16,7 +16,7 @@ import warnings
 import weakref
 from typing import Protocol
 
-from ._dispatch import Dispatcher
+from ..dispatch.dispatcher import Dispatcher
 
 
 class Closable(Protocol):

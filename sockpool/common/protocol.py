@@ -39,7 +39,7 @@ SHUTDOWN      m -> w     (empty)
 ============  =========  ==========================================================
 
 A TASK or RESULT flagged ``SHARED`` carries its large buffers in a shared
-memory segment (see ``_shm.py``): the one frame after the function's buffers
+memory segment (see ``shm.py``): the one frame after the function's buffers
 (TASK) or after the first frame (RESULT) is the segment's descriptor.
 """
 
@@ -62,6 +62,10 @@ CONTROL_PREFIX = b"C"
 
 #: Frames below this size are copied into zmq (cheaper than tracking a zero-copy buffer).
 COPY_LIMIT = 64 * 1024
+
+#: What a chunk wrote, as OUTPUT and RESULT carry it: ``(stdout text, stderr text,
+#: warnings, log records)``.  A plain tuple, so the worker's pickler never ships code for it.
+Batch = tuple[str, str, list[tuple[Any, ...]], list[dict[str, Any]]]
 
 
 class Kind(enum.IntEnum):

@@ -26,8 +26,8 @@ from collections import ChainMap
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import _namespace
-from .errors import RemoteError, RemoteTraceback, add_note
+from ..errors import RemoteError, RemoteTraceback, add_note
+from . import namespace
 
 #: Buffers at least this large travel out of band as their own frames.  Below
 #: it, a separate zmq frame costs more than copying the bytes into the pickle.
@@ -44,8 +44,8 @@ Frames = list[Any]  # bytes-like objects: bytes, memoryview, PickleBuffer, zmq.F
 
 def _bound_function_reducer(obj: Any) -> Any:
     """How a function made by ``bind_to_env`` pickles: its namespace's entry, namespace whole."""
-    if _namespace.is_bound(obj):
-        return _namespace.entry, (obj.__globals__, _namespace.entry_key(obj))
+    if namespace.is_bound(obj):
+        return namespace.entry, (obj.__globals__, namespace.entry_key(obj))
     return NotImplemented
 
 

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any
 
-from . import relay
-from ._jobs import Chunk, Outcome, StreamJob, TaskFailure, decode_outcome
-from .capture import Store, dump_arguments
-from .errors import ClusterClosedError
+from ..capture.payload import Store, dump_arguments
+from ..dispatch import output as relay
+from ..dispatch.jobs import Chunk, Outcome, StreamJob, TaskFailure, decode_outcome
+from ..errors import ClusterClosedError
 
 #: imap sizes chunks so that one takes about this long to compute.
 TARGET_CHUNK_SECONDS = 0.02

@@ -1,0 +1,65 @@
+"""Worker output written out in the master: the master's half of the relay.
+
+Output is written to the master's ``sys.stdout`` and ``sys.stderr`` as they are
+when it is emitted (a notebook's cell, pytest's capture, a redirect), warnings
+are re-issued with ``warnings.warn_explicit`` (category, message, file, line)
+so the master's filters apply, and log records go to the master's logger of the
+same name, whose level and handlers decide.  The worker's half, which collects
+what a task writes, is :mod:`sockpool.worker.relay`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import warnings
+from typing import Any, TextIO
+
+from ..common.protocol import Batch
+
+_registries: dict[str, dict[Any, Any]] = {}
+_emit_lock = threading.Lock()
+
+
+def emit(batches: list[Batch], prefix: str = "") -> None:
+    """Write batches out in the master, in order (see the module docstring)."""
+    if not batches:  # the common case: the chunk wrote nothing
+        return
+    with _emit_lock:  # one block at a time, never interleaved with another's
+        for out, err, caught, records in batches:
+            if out:
+                _write(sys.stdout, out, prefix)
+            if err:
+                _write(sys.stderr, err, prefix)
+            for message, category, filename, lineno in caught:
+                # A registry per file makes "default"/"once" filters behave as they
+                # would if the code had run here.
+                registry = _registries.setdefault(filename, {})
+                warnings.warn_explicit(message, category, filename, lineno,
+                                       registry=registry)
+            for fields in records:
+                logger = logging.getLogger(fields["name"])
+                if logger.isEnabledFor(fields["levelno"]):
+                    logger.handle(logging.makeLogRecord(fields))
+
+
+def split_text(batch: Batch) -> tuple[Batch, Batch]:
+    """``(text only, warnings and records only)``: live text is written by the I/O
+    thread, but a warning may raise (``-W error``), so it waits for the caller."""
+    out, err, caught, records = batch
+    return (out, err, [], []), ("", "", caught, records)
+
+
+def _write(stream: TextIO, text: str, prefix: str) -> None:
+    if prefix:
+        lines = text.splitlines(keepends=True)
+        text = "".join(prefix + line for line in lines)
+    stream.write(text)
+    stream.flush()
+
+
+def tail(batches: list[Batch], max_lines: int = 20) -> str:
+    """The last lines of output in ``batches`` (for a lost worker's error message)."""
+    text = "".join(out + err for out, err, _, _ in batches)
+    return "\n".join(text.splitlines()[-max_lines:])
