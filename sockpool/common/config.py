@@ -1,0 +1,80 @@
+"""A worker's launch configuration: what the master tells a worker before it dials in.
+
+Every launcher writes one :class:`WorkerConfig` to its worker's launch channel
+(stdin, an ssh session, a file only the worker reads) as one JSON line, and the
+worker reads it back with :meth:`WorkerConfig.from_json`.  Nothing secret (the
+token, the CURVE keys) is ever on a command line.
+
+Every default is resolved before the config is written: the worker reads
+values, never fallbacks.  In particular ``master_timeout``, the silence after
+which a worker gives up on its master, is the cluster's ``heartbeat_timeout``
+when one was given, else the launcher's own :attr:`~sockpool.launchers.base.
+Launcher.master_timeout` (long for local workers, which also watch their
+stdin; shorter for remote ones, which a cut network must end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+#: How workers relay what tasks write: per chunk, line by line, or not at all.
+RELAY_MODES = ("task", "live", "off")
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """The CURVE keys one worker was issued (Z85 text): the master's public key and its own."""
+
+    server_key: str
+    public_key: str
+    secret_key: str
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs to join its cluster, every default resolved."""
+
+    address: str  #: the master's address to dial (ipc:// or tcp://)
+    token: str  #: the cluster's secret, proved in HELLO before anything is read
+    worker_id: int
+    heartbeat_interval: float  #: seconds between heartbeats, both ways
+    master_timeout: float  #: silence after which the worker gives up on its master
+    serializer: str  #: "cloudpickle", "dill" or "pickle": how results are written
+    max_frame_bytes: int  #: the largest frame the worker accepts
+    relay: str = "task"  #: one of RELAY_MODES
+    relay_prefix: bool = False  #: start relayed lines with "[worker N] "
+    log_level: int = 30  #: the lowest level of log records relayed
+    curve: CurveKeys | None = None  #: None on an ipc:// transport
+    shm_probe: str | None = None  #: the master's probe segment, where it has shared memory
+    # Set by the launcher that starts the process:
+    watch_stdin: bool = False  #: end of stdin means the master is gone (local workers)
+    parent_pid: int | None = None  #: die with this process (Linux's parent-death signal)
+    sys_path: tuple[str, ...] = field(default=())  #: put first on the worker's import path
+
+    def replace(self, **changes: Any) -> WorkerConfig:
+        """A copy with some fields changed (a launcher adding what it knows)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        """One line of JSON (no newline in it), as the launch channel carries it."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerConfig:
+        """Read what :meth:`to_json` wrote.
+
+        Raises:
+            ValueError: the text is not a worker configuration (names what is wrong).
+        """
+        try:
+            fields = json.loads(text)
+            if not isinstance(fields, dict):
+                raise TypeError(f"a JSON object was expected, not {type(fields).__name__}")
+            curve = fields.pop("curve", None)
+            fields["sys_path"] = tuple(fields.get("sys_path", ()))
+            return cls(curve=CurveKeys(**curve) if curve is not None else None, **fields)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a sockpool worker configuration: {exc}") from exc
