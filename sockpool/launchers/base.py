@@ -1,17 +1,18 @@
 """What every launcher provides: start a worker process, and a handle to watch and stop it.
 
 A launcher renders the command that starts a worker and runs it, handing the
-worker its configuration (the master's address, the cluster token, its id)
-over the process's stdin, never on the command line.  The handle it returns
-lets the I/O thread notice the process ending and end it.
+worker its :class:`~sockpool.common.config.WorkerConfig` (the master's
+address, the cluster token, its id) as one JSON line over the process's stdin
+(or another channel only that worker reads), never on the command line.  The
+handle it returns lets the I/O thread notice the process ending and end it.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
 
+from ..common.config import WorkerConfig
 from ..common.proc import describe_exit
 from ..errors import LaunchError
 
@@ -86,6 +87,10 @@ class Launcher(abc.ABC):
     size: int | None = None
     #: Workers wait in a batch queue: the cluster starts once one is up, not all.
     queues: bool = False
+    #: Seconds of silence after which its workers give up on the master, unless the
+    #: cluster has a ``heartbeat_timeout``: the worker pool puts one or the other in
+    #: each worker's config.  Long where a worker sees the master die by other means.
+    default_master_timeout: float = 60.0
 
     def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
         """Called once before the first spawn.
@@ -97,13 +102,19 @@ class Launcher(abc.ABC):
         """
 
     @abc.abstractmethod
-    def spawn(self, worker_id: int, config: dict[str, Any]) -> WorkerProcess | None:
-        """Start one worker, handing it ``config`` over its launch channel.
+    def spawn(self, worker_id: int, config: WorkerConfig) -> WorkerProcess | None:
+        """Start one worker, handing it ``config.to_json()`` over its launch channel.
 
-        ``config["master_timeout"]`` is the silence after which the worker gives
-        up on the master; None asks the launcher for its default.  Returns
-        None when the launcher has nowhere to start one (a replacement for a
-        host that is gone); raises LaunchError when starting failed.
+        ``config`` arrives with every default resolved; a launcher adds only
+        what it alone knows (:meth:`WorkerConfig.replace`: the address its
+        host dials, the parent to watch).
+
+        Returns:
+            The worker's handle, or None when the launcher has nowhere to start
+            one (a replacement for a host that is gone).
+
+        Raises:
+            LaunchError: starting it failed.
         """
 
     def launched(self) -> None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from ..common.config import WorkerConfig
 from ..common.proc import read_tail
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
@@ -83,6 +83,7 @@ class LocalLauncher(Launcher):
     """
 
     watches_processes = True
+    default_master_timeout = LOCAL_MASTER_TIMEOUT
 
     def __init__(self, python: str | None = None, env: Mapping[str, str] | None = None) -> None:
         self.python = python or sys.executable
@@ -96,25 +97,21 @@ class LocalLauncher(Launcher):
         """The command line of a worker (its configuration goes over stdin)."""
         return [self.python, "-m", "sockpool.worker"]
 
-    def spawn(self, worker_id: int, config: dict[str, Any]) -> LocalWorkerProcess:
+    def spawn(self, worker_id: int, config: WorkerConfig) -> LocalWorkerProcess:
         if self._workdir is None:
             raise RuntimeError("LocalLauncher.prepare() was not called")
         argv = self.command()
-        config = {
-            **config,
-            "master_timeout": config.get("master_timeout") or LOCAL_MASTER_TIMEOUT,
-            "watch_stdin": True,
-            "parent_pid": os.getpid(),
+        config = config.replace(
+            watch_stdin=True, parent_pid=os.getpid(),
             # The master's import path, so a module next to the script imports here too.
-            "sys_path": [p for p in sys.path if p],
-        }
+            sys_path=tuple(p for p in sys.path if p))
         log_path = os.path.join(self._workdir, f"worker-{worker_id}.log")
         env = {**os.environ, **self.env}
         with open(log_path, "wb") as log:
             # The worker's own stdout and stderr (C-level writes included) go to its
             # log, whose tail errors quote; what tasks print is relayed over zmq.
             # With the relay off, stdout stays the master's.
-            stdout = log if config.get("relay", "task") != "off" else None
+            stdout = log if config.relay != "off" else None
             try:
                 process = subprocess.Popen(
                     argv, stdin=subprocess.PIPE, stdout=stdout, stderr=log, env=env,
@@ -126,7 +123,7 @@ class LocalLauncher(Launcher):
         handle = LocalWorkerProcess(worker_id, process, shlex.join(argv), log_path)
         assert process.stdin is not None
         try:
-            process.stdin.write(json.dumps(config).encode() + b"\n")
+            process.stdin.write(config.to_json().encode() + b"\n")
             process.stdin.flush()
         except BrokenPipeError:
             pass  # it died at once; the I/O thread reports it with its stderr

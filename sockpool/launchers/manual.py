@@ -11,11 +11,11 @@ themselves when the master falls silent.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..common.config import WorkerConfig
 from .base import Launcher, WorkerProcess
 
 
@@ -57,6 +57,8 @@ class ManualLauncher(Launcher):
 
     watches_processes = False
     transport = "tcp"
+    #: As long as a local worker's: a master merely busy is not given up on soon.
+    default_master_timeout = 60.0
 
     def __init__(self, listen: str = "127.0.0.1", python: str | None = None,
                  output: Callable[[str], Any] | None = None) -> None:
@@ -64,9 +66,9 @@ class ManualLauncher(Launcher):
         self.python = python
         self._output = output
 
-    def spawn(self, worker_id: int, config: dict[str, Any]) -> ManualWorkerProcess:
+    def spawn(self, worker_id: int, config: WorkerConfig) -> ManualWorkerProcess:
         command = f"{self.python} -m sockpool worker" if self.python else "sockpool worker"
-        line = json.dumps({**config, "master_timeout": config.get("master_timeout") or 60.0})
+        line = config.to_json()
         text = (f"sockpool: start worker {worker_id} by hand: on the worker's machine run\n"
                 f"    {command}\n"
                 f"and paste this one line into it (it holds that worker's keys; keep it "

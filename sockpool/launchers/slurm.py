@@ -18,7 +18,6 @@ when the master dies.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -30,6 +29,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..common.config import WorkerConfig
 from ..common.proc import read_tail
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
@@ -193,6 +193,7 @@ class SlurmLauncher(Launcher):
     watches_processes = False  # a node can vanish silently
     transport = "tcp"
     queues = True
+    default_master_timeout = SLURM_MASTER_TIMEOUT
 
     def __init__(
         self,
@@ -261,16 +262,14 @@ class SlurmLauncher(Launcher):
         return render_batch_script(workers=workers, command=self.worker_command(),
                                    log_dir=self.directory, **self.options)
 
-    def spawn(self, worker_id: int, config: dict[str, Any]) -> WorkerProcess | None:
+    def spawn(self, worker_id: int, config: WorkerConfig) -> WorkerProcess | None:
         if self.job_id is not None or self.submit_error is not None or self.directory is None:
             return None  # a lost Slurm worker is not replaced: its tasks retry elsewhere
         index = len(self._pending)
-        config = {**config,
-                  "master_timeout": config.get("master_timeout") or SLURM_MASTER_TIMEOUT}
         path = os.path.join(self.directory, f"worker-{index}.json")
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as stream:
-            stream.write(json.dumps(config) + "\n")
+            stream.write(config.to_json() + "\n")
         worker = SlurmWorkerProcess(self, worker_id, index)
         self._pending.append(worker)
         return worker

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._version import __version__
+from ..common.config import WorkerConfig
 from . import ssh_bootstrap
 from .base import Launcher, WorkerProcess
 from .local import LocalLauncher
@@ -83,6 +84,7 @@ class SSHLauncher(Launcher):
 
     watches_processes = False  # a cut network is silence, not an exit
     transport = "tcp"
+    default_master_timeout = REMOTE_MASTER_TIMEOUT
 
     def __init__(
         self,
@@ -210,7 +212,7 @@ class SSHLauncher(Launcher):
             self.sessions[host.destination] = session
         return session
 
-    def spawn(self, worker_id: int, config: dict[str, Any]) -> WorkerProcess | None:
+    def spawn(self, worker_id: int, config: WorkerConfig) -> WorkerProcess | None:
         for index, (host, handle) in enumerate(self.slots):
             if handle is not None and not _slot_free(handle):
                 continue
@@ -219,15 +221,11 @@ class SSHLauncher(Launcher):
                 self.slots[index] = (host, local)
                 return local
             fresh = host.destination not in self.sessions
-            session = self._session(host, config["address"], config["heartbeat_interval"])
+            session = self._session(host, config.address, config.heartbeat_interval)
             if not fresh and not session.healthy:
                 continue  # a host that failed, or fell silent, gets no replacement
-            remote_config = {
-                **config,
-                "address": self._address_for(host, config["address"]),
-                "master_timeout": config.get("master_timeout") or REMOTE_MASTER_TIMEOUT,
-            }
-            session.send({"start": remote_config})
+            remote = config.replace(address=self._address_for(host, config.address))
+            session.send({"start": remote.to_json()})  # the agent hands it to the worker
             worker = SSHWorkerProcess(worker_id, session)
             self.slots[index] = (host, worker)
             return worker

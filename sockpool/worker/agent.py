@@ -1,10 +1,15 @@
 """The host agent: one per remote host, started over ssh, it runs that host's workers.
 
-One ssh session per host starts this agent; the master then writes one JSON
-line per worker to the agent's stdin (the worker's configuration, its CURVE
-keys included), and the agent starts ``python -m sockpool.worker`` for each,
-handing the line on through the worker's own stdin.  Nothing secret is ever on
-a command line.
+One ssh session per host starts this agent (its bootstrap,
+``sockpool/launchers/ssh_bootstrap.py``, calls :func:`main` once the host
+passed its checks); the master then writes one JSON line per command to the
+agent's stdin:
+
+* ``{"start": config}``, ``config`` a worker's
+  :class:`~sockpool.common.config.WorkerConfig` as JSON text (its CURVE keys
+  included): the agent starts ``python -m sockpool.worker`` and hands it the
+  config through the worker's own stdin.  Nothing secret is ever on a command line;
+* ``{"signal": id, "signum": n}``: signal that worker.
 
 The agent reports on its stdout, one JSON line per event:
 
@@ -33,29 +38,49 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from ..common.config import WorkerConfig
 from ..common.proc import read_tail
 
 #: After SIGTERM, how long workers get before SIGKILL when the agent stops.
 STOP_GRACE = 2.0
 
 
+@dataclass(frozen=True)
+class AgentOptions:
+    """How an agent runs, as the ssh launcher asks (through its bootstrap, as JSON)."""
+
+    idle_exit: float = 30.0  #: with no worker left for this long, exit
+    report_interval: float = 1.0  #: seconds between ``{"alive": n}`` reports
+    cleanup: tuple[str, ...] = ()  #: files to remove on exit (a tunnel's socket)
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any]) -> AgentOptions:
+        """Read the launcher's JSON object; a missing key keeps its default."""
+        return cls(**{**options, "cleanup": tuple(options.get("cleanup", ()))})
+
+
 class HostAgent:
     """Starts, watches and stops the workers of one host."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.idle_exit: float = float(options.get("idle_exit", 30.0))
-        self.report_interval: float = float(options.get("report_interval", 1.0))
-        self.cleanup_paths: list[str] = list(options.get("cleanup", []))
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
         self.workdir = tempfile.mkdtemp(prefix="sockpool-agent-")
         self.workers: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
         self.idle_since = time.monotonic()
 
-    def start_worker(self, config: dict[str, Any]) -> None:
-        worker_id = int(config["worker_id"])
+    def start_worker(self, line: str) -> None:
+        """Start a worker with ``line``, its config as the master sent it.
+
+        The worker is tied to this agent: it watches its stdin, a pipe from
+        here, and dies with it (the parent-death signal).
+        """
+        config = WorkerConfig.from_json(line).replace(watch_stdin=True, parent_pid=os.getpid())
+        worker_id = config.worker_id
         log_path = os.path.join(self.workdir, f"worker-{worker_id}.log")
-        config = {**config, "watch_stdin": True, "parent_pid": os.getpid()}
         with open(log_path, "wb") as log:
             try:
                 process = subprocess.Popen(
@@ -66,11 +91,12 @@ class HostAgent:
                 return
         assert process.stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            process.stdin.write(json.dumps(config).encode() + b"\n")
+            process.stdin.write(config.to_json().encode() + b"\n")
             process.stdin.flush()
         self.workers[worker_id] = (process, log_path)
 
     def signal_worker(self, worker_id: int, signum: int) -> None:
+        """Send ``signum`` to a worker still running (a master's terminate or kill)."""
         entry = self.workers.get(worker_id)
         if entry is not None and entry[0].poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -92,6 +118,7 @@ class HostAgent:
             self.idle_since = time.monotonic()
 
     def report(self, event: dict[str, Any]) -> None:
+        """One JSON line to the master; a session gone means stopping."""
         try:
             sys.stdout.write(json.dumps(event) + "\n")
             sys.stdout.flush()
@@ -99,6 +126,7 @@ class HostAgent:
             self.stop("the master's ssh session is gone")
 
     def handle(self, line: bytes) -> None:
+        """Carry out one command line from the master (a line that is not JSON is ignored)."""
         try:
             command = json.loads(line)
         except ValueError:
@@ -109,6 +137,7 @@ class HostAgent:
             self.signal_worker(int(command["signal"]), int(command.get("signum", signal.SIGTERM)))
 
     def run(self) -> None:
+        """Read commands, reap and report workers, until stdin ends or idleness (never returns)."""
         selector = selectors.DefaultSelector()
         stdin = sys.stdin.buffer
         selector.register(stdin, selectors.EVENT_READ)
@@ -127,9 +156,9 @@ class HostAgent:
             now = time.monotonic()
             if now >= next_alive:
                 self.report({"alive": len(self.workers)})
-                next_alive = now + self.report_interval
-            if not self.workers and now - self.idle_since > self.idle_exit:
-                self.stop(f"no worker left for {self.idle_exit:g} s")
+                next_alive = now + self.options.report_interval
+            if not self.workers and now - self.idle_since > self.options.idle_exit:
+                self.stop(f"no worker left for {self.options.idle_exit:g} s")
 
     def stop(self, reason: str | None) -> None:
         """Stop every worker, remove the agent's files and exit."""
@@ -144,7 +173,7 @@ class HostAgent:
                 process.kill()
                 process.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)
-        for path in self.cleanup_paths:
+        for path in self.options.cleanup:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         if reason:
@@ -152,9 +181,13 @@ class HostAgent:
         os._exit(0)
 
 
-def main(options: dict[str, Any]) -> None:
-    """Run the agent (the ssh bootstrap calls this once its checks passed)."""
-    agent = HostAgent(options)
+def main(options: Mapping[str, Any]) -> None:
+    """Run the agent (the ssh bootstrap calls this once its checks passed).
+
+    Args:
+        options: the :class:`AgentOptions` the launcher sent, as a JSON object.
+    """
+    agent = HostAgent(AgentOptions.from_dict(options))
     signal.signal(signal.SIGTERM, lambda *_: agent.stop("SIGTERM"))
     signal.signal(signal.SIGHUP, lambda *_: agent.stop("SIGHUP"))
     agent.run()
