@@ -37,7 +37,6 @@ FLUSH_SECONDS = 0.005
 FLUSH_CHARS = 64 * 1024
 
 
-
 class TaskStream(io.TextIOBase):
     """``sys.stdout``/``sys.stderr`` in a worker: writes go to the relay."""
 
@@ -131,6 +130,7 @@ class WorkerRelay:
         return self._take()
 
     def write(self, index: int, text: str) -> None:
+        """Take what a task wrote to stdout (``index`` 0) or stderr (1)."""
         if not text:
             return
         if not self._active:  # between chunks (a background thread, say): not a task's
@@ -154,6 +154,7 @@ class WorkerRelay:
         self.maybe_flush(force=self._live)
 
     def log(self, record: logging.LogRecord) -> None:
+        """Take a log record, as a dict of plain values the master rebuilds it from."""
         if record.levelno < self._log_level:
             return
         self._records.append({
