@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker", help="run one worker; paste the line its master printed into its stdin")
     worker.add_argument("--config-file", help="read that line from this file (then removed)")
     args = parser.parse_args(argv)
-    from .worker.runner import main as worker_main
+    from .worker.main import main as worker_main
 
     return worker_main(["--config-file", args.config_file] if args.config_file else [])
 

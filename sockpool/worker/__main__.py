@@ -2,7 +2,7 @@
 
 import sys
 
-from sockpool.worker.runner import main
+from sockpool.worker.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

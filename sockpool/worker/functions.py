@@ -1,0 +1,86 @@
+"""What tasks see: their functions, loaded once per digest, and the exported globals.
+
+The master sends a function's pickle with the first chunk that needs it on
+this worker, and only its digest after that (FORGET drops it).  Exports
+(``Cluster.export``) land in the worker's clean ``__main__`` and in the
+globals of every function shipped by value, where a name the function
+captured itself wins over an exported one.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from ..common import codec
+
+
+class _CachedFunction:
+    """A task function loaded once per digest, and how exports reach its globals."""
+
+    __slots__ = ("export_version", "fn", "namespace", "own_names")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.namespace = _dynamic_namespace(fn)
+        # Names the function captured itself win over exported ones.
+        self.own_names = frozenset(self.namespace) if self.namespace is not None else frozenset()
+        self.export_version = -1
+
+
+def _dynamic_namespace(fn: Any) -> dict[str, Any] | None:
+    """The globals dict of a function shipped by value, or None.
+
+    Exports go into the namespaces that cloudpickle rebuilt for functions
+    shipped by value (those from ``__main__`` or a notebook), never into the
+    namespace of a real, imported module.
+    """
+    target = getattr(fn, "func", fn)  # functools.partial
+    namespace = getattr(target, "__globals__", None)
+    if not isinstance(namespace, dict):
+        return None
+    module = sys.modules.get(str(namespace.get("__name__")))
+    if module is not None and getattr(module, "__dict__", None) is namespace:
+        return None
+    return namespace
+
+
+class FunctionCache:
+    """The task functions by digest, the exports, and the ``__main__`` tasks see (main thread)."""
+
+    def __init__(self) -> None:
+        self._functions: dict[bytes, _CachedFunction] = {}
+        self._exports: dict[str, Any] = {}
+        self._export_version = 0
+        #: Installed as ``sys.modules["__main__"]`` by the entry point: exports land there.
+        self.main_module = types.ModuleType("__main__")
+        self.main_module.__dict__["__builtins__"] = __builtins__
+
+    def export(self, values: dict[str, Any]) -> None:
+        """Add exported globals (EXPORT); functions see them from their next chunk on."""
+        self._exports.update(values)
+        self.main_module.__dict__.update(values)
+        self._export_version += 1
+
+    def forget(self, digest: bytes) -> None:
+        """Drop a cached function (FORGET); unknown digests are ignored."""
+        self._functions.pop(digest, None)
+
+    def load(self, digest: bytes, payload: Any, buffers: list[Any]) -> Callable[..., Any]:
+        """The function named by ``digest``, unpickled from ``payload`` when it is not empty.
+
+        Raises:
+            KeyError: an empty payload for a digest not cached here.
+            Exception: whatever unpickling the payload raised.
+        """
+        if len(payload):
+            self._functions[digest] = _CachedFunction(codec.loads(payload, buffers))
+        entry = self._functions[digest]
+        if entry.namespace is not None and entry.export_version != self._export_version:
+            for name, value in self._exports.items():
+                if name not in entry.own_names:
+                    entry.namespace[name] = value
+            entry.export_version = self._export_version
+        return entry.fn

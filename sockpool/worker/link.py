@@ -1,0 +1,53 @@
+"""Dialing the master: the worker's two zmq connections and the HELLO each one sends first."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+import zmq
+
+from .._version import __version__
+from ..common import protocol, shm
+from ..common.config import WorkerConfig
+from ..common.protocol import Kind
+
+
+def dial(context: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig,
+         identity: bytes) -> zmq.Socket[bytes]:
+    """A DEALER connected to the master under ``identity`` (the data or control id)."""
+    sock: zmq.Socket[bytes] = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, identity)
+    if config.curve is not None:  # CURVE: the keys this worker was issued, over its stdin
+        sock.curve_serverkey = config.curve.server_key.encode()
+        sock.curve_publickey = config.curve.public_key.encode()
+        sock.curve_secretkey = config.curve.secret_key.encode()
+    sock.setsockopt(zmq.LINGER, 1000)
+    if config.address.startswith("tcp://["):  # an IPv6 master
+        sock.setsockopt(zmq.IPV6, 1)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(config.address)
+    return sock
+
+
+def send(sock: zmq.Socket[bytes], frames: list[Any]) -> None:
+    """Send one message's frames; small ones are copied, large buffers are not."""
+    sock.send_multipart(frames, copy=protocol.send_copies(frames))
+
+
+def hello(config: WorkerConfig, shared: shm.SegmentPool | None) -> bytes:
+    """The HELLO message: the token that proves this worker, and who and where it is."""
+    info = {
+        "token": config.token,
+        "worker_id": config.worker_id,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "version": __version__,
+        "shared_memory": shared.probe() if shared is not None else None,
+    }
+    return protocol.header(Kind.HELLO) + json.dumps(info).encode()

@@ -1,0 +1,93 @@
+"""The data connection and its loop (main thread): TASK, EXPORT and FORGET in, RESULT out.
+
+The loop is the data socket's only user: it sends HELLO, then answers each
+TASK with its RESULT (and, while the chunk runs, its OUTPUT), takes EXPORT,
+FORGET and RELEASE, and ends on SHUTDOWN, by this connection or by the
+control one (the watchdog sets the state to STOPPING).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+from collections import deque
+
+import zmq
+
+from ..common import codec, protocol, shm
+from ..common.protocol import Kind
+from . import link
+from .functions import FunctionCache
+from .results import MASTER
+from .runner import ChunkRunner
+from .state import WorkerState
+
+
+class DataLoop:
+    """Serves the data connection until SHUTDOWN (main thread).
+
+    Args:
+        data: the data connection (a DEALER dialed to the master).
+        serializer: the serializer functions from a script arrive pickled by.
+        state: the phase shared with the watchdog.
+        runner: runs the chunks of TASK messages.
+        functions: the task functions and exports, which EXPORT and FORGET change.
+        shared: this worker's segments the master can map, or None.
+        released: serials of the master's segments whose mappings here are
+            gone (any thread appends), told to the master before each RESULT.
+    """
+
+    def __init__(self, data: zmq.Socket[bytes], serializer: str, state: WorkerState,
+                 runner: ChunkRunner, functions: FunctionCache,
+                 shared: shm.SegmentPool | None, released: deque[int]) -> None:
+        self.data = data
+        self.serializer = serializer
+        self.state = state
+        self.runner = runner
+        self.functions = functions
+        self.shared = shared
+        self.released = released
+
+    def serve(self, hello: bytes) -> None:
+        """Say HELLO, then run what comes until SHUTDOWN."""
+        self.data.send(hello)
+        if self.serializer in ("cloudpickle", "dill"):
+            # Functions from a script arrive pickled by it; loading the first one
+            # would import it (about 10 ms).  Import it now, while the master
+            # waits for the other workers, instead of during the first map.
+            threading.Thread(target=_preload, args=(self.serializer,), name="sockpool-preload",
+                             daemon=True).start()
+        while not self.state.stopping:
+            frames = protocol.recv_message(self.data)
+            try:
+                head, body = protocol.parse(frames[0])
+            except protocol.ProtocolError:
+                continue
+            buffers = [frame.buffer for frame in frames[1:]]
+            if head.kind is Kind.TASK:
+                reply = self.runner.run(head, body, buffers)
+                if self.released:  # first, so the master may reuse them once it has the result
+                    self._send_releases()
+                link.send(self.data, reply)
+            elif head.kind is Kind.RELEASE and self.shared is not None:
+                self.shared.release(protocol.parse_release(body), MASTER)
+            elif head.kind is Kind.EXPORT:
+                self.functions.export(codec.loads(body, buffers))
+            elif head.kind is Kind.FORGET:
+                self.functions.forget(bytes(body))
+            elif head.kind is Kind.SHUTDOWN:
+                self.state.shutdown()
+                break
+
+    def _send_releases(self) -> None:
+        serials = []
+        while self.released:
+            serials.append(self.released.popleft())
+        self.data.send(protocol.release_message(serials))
+
+
+def _preload(module: str) -> None:
+    """Import a module ahead of need; a failure is left to the import that needs it."""
+    with contextlib.suppress(Exception):
+        importlib.import_module(module)

@@ -1,0 +1,136 @@
+"""A worker process: ``python -m sockpool.worker [--config-file PATH]``.
+
+It reads one JSON line, its :class:`~sockpool.common.config.WorkerConfig` (the
+master's address, the cluster token, its worker id, keys and timings; never on
+the command line), dials in to the master and runs what it is sent until told
+to stop or until the master is gone.
+
+Two threads, each the only user of its own zmq socket:
+
+* the main thread owns the *data* connection (:mod:`.loop`): TASK, EXPORT and
+  FORGET come in, RESULT and OUTPUT go out; it runs the tasks (:mod:`.runner`);
+* the watchdog thread owns the *control* connection (:mod:`.watchdog`): it
+  sends and checks heartbeats, takes CANCEL and SHUTDOWN, and, for local
+  workers, watches stdin, whose end-of-file means the master process is gone.
+  It ends the process when the master falls silent, so a worker never
+  outlives its master.
+
+They share one :class:`~.state.WorkerState`: its phase says whether a chunk
+runs, and of which job, so that the watchdog knows when to interrupt it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import faulthandler
+import functools
+import os
+import signal
+import sys
+import threading
+from collections import deque
+
+import zmq
+
+from ..common import protocol, shm
+from ..common.config import WorkerConfig
+from . import link
+from .functions import FunctionCache
+from .loop import DataLoop
+from .runner import ChunkRunner
+from .state import WorkerState
+from .watchdog import Watchdog, die
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m sockpool.worker [--config-file PATH]``.
+
+    Returns 2, with a message on stderr, when there is no configuration or it
+    does not parse; otherwise it serves until SHUTDOWN and ends the process.
+    """
+    line = _read_config(sys.argv[1:] if argv is None else argv)
+    if not line:
+        print("sockpool worker: no configuration on stdin", file=sys.stderr)
+        return 2
+    try:
+        config = WorkerConfig.from_json(line)
+    except ValueError as exc:
+        print(f"sockpool worker: {exc}", file=sys.stderr)
+        return 2
+    # A task that crashes the interpreter (a segfault in C code) still leaves its
+    # Python traceback in the worker's stderr, which the master quotes.
+    faulthandler.enable(all_threads=False)
+    if config.parent_pid is not None:
+        _set_parent_death_signal(config.parent_pid)
+    for entry in reversed(config.sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+
+    state = WorkerState()
+    functions = FunctionCache()
+    shared = _shared_memory(config.shm_probe)
+    # Serials of the master's segments whose mappings here are gone (any thread appends).
+    released: deque[int] = deque()
+    context = zmq.Context()
+    data = link.dial(context, config, protocol.data_identity(config.worker_id))
+    control = link.dial(context, config, protocol.control_identity(config.worker_id))
+    runner = ChunkRunner(config, state, functions, shared, released,
+                         send=functools.partial(link.send, data))
+    loop = DataLoop(data, config.serializer, state, runner, functions, shared, released)
+    watchdog = Watchdog(control, state, threading.get_ident(), config, shared)
+    hello = link.hello(config, shared)
+
+    # Tasks see a clean __main__ (exports land there), not this module.
+    sys.modules["__main__"] = functions.main_module
+    if runner.relay is not None:
+        runner.relay.install()
+    signal.signal(signal.SIGINT, state.on_sigint)
+    threading.Thread(target=watchdog.run, args=(hello,), name="sockpool-watchdog",
+                     daemon=True).start()
+    loop.serve(hello)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(0)
+
+
+def _read_config(argv: list[str]) -> str:
+    """The configuration line: from stdin, or ``--config-file PATH`` (read once, then removed).
+
+    A batch job has no stdin from the master: its launcher leaves the line in a
+    private file (mode 0600) that only this worker reads.
+    """
+    if len(argv) == 2 and argv[0] == "--config-file":
+        try:
+            with open(argv[1]) as stream:
+                line = stream.readline()
+        except OSError as exc:
+            print(f"sockpool worker: cannot read its configuration: {exc}", file=sys.stderr)
+            return ""
+        with contextlib.suppress(OSError):
+            os.unlink(argv[1])  # its keys are for this worker alone
+        return line
+    return sys.stdin.readline()
+
+
+def _set_parent_death_signal(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when the master dies (a backstop to stdin EOF)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the master died before prctl took effect
+        die("the master process is gone")
+
+
+def _shared_memory(probe: str | None) -> shm.SegmentPool | None:
+    """Shared memory with the master, where this worker can map its probe segment (same host)."""
+    if probe and shm.available() and not shm.disabled_by_environment() and shm.check_probe(probe):
+        return shm.SegmentPool()
+    return None

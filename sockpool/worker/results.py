@@ -1,0 +1,80 @@
+"""A chunk's RESULT message: its values and exceptions, packed so that it always reaches the master.
+
+A result that cannot be pickled fails its own task only; results too large
+for one frame the master accepts fail the chunk with a message that says so;
+large buffers go through shared memory when the master can map it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..common import codec, protocol, shm
+from ..common.protocol import Batch, Flag, Kind
+from ..errors import RemoteError
+
+#: The holder of this worker's segments that the master maps.
+MASTER = "master"
+
+#: A chunk's failures: (index of the task in the chunk, its packed exception).
+Errors = list[tuple[int, bytes]]
+
+
+class ResultPacker:
+    """Builds RESULT messages (main thread).
+
+    Args:
+        serializer: how values and exceptions are pickled.
+        max_frame_bytes: the largest frame the master accepts.
+        shared: this worker's segments the master can map, or None.
+    """
+
+    def __init__(self, serializer: str, max_frame_bytes: int,
+                 shared: shm.SegmentPool | None) -> None:
+        self.serializer = serializer
+        # The master disconnects a peer that sends a larger frame: refuse to send one.
+        self.max_frame_bytes = max_frame_bytes
+        self.shared = shared
+
+    def failure(self, exc: BaseException, skip_frames: int = 0) -> bytes:
+        """A task's exception, packed for the master (never raises)."""
+        return codec.pack_exception(exc, self.serializer, skip_frames)
+
+    def pack(self, head: protocol.Header, flags: Flag, values: list[Any], errors: Errors,
+             seconds: float, batch: Batch | None) -> list[Any]:
+        """The RESULT frames for the chunk ``head``: ``(values, errors, seconds, batch)``."""
+        prefix = protocol.header(Kind.RESULT, flags, head.job, head.ident)
+        outcome = (values, errors, seconds, batch)
+        store = self.shared.store if self.shared is not None else None
+        try:
+            frames = codec.dumps(outcome, self.serializer, prefix=prefix, store=store)
+        except Exception:
+            outcome = (*self._replace_unpicklable(values, errors), seconds, batch)
+            frames = codec.dumps(outcome, self.serializer, prefix=prefix, store=store)
+        if self.shared is not None and isinstance(frames[-1], shm.SharedFrame):
+            frames[0] = protocol.with_flags(frames[0], Flag.SHARED)
+            self.shared.lend(frames[-1], MASTER)
+        largest = max(memoryview(frame).nbytes for frame in frames)
+        if largest > self.max_frame_bytes:
+            problem = RemoteError("ValueError", f"the results of this chunk need a frame of "
+                                  f"{largest} bytes, more than the cluster's max_message_size "
+                                  f"({self.max_frame_bytes} bytes)")
+            errors = [(0, self.failure(problem))]
+            frames = codec.dumps(([], errors, seconds, batch), self.serializer, prefix=prefix)
+        return frames
+
+    def _replace_unpicklable(self, values: list[Any], errors: Errors
+                             ) -> tuple[list[Any], Errors]:
+        """Fail each task whose result cannot be serialized, keep the others."""
+        values = list(values)
+        errors = list(errors)
+        while (found := codec.first_unpicklable(values, self.serializer)) is not None:
+            index, error = found
+            problem = RemoteError(
+                codec.describe(error),
+                f"the result of this task, a {codec.describe(values[index])}, "
+                f"cannot be serialized: {error}",
+            )
+            values[index] = None
+            errors.append((index, self.failure(problem)))
+        return values, errors

@@ -1,0 +1,117 @@
+"""The worker's one state, shared by its two threads: its phase and the job it runs.
+
+The main thread runs chunks; the watchdog thread takes CANCEL and SHUTDOWN and
+interrupts a running chunk by sending SIGINT to the main thread, whose handler
+raises :class:`Interrupted` in the task.  Every transition happens here, under
+one lock, so that the watchdog's "is that job running?" and the main thread's
+"may this chunk start?" never see each other half done::
+
+    IDLE --start_chunk (main)--> RUNNING --end_chunk (main)--> IDLE
+                                    |
+                           cancel (watchdog, SIGINT)
+                                    v
+                               CANCELLING --end_chunk (main)--> IDLE
+
+    any --shutdown (watchdog, SIGINT if RUNNING; or main, on SHUTDOWN by data)--> STOPPING
+
+STOPPING is final: a chunk that runs is interrupted, none starts, and the main
+loop ends.  At most one SIGINT is sent per chunk (only a RUNNING chunk is
+signalled), so the interruption is raised once and caught by the chunk's runner.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import types
+from typing import NamedTuple
+
+#: Cancelled job ids remembered (a chunk of one may still be queued here).
+CANCELLED_MEMORY = 1024
+
+
+class Interrupted(BaseException):
+    """Raised in a running task when its job is cancelled or the worker stops."""
+
+
+class WorkerPhase(enum.Enum):
+    """What the worker is doing (the main thread's loop, seen by the watchdog)."""
+
+    IDLE = "idle"  #: no chunk runs: the main thread waits for or handles a message
+    RUNNING = "running"  #: a chunk's tasks run on the main thread
+    CANCELLING = "cancelling"  #: the running chunk's job was cancelled; SIGINT was sent
+    STOPPING = "stopping"  #: SHUTDOWN came: a running chunk is interrupted, the loop ends
+
+
+class Snapshot(NamedTuple):
+    """The phase and the job of the chunk running (None when none), read as one value."""
+
+    phase: WorkerPhase
+    job: int | None
+
+
+_IDLE = Snapshot(WorkerPhase.IDLE, None)
+
+
+class WorkerState:
+    """The worker's phase, the job it runs and the jobs cancelled, shared by both threads.
+
+    Transitions take the lock; readers read :attr:`now`, one attribute replaced
+    whole, so that they see a phase and a job that belong together without
+    locking (the SIGINT handler, which runs on the main thread between two of
+    its bytecodes, must never wait for a lock that thread may hold).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = _IDLE
+        self._cancelled: dict[int, None] = {}  # an ordered set, oldest first
+
+    @property
+    def stopping(self) -> bool:
+        """SHUTDOWN came: the main loop ends at its next turn."""
+        return self.now.phase is WorkerPhase.STOPPING
+
+    # -- the main thread -----------------------------------------------------------------
+
+    def start_chunk(self, job: int) -> bool:
+        """IDLE -> RUNNING; False (and no change) when the job was cancelled or the worker stops."""
+        with self._lock:
+            if self.now.phase is not WorkerPhase.IDLE or job in self._cancelled:
+                return False
+            self.now = Snapshot(WorkerPhase.RUNNING, job)
+            return True
+
+    def end_chunk(self) -> None:
+        """The running chunk ended, done or interrupted: back to IDLE, or STOPPING stays."""
+        with self._lock:
+            if self.now.phase is WorkerPhase.STOPPING:
+                self.now = Snapshot(WorkerPhase.STOPPING, None)
+            else:
+                self.now = _IDLE
+
+    def on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
+        """SIGINT from the watchdog interrupts a cancelled or stopped chunk; otherwise ignored."""
+        phase, job = self.now
+        if phase is WorkerPhase.CANCELLING or (phase is WorkerPhase.STOPPING and job is not None):
+            raise Interrupted
+
+    # -- the watchdog thread (shutdown: either thread) ------------------------------------
+
+    def cancel(self, job: int) -> bool:
+        """Remember a cancelled job; True when a chunk of it runs and must be interrupted now."""
+        with self._lock:
+            self._cancelled[job] = None
+            if len(self._cancelled) > CANCELLED_MEMORY:
+                del self._cancelled[next(iter(self._cancelled))]
+            if self.now == (WorkerPhase.RUNNING, job):
+                self.now = Snapshot(WorkerPhase.CANCELLING, job)
+                return True
+            return False
+
+    def shutdown(self) -> bool:
+        """Any phase -> STOPPING; True when a chunk runs and must be interrupted now."""
+        with self._lock:
+            interrupt = self.now.phase is WorkerPhase.RUNNING  # CANCELLING: already signalled
+            self.now = Snapshot(WorkerPhase.STOPPING, self.now.job)
+            return interrupt

@@ -1,0 +1,110 @@
+"""The watchdog thread: the control connection, and the end of a worker whose master is gone.
+
+It owns the *control* connection: it sends and checks heartbeats, takes
+CANCEL and SHUTDOWN (interrupting the running chunk through the shared
+:class:`~.state.WorkerState`), and, for local workers, watches stdin, whose
+end-of-file means the master process is gone.  It ends the process when the
+master falls silent, so a worker never outlives its master, and when the main
+thread has not finished within :data:`SHUTDOWN_GRACE` of a SHUTDOWN.
+It keeps answering while a task holds the main thread.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import NoReturn
+
+import zmq
+
+from ..common import protocol, shm
+from ..common.config import WorkerConfig
+from ..common.protocol import Kind
+from .state import WorkerState
+
+#: How long after SHUTDOWN the watchdog waits for the main thread before it
+#: ends the process itself.
+SHUTDOWN_GRACE = 1.0
+
+
+class Watchdog:
+    """Heartbeats, cancellation and the master-gone check (its own thread).
+
+    Args:
+        control: the control connection (a DEALER dialed to the master).
+        state: the phase shared with the main thread.
+        main_thread: the id of the thread that runs tasks, which SIGINT interrupts.
+        config: its heartbeat interval, the master's timeout, whether to watch stdin.
+        shared: this worker's segments, trimmed at each heartbeat, or None.
+    """
+
+    def __init__(self, control: zmq.Socket[bytes], state: WorkerState, main_thread: int,
+                 config: WorkerConfig, shared: shm.SegmentPool | None) -> None:
+        self.control = control
+        self.state = state
+        self.main_thread = main_thread
+        self.heartbeat_interval = config.heartbeat_interval
+        self.master_timeout = config.master_timeout
+        self.watch_stdin = config.watch_stdin
+        self.shared = shared
+
+    def run(self, hello: bytes) -> None:
+        """Say HELLO, then watch until the process ends (the watchdog thread's loop)."""
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        if self.watch_stdin:
+            poller.register(sys.stdin.fileno(), zmq.POLLIN)
+        self.control.send(hello)
+        heartbeat = protocol.header(Kind.HEARTBEAT)
+        last_heard = last_sent = time.monotonic()
+        shutdown_at: float | None = None
+        while True:
+            timeout = max(0.0, min(last_sent + self.heartbeat_interval,
+                                   shutdown_at or float("inf")) - time.monotonic())
+            for source, _ in poller.poll(int(timeout * 1000)):
+                if source is self.control:
+                    while self.control.poll(0):
+                        last_heard = time.monotonic()
+                        if self._on_control(self.control.recv()) and shutdown_at is None:
+                            shutdown_at = time.monotonic() + SHUTDOWN_GRACE
+                elif not os.read(sys.stdin.fileno(), 4096):
+                    die("the master process is gone (stdin closed)")
+            now = time.monotonic()
+            if now - last_sent >= self.heartbeat_interval:
+                self.control.send(heartbeat)
+                last_sent = now
+                if self.shared is not None:
+                    self.shared.trim(now)
+                    shm.trim_mappings(now)
+            if now - last_heard > self.master_timeout:
+                die(f"no word from the master for {now - last_heard:.1f} s")
+            if shutdown_at is not None and now >= shutdown_at:
+                die(None)
+
+    def _on_control(self, frame: bytes) -> bool:
+        """Handle one control message; True when it asks the worker to stop."""
+        try:
+            head, _ = protocol.parse(frame)
+        except protocol.ProtocolError:
+            return False
+        if head.kind is Kind.CANCEL:
+            if self.state.cancel(head.job):
+                self._interrupt()
+        elif head.kind is Kind.SHUTDOWN:
+            if self.state.shutdown():
+                self._interrupt()
+            return True
+        return False
+
+    def _interrupt(self) -> None:
+        """SIGINT to the main thread, whose handler interrupts the running chunk."""
+        signal.pthread_kill(self.main_thread, signal.SIGINT)
+
+
+def die(reason: str | None) -> NoReturn:
+    """End the process now, from any thread."""
+    if reason:  # straight to the process's stderr: the relay may be holding sys.stderr
+        os.write(2, f"sockpool worker {os.getpid()}: exiting: {reason}\n".encode())
+    os._exit(0 if reason is None else 1)
