@@ -1,0 +1,13 @@
+"""The worker process, which runs on every host: ``python -m sockpool.worker``.
+
+:mod:`.main` is its entry point; :mod:`.loop` serves the data connection and
+:mod:`.runner` runs the chunks it brings (:mod:`.functions`, :mod:`.results`,
+:mod:`.relay`); :mod:`.watchdog` owns the control connection; :mod:`.state`
+is what the two threads share.  :mod:`.agent` starts the workers of a remote
+host.
+
+It may import only :mod:`sockpool.common`, :mod:`sockpool.errors` and
+:mod:`sockpool._version`: never the master's code (``capture``,
+``launchers``, ``dispatch``, ``api``), which a worker must not load.  This
+``__init__`` imports nothing, so that importing the package stays cheap.
+"""
