@@ -6,8 +6,9 @@
 is what the two threads share.  :mod:`.agent` starts the workers of a remote
 host.
 
-It may import only :mod:`sockpool.common`, :mod:`sockpool.errors` and
-:mod:`sockpool._version`: never the master's code (``capture``,
-``launchers``, ``dispatch``, ``api``), which a worker must not load.  This
-``__init__`` imports nothing, so that importing the package stays cheap.
+A worker must never load the master's code (``capture``, ``launchers``,
+``dispatch``, ``api``).  This ``__init__`` imports nothing, so that importing
+the package stays cheap.
+
+May import: ``common``, ``errors``, ``_version``.
 """
