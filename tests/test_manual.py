@@ -43,7 +43,7 @@ def test_manual_workers_follow_the_printed_instructions() -> None:
             assert sorted(w.pid for w in cl.workers) == sorted(p.pid for p in started)
             assert cl.par_map(lambda x: x * 3, range(6)) == [0, 3, 6, 9, 12, 15]
             assert repr(cl).startswith("<Cluster manual, listening on 127.0.0.1")
-            secret = cl._dispatcher.workers[0].keys["curve_secret_key"]
+            secret = cl._dispatcher.pool.workers[0].keys.secret_key
             assert all(secret not in " ".join(psutil.Process(p.pid).cmdline()) for p in started)
         assert wait_gone([p.pid for p in started], 10) == []  # SHUTDOWN reached them
     finally:

@@ -134,7 +134,7 @@ def test_one_ssh_connection_starts_all_of_a_hosts_workers(namespace_hosts: Testb
 
 def test_keys_never_appear_on_a_command_line(namespace_hosts: Testbed) -> None:
     with Cluster(hosts={"sp-n1": 2}, python=PYTHON) as cl:
-        secrets = [r.keys["curve_secret_key"] for r in cl._dispatcher.workers.values()]
+        secrets = [r.keys.secret_key for r in cl._dispatcher.pool.workers.values()]
         token = cl._dispatcher.token
         remote = namespace_hosts.remote_processes()
         local = psutil.Process().children(recursive=True)
