@@ -1,4 +1,19 @@
-"""Launchers start worker processes: locally, by hand, over ssh (and on Slurm)."""
+"""Launchers start worker processes, in the master: locally, by hand, over ssh and on Slurm.
+
+:mod:`.base` is what every launcher provides (:class:`Launcher`, and the
+:class:`WorkerProcess` handle the I/O thread watches); each launcher renders
+the command that starts a worker as data and hands the worker its
+:class:`~sockpool.common.config.WorkerConfig` as one JSON line.
+:mod:`.local`, :mod:`.manual` and :mod:`.slurm` are one module each; ssh is
+:mod:`.ssh` (the launcher), :mod:`.ssh_hosts` (hosts and routes),
+:mod:`.ssh_session` (one ssh client per host) and :mod:`.ssh_bootstrap` (the
+program a host runs first, sent as source; it names the worker side's agent
+but never imports it here).
+
+Launchers never import the worker side, the capture or the I/O thread.
+
+May import: ``common``, ``errors``, ``_version``, ``cores``.
+"""
 
 from .base import Launcher, WorkerProcess
 from .local import LocalLauncher

@@ -20,7 +20,6 @@ agents, ProxyJump and known_hosts work as they do on the command line.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import os
 import secrets
@@ -28,11 +27,11 @@ import shlex
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..common.config import WorkerConfig
-from . import ssh_bootstrap
 from .base import Launcher, WorkerProcess
 from .local import LocalLauncher
 from .ssh_hosts import SSHHost, host_address, parse_hosts, route_source, ssh_settings
@@ -53,8 +52,11 @@ LOADER = 'import json, os; exec(json.loads(b"".join(iter(lambda: os.read(0, 1), 
 
 @functools.cache
 def bootstrap_source() -> str:
-    """The bootstrap's program text, as the session's first line carries it."""
-    return inspect.getsource(ssh_bootstrap)
+    """The bootstrap's program text, as the session's first line carries it.
+
+    Read as a file, not imported: the master never runs it.
+    """
+    return Path(__file__).with_name("ssh_bootstrap.py").read_text(encoding="utf-8")
 
 
 def bootstrap_preamble(want: dict[str, Any]) -> bytes:
