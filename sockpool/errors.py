@@ -6,6 +6,8 @@ The tree::
     ├── CaptureError       a function or value cannot be serialized (also pickle.PicklingError)
     ├── ClusterClosedError you closed the cluster (also RuntimeError: the Executor contract)
     ├── LaunchError        a worker could not start: command, exit status, stderr tail
+    │   └── NoWorkersLeftError  no worker is left and none could be started: the
+    │                           cluster takes no more work (also a ClusterClosedError)
     ├── WorkerLostError    the worker running a task died or went silent
     ├── TaskTimeoutError   a task ran past its ``timeout=`` (also TimeoutError)
     └── RemoteError        a task raised an exception that cannot be rebuilt here
@@ -26,6 +28,7 @@ __all__ = [
     "CaptureError",
     "ClusterClosedError",
     "LaunchError",
+    "NoWorkersLeftError",
     "RemoteError",
     "RemoteTraceback",
     "SockpoolError",
@@ -82,6 +85,16 @@ class LaunchError(SockpoolError):
         self.command = command
         self.returncode = returncode
         self.stderr_tail = stderr_tail
+
+
+class NoWorkersLeftError(LaunchError, ClusterClosedError):
+    """No worker is left and replacements failed to start: the cluster takes no more work.
+
+    Raised by every call made after that (and by the tasks that were waiting),
+    whichever path noticed it.  It is a :class:`LaunchError` (workers could not
+    be started) and a :class:`ClusterClosedError` (the cluster is unusable), so
+    code that catches either catches it.
+    """
 
 
 class WorkerLostError(SockpoolError):
