@@ -13,19 +13,20 @@ import zmq
 from test_hostile import hostile_messages
 
 from sockpool import Cluster
+from sockpool.common.config import CurveKeys
 from sockpool.dispatch.transport import MasterSocket
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def client(context: zmq.Context[zmq.Socket[bytes]], address: str,
-           keys: dict[str, str] | None) -> zmq.Socket[bytes]:
+           keys: CurveKeys | None) -> zmq.Socket[bytes]:
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if keys:
-        sock.curve_serverkey = keys["curve_server_key"].encode()
-        sock.curve_publickey = keys["curve_public_key"].encode()
-        sock.curve_secretkey = keys["curve_secret_key"].encode()
+        sock.curve_serverkey = keys.server_key.encode()
+        sock.curve_publickey = keys.public_key.encode()
+        sock.curve_secretkey = keys.secret_key.encode()
     sock.connect(address)
     return sock
 
@@ -50,7 +51,7 @@ def test_a_cluster_over_curve_runs_and_listens_on_loopback_only() -> None:
     with Cluster(n=2, transport="tcp") as cl:
         assert cl._dispatcher.master.address.startswith("tcp://127.0.0.1:")
         assert cl.par_map(abs, range(-4, 0)) == [4, 3, 2, 1]
-        secrets = [cl._dispatcher.workers[w.id].keys["curve_secret_key"] for w in cl.workers]
+        secrets = [cl._dispatcher.pool.workers[w.id].keys.secret_key for w in cl.workers]
         for info in cl.workers:  # keys went over stdin: on no command line, in no environment
             worker = psutil.Process(info.pid)
             text = " ".join(worker.cmdline()) + " ".join(worker.environ().values())
@@ -62,8 +63,7 @@ def test_only_issued_keys_get_a_message_through(master: MasterSocket) -> None:
     context = zmq.Context()
     try:
         public, secret = zmq.curve_keypair()
-        stranger = {"curve_server_key": master.server_public_key.decode(),
-                    "curve_public_key": public.decode(), "curve_secret_key": secret.decode()}
+        stranger = CurveKeys(master.server_public_key.decode(), public.decode(), secret.decode())
         peers = []  # kept: a collected socket would drop its message unsent
         for keys in (None, stranger):  # no CURVE at all; a key the master never issued
             peers.append(client(context, master.address, keys))

@@ -8,9 +8,9 @@ token, the CURVE keys) is ever on a command line.
 Every default is resolved before the config is written: the worker reads
 values, never fallbacks.  In particular ``master_timeout``, the silence after
 which a worker gives up on its master, is the cluster's ``heartbeat_timeout``
-when one was given, else the launcher's own :attr:`~sockpool.launchers.base.
-Launcher.master_timeout` (long for local workers, which also watch their
-stdin; shorter for remote ones, which a cut network must end).
+when one was given, else the launcher's ``default_master_timeout`` (long for
+local workers, which also watch their stdin; shorter for remote ones, which a
+cut network must end).
 """
 
 from __future__ import annotations

@@ -1,49 +1,45 @@
 """The master's I/O thread: the only code that touches the master's zmq socket.
 
-One loop polls the ROUTER socket, a wake-up pipe that API threads write to
-after queueing a command, and a pidfd per local worker (readable when it
-exits).  Each turn it runs queued commands, reads every waiting message, deals
-with workers that ended, hands chunks to workers with free credit and sends
-heartbeats.  API threads reach it only through :meth:`Dispatcher.call_soon`.
+One loop polls the ROUTER socket, the :class:`~.mailbox.Mailbox`'s wake-up pipe
+and a pidfd per local worker (readable when it exits).  Each turn it runs the
+commands posted to it, reads every waiting message, lets the
+:class:`~.pool.WorkerPool` deal with workers that ended, hands chunks to
+workers with free credit, sends heartbeats, and takes the next step of closing.
+
+Every public method of :class:`Dispatcher` may be called from any thread: it
+posts its work to the I/O thread (or only reads).  Every ``_private`` method
+runs on the I/O thread alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
 import math
-import os
 import secrets
 import threading
 import time
-import warnings
-import weakref
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import zmq
 
 from ..common import codec, protocol, shm
-from ..common.protocol import Flag, Kind
-from ..common.shm import SegmentPool, SharedFrame
+from ..common.config import WorkerConfig
+from ..common.protocol import Kind
+from ..common.shm import SharedFrame
 from ..errors import ClusterClosedError, LaunchError, SockpoolError
 from ..launchers.base import Launcher
 from . import output as relay
-from .jobs import Chunk, FutureJob, Job, Payload, TaskFailure, decode_outcome
-from .pool import TIMEOUT_SLACK, WorkerTending
-from .records import (
-    READY,
-    SETUP,
-    STARTING,
-    STOPPED,
-    WorkerRecord,
-)
+from .jobs import Chunk, FutureJob, Job, TaskFailure, decode_outcome
+from .lifecycle import ClusterState, Lifecycle
+from .mailbox import Mailbox
+from .pool import TIMEOUT_SLACK, WorkerPool
+from .records import WorkerRecord, WorkerState
 from .scheduler import Scheduler
-from .transport import DEFAULT_MAX_FRAME_BYTES, MasterSocket
+from .sharing import SharedTransfers
+from .transport import MasterSocket
 
 logger = logging.getLogger("sockpool")
 
@@ -53,8 +49,8 @@ FUNCTION_CACHE_BYTES = 512 * 1024 * 1024
 RECV_BATCH = 512
 
 
-class Dispatcher(WorkerTending):
-    """Owns the socket, the scheduler and the worker records; runs the I/O thread."""
+class Dispatcher:
+    """Owns the socket, the scheduler and the worker pool; runs the I/O thread."""
 
     def __init__(
         self,
@@ -63,209 +59,201 @@ class Dispatcher(WorkerTending):
         launcher: Launcher,
         serializer: str,
         heartbeat_interval: float,
-        heartbeat_timeout: float,
-        master_timeout: float | None,
+        heartbeat_timeout: float | None,
         connect_timeout: float,
         prefetch: int,
         setup_job: Job | None,
         relay_mode: str,
         relay_prefix: bool,
         log_level: int,
-        transport: str = "ipc",
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        transport: str,
+        max_frame_bytes: int,
     ) -> None:
-        self.target = n_workers
+        """
+        Args:
+            heartbeat_timeout: the silence after which a peer counts as lost;
+                None: 5 heartbeats for the master's view of its workers, the
+                launcher's default for the workers' view of the master.
+            setup_job: the job every worker runs before it takes tasks.
+            relay_mode: ``"task"``, ``"live"`` or ``"off"`` (see Cluster's ``relay``).
+        """
         self.launcher = launcher
-        self.serializer = serializer
         self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self.master_timeout = master_timeout
-        self.connect_timeout = connect_timeout
         self.setup_job = setup_job
         self.relay_live = relay_mode == "live"
-        self._relay_config = {"relay": relay_mode, "relay_prefix": relay_prefix,
-                              "log_level": log_level}
         self.scheduler = Scheduler(prefetch)
+        self.lifecycle = Lifecycle()
+        self.mailbox = Mailbox()
         self.token = secrets.token_hex(32)
-
-        self.max_frame_bytes = max_frame_bytes
         self.master = MasterSocket(launcher.transport or transport, max_frame_bytes,
                                    launcher.listen)
         self.launcher.prepare(self.master.workdir, self.master.bind_tcp)
-        # Large buffers to and from workers on this machine go through shared memory.
-        self.shared = SegmentPool() if shm.available() else None
-        self.any_shared = False  # some worker maps our segments
-        self._releases: deque[tuple[int, int]] = deque()  # (worker id, serial), any thread
-        self.workers: dict[int, WorkerRecord] = {}
+        self._poller = zmq.Poller()
+        self._poller.register(self.master.socket, zmq.POLLIN)
+        self._poller.register(self.mailbox.fileno(), zmq.POLLIN)
+        workers: dict[int, WorkerRecord] = {}
+        self.shared = SharedTransfers(self.master, self.mailbox, workers)
+        config = WorkerConfig(
+            address=self.master.address, token=self.token, worker_id=-1,
+            heartbeat_interval=heartbeat_interval,
+            master_timeout=heartbeat_timeout or launcher.default_master_timeout,
+            serializer=serializer, max_frame_bytes=max_frame_bytes, relay=relay_mode,
+            relay_prefix=relay_prefix, log_level=log_level, shm_probe=self.shared.probe())
+        self.pool = WorkerPool(
+            launcher=launcher, master=self.master, scheduler=self.scheduler,
+            lifecycle=self.lifecycle, poller=self._poller, config=config, shared=self.shared,
+            workers=workers, target=n_workers, connect_timeout=connect_timeout,
+            heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval)
         self.exports: list[list[Any]] = []
-        self._next_worker_id = 0
-        self._failed_replacements = 0
-
-        self._commands: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._wake_pending = False
-        # Held while queueing a command and while closing, so no command is
-        # queued (or wake-up byte written) once the pipe is closed.
-        self._wake_lock = threading.Lock()
-        self._exit_fds: set[int] = set()  # pidfds: readable when a worker process ends
         self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
-
-        self.state_changed = threading.Condition()
-        self.n_ready = 0
-        self.startup_errors: list[LaunchError] = []
-        self.broken: BaseException | None = None
-        self.closing = False
-        self._stop_started: float | None = None
-        self._finish_then_close = False
-        self.closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
+        self.shared.io_thread = self._thread
 
-    # -- API side (any thread) -------------------------------------------------------
+    # -- any thread ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the I/O thread; it launches the workers."""
         self._thread.start()
 
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the I/O thread.
+    @property
+    def n_ready(self) -> int:
+        """Workers connected and taking tasks."""
+        return self.pool.n_ready
 
-        Raises:
-            ClusterClosedError: the I/O thread has ended.
-        """
-        with self._wake_lock:
-            if self.closed.is_set():
-                raise ClusterClosedError("the cluster is closed")
-            self._commands.append((fn, args))
-            if not self._wake_pending:
-                self._wake_pending = True
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self._wake_w, b"\0")
+    @property
+    def target(self) -> int:
+        """Workers the cluster wants."""
+        return self.pool.target
 
-    def ask(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
-        """Run ``fn(*args)`` on the I/O thread and return its result."""
-        answer: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                answer.set_result(fn(*args))
-            except BaseException as exc:
-                answer.set_exception(exc)
-
-        self.call_soon(run)
-        return answer.result(timeout)
-
-    def wait_for_workers(self, count: int, timeout: float, minimum: int | None = None) -> None:
-        """Block until ``count`` workers are ready; raise LaunchError on failure.
-
-        With ``minimum``, failures are accepted once every worker has either
-        started or failed (or the time is up) and at least ``minimum`` are ready;
-        a warning then names what failed.
-        """
-        deadline = time.monotonic() + timeout
-        with self.state_changed:
-            while self.n_ready < count:
-                if self.broken is not None and not self.startup_errors:
-                    raise LaunchError(f"the cluster failed while starting: {self.broken}")
-                remaining = deadline - time.monotonic()
-                settled = remaining <= 0 or self.broken is not None or not any(
-                    r.state in (STARTING, SETUP) for r in self.workers.values())
-                if self.startup_errors and (minimum is None or settled):
-                    if minimum is not None and self.n_ready >= minimum:
-                        self._warn_partial(count)
-                        return
-                    raise self.startup_errors[0]
-                if remaining <= 0:
-                    if minimum is not None and self.n_ready >= minimum:
-                        self._warn_partial(count)
-                        return
-                    waiting = [r for r in self.workers.values() if r.state in (STARTING, SETUP)]
-                    detail = "; ".join(
-                        f"worker {r.id} (pid {r.pid} on {r.host}): "
-                        + (r.process.status_note() or r.state)
-                        + (f", stderr: {tail}" if (tail := r.process.stderr_tail()) else "")
-                        for r in waiting)
-                    raise LaunchError(
-                        f"only {self.n_ready} of {count} workers connected within "
-                        f"{timeout:g} s (connect_timeout); still waiting for: {detail}",
-                        command=waiting[0].process.command if waiting else None)
-                self.state_changed.wait(min(remaining, 0.5))
-
-    def _warn_partial(self, count: int) -> None:
-        reasons = list(dict.fromkeys(str(error).split("\n", 1)[0]
-                                     for error in self.startup_errors))
-        reasons = reasons or ["some workers did not connect in time"]
-        warnings.warn(f"the cluster started with {self.n_ready} of {count} workers "
-                      f"(min_workers=): {'; '.join(reasons)}", UserWarning, stacklevel=4)
+    @property
+    def store(self) -> Callable[[list[Any]], SharedFrame] | None:
+        """Where calls that copy their arguments put large buffers (None: the socket)."""
+        return self.shared.store
 
     def close(self, *, cancel: bool, wait: bool, timeout: float | None = 10.0) -> None:
-        """Stop: cancel what is pending (or finish it first), then end every worker."""
-        if not self.closed.is_set():
-            with contextlib.suppress(ClusterClosedError):
-                self.call_soon(self._begin_close, cancel)
+        """Take no more work; stop now (``cancel``) or once what was submitted is done.
+
+        With ``wait``, return once every worker is gone (or ``timeout`` passed).
+        """
+        moved = self.lifecycle.move(ClusterState.STOPPING if cancel else ClusterState.DRAINING)
+        if not moved and self.lifecycle.state is ClusterState.BROKEN:
+            self.lifecycle.move(ClusterState.STOPPING)  # nothing can run: nothing to finish
+        try:
+            self.mailbox.post(_nothing)  # wake the I/O thread, to act on the new state
+        except ClusterClosedError:
+            return
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self.closed.wait(timeout)
+            self.lifecycle.closed.wait(timeout)
             self._thread.join(1.0)  # its last steps after closed is set: then it is gone
 
-    # -- the I/O thread --------------------------------------------------------------
+    def submit(self, chunks: list[Chunk]) -> None:
+        """Queue chunks for the workers (failed at once if the cluster cannot run them)."""
+        self.mailbox.post(self._submit, chunks)
+
+    def cancel(self, job: Job) -> None:
+        """Drop a job's waiting chunks and interrupt its running ones."""
+        self.mailbox.post(self._cancel, job)
+
+    def cancel_futures(self) -> None:
+        """Cancel every submitted future that has not started (shutdown(cancel_futures=True))."""
+        self.mailbox.post(self._cancel_futures)
+
+    def broadcast(self, job: Job, frames: list[Any]) -> list[Chunk]:
+        """Queue one call for every live worker; its chunks, by worker id.
+
+        A worker still starting (a replacement, say) runs it once it is ready.
+        """
+        return self.mailbox.ask(self._broadcast, job, frames)
+
+    def add_export(self, frames: list[Any]) -> None:
+        """Send an EXPORT message to every worker now, and to every worker that starts later."""
+        self.mailbox.post(self._add_export, frames)
+
+    def live_worker_ids(self) -> list[int]:
+        """Ids of the workers alive (ready or starting), in order."""
+        return self.mailbox.ask(self.pool.live_ids)
+
+    def snapshot(self) -> list[tuple[int, str, int, str]]:
+        """(id, host, pid, state) of each worker that is not gone."""
+        return self.mailbox.ask(self._snapshot)
+
+    # -- the I/O thread: the loop ----------------------------------------------------------
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.master.socket, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        self._poller = poller
         try:
-            for _ in range(self.target):
-                self._launch()
+            for _ in range(self.pool.target):
+                self.pool.launch()
             self.launcher.launched()
-            sock, wake = self.master.socket, self._wake_r
-            self._next_check = 0.0
+            sock, wake = self.master.socket, self.mailbox.fileno()
             next_heartbeat = time.monotonic() + self.heartbeat_interval
             while True:
                 timeout = min(next_heartbeat, self._next_check) - time.monotonic()
                 exited = False
-                for source, _ in poller.poll(max(0, math.ceil(timeout * 1000))):
+                for source, _ in self._poller.poll(max(0, math.ceil(timeout * 1000))):
                     if source is sock:
                         self._receive()
                     elif source == wake:
-                        self._drain_wake()
+                        self.mailbox.clear_wake()
                     else:
                         exited = True  # a pidfd: a worker process ended
-                if self._commands:
-                    self._run_commands()
+                if self.mailbox:
+                    if self.shared.releases_waiting:
+                        self.shared.send_releases()
+                    self.mailbox.run_all()
                 now = time.monotonic()
                 if exited or now >= self._next_check:
-                    self._next_check = now + self._check_processes(now)
+                    self._next_check = now + self.pool.check_processes(now)
                 if now >= next_heartbeat:
                     self._heartbeat(now)
                     next_heartbeat = now + self.heartbeat_interval
-                if self.closing:
-                    if self._stop_step(now):
-                        break
-                elif self.scheduler.has_waiting():
-                    self._assign()
+                if self._step(now):
+                    break
         except BaseException as exc:  # the loop itself failed: nothing may hang on it
-            self.broken = exc
-            self._abandon_all(SockpoolError(f"the cluster's I/O thread failed: {exc!r}"))
+            self.pool.loop_error = exc
+            self.pool.fail_all(SockpoolError(f"the cluster's I/O thread failed: {exc!r}"))
         finally:
             self._teardown()
 
-    def _drain_wake(self) -> None:
-        # Cleared before the commands are read: a command queued after this
-        # point writes a new wake-up byte, so none is missed.
-        self._wake_pending = False
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 4096)
+    def _step(self, now: float) -> bool:
+        """Hand out work, or take the next step of closing; True once every worker is gone."""
+        state = self.lifecycle.state
+        if state is ClusterState.OPEN:
+            if self.scheduler.has_waiting():
+                self._assign()
+            return False
+        if state is ClusterState.DRAINING:
+            self._assign()
+            # A command still in the mailbox may be a submit made before shutdown().
+            if not self.scheduler.idle() or self.mailbox:
+                return False
+            self.lifecycle.move(ClusterState.STOPPING)
+        if self.lifecycle.state is not ClusterState.STOPPING:
+            return False  # broken: nothing to run until the user closes it
+        if self.pool.stop_started is None:
+            self._write_off_everything()
+            self.pool.begin_stop(now)
+        return self.pool.stop_step(now)
 
-    def _run_commands(self) -> None:
-        if self._releases:
-            self._send_releases()
-        while self._commands:
-            fn, args = self._commands.popleft()
-            fn(*args)
+    def _write_off_everything(self) -> None:
+        """Closing without finishing: fail what waits and what runs."""
+        for chunk in self.scheduler.drain():
+            chunk.job.fail(chunk, ClusterClosedError("the cluster was closed before this task ran"))
+        for worker_id in self.scheduler.workers:  # begin_stop then sends them SHUTDOWN
+            for chunk in self.scheduler.remove_worker(worker_id)[0]:
+                chunk.job.fail(chunk, ClusterClosedError(
+                    "the cluster was closed while this task ran"))
 
-    # -- messages ------------------------------------------------------------------------
+    def _teardown(self) -> None:
+        self.lifecycle.move(ClusterState.STOPPING)
+        self.pool.teardown()
+        self.master.close()
+        self.shared.close()
+        self.lifecycle.move(ClusterState.CLOSED)
+        self.mailbox.close()  # what was posted meanwhile still runs: no caller waits forever
+        with self.pool.state_changed:
+            self.pool.state_changed.notify_all()
+
+    # -- the I/O thread: messages ----------------------------------------------------------
 
     def _receive(self) -> None:
         # The poller said a message is waiting, so the first read skips the check.
@@ -275,8 +263,8 @@ class Dispatcher(WorkerTending):
                 return
             self._on_message_safely(frames)
             del frames
-            if self._releases:  # a result decoded here may have been dropped already
-                self._send_releases()
+            if self.shared.releases_waiting:  # a result decoded here may be dropped already
+                self.shared.send_releases()
 
     def _on_message_safely(self, frames: list[Any]) -> None:
         """Handle one message; whatever is wrong with it, drop it and go on."""
@@ -291,69 +279,30 @@ class Dispatcher(WorkerTending):
         if len(frames) < 2:
             raise protocol.ProtocolError("message without a header")
         prefix, worker_id = protocol.parse_identity(frames[0])
-        record = self.workers.get(worker_id)
+        record = self.pool.workers.get(worker_id)
         if record is None or not record.alive:
             return
         head, body = protocol.parse(frames[1])
         if head.kind is Kind.HELLO:
             self._on_hello(record, prefix, body)
             return
-        if record.state == STARTING:
+        if record.state is WorkerState.STARTING:
             return  # nothing counts before the worker proved it holds the token
         record.last_heard = time.monotonic()
         if prefix != protocol.DATA_PREFIX:
             return
         if head.kind is Kind.RESULT:
             try:
-                payload = self._payload(record, head, body, frames)
+                payload = self.shared.payload(record, head, body, frames)
             except shm.SharedMemoryError as exc:  # it ended just after sending, say
                 record.process.kill()
-                self._lost(record, f"its result could not be read from shared memory: {exc}")
+                self.pool.lost(record, f"its result could not be read from shared memory: {exc}")
                 return
             self._on_result(record, head, payload)
         elif head.kind is Kind.OUTPUT:
             self._on_output(record, head, (body, [frame.buffer for frame in frames[2:]]))
-        elif head.kind is Kind.RELEASE and self.shared is not None:
-            self.shared.release(protocol.parse_release(body), record.id)
-
-    def _payload(self, record: WorkerRecord, head: protocol.Header, body: memoryview,
-                 frames: list[Any]) -> Payload:
-        """A RESULT's body and buffers: its frames, or views of the worker's segment."""
-        if not head.flags & Flag.SHARED:
-            return body, [frame.buffer for frame in frames[2:]]
-        if not record.shared_memory or len(frames) != 3:
-            raise protocol.ProtocolError("a shared-memory RESULT from a worker without it")
-        return body, shm.open_shared(bytes(frames[2].buffer), self._releaser(record.id))
-
-    def _releaser(self, worker_id: int) -> Callable[[int], None]:
-        """What a transfer from a worker's segment calls when its arrays die: RELEASE it.
-
-        Releases are queued and sent before the I/O thread runs any command, so
-        a worker hears of a result the caller dropped before it gets the
-        caller's next task, and can reuse the segment for that task's result.
-        """
-        dispatcher = weakref.ref(self)  # a result kept for long must not keep the cluster
-
-        def release(serial: int) -> None:
-            this = dispatcher()
-            if this is None:
-                return
-            this._releases.append((worker_id, serial))
-            if threading.current_thread() is not this._thread:
-                with contextlib.suppress(ClusterClosedError):
-                    this.call_soon(this._send_releases)
-
-        return release
-
-    def _send_releases(self) -> None:
-        by_worker: dict[int, list[int]] = {}
-        while self._releases:
-            worker_id, serial = self._releases.popleft()
-            by_worker.setdefault(worker_id, []).append(serial)
-        for worker_id, serials in by_worker.items():
-            record = self.workers.get(worker_id)
-            if record is not None and record.alive:
-                self.master.send(record.data_identity, [protocol.release_message(serials)])
+        elif head.kind is Kind.RELEASE:
+            self.shared.released(record, body)
 
     def _on_hello(self, record: WorkerRecord, prefix: bytes, body: memoryview) -> None:
         try:
@@ -367,30 +316,20 @@ class Dispatcher(WorkerTending):
         if prefix == protocol.CONTROL_PREFIX:
             record.control_ready = True
             return
-        if record.state != STARTING:
+        if record.state is not WorkerState.STARTING:
             return
         record.pid = int(info.get("pid", record.pid))
-        probe = info.get("shared_memory")
-        if self.shared is not None and isinstance(probe, str) and shm.check_probe(probe):
-            record.shared_memory = self.any_shared = True
+        self.shared.check_hello(record, info.get("shared_memory"))
         if not record.process.host_known:
             record.host = str(info.get("host", record.host))
         for frames in self.exports:
             self.master.send(record.data_identity, frames)
         if self.setup_job is not None:
-            record.state = SETUP
+            record.state = WorkerState.SETUP
             record.setup_chunk = self.setup_job.chunk(0, 1, codec.dumps(((), {})))
             self._send_chunk(record, record.setup_chunk)
         else:
-            self._ready(record)
-
-    def _ready(self, record: WorkerRecord) -> None:
-        record.state = READY
-        self._failed_replacements = 0
-        self.scheduler.add_worker(record.id)
-        with self.state_changed:
-            self.n_ready += 1
-            self.state_changed.notify_all()
+            self.pool.mark_ready(record)
 
     def _on_result(self, record: WorkerRecord, head: protocol.Header,
                    payload: tuple[memoryview, list[Any]]) -> None:
@@ -400,9 +339,8 @@ class Dispatcher(WorkerTending):
         chunk = self.scheduler.complete(record.id, head.ident)
         if chunk is None:
             return
-        if len(chunk.frames) == 2 and isinstance(chunk.frames[1], SharedFrame):
-            chunk.frames = chunk.frames[:1]  # done: its segment is free once the worker let go
-        if head.flags & Flag.CANCELLED:
+        self.shared.finished(chunk)
+        if head.flags & protocol.Flag.CANCELLED:
             chunk.job.dropped(chunk)
         else:
             chunk.job.deliver(chunk, record.label, payload)
@@ -434,7 +372,7 @@ class Dispatcher(WorkerTending):
         except Exception as exc:  # a warning under an "error" filter fails the setup
             failures = [TaskFailure(0, exc)]
         if not failures:
-            self._ready(record)
+            self.pool.mark_ready(record)
             return
         cause = failures[0].error
         record.failure = LaunchError(f"setup failed on {record.label}: "
@@ -442,20 +380,20 @@ class Dispatcher(WorkerTending):
         record.failure.__cause__ = cause
         record.process.kill()  # its exit reports the failure, once
 
-    # -- sending ---------------------------------------------------------------------------
+    # -- the I/O thread: sending -----------------------------------------------------------
 
     def _assign(self) -> None:
         failed: list[tuple[int, Chunk]] = []
         for worker_id, chunk in self.scheduler.assignments(time.monotonic()):
-            if not self._send_chunk(self.workers[worker_id], chunk):
+            if not self._send_chunk(self.pool.workers[worker_id], chunk):
                 failed.append((worker_id, chunk))
         for worker_id, chunk in failed:
             self.scheduler.unassign(worker_id, chunk)
             self.scheduler.requeue(chunk)
-            record = self.workers[worker_id]
-            if record.state == READY:
+            record = self.pool.workers[worker_id]
+            if record.state is WorkerState.READY:
                 record.process.kill()
-                self._lost(record, "its connection is gone")
+                self.pool.lost(record, "its connection is gone")
 
     def _send_chunk(self, record: WorkerRecord, chunk: Chunk) -> bool:
         job = chunk.job
@@ -469,32 +407,11 @@ class Dispatcher(WorkerTending):
         if job.timeout:  # check its deadline on time, not at the next periodic check
             deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK
             self._next_check = min(self._next_check, deadline)
-        arguments, flags = chunk.frames[1:], int(job.flags)
-        if self.shared is not None and arguments:
-            arguments, flags = self._share(record, chunk, arguments, flags)
+        arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], int(job.flags))
         head = protocol.header(Kind.TASK, flags, job.id, chunk.id)
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
                                     len(fn_buffers), chunk.frames[0], job.seed)
         return self.master.send(record.data_identity, [first, *fn_buffers, *arguments])
-
-    def _share(self, record: WorkerRecord, chunk: Chunk, arguments: list[Any], flags: int
-               ) -> tuple[list[Any], int]:
-        """A chunk's argument buffers for this worker: in shared memory where it maps ours."""
-        assert self.shared is not None
-        if isinstance(arguments[0], SharedFrame):  # stored when the call was made
-            if not record.shared_memory:
-                return self.shared.copies(arguments[0]), flags
-        elif record.shared_memory and (
-                sum(memoryview(a).nbytes for a in arguments) >= codec.SHARED_MIN_BYTES):
-            try:
-                arguments = [self.shared.store(arguments)]
-            except OSError:  # out of shared memory: the socket it is
-                return arguments, flags
-            chunk.frames = [chunk.frames[0], *arguments]  # a retry reuses the segment
-        else:
-            return arguments, flags
-        self.shared.lend(arguments[0], record.id)
-        return arguments, flags | Flag.SHARED
 
     def _cache(self, record: WorkerRecord, digest: bytes, size: int) -> None:
         """Mirror the worker's function cache; tell it to drop the oldest past the budget."""
@@ -506,58 +423,39 @@ class Dispatcher(WorkerTending):
             self.master.send(record.data_identity, [protocol.header(Kind.FORGET) + old])
 
     def _heartbeat(self, now: float) -> None:
-        if self.shared is not None:
-            self.shared.trim(now)
-            shm.trim_mappings(now)
+        self.shared.trim(now)
         beat = [protocol.header(Kind.HEARTBEAT)]
-        for record in self.workers.values():
-            if record.control_ready and record.state in (SETUP, READY):
+        for record in self.pool.workers.values():
+            if record.control_ready and record.state in (WorkerState.SETUP, WorkerState.READY):
                 self.master.send(record.control_identity, beat)
 
-    def _tell_all(self, kind: Kind, job: int = 0, *, data: bool = False) -> None:
-        for record in self.workers.values():
-            if record.alive:
-                if record.control_ready:
-                    self.master.send(record.control_identity, [protocol.header(kind, 0, job)])
-                if data:
-                    self.master.send(record.data_identity, [protocol.header(kind, 0, job)])
+    # -- the I/O thread: commands posted by the public methods ----------------------------
 
-    # -- commands (run on the I/O thread via call_soon) ----------------------------------
-
-    def submit(self, chunks: list[Chunk]) -> None:
-        """Queue chunks; fail them at once when the cluster cannot run them."""
-        if self.closing or self.broken is not None:
-            error: SockpoolError = (ClusterClosedError("the cluster is closed") if self.closing
-                                    else SockpoolError(f"the cluster is broken: {self.broken}"))
+    def _submit(self, chunks: list[Chunk]) -> None:
+        # Work made before shutdown() still runs while the cluster drains.
+        if self.lifecycle.state not in (ClusterState.OPEN, ClusterState.DRAINING):
             for chunk in chunks:
-                chunk.job.fail(chunk, error)
+                chunk.job.fail(chunk, self.lifecycle.refusal())
             return
         self.scheduler.submit(chunks)
 
-    def broadcast(self, job: Job, frames: list[Any], future: Future[list[Chunk]]) -> None:
-        """Pin one call to every live worker; the future gets the chunks, by worker id.
-
-        A worker still starting (a replacement, say) runs it once it is ready.
-        """
-        workers = sorted(r.id for r in self.workers.values() if r.alive)
+    def _broadcast(self, job: Job, frames: list[Any]) -> list[Chunk]:
         chunks = [job.chunk(position, 1, frames, pinned=worker_id)
-                  for position, worker_id in enumerate(workers)]
-        self.submit(chunks)
-        future.set_result(chunks)
+                  for position, worker_id in enumerate(self.pool.live_ids())]
+        self._submit(chunks)
+        return chunks
 
-    def cancel(self, job: Job) -> None:
-        """Drop a job's waiting chunks and interrupt its running ones."""
+    def _cancel(self, job: Job) -> None:
         dropped, running = self.scheduler.cancel(job)
         for chunk in dropped:
             job.dropped(chunk)
         for worker_id in running:
-            record = self.workers[worker_id]
+            record = self.pool.workers[worker_id]
             if record.control_ready:
                 self.master.send(record.control_identity,
                                  [protocol.header(Kind.CANCEL, 0, job.id)])
 
-    def cancel_futures(self) -> None:
-        """Cancel every submitted future that has not started (shutdown(cancel_futures=True))."""
+    def _cancel_futures(self) -> None:
         for chunk in self.scheduler.drain():
             if isinstance(chunk.job, FutureJob):
                 chunk.job.future.cancel()
@@ -565,60 +463,23 @@ class Dispatcher(WorkerTending):
             else:
                 self.scheduler.submit([chunk])
 
-    def add_export(self, frames: list[Any]) -> None:
-        """Send an EXPORT message to every worker now, and to every worker that starts later."""
+    def _add_export(self, frames: list[Any]) -> None:
         self.exports.append(frames)
-        for record in self.workers.values():
-            if record.state in (SETUP, READY):
+        for record in self.pool.workers.values():
+            if record.state in (WorkerState.SETUP, WorkerState.READY):
                 self.master.send(record.data_identity, frames)
 
-    @property
-    def store(self) -> Callable[[list[Any]], SharedFrame] | None:
-        """Where calls that copy their arguments put large buffers (None: the socket)."""
-        return self.shared.store if self.shared is not None and self.any_shared else None
-
-    def live_worker_ids(self) -> list[int]:
-        """Ids of the workers alive (ready or starting), in order."""
-        return sorted(r.id for r in self.workers.values() if r.alive)
-
-    def snapshot(self) -> list[tuple[int, str, int, str]]:
-        """(id, host, pid, state) of each worker that is not gone."""
+    def _snapshot(self) -> list[tuple[int, str, int, str]]:
         rows = []
-        for record in self.workers.values():
+        for record in self.pool.workers.values():
             if not record.alive:
                 continue
-            state = record.state
-            if state == READY:
+            state = record.state.value
+            if record.state is WorkerState.READY:
                 state = "busy" if self.scheduler.load(record.id) else "idle"
             rows.append((record.id, record.host, record.pid, state))
         return rows
 
-    def _teardown(self) -> None:
-        for record in self.workers.values():
-            record.process.kill()  # a no-op for those that ended
-        deadline = time.monotonic() + 1.0  # reap them, so none is left a zombie
-        while (any(r.process.poll() is None for r in self.workers.values())
-               and time.monotonic() < deadline):
-            time.sleep(0.01)
-        for record in self.workers.values():
-            record.process.close()
-            if record.alive:
-                record.state = STOPPED
-        self.n_ready = 0
-        with contextlib.suppress(Exception):  # a launcher's cleanup must not stop ours
-            self.launcher.close()
-        self.master.close()
-        if self.shared is not None:
-            self.shared.close()
-        self.closing = True
-        with self._wake_lock:
-            self.closed.set()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-        with self.state_changed:
-            self.state_changed.notify_all()
-        # Commands queued while the loop was ending still run, so no caller waits forever.
-        while self._commands:
-            fn, args = self._commands.popleft()
-            with contextlib.suppress(Exception):
-                fn(*args)
+
+def _nothing() -> None:
+    """A command that only wakes the I/O thread."""

@@ -1,35 +1,30 @@
-"""Tending the workers: starting them, noticing them end, replacing them, stopping them.
+"""The worker processes: starting them, noticing them end, replacing them, stopping them.
 
-The I/O thread's :class:`~sockpool.dispatch.dispatcher.Dispatcher` inherits this: these
-are the steps of its loop that deal with worker processes rather than with
-messages.  Everything here runs on the I/O thread.
+The I/O thread's :class:`~sockpool.dispatch.dispatcher.Dispatcher` owns one
+:class:`WorkerPool` and calls it from its loop; every method runs on the I/O
+thread, except :meth:`WorkerPool.wait_for_workers`, which the caller's thread
+runs while the cluster starts.  The pool tells the scheduler which workers take
+tasks, and writes off (or retries) the chunks of a worker that was lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any
+import time
+import warnings
 
 import zmq
 
-from ..common.protocol import Kind
-from ..common.shm import SegmentPool
-from ..errors import ClusterClosedError, LaunchError, SockpoolError
+from ..common.config import WorkerConfig
+from ..common.protocol import Kind, header
+from ..errors import LaunchError, NoWorkersLeftError, SockpoolError
 from ..launchers.base import Launcher
 from . import output as relay
-from .records import (
-    LOST,
-    READY,
-    SETUP,
-    STARTING,
-    STOPPED,
-    WorkerRecord,
-    launch_error,
-    lost_error,
-    timeout_error,
-)
+from .lifecycle import Lifecycle
+from .records import WorkerRecord, WorkerState, launch_error, lost_error, timeout_error
 from .scheduler import Scheduler
+from .sharing import SharedTransfers
 from .transport import MasterSocket
 
 #: How often processes are polled when no pidfd tells us they ended.
@@ -46,59 +41,62 @@ TIMEOUT_SLACK = 0.05
 MAX_FAILED_REPLACEMENTS = 3
 
 
-class WorkerTending:
-    """The worker-process half of the I/O thread (see the module docstring)."""
+class WorkerPool:
+    """The records of a cluster's workers and the steps that start, replace and stop them."""
 
-    # State shared with the Dispatcher, which sets it up.
-    workers: dict[int, WorkerRecord]
-    scheduler: Scheduler
-    launcher: Launcher
-    master: MasterSocket
-    target: int
-    token: str
-    serializer: str
-    heartbeat_interval: float
-    heartbeat_timeout: float
-    master_timeout: float | None
-    connect_timeout: float
-    state_changed: threading.Condition
-    n_ready: int
-    startup_errors: list[LaunchError]
-    broken: BaseException | None
-    closing: bool
-    _poller: zmq.Poller
-    _exit_fds: set[int]
-    _next_worker_id: int
-    _failed_replacements: int
-    _finish_then_close: bool
-    _stop_started: float | None
-    _relay_config: dict[str, Any]
-    max_frame_bytes: int
-    shared: SegmentPool | None
+    def __init__(
+        self,
+        *,
+        launcher: Launcher,
+        master: MasterSocket,
+        scheduler: Scheduler,
+        lifecycle: Lifecycle,
+        poller: zmq.Poller,
+        config: WorkerConfig,
+        shared: SharedTransfers,
+        workers: dict[int, WorkerRecord],
+        target: int,
+        connect_timeout: float,
+        heartbeat_timeout: float,
+    ) -> None:
+        """
+        Args:
+            config: what every worker is told; the pool fills in each one's id and keys.
+            shared: the master's shared-memory transfers with its workers.
+            workers: the records of the workers, by id (empty; the pool fills it).
+            target: how many workers the cluster wants.
+            heartbeat_timeout: silence after which a worker whose process the
+                launcher cannot watch counts as lost.
+        """
+        self.launcher = launcher
+        self.master = master
+        self.scheduler = scheduler
+        self.lifecycle = lifecycle
+        self.config = config
+        self.shared = shared
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        self._poller = poller
+        self.workers = workers
+        self._exit_fds: set[int] = set()  # pidfds: readable when a worker process ends
+        self._next_worker_id = 0
+        self._failed_replacements = 0
+        self.stop_started: float | None = None  # when SHUTDOWN went out
+        # What the caller's thread waits on while the cluster starts:
+        self.state_changed = threading.Condition()
+        self.n_ready = 0
+        self.startup_errors: list[LaunchError] = []
+        self.loop_error: BaseException | None = None  # the I/O thread itself failed
 
-    def _assign(self) -> None:
-        raise NotImplementedError  # the Dispatcher's
+    # -- starting ------------------------------------------------------------------------
 
-    def _tell_all(self, kind: Kind, job: int = 0, *, data: bool = False) -> None:
-        raise NotImplementedError  # the Dispatcher's
-
-    def _launch(self) -> WorkerRecord | None:
+    def launch(self) -> WorkerRecord | None:
+        """Start one worker; None when the launcher has nowhere to start one or failed."""
         worker_id = self._next_worker_id
         self._next_worker_id += 1
         keys = self.master.issue_keys()  # CURVE: a fresh keypair for this worker alone
-        config = {
-            **keys,
-            "address": self.master.address,
-            "token": self.token,
-            "worker_id": worker_id,
-            "heartbeat_interval": self.heartbeat_interval,
-            "master_timeout": self.master_timeout,  # None: the launcher's default
-            "serializer": self.serializer,
-            "max_frame_bytes": self.max_frame_bytes,
-            **self._relay_config,
-        }
-        if self.shared is not None:  # a worker that can map this segment shares our memory
-            config["shm_probe"] = self.shared.probe()
+        config = self.config.replace(worker_id=worker_id, curve=keys)
         try:
             process = self.launcher.spawn(worker_id, config)
         except LaunchError as exc:
@@ -117,12 +115,68 @@ class WorkerTending:
             self._exit_fds.add(fd)
         return record
 
+    def mark_ready(self, record: WorkerRecord) -> None:
+        """A worker connected (and ran the setup): it takes tasks from now on."""
+        record.state = WorkerState.READY
+        self._failed_replacements = 0
+        self.scheduler.add_worker(record.id)
+        with self.state_changed:
+            self.n_ready += 1
+            self.state_changed.notify_all()
+
     def _startup_failed(self, error: LaunchError) -> None:
         with self.state_changed:
             self.startup_errors.append(error)
             self.state_changed.notify_all()
 
-    def _check_processes(self, now: float) -> float:
+    def wait_for_workers(self, count: int, timeout: float, minimum: int | None = None) -> None:
+        """On the caller's thread: block until ``count`` workers are ready.
+
+        With ``minimum``, failures are accepted once every worker has either
+        started or failed (or the time is up) and at least ``minimum`` are ready;
+        a warning then names what failed.
+
+        Raises:
+            LaunchError: a worker failed to start, or too few connected in time.
+        """
+        deadline = time.monotonic() + timeout
+        with self.state_changed:
+            while self.n_ready < count:
+                if self.loop_error is not None and not self.startup_errors:
+                    raise LaunchError(f"the cluster failed while starting: {self.loop_error}")
+                remaining = deadline - time.monotonic()
+                starting = [r for r in list(self.workers.values()) if r.state.starting]
+                settled = remaining <= 0 or not self.lifecycle.wants_workers or not starting
+                if self.startup_errors and (minimum is None or settled):
+                    if minimum is not None and self.n_ready >= minimum:
+                        self._warn_partial(count)
+                        return
+                    raise self.startup_errors[0]
+                if remaining <= 0:
+                    if minimum is not None and self.n_ready >= minimum:
+                        self._warn_partial(count)
+                        return
+                    detail = "; ".join(
+                        f"worker {r.id} (pid {r.pid} on {r.host}): "
+                        + (r.process.status_note() or r.state.value)
+                        + (f", stderr: {tail}" if (tail := r.process.stderr_tail()) else "")
+                        for r in starting)
+                    raise LaunchError(
+                        f"only {self.n_ready} of {count} workers connected within "
+                        f"{timeout:g} s (connect_timeout); still waiting for: {detail}",
+                        command=starting[0].process.command if starting else None)
+                self.state_changed.wait(min(remaining, 0.5))
+
+    def _warn_partial(self, count: int) -> None:
+        reasons = list(dict.fromkeys(str(error).split("\n", 1)[0]
+                                     for error in self.startup_errors))
+        reasons = reasons or ["some workers did not connect in time"]
+        warnings.warn(f"the cluster started with {self.n_ready} of {count} workers "
+                      f"(min_workers=): {'; '.join(reasons)}", UserWarning, stacklevel=4)
+
+    # -- watching ------------------------------------------------------------------------
+
+    def check_processes(self, now: float) -> float:
         """Notice workers that ended, never connected or fell silent; seconds to the next check."""
         wait = PROCESS_POLL_INTERVAL
         for record in list(self.workers.values()):
@@ -135,26 +189,27 @@ class WorkerTending:
                 if record.exited_at is None:
                     record.exited_at = now
                     self._unwatch(record)
-                if not self._workers_wanted:
-                    self._forget(record, STOPPED)
+                if not self.lifecycle.wants_workers:
+                    self._forget(record, WorkerState.STOPPED)
                 elif now - record.exited_at >= EXIT_GRACE:
-                    self._lost(record, record.process.exit_status())
+                    self.lost(record, record.process.exit_status())
                 else:
                     wait = min(wait, EXIT_GRACE)
-            elif record.state == STARTING and record.process.queued():
+            elif record.state is WorkerState.STARTING and record.process.queued():
                 record.started_at = now  # waiting in a batch queue is not a failure to connect
-            elif record.state == STARTING and now - record.started_at > self.connect_timeout:
+            elif (record.state is WorkerState.STARTING
+                  and now - record.started_at > self.connect_timeout):
                 record.process.kill()
-                self._lost(record, f"did not connect within {self.connect_timeout:g} s")
-            elif (not self.launcher.watches_processes and record.state == READY
+                self.lost(record, f"did not connect within {self.connect_timeout:g} s")
+            elif (not self.launcher.watches_processes and record.state is WorkerState.READY
                   and now - record.last_heard > self.heartbeat_timeout):
                 record.process.kill()
-                self._lost(record, f"silent for {now - record.last_heard:.1f} s (heartbeat lost)")
+                self.lost(record, f"silent for {now - record.last_heard:.1f} s (heartbeat lost)")
             elif (deadline := self._deadline(record)) is not None:
                 if now >= deadline:
                     record.timed_out = next(iter(self.scheduler.in_flight[record.id].values()))
                     record.process.kill()  # a task past its time limit cannot be trusted
-                    self._lost(record, "stopped: its task ran past its time limit")
+                    self.lost(record, "stopped: its task ran past its time limit")
                 else:
                     wait = min(wait, deadline - now)
         return wait
@@ -176,23 +231,24 @@ class WorkerTending:
             self._exit_fds.discard(fd)
             self._poller.unregister(fd)
 
-    def _forget(self, record: WorkerRecord, state: str) -> None:
-        was_ready = record.state == READY
+    def _forget(self, record: WorkerRecord, state: WorkerState) -> None:
+        was_ready = record.state is WorkerState.READY
         record.state = state
         self._unwatch(record)
         self.master.revoke(record.keys)  # its key connects no more
-        if self.shared is not None:  # its mappings of our segments went with it
-            self.shared.forget(record.id)
+        self.shared.forget(record.id)  # its mappings of our segments went with it
         if was_ready:
             with self.state_changed:
                 self.n_ready -= 1
                 self.state_changed.notify_all()
 
-    def _lost(self, record: WorkerRecord, how: str) -> None:
+    # -- losing and replacing ------------------------------------------------------------
+
+    def lost(self, record: WorkerRecord, how: str) -> None:
         """A worker ended or went silent: write off or retry what it held, replace it."""
-        starting = record.state in (STARTING, SETUP)
+        starting = record.state.starting
         held, pinned = self.scheduler.remove_worker(record.id)
-        self._forget(record, LOST)
+        self._forget(record, WorkerState.LOST)
         tail = record.process.stderr_tail()
         if starting:
             self._failed_replacements += 1
@@ -226,23 +282,20 @@ class WorkerTending:
                 chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
         self._replace(f"worker {record.id} {how}", tail)
 
-    @property
-    def _workers_wanted(self) -> bool:
-        """Open, or shutting down but still finishing queued work."""
-        return not self.closing or (self._finish_then_close and self._stop_started is None)
-
     def _replace(self, last_loss: str, tail: str) -> None:
         """Start a replacement, unless starting them keeps failing; give up with no worker left."""
-        if not self._workers_wanted:
+        if not self.lifecycle.wants_workers:
             return
-        if self._failed_replacements < MAX_FAILED_REPLACEMENTS and self._launch() is not None:
+        if self._failed_replacements < MAX_FAILED_REPLACEMENTS and self.launch() is not None:
             return
         if not any(record.alive for record in self.workers.values()):
-            self._abandon_all(LaunchError(
+            error = NoWorkersLeftError(
                 f"no worker is left and replacements failed to start; last: {last_loss}",
-                stderr_tail=tail))
+                stderr_tail=tail)
+            self.lifecycle.break_down(error)
+            self.fail_all(error)
 
-    def _abandon_all(self, error: SockpoolError) -> None:
+    def fail_all(self, error: SockpoolError) -> None:
         """Fail every chunk, waiting or running (the cluster cannot go on)."""
         chunks = self.scheduler.drain()
         for worker_id in self.scheduler.workers:
@@ -250,47 +303,41 @@ class WorkerTending:
         for chunk in chunks:
             chunk.job.fail(chunk, error)
         with self.state_changed:
-            if self.broken is None:
-                self.broken = error
             self.state_changed.notify_all()
 
-    # -- stopping ------------------------------------------------------------------------
+    # -- telling and stopping ------------------------------------------------------------
 
-    def _begin_close(self, cancel: bool) -> None:
-        if self.closing and not (cancel and self._finish_then_close):
-            return
-        if not cancel:
-            self._finish_then_close = True
-            self.closing = True  # refuse new work; _stop_step waits for the rest
-            return
-        self._finish_then_close = False
-        self.closing = True
-        for chunk in self.scheduler.drain():
-            chunk.job.fail(chunk, ClusterClosedError("the cluster was closed before this task ran"))
-        for worker_id in self.scheduler.workers:  # _stop_step then sends them SHUTDOWN
-            for chunk in self.scheduler.remove_worker(worker_id)[0]:
-                chunk.job.fail(chunk, ClusterClosedError(
-                    "the cluster was closed while this task ran"))
+    def tell_all(self, kind: Kind, job: int = 0, *, data: bool = False) -> None:
+        """Send a bodiless message to every live worker's control (and data) connection."""
+        message = [header(kind, 0, job)]
+        for record in self.workers.values():
+            if record.alive:
+                if record.control_ready:
+                    self.master.send(record.control_identity, message)
+                if data:
+                    self.master.send(record.data_identity, message)
 
-    def _stop_step(self, now: float) -> bool:
-        """One turn of closing; True once every worker is gone."""
-        if self._stop_started is None:
-            if self._finish_then_close:
-                self._assign()
-                if not self.scheduler.idle():
-                    return False
-            self._tell_all(Kind.SHUTDOWN, data=True)
-            self._stop_started = now
-            for record in self.workers.values():
-                if record.state == STARTING:  # not connected: nothing to tell, nothing to lose
-                    record.process.terminate()
+    def begin_stop(self, now: float) -> None:
+        """Tell every worker to stop (those not connected yet are terminated)."""
+        self.tell_all(Kind.SHUTDOWN, data=True)
+        self.stop_started = now
+        for record in self.workers.values():
+            if record.state is WorkerState.STARTING:  # nothing to tell, nothing to lose
+                record.process.terminate()
+
+    def stop_step(self, now: float) -> bool:
+        """One turn of stopping after :meth:`begin_stop`; True once every worker is gone.
+
+        Workers get ``STOP_GRACE`` seconds to exit, then SIGTERM, then SIGKILL.
+        """
+        assert self.stop_started is not None
         for record in self.workers.values():
             if record.alive and record.process.poll() is not None:
-                self._forget(record, STOPPED)
+                self._forget(record, WorkerState.STOPPED)
         alive = [r for r in self.workers.values() if r.alive]
         if not alive:
             return True
-        elapsed = now - self._stop_started
+        elapsed = now - self.stop_started
         term_at, kill_at, give_up_at = (sum(STOP_GRACE[: i + 1]) for i in range(3))
         if elapsed >= give_up_at:
             return True
@@ -301,3 +348,27 @@ class WorkerTending:
             for record in alive:
                 record.process.terminate()
         return False
+
+    def teardown(self) -> None:
+        """Kill what is left, reap it (no zombie), and release the launcher's resources."""
+        for record in self.workers.values():
+            record.process.kill()  # a no-op for those that ended
+        deadline = time.monotonic() + 1.0
+        while (any(r.process.poll() is None for r in self.workers.values())
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        for record in self.workers.values():
+            record.process.close()
+            if record.alive:
+                record.state = WorkerState.STOPPED
+        self.n_ready = 0
+        with contextlib.suppress(Exception):  # a launcher's cleanup must not stop ours
+            self.launcher.close()
+        with self.state_changed:
+            self.state_changed.notify_all()
+
+    # -- questions -------------------------------------------------------------------------
+
+    def live_ids(self) -> list[int]:
+        """Ids of the workers alive (ready or starting), in order."""
+        return sorted(r.id for r in self.workers.values() if r.alive)

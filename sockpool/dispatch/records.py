@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import OrderedDict
 
 from ..common import protocol
+from ..common.config import CurveKeys
 from ..errors import LaunchError, TaskTimeoutError, WorkerLostError
 from ..launchers.base import WorkerProcess
 from .jobs import Chunk, WorkerLabel
 
-#: The states of a worker, in the order it passes through them.
-STARTING, SETUP, READY, LOST, STOPPED = "starting", "setup", "ready", "lost", "stopped"
-#: States of a worker that may still send or take messages.
-ALIVE = (STARTING, SETUP, READY)
+
+class WorkerState(enum.Enum):
+    """A worker's state as the master sees it: STARTING -> SETUP -> READY -> LOST | STOPPED.
+
+    SETUP is skipped without ``Cluster(setup=)``; a worker may be LOST or
+    STOPPED from any earlier state.
+    """
+
+    STARTING = "starting"  # launched; not yet proved it holds the cluster's token
+    SETUP = "setup"  # connected; running the cluster's setup function
+    READY = "ready"  # takes tasks
+    LOST = "lost"  # ended or fell silent unasked
+    STOPPED = "stopped"  # ended because the cluster stopped it
+
+    @property
+    def alive(self) -> bool:
+        """Whether a worker in this state may still send or take messages."""
+        return self in (WorkerState.STARTING, WorkerState.SETUP, WorkerState.READY)
+
+    @property
+    def starting(self) -> bool:
+        """Whether the worker has yet to become ready."""
+        return self in (WorkerState.STARTING, WorkerState.SETUP)
 
 
 class WorkerRecord:
@@ -22,7 +43,7 @@ class WorkerRecord:
     def __init__(self, worker_id: int, process: WorkerProcess) -> None:
         self.id = worker_id
         self.process = process
-        self.state = STARTING  # STARTING -> SETUP -> READY -> LOST | STOPPED
+        self.state = WorkerState.STARTING
         self.host = process.host
         self.pid = process.pid
         self.data_identity = protocol.data_identity(worker_id)
@@ -36,7 +57,7 @@ class WorkerRecord:
         self.failure: LaunchError | None = None  # why it could not start, when known
         self.exited_at: float | None = None  # when its process was first seen ended
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
-        self.keys: dict[str, str] = {}  # its CURVE keys, when the transport has them
+        self.keys: CurveKeys | None = None  # its CURVE keys, when the transport has them
         self.shared_memory = False  # it maps our segments and we map its (same machine)
 
     @property
@@ -46,7 +67,7 @@ class WorkerRecord:
     @property
     def alive(self) -> bool:
         """Whether the worker may still send or take messages."""
-        return self.state in ALIVE
+        return self.state.alive
 
 
 def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk) -> WorkerLostError:

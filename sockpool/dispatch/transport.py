@@ -27,6 +27,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from ..common import protocol
+from ..common.config import CurveKeys
 
 TRANSPORTS = ("ipc", "tcp")
 
@@ -95,23 +96,21 @@ class MasterSocket:
 
     # -- CURVE keys --------------------------------------------------------------------
 
-    def issue_keys(self) -> dict[str, str]:
-        """A fresh client keypair for one worker, allowed from now on (``{}`` without CURVE).
+    def issue_keys(self) -> CurveKeys | None:
+        """A fresh client keypair for one worker, allowed from now on (None without CURVE).
 
         Returns what the worker needs, to be sent over its launch channel.
         """
         if self.server_public_key is None:
-            return {}
+            return None
         public, secret = zmq.curve_keypair()
         self._allowed.add(public)
-        return {"curve_server_key": self.server_public_key.decode(),
-                "curve_public_key": public.decode(), "curve_secret_key": secret.decode()}
+        return CurveKeys(self.server_public_key.decode(), public.decode(), secret.decode())
 
-    def revoke(self, keys: dict[str, str]) -> None:
+    def revoke(self, keys: CurveKeys | None) -> None:
         """A worker is gone: its key connects no more."""
-        public = keys.get("curve_public_key")
-        if public:
-            self._allowed.discard(public.encode())
+        if keys is not None:
+            self._allowed.discard(keys.public_key.encode())
 
     def callback(self, domain: str, client_key: bytes) -> bool:
         """ZAP: accept a CURVE client only with a key this master issued (ZAP thread)."""
