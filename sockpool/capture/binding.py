@@ -14,7 +14,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from ..common.namespace import BoundNamespace, rebind
+from ..common.namespace import BoundNamespace, function_parts, make_function
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,12 +50,18 @@ def lookup(names: Iterable[str], env: Mapping[str, Any] | object | None, depth: 
     return values
 
 
-def _code_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
+def code_names(code: types.CodeType) -> list[str]:
+    """The global names a code object and the code nested in it refer to, each once."""
+    names = list(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
+            names += code_names(const)
+    return list(dict.fromkeys(names))
+
+
+def rebind(fn: types.FunctionType, namespace: dict[str, Any]) -> types.FunctionType:
+    """A copy of ``fn`` whose globals are ``namespace`` (``fn`` itself is untouched)."""
+    return make_function(namespace, function_parts(fn))
 
 
 def bind_to_env(fn: F, *names: str, env: Mapping[str, Any] | object | None = None,
@@ -95,7 +101,7 @@ def bind_to_env(fn: F, *names: str, env: Mapping[str, Any] | object | None = Non
     functions = [fn] + [v for k, v in bound.items()
                         if isinstance(v, types.FunctionType) and k not in keep]
     for function in functions:  # modules the code names travel by reference, so come along
-        for name in _code_names(function.__code__):
+        for name in code_names(function.__code__):
             value = function.__globals__.get(name)
             if isinstance(value, types.ModuleType):
                 namespace.setdefault(name, value)

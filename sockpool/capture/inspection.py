@@ -18,20 +18,13 @@ from typing import Any
 
 from ..common import codec
 from ..common import namespace as bound_namespace
+from .binding import code_names
 from .by_value import local_modules
 
 #: How deep the search for an unpicklable value goes into containers and objects.
 MAX_DEPTH = 6
 #: How many items of one container the search looks at.
 MAX_ITEMS = 1000
-
-
-def _code_names(code: types.CodeType) -> list[str]:
-    names = list(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names += _code_names(const)
-    return list(dict.fromkeys(names))
 
 
 def _module_name(obj: Any) -> str:
@@ -71,7 +64,7 @@ def captured(obj: Any) -> Iterator[tuple[str, Any]]:
             except ValueError:  # an empty cell
                 continue
         namespace = obj.__globals__
-        names = (namespace if bound_namespace.is_bound(obj) else _code_names(code))
+        names = (namespace if bound_namespace.is_bound(obj) else code_names(code))
         for name in names:
             if name in namespace and not name.startswith("__"):
                 yield name, namespace[name]

@@ -42,13 +42,6 @@ SERIALIZERS = ("cloudpickle", "dill", "pickle")
 Frames = list[Any]  # bytes-like objects: bytes, memoryview, PickleBuffer, zmq.Frame
 
 
-def _bound_function_reducer(obj: Any) -> Any:
-    """How a function made by ``bind_to_env`` pickles: its namespace's entry, namespace whole."""
-    if namespace.is_bound(obj):
-        return namespace.entry, (obj.__globals__, namespace.entry_key(obj))
-    return NotImplemented
-
-
 def _code_in_file(rebuild: Callable[..., types.CodeType], args: tuple[Any, ...],
                   filename: str) -> types.CodeType:
     """Rebuild a code object shipped by value, under the file it was written in."""
@@ -78,7 +71,7 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
                                       cloudpickle.Pickler.dispatch_table)
 
             def reducer_override(self, obj: Any) -> Any:
-                reduced = _bound_function_reducer(obj)
+                reduced = namespace.reduce_bound_function(obj)
                 return super().reducer_override(obj) if reduced is NotImplemented else reduced
 
         cls = CloudPickler
@@ -93,7 +86,7 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
                 super().__init__(*args, **kwargs)
 
             def reducer_override(self, obj: Any) -> Any:
-                return _bound_function_reducer(obj)
+                return namespace.reduce_bound_function(obj)
 
         cls = DillPickler
     elif serializer == "pickle":

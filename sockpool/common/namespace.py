@@ -4,8 +4,9 @@ cloudpickle ships a function with only the globals its code names, so a name
 looked up dynamically (``globals()["helper"]``, ``eval``) would be missing on
 the worker.  A :class:`BoundNamespace` travels as a unit instead: every value
 in it, and every function in it rebuilt around the one new namespace, so the
-helpers still find each other there.  The worker imports this module to
-rebuild one; it holds nothing host-only.
+helpers still find each other there.  Master and worker both pickle and
+unpickle these (a task may return a bound function), so this module holds
+only that; making a namespace is ``bind_to_env``'s, in ``sockpool.capture``.
 """
 
 from __future__ import annotations
@@ -28,24 +29,21 @@ class BoundNamespace(dict[str, Any]):
             if name == "__builtins__":
                 continue
             if isinstance(value, types.FunctionType) and value.__globals__ is self:
-                functions[name] = _function_parts(value)
+                functions[name] = function_parts(value)
             else:
                 values[name] = value
         return (_restore, (values, functions))
 
 
-def _function_parts(fn: types.FunctionType) -> tuple[Any, ...]:
+def function_parts(fn: types.FunctionType) -> tuple[Any, ...]:
+    """What :func:`make_function` needs to rebuild ``fn`` around another namespace."""
     return (fn.__code__, fn.__name__, fn.__qualname__, fn.__defaults__, fn.__kwdefaults__,
             fn.__closure__, dict(fn.__dict__), fn.__module__, fn.__doc__,
             dict(getattr(fn, "__annotations__", {}) or {}))
 
 
-def rebind(fn: types.FunctionType, namespace: dict[str, Any]) -> types.FunctionType:
-    """A copy of ``fn`` whose globals are ``namespace`` (``fn`` itself is untouched)."""
-    return _make_function(namespace, _function_parts(fn))
-
-
-def _make_function(namespace: dict[str, Any], parts: tuple[Any, ...]) -> types.FunctionType:
+def make_function(namespace: dict[str, Any], parts: tuple[Any, ...]) -> types.FunctionType:
+    """A function made of :func:`function_parts` whose globals are ``namespace``."""
     code, name, qualname, defaults, kwdefaults, closure, attrs, module, doc, annotations = parts
     fn = types.FunctionType(code, namespace, name, defaults, closure)
     fn.__qualname__ = qualname
@@ -61,11 +59,11 @@ def _restore(values: dict[str, Any], functions: dict[str, tuple[Any, ...]]) -> B
     namespace = BoundNamespace(values)
     namespace["__builtins__"] = builtins
     for name, parts in functions.items():
-        namespace[name] = _make_function(namespace, parts)
+        namespace[name] = make_function(namespace, parts)
     return namespace
 
 
-def entry_key(fn: types.FunctionType) -> str:
+def _entry_key(fn: types.FunctionType) -> str:
     """The name under which ``fn`` sits in its bound namespace."""
     namespace = fn.__globals__
     for name, value in namespace.items():
@@ -83,3 +81,14 @@ def entry(namespace: BoundNamespace, key: str) -> Any:
 def is_bound(obj: Any) -> bool:
     """Whether ``obj`` is a function made by ``bind_to_env``."""
     return type(obj) is types.FunctionType and type(obj.__globals__) is BoundNamespace
+
+
+def reduce_bound_function(obj: Any) -> Any:
+    """How a bound function pickles, for a pickler's ``reducer_override``.
+
+    Its namespace's entry, with the namespace whole; ``NotImplemented`` for
+    anything else, which the pickler then handles as usual.
+    """
+    if is_bound(obj):
+        return entry, (obj.__globals__, _entry_key(obj))
+    return NotImplemented
