@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
+from sockpool.capture import pickling
 from sockpool.common import codec, protocol
 from sockpool.common.protocol import Kind, ProtocolError
 
@@ -82,7 +83,7 @@ def test_objects_of_main_never_travel_by_reference() -> None:
     Local.__qualname__ = "Local"
     __main__.Local = Local  # type: ignore[attr-defined]
     try:
-        payload = bytes(codec.dumps(Local())[0])
+        payload = bytes(pickling.dumps(Local())[0])
         # Plain pickle would store a reference to __main__.Local, which a worker
         # cannot import; the payload must carry the class itself.
         del __main__.Local  # type: ignore[attr-defined]
@@ -106,19 +107,19 @@ def test_exceptions_pack_with_their_traceback() -> None:
 def test_a_function_digest_changes_when_its_captured_buffer_changes_in_place(
         checksum: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if checksum == "crc32":  # what runs where xxhash is not installed
-        monkeypatch.setattr(codec, "_checksum", codec._crc32_digest)
+        monkeypatch.setattr(pickling, "_checksum", pickling._crc32_digest)
     else:
         pytest.importorskip("xxhash")
-        monkeypatch.setattr(codec, "_checksum", None)
-    data = np.zeros(codec.PARALLEL_CRC_BYTES // 8 + 1)  # large enough for two threads
+        monkeypatch.setattr(pickling, "_checksum", None)
+    data = np.zeros(pickling.PARALLEL_CRC_BYTES // 8 + 1)  # large enough for two threads
 
     def read(i: int) -> float:
         return float(data[i])
 
-    first, _ = codec.dumps_function(read)
-    again, _ = codec.dumps_function(read)
+    first, _ = pickling.dumps_function(read)
+    again, _ = pickling.dumps_function(read)
     data[-1] = 1.0
-    changed, _ = codec.dumps_function(read)
+    changed, _ = pickling.dumps_function(read)
     assert first.digest == again.digest
     assert changed.digest != first.digest
     assert len(first.buffers) == 1  # the array travels out of band, uncopied

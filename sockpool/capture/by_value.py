@@ -1,4 +1,10 @@
-"""Which loaded modules a worker may not be able to import, so must travel by value.
+"""The by-value rule: what a worker cannot import by name, so must receive by value.
+
+A function or class travels by value when a worker could not find it by its
+module and qualified name: it lives in ``__main__`` (the user's script or
+notebook) or in a *local* module, it is a lambda or defined inside a function,
+or ``bind_to_env`` made it.  Everything else travels as a reference and is
+imported on the worker.
 
 A module is *local* when it is neither part of Python (built in, or under the
 standard library's directories), nor installed (under a site-packages
@@ -7,6 +13,10 @@ included).  That is a ``.py`` file or a package folder next to the user's
 script or notebook.  The decision rests on where the module lives, not on
 whether this machine's workers happen to share its file system, so it holds
 for workers on other hosts too.
+
+cloudpickle applies the rule once :func:`register_local_modules` has told it
+about the local modules; :func:`names_by_value_module` checks a standard
+pickle for a reference that would not load on a worker.
 """
 
 from __future__ import annotations
@@ -14,11 +24,15 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import os
+import re
 import site
 import sys
 import sysconfig
 import threading
 from collections.abc import Iterator
+from typing import Any
+
+from ..common import namespace
 
 
 @functools.cache
@@ -96,3 +110,70 @@ def local_modules() -> frozenset[str]:
         if "." not in name and module is not None and _is_local(name, module))
     _known = (len(sys.modules), names)
     return names
+
+
+def is_local_module(name: str) -> bool:
+    """Whether the module ``name`` (dotted or not) belongs to a local module or package."""
+    return name.partition(".")[0] in local_modules()
+
+
+def module_name(obj: Any) -> str:
+    """The module an object says it was defined in (``""`` if none)."""
+    return str(getattr(obj, "__module__", None) or "")
+
+
+def travels_by_value(obj: Any) -> bool:
+    """Whether a function or class is shipped by value (not importable by name on a worker)."""
+    module = module_name(obj)
+    if module == "__main__" or is_local_module(module) or namespace.is_bound(obj):
+        return True
+    qualname = getattr(obj, "__qualname__", "")
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        return True
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is not obj
+
+
+def _reference_pattern(names: set[str]) -> re.Pattern[bytes]:
+    # A by-reference pickle spells the module name out as a short string,
+    # \x8c<length><name>, followed by a memo mark or a dot.
+    alternatives = b"|".join(re.escape(name.encode()) for name in sorted(names))
+    return re.compile(rb"\x8c.(?:" + alternatives + rb")[.\x94]", re.DOTALL)
+
+
+#: Top-level modules whose objects cloudpickle ships by value; a pickle that
+#: names one of them by reference would not load on a worker.
+_by_value_modules: set[str] = {"__main__"}
+_by_value_pattern = _reference_pattern(_by_value_modules)
+#: Local modules already looked at (registered, or gone from ``sys.modules``).
+_registered: set[str] = set()
+#: Callers' threads register at once; the pattern must end up naming every module.
+_register_lock = threading.Lock()
+
+
+def register_local_modules(serializer: str) -> None:
+    """Make every local module travel by value (cloudpickle), before anything is pickled."""
+    global _by_value_pattern
+    if serializer != "cloudpickle" or not local_modules() - _registered:
+        return
+    import cloudpickle
+
+    with _register_lock:
+        for name in sorted(local_modules() - _registered):
+            module = sys.modules.get(name)
+            if module is not None:
+                cloudpickle.register_pickle_by_value(module)
+                _by_value_modules.add(name)
+            _registered.add(name)
+        _by_value_pattern = _reference_pattern(_by_value_modules)
+
+
+def names_by_value_module(pickled: Any) -> bool:
+    """Whether a standard pickle may name a by-value module (searched in place, no copy).
+
+    A false positive (the same bytes inside some data) only costs a second,
+    cloudpickle, pass.
+    """
+    return _by_value_pattern.search(pickled) is not None

@@ -3,14 +3,14 @@
 The walk follows what cloudpickle ships with a function shipped by value:
 closure cells, the globals its code names, defaults, and, recursively, the
 functions among them that are shipped by value too.  Functions importable by
-name on a worker travel as that name and carry nothing.
+name on a worker travel as that name and carry nothing (the rule is in
+:mod:`.by_value`).
 """
 
 from __future__ import annotations
 
 import functools
 import html
-import sys
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,32 +18,14 @@ from typing import Any
 
 from ..common import codec
 from ..common import namespace as bound_namespace
+from . import pickling
 from .binding import code_names
-from .by_value import local_modules
+from .by_value import is_local_module, module_name, register_local_modules, travels_by_value
 
 #: How deep the search for an unpicklable value goes into containers and objects.
 MAX_DEPTH = 6
 #: How many items of one container the search looks at.
 MAX_ITEMS = 1000
-
-
-def _module_name(obj: Any) -> str:
-    return str(getattr(obj, "__module__", None) or "")
-
-
-def travels_by_value(obj: Any) -> bool:
-    """Whether a function or class is shipped by value (not importable by name on a worker)."""
-    module = _module_name(obj)
-    top = module.partition(".")[0]
-    if module == "__main__" or top in local_modules() or bound_namespace.is_bound(obj):
-        return True
-    qualname = getattr(obj, "__qualname__", "")
-    if "<locals>" in qualname or "<lambda>" in qualname:
-        return True
-    found: Any = sys.modules.get(module)
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-    return found is not obj
 
 
 def captured(obj: Any) -> Iterator[tuple[str, Any]]:
@@ -99,24 +81,28 @@ def _reduces_by_default(cls: type) -> bool:
 
 def _fails(value: Any, serializer: str) -> BaseException | None:
     try:
-        codec.dumps(value, serializer)
+        pickling.dumps(value, serializer)
     except Exception as exc:
         return exc
     return None
 
 
-def find_unpicklable(value: Any, path: str, serializer: str, depth: int = 0
+def find_unpicklable(value: Any, path: str, serializer: str
                      ) -> tuple[str, Any, BaseException] | None:
     """The deepest value under ``value`` that fails to pickle: (path, value, error), or None."""
-    error = _fails(value, serializer)
-    if error is None:
-        return None
-    if depth < MAX_DEPTH:
-        for step, child in _children(value):
-            found = find_unpicklable(child, path + step, serializer, depth + 1)
-            if found is not None:
-                return found
-    return path, value, error
+
+    def search(value: Any, path: str, depth: int) -> tuple[str, Any, BaseException] | None:
+        error = _fails(value, serializer)
+        if error is None:
+            return None
+        if depth < MAX_DEPTH:
+            for step, child in _children(value):
+                found = search(child, path + step, depth + 1)
+                if found is not None:
+                    return found
+        return path, value, error
+
+    return search(value, path, 0)
 
 
 def describe_unpicklable(value: Any, root: str, serializer: str) -> str | None:
@@ -203,7 +189,7 @@ def _size(nbytes: int) -> str:
 
 def _pickled_size(value: Any, serializer: str) -> int:
     try:
-        frames = codec.dumps(value, serializer)
+        frames = pickling.dumps(value, serializer)
     except Exception:
         return 0
     return sum(memoryview(frame).nbytes for frame in frames)
@@ -216,9 +202,7 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
     (``worker -> fit_one -> data``), and lists the modules shipped by value
     (local ``.py`` files next to your script) and those imported by name.
     """
-    from .payload import prepare_capture
-
-    prepare_capture(serializer)
+    register_local_modules(serializer)
     entries: list[CaptureEntry] = []
     by_value: set[str] = set()
     by_reference: set[str] = set()
@@ -236,13 +220,13 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
             if id(value) in seen and not isinstance(value, types.ModuleType):
                 continue  # each object once, at its first path (bound helpers share one namespace)
             if isinstance(value, types.ModuleType):
-                top = value.__name__.partition(".")[0]
-                (by_value if top in local_modules() else by_reference).add(value.__name__)
-                if top not in local_modules():
+                local = is_local_module(value.__name__)
+                (by_value if local else by_reference).add(value.__name__)
+                if not local:
                     continue
             elif callable(value) and not travels_by_value(value) and not isinstance(
                     value, functools.partial):
-                module = _module_name(value)
+                module = module_name(value)
                 if module:
                     by_reference.add(module)
                 continue
@@ -252,17 +236,17 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
                                         _pickled_size(value, serializer)))
             if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
                 later.append((value, path))
-            module = _module_name(value) if isinstance(value, type) else ""
-            if module.partition(".")[0] in local_modules():
+            module = module_name(value) if isinstance(value, type) else ""
+            if is_local_module(module):
                 by_value.add(module)
         for value, path in later:
             walk(value, path)
 
     walk(fn, root)
-    if _module_name(fn).partition(".")[0] in local_modules():
-        by_value.add(_module_name(fn))
+    if is_local_module(module_name(fn)):
+        by_value.add(module_name(fn))
     try:
-        total = codec.dumps_function(fn, serializer)[0].nbytes
+        total = pickling.dumps_function(fn, serializer)[0].nbytes
     except Exception:
         total = sum(e.nbytes for e in entries)
     return CaptureReport(root, entries, total, sorted(by_value), sorted(by_reference - by_value))

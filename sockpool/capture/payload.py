@@ -4,7 +4,8 @@ cloudpickle already ships a function by value with exactly what it needs:
 closure cells, the globals its code names (recursively through the functions
 it calls), classes defined in ``__main__``.  Modules travel by reference,
 except *local* ones (a ``.py`` next to the user's script, not installed),
-which this module registers to travel by value before anything is pickled.
+which are registered to travel by value before anything is pickled (see
+:mod:`.by_value`).
 Everything is pickled before anything is sent; a failure becomes a
 :class:`~sockpool.errors.CaptureError` naming the path to the culprit
 (``worker -> fit_one -> conn: sqlite3.Connection``).
@@ -12,41 +13,20 @@ Everything is pickled before anything is sent; a failure becomes a
 
 from __future__ import annotations
 
-import sys
 import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..common import codec
-from ..common.codec import FunctionPayload
 from ..errors import CaptureError
-from .by_value import local_modules
+from . import pickling
+from .by_value import register_local_modules
 from .inspection import describe_unpicklable, inspect_capture
+from .pickling import FunctionPayload
 
 #: Default limit on what one function may carry (R future's globals.maxSize is 500 MiB).
 DEFAULT_MAX_CAPTURE_SIZE = 500 * 1024 * 1024
 #: Copies large buffers into shared memory; returns the frame that names them.
 Store = Callable[[list[Any]], Any]
-
-_registered: set[str] = set()
-
-
-def prepare_capture(serializer: str) -> None:
-    """Make every local module travel by value (cloudpickle), before anything is pickled."""
-    if serializer != "cloudpickle":
-        return
-    new = local_modules() - _registered
-    if not new:
-        return
-    import cloudpickle
-
-    for name in sorted(new):
-        module = sys.modules.get(name)
-        if module is not None:
-            cloudpickle.register_pickle_by_value(module)
-            codec.BY_VALUE_MODULES.add(name)
-        _registered.add(name)
-
 
 def _name_of(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
@@ -75,10 +55,10 @@ def dump_function(fn: Callable[..., Any], serializer: str,
     cached = _reference_payloads.get(id(fn))
     if cached is not None and cached[0] is fn and cached[1] == serializer:
         return cached[2]
-    prepare_capture(serializer)
+    register_local_modules(serializer)
     try:
-        payload, by_reference = codec.dumps_function(fn, serializer,
-                                                             copy_buffers=copy_buffers)
+        payload, by_reference = pickling.dumps_function(fn, serializer,
+                                                        copy_buffers=copy_buffers)
     except Exception as exc:
         where = describe_unpicklable(fn, getattr(fn, "__name__", "the function"), serializer)
         raise CaptureError(
@@ -119,10 +99,10 @@ def dump_values(obj: Any, serializer: str, parts: Iterable[tuple[str, Any]], *,
     Raises:
         CaptureError: naming the part, the path inside it and the pickler's complaint.
     """
-    prepare_capture(serializer)
+    register_local_modules(serializer)
     try:
-        return codec.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix,
-                                   store=store)
+        return pickling.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix,
+                              store=store)
     except Exception as exc:
         for what, part in parts:
             where = describe_unpicklable(part, what, serializer)

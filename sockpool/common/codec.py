@@ -8,23 +8,20 @@ The serializer that *writes* is a choice (cloudpickle by default, dill, or the
 standard pickle); reading is always ``pickle.loads``, since all three write
 standard pickles whose reconstructors import what they need.  This module is
 shared by the master and the worker and imports neither cloudpickle nor dill
-until a pickle has to be written with them.
+until a pickle has to be written with them.  What only the master needs (the
+by-value check, function payloads and their digests) is in ``sockpool.capture``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import pickle
-import re
-import threading
 import traceback
 import types
-import zlib
 from collections import ChainMap
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..errors import RemoteError, RemoteTraceback, add_note
 from . import namespace
@@ -105,8 +102,8 @@ def check_serializer(serializer: str) -> str:
 
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
-          prefix: bytes = b"", master: bool = True,
-          store: Callable[[list[Any]], Any] | None = None) -> Frames:
+          prefix: bytes = b"", store: Callable[[list[Any]], Any] | None = None,
+          by_value_check: Callable[[memoryview], bool] | None = None) -> Frames:
     """Pickle ``obj`` into ``[prefix + payload, *out_of_band_buffers]``.
 
     Args:
@@ -115,12 +112,14 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         copy_buffers: copy out-of-band buffers now, so that the caller may
             mutate the originals while the frames wait to be sent.
         prefix: bytes written before the pickle in the first frame (a header).
-        master: pickling in the master, whose ``__main__`` holds the user's
-            code.  A worker's ``__main__`` is empty, so there a by-reference
-            pickle that succeeds names something the master has too.
         store: where the out-of-band buffers go when they add up to
             :data:`SHARED_MIN_BYTES` or more: it copies them (into shared
             memory) and returns the one frame that replaces them all.
+        by_value_check: the master's by-value rule (``sockpool.capture``),
+            given what the standard pickler wrote: true when it names a module
+            a worker cannot import, so that cloudpickle writes it again, by
+            value.  A worker passes none: its ``__main__`` is empty, so there a
+            by-reference pickle that succeeds names something the master has too.
 
     Raises:
         Exception: whatever the pickler raised; callers turn it into a
@@ -147,8 +146,8 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
     if serializer == "cloudpickle":
         # Fast path: the C pickler handles plain data and importable objects at a
         # fraction of cloudpickle's cost.  It fails on lambdas and local objects,
-        # and a pickle that names a module only this process has (``__main__``)
-        # would not load on a worker: both go to cloudpickle, which ships them by value.
+        # and a pickle that by_value_check flags would not load on a worker: both
+        # go to cloudpickle, which ships them by value.
         stream = io.BytesIO()
         stream.write(prefix)
         try:
@@ -157,7 +156,7 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
             pass
         else:
             view = stream.getbuffer()
-            if not master or not _names_local_module(view):
+            if by_value_check is None or not by_value_check(view):
                 return frames(view)
             del view
         buffers.clear()
@@ -167,127 +166,9 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
     return frames(stream.getbuffer())
 
 
-#: Without xxhash, buffers at least this large are checksummed in two threads.
-PARALLEL_CRC_BYTES = 4 * 1024 * 1024
-
-#: Modules whose objects must travel by value: a pickle naming one of them by
-#: reference would not load on a worker.
-BY_VALUE_MODULES: set[str] = {"__main__"}
-_by_value_pattern: tuple[frozenset[str], re.Pattern[bytes]] | None = None
-
-
-def _names_local_module(payload: Any) -> bool:
-    """Whether a pickle may name a by-value module (searched in place, no copy).
-
-    A by-reference pickle spells the module name out as a short string,
-    ``\\x8c<length><name>`` followed by a memo mark or a dot.  A false positive
-    (the same bytes inside some data) only costs a second, cloudpickle, pass.
-    """
-    global _by_value_pattern
-    names = frozenset(BY_VALUE_MODULES)
-    if _by_value_pattern is None or _by_value_pattern[0] != names:
-        alternatives = b"|".join(re.escape(name.encode()) for name in sorted(names))
-        pattern = re.compile(rb"\x8c.(?:" + alternatives + rb")[.\x94]", re.DOTALL)
-        _by_value_pattern = (names, pattern)
-    return _by_value_pattern[1].search(payload) is not None
-
-
-class FunctionPayload(NamedTuple):
-    """A function pickled for the workers: in-band bytes, large buffers apart, its digest."""
-
-    inband: bytes
-    buffers: list[Any]
-    digest: bytes
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes on the wire."""
-        return len(self.inband) + sum(memoryview(b).nbytes for b in self.buffers)
-
-
-def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False
-                   ) -> tuple[FunctionPayload, bool]:
-    """Pickle a task function; large captured buffers stay out of band, uncopied.
-
-    Args:
-        copy_buffers: copy the buffers now (the caller will not wait for the call).
-
-    Returns:
-        The payload, and whether the standard pickler wrote it (for a function:
-        a reference by name, the same for as long as the function exists).
-    """
-    if serializer in ("cloudpickle", "pickle"):
-        try:
-            inband = pickle.dumps(obj, protocol=5)
-        except Exception:
-            if serializer == "pickle":
-                raise
-        else:
-            if serializer == "pickle" or not _names_local_module(inband):
-                return FunctionPayload(inband, [], digest(inband)), True
-    frames = dumps(obj, serializer, copy_buffers=copy_buffers)
-    inband, buffers = bytes(frames[0]), frames[1:]
-    return FunctionPayload(inband, buffers, _function_digest(inband, buffers)), False
-
-
-def _function_digest(inband: bytes, buffers: list[Any]) -> bytes:
-    """blake2b of the pickle, extended by length and checksum of each large buffer.
-
-    A cryptographic hash of 50 MB of captured data costs more than many maps; a
-    fast checksum is enough to tell a buffer changed in place since the last
-    call from one that did not.
-    """
-    hasher = hashlib.blake2b(inband, digest_size=16)
-    for buffer in buffers:
-        view = memoryview(buffer).cast("B")
-        hasher.update(view.nbytes.to_bytes(8, "little"))
-        hasher.update(buffer_checksum(view))
-    return hasher.digest()
-
-
-def buffer_checksum(view: memoryview) -> bytes:
-    """XXH3-128 of a buffer where ``xxhash`` is installed (about 30 GB/s), else CRC-32.
-
-    CRC-32 runs at about 4 GB/s, so large buffers are split between two threads.
-    """
-    global _checksum
-    if _checksum is None:
-        try:
-            from xxhash import xxh3_128_digest
-        except ImportError:
-            _checksum = _crc32_digest
-        else:
-            _checksum = xxh3_128_digest
-    return _checksum(view)
-
-
-_checksum: Callable[[memoryview], bytes] | None = None
-
-
-def _crc32_digest(view: memoryview) -> bytes:
-    if view.nbytes < PARALLEL_CRC_BYTES:
-        return zlib.crc32(view).to_bytes(4, "little")
-    half = view.nbytes // 2
-    second = [0]
-
-    def second_half() -> None:
-        second[0] = zlib.crc32(view[half:])  # zlib releases the GIL
-
-    helper = threading.Thread(target=second_half)
-    helper.start()
-    first = zlib.crc32(view[:half])
-    helper.join()
-    return first.to_bytes(4, "little") + second[0].to_bytes(4, "little")
-
-
 def loads(payload: Any, buffers: Sequence[Any] = ()) -> Any:
     """Unpickle a payload and its out-of-band buffers (any bytes-like objects)."""
     return pickle.loads(payload, buffers=buffers)
-
-
-def digest(data: Any) -> bytes:
-    """A 16-byte digest naming a function payload in the workers' caches."""
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def describe(obj: object) -> str:

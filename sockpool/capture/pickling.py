@@ -1,0 +1,120 @@
+"""Pickling on the master: the by-value check, task-function payloads and their digests.
+
+The codec's :func:`~sockpool.common.codec.dumps` is what a worker runs;
+the master's :func:`dumps` adds the check that no standard pickle names a
+module a worker cannot import (see :mod:`.by_value`).  A task function
+becomes a :class:`FunctionPayload` whose digest names it in the workers'
+caches: a hash of the pickle, extended by a fast checksum of each large
+captured buffer, which travels out of band and uncopied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ..common import codec
+from ..common.codec import Frames
+from .by_value import names_by_value_module
+
+#: Without xxhash, buffers at least this large are checksummed in two threads.
+PARALLEL_CRC_BYTES = 4 * 1024 * 1024
+
+
+def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
+          prefix: bytes = b"", store: Callable[[list[Any]], Any] | None = None) -> Frames:
+    """:func:`codec.dumps <sockpool.common.codec.dumps>` with the master's by-value check."""
+    return codec.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix, store=store,
+                       by_value_check=names_by_value_module)
+
+
+class FunctionPayload(NamedTuple):
+    """A function pickled for the workers: in-band bytes, large buffers apart, its digest."""
+
+    inband: bytes
+    buffers: list[Any]
+    digest: bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire."""
+        return len(self.inband) + sum(memoryview(b).nbytes for b in self.buffers)
+
+
+def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False
+                   ) -> tuple[FunctionPayload, bool]:
+    """Pickle a task function; large captured buffers stay out of band, uncopied.
+
+    Args:
+        copy_buffers: copy the buffers now (the caller will not wait for the call).
+
+    Returns:
+        The payload, and whether the standard pickler wrote it (for a function:
+        a reference by name, the same for as long as the function exists).
+    """
+    if serializer in ("cloudpickle", "pickle"):
+        try:
+            inband = pickle.dumps(obj, protocol=5)
+        except Exception:
+            if serializer == "pickle":
+                raise
+        else:
+            if serializer == "pickle" or not names_by_value_module(inband):
+                return FunctionPayload(inband, [], function_digest(inband, [])), True
+    frames = dumps(obj, serializer, copy_buffers=copy_buffers)
+    inband, buffers = bytes(frames[0]), frames[1:]
+    return FunctionPayload(inband, buffers, function_digest(inband, buffers)), False
+
+
+def function_digest(inband: bytes, buffers: list[Any]) -> bytes:
+    """blake2b of the pickle, extended by length and checksum of each large buffer.
+
+    A cryptographic hash of 50 MB of captured data costs more than many maps; a
+    fast checksum is enough to tell a buffer changed in place since the last
+    call from one that did not.
+    """
+    hasher = hashlib.blake2b(inband, digest_size=16)
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        hasher.update(view.nbytes.to_bytes(8, "little"))
+        hasher.update(buffer_checksum(view))
+    return hasher.digest()
+
+
+def buffer_checksum(view: memoryview) -> bytes:
+    """XXH3-128 of a buffer where ``xxhash`` is installed (about 30 GB/s), else CRC-32.
+
+    CRC-32 runs at about 4 GB/s, so large buffers are split between two threads.
+    """
+    global _checksum
+    if _checksum is None:
+        try:
+            from xxhash import xxh3_128_digest
+        except ImportError:
+            _checksum = _crc32_digest
+        else:
+            _checksum = xxh3_128_digest
+    return _checksum(view)
+
+
+_checksum: Callable[[memoryview], bytes] | None = None
+
+
+def _crc32_digest(view: memoryview) -> bytes:
+    if view.nbytes < PARALLEL_CRC_BYTES:
+        return zlib.crc32(view).to_bytes(4, "little")
+    half = view.nbytes // 2
+    second = [0]
+
+    def second_half() -> None:
+        second[0] = zlib.crc32(view[half:])  # zlib releases the GIL
+
+    helper = threading.Thread(target=second_half)
+    helper.start()
+    first = zlib.crc32(view[:half])
+    helper.join()
+    return first.to_bytes(4, "little") + second[0].to_bytes(4, "little")
