@@ -5,18 +5,26 @@ closure cells, the globals its code names (recursively through the functions
 it calls), classes defined in ``__main__``.  Modules travel by reference,
 except *local* ones (a ``.py`` next to the user's script, not installed),
 which are registered to travel by value before anything is pickled (see
-:mod:`.by_value`).
-Everything is pickled before anything is sent; a failure becomes a
-:class:`~sockpool.errors.CaptureError` naming the path to the culprit
-(``worker -> fit_one -> conn: sqlite3.Connection``).
+:mod:`.by_value`).  Everything is pickled before anything is sent; a failure
+becomes a :class:`~sockpool.errors.CaptureError` naming the path to the
+culprit (``worker -> fit_one -> conn: sqlite3.Connection``).
+
+A :class:`Packer` holds the caller's choices (the serializer, the limit on
+what a function may carry), so that the caller's side holds one object
+instead of passing them along; the ``dump_*`` functions take the choices at
+each call, for the callers that do not hold one yet.
 """
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from ..common import codec
+from ..common.codec import Frames
 from ..errors import CaptureError
 from . import pickling
 from .by_value import register_local_modules
@@ -28,6 +36,7 @@ DEFAULT_MAX_CAPTURE_SIZE = 500 * 1024 * 1024
 #: Copies large buffers into shared memory; returns the frame that names them.
 Store = Callable[[list[Any]], Any]
 
+
 def _name_of(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
@@ -38,89 +47,143 @@ _reference_payloads: dict[int, tuple[Callable[..., Any], str, FunctionPayload]] 
 _REFERENCE_CACHE_SIZE = 512
 
 
+@dataclass(frozen=True)
+class Packer:
+    """How the caller's side pickles functions and values for the workers.
+
+    Attributes:
+        serializer: ``"cloudpickle"``, ``"dill"`` or ``"pickle"``.
+        max_capture_size: bytes a task function may carry, or None for no limit.
+
+    Raises:
+        ValueError: an unknown serializer, or a limit that is not a positive int.
+    """
+
+    serializer: str = "cloudpickle"
+    max_capture_size: int | None = DEFAULT_MAX_CAPTURE_SIZE
+
+    def __post_init__(self) -> None:
+        codec.check_serializer(self.serializer)
+        limit = self.max_capture_size
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"max_capture_size must be a positive number of bytes or None, "
+                             f"not {limit!r}")
+
+    def function(self, fn: Callable[..., Any], copy_buffers: bool = False) -> FunctionPayload:
+        """Serialize a task function (cached by digest on the workers).
+
+        A function shipped by value is pickled anew at every call, so each call
+        sees the globals it refers to as they are then; large captured buffers
+        are not copied (unless ``copy_buffers``), only checksummed.
+
+        Raises:
+            CaptureError: the function, or something it refers to, cannot be
+                serialized (the message names the path to it), or it carries
+                more than ``max_capture_size``.
+        """
+        serializer = self.serializer
+        cached = _reference_payloads.get(id(fn))
+        if cached is not None and cached[0] is fn and cached[1] == serializer:
+            return cached[2]
+        register_local_modules(serializer)
+        try:
+            payload, by_reference = pickling.dumps_function(fn, serializer,
+                                                            copy_buffers=copy_buffers)
+        except Exception as exc:
+            where = describe_unpicklable(fn, getattr(fn, "__name__", "the function"), serializer)
+            raise CaptureError(
+                f"cannot serialize the function {_name_of(fn)!r} for the workers: "
+                + (where or f"{type(exc).__name__}: {exc}")) from exc
+        limit = self.max_capture_size
+        if limit is not None and payload.nbytes > limit:
+            raise self._too_big(fn, payload.nbytes, limit)
+        # Only plain functions: a partial or a bound method also carries values.
+        if by_reference and isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+            if len(_reference_payloads) >= _REFERENCE_CACHE_SIZE:
+                _reference_payloads.clear()
+            _reference_payloads[id(fn)] = (fn, serializer, payload)
+        return payload
+
+    def _too_big(self, fn: Any, size: int, limit: int) -> CaptureError:
+        report = inspect_capture(fn, self.serializer)
+        biggest = ", ".join(f"{e.name} ({e.type}, {e.nbytes / 1e6:.1f} MB)"
+                            for e in report.biggest(3))
+        return CaptureError(
+            f"the function {_name_of(fn)!r} carries {size / 1e6:.1f} MB, more than the limit "
+            f"of {limit / 1e6:.1f} MB; the biggest: {biggest}.  If that is intended, raise the "
+            "limit with Cluster(max_capture_size=...) (None for no limit); otherwise pass the "
+            "data as an argument, or send it once with export().")
+
+    def values(self, obj: Any, parts: Iterable[tuple[str, Any]], *,
+               copy_buffers: bool = False, prefix: bytes = b"", store: Store | None = None
+               ) -> Frames:
+        """Serialize ``obj`` into frames; on failure, name the first of ``parts`` that fails.
+
+        Args:
+            obj: what to serialize (a chunk's items, a call's arguments, exports).
+            parts: ``(description, value)`` pairs that make up ``obj``, tried one by
+                one only when ``obj`` fails, to say which one is to blame.
+            copy_buffers: copy large buffers now (the caller may change them).
+            prefix: bytes before the pickle in the first frame (a header).
+            store: shared memory for large buffers (see ``codec.dumps``).
+
+        Raises:
+            CaptureError: naming the part, the path inside it and the pickler's complaint.
+        """
+        serializer = self.serializer
+        register_local_modules(serializer)
+        try:
+            return pickling.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix,
+                                  store=store)
+        except Exception as exc:
+            for what, part in parts:
+                where = describe_unpicklable(part, what, serializer)
+                if where is not None:
+                    raise CaptureError(f"cannot serialize {where}") from exc
+            raise CaptureError(f"cannot serialize a value: {type(exc).__name__}: {exc}") from exc
+
+    def arguments(self, items: Sequence[Any], first_index: int, *, copy_buffers: bool = False,
+                  store: Store | None = None) -> Frames:
+        """Serialize a chunk's argument items (CaptureError names the first bad index)."""
+        parts = ((f"argument {first_index + i}", item) for i, item in enumerate(items))
+        return self.values(items, parts, copy_buffers=copy_buffers, store=store)
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], store: Store | None = None
+             ) -> Frames:
+        """Serialize one call's ``(args, kwargs)``, copying buffers (the caller may reuse them)."""
+        parts = [*((f"positional argument {i}", a) for i, a in enumerate(args)),
+                 *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
+        return self.values((args, kwargs), parts, copy_buffers=True, store=store)
+
+
+# One Packer per set of choices, made once: making one at every submit would
+# cost three times what the cached path of Packer.function does.
+_packer = functools.cache(Packer)
+
+
 def dump_function(fn: Callable[..., Any], serializer: str,
                   max_bytes: int | None = DEFAULT_MAX_CAPTURE_SIZE, *,
                   copy_buffers: bool = False) -> FunctionPayload:
-    """Serialize a task function (cached by digest on the workers).
-
-    A function shipped by value is pickled anew at every call, so each call
-    sees the globals it refers to as they are then; large captured buffers
-    are not copied (unless ``copy_buffers``), only checksummed.
-
-    Raises:
-        CaptureError: the function, or something it refers to, cannot be
-            serialized (the message names the path to it), or it carries more
-            than ``max_bytes``.
-    """
-    cached = _reference_payloads.get(id(fn))
-    if cached is not None and cached[0] is fn and cached[1] == serializer:
-        return cached[2]
-    register_local_modules(serializer)
-    try:
-        payload, by_reference = pickling.dumps_function(fn, serializer,
-                                                        copy_buffers=copy_buffers)
-    except Exception as exc:
-        where = describe_unpicklable(fn, getattr(fn, "__name__", "the function"), serializer)
-        raise CaptureError(
-            f"cannot serialize the function {_name_of(fn)!r} for the workers: "
-            + (where or f"{type(exc).__name__}: {exc}")) from exc
-    if max_bytes is not None and payload.nbytes > max_bytes:
-        raise _too_big(fn, payload.nbytes, max_bytes, serializer)
-    # Only plain functions: a partial or a bound method also carries values.
-    if by_reference and isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
-        if len(_reference_payloads) >= _REFERENCE_CACHE_SIZE:
-            _reference_payloads.clear()
-        _reference_payloads[id(fn)] = (fn, serializer, payload)
-    return payload
-
-
-def _too_big(fn: Any, size: int, limit: int, serializer: str) -> CaptureError:
-    report = inspect_capture(fn, serializer)
-    biggest = ", ".join(f"{e.name} ({e.type}, {e.nbytes / 1e6:.1f} MB)"
-                        for e in report.biggest(3))
-    return CaptureError(
-        f"the function {_name_of(fn)!r} carries {size / 1e6:.1f} MB, more than the limit of "
-        f"{limit / 1e6:.1f} MB; the biggest: {biggest}.  If that is intended, raise the limit "
-        "with Cluster(max_capture_size=...) (None for no limit); otherwise pass the data as "
-        "an argument, or send it once with export().")
+    """:meth:`Packer.function`, with the packer's choices as arguments."""
+    return _packer(serializer, max_bytes).function(fn, copy_buffers)
 
 
 def dump_values(obj: Any, serializer: str, parts: Iterable[tuple[str, Any]], *,
                 copy_buffers: bool = False, prefix: bytes = b"", store: Store | None = None
-                ) -> list[Any]:
-    """Serialize ``obj`` into frames; on failure, name the first of ``parts`` that fails.
-
-    Args:
-        obj: what to serialize (a chunk's items, a call's arguments, exports).
-        parts: ``(description, value)`` pairs that make up ``obj``, tried one by
-            one only when ``obj`` fails, to say which one is to blame.
-        store: shared memory for large buffers (see ``codec.dumps``).
-
-    Raises:
-        CaptureError: naming the part, the path inside it and the pickler's complaint.
-    """
-    register_local_modules(serializer)
-    try:
-        return pickling.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix,
-                              store=store)
-    except Exception as exc:
-        for what, part in parts:
-            where = describe_unpicklable(part, what, serializer)
-            if where is not None:
-                raise CaptureError(f"cannot serialize {where}") from exc
-        raise CaptureError(f"cannot serialize a value: {type(exc).__name__}: {exc}") from exc
+                ) -> Frames:
+    """:meth:`Packer.values`, with the serializer as an argument."""
+    return _packer(serializer).values(obj, parts, copy_buffers=copy_buffers, prefix=prefix,
+                                      store=store)
 
 
 def dump_arguments(items: Sequence[Any], first_index: int, serializer: str, *,
-                   copy_buffers: bool = False, store: Store | None = None) -> list[Any]:
-    """Serialize a chunk's argument items (CaptureError names the first bad index)."""
-    parts = ((f"argument {first_index + i}", item) for i, item in enumerate(items))
-    return dump_values(items, serializer, parts, copy_buffers=copy_buffers, store=store)
+                   copy_buffers: bool = False, store: Store | None = None) -> Frames:
+    """:meth:`Packer.arguments`, with the serializer as an argument."""
+    return _packer(serializer).arguments(items, first_index, copy_buffers=copy_buffers,
+                                         store=store)
 
 
 def dump_call(args: tuple[Any, ...], kwargs: dict[str, Any], serializer: str,
-              store: Store | None = None) -> list[Any]:
-    """Serialize one call's ``(args, kwargs)``, copying buffers (the caller may reuse them)."""
-    parts = [*((f"positional argument {i}", a) for i, a in enumerate(args)),
-             *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
-    return dump_values((args, kwargs), serializer, parts, copy_buffers=True, store=store)
+              store: Store | None = None) -> Frames:
+    """:meth:`Packer.call`, with the serializer as an argument."""
+    return _packer(serializer).call(args, kwargs, store)
