@@ -1,0 +1,12 @@
+"""The caller's side: what runs on the thread that calls a :class:`~.cluster.Cluster`.
+
+:mod:`.cluster` is the public ``Cluster``; :mod:`.cluster_options` checks its
+arguments and picks the launcher; :mod:`.map_options` holds a map's options as
+one checked value; :mod:`.mapping` cuts input into chunks and puts results
+back in order; :mod:`.lifetime` closes clusters nobody closed (at garbage
+collection and at exit).  User code (unpickling results, re-raising errors,
+printing relayed output) runs here, never on the I/O thread.
+
+May import: ``common``, ``capture``, ``dispatch``, ``launchers``, ``cores``, ``errors``,
+``_version``.
+"""

@@ -1,95 +1,51 @@
 """``Cluster``: the public face of a pool of worker processes.
 
-How data flows::
-
-    caller's thread              I/O thread "sockpool-io"           worker process
-    ---------------              ------------------------           --------------
-    par_map(fn, xs)
-     capture: fn -> payload
-     args -> chunks (pickle 5)
-     --- call_soon(submit) --->  Dispatcher
-                                  Scheduler: pending chunks,
-                                  credits per worker    -- TASK -->  main thread:
-                                  ROUTER socket                       load fn (cache by digest)
-                                  (ipc:// in a 0700 dir)              run the chunk
-     job.events <-- deliver ---   <-------------------- RESULT --
-     decode, order, raise         <-- HEARTBEAT/CANCEL/SHUTDOWN -->  watchdog thread
-     or return errors             pidfds: a worker's exit is          (exits when the
-                                  seen at once                        master is gone)
-
-    launchers (local for now) start ``python -m sockpool.worker`` and hand it
-    its configuration over stdin.
-
-1. The caller's thread serializes the function once and the arguments chunk by
-   chunk (before anything is sent), and queues a command for the I/O thread.
-2. The I/O thread, the only user of the zmq socket, gives each worker up to
-   ``prefetch`` chunks; the function payload travels to a worker only the first
-   time (workers cache it by digest).
-3. Results are queued to the job raw; the caller's thread unpickles them, so
-   user code never runs on the I/O thread (``submit``'s futures excepted: their
-   one result is decoded there to complete the future).
-4. A worker that exits is noticed through its pidfd, its chunks are retried or
-   failed with ``WorkerLostError``, and a replacement starts.
+Each call checks its arguments, serializes the function and its arguments
+before anything is sent, and posts chunks to the I/O thread; results are
+decoded and put in order on the caller's thread (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import enum
-import itertools
 import logging
-import math
 import os
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, NamedTuple, TypeVar
 
 from ..capture.binding import lookup
 from ..capture.by_value import warm_up as warm_up_capture
-from ..capture.payload import DEFAULT_MAX_CAPTURE_SIZE, dump_call, dump_function, dump_values
-from ..common import codec, protocol
-from ..common.codec import FunctionPayload
+from ..capture.payload import DEFAULT_MAX_CAPTURE_SIZE, Packer
+from ..common import protocol
 from ..common.protocol import Flag
-from ..common.rng import check_seed
 from ..dispatch.dispatcher import Dispatcher
-from ..dispatch.jobs import FutureJob, Job, StreamJob
+from ..dispatch.jobs import FutureJob, StreamJob
 from ..dispatch.transport import DEFAULT_MAX_FRAME_BYTES
-from ..errors import ClusterClosedError
+from ..errors import ClusterClosedError, NoWorkersLeftError
 from ..launchers import Launcher, SSHHost
-from .lifetime import close_forgotten, live_clusters, register_exit_hook
+from .cluster_options import (
+    check_cluster_options,
+    choose_workers,
+    warn_if_oversubscribed,
+)
+from .lifetime import live_clusters, watch
+from .map_options import MapOptions, as_sequence, check_callable, check_iterables, progress_bar
 from .mapping import (
+    Delivery,
     EagerFeed,
     LazyFeed,
-    auto_chunksize,
     collect_list,
     eager_chunks,
     iterate,
+    static_chunks,
     stream_blocks,
 )
-from .options import (
-    as_sequence,
-    check_callable,
-    check_iterables,
-    check_min_workers,
-    check_options,
-    choose_launcher,
-    progress_bar,
-    warn_if_oversubscribed,
-    worker_env,
-)
+from .seeding import CallSeeds
 
 T = TypeVar("T")
-
-
-class ClusterState(enum.Enum):
-    """Where a cluster is in its life."""
-
-    RUNNING = "running"  # workers started; takes work
-    CLOSING = "closing"  # shutdown(wait=False): finishing what it has, takes nothing new
-    CLOSED = "closed"  # every worker has been stopped
 
 
 class WorkerInfo(NamedTuple):
@@ -201,76 +157,37 @@ class Cluster(concurrent.futures.Executor):
         heartbeat_timeout: float | None = None,
         prefetch: int = 2,
     ) -> None:
-        if launcher is not None and (python is not None or env is not None):
-            raise ValueError("python= and env= belong to the launcher when launcher= is given")
-        launcher, n_workers = choose_launcher(
-            n, hosts, launcher, python=python, env=worker_env(env, threads_per_worker),
-            tunnel=tunnel, listen=listen)
-        check_min_workers(min_workers, n_workers)
-        check_min_workers(wait_for, n_workers, "wait_for")
-        if wait_for is None:
-            wait_for = 1 if launcher.queues else n_workers
-        codec.check_serializer(serializer)
-        if setup is not None:
-            check_callable(setup, "Cluster(setup=...)")
-        if threads_per_worker is not None and (
-                not isinstance(threads_per_worker, int) or threads_per_worker < 1):
-            raise ValueError(f"threads_per_worker must be a positive integer or None, "
-                             f"not {threads_per_worker!r}")
-        for name, value in (("connect_timeout", connect_timeout),
-                            ("heartbeat_interval", heartbeat_interval),
-                            ("heartbeat_timeout", heartbeat_timeout or 1.0)):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
-        if max_capture_size is not None and (
-                not isinstance(max_capture_size, int) or max_capture_size < 1):
-            raise ValueError(f"max_capture_size must be a positive number of bytes or None, "
-                             f"not {max_capture_size!r}")
-        if seed is not None:
-            check_seed(seed)
-        if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) or (
-                max_message_size < 1):
-            raise ValueError(f"max_message_size must be a positive number of bytes, "
-                             f"not {max_message_size!r}")
-        if relay not in (True, False, "live"):
-            raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
+        launcher, n_workers, wait_for = choose_workers(
+            n, hosts, launcher, python=python, env=env, threads_per_worker=threads_per_worker,
+            tunnel=tunnel, listen=listen, min_workers=min_workers, wait_for=wait_for)
+        check_cluster_options(
+            setup=setup, threads_per_worker=threads_per_worker, connect_timeout=connect_timeout,
+            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout, seed=seed,
+            max_message_size=max_message_size, relay=relay, prefetch=prefetch)
         if log_level is None:
             log_level = logging.getLogger().getEffectiveLevel()
-        if not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
 
-        self._serializer = serializer
-        self._max_capture_size = max_capture_size
-        self._seed = seed
-        self._seeded_calls = itertools.count()  # k in the seeding rule above
+        self._packer = Packer(serializer, max_capture_size)
+        self._seeds = CallSeeds(seed)
         self.owner_pid = os.getpid()
-        self._state = ClusterState.RUNNING
         setup_job = None
         if setup is not None:
             # Copied: replacement workers get it for the whole life of the cluster.
-            setup_job = StreamJob(dump_function(setup, serializer, max_capture_size,
-                                                copy_buffers=True), Flag.CALL)
+            setup_job = StreamJob(self._packer.function(setup, copy_buffers=True), Flag.CALL)
         self._dispatcher = Dispatcher(
             n_workers=n_workers, launcher=launcher, serializer=serializer,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
-            master_timeout=heartbeat_timeout,
+            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             connect_timeout=connect_timeout, prefetch=prefetch, setup_job=setup_job,
             relay_mode={True: "task", False: "off", "live": "live"}[relay],
             relay_prefix=relay_prefix, log_level=log_level, transport=transport,
             max_frame_bytes=max_message_size)
-        self._description = f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)"
-        register_exit_hook()
-        self._finalizer = weakref.finalize(self, close_forgotten, self._dispatcher,
-                                           self._description, os.getpid())
-        self._finalizer.atexit = False  # the exit hook closes it without a warning
-        live_clusters.add(self)
+        self._finalizer = watch(self, self._dispatcher,
+                                f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)")
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self._dispatcher.start()
         warm_up_capture()  # the first map's capture needs it; workers are starting meanwhile
         try:
-            self._dispatcher.wait_for_workers(min(wait_for, n_workers), connect_timeout,
-                                              min_workers)
+            self._dispatcher.pool.wait_for_workers(wait_for, connect_timeout, min_workers)
         except BaseException:
             self.close()
             raise
@@ -293,7 +210,6 @@ class Cluster(concurrent.futures.Executor):
         Bounded (a few seconds at most: SHUTDOWN, then SIGTERM, then SIGKILL).
         Calling it again is harmless.
         """
-        self._state = ClusterState.CLOSED
         self._finalizer.detach()
         self._dispatcher.close(cancel=True, wait=True)
         live_clusters.discard(self)
@@ -305,18 +221,18 @@ class Cluster(concurrent.futures.Executor):
             wait: block until every task has finished and the workers are gone.
             cancel_futures: cancel submitted tasks that have not started.
         """
-        self._state = ClusterState.CLOSED if wait else ClusterState.CLOSING
         self._finalizer.detach()
         if cancel_futures:
             with contextlib.suppress(ClusterClosedError):
-                self._dispatcher.call_soon(self._dispatcher.cancel_futures)
+                self._dispatcher.cancel_futures()
         self._dispatcher.close(cancel=False, wait=wait, timeout=None)
         if wait:
             live_clusters.discard(self)
 
     def _check_open(self) -> None:
-        if self._state is not ClusterState.RUNNING or self._dispatcher.closed.is_set():
-            raise ClusterClosedError("this cluster is closed")
+        lifecycle = self._dispatcher.lifecycle
+        if not lifecycle.takes_work:
+            raise lifecycle.refusal()
 
     def set_seed(self, seed: int | None) -> None:
         """Set (or with None, clear) the root seed; calls are counted afresh from it.
@@ -324,18 +240,7 @@ class Cluster(concurrent.futures.Executor):
         Raises:
             ValueError: ``seed`` is not a non-negative integer.
         """
-        if seed is not None:
-            check_seed(seed)
-        self._seed = seed
-        self._seeded_calls = itertools.count()
-
-    def _call_seed(self, seed: int | None) -> tuple[int, int | None] | None:
-        """This call's seed: ``(entropy, call number or None)``, or None when unseeded."""
-        if seed is not None:
-            return check_seed(seed), None
-        if self._seed is not None:
-            return self._seed, next(self._seeded_calls)
-        return None
+        self._seeds.reset(seed)
 
     # -- maps -------------------------------------------------------------------------
 
@@ -383,10 +288,9 @@ class Cluster(concurrent.futures.Executor):
             WorkerLostError: a task's worker died (and ``retries`` ran out).
             ClusterClosedError: the cluster is closed.
         """
-        return self._map_list("par_map", fn, iterables, star=len(iterables) > 1,
-                              chunksize=chunksize, ordered=ordered, progress=progress,
-                              timeout=timeout, retries=retries, errors=errors, seed=seed,
-                              schedule=schedule)
+        options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed,
+                             schedule)
+        return self._map_list("par_map", fn, iterables, options, star=len(iterables) > 1)
 
     def par_starmap(
         self,
@@ -403,49 +307,34 @@ class Cluster(concurrent.futures.Executor):
         schedule: str = "dynamic",
     ) -> list[T]:
         """Like :meth:`par_map`, calling ``fn(*args)`` for each tuple ``args``."""
-        return self._map_list("par_starmap", fn, (iterable,), star=True, chunksize=chunksize,
-                              ordered=ordered, progress=progress, timeout=timeout,
-                              retries=retries, errors=errors, seed=seed, schedule=schedule)
+        options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed,
+                             schedule)
+        return self._map_list("par_starmap", fn, (iterable,), options, star=True)
 
-    def _map_list(self, method: str, fn: Callable[..., T], iterables: tuple[Any, ...], *,
-                  star: bool, chunksize: int | None, ordered: bool, progress: bool,
-                  timeout: float | None, retries: int, errors: str, seed: int | None,
-                  schedule: str) -> list[T]:
+    def _map_list(self, method: str, fn: Callable[..., T], iterables: tuple[Any, ...],
+                  options: MapOptions, *, star: bool) -> list[T]:
         self._check_open()
         check_callable(fn, method)
         check_iterables(iterables, method)
-        check_options(chunksize, retries, errors, timeout)
-        if schedule not in ("dynamic", "static"):
-            raise ValueError(f"schedule must be 'dynamic' or 'static', not {schedule!r}")
         items = as_sequence(iterables)
-        job = StreamJob(self._dump_function(fn), self._flags(star, errors), retries, timeout,
-                        self._call_seed(seed))
+        job = StreamJob(self._packer.function(fn), options.flags(star), options.retries,
+                        options.timeout, self._seeds.for_call(options.seed))
         if not items:
             return []
-        if schedule == "static":
-            chunks = self._static_chunks(job, items, chunksize)
+        if options.schedule == "static":
+            workers = self._dispatcher.live_worker_ids()
+            if not workers:
+                raise NoWorkersLeftError("the cluster has no worker left")
+            chunks = static_chunks(job, items, workers, options.chunksize, self._packer)
         else:
-            size = chunksize or (1 if timeout else auto_chunksize(len(items),
-                                                                  self._worker_count()))
-            chunks = eager_chunks(job, items, size, self._serializer)
-        blocks = stream_blocks(
-            job, EagerFeed(chunks), submit=self._submit_chunks, cancel=self._canceller(job),
-            window=len(chunks), ordered=False, errors=errors, raise_on_arrival=True,
-            progress=progress_bar(len(items), progress), ordered_output=ordered)
-        return collect_list(blocks, len(items), ordered)
-
-    def _static_chunks(self, job: StreamJob, items: Sequence[Any], chunksize: int | None
-                       ) -> list[Any]:
-        """Contiguous equal chunks pinned round-robin to the workers, in id order."""
-        workers = self._dispatcher.ask(self._dispatcher.live_worker_ids)
-        if not workers:
-            raise ClusterClosedError("the cluster has no worker left")
-        size = chunksize or math.ceil(len(items) / len(workers))
-        chunks = eager_chunks(job, items, size, self._serializer)
-        for position, chunk in enumerate(chunks):
-            chunk.pinned = workers[position % len(workers)]
-        job.movable = True  # if its worker is lost, a chunk may run elsewhere
-        return chunks
+            size = options.chunk_size(len(items), self._worker_count())
+            chunks = eager_chunks(job, items, size, self._packer)
+        delivery = Delivery(blocks_in_order=False, output_in_order=options.ordered,
+                            errors=options.errors, fail_fast=True)
+        blocks = stream_blocks(job, EagerFeed(chunks), delivery, self._dispatcher,
+                               window=len(chunks),
+                               progress=progress_bar(len(items), options.progress))
+        return collect_list(blocks, len(items), options.ordered)
 
     def imap(
         self,
@@ -468,20 +357,19 @@ class Cluster(concurrent.futures.Executor):
         ``errors`` and ``seed`` are as in :meth:`par_map`.  An ordered imap yields every
         result before a failing task, then raises.
         """
+        options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed)
         self._check_open()
         check_callable(fn, "imap")
         check_iterables(iterables, "imap")
-        check_options(chunksize, retries, errors, timeout)
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        function = self._dump_function(fn, copy_buffers=True)
-        job = StreamJob(function, self._flags(star, errors), retries, timeout,
-                        self._call_seed(seed))
-        feed = LazyFeed(job, items, chunksize or (1 if timeout else None), self._serializer,
+        job = StreamJob(self._packer.function(fn, copy_buffers=True), options.flags(star),
+                        options.retries, options.timeout, self._seeds.for_call(options.seed))
+        feed = LazyFeed(job, items, options.lazy_chunk_size, self._packer,
                         self._dispatcher.store)
         window = self._worker_count() * (self._dispatcher.scheduler.prefetch + 1)
-        blocks = stream_blocks(job, feed, submit=self._submit_chunks, cancel=self._canceller(job),
-                               window=window, ordered=ordered, errors=errors,
+        delivery = Delivery(blocks_in_order=ordered, output_in_order=ordered, errors=errors)
+        blocks = stream_blocks(job, feed, delivery, self._dispatcher, window=window,
                                progress=progress_bar(None, progress))
         return iterate(blocks, errors)
 
@@ -497,20 +385,20 @@ class Cluster(concurrent.futures.Executor):
         ``timeout`` is a deadline for the whole iteration, as in
         ``concurrent.futures`` (``TimeoutError`` when it passes).
         """
+        options = MapOptions(chunksize)
         self._check_open()
         check_callable(fn, "map")
         check_iterables(iterables, "map")
-        check_options(chunksize, 0, "raise", None)
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
         items = as_sequence(iterables)
-        job = StreamJob(self._dump_function(fn, copy_buffers=True), self._flags(star, "raise"),
-                        seed=self._call_seed(None))
-        chunks = eager_chunks(job, items, chunksize, self._serializer)
-        self._submit_chunks(chunks)  # now, not at the first next(): the Executor contract
-        blocks = stream_blocks(job, EagerFeed([]), submit=self._submit_chunks,
-                               cancel=self._canceller(job), window=len(chunks),
-                               deadline=deadline, in_flight=len(chunks))
+        job = StreamJob(self._packer.function(fn, copy_buffers=True), options.flags(star),
+                        seed=self._seeds.for_call(None))
+        chunks = eager_chunks(job, items, chunksize, self._packer)
+        self._dispatcher.submit(chunks)  # now, not at the first next(): the Executor contract
+        delivery = Delivery(blocks_in_order=True, output_in_order=True)
+        blocks = stream_blocks(job, EagerFeed([]), delivery, self._dispatcher,
+                               window=len(chunks), in_flight=len(chunks), deadline=deadline)
         return iterate(blocks, "raise")
 
     # -- single calls -----------------------------------------------------------------
@@ -533,14 +421,14 @@ class Cluster(concurrent.futures.Executor):
         other keyword goes to ``fn``.  To pass ``fn`` an argument of one of
         those names, bind it first: ``submit(functools.partial(fn, timeout=5))``.
         """
+        MapOptions(timeout=timeout)  # checks it
         self._check_open()
         check_callable(fn, "submit")
-        check_options(None, 0, "raise", timeout)
         future: Future[T] = Future()
-        job = FutureJob(self._dump_function(fn, copy_buffers=True), future,
-                        self._call_seed(seed), timeout)
-        chunk = job.chunk(0, 1, dump_call(args, kwargs, self._serializer, self._dispatcher.store))
-        self._submit_chunks([chunk])
+        job = FutureJob(self._packer.function(fn, copy_buffers=True), future,
+                        self._seeds.for_call(seed), timeout)
+        chunk = job.chunk(0, 1, self._packer.call(args, kwargs, self._dispatcher.store))
+        self._dispatcher.submit([chunk])
         return future
 
     def run_on_all(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> list[T]:
@@ -551,15 +439,12 @@ class Cluster(concurrent.futures.Executor):
         """
         self._check_open()
         check_callable(fn, "run_on_all")
-        job = StreamJob(self._dump_function(fn), Flag.CALL | Flag.STOP_ON_ERROR)
-        frames = dump_call(args, kwargs, self._serializer, self._dispatcher.store)
-        answer: Future[list[Any]] = Future()
-        self._dispatcher.call_soon(self._dispatcher.broadcast, job, frames, answer)
-        chunks = answer.result()
-        blocks = stream_blocks(job, EagerFeed([]), submit=self._submit_chunks,
-                               cancel=self._canceller(job), window=len(chunks),
-                               ordered=False, raise_on_arrival=True, in_flight=len(chunks),
-                               ordered_output=True)
+        job = StreamJob(self._packer.function(fn), Flag.CALL | Flag.STOP_ON_ERROR)
+        frames = self._packer.call(args, kwargs, self._dispatcher.store)
+        chunks = self._dispatcher.broadcast(job, frames)
+        delivery = Delivery(blocks_in_order=False, output_in_order=True, fail_fast=True)
+        blocks = stream_blocks(job, EagerFeed([]), delivery, self._dispatcher,
+                               window=len(chunks), in_flight=len(chunks))
         return collect_list(blocks, len(chunks), ordered=True)
 
     def export(self, *names: str, env: Mapping[str, Any] | object | None = None,
@@ -577,19 +462,19 @@ class Cluster(concurrent.futures.Executor):
         self._check_open()
         exported = {**lookup(names, env, depth=1), **values}
         parts = ((f"exported value {name!r}", value) for name, value in exported.items())
-        frames = dump_values(exported, self._serializer, parts, copy_buffers=True,
-                             prefix=protocol.header(protocol.Kind.EXPORT))
-        self._dispatcher.call_soon(self._dispatcher.add_export, frames)
+        frames = self._packer.values(exported, parts, copy_buffers=True,
+                                     prefix=protocol.header(protocol.Kind.EXPORT))
+        self._dispatcher.add_export(frames)
 
     # -- introspection ----------------------------------------------------------------
 
     @property
     def workers(self) -> tuple[WorkerInfo, ...]:
         """Each live worker: id, host, pid and state."""
-        if self._dispatcher.closed.is_set():
+        if self._dispatcher.lifecycle.closed.is_set():
             return ()
         try:
-            rows = self._dispatcher.ask(self._dispatcher.snapshot)
+            rows = self._dispatcher.snapshot()
         except ClusterClosedError:
             return ()
         return tuple(WorkerInfo(*row) for row in rows)
@@ -600,7 +485,7 @@ class Cluster(concurrent.futures.Executor):
         return self._dispatcher.n_ready
 
     def __repr__(self) -> str:
-        state = "closed" if self._dispatcher.closed.is_set() else self._state.value
+        state = self._dispatcher.lifecycle.state.value
         return (f"<Cluster {self._dispatcher.launcher.describe()}: {self.n_workers} of "
                 f"{self._dispatcher.target} workers, {state}>")
 
@@ -612,24 +497,3 @@ class Cluster(concurrent.futures.Executor):
 
     def _worker_count(self) -> int:
         return max(1, self._dispatcher.n_ready or self._dispatcher.target)
-
-    @staticmethod
-    def _flags(star: bool, errors: str) -> Flag:
-        flags = Flag.MAP_STAR if star else Flag.MAP_ONE
-        return flags | Flag.STOP_ON_ERROR if errors == "raise" else flags
-
-    def _dump_function(self, fn: Callable[..., Any], copy_buffers: bool = False
-                       ) -> FunctionPayload:
-        """Pickle ``fn``; ``copy_buffers`` for calls that return before it is sent."""
-        return dump_function(fn, self._serializer, self._max_capture_size,
-                             copy_buffers=copy_buffers)
-
-    def _submit_chunks(self, chunks: list[Any]) -> None:
-        self._dispatcher.call_soon(self._dispatcher.submit, chunks)
-
-    def _canceller(self, job: Job) -> Callable[[], None]:
-        def cancel() -> None:
-            with contextlib.suppress(ClusterClosedError):
-                self._dispatcher.call_soon(self._dispatcher.cancel, job)
-
-        return cancel

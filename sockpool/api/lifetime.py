@@ -53,7 +53,17 @@ def close_forgotten(dispatcher: Dispatcher, description: str, owner_pid: int) ->
     """Finalizer of a cluster garbage-collected while open."""
     if os.getpid() != owner_pid:  # a forked child must not stop its parent's workers
         return
-    if not dispatcher.closed.is_set():
+    if not dispatcher.lifecycle.closed.is_set():
         warnings.warn(f"unclosed {description}; use 'with Cluster(...)' or call close()",
                       ResourceWarning, stacklevel=2)
         dispatcher.close(cancel=True, wait=True)
+
+
+def watch(cluster: Closable, dispatcher: Dispatcher, description: str
+          ) -> weakref.finalize[[Dispatcher, str, int], Closable]:
+    """Put a new cluster under both backstops; returns its finalizer (detach it on close)."""
+    register_exit_hook()
+    finalizer = weakref.finalize(cluster, close_forgotten, dispatcher, description, os.getpid())
+    finalizer.atexit = False  # the exit hook closes it without a warning
+    live_clusters.add(cluster)
+    return finalizer

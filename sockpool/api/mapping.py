@@ -10,17 +10,19 @@ and yields them a chunk at a time, in order (or as they come);
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from ..capture.payload import Store, dump_arguments
+from ..capture.payload import Packer, Store
 from ..dispatch import output as relay
-from ..dispatch.jobs import Chunk, Outcome, StreamJob, TaskFailure, decode_outcome
+from ..dispatch.jobs import Chunk, Job, Outcome, StreamJob, TaskFailure, decode_outcome
 from ..errors import ClusterClosedError
 
 #: imap sizes chunks so that one takes about this long to compute.
@@ -30,19 +32,27 @@ MAX_CHUNKSIZE = 100_000
 POLL_SECONDS = 0.25
 
 
-def auto_chunksize(n_items: int, n_workers: int) -> int:
-    """multiprocessing.Pool's rule: about four chunks per worker."""
-    return max(1, math.ceil(n_items / (4 * max(1, n_workers))))
-
-
-def eager_chunks(job: StreamJob, items: Sequence[Any], chunksize: int, serializer: str
+def eager_chunks(job: StreamJob, items: Sequence[Any], chunksize: int, packer: Packer
                  ) -> list[Chunk]:
     """Serialize every chunk of a list now (CaptureError names the first bad item)."""
     return [
-        job.chunk(start, len(part), dump_arguments(part, start, serializer))
+        job.chunk(start, len(part), packer.arguments(part, start))
         for start in range(0, len(items), chunksize)
         for part in (items[start:start + chunksize],)
     ]
+
+
+def static_chunks(job: StreamJob, items: Sequence[Any], workers: list[int],
+                  chunksize: int | None, packer: Packer) -> list[Chunk]:
+    """Contiguous equal chunks (one per worker unless ``chunksize``) pinned round-robin
+    to the workers, in id order, as R's ``parLapply`` does: the assignment itself is
+    deterministic.  A chunk whose worker is lost may move to another."""
+    size = chunksize or math.ceil(len(items) / len(workers))
+    chunks = eager_chunks(job, items, size, packer)
+    for position, chunk in enumerate(chunks):
+        chunk.pinned = workers[position % len(workers)]
+    job.movable = True
+    return chunks
 
 
 class EagerFeed:
@@ -65,13 +75,13 @@ class LazyFeed:
     """Reads input only when the window has room; sizes chunks from measured task times."""
 
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
-                 serializer: str, store: Store | None = None) -> None:
+                 packer: Packer, store: Store | None = None) -> None:
         self._job = job
         self._store = store
         self._items = items
         self._fixed = chunksize
         self._size = chunksize or 1
-        self._serializer = serializer
+        self._packer = packer
         self._next_index = 0
         self.exhausted = False
 
@@ -82,8 +92,8 @@ class LazyFeed:
             if not part:
                 self.exhausted = True
                 break
-            frames = dump_arguments(part, self._next_index, self._serializer, copy_buffers=True,
-                                    store=self._store)
+            frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
+                                            store=self._store)
             chunks.append(self._job.chunk(self._next_index, len(part), frames))
             self._next_index += len(part)
             room -= 1
@@ -151,44 +161,58 @@ class _OutputInOrder:
 Block = tuple[int, list[Any], dict[int, BaseException]]
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """How a map's results and output reach its caller."""
+
+    blocks_in_order: bool  #: yield blocks in input order (else as they arrive)
+    output_in_order: bool  #: write the tasks' output in input order (else as chunks arrive)
+    errors: str = "raise"  #: "raise" a failure, or "return" it in place
+    #: with errors="raise": raise the first failure as soon as it arrives (par_map),
+    #: rather than when its turn comes (an ordered imap yields what comes before it).
+    fail_fast: bool = False
+
+
+class Dispatch(Protocol):
+    """What a map needs of the I/O thread: send chunks, cancel a job."""
+
+    def submit(self, chunks: list[Chunk]) -> None:
+        """Queue chunks for the workers."""
+
+    def cancel(self, job: Job) -> None:
+        """Drop a job's waiting chunks and interrupt its running ones."""
+
+
 def stream_blocks(
     job: StreamJob,
     feed: Feed,
+    delivery: Delivery,
+    dispatch: Dispatch,
     *,
-    submit: Callable[[list[Chunk]], None],
-    cancel: Callable[[], None],
     window: int,
-    ordered: bool = True,
-    errors: str = "raise",
-    raise_on_arrival: bool = False,
+    in_flight: int = 0,
     deadline: float | None = None,
     progress: Any = None,
-    in_flight: int = 0,
-    ordered_output: bool | None = None,
 ) -> Iterator[Block]:
     """Yield a job's results a chunk at a time, keeping ``window`` chunks in flight.
 
     Args:
-        ordered: yield blocks in input order (else as they arrive).
-        raise_on_arrival: with ``errors="raise"``, raise the first failure as
-            soon as it arrives (par_map) rather than leave it to the consumer
-            when its turn comes (an ordered imap).
         window: chunks in flight (and, when ordered, waiting to be yielded).
         in_flight: chunks the caller already submitted itself.
-        ordered_output: write the tasks' output in input order (default: as
-            ``ordered``); otherwise as each chunk arrives.
+        deadline: ``time.monotonic()`` past which waiting raises ``TimeoutError``.
+        progress: a tqdm bar to advance, or None.
     """
     waiting: dict[int, Block] = {}
     next_first = 0
     finished = False
-    output = _OutputInOrder(ordered if ordered_output is None else ordered_output)
+    output = _OutputInOrder(delivery.output_in_order)
     try:
         while True:
             room = window - in_flight - len(waiting)
             if room > 0 and not feed.exhausted:
                 chunks = feed.take(room)
                 if chunks:
-                    submit(chunks)
+                    dispatch.submit(chunks)
                     in_flight += len(chunks)
             if in_flight == 0 and not waiting and feed.exhausted:
                 finished = True
@@ -199,12 +223,12 @@ def stream_blocks(
             feed.measured(chunk, seconds)
             if progress is not None:
                 progress.update(chunk.count)
-            if failures and errors == "raise" and raise_on_arrival:
+            if failures and delivery.errors == "raise" and delivery.fail_fast:
                 relay.emit(written)  # what the failing task wrote, before its error
                 raise failures[0].error
             output.add(chunk, written)
             block = (chunk.first_index, values, {f.task_index: f.error for f in failures})
-            if not ordered:
+            if not delivery.blocks_in_order:
                 yield block
                 continue
             waiting[chunk.first_index] = block
@@ -214,7 +238,8 @@ def stream_blocks(
                 yield block
     finally:
         if not finished:
-            cancel()
+            with contextlib.suppress(ClusterClosedError):
+                dispatch.cancel(job)
         if progress is not None:
             progress.close()
 

@@ -17,7 +17,6 @@ each call, for the callers that do not hold one yet.
 
 from __future__ import annotations
 
-import functools
 import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -154,36 +153,3 @@ class Packer:
         parts = [*((f"positional argument {i}", a) for i, a in enumerate(args)),
                  *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
         return self.values((args, kwargs), parts, copy_buffers=True, store=store)
-
-
-# One Packer per set of choices, made once: making one at every submit would
-# cost three times what the cached path of Packer.function does.
-_packer = functools.cache(Packer)
-
-
-def dump_function(fn: Callable[..., Any], serializer: str,
-                  max_bytes: int | None = DEFAULT_MAX_CAPTURE_SIZE, *,
-                  copy_buffers: bool = False) -> FunctionPayload:
-    """:meth:`Packer.function`, with the packer's choices as arguments."""
-    return _packer(serializer, max_bytes).function(fn, copy_buffers)
-
-
-def dump_values(obj: Any, serializer: str, parts: Iterable[tuple[str, Any]], *,
-                copy_buffers: bool = False, prefix: bytes = b"", store: Store | None = None
-                ) -> Frames:
-    """:meth:`Packer.values`, with the serializer as an argument."""
-    return _packer(serializer).values(obj, parts, copy_buffers=copy_buffers, prefix=prefix,
-                                      store=store)
-
-
-def dump_arguments(items: Sequence[Any], first_index: int, serializer: str, *,
-                   copy_buffers: bool = False, store: Store | None = None) -> Frames:
-    """:meth:`Packer.arguments`, with the serializer as an argument."""
-    return _packer(serializer).arguments(items, first_index, copy_buffers=copy_buffers,
-                                         store=store)
-
-
-def dump_call(args: tuple[Any, ...], kwargs: dict[str, Any], serializer: str,
-              store: Store | None = None) -> Frames:
-    """:meth:`Packer.call`, with the serializer as an argument."""
-    return _packer(serializer).call(args, kwargs, store)

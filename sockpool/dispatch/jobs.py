@@ -20,8 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ..capture.pickling import FunctionPayload
 from ..common import codec
-from ..common.codec import FunctionPayload
 from ..common.protocol import Flag
 from ..errors import ClusterClosedError, RemoteError
 from . import output as relay

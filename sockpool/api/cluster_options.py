@@ -1,68 +1,20 @@
-"""Checks of what users pass, done before any work starts, with messages that say what is wrong."""
+"""Checks of ``Cluster(...)``'s arguments, and the launcher they ask for, before work starts."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ..common.rng import check_seed
 from ..cores import detect_cores
 from ..launchers import Launcher, LocalLauncher, SSHHost, SSHLauncher
-from ..launchers.ssh import parse_hosts
+from ..launchers.ssh_hosts import parse_hosts
 
 #: Variables that size the thread pools of BLAS, OpenMP and friends.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-
-
-def check_callable(fn: object, method: str) -> None:
-    if not callable(fn):
-        raise TypeError(f"{method}() needs a callable as its function, not {type(fn).__name__}")
-
-
-def check_iterables(iterables: tuple[Any, ...], method: str) -> None:
-    if not iterables:
-        raise TypeError(f"{method}() needs at least one iterable of arguments")
-    for position, value in enumerate(iterables, start=1):
-        try:
-            iter(value)
-        except TypeError:
-            raise TypeError(f"{method}() argument {position} after the function must be "
-                            f"iterable, not {type(value).__name__}") from None
-
-
-def check_options(chunksize: int | None, retries: int, errors: str, timeout: float | None) -> None:
-    if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
-        raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
-    if errors not in ("raise", "return"):
-        raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-
-
-def as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
-    """The items of a map, read once; a list, tuple or range is used as it is.
-
-    Chunks are slices of it: a slice of a range pickles as three integers.
-    """
-    if len(iterables) > 1:
-        return list(zip(*iterables, strict=False))
-    items = iterables[0]
-    return items if isinstance(items, (list, tuple, range)) else list(items)
-
-
-def progress_bar(total: int | None, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        raise ImportError("progress=True needs tqdm: pip install 'sockpool[progress]'") from None
-    return tqdm(total=total)
 
 
 def check_count(n: int | None) -> None:
@@ -120,6 +72,32 @@ def choose_launcher(
     return ssh, total
 
 
+def choose_workers(
+    n: int | None,
+    hosts: Iterable[str | SSHHost] | Mapping[str, int | SSHHost] | None,
+    launcher: Launcher | None,
+    *,
+    python: str | None,
+    env: Mapping[str, str] | None,
+    threads_per_worker: int | None,
+    tunnel: bool,
+    listen: str | None,
+    min_workers: int | None,
+    wait_for: int | None,
+) -> tuple[Launcher, int, int]:
+    """The launcher, the number of workers, and how many the constructor waits for."""
+    if launcher is not None and (python is not None or env is not None):
+        raise ValueError("python= and env= belong to the launcher when launcher= is given")
+    launcher, n_workers = choose_launcher(
+        n, hosts, launcher, python=python, env=worker_env(env, threads_per_worker),
+        tunnel=tunnel, listen=listen)
+    check_min_workers(min_workers, n_workers)
+    check_min_workers(wait_for, n_workers, "wait_for")
+    if wait_for is None:  # a batch queue may hold workers back: start with the first
+        wait_for = 1 if launcher.queues else n_workers
+    return launcher, n_workers, min(wait_for, n_workers)
+
+
 def check_min_workers(count: int | None, total: int, name: str = "min_workers") -> None:
     if count is None:
         return
@@ -157,3 +135,40 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, 
                 worker_env[name] = str(threads)
     worker_env.update(env or {})
     return worker_env
+
+
+def check_cluster_options(
+    *,
+    setup: Callable[[], Any] | None,
+    threads_per_worker: int | None,
+    connect_timeout: float,
+    heartbeat_interval: float,
+    heartbeat_timeout: float | None,
+    seed: int | None,
+    max_message_size: int,
+    relay: bool | str,
+    prefetch: int,
+) -> None:
+    """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option."""
+    if setup is not None and not callable(setup):
+        raise TypeError(f"Cluster(setup=...) needs a callable as its function, "
+                        f"not {type(setup).__name__}")
+    if threads_per_worker is not None and (
+            not isinstance(threads_per_worker, int) or threads_per_worker < 1):
+        raise ValueError(f"threads_per_worker must be a positive integer or None, "
+                         f"not {threads_per_worker!r}")
+    for name, value in (("connect_timeout", connect_timeout),
+                        ("heartbeat_interval", heartbeat_interval),
+                        ("heartbeat_timeout", heartbeat_timeout or 1.0)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, not {value!r}")
+    if seed is not None:
+        check_seed(seed)
+    if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) or (
+            max_message_size < 1):
+        raise ValueError(f"max_message_size must be a positive number of bytes, "
+                         f"not {max_message_size!r}")
+    if relay not in (True, False, "live"):
+        raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
+    if not isinstance(prefetch, int) or prefetch < 1:
+        raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")

@@ -1,0 +1,106 @@
+"""A map's options as one value, checked once, and the checks of a call's function and input."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..common.protocol import Flag
+from ..common.rng import check_seed
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """How one map runs: ``par_map``'s keyword arguments, checked when made.
+
+    Raises:
+        ValueError: an option is out of range (the message names it).
+    """
+
+    chunksize: int | None = None  #: tasks per chunk (None: chosen for the call)
+    ordered: bool = True  #: results (and output) in input order
+    progress: bool = False  #: draw a progress bar
+    timeout: float | None = None  #: each task's time limit, seconds
+    retries: int = 0  #: re-runs of a task whose worker was lost
+    errors: str = "raise"  #: "raise" the first failure, or "return" exceptions in place
+    seed: int | None = None  #: this call's own seed
+    schedule: str = "dynamic"  #: "dynamic" (workers pull) or "static" (assigned up front)
+
+    def __post_init__(self) -> None:
+        chunksize, timeout = self.chunksize, self.timeout
+        if chunksize is not None and (isinstance(chunksize, bool)
+                                      or not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, not {self.retries!r}")
+        if self.errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', not {self.errors!r}")
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float)) or not timeout > 0):
+            raise ValueError(
+                f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        if self.schedule not in ("dynamic", "static"):
+            raise ValueError(f"schedule must be 'dynamic' or 'static', not {self.schedule!r}")
+        if self.seed is not None:
+            check_seed(self.seed)
+
+    def flags(self, star: bool) -> Flag:
+        """The TASK flags: how items become arguments, and whether a failure stops a chunk."""
+        flags = Flag.MAP_STAR if star else Flag.MAP_ONE
+        return flags | Flag.STOP_ON_ERROR if self.errors == "raise" else flags
+
+    def chunk_size(self, n_items: int, n_workers: int) -> int:
+        """Tasks per chunk of a list: as given; one with a time limit; else about four
+        chunks per worker (``multiprocessing.Pool``'s rule)."""
+        if self.chunksize is not None:
+            return self.chunksize
+        if self.timeout:
+            return 1
+        return max(1, math.ceil(n_items / (4 * max(1, n_workers))))
+
+    @property
+    def lazy_chunk_size(self) -> int | None:
+        """imap's chunk size: as given, one with a time limit, else None (grown from timings)."""
+        return self.chunksize or (1 if self.timeout else None)
+
+
+def check_callable(fn: object, method: str) -> None:
+    """Raise ``TypeError`` unless ``fn`` is callable."""
+    if not callable(fn):
+        raise TypeError(f"{method}() needs a callable as its function, not {type(fn).__name__}")
+
+
+def check_iterables(iterables: tuple[Any, ...], method: str) -> None:
+    """Raise ``TypeError`` unless there is at least one argument and each is iterable."""
+    if not iterables:
+        raise TypeError(f"{method}() needs at least one iterable of arguments")
+    for position, value in enumerate(iterables, start=1):
+        try:
+            iter(value)
+        except TypeError:
+            raise TypeError(f"{method}() argument {position} after the function must be "
+                            f"iterable, not {type(value).__name__}") from None
+
+
+def as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
+    """The items of a map, read once; a list, tuple or range is used as it is.
+
+    Chunks are slices of it: a slice of a range pickles as three integers.
+    """
+    if len(iterables) > 1:
+        return list(zip(*iterables, strict=False))
+    items = iterables[0]
+    return items if isinstance(items, (list, tuple, range)) else list(items)
+
+
+def progress_bar(total: int | None, enabled: bool) -> Any:
+    """A tqdm bar, or None when not asked for."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install 'sockpool[progress]'") from None
+    return tqdm(total=total)
