@@ -30,11 +30,12 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .api.cluster import Cluster, WorkerInfo
+    from .api.cluster import Cluster
     from .capture.binding import bind_to_env
     from .capture.inspection import CaptureEntry, CaptureReport, inspect_capture
     from .common.rng import task_rng
     from .cores import detect_cores
+    from .dispatch.records import WorkerInfo
     from .launchers import LocalLauncher, ManualLauncher, SlurmLauncher, SSHHost, SSHLauncher
 
 __all__ = [
@@ -68,7 +69,7 @@ _LAZY = {
     "CaptureReport": ".capture.inspection",
     "inspect_capture": ".capture.inspection",
     "Cluster": ".api.cluster",
-    "WorkerInfo": ".api.cluster",
+    "WorkerInfo": ".dispatch.records",
     "detect_cores": ".cores",
     "LocalLauncher": ".launchers",
     "ManualLauncher": ".launchers",

@@ -89,7 +89,7 @@ def test_shutdown_without_wait_lets_queued_work_finish() -> None:
     futures = [cl.submit(slow_identity, i, 0.1) for i in range(4)]
     cl.shutdown(wait=False)
     assert [f.result(timeout=20) for f in futures] == list(range(4))
-    assert cl._dispatcher.closed.wait(10)
+    assert cl._dispatcher.lifecycle.closed.wait(10)
 
 
 def test_shutdown_cancel_futures_cancels_what_has_not_started() -> None:

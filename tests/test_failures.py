@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 from helpers import run_script
 
-from sockpool import CaptureError, Cluster, LaunchError, SockpoolError, WorkerLostError
+from sockpool import (
+    CaptureError,
+    Cluster,
+    ClusterClosedError,
+    LaunchError,
+    NoWorkersLeftError,
+    WorkerLostError,
+)
+from sockpool.common.config import WorkerConfig
 from sockpool.launchers import LocalLauncher
 
 pytestmark = pytest.mark.timeout(60)
@@ -218,7 +226,7 @@ def test_master_gives_up_on_a_silent_worker() -> None:
 class StopsAfterFirstLauncher(LocalLauncher):
     """Starts one worker, then can start no more (the interpreter went away, say)."""
 
-    def spawn(self, worker_id: int, config: dict[str, object]) -> Any:
+    def spawn(self, worker_id: int, config: WorkerConfig) -> Any:
         if worker_id > 0:
             raise LaunchError("no interpreter any more", command="python")
         return super().spawn(worker_id, config)
@@ -237,8 +245,12 @@ def test_with_no_worker_left_and_none_startable_work_fails_instead_of_hanging() 
             doomed.result(timeout=20)
         for future in behind:  # each settles, never a hang
             assert "no worker is left" in str(future.exception(timeout=20))
-        with pytest.raises(SockpoolError, match="no worker is left"):
+        with pytest.raises(NoWorkersLeftError, match="no worker is left"):
             cl.par_map(abs, [1, 2])
+        assert repr(cl).endswith("0 of 1 workers, broken>")
+        with pytest.raises(ClusterClosedError, match="no worker is left"):  # the same error
+            cl.submit(abs, 1)
+    assert repr(cl).endswith("closed>")  # and leaving the block still ends it, at once
 
 
 def test_shutdown_finishes_queued_work_even_if_its_worker_dies() -> None:

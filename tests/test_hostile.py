@@ -126,5 +126,5 @@ def test_random_frames_never_crash_the_io_thread(shared_cluster: Cluster, frames
     dispatcher = shared_cluster._dispatcher
     identity = protocol.data_identity(worker_id)
     message = [identity, frames[0], *(zmq.Frame(frame) for frame in frames[1:])]  # as received
-    dispatcher.ask(lambda: dispatcher._on_message_safely(message))
+    dispatcher.mailbox.ask(lambda: dispatcher._on_message_safely(message))
     assert dispatcher._thread.is_alive()

@@ -245,5 +245,5 @@ def test_hosts_are_validated_before_anything_starts() -> None:
 def test_repr_after_a_shutdown_without_wait() -> None:
     cl = Cluster(n=1)
     cl.shutdown(wait=False)
-    assert cl._dispatcher.closed.wait(10)
+    assert cl._dispatcher.lifecycle.closed.wait(10)
     assert repr(cl).endswith("closed>")

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from ..capture.binding import lookup
 from ..capture.by_value import warm_up as warm_up_capture
@@ -23,6 +23,7 @@ from ..common import protocol
 from ..common.protocol import Flag
 from ..dispatch.dispatcher import Dispatcher
 from ..dispatch.jobs import FutureJob, StreamJob
+from ..dispatch.records import WorkerInfo
 from ..dispatch.transport import DEFAULT_MAX_FRAME_BYTES
 from ..errors import ClusterClosedError, NoWorkersLeftError
 from ..launchers import Launcher, SSHHost
@@ -32,7 +33,14 @@ from .cluster_options import (
     warn_if_oversubscribed,
 )
 from .lifetime import live_clusters, watch
-from .map_options import MapOptions, as_sequence, check_callable, check_iterables, progress_bar
+from .map_options import (
+    MapOptions,
+    as_sequence,
+    check_callable,
+    check_iterables,
+    check_timeout,
+    progress_bar,
+)
 from .mapping import (
     Delivery,
     EagerFeed,
@@ -46,15 +54,6 @@ from .mapping import (
 from .seeding import CallSeeds
 
 T = TypeVar("T")
-
-
-class WorkerInfo(NamedTuple):
-    """One worker, as :attr:`Cluster.workers` reports it."""
-
-    id: int
-    host: str
-    pid: int
-    state: str  # "starting", "setup", "idle" or "busy"
 
 
 class Cluster(concurrent.futures.Executor):
@@ -421,7 +420,7 @@ class Cluster(concurrent.futures.Executor):
         other keyword goes to ``fn``.  To pass ``fn`` an argument of one of
         those names, bind it first: ``submit(functools.partial(fn, timeout=5))``.
         """
-        MapOptions(timeout=timeout)  # checks it
+        check_timeout(timeout)
         self._check_open()
         check_callable(fn, "submit")
         future: Future[T] = Future()
@@ -474,10 +473,9 @@ class Cluster(concurrent.futures.Executor):
         if self._dispatcher.lifecycle.closed.is_set():
             return ()
         try:
-            rows = self._dispatcher.snapshot()
+            return tuple(self._dispatcher.snapshot())
         except ClusterClosedError:
             return ()
-        return tuple(WorkerInfo(*row) for row in rows)
 
     @property
     def n_workers(self) -> int:

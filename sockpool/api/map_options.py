@@ -37,10 +37,7 @@ class MapOptions:
             raise ValueError(f"retries must be a non-negative integer, not {self.retries!r}")
         if self.errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', not {self.errors!r}")
-        if timeout is not None and (isinstance(timeout, bool)
-                                    or not isinstance(timeout, (int, float)) or not timeout > 0):
-            raise ValueError(
-                f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        check_timeout(timeout)
         if self.schedule not in ("dynamic", "static"):
             raise ValueError(f"schedule must be 'dynamic' or 'static', not {self.schedule!r}")
         if self.seed is not None:
@@ -64,6 +61,13 @@ class MapOptions:
     def lazy_chunk_size(self) -> int | None:
         """imap's chunk size: as given, one with a time limit, else None (grown from timings)."""
         return self.chunksize or (1 if self.timeout else None)
+
+
+def check_timeout(timeout: object) -> None:
+    """Raise ``ValueError`` unless ``timeout`` is None or a positive number of seconds."""
+    if timeout is not None and (isinstance(timeout, bool)
+                                or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
 
 
 def check_callable(fn: object, method: str) -> None:

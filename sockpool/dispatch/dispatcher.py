@@ -36,7 +36,7 @@ from .jobs import Chunk, FutureJob, Job, TaskFailure, decode_outcome
 from .lifecycle import ClusterState, Lifecycle
 from .mailbox import Mailbox
 from .pool import TIMEOUT_SLACK, WorkerPool
-from .records import WorkerRecord, WorkerState
+from .records import WorkerInfo, WorkerRecord, WorkerState
 from .scheduler import Scheduler
 from .sharing import SharedTransfers
 from .transport import MasterSocket
@@ -173,8 +173,8 @@ class Dispatcher:
         """Ids of the workers alive (ready or starting), in order."""
         return self.mailbox.ask(self.pool.live_ids)
 
-    def snapshot(self) -> list[tuple[int, str, int, str]]:
-        """(id, host, pid, state) of each worker that is not gone."""
+    def snapshot(self) -> list[WorkerInfo]:
+        """Each worker that is not gone: id, host, pid, state."""
         return self.mailbox.ask(self._snapshot)
 
     # -- the I/O thread: the loop ----------------------------------------------------------
@@ -469,7 +469,7 @@ class Dispatcher:
             if record.state in (WorkerState.SETUP, WorkerState.READY):
                 self.master.send(record.data_identity, frames)
 
-    def _snapshot(self) -> list[tuple[int, str, int, str]]:
+    def _snapshot(self) -> list[WorkerInfo]:
         rows = []
         for record in self.pool.workers.values():
             if not record.alive:
@@ -477,7 +477,7 @@ class Dispatcher:
             state = record.state.value
             if record.state is WorkerState.READY:
                 state = "busy" if self.scheduler.load(record.id) else "idle"
-            rows.append((record.id, record.host, record.pid, state))
+            rows.append(WorkerInfo(record.id, record.host, record.pid, state))
         return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from collections import OrderedDict
+from typing import NamedTuple
 
 from ..common import protocol
 from ..common.config import CurveKeys
@@ -35,6 +36,15 @@ class WorkerState(enum.Enum):
     def starting(self) -> bool:
         """Whether the worker has yet to become ready."""
         return self in (WorkerState.STARTING, WorkerState.SETUP)
+
+
+class WorkerInfo(NamedTuple):
+    """One worker, as :attr:`sockpool.Cluster.workers` reports it."""
+
+    id: int
+    host: str
+    pid: int
+    state: str  # "starting", "setup", "idle" or "busy"
 
 
 class WorkerRecord:
