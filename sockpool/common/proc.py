@@ -1,8 +1,9 @@
-"""Small process helpers: exit statuses in words, the tail of a worker's log."""
+"""Small process helpers: exit statuses in words (and why a process was killed), log tails."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 #: How much of a worker's stderr error messages quote.
@@ -35,3 +36,102 @@ def read_tail(path: str | os.PathLike[str], max_lines: int = TAIL_LINES) -> str:
         return ""
     lines = data.decode(errors="replace").splitlines()
     return "\n".join(lines[-max_lines:])
+
+
+# -- why a process was killed ------------------------------------------------------------
+
+#: The kernel's log, where its out-of-memory killer names each process it kills.
+KERNEL_LOG = "/dev/kmsg"
+_OOM_KILLED = re.compile(rb"(?:Out of memory|Memory cgroup out of memory): Killed process (\d+) ")
+
+
+def memory_cgroup(pid: int) -> str | None:
+    """The directory of a live process's memory cgroup (v1 ``memory`` or v2), if any."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "memory":
+            return f"/sys/fs/cgroup/memory{path}"
+        if controllers == "" and os.path.exists(f"/sys/fs/cgroup{path}/memory.events"):
+            return f"/sys/fs/cgroup{path}"
+    return None
+
+
+def oom_kills(cgroup: str | None) -> int | None:
+    """How many processes the out-of-memory killer has killed in a memory cgroup."""
+    if cgroup is None:
+        return None
+    for name in ("memory.events", "memory.oom_control"):  # cgroup v2, v1
+        try:
+            with open(os.path.join(cgroup, name)) as stream:
+                for line in stream:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def killed_by_oom(pid: int) -> bool | None:
+    """Whether the kernel's log says its out-of-memory killer killed ``pid`` (None: unreadable)."""
+    try:
+        descriptor = os.open(KERNEL_LOG, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        while True:
+            try:
+                record = os.read(descriptor, 8192)  # one record per read
+            except BlockingIOError:  # the end of the log
+                return False
+            except OSError:  # EPIPE: records were overwritten while reading; go on
+                continue
+            if not record:
+                return False
+            found = _OOM_KILLED.search(record)
+            if found and int(found.group(1)) == pid:
+                return True
+    finally:
+        os.close(descriptor)
+
+
+def explain_kill(pid: int, returncode: int | None, peak_bytes: int | None,
+                 cgroup: str | None = None, oom_kills_before: int | None = None) -> str:
+    """How a process ended, with what is known of why: ``describe_exit`` and, for a
+    SIGKILL, whether the out-of-memory killer did it, and its peak memory.
+
+    Args:
+        peak_bytes: the process's peak resident memory, when known.
+        cgroup, oom_kills_before: its memory cgroup and that group's OOM-kill count
+            when it was last seen alive: a larger count now is the evidence used
+            where the kernel's log cannot be read.
+    """
+    text = describe_exit(returncode)
+    if returncode is None or returncode >= 0:
+        return text
+    notes = []
+    if returncode == -signal.SIGKILL:
+        by_oom = killed_by_oom(pid)
+        if by_oom is None and oom_kills_before is not None:
+            after = oom_kills(cgroup)
+            by_oom = after is not None and after > oom_kills_before
+        if by_oom:
+            notes.append("by the kernel's out-of-memory killer")
+    if peak_bytes:
+        notes.append(f"peak memory {format_bytes(peak_bytes)}")
+    return f"{text} ({', '.join(notes)})" if notes else text
+
+
+def format_bytes(count: int) -> str:
+    """``1536`` -> ``"1.5 kB"``: decimal units, three significant figures."""
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.3g} {unit}"
+        size /= 1000
+    return f"{size:.3g} TB"
