@@ -110,6 +110,15 @@ def test_workers_report_their_host_and_pid(namespace_hosts: Testbed) -> None:
         assert {host for host, _ in seen} <= {"sp-n1", "sp-n2"}
 
 
+def test_a_remote_worker_killed_is_described_by_its_hosts_agent(namespace_hosts: Testbed) -> None:
+    with Cluster(hosts=["sp-n1"], python=PYTHON) as cl:
+        with pytest.raises(WorkerLostError) as lost:
+            cl.submit(lambda: os.kill(os.getpid(), signal.SIGKILL)).result(timeout=30)
+        assert lost.value.host == "sp-n1"
+        assert "killed by SIGKILL (peak memory" in str(lost.value)  # wait4 on the host
+        assert cl.submit(abs, -3).result(timeout=30) == 3  # and it was replaced
+
+
 def test_loopback_aliases_and_localhost_mix_in_one_cluster(testbed: Testbed) -> None:
     with Cluster(hosts=["node1", "node2", "localhost"], python=PYTHON) as cl:
         assert sorted(w.host for w in cl.workers) == ["localhost", "node1", "node2"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 
 #: How much of a worker's stderr error messages quote.
 TAIL_LINES = 20
@@ -43,6 +44,20 @@ def read_tail(path: str | os.PathLike[str], max_lines: int = TAIL_LINES) -> str:
 #: The kernel's log, where its out-of-memory killer names each process it kills.
 KERNEL_LOG = "/dev/kmsg"
 _OOM_KILLED = re.compile(rb"(?:Out of memory|Memory cgroup out of memory): Killed process (\d+) ")
+
+
+def reap(process: subprocess.Popen[bytes]) -> int | None:
+    """``process.poll()``, reaping with ``wait4`` for its peak memory: the exit status,
+    or None while it runs.  The peak (bytes) is then ``process.peak_bytes``."""
+    if process.returncode is None:
+        try:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere already
+            return process.poll()
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            process.peak_bytes = usage.ru_maxrss * 1024  # type: ignore[attr-defined]  # kB
+    return process.returncode
 
 
 def memory_cgroup(pid: int) -> str | None:

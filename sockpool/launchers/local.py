@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from ..common.config import WorkerConfig
-from ..common.proc import explain_kill, memory_cgroup, oom_kills, read_tail
+from ..common.proc import explain_kill, memory_cgroup, oom_kills, read_tail, reap
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
 
@@ -32,7 +32,6 @@ class LocalWorkerProcess(WorkerProcess):
         self.command = command
         self._process = process
         self._log_path = log_path
-        self._peak_bytes: int | None = None  # from the kernel, once reaped
         # Where the out-of-memory killer would act on it, and how often it had.
         self._cgroup = memory_cgroup(process.pid)
         self._oom_kills = oom_kills(self._cgroup)
@@ -48,21 +47,11 @@ class LocalWorkerProcess(WorkerProcess):
         return self._process.pid
 
     def poll(self) -> int | None:
-        process = self._process
-        if process.returncode is None:
-            # Reaped here rather than by Popen, for the peak memory the kernel reports.
-            try:
-                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere already
-                return process.poll()
-            if pid:
-                process.returncode = os.waitstatus_to_exitcode(status)
-                self._peak_bytes = usage.ru_maxrss * 1024  # kilobytes on Linux
-        return process.returncode
+        return reap(self._process)
 
     def exit_status(self) -> str:
-        return explain_kill(self.pid, self.poll(), self._peak_bytes, self._cgroup,
-                            self._oom_kills)
+        return explain_kill(self.pid, self.poll(), getattr(self._process, "peak_bytes", None),
+                            self._cgroup, self._oom_kills)
 
     def fileno(self) -> int | None:
         return self._pidfd
@@ -75,7 +64,7 @@ class LocalWorkerProcess(WorkerProcess):
 
     def _signal(self, signum: int) -> None:
         self.released = True
-        if self._process.poll() is None:
+        if self.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.send_signal(signum)
 

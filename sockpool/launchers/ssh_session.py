@@ -44,7 +44,7 @@ class HostSession:
         self.command = shlex.join(argv)
         self.log_path = log_path
         self.hello: dict[str, Any] | None = None
-        self.exits: dict[int, tuple[int, str]] = {}
+        self.exits: dict[int, tuple[int, str, str]] = {}  # id: (status, stderr tail, how)
         self.last_report = time.monotonic()
         self.returncode: int | None = None
         with open(log_path, "wb") as log:
@@ -79,7 +79,9 @@ class HostSession:
             if "hello" in event:
                 self.hello = event["hello"]
             elif "exit" in event:
-                self.exits[int(event["exit"])] = (int(event["status"]), str(event.get("tail", "")))
+                status = int(event["status"])
+                self.exits[int(event["exit"])] = (status, str(event.get("tail", "")),
+                                                  str(event.get("how") or describe_exit(status)))
         self.returncode = self.process.wait()
 
     @property
@@ -172,8 +174,9 @@ class SSHWorkerProcess(WorkerProcess):
         return self.session.returncode
 
     def exit_status(self) -> str:
-        if self.worker_id in self.session.exits:
-            return describe_exit(self.poll())
+        reported = self.session.exits.get(self.worker_id)
+        if reported is not None:  # as the host's agent saw it: the OOM killer, peak memory
+            return reported[2]
         return (f"its ssh session to {self.host} ended "
                 f"({describe_exit(self.session.returncode)})")
 

@@ -40,10 +40,10 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from ..common.config import WorkerConfig
-from ..common.proc import read_tail
+from ..common.proc import explain_kill, memory_cgroup, oom_kills, read_tail, reap
 
 #: After SIGTERM, how long workers get before SIGKILL when the agent stops.
 STOP_GRACE = 2.0
@@ -63,13 +63,22 @@ class AgentOptions:
         return cls(**{**options, "cleanup": tuple(options.get("cleanup", ()))})
 
 
+class AgentWorker(NamedTuple):
+    """A worker this agent started, and where the out-of-memory killer would act on it."""
+
+    process: subprocess.Popen[bytes]
+    log_path: str
+    cgroup: str | None
+    oom_kills: int | None
+
+
 class HostAgent:
     """Starts, watches and stops the workers of one host."""
 
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
         self.workdir = tempfile.mkdtemp(prefix="sockpool-agent-")
-        self.workers: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
+        self.workers: dict[int, AgentWorker] = {}
         self.idle_since = time.monotonic()
 
     def start_worker(self, line: str) -> None:
@@ -93,19 +102,21 @@ class HostAgent:
         with contextlib.suppress(BrokenPipeError):
             process.stdin.write(config.to_json().encode() + b"\n")
             process.stdin.flush()
-        self.workers[worker_id] = (process, log_path)
+        cgroup = memory_cgroup(process.pid)
+        self.workers[worker_id] = AgentWorker(process, log_path, cgroup, oom_kills(cgroup))
 
     def signal_worker(self, worker_id: int, signum: int) -> None:
         """Send ``signum`` to a worker still running (a master's terminate or kill)."""
         entry = self.workers.get(worker_id)
-        if entry is not None and entry[0].poll() is None:
+        if entry is not None and reap(entry.process) is None:
             with contextlib.suppress(ProcessLookupError):
-                entry[0].send_signal(signum)
+                entry.process.send_signal(signum)
 
     def reap(self) -> None:
         """Report every worker that ended since the last look."""
-        for worker_id, (process, log_path) in list(self.workers.items()):
-            status = process.poll()
+        for worker_id, worker in list(self.workers.items()):
+            process = worker.process
+            status = reap(process)
             if status is None:
                 continue
             del self.workers[worker_id]
@@ -113,7 +124,10 @@ class HostAgent:
             if stdin is not None:
                 with contextlib.suppress(OSError):
                     stdin.close()
-            self.report({"exit": worker_id, "status": status, "tail": read_tail(log_path)})
+            how = explain_kill(process.pid, status, getattr(process, "peak_bytes", None),
+                               worker.cgroup, worker.oom_kills)
+            self.report({"exit": worker_id, "status": status, "how": how,
+                         "tail": read_tail(worker.log_path)})
         if self.workers:
             self.idle_since = time.monotonic()
 
@@ -162,11 +176,11 @@ class HostAgent:
 
     def stop(self, reason: str | None) -> None:
         """Stop every worker, remove the agent's files and exit."""
-        for process, _ in self.workers.values():
+        for process, *_ in self.workers.values():
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
         deadline = time.monotonic() + STOP_GRACE
-        for process, _ in self.workers.values():
+        for process, *_ in self.workers.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.0, deadline - time.monotonic()))
             if process.poll() is None:
