@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import threading
-import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
+
+from xxhash import xxh3_128_digest
 
 from ..common import codec
 from ..common.codec import Frames
 from .by_value import names_by_value_module
-
-#: Without xxhash, buffers at least this large are checksummed in two threads.
-PARALLEL_CRC_BYTES = 4 * 1024 * 1024
 
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
@@ -71,50 +68,15 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
 
 
 def function_digest(inband: bytes, buffers: list[Any]) -> bytes:
-    """blake2b of the pickle, extended by length and checksum of each large buffer.
+    """blake2b of the pickle, extended by length and XXH3-128 of each large buffer.
 
-    A cryptographic hash of 50 MB of captured data costs more than many maps; a
-    fast checksum is enough to tell a buffer changed in place since the last
-    call from one that did not.
+    A cryptographic hash of 50 MB of captured data costs more than many maps;
+    XXH3 reads it at memory speed (about 30 GB/s) and is enough to tell a buffer
+    changed in place since the last call from one that did not.
     """
     hasher = hashlib.blake2b(inband, digest_size=16)
     for buffer in buffers:
         view = memoryview(buffer).cast("B")
         hasher.update(view.nbytes.to_bytes(8, "little"))
-        hasher.update(buffer_checksum(view))
+        hasher.update(xxh3_128_digest(view))
     return hasher.digest()
-
-
-def buffer_checksum(view: memoryview) -> bytes:
-    """XXH3-128 of a buffer where ``xxhash`` is installed (about 30 GB/s), else CRC-32.
-
-    CRC-32 runs at about 4 GB/s, so large buffers are split between two threads.
-    """
-    global _checksum
-    if _checksum is None:
-        try:
-            from xxhash import xxh3_128_digest
-        except ImportError:
-            _checksum = _crc32_digest
-        else:
-            _checksum = xxh3_128_digest
-    return _checksum(view)
-
-
-_checksum: Callable[[memoryview], bytes] | None = None
-
-
-def _crc32_digest(view: memoryview) -> bytes:
-    if view.nbytes < PARALLEL_CRC_BYTES:
-        return zlib.crc32(view).to_bytes(4, "little")
-    half = view.nbytes // 2
-    second = [0]
-
-    def second_half() -> None:
-        second[0] = zlib.crc32(view[half:])  # zlib releases the GIL
-
-    helper = threading.Thread(target=second_half)
-    helper.start()
-    first = zlib.crc32(view[:half])
-    helper.join()
-    return first.to_bytes(4, "little") + second[0].to_bytes(4, "little")
