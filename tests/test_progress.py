@@ -1,7 +1,11 @@
-"""progress=True draws a progress bar on stderr (tqdm, an optional dependency)."""
+"""progress=True draws a progress bar on stderr (tqdm, a dependency), never on a relayed line."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,15 +27,41 @@ def test_par_map_and_imap_draw_a_bar_that_reaches_the_total(tmp_path: Path) -> N
     assert result.stdout == ""
 
 
-def test_missing_tqdm_is_a_clear_error_before_any_work(tmp_path: Path) -> None:
-    result = run_script("""
-        import sys
-        sys.modules["tqdm"] = None  # as if tqdm were not installed
+def terminal_lines(text: str) -> list[str]:
+    """The lines a terminal shows for ``text``: a carriage return goes back to the
+    start of the line, and what follows overwrites what was there."""
+    shown = []
+    for line in text.split("\n"):
+        screen = ""
+        for segment in line.split("\r"):
+            screen = segment + screen[len(segment):]
+        shown.append(screen.rstrip())
+    return [line for line in shown if line]
+
+
+BAR = re.compile(r"^ *\d+%\|.*\| \d+/\d+ \[")
+
+
+@pytest.mark.parametrize("relay", ["True", "'live'"])
+def test_relayed_lines_and_the_bar_never_share_a_line(tmp_path: Path, relay: str) -> None:
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
         from sockpool import Cluster
-        with Cluster(n=1) as cl:
-            try:
-                cl.par_map(abs, [1], progress=True)
-            except ImportError as exc:
-                print(exc)
-    """, tmp_path)
-    assert "pip install 'sockpool[progress]'" in result.stdout
+
+        def work(i):
+            time.sleep(0.15)  # longer than tqdm's refresh interval: the bar is drawn between
+            print(f"task {{i}} done")
+            return i
+
+        with Cluster(n=2, relay={relay}) as cl:
+            assert cl.par_map(work, range(8), chunksize=1, progress=True) == list(range(8))
+    """))
+    # One pipe for both streams, as a terminal shows them.
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=50)
+    assert result.returncode == 0, result.stdout
+    lines = terminal_lines(result.stdout)
+    relayed = [line for line in lines if not BAR.match(line)]
+    assert sorted(relayed) == [f"task {i} done" for i in range(8)], lines
+    assert "8/8" in lines[-1] and "100%" in lines[-1], lines  # drawn again below the output

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,11 +103,38 @@ def as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
 
 
 def progress_bar(total: int | None, enabled: bool) -> Any:
-    """A tqdm bar, or None when not asked for."""
+    """A tqdm bar, or None when not asked for.
+
+    In a notebook with ipywidgets the bar is a widget; anywhere else it is tqdm's
+    text bar (``tqdm.auto`` would warn in red, "IProgress not found", in a
+    notebook without ipywidgets).  Relayed output clears it and draws it again
+    below (:func:`sockpool.dispatch.output.emit`).  A terminal shows it on
+    stderr; a notebook on stdout, where the relayed prints go: a notebook shows
+    each stream as blocks of its own, so a bar on stderr would leave a block
+    (a copy, or a blank line once cleared) between every two chunks' output.
+    """
     if not enabled:
         return None
+    in_notebook = _in_notebook()
+    if in_notebook and _importable("ipywidgets"):
+        from tqdm.notebook import tqdm as widget_bar
+
+        with contextlib.suppress(ImportError):  # ipywidgets too old for tqdm: text it is
+            return widget_bar(total=total)
+    from tqdm.std import tqdm as text_bar
+
+    return text_bar(total=total, file=sys.stdout if in_notebook else sys.stderr)
+
+
+def _in_notebook() -> bool:
+    """Whether this is a Jupyter kernel (what ``tqdm.autonotebook`` checks)."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _importable(name: str) -> bool:
     try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        raise ImportError("progress=True needs tqdm: pip install 'sockpool[progress]'") from None
-    return tqdm(total=total)
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken install, or sys.modules[name] = None
+        return False

@@ -10,6 +10,7 @@ what a task writes, is :mod:`sockpool.worker.relay`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -23,10 +24,16 @@ _emit_lock = threading.Lock()
 
 
 def emit(batches: list[Batch], prefix: str = "") -> None:
-    """Write batches out in the master, in order (see the module docstring)."""
-    if not batches:  # the common case: the chunk wrote nothing
-        return
-    with _emit_lock:  # one block at a time, never interleaved with another's
+    """Write batches out in the master, in order (see the module docstring).
+
+    A tqdm progress bar drawn on the terminal is cleared first and drawn again
+    after, below the output, so that no line is shared by the two.
+    """
+    if not any(out or err or caught or records for out, err, caught, records in batches):
+        return  # the common case: the chunk wrote nothing
+    # One block at a time, never interleaved with another's.  The bars' lock is
+    # taken second: a bar's update never waits for _emit_lock.
+    with _emit_lock, _bars_set_aside():
         for out, err, caught, records in batches:
             if out:
                 _write(sys.stdout, out, prefix)
@@ -42,6 +49,17 @@ def emit(batches: list[Batch], prefix: str = "") -> None:
                 logger = logging.getLogger(fields["name"])
                 if logger.isEnabledFor(fields["levelno"]):
                     logger.handle(logging.makeLogRecord(fields))
+
+
+def _bars_set_aside() -> contextlib.AbstractContextManager[Any]:
+    """tqdm's own "write around the bars" mode while any tqdm bar exists (any bar,
+    a user's own too); nothing to do, and tqdm not even imported, otherwise."""
+    std = sys.modules.get("tqdm.std")
+    bar_class = getattr(std, "tqdm", None)
+    if bar_class is None or not getattr(bar_class, "_instances", None):
+        return contextlib.nullcontext()
+    manager: contextlib.AbstractContextManager[Any] = bar_class.external_write_mode()
+    return manager
 
 
 def split_text(batch: Batch) -> tuple[Batch, Batch]:
