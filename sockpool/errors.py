@@ -21,7 +21,11 @@ unpickled in the master does it arrive as :class:`RemoteError`.
 from __future__ import annotations
 
 import contextlib
+import linecache
 import pickle
+import re
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -130,6 +134,11 @@ class TaskTimeoutError(SockpoolError, TimeoutError):
     """A task ran longer than the ``timeout=`` its call allowed."""
 
 
+#: A frame of a worker's traceback: file, line number, function and source line, the
+#: line None where the worker could not read it (a notebook cell's code is in the master).
+RemoteFrame = tuple[str, int | None, str, str | None]
+
+
 class RemoteError(SockpoolError):
     """A task raised an exception that could not be rebuilt in the master.
 
@@ -139,16 +148,19 @@ class RemoteError(SockpoolError):
         traceback_text: the worker's formatted traceback.
     """
 
-    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+    def __init__(self, type_name: str, message: str, traceback_text: str = "", *,
+                 frames: Sequence[RemoteFrame] = ()) -> None:
         super().__init__(type_name, message, traceback_text)
         self.type_name = type_name
         self.message = message
         self.traceback_text = traceback_text
+        self.frames = list(frames)
 
     def __str__(self) -> str:
         text = f"{self.type_name}: {self.message}"
         if self.traceback_text:
-            text += "\n\nRemote traceback:\n" + self.traceback_text.rstrip()
+            shown = render_remote_traceback(self.traceback_text, self.frames)
+            text += "\n\nRemote traceback:\n" + shown.rstrip()
         return text
 
 
@@ -156,15 +168,50 @@ class RemoteTraceback(Exception):
     """The worker's traceback, attached as ``__cause__`` of a re-raised task error.
 
     Its ``str()`` is the formatted traceback, so Python's "The above exception
-    was the direct cause of ..." display shows where the task failed.
+    was the direct cause of ..." display shows where the task failed.  In
+    IPython (a notebook), frames of its cells are named as IPython names them,
+    ``Cell In[5], line 2``, with their source line.
     """
 
-    def __init__(self, traceback_text: str) -> None:
+    def __init__(self, traceback_text: str, *, frames: Sequence[RemoteFrame] = ()) -> None:
         super().__init__(traceback_text)
         self.traceback_text = traceback_text
+        self.frames = list(frames)
 
     def __str__(self) -> str:
-        return "\n\nRemote traceback (most recent call last):\n" + self.traceback_text.rstrip()
+        shown = render_remote_traceback(self.traceback_text, self.frames)
+        return "\n\nRemote traceback (most recent call last):\n" + shown.rstrip()
+
+
+def render_remote_traceback(text: str, frames: Sequence[RemoteFrame]) -> str:
+    """A worker's traceback as shown here: as the worker wrote it, but in IPython the
+    frames of its cells (whose code the worker could not read) read ``Cell In[5],
+    line 2, in f`` followed by the line, from this process's ``linecache``."""
+    ipython = sys.modules.get("IPython")  # never imported here: only where it runs already
+    shell = getattr(ipython, "get_ipython", lambda: None)()
+    cells = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    if not cells or not isinstance(cells, dict):
+        return text
+    done = set()
+    for filename, lineno, name, line in frames:
+        if line or filename not in cells or (filename, lineno, name) in done:
+            continue
+        done.add((filename, lineno, name))
+        source = linecache.getline(filename, lineno).strip() if lineno else ""
+        header = f"Cell In[{cells[filename]}], line {lineno}, in {name}\n"
+        pattern = re.compile("^( *)" + re.escape(f'File "{filename}", line {lineno}, in {name}\n'),
+                             re.MULTILINE)
+        text = pattern.sub(_cell_frame(header, source), text)
+    return text
+
+
+def _cell_frame(header: str, source: str) -> Any:
+    """The replacement of one frame's header: the cell's name, then its line indented
+    as Python indents source lines (the header's indent and two spaces more)."""
+    def replace(found: re.Match[str]) -> str:
+        indent = found[1]
+        return indent + header + (f"{indent}  {source}\n" if source else "")
+    return replace
 
 
 def add_note(exc: BaseException, note: str) -> None:

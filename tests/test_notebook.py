@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ CELLS = [
     # cell 0: data, a helper and the worker, as a teacher's notebook has them
     """
 import json
+import re
 from sockpool import Cluster, bind_to_env, inspect_capture
 
 LEVELS = ["setosa", "versicolor", "virginica"]
@@ -57,3 +59,79 @@ def test_notebook_cells_run_on_a_cluster(tmp_path: Path) -> None:
     (report,) = notebook.cells[2].outputs
     assert "worker -&gt; fit_one -&gt; WEIGHTS" in report["data"]["text/html"]
     assert "worker -> fit_one -> WEIGHTS" in report["data"]["text/plain"]
+
+
+# Issue 18: what a notebook user sees of a progress bar and of a task's traceback.
+WHAT_A_USER_SEES = [
+    # cell 1: an environment without ipywidgets, where tqdm.auto would warn in red
+    """
+import sys, time
+sys.modules["ipywidgets"] = None
+from sockpool import Cluster
+cl = Cluster(n=2)
+""",
+    # cell 2
+    """
+def work(i):
+    time.sleep(0.15)  # longer than tqdm's refresh interval: the bar is drawn between
+    print(f"task {i} done")
+    return i
+""",
+    # cell 3
+    "print(cl.par_map(work, range(6), chunksize=1, progress=True))",
+    # cell 4: the function that fails, in a cell of its own
+    """def f(x):
+    return 1 / x
+""",
+    # cell 5
+    "cl.par_map(f, [1, 0])",
+    # cell 6
+    "cl.close()",
+]
+
+
+@pytest.fixture(scope="module")
+def seen() -> list[list[dict[str, object]]]:
+    """The outputs of each cell of WHAT_A_USER_SEES, run in a real kernel."""
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(c) for c in WHAT_A_USER_SEES])
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            allow_errors=True).execute()
+    return [cell.outputs for cell in notebook.cells]
+
+
+def shown(text: str) -> list[str]:
+    """The lines a notebook shows for a stream: a carriage return goes back to the
+    start of the line, and what follows overwrites what was there."""
+    lines = []
+    for line in text.split("\n"):
+        screen = ""
+        for segment in line.split("\r"):
+            screen = segment + screen[len(segment):]
+        lines.append(screen.rstrip())
+    return [line for line in lines if line]
+
+
+def test_a_notebook_without_ipywidgets_gets_a_clean_text_bar(
+        seen: list[list[dict[str, object]]]) -> None:
+    outputs = seen[2]
+    assert all(o["output_type"] == "stream" for o in outputs), outputs
+    assert not any("Warning" in str(o.get("text", "")) for o in outputs), outputs  # no TqdmWarning
+    # All on stdout, with the relayed prints: a bar on stderr would stand in a block of
+    # its own between every two chunks' output.
+    assert {o["name"] for o in outputs} == {"stdout"}
+    lines = shown("".join(str(o["text"]) for o in outputs))
+    assert lines[:6] == [f"task {i} done" for i in range(6)], lines
+    assert lines[6].startswith("100%|") and "| 6/6 [" in lines[6], lines
+    assert lines[7:] == ["[0, 1, 2, 3, 4, 5]"], lines
+
+
+def test_a_workers_traceback_shows_the_notebook_cell_and_its_line(
+        seen: list[list[dict[str, object]]]) -> None:
+    (error,) = seen[4]
+    assert error["output_type"] == "error" and error["ename"] == "ZeroDivisionError"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["traceback"]))  # type: ignore[arg-type]
+    remote = text[text.index("Remote traceback"):text.index("The above exception")]
+    assert "  Cell In[4], line 2, in f\n    return 1 / x\n" in remote, remote
+    assert "ipykernel_" not in remote and "sockpool" not in remote.replace(
+        "Remote traceback", ""), remote

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -116,3 +118,27 @@ def test_a_function_digest_changes_when_its_captured_buffer_changes_in_place() -
     assert first.digest == again.digest
     assert changed.digest != first.digest
     assert len(first.buffers) == 1  # the array travels out of band, uncopied
+
+
+def test_a_packed_traceback_leaves_out_sockpools_own_frames() -> None:
+    class Refuses:
+        def __reduce__(self) -> Any:
+            raise RuntimeError("no pickling")
+
+    def user_code() -> None:
+        codec.dumps(Refuses())  # through sockpool's frames to the user's __reduce__
+
+    try:
+        user_code()
+    except RuntimeError as exc:
+        packed = codec.pack_exception(exc)
+    error = codec.unpack_exception(packed, "a note")
+    text = str(error.__cause__)
+    assert "in user_code" in text and "in __reduce__" in text
+    assert "codec.py" not in text  # as IPython leaves out __tracebackhide__ frames
+    frames = error.__cause__.frames  # also as data, for the master to complete
+    assert [name for _, _, name, _ in frames][:2] == [
+        "test_a_packed_traceback_leaves_out_sockpools_own_frames", "user_code"]
+    assert frames[-1][2:] == ("__reduce__", 'raise RuntimeError("no pickling")')
+    package = str(Path(codec.__file__).parent.parent)
+    assert not any(filename.startswith(package) for filename, _, _, _ in frames)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import pickle
 import traceback
 import types
@@ -23,7 +24,7 @@ from collections import ChainMap
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import RemoteError, RemoteTraceback, add_note
+from ..errors import RemoteError, RemoteFrame, RemoteTraceback, add_note
 from . import namespace
 
 #: Buffers at least this large travel out of band as their own frames.  Below
@@ -188,15 +189,28 @@ def describe(obj: object) -> str:
 # can, and RemoteError with the same text when it cannot.
 
 
+#: Where sockpool's own modules are: their frames are left out of a task's traceback.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
 def pack_exception(exc: BaseException, serializer: str = "cloudpickle",
                    skip_frames: int = 0) -> bytes:
-    """Serialize a task's exception on the worker (never raises)."""
+    """Serialize a task's exception on the worker (never raises).
+
+    The formatted traceback leaves out sockpool's own frames, except the
+    innermost (where sockpool itself raised), as IPython leaves out frames that
+    set ``__tracebackhide__``.  Its frames also travel as
+    :data:`~sockpool.errors.RemoteFrame` tuples, so that the master can name
+    notebook cells and show their lines.
+    """
     tb = exc.__traceback__
     for _ in range(skip_frames):
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
+    frames: list[RemoteFrame] = []
     try:
-        tb_text = "".join(traceback.format_exception(type(exc), exc, tb))
+        summary = traceback.TracebackException(type(exc), exc, tb)
+        frames = _hide_own_frames(summary)
+        tb_text = "".join(summary.format())
     except Exception:  # formatting itself failed (a broken __str__, say)
         tb_text = f"{type(exc).__qualname__}: <unprintable>\n"
     try:
@@ -205,19 +219,42 @@ def pack_exception(exc: BaseException, serializer: str = "cloudpickle",
         message = "<unprintable message>"
     blob: bytes | None
     try:
-        frames = dumps(exc, serializer)
-        blob = bytes(frames[0]) if len(frames) == 1 else None
+        pickled = dumps(exc, serializer)
+        blob = bytes(pickled[0]) if len(pickled) == 1 else None
         if blob is not None:
             pickle.loads(blob)  # only send what will rebuild on the other side
     except Exception:
         blob = None
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return pickle.dumps((type_name, message, tb_text, blob), protocol=5)
+    return pickle.dumps((type_name, message, tb_text, blob, frames), protocol=5)
+
+
+def _hide_own_frames(summary: traceback.TracebackException) -> list[RemoteFrame]:
+    """Drop sockpool's frames from each traceback of the chain but its innermost; the
+    frames left, in every traceback of the chain."""
+    frames: list[RemoteFrame] = []
+    seen: set[int] = set()
+    todo = [summary]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        stack = current.stack
+        last = len(stack) - 1
+        stack[:] = [frame for i, frame in enumerate(stack)
+                    if i == last or not frame.filename.startswith(_PACKAGE_DIR)]
+        frames += [(frame.filename, frame.lineno, frame.name, frame.line or None)
+                   for frame in stack]
+        todo += [c for c in (current.__cause__, current.__context__) if c is not None]
+        todo += getattr(current, "exceptions", None) or []  # an exception group's
+    return frames
 
 
 def unpack_exception(packed: bytes | memoryview, note: str) -> BaseException:
     """Rebuild a task's exception in the master, with traceback and note attached."""
-    type_name, message, tb_text, blob = pickle.loads(packed)
+    type_name, message, tb_text, blob, *rest = pickle.loads(packed)
+    frames: list[RemoteFrame] = rest[0] if rest else []
     exc: BaseException | None = None
     if blob is not None:
         try:
@@ -228,9 +265,9 @@ def unpack_exception(packed: bytes | memoryview, note: str) -> BaseException:
             exc = None
     if exc is None or isinstance(exc, (SystemExit, KeyboardInterrupt, GeneratorExit)):
         # A task's own SystemExit/KeyboardInterrupt must not stop the master.
-        exc = RemoteError(type_name, message, tb_text)
+        exc = RemoteError(type_name, message, tb_text, frames=frames)
     else:
-        exc.__cause__ = RemoteTraceback(tb_text)
+        exc.__cause__ = RemoteTraceback(tb_text, frames=frames)
     add_note(exc, note)
     return exc
 
