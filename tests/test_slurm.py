@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import master_program
+from helpers import ROOT, master_program
 from testbed import SlurmTestbed
 
 from sockpool import Cluster, LaunchError, SlurmLauncher, WorkerLostError, detect_cores
@@ -67,6 +69,59 @@ def test_bad_launcher_options_fail_at_once() -> None:
         SlurmLauncher(template="{directives}")
 
 
+def test_batch_script_previews_before_any_cluster_and_creates_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    launcher = SlurmLauncher(directory=str(root), listen="127.0.0.1")
+    script = launcher.batch_script(64)
+    assert f"#SBATCH --output={root}/slurm-XXXXXXXX/worker-%a.log" in script.splitlines()
+    assert script.rstrip().endswith(
+        f"--config-file {root}/slurm-XXXXXXXX/worker-${{SLURM_ARRAY_TASK_ID}}.json")
+    assert not root.exists()  # a launcher never used leaves nothing behind
+    launcher.close()  # closing one that never served a cluster is harmless too
+    assert not root.exists()
+
+
+def test_the_docs_preview_is_what_batch_script_renders() -> None:
+    page = (ROOT / "docs" / "slurm.md").read_text()
+    example = re.search(r"```python\n(.*?)\nwith Cluster", page, re.DOTALL)
+    shown = re.search(r"```bash\n(#!/bin/bash\n.*?)```", page, re.DOTALL)
+    assert example and shown
+    names: dict[str, object] = {}
+    exec(example.group(1), names)  # the launcher, exactly as the page builds it
+    launcher = names["launcher"]
+    assert isinstance(launcher, SlurmLauncher)
+    home = os.path.expanduser("~")
+    expected = (shown.group(1)
+                .replace("/home/alice/venvs/lab/bin/python", shlex.quote(sys.executable))
+                .replace("/home/alice", home))
+    assert launcher.batch_script(64) == expected
+
+
+def _reaper(tmp_path: Path, orders: bytes) -> Path:
+    """Run the reaper with a fake scancel (it records its argument); return the directory."""
+    directory = tmp_path / "slurm-private"
+    directory.mkdir()
+    (directory / "worker-0.log").write_text("a log\n")
+    scancel = tmp_path / "scancel"
+    scancel.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/cancelled\n")
+    scancel.chmod(0o755)
+    source = (ROOT / "sockpool" / "launchers" / "slurm_reaper.py").read_text()
+    subprocess.run([sys.executable, "-c", source, str(scancel), str(directory)],
+                   input=orders, timeout=30, check=True)
+    return directory
+
+
+def test_the_reaper_cancels_and_removes_only_when_the_master_did_not(tmp_path: Path) -> None:
+    directory = _reaper(tmp_path, b"job 4211\n")  # stdin ends without "done": the master died
+    assert (tmp_path / "cancelled").read_text() == "4211\n"
+    assert not directory.exists()
+    (tmp_path / "cancelled").unlink()
+    directory = _reaper(tmp_path, b"")  # died before any job: only the directory goes
+    assert not (tmp_path / "cancelled").exists() and not directory.exists()
+    directory = _reaper(tmp_path, b"job 4212\ndone\n")  # closed by the master itself
+    assert not (tmp_path / "cancelled").exists() and directory.exists()
+
+
 def test_par_map_with_closures_through_slurm(slurm: SlurmTestbed) -> None:
     launcher = _launcher(cpus_per_worker=2)
     scale = 10
@@ -88,6 +143,42 @@ def test_par_map_with_closures_through_slurm(slurm: SlurmTestbed) -> None:
             name.endswith(".json") for name in os.listdir(directory))
     assert _no_jobs_left(slurm) == []
     assert not os.path.exists(directory)
+
+
+def test_one_launcher_serves_clusters_in_a_row(slurm: SlurmTestbed, tmp_path: Path) -> None:
+    # A notebook cell `with Cluster(n=2, launcher=launcher)` run twice.
+    launcher = _launcher(directory=str(tmp_path))
+    jobs, directories = [], []
+    for offset in (0, 100):
+        started = time.monotonic()
+        with Cluster(n=2, launcher=launcher, wait_for=2, connect_timeout=30) as cl:
+            assert time.monotonic() - started < 15  # a new job: nothing waits out a timeout
+            assert cl.par_map(lambda x, o=offset: x + o, range(4)) == [o + offset for o in
+                                                                       range(4)]
+            jobs.append(launcher.job_id)
+            directories.append(launcher.directory)
+        assert os.listdir(tmp_path) == []  # its private directory went with it
+    assert None not in jobs and jobs[0] != jobs[1] and directories[0] != directories[1]
+    launcher.close()
+    launcher.close()  # closing again, after the clusters closed it, is harmless
+    assert _no_jobs_left(slurm) == []
+
+
+def test_a_launcher_serving_an_open_cluster_refuses_a_second_at_once(
+        slurm: SlurmTestbed, tmp_path: Path) -> None:
+    launcher = _launcher(directory=str(tmp_path))
+    with Cluster(n=1, launcher=launcher) as cl:  # never closed before the cell runs again
+        started = time.monotonic()
+        with pytest.raises(LaunchError, match=rf"still serves an open cluster \(slurm job "
+                                              rf"{launcher.job_id}\).*Close that cluster"):
+            Cluster(n=1, launcher=launcher, connect_timeout=30)
+        assert time.monotonic() - started < 5
+        assert cl.par_map(lambda x: x * 3, range(3)) == [0, 3, 6]  # the first one is untouched
+        assert len(os.listdir(tmp_path)) == 1
+    assert os.listdir(tmp_path) == []
+    with Cluster(n=1, launcher=launcher) as cl:  # once it is closed, the launcher serves again
+        assert cl.par_map(abs, [-1]) == [1]
+    assert _no_jobs_left(slurm) == []
 
 
 def test_queued_workers_are_not_an_error_and_join_later(slurm: SlurmTestbed) -> None:
@@ -139,41 +230,59 @@ def test_a_time_limit_is_a_lost_worker_with_its_state(slurm: SlurmTestbed) -> No
     assert _no_jobs_left(slurm) == []
 
 
-def test_workers_that_never_start_name_the_job_and_its_state(slurm: SlurmTestbed) -> None:
-    launcher = _launcher(partition="closed")  # a partition that is down: pending forever
+def test_workers_that_never_start_name_the_job_and_its_state(
+        slurm: SlurmTestbed, tmp_path: Path) -> None:
+    # a partition that is down: pending forever
+    launcher = _launcher(partition="closed", directory=str(tmp_path))
     with pytest.raises(LaunchError, match=r"Slurm job \d+_0 is PENDING \(PartitionDown\)"):
         Cluster(n=1, launcher=launcher, connect_timeout=4)
     assert _no_jobs_left(slurm) == []
+    assert os.listdir(tmp_path) == []
 
 
-def test_sbatch_refusing_the_job_is_a_launch_error(slurm: SlurmTestbed) -> None:
+def test_sbatch_refusing_the_job_is_a_launch_error(slurm: SlurmTestbed, tmp_path: Path) -> None:
+    launcher = _launcher(partition="no-such-partition", directory=str(tmp_path))
     with pytest.raises(LaunchError, match=r"sbatch refused the job.*invalid partition"):
-        Cluster(n=1, launcher=_launcher(partition="no-such-partition"))
+        Cluster(n=1, launcher=launcher)
+    assert os.listdir(tmp_path) == []  # no empty private directory left behind
+    launcher.close()  # harmless after the cluster closed it
 
 
-def test_master_killed_cancels_the_job(slurm: SlurmTestbed, tmp_path: Path) -> None:
-    source = """
+def test_master_killed_cancels_the_job_and_removes_its_directory(
+        slurm: SlurmTestbed, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    source = f"""
         import json, time
         from sockpool import Cluster, SlurmLauncher
-        cl = Cluster(n=2, launcher=SlurmLauncher(listen="127.0.0.1"), wait_for=2)
-        print(json.dumps([cl._dispatcher.launcher.job_id]), flush=True)
+        launcher = SlurmLauncher(listen="127.0.0.1", directory={str(root)!r})
+        cl = Cluster(n=2, launcher=launcher, wait_for=2)
+        print(json.dumps([launcher.job_id, launcher.directory]), flush=True)
         cl.submit(time.sleep, 60)
         time.sleep(60)
     """
-    with master_program(tmp_path / "master.py", source) as (master, (job,)):
+    with master_program(tmp_path / "master.py", source) as (master, (job, directory)):
         assert any(line.startswith(f"{job}_") for line in slurm.jobs())
+        assert os.path.dirname(str(directory)) == str(root)
+        assert [name for name in os.listdir(directory) if name.endswith(".log")]
         master.send_signal(signal.SIGKILL)
         master.wait()
         assert _no_jobs_left(slurm, 10) == []  # the reaper ran scancel
+        deadline = time.monotonic() + 10
+        while os.listdir(root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert os.listdir(root) == []  # and removed the private directory, logs and all
 
 
 def test_interpreter_exit_cancels_the_job(slurm: SlurmTestbed, tmp_path: Path) -> None:
     script = tmp_path / "forgets.py"
+    root = tmp_path / "root"
     script.write_text(
         "import json\nfrom sockpool import Cluster, SlurmLauncher\n"
-        "cl = Cluster(n=1, launcher=SlurmLauncher(listen='127.0.0.1'))\n"
-        "print(json.dumps(cl._dispatcher.launcher.job_id))\n")  # never closed
+        f"launcher = SlurmLauncher(listen='127.0.0.1', directory={str(root)!r})\n"
+        "cl = Cluster(n=1, launcher=launcher)\n"
+        "print(json.dumps(launcher.job_id))\n")  # never closed
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=60, check=True)
     job = json.loads(done.stdout)
     assert not any(line.startswith(f"{job}_") for line in _no_jobs_left(slurm))
+    assert os.listdir(root) == []

@@ -4,7 +4,10 @@
 :class:`WorkerProcess` handle the I/O thread watches); each launcher renders
 the command that starts a worker as data and hands the worker its
 :class:`~sockpool.common.config.WorkerConfig` as one JSON line.
-:mod:`.local`, :mod:`.manual` and :mod:`.slurm` are one module each; ssh is
+:mod:`.local` and :mod:`.manual` are one module each; Slurm is :mod:`.slurm`
+(the launcher and its batch script), :mod:`.slurm_job` (one cluster's job
+array) and :mod:`.slurm_reaper` (cancels it if the master dies, run as
+source); ssh is
 :mod:`.ssh` (the launcher), :mod:`.ssh_hosts` (hosts and routes),
 :mod:`.ssh_session` (one ssh client per host) and :mod:`.ssh_bootstrap` (the
 program a host runs first, sent as source; it names the worker side's agent

@@ -10,51 +10,43 @@ The batch script is rendered first, as data (:func:`render_batch_script`), so
 it can be read, tested and templated.  Batch jobs have no stdin from the
 master, so each worker's configuration (its CURVE keys) waits in a file of
 mode 0600 in a private directory on a file system the nodes share; the worker
-reads it once and deletes it.  The job is cancelled on ``close()``, at
-interpreter exit and, through a small reaper process that outlives nothing,
-when the master dies.
+reads it once and deletes it.  The job is cancelled, and that directory
+removed, on ``close()``, at interpreter exit and, through a small reaper
+process (:mod:`.slurm_reaper`), when the master dies.
+
+Each cluster gets a job of its own (:class:`~.slurm_job.SlurmJob`: a new
+directory, a new job array), so one launcher serves clusters one after
+another, as a notebook cell run again does; two open at once are refused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..common.config import WorkerConfig
-from ..common.proc import read_tail
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
+from .slurm_job import SlurmJob
 
 #: A Slurm worker gives up on a master silent this long (heartbeat_timeout= overrides).
 SLURM_MASTER_TIMEOUT = 15.0
-#: How often the job's state is read with squeue.
-STATE_POLL_INTERVAL = 0.5
-#: States after which an array element runs no more.
-FINAL_STATES = frozenset({
-    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
-    "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT"})
+#: What a batch script names in place of the private directory while no cluster
+#: is open: each cluster makes its own, ``slurm-`` and 8 random characters.
+DIRECTORY_PLACEHOLDER = "slurm-XXXXXXXX"
+#: A cluster closing on another thread may take this long before the next one starts.
+CLOSE_WAIT = 30.0
 
 DEFAULT_TEMPLATE = """\
 #!/bin/bash
 {directives}
 {setup}
 {command}
-"""
-
-#: Cancels the job if the master dies: it waits on its stdin, a pipe from the master.
-REAPER = """\
-import subprocess, sys
-if sys.stdin.buffer.read() != b"done":
-    subprocess.run(sys.argv[1:], check=False, timeout=60)
 """
 
 
@@ -100,71 +92,11 @@ def render_batch_script(
                            command=f"exec {command}")
 
 
-class SlurmWorkerProcess(WorkerProcess):
-    """One element of the job array: watched through squeue, stopped with scancel."""
-
-    host_known = False  # the node is known once its HELLO names it
-
-    def __init__(self, launcher: SlurmLauncher, worker_id: int, index: int) -> None:
-        self.worker_id = worker_id
-        self.index = index
-        self.host = "slurm"
-        self._launcher = launcher
-        self.command = "sbatch --parsable (job array, see SlurmLauncher.batch_script())"
-
-    @property
-    def pid(self) -> int:
-        return 0  # its HELLO names it
-
-    @property
-    def element(self) -> str:
-        return f"{self._launcher.job_id or '(not submitted)'}_{self.index}"
-
-    def _state(self) -> tuple[str, str]:
-        return self._launcher.states.get(self.index, ("PENDING", ""))
-
-    def poll(self) -> int | None:
-        if self._launcher.submit_error is not None:
-            return 1
-        state, _ = self._state()
-        if state not in FINAL_STATES:
-            return None
-        return 0 if state == "COMPLETED" else 1
-
-    def queued(self) -> bool:
-        return self._launcher.submit_error is None and self._state()[0] == "PENDING"
-
-    def exit_status(self) -> str:
-        if self._launcher.submit_error is not None:
-            return "its job was not submitted"
-        return f"Slurm job {self.element} ended: {self.status_note()}"
-
-    def status_note(self) -> str:
-        state, reason = self._state()
-        described = state + (f" ({reason})" if reason and reason not in ("None", "(null)")
-                             else "")
-        return described if state in FINAL_STATES else f"Slurm job {self.element} is {described}"
-
-    def terminate(self) -> None:
-        self._cancel()
-
-    def kill(self) -> None:
-        self._cancel()
-
-    def _cancel(self) -> None:
-        if not self.released:
-            self.released = True
-            self._launcher.cancel(self.index)
-
-    def stderr_tail(self) -> str:
-        return read_tail(os.path.join(self._launcher.directory or "", f"worker-{self.index}.log"))
-
-    def failure(self) -> LaunchError | None:
-        return self._launcher.submit_error
-
-
 class SlurmLauncher(Launcher):
     """Start the workers as one Slurm job array.
+
+    One launcher serves one cluster at a time, and any number one after
+    another: each cluster gets a new private directory and a new job.
 
     Args:
         partition: ``--partition``.
@@ -184,9 +116,10 @@ class SlurmLauncher(Launcher):
         env: extra environment variables for the workers.
         listen: the address of this machine the nodes dial (default: this
             host name's address).
-        directory: a private directory on a file system the nodes share, for
-            the workers' configuration files and logs (default: under
-            ``~/.sockpool/``); removed on close.
+        directory: where, on a file system the nodes share, each cluster
+            makes its private directory (``slurm-`` and 8 random characters,
+            mode 0700) for the workers' configuration files and logs
+            (default: ``~/.sockpool``); that directory is removed on close.
         job_name: ``--job-name``.
     """
 
@@ -233,129 +166,113 @@ class SlurmLauncher(Launcher):
             "env": dict(env or {}), "template": template}
         self.python = python or sys.executable
         self.listen = listen or _host_address()
-        self._root = directory
+        #: Where each cluster's private directory is made.
+        self.root = directory or os.path.join(os.path.expanduser("~"), ".sockpool")
         self.commands = {"sbatch": sbatch, "squeue": squeue, "scancel": scancel}
-        self.directory: str | None = None
-        self.job_id: str | None = None
-        self.submit_error: LaunchError | None = None
-        self.states: dict[int, tuple[str, str]] = {}
-        self._pending: list[SlurmWorkerProcess] = []
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
-        self._reaper: subprocess.Popen[bytes] | None = None
+        self._job: SlurmJob | None = None  # the current (or last) cluster's job
+        self._lock = threading.Lock()
 
-    def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
-        root = self._root or os.path.join(os.path.expanduser("~"), ".sockpool")
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        self.directory = tempfile.mkdtemp(prefix="slurm-", dir=root)
-        os.chmod(self.directory, 0o700)
+    # -- the current cluster's job (None before the first) --------------------------------
 
-    def worker_command(self) -> str:
-        """What each array element runs (its configuration file named by its index)."""
-        assert self.directory is not None
-        config = shlex.quote(self.directory) + "/worker-${SLURM_ARRAY_TASK_ID}.json"
+    @property
+    def directory(self) -> str | None:
+        """The private directory of the current (or last) cluster's job."""
+        return self._job.directory if self._job is not None else None
+
+    @property
+    def job_id(self) -> str | None:
+        """The Slurm job id of the current (or last) cluster, once submitted."""
+        return self._job.job_id if self._job is not None else None
+
+    @property
+    def submit_error(self) -> LaunchError | None:
+        """Why sbatch did not take the current cluster's job, if it did not."""
+        return self._job.submit_error if self._job is not None else None
+
+    @property
+    def states(self) -> dict[int, tuple[str, str]]:
+        """Each array element's Slurm state and reason, by index, as squeue last said."""
+        return self._job.states if self._job is not None else {}
+
+    def _open_job(self) -> SlurmJob | None:
+        job = self._job
+        return job if job is not None and not job.closed.is_set() else None
+
+    # -- the batch script ---------------------------------------------------------------
+
+    def _script_directory(self) -> str:
+        job = self._open_job()
+        return job.directory if job is not None else os.path.join(self.root,
+                                                                   DIRECTORY_PLACEHOLDER)
+
+    def worker_command(self, directory: str | None = None) -> str:
+        """What each array element runs (its configuration file named by its index).
+
+        ``directory``: the private directory (default: as :meth:`batch_script` names it).
+        """
+        directory = directory or self._script_directory()
+        config = shlex.quote(directory) + "/worker-${SLURM_ARRAY_TASK_ID}.json"
         return f"{shlex.quote(self.python)} -m sockpool.worker --config-file {config}"
 
     def batch_script(self, workers: int) -> str:
-        """The batch script this launcher submits for ``workers`` workers."""
-        assert self.directory is not None
-        return render_batch_script(workers=workers, command=self.worker_command(),
-                                   log_dir=self.directory, **self.options)
+        """The batch script this launcher submits for ``workers`` workers.
+
+        It works before any cluster exists, as a preview: while a cluster is
+        open it names that cluster's private directory; otherwise it names a
+        placeholder, ``slurm-XXXXXXXX`` under the root (``directory=``, by
+        default ``~/.sockpool``), for the directory each cluster makes anew.
+        Nothing is created.
+        """
+        return self._render(workers, self._script_directory())
+
+    def _render(self, workers: int, directory: str) -> str:
+        return render_batch_script(workers=workers, command=self.worker_command(directory),
+                                   log_dir=directory, **self.options)
+
+    # -- serving a cluster ----------------------------------------------------------------
+
+    def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
+        """Start a fresh job for a new cluster: a new private directory and its reaper.
+
+        Raises:
+            LaunchError: the launcher still serves an open cluster (one job at
+                a time), or the directory or the reaper cannot be made.
+        """
+        with self._lock:
+            job = self._job
+            if job is not None and not job.closed.is_set() and not (
+                    job.closing and job.closed.wait(CLOSE_WAIT)):
+                raise LaunchError(
+                    f"this SlurmLauncher still serves an open cluster ({self.describe()}); "
+                    "it runs one cluster at a time. Close that cluster first (cl.close(), or "
+                    "the end of its with block), or give this one a SlurmLauncher of its own")
+            self._job = SlurmJob(self.root, self.commands)
 
     def spawn(self, worker_id: int, config: WorkerConfig) -> WorkerProcess | None:
-        if self.job_id is not None or self.submit_error is not None or self.directory is None:
-            return None  # a lost Slurm worker is not replaced: its tasks retry elsewhere
-        index = len(self._pending)
-        path = os.path.join(self.directory, f"worker-{index}.json")
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as stream:
-            stream.write(config.to_json() + "\n")
-        worker = SlurmWorkerProcess(self, worker_id, index)
-        self._pending.append(worker)
-        return worker
+        if self._job is None:
+            raise RuntimeError("SlurmLauncher.prepare() was not called")
+        return self._job.add_worker(worker_id, config)  # None once submitted or closed
 
     def launched(self) -> None:
         """Submit the job array for the workers spawned so far."""
-        if self.job_id is not None or self.submit_error is not None or not self._pending:
+        job = self._open_job()
+        if job is None or job.submitted or job.closing or not job.workers:
             return
-        script = self.batch_script(len(self._pending))
-        argv = [self.commands["sbatch"], "--parsable"]
-        try:
-            done = subprocess.run(argv, input=script, capture_output=True, text=True,
-                                  timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.submit_error = LaunchError(f"cannot run sbatch: {exc}", command=" ".join(argv))
-            return
-        if done.returncode != 0:
-            self.submit_error = LaunchError(
-                f"sbatch refused the job (exit {done.returncode}): {done.stderr.strip()}",
-                command=" ".join(argv), returncode=done.returncode,
-                stderr_tail=done.stderr.strip())
-            return
-        self.job_id = done.stdout.strip().split(";")[0]
-        self._reaper = subprocess.Popen(
-            [sys.executable, "-c", REAPER, self.commands["scancel"], self.job_id],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        self._poller = threading.Thread(target=self._watch, name="sockpool-squeue", daemon=True)
-        self._poller.start()
-
-    def _watch(self) -> None:
-        """Keep :attr:`states` current from squeue (the I/O thread reads it)."""
-        seen: set[int] = set()
-        while not self._stop.wait(STATE_POLL_INTERVAL):
-            assert self.job_id is not None
-            try:
-                listing = subprocess.run(
-                    [self.commands["squeue"], "-h", "-r", "-t", "all", "-j", self.job_id,
-                     "-o", "%K|%T|%r|%N"], capture_output=True, text=True, timeout=30,
-                    check=False)
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-            if listing.returncode != 0:
-                continue
-            states: dict[int, tuple[str, str]] = {}
-            for line in listing.stdout.splitlines():
-                parts = line.split("|")
-                if len(parts) >= 3 and parts[0].isdigit():
-                    states[int(parts[0])] = (parts[1], parts[2])
-            for index in seen - set(states):  # gone from squeue: it ended long ago
-                previous = self.states.get(index, ("", ""))[0]
-                if previous not in FINAL_STATES:
-                    states[index] = ("COMPLETED" if previous == "COMPLETING" else "ENDED",
-                                     "no longer listed by squeue")
-                else:
-                    states[index] = self.states[index]
-            seen |= set(states)
-            self.states = {**self.states, **states}
+        job.submit(self._render(len(job.workers), job.directory))
 
     def cancel(self, index: int | None = None) -> None:
-        """scancel one element, or the whole job."""
-        if self.job_id is None:
-            return
-        target = self.job_id if index is None else f"{self.job_id}_{index}"
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run([self.commands["scancel"], target], capture_output=True,
-                           timeout=30, check=False)
+        """scancel one element, or the whole job, of the current cluster."""
+        job = self._open_job()
+        if job is not None:
+            job.cancel(index)
 
     def close(self) -> None:
-        """Cancel the job, stop watching it, dismiss the reaper, remove the files."""
-        self.cancel()
-        self._stop.set()
-        if self._poller is not None:
-            self._poller.join(5)
-        if self._reaper is not None:
-            with contextlib.suppress(OSError):
-                assert self._reaper.stdin is not None
-                self._reaper.stdin.write(b"done")
-                self._reaper.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._reaper.wait(5)
-            if self._reaper.poll() is None:
-                self._reaper.kill()
-                self._reaper.wait()
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        """Cancel the job, stop watching it, dismiss the reaper, remove the directory.
+
+        Calling it again is harmless; the launcher can then serve a new cluster.
+        """
+        if self._job is not None:
+            self._job.close()
 
     def describe(self) -> str:
         return f"slurm job {self.job_id}" if self.job_id else "slurm"
