@@ -87,7 +87,11 @@ class Dispatcher:
         self.token = secrets.token_hex(32)
         self.master = MasterSocket(launcher.transport or transport, max_frame_bytes,
                                    launcher.listen)
-        self.launcher.prepare(self.master.workdir, self.master.bind_tcp)
+        try:
+            self.launcher.prepare(self.master.workdir, self.master.bind_tcp)
+        except BaseException:  # refused (a launcher still in use): release what is bound
+            self.master.close()
+            raise
         self._poller = zmq.Poller()
         self._poller.register(self.master.socket, zmq.POLLIN)
         self._poller.register(self.mailbox.fileno(), zmq.POLLIN)
