@@ -147,3 +147,55 @@ def test_short_work_is_not_queued_behind_a_long_task(cluster: Cluster) -> None:
     assert cluster.par_map(abs, [-1, -2, -3, -4], chunksize=1) == [1, 2, 3, 4]
     assert time.monotonic() - started < 2.0  # the idle worker took them all
     assert long_task.result(timeout=20) == "long"
+
+
+class ExitAtPickle:
+    """A result whose pickling raises SystemExit (CPython's test_exit_during_result_pickle)."""
+
+    def __reduce__(self) -> object:
+        raise SystemExit("no pickling for you")
+
+
+class InterruptAtPickle:
+    def __reduce__(self) -> object:
+        raise KeyboardInterrupt
+
+
+def make(kind: type) -> object:
+    return kind()
+
+
+@pytest.mark.parametrize("kind", [ExitAtPickle, InterruptAtPickle])
+def test_a_result_whose_pickling_raises_fails_its_task_and_the_worker_lives(
+        cluster: Cluster, kind: type) -> None:
+    import os
+
+    from sockpool import RemoteError
+
+    pid = cluster.submit(os.getpid).result(timeout=10)
+    for _ in range(2):  # with two workers, the same pid serves again
+        future = cluster.submit(make, kind)
+        with pytest.raises(RemoteError, match=f"the result of this task, a [^ ]*{kind.__name__}"):
+            future.result(timeout=10)
+    assert pid in {cluster.submit(os.getpid).result(timeout=10) for _ in range(6)}
+    assert {w.pid for w in cluster.workers} >= {pid}
+    values = cluster.par_map(make, [int, kind, int], chunksize=3, errors="return")
+    assert values[0] == 0 and values[2] == 0 and isinstance(values[1], RemoteError)
+
+
+def test_cancel_futures_right_after_submits_lets_the_started_ones_run() -> None:
+    # CPython's test_cancel_futures: submitted work reaches idle workers at once.
+    # The I/O thread is held busy while the submits and the cancel are posted, so
+    # that it finds them all queued at once, as a slow turn of its loop would.
+    cl = Cluster(n=5)
+    release = threading.Event()
+    cl._dispatcher.mailbox.post(release.wait, 10)
+    futures = [cl.submit(time.sleep, 0.1) for _ in range(50)]
+    cl.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    concurrent.futures.wait(futures, timeout=20)
+    cl.shutdown(wait=True)
+    cancelled = [f for f in futures if f.cancelled()]
+    others = [f for f in futures if not f.cancelled()]
+    assert len(cancelled) > 20
+    assert others and all(f.done() and f.exception() is None for f in others)

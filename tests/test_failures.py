@@ -273,3 +273,15 @@ def test_only_the_task_that_crashed_its_worker_fails(cluster: Cluster) -> None:
     results = cluster.par_map(crash_on_3, range(12), chunksize=1, errors="return")
     assert isinstance(results[3], WorkerLostError) and "task 3" in str(results[3])
     assert [r for i, r in enumerate(results) if i != 3] == [i for i in range(12) if i != 3]
+
+
+def test_a_worker_that_fails_to_start_names_its_command(tmp_path: Path) -> None:
+    fake = tmp_path / "not-python"
+    fake.write_text("#!/bin/sh\necho 'no sockpool on this interpreter' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(LaunchError) as info:
+        Cluster(n=1, launcher=LocalLauncher(python=str(fake)))
+    message = str(info.value)
+    assert f"command: {fake} -m sockpool.worker" in message, message
+    assert "exit code 3" in message and "no sockpool on this interpreter" in message
+    assert info.value.command is not None and str(fake) in info.value.command

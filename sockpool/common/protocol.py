@@ -24,10 +24,12 @@ kind          direction  body of the first frame (then out-of-band buffer frames
 ============  =========  ==========================================================
 HELLO         w -> m     JSON: token, worker id, pid, host, python, version
 TASK          m -> w     task meta (digest, first task index, function length and
-                         buffer count), function pickle (empty when the worker has
-                         it cached), arguments pickle; then the function's
-                         buffers, then the arguments' buffers
+                         buffer count, seed, RESULTs received from this worker,
+                         tasks of the chunk to skip), function pickle (empty when
+                         the worker has it cached), arguments pickle; then the
+                         function's buffers, then the arguments' buffers
 RESULT        w -> m     outcome pickle: (values, errors, seconds, relay batch)
+ACK           m -> w     (empty; ``ident``: RESULTs received from this worker)
 OUTPUT        w -> m     relay batch pickle: what a running chunk wrote so far
 RELEASE       both       serials (u64 each) of the sender's mappings of the
                          receiver's shared-memory segments that are gone
@@ -37,6 +39,11 @@ CANCEL        m -> w     (empty; ``job`` says which)
 HEARTBEAT     both       (empty)
 SHUTDOWN      m -> w     (empty)
 ============  =========  ==========================================================
+
+A worker starts no task while a RESULT it sent may still sit unsent in its own
+process (in libzmq's queue), where its death would take it along: it waits
+until the master says it received every RESULT, in a TASK's meta (free: a
+TASK sent after them) or, when it already holds the next chunk, in an ACK.
 
 A TASK or RESULT flagged ``SHARED`` carries its large buffers in a shared
 memory segment (see ``shm.py``): the one frame after the function's buffers
@@ -55,7 +62,7 @@ PROTOCOL_VERSION = 1
 
 _HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = _HEADER.size
-_TASK_META = struct.Struct("<16sQIHB16sQ")
+_TASK_META = struct.Struct("<16sQIHB16sQQI")
 
 DATA_PREFIX = b"D"
 CONTROL_PREFIX = b"C"
@@ -81,6 +88,7 @@ class Kind(enum.IntEnum):
     SHUTDOWN = 8
     OUTPUT = 9
     RELEASE = 10
+    ACK = 11
 
 
 class Flag(enum.IntFlag):
@@ -141,13 +149,15 @@ SEED_NONE, SEED_CALL, SEED_CLUSTER = 0, 1, 2
 
 
 def task_frame(head: bytes, digest: bytes, first_index: int, fn_inband: bytes,
-               fn_buffers: int, arguments: Any, seed: tuple[int, int | None] | None = None
-               ) -> bytes:
+               fn_buffers: int, arguments: Any, seed: tuple[int, int | None] | None = None,
+               acked: int = 0, skip: int = 0) -> bytes:
     """The first frame of a TASK: header, meta, function pickle, arguments pickle.
 
     The function's out-of-band buffers (``fn_buffers`` of them) are the frames
     right after it, before the arguments' own buffers.  ``seed`` is
-    ``(entropy, call number or None)`` for a seeded job.
+    ``(entropy, call number or None)`` for a seeded job.  ``acked`` counts the
+    RESULTs the master has received from this worker; the worker runs the
+    chunk's tasks from ``skip`` on (those before were settled elsewhere).
     """
     if seed is None:
         mode, entropy, call = SEED_NONE, 0, 0
@@ -155,8 +165,23 @@ def task_frame(head: bytes, digest: bytes, first_index: int, fn_inband: bytes,
         entropy, number = seed
         mode, call = (SEED_CALL, 0) if number is None else (SEED_CLUSTER, number)
     meta = _TASK_META.pack(digest, first_index, len(fn_inband), fn_buffers, mode,
-                           entropy.to_bytes(16, "little"), call)
+                           entropy.to_bytes(16, "little"), call, acked, skip)
     return b"".join((head, meta, fn_inband, arguments))
+
+
+_ACKED_AT = _TASK_META.size - 12  # where a TASK body's ``acked`` field starts
+
+
+def task_acked(body: memoryview) -> int:
+    """The RESULTs the master had received when it sent this TASK (0 if the body is short)."""
+    if len(body) < _TASK_META.size:
+        return 0
+    return int.from_bytes(body[_ACKED_AT:_ACKED_AT + 8], "little")
+
+
+def ack_message(received: int) -> bytes:
+    """An ACK: the master has received ``received`` RESULTs from this worker."""
+    return header(Kind.ACK, 0, 0, received)
 
 
 class Task(NamedTuple):
@@ -168,13 +193,16 @@ class Task(NamedTuple):
     fn_buffers: int
     arguments: memoryview
     seed: tuple[int, tuple[int, ...]] | None  # (entropy, spawn key before the task index)
+    acked: int  # RESULTs the master had received from this worker when it sent this
+    skip: int  # tasks at the start of the chunk not to run (settled already)
 
 
 def parse_task(body: memoryview) -> Task:
     """Split a TASK body into its parts."""
     if len(body) < _TASK_META.size:
         raise ProtocolError("TASK body shorter than its meta")
-    digest, first_index, fn_len, fn_buffers, mode, entropy, call = _TASK_META.unpack_from(body)
+    (digest, first_index, fn_len, fn_buffers, mode, entropy, call, acked,
+     skip) = _TASK_META.unpack_from(body)
     start = _TASK_META.size
     if start + fn_len > len(body):
         raise ProtocolError("TASK function payload runs past the frame")
@@ -182,7 +210,7 @@ def parse_task(body: memoryview) -> Task:
     if mode != SEED_NONE:
         seed = (int.from_bytes(entropy, "little"), (call,) if mode == SEED_CLUSTER else ())
     return Task(digest, first_index, body[start:start + fn_len], fn_buffers,
-                body[start + fn_len:], seed)
+                body[start + fn_len:], seed, acked, skip)
 
 
 _SERIAL = struct.Struct("<Q")

@@ -27,18 +27,19 @@ import zmq
 
 from ..common import codec, protocol, shm
 from ..common.config import WorkerConfig
-from ..common.protocol import Kind
+from ..common.protocol import Kind, ack_message
 from ..common.shm import SharedFrame
-from ..errors import ClusterClosedError, LaunchError, SockpoolError
+from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
 from . import output as relay
 from .jobs import Chunk, FutureJob, Job, TaskFailure, decode_outcome
 from .lifecycle import ClusterState, Lifecycle
 from .mailbox import Mailbox
 from .pool import TIMEOUT_SLACK, WorkerPool
-from .records import WorkerInfo, WorkerRecord, WorkerState
+from .records import WorkerInfo, WorkerRecord, WorkerState, setup_error, snapshot
 from .scheduler import Scheduler
 from .sharing import SharedTransfers
+from .task_progress import ProgressPage
 from .transport import MasterSocket
 
 logger = logging.getLogger("sockpool")
@@ -179,7 +180,7 @@ class Dispatcher:
 
     def snapshot(self) -> list[WorkerInfo]:
         """Each worker that is not gone: id, host, pid, state."""
-        return self.mailbox.ask(self._snapshot)
+        return self.mailbox.ask(snapshot, self.pool.workers.values(), self.scheduler.load)
 
     # -- the I/O thread: the loop ----------------------------------------------------------
 
@@ -296,6 +297,7 @@ class Dispatcher:
         if prefix != protocol.DATA_PREFIX:
             return
         if head.kind is Kind.RESULT:
+            record.results_received += 1
             try:
                 payload = self.shared.payload(record, head, body, frames)
             except shm.SharedMemoryError as exc:  # it ended just after sending, say
@@ -303,6 +305,9 @@ class Dispatcher:
                 self.pool.lost(record, f"its result could not be read from shared memory: {exc}")
                 return
             self._on_result(record, head, payload)
+            if record.alive and (self.scheduler.load(record.id) or record.setup_chunk):
+                # It holds a chunk sent before this RESULT came: it waits for word of it.
+                self.master.send(record.data_identity, [ack_message(record.results_received)])
         elif head.kind is Kind.OUTPUT:
             self._on_output(record, head, (body, [frame.buffer for frame in frames[2:]]))
         elif head.kind is Kind.RELEASE:
@@ -324,6 +329,8 @@ class Dispatcher:
             return
         record.pid = int(info.get("pid", record.pid))
         self.shared.check_hello(record, info.get("shared_memory"))
+        if record.shared_memory:  # same host, same user: its progress page is ours to read
+            record.progress = ProgressPage.open(info.get("progress"))
         if not record.process.host_known:
             record.host = str(info.get("host", record.host))
         for frames in self.exports:
@@ -378,10 +385,7 @@ class Dispatcher:
         if not failures:
             self.pool.mark_ready(record)
             return
-        cause = failures[0].error
-        record.failure = LaunchError(f"setup failed on {record.label}: "
-                                     f"{type(cause).__name__}: {cause}")
-        record.failure.__cause__ = cause
+        record.failure = setup_error(record, failures[0].error)
         record.process.kill()  # its exit reports the failure, once
 
     # -- the I/O thread: sending -----------------------------------------------------------
@@ -414,7 +418,8 @@ class Dispatcher:
         arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], int(job.flags))
         head = protocol.header(Kind.TASK, flags, job.id, chunk.id)
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
-                                    len(fn_buffers), chunk.frames[0], job.seed)
+                                    len(fn_buffers), chunk.frames[0], job.seed,
+                                    record.results_received, chunk.resume)
         return self.master.send(record.data_identity, [first, *fn_buffers, *arguments])
 
     def _cache(self, record: WorkerRecord, digest: bytes, size: int) -> None:
@@ -442,6 +447,9 @@ class Dispatcher:
                 chunk.job.fail(chunk, self.lifecycle.refusal())
             return
         self.scheduler.submit(chunks)
+        # An idle worker gets it now, not once every queued command ran (a cancel_futures).
+        if any(not held for held in self.scheduler.in_flight.values()):
+            self._assign()
 
     def _broadcast(self, job: Job, frames: list[Any]) -> list[Chunk]:
         chunks = [job.chunk(position, 1, frames, pinned=worker_id)
@@ -462,7 +470,8 @@ class Dispatcher:
     def _cancel_futures(self) -> None:
         for chunk in self.scheduler.drain():
             if isinstance(chunk.job, FutureJob):
-                chunk.job.future.cancel()
+                if chunk.job.future.cancel():  # and tell wait() and as_completed() it is done
+                    chunk.job.future.set_running_or_notify_cancel()
                 chunk.job.dropped(chunk)
             else:
                 self.scheduler.submit([chunk])
@@ -472,17 +481,6 @@ class Dispatcher:
         for record in self.pool.workers.values():
             if record.state in (WorkerState.SETUP, WorkerState.READY):
                 self.master.send(record.data_identity, frames)
-
-    def _snapshot(self) -> list[WorkerInfo]:
-        rows = []
-        for record in self.pool.workers.values():
-            if not record.alive:
-                continue
-            state = record.state.value
-            if record.state is WorkerState.READY:
-                state = "busy" if self.scheduler.load(record.id) else "idle"
-            rows.append(WorkerInfo(record.id, record.host, record.pid, state))
-        return rows
 
 
 def _nothing() -> None:

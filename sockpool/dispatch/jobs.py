@@ -54,6 +54,11 @@ class Chunk:
     sent_at: float = 0.0  # time.monotonic() when it was handed to a worker
     output: list[Any] = field(default_factory=list)  # relay batches that came ahead
     id: int = field(default_factory=lambda: next(_chunk_ids))
+    #: Its tasks before this offset were settled when a worker died running the
+    #: chunk; the next worker runs it from here (TASK's ``skip``).
+    resume: int = 0
+    #: What those tasks came to: ``(start, end, error)`` offsets, each task of the range failed.
+    settled: list[tuple[int, int, BaseException]] = field(default_factory=list)
 
 
 class TaskFailure(NamedTuple):
@@ -89,7 +94,7 @@ class Job:
         """The chunk is about to be sent; False drops it (its future was cancelled)."""
         return not self.cancelled
 
-    def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
+    def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
         """A RESULT arrived for ``chunk``."""
         raise NotImplementedError
 
@@ -101,7 +106,8 @@ class Job:
         """``chunk`` was cancelled before or while it ran."""
 
 
-#: A RESULT as the I/O thread hands it on: the body of its first frame and its buffers.
+#: A RESULT as the I/O thread hands it on: the body of its first frame and its buffers
+#: (``deliver`` gets None when every task was settled as workers died running it).
 Payload = tuple[memoryview, list[Any]]
 
 
@@ -114,30 +120,49 @@ class Outcome(NamedTuple):
     output: list[Any]  # relay batches, in order: those that came ahead, then the last
 
 
-def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload) -> Outcome:
-    """Unpickle a RESULT: values, each failed task's rebuilt exception, time and output."""
+def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> Outcome:
+    """Unpickle a RESULT: values, each failed task's rebuilt exception, time and output.
+
+    The tasks a chunk settled when a worker died running it (``chunk.settled``)
+    come first; the RESULT holds those from ``chunk.resume`` on.
+    """
+    if not chunk.resume and not chunk.settled and payload is not None:
+        return _decode(chunk, label, payload, chunk.first_index, chunk.count)
+    if payload is None:
+        head = Outcome([None] * chunk.count, [], 0.0, chunk.output)
+    else:
+        rest = _decode(chunk, label, payload, chunk.first_index + chunk.resume,
+                       chunk.count - chunk.resume)
+        head = Outcome([None] * chunk.resume + rest.values, rest.failures, rest.seconds,
+                       rest.output)
+    settled = [TaskFailure(chunk.first_index + offset, error)
+               for start, end, error in chunk.settled for offset in range(start, end)]
+    return head._replace(failures=settled + head.failures)
+
+
+def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int,
+            count: int) -> Outcome:
+    """Decode a RESULT for ``count`` tasks from ``first_index`` on."""
     try:
         values, errors, seconds, batch = codec.loads(*payload)
     except Exception as exc:
         problem = RemoteError(
             codec.describe(exc),
-            f"the results of tasks {chunk.first_index}..{chunk.first_index + chunk.count - 1} "
+            f"the results of tasks {first_index}..{first_index + count - 1} "
             f"could not be unpickled in the master: {exc}",
         )
-        return Outcome([None] * chunk.count, [TaskFailure(chunk.first_index, problem)], 0.0,
-                       chunk.output)
+        return Outcome([None] * count, [TaskFailure(first_index, problem)], 0.0, chunk.output)
     failures = []
     for offset, packed in errors:
-        index = chunk.first_index + offset
+        index = first_index + offset
         failures.append(TaskFailure(index, codec.unpack_exception(
             packed, f"sockpool: task {index} failed on {label}")))
-    if len(values) < chunk.count and failures:
+    if len(values) < count and failures:
         # The chunk stopped early (its payload failed to load, or stop-on-error):
         # the tasks it never ran share its first failure.
         first = failures[0].error
-        failures += [TaskFailure(chunk.first_index + i, first)
-                     for i in range(len(values), chunk.count)]
-        values = values + [None] * (chunk.count - len(values))
+        failures += [TaskFailure(first_index + i, first) for i in range(len(values), count)]
+        values = values + [None] * (count - len(values))
     output = [*chunk.output, batch] if batch is not None else chunk.output
     return Outcome(values, failures, seconds, output)
 
@@ -156,7 +181,7 @@ class StreamJob(Job):
         super().__init__(function, flags, retries, timeout, seed)
         self.events: queue.SimpleQueue[tuple[Chunk, WorkerLabel | None, Any]] = queue.SimpleQueue()
 
-    def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
+    def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
         self.events.put((chunk, label, payload))
 
     def fail(self, chunk: Chunk, error: BaseException) -> None:
@@ -183,7 +208,7 @@ class FutureJob(Job):
         # running() already: a retry after its first worker was lost.
         return self.future.running() or self.future.set_running_or_notify_cancel()
 
-    def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
+    def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
         values, failures, _, output = decode_outcome(chunk, label, payload)
         try:
             relay.emit(output)

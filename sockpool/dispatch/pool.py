@@ -21,8 +21,17 @@ from ..common.protocol import Kind, header
 from ..errors import LaunchError, NoWorkersLeftError, SockpoolError
 from ..launchers.base import Launcher
 from . import output as relay
+from .jobs import Chunk
 from .lifecycle import Lifecycle
-from .records import WorkerRecord, WorkerState, launch_error, lost_error, timeout_error
+from .records import (
+    WorkerRecord,
+    WorkerState,
+    command_note,
+    launch_error,
+    lost_error,
+    result_lost_error,
+    timeout_error,
+)
 from .scheduler import Scheduler
 from .sharing import SharedTransfers
 from .transport import MasterSocket
@@ -161,10 +170,11 @@ class WorkerPool:
                         + (r.process.status_note() or r.state.value)
                         + (f", stderr: {tail}" if (tail := r.process.stderr_tail()) else "")
                         for r in starting)
+                    command = starting[0].process.command if starting else None
                     raise LaunchError(
                         f"only {self.n_ready} of {count} workers connected within "
-                        f"{timeout:g} s (connect_timeout); still waiting for: {detail}",
-                        command=starting[0].process.command if starting else None)
+                        f"{timeout:g} s (connect_timeout); still waiting for: {detail}"
+                        + command_note(command), command=command)
                 self.state_changed.wait(min(remaining, 0.5))
 
     def _warn_partial(self, count: int) -> None:
@@ -234,6 +244,8 @@ class WorkerPool:
     def _forget(self, record: WorkerRecord, state: WorkerState) -> None:
         was_ready = record.state is WorkerState.READY
         record.state = state
+        if state is not WorkerState.LOST:  # (lost() reads it first, then closes it)
+            self._close_progress(record)
         self._unwatch(record)
         self.master.revoke(record.keys)  # its key connects no more
         self.shared.forget(record.id)  # its mappings of our segments went with it
@@ -272,7 +284,16 @@ class WorkerPool:
             if output_tail:
                 tail = f"{output_tail}\n{tail}" if tail else output_tail
             chunk.output = []
-        for chunk in running + stranded:
+        # A local worker's progress page tells how far its chunk got: only the
+        # task it died in fails (or is retried); the rest is settled or requeued.
+        # Read only once the process is gone (one just killed may still move on).
+        measured = [chunk for chunk in running if record.progress is not None
+                    and chunk.pinned is None and chunk is not record.timed_out
+                    and record.process.poll() is not None]
+        for chunk in measured:
+            self._resume(record, chunk, how, tail)
+        self._close_progress(record)
+        for chunk in [c for c in running if c not in measured] + stranded:
             if chunk.pinned is None and chunk.attempts < chunk.job.retries:
                 chunk.attempts += 1
                 self.scheduler.requeue(chunk)
@@ -281,6 +302,37 @@ class WorkerPool:
             else:
                 chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
         self._replace(f"worker {record.id} {how}", tail)
+
+    def _resume(self, record: WorkerRecord, chunk: Chunk, how: str, tail: str) -> None:
+        """Settle what a lost worker finished and died in; requeue the rest of the chunk.
+
+        With ``retries`` left, the chunk reruns from its first task whose result
+        is not here (what finished in it died unsent, and the task it died in).
+        """
+        assert record.progress is not None
+        start, end = record.progress.where(chunk)
+        if end > chunk.resume and chunk.attempts < chunk.job.retries:
+            chunk.attempts += 1
+        elif end > chunk.resume:
+            if start > chunk.resume:  # finished, but their results died unsent
+                chunk.settled.append((chunk.resume, start, result_lost_error(
+                    record, how, tail, chunk, chunk.resume, start)))
+            if end > start:
+                chunk.settled.append((start, end, lost_error(record, how, tail, chunk, start,
+                                                             end)))
+            chunk.resume = end
+        if chunk.resume < chunk.count:  # (untouched if it never started)
+            self.scheduler.requeue(chunk)
+        elif len(chunk.settled) == 1 and chunk.settled[0][:2] == (0, chunk.count):
+            chunk.job.fail(chunk, chunk.settled[0][2])
+        else:
+            chunk.job.deliver(chunk, record.label, None)
+
+    @staticmethod
+    def _close_progress(record: WorkerRecord) -> None:
+        if record.progress is not None:
+            record.progress.close()
+            record.progress = None
 
     def _replace(self, last_loss: str, tail: str) -> None:
         """Start a replacement, unless starting them keeps failing; give up with no worker left."""
@@ -359,6 +411,7 @@ class WorkerPool:
             time.sleep(0.01)
         for record in self.workers.values():
             record.process.close()
+            self._close_progress(record)
             if record.alive:
                 record.state = WorkerState.STOPPED
         self.n_ready = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from ..common import protocol
@@ -12,6 +13,7 @@ from ..common.config import CurveKeys
 from ..errors import LaunchError, TaskTimeoutError, WorkerLostError
 from ..launchers.base import WorkerProcess
 from .jobs import Chunk, WorkerLabel
+from .task_progress import ProgressPage
 
 
 class WorkerState(enum.Enum):
@@ -69,6 +71,8 @@ class WorkerRecord:
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
         self.keys: CurveKeys | None = None  # its CURVE keys, when the transport has them
         self.shared_memory = False  # it maps our segments and we map its (same machine)
+        self.results_received = 0  # RESULT messages it sent us, which TASK and ACK tell it
+        self.progress: ProgressPage | None = None  # how far its chunk got (same host)
 
     @property
     def label(self) -> WorkerLabel:
@@ -80,14 +84,38 @@ class WorkerRecord:
         return self.state.alive
 
 
-def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk) -> WorkerLostError:
-    """The error of a chunk whose worker was lost."""
-    last = chunk.first_index + chunk.count - 1
-    tasks = f"task {chunk.first_index}" if chunk.count == 1 else (
-        f"tasks {chunk.first_index}..{last}")
+def snapshot(records: Iterable[WorkerRecord], load: Callable[[int], int]) -> list[WorkerInfo]:
+    """Each worker that is not gone: id, host, pid, state (ready ones: busy or idle)."""
+    rows = []
+    for record in records:
+        if record.alive:
+            state = record.state.value
+            if record.state is WorkerState.READY:
+                state = "busy" if load(record.id) else "idle"
+            rows.append(WorkerInfo(record.id, record.host, record.pid, state))
+    return rows
+
+
+def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk, start: int = 0,
+               end: int | None = None) -> WorkerLostError:
+    """The error of a chunk (its tasks ``[start, end)``) whose worker was lost."""
+    first = chunk.first_index + start
+    last = chunk.first_index + (chunk.count if end is None else end) - 1
+    tasks = f"task {first}" if first == last else f"tasks {first}..{last}"
     message = f"{record.label} was lost ({how}) while running {tasks}"
     if tail:
         message += f"\nits stderr ends with:\n{tail}"
+    return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,
+                           exit_status=how, stderr_tail=tail)
+
+
+def result_lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk, start: int,
+                      end: int) -> WorkerLostError:
+    """The error of tasks that finished on a worker whose death took their results along."""
+    first, last = chunk.first_index + start, chunk.first_index + end - 1
+    tasks = f"task {first}" if first == last else f"tasks {first}..{last}"
+    message = (f"{tasks} finished on {record.label}, but it was lost ({how}) before their "
+               "results were sent (they ran in the same chunk as the task it died in)")
     return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,
                            exit_status=how, stderr_tail=tail)
 
@@ -104,7 +132,22 @@ def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
 def launch_error(record: WorkerRecord, how: str, tail: str) -> LaunchError:
     """The error of a worker that ended before it was ready."""
     message = f"worker {record.id} (pid {record.pid} on {record.host}) failed to start: {how}"
+    message += command_note(record.process.command)
     if tail:
         message += f"\nits stderr ends with:\n{tail}"
     return LaunchError(message, command=record.process.command,
                        returncode=record.process.poll(), stderr_tail=tail)
+
+
+def setup_error(record: WorkerRecord, cause: BaseException) -> LaunchError:
+    """The error of a worker whose ``setup`` function failed (``cause``)."""
+    command = record.process.command
+    error = LaunchError(f"setup failed on {record.label}: {type(cause).__name__}: {cause}"
+                        f"{command_note(command)}", command=command)
+    error.__cause__ = cause
+    return error
+
+
+def command_note(command: str | None) -> str:
+    """The line a worker's :class:`LaunchError` adds to name the command that started it."""
+    return f"\ncommand: {command}" if command else ""

@@ -39,8 +39,12 @@ def send(sock: zmq.Socket[bytes], frames: list[Any]) -> None:
     sock.send_multipart(frames, copy=protocol.send_copies(frames))
 
 
-def hello(config: WorkerConfig, shared: shm.SegmentPool | None) -> bytes:
-    """The HELLO message: the token that proves this worker, and who and where it is."""
+def hello(config: WorkerConfig, shared: shm.SegmentPool | None,
+          progress: str | None = None) -> bytes:
+    """The HELLO message: the token that proves this worker, and who and where it is.
+
+    ``progress`` names the page where it notes how far a chunk got (see progress.py).
+    """
     info = {
         "token": config.token,
         "worker_id": config.worker_id,
@@ -49,5 +53,6 @@ def hello(config: WorkerConfig, shared: shm.SegmentPool | None) -> bytes:
         "python": ".".join(map(str, sys.version_info[:3])),
         "version": __version__,
         "shared_memory": shared.probe() if shared is not None else None,
+        "progress": progress,
     }
     return protocol.header(Kind.HELLO) + json.dumps(info).encode()

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import threading
 from collections import deque
+from typing import Any
 
 import zmq
 
@@ -48,6 +49,11 @@ class DataLoop:
         self.functions = functions
         self.shared = shared
         self.released = released
+        # RESULTs sent, and how many of them the master said it received: no task
+        # starts while one may still sit in libzmq's queue here, to die with us.
+        self.sent = 0
+        self.acked = 0
+        self._held: deque[list[Any]] = deque()  # what came while waiting for an ACK
 
     def serve(self, hello: bytes) -> None:
         """Say HELLO, then run what comes until SHUTDOWN."""
@@ -59,17 +65,23 @@ class DataLoop:
             threading.Thread(target=_preload, args=(self.serializer,), name="sockpool-preload",
                              daemon=True).start()
         while not self.state.stopping:
-            frames = protocol.recv_message(self.data)
+            frames = self._held.popleft() if self._held else protocol.recv_message(self.data)
             try:
                 head, body = protocol.parse(frames[0])
             except protocol.ProtocolError:
                 continue
             buffers = [frame.buffer for frame in frames[1:]]
             if head.kind is Kind.TASK:
+                self.acked = max(self.acked, protocol.task_acked(body))
+                if self.acked < self.sent and not self._wait_for_ack():
+                    break  # SHUTDOWN came meanwhile
                 reply = self.runner.run(head, body, buffers)
                 if self.released:  # first, so the master may reuse them once it has the result
                     self._send_releases()
                 link.send(self.data, reply)
+                self.sent += 1
+            elif head.kind is Kind.ACK:
+                self.acked = max(self.acked, head.ident)
             elif head.kind is Kind.RELEASE and self.shared is not None:
                 self.shared.release(protocol.parse_release(body), MASTER)
             elif head.kind is Kind.EXPORT:
@@ -79,6 +91,30 @@ class DataLoop:
             elif head.kind is Kind.SHUTDOWN:
                 self.state.shutdown()
                 break
+
+    def _wait_for_ack(self) -> bool:
+        """Wait until the master has every RESULT sent; False if SHUTDOWN came meanwhile.
+
+        RELEASE is handled at once; anything else waits its turn, in order.
+        """
+        while self.acked < self.sent:
+            frames = protocol.recv_message(self.data)
+            try:
+                head, body = protocol.parse(frames[0])
+            except protocol.ProtocolError:
+                continue
+            if head.kind is Kind.ACK:
+                self.acked = max(self.acked, head.ident)
+            elif head.kind is Kind.SHUTDOWN:
+                self.state.shutdown()
+                return False
+            elif head.kind is Kind.RELEASE and self.shared is not None:
+                self.shared.release(protocol.parse_release(body), MASTER)
+            else:
+                if head.kind is Kind.TASK:  # sent after the master had what it counts
+                    self.acked = max(self.acked, protocol.task_acked(body))
+                self._held.append(frames)
+        return True
 
     def _send_releases(self) -> None:
         serials = []

@@ -36,7 +36,7 @@ import zmq
 
 from ..common import protocol, shm
 from ..common.config import WorkerConfig
-from . import link
+from . import link, progress
 from .functions import FunctionCache
 from .loop import DataLoop
 from .runner import ChunkRunner
@@ -76,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     context = zmq.Context()
     data = link.dial(context, config, protocol.data_identity(config.worker_id))
     control = link.dial(context, config, protocol.control_identity(config.worker_id))
+    page = progress.create()
     runner = ChunkRunner(config, state, functions, shared, released,
-                         send=functools.partial(link.send, data))
+                         send=functools.partial(link.send, data), progress=page)
     loop = DataLoop(data, config.serializer, state, runner, functions, shared, released)
     watchdog = Watchdog(control, state, threading.get_ident(), config, shared)
-    hello = link.hello(config, shared)
+    hello = link.hello(config, shared, page.describe() if page is not None else None)
 
     # Tasks see a clean __main__ (exports land there), not this module.
     sys.modules["__main__"] = functions.main_module

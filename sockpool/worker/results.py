@@ -38,7 +38,13 @@ class ResultPacker:
 
     def failure(self, exc: BaseException, skip_frames: int = 0) -> bytes:
         """A task's exception, packed for the master (never raises)."""
-        return codec.pack_exception(exc, self.serializer, skip_frames)
+        try:
+            return codec.pack_exception(exc, self.serializer, skip_frames)
+        except BaseException as error:  # its __str__ raised SystemExit, say
+            problem = RemoteError(codec.describe(exc), f"an exception of type "
+                                  f"{codec.describe(exc)} that could not be described: "
+                                  f"{codec.describe(error)} while describing it")
+            return codec.pack_exception(problem, self.serializer)
 
     def pack(self, head: protocol.Header, flags: Flag, values: list[Any], errors: Errors,
              seconds: float, batch: Batch | None) -> list[Any]:
@@ -48,7 +54,7 @@ class ResultPacker:
         store = self.shared.store if self.shared is not None else None
         try:
             frames = codec.dumps(outcome, self.serializer, prefix=prefix, store=store)
-        except Exception:
+        except BaseException:  # a result's __reduce__ may raise anything, SystemExit too
             outcome = (*self._replace_unpicklable(values, errors), seconds, batch)
             frames = codec.dumps(outcome, self.serializer, prefix=prefix, store=store)
         if self.shared is not None and isinstance(frames[-1], shm.SharedFrame):
@@ -68,7 +74,7 @@ class ResultPacker:
         """Fail each task whose result cannot be serialized, keep the others."""
         values = list(values)
         errors = list(errors)
-        while (found := codec.first_unpicklable(values, self.serializer)) is not None:
+        while (found := _first_unpicklable(values, self.serializer)) is not None:
             index, error = found
             problem = RemoteError(
                 codec.describe(error),
@@ -78,3 +84,13 @@ class ResultPacker:
             values[index] = None
             errors.append((index, self.failure(problem)))
         return values, errors
+
+
+def _first_unpicklable(values: list[Any], serializer: str) -> tuple[int, BaseException] | None:
+    """The first value that fails to pickle and why, whatever it raised; None if all pickle."""
+    for index, value in enumerate(values):
+        try:
+            codec.dumps(value, serializer)
+        except BaseException as exc:
+            return index, exc
+    return None

@@ -15,18 +15,25 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from ..common import codec, protocol, rng, shm
 from ..common.config import WorkerConfig
 from ..common.protocol import Batch, Flag, Kind
 from .functions import FunctionCache
+from .progress import TO_THE_END, Progress
 from .relay import WorkerRelay
 from .results import Errors, ResultPacker
 from .state import Interrupted, WorkerState
 
 #: Sends a message's frames on the data connection (its owner, the main thread).
 Send = Callable[[list[Any]], None]
+
+#: A map's tasks run in slices, the progress page marked before each: a slice
+#: doubles while the last one took less than this (seconds), so slow tasks run
+#: one per slice (their progress is exact) and trivial ones pay almost nothing.
+SLICE_SECONDS = 0.001
 
 
 class ChunkRunner:
@@ -40,11 +47,15 @@ class ChunkRunner:
         released: where the serials of the master's segments whose mappings
             here are gone are queued (any thread appends).
         send: sends OUTPUT frames ahead of the RESULT.
+        progress: the page that tells the master how far a chunk got, or None.
     """
 
     def __init__(self, config: WorkerConfig, state: WorkerState, functions: FunctionCache,
-                 shared: shm.SegmentPool | None, released: deque[int], send: Send) -> None:
+                 shared: shm.SegmentPool | None, released: deque[int], send: Send,
+                 progress: Progress | None = None) -> None:
         self.state = state
+        self.progress = progress
+        self._skip = 0  # tasks of the running chunk settled before it came here
         self.functions = functions
         self.serializer = config.serializer
         self.results = ResultPacker(config.serializer, config.max_frame_bytes, shared)
@@ -62,8 +73,12 @@ class ChunkRunner:
         values: list[Any] = []
         errors: Errors = []
         flags = head.flags
+        progress = self.progress
         try:
             task = protocol.parse_task(body)
+            self._skip = task.skip
+            if progress is not None:  # loading may run code: count it as the tasks' own
+                progress.mark(head.ident, task.skip, TO_THE_END)
             split = task.fn_buffers
             fn = self.functions.load(task.digest, task.fn_inband, buffers[:split])
             arguments = buffers[split:]
@@ -71,6 +86,8 @@ class ChunkRunner:
                 arguments = shm.open_shared(bytes(arguments[0]), self._released.append)
             items = codec.loads(task.arguments, arguments)
             del arguments
+            if task.skip and not flags & Flag.CALL:
+                items = items[task.skip:]
         except BaseException as exc:  # a payload that cannot be loaded here
             errors.append((0, self.results.failure(exc)))
             return self._result(head, Flag.NONE, [], errors)
@@ -93,6 +110,8 @@ class ChunkRunner:
                     self._run_map(fn, items, values, errors, bool(flags & Flag.MAP_STAR),
                                   bool(flags & Flag.STOP_ON_ERROR))
                 seconds = time.perf_counter() - started
+                if progress is not None:  # all of it ran: the RESULT is all that can be lost
+                    progress.mark(head.ident, task.skip + len(values), task.skip + len(values))
             finally:
                 self.state.end_chunk()
         except Interrupted:
@@ -114,11 +133,19 @@ class ChunkRunner:
     def _run_map(self, fn: Callable[..., Any], items: list[Any], values: list[Any],
                  errors: Errors, star: bool, stop_on_error: bool) -> None:
         # list.extend keeps what map() produced before an exception, so the
-        # failing index is len(values); the loop resumes after it.
+        # failing index is len(values); the loop resumes after it.  Slices: see
+        # SLICE_SECONDS; the page names the slice that runs.
         call_all = itertools.starmap if star else map
-        while len(values) < len(items):
+        progress, chunk, skip = self.progress, self._chunk_id(), self._skip
+        total = len(items)
+        size = 1
+        while (start := len(values)) < total:
+            end = min(total, start + size)
+            if progress is not None:
+                progress.mark(chunk, skip + start, skip + end)
+            began = perf_counter()
             try:
-                values.extend(call_all(fn, itertools.islice(items, len(values), None)))
+                values.extend(call_all(fn, itertools.islice(items, start, end)))
             except Interrupted:
                 raise
             except BaseException as exc:
@@ -126,6 +153,11 @@ class ChunkRunner:
                 values.append(None)
                 if stop_on_error:
                     return
+                continue
+            size = size * 2 if perf_counter() - began < SLICE_SECONDS else max(1, size // 2)
+
+    def _chunk_id(self) -> int:
+        return self._chunk.ident if self._chunk is not None else 0
 
     def _run_seeded(self, fn: Callable[..., Any], items: Any, values: list[Any],
                     errors: Errors, flags: int, task: protocol.Task) -> None:
@@ -133,9 +165,12 @@ class ChunkRunner:
         assert task.seed is not None
         entropy, key = task.seed
         calls = [items] if flags & Flag.CALL else items
+        progress, chunk, skip = self.progress, self._chunk_id(), task.skip
         try:
             for offset, item in enumerate(calls):
-                rng.seed_task(entropy, (*key, task.first_index + offset))
+                if progress is not None:
+                    progress.mark(chunk, skip + offset, skip + offset + 1)
+                rng.seed_task(entropy, (*key, task.first_index + skip + offset))
                 try:
                     if flags & Flag.CALL:
                         values.append(fn(*item[0], **item[1]))
