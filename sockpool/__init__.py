@@ -31,6 +31,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .api.cluster import Cluster
+    from .api.plan import current_cluster, imap, par_map, par_starmap, plan, run_on_all, submit
     from .capture.binding import bind_to_env
     from .capture.inspection import CaptureEntry, CaptureReport, inspect_capture
     from .common.rng import task_rng
@@ -58,8 +59,15 @@ __all__ = [
     "WorkerLostError",
     "__version__",
     "bind_to_env",
+    "current_cluster",
     "detect_cores",
+    "imap",
     "inspect_capture",
+    "par_map",
+    "par_starmap",
+    "plan",
+    "run_on_all",
+    "submit",
     "task_rng",
 ]
 
@@ -69,6 +77,13 @@ _LAZY = {
     "CaptureReport": ".capture.inspection",
     "inspect_capture": ".capture.inspection",
     "Cluster": ".api.cluster",
+    "plan": ".api.plan",
+    "current_cluster": ".api.plan",
+    "par_map": ".api.plan",
+    "par_starmap": ".api.plan",
+    "imap": ".api.plan",
+    "submit": ".api.plan",
+    "run_on_all": ".api.plan",
     "WorkerInfo": ".dispatch.records",
     "detect_cores": ".cores",
     "LocalLauncher": ".launchers",

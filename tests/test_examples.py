@@ -51,3 +51,18 @@ def test_chunking_example_saves_its_plots_and_tables(tmp_path: object) -> None:
     assert (out / "scaling.png").stat().st_size > 1000
     table = (out / "chunking.md").read_text()
     assert "| 256 |" in table and "speedup vs 1 worker" in table
+
+
+def test_one_switch_gives_the_same_analysis_under_two_plans() -> None:
+    pytest.importorskip("numpy")
+    runs = {}
+    for plan in ("sequential", "local:2"):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "one_switch.py"), plan],
+            capture_output=True, text=True, timeout=100, cwd="/")
+        assert result.returncode == 0, result.stderr
+        runs[plan] = result.stdout.splitlines()
+    assert runs["sequential"][:-1] == runs["local:2"][:-1]  # all but the timing line
+    assert any(line.startswith("chosen penalty: ") for line in runs["local:2"])
+    assert sum("95% bootstrap interval" in line for line in runs["local:2"]) == 4
+    assert runs["local:2"][-1].startswith("plan 'local:2': 8 cross-validations and 400 ")

@@ -1,0 +1,395 @@
+"""``plan()``: the backend is a setting; the module-level maps run on it.
+
+::
+
+    import sockpool
+    sockpool.plan(n=4)                      # a local cluster, started at first use
+    results = sockpool.par_map(fn, xs)      # on the plan's cluster
+    with sockpool.plan("sequential"):       # scoped: the previous plan comes back after
+        results = sockpool.par_map(fn, xs)  # same results, in this process
+
+With no ``plan()`` call the plan comes from ``SOCKPOOL_PLAN`` (``sequential``,
+``local``, ``local:4``, ``hosts:node1,node1,node2``), else a local cluster of
+``detect_cores()`` workers.  A plan's cluster starts at first use (one
+cluster, however many threads ask at once) and is closed when the plan
+changes, when its ``with`` ends, or at interpreter exit (the exit hook of
+:mod:`.lifetime`, as for any cluster).  The plan is one for the whole
+process, shared by its threads.
+
+Inside a task (in a worker process) the plan is sequential: a nested
+``sockpool.par_map`` runs in the worker and never starts a cluster of
+clusters.  An explicit ``plan(...)`` call made by the task itself is obeyed.
+
+This module loads the cluster machinery only when a cluster plan is chosen or
+used, so that a worker's nested sequential calls stay light.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..common import role
+from .map_options import MapOptions, check_callable, check_iterables, check_timeout
+from .sequential import Sequential
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+T = TypeVar("T")
+
+#: The environment variable that chooses the plan when the program does not.
+ENV_VAR = "SOCKPOOL_PLAN"
+FORMS = ("'sequential', 'local', 'local:N' (N local workers) or 'hosts:NAME,NAME,...' "
+         "(ssh hosts, a name repeated for each worker it runs)")
+
+
+class Plan:
+    """A backend choice: what :func:`plan` returns, and a context manager.
+
+    ``with sockpool.plan(n=2): ...`` puts the plan that was in force before
+    back when the block ends (closing this plan's cluster).
+
+    Attributes:
+        sequential: tasks run in this process, one after another.
+    """
+
+    def __init__(self, *, sequential: bool = False, options: dict[str, Any] | None = None,
+                 given: Cluster | None = None, seed: int | None = None,
+                 origin: str = "plan()") -> None:
+        self.sequential = sequential
+        self._options = dict(options or {})
+        self._given = given
+        self._origin = origin
+        self._runner = Sequential(seed) if sequential else None
+        self._cluster: Cluster | None = None
+        self._lock = threading.Lock()
+        self._scoped = False  # plan() installed it: leaving its with restores _previous
+        self._previous: Plan | None = None  # the plan it replaced (None: not chosen then)
+
+    def cluster(self) -> Cluster:
+        """The plan's Cluster, started now if need be.
+
+        Raises:
+            RuntimeError: the plan is sequential: there is no cluster.
+            LaunchError: its workers could not start.
+        """
+        if self._given is not None:
+            return self._given
+        if self._runner is not None:
+            where = " (inside a task the plan is sequential)" if role.in_worker() else ""
+            raise RuntimeError(f"the plan is 'sequential'{where}: tasks run in this process, "
+                               "one after another, and there is no cluster; choose one with "
+                               "sockpool.plan(n=...) or SOCKPOOL_PLAN")
+        with self._lock:  # two threads at once start one cluster
+            cluster = self._cluster
+            if cluster is None or not _usable(cluster):
+                from .cluster import Cluster
+
+                cluster = self._cluster = Cluster(**self._options)
+            return cluster
+
+    @property
+    def runner(self) -> Sequential:
+        """The in-process runner of a sequential plan."""
+        assert self._runner is not None, "not a sequential plan"
+        return self._runner
+
+    def release(self, *, wait: bool = True) -> None:
+        """Close the cluster this plan started (a given one stays open); count seeds afresh.
+
+        Args:
+            wait: let submitted tasks finish first (else cancel them).
+        """
+        with self._lock:
+            cluster, self._cluster = self._cluster, None
+            if self._runner is not None:
+                self._runner.reset()
+        if cluster is not None and cluster.owner_pid == os.getpid():
+            if wait:
+                cluster.shutdown(wait=True)
+            else:
+                cluster.close()
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._scoped:  # not for plan()'s "the plan in force", which changed nothing
+            _install(self._previous, wait=exc_type is None)
+
+    def __repr__(self) -> str:
+        if self.sequential:
+            return "<sockpool plan: sequential>"
+        if self._given is not None:
+            return f"<sockpool plan: the given {self._given!r}>"
+        options = ", ".join(f"{k}={v!r}" for k, v in self._options.items())
+        started = self._cluster
+        state = repr(started) if started is not None else "not started"
+        return f"<sockpool plan: Cluster({options}), {state}>"
+
+
+_lock = threading.Lock()
+_current: Plan | None = None  # None: not chosen yet (SOCKPOOL_PLAN, else the default)
+_in_task: Plan | None = None  # a worker's own sequential plan
+
+
+def plan(backend: str | Cluster | None = None, /, **cluster_options: Any) -> Plan:
+    """Choose where the module-level maps run; returns the new plan (a context manager).
+
+    ::
+
+        sockpool.plan(n=4)                        # a local cluster of 4 workers
+        sockpool.plan(hosts=["node1", "node2"])   # any Cluster(...) keyword arguments
+        sockpool.plan(cl)                         # a Cluster you made (and keep closing)
+        sockpool.plan("sequential")               # in this process, one task after another
+        sockpool.plan("local:4", seed=1)          # SOCKPOOL_PLAN's forms, with options
+        with sockpool.plan(n=2): ...              # the previous plan is back after
+
+    The cluster starts at the first call that needs it.  The plan that is
+    replaced has its cluster closed (after the tasks submitted to it finish);
+    a Cluster given to ``plan(cl)`` is never closed here.  ``plan()`` with no
+    argument changes nothing and returns the plan in force.
+
+    Args:
+        backend: ``"sequential"``, ``"local"``, ``"local:N"``, ``"hosts:A,B,..."``,
+            or a :class:`Cluster`; None: a cluster of ``cluster_options``.
+        cluster_options: ``Cluster(...)``'s keyword arguments; the sequential
+            plan takes ``seed=`` alone (the root seed, as ``Cluster(seed=)``).
+
+    Raises:
+        ValueError: a malformed plan or a bad option (before any worker starts).
+        TypeError: an unknown option, or options with a given Cluster.
+    """
+    if backend is None and not cluster_options:
+        return _active()
+    new = _make(backend, cluster_options, "plan()")
+    new._previous = _install(new, wait=True)
+    new._scoped = True
+    return new
+
+
+def current_plan() -> Plan:
+    """The plan in force (from ``SOCKPOOL_PLAN``, or the default, if none was chosen)."""
+    return _active()
+
+
+def current_cluster() -> Cluster:
+    """The plan's Cluster, started if need be.
+
+    Raises:
+        RuntimeError: the plan is sequential (also inside a task): there is no cluster.
+        ValueError: ``SOCKPOOL_PLAN`` is malformed.
+    """
+    return _active().cluster()
+
+
+# -- the module-level calls -------------------------------------------------------------
+
+
+def par_map(fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None,
+            ordered: bool = True, progress: bool = False, timeout: float | None = None,
+            retries: int = 0, errors: str = "raise", seed: int | None = None,
+            schedule: str = "dynamic") -> list[T]:
+    """:meth:`Cluster.par_map` on the plan's cluster (or in this process, when sequential).
+
+    Results in input order; a failed task raises its own exception with a note
+    naming its index.  The options are Cluster's, checked before any worker starts.
+    """
+    __tracebackhide__ = True  # IPython: a task's error, not sockpool's
+    options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed, schedule)
+    check_callable(fn, "par_map")
+    check_iterables(iterables, "par_map")
+    active = _active()
+    if active.sequential:
+        return active.runner.par_map(fn, iterables, options, star=len(iterables) > 1)
+    return active.cluster().par_map(fn, *iterables, **asdict(options))
+
+
+def par_starmap(fn: Callable[..., T], iterable: Iterable[Iterable[Any]], *,
+                chunksize: int | None = None, ordered: bool = True, progress: bool = False,
+                timeout: float | None = None, retries: int = 0, errors: str = "raise",
+                seed: int | None = None, schedule: str = "dynamic") -> list[T]:
+    """:meth:`Cluster.par_starmap` on the plan: ``fn(*args)`` for each tuple ``args``."""
+    __tracebackhide__ = True  # IPython: a task's error, not sockpool's
+    options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed, schedule)
+    check_callable(fn, "par_starmap")
+    check_iterables((iterable,), "par_starmap")
+    active = _active()
+    if active.sequential:
+        return active.runner.par_map(fn, (iterable,), options, star=True)
+    return active.cluster().par_starmap(fn, iterable, **asdict(options))
+
+
+def imap(fn: Callable[..., T], *iterables: Iterable[Any], ordered: bool = True,
+         chunksize: int | None = None, progress: bool = False, timeout: float | None = None,
+         retries: int = 0, errors: str = "raise", seed: int | None = None) -> Iterator[T]:
+    """:meth:`Cluster.imap` on the plan: results as they come, input read lazily.
+
+    When sequential, each task runs when its result is asked for.
+    """
+    options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed)
+    check_callable(fn, "imap")
+    check_iterables(iterables, "imap")
+    active = _active()
+    if active.sequential:
+        return active.runner.imap(fn, iterables, options)
+    keywords = asdict(options)
+    del keywords["schedule"]  # imap has none
+    return active.cluster().imap(fn, *iterables, **keywords)
+
+
+def submit(fn: Callable[..., T], /, *args: Any, timeout: float | None = None,
+           seed: int | None = None, **kwargs: Any) -> Future[T]:
+    """:meth:`Cluster.submit` on the plan: a ``concurrent.futures.Future``.
+
+    When sequential, the call runs now and the Future comes back done.
+    ``timeout`` and ``seed`` are sockpool's; every other keyword goes to ``fn``.
+    """
+    check_timeout(timeout)
+    check_callable(fn, "submit")
+    if seed is not None:
+        MapOptions(seed=seed)  # checked as a map's
+    active = _active()
+    if active.sequential:
+        return active.runner.submit(fn, args, kwargs, timeout, seed)
+    return active.cluster().submit(fn, *args, timeout=timeout, seed=seed, **kwargs)
+
+
+def run_on_all(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> list[T]:
+    """:meth:`Cluster.run_on_all` on the plan: once on every worker, one result each.
+
+    When sequential, this process is the one worker: a list of one result.
+    """
+    __tracebackhide__ = True  # IPython: a task's error, not sockpool's
+    check_callable(fn, "run_on_all")
+    active = _active()
+    if active.sequential:
+        return active.runner.run_on_all(fn, args, kwargs)
+    return active.cluster().run_on_all(fn, *args, **kwargs)
+
+
+# -- choosing and switching plans -------------------------------------------------------
+
+
+def _active() -> Plan:
+    """The plan in force; chosen from the environment at first need."""
+    global _current, _in_task
+    current = _current
+    if current is not None:
+        return current
+    with _lock:
+        if _current is not None:
+            return _current
+        if role.in_worker():  # inside a task; SOCKPOOL_PLAN, inherited, is the master's
+            if _in_task is None:
+                _in_task = Plan(sequential=True, origin="a task")
+            return _in_task
+        _current = _from_environment()
+        return _current
+
+
+def _from_environment() -> Plan:
+    text = os.environ.get(ENV_VAR, "").strip()
+    if not text:
+        return Plan(origin="the default")
+    try:
+        return _make(text, {}, ENV_VAR)
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        if not message.startswith(ENV_VAR):
+            message = f"{ENV_VAR}={text!r}: {message}"
+        raise ValueError(message) from None
+
+
+def _install(new: Plan | None, *, wait: bool) -> Plan | None:
+    """Make ``new`` the plan in force (None: not chosen); close the one it replaced,
+    and return that."""
+    global _current
+    with _lock:
+        old, _current = _current, new
+    if old is not None and old is not new:
+        old.release(wait=wait)
+    return old
+
+
+def _make(backend: str | Cluster | None, options: dict[str, Any], origin: str) -> Plan:
+    """A checked Plan (no worker starts here)."""
+    if isinstance(backend, str):
+        sequential, parsed = _parse(backend, origin)
+        if sequential:
+            extra = sorted(set(options) - {"seed"})
+            if extra:
+                raise TypeError(f"the sequential plan takes seed= alone, not {', '.join(extra)}")
+            seed = options.get("seed")
+            if seed is not None:
+                MapOptions(seed=seed)  # the check of a seed
+            return Plan(sequential=True, seed=seed, origin=origin)
+        both = sorted(set(parsed) & set(options))
+        if both:
+            raise ValueError(f"plan({backend!r}) already says {both[0]}=; do not give it again")
+        options = {**parsed, **options}
+    elif backend is not None:
+        from .cluster import Cluster
+
+        if not isinstance(backend, Cluster):
+            raise TypeError("plan() takes a plan's name ('sequential', 'local:4', ...), a "
+                            "Cluster, or Cluster's keyword arguments, not "
+                            f"{type(backend).__name__}")
+        if options:
+            raise TypeError("plan(cl) takes no options: the Cluster is already made")
+        return Plan(given=backend, origin=origin)
+    _check_cluster_options(options)
+    return Plan(options=options, origin=origin)
+
+
+def _parse(text: str, origin: str) -> tuple[bool, dict[str, Any]]:
+    """``(sequential, Cluster options)`` of a plan's name; ValueError naming the forms."""
+    name = text.strip()
+    kind, colon, rest = name.partition(":")
+    if name == "sequential":
+        return True, {}
+    if name == "local":
+        return False, {}
+    if colon and kind == "local" and rest.strip().isdigit():
+        return False, {"n": int(rest)}
+    hosts = [host.strip() for host in rest.split(",")]
+    if colon and kind == "hosts" and all(hosts):
+        return False, {"hosts": hosts}
+    where = f"{ENV_VAR}={text!r}" if origin == ENV_VAR else f"plan({text!r})"
+    raise ValueError(f"{where} is not a plan: the forms are {FORMS}")
+
+
+def _check_cluster_options(options: dict[str, Any]) -> None:
+    """Check ``Cluster(**options)``'s arguments as its constructor does, starting nothing."""
+    from . import cluster_options
+    from .cluster import Cluster
+
+    try:
+        bound = inspect.signature(Cluster).bind(**options)
+    except TypeError as exc:
+        raise TypeError(f"plan() takes Cluster's keyword arguments: {exc}") from None
+    bound.apply_defaults()
+    values = dict(bound.arguments)
+    for check in (cluster_options.choose_workers, cluster_options.check_cluster_options):
+        parameters = inspect.signature(check).parameters
+        needed = [p for p in parameters.values() if p.default is inspect.Parameter.empty]
+        if all(p.name in values for p in needed):  # a check whose arguments Cluster has
+            check(**{name: values[name] for name in parameters if name in values})
+
+
+def _usable(cluster: Cluster) -> bool:
+    """Whether the plan's cluster still takes work here (not closed by its user, by the
+    exit hook, or inherited through fork from the process that started it)."""
+    if cluster.owner_pid != os.getpid():
+        return False
+    try:
+        cluster._check_open()
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,456 @@
+"""``plan()``: the backend is a setting; module-level maps; the sequential plan keeps a
+cluster's semantics; a plan's cluster starts once, lazily, and never leaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import ROOT, master_program, run_script, wait_gone
+from testbed import Testbed
+
+import sockpool
+from sockpool import Cluster, RemoteError, TaskTimeoutError
+from sockpool.api import plan as plan_module
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def no_plan_chosen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no plan chosen and no SOCKPOOL_PLAN; its plan is closed after."""
+    monkeypatch.delenv("SOCKPOOL_PLAN", raising=False)
+    plan_module._install(None, wait=False)
+    yield
+    plan_module._install(None, wait=False)
+
+
+def _children() -> list[int]:
+    return [p.pid for p in psutil.Process().children()
+            if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _worker_pids() -> list[int]:
+    return [w.pid for w in sockpool.current_cluster().workers]
+
+
+# -- choosing a plan --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (lambda: sockpool.plan("bogus"), ValueError,
+     r"plan\('bogus'\) is not a plan: the forms are 'sequential', 'local', 'local:N'"),
+    (lambda: sockpool.plan("local:two"), ValueError, "is not a plan"),
+    (lambda: sockpool.plan("hosts:"), ValueError, "is not a plan"),
+    (lambda: sockpool.plan("hosts:a,,b"), ValueError, "is not a plan"),
+    (lambda: sockpool.plan(n=0), ValueError, "n must be at least 1"),
+    (lambda: sockpool.plan("local:0"), ValueError, "n must be at least 1"),
+    (lambda: sockpool.plan("local:2", n=3), ValueError, "already says n="),
+    (lambda: sockpool.plan(n=2, seed=-1), ValueError, "seed must be"),
+    (lambda: sockpool.plan(n=2, relay="loud"), ValueError, "relay must be"),
+    (lambda: sockpool.plan(hosts=["localhost", "no-such-host-here"]), ValueError,
+     "no-such-host-here"),
+    (lambda: sockpool.plan(workers=2), TypeError, "Cluster's keyword arguments.*workers"),
+    (lambda: sockpool.plan("sequential", n=2), TypeError, "seed= alone, not n"),
+    (lambda: sockpool.plan(42), TypeError, "not int"),
+])
+def test_bad_plans_fail_before_any_worker_starts(call: object, error: type[Exception],
+                                                 match: str) -> None:
+    before = sockpool.plan()
+    with pytest.raises(error, match=match):
+        call()  # type: ignore[operator]
+    assert _children() == []
+    assert sockpool.plan() is before  # the plan in force did not change
+
+
+@pytest.mark.parametrize("value", ["bogus", "local:", "local:-1", "hosts", "Sequential"])
+def test_a_malformed_sockpool_plan_names_the_variable_and_the_forms(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SOCKPOOL_PLAN", value)
+    with pytest.raises(ValueError, match=r"SOCKPOOL_PLAN=.* is not a plan: the forms are "
+                                         r"'sequential', 'local', 'local:N'.*'hosts:NAME"):
+        sockpool.par_map(abs, [1])
+    assert _children() == []
+
+
+def test_sockpool_plan_local_zero_is_refused_naming_the_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCKPOOL_PLAN", "local:0")
+    with pytest.raises(ValueError, match=r"SOCKPOOL_PLAN='local:0': n must be at least 1"):
+        sockpool.current_cluster()
+    assert _children() == []
+
+
+def test_sockpool_plan_chooses_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCKPOOL_PLAN", "sequential")
+    assert sockpool.par_map(os.getpid, [()] * 0) == []
+    assert sockpool.par_map(lambda _: os.getpid(), range(3)) == [os.getpid()] * 3
+    plan_module._install(None, wait=False)
+    monkeypatch.setenv("SOCKPOOL_PLAN", "local:2")
+    assert repr(sockpool.plan()) == "<sockpool plan: Cluster(n=2), not started>"
+    assert _children() == []  # lazily: nothing until the first call
+    pids = set(sockpool.par_map(lambda _: os.getpid(), range(20), chunksize=1))
+    assert pids <= set(_worker_pids()) and len(_worker_pids()) == 2
+    plan_module._install(None, wait=False)
+    monkeypatch.setenv("SOCKPOOL_PLAN", "hosts:localhost,localhost")
+    assert sockpool.current_cluster().n_workers == 2
+
+
+def test_the_default_is_a_local_cluster_of_detect_cores_workers() -> None:
+    assert sockpool.current_cluster().n_workers == sockpool.detect_cores()
+    assert repr(sockpool.plan()).startswith("<sockpool plan: Cluster(), <Cluster local")
+
+
+def test_changing_the_plan_closes_its_cluster_and_with_restores_the_previous() -> None:
+    sockpool.plan(n=1)
+    first = _worker_pids()
+    with sockpool.plan("sequential") as scoped:
+        assert scoped.sequential
+        assert wait_gone(first, 5) == []  # the plan changed: its cluster is closed
+        assert sockpool.par_map(lambda _: os.getpid(), range(2)) == [os.getpid()] * 2
+        with sockpool.plan(n=2):
+            inner = _worker_pids()
+            assert len(inner) == 2
+        assert wait_gone(inner, 5) == []  # the with ended: closed
+        assert sockpool.plan() is scoped
+    assert not sockpool.plan().sequential
+    again = _worker_pids()  # the previous plan is back, with a fresh cluster
+    assert len(again) == 1 and again != first
+
+
+def test_a_given_cluster_is_used_and_left_open() -> None:
+    with Cluster(n=2) as cl:
+        sockpool.plan(cl)
+        assert sockpool.current_cluster() is cl
+        pids = {w.pid for w in cl.workers}
+        assert set(sockpool.par_map(lambda _: os.getpid(), range(10))) <= pids
+        assert set(sockpool.run_on_all(os.getpid)) == pids
+        assert sockpool.submit(os.getpid).result(timeout=30) in pids
+        assert set(sockpool.imap(lambda _: os.getpid(), range(4))) <= pids
+        sockpool.plan("sequential")
+        assert cl.par_map(abs, [-1]) == [1]  # still open: the caller owns it
+        with pytest.raises(TypeError, match="takes no options"):
+            sockpool.plan(cl, n=2)
+
+
+def test_two_threads_starting_the_plan_at_once_start_one_cluster() -> None:
+    sockpool.plan(n=2)
+    barrier = threading.Barrier(2)
+    seen: list[tuple[Cluster, list[int]]] = []
+
+    def use() -> None:
+        barrier.wait()
+        pids = sockpool.par_map(lambda _: os.getpid(), range(8))
+        seen.append((sockpool.current_cluster(), pids))
+
+    threads = [threading.Thread(target=use) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(seen) == 2 and seen[0][0] is seen[1][0]
+    assert len(_children()) == 2
+
+
+def test_current_cluster_under_the_sequential_plan_says_there_is_none() -> None:
+    sockpool.plan("sequential")
+    with pytest.raises(RuntimeError, match=r"the plan is 'sequential'.*no cluster"):
+        sockpool.current_cluster()
+
+
+# -- the sequential plan keeps a cluster's semantics ------------------------------------
+
+
+def _draws(x: int) -> list[float]:
+    import numpy as np
+
+    return [x, random.random(), float(np.random.standard_normal()),
+            float(sockpool.task_rng().random())]
+
+
+def test_seeded_streams_are_those_of_a_cluster() -> None:
+    pytest.importorskip("numpy")
+    with Cluster(n=2, seed=5) as cl:
+        expected = [cl.par_map(_draws, range(6), chunksize=4), cl.submit(_draws, 1).result(),
+                    cl.par_map(_draws, range(3), seed=99), list(cl.imap(_draws, range(3))),
+                    cl.submit(_draws, 2, seed=7).result()]
+    sockpool.plan("sequential", seed=5)
+    got = [sockpool.par_map(_draws, range(6)), sockpool.submit(_draws, 1).result(),
+           sockpool.par_map(_draws, range(3), seed=99), list(sockpool.imap(_draws, range(3))),
+           sockpool.submit(_draws, 2, seed=7).result()]
+    assert got == expected
+
+
+def test_a_seeded_sequential_call_leaves_the_callers_random_state_alone() -> None:
+    np = pytest.importorskip("numpy")
+    sockpool.plan("sequential")
+    random.seed(1)
+    np.random.seed(1)
+    sockpool.par_map(_draws, range(3), seed=4)
+    assert (random.random(), np.random.random()) == (
+        random.Random(1).random(), np.random.RandomState(1).random_sample())
+
+
+def test_a_nested_seeded_call_gives_the_task_its_own_stream_back() -> None:
+    pytest.importorskip("numpy")
+
+    def outer(x: int) -> list[float]:
+        before = sockpool.task_rng().random()
+        sockpool.par_map(_draws, range(2), seed=123)
+        return [before, sockpool.task_rng().random(), random.random()]
+
+    def plain(x: int) -> list[float]:
+        return [sockpool.task_rng().random(), sockpool.task_rng().random(), random.random()]
+
+    sockpool.plan("sequential")
+    assert sockpool.par_map(outer, range(3), seed=8) == sockpool.par_map(plain, range(3), seed=8)
+
+
+def _fails_at_two(x: int) -> int:
+    if x == 2:
+        raise KeyError(f"no {x}")
+    print(f"task {x} ran")
+    return x * 10
+
+
+def test_results_exceptions_and_output_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+    sockpool.plan("sequential")
+    assert sockpool.par_map(pow, [2, 3], [3, 2]) == [8, 9]
+    assert sockpool.par_starmap(pow, [(2, 3), (3, 2)], chunksize=1, ordered=False) == [8, 9]
+    with pytest.raises(KeyError, match="no 2") as info:
+        sockpool.par_map(_fails_at_two, range(5))
+    assert info.value.__notes__ == ["sockpool: task 2 failed in this process"]
+    assert info.traceback[-1].name == "_fails_at_two"  # the task's own frame
+    assert capsys.readouterr().out == "task 0 ran\ntask 1 ran\n"  # it stopped at the failure
+    returned = sockpool.par_map(_fails_at_two, range(4), errors="return")
+    assert returned[:2] == [0, 10] and returned[3] == 30 and isinstance(returned[2], KeyError)
+    assert capsys.readouterr().out == "task 0 ran\ntask 1 ran\ntask 3 ran\n"
+    results = sockpool.imap(_fails_at_two, range(5))
+    assert [next(results), next(results)] == [0, 10]
+    with pytest.raises(KeyError):
+        next(results)  # an ordered imap yields what comes before the failure, then raises
+
+
+def test_the_same_exception_notes_as_a_cluster(cluster: Cluster) -> None:
+    with pytest.raises(KeyError) as remote:
+        cluster.par_map(_fails_at_two, range(4))
+    sockpool.plan("sequential")
+    with pytest.raises(KeyError) as local:
+        sockpool.par_map(_fails_at_two, range(4))
+    assert remote.value.__notes__[0].startswith("sockpool: task 2 failed on worker ")
+    assert local.value.__notes__[0] == "sockpool: task 2 failed in this process"
+
+
+def test_a_tasks_system_exit_does_not_end_the_caller() -> None:
+    sockpool.plan("sequential")
+    with pytest.raises(RemoteError, match=r"builtins\.SystemExit: 3") as info:
+        sockpool.par_map(sys.exit, [3])
+    assert info.value.__notes__ == ["sockpool: task 0 failed in this process"]
+
+
+def test_imap_runs_each_task_when_its_result_is_asked_for() -> None:
+    sockpool.plan("sequential")
+    ran: list[int] = []
+    results = sockpool.imap(lambda x: ran.append(x) or x, range(100))
+    assert ran == []
+    assert [next(results), next(results)] == [0, 1] and ran == [0, 1]
+
+
+def test_submit_and_run_on_all() -> None:
+    sockpool.plan("sequential")
+    future = sockpool.submit(divmod, 7, 2)
+    assert future.done() and future.result() == (3, 1)
+    failed = sockpool.submit(_fails_at_two, 2)
+    assert isinstance(failed.exception(), KeyError)
+    assert failed.exception().__notes__ == ["sockpool: task 0 failed in this process"]  # type: ignore[union-attr]
+    assert sockpool.run_on_all(os.getpid) == [os.getpid()]  # this process is the one worker
+
+
+def test_options_are_checked_as_a_clusters() -> None:
+    sockpool.plan("sequential")
+    ran: list[int] = []
+    for bad in ({"chunksize": 0}, {"errors": "ignore"}, {"retries": -1}, {"timeout": 0},
+                {"seed": -2}, {"schedule": "random"}):
+        with pytest.raises(ValueError):
+            sockpool.par_map(ran.append, [1], **bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a callable"):
+        sockpool.par_map(3, [1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be iterable"):
+        sockpool.par_map(abs, 3)  # type: ignore[call-overload]
+    assert ran == []
+
+
+def test_timeout_interrupts_a_task_in_the_main_thread() -> None:
+    sockpool.plan("sequential")
+
+    def stubborn(seconds: float) -> float:
+        try:
+            time.sleep(seconds)
+        except Exception:  # the time limit is not an Exception: it still stops the task
+            return -1.0
+        return seconds
+
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError, match=r"task 1 ran longer than 0.3 s \(timeout=\) "
+                                               "in this process"):
+        sockpool.par_map(stubborn, [0.01, 30], timeout=0.3)
+    assert time.monotonic() - started < 5
+    assert sockpool.par_map(stubborn, [0.01, 30], timeout=0.3, errors="return")[0] == 0.01
+
+
+def test_timeout_elsewhere_fails_the_task_after_it_ends_and_retries_rerun_it() -> None:
+    sockpool.plan("sequential")
+    runs: list[float] = []
+
+    def slow(seconds: float) -> float:
+        runs.append(seconds)
+        time.sleep(seconds)
+        return seconds
+
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(sockpool.par_map(
+        slow, [0.01, 0.3], timeout=0.1, retries=1, errors="return")))
+    thread.start()
+    thread.join(30)
+    assert outcome[0][0] == 0.01  # type: ignore[index]
+    assert isinstance(outcome[0][1], TaskTimeoutError)  # type: ignore[index]
+    assert runs == [0.01, 0.3, 0.3]  # the task that ran too long ran again (retries=1)
+
+
+# -- inside a task the plan is sequential -----------------------------------------------
+
+
+def _nested_report(x: int) -> dict[str, object]:
+    report: dict[str, object] = {"pid": os.getpid()}
+    report["nested_pids"] = sockpool.par_map(lambda _: os.getpid(), range(3))
+    report["nested_values"] = sockpool.par_map(lambda y: y * x, range(3))
+    report["children"] = len(psutil.Process().children())
+    report["dispatch_loaded"] = "sockpool.dispatch.dispatcher" in sys.modules
+    try:
+        sockpool.current_cluster()
+    except RuntimeError as exc:
+        report["current_cluster"] = str(exc)
+    return report
+
+
+def test_a_nested_call_runs_in_the_worker_and_starts_no_cluster(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCKPOOL_PLAN", "local:2")  # the workers inherit it: they ignore it
+    sockpool.plan(n=2)
+    for x, report in enumerate(sockpool.par_map(_nested_report, range(2))):
+        assert report["nested_pids"] == [report["pid"]] * 3
+        assert report["nested_values"] == [0, x, 2 * x]
+        assert report["children"] == 0 and report["dispatch_loaded"] is False
+        assert "inside a task the plan is sequential" in str(report["current_cluster"])
+
+
+# -- a plan's cluster never leaks -------------------------------------------------------
+
+
+def test_interpreter_exit_closes_the_plans_cluster(tmp_path: Path) -> None:
+    result = run_script("""
+        import json, sockpool
+        sockpool.plan(n=2)
+        assert sockpool.par_map(abs, [-1, -2]) == [1, 2]
+        print(json.dumps([w.pid for w in sockpool.current_cluster().workers]), flush=True)
+        # no close: the exit hook stops the plan's workers
+    """, tmp_path)
+    assert wait_gone(json.loads(result.stdout), 5) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_of_the_plan_exit_when_the_master_is_killed(tmp_path: Path, signum: int) -> None:
+    with master_program(tmp_path / "master.py", """
+        import json, time, sockpool
+        sockpool.plan(n=2)
+        print(json.dumps([w.pid for w in sockpool.current_cluster().workers]), flush=True)
+        sockpool.par_map(time.sleep, [30, 30])
+    """) as (master, pids):
+        time.sleep(0.3)
+        os.kill(master.pid, signum)
+        master.wait(10)
+        assert wait_gone(pids, 3) == []
+
+
+# -- switching plans never changes a seeded result --------------------------------------
+
+SAME_SCRIPT = """
+    import json, random, sys
+    import numpy as np
+    import sockpool
+
+    spec = sys.argv[1]
+    remote = {"python": sys.executable} if spec.startswith("hosts:") else {}
+    sockpool.plan(spec, seed=11, **remote)
+
+    def draw(x):
+        print(f"task {x} draws")
+        return [x, random.random(), float(np.random.standard_normal()),
+                float(sockpool.task_rng().random())]
+
+    def fails(x):
+        if x == 3:
+            raise KeyError(x)
+        return x * 10
+
+    def nested(x):
+        return sockpool.par_map(draw, range(x, x + 2), seed=x)
+
+    out = {"call_seed": sockpool.par_map(draw, range(6), seed=2024),
+           "root": sockpool.par_map(draw, range(4)),
+           "submit": sockpool.submit(lambda: random.random()).result(),
+           "imap": list(sockpool.imap(draw, range(3), seed=5)),
+           "starmap": sockpool.par_starmap(lambda a, b: [a ** b, random.random()],
+                                           [(2, 3), (3, 2)]),
+           "errors": [repr(v) for v in sockpool.par_map(fails, range(5), errors="return")],
+           "nested": sockpool.par_map(nested, [1, 4], seed=3)}
+    try:
+        sockpool.par_map(fails, range(5))
+    except KeyError as exc:
+        out["raised"] = [repr(exc), [note.split(" failed")[0] for note in exc.__notes__]]
+    print(json.dumps(out))
+"""
+
+
+def _same_script_output(spec: str, tmp_path: Path) -> str:
+    return run_script(SAME_SCRIPT, tmp_path, spec, timeout=90).stdout
+
+
+def test_switching_between_sequential_and_local_keeps_every_seeded_result(
+        tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    sequential = _same_script_output("sequential", tmp_path)
+    assert "task 5 draws\n" in sequential
+    assert json.loads(sequential.splitlines()[-1])["raised"] == ["KeyError(3)",
+                                                                 ["sockpool: task 3"]]
+    assert _same_script_output("local:2", tmp_path) == sequential
+
+
+@pytest.mark.timeout(240)
+def test_switching_to_two_ssh_hosts_keeps_every_seeded_result(
+        namespace_hosts: Testbed, tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    try:
+        hosts = "hosts:sp-n1,sp-n2"
+        assert _same_script_output(hosts, tmp_path) == _same_script_output("sequential",
+                                                                           tmp_path)
+        example = [sys.executable, str(ROOT / "examples" / "one_switch.py")]
+        runs = [subprocess.run([*example, spec], capture_output=True, text=True, timeout=90,
+                               cwd="/", check=True).stdout.splitlines()
+                for spec in ("sequential", hosts)]
+        assert runs[0][:-1] == runs[1][:-1] and "chosen penalty" in "".join(runs[0])
+    finally:
+        deadline = time.monotonic() + 30
+        while (left := namespace_hosts.remote_processes()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"left running on the test hosts: {[p.pid for p in left]}"
