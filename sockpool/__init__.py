@@ -31,6 +31,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .api.cluster import Cluster
+    from .api.mp_pool import Pool
     from .api.plan import current_cluster, imap, par_map, par_starmap, plan, run_on_all, submit
     from .capture.binding import bind_to_env
     from .capture.inspection import CaptureEntry, CaptureReport, inspect_capture
@@ -49,6 +50,7 @@ __all__ = [
     "LocalLauncher",
     "ManualLauncher",
     "NoWorkersLeftError",
+    "Pool",
     "RemoteError",
     "SSHHost",
     "SSHLauncher",
@@ -77,6 +79,7 @@ _LAZY = {
     "CaptureReport": ".capture.inspection",
     "inspect_capture": ".capture.inspection",
     "Cluster": ".api.cluster",
+    "Pool": ".api.mp_pool",
     "plan": ".api.plan",
     "current_cluster": ".api.plan",
     "par_map": ".api.plan",

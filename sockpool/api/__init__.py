@@ -4,8 +4,10 @@
 arguments and picks the launcher; :mod:`.map_options` holds a map's options as
 one checked value; :mod:`.mapping` cuts input into chunks and puts results
 back in order; :mod:`.lifetime` closes clusters nobody closed (at garbage
-collection and at exit).  User code (unpickling results, re-raising errors,
-printing relayed output) runs here, never on the I/O thread.
+collection and at exit); :mod:`.mp_pool` and :mod:`.mp_results` are
+``sockpool.Pool``, the ``multiprocessing.Pool`` drop-in.  User code
+(unpickling results, re-raising errors, printing relayed output) runs here,
+never on the I/O thread.
 
 May import: ``common``, ``capture``, ``dispatch``, ``launchers``, ``cores``, ``errors``,
 ``_version``.

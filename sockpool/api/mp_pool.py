@@ -1,0 +1,444 @@
+"""``sockpool.Pool``: ``multiprocessing.pool.Pool``'s API on a sockpool cluster.
+
+Changing ``from multiprocessing import Pool`` to ``from sockpool import Pool`` is
+the whole port: the same methods, results, errors and lifetime rules, with
+functions that travel by value (closures, lambdas, ``__main__`` and notebook
+functions, which the spawn start method cannot send), worker output relayed,
+and workers on ssh hosts or Slurm through ``Cluster`` keywords.
+
+How each call runs: ``map``/``starmap`` are ``par_map``/``par_starmap`` on the
+caller's thread, ``map_async``/``starmap_async`` the same on a thread of their
+own; ``apply_async`` is ``Cluster.submit``; the imaps are ``Cluster.imap``, read
+by a thread of their own.  Every asynchronous outcome is completed by the pool's
+result handler thread (:mod:`.mp_results`), where callbacks run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from ..common.calls import BoxedCall
+from ..errors import CaptureError, ClusterClosedError
+from .cluster import Cluster
+from .map_options import MapOptions, as_sequence, check_callable, check_iterables
+from .mp_results import (
+    ApplyResult,
+    IMapIterator,
+    IMapUnorderedIterator,
+    MapResult,
+    ResultHandler,
+    Tracker,
+    settle_from_future,
+)
+
+T = TypeVar("T")
+
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+
+class Pool:
+    """A drop-in for ``multiprocessing.Pool`` whose workers are a sockpool cluster.
+
+    ::
+
+        from sockpool import Pool
+
+        with Pool(4) as pool:
+            squares = pool.map(lambda x: x * x, range(10))   # a lambda works
+
+    Args:
+        processes: number of workers (default: :func:`~sockpool.detect_cores`).
+        initializer: called as ``initializer(*initargs)`` in every worker when it
+            starts, replacement workers included (``Cluster(setup=...)``).
+        initargs: the initializer's arguments.
+        maxtasksperchild: replace a worker by a fresh process after this many
+            tasks (``Cluster(max_tasks_per_worker=...)``; a task is a chunk, as in
+            ``multiprocessing``).
+        cluster: run on this existing :class:`Cluster` instead of starting one;
+            the pool does not own it: ``close``, ``terminate`` and ``join`` leave
+            it running.
+        cluster_kwargs: other :class:`Cluster` keyword arguments (``hosts=``,
+            ``launcher=``, ``relay=``, ``seed=``...).
+
+    What cannot be serialized fails as in ``multiprocessing``: ``map`` raises,
+    an asynchronous call's ``get()`` (or the imap's ``next()``) raises and
+    ``error_callback`` gets it; the error is a ``CaptureError`` (a
+    ``pickle.PicklingError``) naming the path to what cannot travel.
+
+    Differences a port may notice: a map stops its other tasks at the first
+    failure; ``imap``'s default ``chunksize`` grows chunks from
+    measured task times; after ``terminate()`` unfinished results raise
+    ``ClusterClosedError`` instead of never becoming ready.
+
+    Raises:
+        ValueError: ``processes`` < 1, a bad ``maxtasksperchild``, or keywords
+            that contradict each other; before any worker starts.
+        TypeError: ``initializer`` is not callable, or an unknown keyword.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        *,
+        cluster: Cluster | None = None,
+        **cluster_kwargs: Any,
+    ) -> None:
+        if cluster is None:
+            self._cluster = _start_cluster(processes, initializer, initargs, maxtasksperchild,
+                                           cluster_kwargs)
+            self._owned = True
+        else:
+            _check_given_cluster(cluster, processes, initializer, maxtasksperchild,
+                                 cluster_kwargs)
+            self._cluster = cluster
+            self._owned = False
+        self._processes = max(1, self._cluster.n_workers)
+        self._lock = threading.Lock()
+        self._tracker = Tracker()
+        self._handler = ResultHandler("sockpool-pool-results")
+        self._finalizer = weakref.finalize(
+            self, _at_collection, self._tracker, self._handler,
+            self._cluster if self._owned else None, repr(self))
+        self._finalizer.atexit = False  # at exit, the cluster's own exit hook closes it
+
+    @property
+    def _state(self) -> str:
+        """``RUN``, ``CLOSE`` or ``TERMINATE``, as ``multiprocessing.Pool._state``."""
+        return self._tracker.pool_state
+
+    @_state.setter
+    def _state(self, state: str) -> None:
+        self._tracker.pool_state = state
+
+    @property
+    def cluster(self) -> Cluster:
+        """The cluster the pool runs on."""
+        return self._cluster
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.terminate()  # as multiprocessing does: unfinished work is stopped
+
+    def close(self) -> None:
+        """Take no more work; the workers stop once what was submitted is done."""
+        with self._lock:
+            if self._state != RUN:
+                return
+            self._state = CLOSE
+        if self._owned:
+            drain = functools.partial(self._cluster.shutdown, wait=False)
+            self._tracker.on_idle = drain
+            if self._tracker.idle:
+                drain()
+
+    def terminate(self) -> None:
+        """Stop now: unfinished tasks are interrupted, their results fail, workers end.
+
+        Callbacks no longer run.  A pool given ``cluster=`` leaves that cluster
+        running; its tasks already running finish there, unreported.
+        """
+        with self._lock:
+            if self._state == TERMINATE:
+                return
+            self._state = TERMINATE
+        self._tracker.terminated.set()
+        for item in self._tracker.pending():
+            cancel = getattr(item, "_cancel", None)
+            if cancel is not None:
+                cancel()  # a task not started yet does not start
+            abort = getattr(item, "_abort", None)
+            if abort is not None:
+                abort(ClusterClosedError("the pool was terminated before this task finished"))
+        self._handler.stop(wait=False)
+        if self._owned:
+            self._cluster.close()
+        self._finalizer.detach()
+
+    def join(self) -> None:
+        """Wait for the pool's work (and callbacks) to finish and its workers to end.
+
+        Raises:
+            ValueError: the pool is still running (call ``close`` or ``terminate`` first).
+        """
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state == CLOSE:
+            self._tracker.wait_idle()
+        self._handler.stop(wait=True)
+        if self._owned:
+            if self._state == CLOSE:
+                self._cluster.shutdown(wait=True)
+            else:
+                self._cluster.close()
+        self._finalizer.detach()
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    @contextlib.contextmanager
+    def _sync_call(self) -> Iterator[None]:
+        """Count a blocking call in flight, so that ``join`` waits for it."""
+        token = object()
+        self._tracker.add(token)
+        try:
+            yield
+        finally:
+            self._tracker.discard(token)
+
+    # -- single calls -----------------------------------------------------------------
+
+    def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] | None = None) -> T:
+        """``func(*args, **kwds)`` on a worker; blocks until it returns."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> ApplyResult[T]:
+        """Start ``func(*args, **kwds)`` on a worker; returns an ``AsyncResult``.
+
+        ``callback(value)`` or ``error_callback(exception)`` runs in this
+        process, on the pool's result thread, before the result is ready.
+        """
+        self._check_running()
+        check_callable(func, "apply_async")
+        _check_callbacks(callback, error_callback)
+        args, kwds = tuple(args), dict(kwds or {})
+        result: ApplyResult[T] = ApplyResult(self._tracker, callback, error_callback, self)
+        try:
+            if "timeout" in kwds or "seed" in kwds:  # Cluster.submit's own keywords
+                future = self._cluster.submit(functools.partial(func, **kwds), *args)
+            else:
+                future = self._cluster.submit(func, *args, **kwds)
+        except CaptureError as exc:  # as multiprocessing: from get(), and error_callback
+            self._handler.post(functools.partial(result._complete, False, exc))
+            return result
+        except BaseException as exc:
+            result._abort(exc)
+            raise
+        result._cancel = future.cancel
+        future.add_done_callback(settle_from_future(result, self._handler))
+        return result
+
+    # -- maps -------------------------------------------------------------------------
+
+    def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
+            chunksize: int | None = None) -> list[T]:
+        """``[func(x) for x in iterable]`` in parallel; the first failure raises."""
+        self._check_running()
+        check_callable(func, "map")
+        check_iterables((iterable,), "map")
+        with self._sync_call():
+            return self._cluster.par_map(func, iterable, chunksize=chunksize)
+
+    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None) -> list[T]:
+        """``[func(*args) for args in iterable]`` in parallel."""
+        self._check_running()
+        check_callable(func, "starmap")
+        check_iterables((iterable,), "starmap")
+        with self._sync_call():
+            return self._cluster.par_starmap(func, iterable, chunksize=chunksize)
+
+    def map_async(
+        self,
+        func: Callable[[Any], T],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult[T]:
+        """Start a ``map``; returns a ``MapResult`` whose ``get()`` is the list."""
+        return self._map_async("map_async", func, iterable, chunksize, callback,
+                               error_callback, star=False)
+
+    def starmap_async(
+        self,
+        func: Callable[..., T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[T]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> MapResult[T]:
+        """Start a ``starmap``; returns a ``MapResult``."""
+        return self._map_async("starmap_async", func, iterable, chunksize, callback,
+                               error_callback, star=True)
+
+    def _map_async(self, method: str, func: Callable[..., T], iterable: Iterable[Any],
+                   chunksize: int | None, callback: Callable[[list[T]], object] | None,
+                   error_callback: Callable[[BaseException], object] | None, *, star: bool
+                   ) -> MapResult[T]:
+        self._check_running()
+        check_callable(func, method)
+        check_iterables((iterable,), method)
+        _check_callbacks(callback, error_callback)
+        MapOptions(chunksize)  # a bad chunksize raises here, not in get()
+        items = as_sequence((iterable,))  # read now, as multiprocessing does
+        result: MapResult[T] = MapResult(self._tracker, callback, error_callback, self)
+        mapper = self._cluster.par_starmap if star else self._cluster.par_map
+        # par_map on a thread of its own: serializing, like multiprocessing's pickling,
+        # happens there, and a function that cannot travel fails the result, not the call.
+        _start_reader(_read_map, functools.partial(mapper, func, items, chunksize=chunksize),
+                      result, self._handler)
+        return result
+
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
+             chunksize: int | None = None) -> IMapIterator[T]:
+        """Results in input order, as they come; ``next(timeout)`` waits at most that.
+
+        The input is read as workers free up (an endless one works).  Without
+        ``chunksize``, chunks grow from 1 to what takes about 20 ms.  A failed
+        task raises at its place; iterating on continues after it.
+        """
+        return self._imap("imap", func, iterable, chunksize, ordered=True)
+
+    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
+                       chunksize: int | None = None) -> IMapIterator[T]:
+        """Like :meth:`imap`, in the order results finish."""
+        return self._imap("imap_unordered", func, iterable, chunksize, ordered=False)
+
+    def _imap(self, method: str, func: Callable[[Any], T], iterable: Iterable[Any],
+              chunksize: int | None, *, ordered: bool) -> IMapIterator[T]:
+        self._check_running()
+        check_callable(func, method)
+        check_iterables((iterable,), method)
+        results: IMapIterator[T] = (IMapIterator if ordered else IMapUnorderedIterator)(
+            self._tracker, self)
+        try:
+            stream = self._cluster.imap(BoxedCall(func), iterable,
+                                        ordered=ordered, chunksize=chunksize, errors="return")
+        except CaptureError as exc:  # as multiprocessing: raised by next()
+            results._finish(exc)
+            return results
+        except BaseException:
+            results._finish()
+            raise
+        _start_reader(_read_imap, stream, results, self._tracker)
+        return results
+
+    # -- the rest of multiprocessing's surface ----------------------------------------
+
+    def __repr__(self) -> str:
+        return f"<sockpool.Pool state={self._state} pool_size={self._processes}>"
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or "
+                                  "pickled: does a task function refer to the pool?")
+
+
+def _start_cluster(processes: int | None, initializer: Callable[..., object] | None,
+                   initargs: Iterable[Any], maxtasksperchild: int | None,
+                   cluster_kwargs: dict[str, Any]) -> Cluster:
+    """Check ``multiprocessing``'s arguments, then start the cluster they describe."""
+    if processes is not None:
+        if isinstance(processes, bool) or not isinstance(processes, int):
+            raise TypeError(f"processes must be an int or None, not {type(processes).__name__}")
+        if processes < 1:
+            raise ValueError(f"Number of processes must be at least 1, not {processes}")
+    if maxtasksperchild is not None and (isinstance(maxtasksperchild, bool) or not isinstance(
+            maxtasksperchild, int) or maxtasksperchild <= 0):
+        raise ValueError(f"maxtasksperchild must be a positive int or None, not "
+                         f"{maxtasksperchild!r}")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    try:
+        initargs = tuple(initargs)
+    except TypeError:
+        raise TypeError(f"initargs must be a tuple of arguments, not "
+                        f"{type(initargs).__name__}") from None
+    for keyword, ours in (("n", "processes"), ("setup", "initializer"),
+                          ("max_tasks_per_worker", "maxtasksperchild")):
+        if keyword in cluster_kwargs:
+            raise ValueError(f"sockpool.Pool takes {ours}=, not Cluster's {keyword}=")
+    if "context" in cluster_kwargs:
+        raise ValueError("sockpool.Pool has no context=: its workers are sockpool's own "
+                         "processes, which start the same way everywhere; leave it out")
+    options = dict(cluster_kwargs)
+    if initializer is not None:
+        options["setup"] = functools.partial(initializer, *initargs) if initargs else initializer
+    if maxtasksperchild is not None:
+        options["max_tasks_per_worker"] = maxtasksperchild
+    return Cluster(processes, **options)
+
+
+def _check_given_cluster(cluster: object, processes: int | None,
+                         initializer: Callable[..., object] | None,
+                         maxtasksperchild: int | None, cluster_kwargs: dict[str, Any]) -> None:
+    if not isinstance(cluster, Cluster):
+        raise TypeError(f"cluster must be a sockpool Cluster, not {type(cluster).__name__}")
+    given = [name for name, value in (("processes", processes), ("initializer", initializer),
+                                      ("maxtasksperchild", maxtasksperchild)) if value is not None]
+    given += sorted(cluster_kwargs)
+    if given:
+        raise ValueError(f"Pool(cluster=...) runs on a cluster already started: "
+                         f"{', '.join(given)} cannot apply to it (set them on the Cluster)")
+
+
+def _check_callbacks(callback: object, error_callback: object) -> None:
+    for name, value in (("callback", callback), ("error_callback", error_callback)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
+
+
+def _start_reader(target: Callable[..., None], *args: Any) -> None:
+    """Read a map's results on a thread of its own (decoding happens there)."""
+    threading.Thread(target=target, args=args, name="sockpool-pool-reader", daemon=True).start()
+
+
+def _read_map(run: Callable[[], list[Any]], result: MapResult[Any], handler: ResultHandler
+              ) -> None:
+    try:
+        values = run()
+    except BaseException as exc:
+        handler.post(functools.partial(result._complete, False, exc))
+        return
+    handler.post(functools.partial(result._complete, True, values))
+
+
+def _read_imap(results: Iterator[Any], iterator: IMapIterator[Any], tracker: Tracker) -> None:
+    try:
+        for value in results:
+            iterator._put(value)
+            if tracker.terminated.is_set():
+                break
+    except BaseException as exc:
+        iterator._finish(exc)
+        return
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stops the job (a break above: terminated)
+    iterator._finish()
+
+
+def _at_collection(tracker: Tracker, handler: ResultHandler, owned: Cluster | None,
+                   description: str) -> None:
+    """A pool dropped without ``terminate``/``join``: as ``multiprocessing``, stop it
+    (with a ``ResourceWarning`` if it was still running)."""
+    if tracker.pool_state == RUN:
+        warnings.warn(f"unclosed running {description}; use 'with Pool(...)' or call "
+                      "close() and join()", ResourceWarning, stacklevel=2)
+    tracker.terminated.set()
+    handler.stop(wait=False)
+    if owned is not None:
+        owned.close()

@@ -1,0 +1,489 @@
+"""``sockpool.Pool`` as a drop-in for ``multiprocessing.Pool``, judged the way a port is.
+
+Each test runs against ``multiprocessing.get_context("spawn").Pool`` and
+``sockpool.Pool`` alike (the ``factory`` parameter): what passes for the one must
+pass for the other.  Then what only sockpool can do (closures, which spawn cannot
+send) and what only it has (``cluster=``), and bad input failing before any worker
+starts.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+import sockpool
+from sockpool import Cluster, ClusterClosedError
+
+pytestmark = pytest.mark.timeout(120)
+
+SPAWN = multiprocessing.get_context("spawn")
+FACTORIES: dict[str, Callable[..., Any]] = {"multiprocessing": SPAWN.Pool,
+                                            "sockpool": sockpool.Pool}
+INIT_VARIABLE = "SOCKPOOL_TEST_POOL_INIT"
+
+
+# -- task functions (module level: spawn's workers import them by name) -----------------
+
+class TaskError(Exception):
+    """An exception type of the user's own."""
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise TaskError(f"no {x}")
+    return x
+
+
+def divide(a: float, b: float = 1.0) -> float:
+    return a / b
+
+
+def nap(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def set_variable(name: str, value: str) -> None:
+    os.environ[name] = value
+
+
+def read_variable(_: Any) -> tuple[int, str | None]:
+    return os.getpid(), os.environ.get(INIT_VARIABLE)
+
+
+# -- fixtures -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def _resource_tracker() -> None:
+    """spawn starts multiprocessing's resource tracker once, for the rest of the
+    session: start it before any test, so the leak check does not count it."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
+@pytest.fixture(params=list(FACTORIES))
+def factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """A Pool class; every pool made with it is terminated after the test."""
+    made: list[Any] = []
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        made.append(FACTORIES[request.param](*args, **kwargs))
+        return made[-1]
+
+    make.kind = request.param  # type: ignore[attr-defined]
+    yield make
+    for pool in made:
+        pool.terminate()
+        pool.join()
+
+
+@pytest.fixture(scope="module", params=list(FACTORIES))
+def pool(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One two-worker pool of each kind for the tests that leave it running."""
+    made = FACTORIES[request.param](2)
+    made.kind = request.param
+    yield made
+    made.terminate()
+    made.join()
+
+
+def _gone(pids: set[int], seconds: float = 10.0) -> bool:
+    """Whether every process in ``pids`` has ended (reaped, or a zombie) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = set()
+        for number in pids:
+            try:
+                if psutil.Process(number).status() != psutil.STATUS_ZOMBIE:
+                    alive.add(number)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE}
+
+
+# -- the same tests for both ------------------------------------------------------------
+
+def test_map_and_starmap_return_lists_in_order(pool: Any) -> None:
+    assert pool.map(square, range(50)) == [x * x for x in range(50)]
+    assert pool.map(square, iter(range(20)), chunksize=7) == [x * x for x in range(20)]
+    assert pool.map(square, []) == []
+    assert pool.starmap(divide, [(1, 2), (9, 3), (5, 5)]) == [0.5, 3.0, 1.0]
+    assert pool.starmap(divide, [(6,), (8, 4)], chunksize=1) == [6.0, 2.0]
+
+
+def test_apply_and_apply_async_pass_args_and_kwds(pool: Any) -> None:
+    assert pool.apply(divide, (9,), {"b": 3}) == 3.0
+    assert pool.apply(pid) != os.getpid()
+    result = pool.apply_async(divide, (1,), {"b": 4})
+    assert result.get(timeout=30) == 0.25
+    assert result.ready() and result.successful()
+
+
+def test_async_result_ready_successful_and_wait(pool: Any) -> None:
+    result = pool.apply_async(nap, (1.0, "late"))
+    assert not result.ready()
+    with pytest.raises(ValueError, match="not ready"):
+        result.successful()
+    assert result.wait(0.01) is None
+    assert not result.ready()
+    result.wait(30)
+    assert result.ready() and result.successful()
+    assert result.get() == "late"
+
+
+def test_get_with_a_timeout_raises_multiprocessings_timeout_error(pool: Any) -> None:
+    result = pool.apply_async(nap, (1.0, "done"))
+    with pytest.raises(multiprocessing.TimeoutError) as waited:
+        result.get(timeout=0.05)
+    assert type(waited.value) is multiprocessing.TimeoutError
+    assert not isinstance(waited.value, TimeoutError)  # not the builtin: as multiprocessing
+    assert result.get(timeout=30) == "done"
+    mapped = pool.map_async(nap, [1.0])
+    with pytest.raises(multiprocessing.TimeoutError):
+        mapped.get(timeout=0.05)
+    assert mapped.get(timeout=30) == [None]
+
+
+def test_map_async_and_starmap_async_run_their_callback_before_get_returns(pool: Any) -> None:
+    seen: list[Any] = []
+    threads: set[threading.Thread] = set()
+
+    def remember(value: Any) -> None:
+        threads.add(threading.current_thread())
+        seen.append(value)
+
+    mapped = pool.map_async(square, range(10), callback=remember)
+    assert mapped.get(timeout=30) == [x * x for x in range(10)]
+    assert seen == [[x * x for x in range(10)]]  # ran already: before the result was ready
+    starred = pool.starmap_async(divide, [(1, 2), (3, 1)], chunksize=1, callback=remember)
+    assert starred.get(timeout=30) == [0.5, 3.0]
+    single = pool.apply_async(square, (7,), callback=remember)
+    assert single.get(timeout=30) == 49
+    assert seen[1:] == [[0.5, 3.0], 49]
+    # in this process, on the pool's own thread: not the caller's, not sockpool's I/O thread
+    assert len(threads) == 1
+    (thread,) = threads
+    assert thread is not threading.current_thread() and thread.name != "sockpool-io"
+
+
+def test_a_tasks_error_propagates_with_its_own_type(pool: Any) -> None:
+    with pytest.raises(TaskError, match="no 3"):
+        pool.map(fail_on_three, range(6))
+    with pytest.raises(TaskError):
+        pool.starmap(fail_on_three, [(1,), (3,)])
+    with pytest.raises(ZeroDivisionError):
+        pool.apply(divide, (1, 0))
+    errors: list[BaseException] = []
+    values: list[Any] = []
+    result = pool.apply_async(divide, (1, 0), callback=values.append,
+                              error_callback=errors.append)
+    with pytest.raises(ZeroDivisionError):
+        result.get(timeout=30)
+    assert result.ready() and not result.successful()
+    mapped = pool.map_async(fail_on_three, range(6), chunksize=1, callback=values.append,
+                            error_callback=errors.append)
+    with pytest.raises(TaskError):
+        mapped.get(timeout=30)
+    assert not mapped.successful()
+    assert values == []
+    assert [type(e) for e in errors] == [ZeroDivisionError, TaskError]
+    assert pool.map(square, [3]) == [9]  # the pool goes on
+
+
+def test_what_cannot_be_sent_fails_the_result_and_calls_error_callback(pool: Any) -> None:
+    errors: list[BaseException] = []
+    cannot_pickle = (TypeError, pickle.PicklingError)
+    mapped = pool.map_async(square, [threading.Lock()], error_callback=errors.append)
+    with pytest.raises(cannot_pickle, match=r"pickle|serialize"):
+        mapped.get(timeout=30)
+    single = pool.apply_async(square, (threading.Lock(),), error_callback=errors.append)
+    with pytest.raises(cannot_pickle, match=r"pickle|serialize"):
+        single.get(timeout=30)
+    assert not mapped.successful() and not single.successful()
+    assert len(errors) == 2 and all(isinstance(e, cannot_pickle) for e in errors)
+    with pytest.raises(cannot_pickle, match=r"pickle|serialize"):
+        pool.map(square, [threading.Lock()])
+    assert pool.map(square, [5]) == [25]
+
+
+def test_callbacks_never_run_at_the_same_time(pool: Any) -> None:
+    lock = threading.Lock()
+    running = [0]
+    most = [0]
+    done: list[int] = []
+
+    def slow_callback(value: Any) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        done.append(value)
+
+    results = [pool.apply_async(square, (i,), callback=slow_callback) for i in range(20)]
+    results.append(pool.map_async(square, range(5), callback=slow_callback))
+    for result in results:
+        result.get(timeout=30)
+    assert most[0] == 1
+    assert len(done) == 21
+
+
+def test_imap_yields_in_order_and_next_takes_a_timeout(pool: Any) -> None:
+    assert list(pool.imap(square, range(30))) == [x * x for x in range(30)]
+    assert list(pool.imap(square, range(30), chunksize=4)) == [x * x for x in range(30)]
+    iterator = pool.imap(nap, [1.0])
+    with pytest.raises(multiprocessing.TimeoutError):
+        iterator.next(timeout=0.05)
+    assert iterator.next(timeout=30) is None
+    with pytest.raises(StopIteration):
+        next(iterator)
+
+
+def test_imap_unordered_gives_every_result(pool: Any) -> None:
+    assert sorted(pool.imap_unordered(square, range(100))) == [x * x for x in range(100)]
+    assert sorted(pool.imap_unordered(square, range(100), chunksize=7)) == [
+        x * x for x in range(100)]
+    assert list(pool.imap_unordered(square, [])) == []
+
+
+def test_imap_raises_a_failed_task_at_its_place_and_goes_on(pool: Any) -> None:
+    iterator = pool.imap(fail_on_three, range(6))
+    seen: list[Any] = []
+    while True:
+        try:
+            seen.append(next(iterator))
+        except StopIteration:
+            break
+        except TaskError as error:
+            seen.append(str(error))
+    assert seen == [0, 1, 2, "no 3", 4, 5]
+
+
+def test_join_while_running_is_refused(pool: Any) -> None:
+    with pytest.raises(ValueError, match="Pool is still running"):
+        pool.join()
+    assert pool.apply(square, (2,)) == 4
+
+
+def test_close_then_join_finishes_the_work_and_its_callbacks(factory: Any) -> None:
+    pool = factory(2)
+    seen: list[Any] = []
+    single = pool.apply_async(nap, (0.5, "slow"), callback=seen.append)
+    mapped = pool.map_async(square, range(8), callback=seen.append)
+    pool.close()
+    for call in (lambda: pool.apply(square, (1,)), lambda: pool.apply_async(square, (1,)),
+                 lambda: pool.map(square, [1]), lambda: pool.map_async(square, [1]),
+                 lambda: pool.starmap(divide, [(1, 1)]),
+                 lambda: pool.starmap_async(divide, [(1, 1)]),
+                 lambda: pool.imap(square, [1]), lambda: pool.imap_unordered(square, [1])):
+        with pytest.raises(ValueError, match="Pool not running"):
+            call()
+    pool.join()
+    assert single.ready() and mapped.ready()  # join waited for them, and their callbacks
+    assert sorted(seen, key=str) == sorted(["slow", [x * x for x in range(8)]], key=str)
+
+
+def test_with_exits_by_terminate(factory: Any) -> None:
+    with factory(2) as pool:
+        workers = set(pool.map(pid, range(8)))
+        assert os.getpid() not in workers
+        pool.apply_async(nap, (60,))  # still running when the block ends
+        started = time.monotonic()
+    assert _gone(workers), "the workers outlived the with block"
+    assert time.monotonic() - started < 15  # the 60 s task was stopped, not waited for
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.apply(square, (1,))
+    pool.join()  # after terminate: returns at once
+
+
+def test_terminate_then_join(factory: Any) -> None:
+    pool = factory(2)
+    workers = set(pool.map(pid, range(8)))
+    pool.terminate()
+    pool.join()
+    assert _gone(workers)
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.map(square, [1])
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.__enter__()
+
+
+def test_initializer_runs_in_every_worker_and_its_replacements(factory: Any) -> None:
+    pool = factory(2, initializer=set_variable, initargs=(INIT_VARIABLE, "ready"),
+                   maxtasksperchild=1)
+    runs = pool.map(read_variable, range(6), chunksize=1)
+    assert [value for _, value in runs] == ["ready"] * 6
+    # maxtasksperchild=1: every task in a fresh worker, which ran the initializer too
+    assert len({worker for worker, _ in runs}) == 6
+    pool.close()
+    pool.join()
+
+
+def test_maxtasksperchild_replaces_workers(factory: Any) -> None:
+    pool = factory(2, maxtasksperchild=2)
+    pids = [pool.apply(pid) for _ in range(6)]
+    assert len(set(pids)) >= 3  # at most two tasks per worker
+    assert max(pids.count(p) for p in set(pids)) <= 2
+    pool.close()
+    pool.join()
+
+
+def test_a_pool_dropped_while_running_warns_and_ends_its_workers(factory: Any) -> None:
+    pool = FACTORIES[factory.kind](1)  # not through factory: nothing else may hold it
+    workers = {pool.apply(pid)}
+    with pytest.warns(ResourceWarning, match="unclosed running"):
+        del pool
+        gc.collect()
+    assert _gone(workers)
+
+
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    ({"processes": 0}, ValueError, "at least 1"),
+    ({"processes": -2}, ValueError, "at least 1"),
+    ({"processes": "2"}, TypeError, None),
+    ({"processes": 1, "maxtasksperchild": 0}, ValueError, "maxtasksperchild"),
+    ({"processes": 1, "maxtasksperchild": 1.5}, ValueError, "maxtasksperchild"),
+    ({"processes": 1, "initializer": 42}, TypeError, "initializer must be a callable"),
+])
+def test_bad_arguments_fail_before_any_worker_starts(factory: Any, arguments: dict[str, Any],
+                                                      error: type[Exception], message: str | None
+                                                      ) -> None:
+    before = _children()
+    with pytest.raises(error, match=message):
+        factory(**arguments)
+    assert _children() <= before
+
+
+# -- what only sockpool does ----------------------------------------------------------
+
+def test_closures_and_lambdas_run_where_spawn_cannot_send_them(pool: Any) -> None:
+    offset = 10
+
+    def shifted(x: int) -> int:  # a local function, using a local variable
+        return x + offset
+
+    if pool.kind == "multiprocessing":
+        cannot_pickle = (AttributeError, pickle.PicklingError)
+        with pytest.raises(cannot_pickle, match="pickle"):
+            pool.map(shifted, range(3))
+        with pytest.raises(cannot_pickle, match="pickle"):
+            pool.apply_async(lambda: offset).get(timeout=30)
+        with pytest.raises(cannot_pickle, match="pickle"):
+            list(pool.imap(shifted, range(3)))
+        assert pool.map(square, [2]) == [4]  # the pool itself is fine
+        return
+    assert pool.map(shifted, range(3)) == [10, 11, 12]
+    assert pool.map(lambda x: x * offset, range(3)) == [0, 10, 20]
+    assert pool.apply_async(lambda: offset).get(timeout=30) == 10
+    assert list(pool.imap(shifted, range(3))) == [10, 11, 12]
+    assert sorted(pool.imap_unordered(shifted, range(3))) == [10, 11, 12]
+    assert pool.starmap(lambda a, b: a + b + offset, [(1, 2)]) == [13]
+    assert pool.map_async(shifted, [5]).get(timeout=30) == [15]
+    assert pool.apply_async(lambda: ValueError("a value")).get(timeout=30).args == ("a value",)
+
+
+def test_imap_yields_a_returned_exception_as_a_value() -> None:
+    with sockpool.Pool(1) as pool:
+        assert [type(v) for v in pool.imap(KeyError, ["a", "b"])] == [KeyError, KeyError]
+        assert type(pool.map(ValueError, [1])[0]) is ValueError
+
+
+def test_terminate_fails_unfinished_results_instead_of_hanging() -> None:
+    called: list[Any] = []
+    pool = sockpool.Pool(1)
+    result = pool.apply_async(nap, (60,), callback=called.append, error_callback=called.append)
+    iterator = pool.imap(nap, [60, 60])
+    pool.terminate()
+    with pytest.raises(ClusterClosedError, match="terminated"):
+        result.get(timeout=10)
+    with pytest.raises(ClusterClosedError):
+        iterator.next(timeout=10)
+    with pytest.raises(StopIteration):
+        iterator.next(timeout=10)
+    assert called == []  # no callback runs after terminate, as in multiprocessing
+    pool.join()
+
+
+def test_a_given_cluster_is_used_and_left_running() -> None:
+    with Cluster(n=2) as cl:
+        pool = sockpool.Pool(cluster=cl)
+        assert pool.cluster is cl
+        assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+        pool.close()
+        pool.join()
+        with sockpool.Pool(cluster=cl) as other:
+            assert other.apply(square, (3,)) == 9
+        assert cl.par_map(square, [4]) == [16]  # close, join and terminate left it alone
+        with pytest.raises(ValueError, match="processes, maxtasksperchild"):
+            sockpool.Pool(2, cluster=cl, maxtasksperchild=3)
+
+
+def test_cluster_keywords_pass_through() -> None:
+    with sockpool.Pool(1, relay=False, seed=7) as pool:
+        assert pool.cluster.n_workers == 1
+        first = pool.map(_random, range(4))
+    with sockpool.Pool(2, seed=7) as pool:
+        assert pool.map(_random, range(4)) == first  # the seeded streams, any worker count
+
+
+def _random(_: int) -> float:
+    import random
+
+    return random.random()
+
+
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    ({"cluster": "local"}, TypeError, "must be a sockpool Cluster"),
+    ({"processes": 2, "n": 2}, ValueError, "processes="),
+    ({"initializer": print, "setup": print}, ValueError, "initializer="),
+    ({"maxtasksperchild": 2, "max_tasks_per_worker": 2}, ValueError, "maxtasksperchild="),
+    ({"context": SPAWN}, ValueError, "context="),
+    ({"processes": 1, "initargs": 5}, TypeError, "initargs"),
+    ({"processes": 1, "bogus": 1}, TypeError, "bogus"),
+    ({"processes": 1, "threads_per_worker": 0}, ValueError, "threads_per_worker"),
+])
+def test_bad_sockpool_arguments_fail_before_any_worker_starts(
+        arguments: dict[str, Any], error: type[Exception], message: str) -> None:
+    before = _children()
+    with pytest.raises(error, match=message):
+        sockpool.Pool(**arguments)
+    assert _children() <= before
+
+
+def test_bad_callbacks_and_chunksizes_are_refused(pool: Any) -> None:
+    if pool.kind == "multiprocessing":
+        pytest.skip("multiprocessing checks neither")
+    with pytest.raises(TypeError, match="callback"):
+        pool.apply_async(square, (1,), callback=5)
+    with pytest.raises(ValueError, match="chunksize"):
+        pool.map(square, [1], chunksize=0)
+    with pytest.raises(TypeError, match="iterable"):
+        pool.map(square, 5)
