@@ -16,6 +16,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.mark.parametrize(("script", "expected"), [
     ("bench_core.py", "ratio sockpool / Pool.map"),
+    ("bench_pool.py", "ratio sockpool / mp map"),
     ("bench_capture.py", "ratio warm g / h"),
     ("bench_relay.py", "relay off"),
     ("bench_transport.py", "ratio tcp+CURVE / ipc, socket only"),

@@ -1,0 +1,91 @@
+"""sockpool.Pool against multiprocessing.Pool, the drop-in and the original, in one run.
+
+    python benchmarks/bench_pool.py [--workers 2] [--repeat 7] [--quick]
+
+Workloads (each repeated, the two pools interleaved, medians with min-max):
+
+* ``Pool.map(abs, range(100_000))``: 100 000 trivial tasks, both pools choosing
+  their chunk size (the same rule: about four chunks per worker);
+* ``Pool.map_async(...).get()``: the same, through the asynchronous path;
+* ``apply_async(abs, (1,)).get()`` round trip, median over many calls.
+
+``multiprocessing.Pool`` is the default context's (fork, on Linux: its fastest).
+Ratios are sockpool's time over multiprocessing's: below 1 means sockpool is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+from typing import Any
+
+from timing import timed
+
+import sockpool
+
+
+def apply_round_trips(pool: Any, calls: int) -> float:
+    """Median seconds of ``pool.apply_async(abs, (1,)).get()`` over ``calls`` calls."""
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        pool.apply_async(abs, (1,)).get()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def summary(samples: list[float], scale: float, unit: str) -> str:
+    med = statistics.median(samples) * scale
+    return f"{med:9.2f} {unit} (min {min(samples) * scale:.2f}, max {max(samples) * scale:.2f})"
+
+
+def ratio(results: dict[str, list[float]], ours: str, theirs: str) -> float:
+    return statistics.median(results[ours]) / statistics.median(results[theirs])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=2000, help="round trips per repetition")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.tasks, args.calls = 2, 10_000, 200
+
+    items = list(range(args.tasks))
+    names = ("sp map", "mp map", "sp map_async", "mp map_async", "sp rt", "mp rt")
+    results: dict[str, list[float]] = {name: [] for name in names}
+    with sockpool.Pool(args.workers) as ours, multiprocessing.Pool(args.workers) as theirs:
+        for pool in (ours, theirs):  # warm up: workers started, code paths hot
+            pool.map(abs, items)
+            apply_round_trips(pool, 100)
+        for _ in range(args.repeat):  # interleaved, so drift hits both alike
+            for prefix, pool in (("sp", ours), ("mp", theirs)):
+                results[f"{prefix} map"].append(timed(lambda p=pool: p.map(abs, items)))
+                results[f"{prefix} map_async"].append(
+                    timed(lambda p=pool: p.map_async(abs, items).get()))
+                results[f"{prefix} rt"].append(apply_round_trips(pool, args.calls))
+
+    per_task = 1e6 / args.tasks
+    print(f"{args.workers} workers, {args.repeat} repetitions, medians (min, max)\n")
+    print(f"Pool.map of {args.tasks} trivial tasks, per task:")
+    print(f"  sockpool.Pool.map              {summary(results['sp map'], per_task, 'µs')}")
+    print(f"  multiprocessing Pool.map       {summary(results['mp map'], per_task, 'µs')}")
+    print(f"  ratio sockpool / mp map        {ratio(results, 'sp map', 'mp map'):9.2f}")
+    print(f"\nPool.map_async(...).get() of {args.tasks} trivial tasks, per task:")
+    print(f"  sockpool.Pool.map_async        {summary(results['sp map_async'], per_task, 'µs')}")
+    print(f"  multiprocessing map_async      {summary(results['mp map_async'], per_task, 'µs')}")
+    print(f"  ratio sockpool / mp map_async  "
+          f"{ratio(results, 'sp map_async', 'mp map_async'):9.2f}")
+    print("\napply_async(abs, (1,)).get() round trip (median of each repetition's median):")
+    print(f"  sockpool.Pool                  {summary(results['sp rt'], 1e6, 'µs')}")
+    print(f"  multiprocessing Pool           {summary(results['mp rt'], 1e6, 'µs')}")
+    print(f"  ratio sockpool / mp round trip {ratio(results, 'sp rt', 'mp rt'):9.2f}")
+
+
+if __name__ == "__main__":
+    main()
