@@ -287,6 +287,21 @@ def test_imap_raises_a_failed_task_at_its_place_and_goes_on(pool: Any) -> None:
     assert seen == [0, 1, 2, "no 3", 4, 5]
 
 
+def _broken_input() -> Iterator[int]:
+    yield 1
+    yield 2
+    raise TaskError("the input broke")
+
+
+def test_imap_gives_what_came_before_an_input_that_fails_then_its_error(pool: Any) -> None:
+    iterator = pool.imap(square, _broken_input())
+    assert [next(iterator), next(iterator)] == [1, 4]
+    with pytest.raises(TaskError, match="the input broke"):
+        next(iterator)
+    with pytest.raises(StopIteration):
+        next(iterator)
+
+
 def test_join_while_running_is_refused(pool: Any) -> None:
     with pytest.raises(ValueError, match="Pool is still running"):
         pool.join()
