@@ -431,6 +431,18 @@ def test_imap_yields_a_returned_exception_as_a_value() -> None:
         assert type(pool.map(ValueError, [1])[0]) is ValueError
 
 
+def test_a_callback_that_raises_is_reported_and_the_pool_goes_on(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    def broken(value: Any) -> None:
+        raise RuntimeError("callback broke")
+
+    with sockpool.Pool(1) as pool:  # multiprocessing's result thread would die: get() hangs
+        assert pool.apply_async(square, (3,), callback=broken).get(timeout=30) == 9
+        assert pool.map_async(square, [2], callback=broken).get(timeout=30) == [4]
+        assert pool.apply_async(square, (4,)).get(timeout=30) == 16
+    assert "callback broke" in capfd.readouterr().err
+
+
 def test_terminate_fails_unfinished_results_instead_of_hanging() -> None:
     called: list[Any] = []
     pool = sockpool.Pool(1)
