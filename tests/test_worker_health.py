@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,152 @@ def test_without_the_kernel_log_a_grown_oom_count_of_its_cgroup_is_the_evidence(
     assert killed == "killed by SIGKILL (by the kernel's out-of-memory killer)"
     unchanged = explain_kill(4242, -signal.SIGKILL, None, str(tmp_path), oom_kills_before=2)
     assert unchanged == "killed by SIGKILL"
+
+
+# -- recycling -----------------------------------------------------------------------------
+
+
+def _record(path: str, index: int) -> int:
+    with open(path, "a") as log:
+        log.write(f"{index} {os.getpid()}\n")
+    return index * 2
+
+
+def _runs(path: Path) -> list[tuple[int, int]]:
+    return [tuple(map(int, line.split())) for line in path.read_text().splitlines()]  # type: ignore[misc]
+
+
+def test_max_tasks_per_worker_replaces_workers_and_runs_each_task_once(tmp_path: Path) -> None:
+    log = tmp_path / "runs"
+    with Cluster(n=2, max_tasks_per_worker=3) as cl:
+        first = {w.pid for w in cl.workers}
+        results = cl.par_map(_record, [str(log)] * 20, range(20), chunksize=1)
+        assert results == [2 * i for i in range(20)]
+        runs = _runs(log)
+        assert sorted(index for index, _ in runs) == list(range(20))  # each once
+        per_worker: dict[int, int] = {}
+        for _, pid in runs:
+            per_worker[pid] = per_worker.get(pid, 0) + 1
+        assert max(per_worker.values()) <= 3
+        assert len(per_worker) >= 7 and first <= set(per_worker)
+        # replaced, not lost (the last replacement may still be starting)
+        assert _wait_for(lambda: cl.n_workers == 2 and len(cl.workers) == 2)
+        assert cl.submit(abs, -1).result(timeout=30) == 1
+    assert not psutil_children()
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def psutil_children() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process().children(recursive=True) if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+
+
+_leak: list[bytearray] = []
+
+
+def _leak_and_report(index: int) -> tuple[int, int]:
+    block = bytearray(60 * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    _leak.append(block)  # a leak: it stays until the process ends
+    return index, os.getpid()
+
+
+def test_max_worker_memory_replaces_a_worker_that_grew_too_large() -> None:
+    with Cluster(n=1, max_worker_memory="150MB") as cl:
+        done = cl.par_map(_leak_and_report, range(8), chunksize=1)
+        assert [index for index, _ in done] == list(range(8))
+        pids = [pid for _, pid in done]
+        # 60 MB each: a worker is above 150 MB after its second or third task
+        assert 3 <= len(set(pids)) <= 5, pids
+        assert all(pids.count(pid) <= 3 for pid in set(pids))
+        assert _wait_for(lambda: cl.n_workers == 1 and len(cl.workers) == 1)
+
+
+def _setup() -> None:
+    import builtins
+
+    builtins.SOCKPOOL_SETUP_RAN = os.getpid()  # type: ignore[attr-defined]
+
+
+def _setup_pid() -> int:
+    import builtins
+
+    return builtins.SOCKPOOL_SETUP_RAN  # type: ignore[attr-defined, no-any-return]
+
+
+def test_restart_gives_fresh_workers_with_setup_and_exports_and_runs_what_was_queued(
+        tmp_path: Path) -> None:
+    with Cluster(n=2, setup=_setup) as cl:
+        cl.export(SCALE=3)
+        before = {w.pid for w in cl.workers}
+        running = [cl.submit(time.sleep, 30) for _ in range(2)]
+        queued = [cl.submit(abs, -i) for i in range(6)]
+        time.sleep(0.5)
+        cl.restart()
+        after = {w.pid for w in cl.workers}
+        assert len(after) == 2 and not after & before
+        for future in running:
+            with pytest.raises(WorkerLostError, match=r"restart\(\)"):
+                future.result(timeout=30)
+        assert [f.result(timeout=30) for f in queued] == list(range(6))
+        assert sorted(cl.run_on_all(_setup_pid)) == sorted(after)  # setup ran again
+        assert cl.run_on_all(lambda: SCALE) == [3, 3]  # noqa: F821 - exported
+        retried = cl.submit(_sleep_and_report, 0.2)
+        assert retried.result(timeout=30) in after
+
+
+def _slow_the_first_time(path: str) -> int:
+    first = not os.path.exists(path)
+    with open(path, "a") as out:
+        out.write(f"{os.getpid()}\n")
+    if first:
+        time.sleep(30)
+    return os.getpid()
+
+
+def test_restart_retries_the_running_task_when_asked(tmp_path: Path) -> None:
+    log = tmp_path / "runs"
+    with Cluster(n=1) as cl:
+        outcome: list[object] = []
+        mapping = threading.Thread(target=lambda: outcome.append(
+            cl.par_map(_slow_the_first_time, [str(log)], retries=1)))
+        mapping.start()
+        assert _wait_for(log.exists)  # it runs
+        cl.restart()
+        mapping.join(30)
+        assert outcome == [[cl.workers[0].pid]]
+        assert len(log.read_text().splitlines()) == 2  # once stopped by restart, once done
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({"max_tasks_per_worker": 0}, "max_tasks_per_worker"),
+    ({"max_tasks_per_worker": 2.5}, "max_tasks_per_worker"),
+    ({"max_worker_memory": "lots"}, "max_worker_memory"),
+    ({"max_worker_memory": 0}, "max_worker_memory"),
+    ({"max_worker_memory": "-2GB"}, "max_worker_memory"),
+])
+def test_bad_recycling_options_fail_before_any_worker_starts(options: dict[str, object],
+                                                             named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        Cluster(n=1, **options)  # type: ignore[arg-type]
+    assert not psutil_children()
+
+
+def test_memory_sizes() -> None:
+    from sockpool.api.cluster_options import memory_bytes
+
+    assert memory_bytes("2GB") == 2_000_000_000
+    assert memory_bytes("512 MiB") == 512 * 1024**2
+    assert memory_bytes("1.5g") == 1_500_000_000
+    assert memory_bytes(4096) == 4096
+    assert memory_bytes(None) is None

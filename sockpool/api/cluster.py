@@ -25,11 +25,12 @@ from ..dispatch.dispatcher import Dispatcher
 from ..dispatch.jobs import FutureJob, StreamJob
 from ..dispatch.records import WorkerInfo
 from ..dispatch.transport import DEFAULT_MAX_FRAME_BYTES
-from ..errors import ClusterClosedError, NoWorkersLeftError
+from ..errors import ClusterClosedError
 from ..launchers import Launcher, SSHHost
 from .cluster_options import (
     check_cluster_options,
     choose_workers,
+    memory_bytes,
     warn_if_oversubscribed,
 )
 from .lifetime import live_clusters, watch
@@ -39,16 +40,14 @@ from .map_options import (
     check_callable,
     check_iterables,
     check_timeout,
-    progress_bar,
 )
 from .mapping import (
     Delivery,
     EagerFeed,
-    LazyFeed,
+    Maps,
     collect_list,
     eager_chunks,
     iterate,
-    static_chunks,
     stream_blocks,
 )
 from .seeding import CallSeeds
@@ -123,6 +122,12 @@ class Cluster(concurrent.futures.Executor):
             master process ends, so by default they give a master that is
             merely silent (busy holding the GIL) 60 s.
         prefetch: chunks a worker may hold: the one it runs and those queued.
+        max_tasks_per_worker: replace a worker by a fresh process once it has
+            run this many tasks (counted in whole chunks: it finishes the chunk
+            that reaches the count); nothing is lost or run twice.
+        max_worker_memory: replace a worker whose resident memory, after a
+            chunk, is above this (bytes, or a size such as ``"2GB"``); local
+            workers only, whose memory the master can read.
 
     Raises:
         ValueError: ``n < 1`` or another bad option.
@@ -155,6 +160,8 @@ class Cluster(concurrent.futures.Executor):
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float | None = None,
         prefetch: int = 2,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | str | None = None,
     ) -> None:
         launcher, n_workers, wait_for = choose_workers(
             n, hosts, launcher, python=python, env=env, threads_per_worker=threads_per_worker,
@@ -162,7 +169,9 @@ class Cluster(concurrent.futures.Executor):
         check_cluster_options(
             setup=setup, threads_per_worker=threads_per_worker, connect_timeout=connect_timeout,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout, seed=seed,
-            max_message_size=max_message_size, relay=relay, prefetch=prefetch)
+            max_message_size=max_message_size, relay=relay, prefetch=prefetch,
+            max_tasks_per_worker=max_tasks_per_worker)
+        max_memory = memory_bytes(max_worker_memory)
         if log_level is None:
             log_level = logging.getLogger().getEffectiveLevel()
 
@@ -179,7 +188,9 @@ class Cluster(concurrent.futures.Executor):
             connect_timeout=connect_timeout, prefetch=prefetch, setup_job=setup_job,
             relay_mode={True: "task", False: "off", "live": "live"}[relay],
             relay_prefix=relay_prefix, log_level=log_level, transport=transport,
-            max_frame_bytes=max_message_size)
+            max_frame_bytes=max_message_size, max_tasks_per_worker=max_tasks_per_worker,
+            max_worker_memory=max_memory)
+        self._maps = Maps(self._dispatcher, self._packer, self._seeds)
         self._finalizer = watch(self, self._dispatcher,
                                 f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)")
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
@@ -227,6 +238,21 @@ class Cluster(concurrent.futures.Executor):
         self._dispatcher.close(cancel=False, wait=wait, timeout=None)
         if wait:
             live_clusters.discard(self)
+
+    def restart(self) -> None:
+        """Replace every worker by a fresh process (new pids), e.g. after a leak.
+
+        The setup function and exports are applied again; queued tasks run on
+        the new workers; running ones fail with ``WorkerLostError`` (or are
+        retried, with ``retries``).  Returns once the new workers are ready.
+
+        Raises:
+            LaunchError: the new workers could not start within ``connect_timeout``.
+        """
+        self._check_open()
+        self._dispatcher.restart()
+        pool = self._dispatcher.pool
+        pool.wait_for_workers(pool.target, pool.connect_timeout)
 
     def _check_open(self) -> None:
         lifecycle = self._dispatcher.lifecycle
@@ -287,6 +313,7 @@ class Cluster(concurrent.futures.Executor):
             WorkerLostError: a task's worker died (and ``retries`` ran out).
             ClusterClosedError: the cluster is closed.
         """
+        __tracebackhide__ = True  # IPython: a task's error, not sockpool's
         options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed,
                              schedule)
         return self._map_list("par_map", fn, iterables, options, star=len(iterables) > 1)
@@ -306,34 +333,18 @@ class Cluster(concurrent.futures.Executor):
         schedule: str = "dynamic",
     ) -> list[T]:
         """Like :meth:`par_map`, calling ``fn(*args)`` for each tuple ``args``."""
+        __tracebackhide__ = True  # IPython: a task's error, not sockpool's
         options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed,
                              schedule)
         return self._map_list("par_starmap", fn, (iterable,), options, star=True)
 
     def _map_list(self, method: str, fn: Callable[..., T], iterables: tuple[Any, ...],
                   options: MapOptions, *, star: bool) -> list[T]:
+        __tracebackhide__ = True  # IPython: a task's error, not sockpool's
         self._check_open()
         check_callable(fn, method)
         check_iterables(iterables, method)
-        items = as_sequence(iterables)
-        job = StreamJob(self._packer.function(fn), options.flags(star), options.retries,
-                        options.timeout, self._seeds.for_call(options.seed))
-        if not items:
-            return []
-        if options.schedule == "static":
-            workers = self._dispatcher.live_worker_ids()
-            if not workers:
-                raise NoWorkersLeftError("the cluster has no worker left")
-            chunks = static_chunks(job, items, workers, options.chunksize, self._packer)
-        else:
-            size = options.chunk_size(len(items), self._worker_count())
-            chunks = eager_chunks(job, items, size, self._packer)
-        delivery = Delivery(blocks_in_order=False, output_in_order=options.ordered,
-                            errors=options.errors, fail_fast=True)
-        blocks = stream_blocks(job, EagerFeed(chunks), delivery, self._dispatcher,
-                               window=len(chunks),
-                               progress=progress_bar(len(items), options.progress))
-        return collect_list(blocks, len(items), options.ordered)
+        return self._maps.as_list(fn, iterables, options, star)
 
     def imap(
         self,
@@ -360,17 +371,7 @@ class Cluster(concurrent.futures.Executor):
         self._check_open()
         check_callable(fn, "imap")
         check_iterables(iterables, "imap")
-        star = len(iterables) > 1
-        items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        job = StreamJob(self._packer.function(fn, copy_buffers=True), options.flags(star),
-                        options.retries, options.timeout, self._seeds.for_call(options.seed))
-        feed = LazyFeed(job, items, options.lazy_chunk_size, self._packer,
-                        self._dispatcher.store)
-        window = self._worker_count() * (self._dispatcher.scheduler.prefetch + 1)
-        delivery = Delivery(blocks_in_order=ordered, output_in_order=ordered, errors=errors)
-        blocks = stream_blocks(job, feed, delivery, self._dispatcher, window=window,
-                               progress=progress_bar(None, progress))
-        return iterate(blocks, errors)
+        return self._maps.lazily(fn, iterables, options)
 
     def map(
         self,
@@ -436,6 +437,7 @@ class Cluster(concurrent.futures.Executor):
         Like R's ``clusterCall``/``clusterEvalQ``: for per-worker state such as
         imports, connections or caches.
         """
+        __tracebackhide__ = True  # IPython: a task's error, not sockpool's
         self._check_open()
         check_callable(fn, "run_on_all")
         job = StreamJob(self._packer.function(fn), Flag.CALL | Flag.STOP_ON_ERROR)
@@ -490,8 +492,3 @@ class Cluster(concurrent.futures.Executor):
     def __reduce__(self) -> Any:
         raise TypeError("a sockpool Cluster cannot be sent to its workers: does the task "
                         "function refer to the cluster (a global or closure variable)?")
-
-    # -- helpers ----------------------------------------------------------------------
-
-    def _worker_count(self) -> int:
-        return max(1, self._dispatcher.n_ready or self._dispatcher.target)

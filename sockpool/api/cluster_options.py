@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -137,6 +138,28 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, 
     return worker_env
 
 
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", re.IGNORECASE)
+
+
+def memory_bytes(value: int | str | None, name: str = "max_worker_memory") -> int | None:
+    """``"2GB"``, ``"512 MiB"``, ``"1.5g"`` or a number of bytes, as bytes (None stays None).
+
+    Raises:
+        ValueError: not a positive amount of memory (the message names ``name``).
+    """
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    found = _MEMORY.fullmatch(value) if isinstance(value, str) else None
+    if found is None or float(found.group(1)) <= 0:
+        raise ValueError(f"{name} must be a positive number of bytes or a size such as "
+                         f"'2GB' or '512MiB', not {value!r}")
+    number, unit, binary = found.groups()
+    base = 1024 if binary else 1000
+    return int(float(number) * base ** " kmgt".index(unit.lower() or " "))
+
+
 def check_cluster_options(
     *,
     setup: Callable[[], Any] | None,
@@ -148,8 +171,14 @@ def check_cluster_options(
     max_message_size: int,
     relay: bool | str,
     prefetch: int,
+    max_tasks_per_worker: int | None,
 ) -> None:
     """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option."""
+    if max_tasks_per_worker is not None and (
+            isinstance(max_tasks_per_worker, bool) or not isinstance(max_tasks_per_worker, int)
+            or max_tasks_per_worker < 1):
+        raise ValueError(f"max_tasks_per_worker must be a positive integer or None, "
+                         f"not {max_tasks_per_worker!r}")
     if setup is not None and not callable(setup):
         raise TypeError(f"Cluster(setup=...) needs a callable as its function, "
                         f"not {type(setup).__name__}")

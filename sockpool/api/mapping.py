@@ -15,15 +15,20 @@ import itertools
 import math
 import queue
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..capture.payload import Packer, Store
 from ..dispatch import output as relay
+from ..dispatch.dispatcher import Dispatcher
 from ..dispatch.jobs import Chunk, Job, Outcome, StreamJob, TaskFailure, decode_outcome
-from ..errors import ClusterClosedError
+from ..errors import ClusterClosedError, NoWorkersLeftError
+from .map_options import MapOptions, as_sequence, progress_bar
+from .seeding import CallSeeds
+
+T = TypeVar("T")
 
 #: imap sizes chunks so that one takes about this long to compute.
 TARGET_CHUNK_SECONDS = 0.02
@@ -202,6 +207,7 @@ def stream_blocks(
         deadline: ``time.monotonic()`` past which waiting raises ``TimeoutError``.
         progress: a tqdm bar to advance, or None.
     """
+    __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     waiting: dict[int, Block] = {}
     next_first = 0
     finished = False
@@ -246,6 +252,7 @@ def stream_blocks(
 
 def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool) -> list[Any]:
     """par_map's result list: blocks placed by index (or appended as they come)."""
+    __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     results: list[Any] = [None] * n_items if ordered else []
     for first, values, failed in blocks:
         if ordered:
@@ -258,17 +265,79 @@ def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool) -> list[A
     return results
 
 
+def _hand_over(values: list[Any], offset: int) -> Any:
+    """Take a value out of its block, so that only the caller holds it once yielded."""
+    value, values[offset] = values[offset], None
+    return value
+
+
 def iterate(blocks: Iterator[Block], errors: str) -> Iterator[Any]:
-    """Results one by one; a failed task raises (or is yielded, with errors="return")."""
+    """Results one by one; a failed task raises (or is yielded, with errors="return").
+
+    A result yielded is no longer referenced here (nor by the block that
+    ``stream_blocks`` still holds): a caller that drops it frees it, as
+    ``Executor.map``'s contract requires (CPython's ``test_free_reference``).
+    """
+    __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     for first, values, failed in blocks:
-        if not failed:
-            yield from values
-            continue
-        for offset, value in enumerate(values):
-            error = failed.get(first + offset)
-            if error is None:
-                yield value
+        for offset in range(len(values)):
+            # Yield expressions, never a local: a suspended frame keeps its locals alive.
+            if first + offset not in failed:
+                yield _hand_over(values, offset)
             elif errors == "raise":
-                raise error
+                raise failed.pop(first + offset)
             else:
-                yield error
+                yield failed.pop(first + offset)
+
+
+class Maps:
+    """How a cluster's maps run: the function and the arguments serialized, the input
+    cut into chunks, the results streamed back (the Cluster checks the call first)."""
+
+    def __init__(self, dispatcher: Dispatcher, packer: Packer, seeds: CallSeeds) -> None:
+        self.dispatcher = dispatcher
+        self.packer = packer
+        self.seeds = seeds
+
+    def worker_count(self) -> int:
+        """Workers to size chunks for: those ready, else those wanted."""
+        return max(1, self.dispatcher.n_ready or self.dispatcher.target)
+
+    def as_list(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
+                star: bool) -> list[T]:
+        """``par_map``: every chunk serialized before any is sent; the results as a list."""
+        __tracebackhide__ = True  # IPython: a task's error, not sockpool's
+        items = as_sequence(iterables)
+        job = StreamJob(self.packer.function(fn), options.flags(star), options.retries,
+                        options.timeout, self.seeds.for_call(options.seed))
+        if not items:
+            return []
+        if options.schedule == "static":
+            workers = self.dispatcher.live_worker_ids()
+            if not workers:
+                raise NoWorkersLeftError("the cluster has no worker left")
+            chunks = static_chunks(job, items, workers, options.chunksize, self.packer)
+        else:
+            size = options.chunk_size(len(items), self.worker_count())
+            chunks = eager_chunks(job, items, size, self.packer)
+        delivery = Delivery(blocks_in_order=False, output_in_order=options.ordered,
+                            errors=options.errors, fail_fast=True)
+        blocks = stream_blocks(job, EagerFeed(chunks), delivery, self.dispatcher,
+                               window=len(chunks),
+                               progress=progress_bar(len(items), options.progress))
+        return collect_list(blocks, len(items), options.ordered)
+
+    def lazily(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions
+               ) -> Iterator[T]:
+        """``imap``: input read as room frees up, a bounded window of chunks in flight."""
+        star = len(iterables) > 1
+        items = zip(*iterables, strict=False) if star else iter(iterables[0])
+        job = StreamJob(self.packer.function(fn, copy_buffers=True), options.flags(star),
+                        options.retries, options.timeout, self.seeds.for_call(options.seed))
+        feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store)
+        window = self.worker_count() * (self.dispatcher.scheduler.prefetch + 1)
+        delivery = Delivery(blocks_in_order=options.ordered, output_in_order=options.ordered,
+                            errors=options.errors)
+        blocks = stream_blocks(job, feed, delivery, self.dispatcher, window=window,
+                               progress=progress_bar(None, options.progress))
+        return iterate(blocks, options.errors)

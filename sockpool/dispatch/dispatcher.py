@@ -48,6 +48,8 @@ logger = logging.getLogger("sockpool")
 FUNCTION_CACHE_BYTES = 512 * 1024 * 1024
 #: Messages read per loop turn before commands get a look-in again.
 RECV_BATCH = 512
+#: The states of a worker the master sends heartbeats to.
+_BEATING = (WorkerState.SETUP, WorkerState.READY, WorkerState.RETIRING)
 
 
 class Dispatcher:
@@ -69,6 +71,8 @@ class Dispatcher:
         log_level: int,
         transport: str,
         max_frame_bytes: int,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | None = None,
     ) -> None:
         """
         Args:
@@ -77,6 +81,8 @@ class Dispatcher:
                 launcher's default for the workers' view of the master.
             setup_job: the job every worker runs before it takes tasks.
             relay_mode: ``"task"``, ``"live"`` or ``"off"`` (see Cluster's ``relay``).
+            max_tasks_per_worker, max_worker_memory: when a worker is recycled
+                (see :class:`~.pool.WorkerPool`).
         """
         self.launcher = launcher
         self.heartbeat_interval = heartbeat_interval
@@ -108,7 +114,8 @@ class Dispatcher:
             launcher=launcher, master=self.master, scheduler=self.scheduler,
             lifecycle=self.lifecycle, poller=self._poller, config=config, shared=self.shared,
             workers=workers, target=n_workers, connect_timeout=connect_timeout,
-            heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval)
+            heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
+            max_tasks=max_tasks_per_worker, max_memory=max_worker_memory)
         self.exports: list[list[Any]] = []
         self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
         self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
@@ -173,6 +180,10 @@ class Dispatcher:
     def add_export(self, frames: list[Any]) -> None:
         """Send an EXPORT message to every worker now, and to every worker that starts later."""
         self.mailbox.post(self._add_export, frames)
+
+    def restart(self) -> None:
+        """Replace every worker by a fresh process (returns once they were started)."""
+        self.mailbox.ask(self.pool.restart)
 
     def live_worker_ids(self) -> list[int]:
         """Ids of the workers alive (ready or starting), in order."""
@@ -355,6 +366,7 @@ class Dispatcher:
             chunk.job.dropped(chunk)
         else:
             chunk.job.deliver(chunk, record.label, payload)
+        self.pool.after_result(record, time.monotonic())
 
     def _on_output(self, record: WorkerRecord, head: protocol.Header,
                    payload: tuple[memoryview, list[Any]]) -> None:
@@ -435,7 +447,7 @@ class Dispatcher:
         self.shared.trim(now)
         beat = [protocol.header(Kind.HEARTBEAT)]
         for record in self.pool.workers.values():
-            if record.control_ready and record.state in (WorkerState.SETUP, WorkerState.READY):
+            if record.control_ready and record.state in _BEATING:
                 self.master.send(record.control_identity, beat)
 
     # -- the I/O thread: commands posted by the public methods ----------------------------

@@ -67,6 +67,8 @@ class WorkerPool:
         target: int,
         connect_timeout: float,
         heartbeat_timeout: float,
+        max_tasks: int | None = None,
+        max_memory: int | None = None,
     ) -> None:
         """
         Args:
@@ -76,6 +78,9 @@ class WorkerPool:
             target: how many workers the cluster wants.
             heartbeat_timeout: silence after which a worker whose process the
                 launcher cannot watch counts as lost.
+            max_tasks: tasks after which a worker is retired and replaced.
+            max_memory: resident bytes above which a worker, after a chunk, is
+                retired and replaced (where its process can be measured).
         """
         self.launcher = launcher
         self.master = master
@@ -86,6 +91,8 @@ class WorkerPool:
         self.target = target
         self.connect_timeout = connect_timeout
         self.heartbeat_timeout = heartbeat_timeout
+        self.max_tasks = max_tasks
+        self.max_memory = max_memory
         self._poller = poller
         self.workers = workers
         self._exit_fds: set[int] = set()  # pidfds: readable when a worker process ends
@@ -128,7 +135,7 @@ class WorkerPool:
         """A worker connected (and ran the setup): it takes tasks from now on."""
         record.state = WorkerState.READY
         self._failed_replacements = 0
-        self.scheduler.add_worker(record.id)
+        self.scheduler.add_worker(record.id, quota=self.max_tasks)
         with self.state_changed:
             self.n_ready += 1
             self.state_changed.notify_all()
@@ -199,12 +206,15 @@ class WorkerPool:
                 if record.exited_at is None:
                     record.exited_at = now
                     self._unwatch(record)
-                if not self.lifecycle.wants_workers:
+                if not self.lifecycle.wants_workers or record.retired_at is not None:
                     self._forget(record, WorkerState.STOPPED)
                 elif now - record.exited_at >= EXIT_GRACE:
                     self.lost(record, record.process.exit_status())
                 else:
                     wait = min(wait, EXIT_GRACE)
+            elif record.retired_at is not None:
+                if now - record.retired_at > sum(STOP_GRACE):
+                    record.process.kill()  # told to stop and still there
             elif record.state is WorkerState.STARTING and record.process.queued():
                 record.started_at = now  # waiting in a batch queue is not a failure to connect
             elif (record.state is WorkerState.STARTING
@@ -253,6 +263,54 @@ class WorkerPool:
             with self.state_changed:
                 self.n_ready -= 1
                 self.state_changed.notify_all()
+
+    # -- recycling -----------------------------------------------------------------------
+
+    def after_result(self, record: WorkerRecord, now: float) -> None:
+        """A worker returned a chunk: retire it once it did its quota or grew too large,
+        and stop it once it holds nothing more (its replacement starts then)."""
+        if record.state is WorkerState.READY:
+            if self.max_memory is not None and not self.scheduler.retiring(record.id):
+                resident = record.process.resident_bytes()
+                if resident is not None and resident > self.max_memory:
+                    self.scheduler.retire(record.id)
+            if not self.scheduler.retiring(record.id):
+                return
+            record.state = WorkerState.RETIRING  # it takes no new chunks from here on
+            with self.state_changed:
+                self.n_ready -= 1
+                self.state_changed.notify_all()
+        if (record.state is WorkerState.RETIRING and record.retired_at is None
+                and not self.scheduler.load(record.id)
+                and not self.scheduler.pinned.get(record.id)):
+            self.scheduler.remove_worker(record.id)  # it holds nothing: nothing to lose
+            shutdown = [header(Kind.SHUTDOWN)]
+            self.master.send(record.data_identity, shutdown)
+            if record.control_ready:
+                self.master.send(record.control_identity, shutdown)
+            record.retired_at = now
+            if self.lifecycle.wants_workers:
+                self.launch()
+
+    def restart(self) -> None:
+        """Replace every worker by a fresh process: what runs is lost (or retried), what
+        is queued runs on the new workers."""
+        with self.state_changed:
+            self.startup_errors.clear()  # they were about the workers being replaced
+        self._failed_replacements = 0
+        for record in list(self.workers.values()):
+            if not record.alive or record.retired_at is not None:  # replaced already
+                continue
+            record.process.kill()
+            if not record.state.starting:
+                self.lost(record, "stopped by restart()")
+                continue
+            # Not connected yet: nothing ran, but what was pinned to it cannot move.
+            _, pinned = self.scheduler.remove_worker(record.id)
+            self._forget(record, WorkerState.STOPPED)
+            for chunk in pinned:
+                chunk.job.fail(chunk, lost_error(record, "stopped by restart()", "", chunk))
+            self.launch()
 
     # -- losing and replacing ------------------------------------------------------------
 

@@ -17,22 +17,26 @@ from .task_progress import ProgressPage
 
 
 class WorkerState(enum.Enum):
-    """A worker's state as the master sees it: STARTING -> SETUP -> READY -> LOST | STOPPED.
+    """A worker's state as the master sees it.
 
-    SETUP is skipped without ``Cluster(setup=)``; a worker may be LOST or
+    STARTING -> SETUP -> READY [-> RETIRING] -> LOST | STOPPED.  SETUP is
+    skipped without ``Cluster(setup=)``; RETIRING is a worker recycled by
+    ``max_tasks_per_worker`` or ``max_worker_memory``; a worker may be LOST or
     STOPPED from any earlier state.
     """
 
     STARTING = "starting"  # launched; not yet proved it holds the cluster's token
     SETUP = "setup"  # connected; running the cluster's setup function
     READY = "ready"  # takes tasks
+    RETIRING = "retiring"  # finishes what it holds, then is stopped and replaced
     LOST = "lost"  # ended or fell silent unasked
     STOPPED = "stopped"  # ended because the cluster stopped it
 
     @property
     def alive(self) -> bool:
         """Whether a worker in this state may still send or take messages."""
-        return self in (WorkerState.STARTING, WorkerState.SETUP, WorkerState.READY)
+        return self in (WorkerState.STARTING, WorkerState.SETUP, WorkerState.READY,
+                        WorkerState.RETIRING)
 
     @property
     def starting(self) -> bool:
@@ -69,6 +73,7 @@ class WorkerRecord:
         self.failure: LaunchError | None = None  # why it could not start, when known
         self.exited_at: float | None = None  # when its process was first seen ended
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
+        self.retired_at: float | None = None  # when a retiring worker was told to stop
         self.keys: CurveKeys | None = None  # its CURVE keys, when the transport has them
         self.shared_memory = False  # it maps our segments and we map its (same machine)
         self.results_received = 0  # RESULT messages it sent us, which TASK and ACK tell it

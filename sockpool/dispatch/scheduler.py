@@ -8,7 +8,10 @@ which balances the load.  A worker whose current chunk has run longer than
 here for whichever worker frees up first, rather than behind a long task.
 Chunks pinned to a worker (``run_on_all``, ``setup``) go only there, first.
 A chunk with a time limit goes only to an idle worker, and nothing is queued
-behind it, so that its clock starts when it is sent.
+behind it, so that its clock starts when it is sent; so does a chunk of a job
+that asks for no prefetch (``Job.prefetch``).  A worker with a quota
+(``max_tasks_per_worker``) is given chunks until they add up to it, then only
+what is pinned to it: it is retiring.
 """
 
 from __future__ import annotations
@@ -34,18 +37,30 @@ class Scheduler:
         self.pending: deque[Chunk] = deque()
         self.pinned: dict[int, deque[Chunk]] = {}
         self.in_flight: dict[int, dict[int, Chunk]] = {}
+        self.quota: dict[int, int] = {}  # tasks a worker may still be given, where limited
 
     # -- workers ---------------------------------------------------------------------
 
-    def add_worker(self, worker_id: int) -> None:
-        """A worker is ready to take chunks."""
+    def add_worker(self, worker_id: int, quota: int | None = None) -> None:
+        """A worker is ready to take chunks (``quota`` tasks of them, if given)."""
         self.in_flight.setdefault(worker_id, {})
         self.pinned.setdefault(worker_id, deque())
+        if quota is not None:
+            self.quota[worker_id] = quota
+
+    def retire(self, worker_id: int) -> None:
+        """Give a worker no more chunks but those pinned to it."""
+        self.quota[worker_id] = 0
+
+    def retiring(self, worker_id: int) -> bool:
+        """Whether a worker's quota is used up."""
+        return self.quota.get(worker_id, 1) <= 0
 
     def remove_worker(self, worker_id: int) -> tuple[list[Chunk], list[Chunk]]:
         """Forget a worker; return (chunks it held, chunks pinned to it and not sent)."""
         held = list(self.in_flight.pop(worker_id, {}).values())
         waiting = list(self.pinned.pop(worker_id, ()))
+        self.quota.pop(worker_id, None)
         return held, waiting
 
     @property
@@ -86,10 +101,12 @@ class Scheduler:
                     continue
                 if depth:
                     oldest = next(iter(held.values()))
-                    if now - oldest.sent_at > PREFETCH_HORIZON or oldest.job.timeout:
+                    if (now - oldest.sent_at > PREFETCH_HORIZON or oldest.job.timeout
+                            or not oldest.job.prefetch):
                         continue  # busy with something long or timed: nothing behind it
-                    if self.pending and self.pending[0].job.timeout:
-                        continue  # a timed chunk waits for an idle worker
+                    if self.pending and (self.pending[0].job.timeout
+                                         or not self.pending[0].job.prefetch):
+                        continue  # a timed (or unprefetched) chunk waits for an idle worker
                 chunk = self._next_for(worker_id)
                 if chunk is None:
                     continue
@@ -104,9 +121,13 @@ class Scheduler:
             if chunk.job.start(chunk):
                 return chunk
             chunk.job.dropped(chunk)
+        if self.retiring(worker_id):
+            return None
         while self.pending:
             chunk = self.pending.popleft()
             if chunk.job.start(chunk):
+                if worker_id in self.quota:
+                    self.quota[worker_id] -= chunk.count
                 return chunk
             chunk.job.dropped(chunk)
         return None
