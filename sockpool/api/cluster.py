@@ -11,22 +11,22 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from ..capture.binding import lookup
 from ..capture.by_value import warm_up as warm_up_capture
 from ..capture.payload import DEFAULT_MAX_CAPTURE_SIZE, Packer
-from ..common import protocol
 from ..common.protocol import Flag
 from ..dispatch.dispatcher import Dispatcher
-from ..dispatch.jobs import FutureJob, StreamJob
+from ..dispatch.jobs import StreamJob
 from ..dispatch.records import WorkerInfo
 from ..dispatch.transport import DEFAULT_MAX_FRAME_BYTES
 from ..errors import ClusterClosedError
 from ..launchers import Launcher, SSHHost
+from . import aio
+from .calls import Calls
 from .cluster_options import (
     check_cluster_options,
     choose_workers,
@@ -34,21 +34,12 @@ from .cluster_options import (
     warn_if_oversubscribed,
 )
 from .lifetime import live_clusters, watch
+from .loops import in_event_loop, to_thread
 from .map_options import (
     MapOptions,
-    as_sequence,
     check_callable,
     check_iterables,
     check_timeout,
-)
-from .mapping import (
-    Delivery,
-    EagerFeed,
-    Maps,
-    collect_list,
-    eager_chunks,
-    iterate,
-    stream_blocks,
 )
 from .seeding import CallSeeds
 
@@ -116,15 +107,12 @@ class Cluster(concurrent.futures.Executor):
             that sends more is disconnected.
         connect_timeout: seconds to wait for the workers to start and connect.
         heartbeat_interval: seconds between heartbeats, both ways.
-        heartbeat_timeout: silence after which a peer counts as lost: a worker
-            gives up on a silent master, the master on a silent remote worker
-            (default: 5 heartbeats).  Local workers exit at once when the
-            master process ends, so by default they give a master that is
-            merely silent (busy holding the GIL) 60 s.
+        heartbeat_timeout: silence after which a peer counts as lost: the master
+            gives up on a silent remote worker after 5 heartbeats by default, a
+            worker on a silent master after 60 s (local) or 15 s (ssh, Slurm).
         prefetch: chunks a worker may hold: the one it runs and those queued.
-        max_tasks_per_worker: replace a worker by a fresh process once it has
-            run this many tasks (counted in whole chunks: it finishes the chunk
-            that reaches the count); nothing is lost or run twice.
+        max_tasks_per_worker: replace a worker by a fresh process once it ran
+            this many tasks (it finishes the chunk that reaches the count).
         max_worker_memory: replace a worker whose resident memory, after a
             chunk, is above this (bytes, or a size such as ``"2GB"``); local
             workers only, whose memory the master can read.
@@ -172,8 +160,6 @@ class Cluster(concurrent.futures.Executor):
             max_message_size=max_message_size, relay=relay, prefetch=prefetch,
             max_tasks_per_worker=max_tasks_per_worker)
         max_memory = memory_bytes(max_worker_memory)
-        if log_level is None:
-            log_level = logging.getLogger().getEffectiveLevel()
 
         self._packer = Packer(serializer, max_capture_size)
         self._seeds = CallSeeds(seed)
@@ -187,17 +173,27 @@ class Cluster(concurrent.futures.Executor):
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             connect_timeout=connect_timeout, prefetch=prefetch, setup_job=setup_job,
             relay_mode={True: "task", False: "off", "live": "live"}[relay],
-            relay_prefix=relay_prefix, log_level=log_level, transport=transport,
+            relay_prefix=relay_prefix, transport=transport,
+            log_level=logging.getLogger().getEffectiveLevel() if log_level is None else log_level,
             max_frame_bytes=max_message_size, max_tasks_per_worker=max_tasks_per_worker,
             max_worker_memory=max_memory)
-        self._maps = Maps(self._dispatcher, self._packer, self._seeds)
+        self._calls = Calls(self._dispatcher, self._packer, self._seeds)
         self._finalizer = watch(self, self._dispatcher,
                                 f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)")
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self._dispatcher.start()
         warm_up_capture()  # the first map's capture needs it; workers are starting meanwhile
+        self._starting: tuple[int, float, int | None] | None = (
+            wait_for, connect_timeout, min_workers)
+        if not in_event_loop():  # there, `async with` waits, without blocking the loop
+            self._wait_started()
+
+    def _wait_started(self) -> None:
+        """Wait (once) for the workers the constructor asked for; close on failure."""
+        starting, self._starting = self._starting, None
         try:
-            self._dispatcher.pool.wait_for_workers(wait_for, connect_timeout, min_workers)
+            if starting is not None:
+                self._dispatcher.pool.wait_for_workers(*starting)
         except BaseException:
             self.close()
             raise
@@ -242,12 +238,9 @@ class Cluster(concurrent.futures.Executor):
     def restart(self) -> None:
         """Replace every worker by a fresh process (new pids), e.g. after a leak.
 
-        The setup function and exports are applied again; queued tasks run on
-        the new workers; running ones fail with ``WorkerLostError`` (or are
-        retried, with ``retries``).  Returns once the new workers are ready.
-
-        Raises:
-            LaunchError: the new workers could not start within ``connect_timeout``.
+        ``setup`` and exports are applied again; queued tasks run on the new
+        workers; running ones fail with ``WorkerLostError`` (or are retried,
+        with ``retries``).  Returns once the new workers are ready (else ``LaunchError``).
         """
         self._check_open()
         self._dispatcher.restart()
@@ -255,6 +248,8 @@ class Cluster(concurrent.futures.Executor):
         pool.wait_for_workers(pool.target, pool.connect_timeout)
 
     def _check_open(self) -> None:
+        if self._starting is not None:  # made in an event loop and not awaited yet
+            self._wait_started()
         lifecycle = self._dispatcher.lifecycle
         if not lifecycle.takes_work:
             raise lifecycle.refusal()
@@ -344,7 +339,7 @@ class Cluster(concurrent.futures.Executor):
         self._check_open()
         check_callable(fn, method)
         check_iterables(iterables, method)
-        return self._maps.as_list(fn, iterables, options, star)
+        return self._calls.as_list(fn, iterables, options, star)
 
     def imap(
         self,
@@ -371,7 +366,7 @@ class Cluster(concurrent.futures.Executor):
         self._check_open()
         check_callable(fn, "imap")
         check_iterables(iterables, "imap")
-        return self._maps.lazily(fn, iterables, options)
+        return self._calls.lazily(fn, iterables, options)
 
     def map(
         self,
@@ -385,21 +380,11 @@ class Cluster(concurrent.futures.Executor):
         ``timeout`` is a deadline for the whole iteration, as in
         ``concurrent.futures`` (``TimeoutError`` when it passes).
         """
-        options = MapOptions(chunksize)
+        MapOptions(chunksize)  # checks it
         self._check_open()
         check_callable(fn, "map")
         check_iterables(iterables, "map")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        star = len(iterables) > 1
-        items = as_sequence(iterables)
-        job = StreamJob(self._packer.function(fn, copy_buffers=True), options.flags(star),
-                        seed=self._seeds.for_call(None))
-        chunks = eager_chunks(job, items, chunksize, self._packer)
-        self._dispatcher.submit(chunks)  # now, not at the first next(): the Executor contract
-        delivery = Delivery(blocks_in_order=True, output_in_order=True)
-        blocks = stream_blocks(job, EagerFeed([]), delivery, self._dispatcher,
-                               window=len(chunks), in_flight=len(chunks), deadline=deadline)
-        return iterate(blocks, "raise")
+        return self._calls.executor_map(fn, iterables, chunksize, timeout)
 
     # -- single calls -----------------------------------------------------------------
 
@@ -424,12 +409,7 @@ class Cluster(concurrent.futures.Executor):
         check_timeout(timeout)
         self._check_open()
         check_callable(fn, "submit")
-        future: Future[T] = Future()
-        job = FutureJob(self._packer.function(fn, copy_buffers=True), future,
-                        self._seeds.for_call(seed), timeout)
-        chunk = job.chunk(0, 1, self._packer.call(args, kwargs, self._dispatcher.store))
-        self._dispatcher.submit([chunk])
-        return future
+        return self._calls.submit(fn, args, kwargs, timeout, seed)[0]
 
     def run_on_all(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> list[T]:
         """Run ``fn(*args, **kwargs)`` once on every worker; one result per worker, by id.
@@ -440,13 +420,7 @@ class Cluster(concurrent.futures.Executor):
         __tracebackhide__ = True  # IPython: a task's error, not sockpool's
         self._check_open()
         check_callable(fn, "run_on_all")
-        job = StreamJob(self._packer.function(fn), Flag.CALL | Flag.STOP_ON_ERROR)
-        frames = self._packer.call(args, kwargs, self._dispatcher.store)
-        chunks = self._dispatcher.broadcast(job, frames)
-        delivery = Delivery(blocks_in_order=False, output_in_order=True, fail_fast=True)
-        blocks = stream_blocks(job, EagerFeed([]), delivery, self._dispatcher,
-                               window=len(chunks), in_flight=len(chunks))
-        return collect_list(blocks, len(chunks), ordered=True)
+        return self._calls.on_all(fn, args, kwargs)
 
     def export(self, *names: str, env: Mapping[str, Any] | object | None = None,
                **values: Any) -> None:
@@ -461,23 +435,55 @@ class Cluster(concurrent.futures.Executor):
             CaptureError: a value cannot be serialized.
         """
         self._check_open()
-        exported = {**lookup(names, env, depth=1), **values}
-        parts = ((f"exported value {name!r}", value) for name, value in exported.items())
-        frames = self._packer.values(exported, parts, copy_buffers=True,
-                                     prefix=protocol.header(protocol.Kind.EXPORT))
-        self._dispatcher.add_export(frames)
+        self._calls.export({**lookup(names, env, depth=1), **values})
+
+    # -- asyncio: the same calls, awaited (see api/aio.py) -------------------------------
+
+    async def __aenter__(self) -> Cluster:
+        await to_thread(self._wait_started)
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        await to_thread(self.__exit__, exc_type, exc, tb)
+
+    async def asubmit(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None,
+                      seed: int | None = None, **kwargs: Any) -> T:
+        """:meth:`submit`, awaited.  Cancelling the awaiting task cancels the sockpool
+        task, interrupting it if it runs."""
+        check_timeout(timeout)
+        self._check_open()
+        check_callable(fn, "asubmit")
+        return await aio.submit(self._calls, fn, args, kwargs, timeout, seed)
+
+    async def apar_map(self, fn: Callable[..., T], *iterables: Iterable[Any],
+                       **options: Any) -> list[T]:
+        """:meth:`par_map`, awaited (the same keyword options); cancelling the awaiting
+        task cancels the map's tasks, interrupting those that run."""
+        checked = MapOptions(**options)
+        self._check_open()
+        check_callable(fn, "apar_map")
+        check_iterables(iterables, "apar_map")
+        return await aio.as_list(self._calls, fn, iterables, checked)
+
+    def aimap(self, fn: Callable[..., T], *iterables: Iterable[Any],
+              **options: Any) -> AsyncIterator[T]:
+        """:meth:`imap` for ``async for`` (the same keyword options); leaving the loop
+        early, or cancelling the task in it, cancels what is left."""
+        checked = MapOptions(**options)
+        self._check_open()
+        check_callable(fn, "aimap")
+        check_iterables(iterables, "aimap")
+        return aio.lazily(self._calls, fn, iterables, checked)
 
     # -- introspection ----------------------------------------------------------------
 
     @property
     def workers(self) -> tuple[WorkerInfo, ...]:
         """Each live worker: id, host, pid and state."""
-        if self._dispatcher.lifecycle.closed.is_set():
-            return ()
-        try:
-            return tuple(self._dispatcher.snapshot())
-        except ClusterClosedError:
-            return ()
+        with contextlib.suppress(ClusterClosedError):
+            if not self._dispatcher.lifecycle.closed.is_set():
+                return tuple(self._dispatcher.snapshot())
+        return ()
 
     @property
     def n_workers(self) -> int:

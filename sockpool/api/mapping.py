@@ -15,20 +15,15 @@ import itertools
 import math
 import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from ..capture.payload import Packer, Store
 from ..dispatch import output as relay
-from ..dispatch.dispatcher import Dispatcher
 from ..dispatch.jobs import Chunk, Job, Outcome, StreamJob, TaskFailure, decode_outcome
-from ..errors import ClusterClosedError, NoWorkersLeftError
-from .map_options import MapOptions, as_sequence, progress_bar
-from .seeding import CallSeeds
-
-T = TypeVar("T")
+from ..errors import ClusterClosedError
 
 #: imap sizes chunks so that one takes about this long to compute.
 TARGET_CHUNK_SECONDS = 0.02
@@ -234,6 +229,7 @@ def stream_blocks(
                 raise failures[0].error
             output.add(chunk, written)
             block = (chunk.first_index, values, {f.task_index: f.error for f in failures})
+            del failures  # the block alone holds the errors: iterate() lets them go
             if not delivery.blocks_in_order:
                 yield block
                 continue
@@ -288,56 +284,3 @@ def iterate(blocks: Iterator[Block], errors: str) -> Iterator[Any]:
                 raise failed.pop(first + offset)
             else:
                 yield failed.pop(first + offset)
-
-
-class Maps:
-    """How a cluster's maps run: the function and the arguments serialized, the input
-    cut into chunks, the results streamed back (the Cluster checks the call first)."""
-
-    def __init__(self, dispatcher: Dispatcher, packer: Packer, seeds: CallSeeds) -> None:
-        self.dispatcher = dispatcher
-        self.packer = packer
-        self.seeds = seeds
-
-    def worker_count(self) -> int:
-        """Workers to size chunks for: those ready, else those wanted."""
-        return max(1, self.dispatcher.n_ready or self.dispatcher.target)
-
-    def as_list(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
-                star: bool) -> list[T]:
-        """``par_map``: every chunk serialized before any is sent; the results as a list."""
-        __tracebackhide__ = True  # IPython: a task's error, not sockpool's
-        items = as_sequence(iterables)
-        job = StreamJob(self.packer.function(fn), options.flags(star), options.retries,
-                        options.timeout, self.seeds.for_call(options.seed))
-        if not items:
-            return []
-        if options.schedule == "static":
-            workers = self.dispatcher.live_worker_ids()
-            if not workers:
-                raise NoWorkersLeftError("the cluster has no worker left")
-            chunks = static_chunks(job, items, workers, options.chunksize, self.packer)
-        else:
-            size = options.chunk_size(len(items), self.worker_count())
-            chunks = eager_chunks(job, items, size, self.packer)
-        delivery = Delivery(blocks_in_order=False, output_in_order=options.ordered,
-                            errors=options.errors, fail_fast=True)
-        blocks = stream_blocks(job, EagerFeed(chunks), delivery, self.dispatcher,
-                               window=len(chunks),
-                               progress=progress_bar(len(items), options.progress))
-        return collect_list(blocks, len(items), options.ordered)
-
-    def lazily(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions
-               ) -> Iterator[T]:
-        """``imap``: input read as room frees up, a bounded window of chunks in flight."""
-        star = len(iterables) > 1
-        items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        job = StreamJob(self.packer.function(fn, copy_buffers=True), options.flags(star),
-                        options.retries, options.timeout, self.seeds.for_call(options.seed))
-        feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store)
-        window = self.worker_count() * (self.dispatcher.scheduler.prefetch + 1)
-        delivery = Delivery(blocks_in_order=options.ordered, output_in_order=options.ordered,
-                            errors=options.errors)
-        blocks = stream_blocks(job, feed, delivery, self.dispatcher, window=window,
-                               progress=progress_bar(None, options.progress))
-        return iterate(blocks, options.errors)

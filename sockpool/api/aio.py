@@ -1,0 +1,115 @@
+"""asyncio on a cluster: awaitable calls that never block the event loop.
+
+Every blocking step (serializing the call, waiting for results) runs in a
+thread of the loop's default executor.  Cancelling the awaiting asyncio task
+cancels the sockpool job behind it: its waiting tasks are dropped and its
+running ones interrupted, as Ctrl-C does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar, cast
+
+from ..dispatch.jobs import Job
+from ..errors import ClusterClosedError
+from .calls import Calls
+from .loops import to_thread
+from .map_options import MapOptions
+
+T = TypeVar("T")
+
+
+class Cancels(Protocol):
+    """What cancelling needs: the dispatcher's ``cancel``."""
+
+    def cancel(self, job: Job) -> None:
+        """Drop a job's waiting chunks and interrupt its running ones."""
+
+
+class JobHolder:
+    """Where a call made in a thread leaves its job, for the loop to cancel it."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def cancel_all(self, dispatch: Cancels) -> None:
+        """Cancel every job the call made (none yet: nothing to cancel)."""
+        for job in self.jobs:
+            with contextlib.suppress(ClusterClosedError):
+                dispatch.cancel(job)
+
+
+async def result(future: Future[T], job: Job, dispatch: Cancels) -> T:
+    """Await a submitted task's future; cancelled, it cancels the task (interrupting it)."""
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(ClusterClosedError):
+            dispatch.cancel(job)
+        raise
+
+
+async def in_thread(call: Callable[[JobHolder], T], dispatch: Cancels) -> T:
+    """Run a blocking call in a thread; cancelled, cancel the jobs it made."""
+    holder = JobHolder()
+    task = asyncio.get_running_loop().run_in_executor(None, call, holder)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        holder.cancel_all(dispatch)
+        with contextlib.suppress(BaseException):  # its outcome is the cancellation's now
+            await task
+        raise
+
+
+async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
+                  ) -> AsyncIterator[T]:
+    """An async iterator over a blocking iterator, each step in a thread.
+
+    Leaving the ``async for`` early (or cancelling the task in it) cancels the
+    jobs behind the iterator.
+    """
+    holder = JobHolder()
+    loop = asyncio.get_running_loop()
+    done = object()
+    iterator = await loop.run_in_executor(None, start, holder)
+    finished = False
+    try:
+        while True:
+            item = await loop.run_in_executor(None, next, iterator, done)
+            if item is done:
+                finished = True
+                return
+            yield cast(T, item)
+    finally:
+        if not finished:
+            holder.cancel_all(dispatch)
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                with contextlib.suppress(BaseException):
+                    await loop.run_in_executor(None, close)
+
+
+async def submit(calls: Calls, fn: Callable[..., T], args: tuple[Any, ...],
+                 kwargs: dict[str, Any], timeout: float | None, seed: int | None) -> T:
+    """``Cluster.asubmit``, once checked: serialized in a thread, then awaited."""
+    future, job = await to_thread(calls.submit, fn, args, kwargs, timeout, seed)
+    return await result(future, job, calls.dispatcher)
+
+
+async def as_list(calls: Calls, fn: Callable[..., T], iterables: tuple[Any, ...],
+                  options: MapOptions) -> list[T]:
+    """``Cluster.apar_map``, once checked."""
+    return await in_thread(lambda held: calls.as_list(
+        fn, iterables, options, len(iterables) > 1, held.jobs), calls.dispatcher)
+
+
+def lazily(calls: Calls, fn: Callable[..., T], iterables: tuple[Any, ...],
+           options: MapOptions) -> AsyncIterator[T]:
+    """``Cluster.aimap``, once checked."""
+    return iterate(lambda held: calls.lazily(fn, iterables, options, held.jobs),
+                   calls.dispatcher)

@@ -1,0 +1,131 @@
+"""How a cluster's calls run, once ``Cluster`` has checked them: the function and the
+arguments serialized, the input cut into chunks, the chunks posted to the I/O thread,
+and the results streamed back.  Each call may leave its job in a ``jobs`` list, for
+whoever needs to cancel it (an asyncio task that is cancelled)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from ..capture.payload import Packer
+from ..common import protocol
+from ..common.protocol import Flag
+from ..dispatch.dispatcher import Dispatcher
+from ..dispatch.jobs import FutureJob, Job, StreamJob
+from ..errors import NoWorkersLeftError
+from .map_options import MapOptions, as_sequence, progress_bar
+from .mapping import (
+    Delivery,
+    EagerFeed,
+    LazyFeed,
+    collect_list,
+    eager_chunks,
+    iterate,
+    static_chunks,
+    stream_blocks,
+)
+from .seeding import CallSeeds
+
+T = TypeVar("T")
+
+
+class Calls:
+    """The calls of one cluster: its dispatcher, its packer and its seeds."""
+
+    def __init__(self, dispatcher: Dispatcher, packer: Packer, seeds: CallSeeds) -> None:
+        self.dispatcher = dispatcher
+        self.packer = packer
+        self.seeds = seeds
+
+    def worker_count(self) -> int:
+        """Workers to size chunks for: those ready, else those wanted."""
+        return max(1, self.dispatcher.n_ready or self.dispatcher.target)
+
+    def as_list(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
+                star: bool, jobs: list[Job] | None = None) -> list[T]:
+        """``par_map``: every chunk serialized before any is sent; the results as a list."""
+        __tracebackhide__ = True  # IPython: a task's error, not sockpool's
+        items = as_sequence(iterables)
+        job = StreamJob(self.packer.function(fn), options.flags(star), options.retries,
+                        options.timeout, self.seeds.for_call(options.seed))
+        if jobs is not None:
+            jobs.append(job)
+        if not items:
+            return []
+        if options.schedule == "static":
+            workers = self.dispatcher.live_worker_ids()
+            if not workers:
+                raise NoWorkersLeftError("the cluster has no worker left")
+            chunks = static_chunks(job, items, workers, options.chunksize, self.packer)
+        else:
+            size = options.chunk_size(len(items), self.worker_count())
+            chunks = eager_chunks(job, items, size, self.packer)
+        delivery = Delivery(blocks_in_order=False, output_in_order=options.ordered,
+                            errors=options.errors, fail_fast=True)
+        blocks = stream_blocks(job, EagerFeed(chunks), delivery, self.dispatcher,
+                               window=len(chunks),
+                               progress=progress_bar(len(items), options.progress))
+        return collect_list(blocks, len(items), options.ordered)
+
+    def lazily(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
+               jobs: list[Job] | None = None) -> Iterator[T]:
+        """``imap``: input read as room frees up, a bounded window of chunks in flight."""
+        star = len(iterables) > 1
+        items = zip(*iterables, strict=False) if star else iter(iterables[0])
+        job = StreamJob(self.packer.function(fn, copy_buffers=True), options.flags(star),
+                        options.retries, options.timeout, self.seeds.for_call(options.seed))
+        if jobs is not None:
+            jobs.append(job)
+        feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store)
+        window = self.worker_count() * (self.dispatcher.scheduler.prefetch + 1)
+        delivery = Delivery(blocks_in_order=options.ordered, output_in_order=options.ordered,
+                            errors=options.errors)
+        blocks = stream_blocks(job, feed, delivery, self.dispatcher, window=window,
+                               progress=progress_bar(None, options.progress))
+        return iterate(blocks, options.errors)
+
+    def executor_map(self, fn: Callable[..., T], iterables: tuple[Any, ...], chunksize: int,
+                     timeout: float | None) -> Iterator[T]:
+        """``Executor.map``: everything submitted now; results in order, by a deadline."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        star = len(iterables) > 1
+        job = StreamJob(self.packer.function(fn, copy_buffers=True),
+                        MapOptions(chunksize).flags(star), seed=self.seeds.for_call(None))
+        chunks = eager_chunks(job, as_sequence(iterables), chunksize, self.packer)
+        self.dispatcher.submit(chunks)  # now, not at the first next(): the Executor contract
+        delivery = Delivery(blocks_in_order=True, output_in_order=True)
+        blocks = stream_blocks(job, EagerFeed([]), delivery, self.dispatcher,
+                               window=len(chunks), in_flight=len(chunks), deadline=deadline)
+        return iterate(blocks, "raise")
+
+    def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
+               timeout: float | None, seed: int | None) -> tuple[Future[T], FutureJob]:
+        """One call on a worker: its future, and its job (to cancel it)."""
+        future: Future[T] = Future()
+        job = FutureJob(self.packer.function(fn, copy_buffers=True), future,
+                        self.seeds.for_call(seed), timeout)
+        chunk = job.chunk(0, 1, self.packer.call(args, kwargs, self.dispatcher.store))
+        self.dispatcher.submit([chunk])
+        return future, job
+
+    def on_all(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+               ) -> list[T]:
+        """``run_on_all``: one call pinned to every live worker; results by worker id."""
+        __tracebackhide__ = True  # IPython: a task's error, not sockpool's
+        job = StreamJob(self.packer.function(fn), Flag.CALL | Flag.STOP_ON_ERROR)
+        frames = self.packer.call(args, kwargs, self.dispatcher.store)
+        chunks = self.dispatcher.broadcast(job, frames)
+        delivery = Delivery(blocks_in_order=False, output_in_order=True, fail_fast=True)
+        blocks = stream_blocks(job, EagerFeed([]), delivery, self.dispatcher,
+                               window=len(chunks), in_flight=len(chunks))
+        return collect_list(blocks, len(chunks), ordered=True)
+
+    def export(self, values: dict[str, Any]) -> None:
+        """Globals on every worker, present and future (``Cluster.export``)."""
+        parts = ((f"exported value {name!r}", value) for name, value in values.items())
+        frames = self.packer.values(values, parts, copy_buffers=True,
+                                    prefix=protocol.header(protocol.Kind.EXPORT))
+        self.dispatcher.add_export(frames)

@@ -1,0 +1,32 @@
+"""Whether the caller runs an event loop, and how a blocking step leaves it.
+
+asyncio is imported only by code that already runs in an event loop, so that
+``import sockpool`` and ``Cluster(...)`` in plain scripts never pay for it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def in_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:  # not imported: no loop can run
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def to_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call in the event loop's default executor."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

@@ -1,0 +1,148 @@
+"""asyncio: awaited calls on a cluster never block the event loop, and cancelling one stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+
+import pytest
+
+from sockpool import Cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+#: The longest pause between two ticks of a 10 ms ticker that still counts as
+#: "never blocked" on a loaded 2-core machine: each step below would block the
+#: loop for 0.5 s or more if it ran on the loop's thread.
+MAX_GAP = 0.3
+
+
+async def _ticking(work: Awaitable[object]) -> tuple[object, float]:
+    """Run ``work`` beside a 10 ms ticker; its outcome and the longest gap between ticks."""
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticks = asyncio.create_task(ticker())
+    try:
+        outcome = await work
+    finally:
+        stop.set()
+        await ticks
+    return outcome, max(gaps, default=0.0)
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _slow_setup() -> None:
+    time.sleep(0.5)
+
+
+def _slow_square(x: int) -> int:
+    time.sleep(0.0001)  # 10 000 of them: 0.5 s on 2 workers
+    return x * x
+
+
+def test_the_loop_keeps_ticking_through_start_long_tasks_and_a_big_map() -> None:
+    async def main() -> None:
+        async def everything() -> list[object]:
+            async with Cluster(n=2, setup=_slow_setup) as cl:
+                slept = await cl.asubmit(time.sleep, 0.5)
+                squares = await cl.apar_map(_slow_square, range(10_000))
+                streamed = [x async for x in cl.aimap(_square, range(200))]
+            return [slept, squares, streamed]
+
+        (slept, squares, streamed), gap = await _ticking(everything())
+        assert slept is None
+        assert squares == [x * x for x in range(10_000)]
+        assert streamed == [x * x for x in range(200)]
+        assert gap < MAX_GAP, f"the event loop was blocked for {gap:.3f} s"
+
+    asyncio.run(main())
+
+
+def test_results_and_errors_come_back_as_from_the_blocking_calls() -> None:
+    async def main() -> None:
+        async with Cluster(n=2) as cl:
+            assert await cl.asubmit(pow, 2, 10) == 1024
+            with pytest.raises(ZeroDivisionError) as raised:
+                await cl.apar_map(lambda x: 1 / x, [1, 0, 2])
+            assert any("task 1" in note for note in getattr(raised.value, "__notes__", []))
+            out = await cl.apar_map(lambda x: 1 / x, [1, 0], errors="return")
+            assert out[0] == 1.0 and isinstance(out[1], ZeroDivisionError)
+            with pytest.raises(ValueError, match="chunksize"):
+                await cl.apar_map(abs, [1], chunksize=0)
+        assert "closed" in repr(cl)
+
+    asyncio.run(main())
+
+
+def _sleep_then_mark(path: str, seconds: float) -> int:
+    time.sleep(seconds)
+    Path(path).write_text("finished")
+    return os.getpid()
+
+
+def test_cancelling_the_awaiting_task_interrupts_the_running_sockpool_task(
+        tmp_path: Path) -> None:
+    marker = tmp_path / "finished"
+
+    async def main() -> None:
+        async with Cluster(n=1) as cl:
+            task = asyncio.create_task(cl.asubmit(_sleep_then_mark, str(marker), 20))
+            await asyncio.sleep(1.0)  # it runs on the only worker
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            started = time.monotonic()
+            assert await cl.asubmit(abs, -5) == 5  # the worker was freed, not 20 s later
+            assert time.monotonic() - started < 5
+            assert not marker.exists()
+
+    asyncio.run(main())
+
+
+def test_cancelling_an_awaited_map_cancels_its_tasks(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Cluster(n=1) as cl:
+            paths = [str(tmp_path / f"t{i}") for i in range(5)]
+            task = asyncio.create_task(
+                cl.apar_map(_sleep_then_mark, paths, [10] * 5, chunksize=1))
+            await asyncio.sleep(1.0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            started = time.monotonic()
+            assert await cl.asubmit(abs, -2) == 2
+            assert time.monotonic() - started < 5
+            assert not any(Path(p).exists() for p in paths)
+
+    asyncio.run(main())
+
+
+def test_leaving_an_async_for_early_cancels_the_rest(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Cluster(n=1) as cl:
+            paths = [str(tmp_path / f"t{i}") for i in range(6)]
+            seconds = [0.0] + [10.0] * 5
+            async for pid in cl.aimap(_sleep_then_mark, paths, seconds, chunksize=1):
+                assert pid == cl.workers[0].pid
+                break
+            started = time.monotonic()
+            assert await cl.asubmit(abs, -3) == 3
+            assert time.monotonic() - started < 5
+            assert [Path(p).exists() for p in paths] == [True] + [False] * 5
+
+    asyncio.run(main())
