@@ -2,8 +2,10 @@
 
 Consulted in this order, the smallest count wins:
 
-1. the CPU affinity mask of this process (``os.sched_getaffinity``: taskset,
-   cpusets, a container's CPU list);
+1. the CPUs this process may run on: Python's own override when it is set
+   (``PYTHON_CPU_COUNT=n``, and ``-X cpu_count=n`` on 3.13+, as
+   ``os.process_cpu_count()`` reports it), else the CPU affinity mask
+   (``os.sched_getaffinity``: taskset, cpusets, a container's CPU list);
 2. a cgroup CPU quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` /
    ``cpu.cfs_period_us`` in v1), rounded up: Docker's ``--cpus``, Kubernetes
    limits;
@@ -13,12 +15,20 @@ Consulted in this order, the smallest count wins:
 
 With ``logical=False`` the result is then divided by the number of hardware
 threads per core (hyper-threads do not count), and it is never below 1.
+
+``PYTHON_CPU_COUNT`` is read the same way on every version: on Python 3.13+
+through ``os.process_cpu_count()`` (where an invalid value stops the
+interpreter at start-up), on 3.10-3.12 here, by 3.13's rule: a positive integer
+replaces the affinity count (it may be larger, as it is for
+``os.process_cpu_count()``), ``default`` or anything else is ignored.  The
+quota and scheduler limits still apply after it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 
 import psutil
 
@@ -31,6 +41,24 @@ def _affinity_count() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _cpu_count_override() -> int | None:
+    """``PYTHON_CPU_COUNT`` as Python 3.13 reads it: a positive integer, else no override."""
+    try:
+        count = int(os.environ.get("PYTHON_CPU_COUNT", ""))
+    except ValueError:  # unset, "default", or not a number
+        return None
+    return count if count > 0 else None
+
+
+def _process_count() -> int:
+    """The CPUs this process may run on: Python's override if set, else its affinity."""
+    if sys.version_info >= (3, 13):
+        # Honours PYTHON_CPU_COUNT and -X cpu_count; else the affinity mask.
+        return os.process_cpu_count() or 1
+    override = _cpu_count_override()
+    return override if override is not None else _affinity_count()
 
 
 def _quota_files() -> list[tuple[str, str | None]]:
@@ -95,7 +123,7 @@ def detect_cores(logical: bool = True) -> int:
     Args:
         logical: count hardware threads (True) or physical cores (False).
     """
-    count = _affinity_count()
+    count = _process_count()
     quota = _cgroup_quota()
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from sockpool import Cluster, detect_cores
 
@@ -18,12 +19,27 @@ PRINT_CORES = ("import sockpool; "
                "print(sockpool.detect_cores(), sockpool.detect_cores(logical=False))")
 
 
-def cores_in_child(code: str = PRINT_CORES, **env: str) -> list[str]:
+def cores_in_child(code: str = PRINT_CORES, python: str = sys.executable, *options: str,
+                   **env: str) -> list[str]:
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "NSLOTS", "PBS_NUM_PPN")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+             if k not in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "NSLOTS", "PBS_NUM_PPN",
+                          "PYTHON_CPU_COUNT")}
+    out = subprocess.run([python, *options, "-c", code], capture_output=True, text=True,
                          check=True, timeout=30, env={**clean, **env}).stdout
     return out.split()
+
+
+def interpreters() -> list[str]:
+    """This interpreter, and CI's 3.13 venv (.ci/run) where it exists: 3.13 reads
+    PYTHON_CPU_COUNT itself, older versions through sockpool."""
+    found = [sys.executable]
+    other = ROOT / ".ci" / "venvs" / "py3.13" / "bin" / "python"
+    if other.exists() and sys.version_info[:2] != (3, 13):
+        found.append(str(other))
+    return found
+
+
+PIN_TO_ONE_CPU = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
 
 
 def test_counts_are_positive_and_consistent() -> None:
@@ -51,6 +67,36 @@ def test_the_first_scheduler_variable_set_counts_and_never_raises_the_count() ->
     assert cores_in_child(SLURM_CPUS_PER_TASK="1", NSLOTS="64") == ["1", "1"]
     big = cores_in_child(SLURM_CPUS_PER_TASK="4096")
     assert big == cores_in_child()  # an allocation never adds cores the process lacks
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_python_cpu_count_replaces_the_affinity_count(python: str) -> None:
+    if detect_cores() < 2:
+        pytest.skip("needs 2 usable cores to tell an override from the machine's count")
+    assert cores_in_child(PRINT_CORES, python, PYTHON_CPU_COUNT="1") == ["1", "1"]
+    # As os.process_cpu_count(): the override stands for the affinity mask, so it
+    # counts even where the mask is narrower; "default" means no override.
+    logical = cores_in_child(PIN_TO_ONE_CPU + PRINT_CORES, python, PYTHON_CPU_COUNT="2")
+    assert logical[0] == "2"
+    pinned = cores_in_child(PIN_TO_ONE_CPU + PRINT_CORES, python, PYTHON_CPU_COUNT="default")
+    assert pinned == ["1", "1"]
+
+
+def test_an_invalid_python_cpu_count_is_ignored_before_3_13() -> None:
+    if sys.version_info >= (3, 13):
+        pytest.skip("Python 3.13+ refuses to start with an invalid PYTHON_CPU_COUNT")
+    assert cores_in_child(PYTHON_CPU_COUNT="lots") == cores_in_child()
+    assert cores_in_child(PYTHON_CPU_COUNT="0") == cores_in_child()
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_x_cpu_count_is_honoured_on_3_13(python: str) -> None:
+    version = cores_in_child("import sys; print(sys.version_info >= (3, 13))", python)
+    if version != ["True"]:
+        pytest.skip("-X cpu_count exists from Python 3.13")
+    if detect_cores() < 2:
+        pytest.skip("needs 2 usable cores to tell an override from the machine's count")
+    assert cores_in_child(PRINT_CORES, python, "-X", "cpu_count=1") == ["1", "1"]
 
 
 def test_a_cgroup_cpu_quota_restricts_the_count(tmp_path: Path) -> None:
