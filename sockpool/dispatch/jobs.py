@@ -82,6 +82,9 @@ class Job:
         self.flags = flags
         self.retries = retries
         self.cancelled = False
+        #: False: sent only to an idle worker, and nothing is queued behind it
+        #: (joblib's batches, whose next one goes to whichever worker frees up).
+        self.prefetch = True
 
     def chunk(self, first_index: int, count: int, frames: list[Any], pinned: int | None = None
               ) -> Chunk:
