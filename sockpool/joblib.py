@@ -1,0 +1,274 @@
+"""The joblib backend ``"sockpool"``: joblib's work (scikit-learn's ``n_jobs``) on a cluster.
+
+Importing this module registers the backend::
+
+    import joblib
+    import sockpool.joblib
+
+    with joblib.parallel_config(backend="sockpool", n_jobs=-1):
+        search.fit(X, y)                       # on the plan's cluster
+    with joblib.parallel_config(backend="sockpool", cluster=cl):
+        scores = cross_val_score(model, X, y, n_jobs=-1)   # a cluster you hold
+
+``n_jobs=-1`` means every worker of the cluster (``-2`` all but one, as in
+joblib); ``n_jobs=1`` runs in this process, as joblib's own process backends
+do, and so does every call under a sequential plan (``plan("sequential")``,
+and inside a task).  Each batch joblib makes is one ``submit`` on the cluster: exceptions keep
+their type (the worker's traceback as their ``__cause__``), the first failure
+cancels the batches still queued and interrupts those running, what workers
+print is relayed, ``return_as="generator"`` streams, and a ``Parallel``
+nested inside a task runs in its worker, one call after another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from joblib._parallel_backends import (
+    AutoBatchingMixin,
+    FallbackToBackend,
+    ParallelBackendBase,
+    SequentialBackend,
+)
+from joblib.parallel import BatchedCalls, register_parallel_backend
+
+from .api.cluster import Cluster
+from .api.plan import current_plan
+from .dispatch.jobs import FutureJob, Job
+from .errors import ClusterClosedError
+
+__all__ = ["SockpoolBackend"]
+
+_log = logging.getLogger(__name__)
+
+# -- the cluster used when none is given ---------------------------------------------
+
+
+def plan_cluster() -> Cluster | None:
+    """The plan's cluster (started if need be), or None where the plan is sequential.
+
+    The one place that chooses where joblib work runs when ``cluster=`` is
+    not given: ``sockpool.plan()``, ``SOCKPOOL_PLAN`` or the default; inside a
+    task the plan is sequential.
+    """
+    active = current_plan()
+    return None if active.sequential else active.cluster()
+
+
+def _check_cluster(cluster: object) -> Cluster | None:
+    if cluster is not None and not isinstance(cluster, Cluster):
+        raise TypeError(f"the sockpool joblib backend's cluster= must be a sockpool.Cluster or "
+                        f"None (the default cluster), not {type(cluster).__name__} "
+                        f"({cluster!r:.60})")
+    return cluster
+
+
+_NO_INITIALIZER = (": its cluster's workers are started already; give per-worker setup to "
+                   "Cluster(setup=...), or run it with cluster.run_on_all(...)")
+
+
+# -- completion callbacks --------------------------------------------------------------
+
+
+class _CallbackThread:
+    """Runs joblib's completion callbacks in order, on a thread of their own.
+
+    A future completes on the cluster's I/O thread, where nothing may block;
+    joblib's callback dispatches its next batch (pickling it), so it runs here.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]]] = (
+            queue.SimpleQueue())
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, callback: Callable[[Any], Any], future: Future[Any]) -> None:
+        """Call ``callback(future)`` on the callback thread, after those scheduled before."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="sockpool-joblib",
+                                                daemon=True)
+                self._thread.start()
+        self._queue.put((callback, future))
+
+    def _run(self) -> None:
+        while True:
+            callback, future = self._queue.get()
+            try:
+                callback(future)
+            except BaseException:  # as concurrent.futures does with a callback's error
+                _log.exception("a joblib completion callback raised")
+
+
+_callbacks = _CallbackThread()
+
+
+# -- the backend -----------------------------------------------------------------------
+
+
+class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+    """joblib's ``ParallelBackendBase`` on a sockpool :class:`~sockpool.Cluster`.
+
+    Registered as ``"sockpool"`` when :mod:`sockpool.joblib` is imported; joblib
+    passes ``parallel_config(backend="sockpool", cluster=cl)``'s ``cluster`` here.
+
+    Args:
+        cluster: the cluster to run on (the caller keeps it open and closes
+            it); None for the plan's (:func:`plan_cluster`).
+
+    Raises:
+        TypeError: ``cluster`` is not a :class:`~sockpool.Cluster`.
+    """
+
+    # A cluster is there to be used: Parallel(n_jobs=None) under this backend
+    # takes every worker, as joblib's dask backend does.
+    default_n_jobs = -1
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = False
+    supports_sharedmem = False
+    uses_threads = False
+
+    def __init__(self, cluster: Cluster | None = None, nesting_level: int | None = None,
+                 inner_max_num_threads: int | None = None, **backend_kwargs: Any) -> None:
+        if backend_kwargs:
+            raise TypeError(f"the sockpool joblib backend takes cluster=, not "
+                            f"{', '.join(map(repr, backend_kwargs))}"
+                            + (_NO_INITIALIZER if "initializer" in backend_kwargs else ""))
+        super().__init__(nesting_level=nesting_level,
+                         inner_max_num_threads=inner_max_num_threads)
+        self.cluster = _check_cluster(cluster)
+        # The batches not finished, with the Parallel call that sent each (an
+        # instance set by parallel_config serves every call in its block) and
+        # the cluster that runs it.
+        self._jobs: dict[Job, tuple[object, Cluster]] = {}
+        self._jobs_lock = threading.Lock()
+
+    def __reduce__(self) -> Any:
+        # Tasks get get_nested_backend()'s sequential backend, never this one.
+        raise TypeError("the sockpool joblib backend holds a cluster and cannot be pickled")
+
+    def _cluster(self) -> Cluster | None:
+        return self.cluster if self.cluster is not None else plan_cluster()
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """``n_jobs``, negative values counted back from the cluster's size (-1: all).
+
+        1 under a sequential plan (without ``cluster=``): the calls run here.
+        """
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if self.cluster is None and current_plan().sequential:
+            return 1
+        if n_jobs < 0:
+            cluster = self._cluster()
+            return 1 if cluster is None else max(cluster.n_workers + 1 + n_jobs, 1)
+        return int(n_jobs)
+
+    def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: str | None = None,
+                  require: str | None = None, cluster: Cluster | None = None,
+                  **backend_kwargs: Any) -> int:
+        """Check the call's settings; the number of batches to keep in flight is joblib's.
+
+        ``Parallel(backend="sockpool", cluster=cl)`` gives the cluster for that call.
+        One job runs in this process (joblib's sequential backend), as loky's does.
+        """
+        if cluster is not None:
+            self.cluster = _check_cluster(cluster)
+        if backend_kwargs.get("initializer") is not None:
+            raise ValueError("the sockpool joblib backend does not take initializer="
+                             + _NO_INITIALIZER)
+        n_jobs = self.effective_n_jobs(n_jobs)
+        if n_jobs == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self.parallel = parallel
+        return n_jobs
+
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], Any] | None = None
+               ) -> Future[Any]:
+        """Run one batch on the cluster; ``callback(future)`` once it is done.
+
+        A batch that cannot be sent (an argument that does not pickle, a closed
+        cluster) fails its future instead of raising, so that joblib, which may
+        call this from the callback thread, reports it as the call's error.
+        """
+        future: Future[Any] = Future()
+        try:
+            job, cluster = self._send(func, future)
+        except BaseException as exc:
+            future.set_running_or_notify_cancel()
+            future.set_exception(exc)
+        else:
+            with self._jobs_lock:
+                self._jobs[job] = (getattr(callback, "parallel", None), cluster)
+            future.add_done_callback(functools.partial(self._forget, job))
+        if callback is not None:
+            future.add_done_callback(lambda done: _callbacks.schedule(callback, done))
+        return future
+
+    def _send(self, func: Callable[[], Any], future: Future[Any]) -> tuple[Job, Cluster]:
+        # Cluster.submit without hiding the job, which abort_everything cancels.
+        cluster = self._cluster()
+        if cluster is None:  # the plan became sequential during the call
+            raise RuntimeError("the sockpool plan changed to 'sequential' during this "
+                               "joblib call")
+        cluster._check_open()
+        packer = cluster._packer
+        args: tuple[Any, ...] = ()
+        if isinstance(func, BatchedCalls):
+            # One function for every batch, by reference (workers cache it, and
+            # import joblib, not this module), the batch as its argument.
+            function, args = packer.function(BatchedCalls.__call__), (func,)
+        else:
+            function = packer.function(func, copy_buffers=True)
+        job = FutureJob(function, future, cluster._seeds.for_call(None))
+        # joblib keeps its own batches in flight; one queued behind a long batch
+        # would wait for it while another worker idles.
+        job.prefetch = False
+        frames = packer.call(args, {}, cluster._dispatcher.store)
+        cluster._dispatcher.submit([job.chunk(0, 1, frames)])
+        return job, cluster
+
+    def _forget(self, job: Job, _: Future[Any]) -> None:
+        with self._jobs_lock:
+            self._jobs.pop(job, None)
+
+    def retrieve_result_callback(self, out: Future[Any]) -> Any:
+        """The batch's list of results, or its first task's exception."""
+        return out.result()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Cancel the aborting call's batches: drop those queued, interrupt those running.
+
+        Only the batches of ``Parallel`` calls that are aborting: other calls
+        sharing this backend (under one ``parallel_config``) go on.  The cluster
+        stays up either way (it may be shared), so ``ensure_ready`` needs nothing more.
+        """
+        with self._jobs_lock:
+            jobs = [(job, cluster) for job, (call, cluster) in self._jobs.items()
+                    if call is None or getattr(call, "_aborting", True)]
+            for job, _ in jobs:
+                del self._jobs[job]
+        for job, cluster in jobs:
+            with contextlib.suppress(ClusterClosedError):
+                cluster._dispatcher.cancel(job)
+
+    def terminate(self) -> None:
+        """End of a ``Parallel`` call: reset the batch statistics (the cluster stays up)."""
+        self.reset_batch_stats()
+
+    def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
+        """A ``Parallel`` inside a task runs in its worker, one call after another."""
+        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+
+register_parallel_backend("sockpool", SockpoolBackend)

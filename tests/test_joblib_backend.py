@@ -1,0 +1,269 @@
+"""The joblib backend "sockpool": real joblib and scikit-learn code on a real cluster.
+
+What a user switching ``n_jobs`` code onto a cluster relies on: the same
+results as ``n_jobs=1``, errors of their own type, the first failure stopping
+the rest, streaming generators, nested ``Parallel`` in the worker, worker
+output at home, and bad settings refused before any work.  joblib's own
+backend tests run against the backend in tests/test_joblib_suite.py.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import run_script
+
+joblib = pytest.importorskip("joblib")
+sklearn = pytest.importorskip("sklearn")
+
+from joblib import Parallel, delayed, parallel_config  # noqa: E402
+from sklearn.datasets import load_iris  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+from sklearn.tree import DecisionTreeClassifier  # noqa: E402
+
+import sockpool  # noqa: E402
+import sockpool.joblib  # noqa: E402
+from sockpool import Cluster  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class BadInput(Exception):
+    """An exception class of the user's own."""
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise BadInput(f"task {x} is bad")
+    return x
+
+
+def sleep_then_mark(x: int, directory: str) -> int:
+    if x == 0:
+        raise KeyError("first")
+    time.sleep(0.5)
+    Path(directory, str(x)).touch()
+    return x
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def wait_for_file(x: int, path: str) -> str:
+    # Only the master writes the file, after it has the first result.
+    if x == 0:
+        return "first"
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return "not streamed"
+        time.sleep(0.01)
+    return "after"
+
+
+def nested(x: int) -> tuple[int, list[int], str]:
+    inner = Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(4))
+    backend = type(joblib.parallel.get_active_backend()[0]).__name__
+    return os.getpid(), inner, backend
+
+
+def nested_on_sockpool(x: int) -> tuple[int, list[int]]:
+    # A task that names the backend itself: inside a task the plan is sequential.
+    import sockpool.joblib  # noqa: F401
+
+    return os.getpid(), Parallel(n_jobs=-1, backend="sockpool")(
+        delayed(os.getpid)() for _ in range(4))
+
+
+def shout(x: int) -> int:
+    print(f"worker says {x}")
+    return x
+
+
+def test_grid_search_gives_the_results_of_n_jobs_1(shared_cluster: Cluster) -> None:
+    X, y = load_iris(return_X_y=True)
+    grid = {"max_depth": [1, 2, 3, None], "min_samples_leaf": [1, 5]}
+    sequential = GridSearchCV(DecisionTreeClassifier(random_state=0), grid, cv=3, n_jobs=1)
+    sequential.fit(X, y)
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        parallel = GridSearchCV(DecisionTreeClassifier(random_state=0), grid, cv=3, n_jobs=-1)
+        parallel.fit(X, y)
+    assert parallel.best_params_ == sequential.best_params_
+    assert list(parallel.cv_results_["mean_test_score"]) == \
+        list(sequential.cv_results_["mean_test_score"])
+    assert parallel.best_score_ == sequential.best_score_
+
+
+def test_cross_val_score_gives_the_scores_of_n_jobs_1(shared_cluster: Cluster) -> None:
+    X, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500)
+    expected = cross_val_score(model, X, y, cv=5, n_jobs=1)
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        scores = cross_val_score(model, X, y, cv=5, n_jobs=-1)
+    assert list(scores) == list(expected)
+
+
+def test_n_jobs_minus_one_is_every_worker_of_the_cluster(shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        assert joblib.effective_n_jobs(-1) == shared_cluster.n_workers == 2
+        assert joblib.effective_n_jobs(-2) == 1
+        assert joblib.effective_n_jobs(5) == 5
+
+
+def test_tasks_run_on_the_cluster_in_order(shared_cluster: Cluster) -> None:
+    workers = {w.pid for w in shared_cluster.workers}
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        assert Parallel(n_jobs=-1)(delayed(square)(i) for i in range(1000)) == \
+            [i * i for i in range(1000)]
+        pids = set(Parallel(n_jobs=2, batch_size=1)(delayed(os.getpid)() for _ in range(20)))
+    assert pids <= workers and os.getpid() not in pids
+
+
+def test_an_exception_keeps_its_type(shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        with pytest.raises(BadInput, match="task 3 is bad"):
+            Parallel(n_jobs=2)(delayed(fail_on)(i, 3) for i in range(10))
+        with pytest.raises(ZeroDivisionError):
+            Parallel(n_jobs=2)(delayed(divmod)(1, i) for i in [1, 0, 2])
+        # the cluster still serves the next call
+        assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+
+
+def test_the_first_failure_cancels_the_rest(shared_cluster: Cluster, tmp_path: Path) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster), \
+            pytest.raises(KeyError, match="first"):
+        Parallel(n_jobs=2, batch_size=1)(
+            delayed(sleep_then_mark)(i, str(tmp_path)) for i in range(20))
+    time.sleep(1.0)  # what was still running would have finished by now
+    marked = list(tmp_path.iterdir())
+    # joblib keeps 4 batches in flight (pre_dispatch 2 * n_jobs); those are
+    # interrupted, and nothing after them is sent.
+    assert len(marked) < 4, marked
+
+
+def test_a_failure_interrupts_a_long_running_task(shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        with pytest.raises(BadInput):
+            Parallel(n_jobs=2, batch_size=1)(
+                [delayed(sleep_for)(60), delayed(fail_on)(1, 1)])
+        started = time.monotonic()
+        # Both workers are free again: the 60 s task was interrupted.
+        assert Parallel(n_jobs=2, batch_size=1)(
+            delayed(sleep_for)(0.5) for _ in range(2)) == [0.5, 0.5]
+    assert time.monotonic() - started < 10
+
+
+def test_an_abort_cancels_only_its_own_call(shared_cluster: Cluster) -> None:
+    # One backend instance serves every Parallel call of a parallel_config block.
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        slow = Parallel(n_jobs=2, return_as="generator")(
+            delayed(sleep_for)(60) for _ in range(10))
+        fast = Parallel(n_jobs=2, return_as="generator")(delayed(square)(i) for i in range(10))
+        started = time.monotonic()
+        del slow  # joblib aborts a generator that is collected unfinished
+        assert list(fast) == [i * i for i in range(10)]
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+def test_a_generator_yields_before_all_are_done(shared_cluster: Cluster, tmp_path: Path,
+                                                return_as: str) -> None:
+    flag = tmp_path / "first-result-arrived"
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        results = Parallel(n_jobs=2, batch_size=1, return_as=return_as)(
+            delayed(wait_for_file)(i, str(flag)) for i in range(6))
+        assert next(results) == "first"
+        flag.touch()  # the other tasks wait for this: they finish only if we got here
+        rest = list(results)
+    assert rest == ["after"] * 5
+
+
+def test_a_nested_parallel_runs_sequentially_in_the_worker(shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        results = Parallel(n_jobs=2)(delayed(nested)(i) for i in range(4))
+    for outer, inner, backend in results:
+        assert outer != os.getpid()
+        assert inner == [outer] * 4
+        assert backend == "SequentialBackend"
+
+
+def test_a_nested_sockpool_parallel_runs_in_the_worker(shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        results = Parallel(n_jobs=2)(delayed(nested_on_sockpool)(i) for i in range(2))
+    for outer, inner in results:
+        assert outer != os.getpid()
+        assert inner == [outer] * 4
+
+
+def test_worker_output_reaches_the_master(shared_cluster: Cluster,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        Parallel(n_jobs=2)(delayed(shout)(i) for i in range(3))
+    out = capfd.readouterr().out
+    assert sorted(line for line in out.splitlines() if line.startswith("worker says")) == \
+        ["worker says 0", "worker says 1", "worker says 2"]
+
+
+def test_script_functions_lambdas_and_closures_travel(tmp_path: Path) -> None:
+    result = run_script("""
+        from joblib import Parallel, delayed, parallel_config
+        import sockpool.joblib
+        from sockpool import Cluster
+
+        OFFSET = 10
+
+        def add_offset(x):
+            return x + OFFSET
+
+        def make_scaler(k):
+            return lambda x: k * x
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl, parallel_config(backend="sockpool", cluster=cl):
+                print(Parallel(n_jobs=2)(delayed(add_offset)(i) for i in range(3)))
+                print(Parallel(n_jobs=2)(delayed(lambda x: x ** 2)(i) for i in range(3)))
+                print(Parallel(n_jobs=2)(delayed(make_scaler(3))(i) for i in range(3)))
+    """, tmp_path)
+    assert result.stdout.split("\n")[:3] == ["[10, 11, 12]", "[0, 1, 4]", "[0, 3, 6]"]
+
+
+def test_without_cluster_the_plan_decides() -> None:
+    with sockpool.plan(n=2):
+        with parallel_config(backend="sockpool", n_jobs=-1):
+            pids = set(Parallel(batch_size=1)(delayed(os.getpid)() for _ in range(8)))
+            assert joblib.effective_n_jobs(-1) == 2
+        assert pids == {w.pid for w in sockpool.current_cluster().workers}
+    with sockpool.plan("sequential"), parallel_config(backend="sockpool", n_jobs=-1):
+        assert Parallel()(delayed(os.getpid)() for _ in range(3)) == [os.getpid()] * 3
+
+
+def test_n_jobs_1_runs_in_this_process(shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        assert Parallel(n_jobs=1)(delayed(os.getpid)() for _ in range(3)) == [os.getpid()] * 3
+
+
+def test_bad_settings_fail_before_any_worker_starts() -> None:
+    children = set(psutil.Process().children(recursive=True))
+    with pytest.raises(TypeError, match=r"cluster= must be a sockpool.Cluster.*not str"):
+        parallel_config(backend="sockpool", cluster="x")
+    with pytest.raises(TypeError, match="takes cluster=, not 'clustr'"):
+        parallel_config(backend="sockpool", clustr=None)
+    with pytest.raises(TypeError, match=r"Cluster\(setup=\.\.\.\)"):
+        parallel_config(backend="sockpool", initializer=print)
+    with pytest.raises(ValueError, match="initializer="):
+        Parallel(n_jobs=2, backend="sockpool", initializer=print)(
+            delayed(square)(i) for i in range(2))
+    with pytest.raises(ValueError, match="n_jobs == 0"):
+        Parallel(n_jobs=0, backend="sockpool")(delayed(square)(i) for i in range(2))
+    assert set(psutil.Process().children(recursive=True)) == children
