@@ -26,18 +26,29 @@ from sockpool.api import plan as plan_module
 pytestmark = pytest.mark.timeout(60)
 
 
+#: Processes this test process had before the test: other test files' shared
+#: clusters, which the counts below leave out.
+_before: set[int] = set()
+
+
+def _live_children() -> set[int]:
+    return {p.pid for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE}
+
+
 @pytest.fixture(autouse=True)
 def no_plan_chosen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts with no plan chosen and no SOCKPOOL_PLAN; its plan is closed after."""
     monkeypatch.delenv("SOCKPOOL_PLAN", raising=False)
     plan_module._install(None, wait=False)
+    _before.clear()
+    _before.update(_live_children())
     yield
     plan_module._install(None, wait=False)
 
 
 def _children() -> list[int]:
-    return [p.pid for p in psutil.Process().children()
-            if p.status() != psutil.STATUS_ZOMBIE]
+    """The processes started since the test began (and still running)."""
+    return sorted(_live_children() - _before)
 
 
 def _worker_pids() -> list[int]:
