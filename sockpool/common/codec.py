@@ -96,6 +96,17 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
     return cls
 
 
+def _contents(stream: io.BytesIO) -> memoryview:
+    """A stream's bytes, without copying them.
+
+    Not ``getbuffer()``: a buffer export of a BytesIO that ends up in a
+    reference cycle crashes CPython 3.12.1's garbage collector (gh-111049) and
+    raises "Existing exports of data" elsewhere (gh-111331).  ``getvalue()``
+    hands over the stream's own bytes object when nothing else holds it.
+    """
+    return memoryview(stream.getvalue())
+
+
 def check_serializer(serializer: str) -> str:
     """Validate a serializer name (raises ``ValueError`` naming the choices)."""
     _pickler_class(serializer)
@@ -156,7 +167,7 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         except Exception:
             pass
         else:
-            view = stream.getbuffer()
+            view = _contents(stream)
             if by_value_check is None or not by_value_check(view):
                 return frames(view)
             del view
@@ -164,7 +175,7 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
     stream = io.BytesIO()
     stream.write(prefix)
     _pickler_class(serializer)(stream, protocol=5, buffer_callback=keep_large).dump(obj)
-    return frames(stream.getbuffer())
+    return frames(_contents(stream))
 
 
 def loads(payload: Any, buffers: Sequence[Any] = ()) -> Any:

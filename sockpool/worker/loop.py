@@ -58,18 +58,25 @@ class DataLoop:
     def serve(self, hello: bytes) -> None:
         """Say HELLO, then run what comes until SHUTDOWN."""
         self.data.send(hello)
+        preload: threading.Thread | None = None
         if self.serializer in ("cloudpickle", "dill"):
             # Functions from a script arrive pickled by it; loading the first one
             # would import it (about 10 ms).  Import it now, while the master
             # waits for the other workers, instead of during the first map.
-            threading.Thread(target=_preload, args=(self.serializer,), name="sockpool-preload",
-                             daemon=True).start()
+            preload = threading.Thread(target=_preload, args=(self.serializer,),
+                                       name="sockpool-preload", daemon=True)
+            preload.start()
         while not self.state.stopping:
             frames = self._held.popleft() if self._held else protocol.recv_message(self.data)
             try:
                 head, body = protocol.parse(frames[0])
             except protocol.ProtocolError:
                 continue
+            if preload is not None and head.kind in (Kind.TASK, Kind.EXPORT):
+                # Never import it from two threads at once: dill's circular imports
+                # then hand one of them a half-made module ("no attribute '_dill'").
+                preload.join()
+                preload = None
             buffers = [frame.buffer for frame in frames[1:]]
             if head.kind is Kind.TASK:
                 self.acked = max(self.acked, protocol.task_acked(body))
