@@ -195,32 +195,3 @@ def test_submit_takes_a_timeout_and_a_seed(cluster: Cluster) -> None:
 
     bound = functools.partial(wants_a_timeout, timeout=2.5)  # how to pass such a keyword
     assert cluster.submit(bound).result(timeout=20) == 2.5
-
-
-def test_a_worker_killed_by_the_oom_killer_of_a_memory_cgroup() -> None:
-    group = Path(f"/sys/fs/cgroup/memory/sockpool-test-{os.getpid()}")
-    try:
-        group.mkdir()
-    except OSError as exc:
-        pytest.skip(f"cannot create a cgroup v1 memory group here ({exc})")
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(200 * 1024 * 1024))
-        with Cluster(n=1) as cl:
-            (group / "cgroup.procs").write_text(str(cl.workers[0].pid))
-
-            def eat(megabytes: int) -> int:
-                block = bytearray(megabytes * 1024 * 1024)
-                block[::4096] = b"x" * len(block[::4096])  # touch every page
-                return len(block)
-
-            with pytest.raises(WorkerLostError, match="SIGKILL"):
-                cl.par_map(eat, [1024])
-            assert cl.par_map(eat, [8]) == [8 * 1024 * 1024]  # the replacement is fine
-    finally:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                group.rmdir()
-                break
-            except OSError:  # the killed worker is still leaving
-                time.sleep(0.05)

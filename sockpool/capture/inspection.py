@@ -18,6 +18,7 @@ from typing import Any
 
 from ..common import codec
 from ..common import namespace as bound_namespace
+from ..common.proc import format_bytes
 from . import pickling
 from .binding import code_names
 from .by_value import is_local_module, module_name, register_local_modules, travels_by_value
@@ -150,11 +151,11 @@ class CaptureReport:
         return sorted(self.entries, key=lambda e: -e.nbytes)[:count]
 
     def __str__(self) -> str:
-        lines = [f"{self.function} carries {_size(self.total_bytes)} in all"]
+        lines = [f"{self.function} carries {format_bytes(self.total_bytes)} in all"]
         if self.entries:
             width = max(len(e.name) for e in self.entries)
             type_width = max(len(e.type) for e in self.entries)
-            lines += [f"  {e.name:<{width}}  {e.type:<{type_width}}  {_size(e.nbytes):>9}"
+            lines += [f"  {e.name:<{width}}  {e.type:<{type_width}}  {format_bytes(e.nbytes):>9}"
                       for e in self.entries]
         else:
             lines.append("  (nothing: it travels by name)")
@@ -166,25 +167,18 @@ class CaptureReport:
 
     def __repr__(self) -> str:
         return f"<CaptureReport {self.function}: {len(self.entries)} entries, " \
-               f"{_size(self.total_bytes)}>\n{self}"
+               f"{format_bytes(self.total_bytes)}>\n{self}"
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td><code>{html.escape(e.name)}</code></td><td>{html.escape(e.type)}</td>"
-            f"<td style='text-align:right'>{_size(e.nbytes)}</td></tr>" for e in self.entries)
+            f"<td style='text-align:right'>{format_bytes(e.nbytes)}</td></tr>"
+            for e in self.entries)
         by_value = ", ".join(self.modules_by_value) or "none"
-        return (f"<p><b>{html.escape(self.function)}</b> carries {_size(self.total_bytes)}</p>"
+        total = format_bytes(self.total_bytes)
+        return (f"<p><b>{html.escape(self.function)}</b> carries {total}</p>"
                 f"<table><tr><th>name</th><th>type</th><th>size</th></tr>{rows}</table>"
                 f"<p>modules shipped by value: {html.escape(by_value)}</p>")
-
-
-def _size(nbytes: int) -> str:
-    size = float(nbytes)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def _pickled_size(value: Any, serializer: str) -> int:

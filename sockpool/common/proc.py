@@ -143,10 +143,10 @@ def explain_kill(pid: int, returncode: int | None, peak_bytes: int | None,
 
 
 def format_bytes(count: int) -> str:
-    """``1536`` -> ``"1.5 kB"``: decimal units, three significant figures."""
+    """``1536`` -> ``"1.5 kB"``: decimal units, one decimal."""
     size = float(count)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.3g} {unit}"
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
-    return f"{size:.3g} TB"
+    return f"{size:.1f} GB"
