@@ -2,10 +2,13 @@
 
 :mod:`.cluster` is the public ``Cluster``; :mod:`.cluster_options` checks its
 arguments and picks the launcher; :mod:`.map_options` holds a map's options as
-one checked value; :mod:`.mapping` cuts input into chunks and puts results
-back in order; :mod:`.lifetime` closes clusters nobody closed (at garbage
-collection and at exit); :mod:`.mp_pool` and :mod:`.mp_results` are
-``sockpool.Pool``, the ``multiprocessing.Pool`` drop-in.  User code
+one checked value; :mod:`.calls` runs each kind of call, :mod:`.mapping` cuts
+input into chunks and puts results back in order, :mod:`.seeding` numbers the
+seeded calls; :mod:`.aio` and :mod:`.loops` are the asyncio calls;
+:mod:`.plan` and :mod:`.sequential` are ``sockpool.plan()`` and its in-process
+plan; :mod:`.lifetime` closes clusters nobody closed (at garbage collection
+and at exit); :mod:`.mp_pool` and :mod:`.mp_results` are ``sockpool.Pool``,
+the ``multiprocessing.Pool`` drop-in.  User code
 (unpickling results, re-raising errors, printing relayed output) runs here,
 never on the I/O thread.
 
