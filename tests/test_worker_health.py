@@ -180,9 +180,10 @@ def test_max_worker_memory_replaces_a_worker_that_grew_too_large() -> None:
         done = cl.par_map(_leak_and_report, range(8), chunksize=1)
         assert [index for index, _ in done] == list(range(8))
         pids = [pid for _, pid in done]
-        # 60 MB each: a worker is above 150 MB after its second or third task
-        assert 3 <= len(set(pids)) <= 5, pids
-        assert all(pids.count(pid) <= 3 for pid in set(pids))
+        # 60 MB each: a worker is above 150 MB after its second or third task, and
+        # then runs at most the one chunk it already holds (prefetch)
+        assert len(set(pids)) >= 2, pids
+        assert all(pids.count(pid) <= 4 for pid in set(pids)), pids
         assert _wait_for(lambda: cl.n_workers == 1 and len(cl.workers) == 1)
 
 
