@@ -17,13 +17,12 @@ No assertion is made on the numbers: machines are noisy; read the medians.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from timing import BareZmqPeer, round_trips, timed
+from timing import BareZmqPeer, map_and_round_trip_arguments, round_trips, summary, timed
 
 from sockpool import Cluster
 
@@ -52,21 +51,8 @@ class ZmqPingPong(BareZmqPeer):
         pass
 
 
-def summary(samples: list[float], scale: float, unit: str) -> str:
-    med = statistics.median(samples) * scale
-    return f"{med:9.2f} {unit} (min {min(samples) * scale:.2f}, max {max(samples) * scale:.2f})"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--tasks", type=int, default=100_000)
-    parser.add_argument("--calls", type=int, default=2000, help="round trips per repetition")
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    args = parser.parse_args()
-    if args.quick:
-        args.repeat, args.tasks, args.calls = 2, 10_000, 200
+    args = map_and_round_trip_arguments(__doc__.splitlines()[0])
 
     items = list(range(args.tasks))
     results: dict[str, list[float]] = {k: [] for k in ("sockpool map", "Pool.map",

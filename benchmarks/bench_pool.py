@@ -15,13 +15,12 @@ Ratios are sockpool's time over multiprocessing's: below 1 means sockpool is fas
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import statistics
 import time
 from typing import Any
 
-from timing import timed
+from timing import map_and_round_trip_arguments, summary, timed
 
 import sockpool
 
@@ -36,25 +35,12 @@ def apply_round_trips(pool: Any, calls: int) -> float:
     return statistics.median(samples)
 
 
-def summary(samples: list[float], scale: float, unit: str) -> str:
-    med = statistics.median(samples) * scale
-    return f"{med:9.2f} {unit} (min {min(samples) * scale:.2f}, max {max(samples) * scale:.2f})"
-
-
 def ratio(results: dict[str, list[float]], ours: str, theirs: str) -> float:
     return statistics.median(results[ours]) / statistics.median(results[theirs])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--tasks", type=int, default=100_000)
-    parser.add_argument("--calls", type=int, default=2000, help="round trips per repetition")
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    args = parser.parse_args()
-    if args.quick:
-        args.repeat, args.tasks, args.calls = 2, 10_000, 200
+    args = map_and_round_trip_arguments(__doc__.splitlines()[0])
 
     items = list(range(args.tasks))
     names = ("sp map", "mp map", "sp map_async", "mp map_async", "sp rt", "mp rt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import statistics
 import sys
@@ -83,3 +84,23 @@ class BareZmqPeer:
         self._process.join(10)
         self._sock.close(linger=0)
         self._dir.cleanup()
+
+
+def summary(samples: list[float], scale: float, unit: str) -> str:
+    """``median unit (min, max)`` of samples scaled to ``unit``."""
+    med = statistics.median(samples) * scale
+    return f"{med:9.2f} {unit} (min {min(samples) * scale:.2f}, max {max(samples) * scale:.2f})"
+
+
+def map_and_round_trip_arguments(description: str) -> argparse.Namespace:
+    """The options of the bulk-map and round-trip benchmarks (``--quick``: a smoke run)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=2000, help="round trips per repetition")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.tasks, args.calls = 2, 10_000, 200
+    return args
