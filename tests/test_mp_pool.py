@@ -15,6 +15,7 @@ import os
 import pickle
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -374,9 +375,16 @@ def test_maxtasksperchild_replaces_workers(factory: Any) -> None:
 def test_a_pool_dropped_while_running_warns_and_ends_its_workers(factory: Any) -> None:
     pool = FACTORIES[factory.kind](1)  # not through factory: nothing else may hold it
     workers = {pool.apply(pid)}
+    # multiprocessing's result thread may still hold the pool for a moment after apply()
+    # returns (ApplyResult._set drops its _pool last), so wait for the collection itself.
+    dropped = weakref.ref(pool)
     with pytest.warns(ResourceWarning, match="unclosed running"):
         del pool
-        gc.collect()
+        deadline = time.monotonic() + 10
+        while dropped() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.01)
+    assert dropped() is None
     assert _gone(workers)
 
 
