@@ -137,10 +137,12 @@ def plot(result: Result, path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(result: Result, out: Path) -> str:
-    """Save results.md, results.json (every sample) and results.png in ``out``."""
+def write_report(result: Result, out: Path, goals: str = "") -> str:
+    """Save results.md (then the ``goals`` table), results.json and results.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(result)
+    if goals:
+        table += "\n### Goals (issue 22)\n\n" + goals
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
     plot(result, out / "results.png")

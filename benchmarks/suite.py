@@ -1,7 +1,7 @@
 """The performance suite: sockpool against its peers on six workloads, in one run.
 
     python benchmarks/suite.py [--workers 2] [--repeat 5] [--peers sockpool,mp fork,...]
-                               [--out benchmarks/results] [--quick]
+                               [--out benchmarks/results] [--quick] [--large-workers 256]
 
 Peers: multiprocessing (fork and spawn), ProcessPoolExecutor, loky, joblib,
 dask.distributed's LocalCluster, ipyparallel and ray, each where it is installed
@@ -25,6 +25,13 @@ interleave the peers, so drift on a noisy machine hits all alike.  The table of
 medians (min-max) and the ratio sockpool / best peer is printed and saved with
 a plot to ``--out``.  ``--quick`` is a smoke run of small sizes (fast peers only
 unless ``--peers`` names others); its numbers mean nothing.
+
+Then the goals of issue 22, each beside its peer with the ratio and a verdict
+(``goals.py``): every repetition also times a fresh interpreter from start to the
+first result of ``Cluster(n=2)`` and of multiprocessing's spawn and fork pools,
+a bare ZeroMQ REQ/REP ping-pong over ipc and one NumPy pass over the captured
+array (rows of their own), and with ``--large-workers N`` a cluster of N local
+workers against one of 2 (master's CPU per task, start, close, idle CPU).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import goals
 import numpy as np
 import psutil
 from peers import PEERS, Peer, parse_peers
@@ -190,10 +198,18 @@ def measure_capture(peer: Peer, workers: int, sizes: dict[str, Any]) -> dict[str
     _check(peer.map(g, items, chunksize=1) == [float(BIG[i]) for i in items],  # type: ignore[index]
            "map of g")
     with_capture, without = [], []
-    for _ in range(3):
+    for _ in range(5):
         with_capture.append(_seconds(lambda: peer.map(g, items, chunksize=1)))
         without.append(_seconds(lambda: peer.map(h, items, chunksize=1)))
-    return {"capture": statistics.median(with_capture) / statistics.median(without)}
+    return {"capture": statistics.median(with_capture) / statistics.median(without),
+            "capture_extra_ms": (statistics.median(with_capture)
+                                 - statistics.median(without)) * 1e3}
+
+
+def measure_floors(sizes: dict[str, Any]) -> dict[str, float]:
+    """The reference rows: a bare ZeroMQ REQ/REP ping-pong, one NumPy pass over BIG."""
+    return {"zmq_req_rep": goals.zmq_req_rep(sizes["round_trips"]) * 1e6,
+            "numpy_pass": goals.numpy_pass(BIG) * 1e3}
 
 
 def _check(ok: bool, what: str) -> None:
@@ -203,6 +219,13 @@ def _check(ok: bool, what: str) -> None:
 
 def run_child(name: str, group: str, workers: int, sizes: dict[str, Any]) -> None:
     """Measure one peer in this process and print the figures as JSON."""
+    if group == "floors":
+        print("FIGURES " + json.dumps(measure_floors(sizes)), flush=True)
+        return
+    if group == "large":
+        print("FIGURES " + json.dumps(goals.measure_large(
+            workers, sizes["large_tasks_per_worker"], sizes["large_idle"])), flush=True)
+        return
     peer = PEERS[name]()
     try:
         measure = measure_capture if group == "capture" else measure_main
@@ -229,6 +252,8 @@ def sizes_for(args: argparse.Namespace, burn_iterations: int) -> dict[str, Any]:
         "capture_items": 20 if quick else 200,
         "cpu_tasks_per_worker": 1 if quick else 4,
         "burn": burn_iterations,
+        "large_tasks_per_worker": 5 if quick else 20,
+        "large_idle": 1.0 if quick else 5.0,
     }
 
 
@@ -236,10 +261,11 @@ def run_peer(name: str, group: str, args: argparse.Namespace, sizes: dict[str, A
              ) -> dict[str, Any]:
     """One child process; its figures, or {"error": why}."""
     env = dict(os.environ)
-    if group == "capture":
+    if group in ("capture", "floors"):
         env["SP_BENCH_BIG_MB"] = str(sizes["capture_mb"])
     command = [sys.executable, str(HERE / "suite.py"), "--child", name, "--group", group,
-               "--workers", str(args.workers), "--sizes", json.dumps(sizes)]
+               "--workers", str(args.large_workers if group == "large" else args.workers),
+               "--sizes", json.dumps(sizes)]
     child = subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -277,6 +303,9 @@ def main() -> None:
                         help="where results.md/.json/.png go (default benchmarks/results)")
     parser.add_argument("--child-timeout", type=float, default=600)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--large-workers", type=int, default=0, metavar="N",
+                        help="also measure a cluster of N local workers against 2 (issue 22's "
+                             "large-cluster row; 256 needs about 20 GB of memory)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--group", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", help=argparse.SUPPRESS)
@@ -297,6 +326,20 @@ def main() -> None:
     errors: dict[str, str] = {}
     started = time.perf_counter()
     for repetition in range(args.repeat):
+        for name in goals.FRESH_PEERS:
+            samples.setdefault("fresh_startup", {}).setdefault(name, []).append(
+                goals.fresh_startup(name))
+        extra = [("floor", "floors")]
+        if args.large_workers:
+            extra.append(("sockpool", "large"))
+        for name, group in extra:
+            figures = run_peer(name, group, args, sizes)
+            if "error" in figures:
+                errors[f"{name} ({group})"] = figures["error"]
+                print(f"  {name} {group}: {figures['error']}", file=sys.stderr)
+                continue
+            for metric, value in figures.items():
+                samples.setdefault(metric, {}).setdefault(name, []).append(value)
         for name in names:
             for group in ("main", "capture"):
                 figures = run_peer(name, group, args, sizes)
@@ -320,7 +363,8 @@ def main() -> None:
         "quick": args.quick, "sizes": sizes, "burn_seconds": burn_seconds,
         "date": time.strftime("%Y-%m-%d"),
     })
-    print(write_report(result, out))
+    goal_table = goals.goal_table(samples, sizes, args.workers, args.large_workers)
+    print(write_report(result, out, goal_table))
 
 
 def _choose_peers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:

@@ -56,6 +56,11 @@ def test_the_suite_measures_sockpool_and_its_peers_and_saves_a_table_and_a_plot(
         assert all(cell not in ("", "—") for cell in cells), row
     samples = json.loads((tmp_path / "results.json").read_text())["samples"]
     assert samples["capture"]["sockpool"][0] > 0
+    goals = table.split("### Goals (issue 22)")[1]  # each goal beside its peer, a verdict
+    for row in ("bare ZeroMQ REQ/REP ping-pong", "`submit(f, 1).result()` round trip",
+                "`G.sum()`", "fresh process: `Cluster(n=2)`", "CPU-bound tasks, fraction"):
+        assert row in goals
+    assert goals.count("**met**") + goals.count("**missed**") == 7
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
