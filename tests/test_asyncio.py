@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
@@ -144,5 +144,26 @@ def test_leaving_an_async_for_early_cancels_the_rest(tmp_path: Path) -> None:
             assert await cl.asubmit(abs, -3) == 3
             assert time.monotonic() - started < 5
             assert [Path(p).exists() for p in paths] == [True] + [False] * 5
+
+    asyncio.run(main())
+
+
+class InputBroke(Exception):
+    pass
+
+
+def _input_that_breaks() -> Iterator[int]:
+    yield from range(6)
+    raise InputBroke("the input broke")
+
+
+def test_aimap_gives_every_result_before_an_input_that_raises_then_its_error() -> None:
+    async def main() -> None:
+        async with Cluster(n=2) as cl:
+            seen = []
+            with pytest.raises(InputBroke, match="the input broke"):
+                async for value in cl.aimap(_square, _input_that_breaks(), chunksize=4):
+                    seen.append(value)
+            assert seen == [x * x for x in range(6)]
 
     asyncio.run(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +82,82 @@ def test_bad_input_is_reported_at_the_call_not_at_iteration(shared_cluster: Clus
         shared_cluster.imap(None, [1])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="iterable"):
         shared_cluster.imap(square, 3)  # type: ignore[arg-type]
+
+
+class InputBroke(Exception):
+    pass
+
+
+def _input_that_breaks(n: int) -> Iterator[int]:
+    yield from range(n)
+    raise InputBroke(f"the input broke after {n} items")
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.01)
+    return x * x
+
+
+# chunksize 4 over 10 items: the input breaks in the middle of the third chunk.
+@pytest.mark.parametrize("chunksize", [None, 1, 4])
+def test_an_input_that_raises_gives_every_result_read_before_it_then_its_error(
+        shared_cluster: Cluster, chunksize: int | None) -> None:
+    seen = []
+    with pytest.raises(InputBroke, match="after 10 items") as raised:
+        for value in shared_cluster.imap(slow_square, _input_that_breaks(10),
+                                         chunksize=chunksize):
+            seen.append(value)
+    assert seen == [x * x for x in range(10)]  # as a generator expression would give
+    assert raised.traceback[-1].name == "_input_that_breaks"  # the input's own frame
+
+
+def test_unordered_and_errors_return_give_every_result_then_the_inputs_error(
+        shared_cluster: Cluster) -> None:
+    for options in ({"ordered": False}, {"errors": "return"}):
+        seen = []
+        with pytest.raises(InputBroke):
+            for value in shared_cluster.imap(slow_square, _input_that_breaks(7), **options):
+                seen.append(value)
+        assert sorted(seen) == [x * x for x in range(7)], options
+    seen = []
+    with pytest.raises(InputBroke):  # several iterables: the one that raises is zipped
+        for value in shared_cluster.imap(pow, _input_that_breaks(5), itertools.repeat(2)):
+            seen.append(value)
+    assert seen == [0, 1, 4, 9, 16]
+
+
+def test_an_input_that_raises_at_once_raises_and_the_cluster_goes_on(
+        shared_cluster: Cluster) -> None:
+    with pytest.raises(InputBroke, match="after 0 items"):
+        next(shared_cluster.imap(square, _input_that_breaks(0)))
+    assert list(shared_cluster.imap(square, range(3))) == [0, 1, 4]
+
+
+def test_a_failed_task_before_the_input_breaks_raises_first(shared_cluster: Cluster) -> None:
+    seen = []
+    with pytest.raises(ValueError, match="five"):
+        for value in shared_cluster.imap(fails_on_5, _input_that_breaks(8), chunksize=2):
+            seen.append(value)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_closing_an_imap_leaves_the_callers_iterator_usable(shared_cluster: Cluster) -> None:
+    items = iter(_input_that_breaks(1000))
+    results = shared_cluster.imap(square, items, chunksize=1)
+    assert next(results) == 0
+    results.close()
+    del results
+    assert next(items) > 0  # what the imap did not read is still there to read
+
+
+def _mark(path: str) -> None:
+    Path(path).touch()
+
+
+def test_par_map_reads_an_input_that_raises_before_any_task_runs(
+        shared_cluster: Cluster, tmp_path: Path) -> None:
+    # As multiprocessing.Pool.map: the whole input is read first, so no result is lost.
+    with pytest.raises(InputBroke, match="after 3 items"):
+        shared_cluster.par_map(_mark, (str(tmp_path / str(i)) for i in _input_that_breaks(3)))
+    shared_cluster.run_on_all(abs, 0)  # each worker is past anything sent before
+    assert list(tmp_path.iterdir()) == []

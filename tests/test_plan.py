@@ -277,6 +277,28 @@ def test_imap_runs_each_task_when_its_result_is_asked_for() -> None:
     assert [next(results), next(results)] == [0, 1] and ran == [0, 1]
 
 
+class InputBroke(Exception):
+    pass
+
+
+def _input_that_breaks() -> Iterator[int]:
+    yield from range(5)
+    raise InputBroke("the input broke")
+
+
+@pytest.mark.parametrize("spec", ["sequential", "local:2"])
+def test_imap_over_an_input_that_raises_gives_what_came_before_then_its_error(
+        spec: str) -> None:
+    sockpool.plan(spec)
+    seen = []
+    with pytest.raises(InputBroke, match="the input broke"):
+        for value in sockpool.imap(_fails_at_two, _input_that_breaks(), errors="return"):
+            seen.append(value)
+    assert seen[:2] == [0, 10] and isinstance(seen[2], KeyError) and seen[3:] == [30, 40]
+    with pytest.raises(InputBroke):  # par_map reads the whole input first: no task runs
+        sockpool.par_map(_fails_at_two, _input_that_breaks())
+
+
 def test_submit_and_run_on_all() -> None:
     sockpool.plan("sequential")
     future = sockpool.submit(divmod, 7, 2)

@@ -58,6 +58,9 @@ def static_chunks(job: StreamJob, items: Sequence[Any], workers: list[int],
 class EagerFeed:
     """All chunks are ready; the first call hands them all out."""
 
+    #: The input was read whole before any chunk was cut: reading it cannot fail here.
+    error: Exception | None = None
+
     def __init__(self, chunks: list[Chunk]) -> None:
         self._chunks = chunks
         self.exhausted = not chunks
@@ -71,19 +74,40 @@ class EagerFeed:
         """Eager chunks are already cut; nothing to learn."""
 
 
+def _until_error(items: Iterator[Any], errors: list[Exception]) -> Iterator[Any]:
+    """``items``, ending (the error kept in ``errors``) where reading them raises."""
+    try:
+        for item in items:  # noqa: UP028 (yield from would close the caller's iterator)
+            yield item
+    except Exception as exc:  # KeyboardInterrupt and the like still stop the map at once
+        errors.append(exc)
+        del errors  # no cycle: the exception's traceback holds this frame
+
+
 class LazyFeed:
-    """Reads input only when the window has room; sizes chunks from measured task times."""
+    """Reads input only when the window has room; sizes chunks from measured task times.
+
+    When reading the input raises, the items read before it (a partial chunk
+    included) still run; ``error`` is then the input's exception, for
+    :func:`stream_blocks` to raise once their results are out.
+    """
 
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
                  packer: Packer, store: Store | None = None) -> None:
         self._job = job
         self._store = store
-        self._items = items
+        self._errors: list[Exception] = []
+        self._items = _until_error(items, self._errors)
         self._fixed = chunksize
         self._size = chunksize or 1
         self._packer = packer
         self._next_index = 0
         self.exhausted = False
+
+    @property
+    def error(self) -> Exception | None:
+        """The exception reading the input raised, if it did."""
+        return self._errors[0] if self._errors else None
 
     def take(self, room: int) -> list[Chunk]:
         chunks = []
@@ -217,6 +241,8 @@ def stream_blocks(
                     in_flight += len(chunks)
             if in_flight == 0 and not waiting and feed.exhausted:
                 finished = True
+                if feed.error is not None:  # after every result of the items read before it
+                    raise feed.error
                 return
             chunk, label, payload = _next_event(job, deadline)
             in_flight -= 1

@@ -324,9 +324,9 @@ class Pool:
         check_iterables((iterable,), method)
         results: IMapIterator[T] = (IMapIterator if ordered else IMapUnorderedIterator)(
             self._tracker, self)
-        items = _GuardedInput(iterable)
         try:
-            stream = self._cluster.imap(BoxedCall(func), items,
+            # An input that raises: the results of what was read before it, then its error.
+            stream = self._cluster.imap(BoxedCall(func), iterable,
                                         ordered=ordered, chunksize=chunksize, errors="return")
         except CaptureError as exc:  # as multiprocessing: raised by next()
             results._finish(exc)
@@ -334,7 +334,7 @@ class Pool:
         except BaseException:
             results._finish()
             raise
-        _start_reader(_read_imap, stream, items, results, self._tracker)
+        _start_reader(_read_imap, stream, results, self._tracker)
         return results
 
     # -- the rest of multiprocessing's surface ----------------------------------------
@@ -416,31 +416,7 @@ def _read_map(run: Callable[[], list[Any]], result: MapResult[Any], handler: Res
     handler.post(functools.partial(result._complete, True, values))
 
 
-class _GuardedInput(Iterator[Any]):
-    """An imap's input that ends, rather than raises, when reading it fails.
-
-    Chunks read before the failure are in flight: their results come first,
-    then the input's error, as in ``multiprocessing``.
-    """
-
-    def __init__(self, iterable: Iterable[Any]) -> None:
-        self._items = iter(iterable)
-        self.error: BaseException | None = None
-
-    def __next__(self) -> Any:
-        if self.error is not None:
-            raise StopIteration
-        try:
-            return next(self._items)
-        except StopIteration:
-            raise
-        except Exception as exc:
-            self.error = exc
-            raise StopIteration from None
-
-
-def _read_imap(results: Iterator[Any], items: _GuardedInput, iterator: IMapIterator[Any],
-               tracker: Tracker) -> None:
+def _read_imap(results: Iterator[Any], iterator: IMapIterator[Any], tracker: Tracker) -> None:
     try:
         for value in results:
             iterator._put(value)
@@ -453,7 +429,7 @@ def _read_imap(results: Iterator[Any], items: _GuardedInput, iterator: IMapItera
         close = getattr(results, "close", None)
         if close is not None:
             close()  # stops the job (a break above: terminated)
-    iterator._finish(items.error)
+    iterator._finish()
 
 
 def _at_collection(tracker: Tracker, handler: ResultHandler, owned: Cluster | None,

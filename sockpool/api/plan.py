@@ -231,7 +231,9 @@ def imap(fn: Callable[..., T], *iterables: Iterable[Any], ordered: bool = True,
          retries: int = 0, errors: str = "raise", seed: int | None = None) -> Iterator[T]:
     """:meth:`Cluster.imap` on the plan: results as they come, input read lazily.
 
-    When sequential, each task runs when its result is asked for.
+    When sequential, each task runs when its result is asked for.  An input
+    that raises gives, on every plan, the result of each item read before it,
+    then its exception.
     """
     options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed)
     check_callable(fn, "imap")
