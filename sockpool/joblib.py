@@ -22,7 +22,6 @@ nested inside a task runs in its worker, one call after another.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import queue
@@ -39,10 +38,10 @@ from joblib._parallel_backends import (
 )
 from joblib.parallel import BatchedCalls, register_parallel_backend
 
+from .api.calls import Calls
 from .api.cluster import Cluster
 from .api.plan import current_plan
-from .dispatch.jobs import FutureJob, Job
-from .errors import ClusterClosedError
+from .dispatch.jobs import Job
 
 __all__ = ["SockpoolBackend"]
 
@@ -148,7 +147,7 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         # The batches not finished, with the Parallel call that sent each (an
         # instance set by parallel_config serves every call in its block) and
         # the cluster that runs it.
-        self._jobs: dict[Job, tuple[object, Cluster]] = {}
+        self._jobs: dict[Job, tuple[object, Calls]] = {}
         self._jobs_lock = threading.Lock()
 
     def __reduce__(self) -> Any:
@@ -201,42 +200,39 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         cluster) fails its future instead of raising, so that joblib, which may
         call this from the callback thread, reports it as the call's error.
         """
-        future: Future[Any] = Future()
         try:
-            job, cluster = self._send(func, future)
+            future, job, calls = self._send(func)
         except BaseException as exc:
+            future = Future()
             future.set_running_or_notify_cancel()
             future.set_exception(exc)
         else:
             with self._jobs_lock:
-                self._jobs[job] = (getattr(callback, "parallel", None), cluster)
+                self._jobs[job] = (getattr(callback, "parallel", None), calls)
             future.add_done_callback(functools.partial(self._forget, job))
         if callback is not None:
             future.add_done_callback(lambda done: _callbacks.schedule(callback, done))
         return future
 
-    def _send(self, func: Callable[[], Any], future: Future[Any]) -> tuple[Job, Cluster]:
-        # Cluster.submit without hiding the job, which abort_everything cancels.
+    def _send(self, func: Callable[[], Any]) -> tuple[Future[Any], Job, Calls]:
+        """Submit one batch through the cluster's calls, keeping its job for
+        ``abort_everything`` (``Cluster.submit`` hides it)."""
         cluster = self._cluster()
         if cluster is None:  # the plan became sequential during the call
             raise RuntimeError("the sockpool plan changed to 'sequential' during this "
                                "joblib call")
         cluster._check_open()
-        packer = cluster._packer
+        calls = cluster._calls
+        function: Callable[..., Any] = func
         args: tuple[Any, ...] = ()
         if isinstance(func, BatchedCalls):
             # One function for every batch, by reference (workers cache it, and
             # import joblib, not this module), the batch as its argument.
-            function, args = packer.function(BatchedCalls.__call__), (func,)
-        else:
-            function = packer.function(func, copy_buffers=True)
-        job = FutureJob(function, future, cluster._seeds.for_call(None))
+            function, args = BatchedCalls.__call__, (func,)
         # joblib keeps its own batches in flight; one queued behind a long batch
         # would wait for it while another worker idles.
-        job.prefetch = False
-        frames = packer.call(args, {}, cluster._dispatcher.store)
-        cluster._dispatcher.submit([job.chunk(0, 1, frames)])
-        return job, cluster
+        future, job = calls.submit(function, args, {}, None, None, prefetch=False)
+        return future, job, calls
 
     def _forget(self, job: Job, _: Future[Any]) -> None:
         with self._jobs_lock:
@@ -254,13 +250,12 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         stays up either way (it may be shared), so ``ensure_ready`` needs nothing more.
         """
         with self._jobs_lock:
-            jobs = [(job, cluster) for job, (call, cluster) in self._jobs.items()
+            jobs = [(job, calls) for job, (call, calls) in self._jobs.items()
                     if call is None or getattr(call, "_aborting", True)]
             for job, _ in jobs:
                 del self._jobs[job]
-        for job, cluster in jobs:
-            with contextlib.suppress(ClusterClosedError):
-                cluster._dispatcher.cancel(job)
+        for job, calls in jobs:
+            calls.cancel(job)
 
     def terminate(self) -> None:
         """End of a ``Parallel`` call: reset the batch statistics (the cluster stays up)."""

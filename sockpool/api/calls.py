@@ -5,6 +5,7 @@ whoever needs to cancel it (an asyncio task that is cancelled)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -15,7 +16,7 @@ from ..common import protocol
 from ..common.protocol import Flag
 from ..dispatch.dispatcher import Dispatcher
 from ..dispatch.jobs import FutureJob, Job, StreamJob
-from ..errors import NoWorkersLeftError
+from ..errors import ClusterClosedError, NoWorkersLeftError
 from .map_options import MapOptions, as_sequence, progress_bar
 from .mapping import (
     Delivery,
@@ -102,14 +103,25 @@ class Calls:
         return iterate(blocks, "raise")
 
     def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
-               timeout: float | None, seed: int | None) -> tuple[Future[T], FutureJob]:
-        """One call on a worker: its future, and its job (to cancel it)."""
+               timeout: float | None, seed: int | None, *, prefetch: bool = True
+               ) -> tuple[Future[T], FutureJob]:
+        """One call on a worker: its future, and its job (to cancel it).
+
+        ``prefetch=False`` sends it only to an idle worker, never queued behind
+        another chunk (for callers, like joblib, that keep their own calls in flight).
+        """
         future: Future[T] = Future()
         job = FutureJob(self.packer.function(fn, copy_buffers=True), future,
                         self.seeds.for_call(seed), timeout)
+        job.prefetch = prefetch
         chunk = job.chunk(0, 1, self.packer.call(args, kwargs, self.dispatcher.store))
         self.dispatcher.submit([chunk])
         return future, job
+
+    def cancel(self, job: Job) -> None:
+        """Drop a job's queued chunks and interrupt its running ones (nothing once closed)."""
+        with contextlib.suppress(ClusterClosedError):
+            self.dispatcher.cancel(job)
 
     def on_all(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
                ) -> list[T]:
