@@ -30,8 +30,6 @@ import math
 import os
 import sys
 
-import psutil
-
 #: Scheduler variables, in the order they are consulted (the first set one counts).
 SCHEDULER_VARIABLES = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "NSLOTS", "PBS_NUM_PPN")
 
@@ -131,6 +129,8 @@ def detect_cores(logical: bool = True) -> int:
     if allocation is not None:
         count = min(count, allocation)
     if not logical:
+        import psutil  # here: 10 ms of imports that only the physical count needs
+
         physical = psutil.cpu_count(logical=False) or count
         threads = psutil.cpu_count(logical=True) or count
         per_core = max(1, threads // max(1, physical))

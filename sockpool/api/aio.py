@@ -8,7 +8,6 @@ running ones interrupted, as Ctrl-C does.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
@@ -45,6 +44,8 @@ class JobHolder:
 
 async def result(future: Future[T], job: Job, dispatch: Cancels) -> T:
     """Await a submitted task's future; cancelled, it cancels the task (interrupting it)."""
+    import asyncio  # here: only code running in an event loop pays for it
+
     try:
         return await asyncio.wrap_future(future)
     except asyncio.CancelledError:
@@ -55,6 +56,8 @@ async def result(future: Future[T], job: Job, dispatch: Cancels) -> T:
 
 async def in_thread(call: Callable[[JobHolder], T], dispatch: Cancels) -> T:
     """Run a blocking call in a thread; cancelled, cancel the jobs it made."""
+    import asyncio  # here: only code running in an event loop pays for it
+
     holder = JobHolder()
     task = asyncio.get_running_loop().run_in_executor(None, call, holder)
     try:
@@ -73,6 +76,8 @@ async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
     Leaving the ``async for`` early (or cancelling the task in it) cancels the
     jobs behind the iterator.
     """
+    import asyncio  # here: only code running in an event loop pays for it
+
     holder = JobHolder()
     loop = asyncio.get_running_loop()
     done = object()

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..common.rng import check_seed
 from ..cores import detect_cores
-from ..launchers import Launcher, LocalLauncher, SSHHost, SSHLauncher
+from ..launchers import Launcher, LocalLauncher, SSHHost
 from ..launchers.ssh_hosts import parse_hosts
 
 #: Variables that size the thread pools of BLAS, OpenMP and friends.
@@ -68,6 +68,8 @@ def choose_launcher(
             raise ValueError("tunnel= and listen= apply to remote hosts, and hosts= names "
                              "only 'localhost'")
         return LocalLauncher(python=python, env=env), total
+    from ..launchers.ssh import SSHLauncher  # here: local clusters never import it
+
     ssh = SSHLauncher(parsed, python=python, env=env, tunnel=tunnel, listen=listen)
     ssh.check_hosts()
     return ssh, total

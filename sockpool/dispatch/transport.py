@@ -21,10 +21,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 from ..common import protocol
 from ..common.config import CurveKeys
@@ -66,6 +68,9 @@ class MasterSocket:
         self._allowed: set[bytes] = set()  # client public keys issued and not revoked
         self.server_public_key: bytes | None = None
         if transport == "tcp":
+            # Imported here: it imports asyncio (20 ms), which ipc clusters never need.
+            from zmq.auth.thread import ThreadAuthenticator
+
             self._authenticator = ThreadAuthenticator(self.context)
             self._authenticator.start()
             self._authenticator.configure_curve_callback("*", credentials_provider=self)
