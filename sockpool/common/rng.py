@@ -13,7 +13,6 @@ This module runs in workers and imports NumPy only when a task is seeded.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Any
 
@@ -50,6 +49,8 @@ def seed_task(entropy: int, key: tuple[int, ...]) -> None:
     try:
         import numpy as np
     except ImportError:  # without NumPy, random alone gets a stream from the same key
+        import hashlib  # here: every worker would pay 3 ms at startup for this rare path
+
         digest = hashlib.blake2b(repr((entropy, key)).encode(), digest_size=32).digest()
         random.seed(int.from_bytes(digest, "little"))
         _current = None

@@ -33,7 +33,6 @@ import fcntl
 import mmap
 import os
 import pickle
-import secrets
 import struct
 import sys
 import threading
@@ -118,7 +117,8 @@ class SegmentPool:
     """The segments one process writes, and their reuse.  Thread-safe."""
 
     def __init__(self) -> None:
-        self._id = secrets.randbits(64)
+        # os.urandom, as secrets.randbits does, without secrets' imports (hmac, hashlib).
+        self._id = int.from_bytes(os.urandom(8), "little")
         self._lock = threading.Lock()
         self._serials = iter(range(1, 1 << 63))
         self._segments: dict[int, _Segment] = {}

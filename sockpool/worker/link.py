@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from typing import Any
 
@@ -49,7 +48,7 @@ def hello(config: WorkerConfig, shared: shm.SegmentPool | None,
         "token": config.token,
         "worker_id": config.worker_id,
         "pid": os.getpid(),
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,  # gethostname(), without importing socket
         "python": ".".join(map(str, sys.version_info[:3])),
         "version": __version__,
         "shared_memory": shared.probe() if shared is not None else None,
