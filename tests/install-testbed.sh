@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install what the ssh and Slurm tests stand up on this machine (Debian/Ubuntu, as root):
-# OpenSSH server and client, iproute2 for namespace hosts, Slurm and munge.
+# OpenSSH server and client, iproute2 for namespace hosts, Slurm and munge, and
+# Chromium with its driver for the docs site's browser test (tests/test_docs_site.py).
 # Nothing is started here (the tests start and stop their own daemons); without
 # root or apt, those tests are skipped with the reason.
 set -eu
@@ -11,4 +12,5 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 \
-    openssh-server openssh-client iproute2 slurmctld slurmd slurm-client munge >/dev/null
+    openssh-server openssh-client iproute2 slurmctld slurmd slurm-client munge \
+    chromium chromium-driver >/dev/null
