@@ -10,6 +10,7 @@ captured buffer, which travels out of band and uncopied.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 from collections.abc import Callable
@@ -35,6 +36,7 @@ class FunctionPayload(NamedTuple):
     inband: bytes
     buffers: list[Any]
     digest: bytes
+    name: str = ""  # the function's qualified name, for profiles
 
     @property
     def nbytes(self) -> int:
@@ -61,10 +63,20 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
                 raise
         else:
             if serializer == "pickle" or not names_by_value_module(inband):
-                return FunctionPayload(inband, [], function_digest(inband, [])), True
+                return FunctionPayload(inband, [], function_digest(inband, []),
+                                       function_name(obj)), True
     frames = dumps(obj, serializer, copy_buffers=copy_buffers)
     inband, buffers = bytes(frames[0]), frames[1:]
-    return FunctionPayload(inband, buffers, function_digest(inband, buffers)), False
+    return FunctionPayload(inband, buffers, function_digest(inband, buffers),
+                           function_name(obj)), False
+
+
+def function_name(fn: Any) -> str:
+    """A task function's name as a profile shows it (a partial: its function's)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+               or type(fn).__name__)
 
 
 def function_digest(inband: bytes, buffers: list[Any]) -> bytes:

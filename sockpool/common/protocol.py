@@ -28,7 +28,8 @@ TASK          m -> w     task meta (digest, first task index, function length an
                          tasks of the chunk to skip), function pickle (empty when
                          the worker has it cached), arguments pickle; then the
                          function's buffers, then the arguments' buffers
-RESULT        w -> m     outcome pickle: (values, errors, seconds, relay batch)
+RESULT        w -> m     [task times, when flagged PROFILE] outcome pickle: (values,
+                         errors, seconds, relay batch)
 ACK           m -> w     (empty; ``ident``: RESULTs received from this worker)
 OUTPUT        w -> m     relay batch pickle: what a running chunk wrote so far
 RELEASE       both       serials (u64 each) of the sender's mappings of the
@@ -36,7 +37,9 @@ RELEASE       both       serials (u64 each) of the sender's mappings of the
 EXPORT        m -> w     pickle of a dict of values
 FORGET        m -> w     digest of a cached function to drop
 CANCEL        m -> w     (empty; ``job`` says which)
-HEARTBEAT     both       (empty)
+HEARTBEAT     both       m -> w: (empty; ``ident``: the master's clock, ns); w -> m:
+                         the echoed clock, the worker's resident and CPU use
+                         (``ident``: the worker's clock, ns) -- see ``ClockReply``
 SHUTDOWN      m -> w     (empty)
 ============  =========  ==========================================================
 
@@ -45,6 +48,10 @@ process (in libzmq's queue), where its death would take it along: it waits
 until the master says it received every RESULT, in a TASK's meta (free: a
 TASK sent after them) or, when it already holds the next chunk, in an ACK.
 
+A TASK flagged ``PROFILE`` asks for the time of each task: the RESULT's body
+then starts with them (``stamp_block``), on the worker's clock; the master's
+heartbeats measure the offset between the two clocks.
+
 A TASK or RESULT flagged ``SHARED`` carries its large buffers in a shared
 memory segment (see ``shm.py``): the one frame after the function's buffers
 (TASK) or after the first frame (RESULT) is the segment's descriptor.
@@ -52,8 +59,10 @@ memory segment (see ``shm.py``): the one frame after the function's buffers
 
 from __future__ import annotations
 
+import array
 import enum
 import struct
+import time
 from typing import Any, NamedTuple
 
 import zmq
@@ -107,6 +116,8 @@ class Flag(enum.IntFlag):
     CANCELLED = 16
     #: The message's large buffers are in a shared memory segment (its last frame).
     SHARED = 32
+    #: TASK: time each task; RESULT: the body starts with those times (``stamp_block``).
+    PROFILE = 64
 
 
 _KINDS = {kind.value: kind for kind in Kind}
@@ -211,6 +222,62 @@ def parse_task(body: memoryview) -> Task:
         seed = (int.from_bytes(entropy, "little"), (call,) if mode == SEED_CLUSTER else ())
     return Task(digest, first_index, body[start:start + fn_len], fn_buffers,
                 body[start + fn_len:], seed, acked, skip)
+
+
+_STAMP_HEAD = struct.Struct("<II")
+
+
+def stamp_block(stamps: array.array[float], failed: list[int]) -> bytes:
+    """What a PROFILE RESULT's body starts with: each task's (start, end) on the
+    worker's clock (``time.time()``), then the offsets of the tasks that failed."""
+    return b"".join((_STAMP_HEAD.pack(len(stamps) // 2, len(failed)), stamps.tobytes(),
+                     array.array("I", failed).tobytes()))
+
+
+def split_stamps(body: memoryview) -> tuple[array.array[float], list[int], memoryview]:
+    """A PROFILE RESULT's body: task times (start, end pairs), failed offsets, the rest."""
+    if len(body) < _STAMP_HEAD.size:
+        raise ProtocolError("PROFILE RESULT shorter than its task times")
+    tasks, failures = _STAMP_HEAD.unpack_from(body)
+    start = _STAMP_HEAD.size
+    middle = start + 16 * tasks
+    end = middle + 4 * failures
+    if end > len(body):
+        raise ProtocolError("PROFILE RESULT's task times run past the frame")
+    stamps, failed = array.array("d"), array.array("I")
+    stamps.frombytes(body[start:middle])
+    failed.frombytes(body[middle:end])
+    return stamps, failed.tolist(), body[end:]
+
+
+def clock_probe() -> bytes:
+    """A HEARTBEAT from the master that carries its clock (``time.time_ns()``)."""
+    return header(Kind.HEARTBEAT, 0, 0, time.time_ns())
+
+
+_CLOCK_REPLY = struct.Struct("<Qqd")
+
+
+class ClockReply(NamedTuple):
+    """A worker's answer to a clock probe: its clock, the probe's, and its own usage."""
+
+    worker_ns: int  # the worker's time.time_ns() when it answered
+    probe_ns: int  # the master's, from the probe
+    resident_bytes: int  # -1: unknown
+    cpu_seconds: float  # user + system time of the worker process
+
+
+def clock_reply(probe_ns: int, resident_bytes: int, cpu_seconds: float) -> bytes:
+    """A worker's HEARTBEAT answering a probe sent at ``probe_ns``."""
+    return (header(Kind.HEARTBEAT, 0, 0, time.time_ns())
+            + _CLOCK_REPLY.pack(probe_ns, resident_bytes, cpu_seconds))
+
+
+def parse_clock_reply(head: Header, body: memoryview) -> ClockReply | None:
+    """The clock reply in a worker's HEARTBEAT, or None for a plain one."""
+    if len(body) < _CLOCK_REPLY.size:
+        return None
+    return ClockReply(head.ident, *_CLOCK_REPLY.unpack_from(body))
 
 
 _SERIAL = struct.Struct("<Q")

@@ -3,12 +3,13 @@
 :mod:`.dispatcher` runs the loop: it reads messages, sends chunks and takes
 the steps of closing; other threads reach it through its public methods, which
 post commands to its :mod:`.mailbox`.  :mod:`.pool` starts, watches, replaces
-and stops the worker processes (:mod:`.records` is what it knows of each);
+and stops the worker processes (:mod:`.records` is what it knows of each,
+:mod:`.admission` lets them in, :mod:`.clock` aligns their clocks);
 :mod:`.scheduler` decides which worker gets which chunk of which
 :mod:`.jobs`; :mod:`.transport` is the ROUTER socket (ipc, or TCP with CURVE);
 :mod:`.sharing` moves large buffers through shared memory; :mod:`.output`
 writes what workers printed, warned and logged; :mod:`.lifecycle` is the
-cluster's one state.
+cluster's one state; :mod:`.profiling` records chunks for ``profile()``.
 
 May import: ``common``, ``capture``, ``launchers``, ``errors``, ``_version``.
 """

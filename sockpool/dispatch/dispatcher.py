@@ -13,8 +13,7 @@ runs on the I/O thread alone.
 
 from __future__ import annotations
 
-import hmac
-import json
+import array
 import logging
 import math
 import secrets
@@ -32,14 +31,15 @@ from ..common.shm import SharedFrame
 from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
 from . import output as relay
-from .jobs import Chunk, FutureJob, Job, TaskFailure, decode_outcome
+from .admission import Admission
+from .jobs import Chunk, FutureJob, Job
 from .lifecycle import ClusterState, Lifecycle
 from .mailbox import Mailbox
 from .pool import TIMEOUT_SLACK, WorkerPool
-from .records import WorkerInfo, WorkerRecord, WorkerState, setup_error, snapshot
+from .profiling import Profiler, Recording
+from .records import WorkerInfo, WorkerRecord, WorkerState, WorkerUsage, snapshot
 from .scheduler import Scheduler
 from .sharing import SharedTransfers
-from .task_progress import ProgressPage
 from .transport import MasterSocket
 
 logger = logging.getLogger("sockpool")
@@ -117,6 +117,9 @@ class Dispatcher:
             heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
             max_tasks=max_tasks_per_worker, max_memory=max_worker_memory)
         self.exports: list[list[Any]] = []
+        self.profiler = Profiler()
+        self.admission = Admission(self.token, self.master, self.shared, self.pool, self.exports,
+                                   setup_job, self._send_chunk)
         self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
         self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
         self.shared.io_thread = self._thread
@@ -160,6 +163,10 @@ class Dispatcher:
 
     def submit(self, chunks: list[Chunk]) -> None:
         """Queue chunks for the workers (failed at once if the cluster cannot run them)."""
+        if self.profiler.active:
+            now = time.time()
+            for chunk in chunks:
+                chunk.submitted = now
         self.mailbox.post(self._submit, chunks)
 
     def cancel(self, job: Job) -> None:
@@ -182,8 +189,24 @@ class Dispatcher:
         self.mailbox.post(self._add_export, frames)
 
     def restart(self) -> None:
-        """Replace every worker by a fresh process (returns once they were started)."""
+        """Replace every worker by a fresh one; return once they are ready (or LaunchError)."""
         self.mailbox.ask(self.pool.restart)
+        self.pool.wait_for_workers(self.pool.target, self.pool.connect_timeout)
+
+    def start_profile(self) -> Recording:
+        """Begin recording every chunk's tasks (see profiling.py)."""
+        return self.mailbox.ask(lambda: self.profiler.start(
+            [record for record in self.pool.workers.values() if record.alive]))
+
+    def stop_profile(self, recording: Recording) -> None:
+        """End a recording: what it holds is complete once this returns."""
+        self.mailbox.ask(self.profiler.stop, recording, self.pool.workers)
+
+    def usage(self) -> dict[int, WorkerUsage]:
+        """Each live worker's tasks done, CPU time and resident memory, by id."""
+        return self.mailbox.ask(lambda: {
+            record.id: WorkerUsage(record.tasks_done, record.cpu_seconds, record.resident_bytes)
+            for record in self.pool.workers.values() if record.alive})
 
     def live_worker_ids(self) -> list[int]:
         """Ids of the workers alive (ready or starting), in order."""
@@ -300,22 +323,28 @@ class Dispatcher:
             return
         head, body = protocol.parse(frames[1])
         if head.kind is Kind.HELLO:
-            self._on_hello(record, prefix, body)
+            self.admission.hello(record, prefix, body)
             return
         if record.state is WorkerState.STARTING:
             return  # nothing counts before the worker proved it holds the token
         record.last_heard = time.monotonic()
         if prefix != protocol.DATA_PREFIX:
+            if head.kind is Kind.HEARTBEAT:
+                self._on_heartbeat(record, head, body)
             return
         if head.kind is Kind.RESULT:
             record.results_received += 1
+            stamps: array.array[float] | None = None
+            failed: list[int] = []
+            if head.flags & protocol.Flag.PROFILE:
+                stamps, failed, body = protocol.split_stamps(body)
             try:
                 payload = self.shared.payload(record, head, body, frames)
             except shm.SharedMemoryError as exc:  # it ended just after sending, say
                 record.process.kill()
                 self.pool.lost(record, f"its result could not be read from shared memory: {exc}")
                 return
-            self._on_result(record, head, payload)
+            self._on_result(record, head, payload, stamps, failed)
             if record.alive and (self.scheduler.load(record.id) or record.setup_chunk):
                 # It holds a chunk sent before this RESULT came: it waits for word of it.
                 self.master.send(record.data_identity, [ack_message(record.results_received)])
@@ -324,47 +353,32 @@ class Dispatcher:
         elif head.kind is Kind.RELEASE:
             self.shared.released(record, body)
 
-    def _on_hello(self, record: WorkerRecord, prefix: bytes, body: memoryview) -> None:
-        try:
-            info = json.loads(bytes(body))
-            token_ok = hmac.compare_digest(str(info["token"]), self.token)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise protocol.ProtocolError("malformed HELLO") from exc
-        if not token_ok or info.get("worker_id") != record.id:
-            return
-        record.last_heard = time.monotonic()
-        if prefix == protocol.CONTROL_PREFIX:
-            record.control_ready = True
-            return
-        if record.state is not WorkerState.STARTING:
-            return
-        record.pid = int(info.get("pid", record.pid))
-        self.shared.check_hello(record, info.get("shared_memory"))
-        if record.shared_memory:  # same host, same user: its progress page is ours to read
-            record.progress = ProgressPage.open(info.get("progress"))
-        if not record.process.host_known:
-            record.host = str(info.get("host", record.host))
-        for frames in self.exports:
-            self.master.send(record.data_identity, frames)
-        if self.setup_job is not None:
-            record.state = WorkerState.SETUP
-            record.setup_chunk = self.setup_job.chunk(0, 1, codec.dumps(((), {})))
-            self._send_chunk(record, record.setup_chunk)
-        else:
-            self.pool.mark_ready(record)
+    def _on_heartbeat(self, record: WorkerRecord, head: protocol.Header, body: memoryview
+                      ) -> None:
+        reply = protocol.parse_clock_reply(head, body)
+        if reply is not None:  # the answer to a clock probe, with the worker's own use
+            record.clock.sample(reply, time.time_ns())
+            record.resident_bytes = reply.resident_bytes if reply.resident_bytes >= 0 else None
+            record.cpu_seconds = reply.cpu_seconds
 
     def _on_result(self, record: WorkerRecord, head: protocol.Header,
-                   payload: tuple[memoryview, list[Any]]) -> None:
+                   payload: tuple[memoryview, list[Any]], stamps: array.array[float] | None,
+                   failed: list[int]) -> None:
         if record.setup_chunk is not None and head.ident == record.setup_chunk.id:
-            self._on_setup_result(record, payload)
+            self.admission.setup_result(record, payload)
             return
         chunk = self.scheduler.complete(record.id, head.ident)
         if chunk is None:
             return
         self.shared.finished(chunk)
-        if head.flags & protocol.Flag.CANCELLED:
+        cancelled = bool(head.flags & protocol.Flag.CANCELLED)
+        if self.profiler.active:
+            size = payload[0].nbytes + sum(memoryview(b).nbytes for b in payload[1])
+            self.profiler.returned(chunk, record, stamps, failed, size, cancelled)
+        if cancelled:
             chunk.job.dropped(chunk)
         else:
+            record.tasks_done += chunk.count - chunk.resume
             chunk.job.deliver(chunk, record.label, payload)
         self.pool.after_result(record, time.monotonic())
 
@@ -383,22 +397,6 @@ class Dispatcher:
             chunk.output.append(rest)
         else:
             chunk.output.append(batch)
-
-    def _on_setup_result(self, record: WorkerRecord, payload: tuple[memoryview, list[Any]]
-                         ) -> None:
-        chunk = record.setup_chunk
-        assert chunk is not None
-        record.setup_chunk = None
-        _, failures, _, output = decode_outcome(chunk, record.label, payload)
-        try:
-            relay.emit(output)
-        except Exception as exc:  # a warning under an "error" filter fails the setup
-            failures = [TaskFailure(0, exc)]
-        if not failures:
-            self.pool.mark_ready(record)
-            return
-        record.failure = setup_error(record, failures[0].error)
-        record.process.kill()  # its exit reports the failure, once
 
     # -- the I/O thread: sending -----------------------------------------------------------
 
@@ -423,32 +421,28 @@ class Dispatcher:
             fn_inband, fn_buffers = b"", []
         else:
             fn_inband, fn_buffers = function.inband, function.buffers
-            self._cache(record, function.digest, function.nbytes)
+            for old in record.cache_function(function.digest, function.nbytes,
+                                             FUNCTION_CACHE_BYTES):
+                self.master.send(record.data_identity, [protocol.header(Kind.FORGET) + old])
         if job.timeout:  # check its deadline on time, not at the next periodic check
             deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK
             self._next_check = min(self._next_check, deadline)
         arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], int(job.flags))
+        if self.profiler.active and chunk is not record.setup_chunk:
+            flags |= protocol.Flag.PROFILE
+            size = len(fn_inband) + sum(memoryview(f).nbytes for f in [*fn_buffers, *chunk.frames])
+            self.profiler.sent(chunk, record, size, function.name)
         head = protocol.header(Kind.TASK, flags, job.id, chunk.id)
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
                                     len(fn_buffers), chunk.frames[0], job.seed,
                                     record.results_received, chunk.resume)
         return self.master.send(record.data_identity, [first, *fn_buffers, *arguments])
 
-    def _cache(self, record: WorkerRecord, digest: bytes, size: int) -> None:
-        """Mirror the worker's function cache; tell it to drop the oldest past the budget."""
-        record.cached[digest] = size
-        record.cached_bytes += size
-        while record.cached_bytes > FUNCTION_CACHE_BYTES and len(record.cached) > 1:
-            old, old_size = record.cached.popitem(last=False)
-            record.cached_bytes -= old_size
-            self.master.send(record.data_identity, [protocol.header(Kind.FORGET) + old])
-
     def _heartbeat(self, now: float) -> None:
         self.shared.trim(now)
-        beat = [protocol.header(Kind.HEARTBEAT)]
         for record in self.pool.workers.values():
-            if record.control_ready and record.state in _BEATING:
-                self.master.send(record.control_identity, beat)
+            if record.control_ready and record.state in _BEATING:  # probes keep clocks fresh
+                self.master.send(record.control_identity, [protocol.clock_probe()])
 
     # -- the I/O thread: commands posted by the public methods ----------------------------
 

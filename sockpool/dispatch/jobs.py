@@ -52,6 +52,7 @@ class Chunk:
     pinned: int | None = None  # a worker id: run_on_all and setup chunks go there only
     attempts: int = 0
     sent_at: float = 0.0  # time.monotonic() when it was handed to a worker
+    submitted: float = 0.0  # time.time() when the caller handed it over, if profiled
     output: list[Any] = field(default_factory=list)  # relay batches that came ahead
     id: int = field(default_factory=lambda: next(_chunk_ids))
     #: Its tasks before this offset were settled when a worker died running the

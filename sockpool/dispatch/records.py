@@ -12,6 +12,7 @@ from ..common import protocol
 from ..common.config import CurveKeys
 from ..errors import LaunchError, TaskTimeoutError, WorkerLostError
 from ..launchers.base import WorkerProcess
+from .clock import ClockSync
 from .jobs import Chunk, WorkerLabel
 from .task_progress import ProgressPage
 
@@ -53,6 +54,14 @@ class WorkerInfo(NamedTuple):
     state: str  # "starting", "setup", "idle" or "busy"
 
 
+class WorkerUsage(NamedTuple):
+    """What a worker did and holds, as it last reported (None: not reported yet)."""
+
+    tasks_done: int
+    cpu_seconds: float | None
+    resident_bytes: int | None
+
+
 class WorkerRecord:
     """What the master knows of one worker."""
 
@@ -78,6 +87,21 @@ class WorkerRecord:
         self.shared_memory = False  # it maps our segments and we map its (same machine)
         self.results_received = 0  # RESULT messages it sent us, which TASK and ACK tell it
         self.progress: ProgressPage | None = None  # how far its chunk got (same host)
+        self.clock = ClockSync()  # its clock's offset from ours
+        self.resident_bytes: int | None = None  # as it last reported them
+        self.cpu_seconds: float | None = None
+        self.tasks_done = 0
+
+    def cache_function(self, digest: bytes, size: int, budget: int) -> list[bytes]:
+        """Mirror the worker's function cache; the digests it must drop to stay in ``budget``."""
+        self.cached[digest] = size
+        self.cached_bytes += size
+        dropped = []
+        while self.cached_bytes > budget and len(self.cached) > 1:
+            old, old_size = self.cached.popitem(last=False)
+            self.cached_bytes -= old_size
+            dropped.append(old)
+        return dropped
 
     @property
     def label(self) -> WorkerLabel:

@@ -7,6 +7,7 @@ large buffers go through shared memory when the master can map it.
 
 from __future__ import annotations
 
+import array
 from typing import Any
 
 from ..common import codec, protocol, shm
@@ -47,16 +48,26 @@ class ResultPacker:
             return codec.pack_exception(problem, self.serializer)
 
     def pack(self, head: protocol.Header, flags: Flag, values: list[Any], errors: Errors,
-             seconds: float, batch: Batch | None) -> list[Any]:
-        """The RESULT frames for the chunk ``head``: ``(values, errors, seconds, batch)``."""
-        prefix = protocol.header(Kind.RESULT, flags, head.job, head.ident)
+             seconds: float, batch: Batch | None, stamps: array.array[float] | None = None
+             ) -> list[Any]:
+        """The RESULT frames for the chunk ``head``: ``(values, errors, seconds, batch)``,
+        after the task times ``stamps`` when the chunk was profiled."""
+        def prefix_for(failed: list[int]) -> bytes:
+            if stamps is None:
+                return protocol.header(Kind.RESULT, flags, head.job, head.ident)
+            return (protocol.header(Kind.RESULT, flags | Flag.PROFILE, head.job, head.ident)
+                    + protocol.stamp_block(stamps, failed))
+
         outcome = (values, errors, seconds, batch)
         store = self.shared.store if self.shared is not None else None
         try:
-            frames = codec.dumps(outcome, self.serializer, prefix=prefix, store=store)
+            frames = codec.dumps(outcome, self.serializer,
+                                 prefix=prefix_for([i for i, _ in errors]), store=store)
         except BaseException:  # a result's __reduce__ may raise anything, SystemExit too
-            outcome = (*self._replace_unpicklable(values, errors), seconds, batch)
-            frames = codec.dumps(outcome, self.serializer, prefix=prefix, store=store)
+            values, errors = self._replace_unpicklable(values, errors)
+            outcome = (values, errors, seconds, batch)
+            frames = codec.dumps(outcome, self.serializer,
+                                 prefix=prefix_for([i for i, _ in errors]), store=store)
         if self.shared is not None and isinstance(frames[-1], shm.SharedFrame):
             frames[0] = protocol.with_flags(frames[0], Flag.SHARED)
             self.shared.lend(frames[-1], MASTER)
@@ -66,7 +77,9 @@ class ResultPacker:
                                   f"{largest} bytes, more than the cluster's max_message_size "
                                   f"({self.max_frame_bytes} bytes)")
             errors = [(0, self.failure(problem))]
-            frames = codec.dumps(([], errors, seconds, batch), self.serializer, prefix=prefix)
+            every = list(range(len(stamps) // 2)) if stamps is not None else []
+            frames = codec.dumps(([], errors, seconds, batch), self.serializer,
+                                 prefix=prefix_for(every))
         return frames
 
     def _replace_unpicklable(self, values: list[Any], errors: Errors

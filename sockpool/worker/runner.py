@@ -11,6 +11,7 @@ interrupt them (:mod:`.state`): the chunk then answers "cancelled".
 
 from __future__ import annotations
 
+import array
 import itertools
 import time
 from collections import deque
@@ -36,6 +37,20 @@ Send = Callable[[list[Any]], None]
 SLICE_SECONDS = 0.001
 
 
+def timed(fn: Callable[..., Any], stamps: array.array[float]) -> Callable[..., Any]:
+    """``fn``, appending the start and end of each call to ``stamps`` (``time.time()``)."""
+    clock = time.time
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        stamps.append(clock())
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            stamps.append(clock())
+
+    return call
+
+
 class ChunkRunner:
     """Runs the chunks of TASK messages and builds their RESULT (main thread).
 
@@ -56,6 +71,7 @@ class ChunkRunner:
         self.state = state
         self.progress = progress
         self._skip = 0  # tasks of the running chunk settled before it came here
+        self._stamps: array.array[float] | None = None  # its tasks' times, when profiled
         self.functions = functions
         self.serializer = config.serializer
         self.results = ResultPacker(config.serializer, config.max_frame_bytes, shared)
@@ -91,6 +107,9 @@ class ChunkRunner:
         except BaseException as exc:  # a payload that cannot be loaded here
             errors.append((0, self.results.failure(exc)))
             return self._result(head, Flag.NONE, [], errors)
+        if flags & Flag.PROFILE:
+            self._stamps = array.array("d")
+            fn = timed(fn, self._stamps)
 
         # The watchdog's SIGINT may land anywhere from start_chunk until end_chunk
         # is through, so all of that is inside the handler of Interrupted.
@@ -198,4 +217,5 @@ class ChunkRunner:
                 seconds: float = 0.0) -> list[Any]:
         batch = self.relay.finish() if self.relay is not None else None
         self._chunk = None
-        return self.results.pack(head, flags, values, errors, seconds, batch)
+        stamps, self._stamps = self._stamps, None
+        return self.results.pack(head, flags, values, errors, seconds, batch, stamps)

@@ -6,7 +6,10 @@ CANCEL and SHUTDOWN (interrupting the running chunk through the shared
 end-of-file means the master process is gone.  It ends the process when the
 master falls silent, so a worker never outlives its master, and when the main
 thread has not finished within :data:`SHUTDOWN_GRACE` of a SHUTDOWN.
-It keeps answering while a task holds the main thread.
+It keeps answering while a task holds the main thread.  It answers the
+master's clock probes at once, with its own clock and the process's memory
+and CPU use, so that the master can align task times and show every worker's
+use, also on remote hosts.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Watchdog:
         self.master_timeout = config.master_timeout
         self.watch_stdin = config.watch_stdin
         self.shared = shared
+        self.answered = False  # a clock probe was just answered
 
     def run(self, hello: bytes) -> None:
         """Say HELLO, then watch until the process ends (the watchdog thread's loop)."""
@@ -69,6 +73,8 @@ class Watchdog:
                         last_heard = time.monotonic()
                         if self._on_control(self.control.recv()) and shutdown_at is None:
                             shutdown_at = time.monotonic() + SHUTDOWN_GRACE
+                        if self.answered:
+                            last_sent, self.answered = time.monotonic(), False
                 elif not os.read(sys.stdin.fileno(), 4096):
                     die("the master process is gone (stdin closed)")
             now = time.monotonic()
@@ -89,7 +95,10 @@ class Watchdog:
             head, _ = protocol.parse(frame)
         except protocol.ProtocolError:
             return False
-        if head.kind is Kind.CANCEL:
+        if head.kind is Kind.HEARTBEAT and head.ident:  # a clock probe: answer now
+            self.control.send(protocol.clock_reply(head.ident, resident_bytes(), cpu_seconds()))
+            self.answered = True  # it counts as this turn's heartbeat
+        elif head.kind is Kind.CANCEL:
             if self.state.cancel(head.job):
                 self._interrupt()
         elif head.kind is Kind.SHUTDOWN:
@@ -101,6 +110,30 @@ class Watchdog:
     def _interrupt(self) -> None:
         """SIGINT to the main thread, whose handler interrupts the running chunk."""
         signal.pthread_kill(self.main_thread, signal.SIGINT)
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux), else its peak, in bytes; -1 if unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return -1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def cpu_seconds() -> float:
+    """User and system CPU time of this process."""
+    times = os.times()
+    return times.user + times.system
 
 
 def die(reason: str | None) -> NoReturn:

@@ -1,0 +1,36 @@
+"""How far each worker's clock is from the master's.
+
+The master's heartbeat probe carries its clock (``time.time_ns()``), and the
+worker answers at once with its own.  Of the last few round trips the shortest
+gives the offset (the worker's reading against the middle of the round trip),
+and half of it bounds the error: a worker that answers quickly, on this machine
+or over a fast network, is placed within tens of microseconds.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..common.protocol import ClockReply
+
+#: Round trips a worker's clock offset is chosen from (the shortest wins).
+CLOCK_SAMPLES = 8
+
+
+class ClockSync:
+    """The offset of one worker's clock from the master's (``time.time()``, seconds)."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, float]] = deque(maxlen=CLOCK_SAMPLES)
+        self.offset = 0.0  # worker clock minus master clock
+        self.error = float("inf")  # bound on the offset's error (half the best round trip)
+
+    def sample(self, reply: ClockReply, received_ns: int) -> None:
+        """Take one probe's round trip: sent at ``reply.probe_ns``, back at ``received_ns``."""
+        round_trip = (received_ns - reply.probe_ns) / 1e9
+        if round_trip < 0:
+            return  # the master's clock stepped back meanwhile
+        offset_ns = reply.worker_ns - (reply.probe_ns + received_ns) // 2  # exact, in ints
+        self._samples.append((round_trip, offset_ns / 1e9))
+        best, self.offset = min(self._samples)
+        self.error = best / 2
