@@ -32,7 +32,17 @@ from .errors import (
 if TYPE_CHECKING:
     from .api.cluster import Cluster
     from .api.mp_pool import Pool
-    from .api.plan import current_cluster, imap, par_map, par_starmap, plan, run_on_all, submit
+    from .api.plan import (
+        current_cluster,
+        imap,
+        par_map,
+        par_starmap,
+        plan,
+        profile,
+        run_on_all,
+        submit,
+    )
+    from .api.profile import Profile, TaskRecord
     from .capture.binding import bind_to_env
     from .capture.inspection import CaptureEntry, CaptureReport, inspect_capture
     from .common.rng import task_rng
@@ -51,11 +61,13 @@ __all__ = [
     "ManualLauncher",
     "NoWorkersLeftError",
     "Pool",
+    "Profile",
     "RemoteError",
     "SSHHost",
     "SSHLauncher",
     "SlurmLauncher",
     "SockpoolError",
+    "TaskRecord",
     "TaskTimeoutError",
     "WorkerInfo",
     "WorkerLostError",
@@ -68,6 +80,7 @@ __all__ = [
     "par_map",
     "par_starmap",
     "plan",
+    "profile",
     "run_on_all",
     "submit",
     "task_rng",
@@ -87,6 +100,9 @@ _LAZY = {
     "imap": ".api.plan",
     "submit": ".api.plan",
     "run_on_all": ".api.plan",
+    "profile": ".api.plan",
+    "Profile": ".api.profile",
+    "TaskRecord": ".api.profile",
     "WorkerInfo": ".dispatch.records",
     "detect_cores": ".cores",
     "LocalLauncher": ".launchers",

@@ -135,3 +135,42 @@ def test_a_workers_traceback_shows_the_notebook_cell_and_its_line(
     assert "  Cell In[4], line 2, in f\n    return 1 / x\n" in remote, remote
     assert "ipykernel_" not in remote and "sockpool" not in remote.replace(
         "Remote traceback", ""), remote
+
+
+HTML_CELLS = [
+    """
+import time
+from sockpool import Cluster
+
+def fit(x):
+    time.sleep(0.01)
+    return x
+
+cl = Cluster(n=2)
+with cl.profile() as prof:
+    cl.par_map(fit, range(10))
+""",
+    "prof",
+    "cl",
+    "cl.close()",
+]
+
+
+def test_a_profile_and_a_cluster_render_as_html_in_a_notebook(tmp_path: Path) -> None:
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in HTML_CELLS])
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    (profile,) = notebook.cells[1].outputs
+    page = profile["data"]["text/html"]
+    assert "<b>sockpool profile</b>: 10 tasks on 2 workers" in page
+    assert page.count("<tr>") == 3  # a header and a row per worker
+    image = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert image is not None and len(image.group(1)) > 1000  # the timeline, inline
+    (cluster,) = notebook.cells[2].outputs
+    table = cluster["data"]["text/html"]
+    assert "&lt;Cluster local: 2 of 2 workers, running&gt;" in table
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]*)</td><td>(\d+)</td><td>(\w+)</td>"
+                      r"<td>(\d+)</td><td>([\d.]+) s</td><td>([\d.]+ [kMG]?B)</td></tr>", table)
+    assert [row[0] for row in rows] == ["0", "1"]
+    assert sum(int(row[4]) for row in rows) == 10  # tasks done
+    assert all(row[3] == "idle" for row in rows)

@@ -8,7 +8,9 @@ seeded calls; :mod:`.aio` and :mod:`.loops` are the asyncio calls;
 :mod:`.plan` and :mod:`.sequential` are ``sockpool.plan()`` and its in-process
 plan; :mod:`.lifetime` closes clusters nobody closed (at garbage collection
 and at exit); :mod:`.mp_pool` and :mod:`.mp_results` are ``sockpool.Pool``,
-the ``multiprocessing.Pool`` drop-in.  User code
+the ``multiprocessing.Pool`` drop-in; :mod:`.profile` and
+:mod:`.profile_report` are ``Cluster.profile()``, :mod:`.cluster_view` a
+cluster's HTML in a notebook.  User code
 (unpickling results, re-raising errors, printing relayed output) runs here,
 never on the I/O thread.
 

@@ -27,20 +27,12 @@ from ..errors import ClusterClosedError
 from ..launchers import Launcher, SSHHost
 from . import aio
 from .calls import Calls
-from .cluster_options import (
-    check_cluster_options,
-    choose_workers,
-    memory_bytes,
-    warn_if_oversubscribed,
-)
+from .cluster_options import check_cluster_options, choose_workers, warn_if_oversubscribed
+from .cluster_view import cluster_html
 from .lifetime import live_clusters, watch
 from .loops import in_event_loop, to_thread
-from .map_options import (
-    MapOptions,
-    check_callable,
-    check_iterables,
-    check_timeout,
-)
+from .map_options import MapOptions, check_callable, check_iterables, check_timeout
+from .profile import Profile
 from .seeding import CallSeeds
 
 T = TypeVar("T")
@@ -154,12 +146,11 @@ class Cluster(concurrent.futures.Executor):
         launcher, n_workers, wait_for = choose_workers(
             n, hosts, launcher, python=python, env=env, threads_per_worker=threads_per_worker,
             tunnel=tunnel, listen=listen, min_workers=min_workers, wait_for=wait_for)
-        check_cluster_options(
+        max_memory = check_cluster_options(
             setup=setup, threads_per_worker=threads_per_worker, connect_timeout=connect_timeout,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout, seed=seed,
             max_message_size=max_message_size, relay=relay, prefetch=prefetch,
-            max_tasks_per_worker=max_tasks_per_worker)
-        max_memory = memory_bytes(max_worker_memory)
+            max_tasks_per_worker=max_tasks_per_worker, max_worker_memory=max_worker_memory)
 
         self._packer = Packer(serializer, max_capture_size)
         self._seeds = CallSeeds(seed)
@@ -244,8 +235,6 @@ class Cluster(concurrent.futures.Executor):
         """
         self._check_open()
         self._dispatcher.restart()
-        pool = self._dispatcher.pool
-        pool.wait_for_workers(pool.target, pool.connect_timeout)
 
     def _check_open(self) -> None:
         if self._starting is not None:  # made in an event loop and not awaited yet
@@ -489,6 +478,15 @@ class Cluster(concurrent.futures.Executor):
     def n_workers(self) -> int:
         """Number of live, connected workers."""
         return self._dispatcher.n_ready
+
+    def profile(self) -> Profile:
+        """Record every task's worker and times in a ``with`` block: ``with cl.profile() as
+        prof: cl.par_map(f, xs)``, then ``prof.plot()``; see :class:`Profile`."""
+        self._check_open()
+        return Profile(self._dispatcher)
+
+    def _repr_html_(self) -> str:
+        return cluster_html(repr(self), self.workers, self._dispatcher)
 
     def __repr__(self) -> str:
         state = self._dispatcher.lifecycle.state.value

@@ -174,8 +174,10 @@ def check_cluster_options(
     relay: bool | str,
     prefetch: int,
     max_tasks_per_worker: int | None,
-) -> None:
-    """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option."""
+    max_worker_memory: int | str | None = None,
+) -> int | None:
+    """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option;
+    return ``max_worker_memory`` in bytes."""
     if max_tasks_per_worker is not None and (
             isinstance(max_tasks_per_worker, bool) or not isinstance(max_tasks_per_worker, int)
             or max_tasks_per_worker < 1):
@@ -203,3 +205,4 @@ def check_cluster_options(
         raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
     if not isinstance(prefetch, int) or prefetch < 1:
         raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
+    return memory_bytes(max_worker_memory)

@@ -40,6 +40,7 @@ from .sequential import Sequential
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .profile import Profile
 
 T = TypeVar("T")
 
@@ -187,6 +188,15 @@ def current_cluster() -> Cluster:
         ValueError: ``SOCKPOOL_PLAN`` is malformed.
     """
     return _active().cluster()
+
+
+def profile() -> Profile:
+    """:meth:`Cluster.profile` on the plan's cluster: ``with sockpool.profile() as prof: ...``.
+
+    Raises:
+        RuntimeError: the plan is sequential: there is no cluster to profile.
+    """
+    return current_cluster().profile()
 
 
 # -- the module-level calls -------------------------------------------------------------

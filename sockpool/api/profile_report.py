@@ -1,0 +1,263 @@
+"""A profile's task records, and what is made of them: summary, tables, chart, trace.
+
+Each worker's time over the profile's wall interval (from the first chunk
+handed over to the last task's end) is split three ways: *busy* running tasks,
+*overhead* holding a chunk but not in a task (transfer, unpickling, waiting
+for the next message), and *idle* with nothing to do.  Efficiency is busy over
+workers x wall; the speed-up is the serial sum of task times over the wall.
+matplotlib is needed for the chart only (``pip install 'sockpool[plot]'``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html as markup
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..common.proc import format_bytes
+from ..dispatch.profiling import ChunkRun
+
+#: Slowest tasks a summary lists.
+SLOWEST = 5
+#: Calls the chart's legend names (the rest share the colours, unnamed).
+LEGEND_CALLS = 10
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One attempt of one task.  Times are ``time.time()`` seconds on the master's clock.
+
+    A task lost with its worker has ``ok`` False and spans from when its chunk
+    was sent to when the loss was noticed.  A chunk's bytes are shared evenly
+    among its tasks.
+    """
+
+    index: int  # the task's index in its call (a submit: 0)
+    call: int  # the call it belongs to (one map, one submit), numbered by the cluster
+    worker: int
+    host: str
+    submitted: float  # when the call handed the task's chunk over
+    started: float
+    finished: float
+    attempt: int  # 1, or more for a task retried after its worker was lost
+    bytes_in: int
+    bytes_out: int
+    ok: bool
+    function: str  # the task function's qualified name
+
+    @property
+    def seconds(self) -> float:
+        """How long the task ran."""
+        return self.finished - self.started
+
+
+class Profile(Protocol):
+    """What the functions here read of a finished :class:`~.profile.Profile`."""
+
+    @property
+    def tasks(self) -> list[TaskRecord]: ...
+    @property
+    def attempts(self) -> list[ChunkRun]: ...
+    @property
+    def workers(self) -> dict[int, str]: ...
+    @property
+    def started(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class WorkerTime:
+    """One worker's share of a profile's wall time, in seconds."""
+
+    worker: int
+    host: str
+    tasks: int
+    busy: float
+    overhead: float
+    idle: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A profile in figures.
+
+    Attributes:
+        wall: seconds from the first chunk handed over to the last task's end.
+        workers: each worker's tasks, busy, overhead and idle time, by id.
+        serial: the sum of every task's time (what one worker would have taken).
+        efficiency: busy time over workers x wall (1.0: no worker ever waited).
+        speedup: ``serial / wall``.
+        slowest: the longest tasks, longest first.
+        failed: tasks that failed (or were lost with their worker).
+    """
+
+    wall: float
+    workers: tuple[WorkerTime, ...]
+    serial: float
+    efficiency: float
+    speedup: float
+    slowest: tuple[TaskRecord, ...]
+    tasks: int
+    failed: int
+
+    def __str__(self) -> str:
+        lines = [f"{self.tasks} tasks on {len(self.workers)} workers in {self.wall:.3f} s: "
+                 f"efficiency {self.efficiency:.0%}, speed-up {self.speedup:.2f}x "
+                 f"(serial {self.serial:.3f} s)" + (f", {self.failed} failed" if self.failed
+                                                   else ""),
+                 f"{'worker':>6}  {'host':<16} {'tasks':>6} {'busy s':>9} {'overhead s':>10} "
+                 f"{'idle s':>9}"]
+        lines += [f"{w.worker:>6}  {w.host[:16]:<16} {w.tasks:>6} {w.busy:>9.3f} "
+                  f"{w.overhead:>10.3f} {w.idle:>9.3f}" for w in self.workers]
+        if self.slowest:
+            lines.append("slowest: " + ", ".join(
+                f"task {t.index} of {t.function} (call {t.call}) {t.seconds:.3f} s "
+                f"on worker {t.worker}" for t in self.slowest))
+        return "\n".join(lines)
+
+
+def summarize(profile: Profile) -> Summary:
+    """The figures of a finished profile."""
+    tasks = profile.tasks
+    runs = profile.attempts
+    start = min((run.submitted for run in runs), default=profile.started)
+    end = max([task.finished for task in tasks]
+              + [run.received for run in runs if run.received is not None], default=start)
+    wall = max(end - start, 0.0)
+    rows = []
+    for worker, host in sorted(profile.workers.items()):
+        own = [task for task in tasks if task.worker == worker]
+        busy = _covered((task.started, task.finished) for task in own)
+        held = _covered((run.sent, run.received if run.received is not None else end)
+                        for run in runs if run.worker == worker)
+        held = max(held, busy)
+        rows.append(WorkerTime(worker, host, len(own), busy, held - busy, max(wall - held, 0.0)))
+    serial = sum(task.seconds for task in tasks)
+    busy_total = sum(row.busy for row in rows)
+    slowest = tuple(sorted(tasks, key=lambda task: task.seconds, reverse=True)[:SLOWEST])
+    return Summary(wall, tuple(rows), serial,
+                   busy_total / (len(rows) * wall) if rows and wall > 0 else 0.0,
+                   serial / wall if wall > 0 else 0.0, slowest, len(tasks),
+                   sum(not task.ok for task in tasks))
+
+
+def _covered(intervals: Iterable[tuple[float, float]]) -> float:
+    """The length of the union of intervals (overlapping ones counted once)."""
+    total, reach = 0.0, float("-inf")
+    for begin, end in sorted(intervals):
+        if end <= reach:
+            continue
+        total += end - max(begin, reach)
+        reach = end
+    return total
+
+
+# -- the chart --------------------------------------------------------------------------
+
+
+def plot(profile: Profile, ax: Any = None) -> Any:
+    """A Gantt chart of the profile on ``ax`` (a new figure if None); returns the Axes."""
+    try:
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+    except ImportError:
+        raise ImportError("Profile.plot() needs matplotlib: pip install 'sockpool[plot]'") from None
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * max(1, len(profile.workers))))
+    tasks = profile.tasks
+    origin = min((task.submitted for task in tasks), default=profile.started)
+    rows = {worker: row for row, worker in enumerate(sorted(profile.workers))}
+    calls = sorted({(task.call, task.function) for task in tasks})
+    colours = plt.get_cmap("tab10")
+    colour_of = {call: colours(number % 10) for number, (call, _) in enumerate(calls)}
+    for (worker, call, ok), bars in _group(tasks, origin).items():
+        ax.broken_barh(bars, (rows[worker] - 0.4, 0.8), facecolors=colour_of[call],
+                       edgecolors="black" if ok else "red", linewidth=0.3 if ok else 1.0,
+                       hatch=None if ok else "//")
+    ax.set_yticks(list(rows.values()),
+                  [f"worker {worker} ({profile.workers[worker]})" for worker in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first task was handed over")
+    ax.set_xlim(left=0)
+    handles = [Patch(facecolor=colour_of[call], label=f"call {call}: {function}")
+               for call, function in calls[:LEGEND_CALLS]]
+    if any(not task.ok for task in tasks):
+        handles.append(Patch(facecolor="white", edgecolor="red", hatch="//", label="failed"))
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    ax.set_title(f"{len(tasks)} tasks on {len(rows)} workers")
+    ax.figure.tight_layout()
+    return ax
+
+
+def _group(tasks: list[TaskRecord], origin: float
+           ) -> dict[tuple[int, int, bool], list[tuple[float, float]]]:
+    """Bars (start, width) by worker, call and outcome: one draw call per group, not per task."""
+    groups: dict[tuple[int, int, bool], list[tuple[float, float]]] = {}
+    for task in tasks:
+        groups.setdefault((task.worker, task.call, task.ok), []).append(
+            (task.started - origin, max(task.seconds, 0.0)))
+    return groups
+
+
+def png(profile: Profile) -> bytes | None:
+    """The chart as PNG bytes, or None without matplotlib (drawn off-screen, then closed)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    figure = Figure(figsize=(9, 1.2 + 0.45 * max(1, len(profile.workers))))
+    plot(profile, figure.add_subplot())
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=96)
+    return buffer.getvalue()
+
+
+# -- Chrome trace and HTML ----------------------------------------------------------------
+
+
+def chrome_trace(profile: Profile) -> dict[str, Any]:
+    """The tasks as Chrome trace events: a thread per worker, a complete event per task."""
+    tasks = profile.tasks
+    origin = min((task.submitted for task in tasks), default=profile.started)
+    events: list[dict[str, Any]] = [
+        {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "sockpool"}}]
+    events += [{"ph": "M", "name": "thread_name", "pid": 1, "tid": worker,
+                "args": {"name": f"worker {worker} ({host})"}}
+               for worker, host in sorted(profile.workers.items())]
+    events += [{"ph": "X", "name": task.function, "cat": f"call {task.call}", "pid": 1,
+                "tid": task.worker, "ts": round((task.started - origin) * 1e6, 3),
+                "dur": round(max(task.seconds, 0.0) * 1e6, 3),
+                "args": {"index": task.index, "call": task.call, "attempt": task.attempt,
+                         "ok": task.ok, "bytes_in": task.bytes_in,
+                         "bytes_out": task.bytes_out}}
+               for task in tasks]
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def write_chrome_trace(profile: Profile, path: str) -> None:
+    """Write :func:`chrome_trace` as JSON to ``path``."""
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(chrome_trace(profile), file)
+
+
+def html(profile: Profile) -> str:
+    """The profile for a notebook: its figures, a table per worker, the chart inline."""
+    summary = summarize(profile)
+    head = markup.escape(str(summary).splitlines()[0])
+    rows = "".join(
+        f"<tr><td>{w.worker}</td><td>{markup.escape(w.host)}</td><td>{w.tasks}</td>"
+        f"<td>{w.busy:.3f}</td><td>{w.overhead:.3f}</td><td>{w.idle:.3f}</td></tr>"
+        for w in summary.workers)
+    moved = sum(task.bytes_in + task.bytes_out for task in profile.tasks)
+    chart = png(profile)
+    picture = (f'<img alt="timeline" src="data:image/png;base64,'
+               f'{base64.b64encode(chart).decode()}"/>' if chart is not None else
+               "<p><i>pip install 'sockpool[plot]' for the timeline</i></p>")
+    return (f"<div class='sockpool-profile'><p><b>sockpool profile</b>: {head}; "
+            f"{format_bytes(moved)} moved</p>"
+            "<table><tr><th>worker</th><th>host</th><th>tasks</th><th>busy s</th>"
+            f"<th>overhead s</th><th>idle s</th></tr>{rows}</table>{picture}</div>")

@@ -1,0 +1,218 @@
+"""``Cluster.profile()``: every task's worker and times, its summary, chart, trace and HTML."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from testbed import Testbed
+
+import sockpool
+from sockpool import Cluster, Profile, TaskRecord
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Slack for comparing the master's own clock readings with task times put on it
+#: (the worker reads its clock a few microseconds from where the master would).
+EPSILON = 0.002
+
+
+def sleepy(x: int) -> int:
+    time.sleep(0.02 if x % 4 == 0 else 0.002)
+    if x == 5:
+        raise ValueError("five")
+    return x * x
+
+
+def test_a_map_gives_one_record_per_task_within_the_block(shared_cluster: Cluster) -> None:
+    before = time.time()
+    with shared_cluster.profile() as prof:
+        results = shared_cluster.par_map(sleepy, range(24), errors="return", chunksize=3)
+    after = time.time()
+    tasks = prof.tasks
+    assert sorted(task.index for task in tasks) == list(range(24))
+    assert {task.call for task in tasks} == {tasks[0].call}  # one call
+    assert {task.function for task in tasks} == {"sleepy"}
+    assert [task.index for task in tasks if not task.ok] == [5]
+    assert isinstance(results[5], ValueError)
+    live = {worker.id: worker.host for worker in shared_cluster.workers}
+    assert {task.worker for task in tasks} <= set(live)
+    assert all(task.host == live[task.worker] for task in tasks)
+    assert all(task.attempt == 1 and task.bytes_in > 0 and task.bytes_out > 0 for task in tasks)
+    slack = prof.clock_error + EPSILON
+    for task in tasks:  # on the master's clock, inside the block, in causal order
+        assert before <= task.submitted <= task.started + slack
+        assert task.started <= task.finished <= after + slack
+        assert task.seconds >= (0.019 if task.index % 4 == 0 else 0.0019)
+    # A worker runs one task at a time: its tasks do not overlap.
+    for worker in {task.worker for task in tasks}:
+        own = sorted((t.started, t.finished) for t in tasks if t.worker == worker)
+        assert all(end <= next_start + EPSILON for (_, end), (next_start, _) in zip(own, own[1:]))
+    assert prof.tasks == sorted(tasks, key=lambda t: (t.started, t.worker))
+
+
+def test_only_calls_inside_the_block_are_recorded(shared_cluster: Cluster) -> None:
+    shared_cluster.par_map(abs, range(10))
+    with shared_cluster.profile() as prof:
+        first = shared_cluster.submit(sleepy, 1)
+        assert first.result() == 1
+        shared_cluster.par_map(abs, range(-3, 0))
+    shared_cluster.par_map(abs, range(10))
+    calls = sorted({(task.call, task.function) for task in prof.tasks})
+    assert [function for _, function in calls] == ["sleepy", "abs"]
+    assert len(prof.tasks) == 4
+    assert repr(prof) == f"<Profile: 4 tasks on {len(prof.workers)} workers>"
+
+
+def test_the_summary_adds_up(shared_cluster: Cluster) -> None:
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(sleepy, range(16), errors="return", chunksize=2)
+    summary = prof.summary()
+    assert summary.tasks == 16 and summary.failed == 1
+    assert sum(row.tasks for row in summary.workers) == 16
+    assert [row.worker for row in summary.workers] == sorted(prof.workers)
+    for row in summary.workers:  # each worker's wall time is busy, overhead or idle
+        assert row.busy + row.overhead + row.idle == pytest.approx(summary.wall, abs=1e-6)
+        own = [task for task in prof.tasks if task.worker == row.worker]
+        assert row.busy == pytest.approx(sum(task.seconds for task in own), abs=1e-6)
+    assert summary.serial == pytest.approx(sum(task.seconds for task in prof.tasks))
+    busy = sum(row.busy for row in summary.workers)
+    assert summary.efficiency == pytest.approx(busy / (len(summary.workers) * summary.wall))
+    assert summary.speedup == pytest.approx(summary.serial / summary.wall)
+    assert 0 < summary.efficiency <= 1
+    longest = sorted((task.seconds for task in prof.tasks), reverse=True)
+    assert [task.seconds for task in summary.slowest] == longest[:5]
+    text = str(prof)
+    assert text.startswith(f"16 tasks on {len(summary.workers)} workers in ")
+    assert "efficiency" in text and "1 failed" in text and "slowest: task" in text
+
+
+def test_the_plot_draws_a_bar_per_task_and_marks_failures(shared_cluster: Cluster) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(sleepy, range(12), errors="return")
+        shared_cluster.par_map(abs, range(5))
+    ax = prof.plot()
+    bars = sum(len(collection.get_paths()) for collection in ax.collections)
+    assert bars == 17
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    calls = sorted({task.call for task in prof.tasks})
+    assert labels == [f"call {calls[0]}: sleepy", f"call {calls[1]}: abs", "failed"]
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == [
+        f"worker {worker} ({host})" for worker, host in sorted(prof.workers.items())]
+    hatched = [c for c in ax.collections if c.get_hatch()]
+    assert sum(len(c.get_paths()) for c in hatched) == 1  # task 5
+    assert ax.figure.get_size_inches()[0] > 0
+
+
+def test_the_chrome_trace_is_valid_json_with_an_event_per_task(
+        shared_cluster: Cluster, tmp_path: Path) -> None:
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(sleepy, range(8), errors="return")
+    path = tmp_path / "trace.json"
+    prof.to_chrome_trace(str(path))
+    trace = json.loads(path.read_text())
+    events = trace["traceEvents"]
+    complete = [event for event in events if event["ph"] == "X"]
+    assert len(complete) == 8
+    assert sorted(event["args"]["index"] for event in complete) == list(range(8))
+    assert all(event["ts"] >= 0 and event["dur"] > 0 and event["name"] == "sleepy"
+               for event in complete)
+    names = {event["tid"]: event["args"]["name"] for event in events
+             if event["name"] == "thread_name"}
+    assert set(names) == set(prof.workers)
+    assert {event["tid"] for event in complete} <= set(names)
+    assert [event["args"]["ok"] for event in complete if event["args"]["index"] == 5] == [False]
+
+
+def test_a_task_lost_with_its_worker_and_retried_has_two_attempts(
+        cluster: Cluster, tmp_path: Path) -> None:
+    marker = str(tmp_path / "died-once")
+
+    def dies_once(x: int) -> int:
+        if x == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(3)
+        return x
+
+    with cluster.profile() as prof:
+        assert cluster.par_map(dies_once, range(4), chunksize=1, retries=1) == [0, 1, 2, 3]
+    attempts = sorted((task.attempt, task.ok) for task in prof.tasks if task.index == 2)
+    assert attempts == [(1, False), (2, True)]
+    lost = next(task for task in prof.tasks if task.index == 2 and not task.ok)
+    again = next(task for task in prof.tasks if task.index == 2 and task.ok)
+    assert lost.worker != again.worker and lost.finished <= again.started + EPSILON
+    assert prof.summary().failed == 1
+
+
+def test_reading_a_profile_before_its_block_ends_is_an_error(shared_cluster: Cluster) -> None:
+    with shared_cluster.profile() as prof:
+        with pytest.raises(RuntimeError, match="once its `with` block has ended"):
+            prof.tasks  # noqa: B018
+        assert repr(prof) == "<Profile (recording)>"
+    with pytest.raises(RuntimeError, match="records once"), prof:
+        pass
+
+
+def test_a_closed_cluster_refuses_to_profile() -> None:
+    cl = Cluster(n=1)
+    cl.close()
+    with pytest.raises(sockpool.ClusterClosedError):
+        cl.profile()
+
+
+def test_the_plans_cluster_is_profiled_by_sockpool_profile() -> None:
+    with sockpool.plan(n=2), sockpool.profile() as prof:
+        assert sockpool.par_map(abs, [-1, -2, -3]) == [1, 2, 3]
+    assert isinstance(prof, Profile)
+    assert sorted(task.index for task in prof.tasks) == [0, 1, 2]
+    assert all(isinstance(task, TaskRecord) for task in prof.tasks)
+    with sockpool.plan("sequential"), pytest.raises(RuntimeError, match="sequential"):
+        sockpool.profile()
+
+
+def test_plot_without_matplotlib_names_the_extra() -> None:
+    program = """
+import sys
+sys.modules["matplotlib"] = None  # as if it were not installed
+from sockpool import Cluster
+with Cluster(n=1) as cl:
+    with cl.profile() as prof:
+        cl.par_map(abs, [1])
+    assert "pip install 'sockpool[plot]'" in prof._repr_html_()
+    try:
+        prof.plot()
+    except ImportError as exc:
+        print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "Profile.plot() needs matplotlib: pip install 'sockpool[plot]'"
+
+
+def task_clock(_: int) -> float:
+    time.sleep(0.005)
+    return time.time()
+
+
+@pytest.mark.timeout(180)
+def test_remote_workers_clocks_are_aligned_within_the_stated_error(
+        namespace_hosts: Testbed) -> None:
+    # The namespace hosts share this machine's clock, so a task's own reading of
+    # time.time() must fall inside its record once put on the master's clock.
+    with Cluster(hosts=["sp-n1", "sp-n2"], python=sys.executable, heartbeat_interval=0.2) as cl:
+        time.sleep(1.0)  # a few probes: the offset comes from the best of them
+        with cl.profile() as prof:
+            readings = cl.par_map(task_clock, range(20), chunksize=1)
+    error = prof.clock_error
+    assert 0 < error < 0.01  # half a round trip over the namespaces' veth links
+    assert {task.host for task in prof.tasks} == {"sp-n1", "sp-n2"}
+    for task in prof.tasks:
+        assert task.started - error - EPSILON <= readings[task.index]
+        assert readings[task.index] <= task.finished + error + EPSILON
