@@ -115,6 +115,36 @@ def _scheduler_allocation() -> int | None:
     return None
 
 
+def _sysfs_physical_cores() -> int | None:
+    """Distinct cores listed in sysfs, as psutil counts them on Linux (no import needed)."""
+    root = "/sys/devices/system/cpu"
+    try:
+        cpus = [name for name in os.listdir(root) if name[:3] == "cpu" and name[3:].isdigit()]
+    except OSError:
+        return None
+    for leaf in ("core_cpus_list", "thread_siblings_list"):
+        cores = set()
+        for cpu in cpus:
+            try:
+                with open(os.path.join(root, cpu, "topology", leaf), "rb") as stream:
+                    cores.add(stream.read().strip())
+            except OSError:
+                continue
+        if cores:
+            return len(cores)
+    return None
+
+
+def _physical_and_logical() -> tuple[int | None, int | None]:
+    """Physical cores and hardware threads of the machine: sysfs, else psutil."""
+    physical = _sysfs_physical_cores()
+    if physical is not None:
+        return physical, os.cpu_count()
+    import psutil  # 10 ms of imports, where sysfs does not say
+
+    return psutil.cpu_count(logical=False), psutil.cpu_count(logical=True)
+
+
 def detect_cores(logical: bool = True) -> int:
     """The number of cores this process may use: at least 1 (see the module docstring).
 
@@ -129,10 +159,8 @@ def detect_cores(logical: bool = True) -> int:
     if allocation is not None:
         count = min(count, allocation)
     if not logical:
-        import psutil  # here: 10 ms of imports that only the physical count needs
-
-        physical = psutil.cpu_count(logical=False) or count
-        threads = psutil.cpu_count(logical=True) or count
+        physical, threads = _physical_and_logical()
+        physical, threads = physical or count, threads or count
         per_core = max(1, threads // max(1, physical))
         count = max(1, count // per_core)
     return max(1, count)

@@ -134,3 +134,12 @@ def test_oversubscription_is_warned_about() -> None:
             pass
         with Cluster():  # the default size, detect_cores(), is not warned about
             pass
+
+
+def test_the_physical_count_read_from_sysfs_is_psutils() -> None:
+    import psutil
+
+    from sockpool.cores import _physical_and_logical
+
+    assert _physical_and_logical() == (psutil.cpu_count(logical=False),
+                                       psutil.cpu_count(logical=True))

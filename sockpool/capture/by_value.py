@@ -42,7 +42,10 @@ def _python_and_installed_roots() -> tuple[str, ...]:
     user_site = getattr(site, "getusersitepackages", lambda: None)()
     if user_site:
         roots.add(user_site)
-    return tuple(os.path.realpath(root) + os.sep for root in roots if root)
+    # As given and resolved: most modules' paths start with a root as given, and
+    # resolving a path (an lstat per component) costs ~0.2 ms a module.
+    return tuple({os.path.join(f(root), "") for root in roots if root
+                  for f in (os.path.abspath, os.path.realpath)})
 
 
 _installed_lock = threading.Lock()
@@ -103,7 +106,8 @@ def _outside_roots(name: str, module: object) -> bool:
     filename = getattr(module, "__file__", None)
     if not filename:
         return False
-    return not os.path.realpath(filename).startswith(_python_and_installed_roots())
+    roots = _python_and_installed_roots()
+    return not (filename.startswith(roots) or os.path.realpath(filename).startswith(roots))
 
 
 def _is_local(name: str, module: object) -> bool:
