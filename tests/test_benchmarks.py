@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(180)
     ("bench_transport.py", "ratio tcp+CURVE / ipc, socket only"),
     ("bench_scaling.py", "ratio sockpool / best peer"),
     ("bench_joblib.py", "ratio sockpool / loky"),
+    ("bench_profile.py", "ratio profiled / unprofiled"),
 ])
 def test_benchmark_runs_quickly(script: str, expected: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],

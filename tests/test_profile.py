@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -52,7 +53,8 @@ def test_a_map_gives_one_record_per_task_within_the_block(shared_cluster: Cluste
     # A worker runs one task at a time: its tasks do not overlap.
     for worker in {task.worker for task in tasks}:
         own = sorted((t.started, t.finished) for t in tasks if t.worker == worker)
-        assert all(end <= next_start + EPSILON for (_, end), (next_start, _) in zip(own, own[1:]))
+        assert all(end <= following + EPSILON
+                   for (_, end), (following, _) in itertools.pairwise(own))
     assert prof.tasks == sorted(tasks, key=lambda t: (t.started, t.worker))
 
 

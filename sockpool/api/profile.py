@@ -123,13 +123,24 @@ class Profile:
 
 
 def _records(run: ChunkRun) -> list[TaskRecord]:
-    """The task records of one chunk attempt (none for one still running)."""
-    stamps = run.stamps
-    tasks = len(stamps) // 2
-    if not tasks:
+    """The task records of one chunk attempt (none for one still running).
+
+    The tasks of a span share its time equally (they are the short ones); a
+    lost attempt's tasks each span the whole attempt.
+    """
+    if not run.counts:
         return []
     bytes_in, bytes_out = run.bytes_in // run.count, run.bytes_out // run.count
-    return [TaskRecord(run.first_index + offset, run.job, run.worker, run.host, run.submitted,
-                       stamps[2 * offset], stamps[2 * offset + 1], run.attempt, bytes_in,
-                       bytes_out, offset not in run.failed and not run.cancelled, run.function)
-            for offset in range(tasks)]
+    ok = not run.cancelled
+    records, offset = [], 0
+    for span, count in enumerate(run.counts):
+        start, end = run.spans[2 * span], run.spans[2 * span + 1]
+        step = 0.0 if run.lost else (end - start) / count
+        for position in range(count):
+            began = start + step * position
+            records.append(TaskRecord(
+                run.first_index + offset, run.job, run.worker, run.host, run.submitted, began,
+                end if run.lost else began + step, run.attempt, bytes_in, bytes_out,
+                ok and offset not in run.failed, run.function))
+            offset += 1
+    return records

@@ -49,8 +49,8 @@ until the master says it received every RESULT, in a TASK's meta (free: a
 TASK sent after them) or, when it already holds the next chunk, in an ACK.
 
 A TASK flagged ``PROFILE`` asks for the time of each task: the RESULT's body
-then starts with them (``stamp_block``), on the worker's clock; the master's
-heartbeats measure the offset between the two clocks.
+then starts with them (``TaskTimes``, ``stamp_block``), on the worker's clock;
+the master's heartbeats measure the offset between the two clocks.
 
 A TASK or RESULT flagged ``SHARED`` carries its large buffers in a shared
 memory segment (see ``shm.py``): the one frame after the function's buffers
@@ -227,27 +227,48 @@ def parse_task(body: memoryview) -> Task:
 _STAMP_HEAD = struct.Struct("<II")
 
 
-def stamp_block(stamps: array.array[float], failed: list[int]) -> bytes:
-    """What a PROFILE RESULT's body starts with: each task's (start, end) on the
-    worker's clock (``time.time()``), then the offsets of the tasks that failed."""
-    return b"".join((_STAMP_HEAD.pack(len(stamps) // 2, len(failed)), stamps.tobytes(),
-                     array.array("I", failed).tobytes()))
+class TaskTimes(NamedTuple):
+    """When a profiled chunk's tasks ran, on the worker's clock (``time.time()``).
+
+    Tasks are timed in *spans*: a slow task is a span of its own, trivial ones
+    share one (a millisecond or so of them), so timing costs a clock read per
+    span, not per task.
+    """
+
+    spans: array.array[float]  # start, end of each span, flattened
+    counts: array.array[int]  # tasks in each span, in order
+    failed: list[int]  # offsets (in the chunk's run) of the tasks that failed
+
+    @classmethod
+    def empty(cls) -> TaskTimes:
+        """No span yet."""
+        return cls(array.array("d"), array.array("I"), [])
 
 
-def split_stamps(body: memoryview) -> tuple[array.array[float], list[int], memoryview]:
-    """A PROFILE RESULT's body: task times (start, end pairs), failed offsets, the rest."""
+def stamp_block(times: TaskTimes) -> bytes:
+    """What a PROFILE RESULT's body starts with: ``times``, packed."""
+    return b"".join((_STAMP_HEAD.pack(len(times.counts), len(times.failed)),
+                     times.spans.tobytes(), times.counts.tobytes(),
+                     array.array("I", times.failed).tobytes()))
+
+
+def split_stamps(body: memoryview) -> tuple[TaskTimes, memoryview]:
+    """A PROFILE RESULT's body: its task times, and the rest of the body."""
     if len(body) < _STAMP_HEAD.size:
         raise ProtocolError("PROFILE RESULT shorter than its task times")
-    tasks, failures = _STAMP_HEAD.unpack_from(body)
-    start = _STAMP_HEAD.size
-    middle = start + 16 * tasks
-    end = middle + 4 * failures
-    if end > len(body):
+    spans, failures = _STAMP_HEAD.unpack_from(body)
+    bounds = [_STAMP_HEAD.size]
+    for size in (16 * spans, 4 * spans, 4 * failures):
+        bounds.append(bounds[-1] + size)
+    if bounds[-1] > len(body):
         raise ProtocolError("PROFILE RESULT's task times run past the frame")
-    stamps, failed = array.array("d"), array.array("I")
-    stamps.frombytes(body[start:middle])
-    failed.frombytes(body[middle:end])
-    return stamps, failed.tolist(), body[end:]
+    times = TaskTimes.empty()
+    times.spans.frombytes(body[bounds[0]:bounds[1]])
+    times.counts.frombytes(body[bounds[1]:bounds[2]])
+    failed = array.array("I")
+    failed.frombytes(body[bounds[2]:bounds[3]])
+    times.failed.extend(failed)
+    return times, body[bounds[3]:]
 
 
 def clock_probe() -> bytes:

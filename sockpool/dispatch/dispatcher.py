@@ -13,7 +13,6 @@ runs on the I/O thread alone.
 
 from __future__ import annotations
 
-import array
 import logging
 import math
 import secrets
@@ -26,7 +25,7 @@ import zmq
 
 from ..common import codec, protocol, shm
 from ..common.config import WorkerConfig
-from ..common.protocol import Kind, ack_message
+from ..common.protocol import Kind, TaskTimes, ack_message
 from ..common.shm import SharedFrame
 from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
@@ -334,17 +333,16 @@ class Dispatcher:
             return
         if head.kind is Kind.RESULT:
             record.results_received += 1
-            stamps: array.array[float] | None = None
-            failed: list[int] = []
+            times = None
             if head.flags & protocol.Flag.PROFILE:
-                stamps, failed, body = protocol.split_stamps(body)
+                times, body = protocol.split_stamps(body)
             try:
                 payload = self.shared.payload(record, head, body, frames)
             except shm.SharedMemoryError as exc:  # it ended just after sending, say
                 record.process.kill()
                 self.pool.lost(record, f"its result could not be read from shared memory: {exc}")
                 return
-            self._on_result(record, head, payload, stamps, failed)
+            self._on_result(record, head, payload, times)
             if record.alive and (self.scheduler.load(record.id) or record.setup_chunk):
                 # It holds a chunk sent before this RESULT came: it waits for word of it.
                 self.master.send(record.data_identity, [ack_message(record.results_received)])
@@ -362,8 +360,7 @@ class Dispatcher:
             record.cpu_seconds = reply.cpu_seconds
 
     def _on_result(self, record: WorkerRecord, head: protocol.Header,
-                   payload: tuple[memoryview, list[Any]], stamps: array.array[float] | None,
-                   failed: list[int]) -> None:
+                   payload: tuple[memoryview, list[Any]], times: TaskTimes | None) -> None:
         if record.setup_chunk is not None and head.ident == record.setup_chunk.id:
             self.admission.setup_result(record, payload)
             return
@@ -374,7 +371,7 @@ class Dispatcher:
         cancelled = bool(head.flags & protocol.Flag.CANCELLED)
         if self.profiler.active:
             size = payload[0].nbytes + sum(memoryview(b).nbytes for b in payload[1])
-            self.profiler.returned(chunk, record, stamps, failed, size, cancelled)
+            self.profiler.returned(chunk, record, times, size, cancelled)
         if cancelled:
             chunk.job.dropped(chunk)
         else:

@@ -15,6 +15,7 @@ import array
 import time
 from dataclasses import dataclass, field
 
+from ..common.protocol import TaskTimes
 from .jobs import Chunk
 from .records import WorkerRecord
 
@@ -33,12 +34,14 @@ class ChunkRun:
     submitted: float  # when the caller handed the chunk over
     sent: float
     bytes_in: int
-    received: float | None = None  # when its RESULT came; None: lost with its worker
+    received: float | None = None  # when its RESULT came (None: not yet, or lost)
     bytes_out: int = 0
-    #: Each task's (start, end), flattened, on the master's clock (empty: lost).
-    stamps: array.array[float] = field(default_factory=lambda: array.array("d"))
+    #: When its tasks ran, on the master's clock (see TaskTimes): (start, end) per span.
+    spans: array.array[float] = field(default_factory=lambda: array.array("d"))
+    counts: array.array[int] = field(default_factory=lambda: array.array("I"))
     failed: frozenset[int] = frozenset()  # offsets of the tasks that failed
     cancelled: bool = False
+    lost: bool = False  # with its worker: each task spans from ``sent`` to the loss
 
 
 @dataclass(eq=False)
@@ -102,8 +105,8 @@ class Profiler:
             recording.runs.append(run)
             recording.workers.setdefault(record.id, record.host)
 
-    def returned(self, chunk: Chunk, record: WorkerRecord, stamps: array.array[float] | None,
-                 failed: list[int], nbytes: int, cancelled: bool) -> None:
+    def returned(self, chunk: Chunk, record: WorkerRecord, times: TaskTimes | None,
+                 nbytes: int, cancelled: bool) -> None:
         """The RESULT of ``chunk`` came, with its tasks' times on the worker's clock."""
         run = self._open.pop(chunk.id, None)
         if run is None:
@@ -111,15 +114,17 @@ class Profiler:
         run.received = time.time()
         run.bytes_out = nbytes
         run.cancelled = cancelled
-        run.failed = frozenset(failed)
-        if stamps is not None:
+        if times is not None:
             offset = record.clock.offset
-            run.stamps = array.array("d", (stamp - offset for stamp in stamps))
+            run.spans = array.array("d", [stamp - offset for stamp in times.spans])
+            run.counts = times.counts
+            run.failed = frozenset(times.failed)
 
     def _close_lost(self, chunk_id: int, when: float) -> None:
         run = self._open.pop(chunk_id)
-        run.received = None
-        run.stamps = array.array("d", (run.sent, when) * run.count)
+        run.lost = True
+        run.spans = array.array("d", (run.sent, when))
+        run.counts = array.array("I", [run.count])
         run.failed = frozenset(range(run.count))
 
 

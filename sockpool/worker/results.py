@@ -7,11 +7,10 @@ large buffers go through shared memory when the master can map it.
 
 from __future__ import annotations
 
-import array
 from typing import Any
 
 from ..common import codec, protocol, shm
-from ..common.protocol import Batch, Flag, Kind
+from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from ..errors import RemoteError
 
 #: The holder of this worker's segments that the master maps.
@@ -48,15 +47,15 @@ class ResultPacker:
             return codec.pack_exception(problem, self.serializer)
 
     def pack(self, head: protocol.Header, flags: Flag, values: list[Any], errors: Errors,
-             seconds: float, batch: Batch | None, stamps: array.array[float] | None = None
+             seconds: float, batch: Batch | None, times: TaskTimes | None = None
              ) -> list[Any]:
         """The RESULT frames for the chunk ``head``: ``(values, errors, seconds, batch)``,
-        after the task times ``stamps`` when the chunk was profiled."""
+        after its task ``times`` when the chunk was profiled."""
         def prefix_for(failed: list[int]) -> bytes:
-            if stamps is None:
+            if times is None:
                 return protocol.header(Kind.RESULT, flags, head.job, head.ident)
             return (protocol.header(Kind.RESULT, flags | Flag.PROFILE, head.job, head.ident)
-                    + protocol.stamp_block(stamps, failed))
+                    + protocol.stamp_block(times._replace(failed=failed)))
 
         outcome = (values, errors, seconds, batch)
         store = self.shared.store if self.shared is not None else None
@@ -77,7 +76,7 @@ class ResultPacker:
                                   f"{largest} bytes, more than the cluster's max_message_size "
                                   f"({self.max_frame_bytes} bytes)")
             errors = [(0, self.failure(problem))]
-            every = list(range(len(stamps) // 2)) if stamps is not None else []
+            every = list(range(sum(times.counts))) if times is not None else []
             frames = codec.dumps(([], errors, seconds, batch), self.serializer,
                                  prefix=prefix_for(every))
         return frames

@@ -11,7 +11,6 @@ interrupt them (:mod:`.state`): the chunk then answers "cancelled".
 
 from __future__ import annotations
 
-import array
 import itertools
 import time
 from collections import deque
@@ -21,7 +20,7 @@ from typing import Any
 
 from ..common import codec, protocol, rng, shm
 from ..common.config import WorkerConfig
-from ..common.protocol import Batch, Flag, Kind
+from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from .functions import FunctionCache
 from .progress import TO_THE_END, Progress
 from .relay import WorkerRelay
@@ -37,18 +36,11 @@ Send = Callable[[list[Any]], None]
 SLICE_SECONDS = 0.001
 
 
-def timed(fn: Callable[..., Any], stamps: array.array[float]) -> Callable[..., Any]:
-    """``fn``, appending the start and end of each call to ``stamps`` (``time.time()``)."""
-    clock = time.time
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        stamps.append(clock())
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            stamps.append(clock())
-
-    return call
+def add_span(times: TaskTimes, start: float, count: int) -> None:
+    """Note that ``count`` tasks ran from ``start`` until now (``time.time()``)."""
+    times.spans.append(start)
+    times.spans.append(time.time())
+    times.counts.append(count)
 
 
 class ChunkRunner:
@@ -71,7 +63,7 @@ class ChunkRunner:
         self.state = state
         self.progress = progress
         self._skip = 0  # tasks of the running chunk settled before it came here
-        self._stamps: array.array[float] | None = None  # its tasks' times, when profiled
+        self._times: TaskTimes | None = None  # when its tasks ran, if it is profiled
         self.functions = functions
         self.serializer = config.serializer
         self.results = ResultPacker(config.serializer, config.max_frame_bytes, shared)
@@ -107,9 +99,8 @@ class ChunkRunner:
         except BaseException as exc:  # a payload that cannot be loaded here
             errors.append((0, self.results.failure(exc)))
             return self._result(head, Flag.NONE, [], errors)
-        if flags & Flag.PROFILE:
-            self._stamps = array.array("d")
-            fn = timed(fn, self._stamps)
+        # Profiled: tasks are timed in spans (see TaskTimes): the map's slices, or one task.
+        self._times = TaskTimes.empty() if flags & Flag.PROFILE else None
 
         # The watchdog's SIGINT may land anywhere from start_chunk until end_chunk
         # is through, so all of that is inside the handler of Interrupted.
@@ -141,6 +132,7 @@ class ChunkRunner:
     def _run_call(self, fn: Callable[..., Any], call: Any, values: list[Any],
                   errors: Errors) -> None:
         args, kwargs = call
+        began = time.time()
         try:
             values.append(fn(*args, **kwargs))
         except Interrupted:
@@ -148,6 +140,9 @@ class ChunkRunner:
         except BaseException as exc:
             values.append(None)
             errors.append((0, self.results.failure(exc, skip_frames=1)))
+        finally:
+            if self._times is not None:
+                add_span(self._times, began, 1)
 
     def _run_map(self, fn: Callable[..., Any], items: list[Any], values: list[Any],
                  errors: Errors, star: bool, stop_on_error: bool) -> None:
@@ -155,7 +150,7 @@ class ChunkRunner:
         # failing index is len(values); the loop resumes after it.  Slices: see
         # SLICE_SECONDS; the page names the slice that runs.
         call_all = itertools.starmap if star else map
-        progress, chunk, skip = self.progress, self._chunk_id(), self._skip
+        progress, chunk, skip, times = self.progress, self._chunk_id(), self._skip, self._times
         total = len(items)
         size = 1
         while (start := len(values)) < total:
@@ -163,6 +158,7 @@ class ChunkRunner:
             if progress is not None:
                 progress.mark(chunk, skip + start, skip + end)
             began = perf_counter()
+            wall = time.time() if times is not None else 0.0
             try:
                 values.extend(call_all(fn, itertools.islice(items, start, end)))
             except Interrupted:
@@ -173,6 +169,9 @@ class ChunkRunner:
                 if stop_on_error:
                     return
                 continue
+            finally:  # the slice's span: what ran of it, the failing task included
+                if times is not None:
+                    add_span(times, wall, len(values) - start)
             size = size * 2 if perf_counter() - began < SLICE_SECONDS else max(1, size // 2)
 
     def _chunk_id(self) -> int:
@@ -190,6 +189,7 @@ class ChunkRunner:
                 if progress is not None:
                     progress.mark(chunk, skip + offset, skip + offset + 1)
                 rng.seed_task(entropy, (*key, task.first_index + skip + offset))
+                began = time.time()
                 try:
                     if flags & Flag.CALL:
                         values.append(fn(*item[0], **item[1]))
@@ -202,6 +202,9 @@ class ChunkRunner:
                     values.append(None)
                     if flags & (Flag.STOP_ON_ERROR | Flag.CALL):
                         return
+                finally:
+                    if self._times is not None:
+                        add_span(self._times, began, 1)
         finally:
             rng.clear()
 
@@ -217,5 +220,5 @@ class ChunkRunner:
                 seconds: float = 0.0) -> list[Any]:
         batch = self.relay.finish() if self.relay is not None else None
         self._chunk = None
-        stamps, self._stamps = self._stamps, None
-        return self.results.pack(head, flags, values, errors, seconds, batch, stamps)
+        times, self._times = self._times, None
+        return self.results.pack(head, flags, values, errors, seconds, batch, times)
