@@ -17,6 +17,7 @@ each call, for the callers that do not hold one yet.
 
 from __future__ import annotations
 
+import itertools
 import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ class Packer:
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], store: Store | None = None
              ) -> Frames:
         """Serialize one call's ``(args, kwargs)``, copying buffers (the caller may reuse them)."""
-        parts = [*((f"positional argument {i}", a) for i, a in enumerate(args)),
-                 *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]
+        # Named only if the call fails to serialize: 2 µs of every submit otherwise.
+        parts = itertools.chain(((f"positional argument {i}", a) for i, a in enumerate(args)),
+                                ((f"keyword argument {k!r}", v) for k, v in kwargs.items()))
         return self.values((args, kwargs), parts, copy_buffers=True, store=store)
