@@ -23,6 +23,7 @@ pytestmark = pytest.mark.timeout(180)
     ("bench_scaling.py", "ratio sockpool / best peer"),
     ("bench_joblib.py", "ratio sockpool / loky"),
     ("bench_profile.py", "ratio profiled / unprofiled"),
+    ("bench_hops.py", "ratio plain / ZeroMQ"),
 ])
 def test_benchmark_runs_quickly(script: str, expected: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],

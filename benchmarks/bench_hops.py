@@ -1,0 +1,215 @@
+"""Where a ``submit(abs, 1).result()`` round trip's time goes, hop by hop.
+
+    python benchmarks/bench_hops.py [--calls 2000] [--repeat 3] [--quick]
+
+Stamps (``time.perf_counter``: CLOCK_MONOTONIC, one clock for every process on
+Linux) are taken by wrapping the functions each hop runs, in the master and,
+through ``run_on_all``, in each worker:
+
+1. caller: ``Calls.submit`` (the function and arguments packed, the chunk made),
+   then ``Mailbox.post`` (queued, the wake-up byte written);
+2. the I/O thread wakes (``Mailbox.clear_wake``) and sends the TASK
+   (``MasterSocket.send``);
+3. the worker's main thread gets it (``recv_message``), runs it
+   (``ChunkRunner.run``: decode, call, encode), sends the RESULT (``link.send``);
+4. the I/O thread reads it (``MasterSocket.receive``) and resolves the future
+   (``FutureJob.deliver``);
+5. the caller's ``result()`` returns.
+
+The gaps between stamps of two threads or processes are wake-ups and libzmq's
+own hand-offs.  The wrapping costs a little per stamp, so the table prints the
+instrumented total beside a plain round trip and a bare ZeroMQ REQ/REP
+ping-pong between two processes (``goals.zmq_req_rep``).  A burst row times
+1 000 ``submit`` calls made at once, then their results, per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import goals
+
+import sockpool.api.calls
+import sockpool.dispatch.jobs
+import sockpool.dispatch.mailbox
+import sockpool.dispatch.transport
+from sockpool import Cluster
+
+HOPS = (
+    ("submit: pack the call, make the chunk", "submit_in", "post_in"),
+    ("post: queue it, write the wake-up byte", "post_in", "post_out"),
+    ("wake-up of the I/O thread", "post_out", "io_wake"),
+    ("I/O thread: wake-up to TASK sent", "io_wake", "send_out"),
+    ("libzmq: master -> worker, worker wakes", "send_out", "w_recv"),
+    ("worker: received to run started", "w_recv", "w_run_in"),
+    ("worker: run the chunk (decode, call, encode)", "w_run_in", "w_run_out"),
+    ("worker: send the RESULT", "w_run_out", "w_send_out"),
+    ("libzmq: worker -> master, I/O thread wakes", "w_send_out", "io_recv"),
+    ("I/O thread: RESULT read to future resolved", "io_recv", "deliver_out"),
+    ("wake-up of the caller, result() returns", "deliver_out", "end"),
+)
+
+_stamps: dict[str, float] = {}
+
+
+def _wrap(owner: Any, name: str, before: str | None, after: str | None,
+          when: Callable[[Any], bool] = lambda result: True) -> None:
+    original = getattr(owner, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if before:
+            _stamps[before] = time.perf_counter()
+        result = original(*args, **kwargs)
+        if after and when(result):
+            _stamps[after] = time.perf_counter()
+        return result
+
+    setattr(owner, name, wrapped)
+
+
+def instrument_master() -> None:
+    """Wrap the master's hops (the caller's and the I/O thread's)."""
+    _wrap(sockpool.api.calls.Calls, "submit", "submit_in", None)
+    _wrap(sockpool.dispatch.mailbox.Mailbox, "post", "post_in", "post_out")
+    _wrap(sockpool.dispatch.mailbox.Mailbox, "clear_wake", None, "io_wake")
+    _wrap(sockpool.dispatch.transport.MasterSocket, "send", None, "send_out")
+    _wrap(sockpool.dispatch.transport.MasterSocket, "receive", None, "io_recv",
+          when=lambda frames: frames is not None)
+    _wrap(sockpool.dispatch.jobs.FutureJob, "deliver", None, "deliver_out")
+
+
+def instrument_worker() -> None:
+    """In a worker (sent by ``run_on_all``): wrap its receive, run and send."""
+    import sockpool.common.protocol
+    import sockpool.worker.link
+    import sockpool.worker.runner
+
+    stamps: dict[str, float] = {}
+    import sys
+
+    sys.__dict__["_sockpool_hops"] = stamps
+    history: list[dict[str, float]] = []
+    sys.__dict__["_sockpool_hop_history"] = history
+
+    def wrap(owner: Any, name: str, before: str | None, after: str | None) -> None:
+        original = getattr(owner, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                stamps[before] = time.perf_counter()
+            result = original(*args, **kwargs)
+            if after:
+                stamps[after] = time.perf_counter()
+            if after == "w_send_out":
+                history.append(dict(stamps))
+            return result
+
+        setattr(owner, name, wrapped)
+
+    wrap(sockpool.common.protocol, "recv_message", None, "w_recv")
+    wrap(sockpool.worker.runner.ChunkRunner, "run", "w_run_in", "w_run_out")
+    wrap(sockpool.worker.link, "send", None, "w_send_out")
+
+
+def worker_history() -> list[dict[str, float]]:
+    import sys
+
+    history: list[dict[str, float]] = sys.__dict__["_sockpool_hop_history"]
+    out = list(history)
+    history.clear()
+    return out
+
+
+def measure(cluster: Cluster, calls: int) -> tuple[dict[str, list[float]], float]:
+    """Hop durations (µs) of ``calls`` round trips, and their median total (µs)."""
+    hops: dict[str, list[float]] = {label: [] for label, _, _ in HOPS}
+    masters = []
+    for _ in range(calls):
+        _stamps.clear()
+        cluster.submit(abs, 1).result()
+        _stamps["end"] = time.perf_counter()
+        masters.append(dict(_stamps))
+    workers = [stamp for history in cluster.run_on_all(worker_history) for stamp in history
+               if {"w_recv", "w_run_in", "w_run_out"} <= stamp.keys()]
+    workers.sort(key=lambda stamp: stamp["w_recv"])
+    totals = []
+    for master in masters:
+        # This round trip's worker stamps: the first received after the TASK went out.
+        mine = next((w for w in workers if master["send_out"] <= w["w_recv"] <= master["end"]),
+                    None)
+        if mine is None or "io_wake" not in master:
+            continue
+        both = {**master, **mine}
+        for label, start, stop in HOPS:
+            hops[label].append((both[stop] - both[start]) * 1e6)
+        totals.append((master["end"] - master["submit_in"]) * 1e6)
+    return hops, statistics.median(totals)
+
+
+def plain_round_trip(cluster: Cluster, calls: int) -> float:
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        cluster.submit(abs, 1).result()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e6
+
+
+def burst(cluster: Cluster, calls: int) -> float:
+    """µs per call of ``calls`` submits made at once, then their results."""
+    started = time.perf_counter()
+    futures = [cluster.submit(abs, 1) for _ in range(calls)]
+    for future in futures:
+        future.result()
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.calls, args.repeat = 200, 1
+
+    plain: list[float] = []
+    bursts: list[float] = []
+    floor: list[float] = []
+    with Cluster(n=2) as cluster:
+        for _ in range(args.repeat):  # uninstrumented first: interleaved with the floor
+            plain_round_trip(cluster, 100)
+            plain.append(plain_round_trip(cluster, args.calls))
+            bursts.append(burst(cluster, 1000))
+            floor.append(goals.zmq_req_rep(args.calls) * 1e6)
+        instrument_master()
+        cluster.run_on_all(instrument_worker)
+        measure(cluster, 100)  # warm
+        hops: dict[str, list[float]] = {label: [] for label, _, _ in HOPS}
+        totals = []
+        for _ in range(args.repeat):
+            found, total = measure(cluster, args.calls)
+            totals.append(total)
+            for label, values in found.items():
+                hops[label].append(statistics.median(values))
+
+    print(f"2 workers, {args.calls} round trips x {args.repeat}, medians of the "
+          "repetitions' medians (µs)\n")
+    for label, values in hops.items():
+        print(f"  {label:46s} {statistics.median(values):8.1f}")
+    hop_sum = sum(statistics.median(values) for values in hops.values())
+    print(f"  {'sum of the hops':46s} {hop_sum:8.1f}")
+    print(f"  {'instrumented round trip':46s} {statistics.median(totals):8.1f}")
+    print(f"\n  {'plain round trip':46s} {statistics.median(plain):8.1f}")
+    print(f"  {'bare ZeroMQ REQ/REP ping-pong (floor)':46s} {statistics.median(floor):8.1f}")
+    print(f"  {'ratio plain / ZeroMQ':46s} "
+          f"{statistics.median(plain) / statistics.median(floor):8.2f}")
+    print(f"  {'burst of 1000 submits, per call':46s} {statistics.median(bursts):8.1f}")
+
+
+if __name__ == "__main__":
+    main()
