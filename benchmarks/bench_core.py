@@ -7,9 +7,10 @@ Workloads (each repeated, peers interleaved, medians with min-max reported):
 * bulk map: 100 000 trivial tasks (``abs``), ``Cluster.par_map`` against
   ``multiprocessing.Pool.map`` (both choosing their own chunk size);
 * round trip: one ``submit(abs, 1).result()``, ``Cluster.submit`` against
-  ``ProcessPoolExecutor.submit``, median over many calls; and, as the floor
-  of any design on ZeroMQ, a bare ROUTER/DEALER ping-pong between two Python
-  processes over ``ipc://`` (no I/O thread, no pickling, no futures).
+  ``ProcessPoolExecutor.submit`` and ``Pool.apply_async(...).get()``, median
+  over many calls; and, as the floor of any design on ZeroMQ, a bare
+  ROUTER/DEALER and a bare REQ/REP ping-pong between two Python processes over
+  ``ipc://`` (no I/O thread, no pickling, no futures).
 
 Ratios are sockpool's time over the peer's: below 1 means sockpool is faster.
 No assertion is made on the numbers: machines are noisy; read the medians.
@@ -22,6 +23,8 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from bench_pool import apply_round_trips
+from goals import zmq_req_rep
 from timing import BareZmqPeer, map_and_round_trip_arguments, round_trips, summary, timed
 
 from sockpool import Cluster
@@ -55,8 +58,9 @@ def main() -> None:
     args = map_and_round_trip_arguments(__doc__.splitlines()[0])
 
     items = list(range(args.tasks))
-    results: dict[str, list[float]] = {k: [] for k in ("sockpool map", "Pool.map",
-                                                        "sockpool rt", "PPE rt", "zmq rt")}
+    names = ("sockpool map", "Pool.map", "sockpool rt", "PPE rt", "Pool rt", "zmq rt",
+             "req/rep rt")
+    results: dict[str, list[float]] = {name: [] for name in names}
     ping = ZmqPingPong()
     with Cluster(n=args.workers) as cluster, \
             multiprocessing.Pool(args.workers) as pool, \
@@ -71,7 +75,9 @@ def main() -> None:
             results["Pool.map"].append(timed(lambda: pool.map(abs, items)))
             results["sockpool rt"].append(round_trips(cluster.submit, args.calls))
             results["PPE rt"].append(round_trips(executor.submit, args.calls))
+            results["Pool rt"].append(apply_round_trips(pool, args.calls))
             results["zmq rt"].append(round_trips(ping.submit, args.calls))
+            results["req/rep rt"].append(zmq_req_rep(args.calls))
     ping.close()
 
     per_task = 1e6 / args.tasks
@@ -86,7 +92,11 @@ def main() -> None:
     print(f"  ProcessPoolExecutor        {summary(results['PPE rt'], 1e6, 'µs')}")
     rt_ratio = statistics.median(results["sockpool rt"]) / statistics.median(results["PPE rt"])
     print(f"  ratio sockpool / PPE       {rt_ratio:9.2f}")
+    print(f"  Pool.apply_async (fork)    {summary(results['Pool rt'], 1e6, 'µs')}")
     print(f"  floor: bare zmq ping-pong  {summary(results['zmq rt'], 1e6, 'µs')}")
+    print(f"  floor: bare zmq REQ/REP    {summary(results['req/rep rt'], 1e6, 'µs')}")
+    floor = statistics.median(results["sockpool rt"]) / statistics.median(results["req/rep rt"])
+    print(f"  ratio sockpool / REQ/REP   {floor:9.2f}")
 
 
 if __name__ == "__main__":
