@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,6 +187,17 @@ def test_max_worker_memory_replaces_a_worker_that_grew_too_large() -> None:
         assert len(set(pids)) >= 2, pids
         assert all(pids.count(pid) <= 4 for pid in set(pids)), pids
         assert _wait_for(lambda: cl.n_workers == 1 and len(cl.workers) == 1)
+
+
+def test_max_worker_memory_replaces_a_remote_worker_too(namespace_hosts: Any) -> None:
+    # Each worker checks its own memory after a chunk: the master needs no access to its host.
+    with Cluster(hosts=["sp-n1"], python=sys.executable, max_worker_memory="150MB") as cl:
+        done = cl.par_map(_leak_and_report, range(8), chunksize=1)
+        assert [index for index, _ in done] == list(range(8))
+        pids = [pid for _, pid in done]
+        assert len(set(pids)) >= 2, pids
+        assert all(pids.count(pid) <= 4 for pid in set(pids)), pids
+        assert {worker.host for worker in cl.workers} == {"sp-n1"}
 
 
 def _setup() -> None:

@@ -106,8 +106,8 @@ class Cluster(concurrent.futures.Executor):
         max_tasks_per_worker: replace a worker by a fresh process once it ran
             this many tasks (it finishes the chunk that reaches the count).
         max_worker_memory: replace a worker whose resident memory, after a
-            chunk, is above this (bytes, or a size such as ``"2GB"``); local
-            workers only, whose memory the master can read.
+            chunk, is above this (bytes, or a size such as ``"2GB"``); each
+            worker checks its own, so remote ones too.
 
     Raises:
         ValueError: ``n < 1`` or another bad option.

@@ -49,6 +49,7 @@ class WorkerConfig:
     log_level: int = 30  #: the lowest level of log records relayed
     curve: CurveKeys | None = None  #: None on an ipc:// transport
     shm_probe: str | None = None  #: the master's probe segment, where it has shared memory
+    max_memory: int | None = None  #: flag a RESULT sent with more resident memory than this
     # Set by the launcher that starts the process:
     watch_stdin: bool = False  #: end of stdin means the master is gone (local workers)
     parent_pid: int | None = None  #: die with this process (Linux's parent-death signal)

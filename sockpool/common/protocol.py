@@ -118,6 +118,8 @@ class Flag(enum.IntFlag):
     SHARED = 32
     #: TASK: time each task; RESULT: the body starts with those times (``stamp_block``).
     PROFILE = 64
+    #: RESULT: the worker's resident memory is above the cluster's ``max_worker_memory``.
+    OVER_MEMORY = 128
 
 
 _KINDS = {kind.value: kind for kind in Kind}

@@ -25,7 +25,7 @@ import zmq
 
 from ..common import codec, protocol, shm
 from ..common.config import WorkerConfig
-from ..common.protocol import Kind, TaskTimes, ack_message
+from ..common.protocol import Flag, Kind, TaskTimes, ack_message
 from ..common.shm import SharedFrame
 from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
@@ -108,13 +108,14 @@ class Dispatcher:
             heartbeat_interval=heartbeat_interval,
             master_timeout=heartbeat_timeout or launcher.default_master_timeout,
             serializer=serializer, max_frame_bytes=max_frame_bytes, relay=relay_mode,
-            relay_prefix=relay_prefix, log_level=log_level, shm_probe=self.shared.probe())
+            relay_prefix=relay_prefix, log_level=log_level, shm_probe=self.shared.probe(),
+            max_memory=max_worker_memory)
         self.pool = WorkerPool(
             launcher=launcher, master=self.master, scheduler=self.scheduler,
             lifecycle=self.lifecycle, poller=self._poller, config=config, shared=self.shared,
             workers=workers, target=n_workers, connect_timeout=connect_timeout,
             heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
-            max_tasks=max_tasks_per_worker, max_memory=max_worker_memory)
+            max_tasks=max_tasks_per_worker)
         self.exports: list[list[Any]] = []
         self.profiler = Profiler()
         self.admission = Admission(self.token, self.master, self.shared, self.pool, self.exports,
@@ -377,7 +378,7 @@ class Dispatcher:
         else:
             record.tasks_done += chunk.count - chunk.resume
             chunk.job.deliver(chunk, record.label, payload)
-        self.pool.after_result(record, time.monotonic())
+        self.pool.after_result(record, time.monotonic(), bool(head.flags & Flag.OVER_MEMORY))
 
     def _on_output(self, record: WorkerRecord, head: protocol.Header,
                    payload: tuple[memoryview, list[Any]]) -> None:

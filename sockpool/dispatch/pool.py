@@ -68,7 +68,6 @@ class WorkerPool:
         connect_timeout: float,
         heartbeat_timeout: float,
         max_tasks: int | None = None,
-        max_memory: int | None = None,
     ) -> None:
         """
         Args:
@@ -79,8 +78,6 @@ class WorkerPool:
             heartbeat_timeout: silence after which a worker whose process the
                 launcher cannot watch counts as lost.
             max_tasks: tasks after which a worker is retired and replaced.
-            max_memory: resident bytes above which a worker, after a chunk, is
-                retired and replaced (where its process can be measured).
         """
         self.launcher = launcher
         self.master = master
@@ -92,7 +89,6 @@ class WorkerPool:
         self.connect_timeout = connect_timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.max_tasks = max_tasks
-        self.max_memory = max_memory
         self._poller = poller
         self.workers = workers
         self._exit_fds: set[int] = set()  # pidfds: readable when a worker process ends
@@ -208,6 +204,8 @@ class WorkerPool:
                     self._unwatch(record)
                 if not self.lifecycle.wants_workers or record.retired_at is not None:
                     self._forget(record, WorkerState.STOPPED)
+                    if record.retired_at is not None and self.lifecycle.wants_workers:
+                        self._top_up()  # a host's slot it held is free for its replacement
                 elif now - record.exited_at >= EXIT_GRACE:
                     self.lost(record, record.process.exit_status())
                 else:
@@ -264,16 +262,21 @@ class WorkerPool:
                 self.n_ready -= 1
                 self.state_changed.notify_all()
 
+    def _top_up(self) -> None:
+        """Start workers until the cluster has as many as it wants, or none can start."""
+        while sum(record.alive for record in self.workers.values()) < self.target:
+            if self.launch() is None:
+                return
+
     # -- recycling -----------------------------------------------------------------------
 
-    def after_result(self, record: WorkerRecord, now: float) -> None:
-        """A worker returned a chunk: retire it once it did its quota or grew too large,
-        and stop it once it holds nothing more (its replacement starts then)."""
+    def after_result(self, record: WorkerRecord, now: float, over_memory: bool) -> None:
+        """A worker returned a chunk: retire it once it did its quota or grew too large
+        (``over_memory``: it said so, see ``max_worker_memory``), and stop it once it holds
+        nothing more (its replacement starts then)."""
         if record.state is WorkerState.READY:
-            if self.max_memory is not None and not self.scheduler.retiring(record.id):
-                resident = record.process.resident_bytes()
-                if resident is not None and resident > self.max_memory:
-                    self.scheduler.retire(record.id)
+            if over_memory:
+                self.scheduler.retire(record.id)
             if not self.scheduler.retiring(record.id):
                 return
             record.state = WorkerState.RETIRING  # it takes no new chunks from here on

@@ -65,10 +65,6 @@ class WorkerProcess(abc.ABC):
         """Why the worker could not start, when its launcher knows better than its exit."""
         return None
 
-    def resident_bytes(self) -> int | None:
-        """The process's resident memory now, where the master can measure it."""
-        return None
-
     def exit_status(self) -> str:
         """How the process ended, in words."""
         return describe_exit(self.poll())

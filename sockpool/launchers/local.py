@@ -20,7 +20,6 @@ from .base import Launcher, WorkerProcess
 #: parent-death signal), so by default it waits this long on a master that is
 #: merely silent: one whose Python is busy, say, in a long sort holding the GIL.
 LOCAL_MASTER_TIMEOUT = 60.0
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class LocalWorkerProcess(WorkerProcess):
@@ -49,13 +48,6 @@ class LocalWorkerProcess(WorkerProcess):
 
     def poll(self) -> int | None:
         return reap(self._process)
-
-    def resident_bytes(self) -> int | None:
-        try:  # the second field of statm: resident pages
-            with open(f"/proc/{self.pid}/statm", "rb") as stream:
-                return int(stream.read().split()[1]) * PAGE_SIZE
-        except (OSError, ValueError, IndexError):
-            return None
 
     def exit_status(self) -> str:
         return explain_kill(self.pid, self.poll(), getattr(self._process, "peak_bytes", None),

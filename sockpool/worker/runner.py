@@ -26,6 +26,7 @@ from .progress import TO_THE_END, Progress
 from .relay import WorkerRelay
 from .results import Errors, ResultPacker
 from .state import Interrupted, WorkerState
+from .usage import resident_bytes
 
 #: Sends a message's frames on the data connection (its owner, the main thread).
 Send = Callable[[list[Any]], None]
@@ -66,6 +67,7 @@ class ChunkRunner:
         self._times: TaskTimes | None = None  # when its tasks ran, if it is profiled
         self.functions = functions
         self.serializer = config.serializer
+        self.max_memory = config.max_memory
         self.results = ResultPacker(config.serializer, config.max_frame_bytes, shared)
         self._released = released
         self._send = send
@@ -221,4 +223,6 @@ class ChunkRunner:
         batch = self.relay.finish() if self.relay is not None else None
         self._chunk = None
         times, self._times = self._times, None
+        if self.max_memory is not None and resident_bytes() > self.max_memory:
+            flags |= Flag.OVER_MEMORY  # the master replaces this worker (max_worker_memory)
         return self.results.pack(head, flags, values, errors, seconds, batch, times)

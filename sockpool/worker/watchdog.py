@@ -26,6 +26,7 @@ from ..common import protocol, shm
 from ..common.config import WorkerConfig
 from ..common.protocol import Kind
 from .state import WorkerState
+from .usage import cpu_seconds, resident_bytes
 
 #: How long after SHUTDOWN the watchdog waits for the main thread before it
 #: ends the process itself.
@@ -110,30 +111,6 @@ class Watchdog:
     def _interrupt(self) -> None:
         """SIGINT to the main thread, whose handler interrupts the running chunk."""
         signal.pthread_kill(self.main_thread, signal.SIGINT)
-
-
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux), else its peak, in bytes; -1 if unknown."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-    except ImportError:
-        return -1
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-def cpu_seconds() -> float:
-    """User and system CPU time of this process."""
-    times = os.times()
-    return times.user + times.system
 
 
 def die(reason: str | None) -> NoReturn:
