@@ -7,7 +7,9 @@ Workloads (each repeated, the two pools interleaved, medians with min-max):
 * ``Pool.map(abs, range(100_000))``: 100 000 trivial tasks, both pools choosing
   their chunk size (the same rule: about four chunks per worker);
 * ``Pool.map_async(...).get()``: the same, through the asynchronous path;
-* ``apply_async(abs, (1,)).get()`` round trip, median over many calls.
+* ``apply_async(abs, (1,)).get()`` round trip, median over many calls, beside
+  ``Cluster.submit(abs, 1).result()`` on the pool's own cluster: the difference
+  is the drop-in's own cost (its ``AsyncResult`` and result thread).
 
 ``multiprocessing.Pool`` is the default context's (fork, on Linux: its fastest).
 Ratios are sockpool's time over multiprocessing's: below 1 means sockpool is faster.
@@ -20,7 +22,7 @@ import statistics
 import time
 from typing import Any
 
-from timing import map_and_round_trip_arguments, summary, timed
+from timing import map_and_round_trip_arguments, round_trips, summary, timed
 
 import sockpool
 
@@ -43,7 +45,7 @@ def main() -> None:
     args = map_and_round_trip_arguments(__doc__.splitlines()[0])
 
     items = list(range(args.tasks))
-    names = ("sp map", "mp map", "sp map_async", "mp map_async", "sp rt", "mp rt")
+    names = ("sp map", "mp map", "sp map_async", "mp map_async", "sp rt", "mp rt", "cl rt")
     results: dict[str, list[float]] = {name: [] for name in names}
     with sockpool.Pool(args.workers) as ours, multiprocessing.Pool(args.workers) as theirs:
         for pool in (ours, theirs):  # warm up: workers started, code paths hot
@@ -55,6 +57,7 @@ def main() -> None:
                 results[f"{prefix} map_async"].append(
                     timed(lambda p=pool: p.map_async(abs, items).get()))
                 results[f"{prefix} rt"].append(apply_round_trips(pool, args.calls))
+            results["cl rt"].append(round_trips(ours.cluster.submit, args.calls))
 
     per_task = 1e6 / args.tasks
     print(f"{args.workers} workers, {args.repeat} repetitions, medians (min, max)\n")
@@ -71,6 +74,8 @@ def main() -> None:
     print(f"  sockpool.Pool                  {summary(results['sp rt'], 1e6, 'µs')}")
     print(f"  multiprocessing Pool           {summary(results['mp rt'], 1e6, 'µs')}")
     print(f"  ratio sockpool / mp round trip {ratio(results, 'sp rt', 'mp rt'):9.2f}")
+    print(f"  sockpool Cluster.submit        {summary(results['cl rt'], 1e6, 'µs')}")
+    print(f"  ratio Pool / Cluster.submit    {ratio(results, 'sp rt', 'cl rt'):9.2f}")
 
 
 if __name__ == "__main__":

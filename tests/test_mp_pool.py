@@ -53,6 +53,10 @@ def divide(a: float, b: float = 1.0) -> float:
     return a / b
 
 
+def keywords(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
+
 def nap(seconds: float, value: Any = None) -> Any:
     time.sleep(seconds)
     return value
@@ -145,6 +149,8 @@ def test_apply_and_apply_async_pass_args_and_kwds(pool: Any) -> None:
     result = pool.apply_async(divide, (1,), {"b": 4})
     assert result.get(timeout=30) == 0.25
     assert result.ready() and result.successful()
+    # kwds are the function's, even those named as Cluster.submit's own options
+    assert pool.apply(keywords, (), {"timeout": 5, "seed": 2}) == {"timeout": 5, "seed": 2}
 
 
 def test_async_result_ready_successful_and_wait(pool: Any) -> None:

@@ -226,10 +226,10 @@ class Pool:
         args, kwds = tuple(args), dict(kwds or {})
         result: ApplyResult[T] = ApplyResult(self._tracker, callback, error_callback, self)
         try:
-            if "timeout" in kwds or "seed" in kwds:  # Cluster.submit's own keywords
-                future = self._cluster.submit(functools.partial(func, **kwds), *args)
-            else:
-                future = self._cluster.submit(func, *args, **kwds)
+            # Cluster.submit less the checks made above; every keyword goes to func,
+            # timeout= and seed= included (they are Cluster.submit's own keywords).
+            self._cluster._check_open()
+            future, _ = self._cluster._calls.submit(func, args, kwds, None, None)
         except CaptureError as exc:  # as multiprocessing: from get(), and error_callback
             self._handler.post(functools.partial(result._complete, False, exc))
             return result
