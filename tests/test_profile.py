@@ -124,8 +124,13 @@ def test_the_chrome_trace_is_valid_json_with_an_event_per_task(
     complete = [event for event in events if event["ph"] == "X"]
     assert len(complete) == 8
     assert sorted(event["args"]["index"] for event in complete) == list(range(8))
-    assert all(event["ts"] >= 0 and event["dur"] > 0 and event["name"] == "sleepy"
-               for event in complete)
+    origin = min(min(task.submitted, task.started) for task in prof.tasks)
+    by_index = {task.index: task for task in prof.tasks}
+    for event in complete:  # microseconds from the first task handed over (or started)
+        task = by_index[event["args"]["index"]]
+        assert event["ts"] == pytest.approx((task.started - origin) * 1e6, abs=0.01)
+        assert event["dur"] == pytest.approx(task.seconds * 1e6, abs=0.01)
+        assert event["ts"] >= 0 and event["dur"] > 0 and event["name"] == "sleepy"
     names = {event["tid"]: event["args"]["name"] for event in events
              if event["name"] == "thread_name"}
     assert set(names) == set(prof.workers)
@@ -213,7 +218,9 @@ def test_remote_workers_clocks_are_aligned_within_the_stated_error(
         with cl.profile() as prof:
             readings = cl.par_map(task_clock, range(20), chunksize=1)
     error = prof.clock_error
-    assert 0 < error < 0.01  # half a round trip over the namespaces' veth links
+    # Half the best round trip of the last 8 over the namespaces' veth links: well under a
+    # millisecond on a quiet machine, a few on one loaded many times over.
+    assert 0 < error < 0.05
     assert {task.host for task in prof.tasks} == {"sp-n1", "sp-n2"}
     for task in prof.tasks:
         assert task.started - error - EPSILON <= readings[task.index]

@@ -171,7 +171,7 @@ def plot(profile: Profile, ax: Any = None) -> Any:
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * max(1, len(profile.workers))))
     tasks = profile.tasks
-    origin = min((task.submitted for task in tasks), default=profile.started)
+    origin = _origin(profile)
     rows = {worker: row for row, worker in enumerate(sorted(profile.workers))}
     calls = sorted({(task.call, task.function) for task in tasks})
     colours = plt.get_cmap("tab10")
@@ -194,6 +194,13 @@ def plot(profile: Profile, ax: Any = None) -> Any:
     ax.set_title(f"{len(tasks)} tasks on {len(rows)} workers")
     ax.figure.tight_layout()
     return ax
+
+
+def _origin(profile: Profile) -> float:
+    """Time zero of the chart and the trace: the first chunk handed over, or the first
+    task's start if the clock alignment puts it earlier (within its error)."""
+    tasks = profile.tasks
+    return min((min(task.submitted, task.started) for task in tasks), default=profile.started)
 
 
 def _group(tasks: list[TaskRecord], origin: float
@@ -225,7 +232,7 @@ def png(profile: Profile) -> bytes | None:
 def chrome_trace(profile: Profile) -> dict[str, Any]:
     """The tasks as Chrome trace events: a thread per worker, a complete event per task."""
     tasks = profile.tasks
-    origin = min((task.submitted for task in tasks), default=profile.started)
+    origin = _origin(profile)
     events: list[dict[str, Any]] = [
         {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "sockpool"}}]
     events += [{"ph": "M", "name": "thread_name", "pid": 1, "tid": worker,
