@@ -147,6 +147,11 @@ def fit(x):
     return x
 
 cl = Cluster(n=2)
+print(repr(cl))  # a kernel runs cells in an event loop: the constructor still waits
+try:
+    Cluster(n=1, setup=lambda: 1 / 0)
+except Exception as exc:
+    print(type(exc).__name__)
 with cl.profile() as prof:
     cl.par_map(fit, range(10))
 """,
@@ -156,10 +161,14 @@ with cl.profile() as prof:
 ]
 
 
-def test_a_profile_and_a_cluster_render_as_html_in_a_notebook(tmp_path: Path) -> None:
+def test_a_cluster_starts_in_its_cell_and_renders_as_html_with_its_profile(tmp_path: Path) -> None:
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in HTML_CELLS])
     nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
+    printed = "".join(o.get("text", "") for o in notebook.cells[0].outputs
+                      if o.get("output_type") == "stream")
+    assert printed.splitlines()[:2] == ["<Cluster local: 2 of 2 workers, running>",
+                                        "LaunchError"]
     (profile,) = notebook.cells[1].outputs
     page = profile["data"]["text/html"]
     assert "<b>sockpool profile</b>: 10 tasks on 2 workers" in page

@@ -487,3 +487,12 @@ def test_switching_to_two_ssh_hosts_keeps_every_seeded_result(
         while (left := namespace_hosts.remote_processes()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not left, f"left running on the test hosts: {[p.pid for p in left]}"
+
+
+def test_the_oversubscription_warning_names_the_users_line_under_a_plan() -> None:
+    threads = sockpool.detect_cores(logical=False)  # 2 workers x all cores: oversubscribed
+    with (pytest.warns(UserWarning, match="threads on") as caught,
+          sockpool.plan(n=2, threads_per_worker=threads)):
+        assert sockpool.par_map(abs, [-1]) == [1]
+    assert [Path(w.filename).name for w in caught if "threads on" in str(w.message)] == [
+        Path(__file__).name]

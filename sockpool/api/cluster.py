@@ -30,7 +30,7 @@ from .calls import Calls
 from .cluster_options import check_cluster_options, choose_workers, warn_if_oversubscribed
 from .cluster_view import cluster_html
 from .lifetime import live_clusters, watch
-from .loops import in_event_loop, to_thread
+from .loops import may_block, to_thread
 from .map_options import MapOptions, check_callable, check_iterables, check_timeout
 from .profile import Profile
 from .seeding import CallSeeds
@@ -176,7 +176,7 @@ class Cluster(concurrent.futures.Executor):
         warm_up_capture()  # the first map's capture needs it; workers are starting meanwhile
         self._starting: tuple[int, float, int | None] | None = (
             wait_for, connect_timeout, min_workers)
-        if not in_event_loop():  # there, `async with` waits, without blocking the loop
+        if may_block():  # else `async with` waits, without blocking the event loop
             self._wait_started()
 
     def _wait_started(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -127,7 +128,18 @@ def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worke
             f"thread{'s' if threads > 1 else ''} each = {n_workers * threads} threads on "
             f"{physical} usable physical cores (hyper-threads do not count): they will slow "
             "each other down; use fewer workers or threads_per_worker", UserWarning,
-            stacklevel=3)
+            stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning from the caller of this point name the
+    first frame outside sockpool (the user's ``Cluster(...)``, ``Pool(...)`` or map
+    under a plan), however many sockpool frames lie between."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:

@@ -25,6 +25,17 @@ def in_event_loop() -> bool:
     return True
 
 
+def may_block() -> bool:
+    """Whether a blocking wait is right here: no event loop runs in this thread, or it is
+    a Jupyter kernel's, on which a cell's plain code runs as a script's would (a notebook's
+    ``cl = Cluster(n=2)`` returns with its workers started, or raises LaunchError)."""
+    if not in_event_loop():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 async def to_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking call in the event loop's default executor."""
     import asyncio
