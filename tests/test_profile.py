@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -217,6 +218,12 @@ def test_remote_workers_clocks_are_aligned_within_the_stated_error(
         time.sleep(1.0)  # a few probes: the offset comes from the best of them
         with cl.profile() as prof:
             readings = cl.par_map(task_clock, range(20), chunksize=1)
+        page = cl._repr_html_()  # remote workers report their own CPU and memory
+        rows = re.findall(r"<td>(sp-n\d)</td><td>\d+</td><td>\w+</td><td>(\d+)</td>"
+                          r"<td>[\d.]+ s</td><td>[\d.]+ [kMG]?B</td>", page)
+        assert sorted(host for host, _ in rows) == ["sp-n1", "sp-n2"]
+        assert sum(int(done) for _, done in rows) == 20
+    assert sorted(task.index for task in prof.tasks) == list(range(20))
     error = prof.clock_error
     # Half the best round trip of the last 8 over the namespaces' veth links: well under a
     # millisecond on a quiet machine, a few on one loaded many times over.
