@@ -106,3 +106,23 @@ def test_nothing_is_queued_behind_a_long_running_chunk() -> None:
     assigned = list(scheduler.assignments(now=101.0))
     assert [w for w, _ in assigned] == [2, 2]
     assert scheduler.load(1) == 1
+
+
+def test_nothing_is_queued_behind_chunks_known_to_run_long() -> None:
+    # 8 tasks of 0.5 s on 2 workers: once a chunk is seen to take 0.5 s, a worker
+    # that frees up gets one chunk, not a pair, so that the map ends 4/4, not 5/3.
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1)
+    scheduler.add_worker(2)
+    job = RecordingJob()
+    work = chunks(job, 8)
+    scheduler.submit(work)
+    first = list(scheduler.assignments(now=0.0))
+    assert [w for w, _ in first] == [1, 2, 1, 2]  # nothing known yet: prefetched
+    assert scheduler.complete(1, work[0].id, now=0.5) is work[0]
+    assert job.chunk_seconds == pytest.approx(0.5)
+    assert list(scheduler.assignments(now=0.5)) == []  # worker 1 runs work[2], holds nothing more
+    assert scheduler.complete(1, work[2].id, now=1.0) is work[2]
+    assert job.chunk_seconds == pytest.approx(0.5)  # from when work[0] ended, not when sent
+    assert [w for w, _ in scheduler.assignments(now=1.0)] == [1]
+    assert scheduler.load(1) == 1

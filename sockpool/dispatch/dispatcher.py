@@ -365,7 +365,7 @@ class Dispatcher:
         if record.setup_chunk is not None and head.ident == record.setup_chunk.id:
             self.admission.setup_result(record, payload)
             return
-        chunk = self.scheduler.complete(record.id, head.ident)
+        chunk = self.scheduler.complete(record.id, head.ident, time.monotonic())
         if chunk is None:
             return
         self.shared.finished(chunk)

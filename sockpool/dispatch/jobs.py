@@ -86,6 +86,9 @@ class Job:
         #: False: sent only to an idle worker, and nothing is queued behind it
         #: (joblib's batches, whose next one goes to whichever worker frees up).
         self.prefetch = True
+        #: How long its last chunk ran on a worker (the scheduler queues nothing
+        #: behind a job whose chunks run long).
+        self.chunk_seconds = 0.0
 
     def chunk(self, first_index: int, count: int, frames: list[Any], pinned: int | None = None
               ) -> Chunk:

@@ -4,8 +4,11 @@ Workers pull: each may hold up to ``prefetch`` chunks (the one it runs and the
 ones queued behind it), so a worker never waits on a round trip between two
 short chunks, and a fast worker comes back for more sooner than a slow one,
 which balances the load.  A worker whose current chunk has run longer than
-:data:`PREFETCH_HORIZON` gets nothing queued behind it: the next chunk waits
-here for whichever worker frees up first, rather than behind a long task.
+:data:`PREFETCH_HORIZON`, or whose job's last chunk took longer than that
+to run, gets nothing queued behind it: the next chunk waits here for whichever
+worker frees up first, rather than behind a long task (queued pairs of long
+chunks would leave one worker idle at the end of a map while the other runs
+both).
 Chunks pinned to a worker (``run_on_all``, ``setup``) go only there, first.
 A chunk with a time limit goes only to an idle worker, and nothing is queued
 behind it, so that its clock starts when it is sent; so does a chunk of a job
@@ -38,6 +41,7 @@ class Scheduler:
         self.pinned: dict[int, deque[Chunk]] = {}
         self.in_flight: dict[int, dict[int, Chunk]] = {}
         self.quota: dict[int, int] = {}  # tasks a worker may still be given, where limited
+        self._running_since: dict[int, float] = {}  # when a worker's oldest chunk began
 
     # -- workers ---------------------------------------------------------------------
 
@@ -61,6 +65,7 @@ class Scheduler:
         held = list(self.in_flight.pop(worker_id, {}).values())
         waiting = list(self.pinned.pop(worker_id, ()))
         self.quota.pop(worker_id, None)
+        self._running_since.pop(worker_id, None)
         return held, waiting
 
     @property
@@ -102,7 +107,8 @@ class Scheduler:
                 if depth:
                     oldest = next(iter(held.values()))
                     if (now - oldest.sent_at > PREFETCH_HORIZON or oldest.job.timeout
-                            or not oldest.job.prefetch):
+                            or not oldest.job.prefetch
+                            or oldest.job.chunk_seconds > PREFETCH_HORIZON):
                         continue  # busy with something long or timed: nothing behind it
                     if self.pending and (self.pending[0].job.timeout
                                          or not self.pending[0].job.prefetch):
@@ -111,6 +117,8 @@ class Scheduler:
                 if chunk is None:
                     continue
                 chunk.sent_at = now
+                if not held:
+                    self._running_since[worker_id] = now
                 held[chunk.id] = chunk
                 yield worker_id, chunk
 
@@ -140,9 +148,17 @@ class Scheduler:
         """Undo one assignment (the send failed)."""
         self.in_flight.get(worker_id, {}).pop(chunk.id, None)
 
-    def complete(self, worker_id: int, chunk_id: int) -> Chunk | None:
-        """A worker returned a chunk; None if it was not held (already written off)."""
-        return self.in_flight.get(worker_id, {}).pop(chunk_id, None)
+    def complete(self, worker_id: int, chunk_id: int, now: float | None = None
+                 ) -> Chunk | None:
+        """A worker returned a chunk (at ``now``, when given: then its job learns how long
+        its chunks run); None if it was not held (already written off)."""
+        held = self.in_flight.get(worker_id, {})
+        chunk = held.pop(chunk_id, None)
+        if chunk is not None and now is not None:
+            began = self._running_since.get(worker_id, chunk.sent_at)
+            chunk.job.chunk_seconds = now - max(began, chunk.sent_at)
+            self._running_since[worker_id] = now  # the next one it holds runs from now
+        return chunk
 
     def cancel(self, job: Job) -> tuple[list[Chunk], set[int]]:
         """Drop a job's waiting chunks; return them and the workers running the others."""
