@@ -23,6 +23,8 @@ from ..dispatch.profiling import ChunkRun
 
 #: Slowest tasks a summary lists.
 SLOWEST = 5
+#: Up to this many tasks, the chart outlines each bar.
+OUTLINED_BARS = 500
 #: Calls the chart's legend names (the rest share the colours, unnamed).
 LEGEND_CALLS = 10
 
@@ -176,15 +178,16 @@ def plot(profile: Profile, ax: Any = None) -> Any:
     calls = sorted({(task.call, task.function) for task in tasks})
     colours = plt.get_cmap("tab10")
     colour_of = {call: colours(number % 10) for number, (call, _) in enumerate(calls)}
+    # Outlined bars tell neighbours apart; thousands of outlines would paint a row black.
+    outline = "black" if len(tasks) <= OUTLINED_BARS else "none"
     for (worker, call, ok), bars in _group(tasks, origin).items():
         ax.broken_barh(bars, (rows[worker] - 0.4, 0.8), facecolors=colour_of[call],
-                       edgecolors="black" if ok else "red", linewidth=0.3 if ok else 1.0,
+                       edgecolors=outline if ok else "red", linewidth=0.3 if ok else 1.0,
                        hatch=None if ok else "//")
     ax.set_yticks(list(rows.values()),
                   [f"worker {worker} ({profile.workers[worker]})" for worker in rows])
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first task was handed over")
-    ax.set_xlim(left=0)
     handles = [Patch(facecolor=colour_of[call], label=f"call {call}: {function}")
                for call, function in calls[:LEGEND_CALLS]]
     if any(not task.ok for task in tasks):
