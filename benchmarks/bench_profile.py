@@ -14,23 +14,18 @@ recorded), so it has no row of its own.  No assertion on the numbers.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Callable
 from typing import Any
 
-from timing import burn, calibrate_burn, summary, timed
+from timing import burn, calibrate_burn, map_and_round_trip_arguments, summary, timed
 
 from sockpool import Cluster
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    args = parser.parse_args()
-    repeat, tasks, short = (2, 10_000, 100) if args.quick else (args.repeat, 100_000, 1000)
+    args = map_and_round_trip_arguments(__doc__.splitlines()[0])
+    repeat, tasks, short = args.repeat, args.tasks, args.tasks // 100
     iterations, one = calibrate_burn(0.001)
     print(f"{args.workers} workers; 1 ms task = burn({iterations}) measured {one * 1e3:.2f} ms; "
           f"{repeat} runs each, interleaved")

@@ -13,6 +13,21 @@ nbclient = pytest.importorskip("nbclient")
 
 pytestmark = pytest.mark.timeout(180)
 
+
+def run_cells(cells: list[str], directory: Path | None = None, *, allow_errors: bool = False
+              ) -> list[list[dict[str, object]]]:
+    """Run ``cells`` top to bottom in a real kernel; each cell's outputs."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    resources = {"metadata": {"path": str(directory)}} if directory is not None else {}
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3", resources=resources,
+                            allow_errors=allow_errors).execute()
+    return [cell.outputs for cell in notebook.cells]
+
+
+def stream_text(outputs: list[dict[str, object]]) -> str:
+    """What a cell printed (its stream outputs, in order)."""
+    return "".join(str(o.get("text", "")) for o in outputs if o.get("output_type") == "stream")
+
 CELLS = [
     # cell 0: data, a helper and the worker, as a teacher's notebook has them
     """
@@ -44,11 +59,8 @@ print(json.dumps([models, dynamic]))
 
 
 def test_notebook_cells_run_on_a_cluster(tmp_path: Path) -> None:
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
-    printed = "".join(o.get("text", "") for o in notebook.cells[1].outputs
-                      if o.get("output_type") == "stream")
+    outputs = run_cells(CELLS, tmp_path)
+    printed = stream_text(outputs[1])
     lines = printed.strip().splitlines()
     # The workers' prints, relayed into the cell that ran the map, in input order.
     assert lines[:3] == ["fitting setosa", "fitting versicolor", "fitting virginica"]
@@ -56,7 +68,7 @@ def test_notebook_cells_run_on_a_cluster(tmp_path: Path) -> None:
     assert models == [{"level": "setosa", "score": 6}, {"level": "versicolor", "score": 20},
                       {"level": "virginica", "score": 27}]
     assert dynamic == [6, 20, 27]
-    (report,) = notebook.cells[2].outputs
+    (report,) = outputs[2]
     assert "worker -&gt; fit_one -&gt; WEIGHTS" in report["data"]["text/html"]
     assert "worker -> fit_one -> WEIGHTS" in report["data"]["text/plain"]
 
@@ -93,11 +105,7 @@ def work(i):
 @pytest.fixture(scope="module")
 def seen() -> list[list[dict[str, object]]]:
     """The outputs of each cell of WHAT_A_USER_SEES, run in a real kernel."""
-    notebook = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(c) for c in WHAT_A_USER_SEES])
-    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            allow_errors=True).execute()
-    return [cell.outputs for cell in notebook.cells]
+    return run_cells(WHAT_A_USER_SEES, allow_errors=True)
 
 
 def shown(text: str) -> list[str]:
@@ -162,20 +170,17 @@ with cl.profile() as prof:
 
 
 def test_a_cluster_starts_in_its_cell_and_renders_as_html_with_its_profile(tmp_path: Path) -> None:
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in HTML_CELLS])
-    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
-    printed = "".join(o.get("text", "") for o in notebook.cells[0].outputs
-                      if o.get("output_type") == "stream")
+    outputs = run_cells(HTML_CELLS, tmp_path)
+    printed = stream_text(outputs[0])
     assert printed.splitlines()[:2] == ["<Cluster local: 2 of 2 workers, running>",
                                         "LaunchError"]
-    (profile,) = notebook.cells[1].outputs
+    (profile,) = outputs[1]
     page = profile["data"]["text/html"]
     assert "<b>sockpool profile</b>: 10 tasks on 2 workers" in page
     assert page.count("<tr>") == 3  # a header and a row per worker
     image = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert image is not None and len(image.group(1)) > 1000  # the timeline, inline
-    (cluster,) = notebook.cells[2].outputs
+    (cluster,) = outputs[2]
     table = cluster["data"]["text/html"]
     assert "&lt;Cluster local: 2 of 2 workers, running&gt;" in table
     rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]*)</td><td>(\d+)</td><td>(\w+)</td>"
