@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from joblib import Parallel, delayed
-from timing import burn, calibrate_burn, timed
+from timing import burn, calibrate_burn, summary, timed
 
 from sockpool import Cluster
 from sockpool.joblib import SockpoolBackend
@@ -30,11 +30,6 @@ from sockpool.joblib import SockpoolBackend
 def f(x: int) -> int:
     """The trivial task."""
     return x + 1
-
-
-def summary(samples: list[float], scale: float, unit: str) -> str:
-    med = statistics.median(samples) * scale
-    return f"{med:9.3f} {unit} (min {min(samples) * scale:.3f}, max {max(samples) * scale:.3f})"
 
 
 def main() -> None:
@@ -71,7 +66,7 @@ def main() -> None:
     for name in workloads:
         print(f"{name}:")
         for backend in ("sockpool", "loky"):
-            print(f"  {backend:<9} {summary(results[(name, backend)], 1.0, 's')}")
+            print(f"  {backend:<9} {summary(results[(name, backend)], 1e3, 'ms')}")
         ratio = (statistics.median(results[(name, "sockpool")])
                  / statistics.median(results[(name, "loky")]))
         print(f"  ratio sockpool / loky: {ratio:.2f}x\n")
