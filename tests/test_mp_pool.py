@@ -457,6 +457,35 @@ def test_a_callback_that_raises_is_reported_and_the_pool_goes_on(
     assert "callback broke" in capfd.readouterr().err
 
 
+def test_a_slow_callback_does_not_hold_up_a_result_without_one() -> None:
+    release = threading.Event()
+    with sockpool.Pool(2) as pool:  # multiprocessing's result thread would finish it first
+        held = pool.apply_async(square, (2,), callback=lambda _: release.wait(30))
+        held.wait(0.5)
+        try:
+            assert pool.apply_async(square, (3,)).get(timeout=10) == 9
+            assert not held.ready()  # its callback still runs
+        finally:
+            release.set()
+        assert held.get(timeout=10) == 4
+
+
+def test_a_pool_dropped_with_a_task_in_flight_ends_its_workers_once_it_is_done() -> None:
+    pool = sockpool.Pool(1)
+    workers = {w.pid for w in pool.cluster.workers}
+    dropped = weakref.ref(pool)
+    with pytest.warns(ResourceWarning, match="unclosed running"):
+        result = pool.apply_async(nap, (0.5, "done"))
+        del pool  # the result holds it until done: then it goes, from sockpool's I/O thread
+        assert result.get(timeout=30) == "done"
+        deadline = time.monotonic() + 10
+        while dropped() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.01)
+    assert dropped() is None
+    assert _gone(workers)
+
+
 def test_terminate_fails_unfinished_results_instead_of_hanging() -> None:
     called: list[Any] = []
     pool = sockpool.Pool(1)

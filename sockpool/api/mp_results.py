@@ -5,12 +5,17 @@ As in ``multiprocessing.pool``, one thread per pool (the *result handler*)
 completes asynchronous results in the order their outcomes arrive: it runs the
 ``callback`` or ``error_callback`` first, then marks the result ready, so that
 callbacks never run at the same time as each other, never on sockpool's I/O
-thread, and have run by the time ``get()`` returns.
+thread, and have run by the time ``get()`` returns.  An ``apply_async`` result
+with neither callback is settled where its future completes instead: no user
+code runs there, its ``get()`` is spared a thread hand-off (the largest part of
+the drop-in's own cost in a round trip), and a slow callback elsewhere does not
+hold it up.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import multiprocessing
 import queue
 import sys
@@ -192,11 +197,17 @@ class MapResult(ApplyResult[list[T]]):
 
 def settle_from_future(result: ApplyResult[Any], handler: ResultHandler) -> Callable[
         [Future[Any]], None]:
-    """A ``Future`` done-callback that hands the outcome to the result handler.
+    """A ``Future`` done-callback that settles ``result`` with the future's outcome.
 
-    It runs on sockpool's I/O thread (or at once, for a future already done):
-    it only posts, so that the user's callback runs on the handler thread.
+    It runs on sockpool's I/O thread (or at once, for a future already done).
+    With a callback to run, it only posts to the result handler, so that the
+    user's callback runs there, in turn.  Without one, it settles the result
+    at once: setting an event, and at most (the pool's last result dropped, or
+    a closed pool's last task done) closing the cluster, which the I/O thread
+    may do without waiting on itself.
     """
+    if result._callback is None and result._error_callback is None:
+        return functools.partial(_apply_future, result)
 
     def done(future: Future[Any]) -> None:
         handler.post(lambda: _apply_future(result, future))
