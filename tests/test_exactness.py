@@ -145,17 +145,89 @@ def test_tasks_of_the_dying_chunk_that_never_started_run_elsewhere(
             assert ran == Counter(range(10)), ran
 
 
-def test_a_task_finished_in_the_chunk_its_worker_died_in_is_failed_not_rerun(
-        hogs: None, tmp_path: Path) -> None:
-    # The documented bound: task 4 finished, but its result was still in the
-    # worker, in the same chunk as task 5, which killed it.  It is not run twice.
+@pytest.mark.parametrize("how", ["exit", "sigkill", "segfault"])
+def test_a_task_finished_in_the_chunk_its_worker_died_in_is_delivered(
+        hogs: None, tmp_path: Path, how: str) -> None:
+    # Default chunks of range(10) on 2 workers: [0, 1], [2, 3], [4, 5], ...: task 4
+    # finished in the chunk that task 5 killed.  Its result was kept in the
+    # worker's progress log, so it is delivered, and nothing runs twice.
+    with Cluster(n=2) as cl:
+        for _ in range(ROUNDS):
+            wait_for_workers(cl, 2)
+            results, ran = run_map(cl, how, tmp_path, doomed=5)
+            assert isinstance(results[5], WorkerLostError) and "task 5" in str(results[5])
+            assert [r for i, r in enumerate(results) if i != 5] == [
+                i * 10 for i in range(10) if i != 5], results
+            assert ran == Counter(range(10)), ran
+
+
+@pytest.mark.parametrize("how", ["exit", "segfault"])
+def test_with_retries_only_the_task_it_died_in_runs_again(
+        hogs: None, tmp_path: Path, how: str) -> None:
     with Cluster(n=2) as cl:
         for _ in range(3):
             wait_for_workers(cl, 2)
-            results, ran = run_map(cl, "exit", tmp_path, doomed=5)
-            assert isinstance(results[4], WorkerLostError) and "finished" in str(results[4])
-            assert isinstance(results[5], WorkerLostError) and "task 5" in str(results[5])
-            assert [r for i, r in enumerate(results) if i not in (4, 5)] == [
-                i * 10 for i in range(10) if i not in (4, 5)]
-            assert ran == Counter(range(10)), ran
+            results, ran = run_map(cl, how, tmp_path, doomed=5, retries=1)
+            assert results == [i * 10 for i in range(10)]
+            assert ran == Counter([*range(10), 5]), ran
 
+
+def long_chunk_task(log: str) -> Callable[[int], int]:
+    def task(i: int) -> int:
+        with open(log, "a") as stream:
+            stream.write(f"{i}\n")
+        time.sleep(0.01)
+        if i == 22:
+            raise KeyError(i)
+        if i == 25:
+            os._exit(3)
+        return i * 10
+
+    return task
+
+
+@pytest.mark.parametrize("seed", [None, 7], ids=["unseeded", "seeded"])
+def test_every_finished_task_of_a_long_chunk_is_delivered_with_its_exception(
+        hogs: None, tmp_path: Path, seed: int | None) -> None:
+    # Chunks of 10: tasks 20..24 finished (22 by raising) before 25 killed the worker.
+    log = tmp_path / "log"
+    with Cluster(n=2) as cl:
+        for _ in range(3):
+            log.write_text("")
+            wait_for_workers(cl, 2)
+            results = cl.par_map(long_chunk_task(str(log)), range(40), chunksize=10,
+                                 errors="return", seed=seed)
+            assert isinstance(results[22], KeyError) and results[22].args == (22,)
+            assert isinstance(results[25], WorkerLostError) and "task 25" in str(results[25])
+            assert [r for i, r in enumerate(results) if i not in (22, 25)] == [
+                i * 10 for i in range(40) if i not in (22, 25)], results
+            assert lines(log) == Counter(range(40))
+
+
+def unpicklable_then_dying(log: str) -> Callable[[int], Any]:
+    def task(i: int) -> Any:
+        with open(log, "a") as stream:
+            stream.write(f"{i}\n")
+        time.sleep(0.01)
+        if i == 2:
+            os._exit(3)
+        return threading.Lock() if i == 0 else i * 10
+
+    return task
+
+
+def test_a_result_that_cannot_be_kept_says_it_finished_and_died_unsent(tmp_path: Path) -> None:
+    # The stated bound: task 0's result cannot be pickled, so nothing after it in
+    # its chunk is kept; task 1 finished, but its result died with the worker.
+    log = tmp_path / "log"
+    log.write_text("")
+    with Cluster(n=1) as cl:
+        results = cl.par_map(unpicklable_then_dying(str(log)), range(4), chunksize=4,
+                             errors="return")
+    for index in (0, 1):
+        assert isinstance(results[index], WorkerLostError), results
+        assert str(results[index]).startswith("tasks 0..1 finished on worker 0"), results
+        assert "before their results were sent" in str(results[index])
+    assert isinstance(results[2], WorkerLostError) and "task 2" in str(results[2])
+    assert results[3] == 30
+    assert lines(log) == Counter(range(4))

@@ -4,7 +4,8 @@ The wire protocol (:mod:`.protocol`), turning objects into frames and back
 (:mod:`.codec`), shared memory for large buffers (:mod:`.shm`), the worker's
 launch configuration (:mod:`.config`), the seeding rule (:mod:`.rng`), the
 namespaces of bound functions (:mod:`.namespace`), process helpers
-(:mod:`.proc`), the task wrapper of ``Pool.imap`` (:mod:`.calls`) and whether
+(:mod:`.proc`), the task wrapper of ``Pool.imap`` (:mod:`.calls`), the layout of
+a local worker's progress page and result log (:mod:`.progress_log`) and whether
 this process is a worker (:mod:`.role`).  Every
 worker loads it, so nothing here is master-only.  This
 ``__init__`` imports nothing, so that importing one of its modules stays cheap.

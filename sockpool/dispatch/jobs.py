@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from ..capture.pickling import FunctionPayload
 from ..common import codec
+from ..common.progress_log import Record
 from ..common.protocol import Flag
 from ..errors import ClusterClosedError, RemoteError
 from . import output as relay
@@ -58,8 +59,11 @@ class Chunk:
     #: Its tasks before this offset were settled when a worker died running the
     #: chunk; the next worker runs it from here (TASK's ``skip``).
     resume: int = 0
-    #: What those tasks came to: ``(start, end, error)`` offsets, each task of the range failed.
+    #: What those tasks came to: ``(start, end, error)`` offsets, each task of the range failed,
     settled: list[tuple[int, int, BaseException]] = field(default_factory=list)
+    #: and the results of those that finished, read from the dead worker's log
+    #: (unpickled by the caller's thread, as a RESULT is).
+    recovered: list[Record] = field(default_factory=list)
 
 
 class TaskFailure(NamedTuple):
@@ -130,8 +134,8 @@ class Outcome(NamedTuple):
 def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> Outcome:
     """Unpickle a RESULT: values, each failed task's rebuilt exception, time and output.
 
-    The tasks a chunk settled when a worker died running it (``chunk.settled``)
-    come first; the RESULT holds those from ``chunk.resume`` on.
+    The tasks a chunk settled when a worker died running it (``chunk.settled``,
+    ``chunk.recovered``) come first; the RESULT holds those from ``chunk.resume`` on.
     """
     if not chunk.resume and not chunk.settled and payload is not None:
         return _decode(chunk, label, payload, chunk.first_index, chunk.count)
@@ -142,9 +146,17 @@ def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload | None) ->
                        chunk.count - chunk.resume)
         head = Outcome([None] * chunk.resume + rest.values, rest.failures, rest.seconds,
                        rest.output)
-    settled = [TaskFailure(chunk.first_index + offset, error)
-               for start, end, error in chunk.settled for offset in range(start, end)]
-    return head._replace(failures=settled + head.failures)
+    values = head.values
+    settled: list[TaskFailure] = []
+    for record in chunk.recovered:
+        kept = _decode(chunk, label, (memoryview(record.frames[0]), record.frames[1:]),
+                       chunk.first_index + record.first, record.tasks)
+        values[record.first:record.first + record.tasks] = kept.values
+        settled += kept.failures
+    settled += [TaskFailure(chunk.first_index + offset, error)
+                for start, end, error in chunk.settled for offset in range(start, end)]
+    settled.sort(key=lambda failure: failure.task_index)
+    return head._replace(values=values, failures=settled + head.failures)
 
 
 def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int,

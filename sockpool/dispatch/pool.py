@@ -367,11 +367,14 @@ class WorkerPool:
     def _resume(self, record: WorkerRecord, chunk: Chunk, how: str, tail: str) -> None:
         """Settle what a lost worker finished and died in; requeue the rest of the chunk.
 
-        With ``retries`` left, the chunk reruns from its first task whose result
-        is not here (what finished in it died unsent, and the task it died in).
+        The results it kept in its log are delivered.  With ``retries`` left,
+        the chunk reruns from its first task whose result is not here (one that
+        finished too late to be kept, and the task it died in).
         """
         assert record.progress is not None
-        start, end = record.progress.where(chunk)
+        progress = record.progress.where(chunk)
+        chunk.recovered += progress.records
+        chunk.resume, start, end = progress.kept, progress.start, progress.end
         if end > chunk.resume and chunk.attempts < chunk.job.retries:
             chunk.attempts += 1
         elif end > chunk.resume:

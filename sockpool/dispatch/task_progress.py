@@ -1,33 +1,49 @@
-"""Reading a local worker's progress page: how far a chunk got when its worker died.
+"""Reading a local worker's progress page: how far its chunk got when it died, and its results.
 
-The worker notes in a page of memory (see :mod:`sockpool.worker.progress`)
-which tasks of its chunk may be running; the master maps the page when the
-worker says HELLO and reads it once the process is gone, so that it fails the
-running task only, requeues the tasks that never started, and never runs a
-task twice.
+The worker notes in a memfd (layout: :mod:`sockpool.common.progress_log`)
+which tasks of its chunk may be running, and keeps the results of those it
+finished in the log after the page.  The master opens it when the worker says
+HELLO, keeps it open, and reads it once the process is gone, so that it
+delivers what finished, fails the running task only, requeues the tasks that
+never started, and never runs a task twice.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import struct
+from typing import NamedTuple
 
+from ..common.progress_log import NAME, PAGE, Record, parse_records
 from .jobs import Chunk
 
-_PAGE = struct.Struct("<QQQ")
-_NAME = "/memfd:sockpool.progress"
+_LINK = f"/memfd:{NAME}"
+
+
+class ChunkProgress(NamedTuple):
+    """How far a chunk got on a worker that is gone, as offsets in the chunk.
+
+    Tasks before ``kept`` finished and their results are in ``records``; from
+    ``kept`` to ``start`` they finished but their results died with the worker;
+    from ``start`` to ``end`` one was running; from ``end`` on none started.
+    """
+
+    records: list[Record]
+    kept: int
+    start: int
+    end: int
 
 
 class ProgressPage:
-    """A read-only mapping of one worker's progress page."""
+    """One worker's progress page (mapped read-only) and its result log (read once)."""
 
-    def __init__(self, mapping: mmap.mmap) -> None:
+    def __init__(self, fd: int, mapping: mmap.mmap) -> None:
+        self._fd = fd  # kept open: the log outlives the worker only through it
         self._mapping = mapping
 
     @classmethod
     def open(cls, description: object) -> ProgressPage | None:
-        """Map the page a HELLO named (``pid:fd``); None if it is not one, or unreachable."""
+        """Open the page a HELLO named (``pid:fd``); None if it is not one, or unreachable."""
         if not isinstance(description, str):
             return None
         try:
@@ -37,29 +53,48 @@ class ProgressPage:
         except (ValueError, OSError):
             return None
         try:
-            if (os.readlink(path).removesuffix(" (deleted)") != _NAME
-                    or os.fstat(handle).st_size != mmap.PAGESIZE):
-                return None
-            return cls(mmap.mmap(handle, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ))
+            if (os.readlink(path).removesuffix(" (deleted)") != _LINK
+                    or os.fstat(handle).st_size < mmap.PAGESIZE):
+                raise OSError("not a progress page")
+            page = cls(handle, mmap.mmap(handle, mmap.PAGESIZE, mmap.MAP_SHARED,
+                                         mmap.PROT_READ))
         except OSError:
-            return None
-        finally:
             os.close(handle)
+            return None
+        return page
 
     def close(self) -> None:
-        """Unmap it (the mapping holds a descriptor of its own)."""
+        """Unmap it and close it."""
         self._mapping.close()
+        os.close(self._fd)
 
-    def where(self, chunk: Chunk) -> tuple[int, int]:
-        """``(start, end)``: the chunk's tasks before start finished, from end on never started.
+    def where(self, chunk: Chunk) -> ChunkProgress:
+        """How far ``chunk`` got.  Read once the worker is gone.
 
-        Read once the worker is gone.  A page naming another chunk means this one
-        never started (the worker runs its chunks in order, and starts none while
-        a RESULT it sent may be unreceived).
+        A page naming another chunk means this one never started (the worker
+        runs its chunks in order, and starts none while a RESULT it sent may be
+        unreceived).
         """
-        ident, start, end = _PAGE.unpack_from(self._mapping)
+        ident, start, end, log_bytes = PAGE.unpack_from(self._mapping)
         if ident != chunk.id:
-            return chunk.resume, chunk.resume
-        start = max(chunk.resume, min(start, chunk.count))
-        return start, max(start, min(end, chunk.count))
+            return ChunkProgress([], chunk.resume, chunk.resume, chunk.resume)
+        records = self._records(chunk, log_bytes)
+        kept = records[-1].first + records[-1].tasks if records else chunk.resume
+        start = max(kept, min(start, chunk.count))
+        return ChunkProgress(records, kept, start, max(start, min(end, chunk.count)))
 
+    def _records(self, chunk: Chunk, log_bytes: int) -> list[Record]:
+        """The log's records that continue the chunk from ``chunk.resume``, in order."""
+        try:
+            log = os.pread(self._fd, log_bytes, mmap.PAGESIZE) if log_bytes else b""
+        except OSError:
+            return []
+        records = []
+        expected = chunk.resume
+        for record in parse_records(log):
+            if record.first != expected or record.tasks < 1 or (
+                    record.first + record.tasks > chunk.count):
+                break
+            records.append(record)
+            expected += record.tasks
+        return records

@@ -1,37 +1,54 @@
-"""How far the running chunk has got, in a page of memory the master maps (same host).
+"""How far the running chunk got, and what it finished, in memory the master can read (same host).
 
-The master reads it only after the worker died, to tell the tasks of the chunk
-that finished (their results died with the process) from the ones that were
-running (they fail, or are retried) and the ones that never started (they run
-elsewhere).  A page is ``chunk id, start, end`` (u64 each): tasks of that
-chunk before ``start`` finished, those from ``end`` on never started, and one
-in between was running.  Writing it costs a few stores per slice of tasks, not
-per task (see :mod:`.runner`).
+The master reads it only after the worker died: the results of the tasks the
+chunk finished are delivered from it (they would otherwise die with the
+process), the task that was running fails (or is retried), and the tasks
+that never started run elsewhere.  Its layout: :mod:`sockpool.common.progress_log`.
+
+Writing it costs a few stores per slice of tasks, and one pickle and one
+``pwrite`` per slice that has tasks after it (see :mod:`.runner`), not per task.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Sequence
+from typing import Any
 
-#: ``end`` when the chunk's length is not known yet (its payload is loading).
-TO_THE_END = (1 << 64) - 1
-#: The name the master checks before it maps the page.
-NAME = "sockpool.progress"  # not "sockpool-": that names shared-memory segments
+from ..common.progress_log import NAME, TO_THE_END, record_header
+
+__all__ = ["TO_THE_END", "Progress", "create"]
+
+#: A chunk keeps no more than this in its log; results beyond it die with the
+#: worker as before (the master says so), rather than double a huge result's memory.
+LOG_LIMIT = 256 * 1024 * 1024
+#: Above this, the log's memory is given back when the next chunk starts.
+LOG_KEEP = 4 * 1024 * 1024
 
 
 class Progress:
-    """This worker's progress page (Linux memfd); :meth:`describe` names it in the HELLO."""
+    """This worker's progress page and result log; :meth:`describe` names it in the HELLO."""
 
     def __init__(self) -> None:
         self.fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
         os.ftruncate(self.fd, mmap.PAGESIZE)
         self._map = mmap.mmap(self.fd, mmap.PAGESIZE)
         self._words = memoryview(self._map).cast("Q")
+        self._log_bytes = 0  # of the running chunk
+        self._file_bytes = mmap.PAGESIZE
 
     def describe(self) -> str:
         """``pid:fd``, for the master to open ``/proc/pid/fd/fd``."""
         return f"{os.getpid()}:{self.fd}"
+
+    def begin(self, chunk: int, start: int) -> None:
+        """A chunk starts at task ``start``: its log is empty; any task from there on may run."""
+        self._words[3] = self._log_bytes = 0  # before the id: a record never names the wrong chunk
+        if self._file_bytes > mmap.PAGESIZE + LOG_KEEP:
+            os.ftruncate(self.fd, mmap.PAGESIZE)
+            self._file_bytes = mmap.PAGESIZE
+        self.mark(chunk, start, TO_THE_END)
 
     def mark(self, chunk: int, start: int, end: int) -> None:
         """Tasks ``[start, end)`` of ``chunk`` may be running; those before finished."""
@@ -39,6 +56,31 @@ class Progress:
         words[0] = chunk
         words[1] = start
         words[2] = end
+
+    def keep(self, first: int, count: int, frames: Sequence[Any]) -> bool:
+        """Append the packed results of ``count`` finished tasks from ``first`` on.
+
+        False when the log would grow past :data:`LOG_LIMIT` (nothing is written).
+        """
+        header = record_header(first, count, frames)
+        size = len(header) + sum(memoryview(frame).nbytes for frame in frames)
+        if self._log_bytes + size > LOG_LIMIT:
+            return False
+        offset = mmap.PAGESIZE + self._log_bytes
+        for part in (header, *frames):
+            offset = _write_all(self.fd, memoryview(part).cast("B"), offset)
+        self._log_bytes += size
+        self._file_bytes = max(self._file_bytes, offset)
+        self._words[3] = self._log_bytes  # last: the master reads only whole records
+        return True
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> int:
+    """``pwrite`` all of ``data`` at ``offset``; the offset after it."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+    return offset
 
 
 def create() -> Progress | None:

@@ -22,7 +22,7 @@ from ..common import codec, protocol, rng, shm
 from ..common.config import WorkerConfig
 from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from .functions import FunctionCache
-from .progress import TO_THE_END, Progress
+from .progress import Progress
 from .relay import WorkerRelay
 from .results import Errors, ResultPacker
 from .state import Interrupted, WorkerState
@@ -31,9 +31,10 @@ from .usage import resident_bytes
 #: Sends a message's frames on the data connection (its owner, the main thread).
 Send = Callable[[list[Any]], None]
 
-#: A map's tasks run in slices, the progress page marked before each: a slice
-#: doubles while the last one took less than this (seconds), so slow tasks run
-#: one per slice (their progress is exact) and trivial ones pay almost nothing.
+#: A map's tasks run in slices, the progress page marked before each and the
+#: slice's results kept in its log after (when tasks follow it): a slice doubles
+#: while the last one took less than this (seconds), so slow tasks run one per
+#: slice (their progress is exact) and trivial ones pay almost nothing.
 SLICE_SECONDS = 0.001
 
 
@@ -55,7 +56,8 @@ class ChunkRunner:
         released: where the serials of the master's segments whose mappings
             here are gone are queued (any thread appends).
         send: sends OUTPUT frames ahead of the RESULT.
-        progress: the page that tells the master how far a chunk got, or None.
+        progress: the page that tells the master how far a chunk got, and keeps
+            what it finished, or None.
     """
 
     def __init__(self, config: WorkerConfig, state: WorkerState, functions: FunctionCache,
@@ -64,6 +66,9 @@ class ChunkRunner:
         self.state = state
         self.progress = progress
         self._skip = 0  # tasks of the running chunk settled before it came here
+        # Its results kept in the progress log so far: tasks and errors (see _keep).
+        self._kept = self._kept_errors = 0
+        self._keeping = False
         self._times: TaskTimes | None = None  # when its tasks ran, if it is profiled
         self.functions = functions
         self.serializer = config.serializer
@@ -87,8 +92,10 @@ class ChunkRunner:
         try:
             task = protocol.parse_task(body)
             self._skip = task.skip
+            self._kept = self._kept_errors = 0
+            self._keeping = progress is not None and not flags & Flag.CALL
             if progress is not None:  # loading may run code: count it as the tasks' own
-                progress.mark(head.ident, task.skip, TO_THE_END)
+                progress.begin(head.ident, task.skip)
             split = task.fn_buffers
             fn = self.functions.load(task.digest, task.fn_inband, buffers[:split])
             arguments = buffers[split:]
@@ -161,6 +168,7 @@ class ChunkRunner:
                 progress.mark(chunk, skip + start, skip + end)
             began = perf_counter()
             wall = time.time() if times is not None else 0.0
+            failed = False
             try:
                 values.extend(call_all(fn, itertools.islice(items, start, end)))
             except Interrupted:
@@ -170,11 +178,38 @@ class ChunkRunner:
                 values.append(None)
                 if stop_on_error:
                     return
-                continue
+                failed = True
             finally:  # the slice's span: what ran of it, the failing task included
                 if times is not None:
                     add_span(times, wall, len(values) - start)
-            size = size * 2 if perf_counter() - began < SLICE_SECONDS else max(1, size // 2)
+            if len(values) < total:  # (the RESULT carries the last slice)
+                self._keep(values, errors)
+            if not failed:
+                size = size * 2 if perf_counter() - began < SLICE_SECONDS else max(1, size // 2)
+
+    def _keep(self, values: list[Any], errors: Errors) -> None:
+        """Keep the results finished since the last call in the progress log, so that
+        they reach the master even if this process dies before the RESULT is out.
+
+        Stops keeping for the rest of the chunk once a value cannot be pickled
+        or the log is full: the log stays one run of tasks from the chunk's start.
+        """
+        if not self._keeping or self._kept == len(values):
+            return
+        assert self.progress is not None
+        start, stop = self._kept, len(values)
+        failed = [(offset - start, packed) for offset, packed in errors[self._kept_errors:]]
+        try:
+            frames = codec.dumps((values[start:stop], failed, 0.0, None), self.serializer)
+        except Interrupted:
+            raise
+        except BaseException:  # its own task fails in the RESULT, if it comes to that
+            self._keeping = False
+            return
+        if not self.progress.keep(self._skip + start, stop - start, frames):
+            self._keeping = False
+            return
+        self._kept, self._kept_errors = stop, len(errors)
 
     def _chunk_id(self) -> int:
         return self._chunk.ident if self._chunk is not None else 0
@@ -186,8 +221,12 @@ class ChunkRunner:
         entropy, key = task.seed
         calls = [items] if flags & Flag.CALL else items
         progress, chunk, skip = self.progress, self._chunk_id(), task.skip
+        kept_at = perf_counter()
         try:
             for offset, item in enumerate(calls):
+                if offset and perf_counter() - kept_at >= SLICE_SECONDS:
+                    self._keep(values, errors)  # what finished in the last slice's time
+                    kept_at = perf_counter()
                 if progress is not None:
                     progress.mark(chunk, skip + offset, skip + offset + 1)
                 rng.seed_task(entropy, (*key, task.first_index + skip + offset))

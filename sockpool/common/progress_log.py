@@ -1,0 +1,65 @@
+"""The layout of a local worker's progress page and result log, which master and worker share.
+
+A worker writes it as its chunk runs (:mod:`sockpool.worker.progress`); the
+master reads it once the worker is gone (:mod:`sockpool.dispatch.task_progress`).
+It is one Linux memfd named :data:`NAME`.  Its first page holds :data:`PAGE`:
+``chunk id, start, end, log bytes`` — tasks of that chunk before ``start``
+finished, those from ``end`` on never started, one in between was running.
+After the page comes the result log: records of finished tasks' results, each
+:data:`RECORD` (``first, count, frames``), the frames' lengths (u64 each), then
+the frames, which unpickle as a RESULT does, to ``(values, errors, 0.0, None)``,
+offsets relative to ``first``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+#: The memfd's name (``/proc/PID/fd/N`` links to ``/memfd:NAME (deleted)``);
+#: not "sockpool-", which names shared-memory segments.
+NAME = "sockpool.progress"
+#: ``end`` when the chunk's length is not known yet (its payload is loading).
+TO_THE_END = (1 << 64) - 1
+#: The page's words: chunk id, start, end, and the bytes of the result log.
+PAGE = struct.Struct("<QQQQ")
+#: A log record's head: the chunk offset of its first task, its task count,
+#: and how many frames follow (their lengths come next).
+RECORD = struct.Struct("<QQQ")
+_SIZE = struct.Struct("<Q")
+
+
+class Record(NamedTuple):
+    """Finished tasks ``[first, first + tasks)`` of a chunk and their packed results."""
+
+    first: int
+    tasks: int
+    frames: list[bytes]
+
+
+def record_header(first: int, count: int, frames: Sequence[Any]) -> bytes:
+    """The bytes before a record's frames."""
+    sizes = [memoryview(frame).nbytes for frame in frames]
+    return RECORD.pack(first, count, len(sizes)) + struct.pack(f"<{len(sizes)}Q", *sizes)
+
+
+def parse_records(log: bytes) -> list[Record]:
+    """The whole records in ``log``; a torn or malformed tail is left out."""
+    records: list[Record] = []
+    offset = 0
+    while offset + RECORD.size <= len(log):
+        first, count, n_frames = RECORD.unpack_from(log, offset)
+        offset += RECORD.size
+        if offset + n_frames * _SIZE.size > len(log):
+            break
+        sizes = struct.unpack_from(f"<{n_frames}Q", log, offset)
+        offset += n_frames * _SIZE.size
+        if offset + sum(sizes) > len(log):
+            break
+        frames = []
+        for size in sizes:
+            frames.append(log[offset:offset + size])
+            offset += size
+        records.append(Record(first, count, frames))
+    return records
