@@ -54,6 +54,8 @@ class WorkerConfig:
     watch_stdin: bool = False  #: end of stdin means the master is gone (local workers)
     parent_pid: int | None = None  #: die with this process (Linux's parent-death signal)
     sys_path: tuple[str, ...] = field(default=())  #: put first on the worker's import path
+    #: the progress memfd its host's agent made and reads once it ends (remote workers)
+    progress_fd: int | None = None
 
     def replace(self, **changes: Any) -> WorkerConfig:
         """A copy with some fields changed (a launcher adding what it knows)."""

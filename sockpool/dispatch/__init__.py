@@ -4,7 +4,8 @@
 the steps of closing; other threads reach it through its public methods, which
 post commands to its :mod:`.mailbox`.  :mod:`.pool` starts, watches, replaces
 and stops the worker processes (:mod:`.records` is what it knows of each,
-:mod:`.admission` lets them in, :mod:`.clock` aligns their clocks);
+:mod:`.admission` lets them in, :mod:`.clock` aligns their clocks,
+:mod:`.task_progress` reads how far a dead worker's chunk got, and its results);
 :mod:`.scheduler` decides which worker gets which chunk of which
 :mod:`.jobs`; :mod:`.transport` is the ROUTER socket (ipc, or TCP with CURVE);
 :mod:`.sharing` moves large buffers through shared memory; :mod:`.output`

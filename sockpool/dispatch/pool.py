@@ -34,6 +34,7 @@ from .records import (
 )
 from .scheduler import Scheduler
 from .sharing import SharedTransfers
+from .task_progress import ProgressPage
 from .transport import MasterSocket
 
 #: How often processes are polled when no pidfd tells us they ended.
@@ -345,9 +346,11 @@ class WorkerPool:
             if output_tail:
                 tail = f"{output_tail}\n{tail}" if tail else output_tail
             chunk.output = []
-        # A local worker's progress page tells how far its chunk got: only the
-        # task it died in fails (or is retried); the rest is settled or requeued.
-        # Read only once the process is gone (one just killed may still move on).
+        # A worker's progress page tells how far its chunk got: only the task it
+        # died in fails (or is retried); the rest is settled or requeued.  Read
+        # only once the process is gone (one just killed may still move on).
+        if record.progress is None:  # a remote worker's host may have read it for us
+            record.progress = ProgressPage.reported(record.process)
         measured = [chunk for chunk in running if record.progress is not None
                     and chunk.pinned is None and chunk is not record.timed_out
                     and record.process.poll() is not None]

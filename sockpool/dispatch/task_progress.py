@@ -5,7 +5,9 @@ which tasks of its chunk may be running, and keeps the results of those it
 finished in the log after the page.  The master opens it when the worker says
 HELLO, keeps it open, and reads it once the process is gone, so that it
 delivers what finished, fails the running task only, requeues the tasks that
-never started, and never runs a task twice.
+never started, and never runs a task twice.  A remote worker's host agent
+reads it instead, and reports it with the worker's exit
+(:meth:`~sockpool.launchers.base.WorkerProcess.progress_report`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from typing import NamedTuple
 
 from ..common.progress_log import NAME, PAGE, Record, parse_records
+from ..launchers.base import WorkerProcess
 from .jobs import Chunk
 
 _LINK = f"/memfd:{NAME}"
@@ -35,11 +38,20 @@ class ChunkProgress(NamedTuple):
 
 
 class ProgressPage:
-    """One worker's progress page (mapped read-only) and its result log (read once)."""
+    """One worker's progress page and result log: a local worker's mapped
+    read-only and read once it is gone, or what a remote one's host reported."""
 
-    def __init__(self, fd: int, mapping: mmap.mmap) -> None:
+    def __init__(self, fd: int | None, mapping: mmap.mmap | None,
+                 report: tuple[bytes, bytes] | None = None) -> None:
         self._fd = fd  # kept open: the log outlives the worker only through it
         self._mapping = mapping
+        self._report = report
+
+    @classmethod
+    def reported(cls, process: WorkerProcess) -> ProgressPage | None:
+        """What the host of a remote worker that ended read for the master; None if nothing."""
+        report = process.progress_report() if process.poll() is not None else None
+        return cls(None, None, report) if report is not None else None
 
     @classmethod
     def open(cls, description: object) -> ProgressPage | None:
@@ -65,8 +77,10 @@ class ProgressPage:
 
     def close(self) -> None:
         """Unmap it and close it."""
-        self._mapping.close()
-        os.close(self._fd)
+        if self._mapping is not None:
+            self._mapping.close()
+        if self._fd is not None:
+            os.close(self._fd)
 
     def where(self, chunk: Chunk) -> ChunkProgress:
         """How far ``chunk`` got.  Read once the worker is gone.
@@ -75,7 +89,14 @@ class ProgressPage:
         runs its chunks in order, and starts none while a RESULT it sent may be
         unreceived).
         """
-        ident, start, end, log_bytes = PAGE.unpack_from(self._mapping)
+        if self._report is not None:
+            words = self._report[0]
+            if len(words) != PAGE.size:
+                return ChunkProgress([], chunk.resume, chunk.resume, chunk.count)
+            ident, start, end, log_bytes = PAGE.unpack(words)
+        else:
+            assert self._mapping is not None
+            ident, start, end, log_bytes = PAGE.unpack_from(self._mapping)
         if ident != chunk.id:
             return ChunkProgress([], chunk.resume, chunk.resume, chunk.resume)
         records = self._records(chunk, log_bytes)
@@ -85,10 +106,14 @@ class ProgressPage:
 
     def _records(self, chunk: Chunk, log_bytes: int) -> list[Record]:
         """The log's records that continue the chunk from ``chunk.resume``, in order."""
-        try:
-            log = os.pread(self._fd, log_bytes, mmap.PAGESIZE) if log_bytes else b""
-        except OSError:
-            return []
+        if self._report is not None:
+            log = self._report[1][:log_bytes]
+        else:
+            try:
+                assert self._fd is not None
+                log = os.pread(self._fd, log_bytes, mmap.PAGESIZE) if log_bytes else b""
+            except OSError:
+                return []
         records = []
         expected = chunk.resume
         for record in parse_records(log):

@@ -69,6 +69,12 @@ class WorkerProcess(abc.ABC):
         """How the process ended, in words."""
         return describe_exit(self.poll())
 
+    def progress_report(self) -> tuple[bytes, bytes] | None:
+        """What the worker's host read of its progress page and result log once it
+        ended: ``(page words, log)``; None where the master reads them itself (a
+        local worker) or nobody could (see :mod:`sockpool.common.progress_log`)."""
+        return None
+
     def close(self) -> None:
         """Release the handle's resources (after the process ended)."""
 

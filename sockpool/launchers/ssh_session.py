@@ -7,6 +7,8 @@ reports (``hello``, ``alive``, ``exit``), read by one thread per session.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import shlex
@@ -45,6 +47,7 @@ class HostSession:
         self.log_path = log_path
         self.hello: dict[str, Any] | None = None
         self.exits: dict[int, tuple[int, str, str]] = {}  # id: (status, stderr tail, how)
+        self.progress: dict[int, tuple[bytes, bytes]] = {}  # id: (page words, result log)
         self.last_report = time.monotonic()
         self.returncode: int | None = None
         with open(log_path, "wb") as log:
@@ -80,6 +83,10 @@ class HostSession:
                 self.hello = event["hello"]
             elif "exit" in event:
                 status = int(event["status"])
+                with contextlib.suppress(KeyError, TypeError, binascii.Error):
+                    # before its exit shows: the master reads it once the worker is gone
+                    self.progress[int(event["exit"])] = (base64.b64decode(event["page"]),
+                                                         base64.b64decode(event["log"]))
                 self.exits[int(event["exit"])] = (status, str(event.get("tail", "")),
                                                   str(event.get("how") or describe_exit(status)))
         self.returncode = self.process.wait()
@@ -179,6 +186,9 @@ class SSHWorkerProcess(WorkerProcess):
             return reported[2]
         return (f"its ssh session to {self.host} ended "
                 f"({describe_exit(self.session.returncode)})")
+
+    def progress_report(self) -> tuple[bytes, bytes] | None:
+        return self.session.progress.get(self.worker_id)
 
     def terminate(self) -> None:
         self._signal(15)

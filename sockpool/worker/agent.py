@@ -14,8 +14,11 @@ agent's stdin:
 The agent reports on its stdout, one JSON line per event:
 
 * ``{"alive": n}`` every heartbeat interval: the session is healthy, n workers run;
-* ``{"exit": id, "status": code, "tail": "..."}`` when a worker ends, with the
-  end of its stderr, so a remote crash is known at once and explained.
+* ``{"exit": id, "status": code, "tail": "...", "page": ..., "log": ...}`` when a
+  worker ends, with the end of its stderr, so a remote crash is known at once and
+  explained, and (base64) its progress page and result log, which this agent
+  made and held (:mod:`.progress`), so that the results of the tasks it
+  finished in the chunk it died in reach the master as a local worker's do.
 
 Remote workers never outlive the master (docs/ssh.md states the bounds):
 
@@ -28,6 +31,7 @@ Remote workers never outlive the master (docs/ssh.md states the bounds):
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -44,9 +48,13 @@ from typing import Any, BinaryIO, NamedTuple
 
 from ..common.config import WorkerConfig
 from ..common.proc import explain_kill, memory_cgroup, oom_kills, read_tail, reap
+from . import progress
 
 #: After SIGTERM, how long workers get before SIGKILL when the agent stops.
 STOP_GRACE = 2.0
+#: The most of an ended worker's result log sent to the master (the rest of its
+#: finished tasks fail as "finished but lost", as over a local worker's limit).
+REPORTED_LOG_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class AgentWorker(NamedTuple):
     log_path: str
     cgroup: str | None
     oom_kills: int | None
+    progress_fd: int | None  #: its progress page and result log, read once it ended
 
 
 class HostAgent:
@@ -87,15 +96,23 @@ class HostAgent:
         The worker is tied to this agent: it watches its stdin, a pipe from
         here, and dies with it (the parent-death signal).
         """
-        config = WorkerConfig.from_json(line).replace(watch_stdin=True, parent_pid=os.getpid())
+        try:
+            page: int | None = progress.make_page()
+        except (AttributeError, OSError):  # no memfd here: the master knows less
+            page = None
+        config = WorkerConfig.from_json(line).replace(watch_stdin=True, parent_pid=os.getpid(),
+                                                      progress_fd=page)
         worker_id = config.worker_id
         log_path = os.path.join(self.workdir, f"worker-{worker_id}.log")
         with open(log_path, "wb") as log:
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "sockpool.worker"], stdin=subprocess.PIPE,
-                    stdout=log, stderr=log, start_new_session=True)
+                    stdout=log, stderr=log, start_new_session=True,
+                    pass_fds=() if page is None else (page,))
             except OSError as exc:
+                if page is not None:
+                    os.close(page)
                 self.report({"exit": worker_id, "status": 127, "tail": str(exc)})
                 return
         assert process.stdin is not None
@@ -103,7 +120,7 @@ class HostAgent:
             process.stdin.write(config.to_json().encode() + b"\n")
             process.stdin.flush()
         cgroup = memory_cgroup(process.pid)
-        self.workers[worker_id] = AgentWorker(process, log_path, cgroup, oom_kills(cgroup))
+        self.workers[worker_id] = AgentWorker(process, log_path, cgroup, oom_kills(cgroup), page)
 
     def signal_worker(self, worker_id: int, signum: int) -> None:
         """Send ``signum`` to a worker still running (a master's terminate or kill)."""
@@ -126,8 +143,15 @@ class HostAgent:
                     stdin.close()
             how = explain_kill(process.pid, status, getattr(process, "peak_bytes", None),
                                worker.cgroup, worker.oom_kills)
-            self.report({"exit": worker_id, "status": status, "how": how,
-                         "tail": read_tail(worker.log_path)})
+            event = {"exit": worker_id, "status": status, "how": how,
+                     "tail": read_tail(worker.log_path)}
+            if worker.progress_fd is not None:
+                with contextlib.suppress(OSError):
+                    page, log = progress.read_back(worker.progress_fd, REPORTED_LOG_BYTES)
+                    event["page"] = base64.b64encode(page).decode()
+                    event["log"] = base64.b64encode(log).decode()
+                os.close(worker.progress_fd)
+            self.report(event)
         if self.workers:
             self.idle_since = time.monotonic()
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     context = zmq.Context()
     data = link.dial(context, config, protocol.data_identity(config.worker_id))
     control = link.dial(context, config, protocol.control_identity(config.worker_id))
-    page = progress.create()
+    page = progress.create(config.progress_fd)
     runner = ChunkRunner(config, state, functions, shared, released,
                          send=functools.partial(link.send, data), progress=page)
     loop = DataLoop(data, config.serializer, state, runner, functions, shared, released)

@@ -16,22 +16,32 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ..common.progress_log import NAME, TO_THE_END, record_header
+from ..common.progress_log import NAME, PAGE, TO_THE_END, record_header
 
-__all__ = ["TO_THE_END", "Progress", "create"]
+__all__ = ["TO_THE_END", "Progress", "create", "make_page", "read_back"]
 
 #: A chunk keeps no more than this in its log; results beyond it die with the
 #: worker as before (the master says so), rather than double a huge result's memory.
 LOG_LIMIT = 256 * 1024 * 1024
-#: Above this, the log's memory is given back when the next chunk starts.
-LOG_KEEP = 4 * 1024 * 1024
+#: Above this, the log's memory is given back when the next chunk starts; below,
+#: its pages are reused (writing into fresh tmpfs pages costs about 3x more).
+LOG_KEEP = 16 * 1024 * 1024
 
 
 class Progress:
-    """This worker's progress page and result log; :meth:`describe` names it in the HELLO."""
+    """This worker's progress page and result log; :meth:`describe` names it in the HELLO.
 
-    def __init__(self) -> None:
-        self.fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
+    Args:
+        fd: the memfd a remote host's agent made for it (the agent reads it once
+            this worker ended, and tells the master); None: make one here.
+    """
+
+    def __init__(self, fd: int | None = None) -> None:
+        if fd is None:
+            fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
+        else:
+            os.set_inheritable(fd, False)  # the tasks' own child processes get none
+        self.fd = fd
         os.ftruncate(self.fd, mmap.PAGESIZE)
         self._map = mmap.mmap(self.fd, mmap.PAGESIZE)
         self._words = memoryview(self._map).cast("Q")
@@ -83,9 +93,24 @@ def _write_all(fd: int, data: memoryview, offset: int) -> int:
     return offset
 
 
-def create() -> Progress | None:
-    """A progress page, or None where memfd is missing (the master then knows less)."""
+def create(fd: int | None = None) -> Progress | None:
+    """A progress page (in ``fd``, if given), or None where memfd is missing (the
+    master then knows less)."""
     try:
-        return Progress()
+        return Progress(fd)
     except (AttributeError, OSError):
         return None
+
+
+def make_page() -> int:
+    """A memfd for a worker's progress page, made by its host's agent (see :func:`read_back`)."""
+    fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
+    os.ftruncate(fd, mmap.PAGESIZE)
+    return fd
+
+
+def read_back(fd: int, limit: int) -> tuple[bytes, bytes]:
+    """The page's words and at most ``limit`` bytes of the log of an ended worker's memfd."""
+    words = os.pread(fd, PAGE.size, 0)
+    log_bytes = PAGE.unpack(words)[3] if len(words) == PAGE.size else 0
+    return words, os.pread(fd, min(log_bytes, limit), mmap.PAGESIZE) if log_bytes else b""
