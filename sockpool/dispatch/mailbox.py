@@ -74,11 +74,15 @@ class Mailbox:
         """On the I/O thread, when the pipe is readable: empty it before running commands.
 
         Cleared before the commands are read: a command posted after this point
-        writes a new wake-up byte, so none is missed.
+        writes a new wake-up byte, so none is missed.  Under the posters' lock:
+        a post between the flag's reset and the read would have its byte read
+        here while the flag stayed set, and no later post would write one (the
+        I/O thread then saw commands only when a message or a timer woke it).
         """
-        self._wake_pending = False
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 4096)
+        with self._lock:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+            self._wake_pending = False
 
     def run_all(self) -> None:
         """On the I/O thread: run every command posted so far, in order."""
