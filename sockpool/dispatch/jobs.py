@@ -163,7 +163,9 @@ def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int
             count: int) -> Outcome:
     """Decode a RESULT for ``count`` tasks from ``first_index`` on."""
     try:
-        values, errors, seconds, batch = codec.loads(*payload)
+        values, errors, seconds, batch, *kept = codec.loads(*payload)
+        if kept:  # the chunk's first slices, pickled as the worker kept them
+            values, errors = _join_kept(kept[0], values, errors)
     except Exception as exc:
         problem = RemoteError(
             codec.describe(exc),
@@ -184,6 +186,18 @@ def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int
         values = values + [None] * (count - len(values))
     output = [*chunk.output, batch] if batch is not None else chunk.output
     return Outcome(values, failures, seconds, output)
+
+
+def _join_kept(slices: list[tuple[int, int, list[Any]]], values: list[Any],
+               errors: list[tuple[int, bytes]]) -> tuple[list[Any], list[tuple[int, bytes]]]:
+    """A RESULT's values and errors, after those of the slices it carries pickled."""
+    first_values: list[Any] = []
+    first_errors: list[tuple[int, bytes]] = []
+    for start, _, frames in slices:
+        kept_values, kept_errors, _, _ = codec.loads(frames[0], frames[1:])
+        first_values += kept_values
+        first_errors += [(start + offset, packed) for offset, packed in kept_errors]
+    return first_values + values, first_errors + errors
 
 
 class StreamJob(Job):

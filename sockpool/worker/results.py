@@ -2,12 +2,16 @@
 
 A result that cannot be pickled fails its own task only; results too large
 for one frame the master accepts fail the chunk with a message that says so;
-large buffers go through shared memory when the master can map it.
+large buffers go through shared memory when the master can map it.  The slices
+of a chunk whose results were pickled already, into the worker's progress log
+(:mod:`.progress`), travel as those pickles, after the others: each result is
+pickled once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import pickle
+from typing import Any, NamedTuple
 
 from ..common import codec, protocol, shm
 from ..common.protocol import Batch, Flag, Kind, TaskTimes
@@ -18,6 +22,15 @@ MASTER = "master"
 
 #: A chunk's failures: (index of the task in the chunk, its packed exception).
 Errors = list[tuple[int, bytes]]
+
+
+class Kept(NamedTuple):
+    """The first results of a chunk, pickled already: ``(start, count, frames)`` per
+    slice, covering its first ``tasks`` values and first ``errors`` failures."""
+
+    slices: list[tuple[int, int, list[Any]]]
+    tasks: int
+    errors: int
 
 
 class ResultPacker:
@@ -47,26 +60,35 @@ class ResultPacker:
             return codec.pack_exception(problem, self.serializer)
 
     def pack(self, head: protocol.Header, flags: Flag, values: list[Any], errors: Errors,
-             seconds: float, batch: Batch | None, times: TaskTimes | None = None
-             ) -> list[Any]:
+             seconds: float, batch: Batch | None, times: TaskTimes | None = None,
+             kept: Kept | None = None) -> list[Any]:
         """The RESULT frames for the chunk ``head``: ``(values, errors, seconds, batch)``,
-        after its task ``times`` when the chunk was profiled."""
+        after its task ``times`` when the chunk was profiled.  With slices ``kept``
+        already pickled, ``values`` and ``errors`` are the rest, and the slices follow:
+        ``(values, errors, seconds, batch, [(start, count, frames), ...])``."""
         def prefix_for(failed: list[int]) -> bytes:
             if times is None:
                 return protocol.header(Kind.RESULT, flags, head.job, head.ident)
             return (protocol.header(Kind.RESULT, flags | Flag.PROFILE, head.job, head.ident)
                     + protocol.stamp_block(times._replace(failed=failed)))
 
-        outcome = (values, errors, seconds, batch)
+        first, first_errors = 0, []
+        slices: tuple[list[tuple[int, int, list[pickle.PickleBuffer]]], ...] = ()
+        if kept is not None and kept.slices:
+            first, first_errors = kept.tasks, errors[:kept.errors]
+            values, errors = values[first:], errors[kept.errors:]
+            slices = ([(start, count, [pickle.PickleBuffer(frame) for frame in frames])
+                       for start, count, frames in kept.slices],)
         store = self.shared.store if self.shared is not None else None
         try:
-            frames = codec.dumps(outcome, self.serializer,
-                                 prefix=prefix_for([i for i, _ in errors]), store=store)
+            frames = codec.dumps((values, errors, seconds, batch, *slices), self.serializer,
+                                 prefix=prefix_for([i for i, _ in first_errors + errors]),
+                                 store=store)
         except BaseException:  # a result's __reduce__ may raise anything, SystemExit too
-            values, errors = self._replace_unpicklable(values, errors)
-            outcome = (values, errors, seconds, batch)
-            frames = codec.dumps(outcome, self.serializer,
-                                 prefix=prefix_for([i for i, _ in errors]), store=store)
+            values, errors = self._replace_unpicklable(values, errors, first)
+            frames = codec.dumps((values, errors, seconds, batch, *slices), self.serializer,
+                                 prefix=prefix_for([i for i, _ in first_errors + errors]),
+                                 store=store)
         if self.shared is not None and isinstance(frames[-1], shm.SharedFrame):
             frames[0] = protocol.with_flags(frames[0], Flag.SHARED)
             self.shared.lend(frames[-1], MASTER)
@@ -81,9 +103,10 @@ class ResultPacker:
                                  prefix=prefix_for(every))
         return frames
 
-    def _replace_unpicklable(self, values: list[Any], errors: Errors
+    def _replace_unpicklable(self, values: list[Any], errors: Errors, first: int = 0
                              ) -> tuple[list[Any], Errors]:
-        """Fail each task whose result cannot be serialized, keep the others."""
+        """Fail each task whose result cannot be serialized, keep the others
+        (``values`` are the chunk's from ``first`` on)."""
         values = list(values)
         errors = list(errors)
         while (found := _first_unpicklable(values, self.serializer)) is not None:
@@ -94,7 +117,7 @@ class ResultPacker:
                 f"cannot be serialized: {error}",
             )
             values[index] = None
-            errors.append((index, self.failure(problem)))
+            errors.append((first + index, self.failure(problem)))
         return values, errors
 
 

@@ -24,17 +24,18 @@ from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from .functions import FunctionCache
 from .progress import Progress
 from .relay import WorkerRelay
-from .results import Errors, ResultPacker
+from .results import Errors, Kept, ResultPacker
 from .state import Interrupted, WorkerState
 from .usage import resident_bytes
 
 #: Sends a message's frames on the data connection (its owner, the main thread).
 Send = Callable[[list[Any]], None]
 
-#: A map's tasks run in slices, the progress page marked before each and the
-#: slice's results kept in its log after (when tasks follow it): a slice doubles
-#: while the last one took less than this (seconds), so slow tasks run one per
-#: slice (their progress is exact) and trivial ones pay almost nothing.
+#: A map's tasks run in slices, the progress page marked before each: a slice
+#: doubles while the last one took less than this (seconds), so slow tasks run
+#: one per slice (their progress is exact) and trivial ones pay almost nothing.
+#: Finished results are kept in the page's log once at least this long has
+#: passed since they last were (and tasks follow): a slow task's at once.
 SLICE_SECONDS = 0.001
 
 
@@ -66,8 +67,11 @@ class ChunkRunner:
         self.state = state
         self.progress = progress
         self._skip = 0  # tasks of the running chunk settled before it came here
-        # Its results kept in the progress log so far: tasks and errors (see _keep).
+        # Its results kept in the progress log so far: tasks and errors, and the
+        # pickled slices, which its RESULT carries as they are (see _keep).
         self._kept = self._kept_errors = 0
+        self._kept_slices: list[tuple[int, int, list[Any]]] = []
+        self._kept_at = 0.0  # perf_counter() when they last were
         self._keeping = False
         self._times: TaskTimes | None = None  # when its tasks ran, if it is profiled
         self.functions = functions
@@ -93,6 +97,8 @@ class ChunkRunner:
             task = protocol.parse_task(body)
             self._skip = task.skip
             self._kept = self._kept_errors = 0
+            self._kept_slices = []
+            self._kept_at = perf_counter()
             self._keeping = progress is not None and not flags & Flag.CALL
             if progress is not None:  # loading may run code: count it as the tasks' own
                 progress.begin(head.ident, task.skip)
@@ -136,7 +142,8 @@ class ChunkRunner:
         except Interrupted:
             self.state.end_chunk()  # again: the interruption may have cut the first one short
             return self._result(head, Flag.CANCELLED, [], [])
-        return self._result(head, Flag.NONE, values, errors, seconds)
+        kept = Kept(self._kept_slices, self._kept, self._kept_errors)
+        return self._result(head, Flag.NONE, values, errors, seconds, kept)
 
     def _run_call(self, fn: Callable[..., Any], call: Any, values: list[Any],
                   errors: Errors) -> None:
@@ -188,13 +195,15 @@ class ChunkRunner:
                 size = size * 2 if perf_counter() - began < SLICE_SECONDS else max(1, size // 2)
 
     def _keep(self, values: list[Any], errors: Errors) -> None:
-        """Keep the results finished since the last call in the progress log, so that
-        they reach the master even if this process dies before the RESULT is out.
+        """Keep the results finished since they last were in the progress log, so that
+        they reach the master even if this process dies before the RESULT is out
+        (once :data:`SLICE_SECONDS` passed since then: trivial tasks pay little).
 
         Stops keeping for the rest of the chunk once a value cannot be pickled
         or the log is full: the log stays one run of tasks from the chunk's start.
         """
-        if not self._keeping or self._kept == len(values):
+        if (not self._keeping or self._kept == len(values)
+                or perf_counter() - self._kept_at < SLICE_SECONDS):
             return
         assert self.progress is not None
         start, stop = self._kept, len(values)
@@ -209,7 +218,9 @@ class ChunkRunner:
         if not self.progress.keep(self._skip + start, stop - start, frames):
             self._keeping = False
             return
+        self._kept_slices.append((start, stop - start, frames))
         self._kept, self._kept_errors = stop, len(errors)
+        self._kept_at = perf_counter()
 
     def _chunk_id(self) -> int:
         return self._chunk.ident if self._chunk is not None else 0
@@ -221,12 +232,9 @@ class ChunkRunner:
         entropy, key = task.seed
         calls = [items] if flags & Flag.CALL else items
         progress, chunk, skip = self.progress, self._chunk_id(), task.skip
-        kept_at = perf_counter()
         try:
             for offset, item in enumerate(calls):
-                if offset and perf_counter() - kept_at >= SLICE_SECONDS:
-                    self._keep(values, errors)  # what finished in the last slice's time
-                    kept_at = perf_counter()
+                self._keep(values, errors)
                 if progress is not None:
                     progress.mark(chunk, skip + offset, skip + offset + 1)
                 rng.seed_task(entropy, (*key, task.first_index + skip + offset))
@@ -258,10 +266,11 @@ class ChunkRunner:
         self._send(codec.dumps(batch, self.serializer, prefix=prefix))
 
     def _result(self, head: protocol.Header, flags: Flag, values: list[Any], errors: Errors,
-                seconds: float = 0.0) -> list[Any]:
+                seconds: float = 0.0, kept: Kept | None = None) -> list[Any]:
         batch = self.relay.finish() if self.relay is not None else None
         self._chunk = None
+        self._kept_slices = []
         times, self._times = self._times, None
         if self.max_memory is not None and resident_bytes() > self.max_memory:
             flags |= Flag.OVER_MEMORY  # the master replaces this worker (max_worker_memory)
-        return self.results.pack(head, flags, values, errors, seconds, batch, times)
+        return self.results.pack(head, flags, values, errors, seconds, batch, times, kept)
