@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,8 @@ def test_batch_script_previews_before_any_cluster_and_creates_nothing(tmp_path: 
     script = launcher.batch_script(64)
     assert f"#SBATCH --output={root}/slurm-XXXXXXXX/worker-%a.log" in script.splitlines()
     assert script.rstrip().endswith(
-        f"--config-file {root}/slurm-XXXXXXXX/worker-${{SLURM_ARRAY_TASK_ID}}.json")
+        f"--config-file {root}/slurm-XXXXXXXX/worker-${{SLURM_ARRAY_TASK_ID}}.json "
+        f"--exit-report {root}/slurm-XXXXXXXX/worker-${{SLURM_ARRAY_TASK_ID}}.exit.json")
     assert not root.exists()  # a launcher never used leaves nothing behind
     launcher.close()  # closing one that never served a cluster is harmless too
     assert not root.exists()
@@ -198,6 +200,47 @@ def test_queued_workers_are_not_an_error_and_join_later(slurm: SlurmTestbed) -> 
             time.sleep(0.1)
         assert running() == [1]  # the queued worker started and joined
         assert cl.par_map(lambda x: -x, range(3)) == [0, -1, -2]
+    assert _no_jobs_left(slurm) == []
+
+
+def _segfaults_at_15(log: str) -> Callable[[int], int]:
+    def task(i: int) -> int:
+        with open(log, "a") as stream:
+            stream.write(f"{i}\n")
+        time.sleep(0.01)
+        if i == 12:
+            raise KeyError(i)
+        if i == 15:
+            import ctypes
+
+            ctypes.string_at(0)
+        return i * 10
+
+    return task
+
+
+def test_a_worker_dying_mid_chunk_loses_only_that_task(slurm: SlurmTestbed,
+                                                       tmp_path: Path) -> None:
+    # Chunks of 10: tasks 10..14 finished (12 by raising) before 15 segfaulted.
+    # The element's supervisor wrote how the worker ended and what it finished
+    # to its exit report; the master delivers those, and nothing reruns.  (Kept
+    # off shared memory, the worker is as remote as on another node: the master
+    # cannot read its memory itself.)
+    log = tmp_path / "ran"
+    log.write_text("")
+    launcher = _launcher(env={"SOCKPOOL_SHARED_MEMORY": "0"})
+    with Cluster(n=2, launcher=launcher, wait_for=2) as cl:  # (an array is not refilled)
+        results = cl.par_map(_segfaults_at_15(str(log)), range(20), chunksize=10,
+                             errors="return")
+        job = launcher.job_id
+    assert isinstance(results[12], KeyError) and results[12].args == (12,)
+    lost = results[15]
+    assert isinstance(lost, WorkerLostError) and "task 15" in str(lost), results
+    assert re.search(rf"Slurm job {job}_[01] ended: FAILED .*; its worker: killed by SIGSEGV",
+                     str(lost)), lost
+    assert [r for i, r in enumerate(results) if i not in (12, 15)] == [
+        i * 10 for i in range(20) if i not in (12, 15)], results
+    assert sorted(int(line) for line in log.read_text().split()) == list(range(20))
     assert _no_jobs_left(slurm) == []
 
 

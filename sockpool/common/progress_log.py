@@ -13,6 +13,9 @@ offsets relative to ``first``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -42,6 +45,27 @@ def record_header(first: int, count: int, frames: Sequence[Any]) -> bytes:
     """The bytes before a record's frames."""
     sizes = [memoryview(frame).nbytes for frame in frames]
     return RECORD.pack(first, count, len(sizes)) + struct.pack(f"<{len(sizes)}Q", *sizes)
+
+
+class ExitReport(NamedTuple):
+    """How a supervised worker ended (``sockpool.worker.supervisor``), as its report file says."""
+
+    status: int
+    how: str
+    page: bytes | None  #: its progress page's words, where it had one
+    log: bytes
+
+
+def read_exit_report(path: str) -> ExitReport | None:
+    """The exit report at ``path``; None while there is none, or if it does not parse."""
+    try:
+        with open(path) as stream:
+            report = json.load(stream)
+        page = base64.b64decode(report["page"]) if "page" in report else None
+        return ExitReport(int(report["status"]), str(report["how"]), page,
+                          base64.b64decode(report.get("log", "")))
+    except (OSError, ValueError, TypeError, KeyError, binascii.Error):
+        return None
 
 
 def parse_records(log: bytes) -> list[Record]:

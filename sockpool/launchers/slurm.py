@@ -210,9 +210,11 @@ class SlurmLauncher(Launcher):
 
         ``directory``: the private directory (default: as :meth:`batch_script` names it).
         """
-        directory = directory or self._script_directory()
-        config = shlex.quote(directory) + "/worker-${SLURM_ARRAY_TASK_ID}.json"
-        return f"{shlex.quote(self.python)} -m sockpool.worker --config-file {config}"
+        directory = shlex.quote(directory or self._script_directory())
+        config = directory + "/worker-${SLURM_ARRAY_TASK_ID}.json"
+        report = directory + "/worker-${SLURM_ARRAY_TASK_ID}.exit.json"
+        return (f"{shlex.quote(self.python)} -m sockpool.worker --config-file {config} "
+                f"--exit-report {report}")
 
     def batch_script(self, workers: int) -> str:
         """The batch script this launcher submits for ``workers`` workers.

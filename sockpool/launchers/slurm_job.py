@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..common.config import WorkerConfig
 from ..common.proc import read_tail
+from ..common.progress_log import ExitReport, read_exit_report
 from ..errors import LaunchError
 from .base import WorkerProcess
 
@@ -83,7 +84,20 @@ class SlurmWorkerProcess(WorkerProcess):
     def exit_status(self) -> str:
         if self._job.submit_error is not None:
             return "its job was not submitted"
-        return f"Slurm job {self.element} ended: {self.status_note()}"
+        ended = f"Slurm job {self.element} ended: {self.status_note()}"
+        report = self._exit_report()
+        if report is not None:  # as its supervisor on the node saw it: a signal, say
+            return f"{ended}; its worker: {report.how}"
+        return ended
+
+    def progress_report(self) -> tuple[bytes, bytes] | None:
+        report = self._exit_report()
+        return (report.page, report.log) if report is not None and report.page else None
+
+    def _exit_report(self) -> ExitReport | None:
+        """What the worker's supervisor wrote when it ended (see sockpool.worker.supervisor)."""
+        return read_exit_report(os.path.join(self._job.directory,
+                                             f"worker-{self.index}.exit.json"))
 
     def status_note(self) -> str:
         state, reason = self._state()

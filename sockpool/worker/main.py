@@ -45,12 +45,20 @@ from .watchdog import Watchdog, die
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m sockpool.worker [--config-file PATH]``.
+    """Entry point of ``python -m sockpool.worker [--config-file PATH [--exit-report PATH]]``.
 
     Returns 2, with a message on stderr, when there is no configuration or it
     does not parse; otherwise it serves until SHUTDOWN and ends the process.
+    With ``--exit-report`` (a batch job), it runs the worker as its child and
+    reports how it ended (:mod:`.supervisor`).
     """
-    line = _read_config(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    options = dict(zip(args[::2], args[1::2], strict=False))  # an odd one out fails below
+    if len(args) % 2 or not set(options) <= {"--config-file", "--exit-report"}:
+        print("usage: python -m sockpool.worker [--config-file PATH [--exit-report PATH]]",
+              file=sys.stderr)
+        return 2
+    line = _read_config(options.get("--config-file"))
     if not line:
         print("sockpool worker: no configuration on stdin", file=sys.stderr)
         return 2
@@ -59,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sockpool worker: {exc}", file=sys.stderr)
         return 2
+    if "--exit-report" in options:
+        from .supervisor import supervise
+
+        return supervise(config, options["--exit-report"])
     # A task that crashes the interpreter (a segfault in C code) still leaves its
     # Python traceback in the worker's stderr, which the master quotes.
     faulthandler.enable(all_threads=False)
@@ -98,21 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)
 
 
-def _read_config(argv: list[str]) -> str:
-    """The configuration line: from stdin, or ``--config-file PATH`` (read once, then removed).
+def _read_config(path: str | None) -> str:
+    """The configuration line: from stdin, or the file at ``path`` (read once, then removed).
 
     A batch job has no stdin from the master: its launcher leaves the line in a
     private file (mode 0600) that only this worker reads.
     """
-    if len(argv) == 2 and argv[0] == "--config-file":
+    if path is not None:
         try:
-            with open(argv[1]) as stream:
+            with open(path) as stream:
                 line = stream.readline()
         except OSError as exc:
             print(f"sockpool worker: cannot read its configuration: {exc}", file=sys.stderr)
             return ""
         with contextlib.suppress(OSError):
-            os.unlink(argv[1])  # its keys are for this worker alone
+            os.unlink(path)  # its keys are for this worker alone
         return line
     return sys.stdin.readline()
 
