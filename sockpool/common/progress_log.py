@@ -8,7 +8,9 @@ finished, those from ``end`` on never started, one in between was running.
 After the page comes the result log: records of finished tasks' results, each
 :data:`RECORD` (``first, count, frames``), the frames' lengths (u64 each), then
 the frames, which unpickle as a RESULT does, to ``(values, errors, 0.0, None)``,
-offsets relative to ``first``.
+offsets relative to ``first``.  Last, just before the worker sends its RESULT, comes
+one record whose ``first`` is :data:`WHOLE_RESULT`: the RESULT's own frames, so
+that a RESULT that dies unsent in the worker's queue is read from here instead.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any, NamedTuple
 NAME = "sockpool.progress"
 #: ``end`` when the chunk's length is not known yet (its payload is loading).
 TO_THE_END = (1 << 64) - 1
+#: The ``first`` of the record that holds a whole RESULT message, frames as sent.
+WHOLE_RESULT = (1 << 64) - 1
 #: The page's words: chunk id, start, end, and the bytes of the result log.
 PAGE = struct.Struct("<QQQQ")
 #: A log record's head: the chunk offset of its first task, its task count,

@@ -370,12 +370,16 @@ class WorkerPool:
     def _resume(self, record: WorkerRecord, chunk: Chunk, how: str, tail: str) -> None:
         """Settle what a lost worker finished and died in; requeue the rest of the chunk.
 
-        The results it kept in its log are delivered.  With ``retries`` left,
+        The results it kept in its log are delivered (its whole RESULT, if it
+        died with that unsent).  With ``retries`` left,
         the chunk reruns from its first task whose result is not here (one that
         finished too late to be kept, and the task it died in).
         """
         assert record.progress is not None
         progress = record.progress.where(chunk)
+        if (sent := progress.sent_result(chunk)) is not None:  # as if it had come
+            chunk.job.deliver(chunk, record.label, sent)
+            return
         chunk.recovered += progress.records
         chunk.resume, start, end = progress.kept, progress.start, progress.end
         if end > chunk.resume and chunk.attempts < chunk.job.retries:

@@ -16,9 +16,10 @@ import mmap
 import os
 from typing import NamedTuple
 
-from ..common.progress_log import NAME, PAGE, Record, parse_records
+from ..common import protocol
+from ..common.progress_log import NAME, PAGE, WHOLE_RESULT, Record, parse_records
 from ..launchers.base import WorkerProcess
-from .jobs import Chunk
+from .jobs import Chunk, Payload
 
 _LINK = f"/memfd:{NAME}"
 
@@ -29,12 +30,31 @@ class ChunkProgress(NamedTuple):
     Tasks before ``kept`` finished and their results are in ``records``; from
     ``kept`` to ``start`` they finished but their results died with the worker;
     from ``start`` to ``end`` one was running; from ``end`` on none started.
+    ``result``: the chunk's whole RESULT, as the worker was about to send it (its
+    frames), when it got that far: then nothing else counts.
     """
 
     records: list[Record]
     kept: int
     start: int
     end: int
+    result: list[bytes] | None = None
+
+    def sent_result(self, chunk: Chunk) -> Payload | None:
+        """The kept RESULT of ``chunk`` as the I/O thread hands one on, if it is one
+        (a cancelled chunk's is not: the chunk is dropped as the job was)."""
+        if self.result is None:
+            return None
+        try:
+            head, body = protocol.parse(self.result[0])
+            if head.flags & protocol.Flag.PROFILE:  # (the profile counts it as lost)
+                _, body = protocol.split_stamps(body)
+        except protocol.ProtocolError:
+            return None
+        if (head.kind is not protocol.Kind.RESULT or head.ident != chunk.id
+                or head.flags & (protocol.Flag.CANCELLED | protocol.Flag.SHARED)):
+            return None
+        return body, list(self.result[1:])
 
 
 class ProgressPage:
@@ -99,13 +119,14 @@ class ProgressPage:
             ident, start, end, log_bytes = PAGE.unpack_from(self._mapping)
         if ident != chunk.id:
             return ChunkProgress([], chunk.resume, chunk.resume, chunk.resume)
-        records = self._records(chunk, log_bytes)
+        records, result = self._records(chunk, log_bytes)
         kept = records[-1].first + records[-1].tasks if records else chunk.resume
         start = max(kept, min(start, chunk.count))
-        return ChunkProgress(records, kept, start, max(start, min(end, chunk.count)))
+        return ChunkProgress(records, kept, start, max(start, min(end, chunk.count)), result)
 
-    def _records(self, chunk: Chunk, log_bytes: int) -> list[Record]:
-        """The log's records that continue the chunk from ``chunk.resume``, in order."""
+    def _records(self, chunk: Chunk, log_bytes: int) -> tuple[list[Record], list[bytes] | None]:
+        """The log's records that continue the chunk from ``chunk.resume``, in order,
+        and the frames of its whole RESULT if the worker kept that too."""
         if self._report is not None:
             log = self._report[1][:log_bytes]
         else:
@@ -113,13 +134,15 @@ class ProgressPage:
                 assert self._fd is not None
                 log = os.pread(self._fd, log_bytes, mmap.PAGESIZE) if log_bytes else b""
             except OSError:
-                return []
-        records = []
+                return [], None
+        records: list[Record] = []
         expected = chunk.resume
         for record in parse_records(log):
+            if record.first == WHOLE_RESULT and record.frames:
+                return records, record.frames
             if record.first != expected or record.tasks < 1 or (
                     record.first + record.tasks > chunk.count):
                 break
             records.append(record)
             expected += record.tasks
-        return records
+        return records, None

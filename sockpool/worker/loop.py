@@ -85,6 +85,7 @@ class DataLoop:
                 reply = self.runner.run(head, body, buffers)
                 if self.released:  # first, so the master may reuse them once it has the result
                     self._send_releases()
+                self.runner.keep_result(reply)
                 link.send(self.data, reply)
                 self.sent += 1
             elif head.kind is Kind.ACK:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,11 +79,18 @@ class Progress:
             return False
         offset = mmap.PAGESIZE + self._log_bytes
         for part in (header, *frames):
-            offset = _write_all(self.fd, memoryview(part).cast("B"), offset)
+            offset = _write_all(self.fd, _flat(part), offset)
         self._log_bytes += size
         self._file_bytes = max(self._file_bytes, offset)
         self._words[3] = self._log_bytes  # last: the master reads only whole records
         return True
+
+
+def _flat(frame: Any) -> memoryview:
+    """A frame's bytes as one flat view (a Fortran-ordered array's buffer too)."""
+    if isinstance(frame, pickle.PickleBuffer):
+        return frame.raw()
+    return memoryview(frame).cast("B")
 
 
 def _write_all(fd: int, data: memoryview, offset: int) -> int:

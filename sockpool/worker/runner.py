@@ -20,6 +20,7 @@ from typing import Any
 
 from ..common import codec, protocol, rng, shm
 from ..common.config import WorkerConfig
+from ..common.progress_log import WHOLE_RESULT
 from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from .functions import FunctionCache
 from .progress import Progress
@@ -193,6 +194,13 @@ class ChunkRunner:
                 self._keep(values, errors)
             if not failed:
                 size = size * 2 if perf_counter() - began < SLICE_SECONDS else max(1, size // 2)
+
+    def keep_result(self, frames: list[Any]) -> None:
+        """Keep a RESULT about to be sent in the progress log: should this process die
+        while it waits in libzmq's queue, the master reads it from there.  Not one in
+        shared memory (the segment would die with this process too)."""
+        if self.progress is not None and not isinstance(frames[-1], shm.SharedFrame):
+            self.progress.keep(WHOLE_RESULT, 0, frames)
 
     def _keep(self, values: list[Any], errors: Errors) -> None:
         """Keep the results finished since they last were in the progress log, so that

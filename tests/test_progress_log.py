@@ -1,0 +1,88 @@
+"""The progress page and result log, read back by the master as the worker wrote them.
+
+The deaths themselves are in test_exactness.py (local), test_ssh.py and
+test_slurm.py; here, what they rely on, on a real memfd, without a process
+dying: a RESULT kept just before it was sent (a worker that dies while it waits
+in libzmq's queue) reads back as the RESULT itself, large buffers included; a
+torn record is left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sockpool.common import codec, protocol
+from sockpool.common.progress_log import WHOLE_RESULT, parse_records, record_header
+from sockpool.common.protocol import Flag, Kind
+from sockpool.dispatch.jobs import Chunk, WorkerLabel, decode_outcome
+from sockpool.dispatch.task_progress import ProgressPage
+from sockpool.worker.progress import Progress
+from sockpool.worker.results import ResultPacker
+
+pytestmark = pytest.mark.timeout(30)
+
+LABEL = WorkerLabel(0, "localhost", 1)
+
+
+def page_and_chunk(count: int) -> tuple[Progress, ProgressPage, Chunk]:
+    progress = Progress()
+    page = ProgressPage.open(progress.describe())
+    assert page is not None
+    chunk = Chunk(job=None, first_index=10, count=count, frames=[])  # type: ignore[arg-type]
+    return progress, page, chunk
+
+
+def result_frames(chunk: Chunk, values: list[Any], errors: list[tuple[int, bytes]]
+                  ) -> list[Any]:
+    head, _ = protocol.parse(protocol.header(Kind.TASK, 0, 1, chunk.id))
+    return ResultPacker("cloudpickle", 1 << 30, None).pack(head, Flag.NONE, values, errors,
+                                                           0.25, None)
+
+
+def test_a_result_kept_before_it_was_sent_reads_back_as_that_result() -> None:
+    progress, page, chunk = page_and_chunk(3)
+    progress.begin(chunk.id, 0)
+    array = np.arange(100_000)  # 800 kB: a frame of its own
+    failure = codec.pack_exception(KeyError("k"))
+    frames = result_frames(chunk, [1, array, None], [(2, failure)])
+    assert len(frames) == 2
+    progress.mark(chunk.id, 3, 3)  # all of it ran; then, as the worker does before sending:
+    assert progress.keep(WHOLE_RESULT, 0, frames)
+
+    where = page.where(chunk)
+    assert where.result is not None and where.records == []
+    sent = where.sent_result(chunk)
+    assert sent is not None
+    values, failures, seconds, _ = decode_outcome(chunk, LABEL, sent)
+    assert values[0] == 1 and np.array_equal(values[1], array) and seconds == 0.25
+    assert [f.task_index for f in failures] == [12] and isinstance(failures[0].error, KeyError)
+    page.close()
+
+
+def test_kept_slices_and_a_torn_record_after_them() -> None:
+    progress, page, chunk = page_and_chunk(6)
+    progress.begin(chunk.id, 0)
+    for first, values in ((0, [0, 10]), (2, [20])):
+        assert progress.keep(first, len(values), codec.dumps((values, [], 0.0, None)))
+    progress.mark(chunk.id, 3, 4)  # task 3 was running when it died
+    where = page.where(chunk)
+    assert (where.kept, where.start, where.end, where.result) == (3, 3, 4, None)
+    assert [(r.first, r.tasks) for r in where.records] == [(0, 2), (2, 1)]
+
+    # A record cut short (the process died inside its write) is not read.
+    whole = record_header(0, 1, [b"abcdef"]) + b"abcdef"
+    assert [r.frames for r in parse_records(whole)] == [[b"abcdef"]]
+    assert parse_records(whole[:-1]) == [] and parse_records(whole[:5]) == []
+    page.close()
+
+
+def test_a_page_that_names_another_chunk_means_this_one_never_started() -> None:
+    progress, page, chunk = page_and_chunk(4)
+    progress.begin(chunk.id + 1000, 0)
+    assert progress.keep(0, 1, codec.dumps(([5], [], 0.0, None)))
+    where = page.where(chunk)
+    assert (where.records, where.kept, where.start, where.end) == ([], 0, 0, 0)
+    page.close()
