@@ -8,13 +8,21 @@ round trip: a benchmark's 2000 ``apply_async(...).get()`` calls took minutes
 (fixed in ``Mailbox.clear_wake``; ``test_mailbox.py`` checks the mailbox alone).
 Here the same interleaving is forced once in a real cluster's I/O thread; its
 wake-up must still work afterwards.
+
+The lock that fix takes on the I/O thread showed a second way to hang: the garbage
+collector may run a finalizer that posts (an abandoned imap cancelling its job)
+while the thread holds the mailbox's lock, and a plain lock deadlocked there.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import select
+import sys
 import threading
+import weakref
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -74,3 +82,53 @@ def test_a_submit_that_races_the_io_threads_wake_up_read_leaves_later_submits_wa
             release.set()
         assert readable, "the I/O thread would not wake for a submit posted now"
         assert [pool.apply_async(abs, (-i,)).get() for i in range(20)] == list(range(20))
+
+
+class _Garbage:
+    """An object in a reference cycle: only the garbage collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("locked_call", ["read", "write"])  # clear_wake's read, post's write
+def test_a_finalizer_that_posts_while_the_mailboxs_lock_is_held_does_not_deadlock(
+        locked_call: str) -> None:
+    mailbox = Mailbox()
+    ran: list[str] = []
+    if locked_call == "read":
+        mailbox.post(ran.append, "posted")  # clear_wake has a byte to read
+    target = getattr(os, locked_call)
+
+    def collect_there(frame: FrameType, event: str, arg: Any) -> None:
+        # A collection starts inside the locked region (as an allocation there may
+        # start one) and frees a cycle whose finalizer posts, on this same thread.
+        if event == "c_call" and arg is target:
+            sys.setprofile(None)
+            garbage = _Garbage()
+            weakref.finalize(garbage, mailbox.post, ran.append, "finalizer")
+            del garbage
+            gc.collect()
+
+    def locked_region() -> None:
+        sys.setprofile(collect_there)
+        try:
+            if locked_call == "read":
+                mailbox.clear_wake()
+            else:
+                mailbox.post(ran.append, "posted")
+        finally:
+            sys.setprofile(None)
+
+    thread = threading.Thread(target=locked_region, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "the thread deadlocked on the mailbox's own lock"
+    mailbox.clear_wake()
+    mailbox.run_all()
+    assert ran == ["posted", "finalizer"]
+    mailbox.post(ran.append, "later")  # the wake-up still works
+    assert select.select([mailbox.fileno()], [], [], 5.0)[0]
+    mailbox.close()
+    assert ran == ["posted", "finalizer", "later"]

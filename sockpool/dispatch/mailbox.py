@@ -30,9 +30,12 @@ class Mailbox:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_pending = False
-        # Held while posting and while closing, so that nothing is posted (or a
-        # wake-up byte written) once the pipe is closed.
-        self._lock = threading.Lock()
+        # Held while posting, emptying the pipe and closing, so that nothing is
+        # posted (or a wake-up byte written) once the pipe is closed.  Reentrant:
+        # the garbage collector may run a finalizer that posts (an abandoned imap
+        # cancelling its job) while this thread holds it; a plain lock deadlocked
+        # there, the I/O thread included, and the whole cluster hung.
+        self._lock = threading.RLock()
         self._closed = False
 
     def fileno(self) -> int:
