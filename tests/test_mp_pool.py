@@ -24,6 +24,7 @@ import pytest
 
 import sockpool
 from sockpool import Cluster, ClusterClosedError
+from sockpool.api import mp_pool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -500,6 +501,26 @@ def test_terminate_fails_unfinished_results_instead_of_hanging() -> None:
         iterator.next(timeout=10)
     assert called == []  # no callback runs after terminate, as in multiprocessing
     pool.join()
+
+
+def test_an_apply_async_that_races_terminate_is_settled_instead_of_hanging(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    called: list[Any] = []
+    check_callbacks = mp_pool._check_callbacks
+
+    def terminate_meanwhile(*args: Any) -> None:  # where another thread's terminate() may land
+        monkeypatch.setattr(mp_pool, "_check_callbacks", check_callbacks)
+        pool.terminate()
+        check_callbacks(*args)
+
+    with Cluster(n=1) as cl:  # a given cluster stays open: the task is submitted and runs
+        pool = sockpool.Pool(cluster=cl)
+        monkeypatch.setattr(mp_pool, "_check_callbacks", terminate_meanwhile)
+        result = pool.apply_async(square, (3,), callback=called.append,
+                                  error_callback=called.append)
+        assert result.get(timeout=30) == 9  # its outcome came after the result thread ended
+        assert called == []  # no callback runs after terminate
+        pool.join()
 
 
 def test_a_given_cluster_is_used_and_left_running() -> None:

@@ -42,14 +42,28 @@ class ResultHandler:
         self._thread = threading.Thread(target=_handle, args=(self._queue,), name=name,
                                         daemon=True)
         self._thread.start()
+        self._stopped = False
+        self._lock = threading.RLock()  # a post and the stop never cross
 
     def post(self, action: Callable[[], None]) -> None:
-        """Run ``action`` on the handler thread, after what was posted before."""
-        self._queue.put(action)
+        """Run ``action`` on the handler thread, after what was posted before.
+
+        Once the handler is stopped, run it here instead: an outcome that came
+        after ``terminate`` (an ``apply_async`` on another thread that raced it)
+        is then settled, its callback skipped, rather than left never ready.
+        """
+        with self._lock:
+            if not self._stopped:
+                self._queue.put(action)
+                return
+        action()
 
     def stop(self, wait: bool) -> None:
         """End the thread once what was posted is done (with ``wait``, wait for that)."""
-        self._queue.put(None)
+        with self._lock:
+            if not self._stopped:
+                self._stopped = True
+                self._queue.put(None)
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
