@@ -1,6 +1,6 @@
 """Issue 19: ``Pool(...).apply_async(f, args).get()`` that seemed to hang under load.
 
-Nothing was stuck for good: the I/O thread's wake-up was.  A post that came while
+What looked like a hang was a slowdown that never ended: a post that came while
 the I/O thread emptied its wake-up pipe (after it cleared the flag, before its
 read) had its byte read with the flag left set, so no later post wrote one, and
 from then on every submit waited for the I/O thread's next timer, up to 250 ms a
