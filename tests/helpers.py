@@ -9,10 +9,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+from sockpool import WorkerLostError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +99,42 @@ def _rebuild_counting(data: bytes) -> CountsUnpickling:
     obj = CountsUnpickling.__new__(CountsUnpickling)
     obj.data = data
     return obj
+
+
+def dying_mid_chunk(log: str, raises: int, dies: int, how: str = "exit"
+                    ) -> Callable[[int], int]:
+    """A task that notes its index in ``log``, raises KeyError on ``raises`` and
+    kills its worker on ``dies`` (``os._exit`` or a segfault); else ``i * 10``.
+
+    A local closure, so it travels by value to any host."""
+
+    def task(i: int) -> int:
+        with open(log, "a") as stream:
+            stream.write(f"{i}\n")
+        time.sleep(0.01)
+        if i == raises:
+            raise KeyError(i)
+        if i == dies:
+            if how == "segfault":
+                import ctypes
+
+                ctypes.string_at(0)
+            os._exit(3)
+        return i * 10
+
+    return task
+
+
+def check_only_the_task_it_died_in_was_lost(results: list[Any], log: Path, raises: int,
+                                            dies: int) -> None:
+    """What a map of :func:`dying_mid_chunk` must return: every value, the KeyError
+    with its type, a WorkerLostError for the one task only, and each task run once."""
+    assert isinstance(results[raises], KeyError) and results[raises].args == (raises,)
+    lost = results[dies]
+    assert isinstance(lost, WorkerLostError) and f"task {dies}" in str(lost), results
+    # The exception it finished with names the worker that ran it, the one that died.
+    assert f"task {raises} failed on worker {lost.worker_id} (pid {lost.pid} " in " ".join(
+        getattr(results[raises], "__notes__", [])), (results[raises].__notes__, lost)
+    assert [r for i, r in enumerate(results) if i not in (raises, dies)] == [
+        i * 10 for i in range(len(results)) if i not in (raises, dies)], results
+    assert sorted(int(line) for line in log.read_text().split()) == list(range(len(results)))

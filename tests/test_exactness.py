@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import check_only_the_task_it_died_in_was_lost, dying_mid_chunk
 
 from sockpool import Cluster, WorkerLostError
 
@@ -172,20 +173,6 @@ def test_with_retries_only_the_task_it_died_in_runs_again(
             assert ran == Counter([*range(10), 5]), ran
 
 
-def long_chunk_task(log: str) -> Callable[[int], int]:
-    def task(i: int) -> int:
-        with open(log, "a") as stream:
-            stream.write(f"{i}\n")
-        time.sleep(0.01)
-        if i == 22:
-            raise KeyError(i)
-        if i == 25:
-            os._exit(3)
-        return i * 10
-
-    return task
-
-
 @pytest.mark.parametrize("seed", [None, 7], ids=["unseeded", "seeded"])
 def test_every_finished_task_of_a_long_chunk_is_delivered_with_its_exception(
         hogs: None, tmp_path: Path, seed: int | None) -> None:
@@ -195,13 +182,9 @@ def test_every_finished_task_of_a_long_chunk_is_delivered_with_its_exception(
         for _ in range(3):
             log.write_text("")
             wait_for_workers(cl, 2)
-            results = cl.par_map(long_chunk_task(str(log)), range(40), chunksize=10,
-                                 errors="return", seed=seed)
-            assert isinstance(results[22], KeyError) and results[22].args == (22,)
-            assert isinstance(results[25], WorkerLostError) and "task 25" in str(results[25])
-            assert [r for i, r in enumerate(results) if i not in (22, 25)] == [
-                i * 10 for i in range(40) if i not in (22, 25)], results
-            assert lines(log) == Counter(range(40))
+            results = cl.par_map(dying_mid_chunk(str(log), raises=22, dies=25), range(40),
+                                 chunksize=10, errors="return", seed=seed)
+            check_only_the_task_it_died_in_was_lost(results, log, raises=22, dies=25)
 
 
 def unpicklable_then_dying(log: str) -> Callable[[int], Any]:

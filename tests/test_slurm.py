@@ -16,11 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, master_program
+from helpers import ROOT, check_only_the_task_it_died_in_was_lost, dying_mid_chunk, master_program
 from testbed import SlurmTestbed
 
 from sockpool import Cluster, LaunchError, SlurmLauncher, WorkerLostError, detect_cores
@@ -203,22 +202,6 @@ def test_queued_workers_are_not_an_error_and_join_later(slurm: SlurmTestbed) -> 
     assert _no_jobs_left(slurm) == []
 
 
-def _segfaults_at_15(log: str) -> Callable[[int], int]:
-    def task(i: int) -> int:
-        with open(log, "a") as stream:
-            stream.write(f"{i}\n")
-        time.sleep(0.01)
-        if i == 12:
-            raise KeyError(i)
-        if i == 15:
-            import ctypes
-
-            ctypes.string_at(0)
-        return i * 10
-
-    return task
-
-
 def test_a_worker_dying_mid_chunk_loses_only_that_task(slurm: SlurmTestbed,
                                                        tmp_path: Path) -> None:
     # Chunks of 10: tasks 10..14 finished (12 by raising) before 15 segfaulted.
@@ -230,17 +213,12 @@ def test_a_worker_dying_mid_chunk_loses_only_that_task(slurm: SlurmTestbed,
     log.write_text("")
     launcher = _launcher(env={"SOCKPOOL_SHARED_MEMORY": "0"})
     with Cluster(n=2, launcher=launcher, wait_for=2) as cl:  # (an array is not refilled)
-        results = cl.par_map(_segfaults_at_15(str(log)), range(20), chunksize=10,
-                             errors="return")
+        results = cl.par_map(dying_mid_chunk(str(log), raises=12, dies=15, how="segfault"),
+                             range(20), chunksize=10, errors="return")
         job = launcher.job_id
-    assert isinstance(results[12], KeyError) and results[12].args == (12,)
-    lost = results[15]
-    assert isinstance(lost, WorkerLostError) and "task 15" in str(lost), results
+    check_only_the_task_it_died_in_was_lost(results, log, raises=12, dies=15)
     assert re.search(rf"Slurm job {job}_[01] ended: FAILED .*; its worker: killed by SIGSEGV",
-                     str(lost)), lost
-    assert [r for i, r in enumerate(results) if i not in (12, 15)] == [
-        i * 10 for i in range(20) if i not in (12, 15)], results
-    assert sorted(int(line) for line in log.read_text().split()) == list(range(20))
+                     str(results[15])), results[15]
     assert _no_jobs_left(slurm) == []
 
 

@@ -24,7 +24,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import master_program, run_script
+from helpers import (
+    check_only_the_task_it_died_in_was_lost,
+    dying_mid_chunk,
+    master_program,
+    run_script,
+)
 from testbed import Testbed
 
 from sockpool import Cluster, LaunchError, SSHHost, SSHLauncher, WorkerLostError
@@ -119,20 +124,6 @@ def test_a_remote_worker_killed_is_described_by_its_hosts_agent(namespace_hosts:
         assert cl.submit(abs, -3).result(timeout=30) == 3  # and it was replaced
 
 
-def _dies_at_15(log: str) -> object:
-    def task(i: int) -> int:
-        with open(log, "a") as stream:
-            stream.write(f"{i}\n")
-        time.sleep(0.01)
-        if i == 12:
-            raise KeyError(i)
-        if i == 15:
-            os._exit(3)
-        return i * 10
-
-    return task
-
-
 def test_a_remote_worker_dying_mid_chunk_loses_only_that_task(namespace_hosts: Testbed,
                                                                tmp_path: Path) -> None:
     # Chunks of 10 on one worker of sp-n1: tasks 10..14 finished (12 by raising)
@@ -144,13 +135,10 @@ def test_a_remote_worker_dying_mid_chunk_loses_only_that_task(namespace_hosts: T
     log.write_text("")
     host = SSHHost("sp-n1", env={"SOCKPOOL_SHARED_MEMORY": "0"})
     with Cluster(hosts=[host], python=PYTHON) as cl:
-        results = cl.par_map(_dies_at_15(str(log)), range(20), chunksize=10, errors="return")
-        assert isinstance(results[12], KeyError) and results[12].args == (12,)
-        assert isinstance(results[15], WorkerLostError) and "task 15" in str(results[15])
-        assert results[15].host == "sp-n1"
-        assert [r for i, r in enumerate(results) if i not in (12, 15)] == [
-            i * 10 for i in range(20) if i not in (12, 15)], results
-    assert sorted(int(line) for line in log.read_text().split()) == list(range(20))
+        results = cl.par_map(dying_mid_chunk(str(log), raises=12, dies=15), range(20),
+                             chunksize=10, errors="return")
+    check_only_the_task_it_died_in_was_lost(results, log, raises=12, dies=15)
+    assert results[15].host == "sp-n1"
 
 
 def test_loopback_aliases_and_localhost_mix_in_one_cluster(testbed: Testbed) -> None:

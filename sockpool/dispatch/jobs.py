@@ -62,8 +62,8 @@ class Chunk:
     #: What those tasks came to: ``(start, end, error)`` offsets, each task of the range failed,
     settled: list[tuple[int, int, BaseException]] = field(default_factory=list)
     #: and the results of those that finished, read from the dead worker's log
-    #: (unpickled by the caller's thread, as a RESULT is).
-    recovered: list[Record] = field(default_factory=list)
+    #: (unpickled by the caller's thread, as a RESULT is), with who ran them.
+    recovered: list[tuple[WorkerLabel, Record]] = field(default_factory=list)
 
 
 class TaskFailure(NamedTuple):
@@ -148,8 +148,8 @@ def decode_outcome(chunk: Chunk, label: WorkerLabel, payload: Payload | None) ->
                        rest.output)
     values = head.values
     settled: list[TaskFailure] = []
-    for record in chunk.recovered:
-        kept = _decode(chunk, label, (memoryview(record.frames[0]), record.frames[1:]),
+    for ran_on, record in chunk.recovered:
+        kept = _decode(chunk, ran_on, (memoryview(record.frames[0]), record.frames[1:]),
                        chunk.first_index + record.first, record.tasks)
         values[record.first:record.first + record.tasks] = kept.values
         settled += kept.failures

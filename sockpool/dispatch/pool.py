@@ -380,7 +380,7 @@ class WorkerPool:
         if (sent := progress.sent_result(chunk)) is not None:  # as if it had come
             chunk.job.deliver(chunk, record.label, sent)
             return
-        chunk.recovered += progress.records
+        chunk.recovered += [(record.label, kept) for kept in progress.records]
         chunk.resume, start, end = progress.kept, progress.start, progress.end
         if end > chunk.resume and chunk.attempts < chunk.job.retries:
             chunk.attempts += 1
