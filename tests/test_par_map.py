@@ -45,6 +45,16 @@ def test_several_iterables_zip_and_stop_at_the_shortest(shared_cluster: Cluster)
     assert shared_cluster.par_map(operator.add, [1, 2, 3, 4], (10, 20, 30)) == [11, 22, 33]
 
 
+@pytest.mark.timeout(30)
+def test_a_chunk_of_many_trivial_tasks_runs_in_linear_time(shared_cluster: Cluster) -> None:
+    # A worker ran a chunk in slices, and each slice skipped from the chunk's
+    # start again: a chunk of 150 000 trivial tasks never finished (quadratic).
+    assert shared_cluster.par_map(abs, range(-300_000, 0), chunksize=150_000) == list(
+        range(300_000, 0, -1))
+    assert shared_cluster.par_starmap(operator.add, zip(range(300_000), range(300_000)),
+                                      chunksize=150_000)[-1] == 599_998
+
+
 def test_starmap(shared_cluster: Cluster) -> None:
     assert shared_cluster.par_starmap(pow, [(2, 3), (3, 2), (10, 0)]) == [8, 9, 1]
 

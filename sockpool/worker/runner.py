@@ -178,7 +178,7 @@ class ChunkRunner:
             wall = time.time() if times is not None else 0.0
             failed = False
             try:
-                values.extend(call_all(fn, itertools.islice(items, start, end)))
+                values.extend(call_all(fn, items[start:end]))  # (islice would skip from 0)
             except Interrupted:
                 raise
             except BaseException as exc:
