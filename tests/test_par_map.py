@@ -51,8 +51,8 @@ def test_a_chunk_of_many_trivial_tasks_runs_in_linear_time(shared_cluster: Clust
     # start again: a chunk of 150 000 trivial tasks never finished (quadratic).
     assert shared_cluster.par_map(abs, range(-300_000, 0), chunksize=150_000) == list(
         range(300_000, 0, -1))
-    assert shared_cluster.par_starmap(operator.add, zip(range(300_000), range(300_000)),
-                                      chunksize=150_000)[-1] == 599_998
+    pairs = zip(range(300_000), range(300_000), strict=True)
+    assert shared_cluster.par_starmap(operator.add, pairs, chunksize=150_000)[-1] == 599_998
 
 
 def test_starmap(shared_cluster: Cluster) -> None:
