@@ -31,7 +31,6 @@ Remote workers never outlive the master (docs/ssh.md states the bounds):
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -52,9 +51,6 @@ from . import progress
 
 #: After SIGTERM, how long workers get before SIGKILL when the agent stops.
 STOP_GRACE = 2.0
-#: The most of an ended worker's result log sent to the master (the rest of its
-#: finished tasks fail as "finished but lost", as over a local worker's limit).
-REPORTED_LOG_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -146,10 +142,7 @@ class HostAgent:
             event = {"exit": worker_id, "status": status, "how": how,
                      "tail": read_tail(worker.log_path)}
             if worker.progress_fd is not None:
-                with contextlib.suppress(OSError):
-                    page, log = progress.read_back(worker.progress_fd, REPORTED_LOG_BYTES)
-                    event["page"] = base64.b64encode(page).decode()
-                    event["log"] = base64.b64encode(log).decode()
+                event.update(progress.report_fields(worker.progress_fd))
                 os.close(worker.progress_fd)
             self.report(event)
         if self.workers:

@@ -11,19 +11,24 @@ Writing it costs a few stores per slice of tasks, and one pickle and one
 
 from __future__ import annotations
 
+import base64
 import mmap
 import os
 import pickle
+import struct
 from collections.abc import Sequence
 from typing import Any
 
 from ..common.progress_log import NAME, PAGE, TO_THE_END, record_header
 
-__all__ = ["TO_THE_END", "Progress", "create", "make_page", "read_back"]
+__all__ = ["TO_THE_END", "Progress", "create", "make_page", "report_fields"]
 
 #: A chunk keeps no more than this in its log; results beyond it die with the
 #: worker as before (the master says so), rather than double a huge result's memory.
 LOG_LIMIT = 256 * 1024 * 1024
+#: The most of an ended worker's log an exit report carries (the rest of its
+#: finished tasks fail as "finished but lost", as over a chunk's limit).
+REPORTED_LOG_BYTES = 64 * 1024 * 1024
 #: Above this, the log's memory is given back when the next chunk starts; below,
 #: its pages are reused (writing into fresh tmpfs pages costs about 3x more).
 LOG_KEEP = 16 * 1024 * 1024
@@ -117,8 +122,13 @@ def make_page() -> int:
     return fd
 
 
-def read_back(fd: int, limit: int) -> tuple[bytes, bytes]:
-    """The page's words and at most ``limit`` bytes of the log of an ended worker's memfd."""
-    words = os.pread(fd, PAGE.size, 0)
-    log_bytes = PAGE.unpack(words)[3] if len(words) == PAGE.size else 0
-    return words, os.pread(fd, min(log_bytes, limit), mmap.PAGESIZE) if log_bytes else b""
+def report_fields(fd: int) -> dict[str, str]:
+    """An ended worker's page words and log (at most :data:`REPORTED_LOG_BYTES`), base64,
+    for the exit report its host agent or supervisor sends; empty if they cannot be read."""
+    try:
+        words = os.pread(fd, PAGE.size, 0)
+        log_bytes = PAGE.unpack(words)[3] if len(words) == PAGE.size else 0
+        log = os.pread(fd, min(log_bytes, REPORTED_LOG_BYTES), mmap.PAGESIZE) if log_bytes else b""
+    except (OSError, struct.error):
+        return {}
+    return {"page": base64.b64encode(words).decode(), "log": base64.b64encode(log).decode()}

@@ -12,7 +12,6 @@ as it reads an ssh agent's exit report.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -24,9 +23,6 @@ import time
 from ..common.config import WorkerConfig
 from ..common.proc import explain_kill, memory_cgroup, oom_kills, reap
 from . import progress
-
-#: The most of the worker's result log written to the report (as an agent sends).
-REPORTED_LOG_BYTES = 64 * 1024 * 1024
 
 
 def supervise(config: WorkerConfig, report_path: str) -> int:
@@ -52,10 +48,7 @@ def supervise(config: WorkerConfig, report_path: str) -> int:
                                                     getattr(process, "peak_bytes", None),
                                                     cgroup, kills)}
     if page is not None:
-        with contextlib.suppress(OSError):
-            words, log = progress.read_back(page, REPORTED_LOG_BYTES)
-            report["page"] = base64.b64encode(words).decode()
-            report["log"] = base64.b64encode(log).decode()
+        report.update(progress.report_fields(page))
         os.close(page)
     _write_report(report_path, report)
     return status if status >= 0 else 128 - status
