@@ -44,7 +44,7 @@ def result_frames(chunk: Chunk, values: list[Any], errors: list[tuple[int, bytes
 
 def test_a_result_kept_before_it_was_sent_reads_back_as_that_result() -> None:
     progress, page, chunk = page_and_chunk(3)
-    progress.begin(chunk.id, 0)
+    progress.begin(chunk.id)
     array = np.arange(100_000)  # 800 kB: a frame of its own
     failure = codec.pack_exception(KeyError("k"))
     frames = result_frames(chunk, [1, array, None], [(2, failure)])
@@ -56,7 +56,7 @@ def test_a_result_kept_before_it_was_sent_reads_back_as_that_result() -> None:
     assert where.result is not None and where.records == []
     sent = where.sent_result(chunk)
     assert sent is not None
-    values, failures, seconds, _ = decode_outcome(chunk, LABEL, sent)
+    values, failures, seconds, _ = decode_outcome(chunk, LABEL, sent.payload)
     assert values[0] == 1 and np.array_equal(values[1], array) and seconds == 0.25
     assert [f.task_index for f in failures] == [12] and isinstance(failures[0].error, KeyError)
     page.close()
@@ -64,7 +64,7 @@ def test_a_result_kept_before_it_was_sent_reads_back_as_that_result() -> None:
 
 def test_kept_slices_and_a_torn_record_after_them() -> None:
     progress, page, chunk = page_and_chunk(6)
-    progress.begin(chunk.id, 0)
+    progress.begin(chunk.id)
     for first, values in ((0, [0, 10]), (2, [20])):
         assert progress.keep(first, len(values), codec.dumps((values, [], 0.0, None)))
     progress.mark(chunk.id, 3, 4)  # task 3 was running when it died
@@ -81,8 +81,53 @@ def test_kept_slices_and_a_torn_record_after_them() -> None:
 
 def test_a_page_that_names_another_chunk_means_this_one_never_started() -> None:
     progress, page, chunk = page_and_chunk(4)
-    progress.begin(chunk.id + 1000, 0)
+    progress.begin(chunk.id + 1000)
     assert progress.keep(0, 1, codec.dumps(([5], [], 0.0, None)))
     where = page.where(chunk)
     assert (where.records, where.kept, where.start, where.end) == ([], 0, 0, 0)
+    page.close()
+
+
+def test_a_result_kept_while_the_next_chunks_run_reads_back_chunk_after_chunk() -> None:
+    # A local worker starts its next chunk before the master has its last RESULT
+    # (PAGE_READ): that RESULT stays in the log while the next chunk's log goes
+    # beside it, before or after it in turn.  Whenever the worker dies, the last
+    # RESULT and the running chunk's slices both read back whole.
+    progress, page, _ = page_and_chunk(1)
+    previous: Chunk | None = None
+    previous_values: list[str] = []
+    for n, size in enumerate([3, 1, 200, 5, 5, 4000, 2, 2, 3000, 1]):
+        chunk = Chunk(job=None, first_index=0, count=size + 1, frames=[])  # type: ignore[arg-type]
+        progress.begin(chunk.id, keep_last_result=previous is not None)
+        values = [f"{n}:{i}" for i in range(size)]
+        assert progress.keep(0, size, codec.dumps((values, [], 0.0, None)))
+        progress.mark(chunk.id, size, size + 1)  # its last task was running
+        if previous is not None:  # the worker dies here: both read back
+            sent = page.previous_result(previous)
+            assert sent is not None
+            assert decode_outcome(previous, LABEL, sent.payload)[0] == previous_values
+        where = page.where(chunk)
+        assert (where.kept, where.start, where.end, where.result) == (size, size, size + 1, None)
+        assert codec.loads(where.records[0].frames[0])[0] == values
+        # It finished: its RESULT is kept just before it is sent.
+        progress.mark(chunk.id, size + 1, size + 1)
+        previous_values = [*values, "last"]
+        assert progress.keep(WHOLE_RESULT, 0, result_frames(chunk, previous_values, []))
+        assert progress.holds_last_result
+        previous = Chunk(job=None, first_index=0, count=size + 1, frames=[])  # type: ignore[arg-type]
+        previous.id = chunk.id
+    page.close()
+
+
+def test_without_a_kept_result_or_with_every_result_received_there_is_no_previous_chunk(
+        ) -> None:
+    progress, page, chunk = page_and_chunk(2)
+    progress.begin(chunk.id)
+    assert progress.keep(0, 1, codec.dumps(([1], [], 0.0, None)))
+    assert not progress.holds_last_result  # slices only: the worker waits for the ACK
+    assert progress.keep(WHOLE_RESULT, 0, result_frames(chunk, [1, 2], []))
+    assert progress.holds_last_result
+    progress.begin(chunk.id + 1)  # the master had it: the logs start over
+    assert page.previous_result(chunk) is None
+    assert not progress.holds_last_result
     page.close()

@@ -3,14 +3,20 @@
 A worker writes it as its chunk runs (:mod:`sockpool.worker.progress`); the
 master reads it once the worker is gone (:mod:`sockpool.dispatch.task_progress`).
 It is one Linux memfd named :data:`NAME`.  Its first page holds :data:`PAGE`:
-``chunk id, start, end, log bytes`` — tasks of that chunk before ``start``
-finished, those from ``end`` on never started, one in between was running.
-After the page comes the result log: records of finished tasks' results, each
+``chunk id, start, end, log offset, log bytes`` — tasks of that chunk before
+``start`` finished, those from ``end`` on never started, one in between was
+running — then ``previous chunk id, its log offset, its log bytes`` (below).
+After the page come the result logs: records of finished tasks' results, each
 :data:`RECORD` (``first, count, frames``), the frames' lengths (u64 each), then
 the frames, which unpickle as a RESULT does, to ``(values, errors, 0.0, None)``,
 offsets relative to ``first``.  Last, just before the worker sends its RESULT, comes
 one record whose ``first`` is :data:`WHOLE_RESULT`: the RESULT's own frames, so
 that a RESULT that dies unsent in the worker's queue is read from here instead.
+
+A worker told that the master reads its page (the TASK flag ``PAGE_READ``) may
+start its next chunk before the master has its last RESULT: that chunk's log,
+whole RESULT last, then stays where it is as the *previous* chunk's, and the new
+chunk's log goes beside it.  Previous chunk id 0 means there is none.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import mmap
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -29,12 +36,35 @@ NAME = "sockpool.progress"
 TO_THE_END = (1 << 64) - 1
 #: The ``first`` of the record that holds a whole RESULT message, frames as sent.
 WHOLE_RESULT = (1 << 64) - 1
-#: The page's words: chunk id, start, end, and the bytes of the result log.
-PAGE = struct.Struct("<QQQQ")
+#: The page's words: chunk id, start, end, its log's offset and bytes; the
+#: previous chunk's id, log offset and log bytes.
+PAGE = struct.Struct("<8Q")
+#: Where the writer finds each word (the reader unpacks a :class:`Page`).
+CHUNK, START, END, LOG_OFFSET, LOG_BYTES, PREVIOUS, PREVIOUS_OFFSET, PREVIOUS_BYTES = range(8)
 #: A log record's head: the chunk offset of its first task, its task count,
 #: and how many frames follow (their lengths come next).
 RECORD = struct.Struct("<QQQ")
 _SIZE = struct.Struct("<Q")
+
+
+class Page(NamedTuple):
+    """The page's words (see the module's docstring)."""
+
+    chunk: int
+    start: int
+    end: int
+    log_offset: int
+    log_bytes: int
+    previous: int
+    previous_offset: int
+    previous_bytes: int
+
+    @classmethod
+    def read(cls, words: bytes | memoryview | mmap.mmap) -> Page | None:
+        """The page in ``words``; None if they are not one."""
+        if len(words) < PAGE.size:
+            return None
+        return cls(*PAGE.unpack_from(words))
 
 
 class Record(NamedTuple):

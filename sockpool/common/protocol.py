@@ -47,6 +47,8 @@ A worker starts no task while a RESULT it sent may still sit unsent in its own
 process (in libzmq's queue), where its death would take it along: it waits
 until the master says it received every RESULT, in a TASK's meta (free: a
 TASK sent after them) or, when it already holds the next chunk, in an ACK.
+A TASK flagged ``PAGE_READ`` (the master reads the worker's progress page)
+needs no wait for the last RESULT, which stays in the page's log meanwhile.
 
 A TASK flagged ``PROFILE`` asks for the time of each task: the RESULT's body
 then starts with them (``TaskTimes``, ``stamp_block``), on the worker's clock;
@@ -120,6 +122,10 @@ class Flag(enum.IntFlag):
     PROFILE = 64
     #: RESULT: the worker's resident memory is above the cluster's ``max_worker_memory``.
     OVER_MEMORY = 128
+    #: TASK: the master reads the worker's progress page should it die, so the
+    #: worker may start this chunk before the master has its last RESULT (kept
+    #: there: see :mod:`sockpool.common.progress_log`).
+    PAGE_READ = 256
 
 
 _KINDS = {kind.value: kind for kind in Kind}

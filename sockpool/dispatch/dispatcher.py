@@ -110,14 +110,14 @@ class Dispatcher:
             serializer=serializer, max_frame_bytes=max_frame_bytes, relay=relay_mode,
             relay_prefix=relay_prefix, log_level=log_level, shm_probe=self.shared.probe(),
             max_memory=max_worker_memory)
+        self.profiler = Profiler()
         self.pool = WorkerPool(
             launcher=launcher, master=self.master, scheduler=self.scheduler,
             lifecycle=self.lifecycle, poller=self._poller, config=config, shared=self.shared,
             workers=workers, target=n_workers, connect_timeout=connect_timeout,
             heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
-            max_tasks=max_tasks_per_worker)
+            profiler=self.profiler, max_tasks=max_tasks_per_worker)
         self.exports: list[list[Any]] = []
-        self.profiler = Profiler()
         self.admission = Admission(self.token, self.master, self.shared, self.pool, self.exports,
                                    setup_job, self._send_chunk)
         self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
@@ -426,6 +426,8 @@ class Dispatcher:
             deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK
             self._next_check = min(self._next_check, deadline)
         arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], int(job.flags))
+        if record.progress is not None:  # its page outlives it: its last RESULT is safe there
+            flags |= protocol.Flag.PAGE_READ
         if self.profiler.active and chunk is not record.setup_chunk:
             flags |= protocol.Flag.PROFILE
             size = len(fn_inband) + sum(memoryview(f).nbytes for f in [*fn_buffers, *chunk.frames])

@@ -4,7 +4,7 @@ The I/O thread's :class:`~sockpool.dispatch.dispatcher.Dispatcher` owns one
 :class:`WorkerPool` and calls it from its loop; every method runs on the I/O
 thread, except :meth:`WorkerPool.wait_for_workers`, which the caller's thread
 runs while the cluster starts.  The pool tells the scheduler which workers take
-tasks, and writes off (or retries) the chunks of a worker that was lost.
+tasks, and hands what a lost worker held to :mod:`.settling`.
 """
 
 from __future__ import annotations
@@ -20,21 +20,18 @@ from ..common.config import WorkerConfig
 from ..common.protocol import Kind, header
 from ..errors import LaunchError, NoWorkersLeftError, SockpoolError
 from ..launchers.base import Launcher
-from . import output as relay
-from .jobs import Chunk
 from .lifecycle import Lifecycle
+from .profiling import Profiler
 from .records import (
     WorkerRecord,
     WorkerState,
     command_note,
     launch_error,
     lost_error,
-    result_lost_error,
-    timeout_error,
 )
 from .scheduler import Scheduler
+from .settling import settle_lost
 from .sharing import SharedTransfers
-from .task_progress import ProgressPage
 from .transport import MasterSocket
 
 #: How often processes are polled when no pidfd tells us they ended.
@@ -68,6 +65,7 @@ class WorkerPool:
         target: int,
         connect_timeout: float,
         heartbeat_timeout: float,
+        profiler: Profiler,
         max_tasks: int | None = None,
     ) -> None:
         """
@@ -78,6 +76,8 @@ class WorkerPool:
             target: how many workers the cluster wants.
             heartbeat_timeout: silence after which a worker whose process the
                 launcher cannot watch counts as lost.
+            profiler: the profiles recording, told of results read back from a
+                lost worker's log.
             max_tasks: tasks after which a worker is retired and replaced.
         """
         self.launcher = launcher
@@ -90,6 +90,7 @@ class WorkerPool:
         self.connect_timeout = connect_timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.max_tasks = max_tasks
+        self.profiler = profiler
         self._poller = poller
         self.workers = workers
         self._exit_fds: set[int] = set()  # pidfds: readable when a worker process ends
@@ -328,76 +329,8 @@ class WorkerPool:
             self._failed_replacements += 1
             self._startup_failed(record.failure or record.process.failure()
                                  or launch_error(record, how, tail))
-        # A worker runs its chunks in order: the oldest was running, those
-        # behind it never started.  A static map's chunks may move elsewhere.
-        running, queued = held[:1], held[1:]
-        for chunk in held + pinned:
-            if chunk.job.movable:
-                chunk.pinned = None
-        never_started = queued + pinned
-        for chunk in reversed(never_started):  # back to the front of the queue, untouched
-            if chunk.pinned is None:
-                self.scheduler.requeue(chunk)
-        stranded = [chunk for chunk in never_started if chunk.pinned is not None]
-        for chunk in running:  # what it wrote before it was lost still reaches the user
-            with contextlib.suppress(Exception):  # (a warning under -W error: the loss wins)
-                relay.emit(chunk.output)
-            output_tail = relay.tail(chunk.output)
-            if output_tail:
-                tail = f"{output_tail}\n{tail}" if tail else output_tail
-            chunk.output = []
-        # A worker's progress page tells how far its chunk got: only the task it
-        # died in fails (or is retried); the rest is settled or requeued.  Read
-        # only once the process is gone (one just killed may still move on).
-        if record.progress is None:  # a remote worker's host may have read it for us
-            record.progress = ProgressPage.reported(record.process)
-        measured = [chunk for chunk in running if record.progress is not None
-                    and chunk.pinned is None and chunk is not record.timed_out
-                    and record.process.poll() is not None]
-        for chunk in measured:
-            self._resume(record, chunk, how, tail)
-        self._close_progress(record)
-        for chunk in [c for c in running if c not in measured] + stranded:
-            if chunk.pinned is None and chunk.attempts < chunk.job.retries:
-                chunk.attempts += 1
-                self.scheduler.requeue(chunk)
-            elif chunk is record.timed_out:
-                chunk.job.fail(chunk, timeout_error(record, chunk))
-            else:
-                chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
+        settle_lost(record, held, pinned, how, tail, self.scheduler, self.profiler)
         self._replace(f"worker {record.id} {how}", tail)
-
-    def _resume(self, record: WorkerRecord, chunk: Chunk, how: str, tail: str) -> None:
-        """Settle what a lost worker finished and died in; requeue the rest of the chunk.
-
-        The results it kept in its log are delivered (its whole RESULT, if it
-        died with that unsent).  With ``retries`` left,
-        the chunk reruns from its first task whose result is not here (one that
-        finished too late to be kept, and the task it died in).
-        """
-        assert record.progress is not None
-        progress = record.progress.where(chunk)
-        if (sent := progress.sent_result(chunk)) is not None:  # as if it had come
-            chunk.job.deliver(chunk, record.label, sent)
-            return
-        chunk.recovered += [(record.label, kept) for kept in progress.records]
-        chunk.resume, start, end = progress.kept, progress.start, progress.end
-        if end > chunk.resume and chunk.attempts < chunk.job.retries:
-            chunk.attempts += 1
-        elif end > chunk.resume:
-            if start > chunk.resume:  # finished, but their results died unsent
-                chunk.settled.append((chunk.resume, start, result_lost_error(
-                    record, how, tail, chunk, chunk.resume, start)))
-            if end > start:
-                chunk.settled.append((start, end, lost_error(record, how, tail, chunk, start,
-                                                             end)))
-            chunk.resume = end
-        if chunk.resume < chunk.count:  # (untouched if it never started)
-            self.scheduler.requeue(chunk)
-        elif len(chunk.settled) == 1 and chunk.settled[0][:2] == (0, chunk.count):
-            chunk.job.fail(chunk, chunk.settled[0][2])
-        else:
-            chunk.job.deliver(chunk, record.label, None)
 
     @staticmethod
     def _close_progress(record: WorkerRecord) -> None:

@@ -17,7 +17,7 @@ import os
 from typing import NamedTuple
 
 from ..common import protocol
-from ..common.progress_log import NAME, PAGE, WHOLE_RESULT, Record, parse_records
+from ..common.progress_log import NAME, WHOLE_RESULT, Page, Record, parse_records
 from ..launchers.base import WorkerProcess
 from .jobs import Chunk, Payload
 
@@ -40,21 +40,32 @@ class ChunkProgress(NamedTuple):
     end: int
     result: list[bytes] | None = None
 
-    def sent_result(self, chunk: Chunk) -> Payload | None:
-        """The kept RESULT of ``chunk`` as the I/O thread hands one on, if it is one
-        (a cancelled chunk's is not: the chunk is dropped as the job was)."""
+    def sent_result(self, chunk: Chunk) -> SentResult | None:
+        """The kept RESULT of ``chunk`` as the I/O thread would have received it, if
+        it is one (a cancelled chunk's is not: the chunk is dropped as the job was)."""
         if self.result is None:
             return None
         try:
             head, body = protocol.parse(self.result[0])
-            if head.flags & protocol.Flag.PROFILE:  # (the profile counts it as lost)
-                _, body = protocol.split_stamps(body)
+            times = None
+            if head.flags & protocol.Flag.PROFILE:
+                times, body = protocol.split_stamps(body)
         except protocol.ProtocolError:
             return None
         if (head.kind is not protocol.Kind.RESULT or head.ident != chunk.id
                 or head.flags & (protocol.Flag.CANCELLED | protocol.Flag.SHARED)):
             return None
-        return body, list(self.result[1:])
+        frames = list(self.result[1:])
+        return SentResult((body, frames), times, len(body) + sum(len(f) for f in frames))
+
+
+class SentResult(NamedTuple):
+    """A RESULT read back from a lost worker's log: what the I/O thread hands on, the
+    tasks' times if it was profiled, and its size."""
+
+    payload: Payload
+    times: protocol.TaskTimes | None
+    nbytes: int
 
 
 class ProgressPage:
@@ -102,37 +113,52 @@ class ProgressPage:
         if self._fd is not None:
             os.close(self._fd)
 
+    def _page(self) -> Page | None:
+        if self._report is not None:
+            return Page.read(self._report[0])
+        assert self._mapping is not None
+        return Page.read(self._mapping)
+
+    def previous_result(self, chunk: Chunk) -> SentResult | None:
+        """The RESULT of ``chunk`` as the I/O thread hands one on, if the worker
+        kept it while it ran its next chunk (told ``PAGE_READ``).  Read once the
+        worker is gone."""
+        page = self._page()
+        if page is None or page.previous != chunk.id or self._report is not None:
+            return None  # (a remote worker is never told PAGE_READ)
+        _, result = self._records(chunk, page.previous_offset, page.previous_bytes)
+        return ChunkProgress([], chunk.resume, chunk.count, chunk.count, result
+                             ).sent_result(chunk)
+
     def where(self, chunk: Chunk) -> ChunkProgress:
         """How far ``chunk`` got.  Read once the worker is gone.
 
         A page naming another chunk means this one never started (the worker
-        runs its chunks in order, and starts none while a RESULT it sent may be
-        unreceived).
+        runs its chunks in order; one whose RESULT it kept while it started
+        the next is :meth:`previous_result`).
         """
-        if self._report is not None:
-            words = self._report[0]
-            if len(words) != PAGE.size:
-                return ChunkProgress([], chunk.resume, chunk.resume, chunk.count)
-            ident, start, end, log_bytes = PAGE.unpack(words)
-        else:
-            assert self._mapping is not None
-            ident, start, end, log_bytes = PAGE.unpack_from(self._mapping)
-        if ident != chunk.id:
+        page = self._page()
+        if page is None:
+            return ChunkProgress([], chunk.resume, chunk.resume, chunk.count)
+        if page.chunk != chunk.id:
             return ChunkProgress([], chunk.resume, chunk.resume, chunk.resume)
-        records, result = self._records(chunk, log_bytes)
+        records, result = self._records(chunk, page.log_offset, page.log_bytes)
         kept = records[-1].first + records[-1].tasks if records else chunk.resume
-        start = max(kept, min(start, chunk.count))
-        return ChunkProgress(records, kept, start, max(start, min(end, chunk.count)), result)
+        start = max(kept, min(page.start, chunk.count))
+        return ChunkProgress(records, kept, start, max(start, min(page.end, chunk.count)),
+                             result)
 
-    def _records(self, chunk: Chunk, log_bytes: int) -> tuple[list[Record], list[bytes] | None]:
-        """The log's records that continue the chunk from ``chunk.resume``, in order,
-        and the frames of its whole RESULT if the worker kept that too."""
+    def _records(self, chunk: Chunk, offset: int, log_bytes: int
+                 ) -> tuple[list[Record], list[bytes] | None]:
+        """The records of the log at ``offset`` that continue the chunk from
+        ``chunk.resume``, in order, and the frames of its whole RESULT if the
+        worker kept that too."""
         if self._report is not None:
-            log = self._report[1][:log_bytes]
+            log = self._report[1][:log_bytes]  # (a remote worker's host read it from there)
         else:
             try:
                 assert self._fd is not None
-                log = os.pread(self._fd, log_bytes, mmap.PAGESIZE) if log_bytes else b""
+                log = os.pread(self._fd, log_bytes, offset) if log_bytes else b""
             except OSError:
                 return [], None
         records: list[Record] = []

@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 
 from ..common import codec, protocol, shm
-from ..common.protocol import Kind
+from ..common.protocol import Flag, Kind
 from . import link
 from .functions import FunctionCache
 from .results import MASTER
@@ -80,9 +80,11 @@ class DataLoop:
             buffers = [frame.buffer for frame in frames[1:]]
             if head.kind is Kind.TASK:
                 self.acked = max(self.acked, protocol.task_acked(body))
-                if self.acked < self.sent and not self._wait_for_ack():
+                if (self.acked < self.sent and not self._may_start_unacked(head.flags)
+                        and not self._wait_for_ack()):
                     break  # SHUTDOWN came meanwhile
-                reply = self.runner.run(head, body, buffers)
+                reply = self.runner.run(head, body, buffers,
+                                        keep_last_result=self.acked < self.sent)
                 if self.released:  # first, so the master may reuse them once it has the result
                     self._send_releases()
                 self.runner.keep_result(reply)
@@ -99,6 +101,14 @@ class DataLoop:
             elif head.kind is Kind.SHUTDOWN:
                 self.state.shutdown()
                 break
+
+    def _may_start_unacked(self, flags: int) -> bool:
+        """Whether a chunk may start before the master has every RESULT sent: only
+        the last one is missing, and it stays in the progress log, which the master
+        reads should this process die (``PAGE_READ``).  Then no round trip stalls
+        a worker between the chunks of a map."""
+        return (self.sent - self.acked == 1 and bool(flags & Flag.PAGE_READ)
+                and self.runner.holds_last_result())
 
     def _wait_for_ack(self) -> bool:
         """Wait until the master has every RESULT sent; False if SHUTDOWN came meanwhile.

@@ -15,11 +15,25 @@ import base64
 import mmap
 import os
 import pickle
-import struct
 from collections.abc import Sequence
 from typing import Any
 
-from ..common.progress_log import NAME, PAGE, TO_THE_END, record_header
+from ..common.progress_log import (
+    CHUNK,
+    END,
+    LOG_BYTES,
+    LOG_OFFSET,
+    NAME,
+    PAGE,
+    PREVIOUS,
+    PREVIOUS_BYTES,
+    PREVIOUS_OFFSET,
+    START,
+    TO_THE_END,
+    WHOLE_RESULT,
+    Page,
+    record_header,
+)
 
 __all__ = ["TO_THE_END", "Progress", "create", "make_page", "report_fields"]
 
@@ -32,6 +46,8 @@ REPORTED_LOG_BYTES = 64 * 1024 * 1024
 #: Above this, the log's memory is given back when the next chunk starts; below,
 #: its pages are reused (writing into fresh tmpfs pages costs about 3x more).
 LOG_KEEP = 16 * 1024 * 1024
+#: Where the two logs start in the memfd (the second's pages exist only once written).
+SLOTS = (mmap.PAGESIZE, mmap.PAGESIZE + LOG_LIMIT)
 
 
 class Progress:
@@ -51,43 +67,78 @@ class Progress:
         os.ftruncate(self.fd, mmap.PAGESIZE)
         self._map = mmap.mmap(self.fd, mmap.PAGESIZE)
         self._words = memoryview(self._map).cast("Q")
-        self._log_bytes = 0  # of the running chunk
-        self._file_bytes = mmap.PAGESIZE
+        # Two logs, one at each of SLOTS: the running chunk's, and the last chunk's
+        # while its RESULT may be unreceived (see begin).
+        self._slot = 0
+        self._offset = self._words[LOG_OFFSET] = SLOTS[0]
+        self._log_bytes = 0  # the running chunk's
+        self._written = [0, 0]  # the most bytes each slot held since its memory was given back
+        self._result_kept = False  # the chunk's whole RESULT is in its log
 
     def describe(self) -> str:
         """``pid:fd``, for the master to open ``/proc/pid/fd/fd``."""
         return f"{os.getpid()}:{self.fd}"
 
-    def begin(self, chunk: int, start: int) -> None:
-        """A chunk starts at task ``start``: its log is empty; any task from there on may run."""
-        self._words[3] = self._log_bytes = 0  # before the id: a record never names the wrong chunk
-        if self._file_bytes > mmap.PAGESIZE + LOG_KEEP:
-            os.ftruncate(self.fd, mmap.PAGESIZE)
-            self._file_bytes = mmap.PAGESIZE
-        self.mark(chunk, start, TO_THE_END)
+    @property
+    def holds_last_result(self) -> bool:
+        """Whether the last chunk's whole RESULT is in its log, and both logs are
+        small enough to keep their memory (see :meth:`begin`)."""
+        return self._result_kept and max(self._written) <= LOG_KEEP
+
+    def begin(self, chunk: int, keep_last_result: bool = False) -> None:
+        """A chunk starts: its log is empty; any of its tasks may run.
+
+        ``keep_last_result``: the master may not have the last chunk's RESULT
+        yet (it is in that chunk's log: :attr:`holds_last_result`).  That log
+        stays, as the page's previous chunk's, and this chunk's log goes in the
+        other slot.  Otherwise the log starts over in the first slot, and the
+        memory of logs that grew past :data:`LOG_KEEP` is given back.
+        """
+        words = self._words
+        if keep_last_result:
+            assert self.holds_last_result
+            # Each word is written before the ones that would make it wrong:
+            # whatever the master reads, the last RESULT stays findable.
+            words[PREVIOUS_OFFSET], words[PREVIOUS_BYTES] = self._offset, self._log_bytes
+            words[PREVIOUS] = words[CHUNK]
+            self._slot = 1 - self._slot
+        else:
+            words[PREVIOUS] = 0
+            self._slot = 0
+            if max(self._written) > LOG_KEEP:
+                os.ftruncate(self.fd, mmap.PAGESIZE)
+                self._written = [0, 0]
+        # The id last: a record or a slice never names the wrong chunk.
+        words[LOG_BYTES] = self._log_bytes = 0
+        words[LOG_OFFSET] = self._offset = SLOTS[self._slot]
+        words[START], words[END] = 0, TO_THE_END
+        words[CHUNK] = chunk
+        self._result_kept = False
 
     def mark(self, chunk: int, start: int, end: int) -> None:
         """Tasks ``[start, end)`` of ``chunk`` may be running; those before finished."""
         words = self._words
-        words[0] = chunk
-        words[1] = start
-        words[2] = end
+        words[CHUNK] = chunk
+        words[START] = start
+        words[END] = end
 
     def keep(self, first: int, count: int, frames: Sequence[Any]) -> bool:
-        """Append the packed results of ``count`` finished tasks from ``first`` on.
+        """Append the packed results of ``count`` finished tasks from ``first`` on
+        (``first`` :data:`WHOLE_RESULT`: the chunk's RESULT, as it is sent).
 
-        False when the log would grow past :data:`LOG_LIMIT` (nothing is written).
+        False when the log would grow past its limit (nothing is written).
         """
         header = record_header(first, count, frames)
         size = len(header) + sum(memoryview(frame).nbytes for frame in frames)
         if self._log_bytes + size > LOG_LIMIT:
             return False
-        offset = mmap.PAGESIZE + self._log_bytes
+        offset = self._offset + self._log_bytes
         for part in (header, *frames):
             offset = _write_all(self.fd, _flat(part), offset)
         self._log_bytes += size
-        self._file_bytes = max(self._file_bytes, offset)
-        self._words[3] = self._log_bytes  # last: the master reads only whole records
+        self._written[self._slot] = max(self._written[self._slot], self._log_bytes)
+        self._words[LOG_BYTES] = self._log_bytes  # last: the master reads only whole records
+        self._result_kept = first == WHOLE_RESULT
         return True
 
 
@@ -123,12 +174,15 @@ def make_page() -> int:
 
 
 def report_fields(fd: int) -> dict[str, str]:
-    """An ended worker's page words and log (at most :data:`REPORTED_LOG_BYTES`), base64,
-    for the exit report its host agent or supervisor sends; empty if they cannot be read."""
+    """An ended worker's page words and its chunk's log (at most
+    :data:`REPORTED_LOG_BYTES`), base64, for the exit report its host agent or
+    supervisor sends; empty if they cannot be read.  (A remote worker is never
+    told ``PAGE_READ``: it has no previous chunk's log to report.)"""
     try:
         words = os.pread(fd, PAGE.size, 0)
-        log_bytes = PAGE.unpack(words)[3] if len(words) == PAGE.size else 0
-        log = os.pread(fd, min(log_bytes, REPORTED_LOG_BYTES), mmap.PAGESIZE) if log_bytes else b""
-    except (OSError, struct.error):
+        page = Page.read(words)
+        log_bytes = min(page.log_bytes, REPORTED_LOG_BYTES) if page is not None else 0
+        log = os.pread(fd, log_bytes, page.log_offset) if page is not None and log_bytes else b""
+    except OSError:
         return {}
     return {"page": base64.b64encode(words).decode(), "log": base64.b64encode(log).decode()}

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..common import codec, protocol, rng, shm
 from ..common.config import WorkerConfig
-from ..common.progress_log import WHOLE_RESULT
+from ..common.progress_log import TO_THE_END, WHOLE_RESULT
 from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from .functions import FunctionCache
 from .progress import Progress
@@ -88,12 +88,19 @@ class ChunkRunner:
             self.relay = WorkerRelay(self._send_output, config.log_level,
                                      live=config.relay == "live", prefix=prefix)
 
-    def run(self, head: protocol.Header, body: memoryview, buffers: list[Any]) -> list[Any]:
-        """Run one chunk of tasks and build its RESULT message."""
+    def run(self, head: protocol.Header, body: memoryview, buffers: list[Any],
+            keep_last_result: bool = False) -> list[Any]:
+        """Run one chunk of tasks and build its RESULT message.
+
+        ``keep_last_result``: the master may not have the last RESULT yet; it
+        stays in the progress log (see :meth:`Progress.begin`).
+        """
         values: list[Any] = []
         errors: Errors = []
         flags = head.flags
         progress = self.progress
+        if progress is not None:  # loading may run code: count it as the tasks' own
+            progress.begin(head.ident, keep_last_result)
         try:
             task = protocol.parse_task(body)
             self._skip = task.skip
@@ -101,8 +108,8 @@ class ChunkRunner:
             self._kept_slices = []
             self._kept_at = perf_counter()
             self._keeping = progress is not None and not flags & Flag.CALL
-            if progress is not None:  # loading may run code: count it as the tasks' own
-                progress.begin(head.ident, task.skip)
+            if progress is not None and task.skip:  # settled elsewhere before it came here
+                progress.mark(head.ident, task.skip, TO_THE_END)
             split = task.fn_buffers
             fn = self.functions.load(task.digest, task.fn_inband, buffers[:split])
             arguments = buffers[split:]
@@ -194,6 +201,11 @@ class ChunkRunner:
                 self._keep(values, errors)
             if not failed:
                 size = size * 2 if perf_counter() - began < SLICE_SECONDS else max(1, size // 2)
+
+    def holds_last_result(self) -> bool:
+        """Whether the last RESULT is in the progress log, to stay there while the
+        next chunk runs (see :meth:`Progress.begin`)."""
+        return self.progress is not None and self.progress.holds_last_result
 
     def keep_result(self, frames: list[Any]) -> None:
         """Keep a RESULT about to be sent in the progress log: should this process die

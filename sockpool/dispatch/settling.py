@@ -1,0 +1,107 @@
+"""What a lost worker held: delivered, settled, retried or requeued (I/O thread).
+
+A worker runs its chunks in order.  The chunks it held were, in order: at
+most one that finished but whose RESULT never came (a local worker may start
+its next chunk before the master has its last RESULT: that RESULT is kept in
+its progress page's log), the one it was running, and those that never
+started, which go back to the front of the queue untouched.  Its progress
+page tells how far the running chunk got: only the task it died in fails (or
+is retried); what finished is delivered, the rest is requeued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from . import output as relay
+from .jobs import Chunk
+from .profiling import Profiler
+from .records import WorkerRecord, lost_error, result_lost_error, timeout_error
+from .scheduler import Scheduler
+from .task_progress import ProgressPage, SentResult
+
+
+def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], how: str,
+                tail: str, scheduler: Scheduler, profiler: Profiler) -> None:
+    """Settle every chunk a lost worker held (``held``, in order) or had pinned to it."""
+    if record.progress is None:  # a remote worker's host may have read it for us
+        record.progress = ProgressPage.reported(record.process)
+    # Read only once the process is gone (one just killed may still move on).
+    page = record.progress if record.process.poll() is not None else None
+    if page is not None and len(held) > 1:
+        finished = page.previous_result(held[0])
+        if finished is not None:
+            _deliver(record, held[0], finished, profiler)
+            held = held[1:]
+    running, queued = held[:1], held[1:]
+    for chunk in held + pinned:  # a static map's chunks may move elsewhere
+        if chunk.job.movable:
+            chunk.pinned = None
+    never_started = queued + pinned
+    for chunk in reversed(never_started):  # back to the front of the queue, untouched
+        if chunk.pinned is None:
+            scheduler.requeue(chunk)
+    stranded = [chunk for chunk in never_started if chunk.pinned is not None]
+    for chunk in running:  # what it wrote before it was lost still reaches the user
+        with contextlib.suppress(Exception):  # (a warning under -W error: the loss wins)
+            relay.emit(chunk.output)
+        output_tail = relay.tail(chunk.output)
+        if output_tail:
+            tail = f"{output_tail}\n{tail}" if tail else output_tail
+        chunk.output = []
+    measured = [chunk for chunk in running if page is not None
+                and chunk.pinned is None and chunk is not record.timed_out]
+    for chunk in measured:
+        assert page is not None
+        _resume(page, record, chunk, how, tail, scheduler, profiler)
+    if record.progress is not None:
+        record.progress.close()
+        record.progress = None
+    for chunk in [c for c in running if c not in measured] + stranded:
+        if chunk.pinned is None and chunk.attempts < chunk.job.retries:
+            chunk.attempts += 1
+            scheduler.requeue(chunk)
+        elif chunk is record.timed_out:
+            chunk.job.fail(chunk, timeout_error(record, chunk))
+        else:
+            chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
+
+
+def _deliver(record: WorkerRecord, chunk: Chunk, sent: SentResult, profiler: Profiler) -> None:
+    """A RESULT read back from the lost worker's log: as if it had come."""
+    if profiler.active:
+        profiler.returned(chunk, record, sent.times, sent.nbytes, cancelled=False)
+    record.tasks_done += chunk.count - chunk.resume
+    chunk.job.deliver(chunk, record.label, sent.payload)
+
+
+def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, tail: str,
+            scheduler: Scheduler, profiler: Profiler) -> None:
+    """Settle what a lost worker finished and died in; requeue the rest of the chunk.
+
+    The results it kept in its log are delivered (its whole RESULT, if it
+    died with that unsent).  With ``retries`` left, the chunk reruns from its
+    first task whose result is not here (one that finished too late to be
+    kept, and the task it died in).
+    """
+    progress = page.where(chunk)
+    if (sent := progress.sent_result(chunk)) is not None:
+        _deliver(record, chunk, sent, profiler)
+        return
+    chunk.recovered += [(record.label, kept) for kept in progress.records]
+    chunk.resume, start, end = progress.kept, progress.start, progress.end
+    if end > chunk.resume and chunk.attempts < chunk.job.retries:
+        chunk.attempts += 1
+    elif end > chunk.resume:
+        if start > chunk.resume:  # finished, but their results died unsent
+            chunk.settled.append((chunk.resume, start, result_lost_error(
+                record, how, tail, chunk, chunk.resume, start)))
+        if end > start:
+            chunk.settled.append((start, end, lost_error(record, how, tail, chunk, start, end)))
+        chunk.resume = end
+    if chunk.resume < chunk.count:  # (untouched if it never started)
+        scheduler.requeue(chunk)
+    elif len(chunk.settled) == 1 and chunk.settled[0][:2] == (0, chunk.count):
+        chunk.job.fail(chunk, chunk.settled[0][2])
+    else:
+        chunk.job.deliver(chunk, record.label, None)
