@@ -113,10 +113,11 @@ class Dispatcher:
         self.profiler = Profiler()
         self.pool = WorkerPool(
             launcher=launcher, master=self.master, scheduler=self.scheduler,
-            lifecycle=self.lifecycle, poller=self._poller, config=config, shared=self.shared,
+            lifecycle=self.lifecycle, config=config, shared=self.shared,
             workers=workers, target=n_workers, connect_timeout=connect_timeout,
             heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
             profiler=self.profiler, max_tasks=max_tasks_per_worker)
+        self._poller.register(self.pool.exits.fileno(), zmq.POLLIN)
         self.exports: list[list[Any]] = []
         self.admission = Admission(self.token, self.master, self.shared, self.pool, self.exports,
                                    setup_job, self._send_chunk)
@@ -223,25 +224,25 @@ class Dispatcher:
             for _ in range(self.pool.target):
                 self.pool.launch()
             self.launcher.launched()
-            sock, wake = self.master.socket, self.mailbox.fileno()
+            sock, wake, exits = self.master.socket, self.mailbox.fileno(), self.pool.exits
             next_heartbeat = time.monotonic() + self.heartbeat_interval
             while True:
                 timeout = min(next_heartbeat, self._next_check) - time.monotonic()
-                exited = False
+                ended = []
                 for source, _ in self._poller.poll(max(0, math.ceil(timeout * 1000))):
                     if source is sock:
                         self._receive()
                     elif source == wake:
                         self.mailbox.clear_wake()
-                    else:
-                        exited = True  # a pidfd: a worker process ended
+                    elif source == exits.fileno():
+                        ended = exits.ended()  # pidfds: those worker processes ended
                 if self.mailbox:
                     if self.shared.releases_waiting:
                         self.shared.send_releases()
                     self.mailbox.run_all()
                 now = time.monotonic()
-                if exited or now >= self._next_check:
-                    self._next_check = now + self.pool.check_processes(now)
+                if ended or now >= self._next_check:
+                    self._next_check = now + self.pool.check_processes(now, ended)
                 if now >= next_heartbeat:
                     self._heartbeat(now)
                     next_heartbeat = now + self.heartbeat_interval

@@ -13,13 +13,13 @@ import contextlib
 import threading
 import time
 import warnings
-
-import zmq
+from collections.abc import Collection
 
 from ..common.config import WorkerConfig
 from ..common.protocol import Kind, header
 from ..errors import LaunchError, NoWorkersLeftError, SockpoolError
 from ..launchers.base import Launcher
+from .exits import ExitWatch
 from .lifecycle import Lifecycle
 from .profiling import Profiler
 from .records import (
@@ -36,6 +36,9 @@ from .transport import MasterSocket
 
 #: How often processes are polled when no pidfd tells us they ended.
 PROCESS_POLL_INTERVAL = 0.25
+#: How often workers are checked while each one's pidfd will say when it ends
+#: (time limits of tasks are checked on time all the same).
+QUIET_CHECK_INTERVAL = 1.0
 #: After a worker process ends, how long its last messages (a result sent just
 #: before it crashed on the next task) may take to arrive before what it held is
 #: written off: the pidfd can fire before libzmq has delivered them.
@@ -58,7 +61,6 @@ class WorkerPool:
         master: MasterSocket,
         scheduler: Scheduler,
         lifecycle: Lifecycle,
-        poller: zmq.Poller,
         config: WorkerConfig,
         shared: SharedTransfers,
         workers: dict[int, WorkerRecord],
@@ -91,9 +93,8 @@ class WorkerPool:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_tasks = max_tasks
         self.profiler = profiler
-        self._poller = poller
         self.workers = workers
-        self._exit_fds: set[int] = set()  # pidfds: readable when a worker process ends
+        self.exits = ExitWatch()  # their pidfds: the I/O loop polls its one descriptor
         self._next_worker_id = 0
         self._failed_replacements = 0
         self.stop_started: float | None = None  # when SHUTDOWN went out
@@ -125,8 +126,7 @@ class WorkerPool:
         self.workers[worker_id] = record
         fd = process.fileno()
         if fd is not None:
-            self._poller.register(fd, zmq.POLLIN)
-            self._exit_fds.add(fd)
+            self.exits.add(fd)
         return record
 
     def mark_ready(self, record: WorkerRecord) -> None:
@@ -191,16 +191,26 @@ class WorkerPool:
 
     # -- watching ------------------------------------------------------------------------
 
-    def check_processes(self, now: float) -> float:
-        """Notice workers that ended, never connected or fell silent; seconds to the next check."""
-        wait = PROCESS_POLL_INTERVAL
+    def check_processes(self, now: float, ended: Collection[int] = ()) -> float:
+        """Notice workers that ended, never connected or fell silent; seconds to the next check.
+
+        ``ended``: the pidfds the loop saw become readable.  A working process
+        whose pidfd is watched and not among them is still running: it is not
+        asked, and while every worker is such, checks come less often (an idle
+        master with hundreds of workers would ask each process 4 times a second).
+        """
+        wait = QUIET_CHECK_INTERVAL if self.lifecycle.wants_workers else PROCESS_POLL_INTERVAL
         for record in list(self.workers.values()):
             if not record.alive:
                 if record.process.poll() is not None:  # reap what was killed, then forget it
                     record.process.close()
                     del self.workers[record.id]
                 continue
-            if record.process.poll() is not None:
+            running = (record.state is WorkerState.READY and record.retired_at is None
+                       and (fd := record.process.fileno()) in self.exits and fd not in ended)
+            if not running:
+                wait = min(wait, PROCESS_POLL_INTERVAL)
+            if not running and record.process.poll() is not None:
                 if record.exited_at is None:
                     record.exited_at = now
                     self._unwatch(record)
@@ -247,9 +257,8 @@ class WorkerPool:
     def _unwatch(self, record: WorkerRecord) -> None:
         """Stop polling a worker's pidfd (once it fired, it stays readable)."""
         fd = record.process.fileno()
-        if fd is not None and fd in self._exit_fds:
-            self._exit_fds.discard(fd)
-            self._poller.unregister(fd)
+        if fd is not None:
+            self.exits.discard(fd)
 
     def _forget(self, record: WorkerRecord, state: WorkerState) -> None:
         was_ready = record.state is WorkerState.READY
@@ -414,10 +423,12 @@ class WorkerPool:
                and time.monotonic() < deadline):
             time.sleep(0.01)
         for record in self.workers.values():
+            self._unwatch(record)
             record.process.close()
             self._close_progress(record)
             if record.alive:
                 record.state = WorkerState.STOPPED
+        self.exits.close()
         self.n_ready = 0
         with contextlib.suppress(Exception):  # a launcher's cleanup must not stop ours
             self.launcher.close()

@@ -31,6 +31,10 @@ from .usage import cpu_seconds, resident_bytes
 #: How long after SHUTDOWN the watchdog waits for the main thread before it
 #: ends the process itself.
 SHUTDOWN_GRACE = 1.0
+#: After answering a clock probe, a worker sends a heartbeat of its own only if
+#: no probe came for this many intervals: while the master probes every
+#: interval, the answers are its heartbeats (one message a second, not two).
+PROBED_SLACK = 1.5
 
 
 class Watchdog:
@@ -63,28 +67,31 @@ class Watchdog:
             poller.register(sys.stdin.fileno(), zmq.POLLIN)
         self.control.send(hello)
         heartbeat = protocol.header(Kind.HEARTBEAT)
-        last_heard = last_sent = time.monotonic()
+        last_heard = time.monotonic()
+        due = last_heard + self.heartbeat_interval  # this worker's own next heartbeat
+        trim_at = due if self.shared is not None else float("inf")  # of idle shared memory
         shutdown_at: float | None = None
         while True:
-            timeout = max(0.0, min(last_sent + self.heartbeat_interval,
-                                   shutdown_at or float("inf")) - time.monotonic())
+            timeout = max(0.0, min(due, trim_at, shutdown_at or float("inf")) - time.monotonic())
             for source, _ in poller.poll(int(timeout * 1000)):
                 if source is self.control:
                     while self.control.poll(0):
                         last_heard = time.monotonic()
                         if self._on_control(self.control.recv()) and shutdown_at is None:
                             shutdown_at = time.monotonic() + SHUTDOWN_GRACE
-                        if self.answered:
-                            last_sent, self.answered = time.monotonic(), False
+                        if self.answered:  # its next word is the answer to the next probe
+                            due = last_heard + PROBED_SLACK * self.heartbeat_interval
+                            self.answered = False
                 elif not os.read(sys.stdin.fileno(), 4096):
                     die("the master process is gone (stdin closed)")
             now = time.monotonic()
-            if now - last_sent >= self.heartbeat_interval:
+            if now >= due:
                 self.control.send(heartbeat)
-                last_sent = now
-                if self.shared is not None:
-                    self.shared.trim(now)
-                    shm.trim_mappings(now)
+                due = now + self.heartbeat_interval
+            if now >= trim_at and self.shared is not None:
+                self.shared.trim(now)
+                shm.trim_mappings(now)
+                trim_at = now + self.heartbeat_interval
             if now - last_heard > self.master_timeout:
                 die(f"no word from the master for {now - last_heard:.1f} s")
             if shutdown_at is not None and now >= shutdown_at:
