@@ -214,3 +214,36 @@ def test_a_result_that_cannot_be_kept_says_it_finished_and_died_unsent(tmp_path:
     assert isinstance(results[2], WorkerLostError) and "task 2" in str(results[2])
     assert results[3] == 30
     assert lines(log) == Counter(range(4))
+
+
+def logging_task(log: str) -> Callable[[int], int]:
+    def task(i: int) -> int:
+        with open(log, "a") as stream:
+            stream.write(f"{i}\n")
+        time.sleep(0.001)
+        return i * 10
+
+    return task
+
+
+def test_a_restart_in_the_middle_of_a_map_runs_no_task_twice(hogs: None, tmp_path: Path) -> None:
+    # restart() kills every worker and settles what each held at once, often
+    # while it runs a chunk the master sent ahead before it had the RESULT of
+    # the one before: that RESULT is delivered, and the chunk that had started
+    # never goes back to the queue as if it had not.
+    log = tmp_path / "log"
+    with Cluster(n=2) as cl:
+        for _ in range(ROUNDS):
+            log.write_text("")
+            wait_for_workers(cl, 2)
+            timer = threading.Timer(0.05, cl.restart)
+            timer.start()
+            results = cl.par_map(logging_task(str(log)), range(300), chunksize=3,
+                                 errors="return")
+            timer.join()
+            ran = lines(log)
+            assert max(ran.values()) == 1, [i for i, count in ran.items() if count > 1]
+            for i, result in enumerate(results):
+                assert result == i * 10 or isinstance(result, WorkerLostError), (i, result)
+                if result == i * 10:
+                    assert ran[i] == 1

@@ -131,3 +131,34 @@ def test_without_a_kept_result_or_with_every_result_received_there_is_no_previou
     assert page.previous_result(chunk) is None
     assert not progress.holds_last_result
     page.close()
+
+
+def test_a_cancelled_chunks_result_is_not_kept_so_the_next_chunk_waits_for_the_ack() -> None:
+    # A cancelled chunk's RESULT carries nothing to deliver: were it kept as the
+    # previous chunk's, the master could not use it, and would take the chunk
+    # after it for one that never started.
+    from collections import deque
+
+    from sockpool.common.config import WorkerConfig
+    from sockpool.worker.functions import FunctionCache
+    from sockpool.worker.runner import ChunkRunner
+    from sockpool.worker.state import WorkerState
+
+    config = WorkerConfig(address="ipc:///unused", token="t", worker_id=0,
+                          heartbeat_interval=1.0, master_timeout=5.0, serializer="cloudpickle",
+                          max_frame_bytes=1 << 30, relay="off")
+    state = WorkerState()
+    progress = Progress()
+    runner = ChunkRunner(config, state, FunctionCache(), None, deque(), send=lambda _: None,
+                         progress=progress)
+    fn = codec.dumps(abs, "pickle")[0]
+    for job, cancelled in ((1, False), (2, True)):
+        if cancelled:
+            state.cancel(job)
+        frame = protocol.task_frame(protocol.header(Kind.TASK, Flag.MAP_ONE, job, job),
+                                    b"d" * 16, 0, bytes(fn), 0, codec.dumps([-1, -2])[0])
+        head, body = protocol.parse(frame)
+        reply = runner.run(head, body, [])
+        assert bool(protocol.parse(reply[0])[0].flags & Flag.CANCELLED) is cancelled
+        runner.keep_result(reply)
+        assert runner.holds_last_result() is not cancelled

@@ -427,7 +427,7 @@ class Dispatcher:
             deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK
             self._next_check = min(self._next_check, deadline)
         arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], int(job.flags))
-        if record.progress is not None:  # its page outlives it: its last RESULT is safe there
+        if record.page_read:  # its page outlives it: its last RESULT is safe there
             flags |= protocol.Flag.PAGE_READ
         if self.profiler.active and chunk is not record.setup_chunk:
             flags |= protocol.Flag.PROFILE

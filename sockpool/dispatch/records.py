@@ -112,6 +112,12 @@ class WorkerRecord:
         """Whether the worker may still send or take messages."""
         return self.state.alive
 
+    @property
+    def page_read(self) -> bool:
+        """Whether the master maps this worker's progress page and can wait for its
+        process to end (a pidfd): its TASKs are flagged ``PAGE_READ``."""
+        return self.progress is not None and self.process.fileno() is not None
+
 
 def snapshot(records: Iterable[WorkerRecord], load: Callable[[int], int]) -> list[WorkerInfo]:
     """Each worker that is not gone: id, host, pid, state (ready ones: busy or idle)."""

@@ -12,6 +12,7 @@ is retried); what finished is delivered, the rest is requeued.
 from __future__ import annotations
 
 import contextlib
+import select
 
 from . import output as relay
 from .jobs import Chunk
@@ -20,20 +21,32 @@ from .records import WorkerRecord, lost_error, result_lost_error, timeout_error
 from .scheduler import Scheduler
 from .task_progress import ProgressPage, SentResult
 
+#: How long a lost worker's process, just killed, gets to end before what it held
+#: is settled without reading its page (a local one ends within milliseconds).
+REAP_SECONDS = 1.0
+
 
 def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], how: str,
                 tail: str, scheduler: Scheduler, profiler: Profiler) -> None:
     """Settle every chunk a lost worker held (``held``, in order) or had pinned to it."""
+    page_read, pidfd = record.page_read, record.process.fileno()
     if record.progress is None:  # a remote worker's host may have read it for us
         record.progress = ProgressPage.reported(record.process)
+    elif pidfd is not None and record.process.poll() is None:  # just killed: it ends soon
+        select.select([pidfd], [], [], REAP_SECONDS)
     # Read only once the process is gone (one just killed may still move on).
     page = record.progress if record.process.poll() is not None else None
-    if page is not None and len(held) > 1:
-        finished = page.previous_result(held[0])
-        if finished is not None:
-            _deliver(record, held[0], finished, profiler)
-            held = held[1:]
-    running, queued = held[:1], held[1:]
+    if page is not None and held and page.previous_chunk() == held[0].id:
+        finished, held = held[0], held[1:]  # its RESULT never came: it is in the page
+        if (sent := page.previous_result(finished)) is not None:
+            _deliver(record, finished, sent, profiler)
+        else:
+            finished.job.fail(finished, result_lost_error(
+                record, how, tail, finished, finished.resume, finished.count))
+    # Told PAGE_READ, it may have started its second chunk before the master had
+    # the first one's RESULT: with its page unread, neither counts as never started.
+    running = held[:2] if page is None and page_read else held[:1]
+    queued = held[len(running):]
     for chunk in held + pinned:  # a static map's chunks may move elsewhere
         if chunk.job.movable:
             chunk.pinned = None

@@ -119,13 +119,20 @@ class ProgressPage:
         assert self._mapping is not None
         return Page.read(self._mapping)
 
+    def previous_chunk(self) -> int:
+        """The id of the chunk whose RESULT the worker kept while it ran the next one
+        (told ``PAGE_READ``); 0 if none.  Read once the worker is gone."""
+        page = self._page()
+        if page is None or self._report is not None:  # (a reported page is never told)
+            return 0
+        return page.previous
+
     def previous_result(self, chunk: Chunk) -> SentResult | None:
-        """The RESULT of ``chunk`` as the I/O thread hands one on, if the worker
-        kept it while it ran its next chunk (told ``PAGE_READ``).  Read once the
-        worker is gone."""
+        """The RESULT of ``chunk``, the :meth:`previous_chunk`, as the I/O thread
+        hands one on; None if it cannot be read."""
         page = self._page()
         if page is None or page.previous != chunk.id or self._report is not None:
-            return None  # (a remote worker is never told PAGE_READ)
+            return None
         _, result = self._records(chunk, page.previous_offset, page.previous_bytes)
         return ChunkProgress([], chunk.resume, chunk.count, chunk.count, result
                              ).sent_result(chunk)

@@ -50,7 +50,8 @@ class DataLoop:
         self.shared = shared
         self.released = released
         # RESULTs sent, and how many of them the master said it received: no task
-        # starts while one may still sit in libzmq's queue here, to die with us.
+        # starts while one may still sit in libzmq's queue here, to die with us,
+        # unless it is the last one and the progress log keeps it (_may_start_unacked).
         self.sent = 0
         self.acked = 0
         self._held: deque[list[Any]] = deque()  # what came while waiting for an ACK

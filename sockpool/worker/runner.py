@@ -74,6 +74,7 @@ class ChunkRunner:
         self._kept_slices: list[tuple[int, int, list[Any]]] = []
         self._kept_at = 0.0  # perf_counter() when they last were
         self._keeping = False
+        self._cancelled = False  # the last RESULT says its chunk was cancelled
         self._times: TaskTimes | None = None  # when its tasks ran, if it is profiled
         self.functions = functions
         self.serializer = config.serializer
@@ -210,8 +211,10 @@ class ChunkRunner:
     def keep_result(self, frames: list[Any]) -> None:
         """Keep a RESULT about to be sent in the progress log: should this process die
         while it waits in libzmq's queue, the master reads it from there.  Not one in
-        shared memory (the segment would die with this process too)."""
-        if self.progress is not None and not isinstance(frames[-1], shm.SharedFrame):
+        shared memory (the segment would die with this process too), nor a cancelled
+        chunk's (it carries nothing to deliver)."""
+        if (self.progress is not None and not self._cancelled
+                and not isinstance(frames[-1], shm.SharedFrame)):
             self.progress.keep(WHOLE_RESULT, 0, frames)
 
     def _keep(self, values: list[Any], errors: Errors) -> None:
@@ -289,6 +292,7 @@ class ChunkRunner:
                 seconds: float = 0.0, kept: Kept | None = None) -> list[Any]:
         batch = self.relay.finish() if self.relay is not None else None
         self._chunk = None
+        self._cancelled = bool(flags & Flag.CANCELLED)
         self._kept_slices = []
         times, self._times = self._times, None
         if self.max_memory is not None and resident_bytes() > self.max_memory:

@@ -1,0 +1,210 @@
+"""What the master does with the chunks of a worker it lost, read from a real page.
+
+A local worker may start its next chunk before the master has its last
+RESULT (TASK flag PAGE_READ); that RESULT then waits in its progress page.
+Here a real process stands for the worker and a real memfd page for its
+page, so that each case is exact: the end-to-end deaths are in
+test_exactness.py.  Whatever the case, no chunk that started may go back to
+the queue untouched (its tasks would run twice), and no finished chunk may
+be lost when its RESULT can be read.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from sockpool.common import codec, protocol
+from sockpool.common.progress_log import WHOLE_RESULT
+from sockpool.common.protocol import Flag, Kind
+from sockpool.dispatch.jobs import Chunk, decode_outcome
+from sockpool.dispatch.profiling import Profiler
+from sockpool.dispatch.records import WorkerRecord
+from sockpool.dispatch.scheduler import Scheduler
+from sockpool.dispatch.settling import settle_lost
+from sockpool.dispatch.task_progress import ProgressPage
+from sockpool.errors import WorkerLostError
+from sockpool.launchers.base import WorkerProcess
+from sockpool.worker.progress import Progress
+from sockpool.worker.results import ResultPacker
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Process(WorkerProcess):
+    """A real child process, watched through its pidfd as a local worker is."""
+
+    host = "localhost"
+
+    def __init__(self) -> None:
+        self._popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        self._pidfd = os.pidfd_open(self._popen.pid)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def fileno(self) -> int | None:
+        return self._pidfd
+
+    def terminate(self) -> None:
+        self._popen.terminate()
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    def close(self) -> None:
+        self._popen.kill()
+        self._popen.wait()
+        os.close(self._pidfd)
+
+
+class Job:
+    """Records what happened to its chunks."""
+
+    movable = True
+    retries = 0
+    prefetch = True
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, Any]] = []
+
+    def deliver(self, chunk: Chunk, label: Any, payload: Any) -> None:
+        self.events.append(("delivered", chunk.id, payload))
+
+    def fail(self, chunk: Chunk, error: BaseException) -> None:
+        self.events.append(("failed", chunk.id, error))
+
+
+@pytest.fixture
+def worker() -> Any:
+    process = Process()
+    record = WorkerRecord(0, process)
+    page = Progress()
+    record.progress = ProgressPage.open(page.describe())
+    assert record.page_read
+    yield record, page, process
+    process.close()
+
+
+def chunk(job: Job, count: int) -> Chunk:
+    return Chunk(job=job, first_index=0, count=count, frames=[])  # type: ignore[arg-type]
+
+
+def finish(page: Progress, done: Chunk, values: list[Any]) -> None:
+    """What the worker does once a chunk ran: keep its RESULT, just before sending it."""
+    head, _ = protocol.parse(protocol.header(Kind.TASK, 0, 1, done.id))
+    frames = ResultPacker("cloudpickle", 1 << 30, None).pack(head, Flag.NONE, values, [], 0.1,
+                                                            None)
+    page.mark(done.id, done.count, done.count)
+    assert page.keep(WHOLE_RESULT, 0, frames)
+
+
+def start_second_and_die_in_its_third_task(page: Progress, first: Chunk, second: Chunk
+                                           ) -> None:
+    page.begin(first.id)
+    finish(page, first, [1, 2])
+    page.begin(second.id, keep_last_result=True)  # RESULT of `first` not acknowledged yet
+    assert page.keep(0, 2, codec.dumps(([10, 11], [], 0.0, None)))
+    page.mark(second.id, 2, 3)
+
+
+def test_the_unreceived_result_is_delivered_and_the_next_chunk_resumes_after_its_death(
+        worker: Any) -> None:
+    record, page, process = worker
+    job, scheduler = Job(), Scheduler()
+    first, second, third = chunk(job, 2), chunk(job, 4), chunk(job, 4)
+    start_second_and_die_in_its_third_task(page, first, second)
+    process.kill()
+    process._popen.wait()
+    settle_lost(record, [first, second, third], [], "killed", "", scheduler, Profiler())
+    [(what, ident, payload)] = job.events
+    assert (what, ident) == ("delivered", first.id)
+    assert decode_outcome(first, record.label, payload)[0] == [1, 2]
+    # The second chunk: tasks 0 and 1 recovered, task 2 lost, task 3 requeued to run.
+    assert [(r.first, r.tasks) for _, r in second.recovered] == [(0, 2)]
+    assert second.settled[0][:2] == (2, 3) and isinstance(second.settled[0][2], WorkerLostError)
+    assert list(scheduler.pending) == [second, third] and second.resume == 3
+
+
+def test_a_killed_worker_is_waited_for_so_that_its_page_is_read(worker: Any) -> None:
+    # restart() and a lost connection kill the process and settle at once:
+    # its page is read once the process ended, not treated as unreadable.
+    record, page, process = worker
+    job, scheduler = Job(), Scheduler()
+    first, second = chunk(job, 2), chunk(job, 4)
+    start_second_and_die_in_its_third_task(page, first, second)
+    process.kill()  # not reaped yet
+    settle_lost(record, [first, second], [], "stopped by restart()", "", scheduler, Profiler())
+    assert job.events[0][:2] == ("delivered", first.id)
+    assert second.resume == 3 and list(scheduler.pending) == [second]
+
+
+def test_with_its_page_unreadable_neither_of_two_chunks_goes_back_untouched(
+        worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process that does not end in time: what it held is settled without its
+    # page.  It may have started its second chunk, so that one is lost too
+    # (or retried), never requeued as if it had not started.
+    import sockpool.dispatch.settling as settling
+
+    monkeypatch.setattr(settling, "REAP_SECONDS", 0.05)
+    record, page, process = worker
+    job, scheduler = Job(), Scheduler()
+    first, second, third = chunk(job, 2), chunk(job, 4), chunk(job, 4)
+    start_second_and_die_in_its_third_task(page, first, second)
+    record.process = _NeverEnds(process)
+    settle_lost(record, [first, second, third], [], "killed", "", scheduler, Profiler())
+    assert [(what, ident) for what, ident, _ in job.events] == [
+        ("failed", first.id), ("failed", second.id)]
+    assert list(scheduler.pending) == [third]
+
+
+def test_an_unreadable_previous_result_fails_as_finished_and_lost(worker: Any) -> None:
+    record, page, process = worker
+    job, scheduler = Job(), Scheduler()
+    first, second = chunk(job, 2), chunk(job, 4)
+    page.begin(first.id)
+    page.mark(first.id, 2, 2)
+    assert page.keep(WHOLE_RESULT, 0, [b"not a RESULT"])
+    page.begin(second.id, keep_last_result=True)
+    process.kill()
+    settle_lost(record, [first, second], [], "killed", "", scheduler, Profiler())
+    what, ident, error = job.events[0]
+    assert (what, ident) == ("failed", first.id)
+    assert "finished on worker 0" in str(error) and "before their results were sent" in str(error)
+    # The second was loading when it died: any of its tasks may have run.
+    assert [(what, ident) for what, ident, _ in job.events[1:]] == [("failed", second.id)]
+    assert "while running tasks 0..3" in str(job.events[1][2])
+    assert list(scheduler.pending) == []
+
+
+class _NeverEnds(WorkerProcess):
+    """A process whose end is not seen (stuck in the kernel, say)."""
+
+    host = "localhost"
+
+    def __init__(self, real: Process) -> None:
+        self._real = real
+
+    @property
+    def pid(self) -> int:
+        return self._real.pid
+
+    def poll(self) -> int | None:
+        return None
+
+    def fileno(self) -> int | None:
+        return self._real.fileno()
+
+    def terminate(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
