@@ -12,6 +12,7 @@ be lost when its RESULT can be read.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from typing import Any
@@ -134,10 +135,31 @@ def test_the_unreceived_result_is_delivered_and_the_next_chunk_resumes_after_its
     assert list(scheduler.pending) == [second, third] and second.resume == 3
 
 
-def test_a_killed_worker_is_waited_for_so_that_its_page_is_read(worker: Any) -> None:
+@pytest.fixture(params=["low", "high"], ids=["pidfd-below-1024", "pidfd-above-1024"])
+def fds_in_use(request: pytest.FixtureRequest) -> Any:
+    """Nothing, or 1100 descriptors open, so that the next ones are numbered past
+    1023 (``select.select`` cannot wait on those), as in a cluster of hundreds."""
+    if request.param == "low":
+        yield 0
+        return
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limits[0] < 2048:  # (root may raise the hard limit too)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, max(limits[1], 2048)))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        yield 1024
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def test_a_killed_worker_is_waited_for_so_that_its_page_is_read(fds_in_use: int,
+                                                                  worker: Any) -> None:
     # restart() and a lost connection kill the process and settle at once:
     # its page is read once the process ended, not treated as unreadable.
     record, page, process = worker
+    assert process.fileno() >= fds_in_use
     job, scheduler = Job(), Scheduler()
     first, second = chunk(job, 2), chunk(job, 4)
     start_second_and_die_in_its_third_task(page, first, second)

@@ -312,10 +312,11 @@ class WorkerPool:
         with self.state_changed:
             self.startup_errors.clear()  # they were about the workers being replaced
         self._failed_replacements = 0
-        for record in list(self.workers.values()):
-            if not record.alive or record.retired_at is not None:  # replaced already
-                continue
+        replaced = [record for record in self.workers.values()
+                    if record.alive and record.retired_at is None]  # (not replaced already)
+        for record in replaced:  # all at once: they end while the first are settled
             record.process.kill()
+        for record in replaced:
             if not record.state.starting:
                 self.lost(record, "stopped by restart()")
                 continue

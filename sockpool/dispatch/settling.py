@@ -32,8 +32,8 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
     page_read, pidfd = record.page_read, record.process.fileno()
     if record.progress is None:  # a remote worker's host may have read it for us
         record.progress = ProgressPage.reported(record.process)
-    elif pidfd is not None and record.process.poll() is None:  # just killed: it ends soon
-        select.select([pidfd], [], [], REAP_SECONDS)
+    elif held and pidfd is not None and record.process.poll() is None:  # just killed
+        _wait_for_end(pidfd)
     # Read only once the process is gone (one just killed may still move on).
     page = record.progress if record.process.poll() is not None else None
     if page is not None and held and page.previous_chunk() == held[0].id:
@@ -78,6 +78,14 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
             chunk.job.fail(chunk, timeout_error(record, chunk))
         else:
             chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
+
+
+def _wait_for_end(pidfd: int) -> None:
+    """Wait, at most :data:`REAP_SECONDS`, for a killed process's pidfd to say it ended
+    (``select.poll``: a pidfd may be numbered past ``select.select``'s 1023)."""
+    waiter = select.poll()
+    waiter.register(pidfd, select.POLLIN)
+    waiter.poll(REAP_SECONDS * 1000)
 
 
 def _deliver(record: WorkerRecord, chunk: Chunk, sent: SentResult, profiler: Profiler) -> None:

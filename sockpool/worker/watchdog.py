@@ -69,6 +69,8 @@ class Watchdog:
         heartbeat = protocol.header(Kind.HEARTBEAT)
         last_heard = time.monotonic()
         due = last_heard + self.heartbeat_interval  # this worker's own next heartbeat
+        # (within half the master's patience, where a heartbeat_timeout set it short)
+        probed_wait = min(PROBED_SLACK * self.heartbeat_interval, self.master_timeout / 2)
         trim_at = due if self.shared is not None else float("inf")  # of idle shared memory
         shutdown_at: float | None = None
         while True:
@@ -80,7 +82,7 @@ class Watchdog:
                         if self._on_control(self.control.recv()) and shutdown_at is None:
                             shutdown_at = time.monotonic() + SHUTDOWN_GRACE
                         if self.answered:  # its next word is the answer to the next probe
-                            due = last_heard + PROBED_SLACK * self.heartbeat_interval
+                            due = last_heard + probed_wait
                             self.answered = False
                 elif not os.read(sys.stdin.fileno(), 4096):
                     die("the master process is gone (stdin closed)")
