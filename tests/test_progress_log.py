@@ -162,3 +162,19 @@ def test_a_cancelled_chunks_result_is_not_kept_so_the_next_chunk_waits_for_the_a
         assert bool(protocol.parse(reply[0])[0].flags & Flag.CANCELLED) is cancelled
         runner.keep_result(reply)
         assert runner.holds_last_result() is not cancelled
+
+
+def test_a_result_of_more_buffers_than_one_write_takes_reads_back_whole() -> None:
+    # 1500 out-of-band frames: more than one pwritev may write (IOV_MAX, 1024).
+    progress, page, chunk = page_and_chunk(1)
+    progress.begin(chunk.id)
+    arrays = [np.full(70_000 // 8, i, dtype=np.int64) for i in range(1500)]
+    frames = result_frames(chunk, [arrays], [])
+    assert len(frames) == 1501
+    progress.mark(chunk.id, 1, 1)
+    assert progress.keep(WHOLE_RESULT, 0, frames)
+    sent = page.where(chunk).sent_result(chunk)
+    assert sent is not None
+    [values] = decode_outcome(chunk, LABEL, sent.payload)[0]
+    assert all(np.array_equal(a, b) for a, b in zip(values, arrays, strict=True))
+    page.close()

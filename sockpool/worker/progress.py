@@ -126,15 +126,18 @@ class Progress:
         """Append the packed results of ``count`` finished tasks from ``first`` on
         (``first`` :data:`WHOLE_RESULT`: the chunk's RESULT, as it is sent).
 
-        False when the log would grow past its limit (nothing is written).
+        False when the log would grow past its limit, or cannot be written
+        (nothing is counted).
         """
         header = record_header(first, count, frames)
         size = len(header) + sum(memoryview(frame).nbytes for frame in frames)
         if self._log_bytes + size > LOG_LIMIT:
             return False
-        offset = self._offset + self._log_bytes
-        for part in (header, *frames):
-            offset = _write_all(self.fd, _flat(part), offset)
+        try:
+            _write_all(self.fd, [_flat(part) for part in (header, *frames)],
+                       self._offset + self._log_bytes)
+        except OSError:  # out of memory for it, say: the record is not counted
+            return False
         self._log_bytes += size
         self._written[self._slot] = max(self._written[self._slot], self._log_bytes)
         self._words[LOG_BYTES] = self._log_bytes  # last: the master reads only whole records
@@ -149,12 +152,21 @@ def _flat(frame: Any) -> memoryview:
     return memoryview(frame).cast("B")
 
 
-def _write_all(fd: int, data: memoryview, offset: int) -> int:
-    """``pwrite`` all of ``data`` at ``offset``; the offset after it."""
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data, offset = data[written:], offset + written
-    return offset
+#: The most buffers one ``pwritev`` takes.
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
+
+
+def _write_all(fd: int, parts: list[memoryview], offset: int) -> None:
+    """Write ``parts`` one after another from ``offset``: one ``pwritev`` (a call
+    cut short, by a signal say, goes on from where it stopped)."""
+    parts = [part for part in parts if part.nbytes]
+    while parts:
+        written = os.pwritev(fd, parts[:_IOV_MAX], offset)
+        offset += written
+        while parts and written >= parts[0].nbytes:
+            written -= parts.pop(0).nbytes
+        if parts:
+            parts[0] = parts[0][written:]
 
 
 def create(fd: int | None = None) -> Progress | None:
