@@ -15,17 +15,16 @@ cut network must end).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 #: How workers relay what tasks write: per chunk, line by line, or not at all.
 RELAY_MODES = ("task", "live", "off")
 
 
-@dataclass(frozen=True)
-class CurveKeys:
+# NamedTuples, not dataclasses: a worker would import dataclasses and inspect
+# for these alone (3-6 ms of every worker's start).
+class CurveKeys(NamedTuple):
     """The CURVE keys one worker was issued (Z85 text): the master's public key and its own."""
 
     server_key: str
@@ -33,8 +32,7 @@ class CurveKeys:
     secret_key: str
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
+class WorkerConfig(NamedTuple):
     """Everything a worker needs to join its cluster, every default resolved."""
 
     address: str  #: the master's address to dial (ipc:// or tcp://)
@@ -53,17 +51,19 @@ class WorkerConfig:
     # Set by the launcher that starts the process:
     watch_stdin: bool = False  #: end of stdin means the master is gone (local workers)
     parent_pid: int | None = None  #: die with this process (Linux's parent-death signal)
-    sys_path: tuple[str, ...] = field(default=())  #: put first on the worker's import path
+    sys_path: tuple[str, ...] = ()  #: put first on the worker's import path
     #: the progress memfd its host's agent made and reads once it ends (remote workers)
     progress_fd: int | None = None
 
     def replace(self, **changes: Any) -> WorkerConfig:
         """A copy with some fields changed (a launcher adding what it knows)."""
-        return dataclasses.replace(self, **changes)
+        return self._replace(**changes)
 
     def to_json(self) -> str:
         """One line of JSON (no newline in it), as the launch channel carries it."""
-        return json.dumps(dataclasses.asdict(self))
+        fields = self._asdict()
+        fields["curve"] = self.curve._asdict() if self.curve is not None else None
+        return json.dumps(fields)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> WorkerConfig:
