@@ -70,10 +70,15 @@ class Progress:
         # Two logs, one at each of SLOTS: the running chunk's, and the last chunk's
         # while its RESULT may be unreceived (see begin).
         self._slot = 0
-        self._offset = self._words[LOG_OFFSET] = SLOTS[0]
+        self._words[LOG_OFFSET] = SLOTS[0]
         self._log_bytes = 0  # the running chunk's
         self._written = [0, 0]  # the most bytes each slot held since its memory was given back
         self._result_kept = False  # the chunk's whole RESULT is in its log
+
+    @property
+    def _offset(self) -> int:
+        """Where the running chunk's log starts."""
+        return SLOTS[self._slot]
 
     def describe(self) -> str:
         """``pid:fd``, for the master to open ``/proc/pid/fd/fd``."""
@@ -110,7 +115,7 @@ class Progress:
                 self._written = [0, 0]
         # The id last: a record or a slice never names the wrong chunk.
         words[LOG_BYTES] = self._log_bytes = 0
-        words[LOG_OFFSET] = self._offset = SLOTS[self._slot]
+        words[LOG_OFFSET] = self._offset
         words[START], words[END] = 0, TO_THE_END
         words[CHUNK] = chunk
         self._result_kept = False
