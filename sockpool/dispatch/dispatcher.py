@@ -326,8 +326,10 @@ class Dispatcher:
         if head.kind is Kind.HELLO:
             self.admission.hello(record, prefix, body)
             return
-        if record.state is WorkerState.STARTING:
-            return  # nothing counts before the worker proved it holds the token
+        if record.state is WorkerState.STARTING and not (
+                prefix == protocol.CONTROL_PREFIX and record.control_ready):
+            return  # nothing counts before the worker proved it holds the token (there:
+            # the answer to the probe its control HELLO got may beat its data HELLO)
         record.last_heard = time.monotonic()
         if prefix != protocol.DATA_PREFIX:
             if head.kind is Kind.HEARTBEAT:
