@@ -36,6 +36,8 @@ TRANSPORTS = ("ipc", "tcp")
 #: The largest frame a peer may send; a peer that sends more is disconnected.
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024**3
 
+_POLLIN = int(zmq.POLLIN)  # a plain int: the flag enum's ``&`` builds a member each time
+
 
 class MasterSocket:
     """The ROUTER socket, its zmq context and its private directory.
@@ -138,14 +140,14 @@ class MasterSocket:
             raise
         return True
 
-    def receive(self, check: bool = True) -> list[Any] | None:
+    def receive(self, check: bool = False) -> list[Any] | None:
         """One waiting message as ``[identity, first frame, *buffers]``, or None.
 
         Args:
-            check: ask zmq whether a message is waiting first; pass False when a
-                poll just said so (asking is cheaper than an empty recv's exception).
+            check: ask zmq whether a message is waiting first, where one likely is
+                not: asking (1.5 µs) is cheaper than an empty recv's exception (3.4 µs).
         """
-        if check and not int(self.socket.get(zmq.EVENTS)) & zmq.POLLIN:
+        if check and not int(self.socket.get(zmq.EVENTS)) & _POLLIN:
             return None
         try:
             return protocol.recv_message(self.socket, zmq.NOBLOCK, small_frames=2)
