@@ -1,7 +1,7 @@
 """A cluster in a notebook: its launcher and, per worker, host, pid, state, tasks, CPU, memory.
 
-Workers report their own CPU time and resident memory with the heartbeats, so
-remote workers show them too.
+The master reads a local worker's CPU time and resident memory itself; a remote
+worker reports its own with each heartbeat.
 """
 
 from __future__ import annotations

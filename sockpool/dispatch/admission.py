@@ -3,7 +3,8 @@
 On the data connection the HELLO says who the worker is (pid, host, whether it
 shares this machine's memory); it then gets every export and, with
 ``Cluster(setup=)``, runs the setup function before it takes tasks.  On the
-control connection the HELLO opens heartbeats, starting with a clock probe.
+control connection the HELLO opens heartbeats (clock probes, for a worker on
+another machine).
 Runs on the I/O thread only.
 """
 
@@ -51,7 +52,7 @@ class Admission:
         record.last_heard = time.monotonic()
         if prefix == protocol.CONTROL_PREFIX:
             record.control_ready = True
-            self.master.send(record.control_identity, [protocol.clock_probe()])
+            self.master.send(record.control_identity, [record.heartbeat()])
             return
         if record.state is not WorkerState.STARTING:
             return

@@ -206,8 +206,7 @@ class Dispatcher:
     def usage(self) -> dict[int, WorkerUsage]:
         """Each live worker's tasks done, CPU time and resident memory, by id."""
         return self.mailbox.ask(lambda: {
-            record.id: WorkerUsage(record.tasks_done, record.cpu_seconds, record.resident_bytes)
-            for record in self.pool.workers.values() if record.alive})
+            record.id: record.usage() for record in self.pool.workers.values() if record.alive})
 
     def live_worker_ids(self) -> list[int]:
         """Ids of the workers alive (ready or starting), in order."""
@@ -445,8 +444,8 @@ class Dispatcher:
     def _heartbeat(self, now: float) -> None:
         self.shared.trim(now)
         for record in self.pool.workers.values():
-            if record.control_ready and record.state in _BEATING:  # probes keep clocks fresh
-                self.master.send(record.control_identity, [protocol.clock_probe()])
+            if record.control_ready and record.state in _BEATING:
+                self.master.send(record.control_identity, [record.heartbeat()])
 
     # -- the I/O thread: commands posted by the public methods ----------------------------
 

@@ -16,6 +16,9 @@ from .clock import ClockSync
 from .jobs import Chunk, WorkerLabel
 from .task_progress import ProgressPage
 
+#: A heartbeat that is not a clock probe: it only says the master is there.
+_PLAIN_HEARTBEAT = protocol.header(protocol.Kind.HEARTBEAT)
+
 
 class WorkerState(enum.Enum):
     """A worker's state as the master sees it.
@@ -87,8 +90,8 @@ class WorkerRecord:
         self.shared_memory = False  # it maps our segments and we map its (same machine)
         self.results_received = 0  # RESULT messages it sent us, which TASK and ACK tell it
         self.progress: ProgressPage | None = None  # how far its chunk got (same host)
-        self.clock = ClockSync()  # its clock's offset from ours
-        self.resident_bytes: int | None = None  # as it last reported them
+        self.clock = ClockSync(process.same_host)  # its clock's offset from ours
+        self.resident_bytes: int | None = None  # as it last reported them (another host)
         self.cpu_seconds: float | None = None
         self.tasks_done = 0
 
@@ -102,6 +105,19 @@ class WorkerRecord:
             self.cached_bytes -= old_size
             dropped.append(old)
         return dropped
+
+    def heartbeat(self) -> bytes:
+        """The master's heartbeat to this worker: a clock probe, which it answers
+        with its clock and use; or, on this machine, where the master reads those
+        itself (and watches the process), a plain one that wants no answer."""
+        return _PLAIN_HEARTBEAT if self.process.same_host else protocol.clock_probe()
+
+    def usage(self) -> WorkerUsage:
+        """Its tasks done, CPU seconds and resident bytes, as read or last reported."""
+        if self.process.same_host:
+            cpu, memory = self.process.usage() or (None, None)
+            return WorkerUsage(self.tasks_done, cpu, memory)
+        return WorkerUsage(self.tasks_done, self.cpu_seconds, self.resident_bytes)
 
     @property
     def label(self) -> WorkerLabel:

@@ -27,6 +27,9 @@ class WorkerProcess(abc.ABC):
     released: bool = False
     #: False where only the worker's HELLO can say which machine it is on.
     host_known: bool = True
+    #: It runs on the master's machine: its clock is the master's, and
+    #: :meth:`usage` reads its CPU and memory, so its heartbeats need no answer.
+    same_host: bool = False
 
     @property
     @abc.abstractmethod
@@ -48,6 +51,11 @@ class WorkerProcess(abc.ABC):
     @abc.abstractmethod
     def kill(self) -> None:
         """Stop the process now (SIGKILL)."""
+
+    def usage(self) -> tuple[float, int] | None:
+        """Its CPU seconds and resident bytes, read by the master itself; None where
+        only the worker can say (another machine) or the process has ended."""
+        return None
 
     def stderr_tail(self) -> str:
         """The last lines the process wrote to stderr."""

@@ -9,7 +9,9 @@ thread has not finished within :data:`SHUTDOWN_GRACE` of a SHUTDOWN.
 It keeps answering while a task holds the main thread.  It answers the
 master's clock probes at once, with its own clock and the process's memory
 and CPU use, so that the master can align task times and show every worker's
-use, also on remote hosts.
+use on remote hosts.  A worker on the master's machine gets plain heartbeats
+instead, which want no answer: the master watches its process and reads its
+use itself.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from .usage import cpu_seconds, resident_bytes
 #: How long after SHUTDOWN the watchdog waits for the main thread before it
 #: ends the process itself.
 SHUTDOWN_GRACE = 1.0
-#: After answering a clock probe, a worker sends a heartbeat of its own only if
-#: no probe came for this many intervals: while the master probes every
-#: interval, the answers are its heartbeats (one message a second, not two).
-PROBED_SLACK = 1.5
+#: After a heartbeat from the master, a worker sends one of its own only if the
+#: master's next one is this many intervals late: while the master beats every
+#: interval, the answers to its probes are the worker's heartbeats (one message
+#: a second each way, not two), and a worker it only tells it is there (one on
+#: its own machine) says nothing.
+MASTER_BEAT_SLACK = 1.5
 
 
 class Watchdog:
@@ -57,7 +61,7 @@ class Watchdog:
         self.master_timeout = config.master_timeout
         self.watch_stdin = config.watch_stdin
         self.shared = shared
-        self.answered = False  # a clock probe was just answered
+        self.master_beat = False  # a heartbeat from the master just came
 
     def run(self, hello: bytes) -> None:
         """Say HELLO, then watch until the process ends (the watchdog thread's loop)."""
@@ -70,7 +74,7 @@ class Watchdog:
         last_heard = time.monotonic()
         due = last_heard + self.heartbeat_interval  # this worker's own next heartbeat
         # (within half the master's patience, where a heartbeat_timeout set it short)
-        probed_wait = min(PROBED_SLACK * self.heartbeat_interval, self.master_timeout / 2)
+        beat_wait = min(MASTER_BEAT_SLACK * self.heartbeat_interval, self.master_timeout / 2)
         trim_at = due if self.shared is not None else float("inf")  # of idle shared memory
         shutdown_at: float | None = None
         while True:
@@ -81,9 +85,9 @@ class Watchdog:
                         last_heard = time.monotonic()
                         if self._on_control(self.control.recv()) and shutdown_at is None:
                             shutdown_at = time.monotonic() + SHUTDOWN_GRACE
-                        if self.answered:  # its next word is the answer to the next probe
-                            due = last_heard + probed_wait
-                            self.answered = False
+                        if self.master_beat:  # the master's next one is due first
+                            due = last_heard + beat_wait
+                            self.master_beat = False
                 elif not os.read(sys.stdin.fileno(), 4096):
                     die("the master process is gone (stdin closed)")
             now = time.monotonic()
@@ -105,9 +109,11 @@ class Watchdog:
             head, _ = protocol.parse(frame)
         except protocol.ProtocolError:
             return False
-        if head.kind is Kind.HEARTBEAT and head.ident:  # a clock probe: answer now
-            self.control.send(protocol.clock_reply(head.ident, resident_bytes(), cpu_seconds()))
-            self.answered = True  # it counts as this turn's heartbeat
+        if head.kind is Kind.HEARTBEAT:
+            if head.ident:  # a clock probe: answer now (it counts as this turn's heartbeat)
+                self.control.send(protocol.clock_reply(head.ident, resident_bytes(),
+                                                       cpu_seconds()))
+            self.master_beat = True
         elif head.kind is Kind.CANCEL:
             if self.state.cancel(head.job):
                 self._interrupt()
