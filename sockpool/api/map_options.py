@@ -46,7 +46,7 @@ class MapOptions:
         if self.seed is not None:
             check_seed(self.seed)
 
-    def flags(self, star: bool) -> Flag:
+    def flags(self, star: bool) -> int:
         """The TASK flags: how items become arguments, and whether a failure stops a chunk."""
         flags = Flag.MAP_STAR if star else Flag.MAP_ONE
         return flags | Flag.STOP_ON_ERROR if self.errors == "raise" else flags

@@ -428,7 +428,7 @@ class Dispatcher:
         if job.timeout:  # check its deadline on time, not at the next periodic check
             deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK
             self._next_check = min(self._next_check, deadline)
-        arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], int(job.flags))
+        arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], job.flags)
         if record.page_read:  # its page outlives it: its last RESULT is safe there
             flags |= protocol.Flag.PAGE_READ
         if self.profiler.active and chunk is not record.setup_chunk:

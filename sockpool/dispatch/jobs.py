@@ -76,7 +76,7 @@ class TaskFailure(NamedTuple):
 class Job:
     """One call's function payload and settings; subclasses say where results go."""
 
-    def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0,
+    def __init__(self, function: FunctionPayload, flags: int, retries: int = 0,
                  timeout: float | None = None, seed: tuple[int, int | None] | None = None
                  ) -> None:
         self.id = next(_job_ids) & 0xFFFFFFFF
@@ -208,7 +208,7 @@ class StreamJob(Job):
     one dropped by cancellation.
     """
 
-    def __init__(self, function: FunctionPayload, flags: Flag, retries: int = 0,
+    def __init__(self, function: FunctionPayload, flags: int, retries: int = 0,
                  timeout: float | None = None, seed: tuple[int, int | None] | None = None
                  ) -> None:
         super().__init__(function, flags, retries, timeout, seed)

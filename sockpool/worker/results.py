@@ -59,7 +59,7 @@ class ResultPacker:
                                   f"{codec.describe(error)} while describing it")
             return codec.pack_exception(problem, self.serializer)
 
-    def pack(self, head: protocol.Header, flags: Flag, values: list[Any], errors: Errors,
+    def pack(self, head: protocol.Header, flags: int, values: list[Any], errors: Errors,
              seconds: float, batch: Batch | None, times: TaskTimes | None = None,
              kept: Kept | None = None) -> list[Any]:
         """The RESULT frames for the chunk ``head``: ``(values, errors, seconds, batch)``,

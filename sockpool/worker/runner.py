@@ -288,7 +288,7 @@ class ChunkRunner:
         prefix = protocol.header(Kind.OUTPUT, 0, head.job, head.ident)
         self._send(codec.dumps(batch, self.serializer, prefix=prefix))
 
-    def _result(self, head: protocol.Header, flags: Flag, values: list[Any], errors: Errors,
+    def _result(self, head: protocol.Header, flags: int, values: list[Any], errors: Errors,
                 seconds: float = 0.0, kept: Kept | None = None) -> list[Any]:
         batch = self.relay.finish() if self.relay is not None else None
         self._chunk = None
