@@ -102,8 +102,8 @@ class Scheduler:
         """
         for depth in range(self.prefetch):
             for worker_id, held in self.in_flight.items():
-                if len(held) != depth:
-                    continue
+                if len(held) != depth or not (self.pending or self.pinned.get(worker_id)):
+                    continue  # (the second: nothing left for it, as _next_for would find)
                 if depth:
                     oldest = next(iter(held.values()))
                     if (now - oldest.sent_at > PREFETCH_HORIZON or oldest.job.timeout
