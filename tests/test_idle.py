@@ -6,7 +6,8 @@ when the process ends), and sends none of its own while the master's come: an
 idle local cluster's workers say nothing.  A running local worker is not
 polled either.  What the cluster table shows of each worker's use is known as
 soon as it is ready.  (Workers on other machines answer clock probes:
-``tests/test_profile.py``.)
+``tests/test_profile.py``; so do an ssh cluster's workers on this machine,
+whose launcher judges every worker by its silence.)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from sockpool import Cluster
 from sockpool.common import protocol
 from sockpool.dispatch import dispatcher
+from sockpool.launchers import SSHLauncher
 from sockpool.launchers.local import LocalWorkerProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,3 +80,16 @@ def test_each_workers_cpu_and_memory_are_known_as_soon_as_it_is_ready() -> None:
             while len(cell.findall(cl._repr_html_())) < 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert len(cell.findall(cl._repr_html_())) == 2, cl._repr_html_()
+
+
+def test_an_ssh_clusters_local_workers_still_answer_so_silence_never_ends_them() -> None:
+    # SSHLauncher starts its "localhost" workers as local processes, but it does
+    # not watch processes: a worker silent for heartbeat_timeout (1 s here) is lost.
+    with Cluster(launcher=SSHLauncher(["localhost", "localhost"]),
+                 heartbeat_interval=0.2) as cl:
+        cl.par_map(abs, range(2), chunksize=1)
+        pids = sorted(worker.pid for worker in cl.workers)
+        assert len(pids) == 2
+        time.sleep(2)
+        assert cl.submit(time.sleep, 1.5).result(timeout=30) is None
+        assert sorted(worker.pid for worker in cl.workers) == pids

@@ -352,6 +352,11 @@ def parse_identity(identity: bytes) -> tuple[bytes, int]:
     return identity[:1], int.from_bytes(identity[1:], "little")
 
 
+#: Whether a received ``zmq.Frame`` says if more frames follow: pyzmq's Cython
+#: backend sets it; its cffi backend (PyPy's) never does, so there the socket is asked.
+_FRAMES_KNOW_MORE = "cffi" not in zmq.backend.Frame.__module__
+
+
 def recv_message(sock: zmq.Socket[bytes], flags: int = 0, small_frames: int = 1) -> list[Any]:
     """Receive one message from a zmq socket.
 
@@ -363,7 +368,7 @@ def recv_message(sock: zmq.Socket[bytes], flags: int = 0, small_frames: int = 1)
     # member per call, and doubled the cost of receiving a small message.
     frame = sock.recv(flags, copy=False)
     frames: list[Any] = [frame.bytes]
-    while frame.more:
+    while frame.more if _FRAMES_KNOW_MORE else sock.get(zmq.RCVMORE):
         frame = sock.recv(copy=False)
         frames.append(frame.bytes if len(frames) < small_frames else frame)
     return frames

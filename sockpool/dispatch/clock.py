@@ -27,12 +27,13 @@ class ClockSync:
         # A bound on the offset's error (half the best round trip): none on this
         # machine, where both read the same clock.
         self.error = 0.0 if same_host else float("inf")
+        self._exact = same_host
 
     def sample(self, reply: ClockReply, received_ns: int) -> None:
         """Take one probe's round trip: sent at ``reply.probe_ns``, back at ``received_ns``."""
         round_trip = (received_ns - reply.probe_ns) / 1e9
-        if round_trip < 0:
-            return  # the master's clock stepped back meanwhile
+        if self._exact or round_trip < 0:  # the same clock; or ours stepped back meanwhile
+            return
         offset_ns = reply.worker_ns - (reply.probe_ns + received_ns) // 2  # exact, in ints
         self._samples.append((round_trip, offset_ns / 1e9))
         best, self.offset = min(self._samples)

@@ -68,9 +68,14 @@ class WorkerUsage(NamedTuple):
 class WorkerRecord:
     """What the master knows of one worker."""
 
-    def __init__(self, worker_id: int, process: WorkerProcess) -> None:
+    def __init__(self, worker_id: int, process: WorkerProcess, watched: bool = True) -> None:
+        """``watched``: its launcher watches its process, so its silence does not count."""
         self.id = worker_id
         self.process = process
+        # Its heartbeats need no answer: the master sees its process end and reads
+        # its use itself.  A localhost worker of an ssh cluster must answer: its
+        # launcher judges all its workers by their silence.
+        self.quiet = process.same_host and watched
         self.state = WorkerState.STARTING
         self.host = process.host
         self.pid = process.pid
@@ -108,9 +113,8 @@ class WorkerRecord:
 
     def heartbeat(self) -> bytes:
         """The master's heartbeat to this worker: a clock probe, which it answers
-        with its clock and use; or, on this machine, where the master reads those
-        itself (and watches the process), a plain one that wants no answer."""
-        return _PLAIN_HEARTBEAT if self.process.same_host else protocol.clock_probe()
+        with its clock and use; or, for a quiet worker, a plain one that wants no answer."""
+        return _PLAIN_HEARTBEAT if self.quiet else protocol.clock_probe()
 
     def usage(self) -> WorkerUsage:
         """Its tasks done, CPU seconds and resident bytes, as read or last reported."""

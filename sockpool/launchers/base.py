@@ -28,7 +28,8 @@ class WorkerProcess(abc.ABC):
     #: False where only the worker's HELLO can say which machine it is on.
     host_known: bool = True
     #: It runs on the master's machine: its clock is the master's, and
-    #: :meth:`usage` reads its CPU and memory, so its heartbeats need no answer.
+    #: :meth:`usage` reads its CPU and memory, so where its launcher watches
+    #: the process too, its heartbeats need no answer.
     same_host: bool = False
 
     @property
