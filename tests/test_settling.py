@@ -87,7 +87,7 @@ class Job:
 @pytest.fixture
 def worker() -> Any:
     process = Process()
-    record = WorkerRecord(0, process)
+    record = WorkerRecord(0, process, watched=True)
     page = Progress()
     record.progress = ProgressPage.open(page.describe())
     assert record.page_read

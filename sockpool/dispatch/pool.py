@@ -121,7 +121,7 @@ class WorkerPool:
         if process is None:  # nowhere to start one
             self.master.revoke(keys)
             return None
-        record = WorkerRecord(worker_id, process, self.launcher.watches_processes)
+        record = WorkerRecord(worker_id, process, watched=self.launcher.watches_processes)
         record.keys = keys
         self.workers[worker_id] = record
         fd = process.fileno()

@@ -68,7 +68,7 @@ class WorkerUsage(NamedTuple):
 class WorkerRecord:
     """What the master knows of one worker."""
 
-    def __init__(self, worker_id: int, process: WorkerProcess, watched: bool = True) -> None:
+    def __init__(self, worker_id: int, process: WorkerProcess, *, watched: bool) -> None:
         """``watched``: its launcher watches its process, so its silence does not count."""
         self.id = worker_id
         self.process = process
