@@ -84,7 +84,7 @@ def instrument_master() -> None:
 
 def instrument_worker() -> None:
     """In a worker (sent by ``run_on_all``): wrap its receive, run and send."""
-    import sockpool.common.protocol
+    import sockpool.common.wire
     import sockpool.worker.link
     import sockpool.worker.runner
 
@@ -110,7 +110,7 @@ def instrument_worker() -> None:
 
         setattr(owner, name, wrapped)
 
-    wrap(sockpool.common.protocol, "recv_message", None, "w_recv")
+    wrap(sockpool.common.wire, "recv_message", None, "w_recv")
     wrap(sockpool.worker.runner.ChunkRunner, "run", "w_run_in", "w_run_out")
     wrap(sockpool.worker.link, "send", None, "w_send_out")
 

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from sockpool.capture import pickling
-from sockpool.common import codec, protocol
+from sockpool.common import codec, protocol, wire
 from sockpool.common.protocol import Kind, ProtocolError
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.mark.parametrize("frames_know_more", [True, False])  # False: pyzmq's cffi backend
 def test_a_message_is_received_whole_small_frames_as_bytes_the_rest_as_frames(
         monkeypatch: pytest.MonkeyPatch, frames_know_more: bool) -> None:
-    monkeypatch.setattr(protocol, "_FRAMES_KNOW_MORE", frames_know_more)
+    monkeypatch.setattr(wire, "_FRAMES_KNOW_MORE", frames_know_more)
     context = zmq.Context()
     try:
         pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
@@ -28,12 +28,12 @@ def test_a_message_is_received_whole_small_frames_as_bytes_the_rest_as_frames(
         push.connect("inproc://messages")
         push.send_multipart([b"id", b"head", b"x" * 100_000])
         push.send(b"alone")
-        first = protocol.recv_message(pull, small_frames=2)
+        first = wire.recv_message(pull, small_frames=2)
         assert first[:2] == [b"id", b"head"]
         assert isinstance(first[2], zmq.Frame) and bytes(first[2].buffer) == b"x" * 100_000
-        assert protocol.recv_message(pull) == [b"alone"]  # not the rest of the one before
+        assert wire.recv_message(pull) == [b"alone"]  # not the rest of the one before
         with pytest.raises(zmq.Again):
-            protocol.recv_message(pull, zmq.NOBLOCK)
+            wire.recv_message(pull, zmq.NOBLOCK)
     finally:
         context.destroy(linger=0)
 

@@ -1,6 +1,7 @@
 """What master and worker agree on: both sides import this package.
 
-The wire protocol (:mod:`.protocol`), turning objects into frames and back
+The wire protocol (:mod:`.protocol`; reading a message off a zmq socket,
+:mod:`.wire`), turning objects into frames and back
 (:mod:`.codec`), shared memory for large buffers (:mod:`.shm`), the worker's
 launch configuration (:mod:`.config`), the seeding rule (:mod:`.rng`), the
 namespaces of bound functions (:mod:`.namespace`), process helpers

@@ -67,8 +67,6 @@ import struct
 import time
 from typing import Any, NamedTuple
 
-import zmq
-
 PROTOCOL_VERSION = 1
 
 _HEADER = struct.Struct("<BBHIQ")
@@ -350,28 +348,6 @@ def parse_identity(identity: bytes) -> tuple[bytes, int]:
     if len(identity) != 5 or identity[:1] not in (DATA_PREFIX, CONTROL_PREFIX):
         raise ProtocolError("unknown routing id")
     return identity[:1], int.from_bytes(identity[1:], "little")
-
-
-#: Whether a received ``zmq.Frame`` says if more frames follow: pyzmq's Cython
-#: backend sets it; its cffi backend (PyPy's) never does, so there the socket is asked.
-_FRAMES_KNOW_MORE = "cffi" not in zmq.backend.Frame.__module__
-
-
-def recv_message(sock: zmq.Socket[bytes], flags: int = 0, small_frames: int = 1) -> list[Any]:
-    """Receive one message from a zmq socket.
-
-    The first ``small_frames`` frames (routing id, header and body) come as
-    ``bytes``; any after them are large out-of-band buffers and come as
-    zero-copy, writable ``zmq.Frame`` objects.
-    """
-    # Each frame's own ``more`` flag, not sock.get(RCVMORE): that builds an enum
-    # member per call, and doubled the cost of receiving a small message.
-    frame = sock.recv(flags, copy=False)
-    frames: list[Any] = [frame.bytes]
-    while frame.more if _FRAMES_KNOW_MORE else sock.get(zmq.RCVMORE):
-        frame = sock.recv(copy=False)
-        frames.append(frame.bytes if len(frames) < small_frames else frame)
-    return frames
 
 
 def send_copies(frames: list[Any]) -> bool:

@@ -28,7 +28,7 @@ import zmq
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
 
-from ..common import protocol
+from ..common import protocol, wire
 from ..common.config import CurveKeys
 
 TRANSPORTS = ("ipc", "tcp")
@@ -150,7 +150,7 @@ class MasterSocket:
         if check and not int(self.socket.get(zmq.EVENTS)) & _POLLIN:
             return None
         try:
-            return protocol.recv_message(self.socket, zmq.NOBLOCK, small_frames=2)
+            return wire.recv_message(self.socket, zmq.NOBLOCK, small_frames=2)
         except zmq.Again:
             return None
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from ..common import codec, protocol, shm
+from ..common import codec, protocol, shm, wire
 from ..common.protocol import Flag, Kind
 from . import link
 from .functions import FunctionCache
@@ -68,7 +68,7 @@ class DataLoop:
                                        name="sockpool-preload", daemon=True)
             preload.start()
         while not self.state.stopping:
-            frames = self._held.popleft() if self._held else protocol.recv_message(self.data)
+            frames = self._held.popleft() if self._held else wire.recv_message(self.data)
             try:
                 head, body = protocol.parse(frames[0])
             except protocol.ProtocolError:
@@ -117,7 +117,7 @@ class DataLoop:
         RELEASE is handled at once; anything else waits its turn, in order.
         """
         while self.acked < self.sent:
-            frames = protocol.recv_message(self.data)
+            frames = wire.recv_message(self.data)
             try:
                 head, body = protocol.parse(frames[0])
             except protocol.ProtocolError:
