@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from ..dispatch.jobs import Job
 from ..errors import ClusterClosedError
-from .calls import Calls
 from .loops import to_thread
 from .map_options import MapOptions
+
+if TYPE_CHECKING:
+    from ..dispatch.jobs import Job
+    from .calls import Calls
 
 T = TypeVar("T")
 

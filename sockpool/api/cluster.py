@@ -13,27 +13,27 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+# Only what a Cluster needs before its local workers start: the engine (zmq, the
+# capture's picklers, the I/O thread) is imported after that (see startup.py).
 from ..capture.binding import lookup
 from ..capture.by_value import warm_up as warm_up_capture
-from ..capture.payload import DEFAULT_MAX_CAPTURE_SIZE, Packer
-from ..common.protocol import Flag
-from ..dispatch.dispatcher import Dispatcher
-from ..dispatch.jobs import StreamJob
-from ..dispatch.records import WorkerInfo
-from ..dispatch.transport import DEFAULT_MAX_FRAME_BYTES
+from ..capture.limits import DEFAULT_MAX_CAPTURE_SIZE
+from ..common.config import DEFAULT_MAX_FRAME_BYTES
 from ..errors import ClusterClosedError
-from ..launchers import Launcher, SSHHost
 from . import aio
-from .calls import Calls
 from .cluster_options import check_cluster_options, choose_workers, warn_if_oversubscribed
-from .cluster_view import cluster_html
 from .lifetime import live_clusters, watch
 from .loops import may_block, to_thread
 from .map_options import MapOptions, check_callable, check_iterables, check_timeout
-from .profile import Profile
 from .seeding import CallSeeds
+from .startup import start_engine
+
+if TYPE_CHECKING:
+    from ..dispatch.records import WorkerInfo
+    from ..launchers import Launcher, SSHHost
+    from .profile import Profile
 
 T = TypeVar("T")
 
@@ -150,25 +150,21 @@ class Cluster(concurrent.futures.Executor):
             setup=setup, threads_per_worker=threads_per_worker, connect_timeout=connect_timeout,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout, seed=seed,
             max_message_size=max_message_size, relay=relay, prefetch=prefetch,
-            max_tasks_per_worker=max_tasks_per_worker, max_worker_memory=max_worker_memory)
-
-        self._packer = Packer(serializer, max_capture_size)
-        self._seeds = CallSeeds(seed)
+            max_tasks_per_worker=max_tasks_per_worker, serializer=serializer,
+            max_capture_size=max_capture_size, transport=transport,
+            max_worker_memory=max_worker_memory)
         self.owner_pid = os.getpid()
-        setup_job = None
-        if setup is not None:
-            # Copied: replacement workers get it for the whole life of the cluster.
-            setup_job = StreamJob(self._packer.function(setup, copy_buffers=True), Flag.CALL)
-        self._dispatcher = Dispatcher(
-            n_workers=n_workers, launcher=launcher, serializer=serializer,
-            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
-            connect_timeout=connect_timeout, prefetch=prefetch, setup_job=setup_job,
+        self._seeds = CallSeeds(seed)
+        self._calls = start_engine(
+            launcher, n_workers, setup=setup, serializer=serializer,
+            max_capture_size=max_capture_size, seeds=self._seeds,
             relay_mode={True: "task", False: "off", "live": "live"}[relay],
-            relay_prefix=relay_prefix, transport=transport,
+            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+            connect_timeout=connect_timeout, prefetch=prefetch, relay_prefix=relay_prefix,
+            transport=transport, max_frame_bytes=max_message_size,
             log_level=logging.getLogger().getEffectiveLevel() if log_level is None else log_level,
-            max_frame_bytes=max_message_size, max_tasks_per_worker=max_tasks_per_worker,
-            max_worker_memory=max_memory)
-        self._calls = Calls(self._dispatcher, self._packer, self._seeds)
+            max_tasks_per_worker=max_tasks_per_worker, max_worker_memory=max_memory)
+        self._dispatcher = self._calls.dispatcher
         self._finalizer = watch(self, self._dispatcher,
                                 f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)")
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
@@ -483,9 +479,13 @@ class Cluster(concurrent.futures.Executor):
         """Record every task's worker and times in a ``with`` block: ``with cl.profile() as
         prof: cl.par_map(f, xs)``, then ``prof.plot()``; see :class:`Profile`."""
         self._check_open()
+        from .profile import Profile
+
         return Profile(self._dispatcher)
 
     def _repr_html_(self) -> str:
+        from .cluster_view import cluster_html
+
         return cluster_html(repr(self), self.workers, self._dispatcher)
 
     def __repr__(self) -> str:

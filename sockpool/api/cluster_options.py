@@ -7,12 +7,17 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..capture.limits import check_max_capture_size
+from ..common.codec import check_serializer
+from ..common.config import check_transport
 from ..common.rng import check_seed
 from ..cores import detect_cores
-from ..launchers import Launcher, LocalLauncher, SSHHost
-from ..launchers.ssh_hosts import parse_hosts
+from ..launchers import Launcher, LocalLauncher
+
+if TYPE_CHECKING:
+    from ..launchers import SSHHost
 
 #: Variables that size the thread pools of BLAS, OpenMP and friends.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -58,6 +63,8 @@ def choose_launcher(
             raise ValueError("tunnel= and listen= apply to remote hosts; give hosts= too")
         count = n if n is not None else detect_cores()
         return LocalLauncher(python=python, env=env), count
+    from ..launchers.ssh_hosts import SSHHost, parse_hosts  # here: local clusters need neither
+
     parsed = parse_hosts(hosts)
     if n is not None:
         parsed.append(SSHHost("localhost", workers=n))
@@ -186,6 +193,9 @@ def check_cluster_options(
     relay: bool | str,
     prefetch: int,
     max_tasks_per_worker: int | None,
+    serializer: str,
+    max_capture_size: int | None,
+    transport: str,
     max_worker_memory: int | str | None = None,
 ) -> int | None:
     """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option;
@@ -217,4 +227,7 @@ def check_cluster_options(
         raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
     if not isinstance(prefetch, int) or prefetch < 1:
         raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
+    check_serializer(serializer)
+    check_max_capture_size(max_capture_size)
+    check_transport(transport)
     return memory_bytes(max_worker_memory)

@@ -14,9 +14,10 @@ import os
 import threading
 import warnings
 import weakref
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ..dispatch.dispatcher import Dispatcher
+if TYPE_CHECKING:
+    from ..dispatch.dispatcher import Dispatcher
 
 
 class Closable(Protocol):

@@ -5,7 +5,8 @@
 - :mod:`.pickling`: the master's pickling, task-function payloads and their digests.
 - :mod:`.inspection`: ``inspect_capture``, and finding what cannot travel.
 - :mod:`.payload`: the :class:`~.payload.Packer` the caller's side pickles
-  with, turning failures into ``CaptureError`` messages.
+  with, turning failures into ``CaptureError`` messages; :mod:`.limits`, how
+  much a function may carry.
 - :mod:`.binding`: ``bind_to_env``.
 
 A worker never imports this package.  This ``__init__`` imports nothing, so

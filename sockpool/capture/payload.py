@@ -29,10 +29,9 @@ from ..errors import CaptureError
 from . import pickling
 from .by_value import register_local_modules
 from .inspection import describe_unpicklable, inspect_capture
+from .limits import DEFAULT_MAX_CAPTURE_SIZE, check_max_capture_size
 from .pickling import FunctionPayload
 
-#: Default limit on what one function may carry (R future's globals.maxSize is 500 MiB).
-DEFAULT_MAX_CAPTURE_SIZE = 500 * 1024 * 1024
 #: Copies large buffers into shared memory; returns the frame that names them.
 Store = Callable[[list[Any]], Any]
 
@@ -64,10 +63,7 @@ class Packer:
 
     def __post_init__(self) -> None:
         codec.check_serializer(self.serializer)
-        limit = self.max_capture_size
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"max_capture_size must be a positive number of bytes or None, "
-                             f"not {limit!r}")
+        check_max_capture_size(self.max_capture_size)
 
     def function(self, fn: Callable[..., Any], copy_buffers: bool = False) -> FunctionPayload:
         """Serialize a task function (cached by digest on the workers).

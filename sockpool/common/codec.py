@@ -53,6 +53,7 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
     cls = _picklers.get(serializer)
     if cls is not None:
         return cls
+    check_serializer(serializer)
     if serializer == "cloudpickle":
         import cloudpickle
 
@@ -87,11 +88,8 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
                 return namespace.reduce_bound_function(obj)
 
         cls = DillPickler
-    elif serializer == "pickle":
-        cls = pickle.Pickler
     else:
-        raise ValueError(f"serializer must be one of {', '.join(SERIALIZERS)}, "
-                         f"not {serializer!r}")
+        cls = pickle.Pickler
     _picklers[serializer] = cls
     return cls
 
@@ -109,7 +107,9 @@ def _contents(stream: io.BytesIO) -> memoryview:
 
 def check_serializer(serializer: str) -> str:
     """Validate a serializer name (raises ``ValueError`` naming the choices)."""
-    _pickler_class(serializer)
+    if serializer not in SERIALIZERS:
+        raise ValueError(f"serializer must be one of {', '.join(SERIALIZERS)}, "
+                         f"not {serializer!r}")
     return serializer
 
 

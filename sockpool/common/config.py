@@ -21,6 +21,19 @@ from typing import Any, NamedTuple
 #: How workers relay what tasks write: per chunk, line by line, or not at all.
 RELAY_MODES = ("task", "live", "off")
 
+#: The largest frame a peer may send; a peer that sends more is disconnected.
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024**3
+
+#: How workers reach the master (see :mod:`sockpool.dispatch.transport`).
+TRANSPORTS = ("ipc", "tcp")
+
+
+def check_transport(transport: str) -> None:
+    """Raise ``ValueError`` naming the choices unless ``transport`` is one of them."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, "
+                         f"not {transport!r}")
+
 
 # NamedTuples, not dataclasses: a worker would import dataclasses and inspect
 # for these alone (3-6 ms of every worker's start).

@@ -72,6 +72,7 @@ class Dispatcher:
         max_frame_bytes: int,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | None = None,
+        workdir: str | None = None,
     ) -> None:
         """
         Args:
@@ -82,6 +83,8 @@ class Dispatcher:
             relay_mode: ``"task"``, ``"live"`` or ``"off"`` (see Cluster's ``relay``).
             max_tasks_per_worker, max_worker_memory: when a worker is recycled
                 (see :class:`~.pool.WorkerPool`).
+            workdir: the cluster's private directory, if made already (see
+                :class:`~.transport.MasterSocket`).
         """
         self.launcher = launcher
         self.heartbeat_interval = heartbeat_interval
@@ -92,7 +95,7 @@ class Dispatcher:
         self.mailbox = Mailbox()
         self.token = secrets.token_hex(32)
         self.master = MasterSocket(launcher.transport or transport, max_frame_bytes,
-                                   launcher.listen)
+                                   launcher.listen, workdir)
         try:
             self.launcher.prepare(self.master.workdir, self.master.bind_tcp)
         except BaseException:  # refused (a launcher still in use): release what is bound

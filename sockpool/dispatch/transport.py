@@ -18,9 +18,7 @@ its HELLO before anything it sends is looked at.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -29,12 +27,8 @@ if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
 
 from ..common import protocol, wire
-from ..common.config import CurveKeys
-
-TRANSPORTS = ("ipc", "tcp")
-
-#: The largest frame a peer may send; a peer that sends more is disconnected.
-DEFAULT_MAX_FRAME_BYTES = 16 * 1024**3
+from ..common.config import DEFAULT_MAX_FRAME_BYTES, CurveKeys, check_transport
+from ..common.proc import private_directory
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: the flag enum's ``&`` builds a member each time
 
@@ -48,15 +42,16 @@ class MasterSocket:
         transport: ``"ipc"`` or ``"tcp"`` (CURVE), see the module docstring.
         max_frame_bytes: frames larger than this disconnect their sender.
         host: for TCP, the interface to listen on (loopback unless told).
+        workdir: the cluster's private directory (see :func:`private_directory`),
+            where the ipc socket goes; a fresh one by default.  Either way,
+            :meth:`close` removes it.
     """
 
     def __init__(self, transport: str = "ipc",
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, host: str = "127.0.0.1") -> None:
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, "
-                             f"not {transport!r}")
-        self.workdir = tempfile.mkdtemp(prefix="sockpool-")
-        os.chmod(self.workdir, 0o700)
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, host: str = "127.0.0.1",
+                 workdir: str | None = None) -> None:
+        check_transport(transport)
+        self.workdir = workdir or private_directory()
         self.context = zmq.Context()
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)

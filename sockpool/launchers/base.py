@@ -107,6 +107,23 @@ class Launcher(abc.ABC):
     #: each worker's config.  Long where a worker sees the master die by other means.
     default_master_timeout: float = 60.0
 
+    def start_early(self, count: int, workdir: str, *, relay: bool) -> None:
+        """Start the processes of the first ``count`` workers before the master listens.
+
+        A cluster calls this first, so that the workers' interpreters import
+        their side while the master imports its own.  Each then waits for its
+        configuration, which :meth:`spawn` hands it, in order.  The default
+        starts nothing (a launcher whose workers start elsewhere).
+
+        Args:
+            workdir: the cluster's private directory (mode 0700), as in :meth:`prepare`.
+            relay: whether the workers' stdout goes to their logs (relayed
+                output), not to the master's stdout.
+        """
+
+    def stop_early(self) -> None:
+        """End, by process id, what :meth:`start_early` started that no spawn took."""
+
     def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
         """Called once before the first spawn.
 

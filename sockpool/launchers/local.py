@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
@@ -111,6 +113,8 @@ class LocalLauncher(Launcher):
         self.python = python or sys.executable
         self.env = dict(env or {})
         self._workdir: str | None = None
+        # Started by start_early, waiting for their configuration: (process, log path).
+        self._early: collections.deque[tuple[subprocess.Popen[bytes], str]] = collections.deque()
 
     def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
         self._workdir = workdir
@@ -119,30 +123,39 @@ class LocalLauncher(Launcher):
         """The command line of a worker (its configuration goes over stdin)."""
         return [self.python, "-m", "sockpool.worker"]
 
+    def start_early(self, count: int, workdir: str, *, relay: bool) -> None:
+        # A worker's parent-death signal follows the *thread* that started it
+        # (prctl(2)): only the main thread surely outlives the cluster.  From
+        # another thread, spawn() starts them on the I/O thread, which does.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for worker_id in range(count):  # the ids the cluster's first spawns will have
+            try:
+                self._early.append(self._start(worker_id, workdir, relay))
+            except LaunchError:
+                break  # spawn() tries again, and the cluster reports its error
+
+    def stop_early(self) -> None:
+        while self._early:
+            process, _ = self._early.popleft()
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+            if process.stdin is not None:
+                process.stdin.close()
+
     def spawn(self, worker_id: int, config: WorkerConfig) -> LocalWorkerProcess:
         if self._workdir is None:
             raise RuntimeError("LocalLauncher.prepare() was not called")
-        argv = self.command()
+        if self._early:
+            process, log_path = self._early.popleft()
+        else:
+            process, log_path = self._start(worker_id, self._workdir, config.relay != "off")
         config = config.replace(
             watch_stdin=True, parent_pid=os.getpid(),
             # The master's import path, so a module next to the script imports here too.
             sys_path=tuple(p for p in sys.path if p))
-        log_path = os.path.join(self._workdir, f"worker-{worker_id}.log")
-        env = {**os.environ, **self.env}
-        with open(log_path, "wb") as log:
-            # The worker's own stdout and stderr (C-level writes included) go to its
-            # log, whose tail errors quote; what tasks print is relayed over zmq.
-            # With the relay off, stdout stays the master's.
-            stdout = log if config.relay != "off" else None
-            try:
-                process = subprocess.Popen(
-                    argv, stdin=subprocess.PIPE, stdout=stdout, stderr=log, env=env,
-                    start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
-                )
-            except OSError as exc:
-                raise LaunchError(f"could not start a local worker: {exc}",
-                                  command=shlex.join(argv)) from exc
-        handle = LocalWorkerProcess(worker_id, process, shlex.join(argv), log_path)
+        handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path)
         assert process.stdin is not None
         try:
             process.stdin.write(config.to_json().encode() + b"\n")
@@ -150,6 +163,29 @@ class LocalLauncher(Launcher):
         except BrokenPipeError:
             pass  # it died at once; the I/O thread reports it with its stderr
         return handle
+
+    def _start(self, worker_id: int, workdir: str, relay: bool
+               ) -> tuple[subprocess.Popen[bytes], str]:
+        """A worker's process, which waits on stdin for its configuration; and its log."""
+        argv = self.command()
+        log_path = os.path.join(workdir, f"worker-{worker_id}.log")
+        with open(log_path, "wb") as log:
+            # The worker's own stdout and stderr (C-level writes included) go to its
+            # log, whose tail errors quote; what tasks print is relayed over zmq.
+            # With the relay off, stdout stays the master's.
+            try:
+                process = subprocess.Popen(
+                    argv, stdin=subprocess.PIPE, stdout=log if relay else None, stderr=log,
+                    env={**os.environ, **self.env},
+                    start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
+                )
+            except OSError as exc:
+                raise LaunchError(f"could not start a local worker: {exc}",
+                                  command=shlex.join(argv)) from exc
+        return process, log_path
+
+    def close(self) -> None:
+        self.stop_early()
 
     def describe(self) -> str:
         return "local"

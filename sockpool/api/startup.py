@@ -1,0 +1,63 @@
+"""Starting a cluster's engine: the local workers first, the master's imports meanwhile.
+
+Most of a fresh cluster's start is importing: the master its engine (zmq, the
+capture's picklers, the I/O thread: 50-70 ms), each worker its own side.
+:func:`start_engine` has the launcher start the local workers' processes
+first, then imports the engine while they boot on other cores.  So
+:mod:`.cluster` imports, at the top, only what runs before that.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..common.proc import private_directory
+from ..common.protocol import Flag
+from ..launchers import Launcher
+from .seeding import CallSeeds
+
+if TYPE_CHECKING:
+    from ..dispatch.jobs import StreamJob
+    from .calls import Calls
+
+
+def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any] | None,
+                 serializer: str, max_capture_size: int | None, relay_mode: str,
+                 seeds: CallSeeds, **dispatcher_options: Any) -> Calls:
+    """Start ``n_workers`` (early, where the launcher can) and the I/O thread's dispatcher,
+    not yet running; return the calls that use them.
+
+    Raises:
+        CaptureError: ``setup`` cannot travel (before anything starts).
+    """
+    # Packed first: a setup that cannot travel fails before anything starts.
+    setup_job = _setup_job(setup, serializer, max_capture_size) if setup is not None else None
+    workdir = private_directory()
+    launcher.start_early(n_workers, workdir, relay=relay_mode != "off")
+    try:
+        from ..capture.payload import Packer
+        from ..dispatch.dispatcher import Dispatcher
+        from .calls import Calls
+
+        packer = Packer(serializer, max_capture_size)
+        dispatcher = Dispatcher(
+            n_workers=n_workers, launcher=launcher, serializer=serializer, setup_job=setup_job,
+            relay_mode=relay_mode, workdir=workdir, **dispatcher_options)
+    except BaseException:
+        launcher.stop_early()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Calls(dispatcher, packer, seeds)
+
+
+def _setup_job(setup: Callable[[], Any], serializer: str, max_capture_size: int | None
+               ) -> StreamJob:
+    """The job of ``Cluster(setup=...)``, its buffers copied: replacement workers get it
+    for the whole life of the cluster."""
+    from ..capture.payload import Packer
+    from ..dispatch.jobs import StreamJob
+
+    packer = Packer(serializer, max_capture_size)
+    return StreamJob(packer.function(setup, copy_buffers=True), Flag.CALL)
