@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,9 @@ def test_a_cluster_made_on_a_thread_that_then_ends_keeps_its_workers() -> None:
     assert not wait_gone(pids, 5.0)
 
 
+@pytest.mark.parametrize("failing", ["making the dispatcher", "starting its I/O thread"])
 def test_a_cluster_that_fails_after_its_workers_started_leaves_none(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
     started: list[int] = []
     directories: list[str] = []
     start_early = LocalLauncher.start_early
@@ -91,16 +93,34 @@ def test_a_cluster_that_fails_after_its_workers_started_leaves_none(
         started.extend(process.pid for process, _ in self._early)
         directories.append(workdir)
 
-    def failing_dispatcher(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("the engine could not start")
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(f"{failing} failed")
 
     monkeypatch.setattr(LocalLauncher, "start_early", recording_start)
-    monkeypatch.setattr(sockpool.dispatch.dispatcher, "Dispatcher", failing_dispatcher)
-    with pytest.raises(RuntimeError, match="the engine could not start"):
+    if failing == "making the dispatcher":
+        monkeypatch.setattr(sockpool.dispatch.dispatcher, "Dispatcher", fail)
+    else:
+        monkeypatch.setattr(sockpool.dispatch.dispatcher.Dispatcher, "start", fail)
+    with pytest.raises(RuntimeError, match=f"{failing} failed"):
         Cluster(n=2)
     assert len(started) == 2
     assert not [pid for pid in started if psutil.pid_exists(pid)]  # ended and reaped
     assert not os.path.exists(directories[0])
+
+
+def test_an_oversubscription_warning_raised_as_an_error_starts_no_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    before = set(psutil.Process().children())
+    starts: list[int] = []
+    monkeypatch.setattr(LocalLauncher, "start_early",
+                        lambda self, count, workdir, **kw: starts.append(count))
+    too_many = (os.cpu_count() or 1) + 1  # more than the physical cores, surely
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(UserWarning, match="will slow each other down"):
+            Cluster(n=too_many)
+    assert starts == []
+    assert set(psutil.Process().children()) <= before
 
 
 def test_bad_options_and_a_setup_that_cannot_travel_start_no_process(
@@ -124,12 +144,14 @@ def test_bad_options_and_a_setup_that_cannot_travel_start_no_process(
     assert set(psutil.Process().children()) <= before
 
 
-def test_early_processes_take_their_configuration_in_order_and_stop_early_ends_the_rest(
-        ) -> None:
+def test_early_processes_are_taken_in_order_and_those_left_over_are_ended() -> None:
     launcher = LocalLauncher()
     workdir = private_directory()
     try:
-        launcher.start_early(3, workdir, relay=True)
+        launcher.start_early(2, workdir, relay=True)
+        stale = [process.pid for process, _ in launcher._early]
+        launcher.start_early(3, workdir, relay=True)  # ends what the first start left
+        assert not [pid for pid in stale if psutil.pid_exists(pid)]
         pids = [process.pid for process, _ in launcher._early]
         assert len(pids) == 3 and all(psutil.pid_exists(pid) for pid in pids)
         launcher.prepare(workdir, lambda host: host)

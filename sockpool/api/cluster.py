@@ -153,6 +153,7 @@ class Cluster(concurrent.futures.Executor):
             max_tasks_per_worker=max_tasks_per_worker, serializer=serializer,
             max_capture_size=max_capture_size, transport=transport,
             max_worker_memory=max_worker_memory)
+        warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self.owner_pid = os.getpid()
         self._seeds = CallSeeds(seed)
         self._calls = start_engine(
@@ -167,8 +168,6 @@ class Cluster(concurrent.futures.Executor):
         self._dispatcher = self._calls.dispatcher
         self._finalizer = watch(self, self._dispatcher,
                                 f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)")
-        warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
-        self._dispatcher.start()
         warm_up_capture()  # the first map's capture needs it; workers are starting meanwhile
         self._starting: tuple[int, float, int | None] | None = (
             wait_for, connect_timeout, min_workers)

@@ -19,6 +19,7 @@ from ..launchers import Launcher
 from .seeding import CallSeeds
 
 if TYPE_CHECKING:
+    from ..capture.payload import Packer
     from ..dispatch.jobs import StreamJob
     from .calls import Calls
 
@@ -26,38 +27,46 @@ if TYPE_CHECKING:
 def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any] | None,
                  serializer: str, max_capture_size: int | None, relay_mode: str,
                  seeds: CallSeeds, **dispatcher_options: Any) -> Calls:
-    """Start ``n_workers`` (early, where the launcher can) and the I/O thread's dispatcher,
-    not yet running; return the calls that use them.
+    """Start ``n_workers`` (early, where the launcher can) and the I/O thread that
+    admits them; return the calls that use them.
+
+    Whatever fails on the way, nothing it started is left: the early processes
+    are ended by pid, the private directory removed.
 
     Raises:
         CaptureError: ``setup`` cannot travel (before anything starts).
     """
     # Packed first: a setup that cannot travel fails before anything starts.
-    setup_job = _setup_job(setup, serializer, max_capture_size) if setup is not None else None
+    packed = _pack_setup(setup, serializer, max_capture_size) if setup is not None else None
     workdir = private_directory()
-    launcher.start_early(n_workers, workdir, relay=relay_mode != "off")
+    dispatcher = None
     try:
+        launcher.start_early(n_workers, workdir, relay=relay_mode != "off")
         from ..capture.payload import Packer
         from ..dispatch.dispatcher import Dispatcher
         from .calls import Calls
 
-        packer = Packer(serializer, max_capture_size)
+        packer, setup_job = packed or (Packer(serializer, max_capture_size), None)
         dispatcher = Dispatcher(
             n_workers=n_workers, launcher=launcher, serializer=serializer, setup_job=setup_job,
             relay_mode=relay_mode, workdir=workdir, **dispatcher_options)
+        dispatcher.start()  # from here on, its I/O thread ends what it started
     except BaseException:
         launcher.stop_early()
+        if dispatcher is not None:  # made, never running: its socket, directory, segments
+            dispatcher.master.close()
+            dispatcher.shared.close()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return Calls(dispatcher, packer, seeds)
 
 
-def _setup_job(setup: Callable[[], Any], serializer: str, max_capture_size: int | None
-               ) -> StreamJob:
-    """The job of ``Cluster(setup=...)``, its buffers copied: replacement workers get it
-    for the whole life of the cluster."""
+def _pack_setup(setup: Callable[[], Any], serializer: str, max_capture_size: int | None
+                ) -> tuple[Packer, StreamJob]:
+    """The packer, and the job of ``Cluster(setup=...)`` with its buffers copied:
+    replacement workers get it for the whole life of the cluster."""
     from ..capture.payload import Packer
     from ..dispatch.jobs import StreamJob
 
     packer = Packer(serializer, max_capture_size)
-    return StreamJob(packer.function(setup, copy_buffers=True), Flag.CALL)
+    return packer, StreamJob(packer.function(setup, copy_buffers=True), Flag.CALL)

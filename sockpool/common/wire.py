@@ -2,7 +2,7 @@
 
 Apart from :mod:`.protocol` so that the message layout imports without zmq:
 the master's caller side needs the layout, and imports zmq only once a
-cluster starts (see ``Cluster.__init__``).
+cluster starts (see :mod:`sockpool.api.startup`).
 """
 
 from __future__ import annotations

@@ -432,6 +432,8 @@ class WorkerPool:
         self.exits.close()
         self.n_ready = 0
         with contextlib.suppress(Exception):  # a launcher's cleanup must not stop ours
+            self.launcher.stop_early()  # what it started early that no spawn took
+        with contextlib.suppress(Exception):
             self.launcher.close()
         with self.state_changed:
             self.state_changed.notify_all()

@@ -112,8 +112,11 @@ class Launcher(abc.ABC):
 
         A cluster calls this first, so that the workers' interpreters import
         their side while the master imports its own.  Each then waits for its
-        configuration, which :meth:`spawn` hands it, in order.  The default
-        starts nothing (a launcher whose workers start elsewhere).
+        configuration: the cluster's first ``count`` spawns take them, in
+        order, and hand it over.  The default starts nothing (a launcher whose
+        workers start elsewhere); a launcher may also decline (a local one, on
+        a thread other than the main thread).  What no spawn took, the cluster
+        ends with :meth:`stop_early` when it fails to start or closes.
 
         Args:
             workdir: the cluster's private directory (mode 0700), as in :meth:`prepare`.

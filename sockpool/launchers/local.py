@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
@@ -129,6 +130,7 @@ class LocalLauncher(Launcher):
         # another thread, spawn() starts them on the I/O thread, which does.
         if threading.current_thread() is not threading.main_thread():
             return
+        self.stop_early()  # what a start that failed before its spawns may have left
         for worker_id in range(count):  # the ids the cluster's first spawns will have
             try:
                 self._early.append(self._start(worker_id, workdir, relay))
@@ -136,11 +138,19 @@ class LocalLauncher(Launcher):
                 break  # spawn() tries again, and the cluster reports its error
 
     def stop_early(self) -> None:
-        while self._early:
-            process, _ = self._early.popleft()
+        ended = []
+        while True:
+            try:
+                process, _ = self._early.popleft()
+            except IndexError:  # (another thread may empty it too)
+                break
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
-            process.wait()
+            ended.append(process)
+        deadline = time.monotonic() + 1.0  # as the pool's teardown: reaped later if stuck
+        for process in ended:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
             if process.stdin is not None:
                 process.stdin.close()
 
@@ -169,23 +179,20 @@ class LocalLauncher(Launcher):
         """A worker's process, which waits on stdin for its configuration; and its log."""
         argv = self.command()
         log_path = os.path.join(workdir, f"worker-{worker_id}.log")
-        with open(log_path, "wb") as log:
-            # The worker's own stdout and stderr (C-level writes included) go to its
-            # log, whose tail errors quote; what tasks print is relayed over zmq.
-            # With the relay off, stdout stays the master's.
-            try:
+        try:
+            with open(log_path, "wb") as log:
+                # The worker's own stdout and stderr (C-level writes included) go to its
+                # log, whose tail errors quote; what tasks print is relayed over zmq.
+                # With the relay off, stdout stays the master's.
                 process = subprocess.Popen(
                     argv, stdin=subprocess.PIPE, stdout=log if relay else None, stderr=log,
                     env={**os.environ, **self.env},
                     start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
                 )
-            except OSError as exc:
-                raise LaunchError(f"could not start a local worker: {exc}",
-                                  command=shlex.join(argv)) from exc
+        except OSError as exc:
+            raise LaunchError(f"could not start a local worker: {exc}",
+                              command=shlex.join(argv)) from exc
         return process, log_path
-
-    def close(self) -> None:
-        self.stop_early()
 
     def describe(self) -> str:
         return "local"
