@@ -172,3 +172,21 @@ def test_early_processes_are_taken_in_order_and_those_left_over_are_ended() -> N
     finally:
         launcher.stop_early()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_early_workers_write_where_the_relay_setting_says(tmp_path: Path) -> None:
+    out = run_script('''
+        import os
+        from sockpool import Cluster
+
+        def write(text):
+            os.write(1, text.encode())  # the worker's own stdout, under Python's
+
+        if __name__ == "__main__":
+            with Cluster(n=1, relay=False) as cl:
+                cl.submit(write, "relay off: the master's stdout\\n").result()
+            with Cluster(n=1) as cl:
+                cl.submit(write, "relay on: the worker's log\\n").result()
+    ''', tmp_path).stdout
+    assert "relay off: the master's stdout" in out
+    assert "relay on: the worker's log" not in out
