@@ -23,7 +23,7 @@ from helpers import run_script, wait_gone
 import sockpool.dispatch.dispatcher
 from sockpool import Cluster, LocalLauncher
 from sockpool.common.config import WorkerConfig
-from sockpool.common.proc import private_directory
+from sockpool.common.workdir import private_directory
 
 ENGINE = ("zmq", "cloudpickle", "dill", "psutil", "asyncio", "sockpool.dispatch.dispatcher",
           "sockpool.capture.payload", "sockpool.api.calls")

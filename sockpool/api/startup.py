@@ -13,8 +13,8 @@ import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..common.proc import private_directory
 from ..common.protocol import Flag
+from ..common.workdir import private_directory, sweep_orphans_in_background
 from ..launchers import Launcher
 from .seeding import CallSeeds
 
@@ -58,6 +58,7 @@ def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any]
             dispatcher.shared.close()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    sweep_orphans_in_background()  # what masters killed before this one left
     return Calls(dispatcher, packer, seeds)
 
 

@@ -1,5 +1,4 @@
-"""Small process helpers: exit statuses in words (and why a process was killed), log tails,
-a cluster's private directory."""
+"""Small process helpers: exit statuses in words (and why a process was killed), log tails."""
 
 from __future__ import annotations
 
@@ -7,18 +6,10 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 
 #: How much of a worker's stderr error messages quote.
 TAIL_LINES = 20
 TAIL_BYTES = 4096
-
-
-def private_directory() -> str:
-    """A fresh directory only this user can enter (mode 0700): a cluster's socket and logs."""
-    path = tempfile.mkdtemp(prefix="sockpool-")
-    os.chmod(path, 0o700)
-    return path
 
 
 def describe_exit(returncode: int | None) -> str:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 from ..common import protocol, wire
 from ..common.config import DEFAULT_MAX_FRAME_BYTES, CurveKeys, check_transport
-from ..common.proc import private_directory
+from ..common.workdir import private_directory
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: the flag enum's ``&`` builds a member each time
 

@@ -1,0 +1,88 @@
+"""A cluster's private directory, and removing those whose master was killed.
+
+The directory holds the master's ipc socket and the local workers' logs; the
+cluster removes it when it closes.  A master killed by SIGKILL (the kernel's
+OOM killer, a batch system's time limit after SIGTERM) cannot, and its workers
+die with it by their parent-death signal, so its directory would stay in the
+temporary directory for good.  So its name says whose it is: the master's pid
+namespace, pid and start time.  The next cluster started in the same pid
+namespace removes, in the background, every such directory of its own user
+whose master no longer runs (:func:`sweep_orphans`).  A directory whose name
+does not say (one made elsewhere than Linux) is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+
+PREFIX = "sockpool-"
+#: ``sockpool-<pid namespace inode>-<pid>-<start time in clock ticks>-<random>``.
+_OWNED = re.compile(PREFIX + r"(\d+)-(\d+)-(\d+)-[^-/]+\Z")
+
+
+def private_directory() -> str:
+    """A fresh directory only this user can enter (mode 0700), named after its master."""
+    owner = _owner(os.getpid())
+    path = tempfile.mkdtemp(prefix=f"{PREFIX}{owner}-" if owner else PREFIX)
+    os.chmod(path, 0o700)
+    return path
+
+
+def sweep_orphans(parent: str | None = None) -> list[str]:
+    """Remove this user's cluster directories in ``parent`` (the temporary directory)
+    whose master is gone: no process with its pid in this pid namespace, or one
+    started at another time (the pid was reused).  Returns those removed."""
+    namespace = _pid_namespace()
+    if namespace is None:
+        return []
+    removed = []
+    uid = os.getuid()
+    with contextlib.suppress(OSError), os.scandir(parent or tempfile.gettempdir()) as entries:
+        for entry in entries:
+            match = _OWNED.match(entry.name)
+            if match is None or int(match[1]) != namespace:
+                continue  # not a cluster's, or a master this namespace cannot see
+            with contextlib.suppress(OSError):
+                if not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != uid:
+                    continue
+                if _start_time(int(match[2])) != int(match[3]):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(entry.path)
+    return removed
+
+
+def sweep_orphans_in_background() -> None:
+    """:func:`sweep_orphans` on a thread of its own: a cluster's start does not wait."""
+    threading.Thread(target=sweep_orphans, name="sockpool-sweep", daemon=True).start()
+
+
+def _owner(pid: int) -> str | None:
+    """``<pid namespace>-<pid>-<start time>`` of a running process; None without /proc."""
+    namespace, started = _pid_namespace(), _start_time(pid)
+    if namespace is None or started is None:
+        return None
+    return f"{namespace}-{pid}-{started}"
+
+
+def _pid_namespace() -> int | None:
+    """The inode of this process's pid namespace (None without /proc)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot; None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    # After the command's closing parenthesis: the state is field 3, starttime field 22.
+    return int(fields[19]) if len(fields) > 19 else None
