@@ -190,3 +190,38 @@ def test_early_workers_write_where_the_relay_setting_says(tmp_path: Path) -> Non
     ''', tmp_path).stdout
     assert "relay off: the master's stdout" in out
     assert "relay on: the worker's log" not in out
+
+
+def test_a_launcher_serves_one_open_cluster_at_a_time_and_then_the_next() -> None:
+    from sockpool import LaunchError
+
+    launcher = LocalLauncher()
+    with Cluster(n=2, launcher=launcher) as first:
+        before = set(psutil.Process().children())
+        with pytest.raises(LaunchError, match=(
+                r"this LocalLauncher still serves an open cluster \(local\); it runs "
+                r"one cluster at a time\. Close that cluster first .* or give this one a "
+                r"LocalLauncher of its own")):
+            Cluster(n=2, launcher=launcher)
+        assert set(psutil.Process().children()) == before  # refused before starting any
+        assert first.par_map(abs, [-1, -2]) == [1, 2]
+        first.restart()  # its replacements' logs go to its own directory
+        assert first.par_map(abs, [-3]) == [3]
+    for _ in range(2):  # closed: the launcher serves the next cluster, and the one after
+        with Cluster(n=1, launcher=launcher) as again:
+            again.restart()
+            assert again.submit(abs, -4).result() == 4
+
+
+def test_a_failed_start_gives_its_launcher_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    launcher = LocalLauncher()
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("starting the I/O thread failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sockpool.dispatch.dispatcher.Dispatcher, "start", fail)
+        with pytest.raises(RuntimeError, match="starting the I/O thread failed"):
+            Cluster(n=1, launcher=launcher)
+    with Cluster(n=1, launcher=launcher) as cl:
+        assert cl.submit(abs, -5).result() == 5

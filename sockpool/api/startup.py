@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..common.protocol import Flag
 from ..common.workdir import private_directory, sweep_orphans_in_background
 from ..launchers import Launcher
+from ..launchers.base import claim, release
 from .seeding import CallSeeds
 
 if TYPE_CHECKING:
@@ -34,11 +35,18 @@ def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any]
     are ended by pid, the private directory removed.
 
     Raises:
+        LaunchError: ``launcher`` still serves another open cluster (before
+            anything starts).
         CaptureError: ``setup`` cannot travel (before anything starts).
     """
     # Packed first: a setup that cannot travel fails before anything starts.
     packed = _pack_setup(setup, serializer, max_capture_size) if setup is not None else None
-    workdir = private_directory()
+    claim(launcher)
+    try:
+        workdir = private_directory()
+    except BaseException:
+        release(launcher)
+        raise
     dispatcher = None
     try:
         launcher.start_early(n_workers, workdir, relay=relay_mode != "off")
@@ -57,6 +65,7 @@ def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any]
             dispatcher.master.close()
             dispatcher.shared.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        release(launcher)
         raise
     sweep_orphans_in_background()  # what masters killed before this one left
     return Calls(dispatcher, packer, seeds)

@@ -18,7 +18,7 @@ from collections.abc import Collection
 from ..common.config import WorkerConfig
 from ..common.protocol import Kind, header
 from ..errors import LaunchError, NoWorkersLeftError, SockpoolError
-from ..launchers.base import Launcher
+from ..launchers.base import Launcher, release
 from .exits import ExitWatch
 from .lifecycle import Lifecycle
 from .profiling import Profiler
@@ -435,6 +435,7 @@ class WorkerPool:
             self.launcher.stop_early()  # what it started early that no spawn took
         with contextlib.suppress(Exception):
             self.launcher.close()
+        release(self.launcher)  # it may serve the next cluster
         with self.state_changed:
             self.state_changed.notify_all()
 

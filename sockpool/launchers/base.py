@@ -10,6 +10,8 @@ handle it returns lets the I/O thread notice the process ending and end it.
 from __future__ import annotations
 
 import abc
+import threading
+import weakref
 from collections.abc import Callable
 
 from ..common.config import WorkerConfig
@@ -89,7 +91,7 @@ class WorkerProcess(abc.ABC):
 
 
 class Launcher(abc.ABC):
-    """Starts workers for one cluster."""
+    """Starts workers for one cluster at a time (:func:`claim`), any number one after another."""
 
     #: True when the handle's ending is the authoritative sign of a lost worker,
     #: so heartbeat silence alone (a task holding the GIL) does not count.
@@ -161,3 +163,33 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str:
         """A short description for the cluster's repr."""
+
+
+#: The launchers serving an open cluster: from its start until its workers are gone.
+_serving: weakref.WeakSet[Launcher] = weakref.WeakSet()
+_serving_lock = threading.Lock()
+
+
+def claim(launcher: Launcher) -> None:
+    """Take ``launcher`` for a cluster about to start; :func:`release` gives it back.
+
+    One launcher serves one cluster at a time: its private directory, early
+    processes, sessions or job are that cluster's.
+
+    Raises:
+        LaunchError: it serves another cluster that is still open.
+    """
+    with _serving_lock:
+        if launcher in _serving:
+            name = type(launcher).__name__
+            raise LaunchError(
+                f"this {name} still serves an open cluster ({launcher.describe()}); it runs "
+                "one cluster at a time. Close that cluster first (cl.close(), or the end of "
+                f"its with block), or give this one a {name} of its own")
+        _serving.add(launcher)
+
+
+def release(launcher: Launcher) -> None:
+    """The cluster ``launcher`` served has closed (or failed to start)."""
+    with _serving_lock:
+        _serving.discard(launcher)
