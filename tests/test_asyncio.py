@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import warnings
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
@@ -167,3 +168,58 @@ def test_aimap_gives_every_result_before_an_input_that_raises_then_its_error() -
             assert seen == [x * x for x in range(6)]
 
     asyncio.run(main())
+
+
+def test_cancelling_asubmit_while_its_arguments_are_serialized_cancels_the_task(
+        tmp_path: Path) -> None:
+    big = [str(i) for i in range(1_000_000)]  # tenths of a second to serialize
+
+    async def main() -> None:
+        async with Cluster(n=1) as cl:
+            for attempt in range(3):
+                marker = tmp_path / f"finished{attempt}"
+                task = asyncio.create_task(
+                    cl.asubmit(_sleep_then_mark_with, str(marker), 1.0, big))
+                await asyncio.sleep(0.02)  # still serializing, in a thread
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert await cl.asubmit(abs, -1) == 1  # after whatever the cancelled one sent
+                await asyncio.sleep(1.5)  # it would have finished by now
+                assert not marker.exists(), f"attempt {attempt}: the cancelled task ran"
+
+    asyncio.run(main())
+
+
+def _sleep_then_mark_with(path: str, seconds: float, payload: object) -> int:
+    return _sleep_then_mark(path, seconds)
+
+
+def test_waiting_maps_leave_the_default_executor_free() -> None:
+    # More waiting calls than the default executor has threads (min(32, cores + 4)),
+    # each on a worker of its own, and one worker free.
+    calls = (os.cpu_count() or 1) + 5
+
+    async def main() -> None:
+        async with Cluster(n=calls + 1) as cl:
+            async def consume(k: int) -> int:
+                async for _ in cl.aimap(time.sleep, [3], chunksize=1):
+                    return k
+                return -1
+
+            waiting = [asyncio.create_task(consume(k)) for k in range(calls // 2)]
+            waiting += [asyncio.create_task(cl.apar_map(time.sleep, [3]))
+                        for _ in range(calls - calls // 2)]
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, abs, -7) == 7
+            assert await cl.asubmit(abs, -3) == 3  # on the free worker, at once
+            assert time.monotonic() - started < 1.0
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # more workers than cores: they sleep
+        asyncio.run(main())

@@ -1,16 +1,20 @@
 """asyncio on a cluster: awaitable calls that never block the event loop.
 
-Every blocking step (serializing the call, waiting for results) runs in a
-thread of the loop's default executor.  Cancelling the awaiting asyncio task
-cancels the sockpool job behind it: its waiting tasks are dropped and its
-running ones interrupted, as Ctrl-C does.
+Every blocking step runs in another thread: serializing a ``submit`` in the
+loop's default executor (it is short), a map and each step of an ``aimap`` in
+a thread of the call's own (they wait as long as their tasks run, and would
+otherwise hold the default executor's few threads, stalling every other
+call).  Cancelling the awaiting asyncio task cancels the sockpool job behind
+it, also one still being sent: its waiting tasks are dropped and its running
+ones interrupted, as Ctrl-C does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from ..errors import ClusterClosedError
@@ -61,14 +65,15 @@ async def in_thread(call: Callable[[JobHolder], T], dispatch: Cancels) -> T:
     import asyncio  # here: only code running in an event loop pays for it
 
     holder = JobHolder()
-    task = asyncio.get_running_loop().run_in_executor(None, call, holder)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        holder.cancel_all(dispatch)
-        with contextlib.suppress(BaseException):  # its outcome is the cancellation's now
-            await task
-        raise
+    with _own_thread() as thread:
+        task = asyncio.get_running_loop().run_in_executor(thread, call, holder)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            holder.cancel_all(dispatch)
+            with contextlib.suppress(BaseException):  # its outcome is the cancellation's now
+                await task
+            raise
 
 
 async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
@@ -83,29 +88,56 @@ async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
     holder = JobHolder()
     loop = asyncio.get_running_loop()
     done = object()
-    iterator = await loop.run_in_executor(None, start, holder)
-    finished = False
+    with _own_thread() as thread:
+        iterator = await loop.run_in_executor(thread, start, holder)
+        finished = False
+        try:
+            while True:
+                item = await loop.run_in_executor(thread, next, iterator, done)
+                if item is done:
+                    finished = True
+                    return
+                yield cast(T, item)
+        finally:
+            if not finished:
+                holder.cancel_all(dispatch)
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    with contextlib.suppress(BaseException):
+                        await loop.run_in_executor(thread, close)
+
+
+@contextlib.contextmanager
+def _own_thread() -> Iterator[ThreadPoolExecutor]:
+    """One thread for one call's blocking steps, ended with the call (not waited for:
+    a cancelled step ends on its own once its job is cancelled)."""
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sockpool-async")
     try:
-        while True:
-            item = await loop.run_in_executor(None, next, iterator, done)
-            if item is done:
-                finished = True
-                return
-            yield cast(T, item)
+        yield thread
     finally:
-        if not finished:
-            holder.cancel_all(dispatch)
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                with contextlib.suppress(BaseException):
-                    await loop.run_in_executor(None, close)
+        thread.shutdown(wait=False)
 
 
 async def submit(calls: Calls, fn: Callable[..., T], args: tuple[Any, ...],
                  kwargs: dict[str, Any], timeout: float | None, seed: int | None) -> T:
     """``Cluster.asubmit``, once checked: serialized in a thread, then awaited."""
-    future, job = await to_thread(calls.submit, fn, args, kwargs, timeout, seed)
+    import asyncio  # here: only code running in an event loop pays for it
+
+    sending = asyncio.ensure_future(to_thread(calls.submit, fn, args, kwargs, timeout, seed))
+    try:
+        future, job = await asyncio.shield(sending)
+    except asyncio.CancelledError:  # while its arguments were serialized: cancel it once sent
+        sending.add_done_callback(functools.partial(_cancel_sent, calls.dispatcher))
+        raise
     return await result(future, job, calls.dispatcher)
+
+
+def _cancel_sent(dispatch: Cancels, sending: Any) -> None:
+    """Cancel the job a cancelled ``asubmit`` sent after all (none if sending failed)."""
+    if not sending.cancelled() and sending.exception() is None:
+        _, job = sending.result()
+        with contextlib.suppress(ClusterClosedError):
+            dispatch.cancel(job)
 
 
 async def as_list(calls: Calls, fn: Callable[..., T], iterables: tuple[Any, ...],
