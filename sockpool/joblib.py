@@ -11,9 +11,12 @@ Importing this module registers the backend::
         scores = cross_val_score(model, X, y, n_jobs=-1)   # a cluster you hold
 
 ``n_jobs=-1`` means every worker of the cluster (``-2`` all but one, as in
-joblib); ``n_jobs=1`` runs in this process, as joblib's own process backends
+joblib), counted from the workers it was made with, also while one is being
+replaced; ``n_jobs=1`` runs in this process, as joblib's own process backends
 do, and so does every call under a sequential plan (``plan("sequential")``,
-and inside a task).  Each batch joblib makes is one ``submit`` on the cluster: exceptions keep
+and inside a task).  Any other value runs on the cluster, even one that counts
+back to a single worker.  ``Parallel(cluster=cl)`` gives a cluster to that
+call alone.  Each batch joblib makes is one ``submit`` on the cluster: exceptions keep
 their type (the worker's traceback as their ``__cause__``), the first failure
 cancels the batches still queued and interrupts those running, what workers
 print is relayed, ``return_as="generator"`` streams, and a ``Parallel``
@@ -26,6 +29,7 @@ import functools
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -144,6 +148,10 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads)
         self.cluster = _check_cluster(cluster)
+        # The clusters given to single calls, Parallel(cluster=cl), by call: an
+        # instance set by parallel_config serves every call in its block.
+        self._call_clusters: weakref.WeakKeyDictionary[Any, Cluster] = (
+            weakref.WeakKeyDictionary())
         # The batches not finished, with the Parallel call that sent each (an
         # instance set by parallel_config serves every call in its block) and
         # the cluster that runs it.
@@ -154,24 +162,34 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         # Tasks get get_nested_backend()'s sequential backend, never this one.
         raise TypeError("the sockpool joblib backend holds a cluster and cannot be pickled")
 
-    def _cluster(self) -> Cluster | None:
-        return self.cluster if self.cluster is not None else plan_cluster()
+    def _cluster(self, call: Any = None) -> Cluster | None:
+        """The cluster of the ``Parallel`` call ``call``: its own, the backend's, or the plan's."""
+        given = self._call_clusters.get(call) if call is not None else None
+        if given is None:
+            given = self.cluster
+        return given if given is not None else plan_cluster()
 
-    def effective_n_jobs(self, n_jobs: int | None) -> int:
+    def effective_n_jobs(self, n_jobs: int | None, call: Any = None) -> int:
         """``n_jobs``, negative values counted back from the cluster's size (-1: all).
 
-        1 under a sequential plan (without ``cluster=``): the calls run here.
+        The size is the number of workers the cluster was made with, not how
+        many are connected now (one may be starting, or being replaced).  1
+        under a sequential plan (without ``cluster=``): the calls run here.
         """
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
             n_jobs = self.default_n_jobs
-        if self.cluster is None and current_plan().sequential:
+        if self._sequential(call):
             return 1
         if n_jobs < 0:
-            cluster = self._cluster()
-            return 1 if cluster is None else max(cluster.n_workers + 1 + n_jobs, 1)
+            cluster = self._cluster(call)
+            return 1 if cluster is None else max(_size(cluster) + 1 + n_jobs, 1)
         return int(n_jobs)
+
+    def _sequential(self, call: Any) -> bool:
+        given = self._call_clusters.get(call) if call is not None else None
+        return self.cluster is None and given is None and current_plan().sequential
 
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: str | None = None,
                   require: str | None = None, cluster: Cluster | None = None,
@@ -179,18 +197,23 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         """Check the call's settings; the number of batches to keep in flight is joblib's.
 
         ``Parallel(backend="sockpool", cluster=cl)`` gives the cluster for that call.
-        One job runs in this process (joblib's sequential backend), as loky's does.
+        ``n_jobs=1`` runs in this process (joblib's sequential backend), as
+        loky's does; any other value runs on the cluster, even where it counts
+        back to one worker (``-1`` on a cluster of one).
         """
-        if cluster is not None:
-            self.cluster = _check_cluster(cluster)
+        given = _check_cluster(cluster)
+        if given is not None and parallel is not None:
+            self._call_clusters[parallel] = given
+        elif given is not None:
+            self.cluster = given
         if backend_kwargs.get("initializer") is not None:
             raise ValueError("the sockpool joblib backend does not take initializer="
                              + _NO_INITIALIZER)
-        n_jobs = self.effective_n_jobs(n_jobs)
-        if n_jobs == 1:
+        effective = self.effective_n_jobs(n_jobs, parallel)
+        if n_jobs == 1 or self._sequential(parallel):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
-        return n_jobs
+        return max(effective, 2)  # joblib runs a call of one job here, not on the cluster
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], Any] | None = None
                ) -> Future[Any]:
@@ -201,7 +224,7 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         call this from the callback thread, reports it as the call's error.
         """
         try:
-            future, job, calls = self._send(func)
+            future, job, calls = self._send(func, getattr(callback, "parallel", None))
         except BaseException as exc:
             future = Future()
             future.set_running_or_notify_cancel()
@@ -214,10 +237,10 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             future.add_done_callback(lambda done: _callbacks.schedule(callback, done))
         return future
 
-    def _send(self, func: Callable[[], Any]) -> tuple[Future[Any], Job, Calls]:
-        """Submit one batch through the cluster's calls, keeping its job for
-        ``abort_everything`` (``Cluster.submit`` hides it)."""
-        cluster = self._cluster()
+    def _send(self, func: Callable[[], Any], call: Any) -> tuple[Future[Any], Job, Calls]:
+        """Submit one batch of the ``Parallel`` call ``call`` through its cluster's
+        calls, keeping its job for ``abort_everything`` (``Cluster.submit`` hides it)."""
+        cluster = self._cluster(call)
         if cluster is None:  # the plan became sequential during the call
             raise RuntimeError("the sockpool plan changed to 'sequential' during this "
                                "joblib call")
@@ -264,6 +287,11 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
         """A ``Parallel`` inside a task runs in its worker, one call after another."""
         return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+
+def _size(cluster: Cluster) -> int:
+    """The number of workers ``cluster`` was made with (some may not be connected yet)."""
+    return max(cluster._dispatcher.target, cluster.n_workers)
 
 
 register_parallel_backend("sockpool", SockpoolBackend)

@@ -267,3 +267,27 @@ def test_bad_settings_fail_before_any_worker_starts() -> None:
     with pytest.raises(ValueError, match="n_jobs == 0"):
         Parallel(n_jobs=0, backend="sockpool")(delayed(square)(i) for i in range(2))
     assert set(psutil.Process().children(recursive=True)) == children
+
+
+def test_n_jobs_minus_one_runs_on_a_cluster_of_one_even_while_its_worker_is_replaced() -> None:
+    with Cluster(n=1, max_tasks_per_worker=1) as cl, \
+            parallel_config(backend="sockpool", cluster=cl, n_jobs=-1):
+        assert joblib.effective_n_jobs(-1) == 1
+        for _ in range(5):  # each call's worker is replaced after its task
+            pids = set(Parallel(batch_size=1)(delayed(os.getpid)() for _ in range(2)))
+            assert os.getpid() not in pids, "the call ran in the master, not on the cluster"
+
+
+def test_a_count_back_to_one_worker_still_runs_on_the_cluster(shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        pids = set(Parallel(n_jobs=-2)(delayed(os.getpid)() for _ in range(4)))
+    assert pids <= {w.pid for w in shared_cluster.workers}
+
+
+def test_a_cluster_given_to_one_call_is_that_calls_alone(shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster, n_jobs=2):
+        with Cluster(n=1) as other:
+            theirs = set(Parallel(cluster=other)(delayed(os.getpid)() for _ in range(3)))
+            assert theirs == {w.pid for w in other.workers}
+        ours = set(Parallel()(delayed(os.getpid)() for _ in range(3)))  # other is closed now
+    assert ours <= {w.pid for w in shared_cluster.workers}
