@@ -1,10 +1,11 @@
 """What tasks see: their functions, loaded once per digest, and the exported globals.
 
 The master sends a function's pickle with the first chunk that needs it on
-this worker, and only its digest after that (FORGET drops it).  Exports
-(``Cluster.export``) land in the worker's clean ``__main__`` and in the
-globals of every function shipped by value, where a name the function
-captured itself wins over an exported one.
+this worker, and only its digest after that (FORGET drops it).  Functions
+shipped by value share their module's namespace (:mod:`.namespaces`).
+Exports (``Cluster.export``) land in the worker's clean ``__main__``, in
+those namespaces, and in the globals of a ``bind_to_env`` function, where a
+name it was bound with wins over an exported one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from ..common import codec
+from .namespaces import SharedGlobals
 
 
 class _CachedFunction:
@@ -22,9 +23,11 @@ class _CachedFunction:
 
     __slots__ = ("export_version", "fn", "namespace", "own_names")
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], shared: SharedGlobals) -> None:
         self.fn = fn
-        self.namespace = _dynamic_namespace(fn)
+        namespace = _dynamic_namespace(fn)
+        # A shared namespace gets exports as they come (SharedGlobals.export).
+        self.namespace = None if shared.is_shared(namespace) else namespace
         # Names the function captured itself win over exported ones.
         self.own_names = frozenset(self.namespace) if self.namespace is not None else frozenset()
         self.export_version = -1
@@ -33,9 +36,9 @@ class _CachedFunction:
 def _dynamic_namespace(fn: Any) -> dict[str, Any] | None:
     """The globals dict of a function shipped by value, or None.
 
-    Exports go into the namespaces that cloudpickle rebuilt for functions
-    shipped by value (those from ``__main__`` or a notebook), never into the
-    namespace of a real, imported module.
+    Exports go into the namespaces of functions shipped by value (a
+    ``bind_to_env`` one; the shared ones get them from ``SharedGlobals``),
+    never into the namespace of a real, imported module.
     """
     target = getattr(fn, "func", fn)  # functools.partial
     namespace = getattr(target, "__globals__", None)
@@ -57,16 +60,19 @@ class FunctionCache:
         #: Installed as ``sys.modules["__main__"]`` by the entry point: exports land there.
         self.main_module = types.ModuleType("__main__")
         self.main_module.__dict__["__builtins__"] = __builtins__
+        self.shared = SharedGlobals(self.main_module.__dict__)
 
     def export(self, values: dict[str, Any]) -> None:
         """Add exported globals (EXPORT); functions see them from their next chunk on."""
         self._exports.update(values)
-        self.main_module.__dict__.update(values)
+        self.shared.export(values)
         self._export_version += 1
 
     def forget(self, digest: bytes) -> None:
-        """Drop a cached function (FORGET); unknown digests are ignored."""
+        """Drop a cached function (FORGET), and what only it put in a shared namespace;
+        unknown digests are ignored."""
         self._functions.pop(digest, None)
+        self.shared.forget(digest)
 
     def load(self, digest: bytes, payload: Any, buffers: list[Any]) -> Callable[..., Any]:
         """The function named by ``digest``, unpickled from ``payload`` when it is not empty.
@@ -76,8 +82,10 @@ class FunctionCache:
             Exception: whatever unpickling the payload raised.
         """
         if len(payload):
-            self._functions[digest] = _CachedFunction(codec.loads(payload, buffers))
+            fn = self.shared.loads(digest, payload, buffers)
+            self._functions[digest] = _CachedFunction(fn, self.shared)
         entry = self._functions[digest]
+        self.shared.apply(digest)  # its globals as the master sent them with it
         if entry.namespace is not None and entry.export_version != self._export_version:
             for name, value in self._exports.items():
                 if name not in entry.own_names:

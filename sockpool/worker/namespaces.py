@@ -1,0 +1,134 @@
+"""One namespace per module shipped by value, shared by every function from it.
+
+cloudpickle rebuilds a function shipped by value (from ``__main__``, a
+notebook, or a local module) around a fresh globals dict holding what the
+function names, one dict per pickle.  Alone, that would keep apart what a
+user's module keeps together: a ``Pool(initializer=load)`` whose ``load``
+sets ``global model`` would set it in its own dict, and the task functions,
+pickled apart, would never see it.  So here, as in the user's process, the
+functions of one module share one namespace: ``__main__``'s is the worker's
+``__main__`` (where exports land too), another module's a dict of its own.
+
+Who wins when both sides set a name: each function carries the master's
+values of the globals it names, as they were when it was sent, and they are
+put in the namespace each time it runs, unless code on this worker (an
+initializer, ``setup``, ``run_on_all``, a task) bound the name since the
+master last put it there; the worker's value then stays, as it would in a
+``multiprocessing`` worker.  What only forgotten functions carried is
+dropped with them, so that their captured data is freed as before.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+_UNSET = object()
+
+#: What one function carries for one namespace: the namespace and the values by name.
+Carried = tuple[dict[str, Any], dict[str, Any]]
+
+
+class SharedGlobals:
+    """The namespaces of the modules shipped by value, and what the master put in them."""
+
+    def __init__(self, main: dict[str, Any]) -> None:
+        self._namespaces: dict[str, dict[str, Any]] = {"__main__": main}
+        # Per namespace (by id), each name the master put there and the value it put.
+        self._put: dict[int, dict[str, Any]] = {id(main): {}}
+        self._exports: dict[str, Any] = {}
+        self._carried: dict[bytes, list[Carried]] = {}  # by function digest
+        self._loading: list[Carried] = []  # what the function being unpickled carries
+
+    def loads(self, digest: bytes, payload: Any, buffers: Sequence[Any]) -> Any:
+        """Unpickle a task function's payload, its module's functions sharing one namespace."""
+        self._loading = []
+        unpickler = _Unpickler(io.BytesIO(payload), buffers=buffers)
+        unpickler.shared = self
+        fn = unpickler.load()
+        self._carried[digest] = self._loading
+        return fn
+
+    def apply(self, digest: bytes) -> None:
+        """Put what the function ``digest`` carries in its namespaces, before it runs,
+        but for the names bound on this worker since the master last put them."""
+        for namespace, values in self._carried.get(digest, ()):
+            self._set(namespace, values)
+
+    def _set(self, namespace: dict[str, Any], values: dict[str, Any]) -> None:
+        put = self._put[id(namespace)]
+        for name, value in values.items():
+            if namespace.get(name, _UNSET) is put.get(name, _UNSET):
+                namespace[name] = put[name] = value
+
+    def is_shared(self, namespace: object) -> bool:
+        """Whether ``namespace`` is one of the shared ones (exports reach it by :meth:`export`)."""
+        return id(namespace) in self._put
+
+    def export(self, values: dict[str, Any]) -> None:
+        """Set ``values`` in every namespace, present and future, as the master's."""
+        self._exports.update(values)
+        for namespace in self._namespaces.values():
+            namespace.update(values)
+            self._put[id(namespace)].update(values)
+
+    def forget(self, digest: bytes) -> None:
+        """Drop what only the function ``digest`` carried, where this worker kept it."""
+        for namespace, values in self._carried.pop(digest, ()):
+            put = self._put[id(namespace)]
+            still = {name for carried in self._carried.values()
+                     for other, kept in carried if other is namespace for name in kept}
+            for name, value in values.items():
+                if (name not in still and name not in self._exports
+                        and namespace.get(name, _UNSET) is value is put.get(name, _UNSET)):
+                    del namespace[name], put[name]
+
+    def _namespace(self, name: object) -> dict[str, Any] | None:
+        if not isinstance(name, str):
+            return None
+        namespace = self._namespaces.get(name)
+        if namespace is None:
+            namespace = {"__name__": name, "__builtins__": builtins, **self._exports}
+            self._namespaces[name] = namespace
+            self._put[id(namespace)] = dict(self._exports)
+        return namespace
+
+    def make_function(self, code: Any, base: Any, name: str, defaults: Any, closure: Any
+                      ) -> Any:
+        """cloudpickle's ``_make_function``, around the module's shared namespace."""
+        if type(base) is dict:  # cloudpickle's fresh globals (a bind_to_env namespace is not)
+            shared = self._namespace(base.get("__name__"))
+            if shared is not None:
+                for key, value in base.items():
+                    shared.setdefault(key, value)  # __package__, __file__
+                base = shared
+        from cloudpickle import cloudpickle  # imported already: it wrote the payload
+
+        return cloudpickle._make_function(code, base, name, defaults, closure)
+
+    def function_setstate(self, fn: Any, state: Any) -> None:
+        """cloudpickle's ``_function_setstate``, putting the globals it carries by
+        :meth:`apply`'s rule (now too: the pickle may call it, a reducer say)."""
+        if self.is_shared(fn.__globals__):
+            captured = state[1]["__globals__"]
+            self._loading.append((fn.__globals__, dict(captured)))
+            self._set(fn.__globals__, captured)
+            captured.clear()
+        from cloudpickle import cloudpickle
+
+        cloudpickle._function_setstate(fn, state)
+
+
+class _Unpickler(pickle.Unpickler):
+    shared: SharedGlobals
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("cloudpickle"):
+            if name == "_make_function":
+                return self.shared.make_function
+            if name == "_function_setstate":
+                return self.shared.function_setstate
+        return super().find_class(module, name)

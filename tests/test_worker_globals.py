@@ -1,0 +1,164 @@
+"""Globals that code on a worker sets are seen by the tasks there, as in multiprocessing:
+an initializer's ``global model`` is the classic case (``Pool(initializer=...)``)."""
+
+from __future__ import annotations
+
+import textwrap
+import types
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from helpers import run_script
+
+from sockpool.worker.functions import FunctionCache
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("placeholder", ["_model = None", ""])
+def test_an_initializers_global_is_seen_by_the_tasks_as_with_multiprocessing(
+        tmp_path: Path, placeholder: str) -> None:
+    result = run_script(f"""
+        import multiprocessing
+        import sockpool
+
+        {placeholder}
+
+        def init(path):
+            global _model
+            _model = "model from " + path
+
+        def score(x):
+            return (_model, x)
+
+        if __name__ == "__main__":
+            for Pool in (multiprocessing.Pool, sockpool.Pool):
+                with Pool(2, initializer=init, initargs=("m.pkl",)) as pool:
+                    print(pool.map(score, range(3)), pool.apply(score, (9,)))
+    """, tmp_path)
+    expected = ("[('model from m.pkl', 0), ('model from m.pkl', 1), ('model from m.pkl', 2)] "
+                "('model from m.pkl', 9)")
+    assert result.stdout.splitlines() == [expected, expected]
+
+
+def test_a_local_modules_functions_share_its_globals_on_the_worker(tmp_path: Path) -> None:
+    (tmp_path / "models.py").write_text(textwrap.dedent("""
+        _model = None
+
+        def load(path):
+            global _model
+            _model = "model from " + path
+
+        def score(x):
+            return (_model, x)
+    """))
+    result = run_script("""
+        import sockpool
+        import models
+
+        if __name__ == "__main__":
+            with sockpool.Pool(2, initializer=models.load, initargs=("m.pkl",)) as pool:
+                print(pool.map(models.score, range(2)))
+            with sockpool.Cluster(n=1, setup=lambda: models.load("setup.pkl")) as cl:
+                print(cl.submit(models.score, 5).result())
+    """, tmp_path)
+    assert result.stdout.splitlines() == [
+        "[('model from m.pkl', 0), ('model from m.pkl', 1)]", "('model from setup.pkl', 5)"]
+
+
+def test_the_masters_new_values_reach_the_worker_unless_the_worker_bound_the_name(
+        tmp_path: Path) -> None:
+    result = run_script("""
+        from sockpool import Cluster
+
+        LIMIT = 1
+        LABEL = "from the master"
+
+        def get(x):
+            return (LIMIT, LABEL)
+
+        def relabel():
+            global LABEL
+            LABEL = "from the worker"
+
+        def count(x):
+            global COUNT
+            COUNT = globals().get("COUNT", 0) + 1
+            return COUNT
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                print(cl.par_map(get, [0]))
+                LIMIT = 2                      # changed by the master: the next map sees it
+                print(cl.par_map(get, [0]))
+                cl.run_on_all(relabel)         # bound on the worker: it stays there
+                LIMIT = 3
+                print(cl.par_map(get, [0]))
+                print(cl.par_map(count, range(3)), cl.submit(count, 0).result())
+    """, tmp_path)
+    assert result.stdout.splitlines() == [
+        "[(1, 'from the master')]", "[(2, 'from the master')]", "[(3, 'from the worker')]",
+        "[1, 2, 3] 4"]
+
+
+def _main_functions(source: str, module: str = "__main__") -> types.SimpleNamespace:
+    """Functions defined as in a script's ``__main__``, or a module the worker cannot
+    import (so cloudpickle ships them by value)."""
+    namespace: dict[str, object] = {"__name__": module}
+    exec(textwrap.dedent(source), namespace)
+    return types.SimpleNamespace(**namespace)
+
+
+def test_a_forgotten_function_takes_what_only_it_carried_along() -> None:
+    cache = FunctionCache()
+    main = cache.main_module.__dict__
+    script = _main_functions("""
+        BIG = list(range(1000))
+        SMALL = 1
+        def uses_big(): return len(BIG) + SMALL
+        def uses_small(): return SMALL
+        def binds():
+            global MINE
+            MINE = "worker's"
+    """)
+    first = cache.load(b"d1", cloudpickle.dumps(script.uses_big), [])
+    second = cache.load(b"d2", cloudpickle.dumps(script.uses_small), [])
+    assert first() == 1001 and second() == 1
+    assert first.__globals__ is second.__globals__ is main
+    cache.load(b"d3", cloudpickle.dumps(script.binds), [])()
+    cache.forget(b"d1")
+    assert "BIG" not in main  # only the forgotten function carried it
+    assert main["SMALL"] == 1 and main["MINE"] == "worker's"
+    cache.forget(b"d2")
+    cache.forget(b"d3")
+    assert "SMALL" not in main and main["MINE"] == "worker's"  # set here: it stays
+
+
+def test_a_cached_function_runs_with_the_values_it_was_sent_with() -> None:
+    cache = FunctionCache()
+    script = _main_functions("""
+        K = 1
+        def get(): return K
+    """)
+    with_one = cloudpickle.dumps(script.get)
+    exec("K = 2", script.get.__globals__)
+    with_two = cloudpickle.dumps(script.get)
+    assert cache.load(b"k1", with_one, [])() == 1
+    assert cache.load(b"k2", with_two, [])() == 2
+    assert cache.load(b"k1", b"", [])() == 1  # cached: sent again by digest alone
+    assert cache.load(b"k2", b"", [])() == 2
+
+
+def test_exports_reach_every_modules_namespace_and_a_capture_then_replaces_them() -> None:
+    cache = FunctionCache()
+    cache.export({"RATE": 0.5})
+    local = _main_functions("""
+        RATE = 0.1
+        def rate(): return RATE
+        def dynamic(): return globals().get("RATE")
+    """, module="models_nowhere_to_import")
+    # A new module's namespace starts with the exports; a function's own capture replaces them.
+    assert cache.load(b"d1", cloudpickle.dumps(local.dynamic), [])() == 0.5
+    assert cache.load(b"d2", cloudpickle.dumps(local.rate), [])() == 0.1
+    assert cache.main_module.__dict__["RATE"] == 0.5  # __main__'s namespace is another one
