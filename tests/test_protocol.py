@@ -90,6 +90,21 @@ def test_large_buffers_travel_out_of_band_and_small_ones_in_band() -> None:
     np.testing.assert_array_equal(back["small"], small)
 
 
+@pytest.mark.parametrize("serializer", ["cloudpickle", "dill", "pickle"])
+def test_a_memmap_travels_out_of_band_as_the_ndarray_it_views(
+        tmp_path: Path, serializer: str) -> None:
+    saved = np.lib.format.open_memmap(tmp_path / "data.npy", mode="w+", dtype="f8",
+                                      shape=(1_000, 1_000))
+    saved[:] = np.arange(1_000_000).reshape(1_000, 1_000)
+    saved.flush()
+    mapped = np.load(tmp_path / "data.npy", mmap_mode="r")
+    frames = codec.dumps({"data": mapped, "rows": [mapped[:500], 5]}, serializer)
+    assert len(frames) == 3 and len(frames[0]) < 1_000  # the data is not copied into the pickle
+    back = codec.loads(frames[0], frames[1:])
+    assert type(back["data"]) is np.ndarray and back["data"].shape == (1_000, 1_000)
+    assert np.array_equal(back["data"], saved) and np.array_equal(back["rows"][0], saved[:500])
+
+
 def test_copy_buffers_detaches_from_the_caller() -> None:
     data = np.zeros(100_000)
     frames = codec.dumps(data, copy_buffers=True)

@@ -15,9 +15,11 @@ by-value check, function payloads and their digests) is in ``sockpool.capture``.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import io
 import os
 import pickle
+import sys
 import traceback
 import types
 from collections import ChainMap
@@ -70,7 +72,7 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
                                       cloudpickle.Pickler.dispatch_table)
 
             def reducer_override(self, obj: Any) -> Any:
-                reduced = namespace.reduce_bound_function(obj)
+                reduced = _reduce_special(obj)
                 return super().reducer_override(obj) if reduced is NotImplemented else reduced
 
         cls = CloudPickler
@@ -85,13 +87,62 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
                 super().__init__(*args, **kwargs)
 
             def reducer_override(self, obj: Any) -> Any:
-                return namespace.reduce_bound_function(obj)
+                return _reduce_special(obj)
 
         cls = DillPickler
     else:
         cls = pickle.Pickler
     _picklers[serializer] = cls
     return cls
+
+
+# -- NumPy memmaps ----------------------------------------------------------------
+#
+# A memmap (np.load(..., mmap_mode="r"), joblib.load) is an ndarray subclass,
+# and NumPy pickles a subclass's data in band: copied into the pickle, 20x
+# slower than an ndarray's out-of-band buffer.  It travels as the ndarray it
+# views instead (the worker gets an ndarray with the same data).
+
+
+def _memmap_type() -> type | None:
+    numpy = sys.modules.get("numpy")  # never imported here: only if the caller uses it
+    return getattr(numpy, "memmap", None)
+
+
+def _reduce_special(obj: Any) -> Any:
+    """The reducers the library's picklers add: ``bind_to_env`` functions, memmaps."""
+    if type(obj) is _memmap_type():
+        return _reduce_memmap(obj)
+    return namespace.reduce_bound_function(obj)
+
+
+def _reduce_memmap(array: Any) -> Any:
+    return array.view(sys.modules["numpy"].ndarray).__reduce_ex__(5)
+
+
+_fast_table: tuple[int, dict[type, Any]] = (-1, {})
+
+
+def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool]
+                      ) -> pickle.Pickler:
+    """The C pickler, protocol 5, with memmaps pickled as ndarrays."""
+    pickler = pickle.Pickler(stream, 5, buffer_callback=buffer_callback)
+    if (table := _fast_dispatch_table()) is not None:
+        pickler.dispatch_table = table
+    return pickler
+
+
+def _fast_dispatch_table() -> dict[type, Any] | None:
+    """copyreg's reducers plus the memmap's, for the C pickler: a dict (a ChainMap
+    would cost a Python call per object); None until NumPy is loaded."""
+    global _fast_table
+    memmap = _memmap_type()
+    if memmap is None:
+        return None
+    if _fast_table[0] != len(copyreg.dispatch_table):
+        _fast_table = (len(copyreg.dispatch_table),
+                       {**copyreg.dispatch_table, memmap: _reduce_memmap})
+    return _fast_table[1]
 
 
 def _contents(stream: io.BytesIO) -> memoryview:
@@ -163,7 +214,7 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         stream = io.BytesIO()
         stream.write(prefix)
         try:
-            pickle.Pickler(stream, 5, buffer_callback=keep_large).dump(obj)
+            _standard_pickler(stream, keep_large).dump(obj)
         except Exception:
             pass
         else:
@@ -174,7 +225,11 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         buffers.clear()
     stream = io.BytesIO()
     stream.write(prefix)
-    _pickler_class(serializer)(stream, protocol=5, buffer_callback=keep_large).dump(obj)
+    cls = _pickler_class(serializer)
+    if cls is pickle.Pickler:
+        _standard_pickler(stream, keep_large).dump(obj)
+    else:
+        cls(stream, protocol=5, buffer_callback=keep_large).dump(obj)
     return frames(_contents(stream))
 
 
