@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_script
 
 from sockpool import Cluster, task_rng
 
@@ -116,3 +117,27 @@ def test_a_static_chunk_whose_worker_is_lost_is_retried_elsewhere(tmp_path: Path
     with Cluster(n=2) as cl:
         assert cl.par_map(dies_once, range(8), schedule="static", retries=1) == [
             i * i for i in range(8)]
+
+
+def test_a_nested_call_in_a_seeded_task_gives_the_same_numbers_under_every_plan(
+        tmp_path: Path) -> None:
+    # Inside a task the plan is sequential and unseeded: the nested tasks draw from the
+    # enclosing task's stream, and the plan's count of seeded calls does not move.
+    source = """
+        import random, sys, sockpool
+
+        def draw(x):
+            return round(random.random(), 6)
+
+        def nested(x):
+            return sockpool.par_map(draw, range(2)), sockpool.submit(draw, 0).result(), draw(0)
+
+        if __name__ == "__main__":
+            with sockpool.plan(sys.argv[1], seed=11):
+                print(sockpool.par_map(nested, range(2)))
+                print(sockpool.par_map(draw, range(2)))
+    """
+    outputs = [run_script(source, tmp_path, backend).stdout for backend in ("sequential",
+                                                                          "local:2")]
+    assert outputs[0] == outputs[1]
+    assert len(set(outputs[0].splitlines()[0].split(", "))) > 4  # numbers, and different

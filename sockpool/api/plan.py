@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..common import role
 from .map_options import MapOptions, check_callable, check_iterables, check_timeout
-from .sequential import Sequential
+from .sequential import Sequential, running_task
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -291,7 +291,9 @@ def run_on_all(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> list[T]:
 
 def _active() -> Plan:
     """The plan in force; chosen from the environment at first need."""
-    global _current, _in_task
+    global _current
+    if running_task():  # a task of a sequential plan: what a worker's task would see
+        return _task_plan()
     current = _current
     if current is not None:
         return current
@@ -299,11 +301,18 @@ def _active() -> Plan:
         if _current is not None:
             return _current
         if role.in_worker():  # inside a task; SOCKPOOL_PLAN, inherited, is the master's
-            if _in_task is None:
-                _in_task = Plan(sequential=True, origin="a task")
-            return _in_task
+            return _task_plan()
         _current = _from_environment()
         return _current
+
+
+def _task_plan() -> Plan:
+    """The plan inside a task: sequential, unseeded (a nested call's tasks draw from
+    the enclosing task's streams), the same in a worker and in this process."""
+    global _in_task
+    if _in_task is None:
+        _in_task = Plan(sequential=True, origin="a task")
+    return _in_task
 
 
 def _from_environment() -> Plan:

@@ -165,7 +165,7 @@ def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float |
     """
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     for _attempt in range(retries + 1):
-        with _seeded(seed, index):
+        with _seeded(seed, index), _in_task():
             timed_out, value = _timed(call, index, timeout)
         if not timed_out:
             return value  # type: ignore[no-any-return]
@@ -233,6 +233,25 @@ def _alarm(timeout: float | None) -> Iterator[bool]:
         if left:
             signal.setitimer(signal.ITIMER_REAL,
                              max(left - (time.monotonic() - started), 1e-3), interval)
+
+
+_running = threading.local()
+
+
+def running_task() -> bool:
+    """Whether this thread runs a task of a sequential plan: its module-level calls then
+    use the plan of a task, as they would in a worker (``plan.py``), not this plan,
+    so that they neither count as this plan's seeded calls nor reseed the task's streams."""
+    return getattr(_running, "depth", 0) > 0
+
+
+@contextlib.contextmanager
+def _in_task() -> Iterator[None]:
+    _running.depth = getattr(_running, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _running.depth -= 1
 
 
 @contextlib.contextmanager
