@@ -180,6 +180,8 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
             n_jobs = self.default_n_jobs
+        if call is None:  # a Parallel used as a context manager asks without saying
+            call = getattr(self, "parallel", None)
         if self._sequential(call):
             return 1
         if n_jobs < 0:

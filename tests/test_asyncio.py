@@ -223,3 +223,25 @@ def test_waiting_maps_leave_the_default_executor_free() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # more workers than cores: they sleep
         asyncio.run(main())
+
+
+class _SlowToSend:
+    """An argument that takes a second to serialize."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        time.sleep(1.0)
+        return (_SlowToSend, ())
+
+
+def test_an_asubmit_cancelled_as_its_loop_ends_is_cancelled_once_sent(tmp_path: Path) -> None:
+    marker = tmp_path / "finished"
+    with Cluster(n=1) as cl:
+        async def main() -> None:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    cl.asubmit(_sleep_then_mark_with, str(marker), 1.0, _SlowToSend()), 0.2)
+        asyncio.run(main())  # ends while the call is still being serialized
+        time.sleep(1.5)  # sent by now, and cancelled
+        assert cl.submit(abs, -1).result(timeout=10) == 1
+        time.sleep(1.0)  # it would have finished by now
+        assert not marker.exists(), "the cancelled task ran"

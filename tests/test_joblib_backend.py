@@ -291,3 +291,11 @@ def test_a_cluster_given_to_one_call_is_that_calls_alone(shared_cluster: Cluster
             assert theirs == {w.pid for w in other.workers}
         ours = set(Parallel()(delayed(os.getpid)() for _ in range(3)))  # other is closed now
     assert ours <= {w.pid for w in shared_cluster.workers}
+
+
+def test_a_parallel_kept_open_with_its_own_cluster_runs_every_call_there() -> None:
+    with sockpool.plan("sequential"), Cluster(n=2) as cl, \
+            Parallel(n_jobs=-1, backend="sockpool", cluster=cl) as parallel:
+        for _ in range(2):
+            pids = set(parallel(delayed(os.getpid)() for _ in range(4)))
+            assert pids <= {w.pid for w in cl.workers} and os.getpid() not in pids

@@ -496,3 +496,21 @@ def test_the_oversubscription_warning_names_the_users_line_under_a_plan() -> Non
         assert sockpool.par_map(abs, [-1]) == [1]
     assert [Path(w.filename).name for w in caught if "threads on" in str(w.message)] == [
         Path(__file__).name]
+
+
+def _on_the_given_cluster(x: int) -> bool:
+    with sockpool.plan(_given[0]):  # the task chooses a plan itself: it is obeyed
+        return sockpool.submit(os.getpid).result() != os.getpid()
+
+
+_given: list[Cluster] = []
+
+
+def test_a_plan_a_sequential_task_chooses_itself_is_obeyed() -> None:
+    with Cluster(n=1) as cl:
+        _given[:] = [cl]
+        try:
+            sockpool.plan("sequential")
+            assert sockpool.par_map(_on_the_given_cluster, [0, 1]) == [True, True]
+        finally:
+            _given.clear()

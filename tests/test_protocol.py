@@ -179,3 +179,32 @@ def test_a_packed_traceback_leaves_out_sockpools_own_frames() -> None:
     assert frames[-1][2:] == ("__reduce__", 'raise RuntimeError("no pickling")')
     package = str(Path(codec.__file__).parent.parent)
     assert not any(filename.startswith(package) for filename, _, _, _ in frames)
+
+
+class _Point:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def _first(point: _Point) -> Any:
+    return (str, ("first",))
+
+
+def _second(point: _Point) -> Any:
+    return (str, ("second",))
+
+
+@pytest.mark.parametrize("serializer", ["cloudpickle", "pickle"])
+def test_a_copyreg_reducer_registered_again_is_the_one_used(serializer: str) -> None:
+    import copyreg
+
+    assert np.memmap  # NumPy loaded: the memmap reducer joins copyreg's
+    try:
+        copyreg.pickle(_Point, _first)
+        frames = codec.dumps(_Point(1), serializer)
+        assert codec.loads(frames[0], frames[1:]) == "first"
+        copyreg.pickle(_Point, _second)  # the same number of reducers, another one
+        frames = codec.dumps(_Point(1), serializer)
+        assert codec.loads(frames[0], frames[1:]) == "second"
+    finally:
+        copyreg.dispatch_table.pop(_Point, None)

@@ -4,9 +4,13 @@ cluster when that master was killed before it could remove it itself."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -100,3 +104,26 @@ def test_the_sweep_leaves_other_users_directories(tmp_path: Path) -> None:
     os.chown(theirs, 65534, 65534)
     assert sweep_orphans(str(tmp_path)) == []
     assert theirs.is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="a pid namespace of its own needs root and unshare")
+def test_a_proc_of_another_pid_namespace_turns_naming_and_sweeping_off(tmp_path: Path) -> None:
+    # unshare -p without --mount-proc: /proc still shows the outer namespace's pids, so
+    # a pid from inside could name some other process there.
+    script = tmp_path / "inner.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        from sockpool.common.workdir import private_directory, sweep_orphans
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        orphan = os.path.join({str(tmp_path)!r}, f"sockpool-{{namespace}}-{2**22 + 1}-5-orphan12")
+        os.mkdir(orphan)  # as if its master were gone: no such pid
+        path = private_directory()
+        print(os.path.basename(path), sweep_orphans({str(tmp_path)!r}), os.path.isdir(orphan))
+        os.rmdir(path)
+    """))
+    result = subprocess.run(["unshare", "--pid", "--fork", sys.executable, str(script)],
+                            capture_output=True, text=True, timeout=60, check=True)
+    name, removed, kept = result.stdout.split()
+    assert name.startswith("sockpool-") and name.count("-") == 1  # no owner in its name
+    assert (removed, kept) == ("[]", "True")  # nothing can be told: nothing is removed

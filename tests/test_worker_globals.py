@@ -42,6 +42,37 @@ def test_an_initializers_global_is_seen_by_the_tasks_as_with_multiprocessing(
     assert result.stdout.splitlines() == [expected, expected]
 
 
+def test_an_initializer_filling_a_global_in_place_is_seen_and_so_are_the_masters_changes(
+        tmp_path: Path) -> None:
+    result = run_script("""
+        import multiprocessing
+        import sockpool
+
+        STATE = {}
+        SETTINGS = {"k": 1}
+
+        def init(path):
+            STATE["model"] = "model from " + path
+
+        def score(x):
+            return (STATE.get("model"), SETTINGS["k"], x)
+
+        if __name__ == "__main__":
+            for Pool in (multiprocessing.Pool, sockpool.Pool):
+                with Pool(2, initializer=init, initargs=("m.pkl",)) as pool:
+                    print(pool.map(score, range(2)))
+            with sockpool.Cluster(n=1) as cl:
+                print(cl.par_map(score, [0]))
+                SETTINGS["k"] = 2  # changed in place by the master: the next map sees it
+                STATE["model"] = "the master"
+                print(cl.par_map(score, [0]))
+    """, tmp_path)
+    assert result.stdout.splitlines() == [
+        "[('model from m.pkl', 1, 0), ('model from m.pkl', 1, 1)]",
+        "[('model from m.pkl', 1, 0), ('model from m.pkl', 1, 1)]",
+        "[(None, 1, 0)]", "[('the master', 2, 0)]"]
+
+
 def test_a_local_modules_functions_share_its_globals_on_the_worker(tmp_path: Path) -> None:
     (tmp_path / "models.py").write_text(textwrap.dedent("""
         _model = None
@@ -162,3 +193,32 @@ def test_exports_reach_every_modules_namespace_and_a_capture_then_replaces_them(
     assert cache.load(b"d1", cloudpickle.dumps(local.dynamic), [])() == 0.5
     assert cache.load(b"d2", cloudpickle.dumps(local.rate), [])() == 0.1
     assert cache.main_module.__dict__["RATE"] == 0.5  # __main__'s namespace is another one
+
+
+def test_a_value_the_worker_rebound_is_freed_when_its_functions_are_forgotten() -> None:
+    import gc
+    import weakref
+
+    import numpy as np
+
+    cache = FunctionCache()
+    script = _main_functions("""
+        import numpy as np
+        BIG = np.zeros(1000)
+        def uses(): return BIG.size
+        def drop():
+            global BIG
+            BIG = None
+    """)
+    uses = cache.load(b"u", cloudpickle.dumps(script.uses), [])
+    assert uses() == 1000
+    drop = cache.load(b"d", cloudpickle.dumps(script.drop), [])
+    sent = weakref.ref(cache.main_module.__dict__["BIG"])  # as drop brought it
+    assert isinstance(sent(), np.ndarray)
+    drop()
+    del uses, drop
+    cache.forget(b"u")
+    cache.forget(b"d")
+    gc.collect()
+    assert sent() is None  # nothing holds the master's array any more
+    assert cache.main_module.__dict__["BIG"] is None  # what the worker bound stays

@@ -1,7 +1,7 @@
 """asyncio on a cluster: awaitable calls that never block the event loop.
 
-Every blocking step runs in another thread: serializing a ``submit`` in the
-loop's default executor (it is short), a map and each step of an ``aimap`` in
+Every blocking step runs in another thread: serializing a ``submit`` in a
+small pool of sockpool's (it is short), a map and each step of an ``aimap`` in
 a thread of the call's own (they wait as long as their tasks run, and would
 otherwise hold the default executor's few threads, stalling every other
 call).  Cancelling the awaiting asyncio task cancels the sockpool job behind
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from ..errors import ClusterClosedError
-from .loops import to_thread
 from .map_options import MapOptions
 
 if TYPE_CHECKING:
@@ -123,21 +123,37 @@ async def submit(calls: Calls, fn: Callable[..., T], args: tuple[Any, ...],
     """``Cluster.asubmit``, once checked: serialized in a thread, then awaited."""
     import asyncio  # here: only code running in an event loop pays for it
 
-    sending = asyncio.ensure_future(to_thread(calls.submit, fn, args, kwargs, timeout, seed))
+    # A future of concurrent.futures, not of the loop: the sending thread completes
+    # it even after the loop has ended (asyncio.run cancels what is left, then closes).
+    sending = _senders().submit(calls.submit, fn, args, kwargs, timeout, seed)
     try:
-        future, job = await asyncio.shield(sending)
+        future, job = await asyncio.wrap_future(sending)
     except asyncio.CancelledError:  # while its arguments were serialized: cancel it once sent
         sending.add_done_callback(functools.partial(_cancel_sent, calls.dispatcher))
         raise
     return await result(future, job, calls.dispatcher)
 
 
-def _cancel_sent(dispatch: Cancels, sending: Any) -> None:
-    """Cancel the job a cancelled ``asubmit`` sent after all (none if sending failed)."""
+def _cancel_sent(dispatch: Cancels, sending: Future[tuple[Future[Any], Job]]) -> None:
+    """Cancel the job a cancelled ``asubmit`` sent after all (none if sending failed, or
+    never started)."""
     if not sending.cancelled() and sending.exception() is None:
         _, job = sending.result()
         with contextlib.suppress(ClusterClosedError):
             dispatch.cancel(job)
+
+
+_sender_pool: ThreadPoolExecutor | None = None
+_sender_lock = threading.Lock()
+
+
+def _senders() -> ThreadPoolExecutor:
+    """The threads that serialize and send ``asubmit`` calls (short work, many calls)."""
+    global _sender_pool
+    with _sender_lock:
+        if _sender_pool is None:
+            _sender_pool = ThreadPoolExecutor(thread_name_prefix="sockpool-send")
+        return _sender_pool
 
 
 async def as_list(calls: Calls, fn: Callable[..., T], iterables: tuple[Any, ...],

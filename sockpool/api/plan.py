@@ -292,7 +292,11 @@ def run_on_all(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> list[T]:
 def _active() -> Plan:
     """The plan in force; chosen from the environment at first need."""
     global _current
-    if running_task():  # a task of a sequential plan: what a worker's task would see
+    # A task of a sequential plan sees what a worker's task would, unless it chose a
+    # plan of its own.
+    owner = running_task()
+    if owner is not None and (_current is None
+                              or owner in (_current._runner, _task_plan()._runner)):
         return _task_plan()
     current = _current
     if current is not None:

@@ -86,7 +86,7 @@ class Sequential:
         try:
             results = []
             for index, item in enumerate(items):
-                results.append(_map_task(fn, item, star, index, seed, options))
+                results.append(_map_task(fn, item, star, index, seed, options, self))
                 if bar is not None:
                     bar.update(1)
             return results
@@ -100,7 +100,7 @@ class Sequential:
         seed = self.seeds.for_call(options.seed)  # now, as a cluster counts the call
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        return _lazily(fn, items, star, seed, options)
+        return _lazily(fn, items, star, seed, options, self)
 
     def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
                timeout: float | None, seed: int | None) -> Future[T]:
@@ -109,7 +109,7 @@ class Sequential:
         future: Future[T] = Future()
         future.set_running_or_notify_cancel()
         try:
-            value = run_task(lambda: fn(*args, **kwargs), 0, call_seed, timeout, 0)
+            value = run_task(lambda: fn(*args, **kwargs), 0, call_seed, timeout, 0, self)
         except _PASS_THROUGH:
             raise
         except BaseException as exc:
@@ -122,16 +122,16 @@ class Sequential:
                    kwargs: dict[str, Any]) -> list[T]:
         """``run_on_all``: this process is the only worker: one result."""
         __tracebackhide__ = True  # IPython: a task's error, not sockpool's
-        return [run_task(lambda: fn(*args, **kwargs), 0, None, None, 0)]
+        return [run_task(lambda: fn(*args, **kwargs), 0, None, None, 0, self)]
 
 
 def _map_task(fn: Callable[..., Any], item: Any, star: bool, index: int, seed: CallSeed,
-              options: MapOptions) -> Any:
+              options: MapOptions, owner: Sequential) -> Any:
     """One task of a map: its value, or with ``errors="return"`` its exception."""
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     call = (lambda: fn(*item)) if star else (lambda: fn(item))
     try:
-        return run_task(call, index, seed, options.timeout, options.retries)
+        return run_task(call, index, seed, options.timeout, options.retries, owner)
     except _PASS_THROUGH:
         raise
     except BaseException as exc:
@@ -141,12 +141,12 @@ def _map_task(fn: Callable[..., Any], item: Any, star: bool, index: int, seed: C
 
 
 def _lazily(fn: Callable[..., Any], items: Iterator[Any], star: bool, seed: CallSeed,
-            options: MapOptions) -> Iterator[Any]:
+            options: MapOptions, owner: Sequential) -> Iterator[Any]:
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     bar = progress_bar(None, options.progress)
     try:
         for index, item in enumerate(items):
-            yield _map_task(fn, item, star, index, seed, options)
+            yield _map_task(fn, item, star, index, seed, options, owner)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -155,8 +155,9 @@ def _lazily(fn: Callable[..., Any], items: Iterator[Any], star: bool, seed: Call
 
 
 def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float | None,
-             retries: int) -> T:
-    """Run task ``index`` as a worker would: seeded, timed, retried past its time limit.
+             retries: int, owner: Sequential | None = None) -> T:
+    """Run task ``index`` as a worker would: seeded, timed, retried past its time limit;
+    ``owner``, the runner it belongs to, is :func:`running_task`'s while it runs.
 
     Raises:
         TaskTimeoutError: it ran longer than ``timeout`` (``retries + 1`` times).
@@ -165,7 +166,7 @@ def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float |
     """
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     for _attempt in range(retries + 1):
-        with _seeded(seed, index), _in_task():
+        with _seeded(seed, index), _in_task(owner):
             timed_out, value = _timed(call, index, timeout)
         if not timed_out:
             return value  # type: ignore[no-any-return]
@@ -238,20 +239,28 @@ def _alarm(timeout: float | None) -> Iterator[bool]:
 _running = threading.local()
 
 
-def running_task() -> bool:
-    """Whether this thread runs a task of a sequential plan: its module-level calls then
-    use the plan of a task, as they would in a worker (``plan.py``), not this plan,
-    so that they neither count as this plan's seeded calls nor reseed the task's streams."""
-    return getattr(_running, "depth", 0) > 0
+def running_task() -> Sequential | None:
+    """The runner whose task this thread runs now (the innermost), or None.
+
+    Its module-level calls then get the plan of a task, as they would in a
+    worker (``plan.py``), so that they neither count as the plan's seeded calls
+    nor reseed the task's streams.
+    """
+    stack = getattr(_running, "owners", None)
+    return stack[-1] if stack else None
 
 
 @contextlib.contextmanager
-def _in_task() -> Iterator[None]:
-    _running.depth = getattr(_running, "depth", 0) + 1
+def _in_task(owner: Sequential | None) -> Iterator[None]:
+    if owner is None:
+        yield
+        return
+    stack = _running.__dict__.setdefault("owners", [])
+    stack.append(owner)
     try:
         yield
     finally:
-        _running.depth -= 1
+        stack.pop()
 
 
 @contextlib.contextmanager

@@ -120,9 +120,6 @@ def _reduce_memmap(array: Any) -> Any:
     return array.view(sys.modules["numpy"].ndarray).__reduce_ex__(5)
 
 
-_fast_table: tuple[int, dict[type, Any]] = (-1, {})
-
-
 def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool]
                       ) -> pickle.Pickler:
     """The C pickler, protocol 5, with memmaps pickled as ndarrays."""
@@ -133,16 +130,12 @@ def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool]
 
 
 def _fast_dispatch_table() -> dict[type, Any] | None:
-    """copyreg's reducers plus the memmap's, for the C pickler: a dict (a ChainMap
-    would cost a Python call per object); None until NumPy is loaded."""
-    global _fast_table
+    """copyreg's reducers as they are now, plus the memmap's, for the C pickler: a
+    dict (a ChainMap would cost a Python call per object); None until NumPy is loaded."""
     memmap = _memmap_type()
     if memmap is None:
         return None
-    if _fast_table[0] != len(copyreg.dispatch_table):
-        _fast_table = (len(copyreg.dispatch_table),
-                       {**copyreg.dispatch_table, memmap: _reduce_memmap})
-    return _fast_table[1]
+    return {**copyreg.dispatch_table, memmap: _reduce_memmap}
 
 
 def _contents(stream: io.BytesIO) -> memoryview:

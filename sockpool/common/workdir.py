@@ -70,8 +70,12 @@ def _owner(pid: int) -> str | None:
 
 
 def _pid_namespace() -> int | None:
-    """The inode of this process's pid namespace (None without /proc)."""
+    """The inode of this process's pid namespace; None without a /proc that shows it
+    (one mounted for another pid namespace, after ``unshare -p`` say, names other
+    processes by these pids: nothing could be told from it)."""
     try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None
         return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None

@@ -13,9 +13,11 @@ Who wins when both sides set a name: each function carries the master's
 values of the globals it names, as they were when it was sent, and they are
 put in the namespace each time it runs, unless code on this worker (an
 initializer, ``setup``, ``run_on_all``, a task) bound the name since the
-master last put it there; the worker's value then stays, as it would in a
-``multiprocessing`` worker.  What only forgotten functions carried is
-dropped with them, so that their captured data is freed as before.
+master last put it there, or, for a small value, changed it in place while
+the master's stayed as it was (an initializer filling a ``dict``); the
+worker's value then stays, as it would in a ``multiprocessing`` worker.
+What only forgotten functions carried is dropped with them, so that their
+captured data is freed as before.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ class SharedGlobals:
 
     def __init__(self, main: dict[str, Any]) -> None:
         self._namespaces: dict[str, dict[str, Any]] = {"__main__": main}
-        # Per namespace (by id), each name the master put there and the value it put.
+        # Per namespace (by id), each name the master put there and the value it put,
+        # and, for a small value, its pickle as it was then (see _set).
         self._put: dict[int, dict[str, Any]] = {id(main): {}}
+        self._as_put: dict[int, dict[str, bytes | None]] = {id(main): {}}
         self._exports: dict[str, Any] = {}
         self._carried: dict[bytes, list[Carried]] = {}  # by function digest
         self._loading: list[Carried] = []  # what the function being unpickled carries
@@ -48,8 +52,11 @@ class SharedGlobals:
         self._loading = []
         unpickler = _Unpickler(io.BytesIO(payload), buffers=buffers)
         unpickler.shared = self
-        fn = unpickler.load()
-        self._carried[digest] = self._loading
+        try:
+            fn = unpickler.load()
+            self._carried[digest] = self._loading
+        finally:
+            self._loading = []
         return fn
 
     def apply(self, digest: bytes) -> None:
@@ -59,10 +66,18 @@ class SharedGlobals:
             self._set(namespace, values)
 
     def _set(self, namespace: dict[str, Any], values: dict[str, Any]) -> None:
-        put = self._put[id(namespace)]
+        put, as_put = self._put[id(namespace)], self._as_put[id(namespace)]
         for name, value in values.items():
-            if namespace.get(name, _UNSET) is put.get(name, _UNSET):
-                namespace[name] = put[name] = value
+            current = namespace.get(name, _UNSET)
+            if current is value or current is not put.get(name, _UNSET):
+                continue  # there already, or bound on this worker since
+            pickled = _small_pickle(value)
+            if current is not _UNSET and pickled is not None and pickled == as_put.get(name):
+                # The master's value is what it was when put: what this worker did to
+                # it since (an initializer filling a dict in place, say) stays.
+                continue
+            namespace[name] = put[name] = value
+            as_put[name] = pickled
 
     def is_shared(self, namespace: object) -> bool:
         """Whether ``namespace`` is one of the shared ones (exports reach it by :meth:`export`)."""
@@ -74,6 +89,7 @@ class SharedGlobals:
         for namespace in self._namespaces.values():
             namespace.update(values)
             self._put[id(namespace)].update(values)
+            self._as_put[id(namespace)].update(dict.fromkeys(values))
 
     def forget(self, digest: bytes) -> None:
         """Drop what only the function ``digest`` carried, where this worker kept it."""
@@ -82,9 +98,12 @@ class SharedGlobals:
             still = {name for carried in self._carried.values()
                      for other, kept in carried if other is namespace for name in kept}
             for name, value in values.items():
-                if (name not in still and name not in self._exports
-                        and namespace.get(name, _UNSET) is value is put.get(name, _UNSET)):
-                    del namespace[name], put[name]
+                if name in still or name in self._exports:
+                    continue
+                if namespace.get(name, _UNSET) is value is put.get(name, _UNSET):
+                    del namespace[name]  # the master's: it goes (bound here: it stays)
+                put.pop(name, None)
+                self._as_put[id(namespace)].pop(name, None)
 
     def _namespace(self, name: object) -> dict[str, Any] | None:
         if not isinstance(name, str):
@@ -94,6 +113,7 @@ class SharedGlobals:
             namespace = {"__name__": name, "__builtins__": builtins, **self._exports}
             self._namespaces[name] = namespace
             self._put[id(namespace)] = dict(self._exports)
+            self._as_put[id(namespace)] = dict.fromkeys(self._exports)
         return namespace
 
     def make_function(self, code: Any, base: Any, name: str, defaults: Any, closure: Any
@@ -120,6 +140,37 @@ class SharedGlobals:
         from cloudpickle import cloudpickle
 
         cloudpickle._function_setstate(fn, state)
+
+
+#: The largest value whose pickle is kept to tell whether the master changed it.
+SMALL_PICKLE = 64 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _CappedStream(io.BytesIO):
+    """Stops a pickle (the pickler writes a frame at a time) once it outgrows the cap."""
+
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > SMALL_PICKLE:
+            raise _TooLarge
+        return super().write(data)
+
+
+def _small_pickle(value: Any) -> bytes | None:
+    """``value``'s pickle if it is small and self-contained; else None (a large buffer,
+    something only cloudpickle can write, or more than :data:`SMALL_PICKLE` bytes)."""
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        raise _TooLarge
+
+    stream = _CappedStream()
+    try:
+        pickle.Pickler(stream, 5, buffer_callback=out_of_band).dump(value)
+    except Exception:  # _TooLarge, or a function shipped by value, a module...
+        return None
+    return stream.getvalue()
 
 
 class _Unpickler(pickle.Unpickler):
