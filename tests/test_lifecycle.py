@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +172,31 @@ def test_worker_that_never_connects_is_a_launch_error(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="connect") as info:
         Cluster(n=1, python=str(fake), connect_timeout=1.0)
     assert time.monotonic() - started < 8
+    assert "starting up" in str(info.value)
+
+
+def test_a_worker_given_up_on_as_the_caller_stops_waiting_is_still_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The I/O thread gives up on the worker (connect_timeout) just as the caller's own
+    # wait ends: the caller must see the worker starting, or its error, never neither.
+    from sockpool.launchers.local import LocalWorkerProcess
+
+    tail = LocalWorkerProcess.stderr_tail
+
+    def slow_on_the_io_thread(self: LocalWorkerProcess) -> str:
+        if threading.current_thread().name == "sockpool-io":
+            time.sleep(1.0)  # while the caller's deadline passes
+        return tail(self)
+
+    monkeypatch.setattr(LocalWorkerProcess, "stderr_tail", slow_on_the_io_thread)
+    # The caller starts waiting late (a loaded machine), so that its deadline falls
+    # after the I/O thread's, while the I/O thread is giving the worker up.
+    monkeypatch.setattr(sockpool.api.cluster, "warm_up_capture", lambda: time.sleep(0.5))
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho starting up >&2\nexec sleep 60\n")
+    fake.chmod(0o755)
+    with pytest.raises(LaunchError, match="connect") as info:
+        Cluster(n=1, python=str(fake), connect_timeout=1.0)
     assert "starting up" in str(info.value)
 
 

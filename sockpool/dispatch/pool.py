@@ -333,12 +333,15 @@ class WorkerPool:
         """A worker ended or went silent: write off or retry what it held, replace it."""
         starting = record.state.starting
         held, pinned = self.scheduler.remove_worker(record.id)
-        self._forget(record, WorkerState.LOST)
         tail = record.process.stderr_tail()
-        if starting:
-            self._failed_replacements += 1
-            self._startup_failed(record.failure or record.process.failure()
-                                 or launch_error(record, how, tail))
+        # At once for wait_for_workers (a reentrant lock): a worker that stops
+        # starting and its error, never one without the other.
+        with self.state_changed:
+            self._forget(record, WorkerState.LOST)
+            if starting:
+                self._failed_replacements += 1
+                self._startup_failed(record.failure or record.process.failure()
+                                     or launch_error(record, how, tail))
         settle_lost(record, held, pinned, how, tail, self.scheduler, self.profiler)
         self._replace(f"worker {record.id} {how}", tail)
 
