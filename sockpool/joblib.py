@@ -162,11 +162,14 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         # Tasks get get_nested_backend()'s sequential backend, never this one.
         raise TypeError("the sockpool joblib backend holds a cluster and cannot be pickled")
 
-    def _cluster(self, call: Any = None) -> Cluster | None:
-        """The cluster of the ``Parallel`` call ``call``: its own, the backend's, or the plan's."""
+    def _given(self, call: Any) -> Cluster | None:
+        """The cluster given for the ``Parallel`` call ``call``: its own, else the backend's."""
         given = self._call_clusters.get(call) if call is not None else None
-        if given is None:
-            given = self.cluster
+        return given if given is not None else self.cluster
+
+    def _cluster(self, call: Any = None) -> Cluster | None:
+        """The cluster of the ``Parallel`` call ``call``: the one given, else the plan's."""
+        given = self._given(call)
         return given if given is not None else plan_cluster()
 
     def effective_n_jobs(self, n_jobs: int | None, call: Any = None) -> int:
@@ -190,8 +193,7 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         return int(n_jobs)
 
     def _sequential(self, call: Any) -> bool:
-        given = self._call_clusters.get(call) if call is not None else None
-        return self.cluster is None and given is None and current_plan().sequential
+        return self._given(call) is None and current_plan().sequential
 
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: str | None = None,
                   require: str | None = None, cluster: Cluster | None = None,
