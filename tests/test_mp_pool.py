@@ -75,6 +75,30 @@ def read_variable(_: Any) -> tuple[int, str | None]:
     return os.getpid(), os.environ.get(INIT_VARIABLE)
 
 
+def touch(item: Any) -> Any:
+    """Create the file a ``("touch", path)`` item names; any other item comes back."""
+    if isinstance(item, tuple):
+        with open(item[1], "w"):
+            return "touched"
+    return item
+
+
+class WaitsForFile:
+    """An argument whose pickling waits until ``path`` exists (a task made it), and
+    fails if no task did within 20 s; it arrives as the path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.path):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no task ran while this argument waited to be pickled")
+            time.sleep(0.01)
+        return (str, (self.path,))
+
+
 # -- fixtures -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", autouse=True)
@@ -239,6 +263,23 @@ def test_what_cannot_be_sent_fails_the_result_and_calls_error_callback(pool: Any
     with pytest.raises(cannot_pickle, match=r"pickle|serialize"):
         pool.map(square, [threading.Lock()])
     assert pool.map(square, [5]) == [25]
+
+
+def test_map_runs_the_first_chunks_while_later_ones_are_still_pickled(
+        pool: Any, tmp_path: Any) -> None:
+    marker = str(tmp_path / "first-chunk-ran")
+    items = [("touch", marker), WaitsForFile(marker)]
+    assert pool.map(touch, items, chunksize=1) == ["touched", marker]
+
+
+def test_an_argument_that_cannot_be_sent_after_others_fails_the_map(pool: Any) -> None:
+    cannot_pickle = (TypeError, pickle.PicklingError)
+    with pytest.raises(cannot_pickle, match=r"pickle|serialize"):
+        pool.map(square, [1, 2, 3, threading.Lock()], chunksize=1)
+    mapped = pool.starmap_async(divide, [(1, 1), (threading.Lock(), 1)], chunksize=1)
+    with pytest.raises(cannot_pickle, match=r"pickle|serialize"):
+        mapped.get(timeout=30)
+    assert pool.map(square, range(5), chunksize=1) == [0, 1, 4, 9, 16]
 
 
 def test_callbacks_never_run_at_the_same_time(pool: Any) -> None:

@@ -22,6 +22,7 @@ from .mapping import (
     Delivery,
     EagerFeed,
     LazyFeed,
+    SlicedFeed,
     collect_list,
     eager_chunks,
     iterate,
@@ -46,8 +47,13 @@ class Calls:
         return max(1, self.dispatcher.n_ready or self.dispatcher.target)
 
     def as_list(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
-                star: bool, jobs: list[Job] | None = None) -> list[T]:
-        """``par_map``: every chunk serialized before any is sent; the results as a list."""
+                star: bool, jobs: list[Job] | None = None, *, sliced: bool = False
+                ) -> list[T]:
+        """``par_map``: every chunk serialized before any is sent; the results as a list.
+
+        ``sliced``: each chunk is sent as soon as it is serialized (``Pool.map``,
+        see :class:`SlicedFeed`); not with ``schedule="static"``.
+        """
         __tracebackhide__ = True  # IPython: a task's error, not sockpool's
         items = as_sequence(iterables)
         job = StreamJob(self.packer.function(fn), options.flags(star), options.retries,
@@ -61,13 +67,16 @@ class Calls:
             if not workers:
                 raise NoWorkersLeftError("the cluster has no worker left")
             chunks = static_chunks(job, items, workers, options.chunksize, self.packer)
+            feed: EagerFeed | SlicedFeed = EagerFeed(chunks)
+            window = len(chunks)
         else:
             size = options.chunk_size(len(items), self.worker_count())
-            chunks = eager_chunks(job, items, size, self.packer)
+            feed = (SlicedFeed(job, items, size, self.packer) if sliced
+                    else EagerFeed(eager_chunks(job, items, size, self.packer)))
+            window = -(-len(items) // size)  # every chunk in flight at once
         delivery = Delivery(blocks_in_order=False, output_in_order=options.ordered,
                             errors=options.errors, fail_fast=True)
-        blocks = stream_blocks(job, EagerFeed(chunks), delivery, self.dispatcher,
-                               window=len(chunks),
+        blocks = stream_blocks(job, feed, delivery, self.dispatcher, window=window,
                                progress=progress_bar(len(items), options.progress))
         return collect_list(blocks, len(items), options.ordered)
 

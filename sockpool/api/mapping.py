@@ -1,7 +1,8 @@
 """Maps on the caller's thread: cutting input into chunks, and results back into order.
 
 ``par_map`` and ``Executor.map`` serialize every chunk before sending any
-(:class:`EagerFeed`); ``imap`` reads its input lazily, a window of chunks at a
+(:class:`EagerFeed`); ``Pool.map`` sends each chunk as soon as it is serialized
+(:class:`SlicedFeed`); ``imap`` reads its input lazily, a window of chunks at a
 time, sizing chunks from the measured task time (:class:`LazyFeed`).
 :func:`stream_blocks` keeps the window full, decodes results as they arrive
 and yields them a chunk at a time, in order (or as they come);
@@ -74,6 +75,38 @@ class EagerFeed:
         """Eager chunks are already cut; nothing to learn."""
 
 
+class SlicedFeed:
+    """A list cut and serialized one chunk at a time, each sent before the next is
+    made, so that workers start while the master still serializes.
+
+    ``Pool.map``'s way, as multiprocessing's task thread pickles while it feeds:
+    an argument that cannot travel raises when its chunk is reached, after the
+    chunks before it were sent (the map's job is then cancelled).
+    """
+
+    #: The input is a list: reading it cannot fail here.
+    error: Exception | None = None
+
+    def __init__(self, job: StreamJob, items: Sequence[Any], chunksize: int, packer: Packer
+                 ) -> None:
+        self._job = job
+        self._items = items
+        self._size = chunksize
+        self._packer = packer
+        self._next_index = 0
+        self.exhausted = not items
+
+    def take(self, room: int) -> list[Chunk]:
+        start = self._next_index
+        part = self._items[start:start + self._size]
+        self._next_index += len(part)
+        self.exhausted = self._next_index >= len(self._items)
+        return [self._job.chunk(start, len(part), self._packer.arguments(part, start))]
+
+    def measured(self, chunk: Chunk, seconds: float) -> None:
+        """The chunk size is fixed; nothing to learn."""
+
+
 def _until_error(items: Iterator[Any], errors: list[Exception]) -> Iterator[Any]:
     """``items``, ending (the error kept in ``errors``) where reading them raises."""
     try:
@@ -132,7 +165,7 @@ class LazyFeed:
         self._size = max(1, min(ideal, 2 * self._size, MAX_CHUNKSIZE))
 
 
-Feed = EagerFeed | LazyFeed
+Feed = EagerFeed | SlicedFeed | LazyFeed
 
 
 def _next_event(job: StreamJob, deadline: float | None) -> tuple[Chunk, Any, Any]:
@@ -234,11 +267,13 @@ def stream_blocks(
     try:
         while True:
             room = window - in_flight - len(waiting)
-            if room > 0 and not feed.exhausted:
+            while room > 0 and not feed.exhausted:  # a feed may hand out fewer than room
                 chunks = feed.take(room)
-                if chunks:
-                    dispatch.submit(chunks)
-                    in_flight += len(chunks)
+                if not chunks:
+                    break
+                dispatch.submit(chunks)
+                in_flight += len(chunks)
+                room -= len(chunks)
             if in_flight == 0 and not waiting and feed.exhausted:
                 finished = True
                 if feed.error is not None:  # after every result of the items read before it

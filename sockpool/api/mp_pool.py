@@ -7,10 +7,12 @@ functions, which the spawn start method cannot send), worker output relayed,
 and workers on ssh hosts or Slurm through ``Cluster`` keywords.
 
 How each call runs: ``map``/``starmap`` are ``par_map``/``par_starmap`` on the
-caller's thread, ``map_async``/``starmap_async`` the same on a thread of their
-own; ``apply_async`` is ``Cluster.submit``; the imaps are ``Cluster.imap``, read
-by a thread of their own.  Every asynchronous outcome is completed by the pool's
-result handler thread (:mod:`.mp_results`), where callbacks run.
+caller's thread, except that each chunk is sent as soon as it is serialized (as
+multiprocessing's task thread feeds its workers), ``map_async``/``starmap_async``
+the same on a thread of their own; ``apply_async`` is ``Cluster.submit``; the
+imaps are ``Cluster.imap``, read by a thread of their own.  Every asynchronous
+outcome is completed by the pool's result handler thread (:mod:`.mp_results`),
+where callbacks run.
 """
 
 from __future__ import annotations
@@ -249,7 +251,7 @@ class Pool:
         check_callable(func, "map")
         check_iterables((iterable,), "map")
         with self._sync_call():
-            return self._cluster.par_map(func, iterable, chunksize=chunksize)
+            return self._list_map(func, iterable, chunksize, star=False)
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None) -> list[T]:
@@ -258,7 +260,7 @@ class Pool:
         check_callable(func, "starmap")
         check_iterables((iterable,), "starmap")
         with self._sync_call():
-            return self._cluster.par_starmap(func, iterable, chunksize=chunksize)
+            return self._list_map(func, iterable, chunksize, star=True)
 
     def map_async(
         self,
@@ -295,12 +297,19 @@ class Pool:
         MapOptions(chunksize)  # a bad chunksize raises here, not in get()
         items = as_sequence((iterable,))  # read now, as multiprocessing does
         result: MapResult[T] = MapResult(self._tracker, callback, error_callback, self)
-        mapper = self._cluster.par_starmap if star else self._cluster.par_map
-        # par_map on a thread of its own: serializing, like multiprocessing's pickling,
+        # The map on a thread of its own: serializing, like multiprocessing's pickling,
         # happens there, and a function that cannot travel fails the result, not the call.
-        _start_reader(_read_map, functools.partial(mapper, func, items, chunksize=chunksize),
-                      result, self._handler)
+        _start_reader(_read_map, functools.partial(self._list_map, func, items, chunksize,
+                                                   star=star), result, self._handler)
         return result
+
+    def _list_map(self, func: Callable[..., T], iterable: Iterable[Any],
+                  chunksize: int | None, *, star: bool) -> list[T]:
+        """``par_map`` (or ``par_starmap``) less the checks made by the caller, each
+        chunk sent as soon as it is serialized, as multiprocessing feeds its workers."""
+        self._cluster._check_open()
+        return self._cluster._calls.as_list(func, (iterable,), MapOptions(chunksize), star,
+                                            sliced=True)
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
              chunksize: int | None = None) -> IMapIterator[T]:
