@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import multiprocessing.managers
 import os
 import pickle
 import threading
@@ -73,6 +74,15 @@ def set_variable(name: str, value: str) -> None:
 
 def read_variable(_: Any) -> tuple[int, str | None]:
     return os.getpid(), os.environ.get(INIT_VARIABLE)
+
+
+def put(queue: Any, value: Any) -> None:
+    queue.put(value)
+
+
+def store(table: Any, key: int) -> int:
+    table[key] = key * key
+    return key
 
 
 def touch(item: Any) -> Any:
@@ -282,6 +292,17 @@ def test_an_argument_that_cannot_be_sent_after_others_fails_the_map(pool: Any) -
     assert pool.map(square, range(5), chunksize=1) == [0, 1, 4, 9, 16]
 
 
+def test_a_managers_proxies_reach_the_workers(pool: Any) -> None:
+    # The standard way to share state with a Pool's workers: they connect back
+    # to the manager with its authkey, which they did not inherit from sockpool.
+    with multiprocessing.Manager() as manager:
+        queue, table = manager.Queue(), manager.dict()
+        pool.apply(put, (queue, "from a worker"))
+        assert queue.get(timeout=30) == "from a worker"
+        assert sorted(pool.starmap(store, [(table, k) for k in range(4)])) == [0, 1, 2, 3]
+        assert dict(table) == {0: 0, 1: 1, 2: 4, 3: 9}
+
+
 def test_callbacks_never_run_at_the_same_time(pool: Any) -> None:
     lock = threading.Lock()
     running = [0]
@@ -479,6 +500,15 @@ def test_closures_and_lambdas_run_where_spawn_cannot_send_them(pool: Any) -> Non
     assert pool.starmap(lambda a, b: a + b + offset, [(1, 2)]) == [13]
     assert pool.map_async(shifted, [5]).get(timeout=30) == [15]
     assert pool.apply_async(lambda: ValueError("a value")).get(timeout=30).args == ("a value",)
+
+
+def test_a_proxy_travels_with_its_managers_own_authkey() -> None:
+    # Beyond multiprocessing, whose workers know only the key they inherited.
+    with sockpool.Pool(1) as pool, \
+            multiprocessing.managers.SyncManager(authkey=b"its own key") as manager:
+        namespace = manager.Namespace()
+        pool.apply(setattr, (namespace, "answer", 42))
+        assert namespace.answer == 42
 
 
 def test_imap_yields_a_returned_exception_as_a_value() -> None:

@@ -110,14 +110,44 @@ def _memmap_type() -> type | None:
 
 
 def _reduce_special(obj: Any) -> Any:
-    """The reducers the library's picklers add: ``bind_to_env`` functions, memmaps."""
+    """The reducers the library's picklers add: ``bind_to_env`` functions, memmaps,
+    manager proxies."""
     if type(obj) is _memmap_type():
         return _reduce_memmap(obj)
+    managers = sys.modules.get("multiprocessing.managers")
+    if managers is not None and isinstance(obj, managers.BaseProxy):
+        return _reduce_proxy(obj)
     return namespace.reduce_bound_function(obj)
 
 
 def _reduce_memmap(array: Any) -> Any:
     return array.view(sys.modules["numpy"].ndarray).__reduce_ex__(5)
+
+
+# -- multiprocessing's manager proxies ---------------------------------------------
+#
+# A proxy (``Manager().Queue()``, ``.dict()``, ``.Namespace()``) connects to its
+# manager with an authkey.  multiprocessing pickles the key along only into a
+# process it spawns, whose children otherwise inherit it; a worker inherited
+# nothing, so a proxy travels with its key, as into a spawned process.
+
+
+def _proxy_types() -> list[type]:
+    """Every proxy class there is (none until multiprocessing.managers is loaded)."""
+    managers = sys.modules.get("multiprocessing.managers")
+    if managers is None:
+        return []
+    found, todo = [managers.BaseProxy], [managers.BaseProxy]
+    while todo:
+        subclasses = todo.pop().__subclasses__()
+        found += subclasses
+        todo += subclasses
+    return found
+
+
+def _reduce_proxy(proxy: Any) -> Any:
+    rebuild, (kind, token, serializer, keywords) = proxy.__reduce__()
+    return rebuild, (kind, token, serializer, {**keywords, "authkey": bytes(proxy._authkey)})
 
 
 def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool]
@@ -130,12 +160,16 @@ def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool]
 
 
 def _fast_dispatch_table() -> dict[type, Any] | None:
-    """copyreg's reducers as they are now, plus the memmap's, for the C pickler: a
-    dict (a ChainMap would cost a Python call per object); None until NumPy is loaded."""
-    memmap = _memmap_type()
-    if memmap is None:
+    """copyreg's reducers as they are now, plus the memmap's and the proxies', for the
+    C pickler: a dict (a ChainMap would cost a Python call per object); None until
+    NumPy or multiprocessing.managers is loaded."""
+    memmap, proxies = _memmap_type(), _proxy_types()
+    if memmap is None and not proxies:
         return None
-    return {**copyreg.dispatch_table, memmap: _reduce_memmap}
+    table = {**copyreg.dispatch_table, **dict.fromkeys(proxies, _reduce_proxy)}
+    if memmap is not None:
+        table[memmap] = _reduce_memmap
+    return table
 
 
 def _contents(stream: io.BytesIO) -> memoryview:
