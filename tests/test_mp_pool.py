@@ -85,6 +85,21 @@ def store(table: Any, key: int) -> int:
     return key
 
 
+def fail_or_write(item: tuple[str, str]) -> None:
+    """("fail", _) raises at once; ("write", path) writes ``path`` half a second later."""
+    action, path = item
+    if action == "fail":
+        raise TaskError("failed first")
+    time.sleep(0.5)
+    with open(path, "w"):
+        pass
+
+
+class RefusesPickling:
+    def __reduce__(self) -> Any:
+        raise RuntimeError("refuses to be pickled")
+
+
 def touch(item: Any) -> Any:
     """Create the file a ``("touch", path)`` item names; any other item comes back."""
     if isinstance(item, tuple):
@@ -301,6 +316,35 @@ def test_a_managers_proxies_reach_the_workers(pool: Any) -> None:
         assert queue.get(timeout=30) == "from a worker"
         assert sorted(pool.starmap(store, [(table, k) for k in range(4)])) == [0, 1, 2, 3]
         assert dict(table) == {0: 0, 1: 1, 2: 4, 3: 9}
+
+
+def test_a_failed_map_lets_its_other_chunks_finish_then_raises(pool: Any, tmp_path: Any
+                                                               ) -> None:
+    # CPython's test_map_no_failfast: map waits for every chunk (bpo-23992).
+    written = str(tmp_path / "sibling-finished")
+    with pytest.raises(TaskError, match="failed first"):
+        pool.map(fail_or_write, [("fail", ""), ("write", written)], chunksize=1)
+    assert os.path.exists(written)
+    errors: list[BaseException] = []
+    mapped = pool.map_async(fail_or_write, [("write", written + "2"), ("fail", "")],
+                            chunksize=1, error_callback=errors.append)
+    with pytest.raises(TaskError):
+        mapped.get(timeout=30)
+    assert os.path.exists(written + "2") and [type(e) for e in errors] == [TaskError]
+
+
+def test_what_cannot_be_pickled_raises_the_picklers_own_exception(pool: Any) -> None:
+    # CPython's test_map_unplicklable: the exception __reduce__ raised, as it is.
+    with pytest.raises(RuntimeError, match="refuses to be pickled") as raised:
+        pool.map(square, [RefusesPickling()] * 10)
+    if pool.kind == "sockpool":  # and sockpool's word on where it was
+        assert "argument 0" in "\n".join(getattr(raised.value, "__notes__", []))
+    single = pool.apply_async(square, (RefusesPickling(),))
+    with pytest.raises(RuntimeError, match="refuses to be pickled"):
+        single.get(timeout=30)
+    with pytest.raises(RuntimeError, match="refuses to be pickled"):
+        list(pool.imap(square, [1, RefusesPickling()]))
+    assert pool.map(square, [4]) == [16]
 
 
 def test_callbacks_never_run_at_the_same_time(pool: Any) -> None:

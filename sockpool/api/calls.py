@@ -47,12 +47,14 @@ class Calls:
         return max(1, self.dispatcher.n_ready or self.dispatcher.target)
 
     def as_list(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
-                star: bool, jobs: list[Job] | None = None, *, sliced: bool = False
+                star: bool, jobs: list[Job] | None = None, *, as_pool: bool = False
                 ) -> list[T]:
         """``par_map``: every chunk serialized before any is sent; the results as a list.
 
-        ``sliced``: each chunk is sent as soon as it is serialized (``Pool.map``,
-        see :class:`SlicedFeed`); not with ``schedule="static"``.
+        ``as_pool``: as ``multiprocessing.Pool.map`` instead: each chunk is sent as
+        soon as it is serialized (see :class:`SlicedFeed`), and a failure is raised
+        once every chunk is done, the others left to finish.  Not with
+        ``schedule="static"``.
         """
         __tracebackhide__ = True  # IPython: a task's error, not sockpool's
         items = as_sequence(iterables)
@@ -71,14 +73,14 @@ class Calls:
             window = len(chunks)
         else:
             size = options.chunk_size(len(items), self.worker_count())
-            feed = (SlicedFeed(job, items, size, self.packer) if sliced
+            feed = (SlicedFeed(job, items, size, self.packer) if as_pool
                     else EagerFeed(eager_chunks(job, items, size, self.packer)))
             window = -(-len(items) // size)  # every chunk in flight at once
         delivery = Delivery(blocks_in_order=False, output_in_order=options.ordered,
-                            errors=options.errors, fail_fast=True)
+                            errors=options.errors, fail_fast=not as_pool)
         blocks = stream_blocks(job, feed, delivery, self.dispatcher, window=window,
                                progress=progress_bar(len(items), options.progress))
-        return collect_list(blocks, len(items), options.ordered)
+        return collect_list(blocks, len(items), options.ordered, options.errors)
 
     def lazily(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
                jobs: list[Job] | None = None) -> Iterator[T]:
@@ -142,7 +144,7 @@ class Calls:
         delivery = Delivery(blocks_in_order=False, output_in_order=True, fail_fast=True)
         blocks = stream_blocks(job, EagerFeed([]), delivery, self.dispatcher,
                                window=len(chunks), in_flight=len(chunks))
-        return collect_list(blocks, len(chunks), ordered=True)
+        return collect_list(blocks, len(chunks), ordered=True, errors="raise")
 
     def export(self, values: dict[str, Any]) -> None:
         """Globals on every worker, present and future (``Cluster.export``)."""

@@ -307,11 +307,20 @@ def stream_blocks(
             progress.close()
 
 
-def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool) -> list[Any]:
-    """par_map's result list: blocks placed by index (or appended as they come)."""
+def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool, errors: str
+                 ) -> list[Any]:
+    """par_map's result list: blocks placed by index (or appended as they come).
+
+    With ``errors="raise"``, a failure that reaches here (the map does not fail
+    fast) is raised once every block is in: the first to arrive.
+    """
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     results: list[Any] = [None] * n_items if ordered else []
+    first_failure: BaseException | None = None
     for first, values, failed in blocks:
+        if failed and errors == "raise":
+            first_failure = first_failure or failed[min(failed)]
+            continue
         if ordered:
             results[first:first + len(values)] = values
             for index, error in failed.items():
@@ -319,6 +328,8 @@ def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool) -> list[A
         else:
             results += [failed.get(first + i, value) for i, value in enumerate(values)
                         ] if failed else values
+    if first_failure is not None:
+        raise first_failure
     return results
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ..common.calls import BoxedCall
-from ..errors import CaptureError, ClusterClosedError
+from ..errors import CaptureError, ClusterClosedError, add_note
 from .cluster import Cluster
 from .map_options import MapOptions, as_sequence, check_callable, check_iterables
 from .mp_results import (
@@ -68,14 +68,14 @@ class Pool:
         cluster_kwargs: other :class:`Cluster` keyword arguments (``hosts=``,
             ``launcher=``, ``relay=``, ``seed=``...).
 
-    What cannot be serialized fails as in ``multiprocessing``: ``map`` raises,
-    an asynchronous call's ``get()`` (or the imap's ``next()``) raises and
-    ``error_callback`` gets it; the error is a ``CaptureError`` (a
-    ``pickle.PicklingError``) naming the path to what cannot travel.
+    Failures are as in ``multiprocessing``: a map whose task fails lets its
+    other chunks finish, then raises the first failure.  What cannot be
+    serialized raises the pickler's own exception (``map``; an asynchronous
+    call's ``get()`` or the imap's ``next()``, and ``error_callback`` gets it),
+    with a note naming the argument or the path to what cannot travel.
 
-    Differences a port may notice: a map stops its other tasks at the first
-    failure; ``imap``'s default ``chunksize`` grows chunks from
-    measured task times; after ``terminate()`` unfinished results raise
+    Differences a port may notice: ``imap``'s default ``chunksize`` grows chunks
+    from measured task times; after ``terminate()`` unfinished results raise
     ``ClusterClosedError`` instead of never becoming ready.
 
     Raises:
@@ -233,7 +233,8 @@ class Pool:
             self._cluster._check_open()
             future, _ = self._cluster._calls.submit(func, args, kwds, None, None)
         except CaptureError as exc:  # as multiprocessing: from get(), and error_callback
-            self._handler.post(functools.partial(result._complete, False, exc))
+            self._handler.post(functools.partial(result._complete, False,
+                                                 _as_multiprocessing_raises(exc)))
             return result
         except BaseException as exc:
             result._abort(exc)
@@ -305,11 +306,15 @@ class Pool:
 
     def _list_map(self, func: Callable[..., T], iterable: Iterable[Any],
                   chunksize: int | None, *, star: bool) -> list[T]:
-        """``par_map`` (or ``par_starmap``) less the checks made by the caller, each
-        chunk sent as soon as it is serialized, as multiprocessing feeds its workers."""
+        """``par_map`` (or ``par_starmap``) less the checks made by the caller, as
+        multiprocessing maps: each chunk sent as soon as it is serialized, and a
+        failure raised once every chunk is done."""
         self._cluster._check_open()
-        return self._cluster._calls.as_list(func, (iterable,), MapOptions(chunksize), star,
-                                            sliced=True)
+        try:
+            return self._cluster._calls.as_list(func, (iterable,), MapOptions(chunksize),
+                                                star, as_pool=True)
+        except CaptureError as exc:
+            raise _as_multiprocessing_raises(exc) from None
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
              chunksize: int | None = None) -> IMapIterator[T]:
@@ -338,7 +343,7 @@ class Pool:
             stream = self._cluster.imap(BoxedCall(func), iterable,
                                         ordered=ordered, chunksize=chunksize, errors="return")
         except CaptureError as exc:  # as multiprocessing: raised by next()
-            results._finish(exc)
+            results._finish(_as_multiprocessing_raises(exc))
             return results
         except BaseException:
             results._finish()
@@ -431,6 +436,9 @@ def _read_imap(results: Iterator[Any], iterator: IMapIterator[Any], tracker: Tra
             iterator._put(value)
             if tracker.terminated.is_set():
                 break
+    except CaptureError as exc:  # an item that cannot travel
+        iterator._finish(_as_multiprocessing_raises(exc))
+        return
     except BaseException as exc:
         iterator._finish(exc)
         return
@@ -439,6 +447,17 @@ def _read_imap(results: Iterator[Any], iterator: IMapIterator[Any], tracker: Tra
         if close is not None:
             close()  # stops the job (a break above: terminated)
     iterator._finish()
+
+
+def _as_multiprocessing_raises(error: CaptureError) -> BaseException:
+    """What multiprocessing raises where sockpool raises ``CaptureError``: the
+    pickler's own exception (``TypeError: cannot pickle '_thread.lock' object``),
+    with sockpool's description of what cannot travel, and where, as a note."""
+    cause = error.__cause__
+    if cause is None:
+        return error
+    add_note(cause, str(error))
+    return cause
 
 
 def _at_collection(tracker: Tracker, handler: ResultHandler, owned: Cluster | None,
