@@ -182,6 +182,11 @@ class RemoteTraceback(Exception):
         shown = render_remote_traceback(self.traceback_text, self.frames)
         return "\n\nRemote traceback (most recent call last):\n" + shown.rstrip()
 
+    @property
+    def tb(self) -> str:
+        """The traceback as shown: ``multiprocessing.pool.RemoteTraceback``'s attribute."""
+        return str(self)
+
 
 def render_remote_traceback(text: str, frames: Sequence[RemoteFrame]) -> str:
     """A worker's traceback as shown here: as the worker wrote it, but in IPython the

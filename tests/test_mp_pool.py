@@ -274,6 +274,14 @@ def test_a_tasks_error_propagates_with_its_own_type(pool: Any) -> None:
     assert pool.map(square, [3]) == [9]  # the pool goes on
 
 
+def test_the_workers_traceback_is_the_cause_with_its_source_lines(pool: Any) -> None:
+    # CPython's test_traceback reads the cause's ``tb``, as code that logs it does.
+    with pytest.raises(TaskError) as raised:
+        pool.apply(fail_on_three, (3,))
+    assert raised.value.args == ("no 3",)
+    assert 'raise TaskError(f"no {x}")' in raised.value.__cause__.tb
+
+
 def test_what_cannot_be_sent_fails_the_result_and_calls_error_callback(pool: Any) -> None:
     errors: list[BaseException] = []
     cannot_pickle = (TypeError, pickle.PicklingError)
