@@ -326,6 +326,18 @@ def test_a_managers_proxies_reach_the_workers(pool: Any) -> None:
         assert dict(table) == {0: 0, 1: 1, 2: 4, 3: 9}
 
 
+def test_an_initializer_gets_a_managers_proxy(factory: Any) -> None:
+    # CPython's test_pool_initializer: the proxy travels inside the initializer's
+    # arguments, which are pickled apart from a map's, and beside a function that
+    # goes by reference (a builtin here, a stdlib test's function there).
+    with multiprocessing.Manager() as manager:
+        namespace = manager.Namespace()
+        pool = factory(1, setattr, (namespace, "started", True))
+        pool.close()
+        pool.join()
+        assert namespace.started is True
+
+
 def test_a_failed_map_lets_its_other_chunks_finish_then_raises(pool: Any, tmp_path: Any
                                                                ) -> None:
     # CPython's test_map_no_failfast: map waits for every chunk (bpo-23992).

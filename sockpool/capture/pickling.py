@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import pickle
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -57,7 +56,7 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
     """
     if serializer in ("cloudpickle", "pickle"):
         try:
-            inband = pickle.dumps(obj, protocol=5)
+            inband = codec.dumps_standard(obj)
         except Exception:
             if serializer == "pickle":
                 raise

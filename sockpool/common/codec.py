@@ -150,13 +150,22 @@ def _reduce_proxy(proxy: Any) -> Any:
     return rebuild, (kind, token, serializer, {**keywords, "authkey": bytes(proxy._authkey)})
 
 
-def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool]
+def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool] | None
                       ) -> pickle.Pickler:
-    """The C pickler, protocol 5, with memmaps pickled as ndarrays."""
+    """The C pickler, protocol 5, with memmaps pickled as ndarrays and proxies with
+    their authkey."""
     pickler = pickle.Pickler(stream, 5, buffer_callback=buffer_callback)
     if (table := _fast_dispatch_table()) is not None:
         pickler.dispatch_table = table
     return pickler
+
+
+def dumps_standard(obj: Any) -> bytes:
+    """``pickle.dumps(obj, 5)`` with the reducers the library adds (see
+    :func:`_standard_pickler`), every buffer in band."""
+    stream = io.BytesIO()
+    _standard_pickler(stream, None).dump(obj)
+    return stream.getvalue()
 
 
 def _fast_dispatch_table() -> dict[type, Any] | None:
