@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import multiprocessing.managers
+import operator
 import os
 import pickle
 import threading
@@ -97,7 +98,41 @@ def fail_or_write(item: tuple[str, str]) -> None:
 
 class RefusesPickling:
     def __reduce__(self) -> Any:
-        raise RuntimeError("refuses to be pickled")
+        raise RuntimeError("refuses to be pickled") from KeyError("the reason")
+
+
+def raise_capture_error(x: int) -> None:
+    raise sockpool.CaptureError(f"a task's own CaptureError {x}")
+
+
+class Box:
+    """What the manager below serves."""
+
+    def get(self) -> int:
+        return 11
+
+
+class BoxProxy(multiprocessing.managers.BaseProxy):
+    """A proxy that reduces itself its own way (with a key of its own)."""
+
+    _exposed_ = ("get",)
+
+    def get(self) -> int:
+        return self._callmethod("get")
+
+    def __reduce__(self) -> Any:
+        return (make_box_proxy, (self._token, self._serializer))
+
+
+def make_box_proxy(token: Any, serializer: str) -> BoxProxy:
+    return BoxProxy(token, serializer, authkey=b"the box key")
+
+
+class BoxManager(multiprocessing.managers.BaseManager):
+    pass
+
+
+BoxManager.register("Box", Box, proxytype=BoxProxy)
 
 
 def touch(item: Any) -> Any:
@@ -357,6 +392,7 @@ def test_what_cannot_be_pickled_raises_the_picklers_own_exception(pool: Any) -> 
     # CPython's test_map_unplicklable: the exception __reduce__ raised, as it is.
     with pytest.raises(RuntimeError, match="refuses to be pickled") as raised:
         pool.map(square, [RefusesPickling()] * 10)
+    assert repr(raised.value.__cause__) == "KeyError('the reason')"
     if pool.kind == "sockpool":  # and sockpool's word on where it was
         assert "argument 0" in "\n".join(getattr(raised.value, "__notes__", []))
     single = pool.apply_async(square, (RefusesPickling(),))
@@ -573,6 +609,21 @@ def test_a_proxy_travels_with_its_managers_own_authkey() -> None:
         namespace = manager.Namespace()
         pool.apply(setattr, (namespace, "answer", 42))
         assert namespace.answer == 42
+
+
+def test_a_tasks_own_capture_error_reaches_the_caller_as_it_is() -> None:
+    # Only what the pool could not pickle becomes the pickler's exception.
+    with sockpool.Pool(1) as pool:
+        with pytest.raises(sockpool.CaptureError, match="a task's own CaptureError 1"):
+            pool.map(raise_capture_error, [1])
+        with pytest.raises(sockpool.CaptureError, match="a task's own CaptureError 2"):
+            pool.map_async(raise_capture_error, [2]).get(timeout=30)
+
+
+def test_a_proxy_that_reduces_itself_its_own_way_is_left_to_it() -> None:
+    with BoxManager(authkey=b"the box key") as manager, sockpool.Pool(1) as pool:
+        box = manager.Box()
+        assert pool.apply(operator.methodcaller("get"), (box,)) == 11
 
 
 def test_imap_yields_a_returned_exception_as_a_value() -> None:

@@ -305,3 +305,23 @@ def test_a_captured_array_changed_in_place_is_seen_by_the_next_map(cluster: Clus
     data[999_999] = 7.0  # same object, same size, new content
     assert cluster.par_map(read, [0, 999_999]) == [0.0, 7.0]
     assert cluster.submit(read, 999_999).result(timeout=10) == 7.0
+
+
+class FalsyError(Exception):
+    """An exception that is false, as one defining ``__len__`` can be."""
+
+    def __len__(self) -> int:
+        return 0
+
+
+@pytest.mark.timeout(10)
+def test_a_map_that_is_not_fail_fast_raises_the_first_failure_to_arrive() -> None:
+    from sockpool.api.mapping import collect_list
+
+    first, second = FalsyError("first"), ValueError("second")
+    blocks = iter([(2, [None], {2: first}), (0, [7, 8], {}), (3, [None], {3: second})])
+    with pytest.raises(FalsyError) as raised:
+        collect_list(blocks, 4, ordered=True, errors="raise")
+    assert raised.value is first
+    blocks = iter([(0, [7], {}), (1, [None], {1: second})])
+    assert collect_list(blocks, 2, ordered=True, errors="return") == [7, second]

@@ -53,8 +53,8 @@ class Calls:
 
         ``as_pool``: as ``multiprocessing.Pool.map`` instead: each chunk is sent as
         soon as it is serialized (see :class:`SlicedFeed`), and a failure is raised
-        once every chunk is done, the others left to finish.  Not with
-        ``schedule="static"``.
+        once every chunk is done, the others left to finish (``schedule="static"``,
+        which ``Pool`` never asks for, keeps its chunks made up front).
         """
         __tracebackhide__ = True  # IPython: a task's error, not sockpool's
         items = as_sequence(iterables)

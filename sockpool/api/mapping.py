@@ -97,6 +97,7 @@ class SlicedFeed:
         self.exhausted = not items
 
     def take(self, room: int) -> list[Chunk]:
+        """The next chunk, whatever the room: it is sent before the one after is made."""
         start = self._next_index
         part = self._items[start:start + self._size]
         self._next_index += len(part)
@@ -319,7 +320,8 @@ def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool, errors: s
     first_failure: BaseException | None = None
     for first, values, failed in blocks:
         if failed and errors == "raise":
-            first_failure = first_failure or failed[min(failed)]
+            if first_failure is None:
+                first_failure = failed[min(failed)]
             continue
         if ordered:
             results[first:first + len(values)] = values

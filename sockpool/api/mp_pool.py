@@ -8,9 +8,10 @@ and workers on ssh hosts or Slurm through ``Cluster`` keywords.
 
 How each call runs: ``map``/``starmap`` are ``par_map``/``par_starmap`` on the
 caller's thread, except that each chunk is sent as soon as it is serialized (as
-multiprocessing's task thread feeds its workers), ``map_async``/``starmap_async``
-the same on a thread of their own; ``apply_async`` is ``Cluster.submit``; the
-imaps are ``Cluster.imap``, read by a thread of their own.  Every asynchronous
+multiprocessing's task thread feeds its workers) and a failure is raised once
+every chunk is done; ``map_async``/``starmap_async`` the same on a thread of
+their own; ``apply_async`` is ``Cluster.submit``; the imaps are ``Cluster.imap``,
+read by a thread of their own.  Every asynchronous
 outcome is completed by the pool's result handler thread (:mod:`.mp_results`),
 where callbacks run.
 """
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ..common.calls import BoxedCall
-from ..errors import CaptureError, ClusterClosedError, add_note
+from ..errors import CaptureError, ClusterClosedError, RemoteTraceback, add_note
 from .cluster import Cluster
 from .map_options import MapOptions, as_sequence, check_callable, check_iterables
 from .mp_results import (
@@ -74,9 +75,11 @@ class Pool:
     call's ``get()`` or the imap's ``next()``, and ``error_callback`` gets it),
     with a note naming the argument or the path to what cannot travel.
 
-    Differences a port may notice: ``imap``'s default ``chunksize`` grows chunks
-    from measured task times; after ``terminate()`` unfinished results raise
-    ``ClusterClosedError`` instead of never becoming ready.
+    Differences a port may notice: a map stops at an argument that cannot be
+    pickled (the chunks after it are never sent, those running are cancelled);
+    ``imap``'s default ``chunksize`` grows chunks from measured task times;
+    after ``terminate()`` unfinished results raise ``ClusterClosedError``
+    instead of never becoming ready.
 
     Raises:
         ValueError: ``processes`` < 1, a bad ``maxtasksperchild``, or keywords
@@ -247,7 +250,8 @@ class Pool:
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
             chunksize: int | None = None) -> list[T]:
-        """``[func(x) for x in iterable]`` in parallel; the first failure raises."""
+        """``[func(x) for x in iterable]`` in parallel; once every chunk is done, the
+        first failure raises."""
         self._check_running()
         check_callable(func, "map")
         check_iterables((iterable,), "map")
@@ -314,7 +318,8 @@ class Pool:
             return self._cluster._calls.as_list(func, (iterable,), MapOptions(chunksize),
                                                 star, as_pool=True)
         except CaptureError as exc:
-            raise _as_multiprocessing_raises(exc) from None
+            error = _as_multiprocessing_raises(exc)
+            raise error from error.__cause__
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
              chunksize: int | None = None) -> IMapIterator[T]:
@@ -450,11 +455,13 @@ def _read_imap(results: Iterator[Any], iterator: IMapIterator[Any], tracker: Tra
 
 
 def _as_multiprocessing_raises(error: CaptureError) -> BaseException:
-    """What multiprocessing raises where sockpool raises ``CaptureError``: the
-    pickler's own exception (``TypeError: cannot pickle '_thread.lock' object``),
-    with sockpool's description of what cannot travel, and where, as a note."""
+    """What multiprocessing raises where sockpool raises ``CaptureError`` while
+    serializing a call: the pickler's own exception (``TypeError: cannot pickle
+    '_thread.lock' object``), with sockpool's description of what cannot travel,
+    and where, as a note.  A task's own ``CaptureError`` (its cause the worker's
+    traceback) stays as it is."""
     cause = error.__cause__
-    if cause is None:
+    if cause is None or isinstance(cause, RemoteTraceback):
         return error
     add_note(cause, str(error))
     return cause

@@ -146,7 +146,14 @@ def _proxy_types() -> list[type]:
 
 
 def _reduce_proxy(proxy: Any) -> Any:
-    rebuild, (kind, token, serializer, keywords) = proxy.__reduce__()
+    """``BaseProxy.__reduce__``, its keywords given the key (a proxy class that
+    reduces itself some other way is left as it does)."""
+    reduced: Any = proxy.__reduce__()
+    rebuild = sys.modules["multiprocessing.managers"].RebuildProxy
+    if (not isinstance(reduced, tuple) or len(reduced) != 2 or reduced[0] is not rebuild
+            or len(reduced[1]) != 4 or not isinstance(reduced[1][3], dict)):
+        return reduced
+    kind, token, serializer, keywords = reduced[1]
     return rebuild, (kind, token, serializer, {**keywords, "authkey": bytes(proxy._authkey)})
 
 
