@@ -11,9 +11,8 @@ caller's thread, except that each chunk is sent as soon as it is serialized (as
 multiprocessing's task thread feeds its workers) and a failure is raised once
 every chunk is done; ``map_async``/``starmap_async`` the same on a thread of
 their own; ``apply_async`` is ``Cluster.submit``; the imaps are ``Cluster.imap``,
-read by a thread of their own.  Every asynchronous
-outcome is completed by the pool's result handler thread (:mod:`.mp_results`),
-where callbacks run.
+read by a thread of their own.  Every asynchronous outcome is completed by the
+pool's result handler thread (:mod:`.mp_results`), where callbacks run.
 """
 
 from __future__ import annotations
