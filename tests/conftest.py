@@ -29,6 +29,21 @@ def _children() -> dict[int, psutil.Process]:
         return {}
 
 
+def _running(process: psutil.Process) -> bool:
+    """Whether a child still runs: not a zombie, and not gone while we looked."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _command(process: psutil.Process) -> list[str] | str:
+    try:
+        return process.cmdline()
+    except psutil.Error as exc:
+        return f"({type(exc).__name__})"
+
+
 def _io_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "sockpool-io" and t.is_alive()]
 
@@ -42,7 +57,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     deadline = time.monotonic() + LEAK_GRACE
     while True:
         leaked = {pid: p for pid, p in _children().items()
-                  if pid not in before and p.status() != psutil.STATUS_ZOMBIE}
+                  if pid not in before and _running(p)}
         threads = [t for t in _io_threads() if t not in threads_before]
         if (not leaked and not threads) or time.monotonic() > deadline:
             break
@@ -50,7 +65,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     for process in leaked.values():
         with contextlib.suppress(psutil.Error):
             process.kill()
-    assert not leaked, f"processes left behind: {[(p.pid, p.cmdline()) for p in leaked.values()]}"
+    assert not leaked, f"processes left behind: {[(p.pid, _command(p)) for p in leaked.values()]}"
     assert not threads, f"cluster I/O threads left running: {threads}"
 
 
