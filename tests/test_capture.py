@@ -187,6 +187,44 @@ def test_local_module_and_package_travel_by_value_even_when_workers_cannot_impor
     assert set(result[2]) >= {"mymath", "mypkg"}
 
 
+def test_what_pip_installed_outside_site_packages_travels_by_reference(
+        tmp_path: Path) -> None:
+    # As `pip install --target site` leaves a package and a one-file module, "site"
+    # then on PYTHONPATH: installed (RECORD lists their files, no top_level.txt), not local.
+    site_dir = tmp_path / "site"
+    (site_dir / "tinylib").mkdir(parents=True)
+    (site_dir / "tinylib" / "__init__.py").write_text("def double(x):\n    return 2 * x\n")
+    (site_dir / "tinymod.py").write_text("def negate(x):\n    return -x\n")
+    info = site_dir / "tinylib-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinylib\nVersion: 1.0\n")
+    (info / "RECORD").write_text("tinylib/__init__.py,sha256=x,40\ntinymod.py,sha256=y,30\n"
+                                 "tinylib-1.0.dist-info/METADATA,,\n"
+                                 "tinylib-1.0.dist-info/RECORD,,\n")
+    (tmp_path / "mymath.py").write_text("def scale(x):\n    return 7 * x\n")
+    result = run_json("""
+        import json, os, sys
+        sys.path.insert(0, os.path.abspath("site"))
+        os.environ["PYTHONPATH"] = os.path.abspath("site")  # the workers' too
+        import mymath, tinylib, tinymod
+        from sockpool import Cluster, inspect_capture
+
+        def work(x):
+            return [tinylib.double(x), tinymod.negate(x), mymath.scale(x)]
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                out = cl.par_map(work, [1, 2])
+                seen = cl.run_on_all(
+                    lambda: [name in sys.modules for name in ("tinylib", "tinymod", "mymath")])
+            print(json.dumps([out, seen, inspect_capture(work).modules_by_value]))
+    """, tmp_path)
+    assert result[0] == [[2, -1, 7], [4, -2, 14]]
+    # Imported by name on the workers, as installed code is; the local module came by value.
+    assert result[1] == [[True, True, False], [True, True, False]]
+    assert result[2] == ["mymath"]
+
+
 def test_bind_to_env_as_in_the_tutorial(tmp_path: Path) -> None:
     result = run_json("""
         import json
