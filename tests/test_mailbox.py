@@ -11,6 +11,7 @@ import os
 import select
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -85,4 +86,31 @@ def test_commands_posted_by_many_threads_all_run_in_each_posters_order() -> None
         stop.set()
         mailbox.post(lambda: None)
         io.join()
+        mailbox.close()
+
+
+@pytest.mark.timeout(30)
+def test_post_and_wait_returns_once_the_command_ran_and_never_waits_long_for_it() -> None:
+    mailbox = Mailbox()
+    ran: list[int] = []
+
+    def io_thread() -> None:
+        select.select([mailbox.fileno()], [], [], 10.0)
+        mailbox.clear_wake()
+        mailbox.run_all()
+
+    runner = threading.Thread(target=io_thread)
+    runner.start()
+    try:
+        mailbox.post_and_wait(ran.append, 1)
+        assert ran == [1]  # it returned after the I/O thread ran the command
+        runner.join()
+        started = time.monotonic()
+        mailbox.post_and_wait(ran.append, 2)  # no I/O thread runs it: the caller goes on
+        assert time.monotonic() - started < 5.0
+        assert ran == [1]
+        mailbox.run_all()
+        assert ran == [1, 2]
+    finally:
+        runner.join()
         mailbox.close()

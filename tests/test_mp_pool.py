@@ -10,11 +10,13 @@ starts.
 from __future__ import annotations
 
 import gc
+import mmap
 import multiprocessing
 import multiprocessing.managers
 import operator
 import os
 import pickle
+import sys
 import threading
 import time
 import weakref
@@ -156,6 +158,33 @@ class WaitsForFile:
             if time.monotonic() > deadline:
                 raise RuntimeError("no task ran while this argument waited to be pickled")
             time.sleep(0.01)
+        return (str, (self.path,))
+
+
+def mark(item: Any) -> Any:
+    """Write "1" into the file a ``("mark", path)`` item names; any other item comes back."""
+    if isinstance(item, tuple):
+        with open(item[1], "r+b") as file:
+            file.write(b"1")
+        return "marked"
+    return item
+
+
+class SpinsUntilMarked:
+    """An argument whose pickling holds the GIL until a task marked ``path`` (read
+    through a shared mapping: no system call lets another thread run), as pickling
+    a large argument holds it; it fails if no task did within 20 s."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "r+b") as file:
+            self.page = mmap.mmap(file.fileno(), 1)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        deadline = time.monotonic() + 20
+        while self.page[0] != ord("1"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no task ran while this argument was pickled")
         return (str, (self.path,))
 
 
@@ -338,6 +367,21 @@ def test_map_runs_the_first_chunks_while_later_ones_are_still_pickled(
     marker = str(tmp_path / "first-chunk-ran")
     items = [("touch", marker), WaitsForFile(marker)]
     assert pool.map(touch, items, chunksize=1) == ["touched", marker]
+
+
+def test_map_sends_a_chunk_before_it_pickles_the_next_while_holding_the_gil(
+        pool: Any, tmp_path: Any) -> None:
+    # A long switch interval: only a thread that lets go of the GIL hands it over,
+    # as the caller holds it through pickling a chunk of many items.
+    page = tmp_path / "first-chunk-ran"
+    page.write_bytes(b"0")
+    items = [("mark", str(page)), SpinsUntilMarked(str(page))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60)
+    try:
+        assert pool.map(mark, items, chunksize=1) == ["marked", str(page)]
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_an_argument_that_cannot_be_sent_after_others_fails_the_map(pool: Any) -> None:

@@ -61,6 +61,8 @@ class EagerFeed:
 
     #: The input was read whole before any chunk was cut: reading it cannot fail here.
     error: Exception | None = None
+    #: Chunks go out together (see :class:`SlicedFeed`).
+    sends_each = False
 
     def __init__(self, chunks: list[Chunk]) -> None:
         self._chunks = chunks
@@ -86,6 +88,8 @@ class SlicedFeed:
 
     #: The input is a list: reading it cannot fail here.
     error: Exception | None = None
+    #: Each chunk is handed to the I/O thread before the next is serialized.
+    sends_each = True
 
     def __init__(self, job: StreamJob, items: Sequence[Any], chunksize: int, packer: Packer
                  ) -> None:
@@ -125,6 +129,9 @@ class LazyFeed:
     included) still run; ``error`` is then the input's exception, for
     :func:`stream_blocks` to raise once their results are out.
     """
+
+    #: The chunks the room has space for go out together.
+    sends_each = False
 
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
                  packer: Packer, store: Store | None = None) -> None:
@@ -234,8 +241,8 @@ class Delivery:
 class Dispatch(Protocol):
     """What a map needs of the I/O thread: send chunks, cancel a job."""
 
-    def submit(self, chunks: list[Chunk]) -> None:
-        """Queue chunks for the workers."""
+    def submit(self, chunks: list[Chunk], *, wait: bool = False) -> None:
+        """Queue chunks for the workers (``wait``: until the I/O thread has them)."""
 
     def cancel(self, job: Job) -> None:
         """Drop a job's waiting chunks and interrupt its running ones."""
@@ -272,7 +279,8 @@ def stream_blocks(
                 chunks = feed.take(room)
                 if not chunks:
                     break
-                dispatch.submit(chunks)
+                # Sliced: the next chunk is serialized at once, holding the GIL.
+                dispatch.submit(chunks, wait=feed.sends_each and not feed.exhausted)
                 in_flight += len(chunks)
                 room -= len(chunks)
             if in_flight == 0 and not waiting and feed.exhausted:

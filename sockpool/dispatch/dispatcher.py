@@ -65,13 +65,11 @@ class Dispatcher:
         connect_timeout: float,
         prefetch: int,
         setup_job: Job | None,
-        relay_mode: str,
-        relay_prefix: bool,
+        relay_mode: str, relay_prefix: bool,
         log_level: int,
         transport: str,
         max_frame_bytes: int,
-        max_tasks_per_worker: int | None = None,
-        max_worker_memory: int | None = None,
+        max_tasks_per_worker: int | None = None, max_worker_memory: int | None = None,
         workdir: str | None = None,
     ) -> None:
         """
@@ -165,13 +163,15 @@ class Dispatcher:
             self.lifecycle.closed.wait(timeout)
             self._thread.join(1.0)  # its last steps after closed is set: then it is gone
 
-    def submit(self, chunks: list[Chunk]) -> None:
-        """Queue chunks for the workers (failed at once if the cluster cannot run them)."""
+    def submit(self, chunks: list[Chunk], *, wait: bool = False) -> None:
+        """Queue chunks for the workers (failed at once if the cluster cannot run them);
+        with ``wait``, return once the I/O thread has sent what workers have room for."""
         if self.profiler.active:
             now = time.time()
             for chunk in chunks:
                 chunk.submitted = now
-        self.mailbox.post(self._submit, chunks)
+        post = self.mailbox.post_and_wait if wait else self.mailbox.post
+        post(self._submit, chunks, wait)
 
     def cancel(self, job: Job) -> None:
         """Drop a job's waiting chunks and interrupt its running ones."""
@@ -452,15 +452,16 @@ class Dispatcher:
 
     # -- the I/O thread: commands posted by the public methods ----------------------------
 
-    def _submit(self, chunks: list[Chunk]) -> None:
+    def _submit(self, chunks: list[Chunk], waited: bool = False) -> None:
         # Work made before shutdown() still runs while the cluster drains.
         if self.lifecycle.state not in (ClusterState.OPEN, ClusterState.DRAINING):
             for chunk in chunks:
                 chunk.job.fail(chunk, self.lifecycle.refusal())
             return
         self.scheduler.submit(chunks)
-        # An idle worker gets it now, not once every queued command ran (a cancel_futures).
-        if any(not held for held in self.scheduler.in_flight.values()):
+        # Now, not once every queued command ran (a cancel_futures): an idle worker's,
+        # or a waiting caller's (it holds the GIL again at once) to any with room.
+        if waited or any(not held for held in self.scheduler.in_flight.values()):
             self._assign()
 
     def _broadcast(self, job: Job, frames: list[Any]) -> list[Chunk]:

@@ -20,6 +20,9 @@ from ..errors import ClusterClosedError
 
 T = TypeVar("T")
 
+#: Longest :meth:`Mailbox.post_and_wait` waits for the I/O thread to run a command.
+HANDOVER_SECONDS = 0.01
+
 
 class Mailbox:
     """Commands for the I/O thread, posted from any thread."""
@@ -72,6 +75,26 @@ class Mailbox:
 
         self.post(run)
         return answer.result(timeout)
+
+    def post_and_wait(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Post ``fn(*args)``, then wait until the I/O thread has run it, at most
+        :data:`HANDOVER_SECONDS`.
+
+        For a caller about to hold the GIL a while (serializing the next chunk):
+        woken by a plain post, the I/O thread waits for the GIL up to the
+        interpreter's switch interval (5 ms) before it can run the command.
+        Waiting here hands the GIL over; it promises nothing more.
+        """
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                fn(*args)
+            finally:
+                done.set()
+
+        self.post(run)
+        done.wait(HANDOVER_SECONDS)
 
     def clear_wake(self) -> None:
         """On the I/O thread, when the pipe is readable: empty it before running commands.
