@@ -170,6 +170,20 @@ def mark(item: Any) -> Any:
     return item
 
 
+class SlowToPickle:
+    """A tuple whose pickling holds the GIL for ``seconds``, as a large chunk's does."""
+
+    def __init__(self, value: tuple[Any, ...], seconds: float) -> None:
+        self.value = value
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        until = time.perf_counter() + self.seconds
+        while time.perf_counter() < until:
+            pass
+        return (tuple, (self.value,))
+
+
 class SpinsUntilMarked:
     """An argument whose pickling holds the GIL until a task marked ``path`` (read
     through a shared mapping: no system call lets another thread run), as pickling
@@ -372,10 +386,11 @@ def test_map_runs_the_first_chunks_while_later_ones_are_still_pickled(
 def test_map_sends_a_chunk_before_it_pickles_the_next_while_holding_the_gil(
         pool: Any, tmp_path: Any) -> None:
     # A long switch interval: only a thread that lets go of the GIL hands it over,
-    # as the caller holds it through pickling a chunk of many items.
+    # as the caller holds it through pickling a chunk of many items.  The first
+    # chunk is slow to pickle too, as chunks of one map are alike.
     page = tmp_path / "first-chunk-ran"
     page.write_bytes(b"0")
-    items = [("mark", str(page)), SpinsUntilMarked(str(page))]
+    items = [SlowToPickle(("mark", str(page)), 0.005), SpinsUntilMarked(str(page))]
     interval = sys.getswitchinterval()
     sys.setswitchinterval(60)
     try:

@@ -28,6 +28,9 @@ from ..errors import ClusterClosedError
 
 #: imap sizes chunks so that one takes about this long to compute.
 TARGET_CHUNK_SECONDS = 0.02
+#: A chunk that took longer to serialize is handed to the I/O thread before the
+#: next is made (see SlicedFeed); handing over costs a wake-up of each thread.
+HAND_OVER_AFTER_SECONDS = 0.0001
 MAX_CHUNKSIZE = 100_000
 #: How often a waiting caller wakes up (to stay responsive to Ctrl-C).
 POLL_SECONDS = 0.25
@@ -61,8 +64,8 @@ class EagerFeed:
 
     #: The input was read whole before any chunk was cut: reading it cannot fail here.
     error: Exception | None = None
-    #: Chunks go out together (see :class:`SlicedFeed`).
-    sends_each = False
+    #: Whether the caller should hand the chunks over before it goes on (see SlicedFeed).
+    hand_over = False
 
     def __init__(self, chunks: list[Chunk]) -> None:
         self._chunks = chunks
@@ -88,8 +91,6 @@ class SlicedFeed:
 
     #: The input is a list: reading it cannot fail here.
     error: Exception | None = None
-    #: Each chunk is handed to the I/O thread before the next is serialized.
-    sends_each = True
 
     def __init__(self, job: StreamJob, items: Sequence[Any], chunksize: int, packer: Packer
                  ) -> None:
@@ -99,14 +100,21 @@ class SlicedFeed:
         self._packer = packer
         self._next_index = 0
         self.exhausted = not items
+        self.hand_over = False
 
     def take(self, room: int) -> list[Chunk]:
         """The next chunk, whatever the room: it is sent before the one after is made."""
+        began = time.perf_counter()
         start = self._next_index
         part = self._items[start:start + self._size]
         self._next_index += len(part)
         self.exhausted = self._next_index >= len(self._items)
-        return [self._job.chunk(start, len(part), self._packer.arguments(part, start))]
+        chunk = self._job.chunk(start, len(part), self._packer.arguments(part, start))
+        # Serializing the next chunk will hold the GIL about as long, which keeps the
+        # I/O thread from sending this one: hand it over first, where that costs less.
+        self.hand_over = (not self.exhausted
+                          and time.perf_counter() - began > HAND_OVER_AFTER_SECONDS)
+        return [chunk]
 
     def measured(self, chunk: Chunk, seconds: float) -> None:
         """The chunk size is fixed; nothing to learn."""
@@ -131,7 +139,7 @@ class LazyFeed:
     """
 
     #: The chunks the room has space for go out together.
-    sends_each = False
+    hand_over = False
 
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
                  packer: Packer, store: Store | None = None) -> None:
@@ -279,8 +287,7 @@ def stream_blocks(
                 chunks = feed.take(room)
                 if not chunks:
                     break
-                # Sliced: the next chunk is serialized at once, holding the GIL.
-                dispatch.submit(chunks, wait=feed.sends_each and not feed.exhausted)
+                dispatch.submit(chunks, wait=feed.hand_over)
                 in_flight += len(chunks)
                 room -= len(chunks)
             if in_flight == 0 and not waiting and feed.exhausted:
