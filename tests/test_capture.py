@@ -195,34 +195,43 @@ def test_what_pip_installed_outside_site_packages_travels_by_reference(
     (site_dir / "tinylib").mkdir(parents=True)
     (site_dir / "tinylib" / "__init__.py").write_text("def double(x):\n    return 2 * x\n")
     (site_dir / "tinymod.py").write_text("def negate(x):\n    return -x\n")
-    info = site_dir / "tinylib-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinylib\nVersion: 1.0\n")
-    (info / "RECORD").write_text("tinylib/__init__.py,sha256=x,40\ntinymod.py,sha256=y,30\n"
-                                 "tinylib-1.0.dist-info/METADATA,,\n"
-                                 "tinylib-1.0.dist-info/RECORD,,\n")
+    (site_dir / "quoted").mkdir()
+    (site_dir / "quoted" / "__init__.py").write_text("def third(x):\n    return x / 3\n")
+    _dist_info(site_dir, "tinylib", "tinylib/__init__.py,sha256=x,40\ntinymod.py,sha256=y,30\n"
+               "mymath.py,sha256=z,10\n")  # a file since deleted: no longer installed
+    # A path with a comma is quoted (csv), and some writers quote every field.
+    _dist_info(site_dir, "quoted", '"quoted/__init__.py","sha256=q","30"\n'
+               '"quoted/a,b.txt",,\n')
     (tmp_path / "mymath.py").write_text("def scale(x):\n    return 7 * x\n")
     result = run_json("""
         import json, os, sys
         sys.path.insert(0, os.path.abspath("site"))
         os.environ["PYTHONPATH"] = os.path.abspath("site")  # the workers' too
-        import mymath, tinylib, tinymod
+        import mymath, quoted, tinylib, tinymod
         from sockpool import Cluster, inspect_capture
 
         def work(x):
-            return [tinylib.double(x), tinymod.negate(x), mymath.scale(x)]
+            return [tinylib.double(x), tinymod.negate(x), quoted.third(x), mymath.scale(x)]
 
         if __name__ == "__main__":
+            names = ("tinylib", "tinymod", "quoted", "mymath")
             with Cluster(n=2) as cl:
-                out = cl.par_map(work, [1, 2])
-                seen = cl.run_on_all(
-                    lambda: [name in sys.modules for name in ("tinylib", "tinymod", "mymath")])
+                out = cl.par_map(work, [3, 6])
+                seen = cl.run_on_all(lambda: [name in sys.modules for name in names])
             print(json.dumps([out, seen, inspect_capture(work).modules_by_value]))
     """, tmp_path)
-    assert result[0] == [[2, -1, 7], [4, -2, 14]]
+    assert result[0] == [[6, -3, 1.0, 21], [12, -6, 2.0, 42]]
     # Imported by name on the workers, as installed code is; the local module came by value.
-    assert result[1] == [[True, True, False], [True, True, False]]
+    assert result[1] == [[True, True, True, False], [True, True, True, False]]
     assert result[2] == ["mymath"]
+
+
+def _dist_info(site_dir: Path, name: str, record: str) -> None:
+    """A distribution's metadata as pip writes it (no top_level.txt: its RECORD tells)."""
+    info = site_dir / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "RECORD").write_text(f"{record}{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
 
 
 def test_bind_to_env_as_in_the_tutorial(tmp_path: Path) -> None:
