@@ -29,6 +29,7 @@ import pytest
 import sockpool
 from sockpool import Cluster, ClusterClosedError
 from sockpool.api import mp_pool
+from sockpool.dispatch import mailbox as mailbox_module
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -384,10 +385,12 @@ def test_map_runs_the_first_chunks_while_later_ones_are_still_pickled(
 
 
 def test_map_sends_a_chunk_before_it_pickles_the_next_while_holding_the_gil(
-        pool: Any, tmp_path: Any) -> None:
+        pool: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # A long switch interval: only a thread that lets go of the GIL hands it over,
     # as the caller holds it through pickling a chunk of many items.  The first
-    # chunk is slow to pickle too, as chunks of one map are alike.
+    # chunk is slow to pickle too, as chunks of one map are alike.  However late
+    # a loaded machine runs the I/O thread, the caller waits for it here.
+    monkeypatch.setattr(mailbox_module, "HANDOVER_SECONDS", 30.0)
     page = tmp_path / "first-chunk-ran"
     page.write_bytes(b"0")
     items = [SlowToPickle(("mark", str(page)), 0.005), SpinsUntilMarked(str(page))]

@@ -165,7 +165,7 @@ class Dispatcher:
 
     def submit(self, chunks: list[Chunk], *, wait: bool = False) -> None:
         """Queue chunks for the workers (failed at once if the cluster cannot run them);
-        with ``wait``, return once the I/O thread has sent what workers have room for."""
+        with ``wait``, return once the I/O thread has them (and sent what workers have room for)."""
         if self.profiler.active:
             now = time.time()
             for chunk in chunks:
