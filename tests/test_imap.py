@@ -56,6 +56,25 @@ def test_input_is_read_lazily_with_bounded_work_in_flight(shared_cluster: Cluste
     assert shared_cluster.par_map(square, [2]) == [4]  # the cluster is still fine
 
 
+def test_a_chunk_runs_before_the_input_after_it_is_read(shared_cluster: Cluster,
+                                                       tmp_path: Path) -> None:
+    # A producer may wait on its consumer: the first task must run before the
+    # input is read on, or neither moves (as with multiprocessing's imap).
+    marker = tmp_path / "first-task-ran"
+
+    def waits_for_the_first_task() -> Iterator[Path | None]:
+        yield marker
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert time.monotonic() < deadline, "no task ran while the input was read"
+            time.sleep(0.01)
+        yield None
+
+    results = shared_cluster.imap(lambda path: path and path.touch(), waits_for_the_first_task())
+    assert list(results) == [None, None]
+    assert marker.exists()
+
+
 def test_chunks_adapt_to_fast_tasks(shared_cluster: Cluster) -> None:
     started = time.perf_counter()
     assert sum(shared_cluster.imap(square, range(100_000))) == sum(x * x for x in range(100_000))

@@ -534,6 +534,25 @@ def test_imap_gives_what_came_before_an_input_that_fails_then_its_error(pool: An
         next(iterator)
 
 
+def _waits_for_its_first_task(marker: str) -> Iterator[Any]:
+    """An input whose second item comes only once a task made ``marker`` (20 s at most)."""
+    yield ("touch", marker)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            raise RuntimeError("no task ran while the input was read")
+        time.sleep(0.01)
+    yield "second"
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_imap_runs_a_task_as_soon_as_its_input_is_read(pool: Any, tmp_path: Any,
+                                                       method: str) -> None:
+    marker = str(tmp_path / "first-task-ran")
+    results = getattr(pool, method)(touch, _waits_for_its_first_task(marker))
+    assert sorted(results) == ["second", "touched"]
+
+
 def test_join_while_running_is_refused(pool: Any) -> None:
     with pytest.raises(ValueError, match="Pool is still running"):
         pool.join()

@@ -2,8 +2,9 @@
 
 ``par_map`` and ``Executor.map`` serialize every chunk before sending any
 (:class:`EagerFeed`); ``Pool.map`` sends each chunk as soon as it is serialized
-(:class:`SlicedFeed`); ``imap`` reads its input lazily, a window of chunks at a
-time, sizing chunks from the measured task time (:class:`LazyFeed`).
+(:class:`SlicedFeed`); ``imap`` reads its input lazily, while the window has room,
+sending each chunk before it reads on and sizing chunks from the measured task
+time (:class:`LazyFeed`).
 :func:`stream_blocks` keeps the window full, decodes results as they arrive
 and yields them a chunk at a time, in order (or as they come);
 :func:`collect_list` and :func:`iterate` turn blocks into what the caller gets.
@@ -138,9 +139,6 @@ class LazyFeed:
     :func:`stream_blocks` to raise once their results are out.
     """
 
-    #: The chunks the room has space for go out together.
-    hand_over = False
-
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
                  packer: Packer, store: Store | None = None) -> None:
         self._job = job
@@ -152,6 +150,7 @@ class LazyFeed:
         self._packer = packer
         self._next_index = 0
         self.exhausted = False
+        self.hand_over = False
 
     @property
     def error(self) -> Exception | None:
@@ -159,18 +158,19 @@ class LazyFeed:
         return self._errors[0] if self._errors else None
 
     def take(self, room: int) -> list[Chunk]:
-        chunks = []
-        while room > 0 and not self.exhausted:
-            part = list(itertools.islice(self._items, self._size))
-            if not part:
-                self.exhausted = True
-                break
-            frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
-                                            store=self._store)
-            chunks.append(self._job.chunk(self._next_index, len(part), frames))
-            self._next_index += len(part)
-            room -= 1
-        return chunks
+        """The next chunk, whatever the room: it is sent before the input is read on,
+        as the input may wait for it (none once the input is exhausted)."""
+        began = time.perf_counter()
+        part = list(itertools.islice(self._items, self._size))
+        if not part:
+            self.exhausted = True
+            return []
+        frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
+                                        store=self._store)
+        chunk = self._job.chunk(self._next_index, len(part), frames)
+        self._next_index += len(part)
+        self.hand_over = time.perf_counter() - began > HAND_OVER_AFTER_SECONDS
+        return [chunk]
 
     def measured(self, chunk: Chunk, seconds: float) -> None:
         """Grow (at most doubling) or shrink the chunk size toward the target duration."""
