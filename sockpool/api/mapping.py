@@ -29,8 +29,8 @@ from ..errors import ClusterClosedError
 
 #: imap sizes chunks so that one takes about this long to compute.
 TARGET_CHUNK_SECONDS = 0.02
-#: A chunk that took longer to serialize is handed to the I/O thread before the
-#: next is made (see SlicedFeed); handing over costs a wake-up of each thread.
+#: A chunk that took longer to read and serialize is handed to the I/O thread
+#: before the next is made (Pool.map, imap); handing over wakes each thread once.
 HAND_OVER_AFTER_SECONDS = 0.0001
 MAX_CHUNKSIZE = 100_000
 #: How often a waiting caller wakes up (to stay responsive to Ctrl-C).
