@@ -7,6 +7,8 @@ Workloads (each repeated, the two pools interleaved, medians with min-max):
 * ``Pool.map(abs, range(100_000))``: 100 000 trivial tasks, both pools choosing
   their chunk size (the same rule: about four chunks per worker);
 * ``Pool.map_async(...).get()``: the same, through the asynchronous path;
+* ``Pool.map(abs, items, chunksize=1)`` over a twentieth as many items: each
+  task a chunk of its own, so the per-chunk cost of dispatch shows;
 * ``apply_async(abs, (1,)).get()`` round trip, median over many calls, beside
   ``Cluster.submit(abs, 1).result()`` on the pool's own cluster: the difference
   is the drop-in's own cost (its ``AsyncResult`` and result thread).
@@ -45,7 +47,9 @@ def main() -> None:
     args = map_and_round_trip_arguments(__doc__.splitlines()[0])
 
     items = list(range(args.tasks))
-    names = ("sp map", "mp map", "sp map_async", "mp map_async", "sp rt", "mp rt", "cl rt")
+    small = items[:max(1, args.tasks // 20)]
+    names = ("sp map", "mp map", "sp map_async", "mp map_async", "sp map 1", "mp map 1",
+             "sp rt", "mp rt", "cl rt")
     results: dict[str, list[float]] = {name: [] for name in names}
     with sockpool.Pool(args.workers) as ours, multiprocessing.Pool(args.workers) as theirs:
         for pool in (ours, theirs):  # warm up: workers started, code paths hot
@@ -56,6 +60,8 @@ def main() -> None:
                 results[f"{prefix} map"].append(timed(lambda p=pool: p.map(abs, items)))
                 results[f"{prefix} map_async"].append(
                     timed(lambda p=pool: p.map_async(abs, items).get()))
+                results[f"{prefix} map 1"].append(
+                    timed(lambda p=pool: p.map(abs, small, chunksize=1)))
                 results[f"{prefix} rt"].append(apply_round_trips(pool, args.calls))
             results["cl rt"].append(round_trips(ours.cluster.submit, args.calls))
 
@@ -70,6 +76,11 @@ def main() -> None:
     print(f"  multiprocessing map_async      {summary(results['mp map_async'], per_task, 'µs')}")
     print(f"  ratio sockpool / mp map_async  "
           f"{ratio(results, 'sp map_async', 'mp map_async'):9.2f}")
+    per_small_task = 1e6 / len(small)
+    print(f"\nPool.map of {len(small)} trivial tasks with chunksize=1, per task:")
+    print(f"  sockpool.Pool.map              {summary(results['sp map 1'], per_small_task, 'µs')}")
+    print(f"  multiprocessing Pool.map       {summary(results['mp map 1'], per_small_task, 'µs')}")
+    print(f"  ratio sockpool / mp chunksize=1 {ratio(results, 'sp map 1', 'mp map 1'):8.2f}")
     print("\napply_async(abs, (1,)).get() round trip (median of each repetition's median):")
     print(f"  sockpool.Pool                  {summary(results['sp rt'], 1e6, 'µs')}")
     print(f"  multiprocessing Pool           {summary(results['mp rt'], 1e6, 'µs')}")
