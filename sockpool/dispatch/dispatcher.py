@@ -47,8 +47,6 @@ logger = logging.getLogger("sockpool")
 FUNCTION_CACHE_BYTES = 512 * 1024 * 1024
 #: Messages read per loop turn before commands get a look-in again.
 RECV_BATCH = 512
-#: The states of a worker the master sends heartbeats to.
-_BEATING = (WorkerState.SETUP, WorkerState.READY, WorkerState.RETIRING)
 
 
 class Dispatcher:
@@ -246,7 +244,8 @@ class Dispatcher:
                 if ended or now >= self._next_check:
                     self._next_check = now + self.pool.check_processes(now, ended)
                 if now >= next_heartbeat:
-                    self._heartbeat(now)
+                    self.shared.trim(now)
+                    self.pool.send_heartbeats()
                     next_heartbeat = now + self.heartbeat_interval
                 if self._step(now):
                     break
@@ -336,7 +335,7 @@ class Dispatcher:
         record.last_heard = time.monotonic()
         if prefix != protocol.DATA_PREFIX:
             if head.kind is Kind.HEARTBEAT:
-                self._on_heartbeat(record, head, body)
+                record.heard_beat(head, body)
             return
         if head.kind is Kind.RESULT:
             record.results_received += 1
@@ -357,14 +356,6 @@ class Dispatcher:
             self._on_output(record, head, (body, [frame.buffer for frame in frames[2:]]))
         elif head.kind is Kind.RELEASE:
             self.shared.released(record, body)
-
-    def _on_heartbeat(self, record: WorkerRecord, head: protocol.Header, body: memoryview
-                      ) -> None:
-        reply = protocol.parse_clock_reply(head, body)
-        if reply is not None:  # the answer to a clock probe, with the worker's own use
-            record.clock.sample(reply, time.time_ns())
-            record.resident_bytes = reply.resident_bytes if reply.resident_bytes >= 0 else None
-            record.cpu_seconds = reply.cpu_seconds
 
     def _on_result(self, record: WorkerRecord, head: protocol.Header,
                    payload: tuple[memoryview, list[Any]], times: TaskTimes | None) -> None:
@@ -394,13 +385,7 @@ class Dispatcher:
             chunk = record.setup_chunk
         if chunk is None:
             return
-        batch = codec.loads(*payload)
-        if self.relay_live:
-            text, rest = relay.split_text(batch)
-            relay.emit([text])
-            chunk.output.append(rest)
-        else:
-            chunk.output.append(batch)
+        relay.hold(chunk.output, codec.loads(*payload), self.relay_live)
 
     # -- the I/O thread: sending -----------------------------------------------------------
 
@@ -443,12 +428,6 @@ class Dispatcher:
                                     len(fn_buffers), chunk.frames[0], job.seed,
                                     record.results_received, chunk.resume)
         return self.master.send(record.data_identity, [first, *fn_buffers, *arguments])
-
-    def _heartbeat(self, now: float) -> None:
-        self.shared.trim(now)
-        for record in self.pool.workers.values():
-            if record.control_ready and record.state in _BEATING:
-                self.master.send(record.control_identity, [record.heartbeat()])
 
     # -- the I/O thread: commands posted by the public methods ----------------------------
 

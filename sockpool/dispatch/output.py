@@ -62,11 +62,15 @@ def _bars_set_aside() -> contextlib.AbstractContextManager[Any]:
     return manager
 
 
-def split_text(batch: Batch) -> tuple[Batch, Batch]:
-    """``(text only, warnings and records only)``: live text is written by the I/O
-    thread, but a warning may raise (``-W error``), so it waits for the caller."""
-    out, err, caught, records = batch
-    return (out, err, [], []), ("", "", caught, records)
+def hold(held: list[Batch], batch: Batch, live: bool) -> None:
+    """Keep what a running chunk wrote in ``held``, for its end; ``live``: write its
+    text now (the I/O thread), but not its warnings, which may raise (``-W error``):
+    they wait for the caller."""
+    if live:
+        out, err, caught, records = batch
+        emit([(out, err, [], [])])
+        batch = ("", "", caught, records)
+    held.append(batch)
 
 
 def _write(stream: TextIO, text: str, prefix: str) -> None:

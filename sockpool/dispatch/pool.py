@@ -34,6 +34,8 @@ from .settling import settle_lost
 from .sharing import SharedTransfers
 from .transport import MasterSocket
 
+#: The states of a worker the master sends heartbeats to.
+_BEATING = (WorkerState.SETUP, WorkerState.READY, WorkerState.RETIRING)
 #: How often processes are polled when no pidfd tells us they ended.
 PROCESS_POLL_INTERVAL = 0.25
 #: How often workers are checked while each one's pidfd will say when it ends
@@ -385,6 +387,12 @@ class WorkerPool:
                     self.master.send(record.control_identity, message)
                 if data:
                     self.master.send(record.data_identity, message)
+
+    def send_heartbeats(self) -> None:
+        """Beat to every worker that listens for it."""
+        for record in self.workers.values():
+            if record.control_ready and record.state in _BEATING:
+                self.master.send(record.control_identity, [record.heartbeat()])
 
     def begin_stop(self, now: float) -> None:
         """Tell every worker to stop (those not connected yet are terminated)."""

@@ -116,6 +116,14 @@ class WorkerRecord:
         with its clock and use; or, for a quiet worker, a plain one that wants no answer."""
         return _PLAIN_HEARTBEAT if self.quiet else protocol.clock_probe()
 
+    def heard_beat(self, head: protocol.Header, body: memoryview) -> None:
+        """Take its heartbeat: the answer to a clock probe carries its clock and use."""
+        reply = protocol.parse_clock_reply(head, body)
+        if reply is not None:
+            self.clock.sample(reply, time.time_ns())
+            self.resident_bytes = reply.resident_bytes if reply.resident_bytes >= 0 else None
+            self.cpu_seconds = reply.cpu_seconds
+
     def usage(self) -> WorkerUsage:
         """Its tasks done, CPU seconds and resident bytes, as read or last reported."""
         if self.process.same_host:
