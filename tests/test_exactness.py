@@ -23,6 +23,10 @@ import pytest
 from helpers import check_only_the_task_it_died_in_was_lost, dying_mid_chunk
 
 from sockpool import Cluster, WorkerLostError
+from sockpool.common import protocol
+from sockpool.common.protocol import Kind
+from sockpool.dispatch.records import WorkerRecord
+from sockpool.dispatch.transport import MasterSocket
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -247,3 +251,26 @@ def test_a_restart_in_the_middle_of_a_map_runs_no_task_twice(hogs: None, tmp_pat
                 assert result == i * 10 or isinstance(result, WorkerLostError), (i, result)
                 if result == i * 10:
                     assert ran[i] == 1
+
+
+@pytest.mark.parametrize("page_read", [True, False])
+def test_each_result_is_acknowledged_once_mostly_by_the_task_sent_after_it(
+        monkeypatch: pytest.MonkeyPatch, page_read: bool) -> None:
+    # A worker starts a chunk only once the master has all but its last RESULT (or
+    # every one, where no progress page of it is read: a remote worker).  The TASK
+    # sent after a RESULT says so; a separate ACK goes out only when none follows,
+    # so a stream of short chunks costs two messages a chunk, not three.
+    sent: Counter[Kind] = Counter()
+    send = MasterSocket.send
+
+    def counting_send(self: MasterSocket, identity: bytes, frames: list[Any]) -> bool:
+        sent[protocol.parse(frames[0])[0].kind] += 1
+        return send(self, identity, frames)
+
+    monkeypatch.setattr(MasterSocket, "send", counting_send)
+    if not page_read:
+        monkeypatch.setattr(WorkerRecord, "page_read", property(lambda self: False))
+    with Cluster(n=2) as cl:
+        assert cl.par_map(abs, range(-300, 0), chunksize=1) == list(range(300, 0, -1))
+    assert sent[Kind.TASK] >= 300
+    assert sent[Kind.ACK] < 100, sent

@@ -121,6 +121,7 @@ class Dispatcher:
         self.admission = Admission(self.token, self.master, self.shared, self.pool, self.exports,
                                    setup_job, self._send_chunk)
         self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
+        self._acks_owed: dict[int, WorkerRecord] = {}  # workers to tell of RESULTs come
         self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
         self.shared.io_thread = self._thread
 
@@ -249,6 +250,7 @@ class Dispatcher:
                     next_heartbeat = now + self.heartbeat_interval
                 if self._step(now):
                     break
+                self._send_owed_acks()
         except BaseException as exc:  # the loop itself failed: nothing may hang on it
             self.pool.loop_error = exc
             self.pool.fail_all(SockpoolError(f"the cluster's I/O thread failed: {exc!r}"))
@@ -350,8 +352,9 @@ class Dispatcher:
                 return
             self._on_result(record, head, payload, times)
             if record.alive and (self.scheduler.load(record.id) or record.setup_chunk):
-                # It holds a chunk sent before this RESULT came: it waits for word of it.
-                self.master.send(record.data_identity, [ack_message(record.results_received)])
+                # It holds a chunk sent before this RESULT came: it waits for word of
+                # it, which its next TASK carries, if one goes out this turn.
+                self._acks_owed[record.id] = record
         elif head.kind is Kind.OUTPUT:
             self._on_output(record, head, (body, [frame.buffer for frame in frames[2:]]))
         elif head.kind is Kind.RELEASE:
@@ -424,10 +427,19 @@ class Dispatcher:
             size = len(fn_inband) + sum(memoryview(f).nbytes for f in [*fn_buffers, *chunk.frames])
             self.profiler.sent(chunk, record, size, function.name)
         head = protocol.header(Kind.TASK, flags, job.id, chunk.id)
+        self._acks_owed.pop(record.id, None)  # this TASK says how many RESULTs came
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
                                     len(fn_buffers), chunk.frames[0], job.seed,
                                     record.results_received, chunk.resume)
         return self.master.send(record.data_identity, [first, *fn_buffers, *arguments])
+
+    def _send_owed_acks(self) -> None:
+        """ACK the RESULTs no TASK acknowledged this turn: one message less per chunk
+        in a stream of short ones (an ACK, then the TASK that says the same)."""
+        for record in self._acks_owed.values():
+            if record.alive:
+                self.master.send(record.data_identity, [ack_message(record.results_received)])
+        self._acks_owed.clear()
 
     # -- the I/O thread: commands posted by the public methods ----------------------------
 
