@@ -46,7 +46,8 @@ SHUTDOWN      m -> w     (empty)
 A worker starts no task while a RESULT it sent may still sit unsent in its own
 process (in libzmq's queue), where its death would take it along: it waits
 until the master says it received every RESULT, in a TASK's meta (free: a
-TASK sent after them) or, when it already holds the next chunk, in an ACK.
+TASK sent after them) or, when it already holds the next chunk and the master
+sends it none in the turn that read the RESULT, in an ACK.
 A TASK flagged ``PAGE_READ`` (the master reads the worker's progress page)
 needs no wait for the last RESULT, which stays in the page's log meanwhile.
 
