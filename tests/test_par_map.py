@@ -6,11 +6,13 @@ import functools
 import math
 import operator
 import os
+from typing import Any
 
 import numpy as np
 import pytest
 
 from sockpool import CaptureError, Cluster, RemoteError
+from sockpool.dispatch.jobs import StreamJob, WorkerLabel
 from sockpool.errors import RemoteTraceback
 
 pytestmark = pytest.mark.timeout(60)
@@ -325,3 +327,43 @@ def test_a_map_that_is_not_fail_fast_raises_the_first_failure_to_arrive() -> Non
     assert raised.value is first
     blocks = iter([(0, [7], {}), (1, [None], {1: second})])
     assert collect_list(blocks, 2, ordered=True, errors="return") == [7, second]
+
+
+def test_results_read_in_one_turn_of_the_io_thread_reach_the_caller_together(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caller wakes once for all the RESULTs the I/O thread read in one turn,
+    # not once per chunk, and none is left held once the turn ends.
+    held, released = [], []
+    hold, release = StreamJob.hold, StreamJob.release
+
+    def counting_hold(self: StreamJob, *event: Any) -> bool:
+        held.append(event[0].first_index)
+        return hold(self, *event)
+
+    def counting_release(self: StreamJob) -> None:
+        released.append(self.events.qsize())
+        release(self)
+        released[-1] = self.events.qsize() - released[-1]
+
+    monkeypatch.setattr(StreamJob, "hold", counting_hold)
+    monkeypatch.setattr(StreamJob, "release", counting_release)
+    with Cluster(n=2) as cl:
+        assert cl.par_map(abs, range(-400, 0), chunksize=1) == list(range(400, 0, -1))
+    assert sorted(held) == list(range(400))
+    assert sum(released) == len(released) <= 400  # one list of results per release
+
+
+def test_a_stream_job_delivers_held_results_as_one_event_and_the_rest_at_once() -> None:
+    job = StreamJob(None, 0)  # type: ignore[arg-type]
+    first, second, third = (job.chunk(i, 1, []) for i in range(3))
+    label = WorkerLabel(0, "localhost", 1)
+    assert job.hold(first, label, (memoryview(b"1"), [])) is True
+    assert job.hold(second, label, (memoryview(b"2"), [])) is False
+    assert job.events.empty()  # held until the turn ends
+    error = RuntimeError("lost")
+    job.fail(third, error)  # not held
+    assert job.events.get_nowait() == [(third, None, error)]
+    job.release()
+    assert [event[0] for event in job.events.get_nowait()] == [first, second]
+    job.release()  # nothing held: nothing told
+    assert job.events.empty()

@@ -17,6 +17,7 @@ import itertools
 import math
 import queue
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 from ..capture.payload import Packer, Store
 from ..dispatch import output as relay
-from ..dispatch.jobs import Chunk, Job, Outcome, StreamJob, TaskFailure, decode_outcome
+from ..dispatch.jobs import Chunk, Event, Job, Outcome, StreamJob, TaskFailure, decode_outcome
 from ..errors import ClusterClosedError
 
 #: imap sizes chunks so that one takes about this long to compute.
@@ -184,7 +185,7 @@ class LazyFeed:
 Feed = EagerFeed | SlicedFeed | LazyFeed
 
 
-def _next_event(job: StreamJob, deadline: float | None) -> tuple[Chunk, Any, Any]:
+def _next_events(job: StreamJob, deadline: float | None) -> list[Event]:
     while True:
         wait = POLL_SECONDS
         if deadline is not None:
@@ -277,6 +278,7 @@ def stream_blocks(
     """
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     waiting: dict[int, Block] = {}
+    arrived: deque[Event] = deque()  # told, not yet taken
     next_first = 0
     finished = False
     output = _OutputInOrder(delivery.output_in_order)
@@ -295,7 +297,9 @@ def stream_blocks(
                 if feed.error is not None:  # after every result of the items read before it
                     raise feed.error
                 return
-            chunk, label, payload = _next_event(job, deadline)
+            if not arrived:
+                arrived.extend(_next_events(job, deadline))
+            chunk, label, payload = arrived.popleft()
             in_flight -= 1
             values, failures, seconds, written = _outcome(chunk, label, payload)
             feed.measured(chunk, seconds)

@@ -4,7 +4,8 @@ One loop polls the ROUTER socket, the :class:`~.mailbox.Mailbox`'s wake-up pipe
 and a pidfd per local worker (readable when it exits).  Each turn it runs the
 commands posted to it, reads every waiting message, lets the
 :class:`~.pool.WorkerPool` deal with workers that ended, hands chunks to
-workers with free credit, sends heartbeats, and takes the next step of closing.
+workers with free credit, sends heartbeats, and takes the next step of closing;
+then it hands the turn's map results to their callers, one wake-up each.
 
 Every public method of :class:`Dispatcher` may be called from any thread: it
 posts its work to the I/O thread (or only reads).  Every ``_private`` method
@@ -122,6 +123,7 @@ class Dispatcher:
                                    setup_job, self._send_chunk)
         self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
         self._acks_owed: dict[int, WorkerRecord] = {}  # workers to tell of RESULTs come
+        self._holding: list[Job] = []  # jobs holding results until the turn ends
         self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
         self.shared.io_thread = self._thread
 
@@ -250,7 +252,7 @@ class Dispatcher:
                     next_heartbeat = now + self.heartbeat_interval
                 if self._step(now):
                     break
-                self._send_owed_acks()
+                self._end_turn()
         except BaseException as exc:  # the loop itself failed: nothing may hang on it
             self.pool.loop_error = exc
             self.pool.fail_all(SockpoolError(f"the cluster's I/O thread failed: {exc!r}"))
@@ -287,6 +289,7 @@ class Dispatcher:
                     "the cluster was closed while this task ran"))
 
     def _teardown(self) -> None:
+        self._end_turn()
         self.lifecycle.move(ClusterState.STOPPING)
         self.pool.teardown()
         self.master.close()
@@ -377,7 +380,8 @@ class Dispatcher:
             chunk.job.dropped(chunk)
         else:
             record.tasks_done += chunk.count - chunk.resume
-            chunk.job.deliver(chunk, record.label, payload)
+            if chunk.job.hold(chunk, record.label, payload):
+                self._holding.append(chunk.job)
         self.pool.after_result(record, time.monotonic(), bool(head.flags & Flag.OVER_MEMORY))
 
     def _on_output(self, record: WorkerRecord, head: protocol.Header,
@@ -433,9 +437,13 @@ class Dispatcher:
                                     record.results_received, chunk.resume)
         return self.master.send(record.data_identity, [first, *fn_buffers, *arguments])
 
-    def _send_owed_acks(self) -> None:
-        """ACK the RESULTs no TASK acknowledged this turn: one message less per chunk
-        in a stream of short ones (an ACK, then the TASK that says the same)."""
+    def _end_turn(self) -> None:
+        """Deliver the results held this turn (their callers wake once for them all), and
+        ACK the RESULTs no TASK acknowledged: one message less per chunk in a stream
+        of short ones (an ACK, then the TASK that says the same)."""
+        for job in self._holding:
+            job.release()
+        self._holding.clear()
         for record in self._acks_owed.values():
             if record.alive:
                 self.master.send(record.data_identity, [ack_message(record.results_received)])

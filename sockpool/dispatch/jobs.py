@@ -109,6 +109,15 @@ class Job:
         """A RESULT arrived for ``chunk``."""
         raise NotImplementedError
 
+    def hold(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> bool:
+        """A RESULT arrived for ``chunk`` in a turn of the I/O thread that may read more:
+        deliver it now, or keep it until :meth:`release`; True when it is the first kept."""
+        self.deliver(chunk, label, payload)
+        return False
+
+    def release(self) -> None:
+        """Deliver what :meth:`hold` kept (the I/O thread's turn ends)."""
+
     def fail(self, chunk: Chunk, error: BaseException) -> None:
         """``chunk`` cannot complete (worker lost, cluster closed)."""
         raise NotImplementedError
@@ -117,6 +126,8 @@ class Job:
         """``chunk`` was cancelled before or while it ran."""
 
 
+#: What a StreamJob's caller is told of a chunk: ``(chunk, worker or None, payload or error)``.
+Event = tuple[Chunk, WorkerLabel | None, Any]
 #: A RESULT as the I/O thread hands it on: the body of its first frame and its buffers
 #: (``deliver`` gets None when every task was settled as workers died running it).
 Payload = tuple[memoryview, list[Any]]
@@ -203,25 +214,36 @@ def _join_kept(slices: list[tuple[int, int, list[Any]]], values: list[Any],
 class StreamJob(Job):
     """Results are queued as they arrive; the calling thread decodes them.
 
-    Queue items are ``(chunk, label, frames)`` for a result, ``(chunk, None,
-    error)`` for a chunk that failed as a whole, ``(chunk, None, None)`` for
-    one dropped by cancellation.
+    Queue items are lists of events: ``(chunk, label, frames)`` for a result,
+    ``(chunk, None, error)`` for a chunk that failed as a whole, ``(chunk, None,
+    None)`` for one dropped by cancellation.  The results of one turn of the
+    I/O thread go as one list, so the caller wakes once for them.
     """
 
     def __init__(self, function: FunctionPayload, flags: int, retries: int = 0,
                  timeout: float | None = None, seed: tuple[int, int | None] | None = None
                  ) -> None:
         super().__init__(function, flags, retries, timeout, seed)
-        self.events: queue.SimpleQueue[tuple[Chunk, WorkerLabel | None, Any]] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
+        self._held: list[Event] = []
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
-        self.events.put((chunk, label, payload))
+        self.events.put([(chunk, label, payload)])
+
+    def hold(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> bool:
+        self._held.append((chunk, label, payload))
+        return len(self._held) == 1
+
+    def release(self) -> None:
+        held, self._held = self._held, []
+        if held:
+            self.events.put(held)
 
     def fail(self, chunk: Chunk, error: BaseException) -> None:
-        self.events.put((chunk, None, error))
+        self.events.put([(chunk, None, error)])
 
     def dropped(self, chunk: Chunk) -> None:
-        self.events.put((chunk, None, None))
+        self.events.put([(chunk, None, None)])
 
 
 class FutureJob(Job):
