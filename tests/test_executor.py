@@ -9,6 +9,10 @@ import time
 import pytest
 
 from sockpool import Cluster, ClusterClosedError
+from sockpool.common import protocol
+from sockpool.common.protocol import Flag, Kind
+from sockpool.dispatch.jobs import FutureJob, WorkerLabel
+from sockpool.worker.results import ResultPacker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -199,3 +203,21 @@ def test_cancel_futures_right_after_submits_lets_the_started_ones_run() -> None:
     others = [f for f in futures if not f.cancelled()]
     assert len(cancelled) > 20
     assert others and all(f.done() and f.exception() is None for f in others)
+
+
+def test_a_future_whose_result_was_read_is_done_once_the_io_threads_turn_ends() -> None:
+    # The I/O thread holds what a turn reads: a caller waiting on futures in turn
+    # wakes once for all the turn's results, each future done by the turn's end.
+    future: concurrent.futures.Future[int] = concurrent.futures.Future()
+    job = FutureJob(None, future)  # type: ignore[arg-type]
+    chunk = job.chunk(0, 1, [])
+    head, _ = protocol.parse(protocol.header(Kind.TASK, 0, job.id, chunk.id))
+    frames = ResultPacker("cloudpickle", 1 << 30, None).pack(head, Flag.NONE, [42], [], 0.0,
+                                                            None)
+    _, body = protocol.parse(frames[0])
+    assert job.hold(chunk, WorkerLabel(0, "localhost", 1), (body, frames[1:])) is True
+    assert not future.done()
+    job.release()
+    assert future.result(timeout=0) == 42
+    job.release()  # nothing held: nothing happens
+    assert future.result(timeout=0) == 42

@@ -258,6 +258,18 @@ class FutureJob(Job):
                  ) -> None:
         super().__init__(function, Flag.CALL, timeout=timeout, seed=seed)
         self.future = future
+        self._held: list[tuple[Chunk, WorkerLabel, Payload]] = []
+
+    def hold(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> bool:
+        # Completed at the turn's end: a caller waiting on several futures in turn
+        # then wakes once for all those of the turn, not once for each.
+        self._held.append((chunk, label, payload))
+        return len(self._held) == 1
+
+    def release(self) -> None:
+        held, self._held = self._held, []
+        for chunk, label, payload in held:
+            self.deliver(chunk, label, payload)
 
     def start(self, chunk: Chunk) -> bool:
         # running() already: a retry after its first worker was lost.
