@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import operator
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from sockpool import CaptureError, Cluster, RemoteError
-from sockpool.dispatch.jobs import StreamJob, WorkerLabel
+from sockpool.dispatch.jobs import HeldResults, StreamJob, WorkerLabel
 from sockpool.errors import RemoteTraceback
 
 pytestmark = pytest.mark.timeout(60)
@@ -367,3 +368,20 @@ def test_a_stream_job_delivers_held_results_as_one_event_and_the_rest_at_once() 
     assert [event[0] for event in job.events.get_nowait()] == [first, second]
     job.release()  # nothing held: nothing told
     assert job.events.empty()
+
+
+def test_a_result_that_cannot_be_told_leaves_the_rest_of_its_turn_told(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(StreamJob):
+        def release(self) -> None:
+            raise RuntimeError("broken")
+
+    held = HeldResults()
+    broken, fine = Broken(None, 0), StreamJob(None, 0)  # type: ignore[arg-type]
+    label = WorkerLabel(0, "localhost", 1)
+    held.hold(broken.chunk(0, 1, []), label, (memoryview(b""), []))
+    held.hold(fine.chunk(0, 1, []), label, (memoryview(b""), []))
+    with caplog.at_level(logging.ERROR, logger="sockpool"):
+        held.release()
+    assert len(fine.events.get_nowait()) == 1
+    assert "a result could not be delivered" in caplog.text and "broken" in caplog.text

@@ -32,7 +32,7 @@ from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
 from . import output as relay
 from .admission import Admission
-from .jobs import Chunk, FutureJob, Job
+from .jobs import Chunk, FutureJob, HeldResults, Job
 from .lifecycle import ClusterState, Lifecycle
 from .mailbox import Mailbox
 from .pool import TIMEOUT_SLACK, WorkerPool
@@ -123,7 +123,7 @@ class Dispatcher:
                                    setup_job, self._send_chunk)
         self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
         self._acks_owed: dict[int, WorkerRecord] = {}  # workers to tell of RESULTs come
-        self._holding: list[Job] = []  # jobs holding results until the turn ends
+        self._held = HeldResults()  # what the turn read, told once it ends
         self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
         self.shared.io_thread = self._thread
 
@@ -289,7 +289,7 @@ class Dispatcher:
                     "the cluster was closed while this task ran"))
 
     def _teardown(self) -> None:
-        self._end_turn()
+        self._held.release()
         self.lifecycle.move(ClusterState.STOPPING)
         self.pool.teardown()
         self.master.close()
@@ -380,8 +380,7 @@ class Dispatcher:
             chunk.job.dropped(chunk)
         else:
             record.tasks_done += chunk.count - chunk.resume
-            if chunk.job.hold(chunk, record.label, payload):
-                self._holding.append(chunk.job)
+            self._held.hold(chunk, record.label, payload)
         self.pool.after_result(record, time.monotonic(), bool(head.flags & Flag.OVER_MEMORY))
 
     def _on_output(self, record: WorkerRecord, head: protocol.Header,
@@ -441,9 +440,7 @@ class Dispatcher:
         """Deliver the results held this turn (their callers wake once for them all), and
         ACK the RESULTs no TASK acknowledged: one message less per chunk in a stream
         of short ones (an ACK, then the TASK that says the same)."""
-        for job in self._holding:
-            job.release()
-        self._holding.clear()
+        self._held.release()
         for record in self._acks_owed.values():
             if record.alive:
                 self.master.send(record.data_identity, [ack_message(record.results_received)])

@@ -15,6 +15,7 @@ there to complete its ``concurrent.futures.Future``.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ..common.protocol import Flag
 from ..errors import ClusterClosedError, RemoteError
 from . import output as relay
 
+logger = logging.getLogger("sockpool")
 _job_ids = itertools.count(1)
 _chunk_ids = itertools.count(1)
 
@@ -244,6 +246,26 @@ class StreamJob(Job):
 
     def dropped(self, chunk: Chunk) -> None:
         self.events.put([(chunk, None, None)])
+
+
+class HeldResults:
+    """The jobs holding results the I/O thread read in its current turn (see
+    :meth:`Job.hold`), each told once the turn ends (I/O thread only)."""
+
+    def __init__(self) -> None:
+        self._jobs: list[Job] = []
+
+    def hold(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
+        if chunk.job.hold(chunk, label, payload):
+            self._jobs.append(chunk.job)
+
+    def release(self) -> None:
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            try:
+                job.release()
+            except Exception:  # one result that cannot be told must not stop the rest
+                logger.exception("sockpool: a result could not be delivered")
 
 
 class FutureJob(Job):
