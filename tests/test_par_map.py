@@ -334,7 +334,9 @@ def test_results_read_in_one_turn_of_the_io_thread_reach_the_caller_together(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The caller wakes once for all the RESULTs the I/O thread read in one turn,
     # not once per chunk, and none is left held once the turn ends.
-    held, released = [], []
+    held: list[int] = []
+    released: list[int] = []
+    left: list[int] = []
     hold, release = StreamJob.hold, StreamJob.release
 
     def counting_hold(self: StreamJob, *event: Any) -> bool:
@@ -342,16 +344,16 @@ def test_results_read_in_one_turn_of_the_io_thread_reach_the_caller_together(
         return hold(self, *event)
 
     def counting_release(self: StreamJob) -> None:
-        released.append(self.events.qsize())
+        released.append(len(self._held))
         release(self)
-        released[-1] = self.events.qsize() - released[-1]
+        left.append(len(self._held))
 
     monkeypatch.setattr(StreamJob, "hold", counting_hold)
     monkeypatch.setattr(StreamJob, "release", counting_release)
     with Cluster(n=2) as cl:
         assert cl.par_map(abs, range(-400, 0), chunksize=1) == list(range(400, 0, -1))
     assert sorted(held) == list(range(400))
-    assert sum(released) == len(released) <= 400  # one list of results per release
+    assert sum(released) == 400 and not any(left)
 
 
 def test_a_stream_job_delivers_held_results_as_one_event_and_the_rest_at_once() -> None:
@@ -385,3 +387,22 @@ def test_a_result_that_cannot_be_told_leaves_the_rest_of_its_turn_told(
         held.release()
     assert len(fine.events.get_nowait()) == 1
     assert "a result could not be delivered" in caplog.text and "broken" in caplog.text
+
+
+def test_what_an_escaping_exception_leaves_held_the_teardown_still_tells() -> None:
+    # A done-callback that raises SystemExit on the I/O thread ends its loop; the
+    # teardown's release then tells the results the turn still held.
+    class Exits(StreamJob):
+        def release(self) -> None:
+            raise SystemExit(3)
+
+    held = HeldResults()
+    exits, fine = Exits(None, 0), StreamJob(None, 0)  # type: ignore[arg-type]
+    label = WorkerLabel(0, "localhost", 1)
+    held.hold(exits.chunk(0, 1, []), label, (memoryview(b""), []))
+    held.hold(fine.chunk(0, 1, []), label, (memoryview(b""), []))
+    with pytest.raises(SystemExit):
+        held.release()
+    assert fine.events.empty()
+    held.release()
+    assert len(fine.events.get_nowait()) == 1

@@ -5,7 +5,8 @@ and a pidfd per local worker (readable when it exits).  Each turn it runs the
 commands posted to it, reads every waiting message, lets the
 :class:`~.pool.WorkerPool` deal with workers that ended, hands chunks to
 workers with free credit, sends heartbeats, and takes the next step of closing;
-then it hands the turn's map results to their callers, one wake-up each.
+then it sends the ACKs no TASK carried and hands the turn's results (a map's,
+a future's) to their callers, one wake-up each.
 
 Every public method of :class:`Dispatcher` may be called from any thread: it
 posts its work to the I/O thread (or only reads).  Every ``_private`` method
@@ -430,21 +431,24 @@ class Dispatcher:
             size = len(fn_inband) + sum(memoryview(f).nbytes for f in [*fn_buffers, *chunk.frames])
             self.profiler.sent(chunk, record, size, function.name)
         head = protocol.header(Kind.TASK, flags, job.id, chunk.id)
-        self._acks_owed.pop(record.id, None)  # this TASK says how many RESULTs came
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
                                     len(fn_buffers), chunk.frames[0], job.seed,
                                     record.results_received, chunk.resume)
-        return self.master.send(record.data_identity, [first, *fn_buffers, *arguments])
+        if sent := self.master.send(record.data_identity, [first, *fn_buffers, *arguments]):
+            self._acks_owed.pop(record.id, None)  # this TASK says how many RESULTs came
+        return sent
 
     def _end_turn(self) -> None:
-        """Deliver the results held this turn (their callers wake once for them all), and
-        ACK the RESULTs no TASK acknowledged: one message less per chunk in a stream
-        of short ones (an ACK, then the TASK that says the same)."""
-        self._held.release()
+        """ACK the RESULTs no TASK acknowledged (one message less per chunk in a stream
+        of short ones: an ACK, then the TASK that says the same), then deliver the
+        results held this turn: their callers wake once for them all."""
         for record in self._acks_owed.values():
             if record.alive:
                 self.master.send(record.data_identity, [ack_message(record.results_received)])
         self._acks_owed.clear()
+        self._held.release()
+        if self.shared.releases_waiting:  # segments of the futures' results just decoded
+            self.shared.send_releases()
 
     # -- the I/O thread: commands posted by the public methods ----------------------------
 

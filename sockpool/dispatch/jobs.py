@@ -5,11 +5,13 @@ payload and the settings of the call.  It is cut into *chunks*, the unit a
 worker receives: a pickled list of argument items (or one call), the index of
 its first task, and how many tasks it holds.
 
-The I/O thread calls a job's ``deliver``/``fail``/``cancelled`` hooks; they
-never block.  A :class:`StreamJob` (maps, ``run_on_all``) only queues what
-arrives, and the caller's thread decodes it, so user unpickling never runs on
-the I/O thread.  A :class:`FutureJob` (``submit``) decodes its one small result
-there to complete its ``concurrent.futures.Future``.
+The I/O thread calls a job's ``hold``/``release``/``deliver``/``fail``/``dropped``
+hooks; they never block.  A RESULT is held until the I/O thread's turn ends
+(:class:`HeldResults`), a failed or dropped chunk is told at once.  A
+:class:`StreamJob` (maps, ``run_on_all``) only queues what arrives, and the
+caller's thread decodes it, so user unpickling never runs on the I/O thread.
+A :class:`FutureJob` (``submit``) decodes its one small result there to
+complete its ``concurrent.futures.Future``.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ def _join_kept(slices: list[tuple[int, int, list[Any]]], values: list[Any],
 
 
 class StreamJob(Job):
-    """Results are queued as they arrive; the calling thread decodes them.
+    """Results are queued as they are released; the calling thread decodes them.
 
     Queue items are lists of events: ``(chunk, label, frames)`` for a result,
     ``(chunk, None, error)`` for a chunk that failed as a whole, ``(chunk, None,
@@ -260,8 +262,10 @@ class HeldResults:
             self._jobs.append(chunk.job)
 
     def release(self) -> None:
-        jobs, self._jobs = self._jobs, []
-        for job in jobs:
+        # One at a time: what an escaping BaseException (a done-callback's SystemExit)
+        # leaves here, the teardown still tells.
+        while self._jobs:
+            job = self._jobs.pop(0)
             try:
                 job.release()
             except Exception:  # one result that cannot be told must not stop the rest
@@ -289,9 +293,8 @@ class FutureJob(Job):
         return len(self._held) == 1
 
     def release(self) -> None:
-        held, self._held = self._held, []
-        for chunk, label, payload in held:
-            self.deliver(chunk, label, payload)
+        while self._held:
+            self.deliver(*self._held.pop(0))
 
     def start(self, chunk: Chunk) -> bool:
         # running() already: a retry after its first worker was lost.
