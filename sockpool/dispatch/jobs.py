@@ -97,6 +97,7 @@ class Job:
         #: How long its last chunk ran on a worker (the scheduler queues nothing
         #: behind a job whose chunks run long).
         self.chunk_seconds = 0.0
+        self._held: list[tuple[Chunk, WorkerLabel, Payload]] = []  # see hold
 
     def chunk(self, first_index: int, count: int, frames: list[Any], pinned: int | None = None
               ) -> Chunk:
@@ -115,12 +116,16 @@ class Job:
 
     def hold(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> bool:
         """A RESULT arrived for ``chunk`` in a turn of the I/O thread that may read more:
-        deliver it now, or keep it until :meth:`release`; True when it is the first kept."""
-        self.deliver(chunk, label, payload)
-        return False
+        keep it until :meth:`release`, so that a caller waiting on several results
+        wakes once for the turn's; True when it is the first kept."""
+        self._held.append((chunk, label, payload))
+        return len(self._held) == 1
 
     def release(self) -> None:
-        """Deliver what :meth:`hold` kept (the I/O thread's turn ends)."""
+        """Deliver what :meth:`hold` kept (the I/O thread's turn ends), one at a time:
+        should one raise, the rest stay for the next release."""
+        while self._held:
+            self.deliver(*self._held.pop(0))
 
     def fail(self, chunk: Chunk, error: BaseException) -> None:
         """``chunk`` cannot complete (worker lost, cluster closed)."""
@@ -229,19 +234,14 @@ class StreamJob(Job):
                  ) -> None:
         super().__init__(function, flags, retries, timeout, seed)
         self.events: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
-        self._held: list[Event] = []
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
         self.events.put([(chunk, label, payload)])
 
-    def hold(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> bool:
-        self._held.append((chunk, label, payload))
-        return len(self._held) == 1
-
-    def release(self) -> None:
+    def release(self) -> None:  # the turn's results as one event list: one wake-up
         held, self._held = self._held, []
         if held:
-            self.events.put(held)
+            self.events.put(list(held))
 
     def fail(self, chunk: Chunk, error: BaseException) -> None:
         self.events.put([(chunk, None, error)])
@@ -284,17 +284,6 @@ class FutureJob(Job):
                  ) -> None:
         super().__init__(function, Flag.CALL, timeout=timeout, seed=seed)
         self.future = future
-        self._held: list[tuple[Chunk, WorkerLabel, Payload]] = []
-
-    def hold(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> bool:
-        # Completed at the turn's end: a caller waiting on several futures in turn
-        # then wakes once for all those of the turn, not once for each.
-        self._held.append((chunk, label, payload))
-        return len(self._held) == 1
-
-    def release(self) -> None:
-        while self._held:
-            self.deliver(*self._held.pop(0))
 
     def start(self, chunk: Chunk) -> bool:
         # running() already: a retry after its first worker was lost.
