@@ -356,7 +356,7 @@ def test_results_read_in_one_turn_of_the_io_thread_reach_the_caller_together(
     assert sum(released) == 400 and not any(left)
 
 
-def test_a_stream_job_delivers_held_results_as_one_event_and_the_rest_at_once() -> None:
+def test_a_stream_job_tells_a_turn_as_one_event_in_the_order_it_came() -> None:
     job = StreamJob(None, 0)  # type: ignore[arg-type]
     first, second, third = (job.chunk(i, 1, []) for i in range(3))
     label = WorkerLabel(0, "localhost", 1)
@@ -364,12 +364,16 @@ def test_a_stream_job_delivers_held_results_as_one_event_and_the_rest_at_once() 
     assert job.hold(second, label, (memoryview(b"2"), [])) is False
     assert job.events.empty()  # held until the turn ends
     error = RuntimeError("lost")
-    job.fail(third, error)  # not held
-    assert job.events.get_nowait() == [(third, None, error)]
+    job.fail(third, error)  # behind the results held before it
+    assert job.events.empty()
     job.release()
-    assert [event[0] for event in job.events.get_nowait()] == [first, second]
+    assert job.events.get_nowait() == [(first, label, (memoryview(b"1"), [])),
+                                       (second, label, (memoryview(b"2"), [])),
+                                       (third, None, error)]
     job.release()  # nothing held: nothing told
     assert job.events.empty()
+    job.dropped(first)  # nothing held: told at once
+    assert job.events.get_nowait() == [(first, None, None)]
 
 
 def test_a_result_that_cannot_be_told_leaves_the_rest_of_its_turn_told(

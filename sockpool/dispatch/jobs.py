@@ -244,10 +244,18 @@ class StreamJob(Job):
             self.events.put(list(held))
 
     def fail(self, chunk: Chunk, error: BaseException) -> None:
-        self.events.put([(chunk, None, error)])
+        self._tell((chunk, None, error))
 
     def dropped(self, chunk: Chunk) -> None:
-        self.events.put([(chunk, None, None)])
+        self._tell((chunk, None, None))
+
+    def _tell(self, event: Event) -> None:
+        # Behind the results held this turn: the caller learns of the chunks in the
+        # order the I/O thread did (a fail-fast map raises the error read first).
+        if self._held:
+            self._held.append(event)  # type: ignore[arg-type]  # released as events
+        else:
+            self.events.put([event])
 
 
 class HeldResults:
