@@ -90,6 +90,26 @@ def test_results_and_errors_come_back_as_from_the_blocking_calls() -> None:
     asyncio.run(main())
 
 
+def _stop_on_one(x: int) -> int:
+    if x == 1:
+        raise StopIteration("task one")
+    return x
+
+
+def test_a_task_raising_stop_iteration_raises_in_the_coroutine_never_hangs() -> None:
+    # asyncio refuses a StopIteration in its futures: the await never ended.  In a
+    # coroutine, Python makes it a RuntimeError (PEP 479), the task's as its cause.
+    async def main() -> None:
+        async with Cluster(n=1) as cl:
+            for call in (cl.asubmit(_stop_on_one, 1), cl.apar_map(_stop_on_one, range(3))):
+                with pytest.raises(RuntimeError, match="raised StopIteration") as raised:
+                    await asyncio.wait_for(call, 30)
+                assert isinstance(raised.value.__cause__, StopIteration)
+            assert await cl.apar_map(_stop_on_one, [0, 2]) == [0, 2]
+
+    asyncio.run(main())
+
+
 def _sleep_then_mark(path: str, seconds: float) -> int:
     time.sleep(seconds)
     Path(path).write_text("finished")

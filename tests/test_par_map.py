@@ -126,6 +126,37 @@ def test_errors_return_puts_exceptions_in_place(shared_cluster: Cluster) -> None
     assert isinstance(results[3], ValueError) and "task got 3" in str(results[3])
 
 
+def stops_on(bad: int, x: int) -> int:
+    if x == bad:
+        raise StopIteration(f"task got {x}")
+    return x
+
+
+def test_a_task_raising_stop_iteration_fails_as_itself_and_the_map_goes_on(
+        shared_cluster: Cluster) -> None:
+    # map() takes a StopIteration for the end of its items: the map hung, running
+    # the task again and again.
+    for chunksize in (1, 4, None):
+        with pytest.raises(StopIteration) as info:
+            shared_cluster.par_map(functools.partial(stops_on, 5), range(12),
+                                   chunksize=chunksize)
+        assert any("task 5" in note for note in getattr(info.value, "__notes__", []))
+    results = shared_cluster.par_map(functools.partial(stops_on, 5), range(12), chunksize=4,
+                                     errors="return")
+    assert results[:5] == [0, 1, 2, 3, 4] and results[6:] == [6, 7, 8, 9, 10, 11]
+    assert type(results[5]) is StopIteration
+    # One task at a time (seeded), its own exception comes back, message and all.
+    with pytest.raises(StopIteration, match="task got 5"):
+        shared_cluster.par_map(functools.partial(stops_on, 5), range(12), seed=1)
+    with pytest.raises(StopIteration, match="task got 5"):
+        shared_cluster.submit(stops_on, 5, 5).result()
+    # From an iterator, Python makes it a RuntimeError (PEP 479): the task's is its cause.
+    with pytest.raises(RuntimeError, match="generator raised StopIteration") as raised:
+        list(shared_cluster.imap(functools.partial(stops_on, 5), range(12)))
+    assert isinstance(raised.value.__cause__, StopIteration)
+    assert shared_cluster.par_map(square, range(4)) == [0, 1, 4, 9]
+
+
 class Unpicklable(Exception):
     def __reduce__(self) -> object:
         raise TypeError("this exception refuses to be pickled")

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from ..errors import ClusterClosedError
@@ -53,20 +53,63 @@ async def result(future: Future[T], job: Job, dispatch: Cancels) -> T:
     import asyncio  # here: only code running in an event loop pays for it
 
     try:
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(_carrying_stop_iteration(future))
     except asyncio.CancelledError:
         with contextlib.suppress(ClusterClosedError):
             dispatch.cancel(job)
         raise
+    except CarriedStopIteration as carried:
+        error = carried.error
+    raise error  # out of the handler; in a coroutine, the RuntimeError of PEP 479
+
+
+class CarriedStopIteration(Exception):
+    """A task's StopIteration on its way to a coroutine: asyncio cannot put one in its
+    futures (TypeError, and the await would never end)."""
+
+    def __init__(self, error: StopIteration) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _carrying_stop_iteration(future: Future[T]) -> Future[T]:
+    """A future that follows ``future`` (and cancels it when cancelled itself), a
+    StopIteration it ends with carried."""
+    follower: Future[T] = Future()
+
+    def follow(done: Future[T]) -> None:
+        with contextlib.suppress(InvalidStateError):  # the follower was cancelled
+            if done.cancelled():
+                follower.cancel()
+            elif isinstance(error := done.exception(), StopIteration):
+                follower.set_exception(CarriedStopIteration(error))
+            elif error is not None:
+                follower.set_exception(error)
+            else:
+                follower.set_result(done.result())
+
+    def cancel_followed(done: Future[T]) -> None:
+        if done.cancelled():
+            future.cancel()
+
+    follower.add_done_callback(cancel_followed)
+    future.add_done_callback(follow)
+    return follower
 
 
 async def in_thread(call: Callable[[JobHolder], T], dispatch: Cancels) -> T:
     """Run a blocking call in a thread; cancelled, cancel the jobs it made."""
     import asyncio  # here: only code running in an event loop pays for it
 
+    def carrying(holder: JobHolder) -> T:
+        try:
+            return call(holder)
+        except StopIteration as exc:
+            raise CarriedStopIteration(exc) from None
+
     holder = JobHolder()
     with _own_thread() as thread:
-        task = asyncio.get_running_loop().run_in_executor(thread, call, holder)
+        task = asyncio.get_running_loop().run_in_executor(thread, carrying, holder)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -74,6 +117,9 @@ async def in_thread(call: Callable[[JobHolder], T], dispatch: Cancels) -> T:
             with contextlib.suppress(BaseException):  # its outcome is the cancellation's now
                 await task
             raise
+        except CarriedStopIteration as carried:
+            error = carried.error
+    raise error  # out of the handler; in a coroutine, the RuntimeError of PEP 479
 
 
 async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels

@@ -231,6 +231,15 @@ class _OutputInOrder:
             self._next += count
 
 
+class TaskStopIteration(Exception):
+    """A task's StopIteration on its way out of :func:`stream_blocks`: raised as it is
+    from a generator, Python would turn it into a RuntimeError (PEP 479)."""
+
+    def __init__(self, error: StopIteration) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 #: A run of consecutive results: index of the first, the values, failures by index.
 Block = tuple[int, list[Any], dict[int, BaseException]]
 
@@ -307,7 +316,8 @@ def stream_blocks(
                 progress.update(chunk.count)
             if failures and delivery.errors == "raise" and delivery.fail_fast:
                 relay.emit(written)  # what the failing task wrote, before its error
-                raise failures[0].error
+                error = failures[0].error
+                raise TaskStopIteration(error) if isinstance(error, StopIteration) else error
             output.add(chunk, written)
             block = (chunk.first_index, values, {f.task_index: f.error for f in failures})
             del failures  # the block alone holds the errors: iterate() lets them go
@@ -337,18 +347,21 @@ def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool, errors: s
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     results: list[Any] = [None] * n_items if ordered else []
     first_failure: BaseException | None = None
-    for first, values, failed in blocks:
-        if failed and errors == "raise":
-            if first_failure is None:
-                first_failure = failed[min(failed)]
-            continue
-        if ordered:
-            results[first:first + len(values)] = values
-            for index, error in failed.items():
-                results[index] = error
-        else:
-            results += [failed.get(first + i, value) for i, value in enumerate(values)
-                        ] if failed else values
+    try:
+        for first, values, failed in blocks:
+            if failed and errors == "raise":
+                if first_failure is None:
+                    first_failure = failed[min(failed)]
+                continue
+            if ordered:
+                results[first:first + len(values)] = values
+                for index, error in failed.items():
+                    results[index] = error
+            else:
+                results += [failed.get(first + i, value) for i, value in enumerate(values)
+                            ] if failed else values
+    except TaskStopIteration as carried:
+        first_failure = carried.error  # raised below, out of this handler: no context
     if first_failure is not None:
         raise first_failure
     return results
