@@ -488,6 +488,20 @@ def test_callbacks_never_run_at_the_same_time(pool: Any) -> None:
     assert len(done) == 21
 
 
+def _read_stdin(_: object) -> tuple[str, str, bytes]:
+    try:
+        line = input()
+    except EOFError:
+        line = "EOFError"
+    return line, sys.stdin.read(), os.read(0, 10)
+
+
+def test_a_task_reading_stdin_gets_end_of_file_at_once(pool: Any) -> None:
+    # A worker's stdin was the master's pipe, kept open: the task waited forever.
+    assert pool.apply_async(_read_stdin, (0,)).get(20) == ("EOFError", "", b"")
+    assert pool.apply(abs, (-1,)) == 1
+
+
 def test_imap_yields_in_order_and_next_takes_a_timeout(pool: Any) -> None:
     assert list(pool.imap(square, range(30))) == [x * x for x in range(30)]
     assert list(pool.imap(square, range(30), chunksize=4)) == [x * x for x in range(30)]

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for entry in reversed(config.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
+    lifeline = _detach_stdin(keep=config.watch_stdin)
 
     state = WorkerState()
     functions = FunctionCache()
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = ChunkRunner(config, state, functions, shared, released,
                          send=functools.partial(link.send, data), progress=page)
     loop = DataLoop(data, config.serializer, state, runner, functions, shared, released)
-    watchdog = Watchdog(control, state, threading.get_ident(), config, shared)
+    watchdog = Watchdog(control, state, threading.get_ident(), config, shared, lifeline)
     hello = link.hello(config, shared, page.describe() if page is not None else None)
 
     # Tasks see a clean __main__ (exports land there), not this module.
@@ -127,6 +128,17 @@ def _read_config(path: str | None) -> str:
             os.unlink(path)  # its keys are for this worker alone
         return line
     return sys.stdin.readline()
+
+
+def _detach_stdin(*, keep: bool) -> int | None:
+    """Point stdin at /dev/null, as multiprocessing does, so that a task reading it
+    gets end-of-file rather than waiting forever on the master's pipe; return
+    that pipe on a descriptor of its own (not inherited) when it is to be watched."""
+    lifeline = os.dup(0) if keep else None
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return lifeline
 
 
 def _set_parent_death_signal(parent_pid: int) -> None:

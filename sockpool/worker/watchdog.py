@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from typing import NoReturn
 
@@ -48,18 +47,21 @@ class Watchdog:
         control: the control connection (a DEALER dialed to the master).
         state: the phase shared with the main thread.
         main_thread: the id of the thread that runs tasks, which SIGINT interrupts.
-        config: its heartbeat interval, the master's timeout, whether to watch stdin.
+        config: its heartbeat interval and the master's timeout.
         shared: this worker's segments, trimmed at each heartbeat, or None.
+        lifeline: the pipe that was stdin, whose end-of-file means the master is
+            gone, or None.
     """
 
     def __init__(self, control: zmq.Socket[bytes], state: WorkerState, main_thread: int,
-                 config: WorkerConfig, shared: shm.SegmentPool | None) -> None:
+                 config: WorkerConfig, shared: shm.SegmentPool | None,
+                 lifeline: int | None = None) -> None:
         self.control = control
         self.state = state
         self.main_thread = main_thread
         self.heartbeat_interval = config.heartbeat_interval
         self.master_timeout = config.master_timeout
-        self.watch_stdin = config.watch_stdin
+        self.lifeline = lifeline
         self.shared = shared
         self.master_beat = False  # a heartbeat from the master just came
 
@@ -67,8 +69,8 @@ class Watchdog:
         """Say HELLO, then watch until the process ends (the watchdog thread's loop)."""
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
-        if self.watch_stdin:
-            poller.register(sys.stdin.fileno(), zmq.POLLIN)
+        if self.lifeline is not None:
+            poller.register(self.lifeline, zmq.POLLIN)
         self.control.send(hello)
         heartbeat = protocol.header(Kind.HEARTBEAT)
         last_heard = time.monotonic()
@@ -88,7 +90,7 @@ class Watchdog:
                         if self.master_beat:  # the master's next one is due first
                             due = last_heard + beat_wait
                             self.master_beat = False
-                elif not os.read(sys.stdin.fileno(), 4096):
+                elif self.lifeline is not None and not os.read(self.lifeline, 4096):
                     die("the master process is gone (stdin closed)")
             now = time.monotonic()
             if now >= due:
