@@ -15,23 +15,26 @@ joblib), counted from the workers it was made with, also while one is being
 replaced; ``n_jobs=1`` runs in this process, as joblib's own process backends
 do, and so does every call under a sequential plan (``plan("sequential")``,
 and inside a task).  Any other value runs on the cluster, even one that counts
-back to a single worker.  ``Parallel(cluster=cl)`` gives a cluster to that
-call alone.  Each batch joblib makes is one ``submit`` on the cluster: exceptions keep
-their type (the worker's traceback as their ``__cause__``), the first failure
-cancels the batches still queued and interrupts those running, what workers
-print is relayed, ``return_as="generator"`` streams, and a ``Parallel``
-nested inside a task runs in its worker, one call after another.
+back to a single worker; at most ``n_jobs`` of a call's batches run at once.
+``Parallel(cluster=cl)`` gives a cluster to that call alone.  Each batch joblib
+makes is one ``submit`` on the cluster: exceptions keep their type (the
+worker's traceback as their ``__cause__``), the first failure cancels the
+batches still queued and interrupts those running, what workers print is
+relayed, ``return_as="generator"`` streams, and a ``Parallel`` nested inside a
+task runs in its worker, one call after another.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import logging
 import queue
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from joblib._parallel_backends import (
@@ -114,6 +117,63 @@ class _CallbackThread:
 _callbacks = _CallbackThread()
 
 
+class _Slots:
+    """A ``Parallel`` call's ``n_jobs``: how many of its batches run at once.
+
+    joblib keeps ``pre_dispatch`` batches in flight (``2 * n_jobs``), and a
+    cluster runs every one it has a worker for; the rest wait here, in order.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiting: collections.deque[tuple[Callable[[], Any], Future[Any]]] = (
+            collections.deque())
+        self.lock = threading.Lock()
+
+    def take(self, func: Callable[[], Any], future: Future[Any]) -> bool:
+        """True: send ``func`` now; False: it waits its turn, ``future`` still pending."""
+        with self.lock:
+            if self.free:
+                self.free -= 1
+                return True
+            self.waiting.append((func, future))
+            return False
+
+    def give_back(self) -> tuple[Callable[[], Any], Future[Any]] | None:
+        """A batch ended: the one waiting to take its slot, or None (the slot is free)."""
+        with self.lock:
+            if self.waiting:
+                return self.waiting.popleft()
+            self.free += 1
+            return None
+
+    def drop_waiting(self) -> list[Future[Any]]:
+        """The futures of the batches still waiting, which will not be sent."""
+        with self.lock:
+            dropped = [future for _, future in self.waiting]
+            self.waiting.clear()
+            return dropped
+
+
+def _follow(done: Future[Any], follower: Future[Any]) -> None:
+    """Settle ``follower`` as ``done`` ended (on the I/O thread: never raises)."""
+    with contextlib.suppress(InvalidStateError):
+        if done.cancelled():
+            follower.cancel()
+        elif (error := done.exception()) is not None:
+            follower.set_exception(error)
+        else:
+            follower.set_result(done.result())
+
+
+def _run_batch(batch: BatchedCalls) -> list[Any]:
+    """A batch on a worker.  By reference, so the worker imports this module, which
+    registers the backend: a ``Parallel(backend="sockpool")`` inside the batch finds it
+    even where the user's module that imported this one traveled by value."""
+    results: list[Any] = batch()
+    return results
+
+
 # -- the backend -----------------------------------------------------------------------
 
 
@@ -157,6 +217,7 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         # the cluster that runs it.
         self._jobs: dict[Job, tuple[object, Calls]] = {}
         self._jobs_lock = threading.Lock()
+        self._slots: weakref.WeakKeyDictionary[Any, _Slots] = weakref.WeakKeyDictionary()
 
     def __reduce__(self) -> Any:
         # Tasks get get_nested_backend()'s sequential backend, never this one.
@@ -217,29 +278,60 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         if n_jobs == 1 or self._sequential(parallel):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
+        if parallel is not None:
+            self._slots[parallel] = _Slots(effective)
         return max(effective, 2)  # joblib runs a call of one job here, not on the cluster
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], Any] | None = None
                ) -> Future[Any]:
         """Run one batch on the cluster; ``callback(future)`` once it is done.
 
+        With ``n_jobs`` of the call's batches running, it waits its turn here.
         A batch that cannot be sent (an argument that does not pickle, a closed
         cluster) fails its future instead of raising, so that joblib, which may
         call this from the callback thread, reports it as the call's error.
         """
-        try:
-            future, job, calls = self._send(func, getattr(callback, "parallel", None))
-        except BaseException as exc:
-            future = Future()
-            future.set_running_or_notify_cancel()
-            future.set_exception(exc)
-        else:
-            with self._jobs_lock:
-                self._jobs[job] = (getattr(callback, "parallel", None), calls)
-            future.add_done_callback(functools.partial(self._forget, job))
+        call = getattr(callback, "parallel", None)
+        future: Future[Any] = Future()
         if callback is not None:
             future.add_done_callback(lambda done: _callbacks.schedule(callback, done))
+        slots = self._slots.get(call) if call is not None else None
+        if slots is None:
+            self._start(func, call, future, None)
+        elif slots.take(func, future) and not self._start(func, call, future, slots):
+            self._ended(call, slots)
         return future
+
+    def _start(self, func: Callable[[], Any], call: Any, future: Future[Any],
+               slots: _Slots | None) -> bool:
+        """Send one batch, ``future`` to follow it; False when it failed at once."""
+        try:
+            if getattr(call, "_aborting", False):  # while it waited for a slot
+                raise RuntimeError("the joblib call is aborting: this batch is not sent")
+            sent, job, calls = self._send(func, call)
+        except BaseException as exc:
+            future.set_exception(exc)
+            return False
+        with self._jobs_lock:
+            self._jobs[job] = (call, calls)
+        sent.add_done_callback(functools.partial(self._finished, job, call, future, slots))
+        return True
+
+    def _finished(self, job: Job, call: Any, future: Future[Any], slots: _Slots | None,
+                  sent: Future[Any]) -> None:
+        """A batch ended (I/O thread): settle joblib's future; the next one waiting is
+        sent from the callback thread (pickling it here would hold up the I/O)."""
+        with self._jobs_lock:
+            self._jobs.pop(job, None)
+        _follow(sent, future)
+        if slots is not None:
+            _callbacks.schedule(lambda _: self._ended(call, slots), sent)
+
+    def _ended(self, call: Any, slots: _Slots) -> None:
+        """One of ``call``'s batches ended: send those waiting until one is on its way."""
+        while (waiting := slots.give_back()) is not None:
+            if self._start(waiting[0], call, waiting[1], slots):
+                return
 
     def _send(self, func: Callable[[], Any], call: Any) -> tuple[Future[Any], Job, Calls]:
         """Submit one batch of the ``Parallel`` call ``call`` through its cluster's
@@ -253,17 +345,13 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         function: Callable[..., Any] = func
         args: tuple[Any, ...] = ()
         if isinstance(func, BatchedCalls):
-            # One function for every batch, by reference (workers cache it, and
-            # import joblib, not this module), the batch as its argument.
-            function, args = BatchedCalls.__call__, (func,)
+            # One function for every batch, by reference (workers cache it), the
+            # batch as its argument.
+            function, args = _run_batch, (func,)
         # joblib keeps its own batches in flight; one queued behind a long batch
         # would wait for it while another worker idles.
         future, job = calls.submit(function, args, {}, None, None, prefetch=False)
         return future, job, calls
-
-    def _forget(self, job: Job, _: Future[Any]) -> None:
-        with self._jobs_lock:
-            self._jobs.pop(job, None)
 
     def retrieve_result_callback(self, out: Future[Any]) -> Any:
         """The batch's list of results, or its first task's exception."""
@@ -276,6 +364,10 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         sharing this backend (under one ``parallel_config``) go on.  The cluster
         stays up either way (it may be shared), so ``ensure_ready`` needs nothing more.
         """
+        for call, slots in list(self._slots.items()):
+            if getattr(call, "_aborting", True):
+                for future in slots.drop_waiting():
+                    future.cancel()
         with self._jobs_lock:
             jobs = [(job, calls) for job, (call, calls) in self._jobs.items()
                     if call is None or getattr(call, "_aborting", True)]

@@ -9,7 +9,9 @@ backend tests run against the backend in tests/test_joblib_suite.py.
 
 from __future__ import annotations
 
+import ast
 import os
+import textwrap
 import time
 from pathlib import Path
 
@@ -119,6 +121,28 @@ def test_n_jobs_minus_one_is_every_worker_of_the_cluster(shared_cluster: Cluster
         assert joblib.effective_n_jobs(-1) == shared_cluster.n_workers == 2
         assert joblib.effective_n_jobs(-2) == 1
         assert joblib.effective_n_jobs(5) == 5
+
+
+def timed_sleep(seconds: float) -> tuple[float, float]:
+    started = time.monotonic()
+    time.sleep(seconds)
+    return started, time.monotonic()
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    return max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
+
+
+@pytest.mark.filterwarnings("ignore:.*usable physical cores")
+def test_n_jobs_caps_the_batches_running_at_once_on_a_larger_cluster() -> None:
+    # joblib keeps 2 * n_jobs batches in flight: each ran as soon as a worker was free.
+    with Cluster(n=3) as cl:
+        for n_jobs, expected in ((1, 1), (2, 2), (-2, 2), (-1, 3)):
+            for return_as in ("list", "generator"):
+                spans = list(Parallel(n_jobs=n_jobs, backend="sockpool", cluster=cl,
+                                      batch_size=1, return_as=return_as)(
+                    delayed(timed_sleep)(0.5) for _ in range(4)))
+                assert _most_at_once(spans) == expected, (n_jobs, return_as, spans)
 
 
 def test_tasks_run_on_the_cluster_in_order(shared_cluster: Cluster) -> None:
@@ -236,6 +260,33 @@ def test_script_functions_lambdas_and_closures_travel(tmp_path: Path) -> None:
                 print(Parallel(n_jobs=2)(delayed(make_scaler(3))(i) for i in range(3)))
     """, tmp_path)
     assert result.stdout.split("\n")[:3] == ["[10, 11, 12]", "[0, 1, 4]", "[0, 3, 6]"]
+
+
+def test_a_sockpool_parallel_in_a_module_that_travels_by_value_finds_its_backend(
+        tmp_path: Path) -> None:
+    # The module's `import sockpool.joblib` (which registers the backend) does not run
+    # on a worker when the module travels by value: joblib said "Invalid backend".
+    (tmp_path / "analysis.py").write_text(textwrap.dedent("""
+        import os
+        import sockpool.joblib
+        from joblib import Parallel, delayed
+
+        def inner(i):
+            return os.getpid(), Parallel(n_jobs=2, backend="sockpool")(
+                delayed(abs)(-j) for j in range(3))
+    """))
+    result = run_script("""
+        import analysis
+        from joblib import Parallel, delayed
+        from sockpool import Cluster
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                print(Parallel(n_jobs=2, backend="sockpool", cluster=cl)(
+                    delayed(analysis.inner)(i) for i in range(2)))
+    """, tmp_path)
+    (first_pid, first), (_, second) = ast.literal_eval(result.stdout.strip())
+    assert first == second == [0, 1, 2] and first_pid != os.getpid()
 
 
 def test_without_cluster_the_plan_decides() -> None:
