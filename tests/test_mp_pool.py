@@ -773,9 +773,13 @@ def test_terminate_fails_unfinished_results_instead_of_hanging() -> None:
     pool = sockpool.Pool(1)
     result = pool.apply_async(nap, (60,), callback=called.append, error_callback=called.append)
     iterator = pool.imap(nap, [60, 60])
+    queued = [pool.apply_async(nap, (60,)) for _ in range(2)]  # no callbacks: settled at once
     pool.terminate()
     with pytest.raises(ClusterClosedError, match="terminated"):
         result.get(timeout=10)
+    for waited in queued:  # a CancelledError, which `except ClusterClosedError` missed
+        with pytest.raises(ClusterClosedError, match="terminated before this task started"):
+            waited.get(timeout=10)
     with pytest.raises(ClusterClosedError):
         iterator.next(timeout=10)
     with pytest.raises(StopIteration):

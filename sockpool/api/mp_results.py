@@ -22,10 +22,11 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from ..common.calls import Returned
+from ..errors import ClusterClosedError
 
 T = TypeVar("T")
 
@@ -231,7 +232,9 @@ def settle_from_future(result: ApplyResult[Any], handler: ResultHandler) -> Call
 
 def _apply_future(result: ApplyResult[Any], future: Future[Any]) -> None:
     if future.cancelled():
-        result._complete(False, CancelledError("the pool was terminated"))
+        # As terminate() fails those it finds started (it cancels the rest first).
+        result._complete(False, ClusterClosedError(
+            "the pool was terminated before this task started"))
         return
     error = future.exception()
     if error is not None:
