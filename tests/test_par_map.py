@@ -126,6 +126,31 @@ def test_errors_return_puts_exceptions_in_place(shared_cluster: Cluster) -> None
     assert isinstance(results[3], ValueError) and "task got 3" in str(results[3])
 
 
+class TwoPartError(Exception):
+    """Its __init__ passes one string on: pickle's way of rebuilding it calls
+    TwoPartError("1-2"), which fails."""
+
+    def __init__(self, first: int, second: int) -> None:
+        super().__init__(f"{first}-{second}")
+        self.first = first
+
+
+def raise_two_part(x: int) -> None:
+    raise TwoPartError(x, x + 1)
+
+
+def test_an_exception_that_pickle_cannot_rebuild_keeps_its_type(
+        shared_cluster: Cluster) -> None:
+    # It came back as RemoteError, where the sequential plan raised it as itself.
+    with pytest.raises(TwoPartError) as info:
+        shared_cluster.par_map(raise_two_part, [3])
+    assert str(info.value) == "3-4" and info.value.first == 3
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert any("task 0" in note for note in getattr(info.value, "__notes__", []))
+    with pytest.raises(TwoPartError, match="5-6"):
+        shared_cluster.submit(raise_two_part, 5).result()
+
+
 def stops_on(bad: int, x: int) -> int:
     if x == bad:
         raise StopIteration(f"task got {x}")

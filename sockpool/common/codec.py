@@ -326,16 +326,52 @@ def pack_exception(exc: BaseException, serializer: str = "cloudpickle",
         message = str(exc)
     except Exception:
         message = "<unprintable message>"
-    blob: bytes | None
+    blob = _exception_blob(exc, serializer)
+    if blob is False:  # it pickles, but its __init__ cannot be called again with its args
+        blob = _exception_blob(_RebuiltException(exc), serializer)
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return pickle.dumps((type_name, message, tb_text, blob or None, frames), protocol=5)
+
+
+def _exception_blob(exc: BaseException | _RebuiltException, serializer: str
+                    ) -> bytes | bool | None:
+    """``exc`` pickled, where it unpickles again (the master will); False where it
+    pickles but does not unpickle; None where it does not pickle (the master then
+    raises a RemoteError)."""
     try:
         pickled = dumps(exc, serializer)
-        blob = bytes(pickled[0]) if len(pickled) == 1 else None
-        if blob is not None:
-            pickle.loads(blob)  # only send what will rebuild on the other side
     except Exception:
-        blob = None
-    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return pickle.dumps((type_name, message, tb_text, blob, frames), protocol=5)
+        return None
+    if len(pickled) != 1:
+        return None
+    blob = bytes(pickled[0])
+    try:
+        pickle.loads(blob)  # only send what will rebuild on the other side
+    except Exception:
+        return False
+    return blob
+
+
+class _RebuiltException:
+    """Pickles an exception as its class, ``args`` and attributes, rebuilt without
+    calling its ``__init__``: pickle calls it with ``args``, which fails for a class
+    like ``Error(a, b)`` whose ``__init__`` passes ``f"{a}-{b}"`` on as its one arg."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return rebuild_exception, (type(self.exc), self.exc.args, vars(self.exc))
+
+
+def rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
+                      attributes: dict[str, Any]) -> BaseException:
+    """An exception of class ``cls`` with ``args`` and ``attributes``, its ``__init__``
+    not called (see :class:`_RebuiltException`)."""
+    exc = BaseException.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(attributes)
+    return exc
 
 
 def _hide_own_frames(summary: traceback.TracebackException) -> list[RemoteFrame]:
