@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sockpool import Cluster
+from sockpool import CaptureError, Cluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,6 +129,20 @@ def test_an_input_that_raises_gives_every_result_read_before_it_then_its_error(
             seen.append(value)
     assert seen == [x * x for x in range(10)]  # as a generator expression would give
     assert raised.traceback[-1].name == "_input_that_breaks"  # the input's own frame
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 4])
+def test_an_item_that_cannot_travel_gives_every_result_before_it_then_its_error(
+        shared_cluster: Cluster, chunksize: int | None) -> None:
+    # The chunk that failed to serialize raised at once: finished results were lost.
+    items: list[object] = list(range(14))
+    items[10] = threading.Lock()
+    seen = []
+    with pytest.raises(CaptureError, match="argument 10"):
+        for value in shared_cluster.imap(slow_square, items, chunksize=chunksize):
+            seen.append(value)
+    assert seen == [x * x for x in range(10)]
+    assert shared_cluster.par_map(slow_square, range(3)) == [0, 1, 4]
 
 
 def test_unordered_and_errors_return_give_every_result_then_the_inputs_error(

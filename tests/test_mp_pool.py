@@ -502,6 +502,21 @@ def test_a_task_reading_stdin_gets_end_of_file_at_once(pool: Any) -> None:
     assert pool.apply(abs, (-1,)) == 1
 
 
+def test_imap_gives_the_results_before_an_item_that_cannot_be_pickled(pool: Any) -> None:
+    items: list[object] = list(range(30))
+    items[20] = threading.Lock()
+    before = [x * x for x in range(20)]
+    for imap in (pool.imap, pool.imap_unordered):
+        seen = []
+        with pytest.raises(TypeError, match="pickle"):
+            for value in imap(square, items):
+                seen.append(value)
+        if imap == pool.imap:
+            assert seen == before
+        else:  # where the error comes among them is not said (multiprocessing: early)
+            assert set(seen) <= set(before)
+
+
 def test_imap_yields_in_order_and_next_takes_a_timeout(pool: Any) -> None:
     assert list(pool.imap(square, range(30))) == [x * x for x in range(30)]
     assert list(pool.imap(square, range(30), chunksize=4)) == [x * x for x in range(30)]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..capture.payload import Packer, Store
+from ..common import codec
 from ..dispatch import output as relay
 from ..dispatch.jobs import Chunk, Event, Job, Outcome, StreamJob, TaskFailure, decode_outcome
 from ..errors import ClusterClosedError
@@ -135,9 +136,9 @@ def _until_error(items: Iterator[Any], errors: list[Exception]) -> Iterator[Any]
 class LazyFeed:
     """Reads input only when the window has room; sizes chunks from measured task times.
 
-    When reading the input raises, the items read before it (a partial chunk
-    included) still run; ``error`` is then the input's exception, for
-    :func:`stream_blocks` to raise once their results are out.
+    When reading the input raises, or an item cannot be serialized, the items
+    before it (a partial chunk included) still run; ``error`` is then that
+    exception, for :func:`stream_blocks` to raise once their results are out.
     """
 
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
@@ -150,6 +151,7 @@ class LazyFeed:
         self._size = chunksize or 1
         self._packer = packer
         self._next_index = 0
+        self._stopped = False  # at an item that cannot be serialized
         self.exhausted = False
         self.hand_over = False
 
@@ -162,12 +164,20 @@ class LazyFeed:
         """The next chunk, whatever the room: it is sent before the input is read on,
         as the input may wait for it (none once the input is exhausted)."""
         began = time.perf_counter()
-        part = list(itertools.islice(self._items, self._size))
-        if not part:
+        part = [] if self._stopped else list(itertools.islice(self._items, self._size))
+        try:
+            frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
+                                            store=self._store) if part else None
+        except Exception as exc:
+            self._errors.append(exc)
+            self._stopped = True
+            bad = codec.first_unpicklable(part, self._packer.serializer)
+            part = part[:bad[0]] if bad is not None else []
+            frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
+                                            store=self._store) if part else None
+        if frames is None:
             self.exhausted = True
             return []
-        frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
-                                        store=self._store)
         chunk = self._job.chunk(self._next_index, len(part), frames)
         self._next_index += len(part)
         self.hand_over = time.perf_counter() - began > HAND_OVER_AFTER_SECONDS
