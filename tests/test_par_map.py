@@ -265,6 +265,10 @@ def test_bad_input_raises_before_work(shared_cluster: Cluster) -> None:
         shared_cluster.par_map(square, [1], errors="ignore")
     with pytest.raises(ValueError, match="retries"):
         shared_cluster.par_map(square, [1], retries=-1)
+    with pytest.raises(ValueError, match="ordered must be True or False, not 'yes'"):
+        shared_cluster.par_map(square, [1], ordered="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="progress must be True or False"):
+        shared_cluster.imap(square, [1], progress="bar")  # type: ignore[arg-type]
 
 
 def test_a_global_changed_between_maps_is_seen_by_each(tmp_path: object) -> None:

@@ -65,7 +65,8 @@ def _worker_pids() -> list[int]:
     (lambda: sockpool.plan("hosts:"), ValueError, "is not a plan"),
     (lambda: sockpool.plan("hosts:a,,b"), ValueError, "is not a plan"),
     (lambda: sockpool.plan(n=0), ValueError, "n must be at least 1"),
-    (lambda: sockpool.plan("local:0"), ValueError, "n must be at least 1"),
+    (lambda: sockpool.plan("local:0"), ValueError, r"plan\('local:0'\): n must be at least 1"),
+    (lambda: sockpool.plan("local:\u00b2"), ValueError, "is not a plan"),  # "²".isdigit()
     (lambda: sockpool.plan("local:2", n=3), ValueError, "already says n="),
     (lambda: sockpool.plan(n=2, seed=-1), ValueError, "seed must be"),
     (lambda: sockpool.plan(n=2, relay="loud"), ValueError, "relay must be"),

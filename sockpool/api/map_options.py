@@ -38,6 +38,9 @@ class MapOptions:
             raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"retries must be a non-negative integer, not {self.retries!r}")
+        for name in ("ordered", "progress"):
+            if getattr(self, name) not in (True, False):
+                raise ValueError(f"{name} must be True or False, not {getattr(self, name)!r}")
         if self.errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', not {self.errors!r}")
         check_timeout(timeout)

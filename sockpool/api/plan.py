@@ -369,7 +369,12 @@ def _make(backend: str | Cluster | None, options: dict[str, Any], origin: str) -
         if options:
             raise TypeError("plan(cl) takes no options: the Cluster is already made")
         return Plan(given=backend, origin=origin)
-    _check_cluster_options(options)
+    try:
+        _check_cluster_options(options)
+    except (TypeError, ValueError) as exc:
+        if isinstance(backend, str) and origin != ENV_VAR:  # (the variable is named there)
+            raise type(exc)(f"plan({backend!r}): {exc}") from None
+        raise
     return Plan(options=options, origin=origin)
 
 
@@ -381,7 +386,7 @@ def _parse(text: str, origin: str) -> tuple[bool, dict[str, Any]]:
         return True, {}
     if name == "local":
         return False, {}
-    if colon and kind == "local" and rest.strip().isdigit():
+    if colon and kind == "local" and rest.strip().isascii() and rest.strip().isdigit():
         return False, {"n": int(rest)}
     hosts = [host.strip() for host in rest.split(",")]
     if colon and kind == "hosts" and all(hosts):
