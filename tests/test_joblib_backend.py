@@ -10,14 +10,16 @@ backend tests run against the backend in tests/test_joblib_suite.py.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
+import signal
 import textwrap
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from helpers import run_script
+from helpers import run_script, wait_gone
 
 joblib = pytest.importorskip("joblib")
 sklearn = pytest.importorskip("sklearn")
@@ -287,6 +289,22 @@ def test_a_sockpool_parallel_in_a_module_that_travels_by_value_finds_its_backend
     """, tmp_path)
     (first_pid, first), (_, second) = ast.literal_eval(result.stdout.strip())
     assert first == second == [0, 1, 2] and first_pid != os.getpid()
+
+
+def loky_pids(_: int) -> list[int]:
+    return Parallel(n_jobs=2, backend="loky")(delayed(os.getpid)() for _ in range(4))
+
+
+def test_loky_workers_started_by_a_task_end_with_the_cluster() -> None:
+    # loky's executor outlived the worker, whose os._exit skipped loky's exit hook.
+    with Cluster(n=1) as cl:
+        pids = sorted(set(cl.submit(loky_pids, 0).result()))
+    try:
+        assert pids and wait_gone(pids, 3) == []  # loky notices an orphaning later
+    finally:
+        for pid in wait_gone(pids, 0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_without_cluster_the_plan_decides() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -113,6 +115,23 @@ def test_unhandled_exception_in_the_master_leaves_nothing(tmp_path: Path) -> Non
     """, tmp_path, check=False)
     assert result.returncode == 1 and "the user's script crashed" in result.stderr
     assert wait_gone(json.loads(result.stdout), 5) == []
+
+
+def _start_sleeper(_: int) -> int:
+    return subprocess.Popen(["sleep", "60"]).pid  # never waited for
+
+
+def test_processes_tasks_left_running_end_with_their_workers() -> None:
+    # They outlived the cluster (loky's workers behind a joblib call in a task, too).
+    with Cluster(n=2) as cl:
+        sleepers = cl.par_map(_start_sleeper, range(2), chunksize=1)
+        assert wait_gone(sleepers, 0.2) == sleepers  # running while the workers are
+    try:
+        assert wait_gone(sleepers, 5) == []
+    finally:
+        for pid in wait_gone(sleepers, 0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])

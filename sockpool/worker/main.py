@@ -37,6 +37,7 @@ import zmq
 from ..common import protocol, role, shm
 from ..common.config import WorkerConfig
 from . import link, progress
+from .children import end_descendants
 from .functions import FunctionCache
 from .loop import DataLoop
 from .runner import ChunkRunner
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     atexit._run_exitfuncs()
+    end_descendants()
     os._exit(0)
 
 

@@ -26,6 +26,7 @@ import zmq
 from ..common import protocol, shm
 from ..common.config import WorkerConfig
 from ..common.protocol import Kind
+from .children import end_descendants
 from .state import WorkerState
 from .usage import cpu_seconds, resident_bytes
 
@@ -134,4 +135,5 @@ def die(reason: str | None) -> NoReturn:
     """End the process now, from any thread."""
     if reason:  # straight to the process's stderr: the relay may be holding sys.stderr
         os.write(2, f"sockpool worker {os.getpid()}: exiting: {reason}\n".encode())
+    end_descendants()
     os._exit(0 if reason is None else 1)
