@@ -20,7 +20,7 @@ from helpers import ROOT, master_program, run_script, wait_gone
 from testbed import Testbed
 
 import sockpool
-from sockpool import Cluster, RemoteError, TaskTimeoutError
+from sockpool import Cluster, ClusterClosedError, RemoteError, TaskTimeoutError
 from sockpool.api import plan as plan_module
 
 pytestmark = pytest.mark.timeout(60)
@@ -153,6 +153,10 @@ def test_a_given_cluster_is_used_and_left_open() -> None:
         assert cl.par_map(abs, [-1]) == [1]  # still open: the caller owns it
         with pytest.raises(TypeError, match="takes no options"):
             sockpool.plan(cl, n=2)
+        sockpool.plan(cl)
+    with pytest.raises(ClusterClosedError, match=r"given by sockpool.plan\(cl\), is closed"):
+        sockpool.par_map(abs, [-1])
+    sockpool.plan("sequential")
 
 
 def test_two_threads_starting_the_plan_at_once_start_one_cluster() -> None:

@@ -35,6 +35,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..common import role
+from ..errors import ClusterClosedError
 from .map_options import MapOptions, check_callable, check_iterables, check_timeout
 from .sequential import Sequential, running_task
 
@@ -78,9 +79,16 @@ class Plan:
 
         Raises:
             RuntimeError: the plan is sequential: there is no cluster.
+            ClusterClosedError: the plan's cluster was given (``plan(cl)``) and is closed.
             LaunchError: its workers could not start.
         """
         if self._given is not None:
+            try:
+                self._given._check_open()
+            except ClusterClosedError as exc:
+                raise ClusterClosedError(
+                    "the plan's cluster, given by sockpool.plan(cl), is closed: choose "
+                    "another plan with sockpool.plan()") from exc
             return self._given
         if self._runner is not None:
             where = " (inside a task the plan is sequential)" if role.in_worker() else ""
