@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
+import sockpool
 from sockpool import Cluster, detect_cores
 
 pytestmark = pytest.mark.timeout(60)
@@ -134,6 +135,10 @@ def test_oversubscription_is_warned_about() -> None:
             pass
         with Cluster():  # the default size, detect_cores(), is not warned about
             pass
+        # Nor a multiprocessing.Pool drop-in larger than the machine (I/O-bound work),
+        # as multiprocessing does not warn: under -W error it did not even start.
+        with sockpool.Pool(cores + 1) as pool:
+            assert pool.apply(abs, (-1,)) == 1
 
 
 def test_the_physical_count_read_from_sysfs_is_psutils() -> None:

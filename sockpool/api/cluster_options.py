@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import sys
@@ -117,6 +118,11 @@ def check_min_workers(count: int | None, total: int, name: str = "min_workers") 
                          f"for, not {count!r}")
 
 
+#: True while a ``sockpool.Pool`` starts its cluster: multiprocessing never warns about
+#: a pool larger than the machine (common for I/O-bound work), nor does its drop-in.
+as_pool: contextvars.ContextVar[bool] = contextvars.ContextVar("as_pool", default=False)
+
+
 def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worker: int | None,
                            chosen: bool) -> None:
     """brms's rule: local workers x threads each should not exceed the physical cores.
@@ -126,7 +132,8 @@ def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worke
             the default ``n=detect_cores()`` that DESIGN.md picks is not warned about.
     """
     threads = threads_per_worker or 1
-    if not isinstance(launcher, LocalLauncher) or not (chosen or threads > 1):
+    if (not isinstance(launcher, LocalLauncher) or not (chosen or threads > 1)
+            or as_pool.get()):
         return
     physical = detect_cores(logical=False)
     if n_workers * threads > physical:

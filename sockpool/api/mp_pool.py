@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from ..common.calls import BoxedCall
 from ..errors import CaptureError, ClusterClosedError, RemoteTraceback, add_note
 from .cluster import Cluster
+from .cluster_options import as_pool
 from .map_options import MapOptions, as_sequence, check_callable, check_iterables
 from .mp_results import (
     ApplyResult,
@@ -397,7 +398,11 @@ def _start_cluster(processes: int | None, initializer: Callable[..., object] | N
         options["setup"] = functools.partial(initializer, *initargs) if initargs else initializer
     if maxtasksperchild is not None:
         options["max_tasks_per_worker"] = maxtasksperchild
-    return Cluster(processes, **options)
+    quiet = as_pool.set(True)  # no warning about a pool larger than the machine
+    try:
+        return Cluster(processes, **options)
+    finally:
+        as_pool.reset(quiet)
 
 
 def _check_given_cluster(cluster: object, processes: int | None,
