@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from helpers import run_script, wait_gone
@@ -145,6 +146,19 @@ def test_n_jobs_caps_the_batches_running_at_once_on_a_larger_cluster() -> None:
                                       batch_size=1, return_as=return_as)(
                     delayed(timed_sleep)(0.5) for _ in range(4)))
                 assert _most_at_once(spans) == expected, (n_jobs, return_as, spans)
+
+
+def fill_slot(out: np.ndarray, index: int) -> None:
+    out[index] = index + 1
+
+
+def test_tasks_write_into_a_writable_memmap_as_under_loky(shared_cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    # joblib's "write results into shared memory": the writes were lost on a copy.
+    out = np.memmap(tmp_path / "out.mmap", dtype="f8", shape=(8,), mode="w+")
+    Parallel(n_jobs=2, backend="sockpool", cluster=shared_cluster)(
+        delayed(fill_slot)(out, i) for i in range(8))
+    assert out.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
 
 
 def test_tasks_run_on_the_cluster_in_order(shared_cluster: Cluster) -> None:

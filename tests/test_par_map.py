@@ -7,6 +7,7 @@ import logging
 import math
 import operator
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,29 @@ def test_numpy_arrays_round_trip_out_of_band_and_writable(shared_cluster: Cluste
     np.testing.assert_array_equal(out, big * 2)
     out[0] = -1.0  # results are writable too
     assert big[0] == 0.0  # and the caller's array was not touched
+
+
+def fill_with_seven(view: np.ndarray) -> int:
+    view[:] = 7
+    return int(view.sum())
+
+
+def test_a_writable_memmap_is_written_in_place_others_travel_as_copies(
+        shared_cluster: Cluster, tmp_path: Path) -> None:
+    path = tmp_path / "data.mmap"
+    shared = np.memmap(path, dtype="i4", shape=(3, 5000), mode="w+", offset=100)
+    # Views of it (strided, offset) are mapped from the file on the worker.
+    assert shared_cluster.par_map(fill_with_seven, [shared[1, ::2], shared[2, 10:20]]) == [
+        17500, 70]
+    assert shared[1, :6].tolist() == [7, 0, 7, 0, 7, 0]
+    assert shared[2, 8:22].tolist() == [0, 0] + [7] * 10 + [0, 0]
+    shared.flush()
+    # Read-only and copy-on-write ones travel as their data: the file is untouched.
+    read_only = np.memmap(path, dtype="i4", shape=(3, 5000), mode="r", offset=100)
+    assert shared_cluster.par_map(np.sum, [read_only[1]]) == [17500]
+    private = np.memmap(path, dtype="i4", shape=(3, 5000), mode="c", offset=100)
+    assert shared_cluster.par_map(fill_with_seven, [private[0]]) == [35000]
+    assert np.memmap(path, dtype="i4", shape=(3, 5000), mode="r", offset=100)[0].sum() == 0
 
 
 def test_large_bytes_round_trip(shared_cluster: Cluster) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import RemoteError, RemoteFrame, RemoteTraceback, add_note
 from . import namespace
+from .memmaps import memmap_type, reduce_memmap
 
 #: Buffers at least this large travel out of band as their own frames.  Below
 #: it, a separate zmq frame costs more than copying the bytes into the pickle.
@@ -96,32 +97,15 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
     return cls
 
 
-# -- NumPy memmaps ----------------------------------------------------------------
-#
-# A memmap (np.load(..., mmap_mode="r"), joblib.load) is an ndarray subclass,
-# and NumPy pickles a subclass's data in band: copied into the pickle, 20x
-# slower than an ndarray's out-of-band buffer.  It travels as the ndarray it
-# views instead (the worker gets an ndarray with the same data).
-
-
-def _memmap_type() -> type | None:
-    numpy = sys.modules.get("numpy")  # never imported here: only if the caller uses it
-    return getattr(numpy, "memmap", None)
-
-
 def _reduce_special(obj: Any) -> Any:
-    """The reducers the library's picklers add: ``bind_to_env`` functions, memmaps,
-    manager proxies."""
-    if type(obj) is _memmap_type():
-        return _reduce_memmap(obj)
+    """The reducers the library's picklers add: ``bind_to_env`` functions, memmaps
+    (see :mod:`.memmaps`), manager proxies."""
+    if type(obj) is memmap_type():
+        return reduce_memmap(obj)
     managers = sys.modules.get("multiprocessing.managers")
     if managers is not None and isinstance(obj, managers.BaseProxy):
         return _reduce_proxy(obj)
     return namespace.reduce_bound_function(obj)
-
-
-def _reduce_memmap(array: Any) -> Any:
-    return array.view(sys.modules["numpy"].ndarray).__reduce_ex__(5)
 
 
 # -- multiprocessing's manager proxies ---------------------------------------------
@@ -159,8 +143,8 @@ def _reduce_proxy(proxy: Any) -> Any:
 
 def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool] | None
                       ) -> pickle.Pickler:
-    """The C pickler, protocol 5, with memmaps pickled as ndarrays and proxies with
-    their authkey."""
+    """The C pickler, protocol 5, with memmaps pickled as :mod:`.memmaps` says and
+    proxies with their authkey."""
     pickler = pickle.Pickler(stream, 5, buffer_callback=buffer_callback)
     if (table := _fast_dispatch_table()) is not None:
         pickler.dispatch_table = table
@@ -179,12 +163,12 @@ def _fast_dispatch_table() -> dict[type, Any] | None:
     """copyreg's reducers as they are now, plus the memmap's and the proxies', for the
     C pickler: a dict (a ChainMap would cost a Python call per object); None until
     NumPy or multiprocessing.managers is loaded."""
-    memmap, proxies = _memmap_type(), _proxy_types()
+    memmap, proxies = memmap_type(), _proxy_types()
     if memmap is None and not proxies:
         return None
     table = {**copyreg.dispatch_table, **dict.fromkeys(proxies, _reduce_proxy)}
     if memmap is not None:
-        table[memmap] = _reduce_memmap
+        table[memmap] = reduce_memmap
     return table
 
 
