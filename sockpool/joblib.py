@@ -279,7 +279,8 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
         if parallel is not None:
-            self._slots[parallel] = _Slots(effective)
+            with self._jobs_lock:
+                self._slots[parallel] = _Slots(effective)
         return max(effective, 2)  # joblib runs a call of one job here, not on the cluster
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], Any] | None = None
@@ -295,7 +296,8 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         future: Future[Any] = Future()
         if callback is not None:
             future.add_done_callback(lambda done: _callbacks.schedule(callback, done))
-        slots = self._slots.get(call) if call is not None else None
+        with self._jobs_lock:
+            slots = self._slots.get(call) if call is not None else None
         if slots is None:
             self._start(func, call, future, None)
         elif slots.take(func, future) and not self._start(func, call, future, slots):
@@ -310,11 +312,14 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
                 raise RuntimeError("the joblib call is aborting: this batch is not sent")
             sent, job, calls = self._send(func, call)
         except BaseException as exc:
-            future.set_exception(exc)
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                future.set_exception(exc)
             return False
         with self._jobs_lock:
             self._jobs[job] = (call, calls)
         sent.add_done_callback(functools.partial(self._finished, job, call, future, slots))
+        if getattr(call, "_aborting", False):  # aborted as it was sent: abort_everything
+            calls.cancel(job)                  # may have looked before it was registered
         return True
 
     def _finished(self, job: Job, call: Any, future: Future[Any], slots: _Slots | None,
@@ -364,15 +369,16 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         sharing this backend (under one ``parallel_config``) go on.  The cluster
         stays up either way (it may be shared), so ``ensure_ready`` needs nothing more.
         """
-        for call, slots in list(self._slots.items()):
-            if getattr(call, "_aborting", True):
-                for future in slots.drop_waiting():
-                    future.cancel()
         with self._jobs_lock:
+            aborting = [slots for call, slots in self._slots.items()
+                        if getattr(call, "_aborting", True)]
             jobs = [(job, calls) for job, (call, calls) in self._jobs.items()
                     if call is None or getattr(call, "_aborting", True)]
             for job, _ in jobs:
                 del self._jobs[job]
+        for slots in aborting:
+            for future in slots.drop_waiting():
+                future.cancel()
         for job, calls in jobs:
             calls.cancel(job)
 

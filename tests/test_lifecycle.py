@@ -134,6 +134,25 @@ def test_processes_tasks_left_running_end_with_their_workers() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def _start_sleeper_then_hang(path: str) -> None:
+    Path(path).write_text(str(subprocess.Popen(["sleep", "60"]).pid))
+    time.sleep(60)
+
+
+def test_processes_a_killed_workers_tasks_left_running_end_too(tmp_path: Path) -> None:
+    # A task past its time limit: its worker is killed, and cannot end them itself.
+    path = tmp_path / "sleeper.pid"
+    with Cluster(n=1) as cl:
+        with pytest.raises(TimeoutError):
+            cl.par_map(_start_sleeper_then_hang, [str(path)], timeout=1.0)
+        sleeper = int(path.read_text())
+        try:
+            assert wait_gone([sleeper], 5) == []
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sleeper, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_workers_exit_when_the_master_is_killed(tmp_path: Path, signum: int) -> None:
     with master_program(tmp_path / "master.py", """

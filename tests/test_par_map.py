@@ -7,6 +7,7 @@ import logging
 import math
 import operator
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,18 @@ def test_numpy_arrays_round_trip_out_of_band_and_writable(shared_cluster: Cluste
 def fill_with_seven(view: np.ndarray) -> int:
     view[:] = 7
     return int(view.sum())
+
+
+def scratch_memmap(directory: str) -> np.ndarray:
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        mapped = np.memmap(os.path.join(scratch, "x"), dtype="f8", shape=(4,), mode="w+")
+        mapped[:] = 3
+        return mapped  # pickled after its file is gone
+
+
+def test_a_writable_memmap_a_task_returns_comes_back_as_its_data(
+        shared_cluster: Cluster, tmp_path: Path) -> None:
+    assert shared_cluster.par_map(scratch_memmap, [str(tmp_path)])[0].tolist() == [3.0] * 4
 
 
 def test_a_writable_memmap_is_written_in_place_others_travel_as_copies(
@@ -458,6 +471,12 @@ def test_a_stream_job_tells_a_turn_as_one_event_in_the_order_it_came() -> None:
     assert job.events.empty()
     job.dropped(first)  # nothing held: told at once
     assert job.events.get_nowait() == [(first, None, None)]
+    # A lost worker's results, settled in a turn, go behind what it holds too.
+    job.hold(first, label, (memoryview(b"1"), []))
+    job.deliver(second, label, None)
+    assert job.events.empty()
+    job.release()
+    assert [event[0] for event in job.events.get_nowait()] == [first, second]
 
 
 def test_a_result_that_cannot_be_told_leaves_the_rest_of_its_turn_told(

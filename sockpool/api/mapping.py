@@ -169,12 +169,15 @@ class LazyFeed:
             frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
                                             store=self._store) if part else None
         except Exception as exc:
-            self._errors.append(exc)
+            self._errors.insert(0, exc)  # before an input error further on, if any
             self._stopped = True
             bad = codec.first_unpicklable(part, self._packer.serializer)
             part = part[:bad[0]] if bad is not None else []
-            frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
-                                            store=self._store) if part else None
+            try:
+                frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
+                                                store=self._store) if part else None
+            except Exception:  # they travel alone, not together: none of them runs
+                frames = None
         if frames is None:
             self.exhausted = True
             return []

@@ -234,7 +234,7 @@ def _apply_future(result: ApplyResult[Any], future: Future[Any]) -> None:
     if future.cancelled():
         # As terminate() fails those it finds started (it cancels the rest first).
         result._complete(False, ClusterClosedError(
-            "the pool was terminated before this task started"))
+            "the pool was terminated (or its cluster shut down) before this task started"))
         return
     error = future.exception()
     if error is not None:

@@ -86,6 +86,8 @@ class Plan:
             try:
                 self._given._check_open()
             except ClusterClosedError as exc:
+                if type(exc) is not ClusterClosedError:  # broken (NoWorkersLeftError): as is
+                    raise
                 raise ClusterClosedError(
                     "the plan's cluster, given by sockpool.plan(cl), is closed: choose "
                     "another plan with sockpool.plan()") from exc

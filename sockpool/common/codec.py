@@ -352,7 +352,10 @@ def rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
                       attributes: dict[str, Any]) -> BaseException:
     """An exception of class ``cls`` with ``args`` and ``attributes``, its ``__init__``
     not called (see :class:`_RebuiltException`)."""
-    exc = BaseException.__new__(cls)
+    try:  # the class's own __new__ (OSError's derives errno and the rest from args)
+        exc = cls.__new__(cls, *args)
+    except Exception:
+        exc = BaseException.__new__(cls)
     exc.args = args
     exc.__dict__.update(attributes)
     return exc

@@ -6,10 +6,12 @@ subclass, and NumPy pickles a subclass's data in band: copied into the pickle,
 one travels as the ndarray it views (the worker gets the same data).
 
 One opened for writing (``mode="r+"`` or ``"w+"``: joblib's way of collecting
-results in shared memory) travels as its file's path and the place of its data
-in it: the worker maps the same file, so what the task writes lands in the
-file, as with joblib's loky.  A worker that cannot open that path (another
-machine, no shared file system) fails the task, saying so.
+results in shared memory), sent by the master, travels as its file's path and
+the place of its data in it: the worker maps the same file, so what the task
+writes lands in the file, as with joblib's loky.  A worker that cannot open
+that path, or finds a shorter file there (another machine), fails the task,
+saying so.  What a worker sends back (a task's result) is always the data: the
+file may be a task's scratch, gone by then, or on another machine.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import mmap
 import os
 import sys
 from typing import Any
+
+from . import role
 
 
 def memmap_type() -> type | None:
@@ -29,7 +33,8 @@ def memmap_type() -> type | None:
 def reduce_memmap(array: Any) -> Any:
     """The pickle reduction of a memmap: its file's place if writable, else its data."""
     numpy = sys.modules["numpy"]
-    place = _place_in_file(array) if array.mode in ("r+", "w+") else None
+    place = (_place_in_file(array) if array.mode in ("r+", "w+") and not role.in_worker()
+             else None)
     if place is not None:
         return open_in_file, place
     return array.view(numpy.ndarray).__reduce_ex__(5)
@@ -56,7 +61,7 @@ def open_in_file(path: str, position: int, shape: tuple[int, ...],
 
     try:
         whole = numpy.memmap(path, dtype=numpy.uint8, mode="r+")
-    except OSError as exc:
+        return numpy.ndarray(shape, dtype, buffer=whole, offset=position, strides=strides)
+    except (OSError, ValueError) as exc:  # (ValueError: a shorter file of that name)
         raise OSError(f"a writable np.memmap argument is shared through its file, {path!r}, "
-                      f"which this worker cannot open: {exc}") from exc
-    return numpy.ndarray(shape, dtype, buffer=whole, offset=position, strides=strides)
+                      f"which this worker cannot map: {exc}") from exc

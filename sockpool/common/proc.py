@@ -150,3 +150,33 @@ def format_bytes(count: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} GB"
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, parents first, read from ``/proc`` (Linux; else none).
+
+    All are found before any is signalled: a child that ends first would leave
+    its own children to init, out of reach.
+    """
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    children: list[int] = []
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children", "rb") as listing:
+                children.extend(int(number) for number in listing.read().split())
+        except (OSError, ValueError):
+            continue
+    return children

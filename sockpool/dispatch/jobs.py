@@ -7,7 +7,8 @@ its first task, and how many tasks it holds.
 
 The I/O thread calls a job's ``hold``/``release``/``deliver``/``fail``/``dropped``
 hooks; they never block.  A RESULT is held until the I/O thread's turn ends
-(:class:`HeldResults`), a failed or dropped chunk is told at once.  A
+(:class:`HeldResults`); what else a map learns in that turn (a failed or
+dropped chunk, a lost worker's results) goes behind it, else at once.  A
 :class:`StreamJob` (maps, ``run_on_all``) only queues what arrives, and the
 caller's thread decodes it, so user unpickling never runs on the I/O thread.
 A :class:`FutureJob` (``submit``) decodes its one small result there to
@@ -236,7 +237,7 @@ class StreamJob(Job):
         self.events: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
-        self.events.put([(chunk, label, payload)])
+        self._tell((chunk, label, payload))  # (a lost worker's results, settled in a turn)
 
     def release(self) -> None:  # the turn's results as one event list: one wake-up
         held, self._held = self._held, []

@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from ..common.config import WorkerConfig
-from ..common.proc import explain_kill, memory_cgroup, oom_kills, read_tail, reap
+from ..common.proc import (
+    descendants,
+    explain_kill,
+    memory_cgroup,
+    oom_kills,
+    read_tail,
+    reap,
+)
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
 
@@ -83,8 +90,14 @@ class LocalWorkerProcess(WorkerProcess):
     def _signal(self, signum: int) -> None:
         self.released = True
         if self.poll() is None:
+            # What its tasks left running, which the worker ends as it exits, unless
+            # killed: found first (once it is gone they belong to init).
+            left = descendants(self.pid)
             with contextlib.suppress(ProcessLookupError):
                 self._process.send_signal(signum)
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
 
     def stderr_tail(self) -> str:
         return read_tail(self._log_path)

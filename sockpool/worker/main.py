@@ -138,8 +138,9 @@ def _detach_stdin(*, keep: bool) -> int | None:
     that pipe on a descriptor of its own (not inherited) when it is to be watched."""
     lifeline = os.dup(0) if keep else None
     devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
+    if devnull != 0:  # (0 itself, where stdin was closed)
+        os.dup2(devnull, 0)
+        os.close(devnull)
     return lifeline
 
 
