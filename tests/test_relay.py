@@ -84,6 +84,30 @@ def test_warnings_obey_the_masters_filters(tmp_path: Path) -> None:
     assert "UserWarning" not in ignored.stderr
 
 
+def test_filters_on_the_module_apply_as_to_the_scripts_own_warnings(tmp_path: Path) -> None:
+    # Python's default filter shows a DeprecationWarning raised in __main__ (matched
+    # on module=): the relayed one was re-issued under a module named after its file.
+    result = run_script("""
+        import warnings
+        from sockpool import Cluster
+
+        def old_api(x):
+            warnings.warn("old_api is deprecated", DeprecationWarning)
+            return x
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                cl.par_map(old_api, [0])
+                warnings.filterwarnings("error", module="__main__")
+                try:
+                    cl.par_map(old_api, [1])
+                except DeprecationWarning as exc:
+                    print("raised:", exc)
+    """, tmp_path)
+    assert result.stderr.count("DeprecationWarning: old_api is deprecated") == 1
+    assert result.stdout.strip() == "raised: old_api is deprecated"
+
+
 def test_log_records_go_to_the_masters_logger_of_the_same_name(tmp_path: Path) -> None:
     result = run_script("""
         import logging
@@ -92,20 +116,20 @@ def test_log_records_go_to_the_masters_logger_of_the_same_name(tmp_path: Path) -
         def fit(level):
             log = logging.getLogger("lab.models")
             log.debug("debug %s", level)
-            log.info("fitted %s with %d rows", level, 150)
+            log.info("fitted %s with %d rows", level, 150, extra={"lab": object.__name__})
             logging.getLogger("noisy").warning("noisy %s", level)
             return level
 
         if __name__ == "__main__":
             logging.basicConfig(level=logging.INFO, format="%(name)s|%(levelname)s|%(message)s"
-                                "|%(funcName)s")
+                                "|%(funcName)s|%(lab)s")
             logging.getLogger("noisy").setLevel(logging.ERROR)
             with Cluster(n=2) as cl:
                 cl.par_map(fit, ["a", "b"], chunksize=1)
     """, tmp_path)
-    assert result.stderr.splitlines() == [
-        "lab.models|INFO|fitted a with 150 rows|fit",
-        "lab.models|INFO|fitted b with 150 rows|fit",
+    assert result.stderr.splitlines() == [  # extra= fields too
+        "lab.models|INFO|fitted a with 150 rows|fit|object",
+        "lab.models|INFO|fitted b with 150 rows|fit|object",
     ]
 
 

@@ -44,7 +44,7 @@ def emit(batches: list[Batch], prefix: str = "") -> None:
                 # would if the code had run here.
                 registry = _registries.setdefault(filename, {})
                 warnings.warn_explicit(message, category, filename, lineno,
-                                       registry=registry)
+                                       module=_module_of(filename), registry=registry)
             for fields in records:
                 logger = logging.getLogger(fields["name"])
                 if logger.isEnabledFor(fields["levelno"]):
@@ -85,3 +85,13 @@ def tail(batches: list[Batch], max_lines: int = 20) -> str:
     """The last lines of output in ``batches`` (for a lost worker's error message)."""
     text = "".join(out + err for out, err, _, _ in batches)
     return "\n".join(text.splitlines()[-max_lines:])
+
+
+def _module_of(filename: str) -> str:
+    """The name of the module loaded here from ``filename`` (``"__main__"`` for your
+    script), as a warning raised here would carry for ``module=`` filters; else the
+    name ``warn_explicit`` itself derives."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return name
+    return filename[:-3] if filename.endswith(".py") else filename or "<unknown>"

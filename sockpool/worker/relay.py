@@ -165,6 +165,7 @@ class WorkerRelay:
             "exc_text": _exception_text(record), "stack_info": record.stack_info,
             "process": record.process, "processName": record.processName,
             "thread": record.thread, "threadName": record.threadName,
+            **_extra_fields(record),
         })
         self.maybe_flush()
 
@@ -200,3 +201,15 @@ def _exception_text(record: logging.LogRecord) -> str | None:
     if record.exc_info and not record.exc_text:
         return logging.Formatter().formatException(record.exc_info)
     return record.exc_text
+
+
+#: A LogRecord's own attributes; any other was given as ``extra=``.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """A record's ``extra=`` fields (a master's format may name them), as plain values:
+    anything else as its ``str``, so that the batch always pickles."""
+    return {key: value if value is None or isinstance(value, (str, int, float, bool))
+            else str(value)
+            for key, value in vars(record).items() if key not in _RECORD_FIELDS}
