@@ -77,6 +77,31 @@ def test_script_functions_closures_lambdas_recursion_and_decorators(tmp_path: Pa
     }
 
 
+def test_lru_cached_functions_of_the_script_travel(tmp_path: Path) -> None:
+    # They pickle by name, and a worker's __main__ has no such name: AttributeError there.
+    result = run_script("""
+        import functools
+        from sockpool import Cluster
+
+        @functools.lru_cache(maxsize=None)
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+        @functools.cache
+        def square(x):
+            return x * x
+
+        def uses_both(x):
+            return fib(x) + square(x)
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                print(cl.submit(fib, 60).result(), cl.par_map(uses_both, [5, 10]),
+                      cl.par_map(square, [3]))
+    """, tmp_path)
+    assert result.stdout.strip() == "1548008755920 [30, 155] [9]"  # fib(60): cached there
+
+
 def test_main_classes_dataclasses_and_enums_as_arguments_and_results(tmp_path: Path) -> None:
     result = run_json("""
         import dataclasses, enum, json

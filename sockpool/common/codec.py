@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copyreg
+import functools
 import io
 import os
 import pickle
@@ -99,13 +100,24 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
 
 def _reduce_special(obj: Any) -> Any:
     """The reducers the library's picklers add: ``bind_to_env`` functions, memmaps
-    (see :mod:`.memmaps`), manager proxies."""
+    (see :mod:`.memmaps`), ``lru_cache``'d functions of ``__main__``, manager proxies."""
     if type(obj) is memmap_type():
         return reduce_memmap(obj)
+    if (type(obj) is functools._lru_cache_wrapper
+            and getattr(obj.__wrapped__, "__module__", None) == "__main__"):
+        # It pickles by name, and a worker's __main__ has no such name: the function
+        # it wraps travels by value instead, wrapped again there (with a cache of its own).
+        parameters = obj.cache_parameters()
+        return _cached, (obj.__wrapped__, parameters["maxsize"], parameters["typed"])
     managers = sys.modules.get("multiprocessing.managers")
     if managers is not None and isinstance(obj, managers.BaseProxy):
         return _reduce_proxy(obj)
     return namespace.reduce_bound_function(obj)
+
+
+def _cached(function: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
+    """``function`` under ``functools.lru_cache(maxsize, typed)`` (see _reduce_special)."""
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(function)
 
 
 # -- multiprocessing's manager proxies ---------------------------------------------
