@@ -68,6 +68,31 @@ class TaskStream(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    @property
+    def buffer(self) -> _TaskBytes:
+        """The binary side (``sys.stdout.buffer.write(b"...")``): UTF-8, relayed too."""
+        return _TaskBytes(self)
+
+
+class _TaskBytes(io.RawIOBase):
+    """Bytes written to a :class:`TaskStream`'s ``buffer``, decoded as UTF-8 (what is
+    not UTF-8 as surrogate escapes, which the master writes back as the bytes)."""
+
+    def __init__(self, text: TaskStream) -> None:
+        super().__init__()
+        self._text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._text.write(bytes(view).decode("utf-8", "surrogateescape"))
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._text.flush()
+
 
 class _RecordHandler(logging.Handler):
     def __init__(self, relay: WorkerRelay) -> None:
