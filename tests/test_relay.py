@@ -25,7 +25,7 @@ def test_prints_come_home_in_per_task_blocks_in_input_order(tmp_path: Path) -> N
             time.sleep(0.05 * (5 - x))          # later tasks finish first
             for line in range(2):
                 print(f"task {x} line {line}")
-            sys.stdout.buffer.write(f"task {x} line 2\n".encode())  # bytes, as many libraries do
+            sys.stdout.buffer.write(f"task {x} line 2\\n".encode())  # bytes, as many libraries do
             print(f"task {x} complains", file=sys.stderr)
             return x
 
