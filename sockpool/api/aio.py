@@ -19,6 +19,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from ..errors import ClusterClosedError
+from .carried import CarriedStopIteration
 from .map_options import MapOptions
 
 if TYPE_CHECKING:
@@ -61,15 +62,6 @@ async def result(future: Future[T], job: Job, dispatch: Cancels) -> T:
     except CarriedStopIteration as carried:
         error = carried.error
     raise error  # out of the handler; in a coroutine, the RuntimeError of PEP 479
-
-
-class CarriedStopIteration(Exception):
-    """A task's StopIteration on its way to a coroutine: asyncio cannot put one in its
-    futures (TypeError, and the await would never end)."""
-
-    def __init__(self, error: StopIteration) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 def _carrying_stop_iteration(future: Future[T]) -> Future[T]:

@@ -28,6 +28,7 @@ from ..common import codec
 from ..dispatch import output as relay
 from ..dispatch.jobs import Chunk, Event, Job, Outcome, StreamJob, TaskFailure, decode_outcome
 from ..errors import ClusterClosedError
+from .carried import CarriedStopIteration
 
 #: imap sizes chunks so that one takes about this long to compute.
 TARGET_CHUNK_SECONDS = 0.02
@@ -244,15 +245,6 @@ class _OutputInOrder:
             self._next += count
 
 
-class TaskStopIteration(Exception):
-    """A task's StopIteration on its way out of :func:`stream_blocks`: raised as it is
-    from a generator, Python would turn it into a RuntimeError (PEP 479)."""
-
-    def __init__(self, error: StopIteration) -> None:
-        super().__init__(error)
-        self.error = error
-
-
 #: A run of consecutive results: index of the first, the values, failures by index.
 Block = tuple[int, list[Any], dict[int, BaseException]]
 
@@ -330,7 +322,7 @@ def stream_blocks(
             if failures and delivery.errors == "raise" and delivery.fail_fast:
                 relay.emit(written)  # what the failing task wrote, before its error
                 error = failures[0].error
-                raise TaskStopIteration(error) if isinstance(error, StopIteration) else error
+                raise CarriedStopIteration(error) if isinstance(error, StopIteration) else error
             output.add(chunk, written)
             block = (chunk.first_index, values, {f.task_index: f.error for f in failures})
             del failures  # the block alone holds the errors: iterate() lets them go
@@ -373,7 +365,7 @@ def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool, errors: s
             else:
                 results += [failed.get(first + i, value) for i, value in enumerate(values)
                             ] if failed else values
-    except TaskStopIteration as carried:
+    except CarriedStopIteration as carried:
         first_failure = carried.error  # raised below, out of this handler: no context
     if first_failure is not None:
         raise first_failure
