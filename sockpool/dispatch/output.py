@@ -87,11 +87,18 @@ def tail(batches: list[Batch], max_lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-max_lines:])
 
 
+#: Module names found by _module_of, by file (a warning in a loop looks up one file).
+_module_names: dict[str, str] = {}
+
+
 def _module_of(filename: str) -> str:
     """The name of the module loaded here from ``filename`` (``"__main__"`` for your
     script), as a warning raised here would carry for ``module=`` filters; else the
     name ``warn_explicit`` itself derives."""
+    if filename in _module_names:
+        return _module_names[filename]
     for name, module in list(sys.modules.items()):
         if getattr(module, "__file__", None) == filename:
+            _module_names[filename] = name
             return name
     return filename[:-3] if filename.endswith(".py") else filename or "<unknown>"

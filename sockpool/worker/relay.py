@@ -45,6 +45,7 @@ class TaskStream(io.TextIOBase):
         self._relay = relay
         self._index = index
         self._original = original
+        self._bytes = _TaskBytes(self)
 
     def writable(self) -> bool:
         return True
@@ -71,7 +72,7 @@ class TaskStream(io.TextIOBase):
     @property
     def buffer(self) -> _TaskBytes:
         """The binary side (``sys.stdout.buffer.write(b"...")``): UTF-8, relayed too."""
-        return _TaskBytes(self)
+        return self._bytes
 
 
 class _TaskBytes(io.RawIOBase):
