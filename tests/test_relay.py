@@ -38,6 +38,43 @@ def test_prints_come_home_in_per_task_blocks_in_input_order(tmp_path: Path) -> N
     assert result.stderr.splitlines() == [f"task {x} complains" for x in range(6)]
 
 
+def test_prints_warnings_and_log_records_keep_their_order_as_under_sequential(
+        tmp_path: Path) -> None:
+    source = """
+        import io, logging, sys, time, warnings
+        import sockpool
+
+        def work(x):
+            print(f"task {x} starts")
+            logging.getLogger("work").warning("task %d logs", x)
+            print(f"task {x} complains", file=sys.stderr)
+            warnings.warn(f"task {x} warns")
+            if x == 1:
+                time.sleep(0.02)                # past the relay's flush interval
+            print(f"task {x}", end=" ")
+            print("ends")
+            return x
+
+        if __name__ == "__main__":
+            both = io.StringIO()                # one stream: the order shows
+            handler = logging.StreamHandler(both)
+            handler.setFormatter(logging.Formatter("LOG %(name)s %(message)s"))
+            logging.getLogger().addHandler(handler)
+            real_stdout = sys.stdout
+            sys.stdout = sys.stderr = both
+            with sockpool.plan(sys.argv[1]):
+                results = sockpool.par_map(work, range(3), chunksize=1)
+            sys.stdout = real_stdout
+            print(both.getvalue(), results)
+    """
+    sequential = run_script(source, tmp_path, "sequential").stdout
+    assert sequential.splitlines()[:5] == [
+        "task 0 starts", "LOG work task 0 logs", "task 0 complains",
+        f"{tmp_path / 'user_script.py'}:9: UserWarning: task 0 warns",
+        '  warnings.warn(f"task {x} warns")']
+    assert run_script(source, tmp_path, "local:2").stdout == sequential
+
+
 def test_output_of_setup_run_on_all_and_submit_comes_home(tmp_path: Path) -> None:
     result = run_script("""
         from sockpool import Cluster

@@ -80,9 +80,18 @@ CONTROL_PREFIX = b"C"
 #: Frames below this size are copied into zmq (cheaper than tracking a zero-copy buffer).
 COPY_LIMIT = 64 * 1024
 
-#: What a chunk wrote, as OUTPUT and RESULT carry it: ``(stdout text, stderr text,
-#: warnings, log records)``.  A plain tuple, so the worker's pickler never ships code for it.
-Batch = tuple[str, str, list[tuple[Any, ...]], list[dict[str, Any]]]
+#: What a chunk wrote, in the order it wrote it, as OUTPUT and RESULT carry it: a list
+#: of ``(kind, value)`` events, one of the kinds below.  Plain values, so the worker's
+#: pickler never ships code for it.
+Batch = list[tuple[int, Any]]
+#: Text written to ``sys.stdout`` (consecutive writes joined into one event).
+STDOUT = 0
+#: Text written to ``sys.stderr``, likewise.
+STDERR = 1
+#: A warning: ``(message, category, filename, lineno)``.
+WARNING = 2
+#: A log record, as the dict of fields ``logging.makeLogRecord`` rebuilds it from.
+RECORD = 3
 
 
 class Kind(enum.IntEnum):

@@ -17,38 +17,41 @@ import threading
 import warnings
 from typing import Any, TextIO
 
-from ..common.protocol import Batch
+from ..common.protocol import RECORD, STDERR, STDOUT, WARNING, Batch
 
 _registries: dict[str, dict[Any, Any]] = {}
 _emit_lock = threading.Lock()
 
 
 def emit(batches: list[Batch], prefix: str = "") -> None:
-    """Write batches out in the master, in order (see the module docstring).
+    """Write batches out in the master, each event in the order the task made it
+    (see the module docstring).
 
     A tqdm progress bar drawn on the terminal is cleared first and drawn again
     after, below the output, so that no line is shared by the two.
     """
-    if not any(out or err or caught or records for out, err, caught, records in batches):
+    if not any(batches):
         return  # the common case: the chunk wrote nothing
     # One block at a time, never interleaved with another's.  The bars' lock is
     # taken second: a bar's update never waits for _emit_lock.
     with _emit_lock, _bars_set_aside():
-        for out, err, caught, records in batches:
-            if out:
-                _write(sys.stdout, out, prefix)
-            if err:
-                _write(sys.stderr, err, prefix)
-            for message, category, filename, lineno in caught:
-                # A registry per file makes "default"/"once" filters behave as they
-                # would if the code had run here.
-                registry = _registries.setdefault(filename, {})
-                warnings.warn_explicit(message, category, filename, lineno,
-                                       module=_module_of(filename), registry=registry)
-            for fields in records:
-                logger = logging.getLogger(fields["name"])
-                if logger.isEnabledFor(fields["levelno"]):
-                    logger.handle(logging.makeLogRecord(fields))
+        for batch in batches:
+            for kind, value in batch:
+                if kind == STDOUT:
+                    _write(sys.stdout, value, prefix)
+                elif kind == STDERR:
+                    _write(sys.stderr, value, prefix)
+                elif kind == WARNING:
+                    message, category, filename, lineno = value
+                    # A registry per file makes "default"/"once" filters behave as
+                    # they would if the code had run here.
+                    registry = _registries.setdefault(filename, {})
+                    warnings.warn_explicit(message, category, filename, lineno,
+                                           module=_module_of(filename), registry=registry)
+                elif kind == RECORD:
+                    logger = logging.getLogger(value["name"])
+                    if logger.isEnabledFor(value["levelno"]):
+                        logger.handle(logging.makeLogRecord(value))
 
 
 def _bars_set_aside() -> contextlib.AbstractContextManager[Any]:
@@ -67,9 +70,8 @@ def hold(held: list[Batch], batch: Batch, live: bool) -> None:
     text now (the I/O thread), but not its warnings, which may raise (``-W error``):
     they wait for the caller."""
     if live:
-        out, err, caught, records = batch
-        emit([(out, err, [], [])])
-        batch = ("", "", caught, records)
+        emit([[event for event in batch if event[0] in (STDOUT, STDERR)]])
+        batch = [event for event in batch if event[0] not in (STDOUT, STDERR)]
     held.append(batch)
 
 
@@ -83,7 +85,8 @@ def _write(stream: TextIO, text: str, prefix: str) -> None:
 
 def tail(batches: list[Batch], max_lines: int = 20) -> str:
     """The last lines of output in ``batches`` (for a lost worker's error message)."""
-    text = "".join(out + err for out, err, _, _ in batches)
+    text = "".join(value for batch in batches for kind, value in batch
+                   if kind in (STDOUT, STDERR))
     return "\n".join(text.splitlines()[-max_lines:])
 
 

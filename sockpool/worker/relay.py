@@ -15,7 +15,10 @@ whose tail is quoted when the worker is lost.
 
 The master writes it out (:mod:`sockpool.dispatch.output`).
 
-A batch is a plain tuple (:data:`sockpool.common.protocol.Batch`).
+A batch keeps what was written in the order it was written: text, warnings and
+log records as one list of events (:data:`sockpool.common.protocol.Batch`), so
+a print, a log record and another print come out in that order, as they would
+without a cluster.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ..common.protocol import Batch
+from ..common.protocol import RECORD, WARNING, Batch
 
 #: A chunk that keeps writing sends what it wrote at most this often.
 FLUSH_SECONDS = 0.005
@@ -122,10 +125,10 @@ class WorkerRelay:
         self._prefix = prefix
         self._partial = ["", ""]  # the unfinished last line of each stream
         self._send = send
-        self._texts: list[list[str]] = [[], []]
+        self._events: Batch = []
+        self._run: list[str] = []  # the latest writes to one stream, joined when it ends
+        self._run_stream = -1
         self._chars = 0
-        self._warnings: list[tuple[Any, ...]] = []
-        self._records: list[dict[str, Any]] = []
         self._last_flush = time.monotonic()
         self._active = False
         self._main = threading.get_ident()
@@ -151,8 +154,8 @@ class WorkerRelay:
         self._active = False
         for index, rest in enumerate(self._partial):
             if rest:  # a last line without its newline still belongs to this chunk
-                self._texts[index].append(self._prefix + rest)
                 self._partial[index] = ""
+                self._add_text(index, self._prefix + rest)
         return self._take()
 
     def write(self, index: int, text: str) -> None:
@@ -175,15 +178,31 @@ class WorkerRelay:
                 text = "".join(self._prefix + line for line in text.splitlines(keepends=True))
             if not text:
                 return
-        self._texts[index].append(text)
-        self._chars += len(text)
+        self._add_text(index, text)
         self.maybe_flush(force=self._live)
+
+    def _add_text(self, index: int, text: str) -> None:
+        if index != self._run_stream:
+            self._end_run()
+            self._run_stream = index
+        self._run.append(text)
+        self._chars += len(text)
+
+    def _end_run(self) -> None:
+        if self._run:
+            self._events.append((self._run_stream, "".join(self._run)))
+            self._run = []
+        self._run_stream = -1
+
+    def _add(self, kind: int, value: Any) -> None:
+        self._end_run()
+        self._events.append((kind, value))
 
     def log(self, record: logging.LogRecord) -> None:
         """Take a log record, as a dict of plain values the master rebuilds it from."""
         if record.levelno < self._log_level:
             return
-        self._records.append({
+        self._add(RECORD, {
             "name": record.name, "levelno": record.levelno, "levelname": record.levelname,
             "msg": record.getMessage(), "args": None, "pathname": record.pathname,
             "filename": record.filename, "module": record.module, "lineno": record.lineno,
@@ -197,7 +216,7 @@ class WorkerRelay:
 
     def _warning(self, message: Any, category: type[Warning], filename: str, lineno: int,
                  file: Any = None, line: str | None = None) -> None:
-        self._warnings.append((str(message), category, filename, lineno))
+        self._add(WARNING, (str(message), category, filename, lineno))
         self.maybe_flush()
 
     def maybe_flush(self, force: bool = False) -> None:
@@ -212,14 +231,11 @@ class WorkerRelay:
                 self._send(batch)
 
     def _take(self) -> Batch | None:
-        out, err = self._texts
-        if not (out or err or self._warnings or self._records):
+        self._end_run()
+        if not self._events:
             return None
-        batch = ("".join(out), "".join(err), self._warnings, self._records)
-        self._texts = [[], []]
+        batch, self._events = self._events, []
         self._chars = 0
-        self._warnings = []
-        self._records = []
         return batch
 
 
