@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -186,6 +187,29 @@ def test_an_exception_that_pickle_cannot_rebuild_keeps_its_type(
     assert any("task 0" in note for note in getattr(info.value, "__notes__", []))
     with pytest.raises(TwoPartError, match="5-6"):
         shared_cluster.submit(raise_two_part, 5).result()
+
+
+class MissingInput(FileNotFoundError):
+    """An OSError subclass with its own __init__: errno, strerror and filename live
+    outside ``args`` and ``__dict__``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.ENOENT, "no input here", path)
+
+
+def raise_missing_input(path: str) -> None:
+    raise MissingInput(path)
+
+
+def test_an_os_error_of_its_own_keeps_errno_strerror_and_filename(
+        shared_cluster: Cluster) -> None:
+    # Rebuilt without its __init__, it came back with errno None and no filename.
+    with pytest.raises(MissingInput) as info:
+        shared_cluster.par_map(raise_missing_input, ["/data/a.csv"])
+    error = info.value
+    assert (error.errno, error.strerror, error.filename) == (
+        errno.ENOENT, "no input here", "/data/a.csv")
+    assert str(error) == "[Errno 2] no input here: '/data/a.csv'"
 
 
 def stops_on(bad: int, x: int) -> int:

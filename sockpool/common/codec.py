@@ -357,17 +357,28 @@ class _RebuiltException:
         self.exc = exc
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return rebuild_exception, (type(self.exc), self.exc.args, vars(self.exc))
+        exc = self.exc
+        # An OSError keeps these outside args and __dict__ (filename is never in args).
+        os_fields = ((exc.errno, exc.strerror, exc.filename, exc.filename2)
+                     if isinstance(exc, OSError) else None)
+        return rebuild_exception, (type(exc), exc.args, vars(exc), os_fields)
 
 
 def rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
-                      attributes: dict[str, Any]) -> BaseException:
-    """An exception of class ``cls`` with ``args`` and ``attributes``, its ``__init__``
-    not called (see :class:`_RebuiltException`)."""
+                      attributes: dict[str, Any],
+                      os_fields: tuple[Any, ...] | None = None) -> BaseException:
+    """An exception of class ``cls`` with ``args`` and ``attributes`` (and an OSError's
+    errno, strerror, filename and filename2), its ``__init__`` not called (see
+    :class:`_RebuiltException`)."""
     try:  # the class's own __new__ (OSError's derives errno and the rest from args)
         exc = cls.__new__(cls, *args)
     except Exception:
         exc = BaseException.__new__(cls)
+    if os_fields is not None and isinstance(exc, OSError):
+        for name, value in zip(("errno", "strerror", "filename", "filename2"), os_fields,
+                               strict=True):
+            if value is not None:  # None set is not "unset": str() would name it
+                setattr(exc, name, value)
     exc.args = args
     exc.__dict__.update(attributes)
     return exc
