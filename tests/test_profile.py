@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -159,11 +160,86 @@ def test_a_task_lost_with_its_worker_and_retried_has_two_attempts(
     assert prof.summary().failed == 1
 
 
+def test_a_chunk_lost_midway_keeps_its_finished_tasks_and_fails_only_the_one_it_died_in(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # Every task of the chunk was marked failed and given the whole attempt's time
+    # (speed-up 4.7x on two workers), though tasks 0-2 had finished and were delivered.
+    marker = str(tmp_path / "died-once")
+
+    def dies_at_3(x: int) -> int:
+        if x == 3 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(3)
+        time.sleep(0.02)
+        return x
+
+    with cluster.profile() as prof:
+        assert cluster.par_map(dies_at_3, range(10), chunksize=5, retries=1) == list(range(10))
+    first_attempts = sorted((task.index, task.ok) for task in prof.tasks
+                            if task.index < 5 and task.attempt == 1)
+    assert first_attempts == [(0, True), (1, True), (2, True), (3, False)]
+    assert sorted(task.index for task in prof.tasks if task.attempt == 2) == [3, 4]
+    summary = prof.summary()
+    assert summary.failed == 1 and summary.speedup <= 2 + EPSILON
+
+
+def test_a_task_waiting_behind_a_lost_one_has_no_failed_attempt(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # Task 3 waited on the dying worker, never ran there, yet had a failed attempt 1
+    # spanning the whole map; its real run was attempt 1 too.
+    marker = str(tmp_path / "died-once")
+
+    def dies_at_1(x: int) -> int:
+        time.sleep(0.05)
+        if x == 1 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(3)
+        return x
+
+    with cluster.profile() as prof:
+        assert cluster.par_map(dies_at_1, range(4), chunksize=1, retries=1) == [0, 1, 2, 3]
+    runs = sorted((task.index, task.attempt, task.ok) for task in prof.tasks)
+    assert runs == [(0, 1, True), (1, 1, False), (1, 2, True), (2, 1, True), (3, 1, True)]
+    lost = next(task for task in prof.tasks if not task.ok)
+    ahead = [task.finished for task in prof.tasks
+             if task.worker == lost.worker and task.ok and task.started < lost.started]
+    assert lost.started >= max(ahead, default=0) - EPSILON  # not before the task ahead ended
+    for worker in prof.summary().workers:  # none stays busy after its end
+        ended = max(task.finished for task in prof.tasks if task.worker == worker.worker)
+        assert worker.busy <= ended - prof.started + EPSILON
+
+
+def test_workers_replaced_in_the_block_count_only_while_they_were_there(
+        cluster: Cluster) -> None:
+    # All four workers were counted for the whole block: efficiency halved.
+    with cluster.profile() as prof:
+        cluster.par_map(time.sleep, [0.1] * 4, chunksize=1)
+        cluster.restart()
+        cluster.par_map(time.sleep, [0.1] * 4, chunksize=1)
+    summary = prof.summary()
+    assert len(summary.workers) == 4
+    present = sum(w.busy + w.overhead + w.idle for w in summary.workers)
+    assert present <= 2 * summary.wall + EPSILON
+    assert summary.efficiency == pytest.approx(
+        sum(w.busy for w in summary.workers) / present)
+
+
+def test_a_task_running_past_an_inner_block_is_not_in_it_with_or_without_an_outer_one(
+        shared_cluster: Cluster) -> None:
+    for nested in (False, True):
+        with shared_cluster.profile() if nested else contextlib.nullcontext():
+            with shared_cluster.profile() as inner:
+                future = shared_cluster.submit(time.sleep, 0.2)
+            assert future.result() is None
+        assert inner.tasks == [], nested
+
+
 def test_reading_a_profile_before_its_block_ends_is_an_error(shared_cluster: Cluster) -> None:
     with shared_cluster.profile() as prof:
         with pytest.raises(RuntimeError, match="once its `with` block has ended"):
             prof.tasks  # noqa: B018
         assert repr(prof) == "<Profile (recording)>"
+    assert repr(shared_cluster.profile()) == "<Profile (not started)>"
     with pytest.raises(RuntimeError, match="records once"), prof:
         pass
 

@@ -81,6 +81,12 @@ class Profile:
         return dict(self._finished().workers)
 
     @property
+    def windows(self) -> dict[int, tuple[float, float]]:
+        """When each worker could take tasks during the block (it joined, it ended):
+        id -> (from, to), on the master's clock."""
+        return dict(self._finished().windows)
+
+    @property
     def started(self) -> float:
         """When the block began (``time.time()`` on the master)."""
         return self._finished().started
@@ -114,7 +120,9 @@ class Profile:
         return str(self.summary())
 
     def __repr__(self) -> str:
-        if self._recording is None or not self._recording.stopped:
+        if self._recording is None:
+            return "<Profile (not started)>"
+        if not self._recording.stopped:
             return "<Profile (recording)>"
         return f"<Profile: {len(self.tasks)} tasks on {len(self.workers)} workers>"
 

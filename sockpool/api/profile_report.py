@@ -33,8 +33,11 @@ LEGEND_CALLS = 10
 class TaskRecord:
     """One attempt of one task.  Times are ``time.time()`` seconds on the master's clock.
 
-    A task lost with its worker has ``ok`` False and spans from when its chunk
-    was sent to when the loss was noticed.  Tasks are timed in spans of about a
+    A task lost with its worker has ``ok`` False.  Where the worker's progress
+    page tells how far its chunk got, the tasks that ran (those that finished,
+    then the one it died in) share the time from when the chunk was sent to the
+    worker's end, and those that never started have no record there; where it
+    cannot tell, each task spans that whole time.  Tasks are timed in spans of about a
     millisecond at least: a longer task is timed on its own, and consecutive
     short ones share their span's time equally (timing each of 100 000 trivial
     tasks would cost more than running them).  A chunk's bytes are shared
@@ -70,6 +73,8 @@ class Profile(Protocol):
     @property
     def workers(self) -> dict[int, str]: ...
     @property
+    def windows(self) -> dict[int, tuple[float, float]]: ...
+    @property
     def started(self) -> float: ...
 
 
@@ -93,7 +98,8 @@ class Summary:
         wall: seconds from the first chunk handed over to the last task's end.
         workers: each worker's tasks, busy, overhead and idle time, by id.
         serial: the sum of every task's time (what one worker would have taken).
-        efficiency: busy time over workers x wall (1.0: no worker ever waited).
+        efficiency: busy time over the time workers were there to take tasks
+            (1.0: no worker ever waited; a replacement counts from when it was ready).
         speedup: ``serial / wall``.
         slowest: the longest tasks, longest first.
         failed: tasks that failed (or were lost with their worker).
@@ -132,19 +138,24 @@ def summarize(profile: Profile) -> Summary:
     end = max([task.finished for task in tasks]
               + [run.received for run in runs if run.received is not None], default=start)
     wall = max(end - start, 0.0)
-    rows = []
+    rows, available = [], 0.0
+    windows = profile.windows
     for worker, host in sorted(profile.workers.items()):
         own = [task for task in tasks if task.worker == worker]
         busy = _covered((task.started, task.finished) for task in own)
         held = _covered((run.sent, run.received if run.received is not None else end)
                         for run in runs if run.worker == worker)
         held = max(held, busy)
-        rows.append(WorkerTime(worker, host, len(own), busy, held - busy, max(wall - held, 0.0)))
+        # A worker that joined late (a replacement) or ended early was not there to wait.
+        joined, left = windows.get(worker, (start, end))
+        there = max(held, min(left, end) - max(joined, start))
+        available += there
+        rows.append(WorkerTime(worker, host, len(own), busy, held - busy, there - held))
     serial = sum(task.seconds for task in tasks)
     busy_total = sum(row.busy for row in rows)
     slowest = tuple(sorted(tasks, key=lambda task: task.seconds, reverse=True)[:SLOWEST])
     return Summary(wall, tuple(rows), serial,
-                   busy_total / (len(rows) * wall) if rows and wall > 0 else 0.0,
+                   busy_total / available if available > 0 else 0.0,
                    serial / wall if wall > 0 else 0.0, slowest, len(tasks),
                    sum(not task.ok for task in tasks))
 

@@ -134,6 +134,7 @@ class WorkerPool:
     def mark_ready(self, record: WorkerRecord) -> None:
         """A worker connected (and ran the setup): it takes tasks from now on."""
         record.state = WorkerState.READY
+        record.ready_at = time.monotonic()
         self._failed_replacements = 0
         self.scheduler.add_worker(record.id, quota=self.max_tasks)
         with self.state_changed:
@@ -265,6 +266,7 @@ class WorkerPool:
     def _forget(self, record: WorkerRecord, state: WorkerState) -> None:
         was_ready = record.state is WorkerState.READY
         record.state = state
+        record.left_at = record.left_at or time.monotonic()
         if state is not WorkerState.LOST:  # (lost() reads it first, then closes it)
             self._close_progress(record)
         self._unwatch(record)

@@ -12,6 +12,7 @@ offset that :class:`~.clock.ClockSync` measures from the heartbeats.
 from __future__ import annotations
 
 import array
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -34,14 +35,15 @@ class ChunkRun:
     submitted: float  # when the caller handed the chunk over
     sent: float
     bytes_in: int
-    received: float | None = None  # when its RESULT came (None: not yet, or lost)
+    received: float | None = None  # when its RESULT came, or its worker was lost
     bytes_out: int = 0
     #: When its tasks ran, on the master's clock (see TaskTimes): (start, end) per span.
     spans: array.array[float] = field(default_factory=lambda: array.array("d"))
     counts: array.array[int] = field(default_factory=lambda: array.array("I"))
     failed: frozenset[int] = frozenset()  # offsets of the tasks that failed
     cancelled: bool = False
-    lost: bool = False  # with its worker: each task spans from ``sent`` to the loss
+    #: Lost with its worker, how far it got unknown: each task spans the attempt.
+    lost: bool = False
 
 
 @dataclass(eq=False)
@@ -52,7 +54,11 @@ class Recording:
     runs: list[ChunkRun] = field(default_factory=list)
     workers: dict[int, str] = field(default_factory=dict)  # id -> host
     clock_errors: dict[int, float] = field(default_factory=dict)  # id -> bound, seconds
+    #: id -> when the worker could take tasks and when it ended, within the block.
+    windows: dict[int, tuple[float, float]] = field(default_factory=dict)
     stopped: float = 0.0
+    #: The workers seen, until the block ends (a replaced one leaves the pool's table).
+    members: dict[int, WorkerRecord] = field(default_factory=dict)
 
 
 class Profiler:
@@ -61,6 +67,9 @@ class Profiler:
     def __init__(self) -> None:
         self.recordings: list[Recording] = []
         self._open: dict[int, ChunkRun] = {}  # chunk id -> its attempt that is out
+        #: worker id -> when its last answered chunk ended: one sent while it ran that
+        #: waited behind it, so a lost one began no earlier.
+        self._last_end: dict[int, float] = {}
 
     @property
     def active(self) -> bool:
@@ -71,26 +80,35 @@ class Profiler:
         """Begin a recording; ``workers`` are those alive now."""
         recording = Recording(time.time())
         recording.workers.update((record.id, record.host) for record in workers)
+        recording.members.update((record.id, record) for record in workers)
         self.recordings.append(recording)
         return recording
 
     def stop(self, recording: Recording, workers: dict[int, WorkerRecord]) -> None:
-        """End a recording: attempts whose worker is gone by now were lost with it."""
+        """End a recording: attempts whose worker is gone by now were lost with it;
+        those still out are left unfinished in it (another recording may go on)."""
         now = time.time()
         for chunk_id, run in list(self._open.items()):
             record = workers.get(run.worker)
             if record is None or not record.alive:
                 self._close_lost(chunk_id, _wall(record.exited_at) if record and
                                  record.exited_at else now)
+        still_out = set(map(id, self._open.values()))
+        recording.runs = [dataclasses.replace(run) if id(run) in still_out else run
+                          for run in recording.runs]
         recording.stopped = now
-        for worker_id, host in recording.workers.items():
-            record = workers.get(worker_id)
-            if record is not None:
-                recording.clock_errors[worker_id] = record.clock.error
-            recording.workers[worker_id] = record.host if record is not None else host
+        for worker_id, record in recording.members.items():
+            recording.clock_errors[worker_id] = record.clock.error
+            recording.workers[worker_id] = record.host
+            joined = record.ready_at if record.ready_at is not None else time.monotonic()
+            ends = [at for at in (record.left_at, record.exited_at) if at is not None]
+            recording.windows[worker_id] = (max(_wall(joined), recording.started),
+                                            min(_wall(min(ends)), now) if ends else now)
+        recording.members.clear()
         self.recordings.remove(recording)
         if not self.recordings:
             self._open.clear()
+            self._last_end.clear()
 
     def sent(self, chunk: Chunk, record: WorkerRecord, nbytes: int, function: str) -> None:
         """``chunk`` went to ``record``'s worker (``nbytes`` on the wire)."""
@@ -104,6 +122,7 @@ class Profiler:
         for recording in self.recordings:
             recording.runs.append(run)
             recording.workers.setdefault(record.id, record.host)
+            recording.members.setdefault(record.id, record)
 
     def returned(self, chunk: Chunk, record: WorkerRecord, times: TaskTimes | None,
                  nbytes: int, cancelled: bool) -> None:
@@ -119,13 +138,46 @@ class Profiler:
             run.spans = array.array("d", [stamp - offset for stamp in times.spans])
             run.counts = times.counts
             run.failed = frozenset(times.failed)
+        self._last_end[run.worker] = run.spans[-1] if run.spans else run.received
+
+    def lost(self, chunk: Chunk, record: WorkerRecord, ran: tuple[int, int] | None = None
+             ) -> None:
+        """``chunk``'s attempt ended with ``record``'s worker.
+
+        ``ran``: how far it got, as its worker's progress page says (offsets in
+        the chunk): tasks before the first had finished, their results kept; up
+        to the second they were lost (the task it died in, and any whose results
+        died unsent); the rest never started.  None: all of them were lost.
+        """
+        if chunk.id not in self._open:
+            return
+        when = _wall(record.exited_at) if record.exited_at is not None else time.time()
+        if ran is None:
+            self._close_lost(chunk.id, when)
+            return
+        run = self._open.pop(chunk.id)
+        first = run.first_index - chunk.first_index
+        kept, end = ran
+        if end <= first:  # it never started: there is no attempt to show
+            for recording in self.recordings:
+                recording.runs = [other for other in recording.runs if other is not run]
+            return
+        run.count = end - first
+        self._end(run, when)
+        run.failed = frozenset(range(max(kept - first, 0), run.count))
 
     def _close_lost(self, chunk_id: int, when: float) -> None:
         run = self._open.pop(chunk_id)
         run.lost = True
-        run.spans = array.array("d", (run.sent, when))
-        run.counts = array.array("I", [run.count])
+        self._end(run, when)
         run.failed = frozenset(range(run.count))
+
+    def _end(self, run: ChunkRun, when: float) -> None:
+        """A lost attempt's one span: from when it could start to ``when``."""
+        began = max(run.sent, self._last_end.get(run.worker, run.sent))
+        run.received = when
+        run.spans = array.array("d", (min(began, when), max(when, run.sent)))
+        run.counts = array.array("I", [run.count])
 
 
 def _wall(monotonic: float) -> float:

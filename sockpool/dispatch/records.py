@@ -83,12 +83,14 @@ class WorkerRecord:
         self.control_identity = protocol.control_identity(worker_id)
         self.control_ready = False
         self.started_at = time.monotonic()
+        self.ready_at: float | None = None  # when it began to take tasks
         self.last_heard = self.started_at
         self.cached: OrderedDict[bytes, int] = OrderedDict()
         self.cached_bytes = 0
         self.setup_chunk: Chunk | None = None
         self.failure: LaunchError | None = None  # why it could not start, when known
         self.exited_at: float | None = None  # when its process was first seen ended
+        self.left_at: float | None = None  # when the master stopped counting on it
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
         self.retired_at: float | None = None  # when a retiring worker was told to stop
         self.keys: CurveKeys | None = None  # its CURVE keys, when the transport has them

@@ -41,6 +41,7 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
         if (sent := page.previous_result(finished)) is not None:
             _deliver(record, finished, sent, profiler)
         else:
+            profiler.lost(finished, record)
             finished.job.fail(finished, result_lost_error(
                 record, how, tail, finished, finished.resume, finished.count))
     # Told PAGE_READ, it may have started its second chunk before the master had
@@ -51,6 +52,8 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
         if chunk.job.movable:
             chunk.pinned = None
     never_started = queued + pinned
+    for chunk in never_started:
+        profiler.lost(chunk, record, ran=(chunk.resume, chunk.resume))
     for chunk in reversed(never_started):  # back to the front of the queue, untouched
         if chunk.pinned is None:
             scheduler.requeue(chunk)
@@ -70,6 +73,9 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
     if record.progress is not None:
         record.progress.close()
         record.progress = None
+    for chunk in running:
+        if chunk not in measured:
+            profiler.lost(chunk, record)
     for chunk in [c for c in running if c not in measured] + stranded:
         if chunk.pinned is None and chunk.attempts < chunk.job.retries:
             chunk.attempts += 1
@@ -109,6 +115,7 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
     if (sent := progress.sent_result(chunk)) is not None:
         _deliver(record, chunk, sent, profiler)
         return
+    profiler.lost(chunk, record, ran=(progress.kept, progress.end))
     chunk.recovered += [(record.label, kept) for kept in progress.records]
     chunk.resume, start, end = progress.kept, progress.start, progress.end
     if end > chunk.resume and chunk.attempts < chunk.job.retries:
