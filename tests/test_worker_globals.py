@@ -133,6 +133,38 @@ def test_the_masters_new_values_reach_the_worker_unless_the_worker_bound_the_nam
         "[1, 2, 3] 4"]
 
 
+def test_a_global_the_master_deleted_is_gone_for_the_next_function_as_in_the_master(
+        tmp_path: Path) -> None:
+    # The worker kept the master's `max = 10` after `del max`: max(xs) on the
+    # worker raised "'int' object is not callable" (a notebook redefining cells).
+    result = run_script("""
+        from sockpool import Cluster
+
+        max = 10
+        data = [1, 2, 3]
+
+        def uses_both(i):
+            return i + max + len(data)
+
+        def largest(xs):
+            return max(xs)
+
+        def data_or_not(_):
+            try:
+                return data
+            except NameError:
+                return "no data"
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                print(cl.par_map(uses_both, range(2)))
+                del max, data
+                print(cl.par_map(largest, [[1, 5], [2, 3]]), cl.par_map(data_or_not, [0]))
+                print(largest([1, 5]), data_or_not(0))
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["[13, 14]", "[5, 3] ['no data']", "5 no data"]
+
+
 def _main_functions(source: str, module: str = "__main__") -> types.SimpleNamespace:
     """Functions defined as in a script's ``__main__``, or a module the worker cannot
     import (so cloudpickle ships them by value)."""

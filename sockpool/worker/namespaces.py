@@ -16,8 +16,11 @@ initializer, ``setup``, ``run_on_all``, a task) bound the name since the
 master last put it there, or, for a small value, changed it in place while
 the master's stayed as it was (an initializer filling a ``dict``); the
 worker's value then stays, as it would in a ``multiprocessing`` worker.
-What only forgotten functions carried is dropped with them, so that their
-captured data is freed as before.
+A name a function uses that it does not carry was no global of the master's
+when it was sent (deleted since, say): a value the master put there earlier
+is dropped before it runs, so that the name means there what it meant in the
+master (a builtin, or a ``NameError``).  What only forgotten functions carried
+is dropped with them, so that their captured data is freed as before.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from typing import Any
 
 _UNSET = object()
 
-#: What one function carries for one namespace: the namespace and the values by name.
-Carried = tuple[dict[str, Any], dict[str, Any]]
+#: What one function carries for one namespace: the namespace, the values by name, and
+#: the global names it uses that the master did not have.
+Carried = tuple[dict[str, Any], dict[str, Any], frozenset[str]]
 
 
 class SharedGlobals:
@@ -62,11 +66,18 @@ class SharedGlobals:
     def apply(self, digest: bytes) -> None:
         """Put what the function ``digest`` carries in its namespaces, before it runs,
         but for the names bound on this worker since the master last put them."""
-        for namespace, values in self._carried.get(digest, ()):
-            self._set(namespace, values)
+        for namespace, values, absent in self._carried.get(digest, ()):
+            self._set(namespace, values, absent)
 
-    def _set(self, namespace: dict[str, Any], values: dict[str, Any]) -> None:
+    def _set(self, namespace: dict[str, Any], values: dict[str, Any],
+             absent: frozenset[str]) -> None:
         put, as_put = self._put[id(namespace)], self._as_put[id(namespace)]
+        for name in absent:
+            if name not in self._exports and namespace.get(name, _UNSET) is put.get(
+                    name, _UNSET) is not _UNSET:
+                del namespace[name]  # the master's, deleted there since (bound here: stays)
+                del put[name]
+                as_put.pop(name, None)
         for name, value in values.items():
             current = namespace.get(name, _UNSET)
             if current is value or current is not put.get(name, _UNSET):
@@ -93,10 +104,10 @@ class SharedGlobals:
 
     def forget(self, digest: bytes) -> None:
         """Drop what only the function ``digest`` carried, where this worker kept it."""
-        for namespace, values in self._carried.pop(digest, ()):
+        for namespace, values, _ in self._carried.pop(digest, ()):
             put = self._put[id(namespace)]
             still = {name for carried in self._carried.values()
-                     for other, kept in carried if other is namespace for name in kept}
+                     for other, kept, _ in carried if other is namespace for name in kept}
             for name, value in values.items():
                 if name in still or name in self._exports:
                     continue
@@ -132,12 +143,15 @@ class SharedGlobals:
     def function_setstate(self, fn: Any, state: Any) -> None:
         """cloudpickle's ``_function_setstate``, putting the globals it carries by
         :meth:`apply`'s rule (now too: the pickle may call it, a reducer say)."""
+        from cloudpickle import cloudpickle
+
         if self.is_shared(fn.__globals__):
             captured = state[1]["__globals__"]
-            self._loading.append((fn.__globals__, dict(captured)))
-            self._set(fn.__globals__, captured)
+            # cloudpickle carries each global name the code uses that the master had.
+            absent = frozenset(cloudpickle._extract_code_globals(fn.__code__)) - captured.keys()
+            self._loading.append((fn.__globals__, dict(captured), absent))
+            self._set(fn.__globals__, captured, absent)
             captured.clear()
-        from cloudpickle import cloudpickle
 
         cloudpickle._function_setstate(fn, state)
 
