@@ -188,3 +188,36 @@ def test_a_cluster_starts_in_its_cell_and_renders_as_html_with_its_profile(tmp_p
     assert [row[0] for row in rows] == ["0", "1"]
     assert sum(int(row[4]) for row in rows) == 10  # tasks done
     assert all(row[3] == "idle" for row in rows)
+
+
+NOTEBOOK_WARNINGS = [
+    """
+import time, warnings
+import sockpool
+from sockpool import inspect_capture
+sockpool.plan(n=2)
+
+def deprecated_step(i):
+    warnings.warn(f"step {i} is deprecated", DeprecationWarning)
+    time.sleep(0.001)
+    return i
+""",
+    "print(sockpool.par_map(deprecated_step, range(2)))",
+    "inspect_capture(deprecated_step)",
+    "sockpool.plan('sequential')",
+]
+
+
+def test_a_tasks_deprecation_warning_shows_in_the_cell_as_the_kernels_own_does(
+        tmp_path: Path) -> None:
+    # IPython shows DeprecationWarnings from __main__ (the cells); a task's was
+    # re-issued as coming from a module named after the cell's file, and hidden.
+    outputs = run_cells(NOTEBOOK_WARNINGS, tmp_path)
+    text = stream_text(outputs[1])
+    assert "[0, 1]" in text
+    assert "DeprecationWarning: step 0 is deprecated" in text
+    assert "DeprecationWarning: step 1 is deprecated" in text
+    # The capture report names the module the worker imports, as its text does.
+    (report,) = outputs[2]
+    assert "modules imported on the worker: time" in report["data"]["text/plain"]
+    assert "<td>time</td>" in report["data"]["text/html"]

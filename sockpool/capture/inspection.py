@@ -174,11 +174,16 @@ class CaptureReport:
             f"<tr><td><code>{html.escape(e.name)}</code></td><td>{html.escape(e.type)}</td>"
             f"<td style='text-align:right'>{format_bytes(e.nbytes)}</td></tr>"
             for e in self.entries)
-        by_value = ", ".join(self.modules_by_value) or "none"
         total = format_bytes(self.total_bytes)
-        return (f"<p><b>{html.escape(self.function)}</b> carries {total}</p>"
-                f"<table><tr><th>name</th><th>type</th><th>size</th></tr>{rows}</table>"
-                f"<p>modules shipped by value: {html.escape(by_value)}</p>")
+        parts = [f"<p><b>{html.escape(self.function)}</b> carries {total}</p>",
+                 f"<table><tr><th>name</th><th>type</th><th>size</th></tr>{rows}</table>"
+                 if rows else "<p>(nothing: it travels by name)</p>"]
+        for label, modules in (("modules shipped by value", self.modules_by_value),
+                               ("modules imported on the worker", self.modules_by_reference)):
+            if modules:
+                cells = "".join(f"<td>{html.escape(name)}</td>" for name in modules)
+                parts.append(f"<p>{label}:</p><table><tr>{cells}</tr></table>")
+        return "".join(parts)
 
 
 def _pickled_size(value: Any, serializer: str) -> int:

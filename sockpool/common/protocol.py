@@ -88,7 +88,8 @@ Batch = list[tuple[int, Any]]
 STDOUT = 0
 #: Text written to ``sys.stderr``, likewise.
 STDERR = 1
-#: A warning: ``(message, category, filename, lineno)``.
+#: A warning: ``(message, category, filename, lineno, module)``; module: the ``__name__``
+#: it came from, as the filters see it (None where the worker could not tell).
 WARNING = 2
 #: A log record, as the dict of fields ``logging.makeLogRecord`` rebuilds it from.
 RECORD = 3

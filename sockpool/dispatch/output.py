@@ -42,12 +42,13 @@ def emit(batches: list[Batch], prefix: str = "") -> None:
                 elif kind == STDERR:
                     _write(sys.stderr, value, prefix)
                 elif kind == WARNING:
-                    message, category, filename, lineno = value
+                    message, category, filename, lineno, module = value
                     # A registry per file makes "default"/"once" filters behave as
                     # they would if the code had run here.
                     registry = _registries.setdefault(filename, {})
                     warnings.warn_explicit(message, category, filename, lineno,
-                                           module=_module_of(filename), registry=registry)
+                                           module=module or _module_of(filename),
+                                           registry=registry)
                 elif kind == RECORD:
                     logger = logging.getLogger(value["name"])
                     if logger.isEnabledFor(value["levelno"]):

@@ -28,6 +28,7 @@ import logging
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -216,7 +217,7 @@ class WorkerRelay:
 
     def _warning(self, message: Any, category: type[Warning], filename: str, lineno: int,
                  file: Any = None, line: str | None = None) -> None:
-        self._add(WARNING, (str(message), category, filename, lineno))
+        self._add(WARNING, (str(message), category, filename, lineno, _module_of(filename)))
         self.maybe_flush()
 
     def maybe_flush(self, force: bool = False) -> None:
@@ -237,6 +238,19 @@ class WorkerRelay:
         batch, self._events = self._events, []
         self._chars = 0
         return batch
+
+
+def _module_of(filename: str) -> str | None:
+    """The module the warning came from, as ``warnings.warn`` named it for the filters
+    (the ``__name__`` of the innermost caller in ``filename``: ``"__main__"`` for a
+    function from your script or a notebook's cell); None if no frame is in that file."""
+    frame: types.FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename == filename:
+            name = frame.f_globals.get("__name__")
+            return name if isinstance(name, str) else None
+        frame = frame.f_back
+    return None
 
 
 def _exception_text(record: logging.LogRecord) -> str | None:
