@@ -152,6 +152,30 @@ def test_loopback_aliases_and_localhost_mix_in_one_cluster(testbed: Testbed) -> 
 def test_n_and_hosts_together_add_local_workers(testbed: Testbed) -> None:
     with Cluster(2, hosts={"node1": 1}, python=PYTHON) as cl:
         assert sorted(w.host for w in cl.workers) == ["localhost", "localhost", "node1"]
+    # Beside a "localhost" of hosts= too: that waited out connect_timeout for a
+    # worker the launcher had no slot for.
+    started = time.monotonic()
+    with Cluster(1, hosts=["node1", "localhost"], python=PYTHON, connect_timeout=20) as cl:
+        assert sorted(w.host for w in cl.workers) == ["localhost", "localhost", "node1"]
+    assert time.monotonic() - started < 10
+
+
+def test_a_host_given_by_name_and_as_an_ssh_host_adds_up() -> None:
+    from sockpool.launchers.ssh_hosts import parse_hosts
+
+    (host,) = parse_hosts(["node1", SSHHost("node1", workers=2, python="/opt/py")])
+    assert (host.destination, host.workers, host.python) == ("node1", 3, "/opt/py")
+    with pytest.raises(ValueError, match="'node1' is given as an SSHHost twice"):
+        parse_hosts([SSHHost("node1"), SSHHost("node1", workers=2)])
+
+
+def test_an_ssh_launcher_serves_one_cluster_after_another(testbed: Testbed) -> None:
+    # The second cluster found the first one's closed sessions and started nothing.
+    launcher = SSHLauncher(["node1", "node2"], python=PYTHON)
+    for round_ in range(2):
+        with Cluster(launcher=launcher, connect_timeout=20) as cl:
+            assert sorted(w.host for w in cl.workers) == ["node1", "node2"], round_
+            assert cl.par_map(abs, [-1, -2]) == [1, 2]
 
 
 def test_one_ssh_connection_starts_all_of_a_hosts_workers(namespace_hosts: Testbed) -> None:

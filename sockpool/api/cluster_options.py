@@ -64,11 +64,19 @@ def choose_launcher(
             raise ValueError("tunnel= and listen= apply to remote hosts; give hosts= too")
         count = n if n is not None else detect_cores()
         return LocalLauncher(python=python, env=env), count
-    from ..launchers.ssh_hosts import SSHHost, parse_hosts  # here: local clusters need neither
+    from ..launchers.ssh_hosts import (  # here: local clusters need none of them
+        SSHHost,
+        add_workers,
+        parse_hosts,
+    )
 
     parsed = parse_hosts(hosts)
-    if n is not None:
-        parsed.append(SSHHost("localhost", workers=n))
+    if n is not None:  # n more local workers, beside any "localhost" of hosts=
+        local = [i for i, host in enumerate(parsed) if host.is_local]
+        if local:
+            parsed[local[0]] = add_workers(parsed[local[0]], n)
+        else:
+            parsed.append(SSHHost("localhost", workers=n))
     if not parsed:
         raise ValueError("a cluster needs at least one worker; hosts= is empty")
     total = sum(host.workers for host in parsed)

@@ -241,6 +241,11 @@ class SSHLauncher(Launcher):
             closer.start()
         for closer in closers:
             closer.join()
+        # The next cluster on this launcher starts afresh: its own sessions and addresses.
+        self.sessions.clear()
+        self.slots = [(host, None) for host, _ in self.slots]
+        self._addresses.clear()
+        self._tunnels.clear()
 
     def describe(self) -> str:
         names = ", ".join(host.destination for host in self.hosts)

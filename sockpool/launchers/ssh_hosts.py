@@ -10,7 +10,7 @@ import re
 import socket
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 _DESTINATION = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]\s]+\]|[^:@\s]+)"
@@ -87,14 +87,23 @@ def parse_hosts(hosts: Iterable[str | SSHHost] | Mapping[str, int | SSHHost]) ->
     counts: dict[str, int] = {}
     for entry in hosts:
         if isinstance(entry, SSHHost):
+            if entry.destination in found:
+                raise ValueError(f"host {entry.destination!r} is given as an SSHHost twice; "
+                                 "give it once, with all its workers (workers=)")
             found[entry.destination] = entry
             continue
         if not isinstance(entry, str):
             raise TypeError(f"a host must be a name, not {type(entry).__name__}")
         counts[entry] = counts.get(entry, 0) + 1
-    for name, count in counts.items():
-        found[name] = SSHHost(name, workers=count)
+    for name, count in counts.items():  # a name also given as an SSHHost adds workers to it
+        found[name] = add_workers(found[name], count) if name in found else SSHHost(
+            name, workers=count)
     return list(found.values())
+
+
+def add_workers(host: SSHHost, count: int) -> SSHHost:
+    """``host`` with ``count`` more workers."""
+    return replace(host, workers=host.workers + count)
 
 
 def ssh_settings(ssh: str, ssh_args: Sequence[str]) -> dict[str, str]:
