@@ -92,7 +92,8 @@ class LaunchError(SockpoolError):
 
 
 class NoWorkersLeftError(LaunchError, ClusterClosedError):
-    """No worker is left and replacements failed to start: the cluster takes no more work.
+    """No worker is left and none can replace them (replacements failed to start, or the
+    launcher has nowhere left to start one): the cluster takes no more work.
 
     Raised by every call made after that (and by the tasks that were waiting),
     whichever path noticed it.  It is a :class:`LaunchError` (workers could not

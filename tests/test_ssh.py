@@ -32,6 +32,7 @@ from helpers import (
 )
 from testbed import Testbed
 
+import sockpool
 from sockpool import Cluster, LaunchError, SSHHost, SSHLauncher, WorkerLostError
 
 pytestmark = pytest.mark.timeout(120)
@@ -278,6 +279,43 @@ def test_ssh_link_dropping_ends_remote_workers_and_is_a_lost_worker(
             psutil.Process(victim.pid).status() == psutil.STATUS_ZOMBIE)
         assert [w.host for w in cl.workers] == ["sp-n2"]  # a gone host gets no replacement
         cl.close()
+
+
+def test_when_the_last_hosts_go_their_running_tasks_are_lost_workers_not_no_workers_left(
+        testbed: Testbed, tmp_path: Path) -> None:
+    # The tasks running when the last sessions ended failed with NoWorkersLeftError
+    # ("replacements failed to start"), which `except WorkerLostError` misses.
+    def slow(x: int) -> int:
+        (tmp_path / f"started-{x}").touch()
+        time.sleep(0.5)
+        return x
+
+    with Cluster(hosts=["node1", "node2"], python=PYTHON) as cl:
+        launcher = cl._dispatcher.launcher
+        assert isinstance(launcher, SSHLauncher)
+
+        def cut_when_tasks_4_and_6_run() -> None:
+            deadline = time.monotonic() + 20
+            while not all((tmp_path / f"started-{x}").exists() for x in (4, 6)):
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
+            for session in launcher.sessions.values():
+                os.kill(session.pid, signal.SIGKILL)
+
+        cutter = threading.Thread(target=cut_when_tasks_4_and_6_run)
+        cutter.start()
+        results = cl.par_map(slow, range(8), chunksize=2, errors="return")
+        cutter.join()
+    assert results[:4] == [0, 1, 2, 3]
+    for x, result in enumerate(results[4:], 4):
+        if (tmp_path / f"started-{x}").exists():  # it ran when its session ended
+            assert isinstance(result, WorkerLostError), (x, result)
+            assert "ssh session to node" in str(result)
+        else:  # never started: no worker was left to run it
+            assert isinstance(result, sockpool.NoWorkersLeftError), (x, result)
+            assert "ssh to node1, node2 has nowhere left to start one" in str(result)
+    assert {x for x in range(4, 8) if isinstance(results[x], WorkerLostError)} >= {4, 6}
 
 
 def _cut_mid_map(bed: Testbed, cluster: Cluster, retries: int) -> tuple[object, float]:

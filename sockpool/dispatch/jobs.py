@@ -47,6 +47,10 @@ class WorkerLabel(NamedTuple):
         return f"worker {self.worker_id} (pid {self.pid} on {self.host})"
 
 
+#: The label of a chunk delivered with no RESULT of its own (see :meth:`Job.fail`).
+NOBODY = WorkerLabel(-1, "", 0)
+
+
 @dataclass(eq=False)
 class Chunk:
     """A run of consecutive tasks of one job, sent to one worker as one message."""
@@ -129,7 +133,18 @@ class Job:
             self.deliver(*self._held.pop(0))
 
     def fail(self, chunk: Chunk, error: BaseException) -> None:
-        """``chunk`` cannot complete (worker lost, cluster closed)."""
+        """``chunk`` cannot complete (worker lost, cluster closed): its tasks fail with
+        ``error``, but for those settled when a worker died running it before, whose
+        kept results and own errors are delivered as they are."""
+        if not (chunk.settled or chunk.recovered):
+            self._fail(chunk, error)
+            return
+        chunk.settled.append((chunk.resume, chunk.count, error))
+        chunk.resume = chunk.count
+        self.deliver(chunk, chunk.recovered[-1][0] if chunk.recovered else NOBODY, None)
+
+    def _fail(self, chunk: Chunk, error: BaseException) -> None:
+        """Every task of ``chunk`` failed with ``error``."""
         raise NotImplementedError
 
     def dropped(self, chunk: Chunk) -> None:
@@ -244,7 +259,7 @@ class StreamJob(Job):
         if held:
             self.events.put(list(held))
 
-    def fail(self, chunk: Chunk, error: BaseException) -> None:
+    def _fail(self, chunk: Chunk, error: BaseException) -> None:
         self._tell((chunk, None, error))
 
     def dropped(self, chunk: Chunk) -> None:
@@ -310,7 +325,7 @@ class FutureJob(Job):
         else:
             self._settle(value=values[0])
 
-    def fail(self, chunk: Chunk, error: BaseException) -> None:
+    def _fail(self, chunk: Chunk, error: BaseException) -> None:
         self._settle(error=error)
 
     def dropped(self, chunk: Chunk) -> None:

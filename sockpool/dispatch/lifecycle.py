@@ -11,7 +11,7 @@
 ``OPEN`` takes work.  ``DRAINING`` (``shutdown(wait=...)``) takes nothing new and
 finishes what it has.  ``STOPPING`` has told the workers to stop and waits for
 them to exit.  ``CLOSED`` is final: every worker is gone.  ``BROKEN`` takes no
-work because no worker is left and replacements failed to start; its
+work because no worker is left and none can be replaced; its
 :attr:`Lifecycle.error` says why.  Any thread may read the state; the caller's
 thread makes the transitions a user asks for (so that ``submit`` after
 ``shutdown`` fails at once), the I/O thread the others.

@@ -359,12 +359,14 @@ class WorkerPool:
         """Start a replacement, unless starting them keeps failing; give up with no worker left."""
         if not self.lifecycle.wants_workers:
             return
-        if self._failed_replacements < MAX_FAILED_REPLACEMENTS and self.launch() is not None:
+        gave_up = self._failed_replacements >= MAX_FAILED_REPLACEMENTS
+        if not gave_up and self.launch() is not None:
             return
         if not any(record.alive for record in self.workers.values()):
-            error = NoWorkersLeftError(
-                f"no worker is left and replacements failed to start; last: {last_loss}",
-                stderr_tail=tail)
+            why = ("replacements failed to start" if gave_up or self._failed_replacements
+                   else f"{self.launcher.describe()} has nowhere left to start one")
+            error = NoWorkersLeftError(f"no worker is left and {why}; last: {last_loss}",
+                                       stderr_tail=tail)
             self.lifecycle.break_down(error)
             self.fail_all(error)
 
