@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -130,6 +131,20 @@ def test_max_tasks_per_worker_replaces_workers_and_runs_each_task_once(tmp_path:
         assert _wait_for(lambda: cl.n_workers == 2 and len(cl.workers) == 2)
         assert cl.submit(abs, -1).result(timeout=30) == 1
     assert not psutil_children()
+
+
+def test_run_on_all_while_workers_are_recycled_runs_once_per_worker(tmp_path: Path) -> None:
+    # A worker told to stop (its quota done) was still counted live: run_on_all
+    # pinned a call to it that no worker would ever run, and hung.
+    with Cluster(n=2, max_tasks_per_worker=1) as cl:
+        for _ in range(6):
+            cl.par_map(abs, range(2), chunksize=1)  # both retire
+            pool = concurrent.futures.ThreadPoolExecutor(1)
+            try:
+                pids = pool.submit(cl.run_on_all, os.getpid).result(timeout=30)
+            finally:
+                pool.shutdown(wait=False)
+            assert len(pids) == 2 and len(set(pids)) == 2
 
 
 def _wait_for(condition: Callable[[], bool], seconds: float = 30) -> bool:

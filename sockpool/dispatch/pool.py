@@ -457,5 +457,6 @@ class WorkerPool:
     # -- questions -------------------------------------------------------------------------
 
     def live_ids(self) -> list[int]:
-        """Ids of the workers alive (ready or starting), in order."""
-        return sorted(r.id for r in self.workers.values() if r.alive)
+        """Ids of the workers alive (ready or starting), in order; not those told to stop
+        (a recycled worker's replacement is among them already)."""
+        return sorted(r.id for r in self.workers.values() if r.alive and r.retired_at is None)
