@@ -48,6 +48,17 @@ def test_a_task_past_its_timeout_fails_and_its_worker_is_replaced(cluster: Clust
         list(cluster.imap(nap, [30], timeout=0.5))
 
 
+def test_a_static_schedule_times_each_task_alone(cluster: Cluster) -> None:
+    # One chunk per worker was timed as a whole: the task that finished first
+    # failed with the slow one, after timeout x tasks.
+    started = time.monotonic()
+    results = cluster.par_map(nap, [0.1, 30, 0.2, 0.3], timeout=1.0, schedule="static",
+                              errors="return")
+    assert time.monotonic() - started < 4
+    assert [results[i] for i in (0, 2, 3)] == [0.1, 0.2, 0.3]
+    assert isinstance(results[1], TaskTimeoutError)
+
+
 def test_a_timeout_stops_even_a_task_that_holds_the_gil_and_ignores_signals(
         cluster: Cluster) -> None:
     started = time.monotonic()
@@ -73,6 +84,9 @@ def test_bad_timeouts_are_refused(shared_cluster: Cluster) -> None:
     for bad in (0, -1, "1", True):
         with pytest.raises(ValueError, match="timeout"):
             shared_cluster.par_map(abs, [1], timeout=bad)  # type: ignore[arg-type]
+    for call in (shared_cluster.par_map, shared_cluster.imap):
+        with pytest.raises(ValueError, match="chunksize=4 cannot be given with timeout="):
+            call(abs, [1], timeout=1, chunksize=4)
 
 
 def test_close_is_bounded_even_when_a_worker_ignores_every_signal() -> None:

@@ -133,7 +133,11 @@ def test_bad_map_options_are_named(options: dict[str, object], named: str) -> No
 def test_chunk_sizes() -> None:
     assert MapOptions().chunk_size(100, 2) == 13  # about four chunks per worker
     assert MapOptions(timeout=1.0).chunk_size(100, 2) == 1
-    assert MapOptions(chunksize=7, timeout=1.0).chunk_size(100, 2) == 7
+    assert MapOptions(chunksize=1, timeout=1.0).chunk_size(100, 2) == 1
+    # A time limit is per task: a chunk of several would time them together (the
+    # finished ones' results lost, the unstarted ones failed as timed out).
+    with pytest.raises(ValueError, match="chunksize=7 cannot be given with timeout="):
+        MapOptions(chunksize=7, timeout=1.0)
     assert MapOptions().lazy_chunk_size is None  # grown from measured task times
     assert MapOptions(timeout=2).lazy_chunk_size == 1
 

@@ -44,6 +44,10 @@ class MapOptions:
         if self.errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', not {self.errors!r}")
         check_timeout(timeout)
+        if timeout is not None and chunksize not in (None, 1):
+            raise ValueError(
+                f"chunksize={chunksize} cannot be given with timeout=: a time limit applies "
+                "to each task, and a timed task runs in a chunk of its own (leave chunksize out)")
         if self.schedule not in ("dynamic", "static"):
             raise ValueError(f"schedule must be 'dynamic' or 'static', not {self.schedule!r}")
         if self.seed is not None:
@@ -55,12 +59,12 @@ class MapOptions:
         return flags | Flag.STOP_ON_ERROR if self.errors == "raise" else flags
 
     def chunk_size(self, n_items: int, n_workers: int) -> int:
-        """Tasks per chunk of a list: as given; one with a time limit; else about four
+        """Tasks per chunk of a list: one with a time limit; as given; else about four
         chunks per worker (``multiprocessing.Pool``'s rule)."""
-        if self.chunksize is not None:
-            return self.chunksize
         if self.timeout:
             return 1
+        if self.chunksize is not None:
+            return self.chunksize
         return max(1, math.ceil(n_items / (4 * max(1, n_workers))))
 
     @property

@@ -52,10 +52,11 @@ def eager_chunks(job: StreamJob, items: Sequence[Any], chunksize: int, packer: P
 
 def static_chunks(job: StreamJob, items: Sequence[Any], workers: list[int],
                   chunksize: int | None, packer: Packer) -> list[Chunk]:
-    """Contiguous equal chunks (one per worker unless ``chunksize``) pinned round-robin
-    to the workers, in id order, as R's ``parLapply`` does: the assignment itself is
-    deterministic.  A chunk whose worker is lost may move to another."""
-    size = chunksize or math.ceil(len(items) / len(workers))
+    """Contiguous equal chunks (one per worker unless ``chunksize``; one per task with
+    a time limit) pinned round-robin to the workers, in id order, as R's ``parLapply``
+    does: the assignment itself is deterministic.  A chunk whose worker is lost may
+    move to another."""
+    size = chunksize or (1 if job.timeout else math.ceil(len(items) / len(workers)))
     chunks = eager_chunks(job, items, size, packer)
     for position, chunk in enumerate(chunks):
         chunk.pinned = workers[position % len(workers)]
