@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import master_program, run_script, wait_gone
 
@@ -186,6 +187,20 @@ def test_bad_constructor_arguments() -> None:
         Cluster(n=1, setup=5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="threads_per_worker"):
         Cluster(n=1, threads_per_worker=0)
+    # Each named, before any worker starts (these were accepted, or raised a bare
+    # comparison TypeError, or failed in the worker):
+    before = {child.pid for child in psutil.Process().children()}
+    for options, named in [
+            ({"heartbeat_timeout": 0}, "heartbeat_timeout must be a positive number"),
+            ({"connect_timeout": "10"}, "connect_timeout must be a positive number"),
+            ({"connect_timeout": None}, "connect_timeout must be a positive number"),
+            ({"heartbeat_interval": "1"}, "heartbeat_interval must be a positive number"),
+            ({"log_level": "bogus"}, "log_level must be a logging level")]:
+        with pytest.raises(ValueError, match=named):
+            Cluster(n=1, **options)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"env\['A'\] is 1 \(int\)"):
+        Cluster(n=1, env={"A": 1})  # type: ignore[dict-item]
+    assert {child.pid for child in psutil.Process().children()} <= before
 
 
 @pytest.mark.filterwarnings(OVERSUBSCRIBED)

@@ -277,6 +277,8 @@ def test_restart_retries_the_running_task_when_asked(tmp_path: Path) -> None:
     ({"max_worker_memory": "lots"}, "max_worker_memory"),
     ({"max_worker_memory": 0}, "max_worker_memory"),
     ({"max_worker_memory": "-2GB"}, "max_worker_memory"),
+    ({"max_worker_memory": "0.5"}, "max_worker_memory"),  # was a limit of 0 bytes
+    ({"max_worker_memory": "1.5"}, "max_worker_memory"),  # was 1 byte
 ])
 def test_bad_recycling_options_fail_before_any_worker_starts(options: dict[str, object],
                                                              named: str) -> None:

@@ -89,8 +89,8 @@ class Cluster(concurrent.futures.Executor):
             input order when it finishes, ``"live"`` line by line as it is
             written, ``False`` leaves it in the worker (for raw speed).
         relay_prefix: start each relayed line with ``[worker N] ``.
-        log_level: the lowest level of worker log records relayed (default:
-            the effective level of this process's root logger now).
+        log_level: the lowest level of worker log records relayed, as a number or a
+            name (default: the effective level of this process's root logger now).
         transport: how local workers reach the master: ``"ipc"``, a socket in a
             private 0700 directory (default, faster), or ``"tcp"``, loopback
             TCP encrypted and authenticated with CURVE, a key per worker (see
@@ -133,7 +133,7 @@ class Cluster(concurrent.futures.Executor):
         max_capture_size: int | None = DEFAULT_MAX_CAPTURE_SIZE,
         relay: bool | str = True,
         relay_prefix: bool = False,
-        log_level: int | None = None,
+        log_level: int | str | None = None,
         transport: str = "ipc",
         max_message_size: int = DEFAULT_MAX_FRAME_BYTES,
         connect_timeout: float = 60.0,
@@ -146,13 +146,13 @@ class Cluster(concurrent.futures.Executor):
         launcher, n_workers, wait_for = choose_workers(
             n, hosts, launcher, python=python, env=env, threads_per_worker=threads_per_worker,
             tunnel=tunnel, listen=listen, min_workers=min_workers, wait_for=wait_for)
-        max_memory = check_cluster_options(
+        max_memory, level = check_cluster_options(
             setup=setup, threads_per_worker=threads_per_worker, connect_timeout=connect_timeout,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout, seed=seed,
             max_message_size=max_message_size, relay=relay, prefetch=prefetch,
             max_tasks_per_worker=max_tasks_per_worker, serializer=serializer,
             max_capture_size=max_capture_size, transport=transport,
-            max_worker_memory=max_worker_memory)
+            max_worker_memory=max_worker_memory, log_level=log_level)
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self.owner_pid = os.getpid()
         self._seeds = CallSeeds(seed)
@@ -163,7 +163,7 @@ class Cluster(concurrent.futures.Executor):
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             connect_timeout=connect_timeout, prefetch=prefetch, relay_prefix=relay_prefix,
             transport=transport, max_frame_bytes=max_message_size,
-            log_level=logging.getLogger().getEffectiveLevel() if log_level is None else log_level,
+            log_level=logging.getLogger().getEffectiveLevel() if level is None else level,
             max_tasks_per_worker=max_tasks_per_worker, max_worker_memory=max_memory)
         self._dispatcher = self._calls.dispatcher
         self._finalizer = watch(self, self._dispatcher,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import re
 import sys
@@ -165,6 +166,15 @@ def _caller_level() -> int:
 
 
 def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:
+    """The workers' extra environment: ``threads`` for the thread pools' variables, then
+    ``env`` (checked: names and values must be strings)."""
+    if env is not None and not isinstance(env, Mapping):
+        raise TypeError(f"env must be a dict of variable names to strings, "
+                        f"not {type(env).__name__}")
+    for name, value in (env or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"env must map variable names to strings; env[{name!r}] is "
+                            f"{value!r} ({type(value).__name__})")
     worker_env: dict[str, str] = {}
     if threads is not None:
         for name in THREAD_VARIABLES:
@@ -188,12 +198,28 @@ def memory_bytes(value: int | str | None, name: str = "max_worker_memory") -> in
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     found = _MEMORY.fullmatch(value) if isinstance(value, str) else None
-    if found is None or float(found.group(1)) <= 0:
+    number, unit, binary = found.groups() if found is not None else ("0", "", "")
+    base = 1024 if binary else 1000
+    size = float(number) * base ** " kmgt".index(unit.lower() or " ")
+    if size < 1 or (not unit and not number.isdigit()):  # "0.5": half a byte is no limit
         raise ValueError(f"{name} must be a positive number of bytes or a size such as "
                          f"'2GB' or '512MiB', not {value!r}")
-    number, unit, binary = found.groups()
-    base = 1024 if binary else 1000
-    return int(float(number) * base ** " kmgt".index(unit.lower() or " "))
+    return int(size)
+
+
+def log_level_number(level: int | str | None) -> int | None:
+    """``log_level`` as a number (``"INFO"`` -> 20); None stays None.
+
+    Raises:
+        ValueError: not a logging level.
+    """
+    if level is None or (isinstance(level, int) and not isinstance(level, bool)):
+        return level
+    number = logging.getLevelName(level.upper()) if isinstance(level, str) else None
+    if not isinstance(number, int):
+        raise ValueError(f"log_level must be a logging level such as logging.INFO or 'INFO', "
+                         f"not {level!r}")
+    return number
 
 
 def check_cluster_options(
@@ -212,9 +238,10 @@ def check_cluster_options(
     max_capture_size: int | None,
     transport: str,
     max_worker_memory: int | str | None = None,
-) -> int | None:
+    log_level: int | str | None = None,
+) -> tuple[int | None, int | None]:
     """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option;
-    return ``max_worker_memory`` in bytes."""
+    return ``max_worker_memory`` in bytes and ``log_level`` as a number."""
     if max_tasks_per_worker is not None and (
             isinstance(max_tasks_per_worker, bool) or not isinstance(max_tasks_per_worker, int)
             or max_tasks_per_worker < 1):
@@ -229,9 +256,10 @@ def check_cluster_options(
                          f"not {threads_per_worker!r}")
     for name, value in (("connect_timeout", connect_timeout),
                         ("heartbeat_interval", heartbeat_interval),
-                        ("heartbeat_timeout", heartbeat_timeout or 1.0)):
-        if not value > 0:
-            raise ValueError(f"{name} must be positive, not {value!r}")
+                        ("heartbeat_timeout", 1.0 if heartbeat_timeout is None
+                         else heartbeat_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
     if seed is not None:
         check_seed(seed)
     if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) or (
@@ -245,4 +273,4 @@ def check_cluster_options(
     check_serializer(serializer)
     check_max_capture_size(max_capture_size)
     check_transport(transport)
-    return memory_bytes(max_worker_memory)
+    return memory_bytes(max_worker_memory), log_level_number(log_level)
