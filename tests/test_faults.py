@@ -100,6 +100,21 @@ def test_close_is_bounded_even_when_a_worker_ignores_every_signal() -> None:
     assert wait_gone([pid], 2) == []
 
 
+def test_a_worker_whose_connection_broke_as_it_died_is_described_by_how_it_died(
+        cluster: Cluster) -> None:
+    # A TASK sent as the worker died fails on its closed connection: it was then
+    # "lost (its connection is gone)", now how its process ended (1 run in 12 of a
+    # map whose task killed its worker, depending on which the I/O thread saw first).
+    pool = cluster._dispatcher.pool
+    dying, live = (pool.workers[worker.id] for worker in cluster.workers)
+    os.kill(dying.pid, signal.SIGKILL)
+    reason = cluster._dispatcher.mailbox.ask(pool.unreachable, dying)
+    assert reason.startswith("killed by SIGKILL"), reason
+    # A live one whose connection broke cannot be trusted: it is ended.
+    assert cluster._dispatcher.mailbox.ask(pool.unreachable, live) == "its connection is gone"
+    assert wait_gone([live.pid], 5) == []
+
+
 def test_a_segfault_is_a_lost_worker_whose_replacement_has_setup_and_exports() -> None:
     def setup() -> None:
         os.environ["SETUP_DONE"] = "yes"

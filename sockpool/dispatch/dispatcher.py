@@ -406,8 +406,7 @@ class Dispatcher:
             self.scheduler.requeue(chunk)
             record = self.pool.workers[worker_id]
             if record.state is WorkerState.READY:
-                record.process.kill()
-                self.pool.lost(record, "its connection is gone")
+                self.pool.lost(record, self.pool.unreachable(record))
 
     def _send_chunk(self, record: WorkerRecord, chunk: Chunk) -> bool:
         job = chunk.job

@@ -30,9 +30,13 @@ from .records import (
     lost_error,
 )
 from .scheduler import Scheduler
-from .settling import settle_lost
+from .settling import settle_lost, wait_for_end
 from .sharing import SharedTransfers
 from .transport import MasterSocket
+
+#: How long a worker whose connection broke gets to be seen ended (its process closes
+#: its sockets a moment before it can be reaped) before it counts as cut off.
+DYING_SECONDS = 0.1
 
 #: The states of a worker the master sends heartbeats to.
 _BEATING = (WorkerState.SETUP, WorkerState.READY, WorkerState.RETIRING)
@@ -348,6 +352,18 @@ class WorkerPool:
                                      or launch_error(record, how, tail))
         settle_lost(record, held, pinned, how, tail, self.scheduler, self.profiler)
         self._replace(f"worker {record.id} {how}", tail)
+
+    @staticmethod
+    def unreachable(record: WorkerRecord) -> str:
+        """Why a worker's connection refused a message: how its process ended, where it
+        is ending (a worker that died drops its connection first); else it is killed."""
+        pidfd = record.process.fileno()
+        if pidfd is not None and record.process.poll() is None:
+            wait_for_end(pidfd, DYING_SECONDS)
+        if record.process.poll() is not None:
+            return record.process.exit_status()
+        record.process.kill()
+        return "its connection is gone"
 
     @staticmethod
     def _close_progress(record: WorkerRecord) -> None:

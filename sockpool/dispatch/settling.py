@@ -33,7 +33,7 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
     if record.progress is None:  # a remote worker's host may have read it for us
         record.progress = ProgressPage.reported(record.process)
     elif held and pidfd is not None and record.process.poll() is None:  # just killed
-        _wait_for_end(pidfd)
+        wait_for_end(pidfd)
     # Read only once the process is gone (one just killed may still move on).
     page = record.progress if record.process.poll() is not None else None
     if page is not None and held and page.previous_chunk() == held[0].id:
@@ -86,12 +86,12 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
             chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
 
 
-def _wait_for_end(pidfd: int) -> None:
-    """Wait, at most :data:`REAP_SECONDS`, for a killed process's pidfd to say it ended
-    (``select.poll``: a pidfd may be numbered past ``select.select``'s 1023)."""
+def wait_for_end(pidfd: int, seconds: float = REAP_SECONDS) -> None:
+    """Wait, at most ``seconds``, for a process's pidfd to say it ended (``select.poll``:
+    a pidfd may be numbered past ``select.select``'s 1023)."""
     waiter = select.poll()
     waiter.register(pidfd, select.POLLIN)
-    waiter.poll(REAP_SECONDS * 1000)
+    waiter.poll(seconds * 1000)
 
 
 def _deliver(record: WorkerRecord, chunk: Chunk, sent: SentResult, profiler: Profiler) -> None:
