@@ -67,6 +67,13 @@ def test_bad_launcher_options_fail_at_once() -> None:
         SlurmLauncher(setup_lines="module load python")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"template= must contain \{command\}"):
         SlurmLauncher(template="{directives}")
+    # These rendered --array=0-1%-1 (which Slurm took), dropped the throttle, or
+    # rendered --array=0--1:
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_running must be a positive integer"):
+            SlurmLauncher(max_running=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_script needs a positive number of workers"):
+        SlurmLauncher().batch_script(0)
 
 
 def test_batch_script_previews_before_any_cluster_and_creates_nothing(tmp_path: Path) -> None:

@@ -153,6 +153,10 @@ class SlurmLauncher(Launcher):
                 cpus_per_worker < 1):
             raise ValueError(f"cpus_per_worker must be a positive integer, "
                              f"not {cpus_per_worker!r}")
+        if max_running is not None and (isinstance(max_running, bool) or not isinstance(
+                max_running, int) or max_running < 1):
+            raise ValueError(f"max_running must be a positive integer or None, "
+                             f"not {max_running!r}")
         for name, lines in (("extra_sbatch", extra_sbatch), ("setup_lines", setup_lines)):
             if isinstance(lines, str):
                 raise TypeError(f"{name} must be a list of lines, not a string")
@@ -225,6 +229,8 @@ class SlurmLauncher(Launcher):
         default ``~/.sockpool``), for the directory each cluster makes anew.
         Nothing is created.
         """
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"batch_script needs a positive number of workers, not {workers!r}")
         return self._render(workers, self._script_directory())
 
     def _render(self, workers: int, directory: str) -> str:
