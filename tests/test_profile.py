@@ -257,8 +257,31 @@ def test_the_plans_cluster_is_profiled_by_sockpool_profile() -> None:
     assert isinstance(prof, Profile)
     assert sorted(task.index for task in prof.tasks) == [0, 1, 2]
     assert all(isinstance(task, TaskRecord) for task in prof.tasks)
-    with sockpool.plan("sequential"), pytest.raises(RuntimeError, match="sequential"):
-        sockpool.profile()
+
+
+
+def test_the_sequential_plan_is_profiled_as_one_worker(tmp_path: Path) -> None:
+    # It raised RuntimeError: code wrapped in `with sockpool.profile()` broke when
+    # the plan was switched to sequential.
+    with sockpool.plan("sequential"), sockpool.profile() as prof:
+        assert sockpool.par_map(sleepy, range(6), errors="return")[:5] == [0, 1, 4, 9, 16]
+        assert sockpool.submit(abs, -1).result() == 1
+    mapped = [task for task in prof.tasks if task.function == "sleepy"]
+    assert [(task.index, task.ok) for task in mapped] == [(0, True), (1, True), (2, True),
+                                                           (3, True), (4, True), (5, False)]
+    (submitted,) = [task for task in prof.tasks if task.function == "abs"]
+    assert submitted.call > mapped[0].call
+    assert {(task.worker, task.host, task.attempt) for task in prof.tasks} == {
+        (0, "localhost", 1)}
+    assert mapped[0].seconds >= 0.02 and mapped[4].seconds >= 0.02
+    assert all(prof.started <= task.started <= task.finished <= prof.stopped
+               for task in prof.tasks)
+    summary = prof.summary()
+    assert (summary.tasks, summary.failed, len(summary.workers)) == (7, 1, 1)
+    assert 0 < summary.efficiency <= 1
+    prof.to_chrome_trace(str(tmp_path / "trace.json"))
+    assert len([e for e in json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+                if e["ph"] == "X"]) == 7
 
 
 def test_plot_without_matplotlib_names_the_extra() -> None:

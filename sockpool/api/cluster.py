@@ -480,7 +480,7 @@ class Cluster(concurrent.futures.Executor):
         self._check_open()
         from .profile import Profile
 
-        return Profile(self._dispatcher)
+        return Profile.of_cluster(self._dispatcher)
 
     def _repr_html_(self) -> str:
         from .cluster_view import cluster_html

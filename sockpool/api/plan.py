@@ -201,12 +201,14 @@ def current_cluster() -> Cluster:
 
 
 def profile() -> Profile:
-    """:meth:`Cluster.profile` on the plan's cluster: ``with sockpool.profile() as prof: ...``.
+    """:meth:`Cluster.profile` on the plan's cluster: ``with sockpool.profile() as prof: ...``;
+    under the sequential plan, each task as run in this process, by one worker."""
+    plan = _active()
+    if plan._runner is not None:
+        from .profile import Profile
 
-    Raises:
-        RuntimeError: the plan is sequential: there is no cluster to profile.
-    """
-    return current_cluster().profile()
+        return Profile(plan._runner.start_profile, plan._runner.stop_profile)
+    return plan.cluster().profile()
 
 
 # -- the module-level calls -------------------------------------------------------------

@@ -17,6 +17,7 @@ nothing: tasks are timed only while a profile records.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..dispatch.dispatcher import Dispatcher
@@ -38,23 +39,35 @@ class Profile:
         clock_error: the largest bound on a worker's clock offset, in seconds.
     """
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self._dispatcher = dispatcher
+    def __init__(self, start: Callable[[], Recording], stop: Callable[[Recording], None]
+                 ) -> None:
+        """``start`` begins a recording where the tasks run (a cluster's I/O thread, the
+        sequential plan's runner), ``stop`` ends it."""
+        self._start = start
+        self._stop = stop
         self._recording: Recording | None = None
         self._tasks: list[TaskRecord] | None = None
+
+    @classmethod
+    def of_cluster(cls, dispatcher: Dispatcher) -> Profile:
+        """A profile of the cluster whose I/O thread ``dispatcher`` runs."""
+        def stop(recording: Recording) -> None:
+            try:
+                dispatcher.stop_profile(recording)
+            except ClusterClosedError:  # closed in the block: its I/O thread is gone
+                dispatcher.profiler.stop(recording, dispatcher.pool.workers)
+
+        return cls(dispatcher.start_profile, stop)
 
     def __enter__(self) -> Profile:
         if self._recording is not None:
             raise RuntimeError("a profile records once; call profile() again for another")
-        self._recording = self._dispatcher.start_profile()
+        self._recording = self._start()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         assert self._recording is not None
-        try:
-            self._dispatcher.stop_profile(self._recording)
-        except ClusterClosedError:  # closed in the block: its I/O thread is gone
-            self._dispatcher.profiler.stop(self._recording, self._dispatcher.pool.workers)
+        self._stop(self._recording)
 
     def _finished(self) -> Recording:
         if self._recording is None or not self._recording.stopped:

@@ -20,6 +20,8 @@ What it cannot do as a cluster does:
   worker's copy), and a function that could not travel to a worker still runs.
 * ``chunksize``, ``schedule`` and ``ordered=False`` change nothing: there is
   one task at a time, in input order.
+* ``profile()`` records each task (and attempt) as run by one worker, 0, on
+  ``localhost``, with no bytes moved.
 
 A seeded task's streams are set up around the task and the caller's own
 ``random`` and NumPy global state, and the enclosing task's ``task_rng()``,
@@ -29,6 +31,7 @@ are put back after it, as a cluster leaves them untouched.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import signal
 import sys
@@ -38,17 +41,28 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..common import rng
 from ..errors import RemoteError, TaskTimeoutError, add_note
 from .map_options import MapOptions, as_sequence, progress_bar
 from .seeding import CallSeeds
 
+if TYPE_CHECKING:
+    from ..dispatch.profiling import Recording
+
 T = TypeVar("T")
 
 #: A call's seed as :class:`CallSeeds` gives it: ``(entropy, call number or None)``.
 CallSeed = tuple[int, int | None] | None
+
+
+class _Call(NamedTuple):
+    """A call as a profile records it: its number, its function's name, when it came."""
+
+    number: int
+    function: str
+    submitted: float
 
 
 class _TimeLimit(BaseException):
@@ -71,6 +85,45 @@ class Sequential:
     def __init__(self, seed: int | None = None) -> None:
         self.seeds = CallSeeds(seed)
         self._root = seed
+        self.recordings: list[Recording] = []  # the profiles recording now
+        self._calls = itertools.count(1)
+
+    def start_profile(self) -> Recording:
+        """Begin recording every task run here (``sockpool.profile()``)."""
+        from ..dispatch.profiling import Recording
+
+        recording = Recording(time.time())
+        recording.workers[0] = "localhost"
+        self.recordings.append(recording)
+        return recording
+
+    def stop_profile(self, recording: Recording) -> None:
+        """End a recording."""
+        recording.stopped = time.time()
+        recording.windows[0] = (recording.started, recording.stopped)
+        recording.clock_errors[0] = 0.0
+        self.recordings.remove(recording)
+
+    def _call(self, fn: Callable[..., Any]) -> _Call | None:
+        """What a profile records of a call about to run (None when none records)."""
+        if not self.recordings:
+            return None
+        return _Call(next(self._calls), getattr(fn, "__qualname__", type(fn).__qualname__),
+                     time.time())
+
+    def record(self, call: _Call, index: int, attempt: int, started: float, ok: bool) -> None:
+        """One attempt of task ``index`` of ``call`` ran from ``started`` until now."""
+        import array
+
+        from ..dispatch.profiling import ChunkRun
+
+        finished = time.time()
+        run = ChunkRun(call.number, call.function, index, 1, 0, "localhost", attempt,
+                       call.submitted, started, 0, finished, 0,
+                       array.array("d", (started, finished)), array.array("I", [1]),
+                       frozenset() if ok else frozenset({0}))
+        for recording in self.recordings:
+            recording.runs.append(run)
 
     def reset(self) -> None:
         """Count seeded calls afresh, as a new cluster would."""
@@ -83,10 +136,11 @@ class Sequential:
         seed = self.seeds.for_call(options.seed)
         items = as_sequence(iterables)
         bar = progress_bar(len(items), options.progress)
+        call = self._call(fn)
         try:
             results = []
             for index, item in enumerate(items):
-                results.append(_map_task(fn, item, star, index, seed, options, self))
+                results.append(_map_task(fn, item, star, index, seed, options, self, call))
                 if bar is not None:
                     bar.update(1)
             return results
@@ -100,7 +154,7 @@ class Sequential:
         seed = self.seeds.for_call(options.seed)  # now, as a cluster counts the call
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        return _lazily(fn, items, star, seed, options, self)
+        return _lazily(fn, items, star, seed, options, self, self._call(fn))
 
     def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
                timeout: float | None, seed: int | None) -> Future[T]:
@@ -109,7 +163,8 @@ class Sequential:
         future: Future[T] = Future()
         future.set_running_or_notify_cancel()
         try:
-            value = run_task(lambda: fn(*args, **kwargs), 0, call_seed, timeout, 0, self)
+            value = run_task(lambda: fn(*args, **kwargs), 0, call_seed, timeout, 0, self,
+                             self._call(fn))
         except _PASS_THROUGH:
             raise
         except BaseException as exc:
@@ -122,16 +177,16 @@ class Sequential:
                    kwargs: dict[str, Any]) -> list[T]:
         """``run_on_all``: this process is the only worker: one result."""
         __tracebackhide__ = True  # IPython: a task's error, not sockpool's
-        return [run_task(lambda: fn(*args, **kwargs), 0, None, None, 0, self)]
+        return [run_task(lambda: fn(*args, **kwargs), 0, None, None, 0, self, self._call(fn))]
 
 
 def _map_task(fn: Callable[..., Any], item: Any, star: bool, index: int, seed: CallSeed,
-              options: MapOptions, owner: Sequential) -> Any:
+              options: MapOptions, owner: Sequential, profiled: _Call | None) -> Any:
     """One task of a map: its value, or with ``errors="return"`` its exception."""
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     call = (lambda: fn(*item)) if star else (lambda: fn(item))
     try:
-        return run_task(call, index, seed, options.timeout, options.retries, owner)
+        return run_task(call, index, seed, options.timeout, options.retries, owner, profiled)
     except _PASS_THROUGH:
         raise
     except BaseException as exc:
@@ -141,12 +196,12 @@ def _map_task(fn: Callable[..., Any], item: Any, star: bool, index: int, seed: C
 
 
 def _lazily(fn: Callable[..., Any], items: Iterator[Any], star: bool, seed: CallSeed,
-            options: MapOptions, owner: Sequential) -> Iterator[Any]:
+            options: MapOptions, owner: Sequential, profiled: _Call | None) -> Iterator[Any]:
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     bar = progress_bar(None, options.progress)
     try:
         for index, item in enumerate(items):
-            yield _map_task(fn, item, star, index, seed, options, owner)
+            yield _map_task(fn, item, star, index, seed, options, owner, profiled)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -155,9 +210,11 @@ def _lazily(fn: Callable[..., Any], items: Iterator[Any], star: bool, seed: Call
 
 
 def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float | None,
-             retries: int, owner: Sequential | None = None) -> T:
+             retries: int, owner: Sequential | None = None, profiled: _Call | None = None
+             ) -> T:
     """Run task ``index`` as a worker would: seeded, timed, retried past its time limit;
-    ``owner``, the runner it belongs to, is :func:`running_task`'s while it runs.
+    ``owner``, the runner it belongs to, is :func:`running_task`'s while it runs, and
+    records each attempt for its profiles (``profiled``: the call, when one records).
 
     Raises:
         TaskTimeoutError: it ran longer than ``timeout`` (``retries + 1`` times).
@@ -165,9 +222,17 @@ def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float |
             ``SystemExit`` arrives as :class:`RemoteError`, as from a worker).
     """
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
-    for _attempt in range(retries + 1):
-        with _seeded(seed, index), _in_task(owner):
-            timed_out, value = _timed(call, index, timeout)
+    for attempt in range(1, retries + 2):
+        started = time.time()
+        try:
+            with _seeded(seed, index), _in_task(owner):
+                timed_out, value = _timed(call, index, timeout)
+        except BaseException:
+            if profiled is not None and owner is not None:
+                owner.record(profiled, index, attempt, started, ok=False)
+            raise
+        if profiled is not None and owner is not None:
+            owner.record(profiled, index, attempt, started, ok=not timed_out)
         if not timed_out:
             return value  # type: ignore[no-any-return]
     raise TaskTimeoutError(f"task {index} ran longer than {timeout:g} s (timeout=) in this "
