@@ -54,7 +54,7 @@ class WorkerConfig(NamedTuple):
     heartbeat_interval: float  #: seconds between heartbeats, both ways
     master_timeout: float  #: silence after which the worker gives up on its master
     serializer: str  #: "cloudpickle", "dill" or "pickle": how results are written
-    max_frame_bytes: int  #: the largest frame the worker accepts
+    max_frame_bytes: int  #: the largest frame the master accepts (a larger result fails its task)
     relay: str = "task"  #: one of RELAY_MODES
     relay_prefix: bool = False  #: start relayed lines with "[worker N] "
     log_level: int = 30  #: the lowest level of log records relayed
