@@ -9,13 +9,14 @@ import math
 import operator
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from sockpool import CaptureError, Cluster, RemoteError
+from sockpool import CaptureError, Cluster, Pool, RemoteError
 from sockpool.dispatch.jobs import HeldResults, StreamJob, WorkerLabel
 from sockpool.errors import RemoteTraceback
 
@@ -429,6 +430,30 @@ def test_a_captured_array_changed_in_place_is_seen_by_the_next_map(cluster: Clus
     data[999_999] = 7.0  # same object, same size, new content
     assert cluster.par_map(read, [0, 999_999]) == [0.0, 7.0]
     assert cluster.submit(read, 999_999).result(timeout=10) == 7.0
+
+
+def test_a_capture_changed_while_its_map_waited_to_be_sent_is_not_cached_stale() -> None:
+    # The payload's digest is taken when the call starts, its large buffer read
+    # when it is sent: changed in between, the workers kept the new bytes under the
+    # old digest, and once the array was back to its old content every later call
+    # ran on the stale copy.
+    data = np.zeros(1_000_000)
+
+    def read(i: int) -> float:
+        return float(data[0])
+
+    with Pool(2) as pool:
+        busy = [pool.apply_async(time.sleep, (1.0,)) for _ in range(2)]
+        time.sleep(0.2)  # both workers busy: the map's chunks wait in the master
+        waiting = pool.map_async(read, range(4), chunksize=1)
+        time.sleep(0.2)
+        data[0] = 6.0  # before they are sent
+        waiting.get(timeout=30)  # (either value: the map raced with the change)
+        for result in busy:
+            result.get(timeout=30)
+        data[0] = 0.0  # back to what it was when the map began
+        assert pool.map(read, range(4), chunksize=1) == [0.0] * 4
+        assert pool.apply(read, (0,)) == 0.0
 
 
 class FalsyError(Exception):

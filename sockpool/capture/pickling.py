@@ -11,14 +11,12 @@ captured buffer, which travels out of band and uncopied.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from xxhash import xxh3_128_digest
-
 from ..common import codec
 from ..common.codec import Frames
+from ..common.digest import function_digest
 from .by_value import names_by_value_module
 
 
@@ -76,18 +74,3 @@ def function_name(fn: Any) -> str:
         fn = fn.func
     return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
                or type(fn).__name__)
-
-
-def function_digest(inband: bytes, buffers: list[Any]) -> bytes:
-    """blake2b of the pickle, extended by length and XXH3-128 of each large buffer.
-
-    A cryptographic hash of 50 MB of captured data costs more than many maps;
-    XXH3 reads it at memory speed (about 30 GB/s) and is enough to tell a buffer
-    changed in place since the last call from one that did not.
-    """
-    hasher = hashlib.blake2b(inband, digest_size=16)
-    for buffer in buffers:
-        view = memoryview(buffer).cast("B")
-        hasher.update(view.nbytes.to_bytes(8, "little"))
-        hasher.update(xxh3_128_digest(view))
-    return hasher.digest()

@@ -139,6 +139,10 @@ class Flag:
     #: worker may start this chunk before the master has its last RESULT (kept
     #: there: see :mod:`sockpool.common.progress_log`).
     PAGE_READ = 256
+    #: RESULT: the task function's payload as received does not match its digest (a
+    #: captured buffer changed in place while it waited to be sent): it must not
+    #: stay cached under that digest, and the master sends it anew next time.
+    STALE_FUNCTION = 512
 
 
 _KINDS = {kind.value: kind for kind in Kind}

@@ -169,9 +169,8 @@ class Dispatcher:
         """Queue chunks for the workers (failed at once if the cluster cannot run them);
         with ``wait``, return once the I/O thread has them (and sent what workers have room for)."""
         if self.profiler.active:
-            now = time.time()
             for chunk in chunks:
-                chunk.submitted = now
+                chunk.submitted = time.time()
         post = self.mailbox.post_and_wait if wait else self.mailbox.post
         post(self._submit, chunks, wait)
 
@@ -382,6 +381,8 @@ class Dispatcher:
         else:
             record.tasks_done += chunk.count - chunk.resume
             self._held.hold(chunk, record.label, payload)
+        if head.flags & Flag.STALE_FUNCTION:  # its payload changed as it was sent: resend it
+            self.master.send(record.data_identity, record.uncache(chunk.job.function.digest))
         self.pool.after_result(record, time.monotonic(), bool(head.flags & Flag.OVER_MEMORY))
 
     def _on_output(self, record: WorkerRecord, head: protocol.Header,

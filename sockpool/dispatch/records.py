@@ -113,6 +113,11 @@ class WorkerRecord:
             dropped.append(old)
         return dropped
 
+    def uncache(self, digest: bytes) -> list[bytes]:
+        """Stop counting on its worker caching ``digest``: the FORGET that drops it there."""
+        self.cached_bytes -= self.cached.pop(digest, 0)
+        return [protocol.header(protocol.Kind.FORGET) + digest]
+
     def heartbeat(self) -> bytes:
         """The master's heartbeat to this worker: a clock probe, which it answers
         with its clock and use; or, for a quiet worker, a plain one that wants no answer."""

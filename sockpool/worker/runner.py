@@ -48,6 +48,15 @@ def add_span(times: TaskTimes, start: float, count: int) -> None:
     times.counts.append(count)
 
 
+def _not_as_named(digest: bytes, inband: Any, buffers: list[Any]) -> bool:
+    """Whether a function payload received with large buffers is not what its digest
+    names: a buffer the master's caller changed in place between the digest and the
+    send (the master then sends it anew, rather than let it be cached stale here)."""
+    from ..common.digest import function_digest  # only for payloads that carry buffers
+
+    return function_digest(inband, buffers) != digest
+
+
 def stop_iteration_of_a_task() -> StopIteration:
     """What a map reports for a task that raised StopIteration: ``map()`` took it for
     the end of its items and dropped it (a loop in Python that kept it would add
@@ -79,6 +88,7 @@ class ChunkRunner:
         self.state = state
         self.progress = progress
         self._skip = 0  # tasks of the running chunk settled before it came here
+        self._stale = False  # its function arrived unlike its digest (Flag.STALE_FUNCTION)
         # Its results kept in the progress log so far: tasks and errors, and the
         # pickled slices, which its RESULT carries as they are (see _keep).
         self._kept = self._kept_errors = 0
@@ -124,6 +134,8 @@ class ChunkRunner:
                 progress.mark(head.ident, task.skip, TO_THE_END)
             split = task.fn_buffers
             fn = self.functions.load(task.digest, task.fn_inband, buffers[:split])
+            self._stale = bool(split and len(task.fn_inband)) and _not_as_named(
+                task.digest, task.fn_inband, buffers[:split])
             arguments = buffers[split:]
             if flags & Flag.SHARED:
                 arguments = shm.open_shared(bytes(arguments[0]), self._released.append)
@@ -310,4 +322,7 @@ class ChunkRunner:
         times, self._times = self._times, None
         if self.max_memory is not None and resident_bytes() > self.max_memory:
             flags |= Flag.OVER_MEMORY  # the master replaces this worker (max_worker_memory)
+        if self._stale:
+            flags |= Flag.STALE_FUNCTION
+            self._stale = False
         return self.results.pack(head, flags, values, errors, seconds, batch, times, kept)
