@@ -98,6 +98,44 @@ def test_a_local_modules_functions_share_its_globals_on_the_worker(tmp_path: Pat
         "[('model from m.pkl', 0), ('model from m.pkl', 1)]", "('model from setup.pkl', 5)"]
 
 
+def test_a_local_module_read_from_the_script_is_the_one_its_functions_share(
+        tmp_path: Path) -> None:
+    # The script's task read `mycache._MODEL` from a fresh copy of the module the
+    # pickle made for it: None, where the module's own functions saw "loaded".
+    (tmp_path / "mycache.py").write_text(textwrap.dedent("""
+        _MODEL = None
+        CACHE = {}
+
+        def init():
+            global _MODEL
+            _MODEL = "loaded"
+            CACHE["m"] = "filled"
+
+        def predict(x):
+            return x, _MODEL, CACHE.get("m")
+    """))
+    result = run_script("""
+        import mycache
+        from sockpool import Cluster
+
+        def task(_):
+            return mycache._MODEL, mycache.CACHE.get("m"), mycache.predict(0)
+
+        def fill(value):
+            mycache.CACHE["x"] = value
+
+        def read_x(_):
+            return mycache.CACHE.get("x")
+
+        if __name__ == "__main__":
+            with Cluster(n=1, setup=mycache.init) as cl:
+                print(cl.par_map(task, [0])[0])
+                cl.run_on_all(fill, 7)
+                print(cl.par_map(read_x, [0]))
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["('loaded', 'filled', (0, 'loaded', 'filled'))", "[7]"]
+
+
 def test_the_masters_new_values_reach_the_worker_unless_the_worker_bound_the_name(
         tmp_path: Path) -> None:
     result = run_script("""

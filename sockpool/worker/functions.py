@@ -60,7 +60,7 @@ class FunctionCache:
         #: Installed as ``sys.modules["__main__"]`` by the entry point: exports land there.
         self.main_module = types.ModuleType("__main__")
         self.main_module.__dict__["__builtins__"] = __builtins__
-        self.shared = SharedGlobals(self.main_module.__dict__)
+        self.shared = SharedGlobals(self.main_module)
 
     def export(self, values: dict[str, Any]) -> None:
         """Add exported globals (EXPORT); functions see them from their next chunk on."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import builtins
 import io
 import pickle
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,12 +42,14 @@ Carried = tuple[dict[str, Any], dict[str, Any], frozenset[str]]
 class SharedGlobals:
     """The namespaces of the modules shipped by value, and what the master put in them."""
 
-    def __init__(self, main: dict[str, Any]) -> None:
-        self._namespaces: dict[str, dict[str, Any]] = {"__main__": main}
+    def __init__(self, main: types.ModuleType) -> None:
+        self._modules: dict[str, types.ModuleType] = {"__main__": main}
+        main_namespace = main.__dict__
+        self._namespaces: dict[str, dict[str, Any]] = {"__main__": main_namespace}
         # Per namespace (by id), each name the master put there and the value it put,
         # and, for a small value, its pickle as it was then (see _set).
-        self._put: dict[int, dict[str, Any]] = {id(main): {}}
-        self._as_put: dict[int, dict[str, bytes | None]] = {id(main): {}}
+        self._put: dict[int, dict[str, Any]] = {id(main_namespace): {}}
+        self._as_put: dict[int, dict[str, bytes | None]] = {id(main_namespace): {}}
         self._exports: dict[str, Any] = {}
         self._carried: dict[bytes, list[Carried]] = {}  # by function digest
         self._loading: list[Carried] = []  # what the function being unpickled carries
@@ -121,11 +124,24 @@ class SharedGlobals:
             return None
         namespace = self._namespaces.get(name)
         if namespace is None:
-            namespace = {"__name__": name, "__builtins__": builtins, **self._exports}
+            # A module's own dict: the script may also refer to the module itself.
+            module = self._modules[name] = types.ModuleType(name)
+            namespace = module.__dict__
+            namespace.update(__builtins__=builtins, **self._exports)
             self._namespaces[name] = namespace
             self._put[id(namespace)] = dict(self._exports)
             self._as_put[id(namespace)] = dict.fromkeys(self._exports)
         return namespace
+
+    def module(self, name: str, state: dict[str, Any]) -> types.ModuleType:
+        """cloudpickle's ``dynamic_subimport``: a module shipped by value that code refers
+        to as a module (``mycache.CACHE``) is the one whose namespace its functions
+        share, its values put there by :meth:`apply`'s rule."""
+        namespace = self._namespace(name)
+        assert namespace is not None
+        self._loading.append((namespace, dict(state), frozenset()))
+        self._set(namespace, state, frozenset())
+        return self._modules[name]
 
     def make_function(self, code: Any, base: Any, name: str, defaults: Any, closure: Any
                       ) -> Any:
@@ -173,15 +189,26 @@ class _CappedStream(io.BytesIO):
         return super().write(data)
 
 
+class _PlainPickler(pickle.Pickler):
+    """Pickles plain data only: a function, class or module would be written by name,
+    and looking it up could import a module here (one meant to travel by value)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType,
+                            types.ModuleType)):
+            raise _TooLarge
+        return NotImplemented
+
+
 def _small_pickle(value: Any) -> bytes | None:
-    """``value``'s pickle if it is small and self-contained; else None (a large buffer,
+    """``value``'s pickle if it is small and plain data; else None (a large buffer, code,
     something only cloudpickle can write, or more than :data:`SMALL_PICKLE` bytes)."""
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
         raise _TooLarge
 
     stream = _CappedStream()
     try:
-        pickle.Pickler(stream, 5, buffer_callback=out_of_band).dump(value)
+        _PlainPickler(stream, 5, buffer_callback=out_of_band).dump(value)
     except Exception:  # _TooLarge, or a function shipped by value, a module...
         return None
     return stream.getvalue()
@@ -196,4 +223,6 @@ class _Unpickler(pickle.Unpickler):
                 return self.shared.make_function
             if name == "_function_setstate":
                 return self.shared.function_setstate
+            if name == "dynamic_subimport":
+                return self.shared.module
         return super().find_class(module, name)
