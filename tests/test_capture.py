@@ -417,8 +417,13 @@ def test_a_capture_larger_than_the_limit_is_refused_with_the_biggest_names(
                     print(exc)
             with Cluster(n=1, max_capture_size=None) as cl:
                 print(cl.par_map(worker, [1]))
+            with Cluster(n=1, max_capture_size=1_000_000) as cl:
+                cl.export("HUGE")  # the advice: sent once, then no global to carry
+                del HUGE
+                print(cl.par_map(worker, [1]))
     """, tmp_path).stdout.splitlines()
     assert "carries 3.0 MB, more than the limit of 1.0 MB" in out[0]
     assert "worker -> HUGE (bytes, 3.0 MB)" in out[0]
     assert "max_capture_size" in out[0]
-    assert out[1] == "[3000002]"
+    assert "cl.export(BIG=data), or del BIG after exporting it" in out[0]
+    assert out[1:] == ["[3000002]", "[3000002]"]

@@ -108,7 +108,9 @@ class Packer:
             f"the function {_name_of(fn)!r} carries {size / 1e6:.1f} MB, more than the limit "
             f"of {limit / 1e6:.1f} MB; the biggest: {biggest}.  If that is intended, raise the "
             "limit with Cluster(max_capture_size=...) (None for no limit); otherwise pass the "
-            "data as an argument, or send it once with export().")
+            "data as an argument, or send it once with export() under a name that is not a "
+            "global here (cl.export(BIG=data), or del BIG after exporting it): a function "
+            "carries each global it names.")
 
     def values(self, obj: Any, parts: Iterable[tuple[str, Any]], *,
                copy_buffers: bool = False, prefix: bytes = b"", store: Store | None = None
