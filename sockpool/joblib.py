@@ -30,7 +30,6 @@ import collections
 import contextlib
 import functools
 import logging
-import queue
 import threading
 import weakref
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from joblib._parallel_backends import (
 )
 from joblib.parallel import BatchedCalls, register_parallel_backend
 
+from .api.callbacks import CallbackThread
 from .api.calls import Calls
 from .api.cluster import Cluster
 from .api.plan import current_plan
@@ -83,38 +83,7 @@ _NO_INITIALIZER = (": its cluster's workers are started already; give per-worker
 # -- completion callbacks --------------------------------------------------------------
 
 
-class _CallbackThread:
-    """Runs joblib's completion callbacks in order, on a thread of their own.
-
-    A future completes on the cluster's I/O thread, where nothing may block;
-    joblib's callback dispatches its next batch (pickling it), so it runs here.
-    """
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]]] = (
-            queue.SimpleQueue())
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def schedule(self, callback: Callable[[Any], Any], future: Future[Any]) -> None:
-        """Call ``callback(future)`` on the callback thread, after those scheduled before."""
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="sockpool-joblib",
-                                                daemon=True)
-                self._thread.start()
-        self._queue.put((callback, future))
-
-    def _run(self) -> None:
-        while True:
-            callback, future = self._queue.get()
-            try:
-                callback(future)
-            except BaseException:  # as concurrent.futures does with a callback's error
-                _log.exception("a joblib completion callback raised")
-
-
-_callbacks = _CallbackThread()
+_callbacks = CallbackThread("sockpool-joblib")  # joblib's, in order, off the I/O thread
 
 
 class _Slots:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import queue
 import threading
 import time
 
@@ -53,6 +54,25 @@ def test_a_queued_future_can_be_cancelled(cluster: Cluster) -> None:
     assert queued.cancel()
     assert queued.cancelled()
     assert [f.result(timeout=20) for f in blockers] == list(range(6))
+
+
+def test_a_done_callback_may_wait_for_another_task(shared_cluster: Cluster) -> None:
+    # Callbacks ran on the cluster's I/O thread: one that waited for another task
+    # waited for itself, and every later call of the cluster hung (close() too).
+    chained: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+
+    def chain(done: concurrent.futures.Future[int]) -> None:
+        again = shared_cluster.submit(abs, -done.result() - 1).result(timeout=10)
+        chained.put((again, threading.current_thread().name))
+
+    shared_cluster.submit(abs, -1).add_done_callback(chain)
+    value, thread = chained.get(timeout=20)
+    assert value == 2 and thread != "sockpool-io"
+    assert shared_cluster.par_map(abs, [-3]) == [3]
+    finished = shared_cluster.submit(abs, -4)
+    finished.result(timeout=10)
+    finished.add_done_callback(lambda done: chained.put((done.result(), "")))  # done: at once
+    assert chained.get(timeout=1) == (4, "")
 
 
 def test_map_keeps_the_executor_contract(shared_cluster: Cluster) -> None:

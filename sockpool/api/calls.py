@@ -17,6 +17,7 @@ from ..common.protocol import Flag
 from ..dispatch.dispatcher import Dispatcher
 from ..dispatch.jobs import FutureJob, Job, StreamJob
 from ..errors import ClusterClosedError, NoWorkersLeftError
+from .callbacks import TaskFuture
 from .map_options import MapOptions, as_sequence, progress_bar
 from .mapping import (
     Delivery,
@@ -121,7 +122,7 @@ class Calls:
         ``prefetch=False`` sends it only to an idle worker, never queued behind
         another chunk (for callers, like joblib, that keep their own calls in flight).
         """
-        future: Future[T] = Future()
+        future: Future[T] = TaskFuture()
         job = FutureJob(self.packer.function(fn, copy_buffers=True), future,
                         self.seeds.for_call(seed), timeout)
         job.prefetch = prefetch
