@@ -299,17 +299,28 @@ def test_garbage_on_the_socket_does_not_hurt_the_cluster(shared_cluster: Cluster
 
 
 def test_a_forked_child_leaves_its_parents_workers_alone(tmp_path: Path) -> None:
+    # Using the cluster in the child hung forever (its I/O thread stayed behind).
     result = run_script("""
         import os, sys
-        from sockpool import Cluster
+        from sockpool import Cluster, ClusterClosedError
         with Cluster(n=2) as cl:
             child = os.fork()
             if child == 0:
+                for call in (lambda: cl.par_map(abs, [-1]), lambda: cl.submit(abs, -1),
+                             lambda: cl.run_on_all(abs, -1)):
+                    try:
+                        call()
+                    except ClusterClosedError as exc:
+                        print("child:", exc, flush=True)
                 sys.exit(0)  # runs the child's exit hooks: they must not touch the cluster
             os.waitpid(child, 0)
             print(cl.par_map(abs, [-1, -2]), cl.n_workers)
-    """, tmp_path)
-    assert result.stdout.strip() == "[1, 2] 2"
+    """, tmp_path, timeout=30)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and lines[-1] == "[1, 2] 2"
+    assert all(line.startswith("child: this cluster belongs to process ") and
+               line.endswith("a forked child cannot use it (start one of its own)")
+               for line in lines[:3])
 
 
 def test_hosts_are_validated_before_anything_starts() -> None:

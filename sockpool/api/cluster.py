@@ -232,6 +232,9 @@ class Cluster(concurrent.futures.Executor):
         self._dispatcher.restart()
 
     def _check_open(self) -> None:
+        if os.getpid() != self.owner_pid:  # its I/O thread did not cross the fork
+            raise ClusterClosedError(f"this cluster belongs to process {self.owner_pid}; a "
+                                     "forked child cannot use it (start one of its own)")
         if self._starting is not None:  # made in an event loop and not awaited yet
             self._wait_started()
         lifecycle = self._dispatcher.lifecycle
