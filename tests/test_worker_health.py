@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sockpool import Cluster, WorkerLostError
+from sockpool import Cluster, ClusterClosedError, WorkerLostError
 from sockpool.common import proc
 from sockpool.common.proc import explain_kill, format_bytes
 
@@ -255,6 +255,32 @@ def _slow_the_first_time(path: str) -> int:
     if first:
         time.sleep(30)
     return os.getpid()
+
+
+def test_close_during_a_restart_ends_it_at_once_as_closed() -> None:
+    # restart() waited out connect_timeout, then raised LaunchError ("only 0 of 2
+    # workers connected ...; still waiting for: ").
+    cl = Cluster(n=2, connect_timeout=30)
+    outcome: list[BaseException | None] = []
+
+    def restart() -> None:
+        try:
+            cl.restart()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    time.sleep(0.05)  # its replacements are starting
+    started = time.monotonic()
+    cl.close()
+    thread.join(20)
+    assert time.monotonic() - started < 10
+    assert len(outcome) == 1
+    if outcome[0] is not None:  # (it may have finished before the close)
+        assert isinstance(outcome[0], ClusterClosedError), outcome[0]
+    assert not psutil_children()
 
 
 def test_restart_retries_the_running_task_when_asked(tmp_path: Path) -> None:

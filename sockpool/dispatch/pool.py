@@ -17,7 +17,7 @@ from collections.abc import Collection
 
 from ..common.config import WorkerConfig
 from ..common.protocol import Kind, header
-from ..errors import LaunchError, NoWorkersLeftError, SockpoolError
+from ..errors import ClusterClosedError, LaunchError, NoWorkersLeftError, SockpoolError
 from ..launchers.base import Launcher, release
 from .exits import ExitWatch
 from .lifecycle import Lifecycle
@@ -159,12 +159,15 @@ class WorkerPool:
 
         Raises:
             LaunchError: a worker failed to start, or too few connected in time.
+            ClusterClosedError: the cluster was closed meanwhile (another thread).
         """
         deadline = time.monotonic() + timeout
         with self.state_changed:
             while self.n_ready < count:
                 if self.loop_error is not None and not self.startup_errors:
                     raise LaunchError(f"the cluster failed while starting: {self.loop_error}")
+                if not self.lifecycle.wants_workers and not self.startup_errors:
+                    raise ClusterClosedError("the cluster was closed while its workers started")
                 remaining = deadline - time.monotonic()
                 starting = [r for r in list(self.workers.values()) if r.state.starting]
                 settled = remaining <= 0 or not self.lifecycle.wants_workers or not starting
