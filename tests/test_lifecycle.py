@@ -95,6 +95,27 @@ def test_unclosed_cluster_is_closed_when_collected_with_a_resource_warning() -> 
     assert wait_gone(pids, 5) == []
 
 
+@pytest.mark.filterwarnings("ignore:unclosed:ResourceWarning")
+def test_a_dropped_cluster_finishes_the_work_its_futures_and_iterators_wait_for() -> None:
+    # As an Executor dropped by its caller: these raised ClusterClosedError, the
+    # cluster collected (and closed) under the pending work.
+    before = {child.pid for child in psutil.Process().children()}
+    assert list(Cluster(n=2).imap(abs, range(-50, 0))) == list(range(50, 0, -1))
+    assert list(Cluster(n=2).map(abs, range(-50, 0))) == list(range(50, 0, -1))
+    future = Cluster(n=1).submit(abs, -7)
+    gc.collect()
+    assert future.result(timeout=30) == 7
+    iterator = Cluster(n=1).imap(abs, range(-5, 0))
+    assert next(iterator) == 5
+    del iterator  # abandoned: then the cluster goes
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while {child.pid for child in psutil.Process().children()} - before:
+        assert time.monotonic() < deadline, "a dropped cluster's workers stayed"
+        gc.collect()
+        time.sleep(0.1)
+
+
 def test_interpreter_exit_without_close_leaves_nothing(tmp_path: Path) -> None:
     result = run_script("""
         import json

@@ -38,10 +38,14 @@ T = TypeVar("T")
 class Calls:
     """The calls of one cluster: its dispatcher, its packer and its seeds."""
 
-    def __init__(self, dispatcher: Dispatcher, packer: Packer, seeds: CallSeeds) -> None:
+    def __init__(self, dispatcher: Dispatcher, packer: Packer, seeds: CallSeeds,
+                 owner: Callable[[], object] = lambda: None) -> None:
         self.dispatcher = dispatcher
         self.packer = packer
         self.seeds = seeds
+        #: The Cluster (weakly): a call's job keeps it alive while the caller holds the
+        #: call's future or iterator, as an Executor lives on for its pending work.
+        self.owner = owner
 
     def worker_count(self) -> int:
         """Workers to size chunks for: those ready, else those wanted."""
@@ -90,6 +94,7 @@ class Calls:
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
         job = StreamJob(self.packer.function(fn, copy_buffers=True), options.flags(star),
                         options.retries, options.timeout, self.seeds.for_call(options.seed))
+        job.keep = self.owner()
         if jobs is not None:
             jobs.append(job)
         feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store)
@@ -107,6 +112,7 @@ class Calls:
         star = len(iterables) > 1
         job = StreamJob(self.packer.function(fn, copy_buffers=True),
                         MapOptions(chunksize).flags(star), seed=self.seeds.for_call(None))
+        job.keep = self.owner()
         chunks = eager_chunks(job, as_sequence(iterables), chunksize, self.packer)
         self.dispatcher.submit(chunks)  # now, not at the first next(): the Executor contract
         delivery = Delivery(blocks_in_order=True, output_in_order=True)
@@ -126,6 +132,7 @@ class Calls:
         job = FutureJob(self.packer.function(fn, copy_buffers=True), future,
                         self.seeds.for_call(seed), timeout)
         job.prefetch = prefetch
+        job.keep = self.owner()
         chunk = job.chunk(0, 1, self.packer.call(args, kwargs, self.dispatcher.store))
         self.dispatcher.submit([chunk])
         return future, job

@@ -158,7 +158,7 @@ class Cluster(concurrent.futures.Executor):
         self._seeds = CallSeeds(seed)
         self._calls = start_engine(
             launcher, n_workers, setup=setup, serializer=serializer,
-            max_capture_size=max_capture_size, seeds=self._seeds,
+            max_capture_size=max_capture_size, seeds=self._seeds, owner=self,
             relay_mode={True: "task", False: "off", "live": "live"}[relay],
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             connect_timeout=connect_timeout, prefetch=prefetch, relay_prefix=relay_prefix,

@@ -339,6 +339,7 @@ def stream_blocks(
         if not finished:
             with contextlib.suppress(ClusterClosedError):
                 dispatch.cancel(job)
+        job.keep = None  # nobody waits for it any more: its cluster may go now
         if progress is not None:
             progress.close()
 

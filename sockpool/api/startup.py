@@ -10,6 +10,7 @@ first, then imports the engine while they boot on other cores.  So
 from __future__ import annotations
 
 import shutil
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
 
 def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any] | None,
                  serializer: str, max_capture_size: int | None, relay_mode: str,
-                 seeds: CallSeeds, **dispatcher_options: Any) -> Calls:
+                 seeds: CallSeeds, owner: object, **dispatcher_options: Any) -> Calls:
     """Start ``n_workers`` (early, where the launcher can) and the I/O thread that
-    admits them; return the calls that use them.
+    admits them; return the calls that use them (``owner``: the Cluster).
 
     Whatever fails on the way, nothing it started is left: the early processes
     are ended by pid, the private directory removed.
@@ -68,7 +69,7 @@ def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any]
         release(launcher)
         raise
     sweep_orphans_in_background()  # what masters killed before this one left
-    return Calls(dispatcher, packer, seeds)
+    return Calls(dispatcher, packer, seeds, weakref.ref(owner))
 
 
 def _pack_setup(setup: Callable[[], Any], serializer: str, max_capture_size: int | None

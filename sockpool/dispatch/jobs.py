@@ -102,6 +102,9 @@ class Job:
         #: How long its last chunk ran on a worker (the scheduler queues nothing
         #: behind a job whose chunks run long).
         self.chunk_seconds = 0.0
+        #: What must live while the job does (the Cluster of a call made on one that
+        #: the caller dropped: ``Cluster(n=2).submit(f, 1)``).
+        self.keep: object = None
         self._held: list[tuple[Chunk, WorkerLabel, Payload]] = []  # see hold
 
     def chunk(self, first_index: int, count: int, frames: list[Any], pinned: int | None = None
