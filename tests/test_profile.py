@@ -60,6 +60,16 @@ def test_a_map_gives_one_record_per_task_within_the_block(shared_cluster: Cluste
     assert prof.tasks == sorted(tasks, key=lambda t: (t.started, t.worker))
 
 
+def test_tiny_tasks_sharing_a_span_each_get_their_share(shared_cluster: Cluster) -> None:
+    # Their share, a fraction of a microsecond, was below a time.time() float's
+    # resolution: half the records had seconds == 0 and a zero-length trace event.
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(abs, range(5000))
+    shares = [task.seconds for task in prof.tasks]
+    assert len(shares) == 5000 and all(share > 0 for share in shares)
+    assert sum(shares) <= 2 * (prof.stopped - prof.started)  # two workers at most
+
+
 def test_only_calls_inside_the_block_are_recorded(shared_cluster: Cluster) -> None:
     shared_cluster.par_map(abs, range(10))
     with shared_cluster.profile() as prof:

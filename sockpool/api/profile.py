@@ -162,6 +162,7 @@ def _records(run: ChunkRun) -> list[TaskRecord]:
             records.append(TaskRecord(
                 run.first_index + offset, run.job, run.worker, run.host, run.submitted, began,
                 end if run.lost else began + step, run.attempt, bytes_in, bytes_out,
-                ok and offset not in run.failed, run.function))
+                ok and offset not in run.failed, run.function,
+                share=None if run.lost or count == 1 else step))
             offset += 1
     return records

@@ -15,7 +15,7 @@ import html as markup
 import io
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..common.proc import format_bytes
@@ -56,11 +56,14 @@ class TaskRecord:
     bytes_out: int
     ok: bool
     function: str  # the task function's qualified name
+    #: Its share of its span, where ``finished - started`` cannot show it (a share
+    #: below the clock's float resolution, a fraction of a microsecond).
+    share: float | None = field(default=None, repr=False, compare=False)
 
     @property
     def seconds(self) -> float:
         """How long the task ran."""
-        return self.finished - self.started
+        return self.share if self.share is not None else self.finished - self.started
 
 
 class Profile(Protocol):
