@@ -262,8 +262,11 @@ def test_workers_that_never_start_name_the_job_and_its_state(
         slurm: SlurmTestbed, tmp_path: Path) -> None:
     # a partition that is down: pending forever
     launcher = _launcher(partition="closed", directory=str(tmp_path))
+    started = time.monotonic()
     with pytest.raises(LaunchError, match=r"Slurm job \d+_0 is PENDING \(PartitionDown\)"):
         Cluster(n=1, launcher=launcher, connect_timeout=4)
+    # Not 5 s more: stopping waited for the cancelled element, which never ran, to end.
+    assert time.monotonic() - started < 4 + 3
     assert _no_jobs_left(slurm) == []
     assert os.listdir(tmp_path) == []
 

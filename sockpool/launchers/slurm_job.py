@@ -58,6 +58,7 @@ class SlurmWorkerProcess(WorkerProcess):
         self.host = "slurm"
         self._job = job
         self.command = "sbatch --parsable (job array, see SlurmLauncher.batch_script())"
+        self._cancelled_pending = False  # cancelled before it ever ran: nothing to wait for
 
     @property
     def pid(self) -> int:
@@ -75,7 +76,7 @@ class SlurmWorkerProcess(WorkerProcess):
             return 1
         state, _ = self._state()
         if state not in FINAL_STATES:
-            return None
+            return 1 if self._cancelled_pending else None
         return 0 if state == "COMPLETED" else 1
 
     def queued(self) -> bool:
@@ -114,6 +115,7 @@ class SlurmWorkerProcess(WorkerProcess):
     def _cancel(self) -> None:
         if not self.released:
             self.released = True
+            self._cancelled_pending = self._state()[0] == "PENDING"
             self._job.cancel(self.index)
 
     def stderr_tail(self) -> str:
