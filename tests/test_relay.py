@@ -75,6 +75,34 @@ def test_prints_warnings_and_log_records_keep_their_order_as_under_sequential(
     assert run_script(source, tmp_path, "local:2").stdout == sequential
 
 
+def test_output_a_tasks_threads_write_at_once_comes_home_whole(tmp_path: Path) -> None:
+    # Each event list was built in unlocked steps: lines came home twice or not at all.
+    result = run_script("""
+        import sys, threading
+        from sockpool import Cluster
+
+        def chatter(x):
+            sys.setswitchinterval(1e-6)  # switch threads as often as possible
+            def write(thread):
+                for line in range(1500):  # one write per line (a print makes two)
+                    sys.stdout.write(f"{x} {thread} {line}\\n")
+                    sys.stderr.write(f"{x} {thread} {line}\\n")
+            threads = [threading.Thread(target=write, args=(t,)) for t in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return x
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                cl.par_map(chatter, range(2), chunksize=1)
+    """, tmp_path, timeout=120)
+    expected = sorted(f"{x} {t} {line}" for x in range(2) for t in range(3) for line in range(1500))
+    assert sorted(result.stdout.splitlines()) == expected
+    assert sorted(result.stderr.splitlines()) == expected
+
+
 def test_output_of_setup_run_on_all_and_submit_comes_home(tmp_path: Path) -> None:
     result = run_script("""
         from sockpool import Cluster

@@ -129,6 +129,7 @@ class WorkerRelay:
         self._events: Batch = []
         self._run: list[str] = []  # the latest writes to one stream, joined when it ends
         self._run_stream = -1
+        self._lock = threading.Lock()  # a task's threads write, warn and log too
         self._chars = 0
         self._last_flush = time.monotonic()
         self._active = False
@@ -183,21 +184,24 @@ class WorkerRelay:
         self.maybe_flush(force=self._live)
 
     def _add_text(self, index: int, text: str) -> None:
-        if index != self._run_stream:
-            self._end_run()
-            self._run_stream = index
-        self._run.append(text)
-        self._chars += len(text)
+        with self._lock:
+            if index != self._run_stream:
+                self._end_run()
+                self._run_stream = index
+            self._run.append(text)
+            self._chars += len(text)
 
     def _end_run(self) -> None:
+        """Close the run of writes to one stream as an event (the lock held)."""
         if self._run:
             self._events.append((self._run_stream, "".join(self._run)))
             self._run = []
         self._run_stream = -1
 
     def _add(self, kind: int, value: Any) -> None:
-        self._end_run()
-        self._events.append((kind, value))
+        with self._lock:
+            self._end_run()
+            self._events.append((kind, value))
 
     def log(self, record: logging.LogRecord) -> None:
         """Take a log record, as a dict of plain values the master rebuilds it from."""
@@ -232,12 +236,13 @@ class WorkerRelay:
                 self._send(batch)
 
     def _take(self) -> Batch | None:
-        self._end_run()
-        if not self._events:
-            return None
-        batch, self._events = self._events, []
-        self._chars = 0
-        return batch
+        with self._lock:
+            self._end_run()
+            if not self._events:
+                return None
+            batch, self._events = self._events, []
+            self._chars = 0
+            return batch
 
 
 def _module_of(filename: str) -> str | None:
