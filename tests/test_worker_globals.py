@@ -48,14 +48,18 @@ def test_an_initializer_filling_a_global_in_place_is_seen_and_so_are_the_masters
         import multiprocessing
         import sockpool
 
+        import collections
+
         STATE = {}
         SETTINGS = {"k": 1}
+        SEEN = collections.defaultdict(list)  # not a dict: a class to name in its pickle
 
         def init(path):
             STATE["model"] = "model from " + path
+            SEEN["paths"].append(path)
 
         def score(x):
-            return (STATE.get("model"), SETTINGS["k"], x)
+            return (STATE.get("model"), SETTINGS["k"], x, len(SEEN["paths"]))
 
         if __name__ == "__main__":
             for Pool in (multiprocessing.Pool, sockpool.Pool):
@@ -68,9 +72,9 @@ def test_an_initializer_filling_a_global_in_place_is_seen_and_so_are_the_masters
                 print(cl.par_map(score, [0]))
     """, tmp_path)
     assert result.stdout.splitlines() == [
-        "[('model from m.pkl', 1, 0), ('model from m.pkl', 1, 1)]",
-        "[('model from m.pkl', 1, 0), ('model from m.pkl', 1, 1)]",
-        "[(None, 1, 0)]", "[('the master', 2, 0)]"]
+        "[('model from m.pkl', 1, 0, 1), ('model from m.pkl', 1, 1, 1)]",
+        "[('model from m.pkl', 1, 0, 1), ('model from m.pkl', 1, 1, 1)]",
+        "[(None, 1, 0, 0)]", "[('the master', 2, 0, 0)]"]
 
 
 def test_a_local_modules_functions_share_its_globals_on_the_worker(tmp_path: Path) -> None:

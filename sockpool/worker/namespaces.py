@@ -28,6 +28,7 @@ from __future__ import annotations
 import builtins
 import io
 import pickle
+import sys
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -190,12 +191,13 @@ class _CappedStream(io.BytesIO):
 
 
 class _PlainPickler(pickle.Pickler):
-    """Pickles plain data only: a function, class or module would be written by name,
-    and looking it up could import a module here (one meant to travel by value)."""
+    """Never imports: a function or class is written by name, and looking it up imports
+    its module, which here may be one meant to travel by value; only those of modules
+    loaded already pickle (a ``defaultdict``, a NumPy scalar)."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType,
-                            types.ModuleType)):
+        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)) and (
+                getattr(obj, "__module__", None) not in sys.modules):
             raise _TooLarge
         return NotImplemented
 
