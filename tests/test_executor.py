@@ -75,6 +75,21 @@ def test_a_done_callback_may_wait_for_another_task(shared_cluster: Cluster) -> N
     assert chained.get(timeout=1) == (4, "")
 
 
+def test_a_with_block_ends_after_its_futures_callbacks_ran() -> None:
+    # Off the I/O thread, a callback queued by the last task ran after the block had
+    # ended, or never (the interpreter exited first): an Executor's waits for them.
+    ran: list[str] = []
+
+    def slow_callback(done: concurrent.futures.Future[None]) -> None:
+        time.sleep(0.2)
+        ran.append("callback")
+
+    with Cluster(n=1) as cl:
+        cl.submit(time.sleep, 0.3).add_done_callback(slow_callback)
+    ran.append("after the block")
+    assert ran == ["callback", "after the block"]
+
+
 def test_map_keeps_the_executor_contract(shared_cluster: Cluster) -> None:
     results = shared_cluster.map(pow, [2, 3], [5, 2])
     assert list(results) == [32, 9]

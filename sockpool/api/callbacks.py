@@ -12,6 +12,7 @@ still run at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -36,16 +37,26 @@ class CallbackThread:
     def __init__(self, name: str) -> None:
         self._name = name
         self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], Any]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._pending = 0  # scheduled and not yet run to their end
 
     def schedule(self, callback: Callable[[Any], Any], argument: Any) -> None:
         """Call ``callback(argument)`` on the callback thread, after those scheduled before."""
         with self._lock:
+            self._pending += 1
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
         self._queue.put((callback, argument))
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        """Return once every callback scheduled so far has run (at most ``timeout``
+        seconds; at once on the callback thread itself, which would wait for itself)."""
+        if threading.current_thread() is self._thread:
+            return
+        with self._lock:
+            self._lock.wait_for(lambda: not self._pending, timeout)
 
     def _run(self) -> None:
         while True:
@@ -54,6 +65,10 @@ class CallbackThread:
                 callback(argument)
             except BaseException:  # as concurrent.futures does with a callback's error
                 _log.exception("sockpool: exception calling callback for %r", argument)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+                    self._lock.notify_all()
 
 
 #: The thread that runs task futures' callbacks that completed on an I/O thread.
@@ -65,7 +80,7 @@ class TaskFuture(Future[T]):
     so it may wait for other tasks (see the module's docstring)."""
 
     def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
-        if getattr(fn, "__module__", None) and str(fn.__module__).startswith(_PASSING_ON):
+        if _passes_on(fn):
             super().add_done_callback(fn)
             return
 
@@ -76,3 +91,10 @@ class TaskFuture(Future[T]):
                 fn(future)
 
         super().add_done_callback(off_the_io_thread)
+
+
+def _passes_on(fn: Any) -> bool:
+    """Whether ``fn`` (a partial: its function) is asyncio's or sockpool's own."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return str(getattr(fn, "__module__", None) or "").startswith(_PASSING_ON)

@@ -24,7 +24,7 @@ from ..common.config import DEFAULT_MAX_FRAME_BYTES
 from ..errors import ClusterClosedError
 from . import aio
 from .cluster_options import check_cluster_options, choose_workers, warn_if_oversubscribed
-from .lifetime import live_clusters, watch
+from .lifetime import forget, watch
 from .loops import may_block, to_thread
 from .map_options import MapOptions, check_callable, check_iterables, check_timeout
 from .seeding import CallSeeds
@@ -199,12 +199,12 @@ class Cluster(concurrent.futures.Executor):
     def close(self) -> None:
         """Stop now: cancel pending tasks, interrupt running ones, end every worker.
 
-        Bounded (a few seconds at most: SHUTDOWN, then SIGTERM, then SIGKILL).
-        Calling it again is harmless.
+        Bounded (a few seconds at most: SHUTDOWN, then SIGTERM, then SIGKILL; done-
+        callbacks of its futures get 5 s more).  Calling it again is harmless.
         """
         self._finalizer.detach()
         self._dispatcher.close(cancel=True, wait=True)
-        live_clusters.discard(self)
+        forget(self, callbacks_within=5.0)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish what was submitted (``Executor`` contract).
@@ -219,7 +219,7 @@ class Cluster(concurrent.futures.Executor):
                 self._dispatcher.cancel_futures()
         self._dispatcher.close(cancel=False, wait=wait, timeout=None)
         if wait:
-            live_clusters.discard(self)
+            forget(self, callbacks_within=None)
 
     def restart(self) -> None:
         """Replace every worker by a fresh process (new pids), e.g. after a leak.

@@ -16,6 +16,8 @@ import warnings
 import weakref
 from typing import TYPE_CHECKING, Protocol
 
+from .callbacks import callbacks
+
 if TYPE_CHECKING:
     from ..dispatch.dispatcher import Dispatcher
 
@@ -32,6 +34,13 @@ class Closable(Protocol):
 live_clusters: weakref.WeakSet[Closable] = weakref.WeakSet()
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
+
+
+def forget(cluster: Closable, callbacks_within: float | None) -> None:
+    """``cluster`` closed: off the exit hook's list, once the done-callbacks its tasks'
+    futures queued have run (at most ``callbacks_within`` seconds; None: all)."""
+    live_clusters.discard(cluster)
+    callbacks.wait_idle(callbacks_within)
 
 
 def _close_all_at_exit() -> None:
