@@ -167,7 +167,8 @@ class WorkerPool:
                 if self.loop_error is not None and not self.startup_errors:
                     raise LaunchError(f"the cluster failed while starting: {self.loop_error}")
                 if not self.lifecycle.wants_workers and not self.startup_errors:
-                    raise ClusterClosedError("the cluster was closed while its workers started")
+                    raise self.lifecycle.error or ClusterClosedError(
+                        "the cluster was closed while its workers started")
                 remaining = deadline - time.monotonic()
                 starting = [r for r in list(self.workers.values()) if r.state.starting]
                 settled = remaining <= 0 or not self.lifecycle.wants_workers or not starting
