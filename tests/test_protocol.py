@@ -46,7 +46,8 @@ def test_header_round_trip() -> None:
 
 
 @pytest.mark.parametrize("frame", [
-    b"", b"\x01", b"\x02" + b"\x02" * 15,  # too short, then a wrong version
+    b"", b"\x01",  # too short
+    bytes([protocol.PROTOCOL_VERSION + 1]) + b"\x02" * 15,  # a wrong version
     bytes([protocol.PROTOCOL_VERSION, 99]) + b"\0" * 14,  # an unknown kind
 ])
 def test_malformed_headers_are_rejected(frame: bytes) -> None:

@@ -68,7 +68,7 @@ import struct
 import time
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 _HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = _HEADER.size

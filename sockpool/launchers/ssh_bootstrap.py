@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from typing import Any  # noqa: F401 (for the type comments)
 
 #: What the workers import on the host; each must be importable there.
-REQUIRED = ("sockpool", "zmq", "cloudpickle", "dill", "psutil")
+REQUIRED = ("sockpool", "zmq", "cloudpickle", "dill", "psutil", "xxhash")
 #: The agent this process becomes once the checks pass.  Named, not imported:
 #: the launchers never import the worker side, and this runs only on the host.
 AGENT = "sockpool.worker.agent"
