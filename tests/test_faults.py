@@ -100,6 +100,13 @@ def test_close_is_bounded_even_when_a_worker_ignores_every_signal() -> None:
     assert wait_gone([pid], 2) == []
 
 
+def _dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_a_worker_whose_connection_broke_as_it_died_is_described_by_how_it_died(
         cluster: Cluster) -> None:
     # A TASK sent as the worker died fails on its closed connection: it was then
@@ -108,6 +115,10 @@ def test_a_worker_whose_connection_broke_as_it_died_is_described_by_how_it_died(
     pool = cluster._dispatcher.pool
     dying, live = (pool.workers[worker.id] for worker in cluster.workers)
     os.kill(dying.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10  # dead, if not yet seen so (a loaded machine is slow)
+    while not _dead(dying.pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     reason = cluster._dispatcher.mailbox.ask(pool.unreachable, dying)
     assert reason.startswith("killed by SIGKILL"), reason
     # A live one whose connection broke cannot be trusted: it is ended.
