@@ -275,16 +275,16 @@ class Cluster(concurrent.futures.Executor):
             timeout: per-task time limit in seconds: a task that runs longer
                 fails with ``TaskTimeoutError`` (or is retried, with
                 ``retries``) and its worker is stopped and replaced.  Chunks
-                default to one task then.
+                are one task each then (``chunksize`` above 1 is refused).
             retries: times a task is re-run when its worker is lost.
             errors: ``"raise"`` the first failure, or ``"return"`` exceptions in place.
             seed: a seed for this call alone: task i gets the stream
                 ``SeedSequence(seed, spawn_key=(i,))`` (see ``Cluster(seed=)``).
             schedule: ``"dynamic"``: workers pull chunks as they free up (load
                 balancing); ``"static"``: contiguous equal chunks (one per
-                worker unless ``chunksize``) assigned round-robin up front, in
-                worker id order, as R's ``parLapply`` does, so the assignment
-                itself is deterministic.
+                worker unless ``chunksize``; single tasks with ``timeout``)
+                assigned round-robin up front, in worker id order, as R's
+                ``parLapply`` does, so the assignment itself is deterministic.
 
         Returns:
             The list of results.
