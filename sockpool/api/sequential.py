@@ -108,8 +108,9 @@ class Sequential:
         """What a profile records of a call about to run (None when none records)."""
         if not self.recordings:
             return None
-        return _Call(next(self._calls), getattr(fn, "__qualname__", type(fn).__qualname__),
-                     time.time())
+        from ..capture.pickling import function_name  # a partial: its function's, as a cluster's
+
+        return _Call(next(self._calls), function_name(fn), time.time())
 
     def record(self, call: _Call, index: int, attempt: int, started: float, ok: bool) -> None:
         """One attempt of task ``index`` of ``call`` ran from ``started`` until now."""
