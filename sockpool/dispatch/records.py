@@ -166,10 +166,11 @@ def snapshot(records: Iterable[WorkerRecord], load: Callable[[int], int]) -> lis
     return rows
 
 
-def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk, start: int = 0,
-               end: int | None = None) -> WorkerLostError:
-    """The error of a chunk (its tasks ``[start, end)``) whose worker was lost."""
-    first = chunk.first_index + start
+def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk,
+               start: int | None = None, end: int | None = None) -> WorkerLostError:
+    """The error of a chunk (its tasks ``[start, end)``; by default those it had left to
+    run) whose worker was lost."""
+    first = chunk.first_index + (chunk.resume if start is None else start)
     last = chunk.first_index + (chunk.count if end is None else end) - 1
     tasks = f"task {first}" if first == last else f"tasks {first}..{last}"
     message = f"{record.label} was lost ({how}) while running {tasks}"
