@@ -170,6 +170,18 @@ def test_a_host_given_by_name_and_as_an_ssh_host_adds_up() -> None:
         parse_hosts([SSHHost("node1"), SSHHost("node1", workers=2)])
 
 
+def test_run_on_all_reaches_every_worker_while_remote_workers_are_recycled(
+        testbed: Testbed) -> None:
+    # A recycled ssh worker's slot stayed taken until its process ended, so its
+    # replacement started late and run_on_all, which leaves out workers told to
+    # stop, returned [] right after a map.
+    with Cluster(hosts=["node1", "node2"], python=PYTHON, max_tasks_per_worker=1) as cl:
+        for _ in range(3):
+            cl.par_map(abs, range(2), chunksize=1)  # both workers retire
+            pids = cl.run_on_all(os.getpid)
+            assert len(pids) == 2 and len(set(pids)) == 2
+
+
 def test_an_ssh_launcher_serves_one_cluster_after_another(testbed: Testbed) -> None:
     # The second cluster found the first one's closed sessions and started nothing.
     launcher = SSHLauncher(["node1", "node2"], python=PYTHON)

@@ -315,6 +315,7 @@ class WorkerPool:
             if record.control_ready:
                 self.master.send(record.control_identity, shutdown)
             record.retired_at = now
+            record.process.released = True  # its launcher's slot may take the replacement
             if self.lifecycle.wants_workers:
                 self.launch()
 
