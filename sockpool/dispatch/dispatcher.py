@@ -417,8 +417,7 @@ class Dispatcher:
             fn_inband, fn_buffers = b"", []
         else:
             fn_inband, fn_buffers = function.inband, function.buffers
-            for old in record.cache_function(function.digest, function.nbytes,
-                                             FUNCTION_CACHE_BYTES):
+            for old in record.cache_function(function, FUNCTION_CACHE_BYTES):
                 self.master.send(record.data_identity, [protocol.header(Kind.FORGET) + old])
         if job.timeout:  # check its deadline on time, not at the next periodic check
             deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK

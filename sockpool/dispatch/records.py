@@ -8,8 +8,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from ..capture.pickling import FunctionPayload
 from ..common import protocol
 from ..common.config import CurveKeys
+from ..common.digest import function_digest
 from ..errors import LaunchError, TaskTimeoutError, WorkerLostError
 from ..launchers.base import WorkerProcess
 from .clock import ClockSync
@@ -102,8 +104,17 @@ class WorkerRecord:
         self.cpu_seconds: float | None = None
         self.tasks_done = 0
 
-    def cache_function(self, digest: bytes, size: int, budget: int) -> list[bytes]:
-        """Mirror the worker's function cache; the digests it must drop to stay in ``budget``."""
+    def cache_function(self, function: FunctionPayload, budget: int) -> list[bytes]:
+        """Mirror the worker's function cache as ``function`` goes to it in full; the
+        digests it must drop to stay in ``budget``.
+
+        A payload whose large buffers no longer match its digest (the caller changed
+        them in place since) is not counted as cached there: the next chunk that
+        needs it carries it again, rather than run on bytes the digest does not name.
+        """
+        digest, size = function.digest, function.nbytes
+        if function.buffers and function_digest(function.inband, function.buffers) != digest:
+            return []
         self.cached[digest] = size
         self.cached_bytes += size
         dropped = []
