@@ -140,6 +140,21 @@ def test_changing_the_plan_closes_its_cluster_and_with_restores_the_previous() -
     assert len(again) == 1 and again != first
 
 
+def test_with_over_the_plan_in_force_changes_nothing() -> None:
+    sockpool.plan("sequential")
+    chosen = sockpool.plan(n=1)  # installed without a with
+    pids = _worker_pids()
+    with sockpool.plan() as same:  # "the plan in force": leaving it restores nothing
+        assert same is chosen
+    assert sockpool.plan() is chosen
+    assert _worker_pids() == pids  # its cluster still runs
+    with sockpool.plan(n=1) as scoped:
+        with sockpool.plan():
+            pass
+        assert sockpool.plan() is scoped
+    assert sockpool.plan() is chosen  # the outer with still restores its previous plan
+
+
 def test_a_given_cluster_is_used_and_left_open() -> None:
     with Cluster(n=2) as cl:
         sockpool.plan(cl)

@@ -71,8 +71,11 @@ class Plan:
         self._runner = Sequential(seed) if sequential else None
         self._cluster: Cluster | None = None
         self._lock = threading.Lock()
-        self._scoped = False  # plan() installed it: leaving its with restores _previous
-        self._previous: Plan | None = None  # the plan it replaced (None: not chosen then)
+        # plan(...) installed it and no with has used that yet: the next with over it
+        # restores _previous, the plan it replaced (None: not chosen then), on leaving.
+        self._scope_pending = False
+        self._previous: Plan | None = None
+        self._scopes: list[bool] = []  # per open with: whether leaving it restores
 
     def cluster(self) -> Cluster:
         """The plan's Cluster, started now if need be.
@@ -128,10 +131,12 @@ class Plan:
                 cluster.close()
 
     def __enter__(self) -> Plan:
+        self._scopes.append(self._scope_pending)
+        self._scope_pending = False
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._scoped:  # not for plan()'s "the plan in force", which changed nothing
+        if self._scopes.pop():  # not for plan()'s "the plan in force", which changed nothing
             _install(self._previous, wait=exc_type is None)
 
     def __repr__(self) -> str:
@@ -178,10 +183,12 @@ def plan(backend: str | Cluster | None = None, /, **cluster_options: Any) -> Pla
         TypeError: an unknown option, or options with a given Cluster.
     """
     if backend is None and not cluster_options:
-        return _active()
+        active = _active()
+        active._scope_pending = False  # so `with plan():` changes nothing either
+        return active
     new = _make(backend, cluster_options, "plan()")
     new._previous = _install(new, wait=True)
-    new._scoped = True
+    new._scope_pending = True
     return new
 
 
