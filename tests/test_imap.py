@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sockpool import CaptureError, Cluster
+from sockpool import CaptureError, Cluster, ClusterClosedError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -210,3 +210,38 @@ def test_par_map_reads_an_input_that_raises_before_any_task_runs(
         shared_cluster.par_map(_mark, (str(tmp_path / str(i)) for i in _input_that_breaks(3)))
     shared_cluster.run_on_all(abs, 0)  # each worker is past anything sent before
     assert list(tmp_path.iterdir()) == []
+
+
+def _sleep_then(i: int) -> int:
+    time.sleep(0.05)
+    return i
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_shutdown_midway_delivers_what_was_sent_then_says_why_the_rest_did_not_run(
+        ordered: bool) -> None:
+    cl = Cluster(n=2)
+    try:
+        results = cl.imap(_sleep_then, range(50), ordered=ordered)
+        got = [next(results) for _ in range(3)]
+        time.sleep(0.3)  # more chunks run meanwhile; their results wait in the iterator
+        cl.shutdown(wait=True)  # lets what was sent finish; the rest cannot be sent
+        with pytest.raises(ClusterClosedError, match=r"before this call had sent all its "
+                           r"input: the results of the (\d+) items it sent came first") as info:
+            got.extend(results)
+    finally:
+        cl.close()
+    sent = int(info.value.args[0].split("the results of the ")[1].split()[0])
+    assert 3 < sent < 50
+    assert sorted(got) == list(range(sent))  # every result of what was sent, none lost
+    if ordered:
+        assert got == list(range(sent))
+
+
+def test_a_close_midway_ends_the_iteration_with_an_error_not_a_hang() -> None:
+    cl = Cluster(n=2)
+    results = cl.imap(_sleep_then, range(50))
+    assert next(results) == 0
+    cl.close()  # cancels what runs
+    with pytest.raises(ClusterClosedError):
+        list(results)

@@ -155,6 +155,23 @@ def test_with_over_the_plan_in_force_changes_nothing() -> None:
     assert sockpool.plan() is chosen  # the outer with still restores its previous plan
 
 
+def _sleep_then(i: int) -> int:
+    time.sleep(0.05)
+    return i
+
+
+def test_a_plan_change_lets_a_half_read_imap_deliver_what_it_sent() -> None:
+    sockpool.plan(n=2)
+    results = sockpool.imap(_sleep_then, range(40))
+    got = [next(results) for _ in range(3)]
+    time.sleep(0.3)
+    sockpool.plan("sequential")  # closes the cluster once what was sent has run
+    with pytest.raises(ClusterClosedError, match=r"or a new sockpool.plan\(\)\) before this "
+                       r"call had sent all its input: the results of the (\d+) items"):
+        got.extend(results)
+    assert len(got) > 3 and got == list(range(len(got)))
+
+
 def test_a_given_cluster_is_used_and_left_open() -> None:
     with Cluster(n=2) as cl:
         sockpool.plan(cl)

@@ -297,18 +297,27 @@ def stream_blocks(
     next_first = 0
     finished = False
     output = _OutputInOrder(delivery.output_in_order)
+    sent = 0  # items in chunks the cluster took
+    refused: ClusterClosedError | None = None  # closed before the input was all sent
     try:
         while True:
             room = window - in_flight - len(waiting)
-            while room > 0 and not feed.exhausted:  # a feed may hand out fewer than room
-                chunks = feed.take(room)
+            while room > 0 and not feed.exhausted and refused is None:
+                chunks = feed.take(room)  # (a feed may hand out fewer than room)
                 if not chunks:
                     break
-                dispatch.submit(chunks, wait=feed.hand_over)
+                try:
+                    dispatch.submit(chunks, wait=feed.hand_over)
+                except ClusterClosedError as exc:
+                    refused = exc  # what was sent before still comes back: deliver it
+                    break
                 in_flight += len(chunks)
                 room -= len(chunks)
-            if in_flight == 0 and not waiting and feed.exhausted:
+                sent += sum(chunk.count for chunk in chunks)
+            if in_flight == 0 and not waiting and (feed.exhausted or refused is not None):
                 finished = True
+                if refused is not None:
+                    raise _closed_midway(refused, sent)
                 if feed.error is not None:  # after every result of the items read before it
                     raise feed.error
                 return
@@ -342,6 +351,18 @@ def stream_blocks(
         job.keep = None  # nobody waits for it any more: its cluster may go now
         if progress is not None:
             progress.close()
+
+
+def _closed_midway(refused: ClusterClosedError, sent: int) -> ClusterClosedError:
+    """The error of a call whose cluster closed before it had sent all its input."""
+    if type(refused) is not ClusterClosedError:  # broken (NoWorkersLeftError): as is
+        return refused
+    error = ClusterClosedError(
+        "the cluster was closed (close(), shutdown(), or a new sockpool.plan()) before this "
+        f"call had sent all its input: the results of the {sent} items it sent came first, "
+        "the rest was not run")
+    error.__cause__ = refused
+    return error
 
 
 def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool, errors: str
