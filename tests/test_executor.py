@@ -103,6 +103,21 @@ def test_map_timeout_is_a_deadline_for_the_whole_iteration(cluster: Cluster) -> 
         list(results)
 
 
+def test_map_timeout_never_fails_a_result_already_in(shared_cluster: Cluster) -> None:
+    # The deadline was checked before the results that had arrived: a loop slower
+    # than the tasks got TimeoutError for results that were done (Executor.map's
+    # result(timeout) returns a finished result whatever the time).
+    results = shared_cluster.map(abs, range(-4, 0), timeout=0.3)
+    time.sleep(0.6)  # past the deadline, every task long done
+    assert list(results) == [4, 3, 2, 1]
+    slow_loop = shared_cluster.map(abs, range(-6, 0), timeout=0.4)
+    got = []
+    for value in slow_loop:
+        got.append(value)
+        time.sleep(0.1)
+    assert got == [6, 5, 4, 3, 2, 1]
+
+
 def test_map_submits_at_once(shared_cluster: Cluster, tmp_path: object) -> None:
     import os
 
@@ -150,6 +165,45 @@ def test_close_fails_running_futures_with_cluster_closed() -> None:
     assert time.monotonic() - started < 6
     with pytest.raises((ClusterClosedError, concurrent.futures.CancelledError)):
         running.result(timeout=5)
+
+
+def test_leaving_with_on_an_exception_cancels_the_futures_no_worker_got() -> None:
+    # They failed with ClusterClosedError: cancelled() was False and a caller's
+    # `except CancelledError` missed them, unlike shutdown(cancel_futures=True).
+    with pytest.raises(KeyError), Cluster(n=1) as cl:
+        running = cl.submit(slow_identity, 1, 30)
+        time.sleep(0.3)
+        futures = [cl.submit(abs, i) for i in range(6)]  # two go to the worker's queue
+        raise KeyError("leave")
+    queued = [f for f in futures if f.cancelled()]
+    assert len(queued) >= 4
+    for future in queued:
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(timeout=0)
+    with pytest.raises(ClusterClosedError, match="closed while this task was on its worker"):
+        running.result(timeout=5)
+    done, _ = concurrent.futures.wait(futures, timeout=5)
+    assert len(done) == len(futures)
+
+
+def test_a_callbacks_error_is_logged_where_concurrent_futures_logs_it(
+        shared_cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    ran = threading.Event()
+
+    def broken(done: concurrent.futures.Future[int]) -> None:
+        ran.set()
+        raise ValueError("in the callback")
+
+    shared_cluster.submit(time.sleep, 0.2).add_done_callback(broken)  # on the callback thread
+    assert ran.wait(20)
+    finished = shared_cluster.submit(abs, -1)
+    finished.result(timeout=10)
+    finished.add_done_callback(broken)  # done: here, by concurrent.futures itself
+    deadline = time.monotonic() + 5
+    while len(caplog.records) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [(r.name, r.getMessage().split(" for ")[0]) for r in caplog.records] == [
+        ("concurrent.futures", "exception calling callback")] * 2
 
 
 def test_submit_from_many_threads(shared_cluster: Cluster) -> None:

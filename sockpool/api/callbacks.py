@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_log = logging.getLogger("sockpool")
+#: A callback's error is logged where ``Future`` logs one: a filter on that logger
+#: sees every callback's, wherever it ran.
+_log = logging.getLogger("concurrent.futures")
 
 #: The name of a cluster's I/O thread (``dispatch/dispatcher.py``).
 IO_THREAD_NAME = "sockpool-io"
@@ -64,7 +66,7 @@ class CallbackThread:
             try:
                 callback(argument)
             except BaseException:  # as concurrent.futures does with a callback's error
-                _log.exception("sockpool: exception calling callback for %r", argument)
+                _log.exception("exception calling callback for %r", argument)
             finally:
                 with self._lock:
                     self._pending -= 1

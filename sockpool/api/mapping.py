@@ -205,8 +205,12 @@ def _next_events(job: StreamJob, deadline: float | None) -> list[Event]:
         wait = POLL_SECONDS
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic())
-            if wait <= 0:
-                raise FuturesTimeoutError("the map did not finish before its timeout")
+            if wait <= 0:  # a result already in never times out (Executor.map's contract)
+                try:
+                    return job.events.get_nowait()
+                except queue.Empty:
+                    raise FuturesTimeoutError("the map did not finish before its timeout"
+                                              ) from None
         try:
             return job.events.get(timeout=wait)
         except queue.Empty:

@@ -33,7 +33,7 @@ from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
 from . import output as relay
 from .admission import Admission
-from .jobs import Chunk, FutureJob, HeldResults, Job
+from .jobs import Chunk, HeldResults, Job
 from .lifecycle import ClusterState, Lifecycle
 from .mailbox import Mailbox
 from .pool import TIMEOUT_SLACK, WorkerPool
@@ -280,13 +280,15 @@ class Dispatcher:
         return self.pool.stop_step(now)
 
     def _write_off_everything(self) -> None:
-        """Closing without finishing: fail what waits and what runs."""
+        """Closing without finishing: cancel what waits (fail a map's), fail what runs."""
         for chunk in self.scheduler.drain():
-            chunk.job.fail(chunk, ClusterClosedError("the cluster was closed before this task ran"))
+            if not chunk.job.cancel_waiting(chunk):
+                chunk.job.fail(chunk, ClusterClosedError(
+                    "the cluster was closed before this task ran"))
         for worker_id in self.scheduler.workers:  # begin_stop then sends them SHUTDOWN
             for chunk in self.scheduler.remove_worker(worker_id)[0]:
                 chunk.job.fail(chunk, ClusterClosedError(
-                    "the cluster was closed while this task ran"))
+                    "the cluster was closed while this task was on its worker"))
 
     def _teardown(self) -> None:
         self._held.release()
@@ -453,9 +455,11 @@ class Dispatcher:
 
     def _submit(self, chunks: list[Chunk], waited: bool = False) -> None:
         # Work made before shutdown() still runs while the cluster drains.
-        if self.lifecycle.state not in (ClusterState.OPEN, ClusterState.DRAINING):
-            for chunk in chunks:
-                chunk.job.fail(chunk, self.lifecycle.refusal())
+        state = self.lifecycle.state
+        if state not in (ClusterState.OPEN, ClusterState.DRAINING):
+            for chunk in chunks:  # close() cancels a submit's that came just before it
+                if state is not ClusterState.STOPPING or not chunk.job.cancel_waiting(chunk):
+                    chunk.job.fail(chunk, self.lifecycle.refusal())
             return
         self.scheduler.submit(chunks)
         # Now, not once every queued command ran (a cancel_futures): an idle worker's,
@@ -481,11 +485,7 @@ class Dispatcher:
 
     def _cancel_futures(self) -> None:
         for chunk in self.scheduler.drain():
-            if isinstance(chunk.job, FutureJob):
-                if chunk.job.future.cancel():  # and tell wait() and as_completed() it is done
-                    chunk.job.future.set_running_or_notify_cancel()
-                chunk.job.dropped(chunk)
-            else:
+            if not chunk.job.cancel_waiting(chunk):
                 self.scheduler.submit([chunk])
 
     def _add_export(self, frames: list[Any]) -> None:

@@ -153,6 +153,11 @@ class Job:
     def dropped(self, chunk: Chunk) -> None:
         """``chunk`` was cancelled before or while it ran."""
 
+    def cancel_waiting(self, chunk: Chunk) -> bool:
+        """Cancel ``chunk``, which no worker got, as a cancelled future (a submit's);
+        whether it was (a map's is not: its caller is failed instead)."""
+        return False
+
 
 #: What a StreamJob's caller is told of a chunk: ``(chunk, worker or None, payload or error)``.
 Event = tuple[Chunk, WorkerLabel | None, Any]
@@ -330,6 +335,12 @@ class FutureJob(Job):
 
     def _fail(self, chunk: Chunk, error: BaseException) -> None:
         self._settle(error=error)
+
+    def cancel_waiting(self, chunk: Chunk) -> bool:
+        if self.future.cancel():  # and tell wait() and as_completed() it is done
+            self.future.set_running_or_notify_cancel()
+        self.dropped(chunk)
+        return True
 
     def dropped(self, chunk: Chunk) -> None:
         if not self.future.done() and not self.future.cancel():
