@@ -274,3 +274,33 @@ def test_each_result_is_acknowledged_once_mostly_by_the_task_sent_after_it(
         assert cl.par_map(abs, range(-300, 0), chunksize=1) == list(range(300, 0, -1))
     assert sent[Kind.TASK] >= 300
     assert sent[Kind.ACK] < 100, sent
+
+
+def uneven_task(log: str) -> Callable[[int], int]:
+    """Logs its index; every seventh task runs 30 ms, the rest under one."""
+
+    def task(i: int) -> int:
+        with open(log, "a") as stream:
+            stream.write(f"{i}\n")
+        time.sleep(0.03 if i % 7 == 0 else 0.0005 * (i % 3))
+        return i * 10
+
+    return task
+
+
+@pytest.mark.parametrize("n_workers", [2, 3])
+def test_chunks_taken_back_for_idle_workers_run_exactly_once(
+        hogs: None, tmp_path: Path, n_workers: int) -> None:
+    # Uneven tasks leave workers idle while others hold a chunk queued: the master
+    # asks for it back, racing the worker's main thread taking it.  Whoever wins,
+    # each task runs once and every result comes back.
+    log = tmp_path / "log"
+    with Cluster(n=n_workers) as cl:
+        for _ in range(ROUNDS):
+            log.write_text("")
+            assert cl.par_map(uneven_task(str(log)), range(60), chunksize=1) == [
+                i * 10 for i in range(60)]
+            assert lines(log) == Counter(range(60))
+            futures = [cl.submit(uneven_task(str(log)), i) for i in range(60, 90)]
+            assert [f.result(timeout=60) for f in futures] == [i * 10 for i in range(60, 90)]
+            assert lines(log) == Counter(range(90))

@@ -562,3 +562,38 @@ def test_what_an_escaping_exception_leaves_held_the_teardown_still_tells() -> No
     assert fine.events.empty()
     held.release()
     assert len(fine.events.get_nowait()) == 1
+
+
+def _waits_for_the_quick_one(flag: str, kind: str) -> tuple[str, bool, int]:
+    if kind == "long":  # done only once "quick" has run: it must not wait behind this
+        deadline = time.monotonic() + 20
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return kind, os.path.exists(flag), os.getpid()
+    if kind == "quick":
+        open(flag, "w").close()
+    return kind, True, os.getpid()
+
+
+@pytest.mark.parametrize("how", ["par_map", "submit"])
+def test_a_chunk_queued_behind_a_long_one_goes_to_a_worker_that_is_free(
+        tmp_path: Path, how: str) -> None:
+    # The first chunks are dealt before anything is known of how long they run:
+    # "quick" is queued behind "long", whose worker it would wait for while the
+    # other worker, done with "instant", has nothing to do.  It is taken back.
+    flag = str(tmp_path / "quick ran")
+    with Cluster(n=2) as cl:
+        cl.run_on_all(os.getpid)  # both workers ready before the work is dealt
+        kinds = ["long", "instant", "quick"]
+        with cl.profile() as prof:
+            if how == "par_map":
+                results = cl.par_map(functools.partial(_waits_for_the_quick_one, flag), kinds,
+                                     chunksize=1)
+            else:
+                futures = [cl.submit(_waits_for_the_quick_one, flag, kind) for kind in kinds]
+                results = [future.result(timeout=30) for future in futures]
+    assert results[0][1] is True, "the quick task waited behind the long one"
+    assert results[2][2] != results[0][2]
+    # The profile shows each task once, none as a lost attempt.
+    assert len(prof.tasks) == 3
+    assert all(record.ok and record.attempt == 1 for record in prof.tasks)

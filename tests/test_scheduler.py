@@ -126,3 +126,35 @@ def test_nothing_is_queued_behind_chunks_known_to_run_long() -> None:
     assert job.chunk_seconds == pytest.approx(0.5)  # from when work[0] ended, not when sent
     assert [w for w, _ in scheduler.assignments(now=1.0)] == [1]
     assert scheduler.load(1) == 1
+
+
+def test_a_queued_chunk_given_back_goes_first_in_line_and_its_quota_back() -> None:
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1, quota=10)
+    scheduler.add_worker(2)
+    first, second, third = chunks(RecordingJob(), 3)
+    pinned = RecordingJob().chunk(0, 1, [b""], pinned=1)
+    scheduler.submit([first, second])
+    assert [(w, c.id) for w, c in scheduler.assignments(0.0)] == [(1, first.id), (2, second.id)]
+    scheduler.submit([third, pinned])
+    assert [(w, c.id) for w, c in scheduler.assignments(0.01)] == [(1, pinned.id), (2, third.id)]
+    assert scheduler.quota[1] == 9
+    # Queued behind what each runs; a pinned chunk stays where it is pinned.
+    assert [(w, c.id) for w, c in scheduler.queued_behind()] == [(2, third.id)]
+    assert scheduler.idle_workers() == 0
+    assert scheduler.complete(2, second.id, 0.02) is second
+    assert scheduler.take_back(2, third.id) is third
+    assert scheduler.take_back(2, third.id) is None  # given back once
+    assert scheduler.idle_workers() == 1 and list(scheduler.pending) == [third]
+    assert [(w, c.id) for w, c in scheduler.assignments(0.03)] == [(2, third.id)]
+
+
+def test_a_chunk_given_back_from_a_worker_with_a_quota_counts_there_no_more() -> None:
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1, quota=2)
+    work = chunks(RecordingJob(), 2)
+    scheduler.submit(work)
+    assert [w for w, _ in scheduler.assignments(0.0)] == [1, 1]
+    assert scheduler.retiring(1)
+    scheduler.take_back(1, work[1].id)
+    assert not scheduler.retiring(1) and scheduler.quota[1] == 1

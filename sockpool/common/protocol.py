@@ -16,8 +16,8 @@ Each worker opens two connections, told apart by their zmq routing id:
 * the *data* connection (``b"D" + id``), used only by the worker's main thread:
   HELLO, then TASK/EXPORT/FORGET in and RESULT out;
 * the *control* connection (``b"C" + id``), used by the worker's watchdog
-  thread: HELLO, HEARTBEAT both ways, CANCEL and SHUTDOWN in.  It keeps
-  answering while a task holds the main thread.
+  thread: HELLO, HEARTBEAT both ways, CANCEL, RECLAIM and SHUTDOWN in,
+  RECLAIM's answer out.  It keeps answering while a task holds the main thread.
 
 ============  =========  ==========================================================
 kind          direction  body of the first frame (then out-of-band buffer frames)
@@ -37,6 +37,9 @@ RELEASE       both       serials (u64 each) of the sender's mappings of the
 EXPORT        m -> w     pickle of a dict of values
 FORGET        m -> w     digest of a cached function to drop
 CANCEL        m -> w     (empty; ``job`` says which)
+RECLAIM       both       m -> w: give back chunk ``ident``, queued here, for an idle
+                         worker; w -> m: the answer, flag ``GIVEN_BACK`` when it will
+                         not run here (it never started), none when it has started
 HEARTBEAT     both       m -> w: (empty; ``ident``: the master's clock, ns); w -> m:
                          the echoed clock, the worker's resident and CPU use
                          (``ident``: the worker's clock, ns) -- see ``ClockReply``
@@ -68,7 +71,7 @@ import struct
 import time
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 _HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = _HEADER.size
@@ -109,6 +112,7 @@ class Kind(enum.IntEnum):
     OUTPUT = 9
     RELEASE = 10
     ACK = 11
+    RECLAIM = 12
 
 
 class Flag:
@@ -143,6 +147,9 @@ class Flag:
     #: captured buffer changed in place while it waited to be sent): it must not
     #: stay cached under that digest, and the master sends it anew next time.
     STALE_FUNCTION = 512
+    #: RECLAIM (w -> m): the chunk will not run here; the master sends it elsewhere.
+    #: RESULT: the chunk was skipped as given back (its copy sent elsewhere delivers).
+    GIVEN_BACK = 1024
 
 
 _KINDS = {kind.value: kind for kind in Kind}

@@ -38,6 +38,7 @@ from .lifecycle import ClusterState, Lifecycle
 from .mailbox import Mailbox
 from .pool import TIMEOUT_SLACK, WorkerPool
 from .profiling import Profiler, Recording
+from .reclaims import Reclaims
 from .records import WorkerInfo, WorkerRecord, WorkerState, WorkerUsage, snapshot
 from .scheduler import Scheduler
 from .sharing import SharedTransfers
@@ -125,6 +126,7 @@ class Dispatcher:
         self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
         self._acks_owed: dict[int, WorkerRecord] = {}  # workers to tell of RESULTs come
         self._held = HeldResults()  # what the turn read, told once it ends
+        self.reclaims = Reclaims(self.scheduler, self.master, self.profiler)
         self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
         self.shared.io_thread = self._thread
 
@@ -158,7 +160,7 @@ class Dispatcher:
         if not moved and self.lifecycle.state is ClusterState.BROKEN:
             self.lifecycle.move(ClusterState.STOPPING)  # nothing can run: nothing to finish
         try:
-            self.mailbox.post(_nothing)  # wake the I/O thread, to act on the new state
+            self.mailbox.post(lambda: None)  # wake the I/O thread, to act on the new state
         except ClusterClosedError:
             return
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -262,14 +264,12 @@ class Dispatcher:
     def _step(self, now: float) -> bool:
         """Hand out work, or take the next step of closing; True once every worker is gone."""
         state = self.lifecycle.state
-        if state is ClusterState.OPEN:
-            if self.scheduler.has_waiting():
+        if state is ClusterState.OPEN or state is ClusterState.DRAINING:
+            if state is ClusterState.DRAINING or self.scheduler.has_waiting():
                 self._assign()
-            return False
-        if state is ClusterState.DRAINING:
-            self._assign()
+            self.reclaims.ask(self.pool.workers)
             # A command still in the mailbox may be a submit made before shutdown().
-            if not self.scheduler.idle() or self.mailbox:
+            if state is ClusterState.OPEN or not self.scheduler.idle() or self.mailbox:
                 return False
             self.lifecycle.move(ClusterState.STOPPING)
         if self.lifecycle.state is not ClusterState.STOPPING:
@@ -343,6 +343,8 @@ class Dispatcher:
         if prefix != protocol.DATA_PREFIX:
             if head.kind is Kind.HEARTBEAT:
                 record.heard_beat(head, body)
+            elif head.kind is Kind.RECLAIM:
+                self.reclaims.answered(record, head)
             return
         if head.kind is Kind.RESULT:
             record.results_received += 1
@@ -370,9 +372,13 @@ class Dispatcher:
         if record.setup_chunk is not None and head.ident == record.setup_chunk.id:
             self.admission.setup_result(record, payload)
             return
+        if head.flags & Flag.GIVEN_BACK:  # skipped there: a copy runs elsewhere
+            self.reclaims.skipped(record, head)
+            return
         chunk = self.scheduler.complete(record.id, head.ident, time.monotonic())
         if chunk is None:
             return
+        self.reclaims.due = True
         self.shared.finished(chunk)
         cancelled = bool(head.flags & protocol.Flag.CANCELLED)
         if self.profiler.active:
@@ -480,8 +486,7 @@ class Dispatcher:
         for worker_id in running:
             record = self.pool.workers[worker_id]
             if record.control_ready:
-                self.master.send(record.control_identity,
-                                 [protocol.header(Kind.CANCEL, 0, job.id)])
+                self.master.send(record.control_identity, [protocol.header(Kind.CANCEL, 0, job.id)])
 
     def _cancel_futures(self) -> None:
         for chunk in self.scheduler.drain():
@@ -493,7 +498,3 @@ class Dispatcher:
         for record in self.pool.workers.values():
             if record.state in (WorkerState.SETUP, WorkerState.READY):
                 self.master.send(record.data_identity, frames)
-
-
-def _nothing() -> None:
-    """A command that only wakes the I/O thread."""

@@ -12,6 +12,7 @@ offset that :class:`~.clock.ClockSync` measures from the heartbeats.
 from __future__ import annotations
 
 import array
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,14 @@ class Profiler:
             run.counts = times.counts
             run.failed = frozenset(times.failed)
         self._last_end[run.worker] = run.spans[-1] if run.spans else run.received
+
+    def taken_back(self, chunk: Chunk) -> None:
+        """``chunk``'s worker gave it back unstarted (work stealing): no attempt there."""
+        run = self._open.pop(chunk.id, None)
+        if run is not None:
+            for recording in self.recordings:
+                with contextlib.suppress(ValueError):  # (a recording begun since it was sent)
+                    recording.runs.remove(run)
 
     def lost(self, chunk: Chunk, record: WorkerRecord, ran: tuple[int, int] | None = None
              ) -> None:

@@ -140,6 +140,31 @@ class Scheduler:
             chunk.job.dropped(chunk)
         return None
 
+    def take_back(self, worker_id: int, chunk_id: int) -> Chunk | None:
+        """A worker gave back a chunk it held but had not started: first in line again
+        (None if it no longer holds it)."""
+        chunk = self.in_flight.get(worker_id, {}).pop(chunk_id, None)
+        if chunk is not None:
+            if worker_id in self.quota:
+                self.quota[worker_id] += chunk.count
+            self.pending.appendleft(chunk)
+        return chunk
+
+    def idle_workers(self) -> int:
+        """Workers holding nothing that may be given something."""
+        return sum(1 for worker_id, held in self.in_flight.items()
+                   if not held and not self.retiring(worker_id))
+
+    def queued_behind(self) -> Iterator[tuple[int, Chunk]]:
+        """``(worker, chunk)`` for each chunk queued on a worker behind the one it runs
+        and not pinned there, those behind the longest-running chunk first."""
+        holders = sorted((worker_id for worker_id, held in self.in_flight.items()
+                          if len(held) > 1), key=lambda w: self._running_since.get(w, 0.0))
+        for worker_id in holders:
+            for chunk in list(self.in_flight[worker_id].values())[1:]:
+                if chunk.pinned is None and not chunk.job.cancelled:
+                    yield worker_id, chunk
+
     def has_waiting(self) -> bool:
         """Whether any chunk waits for a worker."""
         return bool(self.pending) or any(self.pinned.values())

@@ -120,6 +120,7 @@ class ChunkRunner:
         values: list[Any] = []
         errors: Errors = []
         flags = head.flags
+        given_back = not self.state.take(head.ident)  # then only its function is kept
         progress = self.progress
         if progress is not None:  # loading may run code: count it as the tasks' own
             progress.begin(head.ident, keep_last_result)
@@ -136,6 +137,8 @@ class ChunkRunner:
             fn = self.functions.load(task.digest, task.fn_inband, buffers[:split])
             self._stale = bool(split and len(task.fn_inband)) and _not_as_named(
                 task.digest, task.fn_inband, buffers[:split])
+            if given_back:  # (the master counts its function as cached here)
+                return self._result(head, Flag.CANCELLED | Flag.GIVEN_BACK, [], [])
             arguments = buffers[split:]
             if flags & Flag.SHARED:
                 arguments = shm.open_shared(bytes(arguments[0]), self._released.append)

@@ -28,6 +28,9 @@ from typing import NamedTuple
 
 #: Cancelled job ids remembered (a chunk of one may still be queued here).
 CANCELLED_MEMORY = 1024
+#: Chunk ids taken by the main thread and remembered, so that a RECLAIM of one is
+#: refused: more than a worker ever holds at once (the master's ``prefetch``).
+TAKEN_MEMORY = 64
 
 
 class Interrupted(BaseException):
@@ -66,6 +69,8 @@ class WorkerState:
         self._lock = threading.Lock()
         self.now = _IDLE
         self._cancelled: dict[int, None] = {}  # an ordered set, oldest first
+        self._taken: dict[int, None] = {}  # chunks the main thread took, likewise
+        self._given_back: dict[int, None] = {}  # chunks reclaimed before it took them
 
     @property
     def stopping(self) -> bool:
@@ -73,6 +78,16 @@ class WorkerState:
         return self.now.phase is WorkerPhase.STOPPING
 
     # -- the main thread -----------------------------------------------------------------
+
+    def take(self, chunk: int) -> bool:
+        """The main thread read a TASK: False when the master took it back (RECLAIM),
+        so that it must not run here; from now on it cannot be taken back."""
+        with self._lock:
+            if chunk in self._given_back:
+                del self._given_back[chunk]
+                return False
+            _remember(self._taken, chunk, TAKEN_MEMORY)
+            return True
 
     def start_chunk(self, job: int) -> bool:
         """IDLE -> RUNNING; False (and no change) when the job was cancelled or the worker stops."""
@@ -101,13 +116,20 @@ class WorkerState:
     def cancel(self, job: int) -> bool:
         """Remember a cancelled job; True when a chunk of it runs and must be interrupted now."""
         with self._lock:
-            self._cancelled[job] = None
-            if len(self._cancelled) > CANCELLED_MEMORY:
-                del self._cancelled[next(iter(self._cancelled))]
+            _remember(self._cancelled, job, CANCELLED_MEMORY)
             if self.now == (WorkerPhase.RUNNING, job):
                 self.now = Snapshot(WorkerPhase.CANCELLING, job)
                 return True
             return False
+
+    def reclaim(self, chunk: int) -> bool:
+        """The master wants a chunk back for an idle worker: True (it will be skipped
+        here) unless the main thread has taken it already."""
+        with self._lock:
+            if chunk in self._taken:
+                return False
+            _remember(self._given_back, chunk, TAKEN_MEMORY)
+            return True
 
     def shutdown(self) -> bool:
         """Any phase -> STOPPING; True when a chunk runs and must be interrupted now."""
@@ -115,3 +137,10 @@ class WorkerState:
             interrupt = self.now.phase is WorkerPhase.RUNNING  # CANCELLING: already signalled
             self.now = Snapshot(WorkerPhase.STOPPING, self.now.job)
             return interrupt
+
+
+def _remember(ordered: dict[int, None], key: int, limit: int) -> None:
+    """Add ``key`` to an ordered set, forgetting its oldest beyond ``limit``."""
+    ordered[key] = None
+    if len(ordered) > limit:
+        del ordered[next(iter(ordered))]

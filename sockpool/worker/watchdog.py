@@ -120,6 +120,9 @@ class Watchdog:
         elif head.kind is Kind.CANCEL:
             if self.state.cancel(head.job):
                 self._interrupt()
+        elif head.kind is Kind.RECLAIM:
+            given = protocol.Flag.GIVEN_BACK if self.state.reclaim(head.ident) else 0
+            self.control.send(protocol.header(Kind.RECLAIM, given, head.job, head.ident))
         elif head.kind is Kind.SHUTDOWN:
             if self.state.shutdown():
                 self._interrupt()

@@ -1,0 +1,91 @@
+"""Work stealing: a chunk queued on a busy worker is taken back for an idle one.
+
+A worker holds up to ``prefetch`` chunks, so that it never waits a round trip
+between short ones (:mod:`.scheduler`).  A chunk queued behind one that turns
+out long would wait for it while another worker has nothing to do: when
+nothing else waits for a worker, the master asks the busy worker, on its
+control connection, for the queued chunk back (RECLAIM).  Its watchdog gives
+it back if the main thread has not taken it yet, and the main thread then
+skips it (keeping its function, which the master counts as cached there),
+with a RESULT flagged GIVEN_BACK that delivers nothing; otherwise the chunk
+runs there as sent.  A chunk given back goes first in
+line, to the idle worker.  Exactly one worker runs it either way: the master
+requeues it only on the worker's word that it will not run there.
+"""
+
+from __future__ import annotations
+
+from ..common import protocol
+from ..common.protocol import Flag, Kind
+from .profiling import Profiler
+from .records import WorkerRecord
+from .scheduler import Scheduler
+from .transport import MasterSocket
+
+#: Given-back chunks remembered until their worker's RESULT for them comes.
+GIVEN_BACK_MEMORY = 1024
+
+
+class Reclaims:
+    """The chunks asked back from workers, and those given back (on the I/O thread)."""
+
+    def __init__(self, scheduler: Scheduler, master: MasterSocket, profiler: Profiler) -> None:
+        self.scheduler = scheduler
+        self.master = master
+        self.profiler = profiler
+        #: A RESULT came since the last look: a worker may have nothing left to run.
+        self.due = False
+        self._workers_seen = 0
+        self._asked: dict[int, int] = {}  # chunk id -> the worker asked for it
+        self._given: dict[int, bytes] = {}  # chunk id -> its function's digest
+
+    def ask(self, workers: dict[int, WorkerRecord]) -> None:
+        """Ask back a queued chunk for each idle worker not yet served, when nothing
+        else waits for one (a look only after a RESULT, or when workers came or went)."""
+        scheduler = self.scheduler
+        if not (self.due or len(scheduler.in_flight) != self._workers_seen):
+            return
+        self.due = False
+        self._workers_seen = len(scheduler.in_flight)
+        if scheduler.has_waiting():
+            return
+        # An ask whose chunk its worker no longer holds was answered by a RESULT
+        # (or the worker is gone): it no longer serves an idle worker.
+        self._asked = {chunk_id: worker_id for chunk_id, worker_id in self._asked.items()
+                       if chunk_id in scheduler.in_flight.get(worker_id, {})}
+        wanted = scheduler.idle_workers() - len(self._asked)
+        if wanted <= 0:
+            return
+        for worker_id, chunk in scheduler.queued_behind():
+            if chunk.id in self._asked:
+                continue
+            self._asked[chunk.id] = worker_id
+            self.master.send(workers[worker_id].control_identity,
+                             [protocol.header(Kind.RECLAIM, 0, chunk.job.id, chunk.id)])
+            wanted -= 1
+            if not wanted:
+                return
+
+    def answered(self, record: WorkerRecord, head: protocol.Header) -> None:
+        """A worker's answer: a chunk it gave back goes first in line again."""
+        self._asked.pop(head.ident, None)
+        if not head.flags & Flag.GIVEN_BACK:
+            return  # it had started it: its RESULT will come
+        chunk = self.scheduler.take_back(record.id, head.ident)
+        if chunk is None:
+            return
+        self.profiler.taken_back(chunk)
+        self._given[chunk.id] = chunk.job.function.digest
+        if len(self._given) > GIVEN_BACK_MEMORY:
+            del self._given[next(iter(self._given))]
+
+    def skipped(self, record: WorkerRecord, head: protocol.Header) -> None:
+        """A worker's RESULT for a chunk it skipped as given back (which may come
+        before its answer, on the other connection): nothing to deliver; a
+        function it found stale is sent anew next time."""
+        digest = self._given.pop(head.ident, None)
+        if digest is None:  # its answer is still on the way: the chunk is still held
+            held = self.scheduler.in_flight.get(record.id, {}).get(head.ident)
+            digest = held.job.function.digest if held is not None else None
+        if digest is not None and head.flags & Flag.STALE_FUNCTION:
+            self.master.send(record.data_identity, record.uncache(digest))
