@@ -653,6 +653,30 @@ def test_maxtasksperchild_replaces_workers(factory: Any) -> None:
     pool.join()
 
 
+def _process_identity(_: object) -> tuple[str, tuple[int, ...]]:
+    time.sleep(0.05)  # the other worker takes the next task meanwhile
+    process = multiprocessing.current_process()
+    return process.name, process._identity  # type: ignore[attr-defined]
+
+
+def test_workers_are_told_apart_as_multiprocessing_numbers_them(factory: Any) -> None:
+    # Code that picks a progress bar's row by current_process()._identity[0] (or
+    # names by current_process().name) found () and "MainProcess" in every worker.
+    pool = factory(2)
+    seen = set(pool.map(_process_identity, range(8), chunksize=1))
+    assert sorted(identity for _, identity in seen) == [(1,), (2,)]
+    assert len({name for name, _ in seen}) == 2
+    assert all(name.endswith(("PoolWorker-1", "PoolWorker-2")) for name, _ in seen)
+    pool.close()
+    pool.join()
+    recycled = factory(2, maxtasksperchild=1)
+    numbers = {identity for _, identity in recycled.map(_process_identity, range(4),
+                                                         chunksize=1)}
+    assert len(numbers) == 4  # a replacement worker gets a number of its own
+    recycled.close()
+    recycled.join()
+
+
 def test_a_pool_dropped_while_running_warns_and_ends_its_workers(factory: Any) -> None:
     pool = FACTORIES[factory.kind](1)  # not through factory: nothing else may hold it
     workers = {pool.apply(pid)}

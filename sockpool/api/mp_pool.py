@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from ..common import role
 from ..common.calls import BoxedCall
 from ..errors import CaptureError, ClusterClosedError, RemoteTraceback, add_note
 from .cluster import Cluster
@@ -394,8 +395,9 @@ def _start_cluster(processes: int | None, initializer: Callable[..., object] | N
         raise ValueError("sockpool.Pool has no context=: its workers are sockpool's own "
                          "processes, which start the same way everywhere; leave it out")
     options = dict(cluster_kwargs)
-    if initializer is not None:
-        options["setup"] = functools.partial(initializer, *initargs) if initargs else initializer
+    if initializer is not None and initargs:
+        initializer = functools.partial(initializer, *initargs)
+    options["setup"] = functools.partial(_as_pool_worker, initializer)
     if maxtasksperchild is not None:
         options["max_tasks_per_worker"] = maxtasksperchild
     quiet = as_pool.set(True)  # no warning about a pool larger than the machine
@@ -403,6 +405,20 @@ def _start_cluster(processes: int | None, initializer: Callable[..., object] | N
         return Cluster(processes, **options)
     finally:
         as_pool.reset(quiet)
+
+
+def _as_pool_worker(initializer: Callable[[], object] | None) -> None:
+    """A pool's worker setup: named as ``multiprocessing`` names a pool's workers
+    (``current_process().name`` and ``._identity``, counted from 1), so that code
+    telling workers apart by them (a progress bar's row) works; then the initializer."""
+    import multiprocessing
+
+    number = (role.worker_id() or 0) + 1
+    process = multiprocessing.current_process()
+    process.name = f"SockpoolPoolWorker-{number}"
+    process._identity = (number,)
+    if initializer is not None:
+        initializer()
 
 
 def _check_given_cluster(cluster: object, processes: int | None,

@@ -10,15 +10,20 @@ leak into programs a task starts.
 
 from __future__ import annotations
 
-_worker = False
+_worker_id: int | None = None
 
 
-def mark_worker() -> None:
+def mark_worker(worker_id: int) -> None:
     """Record that this process is a sockpool worker (its entry point calls it)."""
-    global _worker
-    _worker = True
+    global _worker_id
+    _worker_id = worker_id
 
 
 def in_worker() -> bool:
     """Whether this process is a sockpool worker (also true in a child it forked)."""
-    return _worker
+    return _worker_id is not None
+
+
+def worker_id() -> int | None:
+    """This worker's id in its cluster (None outside a worker)."""
+    return _worker_id

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # A task that crashes the interpreter (a segfault in C code) still leaves its
     # Python traceback in the worker's stderr, which the master quotes.
     faulthandler.enable(all_threads=False)
-    role.mark_worker()  # inside a task the plan is sequential (api/plan.py)
+    role.mark_worker(config.worker_id)  # inside a task the plan is sequential (api/plan.py)
     if config.parent_pid is not None:
         _set_parent_death_signal(config.parent_pid)
     for entry in reversed(config.sys_path):
