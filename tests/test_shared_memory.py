@@ -322,3 +322,28 @@ def test_a_small_dev_shm_limits_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     size_mb = int(result.stdout.splitlines()[0].split()[1])
     assert size_mb <= 8 and "moved 64 MB" in result.stdout
+
+
+def _first_is_slow(array: np.ndarray) -> float:
+    time.sleep(0.3 if array[0] == 0 else 0.001)
+    return float(array[0])
+
+
+def test_a_chunk_given_back_lets_go_of_its_shared_arguments() -> None:
+    # A chunk queued behind a slow one is given back for an idle worker; the worker
+    # that skipped it never mapped its segment, which stayed lent to it for good.
+    with Cluster(n=2) as cl:
+        cl.run_on_all(os.getpid)
+        arrays = [np.full(300_000, i, dtype=np.float64) for i in range(8)]  # 2.4 MB each
+        assert cl.par_map(_first_is_slow, arrays, chunksize=1) == [float(i) for i in range(8)]
+        segments = cl._dispatcher.shared.segments
+        assert segments is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            held = cl._dispatcher.mailbox.ask(lambda: {
+                serial: sorted(segment.holders)
+                for serial, segment in segments._segments.items() if segment.holders})
+            if not held:
+                break
+            time.sleep(0.05)
+        assert held == {}

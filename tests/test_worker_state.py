@@ -19,6 +19,15 @@ def test_a_chunk_given_back_before_it_was_taken_is_skipped() -> None:
     assert state.take(8)
 
 
+def test_a_chunk_given_back_twice_before_it_was_read_skips_two_copies() -> None:
+    # Given back, sent here again, given back again: both copies wait unread.
+    state = WorkerState()
+    assert state.reclaim(7) and state.reclaim(7)
+    assert not state.take(7) and not state.take(7)
+    assert state.take(7)  # a third copy, the master's last word, runs here
+    assert not state.reclaim(7)
+
+
 def test_a_chunk_taken_is_never_given_back() -> None:
     state = WorkerState()
     assert state.take(7)

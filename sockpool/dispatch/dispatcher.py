@@ -343,8 +343,8 @@ class Dispatcher:
         if prefix != protocol.DATA_PREFIX:
             if head.kind is Kind.HEARTBEAT:
                 record.heard_beat(head, body)
-            elif head.kind is Kind.RECLAIM:
-                self.reclaims.answered(record, head)
+            elif head.kind is Kind.RECLAIM and self.reclaims.answered(record, head):
+                self.pool.after_result(record, time.monotonic(), False)  # it may retire
             return
         if head.kind is Kind.RESULT:
             record.results_received += 1

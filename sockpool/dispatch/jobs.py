@@ -337,8 +337,9 @@ class FutureJob(Job):
         self._settle(error=error)
 
     def cancel_waiting(self, chunk: Chunk) -> bool:
-        if self.future.cancel():  # and tell wait() and as_completed() it is done
-            self.future.set_running_or_notify_cancel()
+        if not self.future.cancel():  # running: a retry, or a chunk given back
+            return False
+        self.future.set_running_or_notify_cancel()  # tells wait() and as_completed()
         self.dropped(chunk)
         return True
 

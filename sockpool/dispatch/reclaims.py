@@ -66,18 +66,19 @@ class Reclaims:
             if not wanted:
                 return
 
-    def answered(self, record: WorkerRecord, head: protocol.Header) -> None:
-        """A worker's answer: a chunk it gave back goes first in line again."""
+    def answered(self, record: WorkerRecord, head: protocol.Header) -> bool:
+        """A worker's answer: a chunk it gave back goes first in line again (True)."""
         self._asked.pop(head.ident, None)
         if not head.flags & Flag.GIVEN_BACK:
-            return  # it had started it: its RESULT will come
+            return False  # it had started it: its RESULT will come
         chunk = self.scheduler.take_back(record.id, head.ident)
         if chunk is None:
-            return
+            return False
         self.profiler.taken_back(chunk)
         self._given[chunk.id] = chunk.job.function.digest
         if len(self._given) > GIVEN_BACK_MEMORY:
             del self._given[next(iter(self._given))]
+        return True
 
     def skipped(self, record: WorkerRecord, head: protocol.Header) -> None:
         """A worker's RESULT for a chunk it skipped as given back (which may come

@@ -121,7 +121,9 @@ class ChunkRunner:
         errors: Errors = []
         flags = head.flags
         given_back = not self.state.take(head.ident)  # then only its function is kept
-        progress = self.progress
+        # Given back: loaded (its function stays cached, its shared arguments are let
+        # go), never begun in the page, never run.
+        progress = self.progress if not given_back else None
         if progress is not None:  # loading may run code: count it as the tasks' own
             progress.begin(head.ident, keep_last_result)
         try:
@@ -137,8 +139,6 @@ class ChunkRunner:
             fn = self.functions.load(task.digest, task.fn_inband, buffers[:split])
             self._stale = bool(split and len(task.fn_inband)) and _not_as_named(
                 task.digest, task.fn_inband, buffers[:split])
-            if given_back:  # (the master counts its function as cached here)
-                return self._result(head, Flag.CANCELLED | Flag.GIVEN_BACK, [], [])
             arguments = buffers[split:]
             if flags & Flag.SHARED:
                 arguments = shm.open_shared(bytes(arguments[0]), self._released.append)
@@ -146,7 +146,11 @@ class ChunkRunner:
             del arguments
             if task.skip and not flags & Flag.CALL:
                 items = items[task.skip:]
+            if given_back:
+                return self._result(head, Flag.CANCELLED | Flag.GIVEN_BACK, [], [])
         except BaseException as exc:  # a payload that cannot be loaded here
+            if given_back:  # (its copy sent elsewhere says so)
+                return self._result(head, Flag.CANCELLED | Flag.GIVEN_BACK, [], [])
             errors.append((0, self.results.failure(exc)))
             return self._result(head, Flag.NONE, [], errors)
         # Profiled: tasks are timed in spans (see TaskTimes): the map's slices, or one task.

@@ -70,7 +70,10 @@ class WorkerState:
         self.now = _IDLE
         self._cancelled: dict[int, None] = {}  # an ordered set, oldest first
         self._taken: dict[int, None] = {}  # chunks the main thread took, likewise
-        self._given_back: dict[int, None] = {}  # chunks reclaimed before it took them
+        # Chunks given back before the main thread took them, with how many times: a
+        # chunk given back may come here again, and be given back again, before the
+        # first copy is read; each grant skips one copy, the earliest.
+        self._given_back: dict[int, int] = {}
 
     @property
     def stopping(self) -> bool:
@@ -83,8 +86,10 @@ class WorkerState:
         """The main thread read a TASK: False when the master took it back (RECLAIM),
         so that it must not run here; from now on it cannot be taken back."""
         with self._lock:
-            if chunk in self._given_back:
-                del self._given_back[chunk]
+            copies = self._given_back.pop(chunk, 0)
+            if copies:
+                if copies > 1:
+                    self._given_back[chunk] = copies - 1
                 return False
             _remember(self._taken, chunk, TAKEN_MEMORY)
             return True
@@ -128,7 +133,9 @@ class WorkerState:
         with self._lock:
             if chunk in self._taken:
                 return False
-            _remember(self._given_back, chunk, TAKEN_MEMORY)
+            self._given_back[chunk] = self._given_back.get(chunk, 0) + 1
+            if len(self._given_back) > TAKEN_MEMORY:
+                del self._given_back[next(iter(self._given_back))]
             return True
 
     def shutdown(self) -> bool:
