@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sockpool import CaptureError, Cluster, ClusterClosedError
+from sockpool.api.mapping import BACKLOG_WINDOWS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,8 +54,10 @@ def test_input_is_read_lazily_with_bounded_work_in_flight(shared_cluster: Cluste
     assert consumed == 0  # nothing is read before the first result is asked for
     taken = list(itertools.islice(results, 20))
     assert taken == [x * x for x in range(20)]
-    # Bounded: a few chunks per worker ahead of what was consumed, not the whole input.
-    assert consumed <= 20 + 5 * 2 * (shared_cluster._dispatcher.scheduler.prefetch + 1) + 5
+    # Bounded: a few chunks per worker ahead of what was consumed (and those finished
+    # out of order, waiting for an earlier one), not the whole input.
+    window = 2 * (shared_cluster._dispatcher.scheduler.prefetch + 1)
+    assert consumed <= 20 + 5 * window * (1 + BACKLOG_WINDOWS) + 5
     results.close()
     assert shared_cluster.par_map(square, [2]) == [4]  # the cluster is still fine
 
@@ -245,3 +250,27 @@ def test_a_close_midway_ends_the_iteration_with_an_error_not_a_hang() -> None:
     cl.close()  # cancels what runs
     with pytest.raises(ClusterClosedError):
         list(results)
+
+
+def _long_until_flagged(flag: str, i: int) -> int:
+    if i == 0:  # done once task 21 started: it must not wait for this one to be sent
+        deadline = time.monotonic() + 20
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return int(os.path.exists(flag))
+    if i == 21:
+        open(flag, "w").close()
+        time.sleep(0.2)
+    return i
+
+
+def test_a_long_task_at_the_head_of_an_ordered_imap_leaves_the_others_working(
+        tmp_path: Path) -> None:
+    # The window counted the results waiting for task 0: twenty short tasks done,
+    # task 21 was never sent while 0 ran, and the two long ones ran one after the
+    # other (twice multiprocessing's imap's time).
+    flag = str(tmp_path / "21 started")
+    with Cluster(n=2) as cl:
+        results = list(cl.imap(functools.partial(_long_until_flagged, flag), range(30),
+                               chunksize=1))
+    assert results == [1, *range(1, 30)]

@@ -38,6 +38,11 @@ HAND_OVER_AFTER_SECONDS = 0.0001
 MAX_CHUNKSIZE = 100_000
 #: How often a waiting caller wakes up (to stay responsive to Ctrl-C).
 POLL_SECONDS = 0.25
+#: Finished chunks an ordered stream may hold for an earlier one still running, in
+#: windows, before it sends no more: a long task at the head of the line leaves the
+#: other workers busy (multiprocessing's imap reads its whole input), and an endless
+#: input behind a stuck task still costs bounded memory.
+BACKLOG_WINDOWS = 8
 
 
 def eager_chunks(job: StreamJob, items: Sequence[Any], chunksize: int, packer: Packer
@@ -290,7 +295,8 @@ def stream_blocks(
     """Yield a job's results a chunk at a time, keeping ``window`` chunks in flight.
 
     Args:
-        window: chunks in flight (and, when ordered, waiting to be yielded).
+        window: chunks in flight; when ordered, finished chunks waiting for an
+            earlier one count against it beyond :data:`BACKLOG_WINDOWS` windows of them.
         in_flight: chunks the caller already submitted itself.
         deadline: ``time.monotonic()`` past which waiting raises ``TimeoutError``.
         progress: a tqdm bar to advance, or None.
@@ -305,7 +311,7 @@ def stream_blocks(
     refused: ClusterClosedError | None = None  # closed before the input was all sent
     try:
         while True:
-            room = window - in_flight - len(waiting)
+            room = window - in_flight - max(0, len(waiting) - BACKLOG_WINDOWS * window)
             while room > 0 and not feed.exhausted and refused is None:
                 chunks = feed.take(room)  # (a feed may hand out fewer than room)
                 if not chunks:
