@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sockpool.common.protocol import Flag
+from sockpool.common.protocol import RECLAIM_MEMORY, Flag
 from sockpool.dispatch.jobs import Chunk, Job
 from sockpool.dispatch.scheduler import Scheduler
 
@@ -158,3 +158,15 @@ def test_a_chunk_given_back_from_a_worker_with_a_quota_counts_there_no_more() ->
     assert scheduler.retiring(1)
     scheduler.take_back(1, work[1].id)
     assert not scheduler.retiring(1) and scheduler.quota[1] == 1
+
+
+def test_nothing_is_asked_back_from_a_worker_holding_more_than_it_remembers_taking() -> None:
+    # A worker remembers the last RECLAIM_MEMORY chunks it took, so as to refuse
+    # giving back one that ran; with a prefetch that large it could forget one.
+    scheduler = Scheduler(prefetch=RECLAIM_MEMORY + 1)
+    scheduler.add_worker(1)
+    scheduler.submit(chunks(RecordingJob(), RECLAIM_MEMORY))
+    assert len(list(scheduler.assignments(0.0))) == RECLAIM_MEMORY
+    assert list(scheduler.queued_behind()) == []
+    scheduler.complete(1, next(iter(scheduler.in_flight[1])), 0.001)
+    assert len(list(scheduler.queued_behind())) == RECLAIM_MEMORY - 2

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from sockpool.worker.state import TAKEN_MEMORY, WorkerState
+from sockpool.common.protocol import RECLAIM_MEMORY
+from sockpool.worker.state import WorkerState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,7 +33,7 @@ def test_a_chunk_taken_is_never_given_back() -> None:
     state = WorkerState()
     assert state.take(7)
     assert not state.reclaim(7)
-    for chunk in range(100, 100 + TAKEN_MEMORY - 1):  # more than a worker ever holds
+    for chunk in range(100, 100 + RECLAIM_MEMORY - 1):  # more than a worker ever holds
         state.take(chunk)
     assert not state.reclaim(7)
 

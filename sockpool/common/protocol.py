@@ -83,6 +83,11 @@ CONTROL_PREFIX = b"C"
 #: Frames below this size are copied into zmq (cheaper than tracking a zero-copy buffer).
 COPY_LIMIT = 64 * 1024
 
+#: The chunks a worker remembers having taken, to refuse a RECLAIM of one: the
+#: master asks back only from a worker holding fewer (it can have taken only
+#: those it holds since), so that a chunk that ran is never given back.
+RECLAIM_MEMORY = 1024
+
 #: What a chunk wrote, in the order it wrote it, as OUTPUT and RESULT carry it: a list
 #: of ``(kind, value)`` events, one of the kinds below.  Plain values, so the worker's
 #: pickler never ships code for it.

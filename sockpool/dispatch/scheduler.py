@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
+from ..common.protocol import RECLAIM_MEMORY
 from .jobs import Chunk, Job
 
 #: Prefetch only onto a worker whose oldest chunk was sent less than this long
@@ -159,7 +160,8 @@ class Scheduler:
         """``(worker, chunk)`` for each chunk queued on a worker behind the one it runs
         and not pinned there, those behind the longest-running chunk first."""
         holders = sorted((worker_id for worker_id, held in self.in_flight.items()
-                          if len(held) > 1), key=lambda w: self._running_since.get(w, 0.0))
+                          if 1 < len(held) < RECLAIM_MEMORY),
+                         key=lambda w: self._running_since.get(w, 0.0))
         for worker_id in holders:
             for chunk in list(self.in_flight[worker_id].values())[1:]:
                 if chunk.pinned is None and not chunk.job.cancelled:

@@ -26,11 +26,10 @@ import threading
 import types
 from typing import NamedTuple
 
+from ..common.protocol import RECLAIM_MEMORY
+
 #: Cancelled job ids remembered (a chunk of one may still be queued here).
 CANCELLED_MEMORY = 1024
-#: Chunk ids taken by the main thread and remembered, so that a RECLAIM of one is
-#: refused: more than a worker ever holds at once (the master's ``prefetch``).
-TAKEN_MEMORY = 64
 
 
 class Interrupted(BaseException):
@@ -91,7 +90,7 @@ class WorkerState:
                 if copies > 1:
                     self._given_back[chunk] = copies - 1
                 return False
-            _remember(self._taken, chunk, TAKEN_MEMORY)
+            _remember(self._taken, chunk, RECLAIM_MEMORY)
             return True
 
     def start_chunk(self, job: int) -> bool:
@@ -134,7 +133,7 @@ class WorkerState:
             if chunk in self._taken:
                 return False
             self._given_back[chunk] = self._given_back.get(chunk, 0) + 1
-            if len(self._given_back) > TAKEN_MEMORY:
+            if len(self._given_back) > RECLAIM_MEMORY:
                 del self._given_back[next(iter(self._given_back))]
             return True
 
