@@ -24,6 +24,7 @@ pytestmark = pytest.mark.timeout(180)
     ("bench_joblib.py", "ratio sockpool / loky"),
     ("bench_profile.py", "ratio profiled / unprofiled"),
     ("bench_hops.py", "ratio plain / ZeroMQ"),
+    ("bench_uneven.py", "head     mp Pool.imap_unordered"),
 ])
 def test_benchmark_runs_quickly(script: str, expected: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
