@@ -83,6 +83,50 @@ def test_only_calls_inside_the_block_are_recorded(shared_cluster: Cluster) -> No
     assert repr(prof) == f"<Profile: 4 tasks on {len(prof.workers)} workers>"
 
 
+def logged_then_fails_at_13(x: int, log: str) -> int:
+    """Sleep 20 ms, writing "start"/"end" lines to ``log``; task 13 raises instead."""
+    with open(log, "a") as out:
+        out.write(f"start {x}\n")
+    time.sleep(0.02)
+    if x == 13:
+        raise ValueError("bad 13")
+    with open(log, "a") as out:
+        out.write(f"end {x}\n")
+    return x
+
+
+@pytest.mark.parametrize("leave", ["caught in the block", "raised out of the block"])
+def test_a_failed_map_is_recorded_as_it_ran(shared_cluster: Cluster, tmp_path: Path,
+                                            leave: str) -> None:
+    # A failure cancels the rest of the map: chunks on the other worker are
+    # interrupted midway.  Reading such a profile raised ZeroDivisionError (a span of
+    # no finished task), the finished tasks of a cancelled chunk were marked failed,
+    # and with the error raised out of the block the chunks still out were missing.
+    log = tmp_path / "log"
+    for _ in range(3):
+        log.write_text("")
+        with contextlib.suppress(ValueError), shared_cluster.profile() as prof:
+            try:
+                shared_cluster.par_map(logged_then_fails_at_13, range(40),
+                                       itertools.repeat(str(log)), chunksize=4)
+            except ValueError:
+                if leave == "raised out of the block":
+                    raise
+        events = [line.split() for line in log.read_text().splitlines()]
+        started = {int(x) for kind, x in events if kind == "start"}
+        ended = {int(x) for kind, x in events if kind == "end"}
+        summary = prof.summary()  # (raised ZeroDivisionError)
+        records = {task.index: task for task in prof.tasks}
+        # Every task that finished is recorded as ok, every one that was
+        # interrupted (or failed) as failed, and nothing else ran.
+        assert {i for i, task in records.items() if task.ok} == ended
+        assert {i for i, task in records.items() if not task.ok} == started - ended
+        assert 13 in started - ended
+        assert summary.failed == len(started - ended)
+        assert all(task.finished >= task.started for task in records.values())
+        str(prof), prof._repr_html_(), prof.to_chrome_trace(str(tmp_path / "trace.json"))
+
+
 def test_the_summary_adds_up(shared_cluster: Cluster) -> None:
     with shared_cluster.profile() as prof:
         shared_cluster.par_map(sleepy, range(16), errors="return", chunksize=2)

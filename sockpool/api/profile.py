@@ -17,6 +17,7 @@ nothing: tasks are timed only while a profile records.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,9 @@ from . import profile_report as report
 from .profile_report import TaskRecord
 
 __all__ = ["Profile", "TaskRecord"]
+
+#: Longest a profile's block waits, as it ends, for a cancelled call's chunks.
+SETTLE_SECONDS = 1.0
 
 
 class Profile:
@@ -50,9 +54,18 @@ class Profile:
 
     @classmethod
     def of_cluster(cls, dispatcher: Dispatcher) -> Profile:
-        """A profile of the cluster whose I/O thread ``dispatcher`` runs."""
+        """A profile of the cluster whose I/O thread ``dispatcher`` runs.
+
+        A block left by a map's error (or Ctrl-C) ends once the chunks of the
+        cancelled call have come back, at most :data:`SETTLE_SECONDS` later: the
+        tasks they ran, and the one interrupted, are part of what happened.
+        """
         def stop(recording: Recording) -> None:
             try:
+                settle_until = time.monotonic() + SETTLE_SECONDS
+                while (time.monotonic() < settle_until
+                       and dispatcher.mailbox.ask(dispatcher.profiler.cancelled_out)):
+                    time.sleep(0.002)
                 dispatcher.stop_profile(recording)
             except ClusterClosedError:  # closed in the block: its I/O thread is gone
                 dispatcher.profiler.stop(recording, dispatcher.pool.workers)
@@ -147,14 +160,16 @@ def _records(run: ChunkRun) -> list[TaskRecord]:
     """The task records of one chunk attempt (none for one still running).
 
     The tasks of a span share its time equally (they are the short ones); a
-    lost attempt's tasks each span the whole attempt.
+    lost attempt's tasks each span the whole attempt.  In a chunk cancelled
+    while it ran, the tasks that finished are ok and the one interrupted failed.
     """
     if not run.counts:
         return []
     bytes_in, bytes_out = run.bytes_in // run.count, run.bytes_out // run.count
-    ok = not run.cancelled
     records, offset = [], 0
     for span, count in enumerate(run.counts):
+        if not count:
+            continue
         start, end = run.spans[2 * span], run.spans[2 * span + 1]
         step = 0.0 if run.lost else (end - start) / count
         for position in range(count):
@@ -162,7 +177,7 @@ def _records(run: ChunkRun) -> list[TaskRecord]:
             records.append(TaskRecord(
                 run.first_index + offset, run.job, run.worker, run.host, run.submitted, began,
                 end if run.lost else began + step, run.attempt, bytes_in, bytes_out,
-                ok and offset not in run.failed, run.function,
+                offset not in run.failed, run.function,
                 share=None if run.lost or count == 1 else step))
             offset += 1
     return records

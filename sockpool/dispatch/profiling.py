@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..common.protocol import TaskTimes
-from .jobs import Chunk
+from .jobs import Chunk, Job
 from .records import WorkerRecord
 
 
@@ -68,6 +68,7 @@ class Profiler:
     def __init__(self) -> None:
         self.recordings: list[Recording] = []
         self._open: dict[int, ChunkRun] = {}  # chunk id -> its attempt that is out
+        self._jobs: dict[int, Job] = {}  # chunk id -> its job, while the attempt is out
         #: worker id -> when its last answered chunk ended: one sent while it ran that
         #: waited behind it, so a lost one began no earlier.
         self._last_end: dict[int, float] = {}
@@ -76,6 +77,11 @@ class Profiler:
     def active(self) -> bool:
         """Whether a profile records now (TASKs are then flagged PROFILE)."""
         return bool(self.recordings)
+
+    def cancelled_out(self) -> bool:
+        """Whether a chunk of a cancelled job is still out: its worker was told to stop
+        it, and its RESULT (what ran of it, and the task interrupted) comes soon."""
+        return any(self._jobs[chunk_id].cancelled for chunk_id in self._open)
 
     def start(self, workers: list[WorkerRecord]) -> Recording:
         """Begin a recording; ``workers`` are those alive now."""
@@ -109,6 +115,7 @@ class Profiler:
         self.recordings.remove(recording)
         if not self.recordings:
             self._open.clear()
+            self._jobs.clear()
             self._last_end.clear()
 
     def sent(self, chunk: Chunk, record: WorkerRecord, nbytes: int, function: str) -> None:
@@ -120,6 +127,7 @@ class Profiler:
                        chunk.count - chunk.resume, record.id, record.host, chunk.attempts + 1,
                        chunk.submitted or now, now, nbytes)
         self._open[chunk.id] = run
+        self._jobs[chunk.id] = chunk.job
         for recording in self.recordings:
             recording.runs.append(run)
             recording.workers.setdefault(record.id, record.host)
@@ -128,7 +136,7 @@ class Profiler:
     def returned(self, chunk: Chunk, record: WorkerRecord, times: TaskTimes | None,
                  nbytes: int, cancelled: bool) -> None:
         """The RESULT of ``chunk`` came, with its tasks' times on the worker's clock."""
-        run = self._open.pop(chunk.id, None)
+        run = self._pop(chunk.id)
         if run is None:
             return
         run.received = time.time()
@@ -143,7 +151,7 @@ class Profiler:
 
     def taken_back(self, chunk: Chunk) -> None:
         """``chunk``'s worker gave it back unstarted (work stealing): no attempt there."""
-        run = self._open.pop(chunk.id, None)
+        run = self._pop(chunk.id)
         if run is not None:
             for recording in self.recordings:
                 with contextlib.suppress(ValueError):  # (a recording begun since it was sent)
@@ -164,7 +172,8 @@ class Profiler:
         if ran is None:
             self._close_lost(chunk.id, when)
             return
-        run = self._open.pop(chunk.id)
+        run = self._pop(chunk.id)
+        assert run is not None
         first = run.first_index - chunk.first_index
         kept, end = ran
         if end <= first:  # it never started: there is no attempt to show
@@ -175,8 +184,14 @@ class Profiler:
         self._end(run, when)
         run.failed = frozenset(range(max(kept - first, 0), run.count))
 
+    def _pop(self, chunk_id: int) -> ChunkRun | None:
+        """The attempt of ``chunk_id`` that was out, no longer out."""
+        self._jobs.pop(chunk_id, None)
+        return self._open.pop(chunk_id, None)
+
     def _close_lost(self, chunk_id: int, when: float) -> None:
-        run = self._open.pop(chunk_id)
+        run = self._pop(chunk_id)
+        assert run is not None
         run.lost = True
         self._end(run, when)
         run.failed = frozenset(range(run.count))

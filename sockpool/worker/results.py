@@ -69,8 +69,10 @@ class ResultPacker:
         def prefix_for(failed: list[int]) -> bytes:
             if times is None:
                 return protocol.header(Kind.RESULT, flags, head.job, head.ident)
+            # (times.failed holds a task interrupted when its chunk was cancelled)
             return (protocol.header(Kind.RESULT, flags | Flag.PROFILE, head.job, head.ident)
-                    + protocol.stamp_block(times._replace(failed=failed)))
+                    + protocol.stamp_block(times._replace(failed=sorted({*times.failed,
+                                                                          *failed}))))
 
         first, first_errors = 0, []
         slices: tuple[list[tuple[int, int, list[pickle.PickleBuffer]]], ...] = ()

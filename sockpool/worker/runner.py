@@ -48,6 +48,13 @@ def add_span(times: TaskTimes, start: float, count: int) -> None:
     times.counts.append(count)
 
 
+def add_interrupted(times: TaskTimes, start: float, finished: int, offset: int) -> None:
+    """Note a span whose ``finished`` tasks ran, then the one at ``offset`` (in the
+    chunk's run) was interrupted: that one is the span's last, and failed."""
+    add_span(times, start, finished + 1)
+    times.failed.append(offset)
+
+
 def _not_as_named(digest: bytes, inband: Any, buffers: list[Any]) -> bool:
     """Whether a function payload received with large buffers is not what its digest
     names: a buffer the master's caller changed in place between the digest and the
@@ -191,13 +198,14 @@ class ChunkRunner:
         try:
             values.append(fn(*args, **kwargs))
         except Interrupted:
+            if self._times is not None:
+                add_interrupted(self._times, began, 0, 0)
             raise
         except BaseException as exc:
             values.append(None)
             errors.append((0, self.results.failure(exc, skip_frames=1)))
-        finally:
-            if self._times is not None:
-                add_span(self._times, began, 1)
+        if self._times is not None:
+            add_span(self._times, began, 1)
 
     def _run_map(self, fn: Callable[..., Any], items: list[Any], values: list[Any],
                  errors: Errors, star: bool, stop_on_error: bool) -> None:
@@ -220,6 +228,9 @@ class ChunkRunner:
                 if len(values) < end:  # map() took a task's StopIteration for its end
                     raise stop_iteration_of_a_task()
             except Interrupted:
+                if times is not None and len(values) < end:  # a task of the slice ran
+                    add_interrupted(times, wall, len(values) - start, len(values))
+                    times = None  # (its span is noted)
                 raise
             except BaseException as exc:
                 errors.append((len(values), self.results.failure(exc, 1)))
@@ -300,6 +311,8 @@ class ChunkRunner:
                     else:
                         values.append(fn(*item) if flags & Flag.MAP_STAR else fn(item))
                 except Interrupted:
+                    if self._times is not None:
+                        add_interrupted(self._times, began, 0, offset)
                     raise
                 except BaseException as exc:
                     errors.append((offset, self.results.failure(exc, 1)))
@@ -307,7 +320,7 @@ class ChunkRunner:
                     if flags & (Flag.STOP_ON_ERROR | Flag.CALL):
                         return
                 finally:
-                    if self._times is not None:
+                    if self._times is not None and len(values) > offset:
                         add_span(self._times, began, 1)
         finally:
             rng.clear()
