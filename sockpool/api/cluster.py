@@ -375,9 +375,7 @@ class Cluster(concurrent.futures.Executor):
 
     # -- single calls -----------------------------------------------------------------
 
-    # The override differs from Executor.submit's ParamSpec typing on purpose:
-    # DESIGN.md reserves timeout= and seed= on submit.
-    def submit(  # type: ignore[override]
+    def submit(  # type: ignore[override]  # DESIGN.md reserves timeout=, seed=
         self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None,
         seed: int | None = None, **kwargs: Any,
     ) -> Future[T]:
@@ -476,6 +474,8 @@ class Cluster(concurrent.futures.Executor):
     def n_workers(self) -> int:
         """Number of live, connected workers."""
         return self._dispatcher.n_ready
+    #: ProcessPoolExecutor's, by which libraries given an executor (dask) size their work.
+    _max_workers = property(lambda self: self._dispatcher.target)
 
     def profile(self) -> Profile:
         """Record every task's worker and times in a ``with`` block: ``with cl.profile() as
