@@ -118,11 +118,13 @@ def test_a_failed_map_is_recorded_as_it_ran(shared_cluster: Cluster, tmp_path: P
         summary = prof.summary()  # (raised ZeroDivisionError)
         records = {task.index: task for task in prof.tasks}
         # Every task that finished is recorded as ok, every one that was
-        # interrupted (or failed) as failed, and nothing else ran.
+        # interrupted (or failed) as failed, and nothing else ran.  (A task
+        # interrupted before its first line wrote nothing, and is failed too.)
+        failed = {i for i, task in records.items() if not task.ok}
         assert {i for i, task in records.items() if task.ok} == ended
-        assert {i for i, task in records.items() if not task.ok} == started - ended
-        assert 13 in started - ended
-        assert summary.failed == len(started - ended)
+        assert started - ended <= failed and 13 in failed
+        assert len(failed - started) <= 2  # one a worker, at most
+        assert summary.failed == len(failed)
         assert all(task.finished >= task.started for task in records.values())
         str(prof), prof._repr_html_(), prof.to_chrome_trace(str(tmp_path / "trace.json"))
 
@@ -211,7 +213,7 @@ def test_a_task_lost_with_its_worker_and_retried_has_two_attempts(
     lost = next(task for task in prof.tasks if task.index == 2 and not task.ok)
     again = next(task for task in prof.tasks if task.index == 2 and task.ok)
     assert lost.worker != again.worker and lost.finished <= again.started + EPSILON
-    assert prof.summary().failed == 1
+    assert (prof.summary().failed, prof.summary().retried) == (0, 1)  # it succeeded
 
 
 def test_a_chunk_lost_midway_keeps_its_finished_tasks_and_fails_only_the_one_it_died_in(
@@ -234,7 +236,7 @@ def test_a_chunk_lost_midway_keeps_its_finished_tasks_and_fails_only_the_one_it_
     assert first_attempts == [(0, True), (1, True), (2, True), (3, False)]
     assert sorted(task.index for task in prof.tasks if task.attempt == 2) == [3, 4]
     summary = prof.summary()
-    assert summary.failed == 1 and summary.speedup <= 2 + EPSILON
+    assert (summary.failed, summary.retried) == (0, 1) and summary.speedup <= 2 + EPSILON
 
 
 def test_a_task_waiting_behind_a_lost_one_has_no_failed_attempt(

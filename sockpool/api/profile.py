@@ -150,7 +150,8 @@ class Profile:
             return "<Profile (not started)>"
         if not self._recording.stopped:
             return "<Profile (recording)>"
-        return f"<Profile: {len(self.tasks)} tasks on {len(self.workers)} workers>"
+        return (f"<Profile: {report.count(len(self.tasks), 'task')} on "
+                f"{report.count(len(self.workers), 'worker')}>")
 
     def _repr_html_(self) -> str:
         return report.html(self)

@@ -25,8 +25,14 @@ from ..dispatch.profiling import ChunkRun
 SLOWEST = 5
 #: Up to this many tasks, the chart outlines each bar.
 OUTLINED_BARS = 500
-#: Calls the chart's legend names (the rest share the colours, unnamed).
+#: Calls the chart's legend names, each in a colour of its own; the rest share one.
 LEGEND_CALLS = 10
+#: The colour of the calls past those the legend names (none of tab10's ten).
+UNNAMED_COLOUR = "black"
+#: The trace's ticks per microsecond.  A binary fraction of a microsecond (about
+#: a nanosecond) adds up exactly in floating point: an event that ends where the
+#: next begins has ``ts + dur == next ts``, not a hair past it.
+TRACE_TICKS = 1024
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,10 @@ class Summary:
             (1.0: no worker ever waited; a replacement counts from when it was ready).
         speedup: ``serial / wall``.
         slowest: the longest tasks, longest first.
-        failed: tasks that failed (or were lost with their worker).
+        tasks: task records, one per task and attempt.
+        failed: tasks whose last attempt failed (raised, or was lost with its
+            worker and not retried).
+        retried: attempts lost with their worker whose task was tried again.
     """
 
     wall: float
@@ -116,12 +125,17 @@ class Summary:
     slowest: tuple[TaskRecord, ...]
     tasks: int
     failed: int
+    retried: int = 0
 
     def __str__(self) -> str:
-        lines = [f"{self.tasks} tasks on {len(self.workers)} workers in {self.wall:.3f} s: "
-                 f"efficiency {self.efficiency:.0%}, speed-up {self.speedup:.2f}x "
-                 f"(serial {self.serial:.3f} s)" + (f", {self.failed} failed" if self.failed
-                                                   else ""),
+        head = (f"{count(self.tasks, 'task')} on {count(len(self.workers), 'worker')} in "
+                f"{self.wall:.3f} s: efficiency {self.efficiency:.0%}, "
+                f"speed-up {self.speedup:.2f}x (serial {self.serial:.3f} s)")
+        if self.failed:
+            head += f", {self.failed} failed"
+        if self.retried:
+            head += f", {count(self.retried, 'attempt')} lost and retried"
+        lines = [head,
                  f"{'worker':>6}  {'host':<16} {'tasks':>6} {'busy s':>9} {'overhead s':>10} "
                  f"{'idle s':>9}"]
         lines += [f"{w.worker:>6}  {w.host[:16]:<16} {w.tasks:>6} {w.busy:>9.3f} "
@@ -131,6 +145,11 @@ class Summary:
                 f"task {t.index} of {t.function} (call {t.call}) {t.seconds:.3f} s "
                 f"on worker {t.worker}" for t in self.slowest))
         return "\n".join(lines)
+
+
+def count(number: int, noun: str) -> str:
+    """``1 task``, ``2 tasks``: a count and its noun."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def summarize(profile: Profile) -> Summary:
@@ -160,7 +179,21 @@ def summarize(profile: Profile) -> Summary:
     return Summary(wall, tuple(rows), serial,
                    busy_total / available if available > 0 else 0.0,
                    serial / wall if wall > 0 else 0.0, slowest, len(tasks),
-                   sum(not task.ok for task in tasks))
+                   *_outcomes(tasks))
+
+
+def _outcomes(tasks: list[TaskRecord]) -> tuple[int, int]:
+    """(failed, retried): the tasks whose last attempt failed, and the failed
+    attempts that a later attempt of their task followed."""
+    last: dict[tuple[int, int], TaskRecord] = {}
+    for task in tasks:
+        key = (task.call, task.index)
+        if key not in last or task.attempt > last[key].attempt:
+            last[key] = task
+    failed = sum(not task.ok for task in last.values())
+    retried = sum(not task.ok and task.attempt < last[task.call, task.index].attempt
+                  for task in tasks)
+    return failed, retried
 
 
 def _covered(intervals: Iterable[tuple[float, float]]) -> float:
@@ -185,13 +218,15 @@ def plot(profile: Profile, ax: Any = None) -> Any:
     except ImportError:
         raise ImportError("Profile.plot() needs matplotlib: pip install 'sockpool[plot]'") from None
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * max(1, len(profile.workers))))
+        _, ax = plt.subplots(figsize=_figure_size(profile))
     tasks = profile.tasks
     origin = _origin(profile)
     rows = {worker: row for row, worker in enumerate(sorted(profile.workers))}
-    calls = sorted({(task.call, task.function) for task in tasks})
+    calls = _calls(tasks)
     colours = plt.get_cmap("tab10")
-    colour_of = {call: colours(number % 10) for number, (call, _) in enumerate(calls)}
+    # Past the named calls, one colour: a reused one would pass for a named call.
+    colour_of = {call: colours(number % 10) if number < LEGEND_CALLS else UNNAMED_COLOUR
+                 for number, (call, _) in enumerate(calls)}
     # Outlined bars tell neighbours apart; thousands of outlines would paint a row black.
     outline = "black" if len(tasks) <= OUTLINED_BARS else "none"
     for (worker, call, ok), bars in _group(tasks, origin).items():
@@ -204,13 +239,33 @@ def plot(profile: Profile, ax: Any = None) -> Any:
     ax.set_xlabel("seconds since the first task was handed over")
     handles = [Patch(facecolor=colour_of[call], label=f"call {call}: {function}")
                for call, function in calls[:LEGEND_CALLS]]
+    if len(calls) > LEGEND_CALLS:
+        handles.append(Patch(facecolor=UNNAMED_COLOUR,
+                             label=f"+{count(len(calls) - LEGEND_CALLS, 'more call')}"))
     if any(not task.ok for task in tasks):
         handles.append(Patch(facecolor="white", edgecolor="red", hatch="//", label="failed"))
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-    ax.set_title(f"{len(tasks)} tasks on {len(rows)} workers")
+    ax.set_title(f"{count(len(tasks), 'task')} on {count(len(rows), 'worker')}")
     ax.figure.tight_layout()
     return ax
+
+
+def _calls(tasks: list[TaskRecord]) -> list[tuple[int, str]]:
+    """The calls of the tasks, (number, function), in order."""
+    return sorted({(task.call, task.function) for task in tasks})
+
+
+def _figure_size(profile: Profile) -> tuple[float, float]:
+    """Inches for the chart: a row per worker, and room for the legend beside it."""
+    calls = len(_calls(profile.tasks))
+    entries = (min(calls, LEGEND_CALLS) + (calls > LEGEND_CALLS)
+               + any(not task.ok for task in profile.tasks))
+    rows = 1.2 + 0.45 * max(1, len(profile.workers))
+    # The legend hangs from the top of the axes: a line of small text per entry,
+    # below the title.
+    legend = 0.7 + 0.18 * entries
+    return 9.0, max(rows, legend)
 
 
 def _origin(profile: Profile) -> float:
@@ -236,7 +291,7 @@ def png(profile: Profile) -> bytes | None:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    figure = Figure(figsize=(9, 1.2 + 0.45 * max(1, len(profile.workers))))
+    figure = Figure(figsize=_figure_size(profile))
     plot(profile, figure.add_subplot())
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=96)
@@ -256,13 +311,43 @@ def chrome_trace(profile: Profile) -> dict[str, Any]:
                 "args": {"name": f"worker {worker} ({host})"}}
                for worker, host in sorted(profile.workers.items())]
     events += [{"ph": "X", "name": task.function, "cat": f"call {task.call}", "pid": 1,
-                "tid": task.worker, "ts": round((task.started - origin) * 1e6, 3),
-                "dur": round(max(task.seconds, 0.0) * 1e6, 3),
+                "tid": task.worker, "ts": start / TRACE_TICKS,
+                "dur": (end - start) / TRACE_TICKS,
                 "args": {"index": task.index, "call": task.call, "attempt": task.attempt,
                          "ok": task.ok, "bytes_in": task.bytes_in,
                          "bytes_out": task.bytes_out}}
-               for task in tasks]
+               for task, (start, end) in zip(tasks, _track(tasks, origin), strict=True)]
     return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def _track(tasks: list[TaskRecord], origin: float) -> list[tuple[int, int]]:
+    """Each task's event, (start, end) in ticks since ``origin``, laid so that on a
+    worker's track an event begins no earlier than the one before it ended.
+
+    The clock's float resolution (about 0.24 us) is coarser than a trivial task's
+    share of its span, so recorded starts bunch up and overlap the previous task's
+    end; viewers want a thread's events to nest or follow one another.  The tasks
+    of an attempt lost with its worker each span the attempt: they stay nested.
+    """
+    events: list[tuple[int, int]] = [(0, 0)] * len(tasks)
+    previous: dict[int, tuple[TaskRecord, tuple[int, int]]] = {}  # by worker
+    # A stable sort: the tasks of a span stay in the order they ran.
+    for number in sorted(range(len(tasks)), key=lambda number: tasks[number].started):
+        task = tasks[number]
+        start = round((task.started - origin) * 1e6 * TRACE_TICKS)
+        length = round(max(task.seconds, 0.0) * 1e6 * TRACE_TICKS)
+        before = previous.get(task.worker)
+        if before is None:
+            event = (start, start + length)
+        elif task.share is None and (task.started, task.finished) == (
+                before[0].started, before[0].finished):
+            event = before[1]  # one of a lost attempt's tasks: the same span, nested
+        else:
+            start = max(start, before[1][1])  # not before the one before it ended
+            event = (start, start + length)
+        events[number] = event
+        previous[task.worker] = (task, event)
+    return events
 
 
 def write_chrome_trace(profile: Profile, path: str) -> None:

@@ -1,0 +1,130 @@
+"""What ``profile()`` reports: the summary's counts and wording, the chart's legend, the trace."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import re
+import signal
+import struct
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sockpool import Cluster
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def odd_fails(x: int) -> int:
+    if x % 2:
+        raise ValueError(x)
+    return x
+
+
+def test_a_legend_with_many_calls_fits_its_figure_and_names_the_rest(
+        shared_cluster: Cluster) -> None:
+    # 13 calls on 2 workers: a 9 x 2.1 in figure, the legend ran off its bottom, and
+    # calls 11-13 took the colours of calls 1-3 with no label of their own.
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(odd_fails, range(3), errors="return")
+        for _ in range(12):
+            shared_cluster.par_map(abs, range(3))
+    ax = prof.plot()
+    figure = ax.figure
+    legend = ax.get_legend()
+    box = legend.get_window_extent(figure.canvas.get_renderer())
+    assert figure.bbox.y0 <= box.y0 and box.y1 <= figure.bbox.y1
+    assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1
+    calls = sorted({(task.call, task.function) for task in prof.tasks})
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert labels == ([f"call {call}: {function}" for call, function in calls[:10]]
+                      + ["+3 more calls", "failed"])
+    # Each named colour paints its own call's 3 bars only; the 3 unnamed calls share
+    # the "+3 more calls" colour, which is none of the named ones.
+    colours = [tuple(handle.get_facecolor()) for handle in legend.legend_handles[:11]]
+    assert len(set(colours)) == 11
+    bars: Counter[tuple[float, ...]] = Counter()
+    for collection in ax.collections:
+        bars[tuple(collection.get_facecolor()[0])] += len(collection.get_paths())
+    assert [bars[colour] for colour in colours] == [3] * 10 + [9]
+    # The notebook's PNG is that chart, at 96 dpi.
+    found = re.search(r'src="data:image/png;base64,([^"]+)"', prof._repr_html_())
+    assert found is not None
+    width, height = struct.unpack(">II", base64.b64decode(found[1])[16:24])  # its IHDR
+    inches = figure.get_size_inches()
+    assert (width, height) == (pytest.approx(inches[0] * 96, abs=1),
+                               pytest.approx(inches[1] * 96, abs=1))
+
+
+def test_trace_events_on_one_thread_do_not_overlap(
+        shared_cluster: Cluster, tmp_path: Path) -> None:
+    # Tiny tasks share a span; their starts, floats of the clock, are coarser than
+    # their shares: ts and dur rounded apart overlapped the next event on the thread.
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(abs, range(5000))
+    prof.to_chrome_trace(str(tmp_path / "trace.json"))
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    complete = [event for event in events if event["ph"] == "X"]
+    assert len(complete) == 5000
+    assert all({"ts", "dur", "pid", "tid", "name"} <= set(event) for event in complete)
+    assert {"ph": "M", "name": "process_name", "pid": 1, "tid": 0,
+            "args": {"name": "sockpool"}} in events
+    names = {event["tid"]: event["args"]["name"] for event in events
+             if event["ph"] == "M" and event["name"] == "thread_name"}
+    assert names == {worker: f"worker {worker} ({host})"
+                     for worker, host in prof.workers.items()}
+    origin = min(min(task.submitted, task.started) for task in prof.tasks)
+    by_task = {(task.call, task.index): task for task in prof.tasks}
+    for tid in names:
+        own = sorted((event["ts"], event["dur"]) for event in complete if event["tid"] == tid)
+        assert all(dur >= 0 for _, dur in own)
+        assert all(ts + dur <= following
+                   for (ts, dur), (following, _) in itertools.pairwise(own)), tid
+    for event in complete:  # still where the task ran, to within the clock's resolution
+        task = by_task[event["args"]["call"], event["args"]["index"]]
+        assert event["ts"] == pytest.approx((task.started - origin) * 1e6, abs=1.0)
+        assert event["dur"] == pytest.approx(task.seconds * 1e6, abs=0.01)
+
+
+def test_a_task_retried_after_its_worker_was_lost_has_not_failed(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # The lost first attempt counted: "4 tasks ... 1 failed" for a map that succeeded.
+    marker = str(tmp_path / "killed-once")
+
+    def killed_once(x: int) -> int:
+        if x == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    with cluster.profile() as prof:
+        assert cluster.par_map(killed_once, range(4), chunksize=1, retries=1) == [0, 1, 2, 3]
+    assert sorted(task.attempt for task in prof.tasks if task.index == 2) == [1, 2]
+    summary = prof.summary()
+    assert (summary.failed, summary.retried) == (0, 1)
+    head = str(summary).splitlines()[0]
+    assert "failed" not in head and head.endswith(", 1 attempt lost and retried")
+
+
+def test_a_task_that_raised_has_failed(shared_cluster: Cluster) -> None:
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(odd_fails, range(3), errors="return")
+    summary = prof.summary()
+    assert (summary.failed, summary.retried) == (1, 0)
+    head = str(summary).splitlines()[0]
+    assert head.endswith(", 1 failed") and "retried" not in head
+
+
+def test_one_task_on_one_worker_is_said_in_the_singular() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    with Cluster(n=1) as cl, cl.profile() as prof:
+        cl.par_map(abs, [-1])
+    assert str(prof.summary()).startswith("1 task on 1 worker in ")
+    assert prof.plot().get_title() == "1 task on 1 worker"
