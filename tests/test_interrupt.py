@@ -54,3 +54,51 @@ def test_ctrl_c_interrupts_a_running_map(tmp_path: Path, call: str) -> None:
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+OUTPUT_SCRIPT = """
+import sys, time
+from sockpool import Cluster
+
+def task(i):
+    print(f"start {i}", flush=True)
+    time.sleep(0.3 if i % 3 < 2 else 20)
+    print(f"end {i}", flush=True)
+    return i
+
+with Cluster(n=2) as cl:
+    cl.par_map(abs, [1, 2])
+    print("ready", flush=True)
+    try:
+        cl.par_map(task, range(6), chunksize=3)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_keeps_what_the_tasks_that_ran_printed(tmp_path: Path) -> None:
+    # Each worker runs a chunk of three tasks: two finish, the third sleeps on.
+    # Their output comes with the chunk's result, and Ctrl-C cancelled the chunks:
+    # what the finished tasks printed was dropped, in a notebook cell as anywhere.
+    script = tmp_path / "interrupted.py"
+    script.write_text(OUTPUT_SCRIPT)
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        assert master.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # tasks 0, 1 and 3, 4 have finished; 2 and 5 sleep
+        sent = time.monotonic()
+        os.kill(master.pid, signal.SIGINT)
+        out, err = master.communicate(timeout=30)
+        assert time.monotonic() - sent < 2.0
+        assert master.returncode == 0, err
+        # In input order, as the map would have printed it, the interrupted tasks'
+        # first line included; then the KeyboardInterrupt.
+        assert out.split("\n") == [
+            "start 0", "end 0", "start 1", "end 1", "start 2",
+            "start 3", "end 3", "start 4", "end 4", "start 5", "interrupted", ""]
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()

@@ -206,6 +206,29 @@ def test_capsys_and_redirects_in_the_master_catch_relayed_output(
     assert captured.out == "seen by capsys\n"
 
 
+def printing_until_4_fails(i: int) -> int:
+    print(f"start {i}")
+    if i == 4:
+        raise ValueError("four")
+    time.sleep({0: 0.05, 3: 1.0}.get(i, 30))  # 1 and 2 still sleep when 4 fails
+    print(f"end {i}")
+    return i
+
+
+def test_a_failed_map_still_writes_what_its_other_tasks_printed(
+        shared_cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    # Task 4's error cancels the other worker's chunk while task 1 sleeps: what
+    # tasks 0 and 1 printed came with that chunk's result, and was dropped.
+    shared_cluster.par_map(abs, [1, 2])
+    capsys.readouterr()
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="four"):
+        shared_cluster.par_map(printing_until_4_fails, range(6), chunksize=3)
+    assert time.monotonic() - started < 5
+    assert capsys.readouterr().out.splitlines() == [
+        "start 0", "end 0", "start 1", "start 3", "end 3", "start 4"]
+
+
 def test_relay_off_keeps_output_in_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
     with Cluster(n=1, relay=False) as cl:
         cl.par_map(print, ["not relayed"])

@@ -38,6 +38,9 @@ HAND_OVER_AFTER_SECONDS = 0.0001
 MAX_CHUNKSIZE = 100_000
 #: How often a waiting caller wakes up (to stay responsive to Ctrl-C).
 POLL_SECONDS = 0.25
+#: Longest a map stopped by Ctrl-C or by a task's error waits for its chunks still
+#: out (cancelled, they come back at once), to write what their tasks printed.
+SETTLE_SECONDS = 1.0
 #: Finished chunks an ordered stream may hold for an earlier one still running, in
 #: windows, before it sends no more: a long task at the head of the line leaves the
 #: other workers busy (multiprocessing's imap reads its whole input), and an endless
@@ -224,11 +227,12 @@ def _next_events(job: StreamJob, deadline: float | None) -> list[Event]:
 
 def _outcome(chunk: Chunk, label: Any, payload: Any) -> Outcome:
     """Decode one queue event (a chunk that failed whole has no output left to show)."""
-    if label is None:
+    if label is None:  # failed whole, or dropped (with what it wrote, if it ran)
         error = payload if payload is not None else ClusterClosedError(
             "the cluster was closed before these tasks ran")
         failures = [TaskFailure(chunk.first_index + i, error) for i in range(chunk.count)]
-        return Outcome([None] * chunk.count, failures, 0.0, [])
+        return Outcome([None] * chunk.count, failures, 0.0,
+                       chunk.output if payload is None else [])
     return decode_outcome(chunk, label, payload)
 
 
@@ -253,6 +257,11 @@ class _OutputInOrder:
             count, ready = self._waiting.pop(self._next)
             relay.emit(ready)
             self._next += count
+
+    def flush(self) -> None:
+        """Emit whatever waits for earlier chunks (the map stopped: they will not come)."""
+        for first in sorted(self._waiting):
+            relay.emit(self._waiting.pop(first)[1])
 
 
 #: A run of consecutive results: index of the first, the values, failures by index.
@@ -309,6 +318,7 @@ def stream_blocks(
     output = _OutputInOrder(delivery.output_in_order)
     sent = 0  # items in chunks the cluster took
     refused: ClusterClosedError | None = None  # closed before the input was all sent
+    aborted = False  # by Ctrl-C or a task's error: what ran still writes its output
     try:
         while True:
             room = window - in_flight - max(0, len(waiting) - BACKLOG_WINDOWS * window)
@@ -340,7 +350,8 @@ def stream_blocks(
             if progress is not None:
                 progress.update(chunk.count)
             if failures and delivery.errors == "raise" and delivery.fail_fast:
-                relay.emit(written)  # what the failing task wrote, before its error
+                output.add(chunk, written)  # written, in order, before its error
+                aborted = True
                 error = failures[0].error
                 raise CarriedStopIteration(error) if isinstance(error, StopIteration) else error
             output.add(chunk, written)
@@ -354,13 +365,35 @@ def stream_blocks(
                 block = waiting.pop(next_first)
                 next_first += len(block[1])
                 yield block
+    except KeyboardInterrupt:
+        aborted = True
+        raise
     finally:
         if not finished:
             with contextlib.suppress(ClusterClosedError):
                 dispatch.cancel(job)
+            if aborted:
+                _write_what_ran(job, arrived, in_flight, output)
         job.keep = None  # nobody waits for it any more: its cluster may go now
         if progress is not None:
             progress.close()
+
+
+def _write_what_ran(job: StreamJob, arrived: deque[Event], in_flight: int,
+                    output: _OutputInOrder) -> None:
+    """After a map was cancelled: write what its tasks printed, those of the chunks
+    still out included as they come back (at most :data:`SETTLE_SECONDS`), in order."""
+    until = time.monotonic() + SETTLE_SECONDS
+    while True:
+        for chunk, label, payload in arrived:
+            in_flight -= 1
+            output.add(chunk, _outcome(chunk, label, payload).output)
+        arrived.clear()
+        if in_flight <= 0 or (left := until - time.monotonic()) <= 0:
+            break
+        with contextlib.suppress(queue.Empty):
+            arrived.extend(job.events.get(timeout=left))
+    output.flush()
 
 
 def _closed_midway(refused: ClusterClosedError, sent: int) -> ClusterClosedError:

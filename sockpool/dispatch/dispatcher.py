@@ -385,7 +385,7 @@ class Dispatcher:
             size = payload[0].nbytes + sum(memoryview(b).nbytes for b in payload[1])
             self.profiler.returned(chunk, record, times, size, cancelled)
         if cancelled:
-            chunk.job.dropped(chunk)
+            chunk.job.dropped(chunk, payload)
         else:
             record.tasks_done += chunk.count - chunk.resume
             self._held.hold(chunk, record.label, payload)

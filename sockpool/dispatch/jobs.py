@@ -150,8 +150,8 @@ class Job:
         """Every task of ``chunk`` failed with ``error``."""
         raise NotImplementedError
 
-    def dropped(self, chunk: Chunk) -> None:
-        """``chunk`` was cancelled before or while it ran."""
+    def dropped(self, chunk: Chunk, payload: Payload | None = None) -> None:
+        """``chunk`` was cancelled before or while it ran (``payload``: its RESULT, then)."""
 
     def cancel_waiting(self, chunk: Chunk) -> bool:
         """Cancel ``chunk``, which no worker got, as a cancelled future (a submit's);
@@ -232,6 +232,15 @@ def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int
     return Outcome(values, failures, seconds, output)
 
 
+def _written(payload: Payload) -> list[Any]:
+    """The output a cancelled chunk's RESULT carries (it carries no results)."""
+    try:
+        batch = codec.loads(*payload)[3]
+    except Exception:  # nothing to show rather than a failed I/O thread
+        return []
+    return [batch] if batch is not None else []
+
+
 def _join_kept(slices: list[tuple[int, int, list[Any]]], values: list[Any],
                errors: list[tuple[int, bytes]]) -> tuple[list[Any], list[tuple[int, bytes]]]:
     """A RESULT's values and errors, after those of the slices it carries pickled."""
@@ -270,7 +279,9 @@ class StreamJob(Job):
     def _fail(self, chunk: Chunk, error: BaseException) -> None:
         self._tell((chunk, None, error))
 
-    def dropped(self, chunk: Chunk) -> None:
+    def dropped(self, chunk: Chunk, payload: Payload | None = None) -> None:
+        if payload is not None:  # cancelled as it ran: what its tasks wrote still shows
+            chunk.output = [*chunk.output, *_written(payload)]
         self._tell((chunk, None, None))
 
     def _tell(self, event: Event) -> None:
@@ -343,7 +354,7 @@ class FutureJob(Job):
         self.dropped(chunk)
         return True
 
-    def dropped(self, chunk: Chunk) -> None:
+    def dropped(self, chunk: Chunk, payload: Payload | None = None) -> None:
         if not self.future.done() and not self.future.cancel():
             self.future.set_exception(ClusterClosedError(
                 "the task was interrupted because its cluster was shut down"))
