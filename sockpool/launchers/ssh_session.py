@@ -26,6 +26,8 @@ from .ssh_hosts import SSHHost
 #: no new workers: less than the 5 after which its workers count as lost, so a
 #: host cut off gets no replacement of them.
 SESSION_SILENCE = 2.5
+#: Seconds a session whose agent has fallen silent gets to end before its client is killed.
+SILENT_HOST_GRACE = 0.2
 
 
 class HostSession:
@@ -144,12 +146,16 @@ class HostSession:
                            stderr_tail=stderr)
 
     def close(self, grace: float) -> None:
-        """End the session: stdin EOF stops the agent and its workers; then the client."""
+        """End the session: stdin EOF stops the agent and its workers; then the client,
+        after ``grace`` seconds at most, or at once if its agent has fallen silent (a
+        host cut off: the client would wait for it in vain)."""
         if self.process is None:
             return
         with contextlib.suppress(OSError, ValueError):
             assert self.process.stdin is not None
             self.process.stdin.close()
+        if time.monotonic() - self.last_report >= self.silence:
+            grace = min(grace, SILENT_HOST_GRACE)
         try:
             self.process.wait(grace)
         except subprocess.TimeoutExpired:
