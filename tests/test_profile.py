@@ -70,6 +70,18 @@ def test_tiny_tasks_sharing_a_span_each_get_their_share(shared_cluster: Cluster)
     assert sum(shares) <= 2 * (prof.stopped - prof.started)  # two workers at most
 
 
+def test_a_straggler_among_short_tasks_is_timed_on_its_own(shared_cluster: Cluster) -> None:
+    # Tasks of 0.2 ms doubled their slices as trivial ones do, so the 0.3 s task
+    # shared a slice of 8: each of them was recorded at 0.04 s, the straggler too.
+    lengths = [0.0002] * 9 + [0.3] + [0.0002] * 10
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(time.sleep, lengths, chunksize=len(lengths))
+    seconds = {task.index: task.seconds for task in prof.tasks}
+    assert seconds[9] >= 0.3
+    assert max(seconds[i] for i in seconds if i != 9) < 0.05
+    assert prof.summary().slowest[0].index == 9
+
+
 def test_only_calls_inside_the_block_are_recorded(shared_cluster: Cluster) -> None:
     shared_cluster.par_map(abs, range(10))
     with shared_cluster.profile() as prof:
