@@ -82,6 +82,17 @@ def test_a_straggler_among_short_tasks_is_timed_on_its_own(shared_cluster: Clust
     assert prof.summary().slowest[0].index == 9
 
 
+def test_bytes_in_counts_arguments_that_travel_by_shared_memory(
+        shared_cluster: Cluster) -> None:
+    # A local worker gets a large array through shared memory: the message carries
+    # only the segment's descriptor, and bytes_in counted that (176 bytes).
+    import numpy
+    arrays = [numpy.ones(1_000_000) for _ in range(2)]  # 8 MB each
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(len, arrays, chunksize=1)
+    assert all(8_000_000 <= task.bytes_in < 8_100_000 for task in prof.tasks)
+
+
 def test_only_calls_inside_the_block_are_recorded(shared_cluster: Cluster) -> None:
     shared_cluster.par_map(abs, range(10))
     with shared_cluster.profile() as prof:

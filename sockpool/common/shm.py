@@ -394,6 +394,13 @@ def check_probe(hex_frame: str) -> bool:
     return True
 
 
+def carried_bytes(frame: Any) -> int:
+    """The bytes a message frame carries: a segment descriptor's, those of its buffers."""
+    if isinstance(frame, SharedFrame):
+        return sum(length for _, length in _parse(frame)[5])
+    return memoryview(frame).nbytes
+
+
 def _parse(frame: bytes) -> tuple[int, int, int, int, int, list[tuple[int, int]]]:
     try:
         pid, fd, pool, serial, size, count = _HEAD.unpack_from(frame)

@@ -435,7 +435,7 @@ class Dispatcher:
             flags |= protocol.Flag.PAGE_READ
         if self.profiler.active and chunk is not record.setup_chunk:
             flags |= protocol.Flag.PROFILE
-            size = len(fn_inband) + sum(memoryview(f).nbytes for f in [*fn_buffers, *chunk.frames])
+            size = len(fn_inband) + sum(map(shm.carried_bytes, [*fn_buffers, *chunk.frames]))
             self.profiler.sent(chunk, record, size, function.name)
         head = protocol.header(Kind.TASK, flags, job.id, chunk.id)
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
