@@ -143,6 +143,23 @@ def _run_batch(batch: BatchedCalls) -> list[Any]:
     return results
 
 
+def _batch_name(batch: BatchedCalls) -> str:
+    """The functions a batch calls, by name, in order (``functools.partial``s unwrapped)."""
+    names = []
+    for function, _, _ in batch.items:
+        function = getattr(function, "func", function)
+        names.append(getattr(function, "__qualname__", None) or type(function).__name__)
+    return ", ".join(dict.fromkeys(names))
+
+
+def _note_the_batch(exc: BaseException) -> None:
+    """A batch is one sockpool task: its note's "task 0" would name the wrong task."""
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        notes[:] = [note.replace("sockpool: task 0 failed", "sockpool: a task of a joblib "
+                                 "batch failed", 1) for note in notes]
+
+
 # -- the backend -----------------------------------------------------------------------
 
 
@@ -318,18 +335,23 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         calls = cluster._calls
         function: Callable[..., Any] = func
         args: tuple[Any, ...] = ()
+        name = None
         if isinstance(func, BatchedCalls):
             # One function for every batch, by reference (workers cache it), the
-            # batch as its argument.
-            function, args = _run_batch, (func,)
+            # batch as its argument; a profile names the functions it calls.
+            function, args, name = _run_batch, (func,), _batch_name(func)
         # joblib keeps its own batches in flight; one queued behind a long batch
         # would wait for it while another worker idles.
-        future, job = calls.submit(function, args, {}, None, None, prefetch=False)
+        future, job = calls.submit(function, args, {}, None, None, prefetch=False, name=name)
         return future, job, calls
 
     def retrieve_result_callback(self, out: Future[Any]) -> Any:
         """The batch's list of results, or its first task's exception."""
-        return out.result()
+        try:
+            return out.result()
+        except BaseException as exc:
+            _note_the_batch(exc)
+            raise
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Cancel the aborting call's batches: drop those queued, interrupt those running.

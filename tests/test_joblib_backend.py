@@ -181,6 +181,27 @@ def test_an_exception_keeps_its_type(shared_cluster: Cluster) -> None:
         assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
 
 
+def test_an_exceptions_note_names_its_batch_not_task_0(shared_cluster: Cluster) -> None:
+    # Each batch is one sockpool task: the note said "task 0" whichever task failed.
+    with parallel_config(backend="sockpool", cluster=shared_cluster), \
+            pytest.raises(BadInput) as failed:
+        Parallel(n_jobs=2, batch_size=1)(delayed(fail_on)(i, 7) for i in range(10))
+    notes = failed.value.__notes__
+    assert len(notes) == 1 and notes[0].startswith(
+        "sockpool: a task of a joblib batch failed on worker "), notes
+
+
+def test_a_profile_names_the_functions_of_the_batches(shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster), \
+            shared_cluster.profile() as prof:
+        Parallel(n_jobs=2, batch_size=2)(delayed(square)(i) for i in range(6))
+        Parallel(n_jobs=2, batch_size=3)(
+            delayed(function)(i) for i in range(3) for function in (square, abs))
+    names = {task.function for task in prof.tasks}  # (joblib may split a batch)
+    assert {part for name in names for part in name.split(", ")} == {"square", "abs"}, names
+    assert "square, abs" in names or "abs, square" in names, names
+
+
 def test_the_first_failure_cancels_the_rest(shared_cluster: Cluster, tmp_path: Path) -> None:
     with parallel_config(backend="sockpool", cluster=shared_cluster), \
             pytest.raises(KeyError, match="first"):

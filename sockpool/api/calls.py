@@ -121,15 +121,17 @@ class Calls:
         return iterate(blocks, "raise")
 
     def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
-               timeout: float | None, seed: int | None, *, prefetch: bool = True
-               ) -> tuple[Future[T], FutureJob]:
+               timeout: float | None, seed: int | None, *, prefetch: bool = True,
+               name: str | None = None) -> tuple[Future[T], FutureJob]:
         """One call on a worker: its future, and its job (to cancel it).
 
         ``prefetch=False`` sends it only to an idle worker, never queued behind
         another chunk (for callers, like joblib, that keep their own calls in flight).
+        ``name``: what a profile calls it, rather than ``fn``'s name.
         """
         future: Future[T] = TaskFuture()
-        job = FutureJob(self.packer.function(fn, copy_buffers=True), future,
+        function = self.packer.function(fn, copy_buffers=True)
+        job = FutureJob(function._replace(name=name) if name else function, future,
                         self.seeds.for_call(seed), timeout)
         job.prefetch = prefetch
         job.keep = self.owner()
