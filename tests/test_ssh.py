@@ -408,8 +408,29 @@ def test_authentication_refused(testbed: Testbed) -> None:
 
 def test_no_such_interpreter(testbed: Testbed) -> None:
     error = _launch_error({"node1": SSHHost("node1", python="/opt/no/python3")})
-    assert "the interpreter (python=) was not found there" in str(error)
+    assert "the interpreter (python= or SOCKPOOL_REMOTE_PYTHON) was not found there" in str(
+        error)
     assert "/opt/no/python3" in str(error) and error.returncode == 127
+
+
+def test_sockpool_remote_python_names_the_hosts_interpreter(
+        testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SOCKPOOL_PLAN=hosts:... had no way to name a venv's Python on the hosts:
+    # the script needed python= written into it.
+    source = """
+        import sockpool
+        print(sockpool.par_map(abs, [-1, -2, -3]),
+              sorted(w.host for w in sockpool.current_cluster().workers))
+    """
+    env = {"SOCKPOOL_PLAN": "hosts:node1,node2", "SOCKPOOL_REMOTE_PYTHON": PYTHON}
+    assert run_script(source, tmp_path, env=env).stdout == "[1, 2, 3] ['node1', 'node2']\n"
+    # python= still wins over it; without either, the error names both.
+    monkeypatch.setenv("SOCKPOOL_REMOTE_PYTHON", "/opt/no/python3")
+    with Cluster(hosts=["node1"], python=PYTHON) as cl:
+        assert cl.par_map(abs, [-4]) == [4]
+    error = _launch_error(["node1"])
+    assert "(python= or SOCKPOOL_REMOTE_PYTHON) was not found" in str(error)
+    assert "/opt/no/python3" in str(error)
 
 
 def _system_python() -> str:

@@ -42,6 +42,9 @@ from .ssh_session import HostSession, SSHWorkerProcess
 REMOTE_MASTER_TIMEOUT = 15.0
 #: A host agent with no worker left exits after this long.
 AGENT_IDLE_EXIT = 20.0
+#: The environment variable naming the hosts' interpreter when ``python=`` does not:
+#: a script run with ``SOCKPOOL_PLAN=hosts:...`` reaches a venv without an edit.
+REMOTE_PYTHON_VAR = "SOCKPOOL_REMOTE_PYTHON"
 #: ssh's own keepalive: the client gives up on a silent server after about 15 s.
 KEEPALIVE_OPTIONS = ("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
 
@@ -72,8 +75,8 @@ class SSHLauncher(Launcher):
             (``["node1", "node1", "node2"]``), or a dict of name to count or
             to :class:`SSHHost` (per-host options); ``"localhost"`` entries are
             local workers, started without ssh.
-        python: the interpreter on the hosts (default ``python3``; this
-            Python for local workers).
+        python: the interpreter on the hosts (default ``$SOCKPOOL_REMOTE_PYTHON``,
+            else ``python3``; this Python for local workers).
         env: extra environment variables for every worker.
         ssh: the ssh client to run.
         ssh_options: extra ssh arguments for every host.
@@ -181,7 +184,7 @@ class SSHLauncher(Launcher):
         minor version and sockpool version the host must have, and the agent's
         options.  Neither holds a secret: the workers' keys follow on stdin.
         """
-        python = host.python or self.python or "python3"
+        python = host.python or self.python or os.environ.get(REMOTE_PYTHON_VAR) or "python3"
         agent_options: dict[str, Any] = {"idle_exit": AGENT_IDLE_EXIT,
                                          "report_interval": heartbeat_interval}
         argv = [self.ssh, "-T", "-o", "BatchMode=yes",

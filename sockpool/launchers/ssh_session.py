@@ -135,8 +135,9 @@ class HostSession:
             return None
         stderr = self.ssh_stderr()
         hint = {255: "ssh could not connect or log in",
-                127: "the interpreter (python=) was not found there",
-                126: "the interpreter (python=) cannot be run there"}.get(
+                127: "the interpreter (python= or SOCKPOOL_REMOTE_PYTHON) was not found there",
+                126: "the interpreter (python= or SOCKPOOL_REMOTE_PYTHON) cannot be run there"
+                }.get(
                     self.returncode or 0, f"ssh ended with {describe_exit(self.returncode)}")
         message = f"cannot start workers on {self.host.destination}: {hint}"
         message += f"\ncommand: {self.command}"
