@@ -66,8 +66,8 @@ class Cluster(concurrent.futures.Executor):
             Within ``connect_timeout``, or LaunchError says where they are.
         launcher: an explicit launcher (:class:`LocalLauncher`,
             :class:`SSHLauncher`, :class:`ManualLauncher`).
-        python: the interpreter workers run (default: this one locally,
-            ``python3`` on remote hosts).
+        python: the interpreter workers run (default: this one locally; on
+            remote hosts ``$SOCKPOOL_REMOTE_PYTHON``, else ``python3``).
         env: extra environment variables for the workers.
         setup: a callable run once in every worker when it starts (also in a
             replacement worker), e.g. to import heavy modules.
