@@ -122,7 +122,12 @@ def test_a_remote_worker_killed_is_described_by_its_hosts_agent(namespace_hosts:
             cl.submit(lambda: os.kill(os.getpid(), signal.SIGKILL)).result(timeout=30)
         assert lost.value.host == "sp-n1"
         assert "killed by SIGKILL (peak memory" in str(lost.value)  # wait4 on the host
+        # Its replacement, while it starts, has no pid yet: it showed the ssh
+        # client's, whose kill would end every worker on the host.
+        starting = [w for w in cl.workers if w.state == "starting"]
+        assert starting and all(w.pid == 0 for w in starting), starting
         assert cl.submit(abs, -3).result(timeout=30) == 3  # and it was replaced
+        assert all(_namespace_of(w.pid) == "sp-n1" for w in cl.workers)
 
 
 def test_a_remote_worker_dying_mid_chunk_loses_only_that_task(namespace_hosts: Testbed,

@@ -179,7 +179,9 @@ class SSHWorkerProcess(WorkerProcess):
 
     @property
     def pid(self) -> int:
-        return self.session.pid  # the ssh client's, until the worker's HELLO names its own
+        """0: unknown until the worker's HELLO names its own (the ssh client's pid, shown
+        for a starting worker, invited a kill that would end every worker of the host)."""
+        return 0
 
     def poll(self) -> int | None:
         reported = self.session.exits.get(self.worker_id)
