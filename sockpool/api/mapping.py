@@ -39,8 +39,9 @@ MAX_CHUNKSIZE = 100_000
 #: How often a waiting caller wakes up (to stay responsive to Ctrl-C).
 POLL_SECONDS = 0.25
 #: Longest a map stopped by Ctrl-C or by a task's error waits for its chunks still
-#: out (cancelled, they come back at once), to write what their tasks printed.
-SETTLE_SECONDS = 1.0
+#: out (cancelled, they come back at once), to write what their tasks printed; and
+#: a profile's block, for the records of a call cancelled in it.
+SETTLE_SECONDS = 0.5
 #: Finished chunks an ordered stream may hold for an earlier one still running, in
 #: windows, before it sends no more: a long task at the head of the line leaves the
 #: other workers busy (multiprocessing's imap reads its whole input), and an endless
@@ -226,7 +227,8 @@ def _next_events(job: StreamJob, deadline: float | None) -> list[Event]:
 
 
 def _outcome(chunk: Chunk, label: Any, payload: Any) -> Outcome:
-    """Decode one queue event (a chunk that failed whole has no output left to show)."""
+    """Decode one queue event (a chunk that failed whole has no output left to show; a
+    dropped one, what it wrote if it was cancelled as it ran)."""
     if label is None:  # failed whole, or dropped (with what it wrote, if it ran)
         error = payload if payload is not None else ClusterClosedError(
             "the cluster was closed before these tasks ran")
@@ -288,6 +290,10 @@ class Dispatch(Protocol):
 
     def cancel(self, job: Job) -> None:
         """Drop a job's waiting chunks and interrupt its running ones."""
+
+    @property
+    def relay_mode(self) -> str:
+        """How workers relay output: "off" sends none home."""
 
 
 def stream_blocks(
@@ -369,25 +375,30 @@ def stream_blocks(
         aborted = True
         raise
     finally:
-        if not finished:
-            with contextlib.suppress(ClusterClosedError):
-                dispatch.cancel(job)
-            if aborted:
-                _write_what_ran(job, arrived, in_flight, output)
-        job.keep = None  # nobody waits for it any more: its cluster may go now
-        if progress is not None:
-            progress.close()
+        try:
+            if not finished:
+                with contextlib.suppress(ClusterClosedError):
+                    dispatch.cancel(job)
+                if aborted and dispatch.relay_mode != "off":
+                    _write_what_ran(job, arrived, in_flight, output)
+        finally:  # (a second Ctrl-C, a warning raised as an error: still let go)
+            job.keep = None  # nobody waits for it any more: its cluster may go now
+            if progress is not None:
+                progress.close()
 
 
 def _write_what_ran(job: StreamJob, arrived: deque[Event], in_flight: int,
                     output: _OutputInOrder) -> None:
-    """After a map was cancelled: write what its tasks printed, those of the chunks
-    still out included as they come back (at most :data:`SETTLE_SECONDS`), in order."""
+    """After a map was cancelled: write what its tasks printed, in order, those of the
+    chunks cancelled as they ran included as they come back (at most
+    :data:`SETTLE_SECONDS`).  A chunk that finished is not decoded for its output:
+    its values would be unpickled for nothing, which may take long."""
     until = time.monotonic() + SETTLE_SECONDS
     while True:
         for chunk, label, payload in arrived:
             in_flight -= 1
-            output.add(chunk, _outcome(chunk, label, payload).output)
+            if label is None and payload is None:  # dropped: the output it kept, if it ran
+                output.add(chunk, chunk.output)
         arrived.clear()
         if in_flight <= 0 or (left := until - time.monotonic()) <= 0:
             break

@@ -25,12 +25,11 @@ from ..dispatch.dispatcher import Dispatcher
 from ..dispatch.profiling import ChunkRun, Recording
 from ..errors import ClusterClosedError
 from . import profile_report as report
+from .mapping import SETTLE_SECONDS
 from .profile_report import TaskRecord
 
 __all__ = ["Profile", "TaskRecord"]
 
-#: Longest a profile's block waits, as it ends, for a cancelled call's chunks.
-SETTLE_SECONDS = 1.0
 
 
 class Profile:
@@ -57,8 +56,9 @@ class Profile:
         """A profile of the cluster whose I/O thread ``dispatcher`` runs.
 
         A block left by a map's error (or Ctrl-C) ends once the chunks of the
-        cancelled call have come back, at most :data:`SETTLE_SECONDS` later: the
-        tasks they ran, and the one interrupted, are part of what happened.
+        cancelled call have come back, at most
+        :data:`~sockpool.api.mapping.SETTLE_SECONDS` later: the tasks they ran, and
+        the one interrupted, are part of what happened.
         """
         def stop(recording: Recording) -> None:
             try:

@@ -88,7 +88,7 @@ class Dispatcher:
         self.launcher = launcher
         self.heartbeat_interval = heartbeat_interval
         self.setup_job = setup_job
-        self.relay_live = relay_mode == "live"
+        self.relay_mode = relay_mode  # (read by maps: "off" leaves no output to wait for)
         self.scheduler = Scheduler(prefetch)
         self.lifecycle = Lifecycle()
         self.mailbox = Mailbox()
@@ -401,7 +401,7 @@ class Dispatcher:
             chunk = record.setup_chunk
         if chunk is None:
             return
-        relay.hold(chunk.output, codec.loads(*payload), self.relay_live)
+        relay.hold(chunk.output, codec.loads(*payload), self.relay_mode == "live")
 
     # -- the I/O thread: sending -----------------------------------------------------------
 
