@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import itertools
 import json
@@ -9,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -150,6 +152,31 @@ def test_a_failed_map_is_recorded_as_it_ran(shared_cluster: Cluster, tmp_path: P
         assert summary.failed == len(failed)
         assert all(task.finished >= task.started for task in records.values())
         str(prof), prof._repr_html_(), prof.to_chrome_trace(str(tmp_path / "trace.json"))
+
+
+def raises_at_1_sleeps_at_3(x: int) -> int:
+    if x == 1:
+        raise ValueError("one")
+    if x == 3:
+        time.sleep(30)
+    return x
+
+
+def test_a_task_that_raised_before_its_chunk_was_cancelled_stays_failed(
+        shared_cluster: Cluster) -> None:
+    # With errors="return" a chunk goes on past a task that raised; cancelled
+    # later (Ctrl-C), its RESULT carries no errors, and the task showed as ok.
+    with shared_cluster.profile() as prof:
+        results = shared_cluster.imap(raises_at_1_sleeps_at_3, range(4), chunksize=4,
+                                      errors="return")
+        timer = threading.Timer(1.0, _thread.interrupt_main)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            list(results)
+        timer.join()
+    assert {task.index: task.ok for task in prof.tasks} == {0: True, 1: False, 2: True,
+                                                            3: False}
+    assert prof.summary().failed == 2
 
 
 def test_the_summary_adds_up(shared_cluster: Cluster) -> None:

@@ -192,6 +192,8 @@ class ChunkRunner:
                 self.state.end_chunk()
         except Interrupted:
             self.state.end_chunk()  # again: the interruption may have cut the first one short
+            if self._times is not None:  # a cancelled RESULT carries no errors: keep them
+                self._times.failed.extend(offset for offset, _ in errors)
             return self._result(head, Flag.CANCELLED, [], [])
         kept = Kept(self._kept_slices, self._kept, self._kept_errors)
         return self._result(head, Flag.NONE, values, errors, seconds, kept)
