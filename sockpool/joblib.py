@@ -147,17 +147,19 @@ def _batch_name(batch: BatchedCalls) -> str:
     """The functions a batch calls, by name, in order (``functools.partial``s unwrapped)."""
     names = []
     for function, _, _ in batch.items:
-        function = getattr(function, "func", function)
+        if isinstance(function, functools.partial):
+            function = function.func
         names.append(getattr(function, "__qualname__", None) or type(function).__name__)
     return ", ".join(dict.fromkeys(names))
 
 
 def _note_the_batch(exc: BaseException) -> None:
-    """A batch is one sockpool task: its note's "task 0" would name the wrong task."""
+    """A batch is one sockpool task: its note's "task 0" would name the wrong task.
+    (Only the last note is this call's: those before came with a nested call's error.)"""
     notes = getattr(exc, "__notes__", None)
-    if isinstance(notes, list):
-        notes[:] = [note.replace("sockpool: task 0 failed", "sockpool: a task of a joblib "
-                                 "batch failed", 1) for note in notes]
+    if isinstance(notes, list) and notes and isinstance(notes[-1], str):
+        notes[-1] = notes[-1].replace("sockpool: task 0 failed",
+                                      "sockpool: a task of a joblib batch failed", 1)
 
 
 # -- the backend -----------------------------------------------------------------------

@@ -57,8 +57,7 @@ class Pool:
             squares = pool.map(lambda x: x * x, range(10))   # a lambda works
 
     Args:
-        processes: number of local workers (default: :func:`~sockpool.detect_cores`,
-            none when ``hosts=`` is given: those then add to them, as ``Cluster(n=)``).
+        processes: local workers (default: :func:`~sockpool.detect_cores`; with ``hosts=``, none).
         initializer: called as ``initializer(*initargs)`` in every worker when it
             starts, replacement workers included (``Cluster(setup=...)``).
         initargs: the initializer's arguments.

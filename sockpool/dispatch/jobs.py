@@ -44,7 +44,12 @@ class WorkerLabel(NamedTuple):
     pid: int
 
     def __str__(self) -> str:
-        return f"worker {self.worker_id} (pid {self.pid} on {self.host})"
+        return f"worker {self.worker_id} ({where(self.pid, self.host)})"
+
+
+def where(pid: int, host: str) -> str:
+    """``pid 123 on node1``, or ``on node1`` for a worker whose pid is not known yet."""
+    return f"pid {pid} on {host}" if pid else f"on {host}"
 
 
 #: The label of a chunk delivered with no RESULT of its own (see :meth:`Job.fail`).

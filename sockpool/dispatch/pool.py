@@ -20,6 +20,7 @@ from ..common.protocol import Kind, header
 from ..errors import ClusterClosedError, LaunchError, NoWorkersLeftError, SockpoolError
 from ..launchers.base import Launcher, release
 from .exits import ExitWatch
+from .jobs import where
 from .lifecycle import Lifecycle
 from .profiling import Profiler
 from .records import (
@@ -182,7 +183,7 @@ class WorkerPool:
                         self._warn_partial(count)
                         return
                     detail = "; ".join(
-                        f"worker {r.id} (pid {r.pid} on {r.host}): "
+                        f"worker {r.id} ({where(r.pid, r.host)}): "
                         + (r.process.status_note() or r.state.value)
                         + (f", stderr: {tail}" if (tail := r.process.stderr_tail()) else "")
                         for r in starting)

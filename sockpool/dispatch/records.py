@@ -15,7 +15,7 @@ from ..common.digest import function_digest
 from ..errors import LaunchError, TaskTimeoutError, WorkerLostError
 from ..launchers.base import WorkerProcess
 from .clock import ClockSync
-from .jobs import Chunk, WorkerLabel
+from .jobs import Chunk, WorkerLabel, where
 from .task_progress import ProgressPage
 
 #: A heartbeat that is not a clock probe: it only says the master is there.
@@ -213,7 +213,7 @@ def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
 
 def launch_error(record: WorkerRecord, how: str, tail: str) -> LaunchError:
     """The error of a worker that ended before it was ready."""
-    message = f"worker {record.id} (pid {record.pid} on {record.host}) failed to start: {how}"
+    message = f"worker {record.id} ({where(record.pid, record.host)}) failed to start: {how}"
     message += command_note(record.process.command)
     if tail:
         message += f"\nits stderr ends with:\n{tail}"
