@@ -9,6 +9,8 @@ Workloads (each repeated, the two pools interleaved, medians with min-max):
 * ``Pool.map_async(...).get()``: the same, through the asynchronous path;
 * ``Pool.map(abs, items, chunksize=1)`` over a twentieth as many items: each
   task a chunk of its own, so the per-chunk cost of dispatch shows;
+* ``Pool.map(abs, range(8))``: a small map, median over many calls, as a sampler
+  or an optimizer makes thousands of (emcee, ``differential_evolution``);
 * ``apply_async(abs, (1,)).get()`` round trip, median over many calls, beside
   ``Cluster.submit(abs, 1).result()`` on the pool's own cluster: the difference
   is the drop-in's own cost (its ``AsyncResult`` and result thread).
@@ -39,6 +41,16 @@ def apply_round_trips(pool: Any, calls: int) -> float:
     return statistics.median(samples)
 
 
+def small_maps(pool: Any, calls: int) -> float:
+    """Median seconds of ``pool.map(abs, range(8))`` over ``calls`` calls."""
+    samples = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        pool.map(abs, range(8))
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
 def ratio(results: dict[str, list[float]], ours: str, theirs: str) -> float:
     return statistics.median(results[ours]) / statistics.median(results[theirs])
 
@@ -49,7 +61,7 @@ def main() -> None:
     items = list(range(args.tasks))
     small = items[:max(1, args.tasks // 20)]
     names = ("sp map", "mp map", "sp map_async", "mp map_async", "sp map 1", "mp map 1",
-             "sp rt", "mp rt", "cl rt")
+             "sp map 8", "mp map 8", "sp rt", "mp rt", "cl rt")
     results: dict[str, list[float]] = {name: [] for name in names}
     with sockpool.Pool(args.workers) as ours, multiprocessing.Pool(args.workers) as theirs:
         for pool in (ours, theirs):  # warm up: workers started, code paths hot
@@ -62,6 +74,7 @@ def main() -> None:
                     timed(lambda p=pool: p.map_async(abs, items).get()))
                 results[f"{prefix} map 1"].append(
                     timed(lambda p=pool: p.map(abs, small, chunksize=1)))
+                results[f"{prefix} map 8"].append(small_maps(pool, args.calls))
                 results[f"{prefix} rt"].append(apply_round_trips(pool, args.calls))
             results["cl rt"].append(round_trips(ours.cluster.submit, args.calls))
 
@@ -81,6 +94,10 @@ def main() -> None:
     print(f"  sockpool.Pool.map              {summary(results['sp map 1'], per_small_task, 'µs')}")
     print(f"  multiprocessing Pool.map       {summary(results['mp map 1'], per_small_task, 'µs')}")
     print(f"  ratio sockpool / mp chunksize=1 {ratio(results, 'sp map 1', 'mp map 1'):8.2f}")
+    print("\nPool.map(abs, range(8)), per map (median of each repetition's median):")
+    print(f"  sockpool.Pool.map              {summary(results['sp map 8'], 1e6, 'µs')}")
+    print(f"  multiprocessing Pool.map       {summary(results['mp map 8'], 1e6, 'µs')}")
+    print(f"  ratio sockpool / mp small map  {ratio(results, 'sp map 8', 'mp map 8'):9.2f}")
     print("\napply_async(abs, (1,)).get() round trip (median of each repetition's median):")
     print(f"  sockpool.Pool                  {summary(results['sp rt'], 1e6, 'µs')}")
     print(f"  multiprocessing Pool           {summary(results['mp rt'], 1e6, 'µs')}")
