@@ -101,6 +101,21 @@ def test_without_the_kernel_log_a_grown_oom_count_of_its_cgroup_is_the_evidence(
     assert unchanged == "killed by SIGKILL"
 
 
+def test_the_kernel_logs_kill_of_a_pid_before_the_process_started_is_anothers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pids are reused: a SIGKILL from outside was reported as the OOM killer's
+    # because the log held an old "Killed process <pid>" of an earlier process.
+    log = tmp_path / "kmsg"
+    monkeypatch.setattr(proc, "KERNEL_LOG", str(log))
+    now = time.monotonic()
+    log.write_bytes(f"3,7,{int((now - 60) * 1e6)},-;Out of memory: Killed process 4242 "
+                    "(python3) total-vm:1000kB\n".encode())
+    assert (explain_kill(4242, -signal.SIGKILL, 28_400_000, started=now - 10)
+            == "killed by SIGKILL (peak memory 28.4 MB)")
+    assert (explain_kill(4242, -signal.SIGKILL, None, started=now - 120)
+            == "killed by SIGKILL (by the kernel's out-of-memory killer)")
+
+
 # -- recycling -----------------------------------------------------------------------------
 
 

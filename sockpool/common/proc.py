@@ -92,8 +92,10 @@ def oom_kills(cgroup: str | None) -> int | None:
     return None
 
 
-def killed_by_oom(pid: int) -> bool | None:
-    """Whether the kernel's log says its out-of-memory killer killed ``pid`` (None: unreadable)."""
+def killed_by_oom(pid: int, started: float | None = None) -> bool | None:
+    """Whether the kernel's log says its out-of-memory killer killed ``pid`` (None:
+    unreadable); only a record made since ``started`` (``time.monotonic()``, the
+    process's start) counts, as a pid is reused: an older record is another's."""
     try:
         descriptor = os.open(KERNEL_LOG, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
@@ -109,14 +111,28 @@ def killed_by_oom(pid: int) -> bool | None:
             if not record:
                 return False
             found = _OOM_KILLED.search(record)
-            if found and int(found.group(1)) == pid:
+            if found and int(found.group(1)) == pid and _logged_since(record, started):
                 return True
     finally:
         os.close(descriptor)
 
 
+def _logged_since(record: bytes, started: float | None) -> bool:
+    """Whether a ``/dev/kmsg`` record ("prio,seq,microseconds,flags;text", its
+    clock the monotonic one, since boot) was made after ``started``, within a
+    second's slack (the two clocks differ by some milliseconds)."""
+    if started is None:
+        return True
+    try:
+        microseconds = int(record.split(b";", 1)[0].split(b",")[2])
+    except (IndexError, ValueError):
+        return True  # a record of another shape: the pid alone decides, as before
+    return microseconds / 1e6 >= started - 1.0
+
+
 def explain_kill(pid: int, returncode: int | None, peak_bytes: int | None,
-                 cgroup: str | None = None, oom_kills_before: int | None = None) -> str:
+                 cgroup: str | None = None, oom_kills_before: int | None = None,
+                 started: float | None = None) -> str:
     """How a process ended, with what is known of why: ``describe_exit`` and, for a
     SIGKILL, whether the out-of-memory killer did it, and its peak memory.
 
@@ -125,13 +141,15 @@ def explain_kill(pid: int, returncode: int | None, peak_bytes: int | None,
         cgroup, oom_kills_before: its memory cgroup and that group's OOM-kill count
             when it was last seen alive: a larger count now is the evidence used
             where the kernel's log cannot be read.
+        started: when the process started (``time.monotonic()``): the log's
+            records of a pid's kills from before then are of another process.
     """
     text = describe_exit(returncode)
     if returncode is None or returncode >= 0:
         return text
     notes = []
     if returncode == -signal.SIGKILL:
-        by_oom = killed_by_oom(pid)
+        by_oom = killed_by_oom(pid, started)
         if by_oom is None and oom_kills_before is not None:
             after = oom_kills(cgroup)
             by_oom = after is not None and after > oom_kills_before

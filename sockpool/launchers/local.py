@@ -44,9 +44,11 @@ class LocalWorkerProcess(WorkerProcess):
         self.command = command
         self._process = process
         self._log_path = log_path
-        # Where the out-of-memory killer would act on it, and how often it had.
+        # Where the out-of-memory killer would act on it, how often it had, and
+        # since when (the kernel's log of a reused pid's kills names another process).
         self._cgroup = memory_cgroup(process.pid)
         self._oom_kills = oom_kills(self._cgroup)
+        self._started = time.monotonic()
         self._pidfd: int | None = None
         if hasattr(os, "pidfd_open"):
             try:
@@ -63,7 +65,7 @@ class LocalWorkerProcess(WorkerProcess):
 
     def exit_status(self) -> str:
         return explain_kill(self.pid, self.poll(), getattr(self._process, "peak_bytes", None),
-                            self._cgroup, self._oom_kills)
+                            self._cgroup, self._oom_kills, self._started)
 
     def fileno(self) -> int | None:
         return self._pidfd

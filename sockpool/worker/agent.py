@@ -75,6 +75,7 @@ class AgentWorker(NamedTuple):
     cgroup: str | None
     oom_kills: int | None
     progress_fd: int | None  #: its progress page and result log, read once it ended
+    started: float  #: time.monotonic() when it started
 
 
 class HostAgent:
@@ -116,7 +117,8 @@ class HostAgent:
             process.stdin.write(config.to_json().encode() + b"\n")
             process.stdin.flush()
         cgroup = memory_cgroup(process.pid)
-        self.workers[worker_id] = AgentWorker(process, log_path, cgroup, oom_kills(cgroup), page)
+        self.workers[worker_id] = AgentWorker(process, log_path, cgroup, oom_kills(cgroup), page,
+                                              time.monotonic())
 
     def signal_worker(self, worker_id: int, signum: int) -> None:
         """Send ``signum`` to a worker still running (a master's terminate or kill)."""
@@ -138,7 +140,7 @@ class HostAgent:
                 with contextlib.suppress(OSError):
                     stdin.close()
             how = explain_kill(process.pid, status, getattr(process, "peak_bytes", None),
-                               worker.cgroup, worker.oom_kills)
+                               worker.cgroup, worker.oom_kills, worker.started)
             event = {"exit": worker_id, "status": status, "how": how,
                      "tail": read_tail(worker.log_path)}
             if worker.progress_fd is not None:

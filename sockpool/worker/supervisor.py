@@ -32,6 +32,7 @@ def supervise(config: WorkerConfig, report_path: str) -> int:
     except (AttributeError, OSError):  # no memfd here: the report says how it ended only
         page = None
     config = config.replace(watch_stdin=True, parent_pid=os.getpid(), progress_fd=page)
+    started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "sockpool.worker"], stdin=subprocess.PIPE,
                                pass_fds=() if page is None else (page,))
     assert process.stdin is not None
@@ -46,7 +47,7 @@ def supervise(config: WorkerConfig, report_path: str) -> int:
         time.sleep(0.05)
     report = {"status": status, "how": explain_kill(process.pid, status,
                                                     getattr(process, "peak_bytes", None),
-                                                    cgroup, kills)}
+                                                    cgroup, kills, started)}
     if page is not None:
         report.update(progress.report_fields(page))
         os.close(page)
