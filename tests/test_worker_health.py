@@ -219,6 +219,25 @@ def test_max_worker_memory_replaces_a_worker_that_grew_too_large() -> None:
         assert _wait_for(lambda: cl.n_workers == 1 and len(cl.workers) == 1)
 
 
+def _large_result(index: int) -> tuple[int, int, Any]:
+    import numpy
+
+    return index, os.getpid(), numpy.ones(5_000_000)  # 40 MB, through shared memory
+
+
+def test_max_worker_memory_does_not_count_the_shared_memory_results_travel_in() -> None:
+    # A result of 1 MB or more goes home through a shared-memory segment, which the
+    # worker keeps for reuse: counted as its memory, a worker that leaked nothing
+    # was replaced after a few 40 MB results.
+    # (Segments the master let go of wait in the worker's cache, mapped: those of
+    # each map but the last.)
+    with Cluster(n=1, max_worker_memory="120MB") as cl:
+        done = [(index, pid) for _ in range(3)
+                for index, pid, _ in cl.par_map(_large_result, range(6), chunksize=1)]
+        assert [index for index, _ in done] == list(range(6)) * 3
+        assert len({pid for _, pid in done}) == 1
+
+
 def test_max_worker_memory_replaces_a_remote_worker_too(namespace_hosts: Any) -> None:
     # Each worker checks its own memory after a chunk: the master needs no access to its host.
     with Cluster(hosts=["sp-n1"], python=sys.executable, max_worker_memory="150MB") as cl:

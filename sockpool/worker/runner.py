@@ -28,7 +28,7 @@ from .progress import Progress
 from .relay import WorkerRelay
 from .results import Errors, Kept, ResultPacker
 from .state import Interrupted, WorkerState
-from .usage import resident_bytes
+from .usage import own_bytes
 
 #: Sends a message's frames on the data connection (its owner, the main thread).
 Send = Callable[[list[Any]], None]
@@ -351,7 +351,7 @@ class ChunkRunner:
         self._cancelled = bool(flags & Flag.CANCELLED)
         self._kept_slices = []
         times, self._times = self._times, None
-        if self.max_memory is not None and resident_bytes() > self.max_memory:
+        if self.max_memory is not None and own_bytes() > self.max_memory:
             flags |= Flag.OVER_MEMORY  # the master replaces this worker (max_worker_memory)
         if self._stale:
             flags |= Flag.STALE_FUNCTION
