@@ -653,6 +653,23 @@ def test_maxtasksperchild_replaces_workers(factory: Any) -> None:
     pool.join()
 
 
+def test_maxtasksperchild_counts_chunks_as_multiprocessing_does(factory: Any) -> None:
+    # multiprocessing's "task" is a chunk: 40 items in chunks of 5, two chunks per
+    # worker, is workers of 10 items.  sockpool counted items: 8 workers of 5.
+    pool = factory(2, maxtasksperchild=2)
+    pids = pool.map(pid, range(40), chunksize=5)
+    counts = {pids.count(p) for p in set(pids)}
+    assert max(counts) == 10 and counts <= {5, 10}, counts  # (a worker may end the map)
+    pool.close()
+    pool.join()
+    pool = factory(2, maxtasksperchild=2)  # (the last one's workers had used some of theirs)
+    pids = list(pool.imap(pid, range(16), chunksize=4))
+    counts = {pids.count(p) for p in set(pids)}
+    assert max(counts) == 8 and counts <= {4, 8}, counts
+    pool.close()
+    pool.join()
+
+
 def _process_identity(_: object) -> tuple[str, tuple[int, ...]]:
     time.sleep(0.05)  # the other worker takes the next task meanwhile
     process = multiprocessing.current_process()

@@ -394,23 +394,22 @@ def _start_cluster(processes: int | None, initializer: Callable[..., object] | N
     if "context" in cluster_kwargs:
         raise ValueError("sockpool.Pool has no context=: its workers are sockpool's own "
                          "processes, which start the same way everywhere; leave it out")
-    options = dict(cluster_kwargs)
+    options = dict(cluster_kwargs, max_tasks_per_worker=maxtasksperchild)
     if initializer is not None and initargs:
         initializer = functools.partial(initializer, *initargs)
     options["setup"] = functools.partial(_as_pool_worker, initializer)
-    if maxtasksperchild is not None:
-        options["max_tasks_per_worker"] = maxtasksperchild
     quiet = as_pool.set(True)  # no warning about a pool larger than the machine
     try:
-        return Cluster(processes, **options)
+        cluster = Cluster(processes, **options)
     finally:
         as_pool.reset(quiet)
+    cluster._dispatcher.scheduler.quota_counts_chunks = True  # multiprocessing's "tasks"
+    return cluster
 
 
 def _as_pool_worker(initializer: Callable[[], object] | None) -> None:
-    """A pool's worker setup: named as ``multiprocessing`` names a pool's workers
-    (``current_process().name`` and ``._identity``, counted from 1), so that code
-    telling workers apart by them (a progress bar's row) works; then the initializer."""
+    """A pool's worker setup: named as ``multiprocessing`` names them (``.name``, ``._identity``
+    from 1: code telling workers apart by them works); then the initializer."""
     import multiprocessing
 
     number = (role.worker_id() or 0) + 1

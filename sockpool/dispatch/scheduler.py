@@ -42,6 +42,8 @@ class Scheduler:
         self.pinned: dict[int, deque[Chunk]] = {}
         self.in_flight: dict[int, dict[int, Chunk]] = {}
         self.quota: dict[int, int] = {}  # tasks a worker may still be given, where limited
+        #: A quota counts chunks rather than tasks (multiprocessing's maxtasksperchild).
+        self.quota_counts_chunks = False
         self._running_since: dict[int, float] = {}  # when a worker's oldest chunk began
 
     # -- workers ---------------------------------------------------------------------
@@ -136,10 +138,14 @@ class Scheduler:
             chunk = self.pending.popleft()
             if chunk.job.start(chunk):
                 if worker_id in self.quota:
-                    self.quota[worker_id] -= chunk.count
+                    self.quota[worker_id] -= self._cost(chunk)
                 return chunk
             chunk.job.dropped(chunk)
         return None
+
+    def _cost(self, chunk: Chunk) -> int:
+        """What ``chunk`` takes of a worker's quota."""
+        return 1 if self.quota_counts_chunks else chunk.count
 
     def take_back(self, worker_id: int, chunk_id: int) -> Chunk | None:
         """A worker gave back a chunk it held but had not started: first in line again
@@ -147,7 +153,7 @@ class Scheduler:
         chunk = self.in_flight.get(worker_id, {}).pop(chunk_id, None)
         if chunk is not None:
             if worker_id in self.quota:
-                self.quota[worker_id] += chunk.count
+                self.quota[worker_id] += self._cost(chunk)
             self.pending.appendleft(chunk)
         return chunk
 
