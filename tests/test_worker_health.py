@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sockpool import Cluster, ClusterClosedError, WorkerLostError
+from sockpool import Cluster, ClusterClosedError, LaunchError, NoWorkersLeftError, WorkerLostError
 from sockpool.common import proc
 from sockpool.common.proc import explain_kill, format_bytes
 
@@ -236,6 +237,26 @@ def test_max_worker_memory_does_not_count_the_shared_memory_results_travel_in() 
                 for index, pid, _ in cl.par_map(_large_result, range(6), chunksize=1)]
         assert [index for index, _ in done] == list(range(6)) * 3
         assert len({pid for _, pid in done}) == 1
+
+
+def _setup_fails_from_the_third_start(counter: str) -> None:
+    with open(counter, "a") as starts:
+        starts.write("x")
+    if len(Path(counter).read_text()) >= 3:
+        raise RuntimeError("the license server is gone")
+
+
+def test_replacements_whose_setup_fails_say_so_when_no_worker_is_left(tmp_path: Path) -> None:
+    # Each replacement's setup failed and its worker was killed: the error named
+    # only that kill ("last: worker 5 killed by SIGKILL"), the setup's not at all.
+    setup = functools.partial(_setup_fails_from_the_third_start, str(tmp_path / "starts"))
+    with Cluster(n=2, setup=setup, max_tasks_per_worker=2) as cl, \
+            pytest.raises(NoWorkersLeftError) as failed:
+        cl.par_map(abs, range(20), chunksize=1)
+    message = str(failed.value)
+    assert "setup failed on worker" in message and "the license server is gone" in message
+    assert isinstance(failed.value.__cause__, LaunchError)
+    assert "the license server is gone" in str(failed.value.__cause__)
 
 
 def test_max_worker_memory_replaces_a_remote_worker_too(namespace_hosts: Any) -> None:

@@ -350,14 +350,19 @@ class WorkerPool:
         tail = record.process.stderr_tail()
         # At once for wait_for_workers (a reentrant lock): a worker that stops
         # starting and its error, never one without the other.
+        failure = None
         with self.state_changed:
             self._forget(record, WorkerState.LOST)
             if starting:
                 self._failed_replacements += 1
-                self._startup_failed(record.failure or record.process.failure()
-                                     or launch_error(record, how, tail))
+                failure = (record.failure or record.process.failure()
+                           or launch_error(record, how, tail))
+                self._startup_failed(failure)
         settle_lost(record, held, pinned, how, tail, self.scheduler, self.profiler)
-        self._replace(f"worker {record.id} {how}", tail)
+        # A setup that failed says more than the kill that ended its worker.
+        last = (str(record.failure).splitlines()[0] if record.failure
+                else f"worker {record.id} {how}")
+        self._replace(last, tail, failure)
 
     @staticmethod
     def unreachable(record: WorkerRecord) -> str:
@@ -377,8 +382,9 @@ class WorkerPool:
             record.progress.close()
             record.progress = None
 
-    def _replace(self, last_loss: str, tail: str) -> None:
-        """Start a replacement, unless starting them keeps failing; give up with no worker left."""
+    def _replace(self, last_loss: str, tail: str, cause: BaseException | None = None) -> None:
+        """Start a replacement, unless starting them keeps failing; give up with no worker
+        left (``cause``: the last loss, a start that failed)."""
         if not self.lifecycle.wants_workers:
             return
         gave_up = self._failed_replacements >= MAX_FAILED_REPLACEMENTS
@@ -389,6 +395,7 @@ class WorkerPool:
                    else f"{self.launcher.describe()} has nowhere left to start one")
             error = NoWorkersLeftError(f"no worker is left and {why}; last: {last_loss}",
                                        stderr_tail=tail)
+            error.__cause__ = cause
             self.lifecycle.break_down(error)
             self.fail_all(error)
 
