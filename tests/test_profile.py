@@ -263,7 +263,10 @@ def test_a_task_lost_with_its_worker_and_retried_has_two_attempts(
     lost = next(task for task in prof.tasks if task.index == 2 and not task.ok)
     again = next(task for task in prof.tasks if task.index == 2 and task.ok)
     assert lost.worker != again.worker and lost.finished <= again.started + EPSILON
-    assert (prof.summary().failed, prof.summary().retried) == (0, 1)  # it succeeded
+    summary = prof.summary()  # it succeeded: "1 failed" counted the lost attempt
+    assert (summary.failed, summary.retried) == (0, 1)
+    head = str(summary).splitlines()[0]
+    assert "failed" not in head and head.endswith(", 1 attempt lost and retried")
 
 
 def test_a_chunk_lost_midway_keeps_its_finished_tasks_and_fails_only_the_one_it_died_in(
