@@ -384,9 +384,22 @@ def test_capture_error_names_the_path_before_anything_is_sent(tmp_path: Path) ->
             with lock:
                 return level
 
+        rlock = threading.RLock()
+
+        def reentrant(level):  # dill copies an RLock as held: the task waited forever
+            with rlock:
+                return level
+
+        import socket
+        sock = socket.socket()
+
+        def both(level):  # dill takes the lock but not the socket behind it
+            with lock:
+                return sock.fileno()
+
         if __name__ == "__main__":
             with Cluster(n=1) as cl:
-                for fn in (worker, guarded):
+                for fn in (worker, guarded, reentrant, both):
                     try:
                         cl.par_map(fn, ["a"])
                     except CaptureError as exc:
@@ -396,6 +409,8 @@ def test_capture_error_names_the_path_before_anything_is_sent(tmp_path: Path) ->
     assert "dill" not in out[0]  # dill cannot pickle it either
     assert "guarded -> lock: _thread.lock" in out[1]
     assert 'serializer="dill" would work' in out[1]
+    assert "reentrant -> rlock: _thread.RLock" in out[2] and "dill" not in out[2]
+    assert "both -> lock: _thread.lock" in out[3] and "dill" not in out[3]
 
 
 def test_a_capture_larger_than_the_limit_is_refused_with_the_biggest_names(

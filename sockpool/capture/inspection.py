@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import html
+import threading
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,9 +114,16 @@ def describe_unpicklable(value: Any, root: str, serializer: str) -> str | None:
         return None
     path, culprit, error = found
     text = f"{path}: {codec.describe(culprit)} ({type(error).__name__}: {error})"
-    if serializer != "dill" and _fails(culprit, "dill") is None:
+    # Only where dill takes the whole of it (not just the first part found that
+    # fails), and not for an RLock: dill's copy is held by no thread of the worker,
+    # and a task that takes it waits forever.
+    if (serializer != "dill" and not isinstance(culprit, _RLOCK)
+            and _fails(value, "dill") is None):
         text += '; serializer="dill" would work for it: Cluster(serializer="dill")'
     return text
+
+
+_RLOCK = type(threading.RLock())
 
 
 @dataclass(frozen=True)
