@@ -442,3 +442,28 @@ def test_a_capture_larger_than_the_limit_is_refused_with_the_biggest_names(
     assert "max_capture_size" in out[0]
     assert "cl.export(BIG=data), or del BIG after exporting it" in out[0]
     assert out[1:] == ["[3000002]", "[3000002]"]
+
+
+def test_a_function_that_failed_to_load_on_a_worker_fails_the_same_way_again(
+        tmp_path: Path) -> None:
+    # serializer="pickle" ships __main__'s functions by name, which a worker lacks:
+    # the first call failed with AttributeError, and every later one with a
+    # KeyError of a raw digest (the master took the function for cached there).
+    out = run_script("""
+        from sockpool import Cluster
+
+        def read(o):
+            return o + 1
+
+        if __name__ == "__main__":
+            with Cluster(n=1, serializer="pickle") as cl:
+                for call in (lambda: cl.par_map(read, [1]), lambda: cl.par_map(read, [2]),
+                             lambda: cl.submit(read, 3).result()):
+                    try:
+                        call()
+                    except Exception as exc:
+                        print(type(exc).__name__, exc)
+                print(cl.par_map(abs, [-4]))
+    """, tmp_path).stdout.splitlines()
+    assert out[0].startswith("AttributeError ") and "'read'" in out[0]  # (wording: Python's)
+    assert out == [out[0]] * 3 + ["[4]"]

@@ -148,7 +148,11 @@ class ChunkRunner:
             if progress is not None and task.skip:  # settled elsewhere before it came here
                 progress.mark(head.ident, task.skip, TO_THE_END)
             split = task.fn_buffers
-            fn = self.functions.load(task.digest, task.fn_inband, buffers[:split])
+            try:
+                fn = self.functions.load(task.digest, task.fn_inband, buffers[:split])
+            except BaseException:  # not cached here: the master is to send it again
+                self._stale = True
+                raise
             self._stale = bool(split and len(task.fn_inband)) and _not_as_named(
                 task.digest, task.fn_inband, buffers[:split])
             arguments = buffers[split:]
