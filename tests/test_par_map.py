@@ -628,3 +628,30 @@ def test_a_failing_map_raises_without_decoding_the_results_that_came_after() -> 
         with pytest.raises(ValueError, match="zero"):
             cl.par_map(zero_fails_the_rest_return_slow_results, range(3), chunksize=1)
         assert time.monotonic() - started < 1.2
+
+
+def _counting_up_to(n: int) -> Any:
+    yield from range(n)
+
+
+async def _coroutine(x: int) -> int:
+    return x
+
+
+@pytest.mark.parametrize("call", [
+    lambda cl, fn: cl.par_map(fn, [1]),
+    lambda cl, fn: cl.imap(fn, [1]),
+    lambda cl, fn: cl.submit(fn, 1),
+    lambda cl, fn: cl.map(fn, [1]),
+])
+def test_a_generator_or_coroutine_function_is_refused_before_anything_runs(
+        shared_cluster: Cluster, call: Any) -> None:
+    # Each task ran, then failed: "the result of this task, a generator, cannot be
+    # serialized" (after its side effects), with no word of what to do instead.
+    for fn, what, instead in ((_counting_up_to, "a generator", "list(f(x))"),
+                              (functools.partial(_counting_up_to), "a generator", "list"),
+                              (_coroutine, "a coroutine", "asyncio.run(f(x))")):
+        with pytest.raises(TypeError, match=rf"runs _\w+\(\) on a worker .*: {what}, which "
+                                            "cannot travel; consume it in the task ") as refused:
+            call(shared_cluster, fn)
+        assert instead in str(refused.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import sys
@@ -80,10 +81,34 @@ def check_timeout(timeout: object) -> None:
         raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
 
 
-def check_callable(fn: object, method: str) -> None:
-    """Raise ``TypeError`` unless ``fn`` is callable."""
+#: ``co_flags`` of generator, coroutine and async generator functions (``inspect``'s
+#: CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR; not imported for three numbers),
+#: what such a function returns, and how a task would consume it.
+_GENERATOR_FLAGS = {
+    0x20: ("a generator", "lambda x: list(f(x))"),
+    0x80: ("a coroutine", "lambda x: asyncio.run(f(x))"),
+    0x200: ("an async generator", "a function that runs an async for over it in asyncio.run"),
+}
+
+
+def check_callable(fn: object, method: str, *, returns: bool = True) -> None:
+    """Raise ``TypeError`` unless ``fn`` is callable and (``returns``) returns what can
+    travel back: a generator or coroutine function's result cannot.  (``Pool`` checks
+    no more than callability: multiprocessing fails such a map when it returns.)"""
     if not callable(fn):
         raise TypeError(f"{method}() needs a callable as its function, not {type(fn).__name__}")
+    if not returns:
+        return
+    inner: Any = fn
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    code = getattr(getattr(inner, "__func__", inner), "__code__", None)
+    for flag, (what, instead) in _GENERATOR_FLAGS.items():
+        if code is not None and code.co_flags & flag:
+            name = getattr(inner, "__qualname__", type(inner).__name__)
+            raise TypeError(f"{method}() runs {name}() on a worker and sends back what it "
+                            f"returns: {what}, which cannot travel; consume it in the task "
+                            f"instead ({instead})")
 
 
 def check_iterables(iterables: tuple[Any, ...], method: str) -> None:

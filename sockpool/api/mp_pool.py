@@ -227,7 +227,7 @@ class Pool:
         process, on the pool's result thread, before the result is ready.
         """
         self._check_running()
-        check_callable(func, "apply_async")
+        check_callable(func, "apply_async", returns=False)
         _check_callbacks(callback, error_callback)
         args, kwds = tuple(args), dict(kwds or {})
         result: ApplyResult[T] = ApplyResult(self._tracker, callback, error_callback, self)
@@ -254,7 +254,7 @@ class Pool:
         """``[func(x) for x in iterable]`` in parallel; once every chunk is done, the
         first failure raises."""
         self._check_running()
-        check_callable(func, "map")
+        check_callable(func, "map", returns=False)
         check_iterables((iterable,), "map")
         with self._sync_call():
             return self._list_map(func, iterable, chunksize, star=False)
@@ -263,7 +263,7 @@ class Pool:
                 chunksize: int | None = None) -> list[T]:
         """``[func(*args) for args in iterable]`` in parallel."""
         self._check_running()
-        check_callable(func, "starmap")
+        check_callable(func, "starmap", returns=False)
         check_iterables((iterable,), "starmap")
         with self._sync_call():
             return self._list_map(func, iterable, chunksize, star=True)
@@ -297,7 +297,7 @@ class Pool:
                    error_callback: Callable[[BaseException], object] | None, *, star: bool
                    ) -> MapResult[T]:
         self._check_running()
-        check_callable(func, method)
+        check_callable(func, method, returns=False)
         check_iterables((iterable,), method)
         _check_callbacks(callback, error_callback)
         MapOptions(chunksize)  # a bad chunksize raises here, not in get()
@@ -340,7 +340,7 @@ class Pool:
     def _imap(self, method: str, func: Callable[[Any], T], iterable: Iterable[Any],
               chunksize: int | None, *, ordered: bool) -> IMapIterator[T]:
         self._check_running()
-        check_callable(func, method)
+        check_callable(func, method, returns=False)
         check_iterables((iterable,), method)
         results: IMapIterator[T] = (IMapIterator if ordered else IMapUnorderedIterator)(
             self._tracker, self)
