@@ -332,6 +332,12 @@ def test_bind_to_env_errors() -> None:
         bind_to_env(len, "x")  # type: ignore[type-var]
     with pytest.raises(NameError, match="do_not_rebind"):
         bind_to_env(fn, do_not_rebind=["missing"])
+    # A string was taken for its letters ("do_not_rebind names ['e', 'h', ...]"), and a
+    # list for env gave "vars() argument must have __dict__ attribute".
+    with pytest.raises(TypeError, match=r"do_not_rebind=\['helper'\]"):
+        bind_to_env(fn, helper=fn, do_not_rebind="helper")
+    with pytest.raises(TypeError, match="env must be a mapping or an object with attributes"):
+        bind_to_env(fn, "a", env=[1, 2])
     bound = bind_to_env(fn, "a", env={"a": 1, "unused": 0}, b=2)
     assert bound.__globals__["a"] == 1 and bound.__globals__["b"] == 2
     assert "unused" not in bound.__globals__

@@ -184,6 +184,8 @@ def test_export_from_a_namespace_and_its_errors(cluster: Cluster) -> None:
         cluster.export("no_such_name")
     with pytest.raises(CaptureError, match="exported value 'lock'"):
         cluster.export(lock=threading.Lock())
+    with pytest.raises(ValueError, match="'a-b' is not a Python name"):  # was taken silently
+        cluster.export(**{"a-b": 1})
 
 
 def test_workers_give_up_on_a_silent_master(tmp_path: Path) -> None:

@@ -158,6 +158,9 @@ class Calls:
 
     def export(self, values: dict[str, Any]) -> None:
         """Globals on every worker, present and future (``Cluster.export``)."""
+        for name in values:
+            if not name.isidentifier():
+                raise ValueError(f"export() names globals: {name!r} is not a Python name")
         parts = ((f"exported value {name!r}", value) for name, value in values.items())
         frames = self.packer.values(values, parts, copy_buffers=True,
                                     prefix=protocol.header(protocol.Kind.EXPORT))

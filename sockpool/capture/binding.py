@@ -25,7 +25,11 @@ def _scopes(env: Mapping[str, Any] | object | None, depth: int) -> list[Mapping[
         return [frame.f_locals, frame.f_globals]
     if isinstance(env, Mapping):
         return [env]
-    return [vars(env)]
+    try:
+        return [vars(env)]
+    except TypeError:
+        raise TypeError(f"env must be a mapping or an object with attributes (a module), "
+                        f"not {type(env).__name__}") from None
 
 
 def lookup(names: Iterable[str], env: Mapping[str, Any] | object | None, depth: int
@@ -92,6 +96,8 @@ def bind_to_env(fn: F, *names: str, env: Mapping[str, Any] | object | None = Non
     if not isinstance(fn, types.FunctionType):
         raise TypeError(f"bind_to_env() needs a Python function, not {type(fn).__name__}")
     bound = {**lookup(names, env, depth=1), **values}
+    if isinstance(do_not_rebind, str):  # one name, not its letters
+        raise TypeError(f"do_not_rebind takes a list of names: do_not_rebind=[{do_not_rebind!r}]")
     keep = set(do_not_rebind)
     unknown = keep - set(bound)
     if unknown:
