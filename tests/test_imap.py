@@ -62,6 +62,40 @@ def test_input_is_read_lazily_with_bounded_work_in_flight(shared_cluster: Cluste
     assert shared_cluster.par_map(square, [2]) == [4]  # the cluster is still fine
 
 
+def test_large_items_keep_the_read_ahead_bounded_in_bytes(shared_cluster: Cluster) -> None:
+    # Chunks grew by task time alone: with 100 kB items and a cheap task they doubled
+    # to thousands of items, and an endless input was read 16 000 items (1.6 GB)
+    # ahead of a consumer that had taken 300.
+    read = 0
+
+    def endless_large() -> Iterator[bytes]:
+        nonlocal read
+        while True:
+            read += 1
+            yield b"x" * 100_000
+
+    results = shared_cluster.imap(len, endless_large())
+    for taken, size in enumerate(results, 1):
+        assert size == 100_000
+        time.sleep(0.001)
+        if taken == 300:
+            break
+    results.close()
+    assert read - 300 <= 200  # 20 MB: a window of chunks of about 1 MB
+
+
+def test_a_slow_producers_items_run_as_they_come(shared_cluster: Cluster) -> None:
+    # Chunks sized for a quick task waited to fill from an input that gives an item
+    # every 20 ms: results came a second late, in bursts.
+    def slowly(count: int) -> Iterator[float]:
+        for _ in range(count):
+            time.sleep(0.02)
+            yield time.monotonic()
+
+    late = [time.monotonic() - made for made in shared_cluster.imap(float, slowly(60))]
+    assert sorted(late)[len(late) // 2] < 0.3, late
+
+
 def test_a_chunk_runs_before_the_input_after_it_is_read(shared_cluster: Cluster,
                                                        tmp_path: Path) -> None:
     # A producer may wait on its consumer: the first task must run before the

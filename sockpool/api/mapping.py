@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from ..capture.payload import Packer, Store
 from ..common import codec
+from ..common.shm import carried_bytes
 from ..dispatch import output as relay
 from ..dispatch.jobs import Chunk, Event, Job, Outcome, StreamJob, TaskFailure, decode_outcome
 from ..errors import ClusterClosedError
@@ -36,6 +37,13 @@ TARGET_CHUNK_SECONDS = 0.02
 #: before the next is made (Pool.map, imap); handing over wakes each thread once.
 HAND_OVER_AFTER_SECONDS = 0.0001
 MAX_CHUNKSIZE = 100_000
+#: ... and holds at most about this many bytes of arguments or of results, so that
+#: the window of chunks in flight (and an ordered stream's backlog) bounds memory
+#: whatever the items' size.
+MAX_CHUNK_BYTES = 1 << 20
+#: ... and waits at most about this long for its input: a slow producer's items
+#: go out as they come, not once a chunk sized for fast tasks has filled.
+MAX_INPUT_SECONDS = 0.01
 #: How often a waiting caller wakes up (to stay responsive to Ctrl-C).
 POLL_SECONDS = 0.25
 #: Longest a map stopped by Ctrl-C or by a task's error waits for its chunks still
@@ -90,7 +98,7 @@ class EagerFeed:
         self.exhausted = True
         return chunks
 
-    def measured(self, chunk: Chunk, seconds: float) -> None:
+    def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
         """Eager chunks are already cut; nothing to learn."""
 
 
@@ -130,7 +138,7 @@ class SlicedFeed:
                           and time.perf_counter() - began > HAND_OVER_AFTER_SECONDS)
         return [chunk]
 
-    def measured(self, chunk: Chunk, seconds: float) -> None:
+    def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
         """The chunk size is fixed; nothing to learn."""
 
 
@@ -163,6 +171,8 @@ class LazyFeed:
         self._packer = packer
         self._next_index = 0
         self._stopped = False  # at an item that cannot be serialized
+        self._item_bytes = 0.0  # the largest of an item's and a result's, lately
+        self._item_wait = 0.0  # seconds the input took to give an item, lately
         self.exhausted = False
         self.hand_over = False
 
@@ -171,11 +181,23 @@ class LazyFeed:
         """The exception reading the input raised, if it did."""
         return self._errors[0] if self._errors else None
 
+    def _next_size(self) -> int:
+        """The next chunk's size: as timed, within the byte and input-wait bounds."""
+        size = self._size
+        if self._fixed is None:
+            if self._item_bytes:
+                size = min(size, int(MAX_CHUNK_BYTES / self._item_bytes))
+            if self._item_wait:
+                size = min(size, int(MAX_INPUT_SECONDS / self._item_wait))
+        return max(1, size)
+
     def take(self, room: int) -> list[Chunk]:
         """The next chunk, whatever the room: it is sent before the input is read on,
         as the input may wait for it (none once the input is exhausted)."""
         began = time.perf_counter()
-        part = [] if self._stopped else list(itertools.islice(self._items, self._size))
+        part = [] if self._stopped else list(itertools.islice(self._items, self._next_size()))
+        if part:
+            self._item_wait = (time.perf_counter() - began) / len(part)
         try:
             frames = self._packer.arguments(part, self._next_index, copy_buffers=True,
                                             store=self._store) if part else None
@@ -194,11 +216,14 @@ class LazyFeed:
             return []
         chunk = self._job.chunk(self._next_index, len(part), frames)
         self._next_index += len(part)
+        self._item_bytes = sum(map(carried_bytes, frames)) / len(part)
         self.hand_over = time.perf_counter() - began > HAND_OVER_AFTER_SECONDS
         return [chunk]
 
-    def measured(self, chunk: Chunk, seconds: float) -> None:
-        """Grow (at most doubling) or shrink the chunk size toward the target duration."""
+    def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
+        """Grow (at most doubling) or shrink the chunk size toward the target duration
+        (and note how large its results were, per task: see :meth:`_next_size`)."""
+        self._item_bytes = max(self._item_bytes, result_bytes / chunk.count)
         if self._fixed is not None or seconds <= 0:  # fixed, or a chunk that failed whole
             return
         per_task = seconds / chunk.count
@@ -224,6 +249,14 @@ def _next_events(job: StreamJob, deadline: float | None) -> list[Event]:
             return job.events.get(timeout=wait)
         except queue.Empty:
             continue
+
+
+def _payload_bytes(label: Any, payload: Any) -> int:
+    """The bytes of a RESULT as it came (0 for an event that carries none)."""
+    if label is None or payload is None:
+        return 0
+    body, buffers = payload
+    return int(body.nbytes) + sum(memoryview(buffer).nbytes for buffer in buffers)
 
 
 def _outcome(chunk: Chunk, label: Any, payload: Any) -> Outcome:
@@ -352,7 +385,7 @@ def stream_blocks(
             chunk, label, payload = arrived.popleft()
             in_flight -= 1
             values, failures, seconds, written = _outcome(chunk, label, payload)
-            feed.measured(chunk, seconds)
+            feed.measured(chunk, seconds, _payload_bytes(label, payload))
             if progress is not None:
                 progress.update(chunk.count)
             if failures and delivery.errors == "raise" and delivery.fail_fast:
