@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -68,6 +69,35 @@ def test_retries_rerun_a_task_lost_with_its_worker(cluster: Cluster, tmp_path: P
 
     assert cluster.par_map(dies_first_time, range(6), chunksize=1, retries=1) == [
         0, 10, 20, 30, 40, 50]
+
+
+def _dies_first_time_at_2_and_7(x: int, logs: str) -> int:
+    """Log each run of ``x``; tasks 2 and 7 end their worker the first time they run."""
+    log = os.path.join(logs, str(x))
+    first = not os.path.exists(log)
+    with open(log, "a") as runs:
+        runs.write("x")
+    time.sleep(0.005)
+    if x in (2, 7) and first:
+        os._exit(3)
+    return x * 10
+
+
+@pytest.mark.parametrize("how", ["par_map", "imap"])
+def test_retries_count_per_task_not_per_chunk(cluster: Cluster, tmp_path: Path,
+                                               how: str) -> None:
+    # One chunk of 10: task 2's death spent the chunk's one retry, so task 7's first
+    # death failed the map ("while running task 7"), though 7 had never been retried.
+    logs = tmp_path / how
+    logs.mkdir()
+    task = functools.partial(_dies_first_time_at_2_and_7, logs=str(logs))
+    if how == "par_map":
+        results = cluster.par_map(task, range(10), chunksize=10, retries=1)
+    else:
+        results = list(cluster.imap(task, range(10), chunksize=10, retries=1))
+    assert results == [x * 10 for x in range(10)]
+    runs = {int(log.name): len(log.read_text()) for log in logs.iterdir()}
+    assert runs == {x: 2 if x in (2, 7) else 1 for x in range(10)}
 
 
 def test_ordinary_exceptions_are_not_retried(cluster: Cluster, tmp_path: Path) -> None:

@@ -65,7 +65,11 @@ class Chunk:
     count: int
     frames: list[Any]
     pinned: int | None = None  # a worker id: run_on_all and setup chunks go there only
+    #: Times a worker died running it, counted against ``retries``: those of the
+    #: tasks it died in last (a death further on is another task's first).
     attempts: int = 0
+    #: The offset past the tasks a worker last died running (see ``attempts``).
+    died_until: int = 0
     sent_at: float = 0.0  # time.monotonic() when it was handed to a worker
     submitted: float = 0.0  # time.time() when the caller handed it over, if profiled
     output: list[Any] = field(default_factory=list)  # relay batches that came ahead

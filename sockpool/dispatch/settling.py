@@ -118,6 +118,9 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
     profiler.lost(chunk, record, ran=(progress.kept, progress.end))
     chunk.recovered += [(record.label, kept) for kept in progress.records]
     chunk.resume, start, end = progress.kept, progress.start, progress.end
+    if start >= chunk.died_until:  # tasks no death ran before: this is their first
+        chunk.attempts = 0
+    chunk.died_until = max(chunk.died_until, end)
     if end > chunk.resume and chunk.attempts < chunk.job.retries:
         chunk.attempts += 1
     elif end > chunk.resume:
