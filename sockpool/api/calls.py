@@ -18,18 +18,9 @@ from ..dispatch.dispatcher import Dispatcher
 from ..dispatch.jobs import FutureJob, Job, StreamJob
 from ..errors import ClusterClosedError, NoWorkersLeftError
 from .callbacks import TaskFuture
+from .feeds import EagerFeed, LazyFeed, SlicedFeed, eager_chunks, static_chunks
 from .map_options import MapOptions, as_sequence, progress_bar
-from .mapping import (
-    Delivery,
-    EagerFeed,
-    LazyFeed,
-    SlicedFeed,
-    collect_list,
-    eager_chunks,
-    iterate,
-    static_chunks,
-    stream_blocks,
-)
+from .mapping import Delivery, collect_list, iterate, stream_blocks
 from .seeding import CallSeeds
 
 T = TypeVar("T")
