@@ -277,6 +277,24 @@ def test_a_shutdown_midway_delivers_what_was_sent_then_says_why_the_rest_did_not
         assert got == list(range(sent))
 
 
+def test_an_endless_imap_read_on_at_once_after_shutdown_stops_all_the_same() -> None:
+    # shutdown(wait=False) lets the cluster drain, and an imap read on at once kept
+    # sending chunks (the cluster accepted them while draining): endless, and
+    # the cluster never closed.
+    cl = Cluster(n=2)
+    try:
+        results = cl.imap(_sleep_then, itertools.count())
+        next(results)
+        cl.shutdown(wait=False)
+        started = time.monotonic()
+        with pytest.raises(ClusterClosedError, match="before this call had sent all its input"):
+            for _ in results:
+                assert time.monotonic() - started < 10, "the imap went on after shutdown()"
+        assert cl._dispatcher.lifecycle.closed.wait(10)
+    finally:
+        cl.close()
+
+
 def test_a_close_midway_ends_the_iteration_with_an_error_not_a_hang() -> None:
     cl = Cluster(n=2)
     results = cl.imap(_sleep_then, range(50))

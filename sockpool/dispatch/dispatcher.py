@@ -1,12 +1,11 @@
 """The master's I/O thread: the only code that touches the master's zmq socket.
 
-One loop polls the ROUTER socket, the :class:`~.mailbox.Mailbox`'s wake-up pipe
-and a pidfd per local worker (readable when it exits).  Each turn it runs the
-commands posted to it, reads every waiting message, lets the
-:class:`~.pool.WorkerPool` deal with workers that ended, hands chunks to
-workers with free credit, sends heartbeats, and takes the next step of closing;
-then it sends the ACKs no TASK carried and hands the turn's results (a map's,
-a future's) to their callers, one wake-up each.
+One loop polls the ROUTER socket, the :class:`~.mailbox.Mailbox`'s wake-up pipe and
+the local workers' pidfds (:mod:`.exits`).  Each turn it runs the commands posted
+to it, reads every waiting message, lets the :class:`~.pool.WorkerPool` deal with
+workers that ended, hands chunks to workers with room, sends heartbeats, and takes
+the next step of closing; then it sends the ACKs no TASK carried and hands the
+turn's results (a map's, a future's) to their callers, one wake-up each.
 
 Every public method of :class:`Dispatcher` may be called from any thread: it
 posts its work to the I/O thread (or only reads).  Every ``_private`` method
@@ -88,7 +87,7 @@ class Dispatcher:
         self.launcher = launcher
         self.heartbeat_interval = heartbeat_interval
         self.setup_job = setup_job
-        self.relay_mode = relay_mode  # (read by maps: "off" leaves no output to wait for)
+        self.relay_mode = relay_mode  # ("off": a stopped map waits for no output)
         self.scheduler = Scheduler(prefetch)
         self.lifecycle = Lifecycle()
         self.mailbox = Mailbox()
@@ -170,11 +169,12 @@ class Dispatcher:
     def submit(self, chunks: list[Chunk], *, wait: bool = False) -> None:
         """Queue chunks for the workers (failed at once if the cluster cannot run them);
         with ``wait``, return once the I/O thread has them (and sent what workers have room for)."""
+        if not self.lifecycle.takes_work:  # after shutdown(): an imap's next chunk is new work
+            raise self.lifecycle.refusal()
         if self.profiler.active:
             for chunk in chunks:
                 chunk.submitted = time.time()
-        post = self.mailbox.post_and_wait if wait else self.mailbox.post
-        post(self._submit, chunks, wait)
+        (self.mailbox.post_and_wait if wait else self.mailbox.post)(self._submit, chunks, wait)
 
     def cancel(self, job: Job) -> None:
         """Drop a job's waiting chunks and interrupt its running ones."""
