@@ -84,6 +84,32 @@ def test_large_items_keep_the_read_ahead_bounded_in_bytes(shared_cluster: Cluste
     assert read - 300 <= 200  # 20 MB: a window of chunks of about 1 MB
 
 
+def _a_megabyte(_: int) -> bytes:
+    return b"x" * 1_000_000
+
+
+def test_large_results_keep_chunks_to_about_a_megabyte(shared_cluster: Cluster) -> None:
+    with shared_cluster.profile() as prof:
+        assert sum(map(len, shared_cluster.imap(_a_megabyte, range(300)))) == 300_000_000
+    assert max(run.count for run in prof.attempts) <= 2
+
+
+def test_a_feed_remembers_the_results_size_when_it_cuts_chunks_in_a_row() -> None:
+    # Each chunk cut set the per-item size to its arguments' alone, forgetting the
+    # results': with room for two, the second chunk grew as if results were small
+    # (39 tasks of 1 MB results in one RESULT).
+    from sockpool.api.feeds import MAX_CHUNK_BYTES, LazyFeed
+    from sockpool.capture.payload import Packer
+    from sockpool.dispatch.jobs import StreamJob
+
+    feed = LazyFeed(StreamJob(None, 0), iter(range(10_000)), None, Packer())  # type: ignore[arg-type]
+    first = feed.take(1)[0]
+    for _ in range(10):  # fast tasks: the size would double each time
+        feed.measured(first, 1e-6, result_bytes=MAX_CHUNK_BYTES // 2 * first.count)
+    sizes = [chunk.count for _ in range(4) for chunk in feed.take(4)]
+    assert max(sizes) <= 2, sizes
+
+
 def test_a_slow_producers_items_run_as_they_come(shared_cluster: Cluster) -> None:
     # Chunks sized for a quick task waited to fill from an input that gives an item
     # every 20 ms: results came a second late, in bursts.

@@ -150,7 +150,8 @@ class LazyFeed:
         self._packer = packer
         self._next_index = 0
         self._stopped = False  # at an item that cannot be serialized
-        self._item_bytes = 0.0  # the largest of an item's and a result's, lately
+        self._item_bytes = 0.0  # an item's pickled size, lately
+        self._result_bytes = 0.0  # a result's, lately
         self._item_wait = 0.0  # seconds the input took to give an item, lately
         self.exhausted = False
         self.hand_over = False
@@ -164,8 +165,8 @@ class LazyFeed:
         """The next chunk's size: as timed, within the byte and input-wait bounds."""
         size = self._size
         if self._fixed is None:
-            if self._item_bytes:
-                size = min(size, int(MAX_CHUNK_BYTES / self._item_bytes))
+            if largest := max(self._item_bytes, self._result_bytes):
+                size = min(size, int(MAX_CHUNK_BYTES / largest))
             if self._item_wait:
                 size = min(size, int(MAX_INPUT_SECONDS / self._item_wait))
         return max(1, size)
@@ -202,7 +203,8 @@ class LazyFeed:
     def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
         """Grow (at most doubling) or shrink the chunk size toward the target duration
         (and note how large its results were, per task: see :meth:`_next_size`)."""
-        self._item_bytes = max(self._item_bytes, result_bytes / chunk.count)
+        if result_bytes:  # (a chunk that failed whole carries none)
+            self._result_bytes = result_bytes / chunk.count
         if self._fixed is not None or seconds <= 0:  # fixed, or a chunk that failed whole
             return
         per_task = seconds / chunk.count
