@@ -473,3 +473,35 @@ def test_a_function_that_failed_to_load_on_a_worker_fails_the_same_way_again(
     """, tmp_path).stdout.splitlines()
     assert out[0].startswith("AttributeError ") and "'read'" in out[0]  # (wording: Python's)
     assert out == [out[0]] * 3 + ["[4]"]
+
+
+def test_chunks_sent_before_a_load_failure_was_heard_of_fail_the_same_way(
+        tmp_path: Path) -> None:
+    # Only the chunk that carried the function got its load error; those sent ahead
+    # with its digest alone failed with KeyError(b'\xcf...').
+    out = run_script("""
+        import os
+        from sockpool import Cluster
+
+        MASTER = os.getpid()
+
+        def explode(master):
+            if os.getpid() != master:
+                raise RuntimeError("cannot load on the worker")
+            return 1
+
+        class Bomb:
+            def __reduce__(self):
+                return explode, (MASTER,)
+
+        bomb = Bomb()
+
+        def task(x):
+            return (bomb, x)[1]
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                for result in cl.par_map(task, range(8), chunksize=1, errors="return"):
+                    print(type(result).__name__, result)
+    """, tmp_path).stdout.splitlines()
+    assert out == ["RuntimeError cannot load on the worker"] * 8

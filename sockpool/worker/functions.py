@@ -55,6 +55,9 @@ class FunctionCache:
 
     def __init__(self) -> None:
         self._functions: dict[bytes, _CachedFunction] = {}
+        #: Why a function could not be loaded here: chunks sent before the master
+        #: heard of it come with its digest alone, and fail the same way.
+        self._failed: dict[bytes, BaseException] = {}
         self._exports: dict[str, Any] = {}
         self._export_version = 0
         #: Installed as ``sys.modules["__main__"]`` by the entry point: exports land there.
@@ -72,6 +75,7 @@ class FunctionCache:
         """Drop a cached function (FORGET), and what only it put in a shared namespace;
         unknown digests are ignored."""
         self._functions.pop(digest, None)
+        self._failed.pop(digest, None)
         self.shared.forget(digest)
 
     def load(self, digest: bytes, payload: Any, buffers: list[Any]) -> Callable[..., Any]:
@@ -82,8 +86,15 @@ class FunctionCache:
             Exception: whatever unpickling the payload raised.
         """
         if len(payload):
-            fn = self.shared.loads(digest, payload, buffers)
+            try:
+                fn = self.shared.loads(digest, payload, buffers)
+            except BaseException as exc:
+                self._failed[digest] = exc
+                raise
+            self._failed.pop(digest, None)
             self._functions[digest] = _CachedFunction(fn, self.shared)
+        elif digest not in self._functions and digest in self._failed:
+            raise self._failed[digest]
         entry = self._functions[digest]
         self.shared.apply(digest)  # its globals as the master sent them with it
         if entry.namespace is not None and entry.export_version != self._export_version:
