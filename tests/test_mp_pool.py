@@ -666,6 +666,9 @@ def test_maxtasksperchild_counts_chunks_as_multiprocessing_does(factory: Any) ->
     pids = list(pool.imap(pid, range(16), chunksize=4))
     counts = {pids.count(p) for p in set(pids)}
     assert max(counts) == 8 and counts <= {4, 8}, counts
+    # imap's chunks are of one task unless told (sockpool's grow): 2 tasks a worker.
+    pids = list(pool.imap(pid, range(20)))
+    assert max(pids.count(p) for p in set(pids)) <= 2, pids
     pool.close()
     pool.join()
 

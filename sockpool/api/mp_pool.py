@@ -1,10 +1,9 @@
 """``sockpool.Pool``: ``multiprocessing.pool.Pool``'s API on a sockpool cluster.
 
-Changing ``from multiprocessing import Pool`` to ``from sockpool import Pool`` is
-the whole port: the same methods, results, errors and lifetime rules, with
-functions that travel by value (closures, lambdas, ``__main__`` and notebook
-functions, which the spawn start method cannot send), worker output relayed,
-and workers on ssh hosts or Slurm through ``Cluster`` keywords.
+Changing ``from multiprocessing import Pool`` to ``from sockpool import Pool`` is the
+whole port: the same methods, results, errors and lifetime rules, with functions that
+travel by value (closures, lambdas, ``__main__`` and notebook functions, which spawn
+cannot send), output relayed, workers on ssh hosts or Slurm (``Cluster`` keywords).
 
 How each call runs: ``map``/``starmap`` are ``par_map``/``par_starmap`` on the
 caller's thread, except that each chunk is sent as soon as it is serialized (as
@@ -344,6 +343,8 @@ class Pool:
         check_iterables((iterable,), method)
         results: IMapIterator[T] = (IMapIterator if ordered else IMapUnorderedIterator)(
             self._tracker, self)
+        if chunksize is None and self._owned and self._cluster._dispatcher.pool.max_tasks:
+            chunksize = 1  # maxtasksperchild counts chunks: multiprocessing's imap's are of 1
         try:
             # An input that raises: the results of what was read before it, then its error.
             stream = self._cluster.imap(BoxedCall(func), iterable,
