@@ -220,6 +220,23 @@ def test_max_worker_memory_replaces_a_worker_that_grew_too_large() -> None:
         assert _wait_for(lambda: cl.n_workers == 1 and len(cl.workers) == 1)
 
 
+def _leak_shared_memory(index: int) -> tuple[int, int]:
+    import mmap
+
+    block = mmap.mmap(-1, 60 * 1024 * 1024)  # shared and anonymous, as multiprocessing's
+    block.write(b"x" * len(block))           # shared_memory, torch's tensors, Arrow use
+    _leak.append(block)  # type: ignore[arg-type]
+    return index, os.getpid()
+
+
+def test_max_worker_memory_counts_shared_memory_a_task_holds() -> None:
+    # Leaving out all shared pages (not only the transport's segments), a worker
+    # whose tasks leaked shared memory was never replaced.
+    with Cluster(n=1, max_worker_memory="150MB") as cl:
+        pids = [pid for _, pid in cl.par_map(_leak_shared_memory, range(8), chunksize=1)]
+        assert len(set(pids)) >= 2, pids
+
+
 def _large_result(index: int) -> tuple[int, int, Any]:
     import numpy
 

@@ -105,9 +105,9 @@ class Cluster(concurrent.futures.Executor):
         prefetch: chunks a worker may hold: the one it runs and those queued.
         max_tasks_per_worker: replace a worker by a fresh process once it ran
             this many tasks (it finishes the chunk that reaches the count).
-        max_worker_memory: replace a worker whose own memory (resident, less
-            shared pages), after a chunk, is above this (bytes, or a size such
-            as ``"2GB"``); each worker checks its own, so remote ones too.
+        max_worker_memory: replace a worker whose resident memory (less the
+            segments results travel in), after a chunk, is above this (bytes, or
+            a size such as ``"2GB"``); each worker checks its own, remote ones too.
 
     Raises:
         ValueError: ``n < 1`` or another bad option.

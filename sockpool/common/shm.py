@@ -238,6 +238,12 @@ class SegmentPool:
         while sum(s.size for s in self._free) > CACHE_BYTES:
             self._close(self._free.pop(0))
 
+    def mapped_bytes(self) -> int:
+        """The size of the segments this process keeps mapped (resident: they count in
+        its resident memory, though they are the transport's, not its own)."""
+        with self._lock:
+            return sum(s.size for s in self._segments.values() if s.mapping is not None)
+
     def copies(self, frame: bytes) -> list[bytes]:
         """The buffers a frame names, copied out (to send them by socket instead)."""
         _, _, _, serial, _, count = _HEAD.unpack_from(frame)

@@ -28,7 +28,7 @@ from .progress import Progress
 from .relay import WorkerRelay
 from .results import Errors, Kept, ResultPacker
 from .state import Interrupted, WorkerState
-from .usage import own_bytes
+from .usage import resident_bytes
 
 #: Sends a message's frames on the data connection (its owner, the main thread).
 Send = Callable[[list[Any]], None]
@@ -303,6 +303,12 @@ class ChunkRunner:
         self._kept, self._kept_errors = stop, len(errors)
         self._kept_at = perf_counter()
 
+    def _own_bytes(self) -> int:
+        """Resident memory less the segments results travel in, which the worker keeps
+        mapped for reuse: a limit on it is meant for what the tasks hold."""
+        shared = self.results.shared
+        return resident_bytes() - (shared.mapped_bytes() if shared is not None else 0)
+
     def _chunk_id(self) -> int:
         return self._chunk.ident if self._chunk is not None else 0
 
@@ -355,7 +361,7 @@ class ChunkRunner:
         self._cancelled = bool(flags & Flag.CANCELLED)
         self._kept_slices = []
         times, self._times = self._times, None
-        if self.max_memory is not None and own_bytes() > self.max_memory:
+        if self.max_memory is not None and self._own_bytes() > self.max_memory:
             flags |= Flag.OVER_MEMORY  # the master replaces this worker (max_worker_memory)
         if self._stale:
             flags |= Flag.STALE_FUNCTION

@@ -28,18 +28,6 @@ def resident_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def own_bytes() -> int:
-    """What this process holds of its own (Linux): resident memory less the pages it
-    shares (libraries, and the shared-memory segments that carry large arguments
-    and results, which sockpool keeps for reuse); its resident memory elsewhere."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            fields = statm.read().split()
-        return (int(fields[1]) - int(fields[2])) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        return resident_bytes()
-
-
 def cpu_seconds() -> float:
     """User and system CPU time of this process."""
     times = os.times()
