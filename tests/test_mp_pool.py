@@ -669,6 +669,10 @@ def test_maxtasksperchild_counts_chunks_as_multiprocessing_does(factory: Any) ->
     # imap's chunks are of one task unless told (sockpool's grow): 2 tasks a worker.
     pids = list(pool.imap(pid, range(20)))
     assert max(pids.count(p) for p in set(pids)) <= 2, pids
+    # map's chunks stay multiprocessing's (of 5 here) for a function known to be fast.
+    for _ in range(2):
+        pids = pool.map(pid, range(40))
+        assert max(pids.count(p) for p in set(pids)) <= 10, pids
     pool.close()
     pool.join()
 

@@ -655,3 +655,55 @@ def test_a_generator_or_coroutine_function_is_refused_before_anything_runs(
                                             "cannot travel; consume it in the task ") as refused:
             call(shared_cluster, fn)
         assert instead in str(refused.value)
+
+
+def _triple(x: int) -> int:
+    return 3 * x
+
+
+def _slow_triple(x: int) -> int:
+    time.sleep(0.004)
+    return 3 * x
+
+
+def test_a_map_of_tasks_known_to_be_short_is_cut_into_one_chunk_per_worker(
+        cluster: Cluster) -> None:
+    # Each chunk costs the master a round trip's work: eight chunks of 1 µs tasks
+    # (four per worker, multiprocessing's rule) took 3x as long as two.
+    assert cluster.par_map(_triple, range(40)) == [3 * x for x in range(40)]  # timed
+    with cluster.profile() as known:
+        assert cluster.par_map(_triple, range(40)) == [3 * x for x in range(40)]
+    assert len(known.attempts) == 2
+    with Pool(cluster=cluster) as pool, cluster.profile() as by_pool:
+        assert pool.map(_triple, range(40)) == [3 * x for x in range(40)]
+    assert len(by_pool.attempts) == 2
+    # A chunksize given, or tasks long enough to want balancing, keep the rule.
+    with cluster.profile() as given:
+        cluster.par_map(_triple, range(40), chunksize=5)
+    assert len(given.attempts) == 8
+    cluster.par_map(_slow_triple, range(40))
+    with cluster.profile() as slow:
+        assert cluster.par_map(_slow_triple, range(40)) == [3 * x for x in range(40)]
+    assert len(slow.attempts) == 8
+
+
+def test_task_pace_counts_a_slower_chunk_at_once_and_a_faster_one_halfway() -> None:
+    from sockpool.api.pace import REMEMBERED, TaskPace
+
+    pace = TaskPace()
+    assert pace.chunk_size(b"f", 40, 2, 5) == 5  # never timed: the usual size
+    pace.record(b"f", 40e-6, 40)  # 1 µs a task
+    assert pace.chunk_size(b"f", 40, 2, 5) == 20  # at most one chunk per worker
+    assert pace.chunk_size(b"f", 100_000, 2, 12_500) == 12_500  # never smaller
+    pace.record(b"f", 0.01, 1)  # it grew slow: 10 ms a task counts at once
+    assert pace.chunk_size(b"f", 40, 2, 5) == 5
+    pace.record(b"f", 0.0, 0)  # a chunk that failed whole is not timed
+    pace.record(b"f", 0.5e-3, 1)  # faster: halfway, 5.25 ms
+    assert pace.chunk_size(b"f", 40, 2, 5) == 5
+    pace.record(b"g", 1e-6, 1)
+    for n in range(REMEMBERED - 1):  # the least recently timed are forgotten first
+        pace.record(n.to_bytes(4, "little"), 1e-6, 1)
+    assert pace.chunk_size(b"g", 40, 2, 5) == 20
+    pace.record(b"one more", 1e-6, 1)
+    assert pace.chunk_size(b"g", 40, 2, 5) == 5
+    assert pace.chunk_size(b"one more", 40, 2, 5) == 20

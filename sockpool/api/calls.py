@@ -21,6 +21,7 @@ from .callbacks import TaskFuture
 from .feeds import EagerFeed, LazyFeed, SlicedFeed, eager_chunks, static_chunks
 from .map_options import MapOptions, as_sequence, progress_bar
 from .mapping import Delivery, collect_list, iterate, stream_blocks
+from .pace import TaskPace
 from .seeding import CallSeeds
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class Calls:
         #: The Cluster (weakly): a call's job keeps it alive while the caller holds the
         #: call's future or iterator, as an Executor lives on for its pending work.
         self.owner = owner
+        self.pace = TaskPace()
 
     def worker_count(self) -> int:
         """Workers to size chunks for: those ready, else those wanted."""
@@ -68,15 +70,25 @@ class Calls:
             feed: EagerFeed | SlicedFeed = EagerFeed(chunks)
             window = len(chunks)
         else:
-            size = options.chunk_size(len(items), self.worker_count())
-            feed = (SlicedFeed(job, items, size, self.packer) if as_pool
-                    else EagerFeed(eager_chunks(job, items, size, self.packer)))
+            size = self._chunk_size(job, len(items), options)
+            feed = (SlicedFeed(job, items, size, self.packer, self.pace) if as_pool
+                    else EagerFeed(eager_chunks(job, items, size, self.packer), self.pace))
             window = -(-len(items) // size)  # every chunk in flight at once
         delivery = Delivery(blocks_in_order=False, output_in_order=options.ordered,
                             errors=options.errors, fail_fast=not as_pool)
         blocks = stream_blocks(job, feed, delivery, self.dispatcher, window=window,
                                progress=progress_bar(len(items), options.progress))
         return collect_list(blocks, len(items), options.ordered, options.errors)
+
+    def _chunk_size(self, job: StreamJob, items: int, options: MapOptions) -> int:
+        """Tasks per chunk of a list map: the options' rule, or larger chunks for a
+        function whose tasks are known to be short (see :mod:`.pace`).  A worker
+        quota that counts chunks (``maxtasksperchild``) keeps the rule exactly."""
+        workers = self.worker_count()
+        size = options.chunk_size(items, workers)
+        if options.chunksize is not None or options.timeout or self.dispatcher.pool.max_tasks:
+            return size
+        return self.pace.chunk_size(job.function.digest, items, workers, size)
 
     def lazily(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
                jobs: list[Job] | None = None) -> Iterator[T]:

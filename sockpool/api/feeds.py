@@ -20,6 +20,7 @@ from ..capture.payload import Packer, Store
 from ..common import codec
 from ..common.shm import carried_bytes
 from ..dispatch.jobs import Chunk, StreamJob
+from .pace import TaskPace
 
 #: imap sizes chunks so that one takes about this long to compute.
 TARGET_CHUNK_SECONDS = 0.02
@@ -68,9 +69,10 @@ class EagerFeed:
     #: Whether the caller should hand the chunks over before it goes on (see SlicedFeed).
     hand_over = False
 
-    def __init__(self, chunks: list[Chunk]) -> None:
+    def __init__(self, chunks: list[Chunk], pace: TaskPace | None = None) -> None:
         self._chunks = chunks
         self.exhausted = not chunks
+        self._pace = pace
 
     def take(self, room: int) -> list[Chunk]:
         chunks, self._chunks = self._chunks, []
@@ -78,7 +80,9 @@ class EagerFeed:
         return chunks
 
     def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
-        """Eager chunks are already cut; nothing to learn."""
+        """Eager chunks are already cut: the time is remembered for the next map."""
+        if self._pace is not None:
+            self._pace.record(chunk.job.function.digest, seconds, chunk.count - chunk.resume)
 
 
 class SlicedFeed:
@@ -93,9 +97,10 @@ class SlicedFeed:
     #: The input is a list: reading it cannot fail here.
     error: Exception | None = None
 
-    def __init__(self, job: StreamJob, items: Sequence[Any], chunksize: int, packer: Packer
-                 ) -> None:
+    def __init__(self, job: StreamJob, items: Sequence[Any], chunksize: int, packer: Packer,
+                 pace: TaskPace | None = None) -> None:
         self._job = job
+        self._pace = pace
         self._items = items
         self._size = chunksize
         self._packer = packer
@@ -118,7 +123,9 @@ class SlicedFeed:
         return [chunk]
 
     def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
-        """The chunk size is fixed; nothing to learn."""
+        """The chunk size is fixed: the time is remembered for the next map."""
+        if self._pace is not None:
+            self._pace.record(self._job.function.digest, seconds, chunk.count - chunk.resume)
 
 
 def _until_error(items: Iterator[Any], errors: list[Exception]) -> Iterator[Any]:
