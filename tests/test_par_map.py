@@ -687,8 +687,8 @@ def test_a_map_of_tasks_known_to_be_short_is_cut_into_one_chunk_per_worker(
     assert len(slow.attempts) == 8
 
 
-def test_task_pace_counts_a_slower_chunk_at_once_and_a_faster_one_halfway() -> None:
-    from sockpool.api.pace import REMEMBERED, TaskPace
+def test_task_pace_counts_a_slower_map_at_once_and_a_faster_one_halfway() -> None:
+    from sockpool.api.pace import REMEMBERED, MapTimes, TaskPace
 
     pace = TaskPace()
     assert pace.chunk_size(b"f", 40, 2, 5) == 5  # never timed: the usual size
@@ -697,9 +697,15 @@ def test_task_pace_counts_a_slower_chunk_at_once_and_a_faster_one_halfway() -> N
     assert pace.chunk_size(b"f", 100_000, 2, 12_500) == 12_500  # never smaller
     pace.record(b"f", 0.01, 1)  # it grew slow: 10 ms a task counts at once
     assert pace.chunk_size(b"f", 40, 2, 5) == 5
-    pace.record(b"f", 0.0, 0)  # a chunk that failed whole is not timed
+    pace.record(b"f", 0.0, 0)  # a map that failed whole is not timed
     pace.record(b"f", 0.5e-3, 1)  # faster: halfway, 5.25 ms
     assert pace.chunk_size(b"f", 40, 2, 5) == 5
+    times = MapTimes(pace, b"h", 3)  # a map's chunks add up, told once all are timed
+    times.add(10e-6, 5)
+    times.add(0.0, 5)  # failed whole: its tasks are not counted
+    assert pace.chunk_size(b"h", 40, 2, 5) == 5
+    times.add(10e-6, 5)
+    assert pace.chunk_size(b"h", 40, 2, 5) == 20
     pace.record(b"g", 1e-6, 1)
     for n in range(REMEMBERED - 1):  # the least recently timed are forgotten first
         pace.record(n.to_bytes(4, "little"), 1e-6, 1)

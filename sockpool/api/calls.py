@@ -21,7 +21,7 @@ from .callbacks import TaskFuture
 from .feeds import EagerFeed, LazyFeed, SlicedFeed, eager_chunks, static_chunks
 from .map_options import MapOptions, as_sequence, progress_bar
 from .mapping import Delivery, collect_list, iterate, stream_blocks
-from .pace import TaskPace
+from .pace import MapTimes, TaskPace
 from .seeding import CallSeeds
 
 T = TypeVar("T")
@@ -71,8 +71,9 @@ class Calls:
             window = len(chunks)
         else:
             size = self._chunk_size(job, len(items), options)
-            feed = (SlicedFeed(job, items, size, self.packer, self.pace) if as_pool
-                    else EagerFeed(eager_chunks(job, items, size, self.packer), self.pace))
+            times = MapTimes(self.pace, job.function.digest, -(-len(items) // size))
+            feed = (SlicedFeed(job, items, size, self.packer, times) if as_pool
+                    else EagerFeed(eager_chunks(job, items, size, self.packer), times))
             window = -(-len(items) // size)  # every chunk in flight at once
         delivery = Delivery(blocks_in_order=False, output_in_order=options.ordered,
                             errors=options.errors, fail_fast=not as_pool)

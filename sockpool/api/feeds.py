@@ -20,7 +20,7 @@ from ..capture.payload import Packer, Store
 from ..common import codec
 from ..common.shm import carried_bytes
 from ..dispatch.jobs import Chunk, StreamJob
-from .pace import TaskPace
+from .pace import MapTimes
 
 #: imap sizes chunks so that one takes about this long to compute.
 TARGET_CHUNK_SECONDS = 0.02
@@ -69,10 +69,10 @@ class EagerFeed:
     #: Whether the caller should hand the chunks over before it goes on (see SlicedFeed).
     hand_over = False
 
-    def __init__(self, chunks: list[Chunk], pace: TaskPace | None = None) -> None:
+    def __init__(self, chunks: list[Chunk], times: MapTimes | None = None) -> None:
         self._chunks = chunks
         self.exhausted = not chunks
-        self._pace = pace
+        self._times = times
 
     def take(self, room: int) -> list[Chunk]:
         chunks, self._chunks = self._chunks, []
@@ -80,9 +80,9 @@ class EagerFeed:
         return chunks
 
     def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
-        """Eager chunks are already cut: the time is remembered for the next map."""
-        if self._pace is not None:
-            self._pace.record(chunk.job.function.digest, seconds, chunk.count - chunk.resume)
+        """Eager chunks are already cut: the time is kept for the next map."""
+        if self._times is not None:
+            self._times.add(seconds, chunk.count - chunk.resume)
 
 
 class SlicedFeed:
@@ -98,9 +98,9 @@ class SlicedFeed:
     error: Exception | None = None
 
     def __init__(self, job: StreamJob, items: Sequence[Any], chunksize: int, packer: Packer,
-                 pace: TaskPace | None = None) -> None:
+                 times: MapTimes | None = None) -> None:
         self._job = job
-        self._pace = pace
+        self._times = times
         self._items = items
         self._size = chunksize
         self._packer = packer
@@ -123,9 +123,9 @@ class SlicedFeed:
         return [chunk]
 
     def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
-        """The chunk size is fixed: the time is remembered for the next map."""
-        if self._pace is not None:
-            self._pace.record(self._job.function.digest, seconds, chunk.count - chunk.resume)
+        """The chunk size is fixed: the time is kept for the next map."""
+        if self._times is not None:
+            self._times.add(seconds, chunk.count - chunk.resume)
 
 
 def _until_error(items: Iterator[Any], errors: list[Exception]) -> Iterator[Any]:

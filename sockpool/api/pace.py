@@ -24,6 +24,28 @@ MIN_CHUNK_SECONDS = 0.002
 REMEMBERED = 256
 
 
+class MapTimes:
+    """Adds up the times of one map's chunks, and tells its function's pace once
+    every chunk was timed (a lock and a dict per chunk would cost the master
+    microseconds it spends per chunk)."""
+
+    def __init__(self, pace: TaskPace, digest: bytes, chunks: int) -> None:
+        self._pace = pace
+        self._digest = digest
+        self._chunks = chunks
+        self._seconds = 0.0
+        self._tasks = 0
+
+    def add(self, seconds: float, tasks: int) -> None:
+        """One chunk of ``tasks`` ran in ``seconds`` (0: it failed whole, untimed)."""
+        if seconds > 0:
+            self._seconds += seconds
+            self._tasks += tasks
+        self._chunks -= 1
+        if self._chunks == 0:
+            self._pace.record(self._digest, self._seconds, self._tasks)
+
+
 class TaskPace:
     """Per function digest, the seconds a task took, as the workers timed them."""
 
@@ -32,9 +54,9 @@ class TaskPace:
         self._lock = threading.Lock()  # maps record from their callers' threads
 
     def record(self, digest: bytes, seconds: float, tasks: int) -> None:
-        """A chunk of ``tasks`` of the function ran in ``seconds`` on its worker.
+        """A map ran ``tasks`` of the function in ``seconds`` on its workers.
 
-        A slower chunk counts at once, a faster one only halfway: a function whose
+        A slower map counts at once, a faster one only halfway: a function whose
         tasks grew slow is not cut coarsely on the strength of its old pace.
         """
         if tasks < 1 or not seconds > 0:
