@@ -10,7 +10,9 @@ Workloads (each repeated, the two pools interleaved, medians with min-max):
 * ``Pool.map(abs, items, chunksize=1)`` over a twentieth as many items: each
   task a chunk of its own, so the per-chunk cost of dispatch shows;
 * ``Pool.map(abs, range(8))``: a small map, median over many calls, as a sampler
-  or an optimizer makes thousands of (emcee, ``differential_evolution``);
+  or an optimizer makes thousands of (emcee, ``differential_evolution``); once
+  ``abs`` was timed, sockpool cuts it into one chunk per worker
+  (``sockpool/api/pace.py``), multiprocessing into 8;
 * ``apply_async(abs, (1,)).get()`` round trip, median over many calls, beside
   ``Cluster.submit(abs, 1).result()`` on the pool's own cluster: the difference
   is the drop-in's own cost (its ``AsyncResult`` and result thread).
