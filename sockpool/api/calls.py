@@ -19,7 +19,7 @@ from ..dispatch.jobs import FutureJob, Job, StreamJob
 from ..errors import ClusterClosedError, NoWorkersLeftError
 from .callbacks import TaskFuture
 from .feeds import EagerFeed, LazyFeed, SlicedFeed, eager_chunks, static_chunks
-from .map_options import MapOptions, as_sequence, progress_bar
+from .map_options import MapOptions, as_sequence, known_length, progress_bar
 from .mapping import Delivery, collect_list, iterate, stream_blocks
 from .pace import MapTimes, TaskPace
 from .seeding import CallSeeds
@@ -106,7 +106,8 @@ class Calls:
         delivery = Delivery(blocks_in_order=options.ordered, output_in_order=options.ordered,
                             errors=options.errors)
         blocks = stream_blocks(job, feed, delivery, self.dispatcher, window=window,
-                               progress=progress_bar(None, options.progress))
+                               progress=progress_bar(known_length(iterables),
+                                                     options.progress))
         return iterate(blocks, options.errors)
 
     def executor_map(self, fn: Callable[..., T], iterables: tuple[Any, ...], chunksize: int,

@@ -134,6 +134,15 @@ def as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
     return items if isinstance(items, (list, tuple, range)) else list(items)
 
 
+def known_length(iterables: tuple[Any, ...]) -> int | None:
+    """How many tasks a lazy map's input holds, when every iterable is sized (a
+    progress bar's total); None for a generator or an endless input."""
+    try:
+        return min(len(iterable) for iterable in iterables)
+    except TypeError:
+        return None
+
+
 def progress_bar(total: int | None, enabled: bool) -> Any:
     """A tqdm bar, or None when not asked for.
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..common import rng
 from ..errors import RemoteError, TaskTimeoutError, add_note
-from .map_options import MapOptions, as_sequence, progress_bar
+from .map_options import MapOptions, as_sequence, known_length, progress_bar
 from .seeding import CallSeeds
 
 if TYPE_CHECKING:
@@ -155,7 +155,8 @@ class Sequential:
         seed = self.seeds.for_call(options.seed)  # now, as a cluster counts the call
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        return _lazily(fn, items, star, seed, options, self, self._call(fn))
+        return _lazily(fn, items, star, seed, options, self, self._call(fn),
+                       known_length(iterables))
 
     def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
                timeout: float | None, seed: int | None) -> Future[T]:
@@ -197,9 +198,10 @@ def _map_task(fn: Callable[..., Any], item: Any, star: bool, index: int, seed: C
 
 
 def _lazily(fn: Callable[..., Any], items: Iterator[Any], star: bool, seed: CallSeed,
-            options: MapOptions, owner: Sequential, profiled: _Call | None) -> Iterator[Any]:
+            options: MapOptions, owner: Sequential, profiled: _Call | None,
+            total: int | None) -> Iterator[Any]:
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
-    bar = progress_bar(None, options.progress)
+    bar = progress_bar(total, options.progress)
     try:
         for index, item in enumerate(items):
             yield _map_task(fn, item, star, index, seed, options, owner, profiled)
