@@ -267,13 +267,17 @@ def test_replacements_whose_setup_fails_say_so_when_no_worker_is_left(tmp_path: 
     # Each replacement's setup failed and its worker was killed: the error named
     # only that kill ("last: worker 5 killed by SIGKILL"), the setup's not at all.
     setup = functools.partial(_setup_fails_from_the_third_start, str(tmp_path / "starts"))
-    with Cluster(n=2, setup=setup, max_tasks_per_worker=2) as cl, \
-            pytest.raises(NoWorkersLeftError) as failed:
-        cl.par_map(abs, range(20), chunksize=1)
-    message = str(failed.value)
-    assert "setup failed on worker" in message and "the license server is gone" in message
-    assert isinstance(failed.value.__cause__, LaunchError)
-    assert "the license server is gone" in str(failed.value.__cause__)
+    with Cluster(n=2, setup=setup, max_tasks_per_worker=2) as cl:
+        with pytest.raises(NoWorkersLeftError) as failed:
+            cl.par_map(abs, range(20), chunksize=1)
+        message = str(failed.value)
+        assert "setup failed on worker" in message and "the license server is gone" in message
+        assert isinstance(failed.value.__cause__, LaunchError)
+        assert "the license server is gone" in str(failed.value.__cause__)
+        with pytest.raises(NoWorkersLeftError) as later:  # a call made after: the same story
+            cl.submit(abs, 1)
+        assert str(later.value) == message and later.value is not failed.value
+        assert later.value.__cause__ is failed.value.__cause__
 
 
 def test_max_worker_memory_replaces_a_remote_worker_too(namespace_hosts: Any) -> None:

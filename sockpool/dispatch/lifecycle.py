@@ -92,5 +92,8 @@ class Lifecycle:
     def refusal(self) -> ClusterClosedError:
         """The error for work handed to a cluster that takes none."""
         if self._state is ClusterState.BROKEN and self.error is not None:
-            return NoWorkersLeftError(str(self.error))
+            # A copy (an exception raised again gathers tracebacks), with its cause.
+            error = NoWorkersLeftError(str(self.error), stderr_tail=self.error.stderr_tail)
+            error.__cause__ = self.error.__cause__
+            return error
         return ClusterClosedError("the cluster is closed")
