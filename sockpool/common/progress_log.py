@@ -17,6 +17,11 @@ A worker told that the master reads its page (the TASK flag ``PAGE_READ``) may
 start its next chunk before the master has its last RESULT: that chunk's log,
 whole RESULT last, then stays where it is as the *previous* chunk's, and the new
 chunk's log goes beside it.  Previous chunk id 0 means there is none.
+
+The page's last two words are ``output chunk id, output bytes``: the running
+chunk's output log, at :data:`OUTPUT_OFFSET`, holds each OUTPUT message the
+chunk sent, as a record whose ``first`` counts them from 0 (its frames as sent),
+so that what a task wrote reaches the user even if those messages died unsent.
 """
 
 from __future__ import annotations
@@ -37,10 +42,14 @@ TO_THE_END = (1 << 64) - 1
 #: The ``first`` of the record that holds a whole RESULT message, frames as sent.
 WHOLE_RESULT = (1 << 64) - 1
 #: The page's words: chunk id, start, end, its log's offset and bytes; the
-#: previous chunk's id, log offset and log bytes.
-PAGE = struct.Struct("<8Q")
+#: previous chunk's id, log offset and log bytes; the output log's chunk id and bytes.
+PAGE = struct.Struct("<10Q")
 #: Where the writer finds each word (the reader unpacks a :class:`Page`).
-CHUNK, START, END, LOG_OFFSET, LOG_BYTES, PREVIOUS, PREVIOUS_OFFSET, PREVIOUS_BYTES = range(8)
+(CHUNK, START, END, LOG_OFFSET, LOG_BYTES, PREVIOUS, PREVIOUS_OFFSET, PREVIOUS_BYTES,
+ OUTPUT_CHUNK, OUTPUT_BYTES) = range(10)
+#: Where the output log starts in the memfd: past both result logs (the worker's
+#: ``SLOTS``, 256 MiB each); a memfd's pages exist only once written.
+OUTPUT_OFFSET = 1 << 30
 #: A log record's head: the chunk offset of its first task, its task count,
 #: and how many frames follow (their lengths come next).
 RECORD = struct.Struct("<QQQ")
@@ -58,6 +67,8 @@ class Page(NamedTuple):
     previous: int
     previous_offset: int
     previous_bytes: int
+    output_chunk: int
+    output_bytes: int
 
     @classmethod
     def read(cls, words: bytes | memoryview | mmap.mmap) -> Page | None:

@@ -59,6 +59,8 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
             scheduler.requeue(chunk)
     stranded = [chunk for chunk in never_started if chunk.pinned is not None]
     for chunk in running:  # what it wrote before it was lost still reaches the user
+        if page is not None:  # (its OUTPUT messages that died unsent: each one held is one come)
+            chunk.output += page.output_after(chunk, len(chunk.output))
         with contextlib.suppress(Exception):  # (a warning under -W error: the loss wins)
             relay.emit(chunk.output)
         output_tail = relay.tail(chunk.output)

@@ -16,8 +16,9 @@ import mmap
 import os
 from typing import NamedTuple
 
-from ..common import protocol
-from ..common.progress_log import NAME, WHOLE_RESULT, Page, Record, parse_records
+from ..common import codec, protocol
+from ..common.progress_log import NAME, OUTPUT_OFFSET, WHOLE_RESULT, Page, Record, parse_records
+from ..common.protocol import Batch
 from ..launchers.base import WorkerProcess
 from .jobs import Chunk, Payload
 
@@ -136,6 +137,29 @@ class ProgressPage:
         _, result = self._records(chunk, page.previous_offset, page.previous_bytes)
         return ChunkProgress([], chunk.resume, chunk.count, chunk.count, result
                              ).sent_result(chunk)
+
+    def output_after(self, chunk: Chunk, received: int) -> list[Batch]:
+        """What ``chunk`` wrote in its OUTPUT messages from number ``received`` on (those
+        that died unsent with the worker), from its output log.  Read once the
+        worker is gone."""
+        page = self._page()
+        if page is None or self._report is not None or page.output_chunk != chunk.id:
+            return []
+        try:
+            assert self._fd is not None
+            log = os.pread(self._fd, page.output_bytes, OUTPUT_OFFSET) if page.output_bytes else b""
+        except OSError:
+            return []
+        batches = []
+        for record in parse_records(log):
+            if record.first < received or not record.frames:
+                continue
+            try:
+                _, body = protocol.parse(record.frames[0])
+                batches.append(codec.loads(body, record.frames[1:]))
+            except Exception:  # (a class its warning names is gone, say): the rest still
+                continue
+        return batches
 
     def where(self, chunk: Chunk) -> ChunkProgress:
         """How far ``chunk`` got.  Read once the worker is gone.

@@ -24,6 +24,9 @@ from ..common.progress_log import (
     LOG_BYTES,
     LOG_OFFSET,
     NAME,
+    OUTPUT_BYTES,
+    OUTPUT_CHUNK,
+    OUTPUT_OFFSET,
     PAGE,
     PREVIOUS,
     PREVIOUS_BYTES,
@@ -48,6 +51,9 @@ REPORTED_LOG_BYTES = 64 * 1024 * 1024
 LOG_KEEP = 16 * 1024 * 1024
 #: Where the two logs start in the memfd (the second's pages exist only once written).
 SLOTS = (mmap.PAGESIZE, mmap.PAGESIZE + LOG_LIMIT)
+assert SLOTS[1] + LOG_LIMIT <= OUTPUT_OFFSET
+#: A chunk keeps no more than this of its OUTPUT messages in its output log.
+OUTPUT_LIMIT = 16 * 1024 * 1024
 
 
 class Progress:
@@ -74,6 +80,7 @@ class Progress:
         self._log_bytes = 0  # the running chunk's
         self._written = [0, 0]  # the most bytes each slot held since its memory was given back
         self._result_kept = False  # the chunk's whole RESULT is in its log
+        self._output_bytes = 0  # the running chunk's output log
 
     @property
     def _offset(self) -> int:
@@ -118,6 +125,8 @@ class Progress:
         words[LOG_OFFSET] = self._offset
         words[START], words[END] = 0, TO_THE_END
         words[CHUNK] = chunk
+        words[OUTPUT_BYTES] = self._output_bytes = 0
+        words[OUTPUT_CHUNK] = chunk
         self._result_kept = False
 
     def mark(self, chunk: int, start: int, end: int) -> None:
@@ -148,6 +157,22 @@ class Progress:
         self._words[LOG_BYTES] = self._log_bytes  # last: the master reads only whole records
         self._result_kept = first == WHOLE_RESULT
         return True
+
+
+    def keep_output(self, sent: int, frames: Sequence[Any]) -> None:
+        """Append the running chunk's OUTPUT message number ``sent`` (from 0), as it is
+        sent; past :data:`OUTPUT_LIMIT`, or if it cannot be written, it is not kept."""
+        header = record_header(sent, 1, frames)
+        size = len(header) + sum(memoryview(frame).nbytes for frame in frames)
+        if self._output_bytes + size > OUTPUT_LIMIT:
+            return
+        try:
+            _write_all(self.fd, [_flat(part) for part in (header, *frames)],
+                       OUTPUT_OFFSET + self._output_bytes)
+        except OSError:
+            return
+        self._output_bytes += size
+        self._words[OUTPUT_BYTES] = self._output_bytes  # last: the master reads whole records
 
 
 def _flat(frame: Any) -> memoryview:

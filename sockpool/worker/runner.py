@@ -116,6 +116,7 @@ class ChunkRunner:
         self._released = released
         self._send = send
         self._chunk: protocol.Header | None = None  # the chunk running now, for its OUTPUT
+        self._outputs_sent = 0  # its OUTPUT messages so far
         self.relay: WorkerRelay | None = None
         if config.relay != "off":
             prefix = f"[worker {config.worker_id}] " if config.relay_prefix else ""
@@ -178,7 +179,7 @@ class ChunkRunner:
             if not self.state.start_chunk(head.job):  # cancelled already, or stopping
                 return self._result(head, Flag.CANCELLED, [], [])
             try:
-                self._chunk = head
+                self._chunk, self._outputs_sent = head, 0
                 if self.relay is not None:
                     self.relay.start()
                 started = time.perf_counter()
@@ -352,7 +353,11 @@ class ChunkRunner:
         if head is None:
             return
         prefix = protocol.header(Kind.OUTPUT, 0, head.job, head.ident)
-        self._send(codec.dumps(batch, self.serializer, prefix=prefix))
+        frames = codec.dumps(batch, self.serializer, prefix=prefix)
+        if self.progress is not None:  # should this process die with it unsent
+            self.progress.keep_output(self._outputs_sent, frames)
+        self._outputs_sent += 1
+        self._send(frames)
 
     def _result(self, head: protocol.Header, flags: int, values: list[Any], errors: Errors,
                 seconds: float = 0.0, kept: Kept | None = None) -> list[Any]:
