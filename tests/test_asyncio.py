@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import warnings
 from collections.abc import Awaitable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
+import psutil
 import pytest
 
 from sockpool import Cluster
@@ -35,6 +38,7 @@ async def _ticking(work: Awaitable[object]) -> tuple[object, float]:
             last = now
 
     ticks = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # the ticker starts its clock before the work's first step
     try:
         outcome = await work
     finally:
@@ -265,3 +269,78 @@ def test_an_asubmit_cancelled_as_its_loop_ends_is_cancelled_once_sent(tmp_path: 
         assert cl.submit(abs, -1).result(timeout=10) == 1
         time.sleep(1.0)  # it would have finished by now
         assert not marker.exists(), "the cancelled task ran"
+
+
+def _long_setup() -> None:
+    time.sleep(8)
+
+
+def _worker_children() -> list[psutil.Process]:
+    """This process's sockpool workers still running."""
+    workers = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "sockpool.worker" in " ".join(child.cmdline()):
+                workers.append(child)
+    return workers
+
+
+@pytest.mark.parametrize("call", ["asubmit", "apar_map", "aimap"])
+def test_a_cluster_made_in_a_loop_and_never_entered_starts_without_blocking_it(
+        call: str) -> None:
+    # Its first awaited call waited for the workers on the loop's thread: a 0.5 s
+    # setup was a 0.5 s stall (1.5 s with a 1.5 s one).
+    async def main() -> None:
+        cl = Cluster(n=2, setup=_slow_setup)
+
+        async def first_call() -> object:
+            if call == "asubmit":
+                return await cl.asubmit(_square, 3)
+            if call == "apar_map":
+                return await cl.apar_map(_square, [3])
+            return [item async for item in cl.aimap(_square, [3])]
+
+        try:
+            outcome, gap = await _ticking(first_call())
+            assert outcome in (9, [9])
+            assert gap < MAX_GAP, f"the event loop was blocked for {gap:.3f} s"
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, cl.close)
+
+    asyncio.run(main())
+
+
+def test_cancelling_async_with_while_its_workers_start_stops_them() -> None:
+    # The timeout came at once, but the workers lived on until their 8 s setup ended.
+    async def enter() -> None:
+        async with Cluster(n=2, setup=_long_setup):
+            pytest.fail("the cluster started")
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(enter(), 1.0)
+
+    started = time.monotonic()
+    asyncio.run(main())
+    assert time.monotonic() - started < 6.0
+    assert _worker_children() == []
+
+
+def test_cancelling_async_with_as_it_waits_for_its_tasks_closes_the_cluster(
+        tmp_path: Path) -> None:
+    # The exit went on waiting for the 6 s task in its thread, unobserved.
+    marker = tmp_path / "finished"
+    submitted: list[Future[int]] = []
+
+    async def block() -> None:
+        async with Cluster(n=1) as cl:
+            submitted.append(cl.submit(_sleep_then_mark, str(marker), 6.0))
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(block(), 1.0)
+
+    asyncio.run(main())
+    assert submitted[0].done()  # interrupted by the close, not left running
+    assert _worker_children() == []
+    assert not marker.exists()

@@ -202,7 +202,40 @@ async def as_list(calls: Calls, fn: Callable[..., T], iterables: tuple[Any, ...]
 
 
 def lazily(calls: Calls, fn: Callable[..., T], iterables: tuple[Any, ...],
-           options: MapOptions) -> AsyncIterator[T]:
-    """``Cluster.aimap``, once checked."""
-    return iterate(lambda held: calls.lazily(fn, iterables, options, held.jobs),
-                   calls.dispatcher)
+           options: MapOptions, check_open: Callable[[], None]) -> AsyncIterator[T]:
+    """``Cluster.aimap``, once checked (``check_open`` first, in the call's thread: it
+    waits for the workers of a cluster still starting)."""
+    def start(held: JobHolder) -> Iterator[T]:
+        check_open()
+        return calls.lazily(fn, iterables, options, held.jobs)
+
+    return iterate(start, calls.dispatcher)
+
+
+async def check_open(check: Callable[[], None], *, starting: bool) -> None:
+    """A cluster's ``_check_open``, in a thread while its workers start (a cluster made
+    in an event loop and not entered with ``async with``): it waits for them."""
+    import asyncio  # here: only code running in an event loop pays for it
+
+    if starting:
+        await asyncio.get_running_loop().run_in_executor(None, check)
+    else:
+        check()
+
+
+async def blocking(step: Callable[[], object], on_cancel: Callable[[], object]) -> None:
+    """Run a blocking step of a cluster's lifetime (waiting for its workers, leaving
+    ``async with``) in a thread.  Cancelled, ``on_cancel`` (closing the cluster) runs,
+    and the step is waited for, before the cancellation goes on: a start or an exit
+    that was cancelled stops, rather than going on unobserved."""
+    import asyncio  # here: only code running in an event loop pays for it
+
+    loop = asyncio.get_running_loop()
+    task = loop.run_in_executor(None, step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):  # its outcome is the cancellation's now
+            await loop.run_in_executor(None, on_cancel)
+            await task
+        raise

@@ -25,7 +25,7 @@ from ..errors import ClusterClosedError
 from . import aio
 from .cluster_options import check_cluster_options, choose_workers, warn_if_oversubscribed
 from .lifetime import forget, watch
-from .loops import may_block, to_thread
+from .loops import may_block
 from .map_options import MapOptions, check_callable, check_iterables, check_timeout
 from .seeding import CallSeeds
 from .startup import start_engine
@@ -269,7 +269,8 @@ class Cluster(concurrent.futures.Executor):
         Args:
             fn: the function; it travels with what it refers to.
             iterables: the arguments; several are zipped, stopping at the shortest.
-            chunksize: tasks per message (default: about four chunks per worker).
+            chunksize: tasks per message (default: about four chunks per worker,
+                fewer for a function whose tasks are known to be short).
             ordered: results in input order (else in the order they finish).
             progress: show a progress bar (needs tqdm).
             timeout: per-task time limit in seconds: a task that runs longer
@@ -362,11 +363,8 @@ class Cluster(concurrent.futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[T]:
-        """``Executor.map``: submits everything now; yields results in order.
-
-        ``timeout`` is a deadline for the whole iteration, as in
-        ``concurrent.futures`` (``TimeoutError`` when it passes).
-        """
+        """``Executor.map``: submits everything now; yields results in order.  ``timeout``
+        is a deadline for the whole iteration (``TimeoutError`` when it passes)."""
         MapOptions(chunksize)  # checks it
         self._check_open()
         check_callable(fn, "map")
@@ -425,18 +423,18 @@ class Cluster(concurrent.futures.Executor):
     # -- asyncio: the same calls, awaited (see api/aio.py) -------------------------------
 
     async def __aenter__(self) -> Cluster:
-        await to_thread(self._wait_started)
+        await aio.blocking(self._wait_started, self.close)  # cancelled: the start stops
         return self.__enter__()
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        await to_thread(self.__exit__, exc_type, exc, tb)
+        await aio.blocking(lambda: self.__exit__(exc_type, exc, tb), self.close)
 
     async def asubmit(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None,
                       seed: int | None = None, **kwargs: Any) -> T:
         """:meth:`submit`, awaited.  Cancelling the awaiting task cancels the sockpool
         task, interrupting it if it runs."""
         check_timeout(timeout)
-        self._check_open()
+        await aio.check_open(self._check_open, starting=self._starting is not None)
         check_callable(fn, "asubmit")
         return await aio.submit(self._calls, fn, args, kwargs, timeout, seed)
 
@@ -445,7 +443,7 @@ class Cluster(concurrent.futures.Executor):
         """:meth:`par_map`, awaited (the same keyword options); cancelling the awaiting
         task cancels the map's tasks, interrupting those that run."""
         checked = MapOptions(**options)
-        self._check_open()
+        await aio.check_open(self._check_open, starting=self._starting is not None)
         check_callable(fn, "apar_map")
         check_iterables(iterables, "apar_map")
         return await aio.as_list(self._calls, fn, iterables, checked)
@@ -455,10 +453,11 @@ class Cluster(concurrent.futures.Executor):
         """:meth:`imap` for ``async for`` (the same keyword options); leaving the loop
         early, or cancelling the task in it, cancels what is left."""
         checked = MapOptions(**options)
-        self._check_open()
+        if self._starting is None:  # else in the call's thread, once its workers are up
+            self._check_open()
         check_callable(fn, "aimap")
         check_iterables(iterables, "aimap")
-        return aio.lazily(self._calls, fn, iterables, checked)
+        return aio.lazily(self._calls, fn, iterables, checked, self._check_open)
 
     # -- introspection ----------------------------------------------------------------
 
