@@ -344,3 +344,32 @@ def test_cancelling_async_with_as_it_waits_for_its_tasks_closes_the_cluster(
     assert submitted[0].done()  # interrupted by the close, not left running
     assert _worker_children() == []
     assert not marker.exists()
+
+
+def _one_ms(x: int) -> int:
+    time.sleep(0.001)
+    return x
+
+
+def test_aimap_reads_ahead_of_a_slow_async_for_only_a_bounded_way() -> None:
+    # aimap reads its imap in a thread, ahead of the loop (one thread hop per item
+    # cost 85 µs); a slow consumer of an endless input must still hold it back.
+    read = [0]
+
+    def endless() -> Iterator[int]:
+        while True:
+            read[0] += 1
+            yield read[0]
+
+    async def main() -> list[int]:
+        async with Cluster(n=2) as cl:
+            taken = []
+            async for x in cl.aimap(_one_ms, endless()):
+                taken.append(x)
+                await asyncio.sleep(0.2)  # 2 s: the tasks alone would get through ~4000
+                if len(taken) == 10:
+                    break
+            return taken
+
+    assert asyncio.run(main()) == list(range(1, 11))
+    assert read[0] < 1000, f"{read[0]} items read for 10 taken"

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.timeout(180)
     ("bench_profile.py", "ratio profiled / unprofiled"),
     ("bench_hops.py", "ratio plain / ZeroMQ"),
     ("bench_uneven.py", "head     mp Pool.imap_unordered"),
+    ("bench_asyncio.py", "ratio aimap / imap"),
 ])
 def test_benchmark_runs_quickly(script: str, expected: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],

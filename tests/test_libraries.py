@@ -71,10 +71,13 @@ def rosenbrock(x: np.ndarray) -> float:
     return float(np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
 
 
-def test_scipy_differential_evolution_takes_a_clusters_map(three_workers: Cluster) -> None:
+@pytest.mark.parametrize("door", ["par_map", "map"])
+def test_scipy_differential_evolution_takes_a_clusters_map(three_workers: Cluster,
+                                                           door: str) -> None:
     bounds = [(-2, 2)] * 3
     options = {"seed": 7, "maxiter": 30, "updating": "deferred", "polish": False}
     here = differential_evolution(rosenbrock, bounds, **options)
-    there = differential_evolution(rosenbrock, bounds, workers=three_workers.map, **options)
+    there = differential_evolution(rosenbrock, bounds, workers=getattr(three_workers, door),
+                                   **options)
     assert there.x.tolist() == here.x.tolist() and there.fun == here.fun
     assert there.nfev == here.nfev
