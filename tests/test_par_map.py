@@ -713,3 +713,20 @@ def test_task_pace_counts_a_slower_map_at_once_and_a_faster_one_halfway() -> Non
     pace.record(b"one more", 1e-6, 1)
     assert pace.chunk_size(b"g", 40, 2, 5) == 5
     assert pace.chunk_size(b"one more", 40, 2, 5) == 20
+
+
+def test_a_chunk_stopped_by_a_failure_is_timed_for_the_tasks_that_ran() -> None:
+    # Pool.map(sleep, [-1] + [0.01] * 39) ran 21 tasks and was timed as 40: a slow
+    # function looked twice as fast (and, failing early everywhere, as trivial).
+    from sockpool.api.mapping import _timed_tasks
+    from sockpool.common.protocol import Flag
+    from sockpool.dispatch.jobs import TaskFailure
+
+    stops = StreamJob(None, Flag.MAP_ONE | Flag.STOP_ON_ERROR)  # type: ignore[arg-type]
+    chunk = stops.chunk(10, 5, [])
+    assert _timed_tasks(chunk, []) == 5
+    assert _timed_tasks(chunk, [TaskFailure(11, ValueError())]) == 2  # 10 and 11 ran
+    chunk.resume = 1  # task 10 settled elsewhere: the RESULT timed 11 on
+    assert _timed_tasks(chunk, [TaskFailure(12, ValueError())]) == 2
+    goes_on = StreamJob(None, Flag.MAP_ONE)  # type: ignore[arg-type]
+    assert _timed_tasks(goes_on.chunk(0, 5, []), [TaskFailure(1, ValueError())]) == 5

@@ -79,10 +79,11 @@ class EagerFeed:
         self.exhausted = True
         return chunks
 
-    def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
-        """Eager chunks are already cut: the time is kept for the next map."""
+    def measured(self, chunk: Chunk, seconds: float, tasks: int, result_bytes: int = 0
+                 ) -> None:
+        """Eager chunks are already cut: the time of its ``tasks`` is kept for the next map."""
         if self._times is not None:
-            self._times.add(seconds, chunk.count - chunk.resume)
+            self._times.add(seconds, tasks)
 
 
 class SlicedFeed:
@@ -122,10 +123,11 @@ class SlicedFeed:
                           and time.perf_counter() - began > HAND_OVER_AFTER_SECONDS)
         return [chunk]
 
-    def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
-        """The chunk size is fixed: the time is kept for the next map."""
+    def measured(self, chunk: Chunk, seconds: float, tasks: int, result_bytes: int = 0
+                 ) -> None:
+        """The chunk size is fixed: the time of its ``tasks`` is kept for the next map."""
         if self._times is not None:
-            self._times.add(seconds, chunk.count - chunk.resume)
+            self._times.add(seconds, tasks)
 
 
 def _until_error(items: Iterator[Any], errors: list[Exception]) -> Iterator[Any]:
@@ -207,14 +209,16 @@ class LazyFeed:
         self.hand_over = time.perf_counter() - began > HAND_OVER_AFTER_SECONDS
         return [chunk]
 
-    def measured(self, chunk: Chunk, seconds: float, result_bytes: int = 0) -> None:
-        """Grow (at most doubling) or shrink the chunk size toward the target duration
-        (and note how large its results were, per task: see :meth:`_next_size`)."""
+    def measured(self, chunk: Chunk, seconds: float, tasks: int, result_bytes: int = 0
+                 ) -> None:
+        """Grow (at most doubling) or shrink the chunk size toward the target duration,
+        ``seconds`` being the time of ``tasks`` of it (and note how large its results
+        were, per task: see :meth:`_next_size`)."""
         if result_bytes:  # (a chunk that failed whole carries none)
             self._result_bytes = result_bytes / chunk.count
-        if self._fixed is not None or seconds <= 0:  # fixed, or a chunk that failed whole
+        if self._fixed is not None or seconds <= 0 or tasks < 1:  # fixed, or failed whole
             return
-        per_task = seconds / chunk.count
+        per_task = seconds / tasks
         ideal = int(TARGET_CHUNK_SECONDS / per_task)
         self._size = max(1, min(ideal, 2 * self._size, MAX_CHUNKSIZE))
 

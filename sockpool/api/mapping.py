@@ -17,6 +17,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..common.protocol import Flag
 from ..dispatch import output as relay
 from ..dispatch.jobs import Chunk, Event, Job, Outcome, StreamJob, TaskFailure, decode_outcome
 from ..errors import ClusterClosedError
@@ -53,6 +54,15 @@ def _next_events(job: StreamJob, deadline: float | None) -> list[Event]:
             return job.events.get(timeout=wait)
         except queue.Empty:
             continue
+
+
+def _timed_tasks(chunk: Chunk, failures: list[TaskFailure]) -> int:
+    """How many tasks a RESULT's seconds cover: those from ``chunk.resume`` on, up to
+    its first failure when a failure stops the chunk."""
+    if failures and chunk.job.flags & Flag.STOP_ON_ERROR:
+        stopped = min(failure.task_index for failure in failures) - chunk.first_index
+        return max(0, stopped + 1 - chunk.resume)
+    return chunk.count - chunk.resume
 
 
 def _payload_bytes(label: Any, payload: Any) -> int:
@@ -189,7 +199,8 @@ def stream_blocks(
             chunk, label, payload = arrived.popleft()
             in_flight -= 1
             values, failures, seconds, written = _outcome(chunk, label, payload)
-            feed.measured(chunk, seconds, _payload_bytes(label, payload))
+            feed.measured(chunk, seconds, _timed_tasks(chunk, failures),
+                          _payload_bytes(label, payload))
             if progress is not None:
                 progress.update(chunk.count)
             if failures and delivery.errors == "raise" and delivery.fail_fast:
