@@ -178,3 +178,53 @@ def test_a_result_of_more_buffers_than_one_write_takes_reads_back_whole() -> Non
     [values] = decode_outcome(chunk, LABEL, sent.payload)[0]
     assert all(np.array_equal(a, b) for a, b in zip(values, arrays, strict=True))
     page.close()
+
+
+def output_frames(chunk: Chunk, text: str) -> list[Any]:
+    """An OUTPUT message of ``chunk`` that wrote ``text``, as the worker sends it."""
+    prefix = protocol.header(Kind.OUTPUT, 0, 1, chunk.id)
+    return codec.dumps([(0, text)], prefix=prefix)
+
+
+def test_output_messages_kept_read_back_from_the_first_not_received() -> None:
+    progress, page, chunk = page_and_chunk(2)
+    progress.begin(chunk.id)
+    for n in range(3):
+        progress.keep_output(n, output_frames(chunk, f"line {n}\n"))
+    assert page.output_after(chunk, 1) == [[(0, "line 1\n")], [(0, "line 2\n")]]
+    # The next chunk starts before the master has this one's RESULT: its output
+    # stays beside the new chunk's, as its results do.
+    progress.mark(chunk.id, 2, 2)
+    assert progress.keep(WHOLE_RESULT, 0, result_frames(chunk, ["a", "b"], []))
+    following = Chunk(job=None, first_index=12, count=1, frames=[])  # type: ignore[arg-type]
+    progress.begin(following.id, keep_last_result=True)
+    progress.keep_output(0, output_frames(following, "its own\n"))
+    assert page.previous_output_after(chunk, 2) == [[(0, "line 2\n")]]
+    assert page.output_after(following, 0) == [[(0, "its own\n")]]
+    assert page.output_after(chunk, 0) == []  # (not the chunk it ran last)
+    page.close()
+
+
+def test_output_past_the_limit_is_not_kept_nor_anything_after_it() -> None:
+    from sockpool.worker.progress import OUTPUT_LIMIT
+
+    progress, page, chunk = page_and_chunk(1)
+    progress.begin(chunk.id)
+    progress.keep_output(0, output_frames(chunk, "first\n"))
+    progress.keep_output(1, output_frames(chunk, "x" * OUTPUT_LIMIT))
+    progress.keep_output(2, output_frames(chunk, "small, but after a hole\n"))
+    assert page.output_after(chunk, 0) == [[(0, "first\n")]]
+    page.close()
+
+
+def test_a_large_output_log_gives_its_memory_back_when_the_next_chunk_starts() -> None:
+    import os
+
+    progress, page, chunk = page_and_chunk(1)
+    progress.begin(chunk.id)
+    for n in range(3):  # 3 MB of output
+        progress.keep_output(n, output_frames(chunk, "x" * 1_000_000))
+    assert os.fstat(progress.fd).st_blocks * 512 > 2_000_000
+    progress.begin(chunk.id + 1)
+    assert os.fstat(progress.fd).st_blocks * 512 < 100_000
+    page.close()

@@ -147,6 +147,28 @@ def test_a_remote_worker_dying_mid_chunk_loses_only_that_task(namespace_hosts: T
     assert results[15].host == "sp-n1"
 
 
+def _last_words(x: int) -> None:
+    for line in range(40):
+        print(f"task {x} line {line} " + "." * 2000)
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_output_a_remote_worker_flushed_before_a_sigkill_reaches_the_user(
+        namespace_hosts: Testbed, capsys: pytest.CaptureFixture[str]) -> None:
+    # Its OUTPUT messages die in libzmq's queue with it; its host's agent reads them
+    # from the worker's output log and reports them with its exit.
+    host = SSHHost("sp-n1", env={"SOCKPOOL_SHARED_MEMORY": "0"})
+    with Cluster(hosts=[host], python=PYTHON) as cl:
+        for x in range(3):
+            with pytest.raises(WorkerLostError):
+                cl.submit(_last_words, x).result(timeout=30)
+    lines = capsys.readouterr().out.splitlines()
+    for x in range(3):
+        assert [line for line in lines if line.startswith(f"task {x} ")] == [
+            f"task {x} line {line} " + "." * 2000 for line in range(40)]
+
+
 def test_loopback_aliases_and_localhost_mix_in_one_cluster(testbed: Testbed) -> None:
     with Cluster(hosts=["node1", "node2", "localhost"], python=PYTHON) as cl:
         assert sorted(w.host for w in cl.workers) == ["localhost", "node1", "node2"]

@@ -18,10 +18,12 @@ start its next chunk before the master has its last RESULT: that chunk's log,
 whole RESULT last, then stays where it is as the *previous* chunk's, and the new
 chunk's log goes beside it.  Previous chunk id 0 means there is none.
 
-The page's last two words are ``output chunk id, output bytes``: the running
-chunk's output log, at :data:`OUTPUT_OFFSET`, holds each OUTPUT message the
-chunk sent, as a record whose ``first`` counts them from 0 (its frames as sent),
-so that what a task wrote reaches the user even if those messages died unsent.
+The page's last five words are ``output chunk id, output log offset, output
+bytes, previous output log offset, previous output bytes``: a chunk's output log
+(two slots from :data:`OUTPUT_OFFSET`, as the result logs have) holds each OUTPUT
+message the chunk sent, as a record whose ``first`` counts them from 0 (its
+frames as sent), so that what a task wrote reaches the user even if those
+messages died unsent.  The previous chunk's stays with its result log.
 """
 
 from __future__ import annotations
@@ -42,11 +44,16 @@ TO_THE_END = (1 << 64) - 1
 #: The ``first`` of the record that holds a whole RESULT message, frames as sent.
 WHOLE_RESULT = (1 << 64) - 1
 #: The page's words: chunk id, start, end, its log's offset and bytes; the
-#: previous chunk's id, log offset and log bytes; the output log's chunk id and bytes.
-PAGE = struct.Struct("<10Q")
+#: previous chunk's id, log offset and log bytes; the output log's chunk id, offset
+#: and bytes, and the previous chunk's output log offset and bytes.
+PAGE = struct.Struct("<13Q")
 #: Where the writer finds each word (the reader unpacks a :class:`Page`).
 (CHUNK, START, END, LOG_OFFSET, LOG_BYTES, PREVIOUS, PREVIOUS_OFFSET, PREVIOUS_BYTES,
- OUTPUT_CHUNK, OUTPUT_BYTES) = range(10)
+ OUTPUT_CHUNK, OUTPUT_LOG, OUTPUT_BYTES, PREVIOUS_OUTPUT_LOG, PREVIOUS_OUTPUT_BYTES) = range(13)
+#: The most of an ended worker's result log an exit report carries (the rest of its
+#: finished tasks fail as "finished but lost", as over a chunk's limit); its output
+#: log follows it in the report.
+REPORTED_LOG_BYTES = 64 * 1024 * 1024
 #: Where the output log starts in the memfd: past both result logs (the worker's
 #: ``SLOTS``, 256 MiB each); a memfd's pages exist only once written.
 OUTPUT_OFFSET = 1 << 30
@@ -68,7 +75,10 @@ class Page(NamedTuple):
     previous_offset: int
     previous_bytes: int
     output_chunk: int
+    output_log: int
     output_bytes: int
+    previous_output_log: int
+    previous_output_bytes: int
 
     @classmethod
     def read(cls, words: bytes | memoryview | mmap.mmap) -> Page | None:

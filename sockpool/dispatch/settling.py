@@ -38,9 +38,12 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
     page = record.progress if record.process.poll() is not None else None
     if page is not None and held and page.previous_chunk() == held[0].id:
         finished, held = held[0], held[1:]  # its RESULT never came: it is in the page
+        finished.output += page.previous_output_after(finished, len(finished.output))
         if (sent := page.previous_result(finished)) is not None:
             _deliver(record, finished, sent, profiler)
         else:
+            with contextlib.suppress(Exception):  # (as a running chunk's, below)
+                relay.emit(finished.output)
             profiler.lost(finished, record)
             finished.job.fail(finished, result_lost_error(
                 record, how, tail, finished, finished.resume, finished.count))

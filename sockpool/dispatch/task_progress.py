@@ -17,7 +17,14 @@ import os
 from typing import NamedTuple
 
 from ..common import codec, protocol
-from ..common.progress_log import NAME, OUTPUT_OFFSET, WHOLE_RESULT, Page, Record, parse_records
+from ..common.progress_log import (
+    NAME,
+    REPORTED_LOG_BYTES,
+    WHOLE_RESULT,
+    Page,
+    Record,
+    parse_records,
+)
 from ..common.protocol import Batch
 from ..launchers.base import WorkerProcess
 from .jobs import Chunk, Payload
@@ -139,27 +146,31 @@ class ProgressPage:
                              ).sent_result(chunk)
 
     def output_after(self, chunk: Chunk, received: int) -> list[Batch]:
-        """What ``chunk`` wrote in its OUTPUT messages from number ``received`` on (those
-        that died unsent with the worker), from its output log.  Read once the
-        worker is gone."""
+        """What ``chunk``, the one the worker ran, wrote in its OUTPUT messages from
+        number ``received`` on (those that died unsent with the worker), from its
+        output log.  Read once the worker is gone."""
         page = self._page()
-        if page is None or self._report is not None or page.output_chunk != chunk.id:
+        if page is None or page.output_chunk != chunk.id:
             return []
+        if self._report is not None:  # after the result log, as its host read them
+            start = min(page.log_bytes, REPORTED_LOG_BYTES)
+            return _batches(self._report[1][start:start + page.output_bytes], received)
+        return _batches(self._read(page.output_log, page.output_bytes), received)
+
+    def previous_output_after(self, chunk: Chunk, received: int) -> list[Batch]:
+        """:meth:`output_after` for the :meth:`previous_chunk`."""
+        page = self._page()
+        if page is None or page.previous != chunk.id or self._report is not None:
+            return []
+        return _batches(self._read(page.previous_output_log, page.previous_output_bytes),
+                        received)
+
+    def _read(self, offset: int, nbytes: int) -> bytes:
         try:
             assert self._fd is not None
-            log = os.pread(self._fd, page.output_bytes, OUTPUT_OFFSET) if page.output_bytes else b""
+            return os.pread(self._fd, nbytes, offset) if nbytes else b""
         except OSError:
-            return []
-        batches = []
-        for record in parse_records(log):
-            if record.first < received or not record.frames:
-                continue
-            try:
-                _, body = protocol.parse(record.frames[0])
-                batches.append(codec.loads(body, record.frames[1:]))
-            except Exception:  # (a class its warning names is gone, say): the rest still
-                continue
-        return batches
+            return b""
 
     def where(self, chunk: Chunk) -> ChunkProgress:
         """How far ``chunk`` got.  Read once the worker is gone.
@@ -185,7 +196,8 @@ class ProgressPage:
         ``chunk.resume``, in order, and the frames of its whole RESULT if the
         worker kept that too."""
         if self._report is not None:
-            log = self._report[1][:log_bytes]  # (a remote worker's host read it from there)
+            # (a remote worker's host read it from there; its output log follows)
+            log = self._report[1][:min(log_bytes, REPORTED_LOG_BYTES)]
         else:
             try:
                 assert self._fd is not None
@@ -203,3 +215,17 @@ class ProgressPage:
             records.append(record)
             expected += record.tasks
         return records, None
+
+
+def _batches(log: bytes, received: int) -> list[Batch]:
+    """The output batches in an output log, from message number ``received`` on."""
+    batches = []
+    for record in parse_records(log):
+        if record.first < received or not record.frames:
+            continue
+        try:
+            _, body = protocol.parse(record.frames[0])
+            batches.append(codec.loads(body, record.frames[1:]))
+        except Exception:  # (a class its warning names is gone, say): the rest still
+            continue
+    return batches

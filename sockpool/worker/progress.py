@@ -26,11 +26,15 @@ from ..common.progress_log import (
     NAME,
     OUTPUT_BYTES,
     OUTPUT_CHUNK,
+    OUTPUT_LOG,
     OUTPUT_OFFSET,
     PAGE,
     PREVIOUS,
     PREVIOUS_BYTES,
     PREVIOUS_OFFSET,
+    PREVIOUS_OUTPUT_BYTES,
+    PREVIOUS_OUTPUT_LOG,
+    REPORTED_LOG_BYTES,
     START,
     TO_THE_END,
     WHOLE_RESULT,
@@ -43,17 +47,20 @@ __all__ = ["TO_THE_END", "Progress", "create", "make_page", "report_fields"]
 #: A chunk keeps no more than this in its log; results beyond it die with the
 #: worker as before (the master says so), rather than double a huge result's memory.
 LOG_LIMIT = 256 * 1024 * 1024
-#: The most of an ended worker's log an exit report carries (the rest of its
-#: finished tasks fail as "finished but lost", as over a chunk's limit).
-REPORTED_LOG_BYTES = 64 * 1024 * 1024
 #: Above this, the log's memory is given back when the next chunk starts; below,
 #: its pages are reused (writing into fresh tmpfs pages costs about 3x more).
 LOG_KEEP = 16 * 1024 * 1024
 #: Where the two logs start in the memfd (the second's pages exist only once written).
 SLOTS = (mmap.PAGESIZE, mmap.PAGESIZE + LOG_LIMIT)
 assert SLOTS[1] + LOG_LIMIT <= OUTPUT_OFFSET
-#: A chunk keeps no more than this of its OUTPUT messages in its output log.
-OUTPUT_LIMIT = 16 * 1024 * 1024
+#: A chunk keeps no more than this of its OUTPUT messages in its output log (what
+#: it writes past that is lost only if the worker dies with it unsent).
+OUTPUT_LIMIT = 4 * 1024 * 1024
+#: Where each slot's output log starts in the memfd.
+OUTPUT_SLOTS = (OUTPUT_OFFSET, OUTPUT_OFFSET + OUTPUT_LIMIT)
+#: Above this, output logs' memory is given back when the next chunk starts, as
+#: the result logs' is past LOG_KEEP.
+OUTPUT_KEEP = 1024 * 1024
 
 
 class Progress:
@@ -81,6 +88,8 @@ class Progress:
         self._written = [0, 0]  # the most bytes each slot held since its memory was given back
         self._result_kept = False  # the chunk's whole RESULT is in its log
         self._output_bytes = 0  # the running chunk's output log
+        self._output_written = [0, 0]  # as _written, for the output logs
+        self._output_full = False  # a message was refused: none after it is kept
 
     @property
     def _offset(self) -> int:
@@ -112,22 +121,25 @@ class Progress:
             # Each word is written before the ones that would make it wrong:
             # whatever the master reads, the last RESULT stays findable.
             words[PREVIOUS_OFFSET], words[PREVIOUS_BYTES] = self._offset, self._log_bytes
+            words[PREVIOUS_OUTPUT_LOG] = OUTPUT_SLOTS[self._slot]
+            words[PREVIOUS_OUTPUT_BYTES] = self._output_bytes
             words[PREVIOUS] = words[CHUNK]
             self._slot = 1 - self._slot
         else:
             words[PREVIOUS] = 0
             self._slot = 0
-            if max(self._written) > LOG_KEEP:
+            if max(self._written) > LOG_KEEP or max(self._output_written) > OUTPUT_KEEP:
                 os.ftruncate(self.fd, mmap.PAGESIZE)
-                self._written = [0, 0]
+                self._written, self._output_written = [0, 0], [0, 0]
         # The id last: a record or a slice never names the wrong chunk.
         words[LOG_BYTES] = self._log_bytes = 0
         words[LOG_OFFSET] = self._offset
         words[START], words[END] = 0, TO_THE_END
         words[CHUNK] = chunk
         words[OUTPUT_BYTES] = self._output_bytes = 0
+        words[OUTPUT_LOG] = OUTPUT_SLOTS[self._slot]
         words[OUTPUT_CHUNK] = chunk
-        self._result_kept = False
+        self._result_kept = self._output_full = False
 
     def mark(self, chunk: int, start: int, end: int) -> None:
         """Tasks ``[start, end)`` of ``chunk`` may be running; those before finished."""
@@ -164,14 +176,18 @@ class Progress:
         sent; past :data:`OUTPUT_LIMIT`, or if it cannot be written, it is not kept."""
         header = record_header(sent, 1, frames)
         size = len(header) + sum(memoryview(frame).nbytes for frame in frames)
-        if self._output_bytes + size > OUTPUT_LIMIT:
+        if self._output_full or self._output_bytes + size > OUTPUT_LIMIT:
+            self._output_full = True  # (a later one kept would leave a hole)
             return
         try:
             _write_all(self.fd, [_flat(part) for part in (header, *frames)],
-                       OUTPUT_OFFSET + self._output_bytes)
+                       OUTPUT_SLOTS[self._slot] + self._output_bytes)
         except OSError:
+            self._output_full = True
             return
         self._output_bytes += size
+        self._output_written[self._slot] = max(self._output_written[self._slot],
+                                               self._output_bytes)
         self._words[OUTPUT_BYTES] = self._output_bytes  # last: the master reads whole records
 
 
@@ -216,15 +232,19 @@ def make_page() -> int:
 
 
 def report_fields(fd: int) -> dict[str, str]:
-    """An ended worker's page words and its chunk's log (at most
-    :data:`REPORTED_LOG_BYTES`), base64, for the exit report its host agent or
-    supervisor sends; empty if they cannot be read.  (A remote worker is never
-    told ``PAGE_READ``: it has no previous chunk's log to report.)"""
+    """An ended worker's page words, and its chunk's log (at most
+    :data:`REPORTED_LOG_BYTES`) followed by its output log, base64, for the exit
+    report its host agent or supervisor sends; empty if they cannot be read.  (A
+    remote worker is never told ``PAGE_READ``: it has no previous chunk's log.)"""
     try:
         words = os.pread(fd, PAGE.size, 0)
         page = Page.read(words)
-        log_bytes = min(page.log_bytes, REPORTED_LOG_BYTES) if page is not None else 0
-        log = os.pread(fd, log_bytes, page.log_offset) if page is not None and log_bytes else b""
+        if page is None:
+            return {"page": base64.b64encode(words).decode(), "log": ""}
+        log_bytes = min(page.log_bytes, REPORTED_LOG_BYTES)
+        log = os.pread(fd, log_bytes, page.log_offset) if log_bytes else b""
+        output_bytes = min(page.output_bytes, OUTPUT_LIMIT)
+        log += os.pread(fd, output_bytes, page.output_log) if output_bytes else b""
     except OSError:
         return {}
     return {"page": base64.b64encode(words).decode(), "log": base64.b64encode(log).decode()}
