@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import run_script
 
 from sockpool import Cluster
 
@@ -373,3 +374,49 @@ def test_aimap_reads_ahead_of_a_slow_async_for_only_a_bounded_way() -> None:
 
     assert asyncio.run(main()) == list(range(1, 11))
     assert read[0] < 1000, f"{read[0]} items read for 10 taken"
+
+
+def test_an_aimap_never_closed_does_not_hold_the_interpreter_at_exit(tmp_path: Path) -> None:
+    # Its reading thread waited for room forever, and the interpreter joined it at
+    # exit: the script hung after its last line.
+    result = run_script("""
+        import asyncio
+        from sockpool import Cluster
+
+        cl = Cluster(n=2)
+        kept = []
+
+        async def main():
+            agen = cl.aimap(abs, range(5000))
+            kept.append(agen)  # kept, never closed
+            async for x in agen:
+                break
+            await asyncio.sleep(1.0)  # the reader fills its buffer and waits for room
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(main())
+        loop.close()  # without shutdown_asyncgens: nothing closes the async generator
+        cl.close()
+        print("end of script")
+    """, tmp_path, timeout=30)
+    assert result.stdout == "end of script\n"
+
+
+class _LazyCount:
+    """An input whose ``__len__`` would have to evaluate it (and here cannot)."""
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(5))
+
+    def __len__(self) -> int:
+        raise ValueError("the length is not known until it is computed")
+
+
+def test_imap_asks_no_length_of_its_input_unless_a_bar_needs_one() -> None:
+    async def main() -> list[int]:
+        async with Cluster(n=1) as cl:
+            assert list(cl.imap(abs, _LazyCount())) == [0, 1, 2, 3, 4]
+            assert list(cl.imap(abs, _LazyCount(), progress=True)) == [0, 1, 2, 3, 4]
+            return [x async for x in cl.aimap(abs, _LazyCount())]
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]

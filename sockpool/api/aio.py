@@ -122,7 +122,9 @@ async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
     The thread reads ahead into a small buffer (:class:`_Handoff`), and the loop
     takes what is there at each wake-up: one thread hop per item cost 85 µs, 100x
     the item itself.  Leaving the ``async for`` early (or cancelling the task in
-    it) cancels the jobs behind the iterator.
+    it) cancels the jobs behind the iterator.  The reader is a daemon thread: one
+    left waiting for room by an iterator never closed (its loop closed without
+    ``shutdown_asyncgens``) does not hold the interpreter at exit.
     """
     import asyncio  # here: only code running in an event loop pays for it
 
@@ -131,7 +133,9 @@ async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
     with _own_thread() as thread:
         iterator = await loop.run_in_executor(thread, start, holder)
         handoff = _Handoff(loop, asyncio.Event())
-        reading = loop.run_in_executor(thread, handoff.read, iterator)
+        reader = threading.Thread(target=handoff.read, args=(iterator,), daemon=True,
+                                  name="sockpool-aimap")
+        reader.start()
         finished = False
         try:
             while True:
@@ -146,7 +150,7 @@ async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
                 handoff.stop()
                 holder.cancel_all(dispatch)
                 with contextlib.suppress(BaseException):  # the reader ends with its jobs
-                    await reading
+                    await loop.run_in_executor(thread, reader.join)
                 close = getattr(iterator, "close", None)
                 if close is not None:
                     with contextlib.suppress(BaseException):

@@ -106,7 +106,7 @@ class Calls:
         delivery = Delivery(blocks_in_order=options.ordered, output_in_order=options.ordered,
                             errors=options.errors)
         blocks = stream_blocks(job, feed, delivery, self.dispatcher, window=window,
-                               progress=progress_bar(known_length(iterables),
+                               progress=progress_bar(known_length(iterables, options.progress),
                                                      options.progress))
         return iterate(blocks, options.errors)
 

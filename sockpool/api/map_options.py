@@ -134,13 +134,13 @@ def as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
     return items if isinstance(items, (list, tuple, range)) else list(items)
 
 
-def known_length(iterables: tuple[Any, ...]) -> int | None:
-    """How many tasks a lazy map's input holds, when every iterable is sized (a
-    progress bar's total); None for a generator or an endless input."""
-    try:
-        return min(len(iterable) for iterable in iterables)
-    except TypeError:
+def known_length(iterables: tuple[Any, ...], wanted: bool) -> int | None:
+    """How many tasks a lazy map's input holds, for a progress bar (``wanted``), when
+    every iterable is a sequence; None otherwise.  (Only a list, a tuple or a range:
+    another's ``__len__`` may evaluate a lazy input, or raise.)"""
+    if not wanted or not all(isinstance(it, (list, tuple, range)) for it in iterables):
         return None
+    return min(len(iterable) for iterable in iterables)
 
 
 def progress_bar(total: int | None, enabled: bool) -> Any:

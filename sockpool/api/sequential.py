@@ -156,7 +156,7 @@ class Sequential:
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
         return _lazily(fn, items, star, seed, options, self, self._call(fn),
-                       known_length(iterables))
+                       known_length(iterables, options.progress))
 
     def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
                timeout: float | None, seed: int | None) -> Future[T]:
