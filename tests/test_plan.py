@@ -551,3 +551,67 @@ def test_a_plan_a_sequential_task_chooses_itself_is_obeyed() -> None:
             assert sockpool.par_map(_on_the_given_cluster, [0, 1]) == [True, True]
         finally:
             _given.clear()
+
+
+def _library_fit(i: int) -> int:
+    sockpool.plan("sequential")  # a library keeps its own inner loop in the process
+    return sum(sockpool.par_map(abs, [-i, -1]))
+
+
+def _on_a_cluster_of_its_own(i: int) -> int:
+    sockpool.plan(n=1)  # no with: the task's choice holds to its end
+    return sockpool.submit(os.getpid).result()
+
+
+@pytest.mark.parametrize("backend", ["sequential", "local:2"])
+def test_a_plan_a_task_chooses_is_its_own_and_ends_with_it(backend: str) -> None:
+    # Under the sequential plan the task's choice replaced the script's plan: its
+    # seed was gone, and the next seeded call gave another stream on each run.
+    pytest.importorskip("numpy")
+    sockpool.plan("sequential", seed=2024)
+    sockpool.par_map(_draws, range(3))
+    sockpool.par_map(abs, range(2))
+    expected = sockpool.par_map(_draws, range(3))  # the plan's third seeded call
+
+    chosen = sockpool.plan(backend, seed=2024)
+    sockpool.par_map(_draws, range(3))
+    assert sockpool.par_map(_library_fit, range(2)) == [1, 2]
+    assert sockpool.plan() is chosen
+    assert sockpool.par_map(_draws, range(3)) == expected
+    if backend == "sequential":
+        pids = sockpool.par_map(_on_a_cluster_of_its_own, range(2))
+        assert os.getpid() not in pids and len(set(pids)) == 2  # a cluster for each task
+        assert wait_gone(pids, 10) == []  # ... closed when its task ended
+        assert sockpool.plan() is chosen
+
+
+@pytest.mark.parametrize("backend", ["sequential", "local:1"])
+def test_a_plan_put_back_goes_on_counting_its_seeded_calls(backend: str) -> None:
+    # A with that did nothing, or a closed cluster, restarted the count: the next
+    # seeded call repeated the first one's streams.
+    pytest.importorskip("numpy")
+    sockpool.plan("sequential", seed=1)
+    streams = [sockpool.par_map(_draws, range(3)) for _ in range(3)]
+    assert len({str(s) for s in streams}) == 3
+
+    sockpool.plan(backend, seed=1)
+    assert sockpool.par_map(_draws, range(3)) == streams[0]
+    with sockpool.plan("sequential"):  # a quick debugging block
+        pass
+    assert sockpool.par_map(_draws, range(3)) == streams[1]
+    if backend != "sequential":
+        with sockpool.current_cluster():  # the user closes the plan's cluster
+            pass
+    assert sockpool.par_map(_draws, range(3)) == streams[2]
+
+
+def test_with_over_a_plan_made_before_puts_it_in_force_for_the_block() -> None:
+    # The block ran under the plan in force instead (sequential, in this process),
+    # and leaving it put the default plan in force.
+    fast = sockpool.plan(n=1)
+    sequential = sockpool.plan("sequential")
+    for _ in range(2):
+        with fast:
+            assert sockpool.plan() is fast
+            assert sockpool.par_map(lambda _: os.getpid(), range(2)) != [os.getpid()] * 2
+        assert sockpool.plan() is sequential

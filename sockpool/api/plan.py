@@ -18,7 +18,9 @@ process, shared by its threads.
 
 Inside a task (in a worker process) the plan is sequential: a nested
 ``sockpool.par_map`` runs in the worker and never starts a cluster of
-clusters.  An explicit ``plan(...)`` call made by the task itself is obeyed.
+clusters.  An explicit ``plan(...)`` call made by the task itself is obeyed;
+under the sequential plan it holds until that task ends, leaving the
+script's plan untouched.
 
 This module loads the cluster machinery only when a cluster plan is chosen or
 used, so that a worker's nested sequential calls stay light.
@@ -32,16 +34,17 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..common import role
 from ..errors import ClusterClosedError
 from .map_options import MapOptions, check_callable, check_iterables, check_timeout
-from .sequential import Sequential, running_task
+from .sequential import Sequential, choose_for_task, running_task, task_choice
 
 if TYPE_CHECKING:
     from .cluster import Cluster
     from .profile import Profile
+    from .seeding import CallSeeds
 
 T = TypeVar("T")
 
@@ -70,12 +73,14 @@ class Plan:
         self._origin = origin
         self._runner = Sequential(seed) if sequential else None
         self._cluster: Cluster | None = None
+        self._seeds: CallSeeds | None = None  # its first cluster's: the plan's count
         self._lock = threading.Lock()
         # plan(...) installed it and no with has used that yet: the next with over it
         # restores _previous, the plan it replaced (None: not chosen then), on leaving.
         self._scope_pending = False
         self._previous: Plan | None = None
-        self._scopes: list[bool] = []  # per open with: whether leaving it restores
+        # Per open with: whether leaving it restores, and what.
+        self._scopes: list[tuple[bool, Plan | None]] = []
 
     def cluster(self) -> Cluster:
         """The plan's Cluster, started now if need be.
@@ -106,6 +111,12 @@ class Plan:
                 from .cluster import Cluster
 
                 cluster = self._cluster = Cluster(**self._options)
+                # Its seeded calls go on counting from the plan's last cluster's, so
+                # a plan put back after a with (or a cluster closed) repeats no stream.
+                if self._seeds is None:
+                    self._seeds = cluster._seeds
+                else:
+                    cluster._seeds.go_on_from(self._seeds)
             return cluster
 
     @property
@@ -115,15 +126,14 @@ class Plan:
         return self._runner
 
     def release(self, *, wait: bool = True) -> None:
-        """Close the cluster this plan started (a given one stays open); count seeds afresh.
+        """Close the cluster this plan started (a given one stays open).  Its seeded
+        calls are still counted where they were, should the plan come back.
 
         Args:
             wait: let submitted tasks finish first (else cancel them).
         """
         with self._lock:
             cluster, self._cluster = self._cluster, None
-            if self._runner is not None:
-                self._runner.reset()
         if cluster is not None and cluster.owner_pid == os.getpid():
             if wait:
                 cluster.shutdown(wait=True)
@@ -131,13 +141,17 @@ class Plan:
                 cluster.close()
 
     def __enter__(self) -> Plan:
-        self._scopes.append(self._scope_pending)
+        if self._scope_pending or _active() is self:  # plan(...) just put it in force
+            self._scopes.append((self._scope_pending, self._previous))
+        else:  # a plan made before, since replaced: in force for the block
+            self._scopes.append((True, _install(self, wait=True)))
         self._scope_pending = False
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._scopes.pop():  # not for plan()'s "the plan in force", which changed nothing
-            _install(self._previous, wait=exc_type is None)
+        restores, previous = self._scopes.pop()
+        if restores:  # not for plan()'s "the plan in force", which changed nothing
+            _install(previous, wait=exc_type is None)
 
     def __repr__(self) -> str:
         if self.sequential:
@@ -314,6 +328,8 @@ def _active() -> Plan:
     # A task of a sequential plan sees what a worker's task would, unless it chose a
     # plan of its own.
     owner = running_task()
+    if owner is not None and (chosen := task_choice()) is not None:
+        return cast(Plan, chosen)
     if owner is not None and (_current is None
                               or owner in (_current._runner, _task_plan()._runner)):
         return _task_plan()
@@ -353,11 +369,16 @@ def _from_environment() -> Plan:
 
 def _install(new: Plan | None, *, wait: bool) -> Plan | None:
     """Make ``new`` the plan in force (None: not chosen); close the one it replaced,
-    and return that."""
+    and return that.  Chosen by a task of the sequential plan, it is that task's own,
+    as it would be in a worker (the script's plan is untouched)."""
     global _current
-    with _lock:
-        old, _current = _current, new
+    if running_task() is not None:
+        old = cast("Plan | None", choose_for_task(new))
+    else:
+        with _lock:
+            old, _current = _current, new
     if old is not None and old is not new:
+        old._scope_pending = False  # a with over it later puts it back in force
         old.release(wait=wait)
     return old
 

@@ -126,10 +126,6 @@ class Sequential:
         for recording in self.recordings:
             recording.runs.append(run)
 
-    def reset(self) -> None:
-        """Count seeded calls afresh, as a new cluster would."""
-        self.seeds.reset(self._root)
-
     def par_map(self, fn: Callable[..., T], iterables: tuple[Iterable[Any], ...],
                 options: MapOptions, *, star: bool) -> list[T]:
         """``par_map``/``par_starmap``: every task in input order; the results as a list."""
@@ -318,17 +314,37 @@ def running_task() -> Sequential | None:
     return stack[-1] if stack else None
 
 
+def task_choice() -> Any:
+    """The plan the task this thread runs chose for itself (``plan(...)`` inside it),
+    or None: it holds until the task ends, as a worker's would for that task."""
+    chosen = getattr(_running, "chosen", None)
+    return chosen[-1] if chosen else None
+
+
+def choose_for_task(plan: Any) -> Any:
+    """Make ``plan`` the running task's own (see :func:`task_choice`); return the one
+    it replaces."""
+    chosen = _running.chosen
+    old, chosen[-1] = chosen[-1], plan
+    return old
+
+
 @contextlib.contextmanager
 def _in_task(owner: Sequential | None) -> Iterator[None]:
     if owner is None:
         yield
         return
     stack = _running.__dict__.setdefault("owners", [])
+    chosen = _running.__dict__.setdefault("chosen", [])
     stack.append(owner)
+    chosen.append(None)
     try:
         yield
     finally:
         stack.pop()
+        plan = chosen.pop()
+        if plan is not None:  # the plan the task chose ends with it (its cluster closes)
+            plan.release(wait=True)
 
 
 @contextlib.contextmanager
