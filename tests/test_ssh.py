@@ -478,6 +478,7 @@ def test_sockpool_missing_on_the_host(testbed: Testbed) -> None:
     error = _launch_error({"node2": SSHHost("node2", python=python)})
     assert "cannot start workers on node2: cannot import sockpool" in str(error)
     assert python in str(error)
+    assert "python= or SOCKPOOL_REMOTE_PYTHON" in str(error)  # how to choose another
 
 
 def test_a_dependency_missing_on_the_host(testbed: Testbed, tmp_path: Path) -> None:

@@ -128,7 +128,8 @@ class HostSession:
         if problems:
             where = f"{self.hello['executable']} on {self.host.destination}"  # type: ignore[index]
             return LaunchError(f"cannot start workers on {self.host.destination}: "
-                               f"{'; '.join(problems)} (Python: {where})",
+                               f"{'; '.join(problems)} (Python: {where}; another is chosen "
+                               "with python= or SOCKPOOL_REMOTE_PYTHON)",
                                command=self.command, returncode=self.returncode,
                                stderr_tail=self.ssh_stderr())
         if not self.finished or self.hello is not None:
