@@ -555,7 +555,11 @@ def test_a_plan_a_sequential_task_chooses_itself_is_obeyed() -> None:
 
 def _library_fit(i: int) -> int:
     sockpool.plan("sequential")  # a library keeps its own inner loop in the process
-    return sum(sockpool.par_map(abs, [-i, -1]))
+    return sum(sockpool.par_map(_nested_abs, [-i, -1]))
+
+
+def _nested_abs(x: int) -> int:
+    return sockpool.par_map(abs, [x])[0]  # a task of the task's plan: nested once more
 
 
 def _on_a_cluster_of_its_own(i: int) -> int:
@@ -615,3 +619,61 @@ def test_with_over_a_plan_made_before_puts_it_in_force_for_the_block() -> None:
             assert sockpool.plan() is fast
             assert sockpool.par_map(lambda _: os.getpid(), range(2)) != [os.getpid()] * 2
         assert sockpool.plan() is sequential
+
+
+def _fails_leaving_work(i: int) -> None:
+    sockpool.plan(n=1)
+    sockpool.submit(time.sleep, 8)  # work on the task's own cluster
+    raise ValueError("the task failed")
+
+
+def _times_out_leaving_work(i: int) -> None:
+    sockpool.plan(n=1)
+    sockpool.submit(time.sleep, 8)
+    time.sleep(30)
+
+
+def test_a_task_that_fails_cancels_the_work_on_the_plan_it_chose() -> None:
+    # Its plan's cluster was shut down waiting for that work: 6 s more for the
+    # task's error, and a timeout= no longer bounded the task.
+    sockpool.plan("sequential")
+    for task, options, error in ((_fails_leaving_work, {}, ValueError),
+                                 (_times_out_leaving_work, {"timeout": 1}, TaskTimeoutError)):
+        started = time.monotonic()
+        with pytest.raises(error):
+            sockpool.par_map(task, [0], **options)
+        assert time.monotonic() - started < 5.0
+
+
+def _with_left_after_the_task(i: int) -> Iterator[int]:
+    def numbers() -> Iterator[int]:
+        with sockpool.plan("sequential", seed=7):  # entered in the task ...
+            yield 1
+            yield 2  # ... left once the task has ended
+
+    started = numbers()
+    next(started)
+    return started
+
+
+def test_a_with_a_task_entered_and_left_after_it_ended_leaves_the_script_plan() -> None:
+    # Leaving it installed "no plan" as the script's: a sequential script became
+    # the default local cluster.
+    script = sockpool.plan("sequential", seed=1)
+    numbers = sockpool.par_map(_with_left_after_the_task, [0])[0]
+    assert list(numbers) == [2]
+    assert sockpool.plan() is script
+
+
+def test_a_plans_next_cluster_goes_on_from_a_seed_set_on_the_last() -> None:
+    pytest.importorskip("numpy")
+    sockpool.plan("sequential", seed=7)
+    expected = [sockpool.par_map(_draws, range(2)) for _ in range(2)]
+
+    sockpool.plan("local:1", seed=1)
+    sockpool.par_map(_draws, range(2))
+    sockpool.current_cluster().set_seed(7)
+    assert sockpool.par_map(_draws, range(2)) == expected[0]
+    with sockpool.current_cluster():  # closed: the plan's next cluster goes on from 7
+        pass
+    assert sockpool.par_map(_draws, range(2)) == expected[1]

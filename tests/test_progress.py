@@ -22,6 +22,8 @@ def test_par_map_and_imap_draw_a_bar_that_reaches_the_total(tmp_path: Path) -> N
             assert out == list(range(50, 0, -1))
             assert list(cl.imap(abs, range(-30, 0), progress=True)) == list(range(30, 0, -1))
             assert sum(cl.imap(abs, (x for x in range(7)), progress=True)) == 21
+            import numpy as np
+            assert sum(cl.imap(abs, np.arange(9), progress=True)) == 36
         import sockpool
         sockpool.plan("sequential")
         assert sum(sockpool.imap(abs, range(12), progress=True)) == 66
@@ -29,6 +31,7 @@ def test_par_map_and_imap_draw_a_bar_that_reaches_the_total(tmp_path: Path) -> N
     assert "50/50" in result.stderr and "100%" in result.stderr
     assert "30/30" in result.stderr  # a sized input gives the bar its total
     assert "7it" in result.stderr  # a generator's is not known: a count
+    assert "9/9" in result.stderr  # an array's is
     assert "12/12" in result.stderr  # the sequential plan's bar as well
     assert result.stdout == ""
 

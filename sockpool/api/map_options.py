@@ -136,11 +136,14 @@ def as_sequence(iterables: tuple[Any, ...]) -> Sequence[Any]:
 
 def known_length(iterables: tuple[Any, ...], wanted: bool) -> int | None:
     """How many tasks a lazy map's input holds, for a progress bar (``wanted``), when
-    every iterable is a sequence; None otherwise.  (Only a list, a tuple or a range:
-    another's ``__len__`` may evaluate a lazy input, or raise.)"""
-    if not wanted or not all(isinstance(it, (list, tuple, range)) for it in iterables):
+    every iterable says; None otherwise (a generator, or a ``__len__`` that raises).
+    Not asked without a bar: a lazy input's ``__len__`` may have to compute it."""
+    if not wanted:
         return None
-    return min(len(iterable) for iterable in iterables)
+    try:
+        return min(len(iterable) for iterable in iterables)
+    except Exception:
+        return None
 
 
 def progress_bar(total: int | None, enabled: bool) -> Any:

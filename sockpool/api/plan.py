@@ -73,14 +73,14 @@ class Plan:
         self._origin = origin
         self._runner = Sequential(seed) if sequential else None
         self._cluster: Cluster | None = None
-        self._seeds: CallSeeds | None = None  # its first cluster's: the plan's count
+        self._seeds: CallSeeds | None = None  # its last cluster's: the plan's count
         self._lock = threading.Lock()
         # plan(...) installed it and no with has used that yet: the next with over it
         # restores _previous, the plan it replaced (None: not chosen then), on leaving.
         self._scope_pending = False
         self._previous: Plan | None = None
-        # Per open with: whether leaving it restores, and what.
-        self._scopes: list[tuple[bool, Plan | None]] = []
+        # Per open with: whether leaving it restores, what, and the task it is in.
+        self._scopes: list[tuple[bool, Plan | None, Sequential | None]] = []
 
     def cluster(self) -> Cluster:
         """The plan's Cluster, started now if need be.
@@ -113,10 +113,9 @@ class Plan:
                 cluster = self._cluster = Cluster(**self._options)
                 # Its seeded calls go on counting from the plan's last cluster's, so
                 # a plan put back after a with (or a cluster closed) repeats no stream.
-                if self._seeds is None:
-                    self._seeds = cluster._seeds
-                else:
+                if self._seeds is not None:
                     cluster._seeds.go_on_from(self._seeds)
+                self._seeds = cluster._seeds
             return cluster
 
     @property
@@ -142,14 +141,17 @@ class Plan:
 
     def __enter__(self) -> Plan:
         if self._scope_pending or _active() is self:  # plan(...) just put it in force
-            self._scopes.append((self._scope_pending, self._previous))
+            restores, previous = self._scope_pending, self._previous
         else:  # a plan made before, since replaced: in force for the block
-            self._scopes.append((True, _install(self, wait=True)))
+            restores, previous = True, _install(self, wait=True)
+        self._scopes.append((restores, previous, running_task()))
         self._scope_pending = False
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        restores, previous = self._scopes.pop()
+        restores, previous, task = self._scopes.pop()
+        if task is not None and running_task() is not task:
+            return  # entered in a task that has ended since: its plan ended with it
         if restores:  # not for plan()'s "the plan in force", which changed nothing
             _install(previous, wait=exc_type is None)
 
@@ -327,12 +329,9 @@ def _active() -> Plan:
     global _current
     # A task of a sequential plan sees what a worker's task would, unless it chose a
     # plan of its own.
-    owner = running_task()
-    if owner is not None and (chosen := task_choice()) is not None:
-        return cast(Plan, chosen)
-    if owner is not None and (_current is None
-                              or owner in (_current._runner, _task_plan()._runner)):
-        return _task_plan()
+    if running_task() is not None:
+        chosen = task_choice()
+        return cast(Plan, chosen) if chosen is not None else _task_plan()
     current = _current
     if current is not None:
         return current

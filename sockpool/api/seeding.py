@@ -32,10 +32,9 @@ class CallSeeds:
         self._calls = itertools.count()
 
     def go_on_from(self, other: CallSeeds) -> None:
-        """Count seeded calls on from where ``other`` is, and with it, if the two have
-        the same root (a plan's clusters, one after another)."""
-        if other._root == self._root:
-            self._calls = other._calls
+        """Take ``other``'s root and count on from where it is, with it (a plan's
+        clusters, one after another, as one: a root set by ``set_seed`` too)."""
+        self._root, self._calls = other._root, other._calls
 
     def for_call(self, seed: int | None) -> tuple[int, int | None] | None:
         """A call's seed: ``(entropy, call number or None)``, or None when it is unseeded."""

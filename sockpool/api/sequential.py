@@ -224,8 +224,9 @@ def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float |
     for attempt in range(1, retries + 2):
         started = time.time()
         try:
-            with _seeded(seed, index), _in_task(owner):
+            with _seeded(seed, index), _in_task(owner) as ended_well:
                 timed_out, value = _timed(call, index, timeout)
+                ended_well[0] = not timed_out
         except BaseException:
             if profiled is not None and owner is not None:
                 owner.record(profiled, index, attempt, started, ok=False)
@@ -330,21 +331,24 @@ def choose_for_task(plan: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _in_task(owner: Sequential | None) -> Iterator[None]:
+def _in_task(owner: Sequential | None) -> Iterator[list[bool]]:
+    """The task's run; its caller sets the flag it yields once the task ended well."""
+    ended_well = [False]
     if owner is None:
-        yield
+        yield ended_well
         return
     stack = _running.__dict__.setdefault("owners", [])
     chosen = _running.__dict__.setdefault("chosen", [])
     stack.append(owner)
     chosen.append(None)
     try:
-        yield
+        yield ended_well
     finally:
         stack.pop()
         plan = chosen.pop()
-        if plan is not None:  # the plan the task chose ends with it (its cluster closes)
-            plan.release(wait=True)
+        if plan is not None:  # the plan the task chose ends with it (its cluster closes,
+            with contextlib.suppress(Exception):  # its work cancelled unless it ended well)
+                plan.release(wait=ended_well[0])
 
 
 @contextlib.contextmanager

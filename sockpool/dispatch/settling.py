@@ -44,6 +44,7 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
         else:
             with contextlib.suppress(Exception):  # (as a running chunk's, below)
                 relay.emit(finished.output)
+            finished.output = []
             profiler.lost(finished, record)
             finished.job.fail(finished, result_lost_error(
                 record, how, tail, finished, finished.resume, finished.count))
