@@ -26,6 +26,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from timing import summary
+
 import sockpool
 
 
@@ -76,11 +78,6 @@ async def one_repetition(cl: sockpool.Cluster, pool: concurrent.futures.Executor
     return rows
 
 
-def median_cell(samples: list[float], scale: float, unit: str) -> str:
-    return (f"{statistics.median(samples) * scale:9.2f} {unit} (min {min(samples) * scale:.2f}, "
-            f"max {max(samples) * scale:.2f})")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -105,8 +102,8 @@ def main() -> None:
         times = [took / n for took, _ in pairs]
         per_item[name] = statistics.median(times)
         gap = "" if name in ("imap", "par_map") else (
-            f"   longest pause {median_cell([g for _, g in pairs], 1e3, 'ms')}")
-        print(f"  {name:28} {median_cell(times, 1e6, 'µs')}{gap}")
+            f"   longest pause {summary([g for _, g in pairs], 1e3, 'ms')}")
+        print(f"  {name:28} {summary(times, 1e6, 'µs')}{gap}")
     ratios: list[tuple[str, Callable[[], float]]] = [
         ("aimap / imap", lambda: per_item["aimap"] / per_item["imap"]),
         ("apar_map / par_map", lambda: per_item["apar_map"] / per_item["par_map"]),
