@@ -372,6 +372,43 @@ def test_inspect_capture_reports_names_types_sizes_and_paths(tmp_path: Path) -> 
     assert "worker -> fit_one -> BIG" in out and "numpy" in out
 
 
+def test_inspect_capture_says_what_cannot_travel_and_looks_inside_lru_cache(
+        tmp_path: Path) -> None:
+    # A lock was listed at "0 B" under "carries ... in all"; an lru_cache'd
+    # function "carried 369 kB" yet listed "(nothing: it travels by name)".
+    out = run_script("""
+        import functools, threading
+        from sockpool import inspect_capture
+
+        LOCK = threading.Lock()
+        BIG = list(range(100_000))
+
+        def locked(x):
+            with LOCK:
+                return x + len(BIG)
+
+        @functools.lru_cache
+        def cached(x):
+            return x + len(BIG)
+
+        report = inspect_capture(locked)
+        print(report)
+        entries = {e.name: e for e in report}
+        assert report.error.startswith("TypeError: cannot pickle '_thread.lock'")
+        assert entries["locked -> LOCK"].error == report.error
+        assert entries["locked -> BIG"].error == "" and entries["locked -> BIG"].nbytes > 300_000
+        assert "cannot travel" in report._repr_html_()
+        report = inspect_capture(cached)
+        print(report)
+        assert report.error == ""
+        assert {e.name for e in report} == {"cached -> __wrapped__", "cached -> __wrapped__ -> BIG"}
+        print("OK")
+    """, tmp_path).stdout
+    assert out.strip().endswith("OK")
+    assert "locked cannot travel: TypeError: cannot pickle '_thread.lock' object" in out
+    assert "cannot travel (TypeError" in out
+
+
 def test_capture_error_names_the_path_before_anything_is_sent(tmp_path: Path) -> None:
     out = run_script("""
         import sqlite3, threading

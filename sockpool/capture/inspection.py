@@ -30,9 +30,24 @@ MAX_DEPTH = 6
 MAX_ITEMS = 1000
 
 
+def _cached_main(obj: Any) -> bool:
+    """Whether ``obj`` is an ``lru_cache`` of a ``__main__`` function: it travels as
+    the function, by value, under a fresh cache (see ``codec``)."""
+    return (type(obj) is functools._lru_cache_wrapper
+            and getattr(obj.__wrapped__, "__module__", None) == "__main__")
+
+
+def _function_like(obj: Any) -> bool:
+    """Whether what ``obj`` carries is followed (its own captures listed)."""
+    return isinstance(obj, (types.FunctionType, functools.partial, types.MethodType)
+                      ) or _cached_main(obj)
+
+
 def captured(obj: Any) -> Iterator[tuple[str, Any]]:
     """``(name, value)`` for each thing ``obj`` carries with it when pickled."""
-    if isinstance(obj, functools.partial):
+    if _cached_main(obj):
+        yield "__wrapped__", obj.__wrapped__
+    elif isinstance(obj, functools.partial):
         yield "func", obj.func
         for i, arg in enumerate(obj.args):
             yield f"args[{i}]", arg
@@ -59,7 +74,7 @@ def captured(obj: Any) -> Iterator[tuple[str, Any]]:
 
 def _children(value: Any) -> Iterator[tuple[str, Any]]:
     """Where to look inside a value that failed to pickle."""
-    if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+    if _function_like(value):
         for name, child in captured(value):
             yield f" -> {name}", child
     elif isinstance(value, dict):
@@ -128,11 +143,13 @@ _RLOCK = type(threading.RLock())
 
 @dataclass(frozen=True)
 class CaptureEntry:
-    """One thing a function carries: where, what type, how many bytes pickled."""
+    """One thing a function carries: where, what type, how many bytes pickled (0, and
+    ``error`` saying why, for one that cannot travel)."""
 
     name: str
     type: str
     nbytes: int
+    error: str = ""
 
 
 @dataclass
@@ -147,6 +164,8 @@ class CaptureReport:
     total_bytes: int
     modules_by_value: list[str] = field(default_factory=list)
     modules_by_reference: list[str] = field(default_factory=list)
+    #: Why the function cannot travel ("" when it can); its entries say which part.
+    error: str = ""
 
     def __iter__(self) -> Iterator[CaptureEntry]:
         return iter(self.entries)
@@ -159,11 +178,12 @@ class CaptureReport:
         return sorted(self.entries, key=lambda e: -e.nbytes)[:count]
 
     def __str__(self) -> str:
-        lines = [f"{self.function} carries {format_bytes(self.total_bytes)} in all"]
+        lines = [f"{self.function} cannot travel: {self.error}" if self.error
+                 else f"{self.function} carries {format_bytes(self.total_bytes)} in all"]
         if self.entries:
             width = max(len(e.name) for e in self.entries)
             type_width = max(len(e.type) for e in self.entries)
-            lines += [f"  {e.name:<{width}}  {e.type:<{type_width}}  {format_bytes(e.nbytes):>9}"
+            lines += [f"  {e.name:<{width}}  {e.type:<{type_width}}  {_size(e):>9}"
                       for e in self.entries]
         else:
             lines.append("  (nothing: it travels by name)")
@@ -180,10 +200,11 @@ class CaptureReport:
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td><code>{html.escape(e.name)}</code></td><td>{html.escape(e.type)}</td>"
-            f"<td style='text-align:right'>{format_bytes(e.nbytes)}</td></tr>"
+            f"<td style='text-align:right'>{html.escape(_size(e))}</td></tr>"
             for e in self.entries)
-        total = format_bytes(self.total_bytes)
-        parts = [f"<p><b>{html.escape(self.function)}</b> carries {total}</p>",
+        headline = (f"cannot travel: {html.escape(self.error)}" if self.error
+                    else f"carries {format_bytes(self.total_bytes)}")
+        parts = [f"<p><b>{html.escape(self.function)}</b> {headline}</p>",
                  f"<table><tr><th>name</th><th>type</th><th>size</th></tr>{rows}</table>"
                  if rows else "<p>(nothing: it travels by name)</p>"]
         for label, modules in (("modules shipped by value", self.modules_by_value),
@@ -194,12 +215,18 @@ class CaptureReport:
         return "".join(parts)
 
 
-def _pickled_size(value: Any, serializer: str) -> int:
+def _size(entry: CaptureEntry) -> str:
+    return f"cannot travel ({entry.error})" if entry.error else format_bytes(entry.nbytes)
+
+
+def _entry(name: str, value: Any, serializer: str) -> CaptureEntry:
+    """What ``value`` costs to carry, or why it cannot be."""
     try:
         frames = pickling.dumps(value, serializer)
-    except Exception:
-        return 0
-    return sum(memoryview(frame).nbytes for frame in frames)
+    except Exception as exc:
+        return CaptureEntry(name, codec.describe(value), 0, f"{type(exc).__name__}: {exc}")
+    return CaptureEntry(name, codec.describe(value),
+                        sum(memoryview(frame).nbytes for frame in frames))
 
 
 def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
@@ -232,16 +259,15 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
                 if not local:
                     continue
             elif callable(value) and not travels_by_value(value) and not isinstance(
-                    value, functools.partial):
+                    value, functools.partial) and not _cached_main(value):
                 module = module_name(value)
                 if module:
                     by_reference.add(module)
                 continue
-            if not isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+            if not _function_like(value):
                 seen.add(id(value))
-            entries.append(CaptureEntry(path, codec.describe(value),
-                                        _pickled_size(value, serializer)))
-            if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+            entries.append(_entry(path, value, serializer))
+            if _function_like(value):
                 later.append((value, path))
             module = module_name(value) if isinstance(value, type) else ""
             if is_local_module(module):
@@ -252,8 +278,10 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
     walk(fn, root)
     if is_local_module(module_name(fn)):
         by_value.add(module_name(fn))
+    error = ""
     try:
         total = pickling.dumps_function(fn, serializer)[0].nbytes
-    except Exception:
-        total = sum(e.nbytes for e in entries)
-    return CaptureReport(root, entries, total, sorted(by_value), sorted(by_reference - by_value))
+    except Exception as exc:
+        total, error = sum(e.nbytes for e in entries), f"{type(exc).__name__}: {exc}"
+    return CaptureReport(root, entries, total, sorted(by_value), sorted(by_reference - by_value),
+                         error)
