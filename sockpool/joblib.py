@@ -49,6 +49,7 @@ from .api.calls import Calls
 from .api.cluster import Cluster
 from .api.plan import current_plan
 from .dispatch.jobs import Job
+from .errors import WorkerLostError
 
 __all__ = ["SockpoolBackend"]
 
@@ -154,12 +155,16 @@ def _batch_name(batch: BatchedCalls) -> str:
 
 
 def _note_the_batch(exc: BaseException) -> None:
-    """A batch is one sockpool task: its note's "task 0" would name the wrong task.
-    (Only the last note is this call's: those before came with a nested call's error.)"""
+    """A batch is one sockpool task: its note's "task 0" would name the wrong task, as
+    would a lost worker's message.  (Only the last note is this call's: those
+    before came with a nested call's error.)"""
     notes = getattr(exc, "__notes__", None)
     if isinstance(notes, list) and notes and isinstance(notes[-1], str):
         notes[-1] = notes[-1].replace("sockpool: task 0 failed",
                                       "sockpool: a task of a joblib batch failed", 1)
+    if isinstance(exc, WorkerLostError) and exc.args and isinstance(exc.args[0], str):
+        exc.args = (exc.args[0].replace(" while running task 0",
+                                        " while running a joblib batch", 1), *exc.args[1:])
 
 
 # -- the backend -----------------------------------------------------------------------

@@ -191,6 +191,25 @@ def test_an_exceptions_note_names_its_batch_not_task_0(shared_cluster: Cluster) 
         "sockpool: a task of a joblib batch failed on worker "), notes
 
 
+def _dies_on(i: int, bad: int) -> int:
+    if i == bad:
+        print("item", i, "is about to die", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i
+
+
+def test_a_lost_worker_names_its_batch_and_what_it_wrote_last() -> None:
+    # The message said "while running task 0" whichever item killed the worker,
+    # and labelled what its tasks printed "its stderr".
+    with Cluster(n=2) as cl, parallel_config(backend="sockpool", cluster=cl), \
+            pytest.raises(sockpool.WorkerLostError) as lost:
+        Parallel(n_jobs=2, batch_size=1)(delayed(_dies_on)(i, 5) for i in range(8))
+    message = str(lost.value)
+    assert "killed by SIGKILL" in message and "while running a joblib batch" in message
+    assert "task 0" not in message
+    assert "its output ends with:\nitem 5 is about to die" in message
+
+
 def test_a_profile_names_the_functions_of_the_batches(shared_cluster: Cluster) -> None:
     with parallel_config(backend="sockpool", cluster=shared_cluster), \
             shared_cluster.profile() as prof:

@@ -185,8 +185,8 @@ def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk,
     last = chunk.first_index + (chunk.count if end is None else end) - 1
     tasks = f"task {first}" if first == last else f"tasks {first}..{last}"
     message = f"{record.label} was lost ({how}) while running {tasks}"
-    if tail:
-        message += f"\nits stderr ends with:\n{tail}"
+    if tail:  # (what its tasks wrote, relayed, then its own stderr)
+        message += f"\nits output ends with:\n{tail}"
     return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,
                            exit_status=how, stderr_tail=tail)
 
