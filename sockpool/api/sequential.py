@@ -84,7 +84,6 @@ class Sequential:
 
     def __init__(self, seed: int | None = None) -> None:
         self.seeds = CallSeeds(seed)
-        self._root = seed
         self.recordings: list[Recording] = []  # the profiles recording now
         self._calls = itertools.count(1)
 

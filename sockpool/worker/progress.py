@@ -170,7 +170,6 @@ class Progress:
         self._result_kept = first == WHOLE_RESULT
         return True
 
-
     def keep_output(self, sent: int, frames: Sequence[Any]) -> None:
         """Append the running chunk's OUTPUT message number ``sent`` (from 0), as it is
         sent; past :data:`OUTPUT_LIMIT`, or if it cannot be written, it is not kept."""
