@@ -420,3 +420,85 @@ def test_imap_asks_no_length_of_its_input_unless_a_bar_needs_one() -> None:
             return [x async for x in cl.aimap(abs, _LazyCount())]
 
     assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+
+
+class _SlowInput:
+    """A generator's stand-in that takes 0.2 s an item, and counts what was read."""
+
+    def __init__(self, items: int) -> None:
+        self.read = 0
+        self._items = items
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self._items):
+            time.sleep(0.2)
+            self.read += 1
+            yield i
+
+
+class _SlowToPickle:
+    """Takes 1 s to serialize: a map of a function holding it is cancelled meanwhile."""
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        time.sleep(1.0)
+        return (_SlowToPickle, ())
+
+
+@pytest.mark.parametrize("where", ["reading its input", "serializing its function"])
+def test_cancelling_apar_map_before_its_job_is_made_stops_it_at_once(
+        tmp_path: Path, where: str) -> None:
+    slow_input = _SlowInput(20)
+    heavy = _SlowToPickle()
+
+    def mark(path: str) -> int:
+        assert heavy is not None  # captured: the function takes 1 s to serialize
+        return _sleep_then_mark(path, 0)
+
+    async def main() -> None:
+        async with Cluster(n=2) as cl:
+            paths = [str(tmp_path / f"t{i}") for i in range(20)]
+            if where == "reading its input":
+                call = cl.apar_map(_sleep_then_mark, (paths[i] for i in slow_input),
+                                   [0] * 20)
+            else:
+                call = cl.apar_map(mark, paths)
+            task = asyncio.create_task(call)
+            await asyncio.sleep(0.5)
+            cancelled = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - cancelled < 1.5  # not the 4 s of the whole input
+            read = slow_input.read
+            assert await cl.asubmit(abs, -4) == 4
+            await asyncio.sleep(0.5)
+            assert slow_input.read == read  # reading stopped with the cancellation
+            assert not any(Path(p).exists() for p in paths)  # and no task ran
+
+    asyncio.run(main())
+
+
+def test_cancelling_an_async_for_stops_reading_a_slow_input(tmp_path: Path) -> None:
+    slow_input = _SlowInput(20)
+
+    async def main() -> None:
+        async with Cluster(n=1) as cl:
+            seen: list[int] = []
+
+            async def consume() -> None:
+                async for value in cl.aimap(_square, slow_input, chunksize=1):
+                    seen.append(value)
+
+            task = asyncio.create_task(consume())
+            await asyncio.sleep(1.0)
+            cancelled = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - cancelled < 1.0
+            read = slow_input.read
+            await asyncio.sleep(0.6)
+            assert slow_input.read == read < 20
+            assert seen == [x * x for x in range(len(seen))]
+
+    asyncio.run(main())

@@ -15,8 +15,8 @@ import contextlib
 import functools
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import ClusterClosedError
@@ -38,16 +38,51 @@ class Cancels(Protocol):
 
 
 class JobHolder:
-    """Where a call made in a thread leaves its job, for the loop to cancel it."""
+    """Where a call made in a thread leaves its jobs, for the loop to cancel them.
 
-    def __init__(self) -> None:
-        self.jobs: list[Job] = []
+    Once cancelled, the call stops where it is: reading its input (at the next
+    item) or making its job (which is cancelled as it comes, and the call raises).
+    """
 
-    def cancel_all(self, dispatch: Cancels) -> None:
-        """Cancel every job the call made (none yet: nothing to cancel)."""
-        for job in self.jobs:
-            with contextlib.suppress(ClusterClosedError):
-                dispatch.cancel(job)
+    def __init__(self, dispatch: Cancels) -> None:
+        self._dispatch = dispatch
+        self._jobs: list[Job] = []
+        self._lock = threading.Lock()  # the call's thread adds, the loop's cancels
+        self.cancelled = False
+
+    def append(self, job: Job) -> None:
+        """The call made ``job``; raises CancelledError if the call was cancelled."""
+        with self._lock:
+            self._jobs.append(job)
+            cancelled = self.cancelled
+        if cancelled:
+            _cancel(self._dispatch, job)
+            raise CancelledError("the awaiting task was cancelled")
+
+    def cancel_all(self) -> None:
+        """Cancel every job the call made, and any it makes from now on."""
+        with self._lock:
+            self.cancelled = True
+            jobs = list(self._jobs)
+        for job in jobs:
+            _cancel(self._dispatch, job)
+
+    def reading(self, iterable: Iterable[T]) -> Iterable[T]:
+        """``iterable``, read only until the call is cancelled (a list as it is)."""
+        if isinstance(iterable, (list, tuple, range)):
+            return iterable
+        return self._until_cancelled(iterable)
+
+    def _until_cancelled(self, iterable: Iterable[T]) -> Iterator[T]:
+        for item in iterable:
+            if self.cancelled:
+                raise CancelledError("the awaiting task was cancelled")
+            yield item
+
+
+def _cancel(dispatch: Cancels, job: Job) -> None:
+    with contextlib.suppress(ClusterClosedError):
+        dispatch.cancel(job)
 
 
 async def result(future: Future[T], job: Job, dispatch: Cancels) -> T:
@@ -57,8 +92,7 @@ async def result(future: Future[T], job: Job, dispatch: Cancels) -> T:
     try:
         return await asyncio.wrap_future(_carrying_stop_iteration(future))
     except asyncio.CancelledError:
-        with contextlib.suppress(ClusterClosedError):
-            dispatch.cancel(job)
+        _cancel(dispatch, job)
         raise
     except CarriedStopIteration as carried:
         error = carried.error
@@ -100,13 +134,13 @@ async def in_thread(call: Callable[[JobHolder], T], dispatch: Cancels) -> T:
         except StopIteration as exc:
             raise CarriedStopIteration(exc) from None
 
-    holder = JobHolder()
+    holder = JobHolder(dispatch)
     with _own_thread() as thread:
         task = asyncio.get_running_loop().run_in_executor(thread, carrying, holder)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            holder.cancel_all(dispatch)
+            holder.cancel_all()
             with contextlib.suppress(BaseException):  # its outcome is the cancellation's now
                 await task
             raise
@@ -128,7 +162,7 @@ async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
     """
     import asyncio  # here: only code running in an event loop pays for it
 
-    holder = JobHolder()
+    holder = JobHolder(dispatch)
     loop = asyncio.get_running_loop()
     with _own_thread() as thread:
         iterator = await loop.run_in_executor(thread, start, holder)
@@ -148,7 +182,7 @@ async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
         finally:
             if not finished:
                 handoff.stop()
-                holder.cancel_all(dispatch)
+                holder.cancel_all()
                 with contextlib.suppress(BaseException):  # the reader ends with its jobs
                     await loop.run_in_executor(thread, reader.join)
                 close = getattr(iterator, "close", None)
@@ -264,8 +298,7 @@ def _cancel_sent(dispatch: Cancels, sending: Future[tuple[Future[Any], Job]]) ->
     never started)."""
     if not sending.cancelled() and sending.exception() is None:
         _, job = sending.result()
-        with contextlib.suppress(ClusterClosedError):
-            dispatch.cancel(job)
+        _cancel(dispatch, job)
 
 
 _sender_pool: ThreadPoolExecutor | None = None
@@ -285,7 +318,8 @@ async def as_list(calls: Calls, fn: Callable[..., T], iterables: tuple[Any, ...]
                   options: MapOptions) -> list[T]:
     """``Cluster.apar_map``, once checked."""
     return await in_thread(lambda held: calls.as_list(
-        fn, iterables, options, len(iterables) > 1, held.jobs), calls.dispatcher)
+        fn, tuple(map(held.reading, iterables)), options, len(iterables) > 1, held),
+        calls.dispatcher)
 
 
 def lazily(calls: Calls, fn: Callable[..., T], iterables: tuple[Any, ...],
@@ -294,7 +328,7 @@ def lazily(calls: Calls, fn: Callable[..., T], iterables: tuple[Any, ...],
     waits for the workers of a cluster still starting)."""
     def start(held: JobHolder) -> Iterator[T]:
         check_open()
-        return calls.lazily(fn, iterables, options, held.jobs)
+        return calls.lazily(fn, tuple(map(held.reading, iterables)), options, held)
 
     return iterate(start, calls.dispatcher)
 

@@ -9,7 +9,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..capture.payload import Packer
 from ..common import protocol
@@ -25,6 +25,13 @@ from .pace import MapTimes, TaskPace
 from .seeding import CallSeeds
 
 T = TypeVar("T")
+
+
+class JobSink(Protocol):
+    """Where a call leaves the job it made, for another thread to cancel (see aio)."""
+
+    def append(self, job: Job) -> None:
+        """Take the job (may raise, to stop the call before it sends anything)."""
 
 
 class Calls:
@@ -45,7 +52,7 @@ class Calls:
         return max(1, self.dispatcher.n_ready or self.dispatcher.target)
 
     def as_list(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
-                star: bool, jobs: list[Job] | None = None, *, as_pool: bool = False
+                star: bool, jobs: JobSink | None = None, *, as_pool: bool = False
                 ) -> list[T]:
         """``par_map``: every chunk serialized before any is sent; the results as a list.
 
@@ -92,7 +99,7 @@ class Calls:
         return self.pace.chunk_size(job.function.digest, items, workers, size)
 
     def lazily(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
-               jobs: list[Job] | None = None) -> Iterator[T]:
+               jobs: JobSink | None = None) -> Iterator[T]:
         """``imap``: input read as room frees up, a bounded window of chunks in flight."""
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
