@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import queue
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +118,36 @@ def test_map_timeout_never_fails_a_result_already_in(shared_cluster: Cluster) ->
         got.append(value)
         time.sleep(0.1)
     assert got == [6, 5, 4, 3, 2, 1]
+
+
+def _mark_slowly(path: str) -> str:
+    time.sleep(0.6)
+    open(path, "w").close()
+    print("finished", os.path.basename(path))
+    return path
+
+
+@pytest.mark.parametrize("leave", ["past its timeout", "by closing its iterator"])
+def test_map_left_early_lets_the_running_call_finish_and_print(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], leave: str) -> None:
+    # Executor.map's contract: leaving it cancels the calls not started; a running
+    # one finishes (ProcessPoolExecutor's writes its file and prints).
+    paths = [str(tmp_path / f"t{i}") for i in range(4)]
+    with Cluster(n=1, prefetch=1) as cl:
+        if leave == "past its timeout":
+            results = cl.map(_mark_slowly, paths, timeout=0.3)
+            with pytest.raises(concurrent.futures.TimeoutError):
+                next(results)
+            ran = 1
+        else:
+            results = cl.map(_mark_slowly, paths)
+            assert next(results) == paths[0]
+            time.sleep(0.2)
+            results.close()
+            ran = 2
+        cl.shutdown(wait=True)
+    assert [os.path.exists(p) for p in paths] == [True] * ran + [False] * (4 - ran)
+    assert capfd.readouterr().out.splitlines() == [f"finished t{i}" for i in range(ran)]
 
 
 def test_map_submits_at_once(shared_cluster: Cluster, tmp_path: object) -> None:

@@ -127,7 +127,7 @@ class Calls:
         job.keep = self.owner()
         chunks = eager_chunks(job, as_sequence(iterables), chunksize, self.packer)
         self.dispatcher.submit(chunks)  # now, not at the first next(): the Executor contract
-        delivery = Delivery(blocks_in_order=True, output_in_order=True)
+        delivery = Delivery(blocks_in_order=True, output_in_order=True, finish_running=True)
         blocks = stream_blocks(job, EagerFeed([]), delivery, self.dispatcher,
                                window=len(chunks), in_flight=len(chunks), deadline=deadline)
         return iterate(blocks, "raise")

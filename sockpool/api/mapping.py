@@ -127,6 +127,9 @@ class Delivery:
     #: with errors="raise": raise the first failure as soon as it arrives (par_map),
     #: rather than when its turn comes (an ordered imap yields what comes before it).
     fail_fast: bool = False
+    #: left early (past a deadline, at an error, closed; not by Ctrl-C), the chunks
+    #: running finish and write their output, as ``Executor.map``'s running calls do.
+    finish_running: bool = False
 
 
 class Dispatch(Protocol):
@@ -135,8 +138,8 @@ class Dispatch(Protocol):
     def submit(self, chunks: list[Chunk], *, wait: bool = False) -> None:
         """Queue chunks for the workers (``wait``: until the I/O thread has them)."""
 
-    def cancel(self, job: Job) -> None:
-        """Drop a job's waiting chunks and interrupt its running ones."""
+    def cancel(self, job: Job, *, interrupt: bool = True) -> None:
+        """Drop a job's waiting chunks and interrupt its running ones (or let them finish)."""
 
     @property
     def relay_mode(self) -> str:
@@ -225,8 +228,11 @@ def stream_blocks(
     finally:
         try:
             if not finished:
+                let_finish = delivery.finish_running and not aborted
+                if let_finish:
+                    output.flush()  # before what the running chunks write
                 with contextlib.suppress(ClusterClosedError):
-                    dispatch.cancel(job)
+                    dispatch.cancel(job, interrupt=not let_finish)
                 if aborted and dispatch.relay_mode != "off":
                     _write_what_ran(job, arrived, in_flight, output)
         finally:  # (a second Ctrl-C, a warning raised as an error: still let go)

@@ -74,15 +74,12 @@ class Dispatcher:
     ) -> None:
         """
         Args:
-            heartbeat_timeout: the silence after which a peer counts as lost;
-                None: 5 heartbeats for the master's view of its workers, the
-                launcher's default for the workers' view of the master.
+            heartbeat_timeout: the silence after which a peer counts as lost (None: 5
+                heartbeats for the master's view, the launcher's default for the workers').
             setup_job: the job every worker runs before it takes tasks.
             relay_mode: ``"task"``, ``"live"`` or ``"off"`` (see Cluster's ``relay``).
-            max_tasks_per_worker, max_worker_memory: when a worker is recycled
-                (see :class:`~.pool.WorkerPool`).
-            workdir: the cluster's private directory, if made already (see
-                :class:`~.transport.MasterSocket`).
+            max_tasks_per_worker, max_worker_memory: when a worker is recycled (see WorkerPool).
+            workdir: the cluster's private directory, if made already (see MasterSocket).
         """
         self.launcher = launcher
         self.heartbeat_interval = heartbeat_interval
@@ -176,9 +173,10 @@ class Dispatcher:
                 chunk.submitted = time.time()
         (self.mailbox.post_and_wait if wait else self.mailbox.post)(self._submit, chunks, wait)
 
-    def cancel(self, job: Job) -> None:
-        """Drop a job's waiting chunks and interrupt its running ones."""
-        self.mailbox.post(self._cancel, job)
+    def cancel(self, job: Job, *, interrupt: bool = True) -> None:
+        """Drop a job's waiting chunks and interrupt its running ones, or (not
+        ``interrupt``) let them finish for nobody (see :meth:`.Job.abandon`)."""
+        self.mailbox.post(self._cancel, job, interrupt)
 
     def cancel_futures(self) -> None:
         """Cancel every submitted future that has not started (shutdown(cancel_futures=True))."""
@@ -479,12 +477,13 @@ class Dispatcher:
         self._submit(chunks)
         return chunks
 
-    def _cancel(self, job: Job) -> None:
+    def _cancel(self, job: Job, interrupt: bool) -> None:
         dropped, running = self.scheduler.cancel(job)
         for chunk in dropped:
             job.dropped(chunk)
-        for worker_id in running:
-            record = self.pool.workers[worker_id]
+        if not interrupt:
+            job.abandon()
+        for record in (self.pool.workers[worker_id] for worker_id in running if interrupt):
             if record.control_ready:
                 self.master.send(record.control_identity, [protocol.header(Kind.CANCEL, 0, job.id)])
 
