@@ -276,6 +276,34 @@ def test_a_worker_that_crashes_still_gets_its_last_output_home(
     assert "about to crash" in capsys.readouterr().out
 
 
+def test_a_crashed_tasks_output_comes_in_order_its_line_cut_short_ended(
+        tmp_path: Path) -> None:
+    # print() writes its text and its newline apart: a worker that dies between the
+    # two left "task 1 says hello" to be continued by the next task's first line.
+    # And the master wrote it as it learnt of the death, before task 0's output.
+    # (relay="live" keeps a line in the worker until its newline: it dies there.)
+    result = run_script("""
+        import os, sys
+        from sockpool import Cluster
+
+        def task(x):
+            print(f"task {x} starts")
+            if x == 1:
+                sys.stdout.write("task 1 cut short")
+                sys.stderr.write("task 1 error cut short")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
+            return x
+
+        with Cluster(n=1) as cl:
+            print(cl.par_map(task, range(3), chunksize=1, errors="return")[::2])
+    """, tmp_path)
+    assert result.stdout.splitlines() == [
+        "task 0 starts", "task 1 starts", "task 1 cut short", "task 2 starts", "[0, 2]"]
+    assert "task 1 error cut short\n" in result.stderr
+
+
 @pytest.mark.parametrize("relay", ["True", "'live'"])
 def test_output_flushed_just_before_a_sigkill_reaches_the_user(
         tmp_path: Path, relay: str) -> None:

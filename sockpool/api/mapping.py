@@ -74,14 +74,13 @@ def _payload_bytes(label: Any, payload: Any) -> int:
 
 
 def _outcome(chunk: Chunk, label: Any, payload: Any) -> Outcome:
-    """Decode one queue event (a chunk that failed whole has no output left to show; a
-    dropped one, what it wrote if it was cancelled as it ran)."""
-    if label is None:  # failed whole, or dropped (with what it wrote, if it ran)
+    """Decode one queue event (a chunk that failed whole or was dropped comes with
+    what it wrote: on a worker lost running it, or as it was cancelled)."""
+    if label is None:  # failed whole, or dropped
         error = payload if payload is not None else ClusterClosedError(
             "the cluster was closed before these tasks ran")
         failures = [TaskFailure(chunk.first_index + i, error) for i in range(chunk.count)]
-        return Outcome([None] * chunk.count, failures, 0.0,
-                       chunk.output if payload is None else [])
+        return Outcome([None] * chunk.count, failures, 0.0, chunk.output)
     return decode_outcome(chunk, label, payload)
 
 

@@ -17,6 +17,7 @@ complete its ``concurrent.futures.Future``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -73,6 +74,9 @@ class Chunk:
     sent_at: float = 0.0  # time.monotonic() when it was handed to a worker
     submitted: float = 0.0  # time.time() when the caller handed it over, if profiled
     output: list[Any] = field(default_factory=list)  # relay batches that came ahead
+    #: Of ``output``, the batches written on workers lost running the chunk before
+    #: (its OUTPUT messages from the worker it is on now come after them).
+    output_carried: int = 0
     id: int = field(default_factory=lambda: next(_chunk_ids))
     #: Its tasks before this offset were settled when a worker died running the
     #: chunk; the next worker runs it from here (TASK's ``skip``).
@@ -382,6 +386,8 @@ class FutureJob(Job):
             self._settle(value=values[0])
 
     def _fail(self, chunk: Chunk, error: BaseException) -> None:
+        with contextlib.suppress(Exception):  # (a warning under -W error: the failure wins)
+            relay.emit(chunk.output)  # what it wrote on a worker lost running it
         self._settle(error=error)
 
     def cancel_waiting(self, chunk: Chunk) -> bool:

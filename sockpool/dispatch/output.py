@@ -84,6 +84,23 @@ def _write(stream: TextIO, text: str, prefix: str) -> None:
     stream.flush()
 
 
+def lines_ended(batches: list[Batch]) -> list[Batch]:
+    """``batches``, with a newline after the last text of each stream that lacks one:
+    the output of a task cut short by its worker's death (``print`` writes its text
+    and its newline apart) must not run into the next task's line."""
+    last: dict[int, tuple[int, int]] = {}  # stream: where its last text is
+    for at, batch in enumerate(batches):
+        for position, (kind, value) in enumerate(batch):
+            if kind in (STDOUT, STDERR) and value:
+                last[kind] = (at, position)
+    ended = list(batches)
+    for at, position in last.values():
+        kind, text = ended[at][position]
+        if not text.endswith("\n"):
+            ended[at] = [*ended[at][:position], (kind, text + "\n"), *ended[at][position + 1:]]
+    return ended
+
+
 def tail(batches: list[Batch], max_lines: int = 20) -> str:
     """The last lines of output in ``batches`` (for a lost worker's error message)."""
     text = "".join(value for batch in batches for kind, value in batch

@@ -11,7 +11,6 @@ is retried); what finished is delivered, the rest is requeued.
 
 from __future__ import annotations
 
-import contextlib
 import select
 
 from . import output as relay
@@ -38,13 +37,11 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
     page = record.progress if record.process.poll() is not None else None
     if page is not None and held and page.previous_chunk() == held[0].id:
         finished, held = held[0], held[1:]  # its RESULT never came: it is in the page
-        finished.output += page.previous_output_after(finished, len(finished.output))
+        finished.output += page.previous_output_after(finished, _received(finished))
         if (sent := page.previous_result(finished)) is not None:
             _deliver(record, finished, sent, profiler)
         else:
-            with contextlib.suppress(Exception):  # (as a running chunk's, below)
-                relay.emit(finished.output)
-            finished.output = []
+            finished.output = relay.lines_ended(finished.output)  # (as a running chunk's)
             profiler.lost(finished, record)
             finished.job.fail(finished, result_lost_error(
                 record, how, tail, finished, finished.resume, finished.count))
@@ -63,14 +60,14 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
             scheduler.requeue(chunk)
     stranded = [chunk for chunk in never_started if chunk.pinned is not None]
     for chunk in running:  # what it wrote before it was lost still reaches the user
-        if page is not None:  # (its OUTPUT messages that died unsent: each one held is one come)
-            chunk.output += page.output_after(chunk, len(chunk.output))
-        with contextlib.suppress(Exception):  # (a warning under -W error: the loss wins)
-            relay.emit(chunk.output)
+        if page is not None:  # (its OUTPUT messages that died unsent)
+            chunk.output += page.output_after(chunk, _received(chunk))
+        # Written by its caller, in order, with the chunk's outcome: a line cut short ended.
+        chunk.output = relay.lines_ended(chunk.output)
+        chunk.output_carried = len(chunk.output)
         output_tail = relay.tail(chunk.output)
         if output_tail:
             tail = f"{output_tail}\n{tail}" if tail else output_tail
-        chunk.output = []
     measured = [chunk for chunk in running if page is not None
                 and chunk.pinned is None and chunk is not record.timed_out]
     for chunk in measured:
@@ -90,6 +87,12 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
             chunk.job.fail(chunk, timeout_error(record, chunk))
         else:
             chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
+
+
+def _received(chunk: Chunk) -> int:
+    """The OUTPUT messages of ``chunk`` that came from the worker just lost (each one
+    held in its output since the workers lost before)."""
+    return len(chunk.output) - chunk.output_carried
 
 
 def wait_for_end(pidfd: int, seconds: float = REAP_SECONDS) -> None:
