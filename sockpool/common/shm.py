@@ -331,11 +331,12 @@ class _Mappings:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._maps: dict[tuple[int, int], tuple[mmap.mmap, float]] = {}  # -> (mapping, last use)
+        #: (owner pid, pool, serial) -> (mapping, last use)
+        self._maps: dict[tuple[int, int, int], tuple[mmap.mmap, float]] = {}
 
     def get(self, frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]]]:
         pid, fd, pool, serial, size, spans = _parse(frame)
-        key = (pool, serial)
+        key = (pid, pool, serial)
         with self._lock:
             found = self._maps.get(key)
             if found is not None:
@@ -355,6 +356,13 @@ class _Mappings:
                 if now - used >= IDLE_SECONDS:
                     del self._maps[key]
 
+    def forget_owner(self, pid: int) -> None:
+        """Forget the mappings of a process's segments: it is gone, and will never
+        send through them again (live arrays keep theirs)."""
+        with self._lock:
+            for key in [key for key in self._maps if key[0] == pid]:
+                del self._maps[key]
+
     def _evict(self, limit: int) -> None:
         by_age = sorted(self._maps.items(), key=lambda item: item[1][1])
         total = sum(len(mapping) for mapping, _ in self._maps.values())
@@ -367,6 +375,7 @@ class _Mappings:
 
 _mappings = _Mappings()
 trim_mappings = _mappings.trim
+forget_mappings_of = _mappings.forget_owner
 
 
 def open_shared(frame: bytes, on_release: Callable[[int], None]) -> list[memoryview]:

@@ -139,9 +139,10 @@ class SharedTransfers:
             chunk.frames = chunk.frames[:1]
 
     def forget(self, worker_id: int) -> None:
-        """A worker is gone, and its mappings of our segments with it."""
+        """A worker is gone, and its mappings of our segments with it (and ours of its)."""
         if self.segments is not None:
             self.segments.forget(worker_id)
+            shm.forget_mappings_of(self._workers[worker_id].pid)
 
     def trim(self, now: float) -> None:
         """Close segments idle for long, ours and our mappings of the workers'."""
@@ -150,6 +151,9 @@ class SharedTransfers:
             shm.trim_mappings(now)
 
     def close(self) -> None:
-        """Close every segment of ours."""
+        """Close every segment of ours, and forget our mappings of the workers' (no
+        I/O thread trims them any more)."""
         if self.segments is not None:
             self.segments.close()
+            for record in self._workers.values():
+                shm.forget_mappings_of(record.pid)
