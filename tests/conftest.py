@@ -22,6 +22,20 @@ from sockpool import Cluster
 LEAK_GRACE = 10.0
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """A failed test that used the ssh testbed reports what its sshd servers logged
+    (a connection that timed out under load, say: the servers' view of it)."""
+    report = yield
+    bed = getattr(item, "funcargs", {}).get("testbed") or getattr(
+        item, "funcargs", {}).get("namespace_hosts")
+    if report.failed and isinstance(bed, Testbed):
+        for name, tail in bed.log_tails().items():
+            report.sections.append((f"testbed {name}", tail))
+    return report
+
+
 def _children() -> dict[int, psutil.Process]:
     try:
         return {p.pid: p for p in psutil.Process().children(recursive=True)}

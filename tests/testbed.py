@@ -159,6 +159,15 @@ class Testbed:
         _run("ip", "link", "del", BRIDGE, check=False)
         _run("ip", "route", "del", "blackhole", f"{NET}.0/16", check=False)
 
+    def log_tails(self, lines: int = 30) -> dict[str, str]:
+        """The last lines of each sshd's log, by file (for a failed test's report)."""
+        tails = {}
+        for log in sorted(self.dir.glob("**/sshd.log")):
+            with contextlib.suppress(OSError):
+                text = log.read_text(errors="replace").splitlines()[-lines:]
+                tails[str(log.relative_to(self.dir))] = "\n".join(text)
+        return tails
+
     def set_link(self, host_index: int, up: bool) -> None:
         """Cut (or restore) a namespace host's link silently: packets just vanish."""
         _run("ip", "link", "set", "dev", f"vh-n{host_index}", "up" if up else "down")
