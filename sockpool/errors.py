@@ -110,7 +110,8 @@ class WorkerLostError(SockpoolError):
         host: where it ran.
         pid: its process id.
         exit_status: how it ended, e.g. ``"SIGKILL"`` or ``"exit code 3"``.
-        stderr_tail: the last lines it wrote to stderr.
+        stderr_tail: the last lines the task wrote (stdout and stderr, as relayed),
+            then those of the worker's own stderr.
     """
 
     def __init__(

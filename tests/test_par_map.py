@@ -706,6 +706,10 @@ def test_task_pace_counts_a_slower_map_at_once_and_a_faster_one_halfway() -> Non
     assert pace.chunk_size(b"h", 40, 2, 5) == 5
     times.add(10e-6, 5)
     assert pace.chunk_size(b"h", 40, 2, 5) == 20
+    times = MapTimes(pace, b"k", 2)
+    times.add(10e-6, 10)
+    times.add(0.05, 0)  # ran, but every task of it was settled as its worker died
+    assert pace.chunk_size(b"k", 40, 2, 5) == 20  # 1 µs a task, not 5 ms
     pace.record(b"g", 1e-6, 1)
     for n in range(REMEMBERED - 1):  # the least recently timed are forgotten first
         pace.record(n.to_bytes(4, "little"), 1e-6, 1)

@@ -91,7 +91,7 @@ class Calls:
     def _chunk_size(self, job: StreamJob, items: int, options: MapOptions) -> int:
         """Tasks per chunk of a list map: the options' rule, or larger chunks for a
         function whose tasks are known to be short (see :mod:`.pace`).  A worker
-        quota that counts chunks (``maxtasksperchild``) keeps the rule exactly."""
+        quota (``maxtasksperchild``, ``max_tasks_per_worker``) keeps the rule exactly."""
         workers = self.worker_count()
         size = options.chunk_size(items, workers)
         if options.chunksize is not None or options.timeout or self.dispatcher.pool.max_tasks:

@@ -8,7 +8,7 @@ a map of eight 1 µs tasks on two workers spends almost all of its time on its
 eight chunks.  Optimizers and samplers make thousands of such maps of the same
 function (``differential_evolution(workers=pool.map)``, emcee).  Once a
 function's tasks were timed, a map of it gets chunks of at least
-:data:`MIN_CHUNK_SECONDS` of work each, and never fewer chunks than workers.
+:data:`MIN_CHUNK_SECONDS` of work each, and no chunk larger than a worker's share.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ class MapTimes:
         self._tasks = 0
 
     def add(self, seconds: float, tasks: int) -> None:
-        """One chunk of ``tasks`` ran in ``seconds`` (0: it failed whole, untimed)."""
-        if seconds > 0:
+        """One chunk of ``tasks`` ran in ``seconds`` (0: it failed whole, untimed; no
+        tasks: every one of it was settled as its worker died)."""
+        if seconds > 0 and tasks > 0:
             self._seconds += seconds
             self._tasks += tasks
         self._chunks -= 1
