@@ -13,6 +13,8 @@ Workloads (each repeated, the two pools interleaved, medians with min-max):
   or an optimizer makes thousands of (emcee, ``differential_evolution``); once
   ``abs`` was timed, sockpool cuts it into one chunk per worker
   (``sockpool/api/pace.py``), multiprocessing into 8;
+* ``list(Pool.imap(abs, range(8)))``: the same, lazily (multiprocessing's imap
+  sends chunks of one task; sockpool's, over a list, as its map cuts it);
 * ``apply_async(abs, (1,)).get()`` round trip, median over many calls, beside
   ``Cluster.submit(abs, 1).result()`` on the pool's own cluster: the difference
   is the drop-in's own cost (its ``AsyncResult`` and result thread).
@@ -43,12 +45,16 @@ def apply_round_trips(pool: Any, calls: int) -> float:
     return statistics.median(samples)
 
 
-def small_maps(pool: Any, calls: int) -> float:
-    """Median seconds of ``pool.map(abs, range(8))`` over ``calls`` calls."""
+def small_maps(pool: Any, calls: int, lazily: bool = False) -> float:
+    """Median seconds of ``pool.map(abs, range(8))`` (``list(pool.imap(...))``: lazily)
+    over ``calls`` calls."""
     samples = []
     for _ in range(calls):
         started = time.perf_counter()
-        pool.map(abs, range(8))
+        if lazily:
+            list(pool.imap(abs, range(8)))
+        else:
+            pool.map(abs, range(8))
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
 
@@ -63,7 +69,7 @@ def main() -> None:
     items = list(range(args.tasks))
     small = items[:max(1, args.tasks // 20)]
     names = ("sp map", "mp map", "sp map_async", "mp map_async", "sp map 1", "mp map 1",
-             "sp map 8", "mp map 8", "sp rt", "mp rt", "cl rt")
+             "sp map 8", "mp map 8", "sp imap 8", "mp imap 8", "sp rt", "mp rt", "cl rt")
     results: dict[str, list[float]] = {name: [] for name in names}
     with sockpool.Pool(args.workers) as ours, multiprocessing.Pool(args.workers) as theirs:
         for pool in (ours, theirs):  # warm up: workers started, code paths hot
@@ -77,6 +83,7 @@ def main() -> None:
                 results[f"{prefix} map 1"].append(
                     timed(lambda p=pool: p.map(abs, small, chunksize=1)))
                 results[f"{prefix} map 8"].append(small_maps(pool, args.calls))
+                results[f"{prefix} imap 8"].append(small_maps(pool, args.calls, lazily=True))
                 results[f"{prefix} rt"].append(apply_round_trips(pool, args.calls))
             results["cl rt"].append(round_trips(ours.cluster.submit, args.calls))
 
@@ -100,6 +107,10 @@ def main() -> None:
     print(f"  sockpool.Pool.map              {summary(results['sp map 8'], 1e6, 'µs')}")
     print(f"  multiprocessing Pool.map       {summary(results['mp map 8'], 1e6, 'µs')}")
     print(f"  ratio sockpool / mp small map  {ratio(results, 'sp map 8', 'mp map 8'):9.2f}")
+    print("\nlist(Pool.imap(abs, range(8))), per call (median of each repetition's median):")
+    print(f"  sockpool.Pool.imap             {summary(results['sp imap 8'], 1e6, 'µs')}")
+    print(f"  multiprocessing Pool.imap      {summary(results['mp imap 8'], 1e6, 'µs')}")
+    print(f"  ratio sockpool / mp small imap {ratio(results, 'sp imap 8', 'mp imap 8'):9.2f}")
     print("\napply_async(abs, (1,)).get() round trip (median of each repetition's median):")
     print(f"  sockpool.Pool                  {summary(results['sp rt'], 1e6, 'µs')}")
     print(f"  multiprocessing Pool           {summary(results['mp rt'], 1e6, 'µs')}")

@@ -677,6 +677,13 @@ def test_a_map_of_tasks_known_to_be_short_is_cut_into_one_chunk_per_worker(
     with Pool(cluster=cluster) as pool, cluster.profile() as by_pool:
         assert pool.map(_triple, range(40)) == [3 * x for x in range(40)]
     assert len(by_pool.attempts) == 2
+    # imap over a list too (its chunks grew from 1 task each: 8 chunks, 15x mp's time).
+    with cluster.profile() as lazily:
+        assert list(cluster.imap(_triple, range(40))) == [3 * x for x in range(40)]
+    assert len(lazily.attempts) == 2
+    with cluster.profile() as generated:  # a generator may give its items slowly
+        assert list(cluster.imap(_triple, iter(range(40)))) == [3 * x for x in range(40)]
+    assert len(generated.attempts) > 2
     # A chunksize given, or tasks long enough to want balancing, keep the rule.
     with cluster.profile() as given:
         cluster.par_map(_triple, range(40), chunksize=5)

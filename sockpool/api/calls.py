@@ -98,6 +98,16 @@ class Calls:
             return size
         return self.pace.chunk_size(job.function.digest, items, workers, size)
 
+    def _first_lazy_size(self, job: StreamJob, iterables: tuple[Any, ...],
+                         options: MapOptions) -> int:
+        """imap's first chunk: one task; over lists of tasks known to be short, as large
+        as :meth:`_chunk_size` would cut them (any other input may give its items slowly)."""
+        if (options.lazy_chunk_size is not None or self.dispatcher.pool.max_tasks
+                or not all(isinstance(items, (list, tuple, range)) for items in iterables)):
+            return 1
+        return self.pace.chunk_size(job.function.digest, min(map(len, iterables)),
+                                    self.worker_count(), 1)
+
     def lazily(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
                jobs: JobSink | None = None) -> Iterator[T]:
         """``imap``: input read as room frees up, a bounded window of chunks in flight."""
@@ -108,7 +118,8 @@ class Calls:
         job.keep = self.owner()
         if jobs is not None:
             jobs.append(job)
-        feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store)
+        feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store,
+                        self._first_lazy_size(job, iterables, options), self.pace)
         window = self.worker_count() * (self.dispatcher.scheduler.prefetch + 1)
         delivery = Delivery(blocks_in_order=options.ordered, output_in_order=options.ordered,
                             errors=options.errors)

@@ -345,10 +345,10 @@ class Cluster(concurrent.futures.Executor):
 
         At most a few chunks per worker are in flight (and, when ``ordered``,
         waiting their turn), so memory stays flat even for an endless input.
-        Without ``chunksize`` chunks grow from 1 to what takes about 20 ms
-        (with ``timeout``, they stay at 1).  ``timeout``, ``retries`` and
-        ``errors`` and ``seed`` are as in :meth:`par_map`.  An ordered imap yields every
-        result before a failing task, then raises.
+        Without ``chunksize`` chunks grow from 1 (over lists, as :meth:`par_map` cuts
+        tasks known to be short) to about 20 ms of work; with ``timeout``, 1.  ``timeout``,
+        ``retries``, ``errors`` and ``seed`` are as in :meth:`par_map`.  An ordered imap
+        yields every result before a failing task, then raises.
         """
         options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed)
         self._check_open()

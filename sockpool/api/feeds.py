@@ -20,7 +20,7 @@ from ..capture.payload import Packer, Store
 from ..common import codec
 from ..common.shm import carried_bytes
 from ..dispatch.jobs import Chunk, StreamJob
-from .pace import MapTimes
+from .pace import MapTimes, TaskPace
 
 #: imap sizes chunks so that one takes about this long to compute.
 TARGET_CHUNK_SECONDS = 0.02
@@ -149,13 +149,17 @@ class LazyFeed:
     """
 
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
-                 packer: Packer, store: Store | None = None) -> None:
+                 packer: Packer, store: Store | None = None, first_size: int = 1,
+                 pace: TaskPace | None = None) -> None:
+        """``first_size``: the first chunk's (as :mod:`.pace` knows the function's
+        tasks); ``pace``: where each chunk's time is told, for the next map."""
         self._job = job
         self._store = store
         self._errors: list[Exception] = []
         self._items = _until_error(items, self._errors)
         self._fixed = chunksize
-        self._size = chunksize or 1
+        self._size = chunksize or first_size
+        self._pace = pace
         self._packer = packer
         self._next_index = 0
         self._stopped = False  # at an item that cannot be serialized
@@ -216,7 +220,11 @@ class LazyFeed:
         were, per task: see :meth:`_next_size`)."""
         if result_bytes:  # (a chunk that failed whole carries none)
             self._result_bytes = result_bytes / chunk.count
-        if self._fixed is not None or seconds <= 0 or tasks < 1:  # fixed, or failed whole
+        if seconds <= 0 or tasks < 1:  # failed whole
+            return
+        if self._pace is not None:
+            self._pace.record(self._job.function.digest, seconds, tasks)
+        if self._fixed is not None:
             return
         per_task = seconds / tasks
         ideal = int(TARGET_CHUNK_SECONDS / per_task)

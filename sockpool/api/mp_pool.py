@@ -326,9 +326,9 @@ class Pool:
         """Results in input order, as they come; ``next(timeout)`` waits at most that.
 
         The input is read as workers free up (an endless one works).  Without
-        ``chunksize``, chunks grow from 1 to what takes about 20 ms.  A failed
-        task raises at its place; iterating on continues after it.
-        """
+        ``chunksize``, chunks grow from 1 (a list of quick tasks: as ``map`` cuts
+        it) to about 20 ms of work.  A failed task raises at its place, and
+        iterating on continues after it."""
         return self._imap("imap", func, iterable, chunksize, ordered=True)
 
     def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
