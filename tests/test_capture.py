@@ -440,9 +440,14 @@ def test_capture_error_names_the_path_before_anything_is_sent(tmp_path: Path) ->
             with lock:
                 return sock.fileno()
 
+        log = open("results.txt", "w")
+
+        def logged(level):  # dill reopens the file by name: "w" truncates it
+            log.write(level)
+
         if __name__ == "__main__":
             with Cluster(n=1) as cl:
-                for fn in (worker, guarded, reentrant, both):
+                for fn in (worker, guarded, reentrant, both, logged):
                     try:
                         cl.par_map(fn, ["a"])
                     except CaptureError as exc:
@@ -454,6 +459,7 @@ def test_capture_error_names_the_path_before_anything_is_sent(tmp_path: Path) ->
     assert 'serializer="dill" would work' in out[1]
     assert "reentrant -> rlock: _thread.RLock" in out[2] and "dill" not in out[2]
     assert "both -> lock: _thread.lock" in out[3] and "dill" not in out[3]
+    assert "logged -> log: _io.TextIOWrapper" in out[4] and "dill" not in out[4]
 
 
 def test_a_capture_larger_than_the_limit_is_refused_with_the_biggest_names(

@@ -130,12 +130,23 @@ def describe_unpicklable(value: Any, root: str, serializer: str) -> str | None:
     path, culprit, error = found
     text = f"{path}: {codec.describe(culprit)} ({type(error).__name__}: {error})"
     # Only where dill takes the whole of it (not just the first part found that
-    # fails), and not for an RLock: dill's copy is held by no thread of the worker,
-    # and a task that takes it waits forever.
-    if (serializer != "dill" and not isinstance(culprit, _RLOCK)
+    # fails), and not for what belongs to this process (see _tied_to_this_process).
+    if (serializer != "dill" and not _tied_to_this_process(culprit)
             and _fails(value, "dill") is None):
         text += '; serializer="dill" would work for it: Cluster(serializer="dill")'
     return text
+
+
+def _tied_to_this_process(value: Any) -> bool:
+    """Whether dill's copy of ``value`` in a worker would be another thing that only
+    looks the same: an open file is sent as its name and mode (reopened there,
+    ``"w"`` truncates it, and the workers' writes overwrite each other or are never
+    flushed), and an RLock as held (by no thread there: a task that takes it waits
+    forever).  A lock's copy is a lock of that worker, as under a fork."""
+    import io
+    import socket
+
+    return isinstance(value, (io.IOBase, socket.socket, _RLOCK))
 
 
 _RLOCK = type(threading.RLock())
