@@ -182,7 +182,7 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         shown = render_remote_traceback(self.traceback_text, self.frames)
-        return "\n\nRemote traceback (most recent call last):\n" + shown.rstrip()
+        return "\n\nRemote traceback (in the worker):\n" + shown.rstrip()
 
     @property
     def tb(self) -> str:
