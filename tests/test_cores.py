@@ -141,6 +141,23 @@ def test_oversubscription_is_warned_about() -> None:
             assert pool.apply(abs, (-1,)) == 1
 
 
+def test_clusters_left_open_count_toward_the_cores_of_the_next() -> None:
+    # A notebook cell `cl = Cluster(n=2)`, run again, left the last cluster open (its
+    # Out[] holds it): six workers on two cores, and nothing said so.
+    cores = detect_cores(logical=False)
+    first = Cluster(n=cores)
+    try:
+        with pytest.warns(UserWarning, match=(
+                f"this process has 1 other open cluster with {cores} local workers: with "
+                f"these 1, {cores + 1} workers on {cores} usable physical cores")):
+            Cluster(n=1).close()
+    finally:
+        first.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # closed: it counts no more
+        Cluster(n=1).close()
+
+
 def test_the_physical_count_read_from_sysfs_is_psutils() -> None:
     import psutil
 

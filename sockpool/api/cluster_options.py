@@ -17,6 +17,7 @@ from ..common.config import check_transport
 from ..common.rng import check_seed
 from ..cores import detect_cores
 from ..launchers import Launcher, LocalLauncher
+from .lifetime import open_engines
 
 if TYPE_CHECKING:
     from ..launchers import SSHHost
@@ -134,23 +135,35 @@ as_pool: contextvars.ContextVar[bool] = contextvars.ContextVar("as_pool", defaul
 
 def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worker: int | None,
                            chosen: bool) -> None:
-    """brms's rule: local workers x threads each should not exceed the physical cores.
+    """brms's rule: local workers x threads each should not exceed the physical cores,
+    counting the workers of this process's other open clusters (a notebook cell that
+    makes a cluster, run again, leaves the last one open).
 
     Args:
         chosen: the user chose the counts (``n`` or ``threads_per_worker > 1``);
-            the default ``n=detect_cores()`` that DESIGN.md picks is not warned about.
+            the default ``n=detect_cores()`` that DESIGN.md picks is not warned about
+            on its own.
     """
-    threads = threads_per_worker or 1
-    if (not isinstance(launcher, LocalLauncher) or not (chosen or threads > 1)
-            or as_pool.get()):
+    if not isinstance(launcher, LocalLauncher) or as_pool.get():
         return
+    threads = threads_per_worker or 1
     physical = detect_cores(logical=False)
-    if n_workers * threads > physical:
+    others = [engine.target for engine in open_engines()
+              if isinstance(engine.launcher, LocalLauncher)]
+    if (chosen or threads > 1) and n_workers * threads > physical:
         warnings.warn(
             f"{n_workers} worker{'s' if n_workers > 1 else ''} x {threads} "
             f"thread{'s' if threads > 1 else ''} each = {n_workers * threads} threads on "
             f"{physical} usable physical cores (hyper-threads do not count): they will slow "
             "each other down; use fewer workers or threads_per_worker", UserWarning,
+            stacklevel=_caller_level())
+    elif others and n_workers * threads + sum(others) > physical:
+        warnings.warn(
+            f"this process has {len(others)} other open cluster"
+            f"{'s' if len(others) > 1 else ''} with {sum(others)} local workers: with these "
+            f"{n_workers}, {n_workers + sum(others)} workers on {physical} usable "
+            "physical cores will slow each other down; close the clusters you are done "
+            "with (cl.close(), or `with Cluster(...) as cl:`)", UserWarning,
             stacklevel=_caller_level())
 
 

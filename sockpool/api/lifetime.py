@@ -32,6 +32,8 @@ class Closable(Protocol):
 
 
 live_clusters: weakref.WeakSet[Closable] = weakref.WeakSet()
+#: Each open cluster's engine, for questions about what the process runs.
+_engines: weakref.WeakKeyDictionary[Closable, Dispatcher] = weakref.WeakKeyDictionary()
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
 
@@ -76,4 +78,11 @@ def watch(cluster: Closable, dispatcher: Dispatcher, description: str
     finalizer = weakref.finalize(cluster, close_forgotten, dispatcher, description, os.getpid())
     finalizer.atexit = False  # the exit hook closes it without a warning
     live_clusters.add(cluster)
+    _engines[cluster] = dispatcher
     return finalizer
+
+
+def open_engines() -> list[Dispatcher]:
+    """The engines of this process's clusters that are open (not closed, nor closing)."""
+    return [engine for cluster, engine in list(_engines.items())
+            if cluster in live_clusters and engine.lifecycle.takes_work]
