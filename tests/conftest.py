@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from testbed import SlurmTestbed, Testbed, netns_missing, slurm_missing, ssh_missing
+from testbed import SlurmTestbed, Testbed, machine_lock, netns_missing, slurm_missing, ssh_missing
 
 from sockpool import Cluster
 
@@ -110,17 +110,20 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     reason = ssh_missing()
     if reason:
         pytest.skip(reason)
-    bed = Testbed(tmp_path_factory.mktemp("testbed"))
-    namespaces = NAMESPACE_HOSTS if netns_missing() is None else 0
-    try:
-        bed.make_keys()
-        bed.start_sshd()
-        if namespaces:
-            bed.start_namespaces(namespaces)
-        bed.write_ssh_config(namespaces)
-        yield bed
-    finally:
-        bed.stop(NAMESPACE_HOSTS)
+    with machine_lock("ssh testbed") as held_elsewhere:
+        if held_elsewhere:
+            pytest.skip(held_elsewhere)
+        bed = Testbed(tmp_path_factory.mktemp("testbed"))
+        namespaces = NAMESPACE_HOSTS if netns_missing() is None else 0
+        try:
+            bed.make_keys()
+            bed.start_sshd()
+            if namespaces:
+                bed.start_namespaces(namespaces)
+            bed.write_ssh_config(namespaces)
+            yield bed
+        finally:
+            bed.stop(NAMESPACE_HOSTS)
 
 
 @pytest.fixture
@@ -137,9 +140,12 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmTestbed]:
     reason = slurm_missing()
     if reason:
         pytest.skip(reason)
-    bed = SlurmTestbed(tmp_path_factory.mktemp("slurm"))
-    try:
-        bed.start()
-        yield bed
-    finally:
-        bed.stop()
+    with machine_lock("Slurm testbed") as held_elsewhere:
+        if held_elsewhere:
+            pytest.skip(held_elsewhere)
+        bed = SlurmTestbed(tmp_path_factory.mktemp("slurm"))
+        try:
+            bed.start()
+            yield bed
+        finally:
+            bed.stop()

@@ -13,12 +13,15 @@ made here is deleted by the name it was made with.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -54,6 +57,28 @@ def ssh_missing() -> str | None:
         if not tool or not os.path.exists(tool):
             return "OpenSSH is not installed (apt-get install openssh-server openssh-client)"
     return None
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[str | None]:
+    """Hold this machine's lock on a testbed for the ``with`` block; yields None, or
+    why another test session holds it.  A testbed's ports and namespace hosts are one
+    per machine: a second session that started its own killed the first one's
+    servers (its start clears what a killed run left, by name), and that session's
+    connections then timed out.  The kernel lets go of the lock of a killed session."""
+    path = Path(tempfile.gettempdir()) / f"sockpool-{name}.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            yield (f"another test session (pid {handle.read().strip() or '?'}) is using "
+                   f"this machine's {name}, which there is one of per machine")
+            return
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield None
 
 
 def netns_missing() -> str | None:
