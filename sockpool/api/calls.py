@@ -98,15 +98,12 @@ class Calls:
             return size
         return self.pace.chunk_size(job.function.digest, items, workers, size)
 
-    def _first_lazy_size(self, job: StreamJob, iterables: tuple[Any, ...],
-                         options: MapOptions) -> int:
-        """imap's first chunk: one task; over lists of tasks known to be short, as large
-        as :meth:`_chunk_size` would cut them (any other input may give its items slowly)."""
-        if (options.lazy_chunk_size is not None or self.dispatcher.pool.max_tasks
-                or not all(isinstance(items, (list, tuple, range)) for items in iterables)):
+    def _first_lazy_size(self, job: StreamJob, items: int, options: MapOptions) -> int:
+        """imap's first chunk over lists of ``items``: one task, or as large as
+        :meth:`_chunk_size` would cut tasks known to be short."""
+        if options.lazy_chunk_size is not None or self.dispatcher.pool.max_tasks:
             return 1
-        return self.pace.chunk_size(job.function.digest, min(map(len, iterables)),
-                                    self.worker_count(), 1)
+        return self.pace.chunk_size(job.function.digest, items, self.worker_count(), 1)
 
     def lazily(self, fn: Callable[..., T], iterables: tuple[Any, ...], options: MapOptions,
                jobs: JobSink | None = None) -> Iterator[T]:
@@ -118,8 +115,11 @@ class Calls:
         job.keep = self.owner()
         if jobs is not None:
             jobs.append(job)
+        listed = all(isinstance(items, (list, tuple, range)) for items in iterables)
+        first = (self._first_lazy_size(job, min(map(len, iterables)), options) if listed
+                 else 1)  # (another input may give its items slowly)
         feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store,
-                        self._first_lazy_size(job, iterables, options), self.pace)
+                        first, self.pace, in_memory=listed)
         window = self.worker_count() * (self.dispatcher.scheduler.prefetch + 1)
         delivery = Delivery(blocks_in_order=options.ordered, output_in_order=options.ordered,
                             errors=options.errors)

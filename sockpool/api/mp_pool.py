@@ -39,6 +39,7 @@ from .mp_results import (
     Tracker,
     settle_from_future,
 )
+from .readers import readers
 
 T = TypeVar("T")
 
@@ -304,7 +305,7 @@ class Pool:
         result: MapResult[T] = MapResult(self._tracker, callback, error_callback, self)
         # The map on a thread of its own: serializing, like multiprocessing's pickling,
         # happens there, and a function that cannot travel fails the result, not the call.
-        _start_reader(_read_map, functools.partial(self._list_map, func, items, chunksize,
+        readers.run(_read_map, functools.partial(self._list_map, func, items, chunksize,
                                                    star=star), result, self._handler)
         return result
 
@@ -355,7 +356,7 @@ class Pool:
         except BaseException:
             results._finish()
             raise
-        _start_reader(_read_imap, stream, results, self._tracker)
+        readers.run(_read_imap, stream, results, self._tracker)
         return results
 
     # -- the rest of multiprocessing's surface ----------------------------------------
@@ -438,11 +439,6 @@ def _check_callbacks(callback: object, error_callback: object) -> None:
     for name, value in (("callback", callback), ("error_callback", error_callback)):
         if value is not None and not callable(value):
             raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
-
-
-def _start_reader(target: Callable[..., None], *args: Any) -> None:
-    """Read a map's results on a thread of its own (decoding happens there)."""
-    threading.Thread(target=target, args=args, name="sockpool-pool-reader", daemon=True).start()
 
 
 def _read_map(run: Callable[[], list[Any]], result: MapResult[Any], handler: ResultHandler
