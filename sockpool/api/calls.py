@@ -117,9 +117,9 @@ class Calls:
             jobs.append(job)
         listed = all(isinstance(items, (list, tuple, range)) for items in iterables)
         first = (self._first_lazy_size(job, min(map(len, iterables)), options) if listed
-                 else 1)  # (another input may give its items slowly)
+                 else 1)  # (any other input may give its items slowly)
         feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store,
-                        first, self.pace, in_memory=listed)
+                        first, self.pace)
         window = self.worker_count() * (self.dispatcher.scheduler.prefetch + 1)
         delivery = Delivery(blocks_in_order=options.ordered, output_in_order=options.ordered,
                             errors=options.errors)

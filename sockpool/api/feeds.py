@@ -150,10 +150,9 @@ class LazyFeed:
 
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
                  packer: Packer, store: Store | None = None, first_size: int = 1,
-                 pace: TaskPace | None = None, in_memory: bool = False) -> None:
+                 pace: TaskPace | None = None) -> None:
         """``first_size``: the first chunk's (as :mod:`.pace` knows the function's
-        tasks); ``pace``: where each chunk's time is told, for the next map;
-        ``in_memory``: the items are all there already (lists), none waits."""
+        tasks); ``pace``: where each chunk's time is told, for the next map."""
         self._job = job
         self._store = store
         self._errors: list[Exception] = []
@@ -161,7 +160,6 @@ class LazyFeed:
         self._fixed = chunksize
         self._size = chunksize or first_size
         self._pace = pace
-        self._in_memory = in_memory
         self._packer = packer
         self._next_index = 0
         self._stopped = False  # at an item that cannot be serialized
@@ -188,20 +186,7 @@ class LazyFeed:
 
     def take(self, room: int) -> list[Chunk]:
         """The next chunk, whatever the room: it is sent before the input is read on,
-        as the input may wait for it (none once the input is exhausted).  From an
-        input already in memory (lists), the chunks made within
-        :data:`HAND_OVER_AFTER_SECONDS` go together, up to the room: one hand-over
-        wakes the I/O thread once for them all."""
-        began = time.perf_counter()
-        chunks: list[Chunk] = []
-        while len(chunks) < max(1, room) and (chunk := self._next_chunk()) is not None:
-            chunks.append(chunk)
-            self.hand_over = time.perf_counter() - began > HAND_OVER_AFTER_SECONDS
-            if not self._in_memory or self.hand_over:
-                break
-        return chunks
-
-    def _next_chunk(self) -> Chunk | None:
+        as the input may wait for it (none once the input is exhausted)."""
         began = time.perf_counter()
         part = [] if self._stopped else list(itertools.islice(self._items, self._next_size()))
         if part:
@@ -221,11 +206,12 @@ class LazyFeed:
                 frames = None
         if frames is None:
             self.exhausted = True
-            return None
+            return []
         chunk = self._job.chunk(self._next_index, len(part), frames)
         self._next_index += len(part)
         self._item_bytes = sum(map(carried_bytes, frames)) / len(part)
-        return chunk
+        self.hand_over = time.perf_counter() - began > HAND_OVER_AFTER_SECONDS
+        return [chunk]
 
     def measured(self, chunk: Chunk, seconds: float, tasks: int, result_bytes: int = 0
                  ) -> None:
