@@ -142,20 +142,28 @@ def test_oversubscription_is_warned_about() -> None:
 
 
 def test_clusters_left_open_count_toward_the_cores_of_the_next() -> None:
-    # A notebook cell `cl = Cluster(n=2)`, run again, left the last cluster open (its
-    # Out[] holds it): six workers on two cores, and nothing said so.
+    # A notebook cell `cl = Cluster(n=2)`, run three times, left the last clusters open
+    # (IPython's Out[] holds them): six workers on two cores, and nothing said so.
+    # Two clusters used in turn (a comparison) are not warned about.
     cores = detect_cores(logical=False)
     first = Cluster(n=cores)
     try:
-        with pytest.warns(UserWarning, match=(
-                f"this process has 1 other open cluster with {cores} local workers: with "
-                f"these 1, {cores + 1} workers on {cores} usable physical cores")):
-            Cluster(n=1).close()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            second = Cluster(n=cores)
+        try:
+            with pytest.warns(UserWarning, match=(
+                    f"this process has 2 other open clusters with {2 * cores} local workers: "
+                    f"with these 1, {2 * cores + 1} workers on {cores} usable physical cores, "
+                    "more than twice as many; close the clusters you are done with")):
+                Cluster(n=1).close()
+        finally:
+            second.close()
     finally:
         first.close()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # closed: it counts no more
-        Cluster(n=1).close()
+        warnings.simplefilter("error")  # closed: they count no more
+        Cluster(n=cores).close()
 
 
 def test_the_physical_count_read_from_sysfs_is_psutils() -> None:

@@ -171,12 +171,9 @@ with cl.profile() as prof:
 
 def test_a_cluster_starts_in_its_cell_and_renders_as_html_with_its_profile(tmp_path: Path) -> None:
     outputs = run_cells(HTML_CELLS, tmp_path)
-    lines = stream_text(outputs[0]).splitlines()
-    assert lines[0] == "<Cluster local: 2 of 2 workers, running>"
-    assert "LaunchError" in lines
-    # The second cluster, with cl still open, is one worker too many: the cell says so.
-    assert any("UserWarning: this process has 1 other open cluster with 2 local workers"
-               in line for line in lines), lines
+    printed = stream_text(outputs[0])
+    assert printed.splitlines()[:2] == ["<Cluster local: 2 of 2 workers, running>",
+                                        "LaunchError"]
     (profile,) = outputs[1]
     page = profile["data"]["text/html"]
     assert "<b>sockpool profile</b>: 10 tasks on 2 workers" in page

@@ -135,9 +135,9 @@ as_pool: contextvars.ContextVar[bool] = contextvars.ContextVar("as_pool", defaul
 
 def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worker: int | None,
                            chosen: bool) -> None:
-    """brms's rule: local workers x threads each should not exceed the physical cores,
-    counting the workers of this process's other open clusters (a notebook cell that
-    makes a cluster, run again, leaves the last one open).
+    """brms's rule: local workers x threads each should not exceed the physical cores;
+    and the process's open clusters should not have twice as many workers as there are
+    cores (a notebook cell that makes a cluster, run again, leaves the last one open).
 
     Args:
         chosen: the user chose the counts (``n`` or ``threads_per_worker > 1``);
@@ -157,14 +157,14 @@ def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worke
             f"{physical} usable physical cores (hyper-threads do not count): they will slow "
             "each other down; use fewer workers or threads_per_worker", UserWarning,
             stacklevel=_caller_level())
-    elif others and n_workers * threads + sum(others) > physical:
+    elif others and n_workers + sum(others) > 2 * physical:  # (two used in turn are fine)
+        total = n_workers + sum(others)
         warnings.warn(
-            f"this process has {len(others)} other open cluster"
-            f"{'s' if len(others) > 1 else ''} with {sum(others)} local workers: with these "
-            f"{n_workers}, {n_workers + sum(others)} workers on {physical} usable "
-            "physical cores will slow each other down; close the clusters you are done "
-            "with (cl.close(), or `with Cluster(...) as cl:`)", UserWarning,
-            stacklevel=_caller_level())
+            f"this process has {len(others)} other open cluster{'s' if len(others) > 1 else ''}"
+            f" with {sum(others)} local worker{'s' if sum(others) > 1 else ''}: with these "
+            f"{n_workers}, {total} workers on {physical} usable physical cores, more than "
+            "twice as many; close the clusters you are done with (cl.close(), or "
+            "`with Cluster(...) as cl:`)", UserWarning, stacklevel=_caller_level())
 
 
 def _caller_level() -> int:
