@@ -502,3 +502,16 @@ def test_cancelling_an_async_for_stops_reading_a_slow_input(tmp_path: Path) -> N
             assert seen == [x * x for x in range(len(seen))]
 
     asyncio.run(main())
+
+
+def test_aimap_over_a_sized_input_that_is_not_a_list_shows_its_total(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The input is read only until a cancellation; reading it that way kept its length.
+    async def main() -> None:
+        async with Cluster(n=1) as cl:
+            squares = [x async for x in cl.aimap(_square, dict.fromkeys(range(30)),
+                                                 progress=True)]
+            assert squares == [x * x for x in range(30)]
+
+    asyncio.run(main())
+    assert "30/30" in capsys.readouterr().err

@@ -71,13 +71,25 @@ class JobHolder:
         """``iterable``, read only until the call is cancelled (a list as it is)."""
         if isinstance(iterable, (list, tuple, range)):
             return iterable
-        return self._until_cancelled(iterable)
+        return _UntilCancelled(self, iterable)
 
-    def _until_cancelled(self, iterable: Iterable[T]) -> Iterator[T]:
-        for item in iterable:
-            if self.cancelled:
+
+class _UntilCancelled(Iterable[T]):
+    """An input read only until its call is cancelled; its length is the input's
+    (a progress bar's total)."""
+
+    def __init__(self, holder: JobHolder, items: Iterable[T]) -> None:
+        self._holder = holder
+        self._items = items
+
+    def __iter__(self) -> Iterator[T]:
+        for item in self._items:
+            if self._holder.cancelled:
                 raise CancelledError("the awaiting task was cancelled")
             yield item
+
+    def __len__(self) -> int:
+        return len(self._items)  # type: ignore[arg-type]  # (TypeError: it has none)
 
 
 def _cancel(dispatch: Cancels, job: Job) -> None:
