@@ -845,7 +845,9 @@ def test_a_pool_dropped_with_a_task_in_flight_ends_its_workers_once_it_is_done()
 
 def test_terminate_fails_unfinished_results_instead_of_hanging() -> None:
     called: list[Any] = []
-    pool = sockpool.Pool(1)
+    # prefetch=1: the one worker holds the running task only (with 2, the task sent
+    # next, from this thread or the imap's reader, whichever came first, was "started").
+    pool = sockpool.Pool(1, prefetch=1)
     result = pool.apply_async(nap, (60,), callback=called.append, error_callback=called.append)
     iterator = pool.imap(nap, [60, 60])
     queued = [pool.apply_async(nap, (60,)) for _ in range(2)]  # no callbacks: settled at once
