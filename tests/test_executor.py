@@ -8,11 +8,12 @@ import queue
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sockpool import Cluster, ClusterClosedError
-from sockpool.common import protocol
+from sockpool.common import protocol, role
 from sockpool.common.protocol import Flag, Kind
 from sockpool.dispatch.jobs import FutureJob, WorkerLabel
 from sockpool.worker.results import ResultPacker
@@ -148,6 +149,60 @@ def test_map_left_early_lets_the_running_call_finish_and_print(
         cl.shutdown(wait=True)
     assert [os.path.exists(p) for p in paths] == [True] * ran + [False] * (4 - ran)
     assert capfd.readouterr().out.splitlines() == [f"finished t{i}" for i in range(ran)]
+
+
+def _print_at(args: tuple[int, float]) -> int:
+    index, at = args
+    time.sleep(max(0.0, at - time.time()))  # the tasks end at the same moment
+    print("task", index, "ends")
+    return index
+
+
+def test_map_closed_after_results_came_together_writes_the_others_output(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    # Both RESULTs came in one turn: the map took them off its queue together, handed
+    # out the first, and was closed; the second's output was never written (6 of 20).
+    with Cluster(n=2) as cl:
+        for _ in range(5):
+            at = time.time() + 0.3
+            results = cl.map(_print_at, [(0, at), (1, at)])
+            assert next(results) == 0
+            results.close()
+        cl.shutdown(wait=True)
+        time.sleep(0.2)  # what a thread of the map writes after it was left
+    assert sorted(capfd.readouterr().out.splitlines()) == ["task 0 ends"] * 5 + [
+        "task 1 ends"] * 5
+
+
+class _SlowToUnpickle:
+    """A result that takes 2 s to unpickle in the master (its workers never unpickle it)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_restore_slowly, ())
+
+
+def _restore_slowly() -> None:
+    if not role.in_worker():
+        time.sleep(2.0)
+
+
+def _slow_result(_: int) -> _SlowToUnpickle:
+    time.sleep(0.3)
+    return _SlowToUnpickle()
+
+
+def test_a_map_left_early_does_not_make_the_cluster_wait_for_its_results(
+        ) -> None:
+    # Its results were decoded on the I/O thread, for their output: 2 s each, and the
+    # whole cluster (other calls, heartbeats) waited.
+    with Cluster(n=2) as cl:
+        results = cl.map(_slow_result, range(2), timeout=0.1)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            next(results)
+        time.sleep(0.6)  # both results are in
+        started = time.monotonic()
+        assert cl.submit(abs, -1).result(timeout=10) == 1
+        assert time.monotonic() - started < 1.0
 
 
 def test_map_submits_at_once(shared_cluster: Cluster, tmp_path: object) -> None:

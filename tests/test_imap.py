@@ -352,3 +352,10 @@ def test_a_long_task_at_the_head_of_an_ordered_imap_leaves_the_others_working(
         results = list(cl.imap(functools.partial(_long_until_flagged, flag), range(30),
                                chunksize=1))
     assert results == [1, *range(1, 30)]
+
+
+def test_imap_over_a_range_too_long_for_len_still_streams(cluster: Cluster) -> None:
+    # Sizing the first chunk of a list-like input asked len(): range(10**20) has none.
+    stream = cluster.imap(abs, range(10**20))
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # type: ignore[attr-defined]

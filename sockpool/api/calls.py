@@ -115,9 +115,10 @@ class Calls:
         job.keep = self.owner()
         if jobs is not None:
             jobs.append(job)
-        listed = all(isinstance(items, (list, tuple, range)) for items in iterables)
-        first = (self._first_lazy_size(job, min(map(len, iterables)), options) if listed
-                 else 1)  # (any other input may give its items slowly)
+        first = 1  # (an input that is not a list may give its items slowly)
+        if all(isinstance(items, (list, tuple, range)) for items in iterables):
+            with contextlib.suppress(OverflowError):  # range(10**20): endless, as it were
+                first = self._first_lazy_size(job, min(map(len, iterables)), options)
         feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store,
                         first, self.pace)
         window = self.worker_count() * (self.dispatcher.scheduler.prefetch + 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -127,7 +128,7 @@ class Delivery:
     #: rather than when its turn comes (an ordered imap yields what comes before it).
     fail_fast: bool = False
     #: left early (past a deadline, at an error, closed; not by Ctrl-C), the chunks
-    #: running finish and write their output, as ``Executor.map``'s running calls do.
+    #: running finish and their output is written, as ``Executor.map``'s running calls'.
     finish_running: bool = False
 
 
@@ -228,16 +229,38 @@ def stream_blocks(
         try:
             if not finished:
                 let_finish = delivery.finish_running and not aborted
-                if let_finish:
-                    output.flush()  # before what the running chunks write
                 with contextlib.suppress(ClusterClosedError):
                     dispatch.cancel(job, interrupt=not let_finish)
-                if aborted and dispatch.relay_mode != "off":
+                if let_finish:
+                    _write_as_they_end(job, arrived, in_flight, output)
+                elif aborted and dispatch.relay_mode != "off":
                     _write_what_ran(job, arrived, in_flight, output)
         finally:  # (a second Ctrl-C, a warning raised as an error: still let go)
             job.keep = None  # nobody waits for it any more: its cluster may go now
             if progress is not None:
                 progress.close()
+
+
+def _write_as_they_end(job: StreamJob, arrived: deque[Event], in_flight: int,
+                       output: _OutputInOrder) -> None:
+    """After an ``Executor.map`` was left early, its running chunks let finish: write,
+    in order, what the chunks taken but not handed out printed and what the others
+    print as they end, on a thread of its own.  Decoding a finished chunk unpickles
+    its values, which may take long: neither the caller nor the I/O thread waits."""
+    def write() -> None:
+        left, events = in_flight, list(arrived)
+        while True:
+            for chunk, label, payload in events:
+                left -= 1
+                with contextlib.suppress(Exception):  # nobody to raise it to
+                    output.add(chunk, _outcome(chunk, label, payload).output)
+            if left <= 0:
+                break
+            events = job.events.get()  # every chunk out comes back (dropped, failed, done)
+        with contextlib.suppress(Exception):
+            output.flush()
+
+    threading.Thread(target=write, name="sockpool-map-output", daemon=True).start()
 
 
 def _write_what_ran(job: StreamJob, arrived: deque[Event], in_flight: int,

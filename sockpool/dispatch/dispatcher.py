@@ -174,8 +174,8 @@ class Dispatcher:
         (self.mailbox.post_and_wait if wait else self.mailbox.post)(self._submit, chunks, wait)
 
     def cancel(self, job: Job, *, interrupt: bool = True) -> None:
-        """Drop a job's waiting chunks and interrupt its running ones, or (not
-        ``interrupt``) let them finish for nobody (see :meth:`.Job.abandon`)."""
+        """Drop a job's waiting chunks and interrupt its running ones (or, not
+        ``interrupt``, let them finish: ``Executor.map`` left early)."""
         self.mailbox.post(self._cancel, job, interrupt)
 
     def cancel_futures(self) -> None:
@@ -481,8 +481,6 @@ class Dispatcher:
         dropped, running = self.scheduler.cancel(job)
         for chunk in dropped:
             job.dropped(chunk)
-        if not interrupt:
-            job.abandon()
         for record in (self.pool.workers[worker_id] for worker_id in running if interrupt):
             if record.control_ready:
                 self.master.send(record.control_identity, [protocol.header(Kind.CANCEL, 0, job.id)])

@@ -166,10 +166,6 @@ class Job:
     def dropped(self, chunk: Chunk, payload: Payload | None = None) -> None:
         """``chunk`` was cancelled before or while it ran (``payload``: its RESULT, then)."""
 
-    def abandon(self) -> None:
-        """Nobody will take this job's results: what its chunks wrote is written as
-        they come (I/O thread; see :meth:`StreamJob.abandon`)."""
-
     def cancel_waiting(self, chunk: Chunk) -> bool:
         """Cancel ``chunk``, which no worker got, as a cancelled future (a submit's);
         whether it was (a map's is not: its caller is failed instead)."""
@@ -284,7 +280,6 @@ class StreamJob(Job):
                  ) -> None:
         super().__init__(function, flags, retries, timeout, seed)
         self.events: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
-        self._abandoned = False
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
         self._tell((chunk, label, payload))  # (a lost worker's results, settled in a turn)
@@ -292,30 +287,7 @@ class StreamJob(Job):
     def release(self) -> None:  # the turn's results as one event list: one wake-up
         held, self._held = self._held, []
         if held:
-            self._put(list(held))
-
-    def abandon(self) -> None:
-        """The caller left before the end (``Executor.map`` past its timeout): the
-        chunks it let run write their output here as they come, as a
-        ``ProcessPoolExecutor``'s running calls print after its ``map`` gave up."""
-        self._abandoned = True
-        while True:
-            try:
-                self._put(self.events.get_nowait())
-            except queue.Empty:
-                return
-
-    def _put(self, events: list[Event]) -> None:
-        if not self._abandoned:
-            self.events.put(events)
-            return
-        for chunk, label, payload in events:
-            try:
-                output = (decode_outcome(chunk, label, payload).output if label is not None
-                          else chunk.output)
-                relay.emit(output)
-            except Exception:  # nobody to raise it to: never the I/O thread's failure
-                logger.exception("sockpool: the output of an abandoned map's task was lost")
+            self.events.put(list(held))
 
     def _fail(self, chunk: Chunk, error: BaseException) -> None:
         self._tell((chunk, None, error))
@@ -331,7 +303,7 @@ class StreamJob(Job):
         if self._held:
             self._held.append(event)  # type: ignore[arg-type]  # released as events
         else:
-            self._put([event])
+            self.events.put([event])
 
 
 class HeldResults:
