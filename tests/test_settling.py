@@ -230,3 +230,39 @@ class _NeverEnds(WorkerProcess):
 
     def kill(self) -> None:
         pass
+
+
+def test_only_a_chunk_cut_short_gets_its_last_line_ended(worker: Any) -> None:
+    # print("A") sends "A" at once and its newline with the RESULT: a chunk whose
+    # whole RESULT was kept carries the rest of the line, one that died does not.
+    from sockpool.common.protocol import STDOUT
+
+    record, page, process = worker
+    job, scheduler = Job(), Scheduler()
+    done = chunk(job, 2)
+    done.output = [[(STDOUT, "A")]]  # its first write, come ahead
+    page.begin(done.id)
+    finish(page, done, [1, 2])
+    process.kill()
+    process._popen.wait()
+    settle_lost(record, [done], [], "killed", "", scheduler, Profiler())
+    assert [(what, ident) for what, ident, _ in job.events] == [("delivered", done.id)]
+    assert done.output == [[(STDOUT, "A")]]
+
+
+def test_a_chunk_its_worker_died_in_keeps_what_it_wrote_its_last_line_ended(
+        worker: Any) -> None:
+    from sockpool.common.protocol import STDOUT
+
+    record, page, process = worker
+    job, scheduler = Job(), Scheduler()
+    cut = chunk(job, 2)
+    cut.output = [[(STDOUT, "task 0\n"), (STDOUT, "task 1 cut")]]
+    page.begin(cut.id)
+    page.mark(cut.id, 0, 1)  # dies in its first task
+    process.kill()
+    process._popen.wait()
+    settle_lost(record, [cut], [], "killed", "", scheduler, Profiler())
+    assert cut.settled[0][:2] == (0, 1) and list(scheduler.pending) == [cut]  # task 1 runs on
+    assert cut.output == [[(STDOUT, "task 0\n"), (STDOUT, "task 1 cut\n")]]
+    assert cut.output_carried == 1  # the next worker's OUTPUT messages come after it

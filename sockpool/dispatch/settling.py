@@ -62,9 +62,6 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
     for chunk in running:  # what it wrote before it was lost still reaches the user
         if page is not None:  # (its OUTPUT messages that died unsent)
             chunk.output += page.output_after(chunk, _received(chunk))
-        # Written by its caller, in order, with the chunk's outcome: a line cut short ended.
-        chunk.output = relay.lines_ended(chunk.output)
-        chunk.output_carried = len(chunk.output)
         output_tail = relay.tail(chunk.output)
         if output_tail:
             tail = f"{output_tail}\n{tail}" if tail else output_tail
@@ -80,6 +77,7 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
         if chunk not in measured:
             profiler.lost(chunk, record)
     for chunk in [c for c in running if c not in measured] + stranded:
+        _cut_short(chunk)
         if chunk.pinned is None and chunk.attempts < chunk.job.retries:
             chunk.attempts += 1
             scheduler.requeue(chunk)
@@ -87,6 +85,14 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
             chunk.job.fail(chunk, timeout_error(record, chunk))
         else:
             chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
+
+
+def _cut_short(chunk: Chunk) -> None:
+    """A chunk its worker died running: what it wrote stays with it, written by its
+    caller in order with its outcome, a last line cut short ended (not for a chunk
+    whose whole RESULT was kept: that carries the rest of the line)."""
+    chunk.output = relay.lines_ended(chunk.output)
+    chunk.output_carried = len(chunk.output)
 
 
 def _received(chunk: Chunk) -> int:
@@ -124,6 +130,7 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
     if (sent := progress.sent_result(chunk)) is not None:
         _deliver(record, chunk, sent, profiler)
         return
+    _cut_short(chunk)
     profiler.lost(chunk, record, ran=(progress.kept, progress.end))
     chunk.recovered += [(record.label, kept) for kept in progress.records]
     chunk.resume, start, end = progress.kept, progress.start, progress.end
