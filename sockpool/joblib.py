@@ -49,7 +49,6 @@ from .api.calls import Calls
 from .api.cluster import Cluster
 from .api.plan import current_plan
 from .dispatch.jobs import Job
-from .errors import WorkerLostError
 
 __all__ = ["SockpoolBackend"]
 
@@ -152,19 +151,6 @@ def _batch_name(batch: BatchedCalls) -> str:
             function = function.func
         names.append(getattr(function, "__qualname__", None) or type(function).__name__)
     return ", ".join(dict.fromkeys(names))
-
-
-def _note_the_batch(exc: BaseException) -> None:
-    """A batch is one sockpool task: its note's "task 0" would name the wrong task, as
-    would a lost worker's message.  (Only the last note is this call's: those
-    before came with a nested call's error.)"""
-    notes = getattr(exc, "__notes__", None)
-    if isinstance(notes, list) and notes and isinstance(notes[-1], str):
-        notes[-1] = notes[-1].replace("sockpool: task 0 failed",
-                                      "sockpool: a task of a joblib batch failed", 1)
-    if isinstance(exc, WorkerLostError) and exc.args and isinstance(exc.args[0], str):
-        exc.args = (exc.args[0].replace(" while running task 0",
-                                        " while running a joblib batch", 1), *exc.args[1:])
 
 
 # -- the backend -----------------------------------------------------------------------
@@ -342,23 +328,21 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         calls = cluster._calls
         function: Callable[..., Any] = func
         args: tuple[Any, ...] = ()
-        name = None
+        name = call_name = None
         if isinstance(func, BatchedCalls):
             # One function for every batch, by reference (workers cache it), the
-            # batch as its argument; a profile names the functions it calls.
+            # batch as its argument; a profile and messages name the functions it calls.
             function, args, name = _run_batch, (func,), _batch_name(func)
+            call_name = f"a joblib batch of {name}"
         # joblib keeps its own batches in flight; one queued behind a long batch
         # would wait for it while another worker idles.
-        future, job = calls.submit(function, args, {}, None, None, prefetch=False, name=name)
+        future, job = calls.submit(function, args, {}, None, None, prefetch=False, name=name,
+                                   call_name=call_name)
         return future, job, calls
 
     def retrieve_result_callback(self, out: Future[Any]) -> Any:
         """The batch's list of results, or its first task's exception."""
-        try:
-            return out.result()
-        except BaseException as exc:
-            _note_the_batch(exc)
-            raise
+        return out.result()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Cancel the aborting call's batches: drop those queued, interrupt those running.

@@ -44,6 +44,21 @@ def test_submit_exception_is_set_on_the_future(shared_cluster: Cluster) -> None:
     assert isinstance(future.exception(), ValueError)
 
 
+def _kill_myself() -> None:
+    os.kill(os.getpid(), 9)
+
+
+def test_a_submits_errors_name_the_call_not_a_task_index(cluster: Cluster) -> None:
+    # Every submit is task 0 of a job of its own: the note said "task 0 failed".
+    failed = cluster.submit(int, "not a number").exception(timeout=10)
+    assert failed is not None and len(failed.__notes__) == 1
+    assert failed.__notes__[0].startswith("sockpool: the call to int failed on worker ")
+    late = cluster.submit(slow_identity, 1, 30, timeout=0.5).exception(timeout=20)
+    assert "the call to slow_identity ran longer than 0.5 s" in str(late)
+    lost = cluster.submit(_kill_myself).exception(timeout=20)
+    assert "while running the call to _kill_myself" in str(lost) and "task 0" not in str(lost)
+
+
 def test_wait_and_as_completed_work_with_cluster_futures(shared_cluster: Cluster) -> None:
     futures = [shared_cluster.submit(slow_identity, i, 0.05) for i in range(6)]
     done, pending = concurrent.futures.wait(futures, timeout=20)

@@ -188,7 +188,7 @@ def test_an_exceptions_note_names_its_batch_not_task_0(shared_cluster: Cluster) 
         Parallel(n_jobs=2, batch_size=1)(delayed(fail_on)(i, 7) for i in range(10))
     notes = failed.value.__notes__
     assert len(notes) == 1 and notes[0].startswith(
-        "sockpool: a task of a joblib batch failed on worker "), notes
+        "sockpool: a joblib batch of fail_on failed on worker "), notes
 
 
 def _dies_on(i: int, bad: int) -> int:
@@ -205,7 +205,7 @@ def test_a_lost_worker_names_its_batch_and_what_it_wrote_last() -> None:
             pytest.raises(sockpool.WorkerLostError) as lost:
         Parallel(n_jobs=2, batch_size=1)(delayed(_dies_on)(i, 5) for i in range(8))
     message = str(lost.value)
-    assert "killed by SIGKILL" in message and "while running a joblib batch" in message
+    assert "killed by SIGKILL" in message and "while running a joblib batch of _dies_on" in message
     assert "task 0" not in message
     assert "its output ends with:\nitem 5 is about to die" in message
 

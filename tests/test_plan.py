@@ -342,7 +342,8 @@ def test_submit_and_run_on_all() -> None:
     assert future.done() and future.result() == (3, 1)
     failed = sockpool.submit(_fails_at_two, 2)
     assert isinstance(failed.exception(), KeyError)
-    assert failed.exception().__notes__ == ["sockpool: task 0 failed in this process"]  # type: ignore[union-attr]
+    assert failed.exception().__notes__ == [  # type: ignore[union-attr]
+        "sockpool: the call to _fails_at_two failed in this process"]
     assert sockpool.run_on_all(os.getpid) == [os.getpid()]  # this process is the one worker
 
 

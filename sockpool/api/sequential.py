@@ -43,6 +43,7 @@ from concurrent.futures import Future
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from ..capture.pickling import function_name
 from ..common import rng
 from ..errors import RemoteError, TaskTimeoutError, add_note
 from .map_options import MapOptions, as_sequence, known_length, progress_bar
@@ -161,7 +162,7 @@ class Sequential:
         future.set_running_or_notify_cancel()
         try:
             value = run_task(lambda: fn(*args, **kwargs), 0, call_seed, timeout, 0, self,
-                             self._call(fn))
+                             self._call(fn), f"the call to {function_name(fn)}")
         except _PASS_THROUGH:
             raise
         except BaseException as exc:
@@ -208,11 +209,12 @@ def _lazily(fn: Callable[..., Any], items: Iterator[Any], star: bool, seed: Call
 
 
 def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float | None,
-             retries: int, owner: Sequential | None = None, profiled: _Call | None = None
-             ) -> T:
+             retries: int, owner: Sequential | None = None, profiled: _Call | None = None,
+             named: str | None = None) -> T:
     """Run task ``index`` as a worker would: seeded, timed, retried past its time limit;
     ``owner``, the runner it belongs to, is :func:`running_task`'s while it runs, and
     records each attempt for its profiles (``profiled``: the call, when one records).
+    Messages name it ``named`` (a submit: "the call to f"), or by its index.
 
     Raises:
         TaskTimeoutError: it ran longer than ``timeout`` (``retries + 1`` times).
@@ -220,11 +222,12 @@ def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float |
             ``SystemExit`` arrives as :class:`RemoteError`, as from a worker).
     """
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
+    named = named or f"task {index}"
     for attempt in range(1, retries + 2):
         started = time.time()
         try:
             with _seeded(seed, index), _in_task(owner) as ended_well:
-                timed_out, value = _timed(call, index, timeout)
+                timed_out, value = _timed(call, named, timeout)
                 ended_well[0] = not timed_out
         except BaseException:
             if profiled is not None and owner is not None:
@@ -234,11 +237,11 @@ def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float |
             owner.record(profiled, index, attempt, started, ok=not timed_out)
         if not timed_out:
             return value  # type: ignore[no-any-return]
-    raise TaskTimeoutError(f"task {index} ran longer than {timeout:g} s (timeout=) in this "
+    raise TaskTimeoutError(f"{named} ran longer than {timeout:g} s (timeout=) in this "
                            "process" + (f", {retries + 1} times" if retries else ""))
 
 
-def _timed(call: Callable[[], T], index: int, timeout: float | None) -> tuple[bool, Any]:
+def _timed(call: Callable[[], T], named: str, timeout: float | None) -> tuple[bool, Any]:
     """``(timed out, value)`` of one attempt; a task's own exception is raised, noted."""
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     started = time.perf_counter()
@@ -256,10 +259,10 @@ def _timed(call: Callable[[], T], index: int, timeout: float | None) -> tuple[bo
         # A worker turns these into RemoteError so that they cannot end the master.
         remote = RemoteError(f"builtins.{type(exc).__qualname__}", str(exc),
                              "".join(traceback.format_exception(exc)))
-        add_note(remote, f"sockpool: task {index} failed in this process")
+        add_note(remote, f"sockpool: {named} failed in this process")
         raise remote from None
     except BaseException as exc:
-        add_note(exc, f"sockpool: task {index} failed in this process")
+        add_note(exc, f"sockpool: {named} failed in this process")
         raise
     return timeout is not None and time.perf_counter() - started > timeout, value
 

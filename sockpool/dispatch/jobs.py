@@ -118,7 +118,16 @@ class Job:
         #: What must live while the job does (the Cluster of a call made on one that
         #: the caller dropped: ``Cluster(n=2).submit(f, 1)``).
         self.keep: object = None
+        #: How messages name a job of one call ("the call to f"); None: by task index.
+        self.call_name: str | None = None
         self._held: list[tuple[Chunk, WorkerLabel, Payload]] = []  # see hold
+
+    def name_tasks(self, first: int, last: int) -> str:
+        """How messages name this job's tasks ``first..last``: "task 3", "tasks 3..5",
+        or the call's name for a job of one call (a submit's index is always 0)."""
+        if self.call_name is not None:
+            return self.call_name
+        return f"task {first}" if first == last else f"tasks {first}..{last}"
 
     def chunk(self, first_index: int, count: int, frames: list[Any], pinned: int | None = None
               ) -> Chunk:
@@ -226,7 +235,7 @@ def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int
     except Exception as exc:
         problem = RemoteError(
             codec.describe(exc),
-            f"the results of tasks {first_index}..{first_index + count - 1} "
+            f"the results of {chunk.job.name_tasks(first_index, first_index + count - 1)} "
             f"could not be unpickled in the master: {exc}",
         )
         return Outcome([None] * count, [TaskFailure(first_index, problem)], 0.0, chunk.output)
@@ -234,7 +243,7 @@ def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int
     for offset, packed in errors:
         index = first_index + offset
         failures.append(TaskFailure(index, codec.unpack_exception(
-            packed, f"sockpool: task {index} failed on {label}")))
+            packed, f"sockpool: {chunk.job.name_tasks(index, index)} failed on {label}")))
     if len(values) < count and failures:
         # The chunk stopped early (its payload failed to load, or stop-on-error):
         # the tasks it never ran share its first failure.

@@ -183,7 +183,7 @@ def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk,
     run) whose worker was lost."""
     first = chunk.first_index + (chunk.resume if start is None else start)
     last = chunk.first_index + (chunk.count if end is None else end) - 1
-    tasks = f"task {first}" if first == last else f"tasks {first}..{last}"
+    tasks = chunk.job.name_tasks(first, last)
     message = f"{record.label} was lost ({how}) while running {tasks}"
     if tail:  # (what its tasks wrote, relayed, then its own stderr)
         message += f"\nits output ends with:\n{tail}"
@@ -195,7 +195,7 @@ def result_lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk, s
                       end: int) -> WorkerLostError:
     """The error of tasks that finished on a worker whose death took their results along."""
     first, last = chunk.first_index + start, chunk.first_index + end - 1
-    tasks = f"task {first}" if first == last else f"tasks {first}..{last}"
+    tasks = chunk.job.name_tasks(first, last)
     message = (f"{tasks} finished on {record.label}, but it was lost ({how}) before their "
                "results were sent (they ran in the same chunk as the task it died in)")
     return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,
@@ -204,8 +204,7 @@ def result_lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk, s
 
 def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
     """The error of a chunk that ran past its job's time limit."""
-    tasks = f"task {chunk.first_index}" if chunk.count == 1 else (
-        f"tasks {chunk.first_index}..{chunk.first_index + chunk.count - 1}")
+    tasks = chunk.job.name_tasks(chunk.first_index, chunk.first_index + chunk.count - 1)
     return TaskTimeoutError(
         f"{tasks} ran longer than {chunk.job.timeout:g} s (timeout=) on {record.label}; "
         "the worker was stopped and is replaced")
