@@ -106,3 +106,12 @@ def test_one_task_on_one_worker_is_said_in_the_singular() -> None:
         cl.par_map(abs, [-1])
     assert str(prof.summary()).startswith("1 task on 1 worker in ")
     assert prof.plot().get_title() == "1 task on 1 worker"
+
+
+def test_a_profile_in_which_nothing_ran_says_so_rather_than_efficiency_0(
+        shared_cluster: Cluster) -> None:
+    with shared_cluster.profile() as prof:
+        pass
+    head = str(prof.summary()).splitlines()[0]
+    assert head.startswith("0 tasks on 2 workers in ")
+    assert head.endswith(": nothing ran, so no efficiency or speed-up"), head

@@ -129,8 +129,10 @@ class Summary:
 
     def __str__(self) -> str:
         head = (f"{count(self.tasks, 'task')} on {count(len(self.workers), 'worker')} in "
-                f"{self.wall:.3f} s: efficiency {self.efficiency:.0%}, "
-                f"speed-up {self.speedup:.2f}x (serial {self.serial:.3f} s)")
+                f"{self.wall:.3f} s: " + (
+                    f"efficiency {self.efficiency:.0%}, speed-up {self.speedup:.2f}x "
+                    f"(serial {self.serial:.3f} s)" if self.tasks else
+                    "nothing ran, so no efficiency or speed-up"))
         if self.failed:
             head += f", {self.failed} failed"
         if self.retried:
