@@ -22,6 +22,7 @@ import pytest
 from sockpool.common import codec, protocol
 from sockpool.common.progress_log import WHOLE_RESULT
 from sockpool.common.protocol import Flag, Kind
+from sockpool.dispatch import jobs
 from sockpool.dispatch.jobs import Chunk, decode_outcome
 from sockpool.dispatch.profiling import Profiler
 from sockpool.dispatch.records import WorkerRecord
@@ -73,6 +74,8 @@ class Job:
     movable = True
     retries = 0
     prefetch = True
+    call_name = None
+    name_tasks = jobs.Job.name_tasks
 
     def __init__(self) -> None:
         self.events: list[tuple[str, int, Any]] = []
