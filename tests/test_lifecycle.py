@@ -86,10 +86,12 @@ def test_exception_in_with_body_closes_the_cluster() -> None:
     assert wait_gone(pids, 5) == []
 
 
-def test_unclosed_cluster_is_closed_when_collected_with_a_resource_warning() -> None:
-    cl = Cluster(n=2)
+@pytest.mark.parametrize("n", [1, 2])
+def test_unclosed_cluster_is_closed_when_collected_with_a_resource_warning(n: int) -> None:
+    cl = Cluster(n=n)
     pids = [w.pid for w in cl.workers]
-    with pytest.warns(ResourceWarning, match="unclosed"):
+    said = r"1 worker\)" if n == 1 else r"2 workers\)"
+    with pytest.warns(ResourceWarning, match=r"unclosed sockpool.Cluster \(local, " + said):
         del cl
         gc.collect()
     assert wait_gone(pids, 5) == []

@@ -167,7 +167,8 @@ class Cluster(concurrent.futures.Executor):
             max_tasks_per_worker=max_tasks_per_worker, max_worker_memory=max_memory)
         self._dispatcher = self._calls.dispatcher
         self._finalizer = watch(self, self._dispatcher,
-                                f"sockpool.Cluster ({launcher.describe()}, {n_workers} workers)")
+                                f"sockpool.Cluster ({launcher.describe()}, {n_workers} "
+                                f"worker{'s' * (n_workers != 1)})")
         warm_up_capture()  # the first map's capture needs it; workers are starting meanwhile
         self._starting: tuple[int, float, int | None] | None = (
             wait_for, connect_timeout, min_workers)
