@@ -379,6 +379,19 @@ def test_timeout_interrupts_a_task_in_the_main_thread() -> None:
     assert sockpool.par_map(stubborn, [0.01, 30], timeout=0.3, errors="return")[0] == 0.01
 
 
+def test_a_timer_that_fires_before_the_task_starts_times_the_task_out() -> None:
+    # A timeout of a microsecond fired inside the timer's own setup, before the
+    # task had started: the private _TimeLimit (no message, not an Exception)
+    # escaped to the caller instead of TaskTimeoutError.
+    sockpool.plan("sequential")
+    handler = signal.getsignal(signal.SIGALRM)
+    for _ in range(200):
+        outcome = sockpool.par_map(abs, [-1, -2, -3], timeout=1e-6, errors="return")
+        assert all(value in (1, 2, 3) or isinstance(value, TaskTimeoutError)
+                   for value in outcome), outcome
+        assert signal.getsignal(signal.SIGALRM) == handler  # put back each time
+
+
 def test_timeout_elsewhere_fails_the_task_after_it_ends_and_retries_rerun_it() -> None:
     sockpool.plan("sequential")
     runs: list[float] = []

@@ -68,7 +68,7 @@ class _Call(NamedTuple):
 
 class _TimeLimit(BaseException):
     """Raised into a task by the timer signal (a BaseException: ``except Exception``
-    in the task does not swallow it)."""
+    in the task does not swallow it); its argument is the timer's owner."""
 
 
 #: Never a task's own failure: the user's Ctrl-C, and an enclosing task's time limit.
@@ -245,12 +245,12 @@ def _timed(call: Callable[[], T], named: str, timeout: float | None) -> tuple[bo
     """``(timed out, value)`` of one attempt; a task's own exception is raised, noted."""
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     started = time.perf_counter()
-    mine = False
+    mine = object()
     try:
-        with _alarm(timeout) as mine:
+        with _alarm(timeout, mine):
             value = call()
-    except _TimeLimit:
-        if not mine:  # an enclosing task's limit (a nested sequential call)
+    except _TimeLimit as limit:
+        if limit.args[0] is not mine:  # an enclosing task's limit (a nested sequential call)
             raise
         return True, None
     except KeyboardInterrupt:
@@ -268,32 +268,33 @@ def _timed(call: Callable[[], T], named: str, timeout: float | None) -> tuple[bo
 
 
 @contextlib.contextmanager
-def _alarm(timeout: float | None) -> Iterator[bool]:
-    """Interrupt the task with ``_TimeLimit`` after ``timeout`` seconds, where this
-    thread may (the main thread); yields whether it armed the timer.
+def _alarm(timeout: float | None, owner: object) -> Iterator[None]:
+    """Interrupt the task with ``_TimeLimit(owner)`` after ``timeout`` seconds, where
+    this thread may (the main thread).  (It may fire before the task starts: a
+    timeout of a microsecond.)
 
     A timer already running (pytest-timeout's, an enclosing task's) is put back
     after, with the time it had left; one due first is left to fire.
     """
     if timeout is None or threading.current_thread() is not threading.main_thread():
-        yield False
+        yield
         return
     previous = signal.getsignal(signal.SIGALRM)
     left, interval = signal.getitimer(signal.ITIMER_REAL)
     if previous is None or (left and left <= timeout):  # set outside Python; due first
-        yield False
+        yield
         return
     armed = True
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
         if armed:
-            raise _TimeLimit
+            raise _TimeLimit(owner)
 
     started = time.monotonic()
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        yield True
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        yield
     finally:
         armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
