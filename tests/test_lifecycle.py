@@ -223,7 +223,29 @@ def test_bad_constructor_arguments() -> None:
             Cluster(n=1, **options)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"env\['A'\] is 1 \(int\)"):
         Cluster(n=1, env={"A": 1})  # type: ignore[dict-item]
+    # These were accepted: prefetch=10**9 then hung the first map in the scheduler,
+    # max_message_size=100 left the workers' HELLO refused until connect_timeout,
+    # threads_per_worker=True set OMP_NUM_THREADS=True, and the rest failed in
+    # subprocess (or ran the wrong interpreter) with a message naming no argument.
+    for options, error, named in [
+            ({"prefetch": 10**9}, ValueError, "prefetch must be an integer from 1 to 1024"),
+            ({"prefetch": True}, ValueError, "prefetch must be an integer"),
+            ({"max_message_size": 100}, ValueError, "max_message_size must be a number of "
+                                                    "bytes, at least 65536"),
+            ({"threads_per_worker": True}, ValueError, "threads_per_worker must be a positive"),
+            ({"launcher": "local"}, TypeError, "launcher must be a Launcher such as"),
+            ({"launcher": sockpool.LocalLauncher}, TypeError,
+             r"not the class LocalLauncher: call it, LocalLauncher\(...\)"),
+            ({"python": 123}, TypeError, "python must be the path of a Python interpreter"),
+            ({"python": ""}, TypeError, "python must be the path of a Python interpreter"),
+            ({"env": {"A=B": "x"}}, ValueError, r"env\['A=B'\]: a variable's name"),
+            ({"env": {"": "x"}}, ValueError, r"env\[''\]: a variable's name must be non-empty"),
+            ({"env": {"A": "x\0y"}}, ValueError, "NUL")]:
+        with pytest.raises(error, match=named):
+            Cluster(n=1, **options)  # type: ignore[arg-type]
     assert {child.pid for child in psutil.Process().children()} <= before
+    with Cluster(n=1, max_message_size=65536) as cl:  # the least is enough to run
+        assert cl.par_map(abs, [-1]) == [1]
 
 
 @pytest.mark.filterwarnings(OVERSUBSCRIBED)

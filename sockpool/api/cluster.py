@@ -95,14 +95,14 @@ class Cluster(concurrent.futures.Executor):
             private 0700 directory (default, faster), or ``"tcp"``, loopback
             TCP encrypted and authenticated with CURVE, a key per worker (see
             docs/security.md).
-        max_message_size: the largest frame a worker may send (bytes); one
-            that sends more is disconnected.
+        max_message_size: the largest frame a worker may send (bytes, at least
+            64 KiB); one that sends more is disconnected.
         connect_timeout: seconds to wait for the workers to start and connect.
         heartbeat_interval: seconds between heartbeats, both ways.
         heartbeat_timeout: silence after which a peer counts as lost: the master
             gives up on a silent remote worker after 5 heartbeats by default, a
             worker on a silent master after 60 s (local) or 15 s (ssh, Slurm).
-        prefetch: chunks a worker may hold: the one it runs and those queued.
+        prefetch: chunks a worker may hold: the one it runs and those queued (1-1024).
         max_tasks_per_worker: replace a worker by a fresh process once it ran
             this many tasks (it finishes the chunk that reaches the count).
         max_worker_memory: replace a worker whose resident memory (less the

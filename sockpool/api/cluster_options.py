@@ -22,6 +22,11 @@ from .lifetime import open_engines
 if TYPE_CHECKING:
     from ..launchers import SSHHost
 
+#: The smallest max_message_size: a worker's HELLO, progress and error messages fit.
+MIN_MESSAGE_SIZE = 64 * 1024
+#: The most chunks a worker may hold (the scheduler looks at each depth in turn).
+MAX_PREFETCH = 1024
+
 #: Variables that size the thread pools of BLAS, OpenMP and friends.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -110,6 +115,11 @@ def choose_workers(
     """The launcher, the number of workers, and how many the constructor waits for."""
     if launcher is not None and (python is not None or env is not None):
         raise ValueError("python= and env= belong to the launcher when launcher= is given")
+    check_launcher(launcher)
+    if python is not None and (not isinstance(python, (str, os.PathLike))
+                               or not os.fspath(python)):
+        raise TypeError(f"python must be the path of a Python interpreter (a non-empty str) "
+                        f"or None for this one, not {python!r}")
     launcher, n_workers = choose_launcher(
         n, hosts, launcher, python=python, env=worker_env(env, threads_per_worker),
         tunnel=tunnel, listen=listen)
@@ -118,6 +128,17 @@ def choose_workers(
     if wait_for is None:  # a batch queue may hold workers back: start with the first
         wait_for = 1 if launcher.queues else n_workers
     return launcher, n_workers, min(wait_for, n_workers)
+
+
+def check_launcher(launcher: object) -> None:
+    """Raise ``TypeError`` unless ``launcher`` is None or a Launcher instance."""
+    if launcher is None or isinstance(launcher, Launcher):
+        return
+    if isinstance(launcher, type) and issubclass(launcher, Launcher):
+        raise TypeError(f"launcher must be a Launcher instance, not the class "
+                        f"{launcher.__name__}: call it, {launcher.__name__}(...)")
+    raise TypeError(f"launcher must be a Launcher such as LocalLauncher(), "
+                    f"SSHLauncher(hosts) or SlurmLauncher(...), not {launcher!r}")
 
 
 def check_min_workers(count: int | None, total: int, name: str = "min_workers") -> None:
@@ -188,6 +209,9 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, 
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"env must map variable names to strings; env[{name!r}] is "
                             f"{value!r} ({type(value).__name__})")
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise ValueError(f"env[{name!r}]: a variable's name must be non-empty without '=', "
+                             "and neither name nor value may hold a NUL character")
     worker_env: dict[str, str] = {}
     if threads is not None:
         for name in THREAD_VARIABLES:
@@ -264,7 +288,8 @@ def check_cluster_options(
         raise TypeError(f"Cluster(setup=...) needs a callable as its function, "
                         f"not {type(setup).__name__}")
     if threads_per_worker is not None and (
-            not isinstance(threads_per_worker, int) or threads_per_worker < 1):
+            isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int)
+            or threads_per_worker < 1):
         raise ValueError(f"threads_per_worker must be a positive integer or None, "
                          f"not {threads_per_worker!r}")
     for name, value in (("connect_timeout", connect_timeout),
@@ -276,13 +301,16 @@ def check_cluster_options(
     if seed is not None:
         check_seed(seed)
     if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) or (
-            max_message_size < 1):
-        raise ValueError(f"max_message_size must be a positive number of bytes, "
+            max_message_size < MIN_MESSAGE_SIZE):
+        raise ValueError(f"max_message_size must be a number of bytes, at least "
+                         f"{MIN_MESSAGE_SIZE} (the workers' own messages need that much), "
                          f"not {max_message_size!r}")
     if relay not in (True, False, "live"):
         raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
-    if not isinstance(prefetch, int) or prefetch < 1:
-        raise ValueError(f"prefetch must be a positive integer, not {prefetch!r}")
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not (
+            1 <= prefetch <= MAX_PREFETCH):
+        raise ValueError(f"prefetch must be an integer from 1 to {MAX_PREFETCH}, "
+                         f"not {prefetch!r}")
     check_serializer(serializer)
     check_max_capture_size(max_capture_size)
     check_transport(transport)
