@@ -90,6 +90,14 @@ def test_results_and_errors_come_back_as_from_the_blocking_calls() -> None:
             assert out[0] == 1.0 and isinstance(out[1], ZeroDivisionError)
             with pytest.raises(ValueError, match="chunksize"):
                 await cl.apar_map(abs, [1], chunksize=0)
+            # These named MapOptions, and aimap took imap's missing schedule=.
+            with pytest.raises(TypeError, match=r"^Cluster.apar_map\(\) got an unexpected "
+                                                r"keyword argument 'chunk_size'$"):
+                await cl.apar_map(abs, [1], chunk_size=2)
+            with pytest.raises(TypeError, match=r"^Cluster.aimap\(\) got an unexpected "
+                                                r"keyword argument 'schedule'$"):
+                cl.aimap(abs, [1], schedule="static")
+            assert [x async for x in cl.aimap(abs, [-1], chunksize=1)] == [1]
         assert "closed" in repr(cl)
 
     asyncio.run(main())

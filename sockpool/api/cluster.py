@@ -26,7 +26,7 @@ from . import aio
 from .cluster_options import check_cluster_options, choose_workers, warn_if_oversubscribed
 from .lifetime import forget, watch
 from .loops import may_block
-from .map_options import MapOptions, check_callable, check_iterables, check_timeout
+from .map_options import MapOptions, check_callable, check_iterables, check_timeout, options_of
 from .seeding import CallSeeds
 from .startup import start_engine
 
@@ -443,7 +443,7 @@ class Cluster(concurrent.futures.Executor):
                        **options: Any) -> list[T]:
         """:meth:`par_map`, awaited (the same keyword options); cancelling the awaiting
         task cancels the map's tasks, interrupting those that run."""
-        checked = MapOptions(**options)
+        checked = options_of("apar_map", options)
         await aio.check_open(self._check_open, starting=self._starting is not None)
         check_callable(fn, "apar_map")
         check_iterables(iterables, "apar_map")
@@ -453,7 +453,7 @@ class Cluster(concurrent.futures.Executor):
               **options: Any) -> AsyncIterator[T]:
         """:meth:`imap` for ``async for`` (the same keyword options); leaving the loop
         early, or cancelling the task in it, cancels what is left."""
-        checked = MapOptions(**options)
+        checked = options_of("aimap", options)
         if self._starting is None:  # else in the call's thread, once its workers are up
             self._check_open()
         check_callable(fn, "aimap")

@@ -74,6 +74,20 @@ class MapOptions:
         return self.chunksize or (1 if self.timeout else None)
 
 
+def options_of(method: str, options: dict[str, Any]) -> MapOptions:
+    """The keyword options of ``Cluster.<method>`` (``apar_map``: ``par_map``'s;
+    ``aimap``: ``imap``'s, which take no ``schedule``), checked.
+
+    Raises:
+        TypeError: an option the method does not take (named as Python would).
+    """
+    allowed = set(MapOptions.__dataclass_fields__) - ({"schedule"} if method == "aimap" else set())
+    for name in options:
+        if name not in allowed:
+            raise TypeError(f"Cluster.{method}() got an unexpected keyword argument {name!r}")
+    return MapOptions(**options)
+
+
 def check_timeout(timeout: object) -> None:
     """Raise ``ValueError`` unless ``timeout`` is None or a positive number of seconds."""
     if timeout is not None and (isinstance(timeout, bool)
