@@ -940,3 +940,11 @@ def test_bad_callbacks_and_chunksizes_are_refused(pool: Any) -> None:
         pool.map(square, [1], chunksize=0)
     with pytest.raises(TypeError, match="iterable"):
         pool.map(square, 5)
+
+
+@pytest.mark.parametrize("factory", FACTORIES.values(), ids=FACTORIES.keys())
+def test_numpy_integers_size_the_pool_and_its_chunks(factory: Any) -> None:
+    # sockpool.Pool refused numpy.int64(1) ("processes must be an int or None").
+    np = pytest.importorskip("numpy")
+    with factory(np.int64(1)) as pool:
+        assert pool.map(square, range(4), chunksize=np.int64(2)) == [0, 1, 4, 9]

@@ -314,6 +314,20 @@ def test_function_that_cannot_travel_raises_capture_error(shared_cluster: Cluste
         shared_cluster.par_map(uses_lock, [1])
 
 
+def test_numpy_integers_are_taken_where_integers_are(shared_cluster: Cluster) -> None:
+    # They were refused with "n must be an integer, not int64" and "chunksize must
+    # be a positive integer or None, not np.int64(2)"; multiprocessing takes them.
+    np = pytest.importorskip("numpy")
+    assert shared_cluster.par_map(square, range(5), chunksize=np.int64(2), retries=np.int32(1),
+                                  seed=np.uint64(7)) == [0, 1, 4, 9, 16]
+    with Cluster(n=np.int64(1)) as cl:
+        assert cl.n_workers == 1 and cl.par_map(square, [3]) == [9]
+    for bad in ({"chunksize": np.float64(2.0)}, {"chunksize": np.int64(0)},
+                {"retries": np.int8(-1)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            shared_cluster.par_map(square, [1], **bad)
+
+
 def test_bad_input_raises_before_work(shared_cluster: Cluster) -> None:
     with pytest.raises(TypeError, match="callable"):
         shared_cluster.par_map(42, [1])  # type: ignore[arg-type]

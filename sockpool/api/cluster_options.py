@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..capture.limits import check_max_capture_size
 from ..common.codec import check_serializer
 from ..common.config import check_transport
+from ..common.integers import as_int
 from ..common.rng import check_seed
 from ..cores import detect_cores
 from ..launchers import Launcher, LocalLauncher
@@ -32,11 +33,21 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
                     "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def check_count(n: int | None) -> None:
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+def check_count(n: int | None) -> int | None:
+    """``n`` as an int (a NumPy integer too), or None.
+
+    Raises:
+        TypeError: not an integer.
+        ValueError: below 1.
+    """
+    if n is None:
+        return None
+    count = as_int(n)
+    if count is None:
         raise TypeError(f"n must be an integer, not {type(n).__name__}")
-    if n is not None and n < 1:
-        raise ValueError(f"n must be at least 1, not {n}")
+    if count < 1:
+        raise ValueError(f"n must be at least 1, not {count}")
+    return count
 
 
 def choose_launcher(
@@ -54,7 +65,7 @@ def choose_launcher(
     With ``hosts=`` and no ``n`` only the hosts' workers run (``"localhost"``
     ones locally); ``n`` and ``hosts`` together add ``n`` local workers.
     """
-    check_count(n)
+    n = check_count(n)
     if launcher is not None:
         if hosts is not None:
             raise ValueError("give hosts= or launcher=, not both (an SSHLauncher takes hosts)")

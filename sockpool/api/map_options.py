@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..common.integers import as_int
 from ..common.protocol import Flag
 from ..common.rng import check_seed
 
@@ -33,12 +34,16 @@ class MapOptions:
     schedule: str = "dynamic"  #: "dynamic" (workers pull) or "static" (assigned up front)
 
     def __post_init__(self) -> None:
-        chunksize, timeout = self.chunksize, self.timeout
-        if chunksize is not None and (isinstance(chunksize, bool)
-                                      or not isinstance(chunksize, int) or chunksize < 1):
-            raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+        chunksize, timeout, retries = self.chunksize, self.timeout, as_int(self.retries)
+        if chunksize is not None:  # (NumPy integers are taken, as ints)
+            chunksize = as_int(chunksize)
+            if chunksize is None or chunksize < 1:
+                raise ValueError(f"chunksize must be a positive integer or None, "
+                                 f"not {self.chunksize!r}")
+            object.__setattr__(self, "chunksize", chunksize)
+        if retries is None or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, not {self.retries!r}")
+        object.__setattr__(self, "retries", retries)
         for name in ("ordered", "progress"):
             if getattr(self, name) not in (True, False):
                 raise ValueError(f"{name} must be True or False, not {getattr(self, name)!r}")
@@ -52,7 +57,7 @@ class MapOptions:
         if self.schedule not in ("dynamic", "static"):
             raise ValueError(f"schedule must be 'dynamic' or 'static', not {self.schedule!r}")
         if self.seed is not None:
-            check_seed(self.seed)
+            object.__setattr__(self, "seed", check_seed(self.seed))
 
     def flags(self, star: bool) -> int:
         """The TASK flags: how items become arguments, and whether a failure stops a chunk."""

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from ..common import role
 from ..common.calls import BoxedCall
+from ..common.integers import as_int
 from ..errors import CaptureError, ClusterClosedError, RemoteTraceback, add_note
 from .cluster import Cluster
 from .cluster_options import as_pool
@@ -374,14 +375,16 @@ def _start_cluster(processes: int | None, initializer: Callable[..., object] | N
                    cluster_kwargs: dict[str, Any]) -> Cluster:
     """Check ``multiprocessing``'s arguments, then start the cluster they describe."""
     if processes is not None:
-        if isinstance(processes, bool) or not isinstance(processes, int):
+        if (count := as_int(processes)) is None:
             raise TypeError(f"processes must be an int or None, not {type(processes).__name__}")
-        if processes < 1:
-            raise ValueError(f"Number of processes must be at least 1, not {processes}")
-    if maxtasksperchild is not None and (isinstance(maxtasksperchild, bool) or not isinstance(
-            maxtasksperchild, int) or maxtasksperchild <= 0):
-        raise ValueError(f"maxtasksperchild must be a positive int or None, not "
-                         f"{maxtasksperchild!r}")
+        if count < 1:
+            raise ValueError(f"Number of processes must be at least 1, not {count}")
+        processes = count
+    if maxtasksperchild is not None:
+        if (most := as_int(maxtasksperchild)) is None or most <= 0:
+            raise ValueError(f"maxtasksperchild must be a positive int or None, not "
+                             f"{maxtasksperchild!r}")
+        maxtasksperchild = most
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
     try:

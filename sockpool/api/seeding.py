@@ -27,7 +27,7 @@ class CallSeeds:
             ValueError: ``root`` is not a non-negative integer.
         """
         if root is not None:
-            check_seed(root)
+            root = check_seed(root)
         self._root = root
         self._calls = itertools.count()
 

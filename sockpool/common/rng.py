@@ -16,6 +16,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from .integers import as_int
+
 #: The running task's Generator (None outside a seeded task).
 _current: Any = None
 
@@ -24,10 +26,11 @@ MAX_SEED = 2**128
 
 
 def check_seed(seed: object) -> int:
-    """Validate a seed: a non-negative integer below 2**128."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+    """Validate a seed: a non-negative integer below 2**128 (a NumPy one too); as an int."""
+    number = as_int(seed)
+    if number is None or not 0 <= number < MAX_SEED:
         raise ValueError(f"seed must be a non-negative integer below 2**128, not {seed!r}")
-    return seed
+    return number
 
 
 def task_rng() -> Any:

@@ -1,0 +1,16 @@
+"""Integers as the checks of arguments take them: Python's and NumPy's, never a bool."""
+
+from __future__ import annotations
+
+import operator
+
+
+def as_int(value: object) -> int | None:
+    """``value`` as an ``int`` if it is an integer (``numpy.int64(2)`` too: whatever
+    has ``__index__``), else None; a bool (``True`` for a count) is not one."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
