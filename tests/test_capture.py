@@ -336,6 +336,8 @@ def test_bind_to_env_errors() -> None:
     # list for env gave "vars() argument must have __dict__ attribute".
     with pytest.raises(TypeError, match=r"do_not_rebind=\['helper'\]"):
         bind_to_env(fn, helper=fn, do_not_rebind="helper")
+    with pytest.raises(TypeError, match="do_not_rebind takes a list of names, not int"):
+        bind_to_env(fn, helper=fn, do_not_rebind=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="env must be a mapping or an object with attributes"):
         bind_to_env(fn, "a", env=[1, 2])
     bound = bind_to_env(fn, "a", env={"a": 1, "unused": 0}, b=2)

@@ -240,7 +240,8 @@ def test_bad_constructor_arguments() -> None:
             ({"python": ""}, TypeError, "python must be the path of a Python interpreter"),
             ({"env": {"A=B": "x"}}, ValueError, r"env\['A=B'\]: a variable's name"),
             ({"env": {"": "x"}}, ValueError, r"env\[''\]: a variable's name must be non-empty"),
-            ({"env": {"A": "x\0y"}}, ValueError, "NUL")]:
+            ({"env": {"A": "x\0y"}}, ValueError, "NUL"),
+            ({"hosts": 5}, TypeError, "hosts must be a list or a dict of host names, not int")]:
         with pytest.raises(error, match=named):
             Cluster(n=1, **options)  # type: ignore[arg-type]
     assert {child.pid for child in psutil.Process().children()} <= before
