@@ -149,6 +149,16 @@ def test_n_jobs_caps_the_batches_running_at_once_on_a_larger_cluster() -> None:
                 assert min(expected, 2) <= most <= expected, (n_jobs, return_as, spans)
 
 
+def test_short_batches_never_wait_behind_a_long_one(shared_cluster: Cluster) -> None:
+    # With n_jobs the cluster's size a worker holds a batch queued behind the one it
+    # runs; one queued behind the long batch would wait 3 s while the other worker
+    # idled.  Every short batch ends on the other worker long before the long one.
+    spans = Parallel(n_jobs=2, backend="sockpool", cluster=shared_cluster, batch_size=1)(
+        delayed(timed_sleep)(3.0 if i == 0 else 0.02) for i in range(40))
+    long_ended = spans[0][1]
+    assert all(end < long_ended - 0.5 for _, end in spans[1:]), spans
+
+
 def fill_slot(out: np.ndarray, index: int) -> None:
     out[index] = index + 1
 
