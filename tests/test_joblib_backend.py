@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import os
 import signal
 import textwrap
@@ -229,6 +230,31 @@ def test_a_profile_names_the_functions_of_the_batches(shared_cluster: Cluster) -
     names = {task.function for task in prof.tasks}  # (joblib may split a batch)
     assert {part for name in names for part in name.split(", ")} == {"square", "abs"}, names
     assert "square, abs" in names or "abs, square" in names, names
+
+
+class Scale:
+    """A callable that cannot be hashed (it defines __eq__ alone)."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Scale) and other.factor == self.factor
+
+    def __call__(self, x: int) -> int:
+        return self.factor * x
+
+
+def test_batches_of_unhashable_callables_and_partials_run_and_are_named(
+        shared_cluster: Cluster) -> None:
+    with parallel_config(backend="sockpool", cluster=shared_cluster), \
+            shared_cluster.profile() as prof:
+        out = Parallel(n_jobs=2, batch_size=4)(
+            delayed(function)(i) for i in range(4)
+            for function in (Scale(3), functools.partial(pow, 2)))
+    assert out == [value for i in range(4) for value in (3 * i, 2 ** i)]
+    names = {part for task in prof.tasks for part in task.function.split(", ")}
+    assert names == {"Scale", "pow"}, names
 
 
 def test_the_first_failure_cancels_the_rest(shared_cluster: Cluster, tmp_path: Path) -> None:

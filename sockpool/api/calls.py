@@ -146,14 +146,16 @@ class Calls:
 
     def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
                timeout: float | None, seed: int | None, *, prefetch: bool = True,
-               name: str | None = None, call_name: str | None = None
-               ) -> tuple[Future[T], FutureJob]:
+               name: str | None = None, call_name: str | None = None,
+               standard_first: bool = True) -> tuple[Future[T], FutureJob]:
         """One call on a worker: its future, and its job (to cancel it).
 
         ``prefetch=False`` sends it only to an idle worker, never queued behind
         another chunk (for callers, like joblib, that keep their own calls in flight).
         ``name``: what a profile calls it, rather than ``fn``'s name; ``call_name``:
-        what error messages call it, rather than "the call to fn".
+        what error messages call it, rather than "the call to fn";
+        ``standard_first=False``: its arguments go straight to cloudpickle (see
+        ``codec.dumps``).
         """
         future: Future[T] = TaskFuture()
         function = self.packer.function(fn, copy_buffers=True)
@@ -162,7 +164,8 @@ class Calls:
         job.prefetch = prefetch
         job.call_name = call_name or f"the call to {function.name or 'the function'}"
         job.keep = self.owner()
-        chunk = job.chunk(0, 1, self.packer.call(args, kwargs, self.dispatcher.store))
+        chunk = job.chunk(0, 1, self.packer.call(args, kwargs, self.dispatcher.store,
+                                                 standard_first))
         self.dispatcher.submit([chunk])
         return future, job
 

@@ -113,8 +113,8 @@ class Packer:
             "carries each global it names.")
 
     def values(self, obj: Any, parts: Iterable[tuple[str, Any]], *,
-               copy_buffers: bool = False, prefix: bytes = b"", store: Store | None = None
-               ) -> Frames:
+               copy_buffers: bool = False, prefix: bytes = b"", store: Store | None = None,
+               standard_first: bool = True) -> Frames:
         """Serialize ``obj`` into frames; on failure, name the first of ``parts`` that fails.
 
         Args:
@@ -124,6 +124,7 @@ class Packer:
             copy_buffers: copy large buffers now (the caller may change them).
             prefix: bytes before the pickle in the first frame (a header).
             store: shared memory for large buffers (see ``codec.dumps``).
+            standard_first: see ``codec.dumps``.
 
         Raises:
             CaptureError: naming the part, the path inside it and the pickler's complaint.
@@ -132,7 +133,7 @@ class Packer:
         register_local_modules(serializer)
         try:
             return pickling.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix,
-                                  store=store)
+                                  store=store, standard_first=standard_first)
         except Exception as exc:
             for what, part in parts:
                 where = describe_unpicklable(part, what, serializer)
@@ -146,10 +147,12 @@ class Packer:
         parts = ((f"argument {first_index + i}", item) for i, item in enumerate(items))
         return self.values(items, parts, copy_buffers=copy_buffers, store=store)
 
-    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], store: Store | None = None
-             ) -> Frames:
-        """Serialize one call's ``(args, kwargs)``, copying buffers (the caller may reuse them)."""
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], store: Store | None = None,
+             standard_first: bool = True) -> Frames:
+        """Serialize one call's ``(args, kwargs)``, copying buffers (the caller may reuse
+        them); ``standard_first``: see ``codec.dumps``."""
         # Named only if the call fails to serialize: 2 µs of every submit otherwise.
         parts = itertools.chain(((f"positional argument {i}", a) for i, a in enumerate(args)),
                                 ((f"keyword argument {k!r}", v) for k, v in kwargs.items()))
-        return self.values((args, kwargs), parts, copy_buffers=True, store=store)
+        return self.values((args, kwargs), parts, copy_buffers=True, store=store,
+                           standard_first=standard_first)

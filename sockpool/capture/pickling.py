@@ -21,10 +21,11 @@ from .by_value import names_by_value_module
 
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
-          prefix: bytes = b"", store: Callable[[list[Any]], Any] | None = None) -> Frames:
+          prefix: bytes = b"", store: Callable[[list[Any]], Any] | None = None,
+          standard_first: bool = True) -> Frames:
     """:func:`codec.dumps <sockpool.common.codec.dumps>` with the master's by-value check."""
     return codec.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix, store=store,
-                       by_value_check=names_by_value_module)
+                       by_value_check=names_by_value_module, standard_first=standard_first)
 
 
 class FunctionPayload(NamedTuple):

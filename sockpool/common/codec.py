@@ -205,7 +205,8 @@ def check_serializer(serializer: str) -> str:
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
           prefix: bytes = b"", store: Callable[[list[Any]], Any] | None = None,
-          by_value_check: Callable[[memoryview], bool] | None = None) -> Frames:
+          by_value_check: Callable[[memoryview], bool] | None = None,
+          standard_first: bool = True) -> Frames:
     """Pickle ``obj`` into ``[prefix + payload, *out_of_band_buffers]``.
 
     Args:
@@ -222,6 +223,8 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
             a worker cannot import, so that cloudpickle writes it again, by
             value.  A worker passes none: its ``__main__`` is empty, so there a
             by-reference pickle that succeeds names something the master has too.
+        standard_first: with cloudpickle, try the standard pickler first (False:
+            the caller knows the check would flag it, and spares that first pass).
 
     Raises:
         Exception: whatever the pickler raised; callers turn it into a
@@ -245,7 +248,7 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
             return [view, *(bytes(b.raw()) for b in buffers)]
         return [view, *buffers]
 
-    if serializer == "cloudpickle":
+    if serializer == "cloudpickle" and standard_first:
         # Fast path: the C pickler handles plain data and importable objects at a
         # fraction of cloudpickle's cost.  It fails on lambdas and local objects,
         # and a pickle that by_value_check flags would not load on a worker: both
