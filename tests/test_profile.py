@@ -209,11 +209,15 @@ def test_the_plot_draws_a_bar_per_task_and_marks_failures(shared_cluster: Cluste
         shared_cluster.par_map(sleepy, range(12), errors="return")
         shared_cluster.par_map(abs, range(5))
     ax = prof.plot()
-    bars = sum(len(collection.get_paths()) for collection in ax.collections)
-    assert bars == 17
+    held = matplotlib.colors.to_rgba("#dddddd")
+    tasks = [c for c in ax.collections if tuple(c.get_facecolor()[0]) != held]
+    assert sum(len(collection.get_paths()) for collection in tasks) == 17
+    chunks = sum(len(c.get_paths()) for c in ax.collections) - 17  # time held, behind
+    assert chunks == len(prof.attempts)
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
     calls = sorted({task.call for task in prof.tasks})
-    assert labels == [f"call {calls[0]}: sleepy", f"call {calls[1]}: abs", "failed"]
+    assert labels == [f"call {calls[0]}: sleepy", f"call {calls[1]}: abs", "failed",
+                      "holding a chunk, in no task"]
     assert [tick.get_text() for tick in ax.get_yticklabels()] == [
         f"worker {worker} ({host})" for worker, host in sorted(prof.workers.items())]
     hatched = [c for c in ax.collections if c.get_hatch()]

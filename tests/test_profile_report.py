@@ -7,8 +7,10 @@ import itertools
 import json
 import re
 import struct
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +44,7 @@ def test_a_legend_with_many_calls_fits_its_figure_and_names_the_rest(
     calls = sorted({(task.call, task.function) for task in prof.tasks})
     labels = [text.get_text() for text in legend.get_texts()]
     assert labels == ([f"call {call}: {function}" for call, function in calls[:10]]
-                      + ["+3 more calls", "failed"])
+                      + ["+3 more calls", "failed", "holding a chunk, in no task"])
     # Each named colour paints its own call's 3 bars only; the 3 unnamed calls share
     # the "+3 more calls" colour, which is none of the named ones.
     colours = [tuple(handle.get_facecolor()) for handle in legend.legend_handles[:11]]
@@ -114,4 +116,61 @@ def test_a_profile_in_which_nothing_ran_says_so_rather_than_efficiency_0(
         pass
     head = str(prof.summary()).splitlines()[0]
     assert head.startswith("0 tasks on 2 workers in ")
-    assert head.endswith(": nothing ran, so no efficiency or speed-up"), head
+    assert head.endswith(": no task ended in the block, so no efficiency or speed-up"), head
+
+
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_chunk_still_running_as_the_block_ends_is_counted_not_taken_for_nothing(
+        shared_cluster: Cluster) -> None:
+    # A submit gathered after the block: "nothing ran" (the profile saw no RESULT).
+    with shared_cluster.profile() as prof:
+        future = shared_cluster.submit(_nap, 0.3)
+    assert future.result(timeout=10) == 0.3
+    assert prof.tasks == [] and prof.summary().unfinished == 1
+    assert str(prof).splitlines()[0].endswith(
+        "no task ended in the block, so no efficiency or speed-up, 1 chunk still running "
+        "as it ended (not recorded)")
+
+
+class _SlowToLoad:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _load_slowly, ()
+
+
+def _load_slowly() -> _SlowToLoad:
+    time.sleep(0.5)
+    return _SlowToLoad()
+
+
+def _with(x: int, _: _SlowToLoad) -> int:
+    return x
+
+
+def test_the_chart_starts_at_the_first_handover_and_shows_time_held_in_no_task(
+        shared_cluster: Cluster) -> None:
+    # Its x axis began at the first task's start: 0.5 s of unpickling on each worker
+    # was cut off, and a run that was mostly overhead looked fully busy.
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    with shared_cluster.profile() as prof:
+        shared_cluster.par_map(_with, range(2), [_SlowToLoad()] * 2, chunksize=1)
+    ax = prof.plot()
+    assert ax.get_xlim()[0] == 0
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[-1] == "holding a chunk, in no task"
+    held = [collection for collection in ax.collections
+            if tuple(collection.get_facecolor()[0][:3]) == matplotlib.colors.to_rgb("#dddddd")]
+    widths = [path.get_extents().width for collection in held
+              for path in collection.get_paths()]
+    assert len(widths) == 2 and all(width >= 0.5 for width in widths), widths
+
+
+def test_a_profile_not_ended_shows_as_such_in_a_notebook(shared_cluster: Cluster) -> None:
+    prof = shared_cluster.profile()
+    assert prof._repr_html_() == "<p>&lt;Profile (not started)&gt;</p>"  # not a traceback
+    with prof:
+        assert prof._repr_html_() == "<p>&lt;Profile (recording)&gt;</p>"

@@ -17,6 +17,7 @@ nothing: tasks are timed only while a profile records.
 
 from __future__ import annotations
 
+import html as markup
 import time
 from collections.abc import Callable
 from typing import Any
@@ -154,6 +155,8 @@ class Profile:
                 f"{report.count(len(self.workers), 'worker')}>")
 
     def _repr_html_(self) -> str:
+        if self._recording is None or not self._recording.stopped:
+            return f"<p>{markup.escape(repr(self))}</p>"  # not a traceback in the cell
         return report.html(self)
 
 

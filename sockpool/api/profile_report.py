@@ -29,6 +29,8 @@ OUTLINED_BARS = 500
 LEGEND_CALLS = 10
 #: The colour of the calls past those the legend names (none of tab10's ten).
 UNNAMED_COLOUR = "black"
+#: The colour of a worker holding a chunk outside its tasks (behind the task bars).
+HELD_COLOUR = "#dddddd"
 #: The trace's ticks per microsecond.  A binary fraction of a microsecond (about
 #: a nanosecond) adds up exactly in floating point: an event that ends where the
 #: next begins has ``ts + dur == next ts``, not a hair past it.
@@ -85,6 +87,8 @@ class Profile(Protocol):
     def windows(self) -> dict[int, tuple[float, float]]: ...
     @property
     def started(self) -> float: ...
+    @property
+    def stopped(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class Summary:
         failed: tasks whose last attempt failed (raised, or was lost with its
             worker and not retried).
         retried: attempts lost with their worker whose task was tried again.
+        unfinished: chunks sent during the block whose answer came after it
+            ended (their tasks are not in the profile).
     """
 
     wall: float
@@ -126,13 +132,17 @@ class Summary:
     tasks: int
     failed: int
     retried: int = 0
+    unfinished: int = 0
 
     def __str__(self) -> str:
         head = (f"{count(self.tasks, 'task')} on {count(len(self.workers), 'worker')} in "
                 f"{self.wall:.3f} s: " + (
                     f"efficiency {self.efficiency:.0%}, speed-up {self.speedup:.2f}x "
                     f"(serial {self.serial:.3f} s)" if self.tasks else
-                    "nothing ran, so no efficiency or speed-up"))
+                    "no task ended in the block, so no efficiency or speed-up"))
+        if self.unfinished:
+            head += (f", {count(self.unfinished, 'chunk')} still running as it ended "
+                     "(not recorded)")
         if self.failed:
             head += f", {self.failed} failed"
         if self.retried:
@@ -181,7 +191,7 @@ def summarize(profile: Profile) -> Summary:
     return Summary(wall, tuple(rows), serial,
                    busy_total / available if available > 0 else 0.0,
                    serial / wall if wall > 0 else 0.0, slowest, len(tasks),
-                   *_outcomes(tasks))
+                   *_outcomes(tasks), sum(run.received is None for run in runs))
 
 
 def _outcomes(tasks: list[TaskRecord]) -> tuple[int, int]:
@@ -231,6 +241,9 @@ def plot(profile: Profile, ax: Any = None) -> Any:
                  for number, (call, _) in enumerate(calls)}
     # Outlined bars tell neighbours apart; thousands of outlines would paint a row black.
     outline = "black" if len(tasks) <= OUTLINED_BARS else "none"
+    held = _held(profile, origin, rows)
+    for worker, bars in held.items():  # behind the tasks: what shows is overhead
+        ax.broken_barh(bars, (rows[worker] - 0.4, 0.8), facecolors=HELD_COLOUR)
     for (worker, call, ok), bars in _group(tasks, origin).items():
         ax.broken_barh(bars, (rows[worker] - 0.4, 0.8), facecolors=colour_of[call],
                        edgecolors=outline if ok else "red", linewidth=0.3 if ok else 1.0,
@@ -238,6 +251,7 @@ def plot(profile: Profile, ax: Any = None) -> Any:
     ax.set_yticks(list(rows.values()),
                   [f"worker {worker} ({profile.workers[worker]})" for worker in rows])
     ax.invert_yaxis()
+    ax.set_xlim(left=0)  # from the first handover: time before the first task shows
     ax.set_xlabel("seconds since the first task was handed over")
     handles = [Patch(facecolor=colour_of[call], label=f"call {call}: {function}")
                for call, function in calls[:LEGEND_CALLS]]
@@ -246,11 +260,25 @@ def plot(profile: Profile, ax: Any = None) -> Any:
                              label=f"+{count(len(calls) - LEGEND_CALLS, 'more call')}"))
     if any(not task.ok for task in tasks):
         handles.append(Patch(facecolor="white", edgecolor="red", hatch="//", label="failed"))
+    if held:
+        handles.append(Patch(facecolor=HELD_COLOUR, label="holding a chunk, in no task"))
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     ax.set_title(f"{count(len(tasks), 'task')} on {count(len(rows), 'worker')}")
     ax.figure.tight_layout()
     return ax
+
+
+def _held(profile: Profile, origin: float, rows: dict[int, int]
+          ) -> dict[int, list[tuple[float, float]]]:
+    """Bars (start, width) by worker: from each chunk sent to its answer (or the block's
+    end): unpickling, results, a slow function's first load show where no task is."""
+    bars: dict[int, list[tuple[float, float]]] = {}
+    for run in profile.attempts:
+        if run.worker in rows:
+            end = run.received if run.received is not None else profile.stopped
+            bars.setdefault(run.worker, []).append((run.sent - origin, max(end - run.sent, 0)))
+    return bars
 
 
 def _calls(tasks: list[TaskRecord]) -> list[tuple[int, str]]:
@@ -262,7 +290,7 @@ def _figure_size(profile: Profile) -> tuple[float, float]:
     """Inches for the chart: a row per worker, and room for the legend beside it."""
     calls = len(_calls(profile.tasks))
     entries = (min(calls, LEGEND_CALLS) + (calls > LEGEND_CALLS)
-               + any(not task.ok for task in profile.tasks))
+               + any(not task.ok for task in profile.tasks) + bool(profile.attempts))
     rows = 1.2 + 0.45 * max(1, len(profile.workers))
     # The legend hangs from the top of the axes: a line of small text per entry,
     # below the title.
