@@ -160,7 +160,7 @@ def _batch_functions(batch: BatchedCalls) -> list[Any]:
 def _distinct(values: list[Any]) -> list[Any]:
     try:
         return list(dict.fromkeys(values))
-    except TypeError:  # a callable that cannot be hashed
+    except Exception:  # a callable that cannot be hashed, or compared (array-like __eq__)
         return values
 
 

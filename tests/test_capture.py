@@ -338,6 +338,12 @@ def test_bind_to_env_errors() -> None:
         bind_to_env(fn, helper=fn, do_not_rebind="helper")
     with pytest.raises(TypeError, match="do_not_rebind takes a list of names, not int"):
         bind_to_env(fn, helper=fn, do_not_rebind=5)  # type: ignore[arg-type]
+
+    class OldSequence:  # iterable through __getitem__ alone: set() takes it
+        def __getitem__(self, index: int) -> str:
+            return ["helper"][index]
+
+    assert bind_to_env(fn, helper=fn, do_not_rebind=OldSequence())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="env must be a mapping or an object with attributes"):
         bind_to_env(fn, "a", env=[1, 2])
     bound = bind_to_env(fn, "a", env={"a": 1, "unused": 0}, b=2)

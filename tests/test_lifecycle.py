@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -247,12 +248,27 @@ def test_bad_constructor_arguments() -> None:
     assert {child.pid for child in psutil.Process().children()} <= before
     with Cluster(n=1, max_message_size=65536) as cl:  # the least is enough to run
         assert cl.par_map(abs, [-1]) == [1]
+    # A Path failed in shlex.join once a worker was spawned, leaving it unreaped.
+    with Cluster(n=1, python=Path(sys.executable)) as cl:
+        assert cl.par_map(abs, [-2]) == [2]
 
 
 @pytest.mark.filterwarnings(OVERSUBSCRIBED)
+class _OldSequence:
+    """Iterable through __getitem__ alone (iter() takes it; abc.Iterable does not)."""
+
+    def __init__(self, items: list[str]) -> None:
+        self.items = items
+
+    def __getitem__(self, index: int) -> str:
+        return self.items[index]
+
+
 def test_localhost_hosts_are_local_workers() -> None:
     with Cluster(hosts=["localhost", "localhost"]) as cl:
         assert cl.n_workers == 2
+    with Cluster(hosts=_OldSequence(["localhost"])) as cl:  # type: ignore[arg-type]
+        assert cl.n_workers == 1
     with Cluster(n=1, hosts={"localhost": 2}) as cl:
         assert cl.n_workers == 3
 

@@ -323,9 +323,22 @@ def test_numpy_integers_are_taken_where_integers_are(shared_cluster: Cluster) ->
     with Cluster(n=np.int64(1)) as cl:
         assert cl.n_workers == 1 and cl.par_map(square, [3]) == [9]
     for bad in ({"chunksize": np.float64(2.0)}, {"chunksize": np.int64(0)},
-                {"retries": np.int8(-1)}):
+                {"retries": np.int8(-1)}, {"chunksize": np.True_}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             shared_cluster.par_map(square, [1], **bad)
+    # Executor.map checked its chunksize but chunked by the value as given.
+    mapped = shared_cluster.map(square, range(5), chunksize=_Index(2))  # type: ignore[arg-type]
+    assert list(mapped) == [0, 1, 4, 9, 16]
+
+
+class _Index:
+    """An integer only through __index__."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
 
 
 def test_bad_input_raises_before_work(shared_cluster: Cluster) -> None:

@@ -366,7 +366,7 @@ class Cluster(concurrent.futures.Executor):
     ) -> Iterator[T]:
         """``Executor.map``: submits everything now; yields results in order.  ``timeout``
         is a deadline for the whole iteration (``TimeoutError`` when it passes)."""
-        MapOptions(chunksize)  # checks it
+        chunksize = MapOptions(chunksize).chunksize or 1  # checked, and an int
         self._check_open()
         check_callable(fn, "map")
         check_iterables(iterables, "map")

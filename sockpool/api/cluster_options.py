@@ -127,10 +127,12 @@ def choose_workers(
     if launcher is not None and (python is not None or env is not None):
         raise ValueError("python= and env= belong to the launcher when launcher= is given")
     check_launcher(launcher)
-    if python is not None and (not isinstance(python, (str, os.PathLike))
-                               or not os.fspath(python)):
-        raise TypeError(f"python must be the path of a Python interpreter (a non-empty str) "
-                        f"or None for this one, not {python!r}")
+    if python is not None:  # (a Path too: the launchers quote it into command lines)
+        path = os.fspath(python) if isinstance(python, (str, os.PathLike)) else None
+        if not isinstance(path, str) or not path:
+            raise TypeError(f"python must be the path of a Python interpreter (a non-empty str "
+                            f"or Path) or None for this one, not {python!r}")
+        python = path
     launcher, n_workers = choose_launcher(
         n, hosts, launcher, python=python, env=worker_env(env, threads_per_worker),
         tunnel=tunnel, listen=listen)

@@ -98,10 +98,11 @@ def bind_to_env(fn: F, *names: str, env: Mapping[str, Any] | object | None = Non
     bound = {**lookup(names, env, depth=1), **values}
     if isinstance(do_not_rebind, str):  # one name, not its letters
         raise TypeError(f"do_not_rebind takes a list of names: do_not_rebind=[{do_not_rebind!r}]")
-    if not isinstance(do_not_rebind, Iterable):
+    try:
+        keep = set(do_not_rebind)
+    except TypeError:
         raise TypeError(f"do_not_rebind takes a list of names, not "
-                        f"{type(do_not_rebind).__name__}")
-    keep = set(do_not_rebind)
+                        f"{type(do_not_rebind).__name__}") from None
     unknown = keep - set(bound)
     if unknown:
         raise NameError(f"do_not_rebind names {sorted(unknown)!r}, which are not bound")

@@ -76,9 +76,11 @@ def parse_hosts(hosts: Iterable[str | SSHHost] | Mapping[str, int | SSHHost]) ->
     if isinstance(hosts, str):
         raise TypeError(f"hosts must be a list or a dict of host names, not a string; "
                         f"did you mean hosts=[{hosts!r}]?")
-    if not isinstance(hosts, Iterable):
+    try:
+        iter(hosts)
+    except TypeError:
         raise TypeError(f"hosts must be a list or a dict of host names, "
-                        f"not {type(hosts).__name__}")
+                        f"not {type(hosts).__name__}") from None
     found: dict[str, SSHHost] = {}
     if isinstance(hosts, Mapping):
         for name, spec in hosts.items():
