@@ -22,8 +22,9 @@ worker's traceback as their ``__cause__``), the first failure cancels the
 batches still queued and interrupts those running (with ``n_jobs`` at least
 the cluster's workers, each worker holds a batch queued behind the one it
 runs, which it may start before the cancellation reaches it: that one is
-interrupted, as loky's workers are), what workers print is relayed, ``return_as="generator"`` streams, and a ``Parallel`` nested inside a
-task runs in its worker, one call after another.
+interrupted, as loky's workers are), what workers print is relayed,
+``return_as="generator"`` streams, and a ``Parallel`` nested inside a task
+runs in its worker, one call after another.
 """
 
 from __future__ import annotations

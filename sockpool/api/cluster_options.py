@@ -6,12 +6,12 @@ import contextvars
 import logging
 import os
 import re
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..capture.limits import check_max_capture_size
+from ..common.caller import user_stacklevel
 from ..common.codec import check_serializer
 from ..common.config import check_transport
 from ..common.integers import as_int
@@ -190,7 +190,7 @@ def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worke
             f"thread{'s' if threads > 1 else ''} each = {n_workers * threads} threads on "
             f"{physical} usable physical cores (hyper-threads do not count): they will slow "
             "each other down; use fewer workers or threads_per_worker", UserWarning,
-            stacklevel=_caller_level())
+            stacklevel=user_stacklevel())
     elif others and n_workers + sum(others) > 2 * physical:  # (two used in turn are fine)
         total = n_workers + sum(others)
         warnings.warn(
@@ -198,18 +198,7 @@ def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worke
             f" with {sum(others)} local worker{'s' if sum(others) > 1 else ''}: with these "
             f"{n_workers}, {total} workers on {physical} usable physical cores, more than "
             "twice as many; close the clusters you are done with (cl.close(), or "
-            "`with Cluster(...) as cl:`)", UserWarning, stacklevel=_caller_level())
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` that makes a warning from the caller of this point name the
-    first frame outside sockpool (the user's ``Cluster(...)``, ``Pool(...)`` or map
-    under a plan), however many sockpool frames lie between."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
+            "`with Cluster(...) as cl:`)", UserWarning, stacklevel=user_stacklevel())
 
 
 def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:
