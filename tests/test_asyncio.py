@@ -79,6 +79,10 @@ def test_the_loop_keeps_ticking_through_start_long_tasks_and_a_big_map() -> None
     asyncio.run(main())
 
 
+def _plus_seed(x: int, seed: int = 0) -> int:
+    return x + seed
+
+
 def test_results_and_errors_come_back_as_from_the_blocking_calls() -> None:
     async def main() -> None:
         async with Cluster(n=2) as cl:
@@ -98,6 +102,8 @@ def test_results_and_errors_come_back_as_from_the_blocking_calls() -> None:
                                                 r"keyword argument 'schedule'$"):
                 cl.aimap(abs, [1], schedule="static")
             assert [x async for x in cl.aimap(abs, [-1], chunksize=1)] == [1]
+            with pytest.warns(UserWarning, match=r"submit's seed= is sockpool's"):
+                assert await cl.asubmit(_plus_seed, 1, seed=7) == 1
         assert "closed" in repr(cl)
 
     asyncio.run(main())

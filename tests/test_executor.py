@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import queue
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,30 @@ def test_a_submits_errors_name_the_call_not_a_task_index(cluster: Cluster) -> No
     assert "the call to slow_identity ran longer than 0.5 s" in str(late)
     lost = cluster.submit(_kill_myself).exception(timeout=20)
     assert "while running the call to _kill_myself" in str(lost) and "task 0" not in str(lost)
+
+
+def _train(x: int, seed: int = 0) -> int:
+    return x + seed
+
+
+def _fetch(url: str, *, timeout: float = 1.0) -> float:
+    return timeout
+
+
+def test_submit_warns_where_its_own_seed_or_timeout_meets_a_parameter_of_that_name(
+        shared_cluster: Cluster) -> None:
+    # submit(train, 1, seed=42) gave train's seed=0 result, silently: seed= is sockpool's.
+    with pytest.warns(UserWarning, match=r"submit's seed= is sockpool's \(its random stream\), "
+                                         r"not an argument of _train\(\)") as caught:
+        assert shared_cluster.submit(_train, 1, seed=42).result(timeout=10) == 1
+    assert caught[0].filename == __file__  # it points at the call
+    with pytest.warns(UserWarning, match=r"submit's timeout= is sockpool's"):
+        assert shared_cluster.submit(_fetch, "u", timeout=5).result(timeout=10) == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert shared_cluster.submit(abs, -1, seed=42, timeout=5).result(timeout=10) == 1
+        bound = functools.partial(_train, seed=42)
+        assert shared_cluster.submit(bound, 1).result(timeout=10) == 43
 
 
 def test_wait_and_as_completed_work_with_cluster_futures(shared_cluster: Cluster) -> None:

@@ -336,8 +336,15 @@ def test_imap_over_an_input_that_raises_gives_what_came_before_then_its_error(
         sockpool.par_map(_fails_at_two, _input_that_breaks())
 
 
+def _with_seed(x: int, seed: int = 0) -> int:
+    return x + seed
+
+
 def test_submit_and_run_on_all() -> None:
     sockpool.plan("sequential")
+    with pytest.warns(UserWarning, match=r"submit's seed= is sockpool's") as caught:
+        assert sockpool.submit(_with_seed, 1, seed=42).result() == 1
+    assert len(caught) == 1 and caught[0].filename == __file__
     future = sockpool.submit(divmod, 7, 2)
     assert future.done() and future.result() == (3, 1)
     failed = sockpool.submit(_fails_at_two, 2)

@@ -26,7 +26,7 @@ from . import aio
 from .cluster_options import check_cluster_options, choose_workers, warn_if_oversubscribed
 from .lifetime import forget, watch
 from .loops import may_block
-from .map_options import MapOptions, check_callable, check_iterables, check_timeout, options_of
+from .map_options import MapOptions, check_call_options, check_callable, check_iterables, options_of
 from .seeding import CallSeeds
 from .startup import start_engine
 
@@ -386,11 +386,11 @@ class Cluster(concurrent.futures.Executor):
             seed: a seed for this call alone (as ``par_map(seed=)``); with
                 ``Cluster(seed=)`` an unseeded submit counts as a seeded call.
 
-        ``timeout`` and ``seed`` are sockpool's, as DESIGN.md has it; every
-        other keyword goes to ``fn``.  To pass ``fn`` an argument of one of
-        those names, bind it first: ``submit(functools.partial(fn, timeout=5))``.
+        ``timeout`` and ``seed`` are sockpool's (it warns where ``fn`` has such a
+        parameter); every other keyword goes to ``fn``.  To pass ``fn`` one of
+        those, bind it first: ``submit(functools.partial(fn, timeout=5))``.
         """
-        check_timeout(timeout)
+        check_call_options(fn, timeout, seed)
         self._check_open()
         check_callable(fn, "submit")
         return self._calls.submit(fn, args, kwargs, timeout, seed)[0]
@@ -434,7 +434,7 @@ class Cluster(concurrent.futures.Executor):
                       seed: int | None = None, **kwargs: Any) -> T:
         """:meth:`submit`, awaited.  Cancelling the awaiting task cancels the sockpool
         task, interrupting it if it runs."""
-        check_timeout(timeout)
+        check_call_options(fn, timeout, seed)
         await aio.check_open(self._check_open, starting=self._starting is not None)
         check_callable(fn, "asubmit")
         return await aio.submit(self._calls, fn, args, kwargs, timeout, seed)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import math
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..common.caller import user_stacklevel
 from ..common.integers import as_int
 from ..common.protocol import Flag
 from ..common.rng import check_seed
@@ -128,6 +131,32 @@ def check_callable(fn: object, method: str, *, returns: bool = True) -> None:
             raise TypeError(f"{method}() runs {name}() on a worker and sends back what it "
                             f"returns: {what}, which cannot travel; consume it in the task "
                             f"instead ({instead})")
+
+
+def check_call_options(fn: Callable[..., Any], timeout: float | None, seed: int | None
+                       ) -> None:
+    """``submit``'s own ``timeout`` and ``seed``: the timeout checked, and a warning
+    where ``fn`` has a parameter of the name given (``train(x, seed=0)``): the value
+    goes to sockpool, not to ``fn``, which a reader of the call would not guess."""
+    check_timeout(timeout)
+    given = [name for name, value in (("timeout", timeout), ("seed", seed)) if value is not None]
+    if not given:
+        return
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to tell
+        return
+    named = getattr(fn, "__qualname__", None) or type(fn).__name__
+    for name in given:
+        parameter = parameters.get(name)
+        if parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD,
+                                                        parameter.KEYWORD_ONLY):
+            meaning = "the task's time limit" if name == "timeout" else "its random stream"
+            warnings.warn(
+                f"submit's {name}= is sockpool's ({meaning}), not an argument of "
+                f"{named}(), which has a parameter of that name; to pass it to "
+                f"{named}(), bind it: submit(functools.partial({named}, {name}=...), ...)",
+                UserWarning, stacklevel=user_stacklevel())
 
 
 def check_iterables(iterables: tuple[Any, ...], method: str) -> None:

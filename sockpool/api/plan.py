@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..common import role
 from ..errors import ClusterClosedError
-from .map_options import MapOptions, check_callable, check_iterables, check_timeout
+from .map_options import (
+    MapOptions,
+    check_call_options,
+    check_callable,
+    check_iterables,
+    check_timeout,
+)
 from .sequential import Sequential, choose_for_task, running_task, task_choice
 
 if TYPE_CHECKING:
@@ -303,7 +309,8 @@ def submit(fn: Callable[..., T], /, *args: Any, timeout: float | None = None,
     if seed is not None:
         MapOptions(seed=seed)  # checked as a map's
     active = _active()
-    if active.sequential:
+    if active.sequential:  # (a cluster's submit warns as this does)
+        check_call_options(fn, timeout, seed)
         return active.runner.submit(fn, args, kwargs, timeout, seed)
     return active.cluster().submit(fn, *args, timeout=timeout, seed=seed, **kwargs)
 
