@@ -389,3 +389,52 @@ def test_a_warning_under_error_raises_for_its_call_and_the_cluster_lives_on(
     assert result.stdout.splitlines() == [
         "before the warning", "raised boom", "before the warning", "raised boom",
         "still usable [3]"]
+
+
+def _chatty(lines: int) -> None:
+    for i in range(lines):
+        print(f"worker line {i}")
+        time.sleep(0.01)
+
+
+def _ends_with_whole_lines(out: str, after: str) -> list[str]:
+    """The worker lines before ``after``: each whole, none run into ``after``."""
+    assert out.endswith(f"\n{after}\n"), out[-200:]
+    lines = out.splitlines()[:-1]
+    assert lines and all(line == f"worker line {i}" for i, line in enumerate(lines)), lines
+    return lines
+
+
+def test_a_task_cut_short_by_close_ends_its_last_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Leaving `with` on an exception closes the cluster: the running task's last
+    # line ran into the next print ("worker line 28main: after the with block").
+    with pytest.raises(RuntimeError), Cluster(n=1) as cl:
+        cl.submit(_chatty, 1000)
+        time.sleep(0.5)
+        raise RuntimeError("a bug in the loop")
+    print("main: after the with block")
+    _ends_with_whole_lines(capsys.readouterr().out, "main: after the with block")
+
+
+def test_a_submit_cancelled_as_it_runs_still_writes_what_it_printed(
+        shared_cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    # asyncio's cancel, joblib's abort: the interrupted call's output was dropped whole.
+    import asyncio
+
+    async def cancel_after(seconds: float) -> None:
+        running = asyncio.ensure_future(shared_cluster.asubmit(_chatty, 1000))
+        await asyncio.sleep(seconds)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    asyncio.run(cancel_after(0.5))
+    deadline = time.monotonic() + 5
+    while "worker line" not in (out := capsys.readouterr().out) and time.monotonic() < deadline:
+        time.sleep(0.05)  # written by the I/O thread as the cancelled RESULT comes
+    time.sleep(0.2)
+    out += capsys.readouterr().out
+    print("main: after the cancel")
+    out += capsys.readouterr().out
+    assert len(_ends_with_whole_lines(out, "main: after the cancel")) >= 5

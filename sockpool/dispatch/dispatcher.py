@@ -285,6 +285,7 @@ class Dispatcher:
                     "the cluster was closed before this task ran"))
         for worker_id in self.scheduler.workers:  # begin_stop then sends them SHUTDOWN
             for chunk in self.scheduler.remove_worker(worker_id)[0]:
+                chunk.output = relay.lines_ended(chunk.output)  # a task cut short, a line too
                 chunk.job.fail(chunk, ClusterClosedError(
                     "the cluster was closed while this task was on its worker"))
 

@@ -379,6 +379,9 @@ class FutureJob(Job):
         return True
 
     def dropped(self, chunk: Chunk, payload: Payload | None = None) -> None:
+        if payload is not None:  # interrupted as it ran: what it wrote still shows
+            with contextlib.suppress(Exception):
+                relay.emit(relay.lines_ended([*chunk.output, *_written(payload)]))
         if not self.future.done() and not self.future.cancel():
             self.future.set_exception(ClusterClosedError(
                 "the task was interrupted because its cluster was shut down"))
