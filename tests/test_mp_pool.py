@@ -948,3 +948,33 @@ def test_numpy_integers_size_the_pool_and_its_chunks(factory: Any) -> None:
     np = pytest.importorskip("numpy")
     with factory(np.int64(1)) as pool:
         assert pool.map(square, range(4), chunksize=np.int64(2)) == [0, 1, 4, 9]
+
+
+SHARED_LOCK: Any = None  # a worker's, set by its initializer
+
+
+def _remember_lock(lock: Any) -> None:
+    global SHARED_LOCK
+    SHARED_LOCK = lock
+
+
+def _count_under_lock(counter: Any) -> int:
+    with SHARED_LOCK:
+        counter.value += 1
+    return 1
+
+
+def test_a_multiprocessing_lock_in_initargs_is_refused_naming_it_and_a_managers_works() -> None:
+    # tqdm's multi-bar pattern, Pool(initializer=tqdm.set_lock, initargs=(RLock(),)),
+    # failed naming a private partial ("the function -> args[0] -> args[0]").
+    before = _children()
+    with pytest.raises(sockpool.CaptureError, match=r"initargs cannot be sent to the pool's "
+                       r"workers: initargs\[0\]: multiprocessing.synchronize.RLock .*"
+                       r"make it with a multiprocessing.Manager\(\)"):
+        sockpool.Pool(1, initializer=_remember_lock, initargs=(SPAWN.RLock(),))
+    assert _children() <= before  # refused before any worker started
+    with SPAWN.Manager() as manager:
+        counter = manager.Value("i", 0)
+        with sockpool.Pool(2, initializer=_remember_lock, initargs=(manager.RLock(),)) as pool:
+            assert sum(pool.map(_count_under_lock, [counter] * 20)) == 20
+        assert counter.value == 20

@@ -24,13 +24,11 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ..common import role
 from ..common.calls import BoxedCall
-from ..common.integers import as_int
 from ..errors import CaptureError, ClusterClosedError, RemoteTraceback, add_note
 from .cluster import Cluster
-from .cluster_options import as_pool
 from .map_options import MapOptions, as_sequence, check_callable, check_iterables
+from .mp_cluster import check_given_cluster, start_cluster
 from .mp_results import (
     ApplyResult,
     IMapIterator,
@@ -100,11 +98,11 @@ class Pool:
         **cluster_kwargs: Any,
     ) -> None:
         if cluster is None:
-            self._cluster = _start_cluster(processes, initializer, initargs, maxtasksperchild,
+            self._cluster = start_cluster(processes, initializer, initargs, maxtasksperchild,
                                            cluster_kwargs)
             self._owned = True
         else:
-            _check_given_cluster(cluster, processes, initializer, maxtasksperchild,
+            check_given_cluster(cluster, processes, initializer, maxtasksperchild,
                                  cluster_kwargs)
             self._cluster = cluster
             self._owned = False
@@ -368,74 +366,6 @@ class Pool:
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or "
                                   "pickled: does a task function refer to the pool?")
-
-
-def _start_cluster(processes: int | None, initializer: Callable[..., object] | None,
-                   initargs: Iterable[Any], maxtasksperchild: int | None,
-                   cluster_kwargs: dict[str, Any]) -> Cluster:
-    """Check ``multiprocessing``'s arguments, then start the cluster they describe."""
-    if processes is not None:
-        if (count := as_int(processes)) is None:
-            raise TypeError(f"processes must be an int or None, not {type(processes).__name__}")
-        if count < 1:
-            raise ValueError(f"Number of processes must be at least 1, not {count}")
-        processes = count
-    if maxtasksperchild is not None:
-        if (most := as_int(maxtasksperchild)) is None or most <= 0:
-            raise ValueError(f"maxtasksperchild must be a positive int or None, not "
-                             f"{maxtasksperchild!r}")
-        maxtasksperchild = most
-    if initializer is not None and not callable(initializer):
-        raise TypeError("initializer must be a callable")
-    try:
-        initargs = tuple(initargs)
-    except TypeError:
-        raise TypeError(f"initargs must be a tuple of arguments, not "
-                        f"{type(initargs).__name__}") from None
-    for keyword, ours in (("n", "processes"), ("setup", "initializer"),
-                          ("max_tasks_per_worker", "maxtasksperchild")):
-        if keyword in cluster_kwargs:
-            raise ValueError(f"sockpool.Pool takes {ours}=, not Cluster's {keyword}=")
-    if "context" in cluster_kwargs:
-        raise ValueError("sockpool.Pool has no context=: its workers are sockpool's own "
-                         "processes, which start the same way everywhere; leave it out")
-    options = dict(cluster_kwargs, max_tasks_per_worker=maxtasksperchild)
-    if initializer is not None and initargs:
-        initializer = functools.partial(initializer, *initargs)
-    options["setup"] = functools.partial(_as_pool_worker, initializer)
-    quiet = as_pool.set(True)  # no warning about a pool larger than the machine
-    try:
-        cluster = Cluster(processes, **options)
-    finally:
-        as_pool.reset(quiet)
-    cluster._dispatcher.scheduler.quota_counts_chunks = True  # multiprocessing's "tasks"
-    return cluster
-
-
-def _as_pool_worker(initializer: Callable[[], object] | None) -> None:
-    """A pool's worker setup: named as ``multiprocessing`` names them (``.name``, ``._identity``
-    from 1: code telling workers apart by them works); then the initializer."""
-    import multiprocessing
-
-    number = (role.worker_id() or 0) + 1
-    process = multiprocessing.current_process()
-    process.name = f"SockpoolPoolWorker-{number}"
-    process._identity = (number,)
-    if initializer is not None:
-        initializer()
-
-
-def _check_given_cluster(cluster: object, processes: int | None,
-                         initializer: Callable[..., object] | None,
-                         maxtasksperchild: int | None, cluster_kwargs: dict[str, Any]) -> None:
-    if not isinstance(cluster, Cluster):
-        raise TypeError(f"cluster must be a sockpool Cluster, not {type(cluster).__name__}")
-    given = [name for name, value in (("processes", processes), ("initializer", initializer),
-                                      ("maxtasksperchild", maxtasksperchild)) if value is not None]
-    given += sorted(cluster_kwargs)
-    if given:
-        raise ValueError(f"Pool(cluster=...) runs on a cluster already started: "
-                         f"{', '.join(given)} cannot apply to it (set them on the Cluster)")
 
 
 def _check_callbacks(callback: object, error_callback: object) -> None:
