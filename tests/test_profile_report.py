@@ -19,6 +19,14 @@ from sockpool import Cluster
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture
+def matplotlib() -> Any:
+    """matplotlib, drawing off-screen (the test is skipped without it)."""
+    module = pytest.importorskip("matplotlib")
+    module.use("Agg")
+    return module
+
+
 def odd_fails(x: int) -> int:
     if x % 2:
         raise ValueError(x)
@@ -26,11 +34,9 @@ def odd_fails(x: int) -> int:
 
 
 def test_a_legend_with_many_calls_fits_its_figure_and_names_the_rest(
-        shared_cluster: Cluster) -> None:
+        shared_cluster: Cluster, matplotlib: Any) -> None:
     # 13 calls on 2 workers: a 9 x 2.1 in figure, the legend ran off its bottom, and
     # calls 11-13 took the colours of calls 1-3 with no label of their own.
-    matplotlib = pytest.importorskip("matplotlib")
-    matplotlib.use("Agg")
     with shared_cluster.profile() as prof:
         shared_cluster.par_map(odd_fails, range(3), errors="return")
         for _ in range(12):
@@ -101,9 +107,7 @@ def test_a_task_that_raised_has_failed(shared_cluster: Cluster) -> None:
     assert head.endswith(", 1 failed") and "retried" not in head
 
 
-def test_one_task_on_one_worker_is_said_in_the_singular() -> None:
-    matplotlib = pytest.importorskip("matplotlib")
-    matplotlib.use("Agg")
+def test_one_task_on_one_worker_is_said_in_the_singular(matplotlib: Any) -> None:
     with Cluster(n=1) as cl, cl.profile() as prof:
         cl.par_map(abs, [-1])
     assert str(prof.summary()).startswith("1 task on 1 worker in ")
@@ -151,11 +155,9 @@ def _with(x: int, _: _SlowToLoad) -> int:
 
 
 def test_the_chart_starts_at_the_first_handover_and_shows_time_held_in_no_task(
-        shared_cluster: Cluster) -> None:
+        shared_cluster: Cluster, matplotlib: Any) -> None:
     # Its x axis began at the first task's start: 0.5 s of unpickling on each worker
     # was cut off, and a run that was mostly overhead looked fully busy.
-    matplotlib = pytest.importorskip("matplotlib")
-    matplotlib.use("Agg")
     with shared_cluster.profile() as prof:
         shared_cluster.par_map(_with, range(2), [_SlowToLoad()] * 2, chunksize=1)
     ax = prof.plot()
