@@ -17,7 +17,7 @@ import pytest
 from sockpool.common import codec, protocol
 from sockpool.common.progress_log import WHOLE_RESULT, parse_records, record_header
 from sockpool.common.protocol import Flag, Kind
-from sockpool.dispatch.jobs import Chunk, WorkerLabel, decode_outcome
+from sockpool.dispatch.jobs import Chunk, StreamJob, WorkerLabel, decode_outcome
 from sockpool.dispatch.task_progress import ProgressPage
 from sockpool.worker.progress import Progress
 from sockpool.worker.results import ResultPacker
@@ -26,12 +26,15 @@ pytestmark = pytest.mark.timeout(30)
 
 LABEL = WorkerLabel(0, "localhost", 1)
 
+#: The job the chunks here belong to (messages name its tasks); never sent.
+_JOB = StreamJob(None, Flag.MAP_ONE)  # type: ignore[arg-type]
+
 
 def page_and_chunk(count: int) -> tuple[Progress, ProgressPage, Chunk]:
     progress = Progress()
     page = ProgressPage.open(progress.describe())
     assert page is not None
-    chunk = Chunk(job=None, first_index=10, count=count, frames=[])  # type: ignore[arg-type]
+    chunk = Chunk(job=_JOB, first_index=10, count=count, frames=[])  # type: ignore[arg-type]
     return progress, page, chunk
 
 
@@ -97,7 +100,7 @@ def test_a_result_kept_while_the_next_chunks_run_reads_back_chunk_after_chunk() 
     previous: Chunk | None = None
     previous_values: list[str] = []
     for n, size in enumerate([3, 1, 200, 5, 5, 4000, 2, 2, 3000, 1]):
-        chunk = Chunk(job=None, first_index=0, count=size + 1, frames=[])  # type: ignore[arg-type]
+        chunk = Chunk(job=_JOB, first_index=0, count=size + 1, frames=[])  # type: ignore[arg-type]
         progress.begin(chunk.id, keep_last_result=previous is not None)
         values = [f"{n}:{i}" for i in range(size)]
         assert progress.keep(0, size, codec.dumps((values, [], 0.0, None)))
@@ -114,7 +117,7 @@ def test_a_result_kept_while_the_next_chunks_run_reads_back_chunk_after_chunk() 
         previous_values = [*values, "last"]
         assert progress.keep(WHOLE_RESULT, 0, result_frames(chunk, previous_values, []))
         assert progress.holds_last_result
-        previous = Chunk(job=None, first_index=0, count=size + 1, frames=[])  # type: ignore[arg-type]
+        previous = Chunk(job=_JOB, first_index=0, count=size + 1, frames=[])  # type: ignore[arg-type]
         previous.id = chunk.id
     page.close()
 
@@ -196,7 +199,7 @@ def test_output_messages_kept_read_back_from_the_first_not_received() -> None:
     # stays beside the new chunk's, as its results do.
     progress.mark(chunk.id, 2, 2)
     assert progress.keep(WHOLE_RESULT, 0, result_frames(chunk, ["a", "b"], []))
-    following = Chunk(job=None, first_index=12, count=1, frames=[])  # type: ignore[arg-type]
+    following = Chunk(job=_JOB, first_index=12, count=1, frames=[])  # type: ignore[arg-type]
     progress.begin(following.id, keep_last_result=True)
     progress.keep_output(0, output_frames(following, "its own\n"))
     assert page.previous_output_after(chunk, 2) == [[(0, "line 2\n")]]
