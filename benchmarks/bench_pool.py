@@ -11,8 +11,8 @@ Workloads (each repeated, the two pools interleaved, medians with min-max):
   task a chunk of its own, so the per-chunk cost of dispatch shows;
 * ``Pool.map(abs, range(8))``: a small map, median over many calls, as a sampler
   or an optimizer makes thousands of (emcee, ``differential_evolution``); once
-  ``abs`` was timed, sockpool sends it as one chunk (its tasks add up to less
-  than 0.5 ms: ``sockpool/api/pace.py``), multiprocessing as 8;
+  ``abs`` was timed, sockpool cuts it into one chunk per worker
+  (``sockpool/api/pace.py``), multiprocessing into 8;
 * ``list(Pool.imap(abs, range(8)))``: the same, lazily (multiprocessing's imap
   sends chunks of one task; sockpool's, over a list, as its map cuts it);
 * ``apply_async(abs, (1,)).get()`` round trip, median over many calls, beside

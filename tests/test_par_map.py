@@ -693,22 +693,21 @@ def _slow_triple(x: int) -> int:
     return 3 * x
 
 
-def test_a_map_of_tasks_known_to_be_trivial_goes_as_one_chunk(cluster: Cluster) -> None:
+def test_a_map_of_tasks_known_to_be_short_is_cut_into_one_chunk_per_worker(
+        cluster: Cluster) -> None:
     # Each chunk costs the master a round trip's work: eight chunks of 1 µs tasks
-    # (four per worker, multiprocessing's rule) took 3x as long as two, and two
-    # (one per worker) 1.8x as long as one.  (Chunks of a worker's share for
-    # larger maps: test_task_pace_counts_a_slower_map_at_once_and_a_faster_one_halfway.)
+    # (four per worker, multiprocessing's rule) took 3x as long as two.
     assert cluster.par_map(_triple, range(40)) == [3 * x for x in range(40)]  # timed
     with cluster.profile() as known:
         assert cluster.par_map(_triple, range(40)) == [3 * x for x in range(40)]
-    assert len(known.attempts) == 1
+    assert len(known.attempts) == 2
     with Pool(cluster=cluster) as pool, cluster.profile() as by_pool:
         assert pool.map(_triple, range(40)) == [3 * x for x in range(40)]
-    assert len(by_pool.attempts) == 1
+    assert len(by_pool.attempts) == 2
     # imap over a list too (its chunks grew from 1 task each: 8 chunks, 15x mp's time).
     with cluster.profile() as lazily:
         assert list(cluster.imap(_triple, range(40))) == [3 * x for x in range(40)]
-    assert len(lazily.attempts) == 1
+    assert len(lazily.attempts) == 2
     with cluster.profile() as generated:  # a generator may give its items slowly
         assert list(cluster.imap(_triple, iter(range(40)))) == [3 * x for x in range(40)]
     assert len(generated.attempts) > 2
@@ -722,14 +721,27 @@ def test_a_map_of_tasks_known_to_be_trivial_goes_as_one_chunk(cluster: Cluster) 
     assert len(slow.attempts) == 8
 
 
+def _sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_heavy_map_after_quick_ones_of_its_function_still_uses_every_worker(
+        cluster: Cluster) -> None:
+    # The pace is the function's, not its arguments': a map of heavy items cut by
+    # the quick ones' pace once went as one chunk, on one worker of eight.
+    for _ in range(5):
+        cluster.par_map(_sleep_then_pid, [0.0] * 32)
+    assert len(set(cluster.par_map(_sleep_then_pid, [0.2] * 4))) == cluster.n_workers == 2
+
+
 def test_task_pace_counts_a_slower_map_at_once_and_a_faster_one_halfway() -> None:
     from sockpool.api.pace import REMEMBERED, MapTimes, TaskPace
 
     pace = TaskPace()
     assert pace.chunk_size(b"f", 40, 2, 5) == 5  # never timed: the usual size
     pace.record(b"f", 40e-6, 40)  # 1 µs a task
-    assert pace.chunk_size(b"f", 1000, 2, 125) == 500  # at most one chunk per worker
-    assert pace.chunk_size(b"f", 400, 2, 50) == 400  # 0.4 ms in all: one chunk
+    assert pace.chunk_size(b"f", 40, 2, 5) == 20  # at most one chunk per worker
     assert pace.chunk_size(b"f", 100_000, 2, 12_500) == 12_500  # never smaller
     pace.record(b"f", 0.01, 1)  # it grew slow: 10 ms a task counts at once
     assert pace.chunk_size(b"f", 40, 2, 5) == 5
@@ -741,18 +753,18 @@ def test_task_pace_counts_a_slower_map_at_once_and_a_faster_one_halfway() -> Non
     times.add(0.0, 5)  # failed whole: its tasks are not counted
     assert pace.chunk_size(b"h", 40, 2, 5) == 5
     times.add(10e-6, 5)
-    assert pace.chunk_size(b"h", 40, 2, 5) == 40
+    assert pace.chunk_size(b"h", 40, 2, 5) == 20
     times = MapTimes(pace, b"k", 2)
     times.add(10e-6, 10)
     times.add(0.05, 0)  # ran, but every task of it was settled as its worker died
-    assert pace.chunk_size(b"k", 1000, 2, 125) == 500  # 1 µs a task, not 5 ms
+    assert pace.chunk_size(b"k", 40, 2, 5) == 20  # 1 µs a task, not 5 ms
     pace.record(b"g", 1e-6, 1)
     for n in range(REMEMBERED - 1):  # the least recently timed are forgotten first
         pace.record(n.to_bytes(4, "little"), 1e-6, 1)
-    assert pace.chunk_size(b"g", 40, 2, 5) == 40
+    assert pace.chunk_size(b"g", 40, 2, 5) == 20
     pace.record(b"one more", 1e-6, 1)
     assert pace.chunk_size(b"g", 40, 2, 5) == 5
-    assert pace.chunk_size(b"one more", 40, 2, 5) == 40
+    assert pace.chunk_size(b"one more", 40, 2, 5) == 20
 
 
 def test_a_chunk_stopped_by_a_failure_is_timed_for_the_tasks_that_ran() -> None:

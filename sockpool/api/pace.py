@@ -8,8 +8,7 @@ a map of eight 1 µs tasks on two workers spends almost all of its time on its
 eight chunks.  Optimizers and samplers make thousands of such maps of the same
 function (``differential_evolution(workers=pool.map)``, emcee).  Once a
 function's tasks were timed, a map of it gets chunks of at least
-:data:`MIN_CHUNK_SECONDS` of work each, and no chunk larger than a worker's share;
-a map whose tasks add up to less than :data:`ONE_CHUNK_SECONDS` goes as one chunk.
+:data:`MIN_CHUNK_SECONDS` of work each, and no chunk larger than a worker's share.
 """
 
 from __future__ import annotations
@@ -21,10 +20,6 @@ from collections import OrderedDict
 #: A chunk of tasks known to be short holds at least this much work (seconds):
 #: its dispatch then costs a few percent of it.
 MIN_CHUNK_SECONDS = 0.002
-#: A map of tasks known to add up to less than this (seconds) is one chunk: a second
-#: chunk would cost the master about as much as a second worker saves (a second
-#: chunk of ``Pool.map(abs, range(8))`` took it from 0.30 to 0.53 ms here).
-ONE_CHUNK_SECONDS = MIN_CHUNK_SECONDS / 4
 #: Functions remembered (the least recently timed are forgotten first).
 REMEMBERED = 256
 
@@ -79,13 +74,10 @@ class TaskPace:
     def chunk_size(self, digest: bytes, items: int, workers: int, usual: int) -> int:
         """Tasks per chunk for a map of ``items`` on ``workers``: ``usual`` unless the
         function's tasks are known to be short enough that chunks of
-        :data:`MIN_CHUNK_SECONDS` would be larger (at most one chunk per worker, or
-        one chunk in all for less than :data:`ONE_CHUNK_SECONDS` of work)."""
+        :data:`MIN_CHUNK_SECONDS` would be larger (at most one chunk per worker)."""
         with self._lock:
             per_task = self._seconds.get(digest)
         if per_task is None:
             return usual
-        if per_task * items < ONE_CHUNK_SECONDS:
-            return max(usual, items)
         filled = math.floor(MIN_CHUNK_SECONDS / max(per_task, 1e-9))
         return max(usual, min(filled, math.ceil(items / max(1, workers))))
