@@ -129,13 +129,29 @@ def _nap(seconds: float) -> float:
 
 
 def test_a_chunk_still_running_as_the_block_ends_is_counted_not_taken_for_nothing(
-        shared_cluster: Cluster) -> None:
+        shared_cluster: Cluster, matplotlib: Any) -> None:
     # A submit gathered after the block: "nothing ran" (the profile saw no RESULT).
     with shared_cluster.profile() as prof:
-        future = shared_cluster.submit(_nap, 0.3)
-    assert future.result(timeout=10) == 0.3
-    assert prof.tasks == [] and prof.summary().unfinished == 1
+        future = shared_cluster.submit(_nap, 0.6)
+        time.sleep(0.2)
+        assert shared_cluster.par_map(_nap, [0.05, 0.05]) == [0.05, 0.05]
+    assert future.result(timeout=10) == 0.6
+    assert len(prof.tasks) == 2 and prof.summary().unfinished == 1
     assert str(prof).splitlines()[0].endswith(
+        ", 1 chunk still running as it ended (not recorded)")
+    # Drawn as such from the first handover (the submit), not as time held in no task,
+    # and not cut off before the map's first task.
+    ax = prof.plot()
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "running as the block ended (not recorded)" in labels
+    dotted = [c for c in ax.collections if c.get_hatch() == ".."]
+    starts = [path.get_extents().x0 for c in dotted for path in c.get_paths()]
+    assert starts == [pytest.approx(0, abs=0.01)], starts
+    assert ax.get_xlim()[0] == 0
+    with shared_cluster.profile() as empty:
+        future = shared_cluster.submit(_nap, 0.3)
+    future.result(timeout=10)
+    assert str(empty).splitlines()[0].endswith(
         "no task ended in the block, so no efficiency or speed-up, 1 chunk still running "
         "as it ended (not recorded)")
 

@@ -31,6 +31,10 @@ LEGEND_CALLS = 10
 UNNAMED_COLOUR = "black"
 #: The colour of a worker holding a chunk outside its tasks (behind the task bars).
 HELD_COLOUR = "#dddddd"
+#: The legend names that colour where the overhead is at least this share of the time.
+OVERHEAD_SHOWN = 0.01
+#: The outline of a chunk still running as the block ended (its tasks not recorded).
+UNFINISHED_EDGE = "grey"
 #: The trace's ticks per microsecond.  A binary fraction of a microsecond (about
 #: a nanosecond) adds up exactly in floating point: an event that ends where the
 #: next begins has ``ts + dur == next ts``, not a hair past it.
@@ -241,9 +245,12 @@ def plot(profile: Profile, ax: Any = None) -> Any:
                  for number, (call, _) in enumerate(calls)}
     # Outlined bars tell neighbours apart; thousands of outlines would paint a row black.
     outline = "black" if len(tasks) <= OUTLINED_BARS else "none"
-    held = _held(profile, origin, rows)
+    held, running = _held(profile, origin, rows, finished=True), _held(profile, origin, rows)
     for worker, bars in held.items():  # behind the tasks: what shows is overhead
         ax.broken_barh(bars, (rows[worker] - 0.4, 0.8), facecolors=HELD_COLOUR)
+    for worker, bars in running.items():  # what ran there is not known yet
+        ax.broken_barh(bars, (rows[worker] - 0.4, 0.8), facecolors="white",
+                       edgecolors=UNFINISHED_EDGE, hatch="..")
     for (worker, call, ok), bars in _group(tasks, origin).items():
         ax.broken_barh(bars, (rows[worker] - 0.4, 0.8), facecolors=colour_of[call],
                        edgecolors=outline if ok else "red", linewidth=0.3 if ok else 1.0,
@@ -260,8 +267,11 @@ def plot(profile: Profile, ax: Any = None) -> Any:
                              label=f"+{count(len(calls) - LEGEND_CALLS, 'more call')}"))
     if any(not task.ok for task in tasks):
         handles.append(Patch(facecolor="white", edgecolor="red", hatch="//", label="failed"))
-    if held:
+    if held and _overhead_share(summarize(profile)) >= OVERHEAD_SHOWN:
         handles.append(Patch(facecolor=HELD_COLOUR, label="holding a chunk, in no task"))
+    if running:
+        handles.append(Patch(facecolor="white", edgecolor=UNFINISHED_EDGE, hatch="..",
+                             label="running as the block ended (not recorded)"))
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     ax.set_title(f"{count(len(tasks), 'task')} on {count(len(rows), 'worker')}")
@@ -269,13 +279,20 @@ def plot(profile: Profile, ax: Any = None) -> Any:
     return ax
 
 
-def _held(profile: Profile, origin: float, rows: dict[int, int]
+def _overhead_share(summary: Summary) -> float:
+    """The workers' overhead over their time (busy, overhead and idle)."""
+    total = sum(w.busy + w.overhead + w.idle for w in summary.workers)
+    return sum(w.overhead for w in summary.workers) / total if total > 0 else 0.0
+
+
+def _held(profile: Profile, origin: float, rows: dict[int, int], *, finished: bool = False
           ) -> dict[int, list[tuple[float, float]]]:
-    """Bars (start, width) by worker: from each chunk sent to its answer (or the block's
-    end): unpickling, results, a slow function's first load show where no task is."""
+    """Bars (start, width) by worker: from each chunk sent to its answer (``finished``:
+    unpickling, results, a slow function's first load show where no task is), or to
+    the block's end for those not answered by then."""
     bars: dict[int, list[tuple[float, float]]] = {}
     for run in profile.attempts:
-        if run.worker in rows:
+        if run.worker in rows and (run.received is not None) == finished:
             end = run.received if run.received is not None else profile.stopped
             bars.setdefault(run.worker, []).append((run.sent - origin, max(end - run.sent, 0)))
     return bars
@@ -290,7 +307,8 @@ def _figure_size(profile: Profile) -> tuple[float, float]:
     """Inches for the chart: a row per worker, and room for the legend beside it."""
     calls = len(_calls(profile.tasks))
     entries = (min(calls, LEGEND_CALLS) + (calls > LEGEND_CALLS)
-               + any(not task.ok for task in profile.tasks) + bool(profile.attempts))
+               + any(not task.ok for task in profile.tasks) + bool(profile.attempts)
+               + any(run.received is None for run in profile.attempts))
     rows = 1.2 + 0.45 * max(1, len(profile.workers))
     # The legend hangs from the top of the axes: a line of small text per entry,
     # below the title.
@@ -301,8 +319,8 @@ def _figure_size(profile: Profile) -> tuple[float, float]:
 def _origin(profile: Profile) -> float:
     """Time zero of the chart and the trace: the first chunk handed over, or the first
     task's start if the clock alignment puts it earlier (within its error)."""
-    tasks = profile.tasks
-    return min((min(task.submitted, task.started) for task in tasks), default=profile.started)
+    return min([min(task.submitted, task.started) for task in profile.tasks]
+               + [run.submitted for run in profile.attempts], default=profile.started)
 
 
 def _group(tasks: list[TaskRecord], origin: float
