@@ -83,6 +83,19 @@ def test_submit_warns_where_its_own_seed_or_timeout_meets_a_parameter_of_that_na
         assert shared_cluster.submit(abs, -1, seed=42, timeout=5).result(timeout=10) == 1
         bound = functools.partial(_train, seed=42)
         assert shared_cluster.submit(bound, 1).result(timeout=10) == 43
+        # (bound as the warning says: no warning, though submit gets a seed= too)
+        assert shared_cluster.submit(bound, 1, seed=3).result(timeout=10) == 43
+    with pytest.warns(UserWarning, match=r"not an argument of _train\(\)"):  # not partial()
+        shared_cluster.submit(functools.partial(_train, 1), seed=3).result(timeout=10)
+
+
+def test_a_closed_cluster_says_so_before_any_warning_about_submits_seed() -> None:
+    cl = Cluster(n=1)
+    cl.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ClusterClosedError):
+            cl.submit(_train, 1, seed=3)
 
 
 def test_wait_and_as_completed_work_with_cluster_futures(shared_cluster: Cluster) -> None:

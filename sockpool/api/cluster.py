@@ -390,9 +390,9 @@ class Cluster(concurrent.futures.Executor):
         parameter); every other keyword goes to ``fn``.  To pass ``fn`` one of
         those, bind it first: ``submit(functools.partial(fn, timeout=5))``.
         """
-        check_call_options(fn, timeout, seed)
         self._check_open()
         check_callable(fn, "submit")
+        check_call_options(fn, timeout, seed)
         return self._calls.submit(fn, args, kwargs, timeout, seed)[0]
 
     def run_on_all(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> list[T]:
@@ -434,9 +434,9 @@ class Cluster(concurrent.futures.Executor):
                       seed: int | None = None, **kwargs: Any) -> T:
         """:meth:`submit`, awaited.  Cancelling the awaiting task cancels the sockpool
         task, interrupting it if it runs."""
-        check_call_options(fn, timeout, seed)
         await aio.check_open(self._check_open, starting=self._starting is not None)
         check_callable(fn, "asubmit")
+        check_call_options(fn, timeout, seed)
         return await aio.submit(self._calls, fn, args, kwargs, timeout, seed)
 
     async def apar_map(self, fn: Callable[..., T], *iterables: Iterable[Any],

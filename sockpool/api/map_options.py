@@ -15,6 +15,7 @@ from typing import Any
 
 from ..common.caller import user_stacklevel
 from ..common.integers import as_int
+from ..common.naming import function_name
 from ..common.protocol import Flag
 from ..common.rng import check_seed
 
@@ -146,11 +147,12 @@ def check_call_options(fn: Callable[..., Any], timeout: float | None, seed: int 
         parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a builtin without a signature: nothing to tell
         return
-    named = getattr(fn, "__qualname__", None) or type(fn).__name__
+    bound = fn.keywords if isinstance(fn, functools.partial) else {}
+    named = function_name(fn)
     for name in given:
         parameter = parameters.get(name)
-        if parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD,
-                                                        parameter.KEYWORD_ONLY):
+        if name not in bound and parameter is not None and parameter.kind in (
+                parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
             meaning = "the task's time limit" if name == "timeout" else "its random stream"
             warnings.warn(
                 f"submit's {name}= is sockpool's ({meaning}), not an argument of "

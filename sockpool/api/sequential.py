@@ -43,8 +43,8 @@ from concurrent.futures import Future
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from ..capture.pickling import function_name
 from ..common import rng
+from ..common.naming import function_name
 from ..errors import RemoteError, TaskTimeoutError, add_note
 from .map_options import MapOptions, as_sequence, known_length, progress_bar
 from .seeding import CallSeeds
@@ -108,8 +108,6 @@ class Sequential:
         """What a profile records of a call about to run (None when none records)."""
         if not self.recordings:
             return None
-        from ..capture.pickling import function_name  # a partial: its function's, as a cluster's
-
         return _Call(next(self._calls), function_name(fn), time.time())
 
     def record(self, call: _Call, index: int, attempt: int, started: float, ok: bool) -> None:

@@ -10,13 +10,13 @@ captured buffer, which travels out of band and uncopied.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..common import codec
 from ..common.codec import Frames
 from ..common.digest import function_digest
+from ..common.naming import function_name
 from .by_value import names_by_value_module
 
 
@@ -67,11 +67,3 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
     inband, buffers = bytes(frames[0]), frames[1:]
     return FunctionPayload(inband, buffers, function_digest(inband, buffers),
                            function_name(obj)), False
-
-
-def function_name(fn: Any) -> str:
-    """A task function's name as a profile shows it (a partial: its function's)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-               or type(fn).__name__)
