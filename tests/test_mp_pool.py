@@ -978,3 +978,20 @@ def test_a_multiprocessing_lock_in_initargs_is_refused_naming_it_and_a_managers_
         with sockpool.Pool(2, initializer=_remember_lock, initargs=(manager.RLock(),)) as pool:
             assert sum(pool.map(_count_under_lock, [counter] * 20)) == 20
         assert counter.value == 20
+
+
+@pytest.mark.parametrize("factory", FACTORIES.values(), ids=FACTORIES.keys())
+def test_arguments_that_are_not_a_tuple_or_a_mapping_fail_the_call_as_multiprocessing(
+        factory: Any) -> None:
+    # sockpool raised "'int' object is not iterable" from apply_async itself.
+    errors: list[BaseException] = []
+    with factory(1) as pool:
+        bad_args = pool.apply_async(abs, 5, error_callback=errors.append)
+        with pytest.raises(TypeError, match=r"abs\(\) argument after \* must be an iterable, "
+                                            r"not int"):
+            bad_args.get(timeout=30)
+        with pytest.raises(TypeError, match=r"abs\(\) argument after \*\* must be a mapping, "
+                                            r"not int"):
+            pool.apply(abs, (1,), 5)
+        assert len(errors) == 1 and isinstance(errors[0], TypeError)
+        assert pool.apply(abs, (-1,)) == 1  # the pool goes on

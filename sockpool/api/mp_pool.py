@@ -228,8 +228,12 @@ class Pool:
         self._check_running()
         check_callable(func, "apply_async", returns=False)
         _check_callbacks(callback, error_callback)
-        args, kwds = tuple(args), dict(kwds or {})
         result: ApplyResult[T] = ApplyResult(self._tracker, callback, error_callback, self)
+        try:
+            args, kwds = _call_arguments(func, args, kwds)
+        except TypeError as exc:  # as multiprocessing's worker fails it: from get()
+            self._handler.post(functools.partial(result._complete, False, exc))
+            return result
         try:
             # Cluster.submit less the checks made above; every keyword goes to func,
             # timeout= and seed= included (they are Cluster.submit's own keywords).
@@ -401,6 +405,22 @@ def _read_imap(results: Iterator[Any], iterator: IMapIterator[Any], tracker: Tra
         if close is not None:
             close()  # stops the job (a break above: terminated)
     iterator._finish()
+
+
+def _call_arguments(func: Callable[..., Any], args: Iterable[Any],
+                    kwds: Mapping[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwds)`` as a tuple and a dict, or the ``TypeError`` that calling
+    ``func(*args, **kwds)`` raises (where multiprocessing's worker raises it)."""
+    name = getattr(func, "__qualname__", None) or type(func).__name__
+    try:
+        args = tuple(args)
+    except TypeError:
+        raise TypeError(f"{name}() argument after * must be an iterable, "
+                            f"not {type(args).__name__}") from None
+    if kwds is not None and not isinstance(kwds, Mapping):
+        raise TypeError(f"{name}() argument after ** must be a mapping, "
+                            f"not {type(kwds).__name__}")
+    return args, dict(kwds or {})
 
 
 def _as_multiprocessing_raises(error: CaptureError) -> BaseException:
