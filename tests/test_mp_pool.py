@@ -994,4 +994,7 @@ def test_arguments_that_are_not_a_tuple_or_a_mapping_fail_the_call_as_multiproce
                                             r"not int"):
             pool.apply(abs, (1,), 5)
         assert len(errors) == 1 and isinstance(errors[0], TypeError)
+        with pytest.raises(TypeError, match=rf"^{__name__}\.divide\(\) argument after \* must "
+                                            "be an iterable, not int$"):
+            pool.apply(divide, 5)
         assert pool.apply(abs, (-1,)) == 1  # the pool goes on

@@ -228,17 +228,17 @@ class Pool:
         self._check_running()
         check_callable(func, "apply_async", returns=False)
         _check_callbacks(callback, error_callback)
+        problem = _not_arguments(func, args, kwds)
+        call = (tuple(args), dict(kwds or {})) if problem is None else ((), {})
         result: ApplyResult[T] = ApplyResult(self._tracker, callback, error_callback, self)
-        try:
-            args, kwds = _call_arguments(func, args, kwds)
-        except TypeError as exc:  # as multiprocessing's worker fails it: from get()
-            self._handler.post(functools.partial(result._complete, False, exc))
+        if problem is not None:  # as multiprocessing's worker fails the call: from get()
+            self._handler.post(functools.partial(result._complete, False, problem))
             return result
         try:
             # Cluster.submit less the checks made above; every keyword goes to func,
             # timeout= and seed= included (they are Cluster.submit's own keywords).
             self._cluster._check_open()
-            future, _ = self._cluster._calls.submit(func, args, kwds, None, None)
+            future, _ = self._cluster._calls.submit(func, *call, None, None)
         except CaptureError as exc:  # as multiprocessing: from get(), and error_callback
             self._handler.post(functools.partial(result._complete, False,
                                                  _as_multiprocessing_raises(exc)))
@@ -407,20 +407,25 @@ def _read_imap(results: Iterator[Any], iterator: IMapIterator[Any], tracker: Tra
     iterator._finish()
 
 
-def _call_arguments(func: Callable[..., Any], args: Iterable[Any],
-                    kwds: Mapping[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``(args, kwds)`` as a tuple and a dict, or the ``TypeError`` that calling
-    ``func(*args, **kwds)`` raises (where multiprocessing's worker raises it)."""
-    name = getattr(func, "__qualname__", None) or type(func).__name__
-    try:
-        args = tuple(args)
-    except TypeError:
-        raise TypeError(f"{name}() argument after * must be an iterable, "
-                            f"not {type(args).__name__}") from None
-    if kwds is not None and not isinstance(kwds, Mapping):
-        raise TypeError(f"{name}() argument after ** must be a mapping, "
-                            f"not {type(kwds).__name__}")
-    return args, dict(kwds or {})
+def _not_arguments(func: Callable[..., Any], args: object, kwds: object) -> TypeError | None:
+    """The ``TypeError`` Python raises for ``func(*args, **kwds)`` where ``args`` is
+    not iterable or ``kwds`` not a mapping (multiprocessing's worker raises it), or None."""
+    if not (hasattr(type(args), "__iter__") or hasattr(type(args), "__getitem__")):
+        return TypeError(f"{_function_str(func)} argument after * must be an iterable, "
+                         f"not {type(args).__name__}")
+    if kwds is not None and not hasattr(type(kwds), "keys"):
+        return TypeError(f"{_function_str(func)} argument after ** must be a mapping, "
+                         f"not {type(kwds).__name__}")
+    return None
+
+
+def _function_str(func: object) -> str:
+    """How CPython names a callable in a call's error (``_PyObject_FunctionStr``)."""
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return str(func)
+    module = getattr(func, "__module__", None)
+    return f"{qualname}()" if module in (None, "builtins") else f"{module}.{qualname}()"
 
 
 def _as_multiprocessing_raises(error: CaptureError) -> BaseException:
