@@ -144,6 +144,7 @@ def test_a_chunk_still_running_as_the_block_ends_is_counted_not_taken_for_nothin
     ax = prof.plot()
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
     assert "running as the block ended (not recorded)" in labels
+    assert "holding a chunk, in no task" not in labels  # no grey shows: none named
     dotted = [c for c in ax.collections if c.get_hatch() == ".."]
     starts = [path.get_extents().x0 for c in dotted for path in c.get_paths()]
     assert starts == [pytest.approx(0, abs=0.01)], starts

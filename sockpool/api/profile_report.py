@@ -31,7 +31,7 @@ LEGEND_CALLS = 10
 UNNAMED_COLOUR = "black"
 #: The colour of a worker holding a chunk outside its tasks (behind the task bars).
 HELD_COLOUR = "#dddddd"
-#: The legend names that colour where the overhead is at least this share of the time.
+#: The legend names that colour where it shows on at least this share of the rows.
 OVERHEAD_SHOWN = 0.01
 #: The outline of a chunk still running as the block ended (its tasks not recorded).
 UNFINISHED_EDGE = "grey"
@@ -267,7 +267,7 @@ def plot(profile: Profile, ax: Any = None) -> Any:
                              label=f"+{count(len(calls) - LEGEND_CALLS, 'more call')}"))
     if any(not task.ok for task in tasks):
         handles.append(Patch(facecolor="white", edgecolor="red", hatch="//", label="failed"))
-    if held and _overhead_share(summarize(profile)) >= OVERHEAD_SHOWN:
+    if _grey_share(held, tasks, origin) >= OVERHEAD_SHOWN:
         handles.append(Patch(facecolor=HELD_COLOUR, label="holding a chunk, in no task"))
     if running:
         handles.append(Patch(facecolor="white", edgecolor=UNFINISHED_EDGE, hatch="..",
@@ -279,10 +279,17 @@ def plot(profile: Profile, ax: Any = None) -> Any:
     return ax
 
 
-def _overhead_share(summary: Summary) -> float:
-    """The workers' overhead over their time (busy, overhead and idle)."""
-    total = sum(w.busy + w.overhead + w.idle for w in summary.workers)
-    return sum(w.overhead for w in summary.workers) / total if total > 0 else 0.0
+def _grey_share(held: dict[int, list[tuple[float, float]]], tasks: list[TaskRecord],
+                origin: float) -> float:
+    """How much of the rows the grey bars show past the task bars drawn over them."""
+    grey, span = 0.0, 0.0
+    for worker, bars in held.items():
+        covered = _covered((start, start + width) for start, width in bars)
+        busy = _covered((task.started - origin, task.finished - origin)
+                        for task in tasks if task.worker == worker)
+        grey += max(covered - busy, 0.0)
+        span = max(span, max(start + width for start, width in bars))
+    return grey / (span * len(held)) if held and span > 0 else 0.0
 
 
 def _held(profile: Profile, origin: float, rows: dict[int, int], *, finished: bool = False
