@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Awaitable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -388,6 +389,35 @@ def test_aimap_reads_ahead_of_a_slow_async_for_only_a_bounded_way() -> None:
 
     assert asyncio.run(main()) == list(range(1, 11))
     assert read[0] < 1000, f"{read[0]} items read for 10 taken"
+
+
+def _array_of(megabytes: float) -> Any:
+    import numpy as np
+
+    return np.zeros(int(megabytes * 1e6) // 8)
+
+
+def test_aimap_holds_back_a_slow_async_for_by_the_bytes_of_arrays_too(tmp_path: Path) -> None:
+    # Arrays from workers do not own their memory: sys.getsizeof said 112 bytes for
+    # 1.6 MB, so only the 256-item bound held: 264 tasks ran ahead (+550 MB).
+    pytest.importorskip("numpy")
+    started = tmp_path / "started"
+
+    def array_task(i: int) -> Any:
+        with open(started, "a") as out:
+            out.write(f"{i}\n")
+        return _array_of(1.6) if i % 2 else {"a": _array_of(0.8), "b": _array_of(0.8)}
+
+    async def main() -> None:
+        async with Cluster(n=2) as cl:
+            results = cl.aimap(array_task, range(1000))
+            await results.__anext__()
+            await asyncio.sleep(2)  # the tasks alone would get through hundreds
+            await results.aclose()
+
+    asyncio.run(main())
+    ran = len(started.read_text().splitlines())
+    assert ran < 40, f"{ran} tasks ran for 1 taken"
 
 
 def test_an_aimap_never_closed_does_not_hold_the_interpreter_at_exit(tmp_path: Path) -> None:

@@ -204,9 +204,32 @@ async def iterate(start: Callable[[JobHolder], Iterator[T]], dispatch: Cancels
 
 
 #: How far the reading thread of an ``aimap`` may run ahead of the ``async for``:
-#: items, and their size (``sys.getsizeof``: an array's data, a container's shell).
+#: items, and their size (see :func:`_footprint`).
 AHEAD_ITEMS = 256
 AHEAD_BYTES = 1 << 20
+#: Containers up to this many items are looked into for their items' sizes.
+LOOKED_INTO = 64
+
+
+def _footprint(item: Any) -> int:
+    """About the bytes ``item`` holds: a buffer's (an array that came from a worker does
+    not own its memory, and ``sys.getsizeof`` counts only its header), and one level
+    into a small list, tuple or dict (a result of a few arrays).  A large container's
+    shell already counts a pointer per item."""
+    size = _own_bytes(item)
+    if isinstance(item, (list, tuple)) and len(item) <= LOOKED_INTO:
+        size += sum(_own_bytes(value) for value in item)
+    elif isinstance(item, dict) and len(item) <= LOOKED_INTO:
+        size += sum(_own_bytes(value) for value in item.values())
+    return size
+
+
+def _own_bytes(value: Any) -> int:
+    try:
+        nbytes = getattr(value, "nbytes", None)  # NumPy and friends, memoryview
+    except Exception:  # an odd __getattr__: a result's size is not worth failing for
+        nbytes = None
+    return nbytes if isinstance(nbytes, int) else sys.getsizeof(value)
 
 
 class _Handoff:
@@ -233,7 +256,7 @@ class _Handoff:
                     if self._stopped:
                         return
                     self._items.append(item)
-                    self._bytes += sys.getsizeof(item)
+                    self._bytes += _footprint(item)
                     wake = len(self._items) == 1
                 if wake:
                     self._wake()
