@@ -397,7 +397,16 @@ def _array_of(megabytes: float) -> Any:
     return np.zeros(int(megabytes * 1e6) // 8)
 
 
-def test_aimap_holds_back_a_slow_async_for_by_the_bytes_of_arrays_too(tmp_path: Path) -> None:
+class _Holder:
+    """Arrays as attributes, no nbytes of its own (as a SciPy sparse matrix)."""
+
+    def __init__(self, data: Any, indices: Any) -> None:
+        self.data, self.indices = data, indices
+
+
+@pytest.mark.parametrize("kind", ["array", "dict", "holder"])
+def test_aimap_holds_back_a_slow_async_for_by_the_bytes_of_arrays_too(
+        tmp_path: Path, kind: str) -> None:
     # Arrays from workers do not own their memory: sys.getsizeof said 112 bytes for
     # 1.6 MB, so only the 256-item bound held: 264 tasks ran ahead (+550 MB).
     pytest.importorskip("numpy")
@@ -406,7 +415,11 @@ def test_aimap_holds_back_a_slow_async_for_by_the_bytes_of_arrays_too(tmp_path: 
     def array_task(i: int) -> Any:
         with open(started, "a") as out:
             out.write(f"{i}\n")
-        return _array_of(1.6) if i % 2 else {"a": _array_of(0.8), "b": _array_of(0.8)}
+        if kind == "array":
+            return _array_of(1.6)
+        if kind == "dict":
+            return {"a": _array_of(0.8), "b": _array_of(0.8)}
+        return _Holder(_array_of(0.8), _array_of(0.8))
 
     async def main() -> None:
         async with Cluster(n=2) as cl:

@@ -998,3 +998,18 @@ def test_arguments_that_are_not_a_tuple_or_a_mapping_fail_the_call_as_multiproce
                                             "be an iterable, not int$"):
             pool.apply(divide, 5)
         assert pool.apply(abs, (-1,)) == 1  # the pool goes on
+        # What ** takes, multiprocessing takes: keys() and [], even one that refuses bool().
+        assert pool.apply(keywords, (), _KeysOnly()) == {"x": 1}
+
+
+class _KeysOnly:
+    """A mapping as ** sees one, not a registered Mapping; bool() refuses, as a Series."""
+
+    def keys(self) -> list[str]:
+        return ["x"]
+
+    def __getitem__(self, key: str) -> int:
+        return 1
+
+    def __bool__(self) -> bool:
+        raise ValueError("The truth value of a Series is ambiguous")

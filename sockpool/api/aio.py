@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -214,22 +215,32 @@ LOOKED_INTO = 64
 def _footprint(item: Any) -> int:
     """About the bytes ``item`` holds: a buffer's (an array that came from a worker does
     not own its memory, and ``sys.getsizeof`` counts only its header), and one level
-    into a small list, tuple or dict (a result of a few arrays).  A large container's
-    shell already counts a pointer per item."""
-    size = _own_bytes(item)
-    if isinstance(item, (list, tuple)) and len(item) <= LOOKED_INTO:
-        size += sum(_own_bytes(value) for value in item)
-    elif isinstance(item, dict) and len(item) <= LOOKED_INTO:
-        size += sum(_own_bytes(value) for value in item.values())
+    into a small list, tuple or dict (a result of a few arrays) or into the attributes
+    of an object without ``nbytes`` (a SciPy sparse matrix's arrays).  A large
+    container's shell already counts a pointer per item."""
+    size, own = _own_bytes(item)
+    if isinstance(item, (list, tuple)):
+        inside: Any = item
+    elif isinstance(item, dict):
+        inside = item.values()
+    elif not own and isinstance(getattr(item, "__dict__", None), dict):
+        inside = vars(item).values()
+    else:
+        return size
+    if len(inside) <= LOOKED_INTO:
+        size += sum(_own_bytes(value)[0] for value in inside)
     return size
 
 
-def _own_bytes(value: Any) -> int:
+def _own_bytes(value: Any) -> tuple[int, bool]:
+    """``(bytes, whether they are a buffer's nbytes)``; nothing is worth failing for."""
     try:
         nbytes = getattr(value, "nbytes", None)  # NumPy and friends, memoryview
-    except Exception:  # an odd __getattr__: a result's size is not worth failing for
-        nbytes = None
-    return nbytes if isinstance(nbytes, int) else sys.getsizeof(value)
+        if isinstance(nbytes, numbers.Integral):
+            return int(nbytes), True
+        return sys.getsizeof(value), False
+    except Exception:  # an odd __getattr__ or __sizeof__
+        return 0, False
 
 
 class _Handoff:
@@ -249,6 +260,7 @@ class _Handoff:
         """Read ``iterator`` to its end, or until :meth:`stop` (the reading thread)."""
         try:
             for item in iterator:
+                size = _footprint(item)  # (outside the lock, which the loop takes)
                 with self._space:
                     while (len(self._items) >= AHEAD_ITEMS or self._bytes >= AHEAD_BYTES
                            ) and not self._stopped:
@@ -256,7 +268,7 @@ class _Handoff:
                     if self._stopped:
                         return
                     self._items.append(item)
-                    self._bytes += _footprint(item)
+                    self._bytes += size
                     wake = len(self._items) == 1
                 if wake:
                     self._wake()

@@ -229,7 +229,8 @@ class Pool:
         check_callable(func, "apply_async", returns=False)
         _check_callbacks(callback, error_callback)
         problem = _not_arguments(func, args, kwds)
-        call = (tuple(args), dict(kwds or {})) if problem is None else ((), {})
+        call = ((tuple(args), dict(kwds) if kwds is not None else {}) if problem is None
+                else ((), {}))  # (not `kwds or {}`: a pandas Series refuses bool())
         result: ApplyResult[T] = ApplyResult(self._tracker, callback, error_callback, self)
         if problem is not None:  # as multiprocessing's worker fails the call: from get()
             self._handler.post(functools.partial(result._complete, False, problem))
