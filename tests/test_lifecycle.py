@@ -253,7 +253,6 @@ def test_bad_constructor_arguments() -> None:
         assert cl.par_map(abs, [-2]) == [2]
 
 
-@pytest.mark.filterwarnings(OVERSUBSCRIBED)
 class _OldSequence:
     """Iterable through __getitem__ alone (iter() takes it; abc.Iterable does not)."""
 
@@ -264,6 +263,7 @@ class _OldSequence:
         return self.items[index]
 
 
+@pytest.mark.filterwarnings(OVERSUBSCRIBED)
 def test_localhost_hosts_are_local_workers() -> None:
     with Cluster(hosts=["localhost", "localhost"]) as cl:
         assert cl.n_workers == 2
