@@ -162,7 +162,7 @@ class Calls:
         job = FutureJob(function._replace(name=name) if name else function, future,
                         self.seeds.for_call(seed), timeout)
         job.prefetch = prefetch
-        job.call_name = call_name or f"the call to {function.name or 'the function'}"
+        job.call_name = call_name
         job.keep = self.owner()
         chunk = job.chunk(0, 1, self.packer.call(args, kwargs, self.dispatcher.store,
                                                  standard_first))

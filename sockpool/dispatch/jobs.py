@@ -350,6 +350,10 @@ class FutureJob(Job):
         super().__init__(function, Flag.CALL, timeout=timeout, seed=seed)
         self.future = future
 
+    def name_tasks(self, first: int, last: int) -> str:
+        # Its one task is always task 0: messages name the call (only when they are made).
+        return self.call_name or f"the call to {self.function.name or 'the function'}"
+
     def start(self, chunk: Chunk) -> bool:
         # running() already: a retry after its first worker was lost.
         return self.future.running() or self.future.set_running_or_notify_cancel()
