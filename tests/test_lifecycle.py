@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import os
 import signal
 import subprocess
@@ -72,7 +73,7 @@ def test_close_twice_and_use_after_close() -> None:
     cl.shutdown()
     for call in (lambda: cl.par_map(abs, [1]), lambda: cl.submit(abs, 1),
                  lambda: cl.imap(abs, [1]), lambda: cl.run_on_all(abs, 1),
-                 lambda: cl.export(x=1), lambda: cl.map(abs, [1])):
+                 lambda: cl.export(x=1), lambda: cl.map(abs, [1]), lambda: cl.set_seed(1)):
         with pytest.raises(ClusterClosedError) as info:
             call()
         assert isinstance(info.value, RuntimeError)  # the Executor contract
@@ -242,7 +243,17 @@ def test_bad_constructor_arguments() -> None:
             ({"env": {"A=B": "x"}}, ValueError, r"env\['A=B'\]: a variable's name"),
             ({"env": {"": "x"}}, ValueError, r"env\[''\]: a variable's name must be non-empty"),
             ({"env": {"A": "x\0y"}}, ValueError, "NUL"),
-            ({"hosts": 5}, TypeError, "hosts must be a list or a dict of host names, not int")]:
+            ({"hosts": 5}, TypeError, "hosts must be a list or a dict of host names, not int"),
+            # A beat of 1e-6 s spun the master; inf stopped the beats; a timeout of 1e-6 s
+            # had workers give up on a live master: 15 s to the first result.
+            ({"heartbeat_interval": 1e-6}, ValueError, "heartbeat_interval must be a finite "
+                                                       "number of seconds, at least 0.01"),
+            ({"heartbeat_interval": math.inf}, ValueError, "heartbeat_interval must be a finite"),
+            ({"heartbeat_timeout": 1e-6}, ValueError, r"heartbeat_timeout must be finite and "
+                                                      r"at least two heartbeat intervals \(2 s\)"),
+            ({"heartbeat_timeout": math.inf}, ValueError, "heartbeat_timeout must be finite"),
+            ({"heartbeat_interval": 0.5, "heartbeat_timeout": 0.9}, ValueError,
+             r"two heartbeat intervals \(1 s\)")]:
         with pytest.raises(error, match=named):
             Cluster(n=1, **options)  # type: ignore[arg-type]
     assert {child.pid for child in psutil.Process().children()} <= before

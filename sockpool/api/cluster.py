@@ -143,10 +143,10 @@ class Cluster(concurrent.futures.Executor):
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | str | None = None,
     ) -> None:
-        launcher, n_workers, wait_for = choose_workers(
+        launcher, n_workers, wait_for, min_workers = choose_workers(
             n, hosts, launcher, python=python, env=env, threads_per_worker=threads_per_worker,
             tunnel=tunnel, listen=listen, min_workers=min_workers, wait_for=wait_for)
-        max_memory, level = check_cluster_options(
+        options = check_cluster_options(
             setup=setup, threads_per_worker=threads_per_worker, connect_timeout=connect_timeout,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout, seed=seed,
             max_message_size=max_message_size, relay=relay, prefetch=prefetch,
@@ -156,15 +156,13 @@ class Cluster(concurrent.futures.Executor):
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self.owner_pid = os.getpid()
         self._seeds = CallSeeds(seed)
+        if options["log_level"] is None:
+            options["log_level"] = logging.getLogger().getEffectiveLevel()
         self._calls = start_engine(
             launcher, n_workers, setup=setup, serializer=serializer,
             max_capture_size=max_capture_size, seeds=self._seeds, owner=self,
             relay_mode={True: "task", False: "off", "live": "live"}[relay],
-            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
-            connect_timeout=connect_timeout, prefetch=prefetch, relay_prefix=relay_prefix,
-            transport=transport, max_frame_bytes=max_message_size,
-            log_level=logging.getLogger().getEffectiveLevel() if level is None else level,
-            max_tasks_per_worker=max_tasks_per_worker, max_worker_memory=max_memory)
+            relay_prefix=relay_prefix, transport=transport, **options)
         self._dispatcher = self._calls.dispatcher
         self._finalizer = watch(self, self._dispatcher,
                                 f"sockpool.Cluster ({launcher.describe()}, {n_workers} "
@@ -247,7 +245,9 @@ class Cluster(concurrent.futures.Executor):
 
         Raises:
             ValueError: ``seed`` is not a non-negative integer.
+            ClusterClosedError: the cluster is closed.
         """
+        self._check_open()
         self._seeds.reset(seed)
 
     # -- maps -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
 import re
 import warnings
@@ -122,8 +123,9 @@ def choose_workers(
     listen: str | None,
     min_workers: int | None,
     wait_for: int | None,
-) -> tuple[Launcher, int, int]:
-    """The launcher, the number of workers, and how many the constructor waits for."""
+) -> tuple[Launcher, int, int, int | None]:
+    """The launcher, the number of workers, how many the constructor waits for, and
+    ``min_workers`` (an int, or None)."""
     if launcher is not None and (python is not None or env is not None):
         raise ValueError("python= and env= belong to the launcher when launcher= is given")
     check_launcher(launcher)
@@ -134,13 +136,13 @@ def choose_workers(
                             f"or Path) or None for this one, not {python!r}")
         python = path
     launcher, n_workers = choose_launcher(
-        n, hosts, launcher, python=python, env=worker_env(env, threads_per_worker),
+        n, hosts, launcher, python=python, env=worker_env(env, check_threads(threads_per_worker)),
         tunnel=tunnel, listen=listen)
-    check_min_workers(min_workers, n_workers)
-    check_min_workers(wait_for, n_workers, "wait_for")
+    least = check_min_workers(min_workers, n_workers)
+    wait_for = check_min_workers(wait_for, n_workers, "wait_for")
     if wait_for is None:  # a batch queue may hold workers back: start with the first
         wait_for = 1 if launcher.queues else n_workers
-    return launcher, n_workers, min(wait_for, n_workers)
+    return launcher, n_workers, min(wait_for, n_workers), least
 
 
 def check_launcher(launcher: object) -> None:
@@ -154,12 +156,26 @@ def check_launcher(launcher: object) -> None:
                     f"SSHLauncher(hosts) or SlurmLauncher(...), not {launcher!r}")
 
 
-def check_min_workers(count: int | None, total: int, name: str = "min_workers") -> None:
+def check_min_workers(count: int | None, total: int, name: str = "min_workers") -> int | None:
+    """``count`` as an int, or None; raise ``ValueError`` unless it is from 1 to ``total``."""
     if count is None:
-        return
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= total:
+        return None
+    number = as_int(count)
+    if number is None or not 1 <= number <= total:
         raise ValueError(f"{name} must be an integer from 1 to the {total} workers asked "
                          f"for, not {count!r}")
+    return number
+
+
+def check_threads(threads_per_worker: int | None) -> int | None:
+    """``threads_per_worker`` as an int, or None; raise ``ValueError`` unless positive."""
+    if threads_per_worker is None:
+        return None
+    threads = as_int(threads_per_worker)
+    if threads is None or threads < 1:
+        raise ValueError(f"threads_per_worker must be a positive integer or None, "
+                         f"not {threads_per_worker!r}")
+    return threads
 
 
 #: True while a ``sockpool.Pool`` starts its cluster: multiprocessing never warns about
@@ -261,6 +277,24 @@ def log_level_number(level: int | str | None) -> int | None:
     return number
 
 
+#: The shortest heartbeat_interval: a tighter beat only spends the master's CPU.
+MIN_HEARTBEAT = 0.01
+
+
+def check_heartbeats(interval: float, timeout: float | None) -> None:
+    """Raise ``ValueError`` unless heartbeats come at least every ``MIN_HEARTBEAT``
+    seconds and at most finitely often, and ``timeout`` (where given) is finite and
+    spans at least two of them: a peer silent for less than that may just be busy."""
+    if not MIN_HEARTBEAT <= interval < math.inf:
+        raise ValueError(f"heartbeat_interval must be a finite number of seconds, at least "
+                         f"{MIN_HEARTBEAT}, not {interval!r}")
+    if timeout is not None and not 2 * interval <= timeout < math.inf:
+        raise ValueError(f"heartbeat_timeout must be finite and at least two heartbeat "
+                         f"intervals ({2 * interval:g} s), or None for the default, not "
+                         f"{timeout!r}: a peer that misses one heartbeat is not lost, and "
+                         "a worker must give up on a master that is gone")
+
+
 def check_cluster_options(
     *,
     setup: Callable[[], Any] | None,
@@ -278,42 +312,43 @@ def check_cluster_options(
     transport: str,
     max_worker_memory: int | str | None = None,
     log_level: int | str | None = None,
-) -> tuple[int | None, int | None]:
+) -> dict[str, Any]:
     """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option;
-    return ``max_worker_memory`` in bytes and ``log_level`` as a number."""
-    if max_tasks_per_worker is not None and (
-            isinstance(max_tasks_per_worker, bool) or not isinstance(max_tasks_per_worker, int)
-            or max_tasks_per_worker < 1):
+    return the engine's options as it takes them (integers as ``int``, NumPy's too;
+    ``max_worker_memory`` in bytes, ``log_level`` as a number, None where not given)."""
+    tasks = as_int(max_tasks_per_worker)
+    if max_tasks_per_worker is not None and (tasks is None or tasks < 1):
         raise ValueError(f"max_tasks_per_worker must be a positive integer or None, "
                          f"not {max_tasks_per_worker!r}")
     if setup is not None and not callable(setup):
         raise TypeError(f"Cluster(setup=...) needs a callable as its function, "
                         f"not {type(setup).__name__}")
-    if threads_per_worker is not None and (
-            isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int)
-            or threads_per_worker < 1):
-        raise ValueError(f"threads_per_worker must be a positive integer or None, "
-                         f"not {threads_per_worker!r}")
+    check_threads(threads_per_worker)
     for name, value in (("connect_timeout", connect_timeout),
                         ("heartbeat_interval", heartbeat_interval),
                         ("heartbeat_timeout", 1.0 if heartbeat_timeout is None
                          else heartbeat_timeout)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    check_heartbeats(heartbeat_interval, heartbeat_timeout)
     if seed is not None:
         check_seed(seed)
-    if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) or (
-            max_message_size < MIN_MESSAGE_SIZE):
+    max_frame_bytes = as_int(max_message_size)
+    if max_frame_bytes is None or max_frame_bytes < MIN_MESSAGE_SIZE:
         raise ValueError(f"max_message_size must be a number of bytes, at least "
                          f"{MIN_MESSAGE_SIZE} (the workers' own messages need that much), "
                          f"not {max_message_size!r}")
     if relay not in (True, False, "live"):
         raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
-    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not (
-            1 <= prefetch <= MAX_PREFETCH):
+    depth = as_int(prefetch)
+    if depth is None or not 1 <= depth <= MAX_PREFETCH:
         raise ValueError(f"prefetch must be an integer from 1 to {MAX_PREFETCH}, "
                          f"not {prefetch!r}")
     check_serializer(serializer)
     check_max_capture_size(max_capture_size)
     check_transport(transport)
-    return memory_bytes(max_worker_memory), log_level_number(log_level)
+    return dict(connect_timeout=connect_timeout, heartbeat_interval=heartbeat_interval,
+                heartbeat_timeout=heartbeat_timeout, max_frame_bytes=max_frame_bytes,
+                prefetch=depth, max_tasks_per_worker=tasks,
+                max_worker_memory=memory_bytes(max_worker_memory),
+                log_level=log_level_number(log_level))
