@@ -98,8 +98,8 @@ class Cluster(concurrent.futures.Executor):
         max_message_size: the largest frame a worker may send (bytes, at least
             64 KiB); one that sends more is disconnected.
         connect_timeout: seconds to wait for the workers to start and connect.
-        heartbeat_interval: seconds between heartbeats, both ways.
-        heartbeat_timeout: silence after which a peer counts as lost: the master
+        heartbeat_interval: seconds between heartbeats, both ways (0.01 or more).
+        heartbeat_timeout: silence (two heartbeats or more) after which a peer is lost: the master
             gives up on a silent remote worker after 5 heartbeats by default, a
             worker on a silent master after 60 s (local) or 15 s (ssh, Slurm).
         prefetch: chunks a worker may hold: the one it runs and those queued (1-1024).
