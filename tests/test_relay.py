@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -438,3 +439,139 @@ def test_a_submit_cancelled_as_it_runs_still_writes_what_it_printed(
     print("main: after the cancel")
     out += capsys.readouterr().out
     assert len(_ends_with_whole_lines(out, "main: after the cancel")) >= 5
+
+
+@pytest.mark.parametrize("relay", ["True", "'live'"])
+@pytest.mark.parametrize("end", ["os._exit(1)", "time.sleep(30)"])
+def test_lines_a_task_wrote_before_it_went_quiet_reach_the_user(
+        tmp_path: Path, relay: str, end: str) -> None:
+    # Only the task's next write sent what waited: a task that printed three lines,
+    # then slept and died (or hung past its timeout) lost all but the first.
+    result = run_script(f"""
+        import os, time
+        from sockpool import Cluster
+
+        def quiet_end(x):
+            print("step 1")
+            print("step 2")
+            print("step 3")
+            time.sleep(1)
+            {end}
+
+        with Cluster(n=1, relay={relay}) as cl:
+            try:
+                cl.par_map(quiet_end, [0], timeout=3)
+            except Exception as error:
+                print(type(error).__name__)
+    """, tmp_path)
+    error = "WorkerLostError" if "exit" in end else "TaskTimeoutError"
+    assert result.stdout.splitlines() == ["step 1", "step 2", "step 3", error]
+
+
+def test_live_relay_sends_what_a_tasks_threads_print_while_it_runs(tmp_path: Path) -> None:
+    # Only the main thread sent: a line from a task's thread waited for the task's end.
+    go = tmp_path / "go"
+    script = tmp_path / "threads.py"
+    script.write_text(
+        "import os, threading, time\n"
+        "from sockpool import Cluster\n"
+        "def task(x):\n"
+        "    threading.Thread(target=print, args=('from a thread',)).start()\n"
+        "    deadline = time.monotonic() + 20\n"
+        f"    while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "        time.sleep(0.01)\n"
+        f"    return os.path.exists({str(go)!r})\n"
+        "with Cluster(n=1, relay='live') as cl:\n"
+        "    print('result', cl.par_map(task, [0]), flush=True)\n")
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        assert master.stdout.readline() == "from a thread\n"
+        go.touch()  # the task ends once the line is here
+        assert master.stdout.readline() == "result [True]\n"
+    finally:
+        master.wait(30)
+
+
+def test_output_reaches_a_strict_utf8_stdout_and_no_stdout_at_all(tmp_path: Path) -> None:
+    # Bytes that are not UTF-8 raised UnicodeEncodeError out of par_map (its result
+    # lost) where stdout's errors are "strict"; with sys.stdout None (fd 1 closed,
+    # pythonw) a printing task's map raised AttributeError, where print() is silent.
+    script = tmp_path / "streams.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from sockpool import Cluster
+
+        def junk(x):
+            sys.stdout.buffer.write(b"\\x89PNG\\r\\n")
+            print("after", x)
+            return x
+
+        with Cluster(n=1) as cl:
+            print(cl.par_map(junk, [1]))
+            sys.stdout.flush()
+            sys.stdout = None
+            sys.stderr.write(f"{cl.par_map(junk, [2, 3])}\\n")
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"\x89PNG\r\nafter 1\n[1]\n"
+    assert result.stderr == b"[2, 3]\n"
+
+
+def test_live_relay_into_a_closed_pipe_raises_once_as_print_does(tmp_path: Path) -> None:
+    # `python script.py | head -1`: the I/O thread logged a traceback for every
+    # message it could not write (79 754 lines), and the map took 46 s.
+    script = tmp_path / "pipe.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        from sockpool import Cluster
+
+        def noisy(x):
+            for line in range(20_000):
+                print("task", x, "line", line)
+            return x
+
+        try:
+            with Cluster(n=2, relay="live") as cl:
+                cl.par_map(noisy, range(4))
+        except BrokenPipeError:
+            sys.stderr.write("par_map raised BrokenPipeError\\n")
+            os._exit(0)  # (what Python's docs advise; its exit would flush stdout again)
+    """))
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert master.stdout is not None and master.stderr is not None
+    assert master.stdout.readline().startswith("task ")
+    master.stdout.close()
+    stderr = master.stderr.read()
+    assert master.wait(60) == 0
+    assert stderr == "par_map raised BrokenPipeError\n"
+
+
+def test_prefixed_lines_end_at_each_task_and_at_newlines_alone(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A task's last line without its newline took the next task's prefix on its
+    # line ("[worker 0] no-eol 0[worker 0] no-eol 1"), and "\r" began a new line.
+    with Cluster(n=1, relay_prefix=True) as prefixed:
+        prefixed.par_map(_no_newline, range(2), chunksize=1)
+    assert capsys.readouterr().out.split("\n") == [
+        "[worker 0] 0%\r100%", "[worker 0] no-eol 0", "[worker 0] 0%\r100%",
+        "[worker 0] no-eol 1", ""]
+
+
+def _no_newline(x: int) -> None:
+    print("0%\r100%")
+    print("no-eol", x, end="")
+
+
+def test_a_tasks_stdout_takes_what_scripts_ask_of_sys_stdout(cluster: Cluster) -> None:
+    # sys.stdout.reconfigure(...) raised AttributeError in a task, as did .name.
+    assert cluster.submit(_stream_attributes).result(timeout=20) == (
+        None, "<stdout>", "<stderr>", False)
+
+
+def _stream_attributes() -> tuple[object, ...]:
+    return (sys.stdout.reconfigure(encoding="utf-8", line_buffering=True),  # type: ignore[attr-defined]
+            sys.stdout.name, sys.stderr.name, sys.stdout.line_buffering)  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ _registries: dict[str, dict[Any, Any]] = {}
 _emit_lock = threading.Lock()
 
 
-def emit(batches: list[Batch], prefix: str = "") -> None:
+def emit(batches: list[Batch]) -> None:
     """Write batches out in the master, each event in the order the task made it
     (see the module docstring).
 
@@ -38,9 +38,9 @@ def emit(batches: list[Batch], prefix: str = "") -> None:
         for batch in batches:
             for kind, value in batch:
                 if kind == STDOUT:
-                    _write(sys.stdout, value, prefix)
+                    _write(sys.stdout, value)
                 elif kind == STDERR:
-                    _write(sys.stderr, value, prefix)
+                    _write(sys.stderr, value)
                 elif kind == WARNING:
                     message, category, filename, lineno, module = value
                     # A registry per file makes "default"/"once" filters behave as
@@ -69,19 +69,43 @@ def _bars_set_aside() -> contextlib.AbstractContextManager[Any]:
 def hold(held: list[Batch], batch: Batch, live: bool) -> None:
     """Keep what a running chunk wrote in ``held``, for its end; ``live``: write its
     text now (the I/O thread), but not its warnings, which may raise (``-W error``):
-    they wait for the caller."""
+    they wait for the caller.  Text the I/O thread cannot write (a closed pipe,
+    ``| head``) waits too: the caller's write of it raises, as a print would."""
     if live:
-        emit([[event for event in batch if event[0] in (STDOUT, STDERR)]])
+        try:
+            emit([[event for event in batch if event[0] in (STDOUT, STDERR)]])
+        except OSError:
+            held.append(batch)
+            return
         batch = [event for event in batch if event[0] not in (STDOUT, STDERR)]
     held.append(batch)
 
 
-def _write(stream: TextIO, text: str, prefix: str) -> None:
-    if prefix:
-        lines = text.splitlines(keepends=True)
-        text = "".join(prefix + line for line in lines)
-    stream.write(text)
+def _write(stream: TextIO | None, text: str) -> None:
+    if stream is None:  # sys.stdout = None (pythonw, fd 1 closed): print() writes nothing
+        return
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        _write_encoded(stream, text)
     stream.flush()
+
+
+def _write_encoded(stream: TextIO, text: str) -> None:
+    """Text the stream's encoding refused: bytes a task wrote that were not UTF-8
+    (``sys.stdout.buffer.write``, which reach here as surrogate escapes) go to its
+    binary side as those bytes; a character it cannot encode, as an escape."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    buffer = getattr(stream, "buffer", None)
+    try:
+        data = text.encode(encoding, "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode(encoding, "backslashreplace")
+    if buffer is None:
+        stream.write(data.decode(encoding, "backslashreplace"))
+        return
+    stream.flush()
+    buffer.write(data)
 
 
 def lines_ended(batches: list[Batch]) -> list[Batch]:

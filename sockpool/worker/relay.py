@@ -7,11 +7,13 @@ say "always", so the master's filters decide) and a logging handler records
 log records at or above the cluster's ``log_level``.  What a chunk produced
 travels home inside its RESULT, so a chunk that writes nothing costs nothing
 more.  A chunk that writes sends its first write at once and the rest ahead in
-OUTPUT messages at most every :data:`FLUSH_SECONDS`, so a worker that crashes
-has lost at most that much of what it wrote (the master shows it, and quotes
-it in the ``WorkerLostError``).  Output written below Python (C code, child
-processes) is not relayed; for local workers it lands in the worker's log,
-whose tail is quoted when the worker is lost.
+OUTPUT messages within :data:`FLUSH_SECONDS`, so a worker that crashes has lost
+at most that much of what it wrote (the master shows it, and quotes it in the
+``WorkerLostError``).  The main thread sends what a task writes as it writes; a
+flusher thread sends what would otherwise wait: the last lines of a task that
+then hangs or sleeps, and what the task's own threads write.  Output written
+below Python (C code, child processes) is not relayed; for local workers it
+lands in the worker's log, whose tail is quoted when the worker is lost.
 
 The master writes it out (:mod:`sockpool.dispatch.output`).
 
@@ -67,6 +69,21 @@ class TaskStream(io.TextIOBase):
     def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"
 
+    @property
+    def name(self) -> str:
+        return ("<stdout>", "<stderr>")[self._index]
+
+    @property
+    def line_buffering(self) -> bool:
+        return False
+
+    def reconfigure(self, *, encoding: str | None = None, errors: str | None = None,
+                    newline: str | None = None, line_buffering: bool | None = None,
+                    write_through: bool | None = None) -> None:
+        """Accepted as ``io.TextIOWrapper.reconfigure`` is (a script's
+        ``sys.stdout.reconfigure(encoding="utf-8")``), and changes nothing: what a
+        task writes travels as text, and the master's stream encodes it."""
+
     def fileno(self) -> int:
         return self._original.fileno()
 
@@ -112,8 +129,9 @@ class WorkerRelay:
     """Collects a chunk's output, warnings and log records in a worker.
 
     Args:
-        send: sends an OUTPUT batch ahead of the RESULT (the data socket's owner,
-            the main thread, is the only caller).
+        send: sends an OUTPUT batch ahead of the RESULT, from the main thread (the
+            data socket's owner) or, while the main thread runs the chunk, from the
+            flusher; ``_sending`` keeps the two apart and the batches in order.
         log_level: the lowest level of log records relayed.
         live: send each complete line at once (the master writes it as it
             comes) rather than batches it holds until the chunk ends.
@@ -130,8 +148,15 @@ class WorkerRelay:
         self._run: list[str] = []  # the latest writes to one stream, joined when it ends
         self._run_stream = -1
         self._lock = threading.Lock()  # a task's threads write, warn and log too
+        self._held = threading.Condition(self._lock)  # the flusher waits for output on it
+        # Held across taking a batch and sending it, by either sender, so that batches
+        # leave in the order they were taken, and none after the chunk's RESULT.
+        # (Re-entrant: a warning raised while a batch is pickled is added and sent too.)
+        self._sending = threading.RLock()
         self._chars = 0
         self._last_flush = time.monotonic()
+        self._armed = False  # the flusher was told of output that waits
+        self._urgent = False  # live: a line from a task's thread, to send at once
         self._active = False
         self._main = threading.get_ident()
         self._log_level = log_level
@@ -145,19 +170,25 @@ class WorkerRelay:
         root = logging.getLogger()
         root.addHandler(_RecordHandler(self))
         root.setLevel(self._log_level)
+        threading.Thread(target=self._flush_held, name="sockpool-relay", daemon=True).start()
 
     def start(self) -> None:
         """A chunk starts: what is written from now on belongs to it."""
-        self._active = True
-        self._last_flush = 0.0  # its first write goes out at once: a crash loses nothing
+        with self._lock:
+            self._active = True
+            self._last_flush = 0.0  # its first write goes out at once: a crash loses nothing
+            if self._run or self._events:  # (a log record from a thread between chunks)
+                self._armed = True
+                self._held.notify()
 
     def finish(self) -> Batch | None:
         """The chunk ended: its batch (None when it wrote nothing)."""
-        self._active = False
+        with self._sending:  # once the flusher's batch, if any, has gone
+            self._active = False
         for index, rest in enumerate(self._partial):
-            if rest:  # a last line without its newline still belongs to this chunk
-                self._partial[index] = ""
-                self._add_text(index, self._prefix + rest)
+            if rest:  # a last line without its newline still belongs to this chunk,
+                self._partial[index] = ""  # and, prefixed, ends: the next has a prefix too
+                self._add_text(index, self._prefix + rest + ("\n" if self._prefix else ""))
         return self._take()
 
     def write(self, index: int, text: str) -> None:
@@ -176,8 +207,8 @@ class WorkerRelay:
             cut = text.rfind("\n") + 1
             self._partial[index] = text[cut:]
             text = text[:cut]
-            if self._prefix and text:
-                text = "".join(self._prefix + line for line in text.splitlines(keepends=True))
+            if self._prefix and text:  # (lines end at "\n" alone: a "\r" redraws one)
+                text = self._prefix + text[:-1].replace("\n", "\n" + self._prefix) + "\n"
             if not text:
                 return
         self._add_text(index, text)
@@ -225,18 +256,57 @@ class WorkerRelay:
         self.maybe_flush()
 
     def maybe_flush(self, force: bool = False) -> None:
-        """Send what waits ahead of the RESULT when it is time (main thread only)."""
-        if not self._active or threading.get_ident() != self._main:
+        """Send what waits ahead of the RESULT when it is time (from the main thread;
+        another thread's forced flush is the flusher's, at once)."""
+        if not self._active:
+            return
+        if threading.get_ident() != self._main:
+            self._wake_flusher(urgent=force)
             return
         now = time.monotonic()
         if force or now - self._last_flush >= FLUSH_SECONDS or self._chars >= FLUSH_CHARS:
+            self._flush(now)
+        else:
+            self._wake_flusher(urgent=False)
+
+    def _wake_flusher(self, urgent: bool) -> None:
+        """Tell the flusher that output waits (once until it is taken: a task
+        printing in a loop wakes it at most every :data:`FLUSH_SECONDS`)."""
+        if self._armed and not urgent:
+            return
+        with self._lock:
+            self._urgent = self._urgent or urgent
+            self._armed = True
+            self._held.notify()
+
+    def _flush(self, now: float) -> None:
+        """Send what waits, if the chunk still runs (either sender)."""
+        with self._sending:
+            if not self._active:
+                return
             self._last_flush = now
             batch = self._take()
             if batch is not None:
                 self._send(batch)
 
+    def _flush_held(self) -> None:
+        """The flusher thread: what a chunk wrote and nobody sent goes within
+        :data:`FLUSH_SECONDS` of the last send, while the main thread is busy in a
+        task (a sleep, a C call, a wait for the task's own threads)."""
+        while True:
+            with self._lock:
+                while not (self._active and self._armed):
+                    self._held.wait()
+                wait = self._last_flush + FLUSH_SECONDS - time.monotonic()
+                delay = 0.0 if self._urgent else wait
+                self._urgent = False
+            if delay > 0:
+                time.sleep(delay)
+            self._flush(time.monotonic())
+
     def _take(self) -> Batch | None:
         with self._lock:
+            self._armed = self._urgent = False
             self._end_run()
             if not self._events:
                 return None
