@@ -175,6 +175,68 @@ def test_the_masters_new_values_reach_the_worker_unless_the_worker_bound_the_nam
         "[1, 2, 3] 4"]
 
 
+@pytest.mark.parametrize("plan", ["sequential", "local:1"])
+def test_a_global_the_master_binds_anew_reaches_the_worker_even_with_the_same_pickle(
+        tmp_path: Path, plan: str) -> None:
+    # The worker compared pickles to tell "unchanged": a class defined again (a
+    # notebook cell run again), an instance of it, a function defined again held in
+    # a list, a cache reset to a fresh {}: each pickles as before (a class by name),
+    # so the worker kept the old one ("v1", isinstance False, the stale cache).
+    # And a global a task had rebound kept the worker's value after the master's
+    # `counter = 100`.  Each now gives what it gives without a cluster.
+    result = run_script(f"""
+        import sockpool
+
+        class Cfg:
+            def version(self):
+                return "v1"
+
+        CFG = Cfg()
+
+        def prep(x):
+            return f"v1:{{x}}"
+
+        STEPS = [prep]
+        FACTOR, CACHE = 1, {{}}
+        counter = 0
+
+        def use(x):
+            return Cfg.__name__, CFG.version(), isinstance(CFG, Cfg), STEPS[0](x)
+
+        def cached(x):
+            if x not in CACHE:
+                CACHE[x] = x * FACTOR
+            return CACHE[x]
+
+        def count(x):
+            global counter
+            counter += 1
+            return counter
+
+        sockpool.plan("{plan}")
+        print(sockpool.par_map(use, [1]), sockpool.par_map(cached, [1, 2]),
+              sockpool.par_map(count, [0, 0], chunksize=2))
+
+        class Cfg:
+            def version(self):
+                return "v2"
+
+        CFG = Cfg()
+
+        def prep(x):
+            return f"v2:{{x}}"
+
+        STEPS = [prep]
+        FACTOR, CACHE = 100, {{}}
+        counter = 100
+        print(sockpool.par_map(use, [1]), sockpool.par_map(cached, [1, 2]),
+              sockpool.par_map(count, [0, 0], chunksize=2))
+    """, tmp_path)
+    assert result.stdout.splitlines() == [
+        "[('Cfg', 'v1', True, 'v1:1')] [1, 2] [1, 2]",
+        "[('Cfg', 'v2', True, 'v2:1')] [100, 200] [101, 102]"]
+
+
 def test_a_global_the_master_deleted_is_gone_for_the_next_function_as_in_the_master(
         tmp_path: Path) -> None:
     # The worker kept the master's `max = 10` after `del max`: max(xs) on the

@@ -22,10 +22,11 @@ from .by_value import names_by_value_module
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
           prefix: bytes = b"", store: Callable[[list[Any]], Any] | None = None,
-          standard_first: bool = True) -> Frames:
+          standard_first: bool = True, global_ids: bool = False) -> Frames:
     """:func:`codec.dumps <sockpool.common.codec.dumps>` with the master's by-value check."""
     return codec.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix, store=store,
-                       by_value_check=names_by_value_module, standard_first=standard_first)
+                       by_value_check=names_by_value_module, standard_first=standard_first,
+                       global_ids=global_ids)
 
 
 class FunctionPayload(NamedTuple):
@@ -63,7 +64,7 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
             if serializer == "pickle" or not names_by_value_module(inband):
                 return FunctionPayload(inband, [], function_digest(inband, []),
                                        function_name(obj)), True
-    frames = dumps(obj, serializer, copy_buffers=copy_buffers)
+    frames = dumps(obj, serializer, copy_buffers=copy_buffers, global_ids=True)
     inband, buffers = bytes(frames[0]), frames[1:]
     return FunctionPayload(inband, buffers, function_digest(inband, buffers),
                            function_name(obj)), False

@@ -41,6 +41,11 @@ SHARED_MIN_BYTES = 1024 * 1024
 
 SERIALIZERS = ("cloudpickle", "dill", "pickle")
 
+#: The key, beside a task function's captured globals, of the master's ``id()`` of
+#: each: a worker tells a global the master bound anew (``CACHE = {}``, a class
+#: defined again in a notebook) from one it kept, whose pickle may be the same.
+GLOBAL_IDS = "<sockpool: the master's ids>"
+
 Frames = list[Any]  # bytes-like objects: bytes, memoryview, PickleBuffer, zmq.Frame
 
 
@@ -73,9 +78,20 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
             dispatch_table = ChainMap({types.CodeType: code_reduce_keeping_filename},
                                       cloudpickle.Pickler.dispatch_table)
 
+            #: Whether functions carry GLOBAL_IDS (task functions do; a worker takes
+            #: them out before their globals are set).
+            global_ids = False
+
             def reducer_override(self, obj: Any) -> Any:
                 reduced = _reduce_special(obj)
                 return super().reducer_override(obj) if reduced is NotImplemented else reduced
+
+            def _dynamic_function_reduce(self, func: Any) -> Any:
+                reduced = super()._dynamic_function_reduce(func)
+                captured = reduced[2][1]["__globals__"]
+                if self.global_ids and captured:
+                    captured[GLOBAL_IDS] = {name: id(value) for name, value in captured.items()}
+                return reduced
 
         cls = CloudPickler
     elif serializer == "dill":
@@ -206,7 +222,7 @@ def check_serializer(serializer: str) -> str:
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
           prefix: bytes = b"", store: Callable[[list[Any]], Any] | None = None,
           by_value_check: Callable[[memoryview], bool] | None = None,
-          standard_first: bool = True) -> Frames:
+          standard_first: bool = True, global_ids: bool = False) -> Frames:
     """Pickle ``obj`` into ``[prefix + payload, *out_of_band_buffers]``.
 
     Args:
@@ -225,6 +241,8 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
             by-reference pickle that succeeds names something the master has too.
         standard_first: with cloudpickle, try the standard pickler first (False:
             the caller knows the check would flag it, and spares that first pass).
+        global_ids: with cloudpickle, a function shipped by value carries the
+            ``id()`` of each global it captures (see :data:`GLOBAL_IDS`).
 
     Raises:
         Exception: whatever the pickler raised; callers turn it into a
@@ -271,7 +289,10 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
     if cls is pickle.Pickler:
         _standard_pickler(stream, keep_large).dump(obj)
     else:
-        cls(stream, protocol=5, buffer_callback=keep_large).dump(obj)
+        pickler = cls(stream, protocol=5, buffer_callback=keep_large)
+        if global_ids:
+            pickler.global_ids = True  # type: ignore[attr-defined]
+        pickler.dump(obj)
     return frames(_contents(stream))
 
 

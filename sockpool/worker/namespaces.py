@@ -16,6 +16,10 @@ initializer, ``setup``, ``run_on_all``, a task) bound the name since the
 master last put it there, or, for a small value, changed it in place while
 the master's stayed as it was (an initializer filling a ``dict``); the
 worker's value then stays, as it would in a ``multiprocessing`` worker.
+"Stayed as it was" means the same object (each function carries the master's
+``id()`` of each global, ``codec.GLOBAL_IDS``) with the same pickle: a name the
+master bound anew since (``CACHE = {}``, a class or function defined again in a
+notebook, an instance of it) is put, even where the pickles match.
 A name a function uses that it does not carry was no global of the master's
 when it was sent (deleted since, say): a value the master put there earlier
 is dropped before it runs, so that the name means there what it meant in the
@@ -30,14 +34,16 @@ import io
 import pickle
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ..common.codec import GLOBAL_IDS
 
 _UNSET = object()
 
-#: What one function carries for one namespace: the namespace, the values by name, and
-#: the global names it uses that the master did not have.
-Carried = tuple[dict[str, Any], dict[str, Any], frozenset[str]]
+#: What one function carries for one namespace: the namespace, the values by name, the
+#: global names it uses that the master did not have, and the master's ids of the values.
+Carried = tuple[dict[str, Any], dict[str, Any], frozenset[str], Mapping[str, int]]
 
 
 class SharedGlobals:
@@ -51,6 +57,8 @@ class SharedGlobals:
         # and, for a small value, its pickle as it was then (see _set).
         self._put: dict[int, dict[str, Any]] = {id(main_namespace): {}}
         self._as_put: dict[int, dict[str, bytes | None]] = {id(main_namespace): {}}
+        # Per namespace, the master's id() of each name's value when last sent.
+        self._master_ids: dict[int, dict[str, int]] = {id(main_namespace): {}}
         self._exports: dict[str, Any] = {}
         self._carried: dict[bytes, list[Carried]] = {}  # by function digest
         self._loading: list[Carried] = []  # what the function being unpickled carries
@@ -70,12 +78,13 @@ class SharedGlobals:
     def apply(self, digest: bytes) -> None:
         """Put what the function ``digest`` carries in its namespaces, before it runs,
         but for the names bound on this worker since the master last put them."""
-        for namespace, values, absent in self._carried.get(digest, ()):
-            self._set(namespace, values, absent)
+        for namespace, values, absent, ids in self._carried.get(digest, ()):
+            self._set(namespace, values, absent, ids)
 
     def _set(self, namespace: dict[str, Any], values: dict[str, Any],
-             absent: frozenset[str]) -> None:
+             absent: frozenset[str], ids: Mapping[str, int]) -> None:
         put, as_put = self._put[id(namespace)], self._as_put[id(namespace)]
+        seen = self._master_ids[id(namespace)]
         for name in absent:
             if name not in self._exports and namespace.get(name, _UNSET) is put.get(
                     name, _UNSET) is not _UNSET:
@@ -83,11 +92,16 @@ class SharedGlobals:
                 del put[name]
                 as_put.pop(name, None)
         for name, value in values.items():
+            master_id = ids.get(name)  # (None: not known, as for dill's pickles)
+            rebound = master_id is not None and seen.get(name, master_id) != master_id
+            if master_id is not None:
+                seen[name] = master_id
             current = namespace.get(name, _UNSET)
-            if current is value or current is not put.get(name, _UNSET):
+            if current is value or (current is not put.get(name, _UNSET) and not rebound):
                 continue  # there already, or bound on this worker since
             pickled = _small_pickle(value)
-            if current is not _UNSET and pickled is not None and pickled == as_put.get(name):
+            if (current is not _UNSET and not rebound and pickled is not None
+                    and pickled == as_put.get(name)):
                 # The master's value is what it was when put: what this worker did to
                 # it since (an initializer filling a dict in place, say) stays.
                 continue
@@ -108,10 +122,10 @@ class SharedGlobals:
 
     def forget(self, digest: bytes) -> None:
         """Drop what only the function ``digest`` carried, where this worker kept it."""
-        for namespace, values, _ in self._carried.pop(digest, ()):
+        for namespace, values, _, _ in self._carried.pop(digest, ()):
             put = self._put[id(namespace)]
             still = {name for carried in self._carried.values()
-                     for other, kept, _ in carried if other is namespace for name in kept}
+                     for other, kept, _, _ in carried if other is namespace for name in kept}
             for name, value in values.items():
                 if name in still or name in self._exports:
                     continue
@@ -132,6 +146,7 @@ class SharedGlobals:
             self._namespaces[name] = namespace
             self._put[id(namespace)] = dict(self._exports)
             self._as_put[id(namespace)] = dict.fromkeys(self._exports)
+            self._master_ids[id(namespace)] = {}
         return namespace
 
     def module(self, name: str, state: dict[str, Any]) -> types.ModuleType:
@@ -140,8 +155,8 @@ class SharedGlobals:
         share, its values put there by :meth:`apply`'s rule."""
         namespace = self._namespace(name)
         assert namespace is not None
-        self._loading.append((namespace, dict(state), frozenset()))
-        self._set(namespace, state, frozenset())
+        self._loading.append((namespace, dict(state), frozenset(), {}))
+        self._set(namespace, state, frozenset(), {})
         return self._modules[name]
 
     def make_function(self, code: Any, base: Any, name: str, defaults: Any, closure: Any
@@ -162,12 +177,13 @@ class SharedGlobals:
         :meth:`apply`'s rule (now too: the pickle may call it, a reducer say)."""
         from cloudpickle import cloudpickle
 
+        captured = state[1]["__globals__"]
+        ids = captured.pop(GLOBAL_IDS, {})
         if self.is_shared(fn.__globals__):
-            captured = state[1]["__globals__"]
             # cloudpickle carries each global name the code uses that the master had.
             absent = frozenset(cloudpickle._extract_code_globals(fn.__code__)) - captured.keys()
-            self._loading.append((fn.__globals__, dict(captured), absent))
-            self._set(fn.__globals__, captured, absent)
+            self._loading.append((fn.__globals__, dict(captured), absent, ids))
+            self._set(fn.__globals__, captured, absent, ids)
             captured.clear()
 
         cloudpickle._function_setstate(fn, state)
