@@ -81,3 +81,18 @@ def test_scipy_differential_evolution_takes_a_clusters_map(three_workers: Cluste
                                    **options)
     assert there.x.tolist() == here.x.tolist() and there.fun == here.fun
     assert there.nfev == here.nfev
+
+
+def _joblib_pids(x: int) -> tuple[int, set[int]]:
+    from joblib import Parallel, delayed
+
+    pids = Parallel(n_jobs=-1)(delayed(os.getpid)() for _ in range(8))
+    return os.getpid(), set(pids)
+
+
+def test_a_joblib_parallel_inside_a_task_runs_in_its_worker(three_workers: Cluster) -> None:
+    # scikit-learn's n_jobs=-1 in a task started a loky pool of every core in every
+    # worker (a multiprocessing.Pool's daemonic workers run it in the worker).
+    assert "LOKY_MAX_CPU_COUNT" not in os.environ  # (else the workers keep its value)
+    for worker, pids in three_workers.par_map(_joblib_pids, range(3), chunksize=1):
+        assert pids == {worker}

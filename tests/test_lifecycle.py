@@ -340,15 +340,16 @@ def test_worker_that_crashes_at_start_reports_its_stderr(tmp_path: Path) -> None
 @pytest.mark.filterwarnings(OVERSUBSCRIBED)
 def test_environment_and_thread_caps_reach_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "4")
     with Cluster(n=1, env={"MY_SETTING": "on"}) as cl:
         env = cl.run_on_all(lambda: dict(os.environ))[0]
     assert env["MY_SETTING"] == "on"
-    assert env["OMP_NUM_THREADS"] == "1"  # the default cap where the master sets none
+    assert env["OMP_NUM_THREADS"] == env["LOKY_MAX_CPU_COUNT"] == "1"  # where the master sets none
     assert env["MKL_NUM_THREADS"] == "4"  # the master's own setting is kept
     with Cluster(n=1, threads_per_worker=3) as cl:
         env = cl.run_on_all(lambda: dict(os.environ))[0]
-    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["LOKY_MAX_CPU_COUNT"] == "3"
 
 
 def test_garbage_on_the_socket_does_not_hurt_the_cluster(shared_cluster: Cluster) -> None:

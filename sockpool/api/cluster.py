@@ -71,7 +71,7 @@ class Cluster(concurrent.futures.Executor):
         env: extra environment variables for the workers.
         setup: a callable run once in every worker when it starts (also in a
             replacement worker), e.g. to import heavy modules.
-        threads_per_worker: caps BLAS/OpenMP threads in each worker.  With the
+        threads_per_worker: caps BLAS/OpenMP threads (and joblib's CPUs) per worker.  With the
             default 1 the variables are set only where this process's
             environment does not set them already.
         seed: root seed of reproducible per-task random streams: the k-th

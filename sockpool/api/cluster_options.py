@@ -29,9 +29,11 @@ MIN_MESSAGE_SIZE = 64 * 1024
 #: The most chunks a worker may hold (the scheduler looks at each depth in turn).
 MAX_PREFETCH = 1024
 
-#: Variables that size the thread pools of BLAS, OpenMP and friends.
+#: Variables that size the thread pools of BLAS, OpenMP and friends, and the CPUs
+#: joblib and loky count (a task's `Parallel(n_jobs=-1)`: one worker, one process).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
+                    "LOKY_MAX_CPU_COUNT")
 
 
 def check_count(n: int | None) -> int | None:
