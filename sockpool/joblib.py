@@ -195,7 +195,7 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     # takes every worker, as joblib's dask backend does.
     default_n_jobs = -1
     supports_retrieve_callback = True
-    supports_inner_max_num_threads = False
+    supports_inner_max_num_threads = True  # to say, in configure, what to use instead
     supports_sharedmem = False
     uses_threads = False
 
@@ -274,6 +274,12 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         if backend_kwargs.get("initializer") is not None:
             raise ValueError("the sockpool joblib backend does not take initializer="
                              + _NO_INITIALIZER)
+        if self.inner_max_num_threads is not None:
+            raise ValueError(
+                f"the sockpool joblib backend does not take inner_max_num_threads="
+                f"{self.inner_max_num_threads}: its workers' threads are set as the cluster "
+                "starts, by Cluster(threads_per_worker=...) (1 by default: BLAS, OpenMP and "
+                "joblib's own count)")
         effective = self.effective_n_jobs(n_jobs, parallel)
         if n_jobs == 1 or self._sequential(parallel):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))

@@ -426,6 +426,11 @@ def test_bad_settings_fail_before_any_worker_starts() -> None:
             delayed(square)(i) for i in range(2))
     with pytest.raises(ValueError, match="n_jobs == 0"):
         Parallel(n_jobs=0, backend="sockpool")(delayed(square)(i) for i in range(2))
+    # joblib's own "SockpoolBackend does not accept setting the inner_max_num_threads
+    # argument" (an AssertionError) named no way to get what it asks:
+    with pytest.raises(ValueError, match=r"inner_max_num_threads=1: .*Cluster\(threads_per_w"), \
+            parallel_config(backend="sockpool", inner_max_num_threads=1):
+        Parallel(n_jobs=2)(delayed(square)(i) for i in range(2))
     assert set(psutil.Process().children(recursive=True)) == children
 
 
