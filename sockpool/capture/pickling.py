@@ -64,7 +64,9 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
             if serializer == "pickle" or not names_by_value_module(inband):
                 return FunctionPayload(inband, [], function_digest(inband, []),
                                        function_name(obj)), True
-    frames = dumps(obj, serializer, copy_buffers=copy_buffers, global_ids=True)
+    # (The standard pickler failed, or wrote what the by-value check flags: not again.)
+    frames = dumps(obj, serializer, copy_buffers=copy_buffers, global_ids=True,
+                   standard_first=False)
     inband, buffers = bytes(frames[0]), frames[1:]
     return FunctionPayload(inband, buffers, function_digest(inband, buffers),
                            function_name(obj)), False
