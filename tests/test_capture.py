@@ -556,3 +556,87 @@ def test_chunks_sent_before_a_load_failure_was_heard_of_fail_the_same_way(
                     print(type(result).__name__, result)
     """, tmp_path).stdout.splitlines()
     assert out == ["RuntimeError cannot load on the worker"] * 8
+
+
+def test_a_submitted_function_sees_every_change_a_call_can_see(tmp_path: Path) -> None:
+    # A function of the script whose pickle nothing mutable goes into is pickled
+    # once and sent again as it was while what it is made of stays the same
+    # objects (capture/fingerprint.py): each change here must still reach the next
+    # call, as without a cluster.
+    result = run_script("""
+        import math
+        from sockpool import Cluster
+
+        K, PAIR, ITEMS = 1, (1, 2), [1]
+
+        def outer():
+            step = 1
+
+            def inner(x):
+                return x + step
+
+            def bump():
+                nonlocal step
+                step += 10
+
+            return inner, bump
+
+        inner, bump = outer()
+
+        def scaled(x, scale=1):
+            return x * K * scale
+
+        def pair(x):
+            return PAIR, math.floor(2.5)
+
+        def items(x):
+            return sum(ITEMS)
+
+        def late(x):
+            return x + LATE if "LATE" in globals() else -1
+
+        def other(x, scale=1):  # the same globals as scaled's: only the code differs
+            return -x * K * scale
+
+        with Cluster(n=1) as cl:
+            def call(fn, *args):
+                return cl.submit(fn, *args).result()
+
+            for _ in range(2):
+                print(call(scaled, 1), call(pair, 0), call(items, 0), call(inner, 1),
+                      call(late, 1))
+            K = 2                      # rebound
+            PAIR = (3, 4)              # a new tuple
+            ITEMS.append(10)           # changed in place (a list: never kept)
+            print(call(scaled, 1), call(pair, 0), call(items, 0))
+            scaled.__defaults__ = (100,)
+            print(call(scaled, 1))
+            K = 2.0                    # equal, yet another object (and pickle)
+            print(call(scaled, 1))
+            scaled.__code__ = other.__code__
+            print(call(scaled, 1))
+            bump()                     # a closure cell's contents
+            LATE = 5                   # a global the code named, missing before
+            print(call(inner, 1), call(late, 1))
+    """, tmp_path)
+    assert result.stdout.splitlines() == [
+        "1 ((1, 2), 2) 1 2 -1", "1 ((1, 2), 2) 1 2 -1",
+        "2 ((3, 4), 2) 11",
+        "200",
+        "200.0",
+        "-200.0",
+        "12 6"]
+
+
+def test_a_function_made_of_immutable_parts_is_pickled_once_while_they_stay() -> None:
+    from sockpool.capture.payload import Packer
+
+    namespace = {"__name__": "__main__", "K": 3000, "ITEMS": [1]}
+    exec("def f(x):\n    return x * K\n\ndef g(x):\n    return ITEMS\n", namespace)
+    packer = Packer()
+    first = packer.function(namespace["f"])
+    assert packer.function(namespace["f"]) is first  # no pickling: the same payload
+    namespace["K"] = 3000 + int("0")  # an equal int, another object: its id travels
+    assert packer.function(namespace["f"]).digest != first.digest
+    # A list can change in place: pickled at every call.
+    assert packer.function(namespace["g"]) is not packer.function(namespace["g"])

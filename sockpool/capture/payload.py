@@ -28,6 +28,7 @@ from ..common.codec import Frames
 from ..errors import CaptureError
 from . import pickling
 from .by_value import register_local_modules
+from .fingerprint import fingerprint, same
 from .inspection import describe_unpicklable, inspect_capture
 from .limits import DEFAULT_MAX_CAPTURE_SIZE, check_max_capture_size
 from .pickling import FunctionPayload
@@ -44,6 +45,11 @@ def _name_of(fn: Any) -> str:
 #: Re-pickling ``abs`` for every ``submit`` costs more than the rest of the call.
 _reference_payloads: dict[int, tuple[Callable[..., Any], str, FunctionPayload]] = {}
 _REFERENCE_CACHE_SIZE = 512
+#: Payloads of functions pickled by value whose pickle a fingerprint vouches for
+#: (see :mod:`.fingerprint`), by id: the function, serializer, fingerprint, payload.
+_value_payloads: dict[int, tuple[Callable[..., Any], str, tuple[Any, ...], FunctionPayload]] = {}
+#: ... if no larger than this (one that carries a large string would keep it alive).
+_KEPT_PAYLOAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,9 @@ class Packer:
         """Serialize a task function (cached by digest on the workers).
 
         A function shipped by value is pickled anew at every call, so each call
-        sees the globals it refers to as they are then; large captured buffers
-        are not copied (unless ``copy_buffers``), only checksummed.
+        sees the globals it refers to as they are then (unless it is made of the
+        same immutable objects as last time: see :mod:`.fingerprint`); large
+        captured buffers are not copied (unless ``copy_buffers``), only checksummed.
 
         Raises:
             CaptureError: the function, or something it refers to, cannot be
@@ -82,6 +89,14 @@ class Packer:
         if cached is not None and cached[0] is fn and cached[1] == serializer:
             return cached[2]
         register_local_modules(serializer)
+        known = fingerprint(fn) if serializer == "cloudpickle" else None
+        kept = _value_payloads.get(id(fn))
+        if (known is not None and kept is not None and kept[0] is fn and kept[1] == serializer
+                and same(kept[2], known)):
+            payload = kept[3]
+            if self.max_capture_size is not None and payload.nbytes > self.max_capture_size:
+                raise self._too_big(fn, payload.nbytes, self.max_capture_size)
+            return payload
         try:
             payload, by_reference = pickling.dumps_function(fn, serializer,
                                                             copy_buffers=copy_buffers)
@@ -98,6 +113,10 @@ class Packer:
             if len(_reference_payloads) >= _REFERENCE_CACHE_SIZE:
                 _reference_payloads.clear()
             _reference_payloads[id(fn)] = (fn, serializer, payload)
+        elif known is not None and payload.nbytes <= _KEPT_PAYLOAD_BYTES:
+            if len(_value_payloads) >= _REFERENCE_CACHE_SIZE:
+                _value_payloads.clear()
+            _value_payloads[id(fn)] = (fn, serializer, known, payload)
         return payload
 
     def _too_big(self, fn: Any, size: int, limit: int) -> CaptureError:
