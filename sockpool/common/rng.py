@@ -6,14 +6,19 @@ explicit ``seed=`` on a call gives task i ``SeedSequence(seed, spawn_key=(i,))``
 The stream depends on the task's index only, never on the worker or the chunk
 that ran it, so results are identical for any number of workers, chunk size,
 order or retry.  Before a seeded task runs, its stream seeds ``random``,
-NumPy's legacy global state, and the Generator that :func:`task_rng` returns.
+NumPy's legacy global state, and the Generator that :func:`task_rng` returns;
+after a seeded chunk the global streams are put back (:func:`saved`), so an
+unseeded task after it draws as if no seeded one had run.
 
 This module runs in workers and imports NumPy only when a task is seeded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from .integers import as_int
@@ -65,7 +70,25 @@ def seed_task(entropy: int, key: tuple[int, ...]) -> None:
     _current = np.random.default_rng(sequence)
 
 
-def clear() -> None:
-    """The seeded task ended."""
+@contextlib.contextmanager
+def saved() -> Iterator[None]:
+    """Put ``random``'s and NumPy's global streams back as they were, and
+    :func:`task_rng` back to none, once the seeded tasks inside have run.
+
+    Were they left seeded, every unseeded task after a seeded chunk would draw
+    the same numbers on that worker, run after run.  NumPy's, if this is what
+    imports it, gets fresh entropy, as a new process's would."""
     global _current
-    _current = None
+    numpy = sys.modules.get("numpy")
+    state = random.getstate(), numpy.random.get_state() if numpy is not None else None
+    try:
+        yield
+    finally:
+        _current = None
+        random.setstate(state[0])
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            if state[1] is not None:
+                numpy.random.set_state(state[1])
+            else:
+                numpy.random.seed()

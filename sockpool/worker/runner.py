@@ -320,7 +320,7 @@ class ChunkRunner:
         entropy, key = task.seed
         calls = [items] if flags & Flag.CALL else items
         progress, chunk, skip = self.progress, self._chunk_id(), task.skip
-        try:
+        with rng.saved():
             for offset, item in enumerate(calls):
                 self._keep(values, errors)
                 if progress is not None:
@@ -344,8 +344,6 @@ class ChunkRunner:
                 finally:
                     if self._times is not None and len(values) > offset:
                         add_span(self._times, began, 1)
-        finally:
-            rng.clear()
 
     def _send_output(self, batch: Batch) -> None:
         """Send what the running chunk wrote so far (main thread, from a task's write)."""
