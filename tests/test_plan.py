@@ -399,6 +399,15 @@ def test_a_timer_that_fires_before_the_task_starts_times_the_task_out() -> None:
         assert signal.getsignal(signal.SIGALRM) == handler  # put back each time
 
 
+def test_a_timeout_of_years_or_inf_is_no_limit_under_every_plan() -> None:
+    # setitimer refused them: OverflowError ("timestamp out of range for platform
+    # time_t") from par_map and submit, where a cluster takes them.
+    sockpool.plan("sequential")
+    for timeout in (float("inf"), 1e300, 1e10):
+        assert sockpool.par_map(abs, [-1, -2], timeout=timeout) == [1, 2]
+        assert sockpool.submit(abs, -3, timeout=timeout).result() == 3
+
+
 def test_timeout_elsewhere_fails_the_task_after_it_ends_and_retries_rerun_it() -> None:
     sockpool.plan("sequential")
     runs: list[float] = []

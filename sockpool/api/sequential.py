@@ -265,6 +265,10 @@ def _timed(call: Callable[[], T], named: str, timeout: float | None) -> tuple[bo
     return timeout is not None and time.perf_counter() - started > timeout, value
 
 
+#: Seconds past which setitimer overflows (time_t): about 31 years.
+_LONGEST_ALARM = 1e9
+
+
 @contextlib.contextmanager
 def _alarm(timeout: float | None, owner: object) -> Iterator[None]:
     """Interrupt the task with ``_TimeLimit(owner)`` after ``timeout`` seconds, where
@@ -274,8 +278,9 @@ def _alarm(timeout: float | None, owner: object) -> Iterator[None]:
     A timer already running (pytest-timeout's, an enclosing task's) is put back
     after, with the time it had left; one due first is left to fire.
     """
-    if timeout is None or threading.current_thread() is not threading.main_thread():
-        yield
+    if (timeout is None or timeout > _LONGEST_ALARM
+            or threading.current_thread() is not threading.main_thread()):
+        yield  # (a timeout of years, or inf, never fires: setitimer refuses it)
         return
     previous = signal.getsignal(signal.SIGALRM)
     left, interval = signal.getitimer(signal.ITIMER_REAL)
