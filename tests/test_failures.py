@@ -100,6 +100,26 @@ def test_retries_count_per_task_not_per_chunk(cluster: Cluster, tmp_path: Path,
     assert runs == {x: 2 if x in (2, 7) else 1 for x in range(10)}
 
 
+def _dies_at_50(x: int) -> int:
+    if x == 50:
+        os._exit(1)
+    return x
+
+
+def test_retries_single_out_the_task_that_kills_its_worker_among_quick_ones(
+        cluster: Cluster) -> None:
+    # Quick tasks run in slices that double: the worker died in one of 32 tasks with
+    # none of the results before it kept. Retried as it was, the chunk died the same
+    # way, and 63 tasks failed, with retries=1 and 2 alike. A chunk a worker died in
+    # now runs one task at a time, each result kept.
+    cluster.par_map(_dies_at_50, range(40))  # known quick: long chunks
+    for retries in (1, 2):
+        results = cluster.par_map(_dies_at_50, range(100), errors="return", retries=retries)
+        assert [i for i, value in enumerate(results) if isinstance(value, Exception)] == [50]
+        assert isinstance(results[50], WorkerLostError)
+        assert results[:50] + results[51:] == [*range(50), *range(51, 100)]
+
+
 def test_ordinary_exceptions_are_not_retried(cluster: Cluster, tmp_path: Path) -> None:
     counter = str(tmp_path / "attempts")
 

@@ -155,6 +155,10 @@ class Flag:
     #: RECLAIM (w -> m): the chunk will not run here; the master sends it elsewhere.
     #: RESULT: the chunk was skipped as given back (its copy sent elsewhere delivers).
     GIVEN_BACK = 1024
+    #: TASK: a worker died running this chunk: run its tasks one per slice, each
+    #: result kept in the progress page as it comes, so that a death again names
+    #: the one task it died in, and the tasks that finished are not lost with it.
+    ONE_BY_ONE = 2048
 
 
 _KINDS = {kind.value: kind for kind in Kind}

@@ -432,6 +432,8 @@ class Dispatcher:
         arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], job.flags)
         if record.page_read:  # its page outlives it: its last RESULT is safe there
             flags |= protocol.Flag.PAGE_READ
+        if chunk.died_until or chunk.attempts:  # a worker died running it: find the task
+            flags |= protocol.Flag.ONE_BY_ONE
         if self.profiler.active and chunk is not record.setup_chunk:
             flags |= protocol.Flag.PROFILE
             size = len(fn_inband) + sum(map(shm.carried_bytes, [*fn_buffers, *chunk.frames]))

@@ -107,6 +107,7 @@ class ChunkRunner:
         self._kept_slices: list[tuple[int, int, list[Any]]] = []
         self._kept_at = 0.0  # perf_counter() when they last were
         self._keeping = False
+        self._one_by_one = False  # a worker died running this chunk (Flag.ONE_BY_ONE)
         self._cancelled = False  # the last RESULT says its chunk was cancelled
         self._times: TaskTimes | None = None  # when its tasks ran, if it is profiled
         self.functions = functions
@@ -146,6 +147,7 @@ class ChunkRunner:
             self._kept_slices = []
             self._kept_at = perf_counter()
             self._keeping = progress is not None and not flags & Flag.CALL
+            self._one_by_one = bool(flags & Flag.ONE_BY_ONE)
             if progress is not None and task.skip:  # settled elsewhere before it came here
                 progress.mark(head.ident, task.skip, TO_THE_END)
             split = task.fn_buffers
@@ -255,7 +257,7 @@ class ChunkRunner:
                     add_span(times, wall, len(values) - start)
             if len(values) < total:  # (the RESULT carries the last slice)
                 self._keep(values, errors)
-            if not failed:
+            if not failed and not self._one_by_one:
                 took = perf_counter() - began
                 if times is not None and took >= (end - start) * TIMED_ALONE_SECONDS:
                     size = 1
@@ -285,7 +287,7 @@ class ChunkRunner:
         or the log is full: the log stays one run of tasks from the chunk's start.
         """
         if (not self._keeping or self._kept == len(values)
-                or perf_counter() - self._kept_at < SLICE_SECONDS):
+                or (perf_counter() - self._kept_at < SLICE_SECONDS and not self._one_by_one)):
             return
         assert self.progress is not None
         start, stop = self._kept, len(values)
