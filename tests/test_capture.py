@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import run_script
@@ -565,7 +566,7 @@ def test_a_submitted_function_sees_every_change_a_call_can_see(tmp_path: Path) -
     # call, as without a cluster.
     result = run_script("""
         import math
-        from sockpool import Cluster
+        from sockpool import Cluster, bind_to_env
 
         K, PAIR, ITEMS = 1, (1, 2), [1]
 
@@ -598,17 +599,23 @@ def test_a_submitted_function_sees_every_change_a_call_can_see(tmp_path: Path) -
         def other(x, scale=1):  # the same globals as scaled's: only the code differs
             return -x * K * scale
 
+        def via_eval(x):  # names no global: its bound namespace travels whole
+            return eval("ITEMS")[0] + x
+
+        bound = bind_to_env(via_eval, "ITEMS")
+
         with Cluster(n=1) as cl:
             def call(fn, *args):
                 return cl.submit(fn, *args).result()
 
             for _ in range(2):
                 print(call(scaled, 1), call(pair, 0), call(items, 0), call(inner, 1),
-                      call(late, 1))
+                      call(late, 1), call(bound, 0))
             K = 2                      # rebound
             PAIR = (3, 4)              # a new tuple
             ITEMS.append(10)           # changed in place (a list: never kept)
-            print(call(scaled, 1), call(pair, 0), call(items, 0))
+            ITEMS[0] = 5
+            print(call(scaled, 1), call(pair, 0), call(items, 0), call(bound, 0))
             scaled.__defaults__ = (100,)
             print(call(scaled, 1))
             K = 2.0                    # equal, yet another object (and pickle)
@@ -620,8 +627,8 @@ def test_a_submitted_function_sees_every_change_a_call_can_see(tmp_path: Path) -
             print(call(inner, 1), call(late, 1))
     """, tmp_path)
     assert result.stdout.splitlines() == [
-        "1 ((1, 2), 2) 1 2 -1", "1 ((1, 2), 2) 1 2 -1",
-        "2 ((3, 4), 2) 11",
+        "1 ((1, 2), 2) 1 2 -1 1", "1 ((1, 2), 2) 1 2 -1 1",
+        "2 ((3, 4), 2) 15 5",
         "200",
         "200.0",
         "-200.0",
@@ -640,3 +647,28 @@ def test_a_function_made_of_immutable_parts_is_pickled_once_while_they_stay() ->
     assert packer.function(namespace["f"]).digest != first.digest
     # A list can change in place: pickled at every call.
     assert packer.function(namespace["g"]) is not packer.function(namespace["g"])
+
+
+def test_a_global_rebound_while_the_function_is_pickled_is_not_kept_stale(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another thread rebinding K during the pickling left the payload of K=7 kept
+    # under the fingerprint of K=3000: every call while K was 3000 again sent 7.
+    import pickle
+
+    from sockpool.capture import pickling
+    from sockpool.capture.payload import Packer
+
+    value = 3000 + int("0")
+    namespace = {"__name__": "__main__", "K": value}
+    exec("def f(x):\n    return x * K\n", namespace)
+    dumps_function = pickling.dumps_function
+
+    def rebinding_meanwhile(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        namespace["K"] = 7
+        return dumps_function(fn, *args, **kwargs)
+
+    monkeypatch.setattr(pickling, "dumps_function", rebinding_meanwhile)
+    Packer().function(namespace["f"])
+    monkeypatch.setattr(pickling, "dumps_function", dumps_function)
+    namespace["K"] = value
+    assert pickle.loads(Packer().function(namespace["f"]).inband)(1) == 3000

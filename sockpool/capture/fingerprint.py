@@ -11,8 +11,10 @@ value), and a call whose fingerprint holds the same objects pickles to the same
 bytes.  It exists only where each of those objects is immutable or travels by
 reference: numbers, strings, bytes, None, tuples and frozensets of them,
 importable modules, classes and functions.  Anything else (a list, an array, a
-function of ``__main__``, a function attribute) and there is no fingerprint:
-the function is pickled, as before.
+function of ``__main__``, a function attribute, a ``bind_to_env`` function,
+whose whole namespace travels) and there is no fingerprint: the function is
+pickled, as before.  (A module loaded as another is dropped leaves the count
+as it was: a fingerprint does not see that.)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 _ATOMS = (int, float, complex, str, bytes, bool, type(None), type(Ellipsis), range)
 _MISSING = object()  # a global the code names that the function's module lacks
 _EMPTY_CELL = object()
+_NEXT = object()  # between the parts: a name cannot move from one to the next unseen
 
 
 class _Unseen(Exception):
@@ -33,7 +36,8 @@ class _Unseen(Exception):
 def fingerprint(fn: Any) -> tuple[Any, ...] | None:
     """The objects ``fn``'s pickle is made of, or None where one of them is mutable
     (or travels by value): compare two with :func:`same`."""
-    if type(fn) is not types.FunctionType or fn.__dict__:
+    if (type(fn) is not types.FunctionType or fn.__dict__
+            or type(fn.__globals__) is not dict):  # (a bind_to_env namespace travels whole)
         return None
     from cloudpickle import cloudpickle
 
@@ -45,13 +49,16 @@ def fingerprint(fn: Any) -> tuple[Any, ...] | None:
         for name in sorted(cloudpickle._extract_code_globals(fn.__code__)):
             parts.append(name)
             _add(parts, globals_.get(name, _MISSING), cloudpickle)
+        parts.append(_NEXT)
         _add(parts, fn.__defaults__, cloudpickle)
         for name, value in sorted((fn.__kwdefaults__ or {}).items()):
             parts.append(name)
             _add(parts, value, cloudpickle)
+        parts.append(_NEXT)
         for name, value in fn.__annotations__.items():
             parts.append(name)
             _add(parts, value, cloudpickle)
+        parts.append(_NEXT)
         for cell in fn.__closure__ or ():
             try:
                 contents = cell.cell_contents

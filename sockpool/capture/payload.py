@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import types
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,10 +47,13 @@ def _name_of(fn: Any) -> str:
 _reference_payloads: dict[int, tuple[Callable[..., Any], str, FunctionPayload]] = {}
 _REFERENCE_CACHE_SIZE = 512
 #: Payloads of functions pickled by value whose pickle a fingerprint vouches for
-#: (see :mod:`.fingerprint`), by id: the function, serializer, fingerprint, payload.
-_value_payloads: dict[int, tuple[Callable[..., Any], str, tuple[Any, ...], FunctionPayload]] = {}
+#: (see :mod:`.fingerprint`): the serializer, fingerprint and payload, as long as
+#: the function lives (a lambda made for each call keeps nothing alive).
+_value_payloads: weakref.WeakKeyDictionary[
+    Callable[..., Any], tuple[str, tuple[Any, ...], FunctionPayload]] = (
+        weakref.WeakKeyDictionary())
 #: ... if no larger than this (one that carries a large string would keep it alive).
-_KEPT_PAYLOAD_BYTES = 64 * 1024
+_KEPT_PAYLOAD_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -90,10 +94,9 @@ class Packer:
             return cached[2]
         register_local_modules(serializer)
         known = fingerprint(fn) if serializer == "cloudpickle" else None
-        kept = _value_payloads.get(id(fn))
-        if (known is not None and kept is not None and kept[0] is fn and kept[1] == serializer
-                and same(kept[2], known)):
-            payload = kept[3]
+        kept = _value_payloads.get(fn) if known is not None else None
+        if kept is not None and kept[0] == serializer and same(kept[1], known):  # type: ignore[arg-type]
+            payload = kept[2]
             if self.max_capture_size is not None and payload.nbytes > self.max_capture_size:
                 raise self._too_big(fn, payload.nbytes, self.max_capture_size)
             return payload
@@ -114,9 +117,9 @@ class Packer:
                 _reference_payloads.clear()
             _reference_payloads[id(fn)] = (fn, serializer, payload)
         elif known is not None and payload.nbytes <= _KEPT_PAYLOAD_BYTES:
-            if len(_value_payloads) >= _REFERENCE_CACHE_SIZE:
-                _value_payloads.clear()
-            _value_payloads[id(fn)] = (fn, serializer, known, payload)
+            after = fingerprint(fn)  # (another thread may have rebound a global meanwhile)
+            if after is not None and same(known, after):
+                _value_payloads[fn] = (serializer, known, payload)
         return payload
 
     def _too_big(self, fn: Any, size: int, limit: int) -> CaptureError:
