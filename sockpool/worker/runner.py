@@ -142,6 +142,7 @@ class ChunkRunner:
             progress.begin(head.ident, keep_last_result)
         try:
             task = protocol.parse_task(body)
+            rng.before_chunk(seeded=task.seed is not None)
             self._skip = task.skip
             self._kept = self._kept_errors = 0
             self._kept_slices = []
@@ -322,7 +323,7 @@ class ChunkRunner:
         entropy, key = task.seed
         calls = [items] if flags & Flag.CALL else items
         progress, chunk, skip = self.progress, self._chunk_id(), task.skip
-        with rng.saved():
+        try:
             for offset, item in enumerate(calls):
                 self._keep(values, errors)
                 if progress is not None:
@@ -346,6 +347,8 @@ class ChunkRunner:
                 finally:
                     if self._times is not None and len(values) > offset:
                         add_span(self._times, began, 1)
+        finally:
+            rng.clear()
 
     def _send_output(self, batch: Batch) -> None:
         """Send what the running chunk wrote so far (main thread, from a task's write)."""
