@@ -110,8 +110,9 @@ def test_retries_single_out_the_task_that_kills_its_worker_among_quick_ones(
         cluster: Cluster) -> None:
     # Quick tasks run in slices that double: the worker died in one of 32 tasks with
     # none of the results before it kept. Retried as it was, the chunk died the same
-    # way, and 63 tasks failed, with retries=1 and 2 alike. A chunk a worker died in
-    # now runs one task at a time, each result kept.
+    # way, and 63 tasks failed, with retries=1 and 2 alike. The tasks a worker died
+    # running now rerun one at a time, each result kept (and only those: one at a
+    # time through a chunk of 300 000 took 7 s instead of 0.3).
     cluster.par_map(_dies_at_50, range(40))  # known quick: long chunks
     for retries in (1, 2):
         results = cluster.par_map(_dies_at_50, range(100), errors="return", retries=retries)

@@ -75,7 +75,7 @@ PROTOCOL_VERSION = 3
 
 _HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = _HEADER.size
-_TASK_META = struct.Struct("<16sQIHB16sQQI")
+_TASK_META = struct.Struct("<16sQIHB16sQQII")
 
 DATA_PREFIX = b"D"
 CONTROL_PREFIX = b"C"
@@ -155,10 +155,6 @@ class Flag:
     #: RECLAIM (w -> m): the chunk will not run here; the master sends it elsewhere.
     #: RESULT: the chunk was skipped as given back (its copy sent elsewhere delivers).
     GIVEN_BACK = 1024
-    #: TASK: a worker died running this chunk: run its tasks one per slice, each
-    #: result kept in the progress page as it comes, so that a death again names
-    #: the one task it died in, and the tasks that finished are not lost with it.
-    ONE_BY_ONE = 2048
 
 
 _KINDS = {kind.value: kind for kind in Kind}
@@ -202,14 +198,17 @@ SEED_NONE, SEED_CALL, SEED_CLUSTER = 0, 1, 2
 
 def task_frame(head: bytes, digest: bytes, first_index: int, fn_inband: bytes,
                fn_buffers: int, arguments: Any, seed: tuple[int, int | None] | None = None,
-               acked: int = 0, skip: int = 0) -> bytes:
+               acked: int = 0, skip: int = 0, careful_until: int = 0) -> bytes:
     """The first frame of a TASK: header, meta, function pickle, arguments pickle.
 
     The function's out-of-band buffers (``fn_buffers`` of them) are the frames
     right after it, before the arguments' own buffers.  ``seed`` is
     ``(entropy, call number or None)`` for a seeded job.  ``acked`` counts the
     RESULTs the master has received from this worker; the worker runs the
-    chunk's tasks from ``skip`` on (those before were settled elsewhere).
+    chunk's tasks from ``skip`` on (those before were settled elsewhere), and
+    those before ``careful_until`` one at a time, each result kept in its progress
+    page as it comes (a worker died running them: a death again is to name the
+    one task it died in, and lose none that finished).
     """
     if seed is None:
         mode, entropy, call = SEED_NONE, 0, 0
@@ -217,11 +216,11 @@ def task_frame(head: bytes, digest: bytes, first_index: int, fn_inband: bytes,
         entropy, number = seed
         mode, call = (SEED_CALL, 0) if number is None else (SEED_CLUSTER, number)
     meta = _TASK_META.pack(digest, first_index, len(fn_inband), fn_buffers, mode,
-                           entropy.to_bytes(16, "little"), call, acked, skip)
+                           entropy.to_bytes(16, "little"), call, acked, skip, careful_until)
     return b"".join((head, meta, fn_inband, arguments))
 
 
-_ACKED_AT = _TASK_META.size - 12  # where a TASK body's ``acked`` field starts
+_ACKED_AT = _TASK_META.size - 16  # where a TASK body's ``acked`` field starts
 
 
 def task_acked(body: memoryview) -> int:
@@ -247,6 +246,7 @@ class Task(NamedTuple):
     seed: tuple[int, tuple[int, ...]] | None  # (entropy, spawn key before the task index)
     acked: int  # RESULTs the master had received from this worker when it sent this
     skip: int  # tasks at the start of the chunk not to run (settled already)
+    careful_until: int  # tasks before this offset run one at a time, each kept
 
 
 def parse_task(body: memoryview) -> Task:
@@ -254,7 +254,7 @@ def parse_task(body: memoryview) -> Task:
     if len(body) < _TASK_META.size:
         raise ProtocolError("TASK body shorter than its meta")
     (digest, first_index, fn_len, fn_buffers, mode, entropy, call, acked,
-     skip) = _TASK_META.unpack_from(body)
+     skip, careful_until) = _TASK_META.unpack_from(body)
     start = _TASK_META.size
     if start + fn_len > len(body):
         raise ProtocolError("TASK function payload runs past the frame")
@@ -262,7 +262,7 @@ def parse_task(body: memoryview) -> Task:
     if mode != SEED_NONE:
         seed = (int.from_bytes(entropy, "little"), (call,) if mode == SEED_CLUSTER else ())
     return Task(digest, first_index, body[start:start + fn_len], fn_buffers,
-                body[start + fn_len:], seed, acked, skip)
+                body[start + fn_len:], seed, acked, skip, careful_until)
 
 
 _STAMP_HEAD = struct.Struct("<II")

@@ -432,8 +432,6 @@ class Dispatcher:
         arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], job.flags)
         if record.page_read:  # its page outlives it: its last RESULT is safe there
             flags |= protocol.Flag.PAGE_READ
-        if chunk.died_until or chunk.attempts:  # a worker died running it: find the task
-            flags |= protocol.Flag.ONE_BY_ONE
         if self.profiler.active and chunk is not record.setup_chunk:
             flags |= protocol.Flag.PROFILE
             size = len(fn_inband) + sum(map(shm.carried_bytes, [*fn_buffers, *chunk.frames]))
@@ -441,7 +439,7 @@ class Dispatcher:
         head = protocol.header(Kind.TASK, flags, job.id, chunk.id)
         first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
                                     len(fn_buffers), chunk.frames[0], job.seed,
-                                    record.results_received, chunk.resume)
+                                    record.results_received, chunk.resume, chunk.died_until)
         if sent := self.master.send(record.data_identity, [first, *fn_buffers, *arguments]):
             self._acks_owed.pop(record.id, None)  # this TASK says how many RESULTs came
         return sent

@@ -107,7 +107,7 @@ class ChunkRunner:
         self._kept_slices: list[tuple[int, int, list[Any]]] = []
         self._kept_at = 0.0  # perf_counter() when they last were
         self._keeping = False
-        self._one_by_one = False  # a worker died running this chunk (Flag.ONE_BY_ONE)
+        self._careful_until = 0  # the chunk's tasks before it run one at a time, each kept
         self._cancelled = False  # the last RESULT says its chunk was cancelled
         self._times: TaskTimes | None = None  # when its tasks ran, if it is profiled
         self.functions = functions
@@ -148,7 +148,7 @@ class ChunkRunner:
             self._kept_slices = []
             self._kept_at = perf_counter()
             self._keeping = progress is not None and not flags & Flag.CALL
-            self._one_by_one = bool(flags & Flag.ONE_BY_ONE)
+            self._careful_until = task.careful_until
             if progress is not None and task.skip:  # settled elsewhere before it came here
                 progress.mark(head.ident, task.skip, TO_THE_END)
             split = task.fn_buffers
@@ -232,7 +232,8 @@ class ChunkRunner:
         total = len(items)
         size = 1
         while (start := len(values)) < total:
-            end = min(total, start + size)
+            careful = skip + start < self._careful_until  # (see protocol.task_frame)
+            end = start + 1 if careful else min(total, start + size)
             if progress is not None:
                 progress.mark(chunk, skip + start, skip + end)
             began = perf_counter()
@@ -258,7 +259,7 @@ class ChunkRunner:
                     add_span(times, wall, len(values) - start)
             if len(values) < total:  # (the RESULT carries the last slice)
                 self._keep(values, errors)
-            if not failed and not self._one_by_one:
+            if not failed and not careful:
                 took = perf_counter() - began
                 if times is not None and took >= (end - start) * TIMED_ALONE_SECONDS:
                     size = 1
@@ -288,7 +289,8 @@ class ChunkRunner:
         or the log is full: the log stays one run of tasks from the chunk's start.
         """
         if (not self._keeping or self._kept == len(values)
-                or (perf_counter() - self._kept_at < SLICE_SECONDS and not self._one_by_one)):
+                or (perf_counter() - self._kept_at < SLICE_SECONDS
+                    and self._skip + len(values) > self._careful_until)):
             return
         assert self.progress is not None
         start, stop = self._kept, len(values)
