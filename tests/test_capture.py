@@ -638,12 +638,15 @@ def test_a_submitted_function_sees_every_change_a_call_can_see(tmp_path: Path) -
 def test_a_function_made_of_immutable_parts_is_pickled_once_while_they_stay() -> None:
     from sockpool.capture.payload import Packer
 
-    namespace = {"__name__": "__main__", "K": 3000, "ITEMS": [1]}
-    exec("def f(x):\n    return x * K\n\ndef g(x):\n    return ITEMS\n", namespace)
+    namespace = {"__name__": "__main__", "K": 3000, "PAIR": (1, 2), "ITEMS": [1]}
+    exec("def f(x):\n    return x * K, PAIR\n\ndef g(x):\n    return ITEMS\n", namespace)
     packer = Packer()
     first = packer.function(namespace["f"])
     assert packer.function(namespace["f"]) is first  # no pickling: the same payload
-    namespace["K"] = 3000 + int("0")  # an equal int, another object: its id travels
+    namespace["K"] = 3000 + int("0")  # an equal int, another object: pickled again,
+    again = packer.function(namespace["f"])  # the same (a number carries no id)
+    assert again is not first and again.digest == first.digest
+    namespace["PAIR"] = (1, 2 + int("0"))  # an equal tuple, bound anew: its id travels
     assert packer.function(namespace["f"]).digest != first.digest
     # A list can change in place: pickled at every call.
     assert packer.function(namespace["g"]) is not packer.function(namespace["g"])

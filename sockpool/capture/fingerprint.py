@@ -73,8 +73,8 @@ def fingerprint(fn: Any) -> tuple[Any, ...] | None:
 def same(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
     """Whether two fingerprints hold the same objects (``old`` keeps its own alive,
     so none of them can have been replaced by another at the same address): a
-    global bound anew to an equal value is not the same (its id travels with the
-    function, see ``codec.GLOBAL_IDS``)."""
+    global bound anew to an equal value is not the same (the id of one that is
+    not a number or string travels with the function, see ``codec.GLOBAL_IDS``)."""
     return (len(old) == len(new) and old[0] == new[0]
             and all(a is b for a, b in zip(old[1:], new[1:], strict=True)))
 

@@ -42,9 +42,13 @@ SHARED_MIN_BYTES = 1024 * 1024
 SERIALIZERS = ("cloudpickle", "dill", "pickle")
 
 #: The key, beside a task function's captured globals, of the master's ``id()`` of
-#: each: a worker tells a global the master bound anew (``CACHE = {}``, a class
-#: defined again in a notebook) from one it kept, whose pickle may be the same.
+#: each that is not a number, string or None: a worker tells such a global the
+#: master bound anew (``CACHE = {}``, a class defined again in a notebook) from one
+#: it kept, whose pickle may be the same.  (Not of numbers and strings: an equal
+#: one is the same value, and its id would change the function's digest, sending
+#: it again with all it captures.)
 GLOBAL_IDS = "<sockpool: the master's ids>"
+_SAME_BY_VALUE = (int, float, complex, str, bytes, bool, type(None))
 
 Frames = list[Any]  # bytes-like objects: bytes, memoryview, PickleBuffer, zmq.Frame
 
@@ -90,7 +94,8 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
                 reduced = super()._dynamic_function_reduce(func)
                 captured = reduced[2][1]["__globals__"]
                 if self.global_ids and captured:
-                    captured[GLOBAL_IDS] = {name: id(value) for name, value in captured.items()}
+                    captured[GLOBAL_IDS] = {name: id(value) for name, value in captured.items()
+                                            if type(value) not in _SAME_BY_VALUE}
                 return reduced
 
         cls = CloudPickler

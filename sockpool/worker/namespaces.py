@@ -13,13 +13,14 @@ Who wins when both sides set a name: each function carries the master's
 values of the globals it names, as they were when it was sent, and they are
 put in the namespace each time it runs, unless code on this worker (an
 initializer, ``setup``, ``run_on_all``, a task) bound the name since the
-master last put it there, or, for a small value, changed it in place while
+master last put it there, or, for a small value, changed it in place, while
 the master's stayed as it was (an initializer filling a ``dict``); the
 worker's value then stays, as it would in a ``multiprocessing`` worker.
-"Stayed as it was" means the same object (each function carries the master's
-``id()`` of each global, ``codec.GLOBAL_IDS``) with the same pickle: a name the
-master bound anew since (``CACHE = {}``, a class or function defined again in a
-notebook, an instance of it) is put, even where the pickles match.
+"Stayed as it was" means the same pickle (where the value is small) and, for
+what is not a number or string, the same object (each function carries the
+master's ``id()`` of those, ``codec.GLOBAL_IDS``): a name the master bound anew
+since (``CACHE = {}``, a class or function defined again in a notebook, an
+instance of it) is put, even where the pickles match.
 A name a function uses that it does not carry was no global of the master's
 when it was sent (deleted since, say): a value the master put there earlier
 is dropped before it runs, so that the name means there what it meant in the
@@ -92,18 +93,22 @@ class SharedGlobals:
                 del put[name]
                 as_put.pop(name, None)
         for name, value in values.items():
-            master_id = ids.get(name)  # (None: not known, as for dill's pickles)
+            master_id = ids.get(name)  # (None: a number or string, or dill's pickle)
             rebound = master_id is not None and seen.get(name, master_id) != master_id
             if master_id is not None:
                 seen[name] = master_id
             current = namespace.get(name, _UNSET)
-            if current is value or (current is not put.get(name, _UNSET) and not rebound):
-                continue  # there already, or bound on this worker since
+            if current is value:
+                continue  # there already
             pickled = _small_pickle(value)
-            if (current is not _UNSET and not rebound and pickled is not None
-                    and pickled == as_put.get(name)):
-                # The master's value is what it was when put: what this worker did to
-                # it since (an initializer filling a dict in place, say) stays.
+            changed = rebound or (pickled is not None and name in as_put
+                                  and pickled != as_put[name])
+            if not changed and (current is not put.get(name, _UNSET) or (
+                    current is not _UNSET and pickled is not None
+                    and pickled == as_put.get(name))):
+                # Bound on this worker since, or changed in place here (an initializer
+                # filling a dict), while the master's is as it was: the worker's stays.
+                as_put.setdefault(name, pickled)  # (what "as it was" is from now on)
                 continue
             namespace[name] = put[name] = value
             as_put[name] = pickled
