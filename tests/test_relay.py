@@ -575,3 +575,45 @@ def test_a_tasks_stdout_takes_what_scripts_ask_of_sys_stdout(cluster: Cluster) -
 def _stream_attributes() -> tuple[object, ...]:
     return (sys.stdout.reconfigure(encoding="utf-8", line_buffering=True),  # type: ignore[attr-defined]
             sys.stdout.name, sys.stderr.name, sys.stdout.line_buffering)  # type: ignore[attr-defined]
+
+
+def test_the_flusher_lives_on_after_a_batch_it_could_not_send(tmp_path: Path) -> None:
+    # A warning of a class made in the task, under serializer="pickle", cannot be
+    # sent: the flusher thread died of it, and from then on the lines of a task's
+    # threads waited for the task's end.
+    go = tmp_path / "go"
+    (tmp_path / "tasks.py").write_text(textwrap.dedent(f"""
+        import os, threading, time, warnings
+
+        def bad_warning(x):
+            class Local(UserWarning):
+                pass
+            thread = threading.Thread(target=warnings.warn, args=("local", Local))
+            thread.start()
+            thread.join()
+            time.sleep(0.2)  # (the flusher's turn)
+            return x
+
+        def waits_for_go(x):
+            threading.Thread(target=print, args=("from a thread",)).start()
+            deadline = time.monotonic() + 20
+            while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return os.path.exists({str(go)!r})
+    """))
+    script = tmp_path / "flusher.py"
+    script.write_text(
+        "import tasks\n"
+        "from sockpool import Cluster\n"
+        "with Cluster(n=1, relay='live', serializer='pickle') as cl:\n"
+        "    cl.par_map(tasks.bad_warning, [0])\n"
+        "    print('result', cl.par_map(tasks.waits_for_go, [0]), flush=True)\n")
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              text=True, cwd=tmp_path)
+    try:
+        assert master.stdout is not None
+        assert master.stdout.readline() == "from a thread\n"
+        go.touch()
+        assert master.stdout.readline() == "result [True]\n"
+    finally:
+        master.wait(30)

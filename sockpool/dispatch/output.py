@@ -72,12 +72,14 @@ def hold(held: list[Batch], batch: Batch, live: bool) -> None:
     they wait for the caller.  Text the I/O thread cannot write (a closed pipe,
     ``| head``) waits too: the caller's write of it raises, as a print would."""
     if live:
-        try:
-            emit([[event for event in batch if event[0] in (STDOUT, STDERR)]])
-        except OSError:
-            held.append(batch)
-            return
+        text = [event for event in batch if event[0] in (STDOUT, STDERR)]
         batch = [event for event in batch if event[0] not in (STDOUT, STDERR)]
+        for written, event in enumerate(text):
+            try:
+                emit([[event]])
+            except (OSError, ValueError):  # (ValueError: a stream the user closed)
+                batch = text[written:] + batch  # what was not written waits, in order
+                break
     held.append(batch)
 
 

@@ -302,7 +302,13 @@ class WorkerRelay:
                 self._urgent = False
             if delay > 0:
                 time.sleep(delay)
-            self._flush(time.monotonic())
+            try:
+                self._flush(time.monotonic())
+            except Exception as exc:  # a batch that cannot be sent: the next ones still go
+                original = sys.__stderr__
+                if original is not None:
+                    original.write(f"sockpool worker: output dropped, it could not be sent: "
+                                   f"{type(exc).__name__}: {exc}\n")
 
     def _take(self) -> Batch | None:
         with self._lock:
