@@ -323,10 +323,12 @@ def test_numpy_integers_are_taken_where_integers_are(shared_cluster: Cluster) ->
     with Cluster(n=np.int64(1)) as cl:
         assert cl.n_workers == 1 and cl.par_map(square, [3]) == [9]
     # Each of these was refused ("prefetch must be an integer from 1 to 1024, not
-    # np.int64(3)"), as was min_workers and wait_for.
+    # np.int64(3)"), as were min_workers, wait_for and NumPy's numbers of seconds.
     with Cluster(n=np.int64(2), prefetch=np.int64(3), threads_per_worker=np.int32(1),
                  min_workers=np.int64(1), wait_for=np.int16(2),
-                 max_tasks_per_worker=np.int64(4), max_message_size=np.int64(2**20)) as cl:
+                 max_tasks_per_worker=np.int64(4), max_message_size=np.int64(2**20),
+                 connect_timeout=np.float32(30), heartbeat_interval=np.int64(1),
+                 heartbeat_timeout=np.float64(10)) as cl:
         assert cl.par_map(square, range(9)) == [i * i for i in range(9)]
     for bad in ({"chunksize": np.float64(2.0)}, {"chunksize": np.int64(0)},
                 {"retries": np.int8(-1)}, {"chunksize": np.True_}):

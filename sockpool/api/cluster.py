@@ -169,7 +169,7 @@ class Cluster(concurrent.futures.Executor):
                                 f"worker{'s' * (n_workers != 1)})")
         warm_up_capture()  # the first map's capture needs it; workers are starting meanwhile
         self._starting: tuple[int, float, int | None] | None = (
-            wait_for, connect_timeout, min_workers)
+            wait_for, options["connect_timeout"], min_workers)
         if may_block():  # else `async with` waits, without blocking the event loop
             self._wait_started()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+import numbers
 import os
 import re
 import warnings
@@ -279,6 +280,14 @@ def log_level_number(level: int | str | None) -> int | None:
     return number
 
 
+def _seconds(name: str, value: object) -> float:
+    """``value`` as a float of seconds (NumPy's numbers too); ``ValueError`` naming
+    ``name`` unless it is a positive number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
 #: The shortest heartbeat_interval: a tighter beat only spends the master's CPU.
 MIN_HEARTBEAT = 0.01
 
@@ -326,12 +335,10 @@ def check_cluster_options(
         raise TypeError(f"Cluster(setup=...) needs a callable as its function, "
                         f"not {type(setup).__name__}")
     check_threads(threads_per_worker)
-    for name, value in (("connect_timeout", connect_timeout),
-                        ("heartbeat_interval", heartbeat_interval),
-                        ("heartbeat_timeout", 1.0 if heartbeat_timeout is None
-                         else heartbeat_timeout)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    connect_timeout = _seconds("connect_timeout", connect_timeout)
+    heartbeat_interval = _seconds("heartbeat_interval", heartbeat_interval)
+    if heartbeat_timeout is not None:
+        heartbeat_timeout = _seconds("heartbeat_timeout", heartbeat_timeout)
     check_heartbeats(heartbeat_interval, heartbeat_timeout)
     if seed is not None:
         check_seed(seed)
