@@ -358,3 +358,36 @@ def test_a_value_the_worker_rebound_is_freed_when_its_functions_are_forgotten() 
     gc.collect()
     assert sent() is None  # nothing holds the master's array any more
     assert cache.main_module.__dict__["BIG"] is None  # what the worker bound stays
+
+
+def test_the_masters_id_of_a_name_goes_with_the_masters_value() -> None:
+    from sockpool.common.codec import dumps
+
+    def payload(fn: object) -> bytes:
+        return bytes(dumps(fn, standard_first=False, global_ids=True)[0])
+
+    cache = FunctionCache()
+    main = cache.main_module.__dict__
+    script = _main_functions("""
+        DATA = [1, 2]
+        MINE = [0]
+        def uses(): return len(DATA) + len(MINE)
+        def binds():
+            global MINE
+            MINE = ["worker's"]
+    """)
+    assert cache.load(b"u", payload(script.uses), [])() == 3
+    cache.load(b"b", payload(script.binds), [])()
+    seen = cache.shared._master_ids[id(main)]
+    assert seen.keys() == {"DATA", "MINE"}
+    cache.forget(b"u")
+    cache.forget(b"b")
+    # DATA left with its function, and its id with it: a worker that runs many
+    # functions, each with its own globals, keeps no record of names long gone.
+    assert "DATA" not in main and "DATA" not in seen
+    # The worker's own MINE stays, and so does the master's id: a master that binds
+    # MINE anew is still told from one whose MINE is as it was.
+    assert main["MINE"] == ["worker's"] and "MINE" in seen
+    exec("MINE = [5]", script.uses.__globals__)
+    assert cache.load(b"u2", payload(script.uses), [])() == 3
+    assert main["MINE"] == [5]

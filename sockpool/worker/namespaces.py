@@ -92,6 +92,7 @@ class SharedGlobals:
                 del namespace[name]  # the master's, deleted there since (bound here: stays)
                 del put[name]
                 as_put.pop(name, None)
+                seen.pop(name, None)
         for name, value in values.items():
             master_id = ids.get(name)  # (None: a number or string, or dill's pickle)
             rebound = master_id is not None and seen.get(name, master_id) != master_id
@@ -136,6 +137,8 @@ class SharedGlobals:
                     continue
                 if namespace.get(name, _UNSET) is value is put.get(name, _UNSET):
                     del namespace[name]  # the master's: it goes (bound here: it stays)
+                    # (while a worker's own value stays, its master id tells a rebind)
+                    self._master_ids[id(namespace)].pop(name, None)
                 put.pop(name, None)
                 self._as_put[id(namespace)].pop(name, None)
 
