@@ -91,6 +91,9 @@ class DataLoop:
                 self.runner.keep_result(reply)
                 link.send(self.data, reply)
                 self.sent += 1
+                # Not kept while idle: the segment a large result went out in is
+                # freed once the master lets go of it, not at the next task.
+                del reply
             elif head.kind is Kind.ACK:
                 self.acked = max(self.acked, head.ident)
             elif head.kind is Kind.RELEASE and self.shared is not None:
