@@ -185,3 +185,19 @@ def test_a_result_larger_than_max_message_size_fails_its_task_instead_of_hanging
         with pytest.raises(RemoteError, match="max_message_size"):
             cl.par_map(bytes, [1_000_000])
         assert cl.par_map(bytes, [10]) == [bytes(10)]
+
+
+@pytest.mark.parametrize("shared_memory", ["1", "0"])
+def test_max_message_size_holds_for_results_in_shared_memory_too(shared_memory: str) -> None:
+    # A local worker's large NumPy result goes in shared memory, not in a frame: it
+    # passed a limit that the same result, or bytes of its size, did not.
+    import numpy as np
+
+    from sockpool import RemoteError
+
+    with Cluster(n=1, max_message_size=2**20, env={"SOCKPOOL_SHARED_MEMORY": shared_memory}
+                 ) as cl:
+        with pytest.raises(RemoteError, match=r"frame of 2097152 bytes, more than the "
+                                              r"cluster's max_message_size \(1048576 bytes\)"):
+            cl.par_map(np.ones, [2**18])  # 2 MB of float64
+        assert cl.submit(np.ones, 2**16).result().sum() == 2**16  # 512 kB: within it

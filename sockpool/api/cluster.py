@@ -95,8 +95,8 @@ class Cluster(concurrent.futures.Executor):
             private 0700 directory (default, faster), or ``"tcp"``, loopback
             TCP encrypted and authenticated with CURVE, a key per worker (see
             docs/security.md).
-        max_message_size: the largest frame a worker may send (bytes, at least
-            64 KiB); one that sends more is disconnected.
+        max_message_size: the largest frame (or result buffer in shared memory) a
+            worker may send, in bytes, at least 64 KiB; one that sends more is disconnected.
         connect_timeout: seconds to wait for the workers to start and connect.
         heartbeat_interval: seconds between heartbeats, both ways (0.01 or more).
         heartbeat_timeout: silence (two heartbeats or more) after which a peer is lost: the master

@@ -83,6 +83,14 @@ class SharedFrame(bytes):
                 self._release()
 
 
+def largest_buffer(frame: bytes) -> int:
+    """The size of the largest buffer a descriptor names: the frame it would have
+    been on the socket (limits on frames apply to it alike)."""
+    count = _HEAD.unpack_from(frame)[5]
+    return max((_SPAN.unpack_from(frame, _HEAD.size + index * _SPAN.size)[1]
+                for index in range(count)), default=0)
+
+
 class SharedMemoryError(OSError):
     """A descriptor that does not name a usable segment of its owner."""
 

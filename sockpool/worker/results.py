@@ -91,11 +91,15 @@ class ResultPacker:
             frames = codec.dumps((values, errors, seconds, batch, *slices), self.serializer,
                                  prefix=prefix_for([i for i, _ in first_errors + errors]),
                                  store=store)
-        if self.shared is not None and isinstance(frames[-1], shm.SharedFrame):
-            frames[0] = protocol.with_flags(frames[0], Flag.SHARED)
-            self.shared.lend(frames[-1], MASTER)
-        largest = max(memoryview(frame).nbytes for frame in frames)
-        if largest > self.max_frame_bytes:
+        # The limit is the same whichever way the buffers go: a buffer in shared
+        # memory counts as the frame it would be on the socket.
+        largest = max(shm.largest_buffer(frame) if isinstance(frame, shm.SharedFrame)
+                      else memoryview(frame).nbytes for frame in frames)
+        if largest <= self.max_frame_bytes:
+            if self.shared is not None and isinstance(frames[-1], shm.SharedFrame):
+                frames[0] = protocol.with_flags(frames[0], Flag.SHARED)
+                self.shared.lend(frames[-1], MASTER)
+        else:
             problem = RemoteError("ValueError", f"the results of this chunk need a frame of "
                                   f"{largest} bytes, more than the cluster's max_message_size "
                                   f"({self.max_frame_bytes} bytes)")
