@@ -8,6 +8,7 @@ import logging
 import math
 import operator
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -465,6 +466,25 @@ def test_a_captured_array_changed_in_place_is_seen_by_the_next_map(cluster: Clus
     data[999_999] = 7.0  # same object, same size, new content
     assert cluster.par_map(read, [0, 999_999]) == [0.0, 7.0]
     assert cluster.submit(read, 999_999).result(timeout=10) == 7.0
+
+
+def test_a_worker_lets_go_of_a_captured_array_once_a_newer_version_arrives() -> None:
+    # Each version of a changed capture stayed in the workers' function cache until
+    # 512 MB of them pushed the oldest out: a 100 MB global changed in place between
+    # maps cost every worker 400 MB it could never use again.
+    data = np.zeros(1_000_000)  # 8 MB: travels out of band
+
+    def versions_alive(i: int) -> tuple[float, int]:
+        import weakref
+        seen = sys.__dict__.setdefault("_sockpool_test_versions", [])
+        seen.append(weakref.ref(data))
+        return float(data[0]), len({id(ref()) for ref in seen if ref() is not None})
+
+    with Cluster(n=1) as cl:
+        for version in range(4):
+            data[0] = version
+            assert cl.par_map(versions_alive, [0]) == [(version, 1)]
+        assert cl.submit(versions_alive, 0).result(timeout=10) == (3.0, 1)  # the same: kept
 
 
 def test_a_capture_changed_while_its_map_waited_to_be_sent_is_not_cached_stale() -> None:

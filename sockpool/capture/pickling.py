@@ -36,6 +36,10 @@ class FunctionPayload(NamedTuple):
     buffers: list[Any]
     digest: bytes
     name: str = ""  # the function's qualified name, for profiles
+    #: With large buffers: which function this is a version of (the caller's object's
+    #: id), so that a worker holding an older version, its captured data changed
+    #: since, drops it when this one arrives.  0: none.
+    lineage: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -69,4 +73,4 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
                    standard_first=False)
     inband, buffers = bytes(frames[0]), frames[1:]
     return FunctionPayload(inband, buffers, function_digest(inband, buffers),
-                           function_name(obj)), False
+                           function_name(obj), id(obj) if buffers else 0), False

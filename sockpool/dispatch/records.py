@@ -89,6 +89,7 @@ class WorkerRecord:
         self.last_heard = self.started_at
         self.cached: OrderedDict[bytes, int] = OrderedDict()
         self.cached_bytes = 0
+        self.latest: dict[int, bytes] = {}  # a function's lineage -> its version sent last
         self.setup_chunk: Chunk | None = None
         self.failure: LaunchError | None = None  # why it could not start, when known
         self.exited_at: float | None = None  # when its process was first seen ended
@@ -115,9 +116,21 @@ class WorkerRecord:
         digest, size = function.digest, function.nbytes
         if function.buffers and function_digest(function.inband, function.buffers) != digest:
             return []
+        dropped = []
+        if function.lineage:
+            # A newer version of a function with large captured data (changed since):
+            # the older is unlikely ever to run again, and would hold its copy of the
+            # data on the worker until the budget pushed it out.
+            older = self.latest.get(function.lineage)
+            if older is not None and older != digest and older in self.cached:
+                self.cached_bytes -= self.cached.pop(older)
+                dropped.append(older)
+            self.latest[function.lineage] = digest
+            if len(self.latest) > 2 * len(self.cached) + 16:
+                self.latest = {key: kept for key, kept in self.latest.items()
+                               if kept in self.cached or kept == digest}
         self.cached[digest] = size
         self.cached_bytes += size
-        dropped = []
         while self.cached_bytes > budget and len(self.cached) > 1:
             old, old_size = self.cached.popitem(last=False)
             self.cached_bytes -= old_size
