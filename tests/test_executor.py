@@ -287,6 +287,33 @@ def test_shutdown_without_wait_lets_queued_work_finish() -> None:
     assert cl._dispatcher.lifecycle.closed.wait(10)
 
 
+def test_shutdown_without_wait_then_the_end_of_the_script_still_runs_every_task(
+        tmp_path: Path) -> None:
+    # The exit hook closed the cluster at once: a script that ended after
+    # shutdown(wait=False) lost every task, the running ones too, where
+    # ProcessPoolExecutor's interpreter waits for them.
+    from helpers import run_script, wait_gone
+
+    result = run_script(f"""
+        import pathlib, time
+        from sockpool import Cluster
+
+        def slow(i):
+            time.sleep(0.3)
+            pathlib.Path({str(tmp_path)!r}, str(i)).write_text("done")
+            return i
+
+        cl = Cluster(n=2)
+        futures = [cl.submit(slow, i) for i in range(5)]
+        pids = [w.pid for w in cl.workers]
+        cl.shutdown(wait=False)
+        print(*pids, flush=True)
+    """, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == [
+        "0", "1", "2", "3", "4"]
+    assert wait_gone([int(pid) for pid in result.stdout.split()], timeout=10) == []
+
+
 def test_shutdown_cancel_futures_cancels_what_has_not_started() -> None:
     cl = Cluster(n=1)
     futures = [cl.submit(slow_identity, i, 0.3) for i in range(8)]

@@ -4,18 +4,21 @@ The ``with`` block and ``close()`` are the way to stop a cluster; these catch
 the rest.  A cluster garbage-collected while open is closed with a
 ``ResourceWarning``; every cluster still open when the interpreter exits is
 closed by an exit hook, registered when the first cluster starts (importing
-sockpool has no side effects).  Neither touches a cluster from a forked child.
+sockpool has no side effects), once one told ``shutdown(wait=False)`` has
+finished what was submitted.  Neither touches a cluster from a forked child.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Protocol
 
+from ..dispatch.lifecycle import ClusterState
 from .callbacks import callbacks
 
 if TYPE_CHECKING:
@@ -47,8 +50,15 @@ def forget(cluster: Closable, callbacks_within: float | None) -> None:
 
 def _close_all_at_exit() -> None:
     for cluster in list(live_clusters):
-        if cluster.owner_pid == os.getpid():  # a forked child leaves its parent's alone
-            cluster.close()
+        if cluster.owner_pid != os.getpid():  # a forked child leaves its parent's alone
+            continue
+        engine = _engines.get(cluster)
+        if engine is not None and engine.lifecycle.state is ClusterState.DRAINING:
+            # shutdown(wait=False) promised its submitted tasks would finish: the
+            # interpreter waits for them, as concurrent.futures' executors make it do.
+            with contextlib.suppress(KeyboardInterrupt):  # (Ctrl-C: stop them now)
+                engine.lifecycle.closed.wait()
+        cluster.close()
 
 
 def register_exit_hook() -> None:
