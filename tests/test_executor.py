@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sockpool import Cluster, ClusterClosedError
+from sockpool import Cluster, ClusterClosedError, WorkerLostError
 from sockpool.common import protocol, role
 from sockpool.common.protocol import Flag, Kind
 from sockpool.dispatch.jobs import FutureJob, WorkerLabel
@@ -312,6 +312,28 @@ def test_shutdown_without_wait_then_the_end_of_the_script_still_runs_every_task(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == [
         "0", "1", "2", "3", "4"]
     assert wait_gone([int(pid) for pid in result.stdout.split()], timeout=10) == []
+
+
+def mark_or_die(x: int, folder: str) -> int:
+    Path(folder, str(x)).touch()
+    if x == 3:
+        os.kill(os.getpid(), 9)
+    time.sleep(0.02)
+    return x
+
+
+def test_map_left_by_a_lost_worker_cancels_the_calls_not_started(tmp_path: Path) -> None:
+    # After a WorkerLostError the other 190-odd calls ran on in the background
+    # (a task's own exception did stop them), and the next call waited for them.
+    with Cluster(n=2) as cl:
+        got = []
+        with pytest.raises(WorkerLostError, match="SIGKILL"):
+            for x in cl.map(mark_or_die, range(200), [str(tmp_path)] * 200):
+                got.append(x)
+        assert got == [0, 1, 2]
+        assert cl.par_map(abs, [-1, -2]) == [1, 2]  # (it waited behind them)
+        time.sleep(0.5)
+        assert len(list(tmp_path.iterdir())) < 50  # of 200
 
 
 def test_shutdown_cancel_futures_cancels_what_has_not_started() -> None:

@@ -345,6 +345,13 @@ def iterate(blocks: Iterator[Block], errors: str) -> Iterator[Any]:
             if first + offset not in failed:
                 yield _hand_over(values, offset)
             elif errors == "raise":
-                raise failed.pop(first + offset)
+                error = failed.pop(first + offset)
+                # The rest of the map stops now, not once the error is freed: one the
+                # cluster made (a lost worker's) may be held elsewhere too, and its
+                # traceback would keep this frame, and so the map, going.
+                closing = getattr(blocks, "close", None)
+                if closing is not None:
+                    closing()
+                raise error
             else:
                 yield failed.pop(first + offset)
