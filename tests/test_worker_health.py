@@ -149,6 +149,19 @@ def test_max_tasks_per_worker_replaces_workers_and_runs_each_task_once(tmp_path:
     assert not psutil_children()
 
 
+@pytest.mark.parametrize("call", ["par_map", "imap"])
+def test_max_tasks_per_worker_of_one_runs_each_task_of_a_map_in_a_fresh_process(
+        tmp_path: Path, call: str) -> None:
+    # Chunks cut by the default rule held several tasks each: with k=1, up to 3
+    # tasks of a par_map, and 8 of an imap, ran in one process.
+    log = tmp_path / "runs"
+    with Cluster(n=2, max_tasks_per_worker=1) as cl:
+        results = list(getattr(cl, call)(_record, [str(log)] * 12, range(12)))
+        assert results == [2 * i for i in range(12)]
+    pids = [pid for _, pid in _runs(log)]
+    assert len(pids) == len(set(pids)) == 12
+
+
 def test_run_on_all_while_workers_are_recycled_runs_once_per_worker(tmp_path: Path) -> None:
     # A worker told to stop (its quota done) was still counted live: run_on_all
     # pinned a call to it that no worker would ever run, and hung.

@@ -91,12 +91,23 @@ class Calls:
     def _chunk_size(self, job: StreamJob, items: int, options: MapOptions) -> int:
         """Tasks per chunk of a list map: the options' rule, or larger chunks for a
         function whose tasks are known to be short (see :mod:`.pace`).  A worker
-        quota (``maxtasksperchild``, ``max_tasks_per_worker``) keeps the rule exactly."""
+        quota (``maxtasksperchild``, ``max_tasks_per_worker``) keeps the rule exactly,
+        within :meth:`_most_per_chunk`."""
         workers = self.worker_count()
         size = options.chunk_size(items, workers)
-        if options.chunksize is not None or options.timeout or self.dispatcher.pool.max_tasks:
+        if options.chunksize is not None:
             return size
+        if options.timeout or self.dispatcher.pool.max_tasks:
+            return min(size, self._most_per_chunk() or size)
         return self.pace.chunk_size(job.function.digest, items, workers, size)
+
+    def _most_per_chunk(self) -> int | None:
+        """The most tasks a chunk cut here may hold: ``max_tasks_per_worker``, so that
+        its quota is not overrun by a chunk (1: each task in a fresh process).  None:
+        no limit, nor under ``maxtasksperchild``, which counts chunks."""
+        if self.dispatcher.scheduler.quota_counts_chunks:
+            return None
+        return self.dispatcher.pool.max_tasks
 
     def _first_lazy_size(self, job: StreamJob, items: int, options: MapOptions) -> int:
         """imap's first chunk over lists of ``items``: one task, or as large as
@@ -120,7 +131,7 @@ class Calls:
             with contextlib.suppress(OverflowError):  # range(10**20): endless, as it were
                 first = self._first_lazy_size(job, min(map(len, iterables)), options)
         feed = LazyFeed(job, items, options.lazy_chunk_size, self.packer, self.dispatcher.store,
-                        first, self.pace)
+                        first, self.pace, most=self._most_per_chunk())
         window = self.worker_count() * (self.dispatcher.scheduler.prefetch + 1)
         delivery = Delivery(blocks_in_order=options.ordered, output_in_order=options.ordered,
                             errors=options.errors)

@@ -150,15 +150,17 @@ class LazyFeed:
 
     def __init__(self, job: StreamJob, items: Iterator[Any], chunksize: int | None,
                  packer: Packer, store: Store | None = None, first_size: int = 1,
-                 pace: TaskPace | None = None) -> None:
+                 pace: TaskPace | None = None, most: int | None = None) -> None:
         """``first_size``: the first chunk's (as :mod:`.pace` knows the function's
-        tasks); ``pace``: where each chunk's time is told, for the next map."""
+        tasks); ``pace``: where each chunk's time is told, for the next map;
+        ``most``: the most tasks a chunk sized here may hold."""
         self._job = job
         self._store = store
         self._errors: list[Exception] = []
         self._items = _until_error(items, self._errors)
         self._fixed = chunksize
         self._size = chunksize or first_size
+        self._most = most
         self._pace = pace
         self._packer = packer
         self._next_index = 0
@@ -182,6 +184,8 @@ class LazyFeed:
                 size = min(size, int(MAX_CHUNK_BYTES / largest))
             if self._item_wait:
                 size = min(size, int(MAX_INPUT_SECONDS / self._item_wait))
+            if self._most is not None:
+                size = min(size, self._most)
         return max(1, size)
 
     def take(self, room: int) -> list[Chunk]:
