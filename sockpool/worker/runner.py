@@ -362,7 +362,8 @@ class ChunkRunner:
         if self.progress is not None:  # should this process die with it unsent
             self.progress.keep_output(self._outputs_sent, frames)
         self._outputs_sent += 1
-        self._send(frames)
+        with self.state.interrupts_held():  # (pyzmq runs signal handlers in a send)
+            self._send(frames)
 
     def _result(self, head: protocol.Header, flags: int, values: list[Any], errors: Errors,
                 seconds: float = 0.0, kept: Kept | None = None) -> list[Any]:
