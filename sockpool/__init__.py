@@ -24,6 +24,7 @@ from .errors import (
     LaunchError,
     NoWorkersLeftError,
     RemoteError,
+    RemoteTraceback,
     SockpoolError,
     TaskTimeoutError,
     WorkerLostError,
@@ -63,6 +64,7 @@ __all__ = [
     "Pool",
     "Profile",
     "RemoteError",
+    "RemoteTraceback",
     "SSHHost",
     "SSHLauncher",
     "SlurmLauncher",
@@ -114,13 +116,14 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sockpool' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # (to a type checker, a misspelled name is an error, not Any)
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'sockpool' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

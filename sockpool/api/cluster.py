@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 # Only what a Cluster needs before its local workers start: the engine (zmq, the
 # capture's picklers, the I/O thread) is imported after that (see startup.py).
@@ -31,11 +31,14 @@ from .seeding import CallSeeds
 from .startup import start_engine
 
 if TYPE_CHECKING:
+    from ..common.config import Serializer, Transport
     from ..dispatch.records import WorkerInfo
     from ..launchers import Launcher, SSHHost
+    from .map_options import ErrorMode, Schedule
     from .profile import Profile
 
 T = TypeVar("T")
+_Cluster = TypeVar("_Cluster", bound="Cluster")  # a subclass entered stays itself
 
 
 class Cluster(concurrent.futures.Executor):
@@ -129,12 +132,12 @@ class Cluster(concurrent.futures.Executor):
         setup: Callable[[], Any] | None = None,
         threads_per_worker: int | None = 1,
         seed: int | None = None,
-        serializer: str = "cloudpickle",
+        serializer: Serializer = "cloudpickle",
         max_capture_size: int | None = DEFAULT_MAX_CAPTURE_SIZE,
-        relay: bool | str = True,
+        relay: bool | Literal["live"] = True,
         relay_prefix: bool = False,
         log_level: int | str | None = None,
-        transport: str = "ipc",
+        transport: Transport = "ipc",
         max_message_size: int = DEFAULT_MAX_FRAME_BYTES,
         connect_timeout: float = 60.0,
         heartbeat_interval: float = 1.0,
@@ -185,7 +188,7 @@ class Cluster(concurrent.futures.Executor):
 
     # -- lifetime ----------------------------------------------------------------------
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self: _Cluster) -> _Cluster:
         self._check_open()
         return self
 
@@ -261,9 +264,9 @@ class Cluster(concurrent.futures.Executor):
         progress: bool = False,
         timeout: float | None = None,
         retries: int = 0,
-        errors: str = "raise",
+        errors: ErrorMode = "raise",
         seed: int | None = None,
-        schedule: str = "dynamic",
+        schedule: Schedule = "dynamic",
     ) -> list[T]:
         """Apply ``fn`` to every item (to items of several iterables in step) in parallel.
 
@@ -298,8 +301,7 @@ class Cluster(concurrent.futures.Executor):
             ClusterClosedError: the cluster is closed.
         """
         __tracebackhide__ = True  # IPython: a task's error, not sockpool's
-        options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed,
-                             schedule)
+        options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed, schedule)
         return self._map_list("par_map", fn, iterables, options, star=len(iterables) > 1)
 
     def par_starmap(
@@ -312,14 +314,13 @@ class Cluster(concurrent.futures.Executor):
         progress: bool = False,
         timeout: float | None = None,
         retries: int = 0,
-        errors: str = "raise",
+        errors: ErrorMode = "raise",
         seed: int | None = None,
-        schedule: str = "dynamic",
+        schedule: Schedule = "dynamic",
     ) -> list[T]:
         """Like :meth:`par_map`, calling ``fn(*args)`` for each tuple ``args``."""
         __tracebackhide__ = True  # IPython: a task's error, not sockpool's
-        options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed,
-                             schedule)
+        options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed, schedule)
         return self._map_list("par_starmap", fn, (iterable,), options, star=True)
 
     def _map_list(self, method: str, fn: Callable[..., T], iterables: tuple[Any, ...],
@@ -339,7 +340,7 @@ class Cluster(concurrent.futures.Executor):
         progress: bool = False,
         timeout: float | None = None,
         retries: int = 0,
-        errors: str = "raise",
+        errors: ErrorMode = "raise",
         seed: int | None = None,
     ) -> Iterator[T]:
         """Apply ``fn`` lazily: results as they come, input read as room frees up.
@@ -423,7 +424,7 @@ class Cluster(concurrent.futures.Executor):
 
     # -- asyncio: the same calls, awaited (see api/aio.py) -------------------------------
 
-    async def __aenter__(self) -> Cluster:
+    async def __aenter__(self: _Cluster) -> _Cluster:
         await aio.blocking(self._wait_started, self.close)  # cancelled: the start stops
         return self.__enter__()
 
@@ -482,12 +483,10 @@ class Cluster(concurrent.futures.Executor):
         prof: cl.par_map(f, xs)``, then ``prof.plot()``; see :class:`Profile`."""
         self._check_open()
         from .profile import Profile
-
         return Profile.of_cluster(self._dispatcher)
 
     def _repr_html_(self) -> str:
         from .cluster_view import cluster_html
-
         return cluster_html(repr(self), self.workers, self._dispatcher)
 
     def __repr__(self) -> str:

@@ -11,13 +11,18 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..common.caller import user_stacklevel
 from ..common.integers import as_int
 from ..common.naming import function_name
 from ..common.protocol import Flag
 from ..common.rng import check_seed
+
+#: What a map does with a failed task: raise the first failure, or return exceptions in place.
+ErrorMode = Literal["raise", "return"]
+#: How a map's chunks reach the workers: pulled as they free up, or assigned up front.
+Schedule = Literal["dynamic", "static"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +38,9 @@ class MapOptions:
     progress: bool = False  #: draw a progress bar
     timeout: float | None = None  #: each task's time limit, seconds
     retries: int = 0  #: re-runs of a task whose worker was lost
-    errors: str = "raise"  #: "raise" the first failure, or "return" exceptions in place
+    errors: ErrorMode = "raise"  #: "raise" the first failure, or "return" exceptions in place
     seed: int | None = None  #: this call's own seed
-    schedule: str = "dynamic"  #: "dynamic" (workers pull) or "static" (assigned up front)
+    schedule: Schedule = "dynamic"  #: "dynamic" (workers pull) or "static" (assigned up front)
 
     def __post_init__(self) -> None:
         chunksize, timeout, retries = self.chunksize, self.timeout, as_int(self.retries)

@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ..common import role
 from ..errors import ClusterClosedError
 from .map_options import (
+    ErrorMode,
     MapOptions,
+    Schedule,
     check_call_options,
     check_callable,
     check_iterables,
@@ -245,8 +247,8 @@ def profile() -> Profile:
 
 def par_map(fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None,
             ordered: bool = True, progress: bool = False, timeout: float | None = None,
-            retries: int = 0, errors: str = "raise", seed: int | None = None,
-            schedule: str = "dynamic") -> list[T]:
+            retries: int = 0, errors: ErrorMode = "raise", seed: int | None = None,
+            schedule: Schedule = "dynamic") -> list[T]:
     """:meth:`Cluster.par_map` on the plan's cluster (or in this process, when sequential).
 
     Results in input order; a failed task raises its own exception with a note
@@ -264,8 +266,8 @@ def par_map(fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | No
 
 def par_starmap(fn: Callable[..., T], iterable: Iterable[Iterable[Any]], *,
                 chunksize: int | None = None, ordered: bool = True, progress: bool = False,
-                timeout: float | None = None, retries: int = 0, errors: str = "raise",
-                seed: int | None = None, schedule: str = "dynamic") -> list[T]:
+                timeout: float | None = None, retries: int = 0, errors: ErrorMode = "raise",
+                seed: int | None = None, schedule: Schedule = "dynamic") -> list[T]:
     """:meth:`Cluster.par_starmap` on the plan: ``fn(*args)`` for each tuple ``args``."""
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
     options = MapOptions(chunksize, ordered, progress, timeout, retries, errors, seed, schedule)
@@ -279,7 +281,7 @@ def par_starmap(fn: Callable[..., T], iterable: Iterable[Iterable[Any]], *,
 
 def imap(fn: Callable[..., T], *iterables: Iterable[Any], ordered: bool = True,
          chunksize: int | None = None, progress: bool = False, timeout: float | None = None,
-         retries: int = 0, errors: str = "raise", seed: int | None = None) -> Iterator[T]:
+         retries: int = 0, errors: ErrorMode = "raise", seed: int | None = None) -> Iterator[T]:
     """:meth:`Cluster.imap` on the plan: results as they come, input read lazily.
 
     When sequential, each task runs when its result is asked for.  An input

@@ -16,7 +16,7 @@ cut network must end).
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 #: How workers relay what tasks write: per chunk, line by line, or not at all.
 RELAY_MODES = ("task", "live", "off")
@@ -26,6 +26,9 @@ DEFAULT_MAX_FRAME_BYTES = 16 * 1024**3
 
 #: How workers reach the master (see :mod:`sockpool.dispatch.transport`).
 TRANSPORTS = ("ipc", "tcp")
+Transport = Literal["ipc", "tcp"]
+#: What pickles task functions, arguments and results (``codec.SERIALIZERS``).
+Serializer = Literal["cloudpickle", "dill", "pickle"]
 
 
 def check_transport(transport: str) -> None:

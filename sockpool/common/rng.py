@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import random
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .integers import as_int
 
+if TYPE_CHECKING:
+    import numpy as np
+
 #: The running task's Generator (None outside a seeded task).
-_current: Any = None
+_current: np.random.Generator | None = None
 #: ``random``'s and NumPy's global streams before the seeded chunks since (None: no
 #: seeded chunk ran since the last unseeded one): see before_chunk.
 _streams: tuple[Any, Any] | None = None
@@ -39,7 +42,7 @@ def check_seed(seed: object) -> int:
     return number
 
 
-def task_rng() -> Any:
+def task_rng() -> np.random.Generator:
     """The running task's own ``numpy.random.Generator``.
 
     In a seeded task it is the task's reproducible stream; anywhere else a

@@ -40,8 +40,9 @@ __all__ = ["Launcher", "LocalLauncher", "ManualLauncher", "SSHHost", "SSHLaunche
            "SlurmLauncher", "WorkerProcess", "render_batch_script"]
 
 
-def __getattr__(name: str) -> Any:
-    """The launchers a local cluster does not need, imported when first named."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if not TYPE_CHECKING:  # (to a type checker, a misspelled name is an error, not Any)
+    def __getattr__(name: str) -> Any:
+        """The launchers a local cluster does not need, imported when first named."""
+        if name in _LAZY:
+            return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
