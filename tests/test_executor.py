@@ -314,6 +314,33 @@ def test_shutdown_without_wait_then_the_end_of_the_script_still_runs_every_task(
     assert wait_gone([int(pid) for pid in result.stdout.split()], timeout=10) == []
 
 
+def test_ctrl_c_while_a_with_block_waits_for_its_tasks_still_ends_the_script(
+        tmp_path: Path) -> None:
+    # The exit hook, there to finish what shutdown(wait=False) left running, also
+    # waited for a shutdown(wait=True) that Ctrl-C cut short: it took a second one.
+    import signal
+    import subprocess
+
+    from helpers import master_program, wait_gone
+
+    with master_program(tmp_path / "waits.py", """
+        import json, time
+        from sockpool import Cluster
+
+        with Cluster(n=1) as cl:
+            cl.submit(time.sleep, 1000)
+            print(json.dumps([w.pid for w in cl.workers]), flush=True)
+    """) as (program, pids):
+        time.sleep(1.0)  # waiting at the end of the block by now
+        program.send_signal(signal.SIGINT)
+        try:
+            program.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("one Ctrl-C did not end the script")
+        assert "KeyboardInterrupt" in program.stderr.read()  # type: ignore[union-attr]
+    assert wait_gone(pids, timeout=10) == []
+
+
 def mark_or_die(x: int, folder: str) -> int:
     Path(folder, str(x)).touch()
     if x == 3:

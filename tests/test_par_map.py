@@ -487,6 +487,25 @@ def test_a_worker_lets_go_of_a_captured_array_once_a_newer_version_arrives() -> 
         assert cl.submit(versions_alive, 0).result(timeout=10) == (3.0, 1)  # the same: kept
 
 
+def test_two_functions_used_in_turn_each_cross_the_wire_once() -> None:
+    # Told apart by id(), two lambdas made in turn (the first one freed, its
+    # address reused) looked like versions of one function: each chunk dropped the
+    # other's payload on the worker, and its captured data was sent 20 times, not 2.
+    from helpers import CountsUnpickling
+
+    first, second = CountsUnpickling(0), CountsUnpickling(0)
+    first.data, second.data = np.zeros(1_000_000), np.ones(1_000_000)  # type: ignore[assignment]
+
+    def loads_here() -> int:
+        return CountsUnpickling.loads()
+
+    with Cluster(n=1) as cl:
+        pairs = zip(cl.imap(lambda x: first.data[0] + x, range(10), chunksize=1),
+                    cl.imap(lambda x: second.data[0] + x, range(10), chunksize=1), strict=True)
+        assert [a + b for a, b in pairs] == [2.0 * x + 1 for x in range(10)]
+        assert cl.run_on_all(loads_here) == [2]
+
+
 def test_a_capture_changed_while_its_map_waited_to_be_sent_is_not_cached_stale() -> None:
     # The payload's digest is taken when the call starts, its large buffer read
     # when it is sent: changed in between, the workers kept the new bytes under the

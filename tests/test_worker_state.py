@@ -80,3 +80,17 @@ def test_an_interruption_that_comes_where_it_would_be_swallowed_is_raised_after(
     assert state.start_chunk(4)
     with state.interrupts_held():
         pass
+
+
+def test_an_interruption_held_while_a_send_fails_is_raised_instead_of_the_send_error() -> None:
+    import signal
+
+    state = WorkerState()
+    assert state.start_chunk(5) and state.cancel(5)
+    with pytest.raises(Interrupted), state.interrupts_held():
+        state.on_sigint(signal.SIGINT, None)  # held
+        raise OSError("the send failed")
+    state.end_chunk()
+    assert state.start_chunk(6)
+    with state.interrupts_held():  # nothing left owed from before
+        pass

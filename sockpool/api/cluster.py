@@ -107,7 +107,8 @@ class Cluster(concurrent.futures.Executor):
             worker on a silent master after 60 s (local) or 15 s (ssh, Slurm).
         prefetch: chunks a worker may hold: the one it runs and those queued (1-1024).
         max_tasks_per_worker: replace a worker by a fresh process once it ran
-            this many tasks (a chunk not sized by you holds at most that many).
+            this many tasks (chunks you do not size hold at most that many; a
+            static map's, pinned to their workers, run there whatever the count).
         max_worker_memory: replace a worker whose resident memory (less the
             segments results travel in), after a chunk, is above this (bytes, or
             a size such as ``"2GB"``); each worker checks its own, remote ones too.

@@ -53,9 +53,11 @@ def _close_all_at_exit() -> None:
         if cluster.owner_pid != os.getpid():  # a forked child leaves its parent's alone
             continue
         engine = _engines.get(cluster)
-        if engine is not None and engine.lifecycle.state is ClusterState.DRAINING:
+        if (engine is not None and engine.lifecycle.drain_at_exit
+                and engine.lifecycle.state is ClusterState.DRAINING):
             # shutdown(wait=False) promised its submitted tasks would finish: the
             # interpreter waits for them, as concurrent.futures' executors make it do.
+            # (Not for a shutdown(wait=True) that a Ctrl-C cut short: that one ends.)
             with contextlib.suppress(KeyboardInterrupt):  # (Ctrl-C: stop them now)
                 engine.lifecycle.closed.wait()
         cluster.close()

@@ -10,6 +10,8 @@ captured buffer, which travels out of band and uncopied.
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,9 +38,9 @@ class FunctionPayload(NamedTuple):
     buffers: list[Any]
     digest: bytes
     name: str = ""  # the function's qualified name, for profiles
-    #: With large buffers: which function this is a version of (the caller's object's
-    #: id), so that a worker holding an older version, its captured data changed
-    #: since, drops it when this one arrives.  0: none.
+    #: With large buffers: which function this is a version of (see :func:`lineage`),
+    #: so that a worker holding an older version, its captured data changed since,
+    #: drops it when this one arrives.  0: none.
     lineage: int = 0
 
     @property
@@ -73,4 +75,21 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
                    standard_first=False)
     inband, buffers = bytes(frames[0]), frames[1:]
     return FunctionPayload(inband, buffers, function_digest(inband, buffers),
-                           function_name(obj), id(obj) if buffers else 0), False
+                           function_name(obj), lineage(obj) if buffers else 0), False
+
+
+_lineages: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_next_lineage = itertools.count(1)
+
+
+def lineage(fn: Any) -> int:
+    """A number for the function object ``fn`` that no other object ever gets (an
+    ``id()`` is reused once its object is freed: two lambdas passed in turn would
+    share one); 0 for an object that cannot be weakly referenced."""
+    try:
+        number = _lineages.get(fn)
+        if number is None:
+            number = _lineages[fn] = next(_next_lineage)
+    except TypeError:
+        return 0
+    return number

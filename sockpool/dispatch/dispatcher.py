@@ -153,6 +153,7 @@ class Dispatcher:
         With ``wait``, return once every worker is gone (or ``timeout`` passed).
         """
         moved = self.lifecycle.move(ClusterState.STOPPING if cancel else ClusterState.DRAINING)
+        self.lifecycle.drain_at_exit = not (cancel or wait)
         if not moved and self.lifecycle.state is ClusterState.BROKEN:
             self.lifecycle.move(ClusterState.STOPPING)  # nothing can run: nothing to finish
         try:

@@ -54,6 +54,8 @@ class Lifecycle:
         self._lock = threading.Lock()
         self.error: NoWorkersLeftError | None = None  # why it is broken
         self.closed = threading.Event()
+        #: ``shutdown(wait=False)`` was its last word: the exit hook lets it drain.
+        self.drain_at_exit = False
 
     @property
     def state(self) -> ClusterState:

@@ -142,10 +142,10 @@ class WorkerState:
             yield
         finally:
             self._holding = False
-        if self._held:
-            self._held = False
-            if self._interrupting():
-                raise Interrupted
+            if self._held:
+                self._held = False
+                if self._interrupting():
+                    raise Interrupted  # (in place of the send's own error, if it failed)
 
     # -- the watchdog thread (shutdown: either thread) ------------------------------------
 
