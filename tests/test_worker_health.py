@@ -410,3 +410,21 @@ def test_memory_sizes() -> None:
     assert memory_bytes("1.5g") == 1_500_000_000
     assert memory_bytes(4096) == 4096
     assert memory_bytes(None) is None
+
+
+def _first(values: Any) -> float:
+    return float(values[0])
+
+
+def test_an_idle_worker_lets_go_of_its_last_arguments() -> None:
+    # The loop kept the last TASK's frames until the next message came: a worker
+    # sent 200 MB over the socket held them for as long as it sat idle.
+    import numpy as np
+    import psutil
+
+    with Cluster(n=1, env={"SOCKPOOL_SHARED_MEMORY": "0"}) as cl:
+        worker = psutil.Process(cl.workers[0].pid)
+        before = worker.memory_info().rss
+        assert cl.submit(_first, np.ones(25_000_000)).result(timeout=60) == 1.0
+        time.sleep(0.5)  # its RESULT is out: it waits for the next message
+        assert worker.memory_info().rss - before < 100 * 2**20

@@ -92,8 +92,8 @@ class DataLoop:
                 link.send(self.data, reply)
                 self.sent += 1
                 # Not kept while idle: the segment a large result went out in is
-                # freed once the master lets go of it, not at the next task.
-                del reply
+                # freed once the master lets go of it, and its arguments now.
+                del reply, frames, buffers, body
             elif head.kind is Kind.ACK:
                 self.acked = max(self.acked, head.ident)
             elif head.kind is Kind.RELEASE and self.shared is not None:
