@@ -617,3 +617,53 @@ def test_the_flusher_lives_on_after_a_batch_it_could_not_send(tmp_path: Path) ->
         assert master.stdout.readline() == "result [True]\n"
     finally:
         master.wait(30)
+
+
+def print_lines(count: int) -> int:
+    for number in range(count):
+        print("line", number)
+    return count
+
+
+def test_live_relay_sends_a_burst_of_lines_in_a_few_messages_in_order(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A message a line: two tasks printing in a loop outran the master, whose
+    # memory grew by gigabytes (100 000 lines each took 3.7 s; 0.5 s now).
+    from sockpool.dispatch.dispatcher import Dispatcher
+
+    messages = []
+    on_output = Dispatcher._on_output
+
+    def counted(self: Dispatcher, *args: object) -> None:
+        messages.append(1)
+        on_output(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Dispatcher, "_on_output", counted)
+    with Cluster(n=1, relay="live") as cl:
+        assert cl.par_map(print_lines, [20_000]) == [20_000]
+    assert capsys.readouterr().out.splitlines() == [f"line {n}" for n in range(20_000)]
+    assert len(messages) < 2_000  # 20 000 before
+
+
+def test_live_relay_sends_a_line_within_moments_without_a_flush(tmp_path: Path) -> None:
+    script = tmp_path / "live.py"
+    script.write_text(
+        "import time\n"
+        "from sockpool import Cluster\n"
+        "def slow(x):\n"
+        "    print('first', x)\n"
+        "    print('second', x)\n"  # (within a millisecond of the first: it waits)
+        "    time.sleep(3)\n"
+        "    return x\n"
+        "with Cluster(n=1, relay='live') as cl:\n"
+        "    print('result', cl.par_map(slow, [7]), flush=True)\n")
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        assert master.stdout.readline() == "first 7\n"
+        started = time.monotonic()
+        assert master.stdout.readline() == "second 7\n"
+        assert time.monotonic() - started < 2  # not at the task's end
+        assert master.stdout.readline() == "result [7]\n"
+    finally:
+        master.wait(20)

@@ -41,6 +41,10 @@ from ..common.protocol import RECORD, WARNING, Batch
 FLUSH_SECONDS = 0.005
 #: ... or as soon as this many characters wait.
 FLUSH_CHARS = 64 * 1024
+#: Live: a line goes at once, unless one went less than this ago; then within it.
+#: (A task printing in a tight loop sent a message a line, faster than the master
+#: could write them: its memory grew by gigabytes.)
+LIVE_SECONDS = 0.001
 
 
 class TaskStream(io.TextIOBase):
@@ -134,13 +138,15 @@ class WorkerRelay:
             flusher; ``_sending`` keeps the two apart and the batches in order.
         log_level: the lowest level of log records relayed.
         live: send each complete line at once (the master writes it as it
-            comes) rather than batches it holds until the chunk ends.
+            comes; lines faster than :data:`LIVE_SECONDS` go together) rather
+            than batches it holds until the chunk ends.
         prefix: put this before every line (``"[worker 3] "``), or "".
     """
 
     def __init__(self, send: Callable[[Batch], None], log_level: int, live: bool = False,
                  prefix: str = "") -> None:
         self._live = live
+        self._every = LIVE_SECONDS if live else FLUSH_SECONDS  # the longest a write waits
         self._prefix = prefix
         self._partial = ["", ""]  # the unfinished last line of each stream
         self._send = send
@@ -212,7 +218,7 @@ class WorkerRelay:
             if not text:
                 return
         self._add_text(index, text)
-        self.maybe_flush(force=self._live)
+        self.maybe_flush()
 
     def _add_text(self, index: int, text: str) -> None:
         with self._lock:
@@ -261,10 +267,10 @@ class WorkerRelay:
         if not self._active:
             return
         if threading.get_ident() != self._main:
-            self._wake_flusher(urgent=force)
+            self._wake_flusher(urgent=force or self._live)
             return
         now = time.monotonic()
-        if force or now - self._last_flush >= FLUSH_SECONDS or self._chars >= FLUSH_CHARS:
+        if force or now - self._last_flush >= self._every or self._chars >= FLUSH_CHARS:
             self._flush(now)
         else:
             self._wake_flusher(urgent=False)
@@ -297,7 +303,7 @@ class WorkerRelay:
             with self._lock:
                 while not (self._active and self._armed):
                     self._held.wait()
-                wait = self._last_flush + FLUSH_SECONDS - time.monotonic()
+                wait = self._last_flush + self._every - time.monotonic()
                 delay = 0.0 if self._urgent else wait
                 self._urgent = False
             if delay > 0:
