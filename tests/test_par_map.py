@@ -506,6 +506,40 @@ def test_two_functions_used_in_turn_each_cross_the_wire_once() -> None:
         assert cl.run_on_all(loads_here) == [2]
 
 
+class Weighted:
+    """A model whose method carries its weights; equal to any other, hashed alike."""
+
+    def __init__(self) -> None:
+        self.weights = np.zeros(1_000_000)
+
+    def predict(self, i: int) -> tuple[float, int]:
+        import weakref
+        seen = sys.__dict__.setdefault("_sockpool_test_weights", [])
+        seen.append(weakref.ref(self.weights))
+        return float(self.weights[i]), len({id(ref()) for ref in seen if ref() is not None})
+
+    __call__ = predict
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.weights == other.weights)  # type: ignore[attr-defined]  # ambiguous
+
+    def __hash__(self) -> int:
+        return 1
+
+
+def test_a_method_and_a_callable_object_carry_their_data_as_functions_do() -> None:
+    # A bound method is a new object at each call: its older versions were never
+    # dropped. And telling functions apart by equality made a callable object whose
+    # __eq__ cannot answer (NumPy's truth value) fail its second map.
+    model = Weighted()
+    with Cluster(n=1) as cl:
+        for version in range(3):
+            model.weights[0] = version
+            assert cl.par_map(model.predict, [0]) == [(version, 1)]
+        assert cl.par_map(model, [0])[0][0] == 2.0  # (another function: its own copy)
+        assert cl.par_map(model, [0])[0][0] == 2.0
+
+
 def test_a_capture_changed_while_its_map_waited_to_be_sent_is_not_cached_stale() -> None:
     # The payload's digest is taken when the call starts, its large buffer read
     # when it is sent: changed in between, the workers kept the new bytes under the

@@ -11,6 +11,8 @@ captured buffer, which travels out of band and uncopied.
 from __future__ import annotations
 
 import itertools
+import threading
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -78,18 +80,35 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
                            function_name(obj), lineage(obj) if buffers else 0), False
 
 
-_lineages: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+#: Each function's number, by the ids of what it is made of: weak references to them
+#: (an id is reused once its object is freed) and the number.
+_lineages: dict[tuple[int, ...], tuple[tuple[weakref.ref[Any], ...], int]] = {}
+_lineages_lock = threading.Lock()
 _next_lineage = itertools.count(1)
 
 
 def lineage(fn: Any) -> int:
-    """A number for the function object ``fn`` that no other object ever gets (an
-    ``id()`` is reused once its object is freed: two lambdas passed in turn would
-    share one); 0 for an object that cannot be weakly referenced."""
-    try:
-        number = _lineages.get(fn)
-        if number is None:
-            number = _lineages[fn] = next(_next_lineage)
-    except TypeError:
-        return 0
-    return number
+    """A number for the function ``fn`` that no other function ever gets, by
+    identity: two lambdas passed in turn share an ``id()`` but not a number, and
+    ``model.predict`` (a new bound method each time) keeps its number while the
+    model and its method live.  0 for what cannot be weakly referenced."""
+    parts = (fn.__self__, fn.__func__) if isinstance(fn, types.MethodType) else (fn,)
+    key = tuple(map(id, parts))
+    with _lineages_lock:
+        known = _lineages.get(key)
+        if known is not None and all(ref() is part for ref, part in
+                                     zip(known[0], parts, strict=True)):
+            return known[1]
+        try:  # (the entry goes with the first part to die, before its id is reused)
+            refs = tuple(weakref.ref(part, _forgetter(key)) for part in parts)
+        except TypeError:
+            return 0
+        number = next(_next_lineage)
+        _lineages[key] = (refs, number)
+        return number
+
+
+def _forgetter(key: tuple[int, ...]) -> Callable[[weakref.ref[Any]], None]:
+    def forget(_: weakref.ref[Any]) -> None:
+        _lineages.pop(key, None)  # (no lock: it may run in any thread, at any moment)
+    return forget

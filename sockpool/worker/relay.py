@@ -277,7 +277,8 @@ class WorkerRelay:
 
     def _wake_flusher(self, urgent: bool) -> None:
         """Tell the flusher that output waits (once until it is taken: a task
-        printing in a loop wakes it at most every :data:`FLUSH_SECONDS`)."""
+        printing in a loop wakes it at most every :data:`FLUSH_SECONDS`, or
+        :data:`LIVE_SECONDS` live)."""
         if self._armed and not urgent:
             return
         with self._lock:
@@ -290,15 +291,16 @@ class WorkerRelay:
         with self._sending:
             if not self._active:
                 return
-            self._last_flush = now
             batch = self._take()
-            if batch is not None:
+            if batch is not None:  # (a flush of nothing leaves the next write's turn)
+                self._last_flush = now
                 self._send(batch)
 
     def _flush_held(self) -> None:
         """The flusher thread: what a chunk wrote and nobody sent goes within
-        :data:`FLUSH_SECONDS` of the last send, while the main thread is busy in a
-        task (a sleep, a C call, a wait for the task's own threads)."""
+        :data:`FLUSH_SECONDS` (live: :data:`LIVE_SECONDS`) of the last send, while
+        the main thread is busy in a task (a sleep, a C call, a wait for the task's
+        own threads)."""
         while True:
             with self._lock:
                 while not (self._active and self._armed):
