@@ -83,14 +83,6 @@ class SharedFrame(bytes):
                 self._release()
 
 
-def largest_buffer(frame: bytes) -> int:
-    """The size of the largest buffer a descriptor names: the frame it would have
-    been on the socket (limits on frames apply to it alike)."""
-    count = _HEAD.unpack_from(frame)[5]
-    return max((_SPAN.unpack_from(frame, _HEAD.size + index * _SPAN.size)[1]
-                for index in range(count)), default=0)
-
-
 class SharedMemoryError(OSError):
     """A descriptor that does not name a usable segment of its owner."""
 
@@ -422,6 +414,12 @@ def carried_bytes(frame: Any) -> int:
     if isinstance(frame, SharedFrame):
         return sum(length for _, length in _parse(frame)[5])
     return memoryview(frame).nbytes
+
+
+def largest_buffer(frame: bytes) -> int:
+    """The size of the largest buffer a descriptor names: the frame it would have
+    been on the socket (limits on frames apply to it alike)."""
+    return max((length for _, length in _parse(frame)[5]), default=0)
 
 
 def _parse(frame: bytes) -> tuple[int, int, int, int, int, list[tuple[int, int]]]:
