@@ -707,6 +707,36 @@ def test_a_chunk_queued_behind_a_long_one_goes_to_a_worker_that_is_free(
     assert all(record.ok and record.attempt == 1 for record in prof.tasks)
 
 
+def _starts_after_the_quick_one(flag: str, kind: str) -> tuple[str, bool, int]:
+    if kind == "medium":
+        time.sleep(0.1)  # long enough that nothing is queued behind the next one
+    if kind == "after":
+        return kind, os.path.exists(flag), os.getpid()
+    return _waits_for_the_quick_one(flag, kind)
+
+
+@pytest.mark.parametrize("how", ["par_map", "submit"])
+def test_a_chunk_queued_behind_a_long_one_starts_before_those_that_came_after_it(
+        tmp_path: Path, how: str) -> None:
+    # "quick" was dealt behind "long" before anything was known of them.  When the
+    # other worker frees up, the later "after" tasks still wait: "quick" is taken
+    # back and runs first there, as from one queue (ProcessPoolExecutor's order).
+    flag = str(tmp_path / "quick ran")
+    kinds = ["medium", "long", "medium", "quick", "after", "after", "after"]
+    task = functools.partial(_starts_after_the_quick_one, flag)
+    with Cluster(n=2) as cl:
+        cl.run_on_all(os.getpid)  # both workers ready before the work is dealt
+        if how == "par_map":
+            results = cl.par_map(task, kinds, chunksize=1)
+        else:
+            results = [future.result(timeout=30) for future in [cl.submit(task, kind)
+                                                                for kind in kinds]]
+    assert results[1][1] is True, "the quick task waited behind the long one"
+    assert [flagged for kind, flagged, _ in results if kind == "after"] == [True] * 3, \
+        "a later task started before the quick one"
+    assert results[3][2] != results[1][2]
+
+
 MASTER_PID = os.getpid()
 
 

@@ -170,3 +170,44 @@ def test_nothing_is_asked_back_from_a_worker_holding_more_than_it_remembers_taki
     assert list(scheduler.queued_behind()) == []
     scheduler.complete(1, next(iter(scheduler.in_flight[1])), 0.001)
     assert len(list(scheduler.queued_behind())) == RECLAIM_MEMORY - 2
+
+
+def test_a_worker_kept_for_a_chunk_asked_back_takes_nothing_else_until_answered() -> None:
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1)
+    scheduler.add_worker(2)
+    job = RecordingJob()
+    work = chunks(job, 6)
+    scheduler.submit(work[:4])
+    assert [w for w, _ in scheduler.assignments(0.0)] == [1, 2, 1, 2]
+    scheduler.submit(work[4:])
+    scheduler.complete(1, work[0].id, 0.1)
+    scheduler.complete(1, work[2].id, 0.2)
+    # Worker 2 has run work[1] for 0.2 s with work[3] behind it, which came before
+    # what waits: the idle worker 1 is free for it, not yet for the queue.
+    assert scheduler.free_for_the_queue() == [1]
+    assert [(w, c.id) for w, c in scheduler.queued_behind(stuck_at=0.2)] == [(2, work[3].id)]
+    assert list(scheduler.queued_behind(stuck_at=0.04)) == []  # not yet stuck
+    assert scheduler.came_before_the_queue(work[3])
+    assert not scheduler.came_before_the_queue(work[5])
+    until = scheduler.keep(1, work[3].id, 0.2)
+    assert until > 0.2 and scheduler.free_for_the_queue() == []
+    assert list(scheduler.assignments(0.2)) == []
+    # Answered: it goes first in line, and to the worker kept for it.
+    scheduler.take_back(2, work[3].id)
+    scheduler.release(work[3].id)
+    assert [(w, c.id) for w, c in scheduler.assignments(0.201)] == [(1, work[3].id)]
+
+
+def test_a_kept_worker_takes_what_waits_once_no_answer_came_in_time() -> None:
+    # The worker asked is mute (a task holding the GIL): the kept one waits no longer.
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1)
+    scheduler.add_worker(2)
+    work = chunks(RecordingJob(), 2)
+    scheduler.submit(work)
+    until = scheduler.keep(1, 12345, 0.0)
+    assert [w for w, _ in scheduler.assignments(0.0)] == [2, 2]
+    scheduler.take_back(2, work[1].id)  # asked back for a worker other than 1
+    assert list(scheduler.assignments(until - 0.001)) == []
+    assert [(w, c.id) for w, c in scheduler.assignments(until)] == [(1, work[1].id)]

@@ -264,9 +264,10 @@ class Dispatcher:
         """Hand out work, or take the next step of closing; True once every worker is gone."""
         state = self.lifecycle.state
         if state is ClusterState.OPEN or state is ClusterState.DRAINING:
+            if (kept_until := self.reclaims.ask(self.pool.workers, now)) is not None:
+                self._next_check = min(self._next_check, kept_until)  # assign then, at the latest
             if state is ClusterState.DRAINING or self.scheduler.has_waiting():
                 self._assign()
-            self.reclaims.ask(self.pool.workers)
             # A command still in the mailbox may be a submit made before shutdown().
             if state is ClusterState.OPEN or not self.scheduler.idle() or self.mailbox:
                 return False

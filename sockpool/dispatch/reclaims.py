@@ -2,9 +2,11 @@
 
 A worker holds up to ``prefetch`` chunks, so that it never waits a round trip
 between short ones (:mod:`.scheduler`).  A chunk queued behind one that turns
-out long would wait for it while another worker has nothing to do: when
-nothing else waits for a worker, the master asks the busy worker, on its
-control connection, for the queued chunk back (RECLAIM).  Its watchdog gives
+out long would wait for it while another worker has nothing to do: the master
+asks the busy worker, on its control connection, for the queued chunk back
+(RECLAIM), when nothing else waits for a worker, or when what waits came
+after it -- then the idle worker is kept for the answer, so that chunks start
+in the order they came, as from one queue.  Its watchdog gives
 it back if the main thread has not taken it yet, and the main thread then
 skips it (keeping its function, which the master counts as cached there),
 with a RESULT flagged GIVEN_BACK that delivers nothing; otherwise the chunk
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from ..common import protocol
 from ..common.protocol import Flag, Kind
+from .jobs import Chunk
 from .profiling import Profiler
 from .records import WorkerRecord
 from .scheduler import Scheduler
@@ -39,36 +42,57 @@ class Reclaims:
         self._asked: dict[int, int] = {}  # chunk id -> the worker asked for it
         self._given: dict[int, bytes] = {}  # chunk id -> its function's digest
 
-    def ask(self, workers: dict[int, WorkerRecord]) -> None:
-        """Ask back a queued chunk for each idle worker not yet served, when nothing
-        else waits for one (a look only after a RESULT, or when workers came or went)."""
+    def ask(self, workers: dict[int, WorkerRecord], now: float) -> float | None:
+        """Ask back a queued chunk for each idle worker not yet served (a look only
+        after a RESULT, or when workers came or went); return until when an idle
+        worker is kept for one, if it is."""
         scheduler = self.scheduler
         if not (self.due or len(scheduler.in_flight) != self._workers_seen):
-            return
+            return None
         self.due = False
         self._workers_seen = len(scheduler.in_flight)
-        if scheduler.has_waiting():
-            return
         # An ask whose chunk its worker no longer holds was answered by a RESULT
         # (or the worker is gone): it no longer serves an idle worker.
         self._asked = {chunk_id: worker_id for chunk_id, worker_id in self._asked.items()
                        if chunk_id in scheduler.in_flight.get(worker_id, {})}
+        scheduler.kept = {worker_id: kept for worker_id, kept in scheduler.kept.items()
+                          if kept[0] in self._asked and not scheduler.load(worker_id)}
+        if scheduler.has_waiting():
+            return self._ask_ahead_of_the_queue(workers, now)
         wanted = scheduler.idle_workers() - len(self._asked)
-        if wanted <= 0:
-            return
         for worker_id, chunk in scheduler.queued_behind():
-            if chunk.id in self._asked:
-                continue
-            self._asked[chunk.id] = worker_id
-            self.master.send(workers[worker_id].control_identity,
-                             [protocol.header(Kind.RECLAIM, 0, chunk.job.id, chunk.id)])
-            wanted -= 1
-            if not wanted:
-                return
+            if wanted <= 0:
+                break
+            if chunk.id not in self._asked:
+                self._ask(workers, worker_id, chunk)
+                wanted -= 1
+        return None
+
+    def _ask_ahead_of_the_queue(self, workers: dict[int, WorkerRecord], now: float
+                                ) -> float | None:
+        """Chunks wait, but one queued behind a long chunk came before them: ask it
+        back, keeping an idle worker for it rather than giving that worker a later one."""
+        scheduler = self.scheduler
+        free = scheduler.free_for_the_queue()
+        until = None
+        for worker_id, chunk in scheduler.queued_behind(stuck_at=now):
+            if not free:
+                break
+            if chunk.id not in self._asked and scheduler.came_before_the_queue(chunk):
+                until = scheduler.keep(free.pop(), chunk.id, now)
+                self._ask(workers, worker_id, chunk)
+        return until
+
+    def _ask(self, workers: dict[int, WorkerRecord], worker_id: int, chunk: Chunk) -> None:
+        self._asked[chunk.id] = worker_id
+        self.master.send(workers[worker_id].control_identity,
+                         [protocol.header(Kind.RECLAIM, 0, chunk.job.id, chunk.id)])
 
     def answered(self, record: WorkerRecord, head: protocol.Header) -> bool:
-        """A worker's answer: a chunk it gave back goes first in line again (True)."""
+        """A worker's answer: a chunk it gave back goes first in line again (True).
+        Either way, a worker kept for it may take what waits."""
         self._asked.pop(head.ident, None)
+        self.scheduler.release(head.ident)
         if not head.flags & Flag.GIVEN_BACK:
             return False  # it had started it: its RESULT will come
         chunk = self.scheduler.take_back(record.id, head.ident)

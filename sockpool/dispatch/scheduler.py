@@ -30,6 +30,10 @@ from .jobs import Chunk, Job
 #: holds queued work hostage.
 PREFETCH_HORIZON = 0.05
 
+#: How long an idle worker is kept for a chunk asked back for it (seconds): the
+#: answer takes a round trip, unless a task holding the GIL keeps its worker mute.
+KEEP_SECONDS = 0.1
+
 
 class Scheduler:
     """The queue of chunks waiting for a worker, and what each worker holds."""
@@ -45,6 +49,10 @@ class Scheduler:
         #: A quota counts chunks rather than tasks (multiprocessing's maxtasksperchild).
         self.quota_counts_chunks = False
         self._running_since: dict[int, float] = {}  # when a worker's oldest chunk began
+        #: Idle workers kept for a chunk asked back for them, which came before what
+        #: waits here (:mod:`.reclaims`): worker -> (chunk id, until when).  They take
+        #: nothing else meanwhile.
+        self.kept: dict[int, tuple[int, float]] = {}
 
     # -- workers ---------------------------------------------------------------------
 
@@ -69,6 +77,7 @@ class Scheduler:
         waiting = list(self.pinned.pop(worker_id, ()))
         self.quota.pop(worker_id, None)
         self._running_since.pop(worker_id, None)
+        self.kept.pop(worker_id, None)
         return held, waiting
 
     @property
@@ -107,6 +116,9 @@ class Scheduler:
             for worker_id, held in self.in_flight.items():
                 if len(held) != depth or not (self.pending or self.pinned.get(worker_id)):
                     continue  # (the second: nothing left for it, as _next_for would find)
+                if (worker_id in self.kept and not self.pinned.get(worker_id)
+                        and now < self.kept[worker_id][1]):
+                    continue  # it waits for a chunk asked back for it
                 if depth:
                     oldest = next(iter(held.values()))
                     if (now - oldest.sent_at > PREFETCH_HORIZON or oldest.job.timeout
@@ -162,12 +174,39 @@ class Scheduler:
         return sum(1 for worker_id, held in self.in_flight.items()
                    if not held and not self.retiring(worker_id))
 
-    def queued_behind(self) -> Iterator[tuple[int, Chunk]]:
+    def keep(self, worker_id: int, chunk_id: int, now: float) -> float:
+        """Keep an idle worker for a chunk asked back for it; return until when."""
+        self.kept[worker_id] = (chunk_id, now + KEEP_SECONDS)
+        return now + KEEP_SECONDS
+
+    def release(self, chunk_id: int) -> None:
+        """The chunk asked back was answered for: its worker may take what waits."""
+        self.kept = {worker_id: kept for worker_id, kept in self.kept.items()
+                     if kept[0] != chunk_id}
+
+    def free_for_the_queue(self) -> list[int]:
+        """Idle workers that would take the next waiting chunk: neither kept for a
+        chunk asked back, nor retiring, nor holding a pinned chunk of their own."""
+        return [worker_id for worker_id, held in self.in_flight.items()
+                if not held and worker_id not in self.kept and not self.retiring(worker_id)
+                and not self.pinned.get(worker_id)]
+
+    def came_before_the_queue(self, chunk: Chunk) -> bool:
+        """Whether ``chunk`` came before the next chunk waiting here (if any)."""
+        return not self.pending or chunk.id < self.pending[0].id
+
+    def queued_behind(self, stuck_at: float | None = None) -> Iterator[tuple[int, Chunk]]:
         """``(worker, chunk)`` for each chunk queued on a worker behind the one it runs
-        and not pinned there, those behind the longest-running chunk first."""
+        and not pinned there, those behind the longest-running chunk first; given
+        ``stuck_at`` (a ``time.monotonic()``), only behind one that ran longer than
+        :data:`PREFETCH_HORIZON` by then."""
         holders = sorted((worker_id for worker_id, held in self.in_flight.items()
                           if 1 < len(held) < RECLAIM_MEMORY),
                          key=lambda w: self._running_since.get(w, 0.0))
+        if stuck_at is not None:
+            holders = [worker_id for worker_id in holders
+                       if stuck_at - self._running_since.get(worker_id, stuck_at)
+                       > PREFETCH_HORIZON]
         for worker_id in holders:
             for chunk in list(self.in_flight[worker_id].values())[1:]:
                 if chunk.pinned is None and not chunk.job.cancelled:
