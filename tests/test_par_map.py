@@ -506,6 +506,57 @@ def test_two_functions_used_in_turn_each_cross_the_wire_once() -> None:
         assert cl.run_on_all(loads_here) == [2]
 
 
+def _versions_alive(data: Any, i: int) -> tuple[float, int]:
+    """The value read, and how many captured arrays this worker still holds."""
+    import weakref
+    seen = sys.__dict__.setdefault("_sockpool_test_arrays", [])
+    seen.append(weakref.ref(data))
+    return float(data[i]), len({id(ref()) for ref in seen if ref() is not None})
+
+
+def test_a_worker_lets_go_of_the_data_of_a_function_gone_from_the_caller() -> None:
+    # A lambda made for each map, or a function defined again (a notebook cell run
+    # again), is a new function: the worker kept every older one's data until 512 MB
+    # of them pushed the oldest out.  Once the older one is gone here, it is dropped.
+    with Cluster(n=1) as cl:
+        for version in range(4):
+            data = np.full(1_000_000, float(version))  # 8 MB: travels out of band
+            assert cl.par_map(lambda i, data=data: _versions_alive(data, i), [0]
+                              ) == [(version, 1)]
+    with Cluster(n=1) as cl:
+        for version in range(4):
+            data = np.full(1_000_000, float(version))
+
+            def defined_again(i: int, data: Any = data) -> tuple[float, int]:
+                return _versions_alive(data, i)
+
+            assert cl.submit(defined_again, 0).result(timeout=10) == (version, 1)
+    with Cluster(n=1) as cl:
+        data = np.zeros(1_000_000)
+        kept = [functools.partial(_versions_alive, data), functools.partial(_versions_alive,
+                                                                             data + 1)]
+        assert [cl.par_map(fn, [0])[0] for fn in kept] == [(0.0, 1), (1.0, 2)]
+        # Both still here: neither is dropped for the other.
+        assert [cl.par_map(fn, [0])[0] for fn in kept] == [(0.0, 2), (1.0, 2)]
+
+
+def test_a_lambda_made_anew_over_the_same_data_crosses_the_wire_once() -> None:
+    from helpers import CountsUnpickling
+
+    held = CountsUnpickling(0)
+    held.data = np.zeros(1_000_000)  # type: ignore[assignment]
+    other = np.ones(1_000_000)
+
+    def loads_here() -> int:
+        return CountsUnpickling.loads()
+
+    with Cluster(n=1) as cl:
+        for i in range(3):  # a new lambda each time, pickled alike: the same payload
+            assert cl.par_map(lambda x: held.data[0] + x, [i]) == [i]
+            assert cl.par_map(lambda x: other[0] + x, [i]) == [i + 1]  # another one between
+        assert cl.run_on_all(loads_here) == [1]
+
+
 class Weighted:
     """A model whose method carries its weights; equal to any other, hashed alike."""
 

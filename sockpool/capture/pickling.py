@@ -10,10 +10,6 @@ captured buffer, which travels out of band and uncopied.
 
 from __future__ import annotations
 
-import itertools
-import threading
-import types
-import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,6 +18,7 @@ from ..common.codec import Frames
 from ..common.digest import function_digest
 from ..common.naming import function_name
 from .by_value import names_by_value_module
+from .lineage import definition_site, lineage
 
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
@@ -40,10 +37,13 @@ class FunctionPayload(NamedTuple):
     buffers: list[Any]
     digest: bytes
     name: str = ""  # the function's qualified name, for profiles
-    #: With large buffers: which function this is a version of (see :func:`lineage`),
-    #: so that a worker holding an older version, its captured data changed since,
+    #: With large buffers: which function this is a version of, and where it was
+    #: defined (see :mod:`.lineage`), so that a worker holding an older version
     #: drops it when this one arrives.  0: none.
     lineage: int = 0
+    site: int = 0
+    #: With a lineage: the function, which a job using this payload keeps alive.
+    source: Any = None
 
     @property
     def nbytes(self) -> int:
@@ -76,39 +76,9 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
     frames = dumps(obj, serializer, copy_buffers=copy_buffers, global_ids=True,
                    standard_first=False)
     inband, buffers = bytes(frames[0]), frames[1:]
-    return FunctionPayload(inband, buffers, function_digest(inband, buffers),
-                           function_name(obj), lineage(obj) if buffers else 0), False
-
-
-#: Each function's number, by the ids of what it is made of: weak references to them
-#: (an id is reused once its object is freed) and the number.
-_lineages: dict[tuple[int, ...], tuple[tuple[weakref.ref[Any], ...], int]] = {}
-_lineages_lock = threading.Lock()
-_next_lineage = itertools.count(1)
-
-
-def lineage(fn: Any) -> int:
-    """A number for the function ``fn`` that no other function ever gets, by
-    identity: two lambdas passed in turn share an ``id()`` but not a number, and
-    ``model.predict`` (a new bound method each time) keeps its number while the
-    model and its method live.  0 for what cannot be weakly referenced."""
-    parts = (fn.__self__, fn.__func__) if isinstance(fn, types.MethodType) else (fn,)
-    key = tuple(map(id, parts))
-    with _lineages_lock:
-        known = _lineages.get(key)
-        if known is not None and all(ref() is part for ref, part in
-                                     zip(known[0], parts, strict=True)):
-            return known[1]
-        try:  # (the entry goes with the first part to die, before its id is reused)
-            refs = tuple(weakref.ref(part, _forgetter(key)) for part in parts)
-        except TypeError:
-            return 0
-        number = next(_next_lineage)
-        _lineages[key] = (refs, number)
-        return number
-
-
-def _forgetter(key: tuple[int, ...]) -> Callable[[weakref.ref[Any]], None]:
-    def forget(_: weakref.ref[Any]) -> None:
-        _lineages.pop(key, None)  # (no lock: it may run in any thread, at any moment)
-    return forget
+    if not buffers:
+        return FunctionPayload(inband, buffers, function_digest(inband, buffers),
+                               function_name(obj)), False
+    number = lineage(obj)
+    return FunctionPayload(inband, buffers, function_digest(inband, buffers), function_name(obj),
+                           number, definition_site(obj), obj if number else None), False

@@ -421,8 +421,7 @@ class Dispatcher:
     def _send_chunk(self, record: WorkerRecord, chunk: Chunk) -> bool:
         job = chunk.job
         function = job.function
-        if function.digest in record.cached:
-            record.cached.move_to_end(function.digest)
+        if record.holds(function):
             fn_inband, fn_buffers = b"", []
         else:
             fn_inband, fn_buffers = function.inband, function.buffers

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from ..capture.lineage import lineage_alive
 from ..capture.pickling import FunctionPayload
 from ..common import protocol
 from ..common.config import CurveKeys
@@ -89,7 +90,8 @@ class WorkerRecord:
         self.last_heard = self.started_at
         self.cached: OrderedDict[bytes, int] = OrderedDict()
         self.cached_bytes = 0
-        self.latest: dict[int, bytes] = {}  # a function's lineage -> its version sent last
+        #: A function's lineage -> its version used last, and where it was defined.
+        self.latest: dict[int, tuple[bytes, int]] = {}
         self.setup_chunk: Chunk | None = None
         self.failure: LaunchError | None = None  # why it could not start, when known
         self.exited_at: float | None = None  # when its process was first seen ended
@@ -105,6 +107,15 @@ class WorkerRecord:
         self.cpu_seconds: float | None = None
         self.tasks_done = 0
 
+    def holds(self, function: FunctionPayload) -> bool:
+        """Whether its worker has ``function`` cached (then it is used now)."""
+        if function.digest not in self.cached:
+            return False
+        self.cached.move_to_end(function.digest)
+        if function.lineage:
+            self.latest[function.lineage] = (function.digest, function.site)
+        return True
+
     def cache_function(self, function: FunctionPayload, budget: int) -> list[bytes]:
         """Mirror the worker's function cache as ``function`` goes to it in full; the
         digests it must drop to stay in ``budget``.
@@ -118,23 +129,33 @@ class WorkerRecord:
             return []
         dropped = []
         if function.lineage:
-            # A newer version of a function with large captured data (changed since):
-            # the older is unlikely ever to run again, and would hold its copy of the
-            # data on the worker until the budget pushed it out.
-            older = self.latest.get(function.lineage)
-            if older is not None and older != digest and older in self.cached:
-                self.cached_bytes -= self.cached.pop(older)
-                dropped.append(older)
-            self.latest[function.lineage] = digest
-            if len(self.latest) > 2 * len(self.cached) + 16:
-                self.latest = {key: kept for key, kept in self.latest.items()
-                               if kept in self.cached or kept == digest}
+            dropped = self._drop_superseded(function)
         self.cached[digest] = size
         self.cached_bytes += size
         while self.cached_bytes > budget and len(self.cached) > 1:
             old, old_size = self.cached.popitem(last=False)
             self.cached_bytes -= old_size
             dropped.append(old)
+        return dropped
+
+    def _drop_superseded(self, function: FunctionPayload) -> list[bytes]:
+        """Stop caching the versions ``function`` supersedes (see
+        :mod:`sockpool.capture.lineage`) that no function here still uses;
+        return their digests."""
+        digest, site = function.digest, function.site
+        older = {number: kept for number, (kept, where) in self.latest.items()
+                 if where == site and kept != digest
+                 and (number == function.lineage or not lineage_alive(number))}
+        for number in older:
+            del self.latest[number]
+        self.latest[function.lineage] = (digest, site)
+        live = {kept for number, (kept, _) in self.latest.items() if lineage_alive(number)}
+        dropped = [old for old in set(older.values()) if old not in live and old in self.cached]
+        for old in dropped:
+            self.cached_bytes -= self.cached.pop(old)
+        if len(self.latest) > 2 * len(self.cached) + 16:
+            self.latest = {number: used for number, used in self.latest.items()
+                           if used[0] in self.cached or used[0] == digest}
         return dropped
 
     def uncache(self, digest: bytes) -> list[bytes]:
