@@ -19,7 +19,7 @@ import pytest
 from helpers import master_program, run_script, wait_gone
 
 import sockpool
-from sockpool import Cluster, ClusterClosedError, LaunchError, WorkerInfo
+from sockpool import Cluster, ClusterClosedError, LaunchError, WorkerInfo, WorkerLostError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -177,6 +177,43 @@ def test_processes_a_killed_workers_tasks_left_running_end_too(tmp_path: Path) -
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(sleeper, signal.SIGKILL)
+
+
+def _start_child_then_die(path: str, how: str) -> None:
+    if how == "ignores SIGTERM":
+        code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    else:
+        code = "import time; time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    Path(path).write_text(str(child.pid))
+    time.sleep(0.5)  # (its handler in place)
+    if how == "segfault":
+        import ctypes
+        ctypes.string_at(0)
+    if how != "ignores SIGTERM":
+        os._exit(1)
+
+
+@pytest.mark.parametrize("how", ["os._exit", "segfault", "ignores SIGTERM"])
+def test_processes_a_task_left_running_end_though_its_worker_died_or_they_ignore_sigterm(
+        tmp_path: Path, how: str) -> None:
+    # A worker that dies cannot end them, and they pass to init, out of the tree's
+    # reach: they outlived the cluster.  And one that ignored SIGTERM always did.
+    path = tmp_path / "child.pid"
+    try:
+        with Cluster(n=1) as cl:
+            if how == "ignores SIGTERM":
+                cl.par_map(_start_child_then_die, [str(path)], [how])
+            else:
+                with pytest.raises(WorkerLostError):
+                    cl.par_map(_start_child_then_die, [str(path)], [how])
+            child = int(path.read_text())
+            if how != "ignores SIGTERM":
+                assert wait_gone([child], 5) == []  # as its worker is found gone
+        assert wait_gone([child], 0.5) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.kill(int(path.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])

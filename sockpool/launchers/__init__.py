@@ -4,7 +4,8 @@
 :class:`WorkerProcess` handle the I/O thread watches); each launcher renders
 the command that starts a worker as data and hands the worker its
 :class:`~sockpool.common.config.WorkerConfig` as one JSON line.
-:mod:`.local` and :mod:`.manual` are one module each; Slurm is :mod:`.slurm`
+:mod:`.local` (with :mod:`.groups`, which ends what its workers' tasks left
+in their process groups) and :mod:`.manual` are one module each; Slurm is :mod:`.slurm`
 (the launcher and its batch script), :mod:`.slurm_job` (one cluster's job
 array) and :mod:`.slurm_reaper` (cancels it if the master dies, run as
 source); ssh is

@@ -25,6 +25,7 @@ from ..common.proc import (
 )
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
+from .groups import end_lingering, ended_unreaped, terminate_group
 
 #: A local worker learns of its master's death at once (stdin end-of-file, the
 #: parent-death signal), so by default it waits this long on a master that is
@@ -38,8 +39,10 @@ class LocalWorkerProcess(WorkerProcess):
     same_host = True
 
     def __init__(self, worker_id: int, process: subprocess.Popen[bytes], command: str,
-                 log_path: str) -> None:
+                 log_path: str, ended: dict[int, float] | None = None) -> None:
         self.worker_id = worker_id
+        #: Where it notes its process group's id and when it ended (see :mod:`.groups`).
+        self._ended = ended if ended is not None else {}
         self.host = "localhost"
         self.command = command
         self._process = process
@@ -61,6 +64,8 @@ class LocalWorkerProcess(WorkerProcess):
         return self._process.pid
 
     def poll(self) -> int | None:
+        if self._process.returncode is None and ended_unreaped(self.pid):
+            self._ended[self.pid] = terminate_group(self.pid)  # before its pid is free
         return reap(self._process)
 
     def exit_status(self) -> str:
@@ -131,6 +136,7 @@ class LocalLauncher(Launcher):
         self._workdir: str | None = None
         # Started by start_early, waiting for their configuration: (process, log path).
         self._early: collections.deque[tuple[subprocess.Popen[bytes], str]] = collections.deque()
+        self._ended: dict[int, float] = {}  # its workers' process groups, when their leaders ended
 
     def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
         self._workdir = workdir
@@ -180,7 +186,8 @@ class LocalLauncher(Launcher):
             watch_stdin=True, parent_pid=os.getpid(),
             # The master's import path, so a module next to the script imports here too.
             sys_path=tuple(p for p in sys.path if p))
-        handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path)
+        handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path,
+                                    self._ended)
         assert process.stdin is not None
         try:
             process.stdin.write(config.to_json().encode() + b"\n")
@@ -208,6 +215,10 @@ class LocalLauncher(Launcher):
             raise LaunchError(f"could not start a local worker: {exc}",
                               command=shlex.join(argv)) from exc
         return process, log_path
+
+    def close(self) -> None:
+        ended, self._ended = self._ended, {}  # (a handle still held notes into the old one)
+        end_lingering(ended)
 
     def describe(self) -> str:
         return "local"
