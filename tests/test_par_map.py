@@ -540,6 +540,27 @@ def test_a_worker_lets_go_of_the_data_of_a_function_gone_from_the_caller() -> No
         assert [cl.par_map(fn, [0])[0] for fn in kept] == [(0.0, 2), (1.0, 2)]
 
 
+def test_a_waiting_call_keeps_a_copy_of_what_its_function_carries_not_the_function() -> None:
+    # A submit copies the large data a function carries, so the caller may drop or
+    # change it: a call that also kept the function held the data twice.
+    import gc
+    import weakref
+
+    def carrier(data: Any) -> Any:
+        return lambda i: float(data[i])
+
+    with Cluster(n=1) as cl:
+        busy = cl.submit(time.sleep, 1.0)
+        fn = carrier(np.full(1_000_000, 7.0))
+        kept = weakref.ref(fn)
+        waiting = cl.submit(fn, 0)
+        del fn
+        gc.collect()
+        assert kept() is None and not waiting.done()
+        assert waiting.result(timeout=30) == 7.0
+        busy.result(timeout=30)
+
+
 def test_a_lambda_made_anew_over_the_same_data_crosses_the_wire_once() -> None:
     from helpers import CountsUnpickling
 

@@ -141,11 +141,11 @@ def test_a_queued_chunk_given_back_goes_first_in_line_and_its_quota_back() -> No
     assert scheduler.quota[1] == 9
     # Queued behind what each runs; a pinned chunk stays where it is pinned.
     assert [(w, c.id) for w, c in scheduler.queued_behind()] == [(2, third.id)]
-    assert scheduler.idle_workers() == 0
+    assert scheduler.free_for_the_queue() == []
     assert scheduler.complete(2, second.id, 0.02) is second
     assert scheduler.take_back(2, third.id) is third
     assert scheduler.take_back(2, third.id) is None  # given back once
-    assert scheduler.idle_workers() == 1 and list(scheduler.pending) == [third]
+    assert scheduler.free_for_the_queue() == [2] and list(scheduler.pending) == [third]
     assert [(w, c.id) for w, c in scheduler.assignments(0.03)] == [(2, third.id)]
 
 
@@ -190,8 +190,8 @@ def test_a_worker_kept_for_a_chunk_asked_back_takes_nothing_else_until_answered(
     assert list(scheduler.queued_behind(stuck_at=0.04)) == []  # not yet stuck
     assert scheduler.came_before_the_queue(work[3])
     assert not scheduler.came_before_the_queue(work[5])
-    until = scheduler.keep(1, work[3].id, 0.2)
-    assert until > 0.2 and scheduler.free_for_the_queue() == []
+    scheduler.keep(1, work[3].id, 0.2)
+    assert scheduler.free_for_the_queue() == []
     assert list(scheduler.assignments(0.2)) == []
     # Answered: it goes first in line, and to the worker kept for it.
     scheduler.take_back(2, work[3].id)
@@ -206,7 +206,8 @@ def test_a_kept_worker_takes_what_waits_once_no_answer_came_in_time() -> None:
     scheduler.add_worker(2)
     work = chunks(RecordingJob(), 2)
     scheduler.submit(work)
-    until = scheduler.keep(1, 12345, 0.0)
+    scheduler.keep(1, 12345, 0.0)
+    until = scheduler.kept[1][1]
     assert [w for w, _ in scheduler.assignments(0.0)] == [2, 2]
     scheduler.take_back(2, work[1].id)  # asked back for a worker other than 1
     assert list(scheduler.assignments(until - 0.001)) == []

@@ -6,8 +6,11 @@ of payload will never run again, and the master tells workers to drop them as
 soon as a newer version arrives: one of the same function whose captured data
 changed since (the same :func:`lineage`), and one of a function defined at the
 same place (the same :func:`definition_site`) that no longer exists here -- the
-lambda of an earlier map, a function defined again as a notebook cell runs again.
-A job keeps its function alive while it runs (``FunctionPayload.source``).
+lambda of an earlier map, a function defined again as a notebook cell runs again
+(unchanged: ipykernel names a cell's file by its text).
+A payload in use counts as its function (:class:`Pin`, ``FunctionPayload.pin``):
+a job in flight keeps its lineage alive though the function is gone, without
+keeping the function, whose data the payload may hold a copy of already.
 """
 
 from __future__ import annotations
@@ -26,6 +29,20 @@ _lineages: dict[tuple[int, ...], tuple[tuple[weakref.ref[Any], ...], int]] = {}
 _lineages_lock = threading.Lock()
 _next_lineage = itertools.count(1)
 _alive: set[int] = set()  # the numbers of the functions that still exist
+
+
+class Pin:
+    """A use of the function numbered ``number`` that counts as it, while it lives."""
+
+    __slots__ = ("__weakref__", "number")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        key = id(self)  # (its entry goes as it dies, before its id can be reused)
+        _pins[key] = weakref.ref(self, lambda _: _pins.pop(key, None))
+
+
+_pins: dict[int, weakref.ref[Pin]] = {}
 
 
 def lineage(fn: Any) -> int:
@@ -51,8 +68,12 @@ def lineage(fn: Any) -> int:
 
 
 def lineage_alive(number: int) -> bool:
-    """Whether the function numbered ``number`` by :func:`lineage` still exists here."""
-    return number in _alive
+    """Whether the function numbered ``number`` by :func:`lineage` still exists here,
+    or a :class:`Pin` of it."""
+    if number in _alive:
+        return True
+    pins = list(_pins.values())  # (a copy in one step: other threads add pins meanwhile)
+    return any(pin.number == number for ref in pins if (pin := ref()) is not None)
 
 
 def _forgetter(key: tuple[int, ...], number: int) -> Callable[[weakref.ref[Any]], None]:

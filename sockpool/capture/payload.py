@@ -116,7 +116,7 @@ class Packer:
             if len(_reference_payloads) >= _REFERENCE_CACHE_SIZE:
                 _reference_payloads.clear()
             _reference_payloads[id(fn)] = (fn, serializer, payload)
-        elif known is not None and payload.nbytes <= _KEPT_PAYLOAD_BYTES and not payload.source:
+        elif known is not None and payload.nbytes <= _KEPT_PAYLOAD_BYTES and payload.pin is None:
             after = fingerprint(fn)  # (another thread may have rebound a global meanwhile)
             if after is not None and same(known, after):
                 _value_payloads[fn] = (serializer, known, payload)

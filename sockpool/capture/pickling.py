@@ -18,7 +18,7 @@ from ..common.codec import Frames
 from ..common.digest import function_digest
 from ..common.naming import function_name
 from .by_value import names_by_value_module
-from .lineage import definition_site, lineage
+from .lineage import Pin, definition_site, lineage
 
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
@@ -42,8 +42,8 @@ class FunctionPayload(NamedTuple):
     #: drops it when this one arrives.  0: none.
     lineage: int = 0
     site: int = 0
-    #: With a lineage: the function, which a job using this payload keeps alive.
-    source: Any = None
+    #: With a lineage: a use of it, which a job holding this payload keeps alive.
+    pin: Pin | None = None
 
     @property
     def nbytes(self) -> int:
@@ -81,4 +81,4 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
                                function_name(obj)), False
     number = lineage(obj)
     return FunctionPayload(inband, buffers, function_digest(inband, buffers), function_name(obj),
-                           number, definition_site(obj), obj if number else None), False
+                           number, definition_site(obj), Pin(number) if number else None), False

@@ -44,44 +44,34 @@ class Reclaims:
 
     def ask(self, workers: dict[int, WorkerRecord], now: float) -> float | None:
         """Ask back a queued chunk for each idle worker not yet served (a look only
-        after a RESULT, or when workers came or went); return until when an idle
-        worker is kept for one, if it is."""
+        after a RESULT, or when workers came or went), keeping the worker for it;
+        return until when a worker is kept, the earliest, if one is."""
         scheduler = self.scheduler
-        if not (self.due or len(scheduler.in_flight) != self._workers_seen):
-            return None
-        self.due = False
-        self._workers_seen = len(scheduler.in_flight)
-        # An ask whose chunk its worker no longer holds was answered by a RESULT
-        # (or the worker is gone): it no longer serves an idle worker.
-        self._asked = {chunk_id: worker_id for chunk_id, worker_id in self._asked.items()
-                       if chunk_id in scheduler.in_flight.get(worker_id, {})}
-        scheduler.kept = {worker_id: kept for worker_id, kept in scheduler.kept.items()
-                          if kept[0] in self._asked and not scheduler.load(worker_id)}
-        if scheduler.has_waiting():
-            return self._ask_ahead_of_the_queue(workers, now)
-        wanted = scheduler.idle_workers() - len(self._asked)
-        for worker_id, chunk in scheduler.queued_behind():
-            if wanted <= 0:
-                break
-            if chunk.id not in self._asked:
-                self._ask(workers, worker_id, chunk)
-                wanted -= 1
-        return None
+        if self.due or len(scheduler.in_flight) != self._workers_seen:
+            self.due = False
+            self._workers_seen = len(scheduler.in_flight)
+            # An ask whose chunk its worker no longer holds was answered by a RESULT
+            # (or the worker is gone): it no longer serves an idle worker.
+            self._asked = {chunk_id: worker_id for chunk_id, worker_id in self._asked.items()
+                           if chunk_id in scheduler.in_flight.get(worker_id, {})}
+            scheduler.kept = {worker_id: kept for worker_id, kept in scheduler.kept.items()
+                              if kept[0] in self._asked and not scheduler.load(worker_id)}
+            self._ask_for_the_free(workers, now)
+        return min((until for _, until in scheduler.kept.values() if until > now), default=None)
 
-    def _ask_ahead_of_the_queue(self, workers: dict[int, WorkerRecord], now: float
-                                ) -> float | None:
-        """Chunks wait, but one queued behind a long chunk came before them: ask it
-        back, keeping an idle worker for it rather than giving that worker a later one."""
+    def _ask_for_the_free(self, workers: dict[int, WorkerRecord], now: float) -> None:
+        """A chunk for each idle worker: when chunks wait here, only one queued behind
+        a long chunk that came before them (the idle worker takes nothing else meanwhile)."""
         scheduler = self.scheduler
         free = scheduler.free_for_the_queue()
-        until = None
-        for worker_id, chunk in scheduler.queued_behind(stuck_at=now):
+        waiting = scheduler.has_waiting()
+        for worker_id, chunk in scheduler.queued_behind(stuck_at=now if waiting else None):
             if not free:
-                break
-            if chunk.id not in self._asked and scheduler.came_before_the_queue(chunk):
-                until = scheduler.keep(free.pop(), chunk.id, now)
+                return
+            if chunk.id not in self._asked and (not waiting
+                                                or scheduler.came_before_the_queue(chunk)):
+                scheduler.keep(free.pop(), chunk.id, now)
                 self._ask(workers, worker_id, chunk)
-        return until
 
     def _ask(self, workers: dict[int, WorkerRecord], worker_id: int, chunk: Chunk) -> None:
         self._asked[chunk.id] = worker_id

@@ -169,15 +169,9 @@ class Scheduler:
             self.pending.appendleft(chunk)
         return chunk
 
-    def idle_workers(self) -> int:
-        """Workers holding nothing that may be given something."""
-        return sum(1 for worker_id, held in self.in_flight.items()
-                   if not held and not self.retiring(worker_id))
-
-    def keep(self, worker_id: int, chunk_id: int, now: float) -> float:
-        """Keep an idle worker for a chunk asked back for it; return until when."""
+    def keep(self, worker_id: int, chunk_id: int, now: float) -> None:
+        """Keep an idle worker for a chunk asked back for it, a while."""
         self.kept[worker_id] = (chunk_id, now + KEEP_SECONDS)
-        return now + KEEP_SECONDS
 
     def release(self, chunk_id: int) -> None:
         """The chunk asked back was answered for: its worker may take what waits."""

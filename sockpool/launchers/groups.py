@@ -22,6 +22,11 @@ from collections.abc import Mapping
 #: Seconds the processes left in a worker's group get after SIGTERM at the close.
 KILL_GRACE = 1.0
 
+#: Groups noted before those of which nothing is left are forgotten.
+GROUPS_KEPT = 256
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
 
 def ended_unreaped(pid: int) -> bool:
     """Whether our child ``pid`` has ended and is not reaped yet (a zombie)."""
@@ -33,32 +38,66 @@ def ended_unreaped(pid: int) -> bool:
         return False
 
 
-def terminate_group(leader: int) -> float:
-    """SIGTERM the process group of ``leader``, a zombie; return when (``time.time()``)."""
+def terminate_group(leader: int) -> int:
+    """SIGTERM the process group of ``leader``, a zombie; return when, in clock
+    ticks since boot (as ``/proc`` gives a process's start)."""
     with contextlib.suppress(OSError):
         os.killpg(leader, signal.SIGTERM)
-    return time.time()
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS)
 
 
-def end_lingering(groups: Mapping[int, float], grace: float = KILL_GRACE) -> None:
+def note_ended(groups: dict[int, int], leader: int) -> None:
+    """SIGTERM the group of ``leader``, a zombie, and note when in ``groups``
+    (forgetting, once there are many, those of which nothing is left)."""
+    groups[leader] = terminate_group(leader)
+    if len(groups) > GROUPS_KEPT:  # a long-lived cluster that recycles its workers
+        for group in [group for group in groups if not _exists(group)]:
+            del groups[group]
+
+
+def end_lingering(groups: Mapping[int, int], grace: float = KILL_GRACE) -> None:
     """SIGTERM, then after ``grace`` SIGKILL, what is left of the process groups
-    whose leaders ended: ``groups`` maps a group's id to when its leader ended.
-    A process counts only if it started before then (the id is free since)."""
+    whose leaders ended: ``groups`` maps a group's id to when its leader ended
+    (:func:`terminate_group`).  A process counts only if it started by then (the
+    id is free since); one that ended (a zombie init has not reaped) is gone."""
     if not any(_exists(group) for group in groups):
         return
-    import psutil  # only when something was left: 10 ms of imports
+    members = {pid: start for pid, (group, start) in _processes().items()
+               if start <= groups.get(group, -1)}
+    for pid in members:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while members and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = _processes()
+        members = {pid: start for pid, start in members.items()
+                   if alive.get(pid, (0, -1))[1] == start}
+    alive = _processes()
+    for pid, start in members.items():
+        if alive.get(pid, (0, -1))[1] == start:  # (still the same process)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
-    members = []
-    for process in psutil.process_iter(["create_time"]):
-        with contextlib.suppress(OSError, psutil.Error):
-            ended = groups.get(os.getpgid(process.pid))
-            if ended is not None and process.info["create_time"] <= ended:
-                process.terminate()
-                members.append(process)
-    _, left = psutil.wait_procs(members, timeout=grace)
-    for process in left:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """Each running process (zombies left out): pid -> (its group, its start in ticks)."""
+    found: dict[int, tuple[int, int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 19 and fields[0] != b"Z":  # state, ..., pgrp (3rd), starttime (20th)
+            found[int(name)] = (int(fields[2]), int(fields[19]))
+    return found
 
 
 def _exists(group: int) -> bool:

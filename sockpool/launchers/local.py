@@ -25,7 +25,7 @@ from ..common.proc import (
 )
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
-from .groups import end_lingering, ended_unreaped, terminate_group
+from .groups import end_lingering, ended_unreaped, note_ended
 
 #: A local worker learns of its master's death at once (stdin end-of-file, the
 #: parent-death signal), so by default it waits this long on a master that is
@@ -39,7 +39,7 @@ class LocalWorkerProcess(WorkerProcess):
     same_host = True
 
     def __init__(self, worker_id: int, process: subprocess.Popen[bytes], command: str,
-                 log_path: str, ended: dict[int, float] | None = None) -> None:
+                 log_path: str, ended: dict[int, int] | None = None) -> None:
         self.worker_id = worker_id
         #: Where it notes its process group's id and when it ended (see :mod:`.groups`).
         self._ended = ended if ended is not None else {}
@@ -65,7 +65,7 @@ class LocalWorkerProcess(WorkerProcess):
 
     def poll(self) -> int | None:
         if self._process.returncode is None and ended_unreaped(self.pid):
-            self._ended[self.pid] = terminate_group(self.pid)  # before its pid is free
+            note_ended(self._ended, self.pid)  # before its pid, and its group's id, is free
         return reap(self._process)
 
     def exit_status(self) -> str:
@@ -136,7 +136,7 @@ class LocalLauncher(Launcher):
         self._workdir: str | None = None
         # Started by start_early, waiting for their configuration: (process, log path).
         self._early: collections.deque[tuple[subprocess.Popen[bytes], str]] = collections.deque()
-        self._ended: dict[int, float] = {}  # its workers' process groups, when their leaders ended
+        self._ended: dict[int, int] = {}  # its workers' process groups, when their leaders ended
 
     def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
         self._workdir = workdir
