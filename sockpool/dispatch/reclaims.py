@@ -5,8 +5,9 @@ between short ones (:mod:`.scheduler`).  A chunk queued behind one that turns
 out long would wait for it while another worker has nothing to do: the master
 asks the busy worker, on its control connection, for the queued chunk back
 (RECLAIM), when nothing else waits for a worker, or when what waits came
-after it -- then the idle worker is kept for the answer, so that chunks start
-in the order they came, as from one queue.  Its watchdog gives
+after it -- then the idle worker is kept for the answer, so that it starts
+before them, as from one queue.  (A later chunk already queued on another
+worker may still start first: only ``prefetch=1`` queues none.)  Its watchdog gives
 it back if the main thread has not taken it yet, and the main thread then
 skips it (keeping its function, which the master counts as cached there),
 with a RESULT flagged GIVEN_BACK that delivers nothing; otherwise the chunk
