@@ -24,6 +24,14 @@ def chunks(job: Job, count: int) -> list[Chunk]:
     return [job.chunk(i, 1, [b""]) for i in range(count)]
 
 
+def two_workers(prefetch: int = 2) -> Scheduler:
+    """A scheduler with workers 1 and 2."""
+    scheduler = Scheduler(prefetch=prefetch)
+    scheduler.add_worker(1)
+    scheduler.add_worker(2)
+    return scheduler
+
+
 def test_every_worker_gets_one_before_any_gets_two() -> None:
     scheduler = Scheduler(prefetch=2)
     for worker in (1, 2, 3):
@@ -46,9 +54,7 @@ def test_credit_limits_what_a_worker_holds() -> None:
 
 
 def test_pinned_chunks_go_only_to_their_worker_and_first() -> None:
-    scheduler = Scheduler(prefetch=1)
-    scheduler.add_worker(1)
-    scheduler.add_worker(2)
+    scheduler = two_workers(prefetch=1)
     job = RecordingJob()
     shared = chunks(job, 1)
     pinned = job.chunk(0, 1, [b""], pinned=2)
@@ -173,9 +179,7 @@ def test_nothing_is_asked_back_from_a_worker_holding_more_than_it_remembers_taki
 
 
 def test_a_worker_kept_for_a_chunk_asked_back_takes_nothing_else_until_answered() -> None:
-    scheduler = Scheduler(prefetch=2)
-    scheduler.add_worker(1)
-    scheduler.add_worker(2)
+    scheduler = two_workers()
     job = RecordingJob()
     work = chunks(job, 6)
     scheduler.submit(work[:4])
@@ -201,9 +205,7 @@ def test_a_worker_kept_for_a_chunk_asked_back_takes_nothing_else_until_answered(
 
 def test_a_kept_worker_takes_what_waits_once_no_answer_came_in_time() -> None:
     # The worker asked is mute (a task holding the GIL): the kept one waits no longer.
-    scheduler = Scheduler(prefetch=2)
-    scheduler.add_worker(1)
-    scheduler.add_worker(2)
+    scheduler = two_workers()
     work = chunks(RecordingJob(), 2)
     scheduler.submit(work)
     scheduler.keep(1, 12345, 0.0)
