@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import wait_gone
@@ -17,8 +18,8 @@ from sockpool.launchers import groups
 pytestmark = pytest.mark.timeout(60)
 
 
-def _session(code: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+def _session(code: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code, *args], start_new_session=True)
 
 
 def test_a_member_that_ended_counts_as_gone_at_once() -> None:
@@ -53,3 +54,26 @@ def test_what_ignores_sigterm_gets_sigkill_and_what_started_later_is_spared() ->
             os.kill(stubborn.pid, signal.SIGKILL)
         stubborn.wait()
     assert wait_gone([stubborn.pid], 1) == []
+
+
+def test_a_process_forked_after_its_leader_ended_goes_with_the_group(tmp_path: Path) -> None:
+    # Started after the leader ended, it could be a stranger that took the group's
+    # id; but while a member older than that lives, the id was never free.
+    later = tmp_path / "later.pid"
+    stubborn = _session(
+        "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        " time.sleep(0.5); pid = os.fork()\n"
+        "if pid: open(sys.argv[1], 'w').write(str(pid))\n"
+        "time.sleep(60)", str(later))
+    try:
+        time.sleep(0.2)
+        group = {stubborn.pid: groups.terminate_group(stubborn.pid)}  # "the leader ended"
+        while not later.exists() or not later.read_text():
+            time.sleep(0.05)
+        groups.end_lingering(group, grace=0.2)
+        assert wait_gone([stubborn.pid, int(later.read_text())], 5) == []
+    finally:
+        for pid in [stubborn.pid, *([int(later.read_text())] if later.exists() else [])]:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(pid, signal.SIGKILL)
+        stubborn.wait()

@@ -39,10 +39,13 @@ class Pin:
     def __init__(self, number: int) -> None:
         self.number = number
         key = id(self)  # (its entry goes as it dies, before its id can be reused)
-        _pins[key] = weakref.ref(self, lambda _: _pins.pop(key, None))
+        with _lineages_lock:
+            uses = _pins.setdefault(number, {})
+            uses[key] = weakref.ref(self, lambda _: uses.pop(key, None))
 
 
-_pins: dict[int, weakref.ref[Pin]] = {}
+#: The live pins of each function's number, by their ids.
+_pins: dict[int, dict[int, weakref.ref[Pin]]] = {}
 
 
 def lineage(fn: Any) -> int:
@@ -72,8 +75,11 @@ def lineage_alive(number: int) -> bool:
     or a :class:`Pin` of it."""
     if number in _alive:
         return True
-    pins = list(_pins.values())  # (a copy in one step: other threads add pins meanwhile)
-    return any(pin.number == number for ref in pins if (pin := ref()) is not None)
+    with _lineages_lock:
+        if _pins.get(number):
+            return True
+        _pins.pop(number, None)  # (none left: a new one would make its entry anew)
+        return False
 
 
 def _forgetter(key: tuple[int, ...], number: int) -> Callable[[weakref.ref[Any]], None]:

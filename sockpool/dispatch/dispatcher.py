@@ -379,7 +379,7 @@ class Dispatcher:
         chunk = self.scheduler.complete(record.id, head.ident, time.monotonic())
         if chunk is None:
             return
-        self.reclaims.due = True
+        self.reclaims.freed.add(record.id)
         self.shared.finished(chunk)
         cancelled = bool(head.flags & protocol.Flag.CANCELLED)
         if self.profiler.active:

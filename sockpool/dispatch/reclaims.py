@@ -18,6 +18,8 @@ requeues it only on the worker's word that it will not run there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..common import protocol
 from ..common.protocol import Flag, Kind
 from .jobs import Chunk
@@ -37,42 +39,56 @@ class Reclaims:
         self.scheduler = scheduler
         self.master = master
         self.profiler = profiler
-        #: A RESULT came since the last look: a worker may have nothing left to run.
-        self.due = False
+        #: Workers a RESULT came from since the last look: they may have nothing left to run.
+        self.freed: set[int] = set()
         self._workers_seen = 0
         self._asked: dict[int, int] = {}  # chunk id -> the worker asked for it
         self._given: dict[int, bytes] = {}  # chunk id -> its function's digest
 
     def ask(self, workers: dict[int, WorkerRecord], now: float) -> float | None:
-        """Ask back a queued chunk for each idle worker not yet served (a look only
-        after a RESULT, or when workers came or went), keeping the worker for it;
-        return until when a worker is kept, the earliest, if one is."""
+        """Ask back a queued chunk for each worker freed since the last look (each
+        worker when workers came or went); return until when a worker is kept for
+        one, the earliest, if one is."""
         scheduler = self.scheduler
-        if self.due or len(scheduler.in_flight) != self._workers_seen:
-            self.due = False
+        changed = len(scheduler.in_flight) != self._workers_seen
+        if self.freed or changed:
+            among, self.freed = (scheduler.workers if changed else self.freed), set()
             self._workers_seen = len(scheduler.in_flight)
             # An ask whose chunk its worker no longer holds was answered by a RESULT
             # (or the worker is gone): it no longer serves an idle worker.
             self._asked = {chunk_id: worker_id for chunk_id, worker_id in self._asked.items()
                            if chunk_id in scheduler.in_flight.get(worker_id, {})}
             scheduler.kept = {worker_id: kept for worker_id, kept in scheduler.kept.items()
-                              if kept[0] in self._asked and not scheduler.load(worker_id)}
-            self._ask_for_the_free(workers, now)
+                              if kept[0] in self._asked and kept[1] > now
+                              and not scheduler.load(worker_id)}
+            self._ask_for_the_free(workers, now, among, changed)
         return min((until for _, until in scheduler.kept.values() if until > now), default=None)
 
-    def _ask_for_the_free(self, workers: dict[int, WorkerRecord], now: float) -> None:
-        """A chunk for each idle worker: when chunks wait here, only one queued behind
-        a long chunk that came before them (the idle worker takes nothing else meanwhile)."""
+    def _ask_for_the_free(self, workers: dict[int, WorkerRecord], now: float,
+                          among: Iterable[int], recount: bool) -> None:
+        """A chunk for each idle worker ``among`` these: when chunks wait here, only one
+        queued behind a long chunk that came before them, the idle worker kept for it
+        meanwhile; else any queued chunk (``recount``: asks still out count as served)."""
         scheduler = self.scheduler
-        free = scheduler.free_for_the_queue()
-        waiting = scheduler.has_waiting()
-        for worker_id, chunk in scheduler.queued_behind(stuck_at=now if waiting else None):
-            if not free:
+        free = scheduler.free_for_the_queue(among)
+        if not free:
+            return
+        if scheduler.has_waiting():
+            for worker_id, chunk in scheduler.queued_behind(stuck_at=now):
+                if chunk.id not in self._asked and scheduler.came_before_the_queue(chunk):
+                    scheduler.keep(free.pop(), chunk.id, now)
+                    self._ask(workers, worker_id, chunk)
+                    if not free:
+                        return
+            return
+        kept = {chunk_id for chunk_id, _ in scheduler.kept.values()}
+        wanted = len(free) - (len(self._asked.keys() - kept) if recount else 0)
+        for worker_id, chunk in scheduler.queued_behind():
+            if wanted <= 0:
                 return
-            if chunk.id not in self._asked and (not waiting
-                                                or scheduler.came_before_the_queue(chunk)):
-                scheduler.keep(free.pop(), chunk.id, now)
+            if chunk.id not in self._asked:
                 self._ask(workers, worker_id, chunk)
+                wanted -= 1
 
     def _ask(self, workers: dict[int, WorkerRecord], worker_id: int, chunk: Chunk) -> None:
         self._asked[chunk.id] = worker_id

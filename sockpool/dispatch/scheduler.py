@@ -20,7 +20,7 @@ what is pinned to it: it is retiring.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ..common.protocol import RECLAIM_MEMORY
 from .jobs import Chunk, Job
@@ -178,11 +178,12 @@ class Scheduler:
         self.kept = {worker_id: kept for worker_id, kept in self.kept.items()
                      if kept[0] != chunk_id}
 
-    def free_for_the_queue(self) -> list[int]:
-        """Idle workers that would take the next waiting chunk: neither kept for a
-        chunk asked back, nor retiring, nor holding a pinned chunk of their own."""
-        return [worker_id for worker_id, held in self.in_flight.items()
-                if not held and worker_id not in self.kept and not self.retiring(worker_id)
+    def free_for_the_queue(self, among: Iterable[int] | None = None) -> list[int]:
+        """Idle workers (of ``among``, if given) that would take the next waiting chunk:
+        neither kept for a chunk asked back, nor retiring, nor holding a pinned chunk."""
+        return [worker_id for worker_id in (self.in_flight if among is None else among)
+                if worker_id in self.in_flight and not self.in_flight[worker_id]
+                and worker_id not in self.kept and not self.retiring(worker_id)
                 and not self.pinned.get(worker_id)]
 
     def came_before_the_queue(self, chunk: Chunk) -> bool:

@@ -28,14 +28,15 @@ GROUPS_KEPT = 256
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def ended_unreaped(pid: int) -> bool:
-    """Whether our child ``pid`` has ended and is not reaped yet (a zombie)."""
+def ended_unreaped(pid: int) -> bool | None:
+    """Whether our child ``pid`` has ended and is not reaped yet (a zombie); None
+    where that cannot be told (no ``waitid``, or reaped elsewhere already)."""
     if not hasattr(os, "waitid"):  # (not on every Unix): left to the worker itself
-        return False
+        return None
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
-        return False
+        return None
 
 
 def terminate_group(leader: int) -> int:
@@ -58,24 +59,23 @@ def note_ended(groups: dict[int, int], leader: int) -> None:
 def end_lingering(groups: Mapping[int, int], grace: float = KILL_GRACE) -> None:
     """SIGTERM, then after ``grace`` SIGKILL, what is left of the process groups
     whose leaders ended: ``groups`` maps a group's id to when its leader ended
-    (:func:`terminate_group`).  A process counts only if it started by then (the
-    id is free since); one that ended (a zombie init has not reaped) is gone."""
+    (:func:`terminate_group`).  A group is still the worker's if a member started
+    by then (its id is not free while it has members); then every member goes,
+    those forked since too.  One that ended (a zombie init has not reaped) is gone."""
     if not any(_exists(group) for group in groups):
         return
-    members = {pid: start for pid, (group, start) in _processes().items()
-               if start <= groups.get(group, -1)}
+    running = _processes()
+    original = {group for group, start in running.values() if start <= groups.get(group, -1)}
+    members = {pid: start for pid, (group, start) in running.items() if group in original}
     for pid in members:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while members and time.monotonic() < deadline:
         time.sleep(0.02)
-        alive = _processes()
-        members = {pid: start for pid, start in members.items()
-                   if alive.get(pid, (0, -1))[1] == start}
-    alive = _processes()
+        members = {pid: start for pid, start in members.items() if _started(pid) == start}
     for pid, start in members.items():
-        if alive.get(pid, (0, -1))[1] == start:  # (still the same process)
+        if _started(pid) == start:  # (still the same process)
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -88,16 +88,27 @@ def _processes() -> dict[int, tuple[int, int]]:
     except OSError:
         return found
     for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as stat:
-                fields = stat.read().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 19 and fields[0] != b"Z":  # state, ..., pgrp (3rd), starttime (20th)
-            found[int(name)] = (int(fields[2]), int(fields[19]))
+        if name.isdigit() and (read := _stat(int(name))) is not None:
+            found[int(name)] = read
     return found
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started, in ticks since boot; None if it is not running."""
+    read = _stat(pid)
+    return None if read is None else read[1]
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(group, start in ticks) of a running process, from ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()  # (after the name, which may hold ")")
+    except OSError:
+        return None
+    if len(fields) < 20 or fields[0] == b"Z":  # state, ppid, pgrp, ..., starttime (20th)
+        return None
+    return int(fields[2]), int(fields[19])
 
 
 def _exists(group: int) -> bool:

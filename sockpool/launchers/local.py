@@ -64,8 +64,12 @@ class LocalWorkerProcess(WorkerProcess):
         return self._process.pid
 
     def poll(self) -> int | None:
-        if self._process.returncode is None and ended_unreaped(self.pid):
-            note_ended(self._ended, self.pid)  # before its pid, and its group's id, is free
+        if self._process.returncode is None:
+            ended = ended_unreaped(self.pid)
+            if ended is False:
+                return None  # (reaped only once seen ended, so that its group is noted)
+            if ended:
+                note_ended(self._ended, self.pid)  # before its pid, and its group's id, is free
         return reap(self._process)
 
     def exit_status(self) -> str:
