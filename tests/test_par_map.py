@@ -561,6 +561,34 @@ def test_a_waiting_call_keeps_a_copy_of_what_its_function_carries_not_the_functi
         busy.result(timeout=30)
 
 
+def test_a_global_changed_in_place_is_seen_after_its_versions_were_dropped_together(
+        tmp_path: Path) -> None:
+    # Two closures from one factory, both carrying X, dropped at once as a newer one
+    # came: in one order of the two FORGETs, the worker took its copy of X as bound
+    # there, and every later map read that copy (found in a notebook, 1 run in 2).
+    from helpers import run_script
+
+    result = run_script("""
+        import numpy as np
+        from sockpool import Cluster
+
+        X = np.zeros(1_000_000)
+
+        def make(a):
+            return lambda i: float(X[i] + a)
+
+        with Cluster(n=1) as cl:
+            for version in range(8):
+                pair = [make(100), make(200)]
+                assert [cl.par_map(f, [0])[0] for f in pair] == [version + 100, version + 200]
+                del pair
+                X[0] = version + 1.0
+                assert cl.par_map(make(0), [0]) == [version + 1.0], version
+        print("fresh")
+    """, tmp_path)
+    assert result.stdout.strip() == "fresh"
+
+
 def test_a_lambda_made_anew_over_the_same_data_crosses_the_wire_once() -> None:
     from helpers import CountsUnpickling
 

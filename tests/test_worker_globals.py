@@ -302,6 +302,28 @@ def test_a_forgotten_function_takes_what_only_it_carried_along() -> None:
     assert "SMALL" not in main and main["MINE"] == "worker's"  # set here: it stays
 
 
+@pytest.mark.parametrize("order", [("first", "second"), ("second", "first")])
+def test_a_global_whose_carriers_were_forgotten_is_put_anew(order: tuple[str, str]) -> None:
+    # Forgotten the later first, its value stayed (the earlier one still carried the
+    # name); forgotten the earlier, the name was counted as bound here, and every
+    # later function's value of it was ignored: stale results from then on.
+    cache = FunctionCache()
+    script = _main_functions("""
+        X = [0] * 100_000
+        def read(): return X[0]
+    """)
+    pickles = {}
+    for version, name in enumerate(["first", "second", "third"]):
+        exec(f"X[0] = {version}", script.read.__globals__)  # changed in place
+        pickles[name] = cloudpickle.dumps(script.read)
+    assert cache.load(b"first", pickles["first"], [])() == 0
+    assert cache.load(b"second", pickles["second"], [])() == 1
+    for name in order:
+        cache.forget(name.encode())
+    assert "X" not in cache.main_module.__dict__
+    assert cache.load(b"third", pickles["third"], [])() == 2
+
+
 def test_a_cached_function_runs_with_the_values_it_was_sent_with() -> None:
     cache = FunctionCache()
     script = _main_functions("""

@@ -150,7 +150,8 @@ class WorkerRecord:
             del self.latest[number]
         self.latest[function.lineage] = (digest, site)
         live = {kept for number, (kept, _) in self.latest.items() if lineage_alive(number)}
-        dropped = [old for old in set(older.values()) if old not in live and old in self.cached]
+        superseded = set(older.values()) - live
+        dropped = [old for old in self.cached if old in superseded]  # (oldest first)
         for old in dropped:
             self.cached_bytes -= self.cached.pop(old)
         if len(self.latest) > 2 * len(self.cached) + 16:

@@ -132,11 +132,14 @@ class SharedGlobals:
             put = self._put[id(namespace)]
             still = {name for carried in self._carried.values()
                      for other, kept, _, _ in carried if other is namespace for name in kept}
-            for name, value in values.items():
+            for name in values:
                 if name in still or name in self._exports:
                     continue
-                if namespace.get(name, _UNSET) is value is put.get(name, _UNSET):
-                    del namespace[name]  # the master's: it goes (bound here: it stays)
+                current = namespace.get(name, _UNSET)
+                if current is not _UNSET and current is put.get(name, _UNSET):
+                    # The master's (this function's value, or one that another, forgotten
+                    # before, put there): it goes.  Bound here: it stays.
+                    del namespace[name]
                     # (while a worker's own value stays, its master id tells a rebind)
                     self._master_ids[id(namespace)].pop(name, None)
                 put.pop(name, None)
