@@ -7,13 +7,13 @@ asks the busy worker, on its control connection, for the queued chunk back
 (RECLAIM), when nothing else waits for a worker, or when what waits came
 after it -- then the idle worker is kept for the answer, so that it starts
 before them, as from one queue.  (A later chunk already queued on another
-worker may still start first: only ``prefetch=1`` queues none.)  Its watchdog gives
-it back if the main thread has not taken it yet, and the main thread then
-skips it (keeping its function, which the master counts as cached there),
-with a RESULT flagged GIVEN_BACK that delivers nothing; otherwise the chunk
-runs there as sent.  A chunk given back goes first in
-line, to the idle worker.  Exactly one worker runs it either way: the master
-requeues it only on the worker's word that it will not run there.
+worker may still start first: only ``prefetch=1`` queues none.)  Its
+watchdog gives it back if the main thread has not taken it yet, and the main
+thread then skips it (keeping its function, which the master counts as cached
+there), with a RESULT flagged GIVEN_BACK that delivers nothing; otherwise the
+chunk runs there as sent.  A chunk given back goes first in line, to the idle
+worker.  Exactly one worker runs it either way: the master requeues it only
+on the worker's word that it will not run there.
 """
 
 from __future__ import annotations
