@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,19 @@ from helpers import run_script
 from sockpool import Cluster, WorkerLostError
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@contextlib.contextmanager
+def master_lines(script: Path, wait: float = 30) -> Iterator[Callable[[], str]]:
+    """Run ``script`` as a user's master; yield a function that reads its next stdout
+    line as it comes (and wait up to ``wait`` seconds for it to end)."""
+    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              text=True, cwd=script.parent)
+    assert master.stdout is not None
+    try:
+        yield master.stdout.readline
+    finally:
+        master.wait(wait)
 
 
 def test_prints_come_home_in_per_task_blocks_in_input_order(tmp_path: Path) -> None:
@@ -252,14 +267,10 @@ def test_live_relay_streams_whole_lines_with_a_prefix_while_the_task_runs(
         "with Cluster(n=1, relay='live', relay_prefix=True) as cl:\n"
         "    print('result', cl.par_map(slow, [7]), flush=True)\n")
     started = time.monotonic()
-    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert master.stdout is not None
-        assert master.stdout.readline() == "[worker 0] starting 7 now\n"
+    with master_lines(script, wait=20) as readline:
+        assert readline() == "[worker 0] starting 7 now\n"
         assert time.monotonic() - started < 1.9  # before the task ended
-        assert master.stdout.readline() == "result [7]\n"
-    finally:
-        master.wait(20)
+        assert readline() == "result [7]\n"
 
 
 def test_a_worker_that_crashes_still_gets_its_last_output_home(
@@ -483,14 +494,10 @@ def test_live_relay_sends_what_a_tasks_threads_print_while_it_runs(tmp_path: Pat
         f"    return os.path.exists({str(go)!r})\n"
         "with Cluster(n=1, relay='live') as cl:\n"
         "    print('result', cl.par_map(task, [0]), flush=True)\n")
-    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert master.stdout is not None
-        assert master.stdout.readline() == "from a thread\n"
+    with master_lines(script) as readline:
+        assert readline() == "from a thread\n"
         go.touch()  # the task ends once the line is here
-        assert master.stdout.readline() == "result [True]\n"
-    finally:
-        master.wait(30)
+        assert readline() == "result [True]\n"
 
 
 def test_output_reaches_a_strict_utf8_stdout_and_no_stdout_at_all(tmp_path: Path) -> None:
@@ -608,15 +615,10 @@ def test_the_flusher_lives_on_after_a_batch_it_could_not_send(tmp_path: Path) ->
         "with Cluster(n=1, relay='live', serializer='pickle') as cl:\n"
         "    cl.par_map(tasks.bad_warning, [0])\n"
         "    print('result', cl.par_map(tasks.waits_for_go, [0]), flush=True)\n")
-    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                              text=True, cwd=tmp_path)
-    try:
-        assert master.stdout is not None
-        assert master.stdout.readline() == "from a thread\n"
+    with master_lines(script) as readline:
+        assert readline() == "from a thread\n"
         go.touch()
-        assert master.stdout.readline() == "result [True]\n"
-    finally:
-        master.wait(30)
+        assert readline() == "result [True]\n"
 
 
 def print_lines(count: int) -> int:
@@ -657,13 +659,9 @@ def test_live_relay_sends_a_line_within_moments_without_a_flush(tmp_path: Path) 
         "    return x\n"
         "with Cluster(n=1, relay='live') as cl:\n"
         "    print('result', cl.par_map(slow, [7]), flush=True)\n")
-    master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert master.stdout is not None
-        assert master.stdout.readline() == "first 7\n"
+    with master_lines(script, wait=20) as readline:
+        assert readline() == "first 7\n"
         started = time.monotonic()
-        assert master.stdout.readline() == "second 7\n"
+        assert readline() == "second 7\n"
         assert time.monotonic() - started < 2  # not at the task's end
-        assert master.stdout.readline() == "result [7]\n"
-    finally:
-        master.wait(20)
+        assert readline() == "result [7]\n"
