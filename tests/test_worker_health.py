@@ -162,6 +162,28 @@ def test_max_tasks_per_worker_of_one_runs_each_task_of_a_map_in_a_fresh_process(
     assert len(pids) == len(set(pids)) == 12
 
 
+def _where(directory: str) -> tuple[int, str, str | None, bool]:
+    return (os.getpid(), os.getcwd(), os.environ.get("SOCKPOOL_TEST_WHERE"),
+            directory in sys.path)
+
+
+def test_replacement_workers_start_where_the_first_ones_did(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # They took the master's directory, environment and import path as they were at
+    # their own start: after an os.chdir, one map read "data.txt" from two places.
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir(), later.mkdir()
+    monkeypatch.chdir(first)
+    monkeypatch.setenv("SOCKPOOL_TEST_WHERE", "first")
+    with Cluster(n=2, max_tasks_per_worker=1) as cl:
+        monkeypatch.chdir(later)
+        monkeypatch.setenv("SOCKPOOL_TEST_WHERE", "later")
+        monkeypatch.syspath_prepend(str(later))
+        runs = cl.par_map(_where, [str(later)] * 6, chunksize=1)
+    assert len({pid for pid, *_ in runs}) == 6  # each in a process of its own
+    assert {tuple(run[1:]) for run in runs} == {(os.path.realpath(first), "first", False)}
+
+
 def test_run_on_all_while_workers_are_recycled_runs_once_per_worker(tmp_path: Path) -> None:
     # A worker told to stop (its quota done) was still counted live: run_on_all
     # pinned a call to it that no worker would ever run, and hung.

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from ..common.config import WorkerConfig
 from ..common.proc import (
@@ -123,6 +123,12 @@ class LocalWorkerProcess(WorkerProcess):
                 stdin.close()
 
 
+class _StartState(NamedTuple):
+    cwd: str | None
+    environ: dict[str, str]
+    sys_path: tuple[str, ...]
+
+
 class LocalLauncher(Launcher):
     """Start workers as subprocesses on this machine.
 
@@ -141,9 +147,23 @@ class LocalLauncher(Launcher):
         # Started by start_early, waiting for their configuration: (process, log path).
         self._early: collections.deque[tuple[subprocess.Popen[bytes], str]] = collections.deque()
         self._ended: dict[int, int] = {}  # its workers' process groups, when their leaders ended
+        self._start_state: _StartState | None = None
+
+    def _state(self) -> _StartState:
+        """The directory, environment and import path every worker starts with: the
+        master's when the first one started, so that a replacement never differs."""
+        if self._start_state is None:
+            try:
+                cwd: str | None = os.getcwd()
+            except FileNotFoundError:  # removed: a worker starts in it all the same
+                cwd = None
+            self._start_state = _StartState(
+                cwd, {**os.environ, **self.env}, tuple(p for p in sys.path if p))
+        return self._start_state
 
     def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
         self._workdir = workdir
+        self._state()
 
     def command(self) -> list[str]:
         """The command line of a worker (its configuration goes over stdin)."""
@@ -189,7 +209,7 @@ class LocalLauncher(Launcher):
         config = config.replace(
             watch_stdin=True, parent_pid=os.getpid(),
             # The master's import path, so a module next to the script imports here too.
-            sys_path=tuple(p for p in sys.path if p))
+            sys_path=self._state().sys_path)
         handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path,
                                     self._ended)
         assert process.stdin is not None
@@ -210,9 +230,10 @@ class LocalLauncher(Launcher):
                 # The worker's own stdout and stderr (C-level writes included) go to its
                 # log, whose tail errors quote; what tasks print is relayed over zmq.
                 # With the relay off, stdout stays the master's.
+                state = self._state()
                 process = subprocess.Popen(
                     argv, stdin=subprocess.PIPE, stdout=log if relay else None, stderr=log,
-                    env={**os.environ, **self.env},
+                    cwd=state.cwd, env=state.environ,
                     start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
                 )
         except OSError as exc:
@@ -222,6 +243,7 @@ class LocalLauncher(Launcher):
 
     def close(self) -> None:
         ended, self._ended = self._ended, {}  # (a handle still held notes into the old one)
+        self._start_state = None  # a cluster that reuses this launcher starts afresh
         end_lingering(ended)
 
     def describe(self) -> str:
