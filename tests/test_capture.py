@@ -8,6 +8,9 @@ in a fresh interpreter, exactly as a user runs it, so that what lives in
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +214,71 @@ def test_local_module_and_package_travel_by_value_even_when_workers_cannot_impor
     assert result[0] == [[7, "HI!"], [14, "HI!"]]
     assert result[1] == [False, False]  # never imported there: it came by value
     assert set(result[2]) >= {"mymath", "mypkg"}
+
+
+def test_a_relative_import_in_a_function_of_a_package_run_with_python_m_works_there(
+        tmp_path: Path) -> None:
+    # `python -m app.main`: __main__'s __package__ is "app".  A worker's copy of a
+    # function of it had __package__ None, so `from .util import ...` in its body
+    # failed there: "attempted relative import with no known parent package".
+    package = tmp_path / "app"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "util.py").write_text("def inc(x):\n    return x + 1\n")
+    (package / "main.py").write_text(textwrap.dedent("""
+        import json
+        from sockpool import Cluster
+
+        def task(x):
+            from .util import inc
+            return inc(x)
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                print(json.dumps([cl.par_map(task, range(3)),
+                                  cl.submit(lambda: __package__).result()]))
+    """))
+    result = subprocess.run([sys.executable, "-m", "app.main"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == [[1, 2, 3], "app"]
+
+
+def test_instances_of_slotted_classes_of_the_script_and_a_local_module_come_back(
+        tmp_path: Path) -> None:
+    # cloudpickle rebuilt such a class on the worker without its slots, so its
+    # instances had a __dict__ there and failed to load as results in the master:
+    # "'Point' object has no attribute '__dict__'".
+    (tmp_path / "shapes.py").write_text(
+        "class Point:\n    __slots__ = ('x', 'y')\n\n"
+        "    def __init__(self, x, y):\n        self.x, self.y = x, y\n")
+    result = run_json("""
+        import dataclasses, json
+        from shapes import Point
+        from sockpool import Cluster
+
+        class Tagged:
+            __slots__ = "tag"
+
+            def __init__(self, tag):
+                self.tag = tag
+
+        @dataclasses.dataclass(slots=True, frozen=True)
+        class Pair:
+            a: int
+            b: int
+
+        def make(i):
+            return Point(i, -i), Tagged(str(i)), Pair(i, i + 1)
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                point, tagged, pair = cl.par_map(make, range(3))[2]
+            print(json.dumps([type(point) is Point, [point.x, point.y],
+                              type(tagged) is Tagged, tagged.tag, pair == Pair(2, 3),
+                              hasattr(point, "__dict__") or hasattr(tagged, "__dict__")]))
+    """, tmp_path)
+    assert result == [True, [2, -2], True, "2", True, False]
 
 
 def test_what_pip_installed_outside_site_packages_travels_by_reference(

@@ -71,6 +71,7 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
         import cloudpickle
 
         code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+        make_skeleton_class = cloudpickle.cloudpickle._make_skeleton_class
 
         def code_reduce_keeping_filename(code: types.CodeType) -> Any:
             # cloudpickle 3.1.3 ships every code object as "<dynamic-code>"; a
@@ -88,7 +89,13 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
 
             def reducer_override(self, obj: Any) -> Any:
                 reduced = _reduce_special(obj)
-                return super().reducer_override(obj) if reduced is NotImplemented else reduced
+                if reduced is not NotImplemented:
+                    return reduced
+                reduced = super().reducer_override(obj)
+                if (type(reduced) is tuple and reduced[0] is make_skeleton_class
+                        and "__slots__" in vars(obj)):
+                    reduced = _with_slots(reduced, obj.__slots__)
+                return reduced
 
             def _dynamic_function_reduce(self, func: Any) -> Any:
                 reduced = super()._dynamic_function_reduce(func)
@@ -117,6 +124,15 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
         cls = pickle.Pickler
     _picklers[serializer] = cls
     return cls
+
+
+def _with_slots(reduced: tuple[Any, ...], slots: Any) -> tuple[Any, ...]:
+    """cloudpickle's reduction of a class shipped by value, its skeleton made with
+    ``slots``: cloudpickle 3.1 makes it without, so its instances had a ``__dict__``
+    on the worker and failed to load as results where the class has none."""
+    type_constructor, name, bases, type_kwargs, tracker_id, extra = reduced[1]
+    return (reduced[0], (type_constructor, name, bases, {**type_kwargs, "__slots__": slots},
+                         tracker_id, extra), *reduced[2:])
 
 
 def _reduce_special(obj: Any) -> Any:

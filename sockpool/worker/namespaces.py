@@ -176,8 +176,9 @@ class SharedGlobals:
         if type(base) is dict:  # cloudpickle's fresh globals (a bind_to_env namespace is not)
             shared = self._namespace(base.get("__name__"))
             if shared is not None:
-                for key, value in base.items():
-                    shared.setdefault(key, value)  # __package__, __file__
+                for key, value in base.items():  # __package__, __name__, __path__, __file__
+                    if shared.get(key) is None:  # (a new module's __package__ is None)
+                        shared[key] = value
                 base = shared
         from cloudpickle import cloudpickle  # imported already: it wrote the payload
 
