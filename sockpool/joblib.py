@@ -376,10 +376,12 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
                                  for f in functions)
         # Without prefetch a batch goes only to an idle worker.  With it, one may
         # queue behind a short batch (the scheduler's horizon), and is taken back
-        # for a worker that idles meanwhile (dispatch/reclaims.py).
+        # for a worker that idles meanwhile (dispatch/reclaims.py).  Unseeded: joblib
+        # sizes its batches by their timing, so counting them as seeded calls would
+        # change what every later seeded call draws, run to run.
         future, job = calls.submit(function, args, {}, None, None, prefetch=prefetch,
                                    name=name, call_name=call_name,
-                                   standard_first=standard_first)
+                                   standard_first=standard_first, seeded=False)
         return future, job, calls
 
     def retrieve_result_callback(self, out: Future[Any]) -> Any:

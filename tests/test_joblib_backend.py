@@ -13,6 +13,7 @@ import ast
 import contextlib
 import functools
 import os
+import random
 import signal
 import textwrap
 import time
@@ -118,6 +119,26 @@ def test_cross_val_score_gives_the_scores_of_n_jobs_1(shared_cluster: Cluster) -
     with parallel_config(backend="sockpool", cluster=shared_cluster):
         scores = cross_val_score(model, X, y, cv=5, n_jobs=-1)
     assert list(scores) == list(expected)
+
+
+def _uniform(_: int) -> float:
+    return random.random()
+
+
+def test_a_joblib_call_leaves_the_seeded_calls_after_it_as_they_were(
+        shared_cluster: Cluster) -> None:
+    # Its batches, as many as joblib's timing makes, counted as seeded calls: a
+    # seeded map after a joblib call drew other numbers, run to run and plan to plan.
+    try:
+        shared_cluster.set_seed(7)
+        alone = shared_cluster.par_map(_uniform, range(4))
+        shared_cluster.set_seed(7)
+        with parallel_config(backend="sockpool", cluster=shared_cluster):
+            squares = Parallel(n_jobs=2)(delayed(square)(i) for i in range(200))
+        assert squares == [i * i for i in range(200)]
+        assert shared_cluster.par_map(_uniform, range(4)) == alone
+    finally:
+        shared_cluster.set_seed(None)
 
 
 def test_n_jobs_minus_one_is_every_worker_of_the_cluster(shared_cluster: Cluster) -> None:

@@ -158,7 +158,8 @@ class Calls:
     def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
                timeout: float | None, seed: int | None, *, prefetch: bool = True,
                name: str | None = None, call_name: str | None = None,
-               standard_first: bool = True) -> tuple[Future[T], FutureJob]:
+               standard_first: bool = True, seeded: bool = True
+               ) -> tuple[Future[T], FutureJob]:
         """One call on a worker: its future, and its job (to cancel it).
 
         ``prefetch=False`` sends it only to an idle worker, never queued behind
@@ -166,12 +167,13 @@ class Calls:
         ``name``: what a profile calls it, rather than ``fn``'s name; ``call_name``:
         what error messages call it, rather than "the call to fn";
         ``standard_first=False``: its arguments go straight to cloudpickle (see
-        ``codec.dumps``).
+        ``codec.dumps``); ``seeded=False``: not a seeded call, even under a root seed
+        (it takes no call number: joblib's batches, as many as its timing makes).
         """
         future: Future[T] = TaskFuture()
         function = self.packer.function(fn, copy_buffers=True)
         job = FutureJob(function._replace(name=name) if name else function, future,
-                        self.seeds.for_call(seed), timeout)
+                        self.seeds.for_call(seed) if seeded else None, timeout)
         job.prefetch = prefetch
         job.call_name = call_name
         job.keep = self.owner()
