@@ -106,6 +106,9 @@ def test_bad_seeds_are_refused(shared_cluster: Cluster) -> None:
             shared_cluster.par_map(abs, [1], seed=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="seed"):
         Cluster(n=1, seed=-5)
+    # A generator is not a seed; the task's own one is task_rng().
+    with pytest.raises(ValueError, match=r"not Generator\(PCG64\).*sockpool.task_rng\(\)"):
+        shared_cluster.par_map(abs, [1], seed=np.random.default_rng(0))  # type: ignore[arg-type]
 
 
 def test_static_schedule_assigns_contiguous_chunks_round_robin_up_front() -> None:

@@ -38,7 +38,10 @@ def check_seed(seed: object) -> int:
     """Validate a seed: a non-negative integer below 2**128 (a NumPy one too); as an int."""
     number = as_int(seed)
     if number is None or not 0 <= number < MAX_SEED:
-        raise ValueError(f"seed must be a non-negative integer below 2**128, not {seed!r}")
+        hint = ("; a task's own seeded Generator is sockpool.task_rng()"
+                if type(seed).__name__ in ("Generator", "SeedSequence", "RandomState") else "")
+        raise ValueError(
+            f"seed must be a non-negative integer below 2**128, not {seed!r}{hint}")
     return number
 
 
