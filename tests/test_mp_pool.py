@@ -10,6 +10,7 @@ starts.
 from __future__ import annotations
 
 import gc
+import itertools
 import mmap
 import multiprocessing
 import multiprocessing.managers
@@ -584,6 +585,15 @@ def test_imap_runs_a_task_as_soon_as_its_input_is_read(pool: Any, tmp_path: Any,
     assert sorted(results) == ["second", "touched"]
 
 
+def test_close_and_join_before_taking_an_imaps_results_computes_them_all(
+        factory: Any) -> None:
+    pool = factory(2)
+    results = pool.imap(square, range(5000), chunksize=10)
+    pool.close()
+    pool.join()  # sockpool's reader, waiting for its caller past 1 024 results, reads on
+    assert list(results) == [x * x for x in range(5000)]
+
+
 def test_join_while_running_is_refused(pool: Any) -> None:
     with pytest.raises(ValueError, match="Pool is still running"):
         pool.join()
@@ -794,6 +804,27 @@ def test_a_proxy_that_reduces_itself_its_own_way_is_left_to_it() -> None:
     with BoxManager(authkey=b"the box key") as manager, sockpool.Pool(1) as pool:
         box = manager.Box()
         assert pool.apply(operator.methodcaller("get"), (box,)) == 11
+
+
+def test_an_imap_whose_results_are_not_taken_stops_reading_its_input() -> None:
+    # Its reader thread drained the cluster's imap as fast as it could: an endless
+    # input grew the caller's memory by 100 MB a second, also after the caller let
+    # go of the iterator.  (multiprocessing's reads it all too, 20 times slower.)
+    read = [0]
+
+    def endless() -> Iterator[int]:
+        for read[0] in itertools.count():
+            yield read[0]
+
+    with sockpool.Pool(2) as pool:
+        results = pool.imap(abs, endless())
+        assert next(results) == 0
+        deadline, before = time.monotonic() + 30, -1
+        while read[0] != before:  # until it stops, for half a second
+            assert time.monotonic() < deadline, f"still reading: {read[0]} items"
+            before = read[0]
+            time.sleep(0.5)
+        assert [next(results) for _ in range(5000)] == list(range(1, 5001))  # and goes on
 
 
 def test_imap_yields_a_returned_exception_as_a_value() -> None:

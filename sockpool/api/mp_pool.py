@@ -144,6 +144,10 @@ class Pool:
             if self._state != RUN:
                 return
             self._state = CLOSE
+        for item in self._tracker.pending():
+            wake = getattr(item, "_wake", None)
+            if wake is not None:
+                wake()  # an imap's reader waiting for its caller: join waits for it all
         if self._owned:
             drain = functools.partial(self._cluster.shutdown, wait=False)
             self._tracker.on_idle = drain
@@ -330,7 +334,9 @@ class Pool:
              chunksize: int | None = None) -> IMapIterator[T]:
         """Results in input order, as they come; ``next(timeout)`` waits at most that.
 
-        The input is read as workers free up (an endless one works).  Without
+        The input is read as workers free up, at most 1 024 results ahead of your
+        loop (an endless one works; once the pool is closed, every result is
+        computed for ``join``).  Without
         ``chunksize``, chunks grow from 1 (a list of quick tasks: as ``map`` cuts
         it) to about 20 ms of work.  A failed task raises at its place, and
         iterating on continues after it."""
@@ -395,6 +401,7 @@ def _read_imap(results: Iterator[Any], iterator: IMapIterator[Any], tracker: Tra
             iterator._put(value)
             if tracker.terminated.is_set():
                 break
+            iterator._wait_for_room()
     except CaptureError as exc:  # an item that cannot travel
         iterator._finish(_as_multiprocessing_raises(exc))
         return

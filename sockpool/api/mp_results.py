@@ -243,6 +243,13 @@ def _apply_future(result: ApplyResult[Any], future: Future[Any]) -> None:
         result._complete(True, future.result())
 
 
+#: Results an imap holds that its caller has not taken, past which its reader waits
+#: (until half are taken) rather than read more input: an endless input, or a
+#: caller that stopped taking, does not fill memory.  Not once the pool is closed:
+#: ``join`` waits for every result.
+HELD_RESULTS = 1024
+
+
 class IMapIterator(Iterator[T]):
     """Results of ``imap`` in input order (``imap_unordered``: as they finish).
 
@@ -275,6 +282,8 @@ class IMapIterator(Iterator[T]):
             if not self._items:
                 raise StopIteration
             success, value = self._items.popleft()
+            if len(self._items) == HELD_RESULTS // 2:
+                self._cond.notify_all()  # the reader waits for room
         if success:
             return value  # type: ignore[no-any-return]
         raise value
@@ -291,6 +300,18 @@ class IMapIterator(Iterator[T]):
             if not self._done:
                 self._items.append(item)
                 self._cond.notify()
+
+    def _wait_for_room(self) -> None:
+        """Block the reader while :data:`HELD_RESULTS` results wait to be taken."""
+        with self._cond:
+            if len(self._items) >= HELD_RESULTS:
+                self._cond.wait_for(lambda: len(self._items) <= HELD_RESULTS // 2
+                                    or self._done or self._tracker.pool_state != "RUN")
+
+    def _wake(self) -> None:
+        """The pool was closed: a reader waiting for room reads on."""
+        with self._cond:
+            self._cond.notify_all()
 
     def _finish(self, error: BaseException | None = None) -> None:
         """No more results (after ``error``, raised at the next place, if given)."""
