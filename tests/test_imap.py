@@ -122,6 +122,26 @@ def test_a_slow_producers_items_run_as_they_come(shared_cluster: Cluster) -> Non
     assert sorted(late)[len(late) // 2] < 0.3, late
 
 
+def test_a_slow_producers_results_come_out_before_its_next_items_are_read(
+        shared_cluster: Cluster) -> None:
+    # The window filled from the input before any result came out: with an item
+    # every 150 ms, each result reached the loop about five items after it was read
+    # (multiprocessing's imap: at once).  Now a result waits for at most the item
+    # being read as it came (a margin of two here, for a loaded machine).
+    events: list[str] = []
+
+    def slowly() -> Iterator[int]:
+        for i in range(8):
+            time.sleep(0.15)
+            events.append(f"read {i}")
+            yield i
+
+    for result in shared_cluster.imap(abs, slowly(), chunksize=1):
+        events.append(f"got {result}")
+    for i in range(3, 8):
+        assert events.index(f"got {i - 3}") < events.index(f"read {i}"), events
+
+
 def test_a_chunk_runs_before_the_input_after_it_is_read(shared_cluster: Cluster,
                                                        tmp_path: Path) -> None:
     # A producer may wait on its consumer: the first task must run before the

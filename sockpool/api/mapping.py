@@ -36,6 +36,10 @@ SETTLE_SECONDS = 0.5
 #: other workers busy (multiprocessing's imap reads its whole input), and an endless
 #: input behind a stuck task still costs bounded memory.
 BACKLOG_WINDOWS = 8
+#: Reading a chunk's input that took longer than this (a producer that waits for its
+#: items) lets the results that came meanwhile out before the next read: they would
+#: otherwise wait for the window to fill, a few items per worker.
+SLOW_INPUT_SECONDS = 0.005
 
 
 
@@ -179,6 +183,7 @@ def stream_blocks(
         while True:
             room = window - in_flight - max(0, len(waiting) - BACKLOG_WINDOWS * window)
             while room > 0 and not feed.exhausted and refused is None:
+                reading = time.monotonic()
                 chunks = feed.take(room)  # (a feed may hand out fewer than room)
                 if not chunks:
                     break
@@ -190,6 +195,9 @@ def stream_blocks(
                 in_flight += len(chunks)
                 room -= len(chunks)
                 sent += sum(chunk.count for chunk in chunks)
+                if (time.monotonic() - reading > SLOW_INPUT_SECONDS
+                        and (arrived or not job.events.empty())):
+                    break  # a slow input: results that came meanwhile go out before it
             if in_flight == 0 and not waiting and (feed.exhausted or refused is not None):
                 finished = True
                 if refused is not None:
