@@ -9,7 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+from helpers import wait_gone
+
+from sockpool import Cluster
+from sockpool.api import startup
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,6 +103,78 @@ def test_ctrl_c_keeps_what_the_tasks_that_ran_printed(tmp_path: Path) -> None:
         assert out.split("\n") == [
             "start 0", "end 0", "start 1", "end 1", "start 2",
             "start 3", "end 3", "start 4", "end 4", "start 5", "interrupted", ""]
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
+
+
+def test_a_ctrl_c_as_a_cluster_starts_ends_its_workers_though_the_traceback_is_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # It landed after the workers were launched and before the constructor's wait
+    # for them (in the capture's warm-up): they lived on for as long as the
+    # traceback did, which IPython keeps (sys.last_traceback).
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(startup, "warm_up_capture", interrupted)
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    with pytest.raises(KeyboardInterrupt) as caught:
+        Cluster(n=2)
+    started = [child.pid for child in psutil.Process().children(recursive=True)
+               if child.pid not in before]
+    assert caught.traceback  # kept
+    assert wait_gone(started, 0) == []
+
+
+CLEANUP_SCRIPT = """
+import signal, sys, time
+from pathlib import Path
+from sockpool import Cluster
+
+def ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+def nap(directory):
+    Path(directory, "started").touch()
+    try:
+        time.sleep(30)
+    except KeyboardInterrupt:
+        Path(directory, "caught").touch()
+        raise
+
+with Cluster(n=1) as cl:
+    cl.submit(ignore_sigint).result()  # an earlier task left its worker ignoring SIGINT
+    print("ready", flush=True)
+    try:
+        cl.par_map(nap, [sys.argv[1]])
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    print("usable", cl.par_map(abs, [-1]), flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_task_with_a_keyboardinterrupt_its_cleanup_catches(
+        tmp_path: Path) -> None:
+    # The task got sockpool's own BaseException, so `except KeyboardInterrupt:` never
+    # ran (it does in a multiprocessing worker); and a task that had set SIGINT to
+    # SIG_IGN left its worker uninterruptible for every later task.
+    script = tmp_path / "cleanup.py"
+    script.write_text(CLEANUP_SCRIPT)
+    master = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        assert master.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline and master.poll() is None
+            time.sleep(0.01)
+        os.kill(master.pid, signal.SIGINT)
+        out, err = master.communicate(timeout=20)  # the nap alone would take 30 s
+        assert master.returncode == 0, err
+        assert out.split("\n") == ["interrupted", "usable [1]", ""]
+        assert (tmp_path / "caught").exists()
     finally:
         if master.poll() is None:
             master.kill()

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 # Only what a Cluster needs before its local workers start: the engine (zmq, the
 # capture's picklers, the I/O thread) is imported after that (see startup.py).
 from ..capture.binding import lookup
-from ..capture.by_value import warm_up as warm_up_capture
 from ..capture.limits import DEFAULT_MAX_CAPTURE_SIZE
 from ..common.config import DEFAULT_MAX_FRAME_BYTES
 from ..errors import ClusterClosedError
@@ -171,7 +170,6 @@ class Cluster(concurrent.futures.Executor):
         self._finalizer = watch(self, self._dispatcher,
                                 f"sockpool.Cluster ({launcher.describe()}, {n_workers} "
                                 f"worker{'s' * (n_workers != 1)})")
-        warm_up_capture()  # the first map's capture needs it; workers are starting meanwhile
         self._starting: tuple[int, float, int | None] | None = (
             wait_for, options["connect_timeout"], min_workers)
         if may_block():  # else `async with` waits, without blocking the event loop

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..capture.by_value import warm_up as warm_up_capture
 from ..common.protocol import Flag
 from ..common.workdir import private_directory, sweep_orphans_in_background
 from ..launchers import Launcher
@@ -68,8 +69,13 @@ def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any]
         shutil.rmtree(workdir, ignore_errors=True)
         release(launcher)
         raise
-    sweep_orphans_in_background()  # what masters killed before this one left
-    return Calls(dispatcher, packer, seeds, weakref.ref(owner))
+    try:  # (a Ctrl-C now too: the workers must not wait for the garbage collector)
+        sweep_orphans_in_background()  # what masters killed before this one left
+        warm_up_capture()  # the first map's capture needs it; workers start meanwhile
+        return Calls(dispatcher, packer, seeds, weakref.ref(owner))
+    except BaseException:
+        dispatcher.close(cancel=True, wait=True)
+        raise
 
 
 def _pack_setup(setup: Callable[[], Any], serializer: str, max_capture_size: int | None

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.modules["__main__"] = functions.main_module
     if runner.relay is not None:
         runner.relay.install()
-    signal.signal(signal.SIGINT, state.on_sigint)
+    state.keep_interruptible()
     threading.Thread(target=watchdog.run, args=(hello,), name="sockpool-watchdog",
                      daemon=True).start()
     loop.serve(hello)

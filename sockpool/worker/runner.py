@@ -178,6 +178,7 @@ class ChunkRunner:
 
         # The watchdog's SIGINT may land anywhere from start_chunk until end_chunk
         # is through, so all of that is inside the handler of Interrupted.
+        self.state.keep_interruptible()
         try:
             if not self.state.start_chunk(head.job):  # cancelled already, or stopping
                 return self._result(head, Flag.CANCELLED, [], [])
@@ -232,6 +233,8 @@ class ChunkRunner:
         total = len(items)
         size = 1
         while (start := len(values)) < total:
+            if self.state.interrupting():  # a task caught its KeyboardInterrupt: the rest go
+                raise Interrupted
             careful = skip + start < self._careful_until  # (see protocol.task_frame)
             end = start + 1 if careful else min(total, start + size)
             if progress is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import signal
 import threading
 import types
 from collections.abc import Iterator
@@ -37,8 +38,10 @@ from ..common.protocol import RECLAIM_MEMORY
 CANCELLED_MEMORY = 1024
 
 
-class Interrupted(BaseException):
-    """Raised in a running task when its job is cancelled or the worker stops."""
+class Interrupted(KeyboardInterrupt):
+    """Raised in a running task when its job is cancelled or the worker stops: a
+    ``KeyboardInterrupt``, so that a task's ``except KeyboardInterrupt:`` cleanup
+    runs, as it does in a ``multiprocessing`` worker on Ctrl-C."""
 
 
 class WorkerPhase(enum.Enum):
@@ -116,15 +119,22 @@ class WorkerState:
             else:
                 self.now = _IDLE
 
+    def keep_interruptible(self) -> None:
+        """Handle SIGINT with :meth:`on_sigint` (main thread), again where a task put
+        another handler (``SIG_IGN`` left every later task there uninterruptible)."""
+        if signal.getsignal(signal.SIGINT) != self.on_sigint:
+            signal.signal(signal.SIGINT, self.on_sigint)
+
     def on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
         """SIGINT from the watchdog interrupts a cancelled or stopped chunk; otherwise ignored."""
-        if self._interrupting():
+        if self.interrupting():
             if self._holding:
                 self._held = True
                 return
             raise Interrupted
 
-    def _interrupting(self) -> bool:
+    def interrupting(self) -> bool:
+        """Whether the running chunk is to be interrupted (cancelled, or the worker stops)."""
         phase, job = self.now
         return phase is WorkerPhase.CANCELLING or (phase is WorkerPhase.STOPPING
                                                    and job is not None)
@@ -144,7 +154,7 @@ class WorkerState:
             self._holding = False
             if self._held:
                 self._held = False
-                if self._interrupting():
+                if self.interrupting():
                     raise Interrupted  # (in place of the send's own error, if it failed)
 
     # -- the watchdog thread (shutdown: either thread) ------------------------------------
