@@ -253,7 +253,7 @@ def test_instances_of_slotted_classes_of_the_script_and_a_local_module_come_back
         "class Point:\n    __slots__ = ('x', 'y')\n\n"
         "    def __init__(self, x, y):\n        self.x, self.y = x, y\n")
     result = run_json("""
-        import dataclasses, json
+        import dataclasses, json, typing
         from shapes import Point
         from sockpool import Cluster
 
@@ -268,17 +268,22 @@ def test_instances_of_slotted_classes_of_the_script_and_a_local_module_come_back
             a: int
             b: int
 
+        class Span(typing.NamedTuple):  # __slots__ = (): its metaclass refuses them
+            start: int
+            stop: int
+
         def make(i):
-            return Point(i, -i), Tagged(str(i)), Pair(i, i + 1)
+            return Point(i, -i), Tagged(str(i)), Pair(i, i + 1), Span(i, i + 2)
 
         if __name__ == "__main__":
             with Cluster(n=2) as cl:
-                point, tagged, pair = cl.par_map(make, range(3))[2]
+                point, tagged, pair, span = cl.par_map(make, range(3))[2]
             print(json.dumps([type(point) is Point, [point.x, point.y],
                               type(tagged) is Tagged, tagged.tag, pair == Pair(2, 3),
-                              hasattr(point, "__dict__") or hasattr(tagged, "__dict__")]))
+                              hasattr(point, "__dict__") or hasattr(tagged, "__dict__"),
+                              type(span) is Span and span == (2, 4)]))
     """, tmp_path)
-    assert result == [True, [2, -2], True, "2", True, False]
+    assert result == [True, [2, -2], True, "2", True, False, True]
 
 
 def test_what_pip_installed_outside_site_packages_travels_by_reference(
