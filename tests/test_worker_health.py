@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from sockpool import Cluster, ClusterClosedError, LaunchError, NoWorkersLeftError, WorkerLostError
+from sockpool import (
+    Cluster,
+    ClusterClosedError,
+    LaunchError,
+    NoWorkersLeftError,
+    SSHLauncher,
+    WorkerLostError,
+)
 from sockpool.common import proc
 from sockpool.common.proc import explain_kill, format_bytes
 
@@ -182,6 +189,58 @@ def test_replacement_workers_start_where_the_first_ones_did(
         runs = cl.par_map(_where, [str(later)] * 6, chunksize=1)
     assert len({pid for pid, *_ in runs}) == 6  # each in a process of its own
     assert {tuple(run[1:]) for run in runs} == {(os.path.realpath(first), "first", False)}
+
+
+def test_a_recycled_worker_whose_replacement_cannot_start_fails_the_map_not_hangs(
+        tmp_path: Path) -> None:
+    # Its replacement's launch failed (the interpreter gone), nothing else was alive,
+    # and nothing noticed: the map waited for ever.
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    with Cluster(n=1, max_tasks_per_worker=1, python=str(python)) as cl:
+        assert cl.par_map(abs, [-1]) == [1]
+        python.unlink()
+        with pytest.raises(NoWorkersLeftError, match="replacements failed to start") as caught:
+            cl.par_map(abs, range(3), chunksize=1)
+    assert isinstance(caught.value.__cause__, LaunchError)
+    assert "could not start a local worker" in str(caught.value.__cause__)
+
+
+def test_replacements_start_though_the_directory_the_cluster_started_in_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (A TemporaryDirectory the script worked in, say.)  They start in the master's.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    with Cluster(n=1, max_tasks_per_worker=1) as cl:
+        assert cl.par_map(abs, [-1]) == [1]
+        monkeypatch.chdir(tmp_path)
+        gone.rmdir()
+        # (The replacement started before the removal lives in a directory gone.)
+        assert cl.par_map(_cwd_if_any, range(3), chunksize=1)[1:] == [
+            os.path.realpath(tmp_path)] * 2
+
+
+def _cwd_if_any(_: int) -> str | None:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return None
+
+
+def test_an_ssh_launcher_reused_starts_its_local_workers_where_its_new_cluster_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its inner local launcher was never closed: the second cluster's "localhost"
+    # workers started in the first one's directory and environment.
+    launcher = SSHLauncher(["localhost"])
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        monkeypatch.setenv("SOCKPOOL_TEST_WHERE", name)
+        with Cluster(launcher=launcher) as cl:
+            assert cl.par_map(_where, [""])[0][1:3] == (
+                os.path.realpath(tmp_path / name), name)
 
 
 def test_run_on_all_while_workers_are_recycled_runs_once_per_worker(tmp_path: Path) -> None:

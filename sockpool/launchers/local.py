@@ -155,7 +155,7 @@ class LocalLauncher(Launcher):
         if self._start_state is None:
             try:
                 cwd: str | None = os.getcwd()
-            except FileNotFoundError:  # removed: a worker starts in it all the same
+            except OSError:  # removed, say: a worker starts in it all the same
                 cwd = None
             self._start_state = _StartState(
                 cwd, {**os.environ, **self.env}, tuple(p for p in sys.path if p))
@@ -170,6 +170,7 @@ class LocalLauncher(Launcher):
         return [self.python, "-m", "sockpool.worker"]
 
     def start_early(self, count: int, workdir: str, *, relay: bool) -> None:
+        self._start_state = None  # a new cluster: not what a start that failed took
         # A worker's parent-death signal follows the *thread* that started it
         # (prctl(2)): only the main thread surely outlives the cluster.  From
         # another thread, spawn() starts them on the I/O thread, which does.
@@ -231,9 +232,11 @@ class LocalLauncher(Launcher):
                 # log, whose tail errors quote; what tasks print is relayed over zmq.
                 # With the relay off, stdout stays the master's.
                 state = self._state()
+                # (A directory since removed: the master's own, as a worker would have.)
+                cwd = state.cwd if state.cwd is not None and os.path.isdir(state.cwd) else None
                 process = subprocess.Popen(
                     argv, stdin=subprocess.PIPE, stdout=log if relay else None, stderr=log,
-                    cwd=state.cwd, env=state.environ,
+                    cwd=cwd, env=state.environ,
                     start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
                 )
         except OSError as exc:

@@ -244,6 +244,7 @@ class SSHLauncher(Launcher):
             closer.start()
         for closer in closers:
             closer.join()
+        self._local.close()  # its local workers' process groups; its start state
         # The next cluster on this launcher starts afresh: its own sessions and addresses.
         self.sessions.clear()
         self.slots = [(host, None) for host, _ in self.slots]
