@@ -272,18 +272,28 @@ def test_instances_of_slotted_classes_of_the_script_and_a_local_module_come_back
             start: int
             stop: int
 
+        class HasX(typing.Protocol):  # a metaclass of its own
+            __slots__ = ()
+
+        class Impl(HasX):
+            __slots__ = ("x",)
+
+            def __init__(self, x):
+                self.x = x
+
         def make(i):
-            return Point(i, -i), Tagged(str(i)), Pair(i, i + 1), Span(i, i + 2)
+            return Point(i, -i), Tagged(str(i)), Pair(i, i + 1), Span(i, i + 2), Impl(i)
 
         if __name__ == "__main__":
             with Cluster(n=2) as cl:
-                point, tagged, pair, span = cl.par_map(make, range(3))[2]
+                point, tagged, pair, span, impl = cl.par_map(make, range(3))[2]
             print(json.dumps([type(point) is Point, [point.x, point.y],
                               type(tagged) is Tagged, tagged.tag, pair == Pair(2, 3),
                               hasattr(point, "__dict__") or hasattr(tagged, "__dict__"),
-                              type(span) is Span and span == (2, 4)]))
+                              type(span) is Span and span == (2, 4),
+                              type(impl) is Impl and impl.x]))
     """, tmp_path)
-    assert result == [True, [2, -2], True, "2", True, False, True]
+    assert result == [True, [2, -2], True, "2", True, False, True, 2]
 
 
 def test_what_pip_installed_outside_site_packages_travels_by_reference(

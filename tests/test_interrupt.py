@@ -179,3 +179,52 @@ def test_ctrl_c_interrupts_a_task_with_a_keyboardinterrupt_its_cleanup_catches(
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+SWALLOW_SCRIPT = """
+import sys, time
+from pathlib import Path
+from sockpool import Cluster
+
+def task(i, directory):
+    Path(directory, f"started-{i}").touch()
+    try:
+        time.sleep(10)
+    except KeyboardInterrupt:
+        return "partial"
+
+with Cluster(n=1, seed={seed}) as cl:
+    print("ready", flush=True)
+    try:
+        cl.par_map(task, range(4), [sys.argv[1]] * 4, chunksize=4)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    print("usable", cl.par_map(abs, [-1]), flush=True)
+"""
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_a_task_that_catches_its_interrupt_and_returns_ends_its_chunk(
+        tmp_path: Path, seed: int | None) -> None:
+    # Its chunk went on with the next task (a seeded map's did, as its tasks run
+    # one by one): 10 s each, where the chunk was cancelled.
+    script = tmp_path / "swallow.py"
+    script.write_text(SWALLOW_SCRIPT.replace("{seed}", repr(seed)))
+    master = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout is not None
+        assert master.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "started-0").exists():
+            assert time.monotonic() < deadline and master.poll() is None
+            time.sleep(0.01)
+        os.kill(master.pid, signal.SIGINT)
+        out, err = master.communicate(timeout=9)  # task 1 alone would take 10 s
+        assert master.returncode == 0, err
+        assert out.split("\n") == ["interrupted", "usable [1]", ""]
+        assert sorted(path.name for path in tmp_path.glob("started-*")) == ["started-0"]
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()

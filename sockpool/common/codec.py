@@ -14,7 +14,6 @@ by-value check, function payloads and their digests) is in ``sockpool.capture``.
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import copyreg
 import functools
@@ -94,7 +93,7 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
                     return reduced
                 reduced = super().reducer_override(obj)
                 if (type(reduced) is tuple and reduced[0] is make_skeleton_class
-                        and type(obj) in (type, abc.ABCMeta) and vars(obj).get("__slots__")):
+                        and vars(obj).get("__slots__")):
                     reduced = _with_slots(reduced, obj.__slots__)
                 return reduced
 
@@ -130,8 +129,8 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
 def _with_slots(reduced: tuple[Any, ...], slots: Any) -> tuple[Any, ...]:
     """cloudpickle's reduction of a class shipped by value, its skeleton made with
     ``slots``: cloudpickle 3.1 makes it without, so its instances had a ``__dict__``
-    on the worker and failed to load as results where the class has none.  (Only
-    for the plain metaclasses: ``NamedTuple``'s refuses ``__slots__`` in the body.)"""
+    on the worker and failed to load as results where the class has none.  (Not for
+    empty ones: a ``NamedTuple``'s ``()``, which its metaclass refuses in the body.)"""
     type_constructor, name, bases, type_kwargs, tracker_id, extra = reduced[1]
     return (reduced[0], (type_constructor, name, bases, {**type_kwargs, "__slots__": slots},
                          tracker_id, extra), *reduced[2:])

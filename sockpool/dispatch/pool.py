@@ -230,7 +230,8 @@ class WorkerPool:
                     self._forget(record, WorkerState.STOPPED)
                     if record.retired_at is not None and self.lifecycle.wants_workers:
                         self._top_up()  # a host's slot it held is free for its replacement
-                        if not any(other.alive for other in self.workers.values()):
+                        if (self._failed_replacements  # (not "nowhere to start one")
+                                and not any(other.alive for other in self.workers.values())):
                             self._replace(f"worker {record.id} retired", "",  # none started
                                           self.startup_errors[-1] if self.startup_errors else None)
                 elif now - record.exited_at >= EXIT_GRACE:

@@ -330,6 +330,8 @@ class ChunkRunner:
         progress, chunk, skip = self.progress, self._chunk_id(), task.skip
         try:
             for offset, item in enumerate(calls):
+                if self.state.interrupting():  # (see _run_map)
+                    raise Interrupted
                 self._keep(values, errors)
                 if progress is not None:
                     progress.mark(chunk, skip + offset, skip + offset + 1)
