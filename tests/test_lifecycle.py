@@ -354,7 +354,7 @@ def test_a_worker_given_up_on_as_the_caller_stops_waiting_is_still_named(
     monkeypatch.setattr(LocalWorkerProcess, "stderr_tail", slow_on_the_io_thread)
     # The caller starts waiting late (a loaded machine), so that its deadline falls
     # after the I/O thread's, while the I/O thread is giving the worker up.
-    monkeypatch.setattr(sockpool.api.cluster, "warm_up_capture", lambda: time.sleep(0.5))
+    monkeypatch.setattr(sockpool.api.startup, "warm_up_capture", lambda: time.sleep(0.5))
     fake = tmp_path / "fake-python"
     fake.write_text("#!/bin/sh\necho starting up >&2\nexec sleep 60\n")
     fake.chmod(0o755)
