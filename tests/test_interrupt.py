@@ -154,31 +154,39 @@ with Cluster(n=1) as cl:
 """
 
 
-def test_ctrl_c_interrupts_a_task_with_a_keyboardinterrupt_its_cleanup_catches(
-        tmp_path: Path) -> None:
-    # The task got sockpool's own BaseException, so `except KeyboardInterrupt:` never
-    # ran (it does in a multiprocessing worker); and a task that had set SIGINT to
-    # SIG_IGN left its worker uninterruptible for every later task.
-    script = tmp_path / "cleanup.py"
-    script.write_text(CLEANUP_SCRIPT)
-    master = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
+def _ctrl_c_once_started(source: str, directory: Path, started: str, timeout: float) -> str:
+    """Run ``source`` (given ``directory``); Ctrl-C it once its task made the file
+    ``started`` there; its output, once it has exited well within ``timeout`` s."""
+    script = directory / "interrupted.py"
+    script.write_text(source)
+    master = subprocess.Popen([sys.executable, str(script), str(directory)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert master.stdout is not None
         assert master.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 20
-        while not (tmp_path / "started").exists():
+        while not (directory / started).exists():
             assert time.monotonic() < deadline and master.poll() is None
             time.sleep(0.01)
         os.kill(master.pid, signal.SIGINT)
-        out, err = master.communicate(timeout=20)  # the nap alone would take 30 s
+        out, err = master.communicate(timeout=timeout)
         assert master.returncode == 0, err
-        assert out.split("\n") == ["interrupted", "usable [1]", ""]
-        assert (tmp_path / "caught").exists()
+        return out
     finally:
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+def test_ctrl_c_interrupts_a_task_with_a_keyboardinterrupt_its_cleanup_catches(
+        tmp_path: Path) -> None:
+    # The task got sockpool's own BaseException, so `except KeyboardInterrupt:` never
+    # ran (it does in a multiprocessing worker); and a task that had set SIGINT to
+    # SIG_IGN left its worker uninterruptible for every later task.
+    out = _ctrl_c_once_started(CLEANUP_SCRIPT, tmp_path, "started",
+                               timeout=20)  # the nap alone would take 30 s
+    assert out.split("\n") == ["interrupted", "usable [1]", ""]
+    assert (tmp_path / "caught").exists()
 
 
 SWALLOW_SCRIPT = """
@@ -208,23 +216,7 @@ def test_a_task_that_catches_its_interrupt_and_returns_ends_its_chunk(
         tmp_path: Path, seed: int | None) -> None:
     # Its chunk went on with the next task (a seeded map's did, as its tasks run
     # one by one): 10 s each, where the chunk was cancelled.
-    script = tmp_path / "swallow.py"
-    script.write_text(SWALLOW_SCRIPT.replace("{seed}", repr(seed)))
-    master = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert master.stdout is not None
-        assert master.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 20
-        while not (tmp_path / "started-0").exists():
-            assert time.monotonic() < deadline and master.poll() is None
-            time.sleep(0.01)
-        os.kill(master.pid, signal.SIGINT)
-        out, err = master.communicate(timeout=9)  # task 1 alone would take 10 s
-        assert master.returncode == 0, err
-        assert out.split("\n") == ["interrupted", "usable [1]", ""]
-        assert sorted(path.name for path in tmp_path.glob("started-*")) == ["started-0"]
-    finally:
-        if master.poll() is None:
-            master.kill()
-            master.wait()
+    out = _ctrl_c_once_started(SWALLOW_SCRIPT.replace("{seed}", repr(seed)), tmp_path,
+                               "started-0", timeout=9)  # task 1 alone would take 10 s
+    assert out.split("\n") == ["interrupted", "usable [1]", ""]
+    assert sorted(path.name for path in tmp_path.glob("started-*")) == ["started-0"]
