@@ -412,27 +412,6 @@ def test_cutting_a_hosts_network_mid_map(namespace_hosts: Testbed) -> None:
         namespace_hosts.set_link(1, up=True)
 
 
-def _hold_the_gil(seconds: float) -> float:
-    """C code that keeps the GIL (a PyDLL call does not release it), as a huge
-    ``json.loads`` or ``sum(range(10**9))`` does."""
-    import ctypes
-
-    ctypes.PyDLL(None).usleep(int(seconds * 1e6))
-    return seconds
-
-
-def test_a_task_holding_the_gil_past_the_heartbeat_timeout_is_not_taken_for_lost(
-        testbed: Testbed) -> None:
-    # Its worker's heartbeat thread cannot run: the worker was written off (its task
-    # failed, or ran twice with retries=) though it ran on.  Its host's agent, another
-    # process, vouches for it while it holds work.
-    with Cluster(hosts=["node1"], python=PYTHON, heartbeat_interval=0.2,
-                 heartbeat_timeout=1.0) as cl:
-        assert cl.submit(_hold_the_gil, 3.0).result(timeout=30) == 3.0
-        assert cl.par_map(_hold_the_gil, [2.0, 0.0]) == [2.0, 0.0]
-        assert [w.id for w in cl.workers] == [0]  # never replaced
-
-
 # -- clear errors, per host, and nothing left running --------------------------------------
 
 

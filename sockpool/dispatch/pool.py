@@ -248,10 +248,9 @@ class WorkerPool:
                 record.process.kill()
                 self.lost(record, f"did not connect within {self.connect_timeout:g} s")
             elif (not self.launcher.watches_processes and record.state is WorkerState.READY
-                  and now - (heard := record.last_sign(bool(self.scheduler.load(record.id))))
-                  > self.heartbeat_timeout):
+                  and now - record.last_heard > self.heartbeat_timeout):
                 record.process.kill()
-                self.lost(record, f"silent for {now - heard:.1f} s (heartbeat lost)")
+                self.lost(record, f"silent for {now - record.last_heard:.1f} s (heartbeat lost)")
             elif (deadline := self._deadline(record)) is not None:
                 if now >= deadline:
                     record.timed_out = next(iter(self.scheduler.in_flight[record.id].values()))

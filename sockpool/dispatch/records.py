@@ -177,12 +177,6 @@ class WorkerRecord:
             self.resident_bytes = reply.resident_bytes if reply.resident_bytes >= 0 else None
             self.cpu_seconds = reply.cpu_seconds
 
-    def last_sign(self, busy: bool) -> float:
-        """When the worker was last heard; or, ``busy`` (it holds chunks), when its host's
-        agent last vouched for it, if later: its task may hold the GIL for long."""
-        vouched = self.process.vouched_at() if busy else None
-        return self.last_heard if vouched is None else max(self.last_heard, vouched)
-
     def usage(self) -> WorkerUsage:
         """Its tasks done, CPU seconds and resident bytes, as read or last reported."""
         if self.process.same_host:

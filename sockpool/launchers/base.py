@@ -80,12 +80,6 @@ class WorkerProcess(abc.ABC):
         """How the process ended, in words."""
         return describe_exit(self.poll())
 
-    def vouched_at(self) -> float | None:
-        """When something beside the worker itself (its host's agent) last said that it
-        runs (``time.monotonic()``), or None.  A task holding the GIL in C code keeps
-        a worker from answering heartbeats, not its agent."""
-        return None
-
     def progress_report(self) -> tuple[bytes, bytes] | None:
         """What the worker's host read of its progress page and result log once it
         ended: ``(page words, log)``; None where the master reads them itself (a

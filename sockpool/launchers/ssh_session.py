@@ -200,10 +200,6 @@ class SSHWorkerProcess(WorkerProcess):
     def progress_report(self) -> tuple[bytes, bytes] | None:
         return self.session.progress.get(self.worker_id)
 
-    def vouched_at(self) -> float | None:
-        # The agent reports every heartbeat interval, and each of its workers' exits.
-        return self.session.last_report if self.poll() is None else None
-
     def terminate(self) -> None:
         self._signal(15)
 
