@@ -570,3 +570,23 @@ def test_a_worker_kept_off_shared_memory_still_gets_and_sends_large_arrays(
     for _, total, doubled in seen:
         assert total == pytest.approx(float(data.sum()))
         np.testing.assert_array_equal(doubled, data * 2)
+
+
+def test_a_login_chatter_line_that_reads_as_json_does_not_end_the_hosts_reports(
+        tmp_path: Path) -> None:
+    # A shell startup file printing "2024" (valid JSON, not an object) raised in the
+    # session's reader thread, which ended: the host then counted as silent.
+    from sockpool.launchers.ssh_session import HostSession
+
+    agent = "echo 2024; echo '[1]'; echo '{\"hello\": {\"problems\": []}}'; cat > /dev/null"
+    session = HostSession(SSHHost("node9"), ["sh", "-c", agent], b"",
+                          str(tmp_path / "ssh.log"), heartbeat_interval=1.0)
+    try:
+        deadline = time.monotonic() + 10
+        while session.hello is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert session.hello == {"problems": []}
+        assert session.healthy
+    finally:
+        session.close(grace=5.0)
+    assert session.finished

@@ -80,6 +80,8 @@ class HostSession:
                 event = json.loads(line)
             except ValueError:
                 continue  # a login banner or a shell's chatter
+            if not isinstance(event, dict):
+                continue  # chatter that happens to read as JSON: "2024", say
             self.last_report = time.monotonic()
             if "hello" in event:
                 self.hello = event["hello"]
