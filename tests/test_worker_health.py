@@ -203,8 +203,9 @@ def test_a_recycled_worker_whose_replacement_cannot_start_fails_the_map_not_hang
         python.unlink()
         with pytest.raises(NoWorkersLeftError, match="replacements failed to start") as caught:
             cl.par_map(abs, range(3), chunksize=1)
+    # (The replacement for the first map's worker may have started before the unlink,
+    # and failed as its interpreter went: either way a LaunchError.)
     assert isinstance(caught.value.__cause__, LaunchError)
-    assert "could not start a local worker" in str(caught.value.__cause__)
 
 
 def test_replacements_start_though_the_directory_the_cluster_started_in_is_gone(
