@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from ..common import codec
 from ..common.codec import Frames
-from ..common.digest import function_digest
+from ..common.digest import buffer_digest, function_digest
 from ..common.naming import function_name
 from .by_value import names_by_value_module
 from .lineage import Pin, definition_site, lineage
@@ -44,6 +44,9 @@ class FunctionPayload(NamedTuple):
     site: int = 0
     #: With a lineage: a use of it, which a job holding this payload keeps alive.
     pin: Pin | None = None
+    #: Each large buffer's own digest, by which a worker that holds it is sent the
+    #: digest in its place (see ``WorkerRecord.function_frames``).
+    buffer_digests: tuple[bytes, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -80,5 +83,7 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
         return FunctionPayload(inband, buffers, function_digest(inband, buffers),
                                function_name(obj)), False
     number = lineage(obj)
-    return FunctionPayload(inband, buffers, function_digest(inband, buffers), function_name(obj),
-                           number, definition_site(obj), Pin(number) if number else None), False
+    digests = tuple(buffer_digest(buffer) for buffer in buffers)
+    return FunctionPayload(inband, buffers, function_digest(inband, buffers, digests),
+                           function_name(obj), number, definition_site(obj),
+                           Pin(number) if number else None, digests), False

@@ -1,29 +1,44 @@
-"""The digest that names a task function's payload in the workers' caches.
+"""The digests that name a task function's payload, and its large buffers, in the
+workers' caches.
 
-Both sides compute it: the master when it pickles the function, a worker over
+Both sides compute them: the master when it pickles the function, a worker over
 the bytes it received, so that a large captured buffer changed in place while
 its payload waited to be sent is never cached under the digest of its old
-content (see ``worker/runner.py``).
+content (see ``worker/runner.py``).  A worker keeps a function's large buffers
+by their own digest, so that another function carrying the same data (a sweep's
+next ``lambda fold: fit(X, alpha, fold)``) is sent with their digests alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from xxhash import xxh3_128_digest
 
+#: The bytes of one buffer's digest, which a TASK sends in its place when the
+#: worker holds it (out-of-band buffers are never this small: ``codec.OOB_THRESHOLD``).
+BUFFER_DIGEST_BYTES = 16
 
-def function_digest(inband: bytes | memoryview, buffers: list[Any]) -> bytes:
-    """blake2b of the pickle, extended by length and XXH3-128 of each large buffer.
 
-    A cryptographic hash of 50 MB of captured data costs more than many maps;
-    XXH3 reads it at memory speed (about 30 GB/s) and is enough to tell a buffer
-    changed in place since the last call from one that did not.
+def buffer_digest(buffer: Any) -> bytes:
+    """XXH3-128 of a buffer's bytes: it reads memory at about 30 GB/s, and is enough
+    to tell a buffer changed in place since the last call from one that did not."""
+    return xxh3_128_digest(memoryview(buffer).cast("B"))
+
+
+def function_digest(inband: bytes | memoryview, buffers: Sequence[Any],
+                    buffer_digests: Sequence[bytes] | None = None) -> bytes:
+    """blake2b of the pickle, extended by length and digest of each large buffer
+    (``buffer_digests``: those digests, when already known).
+
+    A cryptographic hash of 50 MB of captured data costs more than many maps.
     """
+    if buffer_digests is None:
+        buffer_digests = [buffer_digest(buffer) for buffer in buffers]
     hasher = hashlib.blake2b(inband, digest_size=16)
-    for buffer in buffers:
-        view = memoryview(buffer).cast("B")
-        hasher.update(view.nbytes.to_bytes(8, "little"))
-        hasher.update(xxh3_128_digest(view))
+    for buffer, digest in zip(buffers, buffer_digests, strict=True):
+        hasher.update(memoryview(buffer).nbytes.to_bytes(8, "little"))
+        hasher.update(digest)
     return hasher.digest()

@@ -27,7 +27,8 @@ TASK          m -> w     task meta (digest, first task index, function length an
                          buffer count, seed, RESULTs received from this worker,
                          tasks of the chunk to skip), function pickle (empty when
                          the worker has it cached), arguments pickle; then the
-                         function's buffers, then the arguments' buffers
+                         function's buffers (each the 16-byte digest of one the
+                         worker holds, or the buffer), then the arguments' buffers
 RESULT        w -> m     [task times, when flagged PROFILE] outcome pickle: (values,
                          errors, seconds, relay batch)
 ACK           m -> w     (empty; ``ident``: RESULTs received from this worker)
@@ -155,6 +156,9 @@ class Flag:
     #: RECLAIM (w -> m): the chunk will not run here; the master sends it elsewhere.
     #: RESULT: the chunk was skipped as given back (its copy sent elsewhere delivers).
     GIVEN_BACK = 1024
+    #: RESULT: nothing ran: the TASK named by digest a function buffer the worker
+    #: did not hold as named (see ``dispatch/function_mirror.py``); it is sent again.
+    MISSING_BUFFERS = 2048
 
 
 _KINDS = {kind.value: kind for kind in Kind}

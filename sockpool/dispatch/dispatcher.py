@@ -32,6 +32,7 @@ from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
 from . import output as relay
 from .admission import Admission
+from .function_mirror import forget_message
 from .jobs import Chunk, HeldResults, Job
 from .lifecycle import ClusterState, Lifecycle
 from .mailbox import Mailbox
@@ -40,13 +41,12 @@ from .profiling import Profiler, Recording
 from .reclaims import Reclaims
 from .records import WorkerInfo, WorkerRecord, WorkerState, WorkerUsage, snapshot
 from .scheduler import Scheduler
+from .settling import write_off_everything
 from .sharing import SharedTransfers
 from .transport import MasterSocket
 
 logger = logging.getLogger("sockpool")
 
-#: Bytes of function payloads a worker may cache before the oldest are dropped.
-FUNCTION_CACHE_BYTES = 512 * 1024 * 1024
 #: Messages read per loop turn before commands get a look-in again.
 RECV_BATCH = 512
 
@@ -275,21 +275,9 @@ class Dispatcher:
         if self.lifecycle.state is not ClusterState.STOPPING:
             return False  # broken: nothing to run until the user closes it
         if self.pool.stop_started is None:
-            self._write_off_everything()
+            write_off_everything(self.scheduler)  # begin_stop then sends them SHUTDOWN
             self.pool.begin_stop(now)
         return self.pool.stop_step(now)
-
-    def _write_off_everything(self) -> None:
-        """Closing without finishing: cancel what waits (fail a map's), fail what runs."""
-        for chunk in self.scheduler.drain():
-            if not chunk.job.cancel_waiting(chunk):
-                chunk.job.fail(chunk, ClusterClosedError(
-                    "the cluster was closed before this task ran"))
-        for worker_id in self.scheduler.workers:  # begin_stop then sends them SHUTDOWN
-            for chunk in self.scheduler.remove_worker(worker_id)[0]:
-                chunk.output = relay.lines_ended(chunk.output)  # a task cut short, a line too
-                chunk.job.fail(chunk, ClusterClosedError(
-                    "the cluster was closed while this task was on its worker"))
 
     def _teardown(self) -> None:
         self._held.release()
@@ -373,6 +361,8 @@ class Dispatcher:
         if record.setup_chunk is not None and head.ident == record.setup_chunk.id:
             self.admission.setup_result(record, payload)
             return
+        for forget in record.functions.forget_buffers(head.flags & Flag.MISSING_BUFFERS):
+            self.master.send(record.data_identity, forget)
         if head.flags & Flag.GIVEN_BACK:  # skipped there: a copy runs elsewhere
             self.reclaims.skipped(record, head)
             return
@@ -380,18 +370,22 @@ class Dispatcher:
         if chunk is None:
             return
         self.reclaims.freed.add(record.id)
-        self.shared.finished(chunk)
         cancelled = bool(head.flags & protocol.Flag.CANCELLED)
         if self.profiler.active:
             size = payload[0].nbytes + sum(memoryview(b).nbytes for b in payload[1])
             self.profiler.returned(chunk, record, times, size, cancelled)
+        if head.flags & Flag.MISSING_BUFFERS:  # nothing ran there: it goes again, in full
+            self.scheduler.requeue(chunk)
+            return
+        self.shared.finished(chunk)
         if cancelled:
             chunk.job.dropped(chunk, payload)
         else:
             record.tasks_done += chunk.count - chunk.resume
             self._held.hold(chunk, record.label, payload)
         if head.flags & Flag.STALE_FUNCTION:  # its payload changed as it was sent: resend it
-            self.master.send(record.data_identity, record.uncache(chunk.job.function.digest))
+            self.master.send(record.data_identity,
+                             record.functions.uncache(chunk.job.function.digest))
         self.pool.after_result(record, time.monotonic(), bool(head.flags & Flag.OVER_MEMORY))
 
     def _on_output(self, record: WorkerRecord, head: protocol.Header,
@@ -421,12 +415,9 @@ class Dispatcher:
     def _send_chunk(self, record: WorkerRecord, chunk: Chunk) -> bool:
         job = chunk.job
         function = job.function
-        if record.holds(function):
-            fn_inband, fn_buffers = b"", []
-        else:
-            fn_inband, fn_buffers = function.inband, function.buffers
-            for old in record.cache_function(function, FUNCTION_CACHE_BYTES):
-                self.master.send(record.data_identity, [protocol.header(Kind.FORGET) + old])
+        fn_inband, fn_buffers, forget_before, forget_after = record.functions.frames(function)
+        for old in forget_before:
+            self.master.send(record.data_identity, forget_message(old))
         if job.timeout:  # check its deadline on time, not at the next periodic check
             deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK
             self._next_check = min(self._next_check, deadline)
@@ -443,6 +434,8 @@ class Dispatcher:
                                     record.results_received, chunk.resume, chunk.died_until)
         if sent := self.master.send(record.data_identity, [first, *fn_buffers, *arguments]):
             self._acks_owed.pop(record.id, None)  # this TASK says how many RESULTs came
+        for old in forget_after:  # (it uses their buffers)
+            self.master.send(record.data_identity, forget_message(old))
         return sent
 
     def _end_turn(self) -> None:

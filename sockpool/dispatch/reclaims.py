@@ -120,4 +120,4 @@ class Reclaims:
             held = self.scheduler.in_flight.get(record.id, {}).get(head.ident)
             digest = held.job.function.digest if held is not None else None
         if digest is not None and head.flags & Flag.STALE_FUNCTION:
-            self.master.send(record.data_identity, record.uncache(digest))
+            self.master.send(record.data_identity, record.functions.uncache(digest))

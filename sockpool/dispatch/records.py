@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import enum
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from ..capture.lineage import lineage_alive
-from ..capture.pickling import FunctionPayload
 from ..common import protocol
 from ..common.config import CurveKeys
-from ..common.digest import function_digest
 from ..errors import LaunchError, TaskTimeoutError, WorkerLostError
 from ..launchers.base import WorkerProcess
 from .clock import ClockSync
+from .function_mirror import FunctionMirror
 from .jobs import Chunk, WorkerLabel, where
 from .task_progress import ProgressPage
 
+#: Bytes of function payloads a worker caches (it drops the least recently used).
+FUNCTION_CACHE_BYTES = 512 * 1024 * 1024
 #: A heartbeat that is not a clock probe: it only says the master is there.
 _PLAIN_HEARTBEAT = protocol.header(protocol.Kind.HEARTBEAT)
 
@@ -88,10 +87,7 @@ class WorkerRecord:
         self.started_at = time.monotonic()
         self.ready_at: float | None = None  # when it began to take tasks
         self.last_heard = self.started_at
-        self.cached: OrderedDict[bytes, int] = OrderedDict()
-        self.cached_bytes = 0
-        #: A function's lineage -> its version used last, and where it was defined.
-        self.latest: dict[int, tuple[bytes, int]] = {}
+        self.functions = FunctionMirror(FUNCTION_CACHE_BYTES)  # what it caches
         self.setup_chunk: Chunk | None = None
         self.failure: LaunchError | None = None  # why it could not start, when known
         self.exited_at: float | None = None  # when its process was first seen ended
@@ -106,63 +102,6 @@ class WorkerRecord:
         self.resident_bytes: int | None = None  # as it last reported them (another host)
         self.cpu_seconds: float | None = None
         self.tasks_done = 0
-
-    def holds(self, function: FunctionPayload) -> bool:
-        """Whether its worker has ``function`` cached (then it is used now)."""
-        if function.digest not in self.cached:
-            return False
-        self.cached.move_to_end(function.digest)
-        if function.lineage:
-            self.latest[function.lineage] = (function.digest, function.site)
-        return True
-
-    def cache_function(self, function: FunctionPayload, budget: int) -> list[bytes]:
-        """Mirror the worker's function cache as ``function`` goes to it in full; the
-        digests it must drop to stay in ``budget``.
-
-        A payload whose large buffers no longer match its digest (the caller changed
-        them in place since) is not counted as cached there: the next chunk that
-        needs it carries it again, rather than run on bytes the digest does not name.
-        """
-        digest, size = function.digest, function.nbytes
-        if function.buffers and function_digest(function.inband, function.buffers) != digest:
-            return []
-        dropped = []
-        if function.lineage:
-            dropped = self._drop_superseded(function)
-        self.cached[digest] = size
-        self.cached_bytes += size
-        while self.cached_bytes > budget and len(self.cached) > 1:
-            old, old_size = self.cached.popitem(last=False)
-            self.cached_bytes -= old_size
-            dropped.append(old)
-        return dropped
-
-    def _drop_superseded(self, function: FunctionPayload) -> list[bytes]:
-        """Stop caching the versions ``function`` supersedes (see
-        :mod:`sockpool.capture.lineage`) that no function here still uses;
-        return their digests."""
-        digest, site = function.digest, function.site
-        older = {number: kept for number, (kept, where) in self.latest.items()
-                 if where == site and kept != digest
-                 and (number == function.lineage or not lineage_alive(number))}
-        for number in older:
-            del self.latest[number]
-        self.latest[function.lineage] = (digest, site)
-        live = {kept for number, (kept, _) in self.latest.items() if lineage_alive(number)}
-        superseded = set(older.values()) - live
-        dropped = [old for old in self.cached if old in superseded]  # (oldest first)
-        for old in dropped:
-            self.cached_bytes -= self.cached.pop(old)
-        if len(self.latest) > 2 * len(self.cached) + 16:
-            self.latest = {number: used for number, used in self.latest.items()
-                           if used[0] in self.cached or used[0] == digest}
-        return dropped
-
-    def uncache(self, digest: bytes) -> list[bytes]:
-        """Stop counting on its worker caching ``digest``: the FORGET that drops it there."""
-        self.cached_bytes -= self.cached.pop(digest, 0)
-        return [protocol.header(protocol.Kind.FORGET) + digest]
 
     def heartbeat(self) -> bytes:
         """The master's heartbeat to this worker: a clock probe, which it answers

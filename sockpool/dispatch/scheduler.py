@@ -100,8 +100,12 @@ class Scheduler:
                 self.pinned.setdefault(chunk.pinned, deque()).append(chunk)
 
     def requeue(self, chunk: Chunk) -> None:
-        """Put a chunk back at the front (a retry after its worker was lost)."""
-        self.pending.appendleft(chunk)
+        """Put a chunk back at the front of its queue (a retry after its worker was lost,
+        a chunk its worker could not run as sent); a pinned one stays its worker's."""
+        if chunk.pinned is None:
+            self.pending.appendleft(chunk)
+        else:
+            self.pinned.setdefault(chunk.pinned, deque()).appendleft(chunk)
 
     def assignments(self, now: float) -> Iterator[tuple[int, Chunk]]:
         """Hand out chunks: every worker gets one before any gets two.

@@ -1,4 +1,5 @@
-"""What a lost worker held: delivered, settled, retried or requeued (I/O thread).
+"""What a lost worker held: delivered, settled, retried or requeued; and what the
+workers held when the cluster closes without finishing (I/O thread).
 
 A worker runs its chunks in order.  The chunks it held were, in order: at
 most one that finished but whose RESULT never came (a local worker may start
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import select
 
+from ..errors import ClusterClosedError
 from . import output as relay
 from .jobs import Chunk
 from .profiling import Profiler
@@ -152,3 +154,15 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
         chunk.job.fail(chunk, chunk.settled[0][2])
     else:
         chunk.job.deliver(chunk, record.label, None)
+
+
+def write_off_everything(scheduler: Scheduler) -> None:
+    """Closing without finishing: cancel what waits (fail a map's), fail what runs."""
+    for chunk in scheduler.drain():
+        if not chunk.job.cancel_waiting(chunk):
+            chunk.job.fail(chunk, ClusterClosedError("the cluster was closed before this task ran"))
+    for worker_id in scheduler.workers:
+        for chunk in scheduler.remove_worker(worker_id)[0]:
+            chunk.output = relay.lines_ended(chunk.output)  # a task cut short, a line too
+            chunk.job.fail(chunk, ClusterClosedError(
+                "the cluster was closed while this task was on its worker"))

@@ -23,7 +23,7 @@ from ..common.config import WorkerConfig
 from ..common.progress_log import TO_THE_END, WHOLE_RESULT
 from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from ..errors import add_note
-from .functions import FunctionCache
+from .functions import FunctionCache, MissingBuffer
 from .progress import Progress
 from .relay import WorkerRelay
 from .results import Errors, Kept, ResultPacker
@@ -60,13 +60,13 @@ def add_interrupted(times: TaskTimes, start: float, finished: int, offset: int) 
     times.failed.append(offset)
 
 
-def _not_as_named(digest: bytes, inband: Any, buffers: list[Any]) -> bool:
+def _not_as_named(digest: bytes, inband: Any, buffers: list[Any], digests: list[bytes]) -> bool:
     """Whether a function payload received with large buffers is not what its digest
     names: a buffer the master's caller changed in place between the digest and the
     send (the master then sends it anew, rather than let it be cached stale here)."""
     from ..common.digest import function_digest  # only for payloads that carry buffers
 
-    return function_digest(inband, buffers) != digest
+    return function_digest(inband, buffers, digests) != digest
 
 
 def stop_iteration_of_a_task() -> StopIteration:
@@ -153,12 +153,19 @@ class ChunkRunner:
                 progress.mark(head.ident, task.skip, TO_THE_END)
             split = task.fn_buffers
             try:
-                fn = self.functions.load(task.digest, task.fn_inband, buffers[:split])
+                fn_buffers, digests = self.functions.buffers(buffers[:split])
+            except MissingBuffer:
+                self.functions.refuse(task.digest)
+                raise
+            try:
+                fn = self.functions.load(task.digest, task.fn_inband, fn_buffers, digests)
+            except MissingBuffer:
+                raise
             except BaseException:  # not cached here: the master is to send it again
                 self._stale = True
                 raise
             self._stale = bool(split and len(task.fn_inband)) and _not_as_named(
-                task.digest, task.fn_inband, buffers[:split])
+                task.digest, task.fn_inband, fn_buffers, digests)
             arguments = buffers[split:]
             if flags & Flag.SHARED:
                 arguments = shm.open_shared(bytes(arguments[0]), self._released.append)
@@ -168,6 +175,9 @@ class ChunkRunner:
                 items = items[task.skip:]
             if given_back:
                 return self._result(head, Flag.CANCELLED | Flag.GIVEN_BACK, [], [])
+        except MissingBuffer:  # nothing runs: it comes again with the buffer
+            flags = Flag.CANCELLED | Flag.MISSING_BUFFERS
+            return self._result(head, flags | (Flag.GIVEN_BACK if given_back else 0), [], [])
         except BaseException as exc:  # a payload that cannot be loaded here
             if given_back:  # (its copy sent elsewhere says so)
                 return self._result(head, Flag.CANCELLED | Flag.GIVEN_BACK, [], [])

@@ -1,0 +1,127 @@
+"""Large captured buffers: kept on each worker by their own digest, sent once.
+
+A sweep (``for alpha in alphas: cl.par_map(lambda fold: fit(X, alpha, fold), folds)``)
+makes a new payload at every call; the data it shares with the last one is sent
+by digest, and a worker whose copy a task changed in place gets it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sockpool import Cluster
+from sockpool.capture.pickling import dumps_function
+from sockpool.common.digest import BUFFER_DIGEST_BYTES
+from sockpool.dispatch.function_mirror import FunctionMirror
+
+pytestmark = pytest.mark.timeout(60)
+
+MB = 1_000_000
+
+
+def _scaled_reader(data: np.ndarray, alpha: float) -> Callable[[int], float]:
+    return lambda i: float(data[i]) * alpha
+
+
+def test_a_sweep_sends_the_data_it_captures_to_each_worker_once() -> None:
+    data = np.arange(1_000_000, dtype=np.float64)  # 8 MB: out of band
+    with Cluster(n=2) as cl, cl.profile() as prof:
+        for alpha in range(1, 6):
+            assert cl.par_map(_scaled_reader(data, alpha), range(8), chunksize=1) == [
+                float(i * alpha) for i in range(8)]
+    sent = sum(task.bytes_in for task in prof.tasks)
+    assert len(prof.tasks) == 40
+    # Each of 2 workers got the 8 MB once (or once only one of them): five times
+    # 8 MB at the least before, a new payload at each call.
+    assert 8 * MB <= sent < 2 * 8 * MB + MB, sent
+
+
+def test_data_a_task_changed_in_place_reaches_the_next_version_as_the_master_has_it() -> None:
+    # The buffer a worker holds is what the tasks of its functions see: one that
+    # changed it in place must not hand the change to the next version, which
+    # sees the data as the caller has it, as when every version carried its own.
+    data = np.zeros(1_000_000)
+
+    def bumps(alpha: int) -> Callable[[int], tuple[int, float]]:
+        def task(i: int) -> tuple[int, float]:
+            before = float(data[0])
+            data[0] += 1
+            return alpha, before
+        return task
+
+    with Cluster(n=1) as cl:
+        for alpha in range(4):
+            assert cl.par_map(bumps(alpha), [0]) == [(alpha, 0.0)]
+
+
+def test_chunks_sent_before_the_worker_said_its_copy_changed_are_sent_again() -> None:
+    # Several chunks of the next version are on their way, by digest, when the
+    # worker finds the copy changed: each is refused there and goes again, in order.
+    data = np.zeros(1_000_000)
+
+    def scribbles(alpha: float) -> Callable[[int], float]:
+        def task(i: int) -> float:
+            data[-1] += 1  # (what the task reads stays as it was)
+            return float(data[i]) + alpha
+        return task
+
+    with Cluster(n=1, prefetch=4) as cl:
+        for alpha in range(4):
+            assert cl.par_map(scribbles(alpha), range(12), chunksize=1) == [alpha] * 12
+
+
+def _payload(data: Any, small: int) -> Any:
+    return dumps_function(lambda i: float(data[i]) + small)[0]
+
+
+def test_the_master_names_a_held_buffer_by_its_digest_until_the_worker_lacks_one() -> None:
+    data = np.zeros(1_000_000)
+    mirror = FunctionMirror(budget=1 << 30)
+    first, second = _payload(data, 1), _payload(data, 2)
+    assert len(first.buffers) == 1 and first.digest != second.digest
+    inband, buffers, _, _ = mirror.frames(first)
+    assert inband and memoryview(buffers[0]).nbytes == 8 * MB
+    assert mirror.frames(first) == (b"", [], [], [])  # cached there: its digest alone
+    _, buffers, _, _ = mirror.frames(second)
+    assert buffers == [second.buffer_digests[0]]
+    assert len(buffers[0]) == BUFFER_DIGEST_BYTES
+    forgets = mirror.forget_buffers()
+    assert len(forgets) == 2  # both functions go there: the worker holds no buffer
+    _, buffers, _, _ = mirror.frames(_payload(data, 3))
+    assert memoryview(buffers[0]).nbytes == 8 * MB
+
+
+def test_a_buffer_changed_since_its_digest_is_sent_but_not_counted_held() -> None:
+    data = np.zeros(1_000_000)
+    mirror = FunctionMirror(budget=1 << 30)
+    stale = _payload(data, 1)
+    data[0] = 5.0  # after the digest, before the send
+    _, buffers, _, _ = mirror.frames(stale)
+    assert memoryview(buffers[0]).nbytes == 8 * MB
+    _, buffers, _, _ = mirror.frames(stale)  # not counted cached: in full again
+    assert memoryview(buffers[0]).nbytes == 8 * MB
+    _, buffers, _, _ = mirror.frames(_payload(data, 2))
+    assert memoryview(buffers[0]).nbytes == 8 * MB  # nor its buffer held
+
+
+def test_a_run_on_all_refused_for_a_changed_copy_runs_again_on_the_same_worker() -> None:
+    data = np.zeros(1_000_000)
+
+    def where(alpha: int) -> Callable[[], tuple[int, float]]:
+        def task() -> tuple[int, float]:
+            import os
+            before = float(data[0])
+            data[0] += 1
+            return os.getpid(), before + alpha
+        return task
+
+    with Cluster(n=2) as cl:
+        pids = sorted(pid for pid, _ in cl.run_on_all(where(0)))
+        for alpha in range(1, 4):
+            answers = cl.run_on_all(where(alpha))
+            assert sorted(pid for pid, _ in answers) == pids
+            assert [value for _, value in answers] == [alpha, alpha]
