@@ -434,6 +434,49 @@ def test_a_forked_child_leaves_its_parents_workers_alone(tmp_path: Path) -> None
                for line in lines[:3])
 
 
+def test_a_child_forked_as_a_sockpool_thread_held_a_lock_starts_clusters_of_its_own(
+        tmp_path: Path) -> None:
+    # Cluster() starts a thread that reads the installed distributions under a lock
+    # (when the script imports a module of its own): a fork in that window left the
+    # lock held in the child for ever, and its first map hung (3 runs in 3).  Here a
+    # thread holds sockpool's module locks across the fork, so the window is certain.
+    (tmp_path / "own_module.py").write_text("def square(x):\n    return x * x\n")
+    result = run_script("""
+        import faulthandler, os, threading
+        import sockpool
+        from sockpool import Cluster
+        from sockpool.capture import by_value, lineage
+        from sockpool.api import plan
+        from sockpool.dispatch import output
+        from own_module import square
+
+        held = threading.Event()
+
+        def hold_them():
+            for lock in (by_value._installed_lock, by_value._register_lock,
+                         lineage._lineages_lock, plan._lock, output._emit_lock):
+                lock.acquire()
+            held.set()
+            threading.Event().wait()
+
+        threading.Thread(target=hold_them, daemon=True).start()
+        held.wait()
+        child = os.fork()
+        if child == 0:
+            faulthandler.dump_traceback_later(20, exit=True)
+            with Cluster(n=1) as own:
+                print("child:", own.par_map(square, range(4)), flush=True)
+            sockpool.plan("local:1")
+            print("child plan:", sockpool.par_map(square, [5]), flush=True)
+            sockpool.plan("sequential")
+            os._exit(0)
+        _, status = os.waitpid(child, 0)
+        print("exit:", os.waitstatus_to_exitcode(status))
+    """, tmp_path, timeout=50)
+    assert result.stdout.splitlines() == [
+        "child: [0, 1, 4, 9]", "child plan: [25]", "exit: 0"], result.stderr
+
+
 def test_hosts_are_validated_before_anything_starts() -> None:
     with pytest.raises(TypeError, match=r"did you mean hosts=\['localhost'\]"):
         Cluster(hosts="localhost")  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..common import role
+from ..common.forking import module_lock
 from ..errors import ClusterClosedError
 from .map_options import (
     ErrorMode,
@@ -174,7 +175,7 @@ class Plan:
         return f"<sockpool plan: Cluster({options}), {state}>"
 
 
-_lock = threading.Lock()
+_lock = module_lock()
 _current: Plan | None = None  # None: not chosen yet (SOCKPOOL_PLAN, else the default)
 _in_task: Plan | None = None  # a worker's own sequential plan
 

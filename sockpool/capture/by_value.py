@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..common import namespace
+from ..common.forking import module_lock
 
 
 @functools.cache
@@ -48,7 +49,7 @@ def _python_and_installed_roots() -> tuple[str, ...]:
                   for f in (os.path.abspath, os.path.realpath)})
 
 
-_installed_lock = threading.Lock()
+_installed_lock = module_lock()
 _installed: frozenset[str] | None = None
 
 
@@ -193,7 +194,7 @@ _by_value_pattern = _reference_pattern(_by_value_modules)
 #: Local modules already looked at (registered, or gone from ``sys.modules``).
 _registered: set[str] = set()
 #: Callers' threads register at once; the pattern must end up naming every module.
-_register_lock = threading.Lock()
+_register_lock = module_lock()
 
 
 def register_local_modules(serializer: str) -> None:

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import functools
 import itertools
-import threading
 import types
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+from ..common.forking import module_lock
+
 #: Each function's number, by the ids of what it is made of: weak references to them
 #: (an id is reused once its object is freed) and the number.
 _lineages: dict[tuple[int, ...], tuple[tuple[weakref.ref[Any], ...], int]] = {}
-_lineages_lock = threading.Lock()
+_lineages_lock = module_lock()
 _next_lineage = itertools.count(1)
 _alive: set[int] = set()  # the numbers of the functions that still exist
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import threading
 import warnings
 from typing import Any, TextIO
 
+from ..common.forking import module_lock
 from ..common.protocol import RECORD, STDERR, STDOUT, WARNING, Batch
 
 _registries: dict[str, dict[Any, Any]] = {}
-_emit_lock = threading.Lock()
+_emit_lock = module_lock()
 
 
 def emit(batches: list[Batch]) -> None:

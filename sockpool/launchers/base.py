@@ -10,11 +10,11 @@ handle it returns lets the I/O thread notice the process ending and end it.
 from __future__ import annotations
 
 import abc
-import threading
 import weakref
 from collections.abc import Callable
 
 from ..common.config import WorkerConfig
+from ..common.forking import module_lock
 from ..common.proc import describe_exit
 from ..errors import LaunchError
 
@@ -167,7 +167,7 @@ class Launcher(abc.ABC):
 
 #: The launchers serving an open cluster: from its start until its workers are gone.
 _serving: weakref.WeakSet[Launcher] = weakref.WeakSet()
-_serving_lock = threading.Lock()
+_serving_lock = module_lock()
 
 
 def claim(launcher: Launcher) -> None:
