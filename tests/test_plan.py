@@ -43,6 +43,7 @@ def no_plan_chosen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _before.clear()
     _before.update(_live_children())
     yield
+    plan_module._open_scopes.clear()
     plan_module._install(None, wait=False)
 
 
@@ -138,6 +139,37 @@ def test_changing_the_plan_closes_its_cluster_and_with_restores_the_previous() -
     assert not sockpool.plan().sequential
     again = _worker_pids()  # the previous plan is back, with a fresh cluster
     assert len(again) == 1 and again != first
+
+
+def test_withs_of_two_threads_that_overlap_leave_each_other_and_the_user_their_plans() -> None:
+    # The plan is the process's.  A with that ended under another thread's still open
+    # put its own previous plan back: the other thread's next map ran in this process,
+    # and when that one ended, the first with's plan was left in force for good.
+    sockpool.plan("sequential")
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def first() -> None:
+        with sockpool.plan(n=1):
+            first_in.set()
+            second_in.wait(30)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(30)
+        with sockpool.plan(n=2) as mine:
+            second_in.set()
+            first_out.wait(30)
+            seen["in force"] = sockpool.plan() is mine
+            seen["workers"] = len(sockpool.current_cluster().workers)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert seen == {"in force": True, "workers": 2}
+    assert sockpool.plan().sequential
 
 
 def test_with_over_the_plan_in_force_changes_nothing() -> None:

@@ -88,8 +88,7 @@ class Plan:
         # restores _previous, the plan it replaced (None: not chosen then), on leaving.
         self._scope_pending = False
         self._previous: Plan | None = None
-        # Per open with: whether leaving it restores, what, and the task it is in.
-        self._scopes: list[tuple[bool, Plan | None, Sequential | None]] = []
+        self._scopes: list[_Scope] = []  # its open withs, the last opened last
 
     def cluster(self) -> Cluster:
         """The plan's Cluster, started now if need be.
@@ -153,16 +152,29 @@ class Plan:
             restores, previous = self._scope_pending, self._previous
         else:  # a plan made before, since replaced: in force for the block
             restores, previous = True, _install(self, wait=True)
-        self._scopes.append((restores, previous, running_task()))
+        scope = _Scope(restores, previous, running_task())
+        self._scopes.append(scope)
         self._scope_pending = False
+        if restores and scope.task is None:
+            with _lock:
+                _open_scopes.append(scope)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        restores, previous, task = self._scopes.pop()
-        if task is not None and running_task() is not task:
-            return  # entered in a task that has ended since: its plan ended with it
-        if restores:  # not for plan()'s "the plan in force", which changed nothing
-            _install(previous, wait=exc_type is None)
+        scope = self._scopes.pop()
+        if not scope.restores:  # plan()'s "the plan in force", which changed nothing
+            return
+        if scope.task is not None:
+            if running_task() is scope.task:  # (else: its task ended, and its plan with it)
+                _install(scope.previous, wait=exc_type is None)
+            return
+        with _lock:
+            at = next(i for i, open_scope in enumerate(_open_scopes) if open_scope is scope)
+            del _open_scopes[at]
+            if at < len(_open_scopes):  # another thread's with, opened after it, is open:
+                _open_scopes[at].previous = scope.previous  # that one puts back this one's
+                return
+        _install(scope.previous, wait=exc_type is None)
 
     def __repr__(self) -> str:
         if self.sequential:
@@ -175,8 +187,24 @@ class Plan:
         return f"<sockpool plan: Cluster({options}), {state}>"
 
 
+class _Scope:
+    """One open ``with`` over a plan: whether leaving it puts back the plan it
+    replaced, that plan (None: none was chosen), and the task it is in, if any."""
+
+    __slots__ = ("previous", "restores", "task")
+
+    def __init__(self, restores: bool, previous: Plan | None, task: Sequential | None) -> None:
+        self.restores = restores
+        self.previous = previous
+        self.task = task
+
+
 _lock = module_lock()
 _current: Plan | None = None  # None: not chosen yet (SOCKPOOL_PLAN, else the default)
+#: The open withs that put a plan back as they end (outside tasks), the last opened
+#: last: threads share the plan, so one that ends under another's still open leaves
+#: the plan to that one, which puts back what the first would have.
+_open_scopes: list[_Scope] = []
 _in_task: Plan | None = None  # a worker's own sequential plan
 
 
