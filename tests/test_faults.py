@@ -235,3 +235,24 @@ def test_submit_takes_a_timeout_and_a_seed(cluster: Cluster) -> None:
 
     bound = functools.partial(wants_a_timeout, timeout=2.5)  # how to pass such a keyword
     assert cluster.submit(bound).result(timeout=20) == 2.5
+
+
+def test_a_worker_lost_while_sigchld_is_ignored_says_its_status_is_unknown(tmp_path: Path) -> None:
+    # With SIGCHLD ignored the kernel reaps workers itself: a worker killed by
+    # SIGKILL was reported as ended with "exit code 0".
+    from helpers import run_script
+
+    result = run_script("""
+        import os, signal
+        from sockpool import Cluster, WorkerLostError
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        with Cluster(n=1) as cl:
+            try:
+                cl.par_map(lambda i: os.kill(os.getpid(), signal.SIGKILL), [1])
+            except WorkerLostError as exc:
+                print(exc.exit_status)
+            print(cl.par_map(abs, [-1, -2]))
+    """, tmp_path, timeout=50)
+    assert result.stdout.splitlines() == [
+        "exit status unknown: it was reaped elsewhere, as when the program sets SIGCHLD "
+        "to SIG_IGN", "[1, 2]"]

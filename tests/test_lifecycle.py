@@ -477,6 +477,26 @@ def test_a_child_forked_as_a_sockpool_thread_held_a_lock_starts_clusters_of_its_
         "child: [0, 1, 4, 9]", "child plan: [25]", "exit: 0"], result.stderr
 
 
+def test_a_cluster_asked_for_as_the_interpreter_shuts_down_says_so(tmp_path: Path) -> None:
+    # From a __del__ as modules were torn down, the option checks failed on half-gone
+    # modules: "connect_timeout must be a positive number of seconds, not 60.0".
+    result = run_script("""
+        from sockpool import Cluster
+
+        class Holder:
+            def __del__(self):
+                try:
+                    Cluster(n=1)
+                except Exception as exc:
+                    print(type(exc).__name__, exc)
+
+        held = Holder()
+    """, tmp_path, timeout=30)
+    assert result.stdout.strip() == (
+        "RuntimeError cannot start a cluster while the interpreter is shutting down "
+        "(from a __del__ or a thread still running at exit, say)")
+
+
 def test_hosts_are_validated_before_anything_starts() -> None:
     with pytest.raises(TypeError, match=r"did you mean hosts=\['localhost'\]"):
         Cluster(hosts="localhost")  # type: ignore[arg-type]

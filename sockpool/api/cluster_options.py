@@ -8,6 +8,7 @@ import math
 import numbers
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -326,7 +327,12 @@ def check_cluster_options(
 ) -> dict[str, Any]:
     """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option;
     return the engine's options as it takes them (integers as ``int``, NumPy's too;
-    ``max_worker_memory`` in bytes, ``log_level`` as a number, None where not given)."""
+    ``max_worker_memory`` in bytes, ``log_level`` as a number, None where not given).
+    During interpreter shutdown (a ``__del__`` as modules are torn down) it raises
+    ``RuntimeError`` saying so: the checks would fail on half-gone modules."""
+    if sys.is_finalizing():
+        raise RuntimeError("cannot start a cluster while the interpreter is shutting down "
+                           "(from a __del__ or a thread still running at exit, say)")
     tasks = as_int(max_tasks_per_worker)
     if max_tasks_per_worker is not None and (tasks is None or tasks < 1):
         raise ValueError(f"max_tasks_per_worker must be a positive integer or None, "

@@ -25,6 +25,11 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
+#: What a local worker's exit status is when it was reaped before sockpool could read it.
+REAPED_ELSEWHERE = ("exit status unknown: it was reaped elsewhere, as when the program "
+                    "sets SIGCHLD to SIG_IGN")
+
+
 def read_tail(path: str | os.PathLike[str], max_lines: int = TAIL_LINES) -> str:
     """The last lines of a file ("" when it is missing or empty)."""
     try:
@@ -50,11 +55,14 @@ _OOM_KILLED = re.compile(rb"(?:Out of memory|Memory cgroup out of memory): Kille
 
 def reap(process: subprocess.Popen[bytes]) -> int | None:
     """``process.poll()``, reaping with ``wait4`` for its peak memory: the exit status,
-    or None while it runs.  The peak (bytes) is then ``process.peak_bytes``."""
+    or None while it runs.  The peak (bytes) is then ``process.peak_bytes``; a process
+    reaped elsewhere (``SIGCHLD`` ignored) has ``process.reaped_elsewhere`` set, and
+    ``poll()``'s 0 for a status nobody can read now."""
     if process.returncode is None:
         try:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        except ChildProcessError:  # reaped elsewhere already
+        except ChildProcessError:
+            process.reaped_elsewhere = True  # type: ignore[attr-defined]
             return process.poll()
         if pid:
             process.returncode = os.waitstatus_to_exitcode(status)

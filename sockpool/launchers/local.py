@@ -16,6 +16,7 @@ from typing import BinaryIO, NamedTuple
 
 from ..common.config import WorkerConfig
 from ..common.proc import (
+    REAPED_ELSEWHERE,
     descendants,
     explain_kill,
     memory_cgroup,
@@ -73,6 +74,8 @@ class LocalWorkerProcess(WorkerProcess):
         return reap(self._process)
 
     def exit_status(self) -> str:
+        if self.poll() is not None and getattr(self._process, "reaped_elsewhere", False):
+            return REAPED_ELSEWHERE
         return explain_kill(self.pid, self.poll(), getattr(self._process, "peak_bytes", None),
                             self._cgroup, self._oom_kills, self._started)
 
