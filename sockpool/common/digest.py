@@ -11,11 +11,10 @@ next ``lambda fold: fit(X, alpha, fold)``) is sent with their digests alone.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from xxhash import xxh3_128_digest
+from xxhash import xxh3_128, xxh3_128_digest
 
 #: The bytes of one buffer's digest, which a TASK sends in its place when the
 #: worker holds it (out-of-band buffers are never this small: ``codec.OOB_THRESHOLD``).
@@ -30,14 +29,16 @@ def buffer_digest(buffer: Any) -> bytes:
 
 def function_digest(inband: bytes | memoryview, buffers: Sequence[Any],
                     buffer_digests: Sequence[bytes] | None = None) -> bytes:
-    """blake2b of the pickle, extended by length and digest of each large buffer
+    """XXH3-128 of the pickle, extended by length and digest of each large buffer
     (``buffer_digests``: those digests, when already known).
 
-    A cryptographic hash of 50 MB of captured data costs more than many maps.
+    A cryptographic hash of captured data costs more than many maps (blake2b read
+    a 16 MB pickle of small arrays in 32-56 ms, XXH3 in 0.5), and only the master
+    makes payloads: a worker takes TASKs from the master alone (authenticated).
     """
     if buffer_digests is None:
         buffer_digests = [buffer_digest(buffer) for buffer in buffers]
-    hasher = hashlib.blake2b(inband, digest_size=16)
+    hasher = xxh3_128(inband)
     for buffer, digest in zip(buffers, buffer_digests, strict=True):
         hasher.update(memoryview(buffer).nbytes.to_bytes(8, "little"))
         hasher.update(digest)
