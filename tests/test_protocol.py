@@ -209,3 +209,31 @@ def test_a_copyreg_reducer_registered_again_is_the_one_used(serializer: str) -> 
         assert codec.loads(frames[0], frames[1:]) == "second"
     finally:
         copyreg.dispatch_table.pop(_Point, None)
+
+
+class Registered:
+    """A class whose copyreg reducer a test registers."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def _as_tuple(obj: Registered) -> Any:
+    return tuple, ((obj.value, "by copyreg"),)
+
+
+def test_a_copyreg_reducer_registered_after_a_first_pickle_is_used_by_cloudpickle() -> None:
+    # cloudpickle's reducers are looked up in a dict made from copyreg's (a ChainMap
+    # cost a Python call per object): it must be made again when copyreg's change.
+    import copyreg
+
+    def dumped(obj: Any) -> Any:
+        return codec.loads(*codec.dumps(obj, "cloudpickle", standard_first=False))
+
+    assert dumped(Registered(1)).value == 1
+    copyreg.pickle(Registered, _as_tuple)
+    try:
+        assert dumped(Registered(2)) == (2, "by copyreg")
+    finally:
+        del copyreg.dispatch_table[Registered]
+    assert dumped(Registered(3)).value == 3

@@ -54,6 +54,13 @@ class FunctionPayload(NamedTuple):
         return len(self.inband) + sum(memoryview(b).nbytes for b in self.buffers)
 
 
+def _as_bytes(view: memoryview) -> bytes:
+    """A pickle's bytes: the object the view is of, where it is all of one (not copied:
+    a function carrying many small arrays pickles to many MB)."""
+    whole = view.obj
+    return whole if type(whole) is bytes and len(whole) == view.nbytes else bytes(view)
+
+
 def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False
                    ) -> tuple[FunctionPayload, bool]:
     """Pickle a task function; large captured buffers stay out of band, uncopied.
@@ -78,7 +85,7 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
     # (The standard pickler failed, or wrote what the by-value check flags: not again.)
     frames = dumps(obj, serializer, copy_buffers=copy_buffers, global_ids=True,
                    standard_first=False)
-    inband, buffers = bytes(frames[0]), frames[1:]
+    inband, buffers = _as_bytes(frames[0]), frames[1:]
     if not buffers:
         return FunctionPayload(inband, buffers, function_digest(inband, buffers),
                                function_name(obj)), False
