@@ -497,6 +497,28 @@ def test_a_cluster_asked_for_as_the_interpreter_shuts_down_says_so(tmp_path: Pat
         "(from a __del__ or a thread still running at exit, say)")
 
 
+def test_a_forgotten_cluster_and_pool_are_closed_where_warnings_are_errors(
+        tmp_path: Path) -> None:
+    # The finalizer warned before it closed: with warnings made errors (-W error,
+    # pytest's filterwarnings = error) the warning raised, and the workers stayed.
+    result = run_script("""
+        import gc, os, time
+        import sockpool
+
+        pool = sockpool.Pool(1)
+        cluster = sockpool.Cluster(n=1)
+        pids = [pool.apply(os.getpid), cluster.submit(os.getpid).result()]
+        del pool, cluster
+        gc.collect()
+        deadline = time.monotonic() + 20
+        while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print([pid for pid in pids if os.path.exists(f"/proc/{pid}")])
+    """, tmp_path, timeout=50, env={"PYTHONWARNINGS": "error::ResourceWarning"})
+    assert result.stdout.strip() == "[]"
+    assert result.stderr.count("ResourceWarning: unclosed") == 2
+
+
 def test_hosts_are_validated_before_anything_starts() -> None:
     with pytest.raises(TypeError, match=r"did you mean hosts=\['localhost'\]"):
         Cluster(hosts="localhost")  # type: ignore[arg-type]

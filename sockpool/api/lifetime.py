@@ -78,9 +78,11 @@ def close_forgotten(dispatcher: Dispatcher, description: str, owner_pid: int) ->
     if os.getpid() != owner_pid:  # a forked child must not stop its parent's workers
         return
     if not dispatcher.lifecycle.closed.is_set():
-        warnings.warn(f"unclosed {description}; use 'with Cluster(...)' or call close()",
-                      ResourceWarning, stacklevel=2)
-        dispatcher.close(cancel=True, wait=True)
+        try:  # (warnings made errors, -W error or pytest's, must not keep the workers)
+            warnings.warn(f"unclosed {description}; use 'with Cluster(...)' or call close()",
+                          ResourceWarning, stacklevel=2)
+        finally:
+            dispatcher.close(cancel=True, wait=True)
 
 
 def watch(cluster: Closable, dispatcher: Dispatcher, description: str

@@ -453,10 +453,12 @@ def _at_collection(tracker: Tracker, handler: ResultHandler, owned: Cluster | No
                    description: str) -> None:
     """A pool dropped without ``terminate``/``join``: as ``multiprocessing``, stop it
     (with a ``ResourceWarning`` if it was still running)."""
-    if tracker.pool_state == RUN:
-        warnings.warn(f"unclosed running {description}; use 'with Pool(...)' or call "
-                      "close() and join()", ResourceWarning, stacklevel=2)
-    tracker.terminated.set()
-    handler.stop(wait=False)
-    if owned is not None:
-        owned.close()
+    try:  # (warnings made errors, -W error or pytest's, must not keep the workers)
+        if tracker.pool_state == RUN:
+            warnings.warn(f"unclosed running {description}; use 'with Pool(...)' or call "
+                          "close() and join()", ResourceWarning, stacklevel=2)
+    finally:
+        tracker.terminated.set()
+        handler.stop(wait=False)
+        if owned is not None:
+            owned.close()
