@@ -31,8 +31,8 @@ MIN_MESSAGE_SIZE = 64 * 1024
 #: The most chunks a worker may hold (the scheduler looks at each depth in turn).
 MAX_PREFETCH = 1024
 
-#: Variables that size the thread pools of BLAS, OpenMP and friends, and the CPUs
-#: joblib and loky count (a task's `Parallel(n_jobs=-1)`: one worker, one process).
+#: Variables that size the thread pools of BLAS, OpenMP and friends, and (the last)
+#: the CPUs joblib and loky count (a task's `Parallel(n_jobs=-1)`: one worker, one process).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
                     "LOKY_MAX_CPU_COUNT")
@@ -142,11 +142,46 @@ def choose_workers(
     launcher, n_workers = choose_launcher(
         n, hosts, launcher, python=python, env=worker_env(env, check_threads(threads_per_worker)),
         tunnel=tunnel, listen=listen)
+    if isinstance(launcher, LocalLauncher):
+        make_room_for_files(n_workers)
     least = check_min_workers(min_workers, n_workers)
     wait_for = check_min_workers(wait_for, n_workers, "wait_for")
     if wait_for is None:  # a batch queue may hold workers back: start with the first
         wait_for = 1 if launcher.queues else n_workers
     return launcher, n_workers, min(wait_for, n_workers), least
+
+
+#: Descriptors the master may hold per local worker (its stdin, its pidfd, two
+#: connections, its progress page, shared-memory segments both ways: 10 measured),
+#: and a few more while the cluster starts.
+FILES_PER_WORKER = 10
+FILES_SPARE = 16
+
+
+def make_room_for_files(n_workers: int) -> None:
+    """Raise the soft limit on open files (``ulimit -n``) to the hard one where
+    ``n_workers`` more local workers would not fit under it, beside what the process
+    has open (past it, libzmq aborts the whole process).
+
+    Raises:
+        ValueError: they would not fit under the hard limit either (naming it).
+    """
+    import resource
+
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:  # (no /proc): only the limit's plain use is checked
+        open_now = FILES_SPARE
+    needed = open_now + FILES_SPARE + FILES_PER_WORKER * n_workers
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise ValueError(
+            f"{n_workers} local workers need about {needed} open files in this process "
+            f"({open_now} open now), more than its limit of {hard} (ulimit -n, whose hard "
+            "limit only root can raise): start fewer workers")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def check_launcher(launcher: object) -> None:
@@ -236,9 +271,14 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, 
                              "and neither name nor value may hold a NUL character")
     worker_env: dict[str, str] = {}
     if threads is not None:
+        value = str(threads)
+        if threads == 1:  # (the default) a count your environment sets goes to every pool:
+            # OpenBLAS reads its own variable before OMP_NUM_THREADS
+            value = next((os.environ[name] for name in THREAD_VARIABLES[:-1]
+                          if name in os.environ), value)
         for name in THREAD_VARIABLES:
             if threads != 1 or name not in os.environ:
-                worker_env[name] = str(threads)
+                worker_env[name] = value if name != "LOKY_MAX_CPU_COUNT" else str(threads)
     worker_env.update(env or {})
     return worker_env
 

@@ -45,7 +45,8 @@ def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any]
     packed = _pack_setup(setup, serializer, max_capture_size) if setup is not None else None
     claim(launcher)
     try:
-        workdir = private_directory()
+        transport = launcher.transport or dispatcher_options.get("transport", "ipc")
+        workdir = private_directory(for_socket=transport == "ipc")
     except BaseException:
         release(launcher)
         raise
@@ -66,6 +67,7 @@ def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any]
         if dispatcher is not None:  # made, never running: its socket, directory, segments
             dispatcher.master.close()
             dispatcher.shared.close()
+            dispatcher.mailbox.close()
         shutil.rmtree(workdir, ignore_errors=True)
         release(launcher)
         raise

@@ -64,7 +64,8 @@ def available() -> bool:
 
 
 def disabled_by_environment() -> bool:
-    """``SOCKPOOL_SHARED_MEMORY=0`` in a worker's environment keeps its data on the socket."""
+    """``SOCKPOOL_SHARED_MEMORY=0`` in a worker's environment keeps its data on the socket
+    (in the master's, every worker's)."""
     return os.environ.get("SOCKPOOL_SHARED_MEMORY", "1").strip().lower() in ("0", "false", "no")
 
 

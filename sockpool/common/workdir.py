@@ -9,6 +9,11 @@ namespace, pid and start time.  The next cluster started in the same pid
 namespace removes, in the background, every such directory of its own user
 whose master no longer runs (:func:`sweep_orphans`).  A directory whose name
 does not say (one made elsewhere than Linux) is never touched.
+
+The directory is made in the temporary directory (``TMPDIR``), unless the
+socket's path there would be too long for the kernel (107 bytes: an HPC
+scratch path) or not UTF-8, as ZeroMQ names it: then in ``/tmp`` or
+``/var/tmp``, else it says so before anything starts.
 """
 
 from __future__ import annotations
@@ -25,12 +30,58 @@ PREFIX = "sockpool-"
 _OWNED = re.compile(PREFIX + r"(\d+)-(\d+)-(\d+)-[^-/]+\Z")
 
 
-def private_directory() -> str:
-    """A fresh directory only this user can enter (mode 0700), named after its master."""
+#: The master's ipc socket, in its cluster's directory.
+SOCKET_NAME = "master.sock"
+#: The longest socket path the kernel takes: ``sockaddr_un.sun_path`` less its NUL.
+MAX_SOCKET_PATH = 107
+#: Where cluster directories go when the temporary directory will not do.
+FALLBACK_PARENTS = ("/tmp", "/var/tmp")
+
+
+def socket_path(directory: str) -> str:
+    """The master's ipc socket in its cluster's ``directory``."""
+    return os.path.join(directory, SOCKET_NAME)
+
+
+def private_directory(for_socket: bool = True) -> str:
+    """A fresh directory only this user can enter (mode 0700), named after its master
+    (``for_socket``: where the master's ipc socket will be).
+
+    Raises:
+        OSError: no temporary directory where its socket's path would do (naming them).
+    """
     owner = _owner(os.getpid())
-    path = tempfile.mkdtemp(prefix=f"{PREFIX}{owner}-" if owner else PREFIX)
+    prefix = f"{PREFIX}{owner}-" if owner else PREFIX
+    parent = parent_directory(prefix) if for_socket else None
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
     os.chmod(path, 0o700)
     return path
+
+
+def parent_directory(prefix: str = PREFIX) -> str:
+    """Where a cluster directory named ``prefix`` and 8 more characters goes: the
+    temporary directory, unless a socket's path in it would not do (see the module
+    docstring)."""
+    first, tried = tempfile.gettempdir(), []
+    for parent in dict.fromkeys((first, *FALLBACK_PARENTS)):
+        path = socket_path(os.path.join(parent, prefix + "x" * 8))
+        if not _socket_path_fits(path):
+            tried.append(f"{parent!r} (a socket path of {len(os.fsencode(path))} bytes)")
+        elif parent == first or os.access(parent, os.W_OK | os.X_OK):
+            return parent
+        else:
+            tried.append(f"{parent!r} (not writable)")
+    raise OSError(f"no directory for the cluster's local socket, whose path must be UTF-8 "
+                  f"and fit in {MAX_SOCKET_PATH} bytes: tried {', '.join(tried)}.  Set TMPDIR "
+                  "to a shorter directory, or use Cluster(transport='tcp')")
+
+
+def _socket_path_fits(path: str) -> bool:
+    try:
+        encoded = path.encode()  # (ZeroMQ's encoding of it)
+    except UnicodeEncodeError:  # (a file name not in the locale's encoding)
+        return False
+    return encoded == os.fsencode(path) and len(encoded) <= MAX_SOCKET_PATH
 
 
 def sweep_orphans(parent: str | None = None) -> list[str]:

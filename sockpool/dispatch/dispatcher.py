@@ -87,7 +87,6 @@ class Dispatcher:
         self.relay_mode = relay_mode  # ("off": a stopped map waits for no output)
         self.scheduler = Scheduler(prefetch)
         self.lifecycle = Lifecycle()
-        self.mailbox = Mailbox()
         self.token = secrets.token_hex(32)
         self.master = MasterSocket(launcher.transport or transport, max_frame_bytes,
                                    launcher.listen, workdir)
@@ -96,6 +95,7 @@ class Dispatcher:
         except BaseException:  # refused (a launcher still in use): release what is bound
             self.master.close()
             raise
+        self.mailbox = Mailbox()  # (its pipe, once nothing above can fail and leave it)
         self._poller = zmq.Poller()
         self._poller.register(self.master.socket, zmq.POLLIN)
         self._poller.register(self.mailbox.fileno(), zmq.POLLIN)

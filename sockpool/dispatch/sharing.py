@@ -32,7 +32,8 @@ class SharedTransfers:
 
     def __init__(self, master: MasterSocket, mailbox: Mailbox,
                  workers: dict[int, WorkerRecord]) -> None:
-        self.segments = SegmentPool() if shm.available() else None
+        self.segments = (SegmentPool() if shm.available() and not shm.disabled_by_environment()
+                         else None)
         self.any_shared = False  # some worker maps our segments
         self._master = master
         self._mailbox = mailbox
@@ -41,8 +42,14 @@ class SharedTransfers:
         self.io_thread: threading.Thread | None = None
 
     def probe(self) -> str | None:
-        """The descriptor a worker maps to prove it shares our memory (None: no shared memory)."""
-        return self.segments.probe() if self.segments is not None else None
+        """The descriptor a worker maps to prove it shares our memory (None: no shared memory,
+        as where the system refuses anonymous memory files: old kernels, seccomp filters)."""
+        if self.segments is not None:
+            try:
+                return self.segments.probe()
+            except OSError:
+                self.segments = None
+        return None
 
     def check_hello(self, record: WorkerRecord, probe: object) -> None:
         """A worker's HELLO named its own probe: both ways mapped, it shares our memory."""

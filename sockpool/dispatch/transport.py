@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 from ..common import protocol, wire
 from ..common.config import DEFAULT_MAX_FRAME_BYTES, CurveKeys, check_transport
-from ..common.workdir import private_directory
+from ..common.workdir import private_directory, socket_path
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: the flag enum's ``&`` builds a member each time
 
@@ -53,6 +53,16 @@ class MasterSocket:
         check_transport(transport)
         self.workdir = workdir or private_directory()
         self.context = zmq.Context()
+        self._authenticator: ThreadAuthenticator | None = None
+        self._allowed: set[bytes] = set()  # client public keys issued and not revoked
+        self.server_public_key: bytes | None = None
+        try:
+            self.socket = self._listen(transport, max_frame_bytes, host)
+        except BaseException:  # (a socket path refused, say): nothing is left open
+            self._end_context()
+            raise
+
+    def _listen(self, transport: str, max_frame_bytes: int, host: str) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         # An unknown or disconnected peer is an error on send, not a silent drop.
@@ -61,9 +71,6 @@ class MasterSocket:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
-        self._authenticator: ThreadAuthenticator | None = None
-        self._allowed: set[bytes] = set()  # client public keys issued and not revoked
-        self.server_public_key: bytes | None = None
         if transport == "tcp":
             # Imported here: it imports asyncio (20 ms), which ipc clusters never need.
             from zmq.auth.thread import ThreadAuthenticator
@@ -80,9 +87,9 @@ class MasterSocket:
             self._tcp_addresses: dict[str, str] = {}
             self.address = self.bind_tcp(host)
         else:
-            self.address = f"ipc://{self.workdir}/master.sock"
+            self.address = f"ipc://{socket_path(self.workdir)}"
             sock.bind(self.address)
-        self.socket = sock
+        return sock
 
     def bind_tcp(self, host: str) -> str:
         """Listen on one more interface (TCP with CURVE); the address workers dial there."""
@@ -152,7 +159,10 @@ class MasterSocket:
     def close(self) -> None:
         """Close the socket, the authenticator and the context; remove the directory."""
         self.socket.close(linger=0)
+        self._end_context()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _end_context(self) -> None:
         if self._authenticator is not None:
             self._authenticator.stop()
-        self.context.term()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.context.destroy(linger=0)  # (and any socket left open)

@@ -1,0 +1,133 @@
+"""What the machine allows: a long TMPDIR, the open-file limit, memory files refused.
+
+Each either works or says what is wrong before any worker starts, and leaves no
+descriptor or process behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+
+from sockpool import Cluster
+from sockpool.common import workdir
+from sockpool.dispatch import transport
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _children() -> set[int]:
+    return {child.pid for child in psutil.Process().children()}
+
+
+@pytest.fixture
+def long_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TMPDIR whose socket path would pass the kernel's 107 bytes (an HPC scratch path)."""
+    long = tmp_path / ("scratch-" + "d" * 70)
+    long.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # (gettempdir() caches its answer)
+    return long
+
+
+def test_a_tmpdir_too_long_for_a_socket_puts_the_cluster_in_tmp(long_tmpdir: Path) -> None:
+    # Every local cluster failed: "ipc path ... is longer than 107 characters".
+    with Cluster(n=1) as cl:
+        assert cl.par_map(abs, [-1, -2]) == [1, 2]
+        where = cl._dispatcher.master.workdir
+        assert os.path.dirname(where) == "/tmp"
+    assert not os.path.exists(where)
+    with Cluster(n=1, transport="tcp") as cl:  # no socket file: TMPDIR it is
+        assert os.path.dirname(cl._dispatcher.master.workdir) == str(long_tmpdir)
+
+
+def test_no_directory_where_the_socket_fits_says_so_before_anything_starts(
+        long_tmpdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workdir, "FALLBACK_PARENTS", ())
+    files, children = _open_files(), _children()
+    with pytest.raises(OSError, match=r"must be UTF-8 and fit in 107 bytes: tried '.*scratch-d+' "
+                                      r"\(a socket path of 1\d\d bytes\).  Set TMPDIR to a "
+                                      r"shorter directory, or use Cluster\(transport='tcp'\)"):
+        Cluster(n=1)
+    assert _open_files() == files and _children() == children
+
+
+def test_a_socket_that_cannot_listen_leaves_no_descriptor_open(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The master's zmq context and socket stayed open: 2 descriptors per attempt.
+    monkeypatch.setattr(transport, "socket_path", lambda _: "/nonexistent-sockpool/x.sock")
+    files, children = _open_files(), _children()
+    for _ in range(3):
+        with pytest.raises(zmq.ZMQError):
+            Cluster(n=1)
+    assert _open_files() == files
+    assert psutil.wait_procs([psutil.Process(pid) for pid in _children() - children],
+                             timeout=10)[1] == []
+
+
+def test_memory_files_refused_keep_the_data_on_the_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    # memfd_create refused (an old kernel under a new container, a seccomp filter):
+    # every Cluster() failed with ENOSYS, SOCKPOOL_SHARED_MEMORY=0 or not.
+    def refused(*args: object) -> int:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    data = np.arange(1_000_000, dtype=np.float64)  # 8 MB: shared memory, where there is any
+    with Cluster(n=1) as cl:
+        np.testing.assert_array_equal(cl.submit(np.negative, data).result(timeout=30), -data)
+        assert cl._dispatcher.shared.segments is None
+
+
+def test_shared_memory_turned_off_in_the_masters_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCKPOOL_SHARED_MEMORY", "0")
+    data = np.arange(1_000_000, dtype=np.float64)
+    with Cluster(n=1) as cl:
+        np.testing.assert_array_equal(cl.submit(np.negative, data).result(timeout=30), -data)
+        assert cl._dispatcher.shared.segments is None
+
+
+_ULIMITED = """
+import resource, sys
+from sockpool import Cluster
+resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))
+try:
+    with Cluster(n={n}) as cl:
+        print(cl.par_map(abs, range(-3, 0)), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+except ValueError as exc:
+    print("ValueError:", exc)
+"""
+
+
+def _run_limited(n: int, soft: int, hard: int) -> str:
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _ULIMITED.format(n=n, soft=soft, hard=hard)],
+        capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_the_open_file_limit_is_raised_for_many_workers_or_named() -> None:
+    # Past the limit libzmq aborted the master (SIGABRT, no traceback): ulimit -n 64
+    # and 16 workers, or the default 1024 and 165 workers.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 256:
+        pytest.skip(f"this machine's hard limit on open files is {hard}")
+    assert _run_limited(16, 64, 256) == "[3, 2, 1] 256"  # raised to the hard limit
+    assert _run_limited(16, 64, 64).startswith(
+        "ValueError: 16 local workers need about 1")
+    assert "more than its limit of 64 (ulimit -n" in _run_limited(16, 64, 64)
