@@ -58,6 +58,38 @@ def test_data_a_task_changed_in_place_reaches_the_next_version_as_the_master_has
             assert cl.par_map(bumps(alpha), [0]) == [(alpha, 0.0)]
 
 
+def test_what_one_function_changes_in_place_no_other_function_sees() -> None:
+    # Held buffers were handed out as they were: two functions sent the same array
+    # shared one copy on the worker (B read what A's task wrote), and two arrays of
+    # equal content in one payload became one array there.
+    data = np.zeros(1_000_000)
+
+    def a(i: int) -> float:
+        if i:
+            data[0] += 1
+        return float(data[0])
+
+    def b(i: int) -> float:
+        return float(data[0])
+
+    first, second = np.zeros(1_000_000), np.zeros(1_000_000)  # apart, alike
+
+    def reads_both(i: int) -> float:
+        return float(first.sum() + second.sum())
+
+    def writes_first(i: int) -> tuple[float, bool]:
+        first[:] += 1.0
+        return float(second.sum()), bool(np.shares_memory(first, second))
+
+    with Cluster(n=1) as cl:
+        assert [cl.par_map(fn, [i])[0] for fn, i in ((a, 0), (b, 0), (a, 1), (b, 0))] == [
+            0.0, 0.0, 1.0, 0.0]
+        assert cl.par_map(a, [1]) == [2.0]  # a's own changes stay a's, as they did
+        assert cl.par_map(reads_both, [0]) == [0.0]
+        assert cl.par_map(writes_first, [0]) == [(0.0, False)]
+        assert cl.par_map(writes_first, [0]) == [(0.0, False)]
+
+
 def test_chunks_sent_before_the_worker_said_its_copy_changed_are_sent_again() -> None:
     # Several chunks of the next version are on their way, by digest, when the
     # worker finds the copy changed: each is refused there and goes again, in order.
@@ -74,8 +106,29 @@ def test_chunks_sent_before_the_worker_said_its_copy_changed_are_sent_again() ->
             assert cl.par_map(scribbles(alpha), range(12), chunksize=1) == [alpha] * 12
 
 
+def test_a_chunk_refused_for_a_changed_copy_costs_nothing_of_the_workers_quota() -> None:
+    # The refused chunk kept its place in max_tasks_per_worker's count, and the
+    # worker, its quota spent, was neither given the chunk again nor retired: a hang.
+    data = np.zeros(1_000_000)
+
+    def changes(i: int) -> int:
+        data[0] = 1.0
+        return i
+
+    with Cluster(n=1, max_tasks_per_worker=2) as cl:
+        assert cl.par_map(changes, [0]) == [0]
+        assert cl.submit(lambda: float(data[0])).result(timeout=30) == 0.0
+        assert cl.par_map(lambda i: float(data[0]) + i, range(4)) == [0.0, 1.0, 2.0, 3.0]
+
+
 def _payload(data: Any, small: int) -> Any:
     return dumps_function(lambda i: float(data[i]) + small)[0]
+
+
+def test_a_digest_sent_in_a_buffers_place_cannot_be_taken_for_a_buffer() -> None:
+    from sockpool.common.codec import OOB_THRESHOLD
+
+    assert BUFFER_DIGEST_BYTES < OOB_THRESHOLD  # every out-of-band buffer is larger
 
 
 def test_the_master_names_a_held_buffer_by_its_digest_until_the_worker_lacks_one() -> None:

@@ -457,10 +457,11 @@ def test_a_child_forked_as_a_sockpool_thread_held_a_lock_starts_clusters_of_its_
         from own_module import square
 
         held = threading.Event()
+        chosen = sockpool.plan("local:1")  # (its lock is held while its cluster starts)
 
         def hold_them():
             for lock in (by_value._installed_lock, by_value._register_lock,
-                         lineage._lineages_lock, plan._lock, output._emit_lock):
+                         lineage._lineages_lock, plan._lock, output._emit_lock, chosen._lock):
                 lock.acquire()
             held.set()
             threading.Event().wait()
@@ -472,7 +473,6 @@ def test_a_child_forked_as_a_sockpool_thread_held_a_lock_starts_clusters_of_its_
             faulthandler.dump_traceback_later(20, exit=True)
             with Cluster(n=1) as own:
                 print("child:", own.par_map(square, range(4)), flush=True)
-            sockpool.plan("local:1")
             print("child plan:", sockpool.par_map(square, [5]), flush=True)
             sockpool.plan("sequential")
             os._exit(0)

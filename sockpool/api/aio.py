@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..common.forking import module_lock
+from ..common.forking import fork_safe_lock
 from ..errors import ClusterClosedError
 from .carried import CarriedStopIteration
 from .map_options import MapOptions
@@ -350,7 +350,7 @@ def _cancel_sent(dispatch: Cancels, sending: Future[tuple[Future[Any], Job]]) ->
 
 
 _sender_pool: ThreadPoolExecutor | None = None
-_sender_lock = module_lock()
+_sender_lock = fork_safe_lock()
 
 
 def _senders() -> ThreadPoolExecutor:

@@ -17,7 +17,7 @@ import warnings
 import weakref
 from typing import TYPE_CHECKING, Protocol
 
-from ..common.forking import module_lock
+from ..common.forking import fork_safe_lock
 from ..dispatch.lifecycle import ClusterState
 from .callbacks import callbacks
 
@@ -37,7 +37,7 @@ class Closable(Protocol):
 live_clusters: weakref.WeakSet[Closable] = weakref.WeakSet()
 #: Each open cluster's engine, for questions about what the process runs.
 _engines: weakref.WeakKeyDictionary[Closable, Dispatcher] = weakref.WeakKeyDictionary()
-_exit_hook_lock = module_lock()
+_exit_hook_lock = fork_safe_lock()
 _exit_hook_registered = False
 
 

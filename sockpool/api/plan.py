@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..common import role
-from ..common.forking import module_lock
+from ..common.forking import fork_safe_lock
 from ..errors import ClusterClosedError
 from .map_options import (
     ErrorMode,
@@ -83,7 +82,7 @@ class Plan:
         self._runner = Sequential(seed) if sequential else None
         self._cluster: Cluster | None = None
         self._seeds: CallSeeds | None = None  # its last cluster's: the plan's count
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()  # (held while its cluster starts)
         # plan(...) installed it and no with has used that yet: the next with over it
         # restores _previous, the plan it replaced (None: not chosen then), on leaving.
         self._scope_pending = False
@@ -199,7 +198,7 @@ class _Scope:
         self.task = task
 
 
-_lock = module_lock()
+_lock = fork_safe_lock()
 _current: Plan | None = None  # None: not chosen yet (SOCKPOOL_PLAN, else the default)
 #: The open withs that put a plan back as they end (outside tasks), the last opened
 #: last: threads share the plan, so one that ends under another's still open leaves

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..common import namespace
-from ..common.forking import module_lock
+from ..common.forking import fork_safe_lock
 
 
 @functools.cache
@@ -49,7 +49,7 @@ def _python_and_installed_roots() -> tuple[str, ...]:
                   for f in (os.path.abspath, os.path.realpath)})
 
 
-_installed_lock = module_lock()
+_installed_lock = fork_safe_lock()
 _installed: frozenset[str] | None = None
 
 
@@ -194,7 +194,7 @@ _by_value_pattern = _reference_pattern(_by_value_modules)
 #: Local modules already looked at (registered, or gone from ``sys.modules``).
 _registered: set[str] = set()
 #: Callers' threads register at once; the pattern must end up naming every module.
-_register_lock = module_lock()
+_register_lock = fork_safe_lock()
 
 
 def register_local_modules(serializer: str) -> None:

@@ -22,12 +22,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..common.forking import module_lock
+from ..common.forking import fork_safe_lock
 
 #: Each function's number, by the ids of what it is made of: weak references to them
 #: (an id is reused once its object is freed) and the number.
 _lineages: dict[tuple[int, ...], tuple[tuple[weakref.ref[Any], ...], int]] = {}
-_lineages_lock = module_lock()
+_lineages_lock = fork_safe_lock()
 _next_lineage = itertools.count(1)
 _alive: set[int] = set()  # the numbers of the functions that still exist
 

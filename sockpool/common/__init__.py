@@ -7,7 +7,7 @@ launch configuration (:mod:`.config`), the seeding rule (:mod:`.rng`), the
 namespaces of bound functions (:mod:`.namespace`), process helpers
 (:mod:`.proc`), the task wrapper of ``Pool.imap`` (:mod:`.calls`), the layout of
 a local worker's progress page and result log (:mod:`.progress_log`), whether
-this process is a worker (:mod:`.role`) and module locks a forked child gets
+this process is a worker (:mod:`.role`) and locks a forked child gets
 unlocked (:mod:`.forking`).  Every
 worker loads it, so nothing here is master-only.  This
 ``__init__`` imports nothing, so that importing one of its modules stays cheap.

@@ -366,7 +366,10 @@ class Dispatcher:
         if head.flags & Flag.GIVEN_BACK:  # skipped there: a copy runs elsewhere
             self.reclaims.skipped(record, head)
             return
-        chunk = self.scheduler.complete(record.id, head.ident, time.monotonic())
+        # Refused for a buffer it lacked, nothing ran: it goes again, first, in full.
+        missing = head.flags & Flag.MISSING_BUFFERS
+        chunk = (self.scheduler.take_back(record.id, head.ident) if missing
+                 else self.scheduler.complete(record.id, head.ident, time.monotonic()))
         if chunk is None:
             return
         self.reclaims.freed.add(record.id)
@@ -374,15 +377,13 @@ class Dispatcher:
         if self.profiler.active:
             size = payload[0].nbytes + sum(memoryview(b).nbytes for b in payload[1])
             self.profiler.returned(chunk, record, times, size, cancelled)
-        if head.flags & Flag.MISSING_BUFFERS:  # nothing ran there: it goes again, in full
-            self.scheduler.requeue(chunk)
-            return
-        self.shared.finished(chunk)
-        if cancelled:
-            chunk.job.dropped(chunk, payload)
-        else:
-            record.tasks_done += chunk.count - chunk.resume
-            self._held.hold(chunk, record.label, payload)
+        if not missing:
+            self.shared.finished(chunk)
+            if cancelled:
+                chunk.job.dropped(chunk, payload)
+            else:
+                record.tasks_done += chunk.count - chunk.resume
+                self._held.hold(chunk, record.label, payload)
         if head.flags & Flag.STALE_FUNCTION:  # its payload changed as it was sent: resend it
             self.master.send(record.data_identity,
                              record.functions.uncache(chunk.job.function.digest))

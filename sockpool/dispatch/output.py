@@ -16,11 +16,11 @@ import sys
 import warnings
 from typing import Any, TextIO
 
-from ..common.forking import module_lock
+from ..common.forking import fork_safe_lock
 from ..common.protocol import RECORD, STDERR, STDOUT, WARNING, Batch
 
 _registries: dict[str, dict[Any, Any]] = {}
-_emit_lock = module_lock()
+_emit_lock = fork_safe_lock()
 
 
 def emit(batches: list[Batch]) -> None:

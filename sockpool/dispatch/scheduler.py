@@ -164,13 +164,14 @@ class Scheduler:
         return 1 if self.quota_counts_chunks else chunk.count
 
     def take_back(self, worker_id: int, chunk_id: int) -> Chunk | None:
-        """A worker gave back a chunk it held but had not started: first in line again
-        (None if it no longer holds it)."""
+        """A worker gave back a chunk it held but had not started (or refused it: see
+        ``Flag.MISSING_BUFFERS``): first in line again, and its cost back in the
+        worker's quota (None if it no longer holds it)."""
         chunk = self.in_flight.get(worker_id, {}).pop(chunk_id, None)
         if chunk is not None:
-            if worker_id in self.quota:
+            if worker_id in self.quota and chunk.pinned is None:
                 self.quota[worker_id] += self._cost(chunk)
-            self.pending.appendleft(chunk)
+            self.requeue(chunk)
         return chunk
 
     def keep(self, worker_id: int, chunk_id: int, now: float) -> None:

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable
 
 from ..common.config import WorkerConfig
-from ..common.forking import module_lock
+from ..common.forking import fork_safe_lock
 from ..common.proc import describe_exit
 from ..errors import LaunchError
 
@@ -167,7 +167,7 @@ class Launcher(abc.ABC):
 
 #: The launchers serving an open cluster: from its start until its workers are gone.
 _serving: weakref.WeakSet[Launcher] = weakref.WeakSet()
-_serving_lock = module_lock()
+_serving_lock = fork_safe_lock()
 
 
 def claim(launcher: Launcher) -> None:

@@ -3,8 +3,7 @@
 The master sends a function's pickle with the first chunk that needs it on
 this worker, and only its digest after that (FORGET drops it).  The large
 buffers of the functions cached here are kept by their own digest, which the
-master sends in place of a buffer held here (the master mirrors this cache:
-``dispatch/function_mirror.py``).  Functions
+master sends in place of a buffer held here (:mod:`.held_buffers`).  Functions
 shipped by value share their module's namespace (:mod:`.namespaces`).
 Exports (``Cluster.export``) land in the worker's clean ``__main__``, in
 those namespaces, and in the globals of a ``bind_to_env`` function, where a
@@ -18,12 +17,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from .held_buffers import HeldBuffers, MissingBuffer
 from .namespaces import SharedGlobals
-
-
-class MissingBuffer(Exception):
-    """A TASK named by digest a buffer not held here as named (a task changed it in
-    place, or a race on the master's side): nothing runs; the master sends it again."""
 
 
 class _CachedFunction:
@@ -67,9 +62,7 @@ class FunctionCache:
         #: heard of it come with its digest alone, and fail the same way.
         self._failed: dict[bytes, BaseException] = {}
         self._exports: dict[str, Any] = {}
-        self._buffers: dict[bytes, Any] = {}  # digest -> a large buffer of a function here
-        self._buffer_users: dict[bytes, int] = {}  # digest -> functions here that hold it
-        self._buffers_of: dict[bytes, list[bytes]] = {}  # function -> its buffers' digests
+        self.held = HeldBuffers()  # the large buffers of the functions here
         #: Functions refused for a MissingBuffer: chunks sent by their digest alone before
         #: the master heard of it are refused too, until it sends FORGET or the function.
         self._missing: set[bytes] = set()
@@ -92,48 +85,11 @@ class FunctionCache:
         self._failed.pop(digest, None)
         self._missing.discard(digest)
         self.shared.forget(digest)
-        self._let_go_buffers(digest)
+        self.held.let_go(digest)
 
     def refuse(self, digest: bytes) -> None:
         """The function ``digest`` came with a buffer not held here (MissingBuffer)."""
         self._missing.add(digest)
-
-    def buffers(self, frames: list[Any]) -> tuple[list[Any], list[bytes]]:
-        """A function's buffers as a TASK sent them, those sent by digest taken from
-        the ones held here, and the digest of each.
-
-        Raises:
-            MissingBuffer: one sent by digest is not held here as named.
-        """
-        from ..common.digest import BUFFER_DIGEST_BYTES, buffer_digest  # (with buffers only)
-
-        buffers, digests = [], []
-        for frame in frames:
-            if memoryview(frame).nbytes == BUFFER_DIGEST_BYTES:
-                digest = bytes(frame)
-                frame = self._buffers.get(digest)
-                # (A task may have changed a captured array in place: read it again.)
-                if frame is None or buffer_digest(frame) != digest:
-                    raise MissingBuffer
-            else:
-                digest = buffer_digest(frame)
-            buffers.append(frame)
-            digests.append(digest)
-        return buffers, digests
-
-    def _hold_buffers(self, digest: bytes, buffers: list[Any], digests: list[bytes]) -> None:
-        """Keep the buffers of the function ``digest`` by their digests while it is here."""
-        self._let_go_buffers(digest)  # (sent in full again: kept the same way once)
-        self._buffers_of[digest] = digests
-        for buffer, named in zip(buffers, digests, strict=True):
-            self._buffers[named] = buffer  # (the copy sent last: untouched by tasks)
-            self._buffer_users[named] = self._buffer_users.get(named, 0) + 1
-
-    def _let_go_buffers(self, digest: bytes) -> None:
-        for named in self._buffers_of.pop(digest, ()):
-            self._buffer_users[named] -= 1
-            if not self._buffer_users[named]:
-                del self._buffer_users[named], self._buffers[named]
 
     def load(self, digest: bytes, payload: Any, buffers: list[Any],
              buffer_digests: list[bytes] | None = None) -> Callable[..., Any]:
@@ -147,7 +103,7 @@ class FunctionCache:
         if len(payload):
             self._missing.discard(digest)
             if buffer_digests:  # (as the master counts them held, loaded or not)
-                self._hold_buffers(digest, buffers, buffer_digests)
+                self.held.hold(digest, buffers, buffer_digests)
             try:
                 fn = self.shared.loads(digest, payload, buffers)
             except BaseException as exc:

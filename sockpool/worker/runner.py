@@ -23,7 +23,8 @@ from ..common.config import WorkerConfig
 from ..common.progress_log import TO_THE_END, WHOLE_RESULT
 from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from ..errors import add_note
-from .functions import FunctionCache, MissingBuffer
+from .functions import FunctionCache
+from .held_buffers import MissingBuffer
 from .progress import Progress
 from .relay import WorkerRelay
 from .results import Errors, Kept, ResultPacker
@@ -152,14 +153,17 @@ class ChunkRunner:
             if progress is not None and task.skip:  # settled elsewhere before it came here
                 progress.mark(head.ident, task.skip, TO_THE_END)
             split = task.fn_buffers
+            fn_buffers: list[Any] = []
+            digests: list[bytes] = []
             try:
-                fn_buffers, digests = self.functions.buffers(buffers[:split])
+                if split:
+                    fn_buffers, digests = self.functions.held.resolve(buffers[:split])
             except MissingBuffer:
                 self.functions.refuse(task.digest)
                 raise
             try:
                 fn = self.functions.load(task.digest, task.fn_inband, fn_buffers, digests)
-            except MissingBuffer:
+            except MissingBuffer:  # (refused, not failed: see below)
                 raise
             except BaseException:  # not cached here: the master is to send it again
                 self._stale = True
