@@ -131,3 +131,40 @@ def test_the_open_file_limit_is_raised_for_many_workers_or_named() -> None:
     assert _run_limited(16, 64, 64).startswith(
         "ValueError: 16 local workers need about 1")
     assert "more than its limit of 64 (ulimit -n" in _run_limited(16, 64, 64)
+
+
+_FLAGS = """
+import sys
+from sockpool import Cluster
+
+def flags(x):
+    return sys.flags.optimize, sys.flags.dont_write_bytecode, __debug__
+
+with Cluster(n=1) as cl:
+    print(cl.par_map(flags, [0])[0], flags(0))
+"""
+
+
+def test_workers_run_with_the_masters_optimize_and_bytecode_flags(tmp_path: Path) -> None:
+    script = tmp_path / "flags.py"
+    script.write_text(_FLAGS)
+    result = subprocess.run([sys.executable, "-O", "-B", str(script)], capture_output=True,
+                            text=True, timeout=50, cwd=tmp_path)
+    here = f"(1, {sys.flags.dont_write_bytecode or 1}, False)"
+    assert result.stdout.strip() == f"{here} {here}", result.stderr
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="-P (safe_path) is Python 3.11's")
+def test_a_master_run_with_safe_path_keeps_its_workers_from_a_shadowing_module(
+        tmp_path: Path) -> None:
+    # `python -P` keeps the working directory off sys.path; workers put it first,
+    # and a zmq.py there broke every one of them (multiprocessing passes -P on).
+    script = tmp_path / "flags.py"
+    script.write_text(_FLAGS)
+    shadowing = tmp_path / "elsewhere"
+    shadowing.mkdir()
+    (shadowing / "zmq.py").write_text("raise RuntimeError('a shadowing zmq.py')\n")
+    result = subprocess.run([sys.executable, "-P", str(script)], capture_output=True,
+                            text=True, timeout=50, cwd=shadowing)
+    here = f"(0, {sys.flags.dont_write_bytecode}, True)"
+    assert result.stdout.strip() == f"{here} {here}", result.stderr

@@ -132,6 +132,18 @@ class _StartState(NamedTuple):
     sys_path: tuple[str, ...]
 
 
+def _inherited_flags() -> list[str]:
+    """The flags of this interpreter that a worker running it takes too, as
+    ``multiprocessing``'s spawned children do: ``-O``/``-OO``, ``-B``, and ``-P``
+    (a module in the working directory must not shadow one the worker imports)."""
+    flags = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
+    if sys.flags.dont_write_bytecode:
+        flags.append("-B")
+    if getattr(sys.flags, "safe_path", False):  # (Python 3.11+)
+        flags.append("-P")
+    return flags
+
+
 class LocalLauncher(Launcher):
     """Start workers as subprocesses on this machine.
 
@@ -170,7 +182,8 @@ class LocalLauncher(Launcher):
 
     def command(self) -> list[str]:
         """The command line of a worker (its configuration goes over stdin)."""
-        return [self.python, "-m", "sockpool.worker"]
+        flags = _inherited_flags() if self.python == sys.executable else []
+        return [self.python, *flags, "-m", "sockpool.worker"]
 
     def start_early(self, count: int, workdir: str, *, relay: bool) -> None:
         self._start_state = None  # a new cluster: not what a start that failed took
