@@ -237,3 +237,20 @@ def test_a_copyreg_reducer_registered_after_a_first_pickle_is_used_by_cloudpickl
     finally:
         del copyreg.dispatch_table[Registered]
     assert dumped(Registered(3)).value == 3
+
+
+def test_a_reducer_added_to_cloudpicklers_own_table_after_a_first_pickle_is_used() -> None:
+    # cloudpickle's documented way to add reducers: its dispatch_table (a ChainMap
+    # whose writes land in its own dict, not copyreg's).
+    import cloudpickle
+
+    def dumped(obj: Any) -> Any:
+        return codec.loads(*codec.dumps(obj, "cloudpickle", standard_first=False))
+
+    assert dumped(Registered(1)).value == 1
+    cloudpickle.CloudPickler.dispatch_table[Registered] = _as_tuple
+    try:
+        assert dumped(Registered(2)) == (2, "by copyreg")
+    finally:
+        del cloudpickle.CloudPickler.dispatch_table[Registered]
+    assert dumped(Registered(3)).value == 3

@@ -8,6 +8,7 @@ import math
 import numbers
 import os
 import re
+import resource
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -129,7 +130,15 @@ def choose_workers(
     wait_for: int | None,
 ) -> tuple[Launcher, int, int, int | None]:
     """The launcher, the number of workers, how many the constructor waits for, and
-    ``min_workers`` (an int, or None)."""
+    ``min_workers`` (an int, or None).
+
+    Raises:
+        RuntimeError: the interpreter is shutting down (a ``__del__`` as modules are
+            torn down): the checks would fail on half-gone modules.
+    """
+    if sys.is_finalizing():
+        raise RuntimeError("cannot start a cluster while the interpreter is shutting down "
+                           "(from a __del__ or a thread still running at exit, say)")
     if launcher is not None and (python is not None or env is not None):
         raise ValueError("python= and env= belong to the launcher when launcher= is given")
     check_launcher(launcher)
@@ -166,8 +175,6 @@ def make_room_for_files(n_workers: int) -> None:
     Raises:
         ValueError: they would not fit under the hard limit either (naming it).
     """
-    import resource
-
     try:
         open_now = len(os.listdir("/proc/self/fd"))
     except OSError:  # (no /proc): only the limit's plain use is checked
@@ -368,11 +375,7 @@ def check_cluster_options(
     """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option;
     return the engine's options as it takes them (integers as ``int``, NumPy's too;
     ``max_worker_memory`` in bytes, ``log_level`` as a number, None where not given).
-    During interpreter shutdown (a ``__del__`` as modules are torn down) it raises
-    ``RuntimeError`` saying so: the checks would fail on half-gone modules."""
-    if sys.is_finalizing():
-        raise RuntimeError("cannot start a cluster while the interpreter is shutting down "
-                           "(from a __del__ or a thread still running at exit, say)")
+    """
     tasks = as_int(max_tasks_per_worker)
     if max_tasks_per_worker is not None and (tasks is None or tasks < 1):
         raise ValueError(f"max_tasks_per_worker must be a positive integer or None, "

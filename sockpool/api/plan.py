@@ -32,7 +32,7 @@ import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..common import role
@@ -186,16 +186,14 @@ class Plan:
         return f"<sockpool plan: Cluster({options}), {state}>"
 
 
+@dataclass(eq=False)
 class _Scope:
     """One open ``with`` over a plan: whether leaving it puts back the plan it
     replaced, that plan (None: none was chosen), and the task it is in, if any."""
 
-    __slots__ = ("previous", "restores", "task")
-
-    def __init__(self, restores: bool, previous: Plan | None, task: Sequential | None) -> None:
-        self.restores = restores
-        self.previous = previous
-        self.task = task
+    restores: bool
+    previous: Plan | None
+    task: Sequential | None
 
 
 _lock = fork_safe_lock()

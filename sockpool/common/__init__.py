@@ -2,7 +2,8 @@
 
 The wire protocol (:mod:`.protocol`; reading a message off a zmq socket,
 :mod:`.wire`), turning objects into frames and back
-(:mod:`.codec`), shared memory for large buffers (:mod:`.shm`), the worker's
+(:mod:`.codec`; manager proxies with their key, :mod:`.proxies`), shared memory
+for large buffers (:mod:`.shm`), the worker's
 launch configuration (:mod:`.config`), the seeding rule (:mod:`.rng`), the
 namespaces of bound functions (:mod:`.namespace`), process helpers
 (:mod:`.proc`), the task wrapper of ``Pool.imap`` (:mod:`.calls`), the layout of

@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import RemoteError, RemoteFrame, RemoteTraceback, add_note
 from . import namespace
 from .memmaps import memmap_type, reduce_memmap
+from .proxies import proxy_types, reduce_proxy
 
 #: Buffers at least this large travel out of band as their own frames.  Below
 #: it, a separate zmq frame costs more than copying the bytes into the pickle.
@@ -132,16 +133,18 @@ def _pickler_class(serializer: str) -> type[pickle.Pickler]:
     return cls
 
 
-_flat: tuple[dict[Any, Any], dict[Any, Any]] = ({}, {})
+_flat: tuple[list[dict[Any, Any]], dict[Any, Any]] = ([], {})
 
 
 def _flattened(table: ChainMap[Any, Any]) -> dict[Any, Any]:
-    """``table``, a ChainMap over copyreg's reducers, as one dict, made again only
-    when copyreg's changed: the C pickler looks a dict up in C, a ChainMap with a
-    Python call per object (a third of the time of a dict of 2000 small arrays)."""
+    """``table`` as one dict, made again only when a dict under it changed (copyreg's,
+    or cloudpickle's, where its users add reducers): the C pickler looks a dict up in
+    C, a ChainMap with a Python call per object (a third of the time of a dict of
+    2000 small arrays)."""
     global _flat
-    if _flat[0] != copyreg.dispatch_table:
-        _flat = (dict(copyreg.dispatch_table), dict(table))
+    leaves = [leaf for chained in table.maps for leaf in getattr(chained, "maps", [chained])]
+    if _flat[0] != leaves:
+        _flat = ([dict(leaf) for leaf in leaves], dict(table))
     return _flat[1]
 
 
@@ -168,46 +171,13 @@ def _reduce_special(obj: Any) -> Any:
         return _cached, (obj.__wrapped__, parameters["maxsize"], parameters["typed"])
     managers = sys.modules.get("multiprocessing.managers")
     if managers is not None and isinstance(obj, managers.BaseProxy):
-        return _reduce_proxy(obj)
+        return reduce_proxy(obj)
     return namespace.reduce_bound_function(obj)
 
 
 def _cached(function: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
     """``function`` under ``functools.lru_cache(maxsize, typed)`` (see _reduce_special)."""
     return functools.lru_cache(maxsize=maxsize, typed=typed)(function)
-
-
-# -- multiprocessing's manager proxies ---------------------------------------------
-#
-# A proxy (``Manager().Queue()``, ``.dict()``, ``.Namespace()``) connects to its
-# manager with an authkey.  multiprocessing pickles the key along only into a
-# process it spawns, whose children otherwise inherit it; a worker inherited
-# nothing, so a proxy travels with its key, as into a spawned process.
-
-
-def _proxy_types() -> list[type]:
-    """Every proxy class there is (none until multiprocessing.managers is loaded)."""
-    managers = sys.modules.get("multiprocessing.managers")
-    if managers is None:
-        return []
-    found, todo = [managers.BaseProxy], [managers.BaseProxy]
-    while todo:
-        subclasses = todo.pop().__subclasses__()
-        found += subclasses
-        todo += subclasses
-    return found
-
-
-def _reduce_proxy(proxy: Any) -> Any:
-    """``BaseProxy.__reduce__``, its keywords given the key (a proxy class that
-    reduces itself some other way is left as it does)."""
-    reduced: Any = proxy.__reduce__()
-    rebuild = sys.modules["multiprocessing.managers"].RebuildProxy
-    if (not isinstance(reduced, tuple) or len(reduced) != 2 or reduced[0] is not rebuild
-            or len(reduced[1]) != 4 or not isinstance(reduced[1][3], dict)):
-        return reduced
-    kind, token, serializer, keywords = reduced[1]
-    return rebuild, (kind, token, serializer, {**keywords, "authkey": bytes(proxy._authkey)})
 
 
 def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool] | None
@@ -232,10 +202,10 @@ def _fast_dispatch_table() -> dict[type, Any] | None:
     """copyreg's reducers as they are now, plus the memmap's and the proxies', for the
     C pickler: a dict (a ChainMap would cost a Python call per object); None until
     NumPy or multiprocessing.managers is loaded."""
-    memmap, proxies = memmap_type(), _proxy_types()
+    memmap, proxies = memmap_type(), proxy_types()
     if memmap is None and not proxies:
         return None
-    table = {**copyreg.dispatch_table, **dict.fromkeys(proxies, _reduce_proxy)}
+    table = {**copyreg.dispatch_table, **dict.fromkeys(proxies, reduce_proxy)}
     if memmap is not None:
         table[memmap] = reduce_memmap
     return table

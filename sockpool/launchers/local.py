@@ -135,12 +135,15 @@ class _StartState(NamedTuple):
 def _inherited_flags() -> list[str]:
     """The flags of this interpreter that a worker running it takes too, as
     ``multiprocessing``'s spawned children do: ``-O``/``-OO``, ``-B``, and ``-P``
-    (a module in the working directory must not shadow one the worker imports)."""
-    flags = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
-    if sys.flags.dont_write_bytecode:
+    (a module in the working directory must not shadow one the worker imports);
+    not those its environment sets, which the worker inherits."""
+    flags = []
+    if sys.flags.optimize and not os.environ.get("PYTHONOPTIMIZE"):
+        flags.append("-" + "O" * sys.flags.optimize)
+    if sys.flags.dont_write_bytecode and not os.environ.get("PYTHONDONTWRITEBYTECODE"):
         flags.append("-B")
-    if getattr(sys.flags, "safe_path", False):  # (Python 3.11+)
-        flags.append("-P")
+    if getattr(sys.flags, "safe_path", False) and not os.environ.get("PYTHONSAFEPATH"):
+        flags.append("-P")  # (Python 3.11+)
     return flags
 
 
