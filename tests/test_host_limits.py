@@ -55,6 +55,20 @@ def test_a_tmpdir_too_long_for_a_socket_puts_the_cluster_in_tmp(long_tmpdir: Pat
         assert os.path.dirname(cl._dispatcher.master.workdir) == str(long_tmpdir)
 
 
+def test_what_a_killed_master_left_in_the_fallback_is_swept(long_tmpdir: Path) -> None:
+    # Directories that went to /tmp were never swept: only TMPDIR was.
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    with open("/proc/sys/kernel/pid_max") as limit:
+        no_such_pid = int(limit.read()) + 1
+    left = Path("/tmp") / f"sockpool-{namespace}-{no_such_pid}-123-fallback"
+    left.mkdir()
+    try:
+        assert str(left) in workdir.sweep_orphans()
+    finally:
+        if left.exists():
+            left.rmdir()
+
+
 def test_no_directory_where_the_socket_fits_says_so_before_anything_starts(
         long_tmpdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workdir, "FALLBACK_PARENTS", ())

@@ -376,20 +376,22 @@ def test_worker_that_crashes_at_start_reports_its_stderr(tmp_path: Path) -> None
 
 @pytest.mark.filterwarnings(OVERSUBSCRIBED)
 def test_environment_and_thread_caps_reach_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LOKY_MAX_CPU_COUNT"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "4")
     with Cluster(n=1, env={"MY_SETTING": "on"}) as cl:
         env = cl.run_on_all(lambda: dict(os.environ))[0]
     assert env["MY_SETTING"] == "on"
-    assert env["LOKY_MAX_CPU_COUNT"] == "1"
-    # The master's own count is kept, and goes to every pool: OpenBLAS reads its own
-    # variable before OMP_NUM_THREADS, so a user's OMP_NUM_THREADS=2 came out as 1.
-    assert env["MKL_NUM_THREADS"] == env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "4"
-    monkeypatch.delenv("MKL_NUM_THREADS")
+    assert env["OMP_NUM_THREADS"] == env["LOKY_MAX_CPU_COUNT"] == "1"  # where the master sets none
+    assert env["MKL_NUM_THREADS"] == "4"  # the master's own setting is kept
+    # A user's OMP_NUM_THREADS goes to every pool: OpenBLAS reads its own variable
+    # first, so OMP_NUM_THREADS=2 beside OPENBLAS_NUM_THREADS=1 came out as 1.
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     with Cluster(n=1) as cl:
         env = cl.run_on_all(lambda: dict(os.environ))[0]
-    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"  # none set here
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "2"
+    assert env["MKL_NUM_THREADS"] == "4" and env["LOKY_MAX_CPU_COUNT"] == "1"
+    monkeypatch.delenv("OMP_NUM_THREADS")
     with Cluster(n=1, threads_per_worker=3) as cl:
         env = cl.run_on_all(lambda: dict(os.environ))[0]
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["LOKY_MAX_CPU_COUNT"] == "3"

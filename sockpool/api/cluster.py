@@ -74,8 +74,8 @@ class Cluster(concurrent.futures.Executor):
         setup: a callable run once in every worker when it starts (also in a
             replacement worker), e.g. to import heavy modules.
         threads_per_worker: caps BLAS/OpenMP threads (and joblib's CPUs) per worker.  With the
-            default 1, a count this process's environment sets (``OMP_NUM_THREADS=2``)
-            is used for every pool instead.
+            default 1, those this process's environment sets stay, and its
+            ``OMP_NUM_THREADS`` goes to every pool.
         seed: root seed of reproducible per-task random streams: the k-th
             seeded call (a map or a submit) since the seed was set gives its
             task i the stream ``SeedSequence(seed, spawn_key=(k, i))``, which

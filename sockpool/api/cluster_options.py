@@ -279,10 +279,11 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, 
     worker_env: dict[str, str] = {}
     if threads is not None:
         value = str(threads)
-        if threads == 1:  # (the default) a count your environment sets goes to every pool:
-            # OpenBLAS reads its own variable before OMP_NUM_THREADS
-            value = next((os.environ[name] for name in THREAD_VARIABLES[:-1]
-                          if name in os.environ), value)
+        chosen = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if threads == 1 and chosen.isdigit() and int(chosen) > 0:
+            # (The default) OMP_NUM_THREADS=2 is meant for every pool: OpenBLAS reads
+            # its own variable first, so setting it to 1 beside would undo yours.
+            value = chosen
         for name in THREAD_VARIABLES:
             if threads != 1 or name not in os.environ:
                 worker_env[name] = value if name != "LOKY_MAX_CPU_COUNT" else str(threads)

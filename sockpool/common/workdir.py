@@ -85,15 +85,19 @@ def _socket_path_fits(path: str) -> bool:
 
 
 def sweep_orphans(parent: str | None = None) -> list[str]:
-    """Remove this user's cluster directories in ``parent`` (the temporary directory)
-    whose master is gone: no process with its pid in this pid namespace, or one
-    started at another time (the pid was reused).  Returns those removed."""
+    """Remove this user's cluster directories in ``parent`` (by default the temporary
+    directory and the fallbacks) whose master is gone: no process with its pid in
+    this pid namespace, or one started at another time (the pid was reused).
+    Returns those removed."""
+    if parent is None:
+        parents = dict.fromkeys((tempfile.gettempdir(), *FALLBACK_PARENTS))
+        return [path for place in parents for path in sweep_orphans(place)]
     namespace = _pid_namespace()
     if namespace is None:
         return []
     removed = []
     uid = os.getuid()
-    with contextlib.suppress(OSError), os.scandir(parent or tempfile.gettempdir()) as entries:
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
         for entry in entries:
             match = _OWNED.match(entry.name)
             if match is None or int(match[1]) != namespace:
