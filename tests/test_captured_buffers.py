@@ -7,6 +7,7 @@ by digest, and a worker whose copy a task changed in place gets it again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -90,35 +91,91 @@ def test_what_one_function_changes_in_place_no_other_function_sees() -> None:
         assert cl.par_map(writes_first, [0]) == [(0.0, False)]
 
 
-def test_chunks_sent_before_the_worker_said_its_copy_changed_are_sent_again() -> None:
-    # Several chunks of the next version are on their way, by digest, when the
-    # worker finds the copy changed: each is refused there and goes again, in order.
+def _refuse_the_first_buffer_sent_by_digest() -> None:
+    """A worker's setup: its first TASK naming a held buffer by digest is refused, as
+    when a buffer the caller changed in place as it was sent reached it otherwise."""
+    from sockpool.worker import held_buffers
+
+    resolve, refused = held_buffers.HeldBuffers.resolve, []
+
+    def refusing(self: Any, frames: list[Any]) -> Any:
+        if not refused and any(memoryview(frame).nbytes == BUFFER_DIGEST_BYTES
+                               for frame in frames):
+            refused.append(True)
+            raise held_buffers.MissingBuffer
+        return resolve(self, frames)
+
+    held_buffers.HeldBuffers.resolve = refusing  # type: ignore[method-assign]
+
+
+def test_chunks_queued_behind_a_refused_one_go_again_and_keep_their_writes() -> None:
+    # Each refusal of the chunks queued behind the first one (sent by digest alone)
+    # made the master drop every function again, the one just sent anew with it:
+    # the function lost its own writes mid-map, and the array crossed once a chunk.
     data = np.zeros(1_000_000)
 
-    def scribbles(alpha: float) -> Callable[[int], float]:
+    def counter(alpha: float) -> Callable[[int], float]:
         def task(i: int) -> float:
-            data[-1] += 1  # (what the task reads stays as it was)
-            return float(data[i]) + alpha
+            data[0] += 1
+            return float(data[0]) + alpha
         return task
 
-    with Cluster(n=1, prefetch=4) as cl:
-        for alpha in range(4):
-            assert cl.par_map(scribbles(alpha), range(12), chunksize=1) == [alpha] * 12
+    with Cluster(n=1, prefetch=4, setup=_refuse_the_first_buffer_sent_by_digest) as cl, \
+            cl.profile() as prof:
+        for alpha in range(3):
+            assert cl.par_map(counter(alpha), range(6), chunksize=1) == [
+                alpha + 1.0 + i for i in range(6)]
+    sent = sum(task.bytes_in for task in prof.tasks)
+    # Each map's first chunk finds the copy changed by the last map's tasks, and gets
+    # it again; the chunks queued behind it cost no more (they did: 8 MB each).
+    assert sent < 4 * 8 * MB, sent
 
 
-def test_a_chunk_refused_for_a_changed_copy_costs_nothing_of_the_workers_quota() -> None:
+def test_a_chunk_refused_costs_nothing_of_the_workers_quota() -> None:
     # The refused chunk kept its place in max_tasks_per_worker's count, and the
     # worker, its quota spent, was neither given the chunk again nor retired: a hang.
     data = np.zeros(1_000_000)
-
-    def changes(i: int) -> int:
-        data[0] = 1.0
-        return i
-
-    with Cluster(n=1, max_tasks_per_worker=2) as cl:
-        assert cl.par_map(changes, [0]) == [0]
-        assert cl.submit(lambda: float(data[0])).result(timeout=30) == 0.0
+    with Cluster(n=1, max_tasks_per_worker=2,
+                 setup=_refuse_the_first_buffer_sent_by_digest) as cl:
+        first = cl.par_map(lambda i: (os.getpid(), float(data[i])), [0])[0]
+        second = cl.submit(lambda: (os.getpid(), float(data[1]) + 1)).result(timeout=30)
+        assert (first[1], second[1]) == (0.0, 1.0)
+        assert second[0] == first[0]  # its second task: the refusal counted for nothing
         assert cl.par_map(lambda i: float(data[0]) + i, range(4)) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_run_on_all_refused_runs_again_on_the_same_worker() -> None:
+    data = np.zeros(1_000_000)
+
+    def where(alpha: int) -> Callable[[], tuple[int, float]]:
+        def task() -> tuple[int, float]:
+            return os.getpid(), float(data[0]) + alpha
+        return task
+
+    with Cluster(n=2, setup=_refuse_the_first_buffer_sent_by_digest) as cl:
+        pids = [pid for pid, _ in cl.run_on_all(where(0))]  # in worker order
+        for alpha in range(1, 4):
+            answers = cl.run_on_all(where(alpha))
+            assert [pid for pid, _ in answers] == pids
+            assert [value for _, value in answers] == [alpha, alpha]
+
+
+def test_a_function_whose_tasks_changed_its_data_starts_again_when_another_needs_it() -> None:
+    # What guide.md says: a function over the same large data as one whose tasks
+    # changed it in place finds the worker's copy changed; the worker then drops its
+    # functions with large data, which start again from the session's data, as on
+    # a new worker.  Results stay exact either way.
+    data = np.zeros(1_000_000)
+
+    def bump(i: int) -> float:
+        data[0] += 1
+        return float(data[0])
+
+    with Cluster(n=1) as cl:
+        assert cl.par_map(bump, range(3), chunksize=1) == [1.0, 2.0, 3.0]
+        assert cl.par_map(bump, range(2), chunksize=1) == [4.0, 5.0]  # its own, kept
+        assert cl.par_map(lambda i: float(data[0]), [0]) == [0.0]  # the session's data
+        assert cl.par_map(bump, range(3), chunksize=1) == [1.0, 2.0, 3.0]
 
 
 def _payload(data: Any, small: int) -> Any:
@@ -161,20 +218,3 @@ def test_a_buffer_changed_since_its_digest_is_sent_but_not_counted_held() -> Non
     assert memoryview(buffers[0]).nbytes == 8 * MB  # nor its buffer held
 
 
-def test_a_run_on_all_refused_for_a_changed_copy_runs_again_on_the_same_worker() -> None:
-    data = np.zeros(1_000_000)
-
-    def where(alpha: int) -> Callable[[], tuple[int, float]]:
-        def task() -> tuple[int, float]:
-            import os
-            before = float(data[0])
-            data[0] += 1
-            return os.getpid(), before + alpha
-        return task
-
-    with Cluster(n=2) as cl:
-        pids = sorted(pid for pid, _ in cl.run_on_all(where(0)))
-        for alpha in range(1, 4):
-            answers = cl.run_on_all(where(alpha))
-            assert sorted(pid for pid, _ in answers) == pids
-            assert [value for _, value in answers] == [alpha, alpha]

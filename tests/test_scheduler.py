@@ -214,3 +214,23 @@ def test_a_kept_worker_takes_what_waits_once_no_answer_came_in_time() -> None:
     scheduler.take_back(2, work[1].id)  # asked back for a worker other than 1
     assert list(scheduler.assignments(until - 0.001)) == []
     assert [(w, c.id) for w, c in scheduler.assignments(until)] == [(1, work[1].id)]
+
+
+def test_a_chunk_taken_back_goes_first_again_a_pinned_one_to_its_worker_alone() -> None:
+    # A chunk its worker refused (Flag.MISSING_BUFFERS) is taken back: a pinned one
+    # (run_on_all) went to the shared queue, where another worker could take it.
+    scheduler = two_workers(prefetch=1)
+    scheduler.quota[2] = 3
+    job = RecordingJob()
+    pinned = job.chunk(0, 1, [b""], pinned=2)
+    shared = chunks(job, 2)
+    scheduler.submit([pinned])
+    assert list(scheduler.assignments(0.0)) == [(2, pinned)]
+    scheduler.submit(shared)
+    assert scheduler.take_back(2, pinned.id) is pinned
+    assert dict(scheduler.assignments(0.0)) == {1: shared[0], 2: pinned}
+    scheduler.complete(2, pinned.id)
+    assert dict(scheduler.assignments(0.0)) == {2: shared[1]}
+    assert scheduler.take_back(2, shared[1].id) is shared[1]
+    assert scheduler.quota[2] == 3  # (taken back, it cost nothing)
+    assert dict(scheduler.assignments(0.0)) == {2: shared[1]}

@@ -19,6 +19,9 @@ from xxhash import xxh3_128, xxh3_128_digest
 #: The bytes of one buffer's digest, which a TASK sends in its place when the
 #: worker holds it (out-of-band buffers are never this small: ``codec.OOB_THRESHOLD``).
 BUFFER_DIGEST_BYTES = 16
+#: Workers hold a function's buffers this large (each costs a worker a descriptor,
+#: and a smaller one costs little to send again).
+HELD_MIN_BYTES = 1024 * 1024
 
 
 def buffer_digest(buffer: Any) -> bytes:

@@ -361,17 +361,19 @@ class Dispatcher:
         if record.setup_chunk is not None and head.ident == record.setup_chunk.id:
             self.admission.setup_result(record, payload)
             return
-        for forget in record.functions.forget_buffers(head.flags & Flag.MISSING_BUFFERS):
-            self.master.send(record.data_identity, forget)
-        if head.flags & Flag.GIVEN_BACK:  # skipped there: a copy runs elsewhere
-            self.reclaims.skipped(record, head)
-            return
         # Refused for a buffer it lacked, nothing ran: it goes again, first, in full.
         missing = head.flags & Flag.MISSING_BUFFERS
+        if head.flags & Flag.GIVEN_BACK:  # skipped there: a copy runs elsewhere
+            if missing:
+                self._forget_buffers(record, None)
+            self.reclaims.skipped(record, head)
+            return
         chunk = (self.scheduler.take_back(record.id, head.ident) if missing
                  else self.scheduler.complete(record.id, head.ident, time.monotonic()))
         if chunk is None:
             return
+        if missing:
+            self._forget_buffers(record, chunk.sent_at)
         self.reclaims.freed.add(record.id)
         cancelled = bool(head.flags & protocol.Flag.CANCELLED)
         if self.profiler.active:
@@ -388,6 +390,11 @@ class Dispatcher:
             self.master.send(record.data_identity,
                              record.functions.uncache(chunk.job.function.digest))
         self.pool.after_result(record, time.monotonic(), bool(head.flags & Flag.OVER_MEMORY))
+
+    def _forget_buffers(self, record: WorkerRecord, sent_at: float | None) -> None:
+        """A TASK sent at ``sent_at`` was refused: see ``FunctionMirror.forget_buffers``."""
+        for forget in record.functions.forget_buffers(sent_at):
+            self.master.send(record.data_identity, forget)
 
     def _on_output(self, record: WorkerRecord, head: protocol.Header,
                    payload: tuple[memoryview, list[Any]]) -> None:

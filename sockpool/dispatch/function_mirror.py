@@ -1,26 +1,28 @@
 """What one worker caches of the task functions, as the master mirrors it.
 
 A worker keeps each function payload it is sent in full (:mod:`sockpool.worker.functions`)
-until the master says FORGET, and keeps the large buffers of those functions by
-their own digest for as long as one of them is cached.  The master applies the
+until the master says FORGET, and keeps the large buffers of those functions (1
+MiB or more) by their own digest for as long as one of them is cached.  The master applies the
 same rules to the same messages, so it knows, without asking, which functions it
 may send by digest alone and which buffers by their digest in their place: the
 sweep that maps ``lambda fold: fit(X, alpha, fold)`` for each ``alpha`` sends X
 to each worker once, not once per ``alpha``.  What the master believes a worker
 holds, that worker holds; where a race left it otherwise (a buffer changed in
-place as it was sent; a task that changed its copy on the worker), the worker
-says so and both drop their buffers (:meth:`FunctionMirror.forget_buffers`).
+place as it was sent), the worker says so and both drop their buffers
+(:meth:`FunctionMirror.forget_buffers`).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter, OrderedDict
 from typing import NamedTuple
 
 from ..capture.lineage import lineage_alive
 from ..capture.pickling import FunctionPayload
 from ..common import protocol
-from ..common.digest import buffer_digest
+from ..common.digest import HELD_MIN_BYTES, buffer_digest
 
 
 class FunctionFrames(NamedTuple):
@@ -61,6 +63,7 @@ class FunctionMirror:
         self._latest: dict[int, tuple[bytes, int]] = {}
         self._buffers_of: dict[bytes, tuple[bytes, ...]] = {}  # function -> its buffers'
         self._buffer_users: Counter[bytes] = Counter()  # buffer digest -> functions
+        self._forgot_at = -math.inf  # when forget_buffers last dropped them all
 
     def holds(self, function: FunctionPayload) -> bool:
         """Whether the worker has ``function`` cached (then it counts as used now)."""
@@ -94,13 +97,15 @@ class FunctionMirror:
         dropped = self._drop_superseded(function) if function.lineage else []
         self._cached[digest] = function.nbytes
         self._cached_bytes += function.nbytes
-        if function.buffer_digests:
-            self._buffers_of[digest] = function.buffer_digests
-            held.update(function.buffer_digests)
+        large = tuple(was for buffer, was in zip(function.buffers, named, strict=True)
+                      if memoryview(buffer).nbytes >= HELD_MIN_BYTES)
+        if large:
+            self._buffers_of[digest] = large
+            held.update(large)
         while self._cached_bytes > self.budget and len(self._cached) > 1:
             dropped.append(next(iter(self._cached)))
             self._drop(dropped[-1])
-        needed = set(function.buffer_digests)
+        needed = set(large)
         before = [old for old in dropped if needed.isdisjoint(self._buffers_of.get(old, ()))]
         after = [old for old in dropped if not needed.isdisjoint(self._buffers_of.get(old, ()))]
         for old in dropped:
@@ -142,9 +147,13 @@ class FunctionMirror:
         self._buffers_of.pop(digest, None)
         return forget_message(digest)
 
-    def forget_buffers(self, missing: int = 1) -> list[list[bytes]]:
-        """The worker lacked a buffer a TASK sent by digest (``missing``, a RESULT's
-        ``MISSING_BUFFERS`` flag): the FORGETs that drop every function with large
-        buffers there, which leaves it, as here, holding none."""
-        carrying = list(self._buffers_of) if missing else []
-        return [self.uncache(digest) for digest in carrying]
+    def forget_buffers(self, sent_at: float | None = None) -> list[list[bytes]]:
+        """The worker lacked a buffer that a TASK sent at ``sent_at`` (monotonic; None:
+        not known) named by digest: the FORGETs that drop every function with large
+        buffers there, which leaves it, as here, holding none.  None for a TASK sent
+        before the last such forget: the chunks queued behind a refused one are
+        refused too, and forgetting again would drop what was sent anew since."""
+        if sent_at is not None and sent_at < self._forgot_at:
+            return []
+        self._forgot_at = time.monotonic()
+        return [self.uncache(digest) for digest in list(self._buffers_of)]
