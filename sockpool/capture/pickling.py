@@ -73,13 +73,17 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
         a reference by name, the same for as long as the function exists).
     """
     if serializer in ("cloudpickle", "pickle"):
+        large: list[Any] = []  # (out of band: a partial over a large array, say)
         try:
-            inband = codec.dumps_standard(obj)
+            inband = codec.dumps_standard(obj, large)
         except Exception:
             if serializer == "pickle":
                 raise
         else:
             if serializer == "pickle" or not names_by_value_module(inband):
+                if large:
+                    buffers = [bytes(b.raw()) for b in large] if copy_buffers else large
+                    return _with_buffers(obj, inband, buffers), False
                 return FunctionPayload(inband, [], function_digest(inband, []),
                                        function_name(obj)), True
     # (The standard pickler failed, or wrote what the by-value check flags: not again.)
@@ -89,8 +93,13 @@ def dumps_function(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: b
     if not buffers:
         return FunctionPayload(inband, buffers, function_digest(inband, buffers),
                                function_name(obj)), False
+    return _with_buffers(obj, inband, buffers), False
+
+
+def _with_buffers(obj: Any, inband: bytes, buffers: list[Any]) -> FunctionPayload:
+    """The payload of a function that carries large buffers: a version of its lineage."""
     number = lineage(obj)
     digests = tuple(buffer_digest(buffer) for buffer in buffers)
     return FunctionPayload(inband, buffers, function_digest(inband, buffers, digests),
                            function_name(obj), number, definition_site(obj),
-                           Pin(number) if number else None, digests), False
+                           Pin(number) if number else None, digests)

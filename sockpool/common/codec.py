@@ -190,11 +190,18 @@ def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool]
     return pickler
 
 
-def dumps_standard(obj: Any) -> bytes:
+def dumps_standard(obj: Any, large: list[Any] | None = None) -> bytes:
     """``pickle.dumps(obj, 5)`` with the reducers the library adds (see
-    :func:`_standard_pickler`), every buffer in band."""
+    :func:`_standard_pickler`): every buffer in band, or those of
+    :data:`OOB_THRESHOLD` bytes or more appended to ``large`` where it is given."""
+    def in_band(buffer: pickle.PickleBuffer) -> bool:
+        if large is None or buffer.raw().nbytes < OOB_THRESHOLD:
+            return True
+        large.append(buffer)
+        return False
+
     stream = io.BytesIO()
-    _standard_pickler(stream, None).dump(obj)
+    _standard_pickler(stream, in_band).dump(obj)
     return stream.getvalue()
 
 
