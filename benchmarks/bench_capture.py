@@ -10,9 +10,10 @@ pays only for pickling the function (the array out of band, not copied) and
 checksumming it, which is how a changed global is still noticed.
 
 A sweep makes a new function for each map, capturing the same array and a
-different small value (``lambda i: BIG[i] * alpha``): the array crosses to each
-worker once, its digest after that.  It is measured beside a ``multiprocessing``
-fork ``Pool``, whose workers inherit the array, mapping ``partial(scaled, alpha)``.
+different small value (``lambda i: BIG[i] * alpha``, or ``partial(f, BIG,
+alpha)``): the array crosses to each worker once, its digest after that.  It
+is measured beside a ``multiprocessing`` fork ``Pool``, whose workers inherit
+the array, mapping ``partial(scaled, alpha)``.
 
 Reports medians (min-max) and the ratio warm g / h: the target is at most 1.3 (issue 9: 1.1).
 No assertion is made on the numbers.
@@ -50,6 +51,10 @@ def sweep_function(alpha: float) -> Callable[[int], float]:
     return lambda i: float(BIG[i]) * alpha
 
 
+def scaled_from(data: np.ndarray, alpha: float, i: int) -> float:
+    return float(data[i]) * alpha
+
+
 def timed(cluster: Cluster, fn: object, items: int) -> float:
     started = time.perf_counter()
     cluster.par_map(fn, range(items), chunksize=1)  # type: ignore[arg-type]
@@ -84,6 +89,9 @@ def main() -> None:
         sweep = [timed_sweep(lambda alpha: cluster.par_map(
             sweep_function(alpha), range(args.items), chunksize=1), 10)
             for _ in range(args.repeat)]
+        partials = [timed_sweep(lambda alpha: cluster.par_map(
+            functools.partial(scaled_from, BIG, alpha), range(args.items), chunksize=1), 10)
+            for _ in range(args.repeat)]
     with multiprocessing.get_context("fork").Pool(args.workers) as pool:
         pool.map(h, range(args.items), chunksize=1)
         forked = [timed_sweep(lambda alpha: pool.map(
@@ -103,6 +111,7 @@ def main() -> None:
     print(f"  ratio warm g / h             {ratio:8.2f}   (target <= 1.3)")
     print(f"\n  sweep of 10 maps, a new function capturing 50 MB each\n"
           f"    sockpool                   {show(sweep)}\n"
+          f"    sockpool, partial(f, BIG, alpha) {show(partials)}\n"
           f"    fork Pool, inherited       {show(forked)}")
     ratio = statistics.median(sweep) / statistics.median(forked)
     print(f"  ratio sweep sockpool / fork Pool {ratio:4.2f}")
