@@ -184,6 +184,39 @@ def test_chunks_queued_behind_a_refused_one_go_again_and_keep_their_writes() -> 
     assert sent < 4 * 8 * MB, sent
 
 
+def test_a_refused_chunks_arguments_in_shared_memory_are_released_unmapped() -> None:
+    # The refusing worker never mapped the segment of the chunk's arguments, so never
+    # released it: lent to that worker, it was never reused for as long as it ran
+    # (where the chunk went again to another worker).
+    from collections import deque
+
+    from sockpool.common import codec, protocol, shm
+    from sockpool.common.config import WorkerConfig
+    from sockpool.common.protocol import Flag, Kind
+    from sockpool.worker.functions import FunctionCache
+    from sockpool.worker.runner import ChunkRunner
+    from sockpool.worker.state import WorkerState
+
+    config = WorkerConfig(address="ipc:///unused", token="t", worker_id=0,
+                          heartbeat_interval=1.0, master_timeout=5.0, serializer="cloudpickle",
+                          max_frame_bytes=1 << 30, relay="off")
+    released: deque[int] = deque()
+    runner = ChunkRunner(config, WorkerState(), FunctionCache(), None, released,
+                         send=lambda _: None)
+    pool = shm.SegmentPool()
+    try:
+        descriptor = pool.store([np.ones(1_000_000)])
+        head = protocol.header(Kind.TASK, Flag.MAP_ONE | Flag.SHARED, 1, 1)
+        frame = protocol.task_frame(head, b"f" * 16, 0, bytes(codec.dumps(abs, "pickle")[0]),
+                                    1, codec.dumps([0])[0])
+        head_read, body = protocol.parse(frame)
+        reply = runner.run(head_read, body, [b"b" * BUFFER_DIGEST_BYTES, descriptor])
+        assert protocol.parse(reply[0])[0].flags & Flag.MISSING_BUFFERS
+        assert list(released) == [shm.serial_of(descriptor)]
+    finally:
+        pool.close()
+
+
 def test_a_chunk_refused_costs_nothing_of_the_workers_quota() -> None:
     # The refused chunk kept its place in max_tasks_per_worker's count, and the
     # worker, its quota spent, was neither given the chunk again nor retired: a hang.

@@ -379,6 +379,11 @@ trim_mappings = _mappings.trim
 forget_mappings_of = _mappings.forget_owner
 
 
+def serial_of(frame: bytes) -> int:
+    """The serial of the segment a descriptor names (for RELEASE, unmapped)."""
+    return int(_HEAD.unpack_from(frame)[3])
+
+
 def open_shared(frame: bytes, on_release: Callable[[int], None]) -> list[memoryview]:
     """The buffers a descriptor names, as writable views into this process's mapping.
 

@@ -55,16 +55,15 @@ class _Pristine:
     def private_copy(self) -> Any:
         """This buffer's bytes for one function: a copy-on-write mapping, or a copy."""
         if self.data is not None:
-            return bytearray(self.data)
-        try:
-            return mmap.mmap(self.fd, self.size, flags=mmap.MAP_PRIVATE,
-                             prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            return memoryview(bytearray(self.data))
+        try:  # (a memoryview, as the frame it came in is given: it keeps the mapping)
+            return memoryview(mmap.mmap(self.fd, self.size, flags=mmap.MAP_PRIVATE,
+                                        prot=mmap.PROT_READ | mmap.PROT_WRITE))
         except OSError:  # (each mapping holds a descriptor: out of them, a copy)
-            copy = bytearray(self.size)
-            view, done = memoryview(copy), 0
+            view, done = memoryview(bytearray(self.size)), 0
             while done < self.size:
                 done += os.preadv(self.fd, [view[done:]], done)
-            return copy
+            return view
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -180,6 +180,8 @@ class ChunkRunner:
             if given_back:
                 return self._result(head, Flag.CANCELLED | Flag.GIVEN_BACK, [], [])
         except MissingBuffer:  # nothing runs: it comes again with the buffer
+            if flags & Flag.SHARED:  # (lent to this worker, never mapped: the master's again)
+                self._released.append(shm.serial_of(bytes(buffers[task.fn_buffers])))
             flags = Flag.CANCELLED | Flag.MISSING_BUFFERS
             return self._result(head, flags | (Flag.GIVEN_BACK if given_back else 0), [], [])
         except BaseException as exc:  # a payload that cannot be loaded here
