@@ -45,7 +45,7 @@ class FunctionPayload(NamedTuple):
     #: With a lineage: a use of it, which a job holding this payload keeps alive.
     pin: Pin | None = None
     #: Each large buffer's own digest, by which a worker that holds it is sent the
-    #: digest in its place (see ``WorkerRecord.function_frames``).
+    #: digest in its place (see ``FunctionMirror.frames``).
     buffer_digests: tuple[bytes, ...] = ()
 
     @property
