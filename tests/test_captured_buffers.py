@@ -285,7 +285,7 @@ def test_the_master_names_a_held_buffer_by_its_digest_until_the_worker_lacks_one
     _, buffers, _, _ = mirror.frames(second)
     assert buffers == [second.buffer_digests[0]]
     assert len(buffers[0]) == BUFFER_DIGEST_BYTES
-    forgets = mirror.forget_buffers()
+    forgets = mirror.forget_buffers(None)
     assert len(forgets) == 2  # both functions go there: the worker holds no buffer
     _, buffers, _, _ = mirror.frames(_payload(data, 3))
     assert memoryview(buffers[0]).nbytes == 8 * MB

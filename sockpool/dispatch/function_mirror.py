@@ -65,7 +65,7 @@ class FunctionMirror:
         self._buffer_users: Counter[bytes] = Counter()  # buffer digest -> functions
         self._forgot_at = -math.inf  # when forget_buffers last dropped them all
 
-    def holds(self, function: FunctionPayload) -> bool:
+    def _holds(self, function: FunctionPayload) -> bool:
         """Whether the worker has ``function`` cached (then it counts as used now)."""
         if function.digest not in self._cached:
             return False
@@ -83,7 +83,7 @@ class FunctionMirror:
         them in place since) is not counted as cached there: the next chunk that
         needs it carries it again, rather than run on bytes the digest does not name.
         """
-        if self.holds(function):
+        if self._holds(function):
             return _CACHED
         held, named = self._buffer_users, function.buffer_digests
         buffers = [digest if held[digest] else buffer
@@ -147,7 +147,7 @@ class FunctionMirror:
         self._buffers_of.pop(digest, None)
         return forget_message(digest)
 
-    def forget_buffers(self, sent_at: float | None = None) -> list[list[bytes]]:
+    def forget_buffers(self, sent_at: float | None) -> list[list[bytes]]:
         """The worker lacked a buffer that a TASK sent at ``sent_at`` (monotonic; None:
         not known) named by digest: the FORGETs that drop every function with large
         buffers there, which leaves it, as here, holding none.  None for a TASK sent

@@ -24,8 +24,9 @@ from typing import Any
 
 
 class MissingBuffer(Exception):
-    """A TASK named by digest a buffer not held here (a buffer the master's caller
-    changed in place as it was sent): nothing runs; the master sends it again."""
+    """A TASK named by digest a buffer not held here as named (the first function's
+    tasks changed its frame in place, or the master's caller changed it as it was
+    sent): nothing runs; the master sends it again."""
 
 
 class _Pristine:
