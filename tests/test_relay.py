@@ -245,6 +245,26 @@ def test_a_failed_map_still_writes_what_its_other_tasks_printed(
         "start 0", "end 0", "start 1", "start 3", "end 3", "start 4"]
 
 
+def printing_past_the_cancellation(i: int) -> int:
+    if i == 1:
+        time.sleep(0.05)
+        raise ValueError("one")
+    os.system("sleep 0.15")  # SIGINT is ignored meanwhile: the cancellation cannot stop it
+    print(f"task {i}")
+    return i
+
+
+def test_a_failed_map_writes_what_a_chunk_finishing_after_the_failure_printed(
+        shared_cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    # Task 0's chunk finishes after task 1's error stopped the map: its RESULT
+    # came back whole, not cancelled, and its output was dropped with its values.
+    shared_cluster.par_map(abs, [1, 2])
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="one"):
+        shared_cluster.par_map(printing_past_the_cancellation, range(2), chunksize=1)
+    assert capsys.readouterr().out == "task 0\n"
+
+
 def test_relay_off_keeps_output_in_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
     with Cluster(n=1, relay=False) as cl:
         cl.par_map(print, ["not relayed"])

@@ -273,16 +273,16 @@ def _write_as_they_end(job: StreamJob, arrived: deque[Event], in_flight: int,
 
 def _write_what_ran(job: StreamJob, arrived: deque[Event], in_flight: int,
                     output: _OutputInOrder) -> None:
-    """After a map was cancelled: write what its tasks printed, in order, those of the
-    chunks cancelled as they ran included as they come back (at most
-    :data:`SETTLE_SECONDS`).  A chunk that finished is not decoded for its output:
-    its values would be unpickled for nothing, which may take long."""
+    """After a map was cancelled: write what its tasks printed, in order, as their
+    chunks come back (at most :data:`SETTLE_SECONDS`): those cancelled as they ran,
+    and those that finished before the cancellation reached them, whose values are
+    decoded with their output (one pickle holds both)."""
     until = time.monotonic() + SETTLE_SECONDS
     while True:
         for chunk, label, payload in arrived:
             in_flight -= 1
-            if label is None and payload is None:  # dropped: the output it kept, if it ran
-                output.add(chunk, chunk.output)
+            with contextlib.suppress(Exception):  # (the map's own error is on its way)
+                output.add(chunk, _outcome(chunk, label, payload).output)
         arrived.clear()
         if in_flight <= 0 or (left := until - time.monotonic()) <= 0:
             break
