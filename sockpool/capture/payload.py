@@ -34,8 +34,8 @@ from .inspection import describe_unpicklable, inspect_capture
 from .limits import DEFAULT_MAX_CAPTURE_SIZE, check_max_capture_size
 from .pickling import FunctionPayload
 
-#: Copies large buffers into shared memory; returns the frame that names them.
-Store = Callable[[list[Any]], Any]
+#: Copies large buffers into shared memory; returns the frames that name them.
+Store = Callable[[list[Any]], list[Any]]
 
 
 def _name_of(fn: Any) -> str:

@@ -22,7 +22,7 @@ from .lineage import Pin, definition_site, lineage
 
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
-          prefix: bytes = b"", store: Callable[[list[Any]], Any] | None = None,
+          prefix: bytes = b"", store: Callable[[list[Any]], list[Any]] | None = None,
           standard_first: bool = True, global_ids: bool = False) -> Frames:
     """:func:`codec.dumps <sockpool.common.codec.dumps>` with the master's by-value check."""
     return codec.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix, store=store,

@@ -238,7 +238,7 @@ def check_serializer(serializer: str) -> str:
 
 
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
-          prefix: bytes = b"", store: Callable[[list[Any]], Any] | None = None,
+          prefix: bytes = b"", store: Callable[[list[Any]], list[Any]] | None = None,
           by_value_check: Callable[[memoryview], bool] | None = None,
           standard_first: bool = True, global_ids: bool = False) -> Frames:
     """Pickle ``obj`` into ``[prefix + payload, *out_of_band_buffers]``.
@@ -251,7 +251,7 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         prefix: bytes written before the pickle in the first frame (a header).
         store: where the out-of-band buffers go when they add up to
             :data:`SHARED_MIN_BYTES` or more: it copies them (into shared
-            memory) and returns the one frame that replaces them all.
+            memory) and returns the frames that replace them.
         by_value_check: the master's by-value rule (``sockpool.capture``),
             given what the standard pickler wrote: true when it names a module
             a worker cannot import, so that cloudpickle writes it again, by
@@ -279,7 +279,7 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
             return [view]
         if store is not None and sum(b.raw().nbytes for b in buffers) >= SHARED_MIN_BYTES:
             with contextlib.suppress(OSError):  # out of shared memory: the socket it is
-                return [view, store(buffers)]
+                return [view, *store(buffers)]
         if copy_buffers:
             return [view, *(bytes(b.raw()) for b in buffers)]
         return [view, *buffers]

@@ -22,7 +22,8 @@ were garbage-collected) or is gone.  A reused segment is already faulted in
 on both sides (the writer keeps a mapping of its own, the reader keeps its
 mapping too), so a transfer through it costs one copy at memory speed.  Idle
 segments and mappings go after :data:`IDLE_SECONDS`, so an idle cluster holds
-no memory for them.
+no memory for them.  (A large argument sent again goes once into a segment of
+its own, sealed against writing: see ``kept_segments.py``.)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ GRANULE = 1024 * 1024
 _NAME = "sockpool-{pool:016x}-{serial}"
 # getattr: the constants exist on Linux only, and this module is imported everywhere.
 _SEALS = sum(getattr(fcntl, name, 0) for name in ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL"))
+_WRITE_SEAL = getattr(fcntl, "F_SEAL_WRITE", 0)  # a kept segment's: readers map it privately
 _HEAD = struct.Struct("<IIQQQI")  # owner pid, fd, pool id, serial, size, buffer count
 _SPAN = struct.Struct("<QQ")  # offset, length
 
@@ -101,7 +103,8 @@ class _Segment:
         self.idle_since = 0.0
 
 
-def _raw(buffer: Any) -> memoryview:
+def raw_view(buffer: Any) -> memoryview:
+    """A buffer's bytes as a flat memoryview (a PickleBuffer's too)."""
     if isinstance(buffer, pickle.PickleBuffer):
         return buffer.raw()
     return memoryview(buffer).cast("B")
@@ -128,9 +131,13 @@ class SegmentPool:
 
     # -- writing -----------------------------------------------------------------------
 
+    def frames_for(self, buffers: list[Any]) -> list[SharedFrame]:
+        """The frames that carry ``buffers`` in one message: here, one segment's."""
+        return [self.store(buffers)]
+
     def store(self, buffers: list[Any]) -> SharedFrame:
         """Copy ``buffers`` into a segment; the frame that names it, for one message."""
-        views = [_raw(buffer) for buffer in buffers]
+        views = [raw_view(buffer) for buffer in buffers]
         spans = []
         end = 0
         for view in views:
@@ -147,10 +154,23 @@ class SegmentPool:
         except BaseException:
             self._give_back(segment)
             raise
-        frame = SharedFrame(self._describe(segment, spans))
-        # Through a weak reference to the pool, so a frame outliving it is harmless.
-        frame._release = _Unframe(self, segment.serial).run
-        return frame
+        return releasing_frame(self._describe(segment, spans), self, segment.serial)
+
+    def sealed_copy(self, view: memoryview) -> tuple[int, int, bytes]:
+        """A new segment holding ``view``, sealed against writing too (readers map it
+        privately): its fd, the caller's to close, its serial and its descriptor."""
+        serial = next(self._serials)
+        size = max(view.nbytes, 1)
+        fd = os.memfd_create(_NAME.format(pool=self._id, serial=serial),
+                             os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, size)
+            _write_all(fd, view, 0)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS | _WRITE_SEAL)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, serial, self._describe(_Segment(fd, serial, size), [(0, view.nbytes)])
 
     def _take(self, needed: int) -> _Segment:
         """A free segment of a fitting size (faulted in and mapped), or a new one."""
@@ -304,12 +324,20 @@ class SegmentPool:
         return self._describe(self._probe, [(0, 0)]).hex()
 
 
+def releasing_frame(descriptor: bytes, owner: Any, serial: int) -> SharedFrame:
+    """A frame of ``descriptor`` that calls ``owner.unframe(serial)`` when it dies."""
+    frame = SharedFrame(descriptor)
+    frame._release = _Unframe(owner, serial).run
+    return frame
+
+
 class _Unframe:
-    """What a :class:`SharedFrame` calls when it dies: ``pool.unframe(serial)``."""
+    """What a :class:`SharedFrame` calls when it dies: ``owner.unframe(serial)`` (through a
+    weak reference, so a frame outliving its owner is harmless)."""
 
     __slots__ = ("pool", "serial")
 
-    def __init__(self, pool: SegmentPool, serial: int) -> None:
+    def __init__(self, pool: Any, serial: int) -> None:
         self.pool = weakref.ref(pool)
         self.serial = serial
 
@@ -335,19 +363,21 @@ class _Mappings:
         #: (owner pid, pool, serial) -> (mapping, last use)
         self._maps: dict[tuple[int, int, int], tuple[mmap.mmap, float]] = {}
 
-    def get(self, frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]]]:
+    def get(self, frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]], bool]:
+        """A frame's segment mapped, its serial, spans, and whether privately (see _map)."""
         pid, fd, pool, serial, size, spans = _parse(frame)
         key = (pid, pool, serial)
         with self._lock:
             found = self._maps.get(key)
             if found is not None:
                 self._maps[key] = (found[0], time.monotonic())
-                return found[0], serial, spans
-        mapping = _map(pid, fd, pool, serial, size)
-        with self._lock:
-            self._maps[key] = (mapping, time.monotonic())
-            self._evict(CACHE_BYTES)
-        return mapping, serial, spans
+                return found[0], serial, spans, False
+        mapping, private = _map(pid, fd, pool, serial, size)
+        if not private:  # (a private one is its transfer's own: what a task wrote stays)
+            with self._lock:
+                self._maps[key] = (mapping, time.monotonic())
+                self._evict(CACHE_BYTES)
+        return mapping, serial, spans, private
 
     def trim(self, now: float | None = None) -> None:
         """Forget mappings unused for :data:`IDLE_SECONDS` (live arrays keep theirs)."""
@@ -358,8 +388,7 @@ class _Mappings:
                     del self._maps[key]
 
     def forget_owner(self, pid: int) -> None:
-        """Forget the mappings of a process's segments: it is gone, and will never
-        send through them again (live arrays keep theirs)."""
+        """Forget a gone process's segments, never sent through again (arrays keep theirs)."""
         with self._lock:
             for key in [key for key in self._maps if key[0] == pid]:
                 del self._maps[key]
@@ -388,19 +417,20 @@ def open_shared(frame: bytes, on_release: Callable[[int], None]) -> list[memoryv
     """The buffers a descriptor names, as writable views into this process's mapping.
 
     ``on_release(serial)`` is called once the views and everything made from
-    them (arrays) are gone, from whichever thread drops the last one.
+    them (arrays) are gone, from whichever thread drops the last one; not for a
+    kept segment, which this process maps privately and its owner never rewrites.
 
     Raises:
         SharedMemoryError: the descriptor is malformed or its segment cannot be used.
     """
-    mapping, serial, spans = _mappings.get(frame)
+    mapping, serial, spans, private = _mappings.get(frame)
     start = min((offset for offset, _ in spans), default=0)
     end = max((offset + length for offset, length in spans), default=0)
     # One exporter for this transfer: every view (and array) made from it keeps it
     # alive, and its end is the transfer's end.  ctypes objects take weak references.
     used = (ctypes.c_char * max(end - start, 1)).from_buffer(mapping, start)
-    finalizer = weakref.finalize(used, on_release, serial)
-    finalizer.atexit = False
+    if not private:
+        weakref.finalize(used, on_release, serial).atexit = False
     whole = memoryview(used).cast("B")
     return [whole[offset - start:offset - start + length] for offset, length in spans]
 
@@ -409,7 +439,7 @@ def check_probe(hex_frame: str) -> bool:
     """Whether this process can map a peer's segments (its :meth:`SegmentPool.probe`)."""
     try:
         pid, fd, pool, serial, size, _ = _parse(bytes.fromhex(hex_frame))
-        _map(pid, fd, pool, serial, size).close()
+        _map(pid, fd, pool, serial, size)[0].close()
     except (SharedMemoryError, ValueError, OSError):
         return False
     return True
@@ -441,7 +471,9 @@ def _parse(frame: bytes) -> tuple[int, int, int, int, int, list[tuple[int, int]]
     return pid, fd, pool, serial, size, spans
 
 
-def _map(pid: int, fd: int, pool: int, serial: int, size: int) -> mmap.mmap:
+def _map(pid: int, fd: int, pool: int, serial: int, size: int) -> tuple[mmap.mmap, bool]:
+    """A peer's segment mapped, and whether privately: one sealed against writing (see
+    kept_segments.py) copy-on-write, unpopulated (that would copy every page)."""
     path = f"/proc/{pid}/fd/{fd}"
     try:
         handle = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -452,11 +484,14 @@ def _map(pid: int, fd: int, pool: int, serial: int, size: int) -> mmap.mmap:
         expected = "/memfd:" + _NAME.format(pool=pool, serial=serial)
         if name.removesuffix(" (deleted)") != expected:
             raise SharedMemoryError(f"{path} is not the segment named (it is {name!r})")
-        if fcntl.fcntl(handle, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+        seals = fcntl.fcntl(handle, fcntl.F_GET_SEALS)
+        if seals & _SEALS != _SEALS:
             raise SharedMemoryError(f"the segment {path} is not sealed against resizing")
         if os.fstat(handle).st_size != size:
             raise SharedMemoryError(f"the segment {path} has the wrong size")
-        return mmap.mmap(handle, size, mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        if _WRITE_SEAL and seals & _WRITE_SEAL:
+            return mmap.mmap(handle, size, mmap.MAP_PRIVATE), True
+        return mmap.mmap(handle, size, mmap.MAP_SHARED | mmap.MAP_POPULATE), False
     except OSError as exc:
         if isinstance(exc, SharedMemoryError):
             raise

@@ -143,7 +143,7 @@ class Dispatcher:
         return self.pool.target
 
     @property
-    def store(self) -> Callable[[list[Any]], SharedFrame] | None:
+    def store(self) -> Callable[[list[Any]], list[SharedFrame]] | None:
         """Where calls that copy their arguments put large buffers (None: the socket)."""
         return self.shared.store
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..common import codec, protocol, shm
+from ..common.kept_segments import KeptSegments
 from ..common.protocol import Flag
 from ..common.shm import SegmentPool, SharedFrame
 from ..errors import ClusterClosedError
@@ -34,6 +35,7 @@ class SharedTransfers:
                  workers: dict[int, WorkerRecord]) -> None:
         self.segments = (SegmentPool() if shm.available() and not shm.disabled_by_environment()
                          else None)
+        self.kept = KeptSegments(self.segments) if self.segments is not None else None
         self.any_shared = False  # some worker maps our segments
         self._master = master
         self._mailbox = mailbox
@@ -48,7 +50,7 @@ class SharedTransfers:
             try:
                 return self.segments.probe()
             except OSError:
-                self.segments = None
+                self.segments = self.kept = None
         return None
 
     def check_hello(self, record: WorkerRecord, probe: object) -> None:
@@ -57,9 +59,9 @@ class SharedTransfers:
             record.shared_memory = self.any_shared = True
 
     @property
-    def store(self) -> Callable[[list[Any]], SharedFrame] | None:
+    def store(self) -> Callable[[list[Any]], list[SharedFrame]] | None:
         """Where calls that copy their arguments put large buffers (None: the socket)."""
-        return self.segments.store if self.segments is not None and self.any_shared else None
+        return self.kept.frames_for if self.kept is not None and self.any_shared else None
 
     # -- results from workers --------------------------------------------------------------
 
@@ -123,26 +125,31 @@ class SharedTransfers:
     def share(self, record: WorkerRecord, chunk: Chunk, arguments: list[Any], flags: int
               ) -> tuple[list[Any], int]:
         """A chunk's argument buffers for this worker: in shared memory where it maps ours."""
-        if self.segments is None or not arguments:
+        if self.segments is None or self.kept is None or not arguments:
             return arguments, flags
         if isinstance(arguments[0], SharedFrame):  # stored when the call was made
             if not record.shared_memory:
-                return self.segments.copies(arguments[0]), flags
+                return [copy for frame in arguments for copy in self._copies(frame)], flags
         elif record.shared_memory and (
                 sum(memoryview(a).nbytes for a in arguments) >= codec.SHARED_MIN_BYTES):
             try:
-                arguments = [self.segments.store(arguments)]
+                arguments = self.kept.frames_for(arguments)
             except OSError:  # out of shared memory: the socket it is
                 return arguments, flags
-            chunk.frames = [chunk.frames[0], *arguments]  # a retry reuses the segment
+            chunk.frames = [chunk.frames[0], *arguments]  # a retry reuses the segments
         else:
             return arguments, flags
-        self.segments.lend(arguments[0], record.id)
+        for frame in arguments:  # (a kept segment is never written again: not lent)
+            self.segments.lend(frame, record.id)
         return arguments, flags | Flag.SHARED
 
+    def _copies(self, frame: SharedFrame) -> list[bytes]:
+        assert self.segments is not None and self.kept is not None
+        return (self.kept if self.kept.owns(frame) else self.segments).copies(frame)
+
     def finished(self, chunk: Chunk) -> None:
-        """A chunk is done: its segment is free once the worker lets go of it."""
-        if len(chunk.frames) == 2 and isinstance(chunk.frames[1], SharedFrame):
+        """A chunk is done: its segments are free once the worker lets go of them."""
+        if len(chunk.frames) > 1 and isinstance(chunk.frames[1], SharedFrame):
             chunk.frames = chunk.frames[:1]
 
     def forget(self, worker_id: int) -> None:
@@ -153,14 +160,16 @@ class SharedTransfers:
 
     def trim(self, now: float) -> None:
         """Close segments idle for long, ours and our mappings of the workers'."""
-        if self.segments is not None:
+        if self.segments is not None and self.kept is not None:
             self.segments.trim(now)
+            self.kept.trim(now)
             shm.trim_mappings(now)
 
     def close(self) -> None:
         """Close every segment of ours, and forget our mappings of the workers' (no
         I/O thread trims them any more)."""
-        if self.segments is not None:
+        if self.segments is not None and self.kept is not None:
             self.segments.close()
+            self.kept.close()
             for record in self._workers.values():
                 shm.forget_mappings_of(record.pid)

@@ -81,7 +81,7 @@ class ResultPacker:
             values, errors = values[first:], errors[kept.errors:]
             slices = ([(start, count, [pickle.PickleBuffer(frame) for frame in frames])
                        for start, count, frames in kept.slices],)
-        store = self.shared.store if self.shared is not None else None
+        store = self.shared.frames_for if self.shared is not None else None
         try:
             frames = codec.dumps((values, errors, seconds, batch, *slices), self.serializer,
                                  prefix=prefix_for([i for i, _ in first_errors + errors]),

@@ -171,8 +171,9 @@ class ChunkRunner:
             self._stale = bool(split and len(task.fn_inband)) and _not_as_named(
                 task.digest, task.fn_inband, fn_buffers, digests)
             arguments = buffers[split:]
-            if flags & Flag.SHARED:
-                arguments = shm.open_shared(bytes(arguments[0]), self._released.append)
+            if flags & Flag.SHARED:  # descriptors of segments: the buffers in them
+                arguments = [view for frame in arguments
+                             for view in shm.open_shared(bytes(frame), self._released.append)]
             items = codec.loads(task.arguments, arguments)
             del arguments
             if task.skip and not flags & Flag.CALL:
@@ -181,7 +182,8 @@ class ChunkRunner:
                 return self._result(head, Flag.CANCELLED | Flag.GIVEN_BACK, [], [])
         except MissingBuffer:  # nothing runs: it comes again with the buffer
             if flags & Flag.SHARED:  # (lent to this worker, never mapped: the master's again)
-                self._released.append(shm.serial_of(bytes(buffers[task.fn_buffers])))
+                self._released.extend(shm.serial_of(bytes(frame))
+                                      for frame in buffers[task.fn_buffers:])
             flags = Flag.CANCELLED | Flag.MISSING_BUFFERS
             return self._result(head, flags | (Flag.GIVEN_BACK if given_back else 0), [], [])
         except BaseException as exc:  # a payload that cannot be loaded here
