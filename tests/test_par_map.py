@@ -851,21 +851,34 @@ class SlowToUnpickle:
         return _slow_in_the_master, ()
 
 
-def zero_fails_the_rest_return_slow_results(x: int) -> SlowToUnpickle:
+def zero_fails_the_rest_return_slow_results(x: int, ran: str) -> SlowToUnpickle:
     if x == 0:
         raise ValueError("zero")
+    print(f"done {x}")
+    Path(ran, str(x)).touch()  # (after the print: a task cancelled before it ran has none)
     return SlowToUnpickle()
 
 
-def test_a_failing_map_raises_without_decoding_the_results_that_came_after() -> None:
+def test_a_failing_map_raises_without_waiting_to_decode_the_results_that_came_after(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # Stopping the map waits briefly for its chunks still out, for their output;
     # it unpickled the results that came behind the error too, which nobody would
     # see: 1.5 s each here.  (One worker: task 1 runs right after task 0 failed.)
+    # What they printed is in those results, and is written once they are decoded.
     with Cluster(n=1) as cl:
         started = time.monotonic()
         with pytest.raises(ValueError, match="zero"):
-            cl.par_map(zero_fails_the_rest_return_slow_results, range(3), chunksize=1)
+            cl.par_map(zero_fails_the_rest_return_slow_results, range(3), [str(tmp_path)] * 3,
+                       chunksize=1)
         assert time.monotonic() - started < 1.2
+        assert cl.submit(abs, -1).result() == 1  # (the one worker is through with the map)
+        ran = [f"done {name}" for name in sorted(os.listdir(tmp_path))]
+        assert ran  # task 1 at least: it waited on the worker as task 0 failed
+        printed = ""
+        while time.monotonic() - started < 10 and printed.count("done") < len(ran):
+            time.sleep(0.1)
+            printed += capsys.readouterr().out
+        assert printed.splitlines() == ran
 
 
 def _counting_up_to(n: int) -> Any:

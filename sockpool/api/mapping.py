@@ -275,20 +275,60 @@ def _write_what_ran(job: StreamJob, arrived: deque[Event], in_flight: int,
                     output: _OutputInOrder) -> None:
     """After a map was cancelled: write what its tasks printed, in order, as their
     chunks come back (at most :data:`SETTLE_SECONDS`): those cancelled as they ran,
-    and those that finished before the cancellation reached them, whose values are
-    decoded with their output (one pickle holds both)."""
+    and those that finished before the cancellation reached them (see
+    :func:`_write_finished`)."""
     until = time.monotonic() + SETTLE_SECONDS
+    finished: list[Event] = []
     while True:
-        for chunk, label, payload in arrived:
+        for event in arrived:
             in_flight -= 1
-            with contextlib.suppress(Exception):  # (the map's own error is on its way)
-                output.add(chunk, _outcome(chunk, label, payload).output)
+            if event[1] is None:  # failed whole, or dropped: the output it kept
+                output.add(event[0], event[0].output)
+            else:
+                finished.append(event)
         arrived.clear()
         if in_flight <= 0 or (left := until - time.monotonic()) <= 0:
             break
         with contextlib.suppress(queue.Empty):
             arrived.extend(job.events.get(timeout=left))
+    _write_finished(finished, output, until)
     output.flush()
+
+
+def _write_finished(finished: list[Event], output: _OutputInOrder, until: float) -> None:
+    """Write what chunks that finished printed.  It is in their RESULTs, with their
+    values (one pickle): they are decoded on a thread of their own, so that values
+    slow to unpickle never hold up the map's error; what is not decoded by ``until``
+    that thread writes once it is, after the error."""
+    if not finished:
+        return
+    decoded: deque[tuple[Chunk, list[Any]]] = deque()
+    ready = threading.Condition()
+    late = False
+
+    def decode() -> None:
+        for chunk, label, payload in finished:
+            with contextlib.suppress(Exception):  # (nobody to raise it to)
+                written = _outcome(chunk, label, payload).output
+                with ready:
+                    if not late:
+                        decoded.append((chunk, written))
+                        ready.notify()
+                        continue
+                relay.emit(written)
+
+    threading.Thread(target=decode, name="sockpool-map-output", daemon=True).start()
+    taken = 0
+    with ready:
+        while taken < len(finished) and (left := until - time.monotonic()) > 0:
+            while decoded:
+                output.add(*decoded.popleft())
+                taken += 1
+            if taken < len(finished):
+                ready.wait(left)
+        late = True
+        while decoded:
+            output.add(*decoded.popleft())
 
 
 def _closed_midway(refused: ClusterClosedError, sent: int) -> ClusterClosedError:
