@@ -391,6 +391,10 @@ def test_environment_and_thread_caps_reach_workers(monkeypatch: pytest.MonkeyPat
         env = cl.run_on_all(lambda: dict(os.environ))[0]
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "2"
     assert env["MKL_NUM_THREADS"] == "4" and env["LOKY_MAX_CPU_COUNT"] == "1"
+    # A value given sets them all, 1 too (the default, also 1, leaves the master's).
+    with Cluster(n=1, threads_per_worker=1) as cl:
+        env = cl.run_on_all(lambda: dict(os.environ))[0]
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
     monkeypatch.delenv("OMP_NUM_THREADS")
     with Cluster(n=1, threads_per_worker=3) as cl:
         env = cl.run_on_all(lambda: dict(os.environ))[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
@@ -22,7 +21,12 @@ from ..capture.limits import DEFAULT_MAX_CAPTURE_SIZE
 from ..common.config import DEFAULT_MAX_FRAME_BYTES
 from ..errors import ClusterClosedError
 from . import aio
-from .cluster_options import check_cluster_options, choose_workers, warn_if_oversubscribed
+from .cluster_options import (
+    DEFAULT_THREADS,
+    check_cluster_options,
+    choose_workers,
+    warn_if_oversubscribed,
+)
 from .lifetime import forget, watch
 from .loops import may_block
 from .map_options import MapOptions, check_call_options, check_callable, check_iterables, options_of
@@ -75,7 +79,7 @@ class Cluster(concurrent.futures.Executor):
             replacement worker), e.g. to import heavy modules.
         threads_per_worker: caps BLAS/OpenMP threads (and joblib's CPUs) per worker.  With the
             default 1, those this process's environment sets stay, and its
-            ``OMP_NUM_THREADS`` goes to every pool.
+            ``OMP_NUM_THREADS`` goes to every pool; a value given (1 too) sets them all.
         seed: root seed of reproducible per-task random streams: the k-th
             seeded call (a map or a submit) since the seed was set gives its
             task i the stream ``SeedSequence(seed, spawn_key=(k, i))``, which
@@ -130,7 +134,7 @@ class Cluster(concurrent.futures.Executor):
         python: str | None = None,
         env: Mapping[str, str] | None = None,
         setup: Callable[[], Any] | None = None,
-        threads_per_worker: int | None = 1,
+        threads_per_worker: int | None = DEFAULT_THREADS,
         seed: int | None = None,
         serializer: Serializer = "cloudpickle",
         max_capture_size: int | None = DEFAULT_MAX_CAPTURE_SIZE,
@@ -159,8 +163,6 @@ class Cluster(concurrent.futures.Executor):
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self.owner_pid = os.getpid()
         self._seeds = CallSeeds(seed)
-        if options["log_level"] is None:
-            options["log_level"] = logging.getLogger().getEffectiveLevel()
         self._calls = start_engine(
             launcher, n_workers, setup=setup, serializer=serializer,
             max_capture_size=max_capture_size, seeds=self._seeds, owner=self,

@@ -39,6 +39,14 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
                     "LOKY_MAX_CPU_COUNT")
 
 
+class _DefaultThreads(int):
+    """``threads_per_worker``'s default, 1, told from a 1 given by identity: the default
+    leaves the thread variables the master sets, a value given sets them all."""
+
+
+DEFAULT_THREADS: int = _DefaultThreads(1)
+
+
 def check_count(n: int | None) -> int | None:
     """``n`` as an int (a NumPy integer too), or None.
 
@@ -149,8 +157,9 @@ def choose_workers(
                             f"or Path) or None for this one, not {python!r}")
         python = path
     launcher, n_workers = choose_launcher(
-        n, hosts, launcher, python=python, env=worker_env(env, check_threads(threads_per_worker)),
-        tunnel=tunnel, listen=listen)
+        n, hosts, launcher, python=python, tunnel=tunnel, listen=listen,
+        env=worker_env(env, check_threads(threads_per_worker),
+                       given=threads_per_worker is not DEFAULT_THREADS))
     if isinstance(launcher, LocalLauncher):
         make_room_for_files(n_workers)
     least = check_min_workers(min_workers, n_workers)
@@ -263,9 +272,11 @@ def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worke
             "`with Cluster(...) as cl:`)", UserWarning, stacklevel=user_stacklevel())
 
 
-def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, str]:
-    """The workers' extra environment: ``threads`` for the thread pools' variables, then
-    ``env`` (checked: names and values must be strings)."""
+def worker_env(env: Mapping[str, str] | None, threads: int | None, *, given: bool = True
+               ) -> dict[str, str]:
+    """The workers' extra environment: ``threads`` for the thread pools' variables (unless
+    ``given``, the default's: not those the master sets), then ``env`` (checked: names and
+    values must be strings)."""
     if env is not None and not isinstance(env, Mapping):
         raise TypeError(f"env must be a dict of variable names to strings, "
                         f"not {type(env).__name__}")
@@ -280,12 +291,12 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None) -> dict[str, 
     if threads is not None:
         value = str(threads)
         chosen = os.environ.get("OMP_NUM_THREADS", "").strip()
-        if threads == 1 and chosen.isdigit() and int(chosen) > 0:
-            # (The default) OMP_NUM_THREADS=2 is meant for every pool: OpenBLAS reads
-            # its own variable first, so setting it to 1 beside would undo yours.
+        if not given and chosen.isdigit() and int(chosen) > 0:
+            # OMP_NUM_THREADS=2 is meant for every pool: OpenBLAS reads its own
+            # variable first, so setting it to 1 beside would undo yours.
             value = chosen
         for name in THREAD_VARIABLES:
-            if threads != 1 or name not in os.environ:
+            if given or name not in os.environ:
                 worker_env[name] = value if name != "LOKY_MAX_CPU_COUNT" else str(threads)
     worker_env.update(env or {})
     return worker_env
@@ -375,7 +386,8 @@ def check_cluster_options(
 ) -> dict[str, Any]:
     """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option;
     return the engine's options as it takes them (integers as ``int``, NumPy's too;
-    ``max_worker_memory`` in bytes, ``log_level`` as a number, None where not given).
+    ``max_worker_memory`` in bytes, ``log_level`` as a number: by default, the root
+    logger's level now; None where not given).
     """
     tasks = as_int(max_tasks_per_worker)
     if max_tasks_per_worker is not None and (tasks is None or tasks < 1):
@@ -410,4 +422,5 @@ def check_cluster_options(
                 heartbeat_timeout=heartbeat_timeout, max_frame_bytes=max_frame_bytes,
                 prefetch=depth, max_tasks_per_worker=tasks,
                 max_worker_memory=memory_bytes(max_worker_memory),
-                log_level=log_level_number(log_level))
+                log_level=(log_level_number(log_level) if log_level is not None
+                           else logging.getLogger().getEffectiveLevel()))
