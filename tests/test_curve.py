@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
+from helpers import run_script
 from test_hostile import hostile_messages
 
 from sockpool import Cluster
@@ -201,3 +202,48 @@ def test_max_message_size_holds_for_results_in_shared_memory_too(shared_memory: 
                                               r"cluster's max_message_size \(1048576 bytes\)"):
             cl.par_map(np.ones, [2**18])  # 2 MB of float64
         assert cl.submit(np.ones, 2**16).result().sum() == 2**16  # 512 kB: within it
+
+
+FLOOD = """
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+held, refused = [], 0
+while len(held) < int(sys.argv[2]) and refused < 3:
+    try:  # (the master, out of descriptors, accepts no more: its backlog fills)
+        held.append(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1))
+    except OSError:
+        refused += 1
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_flood_of_connections_without_keys_does_not_end_the_cluster(tmp_path: Path) -> None:
+    # Each connection that never finishes its handshake holds a master descriptor.
+    # Out of them, the first zero-copy send (which starts pyzmq's collector, with
+    # descriptors of its own) raised on the I/O thread, and the cluster closed.
+    result = run_script(f"""
+        import errno, os, resource, subprocess, sys
+        import numpy as np
+        from sockpool import Cluster
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        with Cluster(n=1, transport="tcp") as cl:
+            port = cl._dispatcher.master.address.rsplit(":", 1)[1]
+            flood = subprocess.Popen([sys.executable, "-c", {FLOOD!r}, port, "400"],
+                                     stdout=subprocess.PIPE, text=True)
+            try:
+                print(flood.stdout.readline().strip())
+                try:
+                    os.close(os.open(os.devnull, os.O_RDONLY))
+                except OSError as exc:
+                    print("out of descriptors:", exc.errno == errno.EMFILE)
+                sums = cl.par_map(np.sum, [np.ones(1 << 18)] * 4)  # several frames: zero-copy
+                print([float(x) for x in sums])
+            finally:
+                flood.kill()
+                flood.wait()
+        """, tmp_path, timeout=60)
+    assert result.stdout.splitlines() == [
+        "holding", "out of descriptors: True", "[262144.0, 262144.0, 262144.0, 262144.0]"]

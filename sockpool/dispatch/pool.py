@@ -122,6 +122,7 @@ class WorkerPool:
         try:
             process = self.launcher.spawn(worker_id, config)
         except LaunchError as exc:
+            self.master.revoke(keys)  # (a launch that failed may still have handed them out)
             self._failed_replacements += 1
             self._startup_failed(exc)
             return None

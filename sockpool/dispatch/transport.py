@@ -31,6 +31,17 @@ from ..common.config import DEFAULT_MAX_FRAME_BYTES, CurveKeys, check_transport
 from ..common.workdir import private_directory, socket_path
 
 _POLLIN = int(zmq.POLLIN)  # a plain int: the flag enum's ``&`` builds a member each time
+#: How long a TCP peer may take over its CURVE handshake (a worker's takes
+#: milliseconds); until then its connection holds one of the master's descriptors.
+HANDSHAKE_MS = 10_000
+
+
+def _start_zero_copy_collector() -> None:
+    """Start pyzmq's collector of zero-copy frames, which the first large send
+    would: it opens a context of its own (descriptors and a thread), and out of
+    descriptors (a flood of connections to the TCP port) that send failed halfway
+    through its message, on the I/O thread, which then ended the cluster."""
+    zmq.Frame(bytearray(zmq.COPY_THRESHOLD + 1), copy=False)
 
 
 class MasterSocket:
@@ -78,6 +89,10 @@ class MasterSocket:
             self._authenticator = ThreadAuthenticator(self.context)
             self._authenticator.start()
             self._authenticator.configure_curve_callback("*", credentials_provider=self)
+            # Connections that never finish a handshake (anyone can open them) held a
+            # descriptor each for libzmq's 30 s: a flood ran the master out of them.
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+            _start_zero_copy_collector()
             public, secret = zmq.curve_keypair()
             sock.curve_server = True
             sock.curve_secretkey = secret
