@@ -73,11 +73,26 @@ def test_no_directory_where_the_socket_fits_says_so_before_anything_starts(
         long_tmpdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workdir, "FALLBACK_PARENTS", ())
     files, children = _open_files(), _children()
-    with pytest.raises(OSError, match=r"must be UTF-8 and fit in 107 bytes: tried '.*scratch-d+' "
-                                      r"\(a socket path of 1\d\d bytes\).  Set TMPDIR to a "
-                                      r"shorter directory, or use Cluster\(transport='tcp'\)"):
+    with pytest.raises(OSError, match=r"must be UTF-8 and fit in 107 bytes, and where it can be "
+                                      r"made: tried '.*scratch-d+' \(a socket path of 1\d\d "
+                                      r"bytes\).  Set TMPDIR to a shorter, writable directory, "
+                                      r"or use Cluster\(transport='tcp'\)"):
         Cluster(n=1)
     assert _open_files() == files and _children() == children
+
+
+def test_a_tmpdir_gone_since_python_chose_it_puts_the_cluster_in_tmp(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python caches its choice of temporary directory; a TMPDIR removed (a job's
+    # scratch cleaned) or made read-only since failed every Cluster() with a bare
+    # FileNotFoundError or PermissionError.
+    monkeypatch.setattr(tempfile, "tempdir", f"/tmp/no-such-scratch-{os.getpid()}-gone")
+    with Cluster(n=1) as cl:
+        assert cl.par_map(abs, [-1]) == [1]
+        assert os.path.dirname(cl._dispatcher.master.workdir) == "/tmp"
+    monkeypatch.setattr(workdir, "FALLBACK_PARENTS", ())
+    with pytest.raises(OSError, match=r"tried '.*gone' \(No such file or directory\)"):
+        Cluster(n=1)
 
 
 def test_a_socket_that_cannot_listen_leaves_no_descriptor_open(

@@ -12,7 +12,8 @@ does not say (one made elsewhere than Linux) is never touched.
 
 The directory is made in the temporary directory (``TMPDIR``), unless the
 socket's path there would be too long for the kernel (107 bytes: an HPC
-scratch path) or not UTF-8, as ZeroMQ names it: then in ``/tmp`` or
+scratch path) or not UTF-8, as ZeroMQ names it, or the directory cannot be
+made there (made read-only or full since Python chose it): then in ``/tmp`` or
 ``/var/tmp``, else it says so before anything starts.
 """
 
@@ -48,32 +49,35 @@ def private_directory(for_socket: bool = True) -> str:
     (``for_socket``: where the master's ipc socket will be).
 
     Raises:
-        OSError: no temporary directory where its socket's path would do (naming them).
+        OSError: no temporary directory where its socket's path would do, or where
+            it could be made (naming them).
     """
     owner = _owner(os.getpid())
     prefix = f"{PREFIX}{owner}-" if owner else PREFIX
-    parent = parent_directory(prefix) if for_socket else None
-    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    path = _made_in_a_parent(prefix) if for_socket else tempfile.mkdtemp(prefix=prefix)
     os.chmod(path, 0o700)
     return path
 
 
-def parent_directory(prefix: str = PREFIX) -> str:
-    """Where a cluster directory named ``prefix`` and 8 more characters goes: the
-    temporary directory, unless a socket's path in it would not do (see the module
+def _made_in_a_parent(prefix: str) -> str:
+    """A directory named ``prefix`` and 8 more characters, made in the temporary
+    directory, else in the first fallback where a socket's path fits and it can be
+    made (a TMPDIR made read-only or full since Python chose it: see the module
     docstring)."""
-    first, tried = tempfile.gettempdir(), []
-    for parent in dict.fromkeys((first, *FALLBACK_PARENTS)):
+    tried = []
+    for parent in dict.fromkeys((tempfile.gettempdir(), *FALLBACK_PARENTS)):
         path = socket_path(os.path.join(parent, prefix + "x" * 8))
         if not _socket_path_fits(path):
             tried.append(f"{parent!r} (a socket path of {len(os.fsencode(path))} bytes)")
-        elif parent == first or os.access(parent, os.W_OK | os.X_OK):
-            return parent
-        else:
-            tried.append(f"{parent!r} (not writable)")
+            continue
+        try:
+            return tempfile.mkdtemp(prefix=prefix, dir=parent)
+        except OSError as exc:
+            tried.append(f"{parent!r} ({exc.strerror or exc})")
     raise OSError(f"no directory for the cluster's local socket, whose path must be UTF-8 "
-                  f"and fit in {MAX_SOCKET_PATH} bytes: tried {', '.join(tried)}.  Set TMPDIR "
-                  "to a shorter directory, or use Cluster(transport='tcp')")
+                  f"and fit in {MAX_SOCKET_PATH} bytes, and where it can be made: tried "
+                  f"{', '.join(tried)}.  Set TMPDIR to a shorter, writable directory, or use "
+                  "Cluster(transport='tcp')")
 
 
 def _socket_path_fits(path: str) -> bool:
