@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 
 from sockpool import Cluster
-from sockpool.common import kept_segments, shm
+from sockpool.common import kept_segments, shm, shm_reader
 from sockpool.common.kept_segments import KeptSegments
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(not shm.available(), reason="needs Linux memfd")]
 
 MB = 1024 * 1024
+KEPT = kept_segments.KEEP_MIN_BYTES  # the smallest buffer kept
 
 
 def segment_bytes(pid: int | None = None) -> int:
@@ -72,7 +73,7 @@ def test_calls_in_flight_share_one_copy_of_an_array_sent_again() -> None:
 
 
 def test_each_task_gets_the_array_as_called_and_a_copy_of_its_own() -> None:
-    data = np.arange(4 * MB // 8, dtype=np.float64)
+    data = np.arange(KEPT // 8, dtype=np.float64)
     total = float(data.sum())
     with Cluster(n=1) as cl:
         cl.submit(keep, data).result()  # kept on the worker beyond its task
@@ -88,13 +89,13 @@ def test_each_task_gets_the_array_as_called_and_a_copy_of_its_own() -> None:
 
 
 def test_a_state_changed_before_every_call_is_not_kept() -> None:
-    state = np.zeros(4 * MB // 8)
+    state = np.zeros(KEPT // 8)
     with Cluster(n=1) as cl:
         for step in range(1, 12):
             state[0] = step
             assert cl.submit(np.max, state).result() == step
         # After a few changes its contents are no longer hashed: no sealed copies pile up.
-        assert segment_bytes() <= 3 * 4 * MB + 2 * MB
+        assert segment_bytes() <= 3 * KEPT + 2 * MB
 
 
 def buffers_of(array: np.ndarray) -> list[pickle.PickleBuffer]:
@@ -106,7 +107,7 @@ def buffers_of(array: np.ndarray) -> list[pickle.PickleBuffer]:
 def test_a_buffer_is_kept_once_sent_twice_alike_and_named_from_then_on() -> None:
     pool = shm.SegmentPool()
     kept = KeptSegments(pool)
-    data = np.full(2 * MB // 8, 3.0)
+    data = np.full(KEPT // 8, 3.0)
     try:
         first, second, third, fourth = (kept.frames_for(buffers_of(data)) for _ in range(4))
         assert not any(kept.owns(f[0]) for f in (first, second))
@@ -115,9 +116,9 @@ def test_a_buffer_is_kept_once_sent_twice_alike_and_named_from_then_on() -> None
 
         # A reader maps it privately: writes to one transfer's views reach no other.
         released: list[int] = []
-        one = np.frombuffer(shm.open_shared(bytes(third[0]), released.append)[0])
+        one = np.frombuffer(shm_reader.open_shared(bytes(third[0]), released.append)[0])
         one[:] = -1.0
-        other = np.frombuffer(shm.open_shared(bytes(fourth[0]), released.append)[0])
+        other = np.frombuffer(shm_reader.open_shared(bytes(fourth[0]), released.append)[0])
         assert float(other.sum()) == float(data.sum())
         del one, other
         assert released == []  # never rewritten: nothing to wait for
@@ -127,12 +128,12 @@ def test_a_buffer_is_kept_once_sent_twice_alike_and_named_from_then_on() -> None
         # A message of several buffers keeps their order around a kept one.
         mixed = kept.frames_for([*buffers_of(np.full(MB // 4, 7.0)), *buffers_of(data)])
         assert [kept.owns(f) for f in mixed] == [False, True]
-        views = [v for f in mixed for v in shm.open_shared(bytes(f), released.append)]
+        views = [v for f in mixed for v in shm_reader.open_shared(bytes(f), released.append)]
         assert [float(np.frombuffer(v)[0]) for v in views] == [7.0, 3.0]
         del views, first, second, third, fourth, mixed
         kept.trim(time.monotonic() + shm.IDLE_SECONDS)  # unused: closed
         pool.trim(time.monotonic() + shm.IDLE_SECONDS)
-        shm.trim_mappings(time.monotonic() + shm.IDLE_SECONDS)  # (each holds its fd)
+        shm_reader.trim_mappings(time.monotonic() + shm.IDLE_SECONDS)  # (each holds its fd)
         assert segment_bytes() == 0
     finally:
         kept.close()
@@ -142,15 +143,113 @@ def test_a_buffer_is_kept_once_sent_twice_alike_and_named_from_then_on() -> None
 def test_contents_that_keep_changing_stop_being_hashed() -> None:
     pool = shm.SegmentPool()
     kept = KeptSegments(pool)
-    state = np.zeros(2 * MB // 8)
+    state = np.zeros(KEPT // 8)
     try:
         for step in range(kept_segments.CHANGES_TOLERATED + 2):
             state[0] = step
             kept.frames_for(buffers_of(state))
         # Unchanged from now on, but no longer hashed: never kept.
         assert not any(kept.owns(f) for _ in range(3) for f in kept.frames_for(buffers_of(state)))
-        other = np.zeros(2 * MB // 8)  # another object is hashed as before
+        other = np.zeros(KEPT // 8)  # another object is hashed as before
         assert kept.owns([kept.frames_for(buffers_of(other)) for _ in range(3)][-1][0])
     finally:
         kept.close()
         pool.close()
+
+
+def test_kept_segments_are_capped_in_number_idle_ones_closed_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each kept segment holds a master descriptor: 900 arrays of 1 MiB sent 3 times
+    # each held 905, past many a `ulimit -n`.
+    monkeypatch.setattr(kept_segments, "MAX_KEPT", 2)
+    pool = shm.SegmentPool()
+    kept = KeptSegments(pool)
+    arrays = [np.full(KEPT // 8, float(i)) for i in range(3)]
+    try:
+        held = [[kept.frames_for(buffers_of(a)) for _ in range(3)][-1] for a in arrays[:2]]
+        assert all(kept.owns(frames[0]) for frames in held)  # two kept, both in use
+        third = [kept.frames_for(buffers_of(arrays[2])) for _ in range(3)][-1]
+        assert not kept.owns(third[0])  # no room: it goes the usual way
+        del held[0]  # the first one's transfer ended: idle, closed to make room
+        held.append(kept.frames_for(buffers_of(arrays[2])))
+        assert kept.owns(held[-1][0])
+        assert not kept.owns(kept.frames_for(buffers_of(arrays[0]))[0])  # both in use
+    finally:
+        kept.close()
+        pool.close()
+
+
+def test_a_frame_dying_while_its_pool_is_busy_does_not_deadlock() -> None:
+    # A frame's __del__ may run in any code, through a garbage collection: in the
+    # pool's own, under its lock, it took that lock again and the thread hung.
+    pool = shm.SegmentPool()
+    kept = KeptSegments(pool)
+    data = np.full(KEPT // 8, 1.0)
+    try:
+        frames = [kept.frames_for(buffers_of(data)) for _ in range(3)]
+        assert kept.owns(frames[-1][0])
+        with kept._lock, pool._lock:  # (as a collection inside their code would)
+            del frames
+        later = time.monotonic() + 2 * shm.IDLE_SECONDS
+        kept.trim(later)  # what the frames' deaths left waiting is applied now
+        pool.trim(later)
+        assert segment_bytes() == 0
+    finally:
+        kept.close()
+        pool.close()
+
+
+def test_a_buffer_changed_as_it_was_kept_is_never_kept_under_its_old_digest() -> None:
+    # The digest was of the array, the copy made after: another thread writing in
+    # between left other bytes filed under it, sent for every later array with the
+    # digest's contents.  Here the copy itself is changed after it is made.
+    pool = shm.SegmentPool()
+    kept = KeptSegments(pool)
+    data = np.zeros(KEPT // 8)
+    original = pool.sealed_copy
+
+    def torn_copy(view: memoryview) -> tuple[int, int, bytes]:
+        data[0] = 1.0  # (what the other thread wrote, copied along)
+        try:
+            return original(memoryview(data).cast("B"))
+        finally:
+            data[0] = 0.0
+
+    try:
+        kept.frames_for(buffers_of(data))
+        kept.frames_for(buffers_of(data))
+        pool.sealed_copy = torn_copy  # type: ignore[method-assign]
+        assert not kept.owns(kept.frames_for(buffers_of(data))[0])
+        pool.sealed_copy = original  # type: ignore[method-assign]
+        frame = kept.frames_for(buffers_of(data))[0]
+        assert kept.owns(frame) and kept.copies(frame) == [data.tobytes()]
+    finally:
+        kept.close()
+        pool.close()
+
+
+def test_a_buffer_over_2_gib_is_copied_out_whole() -> None:
+    # A read returns 2 GiB at most: a worker without shared memory got it cut short.
+    size = 2**31 + 4096
+    fd = os.memfd_create("sockpool-test-large", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)  # (sparse: reading it allocates nothing but the result)
+        os.pwrite(fd, b"end", size - 3)
+        whole = shm.read_all(fd, size, 0)
+        assert len(whole) == size and whole[-3:] == b"end"
+    finally:
+        os.close(fd)
+
+
+def test_nothing_is_stored_once_the_segments_are_closed() -> None:
+    # A call packing its arguments as its cluster closed made segments that no
+    # I/O thread would ever close: their descriptors stayed open for good.
+    pool = shm.SegmentPool()
+    kept = KeptSegments(pool)
+    data = np.zeros(KEPT // 8)
+    kept.close()
+    pool.close()
+    for _ in range(3):
+        with pytest.raises(OSError, match="closed"):
+            kept.frames_for(buffers_of(data))
+    assert segment_bytes() == 0

@@ -23,7 +23,7 @@ import pytest
 from helpers import master_program, run_script, wait_gone
 
 from sockpool import Cluster
-from sockpool.common import shm
+from sockpool.common import shm, shm_reader
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(not shm.available(), reason="needs Linux memfd")]
@@ -290,7 +290,7 @@ def test_a_segment_is_mapped_by_its_descriptor_and_released_when_dropped() -> No
         data = np.arange(300_000, dtype=np.float64)
         frame = pool.store([pickle.PickleBuffer(data), b"x" * 100])
         released: list[int] = []
-        views = shm.open_shared(bytes(frame), released.append)
+        views = shm_reader.open_shared(bytes(frame), released.append)
         array = np.frombuffer(views[0], dtype=np.float64)
         np.testing.assert_array_equal(array, data)
         assert bytes(views[1]) == b"x" * 100
@@ -332,19 +332,19 @@ def test_a_descriptor_that_names_anything_else_is_refused() -> None:
         tampered = bytearray(frame)
         tampered[16:24] = (int.from_bytes(frame[16:24], "little") + 1).to_bytes(8, "little")
         with pytest.raises(shm.SharedMemoryError, match="not the segment named"):
-            shm.open_shared(bytes(tampered), print)
+            shm_reader.open_shared(bytes(tampered), print)
         with pytest.raises(shm.SharedMemoryError, match="past its segment"):
-            shm.open_shared(bytes(frame[:-16]) + (0).to_bytes(8, "little")
+            shm_reader.open_shared(bytes(frame[:-16]) + (0).to_bytes(8, "little")
                              + (1 << 40).to_bytes(8, "little"), print)
         with pytest.raises(shm.SharedMemoryError, match="malformed"):
-            shm.open_shared(b"short", print)
+            shm_reader.open_shared(b"short", print)
         with open(__file__, "rb") as other:  # a real file, not a segment
             forged = bytearray(frame)
             forged[4:8] = other.fileno().to_bytes(4, "little")
             with pytest.raises(shm.SharedMemoryError, match="not the segment named"):
-                shm.open_shared(bytes(forged), print)
-        assert not shm.check_probe("00")
-        assert shm.check_probe(pool.probe())
+                shm_reader.open_shared(bytes(forged), print)
+        assert not shm_reader.check_probe("00")
+        assert shm_reader.check_probe(pool.probe())
     finally:
         pool.close()
 

@@ -276,59 +276,88 @@ def _write_what_ran(job: StreamJob, arrived: deque[Event], in_flight: int,
     """After a map was cancelled: write what its tasks printed, in order, as their
     chunks come back (at most :data:`SETTLE_SECONDS`): those cancelled as they ran,
     and those that finished before the cancellation reached them (see
-    :func:`_write_finished`)."""
+    :class:`_DecodedAside`)."""
     until = time.monotonic() + SETTLE_SECONDS
-    finished: list[Event] = []
-    while True:
-        for event in arrived:
-            in_flight -= 1
-            if event[1] is None:  # failed whole, or dropped: the output it kept
-                output.add(event[0], event[0].output)
-            else:
-                finished.append(event)
-        arrived.clear()
-        if in_flight <= 0 or (left := until - time.monotonic()) <= 0:
-            break
-        with contextlib.suppress(queue.Empty):
-            arrived.extend(job.events.get(timeout=left))
-    _write_finished(finished, output, until)
+    finished = _DecodedAside()
+    try:
+        while True:
+            for event in arrived:
+                in_flight -= 1
+                if event[1] is None:  # failed whole, or dropped: the output it kept
+                    output.add(event[0], event[0].output)
+                else:
+                    finished.add(event)
+            arrived.clear()
+            if in_flight <= 0 or (left := until - time.monotonic()) <= 0:
+                break
+            with contextlib.suppress(queue.Empty):
+                arrived.extend(job.events.get(timeout=left))
+        finished.write_into(output, until)
+    finally:  # (a second Ctrl-C too: what is not written here, its thread writes)
+        finished.let_go()
     output.flush()
 
 
-def _write_finished(finished: list[Event], output: _OutputInOrder, until: float) -> None:
-    """Write what chunks that finished printed.  It is in their RESULTs, with their
-    values (one pickle): they are decoded on a thread of their own, so that values
-    slow to unpickle never hold up the map's error; what is not decoded by ``until``
-    that thread writes once it is, after the error."""
-    if not finished:
-        return
-    decoded: deque[tuple[Chunk, list[Any]]] = deque()
-    ready = threading.Condition()
-    late = False
+class _DecodedAside:
+    """The output of chunks that finished, which is in their RESULTs with their
+    values (one pickle): decoded on a thread of its own, so that values slow to
+    unpickle never hold up the map's error.  The caller writes what is decoded in
+    time; what is not, that thread writes once it is, after the error."""
 
-    def decode() -> None:
-        for chunk, label, payload in finished:
-            with contextlib.suppress(Exception):  # (nobody to raise it to)
-                written = _outcome(chunk, label, payload).output
-                with ready:
-                    if not late:
-                        decoded.append((chunk, written))
-                        ready.notify()
-                        continue
+    def __init__(self) -> None:
+        self._todo: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._done: deque[tuple[Chunk, list[Any]]] = deque()
+        self._changed = threading.Condition()
+        self._waiting = 0  # added, not yet written by the caller
+        self._late = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, event: Event) -> None:
+        self._waiting += 1
+        self._todo.put(event)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._decode, name="sockpool-map-output",
+                                            daemon=True)
+            self._thread.start()
+
+    def _decode(self) -> None:
+        while (event := self._todo.get()) is not None:
+            try:
+                written = _outcome(*event).output
+            except Exception:  # (nobody to raise it to)
+                written = []
+            with self._changed:
+                if not self._late:
+                    self._done.append((event[0], written))
+                    self._changed.notify()
+                    continue
+            with contextlib.suppress(Exception):
                 relay.emit(written)
 
-    threading.Thread(target=decode, name="sockpool-map-output", daemon=True).start()
-    taken = 0
-    with ready:
-        while taken < len(finished) and (left := until - time.monotonic()) > 0:
-            while decoded:
-                output.add(*decoded.popleft())
-                taken += 1
-            if taken < len(finished):
-                ready.wait(left)
-        late = True
-        while decoded:
-            output.add(*decoded.popleft())
+    def write_into(self, output: _OutputInOrder, until: float | None = None) -> None:
+        """Write what is decoded; with ``until``, wait until then for the rest."""
+        while True:
+            with self._changed:
+                while not self._done and self._waiting and until is not None and (
+                        left := until - time.monotonic()) > 0:
+                    self._changed.wait(left)
+                taken, self._done = list(self._done), deque()
+            self._waiting -= len(taken)
+            for chunk, written in taken:
+                output.add(chunk, written)
+            if not taken or not self._waiting:
+                return
+
+    def let_go(self) -> None:
+        """The caller is done: the thread writes the rest itself, then ends."""
+        with self._changed:
+            self._late = True
+            left, self._done = list(self._done), deque()
+        if self._thread is not None:
+            self._todo.put(None)
+        for _, written in left:
+            with contextlib.suppress(Exception):
+                relay.emit(written)
 
 
 def _closed_midway(refused: ClusterClosedError, sent: int) -> ClusterClosedError:

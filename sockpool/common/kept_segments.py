@@ -3,7 +3,7 @@
 joblib sends scikit-learn's ``X`` with every batch, and ``submit(f, X)`` in a
 loop sends ``X`` with every call.  Each transfer copied ``X`` into a segment of
 its own: a 1 GB ``X`` passed to 40 tasks was copied 40 times, and the master
-held a copy for each batch in flight.  Here a buffer of a megabyte or more
+held a copy for each batch in flight.  Here a buffer of 8 MiB or more
 (:data:`KEEP_MIN_BYTES`) that comes from the same object as at least twice
 before, with the same contents as the time before (by XXH3-128 digest), is
 copied once into a segment sealed against writing, a *kept* segment, and every
@@ -15,30 +15,38 @@ gets an array of its own: a reader maps a kept segment privately, copy-on-write,
 so that a task writing to its argument changes its own copy only.  An object
 whose contents change between transfers (a state updated between calls) stops
 being hashed after :data:`CHANGES_TOLERATED` changes, and travels as before.
+A copy is hashed again once made (another thread may write to the array), and
+at most :data:`MAX_KEPT` kept segments exist at once (each holds a descriptor).
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import threading
 import time
 import weakref
+from collections import deque
 from typing import Any
 
-from .digest import HELD_MIN_BYTES, buffer_digest
+from .digest import buffer_digest
 from .shm import (
     CACHE_BYTES,
     IDLE_SECONDS,
     SegmentPool,
     SharedFrame,
     raw_view,
+    read_all,
     releasing_frame,
     serial_of,
 )
 
-#: Buffers this large are kept when sent again (as workers hold a function's).
-KEEP_MIN_BYTES = HELD_MIN_BYTES
+#: Buffers this large are kept when sent again (a smaller one costs little to copy,
+#: and each kept segment holds one of the master's descriptors).
+KEEP_MIN_BYTES = 8 * 1024 * 1024
+#: Kept segments at once, named by frames or idle, at most.
+MAX_KEPT = 32
 #: Objects whose last transfer is remembered, at most (the oldest are forgotten).
 SIGHTINGS = 64
 #: Changes of an object's contents between its transfers before it is no longer hashed.
@@ -81,6 +89,8 @@ class KeptSegments:
         self._sightings: dict[int, _Sighting] = {}  # id(owner) -> sighting, oldest first
         self._by_digest: dict[bytes, _Kept] = {}
         self._by_serial: dict[int, _Kept] = {}
+        self._unframed: deque[int] = deque()  # serials whose frames died (see unframe)
+        self._closed = False
 
     def frames_for(self, buffers: list[Any]) -> list[SharedFrame]:
         """The frames that carry ``buffers`` in one message: a kept segment's for each
@@ -103,7 +113,7 @@ class KeptSegments:
     def _frame_for(self, buffer: Any) -> SharedFrame | None:
         """A kept segment's frame for ``buffer``, or None: it goes the usual way."""
         view = raw_view(buffer)
-        if view.nbytes < KEEP_MIN_BYTES:
+        if view.nbytes < KEEP_MIN_BYTES or self._closed:
             return None
         owner = memoryview(buffer).obj  # (a PickleBuffer's: the array it was made of)
         try:
@@ -122,6 +132,7 @@ class KeptSegments:
                 return None  # most buffers are sent once: they cost no digest
         digest = buffer_digest(view)
         with self._lock:
+            self._apply_unframed()
             kept = self._by_digest.get(digest)
             if kept is not None:
                 return self._use(kept)
@@ -129,18 +140,46 @@ class KeptSegments:
                 seen.changes += seen.digest is not None
                 seen.digest = digest
                 return None
+            if not self._room_for_one():
+                return None
+        kept = self._sealed_copy(view, digest)
+        if kept is None:
+            return None
+        with self._lock:
+            existing = self._by_digest.get(digest)  # (another thread kept it meanwhile)
+            if existing is not None or self._closed:
+                os.close(kept.fd)
+                return None if existing is None else self._use(existing)
+            self._by_digest[digest] = self._by_serial[kept.serial] = kept
+            return self._use(kept)
+
+    def _sealed_copy(self, view: memoryview, digest: bytes) -> _Kept | None:
+        """``view`` copied into a sealed segment, checked against ``digest`` (another
+        thread writing to the array meanwhile would leave other bytes under it, for
+        every later transfer of those contents), or None."""
         try:
             fd, serial, descriptor = self._segments.sealed_copy(view)
         except OSError:  # out of memory files or memory: the usual way
             return None
-        with self._lock:
-            kept = self._by_digest.get(digest)
-            if kept is None:  # (else another thread kept it meanwhile)
-                kept = _Kept(fd, serial, descriptor, digest, view.nbytes)
-                self._by_digest[digest] = self._by_serial[serial] = kept
-            else:
-                os.close(fd)
-            return self._use(kept)
+        try:
+            with mmap.mmap(fd, view.nbytes, mmap.MAP_SHARED, mmap.PROT_READ) as copy:
+                if buffer_digest(copy) == digest:
+                    return _Kept(fd, serial, descriptor, digest, view.nbytes)
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def _room_for_one(self) -> bool:
+        """With the lock held: whether one more kept segment fits under
+        :data:`MAX_KEPT`, once the oldest idle one is closed if need be."""
+        if len(self._by_serial) < MAX_KEPT:
+            return True
+        idle = [kept for kept in self._by_serial.values() if not kept.users]
+        if not idle:
+            return False
+        self._close(min(idle, key=lambda kept: kept.idle_since))
+        return True
 
     def _use(self, kept: _Kept) -> SharedFrame:
         """With the lock held: one more frame names ``kept``."""
@@ -156,33 +195,46 @@ class KeptSegments:
         """The buffer a kept segment's frame names, copied out (for the socket)."""
         with self._lock:
             kept = self._by_serial[serial_of(frame)]
-        return [os.pread(kept.fd, kept.size, 0) if kept.size else b""]
+        return [read_all(kept.fd, kept.size, 0)]
 
     def unframe(self, serial: int) -> None:
-        """A frame naming a kept segment is gone (its chunk finished)."""
-        with self._lock:
-            kept = self._by_serial.get(serial)
-            if kept is None:
-                return
-            kept.users -= 1
-            if kept.users:
-                return
-            kept.idle_since = time.monotonic()
-            idle = sorted((k for k in self._by_serial.values() if not k.users),
-                          key=lambda k: k.idle_since)
-            while sum(k.size for k in idle) > CACHE_BYTES:
-                self._close(idle.pop(0))
+        """A frame naming a kept segment is gone (its chunk finished).  A frame dies in
+        its ``__del__``, which a garbage collection may run anywhere, code holding
+        this lock included: the serial waits for whoever holds the lock next."""
+        self._unframed.append(serial)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._apply_unframed()
+            finally:
+                self._lock.release()
+
+    def _apply_unframed(self) -> None:
+        """With the lock held: count the frames that died; close the oldest idle kept
+        segments past :data:`CACHE_BYTES` (but the newest, which a loop sends next)."""
+        now = time.monotonic()
+        while self._unframed:
+            kept = self._by_serial.get(self._unframed.popleft())
+            if kept is not None:
+                kept.users -= 1
+                if not kept.users:
+                    kept.idle_since = now
+                    idle = sorted((k for k in self._by_serial.values() if not k.users),
+                                  key=lambda k: k.idle_since)
+                    while len(idle) > 1 and sum(k.size for k in idle) > CACHE_BYTES:
+                        self._close(idle.pop(0))
 
     def trim(self, now: float) -> None:
         """Close the kept segments no frame has named for :data:`IDLE_SECONDS`."""
         with self._lock:
+            self._apply_unframed()
             for kept in list(self._by_serial.values()):
                 if not kept.users and now - kept.idle_since >= IDLE_SECONDS:
                     self._close(kept)
 
     def close(self) -> None:
-        """Close every kept segment (readers' mappings stay valid)."""
+        """Close every kept segment (readers' mappings stay valid); keep no more."""
         with self._lock:
+            self._closed = True
             for kept in list(self._by_serial.values()):
                 self._close(kept)
             self._sightings.clear()

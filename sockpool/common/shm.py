@@ -23,13 +23,13 @@ on both sides (the writer keeps a mapping of its own, the reader keeps its
 mapping too), so a transfer through it costs one copy at memory speed.  Idle
 segments and mappings go after :data:`IDLE_SECONDS`, so an idle cluster holds
 no memory for them.  (A large argument sent again goes once into a segment of
-its own, sealed against writing: see ``kept_segments.py``.)
+its own, sealed against writing: see ``kept_segments.py``.)  The reader's side
+is :mod:`sockpool.common.shm_reader`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import mmap
 import os
@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
@@ -51,10 +52,12 @@ ALIGN = 64
 #: Segment sizes are multiples of this, so that a slightly larger buffer reuses a segment.
 GRANULE = 1024 * 1024
 
-_NAME = "sockpool-{pool:016x}-{serial}"
+#: A segment's memfd name, which its readers check.
+SEGMENT_NAME = "sockpool-{pool:016x}-{serial}"
 # getattr: the constants exist on Linux only, and this module is imported everywhere.
-_SEALS = sum(getattr(fcntl, name, 0) for name in ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL"))
-_WRITE_SEAL = getattr(fcntl, "F_SEAL_WRITE", 0)  # a kept segment's: readers map it privately
+RESIZE_SEALS = sum(getattr(fcntl, name, 0)
+                   for name in ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL"))
+WRITE_SEAL = getattr(fcntl, "F_SEAL_WRITE", 0)  # a kept segment's: readers map it privately
 _HEAD = struct.Struct("<IIQQQI")  # owner pid, fd, pool id, serial, size, buffer count
 _SPAN = struct.Struct("<QQ")  # offset, length
 
@@ -110,6 +113,19 @@ def raw_view(buffer: Any) -> memoryview:
     return memoryview(buffer).cast("B")
 
 
+def read_all(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes of a file from ``offset`` (a read returns 2 GiB at most)."""
+    parts = []
+    while length > 0:
+        part = os.pread(fd, min(length, 1 << 30), offset)
+        if not part:
+            raise SharedMemoryError("a segment ended before its buffer did")
+        parts.append(part)
+        length -= len(part)
+        offset += len(part)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
     while view.nbytes:
         written = os.pwrite(fd, view, offset)
@@ -127,6 +143,8 @@ class SegmentPool:
         self._serials = iter(range(1, 1 << 63))
         self._segments: dict[int, _Segment] = {}
         self._free: list[_Segment] = []  # oldest first
+        self._unframed: deque[int] = deque()  # serials whose frames died (see unframe)
+        self._closed = False
         self._probe: _Segment | None = None
 
     # -- writing -----------------------------------------------------------------------
@@ -161,12 +179,12 @@ class SegmentPool:
         privately): its fd, the caller's to close, its serial and its descriptor."""
         serial = next(self._serials)
         size = max(view.nbytes, 1)
-        fd = os.memfd_create(_NAME.format(pool=self._id, serial=serial),
+        fd = os.memfd_create(SEGMENT_NAME.format(pool=self._id, serial=serial),
                              os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
             _write_all(fd, view, 0)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS | _WRITE_SEAL)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, RESIZE_SEALS | WRITE_SEAL)
         except BaseException:
             os.close(fd)
             raise
@@ -175,6 +193,9 @@ class SegmentPool:
     def _take(self, needed: int) -> _Segment:
         """A free segment of a fitting size (faulted in and mapped), or a new one."""
         with self._lock:
+            if self._closed:  # (a call packing its arguments as the cluster closed)
+                raise OSError("the cluster's shared memory is closed")
+            self._apply_unframed()
             best: _Segment | None = None
             for candidate in self._free:
                 if needed <= candidate.size <= 2 * needed + GRANULE and (
@@ -191,11 +212,11 @@ class SegmentPool:
 
     def _create(self, size: int) -> _Segment:
         serial = next(self._serials)
-        fd = os.memfd_create(_NAME.format(pool=self._id, serial=serial),
+        fd = os.memfd_create(SEGMENT_NAME.format(pool=self._id, serial=serial),
                              os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, RESIZE_SEALS)
         except BaseException:
             os.close(fd)
             raise
@@ -238,9 +259,20 @@ class SegmentPool:
                     self._maybe_free(segment)
 
     def unframe(self, serial: int) -> None:
-        """The frame naming the segment is gone (its chunk finished)."""
-        with self._lock:
-            segment = self._segments.get(serial)
+        """The frame naming the segment is gone (its chunk finished).  A frame dies in
+        its ``__del__``, which a garbage collection may run anywhere, code holding
+        this lock included: the serial waits for whoever holds the lock next."""
+        self._unframed.append(serial)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._apply_unframed()
+            finally:
+                self._lock.release()
+
+    def _apply_unframed(self) -> None:
+        """With the lock held: the segments whose frames died may be free."""
+        while self._unframed:
+            segment = self._segments.get(self._unframed.popleft())
             if segment is not None:
                 segment.framed = False
                 self._maybe_free(segment)
@@ -273,7 +305,7 @@ class SegmentPool:
         out = []
         for index in range(count):
             offset, length = _SPAN.unpack_from(frame, _HEAD.size + index * _SPAN.size)
-            out.append(os.pread(segment.fd, length, offset) if length else b"")
+            out.append(read_all(segment.fd, length, offset))
         return out
 
     # -- housekeeping ----------------------------------------------------------------------
@@ -282,6 +314,7 @@ class SegmentPool:
         """Close free segments idle for :data:`IDLE_SECONDS` (their memory goes back)."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            self._apply_unframed()
             while self._free and now - self._free[0].idle_since >= IDLE_SECONDS:
                 self._close(self._free.pop(0))
 
@@ -294,8 +327,10 @@ class SegmentPool:
             os.close(segment.fd)
 
     def close(self) -> None:
-        """Close every segment (readers' mappings stay valid until they drop them)."""
+        """Close every segment (readers' mappings stay valid until they drop them);
+        store no more."""
         with self._lock:
+            self._closed = True
             for segment in list(self._segments.values()):
                 self._close(segment)
             self._free.clear()
@@ -316,10 +351,10 @@ class SegmentPool:
         """A descriptor (hex) of a tiny segment, for a peer to check it can map ours."""
         if self._probe is None:
             serial = next(self._serials)
-            fd = os.memfd_create(_NAME.format(pool=self._id, serial=serial),
+            fd = os.memfd_create(SEGMENT_NAME.format(pool=self._id, serial=serial),
                                  os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
             os.ftruncate(fd, mmap.PAGESIZE)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, RESIZE_SEALS)
             self._probe = _Segment(fd, serial, mmap.PAGESIZE)
         return self._describe(self._probe, [(0, 0)]).hex()
 
@@ -347,65 +382,7 @@ class _Unframe:
             pool.unframe(self.serial)
 
 
-# -- the reader's side ---------------------------------------------------------------------
-
-
-class _Mappings:
-    """This process's mappings of peers' segments, kept while they are in use or fresh.
-
-    Mapping a segment (and faulting its pages in) costs more than copying a few
-    megabytes, and a sender reuses its segments, so a reader keeps its mapping
-    of each: the next transfer through the same segment costs nothing here.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        #: (owner pid, pool, serial) -> (mapping, last use)
-        self._maps: dict[tuple[int, int, int], tuple[mmap.mmap, float]] = {}
-
-    def get(self, frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]], bool]:
-        """A frame's segment mapped, its serial, spans, and whether privately (see _map)."""
-        pid, fd, pool, serial, size, spans = _parse(frame)
-        key = (pid, pool, serial)
-        with self._lock:
-            found = self._maps.get(key)
-            if found is not None:
-                self._maps[key] = (found[0], time.monotonic())
-                return found[0], serial, spans, False
-        mapping, private = _map(pid, fd, pool, serial, size)
-        if not private:  # (a private one is its transfer's own: what a task wrote stays)
-            with self._lock:
-                self._maps[key] = (mapping, time.monotonic())
-                self._evict(CACHE_BYTES)
-        return mapping, serial, spans, private
-
-    def trim(self, now: float | None = None) -> None:
-        """Forget mappings unused for :data:`IDLE_SECONDS` (live arrays keep theirs)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            for key, (_, used) in list(self._maps.items()):
-                if now - used >= IDLE_SECONDS:
-                    del self._maps[key]
-
-    def forget_owner(self, pid: int) -> None:
-        """Forget a gone process's segments, never sent through again (arrays keep theirs)."""
-        with self._lock:
-            for key in [key for key in self._maps if key[0] == pid]:
-                del self._maps[key]
-
-    def _evict(self, limit: int) -> None:
-        by_age = sorted(self._maps.items(), key=lambda item: item[1][1])
-        total = sum(len(mapping) for mapping, _ in self._maps.values())
-        for key, (mapping, _) in by_age:
-            if total <= limit:
-                break
-            del self._maps[key]
-            total -= len(mapping)
-
-
-_mappings = _Mappings()
-trim_mappings = _mappings.trim
-forget_mappings_of = _mappings.forget_owner
+# -- descriptors ---------------------------------------------------------------------------
 
 
 def serial_of(frame: bytes) -> int:
@@ -413,52 +390,25 @@ def serial_of(frame: bytes) -> int:
     return int(_HEAD.unpack_from(frame)[3])
 
 
-def open_shared(frame: bytes, on_release: Callable[[int], None]) -> list[memoryview]:
-    """The buffers a descriptor names, as writable views into this process's mapping.
-
-    ``on_release(serial)`` is called once the views and everything made from
-    them (arrays) are gone, from whichever thread drops the last one; not for a
-    kept segment, which this process maps privately and its owner never rewrites.
-
-    Raises:
-        SharedMemoryError: the descriptor is malformed or its segment cannot be used.
-    """
-    mapping, serial, spans, private = _mappings.get(frame)
-    start = min((offset for offset, _ in spans), default=0)
-    end = max((offset + length for offset, length in spans), default=0)
-    # One exporter for this transfer: every view (and array) made from it keeps it
-    # alive, and its end is the transfer's end.  ctypes objects take weak references.
-    used = (ctypes.c_char * max(end - start, 1)).from_buffer(mapping, start)
-    if not private:
-        weakref.finalize(used, on_release, serial).atexit = False
-    whole = memoryview(used).cast("B")
-    return [whole[offset - start:offset - start + length] for offset, length in spans]
-
-
-def check_probe(hex_frame: str) -> bool:
-    """Whether this process can map a peer's segments (its :meth:`SegmentPool.probe`)."""
-    try:
-        pid, fd, pool, serial, size, _ = _parse(bytes.fromhex(hex_frame))
-        _map(pid, fd, pool, serial, size)[0].close()
-    except (SharedMemoryError, ValueError, OSError):
-        return False
-    return True
-
-
 def carried_bytes(frame: Any) -> int:
     """The bytes a message frame carries: a segment descriptor's, those of its buffers."""
     if isinstance(frame, SharedFrame):
-        return sum(length for _, length in _parse(frame)[5])
+        return sum(length for _, length in parse_descriptor(frame)[5])
     return memoryview(frame).nbytes
 
 
 def largest_buffer(frame: bytes) -> int:
     """The size of the largest buffer a descriptor names: the frame it would have
     been on the socket (limits on frames apply to it alike)."""
-    return max((length for _, length in _parse(frame)[5]), default=0)
+    return max((length for _, length in parse_descriptor(frame)[5]), default=0)
 
 
-def _parse(frame: bytes) -> tuple[int, int, int, int, int, list[tuple[int, int]]]:
+def parse_descriptor(frame: bytes) -> tuple[int, int, int, int, int, list[tuple[int, int]]]:
+    """A descriptor's owner pid, fd, pool id, serial, size and spans, checked in shape.
+
+    Raises:
+        SharedMemoryError: malformed.
+    """
     try:
         pid, fd, pool, serial, size, count = _HEAD.unpack_from(frame)
         spans = [_SPAN.unpack_from(frame, _HEAD.size + i * _SPAN.size) for i in range(count)]
@@ -469,32 +419,3 @@ def _parse(frame: bytes) -> tuple[int, int, int, int, int, list[tuple[int, int]]
     if any(offset + length > size for offset, length in spans):
         raise SharedMemoryError("shared-memory descriptor names bytes past its segment")
     return pid, fd, pool, serial, size, spans
-
-
-def _map(pid: int, fd: int, pool: int, serial: int, size: int) -> tuple[mmap.mmap, bool]:
-    """A peer's segment mapped, and whether privately: one sealed against writing (see
-    kept_segments.py) copy-on-write, unpopulated (that would copy every page)."""
-    path = f"/proc/{pid}/fd/{fd}"
-    try:
-        handle = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SharedMemoryError(f"cannot open the segment {path}: {exc.strerror}") from None
-    try:
-        name = os.readlink(path)
-        expected = "/memfd:" + _NAME.format(pool=pool, serial=serial)
-        if name.removesuffix(" (deleted)") != expected:
-            raise SharedMemoryError(f"{path} is not the segment named (it is {name!r})")
-        seals = fcntl.fcntl(handle, fcntl.F_GET_SEALS)
-        if seals & _SEALS != _SEALS:
-            raise SharedMemoryError(f"the segment {path} is not sealed against resizing")
-        if os.fstat(handle).st_size != size:
-            raise SharedMemoryError(f"the segment {path} has the wrong size")
-        if _WRITE_SEAL and seals & _WRITE_SEAL:
-            return mmap.mmap(handle, size, mmap.MAP_PRIVATE), True
-        return mmap.mmap(handle, size, mmap.MAP_SHARED | mmap.MAP_POPULATE), False
-    except OSError as exc:
-        if isinstance(exc, SharedMemoryError):
-            raise
-        raise SharedMemoryError(f"cannot map the segment {path}: {exc}") from None
-    finally:
-        os.close(handle)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..common import codec, protocol, shm
+from ..common import codec, protocol, shm, shm_reader
 from ..common.kept_segments import KeptSegments
 from ..common.protocol import Flag
 from ..common.shm import SegmentPool, SharedFrame
@@ -55,7 +55,7 @@ class SharedTransfers:
 
     def check_hello(self, record: WorkerRecord, probe: object) -> None:
         """A worker's HELLO named its own probe: both ways mapped, it shares our memory."""
-        if self.segments is not None and isinstance(probe, str) and shm.check_probe(probe):
+        if self.segments is not None and isinstance(probe, str) and shm_reader.check_probe(probe):
             record.shared_memory = self.any_shared = True
 
     @property
@@ -76,7 +76,7 @@ class SharedTransfers:
             return body, [frame.buffer for frame in frames[2:]]
         if not record.shared_memory or len(frames) != 3:
             raise protocol.ProtocolError("a shared-memory RESULT from a worker without it")
-        return body, shm.open_shared(bytes(frames[2].buffer), self._releaser(record.id))
+        return body, shm_reader.open_shared(bytes(frames[2].buffer), self._releaser(record.id))
 
     def _releaser(self, worker_id: int) -> Callable[[int], None]:
         """What a transfer from a worker's segment calls when its arrays die: RELEASE it.
@@ -139,7 +139,7 @@ class SharedTransfers:
             chunk.frames = [chunk.frames[0], *arguments]  # a retry reuses the segments
         else:
             return arguments, flags
-        for frame in arguments:  # (a kept segment is never written again: not lent)
+        for frame in arguments:  # (lending a kept segment does nothing: never rewritten)
             self.segments.lend(frame, record.id)
         return arguments, flags | Flag.SHARED
 
@@ -156,14 +156,14 @@ class SharedTransfers:
         """A worker is gone, and its mappings of our segments with it (and ours of its)."""
         if self.segments is not None:
             self.segments.forget(worker_id)
-            shm.forget_mappings_of(self._workers[worker_id].pid)
+            shm_reader.forget_mappings_of(self._workers[worker_id].pid)
 
     def trim(self, now: float) -> None:
         """Close segments idle for long, ours and our mappings of the workers'."""
         if self.segments is not None and self.kept is not None:
             self.segments.trim(now)
             self.kept.trim(now)
-            shm.trim_mappings(now)
+            shm_reader.trim_mappings(now)
 
     def close(self) -> None:
         """Close every segment of ours, and forget our mappings of the workers' (no
@@ -172,4 +172,4 @@ class SharedTransfers:
             self.segments.close()
             self.kept.close()
             for record in self._workers.values():
-                shm.forget_mappings_of(record.pid)
+                shm_reader.forget_mappings_of(record.pid)

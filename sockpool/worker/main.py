@@ -34,7 +34,7 @@ from collections import deque
 
 import zmq
 
-from ..common import protocol, role, shm
+from ..common import protocol, role, shm, shm_reader
 from ..common.config import WorkerConfig
 from . import link, progress
 from .children import end_descendants
@@ -160,6 +160,7 @@ def _set_parent_death_signal(parent_pid: int) -> None:
 
 def _shared_memory(probe: str | None) -> shm.SegmentPool | None:
     """Shared memory with the master, where this worker can map its probe segment (same host)."""
-    if probe and shm.available() and not shm.disabled_by_environment() and shm.check_probe(probe):
+    if (probe and shm.available() and not shm.disabled_by_environment()
+            and shm_reader.check_probe(probe)):
         return shm.SegmentPool()
     return None

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from ..common import codec, protocol, rng, shm
+from ..common import codec, protocol, rng, shm, shm_reader
 from ..common.config import WorkerConfig
 from ..common.progress_log import TO_THE_END, WHOLE_RESULT
 from ..common.protocol import Batch, Flag, Kind, TaskTimes
@@ -172,8 +172,9 @@ class ChunkRunner:
                 task.digest, task.fn_inband, fn_buffers, digests)
             arguments = buffers[split:]
             if flags & Flag.SHARED:  # descriptors of segments: the buffers in them
+                release = self._released.append
                 arguments = [view for frame in arguments
-                             for view in shm.open_shared(bytes(frame), self._released.append)]
+                             for view in shm_reader.open_shared(bytes(frame), release)]
             items = codec.loads(task.arguments, arguments)
             del arguments
             if task.skip and not flags & Flag.CALL:

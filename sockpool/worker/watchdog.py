@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import zmq
 
-from ..common import protocol, shm
+from ..common import protocol, shm, shm_reader
 from ..common.config import WorkerConfig
 from ..common.protocol import Kind
 from .children import end_descendants
@@ -99,7 +99,7 @@ class Watchdog:
                 due = now + self.heartbeat_interval
             if now >= trim_at and self.shared is not None:
                 self.shared.trim(now)
-                shm.trim_mappings(now)
+                shm_reader.trim_mappings(now)
                 trim_at = now + self.heartbeat_interval
             if now - last_heard > self.master_timeout:
                 die(f"no word from the master for {now - last_heard:.1f} s")

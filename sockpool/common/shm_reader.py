@@ -1,0 +1,148 @@
+"""Mapping a peer's segments: the reader's side of :mod:`sockpool.common.shm`.
+
+A reader opens a segment as ``/proc/<owner pid>/fd/<fd>``, checks it is the
+memfd its descriptor names (name and seals), and maps it.  A segment the owner
+reuses is mapped once and kept (see :class:`_Mappings`); a kept segment (sealed
+against writing, see ``kept_segments.py``) is mapped privately for each
+transfer, so that what a task writes stays its own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import mmap
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from .shm import (
+    CACHE_BYTES,
+    IDLE_SECONDS,
+    RESIZE_SEALS,
+    SEGMENT_NAME,
+    WRITE_SEAL,
+    SharedMemoryError,
+    parse_descriptor,
+)
+
+
+class _Mappings:
+    """This process's mappings of peers' segments, kept while they are in use or fresh.
+
+    Mapping a segment (and faulting its pages in) costs more than copying a few
+    megabytes, and a sender reuses its segments, so a reader keeps its mapping
+    of each: the next transfer through the same segment costs nothing here.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: (owner pid, pool, serial) -> (mapping, last use)
+        self._maps: dict[tuple[int, int, int], tuple[mmap.mmap, float]] = {}
+
+    def get(self, frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]], bool]:
+        """A frame's segment mapped, its serial, spans, and whether privately (see _map)."""
+        pid, fd, pool, serial, size, spans = parse_descriptor(frame)
+        key = (pid, pool, serial)
+        with self._lock:
+            found = self._maps.get(key)
+            if found is not None:
+                self._maps[key] = (found[0], time.monotonic())
+                return found[0], serial, spans, False
+        mapping, private = _map(pid, fd, pool, serial, size)
+        if not private:  # (a private one is its transfer's own: what a task wrote stays)
+            with self._lock:
+                self._maps[key] = (mapping, time.monotonic())
+                self._evict(CACHE_BYTES)
+        return mapping, serial, spans, private
+
+    def trim(self, now: float | None = None) -> None:
+        """Forget mappings unused for :data:`IDLE_SECONDS` (live arrays keep theirs)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for key, (_, used) in list(self._maps.items()):
+                if now - used >= IDLE_SECONDS:
+                    del self._maps[key]
+
+    def forget_owner(self, pid: int) -> None:
+        """Forget a gone process's segments, never sent through again (arrays keep theirs)."""
+        with self._lock:
+            for key in [key for key in self._maps if key[0] == pid]:
+                del self._maps[key]
+
+    def _evict(self, limit: int) -> None:
+        by_age = sorted(self._maps.items(), key=lambda item: item[1][1])
+        total = sum(len(mapping) for mapping, _ in self._maps.values())
+        for key, (mapping, _) in by_age:
+            if total <= limit:
+                break
+            del self._maps[key]
+            total -= len(mapping)
+
+
+_mappings = _Mappings()
+trim_mappings = _mappings.trim
+forget_mappings_of = _mappings.forget_owner
+
+
+def open_shared(frame: bytes, on_release: Callable[[int], None]) -> list[memoryview]:
+    """The buffers a descriptor names, as writable views into this process's mapping.
+
+    ``on_release(serial)`` is called once the views and everything made from
+    them (arrays) are gone, from whichever thread drops the last one; not for a
+    kept segment, which this process maps privately and its owner never rewrites.
+
+    Raises:
+        SharedMemoryError: the descriptor is malformed or its segment cannot be used.
+    """
+    mapping, serial, spans, private = _mappings.get(frame)
+    start = min((offset for offset, _ in spans), default=0)
+    end = max((offset + length for offset, length in spans), default=0)
+    # One exporter for this transfer: every view (and array) made from it keeps it
+    # alive, and its end is the transfer's end.  ctypes objects take weak references.
+    used = (ctypes.c_char * max(end - start, 1)).from_buffer(mapping, start)
+    if not private:
+        weakref.finalize(used, on_release, serial).atexit = False
+    whole = memoryview(used).cast("B")
+    return [whole[offset - start:offset - start + length] for offset, length in spans]
+
+
+def check_probe(hex_frame: str) -> bool:
+    """Whether this process can map a peer's segments (its :meth:`SegmentPool.probe`)."""
+    try:
+        pid, fd, pool, serial, size, _ = parse_descriptor(bytes.fromhex(hex_frame))
+        _map(pid, fd, pool, serial, size)[0].close()
+    except (SharedMemoryError, ValueError, OSError):
+        return False
+    return True
+
+
+def _map(pid: int, fd: int, pool: int, serial: int, size: int) -> tuple[mmap.mmap, bool]:
+    """A peer's segment mapped, and whether privately: one sealed against writing (see
+    kept_segments.py) copy-on-write, unpopulated (that would copy every page)."""
+    path = f"/proc/{pid}/fd/{fd}"
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SharedMemoryError(f"cannot open the segment {path}: {exc.strerror}") from None
+    try:
+        name = os.readlink(path)
+        expected = "/memfd:" + SEGMENT_NAME.format(pool=pool, serial=serial)
+        if name.removesuffix(" (deleted)") != expected:
+            raise SharedMemoryError(f"{path} is not the segment named (it is {name!r})")
+        seals = fcntl.fcntl(handle, fcntl.F_GET_SEALS)
+        if seals & RESIZE_SEALS != RESIZE_SEALS:
+            raise SharedMemoryError(f"the segment {path} is not sealed against resizing")
+        if os.fstat(handle).st_size != size:
+            raise SharedMemoryError(f"the segment {path} has the wrong size")
+        if WRITE_SEAL and seals & WRITE_SEAL:
+            return mmap.mmap(handle, size, mmap.MAP_PRIVATE), True
+        return mmap.mmap(handle, size, mmap.MAP_SHARED | mmap.MAP_POPULATE), False
+    except OSError as exc:
+        if isinstance(exc, SharedMemoryError):
+            raise
+        raise SharedMemoryError(f"cannot map the segment {path}: {exc}") from None
+    finally:
+        os.close(handle)
