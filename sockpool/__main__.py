@@ -13,7 +13,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sockpool`` command (and ``python -m sockpool``)."""
-    parser = argparse.ArgumentParser(prog="sockpool", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(  # (no docstrings under -OO)
+        prog="sockpool", description="The sockpool command: sockpool worker starts a worker "
+        "by hand.")
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser(
         "worker", help="run one worker; paste the line its master printed into its stdin")

@@ -40,6 +40,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+try:
+    import joblib
+except ImportError as exc:  # (not a dependency of sockpool's own)
+    raise ImportError("sockpool.joblib needs joblib 1.5 or later: pip install "
+                      "'sockpool[joblib]'") from exc
+if tuple(int(part) for part in joblib.__version__.split(".")[:2] if part.isdigit()) < (1, 5):
+    raise ImportError(f"sockpool.joblib needs joblib 1.5 or later (its backend API), not "
+                      f"{joblib.__version__}: pip install -U 'sockpool[joblib]'")
+
 from joblib._parallel_backends import (
     AutoBatchingMixin,
     FallbackToBackend,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -197,3 +198,52 @@ def test_a_master_run_with_safe_path_keeps_its_workers_from_a_shadowing_module(
                             text=True, timeout=50, cwd=shadowing)
     here = f"(0, {sys.flags.dont_write_bytecode}, True)"
     assert result.stdout.strip() == f"{here} {here}", result.stderr
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="-P (safe_path) is Python 3.11's")
+def test_a_module_in_the_working_directory_shadows_nothing_a_worker_imports(
+        tmp_path: Path) -> None:
+    # A worker's path began with the working directory (python -m), the script's
+    # with its own: a random.py there broke every worker, not the script.
+    script = tmp_path / "flags.py"
+    script.write_text(_FLAGS)
+    shadowing = tmp_path / "elsewhere"
+    shadowing.mkdir()
+    (shadowing / "zmq.py").write_text("raise RuntimeError('a shadowing zmq.py')\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True,
+                            text=True, timeout=50, cwd=shadowing)
+    here = f"(0, {sys.flags.dont_write_bytecode}, True)"
+    assert result.stdout.strip() == f"{here} {here}", result.stderr
+
+
+def test_workers_of_an_isolated_master_are_isolated_too(tmp_path: Path) -> None:
+    script = tmp_path / "isolated.py"
+    script.write_text("import sys\nfrom sockpool import Cluster\n"
+                      "def flags(_):\n    return sys.flags.isolated, sys.flags.ignore_environment\n"
+                      "with Cluster(n=1) as cl:\n    print(cl.par_map(flags, [0])[0], flags(0))\n")
+    result = subprocess.run([sys.executable, "-I", str(script)], capture_output=True,
+                            text=True, timeout=50, cwd=tmp_path)
+    assert result.stdout.strip() == "(1, 1) (1, 1)", result.stderr
+
+
+def test_sockpool_found_where_a_new_interpreter_would_not_look_still_starts_workers(
+        tmp_path: Path) -> None:
+    # sockpool next to a script run from elsewhere (or put on sys.path by the script,
+    # or inside a zipapp): `python -m sockpool.worker` found no sockpool.
+    venv = tmp_path / "venv"  # its dependencies, not sockpool itself
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=60)
+    site_dirs = {os.path.dirname(os.path.dirname(module.__file__))
+                 for module in (zmq, psutil, np)}
+    site_packages = next((venv / "lib").glob("python3*")) / "site-packages"
+    (site_packages / "dependencies.pth").write_text("\n".join(sorted(site_dirs)) + "\n")
+    vendored = tmp_path / "app"
+    shutil.copytree(Path(workdir.__file__).parents[1], vendored / "sockpool",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (vendored / "main.py").write_text(
+        "from sockpool import Cluster\n"
+        "with Cluster(n=1) as cl:\n    print(cl.par_map(lambda x: x * 2, [21]))\n")
+    result = subprocess.run([str(venv / "bin" / "python"), str(vendored / "main.py")],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.stdout.strip() == "[42]", result.stderr

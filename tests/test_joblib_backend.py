@@ -15,6 +15,8 @@ import functools
 import os
 import random
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -485,3 +487,18 @@ def test_a_parallel_kept_open_with_its_own_cluster_runs_every_call_there() -> No
         for _ in range(2):
             pids = set(parallel(delayed(os.getpid)() for _ in range(4)))
             assert pids <= {w.pid for w in cl.workers} and os.getpid() not in pids
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    ("sys.modules['joblib'] = None", "needs joblib 1.5 or later: pip install 'sockpool[joblib]'"),
+    ("import joblib; joblib.__version__ = '1.4.2'",
+     "needs joblib 1.5 or later (its backend API), not 1.4.2"),
+])
+def test_importing_the_backend_without_a_joblib_it_can_use_says_which(
+        setup: str, message: str) -> None:
+    # joblib 1.3 and 1.4 (the extra allowed them) failed at the first Parallel:
+    # "Can't instantiate abstract class SockpoolBackend with abstract method apply_async".
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys; {setup}\nimport sockpool.joblib"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"ImportError: sockpool.joblib {message}" in done.stderr

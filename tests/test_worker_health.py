@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -88,8 +89,48 @@ def test_a_worker_killed_from_outside_is_not_blamed_on_memory() -> None:
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(WorkerLostError) as lost:
             future.result(timeout=30)
-        assert "killed by SIGKILL (peak memory" in str(lost.value)
+        assert "killed by SIGKILL" in str(lost.value)
         assert "out-of-memory" not in str(lost.value)
+
+
+_PEAKS = """
+import os, signal, sys, time
+from sockpool import Cluster, WorkerLostError
+
+def eat_then_sleep(megabytes):
+    block = bytearray(megabytes * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    time.sleep(30)
+
+def killed_after(fn, *args):
+    with Cluster(n=1) as cl:
+        future = cl.submit(fn, *args)
+        time.sleep(1.5)  # it runs now
+        os.kill(cl.workers[0].pid, signal.SIGKILL)
+        try:
+            future.result(timeout=30)
+        except WorkerLostError as lost:
+            return lost.exit_status
+
+print(killed_after(eat_then_sleep, 300))
+ballast = bytearray(1024 * 1024 * 1024)  # this process's peak: 1 GB
+ballast[::4096] = b"x" * len(ballast[::4096])
+del ballast
+print(killed_after(time.sleep, 30))
+"""
+
+
+def test_a_lost_workers_peak_memory_is_its_own_not_its_masters(tmp_path: Path) -> None:
+    # A child's ru_maxrss starts at its parent's peak (kept across exec): a worker
+    # of a master that once held 1 GB was "killed by SIGKILL (peak memory 1.1 GB)".
+    script = tmp_path / "peaks.py"
+    script.write_text(_PEAKS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=100, cwd=tmp_path)
+    own, small = done.stdout.splitlines()
+    assert own.startswith("killed by SIGKILL (peak memory 3"), done.stderr  # its 300 MB
+    assert own.endswith(" MB)")
+    assert small == "killed by SIGKILL", done.stderr  # no more than the master's: unknown
 
 
 def test_other_endings_are_described_plainly() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 
@@ -51,11 +52,21 @@ KERNEL_LOG = "/dev/kmsg"
 #: Seconds a kernel-log record may seem to precede the process it names (clocks differ).
 KMSG_CLOCK_SLACK = 5.0
 _OOM_KILLED = re.compile(rb"(?:Out of memory|Memory cgroup out of memory): Killed process (\d+) ")
+_KILLED_RESIDENT = re.compile(rb"(?:anon|file|shmem)-rss:(\d+)kB")
+
+
+def note_inherited_peak(process: subprocess.Popen[bytes]) -> None:
+    """Note, as ``process`` starts, the peak it inherits: a child's ``ru_maxrss`` is its
+    parent's (this process's) as it forked, kept across ``exec``, so a figure up to
+    that is this process's peak, not the child's (see :func:`reap`)."""
+    process.inherited_peak_kb = resource.getrusage(  # type: ignore[attr-defined]
+        resource.RUSAGE_SELF).ru_maxrss
 
 
 def reap(process: subprocess.Popen[bytes]) -> int | None:
     """``process.poll()``, reaping with ``wait4`` for its peak memory: the exit status,
-    or None while it runs.  The peak (bytes) is then ``process.peak_bytes``; a process
+    or None while it runs.  The peak (bytes) is then ``process.peak_bytes``, unless it
+    is no more than the peak it inherited (:func:`note_inherited_peak`); a process
     reaped elsewhere (``SIGCHLD`` ignored) has ``process.reaped_elsewhere`` set, and
     ``poll()``'s 0 for a status nobody can read now."""
     if process.returncode is None:
@@ -66,7 +77,8 @@ def reap(process: subprocess.Popen[bytes]) -> int | None:
             return process.poll()
         if pid:
             process.returncode = os.waitstatus_to_exitcode(status)
-            process.peak_bytes = usage.ru_maxrss * 1024  # type: ignore[attr-defined]  # kB
+            if usage.ru_maxrss > getattr(process, "inherited_peak_kb", 0):
+                process.peak_bytes = usage.ru_maxrss * 1024  # type: ignore[attr-defined]
     return process.returncode
 
 
@@ -102,10 +114,10 @@ def oom_kills(cgroup: str | None) -> int | None:
     return None
 
 
-def killed_by_oom(pid: int, started: float | None = None) -> bool | None:
-    """Whether the kernel's log says its out-of-memory killer killed ``pid`` (None:
-    unreadable); only a record made since ``started`` (``time.monotonic()``, the
-    process's start) counts, as a pid is reused: an older record is another's."""
+def killed_by_oom(pid: int, started: float | None = None) -> bytes | bool | None:
+    """The kernel's log record of its out-of-memory killer killing ``pid``, or False
+    (None: unreadable); only a record made since ``started`` (``time.monotonic()``,
+    the process's start) counts, as a pid is reused: an older record is another's."""
     try:
         descriptor = os.open(KERNEL_LOG, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
@@ -122,7 +134,7 @@ def killed_by_oom(pid: int, started: float | None = None) -> bool | None:
                 return False
             found = _OOM_KILLED.search(record)
             if found and int(found.group(1)) == pid and _logged_since(record, started):
-                return True
+                return record
     finally:
         os.close(descriptor)
 
@@ -166,6 +178,9 @@ def explain_kill(pid: int, returncode: int | None, peak_bytes: int | None,
             by_oom = after is not None and after > oom_kills_before
         if by_oom:
             notes.append("by the kernel's out-of-memory killer")
+        if isinstance(by_oom, bytes):  # its resident memory as it was killed: its peak
+            killed = sum(int(kb) for kb in _KILLED_RESIDENT.findall(by_oom)) * 1024
+            peak_bytes = max(peak_bytes or 0, killed) or None
     if peak_bytes:
         notes.append(f"peak memory {format_bytes(peak_bytes)}")
     return f"{text} ({', '.join(notes)})" if notes else text

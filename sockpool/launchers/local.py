@@ -20,6 +20,7 @@ from ..common.proc import (
     descendants,
     explain_kill,
     memory_cgroup,
+    note_inherited_peak,
     oom_kills,
     read_tail,
     reap,
@@ -134,17 +135,42 @@ class _StartState(NamedTuple):
 
 def _inherited_flags() -> list[str]:
     """The flags of this interpreter that a worker running it takes too, as
-    ``multiprocessing``'s spawned children do: ``-O``/``-OO``, ``-B``, and ``-P``
-    (a module in the working directory must not shadow one the worker imports);
-    not those its environment sets, which the worker inherits."""
+    ``multiprocessing``'s spawned children do: ``-O``/``-OO``, ``-B``, ``-I`` or
+    ``-E`` and ``-s`` (not those its environment sets, which the worker inherits);
+    and ``-P`` always (Python 3.11+): a worker imports its own modules before it
+    takes this process's import path, and a module in the working directory (a
+    ``random.py``) must not shadow one of them."""
     flags = []
     if sys.flags.optimize and not os.environ.get("PYTHONOPTIMIZE"):
         flags.append("-" + "O" * sys.flags.optimize)
     if sys.flags.dont_write_bytecode and not os.environ.get("PYTHONDONTWRITEBYTECODE"):
         flags.append("-B")
-    if getattr(sys.flags, "safe_path", False) and not os.environ.get("PYTHONSAFEPATH"):
-        flags.append("-P")  # (Python 3.11+)
+    if sys.flags.isolated:
+        return [*flags, "-I"]  # (-E, -s and -P)
+    if sys.flags.ignore_environment:
+        flags.append("-E")
+    if sys.flags.no_user_site and not os.environ.get("PYTHONNOUSERSITE"):
+        flags.append("-s")
+    if sys.version_info >= (3, 11):
+        flags.append("-P")
     return flags
+
+
+def _not_found_by_a_new_interpreter(environ: Mapping[str, str]) -> str | None:
+    """Where this process found sockpool, if an interpreter started afresh with
+    ``environ`` would not look there: a directory the script put on its path, a
+    zipapp, the script's own directory run from elsewhere (else None: in
+    site-packages, put there by a ``.pth`` file or an import hook, or named by
+    ``PYTHONPATH``)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    entries = [os.path.abspath(entry or os.curdir) for entry in sys.path]
+    stdlib = os.path.dirname(os.path.abspath(os.__file__))
+    named = {os.path.abspath(p) for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    if root not in entries or root in named:  # (not in the path at all: an import hook)
+        return None
+    if stdlib in entries and entries.index(root) > entries.index(stdlib):
+        return None  # site-packages, or a .pth file's line
+    return root
 
 
 class LocalLauncher(Launcher):
@@ -175,8 +201,13 @@ class LocalLauncher(Launcher):
                 cwd: str | None = os.getcwd()
             except OSError:  # removed, say: a worker starts in it all the same
                 cwd = None
-            self._start_state = _StartState(
-                cwd, {**os.environ, **self.env}, tuple(p for p in sys.path if p))
+            environ = {**os.environ, **self.env}
+            if self.python == sys.executable and (
+                    root := _not_found_by_a_new_interpreter(environ)) is not None:
+                # Last: it must not shadow what the worker finds where this process did.
+                environ["PYTHONPATH"] = os.pathsep.join(
+                    [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p] + [root])
+            self._start_state = _StartState(cwd, environ, tuple(p for p in sys.path if p))
         return self._start_state
 
     def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
@@ -258,6 +289,7 @@ class LocalLauncher(Launcher):
                     cwd=cwd, env=state.environ,
                     start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
                 )
+                note_inherited_peak(process)
         except OSError as exc:
             raise LaunchError(f"could not start a local worker: {exc}",
                               command=shlex.join(argv)) from exc

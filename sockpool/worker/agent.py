@@ -46,7 +46,14 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
 from ..common.config import WorkerConfig
-from ..common.proc import explain_kill, memory_cgroup, oom_kills, read_tail, reap
+from ..common.proc import (
+    explain_kill,
+    memory_cgroup,
+    note_inherited_peak,
+    oom_kills,
+    read_tail,
+    reap,
+)
 from . import progress
 
 #: After SIGTERM, how long workers get before SIGKILL when the agent stops.
@@ -107,6 +114,7 @@ class HostAgent:
                     [sys.executable, "-m", "sockpool.worker"], stdin=subprocess.PIPE,
                     stdout=log, stderr=log, start_new_session=True,
                     pass_fds=() if page is None else (page,))
+                note_inherited_peak(process)
             except OSError as exc:
                 if page is not None:
                     os.close(page)

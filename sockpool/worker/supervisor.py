@@ -21,7 +21,7 @@ import sys
 import time
 
 from ..common.config import WorkerConfig
-from ..common.proc import explain_kill, memory_cgroup, oom_kills, reap
+from ..common.proc import explain_kill, memory_cgroup, note_inherited_peak, oom_kills, reap
 from . import progress
 
 
@@ -35,6 +35,7 @@ def supervise(config: WorkerConfig, report_path: str) -> int:
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "sockpool.worker"], stdin=subprocess.PIPE,
                                pass_fds=() if page is None else (page,))
+    note_inherited_peak(process)
     assert process.stdin is not None
     with contextlib.suppress(BrokenPipeError):
         process.stdin.write(config.to_json().encode() + b"\n")
