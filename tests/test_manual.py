@@ -51,3 +51,12 @@ def test_manual_workers_follow_the_printed_instructions() -> None:
             if worker.poll() is None:
                 worker.kill()
             worker.wait()
+
+
+def test_an_output_that_is_not_a_function_is_refused_before_anything_starts() -> None:
+    # A file object passed as output= failed only as the cluster started:
+    # "the cluster failed while starting: '...' object is not callable".
+    import io
+
+    with pytest.raises(TypeError, match=r"output=\.\.\.\) takes a function .* not StringIO"):
+        ManualLauncher(output=io.StringIO())  # type: ignore[arg-type]

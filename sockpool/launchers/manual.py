@@ -52,7 +52,8 @@ class ManualLauncher(Launcher):
         python: an interpreter to name in the printed command
             (``PYTHON -m sockpool worker``); by default the command is the
             ``sockpool worker`` script that installing sockpool provides.
-        output: where the instructions go (default: this process's stderr).
+        output: a function given the instructions' text (default: written to this
+            process's stderr); for a file, its ``write``.
     """
 
     watches_processes = False
@@ -62,6 +63,9 @@ class ManualLauncher(Launcher):
 
     def __init__(self, listen: str = "127.0.0.1", python: str | None = None,
                  output: Callable[[str], Any] | None = None) -> None:
+        if output is not None and not callable(output):
+            raise TypeError(f"ManualLauncher(output=...) takes a function given the text "
+                            f"(for a file, its write), not {type(output).__name__}")
         self.listen = listen
         self.python = python
         self._output = output
