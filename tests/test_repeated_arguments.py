@@ -98,6 +98,10 @@ def test_a_state_changed_before_every_call_is_not_kept() -> None:
         assert segment_bytes() <= 3 * KEPT + 2 * MB
 
 
+def address(array: np.ndarray) -> int:
+    return int(array.__array_interface__["data"][0])
+
+
 def buffers_of(array: np.ndarray) -> list[pickle.PickleBuffer]:
     out: list[pickle.PickleBuffer] = []
     pickle.dumps(array, protocol=5, buffer_callback=out.append)
@@ -120,8 +124,16 @@ def test_a_buffer_is_kept_once_sent_twice_alike_and_named_from_then_on() -> None
         one[:] = -1.0
         other = np.frombuffer(shm_reader.open_shared(bytes(fourth[0]), released.append)[0])
         assert float(other.sum()) == float(data.sum())
+        clean = address(other)
         del one, other
         assert released == []  # never rewritten: nothing to wait for
+        # The next transfer takes the mapping no task wrote to (its pages mapped already),
+        # never the written one.
+        again = [np.frombuffer(shm_reader.open_shared(bytes(third[0]), print)[0])
+                 for _ in range(2)]
+        assert address(again[0]) == clean
+        assert all(float(a.sum()) == float(data.sum()) for a in again)  # not the written
+        del again
 
         small = np.ones(kept_segments.KEEP_MIN_BYTES // 8 - 1024)
         assert not any(kept.owns(f) for _ in range(4) for f in kept.frames_for(buffers_of(small)))
@@ -193,6 +205,7 @@ def test_a_frame_dying_while_its_pool_is_busy_does_not_deadlock() -> None:
         later = time.monotonic() + 2 * shm.IDLE_SECONDS
         kept.trim(later)  # what the frames' deaths left waiting is applied now
         pool.trim(later)
+        shm_reader.trim_mappings(later)
         assert segment_bytes() == 0
     finally:
         kept.close()
@@ -249,6 +262,7 @@ def test_nothing_is_stored_once_the_segments_are_closed() -> None:
     data = np.zeros(KEPT // 8)
     kept.close()
     pool.close()
+    shm_reader.trim_mappings(time.monotonic() + 2 * shm.IDLE_SECONDS)
     for _ in range(3):
         with pytest.raises(OSError, match="closed"):
             kept.frames_for(buffers_of(data))

@@ -3,8 +3,9 @@
 A reader opens a segment as ``/proc/<owner pid>/fd/<fd>``, checks it is the
 memfd its descriptor names (name and seals), and maps it.  A segment the owner
 reuses is mapped once and kept (see :class:`_Mappings`); a kept segment (sealed
-against writing, see ``kept_segments.py``) is mapped privately for each
-transfer, so that what a task writes stays its own.
+against writing, see ``kept_segments.py``) is mapped privately, copy-on-write,
+so that what a task writes stays its own: a mapping no task wrote to serves
+the next transfer of that segment, one a task wrote to is dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from .shm import (
     WRITE_SEAL,
     SharedMemoryError,
     parse_descriptor,
+    read_all,
 )
+
+#: A segment's owner pid, pool and serial.
+Key = tuple[int, int, int]
+#: Clean private mappings kept of one kept segment, at most (one per task at once).
+MAX_CLEAN_COPIES = 4
 
 
 class _Mappings:
@@ -40,23 +47,38 @@ class _Mappings:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         #: (owner pid, pool, serial) -> (mapping, last use)
-        self._maps: dict[tuple[int, int, int], tuple[mmap.mmap, float]] = {}
+        self._maps: dict[Key, tuple[mmap.mmap, float]] = {}
+        #: Private mappings of kept segments that no transfer uses and no task wrote
+        #: to: the next transfer of the segment takes one, its pages mapped already.
+        self._clean: dict[Key, list[tuple[mmap.mmap, float]]] = {}
 
-    def get(self, frame: bytes) -> tuple[mmap.mmap, int, list[tuple[int, int]], bool]:
-        """A frame's segment mapped, its serial, spans, and whether privately (see _map)."""
+    def get(self, frame: bytes) -> tuple[mmap.mmap, Key, list[tuple[int, int]], bool]:
+        """A frame's segment mapped, its key, spans, and whether privately (see _map)."""
         pid, fd, pool, serial, size, spans = parse_descriptor(frame)
         key = (pid, pool, serial)
         with self._lock:
             found = self._maps.get(key)
             if found is not None:
                 self._maps[key] = (found[0], time.monotonic())
-                return found[0], serial, spans, False
+                return found[0], key, spans, False
+            if clean := self._clean.get(key):
+                return clean.pop()[0], key, spans, True
         mapping, private = _map(pid, fd, pool, serial, size)
         if not private:  # (a private one is its transfer's own: what a task wrote stays)
             with self._lock:
                 self._maps[key] = (mapping, time.monotonic())
                 self._evict(CACHE_BYTES)
-        return mapping, serial, spans, private
+        return mapping, key, spans, private
+
+    def give_back(self, key: Key, mapping: mmap.mmap) -> None:
+        """A transfer through a private mapping ended: kept for the next one unless a
+        task wrote to it (a page of its own) or it cannot be told."""
+        if _written(mapping):
+            return
+        with self._lock:
+            clean = self._clean.setdefault(key, [])
+            clean.append((mapping, time.monotonic()))
+            del clean[:-MAX_CLEAN_COPIES]
 
     def trim(self, now: float | None = None) -> None:
         """Forget mappings unused for :data:`IDLE_SECONDS` (live arrays keep theirs)."""
@@ -65,12 +87,19 @@ class _Mappings:
             for key, (_, used) in list(self._maps.items()):
                 if now - used >= IDLE_SECONDS:
                     del self._maps[key]
+            for key, clean in list(self._clean.items()):
+                clean[:] = [(mapping, used) for mapping, used in clean
+                            if now - used < IDLE_SECONDS]
+                if not clean:
+                    del self._clean[key]
 
     def forget_owner(self, pid: int) -> None:
         """Forget a gone process's segments, never sent through again (arrays keep theirs)."""
         with self._lock:
             for key in [key for key in self._maps if key[0] == pid]:
                 del self._maps[key]
+            for key in [key for key in self._clean if key[0] == pid]:
+                del self._clean[key]
 
     def _evict(self, limit: int) -> None:
         by_age = sorted(self._maps.items(), key=lambda item: item[1][1])
@@ -82,6 +111,24 @@ class _Mappings:
             total -= len(mapping)
 
 
+def _written(mapping: mmap.mmap) -> bool:
+    """Whether a private mapping has a page of its own (written: copied on write) or
+    swapped out, by its entries in ``/proc/self/pagemap`` (True where unreadable)."""
+    address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+    pages = -(-len(mapping) // mmap.PAGESIZE)
+    try:
+        handle = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            entries = read_all(handle, pages * 8, address // mmap.PAGESIZE * 8)
+        finally:
+            os.close(handle)
+    except OSError:
+        return True
+    # Each entry's top byte: bit 7 present, 6 swapped, 5 a page of the file (shared).
+    return b"\x01" in entries[7::8].translate(_WRITTEN_PAGE)
+
+
+_WRITTEN_PAGE = bytes((flags & 0xA0) == 0x80 or bool(flags & 0x40) for flags in range(256))
 _mappings = _Mappings()
 trim_mappings = _mappings.trim
 forget_mappings_of = _mappings.forget_owner
@@ -92,19 +139,22 @@ def open_shared(frame: bytes, on_release: Callable[[int], None]) -> list[memoryv
 
     ``on_release(serial)`` is called once the views and everything made from
     them (arrays) are gone, from whichever thread drops the last one; not for a
-    kept segment, which this process maps privately and its owner never rewrites.
+    kept segment, which this process maps privately and its owner never rewrites
+    (its mapping is then kept for the next transfer, if no task wrote to it).
 
     Raises:
         SharedMemoryError: the descriptor is malformed or its segment cannot be used.
     """
-    mapping, serial, spans, private = _mappings.get(frame)
+    mapping, key, spans, private = _mappings.get(frame)
     start = min((offset for offset, _ in spans), default=0)
     end = max((offset + length for offset, length in spans), default=0)
     # One exporter for this transfer: every view (and array) made from it keeps it
     # alive, and its end is the transfer's end.  ctypes objects take weak references.
     used = (ctypes.c_char * max(end - start, 1)).from_buffer(mapping, start)
-    if not private:
-        weakref.finalize(used, on_release, serial).atexit = False
+    if private:
+        weakref.finalize(used, _mappings.give_back, key, mapping).atexit = False
+    else:
+        weakref.finalize(used, on_release, key[2]).atexit = False
     whole = memoryview(used).cast("B")
     return [whole[offset - start:offset - start + length] for offset, length in spans]
 
