@@ -185,32 +185,18 @@ def test_workers_run_with_the_masters_optimize_and_bytecode_flags(tmp_path: Path
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="-P (safe_path) is Python 3.11's")
-def test_a_master_run_with_safe_path_keeps_its_workers_from_a_shadowing_module(
-        tmp_path: Path) -> None:
-    # `python -P` keeps the working directory off sys.path; workers put it first,
-    # and a zmq.py there broke every one of them (multiprocessing passes -P on).
-    script = tmp_path / "flags.py"
-    script.write_text(_FLAGS)
-    shadowing = tmp_path / "elsewhere"
-    shadowing.mkdir()
-    (shadowing / "zmq.py").write_text("raise RuntimeError('a shadowing zmq.py')\n")
-    result = subprocess.run([sys.executable, "-P", str(script)], capture_output=True,
-                            text=True, timeout=50, cwd=shadowing)
-    here = f"(0, {sys.flags.dont_write_bytecode}, True)"
-    assert result.stdout.strip() == f"{here} {here}", result.stderr
-
-
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="-P (safe_path) is Python 3.11's")
+@pytest.mark.parametrize("flags", [["-P"], []], ids=["master run with -P", "without"])
 def test_a_module_in_the_working_directory_shadows_nothing_a_worker_imports(
-        tmp_path: Path) -> None:
+        tmp_path: Path, flags: list[str]) -> None:
     # A worker's path began with the working directory (python -m), the script's
-    # with its own: a random.py there broke every worker, not the script.
+    # with its own (or none, with -P): a zmq.py there broke every worker, not the
+    # script.  Workers of this interpreter run with -P (multiprocessing passes it on).
     script = tmp_path / "flags.py"
     script.write_text(_FLAGS)
     shadowing = tmp_path / "elsewhere"
     shadowing.mkdir()
     (shadowing / "zmq.py").write_text("raise RuntimeError('a shadowing zmq.py')\n")
-    result = subprocess.run([sys.executable, str(script)], capture_output=True,
+    result = subprocess.run([sys.executable, *flags, str(script)], capture_output=True,
                             text=True, timeout=50, cwd=shadowing)
     here = f"(0, {sys.flags.dont_write_bytecode}, True)"
     assert result.stdout.strip() == f"{here} {here}", result.stderr

@@ -36,6 +36,7 @@ from .shm import (
     IDLE_SECONDS,
     SegmentPool,
     SharedFrame,
+    apply_when_free,
     raw_view,
     read_all,
     releasing_frame,
@@ -198,15 +199,8 @@ class KeptSegments:
         return [read_all(kept.fd, kept.size, 0)]
 
     def unframe(self, serial: int) -> None:
-        """A frame naming a kept segment is gone (its chunk finished).  A frame dies in
-        its ``__del__``, which a garbage collection may run anywhere, code holding
-        this lock included: the serial waits for whoever holds the lock next."""
-        self._unframed.append(serial)
-        if self._lock.acquire(blocking=False):
-            try:
-                self._apply_unframed()
-            finally:
-                self._lock.release()
+        """A frame naming a kept segment is gone (its chunk finished)."""
+        apply_when_free(self._lock, self._unframed, serial, self._apply_unframed)
 
     def _apply_unframed(self) -> None:
         """With the lock held: count the frames that died; close the oldest idle kept

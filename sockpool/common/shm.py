@@ -259,15 +259,8 @@ class SegmentPool:
                     self._maybe_free(segment)
 
     def unframe(self, serial: int) -> None:
-        """The frame naming the segment is gone (its chunk finished).  A frame dies in
-        its ``__del__``, which a garbage collection may run anywhere, code holding
-        this lock included: the serial waits for whoever holds the lock next."""
-        self._unframed.append(serial)
-        if self._lock.acquire(blocking=False):
-            try:
-                self._apply_unframed()
-            finally:
-                self._lock.release()
+        """The frame naming the segment is gone (its chunk finished)."""
+        apply_when_free(self._lock, self._unframed, serial, self._apply_unframed)
 
     def _apply_unframed(self) -> None:
         """With the lock held: the segments whose frames died may be free."""
@@ -357,6 +350,19 @@ class SegmentPool:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, RESIZE_SEALS)
             self._probe = _Segment(fd, serial, mmap.PAGESIZE)
         return self._describe(self._probe, [(0, 0)]).hex()
+
+
+def apply_when_free(lock: threading.Lock, waiting: deque[int], serial: int,
+                    apply: Callable[[], None]) -> None:
+    """Queue ``serial`` in ``waiting``, and ``apply`` the queue now if ``lock`` is free.
+    For what a frame's ``__del__`` calls, which a garbage collection may run
+    anywhere, code holding ``lock`` included: the holder applies it at its next turn."""
+    waiting.append(serial)
+    if lock.acquire(blocking=False):
+        try:
+            apply()
+        finally:
+            lock.release()
 
 
 def releasing_frame(descriptor: bytes, owner: Any, serial: int) -> SharedFrame:
