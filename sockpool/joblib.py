@@ -34,6 +34,7 @@ import contextlib
 import functools
 import logging
 import operator
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -45,7 +46,7 @@ try:
 except ImportError as exc:  # (not a dependency of sockpool's own)
     raise ImportError("sockpool.joblib needs joblib 1.5 or later: pip install "
                       "'sockpool[joblib]'") from exc
-if tuple(int(part) for part in joblib.__version__.split(".")[:2] if part.isdigit()) < (1, 5):
+if tuple(map(int, re.findall(r"\d+", joblib.__version__)[:2])) < (1, 5):
     raise ImportError(f"sockpool.joblib needs joblib 1.5 or later (its backend API), not "
                       f"{joblib.__version__}: pip install -U 'sockpool[joblib]'")
 

@@ -212,8 +212,21 @@ def test_workers_of_an_isolated_master_are_isolated_too(tmp_path: Path) -> None:
     assert result.stdout.strip() == "(1, 1) (1, 1)", result.stderr
 
 
-def test_sockpool_found_where_a_new_interpreter_would_not_look_still_starts_workers(
+def test_a_master_run_by_dash_c_gives_its_workers_its_working_directory(
         tmp_path: Path) -> None:
+    # Its path holds '' for the working directory, which a worker run with -P lacks.
+    (tmp_path / "helper_here.py").write_text("def twice(x):\n    return 2 * x\n")
+    source = ("from sockpool import Cluster\n"
+              "def call(x):\n    import helper_here\n    return helper_here.twice(x)\n"
+              "with Cluster(n=1) as cl:\n    print(cl.par_map(call, [21]))\n")
+    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
+                            timeout=50, cwd=tmp_path)
+    assert result.stdout.strip() == "[42]", result.stderr
+
+
+@pytest.mark.parametrize("flags", [[], ["-E"]])
+def test_sockpool_found_where_a_new_interpreter_would_not_look_still_starts_workers(
+        tmp_path: Path, flags: list[str]) -> None:
     # sockpool next to a script run from elsewhere (or put on sys.path by the script,
     # or inside a zipapp): `python -m sockpool.worker` found no sockpool.
     venv = tmp_path / "venv"  # its dependencies, not sockpool itself
@@ -229,7 +242,7 @@ def test_sockpool_found_where_a_new_interpreter_would_not_look_still_starts_work
     (vendored / "main.py").write_text(
         "from sockpool import Cluster\n"
         "with Cluster(n=1) as cl:\n    print(cl.par_map(lambda x: x * 2, [21]))\n")
-    result = subprocess.run([str(venv / "bin" / "python"), str(vendored / "main.py")],
+    result = subprocess.run([str(venv / "bin" / "python"), *flags, str(vendored / "main.py")],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path,
                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert result.stdout.strip() == "[42]", result.stderr

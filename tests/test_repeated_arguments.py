@@ -267,3 +267,22 @@ def test_nothing_is_stored_once_the_segments_are_closed() -> None:
         with pytest.raises(OSError, match="closed"):
             kept.frames_for(buffers_of(data))
     assert segment_bytes() == 0
+
+
+def test_a_transfer_ending_while_the_readers_mappings_are_busy_does_not_deadlock() -> None:
+    # Its arrays may die in a garbage collection inside the mappings' own locked
+    # code: giving its mapping back took that lock again and the thread hung.
+    pool = shm.SegmentPool()
+    kept = KeptSegments(pool)
+    data = np.full(KEPT // 8, 2.0)
+    try:
+        frame = [kept.frames_for(buffers_of(data)) for _ in range(3)][-1][0]
+        views = shm_reader.open_shared(bytes(frame), print)
+        first = address(np.frombuffer(views[0]))
+        with shm_reader._mappings._lock:  # (as a collection inside its code would)
+            del views
+        again = np.frombuffer(shm_reader.open_shared(bytes(frame), print)[0])
+        assert address(again) == first and float(again[0]) == 2.0  # taken at the next turn
+    finally:
+        kept.close()
+        pool.close()

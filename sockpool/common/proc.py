@@ -52,7 +52,7 @@ KERNEL_LOG = "/dev/kmsg"
 #: Seconds a kernel-log record may seem to precede the process it names (clocks differ).
 KMSG_CLOCK_SLACK = 5.0
 _OOM_KILLED = re.compile(rb"(?:Out of memory|Memory cgroup out of memory): Killed process (\d+) ")
-_KILLED_RESIDENT = re.compile(rb"(?:anon|file|shmem)-rss:(\d+)kB")
+_KILLED_RESIDENT = re.compile(rb"(?:anon|file)-rss:(\d+)kB")  # (shmem: the master's segments)
 
 
 def note_inherited_peak(process: subprocess.Popen[bytes]) -> None:

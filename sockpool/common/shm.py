@@ -352,12 +352,12 @@ class SegmentPool:
         return self._describe(self._probe, [(0, 0)]).hex()
 
 
-def apply_when_free(lock: threading.Lock, waiting: deque[int], serial: int,
+def apply_when_free(lock: threading.Lock, waiting: deque[Any], item: Any,
                     apply: Callable[[], None]) -> None:
-    """Queue ``serial`` in ``waiting``, and ``apply`` the queue now if ``lock`` is free.
-    For what a frame's ``__del__`` calls, which a garbage collection may run
+    """Queue ``item`` in ``waiting``, and ``apply`` the queue now if ``lock`` is free.
+    For what a ``__del__`` or a finalizer calls, which a garbage collection may run
     anywhere, code holding ``lock`` included: the holder applies it at its next turn."""
-    waiting.append(serial)
+    waiting.append(item)
     if lock.acquire(blocking=False):
         try:
             apply()

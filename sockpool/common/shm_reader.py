@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 
 from .shm import (
@@ -26,6 +27,7 @@ from .shm import (
     SEGMENT_NAME,
     WRITE_SEAL,
     SharedMemoryError,
+    apply_when_free,
     parse_descriptor,
     read_all,
 )
@@ -51,12 +53,14 @@ class _Mappings:
         #: Private mappings of kept segments that no transfer uses and no task wrote
         #: to: the next transfer of the segment takes one, its pages mapped already.
         self._clean: dict[Key, list[tuple[mmap.mmap, float]]] = {}
+        self._returned: deque[tuple[Key, mmap.mmap, float]] = deque()  # (see give_back)
 
     def get(self, frame: bytes) -> tuple[mmap.mmap, Key, list[tuple[int, int]], bool]:
         """A frame's segment mapped, its key, spans, and whether privately (see _map)."""
         pid, fd, pool, serial, size, spans = parse_descriptor(frame)
         key = (pid, pool, serial)
         with self._lock:
+            self._take_returned()
             found = self._maps.get(key)
             if found is not None:
                 self._maps[key] = (found[0], time.monotonic())
@@ -72,18 +76,26 @@ class _Mappings:
 
     def give_back(self, key: Key, mapping: mmap.mmap) -> None:
         """A transfer through a private mapping ended: kept for the next one unless a
-        task wrote to it (a page of its own) or it cannot be told."""
-        if _written(mapping):
-            return
-        with self._lock:
+        task wrote to it (a page of its own) or it cannot be told.  Called when the
+        transfer's arrays die, which a garbage collection may make happen anywhere,
+        code holding this lock included: then its holder takes it at its next turn."""
+        if not _written(mapping):
+            apply_when_free(self._lock, self._returned, (key, mapping, time.monotonic()),
+                            self._take_returned)
+
+    def _take_returned(self) -> None:
+        """With the lock held: keep the clean mappings given back."""
+        while self._returned:
+            key, mapping, when = self._returned.popleft()
             clean = self._clean.setdefault(key, [])
-            clean.append((mapping, time.monotonic()))
+            clean.append((mapping, when))
             del clean[:-MAX_CLEAN_COPIES]
 
     def trim(self, now: float | None = None) -> None:
         """Forget mappings unused for :data:`IDLE_SECONDS` (live arrays keep theirs)."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            self._take_returned()
             for key, (_, used) in list(self._maps.items()):
                 if now - used >= IDLE_SECONDS:
                     del self._maps[key]
@@ -113,7 +125,35 @@ class _Mappings:
 
 def _written(mapping: mmap.mmap) -> bool:
     """Whether a private mapping has a page of its own (written: copied on write) or
-    swapped out, by its entries in ``/proc/self/pagemap`` (True where unreadable)."""
+    swapped out, by its entries in ``/proc/self/pagemap`` (True where unreadable, or
+    where it does not tell a written page: a sandbox may show zeros)."""
+    global _pagemap_tells
+    if _pagemap_tells is None:
+        _pagemap_tells = _pagemap_tells_a_written_page()
+    return not _pagemap_tells or _written_by_pagemap(mapping)
+
+
+def _pagemap_tells_a_written_page() -> bool:
+    """Whether pagemap tells a clean private mapping of a memory file from a written one."""
+    try:
+        handle = os.memfd_create("sockpool-pagemap-check", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(handle, mmap.PAGESIZE)
+            with mmap.mmap(handle, mmap.PAGESIZE, mmap.MAP_PRIVATE) as probe:
+                probe[0]  # (read: the file's page)
+                clean = not _written_by_pagemap(probe)
+                probe[0] = 1
+                return clean and _written_by_pagemap(probe)
+        finally:
+            os.close(handle)
+    except (OSError, AttributeError):
+        return False
+
+
+_pagemap_tells: bool | None = None
+
+
+def _written_by_pagemap(mapping: mmap.mmap) -> bool:
     address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
     pages = -(-len(mapping) // mmap.PAGESIZE)
     try:

@@ -156,21 +156,25 @@ def _inherited_flags() -> list[str]:
     return flags
 
 
-def _not_found_by_a_new_interpreter(environ: Mapping[str, str]) -> str | None:
-    """Where this process found sockpool, if an interpreter started afresh with
-    ``environ`` would not look there: a directory the script put on its path, a
-    zipapp, the script's own directory run from elsewhere (else None: in
-    site-packages, put there by a ``.pth`` file or an import hook, or named by
-    ``PYTHONPATH``)."""
+def _worker_module(python: str) -> list[str]:
+    """How a worker of ``python`` runs its module: ``-m sockpool.worker``, where this
+    is that interpreter and sockpool is in its site-packages; else a bootstrap that
+    first puts last on its path the place this process imported sockpool from (a
+    checkout, a directory the script added, a zipapp), which a new interpreter
+    would not search.  Last: nothing there shadows what the worker finds first."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    entries = [os.path.abspath(entry or os.curdir) for entry in sys.path]
-    stdlib = os.path.dirname(os.path.abspath(os.__file__))
-    named = {os.path.abspath(p) for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p}
-    if root not in entries or root in named:  # (not in the path at all: an import hook)
-        return None
-    if stdlib in entries and entries.index(root) > entries.index(stdlib):
-        return None  # site-packages, or a .pth file's line
-    return root
+    if python != sys.executable or root in _site_directories():
+        return ["-m", "sockpool.worker"]
+    return ["-c", f"import sys; {root!r} in sys.path or sys.path.append({root!r}); "
+                  "import runpy; runpy.run_module('sockpool.worker', run_name='__main__', "
+                  "alter_sys=True)"]
+
+
+def _site_directories() -> set[str]:
+    import site
+
+    user = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    return {os.path.abspath(path) for path in [*site.getsitepackages(), user] if path}
 
 
 class LocalLauncher(Launcher):
@@ -201,13 +205,10 @@ class LocalLauncher(Launcher):
                 cwd: str | None = os.getcwd()
             except OSError:  # removed, say: a worker starts in it all the same
                 cwd = None
-            environ = {**os.environ, **self.env}
-            if self.python == sys.executable and (
-                    root := _not_found_by_a_new_interpreter(environ)) is not None:
-                # Last: it must not shadow what the worker finds where this process did.
-                environ["PYTHONPATH"] = os.pathsep.join(
-                    [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p] + [root])
-            self._start_state = _StartState(cwd, environ, tuple(p for p in sys.path if p))
+            # ('' is the working directory, for a master run by -c or interactively:
+            # a worker runs with -P, which leaves it off its own path.)
+            path = tuple(entry for entry in (entry or cwd for entry in sys.path) if entry)
+            self._start_state = _StartState(cwd, {**os.environ, **self.env}, path)
         return self._start_state
 
     def prepare(self, workdir: str, bind: Callable[[str], str]) -> None:
@@ -217,7 +218,7 @@ class LocalLauncher(Launcher):
     def command(self) -> list[str]:
         """The command line of a worker (its configuration goes over stdin)."""
         flags = _inherited_flags() if self.python == sys.executable else []
-        return [self.python, *flags, "-m", "sockpool.worker"]
+        return [self.python, *flags, *_worker_module(self.python)]
 
     def start_early(self, count: int, workdir: str, *, relay: bool) -> None:
         self._start_state = None  # a new cluster: not what a start that failed took
