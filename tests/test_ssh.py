@@ -119,9 +119,12 @@ def test_workers_report_their_host_and_pid(namespace_hosts: Testbed) -> None:
 def test_a_remote_worker_killed_is_described_by_its_hosts_agent(namespace_hosts: Testbed) -> None:
     with Cluster(hosts=["sp-n1"], python=PYTHON) as cl:
         with pytest.raises(WorkerLostError) as lost:
-            cl.submit(lambda: os.kill(os.getpid(), signal.SIGKILL)).result(timeout=30)
+            # (100 MB first: a peak no larger than the host agent's is left out)
+            cl.submit(lambda: (b"x" * 100_000_000, os.kill(os.getpid(), signal.SIGKILL))
+                      ).result(timeout=30)
         assert lost.value.host == "sp-n1"
-        assert "killed by SIGKILL (peak memory" in str(lost.value)  # wait4 on the host
+        assert "killed by SIGKILL (peak memory 1" in str(lost.value)  # wait4 on the host
+        assert " MB)" in str(lost.value)
         # Its replacement, while it starts, has no pid yet: it showed the ssh
         # client's, whose kill would end every worker on the host.
         starting = [w for w in cl.workers if w.state == "starting"]

@@ -100,12 +100,19 @@ from sockpool import Cluster, WorkerLostError
 def eat_then_sleep(megabytes):
     block = bytearray(megabytes * 1024 * 1024)
     block[::4096] = b"x" * len(block[::4096])
+    open("ate", "w").close()
     time.sleep(30)
+
+def sleep(seconds):
+    open("ate", "w").close()
+    time.sleep(seconds)
 
 def killed_after(fn, *args):
     with Cluster(n=1) as cl:
         future = cl.submit(fn, *args)
-        time.sleep(1.5)  # it runs now
+        while not os.path.exists("ate"):  # it ate what it eats
+            time.sleep(0.05)
+        os.remove("ate")
         os.kill(cl.workers[0].pid, signal.SIGKILL)
         try:
             future.result(timeout=30)
@@ -116,7 +123,7 @@ print(killed_after(eat_then_sleep, 300))
 ballast = bytearray(1024 * 1024 * 1024)  # this process's peak: 1 GB
 ballast[::4096] = b"x" * len(ballast[::4096])
 del ballast
-print(killed_after(time.sleep, 30))
+print(killed_after(sleep, 30))
 """
 
 
