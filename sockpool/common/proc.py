@@ -56,11 +56,23 @@ _KILLED_RESIDENT = re.compile(rb"(?:anon|file)-rss:(\d+)kB")  # (shmem: the mast
 
 
 def note_inherited_peak(process: subprocess.Popen[bytes]) -> None:
-    """Note, as ``process`` starts, the peak it inherits: a child's ``ru_maxrss`` is its
-    parent's (this process's) as it forked, kept across ``exec``, so a figure up to
-    that is this process's peak, not the child's (see :func:`reap`)."""
-    process.inherited_peak_kb = resource.getrusage(  # type: ignore[attr-defined]
-        resource.RUSAGE_SELF).ru_maxrss
+    """Note, as ``process`` starts, the peak it inherits: a child's ``ru_maxrss``
+    starts at the peak of the memory it forked with (this process's, ``VmHWM``),
+    kept across ``exec``, so a figure up to that is not the child's (see :func:`reap`).
+    Not this process's own ``ru_maxrss``, which holds its parent's peak the same way."""
+    process.inherited_peak_kb = _own_peak_kb()  # type: ignore[attr-defined]
+
+
+def _own_peak_kb() -> int:
+    """The peak resident memory of this process's own memory (kB): ``VmHWM``."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def reap(process: subprocess.Popen[bytes]) -> int | None:
