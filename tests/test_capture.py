@@ -447,10 +447,27 @@ def test_inspect_capture_reports_names_types_sizes_and_paths(tmp_path: Path) -> 
             return BIG.sum() + len(level)
 
         def worker(level):
-            return fit_one(level), LABELS
+            return LABELS, fit_one(level)
 
         report = inspect_capture(worker)
         print(report)
+        # Biggest first, as documented (they came in the order they were found).
+        assert [e.name for e in report] == [  # (fit_one carries BIG)
+            "worker -> fit_one", "worker -> fit_one -> BIG", "worker -> LABELS"]
+        assert report.biggest(1) == list(report)[:1]
+        for bad in (-1, 1.5):
+            try:
+                report.biggest(bad)
+            except ValueError as exc:
+                assert "count must be a non-negative integer" in str(exc)
+            else:
+                raise AssertionError(f"biggest({bad}) taken")
+        try:  # (was a report saying the function "cannot travel")
+            inspect_capture(worker, serializer="bogus")
+        except ValueError as exc:
+            assert "serializer must be one of" in str(exc)
+        else:
+            raise AssertionError("serializer='bogus' taken")
         entries = {e.name: (e.type, e.nbytes) for e in report}
         assert entries["worker -> fit_one -> BIG"][0] == "numpy.ndarray"
         assert entries["worker -> fit_one -> BIG"][1] > 2_000_000
@@ -490,6 +507,7 @@ def test_inspect_capture_says_what_cannot_travel_and_looks_inside_lru_cache(
         assert entries["locked -> LOCK"].error == report.error
         assert entries["locked -> BIG"].error == "" and entries["locked -> BIG"].nbytes > 300_000
         assert "cannot travel" in report._repr_html_()
+        assert next(iter(report)).name == "locked -> LOCK"  # what cannot travel comes first
         report = inspect_capture(cached)
         print(report)
         assert report.error == ""
@@ -571,6 +589,11 @@ def test_a_capture_larger_than_the_limit_is_refused_with_the_biggest_names(
                     cl.par_map(worker, [1])
                 except CaptureError as exc:
                     print(exc)
+            with Cluster(n=1, max_capture_size=1000) as cl:  # (was "the limit of 0.0 MB")
+                try:
+                    cl.par_map(worker, [1])
+                except CaptureError as exc:
+                    print(exc)
             with Cluster(n=1, max_capture_size=None) as cl:
                 print(cl.par_map(worker, [1]))
             with Cluster(n=1, max_capture_size=1_000_000) as cl:
@@ -582,7 +605,8 @@ def test_a_capture_larger_than_the_limit_is_refused_with_the_biggest_names(
     assert "worker -> HUGE (bytes, 3.0 MB)" in out[0]
     assert "max_capture_size" in out[0]
     assert "cl.export(BIG=data), or del BIG after exporting it" in out[0]
-    assert out[1:] == ["[3000002]", "[3000002]"]
+    assert "more than the limit of 1.0 kB (1000 bytes)" in out[1]
+    assert out[2:] == ["[3000002]", "[3000002]"]
 
 
 def test_a_function_that_failed_to_load_on_a_worker_fails_the_same_way_again(

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..common import codec
 from ..common import namespace as bound_namespace
+from ..common.checks import as_int
 from ..common.proc import format_bytes
 from . import pickling
 from .binding import code_names
@@ -167,7 +168,8 @@ class CaptureEntry:
 class CaptureReport:
     """What would travel with a function (:func:`inspect_capture`).
 
-    Iterate over it for its :class:`CaptureEntry` items, biggest first.
+    Iterate over it for its :class:`CaptureEntry` items: those that cannot travel
+    first, then the rest biggest first.
     """
 
     function: str
@@ -178,6 +180,9 @@ class CaptureReport:
     #: Why the function cannot travel ("" when it can); its entries say which part.
     error: str = ""
 
+    def __post_init__(self) -> None:
+        self.entries.sort(key=lambda e: (not e.error, -e.nbytes))  # (stable: ties as found)
+
     def __iter__(self) -> Iterator[CaptureEntry]:
         return iter(self.entries)
 
@@ -186,6 +191,8 @@ class CaptureReport:
 
     def biggest(self, count: int = 5) -> list[CaptureEntry]:
         """The ``count`` largest entries."""
+        if as_int(count) is None or count < 0:
+            raise ValueError(f"count must be a non-negative integer, not {count!r}")
         return sorted(self.entries, key=lambda e: -e.nbytes)[:count]
 
     def __str__(self) -> str:
@@ -247,6 +254,7 @@ def inspect_capture(fn: Any, serializer: str = "cloudpickle") -> CaptureReport:
     (``worker -> fit_one -> data``), and lists the modules shipped by value
     (local ``.py`` files next to your script) and those imported by name.
     """
+    codec.check_serializer(serializer)
     register_local_modules(serializer)
     entries: list[CaptureEntry] = []
     by_value: set[str] = set()

@@ -6,7 +6,7 @@ checks the option before it starts anything.
 
 from __future__ import annotations
 
-from ..common.integers import as_int
+from ..common.checks import as_int
 
 #: Default limit on what one function may carry (R future's globals.maxSize is 500 MiB).
 DEFAULT_MAX_CAPTURE_SIZE = 500 * 1024 * 1024

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..common import codec
 from ..common.codec import Frames
+from ..common.proc import format_bytes
 from ..errors import CaptureError
 from . import pickling
 from .by_value import register_local_modules
@@ -124,15 +125,15 @@ class Packer:
 
     def _too_big(self, fn: Any, size: int, limit: int) -> CaptureError:
         report = inspect_capture(fn, self.serializer)
-        biggest = ", ".join(f"{e.name} ({e.type}, {e.nbytes / 1e6:.1f} MB)"
+        biggest = ", ".join(f"{e.name} ({e.type}, {format_bytes(e.nbytes)})"
                             for e in report.biggest(3))
         return CaptureError(
-            f"the function {_name_of(fn)!r} carries {size / 1e6:.1f} MB, more than the limit "
-            f"of {limit / 1e6:.1f} MB; the biggest: {biggest}.  If that is intended, raise the "
-            "limit with Cluster(max_capture_size=...) (None for no limit); otherwise pass the "
-            "data as an argument, or send it once with export() under a name that is not a "
-            "global here (cl.export(BIG=data), or del BIG after exporting it): a function "
-            "carries each global it names.")
+            f"the function {_name_of(fn)!r} carries {format_bytes(size)}, more than the limit "
+            f"of {format_bytes(limit)} ({limit} bytes); the biggest: {biggest}.  If that is "
+            "intended, raise the limit with Cluster(max_capture_size=...) (None for no limit); "
+            "otherwise pass the data as an argument, or send it once with export() under a "
+            "name that is not a global here (cl.export(BIG=data), or del BIG after exporting "
+            "it): a function carries each global it names.")
 
     def values(self, obj: Any, parts: Iterable[tuple[str, Any]], *,
                copy_buffers: bool = False, prefix: bytes = b"", store: Store | None = None,
