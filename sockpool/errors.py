@@ -109,7 +109,9 @@ class WorkerLostError(SockpoolError):
         worker_id: the lost worker's id.
         host: where it ran.
         pid: its process id.
-        exit_status: how it ended, e.g. ``"SIGKILL"`` or ``"exit code 3"``.
+        exit_status: how it ended, in the message's words: ``"exit code 3"``,
+            ``"killed by SIGKILL (peak memory 1.1 GB)"``, ``"killed by SIGSEGV"``,
+            or what else its launcher knew (an out-of-memory kill, say).
         stderr_tail: the last lines the task wrote (stdout and stderr, as relayed),
             then those of the worker's own stderr.
     """

@@ -290,12 +290,29 @@ def test_bad_constructor_arguments() -> None:
                                                       r"at least two heartbeat intervals \(2 s\)"),
             ({"heartbeat_timeout": math.inf}, ValueError, "heartbeat_timeout must be finite"),
             ({"heartbeat_interval": 0.5, "heartbeat_timeout": 0.9}, ValueError,
-             r"two heartbeat intervals \(1 s\)")]:
+             r"two heartbeat intervals \(1 s\)"),
+            # A yes/no option given a number or a word: "no" read as a yes.
+            ({"relay": 1}, ValueError, "relay must be True, False or 'live', not 1"),
+            ({"relay_prefix": 5}, ValueError, "relay_prefix must be True or False, not 5"),
+            ({"tunnel": "no"}, TypeError, "tunnel must be True or False, not 'no'"),
+            ({"max_worker_memory": 0.5}, ValueError, "max_worker_memory must be a positive"),
+            ({"max_worker_memory": math.inf}, ValueError, "max_worker_memory must be")]:
         with pytest.raises(error, match=named):
             Cluster(n=1, **options)  # type: ignore[arg-type]
+    # A launcher's env failed in subprocess, naming neither env nor the variable.
+    with pytest.raises(TypeError, match=r"env must map variable names to strings; "
+                                        r"env\['A'\] is 1 \(int\)"):
+        sockpool.LocalLauncher(env={"A": 1})  # type: ignore[dict-item]
     assert {child.pid for child in psutil.Process().children()} <= before
     with Cluster(n=1, max_message_size=65536) as cl:  # the least is enough to run
         assert cl.par_map(abs, [-1]) == [1]
+    # NumPy's numbers and bools, and a size written 1e9, are what they say (refused once).
+    import numpy as np
+
+    with Cluster(n=np.int64(1), max_worker_memory=1e9, relay=np.True_,
+                 connect_timeout=np.float32(30)) as cl:
+        assert cl.par_map(abs, [-1], timeout=np.int64(5), ordered=np.True_) == [1]
+        assert cl.submit(abs, -2, timeout=np.float32(5)).result() == 2
     # A Path failed in shlex.join once a worker was spawned, leaving it unreaped.
     with Cluster(n=1, python=Path(sys.executable)) as cl:
         assert cl.par_map(abs, [-2]) == [2]

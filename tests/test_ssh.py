@@ -549,6 +549,22 @@ def test_bad_host_arguments_fail_before_anything_starts() -> None:
         Cluster(n=1, tunnel=True)
     with pytest.raises(ValueError, match="not both"):
         Cluster(hosts=["node1"], launcher=SSHLauncher(["node1"]))
+    # Each of these was accepted, to fail (or not) once ssh ran.
+    with pytest.raises(ValueError, match="port of 'node1' must be a port number from 1 to "
+                                         "65535, not 'abc'"):
+        SSHHost("node1", port="abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"env of 'node1' must map variable names to strings; "
+                                        r"env of 'node1'\['A'\] is 1"):
+        SSHHost("node1", env={"A": 1})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"env\['A'\] is 1"):
+        SSHLauncher(["node1"], env={"A": 1})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="connect_timeout must be a positive number of "
+                                         "seconds, not -1"):
+        SSHLauncher(["node1"], connect_timeout=-1)
+    import numpy as np  # NumPy's integers count, as Cluster(n=) takes them
+
+    assert SSHHost("node1", workers=np.int64(2), port=np.int64(2222)).ssh_target() == [
+        "-p", "2222", "node1"]
 
 
 def test_a_worker_kept_off_shared_memory_still_gets_and_sends_large_arrays(

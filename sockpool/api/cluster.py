@@ -158,7 +158,7 @@ class Cluster(concurrent.futures.Executor):
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout, seed=seed,
             max_message_size=max_message_size, relay=relay, prefetch=prefetch,
             max_tasks_per_worker=max_tasks_per_worker, serializer=serializer,
-            max_capture_size=max_capture_size, transport=transport,
+            max_capture_size=max_capture_size, transport=transport, relay_prefix=relay_prefix,
             max_worker_memory=max_worker_memory, log_level=log_level)
         warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
         self.owner_pid = os.getpid()
@@ -214,7 +214,7 @@ class Cluster(concurrent.futures.Executor):
 
         Args:
             wait: block until every task has finished and the workers are gone.
-            cancel_futures: cancel submitted tasks that have not started.
+            cancel_futures: cancel the tasks no worker holds (see the guide's "Futures").
         """
         self._finalizer.detach()
         if cancel_futures:

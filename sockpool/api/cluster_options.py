@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..capture.limits import check_max_capture_size
 from ..common.caller import user_stacklevel
+from ..common.checks import as_bool, as_int, as_real, check_env
 from ..common.codec import check_serializer
 from ..common.config import check_transport
-from ..common.integers import as_int
 from ..common.rng import check_seed
 from ..cores import detect_cores
 from ..launchers import Launcher, LocalLauncher
@@ -80,6 +80,9 @@ def choose_launcher(
     ones locally); ``n`` and ``hosts`` together add ``n`` local workers.
     """
     n = check_count(n)
+    if (flag := as_bool(tunnel)) is None:  # ("no" would read as a yes)
+        raise TypeError(f"tunnel must be True or False, not {tunnel!r}")
+    tunnel = flag
     if launcher is not None:
         if hosts is not None:
             raise ValueError("give hosts= or launcher=, not both (an SSHLauncher takes hosts)")
@@ -277,16 +280,7 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None, *, given: boo
     """The workers' extra environment: ``threads`` for the thread pools' variables (unless
     ``given``, the default's: not those the master sets), then ``env`` (checked: names and
     values must be strings)."""
-    if env is not None and not isinstance(env, Mapping):
-        raise TypeError(f"env must be a dict of variable names to strings, "
-                        f"not {type(env).__name__}")
-    for name, value in (env or {}).items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(f"env must map variable names to strings; env[{name!r}] is "
-                            f"{value!r} ({type(value).__name__})")
-        if not name or "=" in name or "\0" in name or "\0" in value:
-            raise ValueError(f"env[{name!r}]: a variable's name must be non-empty without '=', "
-                             "and neither name nor value may hold a NUL character")
+    extra = check_env(env)
     worker_env: dict[str, str] = {}
     if threads is not None:
         value = str(threads)
@@ -298,14 +292,14 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None, *, given: boo
         for name in THREAD_VARIABLES:
             if given or name not in os.environ:
                 worker_env[name] = value if name != "LOKY_MAX_CPU_COUNT" else str(threads)
-    worker_env.update(env or {})
+    worker_env.update(extra)
     return worker_env
 
 
 _MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", re.IGNORECASE)
 
 
-def memory_bytes(value: int | str | None, name: str = "max_worker_memory") -> int | None:
+def memory_bytes(value: float | str | None, name: str = "max_worker_memory") -> int | None:
     """``"2GB"``, ``"512 MiB"``, ``"1.5g"`` or a number of bytes, as bytes (None stays None).
 
     Raises:
@@ -313,8 +307,11 @@ def memory_bytes(value: int | str | None, name: str = "max_worker_memory") -> in
     """
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
+    count, real = as_int(value), as_real(value)  # (NumPy's numbers, and 1e9, too)
+    if count is None and real is not None and math.isfinite(real) and real.is_integer():
+        count = int(real)
+    if count is not None and count > 0:
+        return count
     found = _MEMORY.fullmatch(value) if isinstance(value, str) else None
     number, unit, binary = found.groups() if found is not None else ("0", "", "")
     base = 1024 if binary else 1000
@@ -383,6 +380,7 @@ def check_cluster_options(
     transport: str,
     max_worker_memory: int | str | None = None,
     log_level: int | str | None = None,
+    relay_prefix: bool = False,
 ) -> dict[str, Any]:
     """Raise ``ValueError`` (or ``TypeError``) naming the first bad ``Cluster`` option;
     return the engine's options as it takes them (integers as ``int``, NumPy's too;
@@ -409,8 +407,10 @@ def check_cluster_options(
         raise ValueError(f"max_message_size must be a number of bytes, at least "
                          f"{MIN_MESSAGE_SIZE} (the workers' own messages need that much), "
                          f"not {max_message_size!r}")
-    if relay not in (True, False, "live"):
+    if as_bool(relay) is None and relay != "live":
         raise ValueError(f"relay must be True, False or 'live', not {relay!r}")
+    if as_bool(relay_prefix) is None:
+        raise ValueError(f"relay_prefix must be True or False, not {relay_prefix!r}")
     depth = as_int(prefetch)
     if depth is None or not 1 <= depth <= MAX_PREFETCH:
         raise ValueError(f"prefetch must be an integer from 1 to {MAX_PREFETCH}, "

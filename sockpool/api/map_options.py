@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..common.caller import user_stacklevel
-from ..common.integers import as_int
+from ..common.checks import as_bool, as_int, as_real
 from ..common.naming import function_name
 from ..common.protocol import Flag
 from ..common.rng import check_seed
@@ -54,11 +54,12 @@ class MapOptions:
             raise ValueError(f"retries must be a non-negative integer, not {self.retries!r}")
         object.__setattr__(self, "retries", retries)
         for name in ("ordered", "progress"):
-            if getattr(self, name) not in (True, False):
+            if (flag := as_bool(getattr(self, name))) is None:
                 raise ValueError(f"{name} must be True or False, not {getattr(self, name)!r}")
+            object.__setattr__(self, name, flag)
         if self.errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', not {self.errors!r}")
-        check_timeout(timeout)
+        object.__setattr__(self, "timeout", timeout := check_timeout(timeout))
         if timeout is not None and chunksize not in (None, 1):
             raise ValueError(
                 f"chunksize={chunksize} cannot be given with timeout=: a time limit applies "
@@ -102,11 +103,15 @@ def options_of(method: str, options: dict[str, Any]) -> MapOptions:
     return MapOptions(**options)
 
 
-def check_timeout(timeout: object) -> None:
-    """Raise ``ValueError`` unless ``timeout`` is None or a positive number of seconds."""
-    if timeout is not None and (isinstance(timeout, bool)
-                                or not isinstance(timeout, (int, float)) or not timeout > 0):
+def check_timeout(timeout: object) -> float | None:
+    """``timeout`` as a float of seconds (NumPy's numbers too), or None; ``ValueError``
+    unless it is None or a positive number."""
+    if timeout is None:
+        return None
+    seconds = as_real(timeout)
+    if seconds is None or not seconds > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    return seconds
 
 
 #: ``co_flags`` of generator, coroutine and async generator functions (``inspect``'s

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..capture.inspection import describe_unpicklable
 from ..common import role
-from ..common.integers import as_int
+from ..common.checks import as_int
 from ..errors import CaptureError
 from .cluster import Cluster
 from .cluster_options import as_pool

@@ -19,7 +19,7 @@ import random
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .integers import as_int
+from .checks import as_int
 
 if TYPE_CHECKING:
     import numpy as np

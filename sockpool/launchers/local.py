@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import BinaryIO, NamedTuple
 
+from ..common.checks import check_env
 from ..common.config import WorkerConfig
 from ..common.proc import (
     REAPED_ELSEWHERE,
@@ -190,7 +191,7 @@ class LocalLauncher(Launcher):
 
     def __init__(self, python: str | None = None, env: Mapping[str, str] | None = None) -> None:
         self.python = python or sys.executable
-        self.env = dict(env or {})
+        self.env = check_env(env)
         self._workdir: str | None = None
         # Started by start_early, waiting for their configuration: (process, log path).
         self._early: collections.deque[tuple[subprocess.Popen[bytes], str]] = collections.deque()

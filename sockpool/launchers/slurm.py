@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..common.checks import check_env
 from ..common.config import WorkerConfig
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
@@ -167,7 +168,7 @@ class SlurmLauncher(Launcher):
             "job_name": job_name, "partition": partition, "time": time, "memory": memory,
             "cpus_per_worker": cpus_per_worker, "account": account, "max_running": max_running,
             "extra_sbatch": list(extra_sbatch), "setup_lines": list(setup_lines),
-            "env": dict(env or {}), "template": template}
+            "env": check_env(env), "template": template}
         self.python = python or sys.executable
         self.listen = listen or _host_address()
         #: Where each cluster's private directory is made.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import secrets
 import shlex
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..common.checks import as_real, check_env
 from ..common.config import WorkerConfig
 from .base import Launcher, WorkerProcess
 from .local import LocalLauncher
@@ -110,14 +112,18 @@ class SSHLauncher(Launcher):
             raise TypeError("ssh_options must be a list of arguments, not a string")
         if not isinstance(tunnel, bool):
             raise TypeError(f"tunnel must be True or False, not {tunnel!r}")
+        seconds = as_real(connect_timeout)
+        if seconds is None or not 0 < seconds < math.inf:
+            raise ValueError(f"connect_timeout must be a positive number of seconds, "
+                             f"not {connect_timeout!r}")
         self.python = python
-        self.env = dict(env or {})
+        self.env = check_env(env)
         self.ssh = ssh
         self.ssh_options = list(ssh_options)
         self.tunnel = tunnel
         self.listen = "127.0.0.1"
         self.remote_listen = listen
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = seconds
         self.size = sum(host.workers for host in self.hosts)
         #: One slot per worker: the host it belongs to and the handle filling it.
         self.slots: list[tuple[SSHHost, WorkerProcess | None]] = [

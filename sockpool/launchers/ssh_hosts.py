@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..common.checks import as_int, check_env
+
 _DESTINATION = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]\s]+\]|[^:@\s]+)"
                           r"(?::(?P<port>\d+))?$")
 
@@ -44,10 +46,17 @@ class SSHHost:
         if not isinstance(self.destination, str) or not _DESTINATION.match(self.destination):
             raise ValueError(f"{self.destination!r} is not an ssh destination "
                              "(host, user@host or user@host:port)")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or (
-                self.workers < 1):
+        workers = as_int(self.workers)  # (NumPy's integers too, as Cluster(n=) takes them)
+        if workers is None or workers < 1:
             raise ValueError(f"host {self.destination!r} needs a positive number of workers, "
                              f"not {self.workers!r}")
+        port = None if self.port is None else as_int(self.port)
+        if self.port is not None and (port is None or not 0 < port < 65536):
+            raise ValueError(f"port of {self.destination!r} must be a port number from 1 to "
+                             f"65535, not {self.port!r}")
+        object.__setattr__(self, "workers", workers)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "env", check_env(self.env, f"env of {self.destination!r}"))
         if isinstance(self.ssh_options, str):
             raise TypeError(f"ssh_options of {self.destination!r} must be a list of "
                             "arguments, not a string")
