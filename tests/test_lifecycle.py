@@ -81,6 +81,24 @@ def test_close_twice_and_use_after_close() -> None:
         pass
 
 
+def test_a_cluster_whose_io_thread_failed_says_so_to_later_calls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Later calls said only "the cluster is closed", which the user never did.
+    cl = Cluster(n=1)
+    try:
+        def broken(*args: object) -> None:
+            raise RuntimeError("a bug in the loop")
+
+        monkeypatch.setattr(cl._dispatcher, "_assign", broken)
+        with pytest.raises(sockpool.SockpoolError, match="I/O thread failed"):
+            cl.submit(abs, -1).result(timeout=10)
+        refusal = r"the cluster is closed: its I/O thread failed: RuntimeError\('a bug in the"
+        with pytest.raises(ClusterClosedError, match=refusal):
+            cl.submit(abs, -1)
+    finally:
+        cl.close()
+
+
 def test_exception_in_with_body_closes_the_cluster() -> None:
     with pytest.raises(ZeroDivisionError), Cluster(n=2) as cl:
         pids = [w.pid for w in cl.workers]

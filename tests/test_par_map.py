@@ -262,6 +262,91 @@ def test_exception_that_cannot_travel_arrives_as_remote_error(shared_cluster: Cl
     assert "raise_unpicklable" in info.value.traceback_text
 
 
+class DataError(Exception):
+    def __init__(self, message: str, data: object) -> None:
+        super().__init__(message, data)
+        self.data = data
+
+
+def raise_with_data(n: int) -> None:
+    raise DataError("bad data", np.arange(n, dtype=np.float64))
+
+
+def test_an_exception_holding_a_large_array_keeps_its_type_and_its_data(
+        shared_cluster: Cluster) -> None:
+    # From 64 KiB on, the array was pickled out of band and the error came as RemoteError.
+    for n in (100, 8192, 1_000_000):
+        with pytest.raises(DataError) as info:
+            shared_cluster.submit(raise_with_data, n).result()
+        assert info.value.data.shape == (n,) and info.value.data[-1] == n - 1
+        results = shared_cluster.par_map(raise_with_data, [n], errors="return")
+        assert type(results[0]) is DataError
+
+
+class RefusesToLoadIn:
+    """Unpickles anywhere but in the process ``pid``, where it raises ``error``."""
+
+    def __init__(self, pid: int, error: BaseException) -> None:
+        self.pid, self.error = pid, error
+
+    def __reduce__(self) -> object:
+        return _load_unless_in, (self.pid, self.error)
+
+
+def _load_unless_in(pid: int, error: BaseException) -> RefusesToLoadIn:
+    if os.getpid() == pid:
+        raise error
+    return RefusesToLoadIn(pid, error)
+
+
+def test_a_chunk_whose_results_cannot_be_unpickled_here_fails_each_of_its_tasks(
+        shared_cluster: Cluster) -> None:
+    # With errors="return", the tasks after the first of the chunk came back as None.
+    here = os.getpid()
+
+    def make(i: int) -> object:
+        return RefusesToLoadIn(here, ValueError("not here")) if i == 5 else i * 10
+
+    results = shared_cluster.par_map(make, range(8), chunksize=4, errors="return")
+    assert results[:4] == [0, 10, 20, 30]
+    for failed in results[4:]:
+        assert isinstance(failed, RemoteError)
+        assert "the results of tasks 4..7 could not be unpickled in the master: " \
+               "ValueError: not here" in str(failed)
+        assert any("tasks 4..7 finished on worker" in note for note in failed.__notes__)
+
+
+def test_a_result_whose_unpickling_raises_system_exit_fails_its_future_only(
+        shared_cluster: Cluster) -> None:
+    # The SystemExit ended the I/O thread: the future never resolved, and every later
+    # call said "the cluster is closed".
+    here = os.getpid()
+    future = shared_cluster.submit(RefusesToLoadIn, here, SystemExit("raised here"))
+    with pytest.raises(RemoteError, match="could not be unpickled in the master: "
+                                          "SystemExit: raised here"):
+        future.result(timeout=20)
+    assert shared_cluster.par_map(square, [3]) == [9]
+
+
+class RefusesWithSystemExit(Exception):
+    def __reduce__(self) -> object:
+        raise SystemExit("reduce raised SystemExit")
+
+
+def raise_refusing(x: int) -> None:
+    raise RefusesWithSystemExit(f"odd one {x}")
+
+
+def test_an_exception_whose_pickling_raises_system_exit_keeps_its_traceback(
+        shared_cluster: Cluster) -> None:
+    # The SystemExit escaped the worker's packing: "could not be described", no traceback.
+    with pytest.raises(RemoteError) as info:
+        shared_cluster.par_map(raise_refusing, [7])
+    assert info.value.type_name.endswith("RefusesWithSystemExit")
+    assert info.value.message == "odd one 7"
+    assert "raise_refusing" in info.value.traceback_text
+
+
 def test_result_that_cannot_travel_fails_its_task_only(shared_cluster: Cluster) -> None:
     import threading
 

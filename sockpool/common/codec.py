@@ -314,6 +314,22 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
     return frames(_contents(stream))
 
 
+def dumps_in_band(obj: Any, serializer: str = "cloudpickle") -> bytes:
+    """``obj`` pickled into one bytes object, its buffers in band whatever their size
+    (an exception holding an array travels inside the error's own pickle).  As
+    :func:`dumps` without a by-value check: with cloudpickle, the standard pickler first."""
+    cls = _pickler_class(serializer)
+    if cls is not pickle.Pickler and serializer == "cloudpickle":
+        with contextlib.suppress(Exception):
+            return dumps_standard(obj)
+    stream = io.BytesIO()
+    if cls is pickle.Pickler:
+        _standard_pickler(stream, None).dump(obj)
+    else:
+        cls(stream, protocol=5).dump(obj)
+    return stream.getvalue()
+
+
 def loads(payload: Any, buffers: Sequence[Any] = ()) -> Any:
     """Unpickle a payload and its out-of-band buffers (any bytes-like objects)."""
     return pickle.loads(payload, buffers=buffers)
@@ -358,11 +374,11 @@ def pack_exception(exc: BaseException, serializer: str = "cloudpickle",
         summary = traceback.TracebackException(type(exc), exc, tb)
         frames = _hide_own_frames(summary)
         tb_text = "".join(summary.format())
-    except Exception:  # formatting itself failed (a broken __str__, say)
+    except BaseException:  # formatting itself failed (a __str__ raising SystemExit, say)
         tb_text = f"{type(exc).__qualname__}: <unprintable>\n"
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:
         message = "<unprintable message>"
     blob = _exception_blob(exc, serializer)
     if blob is False:  # it pickles, but its __init__ cannot be called again with its args
@@ -377,15 +393,12 @@ def _exception_blob(exc: BaseException | _RebuiltException, serializer: str
     pickles but does not unpickle; None where it does not pickle (the master then
     raises a RemoteError)."""
     try:
-        pickled = dumps(exc, serializer)
-    except Exception:
+        blob = dumps_in_band(exc, serializer)
+    except BaseException:  # (a __reduce__ raising SystemExit too: "never raises")
         return None
-    if len(pickled) != 1:
-        return None
-    blob = bytes(pickled[0])
     try:
         pickle.loads(blob)  # only send what will rebuild on the other side
-    except Exception:
+    except BaseException:
         return False
     return blob
 
@@ -458,7 +471,9 @@ def unpack_exception(packed: bytes | memoryview, note: str) -> BaseException:
             candidate = pickle.loads(blob)
             if isinstance(candidate, BaseException):
                 exc = candidate
-        except Exception:
+        except KeyboardInterrupt:  # (the user's, in the caller's thread)
+            raise
+        except BaseException:  # SystemExit from a class's unpickling too
             exc = None
     if exc is None or isinstance(exc, (SystemExit, KeyboardInterrupt, GeneratorExit)):
         # A task's own SystemExit/KeyboardInterrupt must not stop the master.

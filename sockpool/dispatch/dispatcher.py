@@ -255,7 +255,7 @@ class Dispatcher:
                     break
                 self._end_turn()
         except BaseException as exc:  # the loop itself failed: nothing may hang on it
-            self.pool.loop_error = exc
+            self.pool.loop_error = self.lifecycle.loop_error = exc
             self.pool.fail_all(SockpoolError(f"the cluster's I/O thread failed: {exc!r}"))
         finally:
             self._teardown()
@@ -310,7 +310,7 @@ class Dispatcher:
             self._on_message(frames)
         except protocol.ProtocolError as exc:  # malformed: dropped, never acted on
             logger.debug("sockpool: dropped a malformed message: %s", exc)
-        except Exception:  # one bad message must not take the cluster down
+        except BaseException:  # one bad message must not take the cluster down (SystemExit too)
             logger.exception("sockpool: dropped a message that could not be handled")
 
     def _on_message(self, frames: list[Any]) -> None:

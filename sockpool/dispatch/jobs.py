@@ -29,7 +29,7 @@ from ..capture.pickling import FunctionPayload
 from ..common import codec
 from ..common.progress_log import Record
 from ..common.protocol import Flag
-from ..errors import ClusterClosedError, RemoteError
+from ..errors import ClusterClosedError, RemoteError, add_note
 from . import output as relay
 
 logger = logging.getLogger("sockpool")
@@ -232,13 +232,16 @@ def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int
         values, errors, seconds, batch, *kept = codec.loads(*payload)
         if kept:  # the chunk's first slices, pickled as the worker kept them
             values, errors = _join_kept(kept[0], values, errors)
-    except Exception as exc:
-        problem = RemoteError(
-            codec.describe(exc),
-            f"the results of {chunk.job.name_tasks(first_index, first_index + count - 1)} "
-            f"could not be unpickled in the master: {exc}",
-        )
-        return Outcome([None] * count, [TaskFailure(first_index, problem)], 0.0, chunk.output)
+    except KeyboardInterrupt:  # (the user's, in the caller's thread)
+        raise
+    except BaseException as exc:  # SystemExit from a class's unpickling too
+        tasks = chunk.job.name_tasks(first_index, first_index + count - 1)
+        problem = RemoteError(codec.describe(exc), f"the results of {tasks} could not be "
+                              f"unpickled in the master: {type(exc).__name__}: {exc}")
+        add_note(problem, f"sockpool: {tasks} finished on {label}")
+        # Each task of the chunk failed: none of its results can be told apart.
+        failures = [TaskFailure(first_index + i, problem) for i in range(count)]
+        return Outcome([None] * count, failures, 0.0, chunk.output)
     failures = []
     for offset, packed in errors:
         index = first_index + offset
@@ -258,7 +261,7 @@ def _written(payload: Payload) -> list[Any]:
     """The output a cancelled chunk's RESULT carries (it carries no results)."""
     try:
         batch = codec.loads(*payload)[3]
-    except Exception:  # nothing to show rather than a failed I/O thread
+    except BaseException:  # nothing to show rather than a failed I/O thread
         return []
     return [batch] if batch is not None else []
 

@@ -53,6 +53,8 @@ class Lifecycle:
         self._state = ClusterState.OPEN
         self._lock = threading.Lock()
         self.error: NoWorkersLeftError | None = None  # why it is broken
+        #: What ended the I/O thread, if something did (a bug): later refusals say it.
+        self.loop_error: BaseException | None = None
         self.closed = threading.Event()
         #: ``shutdown(wait=False)`` was its last word: the exit hook lets it drain.
         self.drain_at_exit = False
@@ -98,4 +100,7 @@ class Lifecycle:
             error = NoWorkersLeftError(str(self.error), stderr_tail=self.error.stderr_tail)
             error.__cause__ = self.error.__cause__
             return error
+        if self.loop_error is not None:
+            return ClusterClosedError(f"the cluster is closed: its I/O thread failed: "
+                                      f"{self.loop_error!r}")
         return ClusterClosedError("the cluster is closed")
