@@ -347,6 +347,30 @@ def test_an_exception_whose_pickling_raises_system_exit_keeps_its_traceback(
     assert "raise_refusing" in info.value.traceback_text
 
 
+class LoadsOnlyHere:
+    """Pickles anywhere; unpickling it raises, but in the process ``pid``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        if os.getpid() != state["pid"]:
+            raise ValueError("refused to load on a worker")
+        self.__dict__.update(state)
+
+
+def test_an_argument_that_fails_to_load_on_the_worker_says_so_for_each_task(
+        shared_cluster: Cluster) -> None:
+    # Its error told only "task 0 failed", though task 0's argument was fine.
+    results = shared_cluster.par_map(
+        repr, [10, 11, LoadsOnlyHere(os.getpid()), 13], chunksize=3, errors="return")
+    assert results[3] == "13"
+    for failed in results[:3]:
+        assert isinstance(failed, ValueError) and str(failed) == "refused to load on a worker"
+        assert "sockpool: raised while the worker loaded the tasks' arguments; no task sent " \
+               "with them ran, and each fails with this error" in failed.__notes__
+
+
 def test_result_that_cannot_travel_fails_its_task_only(shared_cluster: Cluster) -> None:
     import threading
 

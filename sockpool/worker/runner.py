@@ -141,6 +141,7 @@ class ChunkRunner:
         progress = self.progress if not given_back else None
         if progress is not None:  # loading may run code: count it as the tasks' own
             progress.begin(head.ident, keep_last_result)
+        loading = "the chunk"  # what a failure to load names: the tasks never ran
         try:
             task = protocol.parse_task(body)
             rng.before_chunk(seeded=task.seed is not None)
@@ -161,6 +162,7 @@ class ChunkRunner:
             except MissingBuffer:
                 self.functions.refuse(task.digest)
                 raise
+            loading = "the task's function"
             try:
                 fn = self.functions.load(task.digest, task.fn_inband, fn_buffers, digests)
             except MissingBuffer:  # (refused, not failed: see below)
@@ -170,7 +172,7 @@ class ChunkRunner:
                 raise
             self._stale = bool(split and len(task.fn_inband)) and _not_as_named(
                 task.digest, task.fn_inband, fn_buffers, digests)
-            arguments = buffers[split:]
+            loading, arguments = "the tasks' arguments", buffers[split:]
             if flags & Flag.SHARED:  # descriptors of segments: the buffers in them
                 release = self._released.append
                 arguments = [view for frame in arguments
@@ -190,6 +192,8 @@ class ChunkRunner:
         except BaseException as exc:  # a payload that cannot be loaded here
             if given_back:  # (its copy sent elsewhere says so)
                 return self._result(head, Flag.CANCELLED | Flag.GIVEN_BACK, [], [])
+            add_note(exc, f"sockpool: raised while the worker loaded {loading}; no task "
+                          "sent with them ran, and each fails with this error")
             errors.append((0, self.results.failure(exc)))
             return self._result(head, Flag.NONE, [], errors)
         # Profiled: tasks are timed in spans (see TaskTimes): the map's slices, or one task.
