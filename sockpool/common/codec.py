@@ -381,19 +381,19 @@ def pack_exception(exc: BaseException, serializer: str = "cloudpickle",
     except BaseException:
         message = "<unprintable message>"
     blob = _exception_blob(exc, serializer)
-    if blob is False:  # it pickles, but its __init__ cannot be called again with its args
-        blob = _exception_blob(_RebuiltException(exc), serializer)
+    if blob is False:  # it pickles, but an exception in it cannot be made again from its args
+        blob = _exception_blob(exc, serializer, rebuilt=True)
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     return pickle.dumps((type_name, message, tb_text, blob or None, frames), protocol=5)
 
 
-def _exception_blob(exc: BaseException | _RebuiltException, serializer: str
+def _exception_blob(exc: BaseException, serializer: str, *, rebuilt: bool = False
                     ) -> bytes | bool | None:
-    """``exc`` pickled, where it unpickles again (the master will); False where it
-    pickles but does not unpickle; None where it does not pickle (the master then
-    raises a RemoteError)."""
+    """``exc`` pickled (``rebuilt``: every exception in it, see :func:`_rebuilt`),
+    where it unpickles again (the master will); False where it pickles but does not
+    unpickle; None where it does not pickle (the master then raises a RemoteError)."""
     try:
-        blob = dumps_in_band(exc, serializer)
+        blob = _dumps_rebuilt(exc, serializer) if rebuilt else dumps_in_band(exc, serializer)
     except BaseException:  # (a __reduce__ raising SystemExit too: "never raises")
         return None
     try:
@@ -403,20 +403,31 @@ def _exception_blob(exc: BaseException | _RebuiltException, serializer: str
     return blob
 
 
-class _RebuiltException:
-    """Pickles an exception as its class, ``args`` and attributes, rebuilt without
+def _rebuilt(exc: BaseException) -> tuple[Any, ...]:
+    """An exception's reduction as its class, ``args`` and attributes, rebuilt without
     calling its ``__init__``: pickle calls it with ``args``, which fails for a class
     like ``Error(a, b)`` whose ``__init__`` passes ``f"{a}-{b}"`` on as its one arg."""
+    # An OSError keeps these outside args and __dict__ (filename is never in args).
+    os_fields = ((exc.errno, exc.strerror, exc.filename, exc.filename2)
+                 if isinstance(exc, OSError) else None)
+    return rebuild_exception, (type(exc), exc.args, vars(exc), os_fields)
 
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        exc = self.exc
-        # An OSError keeps these outside args and __dict__ (filename is never in args).
-        os_fields = ((exc.errno, exc.strerror, exc.filename, exc.filename2)
-                     if isinstance(exc, OSError) else None)
-        return rebuild_exception, (type(exc), exc.args, vars(exc), os_fields)
+def _dumps_rebuilt(exc: BaseException, serializer: str) -> bytes:
+    """``exc`` pickled in band with every exception in it -- itself, an exception
+    group's members, one it holds as an attribute -- :func:`_rebuilt`."""
+    base: Any = _pickler_class(serializer)
+
+    class RebuildingPickler(base):  # type: ignore[misc]
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, BaseException):
+                return _rebuilt(obj)
+            inherited = getattr(super(), "reducer_override", None)
+            return NotImplemented if inherited is None else inherited(obj)
+
+    stream = io.BytesIO()
+    RebuildingPickler(stream, protocol=5).dump(exc)
+    return stream.getvalue()
 
 
 def rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
@@ -424,7 +435,7 @@ def rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
                       os_fields: tuple[Any, ...] | None = None) -> BaseException:
     """An exception of class ``cls`` with ``args`` and ``attributes`` (and an OSError's
     errno, strerror, filename and filename2), its ``__init__`` not called (see
-    :class:`_RebuiltException`)."""
+    :func:`_rebuilt`)."""
     try:  # the class's own __new__ (OSError's derives errno and the rest from args)
         exc = cls.__new__(cls, *args)
     except Exception:
