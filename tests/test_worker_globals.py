@@ -237,6 +237,83 @@ def test_a_global_the_master_binds_anew_reaches_the_worker_even_with_the_same_pi
         "[('Cfg', 'v2', True, 'v2:1')] [100, 200] [101, 102]"]
 
 
+def test_a_payload_sent_again_brings_its_values_as_the_master_sent_them(tmp_path: Path) -> None:
+    # A worker kept the objects a payload carried, which its tasks then changed in
+    # place: the same payload again (the master's value put back as it was, or a
+    # fresh `CACHE = {}` whose id() an earlier one had had) put the changed object
+    # back: 0, 5, 100, 105, 200; and 50 of 60 maps found the reset cache filled.
+    result = run_script("""
+        from sockpool import Cluster
+
+        SMALL = [0]
+        CACHE = {}
+
+        def bump(x):
+            seen = SMALL[0]
+            SMALL[0] += 100  # (a task may change its worker's copy)
+            return seen
+
+        def fill(x):
+            hit = x in CACHE
+            CACHE[x] = True
+            return hit
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                seen = []
+                for value in (0, 5, 0, 5, 0):
+                    SMALL[0] = value
+                    seen += cl.par_map(bump, [1])
+                print(seen)
+                stale = 0
+                for _ in range(60):
+                    CACHE = {}  # reset before every map
+                    stale += cl.par_map(fill, [1, 2, 3]) != [False] * 3
+                print(stale)
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["[0, 5, 0, 5, 0]", "0"]
+
+
+def test_a_list_refilled_with_instances_of_a_class_defined_again_reaches_the_worker(
+        tmp_path: Path) -> None:
+    # The worker told "unchanged" by pickles that name __main__'s classes by name: the
+    # same list refilled with instances of the new class pickled as before, so the
+    # worker kept the old instances once the new class had reached it: [3], not [300].
+    result = run_script("""
+        from sockpool import Cluster
+
+        class Point:
+            def __init__(self, v):
+                self.v = v
+
+            def value(self):
+                return self.v
+
+        POINTS = [Point(1), Point(2)]
+
+        def make(x):
+            return Point(x).value()
+
+        def total(x):
+            return sum(p.value() for p in POINTS)
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                print(cl.par_map(make, [1]), cl.par_map(total, [0]), total(0))
+
+                class Point:
+                    def __init__(self, v):
+                        self.v = v
+
+                    def value(self):
+                        return self.v * 100
+
+                POINTS[:] = [Point(1), Point(2)]
+                print(cl.par_map(make, [1]), cl.par_map(total, [0]), total(0))
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["[1] [3] 3", "[100] [300] 300"]
+
+
 def test_a_global_the_master_deleted_is_gone_for_the_next_function_as_in_the_master(
         tmp_path: Path) -> None:
     # The worker kept the master's `max = 10` after `del max`: max(xs) on the

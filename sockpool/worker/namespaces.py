@@ -20,7 +20,12 @@ worker's value then stays, as it would in a ``multiprocessing`` worker.
 what is not a number or string, the same object (each function carries the
 master's ``id()`` of those, ``codec.GLOBAL_IDS``): a name the master bound anew
 since (``CACHE = {}``, a class or function defined again in a notebook, an
-instance of it) is put, even where the pickles match.
+instance of it) is put, even where the pickles match; and a small value's pickle
+names ``__main__``'s classes and functions by identity, so that a list refilled
+with instances of a class defined again counts as changed.  What the master put
+is what it sent: a payload that comes again (the same values, or a fresh object
+at an id the master used before) puts each small value as it came, from a copy
+kept then, where a task here has changed the object it brought in place since.
 A name a function uses that it does not carry was no global of the master's
 when it was sent (deleted since, say): a value the master put there earlier
 is dropped before it runs, so that the name means there what it meant in the
@@ -31,6 +36,7 @@ is dropped with them, so that their captured data is freed as before.
 from __future__ import annotations
 
 import builtins
+import copy
 import io
 import pickle
 import sys
@@ -43,8 +49,10 @@ from ..common.codec import GLOBAL_IDS
 _UNSET = object()
 
 #: What one function carries for one namespace: the namespace, the values by name, the
-#: global names it uses that the master did not have, and the master's ids of the values.
-Carried = tuple[dict[str, Any], dict[str, Any], frozenset[str], Mapping[str, int]]
+#: global names it uses that the master did not have, the master's ids of the values,
+#: and each small value as it came (see :func:`_as_sent`).
+Carried = tuple[dict[str, Any], dict[str, Any], frozenset[str], Mapping[str, int],
+                dict[str, tuple[bytes, Any]]]
 
 
 class SharedGlobals:
@@ -79,11 +87,12 @@ class SharedGlobals:
     def apply(self, digest: bytes) -> None:
         """Put what the function ``digest`` carries in its namespaces, before it runs,
         but for the names bound on this worker since the master last put them."""
-        for namespace, values, absent, ids in self._carried.get(digest, ()):
-            self._set(namespace, values, absent, ids)
+        for namespace, values, absent, ids, sent in self._carried.get(digest, ()):
+            self._set(namespace, values, absent, ids, sent)
 
     def _set(self, namespace: dict[str, Any], values: dict[str, Any],
-             absent: frozenset[str], ids: Mapping[str, int]) -> None:
+             absent: frozenset[str], ids: Mapping[str, int],
+             sent: dict[str, tuple[bytes, Any]]) -> None:
         put, as_put = self._put[id(namespace)], self._as_put[id(namespace)]
         seen = self._master_ids[id(namespace)]
         for name in absent:
@@ -102,6 +111,11 @@ class SharedGlobals:
             if current is value:
                 continue  # there already
             pickled = _small_pickle(value)
+            if (as_sent := sent.get(name)) is not None and pickled != as_sent[0]:
+                # A task here changed the object this function brought (or the
+                # namespace holds it): the master's value is what it sent.
+                value = values[name] = copy.deepcopy(as_sent[1])
+                pickled = as_sent[0]
             changed = rebound or (pickled is not None and name in as_put
                                   and pickled != as_put[name])
             if not changed and (current is not put.get(name, _UNSET) or (
@@ -128,10 +142,10 @@ class SharedGlobals:
 
     def forget(self, digest: bytes) -> None:
         """Drop what only the function ``digest`` carried, where this worker kept it."""
-        for namespace, values, _, _ in self._carried.pop(digest, ()):
+        for namespace, values, _, _, _ in self._carried.pop(digest, ()):
             put = self._put[id(namespace)]
             still = {name for carried in self._carried.values()
-                     for other, kept, _, _ in carried if other is namespace for name in kept}
+                     for other, kept, _, _, _ in carried if other is namespace for name in kept}
             for name in values:
                 if name in still or name in self._exports:
                     continue
@@ -166,8 +180,9 @@ class SharedGlobals:
         share, its values put there by :meth:`apply`'s rule."""
         namespace = self._namespace(name)
         assert namespace is not None
-        self._loading.append((namespace, dict(state), frozenset(), {}))
-        self._set(namespace, state, frozenset(), {})
+        carried: Carried = (namespace, dict(state), frozenset(), {}, _as_sent(state))
+        self._loading.append(carried)
+        self._set(*carried)
         return self._modules[name]
 
     def make_function(self, code: Any, base: Any, name: str, defaults: Any, closure: Any
@@ -194,8 +209,10 @@ class SharedGlobals:
         if self.is_shared(fn.__globals__):
             # cloudpickle carries each global name the code uses that the master had.
             absent = frozenset(cloudpickle._extract_code_globals(fn.__code__)) - captured.keys()
-            self._loading.append((fn.__globals__, dict(captured), absent, ids))
-            self._set(fn.__globals__, captured, absent, ids)
+            carried: Carried = (fn.__globals__, dict(captured), absent, ids,
+                                _as_sent(captured))
+            self._loading.append(carried)
+            self._set(*carried)
             captured.clear()
 
         cloudpickle._function_setstate(fn, state)
@@ -224,10 +241,17 @@ class _PlainPickler(pickle.Pickler):
     loaded already pickle (a ``defaultdict``, a NumPy scalar)."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)) and (
-                getattr(obj, "__module__", None) not in sys.modules):
-            raise _TooLarge
+        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+            module = getattr(obj, "__module__", None)
+            if module == "__main__":  # by identity: a class defined again keeps its name
+                return _identity, (id(obj),)
+            if module not in sys.modules:
+                raise _TooLarge
         return NotImplemented
+
+
+def _identity(number: int) -> None:
+    """What a ``__main__`` class or function is in a small pickle: compared, never loaded."""
 
 
 def _small_pickle(value: Any) -> bytes | None:
@@ -242,6 +266,19 @@ def _small_pickle(value: Any) -> bytes | None:
     except Exception:  # _TooLarge, or a function shipped by value, a module...
         return None
     return stream.getvalue()
+
+
+def _as_sent(values: dict[str, Any]) -> dict[str, tuple[bytes, Any]]:
+    """Each small value's pickle and a copy of it, as the master sent it: a task may
+    change the object in place, and a later call may bring the same payload again."""
+    sent = {}
+    for name, value in values.items():
+        if (pickled := _small_pickle(value)) is not None:
+            try:
+                sent[name] = (pickled, copy.deepcopy(value))
+            except Exception:  # (one deepcopy refuses is put back as it is, changed or not)
+                continue
+    return sent
 
 
 class _Unpickler(pickle.Unpickler):
