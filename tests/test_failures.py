@@ -189,6 +189,11 @@ def test_failing_setup_is_a_launch_error() -> None:
     with pytest.raises(LaunchError, match="setup failed") as info:
         Cluster(n=2, setup=setup)
     assert isinstance(info.value.__cause__, ImportError)
+    # Its cause's note said "task 0 failed", and the message went on with the worker's
+    # command line, which had done its part (it is an attribute still).
+    assert any(note.startswith("sockpool: setup failed on worker")
+               for note in info.value.__cause__.__notes__)
+    assert "command:" not in str(info.value) and "sockpool.worker" in info.value.command
 
 
 def test_run_on_all_runs_once_per_worker(cluster: Cluster) -> None:

@@ -88,4 +88,6 @@ def _pack_setup(setup: Callable[[], Any], serializer: str, max_capture_size: int
     from ..dispatch.jobs import StreamJob
 
     packer = Packer(serializer, max_capture_size)
-    return packer, StreamJob(packer.function(setup, copy_buffers=True), Flag.CALL)
+    job = StreamJob(packer.function(setup, copy_buffers=True), Flag.CALL)
+    job.call_name = "setup"  # (its error's note: "setup failed on worker 0", not "task 0")
+    return packer, job

@@ -85,5 +85,5 @@ class Admission:
         if not failures:
             self.pool.mark_ready(record)
             return
-        record.failure = setup_error(record, failures[0].error)
+        record.failure = setup_error(record, chunk, failures[0].error)
         record.process.kill()  # its exit reports the failure, once

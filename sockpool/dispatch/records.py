@@ -194,11 +194,11 @@ def launch_error(record: WorkerRecord, how: str, tail: str) -> LaunchError:
                        returncode=record.process.poll(), stderr_tail=tail)
 
 
-def setup_error(record: WorkerRecord, cause: BaseException) -> LaunchError:
-    """The error of a worker whose ``setup`` function failed (``cause``)."""
-    command = record.process.command
-    error = LaunchError(f"setup failed on {record.label}: {type(cause).__name__}: {cause}"
-                        f"{command_note(command)}", command=command)
+def setup_error(record: WorkerRecord, chunk: Chunk, cause: BaseException) -> LaunchError:
+    """The error of a worker whose ``setup`` function (``chunk``'s) failed (``cause``);
+    its command is an attribute only (the worker started: the command did its part)."""
+    error = LaunchError(f"{chunk.job.name_tasks(0, 0)} failed on {record.label}: "
+                        f"{type(cause).__name__}: {cause}", command=record.process.command)
     error.__cause__ = cause
     return error
 
