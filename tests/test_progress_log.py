@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sockpool.common import codec, protocol
+from sockpool.common import codec, protocol, task_errors
 from sockpool.common.progress_log import WHOLE_RESULT, parse_records, record_header
 from sockpool.common.protocol import Flag, Kind
 from sockpool.dispatch.jobs import Chunk, StreamJob, WorkerLabel, decode_outcome
@@ -49,7 +49,7 @@ def test_a_result_kept_before_it_was_sent_reads_back_as_that_result() -> None:
     progress, page, chunk = page_and_chunk(3)
     progress.begin(chunk.id)
     array = np.arange(100_000)  # 800 kB: a frame of its own
-    failure = codec.pack_exception(KeyError("k"))
+    failure = task_errors.pack_exception(KeyError("k"))
     frames = result_frames(chunk, [1, array, None], [(2, failure)])
     assert len(frames) == 2
     progress.mark(chunk.id, 3, 3)  # all of it ran; then, as the worker does before sending:

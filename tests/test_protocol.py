@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from sockpool.capture import pickling
-from sockpool.common import codec, protocol, wire
+from sockpool.common import codec, protocol, task_errors, wire
 from sockpool.common.protocol import Kind, ProtocolError
 
 pytestmark = pytest.mark.timeout(60)
@@ -136,8 +136,8 @@ def test_exceptions_pack_with_their_traceback() -> None:
     try:
         raise KeyError("missing")
     except KeyError as exc:
-        packed = codec.pack_exception(exc)
-    error = codec.unpack_exception(packed, "a note")
+        packed = task_errors.pack_exception(exc)
+    error = task_errors.unpack_exception(packed, "a note")
     assert isinstance(error, KeyError) and error.args == ("missing",)
     assert "raise KeyError" in str(error.__cause__)
     assert getattr(error, "__notes__", None) == ["a note"]
@@ -169,8 +169,8 @@ def test_a_packed_traceback_leaves_out_sockpools_own_frames() -> None:
     try:
         user_code()
     except RuntimeError as exc:
-        packed = codec.pack_exception(exc)
-    error = codec.unpack_exception(packed, "a note")
+        packed = task_errors.pack_exception(exc)
+    error = task_errors.unpack_exception(packed, "a note")
     text = str(error.__cause__)
     assert "in user_code" in text and "in __reduce__" in text
     assert "codec.py" not in text  # as IPython leaves out __tracebackhide__ frames

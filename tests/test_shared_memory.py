@@ -23,7 +23,7 @@ import pytest
 from helpers import master_program, run_script, wait_gone
 
 from sockpool import Cluster
-from sockpool.common import shm, shm_reader
+from sockpool.common import codec, shm, shm_reader
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(not shm.available(), reason="needs Linux memfd")]
@@ -103,6 +103,34 @@ def test_large_arrays_travel_through_shared_memory_both_ways(pair: Cluster) -> N
     assert all(in_shared_memory(s) for s in squares)
     streamed = list(pair.imap(argument_in_shared_memory, (data for _ in range(3))))
     assert all(mapped for mapped, _ in streamed)
+
+
+def datetimes_in_shared_memory(array: np.ndarray) -> tuple[bool, str, np.ndarray]:
+    """Run on a worker: whether its datetime argument lives in shared memory, its
+    dtype, and the array a day later."""
+    return in_shared_memory(array), array.dtype.str, array + np.timedelta64(1, "D")
+
+
+def test_datetime_arrays_travel_through_shared_memory_as_other_arrays_do(
+        pair: Cluster) -> None:
+    # NumPy pickles datetime64/timedelta64 data inside the pickle: a pandas frame's
+    # datetime columns went whole over the socket, 30x loky's time for 10 tasks.
+    stamps = (np.datetime64("2026-01-01T00:00:00", "ns")
+              + np.arange(2 * MB).astype("m8[s]"))  # 16 MB
+    mapped, dtype, later = pair.submit(datetimes_in_shared_memory, stamps).result()
+    assert mapped and dtype == "<M8[ns]"
+    np.testing.assert_array_equal(later, stamps + np.timedelta64(1, "D"))
+    assert later.dtype == stamps.dtype and in_shared_memory(later)
+    # Fortran order, a view with strides, timedeltas: each arrives as it was.
+    spans = np.asfortranarray(np.arange(2 * MB, dtype=np.int64).reshape(1024, -1)
+                              ).astype("m8[ms]")
+    for sent in (spans, spans[::2, ::3], stamps[::-2]):
+        back = pair.submit(np.copy, sent).result()
+        np.testing.assert_array_equal(back, sent)
+        assert back.dtype == sent.dtype
+    assert pair.submit(np.copy, spans).result().flags.f_contiguous
+    frames = codec.dumps(stamps)  # out of band, as a float array's data is
+    assert len(frames) == 2 and memoryview(frames[0]).nbytes < 1000
 
 
 def test_small_messages_stay_on_the_socket(pair: Cluster) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..capture.pickling import FunctionPayload
-from ..common import codec
+from ..common import codec, task_errors
 from ..common.progress_log import Record
 from ..common.protocol import Flag
 from ..errors import ClusterClosedError, RemoteError, add_note
@@ -245,7 +245,7 @@ def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int
     failures = []
     for offset, packed in errors:
         index = first_index + offset
-        failures.append(TaskFailure(index, codec.unpack_exception(
+        failures.append(TaskFailure(index, task_errors.unpack_exception(
             packed, f"sockpool: {chunk.job.name_tasks(index, index)} failed on {label}")))
     if len(values) < count and failures:
         # The chunk stopped early (its payload failed to load, or stop-on-error):

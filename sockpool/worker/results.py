@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple
 
-from ..common import codec, protocol, shm
+from ..common import codec, protocol, shm, task_errors
 from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from ..errors import RemoteError
 
@@ -52,12 +52,12 @@ class ResultPacker:
     def failure(self, exc: BaseException, skip_frames: int = 0) -> bytes:
         """A task's exception, packed for the master (never raises)."""
         try:
-            return codec.pack_exception(exc, self.serializer, skip_frames)
+            return task_errors.pack_exception(exc, self.serializer, skip_frames)
         except BaseException as error:  # its __str__ raised SystemExit, say
             problem = RemoteError(codec.describe(exc), f"an exception of type "
                                   f"{codec.describe(exc)} that could not be described: "
                                   f"{codec.describe(error)} while describing it")
-            return codec.pack_exception(problem, self.serializer)
+            return task_errors.pack_exception(problem, self.serializer)
 
     def pack(self, head: protocol.Header, flags: int, values: list[Any], errors: Errors,
              seconds: float, batch: Batch | None, times: TaskTimes | None = None,
