@@ -52,6 +52,11 @@ def slow_first(x: np.ndarray) -> float:
     return float(x[0])
 
 
+def slow_first_stamp(x: np.ndarray) -> str:
+    time.sleep(0.2)
+    return str(x[0])
+
+
 def keep(array: np.ndarray) -> None:
     """Run on a worker: keep the argument beyond its task."""
     sys.__dict__.setdefault("_sockpool_test_kept", []).append(array)
@@ -150,6 +155,31 @@ def test_a_buffer_is_kept_once_sent_twice_alike_and_named_from_then_on() -> None
     finally:
         kept.close()
         pool.close()
+
+
+def test_a_datetime_array_sent_again_is_kept_as_its_own_view_is_made_anew() -> None:
+    # It travels as an int64 view of itself (see common/datetimes.py), a new object at
+    # every pickle: told apart by the view, it was copied at every call.
+    pool = shm.SegmentPool()
+    kept = KeptSegments(pool)
+    stamps = np.datetime64("2026-01-01", "ns") + np.arange(KEPT // 8).astype("m8[s]")
+    try:
+        frames = [kept.frames_for(buffers_of(stamps.view(np.int64))) for _ in range(4)]
+        assert [kept.owns(f[0]) for f in frames] == [False, False, True, True]
+        assert kept.copies(frames[2][0]) == [stamps.tobytes()]
+        # A view of part of it is not the array: it is hashed as an object of its own.
+        part = [kept.frames_for(buffers_of(stamps[: KEPT // 8 - 8].view(np.int64)))
+                for _ in range(2)]
+        assert not any(kept.owns(f[0]) for f in part)
+        del frames, part
+    finally:
+        kept.close()
+        pool.close()
+    with Cluster(n=1) as cl:
+        futures = [cl.submit(slow_first_stamp, stamps) for _ in range(8)]
+        held = segment_bytes()  # the first two copied, the rest name one sealed copy
+        assert len({f.result() for f in futures}) == 1
+    assert held <= 3 * stamps.nbytes + 2 * MB, held
 
 
 def test_contents_that_keep_changing_stop_being_hashed() -> None:

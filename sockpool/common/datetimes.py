@@ -5,7 +5,9 @@ segments, the workers' checksum cache) unless its dtype is one the buffer
 protocol cannot describe: datetime64 and timedelta64 data go inside the pickle,
 copied, a pandas DataFrame's datetime columns included (30x loky's time for a
 160 MB frame sent to 10 tasks).  Such an array travels as the int64 array it
-is in memory, and is viewed as its own dtype again on the other side.
+is in memory, and is viewed as its own dtype again on the other side.  That
+view is a new object at every pickle: what tells a large argument sent again
+is the array it views (:func:`whole_array_base`).
 """
 
 from __future__ import annotations
@@ -43,3 +45,18 @@ def reduce_ndarray(array: Any) -> Any:
     if array.dtype.kind in "Mm":
         return reduce_datetime_array(array)
     return array.__reduce_ex__(5)
+
+
+def whole_array_base(obj: Any) -> Any:
+    """The array ``obj`` is a view of, where it views all of it and nothing else (as a
+    datetime array's int64 view, made anew at every pickle, does); else ``obj``.  What
+    tells a large argument sent again (see :mod:`.kept_segments`)."""
+    ndarray: Any = ndarray_type()
+    while ndarray is not None and isinstance(obj, ndarray):
+        array: Any = obj
+        base: Any = array.base
+        if not isinstance(base, ndarray) or base.nbytes != array.nbytes or (
+                base.__array_interface__["data"][0] != array.__array_interface__["data"][0]):
+            break
+        obj = base
+    return obj

@@ -30,6 +30,7 @@ import weakref
 from collections import deque
 from typing import Any
 
+from .datetimes import whole_array_base
 from .digest import buffer_digest
 from .shm import (
     CACHE_BYTES,
@@ -116,7 +117,8 @@ class KeptSegments:
         view = raw_view(buffer)
         if view.nbytes < KEEP_MIN_BYTES or self._closed:
             return None
-        owner = memoryview(buffer).obj  # (a PickleBuffer's: the array it was made of)
+        # (a PickleBuffer's: the array it was made of, or the array a view of it all is of)
+        owner = whole_array_base(memoryview(buffer).obj)
         try:
             ref = weakref.ref(owner)
         except TypeError:  # bytes: nothing tells the same object from a new one
