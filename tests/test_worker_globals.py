@@ -274,6 +274,61 @@ def test_a_payload_sent_again_brings_its_values_as_the_master_sent_them(tmp_path
     assert result.stdout.splitlines() == ["[0, 5, 0, 5, 0]", "0"]
 
 
+def test_a_payload_sent_again_makes_two_names_of_one_object_again_as_one(
+        tmp_path: Path) -> None:
+    # Each name's value made again on its own: BY_NAME["items"] was no longer ITEMS.
+    result = run_script("""
+        from sockpool import Cluster
+
+        ITEMS = []
+        BY_NAME = {"items": ITEMS}
+
+        def add(x):
+            ITEMS.append(x)
+            return len(ITEMS), len(BY_NAME["items"]), ITEMS is BY_NAME["items"]
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                seen = cl.par_map(add, [1])
+                ITEMS.append(5)  # changed in place: another payload
+                seen += cl.par_map(add, [1])
+                ITEMS.clear()  # as it was: the first payload again
+                seen += cl.par_map(add, [1])
+                print(seen)
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["[(1, 1, True), (2, 2, True), (1, 1, True)]"]
+
+
+def test_a_worker_rebinding_a_global_that_holds_a_function_keeps_its_own(
+        tmp_path: Path) -> None:
+    # A function made anew by each payload counted as a change of the master's value
+    # once small pickles named __main__'s functions by identity: the initializer's
+    # `transform = fast` was undone by the first task.
+    result = run_script("""
+        import sockpool
+
+        def slow(x):
+            return "slow"
+
+        transform = slow
+        HANDLERS = {"a": slow}
+
+        def init():
+            global transform, HANDLERS
+            def fast(x):
+                return "fast"
+            transform, HANDLERS = fast, {"a": fast}
+
+        def task(x):
+            return transform(x), HANDLERS["a"](x)
+
+        if __name__ == "__main__":
+            with sockpool.Pool(1, initializer=init) as pool:
+                print(pool.map(task, [0]), pool.apply(task, (0,)))
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["[('fast', 'fast')] ('fast', 'fast')"]
+
+
 def test_a_list_refilled_with_instances_of_a_class_defined_again_reaches_the_worker(
         tmp_path: Path) -> None:
     # The worker told "unchanged" by pickles that name __main__'s classes by name: the

@@ -20,12 +20,12 @@ worker's value then stays, as it would in a ``multiprocessing`` worker.
 what is not a number or string, the same object (each function carries the
 master's ``id()`` of those, ``codec.GLOBAL_IDS``): a name the master bound anew
 since (``CACHE = {}``, a class or function defined again in a notebook, an
-instance of it) is put, even where the pickles match; and a small value's pickle
-names ``__main__``'s classes and functions by identity, so that a list refilled
+instance of it) is put, even where the pickles match; and the ``__main__``
+classes a small value's pickle names count by identity, so that a list refilled
 with instances of a class defined again counts as changed.  What the master put
 is what it sent: a payload that comes again (the same values, or a fresh object
-at an id the master used before) puts each small value as it came, from a copy
-kept then, where a task here has changed the object it brought in place since.
+at an id the master used before) puts its small values as they came, made again
+from the pickle kept then, where a task here has changed one in place since.
 A name a function uses that it does not carry was no global of the master's
 when it was sent (deleted since, say): a value the master put there earlier
 is dropped before it runs, so that the name means there what it meant in the
@@ -36,23 +36,36 @@ is dropped with them, so that their captured data is freed as before.
 from __future__ import annotations
 
 import builtins
-import copy
+import contextlib
 import io
 import pickle
 import sys
 import types
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..common.codec import GLOBAL_IDS
 
 _UNSET = object()
 
+#: A small value's pickle, and the ids of the ``__main__`` classes it names (see
+#: :func:`_small_pickle`): how the worker tells whether the master changed a value.
+Small = tuple[bytes, tuple[int, ...]]
+
+
 #: What one function carries for one namespace: the namespace, the values by name, the
 #: global names it uses that the master did not have, the master's ids of the values,
-#: and each small value as it came (see :func:`_as_sent`).
-Carried = tuple[dict[str, Any], dict[str, Any], frozenset[str], Mapping[str, int],
-                dict[str, tuple[bytes, Any]]]
+#: and its small values as they came.
+Carried = tuple[dict[str, Any], dict[str, Any], frozenset[str], Mapping[str, int], "Sent"]
+
+
+class Sent(NamedTuple):
+    """The small values one function carries for one namespace, as they came: each one's
+    :data:`Small`, and where there are several, one pickle of them all (two names of one
+    object, ``BY_NAME = {"items": ITEMS}``, must be made again as one object)."""
+
+    smalls: dict[str, Small]
+    together: bytes | None
 
 
 class SharedGlobals:
@@ -65,7 +78,7 @@ class SharedGlobals:
         # Per namespace (by id), each name the master put there and the value it put,
         # and, for a small value, its pickle as it was then (see _set).
         self._put: dict[int, dict[str, Any]] = {id(main_namespace): {}}
-        self._as_put: dict[int, dict[str, bytes | None]] = {id(main_namespace): {}}
+        self._as_put: dict[int, dict[str, Small | None]] = {id(main_namespace): {}}
         # Per namespace, the master's id() of each name's value when last sent.
         self._master_ids: dict[int, dict[str, int]] = {id(main_namespace): {}}
         self._exports: dict[str, Any] = {}
@@ -91,10 +104,11 @@ class SharedGlobals:
             self._set(namespace, values, absent, ids, sent)
 
     def _set(self, namespace: dict[str, Any], values: dict[str, Any],
-             absent: frozenset[str], ids: Mapping[str, int],
-             sent: dict[str, tuple[bytes, Any]]) -> None:
+             absent: frozenset[str], ids: Mapping[str, int], sent: Sent,
+             loading: bool = False) -> None:
         put, as_put = self._put[id(namespace)], self._as_put[id(namespace)]
         seen = self._master_ids[id(namespace)]
+        again: dict[str, Any] | None = None  # the small values made again, if they were
         for name in absent:
             if name not in self._exports and namespace.get(name, _UNSET) is put.get(
                     name, _UNSET) is not _UNSET:
@@ -110,12 +124,17 @@ class SharedGlobals:
             current = namespace.get(name, _UNSET)
             if current is value:
                 continue  # there already
-            pickled = _small_pickle(value)
-            if (as_sent := sent.get(name)) is not None and pickled != as_sent[0]:
-                # A task here changed the object this function brought (or the
-                # namespace holds it): the master's value is what it sent.
-                value = values[name] = copy.deepcopy(as_sent[1])
-                pickled = as_sent[0]
+            as_sent = sent.smalls.get(name)
+            pickled = as_sent if loading else _small_pickle(value)
+            if as_sent is not None and pickled != as_sent:
+                # A task here changed the object this function brought: the master's
+                # value is what it sent, made again from the pickle kept then.
+                if sent.together is None:
+                    values[name] = pickle.loads(as_sent[0])
+                elif again is None:
+                    again = pickle.loads(sent.together)
+                    values.update(again)
+                value, pickled = values[name], as_sent
             changed = rebound or (pickled is not None and name in as_put
                                   and pickled != as_put[name])
             if not changed and (current is not put.get(name, _UNSET) or (
@@ -182,7 +201,7 @@ class SharedGlobals:
         assert namespace is not None
         carried: Carried = (namespace, dict(state), frozenset(), {}, _as_sent(state))
         self._loading.append(carried)
-        self._set(*carried)
+        self._set(*carried, loading=True)
         return self._modules[name]
 
     def make_function(self, code: Any, base: Any, name: str, defaults: Any, closure: Any
@@ -212,7 +231,7 @@ class SharedGlobals:
             carried: Carried = (fn.__globals__, dict(captured), absent, ids,
                                 _as_sent(captured))
             self._loading.append(carried)
-            self._set(*carried)
+            self._set(*carried, loading=True)
             captured.clear()
 
         cloudpickle._function_setstate(fn, state)
@@ -238,47 +257,49 @@ class _CappedStream(io.BytesIO):
 class _PlainPickler(pickle.Pickler):
     """Never imports: a function or class is written by name, and looking it up imports
     its module, which here may be one meant to travel by value; only those of modules
-    loaded already pickle (a ``defaultdict``, a NumPy scalar)."""
+    loaded already pickle (a ``defaultdict``, a NumPy scalar).  Notes the ``__main__``
+    classes it writes: one defined again (a notebook cell run again) keeps its name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.main_classes: list[int] = []
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
             module = getattr(obj, "__module__", None)
-            if module == "__main__":  # by identity: a class defined again keeps its name
-                return _identity, (id(obj),)
             if module not in sys.modules:
                 raise _TooLarge
+            if module == "__main__" and isinstance(obj, type):
+                self.main_classes.append(id(obj))  # (a function is made anew per payload)
         return NotImplemented
 
 
-def _identity(number: int) -> None:
-    """What a ``__main__`` class or function is in a small pickle: compared, never loaded."""
-
-
-def _small_pickle(value: Any) -> bytes | None:
-    """``value``'s pickle if it is small and plain data; else None (a large buffer, code,
-    something only cloudpickle can write, or more than :data:`SMALL_PICKLE` bytes)."""
+def _small_pickle(value: Any) -> Small | None:
+    """``value``'s pickle and the ``__main__`` classes it names, if it is small and plain
+    data; else None (a large buffer, code, something only cloudpickle can write, or more
+    than :data:`SMALL_PICKLE` bytes)."""
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
         raise _TooLarge
 
     stream = _CappedStream()
+    pickler = _PlainPickler(stream, 5, buffer_callback=out_of_band)
     try:
-        _PlainPickler(stream, 5, buffer_callback=out_of_band).dump(value)
+        pickler.dump(value)
     except Exception:  # _TooLarge, or a function shipped by value, a module...
         return None
-    return stream.getvalue()
+    return stream.getvalue(), tuple(pickler.main_classes)
 
 
-def _as_sent(values: dict[str, Any]) -> dict[str, tuple[bytes, Any]]:
-    """Each small value's pickle and a copy of it, as the master sent it: a task may
+def _as_sent(values: dict[str, Any]) -> Sent:
+    """The small values among ``values``, pickled as the master sent them: a task may
     change the object in place, and a later call may bring the same payload again."""
-    sent = {}
-    for name, value in values.items():
-        if (pickled := _small_pickle(value)) is not None:
-            try:
-                sent[name] = (pickled, copy.deepcopy(value))
-            except Exception:  # (one deepcopy refuses is put back as it is, changed or not)
-                continue
-    return sent
+    smalls = {name: small for name, value in values.items()
+              if (small := _small_pickle(value)) is not None}
+    together = None
+    if len(smalls) > 1:
+        with contextlib.suppress(Exception):  # (each pickled alone: so do they together)
+            together = pickle.dumps({name: values[name] for name in smalls}, 5)
+    return Sent(smalls, together)
 
 
 class _Unpickler(pickle.Unpickler):
