@@ -325,12 +325,18 @@ def test_bad_constructor_arguments() -> None:
     with Cluster(n=1, max_message_size=65536) as cl:  # the least is enough to run
         assert cl.par_map(abs, [-1]) == [1]
     # NumPy's numbers and bools, and a size written 1e9, are what they say (refused once).
+    from fractions import Fraction
+
     import numpy as np
 
-    with Cluster(n=np.int64(1), max_worker_memory=1e9, relay=np.True_,
+    with Cluster(n=np.int64(1), max_worker_memory=1e9, relay=np.True_, relay_prefix=np.True_,
                  connect_timeout=np.float32(30)) as cl:
         assert cl.par_map(abs, [-1], timeout=np.int64(5), ordered=np.True_) == [1]
         assert cl.submit(abs, -2, timeout=np.float32(5)).result() == 2
+        # A Fraction passed the check, then failed the I/O thread when the time was up.
+        with pytest.raises(sockpool.TaskTimeoutError, match=r"longer than 0\.5 s"):
+            cl.submit(time.sleep, 5, timeout=Fraction(1, 2)).result(timeout=30)
+        assert cl.submit(abs, -3).result() == 3
     # A Path failed in shlex.join once a worker was spawned, leaving it unreaped.
     with Cluster(n=1, python=Path(sys.executable)) as cl:
         assert cl.par_map(abs, [-2]) == [2]

@@ -394,7 +394,7 @@ class Cluster(concurrent.futures.Executor):
         """
         self._check_open()
         check_callable(fn, "submit")
-        check_call_options(fn, timeout, seed)
+        timeout = check_call_options(fn, timeout, seed)  # (as a float)
         return self._calls.submit(fn, args, kwargs, timeout, seed)[0]
 
     def run_on_all(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> list[T]:
@@ -438,7 +438,7 @@ class Cluster(concurrent.futures.Executor):
         task, interrupting it if it runs."""
         await aio.check_open(self._check_open, starting=self._starting is not None)
         check_callable(fn, "asubmit")
-        check_call_options(fn, timeout, seed)
+        timeout = check_call_options(fn, timeout, seed)  # (as a float)
         return await aio.submit(self._calls, fn, args, kwargs, timeout, seed)
 
     async def apar_map(self, fn: Callable[..., T], *iterables: Iterable[Any],

@@ -145,18 +145,19 @@ def check_callable(fn: object, method: str, *, returns: bool = True) -> None:
 
 
 def check_call_options(fn: Callable[..., Any], timeout: float | None, seed: int | None
-                       ) -> None:
-    """``submit``'s own ``timeout`` and ``seed``: the timeout checked, and a warning
-    where ``fn`` has a parameter of the name given (``train(x, seed=0)``): the value
-    goes to sockpool, not to ``fn``, which a reader of the call would not guess."""
-    check_timeout(timeout)
+                       ) -> float | None:
+    """``submit``'s own ``timeout`` and ``seed``: the timeout checked (returned as a
+    float), and a warning where ``fn`` has a parameter of the name given
+    (``train(x, seed=0)``): the value goes to sockpool, not to ``fn``, which a reader
+    of the call would not guess."""
+    seconds = check_timeout(timeout)
     given = [name for name, value in (("timeout", timeout), ("seed", seed)) if value is not None]
     if not given:
-        return
+        return seconds
     try:
         parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a builtin without a signature: nothing to tell
-        return
+        return seconds
     bound = fn.keywords if isinstance(fn, functools.partial) else {}
     named = function_name(fn)
     for name in given:
@@ -169,6 +170,7 @@ def check_call_options(fn: Callable[..., Any], timeout: float | None, seed: int 
                 f"{named}(), which has a parameter of that name; to pass it to "
                 f"{named}(), bind it: submit(functools.partial({named}, {name}=...), ...)",
                 UserWarning, stacklevel=user_stacklevel())
+    return seconds
 
 
 def check_iterables(iterables: tuple[Any, ...], method: str) -> None:

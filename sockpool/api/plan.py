@@ -332,7 +332,7 @@ def submit(fn: Callable[..., T], /, *args: Any, timeout: float | None = None,
     When sequential, the call runs now and the Future comes back done.
     ``timeout`` and ``seed`` are sockpool's; every other keyword goes to ``fn``.
     """
-    check_timeout(timeout)
+    timeout = check_timeout(timeout)  # (as a float)
     check_callable(fn, "submit")
     if seed is not None:
         MapOptions(seed=seed)  # checked as a map's

@@ -106,7 +106,7 @@ class Dispatcher:
             heartbeat_interval=heartbeat_interval,
             master_timeout=heartbeat_timeout or launcher.default_master_timeout,
             serializer=serializer, max_frame_bytes=max_frame_bytes, relay=relay_mode,
-            relay_prefix=relay_prefix, log_level=log_level, shm_probe=self.shared.probe(),
+            relay_prefix=bool(relay_prefix), log_level=log_level, shm_probe=self.shared.probe(),
             max_memory=max_worker_memory)
         self.profiler = Profiler()
         self.pool = WorkerPool(
