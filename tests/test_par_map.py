@@ -198,7 +198,8 @@ EXCEPTION_GROUP: Any = getattr(builtins, "ExceptionGroup", None)
 
 def raise_two_part_inside(where: str) -> None:
     if where == "group":
-        raise EXCEPTION_GROUP("two", [TwoPartError(1, 2), ValueError("v")])
+        raise EXCEPTION_GROUP("two", [TwoPartError(1, 2), ValueError("v"),
+                                      SyntaxError("bad", ("f.py", 3, 4, "x = (", 3, 5))])
     wrapper = RuntimeError("wrapped")
     wrapper.original = TwoPartError(3, 4)  # type: ignore[attr-defined]
     raise wrapper
@@ -213,6 +214,8 @@ def test_an_exception_that_pickle_cannot_rebuild_keeps_its_type_inside_another(
     inner = group.value.exceptions
     assert type(inner[0]) is TwoPartError and (str(inner[0]), inner[0].first) == ("1-2", 1)
     assert type(inner[1]) is ValueError
+    # A member whose own pickle loads is not rebuilt: it keeps what lives outside args.
+    assert type(inner[2]) is SyntaxError and (inner[2].lineno, inner[2].filename) == (3, "f.py")
     with pytest.raises(RuntimeError, match="wrapped") as held:
         shared_cluster.submit(raise_two_part_inside, "attribute").result()
     assert type(held.value.original) is TwoPartError  # type: ignore[attr-defined]
@@ -309,6 +312,25 @@ def test_an_exception_holding_a_large_array_keeps_its_type_and_its_data(
         assert info.value.data.shape == (n,) and info.value.data[-1] == n - 1
         results = shared_cluster.par_map(raise_with_data, [n], errors="return")
         assert type(results[0]) is DataError
+
+
+def raise_with_data_on(bad: int, n: int, x: int) -> int:
+    if x == bad:
+        raise_with_data(n)
+    return x
+
+
+def test_an_exception_too_large_for_the_masters_frames_fails_its_task_only() -> None:
+    # Sent as itself, in band, it made the chunk's RESULT larger than the master takes:
+    # every task of the chunk failed, their values and its type and traceback lost.
+    with Cluster(n=1, max_message_size=1_000_000) as cl:
+        results = cl.par_map(functools.partial(raise_with_data_on, 2, 300_000), range(6),
+                             chunksize=6, errors="return")
+        assert results[:2] == [0, 1] and results[3:] == [3, 4, 5]
+        assert isinstance(results[2], RemoteError) and results[2].type_name.endswith("DataError")
+        assert "raise_with_data" in results[2].traceback_text
+        with pytest.raises(DataError):  # a small one still travels as itself
+            cl.submit(raise_with_data, 1000).result()
 
 
 class RefusesToLoadIn:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import threading
 import traceback
 from typing import Any
 
@@ -22,15 +23,21 @@ from .codec import dumps_in_band, pickler_class
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
+#: The largest exception object sent as itself (its message and traceback travel
+#: in any case): one holding more, a large array say, arrives as a RemoteError.
+MAX_EXCEPTION_BYTES = 256 * 1024 * 1024
+
+
 def pack_exception(exc: BaseException, serializer: str = "cloudpickle",
-                   skip_frames: int = 0) -> bytes:
+                   skip_frames: int = 0, max_bytes: int = MAX_EXCEPTION_BYTES) -> bytes:
     """Serialize a task's exception on the worker (never raises).
 
     The formatted traceback leaves out sockpool's own frames, except the
     innermost (where sockpool itself raised), as IPython leaves out frames that
     set ``__tracebackhide__``.  Its frames also travel as
     :data:`~sockpool.errors.RemoteFrame` tuples, so that the master can name
-    notebook cells and show their lines.
+    notebook cells and show their lines.  The exception object itself goes along
+    where it loads again and pickles to at most ``max_bytes``.
     """
     tb = exc.__traceback__
     for _ in range(skip_frames):
@@ -50,6 +57,8 @@ def pack_exception(exc: BaseException, serializer: str = "cloudpickle",
     blob = _exception_blob(exc, serializer)
     if blob is False:  # it pickles, but an exception in it cannot be made again from its args
         blob = _exception_blob(exc, serializer, rebuilt=True)
+    if isinstance(blob, bytes) and len(blob) > max_bytes:
+        blob = None  # (its RESULT must fit the master's frames, with the chunk's other values)
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     return pickle.dumps((type_name, message, tb_text, blob or None, frames), protocol=5)
 
@@ -81,13 +90,14 @@ def _rebuilt(exc: BaseException) -> tuple[Any, ...]:
 
 
 def _dumps_rebuilt(exc: BaseException, serializer: str) -> bytes:
-    """``exc`` pickled in band with every exception in it -- itself, an exception
-    group's members, one it holds as an attribute -- :func:`_rebuilt`."""
+    """``exc`` pickled in band with each exception in it -- itself, an exception
+    group's members, one it holds as an attribute -- whose own pickle does not load
+    again :func:`_rebuilt` (the others, a SyntaxError's line number say, as themselves)."""
     base: Any = pickler_class(serializer)
 
     class RebuildingPickler(base):  # type: ignore[misc]
         def reducer_override(self, obj: Any) -> Any:
-            if isinstance(obj, BaseException):
+            if isinstance(obj, BaseException) and not _loads_again(obj, serializer):
                 return _rebuilt(obj)
             inherited = getattr(super(), "reducer_override", None)
             return NotImplemented if inherited is None else inherited(obj)
@@ -95,6 +105,15 @@ def _dumps_rebuilt(exc: BaseException, serializer: str) -> bytes:
     stream = io.BytesIO()
     RebuildingPickler(stream, protocol=5).dump(exc)
     return stream.getvalue()
+
+
+def _loads_again(exc: BaseException, serializer: str) -> bool:
+    """Whether ``exc``'s own pickle loads again."""
+    try:
+        pickle.loads(dumps_in_band(exc, serializer))
+    except BaseException:
+        return False
+    return True
 
 
 def rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
@@ -139,6 +158,15 @@ def _hide_own_frames(summary: traceback.TracebackException) -> list[RemoteFrame]
     return frames
 
 
+def raise_if_the_users(error: BaseException) -> None:
+    """Raise ``error`` again if it is a KeyboardInterrupt or SystemExit raised in the
+    main thread: the user's Ctrl-C, or a signal handler's ``sys.exit()``, landing while
+    results were unpickled there (any other thread's is the unpickling's own)."""
+    if isinstance(error, (KeyboardInterrupt, SystemExit)) and (
+            threading.current_thread() is threading.main_thread()):
+        raise error
+
+
 def unpack_exception(packed: bytes | memoryview, note: str) -> BaseException:
     """Rebuild a task's exception in the master, with traceback and note attached."""
     type_name, message, tb_text, blob, *rest = pickle.loads(packed)
@@ -149,9 +177,8 @@ def unpack_exception(packed: bytes | memoryview, note: str) -> BaseException:
             candidate = pickle.loads(blob)
             if isinstance(candidate, BaseException):
                 exc = candidate
-        except KeyboardInterrupt:  # (the user's, in the caller's thread)
-            raise
-        except BaseException:  # SystemExit from a class's unpickling too
+        except BaseException as error:  # SystemExit from a class's unpickling too
+            raise_if_the_users(error)
             exc = None
     if exc is None or isinstance(exc, (SystemExit, KeyboardInterrupt, GeneratorExit)):
         # A task's own SystemExit/KeyboardInterrupt must not stop the master.

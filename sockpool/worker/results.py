@@ -52,7 +52,8 @@ class ResultPacker:
     def failure(self, exc: BaseException, skip_frames: int = 0) -> bytes:
         """A task's exception, packed for the master (never raises)."""
         try:
-            return task_errors.pack_exception(exc, self.serializer, skip_frames)
+            return task_errors.pack_exception(exc, self.serializer, skip_frames, min(
+                task_errors.MAX_EXCEPTION_BYTES, self.max_frame_bytes // 4))
         except BaseException as error:  # its __str__ raised SystemExit, say
             problem = RemoteError(codec.describe(exc), f"an exception of type "
                                   f"{codec.describe(exc)} that could not be described: "
