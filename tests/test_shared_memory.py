@@ -112,7 +112,7 @@ def datetimes_in_shared_memory(array: np.ndarray) -> tuple[bool, str, np.ndarray
 
 
 def test_datetime_arrays_travel_through_shared_memory_as_other_arrays_do(
-        pair: Cluster) -> None:
+        pair: Cluster, tmp_path: Path) -> None:
     # NumPy pickles datetime64/timedelta64 data inside the pickle: a pandas frame's
     # datetime columns went whole over the socket, 30x loky's time for 10 tasks.
     stamps = (np.datetime64("2026-01-01T00:00:00", "ns")
@@ -131,6 +131,11 @@ def test_datetime_arrays_travel_through_shared_memory_as_other_arrays_do(
     assert pair.submit(np.copy, spans).result().flags.f_contiguous
     frames = codec.dumps(stamps)  # out of band, as a float array's data is
     assert len(frames) == 2 and memoryview(frames[0]).nbytes < 1000
+    np.save(tmp_path / "stamps.npy", stamps)  # a read-only memmap of them too
+    mapped = np.load(tmp_path / "stamps.npy", mmap_mode="r")
+    frames = codec.dumps(mapped)
+    assert len(frames) == 2 and memoryview(frames[0]).nbytes < 1000
+    np.testing.assert_array_equal(pickle.loads(frames[0], buffers=frames[1:]), stamps)
 
 
 def test_small_messages_stay_on_the_socket(pair: Cluster) -> None:

@@ -329,6 +329,68 @@ def test_a_worker_rebinding_a_global_that_holds_a_function_keeps_its_own(
     assert result.stdout.splitlines() == ["[('fast', 'fast')] ('fast', 'fast')"]
 
 
+def test_an_initializer_changing_an_instance_of_a_main_class_in_place_is_seen(
+        tmp_path: Path) -> None:
+    # Small values pickled __main__'s classes by name, which failed where the class
+    # cloudpickle made was not bound in the worker's __main__: such a value counted as
+    # "not small", and the master's CONFIG was put back before every task.
+    result = run_script("""
+        import dataclasses
+        import sockpool
+
+        @dataclasses.dataclass
+        class Config:
+            path: str = "unset"
+
+        CONFIG = Config()
+
+        def init():
+            CONFIG.path = "/data/worker-local"
+
+        def task(x):
+            return CONFIG.path, isinstance(CONFIG, Config)
+
+        if __name__ == "__main__":
+            with sockpool.Pool(1, initializer=init) as pool:
+                print(pool.map(task, [1, 2, 3]))
+    """, tmp_path)
+    assert result.stdout.splitlines() == [str([("/data/worker-local", True)] * 3)]
+
+
+def test_a_payload_sent_again_after_its_class_was_defined_again_keeps_the_old_class(
+        tmp_path: Path) -> None:
+    # A list of instances, changed in the master and back (its first payload again),
+    # then the class cell run again: the worker made the list again by the class's
+    # name, giving instances of the new class where the master's are of the old.
+    result = run_script("""
+        from sockpool import Cluster
+
+        class C:
+            tag = "old"
+
+        def make(x):
+            return C.tag
+
+        ITEMS = [C()]
+
+        def tags(x):
+            return [type(item).tag for item in ITEMS]
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                seen = [cl.submit(make, 0).result(), cl.submit(tags, 0).result()]
+                ITEMS.append(C())
+                seen.append(cl.submit(tags, 0).result())
+                ITEMS.pop()
+                exec("class C:\\n    tag = 'new'\\n", globals())
+                exec("def make(x):\\n    return C.tag\\n", globals())
+                seen += [cl.submit(make, 0).result(), cl.submit(tags, 0).result()]
+                print(seen, tags(0))
+    """, tmp_path)
+    assert result.stdout.splitlines() == [
+        "['old', ['old'], ['old', 'old'], 'new', ['old']] ['old']"]
+
+
 def test_a_list_refilled_with_instances_of_a_class_defined_again_reaches_the_worker(
         tmp_path: Path) -> None:
     # The worker told "unchanged" by pickles that name __main__'s classes by name: the

@@ -232,8 +232,8 @@ def _decode(chunk: Chunk, label: WorkerLabel, payload: Payload, first_index: int
         values, errors, seconds, batch, *kept = codec.loads(*payload)
         if kept:  # the chunk's first slices, pickled as the worker kept them
             values, errors = _join_kept(kept[0], values, errors)
-    except BaseException as exc:  # SystemExit from a class's unpickling too
-        task_errors.raise_if_the_users(exc)
+    except BaseException as exc:  # SystemExit from a class's unpickling too, but in the
+        task_errors.raise_if_the_users(exc)  # main thread (a signal handler's sys.exit())
         tasks = chunk.job.name_tasks(first_index, first_index + count - 1)
         problem = RemoteError(codec.describe(exc), f"the results of {tasks} could not be "
                               f"unpickled in the master: {type(exc).__name__}: {exc}")

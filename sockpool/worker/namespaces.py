@@ -48,9 +48,9 @@ from ..common.codec import GLOBAL_IDS
 
 _UNSET = object()
 
-#: A small value's pickle, and the ids of the ``__main__`` classes it names (see
-#: :func:`_small_pickle`): how the worker tells whether the master changed a value.
-Small = tuple[bytes, tuple[int, ...]]
+#: A small value's pickle (see :func:`_small_pickle`): how the worker tells whether the
+#: master changed a value, and what it makes the value again from.
+Small = bytes
 
 
 #: What one function carries for one namespace: the namespace, the values by name, the
@@ -126,11 +126,11 @@ class SharedGlobals:
                 continue  # there already
             as_sent = sent.smalls.get(name)
             pickled = as_sent if loading else _small_pickle(value)
-            if as_sent is not None and pickled != as_sent:
+            if as_sent is not None and pickled is not None and pickled != as_sent:
                 # A task here changed the object this function brought: the master's
                 # value is what it sent, made again from the pickle kept then.
                 if sent.together is None:
-                    values[name] = pickle.loads(as_sent[0])
+                    values[name] = pickle.loads(as_sent)
                 elif again is None:
                     again = pickle.loads(sent.together)
                     values.update(again)
@@ -254,40 +254,45 @@ class _CappedStream(io.BytesIO):
         return super().write(data)
 
 
+#: The ``__main__`` classes small pickles name, by id (held: an id stays theirs).
+_MAIN_CLASSES: dict[int, type] = {}
+
+
+def _main_class(number: int) -> type:
+    """A ``__main__`` class a small pickle names (see :class:`_PlainPickler`)."""
+    return _MAIN_CLASSES[number]
+
+
 class _PlainPickler(pickle.Pickler):
     """Never imports: a function or class is written by name, and looking it up imports
     its module, which here may be one meant to travel by value; only those of modules
-    loaded already pickle (a ``defaultdict``, a NumPy scalar).  Notes the ``__main__``
-    classes it writes: one defined again (a notebook cell run again) keeps its name."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.main_classes: list[int] = []
+    loaded already pickle (a ``defaultdict``, a NumPy scalar).  A ``__main__`` class is
+    written by identity: one defined again (a notebook cell run again) keeps its name,
+    and one cloudpickle made need not be bound in this ``__main__`` at all."""
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
             module = getattr(obj, "__module__", None)
+            if module == "__main__" and isinstance(obj, type):  # (a function is made
+                _MAIN_CLASSES[id(obj)] = obj  # anew per payload: by name, as before)
+                return _main_class, (id(obj),)
             if module not in sys.modules:
                 raise _TooLarge
-            if module == "__main__" and isinstance(obj, type):
-                self.main_classes.append(id(obj))  # (a function is made anew per payload)
         return NotImplemented
 
 
 def _small_pickle(value: Any) -> Small | None:
-    """``value``'s pickle and the ``__main__`` classes it names, if it is small and plain
-    data; else None (a large buffer, code, something only cloudpickle can write, or more
-    than :data:`SMALL_PICKLE` bytes)."""
+    """``value``'s pickle if it is small and plain data; else None (a large buffer, code,
+    something only cloudpickle can write, or more than :data:`SMALL_PICKLE` bytes)."""
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
         raise _TooLarge
 
     stream = _CappedStream()
-    pickler = _PlainPickler(stream, 5, buffer_callback=out_of_band)
     try:
-        pickler.dump(value)
+        _PlainPickler(stream, 5, buffer_callback=out_of_band).dump(value)
     except Exception:  # _TooLarge, or a function shipped by value, a module...
         return None
-    return stream.getvalue(), tuple(pickler.main_classes)
+    return stream.getvalue()
 
 
 def _as_sent(values: dict[str, Any]) -> Sent:
@@ -297,8 +302,10 @@ def _as_sent(values: dict[str, Any]) -> Sent:
               if (small := _small_pickle(value)) is not None}
     together = None
     if len(smalls) > 1:
+        stream = io.BytesIO()
         with contextlib.suppress(Exception):  # (each pickled alone: so do they together)
-            together = pickle.dumps({name: values[name] for name in smalls}, 5)
+            _PlainPickler(stream, 5).dump({name: values[name] for name in smalls})
+            together = stream.getvalue()
     return Sent(smalls, together)
 
 
