@@ -23,7 +23,7 @@ import pytest
 from helpers import master_program, run_script, wait_gone
 
 from sockpool import Cluster
-from sockpool.common import codec, shm, shm_reader
+from sockpool.common import codec, datetimes, shm, shm_reader
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(not shm.available(), reason="needs Linux memfd")]
@@ -131,6 +131,7 @@ def test_datetime_arrays_travel_through_shared_memory_as_other_arrays_do(
     assert pair.submit(np.copy, spans).result().flags.f_contiguous
     frames = codec.dumps(stamps)  # out of band, as a float array's data is
     assert len(frames) == 2 and memoryview(frames[0]).nbytes < 1000
+    assert datetimes.VIEWED_FROM_BYTES == codec.OOB_THRESHOLD  # (smaller: in band anyway)
     np.save(tmp_path / "stamps.npy", stamps)  # a read-only memmap of them too
     mapped = np.load(tmp_path / "stamps.npy", mmap_mode="r")
     frames = codec.dumps(mapped)

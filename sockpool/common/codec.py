@@ -219,7 +219,7 @@ def _fast_dispatch_table() -> dict[type, Any] | None:
     table = {**copyreg.dispatch_table, **dict.fromkeys(proxies, reduce_proxy)}
     if memmap is not None:
         table[memmap] = reduce_memmap
-    if (ndarray := ndarray_type()) is not None:  # a datetime array's (see .datetimes)
+    if (ndarray := ndarray_type()) is not None and ndarray not in table:  # (see .datetimes)
         table[ndarray] = reduce_ndarray
     return table
 
