@@ -313,7 +313,9 @@ def test_an_abort_cancels_only_its_own_call(shared_cluster: Cluster) -> None:
         started = time.monotonic()
         del slow  # joblib aborts a generator that is collected unfinished
         assert list(fast) == [i * i for i in range(10)]
-    assert time.monotonic() - started < 10
+        took = time.monotonic() - started
+        # (Once, in CI, fast waited for slow's 60 s tasks; not reproduced since: say more.)
+        assert took < 10, f"fast took {took:.1f} s; workers: {shared_cluster.workers}"
 
 
 @pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])

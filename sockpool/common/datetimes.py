@@ -60,9 +60,10 @@ def int64_view(array: Any) -> Any:
             return view
     view = array.view(sys.modules["numpy"].int64)
 
-    def forget(ref: weakref.ref[Any]) -> None:
-        if _views.get(key, (None,))[0] is ref:
-            _views.pop(key, None)
+    def forget(ref: weakref.ref[Any], views: dict[int, Any] = _views) -> None:
+        # (the dict bound here: at interpreter exit the module's globals may be None)
+        if views.get(key, (None,))[0] is ref:
+            views.pop(key, None)
 
     _views[key] = (weakref.ref(array, forget), view)
     return view
