@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import CancelledError, Future
+
 import pytest
 
 from sockpool.common.protocol import RECLAIM_MEMORY, Flag
-from sockpool.dispatch.jobs import Chunk, Job
+from sockpool.dispatch.jobs import Chunk, FutureJob, Job
 from sockpool.dispatch.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(60)
@@ -234,3 +236,28 @@ def test_a_chunk_taken_back_goes_first_again_a_pinned_one_to_its_worker_alone() 
     assert scheduler.take_back(2, shared[1].id) is shared[1]
     assert scheduler.quota[2] == 3  # (taken back, it cost nothing)
     assert dict(scheduler.assignments(0.0)) == {2: shared[1]}
+
+
+@pytest.mark.parametrize("comes_back", ["given back", "worker lost"])
+def test_a_submitted_call_cancelled_as_it_ran_is_not_sent_again(comes_back: str) -> None:
+    # joblib's abort and an asyncio cancel interrupt a submit's running call: a
+    # chunk its worker gave back meanwhile (asked for an idle worker just before
+    # the cancel), or held by a worker then lost, must not run again elsewhere.
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1)
+    long, queued = chunks(RecordingJob(), 1)[0], FutureJob(b"fn", Future()).chunk(0, 1, [b""])
+    scheduler.submit([long, queued])
+    assert [w for w, _ in scheduler.assignments(0.0)] == [1, 1]
+    scheduler.add_worker(2)  # idle: what 1 holds queued is asked back for it
+    dropped, running = scheduler.cancel(queued.job)
+    assert dropped == [] and running == {1}
+    if comes_back == "given back":
+        assert scheduler.take_back(1, queued.id) is queued
+    else:
+        held, _ = scheduler.remove_worker(1)
+        for chunk in held:
+            scheduler.requeue(chunk)
+    assert [(w, c) for w, c in scheduler.assignments(0.0) if c is queued] == []
+    future = queued.job.future
+    with pytest.raises(CancelledError, match="cancelled as it ran"):
+        future.result(timeout=0)

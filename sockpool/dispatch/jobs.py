@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import logging
 import queue
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -357,7 +357,11 @@ class FutureJob(Job):
         return self.call_name or f"the call to {self.function.name or 'the function'}"
 
     def start(self, chunk: Chunk) -> bool:
-        # running() already: a retry after its first worker was lost.
+        # running() already: a retry after its first worker was lost, or a chunk its
+        # worker gave back; not if it was cancelled meanwhile (an abort, an asyncio
+        # cancel), which would run again what it had just interrupted.
+        if self.cancelled:
+            return False
         return self.future.running() or self.future.set_running_or_notify_cancel()
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
@@ -389,8 +393,10 @@ class FutureJob(Job):
             with contextlib.suppress(Exception):
                 relay.emit(relay.lines_ended([*chunk.output, *_written(payload)]))
         if not self.future.done() and not self.future.cancel():
-            self.future.set_exception(ClusterClosedError(
-                "the task was interrupted because its cluster was shut down"))
+            self.future.set_exception(
+                CancelledError("the task was cancelled as it ran") if self.cancelled
+                else ClusterClosedError("the task was interrupted because its cluster "
+                                        "was shut down"))
 
     def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
         future = self.future
