@@ -187,6 +187,23 @@ def test_a_datetime_array_sent_again_is_kept_as_its_own_view_is_made_anew() -> N
     assert held <= 4 * stamps.nbytes, held  # (8 copies before)
 
 
+def test_a_fortran_ordered_array_sent_again_is_kept() -> None:
+    # NumPy pickles such an array's buffer as its transpose, a view made anew at
+    # every pickle: what tells it sent again is the array viewed.
+    pool = shm.SegmentPool()
+    kept = KeptSegments(pool)
+    data = np.asfortranarray(np.arange(KEPT // 8 + 64, dtype=float).reshape(-1, 8))
+    assert not data.flags.c_contiguous
+    try:
+        frames = [kept.frames_for(buffers_of(data)) for _ in range(4)]
+        assert [kept.owns(f[0]) for f in frames] == [False, False, True, True]
+        assert kept.copies(frames[2][0]) == [data.T.tobytes()]
+        del frames
+    finally:
+        kept.close()
+        pool.close()
+
+
 def datetime_buffers(array: np.ndarray) -> list[pickle.PickleBuffer]:
     """The buffers of a datetime array as sockpool pickles it (its int64 view's)."""
     out: list[pickle.PickleBuffer] = []

@@ -8,9 +8,8 @@ copied, a pandas DataFrame's datetime columns included (30x loky's time for a
 is in memory, and is viewed as its own dtype again on the other side.  What
 tells a large argument sent again is the object its buffer comes from: the
 int64 view of a datetime array is made once while the array lives and stays
-as it is (:func:`int64_view`), and a view of all of another array counts as
-that array (:func:`whole_array_base`).  A small one (under 64 KiB: it would
-go inside the pickle all the same) travels as NumPy pickles it.
+as it is (:func:`int64_view`).  A small one (under 64 KiB: it would go inside
+the pickle all the same) travels as NumPy pickles it.
 """
 
 from __future__ import annotations
@@ -35,10 +34,14 @@ def ndarray_type() -> type | None:
 
 
 def is_datetime_array(obj: Any) -> bool:
-    """An ndarray (not a subclass) of datetime64 or timedelta64 values."""
-    array: Any = obj  # (not narrowed by the type test below)
-    return (type(obj) is ndarray_type() and array.dtype.kind in "Mm"
-            and array.nbytes >= VIEWED_FROM_BYTES)
+    """An ndarray (not a subclass) of datetime64 or timedelta64 values, large enough
+    to travel as its int64 view."""
+    return type(obj) is ndarray_type() and _viewed(obj)
+
+
+def _viewed(array: Any) -> bool:
+    """Whether an ndarray's data travel as its int64 view."""
+    return array.dtype.kind in "Mm" and array.nbytes >= VIEWED_FROM_BYTES
 
 
 def reduce_datetime_array(array: Any) -> tuple[Any, ...]:
@@ -77,21 +80,6 @@ def as_dtype(values: Any, dtype: Any) -> Any:
 def reduce_ndarray(array: Any) -> Any:
     """A plain ndarray's reduction for the standard pickler's dispatch table: a
     datetime one's as above, any other's NumPy's own."""
-    if array.dtype.kind in "Mm" and array.nbytes >= VIEWED_FROM_BYTES:
+    if _viewed(array):
         return reduce_datetime_array(array)
     return array.__reduce_ex__(5)
-
-
-def whole_array_base(obj: Any) -> Any:
-    """The array ``obj`` is a view of, where it views all of it and nothing else (as a
-    datetime array's int64 view, made anew at every pickle, does); else ``obj``.  What
-    tells a large argument sent again (see :mod:`.kept_segments`)."""
-    ndarray: Any = ndarray_type()
-    while ndarray is not None and isinstance(obj, ndarray):
-        array: Any = obj
-        base: Any = array.base
-        if not isinstance(base, ndarray) or base.nbytes != array.nbytes or (
-                base.__array_interface__["data"][0] != array.__array_interface__["data"][0]):
-            break
-        obj = base
-    return obj

@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from .datetimes import whole_array_base
+from .datetimes import ndarray_type
 from .digest import buffer_digest
 from .shm import (
     CACHE_BYTES,
@@ -240,3 +240,18 @@ class KeptSegments:
         del self._by_serial[kept.serial], self._by_digest[kept.digest]
         with contextlib.suppress(OSError):
             os.close(kept.fd)
+
+
+def whole_array_base(obj: Any) -> Any:
+    """The array ``obj`` is a view of, where it views all of it and nothing else (a
+    Fortran-ordered array's transpose, made anew at each call); else ``obj``: the
+    object that tells a buffer sent again."""
+    ndarray: Any = ndarray_type()
+    while ndarray is not None and isinstance(obj, ndarray):
+        array: Any = obj
+        base: Any = array.base
+        if not isinstance(base, ndarray) or base.nbytes != array.nbytes or (
+                base.__array_interface__["data"][0] != array.__array_interface__["data"][0]):
+            break
+        obj = base
+    return obj
