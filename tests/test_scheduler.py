@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, wait
 
 import pytest
 
@@ -114,6 +114,27 @@ def test_nothing_is_queued_behind_a_long_running_chunk() -> None:
     assigned = list(scheduler.assignments(now=101.0))
     assert [w for w, _ in assigned] == [2, 2]
     assert scheduler.load(1) == 1
+
+
+@pytest.mark.parametrize("ahead", [None, "a cancelled submit"])
+def test_a_timed_chunk_is_never_queued_behind_another(ahead: str | None) -> None:
+    # Its time limit runs from when it is sent: queued behind a long task, a task of
+    # 0.05 s failed with TaskTimeoutError and its worker was killed.  A chunk dropped
+    # at the head of the queue (a cancelled submit) once hid it from that rule.
+    scheduler = Scheduler(prefetch=2)
+    scheduler.add_worker(1)
+    running = chunks(RecordingJob(), 1)
+    timed = Job(b"fn", Flag.MAP_ONE, timeout=1.0).chunk(0, 1, [b""])
+    scheduler.submit(running)
+    assert [c for _, c in scheduler.assignments(0.0)] == running
+    if ahead is not None:
+        cancelled: Future[int] = Future()
+        cancelled.cancel()
+        scheduler.submit([FutureJob(b"fn", cancelled).chunk(0, 1, [b""])])
+    scheduler.submit([timed])
+    assert list(scheduler.assignments(0.01)) == []
+    assert scheduler.complete(1, running[0].id, 0.02) is running[0]
+    assert list(scheduler.assignments(0.02)) == [(1, timed)]
 
 
 def test_nothing_is_queued_behind_chunks_known_to_run_long() -> None:
@@ -261,3 +282,14 @@ def test_a_submitted_call_cancelled_as_it_ran_is_not_sent_again(comes_back: str)
     future = queued.job.future
     with pytest.raises(CancelledError, match="cancelled as it ran"):
         future.result(timeout=0)
+
+
+def test_a_submit_cancelled_before_it_was_sent_tells_its_waiters() -> None:
+    scheduler = two_workers()
+    job = FutureJob(b"fn", Future())
+    scheduler.submit([job.chunk(0, 1, [b""])])
+    dropped, _ = scheduler.cancel(job)
+    for chunk in dropped:
+        job.dropped(chunk)
+    done, _ = wait([job.future], timeout=5)
+    assert done == {job.future} and job.future.cancelled()

@@ -392,7 +392,11 @@ class FutureJob(Job):
         if payload is not None:  # interrupted as it ran: what it wrote still shows
             with contextlib.suppress(Exception):
                 relay.emit(relay.lines_ended([*chunk.output, *_written(payload)]))
-        if not self.future.done() and not self.future.cancel():
+        if self.future.done():
+            return
+        if self.future.cancel():
+            self.future.set_running_or_notify_cancel()  # tells wait() and as_completed()
+        else:
             self.future.set_exception(
                 CancelledError("the task was cancelled as it ran") if self.cancelled
                 else ClusterClosedError("the task was interrupted because its cluster "

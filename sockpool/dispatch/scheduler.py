@@ -129,10 +129,7 @@ class Scheduler:
                             or not oldest.job.prefetch
                             or oldest.job.chunk_seconds > PREFETCH_HORIZON):
                         continue  # busy with something long or timed: nothing behind it
-                    if self.pending and (self.pending[0].job.timeout
-                                         or not self.pending[0].job.prefetch):
-                        continue  # a timed (or unprefetched) chunk waits for an idle worker
-                chunk = self._next_for(worker_id)
+                chunk = self._next_for(worker_id, queued=depth > 0)
                 if chunk is None:
                     continue
                 chunk.sent_at = now
@@ -141,7 +138,8 @@ class Scheduler:
                 held[chunk.id] = chunk
                 yield worker_id, chunk
 
-    def _next_for(self, worker_id: int) -> Chunk | None:
+    def _next_for(self, worker_id: int, queued: bool) -> Chunk | None:
+        """The next chunk for a worker (``queued``: behind the one it runs), or None."""
         own = self.pinned.get(worker_id)
         while own:
             chunk = own.popleft()
@@ -151,6 +149,11 @@ class Scheduler:
         if self.retiring(worker_id):
             return None
         while self.pending:
+            job = self.pending[0].job
+            if queued and (job.timeout or not job.prefetch):
+                # A timed (or unprefetched) chunk waits for an idle worker: its time
+                # runs from when it is sent.  Looked at after each chunk dropped here.
+                return None
             chunk = self.pending.popleft()
             if chunk.job.start(chunk):
                 if worker_id in self.quota:
