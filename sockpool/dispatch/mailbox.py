@@ -33,7 +33,7 @@ class Mailbox:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_pending = False
-        # Held while posting, emptying the pipe and closing, so that nothing is
+        # Held while posting and closing, so that nothing is
         # posted (or a wake-up byte written) once the pipe is closed.  Reentrant:
         # the garbage collector may run a finalizer that posts (an abandoned imap
         # cancelling its job) while this thread holds it; a plain lock deadlocked
@@ -100,15 +100,18 @@ class Mailbox:
         """On the I/O thread, when the pipe is readable: empty it before running commands.
 
         Cleared before the commands are read: a command posted after this point
-        writes a new wake-up byte, so none is missed.  Under the posters' lock:
-        a post between the flag's reset and the read would have its byte read
-        here while the flag stayed set, and no later post would write one (the
-        I/O thread then saw commands only when a message or a timer woke it).
+        writes a new wake-up byte, so none is missed.  The pipe is read before
+        the flag is reset: a post in between finds the flag set and writes
+        nothing, but its command is queued already and runs in this turn; a
+        post between a reset and the read would have its byte read here while
+        the flag stayed set, and no later post would write one (the I/O thread
+        then saw commands only when a message or a timer woke it).  Not under
+        the posters' lock: a poster holds it through its write, and the I/O
+        thread, woken by that write, waited for it there at every submit.
         """
-        with self._lock:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._wake_r, 4096)
-            self._wake_pending = False
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+        self._wake_pending = False
 
     def run_all(self) -> None:
         """On the I/O thread: run every command posted so far, in order."""
