@@ -116,18 +116,20 @@ def test_nothing_is_queued_behind_a_long_running_chunk() -> None:
     assert scheduler.load(1) == 1
 
 
-@pytest.mark.parametrize("ahead", [None, "a cancelled submit"])
+@pytest.mark.parametrize("ahead", [None, "a cancelled submit", "pinned"])
 def test_a_timed_chunk_is_never_queued_behind_another(ahead: str | None) -> None:
     # Its time limit runs from when it is sent: queued behind a long task, a task of
     # 0.05 s failed with TaskTimeoutError and its worker was killed.  A chunk dropped
-    # at the head of the queue (a cancelled submit) once hid it from that rule.
+    # at the head of the queue (a cancelled submit) once hid it from that rule, and
+    # it did not look at chunks pinned to a worker (a static map's, with timeout=).
     scheduler = Scheduler(prefetch=2)
     scheduler.add_worker(1)
     running = chunks(RecordingJob(), 1)
-    timed = Job(b"fn", Flag.MAP_ONE, timeout=1.0).chunk(0, 1, [b""])
+    timed = Job(b"fn", Flag.MAP_ONE, timeout=1.0).chunk(
+        0, 1, [b""], pinned=1 if ahead == "pinned" else None)
     scheduler.submit(running)
     assert [c for _, c in scheduler.assignments(0.0)] == running
-    if ahead is not None:
+    if ahead == "a cancelled submit":
         cancelled: Future[int] = Future()
         cancelled.cancel()
         scheduler.submit([FutureJob(b"fn", cancelled).chunk(0, 1, [b""])])
@@ -280,7 +282,7 @@ def test_a_submitted_call_cancelled_as_it_ran_is_not_sent_again(comes_back: str)
             scheduler.requeue(chunk)
     assert [(w, c) for w, c in scheduler.assignments(0.0) if c is queued] == []
     future = queued.job.future
-    with pytest.raises(CancelledError, match="cancelled as it ran"):
+    with pytest.raises(CancelledError, match="cancelled after it was sent"):
         future.result(timeout=0)
 
 

@@ -360,9 +360,8 @@ class FutureJob(Job):
         # running() already: a retry after its first worker was lost, or a chunk its
         # worker gave back; not if it was cancelled meanwhile (an abort, an asyncio
         # cancel), which would run again what it had just interrupted.
-        if self.cancelled:
-            return False
-        return self.future.running() or self.future.set_running_or_notify_cancel()
+        return super().start(chunk) and (
+            self.future.running() or self.future.set_running_or_notify_cancel())
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
         values, failures, _, output = decode_outcome(chunk, label, payload)
@@ -398,9 +397,9 @@ class FutureJob(Job):
             self.future.set_running_or_notify_cancel()  # tells wait() and as_completed()
         else:
             self.future.set_exception(
-                CancelledError("the task was cancelled as it ran") if self.cancelled
-                else ClusterClosedError("the task was interrupted because its cluster "
-                                        "was shut down"))
+                CancelledError("the task was cancelled after it was sent to a worker")
+                if self.cancelled else
+                ClusterClosedError("the task was interrupted because its cluster was shut down"))
 
     def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
         future = self.future

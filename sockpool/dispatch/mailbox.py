@@ -33,11 +33,11 @@ class Mailbox:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_pending = False
-        # Held while posting and closing, so that nothing is
-        # posted (or a wake-up byte written) once the pipe is closed.  Reentrant:
-        # the garbage collector may run a finalizer that posts (an abandoned imap
-        # cancelling its job) while this thread holds it; a plain lock deadlocked
-        # there, the I/O thread included, and the whole cluster hung.
+        # Held while posting and closing, so that nothing is posted (or a wake-up
+        # byte written) once the pipe is closed.  Reentrant: the garbage collector
+        # may run a finalizer that posts (an abandoned imap cancelling its job)
+        # while this thread holds it; a plain lock deadlocked there, the I/O thread
+        # included, and the whole cluster hung.
         self._lock = threading.RLock()
         self._closed = False
 
@@ -106,8 +106,8 @@ class Mailbox:
         post between a reset and the read would have its byte read here while
         the flag stayed set, and no later post would write one (the I/O thread
         then saw commands only when a message or a timer woke it).  Not under
-        the posters' lock: a poster holds it through its write, and the I/O
-        thread, woken by that write, waited for it there at every submit.
+        the posters' lock, which a poster holds through its write: the I/O
+        thread, woken by that write, would wait for it.
         """
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)

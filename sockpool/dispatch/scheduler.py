@@ -125,8 +125,8 @@ class Scheduler:
                     continue  # it waits for a chunk asked back for it
                 if depth:
                     oldest = next(iter(held.values()))
-                    if (now - oldest.sent_at > PREFETCH_HORIZON or oldest.job.timeout
-                            or not oldest.job.prefetch
+                    if (now - oldest.sent_at > PREFETCH_HORIZON
+                            or _waits_for_an_idle_worker(oldest.job)
                             or oldest.job.chunk_seconds > PREFETCH_HORIZON):
                         continue  # busy with something long or timed: nothing behind it
                 chunk = self._next_for(worker_id, queued=depth > 0)
@@ -140,8 +140,12 @@ class Scheduler:
 
     def _next_for(self, worker_id: int, queued: bool) -> Chunk | None:
         """The next chunk for a worker (``queued``: behind the one it runs), or None."""
+        # A timed (or unprefetched) chunk waits for an idle worker: its time runs
+        # from when it is sent.  Looked at for each chunk, after those dropped.
         own = self.pinned.get(worker_id)
         while own:
+            if queued and _waits_for_an_idle_worker(own[0].job):
+                return None  # (a static map's, with timeout=: what is pinned goes first)
             chunk = own.popleft()
             if chunk.job.start(chunk):
                 return chunk
@@ -149,10 +153,7 @@ class Scheduler:
         if self.retiring(worker_id):
             return None
         while self.pending:
-            job = self.pending[0].job
-            if queued and (job.timeout or not job.prefetch):
-                # A timed (or unprefetched) chunk waits for an idle worker: its time
-                # runs from when it is sent.  Looked at after each chunk dropped here.
+            if queued and _waits_for_an_idle_worker(self.pending[0].job):
                 return None
             chunk = self.pending.popleft()
             if chunk.job.start(chunk):
@@ -260,3 +261,9 @@ class Scheduler:
         """Nothing waiting and nothing running."""
         return (not self.pending and not any(self.pinned.values())
                 and not any(self.in_flight.values()))
+
+
+def _waits_for_an_idle_worker(job: Job) -> bool:
+    """A job whose chunks are sent only to a worker running nothing, and have nothing
+    queued behind them: one with a time limit, or not to be prefetched."""
+    return bool(job.timeout) or not job.prefetch
