@@ -26,6 +26,7 @@ pytestmark = pytest.mark.timeout(180)
     ("bench_hops.py", "ratio plain / ZeroMQ"),
     ("bench_uneven.py", "head     mp Pool.imap_unordered"),
     ("bench_asyncio.py", "ratio aimap / imap"),
+    ("bench_arrays.py", "ratio sockpool / loky"),
 ])
 def test_benchmark_runs_quickly(script: str, expected: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from sockpool import Cluster
-from sockpool.common import datetimes, kept_segments, shm, shm_reader
+from sockpool.common import arrays, kept_segments, shm, shm_reader
 from sockpool.common.kept_segments import KeptSegments
 
 pytestmark = [pytest.mark.timeout(60),
@@ -159,7 +159,7 @@ def test_a_buffer_is_kept_once_sent_twice_alike_and_named_from_then_on() -> None
 
 
 def test_a_datetime_array_sent_again_is_kept_as_its_own_view_is_made_anew() -> None:
-    # It travels as an int64 view of itself (see common/datetimes.py), a new object at
+    # It travels as a bytes view of itself (see common/arrays.py), a new object at
     # every pickle: told apart by the view, it was copied at every call.
     pool = shm.SegmentPool()
     kept = KeptSegments(pool)
@@ -169,13 +169,13 @@ def test_a_datetime_array_sent_again_is_kept_as_its_own_view_is_made_anew() -> N
         assert [kept.owns(f[0]) for f in frames] == [False, False, True, True]
         assert kept.copies(frames[2][0]) == [stamps.tobytes()]
         # A slice the caller holds (a pandas Series of a frame's block, say): NumPy
-        # bases its int64 view on the whole array, a new view at every pickle.
+        # bases its bytes view on the whole array, a new view at every pickle.
         part = stamps[8:]
         frames = [kept.frames_for(datetime_buffers(part)) for _ in range(4)]
         assert [kept.owns(f[0]) for f in frames] == [False, False, True, True]
         assert kept.copies(frames[3][0]) == [part.tobytes()]
         part.shape = (2, -1)  # changed in place: its view is made again, as it is now
-        assert datetimes.int64_view(part).shape == part.shape
+        assert arrays.bytes_view(part).shape == part.shape
         del frames, part
     finally:
         kept.close()
@@ -205,11 +205,11 @@ def test_a_fortran_ordered_array_sent_again_is_kept() -> None:
 
 
 def datetime_buffers(array: np.ndarray) -> list[pickle.PickleBuffer]:
-    """The buffers of a datetime array as sockpool pickles it (its int64 view's)."""
+    """The buffers of a datetime array as sockpool pickles it (its bytes view's)."""
     out: list[pickle.PickleBuffer] = []
     stream = io.BytesIO()
     pickler = pickle.Pickler(stream, 5, buffer_callback=out.append)
-    pickler.dispatch_table = {np.ndarray: datetimes.reduce_ndarray}
+    pickler.dispatch_table = {np.ndarray: arrays.reduce_ndarray}
     pickler.dump(array)
     return out
 

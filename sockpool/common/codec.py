@@ -2,10 +2,10 @@
 exception: :mod:`.task_errors`).
 
 Pickle protocol 5 throughout.  Buffers of at least :data:`OOB_THRESHOLD` bytes
-(NumPy arrays, their datetime64 ones too, anything pickled as a ``PickleBuffer``)
-leave the pickle stream and travel as frames of their own, so they are never
-copied into it.  ``bytes`` and ``bytearray`` are not among them: Python's
-pickler writes them into the stream.
+(NumPy arrays, those NumPy copies into a pickle too: :mod:`.arrays`; anything
+pickled as a ``PickleBuffer``) leave the pickle stream and travel as frames of
+their own, so they are never copied into it.  ``bytes`` and ``bytearray`` are
+not among them: Python's pickler writes them into the stream.
 
 The serializer that *writes* is a choice (cloudpickle by default, dill, or the
 standard pickle); reading is always ``pickle.loads``, since all three write
@@ -29,7 +29,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import namespace
-from .datetimes import is_datetime_array, ndarray_type, reduce_datetime_array, reduce_ndarray
+from .arrays import (
+    ndarray_type,
+    recarray_type,
+    reduce_ndarray,
+    reduce_recarray,
+    special_reduction,
+)
 from .memmaps import memmap_type, reduce_memmap
 from .proxies import proxy_types, reduce_proxy
 
@@ -162,11 +168,12 @@ def _with_slots(reduced: tuple[Any, ...], slots: Any) -> tuple[Any, ...]:
 
 def _reduce_special(obj: Any) -> Any:
     """The reducers the library's picklers add: ``bind_to_env`` functions, memmaps
-    (see :mod:`.memmaps`), ``lru_cache``'d functions of ``__main__``, manager proxies."""
+    (see :mod:`.memmaps`), arrays NumPy would pickle in band (:mod:`.arrays`),
+    ``lru_cache``'d functions of ``__main__``, manager proxies."""
     if type(obj) is memmap_type():
         return reduce_memmap(obj)
-    if is_datetime_array(obj):
-        return reduce_datetime_array(obj)
+    if (reduced := special_reduction(obj)) is not None:
+        return reduced
     if (type(obj) is functools._lru_cache_wrapper
             and getattr(obj.__wrapped__, "__module__", None) == "__main__"):
         # It pickles by name, and a worker's __main__ has no such name: the function
@@ -219,8 +226,10 @@ def _fast_dispatch_table() -> dict[type, Any] | None:
     table = {**copyreg.dispatch_table, **dict.fromkeys(proxies, reduce_proxy)}
     if memmap is not None:
         table[memmap] = reduce_memmap
-    if (ndarray := ndarray_type()) is not None and ndarray not in table:  # (see .datetimes)
+    if (ndarray := ndarray_type()) is not None and ndarray not in table:  # (see .arrays)
         table[ndarray] = reduce_ndarray
+    if (recarray := recarray_type()) is not None and recarray not in table:
+        table[recarray] = reduce_recarray
     return table
 
 

@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from .datetimes import ndarray_type
+from .arrays import ndarray_type
 from .digest import buffer_digest
 from .shm import (
     CACHE_BYTES,

@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 from . import role
-from .datetimes import reduce_ndarray
+from .arrays import reduce_ndarray
 
 
 def memmap_type() -> type | None:
@@ -38,7 +38,7 @@ def reduce_memmap(array: Any) -> Any:
              else None)
     if place is not None:
         return open_in_file, place
-    return reduce_ndarray(array.view(numpy.ndarray))  # (a datetime one's out of band too)
+    return reduce_ndarray(array.view(numpy.ndarray))  # (see .arrays)
 
 
 def _place_in_file(array: Any) -> tuple[Any, ...] | None:
