@@ -127,4 +127,8 @@ if not TYPE_CHECKING:  # (to a type checker, a misspelled name is an error, not 
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    # What a user may reach: the public names (loaded or not), the submodules
+    # loaded, the dunders; not this module's own imports (Any, importlib, ...).
+    modules = {name for name, value in globals().items()
+               if not name.startswith("_") and getattr(value, "__name__", "") == f"sockpool.{name}"}
+    return sorted({*__all__, *modules, *(name for name in globals() if name.startswith("__"))})

@@ -20,6 +20,9 @@ def test_all_is_sorted_and_complete() -> None:
     for name in sockpool.__all__:
         assert getattr(sockpool, name) is not None
     assert set(sockpool.__all__) <= set(dir(sockpool))
+    # (completion in a notebook lists the API, not the package's own imports)
+    assert not {"Any", "importlib", "TYPE_CHECKING", "annotations"} & set(dir(sockpool))
+    assert "errors" in dir(sockpool) and "__version__" in dir(sockpool)
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
