@@ -7,6 +7,7 @@ than piling up, and nothing is left behind, not even after the master is killed.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -136,9 +138,29 @@ def test_arrays_numpy_would_pickle_in_band_travel_through_shared_memory(
         np.testing.assert_array_equal(back, sent)
         assert type(back) is type(sent) and back.dtype == sent.dtype
     assert pair.submit(arrival, records).result()[3].x[3] == 1.5  # (fields by name)
+    frozen = matrix[:, 1]
+    frozen.flags.writeable = False  # a read-only one arrives read-only, copied or not
+    assert not pair.submit(arrival, frozen).result()[3].flags.writeable
     small = np.zeros(100, dtype=events.dtype)  # under 64 KiB: as NumPy pickles it
     assert len(codec.dumps(small, serializer)) == 1
     assert pair.submit(arrival, small).result()[3].dtype == small.dtype
+
+
+def test_an_array_sent_out_of_band_as_a_view_is_freed_once_dropped() -> None:
+    # Its bytes view (of opaque items) was kept for the next send, and kept alive
+    # the array it viewed: every datetime array sent stayed in memory for good, and
+    # every strided one copied, a copy at each call.
+    stamps = np.datetime64("2026-01-01", "ns") + np.arange(MB).astype("m8[s]")
+    events = np.zeros(2 * MB, dtype=[("at", "M8[ns]"), ("value", "f8")])
+    held = len(arrays._views)
+    for _ in range(3):
+        codec.dumps(stamps)
+        codec.dumps(events[::2])
+    assert len(arrays._views) == held
+    gone = weakref.ref(stamps)
+    del stamps
+    gc.collect()
+    assert gone() is None
 
 
 def datetimes_in_shared_memory(array: np.ndarray) -> tuple[bool, str, np.ndarray]:
@@ -167,7 +189,7 @@ def test_datetime_arrays_travel_through_shared_memory_as_other_arrays_do(
     assert pair.submit(np.copy, spans).result().flags.f_contiguous
     frames = codec.dumps(stamps)  # out of band, as a float array's data is
     assert len(frames) == 2 and memoryview(frames[0]).nbytes < 1000
-    assert arrays.VIEWED_FROM_BYTES == codec.OOB_THRESHOLD  # (smaller: in band anyway)
+    assert arrays.LARGE_ARRAY_BYTES == codec.OOB_THRESHOLD  # (smaller: in band anyway)
     np.save(tmp_path / "stamps.npy", stamps)  # a read-only memmap of them too
     mapped = np.load(tmp_path / "stamps.npy", mmap_mode="r")
     frames = codec.dumps(mapped)

@@ -15,10 +15,10 @@ a ``recarray`` (``DataFrame.to_records()``).  Here, from 64 KiB on:
   the other side;
 * a ``recarray`` travels as the plain ndarray it views, a ``recarray`` again there.
 
-What tells a large argument sent again is the object its buffer comes from: the
-bytes view of an array is made once while the array lives and stays as it is
-(:func:`bytes_view`).  A small array (under 64 KiB: it would go inside the
-pickle all the same) travels as NumPy pickles it.
+What tells a large argument sent again is the array its buffer views all of: a
+slice's bytes view is made once while the slice lives (:func:`bytes_view`).  A
+small array (under 64 KiB: it would go inside the pickle all the same) travels
+as NumPy pickles it.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 #: The smallest array helped here (``codec.OOB_THRESHOLD``: below it, a buffer goes
 #: inside the pickle anyway).
-VIEWED_FROM_BYTES = 64 * 1024
-#: The bytes view of each large array pickled, by the array's id (no lock: a race
+LARGE_ARRAY_BYTES = 64 * 1024
+#: The bytes view of each large slice pickled, by the slice's id (no lock: a race
 #: costs one view made twice, and a lock taken in a weakref callback, which a
 #: garbage collection may run anywhere, could deadlock).
 _views: dict[int, tuple[weakref.ref[Any], Any]] = {}
@@ -51,10 +51,12 @@ def recarray_type() -> type | None:
 def reduce_ndarray(array: Any) -> Any:
     """A plain ndarray's reduction for the standard pickler's dispatch table: out of
     band where NumPy's own would copy its data into the pickle (see above)."""
-    if array.nbytes >= VIEWED_FROM_BYTES and not array.dtype.hasobject:
+    if array.nbytes >= LARGE_ARRAY_BYTES and not array.dtype.hasobject:
         flags = array.flags
         if not (flags.c_contiguous or flags.f_contiguous):
-            array = sys.modules["numpy"].ascontiguousarray(array)
+            copy = sys.modules["numpy"].ascontiguousarray(array)
+            copy.flags.writeable = flags.writeable  # (a read-only one arrives read-only)
+            array = copy
         if _opaque(array.dtype):
             return as_dtype, (bytes_view(array), array.dtype)
     return array.__reduce_ex__(5)
@@ -63,7 +65,7 @@ def reduce_ndarray(array: Any) -> Any:
 def reduce_recarray(array: Any) -> Any:
     """A ``recarray``'s reduction: the plain ndarray it views (out of band, as
     :func:`reduce_ndarray` says), made a ``recarray`` again."""
-    if array.nbytes < VIEWED_FROM_BYTES:
+    if array.nbytes < LARGE_ARRAY_BYTES:
         return array.__reduce_ex__(5)
     return as_type, (array.view(sys.modules["numpy"].ndarray), type(array))
 
@@ -75,11 +77,11 @@ def special_reduction(obj: Any) -> Any:
     kind = type(obj)
     if kind is ndarray_type():
         array: Any = obj
-        if array.nbytes >= VIEWED_FROM_BYTES and not array.dtype.hasobject and (
+        if array.nbytes >= LARGE_ARRAY_BYTES and not array.dtype.hasobject and (
                 _opaque(array.dtype)
                 or not (array.flags.c_contiguous or array.flags.f_contiguous)):
             return reduce_ndarray(array)
-    elif kind is recarray_type() and obj.nbytes >= VIEWED_FROM_BYTES:
+    elif kind is recarray_type() and obj.nbytes >= LARGE_ARRAY_BYTES:
         return reduce_recarray(obj)
     return None
 
@@ -97,10 +99,15 @@ def _opaque(dtype: Any) -> bool:
 
 
 def bytes_view(array: Any) -> Any:
-    """``array`` viewed as opaque items of its size, the same object each time while
-    ``array`` lives and its shape, strides and data stay (NumPy bases a view of a
-    view on the array that owns the memory: a slice's view would otherwise be new at
-    every pickle, and never told as sent again)."""
+    """``array`` viewed as opaque items of its size.
+
+    What tells a buffer sent again is the array it views all of
+    (``kept_segments.whole_array_base``): for an array that owns its memory, the
+    array itself.  A view of a view is based on the owner, though, so for a slice
+    the view is made once and kept while the slice lives and its shape, strides and
+    data stay (made anew at every pickle, it would never be told as sent again).
+    Only then: a view kept of an owner would keep the owner alive for ever.
+    """
     key = id(array)
     found = _views.get(key)
     same = found is not None and found[0]() is array  # (a bool: mypy narrows no array)
@@ -111,6 +118,8 @@ def bytes_view(array: Any) -> Any:
             return view
     numpy = sys.modules["numpy"]
     view = array.view(numpy.dtype((numpy.void, array.dtype.itemsize)))
+    if view.base is array:
+        return view
 
     def forget(ref: weakref.ref[Any], views: dict[int, Any] = _views) -> None:
         # (the dict bound here: at interpreter exit the module's globals may be None)
