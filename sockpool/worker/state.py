@@ -34,6 +34,12 @@ from typing import NamedTuple
 
 from ..common.protocol import RECLAIM_MEMORY
 
+try:  # signal.getsignal wraps this one to make an enum of the handler: 4 µs a chunk
+    from _signal import getsignal as _raw_getsignal  # type: ignore[import-not-found]
+except ImportError:  # (not CPython)
+    _raw_getsignal = signal.getsignal
+_SIGINT = int(signal.SIGINT)
+
 #: Cancelled job ids remembered (a chunk of one may still be queued here).
 CANCELLED_MEMORY = 1024
 
@@ -83,6 +89,7 @@ class WorkerState:
         self._given_back: dict[int, int] = {}
         self._holding = False  # the main thread is where an interruption would be lost
         self._held = False  # and one came meanwhile
+        self._on_sigint = self.on_sigint  # (one bound method, told by identity)
 
     @property
     def stopping(self) -> bool:
@@ -122,8 +129,8 @@ class WorkerState:
     def keep_interruptible(self) -> None:
         """Handle SIGINT with :meth:`on_sigint` (main thread), again where a task put
         another handler (``SIG_IGN`` left every later task there uninterruptible)."""
-        if signal.getsignal(signal.SIGINT) != self.on_sigint:
-            signal.signal(signal.SIGINT, self.on_sigint)
+        if _raw_getsignal(_SIGINT) is not self._on_sigint:
+            signal.signal(signal.SIGINT, self._on_sigint)
 
     def on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
         """SIGINT from the watchdog interrupts a cancelled or stopped chunk; otherwise ignored."""
