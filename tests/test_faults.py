@@ -126,6 +126,34 @@ def test_a_worker_whose_connection_broke_as_it_died_is_described_by_how_it_died(
     assert wait_gone([live.pid], 5) == []
 
 
+def mark_and_square(x: int, folder: str) -> int:
+    with open(os.path.join(folder, str(x)), "a") as runs:
+        runs.write(f"{os.getpid()}\n")
+    return x * x
+
+
+def test_a_map_sent_to_a_worker_just_dead_runs_each_task_once(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # Both chunks the I/O thread sent to a worker that had died (not yet seen so)
+    # failed to send; settling the lost worker requeued the second, then so did the
+    # failed send: it ran twice, was delivered twice, and the map ended one result
+    # short (a None, or an unpickling error where its buffers were freed).
+    dying = cluster._dispatcher.pool.workers[cluster.workers[0].id]
+
+    def kill_it_and_wait() -> None:  # on the I/O thread: the map's submit waits behind it
+        os.kill(dying.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not _dead(dying.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # and its connection is gone from the master's socket
+
+    cluster._dispatcher.mailbox.post(kill_it_and_wait)
+    squares = cluster.par_map(mark_and_square, range(8), [str(tmp_path)] * 8, chunksize=1)
+    assert squares == [x * x for x in range(8)]
+    runs = {int(path.name): len(path.read_text().split()) for path in tmp_path.iterdir()}
+    assert runs == dict.fromkeys(range(8), 1)
+
+
 def test_a_segfault_is_a_lost_worker_whose_replacement_has_setup_and_exports() -> None:
     def setup() -> None:
         os.environ["SETUP_DONE"] = "yes"

@@ -57,14 +57,9 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        n_workers: int,
-        launcher: Launcher,
-        serializer: str,
-        heartbeat_interval: float,
-        heartbeat_timeout: float | None,
-        connect_timeout: float,
-        prefetch: int,
-        setup_job: Job | None,
+        n_workers: int, launcher: Launcher, serializer: str,
+        heartbeat_interval: float, heartbeat_timeout: float | None,
+        connect_timeout: float, prefetch: int, setup_job: Job | None,
         relay_mode: str, relay_prefix: bool,
         log_level: int,
         transport: str,
@@ -413,9 +408,12 @@ class Dispatcher:
         for worker_id, chunk in self.scheduler.assignments(time.monotonic()):
             if not self._send_chunk(self.pool.workers[worker_id], chunk):
                 failed.append((worker_id, chunk))
-        for worker_id, chunk in failed:
+        # All back to the front, in order, before a worker is lost: settling it
+        # requeues what it holds, so a chunk still held then was queued twice.
+        for worker_id, chunk in reversed(failed):
             self.scheduler.unassign(worker_id, chunk)
             self.scheduler.requeue(chunk)
+        for worker_id in dict.fromkeys(worker_id for worker_id, _ in failed):
             record = self.pool.workers[worker_id]
             if record.state is WorkerState.READY:
                 self.pool.lost(record, self.pool.unreachable(record))
