@@ -146,6 +146,37 @@ def test_arrays_numpy_would_pickle_in_band_travel_through_shared_memory(
     assert pair.submit(arrival, small).result()[3].dtype == small.dtype
 
 
+def eight_mb_unless_five(i: int) -> np.ndarray:
+    if i == 5:
+        raise ValueError("five")
+    return np.full(MB, float(i))
+
+
+def mapped_segment_bytes() -> int:
+    """The bytes of sockpool segments this process maps (its own and its workers')."""
+    total = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "memfd:sockpool-" in line:
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                total += end - start
+    return total
+
+
+def test_a_failed_maps_results_are_freed_while_its_error_is_held() -> None:
+    # The error's traceback held the map's frames, and with them every result
+    # that had come (in shared memory): as long as the error lived (a notebook
+    # keeps the last one) or, caught, until the garbage collector found the cycle.
+    gc.disable()
+    try:
+        before = mapped_segment_bytes()  # (other clusters of this module's)
+        with Cluster(n=2) as cl, pytest.raises(ValueError, match="five") as caught:
+            cl.par_map(eight_mb_unless_five, range(8), chunksize=1)
+        assert mapped_segment_bytes() <= before, caught.value
+    finally:
+        gc.enable()
+
+
 def test_an_array_sent_out_of_band_as_a_view_is_freed_once_dropped() -> None:
     # Its bytes view (of opaque items) was kept for the next send, and kept alive
     # the array it viewed: every datetime array sent stayed in memory for good, and

@@ -247,6 +247,11 @@ def stream_blocks(
             job.keep = None  # nobody waits for it any more: its cluster may go now
             if progress is not None:
                 progress.close()
+            # A raised error's traceback holds this frame, and a notebook keeps the
+            # last one: not the results (shared memory, often) with it.
+            waiting.clear()
+            arrived.clear()
+            values, payload, block = [], None, (0, [], {})
 
 
 def _write_as_they_end(job: StreamJob, arrived: deque[Event], in_flight: int,
@@ -255,8 +260,10 @@ def _write_as_they_end(job: StreamJob, arrived: deque[Event], in_flight: int,
     in order, what the chunks taken but not handed out printed and what the others
     print as they end, on a thread of its own.  Decoding a finished chunk unpickles
     its values, which may take long: neither the caller nor the I/O thread waits."""
+    taken = list(arrived)  # (the caller lets go of its own)
+
     def write() -> None:
-        left, events = in_flight, list(arrived)
+        left, events = in_flight, taken
         while True:
             for chunk, label, payload in events:
                 left -= 1
@@ -397,7 +404,13 @@ def collect_list(blocks: Iterator[Block], n_items: int, ordered: bool, errors: s
                             ] if failed else values
     except CarriedStopIteration as carried:
         first_failure = carried.error  # raised below, out of this handler: no context
+    except BaseException:
+        results.clear()  # (the traceback holds this frame: not the results with it)
+        values = []
+        raise
     if first_failure is not None:
+        results.clear()
+        values = []
         raise first_failure
     return results
 
