@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import math
 import os
 import queue
 import threading
@@ -173,6 +174,18 @@ def test_map_timeout_never_fails_a_result_already_in(shared_cluster: Cluster) ->
         got.append(value)
         time.sleep(0.1)
     assert got == [6, 5, 4, 3, 2, 1]
+
+
+def test_map_timeout_that_is_no_number_is_refused_before_any_task_is_sent(
+        shared_cluster: Cluster) -> None:
+    # NaN meant no deadline, a string failed later in a sum naming no argument.
+    with pytest.raises(ValueError, match="timeout must be a number of seconds or None, not nan"):
+        shared_cluster.map(abs, [1], timeout=math.nan)
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None, not '1'"):
+        shared_cluster.map(abs, [1], timeout="1")  # type: ignore[arg-type]
+    # An int too large for a float is as good as no deadline (it was OverflowError).
+    assert list(shared_cluster.map(abs, [-1, -2], timeout=2**1100)) == [1, 2]
+    assert shared_cluster.par_map(abs, [-3], timeout=2**1100) == [3]
 
 
 def _mark_slowly(path: str) -> str:

@@ -19,7 +19,7 @@ from ..dispatch.jobs import FutureJob, Job, StreamJob
 from ..errors import ClusterClosedError, NoWorkersLeftError
 from .callbacks import TaskFuture
 from .feeds import EagerFeed, LazyFeed, SlicedFeed, eager_chunks, static_chunks
-from .map_options import MapOptions, as_sequence, known_length, progress_bar
+from .map_options import MapOptions, as_sequence, check_deadline, known_length, progress_bar
 from .mapping import Delivery, collect_list, iterate, stream_blocks
 from .pace import MapTimes, TaskPace
 from .seeding import CallSeeds
@@ -143,7 +143,8 @@ class Calls:
     def executor_map(self, fn: Callable[..., T], iterables: tuple[Any, ...], chunksize: int,
                      timeout: float | None) -> Iterator[T]:
         """``Executor.map``: everything submitted now; results in order, by a deadline."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        seconds = check_deadline(timeout)
+        deadline = None if seconds is None else time.monotonic() + seconds
         star = len(iterables) > 1
         job = StreamJob(self.packer.function(fn, copy_buffers=True),
                         MapOptions(chunksize).flags(star), seed=self.seeds.for_call(None))

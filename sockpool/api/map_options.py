@@ -114,6 +114,19 @@ def check_timeout(timeout: object) -> float | None:
     return seconds
 
 
+def check_deadline(timeout: object) -> float | None:
+    """``Executor.map``'s ``timeout`` (a deadline for the whole iteration: zero or less
+    has passed already) as a float, or None; ``TypeError``/``ValueError`` naming it."""
+    if timeout is None:
+        return None
+    seconds = as_real(timeout)
+    if seconds is None:
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if math.isnan(seconds):
+        raise ValueError("timeout must be a number of seconds or None, not nan")
+    return seconds
+
+
 #: ``co_flags`` of generator, coroutine and async generator functions (``inspect``'s
 #: CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR; not imported for three numbers),
 #: what such a function returns, and how a task would consume it.

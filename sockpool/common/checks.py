@@ -4,6 +4,7 @@ environment variables for workers."""
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from collections.abc import Mapping
@@ -33,7 +34,10 @@ def as_real(value: object) -> float | None:
         return None
     if not isinstance(value, numbers.Real):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past any float: as good as infinite
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]  # (an int)
 
 
 def as_bool(value: object) -> bool | None:
