@@ -48,6 +48,15 @@ def test_a_task_past_its_timeout_fails_and_its_worker_is_replaced(cluster: Clust
         list(cluster.imap(nap, [30], timeout=0.5))
 
 
+def test_a_result_in_before_its_deadline_is_never_timed_out(cluster: Cluster) -> None:
+    # The deadlines were checked after a turn's commands, before the messages that
+    # came meanwhile: an I/O thread held up past a deadline (a loaded machine, a
+    # long turn) killed the worker of a task whose RESULT was waiting to be read.
+    future = cluster.submit(nap, 0.1, timeout=0.5)
+    cluster._dispatcher.mailbox.post(time.sleep, 1.5)  # the I/O thread, held up
+    assert future.result(timeout=10) == 0.1
+
+
 def test_a_static_schedule_times_each_task_alone(cluster: Cluster) -> None:
     # One chunk per worker was timed as a whole: the task that finished first
     # failed with the slow one, after timeout x tasks.

@@ -241,6 +241,7 @@ class Dispatcher:
                     self.mailbox.run_all()
                 now = time.monotonic()
                 if ended or now >= self._next_check:
+                    self._receive()  # what came meanwhile first: a RESULT in is not late
                     self._next_check = now + self.pool.check_processes(now, ended)
                 if now >= next_heartbeat:
                     self.shared.trim(now)
