@@ -7,6 +7,7 @@ than piling up, and nothing is left behind, not even after the master is killed.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
@@ -172,6 +173,32 @@ def test_a_failed_maps_results_are_freed_while_its_error_is_held() -> None:
         before = mapped_segment_bytes()  # (other clusters of this module's)
         with Cluster(n=2) as cl, pytest.raises(ValueError, match="five") as caught:
             cl.par_map(eight_mb_unless_five, range(8), chunksize=1)
+        assert mapped_segment_bytes() <= before, caught.value
+    finally:
+        gc.enable()
+
+
+def eight_mb_even_after_a_cancel(i: int) -> np.ndarray:
+    if i == 5:
+        raise ValueError("five")
+    if i > 5:  # ignores the cancel that the error sends: ends after the map raised
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            with contextlib.suppress(BaseException):
+                time.sleep(0.01)
+    return np.full(MB, float(i))
+
+
+def test_results_that_come_after_a_maps_error_are_not_kept_for_it() -> None:
+    # The map's job, reachable from the error's traceback, queued every RESULT
+    # that came after the error for a reader that was gone.
+    gc.disable()
+    try:
+        before = mapped_segment_bytes()
+        with Cluster(n=2, relay=False) as cl:
+            with pytest.raises(ValueError, match="five") as caught:
+                cl.par_map(eight_mb_even_after_a_cancel, range(8), chunksize=1)
+            time.sleep(2.0)  # the tasks that ignored the cancel end; their results come
         assert mapped_segment_bytes() <= before, caught.value
     finally:
         gc.enable()

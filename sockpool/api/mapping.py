@@ -174,7 +174,7 @@ def stream_blocks(
     waiting: dict[int, Block] = {}
     arrived: deque[Event] = deque()  # told, not yet taken
     next_first = 0
-    finished = False
+    finished = let_finish = False
     output = _OutputInOrder(delivery.output_in_order)
     sent = 0  # items in chunks the cluster took
     refused: ClusterClosedError | None = None  # closed before the input was all sent
@@ -248,7 +248,10 @@ def stream_blocks(
             if progress is not None:
                 progress.close()
             # A raised error's traceback holds this frame, and a notebook keeps the
-            # last one: not the results (shared memory, often) with it.
+            # last one: not the results (shared memory, often) with it, nor those
+            # still to come (a task that ignored the cancel).
+            if not let_finish:  # (else its thread reads them: _write_as_they_end)
+                job.abandon()
             waiting.clear()
             arrived.clear()
             values, payload, block = [], None, (0, [], {})

@@ -291,14 +291,23 @@ class StreamJob(Job):
                  ) -> None:
         super().__init__(function, flags, retries, timeout, seed)
         self.events: queue.SimpleQueue[list[Event]] = queue.SimpleQueue()
+        self.abandoned = False
 
     def deliver(self, chunk: Chunk, label: WorkerLabel, payload: Payload | None) -> None:
         self._tell((chunk, label, payload))  # (a lost worker's results, settled in a turn)
 
     def release(self) -> None:  # the turn's results as one event list: one wake-up
         held, self._held = self._held, []
-        if held:
+        if held and not self.abandoned:
             self.events.put(list(held))
+
+    def abandon(self) -> None:
+        """Nobody reads this job's events any more (its map raised, or was left): drop
+        those queued and those to come, and the results (shared memory) with them."""
+        self.abandoned = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.events.get_nowait()
 
     def _fail(self, chunk: Chunk, error: BaseException) -> None:
         self._tell((chunk, None, error))
@@ -311,6 +320,8 @@ class StreamJob(Job):
     def _tell(self, event: Event) -> None:
         # Behind the results held this turn: the caller learns of the chunks in the
         # order the I/O thread did (a fail-fast map raises the error read first).
+        if self.abandoned:
+            return
         if self._held:
             self._held.append(event)  # type: ignore[arg-type]  # released as events
         else:
