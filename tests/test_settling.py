@@ -269,3 +269,34 @@ def test_a_chunk_its_worker_died_in_keeps_what_it_wrote_its_last_line_ended(
     assert cut.settled[0][:2] == (0, 1) and list(scheduler.pending) == [cut]  # task 1 runs on
     assert cut.output == [[(STDOUT, "task 0\n"), (STDOUT, "task 1 cut\n")]]
     assert cut.output_carried == 1  # the next worker's OUTPUT messages come after it
+
+
+def test_a_result_lost_unsent_again_and_again_is_retried_only_as_often_as_asked() -> None:
+    # A task that finished, its result (too large for the log: shared memory) lost
+    # with its worker, counted each loss as a first death: with retries=1 a task
+    # whose worker was killed as it sent the result each time ran 7 times (the
+    # faults trial), for as long as the kills went on.
+    job, scheduler = Job(), Scheduler()
+    job.retries = 1
+    lost = chunk(job, 1)
+    for death in range(2):
+        process = Process()
+        record = WorkerRecord(death, process, watched=True)
+        page = Progress()
+        record.progress = ProgressPage.open(page.describe())
+        try:
+            page.begin(lost.id)
+            page.mark(lost.id, 1, 1)  # it ran, and the worker died sending its RESULT
+            process.kill()
+            settle_lost(record, [lost], [], "killed", "", scheduler, Profiler())
+        finally:
+            process.close()
+        if death == 0:  # its one retry
+            assert list(scheduler.pending) == [lost] and job.events == []
+            scheduler.pending.clear()
+    assert list(scheduler.pending) == []
+    [(what, ident, error)] = job.events
+    assert (what, ident) == ("failed", lost.id)
+    assert str(error).startswith("task 0 finished on worker 1 (pid "), error
+    assert str(error).endswith("but it was lost (killed) before its result was sent"), error
+    assert "same chunk" not in str(error)

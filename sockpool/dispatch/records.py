@@ -166,12 +166,16 @@ def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk,
 
 
 def result_lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk, start: int,
-                      end: int) -> WorkerLostError:
-    """The error of tasks that finished on a worker whose death took their results along."""
+                      end: int, beside_a_death: bool = False) -> WorkerLostError:
+    """The error of tasks that finished on a worker whose death took their results along
+    (``beside_a_death``: in the chunk of a task it died running)."""
     first, last = chunk.first_index + start, chunk.first_index + end - 1
     tasks = chunk.job.name_tasks(first, last)
-    message = (f"{tasks} finished on {record.label}, but it was lost ({how}) before their "
-               "results were sent (they ran in the same chunk as the task it died in)")
+    results = "its result was" if first == last else "their results were"
+    message = f"{tasks} finished on {record.label}, but it was lost ({how}) before {results} sent"
+    if beside_a_death:
+        they = "it" if first == last else "they"
+        message += f" ({they} ran in the same chunk as the task it died in)"
     return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,
                            exit_status=how, stderr_tail=tail)
 

@@ -136,7 +136,10 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
     profiler.lost(chunk, record, ran=(progress.kept, progress.end))
     chunk.recovered += [(record.label, kept) for kept in progress.records]
     chunk.resume, start, end = progress.kept, progress.start, progress.end
-    if start >= chunk.died_until:  # tasks no death ran before: this is their first
+    # The tasks to run again are those from resume on: if no death came to them
+    # before, this is their first (not from start: tasks that finished with their
+    # results lost, again and again, were a first death each time, for ever).
+    if chunk.resume >= chunk.died_until:
         chunk.attempts = 0
     chunk.died_until = max(chunk.died_until, end)
     if end > chunk.resume and chunk.attempts < chunk.job.retries:
@@ -144,7 +147,7 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
     elif end > chunk.resume:
         if start > chunk.resume:  # finished, but their results died unsent
             chunk.settled.append((chunk.resume, start, result_lost_error(
-                record, how, tail, chunk, chunk.resume, start)))
+                record, how, tail, chunk, chunk.resume, start, beside_a_death=end > start)))
         if end > start:
             chunk.settled.append((start, end, lost_error(record, how, tail, chunk, start, end)))
         chunk.resume = end
