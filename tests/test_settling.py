@@ -271,6 +271,25 @@ def test_a_chunk_its_worker_died_in_keeps_what_it_wrote_its_last_line_ended(
     assert cut.output_carried == 1  # the next worker's OUTPUT messages come after it
 
 
+def die_in(lost: Chunk, scheduler: Scheduler, worker_id: int, kept: list[tuple[int, int]],
+           start: int, end: int) -> None:
+    """A worker runs ``lost``, keeps the results of ``kept`` (first, count) and dies
+    with tasks ``[start, end)`` maybe running (none if equal: it died sending)."""
+    process = Process()
+    record = WorkerRecord(worker_id, process, watched=True)
+    page = Progress()
+    record.progress = ProgressPage.open(page.describe())
+    try:
+        page.begin(lost.id)
+        for first, count in kept:
+            assert page.keep(first, count, codec.dumps(([first] * count, [], 0.0, None)))
+        page.mark(lost.id, start, end)
+        process.kill()
+        settle_lost(record, [lost], [], "killed", "", scheduler, Profiler())
+    finally:
+        process.close()
+
+
 def test_a_result_lost_unsent_again_and_again_is_retried_only_as_often_as_asked() -> None:
     # A task that finished, its result (too large for the log: shared memory) lost
     # with its worker, counted each loss as a first death: with retries=1 a task
@@ -279,24 +298,39 @@ def test_a_result_lost_unsent_again_and_again_is_retried_only_as_often_as_asked(
     job, scheduler = Job(), Scheduler()
     job.retries = 1
     lost = chunk(job, 1)
-    for death in range(2):
-        process = Process()
-        record = WorkerRecord(death, process, watched=True)
-        page = Progress()
-        record.progress = ProgressPage.open(page.describe())
-        try:
-            page.begin(lost.id)
-            page.mark(lost.id, 1, 1)  # it ran, and the worker died sending its RESULT
-            process.kill()
-            settle_lost(record, [lost], [], "killed", "", scheduler, Profiler())
-        finally:
-            process.close()
-        if death == 0:  # its one retry
-            assert list(scheduler.pending) == [lost] and job.events == []
-            scheduler.pending.clear()
+    die_in(lost, scheduler, 0, [], 1, 1)  # it ran, and its worker died sending its RESULT
+    assert list(scheduler.pending) == [lost] and job.events == []  # its one retry
+    scheduler.pending.clear()
+    die_in(lost, scheduler, 1, [], 1, 1)
     assert list(scheduler.pending) == []
     [(what, ident, error)] = job.events
     assert (what, ident) == ("failed", lost.id)
     assert str(error).startswith("task 0 finished on worker 1 (pid "), error
     assert str(error).endswith("but it was lost (killed) before its result was sent"), error
     assert "same chunk" not in str(error)
+
+
+@pytest.mark.parametrize(("first_death", "first_kept"), [
+    (([], 1, 2), 0),  # task 0 finished unkept, task 1 running
+    (([(0, 2)], 2, 3), 2),  # tasks 0..1 kept, task 2 running
+])
+def test_a_task_past_the_ones_a_death_came_to_gets_its_own_retry(
+        first_death: tuple[list[tuple[int, int]], int, int], first_kept: int) -> None:
+    # Out of retries for the tasks an earlier death came to, a later task dying for
+    # the first time (its rerun's earlier tasks finished, their results not kept:
+    # an unpicklable value, a full log) failed with them after one run.
+    job, scheduler = Job(), Scheduler()
+    job.retries = 1
+    lost = chunk(job, 5)
+    die_in(lost, scheduler, 0, *first_death)
+    assert list(scheduler.pending) == [lost] and lost.resume == first_kept
+    scheduler.pending.clear()
+    died_until = lost.died_until
+    die_in(lost, scheduler, 1, [], died_until, died_until + 1)  # the next task dies
+    # Those the first death came to are spent; the one past them runs again.
+    assert list(scheduler.pending) == [lost] and lost.resume == died_until
+    assert [(start, end) for start, end, _ in lost.settled] == [(first_kept, died_until)]
+    scheduler.pending.clear()
+    die_in(lost, scheduler, 2, [], died_until, died_until + 1)  # and dies again: spent
+    assert list(scheduler.pending) == [lost] and lost.resume == died_until + 1
+    assert "while running task " + str(died_until) in str(lost.settled[-1][2])

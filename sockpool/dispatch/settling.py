@@ -135,22 +135,27 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
     _cut_short(chunk)
     profiler.lost(chunk, record, ran=(progress.kept, progress.end))
     chunk.recovered += [(record.label, kept) for kept in progress.records]
+    before = chunk.died_until
     chunk.resume, start, end = progress.kept, progress.start, progress.end
-    # The tasks to run again are those from resume on: if no death came to them
-    # before, this is their first (not from start: tasks that finished with their
-    # results lost, again and again, were a first death each time, for ever).
-    if chunk.resume >= chunk.died_until:
+    # The tasks to run again are those from resume to end: if no death came to
+    # them before, this is their first (not judged from start: tasks that finished
+    # with their results lost, again and again, were each time a first death).
+    if chunk.resume >= before:
         chunk.attempts = 0
-    chunk.died_until = max(chunk.died_until, end)
+    chunk.died_until = max(before, end)
     if end > chunk.resume and chunk.attempts < chunk.job.retries:
         chunk.attempts += 1
     elif end > chunk.resume:
+        # Out of retries: those an earlier death came to fail; any past them (their
+        # first death, their results not kept) get their first rerun.
+        spent = min(end, before) if chunk.job.retries else end
         if start > chunk.resume:  # finished, but their results died unsent
-            chunk.settled.append((chunk.resume, start, result_lost_error(
-                record, how, tail, chunk, chunk.resume, start, beside_a_death=end > start)))
-        if end > start:
-            chunk.settled.append((start, end, lost_error(record, how, tail, chunk, start, end)))
-        chunk.resume = end
+            lost_until = min(start, spent)
+            chunk.settled.append((chunk.resume, lost_until, result_lost_error(
+                record, how, tail, chunk, chunk.resume, lost_until, beside_a_death=end > start)))
+        if spent > start:
+            chunk.settled.append((start, spent, lost_error(record, how, tail, chunk, start, spent)))
+        chunk.resume, chunk.attempts = spent, 1
     if chunk.resume < chunk.count:  # (untouched if it never started)
         scheduler.requeue(chunk)
     elif len(chunk.settled) == 1 and chunk.settled[0][:2] == (0, chunk.count):
