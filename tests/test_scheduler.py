@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import queue
 from concurrent.futures import CancelledError, Future, wait
+from typing import Any
 
 import pytest
 
 from sockpool.common.protocol import RECLAIM_MEMORY, Flag
-from sockpool.dispatch.jobs import Chunk, FutureJob, Job
+from sockpool.dispatch.jobs import Chunk, FutureJob, Job, StreamJob
 from sockpool.dispatch.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(60)
@@ -295,3 +297,20 @@ def test_a_submit_cancelled_before_it_was_sent_tells_its_waiters() -> None:
         job.dropped(chunk)
     done, _ = wait([job.future], timeout=5)
     assert done == {job.future} and job.future.cancelled()
+
+
+def test_a_result_put_as_its_map_is_abandoned_is_not_kept() -> None:
+    # The I/O thread checks the flag, then puts; the caller abandons in between
+    # (sets the flag, empties the queue): the result stayed queued for nobody.
+    job = StreamJob(b"fn", Flag.MAP_ONE)
+
+    class AbandonedMeanwhile(queue.SimpleQueue[Any]):
+        def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+            job.events = queue.SimpleQueue()
+            job.abandon()  # (the caller, between the I/O thread's check and its put)
+            job.events.put(item)
+
+    job.events = AbandonedMeanwhile()
+    job.hold(job.chunk(0, 1, [b""]), "worker 0", (memoryview(b"x" * 1024), []))
+    job.release()
+    assert job.abandoned and job.events.empty()

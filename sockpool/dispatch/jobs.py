@@ -299,7 +299,12 @@ class StreamJob(Job):
     def release(self) -> None:  # the turn's results as one event list: one wake-up
         held, self._held = self._held, []
         if held and not self.abandoned:
-            self.events.put(list(held))
+            self._put(list(held))
+
+    def _put(self, events: list[Event]) -> None:
+        self.events.put(events)
+        if self.abandoned:  # as it was put: the caller may have emptied the queue before
+            self.abandon()
 
     def abandon(self) -> None:
         """Nobody reads this job's events any more (its map raised, or was left): drop
@@ -325,7 +330,7 @@ class StreamJob(Job):
         if self._held:
             self._held.append(event)  # type: ignore[arg-type]  # released as events
         else:
-            self.events.put([event])
+            self._put([event])
 
 
 class HeldResults:
