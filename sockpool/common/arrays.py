@@ -51,15 +51,24 @@ def recarray_type() -> type | None:
 def reduce_ndarray(array: Any) -> Any:
     """A plain ndarray's reduction for the standard pickler's dispatch table: out of
     band where NumPy's own would copy its data into the pickle (see above)."""
-    if array.nbytes >= LARGE_ARRAY_BYTES and not array.dtype.hasobject:
-        flags = array.flags
-        if not (flags.c_contiguous or flags.f_contiguous):
-            copy = sys.modules["numpy"].ascontiguousarray(array)
-            copy.flags.writeable = flags.writeable  # (a read-only one arrives read-only)
-            array = copy
-        if _opaque(array.dtype):
-            return as_dtype, (bytes_view(array), array.dtype)
-    return array.__reduce_ex__(5)
+    return _helped(array) or array.__reduce_ex__(5)
+
+
+def _helped(array: Any) -> tuple[Any, ...] | None:
+    """The reduction of a plain ndarray that NumPy would pickle in band; else None."""
+    if array.nbytes < LARGE_ARRAY_BYTES or array.dtype.hasobject:
+        return None
+    flags = array.flags
+    strided = not (flags.c_contiguous or flags.f_contiguous)
+    if not strided and not _opaque(array.dtype):
+        return None  # NumPy's own is out of band
+    if strided:
+        copy = sys.modules["numpy"].ascontiguousarray(array)
+        copy.flags.writeable = flags.writeable  # (a read-only one arrives read-only)
+        array = copy
+    if _opaque(array.dtype):
+        return as_dtype, (bytes_view(array), array.dtype)
+    return array.__reduce_ex__(5)  # type: ignore[no-any-return]
 
 
 def reduce_recarray(array: Any) -> Any:
@@ -76,12 +85,8 @@ def special_reduction(obj: Any) -> Any:
     None where NumPy's own will do."""
     kind = type(obj)
     if kind is ndarray_type():
-        array: Any = obj
-        if array.nbytes >= LARGE_ARRAY_BYTES and not array.dtype.hasobject and (
-                _opaque(array.dtype)
-                or not (array.flags.c_contiguous or array.flags.f_contiguous)):
-            return reduce_ndarray(array)
-    elif kind is recarray_type() and obj.nbytes >= LARGE_ARRAY_BYTES:
+        return _helped(obj)
+    if kind is recarray_type() and obj.nbytes >= LARGE_ARRAY_BYTES:
         return reduce_recarray(obj)
     return None
 
