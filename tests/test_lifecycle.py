@@ -89,7 +89,7 @@ def test_a_cluster_whose_io_thread_failed_says_so_to_later_calls(
         def broken(*args: object) -> None:
             raise RuntimeError("a bug in the loop")
 
-        monkeypatch.setattr(cl._dispatcher, "_assign", broken)
+        monkeypatch.setattr(cl._dispatcher.sender, "assign", broken)
         with pytest.raises(sockpool.SockpoolError, match="I/O thread failed"):
             cl.submit(abs, -1).result(timeout=10)
         refusal = r"the cluster is closed: its I/O thread failed: RuntimeError\('a bug in the"

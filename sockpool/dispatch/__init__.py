@@ -7,7 +7,8 @@ and stops the worker processes (:mod:`.records` is what it knows of each,
 :mod:`.admission` lets them in, :mod:`.clock` aligns their clocks,
 :mod:`.task_progress` reads how far a dead worker's chunk got, and its results);
 :mod:`.scheduler` decides which worker gets which chunk of which
-:mod:`.jobs`; :mod:`.transport` is the ROUTER socket (ipc, or TCP with CURVE);
+:mod:`.jobs`, and :mod:`.sending` sends them; :mod:`.transport` is the ROUTER
+socket (ipc, or TCP with CURVE);
 :mod:`.sharing` moves large buffers through shared memory; :mod:`.output`
 writes what workers printed, warned and logged; :mod:`.lifecycle` is the
 cluster's one state; :mod:`.profiling` records chunks for ``profile()``.

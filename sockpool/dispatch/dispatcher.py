@@ -26,21 +26,21 @@ import zmq
 
 from ..common import codec, protocol, shm
 from ..common.config import WorkerConfig
-from ..common.protocol import Flag, Kind, TaskTimes, ack_message
+from ..common.protocol import Flag, Kind, TaskTimes
 from ..common.shm import SharedFrame
 from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
 from . import output as relay
 from .admission import Admission
-from .function_mirror import forget_message
 from .jobs import Chunk, HeldResults, Job
 from .lifecycle import ClusterState, Lifecycle
 from .mailbox import Mailbox
-from .pool import TIMEOUT_SLACK, WorkerPool
+from .pool import WorkerPool
 from .profiling import Profiler, Recording
 from .reclaims import Reclaims
 from .records import WorkerInfo, WorkerRecord, WorkerState, WorkerUsage, snapshot
 from .scheduler import Scheduler
+from .sending import ChunkSender
 from .settling import write_off_everything
 from .sharing import SharedTransfers
 from .transport import MasterSocket
@@ -111,11 +111,12 @@ class Dispatcher:
             heartbeat_timeout=heartbeat_timeout or 5 * heartbeat_interval,
             profiler=self.profiler, max_tasks=max_tasks_per_worker)
         self._poller.register(self.pool.exits.fileno(), zmq.POLLIN)
+        self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
+        self.sender = ChunkSender(self.master, self.scheduler, self.pool, self.shared,
+                                  self.profiler, self._check_by)
         self.exports: list[list[Any]] = []
         self.admission = Admission(self.token, self.master, self.shared, self.pool, self.exports,
-                                   setup_job, self._send_chunk)
-        self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
-        self._acks_owed: dict[int, WorkerRecord] = {}  # workers to tell of RESULTs come
+                                   setup_job, self.sender.send)
         self._held = HeldResults()  # what the turn read, told once it ends
         self.reclaims = Reclaims(self.scheduler, self.master, self.profiler)
         self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
@@ -261,9 +262,9 @@ class Dispatcher:
         state = self.lifecycle.state
         if state is ClusterState.OPEN or state is ClusterState.DRAINING:
             if (kept_until := self.reclaims.ask(self.pool.workers, now)) is not None:
-                self._next_check = min(self._next_check, kept_until)  # assign then, at the latest
+                self._check_by(kept_until)  # assign then, at the latest
             if state is ClusterState.DRAINING or self.scheduler.has_waiting():
-                self._assign()
+                self.sender.assign()
             # A command still in the mailbox may be a submit made before shutdown().
             if state is ClusterState.OPEN or not self.scheduler.idle() or self.mailbox:
                 return False
@@ -274,6 +275,10 @@ class Dispatcher:
             write_off_everything(self.scheduler)  # begin_stop then sends them SHUTDOWN
             self.pool.begin_stop(now)
         return self.pool.stop_step(now)
+
+    def _check_by(self, when: float) -> None:
+        """Check processes and deadlines (and assign) again at ``when`` at the latest."""
+        self._next_check = min(self._next_check, when)
 
     def _teardown(self) -> None:
         self._held.release()
@@ -344,9 +349,7 @@ class Dispatcher:
                 return
             self._on_result(record, head, payload, times)
             if record.alive and (self.scheduler.load(record.id) or record.setup_chunk):
-                # It holds a chunk sent before this RESULT came: it waits for word of
-                # it, which its next TASK carries, if one goes out this turn.
-                self._acks_owed[record.id] = record
+                self.sender.owe_ack(record)
         elif head.kind is Kind.OUTPUT:
             self._on_output(record, head, (body, [frame.buffer for frame in frames[2:]]))
         elif head.kind is Kind.RELEASE:
@@ -402,57 +405,10 @@ class Dispatcher:
             return
         relay.hold(chunk.output, codec.loads(*payload), self.relay_mode == "live")
 
-    # -- the I/O thread: sending -----------------------------------------------------------
-
-    def _assign(self) -> None:
-        failed: list[tuple[int, Chunk]] = []
-        for worker_id, chunk in self.scheduler.assignments(time.monotonic()):
-            if not self._send_chunk(self.pool.workers[worker_id], chunk):
-                failed.append((worker_id, chunk))
-        # All back to the front, in order, before a worker is lost: settling it
-        # requeues what it holds, so a chunk still held then was queued twice.
-        for worker_id, chunk in reversed(failed):
-            self.scheduler.unassign(worker_id, chunk)
-            self.scheduler.requeue(chunk)
-        for worker_id in dict.fromkeys(worker_id for worker_id, _ in failed):
-            record = self.pool.workers[worker_id]
-            if record.state is WorkerState.READY:
-                self.pool.lost(record, self.pool.unreachable(record))
-
-    def _send_chunk(self, record: WorkerRecord, chunk: Chunk) -> bool:
-        job = chunk.job
-        function = job.function
-        fn_inband, fn_buffers, forget_before, forget_after = record.functions.frames(function)
-        for old in forget_before:
-            self.master.send(record.data_identity, forget_message(old))
-        if job.timeout:  # check its deadline on time, not at the next periodic check
-            deadline = time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK
-            self._next_check = min(self._next_check, deadline)
-        arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], job.flags)
-        if record.page_read:  # its page outlives it: its last RESULT is safe there
-            flags |= protocol.Flag.PAGE_READ
-        if self.profiler.active and chunk is not record.setup_chunk:
-            flags |= protocol.Flag.PROFILE
-            size = len(fn_inband) + sum(map(shm.carried_bytes, [*fn_buffers, *chunk.frames]))
-            self.profiler.sent(chunk, record, size, function.name)
-        head = protocol.header(Kind.TASK, flags, job.id, chunk.id)
-        first = protocol.task_frame(head, function.digest, chunk.first_index, fn_inband,
-                                    len(fn_buffers), chunk.frames[0], job.seed,
-                                    record.results_received, chunk.resume, chunk.died_until)
-        if sent := self.master.send(record.data_identity, [first, *fn_buffers, *arguments]):
-            self._acks_owed.pop(record.id, None)  # this TASK says how many RESULTs came
-        for old in forget_after:  # (it uses their buffers)
-            self.master.send(record.data_identity, forget_message(old))
-        return sent
-
     def _end_turn(self) -> None:
-        """ACK the RESULTs no TASK acknowledged (one message less per chunk in a stream
-        of short ones: an ACK, then the TASK that says the same), then deliver the
-        results held this turn: their callers wake once for them all."""
-        for record in self._acks_owed.values():
-            if record.alive:
-                self.master.send(record.data_identity, [ack_message(record.results_received)])
-        self._acks_owed.clear()
+        """Send the ACKs no TASK carried, then deliver the results held this turn:
+        their callers wake once for them all."""
+        self.sender.send_acks()
         self._held.release()
         if self.shared.releases_waiting:  # segments of the futures' results just decoded
             self.shared.send_releases()
@@ -471,7 +427,7 @@ class Dispatcher:
         # Now, not once every queued command ran (a cancel_futures): an idle worker's,
         # or a waiting caller's (it holds the GIL again at once) to any with room.
         if waited or any(not held for held in self.scheduler.in_flight.values()):
-            self._assign()
+            self.sender.assign()
 
     def _broadcast(self, job: Job, frames: list[Any]) -> list[Chunk]:
         chunks = [job.chunk(position, 1, frames, pinned=worker_id)
