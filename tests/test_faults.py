@@ -57,6 +57,48 @@ def test_a_result_in_before_its_deadline_is_never_timed_out(cluster: Cluster) ->
     assert future.result(timeout=10) == 0.1
 
 
+def _loaded_slowly(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+class SlowToLoad:
+    """An argument that takes ``seconds`` to unpickle (a large model, say)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[object, tuple[float]]:
+        return _loaded_slowly, (self.seconds,)
+
+
+@pytest.mark.parametrize("loads", ["argument", "export"])
+def test_loading_a_timed_tasks_argument_or_an_export_is_not_its_running_time(
+        cluster: Cluster, loads: str) -> None:
+    # The clock started when the task was sent: 0.6 s of loading, then a task of
+    # no time at all, failed with TaskTimeoutError after 0.55 s.
+    if loads == "export":
+        cluster.export(model=SlowToLoad(0.6))
+        assert cluster.par_map(float, [1, 2], timeout=0.5) == [1.0, 2.0]
+    else:
+        assert cluster.par_map(float, [SlowToLoad(0.6), 2], timeout=0.5) == [0.6, 2.0]
+        assert cluster.submit(float, SlowToLoad(0.6), timeout=0.5).result(timeout=10) == 0.6
+
+
+def test_loading_that_takes_longer_than_twice_the_limit_is_stopped(cluster: Cluster) -> None:
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError, match=r"loading the function and arguments of "
+                       r"task 0 took longer than its 0\.5 s \(timeout=\) on worker"):
+        cluster.par_map(float, [SlowToLoad(30)], timeout=0.5)
+    assert time.monotonic() - started < 4
+    with pytest.raises(TaskTimeoutError, match=r"task 0 ran longer than 0\.5 s"):
+        cluster.par_map(nap_past_the_limit, [SlowToLoad(0.2)], timeout=0.5)
+
+
+def nap_past_the_limit(loaded: float) -> None:
+    time.sleep(30)
+
+
 def test_a_static_schedule_times_each_task_alone(cluster: Cluster) -> None:
     # One chunk per worker was timed as a whole: the task that finished first
     # failed with the slow one, after timeout x tasks.

@@ -14,7 +14,7 @@ that has not proved it holds the cluster's token.
 Each worker opens two connections, told apart by their zmq routing id:
 
 * the *data* connection (``b"D" + id``), used only by the worker's main thread:
-  HELLO, then TASK/EXPORT/FORGET in and RESULT out;
+  HELLO, then TASK/EXPORT/FORGET in and RESULT (and a timed chunk's STARTED) out;
 * the *control* connection (``b"C" + id``), used by the worker's watchdog
   thread: HELLO, HEARTBEAT both ways, CANCEL, RECLAIM and SHUTDOWN in,
   RECLAIM's answer out.  It keeps answering while a task holds the main thread.
@@ -32,6 +32,8 @@ TASK          m -> w     task meta (digest, first task index, function length an
 RESULT        w -> m     [task times, when flagged PROFILE] outcome pickle: (values,
                          errors, seconds, relay batch)
 ACK           m -> w     (empty; ``ident``: RESULTs received from this worker)
+STARTED       w -> m     (empty; ``ident``: a chunk flagged ``TIMED``, loaded, whose
+                         tasks start now: their time limit counts from here)
 OUTPUT        w -> m     relay batch pickle: what a running chunk wrote so far
 RELEASE       both       serials (u64 each) of the sender's mappings of the
                          receiver's shared-memory segments that are gone
@@ -119,6 +121,7 @@ class Kind(enum.IntEnum):
     RELEASE = 10
     ACK = 11
     RECLAIM = 12
+    STARTED = 13
 
 
 class Flag:
@@ -159,6 +162,9 @@ class Flag:
     #: RESULT: nothing ran: the TASK named by digest a function buffer the worker
     #: did not hold as named (see ``dispatch/function_mirror.py``); it is sent again.
     MISSING_BUFFERS = 2048
+    #: TASK: a timed chunk: say STARTED once its function and arguments are loaded
+    #: and its tasks start (their time limit counts from then).
+    TIMED = 4096
 
 
 _KINDS = {kind.value: kind for kind in Kind}

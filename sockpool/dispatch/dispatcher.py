@@ -350,6 +350,12 @@ class Dispatcher:
             self._on_result(record, head, payload, times)
             if record.alive and (self.scheduler.load(record.id) or record.setup_chunk):
                 self.sender.owe_ack(record)
+        elif head.kind is Kind.STARTED:  # a timed chunk's tasks start, and their clock
+            chunk = self.scheduler.in_flight.get(record.id, {}).get(head.ident)
+            if chunk is not None:
+                chunk.started_at = record.last_heard
+                if (deadline := chunk.job.deadline(chunk)) is not None:
+                    self._check_by(deadline)
         elif head.kind is Kind.OUTPUT:
             self._on_output(record, head, (body, [frame.buffer for frame in frames[2:]]))
         elif head.kind is Kind.RELEASE:

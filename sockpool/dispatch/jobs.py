@@ -34,6 +34,8 @@ from . import output as relay
 
 logger = logging.getLogger("sockpool")
 _job_ids = itertools.count(1)
+#: Added to a task's time limit for the trip back from the worker.
+TIMEOUT_SLACK = 0.05
 _chunk_ids = itertools.count(1)
 
 
@@ -72,6 +74,8 @@ class Chunk:
     #: The offset past the tasks a worker last died running (see ``attempts``).
     died_until: int = 0
     sent_at: float = 0.0  # time.monotonic() when it was handed to a worker
+    #: time.monotonic() when its worker said its tasks started (a timed chunk's STARTED)
+    started_at: float | None = None
     submitted: float = 0.0  # time.time() when the caller handed it over, if profiled
     output: list[Any] = field(default_factory=list)  # relay batches that came ahead
     #: Of ``output``, the batches written on workers lost running the chunk before
@@ -106,7 +110,7 @@ class Job:
         self.timeout = timeout  # per task, in seconds
         self.seed = seed  # (entropy, the cluster's call number or None), see rng.py
         self.movable = False  # pinned chunks may move to another worker if theirs is lost
-        self.flags = flags
+        self.flags = (flags | Flag.TIMED) if timeout else flags
         self.retries = retries
         self.cancelled = False
         #: False: sent only to an idle worker, and nothing is queued behind it
@@ -128,6 +132,17 @@ class Job:
         if self.call_name is not None:
             return self.call_name
         return f"task {first}" if first == last else f"tasks {first}..{last}"
+
+    def deadline(self, chunk: Chunk) -> float | None:
+        """When ``chunk`` (sent) overruns this job's time limit, if it has one: the
+        limit of its tasks from when its worker said they started; until it says so,
+        loading their function and arguments may take as long again."""
+        if not self.timeout:
+            return None
+        limit = self.timeout * chunk.count + TIMEOUT_SLACK
+        if chunk.started_at is None:
+            return chunk.sent_at + self.timeout * chunk.count + limit
+        return chunk.started_at + limit
 
     def chunk(self, first_index: int, count: int, frames: list[Any], pinned: int | None = None
               ) -> Chunk:

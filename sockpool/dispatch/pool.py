@@ -52,8 +52,6 @@ QUIET_CHECK_INTERVAL = 1.0
 EXIT_GRACE = 0.1
 #: After SHUTDOWN, how long workers get to exit before SIGTERM, then SIGKILL.
 STOP_GRACE = (2.0, 1.0, 1.0)
-#: Added to a task's time limit for the trip to the worker and back.
-TIMEOUT_SLACK = 0.05
 #: Replacement workers that fail to start this many times in a row stop the replacing.
 MAX_FAILED_REPLACEMENTS = 3
 
@@ -267,9 +265,7 @@ class WorkerPool:
         if not held:
             return None
         chunk = next(iter(held.values()))
-        if not chunk.job.timeout:
-            return None
-        return chunk.sent_at + chunk.job.timeout * chunk.count + TIMEOUT_SLACK
+        return chunk.job.deadline(chunk)
 
     def _unwatch(self, record: WorkerRecord) -> None:
         """Stop polling a worker's pidfd (once it fired, it stays readable)."""

@@ -183,9 +183,10 @@ def result_lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk, s
 def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
     """The error of a chunk that ran past its job's time limit."""
     tasks = chunk.job.name_tasks(chunk.first_index, chunk.first_index + chunk.count - 1)
-    return TaskTimeoutError(
-        f"{tasks} ran longer than {chunk.job.timeout:g} s (timeout=) on {record.label}; "
-        "the worker was stopped and is replaced")
+    limit = f"{chunk.job.timeout:g} s (timeout=)"
+    what = (f"{tasks} ran longer than {limit}" if chunk.started_at is not None else
+            f"loading the function and arguments of {tasks} took longer than its {limit}")
+    return TaskTimeoutError(f"{what} on {record.label}; the worker was stopped and is replaced")
 
 
 def launch_error(record: WorkerRecord, how: str, tail: str) -> LaunchError:

@@ -15,7 +15,7 @@ from ..common import protocol, shm
 from ..common.protocol import Kind, ack_message
 from .function_mirror import forget_message
 from .jobs import Chunk
-from .pool import TIMEOUT_SLACK, WorkerPool
+from .pool import WorkerPool
 from .profiling import Profiler
 from .records import WorkerRecord, WorkerState
 from .scheduler import Scheduler
@@ -66,8 +66,9 @@ class ChunkSender:
         fn_inband, fn_buffers, forget_before, forget_after = record.functions.frames(function)
         for old in forget_before:
             self.master.send(record.data_identity, forget_message(old))
-        if job.timeout:  # check its deadline on time, not at the next periodic check
-            self.check_by(time.monotonic() + job.timeout * chunk.count + TIMEOUT_SLACK)
+        chunk.started_at = None
+        if (deadline := job.deadline(chunk)) is not None:  # checked on time, not periodically
+            self.check_by(deadline)
         arguments, flags = self.shared.share(record, chunk, chunk.frames[1:], job.flags)
         if record.page_read:  # its page outlives it: its last RESULT is safe there
             flags |= protocol.Flag.PAGE_READ

@@ -205,6 +205,8 @@ class ChunkRunner:
         try:
             if not self.state.start_chunk(head.job):  # cancelled already, or stopping
                 return self._result(head, Flag.CANCELLED, [], [])
+            if flags & Flag.TIMED:  # loaded: the master starts its tasks' clock now
+                self._send([protocol.header(Kind.STARTED, 0, head.job, head.ident)])
             try:
                 self._chunk, self._outputs_sent = head, 0
                 if self.relay is not None:
