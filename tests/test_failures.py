@@ -311,6 +311,31 @@ def test_with_no_worker_left_and_none_startable_work_fails_instead_of_hanging() 
     assert repr(cl).endswith("closed>")  # and leaving the block still ends it, at once
 
 
+def _dies_at_2(x: int) -> int:
+    if x == 2:
+        os._exit(3)
+    return x
+
+
+def test_tasks_to_rerun_with_no_worker_left_fail_as_lost_not_as_no_workers_left() -> None:
+    # With retries=, a task its worker died running was queued to run again, and
+    # when no worker was left it failed with NoWorkersLeftError, as if it had never
+    # run: `except WorkerLostError` missed it, which it catches without retries.
+    with Cluster(n=1, launcher=StopsAfterFirstLauncher()) as cl:
+        results = cl.par_map(_dies_at_2, range(5), chunksize=5, retries=1, errors="return")
+        lost = results[2]
+        assert isinstance(lost, WorkerLostError), lost
+        assert "was lost (exit code 3) while running task" in str(lost)
+        for x in (0, 1):  # finished before the death: kept, or in the slice it died in
+            assert results[x] in (x, lost), results[x]
+        assert "it was to run again (retries=), but no worker is left" in "\n".join(
+            getattr(lost, "__notes__", []))
+        for never_ran in results[3:]:
+            assert isinstance(never_ran, NoWorkersLeftError), never_ran
+            assert "last: worker 0 (pid" in str(never_ran)
+            assert "was lost (exit code 3)" in str(never_ran)
+
+
 def test_shutdown_finishes_queued_work_even_if_its_worker_dies() -> None:
     cl = Cluster(n=1)
     doomed = cl.submit(die, 1)

@@ -323,10 +323,12 @@ def test_ssh_link_dropping_ends_remote_workers_and_is_a_lost_worker(
         cl.close()
 
 
+@pytest.mark.parametrize("retries", [0, 1])
 def test_when_the_last_hosts_go_their_running_tasks_are_lost_workers_not_no_workers_left(
-        testbed: Testbed, tmp_path: Path) -> None:
+        testbed: Testbed, tmp_path: Path, retries: int) -> None:
     # The tasks running when the last sessions ended failed with NoWorkersLeftError
-    # ("replacements failed to start"), which `except WorkerLostError` misses.
+    # ("replacements failed to start"), which `except WorkerLostError` misses; with
+    # retries=1 still, once queued to run again with no worker left to run them.
     def slow(x: int) -> int:
         (tmp_path / f"started-{x}").touch()
         time.sleep(0.5)
@@ -347,7 +349,7 @@ def test_when_the_last_hosts_go_their_running_tasks_are_lost_workers_not_no_work
 
         cutter = threading.Thread(target=cut_when_tasks_4_and_6_run)
         cutter.start()
-        results = cl.par_map(slow, range(8), chunksize=2, errors="return")
+        results = cl.par_map(slow, range(8), chunksize=2, errors="return", retries=retries)
         cutter.join()
     assert results[:4] == [0, 1, 2, 3]
     for x, result in enumerate(results[4:], 4):

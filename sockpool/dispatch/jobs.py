@@ -73,6 +73,9 @@ class Chunk:
     attempts: int = 0
     #: The offset past the tasks a worker last died running (see ``attempts``).
     died_until: int = 0
+    #: Queued to run again after a worker died running it (``retries=``): up to
+    #: which offset its tasks did, and that loss, their error should no worker be left.
+    retrying: tuple[int, BaseException] | None = None
     sent_at: float = 0.0  # time.monotonic() when it was handed to a worker
     #: time.monotonic() when its worker said its tasks started (a timed chunk's STARTED)
     started_at: float | None = None

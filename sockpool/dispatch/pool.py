@@ -31,7 +31,7 @@ from .records import (
     lost_error,
 )
 from .scheduler import Scheduler
-from .settling import settle_lost, wait_for_end
+from .settling import fail_for_good, settle_lost, wait_for_end
 from .sharing import SharedTransfers
 from .transport import MasterSocket
 
@@ -362,7 +362,7 @@ class WorkerPool:
         settle_lost(record, held, pinned, how, tail, self.scheduler, self.profiler)
         # A setup that failed says more than the kill that ended its worker.
         last = (str(record.failure).splitlines()[0] if record.failure
-                else f"worker {record.id} {how}")
+                else f"{record.label} was lost ({how})")
         self._replace(last, tail, failure)
 
     @staticmethod
@@ -406,7 +406,7 @@ class WorkerPool:
         for worker_id in self.scheduler.workers:
             chunks += self.scheduler.remove_worker(worker_id)[0]
         for chunk in chunks:
-            chunk.job.fail(chunk, error)
+            fail_for_good(chunk, error)
         with self.state_changed:
             self.state_changed.notify_all()
 

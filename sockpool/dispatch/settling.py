@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import select
 
-from ..errors import ClusterClosedError
+from ..errors import ClusterClosedError, SockpoolError, add_note
 from . import output as relay
 from .jobs import Chunk
 from .profiling import Profiler
@@ -82,6 +82,10 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
         _cut_short(chunk)
         if chunk.pinned is None and chunk.attempts < chunk.job.retries:
             chunk.attempts += 1
+            if chunk is record.timed_out:
+                chunk.retrying = (chunk.count, timeout_error(record, chunk))
+            else:
+                chunk.retrying = (chunk.count, lost_error(record, how, tail, chunk))
             scheduler.requeue(chunk)
         elif chunk is record.timed_out:
             chunk.job.fail(chunk, timeout_error(record, chunk))
@@ -145,6 +149,7 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
     chunk.died_until = max(before, end)
     if end > chunk.resume and chunk.attempts < chunk.job.retries:
         chunk.attempts += 1
+        chunk.retrying = (end, lost_error(record, how, tail, chunk, chunk.resume, end))
     elif end > chunk.resume:
         # Out of retries: those an earlier death came to fail; any past them (their
         # first death, their results not kept) get their first rerun.
@@ -156,12 +161,31 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
         if spent > start:
             chunk.settled.append((start, spent, lost_error(record, how, tail, chunk, start, spent)))
         chunk.resume, chunk.attempts = spent, 1
+        if end > spent:
+            chunk.retrying = (end, lost_error(record, how, tail, chunk, spent, end))
     if chunk.resume < chunk.count:  # (untouched if it never started)
         scheduler.requeue(chunk)
     elif len(chunk.settled) == 1 and chunk.settled[0][:2] == (0, chunk.count):
         chunk.job.fail(chunk, chunk.settled[0][2])
     else:
         chunk.job.deliver(chunk, record.label, None)
+
+
+def fail_for_good(chunk: Chunk, error: SockpoolError) -> None:
+    """The cluster cannot go on (no worker left, say): ``chunk``'s tasks fail with
+    ``error``, but those a worker died running, queued to run again (``retries=``),
+    fail with that loss, as without ``retries`` (``except WorkerLostError`` sees them)."""
+    if chunk.retrying is None or chunk.retrying[0] <= chunk.resume:
+        chunk.job.fail(chunk, error)
+        return
+    until, loss = chunk.retrying
+    add_note(loss, f"sockpool: it was to run again (retries=), but {error}")
+    if chunk.resume == 0 and until == chunk.count and not (chunk.settled or chunk.recovered):
+        chunk.job.fail(chunk, loss)
+        return
+    chunk.settled.append((chunk.resume, until, loss))
+    chunk.resume = until
+    chunk.job.fail(chunk, error)
 
 
 def write_off_everything(scheduler: Scheduler) -> None:
