@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,45 @@ def test_workers_give_up_on_a_silent_master(tmp_path: Path) -> None:
     """) as (master, pids):
         os.kill(master.pid, signal.SIGSTOP)  # alive, stdin open, but silent
         assert wait_gone(pids, 5) == [], "workers kept waiting on a frozen master"
+
+
+def _hold_the_gil(seconds: int) -> int:
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(seconds)  # libc's sleep, the GIL held: no other thread runs
+    return seconds
+
+
+def test_a_task_holding_the_gil_does_not_make_its_worker_miss_the_masters_words() -> None:
+    # The watchdog's poll timed out while the task held the GIL; once it ran again
+    # it judged the master silent for the whole hold without reading the heartbeats
+    # queued meanwhile, and the worker exited ("no word from the master for 3.0 s").
+    with Cluster(n=1, heartbeat_interval=0.2, heartbeat_timeout=1.0) as cl:
+        pid = cl.workers[0].pid
+        future = cl.submit(_hold_the_gil, 3)
+        # The master silent for a while just as it starts (as under load): the
+        # watchdog's poll times out, and then waits for the GIL.
+        cl._dispatcher.mailbox.post(time.sleep, 1.5)
+        assert future.result(timeout=20) == 3
+        assert cl.submit(os.getpid).result(timeout=20) == pid
+
+
+def test_local_workers_wait_on_a_master_busy_holding_its_gil() -> None:
+    # A master in a long call that holds the GIL (a C extension, a huge sort) sends
+    # no heartbeats: its local workers took it for frozen, exited, and were replaced,
+    # whatever state they held gone.  One that uses CPU is busy; a frozen one uses none.
+    with Cluster(n=1, heartbeat_interval=0.2, heartbeat_timeout=1.0) as cl:
+        pid = cl.workers[0].pid
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(60)  # this thread keeps the GIL while it runs bytecode
+        try:
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                pass
+        finally:
+            sys.setswitchinterval(interval)
+        assert cl.submit(os.getpid).result(timeout=20) == pid
+        assert [w.pid for w in cl.workers] == [pid]
 
 
 class HeartbeatOnlyLauncher(LocalLauncher):

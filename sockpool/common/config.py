@@ -67,6 +67,9 @@ class WorkerConfig(NamedTuple):
     # Set by the launcher that starts the process:
     watch_stdin: bool = False  #: end of stdin means the master is gone (local workers)
     parent_pid: int | None = None  #: die with this process (Linux's parent-death signal)
+    #: the master's process, on this machine (local workers): silent while it uses CPU,
+    #: it is busy (a long C call holding its GIL), not frozen
+    master_pid: int | None = None
     sys_path: tuple[str, ...] = ()  #: put first on the worker's import path
     #: the progress memfd its host's agent made and reads once it ends (remote workers)
     progress_fd: int | None = None

@@ -260,7 +260,7 @@ class LocalLauncher(Launcher):
         else:
             process, log_path = self._start(worker_id, self._workdir, config.relay != "off")
         config = config.replace(
-            watch_stdin=True, parent_pid=os.getpid(),
+            watch_stdin=True, parent_pid=os.getpid(), master_pid=os.getpid(),
             # The master's import path, so a module next to the script imports here too.
             sys_path=self._state().sys_path)
         handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path,

@@ -28,6 +28,16 @@ def resident_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """User and system CPU time of process ``pid``, in clock ticks (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()  # (its name may hold anything)
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cpu_seconds() -> float:
     """User and system CPU time of this process."""
     times = os.times()

@@ -28,7 +28,7 @@ from ..common.config import WorkerConfig
 from ..common.protocol import Kind
 from .children import end_descendants
 from .state import WorkerState
-from .usage import cpu_seconds, resident_bytes
+from .usage import cpu_seconds, cpu_ticks, resident_bytes
 
 #: How long after SHUTDOWN the watchdog waits for the main thread before it
 #: ends the process itself.
@@ -65,6 +65,8 @@ class Watchdog:
         self.lifeline = lifeline
         self.shared = shared
         self.master_beat = False  # a heartbeat from the master just came
+        self.master_pid = config.master_pid
+        self.master_ticks: int | None = None  # its CPU time when last heard, or judged busy
 
     def run(self, hello: bytes) -> None:
         """Say HELLO, then watch until the process ends (the watchdog thread's loop)."""
@@ -91,6 +93,8 @@ class Watchdog:
                         if self.master_beat:  # the master's next one is due first
                             due = last_heard + beat_wait
                             self.master_beat = False
+                    if self.master_pid is not None:
+                        self.master_ticks = cpu_ticks(self.master_pid)
                 elif self.lifeline is not None and not os.read(self.lifeline, 4096):
                     die("the master process is gone (stdin closed)")
             now = time.monotonic()
@@ -101,10 +105,23 @@ class Watchdog:
                 self.shared.trim(now)
                 shm_reader.trim_mappings(now)
                 trim_at = now + self.heartbeat_interval
-            if now - last_heard > self.master_timeout:
-                die(f"no word from the master for {now - last_heard:.1f} s")
+            # Not if a word came while a task held the GIL (the poll above timed out
+            # before), nor while a master on this machine is busy, not frozen.
+            if now - last_heard > self.master_timeout and not self.control.poll(0):
+                if not self._master_busy():
+                    die(f"no word from the master for {now - last_heard:.1f} s")
+                last_heard = now
             if shutdown_at is not None and now >= shutdown_at:
                 die(None)
+
+    def _master_busy(self) -> bool:
+        """Whether the master, on this machine, used CPU since it was last heard (or
+        last found busy): then it holds its GIL in a long call, say, and is silent
+        only because its I/O thread cannot run; a frozen master uses none."""
+        if self.master_pid is None:
+            return False
+        before, self.master_ticks = self.master_ticks, cpu_ticks(self.master_pid)
+        return before is not None and self.master_ticks is not None and self.master_ticks > before
 
     def _on_control(self, frame: bytes) -> bool:
         """Handle one control message; True when it asks the worker to stop."""
