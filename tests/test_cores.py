@@ -141,6 +141,21 @@ def test_oversubscription_is_warned_about() -> None:
             assert pool.apply(abs, (-1,)) == 1
 
 
+def test_threads_the_workers_inherit_from_omp_num_threads_count_as_chosen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # OMP_NUM_THREADS=4 set in the master reaches every worker's pools (the default
+    # threads_per_worker keeps it), but the check counted 1 thread a worker.
+    cores = detect_cores(logical=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores))
+    with pytest.warns(UserWarning, match=f"2 workers x {cores} threads? each"), \
+            Cluster(n=2):
+        pass
+    with warnings.catch_warnings():  # one given overrides it
+        warnings.simplefilter("error")
+        with Cluster(n=1, threads_per_worker=1) as cl:
+            assert cl.run_on_all(lambda: os.environ["OMP_NUM_THREADS"]) == ["1"]
+
+
 def test_clusters_left_open_count_toward_the_cores_of_the_next() -> None:
     # A notebook cell `cl = Cluster(n=2)`, run three times, left the last clusters open
     # (IPython's Out[] holds them): six workers on two cores, and nothing said so.

@@ -255,6 +255,8 @@ def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worke
     if not isinstance(launcher, LocalLauncher) or as_pool.get():
         return
     threads = threads_per_worker or 1
+    if threads_per_worker is DEFAULT_THREADS:  # the workers get the master's, if it set one
+        threads = _inherited_threads() or threads
     physical = detect_cores(logical=False)
     others = [engine.target for engine in open_engines()
               if isinstance(engine.launcher, LocalLauncher)]
@@ -284,16 +286,21 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None, *, given: boo
     worker_env: dict[str, str] = {}
     if threads is not None:
         value = str(threads)
-        chosen = os.environ.get("OMP_NUM_THREADS", "").strip()
-        if not given and chosen.isdigit() and int(chosen) > 0:
+        if not given and (inherited := _inherited_threads()):
             # OMP_NUM_THREADS=2 is meant for every pool: OpenBLAS reads its own
             # variable first, so setting it to 1 beside would undo yours.
-            value = chosen
+            value = str(inherited)
         for name in THREAD_VARIABLES:
             if given or name not in os.environ:
                 worker_env[name] = value if name != "LOKY_MAX_CPU_COUNT" else str(threads)
     worker_env.update(extra)
     return worker_env
+
+
+def _inherited_threads() -> int | None:
+    """The threads per pool the master's ``OMP_NUM_THREADS`` sets, if it sets some."""
+    chosen = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(chosen) if chosen.isdigit() and int(chosen) > 0 else None
 
 
 _MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", re.IGNORECASE)
