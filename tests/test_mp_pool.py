@@ -782,6 +782,58 @@ def test_closures_and_lambdas_run_where_spawn_cannot_send_them(pool: Any) -> Non
     assert pool.apply_async(lambda: ValueError("a value")).get(timeout=30).args == ("a value",)
 
 
+def test_a_callback_may_wait_for_another_result_of_its_pool() -> None:
+    # multiprocessing's callback waits for itself here (its one result thread runs
+    # it, and would settle the result it waits for), and so did sockpool's: get()
+    # of a result with a callback, or of a map_async, timed out or hung.
+    seen: list[Any] = []
+    order: list[str] = []
+
+    def inner(value: int) -> None:
+        order.append(f"inner {value}")
+
+    def outer(value: int) -> None:
+        order.append("outer starts")
+        seen.append(pool.apply_async(square, (value,), callback=inner).get(timeout=30))
+        seen.append(pool.map_async(square, [1, 2]).get(timeout=30))
+        seen.append(pool.map_async(square, [3], error_callback=print).get())
+        order.append("outer ends")
+
+    with sockpool.Pool(2) as pool:
+        assert pool.apply_async(square, (3,), callback=outer).get(timeout=60) == 9
+        assert seen == [81, [1, 4], [9]]
+        assert order == ["outer starts", "inner 81", "outer ends"]
+        late = pool.apply_async(nap, (30,), callback=inner)
+        waited: list[float] = []
+
+        def waits_in_vain(_: int) -> None:
+            started = time.monotonic()
+            with pytest.raises(multiprocessing.TimeoutError):
+                late.get(timeout=0.3)
+            waited.append(time.monotonic() - started)
+
+        pool.apply_async(square, (1,), callback=waits_in_vain).get(timeout=30)
+        assert len(waited) == 1 and 0.3 <= waited[0] < 5
+        pool.terminate()
+
+
+def test_join_in_a_callback_is_refused_rather_than_waiting_for_itself() -> None:
+    raised: list[BaseException] = []
+
+    def joins(_: int) -> None:
+        pool.close()
+        try:
+            pool.join()
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    with sockpool.Pool(1) as pool:
+        pool.apply_async(square, (2,), callback=joins).get(timeout=30)
+        assert "join() in a callback of this pool would wait for that callback" in str(
+            raised[0])
+        pool.join()  # from here, as it should be
+
+
 def test_a_proxy_travels_with_its_managers_own_authkey() -> None:
     # Beyond multiprocessing, whose workers know only the key they inherited.
     with sockpool.Pool(1) as pool, \

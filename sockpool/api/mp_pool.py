@@ -185,6 +185,9 @@ class Pool:
         """
         if self._state == RUN:
             raise ValueError("Pool is still running")
+        if self._handler.is_current:  # (multiprocessing's waits forever)
+            raise RuntimeError("join() in a callback of this pool would wait for that "
+                               "callback to end; join once it has returned")
         if self._state == CLOSE:
             self._tracker.wait_idle()
         self._handler.stop(wait=True)
@@ -235,7 +238,8 @@ class Pool:
         problem = _not_arguments(func, args, kwds)
         call = ((tuple(args), dict(kwds) if kwds is not None else {}) if problem is None
                 else ((), {}))  # (not `kwds or {}`: a pandas Series refuses bool())
-        result: ApplyResult[T] = ApplyResult(self._tracker, callback, error_callback, self)
+        result: ApplyResult[T] = ApplyResult(self._tracker, callback, error_callback, self,
+                                             self._handler)
         if problem is not None:  # as multiprocessing's worker fails the call: from get()
             self._handler.post(functools.partial(result._complete, False, problem))
             return result
@@ -310,7 +314,8 @@ class Pool:
         _check_callbacks(callback, error_callback)
         MapOptions(chunksize)  # a bad chunksize raises here, not in get()
         items = as_sequence((iterable,))  # read now, as multiprocessing does
-        result: MapResult[T] = MapResult(self._tracker, callback, error_callback, self)
+        result: MapResult[T] = MapResult(self._tracker, callback, error_callback, self,
+                                         self._handler)
         # The map on a thread of its own: serializing, like multiprocessing's pickling,
         # happens there, and a function that cannot travel fails the result, not the call.
         readers.run(_read_map, functools.partial(self._list_map, func, items, chunksize,

@@ -5,7 +5,10 @@ As in ``multiprocessing.pool``, one thread per pool (the *result handler*)
 completes asynchronous results in the order their outcomes arrive: it runs the
 ``callback`` or ``error_callback`` first, then marks the result ready, so that
 callbacks never run at the same time as each other, never on sockpool's I/O
-thread, and have run by the time ``get()`` returns.  An ``apply_async`` result
+thread, and have run by the time ``get()`` returns.  A callback that waits for
+another result of its pool (its ``get()``, a ``map_async``'s) runs, while it
+waits, what the handler has queued, in order, rather than wait for itself.
+An ``apply_async`` result
 with neither callback is settled where its future completes instead: no user
 code runs there, its ``get()`` is spared a thread hand-off (the largest part of
 the drop-in's own cost in a round trip), and a slow callback elsewhere does not
@@ -20,6 +23,7 @@ import multiprocessing
 import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -73,14 +77,41 @@ class ResultHandler:
         """Whether the calling thread is this handler (a callback calling the pool)."""
         return threading.current_thread() is self._thread
 
+    def run_until(self, ready: threading.Event, timeout: float | None) -> None:
+        """On the handler's own thread (a callback waiting for a result only this
+        thread may settle): run what was posted, in order, until ``ready`` is set
+        or ``timeout`` passes (multiprocessing's callback would wait for itself)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ready.is_set():
+            wait = HELP_POLL if deadline is None else min(HELP_POLL, deadline - time.monotonic())
+            if wait <= 0:
+                return
+            try:  # (polled: a result may also be settled elsewhere, by terminate say)
+                action = self._queue.get(timeout=wait)
+            except queue.Empty:
+                continue
+            if action is None:  # stopped: the handler's own loop ends on it, later
+                self._queue.put(None)
+                ready.wait(timeout=wait)
+                continue
+            _run(action)
+
+
+#: How often a callback waiting on its own handler (``run_until``) looks again.
+HELP_POLL = 0.01
+
 
 def _handle(actions: queue.SimpleQueue[Action]) -> None:
     while (action := actions.get()) is not None:
-        try:
-            action()
-        except BaseException:  # a callback's error must not end the handler (it would hang get())
-            print("Exception in a sockpool.Pool callback:", file=sys.stderr)
-            traceback.print_exc()
+        _run(action)
+
+
+def _run(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except BaseException:  # a callback's error must not end the handler (it would hang get())
+        print("Exception in a sockpool.Pool callback:", file=sys.stderr)
+        traceback.print_exc()
 
 
 class Tracker:
@@ -137,8 +168,9 @@ class ApplyResult(Generic[T]):
 
     def __init__(self, tracker: Tracker, callback: Callable[[T], object] | None,
                  error_callback: Callable[[BaseException], object] | None,
-                 owner: object = None) -> None:
+                 owner: object = None, handler: ResultHandler | None = None) -> None:
         self._tracker = tracker
+        self._handler = handler  # the thread that settles it, if it has callbacks or is a map
         self._owner = owner  # the pool, kept alive until this is settled (as multiprocessing)
         #: Cancels the task if it has not started (set by the pool; used by terminate).
         self._cancel: Callable[[], object] | None = None
@@ -167,7 +199,10 @@ class ApplyResult(Generic[T]):
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is ready, or ``timeout`` seconds have passed."""
-        self._event.wait(timeout)
+        if self._handler is not None and self._handler.is_current:  # a callback waits
+            self._handler.run_until(self._event, timeout)
+        else:
+            self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> T:
         """The value; re-raises the task's exception if it failed.
