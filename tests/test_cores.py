@@ -150,10 +150,15 @@ def test_threads_the_workers_inherit_from_omp_num_threads_count_as_chosen(
     with pytest.warns(UserWarning, match=f"2 workers x {cores} threads? each"), \
             Cluster(n=2):
         pass
-    with warnings.catch_warnings():  # one given overrides it
+    with pytest.warns(UserWarning, match=f"2 workers x {cores} threads? each"), \
+            Cluster(n=2, threads_per_worker=None):  # the libraries' own: they inherit it
+        pass
+    with warnings.catch_warnings():  # one given overrides it, as does env=
         warnings.simplefilter("error")
         with Cluster(n=1, threads_per_worker=1) as cl:
             assert cl.run_on_all(lambda: os.environ["OMP_NUM_THREADS"]) == ["1"]
+        with Cluster(n=2, env={"OMP_NUM_THREADS": "1"}) as cl:
+            assert cl.run_on_all(lambda: os.environ["OMP_NUM_THREADS"]) == ["1", "1"]
 
 
 def test_clusters_left_open_count_toward_the_cores_of_the_next() -> None:

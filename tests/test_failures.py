@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sockpool import (
     ClusterClosedError,
     LaunchError,
     NoWorkersLeftError,
+    SockpoolError,
     WorkerLostError,
 )
 from sockpool.common.config import WorkerConfig
@@ -374,6 +376,40 @@ def test_tasks_to_rerun_with_no_worker_left_fail_as_lost_not_as_no_workers_left(
             assert isinstance(never_ran, NoWorkersLeftError), never_ran
             assert "last: worker 0 (pid" in str(never_ran)
             assert "was lost (exit code 3)" in str(never_ran)
+
+
+def test_a_task_rerunning_when_the_io_thread_fails_says_the_io_thread_failed(
+        tmp_path: Path) -> None:
+    # (The review of the one before): a chunk rerunning on a live worker kept the
+    # loss it reran after, and failed with that, noted "it was to run again".
+    died, running = tmp_path / "died", tmp_path / "running"
+
+    def dies_once_then_naps(x: int) -> int:
+        if not died.exists():
+            died.touch()
+            os._exit(3)
+        running.touch()
+        time.sleep(3)
+        return x
+
+    with Cluster(n=2) as cl:
+        outcome: list[Any] = []
+        mapping = threading.Thread(target=lambda: outcome.extend(cl.par_map(
+            dies_once_then_naps, [0], retries=1, errors="return")))
+        mapping.start()
+        deadline = time.monotonic() + 20
+        while not running.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("a bug in the loop")
+
+        cl._dispatcher.sender.assign = broken  # type: ignore[method-assign]
+        with pytest.raises(SockpoolError, match="I/O thread failed"):
+            cl.submit(abs, -1).result(timeout=10)
+        mapping.join(20)
+    assert not isinstance(outcome[0], WorkerLostError), outcome
+    assert "the cluster's I/O thread failed" in str(outcome[0])
 
 
 def test_shutdown_finishes_queued_work_even_if_its_worker_dies() -> None:

@@ -160,7 +160,7 @@ class Cluster(concurrent.futures.Executor):
             max_tasks_per_worker=max_tasks_per_worker, serializer=serializer,
             max_capture_size=max_capture_size, transport=transport, relay_prefix=relay_prefix,
             max_worker_memory=max_worker_memory, log_level=log_level)
-        warn_if_oversubscribed(n_workers, launcher, threads_per_worker, chosen=n is not None)
+        warn_if_oversubscribed(n_workers, launcher, chosen=n is not None)
         self.owner_pid = os.getpid()
         self._seeds = CallSeeds(seed)
         self._calls = start_engine(

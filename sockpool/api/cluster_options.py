@@ -241,11 +241,13 @@ def check_threads(threads_per_worker: int | None) -> int | None:
 as_pool: contextvars.ContextVar[bool] = contextvars.ContextVar("as_pool", default=False)
 
 
-def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worker: int | None,
-                           chosen: bool) -> None:
+def warn_if_oversubscribed(n_workers: int, launcher: Launcher, chosen: bool) -> None:
     """brms's rule: local workers x threads each should not exceed the physical cores;
     and the process's open clusters should not have twice as many workers as there are
     cores (a notebook cell that makes a cluster, run again, leaves the last one open).
+
+    The threads are those the workers get: ``OMP_NUM_THREADS`` as the launcher sets it
+    (``threads_per_worker``, or ``env=``), else as they inherit it; 1 if neither sets it.
 
     Args:
         chosen: the user chose the counts (``n`` or ``threads_per_worker > 1``);
@@ -254,9 +256,7 @@ def warn_if_oversubscribed(n_workers: int, launcher: Launcher, threads_per_worke
     """
     if not isinstance(launcher, LocalLauncher) or as_pool.get():
         return
-    threads = threads_per_worker or 1
-    if threads_per_worker is DEFAULT_THREADS:  # the workers get the master's, if it set one
-        threads = _inherited_threads() or threads
+    threads = _threads_set(launcher.env) or _threads_set(os.environ) or 1
     physical = detect_cores(logical=False)
     others = [engine.target for engine in open_engines()
               if isinstance(engine.launcher, LocalLauncher)]
@@ -286,7 +286,7 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None, *, given: boo
     worker_env: dict[str, str] = {}
     if threads is not None:
         value = str(threads)
-        if not given and (inherited := _inherited_threads()):
+        if not given and (inherited := _threads_set(os.environ)):
             # OMP_NUM_THREADS=2 is meant for every pool: OpenBLAS reads its own
             # variable first, so setting it to 1 beside would undo yours.
             value = str(inherited)
@@ -297,9 +297,9 @@ def worker_env(env: Mapping[str, str] | None, threads: int | None, *, given: boo
     return worker_env
 
 
-def _inherited_threads() -> int | None:
-    """The threads per pool the master's ``OMP_NUM_THREADS`` sets, if it sets some."""
-    chosen = os.environ.get("OMP_NUM_THREADS", "").strip()
+def _threads_set(environment: Mapping[str, str]) -> int | None:
+    """The threads per pool ``OMP_NUM_THREADS`` sets in ``environment``, if it sets some."""
+    chosen = environment.get("OMP_NUM_THREADS", "").strip()
     return int(chosen) if chosen.isdigit() and int(chosen) > 0 else None
 
 

@@ -402,11 +402,11 @@ class WorkerPool:
 
     def fail_all(self, error: SockpoolError) -> None:
         """Fail every chunk, waiting or running (the cluster cannot go on)."""
-        chunks = self.scheduler.drain()
-        for worker_id in self.scheduler.workers:
-            chunks += self.scheduler.remove_worker(worker_id)[0]
-        for chunk in chunks:
+        for chunk in self.scheduler.drain():  # (one queued to run again: see fail_for_good)
             fail_for_good(chunk, error)
+        for worker_id in self.scheduler.workers:
+            for chunk in self.scheduler.remove_worker(worker_id)[0]:
+                chunk.job.fail(chunk, error)
         with self.state_changed:
             self.state_changed.notify_all()
 

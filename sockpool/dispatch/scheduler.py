@@ -11,8 +11,8 @@ chunks would leave one worker idle at the end of a map while the other runs
 both).
 Chunks pinned to a worker (``run_on_all``, ``setup``) go only there, first.
 A chunk with a time limit goes only to an idle worker, and nothing is queued
-behind it, so that its clock starts when it is sent; so does a chunk of a job
-that asks for no prefetch (``Job.prefetch``).  A worker with a quota
+behind it, so that its clock never runs behind another task; so does a chunk of
+a job that asks for no prefetch (``Job.prefetch``).  A worker with a quota
 (``max_tasks_per_worker``) is given chunks until they add up to it, then only
 what is pinned to it: it is retiring.
 """
@@ -140,8 +140,8 @@ class Scheduler:
 
     def _next_for(self, worker_id: int, queued: bool) -> Chunk | None:
         """The next chunk for a worker (``queued``: behind the one it runs), or None."""
-        # A timed (or unprefetched) chunk waits for an idle worker: its time runs
-        # from when it is sent.  Looked at for each chunk, after those dropped.
+        # A timed (or unprefetched) chunk waits for an idle worker: its time never
+        # runs behind another task.  Looked at for each chunk, after those dropped.
         own = self.pinned.get(worker_id)
         while own:
             if queued and _waits_for_an_idle_worker(own[0].job):

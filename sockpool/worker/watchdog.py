@@ -82,6 +82,7 @@ class Watchdog:
         beat_wait = min(MASTER_BEAT_SLACK * self.heartbeat_interval, self.master_timeout / 2)
         trim_at = due if self.shared is not None else float("inf")  # of idle shared memory
         shutdown_at: float | None = None
+        busy_at = 0.0  # when the silent master was last found busy, not frozen
         while True:
             timeout = max(0.0, min(due, trim_at, shutdown_at or float("inf")) - time.monotonic())
             for source, _ in poller.poll(int(timeout * 1000)):
@@ -107,10 +108,11 @@ class Watchdog:
                 trim_at = now + self.heartbeat_interval
             # Not if a word came while a task held the GIL (the poll above timed out
             # before), nor while a master on this machine is busy, not frozen.
-            if now - last_heard > self.master_timeout and not self.control.poll(0):
+            if (now - max(last_heard, busy_at) > self.master_timeout
+                    and not self.control.poll(0)):
                 if not self._master_busy():
                     die(f"no word from the master for {now - last_heard:.1f} s")
-                last_heard = now
+                busy_at = now
             if shutdown_at is not None and now >= shutdown_at:
                 die(None)
 
