@@ -228,8 +228,9 @@ def test_a_flood_of_connections_without_keys_does_not_end_the_cluster(tmp_path: 
         from sockpool import Cluster
 
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         with Cluster(n=1, transport="tcp") as cl:
+            # (lowered once it started: a cluster raises it to the hard limit)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
             port = cl._dispatcher.master.address.rsplit(":", 1)[1]
             flood = subprocess.Popen([sys.executable, "-c", {FLOOD!r}, port, "400"],
                                      stdout=subprocess.PIPE, text=True)

@@ -163,6 +163,30 @@ def test_the_open_file_limit_is_raised_for_many_workers_or_named() -> None:
     assert "more than its limit of 64 (ulimit -n" in _run_limited(16, 64, 64)
 
 
+_KEPT = """
+import resource
+import numpy as np
+from sockpool import Cluster
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+with Cluster(n=2) as cl:  # each result past 1 MB: through shared memory
+    kept = cl.par_map(np.ones, [(1 << 17) + i for i in range(300)], chunksize=1)
+    print(len(kept), all(a.size == (1 << 17) + i for i, a in enumerate(kept)))
+"""
+
+
+def test_results_kept_from_shared_memory_do_not_run_the_master_out_of_files() -> None:
+    # Before Python 3.13 each mapping holds a descriptor: 300 arrays of 1 MB kept,
+    # under the common soft limit (1024, here 128), a healthy worker was killed as
+    # lost ("cannot map the segment ...: Too many open files"), or libzmq aborted
+    # the whole program.  A cluster now raises the soft limit to the hard one.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"this machine's hard limit on open files is {hard}")
+    result = subprocess.run([sys.executable, "-c", _KEPT], capture_output=True, text=True,
+                            timeout=90)
+    assert result.stdout.strip() == "300 True", result.stderr[-2000:]
+
+
 _FLAGS = """
 import sys
 from sockpool import Cluster

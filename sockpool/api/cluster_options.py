@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
@@ -180,12 +181,14 @@ FILES_SPARE = 16
 
 
 def make_room_for_files(n_workers: int) -> None:
-    """Raise the soft limit on open files (``ulimit -n``) to the hard one where
-    ``n_workers`` more local workers would not fit under it, beside what the process
-    has open (past it, libzmq aborts the whole process).
+    """Raise the soft limit on open files (``ulimit -n``) to the hard one: ``n_workers``
+    more local workers need room beside what the process has open (past the limit,
+    libzmq aborts the whole process), and so do the results the program keeps that
+    came through shared memory (before Python 3.13, each holds a descriptor).  The
+    workers inherit it.
 
     Raises:
-        ValueError: they would not fit under the hard limit either (naming it).
+        ValueError: the workers would not fit under the hard limit (naming it).
     """
     try:
         open_now = len(os.listdir("/proc/self/fd"))
@@ -193,14 +196,14 @@ def make_room_for_files(n_workers: int) -> None:
         open_now = FILES_SPARE
     needed = open_now + FILES_SPARE + FILES_PER_WORKER * n_workers
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or needed <= soft:
-        return
     if hard != resource.RLIM_INFINITY and needed > hard:
         raise ValueError(
             f"{n_workers} local workers need about {needed} open files in this process "
             f"({open_now} open now), more than its limit of {hard} (ulimit -n, whose hard "
             "limit only root can raise): start fewer workers")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):  # (an infinite hard limit: past nr_open)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def check_launcher(launcher: object) -> None:

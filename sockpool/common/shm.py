@@ -58,6 +58,10 @@ SEGMENT_NAME = "sockpool-{pool:016x}-{serial}"
 RESIZE_SEALS = sum(getattr(fcntl, name, 0)
                    for name in ("F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_SEAL"))
 WRITE_SEAL = getattr(fcntl, "F_SEAL_WRITE", 0)  # a kept segment's: readers map it privately
+#: ``mmap.mmap``'s keyword that keeps it from holding a duplicate of the file's
+#: descriptor for as long as it lives (Python 3.13+): one a mapping, kept results
+#: and segments alike, would count against the open-file limit.
+UNTRACKED: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 _HEAD = struct.Struct("<IIQQQI")  # owner pid, fd, pool id, serial, size, buffer count
 _SPAN = struct.Struct("<QQ")  # offset, length
 
@@ -207,7 +211,8 @@ class SegmentPool:
         if best is None:
             best = self._create(-(-needed // GRANULE) * GRANULE)
         elif best.mapping is None:
-            best.mapping = mmap.mmap(best.fd, best.size, mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            best.mapping = mmap.mmap(best.fd, best.size, mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                                     **UNTRACKED)
         return best
 
     def _create(self, size: int) -> _Segment:

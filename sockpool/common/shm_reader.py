@@ -11,9 +11,11 @@ the next transfer of that segment, one a task wrote to is dropped.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
+import resource
 import threading
 import time
 import weakref
@@ -25,6 +27,7 @@ from .shm import (
     IDLE_SECONDS,
     RESIZE_SEALS,
     SEGMENT_NAME,
+    UNTRACKED,
     WRITE_SEAL,
     SharedMemoryError,
     apply_when_free,
@@ -121,6 +124,15 @@ class _Mappings:
                 break
             del self._maps[key]
             total -= len(mapping)
+
+
+def _why(error: OSError) -> str:
+    """What an error mapping a segment says of this process, where it is its own."""
+    if error.errno != errno.EMFILE:
+        return ""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = " (each array of 1 MB or more received and kept holds one)" if not UNTRACKED else ""
+    return f"; this process has the most files open that its limit allows ({soft}){held}"
 
 
 def _written(mapping: mmap.mmap) -> bool:
@@ -228,11 +240,11 @@ def _map(pid: int, fd: int, pool: int, serial: int, size: int) -> tuple[mmap.mma
         if os.fstat(handle).st_size != size:
             raise SharedMemoryError(f"the segment {path} has the wrong size")
         if WRITE_SEAL and seals & WRITE_SEAL:
-            return mmap.mmap(handle, size, mmap.MAP_PRIVATE), True
-        return mmap.mmap(handle, size, mmap.MAP_SHARED | mmap.MAP_POPULATE), False
+            return mmap.mmap(handle, size, mmap.MAP_PRIVATE, **UNTRACKED), True
+        return mmap.mmap(handle, size, mmap.MAP_SHARED | mmap.MAP_POPULATE, **UNTRACKED), False
     except OSError as exc:
         if isinstance(exc, SharedMemoryError):
             raise
-        raise SharedMemoryError(f"cannot map the segment {path}: {exc}") from None
+        raise SharedMemoryError(f"cannot map the segment {path}: {exc}{_why(exc)}") from None
     finally:
         os.close(handle)
