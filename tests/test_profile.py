@@ -296,6 +296,34 @@ def test_a_chunk_lost_midway_keeps_its_finished_tasks_and_fails_only_the_one_it_
     assert (summary.failed, summary.retried) == (0, 1) and summary.speedup <= 2 + EPSILON
 
 
+def test_the_finished_tasks_of_a_lost_chunk_keep_their_own_time(
+        cluster: Cluster, tmp_path: Path) -> None:
+    # They shared the attempt's whole time with the task it died in, up to when its
+    # death was noticed: over ssh, a 0.05 s task was recorded as 0.15-0.20 s and
+    # named among the slowest; on Slurm, 0.5 s.  Its page now says when the task
+    # it died in began.
+    marker = str(tmp_path / "died-once")
+
+    def naps_then_dies_at_3(x: int) -> int:
+        if x == 3 and not os.path.exists(marker):
+            time.sleep(0.05)
+            open(marker, "w").close()
+            os._exit(3)
+        time.sleep(0.1)
+        return x
+
+    with cluster.profile() as prof:
+        assert cluster.par_map(naps_then_dies_at_3, range(4), chunksize=4, retries=1) == [
+            0, 1, 2, 3]
+    first = {task.index: task for task in prof.tasks if task.attempt == 1}
+    assert [(index, first[index].ok) for index in sorted(first)] == [
+        (0, True), (1, True), (2, True), (3, False)]
+    for index in (0, 1, 2):
+        assert 0.1 - EPSILON <= first[index].seconds < 0.2, first[index]
+        assert first[index].finished <= first[3].started + EPSILON
+    assert first[3].seconds < 0.1 + 0.05, first[3]  # its 0.05 s, and the noticing
+
+
 def test_a_task_waiting_behind_a_lost_one_has_no_failed_attempt(
         cluster: Cluster, tmp_path: Path) -> None:
     # Task 3 waited on the dying worker, never ran there, yet had a failed attempt 1

@@ -24,6 +24,10 @@ bytes, previous output log offset, previous output bytes``: a chunk's output log
 message the chunk sent, as a record whose ``first`` counts them from 0 (its
 frames as sent), so that what a task wrote reaches the user even if those
 messages died unsent.  The previous chunk's stays with its result log.
+
+Its fourteenth word is when the running stretch of tasks (from ``start``) began,
+in microseconds of the worker's ``time.time()``, where the chunk is profiled
+(else 0): the tasks before it ran before then.
 """
 
 from __future__ import annotations
@@ -45,11 +49,12 @@ TO_THE_END = (1 << 64) - 1
 WHOLE_RESULT = (1 << 64) - 1
 #: The page's words: chunk id, start, end, its log's offset and bytes; the
 #: previous chunk's id, log offset and log bytes; the output log's chunk id, offset
-#: and bytes, and the previous chunk's output log offset and bytes.
-PAGE = struct.Struct("<13Q")
+#: and bytes, and the previous chunk's output log offset and bytes; when ``start`` began.
+PAGE = struct.Struct("<14Q")
 #: Where the writer finds each word (the reader unpacks a :class:`Page`).
 (CHUNK, START, END, LOG_OFFSET, LOG_BYTES, PREVIOUS, PREVIOUS_OFFSET, PREVIOUS_BYTES,
- OUTPUT_CHUNK, OUTPUT_LOG, OUTPUT_BYTES, PREVIOUS_OUTPUT_LOG, PREVIOUS_OUTPUT_BYTES) = range(13)
+ OUTPUT_CHUNK, OUTPUT_LOG, OUTPUT_BYTES, PREVIOUS_OUTPUT_LOG, PREVIOUS_OUTPUT_BYTES,
+ STARTED_US) = range(14)
 #: The most of an ended worker's result log an exit report carries (the rest of its
 #: finished tasks fail as "finished but lost", as over a chunk's limit); its output
 #: log follows it in the report.
@@ -79,6 +84,7 @@ class Page(NamedTuple):
     output_bytes: int
     previous_output_log: int
     previous_output_bytes: int
+    started_us: int
 
     @classmethod
     def read(cls, words: bytes | memoryview | mmap.mmap) -> Page | None:

@@ -157,14 +157,17 @@ class Profiler:
                 with contextlib.suppress(ValueError):  # (a recording begun since it was sent)
                     recording.runs.remove(run)
 
-    def lost(self, chunk: Chunk, record: WorkerRecord, ran: tuple[int, int] | None = None
-             ) -> None:
+    def lost(self, chunk: Chunk, record: WorkerRecord, ran: tuple[int, int] | None = None,
+             running: tuple[int, float] | None = None) -> None:
         """``chunk``'s attempt ended with ``record``'s worker.
 
         ``ran``: how far it got, as its worker's progress page says (offsets in
         the chunk): tasks before the first had finished, their results kept; up
         to the second they were lost (the task it died in, and any whose results
         died unsent); the rest never started.  None: all of them were lost.
+        ``running``: where the stretch of tasks it died in starts, and when it
+        began on the worker's clock (a profiled chunk's page says): the tasks
+        before it get the time until then, not a share of the whole attempt.
         """
         if chunk.id not in self._open:
             return
@@ -182,6 +185,8 @@ class Profiler:
             return
         run.count = end - first
         self._end(run, when)
+        if running is not None:
+            self._split(run, running[0] - first, running[1] - record.clock.offset)
         run.failed = frozenset(range(max(kept - first, 0), run.count))
 
     def _pop(self, chunk_id: int) -> ChunkRun | None:
@@ -195,6 +200,15 @@ class Profiler:
         run.lost = True
         self._end(run, when)
         run.failed = frozenset(range(run.count))
+
+    @staticmethod
+    def _split(run: ChunkRun, finished: int, at: float) -> None:
+        """Give a lost attempt's first ``finished`` tasks the time until ``at``, and
+        the rest (the one it died in) the time from then."""
+        began, ended = run.spans[0], run.spans[1]
+        if 0 < finished < run.count and began < at < ended:
+            run.spans = array.array("d", (began, at, at, ended))
+            run.counts = array.array("I", (finished, run.count - finished))
 
     def _end(self, run: ChunkRun, when: float) -> None:
         """A lost attempt's one span: from when it could start to ``when``."""

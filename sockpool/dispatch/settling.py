@@ -137,7 +137,8 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
         _deliver(record, chunk, sent, profiler)
         return
     _cut_short(chunk)
-    profiler.lost(chunk, record, ran=(progress.kept, progress.end))
+    profiler.lost(chunk, record, ran=(progress.kept, progress.end),
+                  running=(progress.start, progress.started) if progress.started else None)
     chunk.recovered += [(record.label, kept) for kept in progress.records]
     before = chunk.died_until
     chunk.resume, start, end = progress.kept, progress.start, progress.end

@@ -39,7 +39,9 @@ class ChunkProgress(NamedTuple):
     ``kept`` to ``start`` they finished but their results died with the worker;
     from ``start`` to ``end`` one was running; from ``end`` on none started.
     ``result``: the chunk's whole RESULT, as the worker was about to send it (its
-    frames), when it got that far: then nothing else counts.
+    frames), when it got that far: then nothing else counts.  ``started``: when
+    the tasks from ``start`` began (``time.time()`` on the worker's clock), where
+    the chunk was profiled, else 0.
     """
 
     records: list[Record]
@@ -47,6 +49,7 @@ class ChunkProgress(NamedTuple):
     start: int
     end: int
     result: list[bytes] | None = None
+    started: float = 0.0
 
     def sent_result(self, chunk: Chunk) -> SentResult | None:
         """The kept RESULT of ``chunk`` as the I/O thread would have received it, if
@@ -188,7 +191,7 @@ class ProgressPage:
         kept = records[-1].first + records[-1].tasks if records else chunk.resume
         start = max(kept, min(page.start, chunk.count))
         return ChunkProgress(records, kept, start, max(start, min(page.end, chunk.count)),
-                             result)
+                             result, page.started_us / 1e6)
 
     def _records(self, chunk: Chunk, offset: int, log_bytes: int
                  ) -> tuple[list[Record], list[bytes] | None]:

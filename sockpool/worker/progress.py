@@ -36,6 +36,7 @@ from ..common.progress_log import (
     PREVIOUS_OUTPUT_LOG,
     REPORTED_LOG_BYTES,
     START,
+    STARTED_US,
     TO_THE_END,
     WHOLE_RESULT,
     Page,
@@ -134,17 +135,19 @@ class Progress:
         # The id last: a record or a slice never names the wrong chunk.
         words[LOG_BYTES] = self._log_bytes = 0
         words[LOG_OFFSET] = self._offset
-        words[START], words[END] = 0, TO_THE_END
+        words[START], words[END], words[STARTED_US] = 0, TO_THE_END, 0
         words[CHUNK] = chunk
         words[OUTPUT_BYTES] = self._output_bytes = 0
         words[OUTPUT_LOG] = OUTPUT_SLOTS[self._slot]
         words[OUTPUT_CHUNK] = chunk
         self._result_kept = self._output_full = False
 
-    def mark(self, chunk: int, start: int, end: int) -> None:
-        """Tasks ``[start, end)`` of ``chunk`` may be running; those before finished."""
+    def mark(self, chunk: int, start: int, end: int, since: float = 0.0) -> None:
+        """Tasks ``[start, end)`` of ``chunk`` may be running; those before finished
+        (``since``: when these began, ``time.time()``, where the chunk is profiled)."""
         words = self._words
         words[CHUNK] = chunk
+        words[STARTED_US] = int(since * 1e6)
         words[START] = start
         words[END] = end
 

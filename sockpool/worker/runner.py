@@ -262,10 +262,10 @@ class ChunkRunner:
                 raise Interrupted
             careful = skip + start < self._careful_until  # (see protocol.task_frame)
             end = start + 1 if careful else min(total, start + size)
-            if progress is not None:
-                progress.mark(chunk, skip + start, skip + end)
-            began = perf_counter()
             wall = time.time() if times is not None else 0.0
+            if progress is not None:
+                progress.mark(chunk, skip + start, skip + end, wall)
+            began = perf_counter()
             failed = False
             try:
                 values.extend(call_all(fn, items[start:end]))  # (islice would skip from 0)
@@ -358,10 +358,11 @@ class ChunkRunner:
                 if self.state.interrupting():  # (see _run_map)
                     raise Interrupted
                 self._keep(values, errors)
-                if progress is not None:
-                    progress.mark(chunk, skip + offset, skip + offset + 1)
-                rng.seed_task(entropy, (*key, task.first_index + skip + offset))
                 began = time.time()
+                if progress is not None:
+                    progress.mark(chunk, skip + offset, skip + offset + 1,
+                                  began if self._times is not None else 0.0)
+                rng.seed_task(entropy, (*key, task.first_index + skip + offset))
                 try:
                     if flags & Flag.CALL:
                         values.append(fn(*item[0], **item[1]))
