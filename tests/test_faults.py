@@ -99,6 +99,26 @@ def nap_past_the_limit(loaded: float) -> None:
     time.sleep(30)
 
 
+@pytest.mark.parametrize("joins", ["replacing a worker timed out", "recycling"])
+def test_a_worker_that_joins_takes_timed_tasks_only_once_it_loaded_the_exports(
+        joins: str) -> None:
+    # A replacement (or recycled) worker was ready at once, and its first timed task
+    # was charged for loading the cluster's exports: past twice the limit it was
+    # killed, and so was the next replacement, and the next: every later timed task
+    # failed ("loading the function and arguments of task 2 took longer...").
+    recycling = joins == "recycling"
+    with Cluster(n=1, max_tasks_per_worker=1 if recycling else None) as cl:
+        cl.export(model=SlowToLoad(1.2))
+        assert cl.par_map(float, [0]) == [0.0]  # loaded, long before the timed map
+        tasks = [0.1, 0.1, 0.1] if recycling else [0.1, 30, 0.1, 0.1]
+        results = cl.par_map(nap, tasks, timeout=0.5, errors="return")
+        if not recycling:
+            assert isinstance(results[1], TaskTimeoutError), results
+            del results[1], tasks[1]
+        assert results == tasks
+        assert cl.submit(lambda: model, timeout=0.5).result(timeout=20) == 1.2  # noqa: F821
+
+
 def test_a_static_schedule_times_each_task_alone(cluster: Cluster) -> None:
     # One chunk per worker was timed as a whole: the task that finished first
     # failed with the slow one, after timeout x tasks.

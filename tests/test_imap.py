@@ -103,10 +103,10 @@ def test_a_feed_remembers_the_results_size_when_it_cuts_chunks_in_a_row() -> Non
     from sockpool.dispatch.jobs import StreamJob
 
     feed = LazyFeed(StreamJob(None, 0), iter(range(10_000)), None, Packer())  # type: ignore[arg-type]
-    first = feed.take(1)[0]
+    first = feed.take()[0]
     for _ in range(10):  # fast tasks: the size would double each time
         feed.measured(first, 1e-6, first.count, result_bytes=MAX_CHUNK_BYTES // 2 * first.count)
-    sizes = [chunk.count for _ in range(4) for chunk in feed.take(4)]
+    sizes = [chunk.count for _ in range(4) for chunk in feed.take()]
     assert max(sizes) <= 2, sizes
 
 

@@ -22,6 +22,8 @@ from testbed import Testbed
 import sockpool
 from sockpool import Cluster, ClusterClosedError, RemoteError, TaskTimeoutError
 from sockpool.api import plan as plan_module
+from sockpool.api import sequential
+from sockpool.common.protocol import TIMEOUT_SLACK
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -418,10 +420,23 @@ def test_timeout_interrupts_a_task_in_the_main_thread() -> None:
     assert sockpool.par_map(stubborn, [0.01, 30], timeout=0.3, errors="return")[0] == 0.01
 
 
-def test_a_timer_that_fires_before_the_task_starts_times_the_task_out() -> None:
+def test_the_sequential_plan_gives_a_task_the_slack_a_cluster_does() -> None:
+    # A task of 0.52 s with timeout=0.5 ended well on a cluster, whose deadline has
+    # 0.05 s of slack, and failed under the sequential plan, whose had none:
+    # switching plans changed a result.
+    sockpool.plan("sequential")
+    started = time.monotonic()
+    outcome = sockpool.par_map(time.sleep, [30], timeout=0.3, errors="return")
+    assert isinstance(outcome[0], TaskTimeoutError)
+    assert 0.3 + TIMEOUT_SLACK <= time.monotonic() - started < 5
+
+
+def test_a_timer_that_fires_before_the_task_starts_times_the_task_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # A timeout of a microsecond fired inside the timer's own setup, before the
     # task had started: the private _TimeLimit (no message, not an Exception)
     # escaped to the caller instead of TaskTimeoutError.
+    monkeypatch.setattr(sequential, "TIMEOUT_SLACK", 0.0)  # (a microsecond, not 0.05 s more)
     sockpool.plan("sequential")
     handler = signal.getsignal(signal.SIGALRM)
     for _ in range(200):

@@ -74,7 +74,8 @@ class EagerFeed:
         self.exhausted = not chunks
         self._times = times
 
-    def take(self, room: int) -> list[Chunk]:
+    def take(self) -> list[Chunk]:
+        """Every chunk: they were all made before the map began."""
         chunks, self._chunks = self._chunks, []
         self.exhausted = True
         return chunks
@@ -109,8 +110,8 @@ class SlicedFeed:
         self.exhausted = not items
         self.hand_over = False
 
-    def take(self, room: int) -> list[Chunk]:
-        """The next chunk, whatever the room: it is sent before the one after is made."""
+    def take(self) -> list[Chunk]:
+        """The next chunk: it is sent before the one after is made."""
         began = time.perf_counter()
         start = self._next_index
         part = self._items[start:start + self._size]
@@ -188,9 +189,9 @@ class LazyFeed:
                 size = min(size, self._most)
         return max(1, size)
 
-    def take(self, room: int) -> list[Chunk]:
-        """The next chunk, whatever the room: it is sent before the input is read on,
-        as the input may wait for it (none once the input is exhausted)."""
+    def take(self) -> list[Chunk]:
+        """The next chunk: it is sent before the input is read on, as the input may
+        wait for it (none once the input is exhausted)."""
         began = time.perf_counter()
         part = [] if self._stopped else list(itertools.islice(self._items, self._next_size()))
         if part:

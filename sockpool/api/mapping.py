@@ -184,7 +184,7 @@ def stream_blocks(
             room = window - in_flight - max(0, len(waiting) - BACKLOG_WINDOWS * window)
             while room > 0 and not feed.exhausted and refused is None:
                 reading = time.monotonic()
-                chunks = feed.take(room)  # (a feed may hand out fewer than room)
+                chunks = feed.take()  # (one at a time, but an eager feed's all at once)
                 if not chunks:
                     break
                 try:

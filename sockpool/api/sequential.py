@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..common import rng
 from ..common.naming import function_name
+from ..common.protocol import TIMEOUT_SLACK
 from ..errors import RemoteError, TaskTimeoutError, add_note
 from .map_options import MapOptions, as_sequence, known_length, progress_bar
 from .seeding import CallSeeds
@@ -240,8 +241,11 @@ def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float |
 
 
 def _timed(call: Callable[[], T], named: str, timeout: float | None) -> tuple[bool, Any]:
-    """``(timed out, value)`` of one attempt; a task's own exception is raised, noted."""
+    """``(timed out, value)`` of one attempt; a task's own exception is raised, noted.
+    It has the slack a cluster's task has (``TIMEOUT_SLACK``)."""
     __tracebackhide__ = True  # IPython: a task's error, not sockpool's
+    if timeout is not None:
+        timeout += TIMEOUT_SLACK
     started = time.perf_counter()
     mine = object()
     try:

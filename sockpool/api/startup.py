@@ -59,7 +59,8 @@ def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any]
 
         packer, setup_job = packed or (Packer(serializer, max_capture_size), None)
         dispatcher = Dispatcher(
-            n_workers=n_workers, launcher=launcher, serializer=serializer, setup_job=setup_job,
+            n_workers=n_workers, launcher=launcher, serializer=serializer,
+            setup_jobs=(setup_job, _exports_loaded_job(packer)),
             relay_mode=relay_mode, workdir=workdir, **dispatcher_options)
         dispatcher.start()  # from here on, its I/O thread ends what it started
     except BaseException:
@@ -78,6 +79,16 @@ def start_engine(launcher: Launcher, n_workers: int, *, setup: Callable[[], Any]
     except BaseException:
         dispatcher.close(cancel=True, wait=True)
         raise
+
+
+def _exports_loaded_job(packer: Packer) -> StreamJob:
+    """A call of nothing, which a worker that joins after ``export()`` answers once it
+    has loaded the exports (see dispatch/admission.py)."""
+    from ..dispatch.jobs import StreamJob
+
+    job = StreamJob(packer.function(int), Flag.CALL)
+    job.call_name = "loading the exports"
+    return job
 
 
 def _pack_setup(setup: Callable[[], Any], serializer: str, max_capture_size: int | None

@@ -83,8 +83,13 @@ _TASK_META = struct.Struct("<16sQIHB16sQQII")
 DATA_PREFIX = b"D"
 CONTROL_PREFIX = b"C"
 
-#: Frames below this size are copied into zmq (cheaper than tracking a zero-copy buffer).
+#: A message of one frame below this size goes in one plain (copying) send, cheaper
+#: than ``send_multipart``'s loop; larger buffers go zero-copy.
 COPY_LIMIT = 64 * 1024
+
+#: Added to a task's time limit (``timeout=``) for the trip back from its worker;
+#: the sequential plan adds it too, so that a task ends the same under every plan.
+TIMEOUT_SLACK = 0.05
 
 #: The chunks a worker remembers having taken, to refuse a RECLAIM of one: the
 #: master asks back only from a worker holding fewer (it can have taken only
@@ -390,7 +395,3 @@ def parse_identity(identity: bytes) -> tuple[bytes, int]:
         raise ProtocolError("unknown routing id")
     return identity[:1], int.from_bytes(identity[1:], "little")
 
-
-def send_copies(frames: list[Any]) -> bool:
-    """Whether zmq should copy a message's frames (small) or send them zero-copy (large)."""
-    return len(frames) == 1 and len(frames[0]) < COPY_LIMIT

@@ -2,7 +2,8 @@
 
 On the data connection the HELLO says who the worker is (pid, host, whether it
 shares this machine's memory); it then gets every export and, with
-``Cluster(setup=)``, runs the setup function before it takes tasks.  On the
+``Cluster(setup=)``, runs the setup function before it takes tasks (without one,
+a call of nothing, where there are exports: it takes tasks once they are loaded).  On the
 control connection the HELLO opens heartbeats (clock probes, for a worker on
 another machine).
 Runs on the I/O thread only.
@@ -30,14 +31,19 @@ class Admission:
     """Takes workers from STARTING to READY (through SETUP when there is a setup job)."""
 
     def __init__(self, token: str, master: MasterSocket, shared: SharedTransfers,
-                 pool: WorkerPool, exports: list[list[Any]], setup_job: Job | None,
+                 pool: WorkerPool, exports: list[list[Any]], setup_jobs: tuple[Job | None, Job],
                  send_chunk: Callable[[WorkerRecord, Chunk], bool]) -> None:
+        """
+        Args:
+            setup_jobs: the job of ``Cluster(setup=)`` if given, and a call of nothing,
+                which a worker answers once it has loaded what it was sent before.
+        """
         self.token = token
         self.master = master
         self.shared = shared
         self.pool = pool
         self.exports = exports  # the dispatcher's list: exports added later count too
-        self.setup_job = setup_job
+        self.setup_job, self.loaded_job = setup_jobs
         self.send_chunk = send_chunk
 
     def hello(self, record: WorkerRecord, prefix: bytes, body: memoryview) -> None:
@@ -64,9 +70,12 @@ class Admission:
             record.host = str(info.get("host", record.host))
         for frames in self.exports:
             self.master.send(record.data_identity, frames)
-        if self.setup_job is not None:
+        # Ready once set up, or once it has loaded the exports (it answers a call of
+        # nothing after them): its first timed task is not charged for them.
+        job = self.setup_job or (self.loaded_job if self.exports else None)
+        if job is not None:
             record.state = WorkerState.SETUP
-            record.setup_chunk = self.setup_job.chunk(0, 1, codec.dumps(((), {})))
+            record.setup_chunk = job.chunk(0, 1, codec.dumps(((), {})))
             self.send_chunk(record, record.setup_chunk)
         else:
             self.pool.mark_ready(record)

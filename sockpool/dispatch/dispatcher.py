@@ -59,7 +59,7 @@ class Dispatcher:
         *,
         n_workers: int, launcher: Launcher, serializer: str,
         heartbeat_interval: float, heartbeat_timeout: float | None,
-        connect_timeout: float, prefetch: int, setup_job: Job | None,
+        connect_timeout: float, prefetch: int, setup_jobs: tuple[Job | None, Job],
         relay_mode: str, relay_prefix: bool,
         log_level: int,
         transport: str,
@@ -71,14 +71,14 @@ class Dispatcher:
         Args:
             heartbeat_timeout: the silence after which a peer counts as lost (None: 5
                 heartbeats for the master's view, the launcher's default for the workers').
-            setup_job: the job every worker runs before it takes tasks.
+            setup_jobs: the job every worker runs before it takes tasks (``setup=``), if
+                any, and the call of nothing that tells it has loaded the exports.
             relay_mode: ``"task"``, ``"live"`` or ``"off"`` (see Cluster's ``relay``).
             max_tasks_per_worker, max_worker_memory: when a worker is recycled (see WorkerPool).
             workdir: the cluster's private directory, if made already (see MasterSocket).
         """
         self.launcher = launcher
         self.heartbeat_interval = heartbeat_interval
-        self.setup_job = setup_job
         self.relay_mode = relay_mode  # ("off": a stopped map waits for no output)
         self.scheduler = Scheduler(prefetch)
         self.lifecycle = Lifecycle()
@@ -116,7 +116,7 @@ class Dispatcher:
                                   self.profiler, self._check_by)
         self.exports: list[list[Any]] = []
         self.admission = Admission(self.token, self.master, self.shared, self.pool, self.exports,
-                                   setup_job, self.sender.send)
+                                   setup_jobs, self.sender.send)
         self._held = HeldResults()  # what the turn read, told once it ends
         self.reclaims = Reclaims(self.scheduler, self.master, self.profiler)
         self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)

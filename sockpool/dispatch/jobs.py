@@ -28,14 +28,12 @@ from typing import Any, NamedTuple
 from ..capture.pickling import FunctionPayload
 from ..common import codec, task_errors
 from ..common.progress_log import Record
-from ..common.protocol import Flag
+from ..common.protocol import TIMEOUT_SLACK, Flag
 from ..errors import ClusterClosedError, RemoteError, add_note
 from . import output as relay
 
 logger = logging.getLogger("sockpool")
 _job_ids = itertools.count(1)
-#: Added to a task's time limit for the trip back from the worker.
-TIMEOUT_SLACK = 0.05
 _chunk_ids = itertools.count(1)
 
 

@@ -150,7 +150,8 @@ class MasterSocket:
                 self.socket.send(identity, zmq.SNDMORE)
                 self.socket.send(frames[0])
             else:
-                self.socket.send_multipart([identity, *frames], copy=protocol.send_copies(frames))
+                # Large buffers zero-copy (pyzmq copies its small frames anyway).
+                self.socket.send_multipart([identity, *frames], copy=False)
         except zmq.ZMQError as exc:
             if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 return False
