@@ -20,14 +20,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from ..dispatch import IO_THREAD_NAME
+
 T = TypeVar("T")
 
 #: A callback's error is logged where ``Future`` logs one: a filter on that logger
 #: sees every callback's, wherever it ran.
 _log = logging.getLogger("concurrent.futures")
 
-#: The name of a cluster's I/O thread (``dispatch/dispatcher.py``).
-IO_THREAD_NAME = "sockpool-io"
 
 #: Modules whose callbacks never block: they run where the future completes.
 _PASSING_ON = ("asyncio.", "sockpool.")

@@ -64,6 +64,7 @@ def _close_all_at_exit() -> None:
 
 
 def register_exit_hook() -> None:
+    """Close the clusters left open when the interpreter exits (once per process)."""
     # Registered when the first cluster starts, not at import: importing
     # sockpool has no side effects.
     global _exit_hook_registered

@@ -1,4 +1,4 @@
-"""Whether the caller runs an event loop, and how a blocking step leaves it.
+"""Whether the caller runs an event loop, and so whether it may block.
 
 asyncio is imported only by code that already runs in an event loop, so that
 ``import sockpool`` and ``Cluster(...)`` in plain scripts never pay for it.
@@ -7,10 +7,6 @@ asyncio is imported only by code that already runs in an event loop, so that
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-T = TypeVar("T")
 
 
 def in_event_loop() -> bool:
@@ -35,9 +31,3 @@ def may_block() -> bool:
     shell = ipython.get_ipython() if ipython is not None else None
     return type(shell).__name__ == "ZMQInteractiveShell"
 
-
-async def to_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call in the event loop's default executor."""
-    import asyncio
-
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

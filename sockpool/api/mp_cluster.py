@@ -78,6 +78,8 @@ def _as_pool_worker(initializer: Callable[[], object] | None) -> None:
 def check_given_cluster(cluster: object, processes: int | None,
                          initializer: Callable[..., object] | None,
                          maxtasksperchild: int | None, cluster_kwargs: dict[str, Any]) -> None:
+    """Check ``Pool(cluster=...)``: a sockpool Cluster, and none of the arguments that
+    would start workers of the pool's own (raise ``TypeError`` or ``ValueError``)."""
     if not isinstance(cluster, Cluster):
         raise TypeError(f"cluster must be a sockpool Cluster, not {type(cluster).__name__}")
     given = [name for name, value in (("processes", processes), ("initializer", initializer),

@@ -18,9 +18,6 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, NamedTuple
 
-#: How workers relay what tasks write: per chunk, line by line, or not at all.
-RELAY_MODES = ("task", "live", "off")
-
 #: The largest frame a peer may send; a peer that sends more is disconnected.
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024**3
 
@@ -58,7 +55,7 @@ class WorkerConfig(NamedTuple):
     master_timeout: float  #: silence after which the worker gives up on its master
     serializer: str  #: "cloudpickle", "dill" or "pickle": how results are written
     max_frame_bytes: int  #: the largest frame the master accepts (a larger result fails its task)
-    relay: str = "task"  #: one of RELAY_MODES
+    relay: str = "task"  #: "task", "live" or "off" (see Cluster's ``relay``)
     relay_prefix: bool = False  #: start relayed lines with "[worker N] "
     log_level: int = 30  #: the lowest level of log records relayed
     curve: CurveKeys | None = None  #: None on an ipc:// transport

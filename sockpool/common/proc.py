@@ -13,6 +13,16 @@ TAIL_LINES = 20
 TAIL_BYTES = 4096
 
 
+def stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the process's name (which may hold
+    anything, ")" too), its state first; None where there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+
+
 def describe_exit(returncode: int | None) -> str:
     """``-9`` -> ``"killed by SIGKILL"``, ``3`` -> ``"exit code 3"``."""
     if returncode is None:

@@ -14,7 +14,8 @@ that has not proved it holds the cluster's token.
 Each worker opens two connections, told apart by their zmq routing id:
 
 * the *data* connection (``b"D" + id``), used only by the worker's main thread:
-  HELLO, then TASK/EXPORT/FORGET in and RESULT (and a timed chunk's STARTED) out;
+  HELLO, then TASK, EXPORT, FORGET, ACK and SHUTDOWN in, RESULT, OUTPUT and a
+  timed chunk's STARTED out, RELEASE both ways;
 * the *control* connection (``b"C" + id``), used by the worker's watchdog
   thread: HELLO, HEARTBEAT both ways, CANCEL, RECLAIM and SHUTDOWN in,
   RECLAIM's answer out.  It keeps answering while a task holds the main thread.
@@ -22,7 +23,8 @@ Each worker opens two connections, told apart by their zmq routing id:
 ============  =========  ==========================================================
 kind          direction  body of the first frame (then out-of-band buffer frames)
 ============  =========  ==========================================================
-HELLO         w -> m     JSON: token, worker id, pid, host, python, version
+HELLO         w -> m     JSON: token, worker id, pid, host, python, version, its
+                         shared-memory probe and progress page (where it has them)
 TASK          m -> w     task meta (digest, first task index, function length and
                          buffer count, seed, RESULTs received from this worker,
                          tasks of the chunk to skip), function pickle (empty when
@@ -30,7 +32,8 @@ TASK          m -> w     task meta (digest, first task index, function length an
                          function's buffers (each the 16-byte digest of one the
                          worker holds, or the buffer), then the arguments' buffers
 RESULT        w -> m     [task times, when flagged PROFILE] outcome pickle: (values,
-                         errors, seconds, relay batch)
+                         errors, seconds, relay batch[, the slices kept in the
+                         progress page, as they are: (start, count, frames)])
 ACK           m -> w     (empty; ``ident``: RESULTs received from this worker)
 STARTED       w -> m     (empty; ``ident``: a chunk flagged ``TIMED``, loaded, whose
                          tasks start now: their time limit counts from here)
@@ -61,9 +64,10 @@ A TASK flagged ``PROFILE`` asks for the time of each task: the RESULT's body
 then starts with them (``TaskTimes``, ``stamp_block``), on the worker's clock;
 the master's heartbeats measure the offset between the two clocks.
 
-A TASK or RESULT flagged ``SHARED`` carries its large buffers in a shared
-memory segment (see ``shm.py``): the one frame after the function's buffers
-(TASK) or after the first frame (RESULT) is the segment's descriptor.
+A TASK or RESULT flagged ``SHARED`` carries its large buffers in shared
+memory segments (see ``shm.py``): the frames after the function's buffers
+(TASK: one per segment, a kept argument's among them) or the last frame
+(RESULT) are the segments' descriptors.
 """
 
 from __future__ import annotations
@@ -137,7 +141,8 @@ class Flag:
     """
 
     NONE = 0
-    #: Call ``fn(x)`` for each item (a map over one iterable).
+    #: Call ``fn(x)`` for each item (a map over one iterable): what a worker does
+    #: unless told MAP_STAR or CALL (it reads neither this bit nor its absence).
     MAP_ONE = 1
     #: Call ``fn(*x)`` for each item (starmap, or a map over several iterables).
     MAP_STAR = 2
@@ -147,7 +152,8 @@ class Flag:
     STOP_ON_ERROR = 8
     #: RESULT: the chunk was skipped or interrupted because its job was cancelled.
     CANCELLED = 16
-    #: The message's large buffers are in a shared memory segment (its last frame).
+    #: The message's large buffers are in shared memory segments (see the module's
+    #: docstring for which frames describe them).
     SHARED = 32
     #: TASK: time each task; RESULT: the body starts with those times (``stamp_block``).
     PROFILE = 64

@@ -10,18 +10,14 @@ RemoteError with the same text when it cannot.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import threading
 import traceback
 from typing import Any
 
 from ..errors import RemoteError, RemoteFrame, RemoteTraceback, add_note
+from .caller import PACKAGE_DIR
 from .codec import dumps_in_band, pickler_class
-
-#: Where sockpool's own modules are: their frames are left out of a task's traceback.
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
 
 #: The largest exception object sent as itself (its message and traceback travel
 #: in any case): one holding more, a large array say, arrives as a RemoteError.
@@ -150,7 +146,7 @@ def _hide_own_frames(summary: traceback.TracebackException) -> list[RemoteFrame]
         stack = current.stack
         last = len(stack) - 1
         stack[:] = [frame for i, frame in enumerate(stack)
-                    if i == last or not frame.filename.startswith(_PACKAGE_DIR)]
+                    if i == last or not frame.filename.startswith(PACKAGE_DIR)]
         frames += [(frame.filename, frame.lineno, frame.name, frame.line or None)
                    for frame in stack]
         todo += [c for c in (current.__cause__, current.__context__) if c is not None]

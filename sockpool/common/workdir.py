@@ -26,6 +26,8 @@ import shutil
 import tempfile
 import threading
 
+from .proc import stat_fields
+
 PREFIX = "sockpool-"
 #: ``sockpool-<pid namespace inode>-<pid>-<start time in clock ticks>-<random>``.
 _OWNED = re.compile(PREFIX + r"(\d+)-(\d+)-(\d+)-[^-/]+\Z")
@@ -142,10 +144,5 @@ def _pid_namespace() -> int | None:
 
 def _start_time(pid: int) -> int | None:
     """When process ``pid`` started, in clock ticks since boot; None if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-    except OSError:
-        return None
-    # After the command's closing parenthesis: the state is field 3, starttime field 22.
-    return int(fields[19]) if len(fields) > 19 else None
+    fields = stat_fields(pid)  # (the state is field 3 of the file, starttime field 22)
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None

@@ -30,6 +30,7 @@ from ..common.protocol import Flag, Kind, TaskTimes
 from ..common.shm import SharedFrame
 from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
+from . import IO_THREAD_NAME
 from . import output as relay
 from .admission import Admission
 from .jobs import Chunk, HeldResults, Job
@@ -119,7 +120,7 @@ class Dispatcher:
                                    setup_jobs, self.sender.send)
         self._held = HeldResults()  # what the turn read, told once it ends
         self.reclaims = Reclaims(self.scheduler, self.master, self.profiler)
-        self._thread = threading.Thread(target=self._run, name="sockpool-io", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=IO_THREAD_NAME, daemon=True)
         self.shared.io_thread = self._thread
 
     # -- any thread ------------------------------------------------------------------------

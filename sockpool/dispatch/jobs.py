@@ -357,10 +357,12 @@ class HeldResults:
         self._jobs: list[Job] = []
 
     def hold(self, chunk: Chunk, label: WorkerLabel, payload: Payload) -> None:
+        """Keep a RESULT that came this turn until :meth:`release`."""
         if chunk.job.hold(chunk, label, payload):
             self._jobs.append(chunk.job)
 
     def release(self) -> None:
+        """Tell each job what it got this turn (its caller wakes once for it all)."""
         # One at a time: what an escaping BaseException (a done-callback's SystemExit)
         # leaves here, the teardown still tells.
         while self._jobs:

@@ -125,6 +125,7 @@ class WorkerRecord:
 
     @property
     def label(self) -> WorkerLabel:
+        """Who it is, as messages name it ("worker 1 (pid 123 on host)")."""
         return WorkerLabel(self.id, self.host, self.pid)
 
     @property

@@ -19,6 +19,8 @@ import signal
 import time
 from collections.abc import Mapping
 
+from ..common.proc import stat_fields
+
 #: Seconds the processes left in a worker's group get after SIGTERM at the close.
 KILL_GRACE = 1.0
 
@@ -101,12 +103,8 @@ def _started(pid: int) -> int | None:
 
 def _stat(pid: int) -> tuple[int, int] | None:
     """(group, start in ticks) of a running process, from ``/proc/<pid>/stat``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()  # (after the name, which may hold ")")
-    except OSError:
-        return None
-    if len(fields) < 20 or fields[0] == b"Z":  # state, ppid, pgrp, ..., starttime (20th)
+    fields = stat_fields(pid)
+    if fields is None or len(fields) < 20 or fields[0] == b"Z":  # state, ppid, pgrp, ..., start
         return None
     return int(fields[2]), int(fields[19])
 

@@ -58,8 +58,6 @@ class ManualLauncher(Launcher):
 
     watches_processes = False
     transport = "tcp"
-    #: As long as a local worker's: a master merely busy is not given up on soon.
-    default_master_timeout = 60.0
 
     def __init__(self, listen: str = "127.0.0.1", python: str | None = None,
                  output: Callable[[str], Any] | None = None) -> None:

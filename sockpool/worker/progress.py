@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import mmap
 import os
-import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +41,7 @@ from ..common.progress_log import (
     Page,
     record_header,
 )
+from ..common.shm import raw_view
 
 __all__ = ["TO_THE_END", "Progress", "create", "make_page", "report_fields"]
 
@@ -163,7 +163,7 @@ class Progress:
         if self._log_bytes + size > LOG_LIMIT:
             return False
         try:
-            _write_all(self.fd, [_flat(part) for part in (header, *frames)],
+            _write_all(self.fd, [raw_view(part) for part in (header, *frames)],
                        self._offset + self._log_bytes)
         except OSError:  # out of memory for it, say: the record is not counted
             return False
@@ -182,7 +182,7 @@ class Progress:
             self._output_full = True  # (a later one kept would leave a hole)
             return
         try:
-            _write_all(self.fd, [_flat(part) for part in (header, *frames)],
+            _write_all(self.fd, [raw_view(part) for part in (header, *frames)],
                        OUTPUT_SLOTS[self._slot] + self._output_bytes)
         except OSError:
             self._output_full = True
@@ -191,13 +191,6 @@ class Progress:
         self._output_written[self._slot] = max(self._output_written[self._slot],
                                                self._output_bytes)
         self._words[OUTPUT_BYTES] = self._output_bytes  # last: the master reads whole records
-
-
-def _flat(frame: Any) -> memoryview:
-    """A frame's bytes as one flat view (a Fortran-ordered array's buffer too)."""
-    if isinstance(frame, pickle.PickleBuffer):
-        return frame.raw()
-    return memoryview(frame).cast("B")
 
 
 #: The most buffers one ``pwritev`` takes.
@@ -227,7 +220,8 @@ def create(fd: int | None = None) -> Progress | None:
 
 
 def make_page() -> int:
-    """A memfd for a worker's progress page, made by its host's agent (see :func:`read_back`)."""
+    """A memfd for a worker's progress page, made by its host's agent or its supervisor,
+    which reads it once the worker ended (see :func:`report_fields`)."""
     fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
     os.ftruncate(fd, mmap.PAGESIZE)
     return fd

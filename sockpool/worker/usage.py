@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..common.proc import stat_fields
+
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -30,12 +32,8 @@ def resident_bytes() -> int:
 
 def cpu_ticks(pid: int) -> int | None:
     """User and system CPU time of process ``pid``, in clock ticks (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()  # (its name may hold anything)
-        return int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, IndexError):
-        return None
+    fields = stat_fields(pid)  # (utime and stime are fields 14 and 15 of the file)
+    return int(fields[11]) + int(fields[12]) if fields is not None and len(fields) > 12 else None
 
 
 def cpu_seconds() -> float:
