@@ -332,6 +332,32 @@ class StopsAfterFirstLauncher(LocalLauncher):
         return super().spawn(worker_id, config)
 
 
+class StartsTwoLauncher(LocalLauncher):
+    """Starts two workers, then no more."""
+
+    def spawn(self, worker_id: int, config: WorkerConfig) -> Any:
+        if worker_id > 1:
+            raise LaunchError("no interpreter any more", command="python")
+        return super().spawn(worker_id, config)
+
+
+def test_a_replacement_that_cannot_start_is_told_and_the_cluster_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The cluster shrank to one worker without a word: the replacement's
+    # LaunchError was kept for a caller that no longer waited.
+    with caplog.at_level("WARNING", logger="sockpool"), \
+            Cluster(n=2, launcher=StartsTwoLauncher()) as cl:
+        assert not caplog.records  # (its own start: nothing to tell)
+        os.kill(cl.workers[0].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [record.getMessage() for record in caplog.records] == [
+            "sockpool: a worker could not be started to replace one; the cluster goes on "
+            "with 1 of 2: no interpreter any more"]
+        assert cl.par_map(abs, range(-3, 0)) == [3, 2, 1]
+
+
 def test_with_no_worker_left_and_none_startable_work_fails_instead_of_hanging() -> None:
     with Cluster(n=1, launcher=StopsAfterFirstLauncher()) as cl:
         # Their results are in before the worker dies: a worker that exits at once

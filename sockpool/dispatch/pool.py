@@ -10,6 +10,7 @@ tasks, and hands what a lost worker held to :mod:`.settling`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import warnings
@@ -38,7 +39,6 @@ from .transport import MasterSocket
 #: How long a worker whose connection broke gets to be seen ended (its process closes
 #: its sockets a moment before it can be reaped) before it counts as cut off.
 DYING_SECONDS = 0.1
-
 #: The states of a worker the master sends heartbeats to.
 _BEATING = (WorkerState.SETUP, WorkerState.READY, WorkerState.RETIRING)
 #: How often processes are polled when no pidfd tells us they ended.
@@ -54,6 +54,8 @@ EXIT_GRACE = 0.1
 STOP_GRACE = (2.0, 1.0, 1.0)
 #: Replacement workers that fail to start this many times in a row stop the replacing.
 MAX_FAILED_REPLACEMENTS = 3
+
+logger = logging.getLogger("sockpool")
 
 
 class WorkerPool:
@@ -107,6 +109,7 @@ class WorkerPool:
         self.state_changed = threading.Condition()
         self.n_ready = 0
         self.startup_errors: list[LaunchError] = []
+        self.serving = False  # started: a start that fails now is a replacement's, told by log
         self.loop_error: BaseException | None = None  # the I/O thread itself failed
 
     # -- starting ------------------------------------------------------------------------
@@ -149,6 +152,9 @@ class WorkerPool:
         with self.state_changed:
             self.startup_errors.append(error)
             self.state_changed.notify_all()
+        if self.serving and self.lifecycle.wants_workers:  # no caller waits to be told
+            logger.warning("sockpool: a worker could not be started to replace one; the cluster "
+                           "goes on with %d of %d: %s", self.n_ready, self.target, error)
 
     def wait_for_workers(self, count: int, timeout: float, minimum: int | None = None) -> None:
         """On the caller's thread: block until ``count`` workers are ready.
@@ -192,8 +198,10 @@ class WorkerPool:
                         f"{timeout:g} s (connect_timeout); still waiting for: {detail}"
                         + command_note(command), command=command)
                 self.state_changed.wait(min(remaining, 0.5))
+            self.serving = True
 
     def _warn_partial(self, count: int) -> None:
+        self.serving = True
         reasons = list(dict.fromkeys(str(error).split("\n", 1)[0]
                                      for error in self.startup_errors))
         reasons = reasons or ["some workers did not connect in time"]
