@@ -4,7 +4,8 @@
 the steps of closing; other threads reach it through its public methods, which
 post commands to its :mod:`.mailbox`.  :mod:`.pool` starts, watches, replaces
 and stops the worker processes (:mod:`.records` is what it knows of each,
-:mod:`.admission` lets them in, :mod:`.clock` aligns their clocks, :mod:`.exits`
+:mod:`.admission` lets them in, :mod:`.readiness` waits for them on the caller's
+thread, :mod:`.clock` aligns their clocks, :mod:`.exits`
 watches their processes end, :mod:`.task_progress` reads how far a dead
 worker's chunk got, and its results, and :mod:`.settling` settles what it held;
 :mod:`.function_mirror` is what each caches of the task functions);

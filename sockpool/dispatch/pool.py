@@ -2,8 +2,8 @@
 
 The I/O thread's :class:`~sockpool.dispatch.dispatcher.Dispatcher` owns one
 :class:`WorkerPool` and calls it from its loop; every method runs on the I/O
-thread, except :meth:`WorkerPool.wait_for_workers`, which the caller's thread
-runs while the cluster starts.  The pool tells the scheduler which workers take
+thread, except :meth:`WorkerPool.wait_for_workers` (:mod:`.readiness`), which the
+caller's thread runs while the cluster starts.  The pool tells the scheduler which workers take
 tasks, and hands what a lost worker held to :mod:`.settling`.
 """
 
@@ -13,21 +13,19 @@ import contextlib
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Collection
 
 from ..common.config import WorkerConfig
 from ..common.protocol import Kind, header
-from ..errors import ClusterClosedError, LaunchError, NoWorkersLeftError, SockpoolError
+from ..errors import LaunchError, NoWorkersLeftError, SockpoolError
 from ..launchers.base import Launcher, release
+from . import readiness
 from .exits import ExitWatch
-from .jobs import where
 from .lifecycle import Lifecycle
 from .profiling import Profiler
 from .records import (
     WorkerRecord,
     WorkerState,
-    command_note,
     launch_error,
     lost_error,
 )
@@ -157,56 +155,9 @@ class WorkerPool:
                            "goes on with %d of %d: %s", self.n_ready, self.target, error)
 
     def wait_for_workers(self, count: int, timeout: float, minimum: int | None = None) -> None:
-        """On the caller's thread: block until ``count`` workers are ready.
-
-        With ``minimum``, failures are accepted once every worker has either
-        started or failed (or the time is up) and at least ``minimum`` are ready;
-        a warning then names what failed.
-
-        Raises:
-            LaunchError: a worker failed to start, or too few connected in time.
-            ClusterClosedError: the cluster was closed meanwhile (another thread).
-        """
-        deadline = time.monotonic() + timeout
-        with self.state_changed:
-            while self.n_ready < count:
-                if self.loop_error is not None and not self.startup_errors:
-                    raise LaunchError(f"the cluster failed while starting: {self.loop_error}")
-                if not self.lifecycle.wants_workers and not self.startup_errors:
-                    raise self.lifecycle.error or ClusterClosedError(
-                        "the cluster was closed while its workers started")
-                remaining = deadline - time.monotonic()
-                starting = [r for r in list(self.workers.values()) if r.state.starting]
-                settled = remaining <= 0 or not self.lifecycle.wants_workers or not starting
-                if self.startup_errors and (minimum is None or settled):
-                    if minimum is not None and self.n_ready >= minimum:
-                        self._warn_partial(count)
-                        return
-                    raise self.startup_errors[0]
-                if remaining <= 0:
-                    if minimum is not None and self.n_ready >= minimum:
-                        self._warn_partial(count)
-                        return
-                    detail = "; ".join(
-                        f"worker {r.id} ({where(r.pid, r.host)}): "
-                        + (r.process.status_note() or r.state.value)
-                        + (f", stderr: {tail}" if (tail := r.process.stderr_tail()) else "")
-                        for r in starting)
-                    command = starting[0].process.command if starting else None
-                    raise LaunchError(
-                        f"only {self.n_ready} of {count} workers connected within "
-                        f"{timeout:g} s (connect_timeout); still waiting for: {detail}"
-                        + command_note(command), command=command)
-                self.state_changed.wait(min(remaining, 0.5))
-            self.serving = True
-
-    def _warn_partial(self, count: int) -> None:
-        self.serving = True
-        reasons = list(dict.fromkeys(str(error).split("\n", 1)[0]
-                                     for error in self.startup_errors))
-        reasons = reasons or ["some workers did not connect in time"]
-        warnings.warn(f"the cluster started with {self.n_ready} of {count} workers "
-                      f"(min_workers=): {'; '.join(reasons)}", UserWarning, stacklevel=4)
+        """On the caller's thread: block until ``count`` workers are ready (see
+        :func:`.readiness.wait_for_workers`)."""
+        readiness.wait_for_workers(self, count, timeout, minimum)
 
     # -- watching ------------------------------------------------------------------------
 
