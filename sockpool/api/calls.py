@@ -207,5 +207,5 @@ class Calls:
                 raise ValueError(f"export() names globals: {name!r} is not a Python name")
         parts = ((f"exported value {name!r}", value) for name, value in values.items())
         frames = self.packer.values(values, parts, copy_buffers=True,
-                                    prefix=protocol.header(protocol.Kind.EXPORT))
-        self.dispatcher.add_export(frames)
+                                    prefix=protocol.export_prefix(list(values)))
+        self.dispatcher.add_export(list(values), frames)

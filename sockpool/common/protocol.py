@@ -40,7 +40,8 @@ STARTED       w -> m     (empty; ``ident``: a chunk flagged ``TIMED``, loaded, w
 OUTPUT        w -> m     relay batch pickle: what a running chunk wrote so far
 RELEASE       both       serials (u64 each) of the sender's mappings of the
                          receiver's shared-memory segments that are gone
-EXPORT        m -> w     pickle of a dict of values
+EXPORT        m -> w     the names' length (u32) and the names (a JSON list), then a
+                         pickle of a dict of values by those names
 FORGET        m -> w     digest of a cached function to drop
 CANCEL        m -> w     (empty; ``job`` says which)
 RECLAIM       both       m -> w: give back chunk ``ident``, queued here, for an idle
@@ -74,6 +75,7 @@ from __future__ import annotations
 
 import array
 import enum
+import json
 import struct
 import time
 from typing import Any, NamedTuple
@@ -376,6 +378,31 @@ def parse_release(body: memoryview) -> list[int]:
     if len(body) % _SERIAL.size:
         raise ProtocolError("RELEASE body is not a whole number of serials")
     return [serial for (serial,) in _SERIAL.iter_unpack(body)]
+
+
+def export_prefix(names: list[str]) -> bytes:
+    """The start of an EXPORT message, before the pickle of its values: the names,
+    so that a worker that cannot load the values knows which they were."""
+    listed = json.dumps(names).encode()
+    return header(Kind.EXPORT) + _NAMES_LENGTH.pack(len(listed)) + listed
+
+
+def parse_export(body: memoryview) -> tuple[list[str], memoryview]:
+    """An EXPORT body's names, and its pickle."""
+    if len(body) < _NAMES_LENGTH.size:
+        raise ProtocolError("EXPORT body without its names")
+    (length,) = _NAMES_LENGTH.unpack_from(body)
+    end = _NAMES_LENGTH.size + length
+    try:
+        names = json.loads(bytes(body[_NAMES_LENGTH.size:end]))
+    except ValueError as exc:
+        raise ProtocolError("EXPORT names are not a JSON list") from exc
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ProtocolError("EXPORT names are not a list of strings")
+    return names, body[end:]
+
+
+_NAMES_LENGTH = struct.Struct("<I")
 
 
 def with_flags(frame: Any, flags: int) -> bytes:

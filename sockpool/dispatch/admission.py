@@ -1,9 +1,10 @@
 """A worker's way in: its HELLO proves it holds the cluster's token, then it is set up.
 
 On the data connection the HELLO says who the worker is (pid, host, whether it
-shares this machine's memory); it then gets every export and, with
-``Cluster(setup=)``, runs the setup function before it takes tasks (without one,
-a call of nothing, where there are exports: it takes tasks once they are loaded).  On the
+shares this machine's memory); with ``Cluster(setup=)`` it runs the setup
+function, then gets every export, as the first workers did (their setup ran
+before any ``export()``), and answers a call of nothing after them: it takes
+tasks once they are loaded.  On the
 control connection the HELLO opens heartbeats (clock probes, for a worker on
 another machine).
 Runs on the I/O thread only.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..common import codec, protocol
@@ -27,11 +28,32 @@ from .task_progress import ProgressPage
 from .transport import MasterSocket
 
 
+class Exports:
+    """What ``export()`` sent, in order, for the workers that start later; an export
+    whose every name a later one gave again is dropped, and its memory with it."""
+
+    def __init__(self) -> None:
+        self._sent: list[tuple[set[str], list[Any]]] = []  # its names not given again
+
+    def add(self, names: list[str], frames: list[Any]) -> None:
+        """An EXPORT message of values by ``names``."""
+        for live, _ in self._sent:
+            live.difference_update(names)
+        self._sent = [sent for sent in self._sent if sent[0]]
+        self._sent.append((set(names), frames))
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return (frames for _, frames in self._sent)
+
+    def __bool__(self) -> bool:
+        return bool(self._sent)
+
+
 class Admission:
     """Takes workers from STARTING to READY (through SETUP when there is a setup job)."""
 
     def __init__(self, token: str, master: MasterSocket, shared: SharedTransfers,
-                 pool: WorkerPool, exports: list[list[Any]], setup_jobs: tuple[Job | None, Job],
+                 pool: WorkerPool, exports: Exports, setup_jobs: tuple[Job | None, Job],
                  send_chunk: Callable[[WorkerRecord, Chunk], bool]) -> None:
         """
         Args:
@@ -68,17 +90,26 @@ class Admission:
             record.progress = ProgressPage.open(info.get("progress"))
         if not record.process.host_known:
             record.host = str(info.get("host", record.host))
+        record.state = WorkerState.SETUP
+        if self.setup_job is not None:
+            self._run(record, self.setup_job)
+        else:
+            self._export(record)
+
+    def _export(self, record: WorkerRecord) -> None:
+        """Send a worker the exports; it is ready once it has loaded them (it answers
+        a call of nothing after them): its first timed task is not charged for them."""
+        record.has_exports = True
         for frames in self.exports:
             self.master.send(record.data_identity, frames)
-        # Ready once set up, or once it has loaded the exports (it answers a call of
-        # nothing after them): its first timed task is not charged for them.
-        job = self.setup_job or (self.loaded_job if self.exports else None)
-        if job is not None:
-            record.state = WorkerState.SETUP
-            record.setup_chunk = job.chunk(0, 1, codec.dumps(((), {})))
-            self.send_chunk(record, record.setup_chunk)
+        if self.exports:
+            self._run(record, self.loaded_job)
         else:
             self.pool.mark_ready(record)
+
+    def _run(self, record: WorkerRecord, job: Job) -> None:
+        record.setup_chunk = job.chunk(0, 1, codec.dumps(((), {})))
+        self.send_chunk(record, record.setup_chunk)
 
     def setup_result(self, record: WorkerRecord, payload: tuple[memoryview, list[Any]]
                      ) -> None:
@@ -92,7 +123,10 @@ class Admission:
         except Exception as exc:  # a warning under an "error" filter fails the setup
             failures = [TaskFailure(0, exc)]
         if not failures:
-            self.pool.mark_ready(record)
+            if chunk.job is self.setup_job:
+                self._export(record)
+            else:
+                self.pool.mark_ready(record)
             return
         record.failure = setup_error(record, chunk, failures[0].error)
         record.process.kill()  # its exit reports the failure, once

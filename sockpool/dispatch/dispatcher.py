@@ -32,7 +32,7 @@ from ..errors import ClusterClosedError, SockpoolError
 from ..launchers.base import Launcher
 from . import IO_THREAD_NAME
 from . import output as relay
-from .admission import Admission
+from .admission import Admission, Exports
 from .jobs import Chunk, HeldResults, Job
 from .lifecycle import ClusterState, Lifecycle
 from .mailbox import Mailbox
@@ -115,7 +115,7 @@ class Dispatcher:
         self._next_check = 0.0  # when the I/O loop next checks processes and deadlines
         self.sender = ChunkSender(self.master, self.scheduler, self.pool, self.shared,
                                   self.profiler, self._check_by)
-        self.exports: list[list[Any]] = []
+        self.exports = Exports()
         self.admission = Admission(self.token, self.master, self.shared, self.pool, self.exports,
                                    setup_jobs, self.sender.send)
         self._held = HeldResults()  # what the turn read, told once it ends
@@ -187,9 +187,10 @@ class Dispatcher:
         """
         return self.mailbox.ask(self._broadcast, job, frames)
 
-    def add_export(self, frames: list[Any]) -> None:
-        """Send an EXPORT message to every worker now, and to every worker that starts later."""
-        self.mailbox.post(self._add_export, frames)
+    def add_export(self, names: list[str], frames: list[Any]) -> None:
+        """Send an EXPORT message (values by ``names``) to every worker now, and to every
+        worker that starts later."""
+        self.mailbox.post(self._add_export, names, frames)
 
     def restart(self) -> None:
         """Replace every worker by a fresh one; return once they are ready (or LaunchError)."""
@@ -455,8 +456,8 @@ class Dispatcher:
             if not chunk.job.cancel_waiting(chunk):
                 self.scheduler.submit([chunk])
 
-    def _add_export(self, frames: list[Any]) -> None:
-        self.exports.append(frames)
+    def _add_export(self, names: list[str], frames: list[Any]) -> None:
+        self.exports.add(names, frames)
         for record in self.pool.workers.values():
-            if record.state in (WorkerState.SETUP, WorkerState.READY):
+            if record.alive and record.has_exports:  # (a worker in setup gets it after)
                 self.master.send(record.data_identity, frames)

@@ -89,6 +89,7 @@ class WorkerRecord:
         self.last_heard = self.started_at
         self.functions = FunctionMirror(FUNCTION_CACHE_BYTES)  # what it caches
         self.setup_chunk: Chunk | None = None
+        self.has_exports = False  # the cluster's exports went to it (after its setup)
         self.failure: LaunchError | None = None  # why it could not start, when known
         self.exited_at: float | None = None  # when its process was first seen ended
         self.left_at: float | None = None  # when the master stopped counting on it

@@ -7,7 +7,10 @@ master sends in place of a buffer held here (:mod:`.held_buffers`).  Functions
 shipped by value share their module's namespace (:mod:`.namespaces`).
 Exports (``Cluster.export``) land in the worker's clean ``__main__``, in
 those namespaces, and in the globals of a ``bind_to_env`` function, where a
-name it was bound with wins over an exported one.
+name it was bound with wins over an exported one.  They are unpickled as task
+functions are (a function among them shares its module's namespace); values
+that cannot be loaded here are not set, and a task that then misses one of
+their names is told why.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import add_note
 from .held_buffers import HeldBuffers, MissingBuffer
 from .namespaces import SharedGlobals
 
@@ -62,6 +66,7 @@ class FunctionCache:
         #: heard of it come with its digest alone, and fail the same way.
         self._failed: dict[bytes, BaseException] = {}
         self._exports: dict[str, Any] = {}
+        self._failed_exports: dict[str, BaseException] = {}  # why, by name
         self.held = HeldBuffers()  # the large buffers of the functions here
         #: Functions refused for a MissingBuffer: chunks sent by their digest alone before
         #: the master heard of it are refused too, until it sends FORGET or the function.
@@ -72,11 +77,38 @@ class FunctionCache:
         self.main_module.__dict__["__builtins__"] = __builtins__
         self.shared = SharedGlobals(self.main_module)
 
+    def load_export(self, names: list[str], payload: Any, buffers: list[Any]) -> None:
+        """Load an EXPORT's values by ``names`` and :meth:`export` them.
+
+        Values that cannot be loaded here are not set (a value exported before under
+        a name is taken away: it is not what the master has); see :meth:`explain`.
+        """
+        try:
+            values = self.shared.loads(None, payload, buffers)
+        except (Exception, SystemExit) as exc:  # (a value's own error: the worker goes on)
+            self._failed_exports.update(dict.fromkeys(names, exc))
+            self.shared.unexport(names)
+            for name in names:
+                self._exports.pop(name, None)
+            self._export_version += 1
+            return
+        for name in names:
+            self._failed_exports.pop(name, None)
+        self.export(values)
+
     def export(self, values: dict[str, Any]) -> None:
-        """Add exported globals (EXPORT); functions see them from their next chunk on."""
+        """Add exported globals; functions see them from their next chunk on."""
         self._exports.update(values)
         self.shared.export(values)
         self._export_version += 1
+
+    def explain(self, error: BaseException) -> None:
+        """Note on a task's ``NameError`` for an export that failed to load here, why."""
+        name = getattr(error, "name", None) if isinstance(error, NameError) else None
+        failure = self._failed_exports.get(name) if isinstance(name, str) else None
+        if failure is not None:
+            add_note(error, f"sockpool: the value exported as {name!r} could not be loaded "
+                            f"on this worker: {type(failure).__name__}: {failure}")
 
     def forget(self, digest: bytes) -> None:
         """Drop a cached function (FORGET), and what only it put in a shared namespace;

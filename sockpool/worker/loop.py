@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from ..common import codec, protocol, shm, wire
+from ..common import protocol, shm, wire
 from ..common.protocol import Flag, Kind
 from . import link
 from .functions import FunctionCache
@@ -99,7 +99,7 @@ class DataLoop:
             elif head.kind is Kind.RELEASE and self.shared is not None:
                 self.shared.release(protocol.parse_release(body), MASTER)
             elif head.kind is Kind.EXPORT:
-                self.functions.export(codec.loads(body, buffers))
+                self.functions.load_export(*protocol.parse_export(body), buffers)
             elif head.kind is Kind.FORGET:
                 self.functions.forget(bytes(body))
             elif head.kind is Kind.SHUTDOWN:

@@ -85,17 +85,19 @@ class SharedGlobals:
         self._carried: dict[bytes, list[Carried]] = {}  # by function digest
         self._loading: list[Carried] = []  # what the function being unpickled carries
 
-    def loads(self, digest: bytes, payload: Any, buffers: Sequence[Any]) -> Any:
-        """Unpickle a task function's payload, its module's functions sharing one namespace."""
+    def loads(self, digest: bytes | None, payload: Any, buffers: Sequence[Any]) -> Any:
+        """Unpickle a task function's payload (``digest``) or exported values (None), the
+        functions of a module shipped by value sharing one namespace."""
         self._loading = []
         unpickler = _Unpickler(io.BytesIO(payload), buffers=buffers)
         unpickler.shared = self
         try:
-            fn = unpickler.load()
-            self._carried[digest] = self._loading
+            loaded = unpickler.load()
+            if digest is not None:
+                self._carried[digest] = self._loading
         finally:
             self._loading = []
-        return fn
+        return loaded
 
     def apply(self, digest: bytes) -> None:
         """Put what the function ``digest`` carries in its namespaces, before it runs,
@@ -158,6 +160,17 @@ class SharedGlobals:
             namespace.update(values)
             self._put[id(namespace)].update(values)
             self._as_put[id(namespace)].update(dict.fromkeys(values))
+
+    def unexport(self, names: list[str]) -> None:
+        """Take exported values away from every namespace where the master's still are."""
+        for name in names:
+            self._exports.pop(name, None)
+            for namespace in self._namespaces.values():
+                put = self._put[id(namespace)]
+                if name in put and namespace.get(name, _UNSET) is put[name]:
+                    del namespace[name]
+                    del put[name]
+                    self._as_put[id(namespace)].pop(name, None)
 
     def forget(self, digest: bytes) -> None:
         """Drop what only the function ``digest`` carried, where this worker kept it."""

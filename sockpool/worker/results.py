@@ -11,6 +11,7 @@ pickled once.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..common import codec, protocol, shm, task_errors
@@ -48,10 +49,14 @@ class ResultPacker:
         # The master disconnects a peer that sends a larger frame: refuse to send one.
         self.max_frame_bytes = max_frame_bytes
         self.shared = shared
+        #: Adds what this worker knows of a task's exception to it, before it is packed.
+        self.explain: Callable[[BaseException], None] | None = None
 
     def failure(self, exc: BaseException, skip_frames: int = 0) -> bytes:
         """A task's exception, packed for the master (never raises)."""
         try:
+            if self.explain is not None:
+                self.explain(exc)
             return task_errors.pack_exception(exc, self.serializer, skip_frames, min(
                 task_errors.MAX_EXCEPTION_BYTES, self.max_frame_bytes // 4))
         except BaseException as error:  # its __str__ raised SystemExit, say

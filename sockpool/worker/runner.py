@@ -115,6 +115,7 @@ class ChunkRunner:
         self.serializer = config.serializer
         self.max_memory = config.max_memory
         self.results = ResultPacker(config.serializer, config.max_frame_bytes, shared)
+        self.results.explain = functions.explain  # (a NameError for an export not loaded)
         self._released = released
         self._send = send
         self._chunk: protocol.Header | None = None  # the chunk running now, for its OUTPUT
