@@ -207,6 +207,21 @@ def test_run_on_all_runs_once_per_worker(cluster: Cluster) -> None:
         cluster.run_on_all(lambda: 1 / 0)
 
 
+def test_run_on_all_on_a_worker_just_dead_says_it_never_ran_there(cluster: Cluster) -> None:
+    # The worker died just before the call (its death not seen yet): the error said
+    # "while running task 0", for a worker that was idle and gone.
+    for _ in range(2):
+        cluster._dispatcher.mailbox.post(time.sleep, 0.3)  # its death seen after the call
+        os.kill(cluster.workers[0].pid, signal.SIGKILL)
+        with pytest.raises(WorkerLostError, match=r"was lost \(killed by SIGKILL.*\) before it "
+                           r"ran task 0 \(run_on_all runs on each worker there as it is called"):
+            cluster.run_on_all(os.getpid)
+        deadline = time.monotonic() + 20
+        while cluster.n_workers < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(set(cluster.run_on_all(os.getpid))) == 2
+
+
 def test_export_makes_globals_for_present_and_replacement_workers(tmp_path: Path) -> None:
     result = run_script("""
         import os

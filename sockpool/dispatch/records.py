@@ -154,13 +154,17 @@ def snapshot(records: Iterable[WorkerRecord], load: Callable[[int], int]) -> lis
 
 
 def lost_error(record: WorkerRecord, how: str, tail: str, chunk: Chunk,
-               start: int | None = None, end: int | None = None) -> WorkerLostError:
+               start: int | None = None, end: int | None = None, ran: bool = True
+               ) -> WorkerLostError:
     """The error of a chunk (its tasks ``[start, end)``; by default those it had left to
-    run) whose worker was lost."""
+    run) whose worker was lost (``ran``: running them; else before they started, a
+    chunk pinned to it: ``run_on_all``'s)."""
     first = chunk.first_index + (chunk.resume if start is None else start)
     last = chunk.first_index + (chunk.count if end is None else end) - 1
     tasks = chunk.job.name_tasks(first, last)
-    message = f"{record.label} was lost ({how}) while running {tasks}"
+    message = (f"{record.label} was lost ({how}) while running {tasks}" if ran else
+               f"{record.label} was lost ({how}) before it ran {tasks} (run_on_all runs on "
+               "each worker there as it is called)")
     if tail:  # (what its tasks wrote, relayed, then its own stderr)
         message += f"\nits output ends with:\n{tail}"
     return WorkerLostError(message, worker_id=record.id, host=record.host, pid=record.pid,

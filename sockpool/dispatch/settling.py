@@ -61,6 +61,8 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
         if chunk.pinned is None:
             scheduler.requeue(chunk)
     stranded = [chunk for chunk in never_started if chunk.pinned is not None]
+    stranded += [chunk for chunk in running if chunk.pinned is not None and page is not None
+                 and page.where(chunk).end <= chunk.resume]  # sent to it, never started
     for chunk in running:  # what it wrote before it was lost still reaches the user
         if page is not None:  # (its OUTPUT messages that died unsent)
             chunk.output += page.output_after(chunk, _received(chunk))
@@ -78,7 +80,7 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
     for chunk in running:
         if chunk not in measured:
             profiler.lost(chunk, record)
-    for chunk in [c for c in running if c not in measured] + stranded:
+    for chunk in dict.fromkeys([c for c in running if c not in measured] + stranded):
         _cut_short(chunk)
         if chunk.pinned is None and chunk.attempts < chunk.job.retries:
             chunk.attempts += 1
@@ -90,7 +92,7 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
         elif chunk is record.timed_out:
             chunk.job.fail(chunk, timeout_error(record, chunk))
         else:
-            chunk.job.fail(chunk, lost_error(record, how, tail, chunk))
+            chunk.job.fail(chunk, lost_error(record, how, tail, chunk, ran=chunk not in stranded))
 
 
 def _cut_short(chunk: Chunk) -> None:
