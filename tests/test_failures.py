@@ -448,6 +448,40 @@ def test_master_gives_up_on_a_silent_worker() -> None:
         assert cl.par_map(abs, [-1, -2]) == [1, 2]
 
 
+def _freeze_on_the_second_load(markers: str) -> int:
+    first, second = Path(markers + "-1"), Path(markers + "-2")
+    if first.exists() and not second.exists():
+        second.touch()
+        os.kill(os.getpid(), signal.SIGSTOP)  # as a worker cut off while it loads
+    first.touch()
+    return 7
+
+
+class FreezesOnItsSecondLoad:
+    def __init__(self, markers: str) -> None:
+        self.markers = markers
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return _freeze_on_the_second_load, (self.markers,)
+
+
+def test_a_worker_silent_while_it_loads_the_exports_is_lost_by_heartbeat(
+        tmp_path: Path) -> None:
+    # A remote replacement cut off while it loaded the exports (not yet taking
+    # tasks) was never judged by its heartbeat: the cluster waited for it for ever.
+    launcher = HeartbeatOnlyLauncher()
+    with Cluster(n=1, launcher=launcher, heartbeat_interval=0.1, heartbeat_timeout=1.0) as cl:
+        cl.export(VALUE=FreezesOnItsSecondLoad(str(tmp_path / "loaded")))
+        assert cl.submit(lambda: VALUE).result(timeout=20) == 7  # noqa: F821
+        first = cl.workers[0].pid
+        os.kill(first, signal.SIGKILL)  # its replacement freezes as it loads VALUE
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "loaded-2").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cl.submit(lambda: VALUE).result(timeout=20) == 7  # on the next one  # noqa: F821
+        assert cl.workers[0].pid != first
+
+
 class StopsAfterFirstLauncher(LocalLauncher):
     """Starts one worker, then can start no more (the interpreter went away, say)."""
 

@@ -782,39 +782,52 @@ def test_closures_and_lambdas_run_where_spawn_cannot_send_them(pool: Any) -> Non
     assert pool.apply_async(lambda: ValueError("a value")).get(timeout=30).args == ("a value",)
 
 
-def test_a_callback_may_wait_for_another_result_of_its_pool() -> None:
+def test_a_callback_waiting_for_a_result_its_thread_settles_is_refused_not_hung() -> None:
     # multiprocessing's callback waits for itself here (its one result thread runs
     # it, and would settle the result it waits for), and so did sockpool's: get()
     # of a result with a callback, or of a map_async, timed out or hung.
-    seen: list[Any] = []
-    order: list[str] = []
-
-    def inner(value: int) -> None:
-        order.append(f"inner {value}")
+    outcomes: list[Any] = []
+    refused = "a callback of this pool cannot wait for a result that has a callback"
 
     def outer(value: int) -> None:
-        order.append("outer starts")
-        seen.append(pool.apply_async(square, (value,), callback=inner).get(timeout=30))
-        seen.append(pool.map_async(square, [1, 2]).get(timeout=30))
-        seen.append(pool.map_async(square, [3], error_callback=print).get())
-        order.append("outer ends")
+        for waits in (lambda: pool.apply_async(square, (value,), callback=print).get(30),
+                      lambda: pool.map_async(square, [1, 2]).get(),
+                      lambda: pool.map_async(square, [3]).wait(5)):
+            try:
+                outcomes.append(waits())
+            except RuntimeError as exc:
+                outcomes.append(str(exc)[:len(refused)])
+        # What this thread does not settle may be waited for, as ever:
+        outcomes.append((pool.apply(square, (value,)), pool.map(square, [4]),
+                         pool.apply_async(square, (5,)).get(30)))
 
     with sockpool.Pool(2) as pool:
+        started = time.monotonic()
         assert pool.apply_async(square, (3,), callback=outer).get(timeout=60) == 9
-        assert seen == [81, [1, 4], [9]]
-        assert order == ["outer starts", "inner 81", "outer ends"]
-        late = pool.apply_async(nap, (30,), callback=inner)
-        waited: list[float] = []
+        assert time.monotonic() - started < 30
+    assert outcomes == [refused] * 3 + [(81, [16], 25)]
 
-        def waits_in_vain(_: int) -> None:
-            started = time.monotonic()
-            with pytest.raises(multiprocessing.TimeoutError):
-                late.get(timeout=0.3)
-            waited.append(time.monotonic() - started)
 
-        pool.apply_async(square, (1,), callback=waits_in_vain).get(timeout=30)
-        assert len(waited) == 1 and 0.3 <= waited[0] < 5
-        pool.terminate()
+def test_callbacks_that_call_the_pool_run_one_after_another() -> None:
+    # (The review of a first fix, which ran the queued callbacks inside the one
+    # that waited: 20 callbacks each holding a lock around pool.apply deadlocked,
+    # and 600 of them nested until RecursionError lost most of them.)
+    lock = threading.Lock()
+    depth, deepest, done = [0], [0], []
+
+    def holds_a_lock_and_applies(value: int) -> None:
+        with lock:
+            depth[0] += 1
+            deepest[0] = max(deepest[0], depth[0])
+            done.append(pool.apply(square, (value,)))
+            depth[0] -= 1
+
+    with sockpool.Pool(2) as pool:
+        results = [pool.apply_async(square, (i,), callback=holds_a_lock_and_applies)
+                   for i in range(20)]
+        for result in results:
+            result.get(timeout=60)
+    assert sorted(done) == sorted(i ** 4 for i in range(20)) and deepest[0] == 1
 
 
 def test_join_in_a_callback_is_refused_rather_than_waiting_for_itself() -> None:
@@ -832,6 +845,18 @@ def test_join_in_a_callback_is_refused_rather_than_waiting_for_itself() -> None:
         assert "join() in a callback of this pool would wait for that callback" in str(
             raised[0])
         pool.join()  # from here, as it should be
+
+    def terminates_and_joins(_: int) -> None:  # nothing to wait for: as before
+        pool.terminate()
+        pool.join()
+        raised.append(None)
+
+    with sockpool.Pool(1) as pool:
+        pool.apply_async(square, (2,), callback=terminates_and_joins)
+        deadline = time.monotonic() + 30
+        while len(raised) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert raised[1:] == [None]
 
 
 def test_a_proxy_travels_with_its_managers_own_authkey() -> None:

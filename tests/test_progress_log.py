@@ -9,13 +9,14 @@ torn record is left out.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
 import pytest
 
 from sockpool.common import codec, protocol, task_errors
-from sockpool.common.progress_log import WHOLE_RESULT, parse_records, record_header
+from sockpool.common.progress_log import WHOLE_RESULT, Page, parse_records, record_header
 from sockpool.common.protocol import Flag, Kind
 from sockpool.dispatch.jobs import Chunk, StreamJob, WorkerLabel, decode_outcome
 from sockpool.dispatch.task_progress import ProgressPage
@@ -231,3 +232,13 @@ def test_a_large_output_log_gives_its_memory_back_when_the_next_chunk_starts() -
     progress.begin(chunk.id + 1)
     assert os.fstat(progress.fd).st_blocks * 512 < 100_000
     page.close()
+
+
+def test_a_page_as_an_earlier_worker_writes_it_still_reads() -> None:
+    # A fourteenth word (when the running stretch began) came with profiling of lost
+    # chunks; a remote host with the earlier worker reports 13, which read as no page.
+    words = struct.pack("<13Q", 7, 2, 3, 4096, 0, 0, 0, 0, 7, 0, 0, 0, 0)
+    page = Page.read(words)
+    assert page is not None and (page.chunk, page.start, page.end) == (7, 2, 3)
+    assert page.started_us == 0
+    assert Page.read(words[:-8]) is None

@@ -178,10 +178,13 @@ def choose_workers(
 #: and a few more while the cluster starts.
 FILES_PER_WORKER = 10
 FILES_SPARE = 16
+#: What a local cluster raises the soft limit on open files to, where the hard one allows.
+FILES_RAISED_TO = 65536
 
 
 def make_room_for_files(n_workers: int) -> None:
-    """Raise the soft limit on open files (``ulimit -n``) to the hard one: ``n_workers``
+    """Raise the soft limit on open files (``ulimit -n``) to the hard one (up to
+    :data:`FILES_RAISED_TO`, or what the workers need): ``n_workers``
     more local workers need room beside what the process has open (past the limit,
     libzmq aborts the whole process), and so do the results the program keeps that
     came through shared memory (before Python 3.13, each holds a descriptor).  The
@@ -201,9 +204,12 @@ def make_room_for_files(n_workers: int) -> None:
             f"{n_workers} local workers need about {needed} open files in this process "
             f"({open_now} open now), more than its limit of {hard} (ulimit -n, whose hard "
             "limit only root can raise): start fewer workers")
-    if soft != resource.RLIM_INFINITY and soft < hard:
-        with contextlib.suppress(ValueError, OSError):  # (an infinite hard limit: past nr_open)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Up to FILES_RAISED_TO: a limit of millions (some containers) changes how other
+    # code behaves (a loop closing every descriptor), and no cluster needs it.
+    wanted = FILES_RAISED_TO if hard == resource.RLIM_INFINITY else min(hard, FILES_RAISED_TO)
+    if soft != resource.RLIM_INFINITY and soft < max(wanted, needed):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(wanted, needed), hard))
 
 
 def check_launcher(launcher: object) -> None:

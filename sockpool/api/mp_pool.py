@@ -185,7 +185,7 @@ class Pool:
         """
         if self._state == RUN:
             raise ValueError("Pool is still running")
-        if self._handler.is_current:  # (multiprocessing's waits forever)
+        if self._state == CLOSE and self._handler.is_current:  # (multiprocessing's waits)
             raise RuntimeError("join() in a callback of this pool would wait for that "
                                "callback to end; join once it has returned")
         if self._state == CLOSE:
@@ -238,10 +238,11 @@ class Pool:
         problem = _not_arguments(func, args, kwds)
         call = ((tuple(args), dict(kwds) if kwds is not None else {}) if problem is None
                 else ((), {}))  # (not `kwds or {}`: a pandas Series refuses bool())
-        result: ApplyResult[T] = ApplyResult(self._tracker, callback, error_callback, self,
-                                             self._handler)
+        result: ApplyResult[T] = ApplyResult(
+            self._tracker, callback, error_callback, self,
+            self._handler if callback is not None or error_callback is not None else None)
         if problem is not None:  # as multiprocessing's worker fails the call: from get()
-            self._handler.post(functools.partial(result._complete, False, problem))
+            self._settle(result, problem)
             return result
         try:
             # Cluster.submit less the checks made above; every keyword goes to func,
@@ -249,8 +250,7 @@ class Pool:
             self._cluster._check_open()
             future, _ = self._cluster._calls.submit(func, *call, None, None)
         except CaptureError as exc:  # as multiprocessing: from get(), and error_callback
-            self._handler.post(functools.partial(result._complete, False,
-                                                 _as_multiprocessing_raises(exc)))
+            self._settle(result, _as_multiprocessing_raises(exc))
             return result
         except BaseException as exc:
             result._abort(exc)
@@ -258,6 +258,14 @@ class Pool:
         result._cancel = future.cancel
         future.add_done_callback(settle_from_future(result, self._handler))
         return result
+
+    def _settle(self, result: ApplyResult[Any], error: BaseException) -> None:
+        """Fail a call that never went out: on the result thread where its
+        error_callback runs, else at once (a callback may wait for it then)."""
+        if result._handler is not None:
+            self._handler.post(functools.partial(result._complete, False, error))
+        else:
+            result._complete(False, error)
 
     # -- maps -------------------------------------------------------------------------
 

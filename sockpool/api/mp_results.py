@@ -5,10 +5,10 @@ As in ``multiprocessing.pool``, one thread per pool (the *result handler*)
 completes asynchronous results in the order their outcomes arrive: it runs the
 ``callback`` or ``error_callback`` first, then marks the result ready, so that
 callbacks never run at the same time as each other, never on sockpool's I/O
-thread, and have run by the time ``get()`` returns.  A callback that waits for
-another result of its pool (its ``get()``, a ``map_async``'s) runs, while it
-waits, what the handler has queued, in order, rather than wait for itself.
-An ``apply_async`` result
+thread, and have run by the time ``get()`` returns.  So a callback cannot wait
+for a result that this thread settles after it (one with a callback, a
+``map_async``'s): its ``get()`` raises ``RuntimeError`` saying so, where
+multiprocessing's waits for ever.  An ``apply_async`` result
 with neither callback is settled where its future completes instead: no user
 code runs there, its ``get()`` is spared a thread hand-off (the largest part of
 the drop-in's own cost in a round trip), and a slow callback elsewhere does not
@@ -23,7 +23,6 @@ import multiprocessing
 import queue
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -77,41 +76,15 @@ class ResultHandler:
         """Whether the calling thread is this handler (a callback calling the pool)."""
         return threading.current_thread() is self._thread
 
-    def run_until(self, ready: threading.Event, timeout: float | None) -> None:
-        """On the handler's own thread (a callback waiting for a result only this
-        thread may settle): run what was posted, in order, until ``ready`` is set
-        or ``timeout`` passes (multiprocessing's callback would wait for itself)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not ready.is_set():
-            wait = HELP_POLL if deadline is None else min(HELP_POLL, deadline - time.monotonic())
-            if wait <= 0:
-                return
-            try:  # (polled: a result may also be settled elsewhere, by terminate say)
-                action = self._queue.get(timeout=wait)
-            except queue.Empty:
-                continue
-            if action is None:  # stopped: the handler's own loop ends on it, later
-                self._queue.put(None)
-                ready.wait(timeout=wait)
-                continue
-            _run(action)
-
-
-#: How often a callback waiting on its own handler (``run_until``) looks again.
-HELP_POLL = 0.01
 
 
 def _handle(actions: queue.SimpleQueue[Action]) -> None:
     while (action := actions.get()) is not None:
-        _run(action)
-
-
-def _run(action: Callable[[], None]) -> None:
-    try:
-        action()
-    except BaseException:  # a callback's error must not end the handler (it would hang get())
-        print("Exception in a sockpool.Pool callback:", file=sys.stderr)
-        traceback.print_exc()
+        try:
+            action()
+        except BaseException:  # a callback's error must not end the handler (it would hang get())
+            print("Exception in a sockpool.Pool callback:", file=sys.stderr)
+            traceback.print_exc()
 
 
 class Tracker:
@@ -170,7 +143,7 @@ class ApplyResult(Generic[T]):
                  error_callback: Callable[[BaseException], object] | None,
                  owner: object = None, handler: ResultHandler | None = None) -> None:
         self._tracker = tracker
-        self._handler = handler  # the thread that settles it, if it has callbacks or is a map
+        self._handler = handler  # the thread that settles it (it has callbacks, or is a map's)
         self._owner = owner  # the pool, kept alive until this is settled (as multiprocessing)
         #: Cancels the task if it has not started (set by the pool; used by terminate).
         self._cancel: Callable[[], object] | None = None
@@ -198,11 +171,20 @@ class ApplyResult(Generic[T]):
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait until the result is ready, or ``timeout`` seconds have passed."""
-        if self._handler is not None and self._handler.is_current:  # a callback waits
-            self._handler.run_until(self._event, timeout)
-        else:
-            self._event.wait(timeout)
+        """Wait until the result is ready, or ``timeout`` seconds have passed.
+
+        Raises:
+            RuntimeError: called in a callback of the pool, for a result that the
+                callbacks' thread settles after it (it would wait for itself).
+        """
+        if (self._handler is not None and self._handler.is_current
+                and not self._event.is_set()):
+            raise RuntimeError(
+                "a callback of this pool cannot wait for a result that has a callback "
+                "or comes from map_async: the thread running it settles that result after "
+                "this callback returns (multiprocessing's would wait for ever); use apply(), "
+                "map(), or a result without a callback, or wait outside the callback")
+        self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> T:
         """The value; re-raises the task's exception if it failed.

@@ -51,6 +51,7 @@ WHOLE_RESULT = (1 << 64) - 1
 #: previous chunk's id, log offset and log bytes; the output log's chunk id, offset
 #: and bytes, and the previous chunk's output log offset and bytes; when ``start`` began.
 PAGE = struct.Struct("<14Q")
+_EARLIER_PAGE = struct.Struct("<13Q")
 #: Where the writer finds each word (the reader unpacks a :class:`Page`).
 (CHUNK, START, END, LOG_OFFSET, LOG_BYTES, PREVIOUS, PREVIOUS_OFFSET, PREVIOUS_BYTES,
  OUTPUT_CHUNK, OUTPUT_LOG, OUTPUT_BYTES, PREVIOUS_OUTPUT_LOG, PREVIOUS_OUTPUT_BYTES,
@@ -88,10 +89,13 @@ class Page(NamedTuple):
 
     @classmethod
     def read(cls, words: bytes | memoryview | mmap.mmap) -> Page | None:
-        """The page in ``words``; None if they are not one."""
-        if len(words) < PAGE.size:
-            return None
-        return cls(*PAGE.unpack_from(words))
+        """The page in ``words``; None if they are not one.  (A page of 13 words, as a
+        worker of an earlier version writes it, has no ``started_us``: 0.)"""
+        if len(words) >= PAGE.size:
+            return cls(*PAGE.unpack_from(words))
+        if len(words) >= _EARLIER_PAGE.size:
+            return cls(*(*_EARLIER_PAGE.unpack_from(words), 0))
+        return None
 
 
 class Record(NamedTuple):

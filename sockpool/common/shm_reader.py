@@ -228,7 +228,8 @@ def _map(pid: int, fd: int, pool: int, serial: int, size: int) -> tuple[mmap.mma
     try:
         handle = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        raise SharedMemoryError(f"cannot open the segment {path}: {exc.strerror}") from None
+        raise SharedMemoryError(
+            f"cannot open the segment {path}: {exc.strerror}{_why(exc)}") from None
     try:
         name = os.readlink(path)
         expected = "/memfd:" + SEGMENT_NAME.format(pool=pool, serial=serial)

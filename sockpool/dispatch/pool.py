@@ -205,7 +205,8 @@ class WorkerPool:
                   and now - record.started_at > self.connect_timeout):
                 record.process.kill()
                 self.lost(record, f"did not connect within {self.connect_timeout:g} s")
-            elif (not self.launcher.watches_processes and record.state is WorkerState.READY
+            elif (not self.launcher.watches_processes  # (its setup or exports loading too)
+                  and record.state in (WorkerState.SETUP, WorkerState.READY)
                   and now - record.last_heard > self.heartbeat_timeout):
                 record.process.kill()
                 self.lost(record, f"silent for {now - record.last_heard:.1f} s (heartbeat lost)")
