@@ -66,7 +66,9 @@ class Watchdog:
         self.shared = shared
         self.master_beat = False  # a heartbeat from the master just came
         self.master_pid = config.master_pid
-        self.master_ticks: int | None = None  # its CPU time when last heard, or judged busy
+        # Its CPU time when last heard, or judged busy; from the start: under load the
+        # master may answer nothing before a long call holds its GIL.
+        self.master_ticks = cpu_ticks(self.master_pid) if self.master_pid is not None else None
 
     def run(self, hello: bytes) -> None:
         """Say HELLO, then watch until the process ends (the watchdog thread's loop)."""
