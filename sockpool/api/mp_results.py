@@ -7,8 +7,8 @@ completes asynchronous results in the order their outcomes arrive: it runs the
 callbacks never run at the same time as each other, never on sockpool's I/O
 thread, and have run by the time ``get()`` returns.  So a callback cannot wait
 for a result that this thread settles after it (one with a callback, a
-``map_async``'s): its ``get()`` raises ``RuntimeError`` saying so, where
-multiprocessing's waits for ever.  An ``apply_async`` result
+``map_async``'s): its ``get()`` without a timeout raises ``RuntimeError``
+saying so, where multiprocessing's waits for ever.  An ``apply_async`` result
 with neither callback is settled where its future completes instead: no user
 code runs there, its ``get()`` is spared a thread hand-off (the largest part of
 the drop-in's own cost in a round trip), and a slow callback elsewhere does not
@@ -174,10 +174,11 @@ class ApplyResult(Generic[T]):
         """Wait until the result is ready, or ``timeout`` seconds have passed.
 
         Raises:
-            RuntimeError: called in a callback of the pool, for a result that the
-                callbacks' thread settles after it (it would wait for itself).
+            RuntimeError: called in a callback of the pool without a timeout, for a
+                result that the callbacks' thread settles after it (it would wait
+                for ever; with a timeout it waits that long, as multiprocessing's).
         """
-        if (self._handler is not None and self._handler.is_current
+        if (timeout is None and self._handler is not None and self._handler.is_current
                 and not self._event.is_set()):
             raise RuntimeError(
                 "a callback of this pool cannot wait for a result that has a callback "

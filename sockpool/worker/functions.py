@@ -40,6 +40,14 @@ class _CachedFunction:
         self.export_version = -1
 
 
+def _words(error: BaseException) -> str:
+    """``"ValueError: its message"`` (whatever its ``__str__`` does)."""
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:
+        return type(error).__name__
+
+
 def _dynamic_namespace(fn: Any) -> dict[str, Any] | None:
     """The globals dict of a function shipped by value, or None.
 
@@ -66,7 +74,9 @@ class FunctionCache:
         #: heard of it come with its digest alone, and fail the same way.
         self._failed: dict[bytes, BaseException] = {}
         self._exports: dict[str, Any] = {}
-        self._failed_exports: dict[str, BaseException] = {}  # why, by name
+        #: Names whose last export could not be loaded here, and why (only the words:
+        #: the error's traceback would keep what the unpickler had built).
+        self._failed_exports: dict[str, str] = {}
         self.held = HeldBuffers()  # the large buffers of the functions here
         #: Functions refused for a MissingBuffer: chunks sent by their digest alone before
         #: the master heard of it are refused too, until it sends FORGET or the function.
@@ -86,7 +96,7 @@ class FunctionCache:
         try:
             values = self.shared.loads(None, payload, buffers)
         except (Exception, SystemExit) as exc:  # (a value's own error: the worker goes on)
-            self._failed_exports.update(dict.fromkeys(names, exc))
+            self._failed_exports.update(dict.fromkeys(names, _words(exc)))
             self.shared.unexport(names)
             for name in names:
                 self._exports.pop(name, None)
@@ -108,7 +118,7 @@ class FunctionCache:
         failure = self._failed_exports.get(name) if isinstance(name, str) else None
         if failure is not None:
             add_note(error, f"sockpool: the value exported as {name!r} could not be loaded "
-                            f"on this worker: {type(failure).__name__}: {failure}")
+                            f"on this worker: {failure}")
 
     def forget(self, digest: bytes) -> None:
         """Drop a cached function (FORGET), and what only it put in a shared namespace;
@@ -153,5 +163,8 @@ class FunctionCache:
             for name, value in self._exports.items():
                 if name not in entry.own_names:
                     entry.namespace[name] = value
+            for name in self._failed_exports:  # (what was exported before under it goes)
+                if name not in entry.own_names:
+                    entry.namespace.pop(name, None)
             entry.export_version = self._export_version
         return entry.fn
