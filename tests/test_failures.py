@@ -561,8 +561,8 @@ def test_a_replacement_that_cannot_start_is_told_and_the_cluster_goes_on(
         while not caplog.records and time.monotonic() < deadline:
             time.sleep(0.02)
         assert [record.getMessage() for record in caplog.records] == [
-            "sockpool: a worker could not be started to replace one; the cluster goes on "
-            "with 1 of 2: no interpreter any more"]
+            "sockpool: a worker could not be started to replace one (1 of 2 workers left): "
+            "no interpreter any more"]
         assert cl.par_map(abs, range(-3, 0)) == [3, 2, 1]
 
 

@@ -151,8 +151,8 @@ class WorkerPool:
             self.startup_errors.append(error)
             self.state_changed.notify_all()
         if self.serving and self.lifecycle.wants_workers:  # no caller waits to be told
-            logger.warning("sockpool: a worker could not be started to replace one; the cluster "
-                           "goes on with %d of %d: %s", self.n_ready, self.target, error)
+            logger.warning("sockpool: a worker could not be started to replace one (%d of %d "
+                           "workers left): %s", self.n_ready, self.target, error)
 
     def wait_for_workers(self, count: int, timeout: float, minimum: int | None = None) -> None:
         """On the caller's thread: block until ``count`` workers are ready (see
