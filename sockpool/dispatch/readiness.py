@@ -6,20 +6,31 @@ pool's ``state_changed``; the caller raises what went wrong, or warns where
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..common.caller import user_stacklevel
 from ..errors import ClusterClosedError, LaunchError
 from .jobs import where
-from .records import command_note
-
-if TYPE_CHECKING:
-    from .pool import WorkerPool
+from .lifecycle import Lifecycle
+from .records import WorkerRecord, command_note
 
 
-def wait_for_workers(pool: WorkerPool, count: int, timeout: float, minimum: int | None = None
+class StartingPool(Protocol):
+    """What the wait reads of the worker pool (``pool.WorkerPool``), and ``serving``."""
+
+    state_changed: threading.Condition
+    n_ready: int
+    startup_errors: list[LaunchError]
+    loop_error: BaseException | None
+    lifecycle: Lifecycle
+    workers: dict[int, WorkerRecord]
+    serving: bool
+
+
+def wait_for_workers(pool: StartingPool, count: int, timeout: float, minimum: int | None = None
                      ) -> None:
     """Block until ``count`` of ``pool``'s workers are ready.
 
@@ -65,7 +76,7 @@ def wait_for_workers(pool: WorkerPool, count: int, timeout: float, minimum: int 
         pool.serving = True
 
 
-def _warn_partial(pool: WorkerPool, count: int) -> None:
+def _warn_partial(pool: StartingPool, count: int) -> None:
     pool.serving = True
     reasons = list(dict.fromkeys(str(error).split("\n", 1)[0]
                                  for error in pool.startup_errors))
