@@ -191,7 +191,8 @@ def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
     tasks = chunk.job.name_tasks(chunk.first_index, chunk.first_index + chunk.count - 1)
     limit = f"{chunk.job.timeout:g} s (timeout=)"
     what = (f"{tasks} ran longer than {limit}" if chunk.started_at is not None else
-            f"loading the function and arguments of {tasks} took longer than twice its {limit}")
+            f"loading the function and arguments of {tasks} (and the exports sent before "
+            f"it) took longer than twice its {limit}")
     return TaskTimeoutError(f"{what} on {record.label}; the worker was stopped and is replaced")
 
 
