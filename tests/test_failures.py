@@ -215,8 +215,16 @@ def test_run_on_all_on_a_worker_just_dead_says_it_never_ran_there(cluster: Clust
     mailbox = cluster._dispatcher.mailbox
     for _ in range(2):
         victim = cluster.workers[0].pid
-        held = threading.Event()  # the I/O thread, until the call is posted: the death
-        mailbox.post(held.wait, 30)  # is seen after it, however slow this thread is
+        holding, held = threading.Event(), threading.Event()
+
+        def hold(holding: threading.Event = holding, held: threading.Event = held) -> None:
+            holding.set()
+            held.wait(30)
+
+        # The I/O thread held until the call is posted: the death is seen after it,
+        # however slow this thread is.
+        mailbox.post(hold)
+        assert holding.wait(20)
         os.kill(victim, signal.SIGKILL)
         outcome: list[BaseException] = []
 
@@ -562,6 +570,13 @@ def test_a_replacement_that_cannot_start_is_told_and_the_cluster_goes_on(
             "sockpool: a worker could not be started to replace one (1 of 2 workers left): "
             "no interpreter any more"]
         assert cl.par_map(abs, range(-3, 0)) == [3, 2, 1]
+    caplog.clear()
+    # restart() waits for its workers and raises what failed: told once, not logged too.
+    with caplog.at_level("WARNING", logger="sockpool"), \
+            Cluster(n=1, launcher=StopsAfterFirstLauncher()) as cl:
+        with pytest.raises(LaunchError, match="no interpreter any more"):
+            cl.restart()
+        assert not caplog.records
 
 
 def test_with_no_worker_left_and_none_startable_work_fails_instead_of_hanging() -> None:

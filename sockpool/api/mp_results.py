@@ -77,7 +77,6 @@ class ResultHandler:
         return threading.current_thread() is self._thread
 
 
-
 def _handle(actions: queue.SimpleQueue[Action]) -> None:
     while (action := actions.get()) is not None:
         try:

@@ -80,7 +80,9 @@ import struct
 import time
 from typing import Any, NamedTuple
 
-PROTOCOL_VERSION = 3
+#: Bumped with every change a peer of the version before would misread (4: STARTED,
+#: and EXPORT's names): a message of another version is dropped, never acted on.
+PROTOCOL_VERSION = 4
 
 _HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = _HEADER.size
@@ -427,4 +429,3 @@ def parse_identity(identity: bytes) -> tuple[bytes, int]:
     if len(identity) != 5 or identity[:1] not in (DATA_PREFIX, CONTROL_PREFIX):
         raise ProtocolError("unknown routing id")
     return identity[:1], int.from_bytes(identity[1:], "little")
-

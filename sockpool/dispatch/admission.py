@@ -50,7 +50,8 @@ class Exports:
 
 
 class Admission:
-    """Takes workers from STARTING to READY (through SETUP when there is a setup job)."""
+    """Takes workers from STARTING to READY, through SETUP (its setup function, then
+    the exports and the call of nothing after them; none of it if there is none)."""
 
     def __init__(self, token: str, master: MasterSocket, shared: SharedTransfers,
                  pool: WorkerPool, exports: Exports, setup_jobs: tuple[Job | None, Job],
@@ -64,7 +65,7 @@ class Admission:
         self.master = master
         self.shared = shared
         self.pool = pool
-        self.exports = exports  # the dispatcher's list: exports added later count too
+        self.exports = exports  # the dispatcher's: exports added later count too
         self.setup_job, self.loaded_job = setup_jobs
         self.send_chunk = send_chunk
 

@@ -195,7 +195,10 @@ class Dispatcher:
     def restart(self) -> None:
         """Replace every worker by a fresh one; return once they are ready (or LaunchError)."""
         self.mailbox.ask(self.pool.restart)
-        self.pool.wait_for_workers(self.pool.target, self.pool.connect_timeout)
+        try:
+            self.pool.wait_for_workers(self.pool.target, self.pool.connect_timeout)
+        finally:
+            self.pool.serving = True  # (failed: the cluster goes on with what it has)
 
     def start_profile(self) -> Recording:
         """Begin recording every chunk's tasks (see profiling.py)."""

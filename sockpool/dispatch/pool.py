@@ -137,7 +137,8 @@ class WorkerPool:
         return record
 
     def mark_ready(self, record: WorkerRecord) -> None:
-        """A worker connected (and ran the setup): it takes tasks from now on."""
+        """A worker connected (and ran the setup, and loaded the exports): it takes
+        tasks from now on."""
         record.state = WorkerState.READY
         record.ready_at = time.monotonic()
         self._failed_replacements = 0
@@ -286,6 +287,7 @@ class WorkerPool:
         is queued runs on the new workers."""
         with self.state_changed:
             self.startup_errors.clear()  # they were about the workers being replaced
+            self.serving = False  # a start that fails now, restart() raises
         self._failed_replacements = 0
         replaced = [record for record in self.workers.values()
                     if record.alive and record.retired_at is None]  # (not replaced already)

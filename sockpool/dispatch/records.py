@@ -25,14 +25,15 @@ _PLAIN_HEARTBEAT = protocol.header(protocol.Kind.HEARTBEAT)
 class WorkerState(enum.Enum):
     """A worker's state as the master sees it.
 
-    STARTING -> SETUP -> READY [-> RETIRING] -> LOST | STOPPED.  SETUP is
-    skipped without ``Cluster(setup=)``; RETIRING is a worker recycled by
+    STARTING -> SETUP -> READY [-> RETIRING] -> LOST | STOPPED.  SETUP runs
+    ``Cluster(setup=)`` and loads the exports (with neither, it passes at once);
+    RETIRING is a worker recycled by
     ``max_tasks_per_worker`` or ``max_worker_memory``; a worker may be LOST or
     STOPPED from any earlier state.
     """
 
     STARTING = "starting"  # launched; not yet proved it holds the cluster's token
-    SETUP = "setup"  # connected; running the cluster's setup function
+    SETUP = "setup"  # connected; running the setup function, or loading the exports
     READY = "ready"  # takes tasks
     RETIRING = "retiring"  # finishes what it holds, then is stopped and replaced
     LOST = "lost"  # ended or fell silent unasked
