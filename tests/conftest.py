@@ -62,6 +62,16 @@ def _io_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "sockpool-io" and t.is_alive()]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _resource_tracker() -> None:
+    """multiprocessing's resource tracker, which local clusters (and spawn pools)
+    start once for the rest of the session: started before any test, so that the
+    leak check does not count it as one test's."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves a child process or a cluster I/O thread behind."""

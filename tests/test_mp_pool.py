@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from multiprocessing import shared_memory
 from typing import Any
 
 import psutil
@@ -44,6 +45,16 @@ INIT_VARIABLE = "SOCKPOOL_TEST_POOL_INIT"
 
 class TaskError(Exception):
     """An exception type of the user's own."""
+
+
+def write_into_segment(place: tuple[str, int]) -> int:
+    """Attach to the shared memory segment named, write into it, detach."""
+    name, index = place
+    segment = shared_memory.SharedMemory(name=name)
+    segment.buf[index] = index + 1
+    written = segment.buf[index]
+    segment.close()
+    return written
 
 
 def square(x: int) -> int:
@@ -205,15 +216,6 @@ class SpinsUntilMarked:
 
 
 # -- fixtures -------------------------------------------------------------------------
-
-@pytest.fixture(scope="module", autouse=True)
-def _resource_tracker() -> None:
-    """spawn starts multiprocessing's resource tracker once, for the rest of the
-    session: start it before any test, so the leak check does not count it."""
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-
 
 @pytest.fixture(params=list(FACTORIES))
 def factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
@@ -661,6 +663,24 @@ def test_maxtasksperchild_replaces_workers(factory: Any) -> None:
     assert max(pids.count(p) for p in set(pids)) <= 2
     pool.close()
     pool.join()
+
+
+def test_a_shared_memory_segment_a_task_attached_to_outlives_its_worker(factory: Any) -> None:
+    # Workers share the master's resource tracker, as spawn's do: with one each, a
+    # recycled worker's tracker unlinked the segment the master made as it exited,
+    # and the tasks after it failed with FileNotFoundError.
+    segment = shared_memory.SharedMemory(create=True, size=8)
+    try:
+        pool = factory(1, maxtasksperchild=1)
+        assert pool.map(write_into_segment, [(segment.name, i) for i in range(4)],
+                        chunksize=1) == [i + 1 for i in range(4)]
+        pool.close()
+        pool.join()
+        assert bytes(segment.buf[:4]) == b"\x01\x02\x03\x04"
+        shared_memory.SharedMemory(name=segment.name).close()  # still there
+    finally:
+        segment.close()
+        segment.unlink()
 
 
 def test_maxtasksperchild_counts_chunks_as_multiprocessing_does(factory: Any) -> None:

@@ -128,6 +128,15 @@ class LocalWorkerProcess(WorkerProcess):
                 stdin.close()
 
 
+class _Started(NamedTuple):
+    """A worker's process, waiting for its configuration: its log, and the resource
+    tracker's descriptor it inherited (see :func:`_resource_tracker_fd`)."""
+
+    process: subprocess.Popen[bytes]
+    log_path: str
+    tracker_fd: int | None
+
+
 class _StartState(NamedTuple):
     cwd: str | None
     environ: dict[str, str]
@@ -155,6 +164,21 @@ def _inherited_flags() -> list[str]:
     if sys.version_info >= (3, 11):
         flags.append("-P")
     return flags
+
+
+def _resource_tracker_fd() -> int | None:
+    """This process's end of multiprocessing's resource tracker, started if need be;
+    None if it cannot start (each worker then starts its own).
+
+    Local workers share it, as a spawn Pool's children do: a ``SharedMemory`` a task
+    attaches to is registered there, so it lives until this process ends, rather
+    than being unlinked when that worker exits (recycled, replaced, closed)."""
+    from multiprocessing import resource_tracker
+
+    try:
+        return resource_tracker.getfd()
+    except Exception:
+        return None
 
 
 def _worker_module(python: str) -> list[str]:
@@ -193,8 +217,8 @@ class LocalLauncher(Launcher):
         self.python = python or sys.executable
         self.env = check_env(env)
         self._workdir: str | None = None
-        # Started by start_early, waiting for their configuration: (process, log path).
-        self._early: collections.deque[tuple[subprocess.Popen[bytes], str]] = collections.deque()
+        # Started by start_early, waiting for their configuration.
+        self._early: collections.deque[_Started] = collections.deque()
         self._ended: dict[int, int] = {}  # its workers' process groups, when their leaders ended
         self._start_state: _StartState | None = None
 
@@ -239,7 +263,7 @@ class LocalLauncher(Launcher):
         ended = []
         while True:
             try:
-                process, _ = self._early.popleft()
+                process = self._early.popleft().process
             except IndexError:  # (another thread may empty it too)
                 break
             with contextlib.suppress(ProcessLookupError):
@@ -256,13 +280,14 @@ class LocalLauncher(Launcher):
         if self._workdir is None:
             raise RuntimeError("LocalLauncher.prepare() was not called")
         if self._early:
-            process, log_path = self._early.popleft()
+            process, log_path, tracker_fd = self._early.popleft()
         else:
-            process, log_path = self._start(worker_id, self._workdir, config.relay != "off")
+            process, log_path, tracker_fd = self._start(worker_id, self._workdir,
+                                                        config.relay != "off")
         config = config.replace(
             watch_stdin=True, parent_pid=os.getpid(), master_pid=os.getpid(),
             # The master's import path, so a module next to the script imports here too.
-            sys_path=self._state().sys_path)
+            sys_path=self._state().sys_path, resource_tracker_fd=tracker_fd)
         handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path,
                                     self._ended)
         assert process.stdin is not None
@@ -273,11 +298,11 @@ class LocalLauncher(Launcher):
             pass  # it died at once; the I/O thread reports it with its stderr
         return handle
 
-    def _start(self, worker_id: int, workdir: str, relay: bool
-               ) -> tuple[subprocess.Popen[bytes], str]:
-        """A worker's process, which waits on stdin for its configuration; and its log."""
+    def _start(self, worker_id: int, workdir: str, relay: bool) -> _Started:
+        """A worker's process, which waits on stdin for its configuration."""
         argv = self.command()
         log_path = os.path.join(workdir, f"worker-{worker_id}.log")
+        tracker_fd = _resource_tracker_fd()
         try:
             with open(log_path, "wb") as log:
                 # The worker's own stdout and stderr (C-level writes included) go to its
@@ -290,12 +315,13 @@ class LocalLauncher(Launcher):
                     argv, stdin=subprocess.PIPE, stdout=log if relay else None, stderr=log,
                     cwd=cwd, env=state.environ,
                     start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
+                    pass_fds=() if tracker_fd is None else (tracker_fd,),
                 )
                 note_inherited_peak(process)
         except OSError as exc:
             raise LaunchError(f"could not start a local worker: {exc}",
                               command=shlex.join(argv)) from exc
-        return process, log_path
+        return _Started(process, log_path, tracker_fd)
 
     def close(self) -> None:
         ended, self._ended = self._ended, {}  # (a handle still held notes into the old one)

@@ -8,10 +8,9 @@ control one (the watchdog sets the state to STOPPING).
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -30,7 +29,9 @@ class DataLoop:
 
     Args:
         data: the data connection (a DEALER dialed to the master).
-        serializer: the serializer functions from a script arrive pickled by.
+        preload: what to do on a thread of its own while the master waits for the
+            other workers (imports a first task would wait for), done before
+            anything of the master's runs; or None.
         state: the phase shared with the watchdog.
         runner: runs the chunks of TASK messages.
         functions: the task functions and exports, which EXPORT and FORGET change.
@@ -39,11 +40,11 @@ class DataLoop:
             gone (any thread appends), told to the master before each RESULT.
     """
 
-    def __init__(self, data: zmq.Socket[bytes], serializer: str, state: WorkerState,
-                 runner: ChunkRunner, functions: FunctionCache,
+    def __init__(self, data: zmq.Socket[bytes], preload: Callable[[], None] | None,
+                 state: WorkerState, runner: ChunkRunner, functions: FunctionCache,
                  shared: shm.SegmentPool | None, released: deque[int]) -> None:
         self.data = data
-        self.serializer = serializer
+        self.preload = preload
         self.state = state
         self.runner = runner
         self.functions = functions
@@ -60,12 +61,9 @@ class DataLoop:
         """Say HELLO, then run what comes until SHUTDOWN."""
         self.data.send(hello)
         preload: threading.Thread | None = None
-        if self.serializer in ("cloudpickle", "dill"):
-            # Functions from a script arrive pickled by it; loading the first one
-            # would import it (about 10 ms).  Import it now, while the master
-            # waits for the other workers, instead of during the first map.
-            preload = threading.Thread(target=_preload, args=(self.serializer,),
-                                       name="sockpool-preload", daemon=True)
+        if self.preload is not None:
+            preload = threading.Thread(target=self.preload, name="sockpool-preload",
+                                       daemon=True)
             preload.start()
         while not self.state.stopping:
             frames = self._held.popleft() if self._held else wire.recv_message(self.data)
@@ -144,8 +142,3 @@ class DataLoop:
             serials.append(self.released.popleft())
         self.data.send(protocol.release_message(serials))
 
-
-def _preload(module: str) -> None:
-    """Import a module ahead of need; a failure is left to the import that needs it."""
-    with contextlib.suppress(Exception):
-        importlib.import_module(module)

@@ -26,11 +26,13 @@ import contextlib
 import ctypes
 import faulthandler
 import functools
+import importlib
 import os
 import signal
 import sys
 import threading
 from collections import deque
+from typing import Any
 
 import zmq
 
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     page = progress.create(config.progress_fd)
     runner = ChunkRunner(config, state, functions, shared, released,
                          send=functools.partial(link.send, data), progress=page)
-    loop = DataLoop(data, config.serializer, state, runner, functions, shared, released)
+    loop = DataLoop(data, functools.partial(_preload, config), state, runner, functions,
+                    shared, released)
     watchdog = Watchdog(control, state, threading.get_ident(), config, shared, lifeline)
     hello = link.hello(config, shared, page.describe() if page is not None else None)
 
@@ -111,6 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     atexit._run_exitfuncs()
     end_descendants()
     os._exit(0)
+
+
+def _preload(config: WorkerConfig) -> None:
+    """What the worker does while the master waits for the others (a thread of its
+    own; done before any task): import the serializer functions from a script
+    arrive pickled by (about 10 ms at the first map otherwise), and take the
+    master's resource tracker (``launchers.local``: imported here, not at start)."""
+    if config.resource_tracker_fd is not None:
+        from multiprocessing import resource_tracker
+
+        tracker: Any = resource_tracker._resource_tracker
+        tracker._fd = config.resource_tracker_fd  # as multiprocessing's spawn_main does
+    if config.serializer in ("cloudpickle", "dill"):
+        with contextlib.suppress(Exception):  # a failure is left to the import that needs it
+            importlib.import_module(config.serializer)
 
 
 def _read_config(path: str | None) -> str:
