@@ -106,6 +106,60 @@ def test_lru_cached_functions_of_the_script_travel(tmp_path: Path) -> None:
     assert result.stdout.strip() == "1548008755920 [30, 155] [9]"  # fib(60): cached there
 
 
+def test_singledispatch_functions_cached_properties_and_weak_containers_of_the_script(
+        tmp_path: Path) -> None:
+    # A singledispatch function's dispatch cache (a WeakKeyDictionary) and, before
+    # Python 3.12, a cached_property's lock could not travel: CaptureError.
+    result = run_script("""
+        import functools, weakref
+        from sockpool import Cluster
+
+        @functools.singledispatch
+        def describe(x):
+            return f"thing {x!r}"
+
+        @describe.register
+        def _(x: int):
+            return f"int {x}"
+
+        @describe.register(list)
+        def _(x):
+            return "list of " + ", ".join(describe(item) for item in x)
+
+        class Model:
+            def __init__(self, scale):
+                self.scale = scale
+
+            @functools.cached_property
+            def table(self):
+                return [self.scale * i for i in range(3)]
+
+            def predict(self, x):
+                return self.table[x]
+
+        SEEN = weakref.WeakSet()
+        KEPT = weakref.WeakValueDictionary()
+
+        def count_seen(x):
+            return len(SEEN) + len(KEPT)
+
+        if __name__ == "__main__":
+            model = Model(10)
+            SEEN.add(model)
+            KEPT["model"] = model
+            with Cluster(n=1) as cl:
+                print(cl.par_map(describe, [1, "a", [2, "b"]]))
+                back = cl.submit(lambda: model).result()
+                print(cl.par_map(model.predict, [0, 2]), type(back.table))
+                print(cl.par_map(count_seen, [0]))
+    """, tmp_path)
+    assert result.stdout.splitlines() == [
+        "['int 1', \"thing 'a'\", \"list of int 2, thing 'b'\"]",
+        "[0, 20] <class 'list'>",
+        "[0]",  # weak containers travel empty: nothing there holds what they held
+    ]
+
+
 def test_main_classes_dataclasses_and_enums_as_arguments_and_results(tmp_path: Path) -> None:
     result = run_json("""
         import dataclasses, enum, json

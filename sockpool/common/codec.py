@@ -24,6 +24,7 @@ import io
 import pickle
 import sys
 import types
+import weakref
 from collections import ChainMap
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -166,11 +167,23 @@ def _with_slots(reduced: tuple[Any, ...], slots: Any) -> tuple[Any, ...]:
                          tracker_id, extra), *reduced[2:])
 
 
+#: Weak containers travel empty: a copy's entries would be held by nothing in the
+#: other process, and go at once.  (A ``functools.singledispatch`` function of
+#: ``__main__`` holds its dispatch cache in one.)
+_EMPTIED_WEAK = (weakref.WeakKeyDictionary, weakref.WeakValueDictionary, weakref.WeakSet)
+
+
 def _reduce_special(obj: Any) -> Any:
     """The reducers the library's picklers add: ``bind_to_env`` functions, memmaps
     (see :mod:`.memmaps`), arrays NumPy would pickle in band (:mod:`.arrays`),
-    ``lru_cache``'d functions of ``__main__``, manager proxies."""
-    if type(obj) is memmap_type():
+    ``lru_cache``'d functions of ``__main__``, manager proxies, weak containers
+    and ``cached_property`` (its lock, before Python 3.12)."""
+    cls = type(obj)
+    if cls in _EMPTIED_WEAK:
+        return cls, ()
+    if cls is functools.cached_property and hasattr(obj, "lock"):
+        return _cached_property, (obj.func, obj.attrname, obj.__doc__)
+    if cls is memmap_type():
         return reduce_memmap(obj)
     if (reduced := special_reduction(obj)) is not None:
         return reduced
@@ -189,6 +202,17 @@ def _reduce_special(obj: Any) -> Any:
 def _cached(function: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
     """``function`` under ``functools.lru_cache(maxsize, typed)`` (see _reduce_special)."""
     return functools.lru_cache(maxsize=maxsize, typed=typed)(function)
+
+
+def _cached_property(function: Callable[..., Any], name: str | None, doc: str | None
+                     ) -> functools.cached_property[Any]:
+    """A ``cached_property`` of ``function`` under ``name``, made anew where it lands:
+    before Python 3.12 it holds a lock, which cannot travel (see _reduce_special).
+    Named here: a class rebuilt by cloudpickle sets it without ``__set_name__``."""
+    made = functools.cached_property(function)
+    made.attrname = name
+    made.__doc__ = doc
+    return made
 
 
 def _standard_pickler(stream: io.BytesIO, buffer_callback: Callable[[Any], bool] | None
