@@ -3,6 +3,7 @@ cluster's semantics; a plan's cluster starts once, lazily, and never leaks."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -696,6 +698,22 @@ def test_with_over_a_plan_made_before_puts_it_in_force_for_the_block() -> None:
             assert sockpool.plan() is fast
             assert sockpool.par_map(lambda _: os.getpid(), range(2)) != [os.getpid()] * 2
         assert sockpool.plan() is sequential
+
+
+def test_a_replaced_plan_is_let_go() -> None:
+    # Each plan() held the plan it replaced, which held the one before: a program
+    # (a test suite) choosing a plan again and again kept every plan ever made,
+    # and what each held (a seed's state, a Cluster's options).
+    first = sockpool.plan("sequential", seed=1)
+    gone = weakref.ref(first)
+    del first
+    for _ in range(3):
+        sockpool.plan("sequential")
+    gc.collect()
+    assert gone() is None
+    with sockpool.plan("sequential", seed=2) as scoped:  # a with still puts back the last
+        assert sockpool.plan() is scoped
+    assert sockpool.plan() is not scoped and sockpool.plan().sequential
 
 
 def _fails_leaving_work(i: int) -> None:

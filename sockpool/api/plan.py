@@ -412,7 +412,8 @@ def _install(new: Plan | None, *, wait: bool) -> Plan | None:
         with _lock:
             old, _current = _current, new
     if old is not None and old is not new:
-        old._scope_pending = False  # a with over it later puts it back in force
+        # A with over it later puts it in force; let go of the one it replaced (or all stay).
+        old._scope_pending, old._previous = False, None
         old.release(wait=wait)
     return old
 
