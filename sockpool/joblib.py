@@ -63,6 +63,7 @@ from .api.calls import Calls
 from .api.cluster import Cluster
 from .api.plan import current_plan
 from .dispatch.jobs import Job
+from .errors import CaptureError, add_note
 
 __all__ = ["SockpoolBackend"]
 
@@ -175,6 +176,20 @@ def _distinct(values: list[Any]) -> list[Any]:
         return list(dict.fromkeys(values))
     except Exception:  # a callable that cannot be hashed, or compared (array-like __eq__)
         return values
+
+
+def _first_call_that_cannot_travel(calls: Calls, batch: BatchedCalls) -> CaptureError | None:
+    """The error of the batch's first call that cannot travel, named as
+    ``Cluster.submit`` names it (the path to what fails, from its function or
+    argument), where the batch's own names only the batch."""
+    for function, args, kwargs in batch.items:
+        try:
+            calls.packer.function(function)
+            calls.packer.call(tuple(args), dict(kwargs))
+        except CaptureError as error:
+            add_note(error, f"sockpool: in the joblib call {_batch_name([function])}(...)")
+            return error
+    return None
 
 
 def _batch_name(functions: list[Any]) -> str:
@@ -389,9 +404,14 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         # for a worker that idles meanwhile (dispatch/reclaims.py).  Unseeded: joblib
         # sizes its batches by their timing, so counting them as seeded calls would
         # change what every later seeded call draws, run to run.
-        future, job = calls.submit(function, args, {}, None, None, prefetch=prefetch,
-                                   name=name, call_name=call_name,
-                                   standard_first=standard_first, seeded=False)
+        try:
+            future, job = calls.submit(function, args, {}, None, None, prefetch=prefetch,
+                                       name=name, call_name=call_name,
+                                       standard_first=standard_first, seeded=False)
+        except CaptureError as error:
+            if not isinstance(func, BatchedCalls):
+                raise
+            raise _first_call_that_cannot_travel(calls, func) or error from None
         return future, job, calls
 
     def retrieve_result_callback(self, out: Future[Any]) -> Any:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -223,6 +224,32 @@ def test_an_exceptions_note_names_its_batch_not_task_0(shared_cluster: Cluster) 
     notes = failed.value.__notes__
     assert len(notes) == 1 and notes[0].startswith(
         "sockpool: a joblib batch of fail_on failed on worker "), notes
+
+
+class _HoldsALock:
+    def __init__(self) -> None:
+        self.settings = {"inner": [1, {"lock": threading.Lock()}]}
+
+    def work(self, x: int) -> int:
+        return x
+
+
+def test_what_cannot_travel_is_named_by_its_path_as_cluster_submit_names_it(
+        shared_cluster: Cluster) -> None:
+    # The batch is the one argument sockpool sends: the error named "positional
+    # argument 0: joblib.parallel.BatchedCalls", not the call or what failed in it.
+    holder = _HoldsALock()
+    with parallel_config(backend="sockpool", cluster=shared_cluster):
+        with pytest.raises(sockpool.CaptureError) as failed:
+            Parallel(n_jobs=2)(delayed(square)(i) if i < 3 else delayed(holder.work)(i)
+                               for i in range(6))
+        assert "work -> __self__.settings['inner'][1]['lock']: _thread.lock" in str(
+            failed.value)
+        assert failed.value.__notes__ == ["sockpool: in the joblib call _HoldsALock.work(...)"]
+        with pytest.raises(sockpool.CaptureError,
+                           match=r"keyword argument 'h'.settings\['inner'\]\[1\]"):
+            Parallel(n_jobs=2)(delayed(functools.partial)(square, h=holder) for _ in range(2))
+        assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(3)) == [0, 1, 4]
 
 
 def _dies_on(i: int, bad: int) -> int:
