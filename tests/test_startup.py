@@ -60,8 +60,7 @@ def test_local_workers_are_running_before_the_master_imports_zmq(tmp_path: Path)
             pids = [w.pid for w in cl.workers]
         print(pids)
     """, tmp_path).stdout.splitlines()
-    # (and multiprocessing's resource tracker, which the workers share: see local.py)
-    children = [argv for argv in eval(out[0]) if "resource_tracker" not in " ".join(argv)]
+    children = eval(out[0])
     assert len(children) == 2 and all("sockpool.worker" in " ".join(argv) for argv in children)
     assert out[1] == "[1, 2, 3]"
     assert not wait_gone(eval(out[2]), 5.0)
@@ -92,7 +91,7 @@ def test_a_cluster_that_fails_after_its_workers_started_leaves_none(
 
     def recording_start(self: LocalLauncher, count: int, workdir: str, **kw: Any) -> None:
         start_early(self, count, workdir, **kw)
-        started.extend(early.process.pid for early in self._early)
+        started.extend(process.pid for process, _ in self._early)
         directories.append(workdir)
 
     def fail(*args: Any, **kwargs: Any) -> None:
@@ -152,10 +151,10 @@ def test_early_processes_are_taken_in_order_and_those_left_over_are_ended() -> N
     workdir = private_directory()
     try:
         launcher.start_early(2, workdir, relay=True)
-        stale = [early.process.pid for early in launcher._early]
+        stale = [process.pid for process, _ in launcher._early]
         launcher.start_early(3, workdir, relay=True)  # ends what the first start left
         assert not [pid for pid in stale if psutil.pid_exists(pid)]
-        pids = [early.process.pid for early in launcher._early]
+        pids = [process.pid for process, _ in launcher._early]
         assert len(pids) == 3 and all(psutil.pid_exists(pid) for pid in pids)
         launcher.prepare(workdir, lambda host: host)
         config = WorkerConfig(address="ipc:///nonexistent", token="t", worker_id=0,

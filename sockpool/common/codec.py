@@ -167,20 +167,21 @@ def _with_slots(reduced: tuple[Any, ...], slots: Any) -> tuple[Any, ...]:
                          tracker_id, extra), *reduced[2:])
 
 
-#: Weak containers travel empty: a copy's entries would be held by nothing in the
-#: other process, and go at once.  (A ``functools.singledispatch`` function of
-#: ``__main__`` holds its dispatch cache in one.)
-_EMPTIED_WEAK = (weakref.WeakKeyDictionary, weakref.WeakValueDictionary, weakref.WeakSet)
+#: Weak dictionaries travel as their entries, which stay on the worker where what
+#: they hold weakly travels too (held by something else there), as cloudpickle
+#: sends a ``WeakSet``; pickled as they are, their callback's weak reference fails.
+#: (A ``functools.singledispatch`` function of ``__main__`` keeps its cache in one.)
+_WEAK_DICTIONARIES = (weakref.WeakKeyDictionary, weakref.WeakValueDictionary)
 
 
 def _reduce_special(obj: Any) -> Any:
     """The reducers the library's picklers add: ``bind_to_env`` functions, memmaps
     (see :mod:`.memmaps`), arrays NumPy would pickle in band (:mod:`.arrays`),
-    ``lru_cache``'d functions of ``__main__``, manager proxies, weak containers
+    ``lru_cache``'d functions of ``__main__``, manager proxies, weak dictionaries
     and ``cached_property`` (its lock, before Python 3.12)."""
     cls = type(obj)
-    if cls in _EMPTIED_WEAK:
-        return cls, ()
+    if cls in _WEAK_DICTIONARIES:
+        return cls, (dict(obj),)
     if cls is functools.cached_property and hasattr(obj, "lock"):
         return _cached_property, (obj.func, obj.attrname, obj.__doc__)
     if cls is memmap_type():

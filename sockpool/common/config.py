@@ -70,8 +70,8 @@ class WorkerConfig(NamedTuple):
     sys_path: tuple[str, ...] = ()  #: put first on the worker's import path
     #: the progress memfd its host's agent made and reads once it ends (remote workers)
     progress_fd: int | None = None
-    #: the master's end of multiprocessing's resource tracker, inherited (local workers)
-    resource_tracker_fd: int | None = None
+    #: where the master's end of multiprocessing's resource tracker opens (local workers)
+    resource_tracker: str | None = None
 
     def replace(self, **changes: Any) -> WorkerConfig:
         """A copy with some fields changed (a launcher adding what it knows)."""

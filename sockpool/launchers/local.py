@@ -128,15 +128,6 @@ class LocalWorkerProcess(WorkerProcess):
                 stdin.close()
 
 
-class _Started(NamedTuple):
-    """A worker's process, waiting for its configuration: its log, and the resource
-    tracker's descriptor it inherited (see :func:`_resource_tracker_fd`)."""
-
-    process: subprocess.Popen[bytes]
-    log_path: str
-    tracker_fd: int | None
-
-
 class _StartState(NamedTuple):
     cwd: str | None
     environ: dict[str, str]
@@ -166,19 +157,23 @@ def _inherited_flags() -> list[str]:
     return flags
 
 
-def _resource_tracker_fd() -> int | None:
-    """This process's end of multiprocessing's resource tracker, started if need be;
-    None if it cannot start (each worker then starts its own).
+def _resource_tracker_path() -> str | None:
+    """Where a local worker opens this process's end of multiprocessing's resource
+    tracker (started if need be), or None if it cannot start (each worker then
+    starts its own).
 
     Local workers share it, as a spawn Pool's children do: a ``SharedMemory`` a task
-    attaches to is registered there, so it lives until this process ends, rather
-    than being unlinked when that worker exits (recycled, replaced, closed)."""
+    attaches to is registered there, so it lives until this process unlinks it or
+    ends, rather than being unlinked when that worker exits (recycled, replaced,
+    closed).  Opened by path, once the worker has started: the tracker is started
+    here after the workers, never before them (a process, and 10 ms of imports)."""
     from multiprocessing import resource_tracker
 
     try:
-        return resource_tracker.getfd()
+        fd = resource_tracker.getfd()
     except Exception:
         return None
+    return f"/proc/{os.getpid()}/fd/{fd}" if fd is not None else None
 
 
 def _worker_module(python: str) -> list[str]:
@@ -217,8 +212,8 @@ class LocalLauncher(Launcher):
         self.python = python or sys.executable
         self.env = check_env(env)
         self._workdir: str | None = None
-        # Started by start_early, waiting for their configuration.
-        self._early: collections.deque[_Started] = collections.deque()
+        # Started by start_early, waiting for their configuration: (process, log path).
+        self._early: collections.deque[tuple[subprocess.Popen[bytes], str]] = collections.deque()
         self._ended: dict[int, int] = {}  # its workers' process groups, when their leaders ended
         self._start_state: _StartState | None = None
 
@@ -263,7 +258,7 @@ class LocalLauncher(Launcher):
         ended = []
         while True:
             try:
-                process = self._early.popleft().process
+                process, _ = self._early.popleft()
             except IndexError:  # (another thread may empty it too)
                 break
             with contextlib.suppress(ProcessLookupError):
@@ -280,14 +275,13 @@ class LocalLauncher(Launcher):
         if self._workdir is None:
             raise RuntimeError("LocalLauncher.prepare() was not called")
         if self._early:
-            process, log_path, tracker_fd = self._early.popleft()
+            process, log_path = self._early.popleft()
         else:
-            process, log_path, tracker_fd = self._start(worker_id, self._workdir,
-                                                        config.relay != "off")
+            process, log_path = self._start(worker_id, self._workdir, config.relay != "off")
         config = config.replace(
             watch_stdin=True, parent_pid=os.getpid(), master_pid=os.getpid(),
             # The master's import path, so a module next to the script imports here too.
-            sys_path=self._state().sys_path, resource_tracker_fd=tracker_fd)
+            sys_path=self._state().sys_path, resource_tracker=_resource_tracker_path())
         handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path,
                                     self._ended)
         assert process.stdin is not None
@@ -298,11 +292,11 @@ class LocalLauncher(Launcher):
             pass  # it died at once; the I/O thread reports it with its stderr
         return handle
 
-    def _start(self, worker_id: int, workdir: str, relay: bool) -> _Started:
-        """A worker's process, which waits on stdin for its configuration."""
+    def _start(self, worker_id: int, workdir: str, relay: bool
+               ) -> tuple[subprocess.Popen[bytes], str]:
+        """A worker's process, which waits on stdin for its configuration; and its log."""
         argv = self.command()
         log_path = os.path.join(workdir, f"worker-{worker_id}.log")
-        tracker_fd = _resource_tracker_fd()
         try:
             with open(log_path, "wb") as log:
                 # The worker's own stdout and stderr (C-level writes included) go to its
@@ -315,13 +309,12 @@ class LocalLauncher(Launcher):
                     argv, stdin=subprocess.PIPE, stdout=log if relay else None, stderr=log,
                     cwd=cwd, env=state.environ,
                     start_new_session=True,  # the terminal's Ctrl-C is the master's to handle
-                    pass_fds=() if tracker_fd is None else (tracker_fd,),
                 )
                 note_inherited_peak(process)
         except OSError as exc:
             raise LaunchError(f"could not start a local worker: {exc}",
                               command=shlex.join(argv)) from exc
-        return _Started(process, log_path, tracker_fd)
+        return process, log_path
 
     def close(self) -> None:
         ended, self._ended = self._ended, {}  # (a handle still held notes into the old one)

@@ -121,14 +121,26 @@ def _preload(config: WorkerConfig) -> None:
     own; done before any task): import the serializer functions from a script
     arrive pickled by (about 10 ms at the first map otherwise), and take the
     master's resource tracker (``launchers.local``: imported here, not at start)."""
-    if config.resource_tracker_fd is not None:
-        from multiprocessing import resource_tracker
-
-        tracker: Any = resource_tracker._resource_tracker
-        tracker._fd = config.resource_tracker_fd  # as multiprocessing's spawn_main does
+    if config.resource_tracker is not None:
+        _share_resource_tracker(config.resource_tracker)
     if config.serializer in ("cloudpickle", "dill"):
         with contextlib.suppress(Exception):  # a failure is left to the import that needs it
             importlib.import_module(config.serializer)
+
+
+def _share_resource_tracker(path: str) -> None:
+    """Register what tasks make or attach to (``SharedMemory``, named semaphores)
+    with the master's resource tracker, as multiprocessing's spawned children do:
+    with a tracker of its own, this worker's exit unlinked them.  Where the
+    master's cannot be opened, the worker starts its own as before."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    from multiprocessing import resource_tracker
+
+    tracker: Any = resource_tracker._resource_tracker
+    tracker._fd = fd  # as multiprocessing's spawn_main does with the one it inherits
 
 
 def _read_config(path: str | None) -> str:
