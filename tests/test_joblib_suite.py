@@ -34,12 +34,9 @@ NOT_APPLICABLE = {
         "expects a task's KeyboardInterrupt raised as such and loky's pool (_workers) "
         "replaced; sockpool never lets a task's KeyboardInterrupt stop the master (it "
         "arrives as RemoteError) and keeps its cluster",
-    "test_dispatch_multiprocessing":
-        "passes a multiprocessing.Manager proxy, usable only by processes that "
-        "multiprocessing started (they share its authkey)",
     "test_initializer_context":
-        "initializer= and a multiprocessing.Manager proxy (see test_dispatch_multiprocessing); "
-        "a cluster's per-worker setup is Cluster(setup=)",
+        "passes initializer=, which the sockpool backend refuses with a ValueError naming "
+        "Cluster(setup=): its cluster's workers are started already",
     "test_initializer_parallel": "as test_initializer_context",
     "test_nested_backend_context_manager":
         "expects threads for nested calls; in a sockpool task they run sequentially "
