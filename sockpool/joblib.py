@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import operator
@@ -182,10 +183,13 @@ def _first_call_that_cannot_travel(calls: Calls, batch: BatchedCalls) -> Capture
     """The error of the batch's first call that cannot travel, named as
     ``Cluster.submit`` names it (the path to what fails, from its function or
     argument), where the batch's own names only the batch."""
+    # Without the size limit, which a batch's functions are not held to: only what
+    # cannot be pickled failed the batch.
+    packer = dataclasses.replace(calls.packer, max_capture_size=None)
     for function, args, kwargs in batch.items:
         try:
-            calls.packer.function(function)
-            calls.packer.call(tuple(args), dict(kwargs))
+            packer.function(function)
+            packer.call(tuple(args), dict(kwargs))
         except CaptureError as error:
             add_note(error, f"sockpool: in the joblib call {_batch_name([function])}(...)")
             return error
@@ -408,10 +412,12 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             future, job = calls.submit(function, args, {}, None, None, prefetch=prefetch,
                                        name=name, call_name=call_name,
                                        standard_first=standard_first, seeded=False)
-        except CaptureError as error:
-            if not isinstance(func, BatchedCalls):
+        except CaptureError:
+            found = (_first_call_that_cannot_travel(calls, func)
+                     if isinstance(func, BatchedCalls) else None)
+            if found is None:
                 raise
-            raise _first_call_that_cannot_travel(calls, func) or error from None
+            raise found from found.__cause__  # (not the batch's error as its context)
         return future, job, calls
 
     def retrieve_result_callback(self, out: Future[Any]) -> Any:

@@ -21,6 +21,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -246,10 +247,30 @@ def test_what_cannot_travel_is_named_by_its_path_as_cluster_submit_names_it(
         assert "work -> __self__.settings['inner'][1]['lock']: _thread.lock" in str(
             failed.value)
         assert failed.value.__notes__ == ["sockpool: in the joblib call _HoldsALock.work(...)"]
+        assert isinstance(failed.value.__cause__, TypeError)  # the pickler's own, as submit's
         with pytest.raises(sockpool.CaptureError,
                            match=r"keyword argument 'h'.settings\['inner'\]\[1\]"):
             Parallel(n_jobs=2)(delayed(functools.partial)(square, h=holder) for _ in range(2))
         assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(3)) == [0, 1, 4]
+
+
+BIG = [float(i) for i in range(300_000)]  # 2.7 MB pickled
+
+
+def _adds_big(x: int, extra: Any = None) -> float:
+    return x + BIG[0]
+
+
+def test_a_call_that_cannot_travel_is_named_though_its_function_is_over_the_size_limit(
+        ) -> None:
+    # A batch's functions are not held to max_capture_size: naming the call that
+    # failed by packing each alone under the limit blamed the size, not the lock.
+    with Cluster(n=1, max_capture_size=1_000_000) as cl, \
+            parallel_config(backend="sockpool", cluster=cl):
+        assert Parallel(batch_size=4)(delayed(_adds_big)(i) for i in range(2)) == [0.0, 1.0]
+        with pytest.raises(sockpool.CaptureError, match=r"positional argument 1: _thread\.lock"):
+            Parallel(batch_size=4)(delayed(_adds_big)(*call)
+                                   for call in [(0,), (1, threading.Lock())])
 
 
 def _dies_on(i: int, bad: int) -> int:

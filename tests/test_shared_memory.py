@@ -558,3 +558,61 @@ def test_a_chunk_given_back_lets_go_of_its_shared_arguments() -> None:
                 break
             time.sleep(0.05)
         assert held == {}
+
+
+def test_a_users_shared_memory_segment_outlives_the_workers_that_attached_to_it(
+        tmp_path: Path) -> None:
+    # A fresh program: the cluster starts the resource tracker the workers share.
+    # With a tracker of each worker's own, a recycled worker's unlinked the segment
+    # (the tasks after it: FileNotFoundError), and one a task made went with it.
+    result = run_script("""
+        from multiprocessing import shared_memory
+        from sockpool import Cluster
+
+        def write(name, i):
+            segment = shared_memory.SharedMemory(name=name)
+            segment.buf[i] = i + 1
+            segment.close()
+            return i
+
+        def make(size):
+            segment = shared_memory.SharedMemory(create=True, size=size)
+            segment.buf[:3] = b"abc"
+            segment.close()
+            return segment.name
+
+        with Cluster(n=1, max_tasks_per_worker=1) as cl:
+            mine = shared_memory.SharedMemory(create=True, size=4)
+            print([cl.submit(write, mine.name, i).result() for i in range(4)])
+            made = shared_memory.SharedMemory(name=cl.submit(make, 8).result())
+            cl.submit(abs, 1).result()  # (its worker is recycled by now)
+            again = shared_memory.SharedMemory(name=made.name)
+            print(bytes(mine.buf), bytes(again.buf[:3]))
+        for segment in (mine, made, again):
+            segment.close()
+        mine.unlink()
+        made.unlink()
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["[0, 1, 2, 3]", "b'\\x01\\x02\\x03\\x04' b'abc'"]
+    assert result.stderr == ""  # no tracker's warning of a leak, nor of a name unknown
+
+
+def test_a_worker_takes_the_masters_tracker_only_where_its_path_opens_that_pipe() -> None:
+    # In another pid namespace (no /proc of its own), or once the master's tracker
+    # was started again, the path opens something else: the worker keeps its own.
+    from multiprocessing import resource_tracker
+
+    from sockpool.worker.main import _share_resource_tracker
+
+    tracker = resource_tracker._resource_tracker  # type: ignore[attr-defined]
+    before = tracker._fd
+    read, write = os.pipe()
+    try:
+        opened = len(os.listdir("/proc/self/fd"))
+        _share_resource_tracker(f"/proc/self/fd/{write}", os.fstat(write).st_ino + 1)
+        _share_resource_tracker(f"/proc/self/fd/{read + write + 100}", os.fstat(write).st_ino)
+        assert tracker._fd == before
+        assert len(os.listdir("/proc/self/fd")) == opened  # what it opened, it closed
+    finally:
+        os.close(read)
+        os.close(write)

@@ -70,8 +70,10 @@ class WorkerConfig(NamedTuple):
     sys_path: tuple[str, ...] = ()  #: put first on the worker's import path
     #: the progress memfd its host's agent made and reads once it ends (remote workers)
     progress_fd: int | None = None
-    #: where the master's end of multiprocessing's resource tracker opens (local workers)
+    #: where the master's end of multiprocessing's resource tracker opens (local workers),
+    #: and the inode of that pipe (a path of another pid namespace opens something else)
     resource_tracker: str | None = None
+    resource_tracker_inode: int | None = None
 
     def replace(self, **changes: Any) -> WorkerConfig:
         """A copy with some fields changed (a launcher adding what it knows)."""

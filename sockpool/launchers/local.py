@@ -157,10 +157,10 @@ def _inherited_flags() -> list[str]:
     return flags
 
 
-def _resource_tracker_path() -> str | None:
+def _resource_tracker() -> tuple[str, int] | None:
     """Where a local worker opens this process's end of multiprocessing's resource
-    tracker (started if need be), or None if it cannot start (each worker then
-    starts its own).
+    tracker (started if need be), and that pipe's inode, which the worker checks;
+    None if it cannot start (each worker then starts its own).
 
     Local workers share it, as a spawn Pool's children do: a ``SharedMemory`` a task
     attaches to is registered there, so it lives until this process unlinks it or
@@ -171,9 +171,12 @@ def _resource_tracker_path() -> str | None:
 
     try:
         fd = resource_tracker.getfd()
+        if fd is None:
+            return None
+        inode = os.fstat(fd).st_ino
     except Exception:
         return None
-    return f"/proc/{os.getpid()}/fd/{fd}" if fd is not None else None
+    return f"/proc/{os.getpid()}/fd/{fd}", inode
 
 
 def _worker_module(python: str) -> list[str]:
@@ -281,7 +284,10 @@ class LocalLauncher(Launcher):
         config = config.replace(
             watch_stdin=True, parent_pid=os.getpid(), master_pid=os.getpid(),
             # The master's import path, so a module next to the script imports here too.
-            sys_path=self._state().sys_path, resource_tracker=_resource_tracker_path())
+            sys_path=self._state().sys_path)
+        if (tracker := _resource_tracker()) is not None:
+            path, inode = tracker
+            config = config.replace(resource_tracker=path, resource_tracker_inode=inode)
         handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path,
                                     self._ended)
         assert process.stdin is not None

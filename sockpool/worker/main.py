@@ -29,6 +29,7 @@ import functools
 import importlib
 import os
 import signal
+import stat
 import sys
 import threading
 from collections import deque
@@ -121,22 +122,29 @@ def _preload(config: WorkerConfig) -> None:
     own; done before any task): import the serializer functions from a script
     arrive pickled by (about 10 ms at the first map otherwise), and take the
     master's resource tracker (``launchers.local``: imported here, not at start)."""
-    if config.resource_tracker is not None:
-        _share_resource_tracker(config.resource_tracker)
+    if config.resource_tracker is not None and config.resource_tracker_inode is not None:
+        _share_resource_tracker(config.resource_tracker, config.resource_tracker_inode)
     if config.serializer in ("cloudpickle", "dill"):
         with contextlib.suppress(Exception):  # a failure is left to the import that needs it
             importlib.import_module(config.serializer)
 
 
-def _share_resource_tracker(path: str) -> None:
+def _share_resource_tracker(path: str, inode: int) -> None:
     """Register what tasks make or attach to (``SharedMemory``, named semaphores)
     with the master's resource tracker, as multiprocessing's spawned children do:
     with a tracker of its own, this worker's exit unlinked them.  Where the
-    master's cannot be opened, the worker starts its own as before."""
+    master's pipe cannot be opened at ``path`` (its pid namespace is not this
+    ``/proc``'s; the tracker was started again and its number reused), the worker
+    starts its own as before."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return
+    opened = os.fstat(fd)
+    if not stat.S_ISFIFO(opened.st_mode) or opened.st_ino != inode:
+        os.close(fd)
+        return
+    os.set_blocking(fd, True)  # (as the tracker's own pipe: a write waits for room)
     from multiprocessing import resource_tracker
 
     tracker: Any = resource_tracker._resource_tracker
