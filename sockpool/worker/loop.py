@@ -141,4 +141,3 @@ class DataLoop:
         while self.released:
             serials.append(self.released.popleft())
         self.data.send(protocol.release_message(serials))
-
