@@ -163,6 +163,43 @@ def test_singledispatch_functions_cached_properties_and_weak_containers_of_the_s
     ]
 
 
+def test_serializer_pickle_refuses_a_function_of_the_script_before_sending_it(
+        tmp_path: Path) -> None:
+    # It pickles by name, and a worker's __main__ is not the script: every such task
+    # failed on the worker ("Can't get attribute 'f' on <module '__main__'>").
+    (tmp_path / "helpers.py").write_text("def triple(x):\n    return 3 * x\n")
+    result = run_script("""
+        import functools
+        from sockpool import CaptureError, Cluster
+        import helpers
+
+        def f(x):
+            return x + 1
+
+        class Model:
+            def predict(self, x):
+                return x
+
+            def __call__(self, x):
+                return x
+
+        with Cluster(n=1, serializer="pickle") as cl:
+            for fn in (f, functools.partial(f), Model().predict, Model()):
+                try:
+                    cl.par_map(fn, [1])
+                except CaptureError as error:
+                    print(str(error).split(":")[0])
+            print(cl.par_map(helpers.triple, [1, 2]), cl.par_map(functools.partial(pow, 2), [3]))
+    """, tmp_path)
+    *refused, works = result.stdout.splitlines()
+    assert [line.split(" at 0x")[0].split(" with ")[0] for line in refused] == [
+        "cannot send the function 'f'", "cannot send the function 'functools.partial(<function f",
+        "cannot send the function 'Model.predict'",
+        "cannot send the function '<__main__.Model object"]
+    assert all(line.endswith(" with serializer='pickle'") for line in refused)
+    assert works == "[3, 6] [8]"
+
+
 def test_main_classes_dataclasses_and_enums_as_arguments_and_results(tmp_path: Path) -> None:
     result = run_json("""
         import dataclasses, enum, json

@@ -17,6 +17,7 @@ each call, for the callers that do not hold one yet.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import types
 import weakref
@@ -57,6 +58,16 @@ _value_payloads: weakref.WeakKeyDictionary[
 _KEPT_PAYLOAD_BYTES = 16 * 1024
 
 
+def _of_the_script(fn: Any) -> bool:
+    """Whether a callable is defined in ``__main__`` (a partial's function, a bound
+    method's, a callable object's class): the standard pickler names it there."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)  # (a bound method)
+    owner = fn if isinstance(fn, (types.FunctionType, type)) else type(fn)
+    return getattr(owner, "__module__", None) == "__main__"
+
+
 @dataclass(frozen=True)
 class Packer:
     """How the caller's side pickles functions and values for the workers.
@@ -93,6 +104,12 @@ class Packer:
         cached = _reference_payloads.get(id(fn))
         if cached is not None and cached[0] is fn and cached[1] == serializer:
             return cached[2]
+        if serializer == "pickle" and _of_the_script(fn):
+            raise CaptureError(
+                f"cannot send the function {_name_of(fn)!r} with serializer='pickle': it "
+                "sends a function or class by its name, and a worker's __main__ is not "
+                "your script, so it has no such name; define it in a module that your "
+                "script imports, or use the default serializer (cloudpickle)")
         register_local_modules(serializer)
         known = fingerprint(fn) if serializer == "cloudpickle" else None
         kept = _value_payloads.get(fn) if known is not None else None
