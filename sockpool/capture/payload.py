@@ -35,6 +35,7 @@ from .fingerprint import fingerprint, same
 from .inspection import describe_unpicklable, inspect_capture
 from .limits import DEFAULT_MAX_CAPTURE_SIZE, check_max_capture_size
 from .pickling import FunctionPayload
+from .scripts import note_function
 
 #: Copies large buffers into shared memory; returns the frames that name them.
 Store = Callable[[list[Any]], list[Any]]
@@ -111,6 +112,7 @@ class Packer:
                 "your script, so it has no such name; define it in a module that your "
                 "script imports, or use the default serializer (cloudpickle)")
         register_local_modules(serializer)
+        note_function(fn)
         known = fingerprint(fn) if serializer == "cloudpickle" else None
         kept = _value_payloads.get(fn) if known is not None else None
         if kept is not None and kept[0] == serializer and same(kept[1], known):  # type: ignore[arg-type]

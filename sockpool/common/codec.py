@@ -370,9 +370,30 @@ def dumps_in_band(obj: Any, serializer: str = "cloudpickle") -> bytes:
     return stream.getvalue()
 
 
+#: What :data:`main_lookup` returns for a name it does not know.
+NOT_FOUND = object()
+#: The master's lookup of a ``__main__`` name in the scripts its functions came from,
+#: where one is not ``sys.modules["__main__"]`` (set by ``sockpool.capture.scripts``);
+#: None until then, and always on a worker.
+main_lookup: Callable[[str], Any] | None = None
+
+
+class _ScriptUnpickler(pickle.Unpickler):
+    """Looks ``__main__`` names up with :data:`main_lookup` first."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__main__" and main_lookup is not None:
+            found = main_lookup(name)
+            if found is not NOT_FOUND:
+                return found
+        return super().find_class(module, name)
+
+
 def loads(payload: Any, buffers: Sequence[Any] = ()) -> Any:
     """Unpickle a payload and its out-of-band buffers (any bytes-like objects)."""
-    return pickle.loads(payload, buffers=buffers)
+    if main_lookup is None:
+        return pickle.loads(payload, buffers=buffers)
+    return _ScriptUnpickler(io.BytesIO(payload), buffers=buffers).load()
 
 
 def describe(obj: object) -> str:

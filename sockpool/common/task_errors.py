@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import RemoteError, RemoteFrame, RemoteTraceback, add_note
 from .caller import PACKAGE_DIR
-from .codec import dumps_in_band, pickler_class
+from .codec import dumps_in_band, loads, pickler_class
 
 #: The largest exception object sent as itself (its message and traceback travel
 #: in any case): one holding more, a large array say, arrives as a RemoteError.
@@ -170,7 +170,7 @@ def unpack_exception(packed: bytes | memoryview, note: str) -> BaseException:
     exc: BaseException | None = None
     if blob is not None:
         try:
-            candidate = pickle.loads(blob)
+            candidate = loads(blob)
             if isinstance(candidate, BaseException):
                 exc = candidate
         except BaseException as error:  # SystemExit from a class's unpickling too
