@@ -21,7 +21,8 @@ from sockpool import Cluster
 pytestmark = pytest.mark.timeout(120)
 
 SCRIPT = """
-    import dataclasses, json, sockpool
+    import dataclasses, json, sockpool, sockpool.joblib
+    from joblib import Parallel, delayed
     from sockpool import Cluster
 
     @dataclasses.dataclass
@@ -45,6 +46,7 @@ SCRIPT = """
         return Outer.Inner(), load
 
     if __name__ == "__main__":
+        joblibs = Parallel(n_jobs=2, backend="sockpool")(delayed(load)(i) for i in [4])
         with Cluster(n=2) as cl:
             profiles = cl.par_map(load, [1, 2])
             inner, function = cl.submit(parts, 0).result()
@@ -56,7 +58,7 @@ SCRIPT = """
         with sockpool.Pool(2) as pool:
             pooled = pool.map(load, [3])
         print(json.dumps({
-            "profiles": [type(p) is Profile and p.name for p in profiles + pooled],
+            "profiles": [type(p) is Profile and p.name for p in profiles + pooled + joblibs],
             "inner": type(inner) is Outer.Inner, "function": type(function(5)) is Profile,
             "caught": caught}))
 """
@@ -70,7 +72,7 @@ DRIVER = """
     runpy.run_module("user_script", run_name="__main__")
 """
 
-EXPECTED = {"profiles": ["user1", "user2", "user3"], "inner": True, "function": True,
+EXPECTED = {"profiles": ["user1", "user2", "user3", "user4"], "inner": True, "function": True,
             "caught": "Bad(3,)"}
 
 
