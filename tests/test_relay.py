@@ -530,8 +530,11 @@ def test_output_reaches_a_strict_utf8_stdout_and_no_stdout_at_all(tmp_path: Path
         from sockpool import Cluster
 
         def junk(x):
+            print("before", x)  # (a chunk's first write goes at once, alone)
             sys.stdout.buffer.write(b"\\x89PNG\\r\\n")
             print("after", x)
+            if x == 1:  # a lone surrogate beside those bytes spoiled them too (as \\udc89)
+                print("lone \\ud800 surrogate")
             return x
 
         with Cluster(n=1) as cl:
@@ -543,7 +546,7 @@ def test_output_reaches_a_strict_utf8_stdout_and_no_stdout_at_all(tmp_path: Path
     result = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60,
                             env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
     assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout == b"\x89PNG\r\nafter 1\n[1]\n"
+    assert result.stdout == b"before 1\n\x89PNG\r\nafter 1\nlone \\ud800 surrogate\n[1]\n"
     assert result.stderr == b"[2, 3]\n"
 
 

@@ -10,6 +10,7 @@ what a task writes, is :mod:`sockpool.worker.relay`.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import sys
@@ -93,16 +94,34 @@ def _write(stream: TextIO | None, text: str) -> None:
     stream.flush()
 
 
+def _bytes_or_escapes(error: UnicodeError) -> tuple[bytes, int]:
+    """The encoding error handler of :func:`_write_encoded`: a surrogate escape (a
+    byte a task wrote that was not UTF-8) as that byte, any other character the
+    encoding refuses as a backslash escape; each character on its own, so that one
+    of the second kind leaves the bytes beside it as they were."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    out = bytearray()
+    for char in error.object[error.start:error.end]:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(code - 0xDC00)
+        else:
+            out += char.encode("ascii", "backslashreplace")
+    return bytes(out), error.end
+
+
+_BYTES_OR_ESCAPES = "sockpool.bytes-or-escapes"
+codecs.register_error(_BYTES_OR_ESCAPES, _bytes_or_escapes)
+
+
 def _write_encoded(stream: TextIO, text: str) -> None:
     """Text the stream's encoding refused: bytes a task wrote that were not UTF-8
     (``sys.stdout.buffer.write``, which reach here as surrogate escapes) go to its
     binary side as those bytes; a character it cannot encode, as an escape."""
     encoding = getattr(stream, "encoding", None) or "utf-8"
     buffer = getattr(stream, "buffer", None)
-    try:
-        data = text.encode(encoding, "surrogateescape")
-    except UnicodeEncodeError:
-        data = text.encode(encoding, "backslashreplace")
+    data = text.encode(encoding, _BYTES_OR_ESCAPES)
     if buffer is None:
         stream.write(data.decode(encoding, "backslashreplace"))
         return
