@@ -178,20 +178,30 @@ def test_early_processes_are_taken_in_order_and_those_left_over_are_ended() -> N
 
 def test_early_workers_write_where_the_relay_setting_says(tmp_path: Path) -> None:
     out = run_script('''
-        import os
+        import os, sys, warnings
         from sockpool import Cluster
 
         def write(text):
             os.write(1, text.encode())  # the worker's own stdout, under Python's
+            os.write(2, text.replace("stdout", "stderr").encode())
+
+        def complain(text):
+            sys.stderr.write(text)
+            warnings.warn("warned with the relay off")
 
         if __name__ == "__main__":
             with Cluster(n=1, relay=False) as cl:
                 cl.submit(write, "relay off: the master's stdout\\n").result()
+                cl.submit(complain, "sys.stderr with the relay off\\n").result()
             with Cluster(n=1) as cl:
                 cl.submit(write, "relay on: the worker's log\\n").result()
-    ''', tmp_path).stdout
-    assert "relay off: the master's stdout" in out
-    assert "relay on: the worker's log" not in out
+    ''', tmp_path)
+    assert "relay off: the master's stdout" in out.stdout
+    # (stderr went to the worker's log, lost with it at close, and warnings with it)
+    assert "relay off: the master's stderr" in out.stderr
+    assert "sys.stderr with the relay off" in out.stderr
+    assert "warned with the relay off" in out.stderr
+    assert "relay on: the worker's log" not in out.stdout + out.stderr
 
 
 def test_a_launcher_serves_one_open_cluster_at_a_time_and_then_the_next() -> None:
