@@ -178,7 +178,7 @@ def stream_blocks(
     output = _OutputInOrder(delivery.output_in_order)
     sent = 0  # items in chunks the cluster took
     refused: ClusterClosedError | None = None  # closed before the input was all sent
-    aborted = False  # by Ctrl-C or a task's error: what ran still writes its output
+    aborted = False  # by Ctrl-C, sys.exit() or a task's error: what ran still writes its output
     try:
         while True:
             room = window - in_flight - max(0, len(waiting) - BACKLOG_WINDOWS * window)
@@ -230,7 +230,7 @@ def stream_blocks(
                 block = waiting.pop(next_first)
                 next_first += len(block[1])
                 yield block
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a signal handler's sys.exit()
         aborted = True
         raise
     finally:
