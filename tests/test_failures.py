@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import signal
@@ -431,14 +432,39 @@ def test_workers_give_up_on_a_silent_master(tmp_path: Path) -> None:
     from helpers import master_program, wait_gone
 
     with master_program(tmp_path / "frozen_master.py", """
-        import json, time
+        import ctypes, json, time
         from sockpool import Cluster
         cl = Cluster(n=2, heartbeat_interval=0.1, heartbeat_timeout=1.0)
         print(json.dumps([w.pid for w in cl.workers]), flush=True)
-        time.sleep(60)
-    """) as (master, pids):
-        os.kill(master.pid, signal.SIGSTOP)  # alive, stdin open, but silent
+        # Alive, stdin open, but silent and using no CPU, as a deadlocked master: its
+        # main thread sleeps holding the GIL, which its I/O thread waits for.
+        ctypes.PyDLL(None).sleep(60)
+    """) as (_, pids):
         assert wait_gone(pids, 5) == [], "workers kept waiting on a frozen master"
+
+
+def test_workers_wait_on_a_master_stopped_by_ctrl_z_and_go_on_once_it_continues(
+        tmp_path: Path) -> None:
+    # A master stopped (Ctrl-Z, SIGSTOP) for longer than the heartbeat timeout: its
+    # workers, in sessions of their own, took it for frozen and exited, and the
+    # map failed with WorkerLostError once the job was continued (`fg`).
+    from helpers import master_program
+
+    with master_program(tmp_path / "stopped_master.py", """
+        import json, time
+        from sockpool import Cluster
+        with Cluster(n=2, heartbeat_interval=0.1, heartbeat_timeout=1.0) as cl:
+            print(json.dumps([w.pid for w in cl.workers]), flush=True)
+            print(cl.par_map(time.sleep, [0.4] * 8, chunksize=1), flush=True)
+            print(json.dumps([w.pid for w in cl.workers]), flush=True)
+    """) as (master, pids):
+        os.kill(master.pid, signal.SIGSTOP)  # as the map starts
+        time.sleep(3.0)  # three heartbeat timeouts
+        assert all(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+        os.kill(master.pid, signal.SIGCONT)
+        out, err = master.communicate(timeout=30)
+        assert master.returncode == 0, err
+        assert out.splitlines() == [str([None] * 8), json.dumps(pids)]
 
 
 def _hold_the_gil(seconds: int) -> int:

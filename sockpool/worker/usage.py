@@ -36,6 +36,12 @@ def cpu_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12]) if fields is not None and len(fields) > 12 else None
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (Ctrl-Z, SIGSTOP, a debugger's breakpoint)."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[:1] in ([b"T"], [b"t"])
+
+
 def cpu_seconds() -> float:
     """User and system CPU time of this process."""
     times = os.times()

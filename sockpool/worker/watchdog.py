@@ -28,7 +28,7 @@ from ..common.config import WorkerConfig
 from ..common.protocol import Kind
 from .children import end_descendants
 from .state import WorkerState
-from .usage import cpu_seconds, cpu_ticks, resident_bytes
+from .usage import cpu_seconds, cpu_ticks, is_stopped, resident_bytes
 
 #: How long after SHUTDOWN the watchdog waits for the main thread before it
 #: ends the process itself.
@@ -121,9 +121,13 @@ class Watchdog:
     def _master_busy(self) -> bool:
         """Whether the master, on this machine, used CPU since it was last heard (or
         last found busy): then it holds its GIL in a long call, say, and is silent
-        only because its I/O thread cannot run; a frozen master uses none."""
+        only because its I/O thread cannot run; a frozen master uses none.  Or it is
+        stopped (Ctrl-Z, a debugger): paused by someone who may continue it, as the
+        workers of a multiprocessing pool, stopped with it, wait for."""
         if self.master_pid is None:
             return False
+        if is_stopped(self.master_pid):
+            return True
         before, self.master_ticks = self.master_ticks, cpu_ticks(self.master_pid)
         return before is not None and self.master_ticks is not None and self.master_ticks > before
 
