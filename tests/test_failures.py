@@ -64,6 +64,22 @@ def test_worker_stderr_tail_is_in_the_error(cluster: Cluster) -> None:
     assert "out of cheese" in info.value.stderr_tail
 
 
+def test_a_lost_workers_error_tells_what_its_task_printed_from_its_own_stderr(
+        cluster: Cluster) -> None:
+    # Its stderr holds what earlier tasks wrote there too: unlabelled, it read as
+    # this task's output, after it.
+    def print_then_die() -> None:
+        print("printed by the task", flush=True)
+        os.write(2, b"written to the worker's stderr\n")
+        os._exit(1)
+
+    with pytest.raises(WorkerLostError) as info:
+        cluster.submit(print_then_die).result(timeout=20)
+    assert str(info.value).endswith(
+        "its output ends with:\nprinted by the task\n"
+        "(the worker's own stderr ends with:)\nwritten to the worker's stderr")
+
+
 def test_retries_rerun_a_task_lost_with_its_worker(cluster: Cluster, tmp_path: Path) -> None:
     marker = str(tmp_path / "died-once")
 
