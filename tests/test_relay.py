@@ -265,6 +265,40 @@ def test_a_failed_map_writes_what_a_chunk_finishing_after_the_failure_printed(
     assert capsys.readouterr().out == "task 0\n"
 
 
+@pytest.mark.parametrize("relay", ["True", "'live'"])
+def test_what_tasks_write_below_python_comes_home_after_their_prints(
+        tmp_path: Path, relay: str) -> None:
+    # A child process's output, C's printf, os.write(1, ...), sys.__stdout__: it went to
+    # the worker's log, deleted at close, where a multiprocessing pool shows it.
+    result = run_script(f"""
+        import ctypes, os, subprocess, sys
+        from sockpool import Cluster
+
+        def task(i):
+            print("print", i)
+            os.write(1, f"os.write {{i}}\\n".encode())
+            os.write(2, f"os.write to stderr {{i}}\\n".encode())
+            subprocess.run(["echo", f"child {{i}}"], check=True)
+            libc = ctypes.CDLL(None)
+            libc.printf(b"printf %d\\n", i)
+            libc.fflush(None)
+            print("sys.__stdout__", i, file=sys.__stdout__)  # (buffered: it is a file)
+            return i
+
+        with Cluster(n=2, relay={relay}) as cl:
+            print(cl.par_map(task, range(4), chunksize=1))
+    """, tmp_path)
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "[0, 1, 2, 3]"
+    by_task = sorted(lines[:-1], key=lambda line: line.rsplit(maxsplit=1)[-1])
+    assert by_task == [f"{kind} {i}" for i in range(4) for kind in (
+        "print", "os.write", "child", "printf", "sys.__stdout__")]
+    for i in range(4):  # each task's, in the order it wrote them
+        mine = [line for line in lines if line.endswith(f" {i}")]
+        assert mine == by_task[5 * i:5 * i + 5]
+    assert sorted(result.stderr.splitlines()) == [f"os.write to stderr {i}" for i in range(4)]
+
+
 def test_relay_off_keeps_output_in_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
     with Cluster(n=1, relay=False) as cl:
         cl.par_map(print, ["not relayed"])
@@ -597,14 +631,16 @@ def _no_newline(x: int) -> None:
 
 
 def test_a_tasks_stdout_takes_what_scripts_ask_of_sys_stdout(cluster: Cluster) -> None:
-    # sys.stdout.reconfigure(...) raised AttributeError in a task, as did .name.
+    # sys.stdout.reconfigure(...) raised AttributeError in a task, as did .name and
+    # .buffer.raw; .errors was None.
     assert cluster.submit(_stream_attributes).result(timeout=20) == (
-        None, "<stdout>", "<stderr>", False)
+        None, "<stdout>", "<stderr>", False, "strict", True)
 
 
 def _stream_attributes() -> tuple[object, ...]:
     return (sys.stdout.reconfigure(encoding="utf-8", line_buffering=True),  # type: ignore[attr-defined]
-            sys.stdout.name, sys.stderr.name, sys.stdout.line_buffering)  # type: ignore[attr-defined]
+            sys.stdout.name, sys.stderr.name, sys.stdout.line_buffering,  # type: ignore[attr-defined]
+            sys.stdout.errors, sys.stdout.buffer.raw.writable())  # type: ignore[attr-defined]
 
 
 def test_the_flusher_lives_on_after_a_batch_it_could_not_send(tmp_path: Path) -> None:

@@ -172,6 +172,22 @@ def test_output_a_remote_worker_flushed_before_a_sigkill_reaches_the_user(
             f"task {x} line {line} " + "." * 2000 for line in range(40)]
 
 
+def _below_python(x: int) -> int:
+    print("print", x)
+    subprocess.run(["echo", f"child {x}"], check=True)
+    os.write(2, f"os.write to stderr {x}\n".encode())
+    return x
+
+
+def test_what_a_remote_task_writes_below_python_comes_home(
+        testbed: Testbed, capfd: pytest.CaptureFixture[str]) -> None:
+    with Cluster(hosts=["node1"], python=PYTHON) as cl:
+        assert cl.par_map(_below_python, [1, 2], chunksize=1) == [1, 2]
+    out, err = capfd.readouterr()
+    assert out.splitlines() == ["print 1", "child 1", "print 2", "child 2"]
+    assert err.splitlines() == ["os.write to stderr 1", "os.write to stderr 2"]
+
+
 def test_loopback_aliases_and_localhost_mix_in_one_cluster(testbed: Testbed) -> None:
     with Cluster(hosts=["node1", "node2", "localhost"], python=PYTHON) as cl:
         assert sorted(w.host for w in cl.workers) == ["localhost", "node1", "node2"]

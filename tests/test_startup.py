@@ -164,7 +164,8 @@ def test_early_processes_are_taken_in_order_and_those_left_over_are_ended() -> N
         assert first.pid == pids[0]
         launcher.stop_early()  # the two no spawn took
         assert not [pid for pid in pids[1:] if psutil.pid_exists(pid)]
-        assert sorted(os.listdir(workdir)) == ["worker-0.log", "worker-1.log", "worker-2.log"]
+        assert sorted(os.listdir(workdir)) == [f"worker-{i}.{kind}" for i in range(3)
+                                               for kind in ("log", "out")]
         first.kill()
         deadline = time.monotonic() + 5.0
         while first.poll() is None and time.monotonic() < deadline:
@@ -194,14 +195,15 @@ def test_early_workers_write_where_the_relay_setting_says(tmp_path: Path) -> Non
                 cl.submit(write, "relay off: the master's stdout\\n").result()
                 cl.submit(complain, "sys.stderr with the relay off\\n").result()
             with Cluster(n=1) as cl:
-                cl.submit(write, "relay on: the worker's log\\n").result()
+                cl.submit(write, "relay on: read back from the worker's stdout\\n").result()
     ''', tmp_path)
     assert "relay off: the master's stdout" in out.stdout
     # (stderr went to the worker's log, lost with it at close, and warnings with it)
     assert "relay off: the master's stderr" in out.stderr
     assert "sys.stderr with the relay off" in out.stderr
     assert "warned with the relay off" in out.stderr
-    assert "relay on: the worker's log" not in out.stdout + out.stderr
+    assert out.stdout.count("relay on: read back from the worker's stdout") == 1
+    assert out.stderr.count("relay on: read back from the worker's stderr") == 1
 
 
 def test_a_launcher_serves_one_open_cluster_at_a_time_and_then_the_next() -> None:

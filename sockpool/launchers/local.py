@@ -304,16 +304,18 @@ class LocalLauncher(Launcher):
         argv = self.command()
         log_path = os.path.join(workdir, f"worker-{worker_id}.log")
         try:
-            with open(log_path, "wb") as log:
-                # The worker's own stdout and stderr (C-level writes included) go to its
-                # log, whose tail errors quote; what tasks print is relayed over zmq.
-                # With the relay off, both stay the master's, as a multiprocessing
-                # pool's: what tasks write, warn and log goes there.
+            with (open(log_path, "wb") as log,
+                  open(os.path.join(workdir, f"worker-{worker_id}.out"), "wb") as out):
+                # The worker's own stderr and stdout (C-level writes included) go to its
+                # log, whose tail errors quote, and to a file of their own: what tasks
+                # print is relayed over zmq, and what they write there read back
+                # (worker/below_python.py).  With the relay off, both stay the
+                # master's, as a multiprocessing pool's: all a task writes goes there.
                 state = self._state()
                 # (A directory since removed: the master's own, as a worker would have.)
                 cwd = state.cwd if state.cwd is not None and os.path.isdir(state.cwd) else None
                 process = subprocess.Popen(
-                    argv, stdin=subprocess.PIPE, stdout=log if relay else None,
+                    argv, stdin=subprocess.PIPE, stdout=out if relay else None,
                     stderr=log if relay else None,
                     cwd=cwd, env=state.environ,
                     start_new_session=True,  # the terminal's Ctrl-C is the master's to handle

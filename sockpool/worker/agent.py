@@ -108,11 +108,13 @@ class HostAgent:
                                                       progress_fd=page)
         worker_id = config.worker_id
         log_path = os.path.join(self.workdir, f"worker-{worker_id}.log")
-        with open(log_path, "wb") as log:
+        # (stdout apart: what a chunk writes to either is read back: below_python.py)
+        with (open(log_path, "wb") as log,
+              open(os.path.join(self.workdir, f"worker-{worker_id}.out"), "wb") as out):
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "sockpool.worker"], stdin=subprocess.PIPE,
-                    stdout=log, stderr=log, start_new_session=True,
+                    stdout=out, stderr=log, start_new_session=True,
                     pass_fds=() if page is None else (page,))
                 note_inherited_peak(process)
             except OSError as exc:

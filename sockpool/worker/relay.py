@@ -12,8 +12,9 @@ at most that much of what it wrote (the master shows it, and quotes it in the
 ``WorkerLostError``).  The main thread sends what a task writes as it writes; a
 flusher thread sends what would otherwise wait: the last lines of a task that
 then hangs or sleeps, and what the task's own threads write.  Output written
-below Python (C code, child processes) is not relayed; for local workers it
-lands in the worker's log, whose tail is quoted when the worker is lost.
+below Python (C code, child processes) goes to the worker's log, whose tail is
+quoted when the worker is lost; what a chunk added there is read back as it ends
+and sent with its output (:mod:`.below_python`).
 
 The master writes it out (:mod:`sockpool.dispatch.output`).
 
@@ -25,6 +26,7 @@ without a cluster.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import sys
@@ -36,6 +38,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..common.protocol import RECORD, WARNING, Batch
+from .below_python import BelowPython
 
 #: A chunk that keeps writing sends what it wrote at most this often.
 FLUSH_SECONDS = 0.005
@@ -81,6 +84,10 @@ class TaskStream(io.TextIOBase):
     def line_buffering(self) -> bool:
         return False
 
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "strict"  # (as a pipe's; what a task writes is never refused here)
+
     def reconfigure(self, *, encoding: str | None = None, errors: str | None = None,
                     newline: str | None = None, line_buffering: bool | None = None,
                     write_through: bool | None = None) -> None:
@@ -118,6 +125,11 @@ class _TaskBytes(io.RawIOBase):
 
     def flush(self) -> None:
         self._text.flush()
+
+    @property
+    def raw(self) -> _TaskBytes:
+        """Itself: unbuffered already (a ``BufferedWriter``'s ``raw``, which code reaches for)."""
+        return self
 
 
 class _RecordHandler(logging.Handler):
@@ -166,6 +178,7 @@ class WorkerRelay:
         self._active = False
         self._main = threading.get_ident()
         self._log_level = log_level
+        self._below: BelowPython | None = None  # (once installed)
 
     def install(self) -> None:
         """Redirect this process's output, warnings and logging to the relay."""
@@ -176,10 +189,13 @@ class WorkerRelay:
         root = logging.getLogger()
         root.addHandler(_RecordHandler(self))
         root.setLevel(self._log_level)
+        self._below = BelowPython()
         threading.Thread(target=self._flush_held, name="sockpool-relay", daemon=True).start()
 
     def start(self) -> None:
         """A chunk starts: what is written from now on belongs to it."""
+        if self._below is not None:
+            self._below.start()
         with self._lock:
             self._active = True
             self._last_flush = 0.0  # its first write goes out at once: a crash loses nothing
@@ -189,6 +205,12 @@ class WorkerRelay:
 
     def finish(self) -> Batch | None:
         """The chunk ended: its batch (None when it wrote nothing)."""
+        if self._below is not None:  # (after what it wrote through sys.stdout and stderr)
+            for stream in (sys.__stdout__, sys.__stderr__):  # (print(file=sys.__stdout__))
+                with contextlib.suppress(Exception):
+                    stream.flush()  # type: ignore[union-attr]
+            for index, text in self._below.written():
+                self.write(index, text)
         with self._sending:  # once the flusher's batch, if any, has gone
             self._active = False
         for index, rest in enumerate(self._partial):

@@ -1,0 +1,61 @@
+"""What a chunk writes below Python, read back for the relay: C code's output, child
+processes', ``os.write(1, ...)``, ``sys.__stdout__``.
+
+Such writes go to the worker's own file descriptors 1 and 2, which a local or an
+ssh worker has on files of its own (its logs).  Where they are regular files, the
+relay reads back what a chunk added to them while it ran, and sends it with the
+chunk's output, after what its tasks wrote through ``sys.stdout`` and
+``sys.stderr``.  The logs keep it too, and so a crash's last words still reach the
+``WorkerLostError`` message.  Where descriptor 1 or 2 is a terminal or a pipe (a
+worker started by hand), what is written there is not read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+
+class BelowPython:
+    """The growth of the files behind descriptors 1 and 2 while a chunk runs."""
+
+    def __init__(self) -> None:
+        #: (stream: 0 stdout, 1 stderr; a descriptor that reads the file; where the
+        #: chunk's writes start).  A file behind both descriptors counts as stdout.
+        self._files: list[tuple[int, int, int]] = []
+        seen: set[tuple[int, int]] = set()
+        for stream, fd in ((0, 1), (1, 2)):
+            try:
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode) or (status.st_dev, status.st_ino) in seen:
+                    continue
+                reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:  # closed, or no /proc: nothing to read back
+                continue
+            seen.add((status.st_dev, status.st_ino))
+            self._files.append((stream, reader, 0))
+
+    def start(self) -> None:
+        """A chunk starts: what is written from now on is its."""
+        self._files = [(stream, reader, _size(reader)) for stream, reader, _ in self._files]
+
+    def written(self) -> list[tuple[int, str]]:
+        """What the chunk wrote to each stream since :meth:`start`, as text (bytes
+        that are not UTF-8 as surrogate escapes, which the master writes back as bytes)."""
+        found = []
+        for stream, reader, start in self._files:
+            end = _size(reader)
+            if end > start:
+                with contextlib.suppress(OSError):
+                    data = os.pread(reader, end - start, start)
+                    found.append((stream, data.decode("utf-8", "surrogateescape")))
+        return found
+
+
+def _size(reader: int) -> int:
+    """The file's size now (its end, where the next write lands); 0 if it cannot be told."""
+    try:
+        return os.lseek(reader, 0, os.SEEK_END)
+    except OSError:
+        return 0
