@@ -310,6 +310,30 @@ def test_local_module_and_package_travel_by_value_even_when_workers_cannot_impor
     assert set(result[2]) >= {"mymath", "mypkg"}
 
 
+def test_a_local_plugin_registered_under_a_dotted_name_without_its_package_travels(
+        tmp_path: Path) -> None:
+    # sys.modules["plugins.x"], no "plugins": it was sent by reference, and failed
+    # ("import of module 'plugins.x' failed").
+    (tmp_path / "plugin_code.py").write_text(
+        "SCALE = 10\n\nclass Rec:\n    def __init__(self, v):\n        self.v = v\n\n"
+        "def work(x):\n    return Rec(x * SCALE)\n")
+    result = run_json("""
+        import importlib.util, json, sys
+        from sockpool import Cluster
+
+        spec = importlib.util.spec_from_file_location("plugins.x", "plugin_code.py")
+        plugin = importlib.util.module_from_spec(spec)
+        sys.modules["plugins.x"] = plugin
+        spec.loader.exec_module(plugin)
+
+        if __name__ == "__main__":
+            with Cluster(n=2) as cl:
+                out = cl.par_map(plugin.work, [1, 2])
+            print(json.dumps([[r.v for r in out], all(type(r) is plugin.Rec for r in out)]))
+    """, tmp_path)
+    assert result == [[10, 20], True]
+
+
 def test_a_relative_import_in_a_function_of_a_package_run_with_python_m_works_there(
         tmp_path: Path) -> None:
     # `python -m app.main`: __main__'s __package__ is "app".  A worker's copy of a

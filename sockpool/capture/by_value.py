@@ -145,20 +145,25 @@ _known: tuple[int, frozenset[str]] = (-1, frozenset())
 
 
 def local_modules() -> frozenset[str]:
-    """Top-level names of the loaded modules and packages that are local (see above)."""
+    """Top-level names of the loaded modules and packages that are local (see above);
+    and the dotted names of local ones loaded without their package (a plugin a
+    script registered as ``sys.modules["plugins.x"]``, with no ``plugins``)."""
     global _known
     if _known[0] == len(sys.modules):  # cheap: recomputed only when imports happened
         return _known[1]
+    loaded = dict(sys.modules)
     names = frozenset(
-        name for name, module in list(sys.modules.items())
-        if "." not in name and module is not None and _is_local(name, module))
-    _known = (len(sys.modules), names)
+        name for name, module in loaded.items()
+        if module is not None and ("." not in name or name.partition(".")[0] not in loaded)
+        and _is_local(name, module))
+    _known = (len(loaded), names)
     return names
 
 
 def is_local_module(name: str) -> bool:
     """Whether the module ``name`` (dotted or not) belongs to a local module or package."""
-    return name.partition(".")[0] in local_modules()
+    local = local_modules()
+    return name.partition(".")[0] in local or name in local
 
 
 def module_name(obj: Any) -> str:
