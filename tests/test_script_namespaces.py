@@ -108,3 +108,10 @@ def test_code_executed_in_a_namespace_of_its_own_gets_its_own_classes_back(
     assert [p.x for p in made] == [1, 2]
     assert type(cluster.submit(second["make"], 3).result()) is second["Point"]  # type: ignore[arg-type]
     assert type(cluster.submit(first["make"], 4).result()) is first["Point"]  # type: ignore[arg-type]
+    # A function of the real __main__ after them (pytest's, here): its own Point, not theirs.
+    main = sys.modules["__main__"]
+    exec(compile(source, "<main>", "exec"), vars(main))
+    try:
+        assert type(cluster.submit(main.make, 5).result()) is main.Point
+    finally:
+        del main.Point, main.make

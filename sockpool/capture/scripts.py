@@ -30,12 +30,15 @@ _lock = threading.Lock()
 
 def note_function(fn: Any) -> None:
     """Note the namespace ``fn`` (a function, partial, bound method or callable object)
-    was defined in, if it is a ``__main__`` that is not ``sys.modules["__main__"]``."""
+    was defined in, if it is a ``__main__`` that is not ``sys.modules["__main__"]``; and,
+    once there is one, ``sys.modules["__main__"]``'s own too, so that the namespace a
+    task function last came from is the first looked in, whichever it is."""
     namespace = _globals_of(fn)
-    main = sys.modules.get("__main__")
-    if (namespace is None or namespace.get("__name__") != "__main__"
-            or namespace is getattr(main, "__dict__", None)):
+    if namespace is None or namespace.get("__name__") != "__main__":
         return
+    main = sys.modules.get("__main__")
+    if namespace is getattr(main, "__dict__", None) and not _namespaces:
+        return  # (the common case: the master's __main__ is the script's)
     with _lock:
         _namespaces.pop(id(namespace), None)
         _namespaces[id(namespace)] = namespace
@@ -67,7 +70,10 @@ def _look_up(name: str) -> Any:
     for namespace in reversed(namespaces):
         if first in namespace:
             found = namespace[first]
-            for part in rest:
-                found = getattr(found, part)
+            try:
+                for part in rest:
+                    found = getattr(found, part)
+            except AttributeError:
+                continue
             return found
     return codec.NOT_FOUND
