@@ -64,6 +64,13 @@ def test_worker_stderr_tail_is_in_the_error(cluster: Cluster) -> None:
     assert "out of cheese" in info.value.stderr_tail
 
 
+def test_a_lost_workers_error_quotes_what_it_wrote_to_stdout_below_python(
+        cluster: Cluster) -> None:
+    with pytest.raises(WorkerLostError, match="fatal error in the solver"):
+        cluster.submit(lambda: os.system("echo fatal error in the solver") + os._exit(3)
+                       ).result(timeout=20)
+
+
 def test_a_lost_workers_error_tells_what_its_task_printed_from_its_own_stderr(
         cluster: Cluster) -> None:
     # Its stderr holds what earlier tasks wrote there too: unlabelled, it read as
@@ -77,7 +84,7 @@ def test_a_lost_workers_error_tells_what_its_task_printed_from_its_own_stderr(
         cluster.submit(print_then_die).result(timeout=20)
     assert str(info.value).endswith(
         "its output ends with:\nprinted by the task\n"
-        "(the worker's own stderr ends with:)\nwritten to the worker's stderr")
+        "(what the worker wrote below Python ends with:)\nwritten to the worker's stderr")
 
 
 def test_retries_rerun_a_task_lost_with_its_worker(cluster: Cluster, tmp_path: Path) -> None:

@@ -55,6 +55,13 @@ def read_tail(path: str | os.PathLike[str], max_lines: int = TAIL_LINES) -> str:
     return "\n".join(lines[-max_lines:])
 
 
+def worker_output_tail(log_path: str) -> str:
+    """The last lines a worker wrote below Python: to its stdout, a file beside its log
+    (``worker-N.out``, where there is one), then to its stderr, the log itself."""
+    parts = (read_tail(log_path.removesuffix(".log") + ".out"), read_tail(log_path))
+    return "\n".join(part for part in parts if part)
+
+
 # -- why a process was killed ------------------------------------------------------------
 
 #: The kernel's log, where its out-of-memory killer names each process it kills.

@@ -67,9 +67,9 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
         if page is not None:  # (its OUTPUT messages that died unsent)
             chunk.output += page.output_after(chunk, _received(chunk))
         output_tail = relay.tail(chunk.output)
-        if output_tail:  # (the worker's own stderr: since it started, earlier tasks' too)
-            tail = (f"{output_tail}\n(the worker's own stderr ends with:)\n{tail}" if tail
-                    else output_tail)
+        if output_tail:  # (the worker's own: since it started, earlier tasks' too)
+            tail = (f"{output_tail}\n(what the worker wrote below Python ends with:)\n{tail}"
+                    if tail else output_tail)
     measured = [chunk for chunk in running if page is not None
                 and chunk.pinned is None and chunk is not record.timed_out]
     for chunk in measured:

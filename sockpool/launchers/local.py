@@ -23,8 +23,8 @@ from ..common.proc import (
     memory_cgroup,
     note_inherited_peak,
     oom_kills,
-    read_tail,
     reap,
+    worker_output_tail,
 )
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
@@ -116,7 +116,7 @@ class LocalWorkerProcess(WorkerProcess):
                     os.kill(pid, signal.SIGTERM)
 
     def stderr_tail(self) -> str:
-        return read_tail(self._log_path)
+        return worker_output_tail(self._log_path)
 
     def close(self) -> None:
         if self._pidfd is not None:

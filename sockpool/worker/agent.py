@@ -51,8 +51,8 @@ from ..common.proc import (
     memory_cgroup,
     note_inherited_peak,
     oom_kills,
-    read_tail,
     reap,
+    worker_output_tail,
 )
 from . import progress
 
@@ -152,7 +152,7 @@ class HostAgent:
             how = explain_kill(process.pid, status, getattr(process, "peak_bytes", None),
                                worker.cgroup, worker.oom_kills, worker.started)
             event = {"exit": worker_id, "status": status, "how": how,
-                     "tail": read_tail(worker.log_path)}
+                     "tail": worker_output_tail(worker.log_path)}
             if worker.progress_fd is not None:
                 event.update(progress.report_fields(worker.progress_fd))
                 os.close(worker.progress_fd)
