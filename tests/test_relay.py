@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -297,6 +298,42 @@ def test_what_tasks_write_below_python_comes_home_after_their_prints(
         mine = [line for line in lines if line.endswith(f" {i}")]
         assert mine == by_task[5 * i:5 * i + 5]
     assert sorted(result.stderr.splitlines()) == [f"os.write to stderr {i}" for i in range(4)]
+
+
+class _FailsToLoadOnTheWorker:
+    def __reduce__(self) -> tuple[object, ...]:
+        return int, ("not a number",)  # ValueError as the worker unpickles it
+
+
+def test_chunks_that_never_ran_read_nothing_back_and_a_flood_is_cut(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    # A chunk whose arguments failed to load read back the last chunk's region again
+    # and wrote it to the worker's stdout file: it doubled at each such chunk (24 MB
+    # after 20).  And a 400 MB flood went home whole, in one message.
+    with Cluster(n=1) as cl:
+        assert cl.submit(os.system, "echo once").result() == 0
+        for _ in range(5):
+            with pytest.raises(ValueError, match="not a number"):
+                cl.submit(abs, _FailsToLoadOnTheWorker()).result()
+        assert cl.submit(lambda: os.fstat(1).st_size).result() == len("once\n")
+        flood = 3 * 1024 * 1024
+        cl.submit(lambda: os.write(1, b"x" * (flood - 5) + b"end\n\n")).result()
+    out = capfd.readouterr().out
+    assert out.count("once") == 1
+    skipped = flood - 1024 * 1024
+    assert (f"[sockpool: the first {skipped} bytes the chunk wrote below Python are left "
+            "out]\n") in out
+    assert out.endswith("x" * 100 + "end\n\n")
+    assert len(out) < 1024 * 1024 + 200
+
+
+def test_a_stream_whose_encoding_takes_no_bytes_gets_escapes() -> None:
+    from sockpool.dispatch.output import _write_encoded
+
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-16")
+    _write_encoded(stream, "raw \udcff byte, lone \ud800\n")  # raised UnicodeEncodeError
+    stream.flush()
+    assert stream.buffer.getvalue().decode("utf-16") == "raw \\udcff byte, lone \\ud800\n"
 
 
 def test_relay_off_keeps_output_in_the_worker(capsys: pytest.CaptureFixture[str]) -> None:

@@ -121,7 +121,10 @@ def _write_encoded(stream: TextIO, text: str) -> None:
     binary side as those bytes; a character it cannot encode, as an escape."""
     encoding = getattr(stream, "encoding", None) or "utf-8"
     buffer = getattr(stream, "buffer", None)
-    data = text.encode(encoding, _BYTES_OR_ESCAPES)
+    try:
+        data = text.encode(encoding, _BYTES_OR_ESCAPES)
+    except UnicodeEncodeError:  # (UTF-16 and -32 take no bytes from a handler)
+        data = text.encode(encoding, "backslashreplace")
     if buffer is None:
         stream.write(data.decode(encoding, "backslashreplace"))
         return
