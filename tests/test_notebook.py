@@ -221,3 +221,14 @@ def test_a_tasks_deprecation_warning_shows_in_the_cell_as_the_kernels_own_does(
     (report,) = outputs[2]
     assert "modules imported on the worker: time" in report["data"]["text/plain"]
     assert "<td>time</td>" in report["data"]["text/html"]
+
+
+def test_what_a_task_writes_below_python_shows_in_its_cell(tmp_path: Path) -> None:
+    # A child process's output (a shell command, a CLI tool) went to the worker's log.
+    (outputs,) = run_cells(["""
+import subprocess
+from sockpool import Cluster
+with Cluster(n=1) as cl:
+    print(cl.submit(subprocess.run, ["echo", "from a child process"]).result().returncode)
+"""], tmp_path)
+    assert stream_text(outputs) == "from a child process\n0\n"
