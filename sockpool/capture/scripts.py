@@ -49,16 +49,18 @@ def note_function(fn: Any) -> None:
 
 def _globals_of(fn: Any) -> dict[str, Any] | None:
     """The globals of the Python function behind ``fn``: a partial's, a bound method's,
-    a class's or a callable object's methods'; None for a builtin."""
+    a ``__main__`` class's or its instance's methods'; None for a builtin."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     fn = getattr(fn, "__func__", fn)
-    if not isinstance(fn, types.FunctionType):
-        owner = fn if isinstance(fn, type) else type(fn)  # (its methods': the class's own)
-        fn = next((value for value in vars(owner).values()
+    if isinstance(fn, types.FunctionType):
+        return fn.__globals__
+    owner = fn if isinstance(fn, type) else type(fn)
+    if getattr(owner, "__module__", None) != "__main__":
+        return None  # (a builtin, a class of a module: at once, as submit(abs, 1) is timed)
+    method = next((value for value in vars(owner).values()
                    if isinstance(value, types.FunctionType)), None)
-    namespace = getattr(fn, "__globals__", None)
-    return namespace if isinstance(namespace, dict) else None
+    return method.__globals__ if method is not None else None
 
 
 def _look_up(name: str) -> Any:
