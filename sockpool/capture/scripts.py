@@ -8,7 +8,8 @@ driver).  They travel by value all the same; a worker binds them in its own
 such a name up in its ``sys.modules["__main__"]``: an AttributeError, or, where that
 module has the name (cProfile's ``Profile``), a result rebuilt as the wrong class.
 So the master looks ``__main__`` names up first in the namespaces of the scripts its
-task functions came from, the latest first (see :func:`note_function`).
+task functions came from, and then its own ``__main__``'s, the one a task function
+last came from first (see :func:`note_function`).
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ at most that much of what it wrote (the master shows it, and quotes it in the
 ``WorkerLostError``).  The main thread sends what a task writes as it writes; a
 flusher thread sends what would otherwise wait: the last lines of a task that
 then hangs or sleeps, and what the task's own threads write.  Output written
-below Python (C code, child processes) goes to the worker's log, whose tail is
-quoted when the worker is lost; what a chunk added there is read back as it ends
-and sent with its output (:mod:`.below_python`).
+below Python (C code, child processes) goes to the worker's own stdout and stderr,
+files whose tails are quoted when the worker is lost; what a chunk added to them
+is read back as it ends and sent with its output (:mod:`.below_python`).
 
 The master writes it out (:mod:`sockpool.dispatch.output`).
 
