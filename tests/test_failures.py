@@ -455,13 +455,16 @@ def test_workers_give_up_on_a_silent_master(tmp_path: Path) -> None:
     from helpers import master_program, wait_gone
 
     with master_program(tmp_path / "frozen_master.py", """
-        import ctypes, json, time
+        import json, threading, time
         from sockpool import Cluster
         cl = Cluster(n=2, heartbeat_interval=0.1, heartbeat_timeout=1.0)
         print(json.dumps([w.pid for w in cl.workers]), flush=True)
         # Alive, stdin open, but silent and using no CPU, as a deadlocked master: its
-        # main thread sleeps holding the GIL, which its I/O thread waits for.
-        ctypes.PyDLL(None).sleep(60)
+        # I/O thread waits forever, and so does everything else.  (Not stopped: a
+        # master stopped by Ctrl-Z is waited on.  Nor asleep holding the GIL: a
+        # thread waiting for it wakes every 5 ms, and that CPU reads as busy.)
+        cl._dispatcher.mailbox.post(threading.Event().wait)
+        time.sleep(60)
     """) as (_, pids):
         assert wait_gone(pids, 5) == [], "workers kept waiting on a frozen master"
 
