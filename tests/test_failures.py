@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -491,6 +492,36 @@ def test_workers_wait_on_a_master_stopped_by_ctrl_z_and_go_on_once_it_continues(
         out, err = master.communicate(timeout=30)
         assert master.returncode == 0, err
         assert out.splitlines() == [str([None] * 8), json.dumps(pids)]
+
+
+def test_a_master_just_continued_gets_a_full_timeout_to_speak() -> None:
+    # A worker that looked right after `fg`, before the master's first heartbeat came
+    # and before its CPU time turned a clock tick, took it for frozen and exited (a
+    # worker replaced once in a few dozen runs of the test above).
+    from sockpool.worker.watchdog import MasterPulse
+
+    master = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)  # (its start's CPU time spent)
+        pulse = MasterPulse(master.pid)
+        assert not pulse.alive(), "an idle process counts as frozen"
+        os.kill(master.pid, signal.SIGSTOP)
+        _wait_for_status(master.pid, stopped=True)
+        assert pulse.alive() and pulse.alive(), "a stopped master is paused, not frozen"
+        os.kill(master.pid, signal.SIGCONT)
+        _wait_for_status(master.pid, stopped=False)
+        assert pulse.alive(), "a master continued since the last look was given up on"
+        assert not pulse.alive(), "still silent and idle a timeout later: frozen"
+    finally:
+        master.kill()
+        master.wait()
+
+
+def _wait_for_status(pid: int, stopped: bool) -> None:
+    deadline = time.monotonic() + 10
+    while (psutil.Process(pid).status() == psutil.STATUS_STOPPED) != stopped:
+        assert time.monotonic() < deadline, f"process {pid}: stopped is not {stopped} in 10 s"
+        time.sleep(0.01)
 
 
 def _hold_the_gil(seconds: int) -> int:

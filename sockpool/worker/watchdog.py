@@ -65,10 +65,7 @@ class Watchdog:
         self.lifeline = lifeline
         self.shared = shared
         self.master_beat = False  # a heartbeat from the master just came
-        self.master_pid = config.master_pid
-        # Its CPU time when last heard, or judged busy; from the start: under load the
-        # master may answer nothing before a long call holds its GIL.
-        self.master_ticks = cpu_ticks(self.master_pid) if self.master_pid is not None else None
+        self.master = MasterPulse(config.master_pid)
 
     def run(self, hello: bytes) -> None:
         """Say HELLO, then watch until the process ends (the watchdog thread's loop)."""
@@ -96,8 +93,7 @@ class Watchdog:
                         if self.master_beat:  # the master's next one is due first
                             due = last_heard + beat_wait
                             self.master_beat = False
-                    if self.master_pid is not None:
-                        self.master_ticks = cpu_ticks(self.master_pid)
+                    self.master.heard()
                 elif self.lifeline is not None and not os.read(self.lifeline, 4096):
                     die("the master process is gone (stdin closed)")
             now = time.monotonic()
@@ -112,24 +108,11 @@ class Watchdog:
             # before), nor while a master on this machine is busy, not frozen.
             if (now - max(last_heard, busy_at) > self.master_timeout
                     and not self.control.poll(0)):
-                if not self._master_busy():
+                if not self.master.alive():
                     die(f"no word from the master for {now - last_heard:.1f} s")
                 busy_at = now
             if shutdown_at is not None and now >= shutdown_at:
                 die(None)
-
-    def _master_busy(self) -> bool:
-        """Whether the master, on this machine, used CPU since it was last heard (or
-        last found busy): then it holds its GIL in a long call, say, and is silent
-        only because its I/O thread cannot run; a frozen master uses none.  Or it is
-        stopped (Ctrl-Z, a debugger): paused by someone who may continue it, as the
-        workers of a multiprocessing pool, stopped with it, wait for."""
-        if self.master_pid is None:
-            return False
-        if is_stopped(self.master_pid):
-            return True
-        before, self.master_ticks = self.master_ticks, cpu_ticks(self.master_pid)
-        return before is not None and self.master_ticks is not None and self.master_ticks > before
 
     def _on_control(self, frame: bytes) -> bool:
         """Handle one control message; True when it asks the worker to stop."""
@@ -157,6 +140,47 @@ class Watchdog:
     def _interrupt(self) -> None:
         """SIGINT to the main thread, whose handler interrupts the running chunk."""
         signal.pthread_kill(self.main_thread, signal.SIGINT)
+
+
+class MasterPulse:
+    """Whether a silent master on this machine is alive, though it says nothing.
+
+    It is, while it uses CPU (it holds its GIL in a long call, say, and its I/O
+    thread cannot run; a frozen master uses none), and while it is stopped (Ctrl-Z,
+    a debugger): paused by someone who may continue it, as the workers of a
+    multiprocessing pool, stopped with it, wait for.
+
+    Args:
+        pid: the master's process id, where it runs on this machine, else None
+            (then only its words count).
+    """
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        # Its CPU time when last heard, or found alive; from the start: under load the
+        # master may answer nothing before a long call holds its GIL.
+        self.ticks = cpu_ticks(pid) if pid is not None else None
+        self.stopped = False  # when last looked at
+
+    def heard(self) -> None:
+        """It spoke: the next check counts the CPU it uses from now on."""
+        self.stopped = False
+        if self.pid is not None:
+            self.ticks = cpu_ticks(self.pid)
+
+    def alive(self) -> bool:
+        """Whether it used CPU or was stopped since it was last heard or found alive.
+
+        A master continued since the last look counts as alive once more, with no
+        CPU used: its first heartbeat may be on its way (its clock tick, 10 ms,
+        may not have turned yet).
+        """
+        if self.pid is None:
+            return False
+        was_stopped, self.stopped = self.stopped, is_stopped(self.pid)
+        before, self.ticks = self.ticks, cpu_ticks(self.pid)
+        return (self.stopped or was_stopped
+                or (before is not None and self.ticks is not None and self.ticks > before))
 
 
 def die(reason: str | None) -> NoReturn:
