@@ -17,7 +17,6 @@ each call, for the callers that do not hold one yet.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import types
 import weakref
@@ -35,7 +34,7 @@ from .fingerprint import fingerprint, same
 from .inspection import describe_unpicklable, inspect_capture
 from .limits import DEFAULT_MAX_CAPTURE_SIZE, check_max_capture_size
 from .pickling import FunctionPayload
-from .scripts import note_function
+from .scripts import definition_of, note_function
 
 #: Copies large buffers into shared memory; returns the frames that name them.
 Store = Callable[[list[Any]], list[Any]]
@@ -62,11 +61,7 @@ _KEPT_PAYLOAD_BYTES = 16 * 1024
 def _of_the_script(fn: Any) -> bool:
     """Whether a callable is defined in ``__main__`` (a partial's function, a bound
     method's, a callable object's class): the standard pickler names it there."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    fn = getattr(fn, "__func__", fn)  # (a bound method)
-    owner = fn if isinstance(fn, (types.FunctionType, type)) else type(fn)
-    return getattr(owner, "__module__", None) == "__main__"
+    return getattr(definition_of(fn), "__module__", None) == "__main__"
 
 
 @dataclass(frozen=True)

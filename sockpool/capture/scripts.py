@@ -48,18 +48,24 @@ def note_function(fn: Any) -> None:
         codec.main_lookup = _look_up
 
 
-def _globals_of(fn: Any) -> dict[str, Any] | None:
-    """The globals of the Python function behind ``fn``: a partial's, a bound method's,
-    a ``__main__`` class's or its instance's methods'; None for a builtin."""
+def definition_of(fn: Any) -> types.FunctionType | type:
+    """The function or class that defines a callable: a partial's function, a bound
+    method's, a class itself, a callable object's class (a builtin's type)."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     fn = getattr(fn, "__func__", fn)
-    if isinstance(fn, types.FunctionType):
-        return fn.__globals__
-    owner = fn if isinstance(fn, type) else type(fn)
-    if getattr(owner, "__module__", None) != "__main__":
+    return fn if isinstance(fn, (types.FunctionType, type)) else type(fn)
+
+
+def _globals_of(fn: Any) -> dict[str, Any] | None:
+    """The globals of the Python function behind ``fn``: a partial's, a bound method's,
+    a ``__main__`` class's or its instance's methods'; None for a builtin."""
+    defined_by = definition_of(fn)
+    if isinstance(defined_by, types.FunctionType):
+        return defined_by.__globals__
+    if getattr(defined_by, "__module__", None) != "__main__":
         return None  # (a builtin, a class of a module: at once, as submit(abs, 1) is timed)
-    method = next((value for value in vars(owner).values()
+    method = next((value for value in vars(defined_by).values()
                    if isinstance(value, types.FunctionType)), None)
     return method.__globals__ if method is not None else None
 
