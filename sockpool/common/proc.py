@@ -55,10 +55,21 @@ def read_tail(path: str | os.PathLike[str], max_lines: int = TAIL_LINES) -> str:
     return "\n".join(lines[-max_lines:])
 
 
+def worker_output_paths(workdir: str, worker_id: int) -> tuple[str, str]:
+    """Where a worker started by a launcher or an agent writes below Python: its log
+    (stderr, ``worker-N.log``) and the file of its stdout beside it (``worker-N.out``)."""
+    log_path = os.path.join(workdir, f"worker-{worker_id}.log")
+    return log_path, _stdout_beside(log_path)
+
+
+def _stdout_beside(log_path: str) -> str:
+    return log_path.removesuffix(".log") + ".out"
+
+
 def worker_output_tail(log_path: str) -> str:
     """The last lines a worker wrote below Python: to its stdout, a file beside its log
-    (``worker-N.out``, where there is one), then to its stderr, the log itself."""
-    parts = (read_tail(log_path.removesuffix(".log") + ".out"), read_tail(log_path))
+    (where there is one), then to its stderr, the log itself."""
+    parts = (read_tail(_stdout_beside(log_path)), read_tail(log_path))
     return "\n".join(part for part in parts if part)
 
 

@@ -24,6 +24,7 @@ from ..common.proc import (
     note_inherited_peak,
     oom_kills,
     reap,
+    worker_output_paths,
     worker_output_tail,
 )
 from ..errors import LaunchError
@@ -302,10 +303,9 @@ class LocalLauncher(Launcher):
                ) -> tuple[subprocess.Popen[bytes], str]:
         """A worker's process, which waits on stdin for its configuration; and its log."""
         argv = self.command()
-        log_path = os.path.join(workdir, f"worker-{worker_id}.log")
+        log_path, out_path = worker_output_paths(workdir, worker_id)
         try:
-            with (open(log_path, "wb") as log,
-                  open(os.path.join(workdir, f"worker-{worker_id}.out"), "wb") as out):
+            with open(log_path, "wb") as log, open(out_path, "wb") as out:
                 # The worker's own stderr and stdout (C-level writes included) go to its
                 # log, whose tail errors quote, and to a file of their own: what tasks
                 # print is relayed over zmq, and what they write there read back

@@ -52,6 +52,7 @@ from ..common.proc import (
     note_inherited_peak,
     oom_kills,
     reap,
+    worker_output_paths,
     worker_output_tail,
 )
 from . import progress
@@ -107,10 +108,9 @@ class HostAgent:
         config = WorkerConfig.from_json(line).replace(watch_stdin=True, parent_pid=os.getpid(),
                                                       progress_fd=page)
         worker_id = config.worker_id
-        log_path = os.path.join(self.workdir, f"worker-{worker_id}.log")
+        log_path, out_path = worker_output_paths(self.workdir, worker_id)
         # (stdout apart: what a chunk writes to either is read back: below_python.py)
-        with (open(log_path, "wb") as log,
-              open(os.path.join(self.workdir, f"worker-{worker_id}.out"), "wb") as out):
+        with open(log_path, "wb") as log, open(out_path, "wb") as out:
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "sockpool.worker"], stdin=subprocess.PIPE,
