@@ -490,12 +490,12 @@ def test_bad_settings_fail_before_any_worker_starts() -> None:
     children = set(psutil.Process().children(recursive=True))
     with pytest.raises(TypeError, match=r"cluster= must be a sockpool.Cluster.*not str"):
         parallel_config(backend="sockpool", cluster="x")
-    with pytest.raises(TypeError, match="takes cluster=, not 'clustr'"):
+    with pytest.raises(TypeError, match="takes cluster=, initializer= and initargs=, not 'clustr'"):
         parallel_config(backend="sockpool", clustr=None)
-    with pytest.raises(TypeError, match=r"Cluster\(setup=\.\.\.\)"):
-        parallel_config(backend="sockpool", initializer=print)
-    with pytest.raises(ValueError, match="initializer="):
-        Parallel(n_jobs=2, backend="sockpool", initializer=print)(
+    with pytest.raises(TypeError, match="initializer= must be callable, not int"):
+        parallel_config(backend="sockpool", initializer=5)
+    with pytest.raises(TypeError, match="initargs= must be a tuple of arguments, not str"):
+        Parallel(n_jobs=2, backend="sockpool", initializer=print, initargs="ab")(
             delayed(square)(i) for i in range(2))
     with pytest.raises(ValueError, match="n_jobs == 0"):
         Parallel(n_jobs=0, backend="sockpool")(delayed(square)(i) for i in range(2))
@@ -505,6 +505,68 @@ def test_bad_settings_fail_before_any_worker_starts() -> None:
             parallel_config(backend="sockpool", inner_max_num_threads=1):
         Parallel(n_jobs=2)(delayed(square)(i) for i in range(2))
     assert set(psutil.Process().children(recursive=True)) == children
+
+
+def _initialize(log: str, value: str) -> None:
+    os.environ["SOCKPOOL_TEST_INITIALIZED"] = value  # (the worker's process, not a module)
+    with open(log, "a") as out:
+        out.write(f"{os.getpid()} {value}\n")
+
+
+def _initialized(x: int) -> tuple[int, int, str | None]:
+    time.sleep(0.01)
+    return x, os.getpid(), os.environ.get("SOCKPOOL_TEST_INITIALIZED")
+
+
+def test_a_calls_initializer_runs_once_on_each_worker_before_its_first_batch(
+        tmp_path: Path) -> None:
+    # Refused before (a ValueError naming Cluster(setup=)): joblib's initializer=
+    # and initargs=, as loky takes them, to Parallel or to parallel_config.
+    log = tmp_path / "initializer.log"
+
+    def run(value: str, **config: Any) -> set[int]:
+        """A call whose tasks all see the value its initializer set; the workers it used."""
+        with parallel_config(backend="sockpool", cluster=cl, **config):
+            out = Parallel(n_jobs=2, **({} if config else {"initializer": _initialize,
+                                                           "initargs": (str(log), value)}))(
+                delayed(_initialized)(i) for i in range(40))
+        assert [x for x, _, _ in out] == list(range(40))
+        assert {seen for _, _, seen in out} == {value}
+        return {pid for _, pid, _ in out}
+
+    def runs() -> list[str]:
+        return sorted(log.read_text().splitlines())
+
+    with Cluster(n=2) as cl:
+        used = run("a")
+        assert runs() == sorted(f"{pid} a" for pid in used)
+        # The same initializer and arguments, given to parallel_config: not run again.
+        used |= run("a", initializer=_initialize, initargs=(str(log), "a"))
+        assert runs() == sorted(f"{pid} a" for pid in used)
+        # Other arguments: run again on each worker, before its first batch.
+        again = run("b")
+        assert runs() == sorted([f"{pid} a" for pid in used] + [f"{pid} b" for pid in again])
+    # A worker that replaces one (here after each task) runs it before its first.
+    log.unlink()
+    with Cluster(n=1, max_tasks_per_worker=1) as cl:
+        with parallel_config(backend="sockpool", cluster=cl, initializer=_initialize,
+                             initargs=(str(log), "c")):
+            out = Parallel(n_jobs=-1, batch_size=1)(delayed(_initialized)(i) for i in range(3))
+    assert [seen for _, _, seen in out] == ["c"] * 3
+    assert runs() == sorted(f"{pid} c" for _, pid, _ in out) and len(runs()) == 3
+
+
+def _refuse(reason: str) -> None:
+    raise LookupError(reason)
+
+
+def test_an_initializer_that_fails_fails_the_call_with_its_error(shared_cluster: Cluster) -> None:
+    with pytest.raises(LookupError, match="no model at /nowhere"):
+        Parallel(n_jobs=2, backend="sockpool", cluster=shared_cluster, initializer=_refuse,
+                 initargs=("no model at /nowhere",))(delayed(square)(i) for i in range(4))
+    # The cluster goes on, and a call without it never runs it.
+    assert Parallel(n_jobs=2, backend="sockpool", cluster=shared_cluster)(
+        delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
 
 
 def test_n_jobs_minus_one_runs_on_a_cluster_of_one_even_while_its_worker_is_replaced() -> None:

@@ -34,10 +34,6 @@ NOT_APPLICABLE = {
         "expects a task's KeyboardInterrupt raised as such and loky's pool (_workers) "
         "replaced; sockpool never lets a task's KeyboardInterrupt stop the master (it "
         "arrives as RemoteError) and keeps its cluster",
-    "test_initializer_context":
-        "passes initializer=, which the sockpool backend refuses with a ValueError naming "
-        "Cluster(setup=): its cluster's workers are started already",
-    "test_initializer_parallel": "as test_initializer_context",
     "test_nested_backend_context_manager":
         "expects threads for nested calls; in a sockpool task they run sequentially "
         "(DESIGN.md: inside a task the plan is sequential; no oversubscribed workers)",
@@ -119,6 +115,23 @@ def sockpool_backend_on_a_shared_cluster() -> Iterator[Cluster]:
             yield cl
         finally:
             joblib.parallel.register_parallel_backend("sockpool", sockpool.joblib.SockpoolBackend)
+
+
+@pytest.fixture(autouse=True)
+def shut_down_managers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The ``multiprocessing.Manager()`` a test starts (the initializer tests' status
+    dict) is shut down as it ends: joblib's tests leave its process to the collector."""
+    started: list[Any] = []
+    manager = test_parallel.mp.Manager
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        started.append(manager(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(test_parallel.mp, "Manager", tracked)
+    yield
+    for each in started:
+        each.shutdown()
 
 
 @pytest.fixture(autouse=True)

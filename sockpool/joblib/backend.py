@@ -1,30 +1,6 @@
-"""The joblib backend ``"sockpool"``: joblib's work (scikit-learn's ``n_jobs``) on a cluster.
+"""The joblib backend on a cluster: batches as ``submit``s, ``n_jobs`` as slots, aborts.
 
-Importing this module registers the backend::
-
-    import joblib
-    import sockpool.joblib
-
-    with joblib.parallel_config(backend="sockpool", n_jobs=-1):
-        search.fit(X, y)                       # on the plan's cluster
-    with joblib.parallel_config(backend="sockpool", cluster=cl):
-        scores = cross_val_score(model, X, y, n_jobs=-1)   # a cluster you hold
-
-``n_jobs=-1`` means every worker of the cluster (``-2`` all but one, as in
-joblib), counted from the workers it was made with, also while one is being
-replaced; ``n_jobs=1`` runs in this process, as joblib's own process backends
-do, and so does every call under a sequential plan (``plan("sequential")``,
-and inside a task).  Any other value runs on the cluster, even one that counts
-back to a single worker; at most ``n_jobs`` of a call's batches run at once.
-``Parallel(cluster=cl)`` gives a cluster to that call alone.  Each batch joblib
-makes is one ``submit`` on the cluster: exceptions keep their type (the
-worker's traceback as their ``__cause__``), the first failure cancels the
-batches still queued and interrupts those running (with ``n_jobs`` at least
-the cluster's workers, each worker holds a batch queued behind the one it
-runs, which it may start before the cancellation reaches it: that one is
-interrupted, as loky's workers are), what workers print is relayed,
-``return_as="generator"`` streams, and a ``Parallel`` nested inside a task
-runs in its worker, one call after another.
+See :mod:`sockpool.joblib` for what it does, as a user sees it.
 """
 
 from __future__ import annotations
@@ -34,22 +10,11 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import operator
-import re
 import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
-
-try:
-    import joblib
-except ImportError as exc:  # (not a dependency of sockpool's own)
-    raise ImportError("sockpool.joblib needs joblib 1.5 or later: pip install "
-                      "'sockpool[joblib]'") from exc
-if tuple(map(int, re.findall(r"\d+", joblib.__version__)[:2])) < (1, 5):
-    raise ImportError(f"sockpool.joblib needs joblib 1.5 or later (its backend API), not "
-                      f"{joblib.__version__}: pip install -U 'sockpool[joblib]'")
 
 from joblib._parallel_backends import (
     AutoBatchingMixin,
@@ -57,16 +22,22 @@ from joblib._parallel_backends import (
     ParallelBackendBase,
     SequentialBackend,
 )
-from joblib.parallel import BatchedCalls, register_parallel_backend
+from joblib.parallel import BatchedCalls
 
-from .api.callbacks import CallbackThread
-from .api.calls import Calls
-from .api.cluster import Cluster
-from .api.plan import current_plan
-from .dispatch.jobs import Job
-from .errors import CaptureError, add_note
-
-__all__ = ["SockpoolBackend"]
+from ..api.callbacks import CallbackThread
+from ..api.calls import Calls
+from ..api.cluster import Cluster
+from ..api.plan import current_plan
+from ..dispatch.jobs import Job
+from ..errors import CaptureError, add_note
+from .batches import (
+    Initializer,
+    batch_functions,
+    batch_name,
+    initializer_of,
+    run_batch,
+    run_batch_initialized,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -90,10 +61,6 @@ def _check_cluster(cluster: object) -> Cluster | None:
                         f"None (the default cluster), not {type(cluster).__name__} "
                         f"({cluster!r:.60})")
     return cluster
-
-
-_NO_INITIALIZER = (": its cluster's workers are started already; give per-worker setup to "
-                   "Cluster(setup=...), or run it with cluster.run_on_all(...)")
 
 
 # -- completion callbacks --------------------------------------------------------------
@@ -154,31 +121,6 @@ def _follow(done: Future[Any], follower: Future[Any]) -> None:
             follower.set_result(done.result())
 
 
-def _run_batch(batch: BatchedCalls) -> list[Any]:
-    """A batch on a worker.  By reference, so the worker imports this module, which
-    registers the backend: a ``Parallel(backend="sockpool")`` inside the batch finds it
-    even where the user's module that imported this one traveled by value."""
-    results: list[Any] = batch()
-    return results
-
-
-def _batch_functions(batch: BatchedCalls) -> list[Any]:
-    """The functions a batch calls, in order, each once where it can be hashed
-    (``functools.partial``s unwrapped)."""
-    # Each distinct callable once, without a Python loop over the items (most
-    # batches call one function): 1.5 ms per 16k items otherwise.
-    functions = _distinct(list(map(operator.itemgetter(0), batch.items)))
-    return _distinct([function.func if isinstance(function, functools.partial) else function
-                      for function in functions])
-
-
-def _distinct(values: list[Any]) -> list[Any]:
-    try:
-        return list(dict.fromkeys(values))
-    except Exception:  # a callable that cannot be hashed, or compared (array-like __eq__)
-        return values
-
-
 def _first_call_that_cannot_travel(calls: Calls, batch: BatchedCalls) -> CaptureError | None:
     """The error of the batch's first call that cannot travel, named as
     ``Cluster.submit`` names it (the path to what fails, from its function or
@@ -191,16 +133,9 @@ def _first_call_that_cannot_travel(calls: Calls, batch: BatchedCalls) -> Capture
             packer.function(function)
             packer.call(tuple(args), dict(kwargs))
         except CaptureError as error:
-            add_note(error, f"sockpool: in the joblib call {_batch_name([function])}(...)")
+            add_note(error, f"sockpool: in the joblib call {batch_name([function])}(...)")
             return error
     return None
-
-
-def _batch_name(functions: list[Any]) -> str:
-    """A batch's functions by name (its profile's name for it)."""
-    names = (getattr(function, "__qualname__", None) or type(function).__name__
-             for function in functions)
-    return ", ".join(dict.fromkeys(names))
 
 
 # -- the backend -----------------------------------------------------------------------
@@ -215,9 +150,13 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     Args:
         cluster: the cluster to run on (the caller keeps it open and closes
             it); None for the plan's (:func:`plan_cluster`).
+        initializer: run as ``initializer(*initargs)`` on each worker before its
+            first batch (once per worker for the same initializer and arguments,
+            as loky's reused workers: what it sets stays on the worker).
 
     Raises:
-        TypeError: ``cluster`` is not a :class:`~sockpool.Cluster`.
+        TypeError: ``cluster`` is not a :class:`~sockpool.Cluster`, ``initializer``
+            is not callable or ``initargs`` not a sequence.
     """
 
     # A cluster is there to be used: Parallel(n_jobs=None) under this backend
@@ -229,14 +168,19 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
     uses_threads = False
 
     def __init__(self, cluster: Cluster | None = None, nesting_level: int | None = None,
-                 inner_max_num_threads: int | None = None, **backend_kwargs: Any) -> None:
+                 inner_max_num_threads: int | None = None,
+                 initializer: Callable[..., Any] | None = None, initargs: Any = (),
+                 **backend_kwargs: Any) -> None:
         if backend_kwargs:
-            raise TypeError(f"the sockpool joblib backend takes cluster=, not "
-                            f"{', '.join(map(repr, backend_kwargs))}"
-                            + (_NO_INITIALIZER if "initializer" in backend_kwargs else ""))
+            raise TypeError(f"the sockpool joblib backend takes cluster=, initializer= and "
+                            f"initargs=, not {', '.join(map(repr, backend_kwargs))}")
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads)
         self.cluster = _check_cluster(cluster)
+        self.initializer = initializer_of(initializer, initargs)
+        # Those given to single calls, Parallel(initializer=f), by call.
+        self._call_initializers: weakref.WeakKeyDictionary[Any, Initializer] = (
+            weakref.WeakKeyDictionary())
         # The clusters given to single calls, Parallel(cluster=cl), by call: an
         # instance set by parallel_config serves every call in its block.
         self._call_clusters: weakref.WeakKeyDictionary[Any, Cluster] = (
@@ -290,8 +234,8 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
                   **backend_kwargs: Any) -> int:
         """Check the call's settings; the number of batches to keep in flight is joblib's.
 
-        ``Parallel(backend="sockpool", cluster=cl)`` gives the cluster for that call.
-        ``n_jobs=1`` runs in this process (joblib's sequential backend), as
+        ``Parallel(backend="sockpool", cluster=cl)`` gives the cluster for that call,
+        ``Parallel(initializer=f, initargs=args)`` its initializer.  ``n_jobs=1`` runs in this process (joblib's sequential backend), as
         loky's does; any other value runs on the cluster, even where it counts
         back to one worker (``-1`` on a cluster of one).
         """
@@ -300,9 +244,12 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
             self._call_clusters[parallel] = given
         elif given is not None:
             self.cluster = given
-        if backend_kwargs.get("initializer") is not None:
-            raise ValueError("the sockpool joblib backend does not take initializer="
-                             + _NO_INITIALIZER)
+        initializer = initializer_of(backend_kwargs.get("initializer"),
+                                     backend_kwargs.get("initargs", ()))
+        if initializer is not None and parallel is not None:
+            self._call_initializers[parallel] = initializer
+        elif initializer is not None:
+            self.initializer = initializer
         if self.inner_max_num_threads is not None:
             raise ValueError(
                 f"the sockpool joblib backend does not take inner_max_num_threads="
@@ -393,16 +340,22 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         args: tuple[Any, ...] = ()
         name = call_name = None
         standard_first = True
+        initializer = self._call_initializers.get(call) if call is not None else None
+        initializer = initializer or self.initializer
         if isinstance(func, BatchedCalls):
             # One function for every batch, by reference (workers cache it), the
             # batch as its argument; a profile and messages name the functions it calls.
-            functions = _batch_functions(func)
-            function, args, name = _run_batch, (func,), _batch_name(functions)
+            functions = batch_functions(func)
+            function, args, name = run_batch, (func,), batch_name(functions)
+            if initializer is not None:
+                function, args = run_batch_initialized, (func, initializer)
             call_name = f"a joblib batch of {name}"
             # A script's function travels by value: the standard pickler's pass over
             # the batch would be thrown away (2 ms of the caller's per 16k items).
             standard_first = all(getattr(f, "__module__", None) != "__main__"
                                  for f in functions)
+        elif initializer is not None:
+            function, args = run_batch_initialized, (func, initializer)
         # Without prefetch a batch goes only to an idle worker.  With it, one may
         # queue behind a short batch (the scheduler's horizon), and is taken back
         # for a worker that idles meanwhile (dispatch/reclaims.py).  Unseeded: joblib
@@ -457,5 +410,3 @@ def _size(cluster: Cluster) -> int:
     """The number of workers ``cluster`` was made with (some may not be connected yet)."""
     return max(cluster._dispatcher.target, cluster.n_workers)
 
-
-register_parallel_backend("sockpool", SockpoolBackend)
