@@ -548,10 +548,10 @@ def test_a_calls_initializer_runs_once_on_each_worker_before_its_first_batch(
         assert runs() == sorted([f"{pid} a" for pid in used] + [f"{pid} b" for pid in again])
     # A worker that replaces one (here after each task) runs it before its first.
     log.unlink()
-    with Cluster(n=1, max_tasks_per_worker=1) as cl:
-        with parallel_config(backend="sockpool", cluster=cl, initializer=_initialize,
-                             initargs=(str(log), "c")):
-            out = Parallel(n_jobs=-1, batch_size=1)(delayed(_initialized)(i) for i in range(3))
+    with Cluster(n=1, max_tasks_per_worker=1) as cl, \
+            parallel_config(backend="sockpool", cluster=cl, initializer=_initialize,
+                            initargs=(str(log), "c")):
+        out = Parallel(n_jobs=-1, batch_size=1)(delayed(_initialized)(i) for i in range(3))
     assert [seen for _, _, seen in out] == ["c"] * 3
     assert runs() == sorted(f"{pid} c" for _, pid, _ in out) and len(runs()) == 3
 

@@ -235,9 +235,10 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         """Check the call's settings; the number of batches to keep in flight is joblib's.
 
         ``Parallel(backend="sockpool", cluster=cl)`` gives the cluster for that call,
-        ``Parallel(initializer=f, initargs=args)`` its initializer.  ``n_jobs=1`` runs in this process (joblib's sequential backend), as
-        loky's does; any other value runs on the cluster, even where it counts
-        back to one worker (``-1`` on a cluster of one).
+        ``Parallel(initializer=f, initargs=args)`` its initializer.  ``n_jobs=1``
+        runs in this process (joblib's sequential backend), as loky's does; any
+        other value runs on the cluster, even where it counts back to one worker
+        (``-1`` on a cluster of one).
         """
         given = _check_cluster(cluster)
         if given is not None and parallel is not None:
