@@ -494,6 +494,67 @@ def test_a_warning_under_error_raises_for_its_call_and_the_cluster_lives_on(
         "still usable [3]"]
 
 
+def test_the_masters_warning_and_x_options_and_argv_reach_tasks_as_a_spawn_pools(
+        tmp_path: Path) -> None:
+    # A worker's filters said "always" over everything: under `python -W error` a
+    # task's `except UserWarning` never ran, the task ran on past the warning, and
+    # the master raised it from inside sockpool as it wrote the output.  Nor did
+    # workers get -X dev or the script's sys.argv, which a spawned child has.
+    script = tmp_path / "options.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, sys, warnings
+        from sockpool import Cluster
+
+        def careful(x):
+            try:
+                warnings.warn(f"odd {x}")
+            except UserWarning as exc:
+                return f"raised {exc}", sys.argv[1:], sys.flags.dev_mode
+            return "went on", sys.argv[1:], sys.flags.dev_mode
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                print(pool.map(careful, [1]))
+            with Cluster(n=1) as cl:
+                print(cl.par_map(careful, [1]))
+    """))
+    flags = ["-W", "ignore::DeprecationWarning", "-W", "error::UserWarning", "-X", "dev"]
+    done = subprocess.run([sys.executable, *flags, str(script), "--level", "3"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    spawn, sockpool = done.stdout.splitlines()
+    assert spawn == sockpool == str([("raised odd 1", ["--level", "3"], True)])
+
+
+def test_a_warning_this_process_makes_an_error_lets_the_tasks_output_out_first(
+        tmp_path: Path) -> None:
+    # simplefilter("error") in the script, which no worker gets: the warning is
+    # raised here as it is issued, once the task ran.  The rest of its output was
+    # lost, and the error came from inside sockpool without saying why.
+    result = run_script("""
+        import warnings
+        from sockpool import Cluster
+
+        def warn(x):
+            print("before the warning")
+            warnings.warn("boom", UserWarning)
+            print("after the warning")
+            return x
+
+        if __name__ == "__main__":
+            with Cluster(n=1) as cl:
+                warnings.simplefilter("error")
+                try:
+                    cl.par_map(warn, [1])
+                except UserWarning as exc:
+                    print("raised", exc)
+                    print(*exc.__notes__)
+    """, tmp_path)
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["before the warning", "after the warning", "raised boom"]
+    assert "made an error as it was issued here, after the task ran" in result.stdout
+
+
 def _chatty(lines: int) -> None:
     for i in range(lines):
         print(f"worker line {i}")

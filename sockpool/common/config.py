@@ -68,6 +68,8 @@ class WorkerConfig(NamedTuple):
     #: it is busy (a long C call holding its GIL), not frozen
     master_pid: int | None = None
     sys_path: tuple[str, ...] = ()  #: put first on the worker's import path
+    #: the master's ``sys.argv``, which tasks see, as a spawned child's do
+    argv: tuple[str, ...] = ()
     #: the progress memfd its host's agent made and reads once it ends (remote workers)
     progress_fd: int | None = None
     #: where the master's end of multiprocessing's resource tracker opens (local workers),
@@ -98,6 +100,7 @@ class WorkerConfig(NamedTuple):
                 raise TypeError(f"a JSON object was expected, not {type(fields).__name__}")
             curve = fields.pop("curve", None)
             fields["sys_path"] = tuple(fields.get("sys_path", ()))
+            fields["argv"] = tuple(fields.get("argv", ()))
             return cls(curve=CurveKeys(**curve) if curve is not None else None, **fields)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"not a sockpool worker configuration: {exc}") from exc

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -103,7 +104,7 @@ class Dispatcher:
             master_timeout=heartbeat_timeout or launcher.default_master_timeout,
             serializer=serializer, max_frame_bytes=max_frame_bytes, relay=relay_mode,
             relay_prefix=bool(relay_prefix), log_level=log_level, shm_probe=self.shared.probe(),
-            max_memory=max_worker_memory)
+            max_memory=max_worker_memory, argv=tuple(getattr(sys, "argv", ())))
         self.profiler = Profiler()
         self.pool = WorkerPool(
             launcher=launcher, master=self.master, scheduler=self.scheduler,

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from ..common.forking import fork_safe_lock
 from ..common.protocol import RECORD, STDERR, STDOUT, WARNING, Batch
+from ..errors import add_note
 
 _registries: dict[str, dict[Any, Any]] = {}
 _emit_lock = fork_safe_lock()
@@ -33,6 +34,7 @@ def emit(batches: list[Batch]) -> None:
     """
     if not any(batches):
         return  # the common case: the chunk wrote nothing
+    raised: Exception | None = None
     # One block at a time, never interleaved with another's.  The bars' lock is
     # taken second: a bar's update never waits for _emit_lock.
     with _emit_lock, _bars_set_aside():
@@ -43,17 +45,28 @@ def emit(batches: list[Batch]) -> None:
                 elif kind == STDERR:
                     _write(sys.stderr, value)
                 elif kind == WARNING:
-                    message, category, filename, lineno, module = value
-                    # A registry per file makes "default"/"once" filters behave as
-                    # they would if the code had run here.
-                    registry = _registries.setdefault(filename, {})
-                    warnings.warn_explicit(message, category, filename, lineno,
-                                           module=module or _module_of(filename),
-                                           registry=registry)
+                    try:
+                        _warn(*value)
+                    except Exception as exc:  # an "error" filter: raised once all is out
+                        raised = raised or exc
                 elif kind == RECORD:
                     logger = logging.getLogger(value["name"])
                     if logger.isEnabledFor(value["levelno"]):
                         logger.handle(logging.makeLogRecord(value))
+    if raised is not None:
+        add_note(raised, "sockpool: a task's warning, which this process's warning filters "
+                         "made an error as it was issued here, after the task ran (in the "
+                         "worker, only -W and PYTHONWARNINGS filters make it raise)")
+        raise raised
+
+
+def _warn(message: Any, category: type[Warning], filename: str, lineno: int,
+          module: str | None) -> None:
+    # A registry per file makes "default"/"once" filters behave as they would if
+    # the code had run here.
+    registry = _registries.setdefault(filename, {})
+    warnings.warn_explicit(message, category, filename, lineno,
+                           module=module or _module_of(filename), registry=registry)
 
 
 def _bars_set_aside() -> contextlib.AbstractContextManager[Any]:

@@ -138,7 +138,8 @@ class _StartState(NamedTuple):
 def _inherited_flags() -> list[str]:
     """The flags of this interpreter that a worker running it takes too, as
     ``multiprocessing``'s spawned children do: ``-O``/``-OO``, ``-B``, ``-I`` or
-    ``-E`` and ``-s`` (not those its environment sets, which the worker inherits);
+    ``-E`` and ``-s`` (not those its environment sets, which the worker inherits),
+    the warning options and ``-X`` options;
     and ``-P`` always (Python 3.11+): a worker imports its own modules before it
     takes this process's import path, and a module in the working directory (a
     ``random.py``) must not shadow one of them."""
@@ -155,7 +156,20 @@ def _inherited_flags() -> list[str]:
         flags.append("-s")
     if sys.version_info >= (3, 11):
         flags.append("-P")
-    return flags
+    return flags + _warning_and_x_options()
+
+
+def _warning_and_x_options() -> list[str]:
+    """``-W``, ``-b`` and ``-X`` options (``-W error``, ``-X dev``, ``-X faulthandler``...)
+    as a spawned child of ``multiprocessing`` gets them: by the function it uses."""
+    args = iter(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
+    options = []
+    for arg in args:
+        if arg.startswith(("-W", "-b")):
+            options.append(arg)
+        elif arg == "-X":
+            options += [arg, next(args)]
+    return options
 
 
 def _resource_tracker() -> tuple[str, int] | None:

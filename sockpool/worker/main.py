@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     for entry in reversed(config.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
+    if config.argv:
+        sys.argv = list(config.argv)
     lifeline = _detach_stdin(keep=config.watch_stdin)
 
     state = WorkerState()
