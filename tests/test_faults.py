@@ -140,6 +140,25 @@ def test_a_timeout_stops_even_a_task_that_holds_the_gil_and_ignores_signals(
     assert cluster.par_map(abs, [-2]) == [2]
 
 
+def _stuck_in_a_loop(x: int) -> None:
+    while True:
+        time.sleep(0.05)
+
+
+def test_a_timed_out_tasks_error_says_where_it_was(cluster: Cluster) -> None:
+    # "task 0 ran longer than 0.5 s" was all it said: where the task was stuck,
+    # the first question, needed py-spy on the worker before the limit.
+    with pytest.raises(TaskTimeoutError) as raised:
+        cluster.par_map(_stuck_in_a_loop, [1], timeout=0.5)
+    stacks = str(raised.value).split("\nwhere it was when stopped:\n", 1)[1]
+    assert stacks.startswith("Stack (most recent call first):")
+    assert f'File "{__file__}", line' in stacks and "in _stuck_in_a_loop" in stacks
+    # In C code that holds the GIL and ignores signals too (faulthandler's handler).
+    with pytest.raises(TaskTimeoutError, match=r"(?s)when stopped:.*in hold_the_gil_ignoring"):
+        cluster.par_map(hold_the_gil_ignoring_signals, [60], timeout=0.5)
+    assert cluster.par_map(abs, [-2]) == [2]
+
+
 def test_retries_rerun_a_task_that_timed_out(cluster: Cluster, tmp_path: Path) -> None:
     marker = str(tmp_path / "slow-once")
 

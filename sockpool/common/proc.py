@@ -37,6 +37,14 @@ def describe_exit(returncode: int | None) -> str:
 
 
 #: What a local worker's exit status is when it was reaped before sockpool could read it.
+#: The signal at which a worker writes its main thread's Python stack to its stderr
+#: (faulthandler's handler: also from C code that holds the GIL).  A local worker gets
+#: it before it is killed for a task past its time limit, whose error then says where
+#: the task was.  A real-time signal, which no library uses.
+STACKS_SIGNAL = signal.SIGRTMIN + 2 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
+#: The most of a worker's stack dump an error quotes.
+STACKS_BYTES = 16 * 1024
+
 REAPED_ELSEWHERE = ("exit status unknown: it was reaped elsewhere, as when the program "
                     "sets SIGCHLD to SIG_IGN")
 

@@ -343,6 +343,8 @@ class Dispatcher:
                 self.pool.after_result(record, time.monotonic(), False)  # it may retire
             return
         if head.kind is Kind.RESULT:
+            if (asked := record.stacks_asked) is not None and asked[0].id == head.ident:
+                return  # past its time limit, being stopped: too late (pool._stop_overrun)
             record.results_received += 1
             times = None
             if head.flags & protocol.Flag.PROFILE:

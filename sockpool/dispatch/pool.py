@@ -48,6 +48,9 @@ QUIET_CHECK_INTERVAL = 1.0
 #: before it crashed on the next task) may take to arrive before what it held is
 #: written off: the pidfd can fire before libzmq has delivered them.
 EXIT_GRACE = 0.1
+#: How long a worker whose task ran past its time limit gets to write where the task
+#: is (a signal to its faulthandler: microseconds, once scheduled) before it is killed.
+STACKS_SECONDS = 0.2
 #: After SHUTDOWN, how long workers get to exit before SIGTERM, then SIGKILL.
 STOP_GRACE = (2.0, 1.0, 1.0)
 #: Replacement workers that fail to start this many times in a row stop the replacing.
@@ -213,12 +216,26 @@ class WorkerPool:
                 self.lost(record, f"silent for {now - record.last_heard:.1f} s (heartbeat lost)")
             elif (deadline := self._deadline(record)) is not None:
                 if now >= deadline:
-                    record.timed_out = next(iter(self.scheduler.in_flight[record.id].values()))
-                    record.process.kill()  # a task past its time limit cannot be trusted
-                    self.lost(record, "stopped: its task ran past its time limit")
+                    wait = min(wait, self._stop_overrun(record, now))
                 else:
                     wait = min(wait, deadline - now)
         return wait
+
+    def _stop_overrun(self, record: WorkerRecord, now: float) -> float:
+        """Stop a worker whose chunk ran past its time limit (a task that overran cannot
+        be trusted to stop): first it writes where the task is, which its error
+        quotes, given :data:`STACKS_SECONDS`; seconds to the next check."""
+        chunk = next(iter(self.scheduler.in_flight[record.id].values()))
+        asked = record.stacks_asked
+        if (asked is None or asked[0] is not chunk) and record.process.show_stacks():
+            record.stacks_asked = (chunk, now)
+            return STACKS_SECONDS
+        if asked is not None and asked[0] is chunk and now < asked[1] + STACKS_SECONDS:
+            return asked[1] + STACKS_SECONDS - now
+        record.timed_out = chunk
+        record.process.kill()
+        self.lost(record, "stopped: its task ran past its time limit")
+        return PROCESS_POLL_INTERVAL
 
     def _deadline(self, record: WorkerRecord) -> float | None:
         """When the chunk a worker runs overruns its job's time limit, if it has one."""

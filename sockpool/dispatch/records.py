@@ -95,6 +95,8 @@ class WorkerRecord:
         self.exited_at: float | None = None  # when its process was first seen ended
         self.left_at: float | None = None  # when the master stopped counting on it
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
+        #: the chunk past its time limit whose stack it was asked for, and when
+        self.stacks_asked: tuple[Chunk, float] | None = None
         self.retired_at: float | None = None  # when a retiring worker was told to stop
         self.keys: CurveKeys | None = None  # its CURVE keys, when the transport has them
         self.shared_memory = False  # it maps our segments and we map its (same machine)
@@ -194,7 +196,10 @@ def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
     what = (f"{tasks} ran longer than {limit}" if chunk.started_at is not None else
             f"loading the function and arguments of {tasks} (and the exports sent before "
             f"it) took longer than twice its {limit}")
-    return TaskTimeoutError(f"{what} on {record.label}; the worker was stopped and is replaced")
+    message = f"{what} on {record.label}; the worker was stopped and is replaced"
+    if stacks := record.process.stacks():
+        message += f"\nwhere it was when stopped:\n{stacks}"
+    return TaskTimeoutError(message)
 
 
 def launch_error(record: WorkerRecord, how: str, tail: str) -> LaunchError:

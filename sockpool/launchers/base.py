@@ -64,6 +64,15 @@ class WorkerProcess(abc.ABC):
         """The last lines the process wrote to stderr."""
         return ""
 
+    def show_stacks(self) -> bool:
+        """Have the worker write its main thread's Python stack, which :meth:`stacks`
+        reads back; False where it cannot (on another machine, or ended)."""
+        return False
+
+    def stacks(self) -> str:
+        """The stack the worker wrote since :meth:`show_stacks` ("" if none)."""
+        return ""
+
     def queued(self) -> bool:
         """Still waiting for a batch scheduler to start it (its connect clock not running)."""
         return False

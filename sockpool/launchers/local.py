@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
@@ -18,6 +19,8 @@ from ..common.checks import check_env
 from ..common.config import WorkerConfig
 from ..common.proc import (
     REAPED_ELSEWHERE,
+    STACKS_BYTES,
+    STACKS_SIGNAL,
     descendants,
     explain_kill,
     memory_cgroup,
@@ -51,6 +54,7 @@ class LocalWorkerProcess(WorkerProcess):
         self.command = command
         self._process = process
         self._log_path = log_path
+        self._stacks_from: int | None = None  # the log's size when its stack was asked for
         # Where the out-of-memory killer would act on it, how often it had, and
         # since when (the kernel's log of a reused pid's kills names another process).
         self._cgroup = memory_cgroup(process.pid)
@@ -119,6 +123,26 @@ class LocalWorkerProcess(WorkerProcess):
     def stderr_tail(self) -> str:
         return worker_output_tail(self._log_path)
 
+    def show_stacks(self) -> bool:
+        if self.poll() is not None:
+            return False
+        try:
+            self._stacks_from = os.path.getsize(self._log_path)
+        except OSError:
+            return False
+        _signal_main_thread(self.pid, STACKS_SIGNAL)
+        return True
+
+    def stacks(self) -> str:
+        if self._stacks_from is None:
+            return ""
+        try:
+            with open(self._log_path, "rb") as log:
+                log.seek(self._stacks_from)
+                return log.read(STACKS_BYTES).decode(errors="replace").rstrip("\n")
+        except OSError:
+            return ""
+
     def close(self) -> None:
         if self._pidfd is not None:
             os.close(self._pidfd)
@@ -133,6 +157,18 @@ class _StartState(NamedTuple):
     cwd: str | None
     environ: dict[str, str]
     sys_path: tuple[str, ...]
+
+
+def _signal_main_thread(pid: int, signum: int) -> None:
+    """Signal the main thread of process ``pid`` (a worker's tasks run there), whose
+    thread id is the pid: any thread may take a signal sent to the process."""
+    try:
+        tgkill = ctypes.CDLL(None, use_errno=True).tgkill  # (glibc 2.30+)
+    except (AttributeError, OSError):
+        tgkill = None
+    if tgkill is None or tgkill(pid, pid, signum) != 0:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
 
 
 def _inherited_flags() -> list[str]:

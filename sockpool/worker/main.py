@@ -39,6 +39,7 @@ import zmq
 
 from ..common import protocol, role, shm, shm_reader
 from ..common.config import WorkerConfig
+from ..common.proc import STACKS_SIGNAL
 from . import link, progress
 from .children import end_descendants
 from .functions import FunctionCache
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     # A task that crashes the interpreter (a segfault in C code) still leaves its
     # Python traceback in the worker's stderr, which the master quotes.
     faulthandler.enable(all_threads=False)
+    faulthandler.register(STACKS_SIGNAL, all_threads=False)  # (where a stopped task was)
     role.mark_worker(config.worker_id)  # inside a task the plan is sequential (api/plan.py)
     if config.parent_pid is not None:
         _set_parent_death_signal(config.parent_pid)
