@@ -94,6 +94,10 @@ def test_loading_that_takes_longer_than_twice_the_limit_is_stopped(cluster: Clus
     assert time.monotonic() - started < 4
     with pytest.raises(TaskTimeoutError, match=r"task 0 ran longer than 0\.5 s"):
         cluster.par_map(nap_past_the_limit, [SlowToLoad(0.2)], timeout=0.5)
+    # Loaded while the worker was being stopped (its stack asked for): still too late,
+    # never its running time, nor its quick result in.
+    with pytest.raises(TaskTimeoutError, match="loading the function and arguments"):
+        cluster.par_map(float, [SlowToLoad(1.0 + 0.05 + 0.1)], timeout=0.5)
 
 
 def nap_past_the_limit(loaded: float) -> None:
@@ -157,6 +161,29 @@ def test_a_timed_out_tasks_error_says_where_it_was(cluster: Cluster) -> None:
     with pytest.raises(TaskTimeoutError, match=r"(?s)when stopped:.*in hold_the_gil_ignoring"):
         cluster.par_map(hold_the_gil_ignoring_signals, [60], timeout=0.5)
     assert cluster.par_map(abs, [-2]) == [2]
+
+
+def _spin_with_the_stacks_signal_reset(x: int) -> None:
+    signal.signal(signal.SIGRTMIN + 2, signal.SIG_DFL)  # (sockpool's STACKS_SIGNAL)
+    while True:
+        pass
+
+
+@pytest.mark.parametrize("relay", [True, False])
+def test_a_timeout_is_a_timeout_whatever_the_task_did_with_the_stacks_signal(
+        relay: bool, capfd: pytest.CaptureFixture[str]) -> None:
+    # The signal's default action ends the worker as it is asked for its stack:
+    # that was a WorkerLostError ("killed by signal 36").  With the relay off, the
+    # worker's stderr is this process's: no stack is asked for, none printed here.
+    with Cluster(n=1, relay=relay) as cl:
+        with pytest.raises(TaskTimeoutError, match=r"task 0 ran longer than 0\.5 s"):
+            cl.par_map(_spin_with_the_stacks_signal_reset, [1], timeout=0.5)
+        if not relay:
+            with pytest.raises(TaskTimeoutError) as raised:
+                cl.par_map(_stuck_in_a_loop, [1], timeout=0.5)
+            assert "where it was" not in str(raised.value)
+            assert "Stack (most recent call first)" not in capfd.readouterr().err
+        assert cl.par_map(abs, [-2]) == [2]
 
 
 def test_retries_rerun_a_task_that_timed_out(cluster: Cluster, tmp_path: Path) -> None:

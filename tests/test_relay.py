@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_script
+from helpers import ROOT, run_script
 
 from sockpool import Cluster, WorkerLostError
 
@@ -494,36 +494,31 @@ def test_a_warning_under_error_raises_for_its_call_and_the_cluster_lives_on(
         "still usable [3]"]
 
 
-def test_the_masters_warning_and_x_options_and_argv_reach_tasks_as_a_spawn_pools(
-        tmp_path: Path) -> None:
-    # A worker's filters said "always" over everything: under `python -W error` a
-    # task's `except UserWarning` never ran, the task ran on past the warning, and
-    # the master raised it from inside sockpool as it wrote the output.  Nor did
-    # workers get -X dev or the script's sys.argv, which a spawned child has.
+def test_the_masters_x_options_and_argv_reach_tasks_as_a_spawn_pools(tmp_path: Path) -> None:
+    # Workers got neither -X dev (nor -X faulthandler...) nor the script's sys.argv,
+    # which a spawned child has: a task reading sys.argv[1] got an IndexError.
     script = tmp_path / "options.py"
     script.write_text(textwrap.dedent("""
-        import multiprocessing, sys, warnings
+        import multiprocessing, sys
         from sockpool import Cluster
 
-        def careful(x):
-            try:
-                warnings.warn(f"odd {x}")
-            except UserWarning as exc:
-                return f"raised {exc}", sys.argv[1:], sys.flags.dev_mode
-            return "went on", sys.argv[1:], sys.flags.dev_mode
+        def options(x):
+            return sys.argv[1:], sys.flags.dev_mode, sys._xoptions.get("utf8")
 
         if __name__ == "__main__":
             with multiprocessing.get_context("spawn").Pool(1) as pool:
-                print(pool.map(careful, [1]))
+                print(pool.map(options, [1]))
             with Cluster(n=1) as cl:
-                print(cl.par_map(careful, [1]))
+                print(cl.par_map(options, [1]))
     """))
-    flags = ["-W", "ignore::DeprecationWarning", "-W", "error::UserWarning", "-X", "dev"]
-    done = subprocess.run([sys.executable, *flags, str(script), "--level", "3"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    spawn, sockpool = done.stdout.splitlines()
-    assert spawn == sockpool == str([("raised odd 1", ["--level", "3"], True)])
+    for isolated in ([], ["-I"]):
+        done = subprocess.run([sys.executable, *isolated, "-X", "dev", "-X", "utf8",
+                               str(script), "--level", "3"], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr
+        spawn, sockpool = done.stdout.splitlines()
+        assert spawn == sockpool == str([(["--level", "3"], True, True)])
 
 
 def test_a_warning_this_process_makes_an_error_lets_the_tasks_output_out_first(

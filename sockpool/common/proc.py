@@ -36,7 +36,6 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
-#: What a local worker's exit status is when it was reaped before sockpool could read it.
 #: The signal at which a worker writes its main thread's Python stack to its stderr
 #: (faulthandler's handler: also from C code that holds the GIL).  A local worker gets
 #: it before it is killed for a task past its time limit, whose error then says where
@@ -45,6 +44,7 @@ STACKS_SIGNAL = signal.SIGRTMIN + 2 if hasattr(signal, "SIGRTMIN") else signal.S
 #: The most of a worker's stack dump an error quotes.
 STACKS_BYTES = 16 * 1024
 
+#: What a local worker's exit status is when it was reaped before sockpool could read it.
 REAPED_ELSEWHERE = ("exit status unknown: it was reaped elsewhere, as when the program "
                     "sets SIGCHLD to SIG_IGN")
 

@@ -104,7 +104,8 @@ class Dispatcher:
             master_timeout=heartbeat_timeout or launcher.default_master_timeout,
             serializer=serializer, max_frame_bytes=max_frame_bytes, relay=relay_mode,
             relay_prefix=bool(relay_prefix), log_level=log_level, shm_probe=self.shared.probe(),
-            max_memory=max_worker_memory, argv=tuple(getattr(sys, "argv", ())))
+            max_memory=max_worker_memory,
+            argv=tuple(map(str, getattr(sys, "argv", ()))))  # (a Path put there too)
         self.profiler = Profiler()
         self.pool = WorkerPool(
             launcher=launcher, master=self.master, scheduler=self.scheduler,
@@ -360,7 +361,8 @@ class Dispatcher:
                 self.sender.owe_ack(record)
         elif head.kind is Kind.STARTED:  # a timed chunk's tasks start, and their clock
             chunk = self.scheduler.in_flight.get(record.id, {}).get(head.ident)
-            if chunk is not None:
+            # (not one being stopped already: for loading past twice its limit)
+            if chunk is not None and record.stacks_asked is None:
                 chunk.started_at = record.last_heard
                 if (deadline := chunk.job.deadline(chunk)) is not None:
                     self._check_by(deadline)

@@ -55,8 +55,8 @@ def emit(batches: list[Batch]) -> None:
                         logger.handle(logging.makeLogRecord(value))
     if raised is not None:
         add_note(raised, "sockpool: a task's warning, which this process's warning filters "
-                         "made an error as it was issued here, after the task ran (in the "
-                         "worker, only -W and PYTHONWARNINGS filters make it raise)")
+                         "made an error as it was issued here, after the task ran (a worker "
+                         "records every warning, and your filters decide here)")
         raise raised
 
 

@@ -215,7 +215,7 @@ class WorkerPool:
                 record.process.kill()
                 self.lost(record, f"silent for {now - record.last_heard:.1f} s (heartbeat lost)")
             elif (deadline := self._deadline(record)) is not None:
-                if now >= deadline:
+                if now >= deadline or record.stacks_asked is not None:
                     wait = min(wait, self._stop_overrun(record, now))
                 else:
                     wait = min(wait, deadline - now)
@@ -225,13 +225,16 @@ class WorkerPool:
         """Stop a worker whose chunk ran past its time limit (a task that overran cannot
         be trusted to stop): first it writes where the task is, which its error
         quotes, given :data:`STACKS_SECONDS`; seconds to the next check."""
-        chunk = next(iter(self.scheduler.in_flight[record.id].values()))
         asked = record.stacks_asked
-        if (asked is None or asked[0] is not chunk) and record.process.show_stacks():
-            record.stacks_asked = (chunk, now)
-            return STACKS_SECONDS
-        if asked is not None and asked[0] is chunk and now < asked[1] + STACKS_SECONDS:
+        if asked is None:
+            chunk = next(iter(self.scheduler.in_flight[record.id].values()))
+            if record.process.show_stacks():
+                record.stacks_asked = (chunk, now)  # (its RESULT from now on is too late)
+                return STACKS_SECONDS
+        elif now < asked[1] + STACKS_SECONDS:
             return asked[1] + STACKS_SECONDS - now
+        else:
+            chunk = asked[0]
         record.timed_out = chunk
         record.process.kill()
         self.lost(record, "stopped: its task ran past its time limit")
@@ -326,6 +329,8 @@ class WorkerPool:
     def lost(self, record: WorkerRecord, how: str) -> None:
         """A worker ended or went silent: write off or retry what it held, replace it."""
         starting = record.state.starting
+        if record.stacks_asked is not None:  # ended as it was stopped for its time limit
+            record.timed_out = record.stacks_asked[0]
         held, pinned = self.scheduler.remove_worker(record.id)
         tail = record.process.stderr_tail()
         # At once for wait_for_workers (a reentrant lock): a worker that stops

@@ -46,7 +46,8 @@ class LocalWorkerProcess(WorkerProcess):
     same_host = True
 
     def __init__(self, worker_id: int, process: subprocess.Popen[bytes], command: str,
-                 log_path: str, ended: dict[int, int] | None = None) -> None:
+                 log_path: str, ended: dict[int, int] | None = None,
+                 stderr_logged: bool = True) -> None:
         self.worker_id = worker_id
         #: Where it notes its process group's id and when it ended (see :mod:`.groups`).
         self._ended = ended if ended is not None else {}
@@ -54,6 +55,7 @@ class LocalWorkerProcess(WorkerProcess):
         self.command = command
         self._process = process
         self._log_path = log_path
+        self._stderr_logged = stderr_logged  # (with the relay off, stderr is the master's)
         self._stacks_from: int | None = None  # the log's size when its stack was asked for
         # Where the out-of-memory killer would act on it, how often it had, and
         # since when (the kernel's log of a reused pid's kills names another process).
@@ -124,7 +126,7 @@ class LocalWorkerProcess(WorkerProcess):
         return worker_output_tail(self._log_path)
 
     def show_stacks(self) -> bool:
-        if self.poll() is not None:
+        if not self._stderr_logged or self.poll() is not None:
             return False
         try:
             self._stacks_from = os.path.getsize(self._log_path)
@@ -175,7 +177,7 @@ def _inherited_flags() -> list[str]:
     """The flags of this interpreter that a worker running it takes too, as
     ``multiprocessing``'s spawned children do: ``-O``/``-OO``, ``-B``, ``-I`` or
     ``-E`` and ``-s`` (not those its environment sets, which the worker inherits),
-    the warning options and ``-X`` options;
+    and ``-X`` options;
     and ``-P`` always (Python 3.11+): a worker imports its own modules before it
     takes this process's import path, and a module in the working directory (a
     ``random.py``) must not shadow one of them."""
@@ -185,27 +187,22 @@ def _inherited_flags() -> list[str]:
     if sys.flags.dont_write_bytecode and not os.environ.get("PYTHONDONTWRITEBYTECODE"):
         flags.append("-B")
     if sys.flags.isolated:
-        return [*flags, "-I"]  # (-E, -s and -P)
+        return [*flags, "-I", *_x_options()]  # (-E, -s and -P)
     if sys.flags.ignore_environment:
         flags.append("-E")
     if sys.flags.no_user_site and not os.environ.get("PYTHONNOUSERSITE"):
         flags.append("-s")
     if sys.version_info >= (3, 11):
         flags.append("-P")
-    return flags + _warning_and_x_options()
+    return flags + _x_options()
 
 
-def _warning_and_x_options() -> list[str]:
-    """``-W``, ``-b`` and ``-X`` options (``-W error``, ``-X dev``, ``-X faulthandler``...)
-    as a spawned child of ``multiprocessing`` gets them: by the function it uses."""
+def _x_options() -> list[str]:
+    """The ``-X`` options (``-X dev``, ``-X faulthandler``, ``-X utf8``...) that
+    ``multiprocessing`` passes to its spawned children, by the function it uses.  Not
+    the ``-W`` options: a worker records every warning, and yours decide here."""
     args = iter(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
-    options = []
-    for arg in args:
-        if arg.startswith(("-W", "-b")):
-            options.append(arg)
-        elif arg == "-X":
-            options += [arg, next(args)]
-    return options
+    return [option for arg in args if arg == "-X" for option in (arg, next(args))]
 
 
 def _resource_tracker() -> tuple[str, int] | None:
@@ -340,7 +337,7 @@ class LocalLauncher(Launcher):
             path, inode = tracker
             config = config.replace(resource_tracker=path, resource_tracker_inode=inode)
         handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path,
-                                    self._ended)
+                                    self._ended, stderr_logged=config.relay != "off")
         assert process.stdin is not None
         try:
             process.stdin.write(config.to_json().encode() + b"\n")

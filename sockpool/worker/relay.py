@@ -35,7 +35,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 from ..common.protocol import RECORD, WARNING, Batch
 from .below_python import BelowPython
@@ -184,7 +184,7 @@ class WorkerRelay:
         """Redirect this process's output, warnings and logging to the relay."""
         sys.stdout = TaskStream(self, 0, sys.__stdout__ or sys.stdout)
         sys.stderr = TaskStream(self, 1, sys.__stderr__ or sys.stderr)
-        _record_every_warning_but_errors()
+        warnings.simplefilter("always")
         warnings.showwarning = self._warning
         root = logging.getLogger()
         root.addHandler(_RecordHandler(self))
@@ -380,14 +380,3 @@ def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {key: value if value is None or isinstance(value, (str, int, float, bool))
             else str(value)
             for key, value in vars(record).items() if key not in _RECORD_FIELDS}
-
-
-def _record_every_warning_but_errors() -> None:
-    """The worker's warning filters: "always" (record it, and the master's filters
-    decide as it is issued there), in place of every action but "error", which
-    stays where it was: ``-W error`` (given to local workers as to spawned
-    children) or ``PYTHONWARNINGS`` raises in the task, at the warning."""
-    filters = cast("list[tuple[Any, ...]]", warnings.filters)  # (a list, typed Sequence)
-    filters[:] = [("error" if action == "error" else "always", *rest)
-                  for action, *rest in filters]
-    warnings.simplefilter("always", append=True)  # (which tells the module they changed)
