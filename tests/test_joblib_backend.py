@@ -543,9 +543,13 @@ def test_a_calls_initializer_runs_once_on_each_worker_before_its_first_batch(
         # The same initializer and arguments, given to parallel_config: not run again.
         used |= run("a", initializer=_initialize, initargs=(str(log), "a"))
         assert runs() == sorted(f"{pid} a" for pid in used)
-        # Other arguments: run again on each worker, before its first batch.
+        # Other arguments: run again on each worker, before its first batch; and the
+        # first ones once more after them, as loky's workers would have them.
         again = run("b")
         assert runs() == sorted([f"{pid} a" for pid in used] + [f"{pid} b" for pid in again])
+        back = run("a")
+        assert runs() == sorted([f"{pid} a" for pid in [*used, *back]]
+                                + [f"{pid} b" for pid in again])
     # A worker that replaces one (here after each task) runs it before its first.
     log.unlink()
     with Cluster(n=1, max_tasks_per_worker=1) as cl, \

@@ -26,8 +26,8 @@ interrupted, as loky's workers are), what workers print is relayed,
 ``return_as="generator"`` streams, and a ``Parallel`` nested inside a task
 runs in its worker, one call after another.  joblib's ``initializer=`` and
 ``initargs=`` (to ``parallel_config`` or ``Parallel``) run on each worker
-before its first batch, once per worker for the same initializer and
-arguments (compared by their pickles), as loky reuses its workers for them:
+before its first batch of a call, unless they were the last a worker ran
+(compared by their pickles), as loky reuses its workers for such calls:
 what the initializer sets stays on the worker for later calls.
 
 The backend itself is :mod:`.backend`; what runs on a worker, :mod:`.batches`.

@@ -151,8 +151,8 @@ class SockpoolBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         cluster: the cluster to run on (the caller keeps it open and closes
             it); None for the plan's (:func:`plan_cluster`).
         initializer: run as ``initializer(*initargs)`` on each worker before its
-            first batch (once per worker for the same initializer and arguments,
-            as loky's reused workers: what it sets stays on the worker).
+            first batch, unless they were the last it ran (as loky reuses its
+            workers): what it sets stays on the worker.
 
     Raises:
         TypeError: ``cluster`` is not a :class:`~sockpool.Cluster`, ``initializer``

@@ -24,8 +24,9 @@ from joblib.parallel import BatchedCalls
 @dataclasses.dataclass(frozen=True)
 class Initializer:
     """A ``Parallel`` call's ``initializer(*initargs)``, and the digest of both pickled: a
-    worker runs it once, before its first batch of any call with the same digest (a
-    loky worker runs it as it starts, and is reused by calls with the same ones)."""
+    worker runs it before its first batch of a call, unless the last one it ran had the
+    same digest (a loky worker runs it as it starts, and is reused by the next call
+    with the same ones)."""
 
     function: Callable[..., Any]
     args: tuple[Any, ...]
@@ -56,20 +57,22 @@ def run_batch(batch: BatchedCalls) -> list[Any]:
     return results
 
 
-#: The digests of the initializers this worker ran (on the workers).
-_initialized: set[bytes] = set()
+#: The digest of the initializer this worker ran last (on the workers).
+_initialized: list[bytes] = []
 _initializing = threading.Lock()
 
 
 def run_batch_initialized(batch: Callable[[], list[Any]], initializer: Initializer
-                           ) -> list[Any]:
-    """A batch of a call with an initializer, on a worker: the initializer first, if
-    this worker has not run it (a replacement has not)."""
+                          ) -> list[Any]:
+    """A batch of a call with an initializer, on a worker: the initializer first,
+    unless it was the last this worker ran (a replacement has run none).  The
+    initializer is an argument of each batch: a large array among its arguments is
+    sent once, as any argument repeated from batch to batch."""
     if initializer.key not in _initialized:
         with _initializing:
             if initializer.key not in _initialized:
                 initializer.function(*initializer.args)
-                _initialized.add(initializer.key)
+                _initialized[:] = [initializer.key]
     return batch()
 
 
