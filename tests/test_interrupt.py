@@ -69,6 +69,8 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))  # a handler as many progr
 
 def task(i):
     print(f"start {i}", flush=True)
+    if i % 3 == 2:
+        open(f"started-{i}", "w").close()  # (the test waits for both)
     time.sleep(0.3 if i % 3 < 2 else 20)
     print(f"end {i}", flush=True)
     return i
@@ -92,15 +94,18 @@ def test_ctrl_c_keeps_what_the_tasks_that_ran_printed(tmp_path: Path, signum: in
     script = tmp_path / "interrupted.py"
     script.write_text(OUTPUT_SCRIPT)
     master = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert master.stdout is not None
         assert master.stdout.readline().strip() == "ready"
-        time.sleep(1.5)  # tasks 0, 1 and 3, 4 have finished; 2 and 5 sleep
+        # Tasks 0, 1 and 3, 4 have finished once 2 and 5 have started, and sleep.
+        while not all((tmp_path / f"started-{i}").exists() for i in (2, 5)):
+            assert master.poll() is None
+            time.sleep(0.02)
         sent = time.monotonic()
         os.kill(master.pid, signum)
         out, err = master.communicate(timeout=30)
-        assert time.monotonic() - sent < 2.0
+        assert time.monotonic() - sent < 10  # not the 20 s the sleeping tasks had left
         assert master.returncode == 0, err
         # In input order, as the map would have printed it, the interrupted tasks'
         # first line included; then the KeyboardInterrupt.

@@ -22,6 +22,17 @@ def _session(code: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code, *args], start_new_session=True)
 
 
+def _ignoring_sigterm(then: str, *args: str) -> subprocess.Popen[bytes]:
+    """A session whose process ignores SIGTERM, returned once its handler is in place
+    (a fixed sleep for it was too short on a loaded machine)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import os, signal, sys, time;"
+         " signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True)\n"
+         + then, *args], start_new_session=True, stdout=subprocess.PIPE)
+    assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+    return process
+
+
 def test_a_member_that_ended_counts_as_gone_at_once() -> None:
     # An ended member stays a zombie where nothing reaps it (a container's init):
     # counted as running, it held every close for the whole grace.
@@ -38,10 +49,8 @@ def test_a_member_that_ended_counts_as_gone_at_once() -> None:
 
 
 def test_what_ignores_sigterm_gets_sigkill_and_what_started_later_is_spared() -> None:
-    stubborn = _session("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-                        " time.sleep(60)")
+    stubborn = _ignoring_sigterm("time.sleep(60)")
     try:
-        time.sleep(0.3)  # (its handler in place)
         group = {stubborn.pid: groups.terminate_group(stubborn.pid)}
         assert stubborn.poll() is None  # SIGTERM alone did nothing
         later = {stubborn.pid: group[stubborn.pid] - 10_000}  # as if the group were reused
@@ -53,6 +62,7 @@ def test_what_ignores_sigterm_gets_sigkill_and_what_started_later_is_spared() ->
         with contextlib.suppress(ProcessLookupError):
             os.kill(stubborn.pid, signal.SIGKILL)
         stubborn.wait()
+        stubborn.stdout.close()  # type: ignore[union-attr]
     assert wait_gone([stubborn.pid], 1) == []
 
 
@@ -60,13 +70,10 @@ def test_a_process_forked_after_its_leader_ended_goes_with_the_group(tmp_path: P
     # Started after the leader ended, it could be a stranger that took the group's
     # id; but while a member older than that lives, the id was never free.
     later = tmp_path / "later.pid"
-    stubborn = _session(
-        "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-        " time.sleep(0.5); pid = os.fork()\n"
-        "if pid: open(sys.argv[1], 'w').write(str(pid))\n"
-        "time.sleep(60)", str(later))
+    stubborn = _ignoring_sigterm("time.sleep(0.3); pid = os.fork()\n"
+                                 "if pid: open(sys.argv[1], 'w').write(str(pid))\n"
+                                 "time.sleep(60)", str(later))
     try:
-        time.sleep(0.2)
         group = {stubborn.pid: groups.terminate_group(stubborn.pid)}  # "the leader ended"
         while not later.exists() or not later.read_text():
             time.sleep(0.05)
@@ -77,3 +84,4 @@ def test_a_process_forked_after_its_leader_ended_goes_with_the_group(tmp_path: P
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(pid, signal.SIGKILL)
         stubborn.wait()
+        stubborn.stdout.close()  # type: ignore[union-attr]
