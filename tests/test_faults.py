@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -149,14 +150,33 @@ def _stuck_in_a_loop(x: int) -> None:
         time.sleep(0.05)
 
 
+def _recurse_then_stick(depth: int) -> None:
+    _recurse_then_stick(depth - 1) if depth else _stuck_in_a_loop(depth)
+
+
+def _commit_after_a_c_sleep(path: str) -> None:
+    import ctypes
+
+    ctypes.CDLL(None).sleep(100)  # a signal cuts it short: a C call that gives up on EINTR
+    Path(path).write_text("committed")
+    time.sleep(100)
+
+
 def test_a_timed_out_tasks_error_says_where_it_was(cluster: Cluster) -> None:
     # "task 0 ran longer than 0.5 s" was all it said: where the task was stuck,
     # the first question, needed py-spy on the worker before the limit.
     with pytest.raises(TaskTimeoutError) as raised:
         cluster.par_map(_stuck_in_a_loop, [1], timeout=0.5)
     stacks = str(raised.value).split("\nwhere it was when stopped:\n", 1)[1]
-    assert stacks.startswith("Stack (most recent call first):")
-    assert f'File "{__file__}", line' in stacks and "in _stuck_in_a_loop" in stacks
+    assert stacks.splitlines() == [  # (not the worker's own loop below it)
+        "Stack (most recent call first):",
+        f'  File "{__file__}", line {_stuck_in_a_loop.__code__.co_firstlineno + 2} '
+        "in _stuck_in_a_loop"]
+    with pytest.raises(TaskTimeoutError) as raised:
+        cluster.par_map(_recurse_then_stick, [500], timeout=0.5)
+    repeated = re.search(r"(?m)^  \[Previous line repeated (\d+) more times\]$",
+                         str(raised.value))
+    assert repeated is not None and int(repeated.group(1)) > 90, str(raised.value)
     # In C code that holds the GIL and ignores signals too (faulthandler's handler).
     with pytest.raises(TaskTimeoutError, match=r"(?s)when stopped:.*in hold_the_gil_ignoring"):
         cluster.par_map(hold_the_gil_ignoring_signals, [60], timeout=0.5)
@@ -171,18 +191,22 @@ def _spin_with_the_stacks_signal_reset(x: int) -> None:
 
 @pytest.mark.parametrize("relay", [True, False])
 def test_a_timeout_is_a_timeout_whatever_the_task_did_with_the_stacks_signal(
-        relay: bool, capfd: pytest.CaptureFixture[str]) -> None:
-    # The signal's default action ends the worker as it is asked for its stack:
-    # that was a WorkerLostError ("killed by signal 36").  With the relay off, the
-    # worker's stderr is this process's: no stack is asked for, none printed here.
+        relay: bool, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # A task that reset the signal to its default action died of it: that was a
+    # WorkerLostError ("killed by signal 36").  One the signal cut short in a C
+    # call went on, and wrote its file, before the kill 0.2 s later; the worker now
+    # ends as its stack is written.  The stack was written to the worker's stderr:
+    # with the relay off, this process's (and printed again where a task ended
+    # in those 0.2 s).
     with Cluster(n=1, relay=relay) as cl:
         with pytest.raises(TaskTimeoutError, match=r"task 0 ran longer than 0\.5 s"):
             cl.par_map(_spin_with_the_stacks_signal_reset, [1], timeout=0.5)
-        if not relay:
-            with pytest.raises(TaskTimeoutError) as raised:
-                cl.par_map(_stuck_in_a_loop, [1], timeout=0.5)
-            assert "where it was" not in str(raised.value)
-            assert "Stack (most recent call first)" not in capfd.readouterr().err
+        with pytest.raises(TaskTimeoutError, match=r"(?s)when stopped:.*in _commit_after"):
+            cl.submit(_commit_after_a_c_sleep, str(tmp_path / "side"), timeout=0.5).result()
+        assert not (tmp_path / "side").exists()
+        with pytest.raises(TaskTimeoutError, match=r"(?s)when stopped:.*in _stuck_in_a_loop"):
+            cl.par_map(_stuck_in_a_loop, [1], timeout=0.5)
+        assert "Stack (most recent call first)" not in capfd.readouterr().err
         assert cl.par_map(abs, [-2]) == [2]
 
 

@@ -70,6 +70,8 @@ class WorkerConfig(NamedTuple):
     sys_path: tuple[str, ...] = ()  #: put first on the worker's import path
     #: the master's ``sys.argv``, which tasks see, as a spawned child's do
     argv: tuple[str, ...] = ()
+    #: where the worker writes its main thread's stack at STACKS_SIGNAL (local workers)
+    stacks_path: str | None = None
     #: the progress memfd its host's agent made and reads once it ends (remote workers)
     progress_fd: int | None = None
     #: where the master's end of multiprocessing's resource tracker opens (local workers),

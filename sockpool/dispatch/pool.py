@@ -48,9 +48,11 @@ QUIET_CHECK_INTERVAL = 1.0
 #: before it crashed on the next task) may take to arrive before what it held is
 #: written off: the pidfd can fire before libzmq has delivered them.
 EXIT_GRACE = 0.1
-#: How long a worker whose task ran past its time limit gets to write where the task
-#: is (a signal to its faulthandler: microseconds, once scheduled) before it is killed.
+#: How long a worker whose task ran past its time limit gets, at most, to write where
+#: the task is (a signal to its faulthandler: microseconds, once scheduled) before it
+#: is killed; and how often the master looks whether it has.
 STACKS_SECONDS = 0.2
+STACKS_POLL = 0.005
 #: After SHUTDOWN, how long workers get to exit before SIGTERM, then SIGKILL.
 STOP_GRACE = (2.0, 1.0, 1.0)
 #: Replacement workers that fail to start this many times in a row stop the replacing.
@@ -223,18 +225,22 @@ class WorkerPool:
 
     def _stop_overrun(self, record: WorkerRecord, now: float) -> float:
         """Stop a worker whose chunk ran past its time limit (a task that overran cannot
-        be trusted to stop): first it writes where the task is, which its error
-        quotes, given :data:`STACKS_SECONDS`; seconds to the next check."""
+        be trusted to stop): first it writes where the task is, which its error quotes,
+        given at most :data:`STACKS_SECONDS`; seconds to the next check."""
         asked = record.stacks_asked
         if asked is None:
             chunk = next(iter(self.scheduler.in_flight[record.id].values()))
             if record.process.show_stacks():
-                record.stacks_asked = (chunk, now)  # (its RESULT from now on is too late)
-                return STACKS_SECONDS
-        elif now < asked[1] + STACKS_SECONDS:
-            return asked[1] + STACKS_SECONDS - now
+                record.stacks_asked = (chunk, now, -1)  # (its RESULT from now on is too late)
+                return STACKS_POLL
         else:
-            chunk = asked[0]
+            # Killed once the stack is written whole (its size the same twice): the
+            # signal may have cut a C call short, and the task goes on meanwhile.
+            chunk, asked_at, size = asked
+            written = len(record.process.stacks())
+            if now < asked_at + STACKS_SECONDS and (written == 0 or written != size):
+                record.stacks_asked = (chunk, asked_at, written)
+                return STACKS_POLL
         record.timed_out = chunk
         record.process.kill()
         self.lost(record, "stopped: its task ran past its time limit")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
@@ -95,8 +96,9 @@ class WorkerRecord:
         self.exited_at: float | None = None  # when its process was first seen ended
         self.left_at: float | None = None  # when the master stopped counting on it
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
-        #: the chunk past its time limit whose stack it was asked for, and when
-        self.stacks_asked: tuple[Chunk, float] | None = None
+        #: the chunk past its time limit whose stack it was asked for, when, and how
+        #: much of it was written when the master last looked (-1: not yet)
+        self.stacks_asked: tuple[Chunk, float, int] | None = None
         self.retired_at: float | None = None  # when a retiring worker was told to stop
         self.keys: CurveKeys | None = None  # its CURVE keys, when the transport has them
         self.shared_memory = False  # it maps our segments and we map its (same machine)
@@ -198,8 +200,37 @@ def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
             f"it) took longer than twice its {limit}")
     message = f"{what} on {record.label}; the worker was stopped and is replaced"
     if stacks := record.process.stacks():
-        message += f"\nwhere it was when stopped:\n{stacks}"
+        message += f"\nwhere it was when stopped:\n{task_frames(stacks)}"
     return TaskTimeoutError(message)
+
+
+#: The frames below a task on a worker's main thread: its loop and entry point.
+_WORKER_FRAMES = re.compile(r'  File "(?:.*/sockpool/worker/(?:runner|loop|main|__main__)\.py'
+                            r'|<frozen runpy>|.*/runpy\.py)", line \d+ in '
+                            r'|  File "<string>", line 1 in <module>$')
+
+
+def task_frames(stacks: str) -> str:
+    """A worker's stack as faulthandler wrote it, without the frames of the worker's
+    own loop below the task, and a frame repeated over and over (deep recursion)
+    shown three times and counted, as Python's tracebacks do."""
+    lines = stacks.splitlines()
+    while len(lines) > 2 and _WORKER_FRAMES.match(lines[-1]):
+        lines.pop()
+    shown: list[str] = []
+    repeats = 0
+    for line in [*lines, None]:
+        if shown and line == shown[-1 - min(repeats, 2)] and line is not None:
+            repeats += 1
+            if repeats <= 2:
+                shown.append(line)
+            continue
+        if repeats > 2:
+            shown.append(f"  [Previous line repeated {repeats - 2} more times]")
+        repeats = 0
+        if line is not None:
+            shown.append(line)
+    return "\n".join(shown)
 
 
 def launch_error(record: WorkerRecord, how: str, tail: str) -> LaunchError:

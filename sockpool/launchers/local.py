@@ -46,8 +46,7 @@ class LocalWorkerProcess(WorkerProcess):
     same_host = True
 
     def __init__(self, worker_id: int, process: subprocess.Popen[bytes], command: str,
-                 log_path: str, ended: dict[int, int] | None = None,
-                 stderr_logged: bool = True) -> None:
+                 log_path: str, ended: dict[int, int] | None = None) -> None:
         self.worker_id = worker_id
         #: Where it notes its process group's id and when it ended (see :mod:`.groups`).
         self._ended = ended if ended is not None else {}
@@ -55,8 +54,9 @@ class LocalWorkerProcess(WorkerProcess):
         self.command = command
         self._process = process
         self._log_path = log_path
-        self._stderr_logged = stderr_logged  # (with the relay off, stderr is the master's)
-        self._stacks_from: int | None = None  # the log's size when its stack was asked for
+        #: Where the worker writes its main thread's stack when asked (a file of its
+        #: own: not read back as what the task wrote, nor lost among a child's output).
+        self.stacks_path = log_path.removesuffix(".log") + ".stacks"
         # Where the out-of-memory killer would act on it, how often it had, and
         # since when (the kernel's log of a reused pid's kills names another process).
         self._cgroup = memory_cgroup(process.pid)
@@ -126,22 +126,15 @@ class LocalWorkerProcess(WorkerProcess):
         return worker_output_tail(self._log_path)
 
     def show_stacks(self) -> bool:
-        if not self._stderr_logged or self.poll() is not None:
-            return False
-        try:
-            self._stacks_from = os.path.getsize(self._log_path)
-        except OSError:
-            return False
+        if self.poll() is not None or not os.path.exists(self.stacks_path):
+            return False  # (no file: the worker has not registered its handler yet)
         _signal_main_thread(self.pid, STACKS_SIGNAL)
         return True
 
     def stacks(self) -> str:
-        if self._stacks_from is None:
-            return ""
         try:
-            with open(self._log_path, "rb") as log:
-                log.seek(self._stacks_from)
-                return log.read(STACKS_BYTES).decode(errors="replace").rstrip("\n")
+            with open(self.stacks_path, "rb") as stacks:
+                return stacks.read(STACKS_BYTES).decode(errors="replace").rstrip("\n")
         except OSError:
             return ""
 
@@ -337,7 +330,8 @@ class LocalLauncher(Launcher):
             path, inode = tracker
             config = config.replace(resource_tracker=path, resource_tracker_inode=inode)
         handle = LocalWorkerProcess(worker_id, process, shlex.join(self.command()), log_path,
-                                    self._ended, stderr_logged=config.relay != "off")
+                                    self._ended)
+        config = config.replace(stacks_path=handle.stacks_path)
         assert process.stdin is not None
         try:
             process.stdin.write(config.to_json().encode() + b"\n")

@@ -79,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     # A task that crashes the interpreter (a segfault in C code) still leaves its
     # Python traceback in the worker's stderr, which the master quotes.
     faulthandler.enable(all_threads=False)
-    faulthandler.register(STACKS_SIGNAL, all_threads=False)  # (where a stopped task was)
+    if config.stacks_path is not None:  # where a task stopped for its time limit was
+        # The stack written, the signal's default action ends the process (chain=):
+        # the task goes no further than where the stack says it was.
+        with contextlib.suppress(OSError):  # (the file is kept open by faulthandler)
+            faulthandler.register(STACKS_SIGNAL, open(config.stacks_path, "wb"),  # noqa: SIM115
+                                  all_threads=False, chain=True)
     role.mark_worker(config.worker_id)  # inside a task the plan is sequential (api/plan.py)
     if config.parent_pid is not None:
         _set_parent_death_signal(config.parent_pid)
