@@ -210,6 +210,30 @@ def test_a_timeout_is_a_timeout_whatever_the_task_did_with_the_stacks_signal(
         assert cl.par_map(abs, [-2]) == [2]
 
 
+class SlowToPickle:
+    """A result that takes ``seconds`` to pickle on the worker (a large list, say)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[object, tuple[float]]:
+        time.sleep(self.seconds)
+        return float, (self.seconds,)
+
+
+def test_a_result_that_takes_long_to_write_is_no_timeout_if_its_task_ran_in_time(
+        cluster: Cluster) -> None:
+    # The task returned in time, and its result took 0.4 s to pickle: that was a
+    # TaskTimeoutError, its result lost, blaming "the call to SlowToPickle".  It
+    # gets the limit once more; past that, it is stopped all the same.
+    assert cluster.submit(SlowToPickle, 0.4, timeout=0.3).result(timeout=20) == 0.4
+    assert cluster.par_map(SlowToPickle, [0.4, 0.1], timeout=0.3) == [0.4, 0.1]
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError, match=r"(?s)when stopped:.*in __reduce__"):
+        cluster.submit(SlowToPickle, 30, timeout=0.3).result(timeout=20)
+    assert time.monotonic() - started < 5
+
+
 def test_retries_rerun_a_task_that_timed_out(cluster: Cluster, tmp_path: Path) -> None:
     marker = str(tmp_path / "slow-once")
 

@@ -21,6 +21,7 @@ from ..errors import LaunchError, NoWorkersLeftError, SockpoolError
 from ..launchers.base import Launcher, release
 from . import readiness
 from .exits import ExitWatch
+from .jobs import Chunk
 from .lifecycle import Lifecycle
 from .profiling import Profiler
 from .records import (
@@ -230,6 +231,8 @@ class WorkerPool:
         asked = record.stacks_asked
         if asked is None:
             chunk = next(iter(self.scheduler.in_flight[record.id].values()))
+            if (writing := self._writing_results(record, chunk, now)) is not None:
+                return writing
             if record.process.show_stacks():
                 record.stacks_asked = (chunk, now, -1)  # (its RESULT from now on is too late)
                 return STACKS_POLL
@@ -245,6 +248,16 @@ class WorkerPool:
         record.process.kill()
         self.lost(record, "stopped: its task ran past its time limit")
         return PROCESS_POLL_INTERVAL
+
+    def _writing_results(self, record: WorkerRecord, chunk: Chunk, now: float) -> float | None:
+        """Seconds to the next check where a chunk past its deadline ran all its tasks in
+        time and its worker writes their results (a large list takes its time to
+        pickle): that gets the limit once more, and is no timeout.  Else None."""
+        deadline, limit = chunk.job.deadline(chunk), (chunk.job.timeout or 0) * chunk.count
+        if (deadline is None or chunk.started_at is None or record.progress is None
+                or now >= deadline + limit or not record.progress.ran_all(chunk)):
+            return None
+        return min(PROCESS_POLL_INTERVAL, deadline + limit - now)
 
     def _deadline(self, record: WorkerRecord) -> float | None:
         """When the chunk a worker runs overruns its job's time limit, if it has one."""

@@ -175,6 +175,12 @@ class ProgressPage:
         except OSError:
             return b""
 
+    def ran_all(self, chunk: Chunk) -> bool:
+        """Whether the worker, still running, has run every task of ``chunk`` (and
+        writes its RESULT); read as it goes, a hint, not what :meth:`where` tells."""
+        page = self._page() if self._mapping is not None else None
+        return page is not None and page.chunk == chunk.id and page.start >= chunk.count
+
     def where(self, chunk: Chunk) -> ChunkProgress:
         """How far ``chunk`` got.  Read once the worker is gone.
 
