@@ -237,8 +237,9 @@ class WorkerPool:
                 record.stacks_asked = (chunk, now, -1)  # (its RESULT from now on is too late)
                 return STACKS_POLL
         else:
-            # Killed once the stack is written whole (its size the same twice): the
-            # signal may have cut a C call short, and the task goes on meanwhile.
+            # The worker ends itself as its stack is written (the check of its exit
+            # comes first); it is killed where a task put a handler of its own on the
+            # signal, or once a stack is written whole (its size the same twice).
             chunk, asked_at, size = asked
             written = len(record.process.stacks())
             if now < asked_at + STACKS_SECONDS and (written == 0 or written != size):
