@@ -74,6 +74,13 @@ def _stdout_beside(log_path: str) -> str:
     return log_path.removesuffix(".log") + ".out"
 
 
+def stacks_beside(log_path: str) -> str:
+    """Where a local worker writes its main thread's stack when asked (a file of its
+    own, ``worker-N.stacks``: not read back as what the task wrote, nor lost among a
+    child's output)."""
+    return log_path.removesuffix(".log") + ".stacks"
+
+
 def worker_output_tail(log_path: str) -> str:
     """The last lines a worker wrote below Python: to its stdout, a file beside its log
     (where there is one), then to its stderr, the log itself."""

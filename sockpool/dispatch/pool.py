@@ -50,10 +50,9 @@ QUIET_CHECK_INTERVAL = 1.0
 #: written off: the pidfd can fire before libzmq has delivered them.
 EXIT_GRACE = 0.1
 #: How long a worker whose task ran past its time limit gets, at most, to write where
-#: the task is (a signal to its faulthandler: microseconds, once scheduled) before it
-#: is killed; and how often the master looks whether it has.
+#: the task is (a signal to its faulthandler: microseconds, once scheduled) and end
+#: before it is killed.
 STACKS_SECONDS = 0.2
-STACKS_POLL = 0.005
 #: After SHUTDOWN, how long workers get to exit before SIGTERM, then SIGKILL.
 STOP_GRACE = (2.0, 1.0, 1.0)
 #: Replacement workers that fail to start this many times in a row stop the replacing.
@@ -234,17 +233,15 @@ class WorkerPool:
             if (writing := self._writing_results(record, chunk, now)) is not None:
                 return writing
             if record.process.show_stacks():
-                record.stacks_asked = (chunk, now, -1)  # (its RESULT from now on is too late)
-                return STACKS_POLL
+                record.stacks_asked = (chunk, now)  # (its RESULT from now on is too late)
+                return STACKS_SECONDS
         else:
             # The worker ends itself as its stack is written (the check of its exit
             # comes first); it is killed where a task put a handler of its own on the
-            # signal, or once a stack is written whole (its size the same twice).
-            chunk, asked_at, size = asked
-            written = len(record.process.stacks())
-            if now < asked_at + STACKS_SECONDS and (written == 0 or written != size):
-                record.stacks_asked = (chunk, asked_at, written)
-                return STACKS_POLL
+            # signal.
+            chunk, asked_at = asked
+            if now < asked_at + STACKS_SECONDS:
+                return asked_at + STACKS_SECONDS - now
         record.timed_out = chunk
         record.process.kill()
         self.lost(record, "stopped: its task ran past its time limit")

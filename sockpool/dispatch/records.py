@@ -96,9 +96,8 @@ class WorkerRecord:
         self.exited_at: float | None = None  # when its process was first seen ended
         self.left_at: float | None = None  # when the master stopped counting on it
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
-        #: the chunk past its time limit whose stack it was asked for, when, and how
-        #: much of it was written when the master last looked (-1: not yet)
-        self.stacks_asked: tuple[Chunk, float, int] | None = None
+        #: the chunk past its time limit whose stack it was asked for, and when
+        self.stacks_asked: tuple[Chunk, float] | None = None
         self.retired_at: float | None = None  # when a retiring worker was told to stop
         self.keys: CurveKeys | None = None  # its CURVE keys, when the transport has them
         self.shared_memory = False  # it maps our segments and we map its (same machine)

@@ -27,6 +27,7 @@ from ..common.proc import (
     note_inherited_peak,
     oom_kills,
     reap,
+    stacks_beside,
     worker_output_paths,
     worker_output_tail,
 )
@@ -54,9 +55,8 @@ class LocalWorkerProcess(WorkerProcess):
         self.command = command
         self._process = process
         self._log_path = log_path
-        #: Where the worker writes its main thread's stack when asked (a file of its
-        #: own: not read back as what the task wrote, nor lost among a child's output).
-        self.stacks_path = log_path.removesuffix(".log") + ".stacks"
+        #: Where the worker writes its main thread's stack when asked.
+        self.stacks_path = stacks_beside(log_path)
         # Where the out-of-memory killer would act on it, how often it had, and
         # since when (the kernel's log of a reused pid's kills names another process).
         self._cgroup = memory_cgroup(process.pid)
