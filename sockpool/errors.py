@@ -135,7 +135,34 @@ class WorkerLostError(SockpoolError):
 
 
 class TaskTimeoutError(SockpoolError, TimeoutError):
-    """A task ran longer than the ``timeout=`` its call allowed."""
+    """A task ran longer than the ``timeout=`` its call allowed.
+
+    Attributes:
+        timeout: the limit it overran, in seconds.
+        worker_id: the worker that ran it, stopped for it (None in this process:
+            the sequential plan).
+        host: where that worker ran.
+        pid: its process id.
+        stack: where the task was when its worker was stopped, as the message
+            quotes it ("" where the worker could not say).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        timeout: float | None = None,
+        worker_id: int | None = None,
+        host: str | None = None,
+        pid: int | None = None,
+        stack: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.worker_id = worker_id
+        self.host = host
+        self.pid = pid
+        self.stack = stack
 
 
 #: A frame of a worker's traceback: file, line number, function and source line, the

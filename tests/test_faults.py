@@ -172,6 +172,9 @@ def test_a_timed_out_tasks_error_says_where_it_was(cluster: Cluster) -> None:
         "Stack (most recent call first):",
         f'  File "{__file__}", line {_stuck_in_a_loop.__code__.co_firstlineno + 2} '
         "in _stuck_in_a_loop"]
+    error = raised.value  # (and for a program: the error had no attributes)
+    assert (error.timeout, error.host, error.stack) == (0.5, "localhost", stacks)
+    assert f"worker {error.worker_id} (pid {error.pid} on localhost)" in str(error)
     with pytest.raises(TaskTimeoutError) as raised:
         cluster.par_map(_recurse_then_stick, [500], timeout=0.5)
     repeated = re.search(r"(?m)^  \[Previous line repeated (\d+) more times\]$",
@@ -244,6 +247,17 @@ def test_retries_rerun_a_task_that_timed_out(cluster: Cluster, tmp_path: Path) -
         return x
 
     assert cluster.par_map(slow_the_first_time, [5], timeout=0.5, retries=1) == [5]
+
+
+def test_a_task_out_of_retries_says_how_often_it_ran(cluster: Cluster) -> None:
+    # The error said only how the last run ended, as if the task had run once.
+    with pytest.raises(TaskTimeoutError) as raised:
+        cluster.par_map(time.sleep, [30], timeout=0.3, retries=1)
+    assert raised.value.__notes__ == [
+        "sockpool: it ran 2 times (retries=1); this error is the last run's"]
+    with pytest.raises(WorkerLostError) as lost:
+        cluster.submit(os._exit, 3).result()
+    assert not hasattr(lost.value, "__notes__")  # (no retries: nothing to say)
 
 
 def test_bad_timeouts_are_refused(shared_cluster: Cluster) -> None:

@@ -472,7 +472,10 @@ def test_timeout_elsewhere_fails_the_task_after_it_ends_and_retries_rerun_it() -
     thread.start()
     thread.join(30)
     assert outcome[0][0] == 0.01  # type: ignore[index]
-    assert isinstance(outcome[0][1], TaskTimeoutError)  # type: ignore[index]
+    error = outcome[0][1]  # type: ignore[index]
+    assert isinstance(error, TaskTimeoutError)
+    assert (error.timeout, error.worker_id, error.stack) == (0.1, None, "")  # (as a cluster's)
+    assert "ran longer than 0.1 s (timeout=) in this process, 2 times" in str(error)
     assert runs == [0.01, 0.3, 0.3]  # the task that ran too long ran again (retries=1)
 
 

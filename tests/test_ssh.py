@@ -150,6 +150,27 @@ def test_a_remote_worker_dying_mid_chunk_loses_only_that_task(namespace_hosts: T
     assert results[15].host == "sp-n1"
 
 
+def _stuck(seconds: float) -> None:
+    while True:
+        time.sleep(seconds)
+
+
+def test_a_remote_task_past_its_time_limit_says_where_it_was(
+        namespace_hosts: Testbed) -> None:
+    # Only a local worker could be asked for its stack: an ssh worker's timeout said
+    # "ran longer than 1 s" and no more.  Its host's agent asks it now, and reports
+    # the stack with its exit.
+    with Cluster(hosts=["sp-n1"], python=PYTHON) as cl:
+        with pytest.raises(sockpool.TaskTimeoutError) as raised:
+            cl.submit(_stuck, 0.05, timeout=0.5).result(timeout=30)
+        error = raised.value
+        assert error.host == "sp-n1" and error.timeout == 0.5
+        line = _stuck.__code__.co_firstlineno + 2
+        assert error.stack.splitlines()[-1] == f'  File "{__file__}", line {line} in _stuck'
+        assert f"where it was when stopped:\n{error.stack}" in str(error)
+        assert cl.submit(abs, -3).result(timeout=30) == 3  # replaced
+
+
 def _last_words(x: int) -> None:
     for line in range(40):
         print(f"task {x} line {line} " + "." * 2000)

@@ -237,7 +237,8 @@ def run_task(call: Callable[[], T], index: int, seed: CallSeed, timeout: float |
         if not timed_out:
             return value  # type: ignore[no-any-return]
     raise TaskTimeoutError(f"{named} ran longer than {timeout:g} s (timeout=) in this "
-                           "process" + (f", {retries + 1} times" if retries else ""))
+                           "process" + (f", {retries + 1} times" if retries else ""),
+                           timeout=timeout)
 
 
 def _timed(call: Callable[[], T], named: str, timeout: float | None) -> tuple[bool, Any]:

@@ -36,13 +36,43 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
-#: The signal at which a worker writes its main thread's Python stack to its stderr
-#: (faulthandler's handler: also from C code that holds the GIL).  A local worker gets
-#: it before it is killed for a task past its time limit, whose error then says where
-#: the task was.  A real-time signal, which no library uses.
+#: The signal at which a worker writes its main thread's Python stack to a file of its
+#: own (faulthandler's handler: also from C code that holds the GIL), then ends.  A
+#: worker gets it for a task past its time limit, whose error then says where the task
+#: was.  A real-time signal, which no library uses.
 STACKS_SIGNAL = signal.SIGRTMIN + 2 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
 #: The most of a worker's stack dump an error quotes.
 STACKS_BYTES = 16 * 1024
+
+
+def show_stacks(pid: int, stacks_path: str) -> bool:
+    """Ask a worker's main thread (its tasks run there) to write its stack to
+    ``stacks_path``; False where it cannot be asked yet (no file: it has not put its
+    handler in place) or is gone.  Its thread id is its pid: any thread may take a
+    signal sent to the process."""
+    if not os.path.exists(stacks_path):
+        return False
+    import ctypes  # (here: the worker imports this module, and never calls this)
+
+    try:
+        tgkill = ctypes.CDLL(None, use_errno=True).tgkill  # (glibc 2.30+)
+    except (AttributeError, OSError):
+        tgkill = None
+    if tgkill is None or tgkill(pid, pid, STACKS_SIGNAL) != 0:
+        try:
+            os.kill(pid, STACKS_SIGNAL)
+        except OSError:
+            return False
+    return True
+
+
+def read_stacks(stacks_path: str) -> str:
+    """The stack a worker wrote at :data:`STACKS_SIGNAL` ("" if none)."""
+    try:
+        with open(stacks_path, "rb") as stacks:
+            return stacks.read(STACKS_BYTES).decode(errors="replace").rstrip("\n")
+    except OSError:
+        return ""
 
 #: What a local worker's exit status is when it was reaped before sockpool could read it.
 REAPED_ELSEWHERE = ("exit status unknown: it was reaped elsewhere, as when the program "

@@ -49,10 +49,6 @@ QUIET_CHECK_INTERVAL = 1.0
 #: before it crashed on the next task) may take to arrive before what it held is
 #: written off: the pidfd can fire before libzmq has delivered them.
 EXIT_GRACE = 0.1
-#: How long a worker whose task ran past its time limit gets, at most, to write where
-#: the task is (a signal to its faulthandler: microseconds, once scheduled) and end
-#: before it is killed.
-STACKS_SECONDS = 0.2
 #: After SHUTDOWN, how long workers get to exit before SIGTERM, then SIGKILL.
 STOP_GRACE = (2.0, 1.0, 1.0)
 #: Replacement workers that fail to start this many times in a row stop the replacing.
@@ -226,7 +222,7 @@ class WorkerPool:
     def _stop_overrun(self, record: WorkerRecord, now: float) -> float:
         """Stop a worker whose chunk ran past its time limit (a task that overran cannot
         be trusted to stop): first it writes where the task is, which its error quotes,
-        given at most :data:`STACKS_SECONDS`; seconds to the next check."""
+        given at most its process's ``stacks_wait``; seconds to the next check."""
         asked = record.stacks_asked
         if asked is None:
             chunk = next(iter(self.scheduler.in_flight[record.id].values()))
@@ -234,14 +230,14 @@ class WorkerPool:
                 return writing
             if record.process.show_stacks():
                 record.stacks_asked = (chunk, now)  # (its RESULT from now on is too late)
-                return STACKS_SECONDS
+                return record.process.stacks_wait
         else:
             # The worker ends itself as its stack is written (the check of its exit
             # comes first); it is killed where a task put a handler of its own on the
             # signal.
             chunk, asked_at = asked
-            if now < asked_at + STACKS_SECONDS:
-                return asked_at + STACKS_SECONDS - now
+            if now < asked_at + record.process.stacks_wait:
+                return asked_at + record.process.stacks_wait - now
         record.timed_out = chunk
         record.process.kill()
         self.lost(record, "stopped: its task ran past its time limit")

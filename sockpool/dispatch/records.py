@@ -198,9 +198,11 @@ def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
             f"loading the function and arguments of {tasks} (and the exports sent before "
             f"it) took longer than twice its {limit}")
     message = f"{what} on {record.label}; the worker was stopped and is replaced"
-    if stacks := record.process.stacks():
-        message += f"\nwhere it was when stopped:\n{task_frames(stacks)}"
-    return TaskTimeoutError(message)
+    stack = task_frames(stacks) if (stacks := record.process.stacks()) else ""
+    if stack:
+        message += f"\nwhere it was when stopped:\n{stack}"
+    return TaskTimeoutError(message, timeout=chunk.job.timeout, worker_id=record.id,
+                            host=record.host, pid=record.pid, stack=stack)
 
 
 #: The frames below a task on a worker's main thread: its loop and entry point.

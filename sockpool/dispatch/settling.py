@@ -13,6 +13,7 @@ is retried); what finished is delivered, the rest is requeued.
 from __future__ import annotations
 
 import select
+from typing import TypeVar
 
 from ..errors import ClusterClosedError, SockpoolError, add_note
 from . import output as relay
@@ -25,6 +26,8 @@ from .task_progress import ProgressPage, SentResult
 #: How long a lost worker's process, just killed, gets to end before what it held
 #: is settled without reading its page (a local one ends within milliseconds).
 REAP_SECONDS = 1.0
+
+E = TypeVar("E", bound=BaseException)
 
 
 def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], how: str,
@@ -91,9 +94,20 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
                 chunk.retrying = (chunk.count, lost_error(record, how, tail, chunk))
             scheduler.requeue(chunk)
         elif chunk is record.timed_out:
-            chunk.job.fail(chunk, timeout_error(record, chunk))
+            chunk.job.fail(chunk, _ran(timeout_error(record, chunk), chunk.attempts, chunk))
         else:
-            chunk.job.fail(chunk, lost_error(record, how, tail, chunk, ran=chunk not in stranded))
+            ran = chunk not in stranded
+            chunk.job.fail(chunk, _ran(lost_error(record, how, tail, chunk, ran=ran),
+                                       chunk.attempts if ran else 0, chunk))
+
+
+def _ran(error: E, reruns: int, chunk: Chunk) -> E:
+    """The error of tasks out of retries says how often they ran (what it describes
+    is the last run; those before it were lost too)."""
+    if reruns:
+        add_note(error, f"sockpool: it ran {reruns + 1} times (retries={chunk.job.retries}); "
+                        "this error is the last run's")
+    return error
 
 
 def _cut_short(chunk: Chunk) -> None:
@@ -158,12 +172,15 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
         # Out of retries: those an earlier death came to fail; any past them (their
         # first death, their results not kept) get their first rerun.
         spent = min(end, before) if chunk.job.retries else end
+        reruns = chunk.attempts if chunk.job.retries else 0
         if start > chunk.resume:  # finished, but their results died unsent
             lost_until = min(start, spent)
-            chunk.settled.append((chunk.resume, lost_until, result_lost_error(
-                record, how, tail, chunk, chunk.resume, lost_until, beside_a_death=end > start)))
+            chunk.settled.append((chunk.resume, lost_until, _ran(result_lost_error(
+                record, how, tail, chunk, chunk.resume, lost_until, beside_a_death=end > start),
+                reruns, chunk)))
         if spent > start:
-            chunk.settled.append((start, spent, lost_error(record, how, tail, chunk, start, spent)))
+            chunk.settled.append((start, spent, _ran(
+                lost_error(record, how, tail, chunk, start, spent), reruns, chunk)))
         chunk.resume, chunk.attempts = spent, 1
         if end > spent:
             chunk.retrying = (end, lost_error(record, how, tail, chunk, spent, end))

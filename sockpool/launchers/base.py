@@ -64,9 +64,15 @@ class WorkerProcess(abc.ABC):
         """The last lines the process wrote to stderr."""
         return ""
 
+    #: How long, at most, the worker is given after :meth:`show_stacks` to write its
+    #: stack and end before it is killed (a signal to its faulthandler: microseconds,
+    #: once scheduled; a remote one's agent reports it over the network).
+    stacks_wait = 0.2
+
     def show_stacks(self) -> bool:
         """Have the worker write its main thread's Python stack, which :meth:`stacks`
-        reads back; False where it cannot (on another machine, or ended)."""
+        reads back once it ended; False where it cannot (its launcher has no way to
+        ask it, or it ended)."""
         return False
 
     def stacks(self) -> str:

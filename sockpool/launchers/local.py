@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import os
 import shlex
 import signal
@@ -19,14 +18,14 @@ from ..common.checks import check_env
 from ..common.config import WorkerConfig
 from ..common.proc import (
     REAPED_ELSEWHERE,
-    STACKS_BYTES,
-    STACKS_SIGNAL,
     descendants,
     explain_kill,
     memory_cgroup,
     note_inherited_peak,
     oom_kills,
+    read_stacks,
     reap,
+    show_stacks,
     stacks_beside,
     worker_output_paths,
     worker_output_tail,
@@ -126,17 +125,10 @@ class LocalWorkerProcess(WorkerProcess):
         return worker_output_tail(self._log_path)
 
     def show_stacks(self) -> bool:
-        if self.poll() is not None or not os.path.exists(self.stacks_path):
-            return False  # (no file: the worker has not registered its handler yet)
-        _signal_main_thread(self.pid, STACKS_SIGNAL)
-        return True
+        return self.poll() is None and show_stacks(self.pid, self.stacks_path)
 
     def stacks(self) -> str:
-        try:
-            with open(self.stacks_path, "rb") as stacks:
-                return stacks.read(STACKS_BYTES).decode(errors="replace").rstrip("\n")
-        except OSError:
-            return ""
+        return read_stacks(self.stacks_path)
 
     def close(self) -> None:
         if self._pidfd is not None:
@@ -152,18 +144,6 @@ class _StartState(NamedTuple):
     cwd: str | None
     environ: dict[str, str]
     sys_path: tuple[str, ...]
-
-
-def _signal_main_thread(pid: int, signum: int) -> None:
-    """Signal the main thread of process ``pid`` (a worker's tasks run there), whose
-    thread id is the pid: any thread may take a signal sent to the process."""
-    try:
-        tgkill = ctypes.CDLL(None, use_errno=True).tgkill  # (glibc 2.30+)
-    except (AttributeError, OSError):
-        tgkill = None
-    if tgkill is None or tgkill(pid, pid, signum) != 0:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signum)
 
 
 def _inherited_flags() -> list[str]:

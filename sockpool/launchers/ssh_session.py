@@ -50,6 +50,7 @@ class HostSession:
         self.hello: dict[str, Any] | None = None
         self.exits: dict[int, tuple[int, str, str]] = {}  # id: (status, stderr tail, how)
         self.progress: dict[int, tuple[bytes, bytes]] = {}  # id: (page words, result log)
+        self.stacks: dict[int, str] = {}  # id: the stack it wrote when asked (a timeout)
         self.last_report = time.monotonic()
         self.returncode: int | None = None
         with open(log_path, "wb") as log:
@@ -91,6 +92,8 @@ class HostSession:
                     # before its exit shows: the master reads it once the worker is gone
                     self.progress[int(event["exit"])] = (base64.b64decode(event["page"]),
                                                          base64.b64decode(event["log"]))
+                if event.get("stacks"):  # (before its exit shows, as the page)
+                    self.stacks[int(event["exit"])] = str(event["stacks"])
                 self.exits[int(event["exit"])] = (status, str(event.get("tail", "")),
                                                   str(event.get("how") or describe_exit(status)))
         self.returncode = self.process.wait()
@@ -201,6 +204,17 @@ class SSHWorkerProcess(WorkerProcess):
 
     def progress_report(self) -> tuple[bytes, bytes] | None:
         return self.session.progress.get(self.worker_id)
+
+    stacks_wait = 1.0
+
+    def show_stacks(self) -> bool:
+        if self.poll() is not None:
+            return False
+        self.session.send({"stacks": self.worker_id})  # (its agent reports it with its exit)
+        return True
+
+    def stacks(self) -> str:
+        return self.session.stacks.get(self.worker_id, "")
 
     def terminate(self) -> None:
         self._signal(15)

@@ -9,14 +9,17 @@ agent's stdin:
   :class:`~sockpool.common.config.WorkerConfig` as JSON text (its CURVE keys
   included): the agent starts ``python -m sockpool.worker`` and hands it the
   config through the worker's own stdin.  Nothing secret is ever on a command line;
-* ``{"signal": id, "signum": n}``: signal that worker.
+* ``{"signal": id, "signum": n}``: signal that worker;
+* ``{"stacks": id}``: have that worker write its main thread's stack (its task ran
+  past its time limit); it ends as it does, and its exit report carries the stack.
 
 The agent reports on its stdout, one JSON line per event:
 
 * ``{"alive": n}`` every heartbeat interval: the session is healthy, n workers run;
-* ``{"exit": id, "status": code, "tail": "...", "page": ..., "log": ...}`` when a
-  worker ends, with the end of its stderr, so a remote crash is known at once and
-  explained, and (base64) its progress page and result log, which this agent
+* ``{"exit": id, "status": code, "tail": "...", "stacks": "...", "page": ..., "log": ...}``
+  when a worker ends, with the end of its stderr, so a remote crash is known at once
+  and explained, the stack it wrote if it was asked, and (base64) its progress page
+  and result log, which this agent
   made and held (:mod:`.progress`), so that the results of the tasks it
   finished in the chunk it died in reach the master as a local worker's do.
 
@@ -51,7 +54,10 @@ from ..common.proc import (
     memory_cgroup,
     note_inherited_peak,
     oom_kills,
+    read_stacks,
     reap,
+    show_stacks,
+    stacks_beside,
     worker_output_paths,
     worker_output_tail,
 )
@@ -59,6 +65,8 @@ from . import progress
 
 #: After SIGTERM, how long workers get before SIGKILL when the agent stops.
 STOP_GRACE = 2.0
+#: How long a worker asked for its stack is waited for, to report it with its exit.
+STACKS_WAIT = 0.2
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class AgentWorker(NamedTuple):
     oom_kills: int | None
     progress_fd: int | None  #: its progress page and result log, read once it ended
     started: float  #: time.monotonic() when it started
+    stacks_path: str  #: where it writes its stack when asked
 
 
 class HostAgent:
@@ -109,6 +118,8 @@ class HostAgent:
                                                       progress_fd=page)
         worker_id = config.worker_id
         log_path, out_path = worker_output_paths(self.workdir, worker_id)
+        stacks_path = stacks_beside(log_path)
+        config = config.replace(stacks_path=stacks_path)
         # (stdout apart: what a chunk writes to either is read back: below_python.py)
         with open(log_path, "wb") as log, open(out_path, "wb") as out:
             try:
@@ -128,7 +139,7 @@ class HostAgent:
             process.stdin.flush()
         cgroup = memory_cgroup(process.pid)
         self.workers[worker_id] = AgentWorker(process, log_path, cgroup, oom_kills(cgroup), page,
-                                              time.monotonic())
+                                              time.monotonic(), stacks_path)
 
     def signal_worker(self, worker_id: int, signum: int) -> None:
         """Send ``signum`` to a worker still running (a master's terminate or kill)."""
@@ -136,6 +147,17 @@ class HostAgent:
         if entry is not None and reap(entry.process) is None:
             with contextlib.suppress(ProcessLookupError):
                 entry.process.send_signal(signum)
+
+    def show_stacks(self, worker_id: int) -> None:
+        """Have a worker write its stack (it ends as it does), and report it at once."""
+        entry = self.workers.get(worker_id)
+        if entry is None or reap(entry.process) is not None:
+            return
+        if show_stacks(entry.process.pid, entry.stacks_path):
+            deadline = time.monotonic() + STACKS_WAIT  # (microseconds, once scheduled)
+            while reap(entry.process) is None and time.monotonic() < deadline:
+                time.sleep(0.002)
+            self.reap()
 
     def reap(self) -> None:
         """Report every worker that ended since the last look."""
@@ -152,7 +174,8 @@ class HostAgent:
             how = explain_kill(process.pid, status, getattr(process, "peak_bytes", None),
                                worker.cgroup, worker.oom_kills, worker.started)
             event = {"exit": worker_id, "status": status, "how": how,
-                     "tail": worker_output_tail(worker.log_path)}
+                     "tail": worker_output_tail(worker.log_path),
+                     "stacks": read_stacks(worker.stacks_path)}
             if worker.progress_fd is not None:
                 event.update(progress.report_fields(worker.progress_fd))
                 os.close(worker.progress_fd)
@@ -176,6 +199,8 @@ class HostAgent:
             return
         if "start" in command:
             self.start_worker(command["start"])
+        elif "stacks" in command:
+            self.show_stacks(int(command["stacks"]))
         elif "signal" in command:
             self.signal_worker(int(command["signal"]), int(command.get("signum", signal.SIGTERM)))
 
