@@ -232,9 +232,12 @@ def test_a_result_that_takes_long_to_write_is_no_timeout_if_its_task_ran_in_time
     assert cluster.submit(SlowToPickle, 0.4, timeout=0.3).result(timeout=20) == 0.4
     assert cluster.par_map(SlowToPickle, [0.4, 0.1], timeout=0.3) == [0.4, 0.1]
     started = time.monotonic()
-    with pytest.raises(TaskTimeoutError, match=r"(?s)when stopped:.*in __reduce__"):
+    with pytest.raises(TaskTimeoutError, match=r"(?s)when stopped:.*in __reduce__") as raised:
         cluster.submit(SlowToPickle, 30, timeout=0.3).result(timeout=20)
     assert time.monotonic() - started < 5
+    assert str(raised.value).startswith(  # (it said the task "ran longer than 0.3 s")
+        "the call to SlowToPickle returned within 0.3 s (timeout=), but writing its result "
+        "took that long again on worker ")
 
 
 def test_retries_rerun_a_task_that_timed_out(cluster: Cluster, tmp_path: Path) -> None:

@@ -246,10 +246,12 @@ class WorkerPool:
     def _writing_results(self, record: WorkerRecord, chunk: Chunk, now: float) -> float | None:
         """Seconds to the next check where a chunk past its deadline ran all its tasks in
         time and its worker writes their results (a large list takes its time to
-        pickle): that gets the limit once more, and is no timeout.  Else None."""
+        pickle): that gets the limit once more, and is no timeout.  Else None (and
+        the record notes whether it is the writing that overran)."""
         deadline, limit = chunk.job.deadline(chunk), (chunk.job.timeout or 0) * chunk.count
-        if (deadline is None or chunk.started_at is None or record.progress is None
-                or now >= deadline + limit or not record.progress.ran_all(chunk)):
+        record.overran_writing = (chunk.started_at is not None and record.progress is not None
+                                  and record.progress.ran_all(chunk))
+        if deadline is None or not record.overran_writing or now >= deadline + limit:
             return None
         return min(PROCESS_POLL_INTERVAL, deadline + limit - now)
 

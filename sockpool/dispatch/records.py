@@ -96,6 +96,8 @@ class WorkerRecord:
         self.exited_at: float | None = None  # when its process was first seen ended
         self.left_at: float | None = None  # when the master stopped counting on it
         self.timed_out: Chunk | None = None  # the chunk whose time limit it overran
+        #: its tasks had all returned in time: what overran was writing their results
+        self.overran_writing = False
         #: the chunk past its time limit whose stack it was asked for, and when
         self.stacks_asked: tuple[Chunk, float] | None = None
         self.retired_at: float | None = None  # when a retiring worker was told to stop
@@ -194,9 +196,14 @@ def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
     """The error of a chunk that ran past its job's time limit."""
     tasks = chunk.job.name_tasks(chunk.first_index, chunk.first_index + chunk.count - 1)
     limit = f"{chunk.job.timeout:g} s (timeout=)"
-    what = (f"{tasks} ran longer than {limit}" if chunk.started_at is not None else
-            f"loading the function and arguments of {tasks} (and the exports sent before "
-            f"it) took longer than twice its {limit}")
+    if chunk.started_at is None:
+        what = (f"loading the function and arguments of {tasks} (and the exports sent "
+                f"before it) took longer than twice its {limit}")
+    elif record.overran_writing:
+        results = "its result" if chunk.count == 1 else "their results"
+        what = f"{tasks} returned within {limit}, but writing {results} took that long again"
+    else:
+        what = f"{tasks} ran longer than {limit}"
     message = f"{what} on {record.label}; the worker was stopped and is replaced"
     stack = task_frames(stacks) if (stacks := record.process.stacks()) else ""
     if stack:
