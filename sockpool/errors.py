@@ -149,7 +149,7 @@ class TaskTimeoutError(SockpoolError, TimeoutError):
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
         timeout: float | None = None,
         worker_id: int | None = None,

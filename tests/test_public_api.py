@@ -50,6 +50,11 @@ def test_errors_survive_pickling_with_their_attributes() -> None:
         "gone", 3, "SIGKILL", "tail")
     remote = pickle.loads(pickle.dumps(sockpool.RemoteError("T", "msg", "tb")))
     assert (remote.type_name, remote.message, remote.traceback_text) == ("T", "msg", "tb")
+    timed = pickle.loads(pickle.dumps(sockpool.TaskTimeoutError(
+        "late", timeout=0.5, worker_id=1, host="h", pid=9, stack="Stack")))
+    assert (str(timed), timed.timeout, timed.worker_id, timed.host, timed.pid, timed.stack) == (
+        "late", 0.5, 1, "h", 9, "Stack")
+    assert str(sockpool.TaskTimeoutError()) == ""  # (raised bare, as a TimeoutError may be)
 
 
 def test_everything_public_is_documented_and_typed() -> None:

@@ -200,11 +200,13 @@ def timeout_error(record: WorkerRecord, chunk: Chunk) -> TaskTimeoutError:
         what = (f"loading the function and arguments of {tasks} (and the exports sent "
                 f"before it) took longer than twice its {limit}")
     elif record.overran_writing:
-        results = "its result" if chunk.count == 1 else "their results"
-        what = f"{tasks} returned within {limit}, but writing {results} took that long again"
+        results = "its result was" if chunk.count == 1 else "their results were"
+        what = f"{tasks} returned, but {results} still being written past twice its {limit}"
     else:
         what = f"{tasks} ran longer than {limit}"
-    message = f"{what} on {record.label}; the worker was stopped and is replaced"
+    message = f"{what} on {record.label}; the worker was stopped " + (
+        "and is replaced" if record.process.replaceable else
+        "(its launcher starts no replacement)")
     stack = task_frames(stacks) if (stacks := record.process.stacks()) else ""
     if stack:
         message += f"\nwhere it was when stopped:\n{stack}"

@@ -88,25 +88,29 @@ def settle_lost(record: WorkerRecord, held: list[Chunk], pinned: list[Chunk], ho
         _cut_short(chunk)
         if chunk.pinned is None and chunk.attempts < chunk.job.retries:
             chunk.attempts += 1
+            # Where in it the worker died is not known: each task of it counts as
+            # having died once (a later loss read from a page must not start afresh).
+            chunk.died_until = chunk.count
             if chunk is record.timed_out:
                 chunk.retrying = (chunk.count, timeout_error(record, chunk))
             else:
                 chunk.retrying = (chunk.count, lost_error(record, how, tail, chunk))
             scheduler.requeue(chunk)
         elif chunk is record.timed_out:
-            chunk.job.fail(chunk, _ran(timeout_error(record, chunk), chunk.attempts, chunk))
+            chunk.job.fail(chunk, _ran(timeout_error(record, chunk), chunk))
         else:
-            ran = chunk not in stranded
-            chunk.job.fail(chunk, _ran(lost_error(record, how, tail, chunk, ran=ran),
-                                       chunk.attempts if ran else 0, chunk))
+            error = lost_error(record, how, tail, chunk, ran=chunk not in stranded)
+            chunk.job.fail(chunk, error if chunk in stranded else _ran(error, chunk))
 
 
-def _ran(error: E, reruns: int, chunk: Chunk) -> E:
-    """The error of tasks out of retries says how often they ran (what it describes
-    is the last run; those before it were lost too)."""
-    if reruns:
-        add_note(error, f"sockpool: it ran {reruns + 1} times (retries={chunk.job.retries}); "
-                        "this error is the last run's")
+def _ran(error: E, chunk: Chunk) -> E:
+    """The error of a task out of retries says how often it ran (what it describes is
+    the last run; those before it were lost too).  Only for a chunk of one task (as a
+    timed one is): in a longer one, ``attempts`` counts the losses of a range of tasks,
+    not the runs of each."""
+    if chunk.job.retries and chunk.count == 1 and chunk.attempts:
+        add_note(error, f"sockpool: it ran {chunk.attempts + 1} times "
+                        f"(retries={chunk.job.retries}); this error is the last run's")
     return error
 
 
@@ -172,15 +176,14 @@ def _resume(page: ProgressPage, record: WorkerRecord, chunk: Chunk, how: str, ta
         # Out of retries: those an earlier death came to fail; any past them (their
         # first death, their results not kept) get their first rerun.
         spent = min(end, before) if chunk.job.retries else end
-        reruns = chunk.attempts if chunk.job.retries else 0
         if start > chunk.resume:  # finished, but their results died unsent
             lost_until = min(start, spent)
             chunk.settled.append((chunk.resume, lost_until, _ran(result_lost_error(
                 record, how, tail, chunk, chunk.resume, lost_until, beside_a_death=end > start),
-                reruns, chunk)))
+                chunk)))
         if spent > start:
             chunk.settled.append((start, spent, _ran(
-                lost_error(record, how, tail, chunk, start, spent), reruns, chunk)))
+                lost_error(record, how, tail, chunk, start, spent), chunk)))
         chunk.resume, chunk.attempts = spent, 1
         if end > spent:
             chunk.retrying = (end, lost_error(record, how, tail, chunk, spent, end))

@@ -64,6 +64,10 @@ class WorkerProcess(abc.ABC):
         """The last lines the process wrote to stderr."""
         return ""
 
+    #: Whether a replacement can take its place once it is lost (not a Slurm job's
+    #: element: the job's allocation is what it was).
+    replaceable = True
+
     #: How long, at most, the worker is given after :meth:`show_stacks` to write its
     #: stack and end before it is killed (a signal to its faulthandler: microseconds,
     #: once scheduled; a remote one's agent reports it over the network).
