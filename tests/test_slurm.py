@@ -22,7 +22,14 @@ import pytest
 from helpers import ROOT, check_only_the_task_it_died_in_was_lost, dying_mid_chunk, master_program
 from testbed import SlurmTestbed
 
-from sockpool import Cluster, LaunchError, SlurmLauncher, WorkerLostError, detect_cores
+from sockpool import (
+    Cluster,
+    LaunchError,
+    SlurmLauncher,
+    TaskTimeoutError,
+    WorkerLostError,
+    detect_cores,
+)
 from sockpool.launchers import render_batch_script
 
 pytestmark = pytest.mark.timeout(120)
@@ -226,6 +233,43 @@ def test_a_worker_dying_mid_chunk_loses_only_that_task(slurm: SlurmTestbed,
     check_only_the_task_it_died_in_was_lost(results, log, raises=12, dies=15)
     assert re.search(rf"Slurm job {job}_[01] ended: FAILED .*; its worker: killed by SIGSEGV",
                      str(results[15])), results[15]
+    assert _no_jobs_left(slurm) == []
+
+
+def _stuck(seconds: float) -> None:
+    while True:
+        time.sleep(seconds)
+
+
+def test_a_task_past_its_time_limit_says_where_it_was(slurm: SlurmTestbed) -> None:
+    # A Slurm worker was cancelled without a stack, and the error said it "is
+    # replaced", which a Slurm worker never is.  scancel --signal asks it now (the
+    # supervisor above it survives that signal: the worker's death would not wait).
+    with Cluster(n=2, launcher=_launcher(), wait_for=2) as cl:
+        with pytest.raises(TaskTimeoutError) as raised:
+            cl.submit(_stuck, 0.05, timeout=0.5).result(timeout=60)
+        error = raised.value
+        line = _stuck.__code__.co_firstlineno + 2
+        assert error.stack.splitlines()[-1] == f'  File "{__file__}", line {line} in _stuck'
+        assert str(error).startswith(
+            "the call to _stuck ran longer than 0.5 s (timeout=) on worker ")
+        assert ("the worker was stopped (its launcher starts no replacement)\n"
+                f"where it was when stopped:\n{error.stack}") in str(error)
+        assert cl.submit(abs, -3).result(timeout=30) == 3  # the other worker goes on
+        assert cl.n_workers == 1
+        # The signal, sent to the whole element, ended the supervisor too: the worker
+        # died of its parent's death, with no exit report ("FAILED (JobLaunchFailure)").
+        job = cl._dispatcher.launcher.job_id  # type: ignore[attr-defined]
+        running = cl.submit(time.sleep, 30)
+        while not any(worker.state == "busy" for worker in cl.workers):
+            time.sleep(0.05)
+        assert error.worker_id is not None
+        index = 1 - error.worker_id  # (worker N is element N: the other one)
+        subprocess.run(["scancel", f"--signal={int(signal.SIGRTMIN) + 2}", "--full",
+                        f"{job}_{index}"], check=True, timeout=30)
+        with pytest.raises(WorkerLostError, match=rf"Slurm job {job}_{index} ended: \w+.*; "
+                                                  "its worker: killed by"):
+            running.result(timeout=30)
     assert _no_jobs_left(slurm) == []
 
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..common.config import WorkerConfig
-from ..common.proc import read_tail
+from ..common.proc import STACKS_SIGNAL, read_stacks, read_tail
 from ..common.progress_log import ExitReport, read_exit_report
 from ..errors import LaunchError
 from .base import WorkerProcess
@@ -51,6 +51,7 @@ class SlurmWorkerProcess(WorkerProcess):
     """One element of the job array: watched through squeue, stopped with scancel."""
 
     host_known = False  # the node is known once its HELLO names it
+    replaceable = False  # (SlurmJob.add_worker: none once the job is submitted)
 
     def __init__(self, job: SlurmJob, worker_id: int, index: int) -> None:
         self.worker_id = worker_id
@@ -121,6 +122,22 @@ class SlurmWorkerProcess(WorkerProcess):
     def stderr_tail(self) -> str:
         return read_tail(os.path.join(self._job.directory, f"worker-{self.index}.log"))
 
+    #: (squeue, read every STATE_POLL_INTERVAL, tells that it ended)
+    stacks_wait = 1.0
+
+    @property
+    def _stacks_path(self) -> str:
+        return os.path.join(self._job.directory, f"worker-{self.index}.stacks")
+
+    def show_stacks(self) -> bool:
+        if self.poll() is not None or not os.path.exists(self._stacks_path):
+            return False  # (no file: the worker has not put its handler in place yet)
+        self._job.cancel(self.index, STACKS_SIGNAL)
+        return True
+
+    def stacks(self) -> str:
+        return read_stacks(self._stacks_path)
+
     def failure(self) -> LaunchError | None:
         return self._job.submit_error
 
@@ -175,6 +192,8 @@ class SlurmJob:
         if self.submitted or self.closing:
             return None  # a lost Slurm worker is not replaced: its tasks retry elsewhere
         index = len(self.workers)
+        config = config.replace(  # (the directory is on a file system both ends see)
+            stacks_path=os.path.join(self.directory, f"worker-{index}.stacks"))
         path = os.path.join(self.directory, f"worker-{index}.json")
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as stream:
@@ -232,13 +251,15 @@ class SlurmJob:
             seen |= set(states)
             self.states = {**self.states, **states}
 
-    def cancel(self, index: int | None = None) -> None:
-        """scancel one element, or the whole job."""
+    def cancel(self, index: int | None = None, signum: int | None = None) -> None:
+        """scancel one element, or the whole job; or send one element's processes
+        ``signum`` (``--full``: not only the batch step's first, the supervisor)."""
         if self.job_id is None:
             return
         target = self.job_id if index is None else f"{self.job_id}_{index}"
+        options = [] if signum is None else [f"--signal={int(signum)}", "--full"]
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run([self.commands["scancel"], target], capture_output=True,
+            subprocess.run([self.commands["scancel"], *options, target], capture_output=True,
                            timeout=30, check=False)
 
     def close(self) -> None:

@@ -21,7 +21,14 @@ import sys
 import time
 
 from ..common.config import WorkerConfig
-from ..common.proc import explain_kill, memory_cgroup, note_inherited_peak, oom_kills, reap
+from ..common.proc import (
+    STACKS_SIGNAL,
+    explain_kill,
+    memory_cgroup,
+    note_inherited_peak,
+    oom_kills,
+    reap,
+)
 from . import progress
 
 
@@ -42,6 +49,11 @@ def supervise(config: WorkerConfig, report_path: str) -> int:
         process.stdin.flush()
     # scancel signals every process of the step; the worker's own handling decides.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The signal for the worker's stack (a task past its time limit), which ends the
+    # worker as it is written: it must not end this process first, whose death would
+    # kill the worker before it wrote (a handler, not SIG_IGN, which the worker would
+    # inherit: it would write its stack and not end).
+    signal.signal(STACKS_SIGNAL, lambda *_: None)
     cgroup = memory_cgroup(process.pid)
     kills = oom_kills(cgroup)
     while (status := reap(process)) is None:
