@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_gone
 
-from sockpool.launchers import groups
+from sockpool.common import groups
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -29,6 +29,7 @@ from helpers import (
     dying_mid_chunk,
     master_program,
     run_script,
+    wait_gone,
 )
 from testbed import Testbed
 
@@ -169,6 +170,26 @@ def test_a_remote_task_past_its_time_limit_says_where_it_was(
         assert error.stack.splitlines()[-1] == f'  File "{__file__}", line {line} in _stuck'
         assert f"where it was when stopped:\n{error.stack}" in str(error)
         assert cl.submit(abs, -3).result(timeout=30) == 3  # replaced
+
+
+def _start_a_child_then_hang(pid_file: str) -> None:
+    child = subprocess.Popen(["sleep", "300"])
+    Path(pid_file).write_text(str(child.pid))
+    while True:
+        time.sleep(0.05)
+
+
+def test_what_a_remote_task_started_ends_with_its_worker(namespace_hosts: Testbed,
+                                                         tmp_path: Path) -> None:
+    # The worker, stopped for its time limit, left its child running on the host
+    # (its parent gone, init's) until the host's agent exited, and past that.
+    pid_file = tmp_path / "child"
+    with Cluster(hosts=["sp-n1"], python=PYTHON) as cl:
+        with pytest.raises(sockpool.TaskTimeoutError):
+            cl.submit(_start_a_child_then_hang, str(pid_file), timeout=0.5).result(timeout=30)
+        child = int(pid_file.read_text())
+        assert wait_gone([child], 10) == []  # (SIGTERM, as its agent reaped the worker)
+        assert cl.submit(abs, -3).result(timeout=30) == 3
 
 
 def _last_words(x: int) -> None:

@@ -16,6 +16,7 @@ from typing import BinaryIO, NamedTuple
 
 from ..common.checks import check_env
 from ..common.config import WorkerConfig
+from ..common.groups import end_lingering, ended_unreaped, note_ended
 from ..common.proc import (
     REAPED_ELSEWHERE,
     descendants,
@@ -32,7 +33,6 @@ from ..common.proc import (
 )
 from ..errors import LaunchError
 from .base import Launcher, WorkerProcess
-from .groups import end_lingering, ended_unreaped, note_ended
 
 #: A local worker learns of its master's death at once (stdin end-of-file, the
 #: parent-death signal), so by default it waits this long on a master that is

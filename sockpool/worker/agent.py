@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
 from ..common.config import WorkerConfig
+from ..common.groups import end_lingering, ended_unreaped, note_ended
 from ..common.proc import (
     explain_kill,
     memory_cgroup,
@@ -65,8 +66,9 @@ from . import progress
 
 #: After SIGTERM, how long workers get before SIGKILL when the agent stops.
 STOP_GRACE = 2.0
-#: How long a worker asked for its stack is waited for, to report it with its exit.
-STACKS_WAIT = 0.2
+#: How long a worker asked for its stack is waited for, to report its exit at once
+#: (one that does not end by then is reported by the loop: it blocks no longer).
+STACKS_WAIT = 0.02
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class HostAgent:
         self.options = options
         self.workdir = tempfile.mkdtemp(prefix="sockpool-agent-")
         self.workers: dict[int, AgentWorker] = {}
+        #: the process groups of workers that ended, and when (:mod:`..common.groups`)
+        self.ended_groups: dict[int, int] = {}
         self.idle_since = time.monotonic()
 
     def start_worker(self, line: str) -> None:
@@ -155,14 +159,20 @@ class HostAgent:
             return
         if show_stacks(entry.process.pid, entry.stacks_path):
             deadline = time.monotonic() + STACKS_WAIT  # (microseconds, once scheduled)
-            while reap(entry.process) is None and time.monotonic() < deadline:
-                time.sleep(0.002)
+            while ended_unreaped(entry.process.pid) is False and time.monotonic() < deadline:
+                time.sleep(0.002)  # (not reaped here: reap() notes its group first)
             self.reap()
 
     def reap(self) -> None:
-        """Report every worker that ended since the last look."""
+        """Report every worker that ended since the last look (and SIGTERM what its
+        tasks left running in its process group)."""
         for worker_id, worker in list(self.workers.items()):
             process = worker.process
+            ended = ended_unreaped(process.pid)
+            if ended is False:
+                continue
+            if ended:  # (before its pid, and its group's id, is free)
+                note_ended(self.ended_groups, process.pid)
             status = reap(process)
             if status is None:
                 continue
@@ -240,6 +250,7 @@ class HostAgent:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+        end_lingering(self.ended_groups)  # what their tasks left running
         shutil.rmtree(self.workdir, ignore_errors=True)
         for path in self.options.cleanup:
             with contextlib.suppress(OSError):

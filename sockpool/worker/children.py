@@ -8,7 +8,7 @@ job's processes; it does not wait for them (multiprocessing's resource tracker,
 which ignores SIGTERM, ends by itself once the worker is gone).  A local worker
 the master kills (a time limit, ``restart()``, a close that waited long enough)
 cannot: its master does it (``LocalWorkerProcess``), and ends what is left in
-the worker's process group however it ended (``launchers/groups.py``).
+the worker's process group however it ended (``common/groups.py``).
 """
 
 from __future__ import annotations

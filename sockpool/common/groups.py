@@ -1,14 +1,15 @@
-"""What a local worker's tasks left running in its process group ends with it.
+"""What a worker's tasks left running in its process group ends with it.
 
-A local worker leads a session of its own, so every process its tasks start
-is in its process group unless it moves to another.  A worker that ends
-cleanly sends SIGTERM to what it finds below it (``worker/children.py``); one
-that dies (``os._exit``, a segfault, a kill) cannot, and its children pass to
-init, out of the tree's reach, but still in its group.  So the master sends
-the group SIGTERM as it reaps the worker -- first, while the worker is a
-zombie, whose pid no other process can have, nor so the group's id -- and,
-as the cluster closes, SIGKILL to any member that outlived a second of it,
-as a batch system ends a job's processes.
+A worker leads a session of its own, so every process its tasks start is in
+its process group unless it moves to another.  A worker that ends cleanly
+sends SIGTERM to what it finds below it (``worker/children.py``); one that
+dies (``os._exit``, a segfault, a kill, its time limit) cannot, and its
+children pass to init, out of the tree's reach, but still in its group.  So
+its parent -- the master for a local worker, the host's agent for an ssh one
+(``worker/agent.py``) -- sends the group SIGTERM as it reaps the worker --
+first, while the worker is a zombie, whose pid no other process can have, nor
+so the group's id -- and, as the cluster closes, SIGKILL to any member that
+outlived a second of it, as a batch system ends a job's processes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import signal
 import time
 from collections.abc import Mapping
 
-from ..common.proc import stat_fields
+from .proc import stat_fields
 
 #: Seconds the processes left in a worker's group get after SIGTERM at the close.
 KILL_GRACE = 1.0
