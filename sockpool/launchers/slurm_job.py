@@ -122,8 +122,9 @@ class SlurmWorkerProcess(WorkerProcess):
     def stderr_tail(self) -> str:
         return read_tail(os.path.join(self._job.directory, f"worker-{self.index}.log"))
 
-    #: (squeue, read every STATE_POLL_INTERVAL, tells that it ended)
-    stacks_wait = 1.0
+    #: (scancel's signal travels through slurmctld and slurmd: milliseconds; the file
+    #: is read whether or not squeue, read every STATE_POLL_INTERVAL, says it ended)
+    stacks_wait = 0.3
 
     @property
     def _stacks_path(self) -> str:
