@@ -655,6 +655,53 @@ def test_live_relay_sends_what_a_tasks_threads_print_while_it_runs(tmp_path: Pat
         assert readline() == "result [True]\n"
 
 
+def test_live_relay_sends_what_a_child_process_writes_while_the_task_runs(
+        tmp_path: Path) -> None:
+    # What a task's child process (or C code) wrote came only once the task ended,
+    # live or not: a long build or simulation run from a task was silent till then.
+    go = tmp_path / "go"
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import os, subprocess, time\n"
+        "from sockpool import Cluster\n"
+        "def task(x):\n"
+        "    subprocess.run(['echo', 'from a child'], check=True)\n"
+        "    deadline = time.monotonic() + 20\n"
+        f"    while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "        time.sleep(0.01)\n"
+        "    subprocess.run(['echo', 'the child again'], check=True)\n"
+        "    print('then the task')\n"
+        f"    return os.path.exists({str(go)!r})\n"
+        "with Cluster(n=1, relay='live') as cl:\n"
+        "    print('result', cl.par_map(task, [0]), flush=True)\n")
+    with master_lines(script) as readline:
+        assert readline() == "from a child\n"
+        go.touch()  # the task ends once the line is here
+        assert [readline() for _ in range(3)] == [  # (in the order they were written)
+            "the child again\n", "then the task\n", "result [True]\n"]
+
+
+def _flood_then_print(line: bytes, lines: int) -> None:
+    os.write(1, line * lines)
+    print("from Python")  # (live, what was written below Python before goes first)
+    os.write(1, b"end\n")
+
+
+def test_a_live_flood_below_python_streams_a_mebibyte_then_its_end(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    # As at a chunk's end, where a flood is cut to its last mebibyte, so streaming
+    # stops after the first: a chatty child does not take the master's memory.
+    line, lines = b"y" * 99 + b"\n", 30_000  # 3 MB
+    with Cluster(n=1, relay="live") as cl:
+        cl.submit(_flood_then_print, line, lines).result()
+    out = capfd.readouterr().out
+    streamed = 1024 * 1024 // len(line) * len(line)  # (whole lines)
+    skipped = len(line) * lines + 4 - streamed - 1024 * 1024
+    assert out == (line.decode() * (streamed // len(line)) + "from Python\n"
+                   + f"[sockpool: the next {skipped} bytes the chunk wrote below Python are "
+                   f"left out]\n" + (line * lines + b"end\n")[-1024 * 1024:].decode())
+
+
 def test_output_reaches_a_strict_utf8_stdout_and_no_stdout_at_all(tmp_path: Path) -> None:
     # Bytes that are not UTF-8 raised UnicodeEncodeError out of par_map (its result
     # lost) where stdout's errors are "strict"; with sys.stdout None (fd 1 closed,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 
 #: The most a chunk's read-back carries of each stream: its end, which holds the last
 #: words; a note says how much was left out (400 MB from a chatty child process took
@@ -30,6 +31,8 @@ class BelowPython:
         #: running chunk's writes start).  A file behind both descriptors is stdout.
         self._files: list[tuple[int, int, int]] = []
         self._running = False  # between start() and written()
+        self._streamed = 0  # bytes :meth:`new_lines` took from the running chunk's writes
+        self._lock = threading.Lock()  # (the live relay's flusher reads too)
         seen: set[tuple[int, int]] = set()
         for stream, fd in ((0, 1), (1, 2)):
             try:
@@ -42,31 +45,63 @@ class BelowPython:
             seen.add((status.st_dev, status.st_ino))
             self._files.append((stream, reader, 0))
 
+    @property
+    def watched(self) -> bool:
+        """Whether there is anything to read back (a file behind 1 or 2)."""
+        return bool(self._files)
+
     def start(self) -> None:
         """A chunk starts: what is written from now on is its."""
-        self._files = [(stream, reader, _size(reader)) for stream, reader, _ in self._files]
-        self._running = True
+        with self._lock:
+            self._files = [(stream, reader, _size(reader)) for stream, reader, _ in self._files]
+            self._running = True
+            self._streamed = 0
+
+    def new_lines(self) -> list[tuple[int, str]]:
+        """Live: the whole lines the running chunk wrote to each stream since the last
+        look (an unfinished one waits for its end), up to :data:`READ_BACK_BYTES` in
+        all; past that, what :meth:`written` gives at the end."""
+        found = []
+        with self._lock:
+            if not self._running:
+                return []
+            files = []
+            for stream, reader, start in self._files:
+                budget = READ_BACK_BYTES - self._streamed
+                end = min(_size(reader), start + budget)
+                with contextlib.suppress(OSError):
+                    data = _read(reader, start, end) if end > start else b""
+                    if cut := data.rfind(b"\n") + 1:
+                        found.append((stream, data[:cut].decode("utf-8", "surrogateescape")))
+                        start += cut
+                        self._streamed += cut
+                files.append((stream, reader, start))
+            self._files = files
+        return found
 
     def written(self) -> list[tuple[int, str]]:
-        """What the chunk wrote to each stream since :meth:`start`, as text (bytes
-        that are not UTF-8 as surrogate escapes, which the master writes back as
-        bytes); nothing for a chunk that never started (given back, or one whose
-        payload failed to load), so nothing is read back twice."""
-        if not self._running:
-            return []
-        self._running = False
-        found = []
-        for stream, reader, start in self._files:
-            end = _size(reader)
-            if end <= start:
-                continue
-            skipped = max(0, end - start - READ_BACK_BYTES)
-            with contextlib.suppress(OSError):
-                data = _read(reader, start + skipped, end)
-                note = (f"[sockpool: the first {skipped} bytes the chunk wrote below Python "
-                        "are left out]\n" if skipped else "")
-                found.append((stream, note + data.decode("utf-8", "surrogateescape")))
-        return found
+        """What the chunk wrote to each stream since :meth:`start` (or since
+        :meth:`new_lines` took it), as text (bytes that are not UTF-8 as surrogate
+        escapes, which the master writes back as bytes); nothing for a chunk that
+        never started (given back, or one whose payload failed to load), so nothing
+        is read back twice."""
+        with self._lock:
+            if not self._running:
+                return []
+            self._running = False
+            found = []
+            for stream, reader, start in self._files:
+                end = _size(reader)
+                if end <= start:
+                    continue
+                skipped = max(0, end - start - READ_BACK_BYTES)  # (its end: the last words)
+                with contextlib.suppress(OSError):
+                    data = _read(reader, start + skipped, end)
+                    which = "next" if self._streamed else "first"
+                    note = (f"[sockpool: the {which} {skipped} bytes the chunk wrote below "
+                            "Python are left out]\n" if skipped else "")
+                    found.append((stream, note + data.decode("utf-8", "surrogateescape")))
+            return found
 
 
 def _read(reader: int, start: int, end: int) -> bytes:

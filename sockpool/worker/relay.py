@@ -14,7 +14,9 @@ flusher thread sends what would otherwise wait: the last lines of a task that
 then hangs or sleeps, and what the task's own threads write.  Output written
 below Python (C code, child processes) goes to the worker's own stdout and stderr,
 files whose tails are quoted when the worker is lost; what a chunk added to them
-is read back as it ends and sent with its output (:mod:`.below_python`).
+is read back as it ends and sent with its output (:mod:`.below_python`), and,
+live, line by line while it runs (the flusher looks every
+:data:`BELOW_POLL_SECONDS`).
 
 The master writes it out (:mod:`sockpool.dispatch.output`).
 
@@ -48,6 +50,8 @@ FLUSH_CHARS = 64 * 1024
 #: (A task printing in a tight loop sent a message a line, faster than the master
 #: could write them: its memory grew by gigabytes.)
 LIVE_SECONDS = 0.001
+#: Live: how often the flusher looks for lines a running chunk wrote below Python.
+BELOW_POLL_SECONDS = 0.05
 
 
 class TaskStream(io.TextIOBase):
@@ -179,6 +183,8 @@ class WorkerRelay:
         self._main = threading.get_ident()
         self._log_level = log_level
         self._below: BelowPython | None = None  # (once installed)
+        self._watch_below = False  # live, with files below Python to read as they grow
+        self._below_read = 0.0  # when they were last read
 
     def install(self) -> None:
         """Redirect this process's output, warnings and logging to the relay."""
@@ -190,6 +196,7 @@ class WorkerRelay:
         root.addHandler(_RecordHandler(self))
         root.setLevel(self._log_level)
         self._below = BelowPython()
+        self._watch_below = self._live and self._below.watched
         threading.Thread(target=self._flush_held, name="sockpool-relay", daemon=True).start()
 
     def start(self) -> None:
@@ -201,6 +208,7 @@ class WorkerRelay:
             self._last_flush = 0.0  # its first write goes out at once: a crash loses nothing
             if self._run or self._events:  # (a log record from a thread between chunks)
                 self._armed = True
+            if self._armed or self._live:  # (live: the flusher looks below Python too)
                 self._held.notify()
 
     def finish(self) -> Batch | None:
@@ -209,8 +217,9 @@ class WorkerRelay:
             for stream in (sys.__stdout__, sys.__stderr__):  # (print(file=sys.__stdout__))
                 with contextlib.suppress(Exception):
                     stream.flush()  # type: ignore[union-attr]
-            for index, text in self._below.written():
-                self.write(index, text)
+            with self._sending:  # (after the flusher's last look, if it is looking)
+                for index, text in self._below.written():
+                    self._write(index, text)
         with self._sending:  # once the flusher's batch, if any, has gone
             self._active = False
         for index, rest in enumerate(self._partial):
@@ -221,6 +230,12 @@ class WorkerRelay:
 
     def write(self, index: int, text: str) -> None:
         """Take what a task wrote to stdout (``index`` 0) or stderr (1)."""
+        if (self._watch_below and self._active  # (live: what a child wrote before it,
+                and time.monotonic() - self._below_read >= LIVE_SECONDS):  # unless just read)
+            self._read_below()
+        self._write(index, text)
+
+    def _write(self, index: int, text: str) -> None:
         if not text:
             return
         if not self._active:  # between chunks (a background thread, say): not a task's
@@ -325,20 +340,34 @@ class WorkerRelay:
         own threads)."""
         while True:
             with self._lock:
-                while not (self._active and self._armed):
+                while not (self._active and (self._armed or self._watch_below)):
                     self._held.wait()
+                if not self._armed:  # live, a chunk runs: look below Python now and then
+                    self._held.wait(BELOW_POLL_SECONDS)  # (at once if a line comes)
                 wait = self._last_flush + self._every - time.monotonic()
                 delay = 0.0 if self._urgent else wait
                 self._urgent = False
             if delay > 0:
                 time.sleep(delay)
             try:
+                if self._watch_below:
+                    self._read_below()
                 self._flush(time.monotonic())
             except Exception as exc:  # a batch that cannot be sent: the next ones still go
                 original = sys.__stderr__
                 if original is not None:
                     original.write(f"sockpool worker: output dropped, it could not be sent: "
                                    f"{type(exc).__name__}: {exc}\n")
+
+    def _read_below(self) -> None:
+        """Live: take the lines the running chunk wrote below Python since the last
+        look (a child process's, C code's), as they come rather than at its end."""
+        assert self._below is not None
+        self._below_read = time.monotonic()
+        with self._sending:  # (not once the chunk ended: finish() reads the rest)
+            if self._active:
+                for index, text in self._below.new_lines():
+                    self._write(index, text)
 
     def _take(self) -> Batch | None:
         with self._lock:
