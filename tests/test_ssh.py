@@ -356,16 +356,26 @@ def test_master_killed_ends_remote_workers_at_once(namespace_hosts: Testbed,
         assert time.monotonic() - started < 5
 
 
+def _start_then_sleep(started: str) -> None:
+    Path(started, str(os.getpid())).touch()
+    time.sleep(30)
+
+
 def test_ssh_link_dropping_ends_remote_workers_and_is_a_lost_worker(
-        namespace_hosts: Testbed) -> None:
+        namespace_hosts: Testbed, tmp_path: Path) -> None:
     with Cluster(hosts={"sp-n1": 1, "sp-n2": 1}, python=PYTHON) as cl:
         launcher = cl._dispatcher.launcher
         assert isinstance(launcher, SSHLauncher)
         victim = next(w for w in cl.workers if w.host == "sp-n1")
-        futures = [cl.submit(time.sleep, 30) for _ in range(2)]  # one on each host
+        futures = [cl.submit(_start_then_sleep, str(tmp_path)) for _ in range(2)]
+        # Both started, one on each host: a future is running once a worker holds
+        # it, and a task the lost worker held but had not started goes to the other
+        # (behind its 30 s), as it should; the test waited in vain for it to fail.
         deadline = time.monotonic() + 10
-        while not all(f.running() for f in futures) and time.monotonic() < deadline:
+        while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert sorted(int(pid) for pid in os.listdir(tmp_path)) == sorted(
+            w.pid for w in cl.workers)
         os.kill(launcher.sessions["sp-n1"].pid, signal.SIGKILL)  # the ssh client dies
         done, _ = concurrent.futures.wait(futures, timeout=10,
                                           return_when=concurrent.futures.FIRST_EXCEPTION)
