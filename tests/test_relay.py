@@ -634,21 +634,30 @@ def test_lines_a_task_wrote_before_it_went_quiet_reach_the_user(
     assert result.stdout.splitlines() == ["step 1", "step 2", "step 3", error]
 
 
-def test_live_relay_sends_what_a_tasks_threads_print_while_it_runs(tmp_path: Path) -> None:
-    # Only the main thread sent: a line from a task's thread waited for the task's end.
-    go = tmp_path / "go"
-    script = tmp_path / "threads.py"
+def _live_task_waiting_for(go: Path, script: Path, before: str, after: str = "") -> Path:
+    """A master with a live relay whose one task runs ``before``, waits (20 s at most)
+    for the file ``go``, runs ``after``, and returns whether ``go`` came."""
     script.write_text(
-        "import os, threading, time\n"
+        "import os, subprocess, threading, time\n"
         "from sockpool import Cluster\n"
         "def task(x):\n"
-        "    threading.Thread(target=print, args=('from a thread',)).start()\n"
+        f"    {before}\n"
         "    deadline = time.monotonic() + 20\n"
         f"    while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
         "        time.sleep(0.01)\n"
+        f"    {after or 'pass'}\n"
         f"    return os.path.exists({str(go)!r})\n"
         "with Cluster(n=1, relay='live') as cl:\n"
         "    print('result', cl.par_map(task, [0]), flush=True)\n")
+    return script
+
+
+def test_live_relay_sends_what_a_tasks_threads_print_while_it_runs(tmp_path: Path) -> None:
+    # Only the main thread sent: a line from a task's thread waited for the task's end.
+    go = tmp_path / "go"
+    script = _live_task_waiting_for(
+        go, tmp_path / "threads.py",
+        before="threading.Thread(target=print, args=('from a thread',)).start()")
     with master_lines(script) as readline:
         assert readline() == "from a thread\n"
         go.touch()  # the task ends once the line is here
@@ -660,20 +669,9 @@ def test_live_relay_sends_what_a_child_process_writes_while_the_task_runs(
     # What a task's child process (or C code) wrote came only once the task ended,
     # live or not: a long build or simulation run from a task was silent till then.
     go = tmp_path / "go"
-    script = tmp_path / "child.py"
-    script.write_text(
-        "import os, subprocess, time\n"
-        "from sockpool import Cluster\n"
-        "def task(x):\n"
-        "    subprocess.run(['echo', 'from a child'], check=True)\n"
-        "    deadline = time.monotonic() + 20\n"
-        f"    while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
-        "        time.sleep(0.01)\n"
-        "    subprocess.run(['echo', 'the child again'], check=True)\n"
-        "    print('then the task')\n"
-        f"    return os.path.exists({str(go)!r})\n"
-        "with Cluster(n=1, relay='live') as cl:\n"
-        "    print('result', cl.par_map(task, [0]), flush=True)\n")
+    script = _live_task_waiting_for(
+        go, tmp_path / "child.py", before="subprocess.run(['echo', 'from a child'])",
+        after="subprocess.run(['echo', 'the child again']); print('then the task')")
     with master_lines(script) as readline:
         assert readline() == "from a child\n"
         go.touch()  # the task ends once the line is here
