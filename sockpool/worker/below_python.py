@@ -5,7 +5,8 @@ Such writes go to the worker's own file descriptors 1 and 2, which a local or an
 ssh worker has on files of its own (its logs).  Where they are regular files, the
 relay reads back what a chunk added to them while it ran, and sends it with the
 chunk's output, after what its tasks wrote through ``sys.stdout`` and
-``sys.stderr``.  The logs keep it too, and so a crash's last words still reach the
+``sys.stderr`` (live: line by line as it comes, :meth:`BelowPython.new_lines`).
+The logs keep it too, and so a crash's last words still reach the
 ``WorkerLostError`` message.  Where descriptor 1 or 2 is a terminal or a pipe (a
 worker started by hand), what is written there is not read back.
 """
@@ -23,15 +24,26 @@ import threading
 READ_BACK_BYTES = 1024 * 1024
 
 
+class BelowFile:
+    """One stream's file, and where the running chunk's writes to it stand."""
+
+    __slots__ = ("checked", "reader", "sent", "start", "stream")
+
+    def __init__(self, stream: int, reader: int) -> None:
+        self.stream = stream  # 0 stdout, 1 stderr
+        self.reader = reader  # a descriptor that reads the file
+        self.start = 0  # where what is not read back yet starts
+        self.checked = 0  # from start to here: no line's end (live: an unfinished line)
+        self.sent = 0  # bytes of it streamed while the chunk ran (live)
+
+
 class BelowPython:
     """The growth of the files behind descriptors 1 and 2 while a chunk runs."""
 
     def __init__(self) -> None:
-        #: (stream: 0 stdout, 1 stderr; a descriptor that reads the file; where the
-        #: running chunk's writes start).  A file behind both descriptors is stdout.
-        self._files: list[tuple[int, int, int]] = []
+        #: A file behind both descriptors is stdout's.
+        self._files: list[BelowFile] = []
         self._running = False  # between start() and written()
-        self._streamed = 0  # bytes :meth:`new_lines` took from the running chunk's writes
         self._lock = threading.Lock()  # (the live relay's flusher reads too)
         seen: set[tuple[int, int]] = set()
         for stream, fd in ((0, 1), (1, 2)):
@@ -43,7 +55,7 @@ class BelowPython:
             except OSError:  # closed, or no /proc: nothing to read back
                 continue
             seen.add((status.st_dev, status.st_ino))
-            self._files.append((stream, reader, 0))
+            self._files.append(BelowFile(stream, reader))
 
     @property
     def watched(self) -> bool:
@@ -53,30 +65,43 @@ class BelowPython:
     def start(self) -> None:
         """A chunk starts: what is written from now on is its."""
         with self._lock:
-            self._files = [(stream, reader, _size(reader)) for stream, reader, _ in self._files]
+            for file in self._files:
+                file.start = file.checked = _size(file.reader)
+                file.sent = 0
             self._running = True
-            self._streamed = 0
+
+    def file_of(self, stream: int) -> BelowFile | None:
+        """The file behind ``stream`` (0 stdout, 1 stderr), if it is read back."""
+        return next((file for file in self._files if file.stream == stream), None)
+
+    def grew(self) -> bool:
+        """Whether either file grew past what was looked at (a hint, without the lock)."""
+        return any(grew(file) for file in self._files)
 
     def new_lines(self) -> list[tuple[int, str]]:
         """Live: the whole lines the running chunk wrote to each stream since the last
-        look (an unfinished one waits for its end), up to :data:`READ_BACK_BYTES` in
-        all; past that, what :meth:`written` gives at the end."""
+        look (an unfinished one waits for its end, and is not read again meanwhile),
+        up to :data:`READ_BACK_BYTES` of each; past that, what :meth:`written` gives
+        at the end."""
         found = []
         with self._lock:
             if not self._running:
                 return []
-            files = []
-            for stream, reader, start in self._files:
-                budget = READ_BACK_BYTES - self._streamed
-                end = min(_size(reader), start + budget)
+            for file in self._files:
+                end = min(_size(file.reader), file.start + READ_BACK_BYTES - file.sent)
+                if end <= file.checked:
+                    continue
                 with contextlib.suppress(OSError):
-                    data = _read(reader, start, end) if end > start else b""
-                    if cut := data.rfind(b"\n") + 1:
-                        found.append((stream, data[:cut].decode("utf-8", "surrogateescape")))
-                        start += cut
-                        self._streamed += cut
-                files.append((stream, reader, start))
-            self._files = files
+                    data = _read(file.reader, file.checked, end)
+                    cut = data.rfind(b"\n") + 1
+                    if not cut:
+                        file.checked = end
+                        continue
+                    head = _read(file.reader, file.start, file.checked)  # (its first part)
+                    found.append((file.stream, (head + data[:cut]).decode(
+                        "utf-8", "surrogateescape")))
+                    file.sent += len(head) + cut
+                    file.start = file.checked = file.checked + cut
         return found
 
     def written(self) -> list[tuple[int, str]]:
@@ -90,18 +115,30 @@ class BelowPython:
                 return []
             self._running = False
             found = []
-            for stream, reader, start in self._files:
-                end = _size(reader)
+            for file in self._files:
+                end = _size(file.reader)
+                start, file.start = file.start, max(file.start, end)
+                file.checked = file.start  # (read: nothing grew past it)
                 if end <= start:
                     continue
-                skipped = max(0, end - start - READ_BACK_BYTES)  # (its end: the last words)
+                # (its end: the last words)
+                skipped = max(0, end - start - READ_BACK_BYTES)
                 with contextlib.suppress(OSError):
-                    data = _read(reader, start + skipped, end)
-                    which = "next" if self._streamed else "first"
+                    data = _read(file.reader, start + skipped, end)
+                    which = "next" if file.sent else "first"
                     note = (f"[sockpool: the {which} {skipped} bytes the chunk wrote below "
                             "Python are left out]\n" if skipped else "")
-                    found.append((stream, note + data.decode("utf-8", "surrogateescape")))
+                    found.append((file.stream, note + data.decode("utf-8", "surrogateescape")))
             return found
+
+
+def grew(file: BelowFile) -> bool:
+    """Whether ``file`` grew past what was looked at: a hint, without the lock (an
+    ``lseek``: a live relay asks before each line a task prints)."""
+    try:
+        return os.lseek(file.reader, 0, os.SEEK_END) > file.checked
+    except OSError:
+        return False
 
 
 def _read(reader: int, start: int, end: int) -> bytes:

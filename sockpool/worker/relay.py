@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..common.protocol import RECORD, WARNING, Batch
-from .below_python import BelowPython
+from .below_python import BelowFile, BelowPython, grew
 
 #: A chunk that keeps writing sends what it wrote at most this often.
 FLUSH_SECONDS = 0.005
@@ -169,7 +169,9 @@ class WorkerRelay:
         self._events: Batch = []
         self._run: list[str] = []  # the latest writes to one stream, joined when it ends
         self._run_stream = -1
-        self._lock = threading.Lock()  # a task's threads write, warn and log too
+        # A task's threads write, warn and log too; re-entrant: the collector may run a
+        # __del__ that prints (tqdm's) in a thread that holds it.
+        self._lock = threading.RLock()
         self._held = threading.Condition(self._lock)  # the flusher waits for output on it
         # Held across taking a batch and sending it, by either sender, so that batches
         # leave in the order they were taken, and none after the chunk's RESULT.
@@ -184,7 +186,8 @@ class WorkerRelay:
         self._log_level = log_level
         self._below: BelowPython | None = None  # (once installed)
         self._watch_below = False  # live, with files below Python to read as they grow
-        self._below_read = 0.0  # when they were last read
+        self._below_reader: int | None = None  # the thread reading them, while it does
+        self._below_files: list[BelowFile | None] = [None, None]  # (live) stdout's, stderr's
 
     def install(self) -> None:
         """Redirect this process's output, warnings and logging to the relay."""
@@ -197,6 +200,8 @@ class WorkerRelay:
         root.setLevel(self._log_level)
         self._below = BelowPython()
         self._watch_below = self._live and self._below.watched
+        if self._live:
+            self._below_files = [self._below.file_of(0), self._below.file_of(1)]
         threading.Thread(target=self._flush_held, name="sockpool-relay", daemon=True).start()
 
     def start(self) -> None:
@@ -219,7 +224,7 @@ class WorkerRelay:
                     stream.flush()  # type: ignore[union-attr]
             with self._sending:  # (after the flusher's last look, if it is looking)
                 for index, text in self._below.written():
-                    self._write(index, text)
+                    self.write(index, text)
         with self._sending:  # once the flusher's batch, if any, has gone
             self._active = False
         for index, rest in enumerate(self._partial):
@@ -230,12 +235,13 @@ class WorkerRelay:
 
     def write(self, index: int, text: str) -> None:
         """Take what a task wrote to stdout (``index`` 0) or stderr (1)."""
-        if (self._watch_below and self._active  # (live: what a child wrote before it,
-                and time.monotonic() - self._below_read >= LIVE_SECONDS):  # unless just read)
+        # Live, a line starts: what a child wrote to the same stream before it goes
+        # first (across the two streams, order is not kept anyway).  Another thread
+        # reading may have looked past lines it has not added yet: wait for those.
+        below = self._below_files[index]
+        if (below is not None and self._active and not self._partial[index]
+                and (grew(below) or self._below_reader is not None)):
             self._read_below()
-        self._write(index, text)
-
-    def _write(self, index: int, text: str) -> None:
         if not text:
             return
         if not self._active:  # between chunks (a background thread, say): not a task's
@@ -266,11 +272,12 @@ class WorkerRelay:
             self._chars += len(text)
 
     def _end_run(self) -> None:
-        """Close the run of writes to one stream as an event (the lock held)."""
-        if self._run:
-            self._events.append((self._run_stream, "".join(self._run)))
-            self._run = []
-        self._run_stream = -1
+        """Close the run of writes to one stream as an event (the lock held; a write
+        made while the run is joined, by a __del__, starts a run after it)."""
+        run, stream = self._run, self._run_stream
+        self._run, self._run_stream = [], -1
+        if run:
+            self._events.append((stream, "".join(run)))
 
     def _add(self, kind: int, value: Any) -> None:
         with self._lock:
@@ -350,7 +357,7 @@ class WorkerRelay:
             if delay > 0:
                 time.sleep(delay)
             try:
-                if self._watch_below:
+                if self._watch_below and self._below is not None and self._below.grew():
                     self._read_below()
                 self._flush(time.monotonic())
             except Exception as exc:  # a batch that cannot be sent: the next ones still go
@@ -363,11 +370,24 @@ class WorkerRelay:
         """Live: take the lines the running chunk wrote below Python since the last
         look (a child process's, C code's), as they come rather than at its end."""
         assert self._below is not None
-        self._below_read = time.monotonic()
+        if self._below_reader == threading.get_ident():
+            return  # (a print from a __del__ the collector ran while this thread reads)
         with self._sending:  # (not once the chunk ended: finish() reads the rest)
             if self._active:
-                for index, text in self._below.new_lines():
-                    self._write(index, text)
+                self._below_reader = threading.get_ident()
+                try:
+                    for index, text in self._below.new_lines():
+                        self._add_lines(index, text)
+                finally:
+                    self._below_reader = None
+        self.maybe_flush()
+
+    def _add_lines(self, index: int, text: str) -> None:
+        """Whole lines written below Python, taken live: before, not into, a line the
+        task has begun to print and not ended (it ends after them)."""
+        if self._prefix:
+            text = self._prefix + text[:-1].replace("\n", "\n" + self._prefix) + "\n"
+        self._add_text(index, text)
 
     def _take(self) -> Batch | None:
         with self._lock:
