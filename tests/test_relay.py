@@ -697,6 +697,21 @@ def test_live_relay_keeps_what_a_task_writes_below_and_above_python_in_order(
         f"{kind} {i}" for i in range(2000) for kind in ("below", "python")]
 
 
+def _half_a_line_then_a_child() -> None:
+    print("Progress 50%", end="")
+    subprocess.run(["echo", "done"], check=True)
+
+
+def test_what_a_child_wrote_is_not_glued_into_a_line_the_task_left_unfinished(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    # Live, the child's line went into the task's unfinished one at the chunk's end:
+    # "Progress 50%done".  Its lines go before it, as they do while the task runs.
+    with Cluster(n=1, relay="live") as cl:
+        cl.submit(_half_a_line_then_a_child).result()
+        cl.submit(print, "next").result()
+    assert capfd.readouterr().out == "done\nProgress 50%next\n"
+
+
 class _PrintsWhenCollected:
     def __init__(self) -> None:
         self.me = self  # (a cycle: the collector frees it, in whichever thread runs)

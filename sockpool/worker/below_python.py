@@ -22,6 +22,8 @@ import threading
 #: words; a note says how much was left out (400 MB from a chatty child process took
 #: the master's memory from 30 MB to 800 MB).
 READ_BACK_BYTES = 1024 * 1024
+#: A live look's ``checked`` once a stream's MiB is spent: nothing grows past it.
+_SPENT = 2**63
 
 
 class BelowFile:
@@ -44,7 +46,9 @@ class BelowPython:
         #: A file behind both descriptors is stdout's.
         self._files: list[BelowFile] = []
         self._running = False  # between start() and written()
-        self._lock = threading.Lock()  # (the live relay's flusher reads too)
+        # (the live relay's flusher reads too; re-entrant: the collector may run a
+        # __del__ that prints while it is held, and a look then finds nothing)
+        self._lock = threading.RLock()
         seen: set[tuple[int, int]] = set()
         for stream, fd in ((0, 1), (1, 2)):
             try:
@@ -88,20 +92,23 @@ class BelowPython:
             if not self._running:
                 return []
             for file in self._files:
-                end = min(_size(file.reader), file.start + READ_BACK_BYTES - file.sent)
+                limit = file.start + READ_BACK_BYTES - file.sent
+                end = min(_size(file.reader), limit)
                 if end <= file.checked:
                     continue
                 with contextlib.suppress(OSError):
                     data = _read(file.reader, file.checked, end)
                     cut = data.rfind(b"\n") + 1
-                    if not cut:
+                    if cut:
+                        head = _read(file.reader, file.start, file.checked)  # (its start)
+                        found.append((file.stream, (head + data[:cut]).decode(
+                            "utf-8", "surrogateescape")))
+                        file.sent += len(head) + cut
+                        file.start = file.checked = file.checked + cut
+                    else:
                         file.checked = end
-                        continue
-                    head = _read(file.reader, file.start, file.checked)  # (its first part)
-                    found.append((file.stream, (head + data[:cut]).decode(
-                        "utf-8", "surrogateescape")))
-                    file.sent += len(head) + cut
-                    file.start = file.checked = file.checked + cut
+                    if end == limit and (file.sent >= READ_BACK_BYTES or not cut):
+                        file.checked = _SPENT  # its MiB streamed: the rest at the end
         return found
 
     def written(self) -> list[tuple[int, str]]:

@@ -223,8 +223,16 @@ class WorkerRelay:
                 with contextlib.suppress(Exception):
                     stream.flush()  # type: ignore[union-attr]
             with self._sending:  # (after the flusher's last look, if it is looking)
-                for index, text in self._below.written():
-                    self.write(index, text)
+                self._below_reader = threading.get_ident()  # (a __del__'s print: no look)
+                try:
+                    for index, text in self._below.written():
+                        cut = text.rfind("\n") + 1  # whole lines: before an unfinished
+                        if cut:  # printed line, as live; what is left ends with it
+                            self._add_lines(index, text[:cut])
+                        if text[cut:]:
+                            self.write(index, text[cut:])
+                finally:
+                    self._below_reader = None
         with self._sending:  # once the flusher's batch, if any, has gone
             self._active = False
         for index, rest in enumerate(self._partial):
@@ -265,17 +273,19 @@ class WorkerRelay:
 
     def _add_text(self, index: int, text: str) -> None:
         with self._lock:
-            if index != self._run_stream:
-                self._end_run()
-                self._run_stream = index
+            while index != self._run_stream:
+                self._end_run()  # (may run a __del__ that writes: a run of its own)
+                if not self._run:
+                    self._run_stream = index
             self._run.append(text)
             self._chars += len(text)
 
     def _end_run(self) -> None:
         """Close the run of writes to one stream as an event (the lock held; a write
         made while the run is joined, by a __del__, starts a run after it)."""
-        run, stream = self._run, self._run_stream
-        self._run, self._run_stream = [], -1
+        empty: list[str] = []  # (made first: an allocation may run the collector)
+        run, self._run = self._run, empty
+        stream, self._run_stream = self._run_stream, -1
         if run:
             self._events.append((stream, "".join(run)))
 
@@ -310,7 +320,9 @@ class WorkerRelay:
         another thread's forced flush is the flusher's, at once)."""
         if not self._active:
             return
-        if threading.get_ident() != self._main:
+        if threading.get_ident() != self._main or self._lock._is_owned():  # type: ignore[attr-defined]
+            # (another thread; or this one within the relay, where the collector ran a
+            # __del__ that prints: taking _sending here, after _lock, could deadlock)
             self._wake_flusher(urgent=force or self._live)
             return
         now = time.monotonic()
@@ -370,8 +382,9 @@ class WorkerRelay:
         """Live: take the lines the running chunk wrote below Python since the last
         look (a child process's, C code's), as they come rather than at its end."""
         assert self._below is not None
-        if self._below_reader == threading.get_ident():
-            return  # (a print from a __del__ the collector ran while this thread reads)
+        if (self._below_reader == threading.get_ident()
+                or self._lock._is_owned()):  # type: ignore[attr-defined]
+            return  # (a print from a __del__ the collector ran in this thread, in the relay)
         with self._sending:  # (not once the chunk ended: finish() reads the rest)
             if self._active:
                 self._below_reader = threading.get_ident()
