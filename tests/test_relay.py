@@ -301,6 +301,43 @@ def test_what_tasks_write_below_python_comes_home_after_their_prints(
     assert sorted(result.stderr.splitlines()) == [f"os.write to stderr {i}" for i in range(4)]
 
 
+@pytest.mark.parametrize("relay", ["True", '"live"'])
+def test_what_a_forked_child_of_a_task_writes_comes_home(tmp_path: Path, relay: str) -> None:
+    # A forked child kept the relay as its sys.stdout, whose sends on the parent's
+    # socket libzmq drops in a child: every line it printed, warned or logged was lost.
+    result = run_script(f"""
+        import logging, multiprocessing, os, warnings
+        from sockpool import Cluster
+
+        def in_child(x):
+            print("pool child prints", x)
+            warnings.warn(f"pool child warns {{x}}")
+            logging.getLogger("kid").warning("pool child logs %s", x)
+            return x * 10
+
+        def task(i):
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                tens = pool.map(in_child, [i])
+            pid = os.fork()
+            if pid == 0:
+                print("forked child prints", i)      # no flush: as on a terminal
+                os._exit(0)
+            os.waitpid(pid, 0)
+            return tens
+
+        with Cluster(n=2, relay={relay}) as cl:
+            print(cl.par_map(task, range(2), chunksize=1))
+    """, tmp_path)
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "[[0], [10]]"
+    assert sorted(lines[:-1]) == [f"{who} child prints {i}" for who in ("forked", "pool")
+                                  for i in range(2)]
+    errors = result.stderr
+    for i in range(2):
+        assert f"UserWarning: pool child warns {i}" in errors
+        assert f"WARNING:kid:pool child logs {i}" in errors
+
+
 class _FailsToLoadOnTheWorker:
     def __reduce__(self) -> tuple[object, ...]:
         return int, ("not a number",)  # ValueError as the worker unpickles it

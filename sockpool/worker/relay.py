@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 import threading
 import time
@@ -52,6 +53,8 @@ FLUSH_CHARS = 64 * 1024
 LIVE_SECONDS = 0.001
 #: Live: how often the flusher looks for lines a running chunk wrote below Python.
 BELOW_POLL_SECONDS = 0.05
+#: What shows a warning in a process the relay has not taken over (a forked child).
+_ORIGINAL_SHOWWARNING = warnings.showwarning
 
 
 class TaskStream(io.TextIOBase):
@@ -203,6 +206,38 @@ class WorkerRelay:
         if self._live:
             self._below_files = [self._below.file_of(0), self._below.file_of(1)]
         threading.Thread(target=self._flush_held, name="sockpool-relay", daemon=True).start()
+        os.register_at_fork(after_in_child=self._leave_to_forked_child)
+
+    def _leave_to_forked_child(self) -> None:
+        """In a process a task forked (``os.fork``, a ``multiprocessing`` fork pool):
+        write straight to the worker's own stdout and stderr, below Python.
+
+        The child cannot send on its parent's socket (libzmq drops what a forked
+        child sends: its prints were lost), and the relay's locks may have been
+        held by the flusher, which the child has not.  What it writes there is
+        read back with the rest written below Python, as a spawned child's is.
+        """
+        self._active = False  # a TaskStream kept by the task writes through too
+        self._lock = threading.RLock()
+        self._held = threading.Condition(self._lock)
+        self._sending = threading.RLock()
+        for name in ("stdout", "stderr"):
+            original = getattr(sys, f"__{name}__")
+            if isinstance(getattr(sys, name), TaskStream) and original is not None:
+                # Line by line, as on a terminal; a stream of its own, since what the
+                # parent left in the original's buffer is the parent's to write.
+                stream = open(original.fileno(), "w", buffering=1,  # noqa: SIM115  (sys's)
+                              encoding=original.encoding, errors=original.errors,
+                              closefd=False)
+                setattr(sys, name, stream)
+        warnings.showwarning = _ORIGINAL_SHOWWARNING
+        root = logging.getLogger()
+        for handler in root.handlers[:]:
+            if isinstance(handler, _RecordHandler):
+                root.removeHandler(handler)
+                text = logging.StreamHandler()  # (sys.stderr, as set above)
+                text.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+                root.addHandler(text)
 
     def start(self) -> None:
         """A chunk starts: what is written from now on belongs to it."""
