@@ -6,6 +6,7 @@ import contextlib
 import gc
 import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -119,6 +120,39 @@ def test_output_a_tasks_threads_write_at_once_comes_home_whole(tmp_path: Path) -
     expected = sorted(f"{x} {t} {line}" for x in range(2) for t in range(3) for line in range(1500))
     assert sorted(result.stdout.splitlines()) == expected
     assert sorted(result.stderr.splitlines()) == expected
+
+
+@pytest.mark.parametrize("options", ["relay_prefix=True", "relay='live'"])
+def test_what_a_tasks_threads_print_in_pieces_comes_home_once(
+        tmp_path: Path, options: str) -> None:
+    # Kept to whole lines, a stream's unfinished line was read and replaced unlocked:
+    # two threads printing at once lost each other's text or wrote it twice.
+    result = run_script(f"""
+        import sys, threading
+        from sockpool import Cluster
+
+        def chatter(x):
+            sys.setswitchinterval(1e-6)  # switch threads as often as possible
+            def write(thread):
+                for line in range(1500):
+                    print(f"<{{x}} {{thread}} {{line}}>")  # two writes: the text, "\\n"
+            threads = [threading.Thread(target=write, args=(t,)) for t in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return x
+
+        if __name__ == "__main__":
+            with Cluster(n=2, {options}) as cl:
+                cl.par_map(chatter, range(2), chunksize=1)
+    """, tmp_path, timeout=120)
+    # Threads' prints may interleave, as in any process (a text, another's, two
+    # newlines); what each printed comes exactly once.
+    printed = re.findall(r"<\d \d \d+>", result.stdout)
+    assert sorted(printed) == sorted(f"<{x} {t} {line}>" for x in range(2)
+                                     for t in range(3) for line in range(1500))
+    assert result.stdout.count("\n") == 2 * 3 * 1500
 
 
 def test_output_of_setup_run_on_all_and_submit_comes_home(tmp_path: Path) -> None:

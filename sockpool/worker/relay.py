@@ -270,9 +270,11 @@ class WorkerRelay:
                     self._below_reader = None
         with self._sending:  # once the flusher's batch, if any, has gone
             self._active = False
-        for index, rest in enumerate(self._partial):
+        for index in range(2):
+            with self._lock:
+                rest, self._partial[index] = self._partial[index], ""
             if rest:  # a last line without its newline still belongs to this chunk,
-                self._partial[index] = ""  # and, prefixed, ends: the next has a prefix too
+                # and, prefixed, ends: the next has a prefix too
                 self._add_text(index, self._prefix + rest + ("\n" if self._prefix else ""))
         return self._take()
 
@@ -294,10 +296,12 @@ class WorkerRelay:
                 original.flush()
             return
         if self._prefix or self._live:
-            # Keep whole lines only: the unfinished one waits for its end.
-            text = self._partial[index] + text
-            cut = text.rfind("\n") + 1
-            self._partial[index] = text[cut:]
+            # Keep whole lines only: the unfinished one waits for its end (locked: a
+            # task's threads print at once, and each must find the other's part).
+            with self._lock:
+                text = self._partial[index] + text
+                cut = text.rfind("\n") + 1
+                self._partial[index] = text[cut:]
             text = text[:cut]
             if self._prefix and text:  # (lines end at "\n" alone: a "\r" redraws one)
                 text = self._prefix + text[:-1].replace("\n", "\n" + self._prefix) + "\n"
