@@ -105,9 +105,9 @@ def _stdout_beside(log_path: str) -> str:
 
 
 def stacks_beside(log_path: str) -> str:
-    """Where a local worker writes its main thread's stack when asked (a file of its
-    own, ``worker-N.stacks``: not read back as what the task wrote, nor lost among a
-    child's output)."""
+    """Where the worker whose output goes to ``log_path`` writes its main thread's
+    stack when asked (a file of its own, ``worker-N.stacks``: not read back as what
+    the task wrote, nor lost among a child's output)."""
     return log_path.removesuffix(".log") + ".stacks"
 
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..common.config import WorkerConfig
-from ..common.proc import STACKS_SIGNAL, read_stacks, read_tail
+from ..common.proc import STACKS_SIGNAL, read_stacks, read_tail, stacks_beside
 from ..common.progress_log import ExitReport, read_exit_report
 from ..errors import LaunchError
 from .base import WorkerProcess
@@ -52,6 +52,9 @@ class SlurmWorkerProcess(WorkerProcess):
 
     host_known = False  # the node is known once its HELLO names it
     replaceable = False  # (SlurmJob.add_worker: none once the job is submitted)
+    #: (scancel's signal travels through slurmctld and slurmd: milliseconds; the file
+    #: is read whether or not squeue, read every STATE_POLL_INTERVAL, says it ended)
+    stacks_wait = 0.3
 
     def __init__(self, job: SlurmJob, worker_id: int, index: int) -> None:
         self.worker_id = worker_id
@@ -120,15 +123,11 @@ class SlurmWorkerProcess(WorkerProcess):
             self._job.cancel(self.index)
 
     def stderr_tail(self) -> str:
-        return read_tail(os.path.join(self._job.directory, f"worker-{self.index}.log"))
-
-    #: (scancel's signal travels through slurmctld and slurmd: milliseconds; the file
-    #: is read whether or not squeue, read every STATE_POLL_INTERVAL, says it ended)
-    stacks_wait = 0.3
+        return read_tail(self._job.log_path(self.index))
 
     @property
     def _stacks_path(self) -> str:
-        return os.path.join(self._job.directory, f"worker-{self.index}.stacks")
+        return stacks_beside(self._job.log_path(self.index))
 
     def show_stacks(self) -> bool:
         if self.poll() is not None or not os.path.exists(self._stacks_path):
@@ -194,7 +193,7 @@ class SlurmJob:
             return None  # a lost Slurm worker is not replaced: its tasks retry elsewhere
         index = len(self.workers)
         config = config.replace(  # (the directory is on a file system both ends see)
-            stacks_path=os.path.join(self.directory, f"worker-{index}.stacks"))
+            stacks_path=stacks_beside(self.log_path(index)))
         path = os.path.join(self.directory, f"worker-{index}.json")
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as stream:
@@ -202,6 +201,10 @@ class SlurmJob:
         worker = SlurmWorkerProcess(self, worker_id, index)
         self.workers.append(worker)
         return worker
+
+    def log_path(self, index: int) -> str:
+        """Where the array's element ``index`` writes its output (``--output``)."""
+        return os.path.join(self.directory, f"worker-{index}.log")
 
     def submit(self, script: str) -> None:
         """Hand the batch script to ``sbatch --parsable``; a refusal is :attr:`submit_error`."""

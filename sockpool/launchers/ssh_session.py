@@ -176,6 +176,8 @@ class HostSession:
 class SSHWorkerProcess(WorkerProcess):
     """A worker run by a host agent; it is watched through the agent's reports."""
 
+    stacks_wait = 1.0  # (the stack comes with the agent's exit report, over ssh)
+
     def __init__(self, worker_id: int, session: HostSession) -> None:
         self.worker_id = worker_id
         self.host = session.host.destination
@@ -204,8 +206,6 @@ class SSHWorkerProcess(WorkerProcess):
 
     def progress_report(self) -> tuple[bytes, bytes] | None:
         return self.session.progress.get(self.worker_id)
-
-    stacks_wait = 1.0
 
     def show_stacks(self) -> bool:
         if self.poll() is not None:
