@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import master_program, wait_gone
+from helpers import master_program, run_script, wait_gone
 
 from sockpool import Cluster, TaskTimeoutError, WorkerLostError
 
@@ -487,3 +487,48 @@ def test_a_worker_lost_while_sigchld_is_ignored_says_its_status_is_unknown(tmp_p
     assert result.stdout.splitlines() == [
         "exit status unknown: it was reaped elsewhere, as when the program sets SIGCHLD "
         "to SIG_IGN", "[1, 2]"]
+
+
+def test_a_process_a_task_forks_ends_as_it_leaves_the_task(tmp_path: Path) -> None:
+    # A forked child that raised, called sys.exit() or returned went on as a copy of
+    # the worker: its parent's waitpid hung for ever, and a child's error written
+    # into the worker's progress page was taken for the worker's own outcome.
+    result = run_script("""
+        import os, sys, time
+        from sockpool import Cluster, WorkerLostError
+
+        def task(how):
+            pid = os.fork()
+            if pid == 0:
+                if how == "raise":
+                    raise ValueError("bug in the child's work")
+                if how == "exit":
+                    sys.exit(5)
+                if how == "return":
+                    return "the child's value"
+                os._exit(0)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+        def child_fails_then_worker_dies(i):
+            if os.fork() == 0:
+                raise ValueError("the child's error")
+            time.sleep(0.5)
+            os._exit(7)
+
+        with Cluster(n=2) as cl:
+            print(cl.par_map(task, ["raise", "exit", "return", "os._exit"], chunksize=1,
+                             timeout=30))
+            print(cl.par_map(task, ["raise", "return"], seed=1, timeout=30))  # one by one
+            print(cl.submit(task, "exit").result(timeout=30))
+            try:
+                cl.submit(child_fails_then_worker_dies, 0).result(timeout=30)
+            except WorkerLostError as lost:
+                print("lost:", "exit code 7" in str(lost))
+            print(cl.par_map(abs, [-1, -2]))
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["[1, 5, 0, 0]", "[1, 0]", "5", "lost: True",
+                                          "[1, 2]"]
+    # The child's traceback, as a script's child prints it: from the task on.
+    assert result.stderr.count("ValueError: bug in the child's work") == 2
+    assert 'user_script.py", line 9, in task' in result.stderr
+    assert "sockpool" not in result.stderr

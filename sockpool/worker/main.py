@@ -40,7 +40,7 @@ import zmq
 from ..common import protocol, role, shm, shm_reader
 from ..common.config import WorkerConfig
 from ..common.proc import STACKS_SIGNAL
-from . import link, progress
+from . import forks, link, progress
 from .children import end_descendants
 from .functions import FunctionCache
 from .loop import DataLoop
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = list(config.argv)
     lifeline = _detach_stdin(keep=config.watch_stdin)
 
+    forks.watch()  # (before any task runs: a process one forks ends with its task)
     state = WorkerState()
     functions = FunctionCache()
     shared = _shared_memory(config.shm_probe)

@@ -23,6 +23,7 @@ from ..common.config import WorkerConfig
 from ..common.progress_log import TO_THE_END, WHOLE_RESULT
 from ..common.protocol import Batch, Flag, Kind, TaskTimes
 from ..errors import add_note
+from . import forks
 from .functions import FunctionCache
 from .held_buffers import MissingBuffer
 from .progress import Progress
@@ -244,8 +245,12 @@ class ChunkRunner:
                 add_interrupted(self._times, began, 0, 0)
             raise
         except BaseException as exc:
+            if forks.forked:  # a process the task forked left it: it ends here
+                forks.leave(exc)
             values.append(None)
             errors.append((0, self.results.failure(exc, skip_frames=1)))
+        if forks.forked:
+            forks.leave()
         if self._times is not None:
             add_span(self._times, began, 1)
 
@@ -278,6 +283,8 @@ class ChunkRunner:
                     times = None  # (its span is noted)
                 raise
             except BaseException as exc:
+                if forks.forked:  # (see _run_call)
+                    forks.leave(exc)
                 errors.append((len(values), self.results.failure(exc, 1)))
                 values.append(None)
                 if stop_on_error:
@@ -286,6 +293,8 @@ class ChunkRunner:
             finally:  # the slice's span: what ran of it, the failing task included
                 if times is not None:
                     add_span(times, wall, len(values) - start)
+            if forks.forked:  # (it ran the rest of the slice, as a script's loop goes on)
+                forks.leave()
             if len(values) < total:  # (the RESULT carries the last slice)
                 self._keep(values, errors)
             if not failed and not careful:
@@ -374,6 +383,8 @@ class ChunkRunner:
                         add_interrupted(self._times, began, 0, offset)
                     raise
                 except BaseException as exc:
+                    if forks.forked:  # (see _run_call)
+                        forks.leave(exc)
                     errors.append((offset, self.results.failure(exc, 1)))
                     values.append(None)
                     if flags & (Flag.STOP_ON_ERROR | Flag.CALL):
@@ -381,6 +392,8 @@ class ChunkRunner:
                 finally:
                     if self._times is not None and len(values) > offset:
                         add_span(self._times, began, 1)
+                if forks.forked:
+                    forks.leave()
         finally:
             rng.clear()
 

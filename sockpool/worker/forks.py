@@ -1,0 +1,54 @@
+"""A process a task forks never goes on as a copy of the worker.
+
+``os.fork()`` in a task copies the worker, the chunk it runs included.  A
+child that returned from the task or raised out of it used to go on with the
+chunk: it wrote into the worker's progress page (the master then took the
+child's outcome for the worker's) and waited on the worker's sockets for
+ever, so that a parent waiting for it hung.  It ends where it leaves the task
+instead, as a forked child of a plain script ends at the script's end: an
+exception's traceback printed (relayed home with what the worker writes
+below Python), ``SystemExit``'s code taken, ``atexit`` handlers run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+from typing import NoReturn
+
+#: True in a process forked from the worker (set there, at the fork).
+forked = False
+
+
+def watch() -> None:
+    """Note, in every process forked from this one from now on, that it is a copy
+    (the worker, from its start)."""
+    os.register_at_fork(after_in_child=_note_fork)
+
+
+def _note_fork() -> None:
+    global forked
+    forked = True
+
+
+def leave(error: BaseException | None = None) -> NoReturn:
+    """End this forked child, which left its task with ``error`` (None: it returned)."""
+    code = 0
+    if isinstance(error, SystemExit):
+        if isinstance(error.code, int) or error.code is None:
+            code = error.code or 0
+        else:  # (as Python does: the message to stderr, status 1)
+            print(error.code, file=sys.stderr)
+            code = 1
+    elif error is not None:  # (from the task's frame on: the first is the runner's)
+        trace = error.__traceback__
+        error.with_traceback(trace.tb_next if trace is not None else None)
+        sys.excepthook(type(error), error, error.__traceback__)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
