@@ -229,3 +229,38 @@ def test_a_task_that_catches_its_interrupt_and_returns_ends_its_chunk(
                                "started-0", timeout=9)  # task 1 alone would take 10 s
     assert out.split("\n") == ["interrupted", "usable [1]", ""]
     assert sorted(path.name for path in tmp_path.glob("started-*")) == ["started-0"]
+
+
+def _block_every_signal() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+
+
+def _nap(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_a_signal_mask_a_task_left_keeps_no_later_task_from_being_stopped() -> None:
+    # A task that blocked signals (pthread_sigmask) left every later task on its
+    # worker uninterruptible, and their time limits without a stack.
+    import asyncio
+
+    from sockpool import TaskTimeoutError
+
+    with Cluster(n=1) as cl:
+        cl.run_on_all(_block_every_signal)
+        with pytest.raises(TaskTimeoutError) as timed_out:
+            cl.submit(_nap, 30, timeout=1).result()
+        assert "in _nap" in timed_out.value.stack
+        cl.run_on_all(_block_every_signal)  # (on the worker that replaced it)
+
+        async def cancel_a_nap() -> None:
+            running = asyncio.ensure_future(cl.asubmit(_nap, 30))
+            await asyncio.sleep(0.5)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+        asyncio.run(cancel_a_nap())
+        started = time.monotonic()
+        assert cl.submit(abs, -1).result(timeout=10) == 1
+        assert time.monotonic() - started < 5  # the nap was interrupted

@@ -331,16 +331,19 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         # go to cloudpickle, which ships them by value.
         stream = io.BytesIO()
         stream.write(prefix)
+        fast_error: Exception | None = None
         try:
             _standard_pickler(stream, keep_large).dump(obj)
-        except Exception:
-            pass
+        except Exception as error:
+            fast_error = error
         else:
             view = _contents(stream)
             if by_value_check is None or not by_value_check(view):
                 return frames(view)
             del view
         buffers.clear()
+    else:
+        fast_error = None
     stream = io.BytesIO()
     stream.write(prefix)
     cls = pickler_class(serializer)
@@ -351,7 +354,18 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         if global_ids:
             pickler.global_ids = True  # type: ignore[attr-defined]
         pickler.dump(obj)
+    if fast_error is not None and not isinstance(fast_error, PICKLING_ERRORS):
+        # Not the pickler's, and cloudpickle met none: a signal handler raised it as
+        # the pickling ran (a task's own time limit, as its print's output was
+        # pickled), and it is the caller's.
+        raise fast_error
     return frames(_contents(stream))
+
+
+#: What the standard pickler raises for what it cannot write and cloudpickle can
+#: (a lambda, a local class, a type of its own reducers), or for what neither can.
+PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError, ImportError,
+                   LookupError, ValueError, RuntimeError)
 
 
 def dumps_in_band(obj: Any, serializer: str = "cloudpickle") -> bytes:

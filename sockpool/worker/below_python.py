@@ -18,6 +18,8 @@ import os
 import stat
 import threading
 
+from .state import raised_by_a_handler, system_errors_ignored
+
 #: The most a chunk's read-back carries of each stream: its end, which holds the last
 #: words; a note says how much was left out (400 MB from a chatty child process took
 #: the master's memory from 30 MB to 800 MB).
@@ -93,10 +95,10 @@ class BelowPython:
                 return []
             for file in self._files:
                 limit = file.start + READ_BACK_BYTES - file.sent
-                end = min(_size(file.reader), limit)
+                end = min(_size(file.reader, in_task=True), limit)
                 if end <= file.checked:
                     continue
-                with contextlib.suppress(OSError):
+                with system_errors_ignored():  # (not a task's signal handler's: its own)
                     data = _read(file.reader, file.checked, end)
                     cut = data.rfind(b"\n") + 1
                     if cut:
@@ -144,7 +146,9 @@ def grew(file: BelowFile) -> bool:
     ``lseek``: a live relay asks before each line a task prints)."""
     try:
         return os.lseek(file.reader, 0, os.SEEK_END) > file.checked
-    except OSError:
+    except OSError as error:
+        if raised_by_a_handler(error):  # (in a task's print: the task's own)
+            raise
         return False
 
 
@@ -157,9 +161,15 @@ def _read(reader: int, start: int, end: int) -> bytes:
     return b"".join(parts)
 
 
-def _size(reader: int) -> int:
-    """The file's size now (its end, where the next write lands); 0 if it cannot be told."""
+def _size(reader: int, in_task: bool = False) -> int:
+    """The file's size now (its end, where the next write lands); 0 if it cannot be told.
+
+    ``in_task``: asked from within a task's print, where an error a task's signal
+    handler raised is the task's (not between tasks, where it would end the worker).
+    """
     try:
         return os.lseek(reader, 0, os.SEEK_END)
-    except OSError:
+    except OSError as error:
+        if in_task and raised_by_a_handler(error):
+            raise
         return 0

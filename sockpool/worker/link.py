@@ -41,6 +41,13 @@ def send(sock: zmq.Socket[bytes], frames: list[Any]) -> None:
         sock.send_multipart(frames, copy=False)  # (pyzmq copies its small frames anyway)
 
 
+def send_copied(sock: zmq.Socket[bytes], frames: list[Any]) -> None:
+    """Send one message's frames, each copied: OUTPUT and STARTED, sent from within a
+    task's print or before it.  (A zero-copy frame's release can run a task's signal
+    handler where pyzmq ignores what it raises: a task's own time limit was lost.)"""
+    sock.send_multipart(frames, copy=True)
+
+
 def hello(config: WorkerConfig, shared: shm.SegmentPool | None,
           progress: str | None = None) -> bytes:
     """The HELLO message: the token that proves this worker, and who and where it is.

@@ -42,6 +42,7 @@ from ..common.progress_log import (
     record_header,
 )
 from ..common.shm import raw_view
+from .state import raised_by_a_handler
 
 __all__ = ["TO_THE_END", "Progress", "create", "make_page", "report_fields"]
 
@@ -184,7 +185,9 @@ class Progress:
         try:
             _write_all(self.fd, [raw_view(part) for part in (header, *frames)],
                        OUTPUT_SLOTS[self._slot] + self._output_bytes)
-        except OSError:
+        except OSError as error:
+            if raised_by_a_handler(error):  # (sent from a task's print: the task's own)
+                raise
             self._output_full = True
             return
         self._output_bytes += size

@@ -32,13 +32,18 @@ import types
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from ..common.proc import STACKS_SIGNAL
 from ..common.protocol import RECLAIM_MEMORY
 
-try:  # signal.getsignal wraps this one to make an enum of the handler: 4 µs a chunk
-    from _signal import getsignal as _raw_getsignal  # type: ignore[import-not-found]
+try:  # signal's own wrap these to make enums of handlers and masks: microseconds a chunk
+    import _signal  # type: ignore[import-not-found]
+
+    _raw_getsignal, _raw_sigmask = _signal.getsignal, _signal.pthread_sigmask
 except ImportError:  # (not CPython)
-    _raw_getsignal = signal.getsignal
+    _raw_getsignal, _raw_sigmask = signal.getsignal, signal.pthread_sigmask
 _SIGINT = int(signal.SIGINT)
+#: What the worker's own machinery signals the main thread with: never left blocked.
+_OURS = (_SIGINT, int(STACKS_SIGNAL))
 
 #: Cancelled job ids remembered (a chunk of one may still be queued here).
 CANCELLED_MEMORY = 1024
@@ -128,9 +133,12 @@ class WorkerState:
 
     def keep_interruptible(self) -> None:
         """Handle SIGINT with :meth:`on_sigint` (main thread), again where a task put
-        another handler (``SIG_IGN`` left every later task there uninterruptible)."""
+        another handler (``SIG_IGN`` left every later task there uninterruptible), and
+        take SIGINT and the stack signal again where a task blocked them (its
+        ``pthread_sigmask``: no later task could be interrupted, nor say where it was)."""
         if _raw_getsignal(_SIGINT) is not self._on_sigint:
             signal.signal(signal.SIGINT, self._on_sigint)
+        _raw_sigmask(signal.SIG_UNBLOCK, _OURS)
 
     def on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
         """SIGINT from the watchdog interrupts a cancelled or stopped chunk; otherwise ignored."""
@@ -192,6 +200,24 @@ class WorkerState:
             interrupt = self.now.phase is WorkerPhase.RUNNING  # CANCELLING: already signalled
             self.now = Snapshot(WorkerPhase.STOPPING, self.now.job)
             return interrupt
+
+
+def raised_by_a_handler(error: OSError) -> bool:
+    """Whether an ``OSError`` met around a system call came from no system call (one
+    has an errno) but from a task's signal handler, run between two bytecodes: a
+    ``TimeoutError`` of its own time limit (``signal.alarm``), which is the task's,
+    and must not be taken for the call's failure."""
+    return error.errno is None
+
+
+@contextlib.contextmanager
+def system_errors_ignored() -> Iterator[None]:
+    """``contextlib.suppress(OSError)``, but not of what :func:`raised_by_a_handler`."""
+    try:
+        yield
+    except OSError as error:
+        if raised_by_a_handler(error):
+            raise
 
 
 def _remember(ordered: dict[int, None], key: int, limit: int) -> None:
