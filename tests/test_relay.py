@@ -469,6 +469,33 @@ def test_live_relay_streams_whole_lines_with_a_prefix_while_the_task_runs(
         assert time.monotonic() - line_at > 1.0
 
 
+def test_live_relay_writes_log_records_and_warnings_as_they_come_in_order(
+        tmp_path: Path) -> None:
+    # Live, only text came as it was written: log records and warnings waited for
+    # the task's end, after every line it printed later.
+    script = tmp_path / "live_log.py"
+    script.write_text(
+        "import logging, sys, time, warnings\n"
+        "from sockpool import Cluster\n"
+        "logging.basicConfig(level=logging.INFO, format='LOG %(message)s', stream=sys.stdout)\n"
+        "warnings.showwarning = lambda message, *rest: print('WARN', message, flush=True)\n"
+        "def slow(x):\n"
+        "    logging.getLogger('task').info('first, logged')\n"
+        "    warnings.warn('second, warned')\n"
+        "    print('third, printed', flush=True)\n"
+        "    time.sleep(2)\n"
+        "    return x\n"
+        "with Cluster(n=1, relay='live') as cl:\n"
+        "    print('result', cl.par_map(slow, [7]), flush=True)\n")
+    with master_lines(script, wait=20) as readline:
+        assert readline() == "LOG first, logged\n"
+        line_at = time.monotonic()
+        assert readline() == "WARN second, warned\n"
+        assert readline() == "third, printed\n"
+        assert time.monotonic() - line_at < 1.0  # not with the result, 2 s later
+        assert readline() == "result [7]\n"
+
+
 def test_a_worker_that_crashes_still_gets_its_last_output_home(
         cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
     def crash() -> None:

@@ -81,19 +81,21 @@ def _bars_set_aside() -> contextlib.AbstractContextManager[Any]:
 
 
 def hold(held: list[Batch], batch: Batch, live: bool) -> None:
-    """Keep what a running chunk wrote in ``held``, for its end; ``live``: write its
-    text now (the I/O thread), but not its warnings, which may raise (``-W error``):
-    they wait for the caller.  Text the I/O thread cannot write (a closed pipe,
-    ``| head``) waits too: the caller's write of it raises, as a print would."""
+    """Keep what a running chunk wrote in ``held``, for its end; ``live``: write it
+    now (the I/O thread), text, warnings and log records in the order the task made
+    them.  From the first that cannot be written here on, it waits for the caller,
+    whose writing raises as the task's own line would have: text to a closed pipe
+    (``| head``), a warning your filters make an error (``-W error``), a log
+    handler that raises."""
     if live:
-        text = [event for event in batch if event[0] in (STDOUT, STDERR)]
-        batch = [event for event in batch if event[0] not in (STDOUT, STDERR)]
-        for written, event in enumerate(text):
+        for written, event in enumerate(batch):
             try:
                 emit([[event]])
-            except (OSError, ValueError):  # (ValueError: a stream the user closed)
-                batch = text[written:] + batch  # what was not written waits, in order
+            except Exception:  # (ValueError: a stream the user closed)
+                batch = batch[written:]  # what was not written waits, in order
                 break
+        else:
+            batch = []
     held.append(batch)
 
 
