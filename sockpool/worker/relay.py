@@ -191,11 +191,13 @@ class WorkerRelay:
         self._watch_below = False  # live, with files below Python to read as they grow
         self._below_reader: int | None = None  # the thread reading them, while it does
         self._below_files: list[BelowFile | None] = [None, None]  # (live) stdout's, stderr's
+        self._own_filters: list[Any] = []  # the warning filters before the relay's own
 
     def install(self) -> None:
         """Redirect this process's output, warnings and logging to the relay."""
         sys.stdout = TaskStream(self, 0, sys.__stdout__ or sys.stdout)
         sys.stderr = TaskStream(self, 1, sys.__stderr__ or sys.stderr)
+        self._own_filters = list(warnings.filters)  # (a forked child's: see below)
         warnings.simplefilter("always")
         warnings.showwarning = self._warning
         root = logging.getLogger()
@@ -231,6 +233,8 @@ class WorkerRelay:
                               closefd=False)
                 setattr(sys, name, stream)
         warnings.showwarning = _ORIGINAL_SHOWWARNING
+        warnings.filters[:] = self._own_filters  # type: ignore[index]  # ("always": the master's)
+        warnings._filters_mutated()  # type: ignore[attr-defined]
         root = logging.getLogger()
         for handler in root.handlers[:]:
             if isinstance(handler, _RecordHandler):
