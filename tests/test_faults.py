@@ -515,6 +515,18 @@ def test_a_process_a_task_forks_ends_as_it_leaves_the_task(tmp_path: Path) -> No
             time.sleep(0.5)
             os._exit(7)
 
+        def note_at_exit(path):  # the worker's, which a child must not run
+            import atexit
+            atexit.register(lambda: open(path, "a").write("ran at exit\\n"))
+
+        def logged(i, path):  # task 1's child returns: the slice stops there
+            if i == 1 and os.fork() == 0:
+                return "the child's value"
+            os.wait() if i == 1 else None
+            with open(path, "a") as log:
+                log.write(f"{i}\\n")
+            return i
+
         with Cluster(n=2) as cl:
             print(cl.par_map(task, ["raise", "exit", "return", "os._exit"], chunksize=1,
                              timeout=30))
@@ -525,9 +537,14 @@ def test_a_process_a_task_forks_ends_as_it_leaves_the_task(tmp_path: Path) -> No
             except WorkerLostError as lost:
                 print("lost:", "exit code 7" in str(lost))
             print(cl.par_map(abs, [-1, -2]))
+            cl.run_on_all(note_at_exit, "at_exit")
+            print(cl.par_map(logged, range(6), ["ran"] * 6, chunksize=6))
+            print(os.path.exists("at_exit"))
+        print(open("ran").read().split(), open("at_exit").read().split("\\n")[:-1])
     """, tmp_path)
-    assert result.stdout.splitlines() == ["[1, 5, 0, 0]", "[1, 0]", "5", "lost: True",
-                                          "[1, 2]"]
+    assert result.stdout.splitlines() == [
+        "[1, 5, 0, 0]", "[1, 0]", "5", "lost: True", "[1, 2]", "[0, 1, 2, 3, 4, 5]", "False",
+        f"{[str(i) for i in range(6)]} {['ran at exit'] * 2}"]  # (the two workers', at close)
     # The child's traceback, as a script's child prints it: from the task on.
     assert result.stderr.count("ValueError: bug in the child's work") == 2
     assert 'user_script.py", line 9, in task' in result.stderr

@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import ROOT, run_script
@@ -325,19 +326,20 @@ def test_what_tasks_write_below_python_comes_home_after_their_prints(
     assert sorted(result.stderr.splitlines()) == [f"os.write to stderr {i}" for i in range(4)]
 
 
-def _print_until_its_own_alarm(limit: float) -> str:
+def _print_until_its_own_alarm(task: int, limit: float) -> tuple[str, int]:
     def on_alarm(signum: int, frame: object) -> None:
         raise TimeoutError("the task's own time limit")
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, limit)
-    started = time.monotonic()
+    started, printed = time.monotonic(), 0
     try:
         while time.monotonic() - started < 1.0:
-            print("x" * 200)
-        return "ran past its own limit"
+            print(f"<{task} {printed}>", "x" * 200)
+            printed += 1
+        return "ran past its own limit", printed
     except TimeoutError:
-        return "stopped"
+        return "stopped", printed
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
@@ -348,11 +350,16 @@ def test_a_tasks_own_alarm_stops_it_while_it_prints(
     # The handler's TimeoutError, raised wherever the task's print was in the relay,
     # was swallowed there (an OSError caught around a write, the pickler's fallback,
     # pyzmq's release of a frame): the task ran on past its limit, 4 times in 20.
+    # Let through, it must not send a line twice, nor out of order.
     with Cluster(n=1, relay=relay) as cl:
-        outcomes = [cl.submit(_print_until_its_own_alarm, 0.05 + 0.007 * i).result()
-                    for i in range(20)]
-    capsys.readouterr()
-    assert outcomes == ["stopped"] * 20
+        outcomes = [cl.submit(_print_until_its_own_alarm, task, 0.05 + 0.007 * task).result()
+                    for task in range(20)]
+    tokens = re.findall(r"<(\d+) (\d+)>", capsys.readouterr().out)
+    assert [outcome for outcome, _ in outcomes] == ["stopped"] * 20
+    for task, (_, printed) in enumerate(outcomes):
+        mine = [int(number) for who, number in tokens if who == str(task)]
+        assert mine == sorted(set(mine)) and len(mine) <= printed + 1  # (the cut one)
+        assert len(mine) > printed / 2  # (the alarm came as its flush ran: see failures.md)
 
 
 @pytest.mark.parametrize("relay", ["True", '"live"'])
@@ -367,10 +374,12 @@ def test_what_a_forked_child_of_a_task_writes_comes_home(tmp_path: Path, relay: 
             print("pool child prints", x)
             for _ in range(3):  # once: the default filters, not the worker's "always"
                 warnings.warn(f"pool child warns {{x}}")
+            warnings.warn("ignored, as the task said", DeprecationWarning)
             logging.getLogger("kid").warning("pool child logs %s", x)
             return x * 10
 
         def task(i):
+            warnings.simplefilter("ignore", DeprecationWarning)  # the task's, for its children
             with multiprocessing.get_context("fork").Pool(1) as pool:
                 tens = pool.map(in_child, [i])
             pid = os.fork()
@@ -388,6 +397,7 @@ def test_what_a_forked_child_of_a_task_writes_comes_home(tmp_path: Path, relay: 
     assert sorted(lines[:-1]) == [f"{who} child prints {i}" for who in ("forked", "pool")
                                   for i in range(2)]
     errors = result.stderr
+    assert "ignored, as the task said" not in errors
     for i in range(2):
         assert errors.count(f"UserWarning: pool child warns {i}") == 1
         assert f"WARNING:kid:pool child logs {i}" in errors
@@ -461,8 +471,9 @@ def test_live_relay_streams_whole_lines_with_a_prefix_while_the_task_runs(
 
 def test_live_relay_writes_log_records_and_warnings_as_they_come_in_order(
         tmp_path: Path) -> None:
-    # Live, only text came as it was written: log records and warnings waited for
-    # the task's end, after every line it printed later.
+    # Live, only text came as it was written: log records waited for the task's
+    # end, after every line it printed later.  Warnings wait for it still (the
+    # caller's filters and catch_warnings decide), in their order.
     script = tmp_path / "live_log.py"
     script.write_text(
         "import logging, sys, time, warnings\n"
@@ -471,19 +482,21 @@ def test_live_relay_writes_log_records_and_warnings_as_they_come_in_order(
         "warnings.showwarning = lambda message, *rest: print('WARN', message, flush=True)\n"
         "def slow(x):\n"
         "    logging.getLogger('task').info('first, logged')\n"
-        "    warnings.warn('second, warned')\n"
-        "    print('third, printed', flush=True)\n"
+        "    print('second, printed', flush=True)\n"
+        "    warnings.warn('third, warned')\n"
+        "    logging.getLogger('task').info('fourth, logged')\n"
         "    time.sleep(2)\n"
         "    return x\n"
         "with Cluster(n=1, relay='live') as cl:\n"
         "    print('result', cl.par_map(slow, [7]), flush=True)\n")
     with master_lines(script, wait=20) as readline:
         assert readline() == "LOG first, logged\n"
+        assert readline() == "second, printed\n"
+        assert readline() == "LOG fourth, logged\n"
         line_at = time.monotonic()
-        assert readline() == "WARN second, warned\n"
-        assert readline() == "third, printed\n"
-        assert readline() == "result [7]\n"
+        assert readline() == "WARN third, warned\n"
         assert time.monotonic() - line_at > 1.0  # the lines came before the task's nap ended
+        assert readline() == "result [7]\n"
 
 
 def test_a_worker_that_crashes_still_gets_its_last_output_home(
@@ -1057,3 +1070,26 @@ def test_live_relay_sends_a_line_within_moments_without_a_flush(tmp_path: Path) 
         assert readline() == "second 7\n"
         assert time.monotonic() - started < 2  # not at the task's end
         assert readline() == "result [7]\n"
+
+
+def test_live_output_waits_behind_what_could_not_be_written_nor_jumps_ahead(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A line the I/O thread could not write waits for the caller; a later message
+    # of the same chunk was written live at once, ahead of it.
+    from sockpool.common.protocol import STDOUT, WARNING
+    from sockpool.dispatch.output import emit, hold
+
+    warning = (WARNING, ("careful", UserWarning, "task.py", 1, None))
+    held: list[Any] = []
+    hold(held, [(STDOUT, "first\n"), warning, (STDOUT, "second\n")], live=True)
+    assert capsys.readouterr().out == "first\nsecond\n"  # the warning waits for the caller
+    closed = io.StringIO()
+    closed.close()
+    with monkeypatch.context() as patched:
+        patched.setattr(sys, "stdout", closed)
+        hold(held, [(STDOUT, "third\n")], live=True)
+    hold(held, [(STDOUT, "fourth\n")], live=True)
+    assert capsys.readouterr().out == ""
+    with pytest.warns(UserWarning, match="careful"):
+        emit(held)  # the caller, at the chunk's end: in order
+    assert capsys.readouterr().out == "third\nfourth\n"

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from sockpool.common.protocol import RECLAIM_MEMORY
-from sockpool.worker.state import Interrupted, WorkerState
+from sockpool.worker.state import WorkerState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,42 +55,3 @@ def test_take_and_reclaim_racing_agree_on_exactly_one_outcome() -> None:
         outcomes["given back"] = state.reclaim(chunk)
         thread.join()
         assert outcomes["ran here"] != outcomes["given back"]
-
-
-def test_an_interruption_that_comes_where_it_would_be_swallowed_is_raised_after() -> None:
-    # A cancelled chunk that printed was often in a send when the SIGINT came, and
-    # pyzmq runs signal handlers as it frees a frame, where an exception cannot pass
-    # on: the Interrupted was lost, the task ran on (printing forever, the master
-    # storing it all) and the cluster's close waited for it.
-    import signal
-
-    state = WorkerState()
-    assert state.start_chunk(3)
-    assert state.cancel(3)
-
-    class FreedInC:  # an exception raised in __del__ is reported, not raised
-        def __del__(self) -> None:
-            state.on_sigint(signal.SIGINT, None)
-
-    with pytest.raises(Interrupted), state.interrupts_held():
-        FreedInC()
-    state.end_chunk()
-    with state.interrupts_held():  # none owed any more, nor for the next chunk
-        state.on_sigint(signal.SIGINT, None)
-    assert state.start_chunk(4)
-    with state.interrupts_held():
-        pass
-
-
-def test_an_interruption_held_while_a_send_fails_is_raised_instead_of_the_send_error() -> None:
-    import signal
-
-    state = WorkerState()
-    assert state.start_chunk(5) and state.cancel(5)
-    with pytest.raises(Interrupted), state.interrupts_held():
-        state.on_sigint(signal.SIGINT, None)  # held
-        raise OSError("the send failed")
-    state.end_chunk()
-    assert state.start_chunk(6)
-    with state.interrupts_held():  # nothing left owed from before
-        pass

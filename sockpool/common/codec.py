@@ -280,7 +280,8 @@ def check_serializer(serializer: str) -> str:
 def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = False,
           prefix: bytes = b"", store: Callable[[list[Any]], list[Any]] | None = None,
           by_value_check: Callable[[memoryview], bool] | None = None,
-          standard_first: bool = True, global_ids: bool = False) -> Frames:
+          standard_first: bool = True, global_ids: bool = False,
+          plain: bool = False) -> Frames:
     """Pickle ``obj`` into ``[prefix + payload, *out_of_band_buffers]``.
 
     Args:
@@ -301,6 +302,10 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
             the caller knows the check would flag it, and spares that first pass).
         global_ids: with cloudpickle, a function shipped by value carries the
             ``id()`` of each global it captures (see :data:`GLOBAL_IDS`).
+        plain: ``obj`` is plain data, classes and functions (the relay's output,
+            pickled within a task's print): an error of the standard pickler other
+            than a failure to pickle by name is raised, even where cloudpickle
+            then succeeds; a task's signal handler raised it.
 
     Raises:
         Exception: whatever the pickler raised; callers turn it into a
@@ -354,18 +359,13 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         if global_ids:
             pickler.global_ids = True  # type: ignore[attr-defined]
         pickler.dump(obj)
-    if fast_error is not None and not isinstance(fast_error, PICKLING_ERRORS):
-        # Not the pickler's, and cloudpickle met none: a signal handler raised it as
-        # the pickling ran (a task's own time limit, as its print's output was
-        # pickled), and it is the caller's.
-        raise fast_error
+    if plain and fast_error is not None and not isinstance(fast_error, _BY_NAME_ERRORS):
+        raise fast_error  # (its own time limit, say, as the task printed)
     return frames(_contents(stream))
 
 
-#: What the standard pickler raises for what it cannot write and cloudpickle can
-#: (a lambda, a local class, a type of its own reducers), or for what neither can.
-PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError, ImportError,
-                   LookupError, ValueError, RuntimeError)
+#: What the standard pickler raises for a class or function it cannot pickle by name.
+_BY_NAME_ERRORS = (pickle.PicklingError, AttributeError, TypeError)
 
 
 def dumps_in_band(obj: Any, serializer: str = "cloudpickle") -> bytes:

@@ -81,21 +81,27 @@ def _bars_set_aside() -> contextlib.AbstractContextManager[Any]:
 
 
 def hold(held: list[Batch], batch: Batch, live: bool) -> None:
-    """Keep what a running chunk wrote in ``held``, for its end; ``live``: write it
-    now (the I/O thread), text, warnings and log records in the order the task made
-    them.  From the first that cannot be written here on, it waits for the caller,
-    whose writing raises as the task's own line would have: text to a closed pipe
-    (``| head``), a warning your filters make an error (``-W error``), a log
-    handler that raises."""
-    if live:
+    """Keep what a running chunk wrote in ``held``, for its end; ``live``: write its
+    text and log records now (the I/O thread), in the order the task made them.
+
+    Its warnings wait for the caller, where your filters and ``catch_warnings``
+    (``pytest.warns``) apply and ``-W error`` raises.  So does what the I/O thread
+    cannot write (text to a closed pipe, ``| head``; a log handler that raises),
+    and all that comes after it: the caller's writing raises as the task's own
+    line would have.
+    """
+    if live and not any(kind != WARNING for earlier in held for kind, _ in earlier):
+        waiting: Batch = []
         for written, event in enumerate(batch):
+            if event[0] == WARNING:
+                waiting.append(event)
+                continue
             try:
                 emit([[event]])
             except Exception:  # (ValueError: a stream the user closed)
-                batch = batch[written:]  # what was not written waits, in order
+                waiting += batch[written:]
                 break
-        else:
-            batch = []
+        batch = waiting
     held.append(batch)
 
 

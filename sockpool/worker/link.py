@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -41,11 +43,12 @@ def send(sock: zmq.Socket[bytes], frames: list[Any]) -> None:
         sock.send_multipart(frames, copy=False)  # (pyzmq copies its small frames anyway)
 
 
-def send_copied(sock: zmq.Socket[bytes], frames: list[Any]) -> None:
-    """Send one message's frames, each copied: OUTPUT and STARTED, sent from within a
-    task's print or before it.  (A zero-copy frame's release can run a task's signal
-    handler where pyzmq ignores what it raises: a task's own time limit was lost.)"""
-    sock.send_multipart(frames, copy=True)
+def frame_sender(sock: zmq.Socket[bytes]) -> Callable[[Any], None]:
+    """What sends one frame, copied, with no Python code of its own: an OUTPUT sent
+    within a task's print, whose own signal handler (its time limit) can then raise
+    only once the frame is out, never between its making and its sending (the relay
+    puts back what was made and not sent; a frame sent and put back comes twice)."""
+    return functools.partial(zmq.backend.Socket.send, sock)
 
 
 def hello(config: WorkerConfig, shared: shm.SegmentPool | None,

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     control = link.dial(context, config, protocol.control_identity(config.worker_id))
     page = progress.create(config.progress_fd)
     runner = ChunkRunner(config, state, functions, shared, released,
-                         send=functools.partial(link.send_copied, data), progress=page)
+                         send=functools.partial(link.send, data), progress=page,
+                         send_frame=link.frame_sender(data))
     loop = DataLoop(data, functools.partial(_preload, config), state, runner, functions,
                     shared, released)
     watchdog = Watchdog(control, state, threading.get_ident(), config, shared, lifeline)

@@ -152,9 +152,12 @@ class WorkerRelay:
     """Collects a chunk's output, warnings and log records in a worker.
 
     Args:
-        send: sends an OUTPUT batch ahead of the RESULT, from the main thread (the
+        pack: makes the OUTPUT frame of a batch (None once no chunk runs); a task's
+            signal handler may raise in it, in the main thread's flush.
+        send: sends an OUTPUT frame ahead of the RESULT, from the main thread (the
             data socket's owner) or, while the main thread runs the chunk, from the
-            flusher; ``_sending`` keeps the two apart and the batches in order.
+            flusher; ``_sending`` keeps the two apart and the frames in order.  No
+            Python code of its own (see :func:`..link.frame_sender`).
         log_level: the lowest level of log records relayed.
         live: send each complete line at once (the master writes it as it
             comes; lines faster than :data:`LIVE_SECONDS` go together) rather
@@ -162,12 +165,14 @@ class WorkerRelay:
         prefix: put this before every line (``"[worker 3] "``), or "".
     """
 
-    def __init__(self, send: Callable[[Batch], None], log_level: int, live: bool = False,
+    def __init__(self, pack: Callable[[Batch], Any], send: Callable[[Any], None],
+                 log_level: int, live: bool = False,
                  prefix: str = "") -> None:
         self._live = live
         self._every = LIVE_SECONDS if live else FLUSH_SECONDS  # the longest a write waits
         self._prefix = prefix
         self._partial = ["", ""]  # the unfinished last line of each stream
+        self._pack = pack
         self._send = send
         self._events: Batch = []
         self._run: list[str] = []  # the latest writes to one stream, joined when it ends
@@ -191,14 +196,15 @@ class WorkerRelay:
         self._watch_below = False  # live, with files below Python to read as they grow
         self._below_reader: int | None = None  # the thread reading them, while it does
         self._below_files: list[BelowFile | None] = [None, None]  # (live) stdout's, stderr's
-        self._own_filters: list[Any] = []  # the warning filters before the relay's own
+        self._always: Any = None  # the warning filter the relay puts first (install)
+        self._taken: Batch | None = None  # the batch a flush is making its frame of
 
     def install(self) -> None:
         """Redirect this process's output, warnings and logging to the relay."""
         sys.stdout = TaskStream(self, 0, sys.__stdout__ or sys.stdout)
         sys.stderr = TaskStream(self, 1, sys.__stderr__ or sys.stderr)
-        self._own_filters = list(warnings.filters)  # (a forked child's: see below)
         warnings.simplefilter("always")
+        self._always = warnings.filters[0]  # (taken out again in a forked child)
         warnings.showwarning = self._warning
         root = logging.getLogger()
         root.addHandler(_RecordHandler(self))
@@ -233,7 +239,9 @@ class WorkerRelay:
                               closefd=False)
                 setattr(sys, name, stream)
         warnings.showwarning = _ORIGINAL_SHOWWARNING
-        warnings.filters[:] = self._own_filters  # type: ignore[index]  # ("always": the master's)
+        # "always" is there for the master's filters to decide; the task's own stay.
+        warnings.filters[:] = [  # type: ignore[index]
+            entry for entry in warnings.filters if entry is not self._always]
         warnings._filters_mutated()  # type: ignore[attr-defined]
         root = logging.getLogger()
         for handler in root.handlers[:]:
@@ -390,10 +398,22 @@ class WorkerRelay:
         with self._sending:
             if not self._active:
                 return
-            batch = self._take()
-            if batch is not None:  # (a flush of nothing leaves the next write's turn)
+            try:
+                batch = self._take()
+                if batch is None:  # (a flush of nothing leaves the next write's turn)
+                    return
                 self._last_flush = now
-                self._send(batch)
+                message = self._pack(batch)
+            except BaseException:
+                # A task's signal handler (its time limit), run in the main thread's
+                # flush: what was taken and not sent goes with the next one.
+                if self._taken is not None and threading.get_ident() == self._main:
+                    with self._lock:
+                        self._events[:0] = self._taken
+                raise
+            self._taken = None
+            if message is not None:  # (a handler raises in this C call only as it returns)
+                self._send(message)
 
     def _flush_held(self) -> None:
         """The flusher thread: what a chunk wrote and nobody sent goes within
@@ -446,12 +466,13 @@ class WorkerRelay:
         self._add_text(index, text)
 
     def _take(self) -> Batch | None:
+        self._taken = None
         with self._lock:
             self._armed = self._urgent = False
             self._end_run()
             if not self._events:
                 return None
-            batch, self._events = self._events, []
+            batch, self._events, self._taken = self._events, [], self._events  # (one step)
             self._chars = 0
             return batch
 

@@ -94,11 +94,14 @@ class ChunkRunner:
         send: sends OUTPUT frames ahead of the RESULT.
         progress: the page that tells the master how far a chunk got, and keeps
             what it finished, or None.
+        send_frame: sends one OUTPUT frame with no Python code between the call and
+            libzmq (see :func:`.link.frame_sender`); by default through ``send``.
     """
 
     def __init__(self, config: WorkerConfig, state: WorkerState, functions: FunctionCache,
                  shared: shm.SegmentPool | None, released: deque[int], send: Send,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 send_frame: Callable[[Any], None] | None = None) -> None:
         self.state = state
         self.progress = progress
         self._skip = 0  # tasks of the running chunk settled before it came here
@@ -124,7 +127,9 @@ class ChunkRunner:
         self.relay: WorkerRelay | None = None
         if config.relay != "off":
             prefix = f"[worker {config.worker_id}] " if config.relay_prefix else ""
-            self.relay = WorkerRelay(self._send_output, config.log_level,
+            self.relay = WorkerRelay(self._pack_output,
+                                     send_frame or (lambda frame: send([frame])),
+                                     config.log_level,
                                      live=config.relay == "live", prefix=prefix)
 
     def run(self, head: protocol.Header, body: memoryview, buffers: list[Any],
@@ -226,7 +231,9 @@ class ChunkRunner:
                     progress.mark(head.ident, task.skip + len(values), task.skip + len(values))
             finally:
                 self.state.end_chunk()
-        except Interrupted:
+        except Interrupted as interrupted:
+            if forks.forked:  # (see _run_call)
+                forks.leave(interrupted)
             self.state.end_chunk()  # again: the interruption may have cut the first one short
             if self._times is not None:  # a cancelled RESULT carries no errors: keep them
                 self._times.failed.extend(offset for offset, _ in errors)
@@ -274,7 +281,10 @@ class ChunkRunner:
             began = perf_counter()
             failed = False
             try:
-                values.extend(call_all(fn, items[start:end]))  # (islice would skip from 0)
+                forks.running_slice = running = iter(items[start:end])  # (see forks)
+                values.extend(call_all(fn, running))  # (islice would skip from 0)
+                if forks.forked:  # a child forked in a task: the slice stopped after it
+                    forks.leave()
                 if len(values) < end:  # map() took a task's StopIteration for its end
                     raise stop_iteration_of_a_task()
             except Interrupted:
@@ -291,10 +301,9 @@ class ChunkRunner:
                     return
                 failed = True
             finally:  # the slice's span: what ran of it, the failing task included
+                forks.running_slice = None  # (it holds the slice's arguments)
                 if times is not None:
                     add_span(times, wall, len(values) - start)
-            if forks.forked:  # (it ran the rest of the slice, as a script's loop goes on)
-                forks.leave()
             if len(values) < total:  # (the RESULT carries the last slice)
                 self._keep(values, errors)
             if not failed and not careful:
@@ -397,18 +406,19 @@ class ChunkRunner:
         finally:
             rng.clear()
 
-    def _send_output(self, batch: Batch) -> None:
-        """Send what the running chunk wrote so far (main thread, from a task's write)."""
+    def _pack_output(self, batch: Batch) -> Any:
+        """The OUTPUT message of what the running chunk wrote so far, one frame (text
+        and plain values: no buffer out of band), kept in the progress log should this
+        process die before it is out; None once no chunk runs."""
         head = self._chunk
         if head is None:
-            return
+            return None
         prefix = protocol.header(Kind.OUTPUT, 0, head.job, head.ident)
-        frames = codec.dumps(batch, self.serializer, prefix=prefix)
-        if self.progress is not None:  # should this process die with it unsent
-            self.progress.keep_output(self._outputs_sent, frames)
+        (frame,) = codec.dumps(batch, self.serializer, prefix=prefix, plain=True)
+        if self.progress is not None:
+            self.progress.keep_output(self._outputs_sent, [frame])
         self._outputs_sent += 1
-        with self.state.interrupts_held():  # (pyzmq runs signal handlers in a send)
-            self._send(frames)
+        return frame
 
     def _result(self, head: protocol.Header, flags: int, values: list[Any], errors: Errors,
                 seconds: float = 0.0, kept: Kept | None = None) -> list[Any]:

@@ -17,9 +17,9 @@ one lock, so that the watchdog's "is that job running?" and the main thread's
 STOPPING is final: a chunk that runs is interrupted, none starts, and the main
 loop ends.  At most one SIGINT is sent per chunk (only a RUNNING chunk is
 signalled), so the interruption is raised once and caught by the chunk's runner.
-It must not be lost: where the handler could run inside C code that cannot pass
-an exception on (pyzmq checks signals as a frame is freed, in a send), the main
-thread holds it off (:meth:`WorkerState.interrupts_held`) and raises it after.
+It must not be lost in C code that cannot pass an exception on: pyzmq checks
+signals as a zero-copy frame is freed, so what a task's print sends goes
+copied (:func:`.link.frame_sender`).
 """
 
 from __future__ import annotations
@@ -92,8 +92,6 @@ class WorkerState:
         # chunk given back may come here again, and be given back again, before the
         # first copy is read; each grant skips one copy, the earliest.
         self._given_back: dict[int, int] = {}
-        self._holding = False  # the main thread is where an interruption would be lost
-        self._held = False  # and one came meanwhile
         self._on_sigint = self.on_sigint  # (one bound method, told by identity)
 
     @property
@@ -143,9 +141,6 @@ class WorkerState:
     def on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
         """SIGINT from the watchdog interrupts a cancelled or stopped chunk; otherwise ignored."""
         if self.interrupting():
-            if self._holding:
-                self._held = True
-                return
             raise Interrupted
 
     def interrupting(self) -> bool:
@@ -153,24 +148,6 @@ class WorkerState:
         phase, job = self.now
         return phase is WorkerPhase.CANCELLING or (phase is WorkerPhase.STOPPING
                                                    and job is not None)
-
-    @contextlib.contextmanager
-    def interrupts_held(self) -> Iterator[None]:
-        """Hold an interruption off while the main thread is in C code that would
-        swallow it, and raise it after (no-op on other threads, which signal
-        handlers never run on)."""
-        if self._holding or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-            if self._held:
-                self._held = False
-                if self.interrupting():
-                    raise Interrupted  # (in place of the send's own error, if it failed)
 
     # -- the watchdog thread (shutdown: either thread) ------------------------------------
 
