@@ -35,13 +35,13 @@ import os
 import sys
 import threading
 import time
-import types
 import warnings
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..common.protocol import RECORD, WARNING, Batch
 from .below_python import BelowFile, BelowPython, grew
+from .relayed import module_of, record_values
 
 #: A chunk that keeps writing sends what it wrote at most this often.
 FLUSH_SECONDS = 0.005
@@ -349,21 +349,12 @@ class WorkerRelay:
         """Take a log record, as a dict of plain values the master rebuilds it from."""
         if record.levelno < self._log_level:
             return
-        self._add(RECORD, {
-            "name": record.name, "levelno": record.levelno, "levelname": record.levelname,
-            "msg": record.getMessage(), "args": None, "pathname": record.pathname,
-            "filename": record.filename, "module": record.module, "lineno": record.lineno,
-            "funcName": record.funcName, "created": record.created, "msecs": record.msecs,
-            "exc_text": _exception_text(record), "stack_info": record.stack_info,
-            "process": record.process, "processName": record.processName,
-            "thread": record.thread, "threadName": record.threadName,
-            **_extra_fields(record),
-        })
+        self._add(RECORD, record_values(record))
         self.maybe_flush()
 
     def _warning(self, message: Any, category: type[Warning], filename: str, lineno: int,
                  file: Any = None, line: str | None = None) -> None:
-        self._add(WARNING, (str(message), category, filename, lineno, _module_of(filename)))
+        self._add(WARNING, (str(message), category, filename, lineno, module_of(filename)))
         self.maybe_flush()
 
     def maybe_flush(self, force: bool = False) -> None:
@@ -475,34 +466,3 @@ class WorkerRelay:
             batch, self._events, self._taken = self._events, [], self._events  # (one step)
             self._chars = 0
             return batch
-
-
-def _module_of(filename: str) -> str | None:
-    """The module the warning came from, as ``warnings.warn`` named it for the filters
-    (the ``__name__`` of the innermost caller in ``filename``: ``"__main__"`` for a
-    function from your script or a notebook's cell); None if no frame is in that file."""
-    frame: types.FrameType | None = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code.co_filename == filename:
-            name = frame.f_globals.get("__name__")
-            return name if isinstance(name, str) else None
-        frame = frame.f_back
-    return None
-
-
-def _exception_text(record: logging.LogRecord) -> str | None:
-    if record.exc_info and not record.exc_text:
-        return logging.Formatter().formatException(record.exc_info)
-    return record.exc_text
-
-
-#: A LogRecord's own attributes; any other was given as ``extra=``.
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """A record's ``extra=`` fields (a master's format may name them), as plain values:
-    anything else as its ``str``, so that the batch always pickles."""
-    return {key: value if value is None or isinstance(value, (str, int, float, bool))
-            else str(value)
-            for key, value in vars(record).items() if key not in _RECORD_FIELDS}
