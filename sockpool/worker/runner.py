@@ -91,11 +91,12 @@ class ChunkRunner:
         shared: this worker's segments the master can map, or None.
         released: where the serials of the master's segments whose mappings
             here are gone are queued (any thread appends).
-        send: sends OUTPUT frames ahead of the RESULT.
+        send: sends a message's frames ahead of the RESULT (STARTED).
         progress: the page that tells the master how far a chunk got, and keeps
             what it finished, or None.
         send_frame: sends one OUTPUT frame with no Python code between the call and
-            libzmq (see :func:`.link.frame_sender`); by default through ``send``.
+            libzmq (see :func:`.link.frame_sender`); by default through ``send``
+            (a runner of tests, with no socket).
     """
 
     def __init__(self, config: WorkerConfig, state: WorkerState, functions: FunctionCache,
