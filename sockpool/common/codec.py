@@ -304,8 +304,8 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
             ``id()`` of each global it captures (see :data:`GLOBAL_IDS`).
         plain: ``obj`` is plain data, classes and functions (the relay's output,
             pickled within a task's print): an error of the standard pickler other
-            than a failure to pickle by name is raised, even where cloudpickle
-            then succeeds; a task's signal handler raised it.
+            than a failure to pickle by name is raised, not left to cloudpickle; a
+            task's signal handler raised it.
 
     Raises:
         Exception: whatever the pickler raised; callers turn it into a
@@ -336,19 +336,19 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         # go to cloudpickle, which ships them by value.
         stream = io.BytesIO()
         stream.write(prefix)
-        fast_error: Exception | None = None
         try:
             _standard_pickler(stream, keep_large).dump(obj)
         except Exception as error:
-            fast_error = error
+            if plain and not isinstance(error, _BY_NAME_ERRORS):
+                raise  # (its own time limit, say, as the task printed)
+            # (error is not kept: its traceback holds this frame, whose buffers a
+            # reference cycle would leave to the collector, which crashes on them)
         else:
             view = _contents(stream)
             if by_value_check is None or not by_value_check(view):
                 return frames(view)
             del view
         buffers.clear()
-    else:
-        fast_error = None
     stream = io.BytesIO()
     stream.write(prefix)
     cls = pickler_class(serializer)
@@ -359,8 +359,6 @@ def dumps(obj: Any, serializer: str = "cloudpickle", *, copy_buffers: bool = Fal
         if global_ids:
             pickler.global_ids = True  # type: ignore[attr-defined]
         pickler.dump(obj)
-    if plain and fast_error is not None and not isinstance(fast_error, _BY_NAME_ERRORS):
-        raise fast_error  # (its own time limit, say, as the task printed)
     return frames(_contents(stream))
 
 
