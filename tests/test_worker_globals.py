@@ -42,6 +42,99 @@ def test_an_initializers_global_is_seen_by_the_tasks_as_with_multiprocessing(
     assert result.stdout.splitlines() == [expected, expected]
 
 
+def test_a_function_passed_as_an_argument_sees_the_initializers_globals_too(
+        tmp_path: Path) -> None:
+    # It came rebuilt around globals of its own: NameError for what the initializer set.
+    result = run_script("""
+        import multiprocessing
+        import sockpool
+
+        def init(offset):
+            global OFFSET
+            OFFSET = offset
+
+        def shifted(x):
+            return x + OFFSET
+
+        def call(fn, x):
+            return fn(x)
+
+        if __name__ == "__main__":
+            spawn = multiprocessing.get_context("spawn")
+            for Pool in (spawn.Pool, sockpool.Pool):
+                with Pool(2, initializer=init, initargs=(10,)) as pool:
+                    print(pool.starmap(call, [(shifted, 1), (shifted, 2)]),
+                          pool.apply(call, (shifted, 3)))
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["[11, 12] 13", "[11, 12] 13"]
+
+
+def test_a_function_passed_as_an_argument_goes_by_its_name_to_a_pool_the_task_starts(
+        tmp_path: Path) -> None:
+    # multiprocessing pickles it by name: it was not bound in the worker's __main__
+    # ("attribute lookup square on __main__ failed"), or, once a task function had
+    # carried it, bound to another copy ("not the same object as __main__.square").
+    result = run_script("""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        import sockpool
+
+        def square(x):
+            return x * x
+
+        def in_a_pool(fn, method):
+            with multiprocessing.get_context(method).Pool(2) as pool:
+                return pool.map(fn, [1, 2, 3])
+
+        def in_an_executor(fn):
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(2, mp_context=context) as executor:
+                return list(executor.map(fn, [1, 2, 3]))
+
+        def carries_square():
+            return square(4)
+
+        if __name__ == "__main__":
+            with sockpool.Cluster(n=1) as cl:
+                print(cl.submit(in_a_pool, square, "fork").result())
+                print(cl.submit(carries_square).result())
+                print(cl.submit(in_a_pool, square, "spawn").result())
+                print(cl.submit(in_an_executor, square).result())
+    """, tmp_path, timeout=100)
+    assert result.stdout.splitlines() == ["[1, 4, 9]", "16", "[1, 4, 9]", "[1, 4, 9]"]
+
+
+def test_what_a_function_among_the_arguments_carried_goes_when_its_chunk_ends() -> None:
+    cache = FunctionCache()
+    main = cache.main_module.__dict__
+    script = _main_functions("""
+        BIG = list(range(1000))
+        def uses_big(): return len(BIG)
+        def counts():
+            global CALLS
+            CALLS = CALLS + 1
+            return CALLS
+        CALLS = 0
+        def only_big(): return BIG
+    """)
+    (fn,) = cache.shared.loads_arguments(cloudpickle.dumps((script.uses_big,)), [])
+    assert fn() == 1000 and main["BIG"] == list(range(1000)) and main["uses_big"] is fn
+    cache.shared.let_go_arguments()
+    assert "BIG" not in main  # the chunk is over: only it carried the list
+    (counts,) = cache.shared.loads_arguments(cloudpickle.dumps((script.counts,)), [])
+    assert counts() == 1
+    cache.shared.let_go_arguments()
+    assert main["CALLS"] == 1  # bound here: it stays, and the next chunk's function sees it
+    (counts,) = cache.shared.loads_arguments(cloudpickle.dumps((script.counts,)), [])
+    assert counts() == 2
+    cache.shared.let_go_arguments()
+    # A task function carrying the same name keeps it past the arguments' chunk.
+    task = cache.load(b"t", cloudpickle.dumps(script.only_big), [])
+    cache.shared.loads_arguments(cloudpickle.dumps((script.uses_big,)), [])
+    cache.shared.let_go_arguments()
+    assert task() is main["BIG"] == list(range(1000))
+
+
 def test_an_initializer_filling_a_global_in_place_is_seen_and_so_are_the_masters_changes(
         tmp_path: Path) -> None:
     result = run_script("""
