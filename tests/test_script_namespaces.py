@@ -45,6 +45,9 @@ SCRIPT = """
     def parts(i):
         return Outer.Inner(), load
 
+    def apply_to(fn, i):  # a function among the arguments: bound by name on the worker
+        return fn(i)
+
     if __name__ == "__main__":
         joblibs = Parallel(n_jobs=2, backend="sockpool")(delayed(load)(i) for i in [4])
         with Cluster(n=2) as cl:
@@ -56,7 +59,7 @@ SCRIPT = """
             except Bad as exc:
                 caught = f"Bad{exc.args}"
         with sockpool.Pool(2) as pool:
-            pooled = pool.map(load, [3])
+            pooled = pool.map(load, [3]) + pool.starmap(apply_to, [(load, 5)])
         print(json.dumps({
             "profiles": [type(p) is Profile and p.name for p in profiles + pooled + joblibs],
             "inner": type(inner) is Outer.Inner, "function": type(function(5)) is Profile,
@@ -72,8 +75,8 @@ DRIVER = """
     runpy.run_module("user_script", run_name="__main__")
 """
 
-EXPECTED = {"profiles": ["user1", "user2", "user3", "user4"], "inner": True, "function": True,
-            "caught": "Bad(3,)"}
+EXPECTED = {"profiles": ["user1", "user2", "user3", "user5", "user4"], "inner": True,
+            "function": True, "caught": "Bad(3,)"}
 
 
 @pytest.mark.parametrize("how", ["python -m cProfile", "runpy.run_module from a driver"])
