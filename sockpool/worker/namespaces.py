@@ -31,6 +31,12 @@ when it was sent (deleted since, say): a value the master put there earlier
 is dropped before it runs, so that the name means there what it meant in the
 master (a builtin, or a ``NameError``).  What only forgotten functions carried
 is dropped with them, so that their captured data is freed as before.
+
+A function among a chunk's arguments (``pool.starmap(call, [(fn, x)])``, a joblib
+batch) shares its module's namespace too, by the same rule; what it carried goes
+when the chunk ends.  A module-level function is bound there by its name, as in
+the master, where the name is free or holds a copy of it the master put: a
+``multiprocessing`` pool a task starts pickles it by that name.
 """
 
 from __future__ import annotations
