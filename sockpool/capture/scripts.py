@@ -86,17 +86,3 @@ def _look_up(name: str) -> Any:
                 continue
             return found
     return codec.NOT_FOUND
-
-
-def note_shipped(fn: types.FunctionType) -> None:
-    """Note the script ``fn`` came from, for a function among a task's arguments (a
-    joblib batch's, a ``Pool.starmap``'s): a worker binds it by name, as it does a task
-    function, and names its classes so.  Only a script's own namespace is noted: a
-    function whose globals are ``sys.modules["__main__"]``'s (the methods a dataclass
-    made under ``python -m cProfile``) must not put that module's names first."""
-    main = sys.modules.get("__main__")
-    if fn.__globals__ is not getattr(main, "__dict__", None):
-        note_function(fn)
-
-
-codec.function_shipped = note_shipped

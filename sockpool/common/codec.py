@@ -114,8 +114,6 @@ def pickler_class(serializer: str) -> type[pickle.Pickler]:
                 return reduced
 
             def _dynamic_function_reduce(self, func: Any) -> Any:
-                if function_shipped is not None:
-                    function_shipped(func)
                 reduced = super()._dynamic_function_reduce(func)
                 captured = reduced[2][1]["__globals__"]
                 if self.global_ids and captured:
@@ -390,11 +388,6 @@ NOT_FOUND = object()
 #: where one is not ``sys.modules["__main__"]`` (set by ``sockpool.capture.scripts``);
 #: None until then, and always on a worker.
 main_lookup: Callable[[str], Any] | None = None
-
-
-#: Told of each function cloudpickle ships by value (set by ``sockpool.capture.scripts``:
-#: a worker binds it by name, and names it so in what it sends back).
-function_shipped: Callable[[Any], None] | None = None
 
 
 class _ScriptUnpickler(pickle.Unpickler):

@@ -31,12 +31,6 @@ when it was sent (deleted since, say): a value the master put there earlier
 is dropped before it runs, so that the name means there what it meant in the
 master (a builtin, or a ``NameError``).  What only forgotten functions carried
 is dropped with them, so that their captured data is freed as before.
-
-A function among a chunk's arguments (``pool.starmap(call, [(fn, x)])``, a joblib
-batch) shares its module's namespace too, by the same rule; what it carried goes
-when the chunk ends.  A module-level function is bound there by its name, as in
-the master, where the name is free or holds a copy of it the master put: a
-``multiprocessing`` pool a task starts pickles it by that name.
 """
 
 from __future__ import annotations
@@ -53,8 +47,6 @@ from typing import Any, NamedTuple
 from ..common.codec import GLOBAL_IDS
 
 _UNSET = object()
-#: What the functions among a chunk's arguments carried is kept as a function's, by this.
-_ARGUMENTS = b"<the chunk's arguments>"
 
 #: A small value's pickle (see :func:`_small_pickle`): how the worker tells whether the
 #: master changed a value, and what it makes the value again from.
@@ -106,19 +98,6 @@ class SharedGlobals:
         finally:
             self._loading = []
         return loaded
-
-    def loads_arguments(self, payload: Any, buffers: Sequence[Any]) -> Any:
-        """Unpickle a chunk's arguments: a function among them shipped by value shares its
-        module's namespace as a task function does (it sees what an initializer set, as
-        in a ``multiprocessing`` worker); what it carried stays there until
-        :meth:`let_go_arguments`."""
-        return self.loads(_ARGUMENTS, payload, buffers)
-
-    def let_go_arguments(self) -> None:
-        """Drop what the functions among the last chunk's arguments carried (as
-        :meth:`forget` does a task function's), so that their captured data is freed."""
-        if self._carried.get(_ARGUMENTS):  # (most chunks carry none)
-            self.forget(_ARGUMENTS)
 
     def apply(self, digest: bytes) -> None:
         """Put what the function ``digest`` carries in its namespaces, before it runs,
@@ -267,26 +246,8 @@ class SharedGlobals:
             self._loading.append(carried)
             self._set(*carried, loading=True)
             captured.clear()
-            cloudpickle._function_setstate(fn, state)
-            self._bind_by_name(fn)
-            return
-        cloudpickle._function_setstate(fn, state)
 
-    def _bind_by_name(self, fn: Any) -> None:
-        """Bind a module-level function of a shared namespace by its name there, as its
-        module binds it in the master: a pool the task starts pickles it by that name
-        (``multiprocessing`` checks the name gives this very object).  Only where the
-        name is free, or holds a copy of the same function the master put there: what
-        the worker bound, or another value of the master's, stays."""
-        name, namespace = fn.__name__, fn.__globals__
-        if (fn.__qualname__ != name or not name.isidentifier()
-                or fn.__module__ != namespace.get("__name__")):
-            return  # a lambda, a nested function, one whose module says another name
-        current = namespace.get(name, _UNSET)
-        put = self._put[id(namespace)]
-        if current is _UNSET or (current is put.get(name, _UNSET)
-                                 and getattr(current, "__code__", None) == fn.__code__):
-            namespace[name] = put[name] = fn
+        cloudpickle._function_setstate(fn, state)
 
 
 #: The largest value whose pickle is kept to tell whether the master changed it.

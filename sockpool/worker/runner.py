@@ -140,13 +140,6 @@ class ChunkRunner:
         ``keep_last_result``: the master may not have the last RESULT yet; it
         stays in the progress log (see :meth:`Progress.begin`).
         """
-        try:
-            return self._run_chunk(head, body, buffers, keep_last_result)
-        finally:  # what functions among its arguments brought to a shared namespace
-            self.functions.shared.let_go_arguments()
-
-    def _run_chunk(self, head: protocol.Header, body: memoryview, buffers: list[Any],
-                   keep_last_result: bool) -> list[Any]:
         values: list[Any] = []
         errors: Errors = []
         flags = head.flags
@@ -192,7 +185,7 @@ class ChunkRunner:
                 release = self._released.append
                 arguments = [view for frame in arguments
                              for view in shm_reader.open_shared(bytes(frame), release)]
-            items = self.functions.shared.loads_arguments(task.arguments, arguments)
+            items = codec.loads(task.arguments, arguments)
             del arguments
             if task.skip and not flags & Flag.CALL:
                 items = items[task.skip:]
