@@ -45,7 +45,7 @@ SCRIPT = """
     def parts(i):
         return Outer.Inner(), load
 
-    def apply_to(fn, i):  # a function among the arguments: bound by name on the worker
+    def apply_to(fn, i):  # a function among the arguments, with globals of its own
         return fn(i)
 
     if __name__ == "__main__":

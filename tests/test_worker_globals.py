@@ -42,6 +42,102 @@ def test_an_initializers_global_is_seen_by_the_tasks_as_with_multiprocessing(
     assert result.stdout.splitlines() == [expected, expected]
 
 
+@pytest.mark.parametrize("placeholder", ["OFFSET = None", ""])
+def test_a_function_among_the_arguments_sees_what_the_initializer_set(
+        tmp_path: Path, placeholder: str) -> None:
+    # It came with globals of its own: NameError (or the master's None) for what the
+    # initializer set, where a multiprocessing worker's function sees it.
+    result = run_script(f"""
+        import multiprocessing
+        import sockpool
+
+        {placeholder}
+        STATE = {{}}
+        SETTINGS = {{"k": 1}}
+
+        def init(offset):
+            global OFFSET
+            OFFSET = offset
+            STATE["model"] = "loaded"
+
+        def shifted(x):
+            return x + OFFSET, STATE.get("model"), SETTINGS["k"]
+
+        def call(fn, x):
+            return fn(x)
+
+        if __name__ == "__main__":
+            spawn = multiprocessing.get_context("spawn")
+            for Pool in (spawn.Pool, sockpool.Pool):
+                with Pool(2, initializer=init, initargs=(10,)) as pool:
+                    print(pool.starmap(call, [(shifted, 1), (shifted, 2)]),
+                          pool.apply(call, (shifted, 3)))
+            with sockpool.Pool(1, initializer=init, initargs=(10,)) as pool:
+                SETTINGS["k"] = 2  # the master's change reaches the worker
+                print(pool.apply(call, (shifted, 0)))
+    """, tmp_path)
+    expected = "[(11, 'loaded', 1), (12, 'loaded', 1)] (13, 'loaded', 1)"
+    assert result.stdout.splitlines() == [expected, expected, "(10, 'loaded', 2)"]
+
+
+def test_a_function_among_the_arguments_works_after_its_chunk_where_a_task_kept_it(
+        tmp_path: Path) -> None:
+    result = run_script("""
+        import threading, time
+        import sockpool
+
+        FACTOR = 3
+
+        def helper(x):
+            return x * FACTOR
+
+        class Model:
+            def predict(self, x):
+                return helper(x) + 1
+
+        def triple(x):
+            return helper(x)
+
+        def keep(fn, model):
+            global KEPT, MODEL, LATER
+            KEPT, MODEL, LATER = fn, model, []
+            threading.Thread(target=lambda: (time.sleep(0.3), LATER.append(fn(5)))).start()
+
+        def use(x):
+            time.sleep(0.5 * (x == 0))
+            return KEPT(x), MODEL.predict(x), list(LATER)
+
+        if __name__ == "__main__":
+            with sockpool.Cluster(n=1) as cl:
+                cl.run_on_all(keep, triple, Model())
+                print(cl.par_map(use, [0, 2]))
+    """, tmp_path)
+    assert result.stdout.splitlines() == ["[(0, 1, [15]), (6, 7, [15])]"]
+
+
+def test_loading_a_function_among_the_arguments_leaves_the_shared_namespace_as_it_was(
+        ) -> None:
+    import gc
+    import weakref
+
+    cache = FunctionCache()
+    main = cache.main_module.__dict__
+    script = _main_functions("""
+        class Big(list): pass
+        BIG = Big([0] * 100_000)
+        def uses(): return len(BIG) + MINE
+    """)
+    main["MINE"] = 1  # as an initializer sets it
+    before = dict(main)
+    (fn,) = cache.shared.loads_arguments(cloudpickle.dumps((script.uses,)), [])
+    assert fn() == 100_001
+    assert main == before and fn.__globals__ is not main
+    kept = weakref.ref(fn.__globals__["BIG"])
+    del fn
+    gc.collect()
+    assert kept() is None  # what it carried went with it
+
+
 def test_an_initializer_filling_a_global_in_place_is_seen_and_so_are_the_masters_changes(
         tmp_path: Path) -> None:
     result = run_script("""

@@ -31,6 +31,11 @@ when it was sent (deleted since, say): a value the master put there earlier
 is dropped before it runs, so that the name means there what it meant in the
 master (a builtin, or a ``NameError``).  What only forgotten functions carried
 is dropped with them, so that their captured data is freed as before.
+
+A function among a chunk's arguments (``pool.starmap(call, [(fn, x)])``, a joblib
+batch) keeps the globals cloudpickle made it: a task may keep it past its chunk,
+and what it carried must live as long as it does.  The names the worker's code
+bound are copied into them, by the rule above, as they are when it arrives.
 """
 
 from __future__ import annotations
@@ -98,6 +103,43 @@ class SharedGlobals:
         finally:
             self._loading = []
         return loaded
+
+    def loads_arguments(self, payload: Any, buffers: Sequence[Any]) -> Any:
+        """Unpickle a chunk's arguments.  A function among them keeps globals of its own
+        (it may outlive the chunk, in a task's registry or thread); what code on this
+        worker set in its module's namespace (an initializer, ``run_on_all``, an export)
+        is copied in as it is now, by :meth:`apply`'s rule: it sees that as a
+        ``multiprocessing`` worker's function would, and the namespace is not changed."""
+        unpickler = _ArgumentsUnpickler(io.BytesIO(payload), buffers=buffers)
+        unpickler.shared = self
+        return unpickler.load()
+
+    def _argument_function_setstate(self, fn: Any, state: Any) -> None:
+        """cloudpickle's ``_function_setstate`` for a function among the arguments, then
+        the worker's values of the globals it uses (see :meth:`loads_arguments`)."""
+        from cloudpickle import cloudpickle
+
+        cloudpickle._function_setstate(fn, state)
+        own = fn.__globals__
+        namespace = self._namespaces.get(own.get("__name__"))
+        if namespace is None or namespace is own:
+            return
+        put, as_put = self._put[id(namespace)], self._as_put[id(namespace)]
+        for name in cloudpickle._extract_code_globals(fn.__code__):
+            current = namespace.get(name, _UNSET)
+            if current is _UNSET:
+                continue
+            masters = current is put.get(name, _UNSET)  # (an export's too)
+            if name not in own:  # no global of the master's: bound here, or exported
+                if not masters or name in self._exports:
+                    own[name] = current
+                continue
+            if name in self._exports or (masters and name not in as_put):
+                continue  # the master's value, as carried, wins
+            pickled = _small_pickle(own[name])
+            changed = pickled is not None and name in as_put and pickled != as_put[name]
+            if not changed and (not masters or pickled == as_put.get(name)):
+                own[name] = current  # bound or changed in place here; the master's as it was
 
     def apply(self, digest: bytes) -> None:
         """Put what the function ``digest`` carries in its namespaces, before it runs,
@@ -333,4 +375,13 @@ class _Unpickler(pickle.Unpickler):
                 return self.shared.function_setstate
             if name == "dynamic_subimport":
                 return self.shared.module
+        return super().find_class(module, name)
+
+
+class _ArgumentsUnpickler(pickle.Unpickler):
+    shared: SharedGlobals
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("cloudpickle") and name == "_function_setstate":
+            return self.shared._argument_function_setstate
         return super().find_class(module, name)

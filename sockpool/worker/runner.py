@@ -185,7 +185,7 @@ class ChunkRunner:
                 release = self._released.append
                 arguments = [view for frame in arguments
                              for view in shm_reader.open_shared(bytes(frame), release)]
-            items = codec.loads(task.arguments, arguments)
+            items = self.functions.shared.loads_arguments(task.arguments, arguments)
             del arguments
             if task.skip and not flags & Flag.CALL:
                 items = items[task.skip:]
