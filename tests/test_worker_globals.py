@@ -80,6 +80,47 @@ def test_a_function_among_the_arguments_sees_what_the_initializer_set(
     assert result.stdout.splitlines() == [expected, expected, "(10, 'loaded', 2)"]
 
 
+def test_a_function_among_the_arguments_sees_the_masters_changes_since_a_task_ran(
+        tmp_path: Path) -> None:
+    # A value too large (or not plain data) to compare by its pickle was taken for
+    # unchanged, and a name bound anew to an equal value as well: the worker's stale
+    # values went into the argument's function.
+    result = run_script("""
+        import numpy as np
+        import sockpool
+
+        DATA = np.zeros(3)
+        BIG = [0] * 100_000
+        CACHE = {}
+
+        def helper():
+            return "old helper"
+
+        def uses(_):
+            CACHE["worker"] = 1
+            return float(DATA.sum()), len(BIG), helper(), sorted(CACHE)
+
+        def reads(_):
+            return float(DATA.sum()), len(BIG), helper(), sorted(CACHE)
+
+        def call(fn, x):
+            return fn(x)
+
+        if __name__ == "__main__":
+            with sockpool.Pool(1) as pool:
+                print(pool.map(uses, [0]))
+                DATA = np.ones(3)
+                BIG.append(1)
+                CACHE = {}
+                def helper():
+                    return "new helper"
+                print(pool.starmap(call, [(reads, 0)]), pool.map(reads, [0]))
+    """, tmp_path)
+    assert result.stdout.splitlines() == [
+        "[(0.0, 100000, 'old helper', ['worker'])]",
+        "[(3.0, 100001, 'new helper', [])] [(3.0, 100001, 'new helper', [])]"]
+
+
 def test_a_function_among_the_arguments_works_after_its_chunk_where_a_task_kept_it(
         tmp_path: Path) -> None:
     result = run_script("""

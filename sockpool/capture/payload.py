@@ -169,8 +169,10 @@ class Packer:
         serializer = self.serializer
         register_local_modules(serializer)
         try:
+            # (global_ids: a worker tells a global the master bound anew, see
+            # worker/namespaces.py, for a function among arguments or exports too)
             return pickling.dumps(obj, serializer, copy_buffers=copy_buffers, prefix=prefix,
-                                  store=store, standard_first=standard_first)
+                                  store=store, standard_first=standard_first, global_ids=True)
         except Exception as exc:
             for what, part in parts:
                 where = describe_unpicklable(part, what, serializer)

@@ -119,12 +119,15 @@ class SharedGlobals:
         the worker's values of the globals it uses (see :meth:`loads_arguments`)."""
         from cloudpickle import cloudpickle
 
+        ids = state[1]["__globals__"].pop(GLOBAL_IDS, {})
         cloudpickle._function_setstate(fn, state)
         own = fn.__globals__
-        namespace = self._namespaces.get(own.get("__name__"))
+        module = own.get("__name__")
+        namespace = self._namespaces.get(module) if isinstance(module, str) else None
         if namespace is None or namespace is own:
             return
         put, as_put = self._put[id(namespace)], self._as_put[id(namespace)]
+        seen = self._master_ids[id(namespace)]
         for name in cloudpickle._extract_code_globals(fn.__code__):
             current = namespace.get(name, _UNSET)
             if current is _UNSET:
@@ -134,12 +137,18 @@ class SharedGlobals:
                 if not masters or name in self._exports:
                     own[name] = current
                 continue
-            if name in self._exports or (masters and name not in as_put):
-                continue  # the master's value, as carried, wins
-            pickled = _small_pickle(own[name])
-            changed = pickled is not None and name in as_put and pickled != as_put[name]
-            if not changed and (not masters or pickled == as_put.get(name)):
-                own[name] = current  # bound or changed in place here; the master's as it was
+            if name in self._exports:
+                continue  # the master's value, as carried, wins over an export
+            # _set's rule, read only: the worker's value wins while the master's is as
+            # it last put it (the same object, the same small pickle).
+            master_id = ids.get(name)
+            if master_id is not None and seen.get(name, master_id) != master_id:
+                continue  # the master bound the name anew since
+            pickled = _small_pickle(own[name]) if masters or name in as_put else None
+            if pickled is not None and name in as_put and pickled != as_put[name]:
+                continue  # the master changed it
+            if not masters or (pickled is not None and pickled == as_put.get(name)):
+                own[name] = current  # bound, or changed in place, on this worker
 
     def apply(self, digest: bytes) -> None:
         """Put what the function ``digest`` carries in its namespaces, before it runs,
