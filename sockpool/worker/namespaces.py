@@ -139,16 +139,12 @@ class SharedGlobals:
                 continue
             if name in self._exports:
                 continue  # the master's value, as carried, wins over an export
-            # _set's rule, read only: the worker's value wins while the master's is as
-            # it last put it (the same object, the same small pickle).
             master_id = ids.get(name)
-            if master_id is not None and seen.get(name, master_id) != master_id:
-                continue  # the master bound the name anew since
+            rebound = master_id is not None and seen.get(name, master_id) != master_id
+            # (the pickle decides only where the master put the name)
             pickled = _small_pickle(own[name]) if masters or name in as_put else None
-            if pickled is not None and name in as_put and pickled != as_put[name]:
-                continue  # the master changed it
-            if not masters or (pickled is not None and pickled == as_put.get(name)):
-                own[name] = current  # bound, or changed in place, on this worker
+            if _workers_value_stays(name, current, pickled, rebound, put, as_put):
+                own[name] = current
 
     def apply(self, digest: bytes) -> None:
         """Put what the function ``digest`` carries in its namespaces, before it runs,
@@ -188,13 +184,7 @@ class SharedGlobals:
                     again = pickle.loads(sent.together)
                     values.update(again)
                 value, pickled = values[name], as_sent
-            changed = rebound or (pickled is not None and name in as_put
-                                  and pickled != as_put[name])
-            if not changed and (current is not put.get(name, _UNSET) or (
-                    current is not _UNSET and pickled is not None
-                    and pickled == as_put.get(name))):
-                # Bound on this worker since, or changed in place here (an initializer
-                # filling a dict), while the master's is as it was: the worker's stays.
+            if _workers_value_stays(name, current, pickled, rebound, put, as_put):
                 as_put.setdefault(name, pickled)  # (what "as it was" is from now on)
                 continue
             namespace[name] = put[name] = value
@@ -299,6 +289,19 @@ class SharedGlobals:
             captured.clear()
 
         cloudpickle._function_setstate(fn, state)
+
+
+def _workers_value_stays(name: str, current: Any, pickled: Small | None, rebound: bool,
+                         put: dict[str, Any], as_put: dict[str, Small | None]) -> bool:
+    """Whether the worker's value of ``name`` (``current``) stays over the master's that
+    a function carries (``pickled``: its small pickle, or None): the worker bound the
+    name since the master last put it, or changed that value in place (an initializer
+    filling a dict), while the master's is as it was then (not bound anew, ``rebound``;
+    not another small pickle)."""
+    if rebound or (pickled is not None and name in as_put and pickled != as_put[name]):
+        return False  # the master's changed
+    return current is not put.get(name, _UNSET) or (
+        current is not _UNSET and pickled is not None and pickled == as_put.get(name))
 
 
 #: The largest value whose pickle is kept to tell whether the master changed it.
